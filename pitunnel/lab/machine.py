@@ -1,0 +1,167 @@
+"""One lab host: a fresh overlay on the cached root filesystem, booted by systemd-nspawn."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from .aptproxy import PROXY_URL
+from .plan import HostPlan
+from .state import STATE_DIR, HostState, LabState, proc_start_time, stop_process
+from .system import LabError, run
+
+FILES = Path(__file__).with_name("files")
+
+
+def host_dir(name: str) -> Path:
+    return STATE_DIR / "hosts" / name
+
+
+def mount_root(name: str, rootfs: Path) -> Path:
+    base = host_dir(name)
+    upper, work, merged = base / "upper", base / "work", base / "root"
+    for d in (upper, work, merged):
+        d.mkdir(parents=True, exist_ok=True)
+    proc = run(["mount", "-t", "overlay", "overlay", "-o",
+                f"lowerdir={rootfs},upperdir={upper},workdir={work}", str(merged)], check=False)
+    if proc.returncode != 0:
+        raise LabError(f"cannot mount an overlay for {name} ({proc.stderr.strip()}): the kernel needs overlayfs")
+    return merged
+
+
+def unmount_root(name: str) -> None:
+    merged = host_dir(name) / "root"
+    if os.path.ismount(merged):
+        run(["umount", "-l", str(merged)], check=False)
+
+
+def prepare(host: HostPlan, root: Path, *, laptop_pub: str, password: str | None) -> None:
+    """Make the image this host: name, host keys, network, apt proxy, and what its role starts with."""
+    (root / "etc/hostname").write_text(f"{host.name}\n")
+    (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {host.name}\n::1 localhost\n")
+    run(["ssh-keygen", "-A", "-f", str(root)])
+    (root / "etc/apt/apt.conf.d/01pitunnel-lab-proxy").write_text(f'Acquire::http::Proxy "{PROXY_URL}";\n')
+    _unit(root, "lab-net.service", f"""[Unit]
+Description=Lab network (address {host.address} via {host.gateway})
+DefaultDependencies=no
+Before=network.target network-online.target
+Wants=network.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/sbin/ip link set host0 up
+ExecStart=/sbin/ip addr replace {host.address}/{host.prefix} dev host0
+ExecStart=/sbin/ip route replace default via {host.gateway}
+
+[Install]
+WantedBy=network-online.target multi-user.target
+""", wanted_by=("network-online.target", "multi-user.target"))
+    if host.role == "vps":
+        _prepare_vps(host, root, laptop_pub)
+    else:
+        _prepare_pi(host, root, laptop_pub, password or "")
+
+
+def _prepare_vps(host: HostPlan, root: Path, laptop_pub: str) -> None:
+    # a fresh cloud server: root logs in by the key given at order time; sshd moved off port 22
+    config = root / "etc/ssh/sshd_config"
+    config.write_text(config.read_text().replace("#Port 22", f"Port {host.ssh_port}"))
+    ssh_dir = root / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(laptop_pub + "\n")
+    (ssh_dir / "authorized_keys").chmod(0o600)
+
+
+def _prepare_pi(host: HostPlan, root: Path, laptop_pub: str, password: str) -> None:
+    # a fresh Raspberry Pi OS: user pi with a password, passwordless sudo, password SSH login on
+    run(["chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", "pi"])
+    run(["chroot", str(root), "chpasswd"], input=f"pi:{password}\n")
+    sudoers = root / "etc/sudoers.d/010_pi-nopasswd"
+    sudoers.write_text("pi ALL=(ALL) NOPASSWD: ALL\n")
+    sudoers.chmod(0o440)
+    api = root / "usr/local/lib/pi-api/pi-api.py"
+    api.parent.mkdir(parents=True, exist_ok=True)
+    api.write_text((FILES / "pi-api.py").read_text())
+    api.chmod(0o755)
+    _unit(root, "pi-api.service", """[Unit]
+Description=The Pi's API (lab stand-in)
+After=network.target
+
+[Service]
+ExecStart=/usr/local/lib/pi-api/pi-api.py
+Restart=always
+DynamicUser=no
+
+[Install]
+WantedBy=multi-user.target
+""", wanted_by=("multi-user.target",))
+
+
+def _unit(root: Path, name: str, text: str, *, wanted_by: tuple[str, ...]) -> None:
+    unit = root / "etc/systemd/system" / name
+    unit.write_text(text)
+    for target in wanted_by:
+        wants = root / "etc/systemd/system" / f"{target}.wants"
+        wants.mkdir(exist_ok=True)
+        link = wants / name
+        if not link.is_symlink():
+            link.symlink_to(f"/etc/systemd/system/{name}")
+
+
+def boot(host: HostPlan, root: Path, state: LabState) -> None:
+    log = host_dir(host.name) / "console.log"
+    cmd = ["systemd-nspawn", "--quiet", "-D", str(root), "-M", host.name, "--boot", "--register=no",
+           "--keep-unit", f"--network-bridge={host.bridge}", "--link-journal=no",
+           "--resolv-conf=off", "--timezone=off", "--console=read-only"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    record = state.hosts[host.name]
+    record.nspawn_pid = proc.pid
+    record.nspawn_start = proc_start_time(proc.pid)
+    state.save()
+
+
+def leader_pid(record: HostState) -> int:
+    """The container's PID 1 as seen from this machine (the nspawn process's child)."""
+    try:
+        children = Path(f"/proc/{record.nspawn_pid}/task/{record.nspawn_pid}/children").read_text().split()
+    except OSError:
+        return 0
+    return int(children[0]) if children else 0
+
+
+def nsenter(record: HostState) -> list[str]:
+    leader = leader_pid(record)
+    if not leader:
+        raise LabError(f"lab host {record.name} is not running: run `invoke lab.up`")
+    return ["nsenter", "-t", str(leader), "-a", "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
+
+
+def exec_in(record: HostState, script: str, *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a shell script inside the host (given on stdin, so no path of this machine leaks in)."""
+    return run([*nsenter(record), "/bin/sh", "-s"], input=script, check=check, timeout=timeout)
+
+
+def wait_running(record: HostState, *, timeout: float = 90) -> str:
+    """Wait until systemd inside says the system is up; returns its final state."""
+    deadline = time.monotonic() + timeout
+    last = "starting"
+    while time.monotonic() < deadline:
+        if not leader_pid(record):
+            time.sleep(0.05)
+            continue
+        proc = exec_in(record, "systemctl is-system-running", check=False, timeout=10)
+        last = proc.stdout.strip() or last
+        if last in ("running", "degraded"):
+            return last
+        time.sleep(0.1)
+    raise LabError(f"lab host {record.name} did not finish booting in {timeout:.0f}s (systemd says {last!r}); "
+                   f"see {host_dir(record.name)}/console.log")
+
+
+def stop(record: HostState) -> None:
+    stop_process(record.nspawn_pid, record.nspawn_start, timeout=20)
+    unmount_root(record.name)

@@ -1,0 +1,116 @@
+"""The lab's address plan: names, segments and addresses, all inside 198.18.0.0/15.
+
+Pure: nothing here touches the machine. `check_no_clash` reads the routing table
+that `netinfo` gathered and refuses a plan that would overlap anything not ours.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
+INTERNET = ipaddress.ip_network("198.18.0.0/24")
+LAPTOP_ADDR = ipaddress.ip_address("198.18.0.1")
+VPS_ADDR = ipaddress.ip_address("198.18.0.10")
+VPS_SSH_PORT = 12345  # the seed's VPS sshd port: "not 22", as on many cheap VPSes
+APT_PROXY_PORT = 3142
+INET_BRIDGE = "pt-inet"
+MAX_PIS = 50
+BRIDGE_PREFIX = "pt-"
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """Where one lab host lives on the lab's networks."""
+
+    name: str
+    role: str  # "vps" | "pi"
+    bridge: str
+    address: ipaddress.IPv4Address
+    gateway: ipaddress.IPv4Address
+    prefix: int
+    ssh_port: int
+    public_address: ipaddress.IPv4Address  # what the VPS sees as this host's source address
+
+    @property
+    def veth(self) -> str:
+        """The host side of the container's veth, as systemd-nspawn names it."""
+        return f"vb-{self.name}"[:15]
+
+
+@dataclass(frozen=True)
+class HomePlan:
+    """A Pi's home network: a bridge on this machine acting as the home router with NAT."""
+
+    bridge: str
+    network: ipaddress.IPv4Network
+    router: ipaddress.IPv4Address  # the router's address inside the home
+    public_address: ipaddress.IPv4Address  # the router's address on the internet segment
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    vps: HostPlan
+    pis: tuple[HostPlan, ...]
+    homes: tuple[HomePlan, ...]
+
+    @property
+    def hosts(self) -> tuple[HostPlan, ...]:
+        return (self.vps, *self.pis)
+
+    @property
+    def bridges(self) -> tuple[str, ...]:
+        return (INET_BRIDGE, *(home.bridge for home in self.homes))
+
+    @property
+    def networks(self) -> tuple[ipaddress.IPv4Network, ...]:
+        return (INTERNET, *(home.network for home in self.homes))
+
+    def host(self, name: str) -> HostPlan:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        known = ", ".join(h.name for h in self.hosts)
+        raise KeyError(f"no lab host named {name!r} (lab hosts: {known})")
+
+
+def make_plan(pis: int) -> LabPlan:
+    if not 1 <= pis <= MAX_PIS:
+        raise ValueError(f"--pis must be from 1 to {MAX_PIS}, not {pis}")
+    vps = HostPlan(
+        name="vps", role="vps", bridge=INET_BRIDGE, address=VPS_ADDR, gateway=LAPTOP_ADDR,
+        prefix=INTERNET.prefixlen, ssh_port=VPS_SSH_PORT, public_address=VPS_ADDR,
+    )
+    homes: list[HomePlan] = []
+    hosts: list[HostPlan] = []
+    for index in range(1, pis + 1):
+        network = ipaddress.ip_network(f"198.19.{index}.0/24")
+        home = HomePlan(
+            bridge=f"pt-home{index}", network=network, router=network.network_address + 1,
+            public_address=INTERNET.network_address + 100 + index,
+        )
+        homes.append(home)
+        hosts.append(HostPlan(
+            name=f"pi{index}", role="pi", bridge=home.bridge, address=network.network_address + 2,
+            gateway=home.router, prefix=network.prefixlen, ssh_port=22, public_address=home.public_address,
+        ))
+    return LabPlan(vps=vps, pis=tuple(hosts), homes=tuple(homes))
+
+
+def clashes(plan: LabPlan, routes: list[tuple[str, str]]) -> list[str]:
+    """Routes (destination, device) not made by the lab that overlap the lab's range.
+
+    `routes` come from `ip -j route` and `ip -j addr`; "default" routes never clash.
+    """
+    found: list[str] = []
+    for dest, dev in routes:
+        if dest == "default" or dev.startswith(BRIDGE_PREFIX):
+            continue
+        try:
+            net = ipaddress.ip_network(dest, strict=False)
+        except ValueError:
+            continue
+        if net.version == 4 and net.overlaps(LAB_RANGE):
+            found.append(f"{dest} dev {dev}")
+    return found
