@@ -21,11 +21,19 @@ def start_proxy(state: LabState) -> None:
     logs = STATE_DIR / "apt-cacher-ng"
     cache.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        "/usr/sbin/apt-cacher-ng", "-c", "/etc/apt-cacher-ng", "ForeGround=1",
-        f"BindAddress={LAPTOP_ADDR}", f"Port={APT_PROXY_PORT}", f"CacheDir={cache}",
-        f"LogDir={logs}", f"PidFile={logs}/pid", f"SocketPath={logs}/socket", "ExThreshold=30",
-    ]
+    conf = logs / "conf"
+    conf.mkdir(exist_ok=True)
+    # our own config: Debian's default remaps to ftp.debian.org; we fetch only from deb.debian.org
+    (conf / "backends_debian").write_text("http://deb.debian.org/debian/\n")
+    (conf / "acng.conf").write_text(
+        f"CacheDir: {cache}\nLogDir: {logs}\nSupportDir: /usr/lib/apt-cacher-ng\n"
+        f"Port: {APT_PROXY_PORT}\nBindAddress: {LAPTOP_ADDR}\nForeGround: 1\n"
+        f"PidFile: {logs}/pid\nSocketPath: {logs}/socket\nExThreshold: 30\n"
+        "Remap-debrep: file:deb_mirror*.gz /debian ; file:backends_debian\n"
+        "Remap-secdeb: security.debian.org security.debian.org/debian-security "
+        "deb.debian.org/debian-security /debian-security ; deb.debian.org/debian-security\n"
+    )
+    cmd = ["/usr/sbin/apt-cacher-ng", "-c", str(conf)]
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=(logs / "stdout.log").open("w"),
                                 stderr=subprocess.STDOUT, start_new_session=True)
