@@ -79,3 +79,22 @@ lab_ns.add_task(lab_shell, "shell")
 
 ns = Collection()
 ns.add_collection(lab_ns)
+
+
+# ---------------------------------------------------------------- provisioning
+from pitunnel.cli import COMMON_HELP, run_play  # noqa: E402
+
+
+@task(help=COMMON_HELP)
+def provision_vps(c: Context, inventory: str = "", check: bool = False, diff: bool = False, limit: str = "",
+                  accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
+                  prompt_for_sudo_password: bool = False) -> None:
+    """Set up the VPS: a locked-down tunnel account, its sshd Match block, and Nginx in front of the tunnels."""
+    from roles.vps.steps import provision
+
+    run_play(inventory or None, provision, check=check, diff=diff, limit=limit,
+             accept_new_host_keys=accept_new_host_keys, prompt_for_login_password=prompt_for_login_password,
+             prompt_for_sudo_password=prompt_for_sudo_password)
+
+
+ns.add_task(provision_vps)

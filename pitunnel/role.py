@@ -1,0 +1,31 @@
+"""A role on disk: roles/NAME/defaults.yml (settings) and roles/NAME/templates/*.j2 (config text)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+ROLES_DIR = Path(__file__).resolve().parent.parent / "roles"
+
+
+class Role:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.path = ROLES_DIR / name
+
+    @cached_property
+    def defaults(self) -> dict[str, Any]:
+        return yaml.safe_load((self.path / "defaults.yml").read_text()) or {}
+
+    @cached_property
+    def _env(self) -> jinja2.Environment:
+        return jinja2.Environment(loader=jinja2.FileSystemLoader(self.path / "templates"),
+                                  undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                  trim_blocks=True, lstrip_blocks=True, autoescape=False)
+
+    def render(self, template: str, **context: Any) -> str:
+        return self._env.get_template(template).render(**self.defaults, **context)

@@ -1,0 +1,180 @@
+"""What a VPS must look like: the tunnel account, its sshd Match block, the Pis' keys, and Nginx."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pitunnel.facts import FileState
+from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
+from pitunnel.ops import (Absent, Directory, File, Handler, Op, Packages, PackagesAbsent, Pruned, SshdPasswordsCheck,
+                          Symlink, SystemUser, UserAbsent)
+from pitunnel.play import Play
+from pitunnel.runner import converge
+from pitunnel.remote import Remote
+from pitunnel.role import Role
+
+ROLE = Role("vps")
+D = ROLE.defaults
+KEY_MARKER = "pitunnel:"
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    """One HTTP tunnel as Nginx sees it."""
+
+    pi: str
+    name: str
+    port: int
+    path: str | None
+    server_name: str | None
+    auth_file: str | None
+    auth_source: Path | None
+
+    @property
+    def upstream(self) -> str:
+        return f"pitunnel_{self.pi}_{self.name}".replace("-", "_")
+
+    @property
+    def file_stem(self) -> str:
+        return f"{self.pi}-{self.name}"
+
+
+def listen_spec(tunnel: TunnelSpec) -> str:
+    """The listen address as the Pi's `-R` sends it and as permitlisten / PermitListen must spell it."""
+    return f"{'0.0.0.0' if tunnel.public else '127.0.0.1'}:{tunnel.remote_port}"
+
+
+def authorized_line(vps: VpsSpec, pi: PiSpec, pubkey: str) -> str:
+    """A Pi's key may only open its own listeners, and nothing else: no command, pty, agent or -L."""
+    listens = ",".join(f'permitlisten="{listen_spec(t)}"' for t in pi.tunnels)
+    options = f'restrict,port-forwarding,{listens},command="{D["forced_command"]}"'
+    keytype, blob = pubkey.split()[:2]
+    return f"{options} {keytype} {blob} {KEY_MARKER}{pi.name}"
+
+
+def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: dict[str, str]) -> File:
+    """The tunnel account's authorized_keys: a line per Pi of this VPS, options always from the
+    inventory, the key kept from the file unless `new_keys` brings one; Pis no longer listed go."""
+    pis = {pi.name: pi for pi in inv.pis.values() if pi.vps == vps.name}
+
+    def render(state: FileState) -> str:
+        keys: dict[str, str] = {}
+        for line in state.content.decode(errors="replace").splitlines() if state.exists else []:
+            words = line.split()
+            if len(words) >= 3 and words[-1].startswith(KEY_MARKER):
+                keys[words[-1][len(KEY_MARKER):]] = f"{words[-3]} {words[-2]}"
+        keys.update(new_keys)
+        return "".join(authorized_line(vps, pis[n], keys[n]) + "\n" for n in pis if n in keys)
+
+    return File(f"{D['tunnel_home']}/.ssh/authorized_keys", render, owner=vps.tunnel_user, group=vps.tunnel_user,
+                mode=0o600, title="authorized keys of the Pis")
+
+
+def http_routes(inv: Inventory, vps: VpsSpec) -> list[HttpRoute]:
+    routes = []
+    for pi, tunnel in inv.tunnels_on(vps):
+        if tunnel.kind != "http":
+            continue
+        auth = f"{D['nginx_auth_dir']}/{pi.name}-{tunnel.name}.htpasswd" if tunnel.basic_auth_file else None
+        routes.append(HttpRoute(pi.name, tunnel.name, tunnel.remote_port, tunnel.path, tunnel.server_name,
+                                auth, tunnel.basic_auth_file))
+    return routes
+
+
+def handlers(remote: Remote) -> list[Handler]:
+    return [
+        Handler("reload sshd", [f"sshd -t", f"systemctl reload {D['ssh_service']}"],
+                verify=remote.can_log_in_fresh,
+                verify_hint="a fresh login failed after the sshd reload (this change would lock you out)"),
+        Handler("reload nginx", ["if [ -x /usr/sbin/nginx ]; then nginx -t 2>&1 && systemctl reload-or-restart nginx; fi"]),
+    ]
+
+
+def converge_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
+    listens = [listen_spec(t) for _, t in inv.tunnels_on(vps)]
+    context = dict(tunnel_user=vps.tunnel_user, listens=listens, client_alive_interval=vps.client_alive_interval,
+                   client_alive_count_max=vps.client_alive_count_max, http_port=vps.http_port,
+                   https_port=vps.https_port, tls_certificate=vps.tls_certificate, tls_key=vps.tls_key)
+    routes = http_routes(inv, vps)
+    ops: list[Op] = [
+        SystemUser(vps.tunnel_user, home=D["tunnel_home"], comment="pitunnel reverse tunnels"),
+        Directory(f"{D['tunnel_home']}/.ssh", owner=vps.tunnel_user, group=vps.tunnel_user, mode=0o700),
+        authorized_keys(inv, vps, {}),
+        File(D["sshd_dropin"], ROLE.render("sshd.conf.j2", **context), validate="sshd -t",
+             notify=("reload sshd",), title="sshd Match block for the tunnel account"),
+        Directory(D["nginx_locations_dir"]),
+        Directory(D["nginx_auth_dir"], group="www-data", mode=0o750),
+    ]
+    for r in routes:
+        if r.auth_source is not None and r.auth_file is not None:
+            ops.append(File(r.auth_file, r.auth_source.read_text(), group="www-data", mode=0o640, secret=True,
+                            notify=("reload nginx",), title=f"basic auth for {r.pi}/{r.name}"))
+    ops.append(File(D["nginx_conf"], ROLE.render("nginx-http.conf.j2", tunnels=[_t(r) for r in routes]),
+                    notify=("reload nginx",), title="nginx upstreams for the tunnels"))
+    for r in routes:
+        if r.server_name:
+            ops.append(File(f"{D['nginx_sites_dir']}/pitunnel-{r.file_stem}.conf",
+                            ROLE.render("nginx-server.conf.j2", t=_t(r), **context), notify=("reload nginx",),
+                            title=f"nginx site {r.server_name} -> {r.pi}/{r.name}"))
+        else:
+            ops.append(File(f"{D['nginx_locations_dir']}/{r.file_stem}.conf",
+                            ROLE.render("nginx-location.conf.j2", t=_t(r)), notify=("reload nginx",),
+                            title=f"nginx path {r.path} -> {r.pi}/{r.name}"))
+    ops += [
+        Pruned(D["nginx_sites_dir"], "pitunnel-*.conf",
+               frozenset(f"pitunnel-{r.file_stem}.conf" for r in routes if r.server_name), notify=("reload nginx",)),
+        Pruned(D["nginx_locations_dir"], "*.conf",
+               frozenset(f"{r.file_stem}.conf" for r in routes if not r.server_name), notify=("reload nginx",)),
+        Pruned(D["nginx_auth_dir"], "*.htpasswd",
+               frozenset(f"{r.file_stem}.htpasswd" for r in routes if r.auth_file), notify=("reload nginx",)),
+        Absent(D["nginx_debian_default"], notify=("reload nginx",), title="Debian's default site set aside"),
+        File(D["nginx_default_site"], ROLE.render("nginx-default-site.conf.j2", **context),
+             notify=("reload nginx",), title="nginx server for path-prefix tunnels"),
+    ]
+    return ops
+
+
+def _t(r: HttpRoute) -> dict[str, object]:
+    return dict(pi=r.pi, name=r.name, port=r.port, path=r.path, server_name=r.server_name, auth_file=r.auth_file,
+                upstream=r.upstream)
+
+
+def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
+    ops: list[Op] = [
+        Absent(D["sshd_dropin"], notify=("reload sshd",)),
+        UserAbsent(vps.tunnel_user),
+        Absent(D["nginx_default_site"], notify=("reload nginx",)),
+        Pruned(D["nginx_sites_dir"], "pitunnel-*.conf", frozenset(), notify=("reload nginx",)),
+        Absent(D["nginx_conf"], notify=("reload nginx",)),
+        Absent("/etc/nginx/pitunnel", notify=("reload nginx",)),
+        Symlink(D["nginx_debian_default"], "/etc/nginx/sites-available/default", notify=("reload nginx",),
+                title="Debian's default site back"),
+    ]
+    if purge:
+        ops.append(PackagesAbsent((D["nginx_package"],)))
+    return ops
+
+
+def provision(play: Play) -> None:
+    """`invoke provision-vps`: converge every selected VPS."""
+    inv = play.inventory
+
+    def work(remote: Remote) -> None:
+        vps = inv.vps[remote.name]
+        # packages first: installing Nginx adds files the next step's facts must see
+        converge(remote, [Packages((D["nginx_package"],))], play.reporter, play.options.mode)
+        ops = [*converge_ops(inv, vps), SshdPasswordsCheck()]
+        converge(remote, ops, play.reporter, play.options.mode, handlers(remote))
+
+    play.each(play.selected(list(inv.vps.values())), work)
+
+
+def teardown(play: Play, *, purge: bool) -> None:
+    inv = play.inventory
+
+    def work(remote: Remote) -> None:
+        converge(remote, teardown_ops(inv.vps[remote.name], purge=purge), play.reporter, play.options.mode,
+                 handlers(remote))
+
+    play.each(play.selected(list(inv.vps.values())), work)
