@@ -98,3 +98,18 @@ def provision_vps(c: Context, inventory: str = "", check: bool = False, diff: bo
 
 
 ns.add_task(provision_vps)
+
+
+@task(help=COMMON_HELP)
+def provision_pi(c: Context, inventory: str = "", check: bool = False, diff: bool = False, limit: str = "",
+                 accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
+                 prompt_for_sudo_password: bool = False) -> None:
+    """Set up each Pi: autossh, a key made on the Pi and authorised on the VPS, and the tunnel's unit."""
+    from roles.pi.steps import provision
+
+    run_play(inventory or None, provision, check=check, diff=diff, limit=limit,
+             accept_new_host_keys=accept_new_host_keys, prompt_for_login_password=prompt_for_login_password,
+             prompt_for_sudo_password=prompt_for_sudo_password)
+
+
+ns.add_task(provision_pi)

@@ -330,6 +330,7 @@ class KeyPair(Op):
     owner: str
     comment: str
     title: str = ""
+    value: str = ""  # the public half, when it already exists
 
     def __post_init__(self) -> None:
         self.title = self.title or f"key pair {self.path}"
@@ -338,7 +339,9 @@ class KeyPair(Op):
         return [command_fact(f"key:{self.path}", f"[ -f {q(self.path)} ] && cat {q(self.path)}.pub || echo ABSENT")]
 
     def plan(self, facts: Facts) -> Plan:
-        if facts[f"key:{self.path}"][1].strip() != "ABSENT":
+        found = facts[f"key:{self.path}"][1].strip()
+        if found != "ABSENT":
+            self.value = found
             return Plan([], "exists (kept)")
         d = q(self.path.rsplit("/", 1)[0])
         return Plan([f"install -d -m 700 -o {q(self.owner)} -g {q(self.owner)} {d}",
@@ -461,3 +464,20 @@ class SshdPasswordsCheck(Op):
             return Plan([], "WARNING: sshd accepts passwords (PasswordAuthentication yes); left as it is, "
                         "consider key-only login")
         return Plan([], "passwords refused")
+
+
+@dataclass
+class Observe(Op):
+    """Changes nothing: reads a fact during the step's single gather and keeps its output in `.value`."""
+
+    fact: Fact
+    describe: Callable[[str], str]
+    title: str = ""
+    value: str = ""
+
+    def facts(self) -> list[Fact]:
+        return [self.fact]
+
+    def plan(self, facts: Facts) -> Plan:
+        self.value = facts.output(self.fact)
+        return Plan([], self.describe(self.value))

@@ -28,4 +28,4 @@ class Role:
                                   trim_blocks=True, lstrip_blocks=True, autoescape=False)
 
     def render(self, template: str, **context: Any) -> str:
-        return self._env.get_template(template).render(**self.defaults, **context)
+        return self._env.get_template(template).render({**self.defaults, **context})

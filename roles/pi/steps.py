@@ -1,0 +1,232 @@
+"""What a Pi must look like: autossh, a tunnel account with a key made on the Pi, the VPS host key
+pinned, a keepalive ssh config for the VPS entry only, and a systemd unit that keeps the tunnel up."""
+
+from __future__ import annotations
+
+import time
+
+from pitunnel.facts import command_fact
+from pitunnel.inventory import Inventory, PiSpec, VpsSpec
+from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Observe, Op, Packages, PackagesAbsent,
+                          Service, SystemUser, UserAbsent, managed_lines)
+from pitunnel.play import Play
+from pitunnel.remote import Remote
+from pitunnel.role import Role
+from pitunnel.runner import StepFailed, converge
+from roles.vps.steps import authorized_keys, listen_spec
+
+ROLE = Role("pi")
+D = ROLE.defaults
+
+
+def home_of(user: str) -> str:
+    return "/root" if user == "root" else f"/home/{user}"
+
+
+def tunnel_home(pi: PiSpec) -> str:
+    return home_of(pi.user) if pi.tunnel_user == pi.user else D["tunnel_home"]
+
+
+def key_path(pi: PiSpec) -> str:
+    return f"{tunnel_home(pi)}/.ssh/{D['key_name']}"
+
+
+def forwards(pi: PiSpec) -> list[str]:
+    """Every -R of this Pi: listen where the inventory says, forward to the Pi's own port."""
+    return [f"{listen_spec(t)}:127.0.0.1:{t.local_port}" for t in pi.tunnels]
+
+
+def laptop_key_line(inv: Inventory) -> str | None:
+    if inv.settings.laptop_key is None:
+        return None
+    keytype, blob = inv.settings.laptop_key.with_name(inv.settings.laptop_key.name + ".pub").read_text().split()[:2]
+    return f"{keytype} {blob} {D['laptop_key_marker']}"
+
+
+def base_ops(inv: Inventory, pi: PiSpec) -> tuple[list[Op], KeyPair]:
+    home = tunnel_home(pi)
+    key = KeyPair(key_path(pi), owner=pi.tunnel_user, comment=f"pitunnel:{pi.name}", title="tunnel key (made on the Pi)")
+    ops: list[Op] = [Packages((D["autossh_package"],))]
+    if pi.tunnel_user != pi.user:
+        ops.append(SystemUser(pi.tunnel_user, home=home, comment="pitunnel reverse tunnel"))
+    ops.append(key)
+    line = laptop_key_line(inv)
+    if line is not None:
+        ssh_dir = f"{home_of(pi.user)}/.ssh"
+        ops += [Directory(ssh_dir, owner=pi.user, group=pi.user, mode=0o700),
+                File(f"{ssh_dir}/authorized_keys", managed_lines(D["laptop_key_marker"], {"": line}),
+                     owner=pi.user, group=pi.user, mode=0o600, title="laptop's key for passwordless login")]
+    return ops, key
+
+
+def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str]) -> list[Op]:
+    name = vps.address if vps.port == 22 else f"[{vps.address}]:{vps.port}"
+    known = "".join(f"{name} {k}\n" for k in vps_host_keys)
+    context = dict(pi=pi.name, vps=vps.name, vps_address=vps.address, vps_port=vps.port,
+                   vps_tunnel_user=vps.tunnel_user, key_path=key_path(pi), tunnel_user=pi.tunnel_user,
+                   tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
+                   server_alive_count_max=pi.server_alive_count_max, forwards=forwards(pi))
+    restart = ("restart tunnel",)
+    return [
+        Directory(D["config_dir"]),
+        File(f"{D['config_dir']}/known_hosts", known, notify=restart, title="VPS host key pinned for the tunnel"),
+        File(f"{D['config_dir']}/ssh_config", ROLE.render("ssh_config.j2", **context), notify=restart,
+             title="tunnel ssh config (keepalives for the VPS entry only)"),
+        File(D["unit_path"], ROLE.render("pitunnel.service.j2", **context), notify=restart,
+             title=f"systemd unit {D['unit']}"),
+        Service(D["unit"]),
+    ]
+
+
+def tunnel_handlers() -> list[Handler]:
+    return [Handler("restart tunnel", ["systemctl daemon-reload", f"systemctl restart {D['unit']}"])]
+
+
+def password_ops(remote: Remote) -> tuple[list[Op], list[Handler]]:
+    ops: list[Op] = [File(D["password_dropin"], "# Managed by pitunnel: key login was proven first.\n"
+                          "PasswordAuthentication no\nKbdInteractiveAuthentication no\n",
+                          validate="sshd -t", notify=("reload sshd",), title="sshd: passwords off")]
+    handlers = [Handler("reload sshd", ["sshd -t", f"systemctl reload {D['ssh_service']}"],
+                        verify=lambda: remote.can_log_in_fresh(use_password=False),
+                        verify_hint="a fresh key login failed after turning passwords off")]
+    return ops, handlers
+
+
+def listening(ss_output: str, pis: list[PiSpec]) -> dict[str, list[str]]:
+    """For each Pi, its forwards NOT listening on the VPS according to `ss -Htln`."""
+    present = {line.split()[3] for line in ss_output.splitlines() if len(line.split()) >= 4}
+    return {pi.name: [listen_spec(t) for t in pi.tunnels if listen_spec(t) not in present] for pi in pis}
+
+
+SS = command_fact("ss-listen", "ss -Htln")
+HOST_KEYS = command_fact("vps-host-keys", "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null | awk '{print $1, $2}'")
+
+
+def provision(play: Play) -> None:
+    """`invoke provision-pi`: base on every Pi, the Pis' keys on their VPS, then each Pi's tunnel."""
+    inv, mode, reporter = play.inventory, play.options.mode, play.reporter
+    pis = play.selected(list(inv.pis.values()))
+    pubkeys: dict[str, str] = {}
+
+    def base(remote: Remote) -> None:
+        pi = inv.pis[remote.name]
+        ops, key = base_ops(inv, pi)
+        plans = dict((id(op), p) for op, p in converge(remote, ops, reporter, mode))
+        if not plans[id(key)].changes:
+            pubkeys[pi.name] = key.value
+        elif not mode.check:
+            pubkeys[pi.name] = remote.run(f"cat {key.path}.pub").stdout.strip()
+
+    play.each(pis, base)
+    vps_keys: dict[str, list[str]] = {}
+    vps_ss: dict[str, str] = {}
+
+    def on_vps(remote: Remote) -> None:
+        vps = inv.vps[remote.name]
+        mine = [p for p in pis if p.vps == vps.name and not reporter.recap(p.name).bad]
+        account = Observe(command_fact("tunnel-account", f"getent passwd {vps.tunnel_user} || echo MISSING"),
+                          lambda v: "missing" if "MISSING" in v else "present", title=f"tunnel account {vps.tunnel_user}")
+        keys = Observe(HOST_KEYS, lambda v: f"{len(v.splitlines())} host keys read", title="VPS host keys")
+        ss = Observe(SS, lambda v: "read", title="listeners on the VPS")
+        converge(remote, [account, keys, ss], reporter, mode)
+        if "MISSING" in account.value:
+            reporter.line(remote.name, "failed", "tunnel account", f"{vps.tunnel_user} does not exist: run "
+                          "`invoke provision-vps` first")
+            raise StepFailed("no tunnel account")
+        vps_keys[vps.name] = [k for k in keys.value.splitlines() if k.strip()]
+        vps_ss[vps.name] = ss.value
+        new = {p.name: pubkeys[p.name] for p in mine if p.name in pubkeys}
+        converge(remote, [authorized_keys(inv, vps, new)], reporter, mode)
+
+    play.each(vpses_of(inv, pis), on_vps)
+
+    def tunnel(remote: Remote) -> None:
+        pi = inv.pis[remote.name]
+        vps = inv.vps_of(pi)
+        if vps.name not in vps_keys:
+            reporter.line(pi.name, "skipped", "tunnel", f"its VPS {vps.name} step failed")
+            return
+        plans = converge(remote, tunnel_ops(inv, pi, vps, vps_keys[vps.name]), reporter, mode, tunnel_handlers())
+        changed = any(p.changes for _, p in plans)
+        if not mode.check:
+            _wait_listening(play, pi, vps, vps_ss[vps.name] if not changed else "")
+        if pi.disable_password_login:
+            _passwords_off(play, remote)
+
+    play.each([p for p in pis if p.name in pubkeys or mode.check], tunnel)
+
+
+def _wait_listening(play: Play, pi: PiSpec, vps: VpsSpec, ss_now: str) -> None:
+    """The run is done only when the VPS really listens on every forward of this Pi."""
+    missing = listening(ss_now, [pi])[pi.name] if ss_now else [listen_spec(t) for t in pi.tunnels]
+    started = time.monotonic()
+    deadline = started + D["listen_wait_seconds"]
+    while missing and time.monotonic() < deadline:
+        time.sleep(0.5)
+        missing = listening(play.remotes[vps.name].run("ss -Htln").stdout, [pi])[pi.name]
+    if missing:
+        play.reporter.line(pi.name, "failed", "tunnel listening on the VPS",
+                           f"not listening after {D['listen_wait_seconds']}s: {', '.join(missing)} "
+                           f"(see `journalctl -u {D['unit']}` on the Pi)")
+        raise StepFailed("not listening")
+    waited = time.monotonic() - started
+    play.reporter.line(pi.name, "ok", "tunnel listening on the VPS",
+                       f"{', '.join(listen_spec(t) for t in pi.tunnels)}" + (f" (after {waited:.1f}s)" if waited > 0.1 else ""))
+
+
+def _passwords_off(play: Play, remote: Remote) -> None:
+    if play.options.check:
+        return
+    if not remote.can_log_in_fresh(use_password=False, within=0):
+        play.reporter.line(remote.name, "failed", "sshd: passwords off",
+                           "key login is not proven, so password login stays on")
+        raise StepFailed("key login not proven")
+    ops, handlers = password_ops(remote)
+    converge(remote, ops, play.reporter, play.options.mode, handlers)
+
+
+def vpses_of(inv: Inventory, pis: list[PiSpec]) -> list[VpsSpec]:
+    return list({inv.vps_of(p).name: inv.vps_of(p) for p in pis}.values())
+
+
+def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool) -> list[Op]:
+    ops: list[Op] = [
+        Service(D["unit"], enabled=False, running=False, title=f"service {D['unit']} stopped and disabled"),
+        Absent(D["unit_path"], notify=("daemon-reload",)),
+        Absent(D["config_dir"]),
+        Absent(D["password_dropin"], notify=("reload sshd",)),
+    ]
+    if pi.tunnel_user != pi.user:
+        ops.append(UserAbsent(pi.tunnel_user))
+    else:
+        ops += [Absent(key_path(pi)), Absent(key_path(pi) + ".pub")]
+    if inv.settings.laptop_key is not None:
+        ops.append(File(f"{home_of(pi.user)}/.ssh/authorized_keys", managed_lines(D["laptop_key_marker"], {"": None}),
+                        owner=pi.user, group=pi.user, mode=0o600, title="laptop's key removed"))
+    if purge:
+        ops.append(PackagesAbsent((D["autossh_package"],)))
+    return ops
+
+
+def teardown(play: Play, *, purge: bool) -> None:
+    """Undo provision-pi on every selected Pi, and take their keys off their VPS."""
+    inv = play.inventory
+    pis = play.selected(list(inv.pis.values()))
+    handlers = [Handler("daemon-reload", ["systemctl daemon-reload"]),
+                Handler("reload sshd", ["sshd -t", f"systemctl reload {D['ssh_service']}"])]
+    play.each(pis, lambda remote: converge(remote, teardown_ops(inv, inv.pis[remote.name], purge=purge),
+                                           play.reporter, play.options.mode, handlers))
+    gone = frozenset(p.name for p in pis)
+
+    def unauthorise(remote: Remote) -> None:
+        vps = inv.vps[remote.name]
+        if play.options.limit and vps.name in play.options.limit:
+            return  # the VPS's own teardown removes the whole account
+        account = Observe(command_fact("tunnel-account", f"getent passwd {vps.tunnel_user} || echo MISSING"),
+                          lambda v: "missing" if "MISSING" in v else "present", title=f"tunnel account {vps.tunnel_user}")
+        converge(remote, [account], play.reporter, play.options.mode)
+        if "MISSING" not in account.value:
+            converge(remote, [authorized_keys(inv, vps, {}, drop=gone)], play.reporter, play.options.mode)
+
+    if play.options.limit:
+        play.each(vpses_of(inv, pis), unauthorise)
