@@ -113,3 +113,26 @@ def provision_pi(c: Context, inventory: str = "", check: bool = False, diff: boo
 
 
 ns.add_task(provision_pi)
+
+
+VERIFY_HELP = {k: v for k, v in COMMON_HELP.items() if k not in ("check", "diff")}
+
+
+@task(help=VERIFY_HELP)
+def verify(c: Context, inventory: str = "", limit: str = "", accept_new_host_keys: bool = False,
+           prompt_for_login_password: bool = False, prompt_for_sudo_password: bool = False) -> None:
+    """Prove it end to end: SSH and HTTP reach each Pi through the VPS, and nothing more is open."""
+    from roles.pi.verify import print_reports, verify as run_verify
+
+    reports: list = []
+    try:
+        run_play(inventory or None, lambda play: reports.extend(run_verify(play)), limit=limit, quiet=True,
+                 accept_new_host_keys=accept_new_host_keys, prompt_for_login_password=prompt_for_login_password,
+                 prompt_for_sudo_password=prompt_for_sudo_password)
+    finally:
+        print_reports(reports)
+    if not reports or not all(r.passed for r in reports):
+        raise Exit("verify: some checks failed (hints above)", code=1)
+
+
+ns.add_task(verify)
