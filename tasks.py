@@ -8,6 +8,8 @@ from pathlib import Path
 
 from invoke import Collection, Context, Exit, task
 
+from pitunnel.play import Play
+
 ROOT = Path(__file__).resolve().parent
 LAB_INVENTORY = ROOT / "inventory" / "lab.yml"
 
@@ -136,3 +138,82 @@ def verify(c: Context, inventory: str = "", limit: str = "", accept_new_host_key
 
 
 ns.add_task(verify)
+
+
+@task(help=COMMON_HELP)
+def provision(c: Context, inventory: str = "", check: bool = False, diff: bool = False, limit: str = "",
+              accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
+              prompt_for_sudo_password: bool = False) -> None:
+    """provision-vps, then provision-pi, in one run with one recap."""
+    from roles.pi.steps import provision as pis
+    from roles.vps.steps import provision as vps
+
+    def both(play: "Play") -> None:
+        vps(play)
+        pis(play)
+
+    run_play(inventory or None, both, check=check, diff=diff, limit=limit,
+             accept_new_host_keys=accept_new_host_keys, prompt_for_login_password=prompt_for_login_password,
+             prompt_for_sudo_password=prompt_for_sudo_password)
+
+
+@task(help={k: v for k, v in VERIFY_HELP.items() if k != "accept_new_host_keys"})
+def status(c: Context, inventory: str = "", limit: str = "", prompt_for_login_password: bool = False,
+           prompt_for_sudo_password: bool = False) -> None:
+    """Each tunnel: up or down, since when, how often ssh (re)connected, and the unit's restarts."""
+    from roles.pi.status import print_status, status as run_status
+
+    rows: list = []
+    try:
+        run_play(inventory or None, lambda play: rows.extend(run_status(play)), limit=limit, quiet=True,
+                 prompt_for_login_password=prompt_for_login_password,
+                 prompt_for_sudo_password=prompt_for_sudo_password)
+    finally:
+        print_status(rows)
+
+
+@task(help={**COMMON_HELP, "purge": "also purge the packages the roles installed (autossh, nginx)"})
+def teardown(c: Context, inventory: str = "", check: bool = False, diff: bool = False, limit: str = "",
+             purge: bool = False, accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
+             prompt_for_sudo_password: bool = False) -> None:
+    """Remove everything provision-vps and provision-pi added, on both sides (packages stay unless --purge)."""
+    from roles.pi.steps import teardown as pis
+    from roles.vps.steps import teardown as vps
+
+    def both(play: "Play") -> None:
+        pis(play, purge=purge)
+        vps(play, purge=purge)
+
+    run_play(inventory or None, both, check=check, diff=diff, limit=limit,
+             accept_new_host_keys=accept_new_host_keys, prompt_for_login_password=prompt_for_login_password,
+             prompt_for_sudo_password=prompt_for_sudo_password)
+
+
+@task(help={"pis": "how many Pis in the lab (default 1)",
+            "release": "Debian release of the lab's hosts: bookworm or trixie"})
+def demo(c: Context, pis: int = 1, release: str = "bookworm") -> None:
+    """The whole story on the local lab: lab up, provision, verify, and how to ssh into a Pi via the VPS."""
+    lab_up(c, pis=pis, release=release)
+    print("\n== provision (VPS, then Pis) ==")
+    provision(c, inventory=str(LAB_INVENTORY))
+    print("\n== verify ==")
+    verify(c, inventory=str(LAB_INVENTORY))
+    from pitunnel.inventory import load_inventory
+
+    inv = load_inventory(LAB_INVENTORY, save_allocations=False)
+    vps = next(iter(inv.vps.values()))
+    print("\nEvery Pi answers through the VPS. Try:")
+    for pi in inv.pis.values():
+        for t in pi.tunnels:
+            if t.kind == "ssh" and t.public:
+                print(f"  ssh -i {pi.key} -o UserKnownHostsFile={inv.settings.known_hosts} "
+                      f"-o HostKeyAlias={pi.address} -p {t.remote_port} {pi.user}@{vps.address}")
+            elif t.kind == "http":
+                print(f"  curl http://{vps.address}{t.path or '/'}")
+    print("When done: invoke lab.down")
+
+
+ns.add_task(provision)
+ns.add_task(status)
+ns.add_task(teardown)
+ns.add_task(demo)

@@ -1,0 +1,60 @@
+"""`invoke status`: each tunnel up or down, since when, and how often it reconnected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pitunnel.play import Play
+from pitunnel.remote import Remote
+from roles.pi.steps import D, listen_spec
+
+STATUS_SCRIPT = f"""systemctl show {D['unit']} -p ActiveState -p ActiveEnterTimestamp -p NRestarts --value
+journalctl -u {D['unit']} -o short-iso --no-pager 2>/dev/null | grep -c 'starting ssh' || true
+journalctl -u {D['unit']} -o short-iso --no-pager 2>/dev/null | grep 'starting ssh' | tail -1 | cut -d' ' -f1
+"""
+
+
+@dataclass
+class TunnelStatus:
+    pi: str
+    tunnel: str
+    listen: str
+    up: bool
+    unit: str
+    since: str
+    ssh_starts: int
+    last_start: str
+    unit_restarts: int
+
+
+def status(play: Play) -> list[TunnelStatus]:
+    inv = play.inventory
+    pis = play.selected(list(inv.pis.values()))
+    ss: dict[str, set[str]] = {}
+
+    def on_vps(remote: Remote) -> None:
+        ss[remote.name] = {l.split()[3] for l in remote.run("ss -Htln").stdout.splitlines() if len(l.split()) >= 4}
+
+    play.each(list({inv.vps_of(p).name: inv.vps_of(p) for p in pis}.values()), on_vps)
+    rows: list[TunnelStatus] = []
+
+    def on_pi(remote: Remote) -> None:
+        pi = inv.pis[remote.name]
+        lines = remote.run(STATUS_SCRIPT).stdout.splitlines() + ["", "", "", "", "", ""]
+        # systemctl show prints values in its own property order: NRestarts, ActiveState, ActiveEnterTimestamp
+        restarts, active, since, starts, last = (l.strip() for l in lines[:5])
+        listening = ss.get(pi.vps, set())
+        for t in pi.tunnels:
+            rows.append(TunnelStatus(pi.name, t.name, listen_spec(t), listen_spec(t) in listening and active == "active",
+                                     active, since or "-", int(starts or 0), last or "-", int(restarts or 0)))
+
+    play.each(pis, on_pi)
+    return sorted(rows, key=lambda r: (r.pi, r.tunnel))
+
+
+def print_status(rows: list[TunnelStatus]) -> None:
+    print(f"\n{'pi':<8} {'tunnel':<8} {'listen on VPS':<20} {'state':<5} {'unit':<9} {'up since':<28} "
+          f"{'ssh starts':>10} {'last (re)connect':<25} {'unit restarts':>13}")
+    for r in rows:
+        print(f"{r.pi:<8} {r.tunnel:<8} {r.listen:<20} {'UP' if r.up else 'DOWN':<5} {r.unit:<9} {r.since:<28} "
+              f"{r.ssh_starts:>10} {r.last_start:<25} {r.unit_restarts:>13}")
