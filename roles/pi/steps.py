@@ -129,12 +129,17 @@ def provision(play: Play) -> None:
         keys = Observe(HOST_KEYS, lambda v: f"{len(v.splitlines())} host keys read", title="VPS host keys")
         ss = Observe(SS, lambda v: "read", title="listeners on the VPS")
         converge(remote, [account, keys, ss], reporter, mode)
-        if "MISSING" in account.value:
-            reporter.line(remote.name, "failed", "tunnel account", f"{vps.tunnel_user} does not exist: run "
-                          "`invoke provision-vps` first")
-            raise StepFailed("no tunnel account")
         vps_keys[vps.name] = [k for k in keys.value.splitlines() if k.strip()]
         vps_ss[vps.name] = ss.value
+        if "MISSING" in account.value:
+            if mode.check:
+                reporter.line(remote.name, "skipped", "authorized keys of the Pis",
+                              f"{vps.tunnel_user} is not there yet (provision-vps would create it)")
+                return
+            reporter.line(remote.name, "failed", "tunnel account", f"{vps.tunnel_user} does not exist: run "
+                          "`invoke provision-vps` first")
+            del vps_keys[vps.name]
+            raise StepFailed("no tunnel account")
         new = {p.name: pubkeys[p.name] for p in mine if p.name in pubkeys}
         converge(remote, [authorized_keys(inv, vps, new)], reporter, mode)
 

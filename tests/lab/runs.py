@@ -1,0 +1,49 @@
+"""Running plays from tests, and reading hosts' state through the lab (not through the code under test)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from invoke import Exit
+
+from pitunnel import lab
+from pitunnel.cli import run_play
+from pitunnel.lab.machine import exec_in
+from pitunnel.play import Play
+
+ETC_SCRIPT = r"""cd /etc && find . -xdev \( -type f -o -type l \) ! -name '*-' ! -name 'ld.so.cache' | sort | while read -r f; do
+  if [ -L "$f" ]; then echo "$f -> $(readlink "$f")"; else echo "$f $(sha256sum < "$f" | cut -c1-16) $(stat -c %a:%U:%G "$f")"; fi
+done
+"""
+
+
+def etc_state(host: str) -> dict[str, str]:
+    """Every file and link under /etc with hash and mode, read via the lab's own door (nsenter)."""
+    out = exec_in(lab.record(host), ETC_SCRIPT, timeout=120).stdout
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def etc_diff(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    keys = sorted(set(before) | set(after))
+    return [f"{k}: {before.get(k)} -> {after.get(k)}" for k in keys if before.get(k) != after.get(k)]
+
+
+def play(inventory: Path, body: Callable[[Play], None], **options: object) -> tuple[int, Play | None]:
+    """Run a play as the tasks do; returns (exit code, play)."""
+    holder: list[Play] = []
+
+    def capture(p: Play) -> None:
+        holder.append(p)
+        body(p)
+
+    try:
+        run_play(str(inventory), capture, **options)  # type: ignore[arg-type]
+        code = 0
+    except Exit as exc:
+        code = exc.code
+    return code, (holder[0] if holder else None)
+
+
+def in_host(host: str, script: str) -> str:
+    return exec_in(lab.record(host), script, check=False, timeout=120).stdout

@@ -1,0 +1,160 @@
+"""The mission on real hosts: the seed's scenario with two Pis on one VPS, provisioned, proven, undone."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pitunnel import lab
+from pitunnel.lab.state import STATE_DIR
+from roles.pi.status import status
+from roles.pi.steps import provision as provision_pis
+from roles.pi.steps import teardown as teardown_pis
+from roles.pi.verify import verify
+from roles.vps.steps import provision as provision_vps
+from roles.vps.steps import teardown as teardown_vps
+from tests.conftest import lab_up
+from tests.lab.runs import etc_diff, etc_state, in_host, play
+
+pytestmark = pytest.mark.lab
+HOSTS = ("vps", "pi1", "pi2")
+
+
+def provision_all(p):  # type: ignore[no-untyped-def]
+    provision_vps(p)
+    provision_pis(p)
+
+
+def teardown_all(p, purge: bool = True):  # type: ignore[no-untyped-def]
+    teardown_pis(p, purge=purge)
+    teardown_vps(p, purge=purge)
+
+
+@pytest.fixture(scope="module")
+def fresh() -> dict[str, object]:
+    report = lab_up(2)
+    return {
+        "inventory": report.inventory,
+        "etc": {h: etc_state(h) for h in HOSTS},
+        "sshd_root": in_host("vps", "sshd -T -C user=root,host=x,addr=192.0.2.9"),
+    }
+
+
+def recap(p) -> dict[str, tuple[int, int, int]]:  # type: ignore[no-untyped-def]
+    return {h: (r.changed, r.failed + r.unreachable, r.round_trips) for h, r in p.reporter.recaps.items()}
+
+
+def test_check_mode_on_fresh_hosts_changes_nothing(fresh: dict) -> None:
+    code, p = play(fresh["inventory"], provision_all, check=True)
+    assert code == 0
+    changes = recap(p)
+    assert changes["vps"][0] > 0 and changes["pi1"][0] > 0, changes  # it reports what would change
+    for host in HOSTS:
+        assert etc_diff(fresh["etc"][host], etc_state(host)) == [], host
+    assert in_host("vps", "command -v nginx || echo none").strip() == "none"
+
+
+def test_provision_converges(fresh: dict) -> None:
+    code, p = play(fresh["inventory"], provision_all)
+    assert code == 0, recap(p)
+    assert all(changed > 0 and bad == 0 for changed, bad, _ in recap(p).values())
+
+
+def test_rerun_changes_nothing_in_few_round_trips(fresh: dict) -> None:
+    code, p = play(fresh["inventory"], provision_all)
+    assert code == 0
+    for host, (changed, bad, trips) in recap(p).items():
+        print(f"no-change rerun: {host} round trips = {trips}")
+        assert (changed, bad) == (0, 0), host
+        assert trips <= 4, (host, trips)
+
+
+def test_check_after_converge_reports_nothing(fresh: dict) -> None:
+    before = {h: etc_state(h) for h in HOSTS}
+    code, p = play(fresh["inventory"], provision_all, check=True)
+    assert code == 0
+    assert all(changed == 0 for changed, _, _ in recap(p).values()), recap(p)
+    assert all(etc_diff(before[h], etc_state(h)) == [] for h in HOSTS)
+
+
+def test_verify_proves_every_pi(fresh: dict) -> None:
+    reports: list = []
+    code, _ = play(fresh["inventory"], lambda p: reports.extend(verify(p)), quiet=True)
+    assert code == 0
+    assert [r.pi for r in reports] == ["pi1", "pi2"]
+    for r in reports:
+        failed = [(c.name, c.detail) for c in r.checks if not c.passed]
+        assert failed == [], (r.pi, failed)
+        names = {c.name for c in r.checks}
+        # one Pi's key cannot touch the other's ports: both of the other Pi's listeners were probed
+        assert sum(1 for n in names if n.startswith("refused: other-pi")) == 2
+        assert {"refused: command", "refused: pty", "refused: forward-to-vps", "refused: other-port"} <= names
+
+
+def test_seed_scenario_ssh_through_vps_port(fresh: dict) -> None:
+    """The seed's `ssh -p 12346 pi_user@vps_host`, with plain OpenSSH, lands on pi1 (by its host key)."""
+    key = STATE_DIR / "keys" / "laptop_ed25519"
+    done = subprocess.run(
+        ["ssh", "-o", "BatchMode=yes", "-i", str(key), "-o", f"UserKnownHostsFile={STATE_DIR / 'known_hosts'}",
+         "-o", "StrictHostKeyChecking=yes", "-o", "HostKeyAlias=198.19.1.2", "-p", "12346",
+         "pi@198.18.0.10", "hostname"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "pi1"
+    # and the API through Nginx on port 80 answers as pi2 for pi2's path
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen("http://198.18.0.10/pi2/x", timeout=10) as resp:
+        body = json.load(resp)
+    assert body["pi"] == "pi2" and body["path"] == "/x" and body["x_forwarded_for"] == "198.18.0.1"
+
+
+def test_tunnel_key_never_left_the_pi(fresh: dict) -> None:
+    private = in_host("pi1", "cat /var/lib/pitunnel/.ssh/pitunnel_ed25519")
+    assert "PRIVATE KEY" in private
+    blob = "".join(private.strip().splitlines()[1:-1])
+    for path in Path("/work").rglob("*"):
+        pass  # the repo and inventory hold no key material: checked below on the files we write
+    for text in (fresh["inventory"].read_text(), (STATE_DIR / "known_hosts").read_text()):
+        assert blob[:40] not in text
+    assert "PRIVATE KEY" not in in_host("vps", "cat /var/lib/pitunnel/.ssh/authorized_keys")
+
+
+def test_sshd_unchanged_for_other_users(fresh: dict) -> None:
+    assert in_host("vps", "sshd -T -C user=root,host=x,addr=192.0.2.9") == fresh["sshd_root"]
+    tunnel = in_host("vps", "sshd -T -C user=pitunnel,host=x,addr=192.0.2.9")
+    for line in ("allowtcpforwarding remote", "permitopen none", "gatewayports clientspecified", "permittty no",
+                 "forcecommand /bin/false", "passwordauthentication no"):
+        assert line in tunnel.splitlines(), line
+
+
+def test_status_shows_each_tunnel_up(fresh: dict) -> None:
+    rows: list = []
+    code, _ = play(fresh["inventory"], lambda p: rows.extend(status(p)), quiet=True)
+    assert code == 0
+    assert {(r.pi, r.tunnel) for r in rows} == {("pi1", "ssh"), ("pi1", "api"), ("pi2", "ssh"), ("pi2", "api")}
+    assert all(r.up and r.ssh_starts >= 1 for r in rows), rows
+
+
+def test_tunnel_comes_back_after_its_ssh_is_killed(fresh: dict) -> None:
+    in_host("pi1", "pkill -KILL -u pitunnel -x ssh")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if "0.0.0.0:12346" in in_host("vps", "ss -Htln") and \
+                subprocess.run(["curl", "-sf", "http://198.18.0.10/pi1/"], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("tunnel did not come back within 60s after its ssh was killed")
+
+
+def test_teardown_leaves_etc_as_before(fresh: dict) -> None:
+    code, p = play(fresh["inventory"], teardown_all)
+    assert code == 0, recap(p)
+    for host in HOSTS:
+        assert etc_diff(fresh["etc"][host], etc_state(host)) == [], host
+    code, p = play(fresh["inventory"], teardown_all)
+    assert code == 0 and all(changed == 0 for changed, _, _ in recap(p).values()), recap(p)

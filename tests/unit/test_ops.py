@@ -1,0 +1,763 @@
+"""Unit tests for pitunnel.ops and pitunnel.facts: planning from hand-made facts (pure), and the
+fact scripts and planned commands run for real in a local shell on files under tmp_path."""
+
+from __future__ import annotations
+
+import base64
+import grp
+import os
+import pwd
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pitunnel import ops
+from pitunnel.facts import Fact, Facts, FileState, command_fact, file_fact, gather
+from pitunnel.ops import (APT_AGE, APT_FRESH_SECONDS, BACKUP_DIR, Absent, Directory, File, KeyPair, Observe, Packages,
+                          PackagesAbsent, Pruned, Service, SshdPasswordsCheck, Symlink, SystemUser, UserAbsent,
+                          _pkg_fact, backup_commands, backup_path, managed_lines, restore_commands)
+
+# ---------------------------------------------------------------------------
+# helpers: fact outputs exactly as the fact scripts print them (after gather's parsing)
+
+
+def file_output(content: bytes | str, owner: str = "root", group: str = "root", mode: int = 0o644) -> str:
+    data = content.encode() if isinstance(content, str) else content
+    return f"{owner}:{group}:{mode:o}\n{base64.b64encode(data).decode()}"
+
+
+def file_facts(path: str, output: str = "ABSENT") -> Facts:
+    return Facts({file_fact(path).key: (0, output)})
+
+
+def facts_of(*pairs: tuple[Fact | str, str]) -> Facts:
+    found = Facts()
+    for fact, output in pairs:
+        found[fact.key if isinstance(fact, Fact) else fact] = (0, output)
+    return found
+
+
+class LocalShell:
+    """A stand-in for Remote: runs the script in a real local `sh`, as gather and the runner would."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.scripts: list[str] = []
+
+    def run(self, script: str) -> subprocess.CompletedProcess[str]:
+        self.scripts.append(script)
+        return subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, check=False)
+
+
+def apply(commands: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run an op's commands the way runner._apply does: in a subshell with `set -e`."""
+    script = "( set -e\n" + "\n".join(commands) + "\n)\n"
+    return subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, check=False)
+
+
+def me() -> tuple[str, str]:
+    return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+
+
+# ---------------------------------------------------------------------------
+# Facts parsing
+
+
+def test_facts_file_absent_and_empty_output() -> None:
+    assert file_facts("/x").file("/x") == FileState(exists=False)
+    assert file_facts("/x", "").file("/x") == FileState(exists=False)
+
+
+def test_facts_file_parses_owner_group_mode_and_content() -> None:
+    state = file_facts("/x", file_output(b"a\nb\n", "alice", "staff", 0o600)).file("/x")
+    assert state == FileState(True, "alice", "staff", 0o600, b"a\nb\n")
+
+
+def test_facts_file_empty_file() -> None:
+    state = file_facts("/x", "root:root:644\n").file("/x")
+    assert state.exists and state.content == b"" and state.mode == 0o644
+
+
+# ---------------------------------------------------------------------------
+# File
+
+
+def test_file_create_when_absent() -> None:
+    op = File("/etc/demo.conf", "hello\n", owner="root", group="adm", mode=0o640)
+    plan = op.plan(file_facts(op.path))
+    assert plan.changes
+    assert plan.reason == "create"
+    assert "+hello" in plan.diff and "/dev/null" in plan.diff
+    blob = base64.b64encode(b"hello\n").decode()
+    assert any(blob in c and "base64 -d > /etc/demo.conf.pitunnel-tmp" in c for c in plan.commands)
+    assert "chown root:adm /etc/demo.conf.pitunnel-tmp && chmod 640 /etc/demo.conf.pitunnel-tmp" in plan.commands
+    assert plan.commands[-1] == "mv -f /etc/demo.conf.pitunnel-tmp /etc/demo.conf"
+    assert "mkdir -p /etc" in plan.commands
+    assert plan.backups == []  # neither validate nor notify: no backup
+    assert not any(BACKUP_DIR in c for c in plan.commands)
+
+
+def test_file_same_content_owner_mode_is_no_change() -> None:
+    op = File("/etc/demo.conf", "hello\n")
+    plan = op.plan(file_facts(op.path, file_output("hello\n")))
+    assert plan.commands == []
+    assert not plan.changes
+    assert plan.reason == "already as wanted"
+    assert plan.diff == ""
+
+
+def test_file_content_change_has_diff() -> None:
+    op = File("/etc/demo.conf", "one\nTWO\nthree\n")
+    plan = op.plan(file_facts(op.path, file_output("one\ntwo\nthree\n")))
+    assert plan.changes
+    assert plan.reason == "content"
+    assert "-two\n" in plan.diff and "+TWO\n" in plan.diff
+    assert "/etc/demo.conf (now)" in plan.diff and "/etc/demo.conf (wanted)" in plan.diff
+    assert " one\n" in plan.diff  # context line
+
+
+def test_file_mode_change_only() -> None:
+    op = File("/etc/demo.conf", "x\n", mode=0o600)
+    plan = op.plan(file_facts(op.path, file_output("x\n", mode=0o644)))
+    assert plan.changes
+    assert plan.reason == "mode 644 -> 600"
+    assert plan.diff == ""
+    assert any("chmod 600" in c for c in plan.commands)
+
+
+def test_file_owner_change_only() -> None:
+    op = File("/etc/demo.conf", "x\n", owner="pitunnel", group="pitunnel")
+    plan = op.plan(file_facts(op.path, file_output("x\n")))
+    assert plan.reason == "owner root:root -> pitunnel:pitunnel"
+    assert plan.diff == ""
+    assert any(c.startswith("chown pitunnel:pitunnel ") for c in plan.commands)
+
+
+def test_file_all_gaps_listed() -> None:
+    op = File("/etc/demo.conf", "new\n", owner="a", group="b", mode=0o600)
+    plan = op.plan(file_facts(op.path, file_output("old\n")))
+    assert plan.reason == "content, owner root:root -> a:b, mode 644 -> 600"
+
+
+def test_file_secret_hides_diff() -> None:
+    op = File("/etc/nginx/auth", "user:$apr1$secrethash\n", secret=True)
+    for output in ("ABSENT", file_output("user:$apr1$oldhash\n")):
+        plan = op.plan(file_facts(op.path, output))
+        assert plan.changes
+        assert "secrethash" not in plan.diff and "oldhash" not in plan.diff
+        assert "content hidden" in plan.diff
+
+
+def test_file_validate_backs_up_and_restores_on_failure() -> None:
+    op = File("/etc/ssh/sshd_config.d/x.conf", "Foo yes\n", validate="sshd -t")
+    plan = op.plan(file_facts(op.path))
+    assert plan.backups == [op.path]
+    assert plan.commands[:2] == backup_commands(op.path)
+    last = plan.commands[-1]
+    assert "sshd -t" in last
+    assert restore_commands(op.path)[0] in last
+    assert "exit 1" in last
+    # the validation comes after the file is moved into place
+    assert plan.commands.index(f"mv -f {op.path}.pitunnel-tmp {op.path}") < len(plan.commands) - 1
+
+
+def test_file_notify_lists_backups() -> None:
+    op = File("/etc/nginx/conf.d/p.conf", "x\n", notify=("reload nginx",))
+    plan = op.plan(file_facts(op.path, file_output("y\n")))
+    assert plan.backups == [op.path]
+    assert plan.commands[:2] == backup_commands(op.path)
+    assert not any("validation failed" in c for c in plan.commands)
+
+
+def test_file_no_change_has_no_backup_even_with_notify() -> None:
+    op = File("/etc/nginx/conf.d/p.conf", "x\n", notify=("reload nginx",), validate="true")
+    plan = op.plan(file_facts(op.path, file_output("x\n")))
+    assert plan.commands == [] and plan.backups == []
+
+
+def test_file_content_function_sees_current_state() -> None:
+    seen: list[FileState] = []
+
+    def content(state: FileState) -> str:
+        seen.append(state)
+        return state.content.decode() + "more\n"
+
+    op = File("/etc/x", content)
+    plan = op.plan(file_facts("/etc/x", file_output("first\n")))
+    assert seen == [FileState(True, "root", "root", 0o644, b"first\n")]
+    assert "+more" in plan.diff
+
+
+def test_backup_path_is_flat() -> None:
+    assert backup_path("/etc/ssh/sshd_config.d/10-pitunnel.conf") == \
+        f"{BACKUP_DIR}/etc%ssh%sshd_config.d%10-pitunnel.conf"
+
+
+# ---------------------------------------------------------------------------
+# managed_lines
+
+
+def render(marker: str, entries: dict[str, str | None], text: str | None) -> str:
+    state = FileState(False) if text is None else FileState(True, "u", "u", 0o600, text.encode())
+    return managed_lines(marker, entries)(state)
+
+
+def test_managed_lines_keeps_foreign_lines_and_appends_ours() -> None:
+    old = "ssh-ed25519 AAAA1 alice@laptop\n# comment\nssh-rsa BBBB bob\n"
+    out = render("mk-", {"a": "ssh-ed25519 KEYA mk-a"}, old)
+    assert out == old + "ssh-ed25519 KEYA mk-a\n"
+
+
+def test_managed_lines_replaces_ours_in_place() -> None:
+    old = "first\nssh-ed25519 OLD mk-a\nlast\n"
+    out = render("mk-", {"a": "ssh-ed25519 NEW mk-a"}, old)
+    assert out == "first\nssh-ed25519 NEW mk-a\nlast\n"
+
+
+def test_managed_lines_removes_with_none_and_drops_duplicates() -> None:
+    old = "x mk-a\nkeep\nx mk-b\ny mk-b\n"
+    out = render("mk-", {"a": None, "b": "z mk-b"}, old)
+    assert out == "keep\nz mk-b\n"
+
+
+def test_managed_lines_ignores_names_not_listed_and_other_prefixes() -> None:
+    old = "k mk-other\nk notmk-a\n"
+    out = render("mk-", {"a": "new mk-a"}, old)
+    assert out == "k mk-other\nk notmk-a\nnew mk-a\n"
+
+
+def test_managed_lines_empty_name_marker_as_used_for_the_laptop_key() -> None:
+    marker = "pitunnel-laptop"
+    old = "ssh-ed25519 OLD pitunnel-laptop\nssh-ed25519 MINE me@pc\n"
+    out = render(marker, {"": "ssh-ed25519 NEW pitunnel-laptop"}, old)
+    assert out == "ssh-ed25519 NEW pitunnel-laptop\nssh-ed25519 MINE me@pc\n"
+    assert render(marker, {"": None}, old) == "ssh-ed25519 MINE me@pc\n"
+
+
+def test_managed_lines_absent_file() -> None:
+    assert render("mk-", {"a": "l mk-a"}, None) == "l mk-a\n"
+    assert render("mk-", {"a": None}, None) == ""
+
+
+@pytest.mark.parametrize("old", [None, "", "a\n\nb\n", "x mk-a\nfoo\n", "x mk-a\nx mk-a\n", "no newline at end"])
+@pytest.mark.parametrize("entries", [{"a": "y mk-a"}, {"a": None}, {"a": "y mk-a", "b": "z mk-b"}])
+def test_managed_lines_idempotent(old: str | None, entries: dict[str, str | None]) -> None:
+    once = render("mk-", entries, old)
+    assert render("mk-", entries, once) == once
+
+
+def test_managed_lines_via_file_op_idempotent() -> None:
+    op = File("/home/pi/.ssh/authorized_keys", managed_lines("mk-", {"a": "ssh-ed25519 K mk-a"}),
+              owner="pi", group="pi", mode=0o600)
+    first = op.plan(file_facts(op.path, file_output("other\n", "pi", "pi", 0o600)))
+    assert first.changes and "+ssh-ed25519 K mk-a" in first.diff
+    again = op.plan(file_facts(op.path, file_output("other\nssh-ed25519 K mk-a\n", "pi", "pi", 0o600)))
+    assert not again.changes
+
+
+# ---------------------------------------------------------------------------
+# Absent, Directory
+
+
+def test_absent() -> None:
+    op = Absent("/etc/x y")
+    key = f"exists:{op.path}"
+    assert op.plan(facts_of((key, "no"))).commands == []
+    assert op.plan(facts_of((key, "no"))).reason == "not there"
+    plan = op.plan(facts_of((key, "yes")))
+    assert plan.commands == ["rm -rf '/etc/x y'"]
+    assert plan.backups == []
+
+
+def test_absent_with_notify_backs_up() -> None:
+    op = Absent("/etc/nginx/sites-enabled/default", notify=("reload nginx",))
+    plan = op.plan(facts_of((f"exists:{op.path}", "yes")))
+    assert plan.backups == [op.path]
+    assert plan.commands == [*backup_commands(op.path), f"rm -rf {op.path}"]
+
+
+def test_directory() -> None:
+    op = Directory("/var/lib/p/.ssh", owner="pitunnel", group="pitunnel", mode=0o700)
+    key = f"dir:{op.path}"
+    assert op.plan(facts_of((key, "directory:pitunnel:pitunnel:700"))).commands == []
+    created = op.plan(facts_of((key, "ABSENT")))
+    assert created.reason == "create"
+    assert created.commands == ["mkdir -p /var/lib/p/.ssh", "chown pitunnel:pitunnel /var/lib/p/.ssh",
+                                "chmod 700 /var/lib/p/.ssh"]
+    fixed = op.plan(facts_of((key, "directory:root:root:755")))
+    assert fixed.changes
+    assert fixed.reason == "directory:root:root:755 -> directory:pitunnel:pitunnel:700"
+
+
+# ---------------------------------------------------------------------------
+# Packages
+
+
+def pkg_facts(names: tuple[str, ...], statuses: dict[str, str], age: int | None = None) -> Facts:
+    out = "".join(f"{n} {statuses[n]}\n" for n in names)
+    found = facts_of((_pkg_fact(names), out))
+    if age is not None:
+        found[APT_AGE.key] = (0, f"{age}\n")
+    return found
+
+
+def test_packages_installed_nothing_to_do() -> None:
+    op = Packages(("autossh", "nginx"))
+    plan = op.plan(pkg_facts(op.names, {"autossh": "installed", "nginx": "installed"}, age=10**9))
+    assert plan.commands == [] and plan.reason == "installed"
+
+
+def test_packages_missing_with_stale_lists_updates_first() -> None:
+    op = Packages(("autossh", "nginx"))
+    plan = op.plan(pkg_facts(op.names, {"autossh": "installed", "nginx": "not-installed"},
+                             age=APT_FRESH_SECONDS + 1))
+    assert len(plan.commands) == 2
+    assert plan.commands[0].startswith("apt-get update")
+    assert "apt-get install" in plan.commands[1]
+    assert plan.commands[1].endswith(" --no-install-recommends nginx >/dev/null")  # only the missing one
+    assert "autossh" not in plan.commands[1]
+    assert "stale" in plan.reason and "nginx" in plan.reason
+
+
+def test_packages_missing_with_fresh_lists_no_update() -> None:
+    op = Packages(("autossh",))
+    plan = op.plan(pkg_facts(op.names, {"autossh": "config-files"}, age=60))
+    assert len(plan.commands) == 1
+    assert "apt-get update" not in plan.commands[0]
+    assert "apt-get install" in plan.commands[0] and "autossh" in plan.commands[0]
+    assert "DEBIAN_FRONTEND=noninteractive" in plan.commands[0]
+    assert plan.reason == "install autossh"
+
+
+def test_packages_no_lists_at_all_counts_as_stale() -> None:
+    op = Packages(("autossh",))
+    found = pkg_facts(op.names, {"autossh": "not-installed"})
+    found[APT_AGE.key] = (0, "")
+    assert op.plan(found).commands[0].startswith("apt-get update")
+
+
+def test_packages_facts_include_apt_age() -> None:
+    op = Packages(("autossh",))
+    assert APT_AGE in op.facts()
+    assert _pkg_fact(("autossh",)) in op.facts()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Packages/PackagesAbsent parse the dpkg-query fact with "
+                   "dict(line.split()); a Multi-Arch package installed for two architectures prints a second "
+                   "status line with no name, and planning crashes with ValueError")
+def test_packages_multiarch_status_does_not_crash() -> None:
+    op = Packages(("libc6",))
+    found = facts_of((_pkg_fact(op.names), "libc6 installed\ninstalled\n"), (APT_AGE, "5"))
+    assert op.plan(found).commands == []
+
+
+def test_packages_absent() -> None:
+    op = PackagesAbsent(("nginx",))
+    assert op.plan(pkg_facts(op.names, {"nginx": "not-installed"})).commands == []
+    assert op.plan(pkg_facts(op.names, {"nginx": "not-installed"})).reason == "not installed"
+    for status in ("installed", "config-files"):
+        plan = op.plan(pkg_facts(op.names, {"nginx": status}))
+        assert len(plan.commands) == 1
+        assert "apt-get purge" in plan.commands[0] and "nginx" in plan.commands[0]
+        assert plan.reason == "purge nginx"
+
+
+# ---------------------------------------------------------------------------
+# users
+
+
+def user_facts(name: str, passwd: str, shadow: str = "*") -> Facts:
+    return facts_of((f"user:{name}", passwd), (f"shadow:{name}", shadow))
+
+
+def test_system_user_create() -> None:
+    op = SystemUser("pitunnel", home="/var/lib/pitunnel")
+    plan = op.plan(user_facts("pitunnel", "", ""))
+    assert plan.reason == "create"
+    assert plan.commands[0].startswith("useradd --system --user-group --create-home --home-dir /var/lib/pitunnel ")
+    assert "--shell /usr/sbin/nologin" in plan.commands[0]
+    assert plan.commands[0].endswith(" pitunnel")
+    assert plan.commands[1] == "usermod -p '*' pitunnel"
+
+
+def test_system_user_as_wanted() -> None:
+    op = SystemUser("pitunnel", home="/var/lib/pitunnel")
+    entry = "pitunnel:x:999:999:pitunnel:/var/lib/pitunnel:/usr/sbin/nologin"
+    plan = op.plan(user_facts("pitunnel", entry, "*"))
+    assert plan.commands == [] and plan.reason == "already as wanted"
+
+
+def test_system_user_shell_change() -> None:
+    op = SystemUser("pitunnel", home="/var/lib/pitunnel")
+    entry = "pitunnel:x:999:999:pitunnel:/var/lib/pitunnel:/bin/bash"
+    plan = op.plan(user_facts("pitunnel", entry, "*"))
+    assert plan.commands == ["usermod --shell /usr/sbin/nologin pitunnel"]
+    assert plan.reason == "shell /bin/bash -> /usr/sbin/nologin"
+
+
+def test_system_user_home_change() -> None:
+    op = SystemUser("pitunnel", home="/var/lib/pitunnel")
+    entry = "pitunnel:x:999:999:pitunnel:/home/pitunnel:/usr/sbin/nologin"
+    plan = op.plan(user_facts("pitunnel", entry, "*"))
+    assert plan.commands == ["usermod --home /var/lib/pitunnel --move-home pitunnel"]
+
+
+@pytest.mark.parametrize("shadow", ["!", "!*", "", "$y$j9T$abc"])
+def test_system_user_password_field_not_star(shadow: str) -> None:
+    op = SystemUser("pitunnel", home="/var/lib/pitunnel")
+    entry = "pitunnel:x:999:999:pitunnel:/var/lib/pitunnel:/usr/sbin/nologin"
+    plan = op.plan(user_facts("pitunnel", entry, shadow))
+    assert plan.commands == ["usermod -p '*' pitunnel"]
+    assert "password field" in plan.reason
+
+
+def test_user_absent() -> None:
+    op = UserAbsent("pitunnel")
+    none = op.plan(facts_of(("user:pitunnel", "")))
+    assert none.commands == [] and none.reason == "not there"
+    plan = op.plan(facts_of(("user:pitunnel", "pitunnel:x:999:999::/var/lib/pitunnel:/usr/sbin/nologin")))
+    assert any(c.startswith("userdel --remove pitunnel") for c in plan.commands)
+    assert any("pkill -KILL -u pitunnel" in c for c in plan.commands)
+    assert any("groupdel pitunnel" in c for c in plan.commands)
+
+
+# ---------------------------------------------------------------------------
+# KeyPair
+
+
+def test_keypair_exists_keeps_and_reads_value() -> None:
+    op = KeyPair("/var/lib/pitunnel/.ssh/pitunnel_ed25519", owner="pitunnel", comment="pitunnel:pi1")
+    pub = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIexample pitunnel:pi1"
+    plan = op.plan(facts_of((f"key:{op.path}", pub + "\n")))
+    assert plan.commands == []
+    assert op.value == pub
+
+
+def test_keypair_absent_generates_as_owner() -> None:
+    op = KeyPair("/var/lib/pitunnel/.ssh/pitunnel_ed25519", owner="pitunnel", comment="pitunnel:pi1")
+    plan = op.plan(facts_of((f"key:{op.path}", "ABSENT")))
+    assert op.value == ""
+    assert plan.commands[0] == "install -d -m 700 -o pitunnel -g pitunnel /var/lib/pitunnel/.ssh"
+    keygen = plan.commands[1]
+    assert keygen.startswith("runuser -u pitunnel -- ssh-keygen ")
+    assert "-t ed25519" in keygen and "-N ''" in keygen
+    assert "-C pitunnel:pi1" in keygen and keygen.endswith("-f /var/lib/pitunnel/.ssh/pitunnel_ed25519")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: KeyPair's fact prints cat's error (stderr is merged by gather) "
+                   "when the private key exists but its .pub does not; plan treats that text as the public key, "
+                   "sets .value to 'cat: ...No such file...' and plans nothing")
+def test_keypair_private_without_pub_is_not_taken_as_a_key(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    key.write_text("PRIVATE\n")
+    op = KeyPair(str(key), owner="nobody", comment="c")
+    plan = op.plan(gather(LocalShell(), op.facts()))
+    assert plan.changes or op.value.startswith("ssh-")
+
+
+# ---------------------------------------------------------------------------
+# Service
+
+
+@pytest.mark.parametrize("enabled,running,now,expected", [
+    (True, True, "enabled\nactive\n", []),
+    (True, True, "disabled\ninactive\n", ["enable", "start"]),
+    (True, True, "enabled\ninactive\n", ["start"]),
+    (True, True, "disabled\nactive\n", ["enable"]),
+    (True, True, "not-found\ninactive\n", ["enable", "start"]),
+    (False, False, "enabled\nactive\n", ["disable", "stop"]),
+    (False, False, "disabled\ninactive\n", []),
+    (False, False, "not-found\ninactive\n", []),
+    (False, False, "", []),
+    (True, False, "enabled\nactive\n", ["stop"]),
+    (False, True, "enabled\ninactive\n", ["disable", "start"]),
+])
+def test_service(enabled: bool, running: bool, now: str, expected: list[str]) -> None:
+    op = Service("pitunnel.service", enabled=enabled, running=running)
+    plan = op.plan(facts_of(("unit:pitunnel.service", now)))
+    if not expected:
+        assert plan.commands == []
+        return
+    assert plan.commands[0] == "systemctl daemon-reload"
+    verbs = [c.split()[1] for c in plan.commands[1:]]
+    assert verbs == expected
+    assert all(c.endswith(" pitunnel.service") for c in plan.commands[1:])
+    assert plan.reason == ", ".join(expected)
+
+
+def test_service_no_change_reason() -> None:
+    op = Service("x.service")
+    assert op.plan(facts_of(("unit:x.service", "enabled\nactive"))).reason == "enabled, active"
+
+
+# ---------------------------------------------------------------------------
+# Symlink, Pruned
+
+
+def test_symlink() -> None:
+    op = Symlink("/etc/nginx/sites-enabled/default", "/etc/nginx/sites-available/default")
+    key = f"link:{op.path}"
+    assert op.plan(facts_of((key, f"{op.target}\ntarget-ok"))).reason == "already linked"
+    assert not op.plan(facts_of((key, f"{op.target}\ntarget-missing"))).changes
+    skipped = op.plan(facts_of((key, "ABSENT\ntarget-missing")))
+    assert not skipped.changes and "is not there" in skipped.reason
+    plan = op.plan(facts_of((key, "ABSENT\ntarget-ok")))
+    assert plan.commands == [f"ln -sfn {op.target} {op.path}"]
+    wrong = op.plan(facts_of((key, "/somewhere/else\ntarget-ok")))
+    assert wrong.commands == [f"ln -sfn {op.target} {op.path}"]
+
+
+def test_symlink_without_only_if_exists_and_with_notify() -> None:
+    op = Symlink("/a/link", "/a/target", only_if_exists=False, notify=("h",))
+    plan = op.plan(facts_of((f"link:{op.path}", "ABSENT\ntarget-missing")))
+    assert plan.commands == [*backup_commands("/a/link"), "ln -sfn /a/target /a/link"]
+    assert plan.backups == ["/a/link"]
+
+
+def test_pruned() -> None:
+    op = Pruned("/etc/nginx/sites-enabled", "pitunnel-*.conf", frozenset({"pitunnel-pi1-web.conf"}))
+    key = f"ls:{op.directory}/{op.pattern}"
+    assert op.plan(facts_of((key, ""))).reason == "none"
+    assert op.plan(facts_of((key, "pitunnel-pi1-web.conf\n"))).commands == []
+    plan = op.plan(facts_of((key, "pitunnel-pi1-web.conf\npitunnel-old.conf\n")))
+    assert plan.commands == ["rm -f /etc/nginx/sites-enabled/pitunnel-old.conf"]
+    assert plan.reason == "remove pitunnel-old.conf"
+    assert plan.backups == []
+
+
+def test_pruned_with_notify_backs_up_each() -> None:
+    op = Pruned("/d", "*.conf", frozenset(), notify=("h",))
+    plan = op.plan(facts_of((f"ls:/d/*.conf", "a.conf\nb.conf\n")))
+    assert plan.backups == ["/d/a.conf", "/d/b.conf"]
+    assert plan.commands == [*backup_commands("/d/a.conf"), *backup_commands("/d/b.conf"),
+                             "rm -f /d/a.conf", "rm -f /d/b.conf"]
+
+
+def test_pruned_fact_lists_matches_locally(tmp_path: Path) -> None:
+    for name in ("a.conf", "b.conf", "c.txt"):
+        (tmp_path / name).write_text("x")
+    op = Pruned(str(tmp_path), "*.conf", frozenset({"a.conf"}))
+    plan = op.plan(gather(LocalShell(), op.facts()))
+    assert plan.commands == [f"rm -f {tmp_path}/b.conf"]
+    empty = Pruned(str(tmp_path / "nothing-here"), "*.conf", frozenset())
+    assert not empty.plan(gather(LocalShell(), empty.facts())).changes
+
+
+# ---------------------------------------------------------------------------
+# Observe, SshdPasswordsCheck
+
+
+def test_observe_keeps_value_and_changes_nothing() -> None:
+    fact = command_fact("ss-listen", "ss -Htln")
+    op = Observe(fact, lambda v: f"{len(v.splitlines())} lines", title="listeners")
+    plan = op.plan(facts_of((fact, "LISTEN 0 128 127.0.0.1:20000 0.0.0.0:*\nLISTEN 0 128 [::]:22 [::]:*")))
+    assert plan.commands == []
+    assert plan.reason == "2 lines"
+    assert op.value.startswith("LISTEN 0 128 127.0.0.1:20000")
+    assert op.facts() == [fact]
+
+
+def test_sshd_passwords_check() -> None:
+    op = SshdPasswordsCheck()
+    on = op.plan(facts_of(("sshd-passwords", "passwordauthentication yes\nkbdinteractiveauthentication no\n"
+                                             "permitrootlogin prohibit-password")))
+    assert on.commands == [] and on.reason.startswith("WARNING")
+    off = op.plan(facts_of(("sshd-passwords", "passwordauthentication no\npermitrootlogin no")))
+    assert off.commands == [] and off.reason == "passwords refused"
+    assert op.plan(facts_of(("sshd-passwords", ""))).reason == "passwords refused"
+
+
+# ---------------------------------------------------------------------------
+# gather, with the fact scripts run by a real local shell
+
+
+def test_gather_file_facts_agree_with_parser(tmp_path: Path) -> None:
+    text = tmp_path / "text"
+    text.write_bytes(b"line one\nline two\n")
+    text.chmod(0o640)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    empty.chmod(0o600)
+    binary = tmp_path / "with space"
+    binary.write_bytes(bytes(range(256)) * 3)
+    nolf = tmp_path / "nolf"
+    nolf.write_bytes(b"no newline")
+    missing = tmp_path / "missing"
+    shell = LocalShell()
+    paths = [text, empty, binary, nolf, missing]
+    found = gather(shell, [file_fact(str(p)) for p in paths] + [file_fact(str(text))])  # duplicate fact once
+    assert len(shell.scripts) == 1  # one round trip
+    owner, group = me()
+    assert found.file(str(text)) == FileState(True, owner, group, 0o640, b"line one\nline two\n")
+    assert found.file(str(empty)) == FileState(True, owner, group, 0o600, b"")
+    assert found.file(str(binary)).content == bytes(range(256)) * 3
+    assert found.file(str(nolf)).content == b"no newline"
+    assert found.file(str(missing)) == FileState(exists=False)
+    assert set(found) == {file_fact(str(p)).key for p in paths}
+
+
+def test_gather_command_facts_rc_and_output() -> None:
+    facts = [command_fact("a", "echo hello"), command_fact("b", "printf 'no newline'"),
+             command_fact("c", "echo out; echo err >&2; exit 3"), command_fact("d", "true"),
+             command_fact("e", "printf 'x\\n\\n\\n'")]
+    found = gather(LocalShell(), facts)
+    assert found["a"] == (0, "hello")
+    assert found["b"] == (0, "no newline")
+    assert found["c"][0] == 3 and found["c"][1].split("\n") == ["out", "err"]
+    assert found["d"] == (0, "")
+    assert found["e"] == (0, "x\n\n")
+
+
+def test_gather_nothing_runs_nothing() -> None:
+    shell = LocalShell()
+    assert gather(shell, []) == {}
+    assert shell.scripts == []
+
+
+def test_gather_missing_fact_raises() -> None:
+    class Broken:
+        name = "h"
+
+        def run(self, script: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.CompletedProcess([], 1, "", "boom")
+
+    with pytest.raises(RuntimeError, match="h: facts not read"):
+        gather(Broken(), [command_fact("a", "true")])
+
+
+def test_gather_real_facts_for_other_ops(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir(mode=0o750)
+    (tmp_path / "d").chmod(0o750)
+    (tmp_path / "target").write_text("t")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    owner, group = me()
+    directory = Directory(str(tmp_path / "d"), owner=owner, group=group, mode=0o750)
+    new_dir = Directory(str(tmp_path / "new"), owner=owner, group=group)
+    absent_yes = Absent(str(tmp_path / "target"))
+    absent_no = Absent(str(tmp_path / "nope"))
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    absent_dangling = Absent(str(dangling))
+    link_ok = Symlink(str(tmp_path / "link"), str(tmp_path / "target"))
+    link_new = Symlink(str(tmp_path / "link2"), str(tmp_path / "target"))
+    all_ops = [directory, new_dir, absent_yes, absent_no, absent_dangling, link_ok, link_new]
+    found = gather(LocalShell(), [f for op in all_ops for f in op.facts()])
+    assert not directory.plan(found).changes
+    assert new_dir.plan(found).reason == "create"
+    assert absent_yes.plan(found).changes
+    assert not absent_no.plan(found).changes
+    assert absent_dangling.plan(found).changes  # a dangling link is still something to remove
+    assert not link_ok.plan(found).changes
+    assert link_new.plan(found).changes
+
+
+# ---------------------------------------------------------------------------
+# File ops applied for real on the local filesystem
+
+
+def test_file_apply_locally_then_idempotent(tmp_path: Path) -> None:
+    owner, group = me()
+    path = str(tmp_path / "sub dir" / "demo.conf")
+    op = File(path, "hello\nworld\n", owner=owner, group=group, mode=0o640)
+    shell = LocalShell()
+    plan = op.plan(gather(shell, op.facts()))
+    assert plan.reason == "create"
+    result = apply(plan.commands)
+    assert result.returncode == 0, result.stderr
+    assert Path(path).read_text() == "hello\nworld\n"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    assert not Path(path + ".pitunnel-tmp").exists()
+    again = op.plan(gather(shell, op.facts()))
+    assert again.commands == [] and again.reason == "already as wanted"
+
+    # change content and mode, apply, and converge again
+    op2 = File(path, "changed\n", owner=owner, group=group, mode=0o600)
+    plan2 = op2.plan(gather(shell, op2.facts()))
+    assert plan2.reason == "content, mode 640 -> 600"
+    assert apply(plan2.commands).returncode == 0
+    assert Path(path).read_text() == "changed\n"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert not op2.plan(gather(shell, op2.facts())).changes
+
+
+def test_file_apply_locally_empty_and_binary_like_content(tmp_path: Path) -> None:
+    owner, group = me()
+    for name, content in (("empty", ""), ("unicode", "häßlich ✓ 'quotes' \"dq\" $HOME `x`\n")):
+        path = str(tmp_path / name)
+        op = File(path, content, owner=owner, group=group, mode=0o644)
+        assert apply(op.plan(gather(LocalShell(), op.facts())).commands).returncode == 0
+        assert Path(path).read_text() == content
+        assert not op.plan(gather(LocalShell(), op.facts())).changes
+
+
+def test_file_managed_lines_apply_locally_idempotent(tmp_path: Path) -> None:
+    owner, group = me()
+    path = tmp_path / "authorized_keys"
+    path.write_text("ssh-ed25519 MINE me@pc\n")
+    path.chmod(0o600)
+    op = File(str(path), managed_lines("pitunnel-laptop", {"": "ssh-ed25519 LAPTOP pitunnel-laptop"}),
+              owner=owner, group=group, mode=0o600)
+    assert apply(op.plan(gather(LocalShell(), op.facts())).commands).returncode == 0
+    assert path.read_text() == "ssh-ed25519 MINE me@pc\nssh-ed25519 LAPTOP pitunnel-laptop\n"
+    assert not op.plan(gather(LocalShell(), op.facts())).changes
+
+
+@pytest.fixture
+def backup_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    directory = tmp_path / "backups"
+    monkeypatch.setattr(ops, "BACKUP_DIR", str(directory))
+    return directory
+
+
+def test_file_validate_failure_restores_old_file_locally(tmp_path: Path, backup_dir: Path) -> None:
+    owner, group = me()
+    path = tmp_path / "conf"
+    path.write_text("old\n")
+    path.chmod(0o644)
+    op = File(str(path), "new\n", owner=owner, group=group, mode=0o644, validate=f"grep -q old {path}")
+    plan = op.plan(gather(LocalShell(), op.facts()))
+    result = apply(plan.commands)
+    assert result.returncode != 0
+    assert "validation failed" in result.stderr
+    assert path.read_text() == "old\n"
+
+
+def test_file_validate_failure_removes_new_file_locally(tmp_path: Path, backup_dir: Path) -> None:
+    owner, group = me()
+    path = tmp_path / "conf"
+    op = File(str(path), "new\n", owner=owner, group=group, validate="false")
+    result = apply(op.plan(gather(LocalShell(), op.facts())).commands)
+    assert result.returncode != 0
+    assert not path.exists()
+
+
+def test_file_validate_success_keeps_new_file_and_restore_brings_old_back(tmp_path: Path, backup_dir: Path) -> None:
+    owner, group = me()
+    path = tmp_path / "conf"
+    path.write_text("old\n")
+    path.chmod(0o644)
+    op = File(str(path), "new\n", owner=owner, group=group, mode=0o644, validate="true", notify=("h",))
+    plan = op.plan(gather(LocalShell(), op.facts()))
+    assert apply(plan.commands).returncode == 0
+    assert path.read_text() == "new\n"
+    # what the runner does when a later op or the handler fails
+    assert apply([c for p in plan.backups for c in restore_commands(p)]).returncode == 0
+    assert path.read_text() == "old\n"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: backup_commands leaves a stale '<backup>.absent' marker from an "
+                   "earlier run in place when the file now exists; restore_commands checks the marker first and "
+                   "deletes the file instead of bringing its previous content back")
+def test_backup_ignores_stale_absent_marker(tmp_path: Path, backup_dir: Path) -> None:
+    path = tmp_path / "conf"
+    # run 1: the file did not exist; its backup says so, and the run ended before dropping the backup
+    assert apply(backup_commands(str(path))).returncode == 0
+    path.write_text("good\n")
+    # run 2: a change to the (now existing) file is backed up, then must be rolled back
+    assert apply(backup_commands(str(path))).returncode == 0
+    path.write_text("bad\n")
+    assert apply(restore_commands(str(path))).returncode == 0
+    assert path.exists() and path.read_text() == "good\n"
