@@ -53,7 +53,8 @@ def backup_commands(path: str) -> list[str]:
     """Keep the old file (or the fact that there was none) so a failed change can be undone."""
     b = q(backup_path(path))
     return [f"mkdir -p {BACKUP_DIR} && chmod 700 {BACKUP_DIR}",
-            f"if [ -e {q(path)} ]; then cp -a {q(path)} {b}; else rm -f {b}; : > {b}.absent; fi"]
+            f"if [ -e {q(path)} ] || [ -L {q(path)} ]; then rm -f {b}.absent; cp -a {q(path)} {b}; "
+            f"else rm -rf {b}; : > {b}.absent; fi"]
 
 
 def restore_commands(path: str) -> list[str]:
@@ -211,8 +212,13 @@ class Directory(Op):
 # ------------------------------------------------------------------ packages
 def _pkg_fact(names: Sequence[str]) -> Fact:
     joined = " ".join(q(n) for n in names)
-    return command_fact(f"pkgs:{joined}", f"for p in {joined}; do printf '%s ' $p; "
-                        "dpkg-query -W -f '${db:Status-Status}\\n' $p 2>/dev/null || echo not-installed; done")
+    return command_fact(f"pkgs:{joined}", f"for p in {joined}; do s=$(dpkg-query -W -f '${{db:Status-Status}} ' $p "
+                        "2>/dev/null) || s=not-installed; echo \"$p $s\"; done")
+
+
+def _pkg_status(output: str) -> dict[str, tuple[str, ...]]:
+    """name -> dpkg status words (several for a package installed for several architectures)."""
+    return {words[0]: tuple(words[1:]) for words in (line.split() for line in output.splitlines()) if words}
 
 
 APT_AGE = command_fact("apt-lists-age", "now=$(date +%s); newest=$(stat -c %Y /var/lib/apt/lists/*_Packages "
@@ -231,8 +237,8 @@ class Packages(Op):
         return [_pkg_fact(self.names), APT_AGE]
 
     def plan(self, facts: Facts) -> Plan:
-        status = dict(line.split() for line in facts.output(_pkg_fact(self.names)).splitlines() if line.strip())
-        missing = [n for n in self.names if status.get(n) != "installed"]
+        status = _pkg_status(facts.output(_pkg_fact(self.names)))
+        missing = [n for n in self.names if "installed" not in status.get(n, ())]
         if not missing:
             return Plan([], "installed")
         cmds = []
@@ -257,8 +263,8 @@ class PackagesAbsent(Op):
         return [_pkg_fact(self.names)]
 
     def plan(self, facts: Facts) -> Plan:
-        status = dict(line.split() for line in facts.output(_pkg_fact(self.names)).splitlines() if line.strip())
-        present = [n for n in self.names if status.get(n) not in (None, "not-installed")]
+        status = _pkg_status(facts.output(_pkg_fact(self.names)))
+        present = [n for n in self.names if set(status.get(n, ("not-installed",))) - {"not-installed"}]
         if not present:
             return Plan([], "not installed")
         return Plan(["DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --autoremove "
@@ -336,13 +342,18 @@ class KeyPair(Op):
         self.title = self.title or f"key pair {self.path}"
 
     def facts(self) -> list[Fact]:
-        return [command_fact(f"key:{self.path}", f"[ -f {q(self.path)} ] && cat {q(self.path)}.pub || echo ABSENT")]
+        k = q(self.path)
+        return [command_fact(f"key:{self.path}", f"if [ ! -f {k} ]; then echo ABSENT; elif [ -f {k}.pub ]; then "
+                             f"echo \"PUB $(cat {k}.pub)\"; else echo NOPUB; fi")]
 
     def plan(self, facts: Facts) -> Plan:
         found = facts[f"key:{self.path}"][1].strip()
-        if found != "ABSENT":
-            self.value = found
+        if found.startswith("PUB ") and len(found.split()) >= 3:
+            self.value = found[4:]
             return Plan([], "exists (kept)")
+        if found == "NOPUB":
+            return Plan([f"runuser -u {q(self.owner)} -- sh -c 'ssh-keygen -y -f {q(self.path)} > {q(self.path)}.pub'"],
+                        "public half missing: derive it from the private key (kept)")
         d = q(self.path.rsplit("/", 1)[0])
         return Plan([f"install -d -m 700 -o {q(self.owner)} -g {q(self.owner)} {d}",
                      f"runuser -u {q(self.owner)} -- ssh-keygen -q -t ed25519 -N '' -C {q(self.comment)} -f {q(self.path)}"],
@@ -450,9 +461,9 @@ class Pruned(Op):
 
 @dataclass
 class SshdPasswordsCheck(Op):
-    """Changes nothing: warns when the effective sshd config lets passwords in for other users."""
+    """Changes nothing: warns when the effective sshd config lets passwords in (as root would log in)."""
 
-    title: str = "sshd password logins (effective config, read only)"
+    title: str = "sshd password logins for root (effective config, read only)"
 
     def facts(self) -> list[Fact]:
         return [command_fact("sshd-passwords", "sshd -T -C user=root,host=pitunnel-check,addr=192.0.2.1 2>/dev/null "

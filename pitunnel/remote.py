@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
-from fabric import Connection
+from fabric import Config, Connection
 
 from . import hostkeys
 from .inventory import HostSpec
@@ -86,7 +86,9 @@ class Remote:
         return kwargs
 
     def _open(self, *, use_password: bool = True) -> Connection:
+        # an explicit, empty ssh config: the inventory alone says where and how to connect
         conn = Connection(self.spec.address, user=self.spec.user, port=self.spec.port,
+                          config=Config(ssh_config=paramiko.SSHConfig()),
                           connect_timeout=int(self.spec.connect_timeout),
                           connect_kwargs=self._connect_kwargs(use_password=use_password))
         hostkeys.configure(conn.client, known_hosts=self.known_hosts,
@@ -101,7 +103,8 @@ class Remote:
             raise hostkeys.HostKeyRefused(
                 f"host key for {where} CHANGED: got {exc.key.get_name()} {hostkeys.fingerprint(exc.key)}, "
                 f"expected {hostkeys.fingerprint(exc.expected_key)}. This may be an attack; if the host was "
-                f"really reinstalled, remove its old line from {self.known_hosts} (ssh-keygen -R)"
+                "really reinstalled, " + (f"update host_key of {self.name} in the inventory" if self.spec.host_key else
+                f"remove its old line from {self.known_hosts} (ssh-keygen -R)")
             ) from None
         except paramiko.AuthenticationException:
             hint = "set key (or password_file, or --prompt-for-login-password) in the inventory"

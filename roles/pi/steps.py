@@ -65,7 +65,8 @@ def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str
     context = dict(pi=pi.name, vps=vps.name, vps_address=vps.address, vps_port=vps.port,
                    vps_tunnel_user=vps.tunnel_user, key_path=key_path(pi), tunnel_user=pi.tunnel_user,
                    tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
-                   server_alive_count_max=pi.server_alive_count_max, forwards=forwards(pi))
+                   server_alive_count_max=pi.server_alive_count_max, forwards=forwards(pi),
+                   connect_timeout=int(pi.connect_timeout))
     restart = ("restart tunnel",)
     return [
         Directory(D["config_dir"]),
@@ -128,7 +129,17 @@ def provision(play: Play) -> None:
                           lambda v: "missing" if "MISSING" in v else "present", title=f"tunnel account {vps.tunnel_user}")
         keys = Observe(HOST_KEYS, lambda v: f"{len(v.splitlines())} host keys read", title="VPS host keys")
         ss = Observe(SS, lambda v: "read", title="listeners on the VPS")
-        converge(remote, [account, keys, ss], reporter, mode)
+        permitted = Observe(command_fact("permitlisten", f"sshd -T -C user={vps.tunnel_user},host=pitunnel,addr=192.0.2.1 "
+                                         "2>/dev/null | grep -i '^permitlisten ' || true"),
+                            lambda v: "read", title="listeners sshd permits the tunnel account")
+        converge(remote, [account, keys, ss, permitted], reporter, mode)
+        allowed = set(permitted.value.split()[1:])
+        unknown = [f"{p.name}: {listen_spec(t)}" for p in mine for t in p.tunnels if listen_spec(t) not in allowed]
+        if unknown and "MISSING" not in account.value:
+            reporter.line(remote.name, "skipped" if mode.check else "failed", "sshd permits the Pis' listeners",
+                          f"not yet: {', '.join(unknown)}; run `invoke provision-vps` (or `invoke provision`) first")
+            if not mode.check:
+                raise StepFailed("PermitListen behind the inventory")
         vps_keys[vps.name] = [k for k in keys.value.splitlines() if k.strip()]
         vps_ss[vps.name] = ss.value
         if "MISSING" in account.value:
@@ -181,6 +192,8 @@ def _wait_listening(play: Play, pi: PiSpec, vps: VpsSpec, ss_now: str) -> None:
 
 def _passwords_off(play: Play, remote: Remote) -> None:
     if play.options.check:
+        ops, handlers = password_ops(remote)
+        converge(remote, ops, play.reporter, play.options.mode, handlers)
         return
     if not remote.can_log_in_fresh(use_password=False, within=0):
         play.reporter.line(remote.name, "failed", "sshd: passwords off",

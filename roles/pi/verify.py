@@ -6,6 +6,7 @@ negative probes use the Pi's own tunnel key, on the Pi, so its private half neve
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 import socket
@@ -47,6 +48,10 @@ class PiReport:
 def pi_host_keys(inv: Inventory, pi: PiSpec) -> paramiko.HostKeys:
     """The Pi's own host keys as the laptop knows them from direct contact."""
     keys = paramiko.HostKeys()
+    if pi.host_key:
+        keytype, blob = pi.host_key.split()[:2]
+        keys.add("tunnel", keytype, paramiko.PKey.from_type_string(keytype, base64.b64decode(blob)))
+        return keys
     if inv.settings.known_hosts.exists():
         keys.load(str(inv.settings.known_hosts))
     found = keys.lookup(hostkeys.known_name(pi.address, pi.port))
@@ -62,7 +67,7 @@ def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSp
     """Log in to the Pi through the tunnel; pass only if the far end shows this Pi's own host key."""
     expected = pi_host_keys(inv, pi)
     if not expected.keys():
-        return False, "the Pi's host key is unknown to the laptop", "run provision-pi first (it records the Pi's key)"
+        return False, "the Pi's host key is unknown to the laptop", "record it on first direct contact (--accept-new-host-keys) or pin host_key in the inventory"
     if tunnel.public:
         where = f"{vps.address}:{tunnel.remote_port}"
         try:

@@ -47,8 +47,9 @@ def listen_spec(tunnel: TunnelSpec) -> str:
 
 def authorized_line(vps: VpsSpec, pi: PiSpec, pubkey: str) -> str:
     """A Pi's key may only open its own listeners, and nothing else: no command, pty, agent or -L."""
-    listens = ",".join(f'permitlisten="{listen_spec(t)}"' for t in pi.tunnels)
-    options = f'restrict,port-forwarding,{listens},command="{D["forced_command"]}"'
+    listens = "".join(f'permitlisten="{listen_spec(t)}",' for t in pi.tunnels)
+    forwarding = f"port-forwarding,{listens}" if pi.tunnels else ""  # no tunnels: no forwarding at all
+    options = f'restrict,{forwarding}command="{D["forced_command"]}"'
     keytype, blob = pubkey.split()[:2]
     return f"{options} {keytype} {blob} {KEY_MARKER}{pi.name}"
 

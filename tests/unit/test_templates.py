@@ -1,0 +1,473 @@
+"""Unit tests for the config text the roles render (sshd Match block, nginx, the Pi's ssh_config and
+systemd unit, authorized_keys), from an inventory loaded the real way. Pure: tmp_path only."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pitunnel.facts import FileState
+from pitunnel.inventory import Inventory, load_inventory
+from pitunnel.ops import File, KeyPair, Op, Service
+from roles.pi import steps as pi_steps
+from roles.vps import steps as vps_steps
+
+VPS_D = vps_steps.D
+PI_D = pi_steps.D
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHva6ee4ekTAawH0SqI5CoAvuEvPaN4hfyg5Q+vEb9p1"
+
+INVENTORY = """
+settings:
+  known_hosts: known_hosts
+  laptop_key: keys/laptop
+vps:
+  main:
+    address: 203.0.113.10
+    port: 2222
+    key: keys/admin
+  other:
+    address: vps2.example.com
+    http_port: 8080
+    https_port: 8443
+    tls_certificate: /etc/ssl/vps2.pem
+    tls_key: /etc/ssl/vps2.key
+    client_alive_interval: 7
+    client_alive_count_max: 4
+pis:
+  pi1:
+    address: 192.168.1.50
+    vps: main
+    server_alive_interval: 11
+    server_alive_count_max: 5
+    tunnels:
+      ssh: {type: ssh, remote_port: 20022, public: true}
+      web: {type: http, local_port: 8080, remote_port: 20080, basic_auth_file: web.htpasswd}
+      cam: {type: http, server_name: cam.example.com, remote_port: 20081}
+  pi2:
+    address: 192.168.1.51
+    vps: main
+    user: pi
+    tunnel_user: pi
+    tunnels:
+      ssh: {type: ssh, remote_port: 20023}
+  pi3:
+    address: 10.0.0.3
+    vps: other
+    tunnels:
+      ssh: {type: ssh, local_port: 2200, remote_port: 20022}
+      site: {type: http, server_name: "*.example.org", path: /app/, remote_port: 20090}
+"""
+
+
+def keygen(path: Path, comment: str = "test") -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
+    return path.with_name(path.name + ".pub").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def inv(tmp_path_factory: pytest.TempPathFactory) -> Inventory:
+    base = tmp_path_factory.mktemp("inventory")
+    keygen(base / "keys" / "laptop", "me@laptop")
+    keygen(base / "keys" / "admin")
+    (base / "web.htpasswd").write_text("alice:$apr1$abc$def\n")
+    file = base / "hosts.yml"
+    file.write_text(textwrap.dedent(INVENTORY).lstrip())
+    return load_inventory(file)
+
+
+def file_op(ops: list[Op], path: str) -> File:
+    found = [op for op in ops if isinstance(op, File) and op.path == path]
+    assert len(found) == 1, f"no single File op for {path}: {[getattr(o, 'path', o) for o in ops]}"
+    return found[0]
+
+
+def text_of(ops: list[Op], path: str) -> str:
+    return file_op(ops, path).wanted(FileState(exists=False))
+
+
+def directives(text: str) -> list[str]:
+    """The non-comment lines, stripped."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def values(text: str, keyword: str) -> list[str]:
+    return [line.split(None, 1)[1] if " " in line else "" for line in directives(text)
+            if line.split()[0] == keyword]
+
+
+# ---------------------------------------------------------------------------
+# VPS: sshd Match block
+
+
+def sshd_text(inv: Inventory, vps: str) -> str:
+    return text_of(vps_steps.converge_ops(inv, inv.vps[vps]), VPS_D["sshd_dropin"])
+
+
+def test_sshd_match_block_restricts_the_tunnel_account(inv: Inventory) -> None:
+    text = sshd_text(inv, "main")
+    lines = directives(text)
+    assert lines[0] == "Match User pitunnel"
+    # nothing before the Match line: no global setting changes for other users
+    assert not [l for l in text.split("Match User", 1)[0].splitlines() if l.strip() and not l.startswith("#")]
+    for wanted in ("PermitOpen none", "AllowTcpForwarding remote", "GatewayPorts clientspecified",
+                   "AuthenticationMethods publickey", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+                   "PermitTTY no", "X11Forwarding no", "AllowAgentForwarding no", "AllowStreamLocalForwarding no",
+                   "PermitTunnel no", "ForceCommand /bin/false", "ClientAliveInterval 5", "ClientAliveCountMax 2"):
+        assert wanted in lines, wanted
+    assert len(values(text, "PermitListen")) == 1
+
+
+def test_sshd_permit_listen_is_exactly_this_vps_listeners(inv: Inventory) -> None:
+    main = values(sshd_text(inv, "main"), "PermitListen")[0].split()
+    assert sorted(main) == sorted(["0.0.0.0:20022", "127.0.0.1:20080", "127.0.0.1:20081", "127.0.0.1:20023"])
+    other_text = sshd_text(inv, "other")
+    other = values(other_text, "PermitListen")[0].split()
+    assert sorted(other) == ["127.0.0.1:20022", "127.0.0.1:20090"]
+    assert "ClientAliveInterval 7" in directives(other_text)
+    assert "ClientAliveCountMax 4" in directives(other_text)
+
+
+def test_sshd_permit_listen_none_without_tunnels(tmp_path: Path) -> None:
+    file = tmp_path / "hosts.yml"
+    file.write_text("settings: {laptop_key: null, known_hosts: kh}\nvps:\n  main:\n    address: 203.0.113.1\n"
+                    "    tunnel_user: tunnels\n")
+    inv = load_inventory(file)
+    text = sshd_text(inv, "main")
+    assert values(text, "PermitListen") == ["none"]
+    assert directives(text)[0] == "Match User tunnels"
+
+
+def test_sshd_dropin_is_validated_and_reloads(inv: Inventory) -> None:
+    op = file_op(vps_steps.converge_ops(inv, inv.vps["main"]), VPS_D["sshd_dropin"])
+    assert op.validate == "sshd -t"
+    assert op.notify == ("reload sshd",)
+    assert (op.owner, op.group, op.mode) == ("root", "root", 0o644)
+
+
+# ---------------------------------------------------------------------------
+# VPS: authorized_keys
+
+
+def options_of(line: str) -> list[str]:
+    """The option list at the start of an authorized_keys line (no option here has a space)."""
+    return line.split()[0].split(",")
+
+
+def test_authorized_line(inv: Inventory) -> None:
+    pub = "ssh-ed25519 AAAAkey1 pitunnel:pi1"
+    line = vps_steps.authorized_line(inv.vps["main"], inv.pis["pi1"], pub)
+    opts = options_of(line)
+    assert opts[0] == "restrict"
+    assert "port-forwarding" in opts
+    assert sorted(o for o in opts if o.startswith("permitlisten=")) == sorted([
+        'permitlisten="0.0.0.0:20022"', 'permitlisten="127.0.0.1:20080"', 'permitlisten="127.0.0.1:20081"'])
+    assert 'command="/bin/false"' in opts
+    assert "" not in opts  # no empty option (",,")
+    assert "permitopen" not in line and "pty" not in opts and "agent-forwarding" not in opts
+    assert line.split()[1:] == ["ssh-ed25519", "AAAAkey1", "pitunnel:pi1"]
+
+
+def test_authorized_line_only_that_pis_tunnels(inv: Inventory) -> None:
+    line = vps_steps.authorized_line(inv.vps["main"], inv.pis["pi2"], "ssh-ed25519 AAAAkey2")
+    assert [o for o in options_of(line) if o.startswith("permitlisten=")] == ['permitlisten="127.0.0.1:20023"']
+    assert line.endswith(" ssh-ed25519 AAAAkey2 pitunnel:pi2")
+
+
+def test_authorized_line_pi_without_tunnels_gets_no_forwarding(tmp_path: Path) -> None:
+    file = tmp_path / "hosts.yml"
+    file.write_text(textwrap.dedent("""
+        settings: {laptop_key: null, known_hosts: kh}
+        vps: {main: {address: 203.0.113.1}}
+        pis:
+          idle: {address: 10.0.0.1}
+          busy: {address: 10.0.0.2, tunnels: {ssh: {type: ssh, remote_port: 20001}}}
+        """))
+    inv = load_inventory(file)
+    line = vps_steps.authorized_line(inv.vps["main"], inv.pis["idle"], "ssh-ed25519 AAAAidle")
+    opts = options_of(line)
+    assert "" not in opts
+    assert "port-forwarding" not in opts or any(o.startswith("permitlisten=") for o in opts)
+
+
+def keys_file(inv: Inventory, vps: str, existing: str | None, new: dict[str, str],
+              drop: frozenset[str] = frozenset()) -> tuple[File, str]:
+    op = vps_steps.authorized_keys(inv, inv.vps[vps], new, drop)
+    state = FileState(False) if existing is None else FileState(True, "pitunnel", "pitunnel", 0o600,
+                                                                existing.encode())
+    return op, op.wanted(state)
+
+
+def test_authorized_keys_file_op(inv: Inventory) -> None:
+    op, text = keys_file(inv, "main", None, {})
+    assert op.path == f"{VPS_D['tunnel_home']}/.ssh/authorized_keys"
+    assert (op.owner, op.group, op.mode) == ("pitunnel", "pitunnel", 0o600)
+    assert text == ""  # no keys known yet: nothing authorised
+
+
+def test_authorized_keys_keeps_other_pis_and_updates_options(inv: Inventory) -> None:
+    existing = ("restrict,port-forwarding,permitlisten=\"127.0.0.1:1\",command=\"/bin/false\" "
+                "ssh-ed25519 AAAAold1 pitunnel:pi1\n"
+                "restrict,port-forwarding,permitlisten=\"127.0.0.1:9999\",command=\"/bin/false\" "
+                "ssh-ed25519 AAAAkey2 pitunnel:pi2\n"
+                "restrict,port-forwarding,permitlisten=\"127.0.0.1:20050\",command=\"/bin/false\" "
+                "ssh-ed25519 AAAAgone pitunnel:gone\n")
+    main, pi1, pi2 = inv.vps["main"], inv.pis["pi1"], inv.pis["pi2"]
+    op, text = keys_file(inv, "main", existing, {"pi1": "ssh-ed25519 AAAAnew1 pitunnel:pi1"})
+    assert text == (vps_steps.authorized_line(main, pi1, "ssh-ed25519 AAAAnew1") + "\n"
+                    + vps_steps.authorized_line(main, pi2, "ssh-ed25519 AAAAkey2") + "\n")
+    assert "AAAAold1" not in text  # the new key replaced the old one
+    assert "127.0.0.1:9999" not in text and 'permitlisten="127.0.0.1:20023"' in text  # options from the inventory
+    assert "pitunnel:gone" not in text and "AAAAgone" not in text  # no longer in the inventory
+    # idempotent: its own output in, the same out, and the File op plans nothing
+    _, again = keys_file(inv, "main", text, {})
+    assert again == text
+    _, again_with_same_new = keys_file(inv, "main", text, {"pi1": "ssh-ed25519 AAAAnew1 pitunnel:pi1"})
+    assert again_with_same_new == text
+
+
+def test_authorized_keys_only_this_vps_pis(inv: Inventory) -> None:
+    existing = "ssh-ed25519 AAAAkey3 pitunnel:pi3\nssh-ed25519 AAAAkey1 pitunnel:pi1\n"
+    _, main_text = keys_file(inv, "main", existing, {})
+    assert "pitunnel:pi3" not in main_text and "pitunnel:pi1" in main_text
+    _, other_text = keys_file(inv, "other", existing, {"pi1": "ssh-ed25519 AAAAx"})
+    assert other_text == vps_steps.authorized_line(inv.vps["other"], inv.pis["pi3"], "ssh-ed25519 AAAAkey3") + "\n"
+
+
+def test_authorized_keys_drop(inv: Inventory) -> None:
+    existing = "ssh-ed25519 AAAAkey1 pitunnel:pi1\nssh-ed25519 AAAAkey2 pitunnel:pi2\n"
+    _, text = keys_file(inv, "main", existing, {}, drop=frozenset({"pi2"}))
+    assert "pitunnel:pi1" in text and "pitunnel:pi2" not in text and "AAAAkey2" not in text
+    _, everything = keys_file(inv, "main", existing, {}, drop=frozenset({"pi1", "pi2"}))
+    assert everything == ""
+
+
+# ---------------------------------------------------------------------------
+# VPS: nginx
+
+
+def test_nginx_location_for_path_tunnel(inv: Inventory) -> None:
+    ops = vps_steps.converge_ops(inv, inv.vps["main"])
+    text = text_of(ops, f"{VPS_D['nginx_locations_dir']}/pi1-web.conf")
+    lines = directives(text)
+    assert lines[0] == "location /pi1/web/ {"
+    assert lines[-1] == "}"
+    assert "proxy_pass http://pitunnel_pi1_web/;" in lines  # trailing slash: the prefix is stripped
+    assert "proxy_http_version 1.1;" in lines
+    for header in ("Host $host", "X-Real-IP $remote_addr", "X-Forwarded-For $proxy_add_x_forwarded_for",
+                   "X-Forwarded-Proto $scheme", "Upgrade $http_upgrade", "Connection $pitunnel_connection"):
+        assert f"proxy_set_header {header};" in lines, header
+    assert 'auth_basic "pi1";' in lines
+    assert f"auth_basic_user_file {VPS_D['nginx_auth_dir']}/pi1-web.htpasswd;" in lines
+    assert text.count("{") == text.count("}")
+
+
+def test_nginx_basic_auth_file_is_secret_and_readable_by_nginx(inv: Inventory) -> None:
+    ops = vps_steps.converge_ops(inv, inv.vps["main"])
+    op = file_op(ops, f"{VPS_D['nginx_auth_dir']}/pi1-web.htpasswd")
+    assert op.secret and op.mode == 0o640 and op.group == "www-data"
+    assert op.wanted(FileState(False)) == "alice:$apr1$abc$def\n"
+    assert "reload nginx" in op.notify
+
+
+def test_nginx_server_for_server_name_tunnel(inv: Inventory) -> None:
+    ops = vps_steps.converge_ops(inv, inv.vps["main"])
+    text = text_of(ops, f"{VPS_D['nginx_sites_dir']}/pitunnel-pi1-cam.conf")
+    lines = directives(text)
+    assert lines[0] == "server {"
+    assert "server_name cam.example.com;" in lines
+    assert "listen 80;" in lines and "listen [::]:80;" in lines
+    assert not any("default_server" in l for l in lines)
+    assert not any("ssl" in l for l in lines)  # no TLS on this VPS
+    assert "location / {" in lines
+    assert "proxy_pass http://pitunnel_pi1_cam;" in lines  # no path: URI passed unchanged
+    for header in ("X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto", "Upgrade"):
+        assert any(l.startswith(f"proxy_set_header {header} ") for l in lines), header
+    assert not any(l.startswith("auth_basic") for l in lines)
+    assert text.count("{") == text.count("}")
+
+
+def test_nginx_server_with_tls_and_path(inv: Inventory) -> None:
+    ops = vps_steps.converge_ops(inv, inv.vps["other"])
+    text = text_of(ops, f"{VPS_D['nginx_sites_dir']}/pitunnel-pi3-site.conf")
+    lines = directives(text)
+    assert "server_name *.example.org;" in lines
+    assert "listen 8080;" in lines and "listen 8443 ssl;" in lines and "listen [::]:8443 ssl;" in lines
+    assert "ssl_certificate /etc/ssl/vps2.pem;" in lines and "ssl_certificate_key /etc/ssl/vps2.key;" in lines
+    assert "location /app/ {" in lines
+    assert "proxy_pass http://pitunnel_pi3_site/;" in lines
+
+
+def test_nginx_upstreams(inv: Inventory) -> None:
+    text = text_of(vps_steps.converge_ops(inv, inv.vps["main"]), VPS_D["nginx_conf"])
+    lines = directives(text)
+    assert "map $http_upgrade $pitunnel_connection {" in lines
+    assert "default upgrade;" in lines and "''      '';" in lines
+    assert "upstream pitunnel_pi1_web {" in lines and "server 127.0.0.1:20080;" in lines
+    assert "upstream pitunnel_pi1_cam {" in lines and "server 127.0.0.1:20081;" in lines
+    assert len([l for l in lines if l.startswith("upstream ")]) == 2  # ssh tunnels get none
+    assert "keepalive 16;" in lines
+    assert text.count("{") == text.count("}")
+
+
+def test_nginx_default_site(inv: Inventory) -> None:
+    main = directives(text_of(vps_steps.converge_ops(inv, inv.vps["main"]), VPS_D["nginx_default_site"]))
+    assert "listen 80 default_server;" in main and "listen [::]:80 default_server;" in main
+    assert f"include {VPS_D['nginx_locations_dir']}/*.conf;" in main
+    assert "server_name _;" in main
+    other = directives(text_of(vps_steps.converge_ops(inv, inv.vps["other"]), VPS_D["nginx_default_site"]))
+    assert "listen 8443 ssl default_server;" in other and "listen 8080 default_server;" in other
+
+
+def test_nginx_prune_keeps_exactly_the_current_files(inv: Inventory) -> None:
+    from pitunnel.ops import Pruned
+    ops = vps_steps.converge_ops(inv, inv.vps["main"])
+    pruned = {op.directory + "/" + op.pattern: op.keep for op in ops if isinstance(op, Pruned)}
+    assert pruned[f"{VPS_D['nginx_sites_dir']}/pitunnel-*.conf"] == frozenset({"pitunnel-pi1-cam.conf"})
+    assert pruned[f"{VPS_D['nginx_locations_dir']}/*.conf"] == frozenset({"pi1-web.conf"})
+    assert pruned[f"{VPS_D['nginx_auth_dir']}/*.htpasswd"] == frozenset({"pi1-web.htpasswd"})
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed here (nginx -t checks skipped)")
+def test_nginx_t_accepts_the_config(inv: Inventory, tmp_path: Path) -> None:  # pragma: no cover - needs nginx
+    ops = vps_steps.converge_ops(inv, inv.vps["main"])
+    conf = tmp_path / "nginx.conf"
+    locations = tmp_path / "locations"
+    locations.mkdir()
+    (locations / "pi1-web.conf").write_text(
+        text_of(ops, f"{VPS_D['nginx_locations_dir']}/pi1-web.conf")
+        .replace(VPS_D["nginx_auth_dir"], str(tmp_path)))
+    (tmp_path / "pi1-web.htpasswd").write_text("alice:x\n")
+    http = text_of(ops, VPS_D["nginx_conf"])
+    site = text_of(ops, VPS_D["nginx_default_site"]).replace(VPS_D["nginx_locations_dir"], str(locations))
+    server = text_of(ops, f"{VPS_D['nginx_sites_dir']}/pitunnel-pi1-cam.conf")
+    conf.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+                    f"http {{\naccess_log off;\n{http}\n{site}\n{server}\n}}\n")
+    result = subprocess.run(["nginx", "-t", "-c", str(conf), "-p", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------
+# Pi: ssh_config, unit, known_hosts, laptop key
+
+
+def pi_ops(inv: Inventory, pi: str, host_keys: list[str] | None = None) -> list[Op]:
+    spec = inv.pis[pi]
+    return pi_steps.tunnel_ops(inv, spec, inv.vps_of(spec), host_keys or [HOST_KEY])
+
+
+def unit_text(inv: Inventory, pi: str) -> str:
+    return text_of(pi_ops(inv, pi), PI_D["unit_path"])
+
+
+def exec_start(text: str) -> list[str]:
+    starts = [l for l in directives(text) if l.startswith("ExecStart=")]
+    assert len(starts) == 1
+    return starts[0].removeprefix("ExecStart=").split()
+
+
+def test_unit_runs_autossh_with_every_forward(inv: Inventory) -> None:
+    text = unit_text(inv, "pi1")
+    argv = exec_start(text)
+    assert argv[0] == "/usr/bin/autossh"
+    assert argv[1:3] == ["-M", "0"]
+    assert "-N" in argv
+    assert argv[argv.index("-F") + 1] == f"{PI_D['config_dir']}/ssh_config"
+    forwards = [argv[i + 1] for i, a in enumerate(argv) if a == "-R"]
+    assert forwards == ["0.0.0.0:20022:127.0.0.1:22", "127.0.0.1:20080:127.0.0.1:8080",
+                        "127.0.0.1:20081:127.0.0.1:80"]
+    assert argv[-1] == PI_D["ssh_host_alias"]
+
+
+def test_unit_forwards_only_that_pi(inv: Inventory) -> None:
+    argv = exec_start(unit_text(inv, "pi3"))
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-R"] == ["127.0.0.1:20022:127.0.0.1:2200",
+                                                                      "127.0.0.1:20090:127.0.0.1:80"]
+
+
+def test_unit_restarts_forever(inv: Inventory) -> None:
+    lines = directives(unit_text(inv, "pi1"))
+    for wanted in ("Environment=AUTOSSH_GATETIME=0", "Restart=always", "StartLimitIntervalSec=0",
+                   "After=network-online.target", "Wants=network-online.target", "User=pitunnel",
+                   "WantedBy=multi-user.target", f"RestartSec={PI_D['restart_sec']}", "NoNewPrivileges=yes"):
+        assert wanted in lines, wanted
+    # StartLimitIntervalSec is a [Unit] setting (since systemd 230)
+    unit_section = unit_text(inv, "pi1").split("[Service]")[0]
+    assert "StartLimitIntervalSec=0" in unit_section
+
+
+def test_unit_protect_home_follows_the_key_location(inv: Inventory) -> None:
+    dedicated = directives(unit_text(inv, "pi1"))
+    assert "ProtectHome=yes" in dedicated  # key under /var/lib/pitunnel
+    login_user = directives(unit_text(inv, "pi2"))
+    assert "User=pi" in login_user
+    assert "ProtectHome=read-only" in login_user  # key under /home/pi must stay readable
+    assert pi_steps.key_path(inv.pis["pi2"]) == f"/home/pi/.ssh/{PI_D['key_name']}"
+    assert pi_steps.key_path(inv.pis["pi1"]) == f"{PI_D['tunnel_home']}/.ssh/{PI_D['key_name']}"
+
+
+def ssh_config(inv: Inventory, pi: str) -> str:
+    return text_of(pi_ops(inv, pi), f"{PI_D['config_dir']}/ssh_config")
+
+
+def test_ssh_config_one_host_entry_with_safe_options(inv: Inventory) -> None:
+    text = ssh_config(inv, "pi1")
+    lines = directives(text)
+    hosts = [l for l in lines if l.split()[0].lower() == "host"]
+    assert hosts == [f"Host {PI_D['ssh_host_alias']}"]
+    assert not re.search(r"(?im)^\s*Host\s+\*", text)
+    assert not re.search(r"(?im)^\s*Match\b", text)
+    for wanted in ("ExitOnForwardFailure yes", "BatchMode yes", "StrictHostKeyChecking yes", "IdentitiesOnly yes",
+                   "HostName 203.0.113.10", "Port 2222", "User pitunnel", "ServerAliveInterval 11",
+                   "ServerAliveCountMax 5", f"IdentityFile {pi_steps.key_path(inv.pis['pi1'])}",
+                   f"UserKnownHostsFile {PI_D['config_dir']}/known_hosts", "GlobalKnownHostsFile /dev/null",
+                   "UpdateHostKeys no", "ForwardAgent no"):
+        assert wanted in lines, wanted
+    # every option belongs to the Host entry (indented under it)
+    body = text.split(hosts[0], 1)[1]
+    assert all(l.startswith("    ") for l in body.splitlines() if l.strip())
+
+
+def test_ssh_config_defaults_and_other_vps(inv: Inventory) -> None:
+    lines = directives(ssh_config(inv, "pi3"))
+    assert "HostName vps2.example.com" in lines and "Port 22" in lines
+    assert "ServerAliveInterval 10" in lines and "ServerAliveCountMax 3" in lines
+
+
+def test_known_hosts_pins_the_vps_keys(inv: Inventory) -> None:
+    keys = [HOST_KEY, "ecdsa-sha2-nistp256 AAAAE2VjZHNh"]
+    main = text_of(pi_ops(inv, "pi1", keys), f"{PI_D['config_dir']}/known_hosts")
+    assert main == f"[203.0.113.10]:2222 {keys[0]}\n[203.0.113.10]:2222 {keys[1]}\n"
+    other = text_of(pi_ops(inv, "pi3", keys[:1]), f"{PI_D['config_dir']}/known_hosts")
+    assert other == f"vps2.example.com {HOST_KEY}\n"
+
+
+def test_tunnel_files_restart_the_tunnel_and_service_is_wanted(inv: Inventory) -> None:
+    ops = pi_ops(inv, "pi1")
+    for path in (f"{PI_D['config_dir']}/known_hosts", f"{PI_D['config_dir']}/ssh_config", PI_D["unit_path"]):
+        assert file_op(ops, path).notify == ("restart tunnel",)
+    services = [op for op in ops if isinstance(op, Service)]
+    assert len(services) == 1 and services[0].unit == PI_D["unit"] and services[0].enabled and services[0].running
+
+
+def test_pi_base_ops_laptop_key_and_key_pair(inv: Inventory) -> None:
+    ops, key = pi_steps.base_ops(inv, inv.pis["pi1"])
+    assert isinstance(key, KeyPair) and key in ops
+    assert key.owner == "pitunnel" and key.comment == "pitunnel:pi1"
+    laptop_pub = (inv.settings.laptop_key.with_name("laptop.pub")).read_text().split()  # type: ignore[union-attr]
+    op = file_op(ops, "/home/pi/.ssh/authorized_keys")
+    assert (op.owner, op.group, op.mode) == ("pi", "pi", 0o600)
+    existing = FileState(True, "pi", "pi", 0o600, b"ssh-rsa AAAAmine me@desk\n")
+    text = op.wanted(existing)
+    assert text == f"ssh-rsa AAAAmine me@desk\n{laptop_pub[0]} {laptop_pub[1]} {PI_D['laptop_key_marker']}\n"
+    assert op.wanted(FileState(True, "pi", "pi", 0o600, text.encode())) == text
+    # a Pi whose tunnel runs as its login user gets no separate account
+    from pitunnel.ops import SystemUser
+    ops2, _ = pi_steps.base_ops(inv, inv.pis["pi2"])
+    assert not any(isinstance(o, SystemUser) for o in ops2)
+    assert any(isinstance(o, SystemUser) and o.name == "pitunnel" for o in ops)
