@@ -217,3 +217,18 @@ ns.add_task(provision)
 ns.add_task(status)
 ns.add_task(teardown)
 ns.add_task(demo)
+
+
+# ---------------------------------------------------------------- benchmarks
+@task(help={"pis": "Pis in the lab (default 2)", "release": "bookworm or trixie",
+            "warm_runs": "how many warm runs (default 3)", "cold": "also time a cold run (default on)"})
+def bench_lab(c: Context, pis: int = 2, release: str = "bookworm", warm_runs: int = 3, cold: bool = True) -> None:
+    """Time lab.up cold (no cached root filesystem) and warm; prints a table, writes JSON."""
+    from benchmarks.lab_up import main
+
+    main(pis=pis, release=release, warm_runs=warm_runs, cold=cold)
+
+
+bench_ns = Collection("bench")
+bench_ns.add_task(bench_lab, "lab")
+ns.add_collection(bench_ns)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pitunnel.facts import FileState
 from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
-from pitunnel.ops import (Absent, Directory, File, Handler, Op, Packages, PackagesAbsent, Pruned, SshdPasswordsCheck,
-                          Symlink, SystemUser, UserAbsent)
+from pitunnel.ops import (Absent, Directory, File, Handler, Op, Packages, PackagesAbsent, Pruned, Service,
+                          SshdPasswordsCheck, Symlink, SystemUser, UserAbsent)
 from pitunnel.play import Play
 from pitunnel.runner import converge
 from pitunnel.remote import Remote
@@ -88,6 +88,7 @@ def handlers(remote: Remote) -> list[Handler]:
         Handler("reload sshd", [f"sshd -t", f"systemctl reload {D['ssh_service']}"],
                 verify=remote.can_log_in_fresh,
                 verify_hint="a fresh login failed after the sshd reload (this change would lock you out)"),
+        Handler("restart reaper", ["systemctl daemon-reload", f"systemctl restart {D['reaper_unit']}"]),
         Handler("reload nginx", ["if [ -x /usr/sbin/nginx ]; then nginx -t 2>&1 && systemctl reload-or-restart nginx; fi"]),
     ]
 
@@ -104,6 +105,11 @@ def converge_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
         authorized_keys(inv, vps, {}),
         File(D["sshd_dropin"], ROLE.render("sshd.conf.j2", **context), validate="sshd -t",
              notify=("reload sshd",), title="sshd Match block for the tunnel account"),
+        File(D["reaper_path"], ROLE.render("reaper.sh.j2"), mode=0o755, notify=("restart reaper",),
+             title="stale-session reaper script"),
+        File(D["reaper_unit_path"], ROLE.render("reaper.service.j2", **context), notify=("restart reaper",),
+             title=f"systemd unit {D['reaper_unit']}"),
+        Service(D["reaper_unit"]),
         Directory(D["nginx_locations_dir"]),
         Directory(D["nginx_auth_dir"], group="www-data", mode=0o750),
     ]
@@ -143,6 +149,9 @@ def _t(r: HttpRoute) -> dict[str, object]:
 
 def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
     ops: list[Op] = [
+        Service(D["reaper_unit"], enabled=False, running=False, title=f"service {D['reaper_unit']} stopped and disabled"),
+        Absent(D["reaper_unit_path"], notify=("daemon-reload",)),
+        Absent(D["reaper_path"].rsplit("/", 1)[0]),
         Absent(D["sshd_dropin"], notify=("reload sshd",)),
         UserAbsent(vps.tunnel_user),
         Absent(D["nginx_default_site"], notify=("reload nginx",)),
@@ -176,6 +185,6 @@ def teardown(play: Play, *, purge: bool) -> None:
 
     def work(remote: Remote) -> None:
         converge(remote, teardown_ops(inv.vps[remote.name], purge=purge), play.reporter, play.options.mode,
-                 handlers(remote))
+                 [*handlers(remote), Handler("daemon-reload", ["systemctl daemon-reload"])])
 
     play.each(play.selected(list(inv.vps.values())), work)
