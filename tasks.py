@@ -232,3 +232,21 @@ def bench_lab(c: Context, pis: int = 2, release: str = "bookworm", warm_runs: in
 bench_ns = Collection("bench")
 bench_ns.add_task(bench_lab, "lab")
 ns.add_collection(bench_ns)
+
+
+@task(help={"fault": "one of: silent-drop, link-down-20s, link-down-60s, kill-ssh, kill-autossh, stop-ssh, "
+                     "restart-vps-sshd, restart-nginx",
+            "pi": "the lab Pi to hit (default pi1)", "timeout": "give up waiting after this many seconds"})
+def lab_fault(c: Context, fault: str, pi: str = "pi1", timeout: float = 300) -> None:
+    """Inject a fault into the provisioned lab and print how long until the Pi is reachable again."""
+    from pitunnel.lab.faults import NAMES, inject
+
+    if fault not in NAMES:
+        raise Exit(f"lab.fault: unknown fault {fault!r}; one of: {', '.join(NAMES)}", code=2)
+    seconds = inject(fault, pi, timeout=timeout)
+    if seconds is None:
+        raise Exit(f"{fault}: {pi} NOT reachable again within {timeout:.0f}s", code=1)
+    print(f"{fault}: {pi} reachable again through the VPS {seconds:.1f}s after the fault ended")
+
+
+lab_ns.add_task(lab_fault, "fault")

@@ -76,7 +76,17 @@ def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str
         File(D["unit_path"], ROLE.render("pitunnel.service.j2", **context), notify=restart,
              title=f"systemd unit {D['unit']}"),
         Service(D["unit"]),
+        File(D["watchdog_path"], ROLE.render("watchdog.sh.j2", hang_after_ms=hang_after_ms(pi), **context),
+             mode=0o755, title="watchdog for a hung tunnel ssh"),
+        File(f"/etc/systemd/system/{D['watchdog_unit']}", ROLE.render("watchdog.service.j2")),
+        File(f"/etc/systemd/system/{D['watchdog_timer']}", ROLE.render("watchdog.timer.j2")),
+        Service(D["watchdog_timer"]),
     ]
+
+
+def hang_after_ms(pi: PiSpec) -> int:
+    """Silence after which a tunnel ssh counts as hung: its own keepalive window, plus slack."""
+    return (pi.server_alive_interval * (pi.server_alive_count_max + 1) + 5) * 1000
 
 
 def tunnel_handlers() -> list[Handler]:
@@ -210,6 +220,10 @@ def vpses_of(inv: Inventory, pis: list[PiSpec]) -> list[VpsSpec]:
 def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool) -> list[Op]:
     ops: list[Op] = [
         Service(D["unit"], enabled=False, running=False, title=f"service {D['unit']} stopped and disabled"),
+        Service(D["watchdog_timer"], enabled=False, running=False, title="watchdog timer stopped and disabled"),
+        Absent(f"/etc/systemd/system/{D['watchdog_timer']}", notify=("daemon-reload",)),
+        Absent(f"/etc/systemd/system/{D['watchdog_unit']}", notify=("daemon-reload",)),
+        Absent(D["watchdog_path"].rsplit("/", 1)[0]),
         Absent(D["unit_path"], notify=("daemon-reload",)),
         Absent(D["config_dir"]),
         Absent(D["password_dropin"], notify=("reload sshd",)),

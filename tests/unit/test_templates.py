@@ -451,8 +451,9 @@ def test_tunnel_files_restart_the_tunnel_and_service_is_wanted(inv: Inventory) -
     ops = pi_ops(inv, "pi1")
     for path in (f"{PI_D['config_dir']}/known_hosts", f"{PI_D['config_dir']}/ssh_config", PI_D["unit_path"]):
         assert file_op(ops, path).notify == ("restart tunnel",)
-    services = [op for op in ops if isinstance(op, Service)]
-    assert len(services) == 1 and services[0].unit == PI_D["unit"] and services[0].enabled and services[0].running
+    services = {op.unit: op for op in ops if isinstance(op, Service)}
+    assert set(services) == {PI_D["unit"], PI_D["watchdog_timer"]}
+    assert all(op.enabled and op.running for op in services.values())
 
 
 def test_pi_base_ops_laptop_key_and_key_pair(inv: Inventory) -> None:

@@ -1,0 +1,203 @@
+"""Faults injected into the lab, and the time until a Pi is reachable again through its VPS.
+
+Recovery = from the moment the fault ends until SSH through the VPS port shows the Pi's own host
+key AND HTTP through Nginx answers as that Pi. Traffic to the public tunnel port keeps arriving
+meanwhile, as it does on the internet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from .lab import record
+from .machine import exec_in
+from .net import FWD_CHAIN
+from .plan import make_plan
+from .state import LabState
+from .system import run
+
+VPS = "198.18.0.10"
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # probes fail on purpose while down
+
+
+@dataclass(frozen=True)
+class Target:
+    """What "reachable again" means for one lab Pi with the lab inventory's tunnels."""
+
+    pi: str
+    ssh_port: int
+    http_path: str
+    host_keys: tuple[str, ...]  # "type base64" of the Pi's own host keys
+
+
+def target(pi: str) -> Target:
+    index = int(pi.removeprefix("pi"))
+    root = Path(record(pi).root) / "etc/ssh"
+    keys = tuple(" ".join(p.read_text().split()[:2]) for p in sorted(root.glob("ssh_host_*_key.pub")))
+    return Target(pi, 12345 + index, f"/{pi}/", keys)
+
+
+def reachable(t: Target) -> bool:
+    try:
+        sock = socket.create_connection((VPS, t.ssh_port), timeout=2)
+    except OSError:
+        return False
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=3)
+        key = transport.get_remote_server_key()
+        if f"{key.get_name()} {key.get_base64()}" not in t.host_keys:
+            return False
+    except (paramiko.SSHException, OSError, EOFError):
+        return False
+    finally:
+        transport.close()
+    try:
+        with urllib.request.urlopen(f"http://{VPS}{t.http_path}", timeout=3) as resp:
+            return json.load(resp).get("pi") == t.pi
+    except (OSError, ValueError):
+        return False
+
+
+def wait_recovered(t: Target, since: float, timeout: float) -> float | None:
+    """Seconds from `since` until reachable (polled every 0.2 s), or None after `timeout`."""
+    while time.monotonic() - since < timeout:
+        if reachable(t):
+            return time.monotonic() - since
+        time.sleep(0.2)
+    return None
+
+
+class PortKnocker:
+    """Connection attempts to a public tunnel port every 0.1 s, as scanners send on the internet."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                socket.create_connection((VPS, self.port), timeout=1).close()
+            except OSError:
+                pass
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> "PortKnocker":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _home(pi: str) -> str:
+    state = LabState.load()
+    return str(make_plan(state.pis).host(pi).address.exploded.rsplit(".", 1)[0] + ".0/24")
+
+
+def _flow_rules(pi: str, port: int) -> list[list[str]]:
+    address = str(make_plan(LabState.load().pis).host(pi).address)
+    return [["-s", address, "-p", "tcp", "--sport", str(port), "-j", "DROP"],
+            ["-d", address, "-p", "tcp", "--dport", str(port), "-j", "DROP"]]
+
+
+def _pi(pi: str, script: str) -> str:
+    return exec_in(record(pi), script, check=False, timeout=60).stdout
+
+
+class SilentDrop:
+    """The Pi's tunnel flow vanishes for good: not one more packet of it passes either way (as
+    when the home router reboots or the public address changes), so no FIN or RST ever reaches
+    the VPS. New flows pass. Undone when leaving the `with` block."""
+
+    def __init__(self, pi: str) -> None:
+        self.pi = pi
+        self.rules: list[list[str]] = []
+
+    def __enter__(self) -> float:
+        out = _pi(self.pi, f"ss -Htn state established '( dport = :12345 )' | awk '{{print $3}}'")
+        ports = [int(a.rsplit(":", 1)[1]) for a in out.split() if ":" in a]
+        if not ports:
+            raise RuntimeError(f"{self.pi} has no tunnel connection to drop")
+        for port in ports:
+            for rule in _flow_rules(self.pi, port):
+                run(["iptables", "-w", "5", "-I", FWD_CHAIN, "1", *rule])
+                self.rules.append(rule)
+        _pi(self.pi, "pkill -KILL -x ssh -u pitunnel")  # the Pi notices and reconnects at once
+        return time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        for rule in self.rules:
+            run(["iptables", "-w", "5", "-D", FWD_CHAIN, *rule], check=False)
+
+
+def silent_drop(pi: str, *, timeout: float = 120) -> float | None:
+    t = target(pi)
+    with PortKnocker(t.ssh_port), SilentDrop(pi) as ended:
+        return wait_recovered(t, ended, timeout)
+
+
+def link_down(pi: str, *, seconds: float) -> float:
+    """The Pi's link is down for `seconds`, then back."""
+    veth = make_plan(LabState.load().pis).host(pi).veth
+    run(["ip", "link", "set", veth, "down"])
+    try:
+        time.sleep(seconds)
+    finally:
+        run(["ip", "link", "set", veth, "up"])
+    return time.monotonic()
+
+
+def in_host_fault(host: str, script: str) -> Callable[[], float]:
+    def inject() -> float:
+        exec_in(record(host), script, check=False, timeout=60)
+        return time.monotonic()
+    return inject
+
+
+FAULTS: dict[str, Callable[[str], float]] = {
+    "link-down-20s": lambda pi: link_down(pi, seconds=20),
+    "link-down-60s": lambda pi: link_down(pi, seconds=60),
+    "kill-ssh": lambda pi: in_host_fault(pi, "pkill -KILL -x ssh -u pitunnel")(),
+    "kill-autossh": lambda pi: in_host_fault(pi, "pkill -KILL -x autossh")(),
+    "stop-ssh": lambda pi: in_host_fault(pi, "pkill -STOP -x ssh -u pitunnel")(),
+    "restart-vps-sshd": lambda pi: in_host_fault("vps", "systemctl restart ssh")(),
+    "restart-nginx": lambda pi: in_host_fault("vps", "systemctl restart nginx")(),
+}
+
+
+def inject(name: str, pi: str = "pi1", *, timeout: float = 120) -> float | None:
+    """Inject a fault (with traffic knocking on the Pi's public port) and measure recovery."""
+    t = target(pi)
+    if not wait_recovered(t, time.monotonic(), 60):
+        raise RuntimeError(f"{pi} is not reachable through the VPS before the fault: provision and verify first")
+    if name == "silent-drop":
+        return silent_drop(pi, timeout=timeout)
+    with PortKnocker(t.ssh_port):
+        ended = FAULTS[name](pi)
+        return wait_recovered(t, ended, timeout)
+
+
+NAMES = ("silent-drop", *FAULTS)
+
+
+def tunnel_rss_kb(pi: str) -> int:
+    """Resident memory of the tunnel (autossh plus its ssh) on the Pi, in KiB."""
+    out = _pi(pi, "ps -o rss= -u pitunnel")
+    return sum(int(x) for x in out.split())
+
+
+__all__ = ["NAMES", "inject", "tunnel_rss_kb"]

@@ -1,0 +1,50 @@
+"""Faults on the lab, each recovered by itself in bounded time (bounds are twice the targets, or
+looser where noted: CI machines are noisy). `invoke bench.recovery` measures medians and maxima."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pitunnel.lab.faults import inject, tunnel_rss_kb
+from roles.pi.steps import provision as provision_pis
+from roles.vps.steps import provision as provision_vps
+from tests.conftest import lab_up
+from tests.lab.runs import play
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def provisioned() -> Path:
+    inventory = lab_up(1).inventory
+
+    def both(p):  # type: ignore[no-untyped-def]
+        provision_vps(p)
+        provision_pis(p)
+
+    code, _ = play(inventory, both)
+    assert code == 0
+    return inventory
+
+
+@pytest.mark.parametrize(("fault", "bound"), [
+    ("silent-drop", 40.0),       # target: median <= 10 s, max <= 20 s; without the VPS reaper: > 240 s
+    ("kill-ssh", 20.0),
+    ("kill-autossh", 20.0),      # systemd restarts the unit (RestartSec=2)
+    ("stop-ssh", 40.0),          # hung, not dead: the Pi's watchdog (every 15 s) ends it
+    ("restart-vps-sshd", 20.0),
+    ("restart-nginx", 20.0),
+    ("link-down-20s", 20.0),     # target: median <= 3 s after the link is back
+])
+def test_fault_recovers_by_itself(provisioned: Path, fault: str, bound: float) -> None:
+    seconds = inject(fault, "pi1", timeout=bound)
+    print(f"{fault}: recovered in {seconds}")
+    assert seconds is not None, f"{fault}: not recovered within {bound}s"
+
+
+def test_tunnel_memory_on_the_pi(provisioned: Path) -> None:
+    rss = tunnel_rss_kb("pi1")
+    print(f"tunnel RSS on the Pi (autossh + ssh): {rss} KiB")
+    assert 0 < rss < 32 * 1024
