@@ -84,7 +84,7 @@ ns.add_collection(lab_ns)
 
 
 # ---------------------------------------------------------------- provisioning
-from pitunnel.cli import COMMON_HELP, run_play  # noqa: E402
+from pitunnel.cli import COMMON_HELP, flags, run_play  # noqa: E402
 
 
 @task(help=COMMON_HELP)
@@ -92,11 +92,10 @@ def provision_vps(c: Context, inventory: str = "", check: bool = False, diff: bo
                   accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
                   prompt_for_sudo_password: bool = False) -> None:
     """Set up the VPS: a locked-down tunnel account, its sshd Match block, and Nginx in front of the tunnels."""
+    scope = dict(locals())
     from roles.vps.steps import provision
 
-    run_play(inventory or None, provision, check=check, diff=diff, limit=limit,
-             accept_new_host_keys=accept_new_host_keys, prompt_for_login_password=prompt_for_login_password,
-             prompt_for_sudo_password=prompt_for_sudo_password)
+    run_play(provision, **flags(scope))
 
 
 ns.add_task(provision_vps)
@@ -107,11 +106,10 @@ def provision_pi(c: Context, inventory: str = "", check: bool = False, diff: boo
                  accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
                  prompt_for_sudo_password: bool = False) -> None:
     """Set up each Pi: autossh, a key made on the Pi and authorised on the VPS, and the tunnel's unit."""
+    scope = dict(locals())
     from roles.pi.steps import provision
 
-    run_play(inventory or None, provision, check=check, diff=diff, limit=limit,
-             accept_new_host_keys=accept_new_host_keys, prompt_for_login_password=prompt_for_login_password,
-             prompt_for_sudo_password=prompt_for_sudo_password)
+    run_play(provision, **flags(scope))
 
 
 ns.add_task(provision_pi)
@@ -128,7 +126,7 @@ def verify(c: Context, inventory: str = "", limit: str = "", accept_new_host_key
 
     reports: list = []
     try:
-        run_play(inventory or None, lambda play: reports.extend(run_verify(play)), limit=limit, quiet=True,
+        run_play(lambda play: reports.extend(run_verify(play)), inventory=inventory, limit=limit, quiet=True,
                  accept_new_host_keys=accept_new_host_keys, prompt_for_login_password=prompt_for_login_password,
                  prompt_for_sudo_password=prompt_for_sudo_password)
     finally:
@@ -145,6 +143,7 @@ def provision(c: Context, inventory: str = "", check: bool = False, diff: bool =
               accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
               prompt_for_sudo_password: bool = False) -> None:
     """provision-vps, then provision-pi, in one run with one recap."""
+    scope = dict(locals())
     from roles.pi.steps import provision as pis
     from roles.vps.steps import provision as vps
 
@@ -152,9 +151,7 @@ def provision(c: Context, inventory: str = "", check: bool = False, diff: bool =
         vps(play)
         pis(play)
 
-    run_play(inventory or None, both, check=check, diff=diff, limit=limit,
-             accept_new_host_keys=accept_new_host_keys, prompt_for_login_password=prompt_for_login_password,
-             prompt_for_sudo_password=prompt_for_sudo_password)
+    run_play(both, **flags(scope))
 
 
 @task(help={k: v for k, v in VERIFY_HELP.items() if k != "accept_new_host_keys"})
@@ -165,7 +162,7 @@ def status(c: Context, inventory: str = "", limit: str = "", prompt_for_login_pa
 
     rows: list = []
     try:
-        run_play(inventory or None, lambda play: rows.extend(run_status(play)), limit=limit, quiet=True,
+        run_play(lambda play: rows.extend(run_status(play)), inventory=inventory, limit=limit, quiet=True,
                  prompt_for_login_password=prompt_for_login_password,
                  prompt_for_sudo_password=prompt_for_sudo_password)
     finally:
@@ -177,6 +174,7 @@ def teardown(c: Context, inventory: str = "", check: bool = False, diff: bool = 
              purge: bool = False, accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
              prompt_for_sudo_password: bool = False) -> None:
     """Remove everything provision-vps and provision-pi added, on both sides (packages stay unless --purge)."""
+    scope = dict(locals())
     from roles.pi.steps import teardown as pis
     from roles.vps.steps import teardown as vps
 
@@ -184,9 +182,7 @@ def teardown(c: Context, inventory: str = "", check: bool = False, diff: bool = 
         pis(play, purge=purge)
         vps(play, purge=purge)
 
-    run_play(inventory or None, both, check=check, diff=diff, limit=limit,
-             accept_new_host_keys=accept_new_host_keys, prompt_for_login_password=prompt_for_login_password,
-             prompt_for_sudo_password=prompt_for_sudo_password)
+    run_play(both, **flags(scope))
 
 
 @task(help={"pis": "how many Pis in the lab (default 1)",

@@ -46,10 +46,15 @@ def load(path: str | None, *, check: bool) -> Inventory:
         raise Exit(str(exc), code=2) from None
 
 
-def run_play(inventory: str | None, body: Callable[[Play], None], *, check: bool = False, diff: bool = False,
+def flags(scope: dict[str, object]) -> dict[str, object]:
+    """The shared flags out of a task's arguments (its `locals()`), to pass on to run_play."""
+    return {k: v for k, v in scope.items() if k in COMMON_HELP}
+
+
+def run_play(body: Callable[[Play], None], *, inventory: str | None = None, check: bool = False, diff: bool = False,
              limit: str = "", accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
              prompt_for_sudo_password: bool = False, quiet: bool = False) -> Play:
-    inv = load(inventory, check=check)
+    inv = load(inventory or None, check=check)
     options = Options(check=check, diff=diff,
                       limit=frozenset(n.strip() for n in limit.split(",") if n.strip()),
                       accept_new_host_keys=accept_new_host_keys,

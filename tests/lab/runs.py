@@ -38,7 +38,7 @@ def play(inventory: Path, body: Callable[[Play], None], **options: object) -> tu
         body(p)
 
     try:
-        run_play(str(inventory), capture, **options)  # type: ignore[arg-type]
+        run_play(capture, inventory=str(inventory), **options)  # type: ignore[arg-type]
         code = 0
     except Exit as exc:
         code = exc.code
