@@ -96,7 +96,7 @@ class Remote:
                            pinned=self.spec.host_key, accept_new=self.accept_new_host_keys)
         where = f"{self.spec.user}@{self.spec.address}:{self.spec.port}"
         try:
-            conn.open()
+            _open_retrying_refused(conn)
         except hostkeys.HostKeyRefused:
             raise
         except paramiko.BadHostKeyException as exc:
@@ -176,6 +176,19 @@ class Remote:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _open_retrying_refused(conn: Connection, within: float = 3.0) -> None:
+    """Open, retrying while the port refuses: sshd refuses for a moment while it re-executes on reload."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            conn.open()
+            return
+        except paramiko.ssh_exception.NoValidConnectionsError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _drain(chan: paramiko.Channel) -> tuple[str, str]:
