@@ -103,11 +103,6 @@ class PortKnocker:
         self._thread.join(timeout=5)
 
 
-def _home(pi: str) -> str:
-    state = LabState.load()
-    return str(make_plan(state.pis).host(pi).address.exploded.rsplit(".", 1)[0] + ".0/24")
-
-
 def _flow_rules(pi: str, port: int) -> list[list[str]]:
     address = str(make_plan(LabState.load().pis).host(pi).address)
     return [["-s", address, "-p", "tcp", "--sport", str(port), "-j", "DROP"],
@@ -128,7 +123,7 @@ class SilentDrop:
         self.rules: list[list[str]] = []
 
     def __enter__(self) -> float:
-        out = _pi(self.pi, f"ss -Htn state established '( dport = :12345 )' | awk '{{print $3}}'")
+        out = _pi(self.pi, "ss -Htn state established '( dport = :12345 )' | awk '{print $3}'")
         ports = [int(a.rsplit(":", 1)[1]) for a in out.split() if ":" in a]
         if not ports:
             raise RuntimeError(f"{self.pi} has no tunnel connection to drop")

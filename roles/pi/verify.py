@@ -21,7 +21,6 @@ from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from roles.pi.steps import D, listen_spec
-from roles.vps.steps import authorized_line  # noqa: F401  (documents where the refused options come from)
 
 
 @dataclass

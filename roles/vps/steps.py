@@ -85,7 +85,7 @@ def http_routes(inv: Inventory, vps: VpsSpec) -> list[HttpRoute]:
 
 def handlers(remote: Remote) -> list[Handler]:
     return [
-        Handler("reload sshd", [f"sshd -t", f"systemctl reload {D['ssh_service']}"],
+        Handler("reload sshd", ["sshd -t", f"systemctl reload {D['ssh_service']}"],
                 verify=remote.can_log_in_fresh,
                 verify_hint="a fresh login failed after the sshd reload (this change would lock you out)"),
         Handler("restart reaper", ["systemctl daemon-reload", f"systemctl restart {D['reaper_unit']}"]),

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pitunnel import lab
 from pitunnel.inventory import load_inventory
 from pitunnel.lab.state import STATE_DIR
 from pitunnel.ops import File

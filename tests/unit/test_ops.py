@@ -524,7 +524,7 @@ def test_pruned() -> None:
 
 def test_pruned_with_notify_backs_up_each() -> None:
     op = Pruned("/d", "*.conf", frozenset(), notify=("h",))
-    plan = op.plan(facts_of((f"ls:/d/*.conf", "a.conf\nb.conf\n")))
+    plan = op.plan(facts_of(("ls:/d/*.conf", "a.conf\nb.conf\n")))
     assert plan.backups == ["/d/a.conf", "/d/b.conf"]
     assert plan.commands == [*backup_commands("/d/a.conf"), *backup_commands("/d/b.conf"),
                              "rm -f /d/a.conf", "rm -f /d/b.conf"]
