@@ -246,3 +246,20 @@ def lab_fault(c: Context, fault: str, pi: str = "pi1", timeout: float = 300) -> 
 
 
 lab_ns.add_task(lab_fault, "fault")
+
+
+@task(help={"faults": "comma-separated faults (default: all but link-down-10min)", "runs": "runs per fault (default 3)",
+            "timeout": "seconds before a run counts as not recovered (default 60)",
+            "setups": "comma-separated: pitunnel,seed,sidedoor (default all three)",
+            "release": "Debian release of the lab hosts"})
+def bench_recovery(c: Context, faults: str = "", runs: int = 3, timeout: float = 60, setups: str = "",
+                   release: str = "bookworm") -> None:
+    """Recovery time per fault for pitunnel, the seed's settings and sidedoor, side by side."""
+    from benchmarks.recovery import main
+    from pitunnel.lab.faults import NAMES
+
+    chosen = [f for f in faults.split(",") if f] or [n for n in NAMES if n != "link-down-10min"]
+    main(chosen, runs=runs, timeout=timeout, setups=[s for s in setups.split(",") if s] or None, release=release)
+
+
+bench_ns.add_task(bench_recovery, "recovery")

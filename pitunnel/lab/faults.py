@@ -103,6 +103,18 @@ class PortKnocker:
         self._thread.join(timeout=5)
 
 
+@dataclass(frozen=True)
+class Setup:
+    """Who keeps the Pi's tunnel up: the account running its ssh and the daemon restarting it."""
+
+    name: str = "pitunnel"
+    user: str = "pitunnel"
+    daemon: str = "autossh"
+
+
+PITUNNEL = Setup()
+
+
 def _flow_rules(pi: str, port: int) -> list[list[str]]:
     address = str(make_plan(LabState.load().pis).host(pi).address)
     return [["-s", address, "-p", "tcp", "--sport", str(port), "-j", "DROP"],
@@ -118,12 +130,13 @@ class SilentDrop:
     when the home router reboots or the public address changes), so no FIN or RST ever reaches
     the VPS. New flows pass. Undone when leaving the `with` block."""
 
-    def __init__(self, pi: str) -> None:
+    def __init__(self, pi: str, setup: Setup = PITUNNEL) -> None:
         self.pi = pi
+        self.setup = setup
         self.rules: list[list[str]] = []
 
     def __enter__(self) -> float:
-        out = _pi(self.pi, "ss -Htn state established '( dport = :12345 )' | awk '{print $3}'")
+        out = _pi(self.pi, f"ss -Htn state established '( dport = :12345 )' | awk '{{print $3}}'")
         ports = [int(a.rsplit(":", 1)[1]) for a in out.split() if ":" in a]
         if not ports:
             raise RuntimeError(f"{self.pi} has no tunnel connection to drop")
@@ -131,7 +144,7 @@ class SilentDrop:
             for rule in _flow_rules(self.pi, port):
                 run(["iptables", "-w", "5", "-I", FWD_CHAIN, "1", *rule])
                 self.rules.append(rule)
-        _pi(self.pi, "pkill -KILL -x ssh -u pitunnel")  # the Pi notices and reconnects at once
+        _pi(self.pi, f"pkill -KILL -x ssh -u {self.setup.user}")  # the Pi notices and reconnects at once
         return time.monotonic()
 
     def __exit__(self, *exc: object) -> None:
@@ -139,9 +152,9 @@ class SilentDrop:
             run(["iptables", "-w", "5", "-D", FWD_CHAIN, *rule], check=False)
 
 
-def silent_drop(pi: str, *, timeout: float = 120) -> float | None:
+def silent_drop(pi: str, *, timeout: float = 120, setup: Setup = PITUNNEL) -> float | None:
     t = target(pi)
-    with PortKnocker(t.ssh_port), SilentDrop(pi) as ended:
+    with PortKnocker(t.ssh_port), SilentDrop(pi, setup) as ended:
         return wait_recovered(t, ended, timeout)
 
 
@@ -156,43 +169,42 @@ def link_down(pi: str, *, seconds: float) -> float:
     return time.monotonic()
 
 
-def in_host_fault(host: str, script: str) -> Callable[[], float]:
-    def inject() -> float:
-        exec_in(record(host), script, check=False, timeout=60)
-        return time.monotonic()
-    return inject
+def _in(host: str, script: str) -> float:
+    exec_in(record(host), script, check=False, timeout=60)
+    return time.monotonic()
 
 
-FAULTS: dict[str, Callable[[str], float]] = {
-    "link-down-20s": lambda pi: link_down(pi, seconds=20),
-    "link-down-60s": lambda pi: link_down(pi, seconds=60),
-    "kill-ssh": lambda pi: in_host_fault(pi, "pkill -KILL -x ssh -u pitunnel")(),
-    "kill-autossh": lambda pi: in_host_fault(pi, "pkill -KILL -x autossh")(),
-    "stop-ssh": lambda pi: in_host_fault(pi, "pkill -STOP -x ssh -u pitunnel")(),
-    "restart-vps-sshd": lambda pi: in_host_fault("vps", "systemctl restart ssh")(),
-    "restart-nginx": lambda pi: in_host_fault("vps", "systemctl restart nginx")(),
+FAULTS: dict[str, Callable[[str, Setup], float]] = {
+    "link-down-20s": lambda pi, s: link_down(pi, seconds=20),
+    "link-down-60s": lambda pi, s: link_down(pi, seconds=60),
+    "link-down-10min": lambda pi, s: link_down(pi, seconds=600),
+    "kill-ssh": lambda pi, s: _in(pi, f"pkill -KILL -x ssh -u {s.user}"),
+    "kill-autossh": lambda pi, s: _in(pi, f"pkill -KILL -x {s.daemon}"),
+    "stop-ssh": lambda pi, s: _in(pi, f"pkill -STOP -x ssh -u {s.user}"),
+    "restart-vps-sshd": lambda pi, s: _in("vps", "systemctl restart ssh"),
+    "restart-nginx": lambda pi, s: _in("vps", "systemctl restart nginx"),
 }
 
 
-def inject(name: str, pi: str = "pi1", *, timeout: float = 120) -> float | None:
+def inject(name: str, pi: str = "pi1", *, timeout: float = 120, setup: Setup = PITUNNEL) -> float | None:
     """Inject a fault (with traffic knocking on the Pi's public port) and measure recovery."""
     t = target(pi)
     if not wait_recovered(t, time.monotonic(), 60):
         raise RuntimeError(f"{pi} is not reachable through the VPS before the fault: provision and verify first")
     if name == "silent-drop":
-        return silent_drop(pi, timeout=timeout)
+        return silent_drop(pi, timeout=timeout, setup=setup)
     with PortKnocker(t.ssh_port):
-        ended = FAULTS[name](pi)
+        ended = FAULTS[name](pi, setup)
         return wait_recovered(t, ended, timeout)
 
 
 NAMES = ("silent-drop", *FAULTS)
 
 
-def tunnel_rss_kb(pi: str) -> int:
-    """Resident memory of the tunnel (autossh plus its ssh) on the Pi, in KiB."""
-    out = _pi(pi, "ps -o rss= -u pitunnel")
+def tunnel_rss_kb(pi: str, setup: Setup = PITUNNEL) -> int:
+    """Resident memory of the tunnel (its daemon plus its ssh) on the Pi, in KiB."""
+    out = _pi(pi, f"ps -o rss= -u {setup.user}")
     return sum(int(x) for x in out.split())
 
 
-__all__ = ["NAMES", "inject", "tunnel_rss_kb"]
+__all__ = ["NAMES", "PITUNNEL", "Setup", "inject", "tunnel_rss_kb"]

@@ -1,5 +1,5 @@
 """Faults on the lab, each recovered by itself in bounded time (bounds are twice the targets, or
-looser where noted: CI machines are noisy). `invoke bench.recovery` measures medians and maxima."""
+looser where noted: CI machines are noisy). `invoke bench.recovery` measures medians and maxima against the seed and sidedoor."""
 
 from __future__ import annotations
 
