@@ -19,6 +19,7 @@ from pathlib import Path
 
 import paramiko
 
+from . import machine
 from .lab import record
 from .machine import exec_in
 from .net import FWD_CHAIN
@@ -130,9 +131,10 @@ class SilentDrop:
     when the home router reboots or the public address changes), so no FIN or RST ever reaches
     the VPS. New flows pass. Undone when leaving the `with` block."""
 
-    def __init__(self, pi: str, setup: Setup = PITUNNEL) -> None:
+    def __init__(self, pi: str, setup: Setup = PITUNNEL, *, reconnect: bool = True) -> None:
         self.pi = pi
         self.setup = setup
+        self.reconnect = reconnect
         self.rules: list[list[str]] = []
 
     def __enter__(self) -> float:
@@ -144,7 +146,8 @@ class SilentDrop:
             for rule in _flow_rules(self.pi, port):
                 run(["iptables", "-w", "5", "-I", FWD_CHAIN, "1", *rule])
                 self.rules.append(rule)
-        _pi(self.pi, f"pkill -KILL -x ssh -u {self.setup.user}")  # the Pi notices and reconnects at once
+        if self.reconnect:
+            _pi(self.pi, f"pkill -KILL -x ssh -u {self.setup.user}")  # the Pi notices and reconnects at once
         return time.monotonic()
 
     def __exit__(self, *exc: object) -> None:
@@ -155,6 +158,16 @@ class SilentDrop:
 def silent_drop(pi: str, *, timeout: float = 120, setup: Setup = PITUNNEL) -> float | None:
     t = target(pi)
     with PortKnocker(t.ssh_port), SilentDrop(pi, setup) as ended:
+        return wait_recovered(t, ended, timeout)
+
+
+def router_reboot(pi: str, *, timeout: float = 120, setup: Setup = PITUNNEL, seconds: float = 10) -> float | None:
+    """The home router reboots: the Pi's link is down for `seconds`, and the router forgets its NAT
+    state, so the tunnel's old flow is dead for good (not one more packet of it passes, no FIN or
+    RST) while new flows pass. Nothing tells the Pi's ssh; recovery counts from the link coming back."""
+    t = target(pi)
+    with PortKnocker(t.ssh_port), SilentDrop(pi, setup, reconnect=False):
+        ended = link_down(pi, seconds=seconds)
         return wait_recovered(t, ended, timeout)
 
 
@@ -174,6 +187,27 @@ def _in(host: str, script: str) -> float:
     return time.monotonic()
 
 
+def reboot(host: str, *, power_cut: bool) -> float:
+    """The host restarts (a power cut: nothing it had open is closed); ends when its systemd is up."""
+    state = LabState.load()
+    machine.reboot(make_plan(state.pis).host(host), state, power_cut=power_cut)
+    return time.monotonic()
+
+
+def vps_unreachable_at_boot(pi: str, *, seconds: float) -> float:
+    """The Pi loses power and boots while it cannot reach the VPS (its packets are dropped, not
+    refused), which stays so for `seconds` after the boot; ends when the VPS is reachable again."""
+    plan = make_plan(LabState.load().pis)
+    rule = ["-s", str(plan.host(pi).address), "-d", str(plan.vps.address), "-j", "DROP"]
+    run(["iptables", "-w", "5", "-I", FWD_CHAIN, "1", *rule])
+    try:
+        reboot(pi, power_cut=True)
+        time.sleep(seconds)
+    finally:
+        run(["iptables", "-w", "5", "-D", FWD_CHAIN, *rule], check=False)
+    return time.monotonic()
+
+
 FAULTS: dict[str, Callable[[str, Setup], float]] = {
     "link-down-20s": lambda pi, s: link_down(pi, seconds=20),
     "link-down-60s": lambda pi, s: link_down(pi, seconds=60),
@@ -183,6 +217,9 @@ FAULTS: dict[str, Callable[[str, Setup], float]] = {
     "stop-ssh": lambda pi, s: _in(pi, f"pkill -STOP -x ssh -u {s.user}"),
     "restart-vps-sshd": lambda pi, s: _in("vps", "systemctl restart ssh"),
     "restart-nginx": lambda pi, s: _in("vps", "systemctl restart nginx"),
+    "reboot-vps": lambda pi, s: reboot("vps", power_cut=False),
+    "reboot-pi": lambda pi, s: reboot(pi, power_cut=True),
+    "vps-unreachable-at-boot": lambda pi, s: vps_unreachable_at_boot(pi, seconds=30),
 }
 
 
@@ -193,12 +230,14 @@ def inject(name: str, pi: str = "pi1", *, timeout: float = 120, setup: Setup = P
         raise RuntimeError(f"{pi} is not reachable through the VPS before the fault: provision and verify first")
     if name == "silent-drop":
         return silent_drop(pi, timeout=timeout, setup=setup)
+    if name == "router-reboot":
+        return router_reboot(pi, timeout=timeout, setup=setup)
     with PortKnocker(t.ssh_port):
         ended = FAULTS[name](pi, setup)
         return wait_recovered(t, ended, timeout)
 
 
-NAMES = ("silent-drop", *FAULTS)
+NAMES = ("silent-drop", "router-reboot", *FAULTS)
 
 
 def tunnel_rss_kb(pi: str, setup: Setup = PITUNNEL) -> int:

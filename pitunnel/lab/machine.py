@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 from .aptproxy import PROXY_URL
 from .plan import HostPlan
-from .state import STATE_DIR, HostState, LabState, proc_start_time, stop_process
+from .state import STATE_DIR, HostState, LabState, proc_start_time, same_process, stop_process
 from .system import LabError, run
 
 FILES = Path(__file__).with_name("files")
@@ -165,3 +166,21 @@ def wait_running(record: HostState, *, timeout: float = 90) -> str:
 def stop(record: HostState) -> None:
     stop_process(record.nspawn_pid, record.nspawn_start, timeout=20)
     unmount_root(record.name)
+
+
+def reboot(host: HostPlan, state: LabState, *, power_cut: bool = False, timeout: float = 90) -> None:
+    """Restart a running host on the same root filesystem, and wait until its systemd is up again.
+
+    A clean reboot shuts the host down first (its services stop and close their connections, as
+    when a provider restarts a VPS); a power cut kills the host's PID 1, so nothing it had open is
+    ever closed (as when a Pi loses power): the kernel ends the whole container at once.
+    """
+    record = state.hosts[host.name]
+    if not same_process(record.nspawn_pid, record.nspawn_start):
+        raise LabError(f"lab host {host.name} is not running: run `invoke lab.up`")
+    leader = leader_pid(record)
+    if power_cut and leader:
+        os.kill(leader, signal.SIGKILL)
+    stop_process(record.nspawn_pid, record.nspawn_start, timeout=timeout)
+    boot(host, Path(record.root), state)
+    wait_running(state.hosts[host.name], timeout=timeout)
