@@ -68,7 +68,7 @@ def _write(host: str, path: str, text: str) -> None:
 
 
 def _stop_pitunnel_on_pi() -> None:
-    _sh("pi1", "systemctl disable --now --quiet pitunnel.service pitunnel-watchdog.timer")
+    _sh("pi1", "systemctl disable --now --quiet pitunnel.service pitunnel-watchdog.service")
 
 
 def make_seed() -> None:

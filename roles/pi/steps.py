@@ -43,6 +43,15 @@ def laptop_key_line(inv: Inventory) -> str | None:
     return f"{keytype} {blob} {D['laptop_key_marker']}"
 
 
+PENALTIES = command_fact("sshd-penalties", "sshd -T 2>/dev/null | grep -ci '^persourcepenalties ' || true")
+
+
+def penalties_observer() -> Observe:
+    """Does this Pi's sshd have per-source penalties (OpenSSH 9.8 and later)?"""
+    return Observe(PENALTIES, lambda v: "yes" if v.strip() not in ("", "0") else "no (older OpenSSH)",
+                   title="sshd has per-source penalties")
+
+
 def base_ops(inv: Inventory, pi: PiSpec) -> tuple[list[Op], KeyPair]:
     home = tunnel_home(pi)
     key = KeyPair(key_path(pi), owner=pi.tunnel_user, comment=f"pitunnel:{pi.name}", title="tunnel key (made on the Pi)")
@@ -59,6 +68,17 @@ def base_ops(inv: Inventory, pi: PiSpec) -> tuple[list[Op], KeyPair]:
     return ops, key
 
 
+def loopback_ops(pi: PiSpec, *, penalties: bool) -> list[Op]:
+    """Everything that reaches the Pi's sshd through a tunnel comes from 127.0.0.1, where the tunnel's
+    ssh connects from. sshd's per-source penalties would count every scanner knocking on the public
+    tunnel port against that one address, then refuse everyone coming through the tunnel, the
+    owner too (measured: 20 s of refusals after a burst of 200 connections). Exempt loopback."""
+    if not penalties or not any(t.kind == "ssh" for t in pi.tunnels):
+        return []
+    return [File(D["loopback_dropin"], ROLE.render("sshd-loopback.conf.j2"), validate="sshd -t",
+                 notify=("reload sshd",), title="sshd: no per-source penalties for tunnel traffic (loopback)")]
+
+
 def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str]) -> list[Op]:
     name = vps.address if vps.port == 22 else f"[{vps.address}]:{vps.port}"
     known = "".join(f"{name} {k}\n" for k in vps_host_keys)
@@ -66,8 +86,10 @@ def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str
                    vps_tunnel_user=vps.tunnel_user, key_path=key_path(pi), tunnel_user=pi.tunnel_user,
                    tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
                    server_alive_count_max=pi.server_alive_count_max, forwards=forwards(pi),
-                   connect_timeout=int(pi.connect_timeout))
+                   connect_timeout=D["tunnel_connect_timeout"], watchdog_path=D["watchdog_path"],
+                   unit=D["unit"])
     restart = ("restart tunnel",)
+    watchdog = ("restart watchdog",)
     return [
         Directory(D["config_dir"]),
         File(f"{D['config_dir']}/known_hosts", known, notify=restart, title="VPS host key pinned for the tunnel"),
@@ -76,11 +98,16 @@ def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str
         File(D["unit_path"], ROLE.render("pitunnel.service.j2", **context), notify=restart,
              title=f"systemd unit {D['unit']}"),
         Service(D["unit"]),
-        File(D["watchdog_path"], ROLE.render("watchdog.sh.j2", hang_after_ms=hang_after_ms(pi), **context),
-             mode=0o755, title="watchdog for a hung tunnel ssh"),
-        File(f"/etc/systemd/system/{D['watchdog_unit']}", ROLE.render("watchdog.service.j2")),
-        File(f"/etc/systemd/system/{D['watchdog_timer']}", ROLE.render("watchdog.timer.j2")),
-        Service(D["watchdog_timer"]),
+        # the watchdog ran from a timer before it became a service that waits for network events
+        Service(D["watchdog_timer"], enabled=False, running=False, title="old watchdog timer retired"),
+        Absent(f"/etc/systemd/system/{D['watchdog_timer']}", notify=watchdog),
+        File(D["watchdog_path"], ROLE.render("watchdog.sh.j2", hang_after_ms=hang_after_ms(pi),
+                                             stale_after_ms=stale_after_ms(pi, vps), check_every=D["watchdog_every"],
+                                             **context),
+             mode=0o755, notify=watchdog, title="watchdog: network back, or a hung tunnel ssh"),
+        File(f"/etc/systemd/system/{D['watchdog_unit']}", ROLE.render("watchdog.service.j2", **context),
+             notify=watchdog, title=f"systemd unit {D['watchdog_unit']}"),
+        Service(D["watchdog_unit"]),
     ]
 
 
@@ -89,8 +116,19 @@ def hang_after_ms(pi: PiSpec) -> int:
     return (pi.server_alive_interval * (pi.server_alive_count_max + 1) + 5) * 1000
 
 
-def tunnel_handlers() -> list[Handler]:
-    return [Handler("restart tunnel", ["systemctl daemon-reload", f"systemctl restart {D['unit']}"])]
+def stale_after_ms(pi: PiSpec, vps: VpsSpec) -> int:
+    """Time without a word from the VPS after which a connection counts as dead once the network is
+    back. A live one hears from the VPS at least this often even when idle: the VPS's client-alive
+    probe, or its answer to the Pi's own keepalive, whichever comes first; plus slack."""
+    return (min(vps.client_alive_interval, pi.server_alive_interval) + 3) * 1000
+
+
+def tunnel_handlers(remote: Remote) -> list[Handler]:
+    return [Handler("restart tunnel", ["systemctl daemon-reload", f"systemctl restart {D['unit']}"]),
+            Handler("restart watchdog", ["systemctl daemon-reload", f"systemctl restart {D['watchdog_unit']}"]),
+            Handler("reload sshd", ["sshd -t", f"systemctl reload {D['ssh_service']}"],
+                    verify=lambda: remote.can_log_in_fresh(),
+                    verify_hint="a fresh login failed after changing sshd's settings")]
 
 
 def password_ops(remote: Remote) -> tuple[list[Op], list[Handler]]:
@@ -118,11 +156,14 @@ def provision(play: Play) -> None:
     inv, mode, reporter = play.inventory, play.options.mode, play.reporter
     pis = play.selected(list(inv.pis.values()))
     pubkeys: dict[str, str] = {}
+    penalties: dict[str, bool] = {}
 
     def base(remote: Remote) -> None:
         pi = inv.pis[remote.name]
         ops, key = base_ops(inv, pi)
-        plans = dict((id(op), p) for op, p in converge(remote, ops, reporter, mode))
+        observer = penalties_observer()
+        plans = dict((id(op), p) for op, p in converge(remote, [*ops, observer], reporter, mode))
+        penalties[pi.name] = observer.value.strip() not in ("", "0")
         if not plans[id(key)].changes:
             pubkeys[pi.name] = key.value
         elif not mode.check:
@@ -172,7 +213,8 @@ def provision(play: Play) -> None:
         if vps.name not in vps_keys:
             reporter.line(pi.name, "skipped", "tunnel", f"its VPS {vps.name} step failed")
             return
-        plans = converge(remote, tunnel_ops(inv, pi, vps, vps_keys[vps.name]), reporter, mode, tunnel_handlers())
+        ops = [*tunnel_ops(inv, pi, vps, vps_keys[vps.name]), *loopback_ops(pi, penalties=penalties.get(pi.name, False))]
+        plans = converge(remote, ops, reporter, mode, tunnel_handlers(remote))
         changed = any(p.changes for _, p in plans)
         if not mode.check:
             _wait_listening(play, pi, vps, vps_ss[vps.name] if not changed else "")
@@ -220,13 +262,15 @@ def vpses_of(inv: Inventory, pis: list[PiSpec]) -> list[VpsSpec]:
 def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool) -> list[Op]:
     ops: list[Op] = [
         Service(D["unit"], enabled=False, running=False, title=f"service {D['unit']} stopped and disabled"),
-        Service(D["watchdog_timer"], enabled=False, running=False, title="watchdog timer stopped and disabled"),
+        Service(D["watchdog_unit"], enabled=False, running=False, title="watchdog stopped and disabled"),
+        Service(D["watchdog_timer"], enabled=False, running=False, title="old watchdog timer stopped and disabled"),
         Absent(f"/etc/systemd/system/{D['watchdog_timer']}", notify=("daemon-reload",)),
         Absent(f"/etc/systemd/system/{D['watchdog_unit']}", notify=("daemon-reload",)),
         Absent(D["watchdog_path"].rsplit("/", 1)[0]),
         Absent(D["unit_path"], notify=("daemon-reload",)),
         Absent(D["config_dir"]),
         Absent(D["password_dropin"], notify=("reload sshd",)),
+        Absent(D["loopback_dropin"], notify=("reload sshd",)),
     ]
     if pi.tunnel_user != pi.user:
         ops.append(UserAbsent(pi.tunnel_user))

@@ -13,7 +13,7 @@ import pytest
 
 from pitunnel.facts import FileState
 from pitunnel.inventory import Inventory, load_inventory
-from pitunnel.ops import File, KeyPair, Op, Service
+from pitunnel.ops import Absent, File, KeyPair, Op, Service
 from roles.pi import steps as pi_steps
 from roles.vps import steps as vps_steps
 
@@ -439,6 +439,19 @@ def test_ssh_config_defaults_and_other_vps(inv: Inventory) -> None:
     assert "ServerAliveInterval 10" in lines and "ServerAliveCountMax 3" in lines
 
 
+def test_ssh_config_prefers_chacha20_and_keeps_compression_off(inv: Inventory) -> None:
+    for pi in ("pi1", "pi3"):
+        text = ssh_config(inv, pi)
+        ciphers = values(text, "Ciphers")
+        assert len(ciphers) == 1
+        offered = ciphers[0].split(",")
+        assert offered[0] == "chacha20-poly1305@openssh.com"  # fast without AES instructions (Pi 3/4)
+        assert "aes128-gcm@openssh.com" in offered  # a fallback for a VPS without chacha20
+        assert not [c for c in offered if "cbc" in c or c in ("3des", "arcfour")]
+        assert values(text, "Compression") == ["no"]
+        assert f"    Ciphers {ciphers[0]}" in text.splitlines()  # under the Host entry
+
+
 def test_known_hosts_pins_the_vps_keys(inv: Inventory) -> None:
     keys = [HOST_KEY, "ecdsa-sha2-nistp256 AAAAE2VjZHNh"]
     main = text_of(pi_ops(inv, "pi1", keys), f"{PI_D['config_dir']}/known_hosts")
@@ -452,8 +465,48 @@ def test_tunnel_files_restart_the_tunnel_and_service_is_wanted(inv: Inventory) -
     for path in (f"{PI_D['config_dir']}/known_hosts", f"{PI_D['config_dir']}/ssh_config", PI_D["unit_path"]):
         assert file_op(ops, path).notify == ("restart tunnel",)
     services = {op.unit: op for op in ops if isinstance(op, Service)}
-    assert set(services) == {PI_D["unit"], PI_D["watchdog_timer"]}
-    assert all(op.enabled and op.running for op in services.values())
+    assert set(services) == {PI_D["unit"], PI_D["watchdog_unit"], PI_D["watchdog_timer"]}
+    assert services[PI_D["unit"]].enabled and services[PI_D["unit"]].running
+    assert services[PI_D["watchdog_unit"]].enabled and services[PI_D["watchdog_unit"]].running
+    # the timer of earlier versions is retired, and its file removed
+    old_timer = services[PI_D["watchdog_timer"]]
+    assert not old_timer.enabled and not old_timer.running
+    assert any(isinstance(op, Absent) and op.path.endswith(PI_D["watchdog_timer"]) for op in ops)
+    for path in (PI_D["watchdog_path"], f"/etc/systemd/system/{PI_D['watchdog_unit']}"):
+        assert file_op(ops, path).notify == ("restart watchdog",)
+
+
+def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Inventory) -> None:
+    pi, vps = inv.pis["pi1"], inv.vps_of(inv.pis["pi1"])
+    script = text_of(pi_ops(inv, "pi1"), PI_D["watchdog_path"])
+    # woken by netlink when a link comes up or an address or default route appears
+    assert "ip -o monitor link address route" in script
+    assert "*LOWER_UP*" in script and 'default*' in script
+    stale = pi_steps.stale_after_ms(pi, vps)
+    assert stale == (min(vps.client_alive_interval, pi.server_alive_interval) + 3) * 1000
+    assert f'"$rcv" -gt {stale} ]' in script
+    assert f'"$snd" -gt {pi_steps.hang_after_ms(pi)} ]' in script
+    assert f"read -r -t {PI_D['watchdog_every']} event" in script
+    # it signals only the unit's own ssh, never an ssh by name
+    assert 'systemctl show -p MainPID --value "$unit"' in script and f"unit={PI_D['unit']}" in script
+    assert 'pgrep -x -P "$main" ssh' in script and 'kill -USR1 "$main"' in script
+    assert "pkill" not in script and "killall" not in script
+    unit = text_of(pi_ops(inv, "pi1"), f"/etc/systemd/system/{PI_D['watchdog_unit']}")
+    assert "Restart=always" in unit and "StartLimitIntervalSec=0" in unit and "Type=oneshot" not in unit
+    assert f"ExecStart={PI_D['watchdog_path']}" in unit
+
+
+def test_watchdog_script_is_valid_bash(inv: Inventory, tmp_path: Path) -> None:
+    script = tmp_path / "watchdog"
+    script.write_text(text_of(pi_ops(inv, "pi1"), PI_D["watchdog_path"]))
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_tunnel_gives_up_a_connection_attempt_quickly(inv: Inventory) -> None:
+    config = text_of(pi_ops(inv, "pi1"), f"{PI_D['config_dir']}/ssh_config")
+    assert f"ConnectTimeout {PI_D['tunnel_connect_timeout']}\n" in config
+    assert PI_D["tunnel_connect_timeout"] <= 5
 
 
 def test_pi_base_ops_laptop_key_and_key_pair(inv: Inventory) -> None:
@@ -472,3 +525,36 @@ def test_pi_base_ops_laptop_key_and_key_pair(inv: Inventory) -> None:
     ops2, _ = pi_steps.base_ops(inv, inv.pis["pi2"])
     assert not any(isinstance(o, SystemUser) for o in ops2)
     assert any(isinstance(o, SystemUser) and o.name == "pitunnel" for o in ops)
+
+
+def test_loopback_exempt_from_penalties_only_where_sshd_has_them(inv: Inventory) -> None:
+    pi = inv.pis["pi1"]
+    assert any(t.kind == "ssh" for t in pi.tunnels)
+    assert pi_steps.loopback_ops(pi, penalties=False) == []  # OpenSSH before 9.8: the keyword would not parse
+    (op,) = pi_steps.loopback_ops(pi, penalties=True)
+    assert isinstance(op, File) and op.path == PI_D["loopback_dropin"]
+    assert op.validate == "sshd -t" and op.notify == ("reload sshd",)
+    text = op.wanted(FileState(exists=False))
+    assert directives(text) == ["PerSourcePenaltyExemptList 127.0.0.1"]
+    # sshd keeps the first value it reads: the drop-in must sort before Debian's own names (50-cloud-init...)
+    assert PI_D["loopback_dropin"].startswith("/etc/ssh/sshd_config.d/10-")
+
+
+def test_loopback_exemption_needs_an_ssh_tunnel(inv: Inventory) -> None:
+    import dataclasses
+
+    pi = inv.pis["pi1"]
+    http_only = dataclasses.replace(pi, tunnels=tuple(t for t in pi.tunnels if t.kind != "ssh"))
+    assert pi_steps.loopback_ops(http_only, penalties=True) == []
+
+
+def test_penalties_fact_reads_sshd_effective_config() -> None:
+    observer = pi_steps.penalties_observer()
+    assert "sshd -T" in observer.fact.script and "persourcepenalties" in observer.fact.script
+    assert observer.describe("1\n").startswith("yes") and observer.describe("0\n").startswith("no")
+
+
+def test_sshd_reload_on_the_pi_is_guarded_by_a_fresh_login() -> None:
+    handlers = {h.name: h for h in pi_steps.tunnel_handlers(remote=None)}  # type: ignore[arg-type]
+    reload = handlers["reload sshd"]
+    assert reload.commands[0] == "sshd -t" and reload.verify is not None
