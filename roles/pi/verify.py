@@ -167,12 +167,17 @@ def verify(play: Play) -> list[PiReport]:
         others = [listen_spec(t) for p, t in inv.tunnels_on(vps) if p.name != pi.name]
         used = {t.remote_port for _, t in inv.tunnels_on(vps)}
         free = next(p for p in range(vps.port_range[1], 1024, -1) if p not in used)
-        unit = remote.run(f"systemctl is-enabled {D['unit']}; systemctl is-active {D['unit']}\n"
+        unit = remote.run(f"systemctl is-enabled {D['unit']}; systemctl is-active {D['unit']}; "
+                          f"systemctl is-active {D['watchdog_unit']}\n"
                           + probe_script(pi, vps, others, free), timeout=120)
         words = unit.stdout.split("\n")
         state = f"{words[0].strip()}, {words[1].strip()}" if len(words) > 1 else unit.stdout.strip()
         report.add("unit enabled and active", state == "enabled, active", state,
                    f"on the Pi: systemctl status {D['unit']}; journalctl -u {D['unit']}")
+        watchdog = words[2].strip() if len(words) > 2 else "unknown"
+        report.add("watchdog active", watchdog == "active", watchdog,
+                   f"without it, a dead connection waits for keepalives after the network is back: on the Pi, "
+                   f"systemctl status {D['watchdog_unit']}; or rerun provision-pi")
         present = {line.split()[3] for line in ss.get(vps.name, "").splitlines() if len(line.split()) >= 4}
         for t in pi.tunnels:
             want = listen_spec(t)

@@ -93,13 +93,18 @@ def test_verify_proves_every_pi(fresh: dict) -> None:
         assert {"refused: command", "refused: pty", "refused: forward-to-vps", "refused: other-port"} <= names
 
 
-def test_seed_scenario_ssh_through_vps_port(fresh: dict) -> None:
-    """The seed's `ssh -p 12346 pi_user@vps_host`, with plain OpenSSH, lands on pi1 (by its host key)."""
+def ssh_to_pi1_through_vps(command: str) -> subprocess.CompletedProcess[str]:
+    """The seed's `ssh -p 12346 pi_user@vps_host`, with plain OpenSSH, checked by pi1's own host key."""
     key = STATE_DIR / "keys" / "laptop_ed25519"
-    done = subprocess.run(
+    return subprocess.run(
         ["ssh", "-o", "BatchMode=yes", "-i", str(key), "-o", f"UserKnownHostsFile={STATE_DIR / 'known_hosts'}",
-         "-o", "StrictHostKeyChecking=yes", "-o", "HostKeyAlias=198.19.1.2", "-p", "12346",
-         "pi@198.18.0.10", "hostname"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+         "-o", "StrictHostKeyChecking=yes", "-o", "HostKeyAlias=198.19.1.2", "-o", "ConnectTimeout=10",
+         "-p", "12346", "pi@198.18.0.10", command], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+
+def test_seed_scenario_ssh_through_vps_port(fresh: dict) -> None:
+    """The seed's `ssh -p 12346 pi_user@vps_host` lands on pi1 (by its host key)."""
+    done = ssh_to_pi1_through_vps("hostname")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "pi1"
     # and the API through Nginx on port 80 answers as pi2 for pi2's path
@@ -109,6 +114,27 @@ def test_seed_scenario_ssh_through_vps_port(fresh: dict) -> None:
     with urllib.request.urlopen("http://198.18.0.10/pi2/x", timeout=10) as resp:
         body = json.load(resp)
     assert body["pi"] == "pi2" and body["path"] == "/x" and body["x_forwarded_for"] == "198.18.0.1"
+
+
+def test_scanners_on_the_public_port_do_not_lock_the_owner_out(fresh: dict) -> None:
+    """Everything through the tunnel reaches the Pi's sshd from 127.0.0.1. Connections that never
+    authenticate (what scanners send to any public port) must not get that one address penalised
+    (OpenSSH 9.8+), or sshd refuses the owner too."""
+    import socket
+
+    for _ in range(150):
+        try:
+            socket.create_connection(("198.18.0.10", 12346), timeout=2).close()
+        except OSError:
+            pass
+        time.sleep(0.02)
+    time.sleep(1)
+    done = ssh_to_pi1_through_vps("hostname")
+    assert done.returncode == 0 and done.stdout.strip() == "pi1", done.stderr
+    # the exemption is written exactly where sshd has per-source penalties
+    penalties = "persourcepenalties " in in_host("pi1", "sshd -T 2>/dev/null").lower()
+    dropin = in_host("pi1", "cat /etc/ssh/sshd_config.d/10-pitunnel-loopback.conf 2>/dev/null")
+    assert ("PerSourcePenaltyExemptList 127.0.0.1" in dropin) == penalties, (penalties, dropin)
 
 
 def test_tunnel_key_never_left_the_pi(fresh: dict) -> None:
