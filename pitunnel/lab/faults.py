@@ -138,7 +138,7 @@ class SilentDrop:
         self.rules: list[list[str]] = []
 
     def __enter__(self) -> float:
-        out = _pi(self.pi, f"ss -Htn state established '( dport = :12345 )' | awk '{{print $3}}'")
+        out = _pi(self.pi, "ss -Htn state established '( dport = :12345 )' | awk '{print $3}'")
         ports = [int(a.rsplit(":", 1)[1]) for a in out.split() if ":" in a]
         if not ports:
             raise RuntimeError(f"{self.pi} has no tunnel connection to drop")
