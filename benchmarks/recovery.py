@@ -1,7 +1,7 @@
 """Benchmark: recovery time after each fault, for three setups side by side in one run, on the lab.
 
 - pitunnel: as `invoke provision` leaves it.
-- seed: the blog post's settings on the same hosts (ServerAliveInterval 60, CountMax 3, no
+- seed: the blog post's settings on the same hosts (ServerAliveInterval 60, CountMax 3, no ConnectTimeout, no
   ExitOnForwardFailure, no server keepalive, no reaper, `autossh -M 0`, AUTOSSH_GATETIME=0,
   its unit without Restart=).
 - sidedoor: Debian's `sidedoor` package on the Pi (its own config and retry loop), same VPS.
@@ -74,7 +74,7 @@ def _stop_pitunnel_on_pi() -> None:
 def make_seed() -> None:
     """The seed's exact client and server settings, on the hosts pitunnel provisioned."""
     _stop_pitunnel_on_pi()
-    _sh("pi1", "mkdir -p /etc/seed && sed -e '/ExitOnForwardFailure/d' "
+    _sh("pi1", "mkdir -p /etc/seed && sed -e '/ExitOnForwardFailure/d' -e '/ConnectTimeout/d' "
                "-e 's/ServerAliveInterval .*/ServerAliveInterval 60/' "
                "-e 's/ServerAliveCountMax .*/ServerAliveCountMax 3/' /etc/pitunnel/ssh_config > /etc/seed/ssh_config")
     _write("pi1", "/etc/systemd/system/autossh-ssh-tunnel.service", SEED_UNIT)
