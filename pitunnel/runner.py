@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .facts import gather
+from .facts import Facts, gather
 from .ops import Handler, Op, Plan, drop_backup_commands, restore_commands
 from .remote import Remote
 from .report import Reporter
@@ -22,10 +22,16 @@ class Mode:
     diff: bool = False
 
 
+def facts_for(remote: Remote, ops: Sequence[Op]) -> Facts:
+    """Read, in one round trip, every fact that `ops` need: for steps that look before they leap and
+    then converge the same ops with `known=` (valid as long as nothing changed the host in between)."""
+    return gather(remote, [f for op in ops for f in op.facts()])
+
+
 def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
-             handlers: Sequence[Handler] = ()) -> list[tuple[Op, Plan]]:
+             handlers: Sequence[Handler] = (), *, known: Facts | None = None) -> list[tuple[Op, Plan]]:
     """Bring the host to what `ops` describe. Returns each op with its plan. Raises StepFailed."""
-    facts = gather(remote, [f for op in ops for f in op.facts()])
+    facts = known if known is not None else facts_for(remote, ops)
     plans = [(op, op.plan(facts)) for op in ops]
     changed = [(op, p) for op, p in plans if p.changes]
     if mode.check:

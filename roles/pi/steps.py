@@ -12,7 +12,7 @@ from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Observe, Op
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.role import Role
-from pitunnel.runner import StepFailed, converge
+from pitunnel.runner import StepFailed, converge, facts_for
 from roles.vps.steps import authorized_keys, listen_spec
 
 ROLE = Role("pi")
@@ -183,7 +183,12 @@ def provision(play: Play) -> None:
         permitted = Observe(command_fact("permitlisten", f"sshd -T -C user={vps.tunnel_user},host=pitunnel,addr=192.0.2.1 "
                                          "2>/dev/null | grep -i '^permitlisten ' || true"),
                             lambda v: "read", title="listeners sshd permits the tunnel account")
-        converge(remote, [account, keys, ss, permitted], reporter, mode)
+        new = {p.name: pubkeys[p.name] for p in mine if p.name in pubkeys}
+        keys_op = authorized_keys(inv, vps, new)
+        # one read of the VPS for the checks below and for the keys: a rerun that changes nothing costs
+        # one round trip here, not two
+        known = facts_for(remote, [account, keys, ss, permitted, keys_op])
+        converge(remote, [account, keys, ss, permitted], reporter, mode, known=known)
         allowed = set(permitted.value.split()[1:])
         unknown = [f"{p.name}: {listen_spec(t)}" for p in mine for t in p.tunnels if listen_spec(t) not in allowed]
         if unknown and "MISSING" not in account.value:
@@ -202,8 +207,7 @@ def provision(play: Play) -> None:
                           "`invoke provision-vps` first")
             del vps_keys[vps.name]
             raise StepFailed("no tunnel account")
-        new = {p.name: pubkeys[p.name] for p in mine if p.name in pubkeys}
-        converge(remote, [authorized_keys(inv, vps, new)], reporter, mode)
+        converge(remote, [keys_op], reporter, mode, known=known)
 
     play.each(vpses_of(inv, pis), on_vps)
 
