@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from . import machine, net
+from . import limits, machine, net
 from .aptproxy import PROXY_URL, start_proxy
 from .plan import LabPlan, make_plan
 from .rootfs import ensure_rootfs
@@ -65,6 +65,7 @@ def up(*, pis: int = 1, release: str = "bookworm", inventory: Path, fresh: bool 
     state.save()
     try:
         net.make_networks(plan, state)
+        limits.raise_for(len(plan.hosts), state)
         start_proxy(state)
         rootfs, rootfs_seconds = ensure_rootfs(release, proxy=PROXY_URL, log=STATE_DIR / "debootstrap.log")
         laptop_pub = _laptop_key()
@@ -105,6 +106,7 @@ def down(*, inventory: Path | None = None) -> list[str]:
         stop_process(state.proxy_pid, state.proxy_start, timeout=10)
         removed.append("apt proxy")
     net.remove_networks(state)
+    limits.restore(state)
     removed += [f"link {name}" for name in _stray_bridges()]
     for name in _stray_bridges():
         run(["ip", "link", "del", name], check=False)

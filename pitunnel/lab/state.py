@@ -28,6 +28,7 @@ class LabState:
     addresses: list[list[str]] = field(default_factory=list)  # [cidr, dev]
     firewall: bool = False
     ip_forward_before: str | None = None
+    inotify_limit_before: int | None = None
     proxy_pid: int = 0
     proxy_start: str = ""
     hosts: dict[str, HostState] = field(default_factory=dict)

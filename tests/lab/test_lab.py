@@ -38,6 +38,7 @@ def machine_snapshot() -> dict[str, object]:
         "mounts": sorted(l for l in Path("/proc/mounts").read_text().splitlines() if "pitunnel" in l),
         "procs": procs,
         "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text(),
+        "inotify_limit": Path("/proc/sys/fs/inotify/max_user_instances").read_text(),
     }
 
 

@@ -121,3 +121,20 @@ def test_clashes_ignores_default_ours_others_and_junk() -> None:
     ]
     assert clashes(plan, routes) == []
     assert clashes(plan, []) == []
+
+
+def test_lab_fault_help_names_every_fault() -> None:
+    import tasks
+    from pitunnel.lab.faults import NAMES
+
+    text = tasks.lab_fault.help["fault"]
+    assert all(name in text for name in NAMES), [n for n in NAMES if n not in text]
+
+
+def test_inotify_limit_raised_only_as_far_as_the_hosts_need() -> None:
+    from pitunnel.lab.limits import PER_HOST, SLACK, inotify_limit_needed
+
+    assert inotify_limit_needed(in_use=10, hosts=3, limit=128) is None  # a small lab fits Debian's default
+    wanted = inotify_limit_needed(in_use=10, hosts=21, limit=128)  # 20 Pis and the VPS do not
+    assert wanted == 10 + 21 * PER_HOST + SLACK and wanted > 128
+    assert inotify_limit_needed(in_use=10, hosts=21, limit=4096) is None  # never lowered
