@@ -1,0 +1,132 @@
+"""A pitunnel inventory as an Ansible inventory: connection settings plus every variable that
+pitunnel's templates need, computed by pitunnel's own functions so both sides render the same text.
+
+Pure apart from reading the laptop's public key file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pitunnel.inventory import HostSpec, Inventory, PiSpec, VpsSpec
+from roles.pi.steps import D as PI_DEFAULTS
+from roles.pi.steps import forwards, hang_after_ms, key_path, laptop_key_line, stale_after_ms, tunnel_home
+from roles.vps.steps import D as VPS_DEFAULTS
+from roles.vps.steps import _t, authorized_line, http_routes, listen_spec
+
+ROLES_DIR = Path(__file__).resolve().parents[2] / "roles"
+
+
+class NotEquivalent(Exception):
+    """The inventory uses a feature the Ansible playbook does not reproduce."""
+
+
+def connection_vars(host: HostSpec, known_hosts: Path) -> dict[str, Any]:
+    """How Ansible reaches a host: the same address, user, key, password file and host-key checks."""
+    out: dict[str, Any] = {"ansible_host": host.address, "ansible_port": host.port, "ansible_user": host.user,
+                           "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts} "
+                                                      "-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes",
+                           "ansible_timeout": int(host.connect_timeout)}
+    if host.key is not None:
+        out["ansible_ssh_private_key_file"] = str(host.key)
+    if host.password_file is not None:
+        out["ansible_password"] = "{{ lookup('file', '%s') }}" % host.password_file
+    if host.sudo_password_file is not None:
+        out["ansible_become_password"] = "{{ lookup('file', '%s') }}" % host.sudo_password_file
+    return out
+
+
+def vps_vars(inv: Inventory, vps: VpsSpec) -> dict[str, Any]:
+    """The VPS role's defaults plus the context roles/vps/steps.py renders its templates with."""
+    routes = [_t(r) for r in http_routes(inv, vps)]
+    for route, spec in zip(routes, http_routes(inv, vps)):
+        route["auth_source"] = str(spec.auth_source) if spec.auth_source else None
+    return {
+        **VPS_DEFAULTS,
+        "tunnel_user": vps.tunnel_user,
+        "listens": [listen_spec(t) for _, t in inv.tunnels_on(vps)],
+        "client_alive_interval": vps.client_alive_interval,
+        "client_alive_count_max": vps.client_alive_count_max,
+        "http_port": vps.http_port,
+        "https_port": vps.https_port,
+        "tls_certificate": vps.tls_certificate,
+        "tls_key": vps.tls_key,
+        "tunnels": routes,
+        "path_routes": [r for r in routes if not r["server_name"]],
+        "name_routes": [r for r in routes if r["server_name"]],
+        "auth_routes": [r for r in routes if r["auth_file"]],
+        "location_files": [f"{r['pi']}-{r['name']}.conf" for r in routes if not r["server_name"]],
+        "site_files": [f"pitunnel-{r['pi']}-{r['name']}.conf" for r in routes if r["server_name"]],
+        "auth_files": [f"{r['pi']}-{r['name']}.htpasswd" for r in routes if r["auth_file"]],
+    }
+
+
+def key_options(vps: VpsSpec, pi: PiSpec) -> str:
+    """The options pitunnel puts before a Pi's key in the tunnel account's authorized_keys."""
+    return authorized_line(vps, pi, "KEYTYPE BLOB").rsplit(" ", 3)[0]
+
+
+def pi_vars(inv: Inventory, pi: PiSpec) -> dict[str, Any]:
+    """The Pi role's defaults plus the context roles/pi/steps.py renders its templates with."""
+    if pi.disable_password_login:
+        raise NotEquivalent(f"{pi.name}: disable_password_login is not reproduced by the Ansible playbook")
+    if pi.tunnel_user == pi.user:
+        raise NotEquivalent(f"{pi.name}: a tunnel_user equal to the login user is not reproduced by the playbook")
+    vps = inv.vps_of(pi)
+    return {
+        **PI_DEFAULTS,
+        "pi": pi.name,
+        "vps": vps.name,
+        "vps_address": vps.address,
+        "vps_port": vps.port,
+        "vps_tunnel_user": vps.tunnel_user,
+        "vps_known_name": vps.address if vps.port == 22 else f"[{vps.address}]:{vps.port}",
+        "key_path": key_path(pi),
+        "key_comment": f"pitunnel:{pi.name}",
+        "tunnel_user": pi.tunnel_user,
+        "tunnel_home": tunnel_home(pi),
+        "login_home": "/root" if pi.user == "root" else f"/home/{pi.user}",
+        "server_alive_interval": pi.server_alive_interval,
+        "server_alive_count_max": pi.server_alive_count_max,
+        "forwards": forwards(pi),
+        "listen_specs": [listen_spec(t) for t in pi.tunnels],
+        "connect_timeout": PI_DEFAULTS["tunnel_connect_timeout"],
+        "hang_after_ms": hang_after_ms(pi),
+        "stale_after_ms": stale_after_ms(pi, vps),
+        "check_every": PI_DEFAULTS["watchdog_every"],
+        "authorized_options": key_options(vps, pi),
+        "laptop_key_line": laptop_key_line(inv),
+    }
+
+
+def ansible_inventory(inv: Inventory) -> dict[str, Any]:
+    """The whole Ansible inventory (YAML format) for a pitunnel inventory: groups `vpses` and `pis`."""
+    for host in inv.hosts():
+        if host.host_key:
+            raise NotEquivalent(f"{host.name}: a pinned host_key is not reproduced by the Ansible playbook")
+    known = inv.settings.known_hosts
+    vps_hosts = {v.name: {**connection_vars(v, known), **vps_vars(inv, v)} for v in inv.vps.values()}
+    pi_hosts = {p.name: {**connection_vars(p, known), **pi_vars(inv, p)} for p in inv.pis.values()}
+    return {"all": {"vars": {"pitunnel_roles": str(ROLES_DIR)},
+                    "children": {"vpses": {"hosts": vps_hosts}, "pis": {"hosts": pi_hosts}}}}
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """No YAML anchors and aliases: a route shared by two lists is written out twice."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump(inv: Inventory) -> str:
+    return ("# Written by benchmarks/ansible/inventory.py from " + str(inv.path) + ": do not edit.\n"
+            + yaml.dump(ansible_inventory(inv), Dumper=_PlainDumper, sort_keys=False, width=1000))
+
+
+def write(inv: Inventory, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump(inv))
+    return path
