@@ -230,8 +230,8 @@ bench_ns.add_task(bench_lab, "lab")
 ns.add_collection(bench_ns)
 
 
-@task(help={"fault": "one of: silent-drop, link-down-20s, link-down-60s, kill-ssh, kill-autossh, stop-ssh, "
-                     "restart-vps-sshd, restart-nginx",
+@task(help={"fault": "one of: silent-drop, router-reboot, link-down-20s, link-down-60s, link-down-10min, kill-ssh, kill-autossh, "
+                     "stop-ssh, restart-vps-sshd, restart-nginx, reboot-vps, reboot-pi, vps-unreachable-at-boot",
             "pi": "the lab Pi to hit (default pi1)", "timeout": "give up waiting after this many seconds"})
 def lab_fault(c: Context, fault: str, pi: str = "pi1", timeout: float = 300) -> None:
     """Inject a fault into the provisioned lab and print how long until the Pi is reachable again."""
@@ -263,3 +263,58 @@ def bench_recovery(c: Context, faults: str = "", runs: int = 3, timeout: float =
 
 
 bench_ns.add_task(bench_recovery, "recovery")
+
+
+@task(help={"pis": "Pis in the lab (default 2)", "release": "Debian release of the lab hosts: bookworm or trixie",
+            "cold_runs": "cold runs per side, each on fresh lab hosts (default 1)",
+            "reruns": "no-change reruns per side (default 3)"})
+def bench_provision(c: Context, pis: int = 2, release: str = "bookworm", cold_runs: int = 1, reruns: int = 3) -> None:
+    """pitunnel against an equivalent Ansible playbook: cold runs and no-change reruns; prints a table, writes JSON."""
+    from benchmarks.provision import main
+
+    main(pis=pis, release=release, cold_runs=cold_runs, reruns=reruns)
+
+
+bench_ns.add_task(bench_provision, "provision")
+
+
+@task(help={"sizes": "comma-separated fleet sizes in Pis (default 1,5,10,20)",
+            "release": "Debian release of the lab hosts: bookworm or trixie",
+            "isolation": "also run the isolation check: one Pi unreachable during provisioning (default on)",
+            "down": "the Pi made unreachable in the isolation run (default: the middle one of the largest size)"})
+def bench_fleet(c: Context, sizes: str = "1,5,10,20", release: str = "bookworm", isolation: bool = True,
+                down: str = "") -> None:
+    """Provision fleets of 1..20 Pis: wall time and the laptop's peak memory per size; one unreachable Pi stays isolated."""
+    from benchmarks.fleet import main, parse_sizes
+
+    try:
+        chosen = parse_sizes(sizes)
+    except ValueError as exc:
+        raise Exit(f"bench.fleet: {exc}", code=2) from None
+    main(chosen, release=release, isolation=isolation, down=down)
+
+
+bench_ns.add_task(bench_fleet, "fleet")
+
+
+@task(help={"connections": "comma-separated wrk connection counts (default 1,32)",
+            "duration": "seconds of each wrk run (default 10)",
+            "rounds": "rounds; every configuration is measured once per round, medians reported (default 3)",
+            "threads": "wrk threads, at most one per connection (default 2)",
+            "size_mb": "bulk transfer size over SSH, in MB (default 100)",
+            "tuning": "also measure each tuning setting changed on its own (default on; --no-tuning skips)",
+            "release": "Debian release of the lab hosts: bookworm or trixie"})
+def bench_datapath(c: Context, connections: str = "1,32", duration: int = 10, rounds: int = 3, threads: int = 2,
+                   size_mb: int = 100, tuning: bool = True, release: str = "bookworm") -> None:
+    """HTTP (wrk) and bulk SSH to the Pi, direct vs through VPS Nginx and the tunnel; tuning effects."""
+    from benchmarks.datapath import main
+
+    try:
+        counts = [int(n) for n in connections.split(",") if n.strip()]
+    except ValueError:
+        raise Exit(f"bench.datapath: --connections wants integers like 1,32, not {connections!r}", code=2) from None
+    main(connections=counts, duration=duration, rounds=rounds, threads=threads, size_mb=size_mb, tuning=tuning,
+         release=release)
+
+
+bench_ns.add_task(bench_datapath, "datapath")
