@@ -20,7 +20,6 @@ benchmarks/results/datapath.json. Not a test: it asserts nothing.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import platform
@@ -32,6 +31,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from pitunnel import lab
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -321,19 +322,8 @@ class Lab:
         self.original_upstreams = self.sh("vps", f"cat {NGINX_UPSTREAMS}")
         self.current = AS_PROVISIONED
 
-    @staticmethod
-    def sh(host: str, script: str, timeout: float = 120) -> str:
-        from pitunnel import lab
-        from pitunnel.lab.machine import exec_in
-
-        done = exec_in(lab.record(host), script, check=False, timeout=timeout)
-        if done.returncode != 0:
-            raise RuntimeError(f"{host}: {(done.stderr or done.stdout).strip()[-400:]}")
-        return done.stdout
-
-    def write(self, host: str, path: str, text: str) -> None:
-        encoded = base64.b64encode(text.encode()).decode()
-        self.sh(host, f"mkdir -p $(dirname {path}) && echo {encoded} | base64 -d > {path}")
+    sh = staticmethod(lab.sh)
+    write = staticmethod(lab.write_file)
 
     def apply(self, config: Config) -> None:
         """Switch the lab to `config`, touching only what differs from the current one."""

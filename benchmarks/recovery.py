@@ -54,17 +54,11 @@ REMOTE_SERVER='-p 12345 pitunnel@198.18.0.10'
 """
 
 
-def _sh(host: str, script: str, timeout: float = 300) -> str:
-    done = exec_in(lab.record(host), script, check=False, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"{host}: {done.stderr.strip()[-400:] or done.stdout.strip()[-400:]}")
-    return done.stdout
+def _sh(host: str, script: str) -> str:
+    return lab.sh(host, script, timeout=300)
 
 
-def _write(host: str, path: str, text: str) -> None:
-    import base64
-
-    _sh(host, f"echo {base64.b64encode(text.encode()).decode()} | base64 -d > {path}")
+_write = lab.write_file
 
 
 def _stop_pitunnel_on_pi() -> None:

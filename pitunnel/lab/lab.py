@@ -167,6 +167,22 @@ def record(name: str) -> HostState:
     return state.hosts[name]
 
 
+def sh(name: str, script: str, *, timeout: float = 120) -> str:
+    """Run a shell script as root inside a lab host; its output, or a LabError naming the host."""
+    done = machine.exec_in(record(name), script, check=False, timeout=timeout)
+    if done.returncode != 0:
+        raise LabError(f"{name}: {(done.stderr or done.stdout).strip()[-400:]}")
+    return done.stdout
+
+
+def write_file(name: str, path: str, text: str) -> None:
+    """Write `text` to `path` inside a lab host (through its namespaces, as root)."""
+    import base64
+
+    encoded = base64.b64encode(text.encode()).decode()
+    sh(name, f"mkdir -p \"$(dirname {path})\" && echo {encoded} | base64 -d > {path}")
+
+
 def shell_argv(name: str) -> list[str]:
     term = os.environ.get("TERM", "xterm")
     return [*machine.nsenter(record(name)), f"TERM={term}", "HOME=/root", "/bin/bash", "-l"]

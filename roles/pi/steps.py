@@ -46,9 +46,13 @@ def laptop_key_line(inv: Inventory) -> str | None:
 PENALTIES = command_fact("sshd-penalties", "sshd -T 2>/dev/null | grep -ci '^persourcepenalties ' || true")
 
 
+def has_penalties(fact_output: str) -> bool:
+    return fact_output.strip() not in ("", "0")
+
+
 def penalties_observer() -> Observe:
     """Does this Pi's sshd have per-source penalties (OpenSSH 9.8 and later)?"""
-    return Observe(PENALTIES, lambda v: "yes" if v.strip() not in ("", "0") else "no (older OpenSSH)",
+    return Observe(PENALTIES, lambda v: "yes" if has_penalties(v) else "no (older OpenSSH)",
                    title="sshd has per-source penalties")
 
 
@@ -86,8 +90,7 @@ def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str
                    vps_tunnel_user=vps.tunnel_user, key_path=key_path(pi), tunnel_user=pi.tunnel_user,
                    tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
                    server_alive_count_max=pi.server_alive_count_max, forwards=forwards(pi),
-                   connect_timeout=D["tunnel_connect_timeout"], watchdog_path=D["watchdog_path"],
-                   unit=D["unit"])
+                   connect_timeout=D["tunnel_connect_timeout"])
     restart = ("restart tunnel",)
     watchdog = ("restart watchdog",)
     return [
@@ -163,7 +166,7 @@ def provision(play: Play) -> None:
         ops, key = base_ops(inv, pi)
         observer = penalties_observer()
         plans = dict((id(op), p) for op, p in converge(remote, [*ops, observer], reporter, mode))
-        penalties[pi.name] = observer.value.strip() not in ("", "0")
+        penalties[pi.name] = has_penalties(observer.value)
         if not plans[id(key)].changes:
             pubkeys[pi.name] = key.value
         elif not mode.check:
