@@ -8,7 +8,6 @@ from pathlib import Path
 
 from invoke import Collection, Context, Exit, task
 
-from pitunnel.play import Play
 
 ROOT = Path(__file__).resolve().parent
 LAB_INVENTORY = ROOT / "inventory" / "lab.yml"
@@ -142,16 +141,13 @@ ns.add_task(verify)
 def provision(c: Context, inventory: str = "", check: bool = False, diff: bool = False, limit: str = "",
               accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
               prompt_for_sudo_password: bool = False) -> None:
-    """provision-vps, then provision-pi, in one run with one recap."""
+    """provision-vps and provision-pi in one run, with one recap.
+
+    The Pis' base step (autossh, account, key) runs while the VPS converges; the rest once it is done."""
     scope = dict(locals())
-    from roles.pi.steps import provision as pis
-    from roles.vps.steps import provision as vps
+    from roles.site import provision as site
 
-    def both(play: "Play") -> None:
-        vps(play)
-        pis(play)
-
-    run_play(both, **flags(scope))
+    run_play(site, **flags(scope))
 
 
 @task(help={k: v for k, v in VERIFY_HELP.items() if k != "accept_new_host_keys"})
@@ -175,14 +171,9 @@ def teardown(c: Context, inventory: str = "", check: bool = False, diff: bool = 
              prompt_for_sudo_password: bool = False) -> None:
     """Remove everything provision-vps and provision-pi added, on both sides (packages stay unless --purge)."""
     scope = dict(locals())
-    from roles.pi.steps import teardown as pis
-    from roles.vps.steps import teardown as vps
+    from roles.site import teardown as site
 
-    def both(play: "Play") -> None:
-        pis(play, purge=purge)
-        vps(play, purge=purge)
-
-    run_play(both, **flags(scope))
+    run_play(lambda play: site(play, purge=purge), **flags(scope))
 
 
 @task(help={"pis": "how many Pis in the lab (default 1)",

@@ -17,6 +17,7 @@ from .report import Reporter
 from .runner import Mode, StepFailed
 
 T = TypeVar("T")
+H = TypeVar("H", bound=HostSpec)
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Play:
                                              accept_new_host_keys=options.accept_new_host_keys)
         return play
 
-    def selected(self, hosts: Sequence[HostSpec]) -> list[HostSpec]:
+    def selected(self, hosts: Sequence[H]) -> list[H]:
         return [h for h in hosts if not self.options.limit or h.name in self.options.limit]
 
     def each(self, hosts: Sequence[HostSpec], work: Callable[[Remote], T]) -> dict[str, T]:

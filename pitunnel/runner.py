@@ -38,7 +38,8 @@ def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
         for op, plan in plans:
             reporter.line(remote.name, "would change" if plan.changes else "ok", op.title, plan.reason, plan.diff)
         for handler in _notified(handlers, changed):
-            reporter.note(remote.name, f"would run handler: {handler.name}")
+            if covered(handler, changed) is None:
+                reporter.note(remote.name, f"would run handler: {handler.name}")
         return plans
     if not changed:
         for op, plan in plans:
@@ -67,6 +68,16 @@ def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
 def _notified(handlers: Sequence[Handler], changed: Sequence[tuple[Op, Plan]]) -> list[Handler]:
     names = {name for op, _ in changed for name in op.notify}
     return [h for h in handlers if h.name in names]
+
+
+def covered(handler: Handler, changed: Sequence[tuple[Op, Plan]]) -> Plan | None:
+    """The change that makes `handler` unneeded: one that covers it and ran after every op that notified
+    it (a service started from stopped once its files were in place needs no restart). Handlers with
+    a check after them always run."""
+    if handler.verify is not None:
+        return None
+    last_notifier = max((i for i, (op, _) in enumerate(changed) if handler.name in op.notify), default=-1)
+    return next((p for _, p in changed[last_notifier + 1:] if handler.name in p.covers), None)
 
 
 def _apply(remote: Remote, changed: Sequence[tuple[Op, Plan]]) -> tuple[int, str] | None:
@@ -105,6 +116,10 @@ def _handle(remote: Remote, handlers: Sequence[Handler], changed: Sequence[tuple
     for handler in _notified(handlers, changed):
         watched = [p for op, p in changed if handler.name in op.notify]
         backups = [path for p in watched for path in p.backups]
+        if covered(handler, changed) is not None:
+            reporter.line(remote.name, "ok", f"handler {handler.name}", "not needed: started after the change")
+            _run(remote, [c for path in backups for c in drop_backup_commands(path)])
+            continue
         result = remote.run("set -e\n" + "\n".join(handler.commands) + "\n")
         problem = None
         if not result.ok:

@@ -4,6 +4,7 @@ pinned, a keepalive ssh config for the VPS entry only, and a systemd unit that k
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 from pitunnel.facts import command_fact
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
@@ -100,7 +101,7 @@ def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str
              title="tunnel ssh config (keepalives for the VPS entry only)"),
         File(D["unit_path"], ROLE.render("pitunnel.service.j2", **context), notify=restart,
              title=f"systemd unit {D['unit']}"),
-        Service(D["unit"]),
+        Service(D["unit"], covers=restart),
         # the watchdog ran from a timer before it became a service that waits for network events
         Service(D["watchdog_timer"], enabled=False, running=False, title="old watchdog timer retired"),
         Absent(f"/etc/systemd/system/{D['watchdog_timer']}", notify=watchdog),
@@ -110,7 +111,7 @@ def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str
              mode=0o755, notify=watchdog, title="watchdog: network back, or a hung tunnel ssh"),
         File(f"/etc/systemd/system/{D['watchdog_unit']}", ROLE.render("watchdog.service.j2", **context),
              notify=watchdog, title=f"systemd unit {D['watchdog_unit']}"),
-        Service(D["watchdog_unit"]),
+        Service(D["watchdog_unit"], covers=watchdog),
     ]
 
 
@@ -154,25 +155,45 @@ SS = command_fact("ss-listen", "ss -Htln")
 HOST_KEYS = command_fact("vps-host-keys", "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null | awk '{print $1, $2}'")
 
 
+@dataclass
+class Based:
+    """What the base step learnt from the Pis, for the rest of provision-pi."""
+
+    pis: list[PiSpec]
+    pubkeys: dict[str, str] = field(default_factory=dict)  # Pis whose tunnel key exists (or would)
+    penalties: dict[str, bool] = field(default_factory=dict)
+
+
 def provision(play: Play) -> None:
     """`invoke provision-pi`: base on every Pi, the Pis' keys on their VPS, then each Pi's tunnel."""
-    inv, mode, reporter = play.inventory, play.options.mode, play.reporter
-    pis = play.selected(list(inv.pis.values()))
-    pubkeys: dict[str, str] = {}
-    penalties: dict[str, bool] = {}
+    finish(play, base(play))
 
-    def base(remote: Remote) -> None:
+
+def base(play: Play) -> Based:
+    """On every selected Pi: autossh, the tunnel account, its key made on the Pi, the laptop's key. Needs
+    nothing from the VPS, so `invoke provision` runs it while the VPS converges."""
+    inv, mode, reporter = play.inventory, play.options.mode, play.reporter
+    based = Based(play.selected(list(inv.pis.values())))
+
+    def one(remote: Remote) -> None:
         pi = inv.pis[remote.name]
         ops, key = base_ops(inv, pi)
         observer = penalties_observer()
         plans = dict((id(op), p) for op, p in converge(remote, [*ops, observer], reporter, mode))
-        penalties[pi.name] = has_penalties(observer.value)
+        based.penalties[pi.name] = has_penalties(observer.value)
         if not plans[id(key)].changes:
-            pubkeys[pi.name] = key.value
+            based.pubkeys[pi.name] = key.value
         elif not mode.check:
-            pubkeys[pi.name] = remote.run(f"cat {key.path}.pub").stdout.strip()
+            based.pubkeys[pi.name] = remote.run(f"cat {key.path}.pub").stdout.strip()
 
-    play.each(pis, base)
+    play.each(based.pis, one)
+    return based
+
+
+def finish(play: Play, based: Based) -> None:
+    """The Pis' keys on their VPS, then each Pi's tunnel, up and listening on the VPS."""
+    inv, mode, reporter = play.inventory, play.options.mode, play.reporter
+    pis, pubkeys, penalties = based.pis, based.pubkeys, based.penalties
     vps_keys: dict[str, list[str]] = {}
     vps_ss: dict[str, str] = {}
 

@@ -10,7 +10,7 @@ from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
 from pitunnel.ops import (Absent, Directory, File, Handler, Op, Packages, PackagesAbsent, Pruned, Service,
                           SshdPasswordsCheck, Symlink, SystemUser, UserAbsent)
 from pitunnel.play import Play
-from pitunnel.runner import converge
+from pitunnel.runner import converge, facts_for
 from pitunnel.remote import Remote
 from pitunnel.role import Role
 
@@ -109,7 +109,7 @@ def converge_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
              title="stale-session reaper script"),
         File(D["reaper_unit_path"], ROLE.render("reaper.service.j2", **context), notify=("restart reaper",),
              title=f"systemd unit {D['reaper_unit']}"),
-        Service(D["reaper_unit"]),
+        Service(D["reaper_unit"], covers=("restart reaper",)),
         Directory(D["nginx_locations_dir"]),
         Directory(D["nginx_auth_dir"], group="www-data", mode=0o750),
     ]
@@ -172,10 +172,13 @@ def provision(play: Play) -> None:
 
     def work(remote: Remote) -> None:
         vps = inv.vps[remote.name]
-        # packages first: installing Nginx adds files the next step's facts must see
-        converge(remote, [Packages((D["nginx_package"],))], play.reporter, play.options.mode)
+        packages = Packages((D["nginx_package"],))
         ops = [*converge_ops(inv, vps), SshdPasswordsCheck()]
-        converge(remote, ops, play.reporter, play.options.mode, handlers(remote))
+        known = facts_for(remote, [packages, *ops])  # one read of the VPS, for all of it
+        plans = converge(remote, [packages], play.reporter, play.options.mode, known=known)
+        # installing Nginx adds files (its default site, its config) the rest must see as they are now
+        installed = any(p.changes for _, p in plans) and not play.options.check
+        converge(remote, ops, play.reporter, play.options.mode, handlers(remote), known=None if installed else known)
 
     play.each(play.selected(list(inv.vps.values())), work)
 

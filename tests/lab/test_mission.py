@@ -10,11 +10,9 @@ import pytest
 
 from pitunnel.lab.state import STATE_DIR
 from roles.pi.status import status
-from roles.pi.steps import provision as provision_pis
-from roles.pi.steps import teardown as teardown_pis
 from roles.pi.verify import verify
-from roles.vps.steps import provision as provision_vps
-from roles.vps.steps import teardown as teardown_vps
+from roles.site import provision as provision_site
+from roles.site import teardown as teardown_site
 from tests.conftest import lab_up
 from tests.lab.runs import etc_diff, etc_state, in_host, play
 
@@ -23,13 +21,11 @@ HOSTS = ("vps", "pi1", "pi2")
 
 
 def provision_all(p):  # type: ignore[no-untyped-def]
-    provision_vps(p)
-    provision_pis(p)
+    provision_site(p)  # what `invoke provision` runs
 
 
 def teardown_all(p, purge: bool = True):  # type: ignore[no-untyped-def]
-    teardown_pis(p, purge=purge)
-    teardown_vps(p, purge=purge)
+    teardown_site(p, purge=purge)  # what `invoke teardown --purge` runs
 
 
 @pytest.fixture(scope="module")

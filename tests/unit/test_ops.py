@@ -15,9 +15,11 @@ import pytest
 
 from pitunnel import ops
 from pitunnel.facts import Fact, Facts, FileState, command_fact, file_fact, gather
-from pitunnel.ops import (APT_AGE, APT_FRESH_SECONDS, BACKUP_DIR, Absent, Directory, File, KeyPair, Observe, Packages,
+from pitunnel.ops import (APT_AGE, APT_FRESH_SECONDS, BACKUP_DIR, Absent, Directory, File, Handler, KeyPair, Observe,
+                          Packages, Plan,
                           PackagesAbsent, Pruned, Service, SshdPasswordsCheck, Symlink, SystemUser, UserAbsent,
                           _pkg_fact, backup_commands, backup_path, managed_lines, restore_commands)
+from pitunnel.runner import covered
 
 # ---------------------------------------------------------------------------
 # helpers: fact outputs exactly as the fact scripts print them (after gather's parsing)
@@ -475,11 +477,45 @@ def test_service(enabled: bool, running: bool, now: str, expected: list[str]) ->
     if not expected:
         assert plan.commands == []
         return
-    assert plan.commands[0] == "systemctl daemon-reload"
-    verbs = [c.split()[1] for c in plan.commands[1:]]
-    assert verbs == expected
-    assert all(c.endswith(" pitunnel.service") for c in plan.commands[1:])
+    # one reload of systemd's view of unit files: enable/disable do it themselves, else an explicit one
+    reloads = [c for c in plan.commands if c == "systemctl daemon-reload"]
+    assert len(reloads) == (0 if {"enable", "disable"} & set(expected) else 1)
+    if reloads:
+        assert plan.commands[0] == "systemctl daemon-reload"
+    acts = [c for c in plan.commands if c not in reloads]
+    assert [c.split()[1] for c in acts] == expected
+    assert all(c.endswith(" pitunnel.service") for c in acts)
     assert plan.reason == ", ".join(expected)
+
+
+@pytest.mark.parametrize("now,covers", [
+    ("disabled\ninactive\n", True),   # first install: it starts from the new files
+    ("enabled\nfailed\n", True),
+    ("not-found\ninactive\n", True),
+    ("enabled\nactivating\n", False),  # may still be starting from the old files
+    ("enabled\nactive\n", False),      # running: only a restart picks the change up
+    ("disabled\nactive\n", False),
+])
+def test_service_start_covers_its_restart_handler(now: str, covers: bool) -> None:
+    op = Service("pitunnel.service", covers=("restart tunnel",))
+    assert op.plan(facts_of(("unit:pitunnel.service", now))).covers == (("restart tunnel",) if covers else ())
+
+
+def test_covered_handler_needs_the_start_after_every_notifier() -> None:
+    unit = File("/etc/systemd/system/t.service", "x", notify=("restart tunnel",))
+    conf = File("/etc/pitunnel/ssh_config", "y", notify=("restart tunnel",))
+    start = Service("t.service", covers=("restart tunnel",))
+    started = Plan(["systemctl start t.service"], "start", covers=("restart tunnel",))
+    written = Plan(["write"], "create")
+    handler = Handler("restart tunnel", ["systemctl restart t.service"])
+    assert covered(handler, [(unit, written), (start, started)]) is started
+    # a file written after the start still needs the restart
+    assert covered(handler, [(unit, written), (start, started), (conf, written)]) is None
+    # nothing started: the handler runs
+    assert covered(handler, [(unit, written)]) is None
+    # a handler with a check after it always runs
+    checked = Handler("restart tunnel", ["systemctl restart t.service"], verify=lambda: True)
+    assert covered(checked, [(unit, written), (start, started)]) is None
 
 
 def test_service_no_change_reason() -> None:
