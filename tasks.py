@@ -272,9 +272,10 @@ bench_ns.add_task(bench_provision, "provision")
 @task(help={"sizes": "comma-separated fleet sizes in Pis (default 1,5,10,20)",
             "release": "Debian release of the lab hosts: bookworm or trixie",
             "isolation": "also run the isolation check: one Pi unreachable during provisioning (default on)",
-            "down": "the Pi made unreachable in the isolation run (default: the middle one of the largest size)"})
+            "down": "the Pi made unreachable in the isolation run (default: the middle one of the largest size)",
+            "preinstalled": "also run every size with autossh installed on the Pis before the clock starts"})
 def bench_fleet(c: Context, sizes: str = "1,5,10,20", release: str = "bookworm", isolation: bool = True,
-                down: str = "") -> None:
+                down: str = "", preinstalled: bool = False) -> None:
     """Provision fleets of 1..20 Pis: wall time and the laptop's peak memory per size; one unreachable Pi stays isolated."""
     from benchmarks.fleet import main, parse_sizes
 
@@ -282,7 +283,7 @@ def bench_fleet(c: Context, sizes: str = "1,5,10,20", release: str = "bookworm",
         chosen = parse_sizes(sizes)
     except ValueError as exc:
         raise Exit(f"bench.fleet: {exc}", code=2) from None
-    main(chosen, release=release, isolation=isolation, down=down)
+    main(chosen, release=release, isolation=isolation, down=down, preinstalled=preinstalled)
 
 
 bench_ns.add_task(bench_fleet, "fleet")

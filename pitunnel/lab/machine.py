@@ -134,6 +134,37 @@ def leader_pid(record: HostState) -> int:
     return int(children[0]) if children else 0
 
 
+def cpu_seconds(records: list[HostState]) -> dict[str, float]:
+    """CPU time each host has used so far: over every process in its PID namespace, its own time plus
+    what the children it reaped used. Each process counts once (a dead one in its reaper's total), so
+    the difference of two readings is what the host used in between."""
+    spaces = {}
+    for record in records:
+        leader = leader_pid(record)
+        try:
+            spaces[os.readlink(f"/proc/{leader}/ns/pid")] = record.name
+        except OSError:
+            continue  # not running: it uses nothing
+    ticks = dict.fromkeys(spaces.values(), 0)
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            name = spaces.get(os.readlink(f"/proc/{pid}/ns/pid"))
+            if name is None:
+                continue
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile: its reaper counts it
+        ticks[name] += process_ticks(stat)
+    hz = os.sysconf("SC_CLK_TCK")
+    return {name: t / hz for name, t in ticks.items()}
+
+
+def process_ticks(stat: str) -> int:
+    """utime + stime + cutime + cstime from a /proc/PID/stat line (the name may hold spaces or ')')."""
+    fields = stat[stat.rfind(")") + 2:].split()
+    return sum(int(x) for x in fields[11:15])
+
+
 def nsenter(record: HostState) -> list[str]:
     leader = leader_pid(record)
     if not leader:

@@ -106,7 +106,8 @@ def test_listening_pis_reads_only_finished_ones() -> None:
 
 def fleet_doc(seconds: list[float], named: bool = True) -> dict[str, object]:
     sizes = [{"pis": n, "seconds": s, "max_rss_kib": 60_000 + n * 1000, "rc": 0, "changed": 10 * n,
-              "bad_hosts": [], "reachable": n, "cpu_busy": 0.5, "laptop_cpu_s": 1.5 * n} for n, s in zip([1, 5, 10, 20], seconds)]
+              "bad_hosts": [], "reachable": n, "cpu_busy": 0.5, "laptop_cpu_s": 1.5 * n, "pis_cpu_s": 2.0 * n,
+              "vps_cpu_s": 4.0} for n, s in zip([1, 5, 10, 20], seconds)]
     iso = {"pis": 20, "down": "pi10", "seconds": 25.0, "rc": 1, "recap_unreachable": ["pi10"] if named else [],
            "recap_failed": [], "finished": [f"pi{i}" for i in range(1, 21) if i != 10], "reachable": 19,
            "named_in_recap": named, "others_finished": True, "recap": []}
@@ -115,13 +116,31 @@ def fleet_doc(seconds: list[float], named: bool = True) -> dict[str, object]:
 
 def test_fleet_table_ratio_and_target() -> None:
     text = fleet.table(fleet_doc([10.0, 12.0, 15.0, 20.0]))
-    assert "| 20 | 20.0 | 2.00 | 78 | 30.0 | 50% |" in text
+    # the Pis' CPU with its share per Pi, the VPS's, and the floor: (40 + 4 + 30) s over the cores
+    floor = (40.0 + 4.0 + 30.0) / fleet.CORES
+    assert f"| 20 | 20.0 | 2.00 | 78 | 30.0 | 40.0 (2.00) | 4.0 | {floor:.1f} | 50% |" in text
     assert "2.00x, met" in text
     assert "19/19" in text and "unreachable pi10" in text
     assert "NOT met" not in text
     slow = fleet.table(fleet_doc([10.0, 12.0, 15.0, 30.0], named=False))
     assert "3.00x, NOT met" in slow
     assert "recap names the one): NOT met" in slow
+
+
+def test_fleet_table_keeps_preinstalled_runs_apart() -> None:
+    doc = fleet_doc([10.0, 12.0, 15.0, 40.0])
+    warm = [dict(row, seconds=row["seconds"] / 4, preinstalled=True) for row in doc["sizes"]]  # type: ignore[attr-defined]
+    text = fleet.table({**doc, "sizes": [*doc["sizes"], *warm]})  # type: ignore[misc]
+    fresh, _, rest = text.partition("With autossh already on the Pis")
+    assert "4.00x, NOT met" in fresh
+    assert "| 20 | 10.0 | 4.00 |" in rest and "4.00x, NOT met" in rest  # each against its own 1 Pi
+
+
+def test_process_ticks_reads_past_a_name_with_spaces_and_parens() -> None:
+    from pitunnel.lab.machine import process_ticks
+
+    stat = "42 (a b) c)) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 11 2 20 0 1 0 5 0 0"
+    assert process_ticks(stat) == 7 + 3 + 11 + 2
 
 
 def test_cpu_busy_share_from_proc_stat() -> None:
