@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 from pitunnel.facts import command_fact
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
@@ -14,6 +15,7 @@ from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.role import Role
 from pitunnel.runner import StepFailed, converge, facts_for
+from pitunnel.shared import SharedReading
 from roles.vps.steps import authorized_keys, listen_spec
 
 ROLE = Role("pi")
@@ -234,6 +236,8 @@ def finish(play: Play, based: Based) -> None:
         converge(remote, [keys_op], reporter, mode, known=known)
 
     play.each(vpses_of(inv, pis), on_vps)
+    # the Pis wait for their listeners on one VPS connection: they share its `ss` readings
+    listeners = {v.name: SharedReading(partial(_listeners, play.remotes[v.name])) for v in vpses_of(inv, pis)}
 
     def tunnel(remote: Remote) -> None:
         pi = inv.pis[remote.name]
@@ -245,21 +249,27 @@ def finish(play: Play, based: Based) -> None:
         plans = converge(remote, ops, reporter, mode, tunnel_handlers(remote))
         changed = any(p.changes for _, p in plans)
         if not mode.check:
-            _wait_listening(play, pi, vps, vps_ss[vps.name] if not changed else "")
+            _wait_listening(play, pi, listeners[vps.name], vps_ss[vps.name] if not changed else "")
         if pi.disable_password_login:
             _passwords_off(play, remote)
 
     play.each([p for p in pis if p.name in pubkeys or mode.check], tunnel)
 
 
-def _wait_listening(play: Play, pi: PiSpec, vps: VpsSpec, ss_now: str) -> None:
+def _listeners(vps: Remote) -> str:
+    return vps.run("ss -Htln").stdout
+
+
+def _wait_listening(play: Play, pi: PiSpec, listeners: SharedReading, ss_now: str) -> None:
     """The run is done only when the VPS really listens on every forward of this Pi."""
     missing = listening(ss_now, [pi])[pi.name] if ss_now else [listen_spec(t) for t in pi.tunnels]
-    started = time.monotonic()
+    started = looked = time.monotonic()
     deadline = started + D["listen_wait_seconds"]
     while missing and time.monotonic() < deadline:
         time.sleep(0.5)
-        missing = listening(play.remotes[vps.name].run("ss -Htln").stdout, [pi])[pi.name]
+        # any reading that began since this Pi last looked will do: one ss serves every Pi waiting
+        reading, looked = listeners.newer_than(looked), time.monotonic()
+        missing = listening(reading, [pi])[pi.name]
     if missing:
         play.reporter.line(pi.name, "failed", "tunnel listening on the VPS",
                            f"not listening after {D['listen_wait_seconds']}s: {', '.join(missing)} "
