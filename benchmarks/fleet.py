@@ -166,7 +166,7 @@ CORES = os.cpu_count() or 1
 
 
 def table(doc: dict[str, object]) -> str:
-    rows: list[dict[str, object]] = doc["sizes"]  # type: ignore[assignment]
+    rows = _rows(doc.get("sizes"))
     lines = [f"Fleet scale: `invoke provision` (VPS and Pis) on fresh lab hosts, Debian {doc['lab_release']}", ""]
     for preinstalled in (False, True):
         sizes = [r for r in rows if bool(r.get("preinstalled")) == preinstalled]
@@ -176,7 +176,7 @@ def table(doc: dict[str, object]) -> str:
 
 
 def _size_table(sizes: list[dict[str, object]], preinstalled: bool) -> list[str]:
-    base = float(sizes[0]["seconds"])  # type: ignore[arg-type]
+    base = _num(sizes[0], "seconds")
     lines = ["With autossh already on the Pis (its install out of the measure):" if preinstalled else
              "Fresh Pis (autossh installed by the run):",
              "", "| Pis | wall s | ratio to 1 Pi | peak RSS on the laptop, MiB | pitunnel's own CPU s "
@@ -184,18 +184,18 @@ def _size_table(sizes: list[dict[str, object]], preinstalled: bool) -> list[str]
              "| reachable after |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in sizes:
-        ratio = float(row["seconds"]) / base  # type: ignore[arg-type]
-        pis = int(row["pis"])  # type: ignore[arg-type]
-        hosts = float(row.get("pis_cpu_s", 0.0)) + float(row.get("vps_cpu_s", 0.0))  # type: ignore[arg-type]
-        floor = (hosts + float(row.get("laptop_cpu_s") or 0.0)) / CORES  # type: ignore[arg-type]
-        lines.append(f"| {pis} | {float(row['seconds']):.1f} | {ratio:.2f} | "  # type: ignore[arg-type]
-                     f"{int(row['max_rss_kib']) / 1024:.0f} | {_cpu(row.get('laptop_cpu_s'))} | "  # type: ignore[arg-type]
+        ratio = _num(row, "seconds") / base
+        pis = int(_num(row, "pis"))
+        hosts = _num(row, "pis_cpu_s") + _num(row, "vps_cpu_s")
+        floor = (hosts + _num(row, "laptop_cpu_s")) / CORES
+        lines.append(f"| {pis} | {_num(row, 'seconds'):.1f} | {ratio:.2f} | "
+                     f"{_num(row, 'max_rss_kib') / 1024:.0f} | {_cpu(row.get('laptop_cpu_s'))} | "
                      f"{_per(row.get('pis_cpu_s'), pis)} | {_cpu(row.get('vps_cpu_s'))} | "
-                     f"{f'{floor:.1f}' if hosts else '-'} | {float(row.get('cpu_busy', 0)):.0%} | "  # type: ignore[arg-type]
+                     f"{f'{floor:.1f}' if hosts else '-'} | {_num(row, 'cpu_busy'):.0%} | "
                      f"{row['changed']} | {row['rc']} | {row['reachable']}/{pis} |")
     largest = sizes[-1]
-    if int(largest["pis"]) > int(sizes[0]["pis"]):  # type: ignore[arg-type]
-        ratio = float(largest["seconds"]) / base  # type: ignore[arg-type]
+    if _num(largest, "pis") > _num(sizes[0], "pis"):
+        ratio = _num(largest, "seconds") / base
         lines.append(f"\nTarget: {largest['pis']} Pis in <= {SCALE_TARGET}x the wall time of {sizes[0]['pis']} Pi: "
                      f"{ratio:.2f}x, {'met' if ratio <= SCALE_TARGET else 'NOT met'}")
     lines.append(f"(CPU floor: the lab hosts' and pitunnel's CPU seconds over this machine's {CORES} cores, "
@@ -204,20 +204,34 @@ def _size_table(sizes: list[dict[str, object]], preinstalled: bool) -> list[str]
 
 
 def _isolation_lines(doc: dict[str, object]) -> list[str]:
-    lines: list[str] = []
-    iso: dict[str, object] | None = doc.get("isolation")  # type: ignore[assignment]
-    if iso:
-        others = int(iso["pis"]) - 1  # type: ignore[arg-type]
-        ok = iso["named_in_recap"] and iso["others_finished"]
-        lines += ["", f"Isolation: {iso['pis']} Pis, {iso['down']}'s link down during `invoke provision`: "
-                      f"{float(iso['seconds']):.1f} s, exit {iso['rc']}",  # type: ignore[arg-type]
-                  f"- the other Pis that finished (tunnel listening on the VPS): "
-                  f"{len(iso['finished'])}/{others}; reachable through the VPS afterwards: "  # type: ignore[arg-type]
-                  f"{iso['reachable']}/{others}",
-                  f"- recap: unreachable {', '.join(iso['recap_unreachable']) or 'none'}; "  # type: ignore[arg-type]
-                  f"failed {', '.join(iso['recap_failed']) or 'none'}",  # type: ignore[arg-type]
-                  f"- target (the others finish, the recap names the one): {'met' if ok else 'NOT met'}"]
-    return lines
+    iso = doc.get("isolation")
+    if not isinstance(iso, dict) or not iso:
+        return []
+    others = int(_num(iso, "pis")) - 1
+    ok = iso["named_in_recap"] and iso["others_finished"]
+    return ["", f"Isolation: {iso['pis']} Pis, {iso['down']}'s link down during `invoke provision`: "
+                f"{_num(iso, 'seconds'):.1f} s, exit {iso['rc']}",
+            f"- the other Pis that finished (tunnel listening on the VPS): "
+            f"{len(_names(iso, 'finished'))}/{others}; reachable through the VPS afterwards: "
+            f"{iso['reachable']}/{others}",
+            f"- recap: unreachable {', '.join(_names(iso, 'recap_unreachable')) or 'none'}; "
+            f"failed {', '.join(_names(iso, 'recap_failed')) or 'none'}",
+            f"- target (the others finish, the recap names the one): {'met' if ok else 'NOT met'}"]
+
+
+def _rows(value: object) -> list[dict[str, object]]:
+    return [r for r in value if isinstance(r, dict)] if isinstance(value, list) else []
+
+
+def _num(row: dict[str, object], key: str) -> float:
+    """A number out of a result row read back from JSON; absent or null (an older run's row) is 0."""
+    value = row.get(key)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _names(row: dict[str, object], key: str) -> list[str]:
+    value = row.get(key)
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 def _per(seconds: object, count: int) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypedDict
 
 from invoke import Exit
 
@@ -46,9 +47,24 @@ def load(path: str | None, *, check: bool) -> Inventory:
         raise Exit(str(exc), code=2) from None
 
 
-def flags(scope: dict[str, object]) -> dict[str, object]:
+class Flags(TypedDict):
+    """The flags every provisioning task takes (COMMON_HELP), as run_play takes them."""
+
+    inventory: str
+    check: bool
+    diff: bool
+    limit: str
+    accept_new_host_keys: bool
+    prompt_for_login_password: bool
+    prompt_for_sudo_password: bool
+
+
+def flags(scope: Mapping[str, object]) -> Flags:
     """The shared flags out of a task's arguments (its `locals()`), to pass on to run_play."""
-    return {k: v for k, v in scope.items() if k in COMMON_HELP}
+    return Flags(inventory=str(scope["inventory"]), check=bool(scope["check"]), diff=bool(scope["diff"]),
+                 limit=str(scope["limit"]), accept_new_host_keys=bool(scope["accept_new_host_keys"]),
+                 prompt_for_login_password=bool(scope["prompt_for_login_password"]),
+                 prompt_for_sudo_password=bool(scope["prompt_for_sudo_password"]))
 
 
 def run_play(body: Callable[[Play], None], *, inventory: str | None = None, check: bool = False, diff: bool = False,

@@ -60,7 +60,8 @@ def configure(client: paramiko.SSHClient, *, known_hosts: Path, name: str, pinne
               accept_new: bool) -> None:
     """Make `client` check keys: the pin alone if the inventory has one, else known_hosts."""
     client.get_host_keys().clear()
-    client._system_host_keys.clear()  # Fabric may have loaded ~/.ssh/known_hosts; we decide which file
+    # Fabric may have loaded ~/.ssh/known_hosts; we decide which file (paramiko has no public way to unload it)
+    client._system_host_keys.clear()  # type: ignore[attr-defined]
     if pinned:
         keytype, blob = pinned.split()[:2]
         client.get_host_keys().add(name, keytype, paramiko.PKey.from_type_string(keytype, base64.b64decode(blob)))

@@ -148,17 +148,18 @@ def managed_lines(marker_prefix: str, entries: dict[str, str | None]) -> Callabl
 
     def render(state: FileState) -> str:
         old = state.content.decode(errors="replace").splitlines() if state.exists else []
-        out, seen = [], set()
+        out: list[str] = []
+        seen: set[str] = set()
         for line in old:
-            name = _marker_of(line, marker_prefix)
-            if name is None or name not in entries:
+            ours = _marker_of(line, marker_prefix)
+            if ours is None or ours not in entries:
                 out.append(line)
-            elif entries[name] is not None and name not in seen:
-                out.append(entries[name] or "")
-                seen.add(name)
-        for name, line in entries.items():
-            if line is not None and name not in seen:
-                out.append(line)
+            elif entries[ours] is not None and ours not in seen:
+                out.append(entries[ours] or "")
+                seen.add(ours)
+        for name, wanted in entries.items():
+            if wanted is not None and name not in seen:
+                out.append(wanted)
         return "\n".join(out) + "\n" if out else ""
 
     return render

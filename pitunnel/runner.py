@@ -96,8 +96,8 @@ def _apply(remote: Remote, changed: Sequence[tuple[Op, Plan]]) -> tuple[int, str
             current = int(line.split()[1])
             outputs[current] = []
         elif line.startswith("@@OPRC "):
-            _, idx, rc = line.split()
-            codes[int(idx)] = int(rc)
+            _, idx, code = line.split()
+            codes[int(idx)] = int(code)
             current = None
         elif current is not None:
             outputs[current].append(line)

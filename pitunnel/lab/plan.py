@@ -9,10 +9,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
-INTERNET = ipaddress.ip_network("198.18.0.0/24")
-LAPTOP_ADDR = ipaddress.ip_address("198.18.0.1")
-VPS_ADDR = ipaddress.ip_address("198.18.0.10")
+LAB_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
+INTERNET = ipaddress.IPv4Network("198.18.0.0/24")
+LAPTOP_ADDR = ipaddress.IPv4Address("198.18.0.1")
+VPS_ADDR = ipaddress.IPv4Address("198.18.0.10")
 VPS_SSH_PORT = 12345  # the seed's VPS sshd port: "not 22", as on many cheap VPSes
 APT_PROXY_PORT = 3150  # not 3142, where a system apt-cacher-ng may already listen
 INET_BRIDGE = "pt-inet"
@@ -85,7 +85,7 @@ def make_plan(pis: int) -> LabPlan:
     homes: list[HomePlan] = []
     hosts: list[HostPlan] = []
     for index in range(1, pis + 1):
-        network = ipaddress.ip_network(f"198.19.{index}.0/24")
+        network = ipaddress.IPv4Network(f"198.19.{index}.0/24")
         home = HomePlan(
             bridge=f"pt-home{index}", network=network, router=network.network_address + 1,
             public_address=INTERNET.network_address + 100 + index,

@@ -87,8 +87,8 @@ def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSp
     try:
         transport2.start_client(timeout=10)
         key = transport2.get_remote_server_key()
-        known = expected.lookup("tunnel") or {}
-        if known.get(key.get_name()) != key:
+        known = expected.lookup("tunnel")
+        if known is None or known.get(key.get_name()) != key:
             return False, f"{where}: host key {hostkeys.fingerprint(key)} is not {pi.name}'s", \
                 "another host answers on this port: check remote_port clashes and the tunnel's -R"
         if pi.key is None:
