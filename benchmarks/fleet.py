@@ -106,10 +106,9 @@ def preinstall(pis: list[str], package: str = "autossh") -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from pitunnel import lab
-    from pitunnel.ops import APT_UPDATE_OPTIONS
+    from pitunnel.ops import apt_install_commands
 
-    script = (f"apt-get update -q {APT_UPDATE_OPTIONS} >/dev/null && DEBIAN_FRONTEND=noninteractive "
-              f"apt-get install -y -q --no-install-recommends {package} >/dev/null")
+    script = " && ".join(apt_install_commands([package], update=True))
     with ThreadPoolExecutor(max_workers=len(pis)) as pool:
         list(pool.map(lambda pi: lab.sh(pi, script, timeout=600), pis))
 

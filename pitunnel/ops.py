@@ -232,6 +232,13 @@ APT_AGE = command_fact("apt-lists-age", "now=$(date +%s); newest=$(stat -c %Y /v
                        "2>/dev/null | sort -n | tail -1); echo $(( now - ${newest:-0} ))")
 
 
+def apt_install_commands(names: Sequence[str], *, update: bool) -> list[str]:
+    """Install `names` (no recommends, no questions), after fetching the package lists if `update`."""
+    install = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
+               + " ".join(q(n) for n in names) + " >/dev/null")
+    return [f"apt-get update -q {APT_UPDATE_OPTIONS} >/dev/null", install] if update else [install]
+
+
 @dataclass
 class Packages(Op):
     names: tuple[str, ...]
@@ -248,12 +255,8 @@ class Packages(Op):
         missing = [n for n in self.names if "installed" not in status.get(n, ())]
         if not missing:
             return Plan([], "installed")
-        cmds = []
         age = int(facts.output(APT_AGE).strip() or 10**9)
-        if age > APT_FRESH_SECONDS:
-            cmds.append(f"apt-get update -q {APT_UPDATE_OPTIONS} >/dev/null")
-        cmds.append("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
-                    + " ".join(q(n) for n in missing) + " >/dev/null")
+        cmds = apt_install_commands(missing, update=age > APT_FRESH_SECONDS)
         why = "install " + ", ".join(missing) + (" (package lists stale: update first)" if age > APT_FRESH_SECONDS else "")
         return Plan(cmds, why)
 

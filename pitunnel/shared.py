@@ -16,14 +16,12 @@ class SharedReading:
     one if it qualifies, the one in flight once it ends if that qualifies, else a read of its own (one
     at a time; the others wait for it)."""
 
-    def __init__(self, read: Callable[[], str], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, read: Callable[[], str]) -> None:
         self._read = read
-        self._clock = clock
         self._cond = threading.Condition()
         self._value: str | None = None
         self._started = float("-inf")  # when the read that gave _value started
         self._in_flight: float | None = None  # when the read now under way started
-        self.reads = 0
 
     def newer_than(self, moment: float) -> str:
         with self._cond:
@@ -33,8 +31,7 @@ class SharedReading:
                 if self._in_flight is None:
                     break
                 self._cond.wait()  # a read is under way: its result may do, else the next one
-            started = self._in_flight = self._clock()
-            self.reads += 1
+            started = self._in_flight = time.monotonic()
         try:
             value = self._read()
         except BaseException:

@@ -257,7 +257,7 @@ def finish(play: Play, based: Based) -> None:
 
 
 def _listeners(vps: Remote) -> str:
-    return vps.run("ss -Htln").stdout
+    return vps.run(SS.script).stdout
 
 
 def _wait_listening(play: Play, pi: PiSpec, listeners: SharedReading, ss_now: str) -> None:
