@@ -526,6 +526,7 @@ class _Reader:
         # what the cross-checks see, even of hosts and tunnels with other problems (so all are reported at once)
         self.vps_ports: dict[str, dict[str, int]] = {}  # VPS -> its valid port, http_port, https_port
         self.routed: list[tuple[str, str, TunnelSpec]] = []  # (pi, its VPS, tunnel) of every valid tunnel
+        self.valid_tunnels: list[TunnelSpec] = []  # the valid tunnels of the Pi `tunnels` read last
 
     def problem(self, path: KeyPath, message: str, fix: str, *, at_key: bool = False) -> None:
         """Report a problem at `path`'s value, or at its key if `at_key`."""
@@ -760,7 +761,7 @@ class _Reader:
 
     def tunnels(self, pi: str, section: Any, pi_path: KeyPath) -> tuple[TunnelSpec, ...] | None:
         """The Pi's tunnels, or None if any is invalid."""
-        self.valid_tunnels: list[TunnelSpec] = []
+        self.valid_tunnels = []
         if not isinstance(section, dict):
             return ()  # absent, or not a mapping: that is reported with the Pi's other fields
         result = []

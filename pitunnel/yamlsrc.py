@@ -169,7 +169,7 @@ class SourceLoader(yaml.SafeLoader):
             self._depth -= 1
 
     def flatten_mapping(self, node: MappingNode) -> None:
-        super().flatten_mapping(node)  # type: ignore[no-untyped-call]
+        super().flatten_mapping(node)
         if id(node) not in self._flattened:  # merges copy pairs: count them like values
             self._flattened.add(id(node))
             self._spend(len(node.value), node)

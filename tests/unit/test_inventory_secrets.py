@@ -140,3 +140,24 @@ def test_lab_password_files_are_private_even_if_an_old_lab_left_them_open(tmp_pa
     for host in plan.pis:
         assert (tmp_path / "secrets" / f"{host.name}.password").stat().st_mode & 0o777 == 0o600
     assert old.stat().st_mode & 0o777 == 0o600
+
+
+def test_lab_inventory_with_its_secret_files_loads_from_a_folder_others_can_enter(
+        shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab's own writers (key, passwords, inventory) produce files the secret checks accept, even where
+    other users can reach the folder: as /var/lib/pitunnel-lab is (0755)."""
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen is not installed")
+    monkeypatch.setattr(lab, "KEYS", shared / "keys")
+    monkeypatch.setattr(lab, "SECRETS", shared / "secrets")
+    monkeypatch.setattr(lab, "LAPTOP_KEY", shared / "keys" / "laptop_ed25519")
+    monkeypatch.setattr(lab, "KNOWN_HOSTS", shared / "known_hosts")
+    plan = make_plan(2)
+    lab._laptop_key()
+    path = shared / "lab.yml"
+    lab._write_inventory(plan, path, lab._passwords(plan))
+    (shared / "keys").chmod(0o755)  # the files themselves must be private, not only their folders
+    (shared / "secrets").chmod(0o755)
+    inv = load_inventory(path, save_allocations=False)
+    assert [pi.password_file for pi in inv.pis.values()] == [shared / "secrets" / f"{p.name}.password"
+                                                            for p in plan.pis]
