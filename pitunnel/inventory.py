@@ -17,14 +17,17 @@ import binascii
 import difflib
 import ipaddress
 import json
+import math
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+import paramiko
 import yaml
 
 from pitunnel import yamlsrc
@@ -168,25 +171,51 @@ USER_RE: Final = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _HOSTNAME_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _URL_PATH_RE: Final = re.compile(r"/(?:[A-Za-z0-9._~-]+/)*")
-_REMOTE_PATH_RE: Final = re.compile(r"/[^\s;{}'\"\\$]*")
-SSH_KEY_TYPES: Final = (
+_REMOTE_PATH_RE: Final = re.compile(r"/[^\s;{}'\"\\$\x00-\x1f\x7f]*")
+SSH_KEY_TYPES: Final = (  # host key types paramiko can check (a host key is never a security-key sk-* type)
     "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa",
-    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
 )
+MAX_TEXT: Final = 4096  # characters in any text value (PATH_MAX is 4096 bytes; a host key is under 1000)
+MAX_SECRET_BYTES: Final = 4096  # a password file holds one line
+MAX_HTPASSWD_BYTES: Final = 1 << 20
+MAX_CONNECT_TIMEOUT: Final = 3600
+# Accounts a tunnel_user must never name: pitunnel would take them over (usermod --move-home) and delete them
+# on teardown (userdel --remove). Debian's base-passwd accounts, and those of common services.
+SYSTEM_ACCOUNTS: Final = frozenset({
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy", "www-data",
+    "backup", "list", "irc", "gnats", "nobody", "nogroup", "messagebus", "sshd", "polkitd", "ntp", "ntpsec",
+    "chrony", "avahi", "avahi-autoipd", "dnsmasq", "postfix", "exim", "mysql", "postgres", "redis", "nginx",
+    "apache", "httpd", "tcpdump", "tss", "uuidd", "usbmux", "rtkit", "pulse", "colord", "saned", "lightdm",
+    "statd", "rpc", "rpcuser", "syslog", "dhcpcd", "landscape", "pollinate", "lxd", "dbus", "halt", "shutdown",
+    "operator", "ftp", "adm", "kernoops", "geoclue", "speech-dispatcher", "whoopsie", "cups-pk-helper", "sddm",
+    "gdm", "fwupd-refresh", "tor", "debian-tor", "bind", "named", "openldap", "docker", "node-exporter",
+    "prometheus", "grafana", "git", "gitlab", "jenkins", "nagios", "zabbix", "munin", "mosquitto", "uwsgi",
+})
+_SYSTEM_ACCOUNT_PREFIXES: Final = ("_", "systemd-", "debian-")  # Debian's newer system accounts: _apt, _chrony
+# The login accounts of common server and Raspberry Pi images: somebody's account, never pitunnel's to take over.
+IMAGE_LOGINS: Final = frozenset({
+    "pi", "admin", "ubuntu", "debian", "ec2-user", "centos", "fedora", "rocky", "almalinux", "opc", "azureuser",
+    "cloud-user", "core", "alpine", "arch", "vagrant", "dietpi", "user",
+})
 
 
 def _show(value: object) -> str:
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
     if isinstance(value, str):
-        return f"{value!r} (a string)"
+        return f"{_clip(value)!r} (a string)"
     if isinstance(value, int | float):
         return f"{value} (a number)"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
-    return repr(value)
+    return _clip(repr(value))
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """`text`, or its start and how long it is, so that a hostile value cannot flood the message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _integer(value: Any) -> int:
@@ -221,8 +250,13 @@ def _at_least_one(value: Any) -> int:
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Invalid(f"expected a number of seconds, got {_show(value)}", "write a number such as 10")
+    fix = f"use a number of seconds from 1 to {MAX_CONNECT_TIMEOUT}, such as 10"
+    if not math.isfinite(value):
+        raise Invalid(f"{value} is not a number of seconds", fix)
     if value <= 0:
-        raise Invalid(f"{value} is not positive", "use a number of seconds greater than 0, such as 10")
+        raise Invalid(f"{value} is not positive", fix)
+    if not 1 <= value <= MAX_CONNECT_TIMEOUT:  # below 1, SSH's whole-second timeout would be 0: no wait at all
+        raise Invalid(f"{value} is out of range", fix)
     return float(value)
 
 
@@ -237,6 +271,8 @@ def _text(value: Any) -> str:
         raise Invalid(f"expected text, got {_show(value)}", "write it as text, in quotes if needed")
     if not value.strip():
         raise Invalid("is empty", "give a value, or remove the key")
+    if len(value) > MAX_TEXT:
+        raise Invalid(f"is {len(value)} characters long", f"use at most {MAX_TEXT} characters")
     return value
 
 
@@ -257,7 +293,7 @@ def _choice(*options: str) -> Check:
 def _name(value: Any) -> str:
     text = _text(value)
     if not NAME_RE.fullmatch(text):
-        raise Invalid(f"{text!r} is not a valid name", _name_fix(text))
+        raise Invalid(f"{_clip(text)!r} is not a valid name", _name_fix(text))
     return text
 
 
@@ -271,7 +307,7 @@ def _name_fix(text: str) -> str:
 def _user(value: Any) -> str:
     text = _text(value)
     if not USER_RE.fullmatch(text):
-        raise Invalid(f"{text!r} is not a valid user name",
+        raise Invalid(f"{_clip(text)!r} is not a valid user name",
                       "use up to 32 lowercase letters, digits, '_' or '-', starting with a letter or '_'")
     return text
 
@@ -280,6 +316,9 @@ def _tunnel_user(value: Any) -> str:
     user = _user(value)
     if user == "root":
         raise Invalid("the tunnel must not run as root", "use an unprivileged account such as 'pitunnel'")
+    if user in SYSTEM_ACCOUNTS or user.startswith(_SYSTEM_ACCOUNT_PREFIXES):
+        raise Invalid(f"'{user}' is a system account: pitunnel would take it over (move its home) and delete it "
+                      "on teardown", "use an account only pitunnel uses, such as 'pitunnel'")
     return user
 
 
@@ -294,7 +333,7 @@ def _address(value: Any) -> str:
         ipaddress.ip_address(text)
     except ValueError:
         if not _is_hostname(text):
-            raise Invalid(f"{text!r} is not an IP address or host name",
+            raise Invalid(f"{_clip(text)!r} is not an IP address or host name",
                           "use an IPv4 or IPv6 address without brackets (203.0.113.10, 2001:db8::1) "
                           "or a DNS name (vps.example.com)") from None
     return text
@@ -303,7 +342,7 @@ def _address(value: Any) -> str:
 def _server_name(value: Any) -> str:
     text = _text(value)
     if not _is_hostname(text.removeprefix("*.")):
-        raise Invalid(f"{text!r} is not a valid server name",
+        raise Invalid(f"{_clip(text)!r} is not a valid server name",
                       "use one host name such as pi1.example.com or *.example.com")
     return text
 
@@ -311,16 +350,20 @@ def _server_name(value: Any) -> str:
 def _url_path(value: Any) -> str:
     text = _text(value)
     if not _URL_PATH_RE.fullmatch(text):
-        raise Invalid(f"{text!r} is not a valid location path",
+        raise Invalid(f"{_clip(text)!r} is not a valid location path",
                       "start and end with '/' and use only letters, digits, '.', '_', '~' and '-' "
                       "between slashes, e.g. /pi1/web/")
+    if {".", ".."} & set(text.split("/")):
+        raise Invalid(f"{_clip(text)!r} has a '.' or '..' segment: nginx resolves those in every request path, so "
+                      "this location would never match (or would be another one)",
+                      "write the path without '.' and '..' segments, e.g. /pi1/web/")
     return text
 
 
 def _remote_path(value: Any) -> str:
     text = _text(value)
     if not _REMOTE_PATH_RE.fullmatch(text):
-        raise Invalid(f"{text!r} is not an absolute path without spaces or quotes",
+        raise Invalid(f"{_clip(text)!r} is not an absolute path without spaces or quotes",
                       "use an absolute path on the VPS, e.g. /etc/letsencrypt/live/vps.example.com/fullchain.pem")
     return text
 
@@ -338,6 +381,11 @@ def _host_key(value: Any) -> str:
     length = int.from_bytes(blob[:4], "big")
     if blob[4:4 + length] != parts[0].encode():
         raise Invalid(f"the key's base64 part is not a {parts[0]} key (truncated or mixed up?)", fix)
+    try:  # the same parser that will check the host's key: a key it cannot read must not get that far
+        paramiko.PKey.from_type_string(parts[0], blob)
+    except Exception as e:
+        raise Invalid(f"the key's base64 part is not a whole {parts[0]} key ({_clip(str(e) or type(e).__name__)})",
+                      fix) from None
     return f"{parts[0]} {parts[1]}"  # without the comment
 
 
@@ -384,9 +432,12 @@ class Field:
     path: bool = False  # a local path: expand ~, resolve relative to the inventory's folder
     exists: bool = False  # ... and the file must exist
     example: str = ""  # shown in the fix for a missing required key
+    secret: str = ""  # "password", "htpasswd" or "key": no other user may read it (and a password is one line)
 
 
 _local_file = Field(_text, None, path=True, exists=True)
+_password_file = Field(_text, None, path=True, exists=True, secret="password")
+_private_key = Field(_text, None, path=True, exists=True, secret="key")
 
 SECTION_FIELDS: Final = {
     "settings": Field(_mapping),
@@ -396,14 +447,14 @@ SECTION_FIELDS: Final = {
 }
 SETTINGS_FIELDS: Final = {
     "known_hosts": Field(_text, "~/.ssh/known_hosts", path=True),
-    "laptop_key": _local_file,  # absent: ~/.ssh/id_ed25519 if it exists
+    "laptop_key": _private_key,  # absent: ~/.ssh/id_ed25519 if it exists
 }
 _HOST_FIELDS: Final = {
     "address": Field(_address, REQUIRED, example="<IP address or DNS name>"),
     "port": Field(_port, 22),
-    "key": _local_file,
-    "password_file": _local_file,
-    "sudo_password_file": _local_file,
+    "key": _private_key,
+    "password_file": _password_file,
+    "sudo_password_file": _password_file,
     "host_key": Field(_host_key),
     "connect_timeout": Field(_seconds, 10.0),
 }
@@ -437,7 +488,7 @@ TUNNEL_FIELDS: Final = {
     "public": Field(_boolean, False),
     "server_name": Field(_server_name),
     "path": Field(_url_path),
-    "basic_auth_file": _local_file,
+    "basic_auth_file": Field(_text, None, path=True, exists=True, secret="htpasswd"),
 }
 HTTP_ONLY_KEYS: Final = ("server_name", "path", "basic_auth_file")
 DEFAULT_LOCAL_PORT: Final = {"ssh": 22, "http": 80}
@@ -455,7 +506,7 @@ def ports_file(inventory: Path) -> Path:
 def _dotted(path: KeyPath) -> str:
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + part
+        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + _clip(part, 40)
     return text
 
 
@@ -472,6 +523,10 @@ class _Reader:
         self.problems: list[Problem] = [
             Problem(file, i.line, i.column, _dotted(i.path), i.message, i.fix) for i in doc.issues
         ]
+        # what the cross-checks see, even of hosts and tunnels with other problems (so all are reported at once)
+        self.vps_ports: dict[str, dict[str, int]] = {}  # VPS -> its valid port, http_port, https_port
+        self.routed: list[tuple[str, str, TunnelSpec]] = []  # (pi, its VPS, tunnel) of every valid tunnel
+        self.valid_tunnels: list[TunnelSpec] = []  # the valid tunnels of the Pi `tunnels` read last
 
     def problem(self, path: KeyPath, message: str, fix: str, *, at_key: bool = False) -> None:
         """Report a problem at `path`'s value, or at its key if `at_key`."""
@@ -507,6 +562,26 @@ class _Reader:
                 ok = False
         return values if ok else None
 
+    def quiet(self, raw: Mapping[str, Any], table: Mapping[str, Field], keys: Iterable[str],
+              inherited: Inherited = MappingProxyType({})) -> dict[str, Any]:
+        """The valid values among `keys`, as `fields` finds them, reporting nothing (it did already)."""
+        values: dict[str, Any] = {}
+        for key in keys:
+            spec = table[key]
+            if key in raw:
+                value = raw[key]
+            elif key in inherited:
+                value = inherited[key][0]
+            elif spec.default is REQUIRED:
+                continue
+            else:
+                value = spec.default
+            try:
+                values[key] = self.convert(key, value, spec)
+            except Invalid:
+                pass
+        return values
+
     def convert(self, key: str, value: Any, spec: Field) -> Any:
         if value is None:
             if spec.default is None:
@@ -523,9 +598,16 @@ class _Reader:
         except RuntimeError as e:  # ~user that does not exist
             raise Invalid(str(e), "use an existing home directory or an absolute path") from None
         path = path if path.is_absolute() else self.base / path
-        if spec.exists and not path.is_file():
-            raise Invalid(f"file {path} does not exist",
-                          "create it or correct the path (relative paths start at the inventory's folder)")
+        try:
+            if spec.exists and not path.is_file():
+                raise Invalid(f"file {_clip(str(path), 256)} does not exist",
+                              "create it or correct the path (relative paths start at the inventory's folder)")
+            if spec.secret:
+                _check_secret(path, spec.secret)
+        except (OSError, ValueError) as e:  # a name too long, a NUL byte, a folder we may not enter
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise Invalid(f"cannot use the path {_clip(str(path), 256)}: {_clip(reason)}",
+                          "correct the path (relative paths start at the inventory's folder)") from None
         return path
 
     def unknown_keys(self, raw: Mapping[str, Any], path: KeyPath, valid: Iterable[str]) -> None:
@@ -534,7 +616,7 @@ class _Reader:
             if key not in valid:
                 close = difflib.get_close_matches(key, valid, n=1)
                 fix = f"did you mean '{close[0]}'?" if close else "remove it; valid keys here are " + ", ".join(valid)
-                self.problem(path + (key,), f"unknown key '{key}'", fix, at_key=True)
+                self.problem(path + (key,), f"unknown key '{_clip(key)}'", fix, at_key=True)
 
     def section(self, top: Mapping[str, Any], key: str) -> dict[str, Any]:
         value = top.get(key)
@@ -584,13 +666,14 @@ class _Reader:
             self.problem(("vps",), "no VPS is defined",
                          "add one under 'vps:', e.g. 'vps: {main: {address: vps.example.com}}'")
         vps = self.all_vps(vps_section, inherited)
-        pis = self.pis(self.section(top, "pis"), inherited, list(vps_section))
-        for name in pis:
+        pis_section = self.section(top, "pis")
+        pis = self.pis(pis_section, inherited, list(vps_section))
+        for name in pis_section:
             if name in vps_section:
                 self.problem(("pis", name), f"the name '{name}' is also used by a VPS{self.line(('vps', name))}",
                              "give every host its own name")
-        for spec in vps.values():
-            self.check_ports(spec, [(pi, t) for pi in pis.values() if pi.vps == spec.name for t in pi.tunnels])
+        for vps_name, ports in self.vps_ports.items():
+            self.check_ports(vps_name, ports, [(pi, t) for pi, on, t in self.routed if on == vps_name])
         return settings, vps, pis
 
     def settings(self, raw: Mapping[str, Any]) -> Settings | None:
@@ -611,32 +694,54 @@ class _Reader:
         result: dict[str, VpsSpec] = {}
         for name, raw, path, name_ok in self.named(section, ("vps",)):
             values = self.fields(raw, path, VPS_FIELDS, inherited)
-            if values is None or not name_ok:
-                continue
-            if (values["tls_certificate"] is None) != (values["tls_key"] is None):
-                missing = "tls_key" if values["tls_key"] is None else "tls_certificate"
-                other = "tls_certificate" if missing == "tls_key" else "tls_key"
-                self.problem(path + (missing,), f"'{missing}' is missing while '{other}' is set",
-                             "set both tls_certificate and tls_key, or neither")
-                continue
-            if values["tunnel_user"] == values["user"]:
-                self.problem(path + ("tunnel_user",), f"the tunnel account '{values['user']}' is also the login user",
-                             "use a separate account for the tunnels, such as 'pitunnel'")
+            # keys that must agree are compared even if other keys are wrong (so every problem shows at once)
+            quiet = self.quiet(raw, VPS_FIELDS, ("port", "http_port", "https_port", "user", "tunnel_user",
+                                                 "tls_certificate", "tls_key"), inherited)
+            if name_ok:
+                self.vps_ports[name] = {k: quiet[k] for k in ("port", "http_port", "https_port") if k in quiet}
+            if not self.vps_agrees(quiet, path) or values is None or not name_ok:
                 continue
             result[name] = VpsSpec(name=name, role="vps", **values)
         return result
+
+    def vps_agrees(self, values: Mapping[str, Any], path: KeyPath) -> bool:
+        """The VPS's keys that must agree with each other do (those of `values`: the valid ones)."""
+        certificate, key = values.get("tls_certificate", False), values.get("tls_key", False)
+        if False not in (certificate, key) and (certificate is None) != (key is None):
+            missing = "tls_key" if key is None else "tls_certificate"
+            other = "tls_certificate" if missing == "tls_key" else "tls_key"
+            self.problem(path + (missing,), f"'{missing}' is missing while '{other}' is set",
+                         "set both tls_certificate and tls_key, or neither")
+            return False
+        tunnel_user = values.get("tunnel_user")
+        if tunnel_user is not None and tunnel_user == values.get("user"):
+            self.problem(path + ("tunnel_user",), f"the tunnel account '{tunnel_user}' is also the login user",
+                         "use a separate account for the tunnels, such as 'pitunnel'")
+            return False
+        if tunnel_user in IMAGE_LOGINS:
+            self.problem(path + ("tunnel_user",), _image_login(tunnel_user), _OWN_ACCOUNT)
+            return False
+        return True
 
     def pis(self, section: Mapping[str, Any], inherited: Inherited, vps_names: list[str]) -> dict[str, PiSpec]:
         result: dict[str, PiSpec] = {}
         for name, raw, path, name_ok in self.named(section, ("pis",)):
             values = self.fields(raw, path, PI_FIELDS, inherited)
             tunnels = self.tunnels(name, raw.get("tunnels"), path)  # checked even if the Pi is not
-            if values is None or tunnels is None or not name_ok:
+            quiet = self.quiet(raw, PI_FIELDS, ("vps", "user", "tunnel_user"), inherited)
+            login_taken = quiet.get("tunnel_user") in IMAGE_LOGINS and quiet.get("tunnel_user") != quiet.get("user")
+            if login_taken and "user" in quiet:
+                self.problem(path + ("tunnel_user",), _image_login(quiet["tunnel_user"]),
+                             _OWN_ACCOUNT + f", or the Pi's login user '{quiet['user']}'")
+            # the Pi's VPS is checked even if the Pi's other keys are not (and its valid tunnels are cross-checked)
+            vps = self.pi_vps(quiet.get("vps"), path, vps_names) if "vps" in quiet or "vps" not in raw else None
+            if vps is not None and name_ok:
+                self.routed += [(name, vps, t) for t in self.valid_tunnels]
+            if values is None or tunnels is None or not name_ok or vps is None or login_taken:
                 continue
-            vps = self.pi_vps(values.pop("vps"), path, vps_names)
-            if vps is not None:
-                values["tunnels"] = tunnels
-                result[name] = PiSpec(name=name, role="pi", vps=vps, **values)
+            values.pop("vps")
+            values["tunnels"] = tunnels
+            result[name] = PiSpec(name=name, role="pi", vps=vps, **values)
         return result
 
     def pi_vps(self, vps: str | None, path: KeyPath, vps_names: list[str]) -> str | None:
@@ -656,6 +761,7 @@ class _Reader:
 
     def tunnels(self, pi: str, section: Any, pi_path: KeyPath) -> tuple[TunnelSpec, ...] | None:
         """The Pi's tunnels, or None if any is invalid."""
+        self.valid_tunnels = []
         if not isinstance(section, dict):
             return ()  # absent, or not a mapping: that is reported with the Pi's other fields
         result = []
@@ -664,6 +770,7 @@ class _Reader:
             kind_ok = self.check_kind(raw, path)
             if values is not None and kind_ok and name_ok:
                 result.append(self.tunnel(pi, name, values))
+        self.valid_tunnels = result
         return tuple(result) if len(result) == len(section) else None
 
     def check_kind(self, raw: Mapping[str, Any], path: KeyPath) -> bool:
@@ -680,6 +787,11 @@ class _Reader:
                          "an http tunnel cannot be public: nginx on the VPS proxies it from loopback",
                          "remove 'public: true' (nginx publishes it through server_name or path)")
             ok = False
+        if raw.get("type") == "http" and raw.get("path") == "/" and raw.get("server_name") is None:
+            self.problem(path + ("path",),
+                         "path '/' is the VPS's default server's own catch-all (it answers 404 for unknown paths)",
+                         "use a prefix such as /pi1/web/, or give the tunnel its own server_name")
+            ok = False
         return ok
 
     def tunnel(self, pi: str, name: str, values: dict[str, Any]) -> TunnelSpec:
@@ -692,35 +804,47 @@ class _Reader:
 
     # -- cross-checks --------------------------------------------------------
 
-    def check_ports(self, vps: VpsSpec, tunnels: list[tuple[PiSpec, TunnelSpec]]) -> None:
-        """Each port on the VPS has one user; each http route one tunnel."""
+    def check_ports(self, vps: str, ports: Mapping[str, int], tunnels: list[tuple[str, TunnelSpec]]) -> None:
+        """Each port on the VPS has one user; each http route one tunnel.
+
+        `ports` holds the VPS's valid port, http_port and https_port; `tunnels` its Pis' valid tunnels."""
         users: dict[int, KeyPath] = {}
         for key in ("port", "http_port", "https_port"):
-            where = ("vps", vps.name, key)
-            port = getattr(vps, key)
+            if key not in ports:
+                continue
+            where = ("vps", vps, key)
+            port = ports[key]
             if port in users:
                 self.problem(where, f"port {port} is also the VPS's {users[port][-1]}{self.line(users[port])}",
                              "give port, http_port and https_port different values")
             users.setdefault(port, where)
-        routes: dict[tuple[str | None, str], KeyPath] = {}
+        routes: dict[str, KeyPath] = {}  # path prefix in the default server -> tunnel
+        names: dict[str, KeyPath] = {}  # server_name -> tunnel (nginx compares them without case)
         for pi, tunnel in tunnels:
-            path: KeyPath = ("pis", pi.name, "tunnels", tunnel.name)
+            path: KeyPath = ("pis", pi, "tunnels", tunnel.name)
             port = tunnel.remote_port
             if port != _AUTO_PORT and port in users:
                 other = users[port]
                 self.problem(path + ("remote_port",),
-                             f"port {port} on VPS '{vps.name}' is already used by {_dotted(other)}{self.line(other)}",
+                             f"port {port} on VPS '{vps}' is already used by {_dotted(other)}{self.line(other)}",
                              "choose a port nothing else uses, or write 'remote_port: auto'")
             elif port != _AUTO_PORT:
                 users[port] = path + ("remote_port",)
-            if tunnel.kind == "http":
-                route = (tunnel.server_name, tunnel.path or "/")
-                if route in routes:
+            if tunnel.kind == "http" and tunnel.server_name is not None:
+                name = tunnel.server_name.lower().rstrip(".")
+                if name in names:
+                    self.problem(path + ("server_name",),
+                                 f"server_name {tunnel.server_name!r} on VPS '{vps}' is already used by "
+                                 f"{_dotted(names[name])}{self.line(names[name])}: nginx would serve only one of them",
+                                 "give each http tunnel its own server_name (or route by path)")
+                names.setdefault(name, path + ("server_name",))
+            elif tunnel.kind == "http" and tunnel.path is not None:
+                if tunnel.path in routes:
                     self.problem(path + ("path",),
-                                 f"server_name {route[0]!r} and path {route[1]!r} are already routed to "
-                                 f"{_dotted(routes[route])}{self.line(routes[route])}",
-                                 "give each http tunnel its own server_name or path")
-                routes.setdefault(route, path)
+                                 f"path {tunnel.path!r} on VPS '{vps}' is already routed to "
+                                 f"{_dotted(routes[tunnel.path])}{self.line(routes[tunnel.path])}",
+                                 "give each http tunnel its own path or server_name")
+                routes.setdefault(tunnel.path, path)
 
     # -- port allocation -----------------------------------------------------
 
@@ -748,8 +872,61 @@ class _Reader:
         return allocations
 
 
+_OWN_ACCOUNT: Final = "use an account only pitunnel uses, such as 'pitunnel'"
+
+
+def _image_login(user: str) -> str:
+    return (f"'{user}' is the login account of common server and Raspberry Pi images: pitunnel would take it over "
+            "(move its home) and delete it on teardown")
+
+
 def _pub(key: Path) -> Path:
     return key.with_name(key.name + ".pub")
+
+
+def _exposure(path: Path) -> str | None:
+    """Who besides the owner (and root) can read or change `path`: its mode, and whether they can reach it
+    (every folder above it searchable by them), as "other users" or "its group"; None if nobody."""
+    real = path.resolve()
+    mode = real.stat().st_mode
+    others, group = bool(mode & (stat.S_IROTH | stat.S_IWOTH)), bool(mode & (stat.S_IRGRP | stat.S_IWGRP))
+    for folder in real.parents:
+        if not others and not group:
+            break
+        folder_mode = folder.stat().st_mode
+        others = others and bool(folder_mode & stat.S_IXOTH)
+        group = group and bool(folder_mode & stat.S_IXGRP)
+    return "other users" if others else "its group" if group else None
+
+
+def _check_secret(path: Path, kind: str) -> None:
+    """Refuse a secret file that others can read or change, as ssh does for private keys; and a password file
+    that is not one line of UTF-8 text (read here, never shown)."""
+    who = _exposure(path)
+    if who is not None:
+        mode = stat.S_IMODE(path.resolve().stat().st_mode)
+        raise Invalid(f"{_clip(str(path), 256)} holds a secret but {who} can read or change it (mode {mode:04o})",
+                      f"chmod 600 {path}")
+    if kind == "key":
+        return  # paramiko reads it
+    limit = MAX_SECRET_BYTES if kind == "password" else MAX_HTPASSWD_BYTES
+    with path.open("rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise Invalid(f"{_clip(str(path), 256)} is bigger than {limit} bytes",
+                      "put only the password in it, on one line" if kind == "password" else "name an htpasswd file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Invalid(f"{_clip(str(path), 256)} is not UTF-8 text (byte {e.start + 1} is not)",
+                      "save it as UTF-8 text" + (", the password on one line" if kind == "password" else "")) from None
+    if kind == "password":
+        password = text.rstrip("\n")
+        if not password:
+            raise Invalid(f"{_clip(str(path), 256)} is empty", "put the password in it, on one line")
+        if "\n" in password or "\r" in password:
+            raise Invalid(f"{_clip(str(path), 256)} holds more than one line (or a carriage return)",
+                          "put only the password in it, on one line with a Unix line ending")
 
 
 def allocate_ports(vps: VpsSpec, explicit: set[int], wanted: list[str],
@@ -800,6 +977,8 @@ def _read_ports(file: Path) -> tuple[dict[str, dict[str, int]], list[Problem]]:
         return {}, [Problem(file, None, None, "", f"cannot read the port lock file: {e.strerror}", _LOCK_FIX)]
     except yamlsrc.YamlSyntaxError as e:
         return {}, [Problem(file, e.line, e.column, "", f"YAML syntax error: {e.message}", _LOCK_FIX)]
+    except yamlsrc.YamlRefused as e:
+        return {}, [Problem(file, e.line, e.column, "", e.message, _LOCK_FIX)]
     problems = [Problem(file, i.line, i.column, _dotted(i.path), i.message, _LOCK_FIX) for i in doc.issues]
 
     def bad(path: KeyPath, message: str) -> None:
@@ -853,6 +1032,8 @@ def load_inventory(path: Path | str, *, allocate: bool = True, save_allocations:
         raise InventoryError(file, [Problem(file, e.line, e.column, "", f"YAML syntax error: {e.message}",
                                             "correct the YAML at that spot (indentation, a missing ':', "
                                             "an unclosed quote or bracket)")]) from None
+    except yamlsrc.YamlRefused as e:
+        raise InventoryError(file, [Problem(file, e.line, e.column, "", e.message, e.fix)]) from None
     reader = _Reader(file, doc)
     read = reader.read()
     lock = ports_file(file)

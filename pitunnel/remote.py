@@ -51,8 +51,13 @@ class Result:
 class Credentials:
     """Secrets for a host, read from files or prompts; never logged, never on a command line."""
 
-    login_password: str | None = None
-    sudo_password: str | None = None
+    login_password: str | None = field(default=None, repr=False)
+    sudo_password: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:  # whether each is set, never what it is (a repr ends up in tracebacks and logs)
+        shown = {name: "None" if value is None else "<hidden>"
+                 for name, value in (("login_password", self.login_password), ("sudo_password", self.sudo_password))}
+        return "Credentials(" + ", ".join(f"{name}={value}" for name, value in shown.items()) + ")"
 
 
 @dataclass
@@ -62,8 +67,8 @@ class Remote:
     credentials: Credentials = field(default_factory=Credentials)
     accept_new_host_keys: bool = False
     round_trips: int = 0
-    _conn: Connection | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _conn: Connection | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def name(self) -> str:

@@ -16,6 +16,12 @@ Differences from plain ``yaml.safe_load``:
   (PyYAML silently keeps the last one). The last one is still what is loaded.
 * Syntax errors raise `YamlSyntaxError` with line, column and the parser's
   message.
+* Hostile input is refused with `YamlRefused` (line, column, message, fix),
+  never a traceback: a file over `MAX_BYTES` or not a regular file, nesting
+  deeper than `MAX_DEPTH`, more than `MAX_NODES` values (counting every
+  expansion of an alias, so a "billion laughs" alias bomb stops early).
+* Bytes that are not UTF-8 and control characters become `Issue`s at their
+  line and column (naming the key they sit in), and are read as U+FFFD.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
+
+import os
+import re
+import stat
 
 import yaml
 from yaml.error import Mark
@@ -36,6 +46,13 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
+MAX_BYTES = 1 << 20  # load_file refuses bigger files: an inventory is a few kilobytes
+MAX_DEPTH = 64  # nested collections (an inventory needs 6)
+MAX_NODES = 100_000  # values read, counting each expansion of an alias (about 5,000 Pis)
+MAX_TEXT_ISSUES = 10  # bad bytes or control characters reported one by one; the rest are counted
+_YAML_KEY_LIMIT = 1024  # PyYAML reads at most this many characters as a plain key
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # as PyYAML counts lines
+
 
 @dataclass(frozen=True)
 class Issue:
@@ -48,8 +65,8 @@ class Issue:
     fix: str
 
 
-class YamlSyntaxError(Exception):
-    """The text is not valid YAML. Line and column are 1-based, or None if unknown."""
+class YamlError(Exception):
+    """The text cannot be read. Line and column are 1-based, or None if unknown."""
 
     def __init__(self, line: int | None, column: int | None, message: str) -> None:
         super().__init__(line, column, message)
@@ -59,6 +76,18 @@ class YamlSyntaxError(Exception):
 
     def __str__(self) -> str:
         return f"line {self.line}, column {self.column}: {self.message}"
+
+
+class YamlSyntaxError(YamlError):
+    """The text is not valid YAML."""
+
+
+class YamlRefused(YamlError):
+    """The text is refused before or while reading it: too big, too deep, an alias bomb, not text."""
+
+    def __init__(self, line: int | None, column: int | None, message: str, fix: str) -> None:
+        super().__init__(line, column, message)
+        self.fix = fix
 
 
 @dataclass
@@ -92,6 +121,16 @@ class Document:
         """Where the key of `path` is written (for problems with the key itself), else `locate(path)`."""
         return self.keys.get(path) or self.locate(path)
 
+    def path_at(self, position: Position) -> KeyPath:
+        """The key path of the key or value written last at or before `position` (the deepest on a tie)."""
+        best: tuple[Position, int, KeyPath] = ((0, 0), -1, ())
+        for table in (self.keys, self.values):
+            for path, where in table.items():
+                candidate = (where, len(path), path)
+                if where <= position and candidate[:2] > best[:2]:
+                    best = candidate
+        return best[2]
+
 
 def _position(mark: Mark) -> Position:
     return mark.line + 1, mark.column + 1
@@ -105,21 +144,65 @@ class SourceLoader(yaml.SafeLoader):
         self._doc = doc
         self._checked: set[int] = set()  # mapping nodes already checked for duplicates
         self._open: set[int] = set()  # collection nodes being built (alias cycle guard)
+        self._flattened: set[int] = set()  # mapping nodes whose merge keys were resolved
+        self._depth = 0  # collections being composed around the current node
+        self._composed = 0  # nodes composed (each written value once)
+        self._built = 0  # values built (an aliased value once per alias)
         node = self.get_single_node()
         if node is not None:
             doc.values[()] = _position(node.start_mark)
             doc.data = self._build(node, ())
         return doc
 
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        self._composed += 1
+        if self._composed > MAX_NODES:
+            raise _refused(self.peek_event().start_mark, f"the file holds more than {MAX_NODES} values",
+                           "an inventory needs far fewer: check that this is the right file")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _refused(self.peek_event().start_mark, f"collections are nested more than {MAX_DEPTH} deep",
+                               "an inventory nests 6 deep: close the brackets or reduce the indentation")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def flatten_mapping(self, node: MappingNode) -> None:
+        super().flatten_mapping(node)
+        if id(node) not in self._flattened:  # merges copy pairs: count them like values
+            self._flattened.add(id(node))
+            self._spend(len(node.value), node)
+
+    def _spend(self, count: int, node: Node) -> None:
+        self._built += count
+        if self._built > MAX_NODES:
+            raise _refused(node.start_mark, f"aliases (*name) and merges (<<) expand to more than {MAX_NODES} values "
+                           "(an alias bomb?)", "write the values out, or use fewer aliases")
+
     def _build(self, node: Node, path: KeyPath) -> object:
+        self._spend(1, node)
+        if len(path) > MAX_DEPTH:  # aliases nest collections deeper than the text does
+            raise _refused(node.start_mark, f"aliases nest collections more than {MAX_DEPTH} deep",
+                           "write the values out, or use fewer aliases")
         if isinstance(node, ScalarNode):
             try:
                 return self.construct_object(node, deep=True)
-            except ValueError as e:  # a scalar that resolves to a timestamp but is not one, e.g. 2024-13-01
-                self._issue(path, node.start_mark, f"cannot read {node.value!r}: {e}", "quote the value")
+            except yaml.MarkedYAMLError:
+                raise
+            except Exception as e:  # a tag its value does not fit: 2024-13-01, !!bool maybe, !!int x
+                self._issue(path, node.start_mark, f"cannot read {_clip(node.value)!r}: {_clip(str(e))}",
+                            "quote the value, or remove its !!tag")
                 return node.value
         if node.tag not in (_MAP_TAG, _SEQ_TAG):  # e.g. !!set, !!omap, or an unknown tag (raises)
-            return self.construct_object(node, deep=True)
+            try:
+                return self.construct_object(node, deep=True)
+            except yaml.MarkedYAMLError:
+                raise
+            except Exception as e:
+                self._issue(path, node.start_mark, f"cannot read this {node.tag}: {_clip(str(e))}",
+                            "write a plain mapping or list without a !!tag")
+                return None
         if id(node) in self._open:
             self._issue(path, node.start_mark, "an alias refers to the collection that contains it",
                         "remove the recursive alias")
@@ -174,24 +257,129 @@ class SourceLoader(yaml.SafeLoader):
         self._doc.issues.append(Issue(path, line, column, message, fix))
 
 
+def _refused(mark: Mark, message: str, fix: str) -> YamlRefused:
+    line, column = _position(mark)
+    return YamlRefused(line, column, message, fix)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _line_column(text: str, index: int) -> Position:
+    """1-based (line, column) of text[index], counting line breaks as PyYAML does."""
+    line, start = 1, 0
+    for match in _LINE_BREAK.finditer(text, 0, index):
+        line, start = line + 1, match.end()
+    return line, index - start + 1
+
+
+def _clean(source: str | bytes) -> tuple[str, list[tuple[int, str]]]:
+    """The text with every byte that is not UTF-8 and every control character replaced by U+FFFD,
+    and (index in the text, what was there) for each replacement."""
+    found: list[tuple[int, str]] = []
+    if isinstance(source, bytes):
+        parts: list[str] = []
+        length, position = 0, 0
+        while True:
+            try:
+                parts.append(source[position:].decode("utf-8"))
+                break
+            except UnicodeDecodeError as e:
+                good = source[position:position + e.start].decode("utf-8")
+                parts.append(good + "\ufffd")
+                length += len(good)
+                found.append((length, f"byte 0x{source[position + e.start]:02x} is not UTF-8 text"))
+                length += 1
+                position += e.end
+        text = "".join(parts)
+    else:
+        text = source
+    control = yaml.reader.Reader.NON_PRINTABLE
+    bad = [(m.start(), f"control character U+{ord(m.group()):04X} is not allowed") for m in control.finditer(text)]
+    if bad:
+        text = control.sub("\ufffd", text)
+        found = sorted(found + bad)
+    return text, found
+
+
+def _long_key(text: str, mark: Mark | None) -> YamlRefused | None:
+    """A clear error if the line of `mark` holds a key longer than PyYAML reads (it says "could not find ':'")."""
+    if mark is None:
+        return None
+    lines = _LINE_BREAK.split(text)
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    key = re.match(r"\s*(?:- )*\s*(\S[^:]*)", line)
+    if key is None or len(key.group(1)) <= _YAML_KEY_LIMIT:
+        return None
+    return YamlRefused(mark.line + 1, key.start(1) + 1,
+                       f"the key {_clip(key.group(1), 20)!r} is {len(key.group(1))} characters long; YAML reads "
+                       f"at most {_YAML_KEY_LIMIT} characters as a key",
+                       "shorten it (pitunnel's keys and names have at most 31 characters)")
+
+
 def load(source: str | bytes) -> Document:
-    """Parse one YAML document. Raises `YamlSyntaxError`."""
-    loader = SourceLoader(source)
+    """Parse one YAML document. Raises `YamlSyntaxError` or `YamlRefused`."""
+    text, bad = _clean(source)
     try:
-        return loader.load_document()
+        doc = _parse(text)
+    except YamlSyntaxError:
+        if bad:  # the bad bytes are the likelier cause: report the first
+            index, what = bad[0]
+            raise YamlRefused(*_line_column(text, index), what, _TEXT_FIX) from None
+        raise
+    issues = []
+    for index, what in bad[:MAX_TEXT_ISSUES]:
+        line, column = _line_column(text, index)
+        issues.append(Issue(doc.path_at((line, column)), line, column, what, _TEXT_FIX))
+    if len(bad) > MAX_TEXT_ISSUES:
+        line, column = _line_column(text, bad[MAX_TEXT_ISSUES][0])
+        issues.append(Issue((), line, column, f"{len(bad) - MAX_TEXT_ISSUES} more bytes or characters like these",
+                            _TEXT_FIX))
+    doc.issues[:0] = issues
+    return doc
+
+
+_TEXT_FIX = "save the file as UTF-8 text and write the value with printable characters only"
+
+
+def _parse(text: str) -> Document:
+    try:
+        loader = SourceLoader(text)
+        try:
+            return loader.load_document()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as e:
+        long_key = _long_key(text, e.context_mark or e.problem_mark)
+        if long_key is not None:
+            raise long_key from None
         message = e.problem or "invalid YAML"
         if e.context:
             where = f" on line {e.context_mark.line + 1}" if e.context_mark is not None else ""
             message = f"{message} ({e.context}{where})"
         mark = e.problem_mark or e.context_mark
-        raise YamlSyntaxError(mark.line + 1 if mark else None, mark.column + 1 if mark else None, message) from e
-    except yaml.YAMLError as e:  # e.g. ReaderError: bad encoding or control characters
-        raise YamlSyntaxError(None, None, str(e)) from e
-    finally:
-        loader.dispose()
+        raise YamlSyntaxError(mark.line + 1 if mark else None, mark.column + 1 if mark else None,
+                              message) from None
+    except yaml.YAMLError as e:  # e.g. ReaderError; _clean should have left none
+        raise YamlSyntaxError(None, None, _clip(str(e), 200)) from None
+    except RecursionError:  # MAX_DEPTH should stop it first
+        raise YamlRefused(None, None, "the file nests too deeply to read",
+                          "an inventory nests 6 deep: close the brackets or reduce the indentation") from None
 
 
-def load_file(path: Path) -> Document:
-    """Parse a YAML file. Raises `OSError` or `YamlSyntaxError`."""
-    return load(path.read_bytes())
+def load_file(path: Path, max_bytes: int = MAX_BYTES) -> Document:
+    """Parse a YAML file. Raises `OSError`, `YamlSyntaxError` or `YamlRefused`.
+
+    Only a regular file of at most `max_bytes` is read (a FIFO or device is refused, not waited on)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise YamlRefused(None, None, "is not a regular file", "name a YAML file")
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        size = max(info.st_size, len(data))
+        raise YamlRefused(None, None, f"the file is {size} bytes; pitunnel reads at most {max_bytes}",
+                          "an inventory is a few kilobytes: check that this is the right file")
+    return load(data)

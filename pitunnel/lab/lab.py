@@ -204,6 +204,7 @@ def _passwords(plan: LabPlan) -> dict[str, str]:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.write(fd, (secrets.token_urlsafe(12) + "\n").encode())
             os.close(fd)
+        os.chmod(path, 0o600)  # the inventory refuses a password file others could read (one from an older lab)
         out[host.name] = path.read_text().strip()
     return out
 

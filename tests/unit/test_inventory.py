@@ -55,8 +55,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def touch(path: Path) -> Path:
+    """A file holding one line, as a password file does."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
+    path.write_text("secret\n")
     return path
 
 
