@@ -57,6 +57,9 @@ class HostSpec:
     connect_timeout: float
 
 
+DEFAULT_BODY_SIZE: Final = "10m"
+
+
 @dataclass(frozen=True, kw_only=True)
 class TunnelSpec:
     name: str
@@ -67,6 +70,8 @@ class TunnelSpec:
     server_name: str | None  # http only: nginx server_name
     path: str | None  # http only: nginx location prefix, "/.../"
     basic_auth_file: Path | None  # http only: local htpasswd file to install on the VPS
+    websocket: bool = False  # http only: pass WebSocket upgrades, long proxy timeouts
+    client_max_body_size: str = DEFAULT_BODY_SIZE  # http only: nginx size, larger request bodies get 413
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,6 +177,7 @@ _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _HOSTNAME_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _URL_PATH_RE: Final = re.compile(r"/(?:[A-Za-z0-9._~-]+/)*")
 _REMOTE_PATH_RE: Final = re.compile(r"/[^\s;{}'\"\\$\x00-\x1f\x7f]*")
+_NGINX_SIZE_RE: Final = re.compile(r"[0-9]{1,9}[kKmMgG]?")
 SSH_KEY_TYPES: Final = (  # host key types paramiko can check (a host key is never a security-key sk-* type)
     "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa",
 )
@@ -360,6 +366,14 @@ def _url_path(value: Any) -> str:
     return text
 
 
+def _nginx_size(value: Any) -> str:
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if not _NGINX_SIZE_RE.fullmatch(text):
+        raise Invalid(f"{_show(value)} is not an nginx size",
+                      "write a number of bytes with an optional k, m or g suffix, e.g. 10m (0: no limit)")
+    return text
+
+
 def _remote_path(value: Any) -> str:
     text = _text(value)
     if not _REMOTE_PATH_RE.fullmatch(text):
@@ -435,7 +449,6 @@ class Field:
     secret: str = ""  # "password", "htpasswd" or "key": no other user may read it (and a password is one line)
 
 
-_local_file = Field(_text, None, path=True, exists=True)
 _password_file = Field(_text, None, path=True, exists=True, secret="password")
 _private_key = Field(_text, None, path=True, exists=True, secret="key")
 
@@ -489,8 +502,10 @@ TUNNEL_FIELDS: Final = {
     "server_name": Field(_server_name),
     "path": Field(_url_path),
     "basic_auth_file": Field(_text, None, path=True, exists=True, secret="htpasswd"),
+    "websocket": Field(_boolean, False),
+    "client_max_body_size": Field(_nginx_size, DEFAULT_BODY_SIZE),
 }
-HTTP_ONLY_KEYS: Final = ("server_name", "path", "basic_auth_file")
+HTTP_ONLY_KEYS: Final = ("server_name", "path", "basic_auth_file", "websocket", "client_max_body_size")
 DEFAULT_LOCAL_PORT: Final = {"ssh": 22, "http": 80}
 
 

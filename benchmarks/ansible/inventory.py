@@ -58,9 +58,9 @@ def vps_vars(inv: Inventory, vps: VpsSpec) -> dict[str, Any]:
         "path_routes": [r for r in routes if not r["server_name"]],
         "name_routes": [r for r in routes if r["server_name"]],
         "auth_routes": [r for r in routes if r["auth_file"]],
-        "location_files": [f"{r['pi']}-{r['name']}.conf" for r in routes if not r["server_name"]],
-        "site_files": [f"pitunnel-{r['pi']}-{r['name']}.conf" for r in routes if r["server_name"]],
-        "auth_files": [f"{r['pi']}-{r['name']}.htpasswd" for r in routes if r["auth_file"]],
+        "location_files": [f"{r['file_stem']}.conf" for r in routes if not r["server_name"]],
+        "site_files": [f"pitunnel-{r['file_stem']}.conf" for r in routes if r["server_name"]],
+        "auth_files": [f"{r['file_stem']}.htpasswd" for r in routes if r["auth_file"]],
     }
 
 

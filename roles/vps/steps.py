@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pitunnel.facts import FileState
-from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
+from pitunnel.inventory import NAME_RE, Inventory, PiSpec, TunnelSpec, VpsSpec
 from pitunnel.ops import (Absent, Directory, File, Handler, Op, Packages, PackagesAbsent, Pruned, Service,
                           SshdPasswordsCheck, Symlink, SystemUser, UserAbsent)
 from pitunnel.play import Play
@@ -30,14 +30,27 @@ class HttpRoute:
     server_name: str | None
     auth_file: str | None
     auth_source: Path | None
+    websocket: bool
+    client_max_body_size: str
 
     @property
     def upstream(self) -> str:
-        return f"pitunnel_{self.pi}_{self.name}".replace("-", "_")
+        return f"pitunnel_{self.file_stem}"
 
     @property
     def file_stem(self) -> str:
-        return f"{self.pi}-{self.name}"
+        return route_stem(self.pi, self.name)
+
+
+def route_stem(pi: str, tunnel: str) -> str:
+    """The name of a tunnel's nginx files and upstream, one per (Pi, tunnel) pair.
+
+    Names use only a-z, 0-9 and '-' (inventory.NAME_RE), never '_': joined by one '_', the pair reads
+    back by splitting at the only '_', so two tunnels never share a name (Pi `a-b` tunnel `c` is
+    `a-b_c`, Pi `a` tunnel `b-c` is `a_b-c`).
+    """
+    assert NAME_RE.fullmatch(pi) and NAME_RE.fullmatch(tunnel), (pi, tunnel)
+    return f"{pi}_{tunnel}"
 
 
 def listen_spec(tunnel: TunnelSpec) -> str:
@@ -77,9 +90,10 @@ def http_routes(inv: Inventory, vps: VpsSpec) -> list[HttpRoute]:
     for pi, tunnel in inv.tunnels_on(vps):
         if tunnel.kind != "http":
             continue
-        auth = f"{D['nginx_auth_dir']}/{pi.name}-{tunnel.name}.htpasswd" if tunnel.basic_auth_file else None
+        stem = route_stem(pi.name, tunnel.name)
+        auth = f"{D['nginx_auth_dir']}/{stem}.htpasswd" if tunnel.basic_auth_file else None
         routes.append(HttpRoute(pi.name, tunnel.name, tunnel.remote_port, tunnel.path, tunnel.server_name,
-                                auth, tunnel.basic_auth_file))
+                                auth, tunnel.basic_auth_file, tunnel.websocket, tunnel.client_max_body_size))
     return routes
 
 
@@ -144,7 +158,8 @@ def converge_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
 
 def _t(r: HttpRoute) -> dict[str, object]:
     return dict(pi=r.pi, name=r.name, port=r.port, path=r.path, server_name=r.server_name, auth_file=r.auth_file,
-                upstream=r.upstream)
+                upstream=r.upstream, file_stem=r.file_stem, websocket=r.websocket,
+                client_max_body_size=r.client_max_body_size)
 
 
 def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:

@@ -56,7 +56,7 @@ def inv(tmp_path: Path) -> Inventory:
             password_file: {tmp_path}/pi2.password
             tunnels:
               ssh: {{type: ssh, remote_port: 12347}}
-              web: {{type: http, server_name: pi2.example.com}}
+              web: {{type: http, server_name: pi2.example.com, websocket: true, client_max_body_size: 1m}}
         """))
     return load_inventory(path)
 
@@ -95,7 +95,7 @@ def test_vps_routes_and_listens(inv: Inventory) -> None:
     assert vps["listens"] == ["0.0.0.0:12346", "127.0.0.1:20000", "127.0.0.1:12347", "127.0.0.1:20001"]
     assert [r["name"] for r in vps["path_routes"]] == ["api"]
     assert [r["server_name"] for r in vps["name_routes"]] == ["pi2.example.com"]
-    assert vps["location_files"] == ["pi1-api.conf"] and vps["site_files"] == ["pitunnel-pi2-web.conf"]
+    assert vps["location_files"] == ["pi1_api.conf"] and vps["site_files"] == ["pitunnel-pi2_web.conf"]
     assert vps["client_alive_interval"] == 7
 
 
@@ -118,10 +118,10 @@ def test_vps_templates_render_as_pitunnel_does(inv: Inventory) -> None:
     assert render("vps/nginx-default-site.conf.j2", variables) == want[variables["nginx_default_site"]]
     for t in variables["path_routes"]:
         assert render("vps/nginx-location.conf.j2", variables, t=t) == \
-            want[f"{variables['nginx_locations_dir']}/{t['pi']}-{t['name']}.conf"]
+            want[f"{variables['nginx_locations_dir']}/{t['file_stem']}.conf"]
     for t in variables["name_routes"]:
         assert render("vps/nginx-server.conf.j2", variables, t=t) == \
-            want[f"{variables['nginx_sites_dir']}/pitunnel-{t['pi']}-{t['name']}.conf"]
+            want[f"{variables['nginx_sites_dir']}/pitunnel-{t['file_stem']}.conf"]
 
 
 @pytest.mark.parametrize("pi", ["pi1", "pi2"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pitunnel.facts import FileState
-from pitunnel.inventory import Inventory, load_inventory
+from pitunnel.inventory import NAME_RE, Inventory, load_inventory
 from pitunnel.ops import Absent, File, KeyPair, Op, Service
 from roles.pi import steps as pi_steps
 from roles.vps import steps as vps_steps
@@ -47,7 +47,8 @@ pis:
     tunnels:
       ssh: {type: ssh, remote_port: 20022, public: true}
       web: {type: http, local_port: 8080, remote_port: 20080, basic_auth_file: web.htpasswd}
-      cam: {type: http, server_name: cam.example.com, remote_port: 20081}
+      cam: {type: http, server_name: cam.example.com, remote_port: 20081, websocket: true,
+            client_max_body_size: 50m}
   pi2:
     address: 192.168.1.51
     vps: main
@@ -253,23 +254,27 @@ def test_authorized_keys_drop(inv: Inventory) -> None:
 
 def test_nginx_location_for_path_tunnel(inv: Inventory) -> None:
     ops = vps_steps.converge_ops(inv, inv.vps["main"])
-    text = text_of(ops, f"{VPS_D['nginx_locations_dir']}/pi1-web.conf")
+    text = text_of(ops, f"{VPS_D['nginx_locations_dir']}/pi1_web.conf")
     lines = directives(text)
     assert lines[0] == "location /pi1/web/ {"
     assert lines[-1] == "}"
     assert "proxy_pass http://pitunnel_pi1_web/;" in lines  # trailing slash: the prefix is stripped
     assert "proxy_http_version 1.1;" in lines
-    for header in ("Host $host", "X-Real-IP $remote_addr", "X-Forwarded-For $proxy_add_x_forwarded_for",
-                   "X-Forwarded-Proto $scheme", "Upgrade $http_upgrade", "Connection $pitunnel_connection"):
+    for header in ("Host $host", "X-Real-IP $remote_addr", "X-Forwarded-For $remote_addr",
+                   "X-Forwarded-Proto $scheme", 'Connection ""'):
         assert f"proxy_set_header {header};" in lines, header
+    # a plain route: no upgrade passed, keep-alive to the tunnel, short timeouts, the default body limit
+    assert not any("Upgrade" in l or "$pitunnel_connection" in l for l in lines)
+    assert "proxy_read_timeout 60s;" in lines and "proxy_send_timeout 60s;" in lines
+    assert "client_max_body_size 10m;" in lines
     assert 'auth_basic "pi1";' in lines
-    assert f"auth_basic_user_file {VPS_D['nginx_auth_dir']}/pi1-web.htpasswd;" in lines
+    assert f"auth_basic_user_file {VPS_D['nginx_auth_dir']}/pi1_web.htpasswd;" in lines
     assert text.count("{") == text.count("}")
 
 
 def test_nginx_basic_auth_file_is_secret_and_readable_by_nginx(inv: Inventory) -> None:
     ops = vps_steps.converge_ops(inv, inv.vps["main"])
-    op = file_op(ops, f"{VPS_D['nginx_auth_dir']}/pi1-web.htpasswd")
+    op = file_op(ops, f"{VPS_D['nginx_auth_dir']}/pi1_web.htpasswd")
     assert op.secret and op.mode == 0o640 and op.group == "www-data"
     assert op.wanted(FileState(False)) == "alice:$apr1$abc$def\n"
     assert "reload nginx" in op.notify
@@ -277,7 +282,7 @@ def test_nginx_basic_auth_file_is_secret_and_readable_by_nginx(inv: Inventory) -
 
 def test_nginx_server_for_server_name_tunnel(inv: Inventory) -> None:
     ops = vps_steps.converge_ops(inv, inv.vps["main"])
-    text = text_of(ops, f"{VPS_D['nginx_sites_dir']}/pitunnel-pi1-cam.conf")
+    text = text_of(ops, f"{VPS_D['nginx_sites_dir']}/pitunnel-pi1_cam.conf")
     lines = directives(text)
     assert lines[0] == "server {"
     assert "server_name cam.example.com;" in lines
@@ -286,15 +291,21 @@ def test_nginx_server_for_server_name_tunnel(inv: Inventory) -> None:
     assert not any("ssl" in l for l in lines)  # no TLS on this VPS
     assert "location / {" in lines
     assert "proxy_pass http://pitunnel_pi1_cam;" in lines  # no path: URI passed unchanged
-    for header in ("X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto", "Upgrade"):
-        assert any(l.startswith(f"proxy_set_header {header} ") for l in lines), header
+    for header in ("X-Forwarded-For $remote_addr", "X-Real-IP $remote_addr", "X-Forwarded-Proto $scheme",
+                   "Upgrade $http_upgrade", "Connection $pitunnel_connection"):
+        assert f"proxy_set_header {header};" in lines, header
+    # websocket: true: the upgrade is passed and an idle socket lives an hour; its own body limit
+    assert "proxy_read_timeout 1h;" in lines and "proxy_send_timeout 1h;" in lines
+    assert 'proxy_set_header Connection "";' not in lines
+    assert "client_max_body_size 50m;" in lines
+    assert "server_tokens off;" in lines
     assert not any(l.startswith("auth_basic") for l in lines)
     assert text.count("{") == text.count("}")
 
 
 def test_nginx_server_with_tls_and_path(inv: Inventory) -> None:
     ops = vps_steps.converge_ops(inv, inv.vps["other"])
-    text = text_of(ops, f"{VPS_D['nginx_sites_dir']}/pitunnel-pi3-site.conf")
+    text = text_of(ops, f"{VPS_D['nginx_sites_dir']}/pitunnel-pi3_site.conf")
     lines = directives(text)
     assert "server_name *.example.org;" in lines
     assert "listen 8080;" in lines and "listen 8443 ssl;" in lines and "listen [::]:8443 ssl;" in lines
@@ -320,6 +331,7 @@ def test_nginx_default_site(inv: Inventory) -> None:
     assert "listen 80 default_server;" in main and "listen [::]:80 default_server;" in main
     assert f"include {VPS_D['nginx_locations_dir']}/*.conf;" in main
     assert "server_name _;" in main
+    assert "server_tokens off;" in main
     other = directives(text_of(vps_steps.converge_ops(inv, inv.vps["other"]), VPS_D["nginx_default_site"]))
     assert "listen 8443 ssl default_server;" in other and "listen 8080 default_server;" in other
 
@@ -328,9 +340,103 @@ def test_nginx_prune_keeps_exactly_the_current_files(inv: Inventory) -> None:
     from pitunnel.ops import Pruned
     ops = vps_steps.converge_ops(inv, inv.vps["main"])
     pruned = {op.directory + "/" + op.pattern: op.keep for op in ops if isinstance(op, Pruned)}
-    assert pruned[f"{VPS_D['nginx_sites_dir']}/pitunnel-*.conf"] == frozenset({"pitunnel-pi1-cam.conf"})
-    assert pruned[f"{VPS_D['nginx_locations_dir']}/*.conf"] == frozenset({"pi1-web.conf"})
-    assert pruned[f"{VPS_D['nginx_auth_dir']}/*.htpasswd"] == frozenset({"pi1-web.htpasswd"})
+    assert pruned[f"{VPS_D['nginx_sites_dir']}/pitunnel-*.conf"] == frozenset({"pitunnel-pi1_cam.conf"})
+    assert pruned[f"{VPS_D['nginx_locations_dir']}/*.conf"] == frozenset({"pi1_web.conf"})
+    assert pruned[f"{VPS_D['nginx_auth_dir']}/*.htpasswd"] == frozenset({"pi1_web.htpasswd"})
+
+
+COLLIDING = """
+settings: {laptop_key: null, known_hosts: kh}
+vps: {main: {address: 203.0.113.1}}
+pis:
+  a-b:
+    address: 10.0.0.1
+    tunnels: {c: {type: http, remote_port: 20001, basic_auth_file: pw}}
+  a:
+    address: 10.0.0.2
+    tunnels: {b-c: {type: http, remote_port: 20002, basic_auth_file: pw},
+              www: {type: http, server_name: a.example.com, remote_port: 20003}}
+  a-www:
+    address: 10.0.0.3
+    tunnels: {x: {type: http, server_name: x.example.com, remote_port: 20004}}
+"""
+
+
+def test_nginx_names_of_colliding_pairs_differ(tmp_path: Path) -> None:
+    """Pi `a-b` tunnel `c` and Pi `a` tunnel `b-c` were both `pitunnel_a_b_c` and `a-b-c.conf`."""
+    (tmp_path / "pw").write_text("alice:x\n")
+    (tmp_path / "hosts.yml").write_text(COLLIDING)
+    inv = load_inventory(tmp_path / "hosts.yml")
+    routes = {(r.pi, r.name): r for r in vps_steps.http_routes(inv, inv.vps["main"])}
+    one, two = routes[("a-b", "c")], routes[("a", "b-c")]
+    assert one.upstream != two.upstream and one.file_stem != two.file_stem
+    assert one.auth_file != two.auth_file
+    ops = vps_steps.converge_ops(inv, inv.vps["main"])
+    upstreams = values(text_of(ops, VPS_D["nginx_conf"]), "upstream")
+    assert len(upstreams) == len(set(upstreams)) == 4
+    files = [op.path for op in ops if isinstance(op, File) and op.path.startswith("/etc/nginx/")
+             and op.path not in (VPS_D["nginx_conf"], VPS_D["nginx_default_site"])]
+    assert len(files) == len(set(files)) == 6  # 2 locations, 2 sites, 2 htpasswd
+    # each location file sends its path to its own upstream
+    for r in (one, two):
+        lines = directives(text_of(ops, f"{VPS_D['nginx_locations_dir']}/{r.file_stem}.conf"))
+        assert f"location /{r.pi}/{r.name}/ {{" in lines and f"proxy_pass http://{r.upstream}/;" in lines
+    # and the prune ops keep every one of them
+    from pitunnel.ops import Pruned
+    kept = {name for op in ops if isinstance(op, Pruned) for name in op.keep}
+    assert {p.rsplit("/", 1)[1] for p in files} == kept
+
+
+def small_names(length: int) -> list[str]:
+    """Every valid name up to `length` characters over a, b and '-' (and '_' never occurs)."""
+    names = ["a", "b"]
+    frontier = list(names)
+    for _ in range(length - 1):
+        frontier = [n + c for n in frontier for c in "ab-"]
+        names += frontier
+    assert all(NAME_RE.fullmatch(n) for n in names)
+    return names
+
+
+def test_route_names_are_injective_exhaustively() -> None:
+    names = small_names(4)  # 80 names, 6400 (Pi, tunnel) pairs, every way a '-' can fall
+    stems: dict[str, tuple[str, str]] = {}
+    for pi in names:
+        for tunnel in names:
+            stem = vps_steps.route_stem(pi, tunnel)
+            assert stems.setdefault(stem, (pi, tunnel)) == (pi, tunnel), (stem, stems[stem], (pi, tunnel))
+            assert tuple(stem.split("_")) == (pi, tunnel)  # reads back
+            assert re.fullmatch(r"[a-z0-9_-]+", stem)  # safe in file and upstream names
+    assert len(stems) == len(names) ** 2
+
+
+@pytest.mark.parametrize("value, ok", [("10m", "10m"), ("512k", "512k"), ("1G", "1G"), (0, "0"), (1024, "1024"),
+                                       ("10 m", None), ("10mb", None), ("-1", None), (True, None), ("", None)])
+def test_client_max_body_size_is_checked(tmp_path: Path, value: object, ok: str | None) -> None:
+    import json
+
+    from pitunnel.inventory import InventoryError
+    (tmp_path / "hosts.yml").write_text(
+        "settings: {laptop_key: null, known_hosts: kh}\nvps: {main: {address: 203.0.113.1}}\n"
+        f"pis:\n  pi1:\n    address: 10.0.0.1\n    tunnels:\n      web: {{type: http, client_max_body_size: "
+        f"{json.dumps(value)}}}\n")
+    if ok is None:
+        with pytest.raises(InventoryError, match=r"hosts.yml:7:\d+: pis.pi1.tunnels.web.client_max_body_size: .* "
+                                                 r"Fix: (write a number of bytes|give a value)"):
+            load_inventory(tmp_path / "hosts.yml")
+    else:
+        (tunnel,) = load_inventory(tmp_path / "hosts.yml").pis["pi1"].tunnels
+        assert tunnel.client_max_body_size == ok and tunnel.websocket is False
+
+
+@pytest.mark.parametrize("key", ["websocket: true", "client_max_body_size: 1m"])
+def test_http_route_keys_refused_on_ssh_tunnels(tmp_path: Path, key: str) -> None:
+    from pitunnel.inventory import InventoryError
+    (tmp_path / "hosts.yml").write_text(
+        "settings: {laptop_key: null, known_hosts: kh}\nvps: {main: {address: 203.0.113.1}}\n"
+        f"pis:\n  pi1:\n    address: 10.0.0.1\n    tunnels:\n      ssh: {{type: ssh, {key}}}\n")
+    with pytest.raises(InventoryError, match=f"'{key.split(':')[0]}' only applies to http tunnels"):
+        load_inventory(tmp_path / "hosts.yml")
 
 
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed here (nginx -t checks skipped)")
@@ -339,13 +445,13 @@ def test_nginx_t_accepts_the_config(inv: Inventory, tmp_path: Path) -> None:  # 
     conf = tmp_path / "nginx.conf"
     locations = tmp_path / "locations"
     locations.mkdir()
-    (locations / "pi1-web.conf").write_text(
-        text_of(ops, f"{VPS_D['nginx_locations_dir']}/pi1-web.conf")
+    (locations / "pi1_web.conf").write_text(
+        text_of(ops, f"{VPS_D['nginx_locations_dir']}/pi1_web.conf")
         .replace(VPS_D["nginx_auth_dir"], str(tmp_path)))
-    (tmp_path / "pi1-web.htpasswd").write_text("alice:x\n")
+    (tmp_path / "pi1_web.htpasswd").write_text("alice:x\n")
     http = text_of(ops, VPS_D["nginx_conf"])
     site = text_of(ops, VPS_D["nginx_default_site"]).replace(VPS_D["nginx_locations_dir"], str(locations))
-    server = text_of(ops, f"{VPS_D['nginx_sites_dir']}/pitunnel-pi1-cam.conf")
+    server = text_of(ops, f"{VPS_D['nginx_sites_dir']}/pitunnel-pi1_cam.conf")
     conf.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
                     f"http {{\naccess_log off;\n{http}\n{site}\n{server}\n}}\n")
     result = subprocess.run(["nginx", "-t", "-c", str(conf), "-p", str(tmp_path)], capture_output=True, text=True)
