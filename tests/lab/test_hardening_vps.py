@@ -96,7 +96,8 @@ def listeners() -> dict[str, str]:
     found = {}
     for line in in_host("vps", "ss -Htlnp").splitlines():
         words = line.split()
-        if len(words) >= 6 and '"sshd"' in words[5] and not words[3].endswith(":12345"):
+        if len(words) >= 6 and ('"sshd"' in words[5] or '"sshd-session"' in words[5]) \
+                and not words[3].endswith(":12345"):
             found[words[3].rsplit(":", 1)[1]] = words[5].split("pid=")[1].split(",")[0]
     return found
 
@@ -151,6 +152,7 @@ def test_real_stale_session_is_still_reaped(lab: dict) -> None:
     assert now["12346"] != old["12346"] and now["20000"] != old["20000"]
     assert now["12347"] == old["12347"] and now["20001"] == old["20001"]  # pi2 untouched
     log = in_host("vps", "journalctl -t pitunnel-reaper --no-pager -q -o cat")
+    print(log)
     assert f"ended stale session (pid {old['12346']}) holding port 12346" in log
 
 
