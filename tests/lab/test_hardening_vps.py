@@ -198,3 +198,32 @@ def test_teardown_purge_keeps_the_users_nginx(lab: dict) -> None:
     # what pitunnel installed itself goes: autossh on the Pis
     assert in_host("pi1", "dpkg-query -W -f '${db:Status-Status}' autossh 2>/dev/null || echo gone").strip() \
         in ("gone", "not-installed")
+
+
+def test_users_default_server_is_left_to_the_user(lab: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    """The user's site is the default server (Debian's welcome site disabled by the user): provisioning
+    does not claim default_server, nor touch the user's files; teardown --purge does not put Debian's
+    site back."""
+    in_host("vps", "rm /etc/nginx/sites-enabled/default && "
+                   "sed -i 's/listen 80;/listen 80 default_server;/; s/listen \\[::\\]:80;/listen [::]:80 default_server;/' "
+                   "/etc/nginx/sites-available/usersite && systemctl restart nginx")
+    with urllib.request.urlopen(f"http://{VPS}/", timeout=5) as resp:  # by address: the default server
+        assert resp.read().decode() == "the user's own site\n"
+    before = in_host("vps", NGINX_TREE)
+    capsys.readouterr()
+    code, _ = play(Path(str(lab["inventory"])), provision_vps, limit="vps")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "nginx default server - yours is (/etc/nginx/sites-enabled/usersite)" in out, out
+    assert "default_server" not in in_host("vps", "cat /etc/nginx/sites-enabled/pitunnel.conf")
+    with urllib.request.urlopen(f"http://{VPS}/", timeout=5) as resp:
+        assert resp.read().decode() == "the user's own site\n"
+    assert user_site() == "the user's own site\n"
+    now = in_host("vps", NGINX_TREE)
+    assert [l for l in now.splitlines() if "pitunnel" not in l] == before.splitlines()
+
+    code, _ = play(Path(str(lab["inventory"])), lambda p: teardown_vps(p, purge=True), limit="vps")
+    assert code == 0
+    assert in_host("vps", NGINX_TREE) == before
+    with urllib.request.urlopen(f"http://{VPS}/", timeout=5) as resp:
+        assert resp.read().decode() == "the user's own site\n"
