@@ -609,3 +609,37 @@ def test_default_site_claims_default_server_unless_told_not_to() -> None:
     context = dict(http_port=80, https_port=443, tls_certificate=None, tls_key=None)
     assert "listen 80 default_server;" in vps_steps.ROLE.render("nginx-default-site.conf.j2", **context)
     assert "default_server" not in vps_steps.ROLE.render("nginx-default-site.conf.j2", claim_default=False, **context)
+
+
+# ---------------------------------------------------------------------------
+# the VPS reaper: which journal lines it believes (its own bash, run on sample `journalctl -o json` lines)
+
+REAPER_PROBE = r"""
+while IFS= read -r entry; do
+  if field MESSAGE "$entry" && [[ $value =~ $failed_re ]]; then
+    port=${BASH_REMATCH[1]}; field _PID "$entry"; echo "failure port=$port pid=$value"
+  elif field MESSAGE "$entry" && [[ $value =~ $accepted_re ]]; then echo "login user=${BASH_REMATCH[1]} key=${BASH_REMATCH[2]}"
+  elif field MESSAGE "$entry" && [[ $value =~ $child_re ]]; then echo "child ${BASH_REMATCH[1]}"
+  else echo ignored; fi
+done
+"""
+
+
+def test_reaper_believes_only_sshds_own_whole_lines() -> None:
+    script = vps_steps.ROLE.render("reaper.sh.j2")
+    functions = script[script.index("field() {"):script.index("sshd_comms=")]
+    lines = [
+        '{"_PID":"701","_UID":"999","MESSAGE":"error: channel_setup_fwd_listener_tcpip: cannot listen to port: 20000"}',
+        # a Pi's own disconnect reason, as sshd logs it: not sshd's failure line
+        '{"_PID":"702","_UID":"999","MESSAGE":"Received disconnect from 198.18.0.102 port 4:11: cannot listen to port: 20000"}',
+        '{"_PID":"703","_UID":"999","MESSAGE":"x error: channel_setup_fwd_listener_tcpip: cannot listen to port: 20000"}',
+        # a value that quotes a whole field cannot pass for one: JSON escapes its quotes
+        '{"_UID":"999","MESSAGE":"say \\"MESSAGE\\":\\"error: channel_setup_fwd_listener_tcpip: cannot listen to port: 1\\"",'
+        '"_PID":"704"}',
+        '{"MESSAGE":"Accepted publickey for pitunnel from 198.18.0.101 port 52280 ssh2: ED25519 SHA256:3Psa+/9x","_PID":"9"}',
+        '{"MESSAGE":"User child is on pid 708","_PID":"9"}',
+    ]
+    run = subprocess.run(["bash", "-c", functions + REAPER_PROBE], input="\n".join(lines) + "\n",
+                         capture_output=True, text=True, timeout=10)
+    assert run.stdout.splitlines() == ["failure port=20000 pid=701", "ignored", "ignored", "ignored",
+                                       "login user=pitunnel key=SHA256:3Psa+/9x", "child 708"], run.stderr
