@@ -86,6 +86,8 @@ def test_user_site_coexists_with_provisioning(lab: dict) -> None:
     pitunnel = [k for k in changed if "pitunnel" in k]
     # Debian's unmodified welcome site is set aside (and recorded); nothing else of the user's changes
     assert [k for k in changed if k not in pitunnel] == ["./sites-enabled/default"], changed
+    code, p = play(Path(str(lab["inventory"])), provision_vps, limit="vps")  # a second run changes nothing
+    assert code == 0 and p is not None and p.reporter.recaps["vps"].changed == 0
 
 
 # ---------------------------------------------------------------- row 1: the reaper
