@@ -8,7 +8,7 @@ from pathlib import Path
 from pitunnel.facts import Fact, Facts, FileState, command_fact
 from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
 from pitunnel.ops import (STATE_DIR, Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Plan,
-                          Pruned, Service, SshdPasswordsCheck, Symlink, SystemUser, UserAbsent, backup_commands, q)
+                          Pruned, Service, SshdPasswordsCheck, SystemUser, UserAbsent, backup_commands, q)
 from pitunnel.play import Play
 from pitunnel.runner import converge, facts_for
 from pitunnel.remote import Remote
