@@ -15,12 +15,21 @@ from dataclasses import dataclass, field
 from .facts import Fact, Facts, FileState, command_fact, file_fact
 
 BACKUP_DIR = "/var/backups/pitunnel"
+# What pitunnel itself made on a host, recorded when it made it: `users` and `packages`, one name a line.
+# Teardown removes and purges only what is recorded there (or, for accounts made by earlier versions,
+# marked with one of pitunnel's comments), never what was on the host before.
+STATE_DIR = "/var/lib/pitunnel-state"
+OWN_COMMENTS = ("pitunnel", "pitunnel reverse tunnel", "pitunnel reverse tunnels")
 APT_FRESH_SECONDS = 6 * 3600
 # What `apt-get update` fetches before an install: the package lists only, gzip-compressed. Measured
 # on a lab host (Debian 12, one source): 2.1 CPU s by default, 1.55 s without the translations of
 # package descriptions (which an install never reads), 1.1 s with gzip instead of xz lists too. A Pi's
 # CPU is slow and it pays this once per fresh host; the gzip lists are a few MB more to download.
 APT_UPDATE_OPTIONS = "-o Acquire::Languages=none -o Acquire::CompressionTypes::Order::=gz"
+
+
+class Refused(Exception):
+    """An op will not touch something pitunnel did not make: the host's step fails before any change."""
 
 
 @dataclass
@@ -239,6 +248,31 @@ def apt_install_commands(names: Sequence[str], *, update: bool) -> list[str]:
     return [f"apt-get update -q {APT_UPDATE_OPTIONS} >/dev/null", install] if update else [install]
 
 
+def record_fact(kind: str) -> Fact:
+    """The names recorded in STATE_DIR/kind (what pitunnel made of that kind on this host)."""
+    return command_fact(f"record:{kind}", f"cat {STATE_DIR}/{kind} 2>/dev/null || true")
+
+
+def recorded(facts: Facts, kind: str) -> set[str]:
+    return set(facts.output(record_fact(kind)).split())
+
+
+def record_commands(kind: str, names: Sequence[str]) -> list[str]:
+    """Add `names` to STATE_DIR/kind (root-only: nobody else can claim something is pitunnel's)."""
+    path = q(f"{STATE_DIR}/{kind}")
+    return [f"mkdir -p {STATE_DIR} && chmod 700 {STATE_DIR}",
+            f"for n in {' '.join(q(n) for n in names)}; do grep -qxF \"$n\" {path} 2>/dev/null || "
+            f"echo \"$n\" >> {path}; done"]
+
+
+def unrecord_commands(kind: str, names: Sequence[str]) -> list[str]:
+    """Take `names` off STATE_DIR/kind; the file and the directory go when empty."""
+    path = q(f"{STATE_DIR}/{kind}")
+    drop = " ".join(f"-e {q(n)}" for n in names)
+    return [f"if [ -f {path} ]; then grep -vxF {drop} {path} > {path}.new || true; mv -f {path}.new {path}; "
+            f"[ -s {path} ] || rm -f {path}; rmdir {STATE_DIR} 2>/dev/null || true; fi"]
+
+
 @dataclass
 class Packages(Op):
     names: tuple[str, ...]
@@ -256,13 +290,16 @@ class Packages(Op):
         if not missing:
             return Plan([], "installed")
         age = int(facts.output(APT_AGE).strip() or 10**9)
-        cmds = apt_install_commands(missing, update=age > APT_FRESH_SECONDS)
+        cmds = apt_install_commands(missing, update=age > APT_FRESH_SECONDS) + record_commands("packages", missing)
         why = "install " + ", ".join(missing) + (" (package lists stale: update first)" if age > APT_FRESH_SECONDS else "")
         return Plan(cmds, why)
 
 
 @dataclass
 class PackagesAbsent(Op):
+    """Purged, if pitunnel installed them (recorded at install): a package that was there before stays,
+    with its config."""
+
     names: tuple[str, ...]
     title: str = ""
 
@@ -270,21 +307,38 @@ class PackagesAbsent(Op):
         self.title = self.title or f"packages purged {' '.join(self.names)}"
 
     def facts(self) -> list[Fact]:
-        return [_pkg_fact(self.names)]
+        return [_pkg_fact(self.names), record_fact("packages")]
 
     def plan(self, facts: Facts) -> Plan:
         status = _pkg_status(facts.output(_pkg_fact(self.names)))
         present = [n for n in self.names if set(status.get(n, ("not-installed",))) - {"not-installed"}]
-        if not present:
-            return Plan([], "not installed")
+        ours = recorded(facts, "packages")
+        purge = [n for n in present if n in ours]
+        kept = [n for n in present if n not in ours]
+        why_kept = f"kept {', '.join(kept)}: installed before pitunnel (no record that pitunnel installed it)" if kept else ""
+        if not purge:
+            return Plan([], why_kept or "not installed")
         return Plan(["DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --autoremove "
-                     + " ".join(q(n) for n in present) + " >/dev/null"], "purge " + ", ".join(present))
+                     + " ".join(q(n) for n in purge) + " >/dev/null", *unrecord_commands("packages", purge)],
+                    "; ".join(filter(None, ["purge " + ", ".join(purge), why_kept])))
 
 
 # ------------------------------------------------------------------ users
+def _refuse_foreign(name: str, entry: str, facts: Facts, action: str) -> None:
+    """Raise Refused unless the account `entry` describes is one pitunnel made: recorded when it made it,
+    or (made by an earlier version) carrying one of pitunnel's comments."""
+    fields = [*entry.split(":"), "", "", "", "", "", ""]
+    comment, home = fields[4], fields[5]
+    if name in recorded(facts, "users") or comment in OWN_COMMENTS:
+        return
+    raise Refused(f"account {name} exists and pitunnel did not create it (comment {comment!r}, home {home}): "
+                  f"not {action}; set tunnel_user to an account of pitunnel's own (default pitunnel)")
+
+
 @dataclass
 class SystemUser(Op):
-    """A system account with no password (not even a locked one: sshd treats '!' as locked) and a home."""
+    """A system account with no password (not even a locked one: sshd treats '!' as locked) and a home.
+    Made by pitunnel, and recorded as such; an existing account it did not make is refused, untouched."""
 
     name: str
     home: str
@@ -297,14 +351,16 @@ class SystemUser(Op):
 
     def facts(self) -> list[Fact]:
         return [command_fact(f"user:{self.name}", f"getent passwd {q(self.name)} || true"),
-                command_fact(f"shadow:{self.name}", f"getent shadow {q(self.name)} | cut -d: -f2")]
+                command_fact(f"shadow:{self.name}", f"getent shadow {q(self.name)} | cut -d: -f2"),
+                record_fact("users")]
 
     def plan(self, facts: Facts) -> Plan:
         entry = facts[f"user:{self.name}"][1].strip()
         if not entry:
             return Plan([f"useradd --system --user-group --create-home --home-dir {q(self.home)} "
                          f"--shell {q(self.shell)} --comment {q(self.comment)} {q(self.name)}",
-                         f"usermod -p '*' {q(self.name)}"], "create")
+                         f"usermod -p '*' {q(self.name)}", *record_commands("users", [self.name])], "create")
+        _refuse_foreign(self.name, entry, facts, "modified")
         fields = entry.split(":")
         cmds, gaps = [], []
         if fields[5] != self.home:
@@ -321,6 +377,8 @@ class SystemUser(Op):
 
 @dataclass
 class UserAbsent(Op):
+    """No such account, if pitunnel made it; an account pitunnel did not make is refused, untouched."""
+
     name: str
     title: str = ""
 
@@ -328,13 +386,16 @@ class UserAbsent(Op):
         self.title = self.title or f"user absent {self.name}"
 
     def facts(self) -> list[Fact]:
-        return [command_fact(f"user:{self.name}", f"getent passwd {q(self.name)} || true")]
+        return [command_fact(f"user:{self.name}", f"getent passwd {q(self.name)} || true"), record_fact("users")]
 
     def plan(self, facts: Facts) -> Plan:
-        if not facts[f"user:{self.name}"][1].strip():
+        entry = facts[f"user:{self.name}"][1].strip()
+        if not entry:
             return Plan([], "not there")
+        _refuse_foreign(self.name, entry, facts, "removed")
         return Plan([f"pkill -KILL -u {q(self.name)} || true", f"userdel --remove {q(self.name)} 2>/dev/null || userdel {q(self.name)}",
-                     f"getent group {q(self.name)} >/dev/null && groupdel {q(self.name)} || true"], "remove with its home")
+                     f"getent group {q(self.name)} >/dev/null && groupdel {q(self.name)} || true",
+                     *unrecord_commands("users", [self.name])], "remove with its home")
 
 
 # ------------------------------------------------------------------ keys

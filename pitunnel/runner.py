@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .facts import Facts, gather
-from .ops import Handler, Op, Plan, drop_backup_commands, restore_commands
+from .ops import Handler, Op, Plan, Refused, drop_backup_commands, restore_commands
 from .remote import Remote
 from .report import Reporter
 
@@ -32,7 +32,13 @@ def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
              handlers: Sequence[Handler] = (), *, known: Facts | None = None) -> list[tuple[Op, Plan]]:
     """Bring the host to what `ops` describe. Returns each op with its plan. Raises StepFailed."""
     facts = known if known is not None else facts_for(remote, ops)
-    plans = [(op, op.plan(facts)) for op in ops]
+    plans: list[tuple[Op, Plan]] = []
+    for op in ops:
+        try:
+            plans.append((op, op.plan(facts)))
+        except Refused as exc:  # nothing has been applied yet: the host's step fails untouched
+            reporter.line(remote.name, "failed", op.title, str(exc))
+            raise StepFailed(f"{remote.name}: {op.title}: {exc}") from None
     changed = [(op, p) for op, p in plans if p.changes]
     if mode.check:
         for op, plan in plans:

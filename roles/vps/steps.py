@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pitunnel.facts import FileState
+from pitunnel.facts import Fact, Facts, FileState, command_fact
 from pitunnel.inventory import NAME_RE, Inventory, PiSpec, TunnelSpec, VpsSpec
-from pitunnel.ops import (Absent, Directory, File, Handler, Op, Packages, PackagesAbsent, Pruned, Service,
-                          SshdPasswordsCheck, Symlink, SystemUser, UserAbsent)
+from pitunnel.ops import (STATE_DIR, Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Plan,
+                          Pruned, Service, SshdPasswordsCheck, SystemUser, UserAbsent, backup_commands, q)
 from pitunnel.play import Play
 from pitunnel.runner import converge, facts_for
 from pitunnel.remote import Remote
@@ -97,6 +97,98 @@ def http_routes(inv: Inventory, vps: VpsSpec) -> list[HttpRoute]:
     return routes
 
 
+DEBIAN_SITE = "/etc/nginx/sites-available/default"
+SET_ASIDE_RECORD = f"{STATE_DIR}/nginx-default-site"  # present: pitunnel set Debian's default site aside
+DEBIAN_DEFAULT_FACT = command_fact("nginx-debian-default", f"""\
+p={q(D['nginx_debian_default'])}
+if [ -L "$p" ]; then readlink "$p"; elif [ -e "$p" ]; then echo FILE; else echo ABSENT; fi
+echo "$(md5sum < {q(DEBIAN_SITE)} 2>/dev/null | cut -d' ' -f1)"
+echo "$(dpkg-query -W -f='${{Conffiles}}\\n' 2>/dev/null | awk '$1 == "{DEBIAN_SITE}" {{print $2; exit}}')"
+[ -e {q(SET_ASIDE_RECORD)} ] && echo recorded || echo none""")
+
+
+def debian_default_untouched(output: str) -> bool:
+    """Is sites-enabled/default still Debian's link to Debian's unmodified default site (its conffile sum)?"""
+    link, md5, shipped = ([*output.split("\n"), "", "", ""])[:3]
+    return link.strip() == DEBIAN_SITE and bool(md5.strip()) and md5.strip() == shipped.strip()
+
+
+@dataclass
+class DebianDefaultSetAside(Op):
+    """Debian's welcome site answers as default server: set it aside (and record that pitunnel did), but
+    only while it is Debian's unmodified file; a default site the user changed or replaced stays."""
+
+    title: str = "Debian's default site set aside"
+    notify: tuple[str, ...] = ("reload nginx",)
+
+    def facts(self) -> list[Fact]:
+        return [DEBIAN_DEFAULT_FACT]
+
+    def plan(self, facts: Facts) -> Plan:
+        out = facts.output(DEBIAN_DEFAULT_FACT)
+        if out.split("\n", 1)[0].strip() == "ABSENT":
+            return Plan([], "not there")
+        if not debian_default_untouched(out):
+            return Plan([], "left as it is: not Debian's unmodified default site")
+        path = D["nginx_debian_default"]
+        return Plan([*backup_commands(path), f"rm -f {q(path)}", f"mkdir -p {STATE_DIR} && chmod 700 {STATE_DIR}",
+                     f": > {q(SET_ASIDE_RECORD)}"], "remove (recorded, put back on teardown)", backups=[path])
+
+
+@dataclass
+class DebianDefaultRestored(Op):
+    """Teardown: Debian's default site back, only if pitunnel set it aside (and Nginx is still there)."""
+
+    title: str = "Debian's default site back"
+    notify: tuple[str, ...] = ("reload nginx",)
+
+    def facts(self) -> list[Fact]:
+        return [DEBIAN_DEFAULT_FACT]
+
+    def plan(self, facts: Facts) -> Plan:
+        out = facts.output(DEBIAN_DEFAULT_FACT)
+        if not out.rstrip().endswith("recorded"):
+            return Plan([], "pitunnel did not set it aside")
+        path = D["nginx_debian_default"]
+        cmds = [f"if [ -e {q(DEBIAN_SITE)} ] && ! [ -e {q(path)} ] && ! [ -L {q(path)} ]; then "
+                f"ln -s {q(DEBIAN_SITE)} {q(path)}; fi",
+                f"rm -f {q(SET_ASIDE_RECORD)}", f"rmdir {STATE_DIR} 2>/dev/null || true"]
+        return Plan([*backup_commands(path), *cmds], "link back (pitunnel set it aside)", backups=[path])
+
+
+# `listen ... default_server` lines in the enabled Nginx configuration that is not pitunnel's.
+DEFAULT_SERVERS_FACT = command_fact("nginx-default-servers", f"""\
+for f in {D['nginx_sites_dir']}/* /etc/nginx/conf.d/*.conf; do
+  [ -f "$f" ] || continue
+  case "$f" in {D['nginx_default_site']} | {D['nginx_sites_dir']}/pitunnel-*.conf | {D['nginx_conf']}) continue ;; esac
+  grep -E '^[[:space:]]*listen[[:space:]][^#;]*[[:space:]]default(_server)?([[:space:];]|$)' "$f" | sed "s|^|$f |"
+done; true""")
+
+
+def others_default_servers(facts: Facts, ports: set[int]) -> list[str]:
+    """Files, not pitunnel's, that make a server the default one on one of `ports` (Debian's unmodified
+    default site does not count: it is set aside)."""
+    found = []
+    untouched = debian_default_untouched(facts.output(DEBIAN_DEFAULT_FACT))
+    for line in facts.output(DEFAULT_SERVERS_FACT).splitlines():
+        path, _, listen = line.partition(" ")
+        if path == D["nginx_debian_default"] and untouched:
+            continue
+        words = listen.replace(";", " ").split()
+        address = words[1] if len(words) > 1 else ""
+        port = address.rsplit(":", 1)[-1] if not address.endswith("]") else "80"
+        if (int(port) if port.isdigit() else 80) in ports and path not in found:
+            found.append(path)
+    return found
+
+
+def default_server_note(found: list[str]) -> str:
+    if not found:
+        return "pitunnel's path-prefix server is the default server"
+    return (f"yours is ({', '.join(found)}): pitunnel's path-prefix server does not claim default_server, so "
+            f"path tunnels answer only for requests your default server does not take (use server_name tunnels)")
+
+
 def handlers(remote: Remote) -> list[Handler]:
     return [
         Handler("reload sshd", ["sshd -t", f"systemctl reload {D['ssh_service']}"],
@@ -107,11 +199,12 @@ def handlers(remote: Remote) -> list[Handler]:
     ]
 
 
-def converge_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
+def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) -> list[Op]:
     listens = [listen_spec(t) for _, t in inv.tunnels_on(vps)]
     context = dict(tunnel_user=vps.tunnel_user, listens=listens, client_alive_interval=vps.client_alive_interval,
                    client_alive_count_max=vps.client_alive_count_max, http_port=vps.http_port,
-                   https_port=vps.https_port, tls_certificate=vps.tls_certificate, tls_key=vps.tls_key)
+                   https_port=vps.https_port, tls_certificate=vps.tls_certificate, tls_key=vps.tls_key,
+                   claim_default=claim_default)
     routes = http_routes(inv, vps)
     ops: list[Op] = [
         SystemUser(vps.tunnel_user, home=D["tunnel_home"], comment="pitunnel reverse tunnels"),
@@ -149,7 +242,7 @@ def converge_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
                frozenset(f"{r.file_stem}.conf" for r in routes if not r.server_name), notify=("reload nginx",)),
         Pruned(D["nginx_auth_dir"], "*.htpasswd",
                frozenset(f"{r.file_stem}.htpasswd" for r in routes if r.auth_file), notify=("reload nginx",)),
-        Absent(D["nginx_debian_default"], notify=("reload nginx",), title="Debian's default site set aside"),
+        DebianDefaultSetAside(),
         File(D["nginx_default_site"], ROLE.render("nginx-default-site.conf.j2", **context),
              notify=("reload nginx",), title="nginx server for path-prefix tunnels"),
     ]
@@ -173,8 +266,7 @@ def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
         Pruned(D["nginx_sites_dir"], "pitunnel-*.conf", frozenset(), notify=("reload nginx",)),
         Absent(D["nginx_conf"], notify=("reload nginx",)),
         Absent("/etc/nginx/pitunnel", notify=("reload nginx",)),
-        Symlink(D["nginx_debian_default"], "/etc/nginx/sites-available/default", notify=("reload nginx",),
-                title="Debian's default site back"),
+        DebianDefaultRestored(),
     ]
     if purge:
         ops.append(PackagesAbsent((D["nginx_package"],)))
@@ -188,12 +280,20 @@ def provision(play: Play) -> None:
     def work(remote: Remote) -> None:
         vps = inv.vps[remote.name]
         packages = Packages((D["nginx_package"],))
-        ops = [*converge_ops(inv, vps), SshdPasswordsCheck()]
-        known = facts_for(remote, [packages, *ops])  # one read of the VPS, for all of it
-        plans = converge(remote, [packages], play.reporter, play.options.mode, known=known)
+        seen = Observe(DEFAULT_SERVERS_FACT, lambda _: "", title="nginx default server")
+        # one read of the VPS, for all of it (which ops there are does not depend on what it finds)
+        known = facts_for(remote, [packages, *converge_ops(inv, vps), SshdPasswordsCheck(), seen])
+        ports = {vps.http_port, *([vps.https_port] if vps.tls_certificate else [])}
+        found = others_default_servers(known, ports)
+        seen.describe = lambda _: default_server_note(found)
+        ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found), SshdPasswordsCheck(), seen]
+        # the account first: one pitunnel did not make is refused before anything (Nginx too) is touched
+        account = [op for op in ops if isinstance(op, SystemUser)]
+        plans = converge(remote, [*account, packages], play.reporter, play.options.mode, known=known)
         # installing Nginx adds files (its default site, its config) the rest must see as they are now
-        installed = any(p.changes for _, p in plans) and not play.options.check
-        converge(remote, ops, play.reporter, play.options.mode, handlers(remote), known=None if installed else known)
+        installed = any(p.changes for op, p in plans if op is packages) and not play.options.check
+        rest = [op for op in ops if not isinstance(op, SystemUser)]
+        converge(remote, rest, play.reporter, play.options.mode, handlers(remote), known=None if installed else known)
 
     play.each(play.selected(list(inv.vps.values())), work)
 

@@ -17,8 +17,8 @@ from pitunnel import ops
 from pitunnel.facts import Fact, Facts, FileState, command_fact, file_fact, gather
 from pitunnel.ops import (APT_AGE, APT_FRESH_SECONDS, BACKUP_DIR, Absent, Directory, File, Handler, KeyPair, Observe,
                           Packages, Plan,
-                          PackagesAbsent, Pruned, Service, SshdPasswordsCheck, Symlink, SystemUser, UserAbsent,
-                          _pkg_fact, backup_commands, backup_path, managed_lines, restore_commands)
+                          PackagesAbsent, Pruned, Refused, Service, SshdPasswordsCheck, Symlink, SystemUser, UserAbsent,
+                          _pkg_fact, backup_commands, backup_path, managed_lines, record_fact, restore_commands)
 from pitunnel.runner import covered
 
 # ---------------------------------------------------------------------------
@@ -298,9 +298,9 @@ def test_directory() -> None:
 # Packages
 
 
-def pkg_facts(names: tuple[str, ...], statuses: dict[str, str], age: int | None = None) -> Facts:
+def pkg_facts(names: tuple[str, ...], statuses: dict[str, str], age: int | None = None, ours: str = "") -> Facts:
     out = "".join(f"{n} {statuses[n]}\n" for n in names)
-    found = facts_of((_pkg_fact(names), out))
+    found = facts_of((_pkg_fact(names), out), (record_fact("packages"), ours))
     if age is not None:
         found[APT_AGE.key] = (0, f"{age}\n")
     return found
@@ -316,18 +316,19 @@ def test_packages_missing_with_stale_lists_updates_first() -> None:
     op = Packages(("autossh", "nginx"))
     plan = op.plan(pkg_facts(op.names, {"autossh": "installed", "nginx": "not-installed"},
                              age=APT_FRESH_SECONDS + 1))
-    assert len(plan.commands) == 2
+    assert len(plan.commands) == 4
     assert plan.commands[0].startswith("apt-get update")
     assert "apt-get install" in plan.commands[1]
     assert plan.commands[1].endswith(" --no-install-recommends nginx >/dev/null")  # only the missing one
     assert "autossh" not in plan.commands[1]
+    assert "for n in nginx; do" in plan.commands[3] and "/var/lib/pitunnel-state/packages" in plan.commands[3]
     assert "stale" in plan.reason and "nginx" in plan.reason
 
 
 def test_packages_missing_with_fresh_lists_no_update() -> None:
     op = Packages(("autossh",))
     plan = op.plan(pkg_facts(op.names, {"autossh": "config-files"}, age=60))
-    assert len(plan.commands) == 1
+    assert len(plan.commands) == 3
     assert "apt-get update" not in plan.commands[0]
     assert "apt-get install" in plan.commands[0] and "autossh" in plan.commands[0]
     assert "DEBIAN_FRONTEND=noninteractive" in plan.commands[0]
@@ -353,23 +354,33 @@ def test_packages_multiarch_status_does_not_crash() -> None:
     assert op.plan(found).commands == []
 
 
-def test_packages_absent() -> None:
+def test_packages_absent_purges_what_pitunnel_installed() -> None:
     op = PackagesAbsent(("nginx",))
     assert op.plan(pkg_facts(op.names, {"nginx": "not-installed"})).commands == []
     assert op.plan(pkg_facts(op.names, {"nginx": "not-installed"})).reason == "not installed"
     for status in ("installed", "config-files"):
-        plan = op.plan(pkg_facts(op.names, {"nginx": status}))
-        assert len(plan.commands) == 1
+        plan = op.plan(pkg_facts(op.names, {"nginx": status}, ours="autossh\nnginx\n"))
         assert "apt-get purge" in plan.commands[0] and "nginx" in plan.commands[0]
+        assert "grep -vxF -e nginx /var/lib/pitunnel-state/packages" in plan.commands[1]
         assert plan.reason == "purge nginx"
+
+
+def test_packages_absent_keeps_what_was_there_before() -> None:
+    """A package pitunnel has no record of installing (the user's own Nginx) stays, with its config."""
+    op = PackagesAbsent(("nginx", "autossh"))
+    plan = op.plan(pkg_facts(op.names, {"nginx": "installed", "autossh": "installed"}, ours="autossh\n"))
+    assert "autossh" in plan.commands[0] and "nginx" not in plan.commands[0]
+    assert plan.reason.startswith("purge autossh; kept nginx: installed before pitunnel")
+    kept = op.plan(pkg_facts(op.names, {"nginx": "installed", "autossh": "not-installed"}))
+    assert kept.commands == [] and kept.reason.startswith("kept nginx")
 
 
 # ---------------------------------------------------------------------------
 # users
 
 
-def user_facts(name: str, passwd: str, shadow: str = "*") -> Facts:
-    return facts_of((f"user:{name}", passwd), (f"shadow:{name}", shadow))
+def user_facts(name: str, passwd: str, shadow: str = "*", ours: str = "") -> Facts:
+    return facts_of((f"user:{name}", passwd), (f"shadow:{name}", shadow), (record_fact("users"), ours))
 
 
 def test_system_user_create() -> None:
@@ -415,12 +426,39 @@ def test_system_user_password_field_not_star(shadow: str) -> None:
 
 def test_user_absent() -> None:
     op = UserAbsent("pitunnel")
-    none = op.plan(facts_of(("user:pitunnel", "")))
+    none = op.plan(facts_of(("user:pitunnel", ""), (record_fact("users"), "")))
     assert none.commands == [] and none.reason == "not there"
-    plan = op.plan(facts_of(("user:pitunnel", "pitunnel:x:999:999::/var/lib/pitunnel:/usr/sbin/nologin")))
+    plan = op.plan(facts_of(("user:pitunnel", "pitunnel:x:999:999::/var/lib/pitunnel:/usr/sbin/nologin"),
+                            (record_fact("users"), "pitunnel\n")))
     assert any(c.startswith("userdel --remove pitunnel") for c in plan.commands)
     assert any("pkill -KILL -u pitunnel" in c for c in plan.commands)
     assert any("groupdel pitunnel" in c for c in plan.commands)
+    assert any("grep -vxF -e pitunnel /var/lib/pitunnel-state/users" in c for c in plan.commands)
+
+
+def test_system_user_created_is_recorded() -> None:
+    plan = SystemUser("pitunnel", home="/var/lib/pitunnel").plan(user_facts("pitunnel", "", ""))
+    assert any("for n in pitunnel; do" in c and "/var/lib/pitunnel-state/users" in c for c in plan.commands)
+
+
+@pytest.mark.parametrize("entry", ["www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin",
+                                   "webapp:x:1001:1001:Web app:/home/webapp:/bin/bash",
+                                   "sshd:x:100:65534::/run/sshd:/usr/sbin/nologin"])
+def test_account_pitunnel_did_not_make_is_refused(entry: str) -> None:
+    name = entry.split(":")[0]
+    for op in (SystemUser(name, home="/var/lib/pitunnel"), UserAbsent(name)):
+        with pytest.raises(Refused, match=f"account {name} exists and pitunnel did not create it"):
+            op.plan(user_facts(name, entry, "*"))
+
+
+@pytest.mark.parametrize(("comment", "ours"), [("pitunnel reverse tunnels", ""), ("pitunnel reverse tunnel", ""),
+                                               ("pitunnel", ""), ("renamed by hand", "pitunnel\n")])
+def test_account_pitunnel_made_is_accepted(comment: str, ours: str) -> None:
+    """Made by this version (recorded) or by an earlier one (its comment): converged and removed as before."""
+    entry = f"pitunnel:x:999:999:{comment}:/var/lib/pitunnel:/usr/sbin/nologin"
+    assert SystemUser("pitunnel", home="/var/lib/pitunnel").plan(user_facts("pitunnel", entry, "*", ours)).reason \
+        == "already as wanted"
+    assert UserAbsent("pitunnel").plan(user_facts("pitunnel", entry, "*", ours)).changes
 
 
 # ---------------------------------------------------------------------------

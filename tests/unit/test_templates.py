@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pitunnel.facts import FileState
+from pitunnel.facts import Facts, FileState
 from pitunnel.inventory import NAME_RE, Inventory, load_inventory
 from pitunnel.ops import Absent, File, KeyPair, Op, Service
 from roles.pi import steps as pi_steps
@@ -664,3 +664,88 @@ def test_sshd_reload_on_the_pi_is_guarded_by_a_fresh_login() -> None:
     handlers = {h.name: h for h in pi_steps.tunnel_handlers(remote=None)}  # type: ignore[arg-type]
     reload = handlers["reload sshd"]
     assert reload.commands[0] == "sshd -t" and reload.verify is not None
+
+
+# ---------------------------------------------------------------------------
+# Nginx on a VPS that already serves the user's own site
+
+
+def _nginx_facts(debian: str, servers: str) -> Facts:
+    found = Facts()
+    found[vps_steps.DEBIAN_DEFAULT_FACT.key] = (0, debian)
+    found[vps_steps.DEFAULT_SERVERS_FACT.key] = (0, servers)
+    return found
+
+
+DEBIAN_LINK = "/etc/nginx/sites-available/default"
+SUM = "0123456789abcdef0123456789abcdef"
+
+
+def test_debian_default_set_aside_only_while_unmodified() -> None:
+    op = vps_steps.DebianDefaultSetAside()
+    plan = op.plan(_nginx_facts(f"{DEBIAN_LINK}\n{SUM}\n{SUM}\nnone", ""))
+    assert "rm -f /etc/nginx/sites-enabled/default" in plan.commands
+    assert ": > /var/lib/pitunnel-state/nginx-default-site" in plan.commands
+    edited = op.plan(_nginx_facts(f"{DEBIAN_LINK}\nffff{SUM[4:]}\n{SUM}\nnone", ""))
+    assert not edited.changes and "not Debian's unmodified" in edited.reason
+    assert not op.plan(_nginx_facts(f"FILE\n{SUM}\n{SUM}\nnone", "")).changes  # a file of the user's there
+    assert op.plan(_nginx_facts(f"ABSENT\n{SUM}\n{SUM}\nnone", "")).reason == "not there"
+
+
+def test_debian_default_put_back_only_if_pitunnel_set_it_aside() -> None:
+    op = vps_steps.DebianDefaultRestored()
+    assert not op.plan(_nginx_facts(f"ABSENT\n{SUM}\n{SUM}\nnone", "")).changes
+    plan = op.plan(_nginx_facts(f"ABSENT\n{SUM}\n{SUM}\nrecorded", ""))
+    assert any("ln -s /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default" in c for c in plan.commands)
+
+
+@pytest.mark.parametrize(("servers", "ports", "found"), [
+    ("", {80}, []),
+    ("/etc/nginx/sites-enabled/default \tlisten 80 default_server;", {80}, []),  # Debian's, set aside
+    ("/etc/nginx/sites-enabled/site     listen 80 default_server;", {80}, ["/etc/nginx/sites-enabled/site"]),
+    ("/etc/nginx/sites-enabled/site listen [::]:80 default_server;", {80}, ["/etc/nginx/sites-enabled/site"]),
+    ("/etc/nginx/conf.d/a.conf listen 0.0.0.0:8080 default;", {80}, []),
+    ("/etc/nginx/conf.d/a.conf listen 443 ssl default_server;", {80, 443}, ["/etc/nginx/conf.d/a.conf"]),
+])
+def test_default_server_of_the_users_is_not_claimed(servers: str, ports: set[int], found: list[str]) -> None:
+    assert vps_steps.others_default_servers(_nginx_facts(f"{DEBIAN_LINK}\n{SUM}\n{SUM}\nnone", servers), ports) == found
+
+
+def test_default_site_claims_default_server_unless_told_not_to() -> None:
+    context = dict(http_port=80, https_port=443, tls_certificate=None, tls_key=None)
+    assert "listen 80 default_server;" in vps_steps.ROLE.render("nginx-default-site.conf.j2", **context)
+    assert "default_server" not in vps_steps.ROLE.render("nginx-default-site.conf.j2", claim_default=False, **context)
+
+
+# ---------------------------------------------------------------------------
+# the VPS reaper: which journal lines it believes (its own bash, run on sample `journalctl -o json` lines)
+
+REAPER_PROBE = r"""
+while IFS= read -r entry; do
+  if field MESSAGE "$entry" && [[ $value =~ $failed_re ]]; then
+    port=${BASH_REMATCH[1]}; field _PID "$entry"; echo "failure port=$port pid=$value"
+  elif field MESSAGE "$entry" && [[ $value =~ $accepted_re ]]; then echo "login user=${BASH_REMATCH[1]} key=${BASH_REMATCH[2]}"
+  elif field MESSAGE "$entry" && [[ $value =~ $child_re ]]; then echo "child ${BASH_REMATCH[1]}"
+  else echo ignored; fi
+done
+"""
+
+
+def test_reaper_believes_only_sshds_own_whole_lines() -> None:
+    script = vps_steps.ROLE.render("reaper.sh.j2")
+    functions = script[script.index("field() {"):script.index("sshd_comms=")]
+    lines = [
+        '{"_PID":"701","_UID":"999","MESSAGE":"error: channel_setup_fwd_listener_tcpip: cannot listen to port: 20000"}',
+        # a Pi's own disconnect reason, as sshd logs it: not sshd's failure line
+        '{"_PID":"702","_UID":"999","MESSAGE":"Received disconnect from 198.18.0.102 port 4:11: cannot listen to port: 20000"}',
+        '{"_PID":"703","_UID":"999","MESSAGE":"x error: channel_setup_fwd_listener_tcpip: cannot listen to port: 20000"}',
+        # a value that quotes a whole field cannot pass for one: JSON escapes its quotes
+        '{"_UID":"999","MESSAGE":"say \\"MESSAGE\\":\\"error: channel_setup_fwd_listener_tcpip: cannot listen to port: 1\\"",'
+        '"_PID":"704"}',
+        '{"MESSAGE":"Accepted publickey for pitunnel from 198.18.0.101 port 52280 ssh2: ED25519 SHA256:3Psa+/9x","_PID":"9"}',
+        '{"MESSAGE":"User child is on pid 708","_PID":"9"}',
+    ]
+    run = subprocess.run(["bash", "-c", functions + REAPER_PROBE], input="\n".join(lines) + "\n",
+                         capture_output=True, text=True, timeout=10)
+    assert run.stdout.splitlines() == ["failure port=20000 pid=701", "ignored", "ignored", "ignored",
+                                       "login user=pitunnel key=SHA256:3Psa+/9x", "child 708"], run.stderr
