@@ -4,6 +4,7 @@ login judged from `sshd -T`. Pure: no hosts."""
 from __future__ import annotations
 
 import json
+import socket
 import textwrap
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from pitunnel.inventory import Inventory, load_inventory
 from roles.pi.steps import password_warning, passwords_on
-from roles.pi.verify import Answer, PiReport, judge, passwords_check
+from roles.pi.verify import Answer, PiReport, fetch_over_ssh, judge, passwords_check
 
 APP = Answer(200, b"<html><h1>Garden sensors</h1><p>soil: 41%</p></html>", (("Content-Type", "text/html"),))
 NGINX_404 = Answer(404, b"no tunnel here\n", (("Content-Type", "application/octet-stream"),))
@@ -111,3 +112,56 @@ def test_verify_warns_trusts_sshd_t_and_fails_an_override(inv: Inventory) -> Non
     (overridden,) = run_check(inv, "closed", ON).checks
     assert not overridden.passed and "disable_password_login is true, but sshd -T says" in overridden.detail
     assert run_check(inv, "private", ON).checks == []
+
+
+# ----------------------------------------------------------------------- the request on the Pi itself
+class FakeChannel:
+    """What paramiko's direct-tcpip channel does here: takes the request, hands out the answer in pieces,
+    then either closes or (like an app keeping the connection open) times out."""
+
+    def __init__(self, pieces: list[bytes], *, close: bool) -> None:
+        self.pieces, self.close_at_end, self.sent = list(pieces), close, b""
+
+    def settimeout(self, seconds: float) -> None:
+        pass
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+    def recv(self, size: int) -> bytes:
+        if self.pieces:
+            return self.pieces.pop(0)
+        if self.close_at_end:
+            return b""
+        raise socket.timeout("timed out")
+
+    def close(self) -> None:
+        pass
+
+
+class FakeTransport:
+    def __init__(self, chan: FakeChannel) -> None:
+        self.chan = chan
+        self.opened: tuple[str, int] | None = None
+
+    def open_channel(self, kind: str, dest: tuple[str, int], src: tuple[str, int], timeout: float) -> FakeChannel:
+        self.opened = dest
+        return self.chan
+
+
+@pytest.mark.parametrize(("pieces", "close"), [
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhel", b"lo"], False),
+    ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n", b"2\r\nlo\r\n0\r\n\r\n"], False),
+    ([b"HTTP/1.0 200 OK\r\n\r\nhello"], True),
+])
+def test_the_request_on_the_pi_reads_one_whole_answer(pieces: list[bytes], close: bool) -> None:
+    chan = FakeChannel(pieces, close=close)
+    transport = FakeTransport(chan)
+    answer = fetch_over_ssh(transport, 8080, "198.18.0.10")  # type: ignore[arg-type]
+    assert (answer.status, answer.body) == (200, b"hello") and transport.opened == ("127.0.0.1", 8080)
+    assert chan.sent.startswith(b"GET / HTTP/1.1\r\nHost: 198.18.0.10\r\n") and b"Connection: close\r\n" in chan.sent
+
+
+def test_no_answer_at_all_is_an_error() -> None:
+    with pytest.raises(socket.timeout):
+        fetch_over_ssh(FakeTransport(FakeChannel([], close=False)), 80, "x")  # type: ignore[arg-type]
