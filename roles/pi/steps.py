@@ -3,6 +3,7 @@ pinned, a keepalive ssh config for the VPS entry only, and a systemd unit that k
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -64,7 +65,8 @@ def penalties_observer() -> Observe:
 def sshd_passwords_fact(pi: PiSpec) -> Fact:
     """The Pi's effective password settings for its login user, as a connection through a tunnel gets
     them (from 127.0.0.1): `sshd -T` is the truth, whatever drop-in (cloud-init's, ours) set them."""
-    return command_fact("sshd-passwords-loopback", f"sshd -T -C user={pi.user},host=localhost,addr=127.0.0.1 "
+    spec = shlex.quote(f"user={pi.user},host=localhost,addr=127.0.0.1")
+    return command_fact("sshd-passwords-loopback", f"sshd -T -C {spec} "
                         "2>/dev/null | grep -iE '^(passwordauthentication|kbdinteractiveauthentication) ' || true")
 
 
