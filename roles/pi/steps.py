@@ -3,19 +3,22 @@ pinned, a keepalive ssh config for the VPS entry only, and a systemd unit that k
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass, field
 from functools import partial
 
-from pitunnel.facts import command_fact
+from pitunnel.facts import Fact, command_fact
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
 from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Observe, Op, Packages, PackagesAbsent,
                           Service, SystemUser, UserAbsent, managed_lines)
 from pitunnel.play import Play
 from pitunnel.remote import Remote
+from pitunnel.report import Reporter
 from pitunnel.role import Role
 from pitunnel.runner import StepFailed, converge, facts_for
 from pitunnel.shared import SharedReading
+from pitunnel.sshkeys import BadPublicKey, parse_public_key
 from roles.vps.steps import authorized_keys, listen_spec
 
 ROLE = Role("pi")
@@ -57,6 +60,69 @@ def penalties_observer() -> Observe:
     """Does this Pi's sshd have per-source penalties (OpenSSH 9.8 and later)?"""
     return Observe(PENALTIES, lambda v: "yes" if has_penalties(v) else "no (older OpenSSH)",
                    title="sshd has per-source penalties")
+
+
+def sshd_passwords_fact(pi: PiSpec) -> Fact:
+    """The Pi's effective password settings for its login user, as a connection through a tunnel gets
+    them (from 127.0.0.1): `sshd -T` is the truth, whatever drop-in (cloud-init's, ours) set them."""
+    spec = shlex.quote(f"user={pi.user},host=localhost,addr=127.0.0.1")
+    return command_fact("sshd-passwords-loopback", f"sshd -T -C {spec} "
+                        "2>/dev/null | grep -iE '^(passwordauthentication|kbdinteractiveauthentication) ' || true")
+
+
+def passwords_on(fact_output: str) -> bool | None:
+    """True if sshd lets a password in (directly or by keyboard-interactive), None if it could not tell."""
+    settings = dict(line.lower().split(None, 1) for line in fact_output.splitlines() if len(line.split()) == 2)
+    if "passwordauthentication" not in settings:
+        return None
+    return "yes" in (settings.get("passwordauthentication"), settings.get("kbdinteractiveauthentication"))
+
+
+def public_ssh_ports(pi: PiSpec) -> list[int]:
+    return [t.remote_port for t in pi.tunnels if t.kind == "ssh" and t.public]
+
+
+def password_warning(pi: PiSpec, vps: VpsSpec, on: bool | None) -> str | None:
+    """Password login on a Pi whose sshd is public through the VPS: anyone may guess, and everything through
+    the tunnel comes from 127.0.0.1, which sshd's penalties exempt (and fail2ban cannot tell apart)."""
+    ports = public_ssh_ports(pi)
+    if not ports or on is False or pi.disable_password_login:  # with it, provision-pi turns them off after keys work
+        return None
+    where = ", ".join(f"{vps.address}:{p}" for p in ports)
+    state = "accepts passwords" if on else "may accept passwords (sshd -T could not be read)"
+    return (f"WARNING: {pi.name}'s sshd is public at {where} and {state}: anyone can guess them, from "
+            f"127.0.0.1 as far as the Pi can tell; set `disable_password_login: true` for {pi.name} once key login works")
+
+
+def passwords_observer(pi: PiSpec, vps: VpsSpec) -> Observe:
+    def describe(value: str) -> str:
+        on = passwords_on(value)
+        warning = password_warning(pi, vps, on)
+        if warning or on is False:
+            return warning or "off (sshd -T)"
+        return "on, turned off once key login works (disable_password_login)" if pi.disable_password_login else \
+            f"{'on' if on else 'unknown'} (no public ssh tunnel)"
+    return Observe(sshd_passwords_fact(pi), describe, title="sshd password login (effective, via the tunnel)")
+
+
+def refuse_bad_pubkey(reporter: Reporter, pi: PiSpec, key: KeyPair, text: str) -> str:
+    """The Pi's reported public key, or a failure for this Pi alone: a key that does not parse is never
+    sent to the VPS's authorized_keys."""
+    try:
+        return parse_public_key(text).line + f" {key.comment}"
+    except BadPublicKey as exc:
+        reporter.line(pi.name, "failed", key.title,
+                      f"{key.path}.pub is not a public key ({exc}); it is not sent to the VPS. Fix: on {pi.name}, "
+                      f"rm {key.path}.pub and rerun: provisioning derives it again from the private key")
+        raise StepFailed("bad public key") from None
+
+
+def _is_key(text: str) -> bool:
+    try:
+        parse_public_key(text)
+    except BadPublicKey:
+        return False
+    return True
 
 
 def base_ops(inv: Inventory, pi: PiSpec) -> tuple[list[Op], KeyPair]:
@@ -181,12 +247,17 @@ def base(play: Play) -> Based:
         pi = inv.pis[remote.name]
         ops, key = base_ops(inv, pi)
         observer = penalties_observer()
-        plans = dict((id(op), p) for op, p in converge(remote, [*ops, observer], reporter, mode))
+        everything = [*ops, observer, passwords_observer(pi, inv.vps_of(pi))]
+        known = facts_for(remote, everything)
+        found = known[f"key:{key.path}"][1].strip()
+        if found == "PUB" or found.startswith("PUB "):  # the .pub exists: whatever it holds must be a key
+            refuse_bad_pubkey(reporter, pi, key, found[4:])
+        plans = dict((id(op), p) for op, p in converge(remote, everything, reporter, mode, known=known))
         based.penalties[pi.name] = has_penalties(observer.value)
         if not plans[id(key)].changes:
-            based.pubkeys[pi.name] = key.value
+            based.pubkeys[pi.name] = refuse_bad_pubkey(reporter, pi, key, key.value)
         elif not mode.check:
-            based.pubkeys[pi.name] = remote.run(f"cat {key.path}.pub").stdout.strip()
+            based.pubkeys[pi.name] = refuse_bad_pubkey(reporter, pi, key, remote.run(f"cat {key.path}.pub").stdout)
 
     play.each(based.pis, one)
     return based
@@ -209,7 +280,8 @@ def finish(play: Play, based: Based) -> None:
         permitted = Observe(command_fact("permitlisten", f"sshd -T -C user={vps.tunnel_user},host=pitunnel,addr=192.0.2.1 "
                                          "2>/dev/null | grep -i '^permitlisten ' || true"),
                             lambda v: "read", title="listeners sshd permits the tunnel account")
-        new = {p.name: pubkeys[p.name] for p in mine if p.name in pubkeys}
+        # only keys that parsed on the Pi's side reach this VPS (base refused the others, each for its Pi alone)
+        new = {p.name: pubkeys[p.name] for p in mine if p.name in pubkeys and _is_key(pubkeys[p.name])}
         keys_op = authorized_keys(inv, vps, new)
         # one read of the VPS for the checks below and for the keys: a rerun that changes nothing costs
         # one round trip here, not two

@@ -7,11 +7,13 @@ negative probes use the Pi's own tunnel key, on the Pi, so its private half neve
 from __future__ import annotations
 
 import base64
+import difflib
+import hashlib
+import http.client
+import io
 import json
 import shlex
 import socket
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
 import paramiko
@@ -20,7 +22,7 @@ from pitunnel import hostkeys
 from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
 from pitunnel.play import Play
 from pitunnel.remote import Remote
-from roles.pi.steps import D, listen_spec
+from roles.pi.steps import D, listen_spec, password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Check:
     passed: bool
     detail: str
     hint: str = ""
+    warning: bool = False  # passed, but printed as WARN: something the owner should change
 
 
 @dataclass
@@ -36,8 +39,8 @@ class PiReport:
     pi: str
     checks: list[Check] = field(default_factory=list)
 
-    def add(self, name: str, passed: bool, detail: str, hint: str = "") -> None:
-        self.checks.append(Check(name, passed, detail, "" if passed else hint))
+    def add(self, name: str, passed: bool, detail: str, hint: str = "", *, warning: bool = False) -> None:
+        self.checks.append(Check(name, passed, detail, "" if passed and not warning else hint, warning))
 
     @property
     def passed(self) -> bool:
@@ -104,28 +107,193 @@ def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSp
         transport2.close()
 
 
-def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec) -> tuple[bool, str, str]:
-    path = tunnel.path or "/"
-    url = f"http://{vps.address}:{vps.http_port}{path}"
-    request = urllib.request.Request(url, headers={"Host": tunnel.server_name} if tunnel.server_name else {})
+BODY_LIMIT = 65536  # bytes of each body compared
+SIMILAR_LIMIT = 16384  # bytes of each body compared for likeness, when they differ
+NGINX_PAGES = (b"<center>nginx", b"no tunnel here")  # Nginx's own error pages, and the default server's 404
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One HTTP answer, as far as verify compares them."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def header(self, name: str) -> str:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), "")
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.body).hexdigest()[:12]
+
+    @property
+    def named(self) -> str | None:
+        """The Pi an app's JSON answer names (the lab's API does), if any."""
+        try:
+            value = json.loads(self.body).get("pi")
+        except (ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) else None
+
+    def describe(self) -> str:
+        shown = self.body[:40].decode(errors="replace") + ("..." if len(self.body) > 40 else "")
+        return f"{self.status}, {len(self.body)} bytes (sha256 {self.digest}) {shown!r}"
+
+
+def nginx_page(answer: Answer) -> bool:
+    return any(marker in answer.body for marker in NGINX_PAGES)
+
+
+def judge(pi: str, via: Answer, local: Answer) -> tuple[bool, str]:
+    """Did the answer through the VPS come from this Pi's app? Compared with the same request made on the
+    Pi itself: the same status and body; or, for an app that names its Pi (the lab's), that name; or, for a
+    page that changes on every request, the same status and type and a body at least 90% alike. A page
+    Nginx made itself never passes."""
+    if via.status in (502, 503, 504):
+        if local.status == via.status:
+            return False, f"{via.status} through the VPS, and the app answers {local.status} on the Pi itself too"
+        return False, f"{via.status} from Nginx: nothing answered through the tunnel"
+    if (via.status, via.body) == (local.status, local.body):
+        return True, f"HTTP {via.status}, the same answer as on the Pi itself ({len(via.body)} bytes, sha256 {via.digest})"
+    if via.named is not None and via.named != pi:
+        return False, f"answered by {via.named}, not {pi}"
+    if via.status == local.status and via.named == pi == local.named:
+        return True, f"HTTP {via.status}, answered as {pi}, as on the Pi itself"
+    # compared on their first 16 KiB: SequenceMatcher takes quadratic time at worst (0.5 s here)
+    alike = difflib.SequenceMatcher(None, via.body[:SIMILAR_LIMIT], local.body[:SIMILAR_LIMIT], autojunk=False)
+    if (via.status == local.status and via.header("Content-Type") == local.header("Content-Type")
+            and not nginx_page(via) and via.body and abs(len(via.body) - len(local.body)) <= len(local.body) // 10
+            and alike.real_quick_ratio() >= 0.9 and alike.quick_ratio() >= 0.9 and alike.ratio() >= 0.9):
+        return True, (f"HTTP {via.status} as on the Pi itself; the body changes per request "
+                      f"({alike.ratio():.0%} alike, {len(via.body)} and {len(local.body)} bytes)")
+    what = "status and body differ" if via.status != local.status else "the body differs"
+    return False, f"{what}: through the VPS {via.describe()}; on the Pi itself {local.describe()}"
+
+
+def _answer(response: http.client.HTTPResponse) -> Answer:
+    return Answer(response.status, response.read(BODY_LIMIT), tuple(response.getheaders()))
+
+
+def request_headers(host: str) -> dict[str, str]:
+    """The same request through the VPS and on the Pi: what Nginx passes on is then the same too."""
+    return {"Host": host, "User-Agent": "pitunnel-verify", "Accept": "*/*", "Accept-Encoding": "identity"}
+
+
+def fetch_via_nginx(vps: VpsSpec, tunnel: TunnelSpec, host: str) -> Answer:
+    conn = http.client.HTTPConnection(vps.address, vps.http_port, timeout=10)
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            status, body = resp.status, resp.read(65536)
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read(65536)
-    except OSError as exc:
-        return False, f"{url}: {exc}", "Nginx does not answer on the VPS: run provision-vps, check the firewall"
-    if status in (502, 503, 504):
-        return False, f"{url}: {status} from Nginx", "Nginx is up but the tunnel is not: check pitunnel.service on the Pi"
-    if tunnel.basic_auth_file is not None and status == 401:
-        return True, f"{url}: 401, basic auth in front as configured", ""
+        conn.request("GET", tunnel.path or "/", headers=request_headers(host))
+        return _answer(conn.getresponse())
+    finally:
+        conn.close()
+
+
+class _Received:
+    """A socket stand-in for http.client: the bytes already read from an SSH channel."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, *args: object, **kwargs: object) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def fetch_over_ssh(transport: paramiko.Transport, port: int, host: str) -> Answer:
+    """GET / from 127.0.0.1:port as seen by the host at the other end of `transport` (a direct-tcpip
+    channel: nothing runs on that host). Raises paramiko.ChannelException if nothing listens there."""
+    chan = transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=10)
     try:
-        named = json.loads(body).get("pi")
-    except (ValueError, AttributeError):
-        named = None
-    if named is not None and named != pi.name:
-        return False, f"{url}: answered by {named}, not {pi.name}", "two tunnels share a port: check remote_port"
-    return True, f"{url}: HTTP {status}" + (f" from {named}" if named else ""), ""
+        chan.settimeout(10)
+        headers = {**request_headers(host), "Connection": "close"}
+        chan.sendall(("GET / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode())
+        data = b""
+        while len(data) < 4 * BODY_LIMIT and not _complete(data):
+            try:
+                chunk = chan.recv(65536)
+            except socket.timeout:
+                if b"\r\n\r\n" not in data:
+                    raise
+                break  # an app that keeps the connection open after a body of unknown length
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        chan.close()
+    response = http.client.HTTPResponse(_Received(data), method="GET")  # type: ignore[arg-type]
+    response.begin()
+    return _answer(response)
+
+
+def _complete(data: bytes) -> bool:
+    """Has a whole response arrived (by its Content-Length, or the last chunk), even if the app keeps
+    the connection open?"""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    fields = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+    fields = {k.strip().lower(): v.strip().lower() for k, v in fields.items()}
+    if b"content-length" in fields and fields[b"content-length"].isdigit():
+        return len(body) >= int(fields[b"content-length"])
+    return fields.get(b"transfer-encoding") == b"chunked" and body.endswith(b"0\r\n\r\n")
+
+
+def _transport(remote: Remote) -> paramiko.Transport:
+    transport = remote.connection().client.get_transport()
+    assert transport is not None
+    return transport
+
+
+def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote,
+                 vps_remote: Remote) -> tuple[bool, str, str]:
+    """GET the route through Nginx and the same on the Pi itself (through our SSH connection to it, at
+    127.0.0.1:local_port), and compare; once more if they differ. Behind basic auth, Nginx's 401 for this
+    route plus the tunnel's answer on the VPS (127.0.0.1:remote_port, bypassing Nginx) must both hold."""
+    host = tunnel.server_name or vps.address
+    url = f"http://{vps.address}:{vps.http_port}{tunnel.path or '/'}" + (f" (Host: {host})" if tunnel.server_name else "")
+    local_where = f"127.0.0.1:{tunnel.local_port} on {pi.name}"
+    detail = ""
+    for attempt in (1, 2):
+        try:
+            via = fetch_via_nginx(vps, tunnel, host)
+        except (OSError, http.client.HTTPException) as exc:
+            return False, f"{url}: {exc}", "Nginx does not answer on the VPS: run provision-vps, check the firewall"
+        try:
+            local = fetch_over_ssh(_transport(pi_remote), tunnel.local_port, host)
+        except (paramiko.SSHException, OSError, http.client.HTTPException) as exc:
+            return False, f"{url}: nothing to compare with, {local_where}: {exc}", \
+                f"the app does not answer on the Pi itself (or its sshd forbids forwarding: AllowTcpForwarding)"
+        if tunnel.basic_auth_file is not None:
+            realm = f'realm="{pi.name}"'
+            if via.status != 401 or realm not in via.header("WWW-Authenticate"):
+                return False, f"{url}: {via.describe()}, not Nginx's basic auth for {pi.name} ({realm})", \
+                    "the route is not the one provision-vps wrote: rerun provision-vps"
+            try:
+                via = fetch_over_ssh(_transport(vps_remote), tunnel.remote_port, host)
+            except (paramiko.SSHException, OSError, http.client.HTTPException) as exc:
+                return False, f"{url}: 401 from Nginx, but 127.0.0.1:{tunnel.remote_port} on {vps.name}: {exc}", \
+                    "the tunnel is not listening on the VPS: check pitunnel.service on the Pi"
+            ok, detail = judge(pi.name, via, local)
+            detail = f"401 from Nginx's basic auth ({realm}); behind it, 127.0.0.1:{tunnel.remote_port} on {vps.name}: {detail}"
+        else:
+            ok, detail = judge(pi.name, via, local)
+        if ok:
+            return True, f"{url}: {detail}" + (" (second try)" if attempt == 2 else ""), ""
+    return False, f"{url}: {detail}", _http_hint(vps, tunnel, host, vps_remote, local)
+
+
+def _http_hint(vps: VpsSpec, tunnel: TunnelSpec, host: str, vps_remote: Remote, local: Answer) -> str:
+    """Which half is wrong: the tunnel (its port on the VPS) or Nginx's route to it."""
+    leg = f"127.0.0.1:{tunnel.remote_port} on {vps.name}"
+    try:
+        behind = fetch_over_ssh(_transport(vps_remote), tunnel.remote_port, host)
+    except (paramiko.SSHException, OSError, http.client.HTTPException):
+        return f"nothing answers at {leg}: the tunnel is down; check pitunnel.service on the Pi"
+    if (behind.status, behind.body) == (local.status, local.body):
+        return f"{leg} answers as the Pi itself, so Nginx does not route this request there: rerun provision-vps"
+    if local.status != 200 or behind.status != 200:
+        return f"{leg} answers {behind.status}; the app on the Pi answers {local.status}: another tunnel holds the port?"
+    return "the page differs on every request: verify compares status and body with the Pi's own answer"
 
 
 def probe_script(pi: PiSpec, vps: VpsSpec, others: list[str], free_port: int) -> str:
@@ -149,6 +317,27 @@ def probe_script(pi: PiSpec, vps: VpsSpec, others: list[str], free_port: int) ->
     return "\n".join(lines) + "\n"
 
 
+def passwords_check(report: PiReport, pi: PiSpec, vps: VpsSpec, sshd_t: str) -> None:
+    """Password login, as the Pi's sshd really has it (`sshd -T`, for a connection from 127.0.0.1 as
+    tunnel traffic arrives): checked where it matters, for a public ssh tunnel or when the inventory
+    turns passwords off."""
+    if not public_ssh_ports(pi) and not pi.disable_password_login:
+        return
+    on = passwords_on(sshd_t)
+    seen = ", ".join(sshd_t.split("\n")) or "nothing (sshd -T failed)"
+    name = "sshd: password login off"
+    if on is False:
+        report.add(name, True, f"sshd -T: {seen}")
+    elif pi.disable_password_login:
+        report.add(name, False, f"disable_password_login is true, but sshd -T says: {seen}",
+                   "a drop-in read before ours turns them on again (sshd keeps the first value it reads): on the "
+                   "Pi, grep -ri passwordauthentication /etc/ssh/sshd_config /etc/ssh/sshd_config.d/")
+    else:
+        warning = password_warning(pi, vps, on) or ""
+        report.add(name, True, warning + f" (sshd -T: {seen})", "once key login works, set "
+                   f"`disable_password_login: true` for {pi.name} and rerun provision-pi", warning=True)
+
+
 def verify(play: Play) -> list[PiReport]:
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
@@ -169,7 +358,8 @@ def verify(play: Play) -> list[PiReport]:
         free = next(p for p in range(vps.port_range[1], 1024, -1) if p not in used)
         unit = remote.run(f"systemctl is-enabled {D['unit']}; systemctl is-active {D['unit']}; "
                           f"systemctl is-active {D['watchdog_unit']}\n"
-                          + probe_script(pi, vps, others, free), timeout=120)
+                          + probe_script(pi, vps, others, free)
+                          + f"({sshd_passwords_fact(pi).script}) | sed 's/^/SSHD /'\n", timeout=120)
         words = unit.stdout.split("\n")
         state = f"{words[0].strip()}, {words[1].strip()}" if len(words) > 1 else unit.stdout.strip()
         report.add("unit enabled and active", state == "enabled, active", state,
@@ -192,8 +382,9 @@ def verify(play: Play) -> list[PiReport]:
                 ok, detail, hint = ssh_through(inv, pi, play.remotes[vps.name], t, vps)
                 report.add(f"{t.name}: ssh lands on {pi.name}", ok, detail, hint)
             else:
-                ok, detail, hint = http_through(vps, pi, t)
+                ok, detail, hint = http_through(vps, pi, t, remote, play.remotes[vps.name])
                 report.add(f"{t.name}: http via nginx reaches {pi.name}", ok, detail, hint)
+        passwords_check(report, pi, vps, "\n".join(l[5:] for l in unit.stdout.splitlines() if l.startswith("SSHD ")))
         for line in unit.stdout.splitlines():
             if line.startswith("PROBE "):
                 parts = line.split(None, 2)
@@ -210,6 +401,6 @@ def print_reports(reports: list[PiReport]) -> None:
     for report in reports:
         print(f"\n{report.pi}: {'PASS' if report.passed else 'FAIL'}")
         for c in report.checks:
-            print(f"  {'PASS' if c.passed else 'FAIL'}  {c.name:<42} {c.detail}")
+            print(f"  {'FAIL' if not c.passed else 'WARN' if c.warning else 'PASS'}  {c.name:<42} {c.detail}")
             if c.hint:
                 print(f"        hint: {c.hint}")

@@ -595,7 +595,10 @@ def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Invento
     assert f"read -r -t {PI_D['watchdog_every']} event" in script
     # it signals only the unit's own ssh, never an ssh by name
     assert 'systemctl show -p MainPID --value "$unit"' in script and f"unit={PI_D['unit']}" in script
-    assert 'pgrep -x -P "$main" ssh' in script and 'kill -USR1 "$main"' in script
+    assert 'children=$(tunnel_ssh "$main")' in script and 'kill -USR1 "$main"' in script
+    # ... found by the unit's cgroup and socket inodes, never by text a process controls (its name)
+    assert "cgroup.procs" in script and "/proc/\"$1\"/fd/*" in script and "ino:" in script
+    assert "pid=" not in script and "ss -Htien " in script and "pgrep" not in script
     assert "pkill" not in script and "killall" not in script
     unit = text_of(pi_ops(inv, "pi1"), f"/etc/systemd/system/{PI_D['watchdog_unit']}")
     assert "Restart=always" in unit and "StartLimitIntervalSec=0" in unit and "Type=oneshot" not in unit
