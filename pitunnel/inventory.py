@@ -390,7 +390,7 @@ def _host_key(value: Any) -> str:
         raise Invalid("is not an SSH public key", fix)
     try:
         blob = base64.b64decode(parts[1], validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: a non-ASCII character
         raise Invalid("the key's base64 part is malformed", fix) from None
     length = int.from_bytes(blob[:4], "big")
     if blob[4:4 + length] != parts[0].encode():

@@ -483,3 +483,10 @@ def test_dot_segments_nginx_would_resolve_are_refused(tmp_path: Path, prefix: st
     path = write(tmp_path, VPS + f"pis:\n  pi1:\n    address: 10.0.0.1\n    tunnels:\n"
                                  f"      web: {{type: http, path: {prefix}}}\n")
     one_problem(path, "pis.pi1.tunnels.web.path", 8, "has a '.' or '..' segment")
+
+
+def test_host_key_with_a_non_ascii_character_is_refused(tmp_path: Path) -> None:
+    """Found by the fuzz test: base64 raised UnicodeEncodeError (a traceback) on a non-ASCII character."""
+    keytype, blob = HOST_KEY.split()[:2]
+    path = write(tmp_path, VPS + f"    host_key: {keytype} \ufffd{blob[1:]}\n")
+    one_problem(path, "vps.main.host_key", 4, "the key's base64 part is malformed")
