@@ -503,8 +503,8 @@ class Handler:
 CONFIRM_SECONDS = 120
 TIMER_COMMAND = ("systemd-run --quiet --unit={unit} --on-active={seconds} --timer-property=AccuracySec=1s "
                  "/bin/sh {record}")
-DISARM_COMMAND = ("systemctl stop {unit}.timer {unit}.service 2>/dev/null; "
-                  "systemctl reset-failed {unit}.timer {unit}.service 2>/dev/null; true")
+DISARM_COMMAND = ("systemctl stop {unit}.timer {unit}.service 2>/dev/null || true; "
+                  "systemctl reset-failed {unit}.timer {unit}.service 2>/dev/null || true")
 PENDING_MARK = "# handler: "
 GONE = "@@PITUNNEL-PENDING-GONE"  # the record vanished: the host's timer rolled the change back already
 
