@@ -84,7 +84,7 @@ def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
     if failed_at is not None:
         done = [p for _, p in changed[: failed_at[0]]]
         records = [h for h in _notified(handlers, changed[: failed_at[0] + 1]) if h.guarded]
-        lock = [f"exec 9>>{q(pending_dir())}/.lock", "flock 9"] if records else []
+        lock = [f"mkdir -p {q(pending_dir())}", f"exec 9>>{q(pending_dir())}/.lock", "flock 9"] if records else []
         _run(remote, [*lock, *(c for p in done for path in p.backups for c in restore_commands(path)),
                       *(c for h in records for c in disarm_commands(h, _watched(h, changed)))])
         raise StepFailed(f"{remote.name}: {changed[failed_at[0]][0].title}: {failed_at[1]}")
