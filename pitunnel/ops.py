@@ -487,7 +487,7 @@ class Handler:
     commands: list[str]
     verify: Callable[[], bool] | None = None
     verify_hint: str = ""
-    confirm_seconds: int | None = None  # the host rolls an unproven change back after this long (None: CONFIRM_SECONDS)
+    confirm_seconds: float | None = None  # the host rolls an unproven change back after this long (None: CONFIRM_SECONDS)
 
     @property
     def guarded(self) -> bool:
@@ -500,7 +500,7 @@ class Handler:
 # and arms a transient systemd timer that runs that script unless a run proves the change first: if the
 # laptop's connection dies between the write and the proof, the host puts the old files back on its own.
 # The next run reads the records with its other facts and proves or rolls back each one before anything else.
-CONFIRM_SECONDS = 120
+CONFIRM_SECONDS: float = 120
 TIMER_COMMAND = ("systemd-run --quiet --unit={unit} --on-active={seconds} --timer-property=AccuracySec=1s "
                  "/bin/sh {record}")
 DISARM_COMMAND = ("systemctl stop {unit}.timer {unit}.service 2>/dev/null || true; "
@@ -525,12 +525,13 @@ def confirm_unit(handler: str) -> str:
     return f"pitunnel-confirm-{_slug(handler)}"
 
 
-def confirm_seconds(handler: Handler) -> int:
+def confirm_seconds(handler: Handler) -> float:
     return handler.confirm_seconds if handler.confirm_seconds is not None else CONFIRM_SECONDS
 
 
-def _lock() -> list[str]:
-    return [f"exec 9>>{q(pending_dir())}/.lock", "flock 9"]
+def lock_commands() -> list[str]:
+    """Hold the pending records' lock for the rest of the script: the run and the host's timer take turns."""
+    return [f"mkdir -p {q(pending_dir())}", f"exec 9>>{q(pending_dir())}/.lock", "flock 9"]
 
 
 def _timer(handler: Handler) -> list[str]:
@@ -548,7 +549,7 @@ def rollback_script(handler: Handler, paths: Sequence[str]) -> str:
              f"# Unless a run proves it first, {unit}.timer runs this script: the old files come back.",
              f"{PENDING_MARK}{handler.name}",
              *(f"# path: {p}" for p in paths),
-             *_lock(), f"[ -e {record} ] || exit 0",
+             *lock_commands(), f"[ -e {record} ] || exit 0",
              *(c for p in paths for c in restore_commands(p)),
              "if ( set -e", *handler.commands, "); then",
              # the timer only: this script may be its service, which must not stop itself
@@ -563,7 +564,7 @@ def arm_commands(handler: Handler, paths: Sequence[str]) -> list[str]:
     """Before the first write that notifies `handler`: the pending record, and the timer that rolls it back."""
     record = q(pending_record(handler.name))
     blob = base64.b64encode(rollback_script(handler, paths).encode()).decode()
-    return [f"mkdir -p {q(pending_dir())} && chmod 700 {q(BACKUP_DIR)} {q(pending_dir())}", *_lock(),
+    return [f"mkdir -p {q(pending_dir())} && chmod 700 {q(BACKUP_DIR)} {q(pending_dir())}", *lock_commands(),
             # backups left by an older run: the timer must restore only what this run backs up
             *(f"rm -rf {q(backup_path(p))} {q(backup_path(p))}.absent" for p in paths),
             f"printf %s {blob} | base64 -d > {record}.new && mv -f {record}.new {record}",
@@ -573,13 +574,13 @@ def arm_commands(handler: Handler, paths: Sequence[str]) -> list[str]:
 def prove_commands(handler: Handler) -> list[str]:
     """The handler itself, if its change is still pending, with the timer re-armed for the check after it."""
     record = q(pending_record(handler.name))
-    return [*_lock(), f"[ -e {record} ] || {{ echo {GONE}; exit 3; }}", *_timer(handler), "set -e", *handler.commands]
+    return [*lock_commands(), f"[ -e {record} ] || {{ echo {GONE}; exit 3; }}", *_timer(handler), "set -e", *handler.commands]
 
 
 def confirm_commands(handler: Handler, paths: Sequence[str]) -> list[str]:
     """The change is proven: disarm the timer, drop the backups and the record (unless the timer won)."""
     record = q(pending_record(handler.name))
-    return [*_lock(), f"[ -e {record} ] || {{ echo {GONE}; exit 3; }}", *disarm_commands(handler, paths)]
+    return [*lock_commands(), f"[ -e {record} ] || {{ echo {GONE}; exit 3; }}", *disarm_commands(handler, paths)]
 
 
 def disarm_commands(handler: Handler, paths: Sequence[str]) -> list[str]:

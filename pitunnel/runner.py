@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .facts import Facts, gather
 from .ops import (GONE, Handler, Op, Plan, arm_commands, confirm_commands, confirm_seconds, disarm_commands,
-                  drop_backup_commands, pending_changes, pending_dir, pending_fact, prove_commands, q,
+                  drop_backup_commands, lock_commands, pending_changes, pending_fact, prove_commands,
                   restore_commands, rollback_commands)
 from .remote import Remote
 from .report import Reporter
@@ -84,8 +84,8 @@ def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
     if failed_at is not None:
         done = [p for _, p in changed[: failed_at[0]]]
         records = [h for h in _notified(handlers, changed[: failed_at[0] + 1]) if h.guarded]
-        lock = [f"mkdir -p {q(pending_dir())}", f"exec 9>>{q(pending_dir())}/.lock", "flock 9"] if records else []
-        _run(remote, [*lock, *(c for p in done for path in p.backups for c in restore_commands(path)),
+        _run(remote, [*(lock_commands() if records else []),
+                      *(c for p in done for path in p.backups for c in restore_commands(path)),
                       *(c for h in records for c in disarm_commands(h, _watched(h, changed)))])
         raise StepFailed(f"{remote.name}: {changed[failed_at[0]][0].title}: {failed_at[1]}")
     _handle(remote, handlers, changed, reporter)

@@ -46,7 +46,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def guarded(checks: list[bool], seconds: int = 60, name: str = "reload sshd") -> Handler:
+def guarded(checks: list[bool], seconds: float = 60, name: str = "reload sshd") -> Handler:
     """A guarded handler whose check answers `checks` in turn (and counts its runs in checks' length)."""
     answers = iter(checks)
     return Handler(name, ["true"], verify=lambda: next(answers), verify_hint="a fresh login failed",
@@ -112,7 +112,7 @@ def test_cut_after_write_no_rerun_the_host_restores_on_its_own(host: Path, monke
     cut_after_apply(monkeypatch)
     with pytest.raises(Unreachable):
         converge(LocalRemote(), [dropin(conf, "DenyUsers root\n")], Reporter(colour=False), Mode(),
-                 [guarded([], seconds=1)])
+                 [guarded([], seconds=0.3)])
     record = Path(pending_record("reload sshd"))
     assert conf.read_text() == "DenyUsers root\n" and record.exists()  # unproven, and known to be
     assert wait_for(lambda: not record.exists(), within=10), "the timer never rolled the change back"
@@ -124,7 +124,7 @@ def test_cut_after_write_of_a_new_file_the_host_removes_it(host: Path, monkeypat
     conf = host / "new.conf"
     cut_after_apply(monkeypatch)
     with pytest.raises(Unreachable):
-        converge(LocalRemote(), [dropin(conf, "x\n")], Reporter(colour=False), Mode(), [guarded([], seconds=1)])
+        converge(LocalRemote(), [dropin(conf, "x\n")], Reporter(colour=False), Mode(), [guarded([], seconds=0.3)])
     assert conf.exists()
     assert wait_for(lambda: not conf.exists(), within=10)
 
