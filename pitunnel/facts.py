@@ -24,6 +24,7 @@ class FileState:
     group: str = ""
     mode: int = 0
     content: bytes = b""
+    symlink: str | None = None  # the path is a symbolic link (to this): its target is never read
 
 
 class Facts(dict[str, tuple[int, str]]):
@@ -36,6 +37,8 @@ class Facts(dict[str, tuple[int, str]]):
         text = self.output(file_fact(path)).strip()
         if text == "ABSENT" or not text:
             return FileState(exists=False)
+        if text.startswith("SYMLINK"):
+            return FileState(True, symlink=text[len("SYMLINK"):].strip())
         head, _, body = text.partition("\n")
         owner, group, mode = head.split(":")
         return FileState(True, owner, group, int(mode, 8), base64.b64decode(body.strip()))
@@ -43,7 +46,9 @@ class Facts(dict[str, tuple[int, str]]):
 
 def file_fact(path: str) -> Fact:
     p = shlex.quote(path)
-    return Fact(f"file:{path}", f"if [ -f {p} ]; then stat -c '%U:%G:%a' {p}; base64 -w0 {p}; echo; else echo ABSENT; fi")
+    # a symbolic link is reported as one, never read through: its target may be any file on the host
+    return Fact(f"file:{path}", f"if [ -L {p} ]; then echo \"SYMLINK $(readlink {p})\"; elif [ -f {p} ]; then "
+                f"stat -c '%U:%G:%a' {p}; base64 -w0 {p}; echo; else echo ABSENT; fi")
 
 
 def command_fact(key: str, script: str) -> Fact:

@@ -82,6 +82,74 @@ def drop_backup_commands(path: str) -> list[str]:
     return [f"rm -f {b} {b}.absent"]
 
 
+# ------------------------------------------------------------------ writing where other accounts can write
+# Root must never follow a symbolic link that another account could have planted: a link in a directory
+# that someone else can write (the tunnel account's ~/.ssh, a login user's home) could send root's write,
+# chown or chmod to /etc/shadow or /root/.ssh. So a write walks to its directory one component at a time
+# (`cd -P`, checking that the directory entered is the one looked at); it follows a link only where root
+# alone can write, and refuses it elsewhere; then it writes in a private directory of its own (made by
+# mktemp -d, where nobody else can put anything) and renames the file into place, which replaces the
+# name itself and never follows a link.
+ENTER_FUNCTION = r"""pitunnel_enter() {
+  cd / || exit 1
+  _ifs=$IFS; IFS=/; set -f
+  for c in $1; do
+    IFS=$_ifs
+    [ -n "$c" ] || continue
+    if [ -L "$c" ]; then
+      if [ "$(stat -c %u .)" != 0 ] || [ $(( 0$(stat -c %a .) & 022 )) -ne 0 ]; then
+        echo "refusing to write $2: $(pwd -P)/$c is a symbolic link in a directory that $(stat -c %U .) owns (mode $(stat -c %a .)), where a planted link could send root's write anywhere: remove the link and run again" >&2
+        exit 1
+      fi
+      cd -P "$c" || exit 1
+    else
+      [ -e "$c" ] || mkdir "$c" || exit 1
+      [ -d "$c" ] || { echo "refusing to write $2: $(pwd -P)/$c is not a directory" >&2; exit 1; }
+      i=$(stat -c %d:%i "$c") || exit 1
+      cd -P "$c" || exit 1
+      [ "$(stat -c %d:%i .)" = "$i" ] || { echo "refusing to write $2: $(pwd -P) changed while it was entered" >&2; exit 1; }
+    fi
+  done
+  IFS=$_ifs; set +f
+}"""
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, _, name = path.rstrip("/").rpartition("/")
+    return parent or "/", name
+
+
+def write_file_commands(path: str, blob: str, owner: str, group: str, mode: int) -> list[str]:
+    """Put base64 `blob` at `path` with this owner and mode, never following a link another account
+    could have planted: not the file itself (refused), nor any directory on the way (see ENTER_FUNCTION)."""
+    parent, name = _split(path)
+    return [
+        f"( {ENTER_FUNCTION}",
+        f"pitunnel_enter {q(parent)} {q(path)}",
+        f"n={q(name)}",
+        f"if [ -L \"$n\" ]; then echo \"refusing to write {_dq(path)}: it is a symbolic link (to $(readlink \"$n\")), "
+        "and pitunnel replaces only regular files: remove the link and run again\" >&2; exit 1; fi",
+        f"if [ -d \"$n\" ]; then echo \"refusing to write {_dq(path)}: it is a directory\" >&2; exit 1; fi",
+        "t=$(mktemp -d \".$n.pitunnel-XXXXXX\")",
+        "i=$(stat -c %d:%i \"$t\"); cd -P \"$t\"; [ \"$(stat -c %d:%i .)\" = \"$i\" ] || exit 1",
+        f"printf %s {blob} | base64 -d > new",
+        f"chown -h {q(owner)}:{q(group)} new && chmod {mode:o} new",
+        "mv -f -T new \"../$n\"",
+        "cd -P .. && rmdir \"$t\" 2>/dev/null || true )",
+    ]
+
+
+def directory_commands(path: str, owner: str, group: str, mode: int) -> list[str]:
+    """A directory with this owner and mode, made and changed without following a planted link."""
+    return [f"( {ENTER_FUNCTION}", f"pitunnel_enter {q(path)} {q(path)}",
+            f"chown {q(owner)}:{q(group)} . && chmod {mode:o} . )"]
+
+
+def _dq(text: str) -> str:
+    """`text` for inside a double-quoted shell string."""
+    return "".join("\\" + c if c in '"$`\\' else c for c in text)
+
+
 # ------------------------------------------------------------------ files
 @dataclass
 class File(Op):
@@ -109,6 +177,10 @@ class File(Op):
 
     def plan(self, facts: Facts) -> Plan:
         state = facts.file(self.path)
+        if state.symlink is not None:
+            why = (f"refusing to write {self.path}: it is a symbolic link (to {state.symlink}), and pitunnel "
+                   "replaces only regular files: remove the link and run again")
+            return Plan([f"echo {q(why)} >&2", "exit 1"], f"a symbolic link to {state.symlink}: refused")
         new = self.wanted(state).encode()
         gaps = []
         if not state.exists:
@@ -123,19 +195,13 @@ class File(Op):
         if not gaps:
             return Plan([], "already as wanted")
         diff = self._diff(state, new) if (not state.exists or state.content != new) else ""
+        blob = base64.b64encode(new).decode()
         commands = []
         backups = []
         if self.validate or self.notify:
             commands += backup_commands(self.path)
             backups.append(self.path)
-        blob = base64.b64encode(new).decode()
-        tmp = f"{self.path}.pitunnel-tmp"
-        commands += [
-            f"mkdir -p {q(self.path.rsplit('/', 1)[0] or '/')}",
-            f"printf %s {blob} | base64 -d > {q(tmp)}",
-            f"chown {q(self.owner)}:{q(self.group)} {q(tmp)} && chmod {self.mode:o} {q(tmp)}",
-            f"mv -f {q(tmp)} {q(self.path)}",
-        ]
+        commands += write_file_commands(self.path, blob, self.owner, self.group, self.mode)
         if self.validate:
             restore = "; ".join(restore_commands(self.path))
             commands.append(f"if ! out=$({self.validate} 2>&1); then {restore}; "
@@ -220,9 +286,8 @@ class Directory(Op):
         want = f"directory:{self.owner}:{self.group}:{self.mode:o}"
         if now == want:
             return Plan([], "already as wanted")
-        cmds = [f"mkdir -p {q(self.path)}", f"chown {q(self.owner)}:{q(self.group)} {q(self.path)}",
-                f"chmod {self.mode:o} {q(self.path)}"]
-        return Plan(cmds, "create" if now == "ABSENT" else f"{now} -> {want}")
+        return Plan(directory_commands(self.path, self.owner, self.group, self.mode),
+                    "create" if now == "ABSENT" else f"{now} -> {want}")
 
 
 # ------------------------------------------------------------------ packages
@@ -425,8 +490,7 @@ class KeyPair(Op):
         if found == "NOPUB":
             return Plan([f"runuser -u {q(self.owner)} -- sh -c 'ssh-keygen -y -f {q(self.path)} > {q(self.path)}.pub'"],
                         "public half missing: derive it from the private key (kept)")
-        d = q(self.path.rsplit("/", 1)[0])
-        return Plan([f"install -d -m 700 -o {q(self.owner)} -g {q(self.owner)} {d}",
+        return Plan([*directory_commands(_split(self.path)[0], self.owner, self.owner, 0o700),
                      f"runuser -u {q(self.owner)} -- ssh-keygen -q -t ed25519 -N '' -C {q(self.comment)} -f {q(self.path)}"],
                     "generate on the host")
 
@@ -477,12 +541,134 @@ class Service(Op):
 @dataclass
 class Handler:
     """Runs once at the end of a step if an op that notifies it changed. `verify` is a laptop-side
-    check after it ran (e.g. a fresh login); if it fails, the notifying ops' files are restored."""
+    check after it ran (e.g. a fresh login); if it fails, the notifying ops' files are restored.
+    A handler with a `verify` guards its changes with a commit-confirm on the host (see arm_commands)."""
 
     name: str
     commands: list[str]
     verify: Callable[[], bool] | None = None
     verify_hint: str = ""
+    confirm_seconds: float | None = None  # the host rolls an unproven change back after this long (None: CONFIRM_SECONDS)
+
+    @property
+    def guarded(self) -> bool:
+        return self.verify is not None
+
+
+# ------------------------------------------------------------------ commit-confirm for guarded handlers
+# Before a run writes a file whose handler must be proven by a fresh login (sshd's), it records the change
+# on the host as pending (a rollback script that names the handler and the files, whose backups it keeps)
+# and arms a transient systemd timer that runs that script unless a run proves the change first: if the
+# laptop's connection dies between the write and the proof, the host puts the old files back on its own.
+# The next run reads the records with its other facts and proves or rolls back each one before anything else.
+CONFIRM_SECONDS: float = 120
+TIMER_COMMAND = ("systemd-run --quiet --unit={unit} --on-active={seconds} --timer-property=AccuracySec=1s "
+                 "/bin/sh {record}")
+DISARM_COMMAND = ("systemctl stop {unit}.timer {unit}.service 2>/dev/null || true; "
+                  "systemctl reset-failed {unit}.timer {unit}.service 2>/dev/null || true")
+PENDING_MARK = "# handler: "
+GONE = "@@PITUNNEL-PENDING-GONE"  # the record vanished: the host's timer rolled the change back already
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def pending_dir() -> str:
+    return f"{BACKUP_DIR}/pending"
+
+
+def pending_record(handler: str) -> str:
+    return f"{pending_dir()}/{_slug(handler)}"
+
+
+def confirm_unit(handler: str) -> str:
+    return f"pitunnel-confirm-{_slug(handler)}"
+
+
+def confirm_seconds(handler: Handler) -> float:
+    return handler.confirm_seconds if handler.confirm_seconds is not None else CONFIRM_SECONDS
+
+
+def lock_commands() -> list[str]:
+    """Hold the pending records' lock for the rest of the script: the run and the host's timer take turns."""
+    return [f"mkdir -p {q(pending_dir())}", f"exec 9>>{q(pending_dir())}/.lock", "flock 9"]
+
+
+def _timer(handler: Handler) -> list[str]:
+    unit, record = confirm_unit(handler.name), pending_record(handler.name)
+    return [DISARM_COMMAND.format(unit=unit),
+            TIMER_COMMAND.format(unit=unit, seconds=confirm_seconds(handler), record=q(record))]
+
+
+def rollback_script(handler: Handler, paths: Sequence[str]) -> str:
+    """The pending record: run by the timer (or by a run whose proof failed), it restores the files,
+    runs the handler again and forgets the change; it does nothing once the change is proven."""
+    record, unit = q(pending_record(handler.name)), confirm_unit(handler.name)
+    lines = ["#!/bin/sh",
+             f"# pitunnel: a change that handler \"{handler.name}\" has not proven yet (by a fresh login after it).",
+             f"# Unless a run proves it first, {unit}.timer runs this script: the old files come back.",
+             f"{PENDING_MARK}{handler.name}",
+             *(f"# path: {p}" for p in paths),
+             *lock_commands(), f"[ -e {record} ] || exit 0",
+             *(c for p in paths for c in restore_commands(p)),
+             "if ( set -e", *handler.commands, "); then",
+             # the timer only: this script may be its service, which must not stop itself
+             f"  rm -f {record}", f"  systemctl stop {unit}.timer 2>/dev/null || true",
+             f"  echo \"pitunnel: unproven change rolled back, handler {handler.name} ran again\"", "  exit 0", "fi",
+             f"echo \"pitunnel: rolling back: handler {handler.name} failed; the record stays for the next run\" >&2",
+             "exit 1"]
+    return "\n".join(lines) + "\n"
+
+
+def arm_commands(handler: Handler, paths: Sequence[str]) -> list[str]:
+    """Before the first write that notifies `handler`: the pending record, and the timer that rolls it back."""
+    record = q(pending_record(handler.name))
+    blob = base64.b64encode(rollback_script(handler, paths).encode()).decode()
+    return [f"mkdir -p {q(pending_dir())} && chmod 700 {q(BACKUP_DIR)} {q(pending_dir())}", *lock_commands(),
+            # backups left by an older run: the timer must restore only what this run backs up
+            *(f"rm -rf {q(backup_path(p))} {q(backup_path(p))}.absent" for p in paths),
+            f"printf %s {blob} | base64 -d > {record}.new && mv -f {record}.new {record}",
+            *_timer(handler)]
+
+
+def prove_commands(handler: Handler) -> list[str]:
+    """The handler itself, if its change is still pending, with the timer re-armed for the check after it."""
+    record = q(pending_record(handler.name))
+    return [*lock_commands(), f"[ -e {record} ] || {{ echo {GONE}; exit 3; }}", *_timer(handler), "set -e", *handler.commands]
+
+
+def confirm_commands(handler: Handler, paths: Sequence[str]) -> list[str]:
+    """The change is proven: disarm the timer, drop the backups and the record (unless the timer won)."""
+    record = q(pending_record(handler.name))
+    return [*lock_commands(), f"[ -e {record} ] || {{ echo {GONE}; exit 3; }}", *disarm_commands(handler, paths)]
+
+
+def disarm_commands(handler: Handler, paths: Sequence[str]) -> list[str]:
+    return [DISARM_COMMAND.format(unit=confirm_unit(handler.name)),
+            *(c for p in paths for c in drop_backup_commands(p)), f"rm -f {q(pending_record(handler.name))}"]
+
+
+def rollback_commands(handler: Handler) -> list[str]:
+    return [f"sh {q(pending_record(handler.name))}"]
+
+
+def pending_fact() -> Fact:
+    """The changes earlier runs left unproven on this host (read with the other facts: no extra round trip)."""
+    return command_fact("pending-changes", f"cd {q(pending_dir())} 2>/dev/null && for f in *; do "
+                        "[ -f \"$f\" ] && grep -h '^# \\(handler\\|path\\): ' \"$f\"; done; true")
+
+
+def pending_changes(facts: Facts) -> dict[str, list[str]]:
+    """handler name -> the paths of its change that an earlier run left unproven on the host."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in facts.get(pending_fact().key, (0, ""))[1].splitlines():
+        if line.startswith(PENDING_MARK):
+            current = found.setdefault(line[len(PENDING_MARK):], [])
+        elif line.startswith("# path: ") and current is not None:
+            current.append(line[len("# path: "):])
+    return found
 
 
 @dataclass

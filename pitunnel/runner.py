@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .facts import Facts, gather
-from .ops import Handler, Op, Plan, Refused, drop_backup_commands, restore_commands
+from .ops import (GONE, Handler, Op, Plan, Refused, arm_commands, confirm_commands, confirm_seconds,
+                  disarm_commands, drop_backup_commands, lock_commands, pending_changes, pending_fact,
+                  prove_commands, restore_commands, rollback_commands)
 from .remote import Remote
 from .report import Reporter
 
@@ -25,13 +27,24 @@ class Mode:
 def facts_for(remote: Remote, ops: Sequence[Op]) -> Facts:
     """Read, in one round trip, every fact that `ops` need: for steps that look before they leap and
     then converge the same ops with `known=` (valid as long as nothing changed the host in between)."""
-    return gather(remote, [f for op in ops for f in op.facts()])
+    return gather(remote, [f for op in ops for f in op.facts()] + [pending_fact()])
 
 
 def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
              handlers: Sequence[Handler] = (), *, known: Facts | None = None) -> list[tuple[Op, Plan]]:
     """Bring the host to what `ops` describe. Returns each op with its plan. Raises StepFailed."""
     facts = known if known is not None else facts_for(remote, ops)
+    guarded = {h.name: h for h in handlers if h.guarded}
+    # an earlier run that died between a guarded write and its proof left the change pending: prove it
+    # or roll it back before anything else, and never call it "already as wanted" meanwhile
+    pending = {name: paths for name, paths in pending_changes(facts).items() if name in guarded}
+    for name, paths in pending.items():
+        if mode.check:
+            reporter.line(remote.name, "would change", f"handler {name}", f"an earlier run left {', '.join(paths)} "
+                          "unproven: would prove it with a fresh login, or roll it back")
+        else:
+            _prove(remote, guarded[name], paths, reporter, earlier=True)
+    settled = {path: name for name, paths in pending.items() for path in paths}
     plans: list[tuple[Op, Plan]] = []
     for op in ops:
         try:
@@ -40,23 +53,34 @@ def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
             reporter.line(remote.name, "failed", op.title, str(exc))
             raise StepFailed(f"{remote.name}: {op.title}: {exc}") from None
     changed = [(op, p) for op, p in plans if p.changes]
+
+    def unchanged_reason(op: Op, plan: Plan) -> str:
+        name = settled.get(getattr(op, "path", ""))
+        if name is None:
+            return plan.reason
+        return (f"written by an earlier run, not proven yet: handler {name} would prove it" if mode.check else
+                f"written by an earlier run, proven now (handler {name})")
+
     if mode.check:
         for op, plan in plans:
-            reporter.line(remote.name, "would change" if plan.changes else "ok", op.title, plan.reason, plan.diff)
+            reporter.line(remote.name, "would change" if plan.changes else "ok", op.title,
+                          plan.reason if plan.changes else unchanged_reason(op, plan), plan.diff)
         for handler in _notified(handlers, changed):
             if covered(handler, changed) is None:
                 reporter.note(remote.name, f"would run handler: {handler.name}")
         return plans
     if not changed:
         for op, plan in plans:
-            reporter.line(remote.name, "ok", op.title, plan.reason)
+            reporter.line(remote.name, "ok", op.title, unchanged_reason(op, plan))
         return plans
-    failed_at = _apply(remote, changed)
+    armed = _armed(handlers, changed)
+    scripts = [[*armed.get(index, []), *plan.commands] for index, (_, plan) in enumerate(changed)]
+    failed_at = _apply(remote, scripts)
     position = {id(op): index for index, (op, _) in enumerate(changed)}
     for op, plan in plans:
         index = position.get(id(op))
         if index is None:
-            reporter.line(remote.name, "ok", op.title, plan.reason)
+            reporter.line(remote.name, "ok", op.title, unchanged_reason(op, plan))
         elif failed_at is None or index < failed_at[0]:
             reporter.line(remote.name, "changed", op.title, plan.reason, plan.diff)
         elif index == failed_at[0]:
@@ -65,10 +89,29 @@ def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
             reporter.line(remote.name, "skipped", op.title, "an earlier operation failed")
     if failed_at is not None:
         done = [p for _, p in changed[: failed_at[0]]]
-        _run(remote, [c for p in done for path in p.backups for c in restore_commands(path)])
+        records = [h for h in _notified(handlers, changed[: failed_at[0] + 1]) if h.guarded]
+        _run(remote, [*(lock_commands() if records else []),
+                      *(c for p in done for path in p.backups for c in restore_commands(path)),
+                      *(c for h in records for c in disarm_commands(h, _watched(h, changed)))])
         raise StepFailed(f"{remote.name}: {changed[failed_at[0]][0].title}: {failed_at[1]}")
     _handle(remote, handlers, changed, reporter)
     return plans
+
+
+def _watched(handler: Handler, changed: Sequence[tuple[Op, Plan]]) -> list[str]:
+    """The files backed up by the changes that notify `handler`."""
+    return [path for op, p in changed if handler.name in op.notify for path in p.backups]
+
+
+def _armed(handlers: Sequence[Handler], changed: Sequence[tuple[Op, Plan]]) -> dict[int, list[str]]:
+    """index of a changed op -> the commit-confirm commands to run before it: the first op that notifies
+    a guarded handler records the change as pending and arms the host's rollback timer."""
+    armed: dict[int, list[str]] = {}
+    for handler in _notified(handlers, changed):
+        if handler.guarded:
+            first = next(i for i, (op, _) in enumerate(changed) if handler.name in op.notify)
+            armed.setdefault(first, []).extend(arm_commands(handler, _watched(handler, changed)))
+    return armed
 
 
 def _notified(handlers: Sequence[Handler], changed: Sequence[tuple[Op, Plan]]) -> list[Handler]:
@@ -86,11 +129,11 @@ def covered(handler: Handler, changed: Sequence[tuple[Op, Plan]]) -> Plan | None
     return next((p for _, p in changed[last_notifier + 1:] if handler.name in p.covers), None)
 
 
-def _apply(remote: Remote, changed: Sequence[tuple[Op, Plan]]) -> tuple[int, str] | None:
-    """Apply every changed op in one script, stopping at the first failure: (index, why) or None."""
+def _apply(remote: Remote, scripts: Sequence[list[str]]) -> tuple[int, str] | None:
+    """Apply every changed op's commands in one script, stopping at the first failure: (index, why) or None."""
     parts = []
-    for index, (_, plan) in enumerate(changed):
-        body = "\n".join(plan.commands)
+    for index, commands in enumerate(scripts):
+        body = "\n".join(commands)
         parts.append(f"printf '@@OP {index}\\n'\n( set -e\n{body}\n) 2>&1\nrc=$?\n"
                      f"printf '\\n@@OPRC {index} %d\\n' $rc\n[ $rc -eq 0 ] || exit $rc")
     result = remote.run("\n".join(parts) + "\n")
@@ -107,7 +150,7 @@ def _apply(remote: Remote, changed: Sequence[tuple[Op, Plan]]) -> tuple[int, str
             current = None
         elif current is not None:
             outputs[current].append(line)
-    for index in range(len(changed)):
+    for index in range(len(scripts)):
         rc = codes.get(index)
         if rc != 0:
             text = " ".join(l.strip() for l in outputs.get(index, []) if l.strip())[-400:]
@@ -120,27 +163,56 @@ def _apply(remote: Remote, changed: Sequence[tuple[Op, Plan]]) -> tuple[int, str
 def _handle(remote: Remote, handlers: Sequence[Handler], changed: Sequence[tuple[Op, Plan]],
             reporter: Reporter) -> None:
     for handler in _notified(handlers, changed):
-        watched = [p for op, p in changed if handler.name in op.notify]
-        backups = [path for p in watched for path in p.backups]
+        backups = _watched(handler, changed)
+        if handler.guarded:
+            _prove(remote, handler, backups, reporter, earlier=False)
+            continue
         if covered(handler, changed) is not None:
             reporter.line(remote.name, "ok", f"handler {handler.name}", "not needed: started after the change")
             _run(remote, [c for path in backups for c in drop_backup_commands(path)])
             continue
         result = remote.run("set -e\n" + "\n".join(handler.commands) + "\n")
-        problem = None
-        if not result.ok:
-            problem = (result.stdout + result.stderr).strip()[-300:] or f"exit {result.rc}"
-        elif handler.verify is not None and not handler.verify():
-            problem = handler.verify_hint or "check after the handler failed"
-        if problem is None:
+        if result.ok:
             reporter.line(remote.name, "changed", f"handler {handler.name}", "ran once")
             _run(remote, [c for path in backups for c in drop_backup_commands(path)])
             continue
+        problem = (result.stdout + result.stderr).strip()[-300:] or f"exit {result.rc}"
         restore = [c for path in backups for c in restore_commands(path)]
         rerun = remote.run("\n".join(restore + handler.commands) + "\n")
         back = "rolled back" if rerun.ok else f"ROLLBACK FAILED: {(rerun.stdout + rerun.stderr).strip()[-200:]}"
         reporter.line(remote.name, "failed", f"handler {handler.name}", f"{problem}; {back}")
         raise StepFailed(f"{remote.name}: handler {handler.name}: {problem}; {back}")
+
+
+def _prove(remote: Remote, handler: Handler, paths: Sequence[str], reporter: Reporter, *, earlier: bool) -> None:
+    """Run a guarded handler and its laptop-side check on a change recorded as pending on the host: keep the
+    change (disarm the host's timer, drop the record) if both pass, else roll it back with the record."""
+    what = f"an earlier run's unproven change to {', '.join(paths)}" if earlier else ""
+    window = f"no proof within {confirm_seconds(handler)} s, so the host's timer rolled the change back on its own"
+    result = remote.run("\n".join(prove_commands(handler)) + "\n")
+    timed_out = GONE in result.stdout
+    problem = window
+    if timed_out:
+        pass
+    elif not result.ok:
+        problem = (result.stdout + result.stderr).strip()[-300:] or f"exit {result.rc}"
+    elif handler.verify is not None and not handler.verify():
+        problem = handler.verify_hint or "check after the handler failed"
+    else:
+        confirmed = remote.run("\n".join(confirm_commands(handler, paths)) + "\n")
+        if GONE not in confirmed.stdout:
+            reporter.line(remote.name, "changed", f"handler {handler.name}",
+                          f"proved {what} (a fresh login works)" if earlier else "ran once")
+            return
+        timed_out = True
+    back = "rolled back"
+    if not timed_out:
+        rerun = remote.run("\n".join(rollback_commands(handler)) + "\n")
+        back = "rolled back" if rerun.ok else f"ROLLBACK FAILED: {(rerun.stdout + rerun.stderr).strip()[-200:]}"
+    if earlier:
+        problem = f"{what}: {problem}"
+    reporter.line(remote.name, "failed", f"handler {handler.name}", f"{problem}; {back}")
+    raise StepFailed(f"{remote.name}: handler {handler.name}: {problem}; {back}")
 
 
 def _run(remote: Remote, commands: list[str]) -> None:

@@ -388,7 +388,7 @@ def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool) -> list[Op]:
         ops += [Absent(key_path(pi)), Absent(key_path(pi) + ".pub")]
     if inv.settings.laptop_key is not None:
         ops.append(File(f"{home_of(pi.user)}/.ssh/authorized_keys", managed_lines(D["laptop_key_marker"], {"": None}),
-                        owner=pi.user, group=pi.user, mode=0o600, title="laptop's key removed"))
+                        owner=pi.user, group=pi.user, mode=0o600, notify=("reload sshd",), title="laptop's key removed"))
     if purge:
         ops.append(PackagesAbsent((D["autossh_package"],)))
     return ops
@@ -398,10 +398,17 @@ def teardown(play: Play, *, purge: bool) -> None:
     """Undo provision-pi on every selected Pi, and take their keys off their VPS."""
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
-    handlers = [Handler("daemon-reload", ["systemctl daemon-reload"]),
-                Handler("reload sshd", ["sshd -t", f"systemctl reload {D['ssh_service']}"])]
+
+    def handlers(remote: Remote) -> list[Handler]:
+        # guarded like provisioning's: proven by a fresh login, else rolled back (the laptop's key too)
+        return [Handler("daemon-reload", ["systemctl daemon-reload"]),
+                Handler("reload sshd", ["sshd -t", f"systemctl reload {D['ssh_service']}"],
+                        verify=lambda: remote.can_log_in_fresh(),
+                        verify_hint="a fresh login failed after teardown's sshd changes (without the laptop's "
+                                    "key, pitunnel logs in with the login password: password_file or -p)")]
+
     play.each(pis, lambda remote: converge(remote, teardown_ops(inv, inv.pis[remote.name], purge=purge),
-                                           play.reporter, play.options.mode, handlers))
+                                           play.reporter, play.options.mode, handlers(remote)))
     gone = frozenset(p.name for p in pis)
 
     def unauthorise(remote: Remote) -> None:

@@ -94,10 +94,11 @@ def test_file_create_when_absent() -> None:
     assert plan.reason == "create"
     assert "+hello" in plan.diff and "/dev/null" in plan.diff
     blob = base64.b64encode(b"hello\n").decode()
-    assert any(blob in c and "base64 -d > /etc/demo.conf.pitunnel-tmp" in c for c in plan.commands)
-    assert "chown root:adm /etc/demo.conf.pitunnel-tmp && chmod 640 /etc/demo.conf.pitunnel-tmp" in plan.commands
-    assert plan.commands[-1] == "mv -f /etc/demo.conf.pitunnel-tmp /etc/demo.conf"
-    assert "mkdir -p /etc" in plan.commands
+    # written in a private temp directory inside /etc, then renamed over the name (never through a link)
+    assert f"printf %s {blob} | base64 -d > new" in plan.commands
+    assert "chown -h root:adm new && chmod 640 new" in plan.commands
+    assert "pitunnel_enter /etc /etc/demo.conf" in plan.commands
+    assert 'mv -f -T new "../$n"' in plan.commands and "n=demo.conf" in plan.commands
     assert plan.backups == []  # neither validate nor notify: no backup
     assert not any(BACKUP_DIR in c for c in plan.commands)
 
@@ -135,7 +136,7 @@ def test_file_owner_change_only() -> None:
     plan = op.plan(file_facts(op.path, file_output("x\n")))
     assert plan.reason == "owner root:root -> pitunnel:pitunnel"
     assert plan.diff == ""
-    assert any(c.startswith("chown pitunnel:pitunnel ") for c in plan.commands)
+    assert any(c.startswith("chown -h pitunnel:pitunnel ") for c in plan.commands)
 
 
 def test_file_all_gaps_listed() -> None:
@@ -163,7 +164,7 @@ def test_file_validate_backs_up_and_restores_on_failure() -> None:
     assert restore_commands(op.path)[0] in last
     assert "exit 1" in last
     # the validation comes after the file is moved into place
-    assert plan.commands.index(f"mv -f {op.path}.pitunnel-tmp {op.path}") < len(plan.commands) - 1
+    assert plan.commands.index('mv -f -T new "../$n"') < len(plan.commands) - 1
 
 
 def test_file_notify_lists_backups() -> None:
@@ -287,8 +288,9 @@ def test_directory() -> None:
     assert op.plan(facts_of((key, "directory:pitunnel:pitunnel:700"))).commands == []
     created = op.plan(facts_of((key, "ABSENT")))
     assert created.reason == "create"
-    assert created.commands == ["mkdir -p /var/lib/p/.ssh", "chown pitunnel:pitunnel /var/lib/p/.ssh",
-                                "chmod 700 /var/lib/p/.ssh"]
+    assert created.commands == ops.directory_commands(op.path, "pitunnel", "pitunnel", 0o700)
+    assert "pitunnel_enter /var/lib/p/.ssh /var/lib/p/.ssh" in created.commands
+    assert created.commands[-1] == "chown pitunnel:pitunnel . && chmod 700 . )"
     fixed = op.plan(facts_of((key, "directory:root:root:755")))
     assert fixed.changes
     assert fixed.reason == "directory:root:root:755 -> directory:pitunnel:pitunnel:700"
@@ -477,8 +479,8 @@ def test_keypair_absent_generates_as_owner() -> None:
     op = KeyPair("/var/lib/pitunnel/.ssh/pitunnel_ed25519", owner="pitunnel", comment="pitunnel:pi1")
     plan = op.plan(facts_of((f"key:{op.path}", "ABSENT")))
     assert op.value == ""
-    assert plan.commands[0] == "install -d -m 700 -o pitunnel -g pitunnel /var/lib/pitunnel/.ssh"
-    keygen = plan.commands[1]
+    assert plan.commands[:-1] == ops.directory_commands("/var/lib/pitunnel/.ssh", "pitunnel", "pitunnel", 0o700)
+    keygen = plan.commands[-1]
     assert keygen.startswith("runuser -u pitunnel -- ssh-keygen ")
     assert "-t ed25519" in keygen and "-N ''" in keygen
     assert "-C pitunnel:pi1" in keygen and keygen.endswith("-f /var/lib/pitunnel/.ssh/pitunnel_ed25519")
