@@ -6,7 +6,8 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-COLOURS = {"ok": "32", "changed": "33", "failed": "31", "unreachable": "31", "skipped": "36", "would change": "33"}
+COLOURS = {"ok": "32", "changed": "33", "failed": "31", "unreachable": "31", "skipped": "36", "would change": "33",
+           "WARNING": "1;35"}
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Reporter:
     show_diff: bool = False
     quiet: bool = False
     recaps: dict[str, Recap] = field(default_factory=dict)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (host, text), repeated under the recap
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def recap(self, host: str) -> Recap:
@@ -52,6 +54,14 @@ class Reporter:
             if not self.quiet:
                 print(f"{'':<12} {host:<10} {text}", flush=True)
 
+    def warn(self, host: str, text: str) -> None:
+        """Something the owner should change although nothing failed: printed even when quiet, and again
+        under the recap so it is the last thing read."""
+        with self._lock:
+            self.warnings.append((host, text))
+            tag = self._paint(f"{'WARNING':<12}", "WARNING")
+            print(f"{tag} {host:<10} {text}", flush=True)
+
     def _paint(self, text: str, status: str) -> str:
         return f"\033[{COLOURS.get(status, '0')}m{text}\033[0m" if self.colour else text
 
@@ -61,6 +71,8 @@ class Reporter:
             name = self._paint(f"{host:<26}", "failed" if r.bad else ("changed" if r.changed else "ok"))
             print(f"{name} : ok={r.ok:<4} changed={r.changed:<4} unreachable={r.unreachable:<4} "
                   f"failed={r.failed:<4} skipped={r.skipped:<4} round_trips={r.round_trips}")
+        for host, text in self.warnings:
+            print(f"{self._paint('WARNING', 'WARNING')} {host}: {text}")
 
     @property
     def failed_hosts(self) -> list[str]:

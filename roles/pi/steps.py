@@ -90,16 +90,17 @@ def password_warning(pi: PiSpec, vps: VpsSpec, on: bool | None) -> str | None:
         return None
     where = ", ".join(f"{vps.address}:{p}" for p in ports)
     state = "accepts passwords" if on else "may accept passwords (sshd -T could not be read)"
-    return (f"WARNING: {pi.name}'s sshd is public at {where} and {state}: anyone can guess them, from "
+    return (f"{pi.name}'s sshd is public at {where} and {state}: anyone can guess them, from "
             f"127.0.0.1 as far as the Pi can tell; set `disable_password_login: true` for {pi.name} once key login works")
 
 
 def passwords_observer(pi: PiSpec, vps: VpsSpec) -> Observe:
     def describe(value: str) -> str:
         on = passwords_on(value)
-        warning = password_warning(pi, vps, on)
-        if warning or on is False:
-            return warning or "off (sshd -T)"
+        if password_warning(pi, vps, on):
+            return "on, with a public ssh tunnel (see the WARNING)"
+        if on is False:
+            return "off (sshd -T)"
         return "on, turned off once key login works (disable_password_login)" if pi.disable_password_login else \
             f"{'on' if on else 'unknown'} (no public ssh tunnel)"
     return Observe(sshd_passwords_fact(pi), describe, title="sshd password login (effective, via the tunnel)")
@@ -247,13 +248,17 @@ def base(play: Play) -> Based:
         pi = inv.pis[remote.name]
         ops, key = base_ops(inv, pi)
         observer = penalties_observer()
-        everything = [*ops, observer, passwords_observer(pi, inv.vps_of(pi))]
+        passwords = passwords_observer(pi, inv.vps_of(pi))
+        everything = [*ops, observer, passwords]
         known = facts_for(remote, everything)
         found = known[f"key:{key.path}"][1].strip()
         if found == "PUB" or found.startswith("PUB "):  # the .pub exists: whatever it holds must be a key
             refuse_bad_pubkey(reporter, pi, key, found[4:])
         plans = dict((id(op), p) for op, p in converge(remote, everything, reporter, mode, known=known))
         based.penalties[pi.name] = has_penalties(observer.value)
+        warning = password_warning(pi, inv.vps_of(pi), passwords_on(passwords.value))
+        if warning:
+            reporter.warn(pi.name, warning)
         if not plans[id(key)].changes:
             based.pubkeys[pi.name] = refuse_bad_pubkey(reporter, pi, key, key.value)
         elif not mode.check:

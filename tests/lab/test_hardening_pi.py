@@ -64,7 +64,7 @@ def test_provision_warns_about_passwords_on_a_public_ssh_port(inventory: Path, c
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     for pi, port in (("pi1", 12346), ("pi2", 12347)):
-        line = next(l for l in out.splitlines() if f" {pi} " in l and "WARNING" in l)
+        line = next(l for l in out.splitlines() if l.startswith("WARNING ") and f" {pi} " in l)
         assert f"{VPS}:{port}" in line and "accepts passwords" in line, line
         assert f"disable_password_login: true` for {pi} once key login works" in line, line
 

@@ -119,3 +119,14 @@ def test_counting_is_thread_safe() -> None:
     for t in threads:
         t.join()
     assert r.recaps["h"].ok == 4000
+
+
+def test_a_warning_is_printed_even_when_quiet_and_again_under_the_recap(capsys: pytest.CaptureFixture[str]) -> None:
+    r = Reporter(colour=False, quiet=True)
+    r.line("pi1", "ok", "hidden op")
+    r.warn("pi1", "sshd is public and accepts passwords")
+    r.print_recap()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{'WARNING':<12} {'pi1':<10} sshd is public and accepts passwords"
+    assert out[-1] == "WARNING pi1: sshd is public and accepts passwords"  # the last thing the operator reads
+    assert r.recaps["pi1"] == Recap(ok=1)  # a warning is not a failure

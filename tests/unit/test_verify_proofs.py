@@ -91,7 +91,7 @@ def test_passwords_on_reads_sshd_t() -> None:
 
 def test_warning_names_the_pi_the_public_port_and_the_fix(inv: Inventory) -> None:
     warning = password_warning(inv.pis["open"], inv.vps["main"], True)
-    assert warning is not None and warning.startswith("WARNING: open's sshd is public at 203.0.113.1:20022")
+    assert warning is not None and warning.startswith("open's sshd is public at 203.0.113.1:20022")
     assert "`disable_password_login: true` for open once key login works" in warning
     assert password_warning(inv.pis["open"], inv.vps["main"], False) is None
     assert password_warning(inv.pis["private"], inv.vps["main"], True) is None
