@@ -1,12 +1,17 @@
 """The schema: for each part of the inventory, its keys with their check and default; and checking a mapping
-against one of these tables."""
+against one of these tables.
+
+A key whose spec field in model.py has a default takes it from there (MODEL), so that each default is written
+once; the tables write only the defaults the specs do not hold.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -16,16 +21,18 @@ from pitunnel.yamlsrc import KeyPath
 from . import values
 from .errors import Invalid, Report, clip
 from .files import local_file
-from .model import DEFAULT_BODY_SIZE
+from .model import PiSpec, TunnelSpec, VpsSpec
 from .values import AUTO, Check
 
 REQUIRED: Final = object()
+MODEL: Final = object()
 
 
 @dataclass(frozen=True)
 class Field:
     check: Check
-    default: object = None  # used when the key is absent; REQUIRED if it must be given
+    default: object = None  # used when the key is absent, as YAML would write it; REQUIRED if it must be given;
+    #                         MODEL: the default of the spec's field of the same name
     path: bool = False  # a local path: expand ~, resolve relative to the inventory's folder
     exists: bool = False  # ... and the file must exist
     example: str = ""  # shown in the fix for a missing required key
@@ -55,39 +62,55 @@ _HOST_FIELDS: Final = {
     "connect_timeout": Field(values.seconds, 10.0),
 }
 DEFAULTS_KEYS: Final = ("port", "user", "key", "password_file", "sudo_password_file", "connect_timeout")
-VPS_FIELDS: Final = {
+
+
+def _defaults_from(spec: type[Any], table: dict[str, Field]) -> dict[str, Field]:
+    """`table` with each MODEL default replaced by the default of `spec`'s field of that name, as YAML would
+    write it (a tuple as a list)."""
+    written = {field.name: field.default for field in dataclasses.fields(spec)}
+    result: dict[str, Field] = {}
+    for key, field in table.items():
+        if field.default is MODEL:
+            default = written[key]
+            assert default is not dataclasses.MISSING, f"{spec.__name__}.{key} has no default"
+            field = replace(field, default=list(default) if isinstance(default, tuple) else default)
+        result[key] = field
+    return result
+
+
+VPS_FIELDS: Final = _defaults_from(VpsSpec, {
     **_HOST_FIELDS,
     "user": Field(values.user, "root"),
-    "tunnel_user": Field(values.tunnel_user, "pitunnel"),
-    "http_port": Field(values.port, 80),
-    "https_port": Field(values.port, 443),
+    "tunnel_user": Field(values.tunnel_user, MODEL),
+    "http_port": Field(values.port, MODEL),
+    "https_port": Field(values.port, MODEL),
     "tls_certificate": Field(values.remote_path),
     "tls_key": Field(values.remote_path),
-    "client_alive_interval": Field(values.at_least_one, 5),
-    "client_alive_count_max": Field(values.at_least_one, 2),
-    "port_range": Field(values.port_range, [20000, 29999]),
-}
-PI_FIELDS: Final = {
+    "client_alive_interval": Field(values.at_least_one, MODEL),
+    "client_alive_count_max": Field(values.at_least_one, MODEL),
+    "port_range": Field(values.port_range, MODEL),
+})
+PI_FIELDS: Final = _defaults_from(PiSpec, {
     **_HOST_FIELDS,
     "user": Field(values.user, "pi"),
     "vps": Field(values.name),  # absent: the only VPS
-    "tunnel_user": Field(values.tunnel_user, "pitunnel"),
-    "server_alive_interval": Field(values.at_least_one, 10),
-    "server_alive_count_max": Field(values.at_least_one, 3),
-    "disable_password_login": Field(values.boolean, False),
-    "tunnels": Field(values.mapping),
-}
-TUNNEL_FIELDS: Final = {
+    "tunnel_user": Field(values.tunnel_user, MODEL),
+    "server_alive_interval": Field(values.at_least_one, MODEL),
+    "server_alive_count_max": Field(values.at_least_one, MODEL),
+    "disable_password_login": Field(values.boolean, MODEL),
+    "tunnels": Field(values.mapping),  # read tunnel by tunnel; absent: none
+})
+TUNNEL_FIELDS: Final = _defaults_from(TunnelSpec, {
     "type": Field(values.choice("ssh", "http"), REQUIRED, example="ssh"),
-    "local_port": Field(values.port),  # absent: 22 for ssh, 80 for http
+    "local_port": Field(values.port),  # absent: DEFAULT_LOCAL_PORT of its type
     "remote_port": Field(values.remote_port, AUTO),
     "public": Field(values.boolean, False),
     "server_name": Field(values.server_name),
     "path": Field(values.url_path),
     "basic_auth_file": Field(values.text, None, path=True, exists=True, secret="htpasswd"),
-    "websocket": Field(values.boolean, False),
-    "client_max_body_size": Field(values.nginx_size, DEFAULT_BODY_SIZE),
-}
+    "websocket": Field(values.boolean, MODEL),
+    "client_max_body_size": Field(values.nginx_size, MODEL),
+})
 HTTP_ONLY_KEYS: Final = ("server_name", "path", "basic_auth_file", "websocket", "client_max_body_size")
 DEFAULT_LOCAL_PORT: Final = {"ssh": 22, "http": 80}
 
