@@ -128,8 +128,8 @@ class FieldChecker:
         self.report = report
         self.base = base  # relative paths start here: the inventory's folder
 
-    def fields(self, raw: Mapping[str, Any], path: KeyPath, table: Mapping[str, Field],
-               inherited: Inherited = MappingProxyType({})) -> dict[str, Any] | None:
+    def check(self, raw: Mapping[str, Any], path: KeyPath, table: Mapping[str, Field],
+              inherited: Inherited = MappingProxyType({})) -> dict[str, Any] | None:
         """Check `raw` against `table`: every field's value, or None if any was invalid."""
         self.unknown_keys(raw, path, table)
         found: dict[str, Any] = {}
@@ -155,7 +155,7 @@ class FieldChecker:
 
     def quiet(self, raw: Mapping[str, Any], table: Mapping[str, Field], keys: Iterable[str],
               inherited: Inherited = MappingProxyType({})) -> dict[str, Any]:
-        """The valid values among `keys`, as `fields` finds them, reporting nothing (it did already)."""
+        """The valid values among `keys`, as `check` finds them, reporting nothing (it did already)."""
         found: dict[str, Any] = {}
         for key in keys:
             spec = table[key]

@@ -8,19 +8,9 @@ from typing import Any
 
 from pitunnel.yamlsrc import KeyPath
 
-from . import checks, values
+from . import checks, fields, values
 from .errors import Invalid, Report, show
-from .fields import (
-    DEFAULT_LOCAL_PORT,
-    DEFAULTS_KEYS,
-    PI_FIELDS,
-    SECTION_FIELDS,
-    SETTINGS_FIELDS,
-    TUNNEL_FIELDS,
-    VPS_FIELDS,
-    FieldChecker,
-    Inherited,
-)
+from .fields import FieldChecker, Inherited
 from .files import public_key
 from .model import PiSpec, Settings, TunnelSpec, VpsSpec
 
@@ -36,7 +26,7 @@ def read(report: Report, base: Path) -> Read | None:
 class _Reader:
     def __init__(self, report: Report, base: Path) -> None:
         self.report = report
-        self.check = FieldChecker(report, base)
+        self.schema = FieldChecker(report, base)
         # what the cross-checks see, even of hosts and tunnels with other problems (so all are reported at once)
         self.vps_ports: dict[str, dict[str, int]] = {}  # VPS -> its valid port, http_port, https_port
         self.routed: list[tuple[str, str, TunnelSpec]] = []  # (pi, its VPS, tunnel) of every valid tunnel
@@ -51,11 +41,12 @@ class _Reader:
             self.report.problem((), f"expected a mapping at the top level, got {show(top)}",
                                 "use the top-level keys settings, defaults, vps and pis (see inventory/example.yml)")
             return None
-        self.check.unknown_keys(top, (), SECTION_FIELDS)
+        self.schema.unknown_keys(top, (), fields.SECTION_FIELDS)
         settings = self.settings(self.section(top, "settings"))
         defaults = self.section(top, "defaults")
-        self.check.unknown_keys(defaults, ("defaults",), DEFAULTS_KEYS)
-        inherited = {key: (value, ("defaults", key)) for key, value in defaults.items() if key in DEFAULTS_KEYS}
+        self.schema.unknown_keys(defaults, ("defaults",), fields.DEFAULTS_KEYS)
+        inherited = {key: (value, ("defaults", key)) for key, value in defaults.items()
+                     if key in fields.DEFAULTS_KEYS}
         vps_section = self.section(top, "vps")
         if not top.get("vps"):
             self.report.problem(("vps",), "no VPS is defined",
@@ -97,7 +88,7 @@ class _Reader:
             yield name, entry, where, valid
 
     def settings(self, raw: Mapping[str, Any]) -> Settings | None:
-        found = self.check.fields(raw, ("settings",), SETTINGS_FIELDS)
+        found = self.schema.check(raw, ("settings",), fields.SETTINGS_FIELDS)
         if found is None:
             return None
         key: Path | None = found["laptop_key"]
@@ -113,10 +104,10 @@ class _Reader:
     def all_vps(self, section: Mapping[str, Any], inherited: Inherited) -> dict[str, VpsSpec]:
         result: dict[str, VpsSpec] = {}
         for name, raw, path, name_ok in self.named(section, ("vps",)):
-            found = self.check.fields(raw, path, VPS_FIELDS, inherited)
+            found = self.schema.check(raw, path, fields.VPS_FIELDS, inherited)
             # keys that must agree are compared even if other keys are wrong (so every problem shows at once)
-            quiet = self.check.quiet(raw, VPS_FIELDS, ("port", "http_port", "https_port", "user", "tunnel_user",
-                                                       "tls_certificate", "tls_key"), inherited)
+            quiet = self.schema.quiet(raw, fields.VPS_FIELDS, ("port", "http_port", "https_port", "user",
+                                                               "tunnel_user", "tls_certificate", "tls_key"), inherited)
             if name_ok:
                 self.vps_ports[name] = {k: quiet[k] for k in ("port", "http_port", "https_port") if k in quiet}
             if not checks.vps_agrees(self.report, quiet, path) or found is None or not name_ok:
@@ -127,9 +118,9 @@ class _Reader:
     def pis(self, section: Mapping[str, Any], inherited: Inherited, vps_names: list[str]) -> dict[str, PiSpec]:
         result: dict[str, PiSpec] = {}
         for name, raw, path, name_ok in self.named(section, ("pis",)):
-            found = self.check.fields(raw, path, PI_FIELDS, inherited)
+            found = self.schema.check(raw, path, fields.PI_FIELDS, inherited)
             tunnels, valid_tunnels = self.tunnels(name, raw.get("tunnels"), path)  # checked even if the Pi is not
-            quiet = self.check.quiet(raw, PI_FIELDS, ("vps", "user", "tunnel_user"), inherited)
+            quiet = self.schema.quiet(raw, fields.PI_FIELDS, ("vps", "user", "tunnel_user"), inherited)
             login_taken = checks.pi_login_taken(self.report, quiet, path)
             # the Pi's VPS is checked even if the Pi's other keys are not (and its valid tunnels are cross-checked)
             vps_invalid = "vps" in raw and "vps" not in quiet  # reported with the Pi's other keys
@@ -150,7 +141,7 @@ class _Reader:
             return (), []  # absent, or not a mapping: that is reported with the Pi's other fields
         result = []
         for name, raw, path, name_ok in self.named(section, pi_path + ("tunnels",)):
-            found = self.check.fields(raw, path, TUNNEL_FIELDS)
+            found = self.schema.check(raw, path, fields.TUNNEL_FIELDS)
             kind_ok = checks.tunnel_kind(self.report, raw, path)
             if found is not None and kind_ok and name_ok:
                 result.append(self.tunnel(pi, name, found))
@@ -161,5 +152,5 @@ class _Reader:
         if kind == "http" and found["server_name"] is None and found["path"] is None:
             found["path"] = f"/{pi}/{name}/"
         if found["local_port"] is None:
-            found["local_port"] = DEFAULT_LOCAL_PORT[kind]
+            found["local_port"] = fields.DEFAULT_LOCAL_PORT[kind]
         return TunnelSpec(name=name, kind=kind, **found)

@@ -131,12 +131,18 @@ def _name_fix(given: str) -> str:
     return fix + (f", e.g. {suggestion!r}" if NAME_RE.fullmatch(suggestion) else "")
 
 
-def user(value: Any) -> str:
-    given = text(value)
-    if not USER_RE.fullmatch(given):
-        raise Invalid(f"{clip(given)!r} is not a valid user name",
-                      "use up to 32 lowercase letters, digits, '_' or '-', starting with a letter or '_'")
-    return given
+def _text_that(test: Callable[[str], object], what: str, fix: str) -> Callable[[Any], str]:
+    """A check of text that passes `test`; "'<text>' is not <what>" otherwise."""
+    def check(value: Any) -> str:
+        given = text(value)
+        if not test(given):
+            raise Invalid(f"{clip(given)!r} is not {what}", fix)
+        return given
+    return check
+
+
+user = _text_that(USER_RE.fullmatch, "a valid user name",
+                  "use up to 32 lowercase letters, digits, '_' or '-', starting with a letter or '_'")
 
 
 def tunnel_user(value: Any) -> str:
@@ -166,20 +172,15 @@ def address(value: Any) -> str:
     return given
 
 
-def server_name(value: Any) -> str:
-    given = text(value)
-    if not _is_hostname(given.removeprefix("*.")):
-        raise Invalid(f"{clip(given)!r} is not a valid server name",
-                      "use one host name such as pi1.example.com or *.example.com")
-    return given
+server_name = _text_that(lambda given: _is_hostname(given.removeprefix("*.")), "a valid server name",
+                         "use one host name such as pi1.example.com or *.example.com")
+_location = _text_that(_URL_PATH_RE.fullmatch, "a valid location path",
+                       "start and end with '/' and use only letters, digits, '.', '_', '~' and '-' "
+                       "between slashes, e.g. /pi1/web/")
 
 
 def url_path(value: Any) -> str:
-    given = text(value)
-    if not _URL_PATH_RE.fullmatch(given):
-        raise Invalid(f"{clip(given)!r} is not a valid location path",
-                      "start and end with '/' and use only letters, digits, '.', '_', '~' and '-' "
-                      "between slashes, e.g. /pi1/web/")
+    given = _location(value)
     if {".", ".."} & set(given.split("/")):
         raise Invalid(f"{clip(given)!r} has a '.' or '..' segment: nginx resolves those in every request path, so "
                       "this location would never match (or would be another one)",
@@ -195,12 +196,8 @@ def nginx_size(value: Any) -> str:
     return given
 
 
-def remote_path(value: Any) -> str:
-    given = text(value)
-    if not _REMOTE_PATH_RE.fullmatch(given):
-        raise Invalid(f"{clip(given)!r} is not an absolute path without spaces or quotes",
-                      "use an absolute path on the VPS, e.g. /etc/letsencrypt/live/vps.example.com/fullchain.pem")
-    return given
+remote_path = _text_that(_REMOTE_PATH_RE.fullmatch, "an absolute path without spaces or quotes",
+                         "use an absolute path on the VPS, e.g. /etc/letsencrypt/live/vps.example.com/fullchain.pem")
 
 
 def host_key(value: Any) -> str:
