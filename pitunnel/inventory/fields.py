@@ -31,8 +31,9 @@ MODEL: Final = object()
 @dataclass(frozen=True)
 class Field:
     check: Check
-    default: object = None  # used when the key is absent, as YAML would write it; REQUIRED if it must be given;
-    #                         MODEL: the default of the spec's field of the same name
+    # used when the key is absent, as YAML would write it; REQUIRED if it must be given; MODEL: the default
+    # written on the spec's field of the same name (model.py)
+    default: object = None
     path: bool = False  # a local path: expand ~, resolve relative to the inventory's folder
     exists: bool = False  # ... and the file must exist
     example: str = ""  # shown in the fix for a missing required key
@@ -67,14 +68,14 @@ DEFAULTS_KEYS: Final = ("port", "user", "key", "password_file", "sudo_password_f
 def _defaults_from(spec: type[Any], table: dict[str, Field]) -> dict[str, Field]:
     """`table` with each MODEL default replaced by the default of `spec`'s field of that name, as YAML would
     write it (a tuple as a list)."""
-    written = {field.name: field.default for field in dataclasses.fields(spec)}
+    written = {spec_field.name: spec_field.default for spec_field in dataclasses.fields(spec)}
     result: dict[str, Field] = {}
-    for key, field in table.items():
-        if field.default is MODEL:
+    for key, entry in table.items():
+        if entry.default is MODEL:
             default = written[key]
             assert default is not dataclasses.MISSING, f"{spec.__name__}.{key} has no default"
-            field = replace(field, default=list(default) if isinstance(default, tuple) else default)
-        result[key] = field
+            entry = replace(entry, default=list(default) if isinstance(default, tuple) else default)
+        result[key] = entry
     return result
 
 
