@@ -1,0 +1,145 @@
+"""Checks across keys and hosts, on the values that passed their own checks: TLS pairs, accounts, each Pi's VPS,
+options of the other tunnel type, host names, and clashes of ports and http routes on a VPS."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Container, Iterable, Mapping
+from typing import Any, Final
+
+from pitunnel.yamlsrc import KeyPath
+
+from .errors import Report, dotted
+from .fields import HTTP_ONLY_KEYS
+from .model import AUTO_PORT, TunnelSpec
+
+# The login accounts of common server and Raspberry Pi images: somebody's account, never pitunnel's to take over.
+IMAGE_LOGINS: Final = frozenset({
+    "pi", "admin", "ubuntu", "debian", "ec2-user", "centos", "fedora", "rocky", "almalinux", "opc", "azureuser",
+    "cloud-user", "core", "alpine", "arch", "vagrant", "dietpi", "user",
+})
+_OWN_ACCOUNT: Final = "use an account only pitunnel uses, such as 'pitunnel'"
+
+
+def _image_login(user: str) -> str:
+    return (f"'{user}' is the login account of common server and Raspberry Pi images: pitunnel would take it over "
+            "(move its home) and delete it on teardown")
+
+
+def vps_agrees(report: Report, values: Mapping[str, Any], path: KeyPath) -> bool:
+    """The VPS's keys that must agree with each other do (those of `values`: the valid ones)."""
+    certificate, key = values.get("tls_certificate", False), values.get("tls_key", False)
+    if False not in (certificate, key) and (certificate is None) != (key is None):
+        missing = "tls_key" if key is None else "tls_certificate"
+        other = "tls_certificate" if missing == "tls_key" else "tls_key"
+        report.problem(path + (missing,), f"'{missing}' is missing while '{other}' is set",
+                       "set both tls_certificate and tls_key, or neither")
+        return False
+    tunnel_user = values.get("tunnel_user")
+    if tunnel_user is not None and tunnel_user == values.get("user"):
+        report.problem(path + ("tunnel_user",), f"the tunnel account '{tunnel_user}' is also the login user",
+                       "use a separate account for the tunnels, such as 'pitunnel'")
+        return False
+    if tunnel_user in IMAGE_LOGINS:
+        report.problem(path + ("tunnel_user",), _image_login(tunnel_user), _OWN_ACCOUNT)
+        return False
+    return True
+
+
+def pi_login_taken(report: Report, values: Mapping[str, Any], path: KeyPath) -> bool:
+    """Whether the Pi's tunnel_user is an image's login account other than the Pi's own login user (reported
+    if the login user is known). `values` holds the valid ones of the Pi's user and tunnel_user."""
+    taken = values.get("tunnel_user") in IMAGE_LOGINS and values.get("tunnel_user") != values.get("user")
+    if taken and "user" in values:
+        report.problem(path + ("tunnel_user",), _image_login(values["tunnel_user"]),
+                       _OWN_ACCOUNT + f", or the Pi's login user '{values['user']}'")
+    return taken
+
+
+def pi_vps(report: Report, vps: str | None, path: KeyPath, vps_names: list[str]) -> str | None:
+    """The name of the Pi's VPS, or None if there is no good answer (reported unless there is no VPS)."""
+    if vps is None:
+        if len(vps_names) > 1:
+            report.problem(path + ("vps",), "required key 'vps' is missing: there is more than one VPS",
+                           "add 'vps: <name>' with one of " + ", ".join(vps_names))
+        return vps_names[0] if len(vps_names) == 1 else None
+    if vps not in vps_names:
+        if vps_names:
+            close = difflib.get_close_matches(vps, vps_names, n=1)
+            report.problem(path + ("vps",), f"there is no VPS named '{vps}'",
+                           f"did you mean '{close[0]}'?" if close else "use one of: " + ", ".join(vps_names))
+        return None
+    return vps
+
+
+def host_names(report: Report, vps_names: Container[str], pi_names: Iterable[str]) -> None:
+    """No Pi has a VPS's name."""
+    for name in pi_names:
+        if name in vps_names:
+            report.problem(("pis", name), f"the name '{name}' is also used by a VPS{report.line(('vps', name))}",
+                           "give every host its own name")
+
+
+def tunnel_kind(report: Report, raw: Mapping[str, Any], path: KeyPath) -> bool:
+    """Options of one tunnel type must not appear on the other."""
+    ok = True
+    if raw.get("type") == "ssh":
+        for key in HTTP_ONLY_KEYS:
+            if key in raw:
+                report.problem(path + (key,), f"'{key}' only applies to http tunnels",
+                               "remove it, or make this an http tunnel with 'type: http'", at_key=True)
+                ok = False
+    elif raw.get("type") == "http" and raw.get("public") is True:
+        report.problem(path + ("public",),
+                       "an http tunnel cannot be public: nginx on the VPS proxies it from loopback",
+                       "remove 'public: true' (nginx publishes it through server_name or path)")
+        ok = False
+    if raw.get("type") == "http" and raw.get("path") == "/" and raw.get("server_name") is None:
+        report.problem(path + ("path",),
+                       "path '/' is the VPS's default server's own catch-all (it answers 404 for unknown paths)",
+                       "use a prefix such as /pi1/web/, or give the tunnel its own server_name")
+        ok = False
+    return ok
+
+
+def ports_and_routes(report: Report, vps: str, ports: Mapping[str, int], tunnels: list[tuple[str, TunnelSpec]]) -> None:
+    """Each port on the VPS has one user; each http route one tunnel.
+
+    `ports` holds the VPS's valid port, http_port and https_port; `tunnels` its Pis' valid tunnels."""
+    users: dict[int, KeyPath] = {}
+    for key in ("port", "http_port", "https_port"):
+        if key not in ports:
+            continue
+        where = ("vps", vps, key)
+        port = ports[key]
+        if port in users:
+            report.problem(where, f"port {port} is also the VPS's {users[port][-1]}{report.line(users[port])}",
+                           "give port, http_port and https_port different values")
+        users.setdefault(port, where)
+    routes: dict[str, KeyPath] = {}  # path prefix in the default server -> tunnel
+    names: dict[str, KeyPath] = {}  # server_name -> tunnel (nginx compares them without case)
+    for pi, tunnel in tunnels:
+        path: KeyPath = ("pis", pi, "tunnels", tunnel.name)
+        port = tunnel.remote_port
+        if port != AUTO_PORT and port in users:
+            other = users[port]
+            report.problem(path + ("remote_port",),
+                           f"port {port} on VPS '{vps}' is already used by {dotted(other)}{report.line(other)}",
+                           "choose a port nothing else uses, or write 'remote_port: auto'")
+        elif port != AUTO_PORT:
+            users[port] = path + ("remote_port",)
+        if tunnel.kind == "http" and tunnel.server_name is not None:
+            name = tunnel.server_name.lower().rstrip(".")
+            if name in names:
+                report.problem(path + ("server_name",),
+                               f"server_name {tunnel.server_name!r} on VPS '{vps}' is already used by "
+                               f"{dotted(names[name])}{report.line(names[name])}: nginx would serve only one of them",
+                               "give each http tunnel its own server_name (or route by path)")
+            names.setdefault(name, path + ("server_name",))
+        elif tunnel.kind == "http" and tunnel.path is not None:
+            if tunnel.path in routes:
+                report.problem(path + ("path",),
+                               f"path {tunnel.path!r} on VPS '{vps}' is already routed to "
+                               f"{dotted(routes[tunnel.path])}{report.line(routes[tunnel.path])}",
+                               "give each http tunnel its own path or server_name")
+            routes.setdefault(tunnel.path, path)

@@ -1,0 +1,95 @@
+"""The inventory as the rest of pitunnel reads it: frozen specs of the settings, each VPS, each Pi and its tunnels.
+
+The defaults written on these fields are the inventory's defaults for those keys (fields.py takes them from here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+DEFAULT_BODY_SIZE: Final = "10m"
+TUNNEL_USER: Final = "pitunnel"  # the default account that owns the tunnels, on the VPS and on each Pi
+AUTO_PORT: Final = 0  # the remote_port of a tunnel written 'auto', until the allocation gives it one
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    known_hosts: Path  # laptop's known_hosts used to check host keys
+    laptop_key: Path | None  # private key whose .pub is pushed to the Pis
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostSpec:
+    name: str
+    role: str  # "vps" | "pi"
+    address: str
+    port: int
+    user: str
+    key: Path | None  # private key for login
+    password_file: Path | None  # login password (first contact with a fresh Pi)
+    sudo_password_file: Path | None  # None: passwordless sudo, or user is root
+    host_key: str | None  # pinned host public key "<type> <base64>"
+    connect_timeout: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class TunnelSpec:
+    name: str
+    kind: str  # "ssh" | "http"
+    local_port: int  # port on the Pi
+    remote_port: int  # port the tunnel listens on, on the VPS
+    public: bool  # ssh only: listen on the VPS's public addresses, not just loopback
+    server_name: str | None  # http only: nginx server_name
+    path: str | None  # http only: nginx location prefix, "/.../"
+    basic_auth_file: Path | None  # http only: local htpasswd file to install on the VPS
+    websocket: bool = False  # http only: pass WebSocket upgrades, long proxy timeouts
+    client_max_body_size: str = DEFAULT_BODY_SIZE  # http only: nginx size, larger request bodies get 413
+
+
+@dataclass(frozen=True, kw_only=True)
+class VpsSpec(HostSpec):
+    tunnel_user: str = TUNNEL_USER
+    http_port: int = 80
+    https_port: int = 443
+    tls_certificate: str | None = None  # absolute path on the VPS
+    tls_key: str | None = None
+    client_alive_interval: int = 5
+    client_alive_count_max: int = 2
+    port_range: tuple[int, int] = (20000, 29999)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PiSpec(HostSpec):
+    vps: str
+    tunnel_user: str = TUNNEL_USER
+    server_alive_interval: int = 10
+    server_alive_count_max: int = 3
+    disable_password_login: bool = False
+    tunnels: tuple[TunnelSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    settings: Settings
+    vps: Mapping[str, VpsSpec]  # read-only, in file order
+    pis: Mapping[str, PiSpec]
+
+    def host(self, name: str) -> HostSpec:
+        """The VPS or Pi called `name`; KeyError if there is none."""
+        if name in self.vps:
+            return self.vps[name]
+        return self.pis[name]
+
+    def hosts(self) -> list[HostSpec]:
+        """Every host, VPSes first, in file order."""
+        return [*self.vps.values(), *self.pis.values()]
+
+    def vps_of(self, pi: PiSpec) -> VpsSpec:
+        return self.vps[pi.vps]
+
+    def tunnels_on(self, vps: VpsSpec) -> list[tuple[PiSpec, TunnelSpec]]:
+        return [(pi, t) for pi in self.pis.values() if pi.vps == vps.name for t in pi.tunnels]

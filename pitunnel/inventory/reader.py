@@ -1,0 +1,156 @@
+"""Reads a parsed inventory document into specs, section by section, collecting every problem on the way."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pitunnel.yamlsrc import KeyPath
+
+from . import checks, fields, values
+from .errors import Invalid, Report, show
+from .fields import FieldChecker, Inherited
+from .files import public_key
+from .model import PiSpec, Settings, TunnelSpec, VpsSpec
+
+Read = tuple[Settings | None, dict[str, VpsSpec], dict[str, PiSpec]]
+
+
+def read(report: Report, base: Path) -> Read | None:
+    """The settings (None if invalid), the valid VPSes and the valid Pis of `report`'s document; every problem
+    goes to `report`. None if the document is not an inventory at all."""
+    return _Reader(report, base).read()
+
+
+class _Reader:
+    def __init__(self, report: Report, base: Path) -> None:
+        self.report = report
+        self.schema = FieldChecker(report, base)
+        # what the cross-checks see, even of hosts and tunnels with other problems (so all are reported at once)
+        self.vps_ports: dict[str, dict[str, int]] = {}  # VPS -> its valid port, http_port, https_port
+        self.routed: list[tuple[str, str, TunnelSpec]] = []  # (pi, its VPS, tunnel) of every valid tunnel
+
+    def read(self) -> Read | None:
+        top = self.report.doc.data
+        if top is None:
+            self.report.problem((), "the inventory is empty",
+                                "describe your VPS and Pis, starting from inventory/example.yml")
+            return None
+        if not isinstance(top, dict):
+            self.report.problem((), f"expected a mapping at the top level, got {show(top)}",
+                                "use the top-level keys settings, defaults, vps and pis (see inventory/example.yml)")
+            return None
+        self.schema.unknown_keys(top, (), fields.SECTION_FIELDS)
+        settings = self.settings(self.section(top, "settings"))
+        defaults = self.section(top, "defaults")
+        self.schema.unknown_keys(defaults, ("defaults",), fields.DEFAULTS_KEYS)
+        inherited = {key: (value, ("defaults", key)) for key, value in defaults.items()
+                     if key in fields.DEFAULTS_KEYS}
+        vps_section = self.section(top, "vps")
+        if not top.get("vps"):
+            self.report.problem(("vps",), "no VPS is defined",
+                                "add one under 'vps:', e.g. 'vps: {main: {address: vps.example.com}}'")
+        vps = self.all_vps(vps_section, inherited)
+        pis_section = self.section(top, "pis")
+        pis = self.pis(pis_section, inherited, list(vps_section))
+        checks.host_names(self.report, vps_section, pis_section)
+        for vps_name, ports in self.vps_ports.items():
+            checks.ports_and_routes(self.report, vps_name, ports,
+                                    [(pi, t) for pi, on, t in self.routed if on == vps_name])
+        return settings, vps, pis
+
+    def section(self, top: Mapping[str, Any], key: str) -> dict[str, Any]:
+        value = top.get(key)
+        if value is None:
+            return {}
+        try:
+            return values.mapping(value)
+        except Invalid as e:
+            self.report.problem((key,), e.message, e.fix)
+            return {}
+
+    def named(self, section: Mapping[str, Any], path: KeyPath) -> Iterable[tuple[str, dict[str, Any], KeyPath, bool]]:
+        """The (name, mapping, path, name is valid) entries of a section, skipping non-mappings."""
+        for name, raw in section.items():
+            where = path + (name,)
+            valid = True
+            try:
+                values.name(name)
+            except Invalid as e:
+                self.report.problem(where, e.message, e.fix, at_key=True)
+                valid = False
+            try:
+                entry = values.mapping({} if raw is None else raw)
+            except Invalid as e:
+                self.report.problem(where, e.message, e.fix)
+                continue
+            yield name, entry, where, valid
+
+    def settings(self, raw: Mapping[str, Any]) -> Settings | None:
+        found = self.schema.check(raw, ("settings",), fields.SETTINGS_FIELDS)
+        if found is None:
+            return None
+        key: Path | None = found["laptop_key"]
+        if "laptop_key" not in raw:
+            default = Path("~/.ssh/id_ed25519").expanduser()
+            key = default if default.is_file() and public_key(default).is_file() else None
+        elif key is not None and not public_key(key).is_file():
+            self.report.problem(("settings", "laptop_key"), f"public key {public_key(key)} does not exist",
+                                f"create it with 'ssh-keygen -y -f {key} > {public_key(key)}'")
+            return None
+        return Settings(known_hosts=found["known_hosts"], laptop_key=key)
+
+    def all_vps(self, section: Mapping[str, Any], inherited: Inherited) -> dict[str, VpsSpec]:
+        result: dict[str, VpsSpec] = {}
+        for name, raw, path, name_ok in self.named(section, ("vps",)):
+            found = self.schema.check(raw, path, fields.VPS_FIELDS, inherited)
+            # keys that must agree are compared even if other keys are wrong (so every problem shows at once)
+            quiet = self.schema.quiet(raw, fields.VPS_FIELDS, ("port", "http_port", "https_port", "user",
+                                                               "tunnel_user", "tls_certificate", "tls_key"), inherited)
+            if name_ok:
+                self.vps_ports[name] = {k: quiet[k] for k in ("port", "http_port", "https_port") if k in quiet}
+            if not checks.vps_agrees(self.report, quiet, path) or found is None or not name_ok:
+                continue
+            result[name] = VpsSpec(name=name, role="vps", **found)
+        return result
+
+    def pis(self, section: Mapping[str, Any], inherited: Inherited, vps_names: list[str]) -> dict[str, PiSpec]:
+        result: dict[str, PiSpec] = {}
+        for name, raw, path, name_ok in self.named(section, ("pis",)):
+            found = self.schema.check(raw, path, fields.PI_FIELDS, inherited)
+            tunnels, valid_tunnels = self.tunnels(name, raw.get("tunnels"), path)  # checked even if the Pi is not
+            quiet = self.schema.quiet(raw, fields.PI_FIELDS, ("vps", "user", "tunnel_user"), inherited)
+            login_taken = checks.pi_login_taken(self.report, quiet, path)
+            # the Pi's VPS is checked even if the Pi's other keys are not (and its valid tunnels are cross-checked)
+            vps_invalid = "vps" in raw and "vps" not in quiet  # reported with the Pi's other keys
+            vps = None if vps_invalid else checks.pi_vps(self.report, quiet.get("vps"), path, vps_names)
+            if vps is not None and name_ok:
+                self.routed += [(name, vps, t) for t in valid_tunnels]
+            if found is None or tunnels is None or not name_ok or vps is None or login_taken:
+                continue
+            found.pop("vps")
+            found["tunnels"] = tunnels
+            result[name] = PiSpec(name=name, role="pi", vps=vps, **found)
+        return result
+
+    def tunnels(self, pi: str, section: Any, pi_path: KeyPath) -> tuple[tuple[TunnelSpec, ...] | None,
+                                                                         list[TunnelSpec]]:
+        """The Pi's tunnels, or None if any is invalid; and the valid ones."""
+        if not isinstance(section, dict):
+            return (), []  # absent, or not a mapping: that is reported with the Pi's other fields
+        result = []
+        for name, raw, path, name_ok in self.named(section, pi_path + ("tunnels",)):
+            found = self.schema.check(raw, path, fields.TUNNEL_FIELDS)
+            kind_ok = checks.tunnel_kind(self.report, raw, path)
+            if found is not None and kind_ok and name_ok:
+                result.append(self.tunnel(pi, name, found))
+        return (tuple(result) if len(result) == len(section) else None), result
+
+    def tunnel(self, pi: str, name: str, found: dict[str, Any]) -> TunnelSpec:
+        kind = found.pop("type")
+        if kind == "http" and found["server_name"] is None and found["path"] is None:
+            found["path"] = f"/{pi}/{name}/"
+        if found["local_port"] is None:
+            found["local_port"] = fields.DEFAULT_LOCAL_PORT[kind]
+        return TunnelSpec(name=name, kind=kind, **found)
