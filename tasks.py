@@ -2,81 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 from invoke import Collection, Context, Exit, task
 
-
-ROOT = Path(__file__).resolve().parent
-LAB_INVENTORY = ROOT / "inventory" / "lab.yml"
-
-
-# ---------------------------------------------------------------- lab
-@task(help={
-    "pis": "how many Pis, each behind its own NAT (default 1)",
-    "release": "Debian release of every host: bookworm or trixie (default bookworm)",
-    "fresh": "rebuild every host from a clean copy even if the lab is already up as asked",
-})
-def lab_up(c: Context, pis: int = 1, release: str = "bookworm", fresh: bool = False) -> None:
-    """Boot the local lab (a VPS and Pis behind NAT) and write inventory/lab.yml."""
-    from pitunnel import lab
-    from pitunnel.lab.report import print_status
-
-    try:
-        report = lab.up(pis=pis, release=release, inventory=LAB_INVENTORY, fresh=fresh)
-    except lab.LabError as exc:
-        raise Exit(f"lab.up: {exc}", code=1) from None
-    verb = "already up" if report.already_up else f"up in {report.total_seconds:.1f}s"
-    built = f" (root filesystem built in {report.rootfs_seconds:.0f}s)" if report.rootfs_seconds else ""
-    print(f"lab {verb}{built}: inventory {report.inventory.relative_to(ROOT)}")
-    print_status(lab.status())
-
-
-@task(help={})
-def lab_down(c: Context) -> None:
-    """Remove every trace of the lab: hosts, links, addresses, firewall rules, mounts, processes."""
-    from pitunnel import lab
-
-    try:
-        removed = lab.down(inventory=LAB_INVENTORY)
-    except lab.LabError as exc:
-        raise Exit(f"lab.down: {exc}", code=1) from None
-    print(f"lab down: removed {', '.join(removed)}" if removed else "lab down: nothing to remove")
-
-
-@task(help={})
-def lab_status(c: Context) -> None:
-    """Show each lab host: running or not, systemd's state, address and SSH port."""
-    from pitunnel import lab
-    from pitunnel.lab.report import print_status
-
-    rows = lab.status()
-    if not rows:
-        print("lab is down (`invoke lab.up` brings it up)")
-        return
-    print_status(rows)
-
-
-@task(help={"host": "lab host to enter: vps, pi1, pi2, ..."})
-def lab_shell(c: Context, host: str) -> None:
-    """Open a root shell inside a lab host (through its namespaces, not SSH)."""
-    from pitunnel import lab
-
-    try:
-        argv = lab.shell_argv(host)
-    except lab.LabError as exc:
-        raise Exit(f"lab.shell: {exc}", code=1) from None
-    sys.stdout.flush()
-    os.execvp(argv[0], argv)
-
-
-lab_ns = Collection("lab")
-lab_ns.add_task(lab_up, "up")
-lab_ns.add_task(lab_down, "down")
-lab_ns.add_task(lab_status, "status")
-lab_ns.add_task(lab_shell, "shell")
+from lab import INVENTORY as LAB_INVENTORY
+from lab.tasks import lab_up, ns as lab_ns
 
 ns = Collection()
 ns.add_collection(lab_ns)
@@ -221,24 +150,6 @@ bench_ns.add_task(bench_lab, "lab")
 ns.add_collection(bench_ns)
 
 
-@task(help={"fault": "one of: silent-drop, router-reboot, link-down-20s, link-down-60s, link-down-10min, kill-ssh, kill-autossh, "
-                     "stop-ssh, restart-vps-sshd, restart-nginx, reboot-vps, reboot-pi, vps-unreachable-at-boot",
-            "pi": "the lab Pi to hit (default pi1)", "timeout": "give up waiting after this many seconds"})
-def lab_fault(c: Context, fault: str, pi: str = "pi1", timeout: float = 300) -> None:
-    """Inject a fault into the provisioned lab and print how long until the Pi is reachable again."""
-    from pitunnel.lab.faults import NAMES, inject
-
-    if fault not in NAMES:
-        raise Exit(f"lab.fault: unknown fault {fault!r}; one of: {', '.join(NAMES)}", code=2)
-    seconds = inject(fault, pi, timeout=timeout)
-    if seconds is None:
-        raise Exit(f"{fault}: {pi} NOT reachable again within {timeout:.0f}s", code=1)
-    print(f"{fault}: {pi} reachable again through the VPS {seconds:.1f}s after the fault ended")
-
-
-lab_ns.add_task(lab_fault, "fault")
-
-
 @task(help={"faults": "comma-separated faults (default: all but link-down-10min)", "runs": "runs per fault (default 3)",
             "timeout": "seconds before a run counts as not recovered (default 60)",
             "setups": "comma-separated: pitunnel,seed,sidedoor (default all three)",
@@ -247,9 +158,9 @@ def bench_recovery(c: Context, faults: str = "", runs: int = 3, timeout: float =
                    release: str = "bookworm") -> None:
     """Recovery time per fault for pitunnel, the seed's settings and sidedoor, side by side."""
     from benchmarks.recovery import main
-    from pitunnel.lab.faults import NAMES
+    from lab import FAULTS
 
-    chosen = [f for f in faults.split(",") if f] or [n for n in NAMES if n != "link-down-10min"]
+    chosen = [f for f in faults.split(",") if f] or [n for n in FAULTS if n != "link-down-10min"]
     main(chosen, runs=runs, timeout=timeout, setups=[s for s in setups.split(",") if s] or None, release=release)
 
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from invoke import Exit
 
-from pitunnel import lab
+import lab
 from pitunnel.cli import run_play
-from pitunnel.lab.machine import exec_in
 from pitunnel.play import Play
 
 ETC_SCRIPT = r"""cd /etc && find . -xdev \( -type f -o -type l \) ! -name '*-' ! -name 'ld.so.cache' | sort | while read -r f; do
@@ -20,7 +19,7 @@ done
 
 def etc_state(host: str) -> dict[str, str]:
     """Every file and link under /etc with hash and mode, read via the lab's own door (nsenter)."""
-    out = exec_in(lab.record(host), ETC_SCRIPT, timeout=120).stdout
+    out = lab.exec_in(host, ETC_SCRIPT, timeout=120).stdout
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
@@ -46,4 +45,4 @@ def play(inventory: Path, body: Callable[[Play], None], **options: object) -> tu
 
 
 def in_host(host: str, script: str) -> str:
-    return exec_in(lab.record(host), script, check=False, timeout=120).stdout
+    return lab.exec_in(host, script, check=False, timeout=120).stdout
