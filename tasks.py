@@ -12,97 +12,10 @@ ns.add_collection(lab_ns)
 
 
 # ---------------------------------------------------------------- provisioning
-from pitunnel.cli import COMMON_HELP, flags, run_play  # noqa: E402
+from pitunnel.tasks import TASKS, provision, verify  # noqa: E402
 
-
-@task(help=COMMON_HELP)
-def provision_vps(c: Context, inventory: str = "", check: bool = False, diff: bool = False, limit: str = "",
-                  accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
-                  prompt_for_sudo_password: bool = False) -> None:
-    """Set up the VPS: a locked-down tunnel account, its sshd Match block, and Nginx in front of the tunnels."""
-    scope = dict(locals())
-    from roles.vps.steps import provision
-
-    run_play(provision, **flags(scope))
-
-
-ns.add_task(provision_vps)
-
-
-@task(help=COMMON_HELP)
-def provision_pi(c: Context, inventory: str = "", check: bool = False, diff: bool = False, limit: str = "",
-                 accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
-                 prompt_for_sudo_password: bool = False) -> None:
-    """Set up each Pi: autossh, a key made on the Pi and authorised on the VPS, and the tunnel's unit."""
-    scope = dict(locals())
-    from roles.pi.steps import provision
-
-    run_play(provision, **flags(scope))
-
-
-ns.add_task(provision_pi)
-
-
-VERIFY_HELP = {k: v for k, v in COMMON_HELP.items() if k not in ("check", "diff")}
-
-
-@task(help=VERIFY_HELP)
-def verify(c: Context, inventory: str = "", limit: str = "", accept_new_host_keys: bool = False,
-           prompt_for_login_password: bool = False, prompt_for_sudo_password: bool = False) -> None:
-    """Prove it end to end: SSH and HTTP reach each Pi through the VPS, and nothing more is open."""
-    from roles.pi.verify import print_reports, verify as run_verify
-
-    reports: list = []
-    try:
-        run_play(lambda play: reports.extend(run_verify(play)), inventory=inventory, limit=limit, quiet=True,
-                 accept_new_host_keys=accept_new_host_keys, prompt_for_login_password=prompt_for_login_password,
-                 prompt_for_sudo_password=prompt_for_sudo_password)
-    finally:
-        print_reports(reports)
-    if not reports or not all(r.passed for r in reports):
-        raise Exit("verify: some checks failed (hints above)", code=1)
-
-
-ns.add_task(verify)
-
-
-@task(help=COMMON_HELP)
-def provision(c: Context, inventory: str = "", check: bool = False, diff: bool = False, limit: str = "",
-              accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
-              prompt_for_sudo_password: bool = False) -> None:
-    """provision-vps and provision-pi in one run, with one recap.
-
-    The Pis' base step (autossh, account, key) runs while the VPS converges; the rest once it is done."""
-    scope = dict(locals())
-    from roles.site import provision as site
-
-    run_play(site, **flags(scope))
-
-
-@task(help={k: v for k, v in VERIFY_HELP.items() if k != "accept_new_host_keys"})
-def status(c: Context, inventory: str = "", limit: str = "", prompt_for_login_password: bool = False,
-           prompt_for_sudo_password: bool = False) -> None:
-    """Each tunnel: up or down, since when, how often ssh (re)connected, and the unit's restarts."""
-    from roles.pi.status import print_status, status as run_status
-
-    rows: list = []
-    try:
-        run_play(lambda play: rows.extend(run_status(play)), inventory=inventory, limit=limit, quiet=True,
-                 prompt_for_login_password=prompt_for_login_password,
-                 prompt_for_sudo_password=prompt_for_sudo_password)
-    finally:
-        print_status(rows)
-
-
-@task(help={**COMMON_HELP, "purge": "also purge the packages the roles installed (autossh, nginx)"})
-def teardown(c: Context, inventory: str = "", check: bool = False, diff: bool = False, limit: str = "",
-             purge: bool = False, accept_new_host_keys: bool = False, prompt_for_login_password: bool = False,
-             prompt_for_sudo_password: bool = False) -> None:
-    """Remove everything provision-vps and provision-pi added, on both sides (packages stay unless --purge)."""
-    scope = dict(locals())
-    from roles.site import teardown as site
-
-    run_play(lambda play: site(play, purge=purge), **flags(scope))
+for each in TASKS:
+    ns.add_task(each)
 
 
 @task(help={"pis": "how many Pis in the lab (default 1)",
@@ -129,9 +42,6 @@ def demo(c: Context, pis: int = 1, release: str = "bookworm") -> None:
     print("When done: invoke lab.down")
 
 
-ns.add_task(provision)
-ns.add_task(status)
-ns.add_task(teardown)
 ns.add_task(demo)
 
 

@@ -441,7 +441,7 @@ def rounds_of(configs: Sequence[Config], rounds: int) -> Iterator[tuple[int, Con
 def run(connections: Sequence[int], duration: int, rounds: int, threads: int, size_mb: int,
         tuning: bool, release: str) -> dict[str, object]:
     import lab
-    from pitunnel.cli import run_play
+    from pitunnel.cli import Flags, run_play
     from pitunnel.play import Play
     from roles.pi.steps import provision as provision_pis
     from roles.vps.steps import provision as provision_vps
@@ -453,7 +453,7 @@ def run(connections: Sequence[int], duration: int, rounds: int, threads: int, si
         provision_vps(play)
         provision_pis(play)
 
-    run_play(both, inventory=str(INVENTORY), quiet=True)
+    run_play(both, Flags(inventory=str(INVENTORY)), quiet=True)
     ends = endpoints()
     size = size_mb * 1_000_000
     make_bulk_file(size)

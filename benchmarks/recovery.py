@@ -23,7 +23,7 @@ from pathlib import Path
 
 import lab
 from lab import INVENTORY, PITUNNEL, Setup, inject, reachable, target, tunnel_rss_kb, wait_recovered
-from pitunnel.cli import run_play
+from pitunnel.cli import Flags, run_play
 from roles.pi.steps import provision as provision_pis
 from roles.vps.steps import provision as provision_vps
 
@@ -106,7 +106,7 @@ def bench_setup(name: str, faults: list[str], runs: int, timeout: float, release
         provision_vps(p)
         provision_pis(p)
 
-    run_play(both, inventory=str(INVENTORY), quiet=True)
+    run_play(both, Flags(inventory=str(INVENTORY)), quiet=True)
     MAKERS[name]()
     if not wait_recovered(target("pi1"), time.monotonic(), 90):
         raise RuntimeError(f"{name}: tunnel never came up")

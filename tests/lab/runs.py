@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from invoke import Exit
 
 import lab
-from pitunnel.cli import run_play
+from pitunnel.cli import Flags, run_play
 from pitunnel.play import Play
 
 ETC_SCRIPT = r"""cd /etc && find . -xdev \( -type f -o -type l \) ! -name '*-' ! -name 'ld.so.cache' | sort | while read -r f; do
@@ -28,8 +29,9 @@ def etc_diff(before: dict[str, str], after: dict[str, str]) -> list[str]:
     return [f"{k}: {before.get(k)} -> {after.get(k)}" for k in keys if before.get(k) != after.get(k)]
 
 
-def play(inventory: Path, body: Callable[[Play], None], **options: object) -> tuple[int, Play | None]:
-    """Run a play as the tasks do; returns (exit code, play)."""
+def play(inventory: Path, body: Callable[[Play], None], *, quiet: bool = False,
+         **flags: Any) -> tuple[int, Play | None]:
+    """Run a play as the tasks do, with the shared flags (pitunnel.cli.Flags) given; returns (exit code, play)."""
     holder: list[Play] = []
 
     def capture(p: Play) -> None:
@@ -37,7 +39,7 @@ def play(inventory: Path, body: Callable[[Play], None], **options: object) -> tu
         body(p)
 
     try:
-        run_play(capture, inventory=str(inventory), **options)  # type: ignore[arg-type]
+        run_play(capture, Flags(inventory=str(inventory), **flags), quiet=quiet)
         code = 0
     except Exit as exc:
         code = exc.code

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from pathlib import Path
 
-from invoke import Collection, Program, __version__
+from invoke import Collection, Program, Task, __version__
 from invoke.loader import FilesystemLoader
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,8 +22,18 @@ TASKS = ["demo", "provision", "provision-pi", "provision-vps", "status", "teardo
          "lab.down", "lab.fault", "lab.shell", "lab.status", "lab.up"]
 
 
+def forget_tasks() -> None:
+    """Drop the modules defining tasks, so each run builds them anew: Invoke uses up a task's `help` when it
+    parses it, and another test may have done that to the ones imported already."""
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(ROOT)) and any(
+                isinstance(v, Task) for v in vars(module).values()):
+            del sys.modules[name]
+
+
 def invoke(*args: str) -> str:
     """What `invoke ARGS` prints, run in this process as the `invoke` binary runs it."""
+    forget_tasks()
     program = Program(name="Invoke", binary="inv[oke]", binary_names=["invoke", "inv"], version=__version__)
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
@@ -33,6 +44,7 @@ def invoke(*args: str) -> str:
 def arguments(name: str) -> str:
     """The arguments Invoke builds for a task: names (long and short), kind, default, attribute name (sorted:
     their order in the signature matters only through the short flags, which are pinned here)."""
+    forget_tasks()
     module, _ = FilesystemLoader(start=str(ROOT)).load("tasks")
     task = Collection.from_module(module)[name]
     return "".join(sorted(f"  {arg.names} {arg.kind.__name__} {arg.default!r} {arg.attr_name} "
