@@ -1,4 +1,5 @@
-"""The lab's tasks: `invoke lab.up`, `lab.down`, `lab.status`, `lab.shell` and `lab.fault`."""
+"""The lab's tasks: `invoke lab.up`, `lab.down`, `lab.status`, `lab.shell`, `lab.fault`, and `invoke demo`
+(tasks.py puts demo at the top level)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import sys
 
 from invoke import Collection, Context, Exit, task
 
-from pitunnel.cli import ROOT
+from pitunnel.cli import LAB_INVENTORY, ROOT
+from pitunnel.inventory import load_inventory
+from pitunnel.tasks import provision, verify
 
 from . import core
 from .faults import NAMES, inject
@@ -74,6 +77,28 @@ def lab_fault(c: Context, fault: str, pi: str = "pi1", timeout: float = 300) -> 
     if seconds is None:
         raise Exit(f"{fault}: {pi} NOT reachable again within {timeout:.0f}s", code=1)
     print(f"{fault}: {pi} reachable again through the VPS {seconds:.1f}s after the fault ended")
+
+
+@task(help={"pis": "how many Pis in the lab (default 1)",
+            "release": "Debian release of the lab's hosts: bookworm or trixie"})
+def demo(c: Context, pis: int = 1, release: str = "bookworm") -> None:
+    """The whole story on the local lab: lab up, provision, verify, and how to ssh into a Pi via the VPS."""
+    lab_up(c, pis=pis, release=release)
+    print("\n== provision (VPS, then Pis) ==")
+    provision(c, inventory=str(LAB_INVENTORY))
+    print("\n== verify ==")
+    verify(c, inventory=str(LAB_INVENTORY))
+    inv = load_inventory(LAB_INVENTORY, save_allocations=False)
+    vps = next(iter(inv.vps.values()))
+    print("\nEvery Pi answers through the VPS. Try:")
+    for pi in inv.pis.values():
+        for t in pi.tunnels:
+            if t.kind == "ssh" and t.public:
+                print(f"  ssh -i {pi.key} -o UserKnownHostsFile={inv.settings.known_hosts} "
+                      f"-o HostKeyAlias={pi.address} -p {t.remote_port} {pi.user}@{vps.address}")
+            elif t.kind == "http":
+                print(f"  curl http://{vps.address}{t.path or '/'}")
+    print("When done: invoke lab.down")
 
 
 ns = Collection("lab")
