@@ -14,8 +14,8 @@ from pitunnel.cli import LAB_INVENTORY as INVENTORY
 
 from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, cpu_seconds, down, exec_in, password_file, record,
                    sh, shell_argv, status, up, write_file)
-from .faults import (NAMES as FAULTS, PITUNNEL, Setup, Target, inject, reachable, target, tunnel_rss_kb, unplugged,
-                     wait_recovered)
+from .faults import (NAMES as FAULTS, PITUNNEL, PortKnocker, Setup, SilentDrop, Target, inject, reachable, target,
+                     tunnel_rss_kb, unplugged, wait_recovered)
 from .plan import LAPTOP_ADDR, VPS_ADDR
 from .state import STATE_DIR
 from .system import LabError
@@ -30,6 +30,6 @@ __all__ = [
     # its addresses
     "LAPTOP_ADDR", "VPS_ADDR",
     # faults and recovery
-    "FAULTS", "PITUNNEL", "Setup", "Target", "inject", "reachable", "target", "tunnel_rss_kb", "unplugged",
-    "wait_recovered",
+    "FAULTS", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "inject", "reachable", "target",
+    "tunnel_rss_kb", "unplugged", "wait_recovered",
 ]

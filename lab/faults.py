@@ -254,5 +254,5 @@ def tunnel_rss_kb(pi: str, setup: Setup = PITUNNEL) -> int:
     return sum(int(x) for x in out.split())
 
 
-__all__ = ["NAMES", "PITUNNEL", "Setup", "Target", "inject", "reachable", "target", "tunnel_rss_kb", "unplugged",
-           "wait_recovered"]
+__all__ = ["NAMES", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "inject", "reachable", "target",
+           "tunnel_rss_kb", "unplugged", "wait_recovered"]
