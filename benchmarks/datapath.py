@@ -32,11 +32,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pitunnel import lab
+import lab
+from lab import INVENTORY
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-INVENTORY = ROOT / "inventory" / "lab.yml"
 PI = "pi1"
 BULK_FILE = "/var/tmp/pitunnel-bench.bin"  # on the laptop and on the Pi
 NO_AESNI = "~0x200000200000000"  # OPENSSL_ia32cap mask: clear AES-NI and PCLMULQDQ (CPUID.1:ECX bits 25 and 1)
@@ -327,7 +327,7 @@ class Lab:
 
     def apply(self, config: Config) -> None:
         """Switch the lab to `config`, touching only what differs from the current one."""
-        from pitunnel.lab.faults import target, wait_recovered
+        from lab import target, wait_recovered
 
         old, self.current = self.current, config
         if config.keepalive != old.keepalive:
@@ -408,7 +408,7 @@ def measure(samples: Samples, url: str, ssh: Sequence[str], connections: Sequenc
 
 def make_bulk_file(size: int) -> None:
     """size random bytes (so compression cannot cheat) at BULK_FILE on the laptop and on the Pi."""
-    from pitunnel import lab
+    import lab
 
     with open(BULK_FILE, "wb") as out:
         for _ in range(size >> 20):
@@ -420,7 +420,7 @@ def make_bulk_file(size: int) -> None:
 
 
 def machine() -> dict[str, str]:
-    from pitunnel import lab
+    import lab
 
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.machine())
@@ -440,20 +440,20 @@ def rounds_of(configs: Sequence[Config], rounds: int) -> Iterator[tuple[int, Con
 
 def run(connections: Sequence[int], duration: int, rounds: int, threads: int, size_mb: int,
         tuning: bool, release: str) -> dict[str, object]:
-    from pitunnel import lab
-    from pitunnel.cli import run_play
+    import lab
+    from pitunnel.cli import Flags, run_play
     from pitunnel.play import Play
     from roles.pi.steps import provision as provision_pis
     from roles.vps.steps import provision as provision_vps
 
     print("== lab up (1 Pi, fresh) and provision", flush=True)
-    lab.up(pis=1, release=release, inventory=INVENTORY, fresh=True)
+    lab.up(pis=1, release=release, fresh=True)
 
     def both(play: Play) -> None:
         provision_vps(play)
         provision_pis(play)
 
-    run_play(both, inventory=str(INVENTORY), quiet=True)
+    run_play(both, Flags(inventory=str(INVENTORY)), quiet=True)
     ends = endpoints()
     size = size_mb * 1_000_000
     make_bulk_file(size)
@@ -487,7 +487,7 @@ def run(connections: Sequence[int], duration: int, rounds: int, threads: int, si
 
 def main(connections: Sequence[int] = (1, 32), duration: int = 10, rounds: int = 3, threads: int = 2,
          size_mb: int = 100, tuning: bool = True, release: str = "bookworm") -> dict[str, object]:
-    from pitunnel import lab
+    import lab
 
     require_wrk()
     if not connections or min(connections) < 1:
@@ -496,7 +496,7 @@ def main(connections: Sequence[int] = (1, 32), duration: int = 10, rounds: int =
         doc = run(connections, duration, rounds, threads, size_mb, tuning, release)
     finally:
         Path(BULK_FILE).unlink(missing_ok=True)
-        lab.down(inventory=INVENTORY)
+        lab.down()
     doc["targets_met"] = targets(doc)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "datapath.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -78,7 +78,7 @@ def _proc_stat() -> tuple[int, int]:
 
 
 def count_reachable(pis: list[str]) -> int:
-    from pitunnel.lab.faults import reachable, target
+    from lab import reachable, target
 
     return sum(1 for pi in pis if reachable(target(pi)))
 
@@ -95,17 +95,16 @@ def listening_pis(output: str) -> list[str]:
 
 def lab_cpu() -> dict[str, float]:
     """CPU seconds each lab host has used so far."""
-    from pitunnel.lab import machine
-    from pitunnel.lab.state import LabState
+    import lab
 
-    return machine.cpu_seconds(list(LabState.load().hosts.values()))
+    return lab.cpu_seconds()
 
 
 def preinstall(pis: list[str], package: str = "autossh") -> None:
     """Install the Pis' package before the clock starts, all Pis at once, as an image that ships it would."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pitunnel import lab
+    import lab
     from pitunnel.ops import apt_install_commands
 
     script = " && ".join(apt_install_commands([package], update=True))
@@ -114,9 +113,9 @@ def preinstall(pis: list[str], package: str = "autossh") -> None:
 
 
 def run_size(pis: int, release: str, *, preinstalled: bool = False) -> SizeResult:
-    from pitunnel import lab
+    import lab
 
-    lab.up(pis=pis, release=release, inventory=INVENTORY, fresh=True)
+    lab.up(pis=pis, release=release, fresh=True)
     if preinstalled:
         preinstall(pi_names(pis))
     before, cpu_before = _proc_stat(), lab_cpu()
@@ -138,18 +137,11 @@ def run_size(pis: int, release: str, *, preinstalled: bool = False) -> SizeResul
 
 
 def run_isolation(pis: int, down: str, release: str) -> IsolationResult:
-    from pitunnel import lab
-    from pitunnel.lab.plan import make_plan
-    from pitunnel.lab.state import LabState
-    from pitunnel.lab.system import run as host_run
+    import lab
 
-    lab.up(pis=pis, release=release, inventory=INVENTORY, fresh=True)
-    veth = make_plan(LabState.load().pis).host(down).veth
-    host_run(["ip", "link", "set", veth, "down"])
-    try:
+    lab.up(pis=pis, release=release, fresh=True)
+    with lab.unplugged(down):
         run = run_child(pitunnel_argv())
-    finally:
-        host_run(["ip", "link", "set", veth, "up"])
     recap = parse_recap(run.output)
     unreachable = [h for h, c in recap.items() if c.get("unreachable", 0)]
     failed = [h for h, c in recap.items() if c.get("failed", 0)]
@@ -245,7 +237,7 @@ def _cpu(seconds: object) -> str:
 
 def main(sizes: list[int], release: str = "bookworm", isolation: bool = True, down: str = "",
          preinstalled: bool = False) -> dict[str, object]:
-    from pitunnel import lab
+    import lab
 
     results: list[SizeResult] = []
     iso: IsolationResult | None = None
@@ -262,7 +254,7 @@ def main(sizes: list[int], release: str = "bookworm", isolation: bool = True, do
                 raise SystemExit("bench.fleet: the isolation run needs a size of 2 Pis or more")
             iso = run_isolation(largest, down or f"pi{(largest + 1) // 2}", release)
     finally:
-        lab.down(inventory=INVENTORY)
+        lab.down()
     doc: dict[str, object] = {
         "benchmark": "fleet", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
         "release": release, "lab_release": f"{release} {debian}", "sizes": [asdict(r) for r in results],

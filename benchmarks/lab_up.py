@@ -23,10 +23,8 @@ def timed_up(pis: int, release: str, cache: str | None) -> float:
     env = dict(os.environ)
     if cache:
         env["PITUNNEL_LAB_CACHE"] = cache
-    code = ("import sys, time; from pathlib import Path; from pitunnel import lab;"
-            f"lab.down(inventory=Path({str(ROOT / 'inventory/lab.yml')!r}));"
-            "t=time.monotonic();"
-            f"lab.up(pis={pis}, release={release!r}, inventory=Path({str(ROOT / 'inventory/lab.yml')!r}), fresh=True);"
+    code = ("import time; import lab; lab.down(); t=time.monotonic();"
+            f"lab.up(pis={pis}, release={release!r}, fresh=True);"
             "print(time.monotonic()-t)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -45,8 +43,7 @@ def main(pis: int = 2, release: str = "bookworm", warm_runs: int = 3, cold: bool
     result = {"benchmark": "lab.up", "pis": pis, "release": release, "date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores", **rows,
               "warm_runs": warm, "target_warm_2_pis_s": 15}
-    subprocess.run([sys.executable, "-c", f"from pathlib import Path; from pitunnel import lab; "
-                    f"lab.down(inventory=Path({str(ROOT / 'inventory/lab.yml')!r}))"], cwd=ROOT, check=False)
+    subprocess.run([sys.executable, "-c", "import lab; lab.down()"], cwd=ROOT, check=False)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "lab_up.json").write_text(json.dumps(result, indent=2))
     print(f"\nlab.up with {pis} Pis ({release})")

@@ -20,9 +20,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lab import INVENTORY
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-INVENTORY = ROOT / "inventory" / "lab.yml"
 INVOKE = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RECAP_LINE = re.compile(r"^(\S+)\s*:\s*((?:\w+=\d+\s*)+)$")
@@ -110,7 +111,7 @@ def _check(run: ChildRun, side: SideResult, what: str) -> dict[str, dict[str, in
 
 def verify_lab(pis: list[str]) -> list[str]:
     """After a cold run: pitunnel's `verify` (end to end, and nothing more open), and the lab's probe."""
-    from pitunnel.lab.faults import target, wait_recovered
+    from lab import target, wait_recovered
 
     lines = []
     verify = run_child([*INVOKE, "verify", "-i", str(INVENTORY)])
@@ -126,11 +127,11 @@ def verify_lab(pis: list[str]) -> list[str]:
 
 
 def bench_pitunnel(pis: int, release: str, cold_runs: int, reruns: int) -> SideResult:
-    from pitunnel import lab
+    import lab
 
     side = SideResult("pitunnel")
     for _ in range(cold_runs):
-        lab.up(pis=pis, release=release, inventory=INVENTORY, fresh=True)
+        lab.up(pis=pis, release=release, fresh=True)
         cold = run_child(pitunnel_argv())
         recap = _check(cold, side, "cold run")
         side.cold_s.append(cold.seconds)
@@ -164,7 +165,7 @@ def equivalence_check() -> tuple[int, list[str]]:
 def bench_ansible(pis: int, release: str, cold_runs: int, reruns: int) -> SideResult:
     from benchmarks.ansible import inventory as ansible_inventory
     from benchmarks.ansible import run as ansible_run
-    from pitunnel import lab
+    import lab
     from pitunnel.inventory import load_inventory
 
     command = ansible_run.preflight(needs_password=True)
@@ -177,7 +178,7 @@ def bench_ansible(pis: int, release: str, cold_runs: int, reruns: int) -> SideRe
             return run_child(ansible_run.playbook_argv(command, hosts), env=ansible_run.playbook_env(control))
 
         for index in range(cold_runs):
-            lab.up(pis=pis, release=release, inventory=INVENTORY, fresh=True)
+            lab.up(pis=pis, release=release, fresh=True)
             ansible_inventory.write(load_inventory(INVENTORY), hosts)
             cold = play(f"cold{index}")
             recap = _check(cold, side, "cold run")
@@ -281,7 +282,7 @@ def _join(values: object) -> str:
 
 
 def lab_release_version() -> str:
-    from pitunnel import lab
+    import lab
 
     try:
         return (Path(lab.record("vps").root) / "etc/debian_version").read_text().strip()
@@ -297,7 +298,7 @@ def machine() -> str:
 
 def main(pis: int = 2, release: str = "bookworm", cold_runs: int = 1, reruns: int = 3) -> dict[str, object]:
     from benchmarks.ansible.run import Missing, preflight
-    from pitunnel import lab
+    import lab
 
     try:
         preflight(needs_password=True)  # before touching the lab: nothing is installed silently
@@ -308,7 +309,7 @@ def main(pis: int = 2, release: str = "bookworm", cold_runs: int = 1, reruns: in
         debian = lab_release_version()
         ansible_side = bench_ansible(pis, release, cold_runs, reruns)
     finally:
-        lab.down(inventory=INVENTORY)
+        lab.down()
     doc: dict[str, object] = {
         "benchmark": "provision", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
         "pis": pis, "release": release, "lab_release": f"{release} {debian}", "cold_runs": cold_runs,

@@ -21,16 +21,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pitunnel import lab
-from pitunnel.cli import run_play
-from pitunnel.lab.faults import PITUNNEL, Setup, inject, reachable, target, tunnel_rss_kb, wait_recovered
-from pitunnel.lab.machine import exec_in
+import lab
+from lab import INVENTORY, PITUNNEL, Setup, inject, reachable, target, tunnel_rss_kb, wait_recovered
+from pitunnel.cli import Flags, run_play
 from roles.pi.steps import provision as provision_pis
 from roles.vps.steps import provision as provision_vps
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-INVENTORY = ROOT / "inventory" / "lab.yml"
 FORWARDS = "-R 0.0.0.0:12346:127.0.0.1:22 -R 127.0.0.1:20000:127.0.0.1:80"
 
 SEED = Setup(name="seed", user="pitunnel", daemon="autossh")
@@ -95,20 +93,20 @@ SETUPS = {"pitunnel": PITUNNEL, "seed": SEED, "sidedoor": SIDEDOOR}
 def reset(name: str) -> None:
     """What a human does when a tunnel stays dead: free the VPS side and restart the Pi side."""
     setup = SETUPS[name]
-    exec_in(lab.record("pi1"), f"pkill -CONT -u {setup.user}; systemctl restart {UNITS[name]}", check=False)
-    exec_in(lab.record("vps"), "pkill -u pitunnel", check=False)
+    lab.exec_in("pi1", f"pkill -CONT -u {setup.user}; systemctl restart {UNITS[name]}", check=False)
+    lab.exec_in("vps", "pkill -u pitunnel", check=False)
     if not wait_recovered(target("pi1"), time.monotonic(), 90):
         raise RuntimeError(f"{name}: not reachable even after a manual reset")
 
 
 def bench_setup(name: str, faults: list[str], runs: int, timeout: float, release: str) -> dict[str, object]:
-    lab.up(pis=1, release=release, inventory=INVENTORY, fresh=True)
+    lab.up(pis=1, release=release, fresh=True)
 
     def both(p):  # type: ignore[no-untyped-def]
         provision_vps(p)
         provision_pis(p)
 
-    run_play(both, inventory=str(INVENTORY), quiet=True)
+    run_play(both, Flags(inventory=str(INVENTORY)), quiet=True)
     MAKERS[name]()
     if not wait_recovered(target("pi1"), time.monotonic(), 90):
         raise RuntimeError(f"{name}: tunnel never came up")
@@ -134,7 +132,7 @@ def main(faults: list[str], runs: int = 3, timeout: float = 60, setups: list[str
         for name in chosen:
             results[name] = bench_setup(name, faults, runs, timeout, release)
     finally:
-        lab.down(inventory=INVENTORY)
+        lab.down()
     doc = {"benchmark": "recovery", "date": time.strftime("%Y-%m-%d"), "release": release, "runs": runs,
            "timeout_s": timeout, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
            "results": results}

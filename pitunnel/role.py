@@ -16,6 +16,7 @@ class Role:
     def __init__(self, name: str) -> None:
         self.name = name
         self.path = ROLES_DIR / name
+        self.templates = self.path / "templates"
 
     @cached_property
     def defaults(self) -> dict[str, Any]:
@@ -23,7 +24,7 @@ class Role:
 
     @cached_property
     def _env(self) -> jinja2.Environment:
-        return jinja2.Environment(loader=jinja2.FileSystemLoader(self.path / "templates"),
+        return jinja2.Environment(loader=jinja2.FileSystemLoader(self.templates),
                                   undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                                   trim_blocks=True, lstrip_blocks=True, autoescape=False)
 

@@ -28,7 +28,9 @@ def require_lab() -> None:
 
 @pytest.fixture(scope="session")
 def lab_inventory() -> Path:
-    return ROOT / "inventory" / "lab.yml"
+    from lab import INVENTORY
+
+    return INVENTORY
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,13 +38,13 @@ def _lab_teardown_at_end(request: pytest.FixtureRequest) -> Iterator[None]:
     """Whatever a test left up, the session ends with the lab gone."""
     yield
     if os.geteuid() == 0 and any(item.get_closest_marker("lab") for item in request.session.items):
-        from pitunnel import lab
+        import lab
 
-        lab.down(inventory=ROOT / "inventory" / "lab.yml")
+        lab.down()
 
 
 def lab_up(pis: int, *, fresh: bool = True) -> "object":
-    from pitunnel import lab
+    import lab
 
     require_lab()
-    return lab.up(pis=pis, release=RELEASE, inventory=ROOT / "inventory" / "lab.yml", fresh=fresh)
+    return lab.up(pis=pis, release=RELEASE, fresh=fresh)

@@ -13,11 +13,11 @@ import yaml
 
 from pitunnel.inventory import HostSpec, Inventory, PiSpec, VpsSpec
 from roles.pi.steps import D as PI_DEFAULTS
+from roles.pi.steps import ROLE as PI_ROLE
 from roles.pi.steps import forwards, hang_after_ms, key_path, laptop_key_line, stale_after_ms, tunnel_home
 from roles.vps.steps import D as VPS_DEFAULTS
+from roles.vps.steps import ROLE as VPS_ROLE
 from roles.vps.steps import _t, authorized_line, http_routes, listen_spec
-
-ROLES_DIR = Path(__file__).resolve().parents[2] / "roles"
 
 
 class NotEquivalent(Exception):
@@ -110,7 +110,7 @@ def ansible_inventory(inv: Inventory) -> dict[str, Any]:
     known = inv.settings.known_hosts
     vps_hosts = {v.name: {**connection_vars(v, known), **vps_vars(inv, v)} for v in inv.vps.values()}
     pi_hosts = {p.name: {**connection_vars(p, known), **pi_vars(inv, p)} for p in inv.pis.values()}
-    return {"all": {"vars": {"pitunnel_roles": str(ROLES_DIR)},
+    return {"all": {"vars": {"vps_templates": str(VPS_ROLE.templates), "pi_templates": str(PI_ROLE.templates)},
                     "children": {"vpses": {"hosts": vps_hosts}, "pis": {"hosts": pi_hosts}}}}
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import socket
 import subprocess
 
-from pitunnel.lab import record
-from pitunnel.lab.machine import exec_in
+import lab
 
 
 def tcp_from(host: str, address: str, port: int, timeout: float = 3) -> bool:
     """Can lab host `host` open a TCP connection to address:port?"""
     script = f"timeout {timeout} bash -c '</dev/tcp/{address}/{port}' 2>/dev/null && echo open || echo closed"
-    return exec_in(record(host), script, timeout=timeout + 10).stdout.strip() == "open"
+    return lab.exec_in(host, script, timeout=timeout + 10).stdout.strip() == "open"
 
 
 def tcp_from_laptop(address: str, port: int, timeout: float = 3) -> bool:

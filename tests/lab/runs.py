@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from invoke import Exit
 
-from pitunnel import lab
-from pitunnel.cli import run_play
-from pitunnel.lab.machine import exec_in
+import lab
+from pitunnel.cli import Flags, run_play
 from pitunnel.play import Play
 
 ETC_SCRIPT = r"""cd /etc && find . -xdev \( -type f -o -type l \) ! -name '*-' ! -name 'ld.so.cache' | sort | while read -r f; do
@@ -20,7 +20,7 @@ done
 
 def etc_state(host: str) -> dict[str, str]:
     """Every file and link under /etc with hash and mode, read via the lab's own door (nsenter)."""
-    out = exec_in(lab.record(host), ETC_SCRIPT, timeout=120).stdout
+    out = lab.exec_in(host, ETC_SCRIPT, timeout=120).stdout
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
@@ -29,8 +29,9 @@ def etc_diff(before: dict[str, str], after: dict[str, str]) -> list[str]:
     return [f"{k}: {before.get(k)} -> {after.get(k)}" for k in keys if before.get(k) != after.get(k)]
 
 
-def play(inventory: Path, body: Callable[[Play], None], **options: object) -> tuple[int, Play | None]:
-    """Run a play as the tasks do; returns (exit code, play)."""
+def play(inventory: Path, body: Callable[[Play], None], *, quiet: bool = False,
+         **flags: Any) -> tuple[int, Play | None]:
+    """Run a play as the tasks do, with the shared flags (pitunnel.cli.Flags) given; returns (exit code, play)."""
     holder: list[Play] = []
 
     def capture(p: Play) -> None:
@@ -38,7 +39,7 @@ def play(inventory: Path, body: Callable[[Play], None], **options: object) -> tu
         body(p)
 
     try:
-        run_play(capture, inventory=str(inventory), **options)  # type: ignore[arg-type]
+        run_play(capture, Flags(inventory=str(inventory), **flags), quiet=quiet)
         code = 0
     except Exit as exc:
         code = exc.code
@@ -46,4 +47,4 @@ def play(inventory: Path, body: Callable[[Play], None], **options: object) -> tu
 
 
 def in_host(host: str, script: str) -> str:
-    return exec_in(lab.record(host), script, check=False, timeout=120).stdout
+    return lab.exec_in(host, script, check=False, timeout=120).stdout

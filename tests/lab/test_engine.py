@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import lab
 from pitunnel.inventory import load_inventory
-from pitunnel.lab.state import STATE_DIR
 from pitunnel.ops import File
 from pitunnel.remote import Credentials, Remote
 from pitunnel.report import Reporter
@@ -112,7 +112,7 @@ def test_wrong_sudo_password_is_a_clear_error(inventory: Path, tmp_path: Path,
         assert "pi1: the sudo password was not accepted" in out
         assert "not-the-password" not in out
         right = tmp_path / "sudo.right"
-        shutil.copy(STATE_DIR / "secrets" / "pi1.password", right)
+        shutil.copy(lab.password_file("pi1"), right)
         path = write_inventory(tmp_path, inventory,
                                lambda d: d["pis"]["pi1"].update(sudo_password_file=str(right)))
         pi = load_inventory(path, save_allocations=False).pis["pi1"]

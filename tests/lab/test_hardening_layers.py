@@ -22,8 +22,7 @@ import paramiko
 import pytest
 import yaml
 
-from pitunnel.lab.plan import VPS_ADDR
-from pitunnel.lab.state import STATE_DIR
+from lab import KNOWN_HOSTS, VPS_ADDR
 from roles.site import provision as provision_site
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play
@@ -80,7 +79,7 @@ def connect(lab: dict) -> Transport:
             time.sleep(0.2)
     t = Transport(sock)
     t.start_client(timeout=10)
-    known = paramiko.HostKeys(str(STATE_DIR / "known_hosts")).lookup(f"[{VPS}]:{lab['port']}") or {}
+    known = paramiko.HostKeys(str(KNOWN_HOSTS)).lookup(f"[{VPS}]:{lab['port']}") or {}
     server = t.get_remote_server_key()
     assert known.get(server.get_name()) == server, "the VPS's host key is not the lab's"
     t.auth_publickey("pitunnel", lab["key"])

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pitunnel.lab.plan import LAPTOP_ADDR, VPS_ADDR
+from lab import LAPTOP_ADDR, VPS_ADDR
 from roles.site import provision as provision_site
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play

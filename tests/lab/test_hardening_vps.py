@@ -14,7 +14,7 @@ import paramiko
 import pytest
 import yaml
 
-from pitunnel.lab.faults import SilentDrop, PortKnocker, reachable, target, wait_recovered
+from lab import PortKnocker, SilentDrop, reachable, target, wait_recovered
 from roles.site import provision as provision_site
 from roles.site import teardown as teardown_site
 from roles.vps.steps import provision as provision_vps

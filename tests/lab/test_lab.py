@@ -11,15 +11,13 @@ import paramiko
 import pytest
 import yaml
 
-from pitunnel import lab
-from pitunnel.lab.machine import exec_in
-from pitunnel.lab.state import STATE_DIR
-from tests.conftest import ROOT, lab_up, require_lab
+import lab
+from tests.conftest import lab_up, require_lab
 from tests.lab.probe import ssh_cli, tcp_from, tcp_from_laptop
 
 pytestmark = pytest.mark.lab
-KEY = str(STATE_DIR / "keys" / "laptop_ed25519")
-KNOWN = str(STATE_DIR / "known_hosts")
+KEY = str(lab.LAPTOP_KEY)
+KNOWN = str(lab.KNOWN_HOSTS)
 
 
 def machine_snapshot() -> dict[str, object]:
@@ -64,7 +62,7 @@ def password_login(address: str, user: str, password: str) -> str:
 @pytest.fixture(scope="module")
 def two_pis() -> lab.UpReport:
     require_lab()
-    lab.down(inventory=ROOT / "inventory" / "lab.yml")
+    lab.down()
     before = _strip_counters(machine_snapshot())
     report = lab_up(2)
     report.before = before  # type: ignore[attr-defined]
@@ -76,7 +74,7 @@ def test_every_host_is_running_systemd(two_pis: lab.UpReport) -> None:
     assert [r.name for r in rows] == ["vps", "pi1", "pi2"]
     for row in rows:
         assert row.running and row.systemd == "running", row
-        pid1 = exec_in(lab.record(row.name), "cat /proc/1/comm").stdout.strip()
+        pid1 = lab.exec_in(row.name, "cat /proc/1/comm").stdout.strip()
         assert pid1 == "systemd"
 
 
@@ -89,12 +87,12 @@ def test_vps_is_a_fresh_cloud_server(two_pis: lab.UpReport) -> None:
 
 
 def test_pi_is_a_fresh_raspberry_pi(two_pis: lab.UpReport) -> None:
-    password = (STATE_DIR / "secrets" / "pi1.password").read_text().strip()
+    password = lab.password_file("pi1").read_text().strip()
     assert password_login("198.19.1.2", "pi", password).split() == ["pi", "sudo-ok"]
     # the laptop's key is not there yet, and autossh is absent
     done = ssh_cli("-i", KEY, "-o", f"UserKnownHostsFile={KNOWN}", "pi@198.19.1.2", "true")
     assert done.returncode == 255 and "Permission denied" in done.stderr
-    assert exec_in(lab.record("pi1"), "command -v autossh || echo none").stdout.strip() == "none"
+    assert lab.exec_in("pi1", "command -v autossh || echo none").stdout.strip() == "none"
     with pytest.raises(paramiko.AuthenticationException):
         password_login("198.19.1.2", "pi", "wrong-" + password)
 
@@ -113,10 +111,10 @@ def test_nat_holds_both_ways(two_pis: lab.UpReport) -> None:
     assert not tcp_from("pi1", "198.19.2.2", 22), "one home must not reach another"
     assert tcp_from_laptop("198.19.1.2", 22), "the laptop reaches a Pi directly on first setup"
     # the VPS sees the home router's public address, not the Pi's
-    seen = exec_in(lab.record("pi1"), "timeout 5 ssh -o BatchMode=yes -o StrictHostKeyChecking=no "
+    seen = lab.exec_in("pi1", "timeout 5 ssh -o BatchMode=yes -o StrictHostKeyChecking=no "
                    "-p 12345 nobody@198.18.0.10 true 2>&1; true").stdout
     assert "Permission denied" in seen
-    log = exec_in(lab.record("vps"), "journalctl -u ssh --no-pager | grep -c 198.18.0.101 || true").stdout
+    log = lab.exec_in("vps", "journalctl -u ssh --no-pager | grep -c 198.18.0.101 || true").stdout
     assert int(log.strip() or 0) >= 1
 
 
@@ -126,14 +124,14 @@ def test_lab_inventory_lists_hosts(two_pis: lab.UpReport) -> None:
     assert doc["vps"]["vps"]["port"] == 12345
     text = two_pis.inventory.read_text()
     for name in ("pi1", "pi2"):
-        assert (STATE_DIR / "secrets" / f"{name}.password").read_text().strip() not in text
+        assert lab.password_file(name).read_text().strip() not in text
 
 
 def test_up_again_is_a_no_op(two_pis: lab.UpReport) -> None:
-    pids = {r.name: r.nspawn_pid for r in lab.lab.LabState.load().hosts.values()}
+    pids = {r.name: lab.record(r.name).nspawn_pid for r in lab.status()}
     again = lab.up(pis=2, release=two_pis_release(), inventory=two_pis.inventory)
     assert again.already_up
-    assert {r.name: r.nspawn_pid for r in lab.lab.LabState.load().hosts.values()} == pids
+    assert {r.name: lab.record(r.name).nspawn_pid for r in lab.status()} == pids
 
 
 def two_pis_release() -> str:
@@ -148,7 +146,7 @@ def test_down_leaves_nothing_behind(two_pis: lab.UpReport) -> None:
     removed = lab.down(inventory=two_pis.inventory)
     assert "host pi2" in removed
     assert _strip_counters(machine_snapshot()) == before
-    assert not STATE_DIR.exists() and not two_pis.inventory.exists()
+    assert not lab.STATE_DIR.exists() and not two_pis.inventory.exists()
     assert lab.down(inventory=two_pis.inventory) == []  # idempotent
 
 

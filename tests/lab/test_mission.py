@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pitunnel.lab.state import STATE_DIR
+from lab import KNOWN_HOSTS, LAPTOP_KEY
 from roles.pi.status import status
 from roles.pi.verify import verify
 from roles.site import provision as provision_site
@@ -91,9 +91,9 @@ def test_verify_proves_every_pi(fresh: dict) -> None:
 
 def ssh_to_pi1_through_vps(command: str) -> subprocess.CompletedProcess[str]:
     """The seed's `ssh -p 12346 pi_user@vps_host`, with plain OpenSSH, checked by pi1's own host key."""
-    key = STATE_DIR / "keys" / "laptop_ed25519"
+    key = LAPTOP_KEY
     return subprocess.run(
-        ["ssh", "-o", "BatchMode=yes", "-i", str(key), "-o", f"UserKnownHostsFile={STATE_DIR / 'known_hosts'}",
+        ["ssh", "-o", "BatchMode=yes", "-i", str(key), "-o", f"UserKnownHostsFile={KNOWN_HOSTS}",
          "-o", "StrictHostKeyChecking=yes", "-o", "HostKeyAlias=198.19.1.2", "-o", "ConnectTimeout=10",
          "-p", "12346", "pi@198.18.0.10", command], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
 
@@ -141,7 +141,7 @@ def test_tunnel_key_never_left_the_pi(fresh: dict) -> None:
     for path in repo.rglob("*"):
         if path.is_file() and not {".git", ".venv"} & set(path.parts) and path.stat().st_size < 1_000_000:
             assert blob[:40] not in path.read_text(errors="ignore"), path
-    assert blob[:40] not in (STATE_DIR / "known_hosts").read_text()
+    assert blob[:40] not in KNOWN_HOSTS.read_text()
     assert "PRIVATE KEY" not in in_host("vps", "cat /var/lib/pitunnel/.ssh/authorized_keys")
 
 

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from pitunnel import lab
+import lab
 from tests.conftest import RELEASE, ROOT, require_lab
 
 pytestmark = pytest.mark.lab
@@ -33,7 +33,7 @@ def test_the_readme_opens_with_the_demo_and_the_tests() -> None:
 @pytest.mark.skipif(RELEASE != "bookworm", reason="the README's demo runs on the default release")
 def test_the_readmes_demo_works_from_nothing_and_its_hints_reach_the_pi() -> None:
     require_lab()
-    lab.down(inventory=ROOT / "inventory" / "lab.yml")
+    lab.down()
     demo = readme_commands()[0]
     run = subprocess.run(["bash", "-c", demo], cwd=ROOT, capture_output=True, text=True, timeout=900,
                          stdin=subprocess.DEVNULL)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pitunnel.lab.faults import inject, tunnel_rss_kb
+from lab import inject, tunnel_rss_kb
 from roles.pi.steps import provision as provision_pis
 from roles.vps.steps import provision as provision_vps
 from tests.conftest import RELEASE, lab_up

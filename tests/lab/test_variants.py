@@ -15,13 +15,13 @@ import paramiko
 import pytest
 import yaml
 
+from lab import password_file
 from roles.pi.steps import provision as provision_pis
 from roles.pi.verify import verify
 from roles.vps.steps import provision as provision_vps
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play
 from tests.lab.test_lab import password_login
-from pitunnel.lab.state import STATE_DIR
 
 pytestmark = pytest.mark.lab
 
@@ -79,10 +79,10 @@ def test_tunnel_runs_as_pi_when_asked(inventory: Path) -> None:
 
 
 def test_password_login_off_only_after_keys_work(inventory: Path) -> None:
-    password = (STATE_DIR / "secrets" / "pi1.password").read_text().strip()
+    password = password_file("pi1").read_text().strip()
     with pytest.raises(paramiko.AuthenticationException):
         password_login("198.19.1.2", "pi", password)
-    assert password_login("198.19.2.2", "pi", password.replace(password, (STATE_DIR / "secrets" / "pi2.password").read_text().strip())).split()[0] == "pi"
+    assert password_login("198.19.2.2", "pi", password.replace(password, password_file("pi2").read_text().strip())).split()[0] == "pi"
 
 
 def test_private_ssh_tunnel_is_not_public(inventory: Path) -> None:

@@ -16,10 +16,9 @@ from benchmarks.ansible import inventory as ai
 from benchmarks.ansible import run as ansible_run
 from pitunnel.inventory import Inventory, load_inventory
 from pitunnel.ops import File
+from pitunnel.role import Role
 from roles.pi.steps import tunnel_ops
 from roles.vps.steps import converge_ops
-
-ROLES = Path(__file__).resolve().parents[2] / "roles"
 LAPTOP_PUB = "ssh-ed25519 " + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(32)).decode()
 VPS_HOST_KEYS = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHva6ee4ekTAawH0SqI5CoAvuEvPaN4hfyg5Q+vEb9p1"]
 
@@ -67,7 +66,7 @@ def hosts(doc: dict[str, Any], group: str) -> dict[str, dict[str, Any]]:
 
 def render(template: str, variables: dict[str, Any], **extra: Any) -> str:
     """As Ansible's template module renders with the playbook's options (trim_blocks, lstrip_blocks)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROLES / template.split("/")[0] / "templates")),
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Role(template.split("/")[0]).templates)),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
                              lstrip_blocks=True)
     return env.get_template(template.split("/")[-1]).render({**variables, **extra})
@@ -150,19 +149,23 @@ def test_dump_has_no_yaml_aliases(inv: Inventory) -> None:
     assert yaml.safe_load(text) == ai.ansible_inventory(inv)
 
 
-def test_playbook_uses_only_existing_templates() -> None:
+def test_playbook_uses_only_existing_templates(inv: Inventory) -> None:
     plays = yaml.safe_load(ansible_run.PLAYBOOK.read_text())
     sources = [task[module]["src"] for play in plays for task in play.get("tasks", []) + play.get("handlers", [])
                for module in task if module == "ansible.builtin.template"]
     assert len(sources) >= 10
+    folders = ai.ansible_inventory(inv)["all"]["vars"]  # where the roles keep their templates
+    assert folders == {"vps_templates": str(Role("vps").templates), "pi_templates": str(Role("pi").templates)}
+    from_roles = 0
     for src in sources:
-        if src.startswith("{{ pitunnel_roles }}/"):
-            path = ROLES / src.removeprefix("{{ pitunnel_roles }}/")
-        else:
-            path = ansible_run.HERE / src  # the playbook's own templates (per Pi lines pitunnel writes in code)
+        for name, folder in folders.items():
+            src = src.replace("{{ %s }}" % name, folder)
+        path = ansible_run.HERE / src  # absolute for a role's template; else the playbook's own (per Pi lines)
         if "{{" in str(path):  # looped: the loop names the files
             continue
         assert path.exists(), src
+        from_roles += Path(src).is_absolute()
+    assert from_roles == 11  # every config file pitunnel's roles render, from the roles' own templates
 
 
 def test_missing_sshpass_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:

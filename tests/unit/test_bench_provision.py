@@ -137,7 +137,7 @@ def test_fleet_table_keeps_preinstalled_runs_apart() -> None:
 
 
 def test_process_ticks_reads_past_a_name_with_spaces_and_parens() -> None:
-    from pitunnel.lab.machine import process_ticks
+    from lab.machine import process_ticks
 
     stat = "42 (a b) c)) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 11 2 20 0 1 0 5 0 0"
     assert process_ticks(stat) == 7 + 3 + 11 + 2

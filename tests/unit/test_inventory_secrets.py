@@ -13,8 +13,8 @@ import pytest
 from fabric import Connection
 
 from pitunnel.inventory import InventoryError, load_inventory
-from pitunnel.lab import lab
-from pitunnel.lab.plan import make_plan
+from lab import core
+from lab.plan import make_plan
 from pitunnel.remote import Credentials, Remote
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,11 +131,11 @@ def test_remote_repr_hides_passwords_even_with_a_connection(tmp_path: Path) -> N
 
 def test_lab_password_files_are_private_even_if_an_old_lab_left_them_open(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lab, "SECRETS", tmp_path / "secrets")
+    monkeypatch.setattr(core, "SECRETS", tmp_path / "secrets")
     plan = make_plan(2)
     (tmp_path / "secrets").mkdir()
     old = secret(tmp_path / "secrets", f"{plan.pis[0].name}.password", 0o644)
-    passwords = lab._passwords(plan)
+    passwords = core._passwords(plan)
     assert passwords[plan.pis[0].name] == "s3cret"
     for host in plan.pis:
         assert (tmp_path / "secrets" / f"{host.name}.password").stat().st_mode & 0o777 == 0o600
@@ -148,14 +148,14 @@ def test_lab_inventory_with_its_secret_files_loads_from_a_folder_others_can_ente
     other users can reach the folder: as /var/lib/pitunnel-lab is (0755)."""
     if shutil.which("ssh-keygen") is None:
         pytest.skip("ssh-keygen is not installed")
-    monkeypatch.setattr(lab, "KEYS", shared / "keys")
-    monkeypatch.setattr(lab, "SECRETS", shared / "secrets")
-    monkeypatch.setattr(lab, "LAPTOP_KEY", shared / "keys" / "laptop_ed25519")
-    monkeypatch.setattr(lab, "KNOWN_HOSTS", shared / "known_hosts")
+    monkeypatch.setattr(core, "KEYS", shared / "keys")
+    monkeypatch.setattr(core, "SECRETS", shared / "secrets")
+    monkeypatch.setattr(core, "LAPTOP_KEY", shared / "keys" / "laptop_ed25519")
+    monkeypatch.setattr(core, "KNOWN_HOSTS", shared / "known_hosts")
     plan = make_plan(2)
-    lab._laptop_key()
+    core._laptop_key()
     path = shared / "lab.yml"
-    lab._write_inventory(plan, path, lab._passwords(plan))
+    core._write_inventory(plan, path, core._passwords(plan))
     (shared / "keys").chmod(0o755)  # the files themselves must be private, not only their folders
     (shared / "secrets").chmod(0o755)
     inv = load_inventory(path, save_allocations=False)

@@ -1,4 +1,4 @@
-"""Unit tests for pitunnel.lab.plan: the lab's address plan and the route clash check (pure)."""
+"""Unit tests for lab.plan: the lab's address plan and the route clash check (pure)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from pitunnel.lab.plan import (BRIDGE_PREFIX, INET_BRIDGE, INTERNET, LAB_RANGE, LAPTOP_ADDR, MAX_PIS, VPS_ADDR,
+from lab.plan import (BRIDGE_PREFIX, INET_BRIDGE, INTERNET, LAB_RANGE, LAPTOP_ADDR, MAX_PIS, VPS_ADDR,
                                VPS_SSH_PORT, clashes, make_plan)
 
 
@@ -124,15 +124,15 @@ def test_clashes_ignores_default_ours_others_and_junk() -> None:
 
 
 def test_lab_fault_help_names_every_fault() -> None:
-    import tasks
-    from pitunnel.lab.faults import NAMES
+    from lab import FAULTS
+    from lab.tasks import lab_fault
 
-    text = tasks.lab_fault.help["fault"]
-    assert all(name in text for name in NAMES), [n for n in NAMES if n not in text]
+    text = lab_fault.help["fault"]
+    assert all(name in text for name in FAULTS), [n for n in FAULTS if n not in text]
 
 
 def test_inotify_limit_raised_only_as_far_as_the_hosts_need() -> None:
-    from pitunnel.lab.limits import PER_HOST, SLACK, inotify_limit_needed
+    from lab.limits import PER_HOST, SLACK, inotify_limit_needed
 
     assert inotify_limit_needed(in_use=10, hosts=3, limit=128) is None  # a small lab fits Debian's default
     wanted = inotify_limit_needed(in_use=10, hosts=21, limit=128)  # 20 Pis and the VPS do not

@@ -1,4 +1,4 @@
-"""The code is fully typed: mypy finds nothing in pitunnel, the roles, tasks.py and the benchmarks."""
+"""The code is fully typed: mypy finds nothing in pitunnel, the roles, the lab, tasks.py and the benchmarks."""
 
 from __future__ import annotations
 

@@ -6,11 +6,14 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from pitunnel.cli import LAB_INVENTORY
 
 from . import limits, machine, net
 from .aptproxy import PROXY_URL, start_proxy
@@ -49,7 +52,7 @@ def _preflight() -> None:
         raise LabError("the kernel has no overlayfs (modprobe overlay): the lab boots hosts from overlays")
 
 
-def up(*, pis: int = 1, release: str = "bookworm", inventory: Path, fresh: bool = False) -> UpReport:
+def up(*, pis: int = 1, release: str = "bookworm", inventory: Path = LAB_INVENTORY, fresh: bool = False) -> UpReport:
     """Bring the lab to `pis` Pis on `release`; a lab already like that is left as it is."""
     started = time.monotonic()
     plan = make_plan(pis)
@@ -88,8 +91,9 @@ def up(*, pis: int = 1, release: str = "bookworm", inventory: Path, fresh: bool 
     return UpReport(plan, False, rootfs_seconds, time.monotonic() - started, inventory)
 
 
-def down(*, inventory: Path | None = None) -> list[str]:
-    """Remove everything the lab made; returns what it removed. Safe to run any number of times."""
+def down(*, inventory: Path | None = LAB_INVENTORY) -> list[str]:
+    """Remove everything the lab made (and `inventory`, unless None); returns what it removed. Safe to run
+    any number of times."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root to tear down what it made: run it as root")
     state = LabState.load()
@@ -167,9 +171,16 @@ def record(name: str) -> HostState:
     return state.hosts[name]
 
 
+def exec_in(name: str, script: str, *, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a shell script as root inside a lab host (through its namespaces, not SSH); with `check`, a
+    failure raises LabError."""
+    return machine.exec_in(record(name), script, check=check, timeout=timeout)
+
+
 def sh(name: str, script: str, *, timeout: float = 120) -> str:
     """Run a shell script as root inside a lab host; its output, or a LabError naming the host."""
-    done = machine.exec_in(record(name), script, check=False, timeout=timeout)
+    done = exec_in(name, script, check=False, timeout=timeout)
     if done.returncode != 0:
         raise LabError(f"{name}: {(done.stderr or done.stdout).strip()[-400:]}")
     return done.stdout
@@ -181,6 +192,16 @@ def write_file(name: str, path: str, text: str) -> None:
 
     encoded = base64.b64encode(text.encode()).decode()
     sh(name, f"mkdir -p \"$(dirname {path})\" && echo {encoded} | base64 -d > {path}")
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds each lab host has used so far (see machine.cpu_seconds)."""
+    return machine.cpu_seconds(list(LabState.load().hosts.values()))
+
+
+def password_file(name: str) -> Path:
+    """The file holding a lab Pi's login password (the inventory names it; the password is not in it)."""
+    return SECRETS / f"{name}.password"
 
 
 def shell_argv(name: str) -> list[str]:
@@ -199,7 +220,7 @@ def _passwords(plan: LabPlan) -> dict[str, str]:
     SECRETS.mkdir(parents=True, exist_ok=True, mode=0o700)
     out: dict[str, str] = {}
     for host in plan.pis:
-        path = SECRETS / f"{host.name}.password"
+        path = password_file(host.name)
         if not path.exists():
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.write(fd, (secrets.token_urlsafe(12) + "\n").encode())
@@ -239,7 +260,7 @@ def _write_inventory(plan: LabPlan, path: Path, passwords: dict[str, str]) -> No
         pis[host.name] = {
             "address": str(host.address),
             "user": "pi",
-            "password_file": str(SECRETS / f"{host.name}.password"),
+            "password_file": str(password_file(host.name)),
             "tunnels": {
                 "ssh": {"type": "ssh", "local_port": 22, "remote_port": 12345 + index, "public": True},
                 "api": {"type": "http", "local_port": 80, "path": f"/{host.name}/"},

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .lab import HostStatus
+    from .core import HostStatus
 
 
 def print_status(rows: Sequence["HostStatus"]) -> None:

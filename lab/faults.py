@@ -13,21 +13,22 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
 
 from . import machine
-from .lab import record
+from .core import record
 from .machine import exec_in
 from .net import FWD_CHAIN
-from .plan import make_plan
+from .plan import VPS_ADDR, make_plan
 from .state import LabState
 from .system import run
 
-VPS = "198.18.0.10"
+VPS = str(VPS_ADDR)
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # probes fail on purpose while down
 
 
@@ -171,14 +172,21 @@ def router_reboot(pi: str, *, timeout: float = 120, setup: Setup = PITUNNEL, sec
         return wait_recovered(t, ended, timeout)
 
 
-def link_down(pi: str, *, seconds: float) -> float:
-    """The Pi's link is down for `seconds`, then back."""
+@contextmanager
+def unplugged(pi: str) -> Iterator[None]:
+    """The Pi's link is down inside the `with` block, and back up when it ends."""
     veth = make_plan(LabState.load().pis).host(pi).veth
     run(["ip", "link", "set", veth, "down"])
     try:
-        time.sleep(seconds)
+        yield
     finally:
         run(["ip", "link", "set", veth, "up"])
+
+
+def link_down(pi: str, *, seconds: float) -> float:
+    """The Pi's link is down for `seconds`, then back."""
+    with unplugged(pi):
+        time.sleep(seconds)
     return time.monotonic()
 
 
@@ -246,4 +254,5 @@ def tunnel_rss_kb(pi: str, setup: Setup = PITUNNEL) -> int:
     return sum(int(x) for x in out.split())
 
 
-__all__ = ["NAMES", "PITUNNEL", "Setup", "inject", "tunnel_rss_kb"]
+__all__ = ["NAMES", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "inject", "reachable", "target",
+           "tunnel_rss_kb", "unplugged", "wait_recovered"]

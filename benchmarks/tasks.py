@@ -1,0 +1,83 @@
+"""The benchmarks' tasks: `invoke bench.lab`, `bench.recovery`, `bench.provision`, `bench.fleet`, `bench.datapath`."""
+
+from __future__ import annotations
+
+from invoke import Collection, Context, Exit, task
+
+
+@task(help={"pis": "Pis in the lab (default 2)", "release": "bookworm or trixie",
+            "warm_runs": "how many warm runs (default 3)", "cold": "also time a cold run (default on)"})
+def bench_lab(c: Context, pis: int = 2, release: str = "bookworm", warm_runs: int = 3, cold: bool = True) -> None:
+    """Time lab.up cold (no cached root filesystem) and warm; prints a table, writes JSON."""
+    from benchmarks.lab_up import main
+
+    main(pis=pis, release=release, warm_runs=warm_runs, cold=cold)
+
+
+@task(help={"faults": "comma-separated faults (default: all but link-down-10min)", "runs": "runs per fault (default 3)",
+            "timeout": "seconds before a run counts as not recovered (default 60)",
+            "setups": "comma-separated: pitunnel,seed,sidedoor (default all three)",
+            "release": "Debian release of the lab hosts"})
+def bench_recovery(c: Context, faults: str = "", runs: int = 3, timeout: float = 60, setups: str = "",
+                   release: str = "bookworm") -> None:
+    """Recovery time per fault for pitunnel, the seed's settings and sidedoor, side by side."""
+    from benchmarks.recovery import main
+    from lab import FAULTS
+
+    chosen = [f for f in faults.split(",") if f] or [n for n in FAULTS if n != "link-down-10min"]
+    main(chosen, runs=runs, timeout=timeout, setups=[s for s in setups.split(",") if s] or None, release=release)
+
+
+@task(help={"pis": "Pis in the lab (default 2)", "release": "Debian release of the lab hosts: bookworm or trixie",
+            "cold_runs": "cold runs per side, each on fresh lab hosts (default 1)",
+            "reruns": "no-change reruns per side (default 3)"})
+def bench_provision(c: Context, pis: int = 2, release: str = "bookworm", cold_runs: int = 1, reruns: int = 3) -> None:
+    """pitunnel against an equivalent Ansible playbook: cold runs and no-change reruns; prints a table, writes JSON."""
+    from benchmarks.provision import main
+
+    main(pis=pis, release=release, cold_runs=cold_runs, reruns=reruns)
+
+
+@task(help={"sizes": "comma-separated fleet sizes in Pis (default 1,5,10,20)",
+            "release": "Debian release of the lab hosts: bookworm or trixie",
+            "isolation": "also run the isolation check: one Pi unreachable during provisioning (default on)",
+            "down": "the Pi made unreachable in the isolation run (default: the middle one of the largest size)",
+            "preinstalled": "also run every size with autossh installed on the Pis before the clock starts"})
+def bench_fleet(c: Context, sizes: str = "1,5,10,20", release: str = "bookworm", isolation: bool = True,
+                down: str = "", preinstalled: bool = False) -> None:
+    """Provision fleets of 1..20 Pis: wall time and the laptop's peak memory per size; one unreachable Pi stays isolated."""
+    from benchmarks.fleet import main, parse_sizes
+
+    try:
+        chosen = parse_sizes(sizes)
+    except ValueError as exc:
+        raise Exit(f"bench.fleet: {exc}", code=2) from None
+    main(chosen, release=release, isolation=isolation, down=down, preinstalled=preinstalled)
+
+
+@task(help={"connections": "comma-separated wrk connection counts (default 1,32)",
+            "duration": "seconds of each wrk run (default 10)",
+            "rounds": "rounds; every configuration is measured once per round, medians reported (default 3)",
+            "threads": "wrk threads, at most one per connection (default 2)",
+            "size_mb": "bulk transfer size over SSH, in MB (default 100)",
+            "tuning": "also measure each tuning setting changed on its own (default on; --no-tuning skips)",
+            "release": "Debian release of the lab hosts: bookworm or trixie"})
+def bench_datapath(c: Context, connections: str = "1,32", duration: int = 10, rounds: int = 3, threads: int = 2,
+                   size_mb: int = 100, tuning: bool = True, release: str = "bookworm") -> None:
+    """HTTP (wrk) and bulk SSH to the Pi, direct vs through VPS Nginx and the tunnel; tuning effects."""
+    from benchmarks.datapath import main
+
+    try:
+        counts = [int(n) for n in connections.split(",") if n.strip()]
+    except ValueError:
+        raise Exit(f"bench.datapath: --connections wants integers like 1,32, not {connections!r}", code=2) from None
+    main(connections=counts, duration=duration, rounds=rounds, threads=threads, size_mb=size_mb, tuning=tuning,
+         release=release)
+
+
+ns = Collection("bench")
+ns.add_task(bench_lab, "lab")
+ns.add_task(bench_recovery, "recovery")
+ns.add_task(bench_provision, "provision")
+ns.add_task(bench_fleet, "fleet")
+ns.add_task(bench_datapath, "datapath")

@@ -1,0 +1,35 @@
+"""The local lab: a VPS and Pis behind NAT, as Debian hosts booted with systemd on this machine.
+
+A development tool, not part of pitunnel (the wheel does not ship it): it lives in the checkout and
+reads its files from there. Lab tests, benchmarks and tasks use only what this module exports; the
+modules inside are the lab's own (only unit tests of those modules, in tests/unit, open them).
+
+    lab.up(pis=2)                       boot the lab, write INVENTORY (inventory/lab.yml)
+    lab.status(), lab.down()            what runs; remove every trace of it
+    lab.exec_in("pi1", "hostname")      a shell script inside a host, as root, not over SSH
+    lab.inject("kill-ssh", "pi1")       a fault, and seconds until the Pi is reachable again
+"""
+
+from pitunnel.cli import LAB_INVENTORY as INVENTORY
+
+from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, cpu_seconds, down, exec_in, password_file, record,
+                   sh, shell_argv, status, up, write_file)
+from .faults import (NAMES as FAULTS, PITUNNEL, PortKnocker, Setup, SilentDrop, Target, inject, reachable, target,
+                     tunnel_rss_kb, unplugged, wait_recovered)
+from .plan import LAPTOP_ADDR, VPS_ADDR
+from .state import STATE_DIR
+from .system import LabError
+
+__all__ = [
+    # the lab's files
+    "INVENTORY", "KNOWN_HOSTS", "LAPTOP_KEY", "STATE_DIR", "password_file",
+    # the lab as a whole
+    "HostStatus", "LabError", "UpReport", "down", "status", "up",
+    # inside one host
+    "cpu_seconds", "exec_in", "record", "sh", "shell_argv", "write_file",
+    # its addresses
+    "LAPTOP_ADDR", "VPS_ADDR",
+    # faults and recovery
+    "FAULTS", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "inject", "reachable", "target",
+    "tunnel_rss_kb", "unplugged", "wait_recovered",
+]

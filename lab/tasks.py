@@ -1,0 +1,109 @@
+"""The lab's tasks: `invoke lab.up`, `lab.down`, `lab.status`, `lab.shell`, `lab.fault`, and `invoke demo`
+(tasks.py puts demo at the top level)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from invoke import Collection, Context, Exit, task
+
+from pitunnel.cli import LAB_INVENTORY, ROOT
+from pitunnel.inventory import load_inventory
+from pitunnel.tasks import provision, verify
+
+from . import core
+from .faults import NAMES, inject
+from .report import print_status
+from .system import LabError
+
+
+@task(help={
+    "pis": "how many Pis, each behind its own NAT (default 1)",
+    "release": "Debian release of every host: bookworm or trixie (default bookworm)",
+    "fresh": "rebuild every host from a clean copy even if the lab is already up as asked",
+})
+def lab_up(c: Context, pis: int = 1, release: str = "bookworm", fresh: bool = False) -> None:
+    """Boot the local lab (a VPS and Pis behind NAT) and write inventory/lab.yml."""
+    try:
+        report = core.up(pis=pis, release=release, fresh=fresh)
+    except LabError as exc:
+        raise Exit(f"lab.up: {exc}", code=1) from None
+    verb = "already up" if report.already_up else f"up in {report.total_seconds:.1f}s"
+    built = f" (root filesystem built in {report.rootfs_seconds:.0f}s)" if report.rootfs_seconds else ""
+    print(f"lab {verb}{built}: inventory {report.inventory.relative_to(ROOT)}")
+    print_status(core.status())
+
+
+@task(help={})
+def lab_down(c: Context) -> None:
+    """Remove every trace of the lab: hosts, links, addresses, firewall rules, mounts, processes."""
+    try:
+        removed = core.down()
+    except LabError as exc:
+        raise Exit(f"lab.down: {exc}", code=1) from None
+    print(f"lab down: removed {', '.join(removed)}" if removed else "lab down: nothing to remove")
+
+
+@task(help={})
+def lab_status(c: Context) -> None:
+    """Show each lab host: running or not, systemd's state, address and SSH port."""
+    rows = core.status()
+    if not rows:
+        print("lab is down (`invoke lab.up` brings it up)")
+        return
+    print_status(rows)
+
+
+@task(help={"host": "lab host to enter: vps, pi1, pi2, ..."})
+def lab_shell(c: Context, host: str) -> None:
+    """Open a root shell inside a lab host (through its namespaces, not SSH)."""
+    try:
+        argv = core.shell_argv(host)
+    except LabError as exc:
+        raise Exit(f"lab.shell: {exc}", code=1) from None
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+
+
+@task(help={"fault": "one of: silent-drop, router-reboot, link-down-20s, link-down-60s, link-down-10min, kill-ssh, kill-autossh, "
+                     "stop-ssh, restart-vps-sshd, restart-nginx, reboot-vps, reboot-pi, vps-unreachable-at-boot",
+            "pi": "the lab Pi to hit (default pi1)", "timeout": "give up waiting after this many seconds"})
+def lab_fault(c: Context, fault: str, pi: str = "pi1", timeout: float = 300) -> None:
+    """Inject a fault into the provisioned lab and print how long until the Pi is reachable again."""
+    if fault not in NAMES:
+        raise Exit(f"lab.fault: unknown fault {fault!r}; one of: {', '.join(NAMES)}", code=2)
+    seconds = inject(fault, pi, timeout=timeout)
+    if seconds is None:
+        raise Exit(f"{fault}: {pi} NOT reachable again within {timeout:.0f}s", code=1)
+    print(f"{fault}: {pi} reachable again through the VPS {seconds:.1f}s after the fault ended")
+
+
+@task(help={"pis": "how many Pis in the lab (default 1)",
+            "release": "Debian release of the lab's hosts: bookworm or trixie"})
+def demo(c: Context, pis: int = 1, release: str = "bookworm") -> None:
+    """The whole story on the local lab: lab up, provision, verify, and how to ssh into a Pi via the VPS."""
+    lab_up(c, pis=pis, release=release)
+    print("\n== provision (VPS, then Pis) ==")
+    provision(c, inventory=str(LAB_INVENTORY))
+    print("\n== verify ==")
+    verify(c, inventory=str(LAB_INVENTORY))
+    inv = load_inventory(LAB_INVENTORY, save_allocations=False)
+    vps = next(iter(inv.vps.values()))
+    print("\nEvery Pi answers through the VPS. Try:")
+    for pi in inv.pis.values():
+        for t in pi.tunnels:
+            if t.kind == "ssh" and t.public:
+                print(f"  ssh -i {pi.key} -o UserKnownHostsFile={inv.settings.known_hosts} "
+                      f"-o HostKeyAlias={pi.address} -p {t.remote_port} {pi.user}@{vps.address}")
+            elif t.kind == "http":
+                print(f"  curl http://{vps.address}{t.path or '/'}")
+    print("When done: invoke lab.down")
+
+
+ns = Collection("lab")
+ns.add_task(lab_up, "up")
+ns.add_task(lab_down, "down")
+ns.add_task(lab_status, "status")
+ns.add_task(lab_shell, "shell")
+ns.add_task(lab_fault, "fault")

@@ -1,0 +1,77 @@
+"""Every task's command line, pinned: `invoke --list`, `invoke --help TASK` for each task and the arguments
+Invoke parses (names, short flags, kinds, defaults) must stay exactly as in tests/unit/cli_help.txt,
+which was captured from the real `invoke` before the tasks were reorganised (issue 12).
+
+After a deliberate change to a flag: `.venv/bin/python tests/unit/test_cli_help.py > tests/unit/cli_help.txt`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from pathlib import Path
+
+from invoke import Collection, Program, Task, __version__
+from invoke.loader import FilesystemLoader
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).with_name("cli_help.txt")
+TASKS = ["demo", "provision", "provision-pi", "provision-vps", "status", "teardown", "verify",
+         "bench.datapath", "bench.fleet", "bench.lab", "bench.provision", "bench.recovery",
+         "lab.down", "lab.fault", "lab.shell", "lab.status", "lab.up"]
+
+
+def forget_tasks() -> None:
+    """Drop the modules defining tasks, so each run builds them anew: Invoke uses up a task's `help` when it
+    parses it, and another test may have done that to the ones imported already."""
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(ROOT)) and any(
+                isinstance(v, Task) for v in vars(module).values()):
+            del sys.modules[name]
+
+
+def invoke(*args: str) -> str:
+    """What `invoke ARGS` prints, run in this process as the `invoke` binary runs it."""
+    forget_tasks()
+    program = Program(name="Invoke", binary="inv[oke]", binary_names=["invoke", "inv"], version=__version__)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        program.run(["invoke", "--search-root", str(ROOT), *args], exit=False)
+    return out.getvalue()
+
+
+def arguments(name: str) -> str:
+    """The arguments Invoke builds for a task: names (long and short), kind, default, attribute name (sorted:
+    their order in the signature matters only through the short flags, which are pinned here)."""
+    forget_tasks()
+    module, _ = FilesystemLoader(start=str(ROOT)).load("tasks")
+    task = Collection.from_module(module)[name]
+    return "".join(sorted(f"  {arg.names} {arg.kind.__name__} {arg.default!r} {arg.attr_name} "
+                          f"positional={arg.positional} optional={arg.optional}\n" for arg in task.get_arguments()))
+
+
+def captured() -> str:
+    parts = [(f"invoke {' '.join(args)}", invoke(*args))
+             for args in (("--list",), ("--list", "--list-format=json"), *(("--help", t) for t in TASKS))]
+    parts += [(f"arguments {t}", arguments(t)) for t in TASKS]
+    return "".join(f"$ {title}\n{text}" for title, text in parts)
+
+
+def sections(text: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for chunk in text.split("\n$ "):
+        title, _, body = chunk.removeprefix("$ ").partition("\n")
+        found[title] = body
+    return found
+
+
+def test_every_task_list_help_and_flag_is_as_captured_before() -> None:
+    want, got = sections(GOLDEN.read_text()), sections(captured())
+    assert list(got) == list(want)
+    for title in want:
+        assert got[title] == want[title], title
+
+
+if __name__ == "__main__":
+    print(captured(), end="")
