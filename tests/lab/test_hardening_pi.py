@@ -17,6 +17,7 @@ from pitunnel.inventory import ports_file
 from roles.pi.steps import provision as provision_pis
 from roles.pi.verify import Check, PiReport, verify
 from roles.vps.steps import provision as provision_vps
+from roles.vps.steps import route_stem
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play
 
@@ -83,11 +84,13 @@ def test_verify_warns_about_passwords_and_passes_the_routes(inventory: Path) -> 
 
 # ----------------------------------------------------------------- row 3: a route Nginx answers itself
 def test_verify_fails_a_route_that_nginx_answers_itself(inventory: Path) -> None:
-    in_host("vps", "mv /etc/nginx/pitunnel/locations/pi1-api.conf /root/ && nginx -t && systemctl reload nginx")
+    moved = in_host("vps", f"mv /etc/nginx/pitunnel/locations/{route_stem('pi1', 'api')}.conf /root/ && nginx -t "
+                           "&& systemctl reload nginx && echo moved")
+    assert "moved" in moved, moved  # the route is really gone, or this test proves nothing
     try:
         code, reports = run_verify(inventory)
     finally:
-        in_host("vps", "mv /root/pi1-api.conf /etc/nginx/pitunnel/locations/ && systemctl reload nginx")
+        in_host("vps", f"mv /root/{route_stem('pi1', 'api')}.conf /etc/nginx/pitunnel/locations/ && systemctl reload nginx")
     http = check(reports["pi1"], "api: http")
     print(http)
     assert code == 0 and not http.passed and not reports["pi1"].passed
