@@ -49,20 +49,19 @@ def laptop_key_line(inv: Inventory) -> str | None:
     return f"{keytype} {blob} {D['laptop_key_marker']}"
 
 
-PENALTIES = command_fact("sshd-penalties", "sshd -T 2>/dev/null | grep -ci '^persourcepenalties ' || true")
-
-
 def has_penalties(fact_output: str) -> bool:
     return fact_output.strip() not in ("", "0")
 
 
-def penalties_observer() -> Observe:
+PENALTIES = Fact("sshd-penalties", "sshd -T 2>/dev/null | grep -ci '^persourcepenalties ' || true", has_penalties)
+
+
+def penalties_observer() -> Observe[bool]:
     """Does this Pi's sshd have per-source penalties (OpenSSH 9.8 and later)?"""
-    return Observe(PENALTIES, lambda v: "yes" if has_penalties(v) else "no (older OpenSSH)",
-                   title="sshd has per-source penalties")
+    return Observe(PENALTIES, lambda on: "yes" if on else "no (older OpenSSH)", title="sshd has per-source penalties")
 
 
-def sshd_passwords_fact(pi: PiSpec) -> Fact:
+def sshd_passwords_fact(pi: PiSpec) -> Fact[str]:
     """The Pi's effective password settings for its login user, as a connection through a tunnel gets
     them (from 127.0.0.1): `sshd -T` is the truth, whatever drop-in (cloud-init's, ours) set them."""
     spec = shlex.quote(f"user={pi.user},host=localhost,addr=127.0.0.1")
@@ -94,7 +93,7 @@ def password_warning(pi: PiSpec, vps: VpsSpec, on: bool | None) -> str | None:
             f"127.0.0.1 as far as the Pi can tell; set `disable_password_login: true` for {pi.name} once key login works")
 
 
-def passwords_observer(pi: PiSpec, vps: VpsSpec) -> Observe:
+def passwords_observer(pi: PiSpec, vps: VpsSpec) -> Observe[str]:
     def describe(value: str) -> str:
         on = passwords_on(value)
         if password_warning(pi, vps, on):
@@ -251,16 +250,16 @@ def base(play: Play) -> Based:
         passwords = passwords_observer(pi, inv.vps_of(pi))
         everything = [*ops, observer, passwords]
         known = facts_for(remote, everything)
-        found = known[f"key:{key.path}"][1].strip()
-        if found == "PUB" or found.startswith("PUB "):  # the .pub exists: whatever it holds must be a key
-            refuse_bad_pubkey(reporter, pi, key, found[4:])
-        plans = dict((id(op), p) for op, p in converge(remote, everything, reporter, mode, known=known))
-        based.penalties[pi.name] = has_penalties(observer.value)
-        warning = password_warning(pi, inv.vps_of(pi), passwords_on(passwords.value))
+        found = known.value(key.fact)
+        if found.public is not None:  # the .pub exists: whatever it holds must be a key
+            refuse_bad_pubkey(reporter, pi, key, found.public)
+        converge(remote, everything, reporter, mode, known=known)
+        based.penalties[pi.name] = known.value(PENALTIES)
+        warning = password_warning(pi, inv.vps_of(pi), passwords_on(known.value(passwords.fact)))
         if warning:
             reporter.warn(pi.name, warning)
-        if not plans[id(key)].changes:
-            based.pubkeys[pi.name] = refuse_bad_pubkey(reporter, pi, key, key.value)
+        if found.kept and found.public is not None:
+            based.pubkeys[pi.name] = refuse_bad_pubkey(reporter, pi, key, found.public)
         elif not mode.check:
             based.pubkeys[pi.name] = refuse_bad_pubkey(reporter, pi, key, remote.run(f"cat {key.path}.pub").stdout)
 
@@ -292,16 +291,17 @@ def finish(play: Play, based: Based) -> None:
         # one round trip here, not two
         known = facts_for(remote, [account, keys, ss, permitted, keys_op])
         converge(remote, [account, keys, ss, permitted], reporter, mode, known=known)
-        allowed = set(permitted.value.split()[1:])
+        allowed = set(known.value(permitted.fact).split()[1:])
+        missing_account = "MISSING" in known.value(account.fact)
         unknown = [f"{p.name}: {listen_spec(t)}" for p in mine for t in p.tunnels if listen_spec(t) not in allowed]
-        if unknown and "MISSING" not in account.value:
+        if unknown and not missing_account:
             reporter.line(remote.name, "skipped" if mode.check else "failed", "sshd permits the Pis' listeners",
                           f"not yet: {', '.join(unknown)}; run `invoke provision-vps` (or `invoke provision`) first")
             if not mode.check:
                 raise StepFailed("PermitListen behind the inventory")
-        vps_keys[vps.name] = [k for k in keys.value.splitlines() if k.strip()]
-        vps_ss[vps.name] = ss.value
-        if "MISSING" in account.value:
+        vps_keys[vps.name] = [k for k in known.value(keys.fact).splitlines() if k.strip()]
+        vps_ss[vps.name] = known.value(ss.fact)
+        if missing_account:
             if mode.check:
                 reporter.line(remote.name, "skipped", "authorized keys of the Pis",
                               f"{vps.tunnel_user} is not there yet (provision-vps would create it)")
@@ -323,8 +323,7 @@ def finish(play: Play, based: Based) -> None:
             reporter.line(pi.name, "skipped", "tunnel", f"its VPS {vps.name} step failed")
             return
         ops = [*tunnel_ops(inv, pi, vps, vps_keys[vps.name]), *loopback_ops(pi, penalties=penalties.get(pi.name, False))]
-        plans = converge(remote, ops, reporter, mode, tunnel_handlers(remote))
-        changed = any(p.changes for _, p in plans)
+        changed = converge(remote, ops, reporter, mode, tunnel_handlers(remote)).changed
         if not mode.check:
             _wait_listening(play, pi, listeners[vps.name], vps_ss[vps.name] if not changed else "")
         if pi.disable_password_login:
@@ -422,8 +421,7 @@ def teardown(play: Play, *, purge: bool) -> None:
             return  # the VPS's own teardown removes the whole account
         account = Observe(command_fact("tunnel-account", f"getent passwd {vps.tunnel_user} || echo MISSING"),
                           lambda v: "missing" if "MISSING" in v else "present", title=f"tunnel account {vps.tunnel_user}")
-        converge(remote, [account], play.reporter, play.options.mode)
-        if "MISSING" not in account.value:
+        if "MISSING" not in converge(remote, [account], play.reporter, play.options.mode).facts.value(account.fact):
             converge(remote, [authorized_keys(inv, vps, {}, drop=gone)], play.reporter, play.options.mode)
 
     if play.options.limit:

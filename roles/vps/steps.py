@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pitunnel.facts import Fact, Facts, FileState, command_fact
 from pitunnel.inventory import NAME_RE, Inventory, PiSpec, TunnelSpec, VpsSpec
@@ -121,7 +122,7 @@ class DebianDefaultSetAside(Op):
     title: str = "Debian's default site set aside"
     notify: tuple[str, ...] = ("reload nginx",)
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [DEBIAN_DEFAULT_FACT]
 
     def plan(self, facts: Facts) -> Plan:
@@ -142,7 +143,7 @@ class DebianDefaultRestored(Op):
     title: str = "Debian's default site back"
     notify: tuple[str, ...] = ("reload nginx",)
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [DEBIAN_DEFAULT_FACT]
 
     def plan(self, facts: Facts) -> Plan:
@@ -289,9 +290,9 @@ def provision(play: Play) -> None:
         ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found), SshdPasswordsCheck(), seen]
         # the account first: one pitunnel did not make is refused before anything (Nginx too) is touched
         account = [op for op in ops if isinstance(op, SystemUser)]
-        plans = converge(remote, [*account, packages], play.reporter, play.options.mode, known=known)
+        first = converge(remote, [*account, packages], play.reporter, play.options.mode, known=known)
         # installing Nginx adds files (its default site, its config) the rest must see as they are now
-        installed = any(p.changes for op, p in plans if op is packages) and not play.options.check
+        installed = first.changes(packages) and not play.options.check
         rest = [op for op in ops if not isinstance(op, SystemUser)]
         converge(remote, rest, play.reporter, play.options.mode, handlers(remote), known=None if installed else known)
 

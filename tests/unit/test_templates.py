@@ -660,7 +660,8 @@ def test_loopback_exemption_needs_an_ssh_tunnel(inv: Inventory) -> None:
 def test_penalties_fact_reads_sshd_effective_config() -> None:
     observer = pi_steps.penalties_observer()
     assert "sshd -T" in observer.fact.script and "persourcepenalties" in observer.fact.script
-    assert observer.describe("1\n").startswith("yes") and observer.describe("0\n").startswith("no")
+    assert observer.fact.process("1\n") is True and observer.fact.process("0\n") is False
+    assert observer.describe(True).startswith("yes") and observer.describe(False).startswith("no")
 
 
 def test_sshd_reload_on_the_pi_is_guarded_by_a_fresh_login() -> None:
