@@ -11,13 +11,15 @@ from typing import Any
 
 import yaml
 
+from pitunnel.hostkeys import known_name
 from pitunnel.inventory import HostSpec, Inventory, PiSpec, VpsSpec
+from roles.contract import listen_spec
 from roles.pi.steps import D as PI_DEFAULTS
 from roles.pi.steps import ROLE as PI_ROLE
 from roles.pi.steps import forwards, hang_after_ms, key_path, laptop_key_line, stale_after_ms, tunnel_home
 from roles.vps.steps import D as VPS_DEFAULTS
 from roles.vps.steps import ROLE as VPS_ROLE
-from roles.vps.steps import _t, authorized_line, http_routes, listen_spec
+from roles.vps.steps import _t, authorized_line, http_routes
 
 
 class NotEquivalent(Exception):
@@ -83,7 +85,7 @@ def pi_vars(inv: Inventory, pi: PiSpec) -> dict[str, Any]:
         "vps_address": vps.address,
         "vps_port": vps.port,
         "vps_tunnel_user": vps.tunnel_user,
-        "vps_known_name": vps.address if vps.port == 22 else f"[{vps.address}]:{vps.port}",
+        "vps_known_name": known_name(vps.address, vps.port),
         "key_path": key_path(pi),
         "key_comment": f"pitunnel:{pi.name}",
         "tunnel_user": pi.tunnel_user,

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from pitunnel.play import Play
 from pitunnel.remote import Remote
-from roles.pi.steps import D, listen_spec
+from pitunnel.facts import LISTENERS, read
+from roles.contract import listen_spec
+from roles.pi.steps import D
 
 STATUS_SCRIPT = f"""systemctl show {D['unit']} -p ActiveState -p ActiveEnterTimestamp -p NRestarts --value
 journalctl -u {D['unit']} -o short-iso --no-pager 2>/dev/null | grep -c 'starting ssh' || true
@@ -30,10 +32,10 @@ class TunnelStatus:
 def status(play: Play) -> list[TunnelStatus]:
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
-    ss: dict[str, set[str]] = {}
+    ss: dict[str, frozenset[str]] = {}
 
     def on_vps(remote: Remote) -> None:
-        ss[remote.name] = {l.split()[3] for l in remote.run("ss -Htln").stdout.splitlines() if len(l.split()) >= 4}
+        ss[remote.name] = read(remote, LISTENERS)
 
     play.each(list({inv.vps_of(p).name: inv.vps_of(p) for p in pis}.values()), on_vps)
     rows: list[TunnelStatus] = []
@@ -43,7 +45,7 @@ def status(play: Play) -> list[TunnelStatus]:
         lines = remote.run(STATUS_SCRIPT).stdout.splitlines() + ["", "", "", "", "", ""]
         # systemctl show prints values in its own property order: NRestarts, ActiveState, ActiveEnterTimestamp
         restarts, active, since, starts, last = (l.strip() for l in lines[:5])
-        listening = ss.get(pi.vps, set())
+        listening = ss.get(pi.vps, frozenset())
         for t in pi.tunnels:
             rows.append(TunnelStatus(pi.name, t.name, listen_spec(t), listen_spec(t) in listening and active == "active",
                                      active, since or "-", int(starts or 0), last or "-", int(restarts or 0)))

@@ -8,7 +8,8 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
-from pitunnel.facts import Fact, command_fact
+from pitunnel.facts import LISTENERS, Fact, command_fact, read
+from pitunnel.hostkeys import known_name
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
 from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Observe, Op, Packages, PackagesAbsent,
                           Service, SystemUser, UserAbsent, managed_lines)
@@ -19,7 +20,8 @@ from pitunnel.role import Role
 from pitunnel.runner import StepFailed, converge, facts_for
 from pitunnel.shared import SharedReading
 from pitunnel.sshkeys import BadPublicKey, parse_public_key
-from roles.vps.steps import authorized_keys, listen_spec
+from roles.contract import listen_spec
+from roles.vps.steps import authorized_keys
 
 ROLE = Role("pi")
 D = ROLE.defaults
@@ -153,8 +155,7 @@ def loopback_ops(pi: PiSpec, *, penalties: bool) -> list[Op]:
 
 
 def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str]) -> list[Op]:
-    name = vps.address if vps.port == 22 else f"[{vps.address}]:{vps.port}"
-    known = "".join(f"{name} {k}\n" for k in vps_host_keys)
+    known = "".join(f"{known_name(vps.address, vps.port)} {k}\n" for k in vps_host_keys)
     context = dict(pi=pi.name, vps=vps.name, vps_address=vps.address, vps_port=vps.port,
                    vps_tunnel_user=vps.tunnel_user, key_path=key_path(pi), tunnel_user=pi.tunnel_user,
                    tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
@@ -213,13 +214,11 @@ def password_ops(remote: Remote) -> tuple[list[Op], list[Handler]]:
     return ops, handlers
 
 
-def listening(ss_output: str, pis: list[PiSpec]) -> dict[str, list[str]]:
-    """For each Pi, its forwards NOT listening on the VPS according to `ss -Htln`."""
-    present = {line.split()[3] for line in ss_output.splitlines() if len(line.split()) >= 4}
-    return {pi.name: [listen_spec(t) for t in pi.tunnels if listen_spec(t) not in present] for pi in pis}
+def not_listening(pi: PiSpec, present: frozenset[str]) -> list[str]:
+    """The Pi's forwards that are not among the VPS's listeners."""
+    return [listen_spec(t) for t in pi.tunnels if listen_spec(t) not in present]
 
 
-SS = command_fact("ss-listen", "ss -Htln")
 HOST_KEYS = command_fact("vps-host-keys", "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null | awk '{print $1, $2}'")
 
 
@@ -272,7 +271,7 @@ def finish(play: Play, based: Based) -> None:
     inv, mode, reporter = play.inventory, play.options.mode, play.reporter
     pis, pubkeys, penalties = based.pis, based.pubkeys, based.penalties
     vps_keys: dict[str, list[str]] = {}
-    vps_ss: dict[str, str] = {}
+    vps_ss: dict[str, frozenset[str]] = {}
 
     def on_vps(remote: Remote) -> None:
         vps = inv.vps[remote.name]
@@ -280,7 +279,7 @@ def finish(play: Play, based: Based) -> None:
         account = Observe(command_fact("tunnel-account", f"getent passwd {vps.tunnel_user} || echo MISSING"),
                           lambda v: "missing" if "MISSING" in v else "present", title=f"tunnel account {vps.tunnel_user}")
         keys = Observe(HOST_KEYS, lambda v: f"{len(v.splitlines())} host keys read", title="VPS host keys")
-        ss = Observe(SS, lambda v: "read", title="listeners on the VPS")
+        ss = Observe(LISTENERS, lambda v: "read", title="listeners on the VPS")
         permitted = Observe(command_fact("permitlisten", f"sshd -T -C user={vps.tunnel_user},host=pitunnel,addr=192.0.2.1 "
                                          "2>/dev/null | grep -i '^permitlisten ' || true"),
                             lambda v: "read", title="listeners sshd permits the tunnel account")
@@ -314,7 +313,7 @@ def finish(play: Play, based: Based) -> None:
 
     play.each(vpses_of(inv, pis), on_vps)
     # the Pis wait for their listeners on one VPS connection: they share its `ss` readings
-    listeners = {v.name: SharedReading(partial(_listeners, play.remotes[v.name])) for v in vpses_of(inv, pis)}
+    listeners = {v.name: SharedReading(partial(read, play.remotes[v.name], LISTENERS)) for v in vpses_of(inv, pis)}
 
     def tunnel(remote: Remote) -> None:
         pi = inv.pis[remote.name]
@@ -325,27 +324,24 @@ def finish(play: Play, based: Based) -> None:
         ops = [*tunnel_ops(inv, pi, vps, vps_keys[vps.name]), *loopback_ops(pi, penalties=penalties.get(pi.name, False))]
         changed = converge(remote, ops, reporter, mode, tunnel_handlers(remote)).changed
         if not mode.check:
-            _wait_listening(play, pi, listeners[vps.name], vps_ss[vps.name] if not changed else "")
+            _wait_listening(play, pi, listeners[vps.name], vps_ss[vps.name] if not changed else None)
         if pi.disable_password_login:
             _passwords_off(play, remote)
 
     play.each([p for p in pis if p.name in pubkeys or mode.check], tunnel)
 
 
-def _listeners(vps: Remote) -> str:
-    return vps.run(SS.script).stdout
-
-
-def _wait_listening(play: Play, pi: PiSpec, listeners: SharedReading, ss_now: str) -> None:
+def _wait_listening(play: Play, pi: PiSpec, listeners: SharedReading[frozenset[str]],
+                    now: frozenset[str] | None) -> None:
     """The run is done only when the VPS really listens on every forward of this Pi."""
-    missing = listening(ss_now, [pi])[pi.name] if ss_now else [listen_spec(t) for t in pi.tunnels]
+    missing = not_listening(pi, now or frozenset())
     started = looked = time.monotonic()
     deadline = started + D["listen_wait_seconds"]
     while missing and time.monotonic() < deadline:
         time.sleep(0.5)
         # any reading that began since this Pi last looked will do: one ss serves every Pi waiting
         reading, looked = listeners.newer_than(looked), time.monotonic()
-        missing = listening(reading, [pi])[pi.name]
+        missing = not_listening(pi, reading)
     if missing:
         play.reporter.line(pi.name, "failed", "tunnel listening on the VPS",
                            f"not listening after {D['listen_wait_seconds']}s: {', '.join(missing)} "

@@ -22,7 +22,9 @@ from pitunnel import hostkeys
 from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
 from pitunnel.play import Play
 from pitunnel.remote import Remote
-from roles.pi.steps import D, listen_spec, password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact
+from pitunnel.facts import LISTENERS, read
+from roles.contract import listen_spec
+from roles.pi.steps import D, password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact
 
 
 @dataclass
@@ -342,10 +344,10 @@ def verify(play: Play) -> list[PiReport]:
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
     reports: dict[str, PiReport] = {p.name: PiReport(p.name) for p in pis}
-    ss: dict[str, str] = {}
+    ss: dict[str, frozenset[str]] = {}
 
     def on_vps(remote: Remote) -> None:
-        ss[remote.name] = remote.run("ss -Htln").stdout
+        ss[remote.name] = read(remote, LISTENERS)
 
     play.each(list({inv.vps_of(p).name: inv.vps_of(p) for p in pis}.values()), on_vps)
 
@@ -368,7 +370,7 @@ def verify(play: Play) -> list[PiReport]:
         report.add("watchdog active", watchdog == "active", watchdog,
                    f"without it, a dead connection waits for keepalives after the network is back: on the Pi, "
                    f"systemctl status {D['watchdog_unit']}; or rerun provision-pi")
-        present = {line.split()[3] for line in ss.get(vps.name, "").splitlines() if len(line.split()) >= 4}
+        present = ss.get(vps.name, frozenset())
         for t in pi.tunnels:
             want = listen_spec(t)
             wrong = f"0.0.0.0:{t.remote_port}" if not t.public else f"127.0.0.1:{t.remote_port}"

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from pitunnel.facts import Fact, Facts, FileState, command_fact
-from pitunnel.inventory import NAME_RE, Inventory, PiSpec, TunnelSpec, VpsSpec
+from pitunnel.inventory import NAME_RE, Inventory, PiSpec, VpsSpec
 from pitunnel.ops import (STATE_DIR, Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Plan,
                           Pruned, Service, SshdPasswordsCheck, SystemUser, UserAbsent, backup_commands, q)
 from pitunnel.play import Play
 from pitunnel.runner import converge, facts_for
 from pitunnel.remote import Remote
 from pitunnel.role import Role
+from roles.contract import listen_spec
 
 ROLE = Role("vps")
 D = ROLE.defaults
@@ -52,11 +53,6 @@ def route_stem(pi: str, tunnel: str) -> str:
     """
     assert NAME_RE.fullmatch(pi) and NAME_RE.fullmatch(tunnel), (pi, tunnel)
     return f"{pi}_{tunnel}"
-
-
-def listen_spec(tunnel: TunnelSpec) -> str:
-    """The listen address as the Pi's `-R` sends it and as permitlisten / PermitListen must spell it."""
-    return f"{'0.0.0.0' if tunnel.public else '127.0.0.1'}:{tunnel.remote_port}"
 
 
 def authorized_line(vps: VpsSpec, pi: PiSpec, pubkey: str) -> str:
