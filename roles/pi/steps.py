@@ -4,11 +4,9 @@ pinned, a keepalive ssh config for the VPS entry only, and a systemd unit that k
 from __future__ import annotations
 
 import shlex
-import time
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 
-from pitunnel.facts import LISTENERS, Fact, command_fact, read
+from pitunnel.facts import Fact, command_fact
 from pitunnel.hostkeys import known_name
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
 from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Observe, Op, Packages, PackagesAbsent,
@@ -18,10 +16,8 @@ from pitunnel.remote import Remote
 from pitunnel.report import Reporter
 from pitunnel.role import Role
 from pitunnel.runner import StepFailed, converge, facts_for
-from pitunnel.shared import SharedReading
 from pitunnel.sshkeys import BadPublicKey, parse_public_key
-from roles.contract import listen_spec
-from roles.vps.steps import authorized_keys
+from roles.contract import PiOffer, listen_spec, listens
 
 ROLE = Role("pi")
 D = ROLE.defaults
@@ -119,14 +115,6 @@ def refuse_bad_pubkey(reporter: Reporter, pi: PiSpec, key: KeyPair, text: str) -
         raise StepFailed("bad public key") from None
 
 
-def _is_key(text: str) -> bool:
-    try:
-        parse_public_key(text)
-    except BadPublicKey:
-        return False
-    return True
-
-
 def base_ops(inv: Inventory, pi: PiSpec) -> tuple[list[Op], KeyPair]:
     home = tunnel_home(pi)
     key = KeyPair(key_path(pi), owner=pi.tunnel_user, comment=f"pitunnel:{pi.name}", title="tunnel key (made on the Pi)")
@@ -214,145 +202,53 @@ def password_ops(remote: Remote) -> tuple[list[Op], list[Handler]]:
     return ops, handlers
 
 
-def not_listening(pi: PiSpec, present: frozenset[str]) -> list[str]:
-    """The Pi's forwards that are not among the VPS's listeners."""
-    return [listen_spec(t) for t in pi.tunnels if listen_spec(t) not in present]
+@dataclass(frozen=True)
+class PiBase:
+    """What the base step learnt of one Pi: what it offers its VPS, and whether its sshd has penalties."""
+
+    offer: PiOffer
+    penalties: bool
 
 
-HOST_KEYS = command_fact("vps-host-keys", "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null | awk '{print $1, $2}'")
-
-
-@dataclass
-class Based:
-    """What the base step learnt from the Pis, for the rest of provision-pi."""
-
-    pis: list[PiSpec]
-    pubkeys: dict[str, str] = field(default_factory=dict)  # Pis whose tunnel key exists (or would)
-    penalties: dict[str, bool] = field(default_factory=dict)
-
-
-def provision(play: Play) -> None:
-    """`invoke provision-pi`: base on every Pi, the Pis' keys on their VPS, then each Pi's tunnel."""
-    finish(play, base(play))
-
-
-def base(play: Play) -> Based:
+def base(play: Play) -> dict[str, PiBase]:
     """On every selected Pi: autossh, the tunnel account, its key made on the Pi, the laptop's key. Needs
-    nothing from the VPS, so `invoke provision` runs it while the VPS converges."""
+    nothing from the VPS, so `invoke provision` runs it while the VPS converges. Returns each Pi's base
+    (a Pi that failed has none)."""
     inv, mode, reporter = play.inventory, play.options.mode, play.reporter
-    based = Based(play.selected(list(inv.pis.values())))
 
-    def one(remote: Remote) -> None:
+    def one(remote: Remote) -> PiBase:
         pi = inv.pis[remote.name]
         ops, key = base_ops(inv, pi)
-        observer = penalties_observer()
         passwords = passwords_observer(pi, inv.vps_of(pi))
-        everything = [*ops, observer, passwords]
+        everything = [*ops, penalties_observer(), passwords]
         known = facts_for(remote, everything)
         found = known.value(key.fact)
         if found.public is not None:  # the .pub exists: whatever it holds must be a key
             refuse_bad_pubkey(reporter, pi, key, found.public)
         converge(remote, everything, reporter, mode, known=known)
-        based.penalties[pi.name] = known.value(PENALTIES)
         warning = password_warning(pi, inv.vps_of(pi), passwords_on(known.value(passwords.fact)))
         if warning:
             reporter.warn(pi.name, warning)
+        pubkey = None
         if found.kept and found.public is not None:
-            based.pubkeys[pi.name] = refuse_bad_pubkey(reporter, pi, key, found.public)
+            pubkey = refuse_bad_pubkey(reporter, pi, key, found.public)
         elif not mode.check:
-            based.pubkeys[pi.name] = refuse_bad_pubkey(reporter, pi, key, remote.run(f"cat {key.path}.pub").stdout)
+            pubkey = refuse_bad_pubkey(reporter, pi, key, remote.run(f"cat {key.path}.pub").stdout)
+        return PiBase(PiOffer(pi.name, pubkey, listens(pi)), known.value(PENALTIES))
 
-    play.each(based.pis, one)
-    return based
-
-
-def finish(play: Play, based: Based) -> None:
-    """The Pis' keys on their VPS, then each Pi's tunnel, up and listening on the VPS."""
-    inv, mode, reporter = play.inventory, play.options.mode, play.reporter
-    pis, pubkeys, penalties = based.pis, based.pubkeys, based.penalties
-    vps_keys: dict[str, list[str]] = {}
-    vps_ss: dict[str, frozenset[str]] = {}
-
-    def on_vps(remote: Remote) -> None:
-        vps = inv.vps[remote.name]
-        mine = [p for p in pis if p.vps == vps.name and not reporter.recap(p.name).bad]
-        account = Observe(command_fact("tunnel-account", f"getent passwd {vps.tunnel_user} || echo MISSING"),
-                          lambda v: "missing" if "MISSING" in v else "present", title=f"tunnel account {vps.tunnel_user}")
-        keys = Observe(HOST_KEYS, lambda v: f"{len(v.splitlines())} host keys read", title="VPS host keys")
-        ss = Observe(LISTENERS, lambda v: "read", title="listeners on the VPS")
-        permitted = Observe(command_fact("permitlisten", f"sshd -T -C user={vps.tunnel_user},host=pitunnel,addr=192.0.2.1 "
-                                         "2>/dev/null | grep -i '^permitlisten ' || true"),
-                            lambda v: "read", title="listeners sshd permits the tunnel account")
-        # only keys that parsed on the Pi's side reach this VPS (base refused the others, each for its Pi alone)
-        new = {p.name: pubkeys[p.name] for p in mine if p.name in pubkeys and _is_key(pubkeys[p.name])}
-        keys_op = authorized_keys(inv, vps, new)
-        # one read of the VPS for the checks below and for the keys: a rerun that changes nothing costs
-        # one round trip here, not two
-        known = facts_for(remote, [account, keys, ss, permitted, keys_op])
-        converge(remote, [account, keys, ss, permitted], reporter, mode, known=known)
-        allowed = set(known.value(permitted.fact).split()[1:])
-        missing_account = "MISSING" in known.value(account.fact)
-        unknown = [f"{p.name}: {listen_spec(t)}" for p in mine for t in p.tunnels if listen_spec(t) not in allowed]
-        if unknown and not missing_account:
-            reporter.line(remote.name, "skipped" if mode.check else "failed", "sshd permits the Pis' listeners",
-                          f"not yet: {', '.join(unknown)}; run `invoke provision-vps` (or `invoke provision`) first")
-            if not mode.check:
-                raise StepFailed("PermitListen behind the inventory")
-        vps_keys[vps.name] = [k for k in known.value(keys.fact).splitlines() if k.strip()]
-        vps_ss[vps.name] = known.value(ss.fact)
-        if missing_account:
-            if mode.check:
-                reporter.line(remote.name, "skipped", "authorized keys of the Pis",
-                              f"{vps.tunnel_user} is not there yet (provision-vps would create it)")
-                return
-            reporter.line(remote.name, "failed", "tunnel account", f"{vps.tunnel_user} does not exist: run "
-                          "`invoke provision-vps` first")
-            del vps_keys[vps.name]
-            raise StepFailed("no tunnel account")
-        converge(remote, [keys_op], reporter, mode, known=known)
-
-    play.each(vpses_of(inv, pis), on_vps)
-    # the Pis wait for their listeners on one VPS connection: they share its `ss` readings
-    listeners = {v.name: SharedReading(partial(read, play.remotes[v.name], LISTENERS)) for v in vpses_of(inv, pis)}
-
-    def tunnel(remote: Remote) -> None:
-        pi = inv.pis[remote.name]
-        vps = inv.vps_of(pi)
-        if vps.name not in vps_keys:
-            reporter.line(pi.name, "skipped", "tunnel", f"its VPS {vps.name} step failed")
-            return
-        ops = [*tunnel_ops(inv, pi, vps, vps_keys[vps.name]), *loopback_ops(pi, penalties=penalties.get(pi.name, False))]
-        changed = converge(remote, ops, reporter, mode, tunnel_handlers(remote)).changed
-        if not mode.check:
-            _wait_listening(play, pi, listeners[vps.name], vps_ss[vps.name] if not changed else None)
-        if pi.disable_password_login:
-            _passwords_off(play, remote)
-
-    play.each([p for p in pis if p.name in pubkeys or mode.check], tunnel)
+    return play.each(play.selected(list(inv.pis.values())), one)
 
 
-def _wait_listening(play: Play, pi: PiSpec, listeners: SharedReading[frozenset[str]],
-                    now: frozenset[str] | None) -> None:
-    """The run is done only when the VPS really listens on every forward of this Pi."""
-    missing = not_listening(pi, now or frozenset())
-    started = looked = time.monotonic()
-    deadline = started + D["listen_wait_seconds"]
-    while missing and time.monotonic() < deadline:
-        time.sleep(0.5)
-        # any reading that began since this Pi last looked will do: one ss serves every Pi waiting
-        reading, looked = listeners.newer_than(looked), time.monotonic()
-        missing = not_listening(pi, reading)
-    if missing:
-        play.reporter.line(pi.name, "failed", "tunnel listening on the VPS",
-                           f"not listening after {D['listen_wait_seconds']}s: {', '.join(missing)} "
-                           f"(see `journalctl -u {D['unit']}` on the Pi)")
-        raise StepFailed("not listening")
-    waited = time.monotonic() - started
-    play.reporter.line(pi.name, "ok", "tunnel listening on the VPS",
-                       f"{', '.join(listen_spec(t) for t in pi.tunnels)}" + (f" (after {waited:.1f}s)" if waited > 0.1 else ""))
+def tunnel(play: Play, remote: Remote, base: PiBase, vps_host_keys: tuple[str, ...]) -> bool:
+    """The Pi's tunnel to its VPS, pinning the VPS's host keys. True if it changed (or would)."""
+    inv = play.inventory
+    pi = inv.pis[remote.name]
+    ops = [*tunnel_ops(inv, pi, inv.vps_of(pi), list(vps_host_keys)), *loopback_ops(pi, penalties=base.penalties)]
+    return converge(remote, ops, play.reporter, play.options.mode, tunnel_handlers(remote)).changed
 
 
-def _passwords_off(play: Play, remote: Remote) -> None:
+def passwords_off(play: Play, remote: Remote) -> None:
+    """Password login off, once a fresh key login is proven."""
     if play.options.check:
         ops, handlers = password_ops(remote)
         converge(remote, ops, play.reporter, play.options.mode, handlers)
@@ -363,10 +259,6 @@ def _passwords_off(play: Play, remote: Remote) -> None:
         raise StepFailed("key login not proven")
     ops, handlers = password_ops(remote)
     converge(remote, ops, play.reporter, play.options.mode, handlers)
-
-
-def vpses_of(inv: Inventory, pis: list[PiSpec]) -> list[VpsSpec]:
-    return list({inv.vps_of(p).name: inv.vps_of(p) for p in pis}.values())
 
 
 def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool) -> list[Op]:
@@ -395,7 +287,7 @@ def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool) -> list[Op]:
 
 
 def teardown(play: Play, *, purge: bool) -> None:
-    """Undo provision-pi on every selected Pi, and take their keys off their VPS."""
+    """Undo provision-pi on every selected Pi (roles/site.py takes their keys off their VPS)."""
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
 
@@ -409,16 +301,3 @@ def teardown(play: Play, *, purge: bool) -> None:
 
     play.each(pis, lambda remote: converge(remote, teardown_ops(inv, inv.pis[remote.name], purge=purge),
                                            play.reporter, play.options.mode, handlers(remote)))
-    gone = frozenset(p.name for p in pis)
-
-    def unauthorise(remote: Remote) -> None:
-        vps = inv.vps[remote.name]
-        if play.options.limit and vps.name in play.options.limit:
-            return  # the VPS's own teardown removes the whole account
-        account = Observe(command_fact("tunnel-account", f"getent passwd {vps.tunnel_user} || echo MISSING"),
-                          lambda v: "missing" if "MISSING" in v else "present", title=f"tunnel account {vps.tunnel_user}")
-        if "MISSING" not in converge(remote, [account], play.reporter, play.options.mode).facts.value(account.fact):
-            converge(remote, [authorized_keys(inv, vps, {}, drop=gone)], play.reporter, play.options.mode)
-
-    if play.options.limit:
-        play.each(vpses_of(inv, pis), unauthorise)

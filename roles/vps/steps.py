@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pitunnel.facts import Fact, Facts, FileState, command_fact
+from pitunnel.facts import LISTENERS, Fact, Facts, FileState, command_fact, read
 from pitunnel.inventory import NAME_RE, Inventory, PiSpec, VpsSpec
 from pitunnel.ops import (STATE_DIR, Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Plan,
                           Pruned, Service, SshdPasswordsCheck, SystemUser, UserAbsent, backup_commands, q)
 from pitunnel.play import Play
-from pitunnel.runner import converge, facts_for
 from pitunnel.remote import Remote
+from pitunnel.report import Reporter
 from pitunnel.role import Role
-from roles.contract import listen_spec
+from pitunnel.runner import Mode, StepFailed, converge, facts_for
+from pitunnel.sshkeys import BadPublicKey, parse_public_key
+from roles.contract import PiOffer, VpsFacts, listen_spec
 
 ROLE = Role("vps")
 D = ROLE.defaults
@@ -80,6 +83,78 @@ def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: dict[str, str], drop
 
     return File(f"{D['tunnel_home']}/.ssh/authorized_keys", render, owner=vps.tunnel_user, group=vps.tunnel_user,
                 mode=0o600, title="authorized keys of the Pis")
+
+
+def _is_key(text: str) -> bool:
+    try:
+        parse_public_key(text)
+    except BadPublicKey:
+        return False
+    return True
+
+
+def account_observer(vps: VpsSpec) -> Observe[bool]:
+    """Is the tunnel account there?"""
+    fact = Fact("tunnel-account", f"getent passwd {vps.tunnel_user} || echo MISSING", lambda out: "MISSING" not in out)
+    return Observe(fact, lambda there: "present" if there else "missing", title=f"tunnel account {vps.tunnel_user}")
+
+
+HOST_KEYS = Fact("vps-host-keys", "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null | awk '{print $1, $2}'",
+                 lambda out: tuple(out.splitlines()))
+
+
+def permitted_fact(vps: VpsSpec) -> Fact[frozenset[str]]:
+    """The listeners sshd permits the tunnel account (its effective PermitListen)."""
+    return Fact("permitlisten", f"sshd -T -C user={vps.tunnel_user},host=pitunnel,addr=192.0.2.1 "
+                "2>/dev/null | grep -i '^permitlisten ' || true", lambda out: frozenset(out.split()[1:]))
+
+
+def listeners(remote: Remote) -> frozenset[str]:
+    """What listens on this VPS now (one round trip)."""
+    return read(remote, LISTENERS)
+
+
+def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiOffer], reporter: Reporter,
+              mode: Mode) -> VpsFacts:
+    """For provision-pi: the keys the Pis offer in the tunnel account's authorized_keys, once sshd permits
+    their listeners; returns what the Pis need of this VPS. Raises StepFailed."""
+    account = account_observer(vps)
+    keys = Observe(HOST_KEYS, lambda v: f"{len(v)} host keys read", title="VPS host keys")
+    ss = Observe(LISTENERS, lambda v: "read", title="listeners on the VPS")
+    permitted = Observe(permitted_fact(vps), lambda v: "read", title="listeners sshd permits the tunnel account")
+    # only keys that parsed on the Pi's side reach this VPS (base refused the others, each for its Pi alone)
+    new = {o.name: o.pubkey for o in offers if o.pubkey is not None and _is_key(o.pubkey)}
+    keys_op = authorized_keys(inv, vps, new)
+    # one read of the VPS for the checks below and for the keys: a rerun that changes nothing costs
+    # one round trip here, not two
+    known = facts_for(remote, [account, keys, ss, permitted, keys_op])
+    converge(remote, [account, keys, ss, permitted], reporter, mode, known=known)
+    there, allowed = known.value(account.fact), known.value(permitted.fact)
+    unknown = [f"{o.name}: {spec}" for o in offers for spec in o.listens if spec not in allowed]
+    if unknown and there:
+        reporter.line(remote.name, "skipped" if mode.check else "failed", "sshd permits the Pis' listeners",
+                      f"not yet: {', '.join(unknown)}; run `invoke provision-vps` (or `invoke provision`) first")
+        if not mode.check:
+            raise StepFailed("PermitListen behind the inventory")
+    found = VpsFacts(tuple(k for k in known.value(HOST_KEYS) if k.strip()), known.value(LISTENERS))
+    if not there:
+        if mode.check:
+            reporter.line(remote.name, "skipped", "authorized keys of the Pis",
+                          f"{vps.tunnel_user} is not there yet (provision-vps would create it)")
+            return found
+        reporter.line(remote.name, "failed", "tunnel account", f"{vps.tunnel_user} does not exist: run "
+                      "`invoke provision-vps` first")
+        raise StepFailed("no tunnel account")
+    converge(remote, [keys_op], reporter, mode, known=known)
+    return found
+
+
+def unauthorise(remote: Remote, inv: Inventory, vps: VpsSpec, gone: frozenset[str], reporter: Reporter,
+                mode: Mode) -> None:
+    """The keys of the Pis in `gone` off the tunnel account, if it is there."""
+    account = account_observer(vps)
+    if converge(remote, [account], reporter, mode).facts.value(account.fact):
+        converge(remote, [authorized_keys(inv, vps, {}, drop=gone)], reporter, mode)
 
 
 def http_routes(inv: Inventory, vps: VpsSpec) -> list[HttpRoute]:
