@@ -40,6 +40,13 @@ class Converged:
         return any(p.changes for o, p in self.plans if o is op)
 
 
+def sshd_reload(remote: Remote, service: str, hint: str, *, keys_only: bool = False) -> Handler:
+    """The "reload sshd" handler, guarded: sshd -t, the reload, then a fresh login from the laptop (a key
+    login if `keys_only`) must work, else the change is rolled back (commit-confirm: see ops.arm_commands)."""
+    return Handler("reload sshd", ["sshd -t", f"systemctl reload {service}"],
+                   verify=lambda: remote.can_log_in_fresh(use_password=not keys_only), verify_hint=hint)
+
+
 def facts_for(remote: Remote, ops: Sequence[Op]) -> Facts:
     """Read, in one round trip, every fact that `ops` need: for steps that look before they leap and
     then converge the same ops with `known=` (valid as long as nothing changed the host in between)."""

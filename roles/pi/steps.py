@@ -15,7 +15,7 @@ from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.report import Reporter
 from pitunnel.role import Role
-from pitunnel.runner import StepFailed, converge, facts_for
+from pitunnel.runner import StepFailed, converge, facts_for, sshd_reload
 from pitunnel.sshkeys import BadPublicKey, parse_public_key
 from roles.contract import PiOffer, listen_spec, listens
 
@@ -184,22 +184,28 @@ def stale_after_ms(pi: PiSpec, vps: VpsSpec) -> int:
     return (min(vps.client_alive_interval, pi.server_alive_interval) + 3) * 1000
 
 
-def tunnel_handlers(remote: Remote) -> list[Handler]:
+# what a failed fresh login after each step's sshd change means
+RELOAD_HINTS = {
+    "tunnel": "a fresh login failed after changing sshd's settings",
+    "passwords": "a fresh key login failed after turning passwords off",
+    "teardown": "a fresh login failed after teardown's sshd changes (without the laptop's key, pitunnel logs in "
+                "with the login password: password_file or -p)",
+}
+
+
+def handlers(remote: Remote, step: str = "tunnel") -> list[Handler]:
+    """The Pi role's handlers, for every step; sshd's reload is proven by a fresh login (a key login once
+    passwords go off), else rolled back, the laptop's key too."""
     return [Handler("restart tunnel", ["systemctl daemon-reload", f"systemctl restart {D['unit']}"]),
             Handler("restart watchdog", ["systemctl daemon-reload", f"systemctl restart {D['watchdog_unit']}"]),
-            Handler("reload sshd", ["sshd -t", f"systemctl reload {D['ssh_service']}"],
-                    verify=lambda: remote.can_log_in_fresh(),
-                    verify_hint="a fresh login failed after changing sshd's settings")]
+            Handler("daemon-reload", ["systemctl daemon-reload"]),
+            sshd_reload(remote, D["ssh_service"], RELOAD_HINTS[step], keys_only=step == "passwords")]
 
 
-def password_ops(remote: Remote) -> tuple[list[Op], list[Handler]]:
-    ops: list[Op] = [File(D["password_dropin"], "# Managed by pitunnel: key login was proven first.\n"
-                          "PasswordAuthentication no\nKbdInteractiveAuthentication no\n",
-                          validate="sshd -t", notify=("reload sshd",), title="sshd: passwords off")]
-    handlers = [Handler("reload sshd", ["sshd -t", f"systemctl reload {D['ssh_service']}"],
-                        verify=lambda: remote.can_log_in_fresh(use_password=False),
-                        verify_hint="a fresh key login failed after turning passwords off")]
-    return ops, handlers
+def password_ops() -> list[Op]:
+    return [File(D["password_dropin"], "# Managed by pitunnel: key login was proven first.\n"
+                 "PasswordAuthentication no\nKbdInteractiveAuthentication no\n",
+                 validate="sshd -t", notify=("reload sshd",), title="sshd: passwords off")]
 
 
 @dataclass(frozen=True)
@@ -244,21 +250,16 @@ def tunnel(play: Play, remote: Remote, base: PiBase, vps_host_keys: tuple[str, .
     inv = play.inventory
     pi = inv.pis[remote.name]
     ops = [*tunnel_ops(inv, pi, inv.vps_of(pi), list(vps_host_keys)), *loopback_ops(pi, penalties=base.penalties)]
-    return converge(remote, ops, play.reporter, play.options.mode, tunnel_handlers(remote)).changed
+    return converge(remote, ops, play.reporter, play.options.mode, handlers(remote)).changed
 
 
 def passwords_off(play: Play, remote: Remote) -> None:
     """Password login off, once a fresh key login is proven."""
-    if play.options.check:
-        ops, handlers = password_ops(remote)
-        converge(remote, ops, play.reporter, play.options.mode, handlers)
-        return
-    if not remote.can_log_in_fresh(use_password=False, within=0):
+    if not play.options.check and not remote.can_log_in_fresh(use_password=False, within=0):
         play.reporter.line(remote.name, "failed", "sshd: passwords off",
                            "key login is not proven, so password login stays on")
         raise StepFailed("key login not proven")
-    ops, handlers = password_ops(remote)
-    converge(remote, ops, play.reporter, play.options.mode, handlers)
+    converge(remote, password_ops(), play.reporter, play.options.mode, handlers(remote, "passwords"))
 
 
 def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool) -> list[Op]:
@@ -291,13 +292,5 @@ def teardown(play: Play, *, purge: bool) -> None:
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
 
-    def handlers(remote: Remote) -> list[Handler]:
-        # guarded like provisioning's: proven by a fresh login, else rolled back (the laptop's key too)
-        return [Handler("daemon-reload", ["systemctl daemon-reload"]),
-                Handler("reload sshd", ["sshd -t", f"systemctl reload {D['ssh_service']}"],
-                        verify=lambda: remote.can_log_in_fresh(),
-                        verify_hint="a fresh login failed after teardown's sshd changes (without the laptop's "
-                                    "key, pitunnel logs in with the login password: password_file or -p)")]
-
     play.each(pis, lambda remote: converge(remote, teardown_ops(inv, inv.pis[remote.name], purge=purge),
-                                           play.reporter, play.options.mode, handlers(remote)))
+                                           play.reporter, play.options.mode, handlers(remote, "teardown")))

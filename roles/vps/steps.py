@@ -15,7 +15,7 @@ from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.report import Reporter
 from pitunnel.role import Role
-from pitunnel.runner import Mode, StepFailed, converge, facts_for
+from pitunnel.runner import Mode, StepFailed, converge, facts_for, sshd_reload
 from pitunnel.sshkeys import BadPublicKey, parse_public_key
 from roles.contract import PiOffer, VpsFacts, listen_spec
 
@@ -262,12 +262,12 @@ def default_server_note(found: list[str]) -> str:
 
 
 def handlers(remote: Remote) -> list[Handler]:
+    """The VPS role's handlers, for every step."""
     return [
-        Handler("reload sshd", ["sshd -t", f"systemctl reload {D['ssh_service']}"],
-                verify=remote.can_log_in_fresh,
-                verify_hint="a fresh login failed after the sshd reload (this change would lock you out)"),
+        sshd_reload(remote, D["ssh_service"], "a fresh login failed after the sshd reload (this change would lock you out)"),
         Handler("restart reaper", ["systemctl daemon-reload", f"systemctl restart {D['reaper_unit']}"]),
         Handler("reload nginx", ["if [ -x /usr/sbin/nginx ]; then nginx -t 2>&1 && systemctl reload-or-restart nginx; fi"]),
+        Handler("daemon-reload", ["systemctl daemon-reload"]),
     ]
 
 
@@ -375,6 +375,6 @@ def teardown(play: Play, *, purge: bool) -> None:
 
     def work(remote: Remote) -> None:
         converge(remote, teardown_ops(inv.vps[remote.name], purge=purge), play.reporter, play.options.mode,
-                 [*handlers(remote), Handler("daemon-reload", ["systemctl daemon-reload"])])
+                 handlers(remote))
 
     play.each(play.selected(list(inv.vps.values())), work)

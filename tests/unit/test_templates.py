@@ -665,7 +665,7 @@ def test_penalties_fact_reads_sshd_effective_config() -> None:
 
 
 def test_sshd_reload_on_the_pi_is_guarded_by_a_fresh_login() -> None:
-    handlers = {h.name: h for h in pi_steps.tunnel_handlers(remote=None)}  # type: ignore[arg-type]
+    handlers = {h.name: h for h in pi_steps.handlers(remote=None)}  # type: ignore[arg-type]
     reload = handlers["reload sshd"]
     assert reload.commands[0] == "sshd -t" and reload.verify is not None
 
