@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from typing import Any
 
 from pitunnel.facts import Fact, command_fact
 from pitunnel.hostkeys import known_name
@@ -117,7 +118,7 @@ def refuse_bad_pubkey(reporter: Reporter, pi: PiSpec, key: KeyPair, text: str) -
 
 def base_ops(inv: Inventory, pi: PiSpec) -> tuple[list[Op], KeyPair]:
     home = tunnel_home(pi)
-    key = KeyPair(key_path(pi), owner=pi.tunnel_user, comment=f"pitunnel:{pi.name}", title="tunnel key (made on the Pi)")
+    key = KeyPair(key_path(pi), owner=pi.tunnel_user, comment=key_comment(pi), title="tunnel key (made on the Pi)")
     ops: list[Op] = [Packages((D["autossh_package"],))]
     if pi.tunnel_user != pi.user:
         ops.append(SystemUser(pi.tunnel_user, home=home, comment="pitunnel reverse tunnel"))
@@ -142,31 +143,40 @@ def loopback_ops(pi: PiSpec, *, penalties: bool) -> list[Op]:
                  notify=("reload sshd",), title="sshd: no per-source penalties for tunnel traffic (loopback)")]
 
 
+def key_comment(pi: PiSpec) -> str:
+    return f"pitunnel:{pi.name}"
+
+
+def context(pi: PiSpec, vps: VpsSpec) -> dict[str, Any]:
+    """The variables the Pi's templates are rendered with (the role's defaults under them), here and by
+    the Ansible benchmark (benchmarks/ansible/inventory.py) alike."""
+    return dict(pi=pi.name, vps=vps.name, vps_address=vps.address, vps_port=vps.port,
+                vps_tunnel_user=vps.tunnel_user, key_path=key_path(pi), tunnel_user=pi.tunnel_user,
+                tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
+                server_alive_count_max=pi.server_alive_count_max, forwards=forwards(pi),
+                connect_timeout=D["tunnel_connect_timeout"], hang_after_ms=hang_after_ms(pi),
+                stale_after_ms=stale_after_ms(pi, vps), check_every=D["watchdog_every"])
+
+
 def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str]) -> list[Op]:
     known = "".join(f"{known_name(vps.address, vps.port)} {k}\n" for k in vps_host_keys)
-    context = dict(pi=pi.name, vps=vps.name, vps_address=vps.address, vps_port=vps.port,
-                   vps_tunnel_user=vps.tunnel_user, key_path=key_path(pi), tunnel_user=pi.tunnel_user,
-                   tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
-                   server_alive_count_max=pi.server_alive_count_max, forwards=forwards(pi),
-                   connect_timeout=D["tunnel_connect_timeout"])
+    variables = context(pi, vps)
     restart = ("restart tunnel",)
     watchdog = ("restart watchdog",)
     return [
         Directory(D["config_dir"]),
         File(f"{D['config_dir']}/known_hosts", known, notify=restart, title="VPS host key pinned for the tunnel"),
-        File(f"{D['config_dir']}/ssh_config", ROLE.render("ssh_config.j2", **context), notify=restart,
+        File(f"{D['config_dir']}/ssh_config", ROLE.render("ssh_config.j2", **variables), notify=restart,
              title="tunnel ssh config (keepalives for the VPS entry only)"),
-        File(D["unit_path"], ROLE.render("pitunnel.service.j2", **context), notify=restart,
+        File(D["unit_path"], ROLE.render("pitunnel.service.j2", **variables), notify=restart,
              title=f"systemd unit {D['unit']}"),
         Service(D["unit"], covers=restart),
         # the watchdog ran from a timer before it became a service that waits for network events
         Service(D["watchdog_timer"], enabled=False, running=False, title="old watchdog timer retired"),
         Absent(f"/etc/systemd/system/{D['watchdog_timer']}", notify=watchdog),
-        File(D["watchdog_path"], ROLE.render("watchdog.sh.j2", hang_after_ms=hang_after_ms(pi),
-                                             stale_after_ms=stale_after_ms(pi, vps), check_every=D["watchdog_every"],
-                                             **context),
+        File(D["watchdog_path"], ROLE.render("watchdog.sh.j2", **variables),
              mode=0o755, notify=watchdog, title="watchdog: network back, or a hung tunnel ssh"),
-        File(f"/etc/systemd/system/{D['watchdog_unit']}", ROLE.render("watchdog.service.j2", **context),
+        File(f"/etc/systemd/system/{D['watchdog_unit']}", ROLE.render("watchdog.service.j2", **variables),
              notify=watchdog, title=f"systemd unit {D['watchdog_unit']}"),
         Service(D["watchdog_unit"], covers=watchdog),
     ]

@@ -271,22 +271,34 @@ def handlers(remote: Remote) -> list[Handler]:
     ]
 
 
+def route_vars(r: HttpRoute) -> dict[str, Any]:
+    """One HTTP route as the Nginx templates see it (`t`, and each of `tunnels`)."""
+    return dict(pi=r.pi, name=r.name, port=r.port, path=r.path, server_name=r.server_name, auth_file=r.auth_file,
+                upstream=r.upstream, file_stem=r.file_stem, websocket=r.websocket,
+                client_max_body_size=r.client_max_body_size, auth_source=str(r.auth_source) if r.auth_source else None)
+
+
+def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) -> dict[str, Any]:
+    """The variables the VPS's templates are rendered with (the role's defaults under them), here and by
+    the Ansible benchmark (benchmarks/ansible/inventory.py) alike."""
+    return dict(tunnel_user=vps.tunnel_user, listens=[listen_spec(t) for _, t in inv.tunnels_on(vps)],
+                client_alive_interval=vps.client_alive_interval, client_alive_count_max=vps.client_alive_count_max,
+                http_port=vps.http_port, https_port=vps.https_port, tls_certificate=vps.tls_certificate,
+                tls_key=vps.tls_key, claim_default=claim_default, tunnels=[route_vars(r) for r in http_routes(inv, vps)])
+
+
 def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) -> list[Op]:
-    listens = [listen_spec(t) for _, t in inv.tunnels_on(vps)]
-    context = dict(tunnel_user=vps.tunnel_user, listens=listens, client_alive_interval=vps.client_alive_interval,
-                   client_alive_count_max=vps.client_alive_count_max, http_port=vps.http_port,
-                   https_port=vps.https_port, tls_certificate=vps.tls_certificate, tls_key=vps.tls_key,
-                   claim_default=claim_default)
+    variables = context(inv, vps, claim_default=claim_default)
     routes = http_routes(inv, vps)
     ops: list[Op] = [
         SystemUser(vps.tunnel_user, home=D["tunnel_home"], comment="pitunnel reverse tunnels"),
         Directory(f"{D['tunnel_home']}/.ssh", owner=vps.tunnel_user, group=vps.tunnel_user, mode=0o700),
         authorized_keys(inv, vps, {}),
-        File(D["sshd_dropin"], ROLE.render("sshd.conf.j2", **context), validate="sshd -t",
+        File(D["sshd_dropin"], ROLE.render("sshd.conf.j2", **variables), validate="sshd -t",
              notify=("reload sshd",), title="sshd Match block for the tunnel account"),
         File(D["reaper_path"], ROLE.render("reaper.sh.j2"), mode=0o755, notify=("restart reaper",),
              title="stale-session reaper script"),
-        File(D["reaper_unit_path"], ROLE.render("reaper.service.j2", **context), notify=("restart reaper",),
+        File(D["reaper_unit_path"], ROLE.render("reaper.service.j2", **variables), notify=("restart reaper",),
              title=f"systemd unit {D['reaper_unit']}"),
         Service(D["reaper_unit"], covers=("restart reaper",)),
         Directory(D["nginx_locations_dir"]),
@@ -296,16 +308,16 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) ->
         if r.auth_source is not None and r.auth_file is not None:
             ops.append(File(r.auth_file, r.auth_source.read_text(), group="www-data", mode=0o640, secret=True,
                             notify=("reload nginx",), title=f"basic auth for {r.pi}/{r.name}"))
-    ops.append(File(D["nginx_conf"], ROLE.render("nginx-http.conf.j2", tunnels=[_t(r) for r in routes]),
+    ops.append(File(D["nginx_conf"], ROLE.render("nginx-http.conf.j2", **variables),
                     notify=("reload nginx",), title="nginx upstreams for the tunnels"))
     for r in routes:
         if r.server_name:
             ops.append(File(f"{D['nginx_sites_dir']}/pitunnel-{r.file_stem}.conf",
-                            ROLE.render("nginx-server.conf.j2", t=_t(r), **context), notify=("reload nginx",),
+                            ROLE.render("nginx-server.conf.j2", t=route_vars(r), **variables), notify=("reload nginx",),
                             title=f"nginx site {r.server_name} -> {r.pi}/{r.name}"))
         else:
             ops.append(File(f"{D['nginx_locations_dir']}/{r.file_stem}.conf",
-                            ROLE.render("nginx-location.conf.j2", t=_t(r)), notify=("reload nginx",),
+                            ROLE.render("nginx-location.conf.j2", t=route_vars(r), **variables), notify=("reload nginx",),
                             title=f"nginx path {r.path} -> {r.pi}/{r.name}"))
     ops += [
         Pruned(D["nginx_sites_dir"], "pitunnel-*.conf",
@@ -315,16 +327,10 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) ->
         Pruned(D["nginx_auth_dir"], "*.htpasswd",
                frozenset(f"{r.file_stem}.htpasswd" for r in routes if r.auth_file), notify=("reload nginx",)),
         DebianDefaultSetAside(),
-        File(D["nginx_default_site"], ROLE.render("nginx-default-site.conf.j2", **context),
+        File(D["nginx_default_site"], ROLE.render("nginx-default-site.conf.j2", **variables),
              notify=("reload nginx",), title="nginx server for path-prefix tunnels"),
     ]
     return ops
-
-
-def _t(r: HttpRoute) -> dict[str, object]:
-    return dict(pi=r.pi, name=r.name, port=r.port, path=r.path, server_name=r.server_name, auth_file=r.auth_file,
-                upstream=r.upstream, file_stem=r.file_stem, websocket=r.websocket,
-                client_max_body_size=r.client_max_body_size)
 
 
 def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
