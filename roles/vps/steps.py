@@ -171,18 +171,35 @@ def http_routes(inv: Inventory, vps: VpsSpec) -> list[HttpRoute]:
 
 DEBIAN_SITE = "/etc/nginx/sites-available/default"
 SET_ASIDE_RECORD = f"{STATE_DIR}/nginx-default-site"  # present: pitunnel set Debian's default site aside
-DEBIAN_DEFAULT_FACT = command_fact("nginx-debian-default", f"""\
-p={q(D['nginx_debian_default'])}
-if [ -L "$p" ]; then readlink "$p"; elif [ -e "$p" ]; then echo FILE; else echo ABSENT; fi
-echo "$(md5sum < {q(DEBIAN_SITE)} 2>/dev/null | cut -d' ' -f1)"
-echo "$(dpkg-query -W -f='${{Conffiles}}\\n' 2>/dev/null | awk '$1 == "{DEBIAN_SITE}" {{print $2; exit}}')"
-[ -e {q(SET_ASIDE_RECORD)} ] && echo recorded || echo none""")
 
 
 def debian_default_untouched(output: str) -> bool:
     """Is sites-enabled/default still Debian's link to Debian's unmodified default site (its conffile sum)?"""
     link, md5, shipped = ([*output.split("\n"), "", "", ""])[:3]
     return link.strip() == DEBIAN_SITE and bool(md5.strip()) and md5.strip() == shipped.strip()
+
+
+@dataclass(frozen=True)
+class DebianDefault:
+    """sites-enabled/default as found: there or not, still Debian's unmodified site or not, and whether
+    pitunnel recorded that it set it aside."""
+
+    absent: bool
+    untouched: bool
+    recorded: bool
+
+
+def debian_default(output: str) -> DebianDefault:
+    return DebianDefault(output.split("\n", 1)[0].strip() == "ABSENT", debian_default_untouched(output),
+                         output.rstrip().endswith("recorded"))
+
+
+DEBIAN_DEFAULT_FACT = Fact("nginx-debian-default", f"""\
+p={q(D['nginx_debian_default'])}
+if [ -L "$p" ]; then readlink "$p"; elif [ -e "$p" ]; then echo FILE; else echo ABSENT; fi
+echo "$(md5sum < {q(DEBIAN_SITE)} 2>/dev/null | cut -d' ' -f1)"
+echo "$(dpkg-query -W -f='${{Conffiles}}\\n' 2>/dev/null | awk '$1 == "{DEBIAN_SITE}" {{print $2; exit}}')"
+[ -e {q(SET_ASIDE_RECORD)} ] && echo recorded || echo none""", debian_default)
 
 
 @dataclass
@@ -197,10 +214,10 @@ class DebianDefaultSetAside(Op):
         return [DEBIAN_DEFAULT_FACT]
 
     def plan(self, facts: Facts) -> Plan:
-        out = facts.output(DEBIAN_DEFAULT_FACT)
-        if out.split("\n", 1)[0].strip() == "ABSENT":
+        found = facts.value(DEBIAN_DEFAULT_FACT)
+        if found.absent:
             return Plan([], "not there")
-        if not debian_default_untouched(out):
+        if not found.untouched:
             return Plan([], "left as it is: not Debian's unmodified default site")
         path = D["nginx_debian_default"]
         return Plan([*backup_commands(path), f"rm -f {q(path)}", f"mkdir -p {STATE_DIR} && chmod 700 {STATE_DIR}",
@@ -218,8 +235,7 @@ class DebianDefaultRestored(Op):
         return [DEBIAN_DEFAULT_FACT]
 
     def plan(self, facts: Facts) -> Plan:
-        out = facts.output(DEBIAN_DEFAULT_FACT)
-        if not out.rstrip().endswith("recorded"):
+        if not facts.value(DEBIAN_DEFAULT_FACT).recorded:
             return Plan([], "pitunnel did not set it aside")
         path = D["nginx_debian_default"]
         cmds = [f"if [ -e {q(DEBIAN_SITE)} ] && ! [ -e {q(path)} ] && ! [ -L {q(path)} ]; then "
@@ -241,7 +257,7 @@ def others_default_servers(facts: Facts, ports: set[int]) -> list[str]:
     """Files, not pitunnel's, that make a server the default one on one of `ports` (Debian's unmodified
     default site does not count: it is set aside)."""
     found = []
-    untouched = debian_default_untouched(facts.output(DEBIAN_DEFAULT_FACT))
+    untouched = facts.value(DEBIAN_DEFAULT_FACT).untouched
     for line in facts.output(DEFAULT_SERVERS_FACT).splitlines():
         path, _, listen = line.partition(" ")
         if path == D["nginx_debian_default"] and untouched:
