@@ -443,7 +443,7 @@ def run(connections: Sequence[int], duration: int, rounds: int, threads: int, si
     import lab
     from pitunnel.cli import Flags, run_play
     from pitunnel.play import Play
-    from roles.pi.steps import provision as provision_pis
+    from roles.site import provision_pi as provision_pis
     from roles.vps.steps import provision as provision_vps
 
     print("== lab up (1 Pi, fresh) and provision", flush=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from pitunnel.cli import LAB_INVENTORY
+from pitunnel.hostkeys import known_name
 
 from . import limits, machine, net
 from .aptproxy import PROXY_URL, start_proxy
@@ -246,7 +247,7 @@ def _write_known_hosts(plan: LabPlan, state: LabState) -> None:
     lines = []
     for host in plan.hosts:
         ssh_dir = Path(state.hosts[host.name].root) / "etc/ssh"
-        name = str(host.address) if host.ssh_port == 22 else f"[{host.address}]:{host.ssh_port}"
+        name = known_name(str(host.address), host.ssh_port)
         for pub in sorted(ssh_dir.glob("ssh_host_*_key.pub")):
             keytype, key = pub.read_text().split()[:2]
             lines.append(f"{name} {keytype} {key}")

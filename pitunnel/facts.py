@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import base64
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
 
 from .remote import Remote
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
-class Fact:
-    """A read-only shell snippet whose output describes one thing on the host."""
+class Fact(Generic[T]):
+    """A read-only shell snippet whose output describes one thing on the host, and how to read that
+    output (pyinfra's `command()` + `process()`): `process` turns it into a typed value, once per reading."""
 
     key: str
     script: str
+    process: Callable[[str], T]
 
 
 @dataclass(frozen=True)
@@ -28,34 +34,65 @@ class FileState:
 
 
 class Facts(dict[str, tuple[int, str]]):
-    """key -> (exit code, output) of each fact's snippet."""
+    """key -> (exit code, output) of each fact's snippet; `value` parses an output once, by its fact."""
 
-    def output(self, fact: Fact) -> str:
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._parsed: dict[str, object] = {}
+
+    def output(self, fact: Fact[Any]) -> str:
         return self[fact.key][1]
 
+    def value(self, fact: Fact[T]) -> T:
+        if fact.key not in self._parsed:
+            self._parsed[fact.key] = fact.process(self.output(fact))
+        return cast(T, self._parsed[fact.key])
+
     def file(self, path: str) -> FileState:
-        text = self.output(file_fact(path)).strip()
-        if text == "ABSENT" or not text:
-            return FileState(exists=False)
-        if text.startswith("SYMLINK"):
-            return FileState(True, symlink=text[len("SYMLINK"):].strip())
-        head, _, body = text.partition("\n")
-        owner, group, mode = head.split(":")
-        return FileState(True, owner, group, int(mode, 8), base64.b64decode(body.strip()))
+        return self.value(file_fact(path))
 
 
-def file_fact(path: str) -> Fact:
+def file_state(output: str) -> FileState:
+    text = output.strip()
+    if text == "ABSENT" or not text:
+        return FileState(exists=False)
+    if text.startswith("SYMLINK"):
+        return FileState(True, symlink=text[len("SYMLINK"):].strip())
+    head, _, body = text.partition("\n")
+    owner, group, mode = head.split(":")
+    return FileState(True, owner, group, int(mode, 8), base64.b64decode(body.strip()))
+
+
+def file_fact(path: str) -> Fact[FileState]:
     p = shlex.quote(path)
     # a symbolic link is reported as one, never read through: its target may be any file on the host
     return Fact(f"file:{path}", f"if [ -L {p} ]; then echo \"SYMLINK $(readlink {p})\"; elif [ -f {p} ]; then "
-                f"stat -c '%U:%G:%a' {p}; base64 -w0 {p}; echo; else echo ABSENT; fi")
+                f"stat -c '%U:%G:%a' {p}; base64 -w0 {p}; echo; else echo ABSENT; fi", file_state)
 
 
-def command_fact(key: str, script: str) -> Fact:
-    return Fact(key, script)
+def text(output: str) -> str:
+    return output
 
 
-def gather(remote: Remote, facts: list[Fact]) -> Facts:
+def command_fact(key: str, script: str) -> Fact[str]:
+    """A fact whose value is its output as it is."""
+    return Fact(key, script, text)
+
+
+def tcp_listeners(output: str) -> frozenset[str]:
+    """The local address:port of each line of `ss -Htln`."""
+    return frozenset(line.split()[3] for line in output.splitlines() if len(line.split()) >= 4)
+
+
+LISTENERS = Fact("ss-listen", "ss -Htln", tcp_listeners)
+
+
+def read(remote: Remote, fact: Fact[T]) -> T:
+    """One fact on its own, in one round trip (its errors are its output's business, as in `gather`)."""
+    return fact.process(remote.run(fact.script).stdout)
+
+
+def gather(remote: Remote, facts: list[Fact[Any]]) -> Facts:
     """Run every fact's snippet in one script; a snippet's failure is data, not an error."""
     unique = list({f.key: f for f in facts}.values())
     if not unique:

@@ -1,7 +1,8 @@
 """Operations: each reads facts, compares them with what is wanted, and plans only the commands
 that close the gap, or says in one line why nothing is needed (pyinfra's model).
 
-Planning is pure: it never touches a host. The runner gathers facts, plans, and applies.
+Planning is pure: it never touches a host and sets nothing on the op; what a step wants to know of the
+host it reads from the facts the runner returns (typed, by each fact's own parse step).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import difflib
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from .facts import Fact, Facts, FileState, command_fact, file_fact
 
@@ -49,7 +51,7 @@ class Op:
     title: str = ""
     notify: tuple[str, ...] = ()
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         raise NotImplementedError
 
     def plan(self, facts: Facts) -> Plan:
@@ -169,7 +171,7 @@ class File(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"file {self.path}"
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [file_fact(self.path)]
 
     def wanted(self, state: FileState) -> str:
@@ -256,7 +258,7 @@ class Absent(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"absent {self.path}"
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [command_fact(f"exists:{self.path}", f"[ -e {q(self.path)} ] || [ -L {q(self.path)} ] && echo yes || echo no")]
 
     def plan(self, facts: Facts) -> Plan:
@@ -278,7 +280,7 @@ class Directory(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"directory {self.path}"
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [command_fact(f"dir:{self.path}", f"stat -c '%F:%U:%G:%a' {q(self.path)} 2>/dev/null || echo ABSENT")]
 
     def plan(self, facts: Facts) -> Plan:
@@ -291,7 +293,7 @@ class Directory(Op):
 
 
 # ------------------------------------------------------------------ packages
-def _pkg_fact(names: Sequence[str]) -> Fact:
+def _pkg_fact(names: Sequence[str]) -> Fact[str]:
     joined = " ".join(q(n) for n in names)
     return command_fact(f"pkgs:{joined}", f"for p in {joined}; do s=$(dpkg-query -W -f '${{db:Status-Status}} ' $p "
                         "2>/dev/null) || s=not-installed; echo \"$p $s\"; done")
@@ -313,7 +315,7 @@ def apt_install_commands(names: Sequence[str], *, update: bool) -> list[str]:
     return [f"apt-get update -q {APT_UPDATE_OPTIONS} >/dev/null", install] if update else [install]
 
 
-def record_fact(kind: str) -> Fact:
+def record_fact(kind: str) -> Fact[str]:
     """The names recorded in STATE_DIR/kind (what pitunnel made of that kind on this host)."""
     return command_fact(f"record:{kind}", f"cat {STATE_DIR}/{kind} 2>/dev/null || true")
 
@@ -346,7 +348,7 @@ class Packages(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"packages {' '.join(self.names)}"
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [_pkg_fact(self.names), APT_AGE]
 
     def plan(self, facts: Facts) -> Plan:
@@ -371,7 +373,7 @@ class PackagesAbsent(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"packages purged {' '.join(self.names)}"
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [_pkg_fact(self.names), record_fact("packages")]
 
     def plan(self, facts: Facts) -> Plan:
@@ -414,7 +416,7 @@ class SystemUser(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"system user {self.name}"
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [command_fact(f"user:{self.name}", f"getent passwd {q(self.name)} || true"),
                 command_fact(f"shadow:{self.name}", f"getent shadow {q(self.name)} | cut -d: -f2"),
                 record_fact("users")]
@@ -450,7 +452,7 @@ class UserAbsent(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"user absent {self.name}"
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [command_fact(f"user:{self.name}", f"getent passwd {q(self.name)} || true"), record_fact("users")]
 
     def plan(self, facts: Facts) -> Plan:
@@ -464,30 +466,53 @@ class UserAbsent(Op):
 
 
 # ------------------------------------------------------------------ keys
+@dataclass(frozen=True)
+class KeyState:
+    """What a host has of a key pair: the private half or not, and the .pub file's text if there is one."""
+
+    private: bool
+    public: str | None
+
+    @property
+    def kept(self) -> bool:
+        """A private half with a public half that looks like a key line: left as it is."""
+        return self.public is not None and len(self.public.split()) >= 2
+
+
+def key_state(output: str) -> KeyState:
+    found = output.strip()
+    if found == "PUB" or found.startswith("PUB "):
+        return KeyState(True, found[4:])
+    return KeyState(found == "NOPUB", None)
+
+
 @dataclass
 class KeyPair(Op):
-    """An ed25519 key made on the host itself: its private half never leaves it."""
+    """An ed25519 key made on the host itself: its private half never leaves it. What the host has of
+    it is `facts.value(op.fact)` (a KeyState)."""
 
     path: str
     owner: str
     comment: str
     title: str = ""
-    value: str = ""  # the public half, when it already exists
 
     def __post_init__(self) -> None:
         self.title = self.title or f"key pair {self.path}"
 
-    def facts(self) -> list[Fact]:
+    @property
+    def fact(self) -> Fact[KeyState]:
         k = q(self.path)
-        return [command_fact(f"key:{self.path}", f"if [ ! -f {k} ]; then echo ABSENT; elif [ -f {k}.pub ]; then "
-                             f"echo \"PUB $(cat {k}.pub)\"; else echo NOPUB; fi")]
+        return Fact(f"key:{self.path}", f"if [ ! -f {k} ]; then echo ABSENT; elif [ -f {k}.pub ]; then "
+                    f"echo \"PUB $(cat {k}.pub)\"; else echo NOPUB; fi", key_state)
+
+    def facts(self) -> list[Fact[Any]]:
+        return [self.fact]
 
     def plan(self, facts: Facts) -> Plan:
-        found = facts[f"key:{self.path}"][1].strip()
-        if found.startswith("PUB ") and len(found.split()) >= 3:
-            self.value = found[4:]
+        found = facts.value(self.fact)
+        if found.kept:
             return Plan([], "exists (kept)")
-        if found == "NOPUB":
+        if found.private and found.public is None:
             return Plan([f"runuser -u {q(self.owner)} -- sh -c 'ssh-keygen -y -f {q(self.path)} > {q(self.path)}.pub'"],
                         "public half missing: derive it from the private key (kept)")
         return Plan([*directory_commands(_split(self.path)[0], self.owner, self.owner, 0o700),
@@ -510,7 +535,7 @@ class Service(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"service {self.unit}"
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         u = q(self.unit)
         return [command_fact(f"unit:{self.unit}", f"systemctl is-enabled {u} 2>/dev/null; systemctl is-active {u} 2>/dev/null; true")]
 
@@ -653,7 +678,7 @@ def rollback_commands(handler: Handler) -> list[str]:
     return [f"sh {q(pending_record(handler.name))}"]
 
 
-def pending_fact() -> Fact:
+def pending_fact() -> Fact[str]:
     """The changes earlier runs left unproven on this host (read with the other facts: no extra round trip)."""
     return command_fact("pending-changes", f"cd {q(pending_dir())} 2>/dev/null && for f in *; do "
                         "[ -f \"$f\" ] && grep -h '^# \\(handler\\|path\\): ' \"$f\"; done; true")
@@ -682,7 +707,7 @@ class Symlink(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"link {self.path} -> {self.target}"
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [command_fact(f"link:{self.path}", f"readlink {q(self.path)} || echo ABSENT; "
                              f"[ -e {q(self.target)} ] && echo target-ok || echo target-missing")]
 
@@ -710,7 +735,7 @@ class Pruned(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"no stray {self.directory}/{self.pattern}"
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [command_fact(f"ls:{self.directory}/{self.pattern}",
                              f"cd {q(self.directory)} 2>/dev/null && for f in {self.pattern}; do [ -e \"$f\" ] && echo \"$f\"; done; true")]
 
@@ -731,7 +756,7 @@ class SshdPasswordsCheck(Op):
 
     title: str = "sshd password logins for root (effective config, read only)"
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [command_fact("sshd-passwords", "sshd -T -C user=root,host=pitunnel-check,addr=192.0.2.1 2>/dev/null "
                              "| grep -iE '^(passwordauthentication|kbdinteractiveauthentication|permitrootlogin) '")]
 
@@ -743,18 +768,20 @@ class SshdPasswordsCheck(Op):
         return Plan([], "passwords refused")
 
 
+T = TypeVar("T")
+
+
 @dataclass
-class Observe(Op):
-    """Changes nothing: reads a fact during the step's single gather and keeps its output in `.value`."""
+class Observe(Op, Generic[T]):
+    """Changes nothing: reads a fact during the step's single gather and describes its value in one line;
+    the step reads the value itself from the facts converge returns."""
 
-    fact: Fact
-    describe: Callable[[str], str]
+    fact: Fact[T]
+    describe: Callable[[T], str]
     title: str = ""
-    value: str = ""
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [self.fact]
 
     def plan(self, facts: Facts) -> Plan:
-        self.value = facts.output(self.fact)
-        return Plan([], self.describe(self.value))
+        return Plan([], self.describe(facts.value(self.fact)))

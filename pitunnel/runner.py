@@ -24,6 +24,29 @@ class Mode:
     diff: bool = False
 
 
+@dataclass
+class Converged:
+    """What a converge read of the host (`facts`, typed by `facts.value(fact)`) and planned (`plans`)."""
+
+    facts: Facts
+    plans: list[tuple[Op, Plan]]
+
+    @property
+    def changed(self) -> bool:
+        return any(p.changes for _, p in self.plans)
+
+    def changes(self, op: Op) -> bool:
+        """Did (or would) `op` change the host?"""
+        return any(p.changes for o, p in self.plans if o is op)
+
+
+def sshd_reload(remote: Remote, service: str, hint: str, *, keys_only: bool = False) -> Handler:
+    """The "reload sshd" handler, guarded: sshd -t, the reload, then a fresh login from the laptop (a key
+    login if `keys_only`) must work, else the change is rolled back (commit-confirm: see ops.arm_commands)."""
+    return Handler("reload sshd", ["sshd -t", f"systemctl reload {service}"],
+                   verify=lambda: remote.can_log_in_fresh(use_password=not keys_only), verify_hint=hint)
+
+
 def facts_for(remote: Remote, ops: Sequence[Op]) -> Facts:
     """Read, in one round trip, every fact that `ops` need: for steps that look before they leap and
     then converge the same ops with `known=` (valid as long as nothing changed the host in between)."""
@@ -31,8 +54,8 @@ def facts_for(remote: Remote, ops: Sequence[Op]) -> Facts:
 
 
 def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
-             handlers: Sequence[Handler] = (), *, known: Facts | None = None) -> list[tuple[Op, Plan]]:
-    """Bring the host to what `ops` describe. Returns each op with its plan. Raises StepFailed."""
+             handlers: Sequence[Handler] = (), *, known: Facts | None = None) -> Converged:
+    """Bring the host to what `ops` describe. Returns what it read and each op with its plan. Raises StepFailed."""
     facts = known if known is not None else facts_for(remote, ops)
     guarded = {h.name: h for h in handlers if h.guarded}
     # an earlier run that died between a guarded write and its proof left the change pending: prove it
@@ -68,11 +91,11 @@ def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
         for handler in _notified(handlers, changed):
             if covered(handler, changed) is None:
                 reporter.note(remote.name, f"would run handler: {handler.name}")
-        return plans
+        return Converged(facts, plans)
     if not changed:
         for op, plan in plans:
             reporter.line(remote.name, "ok", op.title, unchanged_reason(op, plan))
-        return plans
+        return Converged(facts, plans)
     armed = _armed(handlers, changed)
     scripts = [[*armed.get(index, []), *plan.commands] for index, (_, plan) in enumerate(changed)]
     failed_at = _apply(remote, scripts)
@@ -95,7 +118,7 @@ def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
                       *(c for h in records for c in disarm_commands(h, _watched(h, changed)))])
         raise StepFailed(f"{remote.name}: {changed[failed_at[0]][0].title}: {failed_at[1]}")
     _handle(remote, handlers, changed, reporter)
-    return plans
+    return Converged(facts, plans)
 
 
 def _watched(handler: Handler, changed: Sequence[tuple[Op, Plan]]) -> list[str]:

@@ -9,21 +9,24 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
-class SharedReading:
+class SharedReading(Generic[T]):
     """`newer_than(moment)` returns the output of a read that started at or after `moment`: the latest
     one if it qualifies, the one in flight once it ends if that qualifies, else a read of its own (one
     at a time; the others wait for it)."""
 
-    def __init__(self, read: Callable[[], str]) -> None:
+    def __init__(self, read: Callable[[], T]) -> None:
         self._read = read
         self._cond = threading.Condition()
-        self._value: str | None = None
+        self._value: T | None = None
         self._started = float("-inf")  # when the read that gave _value started
         self._in_flight: float | None = None  # when the read now under way started
 
-    def newer_than(self, moment: float) -> str:
+    def newer_than(self, moment: float) -> T:
         with self._cond:
             while True:
                 if self._value is not None and self._started >= moment:

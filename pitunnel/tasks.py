@@ -22,16 +22,17 @@ def provision_vps(c: Context, flags: Flags) -> None:
 @provisioning_task()
 def provision_pi(c: Context, flags: Flags) -> None:
     """Set up each Pi: autossh, a key made on the Pi and authorised on the VPS, and the tunnel's unit."""
-    from roles.pi.steps import provision
+    from roles.site import provision_pi
 
-    run_play(provision, flags)
+    run_play(provision_pi, flags)
 
 
 @provisioning_task(flags=("inventory", "limit", "accept_new_host_keys", "prompt_for_login_password",
                           "prompt_for_sudo_password"))
 def verify(c: Context, flags: Flags) -> None:
     """Prove it end to end: SSH and HTTP reach each Pi through the VPS, and nothing more is open."""
-    from roles.pi.verify import print_reports, verify as run_verify
+    from roles.pi.verify import print_reports
+    from roles.site import verify as run_verify
 
     reports: list = []
     try:
@@ -55,7 +56,8 @@ def provision(c: Context, flags: Flags) -> None:
 @provisioning_task(flags=("inventory", "limit", "prompt_for_login_password", "prompt_for_sudo_password"))
 def status(c: Context, flags: Flags) -> None:
     """Each tunnel: up or down, since when, how often ssh (re)connected, and the unit's restarts."""
-    from roles.pi.status import print_status, status as run_status
+    from roles.pi.status import print_status
+    from roles.site import status as run_status
 
     rows: list = []
     try:

@@ -11,13 +11,11 @@ from typing import Any
 
 import yaml
 
+from pitunnel.hostkeys import known_name
 from pitunnel.inventory import HostSpec, Inventory, PiSpec, VpsSpec
-from roles.pi.steps import D as PI_DEFAULTS
-from roles.pi.steps import ROLE as PI_ROLE
-from roles.pi.steps import forwards, hang_after_ms, key_path, laptop_key_line, stale_after_ms, tunnel_home
-from roles.vps.steps import D as VPS_DEFAULTS
-from roles.vps.steps import ROLE as VPS_ROLE
-from roles.vps.steps import _t, authorized_line, http_routes, listen_spec
+from roles.contract import listens
+from roles.pi import steps as pi_role
+from roles.vps import steps as vps_role
 
 
 class NotEquivalent(Exception):
@@ -40,21 +38,12 @@ def connection_vars(host: HostSpec, known_hosts: Path) -> dict[str, Any]:
 
 
 def vps_vars(inv: Inventory, vps: VpsSpec) -> dict[str, Any]:
-    """The VPS role's defaults plus the context roles/vps/steps.py renders its templates with."""
-    routes = [_t(r) for r in http_routes(inv, vps)]
-    for route, spec in zip(routes, http_routes(inv, vps)):
-        route["auth_source"] = str(spec.auth_source) if spec.auth_source else None
+    """The VPS role's defaults and template context (roles/vps/steps.py's), plus the lists the playbook loops over."""
+    variables = vps_role.context(inv, vps)
+    routes = variables["tunnels"]
     return {
-        **VPS_DEFAULTS,
-        "tunnel_user": vps.tunnel_user,
-        "listens": [listen_spec(t) for _, t in inv.tunnels_on(vps)],
-        "client_alive_interval": vps.client_alive_interval,
-        "client_alive_count_max": vps.client_alive_count_max,
-        "http_port": vps.http_port,
-        "https_port": vps.https_port,
-        "tls_certificate": vps.tls_certificate,
-        "tls_key": vps.tls_key,
-        "tunnels": routes,
+        **vps_role.D,
+        **variables,
         "path_routes": [r for r in routes if not r["server_name"]],
         "name_routes": [r for r in routes if r["server_name"]],
         "auth_routes": [r for r in routes if r["auth_file"]],
@@ -66,39 +55,25 @@ def vps_vars(inv: Inventory, vps: VpsSpec) -> dict[str, Any]:
 
 def key_options(vps: VpsSpec, pi: PiSpec) -> str:
     """The options pitunnel puts before a Pi's key in the tunnel account's authorized_keys."""
-    return authorized_line(vps, pi, "KEYTYPE BLOB").rsplit(" ", 3)[0]
+    return vps_role.authorized_line(vps, pi, "KEYTYPE BLOB").rsplit(" ", 3)[0]
 
 
 def pi_vars(inv: Inventory, pi: PiSpec) -> dict[str, Any]:
-    """The Pi role's defaults plus the context roles/pi/steps.py renders its templates with."""
+    """The Pi role's defaults and template context (roles/pi/steps.py's), plus what the playbook needs besides."""
     if pi.disable_password_login:
         raise NotEquivalent(f"{pi.name}: disable_password_login is not reproduced by the Ansible playbook")
     if pi.tunnel_user == pi.user:
         raise NotEquivalent(f"{pi.name}: a tunnel_user equal to the login user is not reproduced by the playbook")
     vps = inv.vps_of(pi)
     return {
-        **PI_DEFAULTS,
-        "pi": pi.name,
-        "vps": vps.name,
-        "vps_address": vps.address,
-        "vps_port": vps.port,
-        "vps_tunnel_user": vps.tunnel_user,
-        "vps_known_name": vps.address if vps.port == 22 else f"[{vps.address}]:{vps.port}",
-        "key_path": key_path(pi),
-        "key_comment": f"pitunnel:{pi.name}",
-        "tunnel_user": pi.tunnel_user,
-        "tunnel_home": tunnel_home(pi),
-        "login_home": "/root" if pi.user == "root" else f"/home/{pi.user}",
-        "server_alive_interval": pi.server_alive_interval,
-        "server_alive_count_max": pi.server_alive_count_max,
-        "forwards": forwards(pi),
-        "listen_specs": [listen_spec(t) for t in pi.tunnels],
-        "connect_timeout": PI_DEFAULTS["tunnel_connect_timeout"],
-        "hang_after_ms": hang_after_ms(pi),
-        "stale_after_ms": stale_after_ms(pi, vps),
-        "check_every": PI_DEFAULTS["watchdog_every"],
+        **pi_role.D,
+        **pi_role.context(pi, vps),
+        "vps_known_name": known_name(vps.address, vps.port),
+        "key_comment": pi_role.key_comment(pi),
+        "login_home": pi_role.home_of(pi.user),
+        "listen_specs": list(listens(pi)),
         "authorized_options": key_options(vps, pi),
-        "laptop_key_line": laptop_key_line(inv),
+        "laptop_key_line": pi_role.laptop_key_line(inv),
     }
 
 
@@ -110,7 +85,7 @@ def ansible_inventory(inv: Inventory) -> dict[str, Any]:
     known = inv.settings.known_hosts
     vps_hosts = {v.name: {**connection_vars(v, known), **vps_vars(inv, v)} for v in inv.vps.values()}
     pi_hosts = {p.name: {**connection_vars(p, known), **pi_vars(inv, p)} for p in inv.pis.values()}
-    return {"all": {"vars": {"vps_templates": str(VPS_ROLE.templates), "pi_templates": str(PI_ROLE.templates)},
+    return {"all": {"vars": {"vps_templates": str(vps_role.ROLE.templates), "pi_templates": str(pi_role.ROLE.templates)},
                     "children": {"vpses": {"hosts": vps_hosts}, "pis": {"hosts": pi_hosts}}}}
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pitunnel.play import Play
+from pitunnel.inventory import PiSpec
 from pitunnel.remote import Remote
-from roles.pi.steps import D, listen_spec
+from roles.contract import listen_spec
+from roles.pi.steps import D
 
 STATUS_SCRIPT = f"""systemctl show {D['unit']} -p ActiveState -p ActiveEnterTimestamp -p NRestarts --value
 journalctl -u {D['unit']} -o short-iso --no-pager 2>/dev/null | grep -c 'starting ssh' || true
@@ -27,29 +28,14 @@ class TunnelStatus:
     unit_restarts: int
 
 
-def status(play: Play) -> list[TunnelStatus]:
-    inv = play.inventory
-    pis = play.selected(list(inv.pis.values()))
-    ss: dict[str, set[str]] = {}
-
-    def on_vps(remote: Remote) -> None:
-        ss[remote.name] = {l.split()[3] for l in remote.run("ss -Htln").stdout.splitlines() if len(l.split()) >= 4}
-
-    play.each(list({inv.vps_of(p).name: inv.vps_of(p) for p in pis}.values()), on_vps)
-    rows: list[TunnelStatus] = []
-
-    def on_pi(remote: Remote) -> None:
-        pi = inv.pis[remote.name]
-        lines = remote.run(STATUS_SCRIPT).stdout.splitlines() + ["", "", "", "", "", ""]
-        # systemctl show prints values in its own property order: NRestarts, ActiveState, ActiveEnterTimestamp
-        restarts, active, since, starts, last = (l.strip() for l in lines[:5])
-        listening = ss.get(pi.vps, set())
-        for t in pi.tunnels:
-            rows.append(TunnelStatus(pi.name, t.name, listen_spec(t), listen_spec(t) in listening and active == "active",
-                                     active, since or "-", int(starts or 0), last or "-", int(restarts or 0)))
-
-    play.each(pis, on_pi)
-    return sorted(rows, key=lambda r: (r.pi, r.tunnel))
+def status_pi(remote: Remote, pi: PiSpec, listening: frozenset[str]) -> list[TunnelStatus]:
+    """This Pi's tunnels, each up if its unit is active and its VPS (whose `listening` roles/site.py
+    read) listens on it."""
+    lines = remote.run(STATUS_SCRIPT).stdout.splitlines() + ["", "", "", "", "", ""]
+    # systemctl show prints values in its own property order: NRestarts, ActiveState, ActiveEnterTimestamp
+    restarts, active, since, starts, last = (l.strip() for l in lines[:5])
+    return [TunnelStatus(pi.name, t.name, listen_spec(t), listen_spec(t) in listening and active == "active",
+                         active, since or "-", int(starts or 0), last or "-", int(restarts or 0)) for t in pi.tunnels]
 
 
 def print_status(rows: list[TunnelStatus]) -> None:

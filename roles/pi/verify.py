@@ -22,7 +22,8 @@ from pitunnel import hostkeys
 from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
 from pitunnel.play import Play
 from pitunnel.remote import Remote
-from roles.pi.steps import D, listen_spec, password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact
+from roles.contract import listen_spec
+from roles.pi.steps import D, password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact
 
 
 @dataclass
@@ -338,63 +339,50 @@ def passwords_check(report: PiReport, pi: PiSpec, vps: VpsSpec, sshd_t: str) -> 
                    f"`disable_password_login: true` for {pi.name} and rerun provision-pi", warning=True)
 
 
-def verify(play: Play) -> list[PiReport]:
+def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[str]) -> None:
+    """Prove one Pi, into its `report`: its units, its VPS's listeners (`present`, read by roles/site.py),
+    SSH and HTTP through its VPS (the VPS's connection carries the jumps), and every probe refused."""
     inv = play.inventory
-    pis = play.selected(list(inv.pis.values()))
-    reports: dict[str, PiReport] = {p.name: PiReport(p.name) for p in pis}
-    ss: dict[str, str] = {}
-
-    def on_vps(remote: Remote) -> None:
-        ss[remote.name] = remote.run("ss -Htln").stdout
-
-    play.each(list({inv.vps_of(p).name: inv.vps_of(p) for p in pis}.values()), on_vps)
-
-    def on_pi(remote: Remote) -> None:
-        pi = inv.pis[remote.name]
-        vps = inv.vps_of(pi)
-        report = reports[pi.name]
-        others = [listen_spec(t) for p, t in inv.tunnels_on(vps) if p.name != pi.name]
-        used = {t.remote_port for _, t in inv.tunnels_on(vps)}
-        free = next(p for p in range(vps.port_range[1], 1024, -1) if p not in used)
-        unit = remote.run(f"systemctl is-enabled {D['unit']}; systemctl is-active {D['unit']}; "
-                          f"systemctl is-active {D['watchdog_unit']}\n"
-                          + probe_script(pi, vps, others, free)
-                          + f"({sshd_passwords_fact(pi).script}) | sed 's/^/SSHD /'\n", timeout=120)
-        words = unit.stdout.split("\n")
-        state = f"{words[0].strip()}, {words[1].strip()}" if len(words) > 1 else unit.stdout.strip()
-        report.add("unit enabled and active", state == "enabled, active", state,
-                   f"on the Pi: systemctl status {D['unit']}; journalctl -u {D['unit']}")
-        watchdog = words[2].strip() if len(words) > 2 else "unknown"
-        report.add("watchdog active", watchdog == "active", watchdog,
-                   f"without it, a dead connection waits for keepalives after the network is back: on the Pi, "
-                   f"systemctl status {D['watchdog_unit']}; or rerun provision-pi")
-        present = {line.split()[3] for line in ss.get(vps.name, "").splitlines() if len(line.split()) >= 4}
-        for t in pi.tunnels:
-            want = listen_spec(t)
-            wrong = f"0.0.0.0:{t.remote_port}" if not t.public else f"127.0.0.1:{t.remote_port}"
-            ok = want in present and wrong not in present
-            report.add(f"{t.name}: VPS listens on {want}", ok,
-                       "bound as intended" if ok else f"listeners on that port: "
-                       f"{sorted(a for a in present if a.endswith(f':{t.remote_port}')) or 'none'}",
-                       "none: the tunnel is down or its -R was refused (stale listener? see troubleshooting)")
-        for t in pi.tunnels:
-            if t.kind == "ssh":
-                ok, detail, hint = ssh_through(inv, pi, play.remotes[vps.name], t, vps)
-                report.add(f"{t.name}: ssh lands on {pi.name}", ok, detail, hint)
-            else:
-                ok, detail, hint = http_through(vps, pi, t, remote, play.remotes[vps.name])
-                report.add(f"{t.name}: http via nginx reaches {pi.name}", ok, detail, hint)
-        passwords_check(report, pi, vps, "\n".join(l[5:] for l in unit.stdout.splitlines() if l.startswith("SSHD ")))
-        for line in unit.stdout.splitlines():
-            if line.startswith("PROBE "):
-                parts = line.split(None, 2)
-                label, verdict = (line[6:].rsplit(" ok", 1)[0], "ok") if line.endswith(" ok") else (parts[1], "FAIL")
-                report.add(f"refused: {label}", verdict == "ok",
-                           "refused" if verdict == "ok" else line[6:],
-                           "the tunnel key can do more than forward its own ports: rerun provision-vps")
-
-    play.each(pis, on_pi)
-    return list(reports.values())
+    pi = inv.pis[remote.name]
+    vps = inv.vps_of(pi)
+    others = [listen_spec(t) for p, t in inv.tunnels_on(vps) if p.name != pi.name]
+    used = {t.remote_port for _, t in inv.tunnels_on(vps)}
+    free = next(p for p in range(vps.port_range[1], 1024, -1) if p not in used)
+    unit = remote.run(f"systemctl is-enabled {D['unit']}; systemctl is-active {D['unit']}; "
+                      f"systemctl is-active {D['watchdog_unit']}\n"
+                      + probe_script(pi, vps, others, free)
+                      + f"({sshd_passwords_fact(pi).script}) | sed 's/^/SSHD /'\n", timeout=120)
+    words = unit.stdout.split("\n")
+    state = f"{words[0].strip()}, {words[1].strip()}" if len(words) > 1 else unit.stdout.strip()
+    report.add("unit enabled and active", state == "enabled, active", state,
+               f"on the Pi: systemctl status {D['unit']}; journalctl -u {D['unit']}")
+    watchdog = words[2].strip() if len(words) > 2 else "unknown"
+    report.add("watchdog active", watchdog == "active", watchdog,
+               f"without it, a dead connection waits for keepalives after the network is back: on the Pi, "
+               f"systemctl status {D['watchdog_unit']}; or rerun provision-pi")
+    for t in pi.tunnels:
+        want = listen_spec(t)
+        wrong = f"0.0.0.0:{t.remote_port}" if not t.public else f"127.0.0.1:{t.remote_port}"
+        ok = want in present and wrong not in present
+        report.add(f"{t.name}: VPS listens on {want}", ok,
+                   "bound as intended" if ok else f"listeners on that port: "
+                   f"{sorted(a for a in present if a.endswith(f':{t.remote_port}')) or 'none'}",
+                   "none: the tunnel is down or its -R was refused (stale listener? see troubleshooting)")
+    for t in pi.tunnels:
+        if t.kind == "ssh":
+            ok, detail, hint = ssh_through(inv, pi, play.remotes[vps.name], t, vps)
+            report.add(f"{t.name}: ssh lands on {pi.name}", ok, detail, hint)
+        else:
+            ok, detail, hint = http_through(vps, pi, t, remote, play.remotes[vps.name])
+            report.add(f"{t.name}: http via nginx reaches {pi.name}", ok, detail, hint)
+    passwords_check(report, pi, vps, "\n".join(l[5:] for l in unit.stdout.splitlines() if l.startswith("SSHD ")))
+    for line in unit.stdout.splitlines():
+        if line.startswith("PROBE "):
+            parts = line.split(None, 2)
+            label, verdict = (line[6:].rsplit(" ok", 1)[0], "ok") if line.endswith(" ok") else (parts[1], "FAIL")
+            report.add(f"refused: {label}", verdict == "ok",
+                       "refused" if verdict == "ok" else line[6:],
+                       "the tunnel key can do more than forward its own ports: rerun provision-vps")
 
 
 def print_reports(reports: list[PiReport]) -> None:

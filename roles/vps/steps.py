@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pitunnel.facts import Fact, Facts, FileState, command_fact
-from pitunnel.inventory import NAME_RE, Inventory, PiSpec, TunnelSpec, VpsSpec
+from pitunnel.facts import LISTENERS, Fact, Facts, FileState, command_fact, read
+from pitunnel.inventory import NAME_RE, Inventory, PiSpec, VpsSpec
 from pitunnel.ops import (STATE_DIR, Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Plan,
                           Pruned, Service, SshdPasswordsCheck, SystemUser, UserAbsent, backup_commands, q)
 from pitunnel.play import Play
-from pitunnel.runner import converge, facts_for
 from pitunnel.remote import Remote
+from pitunnel.report import Reporter
 from pitunnel.role import Role
+from pitunnel.runner import Mode, StepFailed, converge, facts_for, sshd_reload
+from pitunnel.sshkeys import BadPublicKey, parse_public_key
+from roles.contract import PiOffer, VpsFacts, listen_spec
 
 ROLE = Role("vps")
 D = ROLE.defaults
@@ -53,11 +58,6 @@ def route_stem(pi: str, tunnel: str) -> str:
     return f"{pi}_{tunnel}"
 
 
-def listen_spec(tunnel: TunnelSpec) -> str:
-    """The listen address as the Pi's `-R` sends it and as permitlisten / PermitListen must spell it."""
-    return f"{'0.0.0.0' if tunnel.public else '127.0.0.1'}:{tunnel.remote_port}"
-
-
 def authorized_line(vps: VpsSpec, pi: PiSpec, pubkey: str) -> str:
     """A Pi's key may only open its own listeners, and nothing else: no command, pty, agent or -L."""
     listens = "".join(f'permitlisten="{listen_spec(t)}",' for t in pi.tunnels)
@@ -85,6 +85,78 @@ def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: dict[str, str], drop
                 mode=0o600, title="authorized keys of the Pis")
 
 
+def _is_key(text: str) -> bool:
+    try:
+        parse_public_key(text)
+    except BadPublicKey:
+        return False
+    return True
+
+
+def account_observer(vps: VpsSpec) -> Observe[bool]:
+    """Is the tunnel account there?"""
+    fact = Fact("tunnel-account", f"getent passwd {vps.tunnel_user} || echo MISSING", lambda out: "MISSING" not in out)
+    return Observe(fact, lambda there: "present" if there else "missing", title=f"tunnel account {vps.tunnel_user}")
+
+
+HOST_KEYS = Fact("vps-host-keys", "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null | awk '{print $1, $2}'",
+                 lambda out: tuple(out.splitlines()))
+
+
+def permitted_fact(vps: VpsSpec) -> Fact[frozenset[str]]:
+    """The listeners sshd permits the tunnel account (its effective PermitListen)."""
+    return Fact("permitlisten", f"sshd -T -C user={vps.tunnel_user},host=pitunnel,addr=192.0.2.1 "
+                "2>/dev/null | grep -i '^permitlisten ' || true", lambda out: frozenset(out.split()[1:]))
+
+
+def listeners(remote: Remote) -> frozenset[str]:
+    """What listens on this VPS now (one round trip)."""
+    return read(remote, LISTENERS)
+
+
+def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiOffer], reporter: Reporter,
+              mode: Mode) -> VpsFacts:
+    """For provision-pi: the keys the Pis offer in the tunnel account's authorized_keys, once sshd permits
+    their listeners; returns what the Pis need of this VPS. Raises StepFailed."""
+    account = account_observer(vps)
+    keys = Observe(HOST_KEYS, lambda v: f"{len(v)} host keys read", title="VPS host keys")
+    ss = Observe(LISTENERS, lambda v: "read", title="listeners on the VPS")
+    permitted = Observe(permitted_fact(vps), lambda v: "read", title="listeners sshd permits the tunnel account")
+    # only keys that parsed on the Pi's side reach this VPS (base refused the others, each for its Pi alone)
+    new = {o.name: o.pubkey for o in offers if o.pubkey is not None and _is_key(o.pubkey)}
+    keys_op = authorized_keys(inv, vps, new)
+    # one read of the VPS for the checks below and for the keys: a rerun that changes nothing costs
+    # one round trip here, not two
+    known = facts_for(remote, [account, keys, ss, permitted, keys_op])
+    converge(remote, [account, keys, ss, permitted], reporter, mode, known=known)
+    there, allowed = known.value(account.fact), known.value(permitted.fact)
+    unknown = [f"{o.name}: {spec}" for o in offers for spec in o.listens if spec not in allowed]
+    if unknown and there:
+        reporter.line(remote.name, "skipped" if mode.check else "failed", "sshd permits the Pis' listeners",
+                      f"not yet: {', '.join(unknown)}; run `invoke provision-vps` (or `invoke provision`) first")
+        if not mode.check:
+            raise StepFailed("PermitListen behind the inventory")
+    found = VpsFacts(tuple(k for k in known.value(HOST_KEYS) if k.strip()), known.value(LISTENERS))
+    if not there:
+        if mode.check:
+            reporter.line(remote.name, "skipped", "authorized keys of the Pis",
+                          f"{vps.tunnel_user} is not there yet (provision-vps would create it)")
+            return found
+        reporter.line(remote.name, "failed", "tunnel account", f"{vps.tunnel_user} does not exist: run "
+                      "`invoke provision-vps` first")
+        raise StepFailed("no tunnel account")
+    converge(remote, [keys_op], reporter, mode, known=known)
+    return found
+
+
+def unauthorise(remote: Remote, inv: Inventory, vps: VpsSpec, gone: frozenset[str], reporter: Reporter,
+                mode: Mode) -> None:
+    """The keys of the Pis in `gone` off the tunnel account, if it is there."""
+    account = account_observer(vps)
+    if converge(remote, [account], reporter, mode).facts.value(account.fact):
+        converge(remote, [authorized_keys(inv, vps, {}, drop=gone)], reporter, mode)
+
+
 def http_routes(inv: Inventory, vps: VpsSpec) -> list[HttpRoute]:
     routes = []
     for pi, tunnel in inv.tunnels_on(vps):
@@ -99,18 +171,35 @@ def http_routes(inv: Inventory, vps: VpsSpec) -> list[HttpRoute]:
 
 DEBIAN_SITE = "/etc/nginx/sites-available/default"
 SET_ASIDE_RECORD = f"{STATE_DIR}/nginx-default-site"  # present: pitunnel set Debian's default site aside
-DEBIAN_DEFAULT_FACT = command_fact("nginx-debian-default", f"""\
-p={q(D['nginx_debian_default'])}
-if [ -L "$p" ]; then readlink "$p"; elif [ -e "$p" ]; then echo FILE; else echo ABSENT; fi
-echo "$(md5sum < {q(DEBIAN_SITE)} 2>/dev/null | cut -d' ' -f1)"
-echo "$(dpkg-query -W -f='${{Conffiles}}\\n' 2>/dev/null | awk '$1 == "{DEBIAN_SITE}" {{print $2; exit}}')"
-[ -e {q(SET_ASIDE_RECORD)} ] && echo recorded || echo none""")
 
 
 def debian_default_untouched(output: str) -> bool:
     """Is sites-enabled/default still Debian's link to Debian's unmodified default site (its conffile sum)?"""
     link, md5, shipped = ([*output.split("\n"), "", "", ""])[:3]
     return link.strip() == DEBIAN_SITE and bool(md5.strip()) and md5.strip() == shipped.strip()
+
+
+@dataclass(frozen=True)
+class DebianDefault:
+    """sites-enabled/default as found: there or not, still Debian's unmodified site or not, and whether
+    pitunnel recorded that it set it aside."""
+
+    absent: bool
+    untouched: bool
+    recorded: bool
+
+
+def debian_default(output: str) -> DebianDefault:
+    return DebianDefault(output.split("\n", 1)[0].strip() == "ABSENT", debian_default_untouched(output),
+                         output.rstrip().endswith("recorded"))
+
+
+DEBIAN_DEFAULT_FACT = Fact("nginx-debian-default", f"""\
+p={q(D['nginx_debian_default'])}
+if [ -L "$p" ]; then readlink "$p"; elif [ -e "$p" ]; then echo FILE; else echo ABSENT; fi
+echo "$(md5sum < {q(DEBIAN_SITE)} 2>/dev/null | cut -d' ' -f1)"
+echo "$(dpkg-query -W -f='${{Conffiles}}\\n' 2>/dev/null | awk '$1 == "{DEBIAN_SITE}" {{print $2; exit}}')"
+[ -e {q(SET_ASIDE_RECORD)} ] && echo recorded || echo none""", debian_default)
 
 
 @dataclass
@@ -121,14 +210,14 @@ class DebianDefaultSetAside(Op):
     title: str = "Debian's default site set aside"
     notify: tuple[str, ...] = ("reload nginx",)
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [DEBIAN_DEFAULT_FACT]
 
     def plan(self, facts: Facts) -> Plan:
-        out = facts.output(DEBIAN_DEFAULT_FACT)
-        if out.split("\n", 1)[0].strip() == "ABSENT":
+        found = facts.value(DEBIAN_DEFAULT_FACT)
+        if found.absent:
             return Plan([], "not there")
-        if not debian_default_untouched(out):
+        if not found.untouched:
             return Plan([], "left as it is: not Debian's unmodified default site")
         path = D["nginx_debian_default"]
         return Plan([*backup_commands(path), f"rm -f {q(path)}", f"mkdir -p {STATE_DIR} && chmod 700 {STATE_DIR}",
@@ -142,12 +231,11 @@ class DebianDefaultRestored(Op):
     title: str = "Debian's default site back"
     notify: tuple[str, ...] = ("reload nginx",)
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> list[Fact[Any]]:
         return [DEBIAN_DEFAULT_FACT]
 
     def plan(self, facts: Facts) -> Plan:
-        out = facts.output(DEBIAN_DEFAULT_FACT)
-        if not out.rstrip().endswith("recorded"):
+        if not facts.value(DEBIAN_DEFAULT_FACT).recorded:
             return Plan([], "pitunnel did not set it aside")
         path = D["nginx_debian_default"]
         cmds = [f"if [ -e {q(DEBIAN_SITE)} ] && ! [ -e {q(path)} ] && ! [ -L {q(path)} ]; then "
@@ -169,7 +257,7 @@ def others_default_servers(facts: Facts, ports: set[int]) -> list[str]:
     """Files, not pitunnel's, that make a server the default one on one of `ports` (Debian's unmodified
     default site does not count: it is set aside)."""
     found = []
-    untouched = debian_default_untouched(facts.output(DEBIAN_DEFAULT_FACT))
+    untouched = facts.value(DEBIAN_DEFAULT_FACT).untouched
     for line in facts.output(DEFAULT_SERVERS_FACT).splitlines():
         path, _, listen = line.partition(" ")
         if path == D["nginx_debian_default"] and untouched:
@@ -190,31 +278,43 @@ def default_server_note(found: list[str]) -> str:
 
 
 def handlers(remote: Remote) -> list[Handler]:
+    """The VPS role's handlers, for every step."""
     return [
-        Handler("reload sshd", ["sshd -t", f"systemctl reload {D['ssh_service']}"],
-                verify=remote.can_log_in_fresh,
-                verify_hint="a fresh login failed after the sshd reload (this change would lock you out)"),
+        sshd_reload(remote, D["ssh_service"], "a fresh login failed after the sshd reload (this change would lock you out)"),
         Handler("restart reaper", ["systemctl daemon-reload", f"systemctl restart {D['reaper_unit']}"]),
         Handler("reload nginx", ["if [ -x /usr/sbin/nginx ]; then nginx -t 2>&1 && systemctl reload-or-restart nginx; fi"]),
+        Handler("daemon-reload", ["systemctl daemon-reload"]),
     ]
 
 
+def route_vars(r: HttpRoute) -> dict[str, Any]:
+    """One HTTP route as the Nginx templates see it (`t`, and each of `tunnels`)."""
+    return dict(pi=r.pi, name=r.name, port=r.port, path=r.path, server_name=r.server_name, auth_file=r.auth_file,
+                upstream=r.upstream, file_stem=r.file_stem, websocket=r.websocket,
+                client_max_body_size=r.client_max_body_size, auth_source=str(r.auth_source) if r.auth_source else None)
+
+
+def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) -> dict[str, Any]:
+    """The variables the VPS's templates are rendered with (the role's defaults under them), here and by
+    the Ansible benchmark (benchmarks/ansible/inventory.py) alike."""
+    return dict(tunnel_user=vps.tunnel_user, listens=[listen_spec(t) for _, t in inv.tunnels_on(vps)],
+                client_alive_interval=vps.client_alive_interval, client_alive_count_max=vps.client_alive_count_max,
+                http_port=vps.http_port, https_port=vps.https_port, tls_certificate=vps.tls_certificate,
+                tls_key=vps.tls_key, claim_default=claim_default, tunnels=[route_vars(r) for r in http_routes(inv, vps)])
+
+
 def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) -> list[Op]:
-    listens = [listen_spec(t) for _, t in inv.tunnels_on(vps)]
-    context = dict(tunnel_user=vps.tunnel_user, listens=listens, client_alive_interval=vps.client_alive_interval,
-                   client_alive_count_max=vps.client_alive_count_max, http_port=vps.http_port,
-                   https_port=vps.https_port, tls_certificate=vps.tls_certificate, tls_key=vps.tls_key,
-                   claim_default=claim_default)
+    variables = context(inv, vps, claim_default=claim_default)
     routes = http_routes(inv, vps)
     ops: list[Op] = [
         SystemUser(vps.tunnel_user, home=D["tunnel_home"], comment="pitunnel reverse tunnels"),
         Directory(f"{D['tunnel_home']}/.ssh", owner=vps.tunnel_user, group=vps.tunnel_user, mode=0o700),
         authorized_keys(inv, vps, {}),
-        File(D["sshd_dropin"], ROLE.render("sshd.conf.j2", **context), validate="sshd -t",
+        File(D["sshd_dropin"], ROLE.render("sshd.conf.j2", **variables), validate="sshd -t",
              notify=("reload sshd",), title="sshd Match block for the tunnel account"),
         File(D["reaper_path"], ROLE.render("reaper.sh.j2"), mode=0o755, notify=("restart reaper",),
              title="stale-session reaper script"),
-        File(D["reaper_unit_path"], ROLE.render("reaper.service.j2", **context), notify=("restart reaper",),
+        File(D["reaper_unit_path"], ROLE.render("reaper.service.j2", **variables), notify=("restart reaper",),
              title=f"systemd unit {D['reaper_unit']}"),
         Service(D["reaper_unit"], covers=("restart reaper",)),
         Directory(D["nginx_locations_dir"]),
@@ -224,16 +324,16 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) ->
         if r.auth_source is not None and r.auth_file is not None:
             ops.append(File(r.auth_file, r.auth_source.read_text(), group="www-data", mode=0o640, secret=True,
                             notify=("reload nginx",), title=f"basic auth for {r.pi}/{r.name}"))
-    ops.append(File(D["nginx_conf"], ROLE.render("nginx-http.conf.j2", tunnels=[_t(r) for r in routes]),
+    ops.append(File(D["nginx_conf"], ROLE.render("nginx-http.conf.j2", **variables),
                     notify=("reload nginx",), title="nginx upstreams for the tunnels"))
     for r in routes:
         if r.server_name:
             ops.append(File(f"{D['nginx_sites_dir']}/pitunnel-{r.file_stem}.conf",
-                            ROLE.render("nginx-server.conf.j2", t=_t(r), **context), notify=("reload nginx",),
+                            ROLE.render("nginx-server.conf.j2", t=route_vars(r), **variables), notify=("reload nginx",),
                             title=f"nginx site {r.server_name} -> {r.pi}/{r.name}"))
         else:
             ops.append(File(f"{D['nginx_locations_dir']}/{r.file_stem}.conf",
-                            ROLE.render("nginx-location.conf.j2", t=_t(r)), notify=("reload nginx",),
+                            ROLE.render("nginx-location.conf.j2", t=route_vars(r), **variables), notify=("reload nginx",),
                             title=f"nginx path {r.path} -> {r.pi}/{r.name}"))
     ops += [
         Pruned(D["nginx_sites_dir"], "pitunnel-*.conf",
@@ -243,16 +343,10 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) ->
         Pruned(D["nginx_auth_dir"], "*.htpasswd",
                frozenset(f"{r.file_stem}.htpasswd" for r in routes if r.auth_file), notify=("reload nginx",)),
         DebianDefaultSetAside(),
-        File(D["nginx_default_site"], ROLE.render("nginx-default-site.conf.j2", **context),
+        File(D["nginx_default_site"], ROLE.render("nginx-default-site.conf.j2", **variables),
              notify=("reload nginx",), title="nginx server for path-prefix tunnels"),
     ]
     return ops
-
-
-def _t(r: HttpRoute) -> dict[str, object]:
-    return dict(pi=r.pi, name=r.name, port=r.port, path=r.path, server_name=r.server_name, auth_file=r.auth_file,
-                upstream=r.upstream, file_stem=r.file_stem, websocket=r.websocket,
-                client_max_body_size=r.client_max_body_size)
 
 
 def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
@@ -289,9 +383,9 @@ def provision(play: Play) -> None:
         ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found), SshdPasswordsCheck(), seen]
         # the account first: one pitunnel did not make is refused before anything (Nginx too) is touched
         account = [op for op in ops if isinstance(op, SystemUser)]
-        plans = converge(remote, [*account, packages], play.reporter, play.options.mode, known=known)
+        first = converge(remote, [*account, packages], play.reporter, play.options.mode, known=known)
         # installing Nginx adds files (its default site, its config) the rest must see as they are now
-        installed = any(p.changes for op, p in plans if op is packages) and not play.options.check
+        installed = first.changes(packages) and not play.options.check
         rest = [op for op in ops if not isinstance(op, SystemUser)]
         converge(remote, rest, play.reporter, play.options.mode, handlers(remote), known=None if installed else known)
 
@@ -303,6 +397,6 @@ def teardown(play: Play, *, purge: bool) -> None:
 
     def work(remote: Remote) -> None:
         converge(remote, teardown_ops(inv.vps[remote.name], purge=purge), play.reporter, play.options.mode,
-                 [*handlers(remote), Handler("daemon-reload", ["systemctl daemon-reload"])])
+                 handlers(remote))
 
     play.each(play.selected(list(inv.vps.values())), work)

@@ -14,7 +14,7 @@ from pitunnel.ops import File
 from pitunnel.remote import Credentials, Remote
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge
-from roles.pi.steps import provision as provision_pis
+from roles.site import provision_pi as provision_pis
 from roles.vps.steps import handlers as vps_handlers
 from roles.vps.steps import provision as provision_vps
 from tests.conftest import lab_up

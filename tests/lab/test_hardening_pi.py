@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from pitunnel.inventory import ports_file
-from roles.pi.steps import provision as provision_pis
-from roles.pi.verify import Check, PiReport, verify
+from roles.site import provision_pi as provision_pis
+from roles.pi.verify import Check, PiReport
+from roles.site import verify
 from roles.vps.steps import provision as provision_vps
 from roles.vps.steps import route_stem
 from tests.conftest import lab_up

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from lab import password_file
-from roles.pi.steps import provision as provision_pis
-from roles.pi.verify import verify
+from roles.site import provision_pi as provision_pis
+from roles.site import verify
 from roles.vps.steps import provision as provision_vps
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play

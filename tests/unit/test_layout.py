@@ -62,3 +62,19 @@ def test_lab_users_import_only_its_public_api() -> None:
 def test_the_public_api_exports_what_it_lists() -> None:
     assert all(hasattr(lab, name) for name in lab.__all__)
     assert lab.INVENTORY == ROOT / "inventory" / "lab.yml"
+
+
+def test_no_role_imports_another() -> None:
+    """Each role describes its own host only: what crosses between hosts goes through roles/site.py, as
+    the values in roles/contract.py (issue 12)."""
+    roles = {p.name for p in (ROOT / "roles").iterdir() if (p / "defaults.yml").exists()}
+    assert roles == {"pi", "vps"}
+    found = []
+    for role in sorted(roles):
+        for path in files(f"roles/{role}"):
+            for line, module, names in imports(path):
+                parts = module.split(".")
+                reached = {parts[1]} if parts[0] == "roles" and len(parts) > 1 else set(names) if module == "roles" else set()
+                if reached - {role, "contract"}:
+                    found.append(f"{path.relative_to(ROOT)}:{line} {module} {names}")
+    assert found == []

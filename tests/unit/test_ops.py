@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pitunnel import ops
-from pitunnel.facts import Fact, Facts, FileState, command_fact, file_fact, gather
+from pitunnel.facts import LISTENERS, Fact, Facts, FileState, command_fact, file_fact, gather
 from pitunnel.ops import (APT_AGE, APT_FRESH_SECONDS, BACKUP_DIR, Absent, Directory, File, Handler, KeyPair, Observe,
                           Packages, Plan,
                           PackagesAbsent, Pruned, Refused, Service, SshdPasswordsCheck, Symlink, SystemUser, UserAbsent,
@@ -470,15 +470,17 @@ def test_account_pitunnel_made_is_accepted(comment: str, ours: str) -> None:
 def test_keypair_exists_keeps_and_reads_value() -> None:
     op = KeyPair("/var/lib/pitunnel/.ssh/pitunnel_ed25519", owner="pitunnel", comment="pitunnel:pi1")
     pub = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIexample pitunnel:pi1"
-    plan = op.plan(facts_of((f"key:{op.path}", "PUB " + pub + "\n")))
+    facts = facts_of((f"key:{op.path}", "PUB " + pub + "\n"))
+    plan = op.plan(facts)
     assert plan.commands == []
-    assert op.value == pub
+    assert facts.value(op.fact).public == pub and facts.value(op.fact).kept
 
 
 def test_keypair_absent_generates_as_owner() -> None:
     op = KeyPair("/var/lib/pitunnel/.ssh/pitunnel_ed25519", owner="pitunnel", comment="pitunnel:pi1")
-    plan = op.plan(facts_of((f"key:{op.path}", "ABSENT")))
-    assert op.value == ""
+    facts = facts_of((f"key:{op.path}", "ABSENT"))
+    plan = op.plan(facts)
+    assert facts.value(op.fact) == ops.KeyState(private=False, public=None)
     assert plan.commands[:-1] == ops.directory_commands("/var/lib/pitunnel/.ssh", "pitunnel", "pitunnel", 0o700)
     keygen = plan.commands[-1]
     assert keygen.startswith("runuser -u pitunnel -- ssh-keygen ")
@@ -490,8 +492,9 @@ def test_keypair_private_without_pub_is_not_taken_as_a_key(tmp_path: Path) -> No
     key = tmp_path / "k"
     key.write_text("PRIVATE\n")
     op = KeyPair(str(key), owner="nobody", comment="c")
-    plan = op.plan(gather(LocalShell(), op.facts()))
-    assert plan.changes or op.value.startswith("ssh-")
+    facts = gather(LocalShell(), op.facts())
+    plan = op.plan(facts)
+    assert plan.changes and not facts.value(op.fact).kept
 
 
 # ---------------------------------------------------------------------------
@@ -620,14 +623,21 @@ def test_pruned_fact_lists_matches_locally(tmp_path: Path) -> None:
 # Observe, SshdPasswordsCheck
 
 
-def test_observe_keeps_value_and_changes_nothing() -> None:
-    fact = command_fact("ss-listen", "ss -Htln")
-    op = Observe(fact, lambda v: f"{len(v.splitlines())} lines", title="listeners")
-    plan = op.plan(facts_of((fact, "LISTEN 0 128 127.0.0.1:20000 0.0.0.0:*\nLISTEN 0 128 [::]:22 [::]:*")))
+def test_observe_describes_the_parsed_value_and_changes_nothing() -> None:
+    op = Observe(LISTENERS, lambda v: f"{len(v)} listeners", title="listeners")
+    facts = facts_of((LISTENERS, "LISTEN 0 128 127.0.0.1:20000 0.0.0.0:*\nLISTEN 0 128 [::]:22 [::]:*"))
+    plan = op.plan(facts)
     assert plan.commands == []
-    assert plan.reason == "2 lines"
-    assert op.value.startswith("LISTEN 0 128 127.0.0.1:20000")
-    assert op.facts() == [fact]
+    assert plan.reason == "2 listeners"
+    assert facts.value(LISTENERS) == frozenset({"127.0.0.1:20000", "[::]:22"})
+    assert op.facts() == [LISTENERS] and not hasattr(op, "value")
+
+
+def test_a_fact_is_parsed_once_per_reading() -> None:
+    calls: list[str] = []
+    fact = Fact("counted", "true", lambda out: calls.append(out) or len(calls))
+    facts = facts_of((fact, "x"))
+    assert (facts.value(fact), facts.value(fact), calls) == (1, 1, ["x"])
 
 
 def test_sshd_passwords_check() -> None:

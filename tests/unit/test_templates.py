@@ -660,11 +660,12 @@ def test_loopback_exemption_needs_an_ssh_tunnel(inv: Inventory) -> None:
 def test_penalties_fact_reads_sshd_effective_config() -> None:
     observer = pi_steps.penalties_observer()
     assert "sshd -T" in observer.fact.script and "persourcepenalties" in observer.fact.script
-    assert observer.describe("1\n").startswith("yes") and observer.describe("0\n").startswith("no")
+    assert observer.fact.process("1\n") is True and observer.fact.process("0\n") is False
+    assert observer.describe(True).startswith("yes") and observer.describe(False).startswith("no")
 
 
 def test_sshd_reload_on_the_pi_is_guarded_by_a_fresh_login() -> None:
-    handlers = {h.name: h for h in pi_steps.tunnel_handlers(remote=None)}  # type: ignore[arg-type]
+    handlers = {h.name: h for h in pi_steps.handlers(remote=None)}  # type: ignore[arg-type]
     reload = handlers["reload sshd"]
     assert reload.commands[0] == "sshd -t" and reload.verify is not None
 

@@ -1,0 +1,40 @@
+"""The contract between a VPS and its Pis: what one host needs from another, as values.
+
+A Pi offers its VPS its tunnel key and the listeners that key may open (PiOffer); a VPS tells its Pis
+the host keys to pin and what listens on it now (VpsFacts). roles/site.py carries these from one role to
+the other; neither role imports the other. How both sides spell a listener is here too (listen_spec).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pitunnel.inventory import PiSpec, TunnelSpec
+
+
+def listen_spec(tunnel: TunnelSpec) -> str:
+    """The listen address as the Pi's `-R` sends it and as permitlisten / PermitListen must spell it."""
+    return f"{'0.0.0.0' if tunnel.public else '127.0.0.1'}:{tunnel.remote_port}"
+
+
+def listens(pi: PiSpec) -> tuple[str, ...]:
+    """Every listener a Pi's tunnel opens on its VPS."""
+    return tuple(listen_spec(t) for t in pi.tunnels)
+
+
+@dataclass(frozen=True)
+class PiOffer:
+    """What a VPS needs from one of its Pis: its tunnel key's line (None while there is none yet: check
+    mode before the key is made) and the listeners that key may open."""
+
+    name: str
+    pubkey: str | None
+    listens: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VpsFacts:
+    """What a Pi needs from its VPS: the host keys to pin (`type blob`), and what listens there now."""
+
+    host_keys: tuple[str, ...]
+    listeners: frozenset[str]
