@@ -172,6 +172,15 @@ def router_reboot(pi: str, *, timeout: float = 120, setup: Setup = PITUNNEL, sec
         return wait_recovered(t, ended, timeout)
 
 
+def nat_forgets(pi: str, *, timeout: float = 120, setup: Setup = PITUNNEL) -> float | None:
+    """A carrier-grade NAT forgets the tunnel's flow: from now on not one packet of it passes either
+    way, while both links stay up and nothing is killed. No host sees an event: only keepalives can
+    tell. Recovery counts from the moment the flow is dropped."""
+    t = target(pi)
+    with PortKnocker(t.ssh_port), SilentDrop(pi, setup, reconnect=False) as started:
+        return wait_recovered(t, started, timeout)
+
+
 @contextmanager
 def unplugged(pi: str) -> Iterator[None]:
     """The Pi's link is down inside the `with` block, and back up when it ends."""
@@ -240,12 +249,14 @@ def inject(name: str, pi: str = "pi1", *, timeout: float = 120, setup: Setup = P
         return silent_drop(pi, timeout=timeout, setup=setup)
     if name == "router-reboot":
         return router_reboot(pi, timeout=timeout, setup=setup)
+    if name == "nat-forgets":
+        return nat_forgets(pi, timeout=timeout, setup=setup)
     with PortKnocker(t.ssh_port):
         ended = FAULTS[name](pi, setup)
         return wait_recovered(t, ended, timeout)
 
 
-NAMES = ("silent-drop", "router-reboot", *FAULTS)
+NAMES = ("silent-drop", "router-reboot", "nat-forgets", *FAULTS)
 
 
 def tunnel_rss_kb(pi: str, setup: Setup = PITUNNEL) -> int:

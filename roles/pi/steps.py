@@ -160,7 +160,7 @@ def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str
                    vps_tunnel_user=vps.tunnel_user, key_path=key_path(pi), tunnel_user=pi.tunnel_user,
                    tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
                    server_alive_count_max=pi.server_alive_count_max, forwards=forwards(pi),
-                   connect_timeout=D["tunnel_connect_timeout"])
+                   connect_timeout=D["tunnel_connect_timeout"], route_proto=D["route_proto"])
     restart = ("restart tunnel",)
     watchdog = ("restart watchdog",)
     return [
@@ -177,7 +177,7 @@ def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str
         File(D["watchdog_path"], ROLE.render("watchdog.sh.j2", hang_after_ms=hang_after_ms(pi),
                                              stale_after_ms=stale_after_ms(pi, vps), check_every=D["watchdog_every"],
                                              **context),
-             mode=0o755, notify=watchdog, title="watchdog: network back, or a hung tunnel ssh"),
+             mode=0o755, notify=watchdog, title="watchdog: network back, a hung tunnel ssh, quick ACKs to the VPS"),
         File(f"/etc/systemd/system/{D['watchdog_unit']}", ROLE.render("watchdog.service.j2", **context),
              notify=watchdog, title=f"systemd unit {D['watchdog_unit']}"),
         Service(D["watchdog_unit"], covers=watchdog),
