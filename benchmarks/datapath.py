@@ -162,6 +162,7 @@ class Config:
     cipher: str | None = None
     compression: bool = False
     no_aesni: bool = False
+    quickack: bool = True  # the Pi's watchdog route to the VPS with quickack 1; False: watchdog stopped, route gone
 
 
 AS_PROVISIONED = Config("as provisioned", "baseline (the tunnel ssh's own cipher choice)")
@@ -176,6 +177,7 @@ TUNING = (
     Config(f"tunnel cipher {AES_GCM}, no AES-NI", "tunnel cipher (Pi's ssh without AES instructions)",
            cipher=AES_GCM, no_aesni=True),
     Config("tunnel compression on", "ssh compression", compression=True),
+    Config("no quickack route on the Pi", "Pi's quick ACKs to the VPS (watchdog's route)", quickack=False),
 )
 
 
@@ -334,6 +336,10 @@ class Lab:
             self.write("vps", NGINX_UPSTREAMS, upstream_config(self.original_upstreams, config.keepalive))
             self.sh("vps", "nginx -t -q && systemctl reload nginx")
             time.sleep(1)  # the old workers finish and exit
+        if config.quickack != old.quickack:
+            # stopping the watchdog removes its route (ExecStopPost); starting it puts the route back
+            self.sh(PI, f"systemctl {'start' if config.quickack else 'stop'} pitunnel-watchdog.service; sleep 1; "
+                        "ip -4 -o route show proto 247")
         tunnel = (config.cipher, config.compression, config.no_aesni)
         if tunnel == (old.cipher, old.compression, old.no_aesni):
             return
@@ -439,7 +445,7 @@ def rounds_of(configs: Sequence[Config], rounds: int) -> Iterator[tuple[int, Con
 
 
 def run(connections: Sequence[int], duration: int, rounds: int, threads: int, size_mb: int,
-        tuning: bool, release: str) -> dict[str, object]:
+        tuning: bool, release: str, only: str = "") -> dict[str, object]:
     import lab
     from pitunnel.cli import Flags, run_play
     from pitunnel.play import Play
@@ -460,7 +466,7 @@ def run(connections: Sequence[int], duration: int, rounds: int, threads: int, si
     state = Lab()
     info = {**machine(), "tunnel_as_provisioned": state.tunnel_settings()}
     print(f"  tunnel as provisioned: {info['tunnel_as_provisioned']}", flush=True)
-    configs = [AS_PROVISIONED, *(TUNING if tuning else ())]
+    configs = [AS_PROVISIONED, *(c for c in (TUNING if tuning else ()) if only in c.name)]
     direct = Samples()
     through = {c.name: Samples() for c in configs}
     for n, config in rounds_of(configs, rounds):
@@ -486,14 +492,14 @@ def run(connections: Sequence[int], duration: int, rounds: int, threads: int, si
 
 
 def main(connections: Sequence[int] = (1, 32), duration: int = 10, rounds: int = 3, threads: int = 2,
-         size_mb: int = 100, tuning: bool = True, release: str = "bookworm") -> dict[str, object]:
+         size_mb: int = 100, tuning: bool = True, release: str = "bookworm", only: str = "") -> dict[str, object]:
     import lab
 
     require_wrk()
     if not connections or min(connections) < 1:
         raise SystemExit("bench.datapath: connections must be positive integers, e.g. 1,32")
     try:
-        doc = run(connections, duration, rounds, threads, size_mb, tuning, release)
+        doc = run(connections, duration, rounds, threads, size_mb, tuning, release, only)
     finally:
         Path(BULK_FILE).unlink(missing_ok=True)
         lab.down()

@@ -1,4 +1,4 @@
-"""The benchmarks' tasks: `invoke bench.lab`, `bench.recovery`, `bench.provision`, `bench.fleet`, `bench.datapath`."""
+"""The benchmarks' tasks: `invoke bench.lab`, `bench.recovery`, `bench.provision`, `bench.fleet`, `bench.datapath`, `bench.keepalive`."""
 
 from __future__ import annotations
 
@@ -61,9 +61,10 @@ def bench_fleet(c: Context, sizes: str = "1,5,10,20", release: str = "bookworm",
             "threads": "wrk threads, at most one per connection (default 2)",
             "size_mb": "bulk transfer size over SSH, in MB (default 100)",
             "tuning": "also measure each tuning setting changed on its own (default on; --no-tuning skips)",
+            "only": "measure only the tuning rows whose name contains this text (e.g. quickack)",
             "release": "Debian release of the lab hosts: bookworm or trixie"})
 def bench_datapath(c: Context, connections: str = "1,32", duration: int = 10, rounds: int = 3, threads: int = 2,
-                   size_mb: int = 100, tuning: bool = True, release: str = "bookworm") -> None:
+                   size_mb: int = 100, tuning: bool = True, release: str = "bookworm", only: str = "") -> None:
     """HTTP (wrk) and bulk SSH to the Pi, direct vs through VPS Nginx and the tunnel; tuning effects."""
     from benchmarks.datapath import main
 
@@ -72,7 +73,20 @@ def bench_datapath(c: Context, connections: str = "1,32", duration: int = 10, ro
     except ValueError:
         raise Exit(f"bench.datapath: --connections wants integers like 1,32, not {connections!r}", code=2) from None
     main(connections=counts, duration=duration, rounds=rounds, threads=threads, size_mb=size_mb, tuning=tuning,
-         release=release)
+         release=release, only=only)
+
+
+@task(help={"profiles": "comma-separated keepalive profiles: metered, default, fast, or PIxN/VPSxN such as "
+                        "10x3/5x2 (default: 10x3/5x2,default,fast,metered)",
+            "runs": "nat-forgets runs per profile (default 3)", "idle": "seconds of idle traffic counted (default 120)",
+            "timeout": "seconds before a nat-forgets run counts as not recovered (default 150)",
+            "release": "Debian release of the lab hosts"})
+def bench_keepalive(c: Context, profiles: str = "10x3/5x2,default,fast,metered", runs: int = 3, idle: float = 120,
+                    timeout: float = 150, release: str = "bookworm") -> None:
+    """nat-forgets recovery against keepalive traffic (bytes per hour, MB per month) per keepalive profile."""
+    from benchmarks.keepalive import main
+
+    main([p for p in profiles.split(",") if p], runs=runs, idle=idle, timeout=timeout, release=release)
 
 
 ns = Collection("bench")
@@ -81,3 +95,4 @@ ns.add_task(bench_recovery, "recovery")
 ns.add_task(bench_provision, "provision")
 ns.add_task(bench_fleet, "fleet")
 ns.add_task(bench_datapath, "datapath")
+ns.add_task(bench_keepalive, "keepalive")

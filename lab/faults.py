@@ -172,6 +172,15 @@ def router_reboot(pi: str, *, timeout: float = 120, setup: Setup = PITUNNEL, sec
         return wait_recovered(t, ended, timeout)
 
 
+def nat_forgets(pi: str, *, timeout: float = 120, setup: Setup = PITUNNEL) -> float | None:
+    """A carrier-grade NAT forgets the tunnel's flow: from now on not one packet of it passes either
+    way, while both links stay up and nothing is killed. No host sees an event: only keepalives can
+    tell. Recovery counts from the moment the flow is dropped."""
+    t = target(pi)
+    with PortKnocker(t.ssh_port), SilentDrop(pi, setup, reconnect=False) as started:
+        return wait_recovered(t, started, timeout)
+
+
 @contextmanager
 def unplugged(pi: str) -> Iterator[None]:
     """The Pi's link is down inside the `with` block, and back up when it ends."""
@@ -240,12 +249,39 @@ def inject(name: str, pi: str = "pi1", *, timeout: float = 120, setup: Setup = P
         return silent_drop(pi, timeout=timeout, setup=setup)
     if name == "router-reboot":
         return router_reboot(pi, timeout=timeout, setup=setup)
+    if name == "nat-forgets":
+        return nat_forgets(pi, timeout=timeout, setup=setup)
     with PortKnocker(t.ssh_port):
         ended = FAULTS[name](pi, setup)
         return wait_recovered(t, ended, timeout)
 
 
-NAMES = ("silent-drop", "router-reboot", *FAULTS)
+NAMES = ("silent-drop", "router-reboot", "nat-forgets", *FAULTS)
+
+
+def tunnel_bytes(pi: str, seconds: float) -> tuple[int, int]:
+    """(bytes, packets) of the Pi's tunnel traffic to and from the VPS's sshd, both directions, IP and
+    TCP headers included, counted for `seconds` on the lab's forwarding path (iptables counters on the
+    Pi's side of its home NAT, where every packet of the flow passes)."""
+    plan = make_plan(LabState.load().pis)
+    address, vps, port = str(plan.host(pi).address), str(plan.vps.address), str(plan.vps.ssh_port)
+    rules = [["-s", address, "-d", vps, "-p", "tcp", "--dport", port, "-m", "comment", "--comment", "pitunnel-count"],
+             ["-s", vps, "-d", address, "-p", "tcp", "--sport", port, "-m", "comment", "--comment", "pitunnel-count"]]
+    for rule in rules:
+        run(["iptables", "-w", "5", "-I", FWD_CHAIN, "1", *rule])
+    try:
+        time.sleep(seconds)
+        listing = run(["iptables", "-w", "5", "-L", FWD_CHAIN, "-n", "-v", "-x"]).stdout
+    finally:
+        for rule in rules:
+            run(["iptables", "-w", "5", "-D", FWD_CHAIN, *rule], check=False)
+    total_bytes = total_packets = 0
+    for line in listing.splitlines():
+        if "pitunnel-count" in line:
+            packets, size = line.split()[:2]
+            total_packets += int(packets)
+            total_bytes += int(size)
+    return total_bytes, total_packets
 
 
 def tunnel_rss_kb(pi: str, setup: Setup = PITUNNEL) -> int:
@@ -255,4 +291,4 @@ def tunnel_rss_kb(pi: str, setup: Setup = PITUNNEL) -> int:
 
 
 __all__ = ["NAMES", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "inject", "reachable", "target",
-           "tunnel_rss_kb", "unplugged", "wait_recovered"]
+           "tunnel_bytes", "tunnel_rss_kb", "unplugged", "wait_recovered"]

@@ -66,7 +66,7 @@ def lab_shell(c: Context, host: str) -> None:
     os.execvp(argv[0], argv)
 
 
-@task(help={"fault": "one of: silent-drop, router-reboot, link-down-20s, link-down-60s, link-down-10min, kill-ssh, kill-autossh, "
+@task(help={"fault": "one of: silent-drop, router-reboot, nat-forgets, link-down-20s, link-down-60s, link-down-10min, kill-ssh, kill-autossh, "
                      "stop-ssh, restart-vps-sshd, restart-nginx, reboot-vps, reboot-pi, vps-unreachable-at-boot",
             "pi": "the lab Pi to hit (default pi1)", "timeout": "give up waiting after this many seconds"})
 def lab_fault(c: Context, fault: str, pi: str = "pi1", timeout: float = 300) -> None:

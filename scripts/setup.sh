@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(python3 python3-venv python3-pip openssh-client iproute2 util-linux iptables
-          systemd-container debootstrap apt-cacher-ng ca-certificates wrk)
+          systemd-container debootstrap apt-cacher-ng ca-certificates wrk tcpdump)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f '${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")

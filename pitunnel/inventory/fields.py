@@ -21,7 +21,7 @@ from pitunnel.yamlsrc import KeyPath
 from . import values
 from .errors import Invalid, Report, clip
 from .files import local_file
-from .model import PiSpec, TunnelSpec, VpsSpec
+from .model import KEEPALIVE, PiSpec, TunnelSpec, VpsSpec
 from .values import AUTO, Check
 
 REQUIRED: Final = object()
@@ -87,8 +87,8 @@ VPS_FIELDS: Final = _defaults_from(VpsSpec, {
     "https_port": Field(values.port, MODEL),
     "tls_certificate": Field(values.remote_path),
     "tls_key": Field(values.remote_path),
-    "client_alive_interval": Field(values.at_least_one, MODEL),
-    "client_alive_count_max": Field(values.at_least_one, MODEL),
+    "client_alive_interval": Field(values.at_least_one, None),  # absent: from its Pis' keepalive (the slowest)
+    "client_alive_count_max": Field(values.at_least_one, None),
     "port_range": Field(values.port_range, MODEL),
 })
 PI_FIELDS: Final = _defaults_from(PiSpec, {
@@ -96,8 +96,9 @@ PI_FIELDS: Final = _defaults_from(PiSpec, {
     "user": Field(values.user, "pi"),
     "vps": Field(values.name),  # absent: the only VPS
     "tunnel_user": Field(values.tunnel_user, MODEL),
-    "server_alive_interval": Field(values.at_least_one, MODEL),
-    "server_alive_count_max": Field(values.at_least_one, MODEL),
+    "keepalive": Field(values.choice(*KEEPALIVE), MODEL),
+    "server_alive_interval": Field(values.at_least_one, None),  # absent: from keepalive
+    "server_alive_count_max": Field(values.at_least_one, None),
     "disable_password_login": Field(values.boolean, MODEL),
     "tunnels": Field(values.mapping),  # read tunnel by tunnel; absent: none
 })

@@ -49,6 +49,26 @@ class TunnelSpec:
     client_max_body_size: str = DEFAULT_BODY_SIZE  # http only: nginx size, larger request bodies get 413
 
 
+@dataclass(frozen=True)
+class Keepalive:
+    """How often the tunnel proves it is alive, and after how many silent probes it gives up: the Pi's
+    ServerAlive, and the ClientAlive the VPS should use for it. docs/inventory.md has the trade-off table."""
+
+    server_alive_interval: int
+    server_alive_count_max: int
+    client_alive_interval: int
+    client_alive_count_max: int
+
+
+# `keepalive:` per Pi. Idle, the tunnel exchanges one probe and its answer per min(ServerAlive,
+# ClientAlive) interval; a flow that a NAT forgets is noticed by the Pi after ServerAlive x (CountMax + 1).
+KEEPALIVE: Final = {
+    "metered": Keepalive(30, 3, 30, 2),
+    "default": Keepalive(10, 2, 5, 2),
+    "fast": Keepalive(3, 3, 3, 2),
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class VpsSpec(HostSpec):
     tunnel_user: str = TUNNEL_USER
@@ -65,8 +85,9 @@ class VpsSpec(HostSpec):
 class PiSpec(HostSpec):
     vps: str
     tunnel_user: str = TUNNEL_USER
+    keepalive: str = "default"  # a name in KEEPALIVE; server_alive_* written in the inventory win over it
     server_alive_interval: int = 10
-    server_alive_count_max: int = 3
+    server_alive_count_max: int = 2
     disable_password_login: bool = False
     tunnels: tuple[TunnelSpec, ...] = ()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ from . import checks, fields, values
 from .errors import Invalid, Report, show
 from .fields import FieldChecker, Inherited
 from .files import public_key
-from .model import PiSpec, Settings, TunnelSpec, VpsSpec
+from .model import KEEPALIVE, PiSpec, Settings, TunnelSpec, VpsSpec
+
+ALIVE_KEYS = ("client_alive_interval", "client_alive_count_max")
 
 Read = tuple[Settings | None, dict[str, VpsSpec], dict[str, PiSpec]]
 
@@ -29,6 +32,7 @@ class _Reader:
         self.schema = FieldChecker(report, base)
         # what the cross-checks see, even of hosts and tunnels with other problems (so all are reported at once)
         self.vps_ports: dict[str, dict[str, int]] = {}  # VPS -> its valid port, http_port, https_port
+        self.alive_unset: dict[str, list[str]] = {}  # per VPS: its ClientAlive keys the inventory leaves out
         self.routed: list[tuple[str, str, TunnelSpec]] = []  # (pi, its VPS, tunnel) of every valid tunnel
 
     def read(self) -> Read | None:
@@ -54,6 +58,8 @@ class _Reader:
         vps = self.all_vps(vps_section, inherited)
         pis_section = self.section(top, "pis")
         pis = self.pis(pis_section, inherited, list(vps_section))
+        vps = {name: self.client_alive(spec, [pi for pi in pis.values() if pi.vps == name])
+               for name, spec in vps.items()}
         checks.host_names(self.report, vps_section, pis_section)
         for vps_name, ports in self.vps_ports.items():
             checks.ports_and_routes(self.report, vps_name, ports,
@@ -101,6 +107,13 @@ class _Reader:
             return None
         return Settings(known_hosts=found["known_hosts"], laptop_key=key)
 
+    def client_alive(self, vps: VpsSpec, pis: list[PiSpec]) -> VpsSpec:
+        """The VPS's ClientAlive keys not written in the inventory: the slowest its Pis' keepalive asks for
+        (one account serves them all, so a metered Pi's slow probes are not overridden by the VPS's own)."""
+        presets = [KEEPALIVE[pi.keepalive] for pi in pis] or [KEEPALIVE["default"]]
+        derived = {key: max(getattr(p, key) for p in presets) for key in self.alive_unset.get(vps.name, [])}
+        return dataclasses.replace(vps, **derived) if derived else vps
+
     def all_vps(self, section: Mapping[str, Any], inherited: Inherited) -> dict[str, VpsSpec]:
         result: dict[str, VpsSpec] = {}
         for name, raw, path, name_ok in self.named(section, ("vps",)):
@@ -112,7 +125,8 @@ class _Reader:
                 self.vps_ports[name] = {k: quiet[k] for k in ("port", "http_port", "https_port") if k in quiet}
             if not checks.vps_agrees(self.report, quiet, path) or found is None or not name_ok:
                 continue
-            result[name] = VpsSpec(name=name, role="vps", **found)
+            self.alive_unset[name] = [k for k in ALIVE_KEYS if found.get(k) is None]
+            result[name] = VpsSpec(name=name, role="vps", **{k: v for k, v in found.items() if k not in self.alive_unset[name]})
         return result
 
     def pis(self, section: Mapping[str, Any], inherited: Inherited, vps_names: list[str]) -> dict[str, PiSpec]:
@@ -131,6 +145,10 @@ class _Reader:
                 continue
             found.pop("vps")
             found["tunnels"] = tunnels
+            preset = KEEPALIVE[found["keepalive"]]
+            for key in ("server_alive_interval", "server_alive_count_max"):
+                if found.get(key) is None:
+                    found[key] = getattr(preset, key)
             result[name] = PiSpec(name=name, role="pi", vps=vps, **found)
         return result
 

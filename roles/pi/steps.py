@@ -155,7 +155,8 @@ def context(pi: PiSpec, vps: VpsSpec) -> dict[str, Any]:
                 tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
                 server_alive_count_max=pi.server_alive_count_max, forwards=forwards(pi),
                 connect_timeout=D["tunnel_connect_timeout"], hang_after_ms=hang_after_ms(pi),
-                stale_after_ms=stale_after_ms(pi, vps), check_every=D["watchdog_every"])
+                stale_after_ms=stale_after_ms(pi, vps), check_every=D["watchdog_every"],
+                route_proto=D["route_proto"])
 
 
 def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str]) -> list[Op]:
@@ -175,7 +176,7 @@ def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str
         Service(D["watchdog_timer"], enabled=False, running=False, title="old watchdog timer retired"),
         Absent(f"/etc/systemd/system/{D['watchdog_timer']}", notify=watchdog),
         File(D["watchdog_path"], ROLE.render("watchdog.sh.j2", **variables),
-             mode=0o755, notify=watchdog, title="watchdog: network back, or a hung tunnel ssh"),
+             mode=0o755, notify=watchdog, title="watchdog: network back, a hung tunnel ssh, quick ACKs to the VPS"),
         File(f"/etc/systemd/system/{D['watchdog_unit']}", ROLE.render("watchdog.service.j2", **variables),
              notify=watchdog, title=f"systemd unit {D['watchdog_unit']}"),
         Service(D["watchdog_unit"], covers=watchdog),

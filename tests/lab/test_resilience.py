@@ -33,6 +33,7 @@ def provisioned() -> Path:
 @pytest.mark.parametrize(("fault", "bound"), [
     ("silent-drop", 40.0),       # target: median <= 10 s, max <= 20 s; without the VPS reaper: > 240 s
     ("router-reboot", 6.0),      # link down 10 s and the old flow dead for good: the watchdog reconnects at link up
+    ("nat-forgets", 70.0),       # the flow dropped, no event anywhere: target median <= 35 s (keepalive: default)
     ("kill-ssh", 20.0),
     ("kill-autossh", 20.0),      # systemd restarts the unit (RestartSec=2)
     ("stop-ssh", 40.0),          # hung, not dead: the Pi's watchdog (every 15 s) ends it

@@ -457,6 +457,15 @@ MALFORMED: list[tuple[str, str, str, int | None, str]] = [
             address: 10.0.0.1
             server_alive_count_max: -1
         """, "pis.pi1.server_alive_count_max", 7, "1 or more"),
+    ("keepalive-unknown", """
+        vps:
+          main:
+            address: vps.example.com
+        pis:
+          pi1:
+            address: 10.0.0.1
+            keepalive: sometimes
+        """, "pis.pi1.keepalive", 7, "metered, default, fast"),
     ("connect-timeout-string", """
         vps:
           main:
@@ -750,7 +759,7 @@ def test_defaults_and_role_defaults_applied(tmp_path: Path, home: Path) -> None:
     assert (pi.port, pi.user, pi.key, pi.connect_timeout) == (2222, "pi", None, 3.0)
     assert (vps.tunnel_user, vps.http_port, vps.https_port, vps.port_range) == ("pitunnel", 80, 443, (20000, 29999))
     assert (vps.client_alive_interval, vps.client_alive_count_max, vps.tls_certificate) == (5, 2, None)
-    assert (pi.vps, pi.tunnel_user, pi.server_alive_interval, pi.server_alive_count_max) == ("main", "pitunnel", 10, 3)
+    assert (pi.vps, pi.tunnel_user, pi.server_alive_interval, pi.server_alive_count_max) == ("main", "pitunnel", 10, 2)
     assert pi.disable_password_login is False and pi.host_key is None and pi.password_file is None
     ssh, web, cam = pi.tunnels
     assert ssh == TunnelSpec(name="ssh", kind="ssh", local_port=22, remote_port=20000, public=False,
@@ -1118,3 +1127,25 @@ def test_pi_spec_is_frozen(tmp_path: Path) -> None:
     pi: PiSpec = load_inventory(path).pis["pi1"]
     with pytest.raises(AttributeError):
         pi.port = 2  # type: ignore[misc]
+
+
+def test_keepalive_presets_set_the_pi_and_its_vps(tmp_path: Path) -> None:
+    """`keepalive:` per Pi sets its ServerAlive; the VPS's ClientAlive, unless written, is the slowest its Pis
+    ask for (one account serves them all); keys written by hand win."""
+    path = write(tmp_path, """
+        vps:
+          main: {address: 203.0.113.10}
+          other: {address: 203.0.113.11, client_alive_interval: 9}
+        pis:
+          pi1: {address: 10.0.0.1, key: null, vps: main, keepalive: metered}
+          pi2: {address: 10.0.0.2, key: null, vps: main, keepalive: fast}
+          pi3: {address: 10.0.0.3, key: null, vps: main, keepalive: fast, server_alive_count_max: 8}
+          pi4: {address: 10.0.0.4, key: null, vps: other, keepalive: fast}
+        """)
+    inv = load_inventory(path)
+    pis = inv.pis
+    assert (pis["pi1"].server_alive_interval, pis["pi1"].server_alive_count_max) == (30, 3)
+    assert (pis["pi2"].server_alive_interval, pis["pi2"].server_alive_count_max) == (3, 3)
+    assert (pis["pi3"].server_alive_interval, pis["pi3"].server_alive_count_max) == (3, 8)
+    assert (inv.vps["main"].client_alive_interval, inv.vps["main"].client_alive_count_max) == (30, 2)
+    assert (inv.vps["other"].client_alive_interval, inv.vps["other"].client_alive_count_max) == (9, 2)

@@ -542,7 +542,7 @@ def test_ssh_config_one_host_entry_with_safe_options(inv: Inventory) -> None:
 def test_ssh_config_defaults_and_other_vps(inv: Inventory) -> None:
     lines = directives(ssh_config(inv, "pi3"))
     assert "HostName vps2.example.com" in lines and "Port 22" in lines
-    assert "ServerAliveInterval 10" in lines and "ServerAliveCountMax 3" in lines
+    assert "ServerAliveInterval 10" in lines and "ServerAliveCountMax 2" in lines
 
 
 def test_ssh_config_prefers_chacha20_and_keeps_compression_off(inv: Inventory) -> None:
