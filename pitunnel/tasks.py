@@ -6,9 +6,25 @@ checkout puts them into `invoke`'s namespace.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from invoke import Context, Exit
 
 from .cli import Flags, provisioning_task, run_play
+from .play import Play
+
+T = TypeVar("T")
+
+
+def _collect(run: Callable[[Play], list[T]], show: Callable[[list[T]], None], flags: Flags) -> list[T]:
+    """Run a read-only play quietly and print its rows, also those gathered before a failure ended it."""
+    rows: list[T] = []
+    try:
+        run_play(lambda play: rows.extend(run(play)), flags, quiet=True)
+    finally:
+        show(rows)
+    return rows
 
 
 @provisioning_task()
@@ -34,11 +50,7 @@ def verify(c: Context, flags: Flags) -> None:
     from roles.pi.verify import print_reports
     from roles.site import verify as run_verify
 
-    reports: list = []
-    try:
-        run_play(lambda play: reports.extend(run_verify(play)), flags, quiet=True)
-    finally:
-        print_reports(reports)
+    reports = _collect(run_verify, print_reports, flags)
     if not reports or not all(r.passed for r in reports):
         raise Exit("verify: some checks failed (hints above)", code=1)
 
@@ -59,11 +71,7 @@ def status(c: Context, flags: Flags) -> None:
     from roles.pi.status import print_status
     from roles.site import status as run_status
 
-    rows: list = []
-    try:
-        run_play(lambda play: rows.extend(run_status(play)), flags, quiet=True)
-    finally:
-        print_status(rows)
+    _collect(run_status, print_status, flags)
 
 
 # -p is --purge here and the password prompts are -r and -o, unlike every other task (issue 13)
