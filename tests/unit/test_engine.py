@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import paramiko
 import pytest
 
 from pitunnel.facts import FileState
@@ -380,3 +381,49 @@ def test_a_report_passes_only_if_it_has_checks_and_all_passed() -> None:
     assert report.passed and report.checks[1].hint == "change this"
     report.add("b", False, "broken", "fix it")
     assert not report.passed and report.checks[2].hint == "fix it"
+
+
+# ------------------------------------------------------------------ the Pis' keys reach the VPS (the step)
+
+
+PI_KEY = paramiko.ECDSAKey.generate()
+
+
+class AnsweringVps(FakeRemote):
+    """A VPS that answers the fact reads of provision-pi's VPS step from `answers` (a snippet's substring ->
+    its output), applies every op as done, and keeps each script it was sent."""
+
+    def __init__(self, name: str, answers: dict[str, str]) -> None:
+        super().__init__(name)
+        self.answers, self.scripts = answers, []  # type: list[str]
+
+    def run(self, script: str, **_: object) -> Result:
+        import re
+        self.scripts.append(script)
+        out = []
+        for index, snippet in re.findall(r"printf '@@FACT (\d+)\\n'; \( (.*?)\n\) 2>&1", script, re.S):
+            answer = next((v for k, v in self.answers.items() if k in snippet), "")
+            out.append(f"@@FACT {index}\n{answer}\n@@RC {index} 0\n")
+        for index in re.findall(r"printf '@@OP (\d+)\\n'", script):
+            out.append(f"@@OP {index}\n\n@@OPRC {index} 0\n")
+        return Result(0, "".join(out), "")
+
+
+def test_the_pis_keys_learnt_by_base_are_written_on_the_vps(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    import base64
+    vps = AnsweringVps("main", {"getent passwd": "pitunnel:x:999:999::/home/pitunnel:/usr/sbin/nologin",
+                                "ssh_host_": "ssh-ed25519 AAAAhost", "authorized_keys": "ABSENT",
+                                "sshd -T": "permitlisten 127.0.0.1:20024 127.0.0.1:20025"})
+    pis = {n: FakeRemote(n) for n in ("private", "other")}
+    for pi in pis.values():
+        pi.run = lambda script, **_: (_ for _ in ()).throw(StepFailed("the Pi's side is not under test"))  # type: ignore[method-assign]
+    play = Play(inv, Options(), Reporter(colour=False), {"main": vps, **pis})  # type: ignore[dict-item]
+    key = f"{PI_KEY.get_name()} {PI_KEY.get_base64()}"
+    based = pi_steps.Based([inv.pis["private"], inv.pis["other"]],
+                           {"private": f"{key} pitunnel:private", "other": "ssh-ed25519 AAAAnot-a-key pitunnel:other"})
+    pi_steps.finish(play, based)
+    wanted = authorized_keys(inv, inv.vps["main"], {"private": key}).wanted(FileState(False))
+    assert f"{key} pitunnel:private" in wanted and "pitunnel:other" not in wanted  # a bad key is never sent
+    blob = base64.b64encode(wanted.encode()).decode()
+    assert any(f"printf %s {blob} | base64 -d > new" in s for s in vps.scripts), "the Pi's key was not written"
+    assert "changed main authorized keys of the Pis - create" in out(capsys)
