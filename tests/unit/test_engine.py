@@ -427,3 +427,25 @@ def test_the_pis_keys_learnt_by_base_are_written_on_the_vps(inv: Inventory, caps
     blob = base64.b64encode(wanted.encode()).decode()
     assert any(f"printf %s {blob} | base64 -d > new" in s for s in vps.scripts), "the Pi's key was not written"
     assert "changed main authorized keys of the Pis - create" in out(capsys)
+
+
+def test_start_prompts_once_and_the_typed_secrets_win(inv: Inventory, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import pitunnel.play as play_module
+    prompts: list[str] = []
+    monkeypatch.setattr(play_module.getpass, "getpass", lambda prompt: prompts.append(prompt) or f"typed {len(prompts)}")
+    play = Play.start(inv, Options(prompt_login_password=True, prompt_sudo_password=True))
+    assert prompts == ["Login password (first contact): ", "sudo password: "]
+    assert {n: (r.credentials.login_password, r.credentials.sudo_password) for n, r in play.remotes.items()} == {
+        n: ("typed 1", "typed 2") for n in ("main", "private", "other")}
+    prompts.clear()
+    play = Play.start(inv, Options(prompt_sudo_password=True))
+    assert prompts == ["sudo password: "] and play.remotes["private"].credentials.login_password == "s3cret"
+    assert not play.remotes["private"].accept_new_host_keys and not play.reporter.quiet
+    with pytest.raises(SystemExit, match=r"--limit names unknown hosts: x, y \("):
+        Play.start(inv, Options(limit=frozenset({"y", "x"})))
+
+
+def test_a_secret_keeps_its_spaces(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text(" pass word \n")
+    assert _read_secret(tmp_path / "pw") == " pass word "
