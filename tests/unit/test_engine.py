@@ -449,3 +449,111 @@ def test_start_prompts_once_and_the_typed_secrets_win(inv: Inventory, tmp_path: 
 def test_a_secret_keeps_its_spaces(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text(" pass word \n")
     assert _read_secret(tmp_path / "pw") == " pass word "
+
+
+# ------------------------------------------------------------------------ handlers: covered, several, long
+
+
+class Starts:
+    """An op that starts a service from stopped: its change covers the service's restart handler."""
+
+    title, notify = "service svc started", ()
+
+    def __init__(self, log: Path, covers: tuple[str, ...] = ("restart svc",)) -> None:
+        self.log, self.covers = log, covers
+
+    def facts(self) -> list[object]:
+        return []
+
+    def plan(self, facts: object) -> object:
+        from pitunnel.ops import Plan
+        return Plan([f"echo started >> {self.log}"], "start", covers=self.covers)
+
+
+def test_a_handler_covered_by_a_later_start_is_not_run_and_the_next_handler_still_runs(
+        host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf, log = host / "svc.conf", host / "log"
+    ops = [plain(conf, "x\n", notify=("restart svc", "reload other")), Starts(log)]
+    converge(LocalRemote(), ops, Reporter(colour=False), Mode(),  # type: ignore[list-item]
+             [Handler("restart svc", [f"echo restarted >> {log}"]), Handler("reload other", [f"echo other >> {log}"])])
+    assert log.read_text() == "started\nother\n"
+    assert out(capsys)[-2:] == ["ok local handler restart svc - not needed: started after the change",
+                                "changed local handler reload other - ran once"]
+    assert leftovers(host) == []
+
+
+def test_covered_needs_the_start_after_the_last_notifier() -> None:
+    from pitunnel.ops import Plan
+    from pitunnel.runner import covered
+    start = Plan(["x"], "start", covers=("h",))
+    notifier = SimpleNamespace(notify=("h",))
+    other = SimpleNamespace(notify=())
+    assert covered(Handler("h", []), [(other, start)]) is start  # type: ignore[list-item]  # nothing notified it
+    assert covered(Handler("h", []), [(notifier, Plan(["y"], "w")), (other, start)]) is start  # type: ignore[list-item]
+    assert covered(Handler("h", []), [(other, start), (notifier, Plan(["y"], "w"))]) is None  # type: ignore[list-item]
+    assert covered(Handler("h", [], verify=lambda: True), [(other, start)]) is None  # type: ignore[list-item]
+
+
+def test_a_guarded_handler_then_an_unguarded_one_both_run(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf, other, log = host / "sshd.conf", host / "other.conf", host / "log"
+    ops = [dropin(conf, "new\n"), plain(other, "y\n", notify=("reload other",))]
+    converge(LocalRemote(), ops, Reporter(colour=False), Mode(),
+             [guarded([True]), Handler("reload other", [f"echo other >> {log}"])])
+    assert log.read_text() == "other\n"
+    assert out(capsys)[-2:] == ["changed local handler reload sshd - ran once", "changed local handler reload other - ran once"]
+
+
+def test_a_failing_handler_says_the_end_of_its_output(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = host / "svc.conf"
+    conf.write_text("old\n")
+    noise = "a" * 100 + "b" * 300
+    with pytest.raises(StepFailed) as exc:
+        converge(LocalRemote(), [plain(conf, "new\n", notify=("h",))], Reporter(colour=False), Mode(),
+                 [Handler("h", [f"grep -q old {conf} || {{ echo {noise}; exit 1; }}"])])
+    assert str(exc.value) == f"local: handler h: {'b' * 300}; rolled back"
+
+
+def test_a_failing_rollback_says_the_end_of_its_output(host: Path) -> None:
+    conf = host / "svc.conf"
+    conf.write_text("old\n")
+    noise = "a" * 100 + "c" * 200
+    with pytest.raises(StepFailed) as exc:
+        converge(LocalRemote(), [plain(conf, "new\n", notify=("h",))], Reporter(colour=False), Mode(),
+                 [Handler("h", [f"echo {noise}", "false"])])
+    assert str(exc.value).endswith(f"; ROLLBACK FAILED: {'c' * 200}") and "a" not in str(exc.value).split("FAILED: ")[1]
+
+
+def test_a_guarded_handler_that_fails_and_whose_rollback_fails(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pitunnel import ops as ops_module
+    conf = host / "sshd.conf"
+    conf.write_text("old\n")
+    noise = "a" * 100 + "d" * 300
+    monkeypatch.setattr(ops_module, "rollback_commands", lambda h: ["echo " + "e" * 100 + "f" * 200, "false"])
+    import pitunnel.runner as runner_module
+    monkeypatch.setattr(runner_module, "rollback_commands", ops_module.rollback_commands)
+    with pytest.raises(StepFailed) as exc:
+        converge(LocalRemote(), [dropin(conf, "new\n")], Reporter(colour=False), Mode(),
+                 [Handler("reload sshd", [f"echo {noise}", "false"], verify=lambda: True)])
+    assert str(exc.value) == f"local: handler reload sshd: {'d' * 300}; ROLLBACK FAILED: {'f' * 200}"
+
+
+def test_a_failed_check_without_a_hint_says_so(host: Path) -> None:
+    conf = host / "sshd.conf"
+    conf.write_text("old\n")
+    with pytest.raises(StepFailed, match="^local: handler reload sshd: check after the handler failed; rolled back$"):
+        converge(LocalRemote(), [dropin(conf, "new\n")], Reporter(colour=False), Mode(),
+                 [Handler("reload sshd", ["true"], verify=lambda: False)])
+    assert conf.read_text() == "old\n"
+
+
+def test_an_earlier_change_in_two_files_is_named_with_both(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.test_guard import cut_after_apply
+    a, b = host / "a.conf", host / "b.conf"
+    with monkeypatch.context() as cut:
+        cut_after_apply(cut)
+        with pytest.raises(Unreachable):
+            converge(LocalRemote(), [dropin(a, "A\n"), dropin(b, "B\n")], Reporter(colour=False), Mode(), [guarded([])])
+    with pytest.raises(StepFailed, match=f"^local: handler reload sshd: an earlier run's unproven change to {a}, {b}: "
+                                         "a fresh login failed; rolled back$"):
+        converge(LocalRemote(), [dropin(a, "A\n"), dropin(b, "B\n")], Reporter(colour=False), Mode(), [guarded([False])])
+    assert not a.exists() and not b.exists()

@@ -5,6 +5,7 @@ refused or given its password on stdin, and what one run sends and returns."""
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,3 +206,23 @@ def test_fresh_login(sshd: FakeSshd, known: Path) -> None:
 def test_credentials_repr_never_shows_secrets() -> None:
     text = repr(Credentials("login-secret", None))
     assert text == "Credentials(login_password=<hidden>, sudo_password=None)"
+
+
+def test_the_hint_names_the_key_file_of_each_type(tmp_path: Path) -> None:
+    rsa = paramiko.RSAKey.generate(1024)
+    line = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
+    ed = paramiko.Ed25519Key(filename=str(tmp_path / "k"))
+    for key, short in ((rsa, "rsa"), (ed, "ed25519"), (KEY, "ecdsa")):
+        with pytest.raises(HostKeyRefused) as exc:
+            CheckPolicy(tmp_path / "kh", accept_new=False).missing_host_key(paramiko.SSHClient(), "h", key)
+        assert str(exc.value) == (
+            f"unknown host key for h: {key.get_name()} {hostkeys.fingerprint(key)}. Check it out of band (on the host: "
+            f"ssh-keygen -lf /etc/ssh/ssh_host_{short}_key.pub), then rerun with --accept-new-host-keys to record it "
+            f"in {tmp_path / 'kh'}, or pin it as host_key in the inventory")
+    assert line.returncode == 0
+
+
+def test_accept_new_makes_the_known_hosts_directories(tmp_path: Path) -> None:
+    known = tmp_path / "a" / "b" / "kh"
+    CheckPolicy(known, accept_new=True).missing_host_key(paramiko.SSHClient(), "h", KEY)
+    assert known.read_text() == f"h {KEY.get_name()} {KEY.get_base64()}\n"
