@@ -173,7 +173,8 @@ def test_sudo_only_when_needed(sshd: FakeSshd, known: Path, user: str, sudo: boo
 def test_each_run_is_one_counted_round_trip_on_one_connection(sshd: FakeSshd, known: Path) -> None:
     r = remote(sshd.port, known)
     big = "x" * 300000
-    assert r.run(f"printf %s {big}; printf %s {big} >&2").stdout == big  # both streams drained, no deadlock
+    both = r.run(f"printf %s {big}; printf %s {big} >&2")
+    assert both.stdout == big and both.stderr == big  # both streams drained whole, no deadlock
     assert r.run("read line || echo no-stdin", sudo=False).stdout == "no-stdin\n"  # the script has no stdin
     assert r.round_trips == 2 and len(sshd._transports) == 1
     r.close()
@@ -226,3 +227,22 @@ def test_accept_new_makes_the_known_hosts_directories(tmp_path: Path) -> None:
     known = tmp_path / "a" / "b" / "kh"
     CheckPolicy(known, accept_new=True).missing_host_key(paramiko.SSHClient(), "h", KEY)
     assert known.read_text() == f"h {KEY.get_name()} {KEY.get_base64()}\n"
+
+
+def test_output_that_is_not_utf8_is_replaced_not_fatal(sshd: FakeSshd, known: Path) -> None:
+    result = remote(sshd.port, known).run("printf 'a\\377b'; printf 'c\\376d' >&2")
+    assert (result.stdout, result.stderr) == ("a\ufffdb", "c\ufffdd")
+
+
+def test_fresh_login_is_retried_until_the_host_lets_us_in(sshd: FakeSshd, known: Path) -> None:
+    import threading
+    sshd.login_password = "not yet"
+    threading.Timer(0.5, lambda: setattr(sshd, "login_password", "login")).start()
+    assert remote(sshd.port, known).can_log_in_fresh(within=5)
+
+
+@pytest.mark.parametrize("stderr", ["sudo: a password is required", "sudo: 1 incorrect password attempt",
+                                    "Sorry, try again.", "sudo: a terminal is required to read the password"])
+def test_what_sudo_says_when_it_refuses(stderr: str) -> None:
+    assert remote_module._sudo_refused(f"something\n{stderr}\n")
+    assert not remote_module._sudo_refused("sh: 1: no: not found\n")
