@@ -130,3 +130,30 @@ def test_a_given_title_is_kept() -> None:
                PackagesAbsent(("a",), title="T"), SystemUser("u", "/h", title="T"), UserAbsent("u", title="T"),
                Service("s", title="T"), Symlink("/l", "/t", title="T"), Pruned("/p", "*", frozenset(), title="T")):
         assert op.title == "T"
+
+
+def test_plans_in_full(host: Path) -> None:
+    """Whole plans, word for word, for the ops whose commands a host runs as root."""
+    (host / "state" / "packages").write_text("autossh\n")
+    (host / "state" / "users").write_text("tunnel\n")
+    (host / "apt").mkdir()
+    assert planned(PackagesAbsent(("autossh", "nginx", "jq"))) == (
+        ["DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --autoremove autossh >/dev/null",
+         *ops.unrecord_commands("packages", ["autossh"])],
+        "purge autossh; kept nginx: installed before pitunnel (no record that pitunnel installed it)")
+    assert planned(PackagesAbsent(("jq",))) == ([], "not installed")
+    assert planned(PackagesAbsent(("nginx",))) == ([], "kept nginx: installed before pitunnel (no record that pitunnel "
+                                                       "installed it)")
+    assert planned(UserAbsent("tunnel")) == (
+        ["pkill -KILL -u tunnel || true", "userdel --remove tunnel 2>/dev/null || userdel tunnel",
+         "getent group tunnel >/dev/null && groupdel tunnel || true", *ops.unrecord_commands("users", ["tunnel"])],
+        "remove with its home")
+    with pytest.raises(ops.Refused) as exc:
+        planned(SystemUser("alice", "/home/alice"))
+    assert str(exc.value) == ("account alice exists and pitunnel did not create it (comment 'Alice', home /home/alice): "
+                              "not modified; set tunnel_user to an account of pitunnel's own (default pitunnel)")
+    f = host / "f"
+    f.write_text("x")
+    assert planned(Absent(str(f))) == ([f"rm -rf {f}"], "remove")
+    cmds, reason = planned(Packages(("autossh", "jq", "nginx")))
+    assert reason.startswith("install jq, nginx")
