@@ -257,19 +257,26 @@ def test_selected_and_options() -> None:
 @pytest.fixture()
 def inv(tmp_path: Path) -> Inventory:
     (tmp_path / "login").write_text("s3cret\n\n")
+    (tmp_path / "sudo").write_text("sudoX\n")
     file = tmp_path / "hosts.yml"
     file.write_text(textwrap.dedent("""
         settings: {laptop_key: null, known_hosts: kh}
         vps: {main: {address: 203.0.113.1}}
         pis:
           private: {address: 10.0.0.3, password_file: login, tunnels: {ssh: {type: ssh, remote_port: 20024}}}
-          other: {address: 10.0.0.4, tunnels: {ssh: {type: ssh, remote_port: 20025}}}
+          other: {address: 10.0.0.4, sudo_password_file: sudo, tunnels: {ssh: {type: ssh, remote_port: 20025}}}
         """))
     return load_inventory(file)
 
 
 def test_start_opens_a_remote_per_host_with_its_secrets(inv: Inventory, tmp_path: Path) -> None:
-    play = Play.start(inv, Options(accept_new_host_keys=True), quiet=True)
+    options = Options(accept_new_host_keys=True, diff=True)
+    play = Play.start(inv, options, quiet=True)
+    assert play.inventory is inv and play.options is options and play.reporter.show_diff
+    assert all(r.spec is inv.pis.get(n, inv.vps.get(n)) and r.known_hosts == inv.settings.known_hosts
+               for n, r in play.remotes.items())
+    assert play.remotes["other"].credentials.sudo_password == "sudoX"  # an X at the end is part of it
+    assert not Play.start(inv, Options()).reporter.show_diff
     assert sorted(play.remotes) == ["main", "other", "private"]
     assert play.remotes["private"].credentials.login_password == "s3cret"  # the file's newlines are not part of it
     assert play.remotes["other"].credentials.login_password is None
