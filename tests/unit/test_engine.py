@@ -477,16 +477,19 @@ class Starts:
         return Plan([f"echo started >> {self.log}"], "start", covers=self.covers)
 
 
-def test_a_handler_covered_by_a_later_start_is_not_run_and_the_next_handler_still_runs(
+def test_a_handler_covered_by_a_later_start_is_not_run_and_the_other_handlers_still_run(
         host: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    conf, log = host / "svc.conf", host / "log"
-    ops = [plain(conf, "x\n", notify=("restart svc", "reload other")), Starts(log)]
+    conf, other, third, log = host / "svc.conf", host / "other.conf", host / "third.conf", host / "log"
+    ops = [plain(conf, "x\n", notify=("restart svc",)), plain(other, "y\n", notify=("reload other",)),
+           plain(third, "z\n", notify=("reload third",)), Starts(log)]
     converge(LocalRemote(), ops, Reporter(colour=False), Mode(),  # type: ignore[list-item]
-             [Handler("restart svc", [f"echo restarted >> {log}"]), Handler("reload other", [f"echo other >> {log}"])])
-    assert log.read_text() == "started\nother\n"
-    assert out(capsys)[-2:] == ["ok local handler restart svc - not needed: started after the change",
-                                "changed local handler reload other - ran once"]
-    assert leftovers(host) == []
+             [Handler("reload other", [f"echo other >> {log}"]), Handler("restart svc", [f"echo restarted >> {log}"]),
+              Handler("reload third", [f"echo third >> {log}"])])
+    assert log.read_text() == "started\nother\nthird\n"
+    assert out(capsys)[-3:] == ["changed local handler reload other - ran once",
+                                "ok local handler restart svc - not needed: started after the change",
+                                "changed local handler reload third - ran once"]
+    assert leftovers(host) == []  # the covered handler's backups dropped too
 
 
 def test_covered_needs_the_start_after_the_last_notifier() -> None:
@@ -564,3 +567,102 @@ def test_an_earlier_change_in_two_files_is_named_with_both(host: Path, monkeypat
                                          "a fresh login failed; rolled back$"):
         converge(LocalRemote(), [dropin(a, "A\n"), dropin(b, "B\n")], Reporter(colour=False), Mode(), [guarded([False])])
     assert not a.exists() and not b.exists()
+
+
+# ------------------------------------------------------------------- check mode, pending changes, _apply
+
+
+def test_check_mode_prints_diffs_and_keeps_ok_ops_ok(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = host / "a.conf", host / "b.conf"
+    a.write_text("old\n")
+    b.write_text("same\n")
+    converge(LocalRemote(), [plain(a, "new\n"), plain(b, "same\n")], Reporter(colour=False, show_diff=True),
+             Mode(check=True, diff=True))
+    lines = out(capsys)
+    assert lines[0] == f"would change local file {a} - content" and "-old" in lines and "+new" in lines
+    assert lines[-1] == f"ok local file {b} - already as wanted"
+
+
+def test_check_mode_names_an_earlier_unproven_change(host: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.unit.test_guard import cut_after_apply
+    a, b = host / "a.conf", host / "b.conf"
+    with monkeypatch.context() as cut:
+        cut_after_apply(cut)
+        with pytest.raises(Unreachable):
+            converge(LocalRemote(), [dropin(a, "A\n"), dropin(b, "B\n")], Reporter(colour=False), Mode(), [guarded([])])
+    capsys.readouterr()
+    converge(LocalRemote(), [dropin(a, "A\n"), dropin(b, "B\n")], Reporter(colour=False), Mode(check=True), [guarded([])])
+    assert out(capsys) == [
+        f"would change local handler reload sshd - an earlier run left {a}, {b} unproven: would prove it with a fresh "
+        "login, or roll it back",
+        f"ok local file {a} - written by an earlier run, not proven yet: handler reload sshd would prove it",
+        f"ok local file {b} - written by an earlier run, not proven yet: handler reload sshd would prove it"]
+
+
+def test_a_record_the_timer_ran_before_the_proof_is_reported_as_rolled_back_by_the_host(
+        host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import pitunnel.runner as runner_module
+    from pitunnel.ops import pending_record
+    conf = host / "sshd.conf"
+    conf.write_text("old\n")
+    real = runner_module._apply
+
+    def apply_then_timer(remote: object, scripts: list[list[str]]) -> object:
+        done = real(remote, scripts)  # type: ignore[arg-type]
+        subprocess.run(["sh", pending_record("reload sshd")], check=True)  # the host's timer fires now
+        return done
+
+    monkeypatch.setattr(runner_module, "_apply", apply_then_timer)
+    with pytest.raises(StepFailed) as exc:
+        converge(LocalRemote(), [dropin(conf, "new\n")], Reporter(colour=False), Mode(), [guarded([True], seconds=60)])
+    assert str(exc.value) == ("local: handler reload sshd: no proof within 60 s, so the host's timer rolled the change "
+                              "back on its own; rolled back")
+    assert conf.read_text() == "old\n"
+
+
+def test_the_timer_winning_during_the_check_is_not_rolled_back_twice(host: Path) -> None:
+    import subprocess
+    from pitunnel.ops import pending_record
+    conf = host / "sshd.conf"
+    conf.write_text("old\n")
+
+    def check() -> bool:
+        subprocess.run(["sh", pending_record("reload sshd")], check=True)
+        return True
+
+    with pytest.raises(StepFailed) as exc:
+        converge(LocalRemote(), [dropin(conf, "new\n")], Reporter(colour=False), Mode(),
+                 [Handler("reload sshd", ["true"], verify=check, confirm_seconds=30)])
+    assert str(exc.value) == ("local: handler reload sshd: no proof within 30 s, so the host's timer rolled the change "
+                              "back on its own; rolled back")
+
+
+class Answers:
+    name = "h"
+
+    def __init__(self, stdout: str, stderr: str = "", rc: int = 0) -> None:
+        self.result, self.scripts = Result(rc, stdout, stderr), []  # type: Result, list[str]
+
+    def run(self, script: str, **_: object) -> Result:
+        self.scripts.append(script)
+        return self.result
+
+
+def test_apply_reads_each_ops_code_and_output() -> None:
+    from pitunnel.runner import _apply
+    ok = Answers("a banner before the script\n@@OP 0\nfine\n\n@@OPRC 0 0\n@@OP 1\n  one\n\n two \n\n@@OPRC 1 4\n")
+    assert _apply(ok, [["true"], ["false"]]) == (1, "one two")  # type: ignore[arg-type]
+    assert ok.scripts[0].endswith("[ $rc -eq 0 ] || exit $rc\n")
+    assert _apply(Answers("@@OP 0\n@@OPRC 0 0\n"), [["true"]]) is None  # type: ignore[arg-type]
+    long = "@@OP 0\n" + "x" * 100 + "y" * 400 + "\n@@OPRC 0 1\n"
+    assert _apply(Answers(long), [["false"]]) == (0, "y" * 400)  # type: ignore[arg-type]
+    assert _apply(Answers("@@OP 0\n@@OPRC 0 3\n"), [["false"]]) == (0, "exit 3")  # type: ignore[arg-type]
+
+
+def test_apply_when_the_script_died_before_an_op_ended() -> None:
+    from pitunnel.runner import _apply
+    assert _apply(Answers("@@OP 0\n@@OPRC 0 0\n", "x" * 10 + "e" * 400, 137), [["true"], ["sleep 9"]]) == (1, "e" * 400)  # type: ignore[arg-type]
+    assert _apply(Answers("", "", 255), [["true"]]) == (0, "did not run (script exit 255)")  # type: ignore[arg-type]
+    assert _apply(Answers("@@OP 0\nkilled half way\n", "", 137), [["x"]]) == (0, "killed half way")  # type: ignore[arg-type]
