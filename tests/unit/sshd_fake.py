@@ -19,6 +19,7 @@ class FakeSshd(paramiko.ServerInterface):
         self.host_key, self.login_password = host_key, login_password
         self.sudo, self.sudo_password = sudo, sudo_password
         self.commands: list[str] = []
+        self.allow_sessions = True  # False: logins work, every session (command) is refused
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(16)
@@ -53,7 +54,9 @@ class FakeSshd(paramiko.ServerInterface):
         return paramiko.AUTH_SUCCESSFUL if password == self.login_password else paramiko.AUTH_FAILED
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
-        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        if kind == "session" and self.allow_sessions:
+            return paramiko.OPEN_SUCCEEDED
+        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         self.commands.append(command.decode())

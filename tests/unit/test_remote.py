@@ -246,3 +246,10 @@ def test_fresh_login_is_retried_until_the_host_lets_us_in(sshd: FakeSshd, known:
 def test_what_sudo_says_when_it_refuses(stderr: str) -> None:
     assert remote_module._sudo_refused(f"something\n{stderr}\n")
     assert not remote_module._sudo_refused("sh: 1: no: not found\n")
+
+
+def test_a_login_that_cannot_run_a_command_is_not_a_working_login(sshd: FakeSshd, known: Path) -> None:
+    sshd.allow_sessions = False
+    assert not remote(sshd.port, known).can_log_in_fresh(within=0)
+    with pytest.raises(Unreachable, match="h1: connection lost: "):
+        remote(sshd.port, known).run("true")
