@@ -157,3 +157,26 @@ def test_plans_in_full(host: Path) -> None:
     assert planned(Absent(str(f))) == ([f"rm -rf {f}"], "remove")
     cmds, reason = planned(Packages(("autossh", "jq", "nginx")))
     assert reason.startswith("install jq, nginx")
+
+
+def test_small_decisions() -> None:
+    from pitunnel.facts import Facts
+    from pitunnel.ops import _slug, pending_changes, pending_fact, record_fact
+    assert _slug("-Reload SSHD (main)-") == "reload-sshd--main"
+    assert pending_changes(Facts()) == {}
+    key = pending_fact().key
+    found = Facts({key: (0, "# path: /stray\n# handler: reload sshd\n# path: /etc/a\n# path: /etc/b\n# handler: x\n")})
+    assert pending_changes(found) == {"reload sshd": ["/etc/a", "/etc/b"], "x": []}
+    with pytest.raises(ops.Refused, match=r"\(comment '', home \): not removed"):
+        UserAbsent("bob").plan(Facts({"user:bob": (0, "bob:x:1000"), record_fact("users").key: (0, "")}))
+    one_line = Service("s", covers=("restart s",)).plan(Facts({"unit:s": (0, "enabled")}))
+    assert one_line.reason == "start" and one_line.covers == ("restart s",)
+    starting = Service("s", covers=("restart s",)).plan(Facts({"unit:s": (0, "enabled\nactivating")}))
+    assert starting.reason == "start" and starting.covers == ()
+    unknown = Service("s", covers=("restart s",)).plan(Facts({"unit:s": (0, "enabled\nunknown")}))
+    assert unknown.covers == ("restart s",)
+    spaced = SshdPasswordsCheck().plan(Facts({"sshd-passwords": (0, "passwordauthentication yes\nbanner a b c\n")}))
+    assert spaced.reason.startswith("WARNING")
+    linked = Symlink("/l", "/t").plan(Facts({"link:/l": (0, "ABSENT\ntarget-ok")}))
+    assert linked.reason == "link" and linked.backups == [] and linked.commands == ["ln -sfn /t /l"]
+    assert Symlink("/l", "/t", notify=("h",)).plan(Facts({"link:/l": (0, "ABSENT\ntarget-ok")})).backups == ["/l"]
