@@ -666,3 +666,15 @@ def test_apply_when_the_script_died_before_an_op_ended() -> None:
     assert _apply(Answers("@@OP 0\n@@OPRC 0 0\n", "x" * 10 + "e" * 400, 137), [["true"], ["sleep 9"]]) == (1, "e" * 400)  # type: ignore[arg-type]
     assert _apply(Answers("", "", 255), [["true"]]) == (0, "did not run (script exit 255)")  # type: ignore[arg-type]
     assert _apply(Answers("@@OP 0\nkilled half way\n", "", 137), [["x"]]) == (0, "killed half way")  # type: ignore[arg-type]
+
+
+def test_a_run_that_changes_some_ops_reports_the_others_ok_and_shows_diffs(host: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = host / "a.conf", host / "b.conf"
+    a.write_text("old\n")
+    b.write_text("same\n")
+    converge(LocalRemote(), [plain(b, "same\n"), plain(a, "new\n")], Reporter(colour=False, show_diff=True), Mode(diff=True))
+    lines = out(capsys)
+    assert lines[0] == f"ok local file {b} - already as wanted"
+    assert lines[1] == f"changed local file {a} - content" and "-old" in lines and "+new" in lines
+    assert a.read_text() == "new\n"
