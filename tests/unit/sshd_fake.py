@@ -19,6 +19,8 @@ class FakeSshd(paramiko.ServerInterface):
         self.host_key, self.login_password = host_key, login_password
         self.sudo, self.sudo_password = sudo, sudo_password
         self.commands: list[str] = []
+        self.users: list[str] = []  # who logged in, or tried to
+        self.client_key: paramiko.PKey | None = None  # a key that may log in, besides the password
         self.allow_sessions = True  # False: logins work, every session (command) is refused
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
@@ -48,9 +50,14 @@ class FakeSshd(paramiko.ServerInterface):
 
     # paramiko.ServerInterface
     def get_allowed_auths(self, username: str) -> str:
-        return "password"
+        return "password,publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        self.users.append(username)
+        return paramiko.AUTH_SUCCESSFUL if key == self.client_key else paramiko.AUTH_FAILED
 
     def check_auth_password(self, username: str, password: str) -> int:
+        self.users.append(username)
         return paramiko.AUTH_SUCCESSFUL if password == self.login_password else paramiko.AUTH_FAILED
 
     def check_channel_request(self, kind: str, chanid: int) -> int:

@@ -36,8 +36,12 @@ def spec(port: int, *, user: str = "pi", host_key: str | None = None) -> HostSpe
 
 
 def remote(port: int, known: Path, *, accept_new: bool = False, user: str = "pi", host_key: str | None = None,
-           login: str | None = "login", sudo: str | None = None) -> Remote:
-    return Remote(spec(port, user=user, host_key=host_key), known, Credentials(login, sudo), accept_new_host_keys=accept_new)
+           login: str | None = "login", sudo: str | None = None, key: Path | None = None) -> Remote:
+    host = spec(port, user=user, host_key=host_key)
+    if key is not None:
+        import dataclasses
+        host = dataclasses.replace(host, key=key)
+    return Remote(host, known, Credentials(login, sudo), accept_new_host_keys=accept_new)
 
 
 def line(port: int, key: paramiko.PKey) -> str:
@@ -253,3 +257,20 @@ def test_a_login_that_cannot_run_a_command_is_not_a_working_login(sshd: FakeSshd
     assert not remote(sshd.port, known).can_log_in_fresh(within=0)
     with pytest.raises(Unreachable, match="h1: connection lost: "):
         remote(sshd.port, known).run("true")
+
+
+def test_a_key_login_as_the_inventorys_user(sshd: FakeSshd, known: Path, tmp_path: Path) -> None:
+    client = paramiko.ECDSAKey.generate()
+    client.write_private_key_file(str(tmp_path / "id"))
+    sshd.client_key = client
+    r = remote(sshd.port, known, login=None, key=tmp_path / "id", user="alice")
+    assert r.run("echo by key", sudo=False).stdout == "by key\n"
+    assert set(sshd.users) == {"alice"}
+    assert r.can_log_in_fresh(use_password=False, within=0)
+
+
+def test_why_a_run_or_a_connection_failed_is_said(sshd: FakeSshd, known: Path) -> None:
+    sshd.allow_sessions = False
+    with pytest.raises(Unreachable) as exc:
+        remote(sshd.port, known).run("true")
+    assert str(exc.value).startswith("h1: connection lost: ") and "prohibited" in str(exc.value)
