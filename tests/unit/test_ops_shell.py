@@ -180,3 +180,20 @@ def test_small_decisions() -> None:
     linked = Symlink("/l", "/t").plan(Facts({"link:/l": (0, "ABSENT\ntarget-ok")}))
     assert linked.reason == "link" and linked.backups == [] and linked.commands == ["ln -sfn /t /l"]
     assert Symlink("/l", "/t", notify=("h",)).plan(Facts({"link:/l": (0, "ABSENT\ntarget-ok")})).backups == ["/l"]
+
+
+def test_a_symlink_fact_and_facts_not_read() -> None:
+    from pitunnel.facts import Facts, FileState, command_fact, file_fact
+    from pitunnel.remote import Result
+    assert Facts({file_fact("/x").key: (0, "SYMLINK /t")}).file("/x") == FileState(True, symlink="/t")
+
+    class Silent:
+        name = "h"
+
+        def run(self, script: str) -> Result:
+            return Result(1, "", "x" * 10 + "e" * 300)
+
+    facts = [command_fact(f"k{i}", "true") for i in range(5)]
+    with pytest.raises(RuntimeError) as exc:
+        gather(Silent(), facts)  # type: ignore[arg-type]
+    assert str(exc.value) == f"h: facts not read (k0, k1, k2): {'e' * 300}"
