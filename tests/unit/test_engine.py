@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import paramiko
 import pytest
 
-from pitunnel.facts import FileState
+from pitunnel.facts import FileState, tcp_listeners
 from pitunnel.hostkeys import HostKeyRefused
 from pitunnel.inventory import Inventory, load_inventory
 from pitunnel.ops import Handler, Refused
@@ -21,8 +21,10 @@ from pitunnel.remote import Result, SudoRefused, Unreachable
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge, facts_for
 from pitunnel.shared import SharedReading
+from roles import site
+from roles.contract import PiOffer, listens
 from roles.pi import steps as pi_steps
-from roles.pi.verify import PiReport, verify
+from roles.pi.verify import PiReport
 from roles.vps.steps import authorized_keys
 from tests.unit.test_guard import LocalRemote, dropin, guarded, host, me  # noqa: F401 (host: a fixture)
 from tests.unit.test_ops import File
@@ -119,9 +121,9 @@ def test_success_runs_each_handler_once_drops_backups_and_a_rerun_changes_nothin
     a, b, log = host / "a.conf", host / "b.conf", host / "log"
     ops = [plain(a, "A\n", notify=("h",)), plain(b, "B\n", notify=("h",))]
     remote = LocalRemote()
-    plans = converge(remote, ops, Reporter(colour=False), Mode(), [Handler("h", [f"echo ran >> {log}"]),
-                                                                    Handler("unused", [f"echo no >> {log}"])])
-    assert [p.changes for _, p in plans] == [True, True]
+    done = converge(remote, ops, Reporter(colour=False), Mode(), [Handler("h", [f"echo ran >> {log}"]),
+                                                                   Handler("unused", [f"echo no >> {log}"])])
+    assert [p.changes for _, p in done.plans] == [True, True] and done.changed
     assert a.read_text() == "A\n" and b.read_text() == "B\n" and log.read_text() == "ran\n"
     assert out(capsys) == [f"changed local file {a} - create", f"changed local file {b} - create",
                            "changed local handler h - ran once"]
@@ -137,8 +139,8 @@ def test_check_mode_changes_nothing_and_says_what_would(host: Path, capsys: pyte
     a.write_text("old\n")
     remote = LocalRemote()
     reporter = Reporter(colour=False)
-    plans = converge(remote, [plain(a, "new\n", notify=("h",))], reporter, Mode(check=True), [Handler("h", ["false"])])
-    assert plans[0][1].changes and a.read_text() == "old\n" and len(remote.scripts) == 1
+    done = converge(remote, [plain(a, "new\n", notify=("h",))], reporter, Mode(check=True), [Handler("h", ["false"])])
+    assert done.plans[0][1].changes and a.read_text() == "old\n" and len(remote.scripts) == 1
     assert out(capsys) == [f"would change local file {a} - content", "local would run handler: h"]
     assert reporter.recaps["local"].changed == 1 and leftovers(host) == []
 
@@ -294,10 +296,10 @@ def test_the_listener_wait_fails_when_the_forward_never_listens(inv: Inventory, 
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 0.6)
     reads: list[int] = []
-    listeners = SharedReading(lambda: reads.append(1) or "LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n")
+    listeners = SharedReading(lambda: reads.append(1) or tcp_listeners("LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"))
     play = SimpleNamespace(reporter=Reporter(colour=False))
     with pytest.raises(StepFailed, match="not listening"):
-        pi_steps._wait_listening(play, inv.pis["private"], listeners, "")  # type: ignore[arg-type]
+        site.wait_listening(play, inv.pis["private"], listeners, None)  # type: ignore[arg-type]
     assert reads  # it did look again while waiting
     assert out(capsys) == ["failed private tunnel listening on the VPS - not listening after 0.6s: 127.0.0.1:20024 "
                            "(see `journalctl -u pitunnel.service` on the Pi)"]
@@ -308,11 +310,13 @@ def test_the_listener_wait_passes_once_the_forward_listens(inv: Inventory, monke
     monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 5)
     ss = "LISTEN 0 128 127.0.0.1:20024 0.0.0.0:*\n"
     play = SimpleNamespace(reporter=Reporter(colour=False))
-    pi_steps._wait_listening(play, inv.pis["private"], SharedReading(lambda: ss), "")  # type: ignore[arg-type]
+    site.wait_listening(play, inv.pis["private"], SharedReading(lambda: tcp_listeners(ss)), None)  # type: ignore[arg-type]
     assert out(capsys)[0].startswith("ok private tunnel listening on the VPS - 127.0.0.1:20024 (after ")
-    pi_steps._wait_listening(play, inv.pis["private"], SharedReading(lambda: ""), ss)  # type: ignore[arg-type]
+    site.wait_listening(play, inv.pis["private"], SharedReading(lambda: frozenset()), tcp_listeners(ss))  # type: ignore[arg-type]
     assert out(capsys) == ["ok private tunnel listening on the VPS - 127.0.0.1:20024"]  # already: no wait
-    assert pi_steps.listening(ss, [inv.pis["private"], inv.pis["other"]]) == {"private": [], "other": ["127.0.0.1:20025"]}
+    present = tcp_listeners(ss)  # what the wait compares: ss's local addresses against each Pi's listen specs
+    assert {p: [s for s in listens(inv.pis[p]) if s not in present] for p in ("private", "other")} == {
+        "private": [], "other": ["127.0.0.1:20025"]}
 
 
 def test_the_keys_given_are_authorised_on_the_vps(inv: Inventory) -> None:
@@ -352,7 +356,7 @@ SSHD_OFF = "SSHD passwordauthentication no\nSSHD kbdinteractiveauthentication no
 def run_verify(inv: Inventory, pi_stdout: str, ss: str = "LISTEN 0 128 127.0.0.1:20024 0.0.0.0:*\n") -> PiReport:
     play = Play(inv, Options(limit=frozenset({"private"})), Reporter(colour=False),
                 {"main": ScriptedRemote("main", ss), "private": ScriptedRemote("private", pi_stdout)})  # type: ignore[dict-item]
-    (report,) = verify(play)
+    (report,) = site.verify(play)
     return report
 
 
@@ -426,9 +430,10 @@ def test_the_pis_keys_learnt_by_base_are_written_on_the_vps(inv: Inventory, caps
         pi.run = lambda script, **_: (_ for _ in ()).throw(StepFailed("the Pi's side is not under test"))  # type: ignore[method-assign]
     play = Play(inv, Options(), Reporter(colour=False), {"main": vps, **pis})  # type: ignore[dict-item]
     key = f"{PI_KEY.get_name()} {PI_KEY.get_base64()}"
-    based = pi_steps.Based([inv.pis["private"], inv.pis["other"]],
-                           {"private": f"{key} pitunnel:private", "other": "ssh-ed25519 AAAAnot-a-key pitunnel:other"})
-    pi_steps.finish(play, based)
+    bases = {"private": pi_steps.PiBase(PiOffer("private", f"{key} pitunnel:private", listens(inv.pis["private"])), False),
+             "other": pi_steps.PiBase(PiOffer("other", "ssh-ed25519 AAAAnot-a-key pitunnel:other",
+                                              listens(inv.pis["other"])), False)}
+    site.connect(play, bases)
     wanted = authorized_keys(inv, inv.vps["main"], {"private": key}).wanted(FileState(False))
     assert f"{key} pitunnel:private" in wanted and "pitunnel:other" not in wanted  # a bad key is never sent
     blob = base64.b64encode(wanted.encode()).decode()
