@@ -42,6 +42,7 @@ class Play:
     options: Options
     reporter: Reporter
     remotes: dict[str, Remote] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)  # hosts whose work failed or that were unreachable: done for this run
 
     @classmethod
     def start(cls, inventory: Inventory, options: Options, *, quiet: bool = False) -> "Play":
@@ -66,15 +67,20 @@ class Play:
         return [h for h in hosts if not self.options.limit or h.name in self.options.limit]
 
     def each(self, hosts: Sequence[HostSpec], work: Callable[[Remote], T]) -> dict[str, T]:
-        """Run work(remote) for every host in parallel; failures are reported, not raised."""
+        """Run work(remote) for every host in parallel; failures are reported, not raised, and the host is
+        left out of every later `each` of this play."""
         results: dict[str, T] = {}
-        live = [h for h in hosts if not self.reporter.recap(h.name).bad]
+        for h in hosts:  # the recap lists every host played, in the order first played, whether it printed or not
+            self.reporter.recap(h.name)
+        live = [h for h in hosts if h.name not in self.failed]
         with ThreadPoolExecutor(max_workers=max(1, min(32, len(live)))) as pool:
             futures = {h.name: pool.submit(self._guarded, self.remotes[h.name], work) for h in live}
         for name, future in futures.items():
             ok, value = future.result()
             if ok:
                 results[name] = value  # type: ignore[assignment]
+            else:
+                self.failed.add(name)
         return results
 
     def _guarded(self, remote: Remote, work: Callable[[Remote], T]) -> tuple[bool, T | None]:
@@ -96,7 +102,7 @@ class Play:
                 self.reporter.recaps[name].round_trips = remote.round_trips
             remote.close()
         self.reporter.print_recap()
-        return 1 if self.reporter.failed_hosts else 0
+        return 1 if self.failed else 0
 
 
 def _read_secret(path: Path | None) -> str | None:

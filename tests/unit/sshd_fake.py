@@ -1,0 +1,98 @@
+"""A loopback SSH server for unit tests of pitunnel.remote and pitunnel.hostkeys: paramiko's server side on
+127.0.0.1, password login, each exec'd command run by a local `sh`, and sudo played as the test says."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+
+import paramiko
+
+
+class FakeSshd(paramiko.ServerInterface):
+    """`sudo` is "nopasswd" (sudo -n works), "password" (only `sudo -S` with `sudo_password` on stdin's first
+    line works) or "refuse" (every sudo asks for a password it never gets). Commands seen are kept."""
+
+    def __init__(self, host_key: paramiko.PKey, *, login_password: str = "login", sudo: str = "nopasswd",
+                 sudo_password: str = "sudo-pw") -> None:
+        self.host_key, self.login_password = host_key, login_password
+        self.sudo, self.sudo_password = sudo, sudo_password
+        self.commands: list[str] = []
+        self.users: list[str] = []  # who logged in, or tried to
+        self.client_key: paramiko.PKey | None = None  # a key that may log in, besides the password
+        self.allow_sessions = True  # False: logins work, every session (command) is refused
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port: int = self._sock.getsockname()[1]
+        self._transports: list[paramiko.Transport] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._sock.close()
+        for t in self._transports:
+            t.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            transport = paramiko.Transport(client)
+            transport.add_server_key(self.host_key)
+            self._transports.append(transport)
+            try:
+                transport.start_server(server=self)
+            except (paramiko.SSHException, EOFError, OSError):
+                continue
+
+    # paramiko.ServerInterface
+    def get_allowed_auths(self, username: str) -> str:
+        return "password,publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        self.users.append(username)
+        return paramiko.AUTH_SUCCESSFUL if key == self.client_key else paramiko.AUTH_FAILED
+
+    def check_auth_password(self, username: str, password: str) -> int:
+        self.users.append(username)
+        return paramiko.AUTH_SUCCESSFUL if password == self.login_password else paramiko.AUTH_FAILED
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        if kind == "session" and self.allow_sessions:
+            return paramiko.OPEN_SUCCEEDED
+        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        self.commands.append(command.decode())
+        threading.Thread(target=self._exec, args=(channel, command.decode()), daemon=True).start()
+        return True
+
+    def _exec(self, chan: paramiko.Channel, command: str) -> None:
+        data = bytearray()
+        while " sh -c " in f" {command}":  # pitunnel's scripts come on stdin; a bare command (`true`) reads none
+            chunk = chan.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        rc, out, err = self._run(command, bytes(data))
+        chan.sendall(out)
+        chan.sendall_stderr(err)
+        chan.send_exit_status(rc)
+        chan.shutdown_write()
+        chan.close()
+
+    def _run(self, command: str, stdin: bytes) -> tuple[int, bytes, bytes]:
+        if command.startswith("sudo "):
+            options, _, rest = command.partition(" sh -c ")
+            if self.sudo == "refuse" or (self.sudo == "password" and "-S" not in options.split()):
+                return 1, b"", b"sudo: a password is required\n"
+            if self.sudo == "password":
+                line, _, stdin = stdin.partition(b"\n")
+                if line.decode() != self.sudo_password:
+                    return 1, b"", b"Sorry, try again.\nsudo: 1 incorrect password attempt\n"
+            command = "sh -c " + rest
+        done = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, check=False, timeout=60)
+        return done.returncode, done.stdout, done.stderr

@@ -1,0 +1,199 @@
+"""Each op's fact scripts run for real in a local `sh`, with the host's tools (getent, systemctl, sshd,
+dpkg-query) played by stub scripts on PATH that answer only the exact questions a host would be asked:
+a fact whose script or key drifts from what its plan reads is caught here, not on a host."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pitunnel import ops
+from pitunnel.facts import gather
+from pitunnel.ops import (Absent, Directory, Op, Packages, PackagesAbsent, Pruned, Service, SshdPasswordsCheck,
+                          Symlink, SystemUser, UserAbsent)
+from tests.unit.test_ops import LocalShell
+
+STUBS = {
+    "getent": """case "$1 $2" in
+  "passwd tunnel") echo 'tunnel:x:999:999:pitunnel:/home/tunnel:/usr/sbin/nologin';;
+  "shadow tunnel") echo 'tunnel:!:19000::::::';;
+  "passwd alice") echo 'alice:x:1000:1000:Alice:/home/alice:/bin/bash';;
+  *) exit 2;;
+esac""",
+    "systemctl": """case "$1 $2" in
+  "is-enabled up.service") echo enabled;; "is-active up.service") echo active;;
+  "is-enabled down.service") echo disabled; exit 1;; "is-active down.service") echo inactive; exit 3;;
+  *) echo "stub systemctl: unexpected $*" >&2; exit 9;;
+esac""",
+    "sshd": """[ "$*" = "-T -C user=root,host=pitunnel-check,addr=192.0.2.1" ] || exit 1
+printf 'port 22\\npasswordauthentication yes\\nkbdinteractiveauthentication no\\npermitrootlogin without-password\\n'""",
+    "dpkg-query": """[ "$1 $2 $3" = '-W -f ${db:Status-Status} ' ] || exit 9
+case "$4" in autossh) printf 'installed ';; nginx) printf 'config-files ';; *) exit 1;; esac""",
+}
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in STUBS.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body + "\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setattr(ops, "STATE_DIR", str(state))
+    return tmp_path
+
+
+def planned(op: Op) -> tuple[list[str], str]:
+    plan = op.plan(gather(LocalShell(), op.facts()))
+    return plan.commands, plan.reason
+
+
+def test_system_user_reads_passwd_shadow_and_the_record(host: Path) -> None:
+    (host / "state" / "users").write_text("tunnel\n")
+    cmds, reason = planned(SystemUser("tunnel", "/home/tunnel"))
+    assert reason == "password field -> '*'" and cmds == ["usermod -p '*' tunnel"]
+    cmds, reason = planned(SystemUser("tunnel", "/srv/t", shell="/bin/false"))
+    assert reason == "home /home/tunnel -> /srv/t, shell /usr/sbin/nologin -> /bin/false, password field -> '*'"
+    assert planned(SystemUser("nobody-here", "/x"))[1] == "create"
+
+
+def test_an_account_made_by_someone_else_is_refused_through_the_real_facts(host: Path) -> None:
+    with pytest.raises(ops.Refused, match="account alice exists and pitunnel did not create it"):
+        planned(SystemUser("alice", "/home/alice"))
+    with pytest.raises(ops.Refused, match="not removed"):
+        planned(UserAbsent("alice"))
+    (host / "state" / "users").write_text("alice\n")
+    assert planned(UserAbsent("alice"))[1] == "remove with its home"
+    assert planned(UserAbsent("ghost")) == ([], "not there")
+
+
+def test_service_reads_enabled_and_active(host: Path) -> None:
+    assert planned(Service("up.service")) == ([], "enabled, active")
+    assert planned(Service("down.service", enabled=False, running=False)) == ([], "disabled, inactive")
+    cmds, reason = planned(Service("down.service"))
+    assert reason == "enable, start" and cmds == ["systemctl enable --quiet down.service", "systemctl start down.service"]
+
+
+def test_sshd_passwords_check_reads_the_effective_config(host: Path) -> None:
+    assert planned(SshdPasswordsCheck()) == ([], "WARNING: sshd accepts passwords (PasswordAuthentication yes); "
+                                                 "left as it is, consider key-only login")
+
+
+def test_packages_read_dpkg_and_the_record(host: Path) -> None:
+    assert planned(Packages(("autossh",)))[1] == "installed"
+    assert "apt-get install" in " ".join(planned(Packages(("autossh", "jq")))[0])
+    (host / "state" / "packages").write_text("autossh\n")
+    cmds, reason = planned(PackagesAbsent(("autossh", "nginx", "jq")))
+    assert "autossh" in " ".join(cmds) and "nginx" not in " ".join(cmds)
+
+
+def test_absent_directory_symlink_and_pruned_facts(host: Path) -> None:
+    f = host / "f"
+    f.write_text("x")
+    assert planned(Absent(str(f)))[1] == "remove" and planned(Absent(str(host / "none")))[1] == "not there"
+    (host / "dangling").symlink_to(host / "gone")
+    assert planned(Absent(str(host / "dangling")))[1] == "remove"
+    d = host / "d"
+    d.mkdir(mode=0o750)
+    d.chmod(0o750)
+    import grp
+    import pwd
+    me, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    assert planned(Directory(str(d), owner=me, group=group, mode=0o750))[1] == "already as wanted"
+    link = host / "link"
+    link.symlink_to(f)
+    assert planned(Symlink(str(link), str(f)))[0] == []
+    assert planned(Symlink(str(host / "l2"), str(host / "missing")))[0] == []  # only_if_exists: target gone
+    (host / "p").mkdir()
+    for name in ("keep.conf", "stray.conf", "other.txt"):
+        (host / "p" / name).write_text("")
+    cmds, _ = planned(Pruned(str(host / "p"), "*.conf", frozenset({"keep.conf"})))
+    assert "stray.conf" in " ".join(cmds) and "keep.conf" not in " ".join(cmds) and "other.txt" not in " ".join(cmds)
+
+
+@pytest.mark.parametrize("op, title", [
+    (Absent("/a"), "absent /a"), (Directory("/d"), "directory /d"), (Packages(("a", "b")), "packages a b"),
+    (PackagesAbsent(("a", "b")), "packages purged a b"), (SystemUser("u", "/h"), "system user u"),
+    (UserAbsent("u"), "user absent u"), (Service("s"), "service s"),
+    (Symlink("/l", "/t"), "link /l -> /t"), (Pruned("/p", "*.c", frozenset()), "no stray /p/*.c")])
+def test_default_titles(op: Op, title: str) -> None:
+    assert op.title == title
+
+
+def test_a_given_title_is_kept() -> None:
+    for op in (Absent("/a", title="T"), Directory("/d", title="T"), Packages(("a",), title="T"),
+               PackagesAbsent(("a",), title="T"), SystemUser("u", "/h", title="T"), UserAbsent("u", title="T"),
+               Service("s", title="T"), Symlink("/l", "/t", title="T"), Pruned("/p", "*", frozenset(), title="T")):
+        assert op.title == "T"
+
+
+def test_plans_in_full(host: Path) -> None:
+    """Whole plans, word for word, for the ops whose commands a host runs as root."""
+    (host / "state" / "packages").write_text("autossh\n")
+    (host / "state" / "users").write_text("tunnel\n")
+    (host / "apt").mkdir()
+    assert planned(PackagesAbsent(("autossh", "nginx", "jq"))) == (
+        ["DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --autoremove autossh >/dev/null",
+         *ops.unrecord_commands("packages", ["autossh"])],
+        "purge autossh; kept nginx: installed before pitunnel (no record that pitunnel installed it)")
+    assert planned(PackagesAbsent(("jq",))) == ([], "not installed")
+    assert planned(PackagesAbsent(("nginx",))) == ([], "kept nginx: installed before pitunnel (no record that pitunnel "
+                                                       "installed it)")
+    assert planned(UserAbsent("tunnel")) == (
+        ["pkill -KILL -u tunnel || true", "userdel --remove tunnel 2>/dev/null || userdel tunnel",
+         "getent group tunnel >/dev/null && groupdel tunnel || true", *ops.unrecord_commands("users", ["tunnel"])],
+        "remove with its home")
+    with pytest.raises(ops.Refused) as exc:
+        planned(SystemUser("alice", "/home/alice"))
+    assert str(exc.value) == ("account alice exists and pitunnel did not create it (comment 'Alice', home /home/alice): "
+                              "not modified; set tunnel_user to an account of pitunnel's own (default pitunnel)")
+    f = host / "f"
+    f.write_text("x")
+    assert planned(Absent(str(f))) == ([f"rm -rf {f}"], "remove")
+    cmds, reason = planned(Packages(("autossh", "jq", "nginx")))
+    assert reason.startswith("install jq, nginx")
+
+
+def test_small_decisions() -> None:
+    from pitunnel.facts import Facts
+    from pitunnel.ops import _slug, pending_changes, pending_fact, record_fact
+    assert _slug("-Reload SSHD (main)-") == "reload-sshd--main"
+    assert pending_changes(Facts()) == {}
+    key = pending_fact().key
+    found = Facts({key: (0, "# path: /stray\n# handler: reload sshd\n# path: /etc/a\n# path: /etc/b\n# handler: x\n")})
+    assert pending_changes(found) == {"reload sshd": ["/etc/a", "/etc/b"], "x": []}
+    with pytest.raises(ops.Refused, match=r"\(comment '', home \): not removed"):
+        UserAbsent("bob").plan(Facts({"user:bob": (0, "bob:x:1000"), record_fact("users").key: (0, "")}))
+    one_line = Service("s", covers=("restart s",)).plan(Facts({"unit:s": (0, "enabled")}))
+    assert one_line.reason == "start" and one_line.covers == ("restart s",)
+    starting = Service("s", covers=("restart s",)).plan(Facts({"unit:s": (0, "enabled\nactivating")}))
+    assert starting.reason == "start" and starting.covers == ()
+    unknown = Service("s", covers=("restart s",)).plan(Facts({"unit:s": (0, "enabled\nunknown")}))
+    assert unknown.covers == ("restart s",)
+    spaced = SshdPasswordsCheck().plan(Facts({"sshd-passwords": (0, "passwordauthentication yes\nbanner a b c\n")}))
+    assert spaced.reason.startswith("WARNING")
+    linked = Symlink("/l", "/t").plan(Facts({"link:/l": (0, "ABSENT\ntarget-ok")}))
+    assert linked.reason == "link" and linked.backups == [] and linked.commands == ["ln -sfn /t /l"]
+    assert Symlink("/l", "/t", notify=("h",)).plan(Facts({"link:/l": (0, "ABSENT\ntarget-ok")})).backups == ["/l"]
+
+
+def test_a_symlink_fact_and_facts_not_read() -> None:
+    from pitunnel.facts import Facts, FileState, command_fact, file_fact
+    from pitunnel.remote import Result
+    assert Facts({file_fact("/x").key: (0, "SYMLINK /t")}).file("/x") == FileState(True, symlink="/t")
+
+    class Silent:
+        name = "h"
+
+        def run(self, script: str) -> Result:
+            return Result(1, "", "x" * 10 + "e" * 300)
+
+    facts = [command_fact(f"k{i}", "true") for i in range(5)]
+    with pytest.raises(RuntimeError) as exc:
+        gather(Silent(), facts)  # type: ignore[arg-type]
+    assert str(exc.value) == f"h: facts not read (k0, k1, k2): {'e' * 300}"

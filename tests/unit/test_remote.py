@@ -1,0 +1,276 @@
+"""pitunnel.remote and pitunnel.hostkeys against a real SSH server on loopback (tests/unit/sshd_fake.py):
+the host-key policy (unknown refused unless accept-new, changed always refused, a pin alone decides), sudo
+refused or given its password on stdin, and what one run sends and returns."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from pitunnel import hostkeys
+from pitunnel import remote as remote_module
+from pitunnel.hostkeys import CheckPolicy, HostKeyRefused
+from pitunnel.inventory import HostSpec
+from pitunnel.remote import Credentials, Remote, SudoRefused, Unreachable
+from tests.unit.sshd_fake import FakeSshd
+
+KEY = paramiko.ECDSAKey.generate()
+OTHER = paramiko.ECDSAKey.generate()
+
+
+@pytest.fixture
+def sshd() -> Iterator[FakeSshd]:
+    server = FakeSshd(KEY)
+    yield server
+    server.close()
+
+
+def spec(port: int, *, user: str = "pi", host_key: str | None = None) -> HostSpec:
+    return HostSpec(name="h1", role="pi", address="127.0.0.1", port=port, user=user, key=None, password_file=None,
+                    sudo_password_file=None, host_key=host_key, connect_timeout=5)
+
+
+def remote(port: int, known: Path, *, accept_new: bool = False, user: str = "pi", host_key: str | None = None,
+           login: str | None = "login", sudo: str | None = None, key: Path | None = None) -> Remote:
+    host = spec(port, user=user, host_key=host_key)
+    if key is not None:
+        import dataclasses
+        host = dataclasses.replace(host, key=key)
+    return Remote(host, known, Credentials(login, sudo), accept_new_host_keys=accept_new)
+
+
+def line(port: int, key: paramiko.PKey) -> str:
+    return f"[127.0.0.1]:{port} {key.get_name()} {key.get_base64()}\n"
+
+
+# ----------------------------------------------------------------------------------------------- host keys
+
+
+def test_unknown_host_key_is_refused_and_nothing_recorded(sshd: FakeSshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    with pytest.raises(HostKeyRefused, match=r"unknown host key for \[127.0.0.1\]:\d+: ecdsa-sha2-nistp256 SHA256:") as exc:
+        remote(sshd.port, known).run("true")
+    assert "--accept-new-host-keys" in str(exc.value) and "ssh_host_ecdsa_key.pub" in str(exc.value)
+    assert not known.exists()
+    assert sshd.commands == []  # nothing ran on a host we do not know
+
+
+def test_accept_new_records_the_key_then_it_is_known(sshd: FakeSshd, tmp_path: Path) -> None:
+    known = tmp_path / "sub" / "known_hosts"
+    assert remote(sshd.port, known, accept_new=True).run("echo hi", sudo=False).stdout == "hi\n"
+    assert known.read_text() == line(sshd.port, KEY)
+    assert remote(sshd.port, known).run("echo again", sudo=False).stdout == "again\n"  # known now: no flag needed
+    assert known.read_text() == line(sshd.port, KEY)  # recorded once
+
+
+@pytest.mark.parametrize("accept_new", [False, True])
+def test_changed_host_key_is_refused_even_with_accept_new(sshd: FakeSshd, tmp_path: Path, accept_new: bool) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(line(sshd.port, OTHER))
+    with pytest.raises(HostKeyRefused, match="CHANGED") as exc:
+        remote(sshd.port, known, accept_new=accept_new).run("true")
+    assert hostkeys.fingerprint(KEY) in str(exc.value) and hostkeys.fingerprint(OTHER) in str(exc.value)
+    assert "ssh-keygen -R" in str(exc.value)
+    assert known.read_text() == line(sshd.port, OTHER)
+    assert sshd.commands == []
+
+
+def test_a_pin_alone_decides(sshd: FakeSshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(line(sshd.port, OTHER))  # ignored: the inventory pins the host key
+    pin = f"{KEY.get_name()} {KEY.get_base64()}"
+    assert remote(sshd.port, known, host_key=pin).run("echo pinned", sudo=False).stdout == "pinned\n"
+    wrong = f"{OTHER.get_name()} {OTHER.get_base64()}"
+    with pytest.raises(HostKeyRefused, match="CHANGED.*update host_key of h1 in the inventory"):
+        remote(sshd.port, tmp_path / "none", host_key=wrong, accept_new=True).run("true")
+    assert not (tmp_path / "none").exists()
+
+
+def test_check_policy_alone(tmp_path: Path) -> None:
+    known = tmp_path / "d" / "kh"
+    with pytest.raises(HostKeyRefused):
+        CheckPolicy(known, accept_new=False).missing_host_key(paramiko.SSHClient(), "host", KEY)
+    assert not known.exists()
+    CheckPolicy(known, accept_new=True).missing_host_key(paramiko.SSHClient(), "host", KEY)
+    CheckPolicy(known, accept_new=True).missing_host_key(paramiko.SSHClient(), "other", OTHER)
+    assert known.read_text() == f"host {KEY.get_name()} {KEY.get_base64()}\nother {OTHER.get_name()} {OTHER.get_base64()}\n"
+
+
+def test_known_name_and_fingerprint() -> None:
+    assert hostkeys.known_name("10.0.0.1", 22) == "10.0.0.1"
+    assert hostkeys.known_name("10.0.0.1", 2222) == "[10.0.0.1]:2222"
+    assert hostkeys.fingerprint(KEY).startswith("SHA256:") and not hostkeys.fingerprint(KEY).endswith("=")
+    assert hostkeys.fingerprint(KEY) != hostkeys.fingerprint(OTHER)
+    assert len(hostkeys.fingerprint(KEY)) == len("SHA256:") + 43
+
+
+def test_configure_forgets_other_known_hosts(tmp_path: Path) -> None:
+    client = paramiko.SSHClient()
+    client.get_host_keys().add("x", KEY.get_name(), KEY)
+    client._system_host_keys.add("y", KEY.get_name(), KEY)  # type: ignore[attr-defined]
+    hostkeys.configure(client, known_hosts=tmp_path / "absent", name="h", pinned=None, accept_new=False)
+    assert len(client.get_host_keys()) == 0 and len(client._system_host_keys) == 0  # type: ignore[attr-defined]
+    assert isinstance(client._policy, CheckPolicy) and not client._policy.accept_new  # type: ignore[attr-defined]
+    hostkeys.configure(client, known_hosts=tmp_path / "absent", name="h", pinned=f"{KEY.get_name()} {KEY.get_base64()}",
+                       accept_new=True)
+    assert isinstance(client._policy, paramiko.RejectPolicy)  # type: ignore[attr-defined]
+    assert client.get_host_keys().lookup("h") is not None
+
+
+# ----------------------------------------------------------------------------------------------------- sudo
+
+
+@pytest.fixture
+def known(sshd: FakeSshd, tmp_path: Path) -> Path:
+    path = tmp_path / "known_hosts"
+    path.write_text(line(sshd.port, KEY))
+    return path
+
+
+def test_sudo_refused_is_raised_with_the_fix(sshd: FakeSshd, known: Path) -> None:
+    sshd.sudo = "refuse"
+    with pytest.raises(SudoRefused, match="h1: sudo wants a password: set sudo_password_file"):
+        remote(sshd.port, known).run("touch /nonexistent/never")
+    assert sshd.commands[-1].startswith("sudo -n sh -c ")
+
+
+def test_wrong_sudo_password_is_raised(sshd: FakeSshd, known: Path) -> None:
+    sshd.sudo = "password"
+    with pytest.raises(SudoRefused, match="h1: the sudo password was not accepted"):
+        remote(sshd.port, known, sudo="wrong").run("true")
+
+
+def test_sudo_password_goes_on_stdin_never_on_the_command_line(sshd: FakeSshd, known: Path) -> None:
+    sshd.sudo = "password"
+    result = remote(sshd.port, known, sudo="sudo-pw").run("echo as-root; echo oops >&2; exit 3")
+    assert (result.rc, result.stdout, result.stderr, result.ok) == (3, "as-root\n", "oops\n", False)
+    assert sshd.commands[-1].startswith("sudo -k -S -p '' sh -c ")
+    assert "sudo-pw" not in sshd.commands[-1] and "as-root" not in sshd.commands[-1]
+
+
+def test_a_failing_script_is_not_a_sudo_refusal(sshd: FakeSshd, known: Path) -> None:
+    result = remote(sshd.port, known).run("echo 'no such file' >&2; exit 1")
+    assert not result.ok and result.stderr == "no such file\n"
+
+
+@pytest.mark.parametrize("user, sudo, starts", [("root", True, "sh -c "), ("pi", False, "sh -c "),
+                                                 ("pi", True, "sudo -n sh -c ")])
+def test_sudo_only_when_needed(sshd: FakeSshd, known: Path, user: str, sudo: bool, starts: str) -> None:
+    sshd.sudo = "refuse"  # so any sudo at all would fail
+    r = remote(sshd.port, known, user=user)
+    if starts.startswith("sudo"):
+        with pytest.raises(SudoRefused):
+            r.run("true", sudo=sudo)
+    else:
+        assert r.run("echo fine", sudo=sudo).stdout == "fine\n"
+    assert sshd.commands[-1].startswith(starts)
+
+
+# ------------------------------------------------------------------------------------------ runs, logins
+
+
+def test_each_run_is_one_counted_round_trip_on_one_connection(sshd: FakeSshd, known: Path) -> None:
+    r = remote(sshd.port, known)
+    big = "x" * 300000
+    both = r.run(f"printf %s {big}; printf %s {big} >&2")
+    assert both.stdout == big and both.stderr == big  # both streams drained whole, no deadlock
+    assert r.run("read line || echo no-stdin", sudo=False).stdout == "no-stdin\n"  # the script has no stdin
+    assert r.round_trips == 2 and len(sshd._transports) == 1
+    r.close()
+    assert r.run("echo reopened").stdout == "reopened\n" and len(sshd._transports) == 2 and r.round_trips == 3
+    r.close()
+    r.close()
+
+
+def test_login_refused_and_nothing_listening_are_unreachable(sshd: FakeSshd, known: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote_module._open_retrying_refused, "__defaults__", (0.4,))  # refused: retried 0.4 s
+    with pytest.raises(Unreachable, match=r"pi@127.0.0.1:\d+: login refused \(set key"):
+        remote(sshd.port, known, login="wrong").run("true")
+    unused = socket.socket()
+    unused.bind(("127.0.0.1", 0))
+    port = unused.getsockname()[1]
+    unused.close()  # nothing listens there
+    with pytest.raises(Unreachable, match=f"pi@127.0.0.1:{port}: "):
+        remote(port, known).run("true")
+
+
+def test_fresh_login(sshd: FakeSshd, known: Path) -> None:
+    r = remote(sshd.port, known)
+    assert r.can_log_in_fresh(within=0)
+    assert sshd.commands[-1] == "true"
+    assert not r.can_log_in_fresh(use_password=False, within=0)  # no key, and the password not used
+    assert not remote(sshd.port, known, login="wrong").can_log_in_fresh(within=0.5)
+
+
+def test_credentials_repr_never_shows_secrets() -> None:
+    text = repr(Credentials("login-secret", None))
+    assert text == "Credentials(login_password=<hidden>, sudo_password=None)"
+
+
+def test_the_hint_names_the_key_file_of_each_type(tmp_path: Path) -> None:
+    rsa = paramiko.RSAKey.generate(1024)
+    line = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
+    ed = paramiko.Ed25519Key(filename=str(tmp_path / "k"))
+    for key, short in ((rsa, "rsa"), (ed, "ed25519"), (KEY, "ecdsa")):
+        with pytest.raises(HostKeyRefused) as exc:
+            CheckPolicy(tmp_path / "kh", accept_new=False).missing_host_key(paramiko.SSHClient(), "h", key)
+        assert str(exc.value) == (
+            f"unknown host key for h: {key.get_name()} {hostkeys.fingerprint(key)}. Check it out of band (on the host: "
+            f"ssh-keygen -lf /etc/ssh/ssh_host_{short}_key.pub), then rerun with --accept-new-host-keys to record it "
+            f"in {tmp_path / 'kh'}, or pin it as host_key in the inventory")
+    assert line.returncode == 0
+
+
+def test_accept_new_makes_the_known_hosts_directories(tmp_path: Path) -> None:
+    known = tmp_path / "a" / "b" / "kh"
+    CheckPolicy(known, accept_new=True).missing_host_key(paramiko.SSHClient(), "h", KEY)
+    assert known.read_text() == f"h {KEY.get_name()} {KEY.get_base64()}\n"
+
+
+def test_output_that_is_not_utf8_is_replaced_not_fatal(sshd: FakeSshd, known: Path) -> None:
+    result = remote(sshd.port, known).run("printf 'a\\377b'; printf 'c\\376d' >&2")
+    assert (result.stdout, result.stderr) == ("a\ufffdb", "c\ufffdd")
+
+
+def test_fresh_login_is_retried_until_the_host_lets_us_in(sshd: FakeSshd, known: Path) -> None:
+    import threading
+    sshd.login_password = "not yet"
+    threading.Timer(0.5, lambda: setattr(sshd, "login_password", "login")).start()
+    assert remote(sshd.port, known).can_log_in_fresh(within=5)
+
+
+@pytest.mark.parametrize("stderr", ["sudo: a password is required", "sudo: 1 incorrect password attempt",
+                                    "Sorry, try again.", "sudo: a terminal is required to read the password"])
+def test_what_sudo_says_when_it_refuses(stderr: str) -> None:
+    assert remote_module._sudo_refused(f"something\n{stderr}\n")
+    assert not remote_module._sudo_refused("sh: 1: no: not found\n")
+
+
+def test_a_login_that_cannot_run_a_command_is_not_a_working_login(sshd: FakeSshd, known: Path) -> None:
+    sshd.allow_sessions = False
+    assert not remote(sshd.port, known).can_log_in_fresh(within=0)
+    with pytest.raises(Unreachable, match="h1: connection lost: "):
+        remote(sshd.port, known).run("true")
+
+
+def test_a_key_login_as_the_inventorys_user(sshd: FakeSshd, known: Path, tmp_path: Path) -> None:
+    client = paramiko.ECDSAKey.generate()
+    client.write_private_key_file(str(tmp_path / "id"))
+    sshd.client_key = client
+    r = remote(sshd.port, known, login=None, key=tmp_path / "id", user="alice")
+    assert r.run("echo by key", sudo=False).stdout == "by key\n"
+    assert set(sshd.users) == {"alice"}
+    assert r.can_log_in_fresh(use_password=False, within=0)
+
+
+def test_why_a_run_or_a_connection_failed_is_said(sshd: FakeSshd, known: Path) -> None:
+    sshd.allow_sessions = False
+    with pytest.raises(Unreachable) as exc:
+        remote(sshd.port, known).run("true")
+    assert str(exc.value).startswith("h1: connection lost: ") and "prohibited" in str(exc.value)
