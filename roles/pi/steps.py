@@ -199,8 +199,9 @@ def stale_after_ms(pi: PiSpec, vps: VpsSpec) -> int:
 RELOAD_HINTS = {
     "tunnel": "a fresh login failed after changing sshd's settings",
     "passwords": "a fresh key login failed after turning passwords off",
-    "teardown": "a fresh login failed after teardown's sshd changes (without the laptop's key, pitunnel logs in "
-                "with the login password: password_file or -p)",
+    "teardown": "a fresh login failed after teardown's sshd changes: without the laptop's key pitunnel can log in "
+                "only with the login password, so set password_file or pass --prompt-for-login-password (on "
+                "teardown -p is --purge)",
 }
 
 
