@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from benchmarks.provision import (INVENTORY, RESULTS, ANSI, bad_hosts, lab_release_version, machine, parse_recap,
+from benchmarks.provision import (RESULTS, ANSI, bad_hosts, lab_release_version, machine, parse_recap,
                                   pitunnel_argv, run_child, total)
 
 SCALE_TARGET = 2.5
