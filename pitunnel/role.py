@@ -1,4 +1,7 @@
-"""A role on disk: roles/NAME/defaults.yml (settings) and roles/NAME/templates/*.j2 (config text)."""
+"""A role on disk: pitunnel/roles/NAME/defaults.yml (settings) and .../templates/*.j2 (config text).
+
+The top-level `roles/` of the checkout is a link to pitunnel/roles: one place, one import name
+(`pitunnel.roles`), and nothing called `roles` in site-packages."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any
 import jinja2
 import yaml
 
-ROLES_DIR = Path(__file__).resolve().parent.parent / "roles"
+ROLES_DIR = Path(__file__).resolve().parent / "roles"
 
 
 class Role:

@@ -30,7 +30,7 @@ def _collect(run: Callable[[Play], list[T]], show: Callable[[list[T]], None], fl
 @provisioning_task()
 def provision_vps(c: Context, flags: Flags) -> None:
     """Set up the VPS: a locked-down tunnel account, its sshd Match block, and Nginx in front of the tunnels."""
-    from roles.vps.steps import provision
+    from pitunnel.roles.vps.steps import provision
 
     run_play(provision, flags)
 
@@ -38,7 +38,7 @@ def provision_vps(c: Context, flags: Flags) -> None:
 @provisioning_task()
 def provision_pi(c: Context, flags: Flags) -> None:
     """Set up each Pi: autossh, a key made on the Pi and authorised on the VPS, and the tunnel's unit."""
-    from roles.site import provision_pi
+    from pitunnel.roles.site import provision_pi
 
     run_play(provision_pi, flags)
 
@@ -47,8 +47,8 @@ def provision_pi(c: Context, flags: Flags) -> None:
                           "prompt_for_sudo_password"))
 def verify(c: Context, flags: Flags) -> None:
     """Prove it end to end: SSH and HTTP reach each Pi through the VPS, and nothing more is open."""
-    from roles.pi.verify import print_reports
-    from roles.site import verify as run_verify
+    from pitunnel.roles.pi.verify import print_reports
+    from pitunnel.roles.site import verify as run_verify
 
     reports = _collect(run_verify, print_reports, flags)
     if not reports or not all(r.passed for r in reports):
@@ -60,7 +60,7 @@ def provision(c: Context, flags: Flags) -> None:
     """provision-vps and provision-pi in one run, with one recap.
 
     The Pis' base step (autossh, account, key) runs while the VPS converges; the rest once it is done."""
-    from roles.site import provision as site
+    from pitunnel.roles.site import provision as site
 
     run_play(site, flags)
 
@@ -68,8 +68,8 @@ def provision(c: Context, flags: Flags) -> None:
 @provisioning_task(flags=("inventory", "limit", "prompt_for_login_password", "prompt_for_sudo_password"))
 def status(c: Context, flags: Flags) -> None:
     """Each tunnel: up or down, since when, how often ssh (re)connected, and the unit's restarts."""
-    from roles.pi.status import print_status
-    from roles.site import status as run_status
+    from pitunnel.roles.pi.status import print_status
+    from pitunnel.roles.site import status as run_status
 
     _collect(run_status, print_status, flags)
 
@@ -79,7 +79,7 @@ def status(c: Context, flags: Flags) -> None:
                    shorts={"prompt_for_login_password": "r", "prompt_for_sudo_password": "o"})
 def teardown(c: Context, flags: Flags, purge: bool = False) -> None:
     """Remove everything provision-vps and provision-pi added, on both sides (packages stay unless --purge)."""
-    from roles.site import teardown as site
+    from pitunnel.roles.site import teardown as site
 
     run_play(lambda play: site(play, purge=purge), flags)
 

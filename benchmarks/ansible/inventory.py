@@ -13,9 +13,9 @@ import yaml
 
 from pitunnel.hostkeys import known_name
 from pitunnel.inventory import HostSpec, Inventory, PiSpec, VpsSpec
-from roles.contract import listens
-from roles.pi import steps as pi_role
-from roles.vps import steps as vps_role
+from pitunnel.roles.contract import listens
+from pitunnel.roles.pi import steps as pi_role
+from pitunnel.roles.vps import steps as vps_role
 
 
 class NotEquivalent(Exception):

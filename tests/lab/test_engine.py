@@ -14,9 +14,9 @@ from pitunnel.ops import File
 from pitunnel.remote import Credentials, Remote
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge
-from roles.site import provision_pi as provision_pis
-from roles.vps.steps import handlers as vps_handlers
-from roles.vps.steps import provision as provision_vps
+from pitunnel.roles.site import provision_pi as provision_pis
+from pitunnel.roles.vps.steps import handlers as vps_handlers
+from pitunnel.roles.vps.steps import provision as provision_vps
 from tests.conftest import lab_up
 from tests.lab.runs import etc_diff, etc_state, in_host, play
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from lab import LAPTOP_ADDR, VPS_ADDR
-from roles.site import provision as provision_site
+from pitunnel.roles.site import provision as provision_site
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play
 

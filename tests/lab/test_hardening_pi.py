@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from pitunnel.inventory import ports_file
-from roles.site import provision_pi as provision_pis
-from roles.pi.verify import Check, PiReport
-from roles.site import verify
-from roles.vps.steps import provision as provision_vps
-from roles.vps.steps import route_stem
+from pitunnel.roles.site import provision_pi as provision_pis
+from pitunnel.roles.pi.verify import Check, PiReport
+from pitunnel.roles.site import verify
+from pitunnel.roles.vps.steps import provision as provision_vps
+from pitunnel.roles.vps.steps import route_stem
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play
 

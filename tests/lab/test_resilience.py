@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lab import inject, tunnel_rss_kb
-from roles.site import provision_pi as provision_pis
-from roles.vps.steps import provision as provision_vps
+from pitunnel.roles.site import provision_pi as provision_pis
+from pitunnel.roles.vps.steps import provision as provision_vps
 from tests.conftest import RELEASE, lab_up
 from tests.lab.runs import play
 

@@ -17,8 +17,8 @@ from benchmarks.ansible import run as ansible_run
 from pitunnel.inventory import Inventory, load_inventory
 from pitunnel.ops import File
 from pitunnel.role import Role
-from roles.pi.steps import tunnel_ops
-from roles.vps.steps import converge_ops
+from pitunnel.roles.pi.steps import tunnel_ops
+from pitunnel.roles.vps.steps import converge_ops
 LAPTOP_PUB = "ssh-ed25519 " + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(32)).decode()
 VPS_HOST_KEYS = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHva6ee4ekTAawH0SqI5CoAvuEvPaN4hfyg5Q+vEb9p1"]
 
@@ -185,7 +185,7 @@ def test_missing_ansible_names_the_install_command(monkeypatch: pytest.MonkeyPat
 
 def test_authorized_keys_and_known_hosts_templates_match_pitunnel(inv: Inventory) -> None:
     from pitunnel.facts import FileState
-    from roles.vps.steps import authorized_keys
+    from pitunnel.roles.vps.steps import authorized_keys
 
     doc = ai.ansible_inventory(inv)
     pubs = {"pi1": "ssh-ed25519 AAAAkey1 pitunnel:pi1", "pi2": "ssh-ed25519 AAAAkey2 pitunnel:pi2"}

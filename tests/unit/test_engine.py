@@ -21,11 +21,11 @@ from pitunnel.remote import Result, SudoRefused, Unreachable
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge, facts_for
 from pitunnel.shared import SharedReading
-from roles import site
-from roles.contract import PiOffer, listens
-from roles.pi import steps as pi_steps
-from roles.pi.verify import PiReport
-from roles.vps.steps import authorized_keys
+from pitunnel.roles import site
+from pitunnel.roles.contract import PiOffer, listens
+from pitunnel.roles.pi import steps as pi_steps
+from pitunnel.roles.pi.verify import PiReport
+from pitunnel.roles.vps.steps import authorized_keys
 from tests.unit.test_guard import LocalRemote, dropin, guarded, host, me  # noqa: F401 (host: a fixture)
 from tests.unit.test_ops import File
 

@@ -220,8 +220,8 @@ def test_unguarded_handler_records_nothing(host: Path) -> None:
 def test_every_sshd_reload_handler_is_guarded() -> None:
     """The VPS's, and the Pi's for its tunnel, passwords and teardown steps: each has a fresh-login check
     (a key login once passwords go off), declared once per role."""
-    from roles.pi import steps as pi_steps
-    from roles.vps import steps as vps_steps
+    from pitunnel.roles.pi import steps as pi_steps
+    from pitunnel.roles.vps import steps as vps_steps
 
     class Stub:
         def __init__(self) -> None:

@@ -36,7 +36,7 @@ def test_the_wheel_has_no_lab() -> None:
 
 
 def test_the_product_never_imports_the_lab() -> None:
-    found = [f"{path.relative_to(ROOT)}:{line} {module}" for path in files("pitunnel", "roles")
+    found = [f"{path.relative_to(ROOT)}:{line} {module}" for path in files("pitunnel")
              for line, module, _ in imports(path) if module.split(".")[0] == "lab"]
     assert found == []
 
@@ -67,14 +67,25 @@ def test_the_public_api_exports_what_it_lists() -> None:
 def test_no_role_imports_another() -> None:
     """Each role describes its own host only: what crosses between hosts goes through roles/site.py, as
     the values in roles/contract.py (issue 12)."""
-    roles = {p.name for p in (ROOT / "roles").iterdir() if (p / "defaults.yml").exists()}
+    roles = {p.name for p in (ROOT / "pitunnel" / "roles").iterdir() if (p / "defaults.yml").exists()}
     assert roles == {"pi", "vps"}
     found = []
     for role in sorted(roles):
-        for path in files(f"roles/{role}"):
+        for path in files(f"pitunnel/roles/{role}"):
             for line, module, names in imports(path):
-                parts = module.split(".")
-                reached = {parts[1]} if parts[0] == "roles" and len(parts) > 1 else set(names) if module == "roles" else set()
+                parts = module.removeprefix("pitunnel.").split(".")
+                reached = {parts[1]} if parts[0] == "roles" and len(parts) > 1 else set(names) if module == "pitunnel.roles" else set()
                 if reached - {role, "contract"}:
                     found.append(f"{path.relative_to(ROOT)}:{line} {module} {names}")
     assert found == []
+
+
+def test_one_import_name_for_the_roles() -> None:
+    """`roles/` at the top of the checkout is a link to pitunnel/roles (the layout the user asked for); the
+    code imports it only as `pitunnel.roles`, so no module is loaded twice and the wheel has no `roles`."""
+    assert (ROOT / "roles").is_symlink() and (ROOT / "roles").resolve() == ROOT / "pitunnel" / "roles"
+    found = [f"{path.relative_to(ROOT)}:{line} {module}" for root in ("pitunnel", "lab", "benchmarks", "tests", "tasks.py")
+             for path in files(root) for line, module, _ in imports(path) if module.split(".")[0] == "roles"]
+    assert found == []
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert [p for p in packages if p.split(".")[0] != "pitunnel"] == []

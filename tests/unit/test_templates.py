@@ -14,8 +14,8 @@ import pytest
 from pitunnel.facts import Facts, FileState
 from pitunnel.inventory import NAME_RE, Inventory, load_inventory
 from pitunnel.ops import Absent, File, KeyPair, Op, Service
-from roles.pi import steps as pi_steps
-from roles.vps import steps as vps_steps
+from pitunnel.roles.pi import steps as pi_steps
+from pitunnel.roles.vps import steps as vps_steps
 
 VPS_D = vps_steps.D
 PI_D = pi_steps.D

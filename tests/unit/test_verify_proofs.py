@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pitunnel.inventory import Inventory, load_inventory
-from roles.pi.steps import password_warning, passwords_on
-from roles.pi.verify import Answer, PiReport, fetch_over_ssh, judge, passwords_check
+from pitunnel.roles.pi.steps import password_warning, passwords_on
+from pitunnel.roles.pi.verify import Answer, PiReport, fetch_over_ssh, judge, passwords_check
 
 APP = Answer(200, b"<html><h1>Garden sensors</h1><p>soil: 41%</p></html>", (("Content-Type", "text/html"),))
 NGINX_404 = Answer(404, b"no tunnel here\n", (("Content-Type", "application/octet-stream"),))

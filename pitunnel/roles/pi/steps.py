@@ -18,7 +18,7 @@ from pitunnel.report import Reporter
 from pitunnel.role import Role
 from pitunnel.runner import StepFailed, converge, facts_for, sshd_reload
 from pitunnel.sshkeys import BadPublicKey, parse_public_key
-from roles.contract import PiOffer, listen_spec, listens
+from pitunnel.roles.contract import PiOffer, listen_spec, listens
 
 ROLE = Role("pi")
 D = ROLE.defaults

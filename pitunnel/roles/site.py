@@ -16,11 +16,11 @@ from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.runner import StepFailed
 from pitunnel.shared import SharedReading
-from roles.contract import VpsFacts, listen_spec
-from roles.pi import status as pi_status
-from roles.pi import steps as pi
-from roles.pi import verify as pi_verify
-from roles.vps import steps as vps
+from pitunnel.roles.contract import VpsFacts, listen_spec
+from pitunnel.roles.pi import status as pi_status
+from pitunnel.roles.pi import steps as pi
+from pitunnel.roles.pi import verify as pi_verify
+from pitunnel.roles.vps import steps as vps
 
 
 def vpses_of(inv: Inventory, pis: list[PiSpec]) -> list[VpsSpec]:

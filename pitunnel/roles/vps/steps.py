@@ -17,7 +17,7 @@ from pitunnel.report import Reporter
 from pitunnel.role import Role
 from pitunnel.runner import Mode, StepFailed, converge, facts_for, sshd_reload
 from pitunnel.sshkeys import BadPublicKey, parse_public_key
-from roles.contract import PiOffer, VpsFacts, listen_spec
+from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec
 
 ROLE = Role("vps")
 D = ROLE.defaults

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from pitunnel.inventory import PiSpec
 from pitunnel.remote import Remote
-from roles.contract import listen_spec
-from roles.pi.steps import D
+from pitunnel.roles.contract import listen_spec
+from pitunnel.roles.pi.steps import D
 
 STATUS_SCRIPT = f"""systemctl show {D['unit']} -p ActiveState -p ActiveEnterTimestamp -p NRestarts --value
 journalctl -u {D['unit']} -o short-iso --no-pager 2>/dev/null | grep -c 'starting ssh' || true

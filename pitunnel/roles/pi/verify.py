@@ -22,8 +22,8 @@ from pitunnel import hostkeys
 from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
 from pitunnel.play import Play
 from pitunnel.remote import Remote
-from roles.contract import listen_spec
-from roles.pi.steps import D, password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact
+from pitunnel.roles.contract import listen_spec
+from pitunnel.roles.pi.steps import D, password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact
 
 
 @dataclass
