@@ -25,11 +25,12 @@ class FakeHost:
     scripts by `commands` (a substring -> stdout), and keeps every script and every fresh-login asked for."""
 
     def __init__(self, name: str, answers: Sequence[tuple[str, str]] = (), commands: Sequence[tuple[str, str]] = (),
-                 *, fail_on: str | None = None, fresh_login: bool = True) -> None:
+                 *, fail_on: str | None = None, fresh_login: bool = True, journal: list[str] | None = None) -> None:
         self.name, self.answers, self.commands, self.fail_on = name, list(answers), list(commands), fail_on
         self.fresh_login, self.round_trips, self.closed = fresh_login, 0, False
         self.scripts: list[str] = []
         self.logins: list[bool] = []  # use_password of each fresh login asked for
+        self.journal = journal if journal is not None else []  # "name read|apply|run", shared by hosts to see the order
         self.ops: list[str] = []  # the commands of every op applied, and every other script that is no fact read
 
     def close(self) -> None:
@@ -56,6 +57,7 @@ class FakeHost:
             out.append(f"@@OP {index}\n{'it broke' if failed else ''}\n@@OPRC {index} {1 if failed else 0}\n")
             if failed:
                 break
+        self.journal.append(f"{self.name} {'read' if facts else 'apply' if ops else 'run'}")
         if not facts and not ops:  # a handler's commands, or a read of its own
             self.ops.append(script)
             out.append(next((v for k, v in self.commands if k in script), ""))

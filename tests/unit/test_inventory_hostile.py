@@ -127,7 +127,8 @@ def test_alias_bomb_is_refused_in_a_second(tmp_path: Path) -> None:
     assert len(text) < 800  # the 700-byte bomb, 9**10 strings once expanded
     path = write(tmp_path, text)
     error, seconds = bounded(refused(path))
-    assert seconds < 3, seconds
+    # under mutmut (its tracing, nice 19, a busy machine) only the refusal counts, not the stopwatch
+    assert seconds < (3 if "MUTANT_UNDER_TEST" not in os.environ else 60), seconds
     lines = error.splitlines()
     assert len(lines) == 2, error
     assert lines[1].startswith(f"{path}:") and "aliases" in lines[1] and "more than 100000 values" in lines[1]
