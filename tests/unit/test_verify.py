@@ -1,0 +1,448 @@
+"""`invoke verify` without a lab: SSH through the tunnel against a real SSH server on loopback
+(tests/unit/sshd_fake.py), HTTP through "Nginx" (a local HTTP server) compared with the Pi's own answer (an
+SSH channel played by a fake transport), the negative probes run by a real `sh` with a stub for the tunnel's
+ssh, and what the report says."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
+from pitunnel.roles.pi import verify
+from pitunnel.roles.pi.verify import Answer, PiReport
+from tests.unit.fake_hosts import FakeHost, connection_of, load, play_on
+from tests.unit.sshd_fake import FakeSshd
+
+INVENTORY = """
+settings: {laptop_key: null, known_hosts: known_hosts}
+vps:
+  main: {address: 203.0.113.1}
+pis:
+  alpha:
+    address: 10.0.0.2
+    user: admin
+    vps: main
+    tunnels:
+      ssh: {type: ssh, remote_port: 20022, public: true}
+      web: {type: http, local_port: 8080, remote_port: 20080, path: /alpha/}
+      cam: {type: http, local_port: 8081, remote_port: 20081, server_name: cam.example.com, basic_auth_file: cam.htpasswd}
+  beta:
+    address: 10.0.0.3
+    port: 2222
+    vps: main
+    tunnels:
+      ssh: {type: ssh, remote_port: 20023}
+"""
+
+PI_KEY = paramiko.ECDSAKey.generate()  # the Pi's host key
+OTHER = paramiko.ECDSAKey.generate()
+LOGIN = paramiko.ECDSAKey.generate()  # the laptop's login key
+
+
+@pytest.fixture()
+def inv(tmp_path: Path) -> Inventory:
+    return load(tmp_path, INVENTORY, {"cam.htpasswd": "alice:$apr1$x$y\n"})
+
+
+def pinned(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+def tunnel(inv: Inventory, pi: str, name: str, **changes: object) -> TunnelSpec:
+    found = next(t for t in inv.pis[pi].tunnels if t.name == name)
+    return dataclasses.replace(found, **changes)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------- the Pi's own host key
+
+
+def test_the_pis_host_key_comes_from_the_pin_or_the_laptops_known_hosts(inv: Inventory) -> None:
+    assert not verify.pi_host_keys(inv, inv.pis["alpha"]).keys()  # neither: unknown
+    pin = dataclasses.replace(inv.pis["alpha"], host_key=pinned(PI_KEY))
+    assert verify.pi_host_keys(inv, pin).lookup("tunnel")[PI_KEY.get_name()] == PI_KEY  # type: ignore[index]
+    inv.settings.known_hosts.write_text(f"[10.0.0.3]:2222 {pinned(OTHER)}\n10.0.0.2 {pinned(PI_KEY)}\n")
+    assert verify.pi_host_keys(inv, inv.pis["beta"]).lookup("tunnel")[OTHER.get_name()] == OTHER  # type: ignore[index]
+    assert verify.pi_host_keys(inv, inv.pis["alpha"]).lookup("tunnel")[PI_KEY.get_name()] == PI_KEY  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------------- ssh through the tunnel
+
+
+@pytest.fixture
+def sshd() -> Iterator[FakeSshd]:
+    server = FakeSshd(PI_KEY)
+    yield server
+    server.close()
+
+
+def public(inv: Inventory, sshd: FakeSshd, *, host_key: paramiko.PKey = PI_KEY,
+           key: Path | None = None) -> tuple[PiSpec, TunnelSpec, VpsSpec]:
+    pi = dataclasses.replace(inv.pis["alpha"], host_key=pinned(host_key), key=key)
+    return pi, tunnel(inv, "alpha", "ssh", remote_port=sshd.port), dataclasses.replace(inv.vps["main"], address="127.0.0.1")
+
+
+def test_ssh_through_a_public_tunnel_lands_on_the_pi(inv: Inventory, sshd: FakeSshd) -> None:
+    pi, t, vps = public(inv, sshd)
+    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
+    assert (ok, detail, hint) == (True, f"127.0.0.1:{sshd.port}: alpha's host key (ecdsa-sha2-nistp256)", "")
+
+
+def test_another_host_answering_fails_with_its_fingerprint(inv: Inventory, sshd: FakeSshd) -> None:
+    from pitunnel.hostkeys import fingerprint
+    pi, t, vps = public(inv, sshd, host_key=OTHER)
+    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
+    assert not ok and detail == f"127.0.0.1:{sshd.port}: host key {fingerprint(PI_KEY)} is not alpha's"
+    assert hint == "another host answers on this port: check remote_port clashes and the tunnel's -R"
+
+
+def test_ssh_through_logs_in_with_the_laptops_key_and_names_the_host(inv: Inventory, sshd: FakeSshd,
+                                                                    tmp_path: Path) -> None:
+    LOGIN.write_private_key_file(str(tmp_path / "login"))
+    sshd.client_key = LOGIN
+    pi, t, vps = public(inv, sshd, key=tmp_path / "login")
+    ok, detail, _ = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
+    assert ok and detail == f"127.0.0.1:{sshd.port}: alpha's host key, logged in as admin, hostname {socket.gethostname()}"
+    assert sshd.users == ["admin"] and sshd.commands == ["hostname"]
+    sshd.client_key = OTHER  # the laptop's key is not (yet) on the Pi
+    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
+    assert not ok and detail.startswith(f"127.0.0.1:{sshd.port}: ")
+    assert hint == "the tunnel reached an sshd but login failed: was the laptop key pushed?"
+
+
+def test_nothing_listening_publicly_says_why(inv: Inventory, sshd: FakeSshd) -> None:
+    pi, t, vps = public(inv, sshd)
+    t = dataclasses.replace(t, remote_port=free_port())
+    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
+    assert not ok and detail.startswith(f"127.0.0.1:{t.remote_port}: ") and "refused" in detail.lower()
+    assert hint.startswith("Connection refused: nothing listens publicly on the VPS port.")
+    assert "GatewayPorts clientspecified" in hint
+
+
+def test_an_unknown_pi_host_key_is_not_a_pass(inv: Inventory) -> None:
+    ok, detail, hint = verify.ssh_through(inv, inv.pis["alpha"], FakeHost("main"), tunnel(inv, "alpha", "ssh"),  # type: ignore[arg-type]
+                                          inv.vps["main"])
+    assert (ok, detail) == (False, "the Pi's host key is unknown to the laptop") and "--accept-new-host-keys" in hint
+
+
+class Jump:
+    """The VPS connection's transport: a direct-tcpip channel to 127.0.0.1:port there (here: to `port`)."""
+
+    def __init__(self, port: int | None) -> None:
+        self.port, self.opened = port, []  # type: int | None, list[tuple[str, int]]
+
+    def open_channel(self, kind: str, dest: tuple[str, int], src: tuple[str, int], timeout: float) -> socket.socket:
+        assert kind == "direct-tcpip"
+        self.opened.append(dest)
+        if self.port is None:
+            raise paramiko.ChannelException(2, "Connect failed")
+        return socket.create_connection(("127.0.0.1", self.port))
+
+
+def test_ssh_through_a_private_tunnel_jumps_via_the_vps(inv: Inventory, sshd: FakeSshd) -> None:
+    pi = dataclasses.replace(inv.pis["beta"], host_key=pinned(PI_KEY))
+    vps_remote = FakeHost("main")
+    jump = Jump(sshd.port)
+    vps_remote.connection = connection_of(jump)  # type: ignore[attr-defined]
+    ok, detail, _ = verify.ssh_through(inv, pi, vps_remote, tunnel(inv, "beta", "ssh"), inv.vps["main"])  # type: ignore[arg-type]
+    assert ok and detail == "jump via main to 127.0.0.1:20023: beta's host key (ecdsa-sha2-nistp256)"
+    assert jump.opened == [("127.0.0.1", 20023)]
+    vps_remote.connection = connection_of(Jump(None))  # type: ignore[attr-defined]
+    ok, detail, hint = verify.ssh_through(inv, pi, vps_remote, tunnel(inv, "beta", "ssh"), inv.vps["main"])  # type: ignore[arg-type]
+    assert not ok and detail.startswith("jump via main to 127.0.0.1:20023: ")
+    assert hint == "the tunnel is not listening on the VPS: is pitunnel.service up on the Pi?"
+
+
+# ------------------------------------------------------------------------------------ http through Nginx
+
+
+def raw(status: int, body: bytes, *headers: str) -> bytes:
+    head = "".join(f"{h}\r\n" for h in ("Content-Type: text/html", *headers))
+    return f"HTTP/1.1 {status} X\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+class Channel:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def settimeout(self, seconds: float) -> None:
+        pass
+
+    def sendall(self, data: bytes) -> None:
+        pass
+
+    def recv(self, size: int) -> bytes:
+        data, self.data = self.data, b""
+        return data
+
+    def close(self) -> None:
+        pass
+
+
+class Channels:
+    """An SSH transport whose direct-tcpip channels answer `answers` in turn (None: nothing listens)."""
+
+    def __init__(self, *answers: bytes | None) -> None:
+        self.answers, self.opened = list(answers), []  # type: list[bytes | None], list[tuple[str, int]]
+
+    def open_channel(self, kind: str, dest: tuple[str, int], src: tuple[str, int], timeout: float) -> Channel:
+        self.opened.append(dest)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if answer is None:
+            raise paramiko.ChannelException(2, "Connect failed")
+        return Channel(answer)
+
+
+class Nginx:
+    """A local HTTP server answering `answers` in turn (the last one from then on); keeps each request's path
+    and Host header."""
+
+    def __init__(self, *answers: tuple[int, bytes, tuple[str, ...]]) -> None:
+        self.answers, self.seen = list(answers), []  # type: list[tuple[int, bytes, tuple[str, ...]]], list[tuple[str, str]]
+        nginx = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                nginx.seen.append((self.path, self.headers["Host"]))
+                status, body, headers = nginx.answers.pop(0) if len(nginx.answers) > 1 else nginx.answers[0]
+                self.send_response(status)
+                for h in ("Content-Type: text/html", *headers):
+                    self.send_header(*h.split(": ", 1))
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def nginx_at() -> Iterator[list[Nginx]]:
+    started: list[Nginx] = []
+    yield started
+    for n in started:
+        n.server.shutdown()
+        n.server.server_close()
+
+
+APP = b"<html>garden sensors</html>"
+NGINX_502 = b"<html><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></html>"
+
+
+def http_check(inv: Inventory, nginx_at: list[Nginx], name: str, nginx: Nginx | None, pi_side: Channels,
+               vps_side: Channels | None = None) -> tuple[bool, str, str]:
+    port = nginx.port if nginx else free_port()
+    if nginx:
+        nginx_at.append(nginx)
+    vps = dataclasses.replace(inv.vps["main"], address="127.0.0.1", http_port=port)
+    pi_remote, vps_remote = FakeHost("alpha"), FakeHost("main")
+    pi_remote.connection = connection_of(pi_side)  # type: ignore[attr-defined]
+    vps_remote.connection = connection_of(vps_side or Channels(None))  # type: ignore[attr-defined]
+    return verify.http_through(vps, inv.pis["alpha"], tunnel(inv, "alpha", name), pi_remote, vps_remote)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_same_answer_through_nginx_as_on_the_pi_passes(inv: Inventory, nginx_at: list[Nginx]) -> None:
+    nginx = Nginx((200, APP, ()))
+    pi_side = Channels(raw(200, APP))
+    ok, detail, hint = http_check(inv, nginx_at, "web", nginx, pi_side)
+    assert ok and hint == "" and detail.startswith(f"http://127.0.0.1:{nginx.port}/alpha/: HTTP 200, the same answer")
+    assert nginx.seen == [("/alpha/", "127.0.0.1")] and pi_side.opened == [("127.0.0.1", 8080)]
+
+
+def test_a_different_first_answer_gets_a_second_try(inv: Inventory, nginx_at: list[Nginx]) -> None:
+    nginx = Nginx((200, b"<html>warming up</html>", ()), (200, APP, ()))
+    ok, detail, _ = http_check(inv, nginx_at, "web", nginx, Channels(raw(200, APP)))
+    assert ok and detail.endswith(" (second try)") and len(nginx.seen) == 2
+
+
+def test_nginx_without_the_tunnel_blames_the_tunnel(inv: Inventory, nginx_at: list[Nginx]) -> None:
+    ok, detail, hint = http_check(inv, nginx_at, "web", Nginx((502, NGINX_502, ())), Channels(raw(200, APP)))
+    assert not ok and "502 from Nginx: nothing answered through the tunnel" in detail
+    assert hint == "nothing answers at 127.0.0.1:20080 on main: the tunnel is down; check pitunnel.service on the Pi"
+
+
+def test_a_tunnel_that_answers_behind_nginx_blames_the_route(inv: Inventory, nginx_at: list[Nginx]) -> None:
+    behind = Channels(raw(200, APP))
+    ok, _, hint = http_check(inv, nginx_at, "web", Nginx((404, b"no tunnel here\n", ())), Channels(raw(200, APP)), behind)
+    assert not ok and behind.opened == [("127.0.0.1", 20080)]
+    assert hint == ("127.0.0.1:20080 on main answers as the Pi itself, so Nginx does not route this request there: "
+                    "rerun provision-vps")
+
+
+@pytest.mark.parametrize(("behind", "local", "hint"), [
+    (raw(200, b"<html>someone else</html>"), raw(500, b"oops"),
+     "127.0.0.1:20080 on main answers 200; the app on the Pi answers 500: another tunnel holds the port?"),
+    (raw(404, b"x"), raw(200, APP), "127.0.0.1:20080 on main answers 404; the app on the Pi answers 200: another tunnel holds the port?"),
+    (raw(200, b"<html>another page</html>"), raw(200, APP),
+     "the page differs on every request: verify compares status and body with the Pi's own answer"),
+])
+def test_which_half_is_wrong_when_the_answers_differ(inv: Inventory, nginx_at: list[Nginx], behind: bytes, local: bytes,
+                                                     hint: str) -> None:
+    ok, _, said = http_check(inv, nginx_at, "web", Nginx((200, b"<html>elsewhere entirely</html>", ())),
+                             Channels(local), Channels(behind))
+    assert not ok and said == hint
+
+
+def test_nginx_not_answering_or_the_app_not_answering(inv: Inventory, nginx_at: list[Nginx]) -> None:
+    ok, detail, hint = http_check(inv, nginx_at, "web", None, Channels(raw(200, APP)))
+    assert not ok and hint == "Nginx does not answer on the VPS: run provision-vps, check the firewall"
+    ok, detail, hint = http_check(inv, nginx_at, "web", Nginx((200, APP, ())), Channels(None))
+    assert not ok and ": nothing to compare with, 127.0.0.1:8080 on alpha: " in detail and "AllowTcpForwarding" in hint
+
+
+def test_behind_basic_auth_nginx_must_ask_and_the_tunnel_must_answer(inv: Inventory, nginx_at: list[Nginx]) -> None:
+    asks = (401, b"auth", ('WWW-Authenticate: Basic realm="alpha"',))
+    nginx = Nginx(asks)
+    ok, detail, _ = http_check(inv, nginx_at, "cam", nginx, Channels(raw(200, APP)), Channels(raw(200, APP)))
+    assert ok and nginx.seen == [("/", "cam.example.com")]
+    assert detail.startswith(f"http://127.0.0.1:{nginx.port}/ (Host: cam.example.com): 401 from Nginx's basic auth "
+                             '(realm="alpha"); behind it, 127.0.0.1:20081 on main: HTTP 200, the same answer')
+    ok, detail, hint = http_check(inv, nginx_at, "cam", Nginx((200, APP, ())), Channels(raw(200, APP)), Channels(raw(200, APP)))
+    assert not ok and 'not Nginx\'s basic auth for alpha (realm="alpha")' in detail
+    assert hint == "the route is not the one provision-vps wrote: rerun provision-vps"
+    other_realm = (401, b"auth", ('WWW-Authenticate: Basic realm="beta"',))
+    assert not http_check(inv, nginx_at, "cam", Nginx(other_realm), Channels(raw(200, APP)), Channels(raw(200, APP)))[0]
+    ok, detail, hint = http_check(inv, nginx_at, "cam", Nginx(asks), Channels(raw(200, APP)), Channels(None))
+    assert not ok and ": 401 from Nginx, but 127.0.0.1:20081 on main: " in detail
+    assert hint == "the tunnel is not listening on the VPS: check pitunnel.service on the Pi"
+
+
+# ------------------------------------------------------------------------------------------- the answers
+
+
+def test_what_an_answer_says() -> None:
+    named = Answer(200, b'{"pi": "alpha"}', (("Content-Type", "application/json"),))
+    assert named.header("content-type") == "application/json" and named.header("X-None") == ""
+    assert named.named == "alpha"
+    assert Answer(200, b"[1, 2]").named is None and Answer(200, b"not json").named is None
+    assert Answer(200, b'{"pi": 3}').named is None
+    long = Answer(200, b"x" * 41)
+    assert long.describe() == f"200, 41 bytes (sha256 {long.digest}) {'x' * 40 + '...'!r}"
+    assert Answer(404, b"short").describe().endswith("'short'") and len(long.digest) == 12
+
+
+def test_a_whole_answer_is_known_by_its_length_or_its_last_chunk() -> None:
+    assert not verify._complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n")  # the head is not over
+    assert not verify._complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhell")
+    assert verify._complete(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+    assert verify._complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert not verify._complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    assert not verify._complete(b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nhello")  # only the end tells
+
+
+def test_the_same_request_goes_both_ways() -> None:
+    assert verify.request_headers("cam.example.com") == {"Host": "cam.example.com", "User-Agent": "pitunnel-verify",
+                                                         "Accept": "*/*", "Accept-Encoding": "identity"}
+
+
+# ----------------------------------------------------------------------------------------------- probes
+
+
+@pytest.fixture
+def stub_ssh(tmp_path: Path) -> Path:
+    """`runuser` (the tunnel account's ssh) answering $FAKE_OUT and exiting $FAKE_RC."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "runuser").write_text('#!/bin/sh\necho "$FAKE_OUT"; exit "${FAKE_RC:-0}"\n')
+    (bin_dir / "runuser").chmod(0o755)
+    return bin_dir
+
+
+def probe(script: str, bin_dir: Path, out: str, rc: int) -> list[str]:
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_OUT": out, "FAKE_RC": str(rc)}
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, check=False, timeout=30)
+    return done.stdout.splitlines()
+
+
+def test_probes_pass_only_when_the_vps_refuses_each(inv: Inventory, stub_ssh: Path) -> None:
+    script = verify.probe_script(inv.pis["alpha"], inv.vps["main"], ["127.0.0.1:20023"], 29999)
+    assert script.count("runuser -u pitunnel -- timeout ") == 5 and "-F /etc/pitunnel/ssh_config" in script
+    assert "-R 127.0.0.1:29999:127.0.0.1:9 pitunnel-vps" in script and "-R 127.0.0.1:20023:127.0.0.1:9" in script
+    assert "-W 127.0.0.1:22 pitunnel-vps" in script
+    refused = probe(script, stub_ssh, "Permission denied (publickey)", 255)
+    assert refused == ["PROBE command ok", "PROBE pty ok", "PROBE forward-to-vps ok", "PROBE other-port ok",
+                       "PROBE other-pi 127.0.0.1:20023 ok"]
+    allowed = probe(script, stub_ssh, "uid=999(pitunnel) SSH-2.0-OpenSSH_9.2", 124)
+    assert allowed == ["PROBE command FAIL ran: id", "PROBE pty FAIL got a shell",
+                       "PROBE forward-to-vps FAIL reached the VPS sshd", "PROBE other-port FAIL listener accepted",
+                       "PROBE other-pi 127.0.0.1:20023 FAIL listener accepted"]
+
+
+def run_verify(inv: Inventory, pi: str, stdout: str, ss: str = "") -> tuple[PiReport, FakeHost]:
+    host = FakeHost(pi, commands=[("systemctl", stdout)])
+    vps = FakeHost("main", [("ss -Htln", ss)], [("ss -Htln", ss)])
+    report = PiReport(pi)
+    present = frozenset(line.split()[3] for line in ss.splitlines())
+    verify.verify_pi(play_on(inv, {"main": vps, pi: host}), host, report, present)  # type: ignore[arg-type, dict-item]
+    return report, host
+
+
+def test_verify_probes_every_other_listener_and_a_free_port(inv: Inventory) -> None:
+    _, host = run_verify(inv, "beta", "enabled\nactive\nactive\n")
+    (script,) = host.scripts
+    assert script.startswith("systemctl is-enabled pitunnel.service; systemctl is-active pitunnel.service; "
+                             "systemctl is-active pitunnel-watchdog.service\n")
+    for other in ("0.0.0.0:20022", "127.0.0.1:20080", "127.0.0.1:20081"):  # alpha's: the same VPS
+        assert f"-R {other}:127.0.0.1:9 " in script
+    assert "-R 127.0.0.1:20023:" not in script  # its own is no probe
+    assert "-R 127.0.0.1:29999:127.0.0.1:9 " in script  # the highest free port of the range
+    assert "sed 's/^/SSHD /'" in script
+
+
+def test_verify_reads_the_probes_and_units(inv: Inventory, stub_ssh: Path) -> None:
+    script = verify.probe_script(inv.pis["beta"], inv.vps["main"], ["0.0.0.0:20022"], 29999)
+    probes = "\n".join(probe(script, stub_ssh, "uid=1", 124)[:1] + probe(script, stub_ssh, "no", 1)[1:])
+    report, _ = run_verify(inv, "beta", "enabled\nactive\ninactive\n" + probes + "\n",
+                           ss="LISTEN 0 128 127.0.0.1:20023 0.0.0.0:*\n")
+    by_name = {c.name: c for c in report.checks}
+    assert by_name["unit enabled and active"].passed and by_name["unit enabled and active"].detail == "enabled, active"
+    assert not by_name["watchdog active"].passed and by_name["watchdog active"].detail == "inactive"
+    assert "systemctl status pitunnel-watchdog.service" in by_name["watchdog active"].hint
+    assert by_name["ssh: VPS listens on 127.0.0.1:20023"].passed
+    assert by_name["ssh: VPS listens on 127.0.0.1:20023"].detail == "bound as intended"
+    failed = by_name["refused: command"]
+    assert not failed.passed and failed.detail == "command FAIL ran: id" and "rerun provision-vps" in failed.hint
+    assert by_name["refused: other-pi 0.0.0.0:20022"].passed and by_name["refused: other-port"].detail == "refused"
+    assert not by_name["ssh: ssh lands on beta"].passed  # its host key is unknown here
+    assert not report.passed
+
+
+def test_verify_of_a_pi_whose_unit_says_nothing(inv: Inventory) -> None:
+    report, _ = run_verify(inv, "beta", "")
+    by_name = {c.name: c for c in report.checks}
+    assert not by_name["unit enabled and active"].passed and by_name["watchdog active"].detail == "unknown"
+    listen = by_name["ssh: VPS listens on 127.0.0.1:20023"]
+    assert not listen.passed and listen.detail == "listeners on that port: none"
+
+
+def test_the_report_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = PiReport("alpha"), PiReport("beta")
+    good.add("unit enabled and active", True, "enabled, active", "never shown")
+    good.add("sshd: password login off", True, "on", "set it", warning=True)
+    bad.add("watchdog active", False, "inactive", "start it")
+    verify.print_reports([good, bad])
+    assert capsys.readouterr().out.splitlines() == [
+        "", "alpha: PASS",
+        f"  PASS  {'unit enabled and active':<42} enabled, active",
+        f"  WARN  {'sshd: password login off':<42} on", "        hint: set it",
+        "", "beta: FAIL",
+        f"  FAIL  {'watchdog active':<42} inactive", "        hint: start it"]
