@@ -226,7 +226,7 @@ class Nginx:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
 
 @pytest.fixture
@@ -294,7 +294,7 @@ def test_a_tunnel_that_answers_behind_nginx_blames_the_route(inv: Inventory, ngi
     (raw(404, b"x"), raw(200, APP), "127.0.0.1:20080 on main answers 404; the app on the Pi answers 200: another tunnel holds the port?"),
     (raw(200, b"<html>another page</html>"), raw(200, APP),
      "the page differs on every request: verify compares status and body with the Pi's own answer"),
-])
+], ids=["app-fails-on-the-pi", "another-answers-behind", "page-changes"])
 def test_which_half_is_wrong_when_the_answers_differ(inv: Inventory, nginx_at: list[Nginx], behind: bytes, local: bytes,
                                                      hint: str) -> None:
     ok, _, said = http_check(inv, nginx_at, "web", Nginx((200, b"<html>elsewhere entirely</html>", ())),
