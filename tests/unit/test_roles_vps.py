@@ -1,0 +1,244 @@
+"""The VPS role's decisions without a VPS: what provision-vps does first and what it leaves alone, what the
+Pis' keys step reads and writes, the HTTP routes, and teardown; on scripted hosts (tests/unit/fake_hosts.py)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from pitunnel.facts import FileState
+from pitunnel.inventory import Inventory
+from pitunnel.ops import File, PackagesAbsent, Pruned
+from pitunnel.report import Reporter
+from pitunnel.runner import Mode, StepFailed
+from pitunnel.roles.contract import PiOffer, VpsFacts
+from pitunnel.roles.vps import steps as vps
+from tests.unit.fake_hosts import FakeHost, lines, load, play_on
+from tests.unit.test_templates import keygen
+
+D = vps.D
+
+INVENTORY = """
+settings: {laptop_key: null, known_hosts: kh}
+vps:
+  main: {address: 203.0.113.1}
+pis:
+  alpha:
+    address: 10.0.0.2
+    vps: main
+    tunnels:
+      ssh: {type: ssh, remote_port: 20022, public: true}
+      web: {type: http, local_port: 8080, remote_port: 20080, path: /alpha/, websocket: true}
+      cam: {type: http, local_port: 8081, remote_port: 20081, server_name: cam.example.com, basic_auth_file: cam.htpasswd,
+            client_max_body_size: 50m}
+  beta:
+    address: 10.0.0.3
+    vps: main
+    tunnels:
+      ssh: {type: ssh, remote_port: 20023}
+"""
+ACCOUNT = "pitunnel:x:999:999:pitunnel reverse tunnels:/var/lib/pitunnel:/usr/sbin/nologin"
+PERMITTED = "permitlisten 0.0.0.0:20022 127.0.0.1:20080 127.0.0.1:20081 127.0.0.1:20023"
+
+
+@pytest.fixture()
+def inv(tmp_path: Path) -> Inventory:
+    return load(tmp_path, INVENTORY, {"cam.htpasswd": "alice:$apr1$x$y\n"})
+
+
+@pytest.fixture(scope="module")
+def key() -> str:
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        return " ".join(keygen(Path(d) / "k").split()[:2])
+
+
+def state(text: str, owner: str = "pitunnel", mode: str = "600") -> str:
+    return f"{owner}:{owner}:{mode}\n" + base64.b64encode(text.encode()).decode()
+
+
+def main_host(*first: tuple[str, str], **kw: object) -> FakeHost:
+    return FakeHost("main", [*first, ("|| echo MISSING", ACCOUNT), ("ssh_host_", "ssh-ed25519 AAAAone\n\nssh-rsa AAAAtwo\n"),
+                             ("ss -Htln", "LISTEN 0 128 0.0.0.0:20022 0.0.0.0:*\n"), ("permitlisten", PERMITTED),
+                             ("authorized_keys", "ABSENT")], **kw)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------ the Pis' keys
+
+
+def test_authorise_writes_the_offered_keys_and_tells_the_pis_what_they_need(inv: Inventory, key: str,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    host = main_host()
+    offers = [PiOffer("alpha", f"{key} pitunnel:alpha", ("0.0.0.0:20022",)), PiOffer("beta", None, ("127.0.0.1:20023",))]
+    found = vps.authorise(host, inv, inv.vps["main"], offers, Reporter(colour=False), Mode())  # type: ignore[arg-type]
+    assert found == VpsFacts(("ssh-ed25519 AAAAone", "ssh-rsa AAAAtwo"), frozenset({"0.0.0.0:20022"}))
+    wanted = vps.authorized_keys(inv, inv.vps["main"], {"alpha": key}).wanted(FileState(False))
+    assert host.applied(base64.b64encode(wanted.encode()).decode()) and "pitunnel:beta" not in wanted
+    assert len(host.scripts) == 2  # one read for the checks and the keys, one write
+    out = lines(capsys)
+    assert "ok main tunnel account pitunnel - present" in out and "ok main VPS host keys - 3 host keys read" in out
+
+
+def test_authorise_again_changes_nothing_in_one_round_trip(inv: Inventory, key: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    wanted = vps.authorized_keys(inv, inv.vps["main"], {"alpha": key}).wanted(FileState(False))
+    host = main_host(("authorized_keys", state(wanted)))
+    vps.authorise(host, inv, inv.vps["main"], [PiOffer("alpha", f"{key} pitunnel:alpha", ())],  # type: ignore[arg-type]
+                  Reporter(colour=False), Mode())
+    assert len(host.scripts) == 1 and host.ops == []
+    assert "ok main authorized keys of the Pis - already as wanted" in lines(capsys)
+
+
+def test_unauthorise_needs_the_account(inv: Inventory, key: str) -> None:
+    gone = FakeHost("main", [("|| echo MISSING", "MISSING")])
+    vps.unauthorise(gone, inv, inv.vps["main"], frozenset({"alpha"}), Reporter(colour=False), Mode())  # type: ignore[arg-type]
+    assert len(gone.scripts) == 1 and gone.ops == []
+    both = vps.authorized_keys(inv, inv.vps["main"], {"alpha": key, "beta": key}).wanted(FileState(False))
+    host = main_host(("authorized_keys", state(both)))
+    vps.unauthorise(host, inv, inv.vps["main"], frozenset({"alpha"}), Reporter(colour=False), Mode())  # type: ignore[arg-type]
+    left = vps.authorized_keys(inv, inv.vps["main"], {"beta": key}).wanted(FileState(False))
+    assert host.applied(base64.b64encode(left.encode()).decode())
+
+
+def test_what_the_vps_reads_of_itself() -> None:
+    assert vps.HOST_KEYS.process("ssh-ed25519 A\nssh-rsa B\n") == ("ssh-ed25519 A", "ssh-rsa B")
+    fact = vps.permitted_fact(load_vps())
+    assert "sshd -T -C user=pitunnel,host=pitunnel,addr=192.0.2.1 " in fact.script
+    assert fact.process("permitlisten 0.0.0.0:20022 127.0.0.1:20023\n") == frozenset({"0.0.0.0:20022", "127.0.0.1:20023"})
+    assert fact.process("") == frozenset()
+    seen = vps.account_observer(load_vps())
+    assert seen.fact.process(ACCOUNT) is True and seen.fact.process("MISSING\n") is False
+    assert (seen.describe(True), seen.describe(False)) == ("present", "missing")
+    assert seen.title == "tunnel account pitunnel" and "getent passwd pitunnel" in seen.fact.script
+
+
+def load_vps():  # type: ignore[no-untyped-def]
+    from pitunnel.inventory import VpsSpec
+    return VpsSpec(name="main", role="vps", address="203.0.113.1", port=22, user="root", key=None, password_file=None,
+                   sudo_password_file=None, host_key=None, connect_timeout=5)
+
+
+# ----------------------------------------------------------------------------------------------- routes
+
+
+def test_each_http_tunnel_is_one_route_named_by_pi_and_tunnel(inv: Inventory) -> None:
+    web, cam = vps.http_routes(inv, inv.vps["main"])
+    assert (web.pi, web.name, web.port, web.path, web.server_name, web.auth_file, web.websocket) == (
+        "alpha", "web", 20080, "/alpha/", None, None, True)
+    assert (cam.server_name, cam.auth_file, cam.client_max_body_size) == (
+        "cam.example.com", f"{D['nginx_auth_dir']}/alpha_cam.htpasswd", "50m")
+    assert cam.auth_source == inv.path.parent / "cam.htpasswd" and cam.upstream == "pitunnel_alpha_cam"
+    variables = vps.route_vars(cam)
+    assert variables["auth_source"] == str(cam.auth_source) and variables["file_stem"] == "alpha_cam"
+    assert vps.route_vars(web)["auth_source"] is None and vps.route_vars(web)["upstream"] == "pitunnel_alpha_web"
+    context = vps.context(inv, inv.vps["main"], claim_default=False)
+    assert context["listens"] == ["0.0.0.0:20022", "127.0.0.1:20080", "127.0.0.1:20081", "127.0.0.1:20023"]
+    assert context["claim_default"] is False and [t["name"] for t in context["tunnels"]] == ["web", "cam"]
+    assert (context["http_port"], context["https_port"], context["tls_certificate"]) == (80, 443, None)
+
+
+def test_nginx_files_one_per_route_the_password_file_secret(inv: Inventory) -> None:
+    ops = vps.converge_ops(inv, inv.vps["main"])
+    files = {op.path: op for op in ops if isinstance(op, File)}
+    auth = files[f"{D['nginx_auth_dir']}/alpha_cam.htpasswd"]
+    assert auth.secret and auth.mode == 0o640 and auth.group == "www-data"
+    assert auth.wanted(FileState(False)) == "alice:$apr1$x$y\n"
+    assert f"{D['nginx_sites_dir']}/pitunnel-alpha_cam.conf" in files  # server_name: a server of its own
+    assert f"{D['nginx_locations_dir']}/alpha_web.conf" in files  # path: a location in pitunnel's server
+    pruned = {op.directory: op.keep for op in ops if isinstance(op, Pruned)}
+    assert pruned == {D["nginx_sites_dir"]: frozenset({"pitunnel-alpha_cam.conf"}),
+                      D["nginx_locations_dir"]: frozenset({"alpha_web.conf"}),
+                      D["nginx_auth_dir"]: frozenset({"alpha_cam.htpasswd"})}
+    assert all("reload nginx" in op.notify for op in files.values() if op.path.startswith("/etc/nginx"))
+
+
+def test_handlers_reload_only_what_changed_and_prove_sshd(inv: Inventory) -> None:
+    host = FakeHost("main", fresh_login=False)
+    handlers = {h.name: h for h in vps.handlers(host)}  # type: ignore[arg-type]
+    assert handlers["restart reaper"].commands == ["systemctl daemon-reload", "systemctl restart pitunnel-reaper.service"]
+    assert handlers["reload nginx"].commands == [
+        "if [ -x /usr/sbin/nginx ]; then nginx -t 2>&1 && systemctl reload-or-restart nginx; fi"]
+    assert handlers["daemon-reload"].commands == ["systemctl daemon-reload"]
+    sshd = handlers["reload sshd"]
+    assert sshd.commands == ["sshd -t", "systemctl reload ssh"] and "lock you out" in sshd.verify_hint
+    assert sshd.verify is not None and not sshd.verify() and host.logins == [True]
+
+
+def test_teardown_takes_away_what_provision_made(inv: Inventory) -> None:
+    ops = vps.teardown_ops(inv.vps["main"], purge=False)
+    paths = {getattr(op, "path", None) for op in ops}
+    assert {D["reaper_unit_path"], "/usr/local/lib/pitunnel", D["sshd_dropin"], D["nginx_default_site"],
+            D["nginx_conf"], "/etc/nginx/pitunnel"} <= paths
+    assert not any(isinstance(op, PackagesAbsent) for op in ops)
+    (purge,) = [op for op in vps.teardown_ops(inv.vps["main"], purge=True) if isinstance(op, PackagesAbsent)]
+    assert purge.names == ("nginx",)
+    (sites,) = [op for op in ops if isinstance(op, Pruned)]
+    assert sites.keep == frozenset() and sites.pattern == "pitunnel-*.conf"
+
+
+# ---------------------------------------------------------------------------------------------- provision
+
+
+def test_provision_makes_the_account_and_nginx_first_then_reads_again(inv: Inventory,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    host = FakeHost("main")
+    play = play_on(inv, {"main": host})  # type: ignore[dict-item]
+    vps.provision(play)
+    assert play.failed == set()
+    reads = [i for i, e in enumerate(host.journal) if e == "main read"]
+    applies = [i for i, e in enumerate(host.journal) if e == "main apply"]
+    assert reads[0] == 0 and applies[0] == 1 and reads[1] == 2  # Nginx's own files are read once it is there
+    first = host.ops[0] + host.ops[1]
+    assert "useradd --system" in host.ops[0] and "apt-get install" in first
+    assert not any(D["sshd_dropin"] in body for body in host.ops[:2])
+    assert host.applied(D["sshd_dropin"]) and host.applied(D["reaper_unit_path"])
+
+
+def test_provision_with_nginx_there_reads_once_and_leaves_a_users_default_server(
+        inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    mine = f"{D['nginx_sites_dir']}/mine.conf listen 80 default_server;"
+    host = FakeHost("main", [("dpkg-query", "nginx installed"), ("default(_server)?", mine)])
+    vps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
+    assert [e for e in host.journal if e == "main read"] == ["main read"]
+    out = lines(capsys)
+    assert (f"ok main nginx default server - yours is ({D['nginx_sites_dir']}/mine.conf): pitunnel's path-prefix "
+            "server does not claim default_server, so path tunnels answer only for requests your default server "
+            "does not take (use server_name tunnels)") in out
+    default_site = vps.converge_ops(inv, inv.vps["main"], claim_default=False)[-1]
+    assert isinstance(default_site, File) and default_site.path == D["nginx_default_site"]
+    text = base64.b64encode(default_site.wanted(FileState(False)).encode()).decode()
+    assert host.applied(text)  # the site written without default_server
+    assert "default_server" not in default_site.wanted(FileState(False))
+
+
+def test_provision_refuses_an_account_it_did_not_make_before_touching_anything(
+        inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    host = FakeHost("main", [("getent passwd pitunnel || true", "pitunnel:x:1000:1000:Someone:/home/pitunnel:/bin/bash")])
+    play = play_on(inv, {"main": host})  # type: ignore[dict-item]
+    vps.provision(play)
+    assert play.failed == {"main"} and host.ops == []  # Nginx not even installed
+    assert any(l.startswith("failed main system user pitunnel - account pitunnel exists and pitunnel did not create it")
+               for l in lines(capsys))
+
+
+def test_provision_in_check_mode_reads_once_and_changes_nothing(inv: Inventory) -> None:
+    host = FakeHost("main")
+    vps.provision(play_on(inv, {"main": host}, check=True))  # type: ignore[dict-item]
+    assert host.ops == [] and host.journal == ["main read"]
+
+
+def test_the_default_server_note() -> None:
+    assert vps.default_server_note([]) == "pitunnel's path-prefix server is the default server"
+    assert vps.default_server_note(["/a", "/b"]).startswith("yours is (/a, /b): ")
+
+
+def test_authorise_fails_without_raising_for_a_key_that_is_not_one(inv: Inventory) -> None:
+    host = main_host()
+    vps.authorise(host, inv, inv.vps["main"], [PiOffer("alpha", "ssh-ed25519 notakey pitunnel:alpha", ())],  # type: ignore[arg-type]
+                  Reporter(colour=False), Mode())
+    assert not any("notakey" in body for body in host.ops)
+    with pytest.raises(StepFailed):
+        vps.authorise(FakeHost("main", [("|| echo MISSING", "MISSING")]), inv, inv.vps["main"], [],  # type: ignore[arg-type]
+                      Reporter(colour=False), Mode())
