@@ -1,0 +1,141 @@
+"""What a provisioning task does around its play: which inventory it reads, how a missing or bad one ends the
+run before any host is touched, the exit code, and what verify and status print and return."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from invoke import Context, Exit
+
+from pitunnel import cli, tasks
+from pitunnel.play import Play
+from pitunnel.roles.pi.status import TunnelStatus
+from pitunnel.roles.pi.verify import PiReport
+from pitunnel.runner import StepFailed
+
+INVENTORY = """
+settings: {laptop_key: null, known_hosts: kh}
+vps:
+  main: {address: 203.0.113.1}
+pis:
+  alpha:
+    address: 10.0.0.2
+    vps: main
+    tunnels:
+      ssh: {type: ssh, remote_port: auto}
+"""
+
+
+@pytest.fixture()
+def hosts(tmp_path: Path) -> Path:
+    file = tmp_path / "hosts.yml"
+    file.write_text(textwrap.dedent(INVENTORY).lstrip())
+    return file
+
+
+def test_which_inventory_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    default, lab = tmp_path / "hosts.yml", tmp_path / "lab.yml"
+    monkeypatch.setattr(cli, "DEFAULT_INVENTORY", default)
+    monkeypatch.setattr(cli, "LAB_INVENTORY", lab)
+    assert cli.resolve_inventory("mine.yml") == Path("mine.yml")
+    assert cli.resolve_inventory(None) == default  # neither exists: the one to write
+    lab.write_text("x")
+    assert cli.resolve_inventory(None) == lab  # the lab's, while there is no hosts.yml
+    default.write_text("x")
+    assert cli.resolve_inventory("") == default  # hosts.yml wins once it exists
+    assert cli.DEFAULT_INVENTORY.name == "hosts.yml"
+
+
+def test_a_missing_inventory_ends_the_run_with_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(Exit) as exc:
+        cli.load(str(tmp_path / "none.yml"), check=False)
+    assert exc.value.code == 2
+    assert exc.value.message == (f"no inventory at {tmp_path / 'none.yml'}: copy inventory/example.yml to "
+                                 "inventory/hosts.yml and edit it, or run `invoke lab.up` to get inventory/lab.yml")
+
+
+def test_a_bad_inventory_ends_the_run_with_its_problems(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("vps: {main: {address: 203.0.113.1, port: 99999}}\npis: {}\n")
+    with pytest.raises(Exit) as exc:
+        cli.load(str(bad), check=False)
+    assert exc.value.code == 2 and str(bad) in str(exc.value.message) and "port" in str(exc.value.message)
+
+
+def test_check_mode_allocates_ports_without_writing_them_down(hosts: Path) -> None:
+    lock = hosts.with_name("hosts.ports.yml")
+    inv = cli.load(str(hosts), check=True)
+    assert inv.pis["alpha"].tunnels[0].remote_port > 0 and not lock.exists()
+    cli.load(str(hosts), check=False)
+    assert lock.exists()
+
+
+def test_run_play_plays_the_body_and_exits_with_the_plays_code(hosts: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[Play] = []
+    play = cli.run_play(seen.append, cli.Flags(inventory=str(hosts), limit="alpha"))
+    assert seen == [play] and play.options.limit == frozenset({"alpha"}) and not play.reporter.quiet
+    assert cli.run_play(lambda p: None, cli.Flags(inventory=str(hosts)), quiet=True).reporter.quiet
+
+    def fails(play: Play) -> None:
+        play.each([play.inventory.pis["alpha"]], lambda remote: (_ for _ in ()).throw(StepFailed("no")))
+
+    with pytest.raises(Exit) as exc:
+        cli.run_play(fails, cli.Flags(inventory=str(hosts)))
+    assert exc.value.code == 1
+    assert "alpha" in capsys.readouterr().out  # the recap still printed
+
+
+def test_verify_fails_the_run_unless_every_pi_passed(hosts: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import pitunnel.roles.site as site
+    good, bad = PiReport("alpha"), PiReport("beta")
+    good.add("unit", True, "fine")
+    bad.add("unit", False, "down", "start it")
+    for reports, fails in (([good], False), ([good, bad], True), ([], True)):
+        monkeypatch.setattr(site, "verify", lambda play, r=reports: r)
+        if fails:
+            with pytest.raises(Exit) as exc:
+                tasks.verify(Context(), inventory=str(hosts))
+            assert exc.value.code == 1 and exc.value.message == "verify: some checks failed (hints above)"
+        else:
+            tasks.verify(Context(), inventory=str(hosts))
+    assert "beta: FAIL" in capsys.readouterr().out
+
+
+def test_status_prints_the_rows_gathered_before_a_failure(hosts: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import pitunnel.roles.site as site
+    row = TunnelStatus("alpha", "ssh", "127.0.0.1:20000", True, "active", "today", 1, "now", 0)
+    monkeypatch.setattr(site, "status", lambda play: [row])
+    tasks.status(Context(), inventory=str(hosts))
+    out = capsys.readouterr().out
+    assert "alpha" in out and "UP" in out
+
+    def broken(play: Play) -> list[TunnelStatus]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(site, "status", broken)
+    with pytest.raises(KeyboardInterrupt):
+        tasks.status(Context(), inventory=str(hosts))
+    assert "listen on VPS" in capsys.readouterr().out  # the table, empty, still printed
+
+
+@pytest.mark.parametrize(("task", "target"), [
+    (tasks.provision_vps, "pitunnel.roles.vps.steps.provision"), (tasks.provision_pi, "pitunnel.roles.site.provision_pi"),
+    (tasks.provision, "pitunnel.roles.site.provision")])
+def test_each_provisioning_task_runs_its_step(task: object, target: str, hosts: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[Play] = []
+    monkeypatch.setattr(target, ran.append)
+    task(Context(), inventory=str(hosts), check=True)  # type: ignore[operator]
+    assert len(ran) == 1 and ran[0].options.check
+
+
+def test_teardown_passes_purge(hosts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+    monkeypatch.setattr("pitunnel.roles.site.teardown", lambda play, purge: seen.append(purge))
+    tasks.teardown(Context(), inventory=str(hosts))
+    tasks.teardown(Context(), inventory=str(hosts), purge=True)
+    assert seen == [False, True]
