@@ -355,3 +355,36 @@ def test_status_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert out[2].split() == ["alpha", "ssh", "0.0.0.0:20022", "UP", "active", "today", "3", "now", "1"]
     assert out[3].split() == ["beta", "ssh", "127.0.0.1:20023", "DOWN", "failed", "-", "0", "-", "0"]
     assert out[2].index("UP") == out[1].index("state") and out[2].index("today") == out[1].index("up since")
+
+
+def test_teardown_of_a_provisioned_pi_says_what_it_removes_and_reloads_after(inv: Inventory,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import base64
+    line = pi.laptop_key_line(inv)
+    auth = "admin:admin:600\n" + base64.b64encode(f"ssh-rsa AAAAmine me\n{line}\n".encode()).decode()
+    account = "pitunnel:x:999:999:pitunnel reverse tunnel:/var/lib/pitunnel:/usr/sbin/nologin"
+    host = FakeHost("alpha", [("is-enabled", "enabled\nactive"), ("[ -e ", "yes"), ("getent passwd pitunnel", account),
+                              ("/users", "pitunnel"), ("authorized_keys", auth), ("dpkg-query", "autossh installed"),
+                              ("/packages", "autossh")])
+    pi.teardown(play_on(inv, {"alpha": host}, limit=frozenset({"alpha"})), purge=True)  # type: ignore[dict-item]
+    assert lines(capsys) == [
+        "changed alpha service pitunnel.service stopped and disabled - disable, stop",
+        "changed alpha watchdog stopped and disabled - disable, stop",
+        "changed alpha old watchdog timer stopped and disabled - disable, stop",
+        "changed alpha absent /etc/systemd/system/pitunnel-watchdog.timer - remove",
+        "changed alpha absent /etc/systemd/system/pitunnel-watchdog.service - remove",
+        "changed alpha absent /usr/local/lib/pitunnel - remove",
+        "changed alpha absent /etc/systemd/system/pitunnel.service - remove",
+        "changed alpha absent /etc/pitunnel - remove",
+        "changed alpha absent /etc/ssh/sshd_config.d/10-pitunnel-no-passwords.conf - remove",
+        "changed alpha absent /etc/ssh/sshd_config.d/10-pitunnel-loopback.conf - remove",
+        "changed alpha user absent pitunnel - remove with its home",
+        "changed alpha laptop's key removed - content",
+        "changed alpha packages purged autossh - purge autossh",
+        "changed alpha handler daemon-reload - ran once",
+        "changed alpha handler reload sshd - ran once"]
+    for command in ("systemctl disable --quiet pitunnel.service", "systemctl stop pitunnel-watchdog.service",
+                    "rm -rf /etc/pitunnel", "userdel --remove pitunnel", "apt-get purge", "systemctl reload ssh"):
+        assert host.applied(command), command
+    assert host.applied(base64.b64encode(b"ssh-rsa AAAAmine me\n").decode())  # the user's own key stays
+    assert host.logins == [True]  # proven by a password login: the laptop's key is gone

@@ -242,3 +242,70 @@ def test_authorise_fails_without_raising_for_a_key_that_is_not_one(inv: Inventor
     with pytest.raises(StepFailed):
         vps.authorise(FakeHost("main", [("|| echo MISSING", "MISSING")]), inv, inv.vps["main"], [],  # type: ignore[arg-type]
                       Reporter(colour=False), Mode())
+
+
+def test_teardown_of_a_provisioned_vps_says_what_it_removes_and_reloads_after(inv: Inventory,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    host = FakeHost("main", [("dpkg-query -W -f='${Conffiles}", "ABSENT\n\n\nrecorded"), ("is-enabled", "enabled\nactive"),
+                             ("for f in pitunnel-*.conf", "pitunnel-alpha_cam.conf\npitunnel-old_x.conf"), ("[ -e ", "yes"),
+                             ("getent passwd pitunnel", ACCOUNT), ("/users", "pitunnel"), ("dpkg-query", "nginx installed"),
+                             ("/packages", "nginx")])
+    vps.teardown(play_on(inv, {"main": host}), purge=True)  # type: ignore[dict-item]
+    assert lines(capsys) == [
+        "changed main service pitunnel-reaper.service stopped and disabled - disable, stop",
+        "changed main absent /etc/systemd/system/pitunnel-reaper.service - remove",
+        "changed main absent /usr/local/lib/pitunnel - remove",
+        "changed main absent /etc/ssh/sshd_config.d/10-pitunnel.conf - remove",
+        "changed main user absent pitunnel - remove with its home",
+        "changed main absent /etc/nginx/sites-enabled/pitunnel.conf - remove",
+        "changed main no stray /etc/nginx/sites-enabled/pitunnel-*.conf - remove pitunnel-alpha_cam.conf, pitunnel-old_x.conf",
+        "changed main absent /etc/nginx/conf.d/pitunnel.conf - remove",
+        "changed main absent /etc/nginx/pitunnel - remove",
+        "changed main Debian's default site back - link back (pitunnel set it aside)",
+        "changed main packages purged nginx - purge nginx",
+        "changed main handler reload sshd - ran once",
+        "changed main handler reload nginx - ran once",
+        "changed main handler daemon-reload - ran once"]
+    for command in ("systemctl disable --quiet pitunnel-reaper.service", "systemctl stop pitunnel-reaper.service",
+                    "rm -f /etc/nginx/sites-enabled/pitunnel-old_x.conf", "userdel --remove pitunnel",
+                    "apt-get purge -y -q --autoremove nginx", "systemctl reload-or-restart nginx"):
+        assert host.applied(command), command
+    assert host.logins == [True]
+
+
+def test_debian_default_site_set_aside_and_put_back_for_real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two ops' commands run by sh on files under tmp_path: the link goes (recorded), and comes back on
+    teardown only where pitunnel took it and nothing took its place."""
+    import subprocess
+    from pitunnel import ops
+    from pitunnel.facts import Facts
+    available, enabled, state_dir = tmp_path / "available", tmp_path / "enabled", tmp_path / "state"
+    available.write_text("debian's welcome\n")
+    enabled.symlink_to(available)
+    monkeypatch.setattr(ops, "BACKUP_DIR", str(tmp_path / "backups"))
+    monkeypatch.setattr(vps, "DEBIAN_SITE", str(available))
+    monkeypatch.setattr(vps, "STATE_DIR", str(state_dir))
+    monkeypatch.setattr(vps, "SET_ASIDE_RECORD", str(state_dir / "nginx-default-site"))
+    monkeypatch.setitem(D, "nginx_debian_default", str(enabled))
+
+    def facts(output: str) -> Facts:
+        return Facts({vps.DEBIAN_DEFAULT_FACT.key: (0, output)})
+
+    def run(commands: list[str]) -> None:
+        subprocess.run(["sh", "-ec", "\n".join(commands)], check=True)
+
+    aside = vps.DebianDefaultSetAside().plan(facts(f"{available}\nsum\nsum\nnone"))
+    run(aside.commands)
+    assert not enabled.exists() and not enabled.is_symlink() and (state_dir / "nginx-default-site").exists()
+    assert aside.backups == [str(enabled)] and aside.reason == "remove (recorded, put back on teardown)"
+    back = vps.DebianDefaultRestored().plan(facts("ABSENT\n\n\nrecorded"))
+    assert back.backups == [str(enabled)]
+    run(back.commands)
+    assert enabled.is_symlink() and enabled.resolve() == available and not state_dir.exists()
+    assert vps.DebianDefaultRestored().plan(facts("ABSENT\n\n\nnone")).reason == "pitunnel did not set it aside"
+    enabled.unlink()
+    enabled.write_text("the user's own default site\n")  # took its place meanwhile
+    state_dir.mkdir()
+    (state_dir / "nginx-default-site").write_text("")
+    run(vps.DebianDefaultRestored().plan(facts("FILE\n\n\nrecorded")).commands)
+    assert enabled.read_text() == "the user's own default site\n" and not (state_dir / "nginx-default-site").exists()
