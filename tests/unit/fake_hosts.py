@@ -31,6 +31,7 @@ class FakeHost:
         self.scripts: list[str] = []
         self.logins: list[bool] = []  # use_password of each fresh login asked for
         self.journal = journal if journal is not None else []  # "name read|apply|run", shared by hosts to see the order
+        self.timeouts: list[float] = []  # the timeouts scripts were given
         self.ops: list[str] = []  # the commands of every op applied, and every other script that is no fact read
 
     def close(self) -> None:
@@ -43,8 +44,10 @@ class FakeHost:
     def answer(self, snippet: str) -> str:
         return next((v for k, v in self.answers if k in snippet), "")
 
-    def run(self, script: str, **_: object) -> Result:
+    def run(self, script: str, *, timeout: float | None = None, **_: object) -> Result:
         self.round_trips += 1
+        if timeout is not None:
+            self.timeouts.append(timeout)
         self.scripts.append(script)
         out = []
         facts = FACT_RE.findall(script)

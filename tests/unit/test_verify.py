@@ -110,8 +110,9 @@ def test_ssh_through_logs_in_with_the_laptops_key_and_names_the_host(inv: Invent
     LOGIN.write_private_key_file(str(tmp_path / "login"))
     sshd.client_key = LOGIN
     pi, t, vps = public(inv, sshd, key=tmp_path / "login")
-    ok, detail, _ = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
-    assert ok and detail == f"127.0.0.1:{sshd.port}: alpha's host key, logged in as admin, hostname {socket.gethostname()}"
+    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
+    assert ok and hint == ""
+    assert detail == f"127.0.0.1:{sshd.port}: alpha's host key, logged in as admin, hostname {socket.gethostname()}"
     assert sshd.users == ["admin"] and sshd.commands == ["hostname"]
     sshd.client_key = OTHER  # the laptop's key is not (yet) on the Pi
     ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
@@ -124,14 +125,15 @@ def test_nothing_listening_publicly_says_why(inv: Inventory, sshd: FakeSshd) -> 
     t = dataclasses.replace(t, remote_port=free_port())
     ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
     assert not ok and detail.startswith(f"127.0.0.1:{t.remote_port}: ") and "refused" in detail.lower()
-    assert hint.startswith("Connection refused: nothing listens publicly on the VPS port.")
-    assert "GatewayPorts clientspecified" in hint
+    assert hint == ("Connection refused: nothing listens publicly on the VPS port. Is the tunnel up, and does the VPS "
+                    "let it bind publicly (GatewayPorts clientspecified for the tunnel account)?")
 
 
 def test_an_unknown_pi_host_key_is_not_a_pass(inv: Inventory) -> None:
     ok, detail, hint = verify.ssh_through(inv, inv.pis["alpha"], FakeHost("main"), tunnel(inv, "alpha", "ssh"),  # type: ignore[arg-type]
                                           inv.vps["main"])
-    assert (ok, detail) == (False, "the Pi's host key is unknown to the laptop") and "--accept-new-host-keys" in hint
+    assert (ok, detail) == (False, "the Pi's host key is unknown to the laptop")
+    assert hint == "record it on first direct contact (--accept-new-host-keys) or pin host_key in the inventory"
 
 
 class Jump:
@@ -171,16 +173,24 @@ def raw(status: int, body: bytes, *headers: str) -> bytes:
 
 
 class Channel:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    """Hands out `data` at once; then the end of the stream, or (`open`, an app keeping the connection open)
+    a timeout; one that must not be read again after a whole answer fails the test if it is."""
+
+    def __init__(self, data: bytes, *, open: bool = False, strict: bool = False) -> None:
+        self.data, self.open, self.strict, self.sent, self.reads = data, open, strict, b"", 0
 
     def settimeout(self, seconds: float) -> None:
         pass
 
     def sendall(self, data: bytes) -> None:
-        pass
+        self.sent += data
 
     def recv(self, size: int) -> bytes:
+        self.reads += 1
+        if not self.data:
+            assert not self.strict, "read again after a whole answer: verify would wait for the app's timeout"
+            if self.open:
+                raise socket.timeout("timed out")
         data, self.data = self.data, b""
         return data
 
@@ -193,13 +203,16 @@ class Channels:
 
     def __init__(self, *answers: bytes | None) -> None:
         self.answers, self.opened = list(answers), []  # type: list[bytes | None], list[tuple[str, int]]
+        self.channels: list[Channel] = []
 
     def open_channel(self, kind: str, dest: tuple[str, int], src: tuple[str, int], timeout: float) -> Channel:
+        assert kind == "direct-tcpip"
         self.opened.append(dest)
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         if answer is None:
             raise paramiko.ChannelException(2, "Connect failed")
-        return Channel(answer)
+        self.channels.append(Channel(answer))
+        return self.channels[-1]
 
 
 class Nginx:
@@ -265,7 +278,10 @@ def test_the_same_answer_through_nginx_as_on_the_pi_passes(inv: Inventory, nginx
     pi_side = Channels(raw(200, APP))
     ok, detail, hint = http_check(inv, nginx_at, "web", nginx, pi_side)
     assert ok and hint == "" and detail.startswith(f"http://127.0.0.1:{nginx.port}/alpha/: HTTP 200, the same answer")
+    assert not detail.endswith("(second try)")
     assert nginx.seen == [("/alpha/", "127.0.0.1")] and pi_side.opened == [("127.0.0.1", 8080)]
+    assert pi_side.channels[0].sent == (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: pitunnel-verify\r\n"
+                                        b"Accept: */*\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n")
 
 
 def test_a_different_first_answer_gets_a_second_try(inv: Inventory, nginx_at: list[Nginx]) -> None:
@@ -284,6 +300,7 @@ def test_a_tunnel_that_answers_behind_nginx_blames_the_route(inv: Inventory, ngi
     behind = Channels(raw(200, APP))
     ok, _, hint = http_check(inv, nginx_at, "web", Nginx((404, b"no tunnel here\n", ())), Channels(raw(200, APP)), behind)
     assert not ok and behind.opened == [("127.0.0.1", 20080)]
+    assert b"\r\nHost: 127.0.0.1\r\n" in behind.channels[0].sent
     assert hint == ("127.0.0.1:20080 on main answers as the Pi itself, so Nginx does not route this request there: "
                     "rerun provision-vps")
 
@@ -312,8 +329,11 @@ def test_nginx_not_answering_or_the_app_not_answering(inv: Inventory, nginx_at: 
 def test_behind_basic_auth_nginx_must_ask_and_the_tunnel_must_answer(inv: Inventory, nginx_at: list[Nginx]) -> None:
     asks = (401, b"auth", ('WWW-Authenticate: Basic realm="alpha"',))
     nginx = Nginx(asks)
-    ok, detail, _ = http_check(inv, nginx_at, "cam", nginx, Channels(raw(200, APP)), Channels(raw(200, APP)))
+    pi_side, behind = Channels(raw(200, APP)), Channels(raw(200, APP))
+    ok, detail, _ = http_check(inv, nginx_at, "cam", nginx, pi_side, behind)
     assert ok and nginx.seen == [("/", "cam.example.com")]
+    assert pi_side.opened == [("127.0.0.1", 8081)] and behind.opened == [("127.0.0.1", 20081)]
+    assert all(b"\r\nHost: cam.example.com\r\n" in c.sent for c in pi_side.channels + behind.channels)
     assert detail.startswith(f"http://127.0.0.1:{nginx.port}/ (Host: cam.example.com): 401 from Nginx's basic auth "
                              '(realm="alpha"); behind it, 127.0.0.1:20081 on main: HTTP 200, the same answer')
     ok, detail, hint = http_check(inv, nginx_at, "cam", Nginx((200, APP, ())), Channels(raw(200, APP)), Channels(raw(200, APP)))
@@ -446,3 +466,147 @@ def test_the_report_printed(capsys: pytest.CaptureFixture[str]) -> None:
         f"  WARN  {'sshd: password login off':<42} on", "        hint: set it",
         "", "beta: FAIL",
         f"  FAIL  {'watchdog active':<42} inactive", "        hint: start it"]
+
+
+# ------------------------------------------------------------------------------ reading the Pi's own answer
+
+
+class Through:
+    """A transport whose one channel is `chan`."""
+
+    def __init__(self, chan: Channel) -> None:
+        self.chan = chan
+
+    def open_channel(self, kind: str, dest: tuple[str, int], src: tuple[str, int], timeout: float) -> Channel:
+        return self.chan
+
+
+def test_a_whole_answer_is_not_waited_on_and_a_big_body_is_cut() -> None:
+    from pitunnel.roles.pi.verify import BODY_LIMIT, fetch_over_ssh
+    strict = Channel(raw(200, b"hello"), strict=True)  # a read after the whole answer fails the test
+    assert fetch_over_ssh(Through(strict), 80, "h").body == b"hello"  # type: ignore[arg-type]
+    big = Channel(raw(200, b"x" * (BODY_LIMIT + 5000)))
+    assert len(fetch_over_ssh(Through(big), 80, "h").body) == BODY_LIMIT  # type: ignore[arg-type]  # compared on 64 KiB
+
+
+def test_an_app_that_keeps_the_connection_open_after_a_body_of_unknown_length() -> None:
+    from pitunnel.roles.pi.verify import fetch_over_ssh
+    chan = Channel(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nLocation: http://x:1/\r\n\r\nhello", open=True)
+    answer = fetch_over_ssh(Through(chan), 80, "h")  # type: ignore[arg-type]
+    assert (answer.status, answer.body, answer.header("location")) == (200, b"hello", "http://x:1/")
+
+
+def test_a_header_with_colons_in_its_value_does_not_confuse_the_length() -> None:
+    assert verify._complete(b"HTTP/1.1 200 OK\r\nDate: Mon, 30 Nov 2026 10:00:00 GMT\r\nContent-Length: 2\r\n\r\nhi")
+
+
+# ------------------------------------------------------------------------------------ judging, exactly
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_nginxs_gateway_errors_never_pass(status: int) -> None:
+    ok, detail = verify.judge("alpha", Answer(status, b"x"), Answer(200, APP))
+    assert not ok and detail == f"{status} from Nginx: nothing answered through the tunnel"
+    ok, detail = verify.judge("alpha", Answer(status, b"x"), Answer(status, b"x"))
+    assert not ok and detail == f"{status} through the VPS, and the app answers {status} on the Pi itself too"
+
+
+def test_another_status_the_app_gives_itself_passes_when_the_same() -> None:
+    assert verify.judge("alpha", Answer(505, b"app says no"), Answer(505, b"app says no"))[0]
+    ok, detail = verify.judge("alpha", Answer(500, b"a"), Answer(200, b"a"))
+    assert not ok and detail.startswith("status and body differ: through the VPS 500, 1 bytes")
+    ok, detail = verify.judge("alpha", Answer(200, b"a"), Answer(200, b"b" * 50))
+    assert not ok and detail.startswith("the body differs: through the VPS 200, 1 bytes")
+
+
+def test_a_changing_page_passes_at_90_percent_alike_and_10_percent_longer() -> None:
+    html = (("Content-Type", "text/html"),)
+    local = Answer(200, b"a" * 90 + b"b" * 10, html)
+    assert verify.judge("alpha", Answer(200, b"a" * 90 + b"c" * 10, html), local)[0]  # exactly 90% alike
+    assert not verify.judge("alpha", Answer(200, b"a" * 89 + b"c" * 11, html), local)[0]
+    longer = Answer(200, b"a" * 90 + b"b" * 10 + b"a" * 10, html)  # 10% longer, 95% alike
+    assert verify.judge("alpha", longer, local)[0]
+    assert not verify.judge("alpha", Answer(200, longer.body + b"a", html), local)[0]  # 11% longer
+
+
+def test_a_long_page_that_changes_a_timestamp_passes() -> None:
+    html = (("Content-Type", "text/html"),)
+    page = b"<html>" + b"<p>reading</p>" * 300
+    assert verify.judge("alpha", Answer(200, page + b"at 10:00:01", html), Answer(200, page + b"at 10:00:02", html))[0]
+
+
+def test_describe_cuts_at_40_bytes_and_replaces_what_is_not_text() -> None:
+    assert not Answer(200, b"y" * 40).describe().endswith("...'")
+    assert Answer(200, b"\xff\xfe ok").describe().endswith("'\ufffd\ufffd ok'")
+
+
+# ------------------------------------------------------------------------------------ passwords, exactly
+
+
+def test_password_login_checks_say_exactly_what_they_saw(inv: Inventory) -> None:
+    alpha, main = inv.pis["alpha"], inv.vps["main"]  # alpha: a public ssh tunnel
+    report = PiReport("alpha")
+    verify.passwords_check(report, alpha, main, "passwordauthentication no\nkbdinteractiveauthentication no")
+    verify.passwords_check(report, alpha, main, "passwordauthentication yes")
+    verify.passwords_check(report, alpha, main, "")
+    closed = dataclasses.replace(alpha, disable_password_login=True)
+    verify.passwords_check(report, closed, main, "")
+    off, on, unknown, overridden = report.checks
+    assert (off.name, off.passed, off.warning, off.detail) == (
+        "sshd: password login off", True, False, "sshd -T: passwordauthentication no, kbdinteractiveauthentication no")
+    assert on.passed and on.warning and on.detail == (
+        "alpha's sshd is public at 203.0.113.1:20022 and accepts passwords: anyone can guess them, from 127.0.0.1 as "
+        "far as the Pi can tell; set `disable_password_login: true` for alpha once key login works "
+        "(sshd -T: passwordauthentication yes)")
+    assert on.hint == "once key login works, set `disable_password_login: true` for alpha and rerun provision-pi"
+    assert "may accept passwords (sshd -T could not be read)" in unknown.detail
+    assert unknown.detail.endswith("(sshd -T: nothing (sshd -T failed))")
+    assert (overridden.name, overridden.passed) == ("sshd: password login off", False)
+    assert overridden.detail == "disable_password_login is true, but sshd -T says: nothing (sshd -T failed)"
+    assert overridden.hint == ("a drop-in read before ours turns them on again (sshd keeps the first value it reads): "
+                               "on the Pi, grep -ri passwordauthentication /etc/ssh/sshd_config /etc/ssh/sshd_config.d/")
+
+
+# --------------------------------------------------------------------------------- one Pi, every check
+
+
+def test_verify_of_a_pi_with_ssh_and_http_tunnels(tmp_path: Path, nginx_at: list[Nginx]) -> None:
+    nginx = Nginx((200, APP, ()))
+    nginx_at.append(nginx)
+    text = INVENTORY.replace("main: {address: 203.0.113.1}", f"main: {{address: 127.0.0.1, http_port: {nginx.port}, "
+                                                             "port_range: [20000, 20081]}")
+    inv = load(tmp_path, text.replace("basic_auth_file: cam.htpasswd", ""))
+    stdout = ("enabled\nactive\nactive\nPROBE command ok\n"
+              "SSHD passwordauthentication yes\nSSHD kbdinteractiveauthentication no\n")
+    pi, vps = FakeHost("alpha", commands=[("systemctl", stdout)]), FakeHost("main")
+    pi.connection = connection_of(Channels(raw(200, APP)))  # type: ignore[attr-defined]
+    vps.connection = connection_of(Channels(None))  # type: ignore[attr-defined]
+    report = PiReport("alpha")
+    present = frozenset({"0.0.0.0:20022", "127.0.0.1:20080", "127.0.0.1:20081"})
+    verify.verify_pi(play_on(inv, {"main": vps, "alpha": pi}), pi, report, present)  # type: ignore[arg-type, dict-item]
+    by_name = {c.name: c for c in report.checks}
+    assert list(by_name) == ["unit enabled and active", "watchdog active", "ssh: VPS listens on 0.0.0.0:20022",
+                             "web: VPS listens on 127.0.0.1:20080", "cam: VPS listens on 127.0.0.1:20081",
+                             "ssh: ssh lands on alpha", "web: http via nginx reaches alpha",
+                             "cam: http via nginx reaches alpha", "sshd: password login off", "refused: command"]
+    assert by_name["web: http via nginx reaches alpha"].passed and by_name["cam: http via nginx reaches alpha"].passed
+    assert by_name["web: http via nginx reaches alpha"].detail.startswith(f"http://127.0.0.1:{nginx.port}/alpha/: HTTP 200")
+    assert by_name["ssh: ssh lands on alpha"].detail == "the Pi's host key is unknown to the laptop"
+    assert by_name["sshd: password login off"].warning and "127.0.0.1:20022 and accepts passwords" in \
+        by_name["sshd: password login off"].detail
+    assert "-R 127.0.0.1:20079:127.0.0.1:9 " in pi.scripts[0]  # the range's top two ports are taken
+    assert pi.timeouts == [120]  # the probes take their time
+
+
+def test_a_pi_whose_unit_is_missing_or_whose_output_stops_short(inv: Inventory) -> None:
+    report, _ = run_verify(inv, "beta", "\ninactive\ninactive\n")  # is-enabled prints nothing for a missing unit
+    assert {c.name: c.detail for c in report.checks}["unit enabled and active"] == ", inactive"
+    report, _ = run_verify(inv, "beta", "enabled\nactive")
+    details = {c.name: (c.passed, c.detail) for c in report.checks}
+    assert details["unit enabled and active"] == (True, "enabled, active") and details["watchdog active"] == (False, "unknown")
+    report, _ = run_verify(inv, "beta", "enabled\nactive\ninactive")
+    assert {c.name: c.detail for c in report.checks}["watchdog active"] == "inactive"
+    down = {c.name: c for c in run_verify(inv, "beta", "disabled\ninactive\ninactive\n")[0].checks}
+    assert down["unit enabled and active"].hint == "on the Pi: systemctl status pitunnel.service; journalctl -u pitunnel.service"
+    listen = down["ssh: VPS listens on 127.0.0.1:20023"]
+    assert listen.hint == "none: the tunnel is down or its -R was refused (stale listener? see troubleshooting)"
