@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
+from pitunnel.facts import FileState
 from pitunnel.inventory import Inventory, load_inventory
 from pitunnel.play import Options, Play
 from pitunnel.remote import Result
@@ -93,3 +94,30 @@ def lines(capsys: object) -> list[str]:
 def connection_of(transport: object) -> Callable[[], SimpleNamespace]:
     """A Remote.connection() whose client hands out `transport` (verify opens its channels on it)."""
     return lambda: SimpleNamespace(client=SimpleNamespace(get_transport=lambda: transport))
+
+
+def converged(ops: Sequence[object], *, users: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """Answers that show a host already as `ops` want it: each file with its wanted content, owner and mode,
+    each directory, account, unit and package as wanted, nothing stray (put them before other answers)."""
+    import base64
+
+    from pitunnel.ops import Directory, File, KeyPair, Packages, Pruned, Service, SystemUser, q
+    found: list[tuple[str, str]] = []
+    for op in ops:
+        if isinstance(op, File):
+            blob = base64.b64encode(op.wanted(FileState(False)).encode()).decode()
+            found.append((f"base64 -w0 {q(op.path)}", f"{op.owner}:{op.group}:{op.mode:o}\n{blob}"))
+        elif isinstance(op, Directory):
+            found.append((f"stat -c '%F:%U:%G:%a' {q(op.path)}", f"directory:{op.owner}:{op.group}:{op.mode:o}"))
+        elif isinstance(op, SystemUser):
+            found += [(f"getent passwd {q(op.name)} || true", f"{op.name}:x:999:999:{op.comment}:{op.home}:{op.shell}"),
+                      (f"getent shadow {q(op.name)}", "*")]
+        elif isinstance(op, Service):
+            found.append((f"systemctl is-enabled {q(op.unit)}", "enabled\nactive" if op.enabled else "disabled\ninactive"))
+        elif isinstance(op, Packages):
+            found.append(("dpkg-query", "\n".join(f"{n} installed" for n in op.names)))
+        elif isinstance(op, Pruned):
+            found.append((f"cd {q(op.directory)} 2>/dev/null && for f in {op.pattern};", "\n".join(sorted(op.keep))))
+        elif isinstance(op, KeyPair):
+            found.append((f"if [ ! -f {q(op.path)} ]", "PUB ssh-ed25519 AAAAkept"))
+    return [*found, ("/users", "\n".join(users))]

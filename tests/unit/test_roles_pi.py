@@ -388,3 +388,52 @@ def test_teardown_of_a_provisioned_pi_says_what_it_removes_and_reloads_after(inv
         assert host.applied(command), command
     assert host.applied(base64.b64encode(b"ssh-rsa AAAAmine me\n").decode())  # the user's own key stays
     assert host.logins == [True]  # proven by a password login: the laptop's key is gone
+
+
+def mode_of(host: FakeHost, path: str) -> str:
+    """How an op on `host` wrote `path`: "owner:group mode"."""
+    import re
+    parent = path.rsplit("/", 1)[0]
+    (body,) = [b for b in host.ops if f"pitunnel_enter {parent} {path}\n" in b]
+    found = re.search(r"chown -h (\S+) new && chmod (\d+) new", body)
+    assert found is not None
+    return f"{found.group(1)} {found.group(2)}"
+
+
+def test_the_tunnel_on_a_fresh_pi(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    host = FakeHost("alpha", [("stat -c '%F", "ABSENT")])
+    play = play_on(inv, {"alpha": host})  # type: ignore[dict-item]
+    assert pi.tunnel(play, host, pi.PiBase(PiOffer("alpha", None, ()), True), ("ssh-ed25519 AAAAvps",))  # type: ignore[arg-type]
+    assert lines(capsys) == [
+        "changed alpha directory /etc/pitunnel - create",
+        "changed alpha VPS host key pinned for the tunnel - create",
+        "changed alpha tunnel ssh config (keepalives for the VPS entry only) - create",
+        "changed alpha systemd unit pitunnel.service - create",
+        "changed alpha service pitunnel.service - enable, start",
+        "ok alpha old watchdog timer retired - disabled, inactive",
+        "ok alpha absent /etc/systemd/system/pitunnel-watchdog.timer - not there",
+        "changed alpha watchdog: network back, a hung tunnel ssh, quick ACKs to the VPS - create",
+        "changed alpha systemd unit pitunnel-watchdog.service - create",
+        "changed alpha service pitunnel-watchdog.service - enable, start",
+        "changed alpha sshd: no per-source penalties for tunnel traffic (loopback) - create",
+        "ok alpha handler restart tunnel - not needed: started after the change",
+        "ok alpha handler restart watchdog - not needed: started after the change",
+        "changed alpha handler reload sshd - ran once"]
+    assert mode_of(host, D["watchdog_path"]) == "root:root 755"
+    assert mode_of(host, "/etc/pitunnel/known_hosts") == "root:root 644"
+    assert host.applied("sshd -t") and host.logins == [True]  # the loopback drop-in is validated and proven
+
+
+def test_a_tunnel_already_as_wanted_changes_nothing_and_a_changed_config_restarts_it(
+        inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.unit.fake_hosts import converged
+    alpha, main = inv.pis["alpha"], inv.vps["main"]
+    ops = [*pi.tunnel_ops(inv, alpha, main, ["ssh-ed25519 AAAAvps"]), *pi.loopback_ops(alpha, penalties=True)]
+    base = pi.PiBase(PiOffer("alpha", None, ()), True)
+    same = FakeHost("alpha", converged(ops))
+    assert not pi.tunnel(play_on(inv, {"alpha": same}), same, base, ("ssh-ed25519 AAAAvps",))  # type: ignore[arg-type, dict-item]
+    assert len(same.scripts) == 1 and same.ops == [] and all(l.startswith("ok ") for l in lines(capsys))
+    moved = FakeHost("alpha", converged(ops))  # the VPS has a new host key: the pin changes, the tunnel restarts
+    assert pi.tunnel(play_on(inv, {"alpha": moved}), moved, base, ("ssh-ed25519 AAAAnew",))  # type: ignore[arg-type, dict-item]
+    assert lines(capsys)[-1] == "changed alpha handler restart tunnel - ran once"
+    assert moved.applied("systemctl restart pitunnel.service") and not moved.applied("pitunnel-watchdog.service")

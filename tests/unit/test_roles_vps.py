@@ -309,3 +309,71 @@ def test_debian_default_site_set_aside_and_put_back_for_real(tmp_path: Path, mon
     (state_dir / "nginx-default-site").write_text("")
     run(vps.DebianDefaultRestored().plan(facts("FILE\n\n\nrecorded")).commands)
     assert enabled.read_text() == "the user's own default site\n" and not (state_dir / "nginx-default-site").exists()
+
+
+def mode_of(host: FakeHost, path: str) -> str:
+    """How an op on `host` wrote `path`: "owner:group mode"."""
+    import re
+    parent = path.rsplit("/", 1)[0]
+    (body,) = [b for b in host.ops if f"pitunnel_enter {parent} {path}\n" in b]
+    found = re.search(r"chown -h (\S+) new && chmod (\d+) new", body)
+    assert found is not None
+    return f"{found.group(1)} {found.group(2)}"
+
+
+def test_provision_of_a_fresh_vps(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    host = FakeHost("main", [("dpkg-query", "nginx installed"), ("stat -c '%F", "ABSENT")])
+    vps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
+    assert lines(capsys) == [
+        "changed main system user pitunnel - create",
+        "ok main packages nginx - installed",
+        "changed main directory /var/lib/pitunnel/.ssh - create",
+        "changed main authorized keys of the Pis - create",
+        "changed main sshd Match block for the tunnel account - create",
+        "changed main stale-session reaper script - create",
+        "changed main systemd unit pitunnel-reaper.service - create",
+        "changed main service pitunnel-reaper.service - enable, start",
+        "changed main directory /etc/nginx/pitunnel/locations - create",
+        "changed main directory /etc/nginx/pitunnel/auth - create",
+        "changed main basic auth for alpha/cam - create",
+        "changed main nginx upstreams for the tunnels - create",
+        "changed main nginx path /alpha/ -> alpha/web - create",
+        "changed main nginx site cam.example.com -> alpha/cam - create",
+        "ok main no stray /etc/nginx/sites-enabled/pitunnel-*.conf - none",
+        "ok main no stray /etc/nginx/pitunnel/locations/*.conf - none",
+        "ok main no stray /etc/nginx/pitunnel/auth/*.htpasswd - none",
+        "ok main Debian's default site set aside - left as it is: not Debian's unmodified default site",
+        "changed main nginx server for path-prefix tunnels - create",
+        "ok main sshd password logins for root (effective config, read only) - passwords refused",
+        "ok main nginx default server - pitunnel's path-prefix server is the default server",
+        "changed main handler reload sshd - ran once",
+        "ok main handler restart reaper - not needed: started after the change",
+        "changed main handler reload nginx - ran once"]
+    assert host.applied("useradd --system --user-group --create-home --home-dir /var/lib/pitunnel --shell "
+                        "/usr/sbin/nologin --comment 'pitunnel reverse tunnels' pitunnel")
+    assert host.applied("pitunnel_enter /var/lib/pitunnel/.ssh /var/lib/pitunnel/.ssh\nchown pitunnel:pitunnel . && chmod 700 .")
+    assert host.applied("pitunnel_enter /etc/nginx/pitunnel/auth /etc/nginx/pitunnel/auth\nchown root:www-data . && chmod 750 .")
+    assert mode_of(host, f"{D['tunnel_home']}/.ssh/authorized_keys") == "pitunnel:pitunnel 600"
+    assert mode_of(host, D["reaper_path"]) == "root:root 755" and mode_of(host, D["sshd_dropin"]) == "root:root 644"
+    assert mode_of(host, f"{D['nginx_auth_dir']}/alpha_cam.htpasswd") == "root:www-data 640"
+    assert host.applied("sshd -t") and host.logins == [True]
+
+
+def test_provision_of_a_vps_already_as_wanted_changes_nothing_in_one_read(inv: Inventory,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from pitunnel.ops import Packages
+    from tests.unit.fake_hosts import converged
+    ops = [Packages(("nginx",)), *vps.converge_ops(inv, inv.vps["main"])]
+    host = FakeHost("main", converged(ops, users=["pitunnel"]))
+    vps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
+    out = lines(capsys)
+    assert len(host.scripts) == 1 and host.ops == [] and all(l.startswith("ok ") for l in out)
+    assert not any("handler" in l for l in out)
+    stray = FakeHost("main", [(f"cd {D['nginx_locations_dir']} 2>/dev/null", "alpha_web.conf\nold_gone.conf"),
+                              *converged(ops, users=["pitunnel"])])
+    vps.provision(play_on(inv, {"main": stray}))  # type: ignore[dict-item]
+    out = lines(capsys)
+    assert [l for l in out if not l.startswith("ok ")] == [
+        f"changed main no stray {D['nginx_locations_dir']}/*.conf - remove old_gone.conf",
+        "changed main handler reload nginx - ran once"]  # a route gone: Nginx reloads, nothing else
+    assert stray.applied(f"rm -f {D['nginx_locations_dir']}/old_gone.conf")
