@@ -139,3 +139,19 @@ def test_teardown_passes_purge(hosts: Path, monkeypatch: pytest.MonkeyPatch) -> 
     tasks.teardown(Context(), inventory=str(hosts))
     tasks.teardown(Context(), inventory=str(hosts), purge=True)
     assert seen == [False, True]
+
+
+def test_status_and_verify_run_quietly(hosts: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import pitunnel.roles.site as site
+    row = TunnelStatus("alpha", "ssh", "127.0.0.1:20000", True, "active", "today", 1, "now", 0)
+
+    def status(play: Play) -> list[TunnelStatus]:
+        play.reporter.line("main", "ok", "listeners read")
+        play.reporter.line("main", "changed", "something said")
+        return [row]
+
+    monkeypatch.setattr(site, "status", status)
+    tasks.status(Context(), inventory=str(hosts))
+    out = capsys.readouterr().out
+    assert "listeners read" not in out and "something said" in out and "UP" in out

@@ -341,7 +341,8 @@ def test_status_shows_each_tunnel_up_only_with_its_unit_active_and_its_listener(
     (first, _) = pi_status.status_pi(down, inv.pis["alpha"], frozenset({"0.0.0.0:20022"}))  # type: ignore[arg-type]
     assert not first.up and first.unit == "failed" and first.since == "-" and first.last_start == "-"
     (blank, _) = pi_status.status_pi(FakeHost("alpha"), inv.pis["alpha"], frozenset())  # type: ignore[arg-type]
-    assert (blank.up, blank.ssh_starts, blank.unit_restarts, blank.since) == (False, 0, 0, "-")
+    assert (blank.up, blank.ssh_starts, blank.unit_restarts, blank.since, blank.unit, blank.last_start) == (
+        False, 0, 0, "-", "", "-")
     assert "systemctl show pitunnel.service" in pi_status.STATUS_SCRIPT
 
 

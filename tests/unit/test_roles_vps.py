@@ -162,7 +162,8 @@ def test_handlers_reload_only_what_changed_and_prove_sshd(inv: Inventory) -> Non
         "if [ -x /usr/sbin/nginx ]; then nginx -t 2>&1 && systemctl reload-or-restart nginx; fi"]
     assert handlers["daemon-reload"].commands == ["systemctl daemon-reload"]
     sshd = handlers["reload sshd"]
-    assert sshd.commands == ["sshd -t", "systemctl reload ssh"] and "lock you out" in sshd.verify_hint
+    assert sshd.commands == ["sshd -t", "systemctl reload ssh"]
+    assert sshd.verify_hint == "a fresh login failed after the sshd reload (this change would lock you out)"
     assert sshd.verify is not None and not sshd.verify() and host.logins == [True]
 
 
@@ -377,3 +378,40 @@ def test_provision_of_a_vps_already_as_wanted_changes_nothing_in_one_read(inv: I
         f"changed main no stray {D['nginx_locations_dir']}/*.conf - remove old_gone.conf",
         "changed main handler reload nginx - ran once"]  # a route gone: Nginx reloads, nothing else
     assert stray.applied(f"rm -f {D['nginx_locations_dir']}/old_gone.conf")
+
+
+@pytest.mark.parametrize(("servers", "ports", "found"), [
+    # Debian's untouched default first: skipped, and the user's site after it still counts
+    ("/etc/nginx/sites-enabled/default listen 80 default_server;\n/etc/nginx/sites-enabled/mine listen 80 default_server;",
+     {80}, ["/etc/nginx/sites-enabled/mine"]),
+    ("/etc/nginx/sites-enabled/mine listen [::]:8080 default_server;", {80}, []),
+    ("/etc/nginx/sites-enabled/mine listen localhost default_server;", {80}, ["/etc/nginx/sites-enabled/mine"]),
+    ("/etc/nginx/sites-enabled/mine listen unix:/run/n.sock default_server;", {80}, ["/etc/nginx/sites-enabled/mine"]),
+    ("/etc/nginx/sites-enabled/mine listen 80 default_server;\n/etc/nginx/sites-enabled/mine listen [::]:80 default_server;",
+     {80}, ["/etc/nginx/sites-enabled/mine"]),  # named once
+])
+def test_which_default_servers_are_the_users(servers: str, ports: set[int], found: list[str]) -> None:
+    from pitunnel.facts import Facts
+    facts = Facts({vps.DEBIAN_DEFAULT_FACT.key: (0, "/etc/nginx/sites-available/default\nsum\nsum\nnone"),
+                   vps.DEFAULT_SERVERS_FACT.key: (0, servers)})
+    assert vps.others_default_servers(facts, ports) == found
+
+
+@pytest.mark.parametrize(("tls", "listen", "claims"), [
+    (True, "443 ssl default_server", False),  # with TLS, a default server of the user's on 443 counts
+    (False, "443 ssl default_server", True),  # without, pitunnel's server does not listen on 443
+    (False, "80 default_server", False),
+])
+def test_pitunnel_claims_default_server_unless_the_user_has_one_on_its_ports(tmp_path: Path, tls: bool, listen: str,
+                                                                             claims: bool) -> None:
+    text = INVENTORY
+    if tls:
+        text = text.replace("main: {address: 203.0.113.1}",
+                            "main: {address: 203.0.113.1, tls_certificate: /etc/ssl/c.pem, tls_key: /etc/ssl/c.key}")
+    inv = load(tmp_path, text, {"cam.htpasswd": "alice:$apr1$x$y\n"})
+    host = FakeHost("main", [("dpkg-query", "nginx installed"), ("default(_server)?", f"/etc/nginx/conf.d/mine.conf listen {listen};")])
+    vps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
+    site = vps.converge_ops(inv, inv.vps["main"], claim_default=claims)[-1]
+    assert isinstance(site, File)
+    assert host.applied(base64.b64encode(site.wanted(FileState(False)).encode()).decode())
+    assert ("default_server" in site.wanted(FileState(False))) is claims

@@ -266,3 +266,45 @@ def test_teardown_of_everything_leaves_the_keys_to_the_accounts_removal(inv: Inv
 def test_the_facts_a_vps_tells_its_pis() -> None:
     facts = VpsFacts(("ssh-ed25519 AAAA",), frozenset({"127.0.0.1:20023"}))
     assert facts.host_keys == ("ssh-ed25519 AAAA",) and "127.0.0.1:20023" in facts.listeners
+
+
+def test_when_a_vps_cannot_be_read_its_pis_are_still_reported(inv: Inventory) -> None:
+    class Down(FakeHost):
+        def run(self, script: str, **kw: object) -> object:  # type: ignore[override]
+            from pitunnel.remote import Unreachable
+            raise Unreachable("main: no route to host")
+
+    stdout = "enabled\nactive\nactive\n"
+    hosts = {"main": Down("main"), "beta": FakeHost("beta", commands=[("systemctl", stdout)])}
+    (report,) = site.verify(play_on(inv, hosts, limit=frozenset({"main", "beta"})))  # type: ignore[arg-type]
+    listen = next(c for c in report.checks if c.name == "ssh: VPS listens on 127.0.0.1:20023")
+    assert not listen.passed and listen.detail == "listeners on that port: none"
+    hosts = {"main": Down("main"), "beta": FakeHost("beta", commands=[("systemctl show", "0\nactive\nx\n1\ny\n")])}
+    (row,) = site.status(play_on(inv, hosts, limit=frozenset({"main", "beta"})))  # type: ignore[arg-type]
+    assert (row.pi, row.unit, row.up) == ("beta", "active", False)  # active, but nobody saw it listening
+
+
+def test_status_leaves_out_a_pi_that_could_not_be_read(inv: Inventory) -> None:
+    class Down(FakeHost):
+        def run(self, script: str, **kw: object) -> object:  # type: ignore[override]
+            from pitunnel.remote import Unreachable
+            raise Unreachable("alpha: no route to host")
+
+    hosts = {"main": vps_host(), "alpha": Down("alpha"), "beta": FakeHost("beta", commands=[("systemctl show", "0\nactive\n")])}
+    rows = site.status(play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"})))  # type: ignore[arg-type]
+    assert [r.pi for r in rows] == ["beta"]
+
+
+def test_teardown_purges_the_packages_on_both_sides_only_when_asked(inv: Inventory) -> None:
+    def hosts() -> dict[str, FakeHost]:
+        main = vps_host()
+        main.answers[:0] = [("dpkg-query", "nginx installed"), ("/packages", "nginx")]
+        return {"main": main, "beta": FakeHost("beta", [("dpkg-query", "autossh installed"), ("/packages", "autossh")])}
+
+    kept = hosts()
+    site.teardown(play_on(inv, kept, limit=frozenset({"main", "beta"})), purge=False)  # type: ignore[arg-type]
+    assert not any(h.applied("apt-get purge") for h in kept.values())
+    purged = hosts()
+    site.teardown(play_on(inv, purged, limit=frozenset({"main", "beta"})), purge=True)  # type: ignore[arg-type]
+    assert purged["main"].applied("apt-get purge -y -q --autoremove nginx")
+    assert purged["beta"].applied("apt-get purge -y -q --autoremove autossh")
