@@ -99,3 +99,31 @@ def test_tunnel_accounts_that_pitunnel_would_take_over_are_refused() -> None:
     for account in ("www-data", "_apt", "systemd-network", "debian-tor"):
         message, fix = refused(values.tunnel_user, account)
         assert message.startswith(f"'{account}' is a system account") and fix == "use an account only pitunnel uses, such as 'pitunnel'"
+
+
+def test_schema_defaults_are_the_models_own_written_as_yaml_would() -> None:
+    import dataclasses
+
+    from pitunnel.inventory.fields import MODEL, Field, _defaults_from
+
+    @dataclasses.dataclass
+    class Spec:
+        count: int = 5
+        pair: tuple[int, int] = (1, 2)
+        own: str = "model's"
+        bare: str = dataclasses.field(default="x")
+
+    table = {"count": Field(values.integer, MODEL), "pair": Field(values.port_range, MODEL),
+             "own": Field(values.text, "the table's"), "bare": Field(values.text)}
+    result = _defaults_from(Spec, table)
+    assert list(result) == ["count", "pair", "own", "bare"]
+    assert (result["count"].default, result["pair"].default) == (5, [1, 2])  # a tuple as a YAML list
+    assert result["own"].default == "the table's" and result["bare"].default is None  # only MODEL is replaced
+    assert result["count"].check is values.integer
+
+    @dataclasses.dataclass
+    class Bare:
+        needed: int
+
+    with pytest.raises(AssertionError, match="Bare.needed has no default"):
+        _defaults_from(Bare, {"needed": Field(values.integer, MODEL)})
