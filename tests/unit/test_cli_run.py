@@ -155,3 +155,8 @@ def test_status_and_verify_run_quietly(hosts: Path, monkeypatch: pytest.MonkeyPa
     tasks.status(Context(), inventory=str(hosts))
     out = capsys.readouterr().out
     assert "listeners read" not in out and "something said" in out and "UP" in out
+
+
+def test_a_flag_carries_its_default_short_flag_and_help() -> None:
+    made = cli.flag(3, "z", "how many")
+    assert (made.default, dict(made.metadata)) == (3, {"short": "z", "help": "how many"})
