@@ -160,3 +160,37 @@ def test_status_and_verify_run_quietly(hosts: Path, monkeypatch: pytest.MonkeyPa
 def test_a_flag_carries_its_default_short_flag_and_help() -> None:
     made = cli.flag(3, "z", "how many")
     assert (made.default, dict(made.metadata)) == (3, {"short": "z", "help": "how many"})
+
+
+def test_every_flag_reaches_the_engine() -> None:
+    everything = cli.Flags(check=True, diff=True, limit="a", accept_new_host_keys=True, prompt_for_login_password=True,
+                           prompt_for_sudo_password=True).options()
+    assert (everything.check, everything.diff, everything.accept_new_host_keys, everything.prompt_login_password,
+            everything.prompt_sudo_password) == (True, True, True, True, True)
+
+
+def test_a_task_made_here_has_the_shared_flags_help_and_its_own_shorts() -> None:
+    def body(c: Context, flags: cli.Flags, purge: bool = False) -> None:
+        """A task."""
+
+    task = cli.provisioning_task(help={"purge": "also purge"}, shorts={"prompt_for_login_password": "r"})(body)
+    assert task.help["limit"] == cli.FLAGS["limit"].metadata["help"] and task.help["purge"] == "also purge"
+    assert task.shorts["prompt_for_login_password"] == "r" and task.shorts["check"] == "c"
+
+
+def test_check_mode_through_run_play_writes_no_lock_file(hosts: Path) -> None:
+    cli.run_play(lambda play: None, cli.Flags(inventory=str(hosts), check=True))
+    assert not hosts.with_name("hosts.ports.yml").exists()
+    cli.run_play(lambda play: None, cli.Flags(inventory=str(hosts)))
+    assert hosts.with_name("hosts.ports.yml").exists()
+
+
+def test_the_lock_file_keeps_the_inventorys_order_in_block_style(tmp_path: Path) -> None:
+    from pitunnel.inventory.ports import read_ports, write_ports
+    lock = tmp_path / "hosts.ports.yml"
+    write_ports(lock, {"zeta": {"pi2/web": 20001, "pi1/ssh": 20000}, "alpha": {"pi3/ssh": 20002}})
+    assert lock.read_text(encoding="utf-8").splitlines()[2:] == [
+        "zeta:", "  pi2/web: 20001", "  pi1/ssh: 20000", "alpha:", "  pi3/ssh: 20002"]
+    assert lock.read_text().startswith("# Remote ports that pitunnel allocated")
+    assert read_ports(lock) == ({"zeta": {"pi2/web": 20001, "pi1/ssh": 20000}, "alpha": {"pi3/ssh": 20002}}, [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hosts.ports.yml"]  # the temporary file is gone

@@ -438,3 +438,39 @@ def test_a_tunnel_already_as_wanted_changes_nothing_and_a_changed_config_restart
     assert pi.tunnel(play_on(inv, {"alpha": moved}), moved, base, ("ssh-ed25519 AAAAnew",))  # type: ignore[arg-type, dict-item]
     assert lines(capsys)[-1] == "changed alpha handler restart tunnel - ran once"
     assert moved.applied("systemctl restart pitunnel.service") and not moved.applied("pitunnel-watchdog.service")
+
+
+def test_base_on_a_fresh_pi(inv: Inventory, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    host = FakeHost("alpha", [("stat -c '%F", "ABSENT"), (pi.key_path(inv.pis["alpha"]), "ABSENT"), PENALTIES_ON,
+                              PASSWORDS_OFF], [(".pub", keys["alpha"])])
+    pi.base(play_on(inv, {"alpha": host}, limit=frozenset({"alpha"})))  # type: ignore[dict-item]
+    assert lines(capsys) == [
+        "changed alpha packages autossh - install autossh (package lists stale: update first)",
+        "changed alpha system user pitunnel - create",
+        "changed alpha tunnel key (made on the Pi) - generate on the host",
+        "changed alpha directory /home/admin/.ssh - create",
+        "changed alpha laptop's key for passwordless login - create",
+        "ok alpha sshd has per-source penalties - yes",
+        "ok alpha sshd password login (effective, via the tunnel) - off (sshd -T)"]
+    assert host.applied("useradd --system --user-group --create-home --home-dir /var/lib/pitunnel --shell "
+                        "/usr/sbin/nologin --comment 'pitunnel reverse tunnel' pitunnel")
+    assert host.applied("pitunnel_enter /home/admin/.ssh /home/admin/.ssh\nchown admin:admin . && chmod 700 .")
+    assert mode_of(host, "/home/admin/.ssh/authorized_keys") == "admin:admin 600"
+    assert pi.sshd_passwords_fact(inv.pis["alpha"]).key == "sshd-passwords-loopback"
+    assert "grep -iE '^(passwordauthentication|kbdinteractiveauthentication) '" in \
+        pi.sshd_passwords_fact(inv.pis["alpha"]).script
+
+
+def test_passwords_on_reads_each_setting_by_its_first_word() -> None:
+    assert pi.passwords_on("PasswordAuthentication No\nKbdInteractiveAuthentication YES") is True
+    assert pi.passwords_on("passwordauthentication no\nsomething else entirely\n") is False  # three words: skipped
+    assert pi.passwords_on("kbdinteractiveauthentication yes") is None  # the password setting unread
+
+
+def test_the_warning_names_every_public_ssh_port(tmp_path: Path) -> None:
+    inv = load(tmp_path, INVENTORY.replace("laptop_key: keys/laptop", "laptop_key: null").replace(
+        "web: {type: http, local_port: 8080, remote_port: 20080, path: /alpha/}",
+        "ssh2: {type: ssh, local_port: 2222, remote_port: 20021, public: true}"))
+    warning = pi.password_warning(inv.pis["alpha"], inv.vps["main"], None)
+    assert warning is not None and warning.startswith(
+        "alpha's sshd is public at 203.0.113.1:20022, 203.0.113.1:20021 and may accept passwords (sshd -T could not be read)")
