@@ -77,8 +77,9 @@ def test_authorise_writes_the_offered_keys_and_tells_the_pis_what_they_need(inv:
     wanted = vps.authorized_keys(inv, inv.vps["main"], {"alpha": key}).wanted(FileState(False))
     assert host.applied(base64.b64encode(wanted.encode()).decode()) and "pitunnel:beta" not in wanted
     assert len(host.scripts) == 2  # one read for the checks and the keys, one write
-    out = lines(capsys)
-    assert "ok main tunnel account pitunnel - present" in out and "ok main VPS host keys - 3 host keys read" in out
+    assert lines(capsys) == ["ok main tunnel account pitunnel - present", "ok main VPS host keys - 3 host keys read",
+                             "ok main listeners on the VPS - read", "ok main listeners sshd permits the tunnel account - read",
+                             "changed main authorized keys of the Pis - create"]
 
 
 def test_authorise_again_changes_nothing_in_one_round_trip(inv: Inventory, key: str,

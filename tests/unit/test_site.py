@@ -308,3 +308,12 @@ def test_teardown_purges_the_packages_on_both_sides_only_when_asked(inv: Invento
     site.teardown(play_on(inv, purged, limit=frozenset({"main", "beta"})), purge=True)  # type: ignore[arg-type]
     assert purged["main"].applied("apt-get purge -y -q --autoremove nginx")
     assert purged["beta"].applied("apt-get purge -y -q --autoremove autossh")
+
+
+def test_every_listener_sshd_does_not_permit_yet_is_named(inv: Inventory, keys: dict[str, str],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    hosts = {"main": vps_host(permitted="permitlisten 127.0.0.1:20080"), "alpha": pi_host(inv, "alpha", keys["alpha"]),
+             "beta": pi_host(inv, "beta", keys["beta"])}
+    site.provision_pi(play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"})))  # type: ignore[arg-type]
+    assert ("failed main sshd permits the Pis' listeners - not yet: alpha: 0.0.0.0:20022, beta: 127.0.0.1:20023; run "
+            "`invoke provision-vps` (or `invoke provision`) first") in lines(capsys)
