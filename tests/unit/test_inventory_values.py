@@ -127,3 +127,31 @@ def test_schema_defaults_are_the_models_own_written_as_yaml_would() -> None:
 
     with pytest.raises(AssertionError, match="Bare.needed has no default"):
         _defaults_from(Bare, {"needed": Field(values.integer, MODEL)})
+
+
+def test_a_text_check_built_here() -> None:
+    digits = values._text_that(str.isdigit, "digits only", "write digits")
+    assert digits("123") == "123"
+    assert refused(digits, "12a") == ("'12a' is not digits only", "write digits")
+    assert refused(digits, 5)[0] == "expected text, got 5 (a number)"
+
+
+def test_host_names_up_to_253_characters() -> None:
+    name = ".".join(["a" * 63] * 3 + ["a" * 61])
+    assert len(name) == 253 and values.address(name) == name
+    assert refused(values.address, name + "a")[0].endswith("is not an IP address or host name")
+    assert refused(values.address, "10.0.0.300")[0] == "'10.0.0.300' is not an IP address or host name"
+
+
+def test_host_keys_refused_with_the_reason() -> None:
+    import base64
+    fix = "paste the host's public key as '<type> <base64>', e.g. the contents of /etc/ssh/ssh_host_ed25519_key.pub"
+    assert refused(values.host_key, "ssh-dss AAAA") == ("is not an SSH public key", fix)
+    assert refused(values.host_key, "ssh-ed25519 !!!") == ("the key's base64 part is malformed", fix)
+    rsa_blob = base64.b64encode(b"\0\0\0\x07ssh-rsa").decode()
+    assert refused(values.host_key, f"ssh-ed25519 {rsa_blob}")[0] == \
+        "the key's base64 part is not a ssh-ed25519 key (truncated or mixed up?)"
+    short = base64.b64encode(b"\0\0\0\x0bssh-ed25519\0\0\0\x01x").decode()
+    message = refused(values.host_key, f"ssh-ed25519 {short}")[0]
+    assert message.startswith("the key's base64 part is not a whole ssh-ed25519 key (") and message != \
+        "the key's base64 part is not a whole ssh-ed25519 key ()"
