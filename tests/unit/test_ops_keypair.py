@@ -57,3 +57,43 @@ def test_a_public_half_that_is_one_word_is_not_kept() -> None:
     assert key_state("PUB ssh-ed25519 AAAA c\n") == KeyState(True, "ssh-ed25519 AAAA c")
     assert key_state("PUB") == KeyState(True, "") and key_state("NOPUB") == KeyState(True, None)
     assert key_state("ABSENT") == KeyState(False, None) and key_state("") == KeyState(False, None)
+
+
+# ------------------------------------------------------------------------------------ packages, exactly
+
+
+def test_package_lists_are_fetched_only_once_older_than_six_hours() -> None:
+    from pitunnel.ops import APT_AGE, APT_FRESH_SECONDS, Packages
+    from tests.unit.test_ops import facts_of
+    op = Packages(("autossh", "nginx"))
+    assert op.title == "packages autossh nginx"
+
+    def plan(age: str) -> tuple[list[str], str]:
+        done = op.plan(facts_of(("pkgs:autossh nginx", "autossh installed\nnginx not-installed"), (APT_AGE, age)))
+        return done.commands, done.reason
+
+    fresh, reason = plan(str(APT_FRESH_SECONDS))
+    assert reason == "install nginx" and not fresh[0].startswith("apt-get update")
+    stale, reason = plan(str(APT_FRESH_SECONDS + 1))
+    assert reason == "install nginx (package lists stale: update first)" and stale[0].startswith("apt-get update")
+    assert plan("")[1].endswith("(package lists stale: update first)")  # no lists at all
+    assert "apt-get install -y -q --no-install-recommends nginx >/dev/null" in fresh[0]
+    both = Packages(("autossh", "nginx")).plan(facts_of(("pkgs:autossh nginx", "autossh not-installed\nnginx x"), (APT_AGE, "0")))
+    assert both.reason == "install autossh, nginx" and "--no-install-recommends autossh nginx >/dev/null" in both.commands[0]
+    assert any("for n in autossh nginx; do" in c for c in both.commands)  # both recorded as pitunnel's
+
+
+def test_purge_only_what_pitunnel_installed_and_say_what_stays() -> None:
+    from pitunnel.ops import PackagesAbsent, record_fact
+    from tests.unit.test_ops import facts_of
+    op = PackagesAbsent(("autossh", "nginx", "gone"))
+    assert op.title == "packages purged autossh nginx gone"
+    plan = op.plan(facts_of(("pkgs:autossh nginx gone", "autossh installed\nnginx installed"),
+                            (record_fact("packages"), "")))
+    assert plan.commands == [] and plan.reason == ("kept autossh, nginx: installed before pitunnel (no record that "
+                                                   "pitunnel installed it)")
+    plan = op.plan(facts_of(("pkgs:autossh nginx gone", "autossh installed\nnginx config-files\ngone not-installed"),
+                            (record_fact("packages"), "autossh\nnginx\ngone")))
+    assert plan.reason == "purge autossh, nginx"  # config files left behind count: purge takes them
+    assert plan.commands[0] == "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --autoremove autossh nginx >/dev/null"
+    assert any("-e autossh -e nginx" in c for c in plan.commands)  # both taken off the record
