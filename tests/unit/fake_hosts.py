@@ -31,6 +31,7 @@ class FakeHost:
         self.fresh_login, self.round_trips, self.closed = fresh_login, 0, False
         self.scripts: list[str] = []
         self.logins: list[bool] = []  # use_password of each fresh login asked for
+        self.windows: list[float] = []  # and how long each may keep trying
         self.journal = journal if journal is not None else []  # "name read|apply|run", shared by hosts to see the order
         self.timeouts: list[float] = []  # the timeouts scripts were given
         self.ops: list[str] = []  # the commands of every op applied, and every other script that is no fact read
@@ -40,6 +41,7 @@ class FakeHost:
 
     def can_log_in_fresh(self, *, use_password: bool = True, within: float = 10) -> bool:
         self.logins.append(use_password)
+        self.windows.append(within)
         return self.fresh_login
 
     def answer(self, snippet: str) -> str:

@@ -221,6 +221,7 @@ def test_a_pi_whose_public_key_is_garbage_fails_alone_before_anything_changes(
     play = play_on(inv, hosts)  # type: ignore[arg-type]
     found = pi.base(play)
     assert list(found) == ["beta"] and play.failed == {"alpha"}
+    assert any(l.startswith("failed alpha tunnel key (made on the Pi) - ") for l in lines(capsys))
     assert hosts["alpha"].ops == [] and len(hosts["alpha"].scripts) == 1  # read, refused, nothing written
     assert hosts["beta"].ops  # the other Pi went on (autossh, the laptop's key)
 
@@ -260,7 +261,7 @@ def test_passwords_go_off_only_after_a_fresh_key_login(inv: Inventory, capsys: p
     refused = FakeHost("beta", fresh_login=False)
     with pytest.raises(StepFailed, match="key login not proven"):
         pi.passwords_off(play_on(inv, {"beta": refused}), refused)  # type: ignore[arg-type, dict-item]
-    assert refused.logins == [False] and refused.ops == []
+    assert refused.logins == [False] and refused.windows == [0] and refused.ops == []  # it works now, or it does not
     assert lines(capsys) == ["failed beta sshd: passwords off - key login is not proven, so password login stays on"]
     proven = FakeHost("beta")
     pi.passwords_off(play_on(inv, {"beta": proven}), proven)  # type: ignore[arg-type, dict-item]
@@ -288,7 +289,7 @@ def test_each_steps_sshd_reload_is_proven_by_the_right_login(step: str, password
     host = FakeHost("p")
     handlers = {h.name: h for h in pi.handlers(host, step)}  # type: ignore[arg-type]
     assert handlers["restart tunnel"].commands == ["systemctl daemon-reload", "systemctl restart pitunnel.service"]
-    assert handlers["restart watchdog"].commands[-1] == "systemctl restart pitunnel-watchdog.service"
+    assert handlers["restart watchdog"].commands == ["systemctl daemon-reload", "systemctl restart pitunnel-watchdog.service"]
     assert handlers["daemon-reload"].commands == ["systemctl daemon-reload"]
     sshd = handlers["reload sshd"]
     assert sshd.commands == ["sshd -t", "systemctl reload ssh"] and hint in sshd.verify_hint
@@ -474,3 +475,12 @@ def test_the_warning_names_every_public_ssh_port(tmp_path: Path) -> None:
     warning = pi.password_warning(inv.pis["alpha"], inv.vps["main"], None)
     assert warning is not None and warning.startswith(
         "alpha's sshd is public at 203.0.113.1:20022, 203.0.113.1:20021 and may accept passwords (sshd -T could not be read)")
+
+
+def test_a_new_key_whose_public_half_reads_back_wrong_fails_its_pi(inv: Inventory,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    host = FakeHost("beta", [(pi.key_path(inv.pis["beta"]), "ABSENT")], [(".pub", "Permission denied\n")])
+    play = play_on(inv, {"beta": host}, limit=frozenset({"beta"}))  # type: ignore[dict-item]
+    assert pi.base(play) == {} and play.failed == {"beta"}
+    assert any(l.startswith("failed beta tunnel key (made on the Pi) - /home/pi/.ssh/pitunnel_ed25519.pub is not a "
+                            "public key") for l in lines(capsys))
