@@ -123,3 +123,11 @@ def converged(ops: Sequence[object], *, users: Sequence[str] = ()) -> list[tuple
         elif isinstance(op, KeyPair):
             found.append((f"if [ ! -f {q(op.path)} ]", "PUB ssh-ed25519 AAAAkept"))
     return [*found, ("/users", "\n".join(users))]
+
+
+def in_order(seen: list[str], expected: list[str]) -> None:
+    """Each expected line was printed, in this order (lines of steps added later may come between)."""
+    at = 0
+    for line in expected:
+        assert line in seen[at:], f"missing, or out of order: {line!r}\nprinted:\n" + "\n".join(seen)
+        at = seen.index(line, at) + 1

@@ -16,7 +16,7 @@ from pitunnel.runner import StepFailed
 from pitunnel.roles.contract import PiOffer
 from pitunnel.roles.pi import status as pi_status
 from pitunnel.roles.pi import steps as pi
-from tests.unit.fake_hosts import FakeHost, lines, load, play_on
+from tests.unit.fake_hosts import FakeHost, in_order, lines, load, play_on
 from tests.unit.test_templates import keygen
 
 D = pi.D
@@ -369,7 +369,7 @@ def test_teardown_of_a_provisioned_pi_says_what_it_removes_and_reloads_after(inv
                               ("/users", "pitunnel"), ("authorized_keys", auth), ("dpkg-query", "autossh installed"),
                               ("/packages", "autossh")])
     pi.teardown(play_on(inv, {"alpha": host}, limit=frozenset({"alpha"})), purge=True)  # type: ignore[dict-item]
-    assert lines(capsys) == [
+    in_order(lines(capsys), [
         "changed alpha service pitunnel.service stopped and disabled - disable, stop",
         "changed alpha watchdog stopped and disabled - disable, stop",
         "changed alpha old watchdog timer stopped and disabled - disable, stop",
@@ -384,7 +384,7 @@ def test_teardown_of_a_provisioned_pi_says_what_it_removes_and_reloads_after(inv
         "changed alpha laptop's key removed - content",
         "changed alpha packages purged autossh - purge autossh",
         "changed alpha handler daemon-reload - ran once",
-        "changed alpha handler reload sshd - ran once"]
+        "changed alpha handler reload sshd - ran once"])
     for command in ("systemctl disable --quiet pitunnel.service", "systemctl stop pitunnel-watchdog.service",
                     "rm -rf /etc/pitunnel", "userdel --remove pitunnel", "apt-get purge", "systemctl reload ssh"):
         assert host.applied(command), command
@@ -406,7 +406,7 @@ def test_the_tunnel_on_a_fresh_pi(inv: Inventory, capsys: pytest.CaptureFixture[
     host = FakeHost("alpha", [("stat -c '%F", "ABSENT")])
     play = play_on(inv, {"alpha": host})  # type: ignore[dict-item]
     assert pi.tunnel(play, host, pi.PiBase(PiOffer("alpha", None, ()), True), ("ssh-ed25519 AAAAvps",))  # type: ignore[arg-type]
-    assert lines(capsys) == [
+    in_order(lines(capsys), [
         "changed alpha directory /etc/pitunnel - create",
         "changed alpha VPS host key pinned for the tunnel - create",
         "changed alpha tunnel ssh config (keepalives for the VPS entry only) - create",
@@ -420,7 +420,7 @@ def test_the_tunnel_on_a_fresh_pi(inv: Inventory, capsys: pytest.CaptureFixture[
         "changed alpha sshd: no per-source penalties for tunnel traffic (loopback) - create",
         "ok alpha handler restart tunnel - not needed: started after the change",
         "ok alpha handler restart watchdog - not needed: started after the change",
-        "changed alpha handler reload sshd - ran once"]
+        "changed alpha handler reload sshd - ran once"])
     assert mode_of(host, D["watchdog_path"]) == "root:root 755"
     assert mode_of(host, "/etc/pitunnel/known_hosts") == "root:root 644"
     assert host.applied("sshd -t") and host.logins == [True]  # the loopback drop-in is validated and proven
@@ -445,14 +445,14 @@ def test_base_on_a_fresh_pi(inv: Inventory, keys: dict[str, str], capsys: pytest
     host = FakeHost("alpha", [("stat -c '%F", "ABSENT"), (pi.key_path(inv.pis["alpha"]), "ABSENT"), PENALTIES_ON,
                               PASSWORDS_OFF], [(".pub", keys["alpha"])])
     pi.base(play_on(inv, {"alpha": host}, limit=frozenset({"alpha"})))  # type: ignore[dict-item]
-    assert lines(capsys) == [
+    in_order(lines(capsys), [
         "changed alpha packages autossh - install autossh (package lists stale: update first)",
         "changed alpha system user pitunnel - create",
         "changed alpha tunnel key (made on the Pi) - generate on the host",
         "changed alpha directory /home/admin/.ssh - create",
         "changed alpha laptop's key for passwordless login - create",
         "ok alpha sshd has per-source penalties - yes",
-        "ok alpha sshd password login (effective, via the tunnel) - off (sshd -T)"]
+        "ok alpha sshd password login (effective, via the tunnel) - off (sshd -T)"])
     assert host.applied("useradd --system --user-group --create-home --home-dir /var/lib/pitunnel --shell "
                         "/usr/sbin/nologin --comment 'pitunnel reverse tunnel' pitunnel")
     assert host.applied("pitunnel_enter /home/admin/.ssh /home/admin/.ssh\nchown admin:admin . && chmod 700 .")

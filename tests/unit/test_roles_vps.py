@@ -15,7 +15,7 @@ from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed
 from pitunnel.roles.contract import PiOffer, VpsFacts
 from pitunnel.roles.vps import steps as vps
-from tests.unit.fake_hosts import FakeHost, lines, load, play_on
+from tests.unit.fake_hosts import FakeHost, in_order, lines, load, play_on
 from tests.unit.test_templates import keygen
 
 D = vps.D
@@ -77,9 +77,9 @@ def test_authorise_writes_the_offered_keys_and_tells_the_pis_what_they_need(inv:
     wanted = vps.authorized_keys(inv, inv.vps["main"], {"alpha": key}).wanted(FileState(False))
     assert host.applied(base64.b64encode(wanted.encode()).decode()) and "pitunnel:beta" not in wanted
     assert len(host.scripts) == 2  # one read for the checks and the keys, one write
-    assert lines(capsys) == ["ok main tunnel account pitunnel - present", "ok main VPS host keys - 3 host keys read",
+    in_order(lines(capsys), ["ok main tunnel account pitunnel - present", "ok main VPS host keys - 3 host keys read",
                              "ok main listeners on the VPS - read", "ok main listeners sshd permits the tunnel account - read",
-                             "changed main authorized keys of the Pis - create"]
+                             "changed main authorized keys of the Pis - create"])
 
 
 def test_authorise_again_changes_nothing_in_one_round_trip(inv: Inventory, key: str,
@@ -253,7 +253,7 @@ def test_teardown_of_a_provisioned_vps_says_what_it_removes_and_reloads_after(in
                              ("getent passwd pitunnel", ACCOUNT), ("/users", "pitunnel"), ("dpkg-query", "nginx installed"),
                              ("/packages", "nginx")])
     vps.teardown(play_on(inv, {"main": host}), purge=True)  # type: ignore[dict-item]
-    assert lines(capsys) == [
+    in_order(lines(capsys), [
         "changed main service pitunnel-reaper.service stopped and disabled - disable, stop",
         "changed main absent /etc/systemd/system/pitunnel-reaper.service - remove",
         "changed main absent /usr/local/lib/pitunnel - remove",
@@ -267,7 +267,7 @@ def test_teardown_of_a_provisioned_vps_says_what_it_removes_and_reloads_after(in
         "changed main packages purged nginx - purge nginx",
         "changed main handler reload sshd - ran once",
         "changed main handler reload nginx - ran once",
-        "changed main handler daemon-reload - ran once"]
+        "changed main handler daemon-reload - ran once"])
     for command in ("systemctl disable --quiet pitunnel-reaper.service", "systemctl stop pitunnel-reaper.service",
                     "rm -f /etc/nginx/sites-enabled/pitunnel-old_x.conf", "userdel --remove pitunnel",
                     "apt-get purge -y -q --autoremove nginx", "systemctl reload-or-restart nginx"):
@@ -326,7 +326,7 @@ def mode_of(host: FakeHost, path: str) -> str:
 def test_provision_of_a_fresh_vps(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
     host = FakeHost("main", [("dpkg-query", "nginx installed"), ("stat -c '%F", "ABSENT")])
     vps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
-    assert lines(capsys) == [
+    in_order(lines(capsys), [
         "changed main system user pitunnel - create",
         "ok main packages nginx - installed",
         "changed main directory /var/lib/pitunnel/.ssh - create",
@@ -350,7 +350,7 @@ def test_provision_of_a_fresh_vps(inv: Inventory, capsys: pytest.CaptureFixture[
         "ok main nginx default server - pitunnel's path-prefix server is the default server",
         "changed main handler reload sshd - ran once",
         "ok main handler restart reaper - not needed: started after the change",
-        "changed main handler reload nginx - ran once"]
+        "changed main handler reload nginx - ran once"])
     assert host.applied("useradd --system --user-group --create-home --home-dir /var/lib/pitunnel --shell "
                         "/usr/sbin/nologin --comment 'pitunnel reverse tunnels' pitunnel")
     assert host.applied("pitunnel_enter /var/lib/pitunnel/.ssh /var/lib/pitunnel/.ssh\nchown pitunnel:pitunnel . && chmod 700 .")

@@ -20,7 +20,7 @@ import pytest
 from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
 from pitunnel.roles.pi import verify
 from pitunnel.roles.pi.verify import Answer, PiReport
-from tests.unit.fake_hosts import FakeHost, connection_of, load, play_on
+from tests.unit.fake_hosts import FakeHost, connection_of, in_order, load, play_on
 from tests.unit.sshd_fake import FakeSshd
 
 INVENTORY = """
@@ -585,10 +585,10 @@ def test_verify_of_a_pi_with_ssh_and_http_tunnels(tmp_path: Path, nginx_at: list
     present = frozenset({"0.0.0.0:20022", "127.0.0.1:20080", "127.0.0.1:20081"})
     verify.verify_pi(play_on(inv, {"main": vps, "alpha": pi}), pi, report, present)  # type: ignore[arg-type, dict-item]
     by_name = {c.name: c for c in report.checks}
-    assert list(by_name) == ["unit enabled and active", "watchdog active", "ssh: VPS listens on 0.0.0.0:20022",
+    in_order(list(by_name), ["unit enabled and active", "watchdog active", "ssh: VPS listens on 0.0.0.0:20022",
                              "web: VPS listens on 127.0.0.1:20080", "cam: VPS listens on 127.0.0.1:20081",
                              "ssh: ssh lands on alpha", "web: http via nginx reaches alpha",
-                             "cam: http via nginx reaches alpha", "sshd: password login off", "refused: command"]
+                             "cam: http via nginx reaches alpha", "sshd: password login off", "refused: command"])
     assert by_name["web: http via nginx reaches alpha"].passed and by_name["cam: http via nginx reaches alpha"].passed
     assert by_name["web: http via nginx reaches alpha"].detail.startswith(f"http://127.0.0.1:{nginx.port}/alpha/: HTTP 200")
     assert by_name["ssh: ssh lands on alpha"].detail == "the Pi's host key is unknown to the laptop"
