@@ -131,3 +131,12 @@ def in_order(seen: list[str], expected: list[str]) -> None:
     for line in expected:
         assert line in seen[at:], f"missing, or out of order: {line!r}\nprinted:\n" + "\n".join(seen)
         at = seen.index(line, at) + 1
+
+
+def mode_of(host: FakeHost, path: str) -> str:
+    """How an op on `host` wrote the file `path`: "owner:group mode"."""
+    parent = path.rsplit("/", 1)[0]
+    (body,) = [b for b in host.ops if f"pitunnel_enter {parent} {path}\n" in b]
+    found = re.search(r"chown -h (\S+) new && chmod (\d+) new", body)
+    assert found is not None
+    return f"{found.group(1)} {found.group(2)}"

@@ -16,7 +16,7 @@ from pitunnel.runner import StepFailed
 from pitunnel.roles.contract import PiOffer
 from pitunnel.roles.pi import status as pi_status
 from pitunnel.roles.pi import steps as pi
-from tests.unit.fake_hosts import FakeHost, in_order, lines, load, play_on
+from tests.unit.fake_hosts import FakeHost, in_order, lines, load, mode_of, play_on
 from tests.unit.test_templates import keygen
 
 D = pi.D
@@ -390,16 +390,6 @@ def test_teardown_of_a_provisioned_pi_says_what_it_removes_and_reloads_after(inv
         assert host.applied(command), command
     assert host.applied(base64.b64encode(b"ssh-rsa AAAAmine me\n").decode())  # the user's own key stays
     assert host.logins == [True]  # proven by a password login: the laptop's key is gone
-
-
-def mode_of(host: FakeHost, path: str) -> str:
-    """How an op on `host` wrote `path`: "owner:group mode"."""
-    import re
-    parent = path.rsplit("/", 1)[0]
-    (body,) = [b for b in host.ops if f"pitunnel_enter {parent} {path}\n" in b]
-    found = re.search(r"chown -h (\S+) new && chmod (\d+) new", body)
-    assert found is not None
-    return f"{found.group(1)} {found.group(2)}"
 
 
 def test_the_tunnel_on_a_fresh_pi(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,7 @@ from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed
 from pitunnel.roles.contract import PiOffer, VpsFacts
 from pitunnel.roles.vps import steps as vps
-from tests.unit.fake_hosts import FakeHost, in_order, lines, load, play_on
+from tests.unit.fake_hosts import FakeHost, in_order, lines, load, mode_of, play_on
 from tests.unit.test_templates import keygen
 
 D = vps.D
@@ -311,16 +311,6 @@ def test_debian_default_site_set_aside_and_put_back_for_real(tmp_path: Path, mon
     (state_dir / "nginx-default-site").write_text("")
     run(vps.DebianDefaultRestored().plan(facts("FILE\n\n\nrecorded")).commands)
     assert enabled.read_text() == "the user's own default site\n" and not (state_dir / "nginx-default-site").exists()
-
-
-def mode_of(host: FakeHost, path: str) -> str:
-    """How an op on `host` wrote `path`: "owner:group mode"."""
-    import re
-    parent = path.rsplit("/", 1)[0]
-    (body,) = [b for b in host.ops if f"pitunnel_enter {parent} {path}\n" in b]
-    found = re.search(r"chown -h (\S+) new && chmod (\d+) new", body)
-    assert found is not None
-    return f"{found.group(1)} {found.group(2)}"
 
 
 def test_provision_of_a_fresh_vps(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
