@@ -155,3 +155,13 @@ def test_host_keys_refused_with_the_reason() -> None:
     message = refused(values.host_key, f"ssh-ed25519 {short}")[0]
     assert message.startswith("the key's base64 part is not a whole ssh-ed25519 key (") and message != \
         "the key's base64 part is not a whole ssh-ed25519 key ()"
+
+
+def test_a_name_suggestion_is_cut_to_31_characters_without_a_dash_at_either_end() -> None:
+    fix = refused(values.name, "9-" + "Ab" * 20 + "-")[1]
+    assert fix.endswith(", e.g. '" + "ab" * 15 + "a'")
+    assert refused(values.name, "Pi_" + "x" * 27 + "_y")[1].endswith(", e.g. 'pi-" + "x" * 27 + "'")  # cut at a dash
+    message, fix = refused(values.url_path, "/a/./b/")
+    assert message == ("'/a/./b/' has a '.' or '..' segment: nginx resolves those in every request path, so this "
+                       "location would never match (or would be another one)")
+    assert fix == "write the path without '.' and '..' segments, e.g. /pi1/web/"

@@ -317,3 +317,25 @@ def test_every_listener_sshd_does_not_permit_yet_is_named(inv: Inventory, keys: 
     site.provision_pi(play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"})))  # type: ignore[arg-type]
     assert ("failed main sshd permits the Pis' listeners - not yet: alpha: 0.0.0.0:20022, beta: 127.0.0.1:20023; run "
             "`invoke provision-vps` (or `invoke provision`) first") in lines(capsys)
+
+
+def test_a_vps_is_offered_only_its_own_pis(inv: Inventory, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 5)
+    hosts = {"main": vps_host(permitted="permitlisten 127.0.0.1:20023"), "spare": vps_host("spare"),
+             "beta": FakeHost("beta"), "gamma": FakeHost("gamma")}
+    play = play_on(inv, hosts, limit=frozenset({"main", "spare", "beta", "gamma"}))  # type: ignore[arg-type]
+    bases = {n: pi_steps.PiBase(PiOffer(n, offer_line(keys[n], n), listens(inv.pis[n])), False) for n in ("beta", "gamma")}
+    site.connect(play, bases)
+    assert play.failed == set()  # main permits beta's listener; gamma's is spare's business
+
+
+def test_the_listener_wait_names_every_forward_missing(inv: Inventory, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from pitunnel.runner import StepFailed
+    from pitunnel.shared import SharedReading
+    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 0.2)
+    play = play_on(inv, {})
+    with pytest.raises(StepFailed):
+        site.wait_listening(play, inv.pis["alpha"], SharedReading(lambda: frozenset()), None)
+    assert lines(capsys) == ["failed alpha tunnel listening on the VPS - not listening after 0.2s: 0.0.0.0:20022, "
+                             "127.0.0.1:20080 (see `journalctl -u pitunnel.service` on the Pi)"]

@@ -530,9 +530,13 @@ def test_a_changing_page_passes_at_90_percent_alike_and_10_percent_longer() -> N
 
 
 def test_a_long_page_that_changes_a_timestamp_passes() -> None:
+    import random
     html = (("Content-Type", "text/html"),)
     page = b"<html>" + b"<p>reading</p>" * 300
     assert verify.judge("alpha", Answer(200, page + b"at 10:00:01", html), Answer(200, page + b"at 10:00:02", html))[0]
+    words = random.Random(1)
+    prose = " ".join(words.choice(["soil", "moist", "sun", "at", "the", "bed", "dry"]) for _ in range(600)).encode()
+    assert verify.judge("alpha", Answer(200, prose + b" 10:01", html), Answer(200, prose + b" 10:02", html))[0]
 
 
 def test_describe_cuts_at_40_bytes_and_replaces_what_is_not_text() -> None:
@@ -574,7 +578,7 @@ def test_verify_of_a_pi_with_ssh_and_http_tunnels(tmp_path: Path, nginx_at: list
     nginx = Nginx((200, APP, ()))
     nginx_at.append(nginx)
     text = INVENTORY.replace("main: {address: 203.0.113.1}", f"main: {{address: 127.0.0.1, http_port: {nginx.port}, "
-                                                             "port_range: [20000, 20081]}")
+                                                             "port_range: [20000, 20080]}")
     inv = load(tmp_path, text.replace("basic_auth_file: cam.htpasswd", ""))
     stdout = ("enabled\nactive\nactive\nPROBE command ok\n"
               "SSHD passwordauthentication yes\nSSHD kbdinteractiveauthentication no\n")
@@ -592,9 +596,11 @@ def test_verify_of_a_pi_with_ssh_and_http_tunnels(tmp_path: Path, nginx_at: list
     assert by_name["web: http via nginx reaches alpha"].passed and by_name["cam: http via nginx reaches alpha"].passed
     assert by_name["web: http via nginx reaches alpha"].detail.startswith(f"http://127.0.0.1:{nginx.port}/alpha/: HTTP 200")
     assert by_name["ssh: ssh lands on alpha"].detail == "the Pi's host key is unknown to the laptop"
+    assert by_name["ssh: ssh lands on alpha"].hint.startswith("record it on first direct contact")
+    assert by_name["ssh: VPS listens on 0.0.0.0:20022"].passed
     assert by_name["sshd: password login off"].warning and "127.0.0.1:20022 and accepts passwords" in \
         by_name["sshd: password login off"].detail
-    assert "-R 127.0.0.1:20079:127.0.0.1:9 " in pi.scripts[0]  # the range's top two ports are taken
+    assert "-R 127.0.0.1:20079:127.0.0.1:9 " in pi.scripts[0]  # the range's top port is taken: the next one
     assert pi.timeouts == [120]  # the probes take their time
 
 
@@ -610,3 +616,10 @@ def test_a_pi_whose_unit_is_missing_or_whose_output_stops_short(inv: Inventory) 
     assert down["unit enabled and active"].hint == "on the Pi: systemctl status pitunnel.service; journalctl -u pitunnel.service"
     listen = down["ssh: VPS listens on 127.0.0.1:20023"]
     assert listen.hint == "none: the tunnel is down or its -R was refused (stale listener? see troubleshooting)"
+
+
+def test_a_listener_bound_both_ways_is_not_as_intended(inv: Inventory) -> None:
+    both = "LISTEN 0 128 127.0.0.1:20023 0.0.0.0:*\nLISTEN 0 128 0.0.0.0:20023 0.0.0.0:*\n"
+    report, _ = run_verify(inv, "beta", "enabled\nactive\nactive\n", ss=both)
+    listen = {c.name: c for c in report.checks}["ssh: VPS listens on 127.0.0.1:20023"]
+    assert not listen.passed and listen.detail == "listeners on that port: ['0.0.0.0:20023', '127.0.0.1:20023']"
