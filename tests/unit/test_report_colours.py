@@ -69,7 +69,8 @@ def test_a_problem_is_placed_at_the_value_or_at_its_key(tmp_path: Path) -> None:
     report.problem(("vps", "main", "port"), "bad", "fix")  # the value, on its key's line
     report.problem(("vps", "main", "port"), "bad key", "fix", at_key=True)
     report.problem(("vps", "main", "user"), "missing", "add it")  # not written: its mapping's key
-    assert [(p.line, p.column) for p in report.problems] == [(3, 11), (3, 5), (2, 3)]
-    assert [p.key for p in report.problems] == ["vps.main.port", "vps.main.port", "vps.main.user"]
+    report.problem(("vps", "main", "user"), "missing", "add it", at_key=True)
+    assert [(p.line, p.column) for p in report.problems] == [(3, 11), (3, 5), (2, 3), (2, 3)]
+    assert [p.key for p in report.problems] == ["vps.main.port", "vps.main.port", "vps.main.user", "vps.main.user"]
     assert report.line(("vps", "main", "port")) == " (line 3)"
     assert Report(tmp_path / "e.yml", yamlsrc.load("")).line(("vps",)) == ""

@@ -67,3 +67,9 @@ def test_the_blobs_strings_must_end_exactly() -> None:
     for cut in (raw[:-1], raw + b"\0", raw + b"\0\0\0\0\0"):  # short, a stray byte, a length with no string
         assert "not a sequence of SSH strings" in refusal("ssh-ed25519 " + base64.b64encode(cut).decode())
     assert parse_public_key("ssh-ed25519 " + base64.b64encode(raw).decode()).blob == raw
+
+
+def test_base64_with_a_stray_character_is_refused_not_skipped() -> None:
+    keytype, b64 = ED.split()
+    assert refusal(f"{keytype} {b64[:10]}!{b64[10:]}") == "the key is not valid base64"
+    assert refusal("") == "empty"

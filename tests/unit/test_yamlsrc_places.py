@@ -52,3 +52,8 @@ def test_a_value_its_tag_cannot_read_is_quoted_clipped() -> None:
     assert long[:3] == (("d",), 1, 4) and long[3].startswith("cannot read '" + "x" * 60 + "...': invalid literal")
     (exact,) = issues("d: !!int " + "x" * 60 + "\n")
     assert exact[3].startswith("cannot read '" + "x" * 60 + "': ")
+
+
+def test_a_key_of_exactly_1024_characters_is_not_called_too_long() -> None:
+    with pytest.raises(yamlsrc.YamlSyntaxError):
+        yamlsrc.load("k" * 1024 + ": [\n")  # the error is the bracket, not the key
