@@ -406,3 +406,36 @@ def test_pitunnel_claims_default_server_unless_the_user_has_one_on_its_ports(tmp
     assert isinstance(site, File)
     assert host.applied(base64.b64encode(site.wanted(FileState(False)).encode()).decode())
     assert ("default_server" in site.wanted(FileState(False))) is claims
+
+
+@pytest.mark.parametrize(("answer", "handler"), [
+    (("[ -e /etc/systemd/system/pitunnel-reaper.service ]", "yes"), "daemon-reload"),
+    (("[ -e /etc/ssh/sshd_config.d/10-pitunnel.conf ]", "yes"), "reload sshd"),
+    (("[ -e /etc/nginx/sites-enabled/pitunnel.conf ]", "yes"), "reload nginx"),
+    (("[ -e /etc/nginx/conf.d/pitunnel.conf ]", "yes"), "reload nginx"),
+    (("[ -e /etc/nginx/pitunnel ]", "yes"), "reload nginx"),
+    (("cd /etc/nginx/sites-enabled 2>/dev/null", "pitunnel-old_x.conf"), "reload nginx"),
+])
+def test_vps_teardown_reloads_what_each_removed_file_fed(inv: Inventory, answer: tuple[str, str], handler: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    host = FakeHost("main", [answer])
+    vps.teardown(play_on(inv, {"main": host}), purge=False)  # type: ignore[dict-item]
+    assert [l for l in lines(capsys) if " handler " in l] == [f"changed main handler {handler} - ran once"]
+
+
+@pytest.mark.parametrize(("changed", "handler"), [
+    ("reaper", "restart reaper"), ("reaper_unit", "restart reaper"), ("stray_site", "reload nginx"),
+    ("stray_auth", "reload nginx"),
+])
+def test_provision_restarts_or_reloads_only_what_a_change_feeds(inv: Inventory, changed: str, handler: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from pitunnel.ops import Packages
+    from tests.unit.fake_hosts import converged
+    ops = [Packages(("nginx",)), *vps.converge_ops(inv, inv.vps["main"])]
+    first = {"reaper": (f"base64 -w0 {D['reaper_path']}", "root:root:755\nb2xk"),
+             "reaper_unit": (f"base64 -w0 {D['reaper_unit_path']}", "root:root:644\nb2xk"),
+             "stray_site": (f"cd {D['nginx_sites_dir']} 2>/dev/null", "pitunnel-alpha_cam.conf\npitunnel-gone_x.conf"),
+             "stray_auth": (f"cd {D['nginx_auth_dir']} 2>/dev/null", "alpha_cam.htpasswd\ngone_x.htpasswd")}[changed]
+    host = FakeHost("main", [first, *converged(ops, users=["pitunnel"])])
+    vps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
+    assert [l for l in lines(capsys) if " handler " in l] == [f"changed main handler {handler} - ran once"]
