@@ -199,9 +199,8 @@ def stale_after_ms(pi: PiSpec, vps: VpsSpec) -> int:
 RELOAD_HINTS = {
     "tunnel": "a fresh login failed after changing sshd's settings",
     "passwords": "a fresh key login failed after turning passwords off",
-    "teardown": "a fresh login failed after teardown's sshd changes: without the laptop's key pitunnel can log in "
-                "only with the login password, so set password_file or pass --prompt-for-login-password (on "
-                "teardown -p is --purge)",
+    "teardown": "a fresh login failed after teardown's changes: the login that worked before does not now (for the "
+                "laptop's key: the password or key the inventory gives was refused)",
 }
 
 
@@ -291,18 +290,45 @@ def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool) -> list[Op]:
         ops.append(UserAbsent(pi.tunnel_user))
     else:
         ops += [Absent(key_path(pi)), Absent(key_path(pi) + ".pub")]
-    if inv.settings.laptop_key is not None:
-        ops.append(File(f"{home_of(pi.user)}/.ssh/authorized_keys", managed_lines(D["laptop_key_marker"], {"": None}),
-                        owner=pi.user, group=pi.user, mode=0o600, notify=("reload sshd",), title="laptop's key removed"))
     if purge:
         ops.append(PackagesAbsent((D["autossh_package"],)))
     return ops
 
 
+def laptop_key_removal(pi: PiSpec) -> Op:
+    return File(f"{home_of(pi.user)}/.ssh/authorized_keys", managed_lines(D["laptop_key_marker"], {"": None}),
+                owner=pi.user, group=pi.user, mode=0o600, notify=("reload sshd",), title="laptop's key removed")
+
+
+def another_way_in(inv: Inventory, pi: PiSpec, remote: Remote) -> bool:
+    """Whether pitunnel knows a login to this Pi that does not need the laptop's key: the login password,
+    or a login key of the inventory's that is not the laptop's."""
+    laptop = inv.settings.laptop_key
+    own_key = pi.key is not None and laptop is not None and pi.key.resolve() != laptop.resolve()
+    return bool(remote.credentials.login_password) or own_key
+
+
+KEPT_LAPTOP_KEY = ("kept the laptop's key (the line marked {marker} in ~{user}/.ssh/authorized_keys): it is the only "
+                   "login pitunnel knows to this Pi, and without it you could be locked out. Remove that line by "
+                   "hand once you have another way in, or run teardown again with the login password "
+                   "(password_file, or --prompt-for-login-password)")
+
+
 def teardown(play: Play, *, purge: bool) -> None:
-    """Undo provision-pi on every selected Pi (roles/site.py takes their keys off their VPS)."""
+    """Undo provision-pi on every selected Pi (roles/site.py takes their keys off their VPS). The laptop's key
+    goes last, on its own, and only when pitunnel knows another way in; else it stays, with a warning."""
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
 
-    play.each(pis, lambda remote: converge(remote, teardown_ops(inv, inv.pis[remote.name], purge=purge),
-                                           play.reporter, play.options.mode, handlers(remote, "teardown")))
+    def undo(remote: Remote) -> None:
+        pi = inv.pis[remote.name]
+        converge(remote, teardown_ops(inv, pi, purge=purge), play.reporter, play.options.mode,
+                 handlers(remote, "teardown"))
+        if inv.settings.laptop_key is None:
+            return
+        if another_way_in(inv, pi, remote):
+            converge(remote, [laptop_key_removal(pi)], play.reporter, play.options.mode, handlers(remote, "teardown"))
+        else:
+            play.reporter.warn(remote.name, KEPT_LAPTOP_KEY.format(marker=D["laptop_key_marker"], user=pi.user))
+
+    play.each(pis, undo)
