@@ -7,13 +7,15 @@ import getpass
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from .hostkeys import HostKeyRefused
 from .inventory import HostSpec, Inventory
-from .remote import Credentials, Remote, SudoRefused, Unreachable
+from .remote import Credentials, Remote, SudoRefused, Unreachable, remotes_for
 from .report import Reporter
+from .sshconf import BadSshConfig
 from .runner import Mode, StepFailed
 
 T = TypeVar("T")
@@ -30,6 +32,7 @@ class Options:
     accept_new_host_keys: bool = False
     prompt_login_password: bool = False
     prompt_sudo_password: bool = False
+    verbose: bool = False
 
     @property
     def mode(self) -> Mode:
@@ -54,13 +57,18 @@ class Play:
         play = cls(inventory, options, reporter)
         login = getpass.getpass("Login password (first contact): ") if options.prompt_login_password else None
         sudo = getpass.getpass("sudo password: ") if options.prompt_sudo_password else None
-        for host in inventory.hosts():
-            creds = Credentials(
-                login_password=login or _read_secret(host.password_file),
-                sudo_password=sudo or _read_secret(host.sudo_password_file),
-            )
-            play.remotes[host.name] = Remote(host, inventory.settings.known_hosts, creds,
-                                             accept_new_host_keys=options.accept_new_host_keys)
+        creds = {host.name: Credentials(login_password=login or _read_secret(host.password_file),
+                                        sudo_password=sudo or _read_secret(host.sudo_password_file))
+                 for host in inventory.hosts()}
+        try:
+            play.remotes = remotes_for(inventory, creds, accept_new=options.accept_new_host_keys)
+        except BadSshConfig as exc:
+            raise SystemExit(str(exc)) from None
+        for remote in play.remotes.values():
+            remote.notify = partial(reporter.note, remote.name)
+            if options.verbose and remote.name in {h.name for h in play.selected(inventory.hosts())}:
+                for line in remote.describe():
+                    reporter.note(remote.name, line)
         return play
 
     def selected(self, hosts: Sequence[H]) -> list[H]:
