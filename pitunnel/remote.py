@@ -224,6 +224,11 @@ class Remote:
             raise Unreachable(f"{where}: {exc or type(exc).__name__}") from None
         return conn
 
+    def authenticate(self, transport: paramiko.Transport) -> None:
+        """Log in on a transport opened elsewhere (verify's through a tunnel) as this host's own connection
+        does, without the login password. Raises paramiko.AuthenticationException."""
+        Login(self.target, self.keys, None).authenticate(transport)
+
     def can_log_in_fresh(self, *, use_password: bool = True, within: float = 10) -> bool:
         """Open a brand-new login (not the one we hold) and run `true`: is the host still letting us in?
         Retried for `within` seconds: sshd re-executes itself on reload and refuses for a moment."""
