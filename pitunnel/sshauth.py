@@ -65,15 +65,16 @@ class KeyRing:
     def _read(self, path: Path) -> paramiko.PKey:
         try:
             return paramiko.PKey.from_path(path)
-        except paramiko.PasswordRequiredException:
+        except (paramiko.PasswordRequiredException, TypeError):  # TypeError: cryptography's "password-protected"
             pass
         if not self.terminal():
             raise NoTerminal(f"key {path} is protected by a passphrase and there is no terminal to ask for it: "
                              f"load it into ssh-agent (ssh-add {path}) and run again")
         for _ in range(TRIES):
             try:
-                return paramiko.PKey.from_path(path, password=self.ask(f"Passphrase for key {path}: "))
-            except (paramiko.SSHException, ValueError):
+                asked = self.ask(f"Passphrase for key {path}: ").encode()
+                return paramiko.PKey.from_path(path, password=asked)  # type: ignore[arg-type]  # bytes, stubs say str
+            except (paramiko.SSHException, ValueError, TypeError):
                 print(f"wrong passphrase for key {path}", file=sys.stderr, flush=True)
         raise paramiko.SSHException(f"no right passphrase for key {path} after {TRIES} tries")
 
