@@ -78,6 +78,7 @@ class Remote:
     _hops: list[Connection] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _open_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _reopen_until: float = 0.0  # after a restart of the path under us: keep trying to open until then
 
     def __post_init__(self) -> None:
         if self.route is None:
@@ -115,12 +116,30 @@ class Remote:
                 ": it has no ssh tunnel, so only its address"))
         return lines
 
+    @property
+    def through_tunnel(self) -> bool:
+        """Does this host's connection ride its own ssh tunnel (so restarting or stopping that cuts it)?"""
+        return (self.path or self.via) == "tunnel"
+
     def connection(self) -> Connection:
         """The open Fabric connection (opened on first use, checked against known host keys)."""
         with self._open_lock:  # a VPS's connection is opened once, for all of its Pis reached through it
-            if self._conn is None:
-                self._conn, self._hops = self._open()
+            while self._conn is None:
+                try:
+                    self._conn, self._hops = self._open()
+                except Unreachable:
+                    if time.monotonic() > self._reopen_until:
+                        raise
+                    time.sleep(0.5)  # the path is coming back (a tunnel restarting under us)
             return self._conn
+
+    def path_restarts(self, after: float, *, within: float) -> None:
+        """The host restarts what our connection rides (its tunnel) `after` seconds from now: wait for that,
+        drop the connection, and let the next use open a new one, retrying for `within` seconds."""
+        time.sleep(after)
+        with self._lock:
+            self.close()
+            self._reopen_until = time.monotonic() + within
 
     def _open(self, *, use_password: bool = True) -> tuple[Connection, list[Connection]]:
         """A new login, on the path this run chose (the first login chooses, for `via: auto`), with the

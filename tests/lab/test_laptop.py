@@ -26,6 +26,7 @@ import yaml
 import lab
 from lab import KNOWN_HOSTS, VPS_ADDR
 from pitunnel.roles.site import provision, provision_pi, status, verify
+from pitunnel.roles.site import teardown as teardown_site
 from tests.conftest import ROOT, lab_up
 from tests.lab.runs import play
 
@@ -232,6 +233,8 @@ def test_an_ssh_config_with_a_proxyjump_reaches_a_pi_the_laptop_cannot_route_to(
 def test_away_from_home_the_pi_is_reached_through_its_tunnel_with_its_own_host_key(
         laptop: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     inventory = laptop["inventory"]  # via: auto (the default), the Pi's LAN address
+    faster = laptop["home"] / "fast.yml"  # a change that restarts the tunnel we come through
+    faster.write_text(yaml.safe_dump(inventory_doc(laptop["key"], laptop["known"], keepalive="fast")))
     with lab.away_from_home("pi1"):
         assert not routed(PI_ADDR)
         code, p = play(inventory, provision_pi)
@@ -239,10 +242,24 @@ def test_away_from_home_the_pi_is_reached_through_its_tunnel_with_its_own_host_k
         assert code == 0, out[-3000:]
         assert recap(p)["pi1"] == (0, 0), out[-3000:]  # idempotent through the tunnel too
         assert f"{PI_ADDR}:22: no answer within 2s: reached through vps's tunnel instead" in out
-        assert passed(run_verify(inventory))
+        code, p = play(faster, provision_pi)
+        out = capsys.readouterr().out
+        assert code == 0, out[-3000:]
+        assert recap(p)["pi1"][0] > 0 and "reconnecting through the new tunnel" in out, out[-3000:]
+        assert "ServerAliveInterval 3" in lab.sh("pi1", "cat /etc/pitunnel/ssh_config")
+        assert passed(run_verify(faster))  # through the restarted tunnel, end to end
         rows: list = []  # type: ignore[type-arg]
-        assert play(inventory, lambda p: rows.extend(status(p)), quiet=True)[0] == 0
+        assert play(faster, lambda p: rows.extend(status(p)), quiet=True)[0] == 0
         assert rows and all(r.up for r in rows)
+        capsys.readouterr()
+        # teardown would stop the tunnel it comes through: refused, nothing changed on either side
+        before = lab.sh("pi1", "systemctl is-active pitunnel; ls /etc/pitunnel") + lab.sh(
+            "vps", "cat /var/lib/pitunnel/.ssh/authorized_keys")
+        code, p = play(faster, lambda p: teardown_site(p, purge=False), limit="pi1")
+        out = capsys.readouterr().out
+        assert code != 0 and "reached through its own tunnel, which teardown stops mid-way" in out, out[-3000:]
+        assert lab.sh("pi1", "systemctl is-active pitunnel; ls /etc/pitunnel") + lab.sh(
+            "vps", "cat /var/lib/pitunnel/.ssh/authorized_keys") == before
         # the Pi's known_hosts lines now hold other keys (the VPS's): the far end of the tunnel is refused
         known = laptop["known"].read_text()
         vps_keys = {line.split()[1]: line.split()[2] for line in known.splitlines()
@@ -251,8 +268,7 @@ def test_away_from_home_the_pi_is_reached_through_its_tunnel_with_its_own_host_k
                             if line.startswith(f"{PI_ADDR} ") else line for line in known.splitlines()) + "\n"
         laptop["known"].write_text(swapped)
         try:
-            capsys.readouterr()
-            code, p = play(inventory, provision_pi)
+            code, p = play(faster, provision_pi)
             refusal = capsys.readouterr()
         finally:
             laptop["known"].write_text(known)
