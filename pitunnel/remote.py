@@ -111,9 +111,10 @@ class Remote:
         if isinstance(self.spec, PiSpec):
             source = sshconf.INVENTORY if "via" in self.spec.given else sshconf.DEFAULT
             tunnel = self.spec.ssh_tunnel
-            lines.append(f"via {self.spec.via} ({source})" + (
-                f": through {self.spec.vps} to its tunnel at 127.0.0.1:{tunnel.remote_port}" if tunnel else
-                ": it has no ssh tunnel, so only its address"))
+            jump = f"through {self.spec.vps} to its tunnel at 127.0.0.1:{tunnel.remote_port}" if tunnel else ""
+            lines.append(f"via {self.spec.via} ({source}): " + (
+                "its address only, as it has no ssh tunnel" if not tunnel else
+                {"direct": "its address only", "tunnel": jump}.get(self.spec.via, f"its address, else {jump}")))
         return lines
 
     @property

@@ -288,3 +288,20 @@ def _ssh_add(key: Path, passphrase: str) -> None:
     subprocess.run(["ssh-add", "-q", str(key)], check=True, stdin=subprocess.DEVNULL, capture_output=True,
                    env={**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
                         "DISPLAY": ":0"})
+
+
+def test_describe_says_how_each_via_reaches_the_pi(tmp_path: Path) -> None:
+    ssh = TunnelSpec(name="ssh", kind="ssh", local_port=22, remote_port=20001, public=False, server_name=None,
+                     path=None, basic_auth_file=None)
+    vps = Remote(pi("203.0.113.10"), tmp_path / "kh")
+    for via, given, says in [
+            ("auto", frozenset({"address"}), "via auto (default): its address, else through main to its tunnel at "
+                                             "127.0.0.1:20001"),
+            ("tunnel", frozenset({"address", "via"}), "via tunnel (inventory): through main to its tunnel at "
+                                                      "127.0.0.1:20001"),
+            ("direct", frozenset({"address", "via"}), "via direct (inventory): its address only")]:
+        remote = Remote(pi("10.0.0.5", via=via, given=given, tunnels=(ssh,)), tmp_path / "kh", gateway=vps)
+        assert remote.describe()[-1] == says
+        assert remote.via == via and remote.through_tunnel == (via == "tunnel")
+    lonely = Remote(pi("10.0.0.5", via="tunnel"), tmp_path / "kh", gateway=vps)
+    assert lonely.via == "direct" and lonely.describe()[-1].endswith("its address only, as it has no ssh tunnel")
