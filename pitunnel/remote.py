@@ -196,13 +196,13 @@ class Remote:
         listens there too)."""
         assert isinstance(self.spec, PiSpec) and self.gateway is not None and self.spec.ssh_tunnel is not None
         port = self.spec.ssh_tunnel.remote_port
-        where = f"{self.name} through {self.spec.vps}'s tunnel (127.0.0.1:{port} there)"
+        where = f"{self.name} through {self.gateway_name}'s tunnel (127.0.0.1:{port} there)"
         try:
             vps = self.gateway.connection()
         except (Unreachable, hostkeys.HostKeyRefused) as exc:
             raise Unreachable(f"{where}: {exc}") from None
         return _channel(vps, "127.0.0.1", port, self.spec.connect_timeout, where,
-                        hint=f"is the tunnel up? (systemctl status pitunnel on {self.name})")
+                        hint=f"is the tunnel up? (`invoke status`, or `systemctl status pitunnel` on {self.name})")
 
     def _login(self, hop: sshconf.Hop, sock: socket.socket | paramiko.Channel, password: str | None, *,
                pinned: str | None, through: str) -> Connection:
@@ -358,7 +358,8 @@ def _channel(conn: Connection, host: str, port: int, timeout: float, where: str,
             raise paramiko.SSHException("connection lost")
         return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise Unreachable(f"{where}: {exc or type(exc).__name__}" + (f" ({hint})" if hint else "")) from None
+        reason = exc.text if isinstance(exc, paramiko.ChannelException) else str(exc) or type(exc).__name__
+        raise Unreachable(f"{where}: {reason}" + (f"; {hint}" if hint else "")) from None
 
 
 def _drain(chan: paramiko.Channel) -> tuple[str, str]:

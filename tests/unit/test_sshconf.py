@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from pitunnel import remote as remote_module
 from pitunnel import sshconf
+from pitunnel.hostkeys import HostKeyRefused
 from pitunnel.inventory import InventoryError, PiSpec, TunnelSpec, load_inventory
 from pitunnel.remote import Credentials, Remote, Unreachable
 from pitunnel.sshauth import KeyRing, NoTerminal
@@ -305,3 +308,78 @@ def test_describe_says_how_each_via_reaches_the_pi(tmp_path: Path) -> None:
         assert remote.via == via and remote.through_tunnel == (via == "tunnel")
     lonely = Remote(pi("10.0.0.5", via="tunnel"), tmp_path / "kh", gateway=vps)
     assert lonely.via == "direct" and lonely.describe()[-1].endswith("its address only, as it has no ssh tunnel")
+
+
+# ------------------------------------------------------------------------------------------ the tunnel path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def vps_and_pi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeSshd, FakeSshd, Remote, Path]]:
+    """A "VPS" that forwards (as sshd does for -J) and a "Pi" whose sshd its tunnel reaches at 127.0.0.1:PORT
+    there, while the Pi's own address (127.0.0.1 on a port where nothing listens) refuses."""
+    monkeypatch.setattr(remote_module._tcp, "__kwdefaults__", {"within": 0.2})
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    vps_sshd, pi_sshd = FakeSshd(paramiko.ECDSAKey.generate()), FakeSshd(paramiko.ECDSAKey.generate())
+    vps_sshd.forwarding = True
+    home = free_port()
+    tunnel = TunnelSpec(name="ssh", kind="ssh", local_port=home, remote_port=pi_sshd.port, public=False,
+                        server_name=None, path=None, basic_auth_file=None)
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{vps_sshd.port} {vps_sshd.host_key.get_name()} {vps_sshd.host_key.get_base64()}\n"
+                     f"[127.0.0.1]:{home} {pi_sshd.host_key.get_name()} {pi_sshd.host_key.get_base64()}\n")
+    vps = Remote(pi("127.0.0.1", port=vps_sshd.port, given=frozenset({"address", "port"}), name="main"), known,
+                 Credentials("login"))
+    remote = Remote(pi("127.0.0.1", port=home, tunnels=(tunnel,), given=frozenset({"address", "port"})), known,
+                    Credentials("login"), gateway=vps)
+    try:
+        yield vps_sshd, pi_sshd, remote, known
+    finally:
+        remote.close()
+        vps.close()
+        vps_sshd.close()
+        pi_sshd.close()
+
+
+def test_auto_falls_back_to_the_tunnel_and_keeps_that_path(vps_and_pi: tuple[FakeSshd, FakeSshd, Remote, Path]) -> None:
+    vps_sshd, pi_sshd, remote, _ = vps_and_pi
+    notes: list[str] = []
+    remote.notify = notes.append
+    assert remote.run("echo through", sudo=False).stdout == "through\n"
+    assert pi_sshd.commands and remote.path == "tunnel" and remote.through_tunnel
+    assert len(notes) == 1 and notes[0].endswith(": reached through main's tunnel instead")
+    assert remote.can_log_in_fresh(within=0)  # a fresh login takes the same path, without asking again
+    assert len(notes) == 1
+
+
+def test_the_pis_key_is_checked_under_its_own_name_not_the_tunnels_port(
+        vps_and_pi: tuple[FakeSshd, FakeSshd, Remote, Path]) -> None:
+    vps_sshd, pi_sshd, remote, known = vps_and_pi
+    lines = known.read_text().splitlines()
+    # the right key filed under the tunnel's loopback port counts for nothing; another under the Pi's name: refused
+    other = paramiko.ECDSAKey.generate()
+    known.write_text(f"{lines[0]}\n[127.0.0.1]:{pi_sshd.port} {pi_sshd.host_key.get_name()} "
+                     f"{pi_sshd.host_key.get_base64()}\n{lines[1].split()[0]} {other.get_name()} {other.get_base64()}\n")
+    with pytest.raises(HostKeyRefused, match=rf"through main's tunnel CHANGED.*\(known as \[127.0.0.1\]:\d+\)"):
+        remote.run("true", sudo=False)
+    assert pi_sshd.commands == []
+
+
+def test_via_tunnel_never_tries_the_address_and_a_missing_tunnel_says_so(
+        vps_and_pi: tuple[FakeSshd, FakeSshd, Remote, Path]) -> None:
+    vps_sshd, pi_sshd, remote, known = vps_and_pi
+    tunnel_only = dataclasses.replace(remote, spec=dataclasses.replace(remote.spec, via="tunnel"))
+    assert tunnel_only.run("echo t", sudo=False).stdout == "t\n"
+    down = dataclasses.replace(remote.spec.tunnels[0], remote_port=free_port())  # nothing listens there
+    spec = dataclasses.replace(remote.spec, tunnels=(down,))
+    broken = dataclasses.replace(remote, spec=dataclasses.replace(spec, via="tunnel"), _conn=None, path=None)
+    with pytest.raises(Unreachable, match=r"pi1 through main's tunnel \(127.0.0.1:\d+ there\): Connect failed; is the tunnel up\?"):
+        broken.run("true", sudo=False)
+    with pytest.raises(Unreachable, match=r"pi@127.0.0.1:\d+: Connection refused; and pi1 through main's tunnel"):
+        dataclasses.replace(remote, spec=spec, _conn=None, path=None).run("true", sudo=False)
