@@ -110,7 +110,12 @@ class Login(AuthStrategy):
         self.hop = hop
         self.ring = ring
         self.password = password
-        self.agent = paramiko.Agent() if agent and os.environ.get("SSH_AUTH_SOCK") else None
+        self.agent: paramiko.Agent | None = None
+        if agent and os.environ.get("SSH_AUTH_SOCK"):
+            try:
+                self.agent = paramiko.Agent()
+            except paramiko.SSHException:  # a socket with no agent behind it: as if there were none
+                self.agent = None
 
     def get_sources(self) -> Iterator[AuthSource]:
         user = self.hop.user

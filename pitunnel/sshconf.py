@@ -131,7 +131,12 @@ def resolve(spec: HostSpec, config: paramiko.SSHConfig | None) -> Route:
 def _lookup(config: paramiko.SSHConfig | None, name: str) -> dict[str, Any]:
     if config is None:
         return {"hostname": name}
-    return dict(config.lookup(name))
+    found = dict(config.lookup(name))
+    if str(found.get("proxycommand", "none")).lower() != "none" and "proxyjump" not in found:
+        # going around it would connect some other way than the user set up (a bastion, a VPN helper)
+        raise BadSshConfig(f"the ssh config gives {name} a ProxyCommand, which pitunnel does not run: use ProxyJump "
+                           "there, or 'ssh_config: none' in the inventory")
+    return found
 
 
 def _port(value: Any, name: str) -> int:

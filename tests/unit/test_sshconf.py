@@ -48,6 +48,8 @@ Host loop2
     ProxyJump loop1
 Host badport
     Port 99999
+Host viacommand
+    ProxyCommand nc -X connect -x proxy:3128 %h %p
 """
 
 
@@ -118,6 +120,8 @@ def test_a_loop_or_a_bad_port_in_the_ssh_config_is_one_clear_error(config: param
         resolve(pi("loop1"), config)
     with pytest.raises(BadSshConfig, match="port '99999'"):
         resolve(pi("badport"), config)
+    with pytest.raises(BadSshConfig, match="gives viacommand a ProxyCommand, which pitunnel does not run"):
+        resolve(pi("viacommand"), config)  # never around the user's proxy
 
 
 @pytest.mark.parametrize("entry, parsed", [
