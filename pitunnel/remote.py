@@ -321,9 +321,15 @@ def remotes_for(inv: Inventory, credentials: Mapping[str, Credentials], *, accep
     remotes: dict[str, Remote] = {}
     for host in inv.hosts():  # VPSes first: a Pi's tunnel starts at its VPS's connection
         gateway = remotes.get(host.vps) if isinstance(host, PiSpec) else None
+        route = sshconf.resolve(host, config)
+        moved = [f"{s} {getattr(route.target, s)}" for s in ("hostname", "port")
+                 if route.target.sources.get(s) == sshconf.SSH_CONFIG]
+        if not isinstance(host, PiSpec) and moved:  # the Pis' tunnels go to the inventory's address and port
+            raise sshconf.BadSshConfig(
+                f"the ssh config gives the VPS {host.name} {' and '.join(moved)}, but its Pis' tunnels connect to "
+                f"the inventory's address and port ({host.address}:{host.port}): write them in the inventory")
         remotes[host.name] = Remote(host, inv.settings.known_hosts, credentials[host.name],
-                                    accept_new_host_keys=accept_new, route=sshconf.resolve(host, config),
-                                    gateway=gateway, keys=ring)
+                                    accept_new_host_keys=accept_new, route=route, gateway=gateway, keys=ring)
     return remotes
 
 

@@ -387,3 +387,19 @@ def test_via_tunnel_never_tries_the_address_and_a_missing_tunnel_says_so(
         broken.run("true", sudo=False)
     with pytest.raises(Unreachable, match=r"pi@127.0.0.1:\d+: Connection refused; and pi1 through main's tunnel"):
         dataclasses.replace(remote, spec=spec, _conn=None, path=None).run("true", sudo=False)
+
+
+def test_an_ssh_config_may_not_move_a_vps_its_pis_connect_to(tmp_path: Path) -> None:
+    (tmp_path / "ssh_config").write_text("Host myvps\n    HostName 203.0.113.10\n    Port 2222\nHost *\n    User me\n")
+    path = write(tmp_path, "settings: {ssh_config: ssh_config}\nvps: {main: {address: myvps}}\n"
+                           "pis: {pi1: {address: 10.0.0.5}}\n")
+    with pytest.raises(BadSshConfig, match=r"gives the VPS main hostname 203.0.113.10 and port 2222, but its Pis' "
+                                           r"tunnels connect to the inventory's address and port \(myvps:22\)"):
+        remote_module.remotes_for(load_inventory(path), {"main": Credentials(), "pi1": Credentials()},
+                                  accept_new=False)
+    path.write_text("settings: {ssh_config: ssh_config}\nvps: {main: {address: 203.0.113.10, port: 2222}}\n"
+                    "pis: {pi1: {address: 10.0.0.5}}\n")
+    remotes = remote_module.remotes_for(load_inventory(path), {"main": Credentials(), "pi1": Credentials()},
+                                        accept_new=False)
+    assert remotes["main"].target.user == "me" and remotes["pi1"].target.user == "me"  # Host *: who, not where
+    assert remotes["pi1"].gateway is remotes["main"] and remotes["pi1"].keys is remotes["main"].keys
