@@ -4,6 +4,7 @@ parallel (one host's failure never stops another), and end with the recap and an
 from __future__ import annotations
 
 import getpass
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,8 +68,8 @@ class Play:
         for remote in play.remotes.values():
             remote.notify = partial(reporter.note, remote.name)
             if options.verbose and remote.name in {h.name for h in play.selected(inventory.hosts())}:
-                for line in remote.describe():
-                    reporter.note(remote.name, line)
+                for line in remote.describe():  # a quiet play (verify, status) prints its table on stdout
+                    print(f"{'':<12} {remote.name:<10} {line}", file=sys.stderr if quiet else sys.stdout)
         return play
 
     def selected(self, hosts: Sequence[H]) -> list[H]:
