@@ -34,6 +34,10 @@ class Unreachable(Exception):
     """The host could not be reached or logged in to; the message says why and what to try."""
 
 
+class LoginRefused(Unreachable):
+    """The host answered with the right host key and refused every way we have of logging in."""
+
+
 class SudoRefused(Exception):
     """sudo asked for a password and did not accept the one we have (or we have none)."""
 
@@ -147,29 +151,39 @@ class Remote:
         jump hosts it goes through."""
         password = self.credentials.login_password if use_password else None
         via = self.path or self.via
+        if via != "auto":
+            conn, hops = self._open_on(via, password)
+        else:
+            try:
+                conn, hops = self._open_on(via := "direct", password)
+            except LoginRefused:
+                raise  # the host is there and said no: the tunnel leads to the same sshd
+            except (Unreachable, hostkeys.HostKeyRefused) as direct:
+                # no answer, or someone else at that address (another network's host): the Pi's own key is
+                # demanded through the tunnel just the same, and nothing was sent to whoever answered
+                try:
+                    conn, hops = self._open_on(via := "tunnel", password)
+                except (Unreachable, hostkeys.HostKeyRefused) as tunnel:
+                    kind = type(direct) if isinstance(direct, hostkeys.HostKeyRefused) else type(tunnel)
+                    raise kind(f"{direct}; and {tunnel}") from None
+                self.notify(f"{direct}: reached through {self.gateway_name}'s tunnel instead")
+        self.path = via
+        return conn, hops
+
+    def _open_on(self, via: str, password: str | None) -> tuple[Connection, list[Connection]]:
+        """A new login on one path: "direct" (the address, or the ssh config's ProxyJump) or "tunnel"."""
         sock: socket.socket | paramiko.Channel
         hops: list[Connection] = []
         if via == "tunnel":
             sock = self._tunnel_socket()
-        elif via == "direct":
-            sock, hops = self._direct_socket()
         else:
-            try:
-                sock, hops = self._direct_socket()
-                via = "direct"
-            except Unreachable as direct:
-                try:
-                    sock, via = self._tunnel_socket(), "tunnel"
-                except Unreachable as tunnel:
-                    raise Unreachable(f"{direct}; and {tunnel}") from None
-                self.notify(f"{direct}: reached through {self.gateway_name}'s tunnel instead")
+            sock, hops = self._direct_socket()
         try:
             conn = self._login(self.target, sock, password, pinned=self.spec.host_key,
                                through=f" through {self.gateway_name}'s tunnel" if via == "tunnel" else "")
         except BaseException:
             _close_all(hops)
             raise
-        self.path = via
         return conn, hops
 
     def _direct_socket(self) -> tuple[socket.socket | paramiko.Channel, list[Connection]]:
@@ -234,11 +248,11 @@ class Remote:
         except paramiko.auth_strategy.AuthFailure as exc:
             conn.close()
             hint = "load your key into ssh-agent, or set key (or password_file, or --prompt-for-login-password)"
-            raise Unreachable(sshauth.why_refused(exc) or
-                              f"{where}: login refused (tried {sshauth.tried(exc)}; {hint})") from None
+            raise LoginRefused(sshauth.why_refused(exc) or
+                               f"{where}: login refused (tried {sshauth.tried(exc)}; {hint})") from None
         except paramiko.AuthenticationException:
             conn.close()
-            raise Unreachable(f"{where}: login refused") from None
+            raise LoginRefused(f"{where}: login refused") from None
         except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
             conn.close()
             raise Unreachable(f"{where}: {exc or type(exc).__name__}") from None

@@ -403,3 +403,32 @@ def test_an_ssh_config_may_not_move_a_vps_its_pis_connect_to(tmp_path: Path) -> 
                                         accept_new=False)
     assert remotes["main"].target.user == "me" and remotes["pi1"].target.user == "me"  # Host *: who, not where
     assert remotes["pi1"].gateway is remotes["main"] and remotes["pi1"].keys is remotes["main"].keys
+
+
+def test_auto_goes_around_another_host_at_the_pis_address_and_tells_it_nothing(
+        vps_and_pi: tuple[FakeSshd, FakeSshd, Remote, Path]) -> None:
+    vps_sshd, pi_sshd, remote, known = vps_and_pi
+    impostor = FakeSshd(paramiko.ECDSAKey.generate())  # away from home, the Pi's LAN address is someone else
+    try:
+        spec = dataclasses.replace(remote.spec, port=impostor.port)
+        known.write_text(known.read_text() + f"[127.0.0.1]:{impostor.port} {pi_sshd.host_key.get_name()} "
+                                              f"{pi_sshd.host_key.get_base64()}\n")
+        notes: list[str] = []
+        moved = dataclasses.replace(remote, spec=spec, route=None, _conn=None, path=None, notify=notes.append)
+        assert moved.run("echo mine", sudo=False).stdout == "mine\n" and moved.path == "tunnel"
+        assert impostor.users == [] and impostor.commands == []  # no login, not even a user name, went there
+        assert "CHANGED" in notes[0] and notes[0].endswith("reached through main's tunnel instead")
+        moved.close()
+    finally:
+        impostor.close()
+
+
+def test_auto_does_not_go_around_a_refused_login(vps_and_pi: tuple[FakeSshd, FakeSshd, Remote, Path]) -> None:
+    vps_sshd, pi_sshd, remote, known = vps_and_pi
+    here = dataclasses.replace(remote.spec, port=pi_sshd.port)  # the Pi answers at its address...
+    known.write_text(known.read_text() + f"[127.0.0.1]:{pi_sshd.port} {pi_sshd.host_key.get_name()} "
+                                          f"{pi_sshd.host_key.get_base64()}\n")
+    refused = dataclasses.replace(remote, spec=here, route=None, _conn=None, credentials=Credentials("wrong"))
+    with pytest.raises(Unreachable, match=r"login refused") as exc:  # ...and says no: the tunnel would say the same
+        refused.run("true", sudo=False)
+    assert "tunnel" not in str(exc.value) and refused.path is None
