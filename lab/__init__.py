@@ -8,14 +8,15 @@ modules inside are the lab's own (only unit tests of those modules, in tests/uni
     lab.status(), lab.down()            what runs; remove every trace of it
     lab.exec_in("pi1", "hostname")      a shell script inside a host, as root, not over SSH
     lab.inject("kill-ssh", "pi1")       a fault, and seconds until the Pi is reachable again
+    with lab.away_from_home("pi1"):     the laptop's new connections to the Pi's address go unanswered
 """
 
 from pitunnel.cli import LAB_INVENTORY as INVENTORY
 
 from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, cpu_seconds, down, exec_in, password_file, record,
                    sh, shell_argv, status, up, write_file)
-from .faults import (NAMES as FAULTS, PITUNNEL, PortKnocker, Setup, SilentDrop, Target, inject, reachable, target,
-                     tunnel_bytes, tunnel_rss_kb, unplugged, wait_recovered)
+from .faults import (NAMES as FAULTS, PITUNNEL, PortKnocker, Setup, SilentDrop, Target, away_from_home, inject,
+                     reachable, target, tunnel_bytes, tunnel_rss_kb, unplugged, wait_recovered)
 from .plan import LAPTOP_ADDR, VPS_ADDR
 from .state import STATE_DIR
 from .system import LabError
@@ -30,6 +31,6 @@ __all__ = [
     # its addresses
     "LAPTOP_ADDR", "VPS_ADDR",
     # faults and recovery
-    "FAULTS", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "inject", "reachable", "target",
-    "tunnel_bytes", "tunnel_rss_kb", "unplugged", "wait_recovered",
+    "FAULTS", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "away_from_home", "inject", "reachable",
+    "target", "tunnel_bytes", "tunnel_rss_kb", "unplugged", "wait_recovered",
 ]

@@ -23,7 +23,7 @@ import paramiko
 from . import machine
 from .core import record
 from .machine import exec_in
-from .net import FWD_CHAIN
+from .net import FWD_CHAIN, laptop_chain
 from .plan import VPS_ADDR, make_plan
 from .state import LabState
 from .system import run
@@ -190,6 +190,21 @@ def unplugged(pi: str) -> Iterator[None]:
         yield
     finally:
         run(["ip", "link", "set", veth, "up"])
+
+
+@contextmanager
+def away_from_home(pi: str) -> Iterator[None]:
+    """The laptop is away from the Pi's home inside the `with` block: a connection it opens to the Pi's
+    address gets no answer (as a private address of another network), while the Pi's own traffic, and
+    the laptop's to the VPS, pass. Undone when the block ends; `lab.down` removes it too."""
+    address = str(make_plan(LabState.load().pis).host(pi).address)
+    rule = ["-d", address, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"]
+    chain = laptop_chain()
+    run(["iptables", "-w", "5", "-A", chain, *rule])
+    try:
+        yield
+    finally:
+        run(["iptables", "-w", "5", "-D", chain, *rule], check=False)
 
 
 def link_down(pi: str, *, seconds: float) -> float:

@@ -41,6 +41,7 @@ class Flags:
     prompt_for_login_password: bool = flag(False, "p", "ask for the SSH login password (first contact with a fresh Pi)")
     prompt_for_sudo_password: bool = flag(False, "r", "ask for the sudo password (never logged, never on a command "
                                                       "line)")
+    verbose: bool = flag(False, "v", "print more: where each connection setting came from, remote output")
 
     def options(self) -> Options:
         """How the engine takes them."""
@@ -48,7 +49,7 @@ class Flags:
                        limit=frozenset(n.strip() for n in self.limit.split(",") if n.strip()),
                        accept_new_host_keys=self.accept_new_host_keys,
                        prompt_login_password=self.prompt_for_login_password,
-                       prompt_sudo_password=self.prompt_for_sudo_password)
+                       prompt_sudo_password=self.prompt_for_sudo_password, verbose=self.verbose)
 
 
 FLAGS = {f.name: f for f in fields(Flags)}

@@ -4,16 +4,19 @@ parallel (one host's failure never stops another), and end with the recap and an
 from __future__ import annotations
 
 import getpass
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from .hostkeys import HostKeyRefused
 from .inventory import HostSpec, Inventory
-from .remote import Credentials, Remote, SudoRefused, Unreachable
+from .remote import Credentials, Remote, SudoRefused, Unreachable, remotes_for
 from .report import Reporter
+from .sshconf import BadSshConfig
 from .runner import Mode, StepFailed
 
 T = TypeVar("T")
@@ -30,6 +33,7 @@ class Options:
     accept_new_host_keys: bool = False
     prompt_login_password: bool = False
     prompt_sudo_password: bool = False
+    verbose: bool = False
 
     @property
     def mode(self) -> Mode:
@@ -54,13 +58,18 @@ class Play:
         play = cls(inventory, options, reporter)
         login = getpass.getpass("Login password (first contact): ") if options.prompt_login_password else None
         sudo = getpass.getpass("sudo password: ") if options.prompt_sudo_password else None
-        for host in inventory.hosts():
-            creds = Credentials(
-                login_password=login or _read_secret(host.password_file),
-                sudo_password=sudo or _read_secret(host.sudo_password_file),
-            )
-            play.remotes[host.name] = Remote(host, inventory.settings.known_hosts, creds,
-                                             accept_new_host_keys=options.accept_new_host_keys)
+        creds = {host.name: Credentials(login_password=login or _read_secret(host.password_file),
+                                        sudo_password=sudo or _read_secret(host.sudo_password_file))
+                 for host in inventory.hosts()}
+        try:
+            play.remotes = remotes_for(inventory, creds, accept_new=options.accept_new_host_keys)
+        except BadSshConfig as exc:
+            raise SystemExit(str(exc)) from None
+        for remote in play.remotes.values():
+            remote.notify = partial(reporter.note, remote.name)
+            if options.verbose and remote.name in {h.name for h in play.selected(inventory.hosts())}:
+                for line in remote.describe():  # a quiet play (verify, status) prints its table on stdout
+                    print(f"{'':<12} {remote.name:<10} {line}", file=sys.stderr if quiet else sys.stdout)
         return play
 
     def selected(self, hosts: Sequence[H]) -> list[H]:

@@ -10,14 +10,16 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
 from fabric import Config, Connection
 
-from . import hostkeys
-from .inventory import HostSpec
+from . import hostkeys, sshauth, sshconf
+from .inventory import HostSpec, Inventory, PiSpec
+from .sshauth import KeyRing, Login
 
 SENTINEL = "@@PITUNNEL-SCRIPT@@"
 # reads up to the sentinel (so a password line sudo did not need is dropped, never run),
@@ -30,6 +32,10 @@ RECEIVER = (
 
 class Unreachable(Exception):
     """The host could not be reached or logged in to; the message says why and what to try."""
+
+
+class LoginRefused(Unreachable):
+    """The host answered with the right host key and refused every way we have of logging in."""
 
 
 class SudoRefused(Exception):
@@ -67,56 +73,195 @@ class Remote:
     credentials: Credentials = field(default_factory=Credentials)
     accept_new_host_keys: bool = False
     round_trips: int = 0
+    route: sshconf.Route | None = None  # where and as whom (None: the inventory's settings alone)
+    gateway: "Remote | None" = None  # a Pi's VPS, whose connection reaches the Pi's ssh tunnel
+    keys: KeyRing = field(default_factory=KeyRing, repr=False)  # the run's key files, each asked for once
+    notify: Callable[[str], None] = field(default=lambda text: None, repr=False)  # a line for the user
+    path: str | None = None  # "direct" or "tunnel", once the first connection chose (kept for the run)
     _conn: Connection | None = field(default=None, repr=False)
+    _hops: list[Connection] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _open_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _reopen_until: float = 0.0  # after a restart of the path under us: keep trying to open until then
+
+    def __post_init__(self) -> None:
+        if self.route is None:
+            self.route = sshconf.resolve(self.spec, None)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def via(self) -> str:
+        """How this host is reached: "direct", "tunnel" or "auto" (a Pi's `via`, if it has an ssh tunnel)."""
+        if not isinstance(self.spec, PiSpec) or self.gateway is None or self.spec.ssh_tunnel is None:
+            return "direct"
+        return self.spec.via
+
+    @property
+    def gateway_name(self) -> str:
+        return self.gateway.name if self.gateway is not None else "-"
+
+    @property
+    def target(self) -> sshconf.Hop:
+        assert self.route is not None
+        return self.route.target
+
+    def describe(self) -> list[str]:
+        """Each connection setting and where it came from (for -v)."""
+        assert self.route is not None
+        lines = self.route.describe()
+        if isinstance(self.spec, PiSpec):
+            source = sshconf.INVENTORY if "via" in self.spec.given else sshconf.DEFAULT
+            tunnel = self.spec.ssh_tunnel
+            jump = f"through {self.spec.vps} to its tunnel at 127.0.0.1:{tunnel.remote_port}" if tunnel else ""
+            lines.append(f"via {self.spec.via} ({source}): " + (
+                "its address only, as it has no ssh tunnel" if not tunnel else
+                {"direct": "its address only", "tunnel": jump}.get(self.spec.via, f"its address, else {jump}")))
+        return lines
+
+    @property
+    def through_tunnel(self) -> bool:
+        """Does this host's connection ride its own ssh tunnel (so restarting or stopping that cuts it)?"""
+        return (self.path or self.via) == "tunnel"
+
     def connection(self) -> Connection:
         """The open Fabric connection (opened on first use, checked against known host keys)."""
-        if self._conn is None:
-            self._conn = self._open()
-        return self._conn
+        with self._open_lock:  # a VPS's connection is opened once, for all of its Pis reached through it
+            while self._conn is None:
+                try:
+                    self._conn, self._hops = self._open()
+                except Unreachable:
+                    if time.monotonic() > self._reopen_until:
+                        raise
+                    time.sleep(0.5)  # the path is coming back (a tunnel restarting under us)
+            return self._conn
 
-    def _connect_kwargs(self, *, use_password: bool = True) -> dict[str, object]:
-        kwargs: dict[str, object] = {"allow_agent": False, "look_for_keys": False,
-                                     "banner_timeout": self.spec.connect_timeout,
-                                     "auth_timeout": self.spec.connect_timeout}
-        if self.spec.key is not None:
-            kwargs["key_filename"] = str(self.spec.key)
-        if use_password and self.credentials.login_password:
-            kwargs["password"] = self.credentials.login_password
-        return kwargs
+    def path_restarts(self, after: float, *, within: float) -> None:
+        """The host restarts what our connection rides (its tunnel) `after` seconds from now: wait for that,
+        drop the connection, and let the next use open a new one, retrying for `within` seconds."""
+        time.sleep(after)
+        with self._lock:
+            self.close()
+            self._reopen_until = time.monotonic() + within
 
-    def _open(self, *, use_password: bool = True) -> Connection:
-        # an explicit, empty ssh config: the inventory alone says where and how to connect
-        conn = Connection(self.spec.address, user=self.spec.user, port=self.spec.port,
-                          config=Config(ssh_config=paramiko.SSHConfig()),
-                          connect_timeout=int(self.spec.connect_timeout),
-                          connect_kwargs=self._connect_kwargs(use_password=use_password))
-        hostkeys.configure(conn.client, known_hosts=self.known_hosts,
-                           name=hostkeys.known_name(self.spec.address, self.spec.port),
-                           pinned=self.spec.host_key, accept_new=self.accept_new_host_keys)
-        where = f"{self.spec.user}@{self.spec.address}:{self.spec.port}"
+    def _open(self, *, use_password: bool = True) -> tuple[Connection, list[Connection]]:
+        """A new login, on the path this run chose (the first login chooses, for `via: auto`), with the
+        jump hosts it goes through."""
+        password = self.credentials.login_password if use_password else None
+        via = self.path or self.via
+        if via != "auto":
+            conn, hops = self._open_on(via, password)
+        else:
+            try:
+                conn, hops = self._open_on(via := "direct", password)
+            except LoginRefused:
+                raise  # the host is there and said no: the tunnel leads to the same sshd
+            except (Unreachable, hostkeys.HostKeyRefused) as direct:
+                # no answer, or someone else at that address (another network's host): the Pi's own key is
+                # demanded through the tunnel just the same, and nothing was sent to whoever answered
+                try:
+                    conn, hops = self._open_on(via := "tunnel", password)
+                except (Unreachable, hostkeys.HostKeyRefused) as tunnel:
+                    kind = type(direct) if isinstance(direct, hostkeys.HostKeyRefused) else type(tunnel)
+                    raise kind(f"{direct}; and {tunnel}") from None
+                self.notify(f"{direct}: reached through {self.gateway_name}'s tunnel instead")
+        self.path = via
+        return conn, hops
+
+    def _open_on(self, via: str, password: str | None) -> tuple[Connection, list[Connection]]:
+        """A new login on one path: "direct" (the address, or the ssh config's ProxyJump) or "tunnel"."""
+        sock: socket.socket | paramiko.Channel
+        hops: list[Connection] = []
+        if via == "tunnel":
+            sock = self._tunnel_socket()
+        else:
+            sock, hops = self._direct_socket()
         try:
-            _open_retrying_refused(conn)
-        except hostkeys.HostKeyRefused:
+            conn = self._login(self.target, sock, password, pinned=self.spec.host_key,
+                               through=f" through {self.gateway_name}'s tunnel" if via == "tunnel" else "")
+        except BaseException:
+            _close_all(hops)
             raise
+        return conn, hops
+
+    def _direct_socket(self) -> tuple[socket.socket | paramiko.Channel, list[Connection]]:
+        """A socket to the host's address, or a channel to it through the ssh config's ProxyJump hops."""
+        assert self.route is not None
+        target, timeout = self.target, self.spec.connect_timeout
+        if not self.route.jumps:
+            return _tcp(target.hostname, target.port, timeout, f"{target.where}"), []
+        hops: list[Connection] = []
+        try:
+            sock: socket.socket | paramiko.Channel = _tcp(self.route.jumps[0].hostname, self.route.jumps[0].port,
+                                                          timeout, f"jump host {self.route.jumps[0].where}")
+            for hop, after in zip(self.route.jumps, [*self.route.jumps[1:], target]):
+                hops.append(self._login(hop, sock, None, pinned=None, through=f" (jump host for {self.name})"))
+                sock = _channel(hops[-1], after.hostname, after.port, timeout,
+                                f"{after.where} through jump host {hop.alias}")
+        except BaseException:
+            _close_all(hops)
+            raise
+        return sock, hops
+
+    def _tunnel_socket(self) -> paramiko.Channel:
+        """A channel through the Pi's VPS to the Pi's ssh tunnel there (its loopback listener; a public one
+        listens there too)."""
+        assert isinstance(self.spec, PiSpec) and self.gateway is not None and self.spec.ssh_tunnel is not None
+        port = self.spec.ssh_tunnel.remote_port
+        where = f"{self.name} through {self.gateway_name}'s tunnel (127.0.0.1:{port} there)"
+        try:
+            vps = self.gateway.connection()
+        except (Unreachable, hostkeys.HostKeyRefused) as exc:
+            raise Unreachable(f"{where}: {exc}") from None
+        return _channel(vps, "127.0.0.1", port, self.spec.connect_timeout, where,
+                        hint=f"is the tunnel up? (`invoke status`, or `systemctl status pitunnel` on {self.name})")
+
+    def _login(self, hop: sshconf.Hop, sock: socket.socket | paramiko.Channel, password: str | None, *,
+               pinned: str | None, through: str) -> Connection:
+        """Log in to `hop` over `sock`, its host key checked under its own name (never the name of the
+        socket's far end: a jump to 127.0.0.1:PORT is checked as the host it should reach)."""
+        key_host, key_port = (hop.host_key_alias, 22) if hop.host_key_alias else (hop.hostname, hop.port)
+        conn = Connection(key_host, user=hop.user, port=key_port, config=Config(ssh_config=paramiko.SSHConfig()),
+                          connect_timeout=int(self.spec.connect_timeout),
+                          connect_kwargs={"sock": sock, "auth_strategy": Login(hop, self.keys, password),
+                                          "banner_timeout": self.spec.connect_timeout,
+                                          "auth_timeout": self.spec.connect_timeout})
+        hostkeys.configure(conn.client, known_hosts=self.known_hosts, name=hop.known_name,
+                           pinned=pinned, accept_new=self.accept_new_host_keys)
+        where = hop.where + through
+        try:
+            conn.open()
+        except hostkeys.HostKeyRefused as exc:
+            conn.close()
+            raise (hostkeys.HostKeyRefused(f"{where}: {exc}") if through else exc) from None
         except paramiko.BadHostKeyException as exc:
+            conn.close()
             raise hostkeys.HostKeyRefused(
                 f"host key for {where} CHANGED: got {exc.key.get_name()} {hostkeys.fingerprint(exc.key)}, "
-                f"expected {hostkeys.fingerprint(exc.expected_key)}. This may be an attack; if the host was "
-                "really reinstalled, " + (f"update host_key of {self.name} in the inventory" if self.spec.host_key else
-                f"remove its old line from {self.known_hosts} (ssh-keygen -R)")
+                f"expected {hostkeys.fingerprint(exc.expected_key)} (known as {hop.known_name}). This may be an "
+                "attack; if the host was really reinstalled, " + (
+                    f"update host_key of {self.name} in the inventory" if pinned else
+                    f"remove its old line from {self.known_hosts} (ssh-keygen -R)")
             ) from None
+        except paramiko.auth_strategy.AuthFailure as exc:
+            conn.close()
+            hint = "load your key into ssh-agent, or set key (or password_file, or --prompt-for-login-password)"
+            raise LoginRefused(sshauth.why_refused(exc) or
+                               f"{where}: login refused (tried {sshauth.tried(exc)}; {hint})") from None
         except paramiko.AuthenticationException:
-            hint = "set key (or password_file, or --prompt-for-login-password) in the inventory"
-            raise Unreachable(f"{where}: login refused ({hint})") from None
+            conn.close()
+            raise LoginRefused(f"{where}: login refused") from None
         except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
+            conn.close()
             raise Unreachable(f"{where}: {exc or type(exc).__name__}") from None
         return conn
+
+    def authenticate(self, transport: paramiko.Transport) -> None:
+        """Log in on a transport opened elsewhere (verify's through a tunnel) as this host's own connection
+        does, without the login password. Raises paramiko.AuthenticationException."""
+        Login(self.target, self.keys, None).authenticate(transport)
 
     def can_log_in_fresh(self, *, use_password: bool = True, within: float = 10) -> bool:
         """Open a brand-new login (not the one we hold) and run `true`: is the host still letting us in?
@@ -131,7 +276,7 @@ class Remote:
 
     def _try_login(self, use_password: bool) -> bool:
         try:
-            conn = self._open(use_password=use_password)
+            conn, hops = self._open(use_password=use_password)
         except (Unreachable, hostkeys.HostKeyRefused):
             return False
         try:
@@ -141,7 +286,7 @@ class Remote:
         except (paramiko.SSHException, OSError):
             return False
         finally:
-            conn.close()
+            _close_all([*hops, conn])
 
     def run(self, script: str, *, sudo: bool = True, timeout: float = 600) -> Result:
         """Run a shell script on the host, as root unless sudo=False. One round trip."""
@@ -157,7 +302,7 @@ class Remote:
             self.round_trips += 1
             transport = self.connection().client.get_transport()
             if transport is None or not transport.is_active():
-                self._conn = None
+                self.close()
                 transport = self.connection().client.get_transport()
             assert transport is not None
             try:
@@ -178,22 +323,63 @@ class Remote:
         return result
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        _close_all([*self._hops, *([self._conn] if self._conn is not None else [])])
+        self._conn, self._hops = None, []
 
 
-def _open_retrying_refused(conn: Connection, within: float = 3.0) -> None:
-    """Open, retrying while the port refuses: sshd refuses for a moment while it re-executes on reload."""
+def remotes_for(inv: Inventory, credentials: Mapping[str, Credentials], *, accept_new: bool) -> dict[str, Remote]:
+    """A Remote per host of `inv`, each with its route (the inventory, then the ssh config it names), its
+    Pi's VPS as the way to its tunnel, and one key ring for the run. Raises sshconf.BadSshConfig."""
+    config = sshconf.load(inv.settings.ssh_config)
+    ring = KeyRing()
+    remotes: dict[str, Remote] = {}
+    for host in inv.hosts():  # VPSes first: a Pi's tunnel starts at its VPS's connection
+        gateway = remotes.get(host.vps) if isinstance(host, PiSpec) else None
+        route = sshconf.resolve(host, config)
+        moved = [f"{s} {getattr(route.target, s)}" for s in ("hostname", "port")
+                 if route.target.sources.get(s) == sshconf.SSH_CONFIG]
+        if not isinstance(host, PiSpec) and moved:  # the Pis' tunnels go to the inventory's address and port
+            raise sshconf.BadSshConfig(
+                f"the ssh config gives the VPS {host.name} {' and '.join(moved)}, but its Pis' tunnels connect to "
+                f"the inventory's address and port ({host.address}:{host.port}): write them in the inventory")
+        remotes[host.name] = Remote(host, inv.settings.known_hosts, credentials[host.name],
+                                    accept_new_host_keys=accept_new, route=route, gateway=gateway, keys=ring)
+    return remotes
+
+
+def _close_all(conns: Sequence[Connection]) -> None:
+    """Close connections, the innermost (last) first: each runs through the one before it."""
+    for conn in reversed(conns):
+        conn.close()
+
+
+def _tcp(host: str, port: int, timeout: float, where: str, *, within: float = 3.0) -> socket.socket:
+    """A TCP connection, retried while the port refuses (sshd refuses for a moment while it re-executes on
+    reload); Unreachable if there is none."""
     deadline = time.monotonic() + within
     while True:
         try:
-            conn.open()
-            return
-        except paramiko.ssh_exception.NoValidConnectionsError:
+            return socket.create_connection((host, port), timeout=timeout)
+        except ConnectionRefusedError as exc:
             if time.monotonic() > deadline:
-                raise
+                raise Unreachable(f"{where}: {exc.strerror or exc}") from None
             time.sleep(0.2)
+        except socket.timeout:
+            raise Unreachable(f"{where}: no answer within {timeout:g}s") from None
+        except OSError as exc:  # no route, name not known
+            raise Unreachable(f"{where}: {exc.strerror or exc}") from None
+
+
+def _channel(conn: Connection, host: str, port: int, timeout: float, where: str, *, hint: str = "") -> paramiko.Channel:
+    """A direct-tcpip channel from `conn`'s host to host:port (what ssh -J and -W use)."""
+    transport = conn.client.get_transport()
+    try:
+        if transport is None or not transport.is_active():
+            raise paramiko.SSHException("connection lost")
+        return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        reason = exc.text if isinstance(exc, paramiko.ChannelException) else str(exc) or type(exc).__name__
+        raise Unreachable(f"{where}: {reason}" + (f"; {hint}" if hint else "")) from None
 
 
 def _drain(chan: paramiko.Channel) -> tuple[str, str]:

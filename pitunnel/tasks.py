@@ -44,7 +44,7 @@ def provision_pi(c: Context, flags: Flags) -> None:
 
 
 @provisioning_task(flags=("inventory", "limit", "accept_new_host_keys", "prompt_for_login_password",
-                          "prompt_for_sudo_password"))
+                          "prompt_for_sudo_password", "verbose"))
 def verify(c: Context, flags: Flags) -> None:
     """Prove it end to end: SSH and HTTP reach each Pi through the VPS, and nothing more is open."""
     from pitunnel.roles.pi.verify import print_reports
@@ -65,7 +65,7 @@ def provision(c: Context, flags: Flags) -> None:
     run_play(site, flags)
 
 
-@provisioning_task(flags=("inventory", "limit", "prompt_for_login_password", "prompt_for_sudo_password"))
+@provisioning_task(flags=("inventory", "limit", "prompt_for_login_password", "prompt_for_sudo_password", "verbose"))
 def status(c: Context, flags: Flags) -> None:
     """Each tunnel: up or down, since when, how often ssh (re)connected, and the unit's restarts."""
     from pitunnel.roles.pi.status import print_status

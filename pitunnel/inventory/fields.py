@@ -21,7 +21,7 @@ from pitunnel.yamlsrc import KeyPath
 from . import values
 from .errors import Invalid, Report, clip
 from .files import local_file
-from .model import KEEPALIVE, PiSpec, TunnelSpec, VpsSpec
+from .model import KEEPALIVE, VIA, PiSpec, TunnelSpec, VpsSpec
 from .values import AUTO, Check
 
 REQUIRED: Final = object()
@@ -52,6 +52,7 @@ SECTION_FIELDS: Final = {
 SETTINGS_FIELDS: Final = {
     "known_hosts": Field(values.text, "~/.ssh/known_hosts", path=True),
     "laptop_key": _private_key,  # absent: ~/.ssh/id_ed25519 if it exists
+    "ssh_config": Field(values.text, None, path=True, exists=True),  # absent or 'none': none is read
 }
 _HOST_FIELDS: Final = {
     "address": Field(values.address, REQUIRED, example="<IP address or DNS name>"),
@@ -62,7 +63,7 @@ _HOST_FIELDS: Final = {
     "host_key": Field(values.host_key),
     "connect_timeout": Field(values.seconds, 10.0),
 }
-DEFAULTS_KEYS: Final = ("port", "user", "key", "password_file", "sudo_password_file", "connect_timeout")
+DEFAULTS_KEYS: Final = ("port", "user", "key", "password_file", "sudo_password_file", "connect_timeout", "via")
 
 
 def _defaults_from(spec: type[Any], table: dict[str, Field]) -> dict[str, Field]:
@@ -100,6 +101,7 @@ PI_FIELDS: Final = _defaults_from(PiSpec, {
     "server_alive_interval": Field(values.at_least_one, None),  # absent: from keepalive
     "server_alive_count_max": Field(values.at_least_one, None),
     "disable_password_login": Field(values.boolean, MODEL),
+    "via": Field(values.choice(*VIA), MODEL),
     "tunnels": Field(values.mapping),  # read tunnel by tunnel; absent: none
 })
 TUNNEL_FIELDS: Final = _defaults_from(TunnelSpec, {

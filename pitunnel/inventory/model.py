@@ -19,6 +19,7 @@ AUTO_PORT: Final = 0  # the remote_port of a tunnel written 'auto', until the al
 class Settings:
     known_hosts: Path  # laptop's known_hosts used to check host keys
     laptop_key: Path | None  # private key whose .pub is pushed to the Pis
+    ssh_config: Path | None = None  # an OpenSSH client config to read (HostName, User, Port, ...); None: none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +34,7 @@ class HostSpec:
     sudo_password_file: Path | None  # None: passwordless sudo, or user is root
     host_key: str | None  # pinned host public key "<type> <base64>"
     connect_timeout: float
+    given: frozenset[str] = frozenset()  # the keys the inventory wrote for this host (its own or under defaults:)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +49,11 @@ class TunnelSpec:
     basic_auth_file: Path | None  # http only: local htpasswd file to install on the VPS
     websocket: bool = False  # http only: pass WebSocket upgrades, long proxy timeouts
     client_max_body_size: str = DEFAULT_BODY_SIZE  # http only: nginx size, larger request bodies get 413
+
+
+# `via:` per Pi: how the laptop reaches it. auto: its address, or through its VPS to its ssh tunnel when
+# the address does not answer within connect_timeout; direct: its address only; tunnel: the tunnel only.
+VIA: Final = ("auto", "direct", "tunnel")
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,15 @@ class PiSpec(HostSpec):
     server_alive_interval: int = 10
     server_alive_count_max: int = 2
     disable_password_login: bool = False
+    via: str = "auto"  # "auto" | "direct" | "tunnel": how the laptop reaches the Pi (see VIA)
     tunnels: tuple[TunnelSpec, ...] = ()
+
+    @property
+    def ssh_tunnel(self) -> TunnelSpec | None:
+        """The tunnel that carries the laptop's SSH to this Pi through its VPS: its first ssh tunnel to the
+        Pi's own sshd port, else its first ssh tunnel (a private one before a public one); None if none."""
+        ssh = sorted((t for t in self.tunnels if t.kind == "ssh"), key=lambda t: t.public)
+        return next((t for t in ssh if t.local_port == self.port), ssh[0] if ssh else None)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,8 @@ class _Reader:
             yield name, entry, where, valid
 
     def settings(self, raw: Mapping[str, Any]) -> Settings | None:
+        if raw.get("ssh_config") == "none":  # said out loud: no ssh config, as when the key is absent
+            raw = {k: v for k, v in raw.items() if k != "ssh_config"}
         found = self.schema.check(raw, ("settings",), fields.SETTINGS_FIELDS)
         if found is None:
             return None
@@ -105,7 +107,7 @@ class _Reader:
             self.report.problem(("settings", "laptop_key"), f"public key {public_key(key)} does not exist",
                                 f"create it with 'ssh-keygen -y -f {key} > {public_key(key)}'")
             return None
-        return Settings(known_hosts=found["known_hosts"], laptop_key=key)
+        return Settings(known_hosts=found["known_hosts"], laptop_key=key, ssh_config=found["ssh_config"])
 
     def client_alive(self, vps: VpsSpec, pis: list[PiSpec]) -> VpsSpec:
         """The VPS's ClientAlive keys not written in the inventory: the slowest its Pis' keepalive asks for
@@ -126,7 +128,8 @@ class _Reader:
             if not checks.vps_agrees(self.report, quiet, path) or found is None or not name_ok:
                 continue
             self.alive_unset[name] = [k for k in ALIVE_KEYS if found.get(k) is None]
-            result[name] = VpsSpec(name=name, role="vps", **{k: v for k, v in found.items() if k not in self.alive_unset[name]})
+            result[name] = VpsSpec(name=name, role="vps", given=_given(raw, inherited, fields.VPS_FIELDS),
+                                   **{k: v for k, v in found.items() if k not in self.alive_unset[name]})
         return result
 
     def pis(self, section: Mapping[str, Any], inherited: Inherited, vps_names: list[str]) -> dict[str, PiSpec]:
@@ -143,13 +146,18 @@ class _Reader:
                 self.routed += [(name, vps, t) for t in valid_tunnels]
             if found is None or tunnels is None or not name_ok or vps is None or login_taken:
                 continue
+            if found["via"] == "tunnel" and not any(t.kind == "ssh" for t in tunnels):
+                self.report.problem(path + ("via",) if "via" in raw else ("defaults", "via"),
+                                    f"'via: tunnel' needs an ssh tunnel on {name}, and it has none",
+                                    "add a tunnel of 'type: ssh' under its tunnels, or use 'via: auto'")
+                continue
             found.pop("vps")
             found["tunnels"] = tunnels
             preset = KEEPALIVE[found["keepalive"]]
             for key in ("server_alive_interval", "server_alive_count_max"):
                 if found.get(key) is None:
                     found[key] = getattr(preset, key)
-            result[name] = PiSpec(name=name, role="pi", vps=vps, **found)
+            result[name] = PiSpec(name=name, role="pi", vps=vps, given=_given(raw, inherited, fields.PI_FIELDS), **found)
         return result
 
     def tunnels(self, pi: str, section: Any, pi_path: KeyPath) -> tuple[tuple[TunnelSpec, ...] | None,
@@ -172,3 +180,9 @@ class _Reader:
         if found["local_port"] is None:
             found["local_port"] = fields.DEFAULT_LOCAL_PORT[kind]
         return TunnelSpec(name=name, kind=kind, **found)
+
+
+def _given(raw: Mapping[str, Any], inherited: Inherited, table: Mapping[str, Any]) -> frozenset[str]:
+    """The keys of `table` the inventory wrote for a host, itself or under defaults: (where an ssh config
+    may say something, these win)."""
+    return frozenset(key for key in table if key in raw or key in inherited)

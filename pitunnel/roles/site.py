@@ -120,7 +120,8 @@ def teardown(play: Play, *, purge: bool) -> None:
     pi.teardown(play, purge=purge)
     if play.options.limit:
         pis = play.selected(list(inv.pis.values()))
-        gone = frozenset(p.name for p in pis)
+        # a Pi refused because the laptop reaches it only through its own tunnel keeps its key on the VPS
+        gone = frozenset(p.name for p in pis if not (p.name in play.failed and play.remotes[p.name].through_tunnel))
 
         def unauthorise(remote: Remote) -> None:
             if remote.name in play.options.limit:

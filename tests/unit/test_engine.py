@@ -343,6 +343,7 @@ class ScriptedRemote(FakeRemote):
     def __init__(self, name: str, stdout: str) -> None:
         super().__init__(name)
         self.stdout = stdout
+        self.target = SimpleNamespace(known_name=name, user="pi")  # how verify files its host key
 
     def run(self, script: str, **_: object) -> Result:
         self.round_trips += 1

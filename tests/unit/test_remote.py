@@ -189,8 +189,10 @@ def test_each_run_is_one_counted_round_trip_on_one_connection(sshd: FakeSshd, kn
 
 def test_login_refused_and_nothing_listening_are_unreachable(sshd: FakeSshd, known: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(remote_module._open_retrying_refused, "__defaults__", (0.4,))  # refused: retried 0.4 s
-    with pytest.raises(Unreachable, match=r"pi@127.0.0.1:\d+: login refused \(set key"):
+    monkeypatch.setattr(remote_module._tcp, "__kwdefaults__", {"within": 0.4})  # refused: retried 0.4 s
+    monkeypatch.setenv("HOME", str(known.parent))  # no ~/.ssh/id_* of whoever runs the tests
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # nor their agent's keys
+    with pytest.raises(Unreachable, match=r"pi@127.0.0.1:\d+: login refused \(tried password; load your key into ssh-agent"):
         remote(sshd.port, known, login="wrong").run("true")
     unused = socket.socket()
     unused.bind(("127.0.0.1", 0))

@@ -204,10 +204,20 @@ RELOAD_HINTS = {
 }
 
 
+def restart_tunnel(remote: Remote) -> list[str]:
+    """Restart the tunnel's unit; a moment later if our own connection rides that tunnel (away from home),
+    so that this run hears the handler's result before the restart cuts the connection."""
+    restart = f"systemctl restart {D['unit']}"
+    if getattr(remote, "through_tunnel", False):  # (a stand-in for a Remote may not say)
+        return [f"systemd-run --quiet --collect --on-active={D['restart_under_us_after']} "
+                f"--timer-property=AccuracySec=100ms {restart}"]
+    return [restart]
+
+
 def handlers(remote: Remote, step: str = "tunnel") -> list[Handler]:
     """The Pi role's handlers, for every step; sshd's reload is proven by a fresh login (a key login once
     passwords go off), else rolled back, the laptop's key too."""
-    return [Handler("restart tunnel", ["systemctl daemon-reload", f"systemctl restart {D['unit']}"]),
+    return [Handler("restart tunnel", ["systemctl daemon-reload", *restart_tunnel(remote)]),
             Handler("restart watchdog", ["systemctl daemon-reload", f"systemctl restart {D['watchdog_unit']}"]),
             Handler("daemon-reload", ["systemctl daemon-reload"]),
             sshd_reload(remote, D["ssh_service"], RELOAD_HINTS[step], keys_only=step == "passwords")]
@@ -261,7 +271,13 @@ def tunnel(play: Play, remote: Remote, base: PiBase, vps_host_keys: tuple[str, .
     inv = play.inventory
     pi = inv.pis[remote.name]
     ops = [*tunnel_ops(inv, pi, inv.vps_of(pi), list(vps_host_keys)), *loopback_ops(pi, penalties=base.penalties)]
-    return converge(remote, ops, play.reporter, play.options.mode, handlers(remote)).changed
+    done = converge(remote, ops, play.reporter, play.options.mode, handlers(remote))
+    if remote.through_tunnel and not play.options.check and any(
+            done.changes(op) for op in ops if "restart tunnel" in op.notify):
+        play.reporter.note(pi.name, f"its tunnel restarts in {D['restart_under_us_after']}s, and with it this "
+                                    "connection: reconnecting through the new tunnel")
+        remote.path_restarts(D["restart_under_us_after"] + 1, within=D["listen_wait_seconds"])
+    return done.changed
 
 
 def passwords_off(play: Play, remote: Remote) -> None:
@@ -322,6 +338,13 @@ def teardown(play: Play, *, purge: bool) -> None:
 
     def undo(remote: Remote) -> None:
         pi = inv.pis[remote.name]
+        remote.connection()  # a Pi with via: auto chooses its path now
+        if remote.through_tunnel and not play.options.check:
+            play.reporter.line(remote.name, "failed", "teardown",
+                               "reached through its own tunnel, which teardown stops mid-way: nothing changed; run "
+                               "it where the laptop reaches the Pi's address (or through a ProxyJump that does not "
+                               "use this tunnel)")
+            raise StepFailed("teardown through its own tunnel")
         converge(remote, teardown_ops(inv, pi, purge=purge), play.reporter, play.options.mode,
                  handlers(remote, "teardown"))
         if inv.settings.laptop_key is None:

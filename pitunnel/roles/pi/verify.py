@@ -48,8 +48,9 @@ class PiReport:
         return bool(self.checks) and all(c.passed for c in self.checks)
 
 
-def pi_host_keys(inv: Inventory, pi: PiSpec) -> paramiko.HostKeys:
-    """The Pi's own host keys as the laptop knows them from direct contact."""
+def pi_host_keys(inv: Inventory, pi: PiSpec, name: str | None = None) -> paramiko.HostKeys:
+    """The Pi's own host keys as the laptop knows them from direct contact (filed under `name` in
+    known_hosts: how its connection looks them up, by default its address and port)."""
     keys = paramiko.HostKeys()
     if pi.host_key:
         keytype, blob = pi.host_key.split()[:2]
@@ -57,7 +58,7 @@ def pi_host_keys(inv: Inventory, pi: PiSpec) -> paramiko.HostKeys:
         return keys
     if inv.settings.known_hosts.exists():
         keys.load(str(inv.settings.known_hosts))
-    found = keys.lookup(hostkeys.known_name(pi.address, pi.port))
+    found = keys.lookup(name or hostkeys.known_name(pi.address, pi.port))
     out = paramiko.HostKeys()
     if found:
         for keytype, key in found.items():
@@ -66,9 +67,10 @@ def pi_host_keys(inv: Inventory, pi: PiSpec) -> paramiko.HostKeys:
 
 
 def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSpec,
-                vps: VpsSpec) -> tuple[bool, str, str]:
-    """Log in to the Pi through the tunnel; pass only if the far end shows this Pi's own host key."""
-    expected = pi_host_keys(inv, pi)
+                vps: VpsSpec, pi_remote: Remote) -> tuple[bool, str, str]:
+    """Log in to the Pi through the tunnel (as its connection logs in: agent, key files); pass only if the far
+    end shows this Pi's own host key."""
+    expected = pi_host_keys(inv, pi, pi_remote.target.known_name)
     if not expected.keys():
         return False, "the Pi's host key is unknown to the laptop", "record it on first direct contact (--accept-new-host-keys) or pin host_key in the inventory"
     if tunnel.public:
@@ -95,13 +97,17 @@ def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSp
         if known is None or known.get(key.get_name()) != key:
             return False, f"{where}: host key {hostkeys.fingerprint(key)} is not {pi.name}'s", \
                 "another host answers on this port: check remote_port clashes and the tunnel's -R"
-        if pi.key is None:
-            return True, f"{where}: {pi.name}'s host key ({key.get_name()})", ""
-        transport2.auth_publickey(pi.user, paramiko.PKey.from_path(str(pi.key)))
+        try:
+            pi_remote.authenticate(transport2)
+        except paramiko.AuthenticationException:
+            if pi.key is None:  # no key named for it: its own host key is the proof
+                return True, f"{where}: {pi.name}'s host key ({key.get_name()})", ""
+            return False, f"{where}: {pi.name}'s host key, but login refused", \
+                "the tunnel reached the Pi's sshd but login failed: was the laptop key pushed?"
         chan = transport2.open_session(timeout=10)
         chan.exec_command("hostname")
         name = chan.makefile().read().decode().strip()
-        return True, f"{where}: {pi.name}'s host key, logged in as {pi.user}, hostname {name}", ""
+        return True, f"{where}: {pi.name}'s host key, logged in as {pi_remote.target.user}, hostname {name}", ""
     except (paramiko.SSHException, OSError) as exc:
         return False, f"{where}: {exc}", "the tunnel reached an sshd but login failed: was the laptop key pushed?"
     finally:
@@ -370,7 +376,7 @@ def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[s
                    "none: the tunnel is down or its -R was refused (stale listener? see troubleshooting)")
     for t in pi.tunnels:
         if t.kind == "ssh":
-            ok, detail, hint = ssh_through(inv, pi, play.remotes[vps.name], t, vps)
+            ok, detail, hint = ssh_through(inv, pi, play.remotes[vps.name], t, vps, remote)
             report.add(f"{t.name}: ssh lands on {pi.name}", ok, detail, hint)
         else:
             ok, detail, hint = http_through(vps, pi, t, remote, play.remotes[vps.name])
