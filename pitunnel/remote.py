@@ -10,13 +10,14 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
 from fabric import Config, Connection
 
-from . import hostkeys
+from . import failures, hostkeys
 from .inventory import HostSpec
 
 SENTINEL = "@@PITUNNEL-SCRIPT@@"
@@ -67,6 +68,7 @@ class Remote:
     credentials: Credentials = field(default_factory=Credentials)
     accept_new_host_keys: bool = False
     round_trips: int = 0
+    echo: Callable[[str], None] | None = field(default=None, repr=False)  # -v: each line of remote output
     _conn: Connection | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -111,11 +113,8 @@ class Remote:
                 "really reinstalled, " + (f"update host_key of {self.name} in the inventory" if self.spec.host_key else
                 f"remove its old line from {self.known_hosts} (ssh-keygen -R)")
             ) from None
-        except paramiko.AuthenticationException:
-            hint = "set key (or password_file, or --prompt-for-login-password) in the inventory"
-            raise Unreachable(f"{where}: login refused ({hint})") from None
-        except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
-            raise Unreachable(f"{where}: {exc or type(exc).__name__}") from None
+        except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:  # auth refused is an SSHException
+            raise Unreachable(failures.not_connected(exc, self.spec, where)) from None
         return conn
 
     def can_log_in_fresh(self, *, use_password: bool = True, within: float = 10) -> bool:
@@ -166,7 +165,7 @@ class Remote:
                 chan.exec_command(command)
                 chan.sendall(data)
                 chan.shutdown_write()
-                stdout, stderr = _drain(chan)
+                stdout, stderr = _drain(chan, self.echo)
                 rc = chan.recv_exit_status()
             except (paramiko.SSHException, OSError, socket.timeout) as exc:
                 raise Unreachable(f"{self.name}: connection lost: {exc or type(exc).__name__}") from None
@@ -196,9 +195,11 @@ def _open_retrying_refused(conn: Connection, within: float = 3.0) -> None:
             time.sleep(0.2)
 
 
-def _drain(chan: paramiko.Channel) -> tuple[str, str]:
-    """Read stdout and stderr until the command ends, never blocking on one while the other fills."""
+def _drain(chan: paramiko.Channel, echo: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """Read stdout and stderr until the command ends, never blocking on one while the other fills;
+    `echo` gets each whole line of either as it arrives."""
     out, err = bytearray(), bytearray()
+    shown = [0, 0]
     while True:
         busy = False
         while chan.recv_ready():
@@ -207,6 +208,13 @@ def _drain(chan: paramiko.Channel) -> tuple[str, str]:
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(65536)
             busy = True
+        if echo is not None and busy:
+            for index, buf in enumerate((out, err)):
+                end = buf.rfind(b"\n") + 1
+                if end > shown[index]:
+                    for line in buf[shown[index]:end].decode(errors="replace").splitlines():
+                        echo(line)
+                    shown[index] = end
         if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
             if chan.eof_received or chan.closed:
                 break

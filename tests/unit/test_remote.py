@@ -190,13 +190,13 @@ def test_each_run_is_one_counted_round_trip_on_one_connection(sshd: FakeSshd, kn
 def test_login_refused_and_nothing_listening_are_unreachable(sshd: FakeSshd, known: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(remote_module._open_retrying_refused, "__defaults__", (0.4,))  # refused: retried 0.4 s
-    with pytest.raises(Unreachable, match=r"pi@127.0.0.1:\d+: login refused \(set key"):
+    with pytest.raises(Unreachable, match=r"pi@127.0.0.1:\d+: login refused \(current Raspberry Pi OS images have no `pi` user: set `user:`"):
         remote(sshd.port, known, login="wrong").run("true")
     unused = socket.socket()
     unused.bind(("127.0.0.1", 0))
     port = unused.getsockname()[1]
     unused.close()  # nothing listens there
-    with pytest.raises(Unreachable, match=f"pi@127.0.0.1:{port}: "):
+    with pytest.raises(Unreachable, match=f"pi@127.0.0.1:{port}: connection refused: nothing listens on port {port} "):
         remote(port, known).run("true")
 
 
