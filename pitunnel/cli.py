@@ -187,6 +187,8 @@ def run_play(body: Callable[[Play], None], flags: Flags = Flags(), *, quiet: boo
         play = Play.start(inv, flags.options(), quiet=quiet, out=out)
     except BadLimit as exc:
         raise Exit(str(exc), code=failures.USAGE) from None
+    except KeyboardInterrupt:  # at a password prompt: no host was touched
+        raise Exit("\ninterrupted: no host was touched", code=failures.INTERRUPTED) from None
     with ctrl_c():
         try:
             body(play)

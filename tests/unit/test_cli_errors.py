@@ -344,3 +344,14 @@ def test_verbose_streams_remote_output_prefixed_by_host(tmp_path: Path) -> None:
     finally:
         sshd.close()
     assert sorted(out.getvalue().splitlines()) == sorted([f"{'':<12} pi1        | one", f"{'':<12} pi1        | two"])
+
+
+def test_ctrl_c_at_a_password_prompt_exits_130_touching_nothing(inv_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(prompt: str) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("getpass.getpass", interrupted)
+    ran: list[Play] = []
+    with pytest.raises(Exit) as caught:
+        run_play(ran.append, Flags(inventory=str(inv_file), prompt_for_login_password=True))
+    assert caught.value.code == 130 and "no host was touched" in str(caught.value.message) and ran == []
