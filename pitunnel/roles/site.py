@@ -101,8 +101,11 @@ def verify(play: Play) -> list[pi_verify.PiReport]:
     pis = play.selected(list(inv.pis.values()))
     reports = {p.name: pi_verify.PiReport(p.name) for p in pis}
     found = play.each(vpses_of(inv, pis), vps.listeners)
-    play.each(pis, lambda remote: pi_verify.verify_pi(play, remote, reports[remote.name],
-                                                      found.get(inv.pis[remote.name].vps, frozenset())))
+    def prove(remote: Remote) -> None:
+        with play.reporter.busy(remote.name, "verify: probes through the VPS"):
+            pi_verify.verify_pi(play, remote, reports[remote.name], found.get(inv.pis[remote.name].vps, frozenset()))
+
+    play.each(pis, prove)
     return list(reports.values())
 
 
