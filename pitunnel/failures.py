@@ -61,7 +61,7 @@ def not_connected(exc: BaseException, spec: HostSpec, where: str) -> str:
                 "firewall drops the packets (raise `connect_timeout:` for a slow link)")
     if isinstance(exc, paramiko.SSHException) and any(
             s in str(exc) for s in ("banner", "protocol version", "No existing session")):
-        if speaks_http(spec.address, port):
+        if speaks_http(spec.address, port, timeout=min(3.0, spec.connect_timeout)):
             return (f"{where}: port {port} speaks HTTP, not SSH: `port:` must be the host's sshd port "
                     "(a web server answers there)")
         return (f"{where}: no SSH handshake with port {port} within {spec.connect_timeout:g}s: is it an SSH server? "
