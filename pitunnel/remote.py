@@ -220,6 +220,10 @@ def _drain(chan: paramiko.Channel, echo: Callable[[str], None] | None = None) ->
                 break
         if not busy:
             select.select([chan], [], [], 0.5)
+    if echo is not None:  # a last line without its newline
+        for index, buf in enumerate((out, err)):
+            for line in buf[shown[index]:].decode(errors="replace").splitlines():
+                echo(line)
     return out.decode(errors="replace"), err.decode(errors="replace")
 
 

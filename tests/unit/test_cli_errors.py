@@ -343,7 +343,7 @@ def test_verbose_streams_remote_output_prefixed_by_host(tmp_path: Path) -> None:
         host.close()
     finally:
         sshd.close()
-    assert sorted(out.getvalue().splitlines()) == sorted([f"{'':<12} pi1        | one", f"{'':<12} pi1        | two"])
+    assert sorted(out.getvalue().splitlines()) == sorted([f"{'':<12} pi1        | {w}" for w in ("one", "two", "three")])
 
 
 def test_ctrl_c_at_a_password_prompt_exits_130_touching_nothing(inv_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
