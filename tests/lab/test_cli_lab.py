@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,9 +132,14 @@ def test_http_port_silent_port_and_closed_port_one_line_each(inventory: Path, tm
 
 
 def test_pip_install_gives_a_pitunnel_command_that_works_from_anywhere(inventory: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"  # what a release holds; pip builds there, not in the checkout
+    source.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", source)
+    shutil.copy(ROOT / "README.md", source)
+    shutil.copytree(ROOT / "pitunnel", source / "pitunnel", ignore=shutil.ignore_patterns("__pycache__"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(ROOT)],
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(source)],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert pip.returncode == 0, pip.stderr[-3000:]
     binary = str(venv / "bin" / "pitunnel")
