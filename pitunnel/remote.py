@@ -17,7 +17,7 @@ from pathlib import Path
 import paramiko
 from fabric import Config, Connection
 
-from . import hostkeys, sshauth, sshconf
+from . import failures, hostkeys, sshauth, sshconf
 from .inventory import HostSpec, Inventory, PiSpec
 from .sshauth import KeyRing, Login
 
@@ -78,6 +78,7 @@ class Remote:
     keys: KeyRing = field(default_factory=KeyRing, repr=False)  # the run's key files, each asked for once
     notify: Callable[[str], None] = field(default=lambda text: None, repr=False)  # a line for the user
     path: str | None = None  # "direct" or "tunnel", once the first connection chose (kept for the run)
+    echo: Callable[[str], None] | None = field(default=None, repr=False)  # -v: each line of remote output
     _conn: Connection | None = field(default=None, repr=False)
     _hops: list[Connection] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -216,7 +217,7 @@ class Remote:
         except (Unreachable, hostkeys.HostKeyRefused) as exc:
             raise Unreachable(f"{where}: {exc}") from None
         return _channel(vps, "127.0.0.1", port, self.spec.connect_timeout, where,
-                        hint=f"is the tunnel up? (`invoke status`, or `systemctl status pitunnel` on {self.name})")
+                        hint=f"is the tunnel up? (`pitunnel status`, or `systemctl status pitunnel` on {self.name})")
 
     def _login(self, hop: sshconf.Hop, sock: socket.socket | paramiko.Channel, password: str | None, *,
                pinned: str | None, through: str) -> Connection:
@@ -247,16 +248,22 @@ class Remote:
             ) from None
         except paramiko.auth_strategy.AuthFailure as exc:
             conn.close()
-            hint = "load your key into ssh-agent, or set key (or password_file, or --prompt-for-login-password)"
             raise LoginRefused(sshauth.why_refused(exc) or
-                               f"{where}: login refused (tried {sshauth.tried(exc)}; {hint})") from None
+                               f"{where}: login refused (tried {sshauth.tried(exc)}; {self._login_hint(hop)})") from None
         except paramiko.AuthenticationException:
             conn.close()
-            raise LoginRefused(f"{where}: login refused") from None
+            raise LoginRefused(f"{where}: login refused ({self._login_hint(hop)})") from None
         except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
             conn.close()
-            raise Unreachable(f"{where}: {exc or type(exc).__name__}") from None
+            raise Unreachable(failures.not_connected(exc, self.spec, where, address=hop.hostname,
+                                                     port=hop.port)) from None
         return conn
+
+    def _login_hint(self, hop: sshconf.Hop) -> str:
+        hint = "load your key into ssh-agent, or set key (or password_file, or --prompt-for-login-password)"
+        if hop is self.target and self.spec.role == "pi" and hop.user == "pi":
+            hint = f"{failures.PI_USER_HINT}; or {hint}"
+        return hint
 
     def authenticate(self, transport: paramiko.Transport) -> None:
         """Log in on a transport opened elsewhere (verify's through a tunnel) as this host's own connection
@@ -311,7 +318,7 @@ class Remote:
                 chan.exec_command(command)
                 chan.sendall(data)
                 chan.shutdown_write()
-                stdout, stderr = _drain(chan)
+                stdout, stderr = _drain(chan, self.echo)
                 rc = chan.recv_exit_status()
             except (paramiko.SSHException, OSError, socket.timeout) as exc:
                 raise Unreachable(f"{self.name}: connection lost: {exc or type(exc).__name__}") from None
@@ -362,12 +369,11 @@ def _tcp(host: str, port: int, timeout: float, where: str, *, within: float = 3.
             return socket.create_connection((host, port), timeout=timeout)
         except ConnectionRefusedError as exc:
             if time.monotonic() > deadline:
-                raise Unreachable(f"{where}: {exc.strerror or exc}") from None
+                raise Unreachable(failures.refused(where, port)) from None
             time.sleep(0.2)
-        except socket.timeout:
-            raise Unreachable(f"{where}: no answer within {timeout:g}s") from None
-        except OSError as exc:  # no route, name not known
-            raise Unreachable(f"{where}: {exc.strerror or exc}") from None
+        except OSError as exc:  # no answer, no route, name not known
+            raise Unreachable(failures.socket_failure(exc, where, host, port, timeout)
+                              or f"{where}: {exc.strerror or exc}") from None
 
 
 def _channel(conn: Connection, host: str, port: int, timeout: float, where: str, *, hint: str = "") -> paramiko.Channel:
@@ -382,9 +388,11 @@ def _channel(conn: Connection, host: str, port: int, timeout: float, where: str,
         raise Unreachable(f"{where}: {reason}" + (f"; {hint}" if hint else "")) from None
 
 
-def _drain(chan: paramiko.Channel) -> tuple[str, str]:
-    """Read stdout and stderr until the command ends, never blocking on one while the other fills."""
+def _drain(chan: paramiko.Channel, echo: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """Read stdout and stderr until the command ends, never blocking on one while the other fills;
+    `echo` gets each whole line of either as it arrives."""
     out, err = bytearray(), bytearray()
+    shown = [0, 0]
     while True:
         busy = False
         while chan.recv_ready():
@@ -393,11 +401,22 @@ def _drain(chan: paramiko.Channel) -> tuple[str, str]:
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(65536)
             busy = True
+        if echo is not None and busy:
+            for index, buf in enumerate((out, err)):
+                end = buf.rfind(b"\n") + 1
+                if end > shown[index]:
+                    for line in buf[shown[index]:end].decode(errors="replace").splitlines():
+                        echo(line)
+                    shown[index] = end
         if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
             if chan.eof_received or chan.closed:
                 break
         if not busy:
             select.select([chan], [], [], 0.5)
+    if echo is not None:  # a last line without its newline
+        for index, buf in enumerate((out, err)):
+            for line in buf[shown[index]:].decode(errors="replace").splitlines():
+                echo(line)
     return out.decode(errors="replace"), err.decode(errors="replace")
 
 

@@ -1,30 +1,64 @@
 """pitunnel's own tasks: provision-vps, provision-pi, provision, verify, status and teardown.
 
 Each takes the shared flags (pitunnel.cli.Flags) as one `flags` argument; tasks.py at the top of the
-checkout puts them into `invoke`'s namespace.
+checkout puts them into `invoke`'s namespace, and pitunnel/console.py makes them the `pitunnel` command.
+Exit codes: pitunnel.failures (docs/cli.md).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from invoke import Context, Exit
 
-from .cli import Flags, provisioning_task, run_play
+from . import failures
+from .cli import COMMON, READ_ONLY, Flags, provisioning_task, run_play
 from .play import Play
 
 T = TypeVar("T")
+REACH = "reach the Pi"  # verify's check for a Pi it could not reach: exit 4 says it, not 2
 
 
-def _collect(run: Callable[[Play], list[T]], show: Callable[[list[T]], None], flags: Flags) -> list[T]:
-    """Run a read-only play quietly and print its rows, also those gathered before a failure ended it."""
+def _document(task: str, play: Play | None, code: int, **extra: Any) -> str:
+    """The one JSON document of --json: per host its counts and steps, and the task's own `extra`."""
+    hosts: dict[str, Any] = {}
+    if play is not None:
+        for name, recap in play.reporter.recaps.items():
+            hosts[name] = {**recap.document(), "error": play.why.get(name)}
+    return json.dumps({"task": task, "exit_code": code, "interrupted": code == failures.INTERRUPTED,
+                       "hosts": hosts, **extra}, indent=2)
+
+
+def _run(task: str, body: Callable[[Play], list[T]], flags: Flags, *, quiet: bool,
+         judge: Callable[[list[T]], int], show: Callable[[list[T]], None],
+         extra: Callable[[list[T]], dict[str, Any]]) -> None:
+    """Run a play; print its rows (`show`) or, with --json, one document; exit with the play's code OR'ed with
+    what `judge` makes of the rows (interrupted wins)."""
     rows: list[T] = []
+    held: list[Play] = []
+
+    def collect(play: Play) -> None:
+        held.append(play)
+        rows.extend(body(play))
+
+    code = 0
     try:
-        run_play(lambda play: rows.extend(run(play)), flags, quiet=True)
-    finally:
+        run_play(collect, flags, quiet=quiet, out=sys.stderr if flags.json else None)
+    except Exit as exc:
+        if not held:  # nothing ran: a usage or inventory error
+            raise
+        code = exc.code
+    if code != failures.INTERRUPTED and held:
+        code |= judge(rows)
+    if flags.json:
+        print(_document(task, held[0] if held else None, code, **extra(rows)), flush=True)
+    else:
         show(rows)
-    return rows
+    if code:
+        raise Exit(code=code)
 
 
 @provisioning_task()
@@ -43,40 +77,66 @@ def provision_pi(c: Context, flags: Flags) -> None:
     run_play(provision_pi, flags)
 
 
-@provisioning_task(flags=("inventory", "limit", "accept_new_host_keys", "prompt_for_login_password",
-                          "prompt_for_sudo_password", "verbose"))
+@provisioning_task(flags=READ_ONLY + ("json",))
 def verify(c: Context, flags: Flags) -> None:
     """Prove it end to end: SSH and HTTP reach each Pi through the VPS, and nothing more is open."""
-    from pitunnel.roles.pi.verify import print_reports
+    from pitunnel.roles.pi.verify import PiReport, print_reports
     from pitunnel.roles.site import verify as run_verify
 
-    reports = _collect(run_verify, print_reports, flags)
-    if not reports or not all(r.passed for r in reports):
-        raise Exit("verify: some checks failed (hints above)", code=1)
+    def body(play: Play) -> list[PiReport]:
+        reports = run_verify(play)
+        for report in reports:  # a Pi (or its VPS) out of reach: say why, not only FAIL
+            if not report.checks:
+                vps = play.inventory.pis[report.pi].vps
+                why = play.why.get(report.pi) or play.why.get(vps) or "it stopped before any check (see above)"
+                report.add(REACH, False, why, "fix what the line says, then run verify again")
+        return reports
+
+    def show(reports: list[PiReport]) -> None:
+        print_reports(reports)
+        if not reports or not all(r.passed for r in reports):
+            print("\nverify: some checks failed (hints above)", file=sys.stderr)
+
+    _run("verify", body, flags, quiet=True, show=show,
+         judge=lambda reports: failures.FAILED if not reports or any(
+             not c.passed and c.name != REACH for r in reports for c in r.checks) else 0,
+         extra=lambda reports: {"pis": {r.pi: {"passed": r.passed, "checks": [
+             {"name": ch.name, "passed": ch.passed, "warning": ch.warning, "detail": ch.detail, "hint": ch.hint}
+             for ch in r.checks]} for r in reports}})
 
 
-@provisioning_task()
+@provisioning_task(flags=COMMON + ("json",))
 def provision(c: Context, flags: Flags) -> None:
     """provision-vps and provision-pi in one run, with one recap.
 
     The Pis' base step (autossh, account, key) runs while the VPS converges; the rest once it is done."""
     from pitunnel.roles.site import provision as site
 
-    run_play(site, flags)
+    def body(play: Play) -> list[None]:
+        site(play)
+        return []
+
+    _run("provision", body, flags, quiet=False, judge=lambda rows: 0, show=lambda rows: None,
+         extra=lambda rows: {"check": flags.check})
 
 
-@provisioning_task(flags=("inventory", "limit", "prompt_for_login_password", "prompt_for_sudo_password", "verbose"))
+@provisioning_task(flags=READ_ONLY + ("json",))
 def status(c: Context, flags: Flags) -> None:
-    """Each tunnel: up or down, since when, how often ssh (re)connected, and the unit's restarts."""
-    from pitunnel.roles.pi.status import print_status
+    """Each tunnel: up or down, since when, how often ssh (re)connected, and the unit's restarts.
+
+    Exits 2 when any tunnel is down (4 when a host is out of reach, 6 for both)."""
+    from pitunnel.roles.pi.status import TunnelStatus, is_down, print_status
     from pitunnel.roles.site import status as run_status
 
-    _collect(run_status, print_status, flags)
+    def judge(rows: list[TunnelStatus]) -> int:
+        return failures.FAILED if any(is_down(r) for r in rows) else 0
+
+    _run("status", run_status, flags, quiet=True, judge=judge, show=print_status,
+         extra=lambda rows: {"tunnels": [r.document() for r in rows]})
 
 
-# -p is --purge here and the password prompts are -r and -o, unlike every other task (issue 13)
-@provisioning_task(help={"purge": "also purge the packages the roles installed (autossh, nginx)"},
-                   shorts={"prompt_for_login_password": "r", "prompt_for_sudo_password": "o"})
+@provisioning_task(help={"purge": "also purge the packages the roles installed (autossh, nginx); no short flag"},
+                   shorts={"purge": ""})
 def teardown(c: Context, flags: Flags, purge: bool = False) -> None:
     """Remove everything provision-vps and provision-pi added, on both sides (packages stay unless --purge)."""
     from pitunnel.roles.site import teardown as site

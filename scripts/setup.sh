@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(python3 python3-venv python3-pip openssh-client iproute2 util-linux iptables
-          systemd-container debootstrap apt-cacher-ng ca-certificates wrk tcpdump)
+          systemd-container debootstrap apt-cacher-ng ca-certificates wrk tcpdump
+          sshpass)  # sshpass: the Ansible side of `invoke bench.provision` (its ansible-core: pip extra [bench])
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f '${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")

@@ -14,7 +14,7 @@ from functools import partial
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
 from pitunnel.play import Play
 from pitunnel.remote import Remote
-from pitunnel.runner import StepFailed
+from pitunnel.runner import StepFailed, stop_point
 from pitunnel.shared import SharedReading
 from pitunnel.roles.contract import VpsFacts, listen_spec
 from pitunnel.roles.pi import status as pi_status
@@ -78,11 +78,13 @@ def wait_listening(play: Play, spec: PiSpec, readings: SharedReading[frozenset[s
     missing = [w for w in wanted if w not in (now or frozenset())]
     started = looked = time.monotonic()
     deadline = started + pi.D["listen_wait_seconds"]
-    while missing and time.monotonic() < deadline:
-        time.sleep(0.5)
-        # any reading that began since this Pi last looked will do: one ss serves every Pi waiting
-        reading, looked = readings.newer_than(looked), time.monotonic()
-        missing = [w for w in wanted if w not in reading]
+    with play.reporter.busy(spec.name, "tunnel listening on the VPS"):
+        while missing and time.monotonic() < deadline:
+            stop_point()  # Ctrl-C: the tunnel is in place; only the wait for it is cut short
+            time.sleep(0.5)
+            # any reading that began since this Pi last looked will do: one ss serves every Pi waiting
+            reading, looked = readings.newer_than(looked), time.monotonic()
+            missing = [w for w in wanted if w not in reading]
     if missing:
         play.reporter.line(spec.name, "failed", "tunnel listening on the VPS",
                            f"not listening after {pi.D['listen_wait_seconds']}s: {', '.join(missing)} "
@@ -99,8 +101,11 @@ def verify(play: Play) -> list[pi_verify.PiReport]:
     pis = play.selected(list(inv.pis.values()))
     reports = {p.name: pi_verify.PiReport(p.name) for p in pis}
     found = play.each(vpses_of(inv, pis), vps.listeners)
-    play.each(pis, lambda remote: pi_verify.verify_pi(play, remote, reports[remote.name],
-                                                      found.get(inv.pis[remote.name].vps, frozenset())))
+    def prove(remote: Remote) -> None:
+        with play.reporter.busy(remote.name, "verify: probes through the VPS"):
+            pi_verify.verify_pi(play, remote, reports[remote.name], found.get(inv.pis[remote.name].vps, frozenset()))
+
+    play.each(pis, prove)
     return list(reports.values())
 
 
@@ -111,6 +116,9 @@ def status(play: Play) -> list[pi_status.TunnelStatus]:
     found = play.each(vpses_of(inv, pis), vps.listeners)
     rows = play.each(pis, lambda remote: pi_status.status_pi(remote, inv.pis[remote.name],
                                                              found.get(inv.pis[remote.name].vps, frozenset())))
+    for p in pis:  # a Pi out of reach: its tunnels as its VPS sees them
+        if p.name not in rows and p.name in play.why:
+            rows[p.name] = pi_status.unreached(p, found.get(p.vps), play.why[p.name])
     return sorted((r for p in pis for r in rows.get(p.name, [])), key=lambda r: (r.pi, r.tunnel))
 
 

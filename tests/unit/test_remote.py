@@ -192,13 +192,13 @@ def test_login_refused_and_nothing_listening_are_unreachable(sshd: FakeSshd, kno
     monkeypatch.setattr(remote_module._tcp, "__kwdefaults__", {"within": 0.4})  # refused: retried 0.4 s
     monkeypatch.setenv("HOME", str(known.parent))  # no ~/.ssh/id_* of whoever runs the tests
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # nor their agent's keys
-    with pytest.raises(Unreachable, match=r"pi@127.0.0.1:\d+: login refused \(tried password; load your key into ssh-agent"):
+    with pytest.raises(Unreachable, match=r"pi@127.0.0.1:\d+: login refused \(tried password; current Raspberry Pi OS images have no `pi` user: set `user:`"):
         remote(sshd.port, known, login="wrong").run("true")
     unused = socket.socket()
     unused.bind(("127.0.0.1", 0))
     port = unused.getsockname()[1]
     unused.close()  # nothing listens there
-    with pytest.raises(Unreachable, match=f"pi@127.0.0.1:{port}: "):
+    with pytest.raises(Unreachable, match=f"pi@127.0.0.1:{port}: connection refused: nothing listens on port {port} "):
         remote(port, known).run("true")
 
 

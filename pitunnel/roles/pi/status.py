@@ -12,6 +12,8 @@ from pitunnel.roles.pi.steps import D
 STATUS_SCRIPT = f"""systemctl show {D['unit']} -p ActiveState -p ActiveEnterTimestamp -p NRestarts --value
 journalctl -u {D['unit']} -o short-iso --no-pager 2>/dev/null | grep -c 'starting ssh' || true
 journalctl -u {D['unit']} -o short-iso --no-pager 2>/dev/null | grep 'starting ssh' | tail -1 | cut -d' ' -f1
+journalctl -u {D['unit']} -o short-iso --no-pager 2>/dev/null | grep -v 'starting ssh' \
+  | grep -Ei 'error|fail|refused|denied|timed? ?out|closed|reset|unreachable|exited' | tail -1
 """
 
 
@@ -26,6 +28,20 @@ class TunnelStatus:
     ssh_starts: int
     last_start: str
     unit_restarts: int
+    last_error: str = ""  # the unit's last journal line that reads like a failure, with its time
+    known: bool = True  # False: neither the Pi nor its VPS could be read, so up or down is not known
+
+    @property
+    def reconnects(self) -> int:
+        """ssh starts after the first."""
+        return max(0, self.ssh_starts - 1)
+
+    def document(self) -> dict[str, object]:
+        """This tunnel in `status --json`."""
+        return {"pi": self.pi, "tunnel": self.tunnel, "listen": self.listen, "state": "up" if self.up else "down" if self.known else "unknown",
+                "unit": self.unit, "since": self.since, "reconnects": self.reconnects, "ssh_starts": self.ssh_starts,
+                "last_connect": self.last_start, "unit_restarts": self.unit_restarts,
+                "last_error": self.last_error or None}
 
 
 def status_pi(remote: Remote, pi: PiSpec, listening: frozenset[str]) -> list[TunnelStatus]:
@@ -33,14 +49,31 @@ def status_pi(remote: Remote, pi: PiSpec, listening: frozenset[str]) -> list[Tun
     read) listens on it."""
     lines = remote.run(STATUS_SCRIPT).stdout.splitlines() + ["", "", "", "", "", ""]
     # systemctl show prints values in its own property order: NRestarts, ActiveState, ActiveEnterTimestamp
-    restarts, active, since, starts, last = (l.strip() for l in lines[:5])
+    restarts, active, since, starts, last, error = (l.strip() for l in lines[:6])
     return [TunnelStatus(pi.name, t.name, listen_spec(t), listen_spec(t) in listening and active == "active",
-                         active, since or "-", int(starts or 0), last or "-", int(restarts or 0)) for t in pi.tunnels]
+                         active, since or "-", int(starts or 0), last or "-", int(restarts or 0), error)
+            for t in pi.tunnels]
+
+
+def unreached(pi: PiSpec, listening: frozenset[str] | None, why: str) -> list[TunnelStatus]:
+    """A Pi the laptop could not reach: each tunnel is up as far as its VPS listens on it (None: VPS unread)."""
+    return [TunnelStatus(pi.name, t.name, listen_spec(t), listening is not None and listen_spec(t) in listening,
+                         "unknown", "-", 0, "-", 0, f"the laptop could not reach the Pi: {why}",
+                         known=listening is not None) for t in pi.tunnels]
+
+
+def is_down(row: TunnelStatus) -> bool:
+    """Known to be down (what makes `status` exit 2)."""
+    return row.known and not row.up
 
 
 def print_status(rows: list[TunnelStatus]) -> None:
     print(f"\n{'pi':<8} {'tunnel':<8} {'listen on VPS':<20} {'state':<5} {'unit':<9} {'up since':<28} "
           f"{'ssh starts':>10} {'last (re)connect':<25} {'unit restarts':>13}")
     for r in rows:
-        print(f"{r.pi:<8} {r.tunnel:<8} {r.listen:<20} {'UP' if r.up else 'DOWN':<5} {r.unit:<9} {r.since:<28} "
+        state = "UP" if r.up else "DOWN" if r.known else "?"
+        print(f"{r.pi:<8} {r.tunnel:<8} {r.listen:<20} {state:<5} {r.unit:<9} {r.since:<28} "
               f"{r.ssh_starts:>10} {r.last_start:<25} {r.unit_restarts:>13}")
+    for r in rows:
+        if not r.up and r.last_error:
+            print(f"{r.pi}/{r.tunnel}: last error: {r.last_error}")
