@@ -32,9 +32,12 @@ def provision(play: Play) -> None:
     from the VPS, so it runs while the VPS converges; the Pis' keys and tunnels follow once it is done."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         based = pool.submit(pi.base, play)
-        vps.provision(play)
+        # a VPS where a name's certificate could not be obtained serves everything else: its Pis go on,
+        # and it counts as failed at the end
+        partial = vps.provision_routes(play)
         bases = based.result()
     connect(play, bases)
+    play.failed |= partial
 
 
 def provision_pi(play: Play) -> None:
