@@ -26,6 +26,7 @@ class TunnelStatus:
     ssh_starts: int
     last_start: str
     unit_restarts: int
+    certificate: str = "-"  # http routes: when the certificate it answers with expires (read on the VPS)
 
 
 def status_pi(remote: Remote, pi: PiSpec, listening: frozenset[str]) -> list[TunnelStatus]:
@@ -40,7 +41,7 @@ def status_pi(remote: Remote, pi: PiSpec, listening: frozenset[str]) -> list[Tun
 
 def print_status(rows: list[TunnelStatus]) -> None:
     print(f"\n{'pi':<8} {'tunnel':<8} {'listen on VPS':<20} {'state':<5} {'unit':<9} {'up since':<28} "
-          f"{'ssh starts':>10} {'last (re)connect':<25} {'unit restarts':>13}")
+          f"{'ssh starts':>10} {'last (re)connect':<25} {'unit restarts':>13}  certificate expires")
     for r in rows:
         print(f"{r.pi:<8} {r.tunnel:<8} {r.listen:<20} {'UP' if r.up else 'DOWN':<5} {r.unit:<9} {r.since:<28} "
-              f"{r.ssh_starts:>10} {r.last_start:<25} {r.unit_restarts:>13}")
+              f"{r.ssh_starts:>10} {r.last_start:<25} {r.unit_restarts:>13}  {r.certificate}")

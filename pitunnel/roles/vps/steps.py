@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pitunnel.facts import LISTENERS, Fact, Facts, FileState, command_fact, read
-from pitunnel.inventory import NAME_RE, Inventory, PiSpec, VpsSpec, acme_name
+from pitunnel.facts import LISTENERS, Fact, Facts, FileState, command_fact, gather, read
+from pitunnel.inventory import NAME_RE, Inventory, PiSpec, TunnelSpec, VpsSpec, acme_name
 from pitunnel.ops import (STATE_DIR, Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Plan,
                           Pruned, Service, SshdPasswordsCheck, SystemUser, UserAbsent, backup_commands, q)
 from pitunnel.play import Play
@@ -115,6 +115,22 @@ def permitted_fact(vps: VpsSpec) -> Fact[frozenset[str]]:
 def listeners(remote: Remote) -> frozenset[str]:
     """What listens on this VPS now (one round trip)."""
     return read(remote, LISTENERS)
+
+
+def listeners_and_certificates(remote: Remote, vps: VpsSpec) -> tuple[frozenset[str], AcmeFound]:
+    """For status: what listens on this VPS, and its certificates with their expiry (one round trip)."""
+    facts = gather(remote, [LISTENERS, acme_fact(vps)])
+    return facts.value(LISTENERS), facts.value(acme_fact(vps))
+
+
+def certificate_expiry(vps: VpsSpec, tunnel: TunnelSpec, found: AcmeFound) -> str:
+    """When the certificate an http route answers with expires, as status shows it."""
+    name = acme_name(vps, tunnel)
+    if name is not None and name in found.certs and found.certs[name].live:
+        return found.certs[name].not_after or "?"
+    if vps.tls_certificate:
+        return found.given_not_after or "?"
+    return "none yet" if name else "-"
 
 
 def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiOffer], reporter: Reporter,
