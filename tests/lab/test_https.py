@@ -97,7 +97,8 @@ def test_curl_with_pebbles_root_reaches_the_pi_and_plain_http_is_redirected(setu
     for url in (f"https://{APP}/", f"https://{PUBLIC}/pi1/"):
         done = curl(ca, url, "-D", "-")
         assert done.returncode == 0, done.stderr
-        head, body = done.stdout.split("\r\n\r\n", 1)
+        head, _, body = done.stdout.partition("\n\n")  # (text mode: curl's CRLF read as LF)
+        assert body, done.stdout
         answer = json.loads(body)
         assert answer["pi"] == "pi1" and answer["x_forwarded_proto"] == "https"
         assert ("strict-transport-security: max-age=63072000" in head.lower()) == (url.startswith(f"https://{APP}"))
@@ -119,6 +120,7 @@ def test_basic_auth_only_over_tls(setup: tuple[Path, lab.LabCA, dict], tmp_path:
     # the same route on a VPS without acme: refused before any host is touched, naming file, line, key, fix
     bare = json.loads(json.dumps(doc))
     del bare["vps"]["vps"]["acme"]
+    del bare["pis"]["pi1"]["tunnels"]["web"]["hsts"]
     path = write(bare, tmp_path / "bare.yml")
     before = in_host("vps", "cat /etc/nginx/sites-enabled/pitunnel-pi1_private.conf | md5sum")
     with pytest.raises(Exit) as refused:
@@ -162,9 +164,13 @@ def test_forced_renewal_is_served_without_a_provision_run(setup: tuple[Path, lab
     env = in_host("vps", "systemctl show -p Environment --value certbot.service").strip()
     assert env == "REQUESTS_CA_BUNDLE=/etc/pitunnel/acme-ca.pem"
     assert in_host("vps", "systemctl is-enabled certbot.timer").strip() == "enabled"
-    out = lab.exec_in("vps", f"env {env} certbot renew --force-renewal --cert-name pitunnel-{APP} 2>&1", timeout=120)
+    out = lab.exec_in("vps", f"env {env} certbot renew --no-random-sleep-on-renew --force-renewal --cert-name pitunnel-{APP} 2>&1", timeout=120)
     assert out.returncode == 0, out.stdout
-    assert serial(APP, ca) != before  # the deploy hook checked Nginx's config and reloaded it
+    # the deploy hook checked Nginx's config and reloaded it (new workers take over within moments)
+    deadline = time.monotonic() + 10
+    while serial(APP, ca) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert serial(APP, ca) != before, out.stdout
     assert in_host("vps", "nginx -t 2>&1 && echo fine").strip().endswith("fine")
 
 
@@ -183,7 +189,7 @@ def test_unobtainable_certificate_fails_alone_and_a_rerun_retries(setup: tuple[P
             assert code != 0
             failed = [l for l in out.splitlines() if l.split()[:1] == ["failed"]]
             assert len(failed) == 1 and f"certificate {BROKEN} (ACME)" in failed[0], out
-            assert f"certbot could not get a certificate for {BROKEN}: " in failed[0] and "SERVFAIL" in failed[0]
+            assert f"certbot could not get a certificate for {BROKEN}: Get \"http://{BROKEN}:80/" in failed[0] and "could not resolve" in failed[0], failed[0]
             assert ca.log.read_text().count("\n") > requests, attempt  # it asked the CA again
             assert p.reporter.recaps["pi1"].failed == 0 and p.reporter.recaps["vps"].failed == 1
             # every other route still answers over HTTPS; the new one over plain HTTP until it has a certificate
@@ -209,6 +215,6 @@ def test_teardown_keeps_certificates_unless_purged(setup: tuple[Path, lab.LabCA,
     assert code == 0
     left = in_host("vps", "ls /etc/letsencrypt/live /etc/letsencrypt/archive /etc/letsencrypt/accounts "
                           "/var/lib/pitunnel-state 2>&1")
-    assert "pitunnel-" not in left and left.count("No such file") >= 2, left  # accounts, pitunnel-state
+    assert "pitunnel-" not in left.replace("pitunnel-state", "") and left.count("No such file") >= 2, left
     assert "install ok installed" not in in_host("vps", "dpkg-query -W -f '${Status}\\n' certbot 2>&1")
     print(f"test_https: {time.monotonic() - STARTED:.0f}s in all")

@@ -92,7 +92,8 @@ def certbot_env(acme: AcmeSpec) -> str:
 def one_line_failure(name: str) -> str:
     """After `out=$(certbot ...)` failed: the CA's reason in one line (certbot's `Detail:`, else its last line)."""
     return ("reason=$(printf '%s\\n' \"$out\" | sed -n 's/^ *Detail: *//p' | head -1); "
-            "[ -n \"$reason\" ] || reason=$(printf '%s\\n' \"$out\" | grep -v '^ *$' | tail -1); "
+            "[ -n \"$reason\" ] || reason=$(printf '%s\\n' \"$out\" | grep -v -e '^ *$' -e '^Ask for help' "
+            "-e '^Saving debug log' | tail -1); "
             f"echo \"certbot could not get a certificate for {name}: $reason\"; exit 1")
 
 
