@@ -15,6 +15,7 @@ import yaml
 
 import lab
 from pitunnel.roles.site import provision, status, teardown, verify
+from pitunnel.roles.vps.steps import provision as provision_vps
 from invoke import Exit
 
 from pitunnel.cli import Flags, run_play
@@ -189,7 +190,8 @@ def test_unobtainable_certificate_fails_alone_and_a_rerun_retries(setup: tuple[P
             assert code != 0
             failed = [l for l in out.splitlines() if l.split()[:1] == ["failed"]]
             assert len(failed) == 1 and f"certificate {BROKEN} (ACME)" in failed[0], out
-            assert f"certbot could not get a certificate for {BROKEN}: Get \"http://{BROKEN}:80/" in failed[0] and "could not resolve" in failed[0], failed[0]
+            reason = f"certbot could not get a certificate for {BROKEN}: Get \"http://{BROKEN}:80/"
+            assert reason in failed[0] and "could not resolve" in failed[0], failed[0]
             assert ca.log.read_text().count("\n") > requests, attempt  # it asked the CA again
             assert p.reporter.recaps["pi1"].failed == 0 and p.reporter.recaps["vps"].failed == 1
             # every other route still answers over HTTPS; the new one over plain HTTP until it has a certificate
@@ -211,6 +213,11 @@ def test_teardown_keeps_certificates_unless_purged(setup: tuple[Path, lab.LabCA,
         "README", f"pitunnel-{APP}", f"pitunnel-{PRIVATE}", f"pitunnel-{PUBLIC}"]
     assert in_host("vps", "ls /etc/letsencrypt/accounts/ && dpkg-query -W -f '${Status}' certbot") \
         .strip().endswith("install ok installed")
+    # provisioned again, the kept certificates serve again without a call to the CA
+    requests = ca.log.read_text().count("\n")
+    code, _ = play(path, provision_vps)
+    assert code == 0 and ca.log.read_text().count("\n") == requests
+    assert len(in_host("vps", "ls /etc/letsencrypt/renewal/").split()) == 3 and serial(APP, ca) > 0
     code, _ = play(path, lambda p: teardown(p, purge=True))
     assert code == 0
     left = in_host("vps", "ls /etc/letsencrypt/live /etc/letsencrypt/archive /etc/letsencrypt/accounts "
