@@ -224,4 +224,6 @@ def test_teardown_keeps_certificates_unless_purged(setup: tuple[Path, lab.LabCA,
                           "/var/lib/pitunnel-state 2>&1")
     assert "pitunnel-" not in left.replace("pitunnel-state", "") and left.count("No such file") >= 2, left
     assert "install ok installed" not in in_host("vps", "dpkg-query -W -f '${Status}\\n' certbot 2>&1")
+    assert in_host("vps", "ls -d /etc/pitunnel /etc/systemd/system/certbot.service.d /var/lib/pitunnel-acme "
+                          "2>&1").count("No such file") == 3
     print(f"test_https: {time.monotonic() - STARTED:.0f}s in all")

@@ -252,3 +252,11 @@ def test_acme_fact_reads_certbots_files() -> None:
     assert parsed.certs == {"a.example.com": acme.CertState("https://x/dir", True, False, "Jan  1 00:00:00 2031 GMT"),
                             "b.example.com": acme.CertState("", False, True, "")}
     assert parsed.given_not_after == "Feb  2 00:00:00 2030 GMT"
+
+
+def test_teardown_removes_a_folder_only_when_nothing_else_is_in_it() -> None:
+    gone = acme.FolderGone("/etc/systemd/system/certbot.service.d", frozenset({"pitunnel.conf"}))
+    key = gone.fact().key
+    assert gone.plan(Facts({key: (0, "pitunnel.conf\n")})).commands == ["rmdir /etc/systemd/system/certbot.service.d"]
+    assert gone.plan(Facts({key: (0, "pitunnel.conf\nmine.conf\n")})).commands == []
+    assert gone.plan(Facts({key: (0, "ABSENT\n")})).commands == []

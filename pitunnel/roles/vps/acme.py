@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pitunnel.facts import Fact, Facts
+from pitunnel.facts import Fact, Facts, command_fact
 from pitunnel.inventory import AcmeSpec, VpsSpec
 from pitunnel.ops import Op, Plan, q, record_commands, record_fact, recorded, unrecord_commands
 from pitunnel.role import Role
@@ -173,3 +173,30 @@ class CertificatesReleased(Op):
                      *(f"mv -f {q(f'{LE}/renewal/{cn}.conf')} {q(f'{KEPT}/{cn}.conf')}" for cn in renewing)],
                     f"renewal of {', '.join(renewing)} stopped; certificates and account kept (--purge removes them: "
                     "a CA rate-limits new certificates)")
+
+
+@dataclass
+class FolderGone(Op):
+    """Teardown: a folder pitunnel's files were put in goes, if nothing but those (`ours`, removed by ops
+    before this one) is in it: a drop-in folder the user also uses stays."""
+
+    path: str
+    ours: frozenset[str]
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        self.title = self.title or f"folder {self.path} gone if empty"
+
+    def fact(self) -> Fact[str]:
+        return command_fact(f"folder:{self.path}", f"[ -d {q(self.path)} ] && ls -A {q(self.path)} || echo ABSENT")
+
+    def facts(self) -> list[Fact[Any]]:
+        return [self.fact()]
+
+    def plan(self, facts: Facts) -> Plan:
+        found = facts.output(self.fact()).split()
+        if found == ["ABSENT"]:
+            return Plan([], "not there")
+        if set(found) - self.ours:
+            return Plan([], "kept: it holds files that are not pitunnel's")
+        return Plan([f"rmdir {q(self.path)}"], "remove (empty once pitunnel's files are gone)")

@@ -18,7 +18,8 @@ from pitunnel.role import Role
 from pitunnel.runner import Mode, StepFailed, converge, facts_for, sshd_reload
 from pitunnel.sshkeys import BadPublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec
-from pitunnel.roles.vps.acme import AcmeFound, Certificate, CertificatesReleased, acme_fact, live_paths
+from pitunnel.roles.vps.acme import (AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact,
+                                     live_paths)
 
 ROLE = Role("vps")
 D = ROLE.defaults
@@ -424,7 +425,9 @@ def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
         CertificatesReleased(purge, vps),
         Absent(D["acme_webroot"]),
         Absent(D["certbot_dropin"], notify=("daemon-reload",)),
+        FolderGone(D["certbot_dropin"].rsplit("/", 1)[0], frozenset({D["certbot_dropin"].rsplit("/", 1)[1]})),
         Absent(D["acme_ca_bundle"]),
+        FolderGone(D["acme_ca_bundle"].rsplit("/", 1)[0], frozenset({D["acme_ca_bundle"].rsplit("/", 1)[1]})),
     ]
     if purge:
         ops.append(PackagesAbsent((D["nginx_package"], D["certbot_package"])))
