@@ -183,6 +183,11 @@ def test_unobtainable_certificate_fails_alone_and_a_rerun_retries(setup: tuple[P
     broken["pis"]["pi1"]["tunnels"]["broken"] = {"type": "http", "local_port": 80, "server_name": BROKEN}
     broken_path = write(broken, tmp_path / "broken.yml")
     try:
+        requests = ca.log.read_text().count("\n")
+        code, p = play(broken_path, provision, check=True)  # --check: says it would ask, asks nobody
+        out = capsys.readouterr().out
+        assert code == 0 and f"would change {'vps':<10} certificate {BROKEN} (ACME) - obtain from" in out, out
+        assert ca.log.read_text().count("\n") == requests
         for attempt in (1, 2):
             requests = ca.log.read_text().count("\n")
             code, p = play(broken_path, provision)
