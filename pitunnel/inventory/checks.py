@@ -146,11 +146,17 @@ def ports_and_routes(report: Report, vps: str, ports: Mapping[str, int], tunnels
 
 
 def tls_for_routes(report: Report, vps: VpsSpec, pi: PiSpec) -> None:
-    """Basic auth and HSTS only on routes served over HTTPS: a password must never cross in clear."""
+    """Basic auth and HSTS only on routes served over HTTPS: a password must never cross in clear. No
+    route takes the VPS's public_name for its own server."""
+    public = vps.public_name.lower().rstrip(".") if vps.public_name else None
     for tunnel in pi.tunnels:
+        path: KeyPath = ("pis", pi.name, "tunnels", tunnel.name)
+        if tunnel.kind == "http" and tunnel.server_name and tunnel.server_name.lower().rstrip(".") == public:
+            report.problem(path + ("server_name",), f"server_name {tunnel.server_name!r} is VPS '{vps.name}''s "
+                           "public_name, whose server routes the path-prefix tunnels: nginx would serve only one",
+                           "give the tunnel a name of its own, or route it by path under the public_name")
         if tunnel.kind != "http" or has_tls(vps, tunnel):
             continue
-        path: KeyPath = ("pis", pi.name, "tunnels", tunnel.name)
         if tunnel.server_name is not None and tunnel.server_name.startswith("*."):
             how = (f"give VPS '{vps.name}' tls_certificate and tls_key (ACME's http-01 cannot prove a wildcard "
                    f"name), or remove")

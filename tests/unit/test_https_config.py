@@ -260,3 +260,8 @@ def test_teardown_removes_a_folder_only_when_nothing_else_is_in_it() -> None:
     assert gone.plan(Facts({key: (0, "pitunnel.conf\n")})).commands == ["rmdir /etc/systemd/system/certbot.service.d"]
     assert gone.plan(Facts({key: (0, "pitunnel.conf\nmine.conf\n")})).commands == []
     assert gone.plan(Facts({key: (0, "ABSENT\n")})).commands == []
+
+
+def test_a_tunnel_cannot_take_the_vps_public_name(tmp_path: Path) -> None:
+    text = problem(tmp_path, INVENTORY.replace("server_name: app.example.com", "server_name: VPS.example.com"))
+    assert "pis.pi1.tunnels.app.server_name: server_name 'VPS.example.com' is VPS 'main''s public_name" in text
