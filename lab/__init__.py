@@ -9,10 +9,12 @@ modules inside are the lab's own (only unit tests of those modules, in tests/uni
     lab.exec_in("pi1", "hostname")      a shell script inside a host, as root, not over SSH
     lab.inject("kill-ssh", "pi1")       a fault, and seconds until the Pi is reachable again
     with lab.away_from_home("pi1"):     the laptop's new connections to the Pi's address go unanswered
+    lab.start_ca()                      pebble, a real ACME CA, for the VPS's certbot (lab.down stops it)
 """
 
 from pitunnel.cli import LAB_INVENTORY as INVENTORY
 
+from .acme import LabCA, dns_fail, start_ca
 from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, cpu_seconds, down, exec_in, password_file, record,
                    sh, shell_argv, status, up, write_file)
 from .faults import (NAMES as FAULTS, PITUNNEL, PortKnocker, Setup, SilentDrop, Target, away_from_home, inject,
@@ -30,6 +32,8 @@ __all__ = [
     "cpu_seconds", "exec_in", "record", "sh", "shell_argv", "write_file",
     # its addresses
     "LAPTOP_ADDR", "VPS_ADDR",
+    # the lab's ACME CA (pebble) and its DNS
+    "LabCA", "dns_fail", "start_ca",
     # faults and recovery
     "FAULTS", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "away_from_home", "inject", "reachable",
     "target", "tunnel_bytes", "tunnel_rss_kb", "unplugged", "wait_recovered",

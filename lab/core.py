@@ -17,6 +17,7 @@ from pitunnel.cli import LAB_INVENTORY
 from pitunnel.hostkeys import known_name
 
 from . import limits, machine, net
+from .acme import stop_ca
 from .aptproxy import PROXY_URL, start_proxy
 from .plan import LabPlan, make_plan
 from .rootfs import ensure_rootfs
@@ -61,7 +62,7 @@ def up(*, pis: int = 1, release: str = "bookworm", inventory: Path = LAB_INVENTO
     state = LabState.load()
     if not fresh and state.release == release and state.pis == pis and _healthy(state) and inventory.exists():
         return UpReport(plan, True, 0.0, time.monotonic() - started, inventory)
-    if state.hosts or state.bridges or state.firewall or state.proxy_pid:
+    if state.hosts or state.bridges or state.firewall or state.proxy_pid or state.acme_pids:
         down(inventory=inventory)
         state = LabState()
     net.check_range_free(plan)
@@ -98,7 +99,7 @@ def down(*, inventory: Path | None = LAB_INVENTORY) -> list[str]:
     if os.geteuid() != 0:
         raise LabError("the lab needs root to tear down what it made: run it as root")
     state = LabState.load()
-    removed: list[str] = []
+    removed: list[str] = stop_ca(state)
     for record in state.hosts.values():
         if same_process(record.nspawn_pid, record.nspawn_start):
             os.kill(record.nspawn_pid, 15)  # all hosts shut down at once; stop() waits for each

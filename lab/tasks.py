@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+
+import yaml
 
 from invoke import Collection, Context, Exit, task
 
-from pitunnel.cli import LAB_INVENTORY, ROOT
+from pitunnel.cli import LAB_INVENTORY, ROOT, FlagsTask
 from pitunnel.inventory import load_inventory
 from pitunnel.tasks import provision, verify
 
 from . import core
+from .acme import start_ca
+from .state import STATE_DIR
 from .faults import NAMES, inject
 from .report import print_status
 from .system import LabError
@@ -79,16 +84,35 @@ def lab_fault(c: Context, fault: str, pi: str = "pi1", timeout: float = 300) -> 
     print(f"{fault}: {pi} reachable again through the VPS {seconds:.1f}s after the fault ended")
 
 
+HTTPS_INVENTORY = STATE_DIR / "https.yml"  # in the lab's state: lab.down removes it (and its ports file)
+HTTPS_NAME = "vps.pitunnel.test"  # the lab VPS's public_name: the lab's DNS (lab/acme.py) answers it with the VPS
+
+
+def https_inventory() -> Path:
+    """The lab's inventory with HTTPS on: acme from the lab's pebble, public_name for the path routes, and
+    verify trusting pebble's root."""
+    ca = start_ca()
+    doc = yaml.safe_load(LAB_INVENTORY.read_text())
+    doc["settings"]["verify_ca_file"] = str(ca.root)
+    doc["vps"]["vps"].update(public_name=HTTPS_NAME, acme={"email": "admin@pitunnel.test", "directory": ca.directory,
+                                                           "ca_bundle": str(ca.ca_bundle)})
+    HTTPS_INVENTORY.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return HTTPS_INVENTORY
+
+
 @task(help={"pis": "how many Pis in the lab (default 1)",
-            "release": "Debian release of the lab's hosts: bookworm or trixie"})
-def demo(c: Context, pis: int = 1, release: str = "bookworm") -> None:
+            "release": "Debian release of the lab's hosts: bookworm or trixie",
+            "https": "also start the lab's ACME CA (pebble): certificates by certbot, every route over HTTPS"},
+      klass=FlagsTask, shorts={"https": "s"})  # not -h: that is --help
+def demo(c: Context, pis: int = 1, release: str = "bookworm", https: bool = False) -> None:
     """The whole story on the local lab: lab up, provision, verify, and how to ssh into a Pi via the VPS."""
     lab_up(c, pis=pis, release=release)
+    path = https_inventory() if https else LAB_INVENTORY
     print("\n== provision (VPS, then Pis) ==")
-    provision(c, inventory=str(LAB_INVENTORY))
+    provision(c, inventory=str(path))
     print("\n== verify ==")
-    verify(c, inventory=str(LAB_INVENTORY))
-    inv = load_inventory(LAB_INVENTORY, save_allocations=False)
+    verify(c, inventory=str(path))
+    inv = load_inventory(path, save_allocations=False)
     vps = next(iter(inv.vps.values()))
     print("\nEvery Pi answers through the VPS. Try:")
     for pi in inv.pis.values():
@@ -96,6 +120,9 @@ def demo(c: Context, pis: int = 1, release: str = "bookworm") -> None:
             if t.kind == "ssh" and t.public:
                 print(f"  ssh -i {pi.key} -o UserKnownHostsFile={inv.settings.known_hosts} "
                       f"-o HostKeyAlias={pi.address} -p {t.remote_port} {pi.user}@{vps.address}")
+            elif t.kind == "http" and https:
+                print(f"  curl --cacert {inv.settings.verify_ca_file} --resolve {HTTPS_NAME}:443:{vps.address} "
+                      f"https://{HTTPS_NAME}{t.path or '/'}")
             elif t.kind == "http":
                 print(f"  curl http://{vps.address}{t.path or '/'}")
     print("When done: invoke lab.down")

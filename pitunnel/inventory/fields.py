@@ -21,7 +21,7 @@ from pitunnel.yamlsrc import KeyPath
 from . import values
 from .errors import Invalid, Report, clip
 from .files import local_file
-from .model import KEEPALIVE, VIA, PiSpec, TunnelSpec, VpsSpec
+from .model import KEEPALIVE, VIA, AcmeSpec, PiSpec, TunnelSpec, VpsSpec
 from .values import AUTO, Check
 
 REQUIRED: Final = object()
@@ -53,6 +53,7 @@ SETTINGS_FIELDS: Final = {
     "known_hosts": Field(values.text, "~/.ssh/known_hosts", path=True),
     "laptop_key": _private_key,  # absent: ~/.ssh/id_ed25519 if it exists
     "ssh_config": Field(values.text, None, path=True, exists=True),  # absent or 'none': none is read
+    "verify_ca_file": Field(values.text, None, path=True, exists=True),  # absent: the system's CAs
 }
 _HOST_FIELDS: Final = {
     "address": Field(values.address, REQUIRED, example="<IP address or DNS name>"),
@@ -88,6 +89,8 @@ VPS_FIELDS: Final = _defaults_from(VpsSpec, {
     "https_port": Field(values.port, MODEL),
     "tls_certificate": Field(values.remote_path),
     "tls_key": Field(values.remote_path),
+    "public_name": Field(values.server_name),
+    "acme": Field(values.mapping),  # read with ACME_FIELDS
     "client_alive_interval": Field(values.at_least_one, None),  # absent: from its Pis' keepalive (the slowest)
     "client_alive_count_max": Field(values.at_least_one, None),
     "port_range": Field(values.port_range, MODEL),
@@ -114,8 +117,15 @@ TUNNEL_FIELDS: Final = _defaults_from(TunnelSpec, {
     "basic_auth_file": Field(values.text, None, path=True, exists=True, secret="htpasswd"),
     "websocket": Field(values.boolean, MODEL),
     "client_max_body_size": Field(values.nginx_size, MODEL),
+    "hsts": Field(values.boolean, MODEL),
 })
-HTTP_ONLY_KEYS: Final = ("server_name", "path", "basic_auth_file", "websocket", "client_max_body_size")
+ACME_FIELDS: Final = _defaults_from(AcmeSpec, {
+    "email": Field(values.email, REQUIRED, example="admin@example.com"),
+    "directory": Field(values.https_url, MODEL),
+    "staging": Field(values.boolean, MODEL),
+    "ca_bundle": Field(values.text, None, path=True, exists=True),
+})
+HTTP_ONLY_KEYS: Final = ("server_name", "path", "basic_auth_file", "websocket", "client_max_body_size", "hsts")
 DEFAULT_LOCAL_PORT: Final = {"ssh": 22, "http": 80}
 
 

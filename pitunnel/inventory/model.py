@@ -20,6 +20,7 @@ class Settings:
     known_hosts: Path  # laptop's known_hosts used to check host keys
     laptop_key: Path | None  # private key whose .pub is pushed to the Pis
     ssh_config: Path | None = None  # an OpenSSH client config to read (HostName, User, Port, ...); None: none
+    verify_ca_file: Path | None = None  # CA certificates verify trusts for HTTPS (None: the system's)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +50,7 @@ class TunnelSpec:
     basic_auth_file: Path | None  # http only: local htpasswd file to install on the VPS
     websocket: bool = False  # http only: pass WebSocket upgrades, long proxy timeouts
     client_max_body_size: str = DEFAULT_BODY_SIZE  # http only: nginx size, larger request bodies get 413
+    hsts: bool = False  # http only: Strict-Transport-Security on its HTTPS answers
 
 
 # `via:` per Pi: how the laptop reaches it. auto: its address, or through its VPS to its ssh tunnel when
@@ -76,6 +78,20 @@ KEEPALIVE: Final = {
 }
 
 
+LETS_ENCRYPT: Final = "https://acme-v02.api.letsencrypt.org/directory"
+LETS_ENCRYPT_STAGING: Final = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcmeSpec:
+    """`acme:` of a VPS: certificates from an ACME CA, by certbot on the VPS (http-01 through pitunnel's Nginx)."""
+
+    email: str
+    directory: str = LETS_ENCRYPT
+    staging: bool = False  # Let's Encrypt's staging directory instead (directory must then be left out)
+    ca_bundle: Path | None = None  # local file: the CA certificates certbot trusts for the directory's TLS
+
+
 @dataclass(frozen=True, kw_only=True)
 class VpsSpec(HostSpec):
     tunnel_user: str = TUNNEL_USER
@@ -83,6 +99,8 @@ class VpsSpec(HostSpec):
     https_port: int = 443
     tls_certificate: str | None = None  # absolute path on the VPS
     tls_key: str | None = None
+    public_name: str | None = None  # the VPS's own DNS name: path-prefix routes are served under it
+    acme: AcmeSpec | None = None
     client_alive_interval: int = 5
     client_alive_count_max: int = 2
     port_range: tuple[int, int] = (20000, 29999)
@@ -129,3 +147,18 @@ class Inventory:
 
     def tunnels_on(self, vps: VpsSpec) -> list[tuple[PiSpec, TunnelSpec]]:
         return [(pi, t) for pi in self.pis.values() if pi.vps == vps.name for t in pi.tunnels]
+
+
+def acme_name(vps: VpsSpec, tunnel: TunnelSpec) -> str | None:
+    """The name an ACME certificate is obtained for, for this http route: its server_name (not a wildcard:
+    http-01 cannot prove those), or for a path-prefix route the VPS's public_name; None if it gets none."""
+    if vps.acme is None or tunnel.kind != "http":
+        return None
+    if tunnel.server_name is not None:
+        return None if tunnel.server_name.startswith("*.") else tunnel.server_name.lower().rstrip(".")
+    return vps.public_name.lower().rstrip(".") if vps.public_name else None
+
+
+def has_tls(vps: VpsSpec, tunnel: TunnelSpec) -> bool:
+    """Is this http route served over HTTPS (a hand-given certificate, or one from ACME)?"""
+    return vps.tls_certificate is not None or acme_name(vps, tunnel) is not None

@@ -13,7 +13,7 @@ from . import checks, fields, values
 from .errors import Invalid, Report, show
 from .fields import FieldChecker, Inherited
 from .files import public_key
-from .model import KEEPALIVE, PiSpec, Settings, TunnelSpec, VpsSpec
+from .model import KEEPALIVE, LETS_ENCRYPT, LETS_ENCRYPT_STAGING, AcmeSpec, PiSpec, Settings, TunnelSpec, VpsSpec
 
 ALIVE_KEYS = ("client_alive_interval", "client_alive_count_max")
 
@@ -61,6 +61,9 @@ class _Reader:
         vps = {name: self.client_alive(spec, [pi for pi in pis.values() if pi.vps == name])
                for name, spec in vps.items()}
         checks.host_names(self.report, vps_section, pis_section)
+        for pi in pis.values():
+            if pi.vps in vps:
+                checks.tls_for_routes(self.report, vps[pi.vps], pi)
         for vps_name, ports in self.vps_ports.items():
             checks.ports_and_routes(self.report, vps_name, ports,
                                     [(pi, t) for pi, on, t in self.routed if on == vps_name])
@@ -107,7 +110,8 @@ class _Reader:
             self.report.problem(("settings", "laptop_key"), f"public key {public_key(key)} does not exist",
                                 f"create it with 'ssh-keygen -y -f {key} > {public_key(key)}'")
             return None
-        return Settings(known_hosts=found["known_hosts"], laptop_key=key, ssh_config=found["ssh_config"])
+        return Settings(known_hosts=found["known_hosts"], laptop_key=key, ssh_config=found["ssh_config"],
+                        verify_ca_file=found["verify_ca_file"])
 
     def client_alive(self, vps: VpsSpec, pis: list[PiSpec]) -> VpsSpec:
         """The VPS's ClientAlive keys not written in the inventory: the slowest its Pis' keepalive asks for
@@ -125,12 +129,29 @@ class _Reader:
                                                                "tunnel_user", "tls_certificate", "tls_key"), inherited)
             if name_ok:
                 self.vps_ports[name] = {k: quiet[k] for k in ("port", "http_port", "https_port") if k in quiet}
-            if not checks.vps_agrees(self.report, quiet, path) or found is None or not name_ok:
+            acme = self.acme(raw.get("acme"), path + ("acme",))
+            if not checks.vps_agrees(self.report, quiet, path) or found is None or not name_ok or acme is False:
                 continue
+            found["acme"] = acme
             self.alive_unset[name] = [k for k in ALIVE_KEYS if found.get(k) is None]
             result[name] = VpsSpec(name=name, role="vps", given=_given(raw, inherited, fields.VPS_FIELDS),
                                    **{k: v for k, v in found.items() if k not in self.alive_unset[name]})
         return result
+
+    def acme(self, raw: Any, path: KeyPath) -> AcmeSpec | None | bool:
+        """The VPS's `acme:` (None if absent), or False if it is invalid (reported)."""
+        if not isinstance(raw, dict):
+            return None  # absent, or not a mapping: reported with the VPS's other fields
+        found = self.schema.check(raw, path, fields.ACME_FIELDS)
+        if found is None:
+            return False
+        if found["staging"] and "directory" in raw:
+            self.report.problem(path + ("staging",), "'staging: true' and 'directory' both choose the ACME directory",
+                                "keep one: staging for Let's Encrypt's staging directory, or directory for another CA")
+            return False
+        if found["staging"]:
+            found["directory"] = LETS_ENCRYPT_STAGING
+        return AcmeSpec(**found)
 
     def pis(self, section: Mapping[str, Any], inherited: Inherited, vps_names: list[str]) -> dict[str, PiSpec]:
         result: dict[str, PiSpec] = {}

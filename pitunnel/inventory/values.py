@@ -244,3 +244,11 @@ def port_range(value: Any) -> tuple[int, int]:
     if low > high:
         raise Invalid(f"low end {low} is above high end {high}", fix)
     return low, high
+
+
+_EMAIL_RE: Final = re.compile(r"[^@\s;'\"\\$`]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+email = _text_that(_EMAIL_RE.fullmatch, "an e-mail address",
+                   "write the address the CA may write to about your certificates, e.g. admin@example.com")
+_HTTPS_URL_RE: Final = re.compile(r"https://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/%-]*)?")
+https_url = _text_that(_HTTPS_URL_RE.fullmatch, "an https:// URL",
+                       "write the ACME directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory")

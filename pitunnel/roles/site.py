@@ -32,9 +32,12 @@ def provision(play: Play) -> None:
     from the VPS, so it runs while the VPS converges; the Pis' keys and tunnels follow once it is done."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         based = pool.submit(pi.base, play)
-        vps.provision(play)
+        # a VPS where a name's certificate could not be obtained serves everything else: its Pis go on,
+        # and it counts as failed at the end
+        partial = vps.provision_routes(play)
         bases = based.result()
     connect(play, bases)
+    play.failed |= partial
 
 
 def provision_pi(play: Play) -> None:
@@ -110,15 +113,22 @@ def verify(play: Play) -> list[pi_verify.PiReport]:
 
 
 def status(play: Play) -> list[pi_status.TunnelStatus]:
-    """`invoke status`: each VPS's listeners, then each Pi's tunnels."""
+    """`invoke status`: each VPS's listeners and certificates, then each Pi's tunnels."""
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
-    found = play.each(vpses_of(inv, pis), vps.listeners)
+    found = play.each(vpses_of(inv, pis), lambda remote: vps.listeners_and_certificates(remote, inv.vps[remote.name]))
     rows = play.each(pis, lambda remote: pi_status.status_pi(remote, inv.pis[remote.name],
-                                                             found.get(inv.pis[remote.name].vps, frozenset())))
+                                                             found[inv.pis[remote.name].vps][0]
+                                                             if inv.pis[remote.name].vps in found else frozenset()))
     for p in pis:  # a Pi out of reach: its tunnels as its VPS sees them
         if p.name not in rows and p.name in play.why:
-            rows[p.name] = pi_status.unreached(p, found.get(p.vps), play.why[p.name])
+            rows[p.name] = pi_status.unreached(p, found[p.vps][0] if p.vps in found else None, play.why[p.name])
+    for pi_rows in rows.values():
+        for row in pi_rows:
+            spec = inv.pis[row.pi]
+            tunnel = next(t for t in spec.tunnels if t.name == row.tunnel)
+            if tunnel.kind == "http" and spec.vps in found:
+                row.certificate = vps.certificate_expiry(inv.vps_of(spec), tunnel, found[spec.vps][1])
     return sorted((r for p in pis for r in rows.get(p.name, [])), key=lambda r: (r.pi, r.tunnel))
 
 

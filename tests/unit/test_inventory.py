@@ -13,6 +13,7 @@ import yaml
 
 from pitunnel import yamlsrc
 from pitunnel.inventory import (
+    LETS_ENCRYPT,
     DEFAULTS_KEYS,
     PI_FIELDS,
     SECTION_FIELDS,
@@ -792,7 +793,7 @@ def test_tilde_and_relative_paths(tmp_path: Path, home: Path) -> None:
           known_hosts: known_hosts
           laptop_key: ../laptop
         vps:
-          main: {address: vps.example.com, key: ~/keys/vps}
+          main: {address: vps.example.com, key: ~/keys/vps, tls_certificate: /c.pem, tls_key: /k.pem}
         pis:
           pi1:
             address: 10.0.0.1
@@ -1038,7 +1039,9 @@ def test_example_round_trip(example: Path, home: Path) -> None:
                                                                             "admin", "pitunnel")
     assert (vps.key, vps.password_file, vps.sudo_password_file) == (home / ".ssh" / "vps_ed25519", None,
                                                                    secrets / "vps-sudo-password")
-    assert vps.tls_certificate == "/etc/letsencrypt/live/vps.example.com/fullchain.pem"
+    assert vps.tls_certificate == "/etc/ssl/example/wildcard.example.com.pem"
+    assert vps.public_name == "vps.example.com" and vps.acme is not None
+    assert (vps.acme.email, vps.acme.directory, vps.acme.ca_bundle) == ("admin@example.com", LETS_ENCRYPT, None)
     assert vps.host_key is None  # no example key: a copy would be refused as CHANGED ("This may be an attack")
     pi1, pi2 = inventory.pis.values()
     assert pi1.host_key is None and pi2.host_key is None

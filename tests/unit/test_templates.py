@@ -30,6 +30,8 @@ vps:
     address: 203.0.113.10
     port: 2222
     key: keys/admin
+    tls_certificate: /etc/ssl/main.pem
+    tls_key: /etc/ssl/main.key
   other:
     address: vps2.example.com
     http_port: 8080
@@ -288,7 +290,11 @@ def test_nginx_server_for_server_name_tunnel(inv: Inventory) -> None:
     assert "server_name cam.example.com;" in lines
     assert "listen 80;" in lines and "listen [::]:80;" in lines
     assert not any("default_server" in l for l in lines)
-    assert not any("ssl" in l for l in lines)  # no TLS on this VPS
+    # a certificate (main's hand-given one): port 80 only redirects, the route answers on 443
+    redirect, served = text.split("\nserver {", 2)[1:]
+    assert "return 308 https://$host$request_uri;" in directives(redirect) and "proxy_pass" not in redirect
+    assert "listen 443 ssl;" in directives(served) and "listen 80;" not in directives(served)
+    assert "ssl_certificate /etc/ssl/main.pem;" in lines and "ssl_protocols TLSv1.2 TLSv1.3;" in lines
     assert "location / {" in lines
     assert "proxy_pass http://pitunnel_pi1_cam;" in lines  # no path: URI passed unchanged
     for header in ("X-Forwarded-For $remote_addr", "X-Real-IP $remote_addr", "X-Forwarded-Proto $scheme",
@@ -347,7 +353,7 @@ def test_nginx_prune_keeps_exactly_the_current_files(inv: Inventory) -> None:
 
 COLLIDING = """
 settings: {laptop_key: null, known_hosts: kh}
-vps: {main: {address: 203.0.113.1}}
+vps: {main: {address: 203.0.113.1, tls_certificate: /c.pem, tls_key: /k.pem}}
 pis:
   a-b:
     address: 10.0.0.1
@@ -716,7 +722,8 @@ def test_default_server_of_the_users_is_not_claimed(servers: str, ports: set[int
 
 
 def test_default_site_claims_default_server_unless_told_not_to() -> None:
-    context = dict(http_port=80, https_port=443, tls_certificate=None, tls_key=None)
+    context = dict(http_port=80, https_port=443, tls_certificate=None, tls_key=None, site_tls=None, public_name=None,
+                   acme=False)
     assert "listen 80 default_server;" in vps_steps.ROLE.render("nginx-default-site.conf.j2", **context)
     assert "default_server" not in vps_steps.ROLE.render("nginx-default-site.conf.j2", claim_default=False, **context)
 

@@ -30,6 +30,7 @@ class TunnelStatus:
     unit_restarts: int
     last_error: str = ""  # the unit's last journal line that reads like a failure, with its time
     known: bool = True  # False: neither the Pi nor its VPS could be read, so up or down is not known
+    certificate: str = "-"  # http routes: when the certificate it answers with expires (read on the VPS)
 
     @property
     def reconnects(self) -> int:
@@ -41,7 +42,8 @@ class TunnelStatus:
         return {"pi": self.pi, "tunnel": self.tunnel, "listen": self.listen, "state": "up" if self.up else "down" if self.known else "unknown",
                 "unit": self.unit, "since": self.since, "reconnects": self.reconnects, "ssh_starts": self.ssh_starts,
                 "last_connect": self.last_start, "unit_restarts": self.unit_restarts,
-                "last_error": self.last_error or None}
+                "last_error": self.last_error or None,
+                "certificate_expires": None if self.certificate == "-" else self.certificate}
 
 
 def status_pi(remote: Remote, pi: PiSpec, listening: frozenset[str]) -> list[TunnelStatus]:
@@ -69,11 +71,11 @@ def is_down(row: TunnelStatus) -> bool:
 
 def print_status(rows: list[TunnelStatus]) -> None:
     print(f"\n{'pi':<8} {'tunnel':<8} {'listen on VPS':<20} {'state':<5} {'unit':<9} {'up since':<28} "
-          f"{'ssh starts':>10} {'last (re)connect':<25} {'unit restarts':>13}")
+          f"{'ssh starts':>10} {'last (re)connect':<25} {'unit restarts':>13}  certificate expires")
     for r in rows:
         state = "UP" if r.up else "DOWN" if r.known else "?"
         print(f"{r.pi:<8} {r.tunnel:<8} {r.listen:<20} {state:<5} {r.unit:<9} {r.since:<28} "
-              f"{r.ssh_starts:>10} {r.last_start:<25} {r.unit_restarts:>13}")
+              f"{r.ssh_starts:>10} {r.last_start:<25} {r.unit_restarts:>13}  {r.certificate}")
     for r in rows:
         if not r.up and r.last_error:
             print(f"{r.pi}/{r.tunnel}: last error: {r.last_error}")

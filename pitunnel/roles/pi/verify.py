@@ -14,12 +14,15 @@ import io
 import json
 import shlex
 import socket
+import ssl
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paramiko
 
 from pitunnel import hostkeys
-from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
+from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec, has_tls
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.roles.contract import listen_spec
@@ -126,6 +129,7 @@ class Answer:
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
+    expires: float | None = None  # over HTTPS: when the certificate the VPS showed expires (epoch seconds)
 
     def header(self, name: str) -> str:
         return next((v for k, v in self.headers if k.lower() == name.lower()), "")
@@ -178,8 +182,8 @@ def judge(pi: str, via: Answer, local: Answer) -> tuple[bool, str]:
     return False, f"{what}: through the VPS {via.describe()}; on the Pi itself {local.describe()}"
 
 
-def _answer(response: http.client.HTTPResponse) -> Answer:
-    return Answer(response.status, response.read(BODY_LIMIT), tuple(response.getheaders()))
+def _answer(response: http.client.HTTPResponse, expires: float | None = None) -> Answer:
+    return Answer(response.status, response.read(BODY_LIMIT), tuple(response.getheaders()), expires)
 
 
 def request_headers(host: str) -> dict[str, str]:
@@ -187,13 +191,51 @@ def request_headers(host: str) -> dict[str, str]:
     return {"Host": host, "User-Agent": "pitunnel-verify", "Accept": "*/*", "Accept-Encoding": "identity"}
 
 
-def fetch_via_nginx(vps: VpsSpec, tunnel: TunnelSpec, host: str) -> Answer:
-    conn = http.client.HTTPConnection(vps.address, vps.http_port, timeout=10)
+CERT_DAYS = 14  # a certificate that expires sooner fails verify: its renewal is overdue
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Checks the chain (against the system's CAs, or settings.verify_ca_file's) and the name: never off."""
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
+def fetch_via_nginx(vps: VpsSpec, tunnel: TunnelSpec, host: str, tls: ssl.SSLContext | None = None) -> Answer:
+    """GET the route from the VPS's Nginx; with `tls`, over HTTPS to the VPS's address, the certificate
+    checked for `host` (SNI and name, as a browser that resolved `host` to the VPS would)."""
+    conn: http.client.HTTPConnection
+    if tls is None:
+        conn = http.client.HTTPConnection(vps.address, vps.http_port, timeout=10)
+    else:
+        conn = http.client.HTTPSConnection(host, vps.https_port, timeout=10, context=tls)
+        conn._create_connection = lambda address, *args: socket.create_connection(  # type: ignore[attr-defined]
+            (vps.address, address[1]), *args)
     try:
         conn.request("GET", tunnel.path or "/", headers=request_headers(host))
-        return _answer(conn.getresponse())
+        expires = None
+        if isinstance(conn.sock, ssl.SSLSocket):
+            peer = conn.sock.getpeercert()
+            expires = ssl.cert_time_to_seconds(str(peer["notAfter"])) if peer and "notAfter" in peer else None
+        return _answer(conn.getresponse(), expires)
     finally:
         conn.close()
+
+
+def https_only(vps: VpsSpec, tunnel: TunnelSpec, host: str, via: Answer) -> tuple[bool, str, str]:
+    """A route with TLS: its certificate is good for CERT_DAYS more, and plain HTTP answers only with a
+    308 to HTTPS."""
+    days = ((via.expires or 0) - time.time()) / 86400
+    when = time.strftime("%Y-%m-%d", time.gmtime(via.expires or 0))
+    if days < CERT_DAYS:
+        return False, f"the certificate for {host} expires {when} ({days:.0f} days)", \
+            "renewal is overdue: on the VPS, `certbot renew` and `journalctl -u certbot` (or replace tls_certificate)"
+    try:
+        plain = fetch_via_nginx(vps, tunnel, host)
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"plain HTTP: {exc}", "Nginx does not answer on port 80: run provision-vps"
+    location = plain.header("Location")
+    if plain.status != 308 or not location.startswith("https://"):
+        return False, f"plain HTTP answers {plain.status} {location!r}, not a 308 to https", "rerun provision-vps"
+    return True, f"certificate valid until {when} ({days:.0f} days); plain HTTP: 308 to {location}", ""
 
 
 class _Received:
@@ -252,17 +294,25 @@ def _transport(remote: Remote) -> paramiko.Transport:
 
 
 def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote,
-                 vps_remote: Remote) -> tuple[bool, str, str]:
+                 vps_remote: Remote, ca_file: Path | None = None) -> tuple[bool, str, str]:
     """GET the route through Nginx and the same on the Pi itself (through our SSH connection to it, at
     127.0.0.1:local_port), and compare; once more if they differ. Behind basic auth, Nginx's 401 for this
-    route plus the tunnel's answer on the VPS (127.0.0.1:remote_port, bypassing Nginx) must both hold."""
-    host = tunnel.server_name or vps.address
-    url = f"http://{vps.address}:{vps.http_port}{tunnel.path or '/'}" + (f" (Host: {host})" if tunnel.server_name else "")
+    route plus the tunnel's answer on the VPS (127.0.0.1:remote_port, bypassing Nginx) must both hold.
+    A route with TLS is fetched over HTTPS (chain and name checked), and must be HTTPS only."""
+    host = tunnel.server_name or vps.public_name or vps.address
+    tls = tls_context(ca_file) if has_tls(vps, tunnel) else None
+    if tls is not None:
+        url = f"https://{host}:{vps.https_port}{tunnel.path or '/'} (at {vps.address})"
+    else:
+        url = f"http://{vps.address}:{vps.http_port}{tunnel.path or '/'}" + (f" (Host: {host})" if host != vps.address else "")
     local_where = f"127.0.0.1:{tunnel.local_port} on {pi.name}"
     detail = ""
     for attempt in (1, 2):
         try:
-            via = fetch_via_nginx(vps, tunnel, host)
+            via = front = fetch_via_nginx(vps, tunnel, host, tls)
+        except ssl.SSLError as exc:
+            return False, f"{url}: {exc}", ("no valid certificate for this name: see provision-vps's certificate line "
+                                            "(or settings.verify_ca_file for a private CA)")
         except (OSError, http.client.HTTPException) as exc:
             return False, f"{url}: {exc}", "Nginx does not answer on the VPS: run provision-vps, check the firewall"
         try:
@@ -284,6 +334,11 @@ def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote
             detail = f"401 from Nginx's basic auth ({realm}); behind it, 127.0.0.1:{tunnel.remote_port} on {vps.name}: {detail}"
         else:
             ok, detail = judge(pi.name, via, local)
+        if ok and tls is not None:
+            secure, how, hint = https_only(vps, tunnel, host, front)
+            if not secure:
+                return False, f"{url}: {how}", hint
+            detail += f"; {how}"
         if ok:
             return True, f"{url}: {detail}" + (" (second try)" if attempt == 2 else ""), ""
     return False, f"{url}: {detail}", _http_hint(vps, tunnel, host, vps_remote, local)
@@ -379,7 +434,7 @@ def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[s
             ok, detail, hint = ssh_through(inv, pi, play.remotes[vps.name], t, vps, remote)
             report.add(f"{t.name}: ssh lands on {pi.name}", ok, detail, hint)
         else:
-            ok, detail, hint = http_through(vps, pi, t, remote, play.remotes[vps.name])
+            ok, detail, hint = http_through(vps, pi, t, remote, play.remotes[vps.name], inv.settings.verify_ca_file)
             report.add(f"{t.name}: http via nginx reaches {pi.name}", ok, detail, hint)
     passwords_check(report, pi, vps, "\n".join(l[5:] for l in unit.stdout.splitlines() if l.startswith("SSHD ")))
     for line in unit.stdout.splitlines():
