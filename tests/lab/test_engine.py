@@ -142,5 +142,5 @@ def test_bad_inventory_stops_before_any_host_is_touched(inventory: Path, tmp_pat
     before = in_host("vps", "journalctl -u ssh --no-pager | grep -c Accepted || true").strip()
     path = write_inventory(tmp_path, inventory, lambda d: d["pis"]["pi1"].update(prot=22))
     code, p = play(path, provision_vps)
-    assert code == 2 and p is None
+    assert code == 3 and p is None
     assert in_host("vps", "journalctl -u ssh --no-pager | grep -c Accepted || true").strip() == before

@@ -127,7 +127,7 @@ def test_basic_auth_only_over_tls(setup: tuple[Path, lab.LabCA, dict], tmp_path:
     with pytest.raises(Exit) as refused:
         run_play(provision, Flags(inventory=str(path)))
     text = str(refused.value.message)
-    assert refused.value.code == 2 and text.count("\n") == 1, text  # one problem: the file, then one line
+    assert refused.value.code == 3 and text.count("\n") == 1, text  # one problem: the file, then one line
     assert "pis.pi1.tunnels.private.basic_auth_file: basic auth on a route without TLS would send its passwords in " \
            "clear" in text and f"{path}:" in text and "Fix: give VPS 'vps' an 'acme:' setting" in text
     assert in_host("vps", "cat /etc/nginx/sites-enabled/pitunnel-pi1_private.conf | md5sum") == before
