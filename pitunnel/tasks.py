@@ -84,4 +84,13 @@ def teardown(c: Context, flags: Flags, purge: bool = False) -> None:
     run_play(lambda play: site(play, purge=purge), flags)
 
 
-TASKS = (provision_vps, provision_pi, provision, verify, status, teardown)
+@provisioning_task()
+def rotate_keys(c: Context, flags: Flags) -> None:
+    """Replace each Pi's tunnel key with a new one made on the Pi, the tunnel up throughout; a rerun finishes an
+    interrupted rotation."""
+    from pitunnel.roles.rotate import rotate_keys as site
+
+    run_play(site, flags)
+
+
+TASKS = (provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,22 +67,30 @@ def authorized_line(vps: VpsSpec, pi: PiSpec, pubkey: str) -> str:
     return f"{options} {keytype} {blob} {KEY_MARKER}{pi.name}"
 
 
-def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: dict[str, str], drop: frozenset[str] = frozenset()) -> File:
-    """The tunnel account's authorized_keys: a line per Pi of this VPS, options always from the
-    inventory, the key kept from the file unless `new_keys` brings one; Pis no longer listed go."""
+def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequence[str]],
+                    drop: frozenset[str] = frozenset()) -> File:
+    """The tunnel account's authorized_keys: a line per key of each Pi of this VPS (one, or two while its
+    key is rotated), options always from the inventory, the keys kept from the file unless `new_keys`
+    brings that Pi's (one key, or all of them in order); Pis no longer listed go."""
     pis = {pi.name: pi for pi in inv.pis.values() if pi.vps == vps.name and pi.name not in drop}
 
     def render(state: FileState) -> str:
-        keys: dict[str, str] = {}
-        for line in state.content.decode(errors="replace").splitlines() if state.exists else []:
-            words = line.split()
-            if len(words) >= 3 and words[-1].startswith(KEY_MARKER):
-                keys[words[-1][len(KEY_MARKER):]] = f"{words[-3]} {words[-2]}"
-        keys.update(new_keys)
-        return "".join(authorized_line(vps, pis[n], keys[n]) + "\n" for n in pis if n in keys)
+        keys = authorised_keys(state.content.decode(errors="replace") if state.exists else "")
+        keys.update({n: [k] if isinstance(k, str) else list(k) for n, k in new_keys.items()})
+        return "".join(authorized_line(vps, pis[n], k) + "\n" for n in pis for k in dict.fromkeys(keys.get(n, [])))
 
     return File(f"{D['tunnel_home']}/.ssh/authorized_keys", render, owner=vps.tunnel_user, group=vps.tunnel_user,
                 mode=0o600, title="authorized keys of the Pis")
+
+
+def authorised_keys(text: str) -> dict[str, list[str]]:
+    """Each Pi's keys (`type blob`) in the tunnel account's authorized_keys, in the file's order."""
+    keys: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[-1].startswith(KEY_MARKER):
+            keys.setdefault(words[-1][len(KEY_MARKER):], []).append(f"{words[-3]} {words[-2]}")
+    return keys
 
 
 def _is_key(text: str) -> bool:
