@@ -28,6 +28,7 @@ class Options:
     diff: bool = False
     limit: frozenset[str] = frozenset()
     accept_new_host_keys: bool = False
+    accept_changed_host_key: str = ""
     prompt_login_password: bool = False
     prompt_sudo_password: bool = False
 
@@ -60,7 +61,9 @@ class Play:
                 sudo_password=sudo or _read_secret(host.sudo_password_file),
             )
             play.remotes[host.name] = Remote(host, inventory.settings.known_hosts, creds,
-                                             accept_new_host_keys=options.accept_new_host_keys)
+                                             accept_new_host_keys=options.accept_new_host_keys,
+                                             accept_changed_host_key=options.accept_changed_host_key,
+                                             on_change=reporter.line)
         return play
 
     def selected(self, hosts: Sequence[H]) -> list[H]:

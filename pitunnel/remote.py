@@ -10,6 +10,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,8 @@ class Remote:
     known_hosts: Path
     credentials: Credentials = field(default_factory=Credentials)
     accept_new_host_keys: bool = False
+    accept_changed_host_key: str = ""  # SHA256:... the user read on the host's console: that changed key is taken
+    on_change: Callable[[str, str, str, str], None] | None = field(default=None, repr=False)  # Reporter.line
     round_trips: int = 0
     _conn: Connection | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -90,33 +93,68 @@ class Remote:
             kwargs["password"] = self.credentials.login_password
         return kwargs
 
-    def _open(self, *, use_password: bool = True) -> Connection:
+    def _open(self, *, use_password: bool = True, pinned: str | None = None) -> Connection:
         # an explicit, empty ssh config: the inventory alone says where and how to connect
         conn = Connection(self.spec.address, user=self.spec.user, port=self.spec.port,
                           config=Config(ssh_config=paramiko.SSHConfig()),
                           connect_timeout=int(self.spec.connect_timeout),
                           connect_kwargs=self._connect_kwargs(use_password=use_password))
-        hostkeys.configure(conn.client, known_hosts=self.known_hosts,
-                           name=hostkeys.known_name(self.spec.address, self.spec.port),
-                           pinned=self.spec.host_key, accept_new=self.accept_new_host_keys)
+        name = hostkeys.known_name(self.spec.address, self.spec.port)
+        hostkeys.configure(conn.client, known_hosts=self.known_hosts, name=name,
+                           pinned=pinned or self.spec.host_key, accept_new=self.accept_new_host_keys)
         where = f"{self.spec.user}@{self.spec.address}:{self.spec.port}"
         try:
             _open_retrying_refused(conn)
         except hostkeys.HostKeyRefused:
             raise
         except paramiko.BadHostKeyException as exc:
-            raise hostkeys.HostKeyRefused(
-                f"host key for {where} CHANGED: got {exc.key.get_name()} {hostkeys.fingerprint(exc.key)}, "
-                f"expected {hostkeys.fingerprint(exc.expected_key)}. This may be an attack; if the host was "
-                "really reinstalled, " + (f"update host_key of {self.name} in the inventory" if self.spec.host_key else
-                f"remove its old line from {self.known_hosts} (ssh-keygen -R)")
-            ) from None
+            if pinned or self.spec.host_key:
+                raise self._changed(where, exc) from None
+            line = f"{exc.key.get_name()} {exc.key.get_base64()}"
+            if hostkeys.listed(self.known_hosts, name, exc.key):
+                # another of its known keys (paramiko checks only the first of each type; OpenSSH takes any)
+                return self._open(use_password=use_password, pinned=line)
+            taken = self._changed_key_accepted(exc.key)
+            if taken is not None:
+                line = f"{taken.get_name()} {taken.get_base64()}"
+                hostkeys.rewrite(self.known_hosts, name, keep=lambda _: False, add=[line])
+                if self.on_change:
+                    self.on_change(self.name, "changed", f"host key in {self.known_hosts}",
+                                   f"now {taken.get_name()} {self.accept_changed_host_key} (--accept-changed-host-key); "
+                                   f"the old keys of {name} removed")
+                return self._open(use_password=use_password, pinned=line)
+            raise self._changed(where, exc) from None
         except paramiko.AuthenticationException:
             hint = "set key (or password_file, or --prompt-for-login-password) in the inventory"
             raise Unreachable(f"{where}: login refused ({hint})") from None
         except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
             raise Unreachable(f"{where}: {exc or type(exc).__name__}") from None
         return conn
+
+    def _changed_key_accepted(self, key: paramiko.PKey) -> paramiko.PKey | None:
+        """The host's new key the user vouched for with --accept-changed-host-key: the one it showed, or
+        another of its keys (the fingerprint read on the console may be of another type)."""
+        if not self.accept_changed_host_key:
+            return None
+        if hostkeys.fingerprint(key) == self.accept_changed_host_key:
+            return key
+        return hostkeys.offered(self.spec.address, self.spec.port, self.accept_changed_host_key,
+                                self.spec.connect_timeout)
+
+    def _changed(self, where: str, exc: paramiko.BadHostKeyException) -> hostkeys.HostKeyRefused:
+        got = hostkeys.fingerprint(exc.key)
+        if self.accept_changed_host_key and not self.spec.host_key:
+            return hostkeys.HostKeyRefused(
+                f"host key for {where} CHANGED to {exc.key.get_name()} {got}, and none of its keys is the "
+                f"--accept-changed-host-key {self.accept_changed_host_key}: refused, known_hosts unchanged. Read the "
+                "fingerprint again on the provider's console (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub)")
+        fix = (f"update host_key of {self.name} in the inventory" if self.spec.host_key else
+               f"check the new key's fingerprint on the host's console (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub) "
+               f"and rerun with --accept-changed-host-key {got} if it is the same, or remove its old line from "
+               f"{self.known_hosts} (ssh-keygen -R) (docs/troubleshooting.md)")
+        return hostkeys.HostKeyRefused(
+            f"host key for {where} CHANGED: got {exc.key.get_name()} {got}, expected "
+            f"{hostkeys.fingerprint(exc.expected_key)}. This may be an attack; if the host was really reinstalled, {fix}")
 
     def can_log_in_fresh(self, *, use_password: bool = True, within: float = 10) -> bool:
         """Open a brand-new login (not the one we hold) and run `true`: is the host still letting us in?

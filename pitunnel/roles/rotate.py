@@ -28,7 +28,9 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from enum import Enum
+from pathlib import Path
 
+from pitunnel.facts import FileState, file_fact
 from pitunnel.inventory import PiSpec, VpsSpec
 from pitunnel.play import Play
 from pitunnel.remote import Remote
@@ -281,6 +283,47 @@ class Rotation:
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
+def read_file(remote: Remote, path: str) -> FileState:
+    fact = file_fact(path)
+    return fact.process(remote.run(fact.script).stdout)
+
+
 def rotate_keys(play: Play) -> None:
     """`invoke rotate-keys`: every selected Pi's tunnel key, one state machine per Pi."""
     Rotation(play).run()
+
+
+# ------------------------------------------------------------------------------------ the laptop's key
+def rotate_laptop_key(play: Play, new_key: Path) -> None:
+    """`invoke rotate-keys --laptop-key NEW`: on every selected Pi, NEW's public half beside the laptop key
+    pitunnel installed, a fresh login with NEW proven, then the old one removed. Read from the Pi each
+    time: a rerun finishes an interrupted run, and the old key goes only after NEW has logged in."""
+    inv, reporter, mode = play.inventory, play.reporter, play.options.mode
+    line = parse_public_key(new_key.with_name(new_key.name + ".pub").read_text()).line
+
+    def one(remote: Remote) -> None:
+        pi = inv.pis[remote.name]
+        for _ in range(4):
+            found = read_file(remote, pi_keys.laptop_keys_path(pi))
+            keys = pi_keys.laptop_keys(found.content.decode(errors="replace") if found.exists else "")
+            if line not in keys:
+                converge(remote, [pi_keys.laptop_keys_op(pi, [*keys, line])], reporter, mode)
+                if mode.check:
+                    reporter.note(pi.name, "then: a fresh login with the new key, then the old key(s) removed")
+                    return
+                continue
+            if keys != [line]:
+                probe = Remote(replace(pi, key=new_key), remote.known_hosts)
+                if not probe.can_log_in_fresh(use_password=False, within=5):
+                    reporter.line(pi.name, "failed", "laptop key: a login with the new key",
+                                  f"refused: the old key stays authorised ({new_key} logs in nowhere yet)")
+                    raise StepFailed("new laptop key not proven")
+                reporter.line(pi.name, "ok", "laptop key: a fresh login with the new key", str(new_key))
+                converge(remote, [pi_keys.laptop_keys_op(pi, [line])], reporter, mode)
+                continue
+            reporter.line(pi.name, "ok", "laptop key rotated", f"{pi.user}@{pi.name} accepts {new_key} alone (of "
+                          "pitunnel's laptop keys): set laptop_key (and key) to it in the inventory")
+            return
+        raise StepFailed("laptop key rotation loops")
+
+    play.each(play.selected(list(inv.pis.values())), one)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,10 +19,13 @@ from pathlib import Path
 
 import paramiko
 import pytest
+import yaml
 
 from lab import LAPTOP_KEY, VPS_ADDR
-from pitunnel.roles.rotate import KILL_AFTER, rotate_keys
-from pitunnel.roles.site import provision
+from pitunnel.roles.rekey import rotate_vps_hostkey
+from pitunnel.roles.rotate import KILL_AFTER, rotate_keys, rotate_laptop_key
+from pitunnel.roles.site import provision, provision_pi
+from pitunnel.roles.vps.steps import provision as provision_vps
 from pitunnel.sshkeys import parse_public_key
 from tests.conftest import ROOT, lab_up
 from tests.lab.runs import in_host, play
@@ -197,3 +201,159 @@ def test_rotation_killed_after_each_step_then_rerun(inventory: Path, k: int) -> 
     assert now != before and authorised_on_vps("pi1") == [now] and leftovers("pi1") == ""
     assert http_ok("pi1")
     print(f"killed after step {k}: tunnel up throughout the check, rerun finished ({len(rerun.stdout.splitlines())} lines)")
+
+
+# ------------------------------------------------------------------------------------------ VPS host keys
+def vps_host_keys() -> set[str]:
+    return {" ".join(l.split()[:2]) for l in in_host("vps", "cat /etc/ssh/ssh_host_*_key.pub").splitlines()}
+
+
+def pins(pi: str) -> set[str]:
+    return {" ".join(l.split()[1:3]) for l in in_host(pi, "cat /etc/pitunnel/known_hosts").splitlines()}
+
+
+def laptop_pins() -> set[str]:
+    from lab import KNOWN_HOSTS
+
+    return {" ".join(l.split()[1:3]) for l in KNOWN_HOSTS.read_text().splitlines() if l.startswith(f"[{VPS}]:12345 ")}
+
+
+def reconnects_with_pins(pi: str) -> bool:
+    """The Pi's tunnel, restarted, comes back (its pins accept what the VPS offers now)."""
+    in_host(pi, "systemctl restart pitunnel")
+    return wait_for(lambda: http_ok(pi), 15)
+
+
+def test_planned_vps_rekey(inventory: Path, traffic: Traffic, capsys: pytest.CaptureFixture[str]) -> None:
+    before = vps_host_keys()
+    code, _ = play(inventory, rotate_vps_hostkey, check=True)
+    assert code == 0 and vps_host_keys() == before and all(pins(p) == before for p in PORTS)
+    started = time.monotonic()
+    code, _ = play(inventory, rotate_vps_hostkey)
+    took = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    after = vps_host_keys()
+    assert after and not after & before, "every host key is new"
+    assert all(pins(p) == after for p in PORTS) and laptop_pins() == after
+    assert in_host("vps", "ls /var/lib/pitunnel-state/host-keys-next /var/lib/pitunnel-state/host-keys-old "
+                          "2>/dev/null; true").strip() == ""
+    windows = {p: traffic.windows(p) for p in PORTS}
+    print(f"rotate-vps-hostkey: {took:.1f}s; failed windows during it: {windows}")
+    assert all(w == [] for w in windows.values()), "no tunnel dropped during a planned re-key"
+    assert all(reconnects_with_pins(p) for p in PORTS), "a reconnect verifies the new host key"
+    code, _ = play(inventory, provision_pi, quiet=True)
+    assert code == 0
+
+
+def test_unplanned_vps_rekey(inventory: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    in_host("vps", "rm -f /etc/ssh/ssh_host_*_key* && ssh-keygen -A >/dev/null && systemctl reload ssh")
+    fps = {l.split()[-1].strip("()"): l.split()[1] for l in
+           in_host("vps", "for f in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf $f; done").splitlines()}
+    before = laptop_pins()
+    code, _ = play(inventory, provision_vps, quiet=True)
+    assert code != 0 and "CHANGED" in capsys.readouterr().out and laptop_pins() == before
+    wrong = "SHA256:" + "A" * 43
+    code, _ = play(inventory, provision_vps, quiet=True, accept_changed_host_key=wrong)
+    out = capsys.readouterr().out
+    assert code != 0 and f"none of its keys is the --accept-changed-host-key {wrong}" in out and laptop_pins() == before, out[-2000:]
+    code, _ = play(inventory, provision_vps, quiet=True, accept_changed_host_key=fps["ED25519"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert laptop_pins() == {k for k in vps_host_keys() if k.startswith("ssh-ed25519")}, "the key vouched for, alone"
+    in_host("pi1", "systemctl restart pitunnel")
+    assert not wait_for(lambda: http_ok("pi1"), 5), "control: the Pi refuses the re-keyed VPS until re-pinned"
+    code, _ = play(inventory, provision_pi, quiet=True)
+    assert code == 0
+    assert all(pins(p) == vps_host_keys() for p in PORTS)
+    assert all(wait_for(lambda p=p: http_ok(p), 15) for p in PORTS)
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def metrics_inventory(inventory: Path, folder: Path) -> Path:
+    """The lab's inventory with `metrics: true` on the VPS, bound where the laptop reaches it (its ports
+    file copied, so the tunnels keep their ports)."""
+    doc = yaml.safe_load(inventory.read_text())
+    doc["vps"]["vps"].update(metrics=True, metrics_address=f"{VPS}:9100")
+    path = folder / "lab.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    ports = inventory.with_name(inventory.stem + ".ports.yml")
+    if ports.exists():
+        shutil.copy(ports, folder / "lab.ports.yml")
+    return path
+
+
+def scrape() -> dict[str, float]:
+    """The pitunnel_* samples the node exporter serves, read from the laptop."""
+    with urllib.request.urlopen(f"http://{VPS}:9100/metrics", timeout=3) as resp:
+        text = resp.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("pitunnel_")}
+
+
+def sample(name: str) -> float | None:
+    try:
+        return scrape().get(name)
+    except OSError:
+        return None
+
+
+def test_metrics_follow_a_tunnel_down_and_up(inventory: Path, tmp_path: Path) -> None:
+    inv = metrics_inventory(inventory, tmp_path)
+    code, _ = play(inv, provision_vps, quiet=True)
+    assert code == 0
+    up = 'pitunnel_tunnel_up{pi="pi1",tunnel="ssh"}'
+    since = 'pitunnel_tunnel_connected_since_seconds{pi="pi1",tunnel="ssh"}'
+    assert wait_for(lambda: sample(up) == 1.0, 10), scrape()
+    assert sample('pitunnel_tunnel_up{pi="pi2",tunnel="api"}') == 1.0
+    assert (sample(since) or 0) > time.time() - 3600 * 24 * 365
+    assert sample("pitunnel_reaper_sessions_ended_total") is not None
+    in_host("pi1", "systemctl stop pitunnel")
+    stopped = time.monotonic()
+    assert wait_for(lambda: sample(up) == 0.0, 5), "tunnel_up not 0 within 5 s of the tunnel going down"
+    down_after = time.monotonic() - stopped
+    assert sample(since) is None, "no connected-since while down"
+    in_host("pi1", "systemctl start pitunnel")
+    assert wait_for(lambda: http_ok("pi1"), 20)
+    started = time.monotonic()
+    assert wait_for(lambda: sample(up) == 1.0, 5), "tunnel_up not back to 1 within 5 s of recovery"
+    print(f"metrics: pitunnel_tunnel_up 0 after {down_after:.1f}s of the tunnel down, 1 again "
+          f"{time.monotonic() - started:.1f}s after it listened")
+    code, _ = play(inv, provision_vps, quiet=True)
+    assert code == 0  # idempotent: nothing changed (quiet shows only changes)
+    recorded = in_host("vps", "cat /var/lib/pitunnel-state/packages")
+    assert "prometheus-node-exporter" in recorded
+    # metrics off again: pitunnel's pieces go, the exporter stays (pitunnel installed it: purge removes it)
+    code, _ = play(inventory, provision_vps, quiet=True)
+    assert code == 0
+    assert in_host("vps", "ls /var/lib/prometheus/node-exporter/pitunnel.prom /etc/systemd/system/"
+                          "pitunnel-metrics.service 2>/dev/null; true").strip() == ""
+
+
+# ------------------------------------------------------------------------------------------ the laptop's key (last:
+# afterwards the inventory's key no longer logs in to the Pis, and plays fall back to the lab's passwords)
+def key_login(address: str, key: Path) -> bool:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # test-only: whether the key is accepted is the point
+    try:
+        client.connect(address, username="pi", key_filename=str(key), allow_agent=False, look_for_keys=False,
+                       timeout=10)
+        return True
+    except paramiko.AuthenticationException:
+        return False
+    finally:
+        client.close()
+
+
+def test_rotate_the_laptop_key(inventory: Path, tmp_path: Path) -> None:
+    new = tmp_path / "laptop_new"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(new)], check=True)
+    address = yaml.safe_load(inventory.read_text())["pis"]["pi1"]["address"]
+    assert key_login(address, LAPTOP_KEY) and not key_login(address, new)
+    code, _ = play(inventory, lambda p: rotate_laptop_key(p, new), limit="pi1")
+    assert code == 0
+    assert key_login(address, new) and not key_login(address, LAPTOP_KEY)
+    marked = [l for l in in_host("pi1", "cat /home/pi/.ssh/authorized_keys").splitlines() if l.endswith("pitunnel-laptop")]
+    assert len(marked) == 1 and marked[0].split()[1] == new.with_name("laptop_new.pub").read_text().split()[1]
+    code, _ = play(inventory, lambda p: rotate_laptop_key(p, new), limit="pi1")
+    assert code == 0  # a rerun changes nothing

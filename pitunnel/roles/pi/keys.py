@@ -6,14 +6,15 @@ Which of the three exist is the rotation's state on this side; roles/rotate.py r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pitunnel.facts import Fact
+from pitunnel.facts import Fact, FileState
 from pitunnel.inventory import PiSpec
-from pitunnel.ops import q
+from pitunnel.ops import File, q
 from pitunnel.remote import Remote
 from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
-from pitunnel.roles.pi.steps import D, key_comment, key_path
+from pitunnel.roles.pi.steps import D, home_of, key_comment, key_path
 
 SLOTS = ("current", "next", "old")
 SUFFIX = {"current": "", "next": ".next", "old": ".old"}
@@ -81,3 +82,29 @@ def reconnect() -> str:
 def drop_old(pi: PiSpec) -> str:
     k = q(key_path(pi))
     return f"rm -f {k}.old {k}.old.pub\n"
+
+
+# ------------------------------------------------------------------------ the laptop's key on the Pi
+def laptop_keys_path(pi: PiSpec) -> str:
+    return f"{home_of(pi.user)}/.ssh/authorized_keys"
+
+
+def laptop_keys(text: str) -> list[str]:
+    """The laptop keys (`type blob`) pitunnel put in the login user's authorized_keys (its marker)."""
+    return [" ".join(line.split()[:2]) for line in text.splitlines()
+            if len(line.split()) >= 3 and line.split()[-1] == D["laptop_key_marker"]]
+
+
+def laptop_keys_op(pi: PiSpec, keys: Sequence[str]) -> File:
+    """The login user's authorized_keys with exactly `keys` as pitunnel's laptop keys; every other line
+    (the user's own) kept as it is, in its place."""
+    marker = D["laptop_key_marker"]
+
+    def render(state: FileState) -> str:
+        lines = state.content.decode(errors="replace").splitlines() if state.exists else []
+        out = [line for line in lines if not (len(line.split()) >= 3 and line.split()[-1] == marker)]
+        out += [f"{k} {marker}" for k in keys]
+        return "".join(line + "\n" for line in out)
+
+    return File(laptop_keys_path(pi), render, owner=pi.user, group=pi.user, mode=0o600,
+                title="laptop's keys for passwordless login")

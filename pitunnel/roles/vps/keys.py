@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pitunnel.facts import Fact, file_fact, gather
 from pitunnel.inventory import VpsSpec
-from pitunnel.ops import q
+from pitunnel.ops import STATE_DIR, q
 from pitunnel.remote import Remote
 from pitunnel.roles.vps.steps import D, authorised_keys
 
@@ -67,3 +67,82 @@ def read_keys(remote: Remote, vps: VpsSpec, pi: str, listens: Sequence[str]) -> 
     state = found.value(authorised)
     text = state.content.decode(errors="replace") if state.exists else ""
     return VpsKeys(tuple(authorised_keys(text).get(pi, [])), found.value(live))
+
+
+# ------------------------------------------------------------------------ the VPS's own host keys, re-keyed
+# `invoke rotate-vps-hostkey` stages new host keys here (root only) until every Pi pins them, then
+# installs them: the private halves are made on the VPS and never leave it.
+STAGED = f"{STATE_DIR}/host-keys-next"
+OLD = f"{STATE_DIR}/host-keys-old"
+
+
+@dataclass(frozen=True)
+class HostKeys:
+    """The host keys sshd offers now, and the staged next ones (None: nothing staged)."""
+
+    current: tuple[str, ...]
+    staged: tuple[str, ...] | None
+
+
+def _host_keys(output: str) -> HostKeys:
+    current: list[str] = []
+    staged: list[str] = []
+    seen = False
+    for line in output.splitlines():
+        words = line.split()
+        if words[:1] == ["STAGED"]:
+            seen = True
+        elif len(words) >= 3 and words[0] in ("cur", "new"):
+            (current if words[0] == "cur" else staged).append(f"{words[1]} {words[2]}")
+    return HostKeys(tuple(current), tuple(staged) if seen else None)
+
+
+HOST_KEYS_FACT = Fact("host-keys-rekey", f"""for f in /etc/ssh/ssh_host_*_key.pub; do [ -f "$f" ] && echo "cur $(cat "$f")"; done
+if [ -d {STAGED} ]; then echo STAGED; for f in {STAGED}/ssh_host_*_key.pub; do [ -f "$f" ] && echo "new $(cat "$f")"; done; fi
+true""", _host_keys)
+
+
+def read_host_keys(remote: Remote) -> HostKeys:
+    return HOST_KEYS_FACT.process(remote.run(HOST_KEYS_FACT.script).stdout)
+
+
+def stage_host_keys() -> str:
+    """New keys of every type sshd has, made on the VPS in a root-only directory (a half-made set from an
+    interrupted run is made again)."""
+    return f"""set -e
+rm -rf {STAGED}.tmp; mkdir -p -m 700 {STATE_DIR} {STAGED}.tmp
+for f in /etc/ssh/ssh_host_*_key; do
+  [ -f "$f" ] || continue
+  t=${{f#/etc/ssh/ssh_host_}}; t=${{t%_key}}
+  ssh-keygen -q -t "$t" -N '' -C "root@$(hostname)" -f {STAGED}.tmp/ssh_host_${{t}}_key
+done
+rm -rf {STAGED}; mv {STAGED}.tmp {STAGED}
+"""
+
+
+def install_host_keys(service: str) -> str:
+    """The staged keys in place of sshd's (the old ones kept aside until the switch is proven), then sshd
+    reloaded: it re-executes with the new keys and keeps every session, the Pis' tunnels too."""
+    return f"""set -e
+mkdir -p -m 700 {OLD}
+for f in {STAGED}/ssh_host_*_key; do
+  n=${{f##*/}}
+  if [ -f /etc/ssh/$n ] && ! cmp -s /etc/ssh/$n "$f" && ! [ -f {OLD}/$n ]; then cp -a /etc/ssh/$n /etc/ssh/$n.pub {OLD}/; fi
+  install -m 600 -o root -g root "$f" /etc/ssh/$n.tmp && mv -f /etc/ssh/$n.tmp /etc/ssh/$n
+  install -m 644 -o root -g root "$f.pub" /etc/ssh/$n.pub.tmp && mv -f /etc/ssh/$n.pub.tmp /etc/ssh/$n.pub
+done
+sshd -t
+systemctl reload {service}
+"""
+
+
+def restore_host_keys(service: str) -> str:
+    """Back to the old keys (a fresh login failed after the switch)."""
+    return f"""for f in {OLD}/ssh_host_*_key {OLD}/ssh_host_*_key.pub; do [ -f "$f" ] && cp -a "$f" /etc/ssh/; done
+sshd -t && systemctl reload {service}
+"""
+
+
+def drop_staged() -> str:
+    """The switch is done and proven: the staged copies and the old private keys go."""
+    return f"rm -rf {STAGED} {OLD}; rmdir {STATE_DIR} 2>/dev/null || true\n"

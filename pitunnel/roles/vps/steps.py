@@ -292,6 +292,40 @@ def handlers(remote: Remote) -> list[Handler]:
         Handler("restart reaper", ["systemctl daemon-reload", f"systemctl restart {D['reaper_unit']}"]),
         Handler("reload nginx", ["if [ -x /usr/sbin/nginx ]; then nginx -t 2>&1 && systemctl reload-or-restart nginx; fi"]),
         Handler("daemon-reload", ["systemctl daemon-reload"]),
+        Handler("restart metrics", ["systemctl daemon-reload", f"systemctl restart {D['metrics_unit']}"]),
+        Handler("restart node exporter", ["systemctl daemon-reload", f"systemctl restart {D['metrics_service']}"]),
+        Handler("restart node exporter if there", ["systemctl daemon-reload",
+                                                   f"systemctl try-restart {D['metrics_service']}"]),
+    ]
+
+
+def metrics_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
+    """`metrics: true`: the node exporter where the inventory says, and pitunnel's metrics for its textfile
+    collector, written by a service of the VPS's own; `metrics: false`: none of pitunnel's pieces (the
+    package stays until teardown --purge, and only if pitunnel installed it)."""
+    if not vps.metrics:
+        return metrics_absent_ops()
+    tunnels = [dict(pi=pi.name, tunnel=t.name, listen=listen_spec(t)) for pi, t in inv.tunnels_on(vps)]
+    variables = dict(metrics_address=vps.metrics_address, metrics_tunnels=tunnels)
+    return [
+        File(D["metrics_dropin"], ROLE.render("node-exporter.conf.j2", **variables), notify=("restart node exporter",),
+             title=f"node exporter on {vps.metrics_address}, textfile collector on"),
+        Service(D["metrics_service"], covers=("restart node exporter",)),
+        File(D["metrics_path"], ROLE.render("metrics.sh.j2", **variables), mode=0o755, notify=("restart metrics",),
+             title="tunnel metrics writer script"),
+        File(D["metrics_unit_path"], ROLE.render("metrics.service.j2", **variables), notify=("restart metrics",),
+             title=f"systemd unit {D['metrics_unit']}"),
+        Service(D["metrics_unit"], covers=("restart metrics",)),
+    ]
+
+
+def metrics_absent_ops() -> list[Op]:
+    return [
+        Service(D["metrics_unit"], enabled=False, running=False, title=f"service {D['metrics_unit']} stopped and disabled"),
+        Absent(D["metrics_unit_path"], notify=("daemon-reload",)),
+        Absent(D["metrics_path"]),
+        Absent(f"{D['metrics_textfile_dir']}/pitunnel.prom"),
+        Absent(D["metrics_dropin"], notify=("restart node exporter if there",)),
     ]
 
 
@@ -325,6 +359,7 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) ->
         File(D["reaper_unit_path"], ROLE.render("reaper.service.j2", **variables), notify=("restart reaper",),
              title=f"systemd unit {D['reaper_unit']}"),
         Service(D["reaper_unit"], covers=("restart reaper",)),
+        *metrics_ops(inv, vps),
         Directory(D["nginx_locations_dir"]),
         Directory(D["nginx_auth_dir"], group="www-data", mode=0o750),
     ]
@@ -361,6 +396,7 @@ def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
     ops: list[Op] = [
         Service(D["reaper_unit"], enabled=False, running=False, title=f"service {D['reaper_unit']} stopped and disabled"),
         Absent(D["reaper_unit_path"], notify=("daemon-reload",)),
+        *metrics_absent_ops(),
         Absent(D["reaper_path"].rsplit("/", 1)[0]),
         Absent(D["sshd_dropin"], notify=("reload sshd",)),
         UserAbsent(vps.tunnel_user),
@@ -371,7 +407,7 @@ def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
         DebianDefaultRestored(),
     ]
     if purge:
-        ops.append(PackagesAbsent((D["nginx_package"],)))
+        ops.append(PackagesAbsent((D["nginx_package"], D["metrics_package"])))
     return ops
 
 
@@ -381,7 +417,7 @@ def provision(play: Play) -> None:
 
     def work(remote: Remote) -> None:
         vps = inv.vps[remote.name]
-        packages = Packages((D["nginx_package"],))
+        packages = Packages((D["nginx_package"], *([D["metrics_package"]] if vps.metrics else [])))
         seen = Observe(DEFAULT_SERVERS_FACT, lambda _: "", title="nginx default server")
         # one read of the VPS, for all of it (which ops there are does not depend on what it finds)
         known = facts_for(remote, [packages, *converge_ops(inv, vps), SshdPasswordsCheck(), seen])
