@@ -21,7 +21,7 @@ import paramiko
 import pytest
 import yaml
 
-from lab import LAPTOP_KEY, VPS_ADDR
+from lab import LAPTOP_KEY, VPS_ADDR, inject
 from pitunnel.roles.rekey import rotate_vps_hostkey
 from pitunnel.roles.rotate import KILL_AFTER, rotate_keys, rotate_laptop_key
 from pitunnel.roles.site import provision, provision_pi
@@ -201,6 +201,21 @@ def test_rotation_killed_after_each_step_then_rerun(inventory: Path, k: int) -> 
     assert now != before and authorised_on_vps("pi1") == [now] and leftovers("pi1") == ""
     assert http_ok("pi1")
     print(f"killed after step {k}: tunnel up throughout the check, rerun finished ({len(rerun.stdout.splitlines())} lines)")
+
+
+def test_the_reaper_frees_a_port_held_by_the_pis_other_key(inventory: Path) -> None:
+    """Mid-rotation (after the switch, before the reconnect) the Pi's flow vanishes silently, with traffic
+    knocking on its public port: its stale session of the OLD key holds the port while it reconnects
+    with the NEW one. The reaper must see both keys as the same Pi's (one `pitunnel:pi1` comment)."""
+    killed = run_rotation(inventory, 3)
+    assert killed.returncode == -9 and len(authorised_on_vps("pi1")) == 2
+    seconds = inject("silent-drop", "pi1", timeout=40.0)
+    ended = in_host("vps", "journalctl -q -o cat -t pitunnel-reaper | grep -c 'ended stale session'; true").strip()
+    print(f"silent drop mid-rotation: recovered in {seconds}s; reaper lines 'ended stale session': {ended}")
+    assert seconds is not None, "the stale old-key session kept the port: the reaper did not see one Pi"
+    assert int(ended or 0) >= 1
+    assert run_rotation(inventory, None).returncode == 0
+    assert authorised_on_vps("pi1") == [pi_key_fp("pi1")] and leftovers("pi1") == ""
 
 
 # ------------------------------------------------------------------------------------------ VPS host keys
