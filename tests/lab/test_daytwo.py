@@ -338,11 +338,12 @@ def test_metrics_follow_a_tunnel_down_and_up(inventory: Path, tmp_path: Path) ->
     assert code == 0  # idempotent: nothing changed (quiet shows only changes)
     recorded = in_host("vps", "cat /var/lib/pitunnel-state/packages")
     assert "prometheus-node-exporter" in recorded
-    # metrics off again: pitunnel's pieces go, the exporter stays (pitunnel installed it: purge removes it)
+    # metrics off again: pitunnel's pieces go, and the exporter it installed
     code, _ = play(inventory, provision_vps, quiet=True)
     assert code == 0
     assert in_host("vps", "ls /var/lib/prometheus/node-exporter/pitunnel.prom /etc/systemd/system/"
-                          "pitunnel-metrics.service 2>/dev/null; true").strip() == ""
+                          "pitunnel-metrics.service /usr/bin/prometheus-node-exporter 2>/dev/null; true").strip() == ""
+    assert sample(up) is None, "nothing listens on :9100 any more"
 
 
 # ------------------------------------------------------------------------------------------ the laptop's key (last:

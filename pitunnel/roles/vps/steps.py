@@ -294,17 +294,18 @@ def handlers(remote: Remote) -> list[Handler]:
         Handler("daemon-reload", ["systemctl daemon-reload"]),
         Handler("restart metrics", ["systemctl daemon-reload", f"systemctl restart {D['metrics_unit']}"]),
         Handler("restart node exporter", ["systemctl daemon-reload", f"systemctl restart {D['metrics_service']}"]),
-        Handler("restart node exporter if there", ["systemctl daemon-reload",
-                                                   f"systemctl try-restart {D['metrics_service']}"]),
+        Handler("restart node exporter if there", [
+            "systemctl daemon-reload",
+            f"! systemctl cat {D['metrics_service']} >/dev/null 2>&1 || systemctl try-restart {D['metrics_service']}"]),
     ]
 
 
 def metrics_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
     """`metrics: true`: the node exporter where the inventory says, and pitunnel's metrics for its textfile
-    collector, written by a service of the VPS's own; `metrics: false`: none of pitunnel's pieces (the
-    package stays until teardown --purge, and only if pitunnel installed it)."""
+    collector, written by a service of the VPS's own; `metrics: false`: none of pitunnel's pieces, and
+    the exporter purged if pitunnel installed it (one that was there before stays, as it was)."""
     if not vps.metrics:
-        return metrics_absent_ops()
+        return [*metrics_absent_ops(), PackagesAbsent((D["metrics_package"],))]
     tunnels = [dict(pi=pi.name, tunnel=t.name, listen=listen_spec(t)) for pi, t in inv.tunnels_on(vps)]
     variables = dict(metrics_address=vps.metrics_address, metrics_tunnels=tunnels)
     return [
