@@ -174,8 +174,11 @@ def test_rotate_keys_under_traffic(inventory: Path, traffic: Traffic, capsys: py
               f"{'survived' if survived else 'dropped with the reconnect (reopened below)'}")
         assert len(windows) <= 1 and all(w < 10 for w in windows), windows
         assert survived or alive(held_ssh(PORTS[pi])), "ssh through the public port works after the rotation"
+    keys = {pi: (pi_key_fp(pi), authorised_on_vps(pi)) for pi in PORTS}
     code, _ = play(inventory, rotate_keys, check=True)
     assert code == 0
+    assert keys == {pi: (pi_key_fp(pi), authorised_on_vps(pi)) for pi in PORTS} and leftovers("pi1") == "", \
+        "--check changed nothing"
 
 
 def run_rotation(inventory: Path, kill_after: int | None) -> subprocess.CompletedProcess[str]:
