@@ -222,3 +222,34 @@ def test_metrics_on_renders_the_tunnels_and_the_bind(tmp_path: Path) -> None:
     assert '"pi1 ssh 0.0.0.0:12346"' in script and "pitunnel_reaper_sessions_ended_total" in script
     off = metrics_ops(lab_like(tmp_path), lab_like(tmp_path).vps["main"])
     assert not any(hasattr(op, "wanted") for op in off), "metrics off: only removals"
+
+
+# ------------------------------------------------------------------------------------------ --laptop-key
+def test_a_new_laptop_key_is_checked_before_any_host(tmp_path: Path) -> None:
+    from pitunnel.tasks import laptop_key_problem
+
+    key = tmp_path / "new"
+    assert "needs the private key" in (laptop_key_problem(key) or "")
+    key.write_text("private\n")
+    key.chmod(0o600)
+    assert "needs the private key" in (laptop_key_problem(key) or "")
+    key.with_name("new.pub").write_text("not a key\n")
+    assert "is not a public key" in (laptop_key_problem(key) or "")
+    key.with_name("new.pub").write_text(SECOND + " me@laptop\n")
+    assert laptop_key_problem(key) is None
+    key.chmod(0o644)
+    assert "chmod 600" in (laptop_key_problem(key) or "")
+
+
+def test_laptop_keys_keep_the_users_own_lines() -> None:
+    from pitunnel.inventory import PiSpec
+
+    pi = PiSpec(name="pi1", role="pi", address="a", port=22, user="pi", key=None, password_file=None,
+                sudo_password_file=None, host_key=None, connect_timeout=5, vps="main")
+    old = " ".join(a_key().split()[:2])
+    text = f"ssh-rsa AAAAmine me@home\n{old} pitunnel-laptop\n"
+    assert pi_keys.laptop_keys(text) == [old]
+    both = pi_keys.laptop_keys_op(pi, [old, SECOND]).wanted(FileState(True, content=text.encode()))
+    assert both.splitlines() == ["ssh-rsa AAAAmine me@home", f"{old} pitunnel-laptop", f"{SECOND} pitunnel-laptop"]
+    only = pi_keys.laptop_keys_op(pi, [SECOND]).wanted(FileState(True, content=both.encode()))
+    assert only.splitlines() == ["ssh-rsa AAAAmine me@home", f"{SECOND} pitunnel-laptop"]
