@@ -19,6 +19,7 @@ from pitunnel.roles.pi import keys as pi_keys
 from pitunnel.roles.vps import keys as vps_keys
 from pitunnel.roles.vps.steps import authorised_keys, authorized_keys, metrics_ops
 from pitunnel.roles.rotate import Ring, Step, after, next_step, plan
+from pitunnel.sshkeys import parse_public_key
 
 OLD, NEW, OTHER = "SHA256:old", "SHA256:new", "SHA256:other"
 
@@ -253,3 +254,28 @@ def test_laptop_keys_keep_the_users_own_lines() -> None:
     assert both.splitlines() == ["ssh-rsa AAAAmine me@home", f"{old} pitunnel-laptop", f"{SECOND} pitunnel-laptop"]
     only = pi_keys.laptop_keys_op(pi, [SECOND]).wanted(FileState(True, content=both.encode()))
     assert only.splitlines() == ["ssh-rsa AAAAmine me@home", f"{SECOND} pitunnel-laptop"]
+
+
+# ------------------------------------------------------------------------------------------ the reaper
+def test_the_reaper_sees_a_pis_two_keys_as_one_owner(tmp_path: Path) -> None:
+    """While rotate-keys runs a Pi has two lines (one `pitunnel:NAME` comment): the reaper's bash treats
+    either key's stale session as that Pi's, and never another Pi's."""
+    import subprocess
+
+    from pitunnel.roles.vps.steps import ROLE
+
+    fps, lines = [], []
+    for name, owner in (("a", "pi1"), ("b", "pi1"), ("c", "pi2")):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True)
+        pub = (tmp_path / f"{name}.pub").read_text().split()
+        lines.append(f'restrict,port-forwarding,permitlisten="0.0.0.0:12346",command="/bin/false" {pub[0]} {pub[1]} '
+                     f"pitunnel:{owner}")
+        fps.append(parse_public_key(" ".join(pub[:2])).fingerprint)
+    (tmp_path / "authorized_keys").write_text("\n".join(lines) + "\n")
+    script = ROLE.render("reaper.sh.j2")
+    functions = script[script.index("owner_of() {"):script.index("reap() {")]
+    probe = (f'keys={tmp_path}/authorized_keys\n{functions}\n'
+             'for pair in "$1 $2" "$1 $3" "$2 $3" "$1 SHA256:unknown"; do same_pi $pair && echo same || echo other; done\n'
+             'owner_of "$3"')
+    run = subprocess.run(["bash", "-c", probe, "probe", *fps], capture_output=True, text=True, timeout=20)
+    assert run.stdout.splitlines() == ["same", "other", "other", "other", "pitunnel:pi2"], run.stderr
