@@ -4,6 +4,7 @@ refused or given its password on stdin, and what one run sends and returns."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -307,5 +308,5 @@ def test_accept_changed_host_key_takes_only_the_named_key(sshd: FakeSshd, tmp_pa
 def test_a_changed_key_names_the_flag_that_takes_it(sshd: FakeSshd, tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
     known.write_text(line(sshd.port, OTHER))
-    with pytest.raises(HostKeyRefused, match=f"--accept-changed-host-key {hostkeys.fingerprint(KEY)}"):
+    with pytest.raises(HostKeyRefused, match=re.escape(f"--accept-changed-host-key {hostkeys.fingerprint(KEY)}")):
         remote(sshd.port, known).run("true")
