@@ -50,6 +50,8 @@ class Flags:
                                "(every host of that role); selecting no host this task works on is an error")
     accept_new_host_keys: bool = flag(False, "a", "record host keys seen for the first time in the known_hosts file "
                                                   "(check their fingerprints first); a changed key is refused always")
+    accept_changed_host_key: str = flag("", "k", "SHA256:... of a host's NEW key, read on its console after a reinstall: "
+                                                 "that key (and no other) replaces the host's old ones in known_hosts")
     prompt_for_login_password: bool = flag(False, "p", "ask for the SSH login password (first contact with a fresh Pi)")
     prompt_for_sudo_password: bool = flag(False, "r", "ask for the sudo password (never logged, never on a command "
                                                       "line)")
@@ -61,6 +63,7 @@ class Flags:
         return Options(check=self.check, diff=self.diff,
                        limit=frozenset(n.strip() for n in self.limit.split(",") if n.strip()),
                        accept_new_host_keys=self.accept_new_host_keys,
+                       accept_changed_host_key=self.accept_changed_host_key.strip(),
                        prompt_login_password=self.prompt_for_login_password,
                        prompt_sudo_password=self.prompt_for_sudo_password, verbose=self.verbose)
 

@@ -32,6 +32,7 @@ class Options:
     diff: bool = False
     limit: frozenset[str] = frozenset()
     accept_new_host_keys: bool = False
+    accept_changed_host_key: str = ""
     prompt_login_password: bool = False
     prompt_sudo_password: bool = False
     verbose: bool = False
@@ -65,6 +66,7 @@ class Play:
         for remote in play.remotes.values():
             remote.notify = partial(reporter.note, remote.name)
             remote.echo = _echo(reporter, remote.name) if options.verbose else None
+            remote.accept_changed_host_key, remote.on_change = options.accept_changed_host_key, reporter.line
             if options.verbose and remote.name in {h.name for h in play.selected(inventory.hosts())}:
                 for line in remote.describe():  # a quiet play (verify, status) prints its table on stdout
                     print(f"{'':<12} {remote.name:<10} {line}", file=sys.stderr if quiet else sys.stdout)

@@ -34,6 +34,15 @@ class Unreachable(Exception):
     """The host could not be reached or logged in to; the message says why and what to try."""
 
 
+class _TryPinned(Exception):
+    """Log in again expecting this host key (`type base64`): one known_hosts lists for the host besides the
+    one paramiko expected, or the changed key the user vouched for with --accept-changed-host-key."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+
 class LoginRefused(Unreachable):
     """The host answered with the right host key and refused every way we have of logging in."""
 
@@ -72,6 +81,8 @@ class Remote:
     known_hosts: Path
     credentials: Credentials = field(default_factory=Credentials)
     accept_new_host_keys: bool = False
+    accept_changed_host_key: str = ""  # SHA256:... the user read on the host's console: that changed key is taken
+    on_change: Callable[[str, str, str, str], None] | None = field(default=None, repr=False)  # Reporter.line
     round_trips: int = 0
     route: sshconf.Route | None = None  # where and as whom (None: the inventory's settings alone)
     gateway: "Remote | None" = None  # a Pi's VPS, whose connection reaches the Pi's ssh tunnel
@@ -171,7 +182,7 @@ class Remote:
         self.path = via
         return conn, hops
 
-    def _open_on(self, via: str, password: str | None) -> tuple[Connection, list[Connection]]:
+    def _open_on(self, via: str, password: str | None, pinned: str | None = None) -> tuple[Connection, list[Connection]]:
         """A new login on one path: "direct" (the address, or the ssh config's ProxyJump) or "tunnel"."""
         sock: socket.socket | paramiko.Channel
         hops: list[Connection] = []
@@ -180,8 +191,13 @@ class Remote:
         else:
             sock, hops = self._direct_socket()
         try:
-            conn = self._login(self.target, sock, password, pinned=self.spec.host_key,
+            conn = self._login(self.target, sock, password, pinned=pinned or self.spec.host_key,
                                through=f" through {self.gateway_name}'s tunnel" if via == "tunnel" else "")
+        except _TryPinned as again:  # another key known_hosts lists for it, or the one the user vouched for
+            _close_all(hops)
+            if pinned:
+                raise
+            return self._open_on(via, password, again.line)
         except BaseException:
             _close_all(hops)
             raise
@@ -239,13 +255,22 @@ class Remote:
             raise (hostkeys.HostKeyRefused(f"{where}: {exc}") if through else exc) from None
         except paramiko.BadHostKeyException as exc:
             conn.close()
-            raise hostkeys.HostKeyRefused(
-                f"host key for {where} CHANGED: got {exc.key.get_name()} {hostkeys.fingerprint(exc.key)}, "
-                f"expected {hostkeys.fingerprint(exc.expected_key)} (known as {hop.known_name}). This may be an "
-                "attack; if the host was really reinstalled, " + (
-                    f"update host_key of {self.name} in the inventory" if pinned else
-                    f"remove its old line from {self.known_hosts} (ssh-keygen -R)")
-            ) from None
+            if hop is not self.target or pinned:
+                raise self._changed(where, hop, exc, pinned) from None
+            line = f"{exc.key.get_name()} {exc.key.get_base64()}"
+            if hostkeys.listed(self.known_hosts, hop.known_name, exc.key):
+                # another of its known keys (paramiko checks only the first of each type; OpenSSH takes any)
+                raise _TryPinned(line) from None
+            taken = self._changed_key_accepted(hop, exc.key)
+            if taken is None:
+                raise self._changed(where, hop, exc, pinned) from None
+            line = f"{taken.get_name()} {taken.get_base64()}"
+            hostkeys.rewrite(self.known_hosts, hop.known_name, keep=lambda _: False, add=[line])
+            if self.on_change:
+                self.on_change(self.name, "changed", f"host key in {self.known_hosts}",
+                               f"now {taken.get_name()} {self.accept_changed_host_key} (--accept-changed-host-key); "
+                               f"the old keys of {hop.known_name} removed")
+            raise _TryPinned(line) from None
         except paramiko.auth_strategy.AuthFailure as exc:
             conn.close()
             raise LoginRefused(sshauth.why_refused(exc) or
@@ -269,6 +294,32 @@ class Remote:
         """Log in on a transport opened elsewhere (verify's through a tunnel) as this host's own connection
         does, without the login password. Raises paramiko.AuthenticationException."""
         Login(self.target, self.keys, None).authenticate(transport)
+
+    def _changed_key_accepted(self, hop: sshconf.Hop, key: paramiko.PKey) -> paramiko.PKey | None:
+        """The host's new key the user vouched for with --accept-changed-host-key: the one it showed, or
+        another of its keys (the fingerprint read on the console may be of another type)."""
+        if not self.accept_changed_host_key:
+            return None
+        if hostkeys.fingerprint(key) == self.accept_changed_host_key:
+            return key
+        return hostkeys.offered(hop.hostname, hop.port, self.accept_changed_host_key, self.spec.connect_timeout)
+
+    def _changed(self, where: str, hop: sshconf.Hop, exc: paramiko.BadHostKeyException,
+                 pinned: str | None) -> hostkeys.HostKeyRefused:
+        got = hostkeys.fingerprint(exc.key)
+        if self.accept_changed_host_key and not pinned and hop is self.target:
+            return hostkeys.HostKeyRefused(
+                f"host key for {where} CHANGED to {exc.key.get_name()} {got}, and none of its keys is the "
+                f"--accept-changed-host-key {self.accept_changed_host_key}: refused, known_hosts unchanged. Read the "
+                "fingerprint again on the provider's console (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub)")
+        fix = (f"update host_key of {self.name} in the inventory" if pinned else
+               f"check the new key's fingerprint on the host's console (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub) "
+               f"and rerun with --accept-changed-host-key {got} if it is the same, or remove its old line from "
+               f"{self.known_hosts} (ssh-keygen -R) (docs/troubleshooting.md)")
+        return hostkeys.HostKeyRefused(
+            f"host key for {where} CHANGED: got {exc.key.get_name()} {got}, expected "
+            f"{hostkeys.fingerprint(exc.expected_key)} (known as {hop.known_name}). This may be an attack; if the "
+            f"host was really reinstalled, {fix}")
 
     def can_log_in_fresh(self, *, use_password: bool = True, within: float = 10) -> bool:
         """Open a brand-new login (not the one we hold) and run `true`: is the host still letting us in?

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from invoke import Context, Exit
@@ -144,4 +145,49 @@ def teardown(c: Context, flags: Flags, purge: bool = False) -> None:
     run_play(lambda play: site(play, purge=purge), flags)
 
 
-TASKS = (provision_vps, provision_pi, provision, verify, status, teardown)
+@provisioning_task(help={"laptop_key": "instead: put this private key's .pub on every Pi, prove a login with it, "
+                                        "then remove the laptop key pitunnel installed before"})
+def rotate_keys(c: Context, flags: Flags, laptop_key: str = "") -> None:
+    """New tunnel key per Pi, made on the Pi, the tunnel up throughout (or --laptop-key: the laptop's key).
+
+    A rerun finishes an interrupted rotation. With --laptop-key NEW: the laptop's key on the Pis instead."""
+    from pitunnel.roles.rotate import rotate_keys as site
+    from pitunnel.roles.rotate import rotate_laptop_key
+
+    if not laptop_key:
+        run_play(site, flags)
+        return
+    new = Path(laptop_key).expanduser()
+    problem = laptop_key_problem(new)
+    if problem:
+        raise Exit(f"--laptop-key {laptop_key}: {problem}", code=2)
+    run_play(lambda play: rotate_laptop_key(play, new), flags)
+
+
+def laptop_key_problem(key: Path) -> str | None:
+    """Why this cannot be the laptop's new key, before any host is touched (None: it can)."""
+    from pitunnel.sshkeys import BadPublicKey, parse_public_key
+
+    pub = key.with_name(key.name + ".pub")
+    if not key.is_file() or not pub.is_file():
+        return f"needs the private key and {pub} (make them with ssh-keygen -t ed25519 -f {key})"
+    if key.stat().st_mode & 0o077:
+        return f"other users can read it: chmod 600 {key}"
+    try:
+        parse_public_key(pub.read_text())
+    except BadPublicKey as exc:
+        return f"{pub} is not a public key ({exc})"
+    return None
+
+
+@provisioning_task()
+def rotate_vps_hostkey(c: Context, flags: Flags) -> None:
+    """Planned VPS re-key: new host keys pinned on every Pi before sshd switches to them.
+
+    The old keys are unpinned after; no tunnel drops."""
+    from pitunnel.roles.rekey import rotate_vps_hostkey as site
+
+    run_play(site, flags)
+
+
+TASKS = (provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys, rotate_vps_hostkey)

@@ -94,6 +94,8 @@ VPS_FIELDS: Final = _defaults_from(VpsSpec, {
     "client_alive_interval": Field(values.at_least_one, None),  # absent: from its Pis' keepalive (the slowest)
     "client_alive_count_max": Field(values.at_least_one, None),
     "port_range": Field(values.port_range, MODEL),
+    "metrics": Field(values.boolean, MODEL),
+    "metrics_address": Field(values.listen_address, MODEL),
 })
 PI_FIELDS: Final = _defaults_from(PiSpec, {
     **_HOST_FIELDS,

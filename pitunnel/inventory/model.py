@@ -104,6 +104,8 @@ class VpsSpec(HostSpec):
     client_alive_interval: int = 5
     client_alive_count_max: int = 2
     port_range: tuple[int, int] = (20000, 29999)
+    metrics: bool = False  # Prometheus node exporter with pitunnel's tunnel metrics (docs/monitoring.md)
+    metrics_address: str = "127.0.0.1:9100"  # where the exporter listens
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -252,3 +252,17 @@ email = _text_that(_EMAIL_RE.fullmatch, "an e-mail address",
 _HTTPS_URL_RE: Final = re.compile(r"https://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/%-]*)?")
 https_url = _text_that(_HTTPS_URL_RE.fullmatch, "an https:// URL",
                        "write the ACME directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory")
+
+
+def listen_address(value: Any) -> str:
+    """`IPv4:port` for a service to listen on (a literal address: what it binds is what it says)."""
+    given = text(value)
+    fix = "write an IPv4 address and a port, e.g. 127.0.0.1:9100 (loopback: only the VPS itself reads it)"
+    host, _, port = given.rpartition(":")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise Invalid(f"{show(given)} is not an IPv4 address with a port", fix) from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise Invalid(f"{show(given)} has no valid port", fix)
+    return given

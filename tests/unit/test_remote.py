@@ -4,6 +4,7 @@ refused or given its password on stdin, and what one run sends and returns."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -276,3 +277,38 @@ def test_why_a_run_or_a_connection_failed_is_said(sshd: FakeSshd, known: Path) -
     with pytest.raises(Unreachable) as exc:
         remote(sshd.port, known).run("true")
     assert str(exc.value).startswith("h1: connection lost: ") and "prohibited" in str(exc.value)
+
+
+# ----------------------------------------------------------------------------------------------- day two (issue 15)
+def test_a_second_known_key_of_the_same_type_is_accepted(sshd: FakeSshd, tmp_path: Path) -> None:
+    """known_hosts may list several keys for a host (as during rotate-vps-hostkey); OpenSSH takes any of
+    them, and so does pitunnel, although paramiko compares only the first of each type."""
+    known = tmp_path / "known_hosts"
+    known.write_text(line(sshd.port, OTHER) + line(sshd.port, KEY))
+    assert remote(sshd.port, known).run("echo both", sudo=False).stdout == "both\n"
+    assert known.read_text() == line(sshd.port, OTHER) + line(sshd.port, KEY)
+
+
+def test_accept_changed_host_key_takes_only_the_named_key(sshd: FakeSshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("other.example ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHva6ee4ekTAawH0SqI5CoAvuEvPaN4hfyg5Q+vEb9p1\n"
+                     + line(sshd.port, OTHER))
+    before = known.read_text()
+    wrong = remote(sshd.port, known)
+    wrong.accept_changed_host_key = hostkeys.fingerprint(OTHER)
+    with pytest.raises(HostKeyRefused, match="none of its keys is the --accept-changed-host-key"):
+        wrong.run("true")
+    assert known.read_text() == before and sshd.commands == []
+    seen: list[tuple[str, str, str, str]] = []
+    right = remote(sshd.port, known)
+    right.accept_changed_host_key, right.on_change = hostkeys.fingerprint(KEY), lambda *a: seen.append(a)
+    assert right.run("echo taken", sudo=False).stdout == "taken\n"
+    assert known.read_text() == before.splitlines(keepends=True)[0] + line(sshd.port, KEY), "old line replaced"
+    assert seen and seen[0][1] == "changed" and hostkeys.fingerprint(KEY) in seen[0][3]
+
+
+def test_a_changed_key_names_the_flag_that_takes_it(sshd: FakeSshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(line(sshd.port, OTHER))
+    with pytest.raises(HostKeyRefused, match=re.escape(f"--accept-changed-host-key {hostkeys.fingerprint(KEY)}")):
+        remote(sshd.port, known).run("true")

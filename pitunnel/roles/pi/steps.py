@@ -4,6 +4,7 @@ pinned, a keepalive ssh config for the VPS entry only, and a systemd unit that k
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,14 +160,24 @@ def context(pi: PiSpec, vps: VpsSpec) -> dict[str, Any]:
                 route_proto=D["route_proto"])
 
 
-def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str]) -> list[Op]:
+def pins_file(vps: VpsSpec, vps_host_keys: Sequence[str], notify: tuple[str, ...] = ()) -> File:
+    """The VPS host keys the tunnel's ssh accepts (several while `invoke rotate-vps-hostkey` runs)."""
     known = "".join(f"{known_name(vps.address, vps.port)} {k}\n" for k in vps_host_keys)
+    return File(f"{D['config_dir']}/known_hosts", known, notify=notify, title="VPS host key pinned for the tunnel")
+
+
+def pinned(text: str) -> tuple[str, ...]:
+    """The keys (`type blob`) of a pins file."""
+    return tuple(" ".join(line.split()[1:3]) for line in text.splitlines() if len(line.split()) >= 3)
+
+
+def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str]) -> list[Op]:
     variables = context(pi, vps)
     restart = ("restart tunnel",)
     watchdog = ("restart watchdog",)
     return [
         Directory(D["config_dir"]),
-        File(f"{D['config_dir']}/known_hosts", known, notify=restart, title="VPS host key pinned for the tunnel"),
+        pins_file(vps, vps_host_keys, restart),
         File(f"{D['config_dir']}/ssh_config", ROLE.render("ssh_config.j2", **variables), notify=restart,
              title="tunnel ssh config (keepalives for the VPS entry only)"),
         File(D["unit_path"], ROLE.render("pitunnel.service.j2", **variables), notify=restart,
@@ -305,7 +316,7 @@ def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool) -> list[Op]:
     if pi.tunnel_user != pi.user:
         ops.append(UserAbsent(pi.tunnel_user))
     else:
-        ops += [Absent(key_path(pi)), Absent(key_path(pi) + ".pub")]
+        ops += [Absent(key_path(pi) + suffix) for suffix in ("", ".pub", ".next", ".next.pub", ".old", ".old.pub")]
     if purge:
         ops.append(PackagesAbsent((D["autossh_package"],)))
     return ops

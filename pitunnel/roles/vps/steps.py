@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,22 +71,30 @@ def authorized_line(vps: VpsSpec, pi: PiSpec, pubkey: str) -> str:
     return f"{options} {keytype} {blob} {KEY_MARKER}{pi.name}"
 
 
-def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: dict[str, str], drop: frozenset[str] = frozenset()) -> File:
-    """The tunnel account's authorized_keys: a line per Pi of this VPS, options always from the
-    inventory, the key kept from the file unless `new_keys` brings one; Pis no longer listed go."""
+def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequence[str]],
+                    drop: frozenset[str] = frozenset()) -> File:
+    """The tunnel account's authorized_keys: a line per key of each Pi of this VPS (one, or two while its
+    key is rotated), options always from the inventory, the keys kept from the file unless `new_keys`
+    brings that Pi's (one key, or all of them in order); Pis no longer listed go."""
     pis = {pi.name: pi for pi in inv.pis.values() if pi.vps == vps.name and pi.name not in drop}
 
     def render(state: FileState) -> str:
-        keys: dict[str, str] = {}
-        for line in state.content.decode(errors="replace").splitlines() if state.exists else []:
-            words = line.split()
-            if len(words) >= 3 and words[-1].startswith(KEY_MARKER):
-                keys[words[-1][len(KEY_MARKER):]] = f"{words[-3]} {words[-2]}"
-        keys.update(new_keys)
-        return "".join(authorized_line(vps, pis[n], keys[n]) + "\n" for n in pis if n in keys)
+        keys = authorised_keys(state.content.decode(errors="replace") if state.exists else "")
+        keys.update({n: [k] if isinstance(k, str) else list(k) for n, k in new_keys.items()})
+        return "".join(authorized_line(vps, pis[n], k) + "\n" for n in pis for k in dict.fromkeys(keys.get(n, [])))
 
     return File(f"{D['tunnel_home']}/.ssh/authorized_keys", render, owner=vps.tunnel_user, group=vps.tunnel_user,
                 mode=0o600, title="authorized keys of the Pis")
+
+
+def authorised_keys(text: str) -> dict[str, list[str]]:
+    """Each Pi's keys (`type blob`) in the tunnel account's authorized_keys, in the file's order."""
+    keys: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[-1].startswith(KEY_MARKER):
+            keys.setdefault(words[-1][len(KEY_MARKER):], []).append(f"{words[-3]} {words[-2]}")
+    return keys
 
 
 def _is_key(text: str) -> bool:
@@ -305,6 +313,41 @@ def handlers(remote: Remote) -> list[Handler]:
         Handler("restart reaper", ["systemctl daemon-reload", f"systemctl restart {D['reaper_unit']}"]),
         Handler("reload nginx", ["if [ -x /usr/sbin/nginx ]; then nginx -t 2>&1 && systemctl reload-or-restart nginx; fi"]),
         Handler("daemon-reload", ["systemctl daemon-reload"]),
+        Handler("restart metrics", ["systemctl daemon-reload", f"systemctl restart {D['metrics_unit']}"]),
+        Handler("restart node exporter", ["systemctl daemon-reload", f"systemctl restart {D['metrics_service']}"]),
+        Handler("restart node exporter if there", [
+            "systemctl daemon-reload",
+            f"! systemctl cat {D['metrics_service']} >/dev/null 2>&1 || systemctl try-restart {D['metrics_service']}"]),
+    ]
+
+
+def metrics_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
+    """`metrics: true`: the node exporter where the inventory says, and pitunnel's metrics for its textfile
+    collector, written by a service of the VPS's own; `metrics: false`: none of pitunnel's pieces, and
+    the exporter purged if pitunnel installed it (one that was there before stays, as it was)."""
+    if not vps.metrics:
+        return [*metrics_absent_ops(), PackagesAbsent((D["metrics_package"],))]
+    tunnels = [dict(pi=pi.name, tunnel=t.name, listen=listen_spec(t)) for pi, t in inv.tunnels_on(vps)]
+    variables = dict(metrics_address=vps.metrics_address, metrics_tunnels=tunnels)
+    return [
+        File(D["metrics_dropin"], ROLE.render("node-exporter.conf.j2", **variables), notify=("restart node exporter",),
+             title=f"node exporter on {vps.metrics_address}, textfile collector on"),
+        Service(D["metrics_service"], covers=("restart node exporter",)),
+        File(D["metrics_path"], ROLE.render("metrics.sh.j2", **variables), mode=0o755, notify=("restart metrics",),
+             title="tunnel metrics writer script"),
+        File(D["metrics_unit_path"], ROLE.render("metrics.service.j2", **variables), notify=("restart metrics",),
+             title=f"systemd unit {D['metrics_unit']}"),
+        Service(D["metrics_unit"], covers=("restart metrics",)),
+    ]
+
+
+def metrics_absent_ops() -> list[Op]:
+    return [
+        Service(D["metrics_unit"], enabled=False, running=False, title=f"service {D['metrics_unit']} stopped and disabled"),
+        Absent(D["metrics_unit_path"], notify=("daemon-reload",)),
+        Absent(D["metrics_path"]),
+        Absent(f"{D['metrics_textfile_dir']}/pitunnel.prom"),
+        Absent(D["metrics_dropin"], notify=("restart node exporter if there",)),
     ]
 
 
@@ -377,6 +420,7 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, ce
         File(D["reaper_unit_path"], ROLE.render("reaper.service.j2", **variables), notify=("restart reaper",),
              title=f"systemd unit {D['reaper_unit']}"),
         Service(D["reaper_unit"], covers=("restart reaper",)),
+        *metrics_ops(inv, vps),
         Directory(D["nginx_locations_dir"]),
         Directory(D["nginx_auth_dir"], group="www-data", mode=0o750),
         *acme_ops(vps),
@@ -414,6 +458,7 @@ def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
     ops: list[Op] = [
         Service(D["reaper_unit"], enabled=False, running=False, title=f"service {D['reaper_unit']} stopped and disabled"),
         Absent(D["reaper_unit_path"], notify=("daemon-reload",)),
+        *metrics_absent_ops(),
         Absent(D["reaper_path"].rsplit("/", 1)[0]),
         Absent(D["sshd_dropin"], notify=("reload sshd",)),
         UserAbsent(vps.tunnel_user),
@@ -430,12 +475,13 @@ def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
         FolderGone(D["acme_ca_bundle"].rsplit("/", 1)[0], frozenset({D["acme_ca_bundle"].rsplit("/", 1)[1]})),
     ]
     if purge:
-        ops.append(PackagesAbsent((D["nginx_package"], D["certbot_package"])))
+        ops.append(PackagesAbsent((D["nginx_package"], D["certbot_package"], D["metrics_package"])))
     return ops
 
 
 def packages(vps: VpsSpec) -> Packages:
-    return Packages((D["nginx_package"], *([D["certbot_package"]] if vps.acme else [])))
+    return Packages((D["nginx_package"], *([D["certbot_package"]] if vps.acme else []),
+                     *([D["metrics_package"]] if vps.metrics else [])))
 
 
 def certificates(remote: Remote, inv: Inventory, vps: VpsSpec, found: AcmeFound, play: Play) -> tuple[bool, list[str]]:
