@@ -33,7 +33,7 @@ class _Reader:
         # what the cross-checks see, even of hosts and tunnels with other problems (so all are reported at once)
         self.vps_ports: dict[str, dict[str, int]] = {}  # VPS -> its valid port, http_port, https_port
         self.alive_unset: dict[str, list[str]] = {}  # per VPS: its ClientAlive keys the inventory leaves out
-        self.routed: list[tuple[str, str, TunnelSpec]] = []  # (pi, its VPS, tunnel) of every valid tunnel
+        self.routed: list[tuple[str, str, TunnelSpec]] = []  # (pi, each of its VPSes, tunnel) of every valid tunnel
 
     def read(self) -> Read | None:
         top = self.report.doc.data
@@ -58,7 +58,7 @@ class _Reader:
         vps = self.all_vps(vps_section, inherited)
         pis_section = self.section(top, "pis")
         pis = self.pis(pis_section, inherited, list(vps_section))
-        vps = {name: self.client_alive(spec, [pi for pi in pis.values() if pi.vps == name])
+        vps = {name: self.client_alive(spec, [pi for pi in pis.values() if name in pi.all_vps])
                for name, spec in vps.items()}
         checks.host_names(self.report, vps_section, pis_section)
         for vps_name, ports in self.vps_ports.items():
@@ -140,7 +140,7 @@ class _Reader:
             vps_invalid = "vps" in raw and "vps" not in quiet  # reported with the Pi's other keys
             vps = None if vps_invalid else checks.pi_vps(self.report, quiet.get("vps"), path, vps_names)
             if vps is not None and name_ok:
-                self.routed += [(name, vps, t) for t in valid_tunnels]
+                self.routed += [(name, on, t) for on in vps for t in valid_tunnels]
             if found is None or tunnels is None or not name_ok or vps is None or login_taken:
                 continue
             found.pop("vps")
@@ -149,7 +149,7 @@ class _Reader:
             for key in ("server_alive_interval", "server_alive_count_max"):
                 if found.get(key) is None:
                     found[key] = getattr(preset, key)
-            result[name] = PiSpec(name=name, role="pi", vps=vps, **found)
+            result[name] = PiSpec(name=name, role="pi", vps=vps[0], vpses=vps, **found)
         return result
 
     def tunnels(self, pi: str, section: Any, pi_path: KeyPath) -> tuple[tuple[TunnelSpec, ...] | None,

@@ -70,7 +70,7 @@ def authorized_line(vps: VpsSpec, pi: PiSpec, pubkey: str) -> str:
 def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: dict[str, str], drop: frozenset[str] = frozenset()) -> File:
     """The tunnel account's authorized_keys: a line per Pi of this VPS, options always from the
     inventory, the key kept from the file unless `new_keys` brings one; Pis no longer listed go."""
-    pis = {pi.name: pi for pi in inv.pis.values() if pi.vps == vps.name and pi.name not in drop}
+    pis = {pi.name: pi for pi in inv.pis_on(vps) if pi.name not in drop}
 
     def render(state: FileState) -> str:
         keys: dict[str, str] = {}
