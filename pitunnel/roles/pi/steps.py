@@ -178,7 +178,8 @@ def context(pi: PiSpec, vps: VpsSpec) -> dict[str, Any]:
                 remote_forwards=[f.replace(":127.0.0.1:", " 127.0.0.1:", 1) for f in forwards_there],
                 connect_timeout=D["tunnel_connect_timeout"], hang_after_ms=hang_after_ms(pi),
                 stale_after_ms=stale_after_ms(pi, vps), check_every=D["watchdog_every"],
-                route_proto=D["route_proto"], unit=unit(vps.name), vps_config_dir=vps_config_dir(vps.name))
+                route_proto=D["route_proto"], unit=unit(vps.name), vps_config_dir=vps_config_dir(vps.name),
+                autossh_poll=D["autossh_poll"])
 
 
 def unit_context(pi: PiSpec) -> dict[str, Any]:
