@@ -16,8 +16,8 @@ from pitunnel.cli import LAB_INVENTORY as INVENTORY
 from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, cpu_seconds, down, exec_in, password_file, record,
                    sh, shell_argv, status, up, write_file)
 from .faults import (NAMES as FAULTS, PITUNNEL, PortKnocker, Setup, SilentDrop, Target, inject, reachable, target,
-                     tunnel_bytes, tunnel_pss_kb, tunnel_rss_kb, unplugged, vps_addresses, vps_power_cut,
-                     wait_recovered)
+                     tunnel_bytes, tunnel_pss_kb, tunnel_rss_kb, powered_off, unplugged, vps_addresses,
+                     vps_power_cut, wait_recovered)
 from .plan import LAPTOP_ADDR, VPS_ADDR
 from .state import STATE_DIR
 from .system import LabError
@@ -33,5 +33,6 @@ __all__ = [
     "LAPTOP_ADDR", "VPS_ADDR",
     # faults and recovery
     "FAULTS", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "inject", "reachable", "target",
-    "tunnel_bytes", "tunnel_pss_kb", "tunnel_rss_kb", "unplugged", "vps_addresses", "vps_power_cut", "wait_recovered",
+    "tunnel_bytes", "tunnel_pss_kb", "tunnel_rss_kb", "powered_off", "unplugged", "vps_addresses", "vps_power_cut",
+    "wait_recovered",
 ]

@@ -226,11 +226,23 @@ def reboot(host: str, *, power_cut: bool) -> float:
     return time.monotonic()
 
 
-def vps_power_cut(vps: str = "vps", *, seconds: float = 60) -> float:
-    """A VPS loses power for `seconds` (nothing it had open is closed; its address answers nobody), then
-    boots; ends when its systemd is up."""
+@contextmanager
+def powered_off(host: str) -> Iterator[None]:
+    """The host has lost power inside the `with` block (nothing it had open was closed; its address answers
+    nobody); it boots when the block ends, which returns once its systemd is up."""
     state = LabState.load()
-    machine.reboot(make_plan(state.pis, state.vpses).host(vps), state, power_cut=True, off_seconds=seconds)
+    plan = make_plan(state.pis, state.vpses).host(host)
+    machine.halt(plan, state, power_cut=True)
+    try:
+        yield
+    finally:
+        machine.start(plan, LabState.load())
+
+
+def vps_power_cut(vps: str = "vps", *, seconds: float = 60) -> float:
+    """A VPS loses power for `seconds`, then boots; ends when its systemd is up."""
+    with powered_off(vps):
+        time.sleep(seconds)
     return time.monotonic()
 
 
@@ -324,5 +336,5 @@ def tunnel_pss_kb(pi: str, setup: Setup = PITUNNEL) -> int:
 
 
 __all__ = ["NAMES", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "inject", "reachable", "target",
-           "tunnel_bytes", "tunnel_pss_kb", "tunnel_rss_kb", "unplugged", "vps_addresses", "vps_power_cut",
-           "wait_recovered"]
+           "tunnel_bytes", "tunnel_pss_kb", "tunnel_rss_kb", "powered_off", "unplugged", "vps_addresses",
+           "vps_power_cut", "wait_recovered"]
