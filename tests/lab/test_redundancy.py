@@ -51,10 +51,11 @@ def recap(p: Play) -> dict[str, tuple[int, int]]:
     return {h: (r.changed, r.failed + r.unreachable) for h, r in p.reporter.recaps.items()}
 
 
-def proven(inventory: Path) -> dict[str, PiReport]:
+def proven(inventory: Path) -> tuple[int, dict[str, PiReport]]:
+    """verify's exit code, and its report of each path of pi1 by VPS."""
     reports: list[PiReport] = []
-    play(inventory, lambda p: reports.extend(verify(p)), quiet=True)
-    return {r.vps: r for r in reports}
+    code, _ = play(inventory, lambda p: reports.extend(verify(p)), quiet=True)
+    return code, {r.vps: r for r in reports}
 
 
 def failures(report: PiReport) -> list[str]:
@@ -76,8 +77,8 @@ def test_cold_provision_with_one_vps_off_brings_up_the_other_path_and_names_the_
         assert recap(p)["vps"][1] > 0 and recap(p)["vps2"][1] == 0 and recap(p)["pi1"][1] == 0
         warnings = [text for host, text in p.reporter.warnings if host == "pi1"]
         assert any("path pi1 via vps is missing" in w and "Rerun provision" in w for w in warnings), warnings
-        reports = proven(inventory)
-        assert reports["vps2"].passed, failures(reports["vps2"])
+        code, reports = proven(inventory)
+        assert code != 0 and reports["vps2"].passed, failures(reports["vps2"])
         assert not reports["vps"].passed and "did not answer" in failures(reports["vps"])[0]
         assert in_host("pi1", "systemctl is-active pitunnel@vps2.service").strip() == "active"
         assert in_host("pi1", "test -e /etc/pitunnel/vps || echo none").strip() == "none"  # left as it was
@@ -90,10 +91,11 @@ def test_rerun_after_the_vps_returns_completes_it_and_a_second_rerun_changes_not
     assert p is not None
     assert code == 0, recap(p)
     assert recap(p)["vps"][0] > 0 and not [w for _, w in p.reporter.warnings if "is missing" in w]
-    reports = proven(inventory)
+    verified, reports = proven(inventory)
     assert set(reports) == {"vps", "vps2"}
     for vps, report in reports.items():
         assert report.passed, (vps, failures(report))
+    assert verified == 0
     rows: list[object] = []
     play(inventory, lambda q: rows.extend(status(q)), quiet=True)
     assert {(r.tunnel, r.vps, r.up) for r in rows} == {  # type: ignore[attr-defined]
