@@ -838,3 +838,21 @@ def test_reaper_believes_only_sshds_own_whole_lines() -> None:
                          capture_output=True, text=True, timeout=10)
     assert run.stdout.splitlines() == ["failure port=20000 pid=701", "ignored", "ignored", "ignored",
                                        "login user=pitunnel key=SHA256:3Psa+/9x", "child 708"], run.stderr
+
+
+def test_verify_probes_never_ask_for_the_running_tunnels_own_forwards(inv: Inventory, tmp_path: Path) -> None:
+    """The probes must be refused for what they try, not because the tunnel's own ports are taken."""
+    from pitunnel.roles.pi.verify import probe_script
+
+    pi = inv.pis["pi1"]
+    script = probe_script(pi, inv.vps_of(pi), ["127.0.0.1:20023"], 29999)
+    assert script.count("ssh -F \"$probe_config\"") == 5 and "ssh -F /etc" not in script
+    first = script.splitlines()[0]
+    config = tmp_path / "ssh_config"
+    config.write_text(ssh_config(inv, "pi1"))
+    done = subprocess.run(["bash", "-c", first.replace("/etc/pitunnel/main/ssh_config", str(config))
+                           + ' && cat "$probe_config" && rm -f "$probe_config"'], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "RemoteForward" not in done.stdout and f"Host {PI_D['ssh_host_alias']}" in done.stdout
+    assert "ExitOnForwardFailure yes" in done.stdout and "RemoteForward" in config.read_text()
+    assert script.rstrip().endswith('rm -f "$probe_config"')

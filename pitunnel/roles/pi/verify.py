@@ -305,11 +305,15 @@ def _http_hint(vps: VpsSpec, tunnel: TunnelSpec, host: str, vps_remote: Remote, 
 
 
 def probe_script(pi: PiSpec, vps: VpsSpec, others: list[str], free_port: int) -> str:
-    """Negative probes run on the Pi as the tunnel account with the tunnel key: each must be refused."""
-    config = f"{vps_config_dir(vps.name)}/ssh_config"
+    """Negative probes run on the Pi as the tunnel account with the tunnel key: each must be refused. They use
+    the tunnel's ssh_config for this VPS without its RemoteForward lines: the running tunnel holds those
+    ports, so asking for them again would end each probe (ExitOnForwardFailure) before it proved anything."""
+    config = '"$probe_config"'
     ssh = f"runuser -u {shlex.quote(pi.tunnel_user)} -- timeout 15 ssh -F {config}"
     host = D["ssh_host_alias"]
     lines = [
+        f"probe_config=$(mktemp) && grep -v '^[[:space:]]*RemoteForward[[:space:]]' "
+        f"{vps_config_dir(vps.name)}/ssh_config > \"$probe_config\" && chmod 644 \"$probe_config\"",
         f"out=$({ssh} {host} id 2>&1); case \"$out\" in *uid=*) echo 'PROBE command FAIL ran: id';; "
         "*) echo 'PROBE command ok';; esac",
         f"out=$({ssh} -tt {host} 'id' 2>&1 </dev/null); case \"$out\" in *uid=*) echo 'PROBE pty FAIL got a shell';; "
@@ -323,6 +327,7 @@ def probe_script(pi: PiSpec, vps: VpsSpec, others: list[str], free_port: int) ->
             f"-o ExitOnForwardFailure=yes -R {spec}:127.0.0.1:9 {host} </dev/null >/dev/null 2>&1; rc=$?; "
             f"if [ $rc -eq 124 ]; then echo 'PROBE {label} FAIL listener accepted'; else echo 'PROBE {label} ok'; fi"
         )
+    lines.append('rm -f "$probe_config"')
     return "\n".join(lines) + "\n"
 
 
