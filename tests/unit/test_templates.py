@@ -672,7 +672,8 @@ def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Invento
     assert stale == (min(vps.client_alive_interval, pi.server_alive_interval) + 3) * 1000
     assert f'"$rcv" -gt {stale} ]' in script
     assert f'"$snd" -gt {pi_steps.hang_after_ms(pi)} ]' in script
-    assert f"echo 1 || echo {PI_D['watchdog_every']})\" event" in script  # every second while the tunnel is down
+    assert 'read -r -t "$(next_check)" event' in script and f"echo {PI_D['watchdog_every']}" in script
+    assert "echo 1\n" in script  # every second while the tunnel is down
     # a VPS back from an outage: autossh is woken from its back-off as soon as the VPS's sshd answers
     assert "vps_answers" in script and '"/dev/tcp/$0/$1"' in script
     # it signals only the unit's own ssh, never an ssh by name
