@@ -209,7 +209,7 @@ def test_vps_power_cut_costs_the_other_path_nothing(addresses: tuple[str, str],
     since = int(time.time() - (time.monotonic() - listening[0])) - 15
     print("\n" + in_host("pi1", f"journalctl -u pitunnel@vps.service --since @{since} -o short-precise --no-pager | "
                                 f"tail -8; journalctl -t pitunnel-watchdog --since @{since} -o short-precise "
-                                "--no-pager | grep -v vps2 | tail -5"))
+                                "--no-pager | grep -v vps2 | tail -8"))
     print(f"A's sshd listened at {time.strftime('%H:%M:%S', time.localtime(time.time() - (time.monotonic() - listening[0])))}")
     print(f"\nvps power cut {CUT_SECONDS:.0f}s: through B {through_b.ok} requests ok, "
           f"{len(through_b.failed) - b_failed_before} failed; B session longest silence "
