@@ -87,10 +87,12 @@ def reachable(t: Target, via: str | None = None) -> bool:
 
 def wait_recovered(t: Target, since: float, timeout: float, via: str | None = None) -> float | None:
     """Seconds from `since` until reachable (through `via`, or any VPS; polled every 0.2 s), or None after
-    `timeout`."""
+    `timeout`. Counted to the start of the probe that succeeded: a Pi reachable all along (through another
+    VPS) recovers in 0, not in the time one probe takes."""
     while time.monotonic() - since < timeout:
+        probed = time.monotonic()
         if reachable(t, via):
-            return time.monotonic() - since
+            return max(0.0, probed - since)
         time.sleep(0.2)
     return None
 
