@@ -16,7 +16,7 @@ def bench_lab(c: Context, pis: int = 2, release: str = "bookworm", warm_runs: in
 
 @task(help={"faults": "comma-separated faults (default: all but link-down-10min)", "runs": "runs per fault (default 3)",
             "timeout": "seconds before a run counts as not recovered (default 60)",
-            "setups": "comma-separated: pitunnel,seed,sidedoor (default all three)",
+            "setups": "comma-separated: pitunnel,seed,sidedoor (default all three), pitunnel-2vps (a second VPS)",
             "release": "Debian release of the lab hosts"})
 def bench_recovery(c: Context, faults: str = "", runs: int = 3, timeout: float = 60, setups: str = "",
                    release: str = "bookworm") -> None:

@@ -5,6 +5,7 @@ reads its files from there. Lab tests, benchmarks and tasks use only what this m
 modules inside are the lab's own (only unit tests of those modules, in tests/unit, open them).
 
     lab.up(pis=2)                       boot the lab, write INVENTORY (inventory/lab.yml)
+    lab.up(pis=1, vpses=2)              ... with a second VPS (vps2, 198.18.0.11): each Pi keeps a tunnel to both
     lab.status(), lab.down()            what runs; remove every trace of it
     lab.exec_in("pi1", "hostname")      a shell script inside a host, as root, not over SSH
     lab.inject("kill-ssh", "pi1")       a fault, and seconds until the Pi is reachable again
@@ -18,7 +19,8 @@ from .acme import LabCA, dns_fail, start_ca
 from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, cpu_seconds, down, exec_in, password_file, record,
                    sh, shell_argv, status, up, write_file)
 from .faults import (NAMES as FAULTS, PITUNNEL, PortKnocker, Setup, SilentDrop, Target, away_from_home, inject,
-                     reachable, target, tunnel_bytes, tunnel_rss_kb, unplugged, wait_recovered)
+                     reachable, target, tunnel_bytes, tunnel_pss_kb, tunnel_rss_kb, powered_off, unplugged,
+                     vps_addresses, vps_power_cut, wait_recovered)
 from .plan import LAPTOP_ADDR, VPS_ADDR
 from .state import STATE_DIR
 from .system import LabError
@@ -36,5 +38,6 @@ __all__ = [
     "LabCA", "dns_fail", "start_ca",
     # faults and recovery
     "FAULTS", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "away_from_home", "inject", "reachable",
-    "target", "tunnel_bytes", "tunnel_rss_kb", "unplugged", "wait_recovered",
+    "target", "tunnel_bytes", "tunnel_pss_kb", "tunnel_rss_kb", "powered_off", "unplugged", "vps_addresses",
+    "vps_power_cut", "wait_recovered",
 ]

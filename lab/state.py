@@ -25,6 +25,7 @@ class HostState:
 class LabState:
     release: str = ""
     pis: int = 0
+    vpses: int = 1
     bridges: list[str] = field(default_factory=list)
     addresses: list[list[str]] = field(default_factory=list)  # [cidr, dev]
     firewall: bool = False

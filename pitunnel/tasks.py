@@ -20,7 +20,7 @@ from .cli import COMMON, READ_ONLY, Flags, provisioning_task, run_play
 from .play import Play
 
 T = TypeVar("T")
-REACH = "reach the Pi"  # verify's check for a Pi it could not reach: exit 4 says it, not 2
+REACH_PI = "reach the Pi"  # verify's check for a Pi it could not reach (a REACH check: exit 4, not 2)
 
 
 def _document(task: str, play: Play | None, code: int, **extra: Any) -> str:
@@ -81,16 +81,16 @@ def provision_pi(c: Context, flags: Flags) -> None:
 @provisioning_task(flags=READ_ONLY + ("json",))
 def verify(c: Context, flags: Flags) -> None:
     """Prove it end to end: SSH and HTTP reach each Pi through the VPS, and nothing more is open."""
-    from pitunnel.roles.pi.verify import PiReport, print_reports
+    from pitunnel.roles.pi.verify import REACH, PiReport, print_reports
     from pitunnel.roles.site import verify as run_verify
 
     def body(play: Play) -> list[PiReport]:
         reports = run_verify(play)
         for report in reports:  # a Pi (or its VPS) out of reach: say why, not only FAIL
-            if not report.checks:
-                vps = play.inventory.pis[report.pi].vps
-                why = play.why.get(report.pi) or play.why.get(vps) or "it stopped before any check (see above)"
-                report.add(REACH, False, why, "fix what the line says, then run verify again")
+            why = play.why.get(report.pi)
+            if why or not report.checks:
+                why = why or play.why.get(report.vps) or "it stopped before any check (see above)"
+                report.add(REACH_PI, False, why, "fix what the line says, then run verify again")
         return reports
 
     def show(reports: list[PiReport]) -> None:
@@ -100,10 +100,20 @@ def verify(c: Context, flags: Flags) -> None:
 
     _run("verify", body, flags, quiet=True, show=show,
          judge=lambda reports: failures.FAILED if not reports or any(
-             not c.passed and c.name != REACH for r in reports for c in r.checks) else 0,
-         extra=lambda reports: {"pis": {r.pi: {"passed": r.passed, "checks": [
-             {"name": ch.name, "passed": ch.passed, "warning": ch.warning, "detail": ch.detail, "hint": ch.hint}
-             for ch in r.checks]} for r in reports}})
+             not c.passed and not c.name.startswith(REACH) for r in reports for c in r.checks) else 0,
+         extra=lambda reports: {"pis": verify_document(reports)})
+
+
+def verify_document(reports: list[Any]) -> dict[str, object]:
+    """`verify --json`: per Pi, whether every path passed, and each path (the Pi through one VPS) with its checks."""
+    pis: dict[str, dict[str, Any]] = {}
+    for r in reports:
+        pi = pis.setdefault(r.pi, {"passed": True, "paths": []})
+        pi["passed"] = pi["passed"] and r.passed
+        pi["paths"].append({"vps": r.vps, "passed": r.passed, "checks": [
+            {"name": ch.name, "passed": ch.passed, "warning": ch.warning, "detail": ch.detail, "hint": ch.hint}
+            for ch in r.checks]})
+    return dict(pis)
 
 
 @provisioning_task(flags=COMMON + ("json",))

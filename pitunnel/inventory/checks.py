@@ -56,20 +56,20 @@ def pi_login_taken(report: Report, values: Mapping[str, Any], path: KeyPath) -> 
     return taken
 
 
-def pi_vps(report: Report, vps: str | None, path: KeyPath, vps_names: list[str]) -> str | None:
-    """The name of the Pi's VPS, or None if there is no good answer (reported unless there is no VPS)."""
+def pi_vps(report: Report, vps: tuple[str, ...] | None, path: KeyPath, vps_names: list[str]) -> tuple[str, ...] | None:
+    """The names of the Pi's VPSes, or None if there is no good answer (reported unless there is no VPS)."""
     if vps is None:
         if len(vps_names) > 1:
             report.problem(path + ("vps",), "required key 'vps' is missing: there is more than one VPS",
-                           "add 'vps: <name>' with one of " + ", ".join(vps_names))
-        return vps_names[0] if len(vps_names) == 1 else None
-    if vps not in vps_names:
+                           "add 'vps: <name>' (or a list, 'vps: [a, b]') with " + ", ".join(vps_names))
+        return (vps_names[0],) if len(vps_names) == 1 else None
+    unknown = [name for name in vps if name not in vps_names]
+    for name in unknown:
         if vps_names:
-            close = difflib.get_close_matches(vps, vps_names, n=1)
-            report.problem(path + ("vps",), f"there is no VPS named '{vps}'",
+            close = difflib.get_close_matches(name, vps_names, n=1)
+            report.problem(path + ("vps",), f"there is no VPS named '{name}'",
                            f"did you mean '{close[0]}'?" if close else "use one of: " + ", ".join(vps_names))
-        return None
-    return vps
+    return None if unknown else vps
 
 
 def host_names(report: Report, vps_names: Container[str], pi_names: Iterable[str]) -> None:

@@ -100,7 +100,8 @@ VPS_FIELDS: Final = _defaults_from(VpsSpec, {
 PI_FIELDS: Final = _defaults_from(PiSpec, {
     **_HOST_FIELDS,
     "user": Field(values.user, "pi"),
-    "vps": Field(values.name),  # absent: the only VPS
+    "vps": Field(values.names),  # one name or a list; absent: the only VPS
+    "same_port_everywhere": Field(values.boolean, MODEL),
     "tunnel_user": Field(values.tunnel_user, MODEL),
     "keepalive": Field(values.choice(*KEEPALIVE), MODEL),
     "server_alive_interval": Field(values.at_least_one, None),  # absent: from keepalive

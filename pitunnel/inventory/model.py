@@ -6,7 +6,7 @@ The defaults written on these fields are the inventory's defaults for those keys
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -43,7 +43,7 @@ class TunnelSpec:
     name: str
     kind: str  # "ssh" | "http"
     local_port: int  # port on the Pi
-    remote_port: int  # port the tunnel listens on, on the VPS
+    remote_port: int  # port the tunnel listens on, on the VPS of the PiSpec holding it (its `vps`)
     public: bool  # ssh only: listen on the VPS's public addresses, not just loopback
     server_name: str | None  # http only: nginx server_name
     path: str | None  # http only: nginx location prefix, "/.../"
@@ -51,6 +51,11 @@ class TunnelSpec:
     websocket: bool = False  # http only: pass WebSocket upgrades, long proxy timeouts
     client_max_body_size: str = DEFAULT_BODY_SIZE  # http only: nginx size, larger request bodies get 413
     hsts: bool = False  # http only: Strict-Transport-Security on its HTTPS answers
+    ports: tuple[tuple[str, int], ...] = ()  # (VPS, remote port) on every VPS of its Pi, once allocated
+
+    def port_on(self, vps: str) -> int:
+        """The remote port of this tunnel on `vps` (remote_port until the ports per VPS are known)."""
+        return dict(self.ports).get(vps, self.remote_port)
 
 
 # `via:` per Pi: how the laptop reaches it. auto: its address, or through its VPS to its ssh tunnel when
@@ -110,7 +115,12 @@ class VpsSpec(HostSpec):
 
 @dataclass(frozen=True, kw_only=True)
 class PiSpec(HostSpec):
+    """A Pi, as seen through one of its VPSes: `vps` (the first of `vpses` as the inventory reads it; on(name)
+    gives the Pi through another, its tunnels' remote_port then that VPS's). A tunnel to each VPS is a path."""
+
     vps: str
+    vpses: tuple[str, ...] = ()  # every VPS this Pi keeps a tunnel to, in inventory order (empty: just `vps`)
+    same_port_everywhere: bool = False  # remote_port: auto gives a tunnel the same port on all its VPSes
     tunnel_user: str = TUNNEL_USER
     keepalive: str = "default"  # a name in KEEPALIVE; server_alive_* written in the inventory win over it
     server_alive_interval: int = 10
@@ -125,6 +135,20 @@ class PiSpec(HostSpec):
         Pi's own sshd port, else its first ssh tunnel (a private one before a public one); None if none."""
         ssh = sorted((t for t in self.tunnels if t.kind == "ssh"), key=lambda t: t.public)
         return next((t for t in ssh if t.local_port == self.port), ssh[0] if ssh else None)
+
+    @property
+    def all_vps(self) -> tuple[str, ...]:
+        return self.vpses or (self.vps,)
+
+    def on(self, vps: str) -> PiSpec:
+        """This Pi through `vps`: one path, its tunnels with their remote ports on that VPS."""
+        if vps == self.vps:
+            return self
+        return replace(self, vps=vps, tunnels=tuple(replace(t, remote_port=t.port_on(vps)) for t in self.tunnels))
+
+    def paths(self) -> list[PiSpec]:
+        """The Pi through each of its VPSes, in inventory order."""
+        return [self.on(name) for name in self.all_vps]
 
 
 @dataclass(frozen=True)
@@ -145,10 +169,19 @@ class Inventory:
         return [*self.vps.values(), *self.pis.values()]
 
     def vps_of(self, pi: PiSpec) -> VpsSpec:
+        """The VPS of this path of the Pi (its first VPS for the Pi as the inventory reads it)."""
         return self.vps[pi.vps]
 
+    def vpses_of(self, pi: PiSpec) -> list[VpsSpec]:
+        """Every VPS of the Pi, in inventory order."""
+        return [self.vps[name] for name in pi.all_vps]
+
+    def pis_on(self, vps: VpsSpec) -> list[PiSpec]:
+        """The Pis that keep a tunnel to `vps`, each as seen through it (their remote ports there)."""
+        return [pi.on(vps.name) for pi in self.pis.values() if vps.name in pi.all_vps]
+
     def tunnels_on(self, vps: VpsSpec) -> list[tuple[PiSpec, TunnelSpec]]:
-        return [(pi, t) for pi in self.pis.values() if pi.vps == vps.name for t in pi.tunnels]
+        return [(pi, t) for pi in self.pis_on(vps) for t in pi.tunnels]
 
 
 def acme_name(vps: VpsSpec, tunnel: TunnelSpec) -> str | None:

@@ -33,7 +33,7 @@ class _Reader:
         # what the cross-checks see, even of hosts and tunnels with other problems (so all are reported at once)
         self.vps_ports: dict[str, dict[str, int]] = {}  # VPS -> its valid port, http_port, https_port
         self.alive_unset: dict[str, list[str]] = {}  # per VPS: its ClientAlive keys the inventory leaves out
-        self.routed: list[tuple[str, str, TunnelSpec]] = []  # (pi, its VPS, tunnel) of every valid tunnel
+        self.routed: list[tuple[str, str, TunnelSpec]] = []  # (pi, each of its VPSes, tunnel) of every valid tunnel
 
     def read(self) -> Read | None:
         top = self.report.doc.data
@@ -58,12 +58,13 @@ class _Reader:
         vps = self.all_vps(vps_section, inherited)
         pis_section = self.section(top, "pis")
         pis = self.pis(pis_section, inherited, list(vps_section))
-        vps = {name: self.client_alive(spec, [pi for pi in pis.values() if pi.vps == name])
+        vps = {name: self.client_alive(spec, [pi for pi in pis.values() if name in pi.all_vps])
                for name, spec in vps.items()}
         checks.host_names(self.report, vps_section, pis_section)
         for pi in pis.values():
-            if pi.vps in vps:
-                checks.tls_for_routes(self.report, vps[pi.vps], pi)
+            for path in pi.paths():
+                if path.vps in vps:
+                    checks.tls_for_routes(self.report, vps[path.vps], path)
         for vps_name, ports in self.vps_ports.items():
             checks.ports_and_routes(self.report, vps_name, ports,
                                     [(pi, t) for pi, on, t in self.routed if on == vps_name])
@@ -164,7 +165,7 @@ class _Reader:
             vps_invalid = "vps" in raw and "vps" not in quiet  # reported with the Pi's other keys
             vps = None if vps_invalid else checks.pi_vps(self.report, quiet.get("vps"), path, vps_names)
             if vps is not None and name_ok:
-                self.routed += [(name, vps, t) for t in valid_tunnels]
+                self.routed += [(name, on, t) for on in vps for t in valid_tunnels]
             if found is None or tunnels is None or not name_ok or vps is None or login_taken:
                 continue
             if found["via"] == "tunnel" and not any(t.kind == "ssh" for t in tunnels):
@@ -178,7 +179,8 @@ class _Reader:
             for key in ("server_alive_interval", "server_alive_count_max"):
                 if found.get(key) is None:
                     found[key] = getattr(preset, key)
-            result[name] = PiSpec(name=name, role="pi", vps=vps, given=_given(raw, inherited, fields.PI_FIELDS), **found)
+            result[name] = PiSpec(name=name, role="pi", vps=vps[0], vpses=vps,
+                                  given=_given(raw, inherited, fields.PI_FIELDS), **found)
         return result
 
     def tunnels(self, pi: str, section: Any, pi_path: KeyPath) -> tuple[tuple[TunnelSpec, ...] | None,

@@ -124,6 +124,19 @@ def name(value: Any) -> str:
     return given
 
 
+def names(value: Any) -> tuple[str, ...]:
+    """One name, or a list of different names (a Pi's VPSes): a tuple either way."""
+    if not isinstance(value, list):
+        return (name(value),)
+    if not value:
+        raise Invalid("the list is empty", "name at least one VPS, e.g. 'vps: main' or 'vps: [main, backup]'")
+    found = tuple(name(item) for item in value)
+    twice = sorted({n for n in found if found.count(n) > 1})
+    if twice:
+        raise Invalid(f"{', '.join(twice)} is listed more than once", "name each VPS once")
+    return found
+
+
 def _name_fix(given: str) -> str:
     fix = ("use 1-31 lowercase letters, digits or '-', starting with a letter "
            "(names become unix user, file and systemd unit names)")

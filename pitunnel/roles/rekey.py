@@ -89,13 +89,13 @@ class VpsRekey:
         self.play, self.vps = play, vps
         self.inv = play.inventory
         self.remote = play.remotes[vps.name]
-        self.pis = [p for p in self.inv.pis.values() if p.vps == vps.name]
+        self.pis = [p.on(vps.name) for p in self.inv.pis.values() if vps.name in p.all_vps]
         self.name = hostkeys.known_name(vps.address, vps.port)
         self.known_hosts = self.inv.settings.known_hosts
 
     def read(self) -> tuple[Rekey, vps_keys.HostKeys]:
         found = vps_keys.read_host_keys(self.remote)
-        pins = self.play.each(self.pis, lambda r: pi.pinned(r.run(f"cat {pi.D['config_dir']}/known_hosts 2>/dev/null; "
+        pins = self.play.each(self.pis, lambda r: pi.pinned(r.run(f"cat {pi.vps_config_dir(self.vps.name)}/known_hosts 2>/dev/null; "
                                                                    "true").stdout))
         missing = [p.name for p in self.pis if p.name not in pins]
         if missing:

@@ -89,7 +89,7 @@ def test_status_exits_2_with_a_tunnel_down_and_says_so_in_json(inventory: Path) 
         assert down.returncode == 2 and doc["exit_code"] == 2, down.stdout + down.stderr
         tunnel = doc["tunnels"][0]
         assert tunnel["state"] == "down" and tunnel["unit"] in ("inactive", "failed") and tunnel["pi"] == "pi1"
-        assert set(tunnel) == {"pi", "tunnel", "listen", "state", "unit", "since", "reconnects", "ssh_starts",
+        assert set(tunnel) == {"pi", "tunnel", "vps", "listen", "state", "unit", "since", "reconnects", "ssh_starts",
                                "last_connect", "unit_restarts", "last_error", "certificate_expires"}
         table = pitunnel("status", "-i", str(inventory))
         assert table.returncode == 2 and " DOWN " in table.stdout

@@ -134,7 +134,7 @@ time.sleep(110)
 
 
 def tunnel_ssh(pi: str) -> list[str]:
-    return in_host(pi, "pgrep -x -P $(systemctl show -p MainPID --value pitunnel.service) ssh").split()
+    return in_host(pi, "pgrep -x -P $(systemctl show -p MainPID --value pitunnel@vps.service) ssh").split()
 
 
 def test_watchdog_ignores_a_process_named_after_the_tunnel_ssh(inventory: Path) -> None:

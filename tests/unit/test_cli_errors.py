@@ -8,6 +8,7 @@ import contextlib
 import http.server
 import io
 import json
+import re
 import os
 import signal
 import socket
@@ -207,8 +208,8 @@ def test_unreachable_hosts_exit_4_with_their_reason(inv_file: Path) -> None:
 def test_verify_of_unreachable_hosts_says_why_not_only_fail(inv_file: Path) -> None:
     code, out, err = run("verify", "-i", str(inv_file), "-l", "pi1")
     assert code == 4 and "Traceback" not in out + err
-    assert "pi1: FAIL" in out
-    assert "FAIL  reach the Pi" in out and "connection refused: nothing listens" in out
+    assert "pi1 via main: FAIL" in out
+    assert re.search(r"FAIL  reach the VPS main .*connection refused: nothing listens", out), out
 
 
 def test_json_documents_of_provision_verify_and_status(inv_file: Path) -> None:
@@ -222,14 +223,16 @@ def test_json_documents_of_provision_verify_and_status(inv_file: Path) -> None:
     code, out, _ = run("status", "--json", "-i", str(inv_file), "-l", "pi1,main")
     doc = json.loads(out)
     assert code == 4 and doc["tunnels"] == [{
-        "pi": "pi1", "tunnel": "ssh", "listen": "127.0.0.1:20024", "state": "unknown", "unit": "unknown",
+        "pi": "pi1", "tunnel": "ssh", "vps": "main", "listen": "127.0.0.1:20024", "state": "unknown", "unit": "unknown",
         "since": "-", "reconnects": 0, "ssh_starts": 0, "last_connect": "-", "unit_restarts": 0,
         "last_error": doc["tunnels"][0]["last_error"], "certificate_expires": None}]
     assert doc["tunnels"][0]["last_error"].startswith("the laptop could not reach the Pi: pi@127.0.0.1")
     code, out, _ = run("verify", "--json", "-i", str(inv_file), "-l", "pi2")
     doc = json.loads(out)
     assert code == 4 and doc["pis"]["pi2"]["passed"] is False
-    assert doc["pis"]["pi2"]["checks"][0]["name"] == "reach the Pi"
+    [path] = doc["pis"]["pi2"]["paths"]
+    assert path["vps"] == "main" and path["passed"] is False
+    assert [c["name"] for c in path["checks"]] == ["reach the VPS main"]  # the path's VPS is down: the Pi waits
 
 
 def test_status_exits_2_when_a_tunnel_is_known_down() -> None:

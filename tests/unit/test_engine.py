@@ -301,8 +301,8 @@ def test_the_listener_wait_fails_when_the_forward_never_listens(inv: Inventory, 
     with pytest.raises(StepFailed, match="not listening"):
         site.wait_listening(play, inv.pis["private"], listeners, None)  # type: ignore[arg-type]
     assert reads  # it did look again while waiting
-    assert out(capsys) == ["failed private tunnel listening on the VPS - not listening after 0.6s: 127.0.0.1:20024 "
-                           "(see `journalctl -u pitunnel.service` on the Pi)"]
+    assert out(capsys) == ["failed private tunnel listening on the VPS - main: not listening after 0.6s: "
+                           "127.0.0.1:20024 (see `journalctl -u pitunnel@main.service` on the Pi)"]
 
 
 def test_the_listener_wait_passes_once_the_forward_listens(inv: Inventory, monkeypatch: pytest.MonkeyPatch,
@@ -311,9 +311,9 @@ def test_the_listener_wait_passes_once_the_forward_listens(inv: Inventory, monke
     ss = "LISTEN 0 128 127.0.0.1:20024 0.0.0.0:*\n"
     play = SimpleNamespace(reporter=Reporter(colour=False))
     site.wait_listening(play, inv.pis["private"], SharedReading(lambda: tcp_listeners(ss)), None)  # type: ignore[arg-type]
-    assert out(capsys)[0].startswith("ok private tunnel listening on the VPS - 127.0.0.1:20024 (after ")
+    assert out(capsys)[0].startswith("ok private tunnel listening on the VPS - main: 127.0.0.1:20024 (after ")
     site.wait_listening(play, inv.pis["private"], SharedReading(lambda: frozenset()), tcp_listeners(ss))  # type: ignore[arg-type]
-    assert out(capsys) == ["ok private tunnel listening on the VPS - 127.0.0.1:20024"]  # already: no wait
+    assert out(capsys) == ["ok private tunnel listening on the VPS - main: 127.0.0.1:20024"]  # already: no wait
     present = tcp_listeners(ss)  # what the wait compares: ss's local addresses against each Pi's listen specs
     assert {p: [s for s in listens(inv.pis[p]) if s not in present] for p in ("private", "other")} == {
         "private": [], "other": ["127.0.0.1:20025"]}

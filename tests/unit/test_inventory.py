@@ -764,7 +764,7 @@ def test_defaults_and_role_defaults_applied(tmp_path: Path, home: Path) -> None:
     assert pi.disable_password_login is False and pi.host_key is None and pi.password_file is None
     ssh, web, cam = pi.tunnels
     assert ssh == TunnelSpec(name="ssh", kind="ssh", local_port=22, remote_port=20000, public=False,
-                             server_name=None, path=None, basic_auth_file=None)
+                             server_name=None, path=None, basic_auth_file=None, ports=(("main", 20000),))
     assert (web.local_port, web.path, web.server_name) == (80, "/pi1/web/", None)
     assert (cam.path, cam.server_name) == (None, "cam.example.com")
     assert inventory.settings.known_hosts == home / ".ssh" / "known_hosts"

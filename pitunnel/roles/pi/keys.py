@@ -14,7 +14,7 @@ from pitunnel.inventory import PiSpec
 from pitunnel.ops import File, q
 from pitunnel.remote import Remote
 from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
-from pitunnel.roles.pi.steps import D, home_of, key_comment, key_path
+from pitunnel.roles.pi.steps import D, home_of, key_comment, key_path, unit
 
 SLOTS = ("current", "next", "old")
 SUFFIX = {"current": "", "next": ".next", "old": ".old"}
@@ -74,9 +74,9 @@ def switch(pi: PiSpec) -> str:
             f"rm -f {k}.next.pub\n")
 
 
-def reconnect() -> str:
-    """The tunnel reconnects (with the key the config names now)."""
-    return f"systemctl restart {D['unit']}\n"
+def reconnect(pi: PiSpec) -> str:
+    """The tunnel to each of the Pi's VPSes reconnects (with the key the config names now)."""
+    return "".join(f"systemctl restart {unit(v)}\n" for v in pi.all_vps)
 
 
 def drop_old(pi: PiSpec) -> str:

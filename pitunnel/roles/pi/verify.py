@@ -26,7 +26,10 @@ from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec, has_tls
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.roles.contract import listen_spec
-from pitunnel.roles.pi.steps import D, password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact
+from pitunnel.roles.pi.steps import (D, password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact, unit,
+                                     vps_config_dir, watchdog_unit)
+
+REACH = "reach "  # checks that fail because a host was out of reach: `verify` exits 4 for them, not 2
 
 
 @dataclass
@@ -40,8 +43,11 @@ class Check:
 
 @dataclass
 class PiReport:
+    """The checks of one path: the Pi `pi` through its VPS `vps` (a Pi with two VPSes has two reports)."""
+
     pi: str
     checks: list[Check] = field(default_factory=list)
+    vps: str = ""
 
     def add(self, name: str, passed: bool, detail: str, hint: str = "", *, warning: bool = False) -> None:
         self.checks.append(Check(name, passed, detail, "" if passed and not warning else hint, warning))
@@ -91,7 +97,7 @@ def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSp
         try:
             sock = transport.open_channel("direct-tcpip", ("127.0.0.1", tunnel.remote_port), ("127.0.0.1", 0), timeout=10)
         except paramiko.ChannelException as exc:
-            return False, f"{where}: {exc}", "the tunnel is not listening on the VPS: is pitunnel.service up on the Pi?"
+            return False, f"{where}: {exc}", "the tunnel is not listening on the VPS: is pitunnel@<vps>.service up on the Pi?"
     transport2 = paramiko.Transport(sock)
     try:
         transport2.start_client(timeout=10)
@@ -111,6 +117,9 @@ def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSp
         chan.exec_command("hostname")
         name = chan.makefile().read().decode().strip()
         return True, f"{where}: {pi.name}'s host key, logged in as {pi_remote.target.user}, hostname {name}", ""
+    except EOFError:  # paramiko's, when the far end closes before its SSH banner
+        return False, f"{where}: closed before the SSH banner", \
+            "the VPS accepted but the tunnel did not reach the Pi's sshd: is its tunnel to this VPS connected?"
     except (paramiko.SSHException, OSError) as exc:
         return False, f"{where}: {exc}", "the tunnel reached an sshd but login failed: was the laptop key pushed?"
     finally:
@@ -329,7 +338,7 @@ def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote
                 via = fetch_over_ssh(_transport(vps_remote), tunnel.remote_port, host)
             except (paramiko.SSHException, OSError, http.client.HTTPException) as exc:
                 return False, f"{url}: 401 from Nginx, but 127.0.0.1:{tunnel.remote_port} on {vps.name}: {exc}", \
-                    "the tunnel is not listening on the VPS: check pitunnel.service on the Pi"
+                    "the tunnel is not listening on the VPS: check the Pi's pitunnel@<vps>.service"
             ok, detail = judge(pi.name, via, local)
             detail = f"401 from Nginx's basic auth ({realm}); behind it, 127.0.0.1:{tunnel.remote_port} on {vps.name}: {detail}"
         else:
@@ -350,7 +359,7 @@ def _http_hint(vps: VpsSpec, tunnel: TunnelSpec, host: str, vps_remote: Remote, 
     try:
         behind = fetch_over_ssh(_transport(vps_remote), tunnel.remote_port, host)
     except (paramiko.SSHException, OSError, http.client.HTTPException):
-        return f"nothing answers at {leg}: the tunnel is down; check pitunnel.service on the Pi"
+        return f"nothing answers at {leg}: the tunnel is down; check the Pi's pitunnel@<vps>.service"
     if (behind.status, behind.body) == (local.status, local.body):
         return f"{leg} answers as the Pi itself, so Nginx does not route this request there: rerun provision-vps"
     if local.status != 200 or behind.status != 200:
@@ -359,10 +368,15 @@ def _http_hint(vps: VpsSpec, tunnel: TunnelSpec, host: str, vps_remote: Remote, 
 
 
 def probe_script(pi: PiSpec, vps: VpsSpec, others: list[str], free_port: int) -> str:
-    """Negative probes run on the Pi as the tunnel account with the tunnel key: each must be refused."""
-    ssh = f"runuser -u {shlex.quote(pi.tunnel_user)} -- timeout 15 ssh -F {D['config_dir']}/ssh_config"
+    """Negative probes run on the Pi as the tunnel account with the tunnel key: each must be refused. They use
+    the tunnel's ssh_config for this VPS without its RemoteForward lines: the running tunnel holds those
+    ports, so asking for them again would end each probe (ExitOnForwardFailure) before it proved anything."""
+    config = '"$probe_config"'
+    ssh = f"runuser -u {shlex.quote(pi.tunnel_user)} -- timeout 15 ssh -F {config}"
     host = D["ssh_host_alias"]
     lines = [
+        f"probe_config=$(mktemp) && grep -v '^[[:space:]]*RemoteForward[[:space:]]' "
+        f"{vps_config_dir(vps.name)}/ssh_config > \"$probe_config\" && chmod 644 \"$probe_config\"",
         f"out=$({ssh} {host} id 2>&1); case \"$out\" in *uid=*) echo 'PROBE command FAIL ran: id';; "
         "*) echo 'PROBE command ok';; esac",
         f"out=$({ssh} -tt {host} 'id' 2>&1 </dev/null); case \"$out\" in *uid=*) echo 'PROBE pty FAIL got a shell';; "
@@ -372,10 +386,11 @@ def probe_script(pi: PiSpec, vps: VpsSpec, others: list[str], free_port: int) ->
     ]
     for label, spec in [("other-port", f"127.0.0.1:{free_port}"), *((f"other-pi {s}", s) for s in others)]:
         lines.append(
-            f"runuser -u {shlex.quote(pi.tunnel_user)} -- timeout 8 ssh -F {D['config_dir']}/ssh_config -N "
+            f"runuser -u {shlex.quote(pi.tunnel_user)} -- timeout 8 ssh -F {config} -N "
             f"-o ExitOnForwardFailure=yes -R {spec}:127.0.0.1:9 {host} </dev/null >/dev/null 2>&1; rc=$?; "
             f"if [ $rc -eq 124 ]; then echo 'PROBE {label} FAIL listener accepted'; else echo 'PROBE {label} ok'; fi"
         )
+    lines.append('rm -f "$probe_config"')
     return "\n".join(lines) + "\n"
 
 
@@ -400,27 +415,35 @@ def passwords_check(report: PiReport, pi: PiSpec, vps: VpsSpec, sshd_t: str) -> 
                    f"`disable_password_login: true` for {pi.name} and rerun provision-pi", warning=True)
 
 
-def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[str]) -> None:
-    """Prove one Pi, into its `report`: its units, its VPS's listeners (`present`, read by roles/site.py),
-    SSH and HTTP through its VPS (the VPS's connection carries the jumps), and every probe refused."""
+def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[str] | None) -> None:
+    """Prove one path, into its `report`: the Pi's unit for that VPS, the VPS's listeners (`present`, read by
+    roles/site.py; None if the VPS did not answer), SSH and HTTP through that VPS (the VPS's connection
+    carries the jumps), and every probe refused."""
     inv = play.inventory
-    pi = inv.pis[remote.name]
+    pi = inv.pis[remote.name].on(report.vps or inv.pis[remote.name].vps)
+    report.vps = pi.vps
     vps = inv.vps_of(pi)
+    if present is None:
+        why = play.why.get(vps.name) or f"{vps.name} ({vps.address}) did not answer"
+        report.add(f"{REACH}the VPS {vps.name}", False, f"{why}: this path is unproven",
+                   f"bring {vps.name} back (the Pi's other paths are checked on their own), then rerun verify")
+        return
     others = [listen_spec(t) for p, t in inv.tunnels_on(vps) if p.name != pi.name]
     used = {t.remote_port for _, t in inv.tunnels_on(vps)}
     free = next(p for p in range(vps.port_range[1], 1024, -1) if p not in used)
-    unit = remote.run(f"systemctl is-enabled {D['unit']}; systemctl is-active {D['unit']}; "
-                      f"systemctl is-active {D['watchdog_unit']}\n"
+    tunnel_unit, watchdog = unit(vps.name), watchdog_unit(vps.name)
+    unit_state = remote.run(f"systemctl is-enabled {tunnel_unit}; systemctl is-active {tunnel_unit}; "
+                      f"systemctl is-active {watchdog}\n"
                       + probe_script(pi, vps, others, free)
                       + f"({sshd_passwords_fact(pi).script}) | sed 's/^/SSHD /'\n", timeout=120)
-    words = unit.stdout.split("\n")
-    state = f"{words[0].strip()}, {words[1].strip()}" if len(words) > 1 else unit.stdout.strip()
+    words = unit_state.stdout.split("\n")
+    state = f"{words[0].strip()}, {words[1].strip()}" if len(words) > 1 else unit_state.stdout.strip()
     report.add("unit enabled and active", state == "enabled, active", state,
-               f"on the Pi: systemctl status {D['unit']}; journalctl -u {D['unit']}")
-    watchdog = words[2].strip() if len(words) > 2 else "unknown"
-    report.add("watchdog active", watchdog == "active", watchdog,
+               f"on the Pi: systemctl status {tunnel_unit}; journalctl -u {tunnel_unit}")
+    watching = words[2].strip() if len(words) > 2 else "unknown"
+    report.add("watchdog active", watching == "active", watching,
                f"without it, a dead connection waits for keepalives after the network is back: on the Pi, "
-               f"systemctl status {D['watchdog_unit']}; or rerun provision-pi")
+               f"systemctl status {watchdog}; or rerun provision-pi")
     for t in pi.tunnels:
         want = listen_spec(t)
         wrong = f"0.0.0.0:{t.remote_port}" if not t.public else f"127.0.0.1:{t.remote_port}"
@@ -436,8 +459,8 @@ def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[s
         else:
             ok, detail, hint = http_through(vps, pi, t, remote, play.remotes[vps.name], inv.settings.verify_ca_file)
             report.add(f"{t.name}: http via nginx reaches {pi.name}", ok, detail, hint)
-    passwords_check(report, pi, vps, "\n".join(l[5:] for l in unit.stdout.splitlines() if l.startswith("SSHD ")))
-    for line in unit.stdout.splitlines():
+    passwords_check(report, pi, vps, "\n".join(l[5:] for l in unit_state.stdout.splitlines() if l.startswith("SSHD ")))
+    for line in unit_state.stdout.splitlines():
         if line.startswith("PROBE "):
             parts = line.split(None, 2)
             label, verdict = (line[6:].rsplit(" ok", 1)[0], "ok") if line.endswith(" ok") else (parts[1], "FAIL")
@@ -448,7 +471,8 @@ def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[s
 
 def print_reports(reports: list[PiReport]) -> None:
     for report in reports:
-        print(f"\n{report.pi}: {'PASS' if report.passed else 'FAIL'}")
+        via = f" via {report.vps}" if report.vps else ""
+        print(f"\n{report.pi}{via}: {'PASS' if report.passed else 'FAIL'}")
         for c in report.checks:
             print(f"  {'FAIL' if not c.passed else 'WARN' if c.warning else 'PASS'}  {c.name:<42} {c.detail}")
             if c.hint:

@@ -76,7 +76,7 @@ def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | S
     """The tunnel account's authorized_keys: a line per key of each Pi of this VPS (one, or two while its
     key is rotated), options always from the inventory, the keys kept from the file unless `new_keys`
     brings that Pi's (one key, or all of them in order); Pis no longer listed go."""
-    pis = {pi.name: pi for pi in inv.pis.values() if pi.vps == vps.name and pi.name not in drop}
+    pis = {pi.name: pi for pi in inv.pis_on(vps) if pi.name not in drop}
 
     def render(state: FileState) -> str:
         keys = authorised_keys(state.content.decode(errors="replace") if state.exists else "")
