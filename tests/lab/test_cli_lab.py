@@ -82,7 +82,7 @@ def test_status_exits_2_with_a_tunnel_down_and_says_so_in_json(inventory: Path) 
     up = pitunnel("status", "--json", "-i", str(inventory))
     assert up.returncode == 0, up.stdout + up.stderr
     assert {(t["tunnel"], t["state"]) for t in json.loads(up.stdout)["tunnels"]} == {("ssh", "up"), ("api", "up")}
-    in_host("pi1", "systemctl stop pitunnel.service")
+    in_host("pi1", "systemctl stop pitunnel@vps.service")
     try:
         down = pitunnel("status", "--json", "-i", str(inventory))
         doc = json.loads(down.stdout)
@@ -94,7 +94,7 @@ def test_status_exits_2_with_a_tunnel_down_and_says_so_in_json(inventory: Path) 
         table = pitunnel("status", "-i", str(inventory))
         assert table.returncode == 2 and " DOWN " in table.stdout
     finally:
-        in_host("pi1", "systemctl start pitunnel.service")
+        in_host("pi1", "systemctl start pitunnel@vps.service")
 
 
 def vps_at(inventory: Path, tmp_path: Path, port: int, name: str) -> Path:

@@ -227,7 +227,7 @@ def vps_host_keys() -> set[str]:
 
 
 def pins(pi: str) -> set[str]:
-    return {" ".join(l.split()[1:3]) for l in in_host(pi, "cat /etc/pitunnel/known_hosts").splitlines()}
+    return {" ".join(l.split()[1:3]) for l in in_host(pi, "cat /etc/pitunnel/vps/known_hosts").splitlines()}
 
 
 def laptop_pins() -> set[str]:
@@ -238,7 +238,7 @@ def laptop_pins() -> set[str]:
 
 def reconnects_with_pins(pi: str) -> bool:
     """The Pi's tunnel, restarted, comes back (its pins accept what the VPS offers now)."""
-    in_host(pi, "systemctl restart pitunnel")
+    in_host(pi, "systemctl restart pitunnel@vps")
     return wait_for(lambda: http_ok(pi), 15)
 
 
@@ -279,7 +279,7 @@ def test_unplanned_vps_rekey(inventory: Path, capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     assert laptop_pins() == {k for k in vps_host_keys() if k.startswith("ssh-ed25519")}, "the key vouched for, alone"
-    in_host("pi1", "systemctl restart pitunnel")
+    in_host("pi1", "systemctl restart pitunnel@vps")
     assert not wait_for(lambda: http_ok("pi1"), 5), "control: the Pi refuses the re-keyed VPS until re-pinned"
     code, _ = play(inventory, provision_pi, quiet=True)
     assert code == 0
@@ -326,12 +326,12 @@ def test_metrics_follow_a_tunnel_down_and_up(inventory: Path, tmp_path: Path) ->
     assert sample('pitunnel_tunnel_up{pi="pi2",tunnel="api"}') == 1.0
     assert (sample(since) or 0) > time.time() - 3600 * 24 * 365
     assert sample("pitunnel_reaper_sessions_ended_total") is not None
-    in_host("pi1", "systemctl stop pitunnel")
+    in_host("pi1", "systemctl stop pitunnel@vps")
     stopped = time.monotonic()
     assert wait_for(lambda: sample(up) == 0.0, 5), "tunnel_up not 0 within 5 s of the tunnel going down"
     down_after = time.monotonic() - stopped
     assert sample(since) is None, "no connected-since while down"
-    in_host("pi1", "systemctl start pitunnel")
+    in_host("pi1", "systemctl start pitunnel@vps")
     assert wait_for(lambda: http_ok("pi1"), 20)
     started = time.monotonic()
     assert wait_for(lambda: sample(up) == 1.0, 5), "tunnel_up not back to 1 within 5 s of recovery"

@@ -137,14 +137,14 @@ def test_challenge_path_answers_while_the_pi_is_down(setup: tuple[Path, lab.LabC
     _, ca, _ = setup
     in_host("vps", "mkdir -p /var/lib/pitunnel-acme/.well-known/acme-challenge && "
                    "echo token-body > /var/lib/pitunnel-acme/.well-known/acme-challenge/probe")
-    in_host("pi1", "systemctl stop pitunnel.service")
+    in_host("pi1", "systemctl stop pitunnel@vps.service")
     try:
         for host in (APP, PUBLIC, PRIVATE):
             done = curl(ca, f"http://{host}/.well-known/acme-challenge/probe", "-w", " %{http_code}")
             assert done.stdout == "token-body\n 200", (host, done.stdout)
         assert curl(ca, f"https://{APP}/", "-o", "/dev/null", "-w", "%{http_code}").stdout == "502"  # the Pi is down
     finally:
-        in_host("pi1", "systemctl start pitunnel.service")
+        in_host("pi1", "systemctl start pitunnel@vps.service")
         in_host("vps", "rm -f /var/lib/pitunnel-acme/.well-known/acme-challenge/probe")
 
 

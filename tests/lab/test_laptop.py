@@ -242,13 +242,13 @@ def test_away_from_home_the_pi_is_reached_through_its_tunnel_with_its_own_host_k
         assert code == 0, out[-3000:]
         assert recap(p)["pi1"] == (0, 0), out[-3000:]  # idempotent through the tunnel too
         assert re.search(rf"{re.escape(PI_ADDR)}:22: no answer within 2s\b.*: reached through vps's tunnel instead", out), out
-        main_pid = "systemctl show -p ExecMainPID --value pitunnel"
+        main_pid = "systemctl show -p ExecMainPID --value pitunnel@vps"
         before = lab.sh("pi1", main_pid)
         code, p = play(faster, provision_pi)
         out = capsys.readouterr().out
         assert code == 0, out[-3000:]
         assert recap(p)["pi1"][0] > 0 and "reconnecting through the new tunnel" in out, out[-3000:]
-        assert "ServerAliveInterval 3" in lab.sh("pi1", "cat /etc/pitunnel/ssh_config")
+        assert "ServerAliveInterval 3" in lab.sh("pi1", "cat /etc/pitunnel/vps/ssh_config")
         assert lab.sh("pi1", main_pid) != before  # restarted (a moment after the run heard the handler)
         assert passed(run_verify(faster))  # through the restarted tunnel, end to end
         rows: list = []  # type: ignore[type-arg]
@@ -256,12 +256,12 @@ def test_away_from_home_the_pi_is_reached_through_its_tunnel_with_its_own_host_k
         assert rows and all(r.up for r in rows)
         capsys.readouterr()
         # teardown would stop the tunnel it comes through: refused, nothing changed on either side
-        kept = lab.sh("pi1", "systemctl is-active pitunnel; ls /etc/pitunnel") + lab.sh(
+        kept = lab.sh("pi1", "systemctl is-active pitunnel@vps; ls /etc/pitunnel") + lab.sh(
             "vps", "cat /var/lib/pitunnel/.ssh/authorized_keys")
         code, p = play(faster, lambda p: teardown_site(p, purge=False), limit="pi1")
         out = capsys.readouterr().out
         assert code != 0 and "reached through its own tunnel, which teardown stops mid-way" in out, out[-3000:]
-        assert lab.sh("pi1", "systemctl is-active pitunnel; ls /etc/pitunnel") + lab.sh(
+        assert lab.sh("pi1", "systemctl is-active pitunnel@vps; ls /etc/pitunnel") + lab.sh(
             "vps", "cat /var/lib/pitunnel/.ssh/authorized_keys") == kept
         # the Pi's known_hosts lines now hold other keys (the VPS's): the far end of the tunnel is refused
         known = laptop["known"].read_text()

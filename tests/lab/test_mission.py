@@ -187,7 +187,7 @@ def test_key_only_teardown_keeps_the_laptops_key_and_finishes(fresh: dict, tmp_p
     assert code == 0, recap(p)
     assert p is not None and [h for h, text in p.reporter.warnings if "kept the laptop's key" in text] == ["pi2"]
     assert "pitunnel-laptop" in in_host("pi2", "cat ~pi/.ssh/authorized_keys")
-    left = in_host("pi2", "systemctl is-enabled --quiet pitunnel.service && echo unit; test -e /etc/pitunnel && echo etc")
+    left = in_host("pi2", "systemctl is-enabled --quiet pitunnel@vps.service && echo unit; test -e /etc/pitunnel && echo etc")
     assert left.split() == [], f"teardown stopped at the laptop's key instead of finishing: {left}"
     code, p = play(key_only, lambda p: teardown_pis(p, purge=False), limit="pi2")
     assert code == 0 and recap(p)["pi2"][0] == 0, recap(p)  # the rerun: nothing left to do, same warning
