@@ -150,6 +150,8 @@ class Migration:
         # the VPSes' steps run with the Pis', whatever --limit selected
         play.options = replace(play.options, limit=play.options.limit | {old, new} if play.options.limit else frozenset())
         verified = self.move(moving, old) if moving else []
+        if mode.check and pending:
+            reporter.note(new, f"then: {', '.join(pending)} provisioned on {new} alone, and {old} left")
         if mode.check or not (pending or verified):
             return
         self.retire(sorted({*pending, *verified}), old)

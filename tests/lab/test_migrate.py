@@ -28,10 +28,10 @@ pytestmark = pytest.mark.lab
 KILL_AT = 3  # steps: 1 both paths provisioned, 2 verified through vps2, 3 inventory rewritten, 4 Pi retired old
 
 
-def migrate(inventory: Path, kill_after: int | None = None) -> subprocess.CompletedProcess[str]:
+def migrate(inventory: Path, kill_after: int | None = None, *flags: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != KILL_AFTER}
     env.update({KILL_AFTER: str(kill_after)} if kill_after else {})
-    return subprocess.run([sys.executable, "-m", "invoke", "migrate", "-i", str(inventory), "--to", "vps2"],
+    return subprocess.run([sys.executable, "-m", "invoke", "migrate", "-i", str(inventory), "--to", "vps2", *flags],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -48,6 +48,12 @@ def test_migrate_killed_halfway_then_rerun_moves_the_pi_and_leaves_the_old_vps_c
     pi1 = target("pi1")
     assert code == 0 and reachable(pi1, old_addr) and not reachable(pi1, new_addr)
     print(f"provision on vps: {time.monotonic() - started:.0f}s")
+    written, ports = inventory.read_text(), inventory.with_name("hosts.ports.yml").read_text()
+    checked = migrate(inventory, None, "--check")
+    assert checked.returncode == 0 and "then: each Pi verified through vps2" in checked.stdout, checked.stdout[-3000:]
+    assert inventory.read_text() == written and inventory.with_name("hosts.ports.yml").read_text() == ports
+    assert not state_file(inventory).exists() and not inventory.with_name("hosts.yml.bak").exists()
+    assert not reachable(pi1, new_addr)  # --check changed no host
 
     misses: list[float] = []
     done = threading.Event()
