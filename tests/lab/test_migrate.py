@@ -1,7 +1,8 @@
 """`invoke migrate --to vps2` (issue 15, item 3) on real hosts: one lab boot, one Pi on `vps` moved to `vps2`,
 killed once halfway (after the inventory is rewritten, both paths up) and rerun. The Pi answers through one VPS
 or the other the whole time; at the end it answers through vps2 alone, verify passes, the inventory says vps2,
-and vps's /etc is as before it was provisioned. A second rerun changes nothing."""
+and vps's /etc is as before it was provisioned. A second rerun changes nothing. Then back to vps with
+--keep-old: vps2 keeps its pitunnel side, without pi1's key."""
 
 from __future__ import annotations
 
@@ -22,16 +23,17 @@ from pitunnel.roles.pi.verify import PiReport
 from pitunnel.roles.rotate import KILL_AFTER
 from pitunnel.roles.site import provision, verify
 from tests.conftest import ROOT, lab_up
-from tests.lab.runs import etc_diff, etc_state, play
+from tests.lab.runs import etc_diff, etc_state, in_host, play
 
 pytestmark = pytest.mark.lab
 KILL_AT = 3  # steps: 1 both paths provisioned, 2 verified through vps2, 3 inventory rewritten, 4 Pi retired old
 
 
-def migrate(inventory: Path, kill_after: int | None = None, *flags: str) -> subprocess.CompletedProcess[str]:
+def migrate(inventory: Path, kill_after: int | None = None, *flags: str,
+            to: str = "vps2") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != KILL_AFTER}
     env.update({KILL_AFTER: str(kill_after)} if kill_after else {})
-    return subprocess.run([sys.executable, "-m", "invoke", "migrate", "-i", str(inventory), "--to", "vps2", *flags],
+    return subprocess.run([sys.executable, "-m", "invoke", "migrate", "-i", str(inventory), "--to", to, *flags],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -93,3 +95,11 @@ def test_migrate_killed_halfway_then_rerun_moves_the_pi_and_leaves_the_old_vps_c
     again = migrate(inventory)
     assert again.returncode == 0 and "no Pi to move" in again.stdout + again.stderr, again.stdout[-2000:]
     assert inventory.read_text() == text and reachable(pi1, new_addr)
+
+    # and back, keeping vps2's side: its account stays, without pi1's key
+    back = migrate(inventory, None, "--keep-old", to="vps")
+    assert back.returncode == 0, back.stdout[-3000:] + back.stderr[-2000:]
+    assert reachable(pi1, old_addr) and not reachable(pi1, new_addr)
+    assert load_inventory(inventory).pis["pi1"].all_vps == ("vps",)
+    keys = in_host("vps2", "cat ~pitunnel/.ssh/authorized_keys 2>&1; id -u pitunnel")
+    assert "pi1" not in keys and keys.strip().splitlines()[-1].isdigit(), keys
