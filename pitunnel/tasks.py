@@ -200,4 +200,22 @@ def rotate_vps_hostkey(c: Context, flags: Flags) -> None:
     run_play(site, flags)
 
 
-TASKS = (provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys, rotate_vps_hostkey)
+@provisioning_task(help={"to": "the VPS (defined in the inventory) the Pis move to",
+                         "keep_old": "leave the old VPS's pitunnel side in place once no Pi is left on it"},
+                   shorts={"to": "", "keep_old": ""})
+def migrate(c: Context, flags: Flags, to: str = "", keep_old: bool = False) -> None:
+    """Move the Pis of one VPS to another: both paths up, each Pi verified through the new one, then the old left.
+
+    The inventory is rewritten to the new VPS (hosts.yml.bak kept); a rerun completes an interrupted move."""
+    from pitunnel.roles.migrate import MigrateRefused
+    from pitunnel.roles.migrate import migrate as site
+
+    if not to:
+        raise Exit("migrate needs --to NEWVPS (a VPS defined in the inventory)", code=failures.USAGE)
+    try:
+        run_play(lambda play: site(play, to, keep_old=keep_old), flags)
+    except MigrateRefused as exc:
+        raise Exit(f"migrate: {exc}", code=failures.USAGE) from None
+
+
+TASKS = (provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys, rotate_vps_hostkey, migrate)
