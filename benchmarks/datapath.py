@@ -40,9 +40,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 PI = "pi1"
 BULK_FILE = "/var/tmp/pitunnel-bench.bin"  # on the laptop and on the Pi
 NO_AESNI = "~0x200000200000000"  # OPENSSL_ia32cap mask: clear AES-NI and PCLMULQDQ (CPUID.1:ECX bits 25 and 1)
-NO_AESNI_DROPIN = "/etc/systemd/system/pitunnel.service.d/50-bench-no-aesni.conf"
+NO_AESNI_DROPIN = "/etc/systemd/system/pitunnel@vps.service.d/50-bench-no-aesni.conf"
 NGINX_UPSTREAMS = "/etc/nginx/conf.d/pitunnel.conf"
-TUNNEL_CONFIG = "/etc/pitunnel/ssh_config"
+TUNNEL_CONFIG = "/etc/pitunnel/vps/ssh_config"  # the lab Pi's tunnel to its (first) VPS
 TARGET_RPS_RATIO = 0.7  # through / direct requests/s, at the most connections
 TARGET_P99_RATIO = 2.0  # through / direct p99 latency, at the most connections
 
@@ -338,7 +338,7 @@ class Lab:
             time.sleep(1)  # the old workers finish and exit
         if config.quickack != old.quickack:
             # stopping the watchdog removes its route (ExecStopPost); starting it puts the route back
-            self.sh(PI, f"systemctl {'start' if config.quickack else 'stop'} pitunnel-watchdog.service; sleep 1; "
+            self.sh(PI, f"systemctl {'start' if config.quickack else 'stop'} pitunnel-watchdog@vps.service; sleep 1; "
                         "ip -4 -o route show proto 247")
         tunnel = (config.cipher, config.compression, config.no_aesni)
         if tunnel == (old.cipher, old.compression, old.no_aesni):
@@ -351,7 +351,7 @@ class Lab:
             self.write(PI, NO_AESNI_DROPIN, f"[Service]\nEnvironment=OPENSSL_ia32cap={NO_AESNI}\n")
         else:
             self.sh(PI, f"rm -f {NO_AESNI_DROPIN}")
-        self.sh(PI, "systemctl daemon-reload && systemctl restart pitunnel.service")
+        self.sh(PI, "systemctl daemon-reload && systemctl restart pitunnel@vps.service")
         if wait_recovered(target(PI), time.monotonic(), 90) is None:
             raise RuntimeError(f"{config.name}: the tunnel did not come back within 90 s")
         print(f"  tunnel now: {self.tunnel_settings()}", flush=True)

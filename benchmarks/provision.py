@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks.treemem import TreePeak, TreeSampler, my_children, reap_adopted, subreaper
 from lab import INVENTORY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,19 +44,30 @@ class ChildRun:
     output: str
     max_rss_kib: int  # largest resident set of the child or any descendant it waited for (wait4)
     cpu_s: float = 0.0  # user + system CPU seconds of the child and the descendants it waited for
+    tree: TreePeak | None = None  # the whole process tree's peak PSS and RSS, when sampled
 
 
-def run_child(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT) -> ChildRun:
-    """Run argv to its end; time it, and read its peak RSS from os.wait4's rusage."""
+def run_child(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT,
+              sample_tree: bool = False) -> ChildRun:
+    """Run argv to its end; time it, and read its peak RSS from os.wait4's rusage (and with `sample_tree`,
+    the peak memory of its whole process tree, orphans it leaves included: benchmarks/treemem.py)."""
+    before = None
+    if sample_tree:
+        subreaper()
+        before = my_children()
     with tempfile.TemporaryFile(mode="w+") as out:
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+        sampler = TreeSampler(proc.pid, before=before).start() if before is not None else None
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.monotonic() - started
+        tree = sampler.stop() if sampler else None
+        orphans_cpu = reap_adopted(before) if before is not None else 0.0
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         out.seek(0)
         text = out.read()
-    return ChildRun(argv, seconds, proc.returncode, text, int(usage.ru_maxrss), usage.ru_utime + usage.ru_stime)
+    return ChildRun(argv, seconds, proc.returncode, text, int(usage.ru_maxrss),
+                    usage.ru_utime + usage.ru_stime + orphans_cpu, tree)
 
 
 def parse_recap(output: str) -> dict[str, dict[str, int]]:

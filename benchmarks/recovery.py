@@ -5,6 +5,8 @@
   ExitOnForwardFailure, no server keepalive, no reaper, `autossh -M 0`, AUTOSSH_GATETIME=0,
   its unit without Restart=).
 - sidedoor: Debian's `sidedoor` package on the Pi (its own config and retry loop), same VPS.
+- pitunnel-2vps (asked for by name): pitunnel with a second VPS, the Pi keeping a tunnel to each; recovery is
+  the time until the Pi is reachable through ANY VPS (the `vps-power-cut` fault cuts the first one).
 
 Each setup gets fresh lab hosts. A run that does not recover within --timeout counts as not
 recovered; before the next run the setup is reset by hand (as a human would have to).
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lab
-from lab import INVENTORY, PITUNNEL, Setup, inject, reachable, target, tunnel_rss_kb, wait_recovered
+from lab import INVENTORY, PITUNNEL, Setup, inject, reachable, target, tunnel_pss_kb, tunnel_rss_kb, wait_recovered
 from pitunnel.cli import Flags, run_play
 from pitunnel.roles.site import provision_pi as provision_pis
 from pitunnel.roles.vps.steps import provision as provision_vps
@@ -60,7 +62,7 @@ _write = lab.write_file
 
 
 def _stop_pitunnel_on_pi() -> None:
-    _sh("pi1", "systemctl disable --now --quiet pitunnel.service pitunnel-watchdog.service")
+    _sh("pi1", "systemctl disable --now --quiet pitunnel@vps.service pitunnel-watchdog@vps.service")
 
 
 def make_seed() -> None:
@@ -68,7 +70,8 @@ def make_seed() -> None:
     _stop_pitunnel_on_pi()
     _sh("pi1", "mkdir -p /etc/seed && sed -e '/ExitOnForwardFailure/d' -e '/ConnectTimeout/d' "
                "-e 's/ServerAliveInterval .*/ServerAliveInterval 60/' "
-               "-e 's/ServerAliveCountMax .*/ServerAliveCountMax 3/' /etc/pitunnel/ssh_config > /etc/seed/ssh_config")
+               "-e 's/ServerAliveCountMax .*/ServerAliveCountMax 3/' -e '/RemoteForward/d' "
+               "/etc/pitunnel/vps/ssh_config > /etc/seed/ssh_config")
     _write("pi1", "/etc/systemd/system/autossh-ssh-tunnel.service", SEED_UNIT)
     _sh("pi1", "systemctl daemon-reload && systemctl enable --now --quiet autossh-ssh-tunnel.service")
     _sh("vps", "systemctl disable --now --quiet pitunnel-reaper.service; "
@@ -80,27 +83,31 @@ def make_sidedoor() -> None:
     _stop_pitunnel_on_pi()
     _sh("pi1", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sidedoor >/dev/null && "
                "install -m 600 -o sidedoor -g sidedoor /var/lib/pitunnel/.ssh/pitunnel_ed25519 /etc/sidedoor/id_rsa && "
-               "install -m 644 /etc/pitunnel/known_hosts /etc/sidedoor/known_hosts")
+               "install -m 644 /etc/pitunnel/vps/known_hosts /etc/sidedoor/known_hosts")
     _write("pi1", "/etc/default/sidedoor", SIDEDOOR_DEFAULTS)
     _sh("pi1", "systemctl restart sidedoor")
 
 
-UNITS = {"pitunnel": "pitunnel.service", "seed": "autossh-ssh-tunnel.service", "sidedoor": "sidedoor.service"}
-MAKERS: dict[str, Callable[[], None]] = {"pitunnel": lambda: None, "seed": make_seed, "sidedoor": make_sidedoor}
-SETUPS = {"pitunnel": PITUNNEL, "seed": SEED, "sidedoor": SIDEDOOR}
+UNITS = {"pitunnel": "pitunnel@vps.service", "seed": "autossh-ssh-tunnel.service", "sidedoor": "sidedoor.service",
+         "pitunnel-2vps": "pitunnel@vps.service pitunnel@vps2.service"}
+MAKERS: dict[str, Callable[[], None]] = {"pitunnel": lambda: None, "seed": make_seed, "sidedoor": make_sidedoor,
+                                         "pitunnel-2vps": lambda: None}
+SETUPS = {"pitunnel": PITUNNEL, "seed": SEED, "sidedoor": SIDEDOOR, "pitunnel-2vps": PITUNNEL}
+VPSES = {"pitunnel-2vps": 2}  # lab VPSes per setup (1 unless named)
 
 
 def reset(name: str) -> None:
     """What a human does when a tunnel stays dead: free the VPS side and restart the Pi side."""
     setup = SETUPS[name]
     lab.exec_in("pi1", f"pkill -CONT -u {setup.user}; systemctl restart {UNITS[name]}", check=False)
-    lab.exec_in("vps", "pkill -u pitunnel", check=False)
+    for vps in ("vps", "vps2")[:VPSES.get(name, 1)]:
+        lab.exec_in(vps, "pkill -u pitunnel", check=False)
     if not wait_recovered(target("pi1"), time.monotonic(), 90):
         raise RuntimeError(f"{name}: not reachable even after a manual reset")
 
 
 def bench_setup(name: str, faults: list[str], runs: int, timeout: float, release: str) -> dict[str, object]:
-    lab.up(pis=1, release=release, fresh=True)
+    lab.up(pis=1, release=release, fresh=True, vpses=VPSES.get(name, 1))
 
     def both(p):  # type: ignore[no-untyped-def]
         provision_vps(p)
@@ -110,7 +117,7 @@ def bench_setup(name: str, faults: list[str], runs: int, timeout: float, release
     MAKERS[name]()
     if not wait_recovered(target("pi1"), time.monotonic(), 90):
         raise RuntimeError(f"{name}: tunnel never came up")
-    rows: dict[str, object] = {"rss_kib": tunnel_rss_kb("pi1", SETUPS[name])}
+    rows: dict[str, object] = {"rss_kib": tunnel_rss_kb("pi1", SETUPS[name]), "pss_kib": tunnel_pss_kb("pi1", SETUPS[name])}
     for fault in faults:
         times: list[float | None] = []
         for _ in range(runs):
@@ -147,7 +154,7 @@ def table(doc: dict[str, object]) -> str:
     lines = [f"\nRecovery after each fault ({doc['date']}, {doc['machine']}, lab hosts {doc['release']}, "
              f"runs={doc['runs']}, gave up after {doc['timeout_s']} s)", "",
              "| fault | setup | runs | median s | max s | recovered |", "|---|---|---|---|---|---|"]
-    faults = [k for k in next(iter(results.values())) if k != "rss_kib"] if results else []
+    faults = [k for k in next(iter(results.values())) if k not in ("rss_kib", "pss_kib")] if results else []
     for fault in faults:
         for setup, rows in results.items():
             times: list[float | None] = rows[fault]  # type: ignore[assignment]
@@ -155,6 +162,6 @@ def table(doc: dict[str, object]) -> str:
             median = f"{statistics.median(ok):.1f}" if ok and len(ok) == len(times) else "-"
             worst = f"{max(ok):.1f}" if ok and len(ok) == len(times) else f"> {doc['timeout_s']}"
             lines.append(f"| {fault} | {setup} | {len(times)} | {median} | {worst} | {len(ok)}/{len(times)} |")
-    lines += ["", "| setup | tunnel RSS on the Pi (KiB) |", "|---|---|"]
-    lines += [f"| {setup} | {rows['rss_kib']} |" for setup, rows in results.items()]
+    lines += ["", "| setup | tunnel RSS on the Pi (KiB) | PSS (KiB) |", "|---|---|---|"]
+    lines += [f"| {setup} | {rows['rss_kib']} | {rows.get('pss_kib', '-')} |" for setup, rows in results.items()]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ def bench_lab(c: Context, pis: int = 2, release: str = "bookworm", warm_runs: in
 
 @task(help={"faults": "comma-separated faults (default: all but link-down-10min)", "runs": "runs per fault (default 3)",
             "timeout": "seconds before a run counts as not recovered (default 60)",
-            "setups": "comma-separated: pitunnel,seed,sidedoor (default all three)",
+            "setups": "comma-separated: pitunnel,seed,sidedoor (default all three), pitunnel-2vps (a second VPS)",
             "release": "Debian release of the lab hosts"})
 def bench_recovery(c: Context, faults: str = "", runs: int = 3, timeout: float = 60, setups: str = "",
                    release: str = "bookworm") -> None:
@@ -42,17 +42,19 @@ def bench_provision(c: Context, pis: int = 2, release: str = "bookworm", cold_ru
             "release": "Debian release of the lab hosts: bookworm or trixie",
             "isolation": "also run the isolation check: one Pi unreachable during provisioning (default on)",
             "down": "the Pi made unreachable in the isolation run (default: the middle one of the largest size)",
-            "preinstalled": "also run every size with autossh installed on the Pis before the clock starts"})
+            "preinstalled": "also run every size with autossh installed on the Pis before the clock starts",
+            "ansible": "also run the equivalent Ansible playbook at every size, and in the isolation run (default on; "
+                       "needs `pip install -e '.[bench]'` and sshpass)"})
 def bench_fleet(c: Context, sizes: str = "1,5,10,20", release: str = "bookworm", isolation: bool = True,
-                down: str = "", preinstalled: bool = False) -> None:
-    """Provision fleets of 1..20 Pis: wall time and the laptop's peak memory per size; one unreachable Pi stays isolated."""
+                down: str = "", preinstalled: bool = False, ansible: bool = True) -> None:
+    """Provision fleets of 1..20 Pis with pitunnel and with Ansible: wall time, laptop CPU and memory per size; isolation."""
     from benchmarks.fleet import main, parse_sizes
 
     try:
         chosen = parse_sizes(sizes)
     except ValueError as exc:
         raise Exit(f"bench.fleet: {exc}", code=2) from None
-    main(chosen, release=release, isolation=isolation, down=down, preinstalled=preinstalled)
+    main(chosen, release=release, isolation=isolation, down=down, preinstalled=preinstalled, ansible=ansible)
 
 
 @task(help={"connections": "comma-separated wrk connection counts (default 1,32)",

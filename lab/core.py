@@ -17,6 +17,7 @@ from pitunnel.cli import LAB_INVENTORY
 from pitunnel.hostkeys import known_name
 
 from . import limits, machine, net
+from .acme import stop_ca
 from .aptproxy import PROXY_URL, start_proxy
 from .plan import LabPlan, make_plan
 from .rootfs import ensure_rootfs
@@ -53,19 +54,22 @@ def _preflight() -> None:
         raise LabError("the kernel has no overlayfs (modprobe overlay): the lab boots hosts from overlays")
 
 
-def up(*, pis: int = 1, release: str = "bookworm", inventory: Path = LAB_INVENTORY, fresh: bool = False) -> UpReport:
-    """Bring the lab to `pis` Pis on `release`; a lab already like that is left as it is."""
+def up(*, pis: int = 1, release: str = "bookworm", inventory: Path = LAB_INVENTORY, fresh: bool = False,
+       vpses: int = 1) -> UpReport:
+    """Bring the lab to `pis` Pis and `vpses` VPSes (each Pi keeps a tunnel to every VPS) on `release`; a lab
+    already like that is left as it is."""
     started = time.monotonic()
-    plan = make_plan(pis)
+    plan = make_plan(pis, vpses)
     _preflight()
     state = LabState.load()
-    if not fresh and state.release == release and state.pis == pis and _healthy(state) and inventory.exists():
+    if (not fresh and state.release == release and state.pis == pis and state.vpses == vpses and _healthy(state)
+            and inventory.exists()):
         return UpReport(plan, True, 0.0, time.monotonic() - started, inventory)
-    if state.hosts or state.bridges or state.firewall or state.proxy_pid:
+    if state.hosts or state.bridges or state.firewall or state.proxy_pid or state.acme_pids:
         down(inventory=inventory)
         state = LabState()
     net.check_range_free(plan)
-    state.release, state.pis = release, pis
+    state.release, state.pis, state.vpses = release, pis, vpses
     state.save()
     try:
         net.make_networks(plan, state)
@@ -98,7 +102,7 @@ def down(*, inventory: Path | None = LAB_INVENTORY) -> list[str]:
     if os.geteuid() != 0:
         raise LabError("the lab needs root to tear down what it made: run it as root")
     state = LabState.load()
-    removed: list[str] = []
+    removed: list[str] = stop_ca(state)
     for record in state.hosts.values():
         if same_process(record.nspawn_pid, record.nspawn_start):
             os.kill(record.nspawn_pid, 15)  # all hosts shut down at once; stop() waits for each
@@ -152,7 +156,7 @@ def status() -> list[HostStatus]:
     state = LabState.load()
     if not state.hosts:
         return []
-    plan = make_plan(state.pis)
+    plan = make_plan(state.pis, state.vpses)
     rows = []
     for record in state.hosts.values():
         host = plan.host(record.name)
@@ -257,9 +261,11 @@ def _write_known_hosts(plan: LabPlan, state: LabState) -> None:
 def _write_inventory(plan: LabPlan, path: Path, passwords: dict[str, str]) -> None:
     """inventory/lab.yml: the lab described in the same format a user writes for real hosts."""
     pis: dict[str, object] = {}
+    several = [v.name for v in plan.vpses] if len(plan.vpses) > 1 else None
     for index, host in enumerate(plan.pis, start=1):
         pis[host.name] = {
             "address": str(host.address),
+            **({"vps": several} if several else {}),
             "user": "pi",
             "password_file": str(password_file(host.name)),
             "tunnels": {
@@ -270,7 +276,7 @@ def _write_inventory(plan: LabPlan, path: Path, passwords: dict[str, str]) -> No
     doc = {
         "settings": {"known_hosts": str(KNOWN_HOSTS), "laptop_key": str(LAPTOP_KEY)},
         "defaults": {"key": str(LAPTOP_KEY)},
-        "vps": {plan.vps.name: {"address": str(plan.vps.address), "port": plan.vps.ssh_port, "user": "root"}},
+        "vps": {v.name: {"address": str(v.address), "port": v.ssh_port, "user": "root"} for v in plan.vpses},
         "pis": pis,
     }
     header = ("# Written by `invoke lab.up`: the local lab's hosts, in the inventory format of inventory/example.yml.\n"

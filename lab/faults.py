@@ -2,7 +2,8 @@
 
 Recovery = from the moment the fault ends until SSH through the VPS port shows the Pi's own host
 key AND HTTP through Nginx answers as that Pi. Traffic to the public tunnel port keeps arriving
-meanwhile, as it does on the internet.
+meanwhile, as it does on the internet. In a lab with two VPSes (lab.up(vpses=2)) "reachable" means
+through ANY of them, as a user whose DNS names both sees it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import paramiko
 from . import machine
 from .core import record
 from .machine import exec_in
-from .net import FWD_CHAIN
-from .plan import VPS_ADDR, make_plan
+from .net import FWD_CHAIN, laptop_chain
+from .plan import VPS_ADDR, LabPlan, make_plan
 from .state import LabState
 from .system import run
 
@@ -49,9 +50,22 @@ def target(pi: str) -> Target:
     return Target(pi, 12345 + index, f"/{pi}/", keys)
 
 
-def reachable(t: Target) -> bool:
+def _plan() -> LabPlan:
+    state = LabState.load()
+    return make_plan(state.pis, state.vpses)
+
+
+def vps_addresses() -> list[str]:
+    """The address of every VPS of the lab, the first one first."""
+    return [str(v.address) for v in _plan().vpses]
+
+
+def reachable(t: Target, via: str | None = None) -> bool:
+    """The Pi answers as itself through the VPS at address `via` (None: through any VPS of the lab)."""
+    if via is None:
+        return any(reachable(t, address) for address in vps_addresses())
     try:
-        sock = socket.create_connection((VPS, t.ssh_port), timeout=2)
+        sock = socket.create_connection((via, t.ssh_port), timeout=2)
     except OSError:
         return False
     transport = paramiko.Transport(sock)
@@ -65,17 +79,20 @@ def reachable(t: Target) -> bool:
     finally:
         transport.close()
     try:
-        with urllib.request.urlopen(f"http://{VPS}{t.http_path}", timeout=3) as resp:
+        with urllib.request.urlopen(f"http://{via}{t.http_path}", timeout=3) as resp:
             return json.load(resp).get("pi") == t.pi
     except (OSError, ValueError):
         return False
 
 
-def wait_recovered(t: Target, since: float, timeout: float) -> float | None:
-    """Seconds from `since` until reachable (polled every 0.2 s), or None after `timeout`."""
+def wait_recovered(t: Target, since: float, timeout: float, via: str | None = None) -> float | None:
+    """Seconds from `since` until reachable (through `via`, or any VPS; polled every 0.2 s), or None after
+    `timeout`. Counted to the start of the probe that succeeded: a Pi reachable all along (through another
+    VPS) recovers in 0, not in the time one probe takes."""
     while time.monotonic() - since < timeout:
-        if reachable(t):
-            return time.monotonic() - since
+        probed = time.monotonic()
+        if reachable(t, via):
+            return max(0.0, probed - since)
         time.sleep(0.2)
     return None
 
@@ -118,7 +135,7 @@ PITUNNEL = Setup()
 
 
 def _flow_rules(pi: str, port: int) -> list[list[str]]:
-    address = str(make_plan(LabState.load().pis).host(pi).address)
+    address = str(_plan().host(pi).address)
     return [["-s", address, "-p", "tcp", "--sport", str(port), "-j", "DROP"],
             ["-d", address, "-p", "tcp", "--dport", str(port), "-j", "DROP"]]
 
@@ -184,12 +201,27 @@ def nat_forgets(pi: str, *, timeout: float = 120, setup: Setup = PITUNNEL) -> fl
 @contextmanager
 def unplugged(pi: str) -> Iterator[None]:
     """The Pi's link is down inside the `with` block, and back up when it ends."""
-    veth = make_plan(LabState.load().pis).host(pi).veth
+    veth = _plan().host(pi).veth
     run(["ip", "link", "set", veth, "down"])
     try:
         yield
     finally:
         run(["ip", "link", "set", veth, "up"])
+
+
+@contextmanager
+def away_from_home(pi: str) -> Iterator[None]:
+    """The laptop is away from the Pi's home inside the `with` block: a connection it opens to the Pi's
+    address gets no answer (as a private address of another network), while the Pi's own traffic, and
+    the laptop's to the VPS, pass. Undone when the block ends; `lab.down` removes it too."""
+    address = str(make_plan(LabState.load().pis).host(pi).address)
+    rule = ["-d", address, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"]
+    chain = laptop_chain()
+    run(["iptables", "-w", "5", "-A", chain, *rule])
+    try:
+        yield
+    finally:
+        run(["iptables", "-w", "5", "-D", chain, *rule], check=False)
 
 
 def link_down(pi: str, *, seconds: float) -> float:
@@ -207,14 +239,34 @@ def _in(host: str, script: str) -> float:
 def reboot(host: str, *, power_cut: bool) -> float:
     """The host restarts (a power cut: nothing it had open is closed); ends when its systemd is up."""
     state = LabState.load()
-    machine.reboot(make_plan(state.pis).host(host), state, power_cut=power_cut)
+    machine.reboot(make_plan(state.pis, state.vpses).host(host), state, power_cut=power_cut)
+    return time.monotonic()
+
+
+@contextmanager
+def powered_off(host: str) -> Iterator[None]:
+    """The host has lost power inside the `with` block (nothing it had open was closed; its address answers
+    nobody); it boots when the block ends, which returns once its systemd is up."""
+    state = LabState.load()
+    plan = make_plan(state.pis, state.vpses).host(host)
+    machine.halt(plan, state, power_cut=True)
+    try:
+        yield
+    finally:
+        machine.start(plan, LabState.load())
+
+
+def vps_power_cut(vps: str = "vps", *, seconds: float = 60) -> float:
+    """A VPS loses power for `seconds`, then boots; ends when its systemd is up."""
+    with powered_off(vps):
+        time.sleep(seconds)
     return time.monotonic()
 
 
 def vps_unreachable_at_boot(pi: str, *, seconds: float) -> float:
     """The Pi loses power and boots while it cannot reach the VPS (its packets are dropped, not
     refused), which stays so for `seconds` after the boot; ends when the VPS is reachable again."""
-    plan = make_plan(LabState.load().pis)
+    plan = _plan()
     rule = ["-s", str(plan.host(pi).address), "-d", str(plan.vps.address), "-j", "DROP"]
     run(["iptables", "-w", "5", "-I", FWD_CHAIN, "1", *rule])
     try:
@@ -237,6 +289,8 @@ FAULTS: dict[str, Callable[[str, Setup], float]] = {
     "reboot-vps": lambda pi, s: reboot("vps", power_cut=False),
     "reboot-pi": lambda pi, s: reboot(pi, power_cut=True),
     "vps-unreachable-at-boot": lambda pi, s: vps_unreachable_at_boot(pi, seconds=30),
+    # with two VPSes the Pi stays reachable through the other throughout: its recovery is 0
+    "vps-power-cut": lambda pi, s: vps_power_cut("vps", seconds=60),
 }
 
 
@@ -263,7 +317,7 @@ def tunnel_bytes(pi: str, seconds: float) -> tuple[int, int]:
     """(bytes, packets) of the Pi's tunnel traffic to and from the VPS's sshd, both directions, IP and
     TCP headers included, counted for `seconds` on the lab's forwarding path (iptables counters on the
     Pi's side of its home NAT, where every packet of the flow passes)."""
-    plan = make_plan(LabState.load().pis)
+    plan = _plan()
     address, vps, port = str(plan.host(pi).address), str(plan.vps.address), str(plan.vps.ssh_port)
     rules = [["-s", address, "-d", vps, "-p", "tcp", "--dport", port, "-m", "comment", "--comment", "pitunnel-count"],
              ["-s", vps, "-d", address, "-p", "tcp", "--sport", port, "-m", "comment", "--comment", "pitunnel-count"]]
@@ -290,5 +344,14 @@ def tunnel_rss_kb(pi: str, setup: Setup = PITUNNEL) -> int:
     return sum(int(x) for x in out.split())
 
 
+def tunnel_pss_kb(pi: str, setup: Setup = PITUNNEL) -> int:
+    """Proportional memory of the tunnel's processes on the Pi, in KiB: pages shared between them (two
+    autossh and two ssh with two VPSes) counted once in all, where RSS counts them in each."""
+    out = _pi(pi, f"for p in $(pgrep -u {setup.user}); do "
+                  "awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup 2>/dev/null; done")
+    return sum(int(x) for x in out.split())
+
+
 __all__ = ["NAMES", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "inject", "reachable", "target",
-           "tunnel_bytes", "tunnel_rss_kb", "unplugged", "wait_recovered"]
+           "tunnel_bytes", "tunnel_pss_kb", "tunnel_rss_kb", "powered_off", "unplugged", "vps_addresses",
+           "vps_power_cut", "wait_recovered"]

@@ -199,13 +199,9 @@ def stop(record: HostState) -> None:
     unmount_root(record.name)
 
 
-def reboot(host: HostPlan, state: LabState, *, power_cut: bool = False, timeout: float = 90) -> None:
-    """Restart a running host on the same root filesystem, and wait until its systemd is up again.
-
-    A clean reboot shuts the host down first (its services stop and close their connections, as
-    when a provider restarts a VPS); a power cut kills the host's PID 1, so nothing it had open is
-    ever closed (as when a Pi loses power): the kernel ends the whole container at once.
-    """
+def halt(host: HostPlan, state: LabState, *, power_cut: bool = False, timeout: float = 90) -> None:
+    """Stop a running host: a clean shutdown (its services stop and close their connections), or a power
+    cut (its PID 1 killed: nothing it had open is ever closed, the kernel ends the whole container at once)."""
     record = state.hosts[host.name]
     if not same_process(record.nspawn_pid, record.nspawn_start):
         raise LabError(f"lab host {host.name} is not running: run `invoke lab.up`")
@@ -213,5 +209,23 @@ def reboot(host: HostPlan, state: LabState, *, power_cut: bool = False, timeout:
     if power_cut and leader:
         os.kill(leader, signal.SIGKILL)
     stop_process(record.nspawn_pid, record.nspawn_start, timeout=timeout)
-    boot(host, Path(record.root), state)
+
+
+def start(host: HostPlan, state: LabState, *, timeout: float = 90) -> None:
+    """Boot a halted host on the same root filesystem, and wait until its systemd is up."""
+    boot(host, Path(state.hosts[host.name].root), state)
     wait_running(state.hosts[host.name], timeout=timeout)
+
+
+def reboot(host: HostPlan, state: LabState, *, power_cut: bool = False, timeout: float = 90,
+           off_seconds: float = 0) -> None:
+    """Restart a running host on the same root filesystem, and wait until its systemd is up again.
+
+    A clean reboot shuts the host down first (its services stop and close their connections, as
+    when a provider restarts a VPS); a power cut kills the host's PID 1, so nothing it had open is
+    ever closed (as when a Pi loses power): the kernel ends the whole container at once. The host
+    stays off for `off_seconds` before it boots again (its address answers nobody meanwhile).
+    """
+    halt(host, state, power_cut=power_cut, timeout=timeout)
+    time.sleep(off_seconds)
+    start(host, state, timeout=timeout)

@@ -15,6 +15,7 @@ from .system import LabError, run
 
 FWD_CHAIN = "PT-LAB-FWD"
 NAT_CHAIN = "PT-LAB-NAT"
+OUT_CHAIN = "PT-LAB-OUT"  # what this machine (the laptop) itself sends: faults.away_from_home blocks there
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
 
@@ -81,11 +82,23 @@ def _firewall(plan: LabPlan, state: LabState) -> None:
 
 def _remove_firewall() -> None:
     ipt = ["iptables", "-w", "5"]
-    for table, builtin, chain in (("filter", "FORWARD", FWD_CHAIN), ("nat", "POSTROUTING", NAT_CHAIN)):
+    for table, builtin, chain in (("filter", "FORWARD", FWD_CHAIN), ("nat", "POSTROUTING", NAT_CHAIN),
+                                  ("filter", "OUTPUT", OUT_CHAIN)):
         while run([*ipt, "-t", table, "-D", builtin, "-j", chain], check=False).returncode == 0:
             pass
         run([*ipt, "-t", table, "-F", chain], check=False)
         run([*ipt, "-t", table, "-X", chain], check=False)
+
+
+def laptop_chain() -> str:
+    """The chain for rules on what this machine sends, made (and jumped to from OUTPUT) if not yet there;
+    _remove_firewall removes it with the lab's other chains."""
+    ipt = ["iptables", "-w", "5"]
+    if run([*ipt, "-S", OUT_CHAIN], check=False).returncode != 0:
+        run([*ipt, "-N", OUT_CHAIN])
+    if run([*ipt, "-C", "OUTPUT", "-j", OUT_CHAIN], check=False).returncode != 0:
+        run([*ipt, "-I", "OUTPUT", "1", "-j", OUT_CHAIN])
+    return OUT_CHAIN
 
 
 def remove_networks(state: LabState) -> None:
@@ -109,7 +122,7 @@ def leftovers() -> list[str]:
         name = link.get("ifname", "")
         if name.startswith(("pt-", "vb-")):
             found.append(f"link {name}")
-    for table, chain in (("filter", FWD_CHAIN), ("nat", NAT_CHAIN)):
+    for table, chain in (("filter", FWD_CHAIN), ("nat", NAT_CHAIN), ("filter", OUT_CHAIN)):
         if run(["iptables", "-w", "5", "-t", table, "-S", chain], check=False).returncode == 0:
             found.append(f"iptables chain {table}/{chain}")
     return found

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 LAB_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 INTERNET = ipaddress.IPv4Network("198.18.0.0/24")
 LAPTOP_ADDR = ipaddress.IPv4Address("198.18.0.1")
-VPS_ADDR = ipaddress.IPv4Address("198.18.0.10")
+VPS_ADDR = ipaddress.IPv4Address("198.18.0.10")  # the first VPS; a second (lab.up(vpses=2)) is at .11
+MAX_VPSES = 2
 VPS_SSH_PORT = 12345  # the seed's VPS sshd port: "not 22", as on many cheap VPSes
 APT_PROXY_PORT = 3150  # not 3142, where a system apt-cacher-ng may already listen
 INET_BRIDGE = "pt-inet"
@@ -51,13 +52,18 @@ class HomePlan:
 
 @dataclass(frozen=True)
 class LabPlan:
-    vps: HostPlan
+    vpses: tuple[HostPlan, ...]  # "vps", then "vps2" (lab.up(vpses=2)): every Pi keeps a tunnel to each
     pis: tuple[HostPlan, ...]
     homes: tuple[HomePlan, ...]
 
     @property
+    def vps(self) -> HostPlan:
+        """The first VPS (the only one unless the lab was asked for two)."""
+        return self.vpses[0]
+
+    @property
     def hosts(self) -> tuple[HostPlan, ...]:
-        return (self.vps, *self.pis)
+        return (*self.vpses, *self.pis)
 
     @property
     def bridges(self) -> tuple[str, ...]:
@@ -75,13 +81,15 @@ class LabPlan:
         raise KeyError(f"no lab host named {name!r} (lab hosts: {known})")
 
 
-def make_plan(pis: int) -> LabPlan:
+def make_plan(pis: int, vpses: int = 1) -> LabPlan:
     if not 1 <= pis <= MAX_PIS:
         raise ValueError(f"--pis must be from 1 to {MAX_PIS}, not {pis}")
-    vps = HostPlan(
-        name="vps", role="vps", bridge=INET_BRIDGE, address=VPS_ADDR, gateway=LAPTOP_ADDR,
-        prefix=INTERNET.prefixlen, ssh_port=VPS_SSH_PORT, public_address=VPS_ADDR,
-    )
+    if not 1 <= vpses <= MAX_VPSES:
+        raise ValueError(f"--vpses must be from 1 to {MAX_VPSES}, not {vpses}")
+    vps_hosts = tuple(HostPlan(
+        name="vps" if index == 0 else f"vps{index + 1}", role="vps", bridge=INET_BRIDGE, address=VPS_ADDR + index,
+        gateway=LAPTOP_ADDR, prefix=INTERNET.prefixlen, ssh_port=VPS_SSH_PORT, public_address=VPS_ADDR + index,
+    ) for index in range(vpses))
     homes: list[HomePlan] = []
     hosts: list[HostPlan] = []
     for index in range(1, pis + 1):
@@ -95,7 +103,7 @@ def make_plan(pis: int) -> LabPlan:
             name=f"pi{index}", role="pi", bridge=home.bridge, address=network.network_address + 2,
             gateway=home.router, prefix=network.prefixlen, ssh_port=22, public_address=home.public_address,
         ))
-    return LabPlan(vps=vps, pis=tuple(hosts), homes=tuple(homes))
+    return LabPlan(vpses=vps_hosts, pis=tuple(hosts), homes=tuple(homes))
 
 
 def clashes(plan: LabPlan, routes: list[tuple[str, str]]) -> list[str]:

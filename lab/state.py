@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 STATE_DIR = Path(os.environ.get("PITUNNEL_LAB_STATE", "/var/lib/pitunnel-lab"))
 CACHE_DIR = Path(os.environ.get("PITUNNEL_LAB_CACHE", "/var/cache/pitunnel-lab"))
@@ -24,6 +25,7 @@ class HostState:
 class LabState:
     release: str = ""
     pis: int = 0
+    vpses: int = 1
     bridges: list[str] = field(default_factory=list)
     addresses: list[list[str]] = field(default_factory=list)  # [cidr, dev]
     firewall: bool = False
@@ -31,6 +33,7 @@ class LabState:
     inotify_limit_before: int | None = None
     proxy_pid: int = 0
     proxy_start: str = ""
+    acme_pids: list[list[Any]] = field(default_factory=list)  # [pid, start time] of each ACME process (lab/acme.py)
     hosts: dict[str, HostState] = field(default_factory=dict)
 
     @property

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+
+import yaml
 
 from invoke import Collection, Context, Exit, task
 
-from pitunnel.cli import LAB_INVENTORY, ROOT
+from pitunnel.cli import LAB_INVENTORY, ROOT, FlagsTask
 from pitunnel.inventory import load_inventory
 from pitunnel.tasks import provision, verify
 
 from . import core
-from .faults import NAMES, inject
+from .acme import start_ca
+from .faults import NAMES, inject, reachable, target, vps_power_cut, wait_recovered
+from .state import STATE_DIR
 from .report import print_status
 from .system import LabError
 
@@ -22,11 +27,12 @@ from .system import LabError
     "pis": "how many Pis, each behind its own NAT (default 1)",
     "release": "Debian release of every host: bookworm or trixie (default bookworm)",
     "fresh": "rebuild every host from a clean copy even if the lab is already up as asked",
+    "vpses": "how many VPSes (1 or 2; default 1): with 2, every Pi keeps a tunnel to each",
 })
-def lab_up(c: Context, pis: int = 1, release: str = "bookworm", fresh: bool = False) -> None:
+def lab_up(c: Context, pis: int = 1, release: str = "bookworm", fresh: bool = False, vpses: int = 1) -> None:
     """Boot the local lab (a VPS and Pis behind NAT) and write inventory/lab.yml."""
     try:
-        report = core.up(pis=pis, release=release, fresh=fresh)
+        report = core.up(pis=pis, release=release, fresh=fresh, vpses=vpses)
     except LabError as exc:
         raise Exit(f"lab.up: {exc}", code=1) from None
     verb = "already up" if report.already_up else f"up in {report.total_seconds:.1f}s"
@@ -67,7 +73,7 @@ def lab_shell(c: Context, host: str) -> None:
 
 
 @task(help={"fault": "one of: silent-drop, router-reboot, nat-forgets, link-down-20s, link-down-60s, link-down-10min, kill-ssh, kill-autossh, "
-                     "stop-ssh, restart-vps-sshd, restart-nginx, reboot-vps, reboot-pi, vps-unreachable-at-boot",
+                     "stop-ssh, restart-vps-sshd, restart-nginx, reboot-vps, reboot-pi, vps-unreachable-at-boot, vps-power-cut",
             "pi": "the lab Pi to hit (default pi1)", "timeout": "give up waiting after this many seconds"})
 def lab_fault(c: Context, fault: str, pi: str = "pi1", timeout: float = 300) -> None:
     """Inject a fault into the provisioned lab and print how long until the Pi is reachable again."""
@@ -79,26 +85,77 @@ def lab_fault(c: Context, fault: str, pi: str = "pi1", timeout: float = 300) -> 
     print(f"{fault}: {pi} reachable again through the VPS {seconds:.1f}s after the fault ended")
 
 
+HTTPS_INVENTORY = STATE_DIR / "https.yml"  # in the lab's state: lab.down removes it (and its ports file)
+HTTPS_NAME = "vps.pitunnel.test"  # the lab VPS's public_name: the lab's DNS (lab/acme.py) answers it with the VPS
+
+
+def https_inventory() -> Path:
+    """The lab's inventory with HTTPS on: acme from the lab's pebble, public_name for the path routes, and
+    verify trusting pebble's root."""
+    ca = start_ca()
+    doc = yaml.safe_load(LAB_INVENTORY.read_text())
+    doc["settings"]["verify_ca_file"] = str(ca.root)
+    doc["vps"]["vps"].update(public_name=HTTPS_NAME, acme={"email": "admin@pitunnel.test", "directory": ca.directory,
+                                                           "ca_bundle": str(ca.ca_bundle)})
+    HTTPS_INVENTORY.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return HTTPS_INVENTORY
+
+
 @task(help={"pis": "how many Pis in the lab (default 1)",
-            "release": "Debian release of the lab's hosts: bookworm or trixie"})
-def demo(c: Context, pis: int = 1, release: str = "bookworm") -> None:
+            "release": "Debian release of the lab's hosts: bookworm or trixie",
+            "https": "also start the lab's ACME CA (pebble): certificates by certbot, every route over HTTPS",
+            "vpses": "how many VPSes (1 or 2); with 2 the demo ends by cutting one VPS's power: the Pi stays reachable"},
+      klass=FlagsTask, shorts={"https": "s"})  # not -h: that is --help
+def demo(c: Context, pis: int = 1, release: str = "bookworm", https: bool = False, vpses: int = 1) -> None:
     """The whole story on the local lab: lab up, provision, verify, and how to ssh into a Pi via the VPS."""
-    lab_up(c, pis=pis, release=release)
+    lab_up(c, pis=pis, release=release, vpses=vpses)
+    path = https_inventory() if https else LAB_INVENTORY
     print("\n== provision (VPS, then Pis) ==")
-    provision(c, inventory=str(LAB_INVENTORY))
+    provision(c, inventory=str(path))
     print("\n== verify ==")
-    verify(c, inventory=str(LAB_INVENTORY))
-    inv = load_inventory(LAB_INVENTORY, save_allocations=False)
+    verify(c, inventory=str(path))
+    inv = load_inventory(path, save_allocations=False)
     vps = next(iter(inv.vps.values()))
+    if vpses > 1:
+        failover(seconds=30)
     print("\nEvery Pi answers through the VPS. Try:")
     for pi in inv.pis.values():
         for t in pi.tunnels:
             if t.kind == "ssh" and t.public:
                 print(f"  ssh -i {pi.key} -o UserKnownHostsFile={inv.settings.known_hosts} "
                       f"-o HostKeyAlias={pi.address} -p {t.remote_port} {pi.user}@{vps.address}")
+            elif t.kind == "http" and https:
+                print(f"  curl --cacert {inv.settings.verify_ca_file} --resolve {HTTPS_NAME}:443:{vps.address} "
+                      f"https://{HTTPS_NAME}{t.path or '/'}")
             elif t.kind == "http":
                 print(f"  curl http://{vps.address}{t.path or '/'}")
     print("When done: invoke lab.down")
+
+
+def failover(seconds: float) -> None:
+    """Cut the first VPS's power for `seconds` and show pi1 through each VPS meanwhile: down through the one
+    that is off, up through the other all along; then how soon the path through the first is back."""
+    import threading
+    import time
+
+    from .faults import vps_addresses
+
+    first, second = vps_addresses()[:2]
+    t = target("pi1")
+    print(f"\n== failover: VPS vps ({first}) loses power for {seconds:.0f}s; pi1 through each VPS ==")
+    ended: list[float] = []
+    cut = threading.Thread(target=lambda: ended.append(vps_power_cut("vps", seconds=seconds)), daemon=True)
+    started = time.monotonic()
+    cut.start()
+    while cut.is_alive():
+        up = {address: reachable(t, address) for address in (first, second)}
+        print(f"  t={time.monotonic() - started:5.1f}s  via {first}: {'UP  ' if up[first] else 'DOWN'}  "
+              f"via {second}: {'UP' if up[second] else 'DOWN'}", flush=True)
+        time.sleep(3)
+    cut.join()
+    back = wait_recovered(t, ended[0], 60, via=first)
+    shown = f"{back:.1f}s after it booted" if back is not None else "NOT within 60s"
+    print(f"  vps is back: pi1 through {first} again {shown}; through {second} it never stopped")
 
 
 ns = Collection("lab")

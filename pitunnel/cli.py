@@ -1,23 +1,34 @@
-"""What every provisioning task shares: its flags (declared once, in Flags), loading the inventory, and
-turning problems into exits."""
+"""What every provisioning task shares: its flags (declared once, in Flags), finding and loading the
+inventory, Ctrl-C, and turning problems into exit codes (pitunnel.failures; docs/cli.md)."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from types import FrameType
+from typing import Any, TextIO, TypeVar
 
 from invoke import Exit, Task
 
+from . import failures
 from .inventory import Inventory, InventoryError, load_inventory
-from .play import Options, Play
+from .play import BadLimit, Options, Play
+from .runner import STOP
+from .sshconf import BadSshConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_INVENTORY = ROOT / "inventory" / "hosts.yml"
+CHECKOUT = (ROOT / "tasks.py").exists() and (ROOT / "lab").is_dir()  # run from a source checkout, not a wheel
+DEFAULT_INVENTORY = Path("inventory") / "hosts.yml"  # relative to the current directory
 LAB_INVENTORY = ROOT / "inventory" / "lab.yml"
+ENV_INVENTORY = "PITUNNEL_INVENTORY"
 
 T = TypeVar("T")
 
@@ -31,32 +42,41 @@ def flag(default: T, short: str, help: str) -> T:
 class Flags:
     """The flags every provisioning task shares; each field is one flag (--name, with `_` as `-`)."""
 
-    inventory: str = flag("", "i", "inventory file (default inventory/hosts.yml, or inventory/lab.yml when that "
-                                   "does not exist and the lab is up)")
+    inventory: str = flag("", "i", f"inventory file (default ${ENV_INVENTORY}, else ./inventory/hosts.yml; in the "
+                                   "checkout, inventory/lab.yml when there is no hosts.yml and the lab is up)")
     check: bool = flag(False, "c", "read every host for real but change nothing; report what would change")
     diff: bool = flag(False, "d", "show a unified diff of every file that changes or would change (secrets masked)")
-    limit: str = flag("", "l", "only these hosts: NAME[,NAME...]")
+    limit: str = flag("", "l", "only these hosts: NAME[,NAME...]; a name may be a glob ('pi*') or `vps` / `pis` "
+                               "(every host of that role); selecting no host this task works on is an error")
     accept_new_host_keys: bool = flag(False, "a", "record host keys seen for the first time in the known_hosts file "
                                                   "(check their fingerprints first); a changed key is refused always")
+    accept_changed_host_key: str = flag("", "k", "SHA256:... of a host's NEW key, read on its console after a reinstall: "
+                                                 "that key (and no other) replaces the host's old ones in known_hosts")
     prompt_for_login_password: bool = flag(False, "p", "ask for the SSH login password (first contact with a fresh Pi)")
     prompt_for_sudo_password: bool = flag(False, "r", "ask for the sudo password (never logged, never on a command "
                                                       "line)")
+    verbose: bool = flag(False, "v", "print more: where each connection setting came from, remote output")
+    json: bool = flag(False, "j", "print one JSON document on stdout for scripts (the run's lines go to stderr)")
 
     def options(self) -> Options:
         """How the engine takes them."""
         return Options(check=self.check, diff=self.diff,
                        limit=frozenset(n.strip() for n in self.limit.split(",") if n.strip()),
                        accept_new_host_keys=self.accept_new_host_keys,
+                       accept_changed_host_key=self.accept_changed_host_key.strip(),
                        prompt_login_password=self.prompt_for_login_password,
-                       prompt_sudo_password=self.prompt_for_sudo_password)
+                       prompt_sudo_password=self.prompt_for_sudo_password, verbose=self.verbose)
 
 
 FLAGS = {f.name: f for f in fields(Flags)}
+COMMON = tuple(n for n in FLAGS if n != "json")  # every provisioning task's; --json only where a document is made
+READ_ONLY = ("inventory", "limit", "accept_new_host_keys", "prompt_for_login_password", "prompt_for_sudo_password",
+             "verbose")  # tasks that never change a host: no --check, no --diff
 
 
 class FlagsTask(Task):
     """An Invoke task whose shared flags keep the short flags Flags gives them, whatever else it takes;
-    its own flags get theirs as Invoke picks them, from the letters left."""
+    its own flags get theirs as Invoke picks them, from the letters left, or none if `shorts` maps them to ""."""
 
     def __init__(self, body: Callable[..., Any], *, shorts: Mapping[str, str], **kwargs: Any) -> None:
         super().__init__(body, **kwargs)
@@ -65,15 +85,16 @@ class FlagsTask(Task):
     def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
         opts: dict[str, Any] = super().arg_opts(name, default, taken_names | set(self.shorts.values()))
         if name in self.shorts:
-            opts["names"] = [opts["names"][0], self.shorts[name]]
+            opts["names"] = [opts["names"][0], *filter(None, [self.shorts[name]])]
         return opts
 
 
-def provisioning_task(*, flags: Iterable[str] = tuple(FLAGS), help: Mapping[str, str] | None = None,
+def provisioning_task(*, flags: Iterable[str] = COMMON, help: Mapping[str, str] | None = None,
                       shorts: Mapping[str, str] | None = None) -> Callable[[Callable[..., None]], FlagsTask]:
     """A task taking the shared `flags` (all by default) as one Flags argument named `flags`, after the
     Context; Invoke sees each of them as a flag of its own. `help` is for the task's own arguments;
-    `shorts` overrides a shared flag's short flag for this task."""
+    `shorts` overrides a shared flag's short flag for this task, or sets an own argument's ("": none).
+    Invoke's own `--dry` runs the task as --check (a task without --check never changes a host anyway)."""
     names = list(flags)
 
     def make(body: Callable[..., None]) -> FlagsTask:
@@ -86,41 +107,114 @@ def provisioning_task(*, flags: Iterable[str] = tuple(FLAGS), help: Mapping[str,
         @functools.wraps(body)
         def run(c: Any, **kwargs: Any) -> None:
             given = {n: kwargs.pop(n) for n in names if n in kwargs}
+            if dry_run(c):
+                print("--dry: " + ("run as --check: every host is read, none is changed" if "check" in names else
+                                   f"{body.__name__.replace('_', '-')} never changes a host; running it"),
+                      file=sys.stderr)
+                given.update({"check": True} if "check" in names else {})
             body(c, Flags(**given), **kwargs)
 
         setattr(run, "__signature__", inspect.Signature([params[0], *shared, *own]))
         return FlagsTask(run, help={**{n: FLAGS[n].metadata["help"] for n in names}, **(help or {})},
-                         shorts={n: (shorts or {}).get(n, FLAGS[n].metadata["short"]) for n in names})
+                         shorts={**{n: FLAGS[n].metadata["short"] for n in names}, **(shorts or {})})
 
     return make
 
 
-def resolve_inventory(path: str | None) -> Path:
+def dry_run(c: Any) -> bool:
+    """Was Invoke's own --dry given (its config's run.dry)?"""
+    try:
+        return bool(c.config.run.dry)
+    except AttributeError:
+        return False
+
+
+def resolve_inventory(path: str | None) -> tuple[Path, str]:
+    """The inventory to use and where that choice came from: -i, then $PITUNNEL_INVENTORY, then
+    ./inventory/hosts.yml; run from the checkout, its inventory/hosts.yml, else the lab's inventory/lab.yml."""
     if path:
-        return Path(path)
-    if DEFAULT_INVENTORY.exists() or not LAB_INVENTORY.exists():
-        return DEFAULT_INVENTORY
-    return LAB_INVENTORY
+        return Path(path), "-i"
+    if os.environ.get(ENV_INVENTORY):
+        return Path(os.environ[ENV_INVENTORY]), f"${ENV_INVENTORY}"
+    if DEFAULT_INVENTORY.exists():
+        return DEFAULT_INVENTORY, "./inventory/hosts.yml"
+    if CHECKOUT:
+        if (ROOT / DEFAULT_INVENTORY).exists() or not LAB_INVENTORY.exists():
+            return ROOT / DEFAULT_INVENTORY, "the checkout's inventory/hosts.yml"
+        return LAB_INVENTORY, "the lab's inventory (no inventory/hosts.yml; the lab is up)"
+    return DEFAULT_INVENTORY, "./inventory/hosts.yml"
 
 
-def load(path: str | None, *, check: bool) -> Inventory:
-    resolved = resolve_inventory(path)
+def load(path: str | None, *, check: bool, out: TextIO | None = None) -> Inventory:
+    resolved, source = resolve_inventory(path)
     if not resolved.exists():
-        raise Exit(f"no inventory at {resolved}: copy inventory/example.yml to inventory/hosts.yml and edit it, "
-                   "or run `invoke lab.up` to get inventory/lab.yml", code=2)
+        raise Exit(f"no inventory at {resolved} (from {source}): give one with -i FILE or ${ENV_INVENTORY}, or run "
+                   "from a folder holding inventory/hosts.yml (start from inventory/example.yml of the source, "
+                   "docs/inventory.md); in the checkout, `invoke lab.up` writes inventory/lab.yml",
+                   code=failures.USAGE)
+    print(f"inventory: {resolved} (from {source})", file=out or sys.stderr, flush=True)
     try:
         return load_inventory(resolved, save_allocations=not check)
     except InventoryError as exc:
-        raise Exit(str(exc), code=2) from None
+        raise Exit(str(exc), code=failures.USAGE) from None
 
 
-def run_play(body: Callable[[Play], None], flags: Flags = Flags(), *, quiet: bool = False) -> Play:
-    inv = load(flags.inventory or None, check=flags.check)
-    play = Play.start(inv, flags.options(), quiet=quiet)
+@contextmanager
+def ctrl_c() -> Iterator[None]:
+    """Ctrl-C asks every host to stop after the converge in flight (pitunnel.runner.STOP), so each is left as
+    after a whole step; a second Ctrl-C raises KeyboardInterrupt at once."""
+    STOP.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        STOP.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\ninterrupted: each host stops after the step in flight (Ctrl-C again to abandon it)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, stop)
     try:
-        body(play)
+        yield
     finally:
-        code = play.finish()
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_play(body: Callable[[Play], None], flags: Flags = Flags(), *, quiet: bool = False,
+             out: TextIO | None = None) -> Play:
+    """Run `body` on a play of the inventory flags name, then the recap; raises Exit with the run's code
+    (docs/cli.md) unless all went well. `out`: where the run's lines go (stdout if None)."""
+    failures.silence_paramiko()
+    inv = load(flags.inventory or None, check=flags.check)
+    try:
+        play = Play.start(inv, flags.options(), quiet=quiet, out=out)
+    except (BadLimit, BadSshConfig) as exc:  # nothing touched yet: the command line or the ssh config is wrong
+        raise Exit(str(exc), code=failures.USAGE) from None
+    except KeyboardInterrupt:  # at a password prompt: no host was touched
+        raise Exit("\ninterrupted: no host was touched", code=failures.INTERRUPTED) from None
+    with ctrl_c():
+        try:
+            body(play)
+        except KeyboardInterrupt:
+            STOP.set()
+        finally:
+            code = play.finish()
+        if STOP.is_set():
+            print(f"interrupted: {'; '.join(_interrupted(play))}. A rerun carries on "
+                  "from where each host is (every step is idempotent)", file=sys.stderr, flush=True)
+    if flags.limit and not play.reporter.recaps:
+        raise Exit(f"--limit {flags.limit!r} selects {', '.join(sorted(play.options.limit))}, but this task works on "
+                   "none of them (the VPS tasks on VPSes, the Pi tasks on Pis)", code=failures.USAGE)
     if code:
         raise Exit(code=code)
     return play
+
+
+def _interrupted(play: Play) -> list[str]:
+    """What an interrupted run had done, for its last line (the recap above has the details)."""
+    recaps = play.reporter.recaps
+    changed = [f"{h} {r.changed}" for h, r in recaps.items() if r.changed]
+    stopped = sorted(play.interrupted)
+    return [f"changed so far: {', '.join(changed) or 'nothing'}",
+            *([f"stopped before their next step: {', '.join(stopped)}"] if stopped else [])]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import socket
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import paramiko
@@ -50,6 +53,69 @@ class CheckPolicy(paramiko.MissingHostKeyPolicy):
             self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
             with self.known_hosts.open("a") as out:
                 out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+def _matches(name: str, field: str) -> bool:
+    """Does a known_hosts host field (plain names, or one `|1|salt|hash`) name `name`?"""
+    if field.startswith("|1|"):
+        return paramiko.HostKeys.hash_host(name, field.split("|")[2]) == field
+    return name in field.split(",")
+
+
+def known_lines(known_hosts: Path, name: str) -> list[str]:
+    """The lines of known_hosts that name `name` (OpenSSH accepts any of them; paramiko only the first of
+    each key type, so Remote asks here when paramiko calls a key changed)."""
+    if not known_hosts.exists():
+        return []
+    return [line for line in known_hosts.read_text().splitlines()
+            if len(line.split()) >= 3 and not line.startswith(("#", "@")) and _matches(name, line.split()[0])]
+
+
+def listed(known_hosts: Path, name: str, key: paramiko.PKey) -> bool:
+    """Is this key one of the keys known_hosts lists for `name`?"""
+    return any(line.split()[1:3] == [key.get_name(), key.get_base64()] for line in known_lines(known_hosts, name))
+
+
+def rewrite(known_hosts: Path, name: str, keep: Callable[[str], bool], add: Sequence[str]) -> None:
+    """known_hosts with the lines for `name` that `keep` refuses removed and `add` (`type base64`) appended
+    for it; every other line as it was. Written to a temp file and renamed into place."""
+    with _write_lock:
+        old = known_hosts.read_text().splitlines() if known_hosts.exists() else []
+        ours = set(known_lines(known_hosts, name))
+        kept = [line for line in old if line not in ours or keep(" ".join(line.split()[1:3]))]
+        have = {" ".join(line.split()[1:3]) for line in kept if line in ours}
+        lines = kept + [f"{name} {k}" for k in add if k not in have]
+        known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        tmp = known_hosts.with_name(known_hosts.name + ".pitunnel-tmp")
+        tmp.write_text("".join(line + "\n" for line in lines))
+        if known_hosts.exists():
+            os.chmod(tmp, known_hosts.stat().st_mode & 0o777)
+        os.replace(tmp, known_hosts)
+
+
+KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "rsa-sha2-512")
+
+
+def offered(address: str, port: int, fingerprint_wanted: str, timeout: float) -> paramiko.PKey | None:
+    """The host's key with this fingerprint, asking it for each key type in turn (a user may read any of
+    them on the console; a connection shows only one). Only the key exchange runs: nothing is sent."""
+    for keytype in KEY_TYPES:
+        try:
+            sock = socket.create_connection((address, port), timeout=timeout)
+        except OSError:
+            return None
+        transport = paramiko.Transport(sock)
+        try:
+            transport.get_security_options().key_types = (keytype,)
+            transport.start_client(timeout=timeout)
+            key = transport.get_remote_server_key()
+            if fingerprint(key) == fingerprint_wanted:
+                return key
+        except (paramiko.SSHException, OSError, EOFError):
+            pass
+        finally:
+            transport.close()
+    return None
 
 
 def _short(key: paramiko.PKey) -> str:

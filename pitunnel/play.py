@@ -3,18 +3,22 @@ parallel (one host's failure never stops another), and end with the recap and an
 
 from __future__ import annotations
 
+import fnmatch
 import getpass
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
+from . import failures
 from .hostkeys import HostKeyRefused
 from .inventory import HostSpec, Inventory
-from .remote import Credentials, Remote, SudoRefused, Unreachable
+from .remote import Credentials, Remote, SudoRefused, Unreachable, remotes_for
 from .report import Reporter
-from .runner import Mode, StepFailed
+from .runner import STOP, Interrupted, Mode, StepFailed
 
 T = TypeVar("T")
 H = TypeVar("H", bound=HostSpec)
@@ -28,8 +32,10 @@ class Options:
     diff: bool = False
     limit: frozenset[str] = frozenset()
     accept_new_host_keys: bool = False
+    accept_changed_host_key: str = ""
     prompt_login_password: bool = False
     prompt_sudo_password: bool = False
+    verbose: bool = False
 
     @property
     def mode(self) -> Mode:
@@ -43,24 +49,27 @@ class Play:
     reporter: Reporter
     remotes: dict[str, Remote] = field(default_factory=dict)
     failed: set[str] = field(default_factory=set)  # hosts whose work failed or that were unreachable: done for this run
+    why: dict[str, str] = field(default_factory=dict)  # host -> why it could not be reached
+    interrupted: set[str] = field(default_factory=set)  # hosts stopped by Ctrl-C
 
     @classmethod
-    def start(cls, inventory: Inventory, options: Options, *, quiet: bool = False) -> "Play":
-        unknown = sorted(options.limit - {h.name for h in inventory.hosts()})
-        if unknown:
-            raise SystemExit(f"--limit names unknown hosts: {', '.join(unknown)} "
-                             f"(hosts: {', '.join(h.name for h in inventory.hosts())})")
-        reporter = Reporter(show_diff=options.diff, quiet=quiet)
+    def start(cls, inventory: Inventory, options: Options, *, quiet: bool = False, out: TextIO | None = None) -> "Play":
+        options = replace(options, limit=resolve_limit(options.limit, inventory))
+        reporter = Reporter(show_diff=options.diff, quiet=quiet, out=out)
         play = cls(inventory, options, reporter)
         login = getpass.getpass("Login password (first contact): ") if options.prompt_login_password else None
         sudo = getpass.getpass("sudo password: ") if options.prompt_sudo_password else None
-        for host in inventory.hosts():
-            creds = Credentials(
-                login_password=login or _read_secret(host.password_file),
-                sudo_password=sudo or _read_secret(host.sudo_password_file),
-            )
-            play.remotes[host.name] = Remote(host, inventory.settings.known_hosts, creds,
-                                             accept_new_host_keys=options.accept_new_host_keys)
+        creds = {host.name: Credentials(login_password=login or _read_secret(host.password_file),
+                                        sudo_password=sudo or _read_secret(host.sudo_password_file))
+                 for host in inventory.hosts()}
+        play.remotes = remotes_for(inventory, creds, accept_new=options.accept_new_host_keys)  # or BadSshConfig
+        for remote in play.remotes.values():
+            remote.notify = partial(reporter.note, remote.name)
+            remote.echo = _echo(reporter, remote.name) if options.verbose else None
+            remote.accept_changed_host_key, remote.on_change = options.accept_changed_host_key, reporter.line
+            if options.verbose and remote.name in {h.name for h in play.selected(inventory.hosts())}:
+                for line in remote.describe():  # a quiet play (verify, status) prints its table on stdout
+                    print(f"{'':<12} {remote.name:<10} {line}", file=sys.stderr if quiet else sys.stdout)
         return play
 
     def selected(self, hosts: Sequence[H]) -> list[H]:
@@ -72,21 +81,27 @@ class Play:
         results: dict[str, T] = {}
         for h in hosts:  # the recap lists every host played, in the order first played, whether it printed or not
             self.reporter.recap(h.name)
-        live = [h for h in hosts if h.name not in self.failed]
+        live = [h for h in hosts if h.name not in self.failed and not STOP.is_set()]
+        self.interrupted.update(h.name for h in hosts if STOP.is_set() and h.name not in self.failed)
         with ThreadPoolExecutor(max_workers=max(1, min(32, len(live)))) as pool:
             futures = {h.name: pool.submit(self._guarded, self.remotes[h.name], work) for h in live}
         for name, future in futures.items():
             ok, value = future.result()
             if ok:
                 results[name] = value  # type: ignore[assignment]
-            else:
+            elif name not in self.interrupted:
                 self.failed.add(name)
         return results
 
     def _guarded(self, remote: Remote, work: Callable[[Remote], T]) -> tuple[bool, T | None]:
         try:
             return True, work(remote)
+        except Interrupted:
+            self.interrupted.add(remote.name)
+            self.reporter.note(remote.name, "interrupted: stopped after the step in flight")
+            return False, None
         except (Unreachable, HostKeyRefused) as exc:
+            self.why[remote.name] = str(exc)
             self.reporter.line(remote.name, "unreachable", "connect", str(exc))
         except SudoRefused as exc:
             self.reporter.line(remote.name, "failed", "sudo", str(exc))
@@ -102,7 +117,44 @@ class Play:
                 self.reporter.recaps[name].round_trips = remote.round_trips
             remote.close()
         self.reporter.print_recap()
-        return 1 if self.failed else 0
+        recaps = self.reporter.recaps
+        unreachable = any(r.unreachable for r in recaps.values())
+        failed = any(r.failed for r in recaps.values()) or any(
+            name in recaps and not recaps[name].unreachable for name in self.failed)
+        if STOP.is_set():
+            return failures.INTERRUPTED
+        return failures.exit_code(failed=failed, unreachable=unreachable)
+
+
+class BadLimit(ValueError):
+    """A --limit that names nothing in the inventory."""
+
+
+ROLE_NAMES = {"vps": "vps", "pis": "pi"}  # --limit vps / --limit pis: every host of that role
+
+
+def resolve_limit(patterns: frozenset[str], inventory: Inventory) -> frozenset[str]:
+    """The host names a --limit selects: each pattern is a host's name, a role name (`vps`, `pis`) or a glob
+    (`pi*`, fnmatch); a host's own name wins over a role name. Raises BadLimit for a pattern matching nothing."""
+    hosts = list(inventory.hosts())
+    names = [h.name for h in hosts]
+    chosen: set[str] = set()
+    for pattern in sorted(patterns):
+        if pattern in names:
+            found = [pattern]
+        elif pattern in ROLE_NAMES:
+            found = [h.name for h in hosts if h.role == ROLE_NAMES[pattern]]
+        else:
+            found = fnmatch.filter(names, pattern)
+        if not found:
+            raise BadLimit(f"--limit {pattern!r} matches no host of {inventory.path} (hosts: {', '.join(names)}; "
+                           "also `vps`, `pis` and globs like 'pi*')")
+        chosen.update(found)
+    return frozenset(chosen)
+
+
+def _echo(reporter: Reporter, host: str) -> Callable[[str], None]:
+    return lambda text: reporter.echo(host, text)
 
 
 def _read_secret(path: Path | None) -> str | None:

@@ -10,14 +10,16 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
 from fabric import Config, Connection
 
-from . import hostkeys
-from .inventory import HostSpec
+from . import failures, hostkeys, sshauth, sshconf
+from .inventory import HostSpec, Inventory, PiSpec
+from .sshauth import KeyRing, Login
 
 SENTINEL = "@@PITUNNEL-SCRIPT@@"
 # reads up to the sentinel (so a password line sudo did not need is dropped, never run),
@@ -30,6 +32,19 @@ RECEIVER = (
 
 class Unreachable(Exception):
     """The host could not be reached or logged in to; the message says why and what to try."""
+
+
+class _TryPinned(Exception):
+    """Log in again expecting this host key (`type base64`): one known_hosts lists for the host besides the
+    one paramiko expected, or the changed key the user vouched for with --accept-changed-host-key."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class LoginRefused(Unreachable):
+    """The host answered with the right host key and refused every way we have of logging in."""
 
 
 class SudoRefused(Exception):
@@ -66,57 +81,245 @@ class Remote:
     known_hosts: Path
     credentials: Credentials = field(default_factory=Credentials)
     accept_new_host_keys: bool = False
+    accept_changed_host_key: str = ""  # SHA256:... the user read on the host's console: that changed key is taken
+    on_change: Callable[[str, str, str, str], None] | None = field(default=None, repr=False)  # Reporter.line
     round_trips: int = 0
+    route: sshconf.Route | None = None  # where and as whom (None: the inventory's settings alone)
+    gateway: "Remote | None" = None  # a Pi's VPS, whose connection reaches the Pi's ssh tunnel
+    keys: KeyRing = field(default_factory=KeyRing, repr=False)  # the run's key files, each asked for once
+    notify: Callable[[str], None] = field(default=lambda text: None, repr=False)  # a line for the user
+    path: str | None = None  # "direct" or "tunnel", once the first connection chose (kept for the run)
+    echo: Callable[[str], None] | None = field(default=None, repr=False)  # -v: each line of remote output
     _conn: Connection | None = field(default=None, repr=False)
+    _hops: list[Connection] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _open_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _reopen_until: float = 0.0  # after a restart of the path under us: keep trying to open until then
+
+    def __post_init__(self) -> None:
+        if self.route is None:
+            self.route = sshconf.resolve(self.spec, None)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def via(self) -> str:
+        """How this host is reached: "direct", "tunnel" or "auto" (a Pi's `via`, if it has an ssh tunnel)."""
+        if not isinstance(self.spec, PiSpec) or self.gateway is None or self.spec.ssh_tunnel is None:
+            return "direct"
+        return self.spec.via
+
+    @property
+    def gateway_name(self) -> str:
+        return self.gateway.name if self.gateway is not None else "-"
+
+    @property
+    def target(self) -> sshconf.Hop:
+        assert self.route is not None
+        return self.route.target
+
+    def describe(self) -> list[str]:
+        """Each connection setting and where it came from (for -v)."""
+        assert self.route is not None
+        lines = self.route.describe()
+        if isinstance(self.spec, PiSpec):
+            source = sshconf.INVENTORY if "via" in self.spec.given else sshconf.DEFAULT
+            tunnel = self.spec.ssh_tunnel
+            jump = f"through {self.spec.vps} to its tunnel at 127.0.0.1:{tunnel.remote_port}" if tunnel else ""
+            lines.append(f"via {self.spec.via} ({source}): " + (
+                "its address only, as it has no ssh tunnel" if not tunnel else
+                {"direct": "its address only", "tunnel": jump}.get(self.spec.via, f"its address, else {jump}")))
+        return lines
+
+    @property
+    def through_tunnel(self) -> bool:
+        """Does this host's connection ride its own ssh tunnel (so restarting or stopping that cuts it)?"""
+        return (self.path or self.via) == "tunnel"
+
     def connection(self) -> Connection:
         """The open Fabric connection (opened on first use, checked against known host keys)."""
-        if self._conn is None:
-            self._conn = self._open()
-        return self._conn
+        with self._open_lock:  # a VPS's connection is opened once, for all of its Pis reached through it
+            while self._conn is None:
+                try:
+                    self._conn, self._hops = self._open()
+                except Unreachable:
+                    if time.monotonic() > self._reopen_until:
+                        raise
+                    time.sleep(0.5)  # the path is coming back (a tunnel restarting under us)
+            return self._conn
 
-    def _connect_kwargs(self, *, use_password: bool = True) -> dict[str, object]:
-        kwargs: dict[str, object] = {"allow_agent": False, "look_for_keys": False,
-                                     "banner_timeout": self.spec.connect_timeout,
-                                     "auth_timeout": self.spec.connect_timeout}
-        if self.spec.key is not None:
-            kwargs["key_filename"] = str(self.spec.key)
-        if use_password and self.credentials.login_password:
-            kwargs["password"] = self.credentials.login_password
-        return kwargs
+    def path_restarts(self, after: float, *, within: float) -> None:
+        """The host restarts what our connection rides (its tunnel) `after` seconds from now: wait for that,
+        drop the connection, and let the next use open a new one, retrying for `within` seconds."""
+        time.sleep(after)
+        with self._lock:
+            self.close()
+            self._reopen_until = time.monotonic() + within
 
-    def _open(self, *, use_password: bool = True) -> Connection:
-        # an explicit, empty ssh config: the inventory alone says where and how to connect
-        conn = Connection(self.spec.address, user=self.spec.user, port=self.spec.port,
-                          config=Config(ssh_config=paramiko.SSHConfig()),
-                          connect_timeout=int(self.spec.connect_timeout),
-                          connect_kwargs=self._connect_kwargs(use_password=use_password))
-        hostkeys.configure(conn.client, known_hosts=self.known_hosts,
-                           name=hostkeys.known_name(self.spec.address, self.spec.port),
-                           pinned=self.spec.host_key, accept_new=self.accept_new_host_keys)
-        where = f"{self.spec.user}@{self.spec.address}:{self.spec.port}"
+    def _open(self, *, use_password: bool = True) -> tuple[Connection, list[Connection]]:
+        """A new login, on the path this run chose (the first login chooses, for `via: auto`), with the
+        jump hosts it goes through."""
+        password = self.credentials.login_password if use_password else None
+        via = self.path or self.via
+        if via != "auto":
+            conn, hops = self._open_on(via, password)
+        else:
+            try:
+                conn, hops = self._open_on(via := "direct", password)
+            except LoginRefused:
+                raise  # the host is there and said no: the tunnel leads to the same sshd
+            except (Unreachable, hostkeys.HostKeyRefused) as direct:
+                # no answer, or someone else at that address (another network's host): the Pi's own key is
+                # demanded through the tunnel just the same, and nothing was sent to whoever answered
+                try:
+                    conn, hops = self._open_on(via := "tunnel", password)
+                except (Unreachable, hostkeys.HostKeyRefused) as tunnel:
+                    kind = type(direct) if isinstance(direct, hostkeys.HostKeyRefused) else type(tunnel)
+                    raise kind(f"{direct}; and {tunnel}") from None
+                self.notify(f"{direct}: reached through {self.gateway_name}'s tunnel instead")
+        self.path = via
+        return conn, hops
+
+    def _open_on(self, via: str, password: str | None, pinned: str | None = None) -> tuple[Connection, list[Connection]]:
+        """A new login on one path: "direct" (the address, or the ssh config's ProxyJump) or "tunnel"."""
+        sock: socket.socket | paramiko.Channel
+        hops: list[Connection] = []
+        if via == "tunnel":
+            sock = self._tunnel_socket()
+        else:
+            sock, hops = self._direct_socket()
         try:
-            _open_retrying_refused(conn)
-        except hostkeys.HostKeyRefused:
+            conn = self._login(self.target, sock, password, pinned=pinned or self.spec.host_key,
+                               through=f" through {self.gateway_name}'s tunnel" if via == "tunnel" else "")
+        except _TryPinned as again:  # another key known_hosts lists for it, or the one the user vouched for
+            _close_all(hops)
+            if pinned:
+                raise
+            return self._open_on(via, password, again.line)
+        except BaseException:
+            _close_all(hops)
             raise
+        return conn, hops
+
+    def _direct_socket(self) -> tuple[socket.socket | paramiko.Channel, list[Connection]]:
+        """A socket to the host's address, or a channel to it through the ssh config's ProxyJump hops."""
+        assert self.route is not None
+        target, timeout = self.target, self.spec.connect_timeout
+        if not self.route.jumps:
+            return _tcp(target.hostname, target.port, timeout, f"{target.where}"), []
+        hops: list[Connection] = []
+        try:
+            sock: socket.socket | paramiko.Channel = _tcp(self.route.jumps[0].hostname, self.route.jumps[0].port,
+                                                          timeout, f"jump host {self.route.jumps[0].where}")
+            for hop, after in zip(self.route.jumps, [*self.route.jumps[1:], target]):
+                hops.append(self._login(hop, sock, None, pinned=None, through=f" (jump host for {self.name})"))
+                sock = _channel(hops[-1], after.hostname, after.port, timeout,
+                                f"{after.where} through jump host {hop.alias}")
+        except BaseException:
+            _close_all(hops)
+            raise
+        return sock, hops
+
+    def _tunnel_socket(self) -> paramiko.Channel:
+        """A channel through the Pi's VPS to the Pi's ssh tunnel there (its loopback listener; a public one
+        listens there too)."""
+        assert isinstance(self.spec, PiSpec) and self.gateway is not None and self.spec.ssh_tunnel is not None
+        port = self.spec.ssh_tunnel.remote_port
+        where = f"{self.name} through {self.gateway_name}'s tunnel (127.0.0.1:{port} there)"
+        try:
+            vps = self.gateway.connection()
+        except (Unreachable, hostkeys.HostKeyRefused) as exc:
+            raise Unreachable(f"{where}: {exc}") from None
+        return _channel(vps, "127.0.0.1", port, self.spec.connect_timeout, where,
+                        hint=f"is the tunnel up? (`pitunnel status`, or `systemctl status pitunnel` on {self.name})")
+
+    def _login(self, hop: sshconf.Hop, sock: socket.socket | paramiko.Channel, password: str | None, *,
+               pinned: str | None, through: str) -> Connection:
+        """Log in to `hop` over `sock`, its host key checked under its own name (never the name of the
+        socket's far end: a jump to 127.0.0.1:PORT is checked as the host it should reach)."""
+        key_host, key_port = (hop.host_key_alias, 22) if hop.host_key_alias else (hop.hostname, hop.port)
+        conn = Connection(key_host, user=hop.user, port=key_port, config=Config(ssh_config=paramiko.SSHConfig()),
+                          connect_timeout=int(self.spec.connect_timeout),
+                          connect_kwargs={"sock": sock, "auth_strategy": Login(hop, self.keys, password),
+                                          "banner_timeout": self.spec.connect_timeout,
+                                          "auth_timeout": self.spec.connect_timeout})
+        hostkeys.configure(conn.client, known_hosts=self.known_hosts, name=hop.known_name,
+                           pinned=pinned, accept_new=self.accept_new_host_keys)
+        where = hop.where + through
+        try:
+            conn.open()
+        except hostkeys.HostKeyRefused as exc:
+            conn.close()
+            raise (hostkeys.HostKeyRefused(f"{where}: {exc}") if through else exc) from None
         except paramiko.BadHostKeyException as exc:
-            raise hostkeys.HostKeyRefused(
-                f"host key for {where} CHANGED: got {exc.key.get_name()} {hostkeys.fingerprint(exc.key)}, "
-                f"expected {hostkeys.fingerprint(exc.expected_key)}. This may be an attack; if the host was "
-                "really reinstalled, " + (f"update host_key of {self.name} in the inventory" if self.spec.host_key else
-                f"remove its old line from {self.known_hosts} (ssh-keygen -R)")
-            ) from None
+            conn.close()
+            if hop is not self.target or pinned:
+                raise self._changed(where, hop, exc, pinned) from None
+            line = f"{exc.key.get_name()} {exc.key.get_base64()}"
+            if hostkeys.listed(self.known_hosts, hop.known_name, exc.key):
+                # another of its known keys (paramiko checks only the first of each type; OpenSSH takes any)
+                raise _TryPinned(line) from None
+            taken = self._changed_key_accepted(hop, exc.key)
+            if taken is None:
+                raise self._changed(where, hop, exc, pinned) from None
+            line = f"{taken.get_name()} {taken.get_base64()}"
+            hostkeys.rewrite(self.known_hosts, hop.known_name, keep=lambda _: False, add=[line])
+            if self.on_change:
+                self.on_change(self.name, "changed", f"host key in {self.known_hosts}",
+                               f"now {taken.get_name()} {self.accept_changed_host_key} (--accept-changed-host-key); "
+                               f"the old keys of {hop.known_name} removed")
+            raise _TryPinned(line) from None
+        except paramiko.auth_strategy.AuthFailure as exc:
+            conn.close()
+            raise LoginRefused(sshauth.why_refused(exc) or
+                               f"{where}: login refused (tried {sshauth.tried(exc)}; {self._login_hint(hop)})") from None
         except paramiko.AuthenticationException:
-            hint = "set key (or password_file, or --prompt-for-login-password) in the inventory"
-            raise Unreachable(f"{where}: login refused ({hint})") from None
+            conn.close()
+            raise LoginRefused(f"{where}: login refused ({self._login_hint(hop)})") from None
         except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
-            raise Unreachable(f"{where}: {exc or type(exc).__name__}") from None
+            conn.close()
+            raise Unreachable(failures.not_connected(exc, self.spec, where, address=hop.hostname,
+                                                     port=hop.port)) from None
         return conn
+
+    def _login_hint(self, hop: sshconf.Hop) -> str:
+        hint = "load your key into ssh-agent, or set key (or password_file, or --prompt-for-login-password)"
+        if hop is self.target and self.spec.role == "pi" and hop.user == "pi":
+            hint = f"{failures.PI_USER_HINT}; or {hint}"
+        return hint
+
+    def authenticate(self, transport: paramiko.Transport) -> None:
+        """Log in on a transport opened elsewhere (verify's through a tunnel) as this host's own connection
+        does, without the login password. Raises paramiko.AuthenticationException."""
+        Login(self.target, self.keys, None).authenticate(transport)
+
+    def _changed_key_accepted(self, hop: sshconf.Hop, key: paramiko.PKey) -> paramiko.PKey | None:
+        """The host's new key the user vouched for with --accept-changed-host-key: the one it showed, or
+        another of its keys (the fingerprint read on the console may be of another type)."""
+        if not self.accept_changed_host_key:
+            return None
+        if hostkeys.fingerprint(key) == self.accept_changed_host_key:
+            return key
+        return hostkeys.offered(hop.hostname, hop.port, self.accept_changed_host_key, self.spec.connect_timeout)
+
+    def _changed(self, where: str, hop: sshconf.Hop, exc: paramiko.BadHostKeyException,
+                 pinned: str | None) -> hostkeys.HostKeyRefused:
+        got = hostkeys.fingerprint(exc.key)
+        if self.accept_changed_host_key and not pinned and hop is self.target:
+            return hostkeys.HostKeyRefused(
+                f"host key for {where} CHANGED to {exc.key.get_name()} {got}, and none of its keys is the "
+                f"--accept-changed-host-key {self.accept_changed_host_key}: refused, known_hosts unchanged. Read the "
+                "fingerprint again on the provider's console (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub)")
+        fix = (f"update host_key of {self.name} in the inventory" if pinned else
+               f"check the new key's fingerprint on the host's console (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub) "
+               f"and rerun with --accept-changed-host-key {got} if it is the same, or remove its old line from "
+               f"{self.known_hosts} (ssh-keygen -R) (docs/troubleshooting.md)")
+        return hostkeys.HostKeyRefused(
+            f"host key for {where} CHANGED: got {exc.key.get_name()} {got}, expected "
+            f"{hostkeys.fingerprint(exc.expected_key)} (known as {hop.known_name}). This may be an attack; if the "
+            f"host was really reinstalled, {fix}")
 
     def can_log_in_fresh(self, *, use_password: bool = True, within: float = 10) -> bool:
         """Open a brand-new login (not the one we hold) and run `true`: is the host still letting us in?
@@ -131,7 +334,7 @@ class Remote:
 
     def _try_login(self, use_password: bool) -> bool:
         try:
-            conn = self._open(use_password=use_password)
+            conn, hops = self._open(use_password=use_password)
         except (Unreachable, hostkeys.HostKeyRefused):
             return False
         try:
@@ -141,7 +344,7 @@ class Remote:
         except (paramiko.SSHException, OSError):
             return False
         finally:
-            conn.close()
+            _close_all([*hops, conn])
 
     def run(self, script: str, *, sudo: bool = True, timeout: float = 600) -> Result:
         """Run a shell script on the host, as root unless sudo=False. One round trip."""
@@ -157,7 +360,7 @@ class Remote:
             self.round_trips += 1
             transport = self.connection().client.get_transport()
             if transport is None or not transport.is_active():
-                self._conn = None
+                self.close()
                 transport = self.connection().client.get_transport()
             assert transport is not None
             try:
@@ -166,7 +369,7 @@ class Remote:
                 chan.exec_command(command)
                 chan.sendall(data)
                 chan.shutdown_write()
-                stdout, stderr = _drain(chan)
+                stdout, stderr = _drain(chan, self.echo)
                 rc = chan.recv_exit_status()
             except (paramiko.SSHException, OSError, socket.timeout) as exc:
                 raise Unreachable(f"{self.name}: connection lost: {exc or type(exc).__name__}") from None
@@ -178,27 +381,69 @@ class Remote:
         return result
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        _close_all([*self._hops, *([self._conn] if self._conn is not None else [])])
+        self._conn, self._hops = None, []
 
 
-def _open_retrying_refused(conn: Connection, within: float = 3.0) -> None:
-    """Open, retrying while the port refuses: sshd refuses for a moment while it re-executes on reload."""
+def remotes_for(inv: Inventory, credentials: Mapping[str, Credentials], *, accept_new: bool) -> dict[str, Remote]:
+    """A Remote per host of `inv`, each with its route (the inventory, then the ssh config it names), its
+    Pi's VPS as the way to its tunnel, and one key ring for the run. Raises sshconf.BadSshConfig."""
+    config = sshconf.load(inv.settings.ssh_config)
+    ring = KeyRing()
+    remotes: dict[str, Remote] = {}
+    for host in inv.hosts():  # VPSes first: a Pi's tunnel starts at its VPS's connection
+        gateway = remotes.get(host.vps) if isinstance(host, PiSpec) else None
+        route = sshconf.resolve(host, config)
+        moved = [f"{s} {getattr(route.target, s)}" for s in ("hostname", "port")
+                 if route.target.sources.get(s) == sshconf.SSH_CONFIG]
+        if not isinstance(host, PiSpec) and moved:  # the Pis' tunnels go to the inventory's address and port
+            raise sshconf.BadSshConfig(
+                f"the ssh config gives the VPS {host.name} {' and '.join(moved)}, but its Pis' tunnels connect to "
+                f"the inventory's address and port ({host.address}:{host.port}): write them in the inventory")
+        remotes[host.name] = Remote(host, inv.settings.known_hosts, credentials[host.name],
+                                    accept_new_host_keys=accept_new, route=route, gateway=gateway, keys=ring)
+    return remotes
+
+
+def _close_all(conns: Sequence[Connection]) -> None:
+    """Close connections, the innermost (last) first: each runs through the one before it."""
+    for conn in reversed(conns):
+        conn.close()
+
+
+def _tcp(host: str, port: int, timeout: float, where: str, *, within: float = 3.0) -> socket.socket:
+    """A TCP connection, retried while the port refuses (sshd refuses for a moment while it re-executes on
+    reload); Unreachable if there is none."""
     deadline = time.monotonic() + within
     while True:
         try:
-            conn.open()
-            return
-        except paramiko.ssh_exception.NoValidConnectionsError:
+            return socket.create_connection((host, port), timeout=timeout)
+        except ConnectionRefusedError as exc:
             if time.monotonic() > deadline:
-                raise
+                raise Unreachable(failures.refused(where, port)) from None
             time.sleep(0.2)
+        except OSError as exc:  # no answer, no route, name not known
+            raise Unreachable(failures.socket_failure(exc, where, host, port, timeout)
+                              or f"{where}: {exc.strerror or exc}") from None
 
 
-def _drain(chan: paramiko.Channel) -> tuple[str, str]:
-    """Read stdout and stderr until the command ends, never blocking on one while the other fills."""
+def _channel(conn: Connection, host: str, port: int, timeout: float, where: str, *, hint: str = "") -> paramiko.Channel:
+    """A direct-tcpip channel from `conn`'s host to host:port (what ssh -J and -W use)."""
+    transport = conn.client.get_transport()
+    try:
+        if transport is None or not transport.is_active():
+            raise paramiko.SSHException("connection lost")
+        return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        reason = exc.text if isinstance(exc, paramiko.ChannelException) else str(exc) or type(exc).__name__
+        raise Unreachable(f"{where}: {reason}" + (f"; {hint}" if hint else "")) from None
+
+
+def _drain(chan: paramiko.Channel, echo: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """Read stdout and stderr until the command ends, never blocking on one while the other fills;
+    `echo` gets each whole line of either as it arrives."""
     out, err = bytearray(), bytearray()
+    shown = [0, 0]
     while True:
         busy = False
         while chan.recv_ready():
@@ -207,11 +452,22 @@ def _drain(chan: paramiko.Channel) -> tuple[str, str]:
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(65536)
             busy = True
+        if echo is not None and busy:
+            for index, buf in enumerate((out, err)):
+                end = buf.rfind(b"\n") + 1
+                if end > shown[index]:
+                    for line in buf[shown[index]:end].decode(errors="replace").splitlines():
+                        echo(line)
+                    shown[index] = end
         if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
             if chan.eof_received or chan.closed:
                 break
         if not busy:
             select.select([chan], [], [], 0.5)
+    if echo is not None:  # a last line without its newline
+        for index, buf in enumerate((out, err)):
+            for line in buf[shown[index]:].decode(errors="replace").splitlines():
+                echo(line)
     return out.decode(errors="replace"), err.decode(errors="replace")
 
 

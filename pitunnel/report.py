@@ -1,13 +1,28 @@
-"""What a run prints: a line per operation per host, diffs on request, and Ansible's recap."""
+"""What a run prints: a line per operation per host, diffs on request, a heartbeat while a remote step
+runs long, remote output with -v, and Ansible's recap; each host's lines kept for --json."""
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 COLOURS = {"ok": "32", "changed": "33", "failed": "31", "unreachable": "31", "skipped": "36", "would change": "33",
            "WARNING": "1;35"}
+HEARTBEAT_AFTER = 3.0  # seconds a remote step runs before the first "still running" line
+HEARTBEAT_EVERY = 5.0
+RUNNING = "running"  # the heartbeat's tag
+
+
+@dataclass
+class Step:
+    title: str
+    status: str
+    reason: str = ""
 
 
 @dataclass
@@ -18,20 +33,37 @@ class Recap:
     failed: int = 0
     skipped: int = 0
     round_trips: int = 0
+    steps: list[Step] = field(default_factory=list, compare=False)  # every line, for --json
 
     @property
     def bad(self) -> bool:
         return bool(self.failed or self.unreachable)
 
+    def document(self) -> dict[str, Any]:
+        """This host in `--json`: its counts and every line printed for it."""
+        return {"ok": self.ok, "changed": self.changed, "failed": self.failed, "unreachable": self.unreachable,
+                "skipped": self.skipped, "round_trips": self.round_trips,
+                "steps": [{"title": s.title, "status": s.status, "reason": s.reason} for s in self.steps]}
+
 
 @dataclass
 class Reporter:
-    colour: bool = field(default_factory=lambda: sys.stdout.isatty())
+    colour: bool | None = None  # None: when the output is a terminal
     show_diff: bool = False
     quiet: bool = False
+    out: TextIO | None = None  # None: stdout (stderr with --json, whose document has stdout to itself)
     recaps: dict[str, Recap] = field(default_factory=dict)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (host, text), repeated under the recap
+    heartbeat_after: float = HEARTBEAT_AFTER
+    heartbeat_every: float = HEARTBEAT_EVERY
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def stream(self) -> TextIO:
+        return self.out if self.out is not None else sys.stdout
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
 
     def recap(self, host: str) -> Recap:
         with self._lock:
@@ -42,17 +74,23 @@ class Reporter:
         with self._lock:
             field_name = {"would change": "changed"}.get(status, status)
             setattr(recap, field_name, getattr(recap, field_name) + 1)
+            recap.steps.append(Step(title, status, reason))
             if self.quiet and status == "ok":
                 return
             tag = self._paint(f"{status:<12}", status)
-            print(f"{tag} {host:<10} {title}" + (f" - {reason}" if reason else ""), flush=True)
+            self._print(f"{tag} {host:<10} {title}" + (f" - {reason}" if reason else ""))
             if diff and self.show_diff:
-                print(diff.rstrip("\n"), flush=True)
+                self._print(diff.rstrip("\n"))
 
     def note(self, host: str, text: str) -> None:
         with self._lock:
             if not self.quiet:
-                print(f"{'':<12} {host:<10} {text}", flush=True)
+                self._print(f"{'':<12} {host:<10} {text}")
+
+    def echo(self, host: str, text: str) -> None:
+        """A line of a remote command's output (-v), prefixed by its host."""
+        with self._lock:
+            self._print(f"{'':<12} {host:<10} | {text}")
 
     def warn(self, host: str, text: str) -> None:
         """Something the owner should change although nothing failed: printed even when quiet, and again
@@ -60,19 +98,43 @@ class Reporter:
         with self._lock:
             self.warnings.append((host, text))
             tag = self._paint(f"{'WARNING':<12}", "WARNING")
-            print(f"{tag} {host:<10} {text}", flush=True)
+            self._print(f"{tag} {host:<10} {text}")
+
+    @contextmanager
+    def busy(self, host: str, step: str) -> Iterator[None]:
+        """While the body runs: a line naming host, step and time elapsed once it has run `heartbeat_after`
+        seconds, then every `heartbeat_every` (an apt install, a wait for listeners: never silent for long)."""
+        done = threading.Event()
+        started = time.monotonic()
+
+        def beat() -> None:
+            wait = self.heartbeat_after
+            while not done.wait(wait):
+                with self._lock:
+                    self._print(f"{self._paint(f'{RUNNING:<12}', 'skipped')} {host:<10} {step} "
+                                f"({time.monotonic() - started:.0f}s)")
+                wait = self.heartbeat_every
+
+        ticker = threading.Thread(target=beat, name=f"heartbeat-{host}", daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
 
     def _paint(self, text: str, status: str) -> str:
-        return f"\033[{COLOURS.get(status, '0')}m{text}\033[0m" if self.colour else text
+        colour = self.stream.isatty() if self.colour is None else self.colour
+        return f"\033[{COLOURS.get(status, '0')}m{text}\033[0m" if colour else text
 
     def print_recap(self) -> None:
-        print("\nPLAY RECAP " + "*" * 60)
+        self._print("\nPLAY RECAP " + "*" * 60)
         for host, r in self.recaps.items():
             name = self._paint(f"{host:<26}", "failed" if r.bad else ("changed" if r.changed else "ok"))
-            print(f"{name} : ok={r.ok:<4} changed={r.changed:<4} unreachable={r.unreachable:<4} "
-                  f"failed={r.failed:<4} skipped={r.skipped:<4} round_trips={r.round_trips}")
+            self._print(f"{name} : ok={r.ok:<4} changed={r.changed:<4} unreachable={r.unreachable:<4} "
+                        f"failed={r.failed:<4} skipped={r.skipped:<4} round_trips={r.round_trips}")
         for host, text in self.warnings:
-            print(f"{self._paint('WARNING', 'WARNING')} {host}: {text}")
+            self._print(f"{self._paint('WARNING', 'WARNING')} {host}: {text}")
 
     @property
     def failed_hosts(self) -> list[str]:

@@ -3,6 +3,7 @@ then run notified handlers once, with a laptop-side check and rollback if that c
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,20 @@ from .report import Reporter
 
 class StepFailed(Exception):
     """A step on a host failed; it has been reported and rolled back where it could be."""
+
+
+class Interrupted(Exception):
+    """The user pressed Ctrl-C: this host stopped between two converges (the one in flight finished: its
+    apply, handlers and proofs), so it is as consistent as after any step; a rerun carries on."""
+
+
+STOP = threading.Event()  # set on Ctrl-C (pitunnel.cli.run_play): no host starts another converge
+
+
+def stop_point() -> None:
+    """Raise Interrupted if the user asked to stop: called where a host may stop cleanly."""
+    if STOP.is_set():
+        raise Interrupted("interrupted")
 
 
 @dataclass(frozen=True)
@@ -55,8 +70,14 @@ def facts_for(remote: Remote, ops: Sequence[Op]) -> Facts:
 
 def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
              handlers: Sequence[Handler] = (), *, known: Facts | None = None) -> Converged:
-    """Bring the host to what `ops` describe. Returns what it read and each op with its plan. Raises StepFailed."""
-    facts = known if known is not None else facts_for(remote, ops)
+    """Bring the host to what `ops` describe. Returns what it read and each op with its plan. Raises StepFailed,
+    or Interrupted before it starts if the user pressed Ctrl-C."""
+    stop_point()
+    if known is None:
+        with reporter.busy(remote.name, "reading the host"):
+            facts = facts_for(remote, ops)
+    else:
+        facts = known
     guarded = {h.name: h for h in handlers if h.guarded}
     # an earlier run that died between a guarded write and its proof left the change pending: prove it
     # or roll it back before anything else, and never call it "already as wanted" meanwhile
@@ -66,7 +87,8 @@ def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
             reporter.line(remote.name, "would change", f"handler {name}", f"an earlier run left {', '.join(paths)} "
                           "unproven: would prove it with a fresh login, or roll it back")
         else:
-            _prove(remote, guarded[name], paths, reporter, earlier=True)
+            with reporter.busy(remote.name, f"handler {name}"):
+                _prove(remote, guarded[name], paths, reporter, earlier=True)
     settled = {path: name for name, paths in pending.items() for path in paths}
     plans: list[tuple[Op, Plan]] = []
     for op in ops:
@@ -98,7 +120,9 @@ def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
         return Converged(facts, plans)
     armed = _armed(handlers, changed)
     scripts = [[*armed.get(index, []), *plan.commands] for index, (_, plan) in enumerate(changed)]
-    failed_at = _apply(remote, scripts)
+    titles = [op.title for op, _ in changed]
+    with reporter.busy(remote.name, titles[0] + (f" (+{len(titles) - 1} more)" if len(titles) > 1 else "")):
+        failed_at = _apply(remote, scripts)
     position = {id(op): index for index, (op, _) in enumerate(changed)}
     for op, plan in plans:
         index = position.get(id(op))
@@ -117,7 +141,8 @@ def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
                       *(c for p in done for path in p.backups for c in restore_commands(path)),
                       *(c for h in records for c in disarm_commands(h, _watched(h, changed)))])
         raise StepFailed(f"{remote.name}: {changed[failed_at[0]][0].title}: {failed_at[1]}")
-    _handle(remote, handlers, changed, reporter)
+    with reporter.busy(remote.name, "handler " + ", ".join(h.name for h in _notified(handlers, changed))):
+        _handle(remote, handlers, changed, reporter)
     return Converged(facts, plans)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import struct
 from dataclasses import dataclass
 
@@ -33,6 +34,11 @@ class PublicKey:
     @property
     def base64(self) -> str:
         return base64.b64encode(self.blob).decode()
+
+    @property
+    def fingerprint(self) -> str:
+        """As OpenSSH prints it (`ssh-keygen -l`, sshd's "Accepted publickey" line): SHA256:base64, unpadded."""
+        return "SHA256:" + base64.b64encode(hashlib.sha256(self.blob).digest()).decode().rstrip("=")
 
     @property
     def line(self) -> str:

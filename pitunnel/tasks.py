@@ -1,30 +1,65 @@
 """pitunnel's own tasks: provision-vps, provision-pi, provision, verify, status and teardown.
 
 Each takes the shared flags (pitunnel.cli.Flags) as one `flags` argument; tasks.py at the top of the
-checkout puts them into `invoke`'s namespace.
+checkout puts them into `invoke`'s namespace, and pitunnel/console.py makes them the `pitunnel` command.
+Exit codes: pitunnel.failures (docs/cli.md).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from invoke import Context, Exit
 
-from .cli import Flags, provisioning_task, run_play
+from . import failures
+from .cli import COMMON, READ_ONLY, Flags, provisioning_task, run_play
 from .play import Play
 
 T = TypeVar("T")
+REACH_PI = "reach the Pi"  # verify's check for a Pi it could not reach (a REACH check: exit 4, not 2)
 
 
-def _collect(run: Callable[[Play], list[T]], show: Callable[[list[T]], None], flags: Flags) -> list[T]:
-    """Run a read-only play quietly and print its rows, also those gathered before a failure ended it."""
+def _document(task: str, play: Play | None, code: int, **extra: Any) -> str:
+    """The one JSON document of --json: per host its counts and steps, and the task's own `extra`."""
+    hosts: dict[str, Any] = {}
+    if play is not None:
+        for name, recap in play.reporter.recaps.items():
+            hosts[name] = {**recap.document(), "error": play.why.get(name)}
+    return json.dumps({"task": task, "exit_code": code, "interrupted": code == failures.INTERRUPTED,
+                       "hosts": hosts, **extra}, indent=2)
+
+
+def _run(task: str, body: Callable[[Play], list[T]], flags: Flags, *, quiet: bool,
+         judge: Callable[[list[T]], int], show: Callable[[list[T]], None],
+         extra: Callable[[list[T]], dict[str, Any]]) -> None:
+    """Run a play; print its rows (`show`) or, with --json, one document; exit with the play's code OR'ed with
+    what `judge` makes of the rows (interrupted wins)."""
     rows: list[T] = []
+    held: list[Play] = []
+
+    def collect(play: Play) -> None:
+        held.append(play)
+        rows.extend(body(play))
+
+    code = 0
     try:
-        run_play(lambda play: rows.extend(run(play)), flags, quiet=True)
-    finally:
+        run_play(collect, flags, quiet=quiet, out=sys.stderr if flags.json else None)
+    except Exit as exc:
+        if not held:  # nothing ran: a usage or inventory error
+            raise
+        code = exc.code
+    if code != failures.INTERRUPTED and held:
+        code |= judge(rows)
+    if flags.json:
+        print(_document(task, held[0] if held else None, code, **extra(rows)), flush=True)
+    else:
         show(rows)
-    return rows
+    if code:
+        raise Exit(code=code)
 
 
 @provisioning_task()
@@ -43,40 +78,76 @@ def provision_pi(c: Context, flags: Flags) -> None:
     run_play(provision_pi, flags)
 
 
-@provisioning_task(flags=("inventory", "limit", "accept_new_host_keys", "prompt_for_login_password",
-                          "prompt_for_sudo_password"))
+@provisioning_task(flags=READ_ONLY + ("json",))
 def verify(c: Context, flags: Flags) -> None:
     """Prove it end to end: SSH and HTTP reach each Pi through the VPS, and nothing more is open."""
-    from pitunnel.roles.pi.verify import print_reports
+    from pitunnel.roles.pi.verify import REACH, PiReport, print_reports
     from pitunnel.roles.site import verify as run_verify
 
-    reports = _collect(run_verify, print_reports, flags)
-    if not reports or not all(r.passed for r in reports):
-        raise Exit("verify: some checks failed (hints above)", code=1)
+    def body(play: Play) -> list[PiReport]:
+        reports = run_verify(play)
+        for report in reports:  # a Pi (or its VPS) out of reach: say why, not only FAIL
+            why = play.why.get(report.pi)
+            if why or not report.checks:
+                why = why or play.why.get(report.vps) or "it stopped before any check (see above)"
+                report.add(REACH_PI, False, why, "fix what the line says, then run verify again")
+        return reports
+
+    def show(reports: list[PiReport]) -> None:
+        print_reports(reports)
+        if not reports or not all(r.passed for r in reports):
+            print("\nverify: some checks failed (hints above)", file=sys.stderr)
+
+    _run("verify", body, flags, quiet=True, show=show,
+         judge=lambda reports: failures.FAILED if not reports or any(
+             not c.passed and not c.name.startswith(REACH) for r in reports for c in r.checks) else 0,
+         extra=lambda reports: {"pis": verify_document(reports)})
 
 
-@provisioning_task()
+def verify_document(reports: list[Any]) -> dict[str, object]:
+    """`verify --json`: per Pi, whether every path passed, and each path (the Pi through one VPS) with its checks."""
+    pis: dict[str, dict[str, Any]] = {}
+    for r in reports:
+        pi = pis.setdefault(r.pi, {"passed": True, "paths": []})
+        pi["passed"] = pi["passed"] and r.passed
+        pi["paths"].append({"vps": r.vps, "passed": r.passed, "checks": [
+            {"name": ch.name, "passed": ch.passed, "warning": ch.warning, "detail": ch.detail, "hint": ch.hint}
+            for ch in r.checks]})
+    return dict(pis)
+
+
+@provisioning_task(flags=COMMON + ("json",))
 def provision(c: Context, flags: Flags) -> None:
     """provision-vps and provision-pi in one run, with one recap.
 
     The Pis' base step (autossh, account, key) runs while the VPS converges; the rest once it is done."""
     from pitunnel.roles.site import provision as site
 
-    run_play(site, flags)
+    def body(play: Play) -> list[None]:
+        site(play)
+        return []
+
+    _run("provision", body, flags, quiet=False, judge=lambda rows: 0, show=lambda rows: None,
+         extra=lambda rows: {"check": flags.check})
 
 
-@provisioning_task(flags=("inventory", "limit", "prompt_for_login_password", "prompt_for_sudo_password"))
+@provisioning_task(flags=READ_ONLY + ("json",))
 def status(c: Context, flags: Flags) -> None:
-    """Each tunnel: up or down, since when, how often ssh (re)connected, and the unit's restarts."""
-    from pitunnel.roles.pi.status import print_status
+    """Each tunnel: up or down, since when, how often ssh (re)connected, and the unit's restarts.
+
+    Exits 2 when any tunnel is down (4 when a host is out of reach, 6 for both)."""
+    from pitunnel.roles.pi.status import TunnelStatus, is_down, print_status
     from pitunnel.roles.site import status as run_status
 
-    _collect(run_status, print_status, flags)
+    def judge(rows: list[TunnelStatus]) -> int:
+        return failures.FAILED if any(is_down(r) for r in rows) else 0
+
+    _run("status", run_status, flags, quiet=True, judge=judge, show=print_status,
+         extra=lambda rows: {"tunnels": [r.document() for r in rows]})
 
 
-# -p is --purge here and the password prompts are -r and -o, unlike every other task (issue 13)
-@provisioning_task(help={"purge": "also purge the packages the roles installed (autossh, nginx)"},
-                   shorts={"prompt_for_login_password": "r", "prompt_for_sudo_password": "o"})
+@provisioning_task(help={"purge": "also purge the packages the roles installed (autossh, nginx); no short flag"},
+                   shorts={"purge": ""})
 def teardown(c: Context, flags: Flags, purge: bool = False) -> None:
     """Remove everything provision-vps and provision-pi added, on both sides (packages stay unless --purge)."""
     from pitunnel.roles.site import teardown as site
@@ -84,4 +155,67 @@ def teardown(c: Context, flags: Flags, purge: bool = False) -> None:
     run_play(lambda play: site(play, purge=purge), flags)
 
 
-TASKS = (provision_vps, provision_pi, provision, verify, status, teardown)
+@provisioning_task(help={"laptop_key": "instead: put this private key's .pub on every Pi, prove a login with it, "
+                                        "then remove the laptop key pitunnel installed before"})
+def rotate_keys(c: Context, flags: Flags, laptop_key: str = "") -> None:
+    """New tunnel key per Pi, made on the Pi, the tunnel up throughout (or --laptop-key: the laptop's key).
+
+    A rerun finishes an interrupted rotation. With --laptop-key NEW: the laptop's key on the Pis instead."""
+    from pitunnel.roles.rotate import rotate_keys as site
+    from pitunnel.roles.rotate import rotate_laptop_key
+
+    if not laptop_key:
+        run_play(site, flags)
+        return
+    new = Path(laptop_key).expanduser()
+    problem = laptop_key_problem(new)
+    if problem:
+        raise Exit(f"--laptop-key {laptop_key}: {problem}", code=2)
+    run_play(lambda play: rotate_laptop_key(play, new), flags)
+
+
+def laptop_key_problem(key: Path) -> str | None:
+    """Why this cannot be the laptop's new key, before any host is touched (None: it can)."""
+    from pitunnel.sshkeys import BadPublicKey, parse_public_key
+
+    pub = key.with_name(key.name + ".pub")
+    if not key.is_file() or not pub.is_file():
+        return f"needs the private key and {pub} (make them with ssh-keygen -t ed25519 -f {key})"
+    if key.stat().st_mode & 0o077:
+        return f"other users can read it: chmod 600 {key}"
+    try:
+        parse_public_key(pub.read_text())
+    except BadPublicKey as exc:
+        return f"{pub} is not a public key ({exc})"
+    return None
+
+
+@provisioning_task()
+def rotate_vps_hostkey(c: Context, flags: Flags) -> None:
+    """Planned VPS re-key: new host keys pinned on every Pi before sshd switches to them.
+
+    The old keys are unpinned after; no tunnel drops."""
+    from pitunnel.roles.rekey import rotate_vps_hostkey as site
+
+    run_play(site, flags)
+
+
+@provisioning_task(help={"to": "the VPS (defined in the inventory) the Pis move to",
+                         "keep_old": "leave the old VPS's pitunnel side in place once no Pi is left on it"},
+                   shorts={"to": "", "keep_old": ""})
+def migrate(c: Context, flags: Flags, to: str = "", keep_old: bool = False) -> None:
+    """Move the Pis of one VPS to another: both paths up, each Pi verified through the new one, then the old left.
+
+    The inventory is rewritten to the new VPS (hosts.yml.bak kept); a rerun completes an interrupted move."""
+    from pitunnel.roles.migrate import MigrateRefused
+    from pitunnel.roles.migrate import migrate as site
+
+    if not to:
+        raise Exit("migrate needs --to NEWVPS (a VPS defined in the inventory)", code=failures.USAGE)
+    try:
+        run_play(lambda play: site(play, to, keep_old=keep_old), flags)
+    except MigrateRefused as exc:
+        raise Exit(f"migrate: {exc}", code=failures.USAGE) from None
+
+
+TASKS = (provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys, rotate_vps_hostkey, migrate)

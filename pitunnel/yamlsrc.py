@@ -191,7 +191,7 @@ class SourceLoader(yaml.SafeLoader):
             except yaml.MarkedYAMLError:
                 raise
             except Exception as e:  # a tag its value does not fit: 2024-13-01, !!bool maybe, !!int x
-                self._issue(path, node.start_mark, f"cannot read {_clip(node.value)!r}: {_clip(str(e))}",
+                self._issue(path, node.start_mark, f"cannot read {clip(node.value)!r}: {clip(str(e))}",
                             "quote the value, or remove its !!tag")
                 return node.value
         if node.tag not in (_MAP_TAG, _SEQ_TAG):  # e.g. !!set, !!omap, or an unknown tag (raises)
@@ -200,7 +200,7 @@ class SourceLoader(yaml.SafeLoader):
             except yaml.MarkedYAMLError:
                 raise
             except Exception as e:
-                self._issue(path, node.start_mark, f"cannot read this {node.tag}: {_clip(str(e))}",
+                self._issue(path, node.start_mark, f"cannot read this {node.tag}: {clip(str(e))}",
                             "write a plain mapping or list without a !!tag")
                 return None
         if id(node) in self._open:
@@ -262,8 +262,9 @@ def _refused(mark: Mark, message: str, fix: str) -> YamlRefused:
     return YamlRefused(line, column, message, fix)
 
 
-def _clip(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
+def clip(text: str, limit: int = 60) -> str:
+    """`text`, or its start and how long it is, so that a hostile value cannot flood the message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _line_column(text: str, index: int) -> Position:
@@ -313,7 +314,7 @@ def _long_key(text: str, mark: Mark | None) -> YamlRefused | None:
     if key is None or len(key.group(1)) <= _YAML_KEY_LIMIT:
         return None
     return YamlRefused(mark.line + 1, key.start(1) + 1,
-                       f"the key {_clip(key.group(1), 20)!r} is {len(key.group(1))} characters long; YAML reads "
+                       f"the key {clip(key.group(1), 20)!r} is {len(key.group(1))} characters long; YAML reads "
                        f"at most {_YAML_KEY_LIMIT} characters as a key",
                        "shorten it (pitunnel's keys and names have at most 31 characters)")
 
@@ -362,7 +363,7 @@ def _parse(text: str) -> Document:
         raise YamlSyntaxError(mark.line + 1 if mark else None, mark.column + 1 if mark else None,
                               message) from None
     except yaml.YAMLError as e:  # e.g. ReaderError; _clean should have left none
-        raise YamlSyntaxError(None, None, _clip(str(e), 200)) from None
+        raise YamlSyntaxError(None, None, clip(str(e), 200)) from None
     except RecursionError:  # MAX_DEPTH should stop it first
         raise YamlRefused(None, None, "the file nests too deeply to read",
                           "an inventory nests 6 deep: close the brackets or reduce the indentation") from None

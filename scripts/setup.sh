@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(python3 python3-venv python3-pip openssh-client iproute2 util-linux iptables
-          systemd-container debootstrap apt-cacher-ng ca-certificates wrk tcpdump)
+          systemd-container debootstrap apt-cacher-ng ca-certificates wrk tcpdump
+          sshpass pebble openssl curl)  # sshpass: the Ansible side of `invoke bench.provision` (its ansible-core:
+          # pip extra [bench]); pebble (and its pebble-challtestsrv): the lab's ACME CA (lab/acme.py)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f '${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")

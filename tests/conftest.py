@@ -43,8 +43,8 @@ def _lab_teardown_at_end(request: pytest.FixtureRequest) -> Iterator[None]:
         lab.down()
 
 
-def lab_up(pis: int, *, fresh: bool = True) -> "object":
+def lab_up(pis: int, *, fresh: bool = True, vpses: int = 1) -> "object":
     import lab
 
     require_lab()
-    return lab.up(pis=pis, release=RELEASE, fresh=fresh)
+    return lab.up(pis=pis, release=RELEASE, fresh=fresh, vpses=vpses)

@@ -64,10 +64,15 @@ def pi_vars(inv: Inventory, pi: PiSpec) -> dict[str, Any]:
         raise NotEquivalent(f"{pi.name}: disable_password_login is not reproduced by the Ansible playbook")
     if pi.tunnel_user == pi.user:
         raise NotEquivalent(f"{pi.name}: a tunnel_user equal to the login user is not reproduced by the playbook")
+    if len(pi.all_vps) > 1:
+        raise NotEquivalent(f"{pi.name}: several VPSes per Pi are not reproduced by the Ansible playbook")
     vps = inv.vps_of(pi)
     return {
         **pi_role.D,
         **pi_role.context(pi, vps),
+        "watchdog_script": pi_role.watchdog_path(vps.name),
+        "watchdog_template": pi_role.D["watchdog_unit"],
+        "watchdog_unit": pi_role.watchdog_unit(vps.name),
         "vps_known_name": known_name(vps.address, vps.port),
         "key_comment": pi_role.key_comment(pi),
         "login_home": pi_role.home_of(pi.user),

@@ -11,7 +11,7 @@ from pitunnel.yamlsrc import KeyPath
 
 from .errors import Report, dotted
 from .fields import HTTP_ONLY_KEYS
-from .model import AUTO_PORT, TunnelSpec
+from .model import AUTO_PORT, PiSpec, TunnelSpec, VpsSpec, has_tls
 
 # The login accounts of common server and Raspberry Pi images: somebody's account, never pitunnel's to take over.
 IMAGE_LOGINS: Final = frozenset({
@@ -56,20 +56,20 @@ def pi_login_taken(report: Report, values: Mapping[str, Any], path: KeyPath) -> 
     return taken
 
 
-def pi_vps(report: Report, vps: str | None, path: KeyPath, vps_names: list[str]) -> str | None:
-    """The name of the Pi's VPS, or None if there is no good answer (reported unless there is no VPS)."""
+def pi_vps(report: Report, vps: tuple[str, ...] | None, path: KeyPath, vps_names: list[str]) -> tuple[str, ...] | None:
+    """The names of the Pi's VPSes, or None if there is no good answer (reported unless there is no VPS)."""
     if vps is None:
         if len(vps_names) > 1:
             report.problem(path + ("vps",), "required key 'vps' is missing: there is more than one VPS",
-                           "add 'vps: <name>' with one of " + ", ".join(vps_names))
-        return vps_names[0] if len(vps_names) == 1 else None
-    if vps not in vps_names:
+                           "add 'vps: <name>' (or a list, 'vps: [a, b]') with " + ", ".join(vps_names))
+        return (vps_names[0],) if len(vps_names) == 1 else None
+    unknown = [name for name in vps if name not in vps_names]
+    for name in unknown:
         if vps_names:
-            close = difflib.get_close_matches(vps, vps_names, n=1)
-            report.problem(path + ("vps",), f"there is no VPS named '{vps}'",
+            close = difflib.get_close_matches(name, vps_names, n=1)
+            report.problem(path + ("vps",), f"there is no VPS named '{name}'",
                            f"did you mean '{close[0]}'?" if close else "use one of: " + ", ".join(vps_names))
-        return None
-    return vps
+    return None if unknown else vps
 
 
 def host_names(report: Report, vps_names: Container[str], pi_names: Iterable[str]) -> None:
@@ -143,3 +143,32 @@ def ports_and_routes(report: Report, vps: str, ports: Mapping[str, int], tunnels
                                f"{dotted(routes[tunnel.path])}{report.line(routes[tunnel.path])}",
                                "give each http tunnel its own path or server_name")
             routes.setdefault(tunnel.path, path)
+
+
+def tls_for_routes(report: Report, vps: VpsSpec, pi: PiSpec) -> None:
+    """Basic auth and HSTS only on routes served over HTTPS: a password must never cross in clear. No
+    route takes the VPS's public_name for its own server."""
+    public = vps.public_name.lower().rstrip(".") if vps.public_name else None
+    for tunnel in pi.tunnels:
+        path: KeyPath = ("pis", pi.name, "tunnels", tunnel.name)
+        if tunnel.kind == "http" and tunnel.server_name and tunnel.server_name.lower().rstrip(".") == public:
+            report.problem(path + ("server_name",), f"server_name {tunnel.server_name!r} is VPS '{vps.name}''s "
+                           "public_name, whose server routes the path-prefix tunnels: nginx would serve only one",
+                           "give the tunnel a name of its own, or route it by path under the public_name")
+        if tunnel.kind != "http" or has_tls(vps, tunnel):
+            continue
+        if tunnel.server_name is not None and tunnel.server_name.startswith("*."):
+            how = (f"give VPS '{vps.name}' tls_certificate and tls_key (ACME's http-01 cannot prove a wildcard "
+                   f"name), or remove")
+        elif tunnel.server_name is not None:
+            how = f"give VPS '{vps.name}' an 'acme:' setting (or tls_certificate and tls_key), or remove"
+        else:
+            how = (f"give VPS '{vps.name}' 'public_name' and 'acme:' (or tls_certificate and tls_key), or give the "
+                   f"tunnel a server_name, or remove")
+        if tunnel.basic_auth_file is not None:
+            report.problem(path + ("basic_auth_file",),
+                           "basic auth on a route without TLS would send its passwords in clear over plain HTTP",
+                           f"{how} basic_auth_file")
+        if tunnel.hsts:
+            report.problem(path + ("hsts",), "'hsts: true' on a route without TLS (HSTS is only sent over HTTPS)",
+                           f"{how} hsts")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pitunnel import yamlsrc
-from pitunnel.yamlsrc import KeyPath
+from pitunnel.yamlsrc import KeyPath, clip
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,6 @@ def show(value: object) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return clip(repr(value))
-
-
-def clip(text: str, limit: int = 60) -> str:
-    """`text`, or its start and how long it is, so that a hostile value cannot flood the message."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def dotted(path: KeyPath) -> str:

@@ -21,7 +21,7 @@ from pitunnel.yamlsrc import KeyPath
 from . import values
 from .errors import Invalid, Report, clip
 from .files import local_file
-from .model import KEEPALIVE, PiSpec, TunnelSpec, VpsSpec
+from .model import KEEPALIVE, VIA, AcmeSpec, PiSpec, TunnelSpec, VpsSpec
 from .values import AUTO, Check
 
 REQUIRED: Final = object()
@@ -52,6 +52,8 @@ SECTION_FIELDS: Final = {
 SETTINGS_FIELDS: Final = {
     "known_hosts": Field(values.text, "~/.ssh/known_hosts", path=True),
     "laptop_key": _private_key,  # absent: ~/.ssh/id_ed25519 if it exists
+    "ssh_config": Field(values.text, None, path=True, exists=True),  # absent or 'none': none is read
+    "verify_ca_file": Field(values.text, None, path=True, exists=True),  # absent: the system's CAs
 }
 _HOST_FIELDS: Final = {
     "address": Field(values.address, REQUIRED, example="<IP address or DNS name>"),
@@ -62,7 +64,7 @@ _HOST_FIELDS: Final = {
     "host_key": Field(values.host_key),
     "connect_timeout": Field(values.seconds, 10.0),
 }
-DEFAULTS_KEYS: Final = ("port", "user", "key", "password_file", "sudo_password_file", "connect_timeout")
+DEFAULTS_KEYS: Final = ("port", "user", "key", "password_file", "sudo_password_file", "connect_timeout", "via")
 
 
 def _defaults_from(spec: type[Any], table: dict[str, Field]) -> dict[str, Field]:
@@ -87,19 +89,25 @@ VPS_FIELDS: Final = _defaults_from(VpsSpec, {
     "https_port": Field(values.port, MODEL),
     "tls_certificate": Field(values.remote_path),
     "tls_key": Field(values.remote_path),
+    "public_name": Field(values.server_name),
+    "acme": Field(values.mapping),  # read with ACME_FIELDS
     "client_alive_interval": Field(values.at_least_one, None),  # absent: from its Pis' keepalive (the slowest)
     "client_alive_count_max": Field(values.at_least_one, None),
     "port_range": Field(values.port_range, MODEL),
+    "metrics": Field(values.boolean, MODEL),
+    "metrics_address": Field(values.listen_address, MODEL),
 })
 PI_FIELDS: Final = _defaults_from(PiSpec, {
     **_HOST_FIELDS,
     "user": Field(values.user, "pi"),
-    "vps": Field(values.name),  # absent: the only VPS
+    "vps": Field(values.names),  # one name or a list; absent: the only VPS
+    "same_port_everywhere": Field(values.boolean, MODEL),
     "tunnel_user": Field(values.tunnel_user, MODEL),
     "keepalive": Field(values.choice(*KEEPALIVE), MODEL),
     "server_alive_interval": Field(values.at_least_one, None),  # absent: from keepalive
     "server_alive_count_max": Field(values.at_least_one, None),
     "disable_password_login": Field(values.boolean, MODEL),
+    "via": Field(values.choice(*VIA), MODEL),
     "tunnels": Field(values.mapping),  # read tunnel by tunnel; absent: none
 })
 TUNNEL_FIELDS: Final = _defaults_from(TunnelSpec, {
@@ -112,8 +120,15 @@ TUNNEL_FIELDS: Final = _defaults_from(TunnelSpec, {
     "basic_auth_file": Field(values.text, None, path=True, exists=True, secret="htpasswd"),
     "websocket": Field(values.boolean, MODEL),
     "client_max_body_size": Field(values.nginx_size, MODEL),
+    "hsts": Field(values.boolean, MODEL),
 })
-HTTP_ONLY_KEYS: Final = ("server_name", "path", "basic_auth_file", "websocket", "client_max_body_size")
+ACME_FIELDS: Final = _defaults_from(AcmeSpec, {
+    "email": Field(values.email, REQUIRED, example="admin@example.com"),
+    "directory": Field(values.https_url, MODEL),
+    "staging": Field(values.boolean, MODEL),
+    "ca_bundle": Field(values.text, None, path=True, exists=True),
+})
+HTTP_ONLY_KEYS: Final = ("server_name", "path", "basic_auth_file", "websocket", "client_max_body_size", "hsts")
 DEFAULT_LOCAL_PORT: Final = {"ssh": 22, "http": 80}
 
 

@@ -6,7 +6,7 @@ The defaults written on these fields are the inventory's defaults for those keys
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -19,6 +19,8 @@ AUTO_PORT: Final = 0  # the remote_port of a tunnel written 'auto', until the al
 class Settings:
     known_hosts: Path  # laptop's known_hosts used to check host keys
     laptop_key: Path | None  # private key whose .pub is pushed to the Pis
+    ssh_config: Path | None = None  # an OpenSSH client config to read (HostName, User, Port, ...); None: none
+    verify_ca_file: Path | None = None  # CA certificates verify trusts for HTTPS (None: the system's)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +35,7 @@ class HostSpec:
     sudo_password_file: Path | None  # None: passwordless sudo, or user is root
     host_key: str | None  # pinned host public key "<type> <base64>"
     connect_timeout: float
+    given: frozenset[str] = frozenset()  # the keys the inventory wrote for this host (its own or under defaults:)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,13 +43,24 @@ class TunnelSpec:
     name: str
     kind: str  # "ssh" | "http"
     local_port: int  # port on the Pi
-    remote_port: int  # port the tunnel listens on, on the VPS
+    remote_port: int  # port the tunnel listens on, on the VPS of the PiSpec holding it (its `vps`)
     public: bool  # ssh only: listen on the VPS's public addresses, not just loopback
     server_name: str | None  # http only: nginx server_name
     path: str | None  # http only: nginx location prefix, "/.../"
     basic_auth_file: Path | None  # http only: local htpasswd file to install on the VPS
     websocket: bool = False  # http only: pass WebSocket upgrades, long proxy timeouts
     client_max_body_size: str = DEFAULT_BODY_SIZE  # http only: nginx size, larger request bodies get 413
+    hsts: bool = False  # http only: Strict-Transport-Security on its HTTPS answers
+    ports: tuple[tuple[str, int], ...] = ()  # (VPS, remote port) on every VPS of its Pi, once allocated
+
+    def port_on(self, vps: str) -> int:
+        """The remote port of this tunnel on `vps` (remote_port until the ports per VPS are known)."""
+        return dict(self.ports).get(vps, self.remote_port)
+
+
+# `via:` per Pi: how the laptop reaches it. auto: its address, or through its VPS to its ssh tunnel when
+# the address does not answer within connect_timeout; direct: its address only; tunnel: the tunnel only.
+VIA: Final = ("auto", "direct", "tunnel")
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,20 @@ KEEPALIVE: Final = {
 }
 
 
+LETS_ENCRYPT: Final = "https://acme-v02.api.letsencrypt.org/directory"
+LETS_ENCRYPT_STAGING: Final = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcmeSpec:
+    """`acme:` of a VPS: certificates from an ACME CA, by certbot on the VPS (http-01 through pitunnel's Nginx)."""
+
+    email: str
+    directory: str = LETS_ENCRYPT
+    staging: bool = False  # Let's Encrypt's staging directory instead (directory must then be left out)
+    ca_bundle: Path | None = None  # local file: the CA certificates certbot trusts for the directory's TLS
+
+
 @dataclass(frozen=True, kw_only=True)
 class VpsSpec(HostSpec):
     tunnel_user: str = TUNNEL_USER
@@ -76,20 +104,51 @@ class VpsSpec(HostSpec):
     https_port: int = 443
     tls_certificate: str | None = None  # absolute path on the VPS
     tls_key: str | None = None
+    public_name: str | None = None  # the VPS's own DNS name: path-prefix routes are served under it
+    acme: AcmeSpec | None = None
     client_alive_interval: int = 5
     client_alive_count_max: int = 2
     port_range: tuple[int, int] = (20000, 29999)
+    metrics: bool = False  # Prometheus node exporter with pitunnel's tunnel metrics (docs/monitoring.md)
+    metrics_address: str = "127.0.0.1:9100"  # where the exporter listens
 
 
 @dataclass(frozen=True, kw_only=True)
 class PiSpec(HostSpec):
+    """A Pi, as seen through one of its VPSes: `vps` (the first of `vpses` as the inventory reads it; on(name)
+    gives the Pi through another, its tunnels' remote_port then that VPS's). A tunnel to each VPS is a path."""
+
     vps: str
+    vpses: tuple[str, ...] = ()  # every VPS this Pi keeps a tunnel to, in inventory order (empty: just `vps`)
+    same_port_everywhere: bool = False  # remote_port: auto gives a tunnel the same port on all its VPSes
     tunnel_user: str = TUNNEL_USER
     keepalive: str = "default"  # a name in KEEPALIVE; server_alive_* written in the inventory win over it
     server_alive_interval: int = 10
     server_alive_count_max: int = 2
     disable_password_login: bool = False
+    via: str = "auto"  # "auto" | "direct" | "tunnel": how the laptop reaches the Pi (see VIA)
     tunnels: tuple[TunnelSpec, ...] = ()
+
+    @property
+    def ssh_tunnel(self) -> TunnelSpec | None:
+        """The tunnel that carries the laptop's SSH to this Pi through its VPS: its first ssh tunnel to the
+        Pi's own sshd port, else its first ssh tunnel (a private one before a public one); None if none."""
+        ssh = sorted((t for t in self.tunnels if t.kind == "ssh"), key=lambda t: t.public)
+        return next((t for t in ssh if t.local_port == self.port), ssh[0] if ssh else None)
+
+    @property
+    def all_vps(self) -> tuple[str, ...]:
+        return self.vpses or (self.vps,)
+
+    def on(self, vps: str) -> PiSpec:
+        """This Pi through `vps`: one path, its tunnels with their remote ports on that VPS."""
+        if vps == self.vps:
+            return self
+        return replace(self, vps=vps, tunnels=tuple(replace(t, remote_port=t.port_on(vps)) for t in self.tunnels))
+
+    def paths(self) -> list[PiSpec]:
+        """The Pi through each of its VPSes, in inventory order."""
+        return [self.on(name) for name in self.all_vps]
 
 
 @dataclass(frozen=True)
@@ -110,7 +169,31 @@ class Inventory:
         return [*self.vps.values(), *self.pis.values()]
 
     def vps_of(self, pi: PiSpec) -> VpsSpec:
+        """The VPS of this path of the Pi (its first VPS for the Pi as the inventory reads it)."""
         return self.vps[pi.vps]
 
+    def vpses_of(self, pi: PiSpec) -> list[VpsSpec]:
+        """Every VPS of the Pi, in inventory order."""
+        return [self.vps[name] for name in pi.all_vps]
+
+    def pis_on(self, vps: VpsSpec) -> list[PiSpec]:
+        """The Pis that keep a tunnel to `vps`, each as seen through it (their remote ports there)."""
+        return [pi.on(vps.name) for pi in self.pis.values() if vps.name in pi.all_vps]
+
     def tunnels_on(self, vps: VpsSpec) -> list[tuple[PiSpec, TunnelSpec]]:
-        return [(pi, t) for pi in self.pis.values() if pi.vps == vps.name for t in pi.tunnels]
+        return [(pi, t) for pi in self.pis_on(vps) for t in pi.tunnels]
+
+
+def acme_name(vps: VpsSpec, tunnel: TunnelSpec) -> str | None:
+    """The name an ACME certificate is obtained for, for this http route: its server_name (not a wildcard:
+    http-01 cannot prove those), or for a path-prefix route the VPS's public_name; None if it gets none."""
+    if vps.acme is None or tunnel.kind != "http":
+        return None
+    if tunnel.server_name is not None:
+        return None if tunnel.server_name.startswith("*.") else tunnel.server_name.lower().rstrip(".")
+    return vps.public_name.lower().rstrip(".") if vps.public_name else None
+
+
+def has_tls(vps: VpsSpec, tunnel: TunnelSpec) -> bool:
+    """Is this http route served over HTTPS (a hand-given certificate, or one from ACME)?"""
+    return vps.tls_certificate is not None or acme_name(vps, tunnel) is not None

@@ -32,26 +32,65 @@ def ports_file(inventory: Path) -> Path:
 
 def allocate(report: Report, vps: Mapping[str, VpsSpec], pis: dict[str, PiSpec],
              recorded: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
-    """Give every auto remote_port a port, in place in `pis`; returns the new lock file content."""
-    allocations: dict[str, dict[str, int]] = {}
+    """Give every auto remote_port a port on each VPS of its Pi, in place in `pis`; returns the new lock file
+    content. Each VPS gives out its own ports, except to a Pi with `same_port_everywhere`: its tunnels get a
+    port free on every one of its VPSes (placed first, so it never takes another tunnel's recorded port)."""
+    taken = {name: {spec.port, spec.http_port, spec.https_port} for name, spec in vps.items()}
+    for pi in pis.values():
+        for name in pi.all_vps:
+            if name in taken:  # a VPS whose own keys are wrong is reported already, and allocates nothing
+                taken[name] |= {t.remote_port for t in pi.tunnels if t.remote_port != AUTO_PORT}
+    allocations: dict[str, dict[str, int]] = {name: {} for name in vps}
+    for pi in pis.values():
+        if pi.same_port_everywhere and len(pi.all_vps) > 1:
+            for t in pi.tunnels:
+                if t.remote_port == AUTO_PORT:
+                    _same_port(report, vps, pi, f"{pi.name}/{t.name}", taken, allocations, recorded)
     for spec in vps.values():
-        tunnels = [(pi, t) for pi in pis.values() if pi.vps == spec.name for t in pi.tunnels]
-        explicit = {t.remote_port for _, t in tunnels if t.remote_port != AUTO_PORT}
-        wanted = [f"{pi.name}/{t.name}" for pi, t in tunnels if t.remote_port == AUTO_PORT]
-        ports, unplaced = allocate_ports(spec, explicit, wanted, recorded.get(spec.name, {}))
+        wanted = [f"{pi.name}/{t.name}" for pi in pis.values() if spec.name in pi.all_vps
+                  and not (pi.same_port_everywhere and len(pi.all_vps) > 1)
+                  for t in pi.tunnels if t.remote_port == AUTO_PORT]
+        ports, unplaced = allocate_ports(spec, taken[spec.name], wanted, recorded.get(spec.name, {}))
         for tunnel_id in unplaced:
             low, high = spec.port_range
             pi_name, tunnel_name = tunnel_id.split("/")
             report.problem(("pis", pi_name, "tunnels", tunnel_name, "remote_port"),
                            f"no free port left in VPS '{spec.name}' port_range {low}-{high}",
                            f"widen vps.{spec.name}.port_range, or give this tunnel an explicit remote_port")
-        if ports:
-            allocations[spec.name] = ports
+        allocations[spec.name].update(ports)
     for name, pi in pis.items():
-        given = allocations.get(pi.vps, {})
-        pis[name] = replace(pi, tunnels=tuple(
-            replace(t, remote_port=given.get(f"{name}/{t.name}", t.remote_port)) for t in pi.tunnels))
-    return allocations
+        tunnels = []
+        for t in pi.tunnels:
+            on = tuple((v, allocations.get(v, {}).get(f"{name}/{t.name}", t.remote_port)) for v in pi.all_vps)
+            tunnels.append(replace(t, remote_port=on[0][1], ports=on))
+        pis[name] = replace(pi, tunnels=tuple(tunnels))
+    return {name: ports for name, ports in allocations.items() if ports}
+
+
+def _same_port(report: Report, vps: Mapping[str, VpsSpec], pi: PiSpec, tunnel_id: str, taken: dict[str, set[int]],
+               allocations: dict[str, dict[str, int]], recorded: Mapping[str, Mapping[str, int]]) -> None:
+    """One port for `tunnel_id` on every VPS of `pi`: the recorded one if all its VPSes agree and it is free on
+    each, else the lowest free on all of them (and recorded for nothing else there); a problem naming every VPS
+    where it clashes if there is none."""
+    group = [vps[name] for name in pi.all_vps if name in vps]
+    low, high = max(s.port_range[0] for s in group), min(s.port_range[1] for s in group)
+    was = {recorded.get(s.name, {}).get(tunnel_id) for s in group}
+    port = was.pop() if len(was) == 1 else None
+    if port is None or not low <= port <= high or any(port in taken[s.name] for s in group):
+        kept = {p for s in group for other, p in recorded.get(s.name, {}).items() if other != tunnel_id}
+        port = next((p for p in range(low, high + 1)
+                     if p not in kept and all(p not in taken[s.name] for s in group)), None)
+    if port is None:
+        pi_name, tunnel_name = tunnel_id.split("/")
+        ranges = ", ".join(f"'{s.name}' {s.port_range[0]}-{s.port_range[1]}" for s in group)
+        report.problem(("pis", pi_name, "tunnels", tunnel_name, "remote_port"),
+                       f"same_port_everywhere: no port is free on every VPS of {pi_name} (port_range {ranges})",
+                       "widen the VPSes' port_range so they overlap, give this tunnel an explicit remote_port, "
+                       "or drop same_port_everywhere")
+        return
+    for s in group:
+        taken[s.name].add(port)
+        allocations[s.name][tunnel_id] = port
 
 
 def allocate_ports(vps: VpsSpec, explicit: set[int], wanted: list[str],

@@ -13,7 +13,7 @@ from . import checks, fields, values
 from .errors import Invalid, Report, show
 from .fields import FieldChecker, Inherited
 from .files import public_key
-from .model import KEEPALIVE, PiSpec, Settings, TunnelSpec, VpsSpec
+from .model import KEEPALIVE, LETS_ENCRYPT, LETS_ENCRYPT_STAGING, AcmeSpec, PiSpec, Settings, TunnelSpec, VpsSpec
 
 ALIVE_KEYS = ("client_alive_interval", "client_alive_count_max")
 
@@ -33,7 +33,7 @@ class _Reader:
         # what the cross-checks see, even of hosts and tunnels with other problems (so all are reported at once)
         self.vps_ports: dict[str, dict[str, int]] = {}  # VPS -> its valid port, http_port, https_port
         self.alive_unset: dict[str, list[str]] = {}  # per VPS: its ClientAlive keys the inventory leaves out
-        self.routed: list[tuple[str, str, TunnelSpec]] = []  # (pi, its VPS, tunnel) of every valid tunnel
+        self.routed: list[tuple[str, str, TunnelSpec]] = []  # (pi, each of its VPSes, tunnel) of every valid tunnel
 
     def read(self) -> Read | None:
         top = self.report.doc.data
@@ -58,9 +58,13 @@ class _Reader:
         vps = self.all_vps(vps_section, inherited)
         pis_section = self.section(top, "pis")
         pis = self.pis(pis_section, inherited, list(vps_section))
-        vps = {name: self.client_alive(spec, [pi for pi in pis.values() if pi.vps == name])
+        vps = {name: self.client_alive(spec, [pi for pi in pis.values() if name in pi.all_vps])
                for name, spec in vps.items()}
         checks.host_names(self.report, vps_section, pis_section)
+        for pi in pis.values():
+            for path in pi.paths():
+                if path.vps in vps:
+                    checks.tls_for_routes(self.report, vps[path.vps], path)
         for vps_name, ports in self.vps_ports.items():
             checks.ports_and_routes(self.report, vps_name, ports,
                                     [(pi, t) for pi, on, t in self.routed if on == vps_name])
@@ -94,6 +98,8 @@ class _Reader:
             yield name, entry, where, valid
 
     def settings(self, raw: Mapping[str, Any]) -> Settings | None:
+        if raw.get("ssh_config") == "none":  # said out loud: no ssh config, as when the key is absent
+            raw = {k: v for k, v in raw.items() if k != "ssh_config"}
         found = self.schema.check(raw, ("settings",), fields.SETTINGS_FIELDS)
         if found is None:
             return None
@@ -105,7 +111,8 @@ class _Reader:
             self.report.problem(("settings", "laptop_key"), f"public key {public_key(key)} does not exist",
                                 f"create it with 'ssh-keygen -y -f {key} > {public_key(key)}'")
             return None
-        return Settings(known_hosts=found["known_hosts"], laptop_key=key)
+        return Settings(known_hosts=found["known_hosts"], laptop_key=key, ssh_config=found["ssh_config"],
+                        verify_ca_file=found["verify_ca_file"])
 
     def client_alive(self, vps: VpsSpec, pis: list[PiSpec]) -> VpsSpec:
         """The VPS's ClientAlive keys not written in the inventory: the slowest its Pis' keepalive asks for
@@ -123,11 +130,29 @@ class _Reader:
                                                                "tunnel_user", "tls_certificate", "tls_key"), inherited)
             if name_ok:
                 self.vps_ports[name] = {k: quiet[k] for k in ("port", "http_port", "https_port") if k in quiet}
-            if not checks.vps_agrees(self.report, quiet, path) or found is None or not name_ok:
+            acme = self.acme(raw.get("acme"), path + ("acme",))
+            if not checks.vps_agrees(self.report, quiet, path) or found is None or not name_ok or acme is False:
                 continue
+            found["acme"] = acme
             self.alive_unset[name] = [k for k in ALIVE_KEYS if found.get(k) is None]
-            result[name] = VpsSpec(name=name, role="vps", **{k: v for k, v in found.items() if k not in self.alive_unset[name]})
+            result[name] = VpsSpec(name=name, role="vps", given=_given(raw, inherited, fields.VPS_FIELDS),
+                                   **{k: v for k, v in found.items() if k not in self.alive_unset[name]})
         return result
+
+    def acme(self, raw: Any, path: KeyPath) -> AcmeSpec | None | bool:
+        """The VPS's `acme:` (None if absent), or False if it is invalid (reported)."""
+        if not isinstance(raw, dict):
+            return None  # absent, or not a mapping: reported with the VPS's other fields
+        found = self.schema.check(raw, path, fields.ACME_FIELDS)
+        if found is None:
+            return False
+        if found["staging"] and "directory" in raw:
+            self.report.problem(path + ("staging",), "'staging: true' and 'directory' both choose the ACME directory",
+                                "keep one: staging for Let's Encrypt's staging directory, or directory for another CA")
+            return False
+        if found["staging"]:
+            found["directory"] = LETS_ENCRYPT_STAGING
+        return AcmeSpec(**found)
 
     def pis(self, section: Mapping[str, Any], inherited: Inherited, vps_names: list[str]) -> dict[str, PiSpec]:
         result: dict[str, PiSpec] = {}
@@ -140,8 +165,13 @@ class _Reader:
             vps_invalid = "vps" in raw and "vps" not in quiet  # reported with the Pi's other keys
             vps = None if vps_invalid else checks.pi_vps(self.report, quiet.get("vps"), path, vps_names)
             if vps is not None and name_ok:
-                self.routed += [(name, vps, t) for t in valid_tunnels]
+                self.routed += [(name, on, t) for on in vps for t in valid_tunnels]
             if found is None or tunnels is None or not name_ok or vps is None or login_taken:
+                continue
+            if found["via"] == "tunnel" and not any(t.kind == "ssh" for t in tunnels):
+                self.report.problem(path + ("via",) if "via" in raw else ("defaults", "via"),
+                                    f"'via: tunnel' needs an ssh tunnel on {name}, and it has none",
+                                    "add a tunnel of 'type: ssh' under its tunnels, or use 'via: auto'")
                 continue
             found.pop("vps")
             found["tunnels"] = tunnels
@@ -149,7 +179,8 @@ class _Reader:
             for key in ("server_alive_interval", "server_alive_count_max"):
                 if found.get(key) is None:
                     found[key] = getattr(preset, key)
-            result[name] = PiSpec(name=name, role="pi", vps=vps, **found)
+            result[name] = PiSpec(name=name, role="pi", vps=vps[0], vpses=vps,
+                                  given=_given(raw, inherited, fields.PI_FIELDS), **found)
         return result
 
     def tunnels(self, pi: str, section: Any, pi_path: KeyPath) -> tuple[tuple[TunnelSpec, ...] | None,
@@ -172,3 +203,9 @@ class _Reader:
         if found["local_port"] is None:
             found["local_port"] = fields.DEFAULT_LOCAL_PORT[kind]
         return TunnelSpec(name=name, kind=kind, **found)
+
+
+def _given(raw: Mapping[str, Any], inherited: Inherited, table: Mapping[str, Any]) -> frozenset[str]:
+    """The keys of `table` the inventory wrote for a host, itself or under defaults: (where an ssh config
+    may say something, these win)."""
+    return frozenset(key for key in table if key in raw or key in inherited)

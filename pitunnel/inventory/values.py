@@ -124,6 +124,19 @@ def name(value: Any) -> str:
     return given
 
 
+def names(value: Any) -> tuple[str, ...]:
+    """One name, or a list of different names (a Pi's VPSes): a tuple either way."""
+    if not isinstance(value, list):
+        return (name(value),)
+    if not value:
+        raise Invalid("the list is empty", "name at least one VPS, e.g. 'vps: main' or 'vps: [main, backup]'")
+    found = tuple(name(item) for item in value)
+    twice = sorted({n for n in found if found.count(n) > 1})
+    if twice:
+        raise Invalid(f"{', '.join(twice)} is listed more than once", "name each VPS once")
+    return found
+
+
 def _name_fix(given: str) -> str:
     fix = ("use 1-31 lowercase letters, digits or '-', starting with a letter "
            "(names become unix user, file and systemd unit names)")
@@ -244,3 +257,25 @@ def port_range(value: Any) -> tuple[int, int]:
     if low > high:
         raise Invalid(f"low end {low} is above high end {high}", fix)
     return low, high
+
+
+_EMAIL_RE: Final = re.compile(r"[^@\s;'\"\\$`]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+email = _text_that(_EMAIL_RE.fullmatch, "an e-mail address",
+                   "write the address the CA may write to about your certificates, e.g. admin@example.com")
+_HTTPS_URL_RE: Final = re.compile(r"https://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/%-]*)?")
+https_url = _text_that(_HTTPS_URL_RE.fullmatch, "an https:// URL",
+                       "write the ACME directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory")
+
+
+def listen_address(value: Any) -> str:
+    """`IPv4:port` for a service to listen on (a literal address: what it binds is what it says)."""
+    given = text(value)
+    fix = "write an IPv4 address and a port, e.g. 127.0.0.1:9100 (loopback: only the VPS itself reads it)"
+    host, _, port = given.rpartition(":")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise Invalid(f"{show(given)} is not an IPv4 address with a port", fix) from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise Invalid(f"{show(given)} has no valid port", fix)
+    return given

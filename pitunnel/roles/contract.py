@@ -1,6 +1,6 @@
 """The contract between a VPS and its Pis: what one host needs from another, as values.
 
-A Pi offers its VPS its tunnel key and the listeners that key may open (PiOffer); a VPS tells its Pis
+A Pi offers each of its VPSes its tunnel key (one key for all: docs/security.md says why) and the listeners that key may open (PiOffer); a VPS tells its Pis
 the host keys to pin and what listens on it now (VpsFacts). roles/site.py carries these from one role to
 the other; neither role imports the other. How both sides spell a listener is here too (listen_spec).
 """
@@ -30,6 +30,11 @@ class PiOffer:
     name: str
     pubkey: str | None
     listens: tuple[str, ...]
+
+
+def offer_on(offer: PiOffer, pi: PiSpec) -> PiOffer:
+    """A Pi's offer to one of its VPSes (`pi` as seen through it): the same key, the listeners there."""
+    return PiOffer(offer.name, offer.pubkey, listens(pi))
 
 
 @dataclass(frozen=True)

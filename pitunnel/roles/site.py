@@ -1,8 +1,9 @@
 """The whole site: the order across hosts, and what crosses between them (roles/contract.py) as values.
 
 Each role describes its own host only; this module runs them in order and carries what one host needs
-from another: the Pis' offers (keys, listeners) to their VPS, the VPS's host keys and listeners back to
-its Pis. provision-pi, provision, verify, status and teardown all start here.
+from another: the Pis' offers (keys, listeners) to their VPSes, each VPS's host keys and listeners back to
+its Pis. A Pi may have several VPSes: a tunnel to each is a path, and one VPS that does not answer never
+holds up the paths through the others. provision-pi, provision, verify, status and teardown all start here.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from functools import partial
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
 from pitunnel.play import Play
 from pitunnel.remote import Remote
-from pitunnel.runner import StepFailed
+from pitunnel.runner import StepFailed, stop_point
 from pitunnel.shared import SharedReading
-from pitunnel.roles.contract import VpsFacts, listen_spec
+from pitunnel.roles.contract import VpsFacts, listen_spec, offer_on
 from pitunnel.roles.pi import status as pi_status
 from pitunnel.roles.pi import steps as pi
 from pitunnel.roles.pi import verify as pi_verify
@@ -24,7 +25,13 @@ from pitunnel.roles.vps import steps as vps
 
 
 def vpses_of(inv: Inventory, pis: list[PiSpec]) -> list[VpsSpec]:
-    return list({inv.vps_of(p).name: inv.vps_of(p) for p in pis}.values())
+    """Every VPS of these Pis, once each, in order."""
+    return list({v.name: v for p in pis for v in inv.vpses_of(p)}.values())
+
+
+def missing_path(spec: PiSpec, vps_name: str) -> str:
+    return (f"path {spec.name} via {vps_name} is missing: VPS {vps_name} did not answer; the other paths are up. "
+            f"Rerun provision (or provision-pi) once {vps_name} is back to complete it")
 
 
 def provision(play: Play) -> None:
@@ -32,9 +39,12 @@ def provision(play: Play) -> None:
     from the VPS, so it runs while the VPS converges; the Pis' keys and tunnels follow once it is done."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         based = pool.submit(pi.base, play)
-        vps.provision(play)
+        # a VPS where a name's certificate could not be obtained serves everything else: its Pis go on,
+        # and it counts as failed at the end
+        partial = vps.provision_routes(play)
         bases = based.result()
     connect(play, bases)
+    play.failed |= partial
 
 
 def provision_pi(play: Play) -> None:
@@ -43,75 +53,104 @@ def provision_pi(play: Play) -> None:
 
 
 def connect(play: Play, bases: dict[str, pi.PiBase]) -> None:
-    """The Pis' keys on their VPS (which tells them its host keys and listeners), then each Pi's tunnel,
-    up and listening on the VPS, then its passwords off where the inventory says so."""
+    """The Pis' keys on each of their VPSes (which tells them its host keys and listeners), then each Pi's
+    tunnels to the VPSes that answered, up and listening there, then its passwords off where the inventory
+    says so. A path whose VPS did not answer is left as it is on the Pi, and named under the recap."""
     inv, mode, reporter = play.inventory, play.options.mode, play.reporter
     pis = play.selected(list(inv.pis.values()))
 
     def authorise(remote: Remote) -> VpsFacts:
-        offers = [bases[p.name].offer for p in pis if p.vps == remote.name and p.name in bases]
+        offers = [offer_on(bases[p.name].offer, p.on(remote.name)) for p in pis
+                  if remote.name in p.all_vps and p.name in bases]
         return vps.authorise(remote, inv, inv.vps[remote.name], offers, reporter, mode)
 
     found = play.each(vpses_of(inv, pis), authorise)
-    # the Pis wait for their listeners on one VPS connection: they share its `ss` readings
-    readings = {v.name: SharedReading(partial(vps.listeners, play.remotes[v.name])) for v in vpses_of(inv, pis)}
+    # the Pis wait for their listeners on one connection per VPS: they share its `ss` readings
+    readings = {name: SharedReading(partial(vps.listeners, play.remotes[name])) for name in found}
 
     def tunnel(remote: Remote) -> None:
         spec = inv.pis[remote.name]
-        facts = found.get(spec.vps)
-        if facts is None:
-            reporter.line(spec.name, "skipped", "tunnel", f"its VPS {spec.vps} step failed")
+        answered = {v: found[v].host_keys for v in spec.all_vps if v in found}
+        for v in spec.all_vps:
+            if v not in found:
+                reporter.line(spec.name, "skipped", f"tunnel via {v}", f"its VPS {v} step failed")
+        if not answered:
             return
-        changed = pi.tunnel(play, remote, bases[spec.name], facts.host_keys)
+        changed = pi.tunnel(play, remote, bases[spec.name], answered)
         if not mode.check:
-            wait_listening(play, spec, readings[spec.vps], None if changed else facts.listeners)
+            for v in answered:  # every instance started at once: these waits overlap
+                wait_listening(play, spec.on(v), readings[v], None if v in changed else found[v].listeners)
         if spec.disable_password_login:
             pi.passwords_off(play, remote)
+        for v in spec.all_vps:
+            if v not in found and len(spec.all_vps) > 1:
+                reporter.warn(spec.name, missing_path(spec, v))
 
     play.each([p for p in pis if p.name in bases and (bases[p.name].offer.pubkey is not None or mode.check)], tunnel)
 
 
 def wait_listening(play: Play, spec: PiSpec, readings: SharedReading[frozenset[str]],
                    now: frozenset[str] | None) -> None:
-    """The run is done only when the VPS really listens on every forward of this Pi."""
+    """The run is done only when the VPS really listens on every forward of this Pi (`spec`: its path there)."""
     wanted = [listen_spec(t) for t in spec.tunnels]
     missing = [w for w in wanted if w not in (now or frozenset())]
     started = looked = time.monotonic()
     deadline = started + pi.D["listen_wait_seconds"]
-    while missing and time.monotonic() < deadline:
-        time.sleep(0.5)
-        # any reading that began since this Pi last looked will do: one ss serves every Pi waiting
-        reading, looked = readings.newer_than(looked), time.monotonic()
-        missing = [w for w in wanted if w not in reading]
+    with play.reporter.busy(spec.name, "tunnel listening on the VPS"):
+        while missing and time.monotonic() < deadline:
+            stop_point()  # Ctrl-C: the tunnel is in place; only the wait for it is cut short
+            time.sleep(0.5)
+            # any reading that began since this Pi last looked will do: one ss serves every Pi waiting
+            reading, looked = readings.newer_than(looked), time.monotonic()
+            missing = [w for w in wanted if w not in reading]
     if missing:
         play.reporter.line(spec.name, "failed", "tunnel listening on the VPS",
-                           f"not listening after {pi.D['listen_wait_seconds']}s: {', '.join(missing)} "
-                           f"(see `journalctl -u {pi.D['unit']}` on the Pi)")
+                           f"{spec.vps}: not listening after {pi.D['listen_wait_seconds']}s: {', '.join(missing)} "
+                           f"(see `journalctl -u {pi.unit(spec.vps)}` on the Pi)")
         raise StepFailed("not listening")
     waited = time.monotonic() - started
     play.reporter.line(spec.name, "ok", "tunnel listening on the VPS",
-                       f"{', '.join(wanted)}" + (f" (after {waited:.1f}s)" if waited > 0.1 else ""))
+                       f"{spec.vps}: {', '.join(wanted)}" + (f" (after {waited:.1f}s)" if waited > 0.1 else ""))
 
 
 def verify(play: Play) -> list[pi_verify.PiReport]:
-    """`invoke verify`: each VPS's listeners, then each Pi proven through its VPS."""
+    """`invoke verify`: each VPS's listeners, then every path proven: each Pi through each of its VPSes."""
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
-    reports = {p.name: pi_verify.PiReport(p.name) for p in pis}
+    reports = {p.name: [pi_verify.PiReport(p.name, vps=v) for v in p.all_vps] for p in pis}
     found = play.each(vpses_of(inv, pis), vps.listeners)
-    play.each(pis, lambda remote: pi_verify.verify_pi(play, remote, reports[remote.name],
-                                                      found.get(inv.pis[remote.name].vps, frozenset())))
-    return list(reports.values())
+
+    def prove(remote: Remote) -> None:
+        with play.reporter.busy(remote.name, "verify: probes through the VPS"):
+            for report in reports[remote.name]:
+                pi_verify.verify_pi(play, remote, report, found.get(report.vps))
+
+    play.each(pis, prove)
+    return [r for p in pis for r in reports[p.name]]
 
 
 def status(play: Play) -> list[pi_status.TunnelStatus]:
-    """`invoke status`: each VPS's listeners, then each Pi's tunnels."""
+    """`invoke status`: each VPS's listeners and certificates, then each Pi's tunnels on each of its VPSes (a
+    row per path)."""
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
-    found = play.each(vpses_of(inv, pis), vps.listeners)
-    rows = play.each(pis, lambda remote: pi_status.status_pi(remote, inv.pis[remote.name],
-                                                             found.get(inv.pis[remote.name].vps, frozenset())))
-    return sorted((r for p in pis for r in rows.get(p.name, [])), key=lambda r: (r.pi, r.tunnel))
+    found = play.each(vpses_of(inv, pis), lambda remote: vps.listeners_and_certificates(remote, inv.vps[remote.name]))
+
+    def listening(path: PiSpec) -> frozenset[str] | None:
+        return found[path.vps][0] if path.vps in found else None
+
+    rows = play.each(pis, lambda remote: [r for path in inv.pis[remote.name].paths()
+                                          for r in pi_status.status_pi(remote, path, listening(path) or frozenset())])
+    for p in pis:  # a Pi out of reach: its tunnels as each VPS sees them
+        if p.name not in rows and p.name in play.why:
+            rows[p.name] = [r for path in p.paths() for r in pi_status.unreached(path, listening(path), play.why[p.name])]
+    for pi_rows in rows.values():
+        for row in pi_rows:
+            path = inv.pis[row.pi].on(row.vps)
+            tunnel = next(t for t in path.tunnels if t.name == row.tunnel)
+            if tunnel.kind == "http" and row.vps in found:
+                row.certificate = vps.certificate_expiry(inv.vps[row.vps], tunnel, found[row.vps][1])
+    return sorted((r for p in pis for r in rows.get(p.name, [])), key=lambda r: (r.pi, r.tunnel))  # stable: paths in inventory order
 
 
 def teardown(play: Play, *, purge: bool) -> None:
@@ -120,7 +159,8 @@ def teardown(play: Play, *, purge: bool) -> None:
     pi.teardown(play, purge=purge)
     if play.options.limit:
         pis = play.selected(list(inv.pis.values()))
-        gone = frozenset(p.name for p in pis)
+        # a Pi refused because the laptop reaches it only through its own tunnel keeps its key on the VPS
+        gone = frozenset(p.name for p in pis if not (p.name in play.failed and play.remotes[p.name].through_tunnel))
 
         def unauthorise(remote: Remote) -> None:
             if remote.name in play.options.limit:

@@ -74,7 +74,7 @@ def test_changed_host_key_is_refused_before_login(inventory: Path) -> None:
                    "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A && systemctl reload ssh")
     try:
         code, p = play(inventory, provision_vps)
-        assert code == 1
+        assert code == 4  # unreachable (docs/cli.md)
         assert p.reporter.recaps["vps"].unreachable == 1
         assert in_host("vps", "journalctl -u ssh --no-pager | grep -c Accepted || true").strip() == before
         changed = etc_diff(etc_before, etc_state("vps"))
@@ -88,7 +88,7 @@ def test_unknown_host_key_refused_then_accepted_on_request(inventory: Path, tmp_
     empty = tmp_path / "known_hosts"
     path = write_inventory(tmp_path, inventory, lambda d: d["settings"].update(known_hosts=str(empty)))
     code, p = play(path, provision_vps, check=True, limit="vps")
-    assert code == 1 and p.reporter.recaps["vps"].unreachable == 1
+    assert code == 4 and p.reporter.recaps["vps"].unreachable == 1
     out = capsys.readouterr().out
     assert "unknown host key for [198.18.0.10]:12345: ssh-ed25519 SHA256:" in out
     assert "--accept-new-host-keys" in out
@@ -108,7 +108,7 @@ def test_wrong_sudo_password_is_a_clear_error(inventory: Path, tmp_path: Path,
                                lambda d: d["pis"]["pi1"].update(sudo_password_file=str(wrong)))
         code, p = play(path, provision_pis, check=True, limit="pi1")
         out = capsys.readouterr().out
-        assert code == 1 and p.reporter.recaps["pi1"].failed >= 1
+        assert code == 2 and p.reporter.recaps["pi1"].failed >= 1
         assert "pi1: the sudo password was not accepted" in out
         assert "not-the-password" not in out
         right = tmp_path / "sudo.right"
@@ -132,7 +132,7 @@ def test_an_unreachable_host_does_not_stop_the_others(inventory: Path, tmp_path:
 
     path = write_inventory(tmp_path, inventory, add_ghost)
     code, p = play(path, provision_pis, check=True)
-    assert code == 1
+    assert code == 4  # ghost unreachable, pi1 fine
     assert p.reporter.recaps["ghost"].unreachable == 1
     assert p.reporter.recaps["pi1"].failed == 0 and p.reporter.recaps["pi1"].unreachable == 0
     assert "ghost" in capsys.readouterr().out.split("PLAY RECAP")[1]
@@ -142,5 +142,5 @@ def test_bad_inventory_stops_before_any_host_is_touched(inventory: Path, tmp_pat
     before = in_host("vps", "journalctl -u ssh --no-pager | grep -c Accepted || true").strip()
     path = write_inventory(tmp_path, inventory, lambda d: d["pis"]["pi1"].update(prot=22))
     code, p = play(path, provision_vps)
-    assert code == 2 and p is None
+    assert code == 3 and p is None
     assert in_host("vps", "journalctl -u ssh --no-pager | grep -c Accepted || true").strip() == before

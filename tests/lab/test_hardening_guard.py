@@ -107,7 +107,7 @@ def test_cut_during_provision_vps_then_rerun_proves_the_sshd_change(inventory: P
     dead = cut(VPS["sshd_dropin"])
     code, p = play(inventory, provision_vps)
     # the run fails: unreachable, or "internal error: EOFError" when a write notices first (see CUT)
-    assert dead == ["vps"] and code == 1 and p is not None and p.reporter.recaps["vps"].bad
+    assert dead == ["vps"] and code in (2, 4) and p is not None and p.reporter.recaps["vps"].bad
     assert "PermitListen" in in_host("vps", f"cat {VPS['sshd_dropin']}")  # written, never reloaded nor proven
     assert host_guard_state() == (True, "active"), "the change must be recorded and the host's timer armed"
     monkeypatch.undo()
@@ -235,7 +235,7 @@ def test_links_planted_by_the_tunnel_account_are_never_followed(inventory: Path,
         assert in_host("vps", f"[ -L {keys} ] || stat -c %U:%a {keys}").strip() == "pitunnel:600"
         assert "planted" not in in_host("vps", f"cat {keys}")  # rewritten, with only the Pis' keys
     else:
-        assert code == 1 and EXPECTED[plant] in out, out
+        assert code == 2 and EXPECTED[plant] in out, out
         assert "failed       vps        authorized keys of the Pis" in out or \
             f"failed       vps        directory {HOME}/.ssh" in out
     assert new_remote(inventory).can_log_in_fresh(within=5)

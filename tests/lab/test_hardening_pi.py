@@ -134,7 +134,7 @@ time.sleep(110)
 
 
 def tunnel_ssh(pi: str) -> list[str]:
-    return in_host(pi, "pgrep -x -P $(systemctl show -p MainPID --value pitunnel.service) ssh").split()
+    return in_host(pi, "pgrep -x -P $(systemctl show -p MainPID --value pitunnel@vps.service) ssh").split()
 
 
 def test_watchdog_ignores_a_process_named_after_the_tunnel_ssh(inventory: Path) -> None:
@@ -177,7 +177,7 @@ def test_a_broken_public_key_fails_that_pi_alone(inventory: Path, capsys: pytest
     try:
         code, p = play(inventory, provision_pis)
         out = capsys.readouterr().out
-        assert code == 1 and p is not None
+        assert code == 2 and p is not None
         assert p.reporter.recaps["pi2"].failed and not p.reporter.recaps["pi1"].bad, out[-3000:]
         line = next((l for l in out.splitlines() if l.startswith("failed") and " pi2 " in l), "")
         assert f"{PUB} is not a public key ({why}" in line and f"rm {PUB}" in line, out[-3000:]

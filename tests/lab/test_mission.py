@@ -172,6 +172,27 @@ def test_tunnel_comes_back_after_its_ssh_is_killed(fresh: dict) -> None:
         pytest.fail("tunnel did not come back within 60s after its ssh was killed")
 
 
+def test_key_only_teardown_keeps_the_laptops_key_and_finishes(fresh: dict, tmp_path: Path) -> None:
+    """A Pi reached with the laptop's key alone (no login password): teardown removes everything else,
+    keeps that key (else nobody could log in again) and says so, and exits 0; with the password it goes."""
+    import yaml
+
+    from pitunnel.roles.pi.steps import teardown as teardown_pis
+
+    doc = yaml.safe_load(Path(str(fresh["inventory"])).read_text())
+    del doc["pis"]["pi2"]["password_file"]
+    key_only = tmp_path / "hosts.yml"
+    key_only.write_text(yaml.safe_dump(doc))
+    code, p = play(key_only, lambda p: teardown_pis(p, purge=False), limit="pi2")
+    assert code == 0, recap(p)
+    assert p is not None and [h for h, text in p.reporter.warnings if "kept the laptop's key" in text] == ["pi2"]
+    assert "pitunnel-laptop" in in_host("pi2", "cat ~pi/.ssh/authorized_keys")
+    left = in_host("pi2", "systemctl is-enabled --quiet pitunnel@vps.service && echo unit; test -e /etc/pitunnel && echo etc")
+    assert left.split() == [], f"teardown stopped at the laptop's key instead of finishing: {left}"
+    code, p = play(key_only, lambda p: teardown_pis(p, purge=False), limit="pi2")
+    assert code == 0 and recap(p)["pi2"][0] == 0, recap(p)  # the rerun: nothing left to do, same warning
+
+
 def test_teardown_leaves_etc_as_before(fresh: dict) -> None:
     code, p = play(fresh["inventory"], teardown_all)
     assert code == 0, recap(p)

@@ -38,7 +38,7 @@ def test_the_readmes_demo_works_from_nothing_and_its_hints_reach_the_pi() -> Non
     run = subprocess.run(["bash", "-c", demo], cwd=ROOT, capture_output=True, text=True, timeout=900,
                          stdin=subprocess.DEVNULL)
     assert run.returncode == 0, f"{demo} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
-    assert "pi1: PASS" in run.stdout
+    assert "pi1 via vps: PASS" in run.stdout
     assert "Every Pi answers through the VPS" in run.stdout
     hints = run.stdout[run.stdout.index("Every Pi answers through the VPS"):].splitlines()
     ssh = next(line.strip() for line in hints if line.strip().startswith("ssh "))

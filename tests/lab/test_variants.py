@@ -36,7 +36,8 @@ def inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = lab_up(2).inventory
     tmp = tmp_path_factory.mktemp("variants")
     cert = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=api.pi1.test",
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=api.pi1.test",
+         "-addext", "subjectAltName=DNS:api.pi1.test,IP:198.18.0.10",
          "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")], capture_output=True, text=True)
     assert cert.returncode == 0, cert.stderr
     for name in ("key.pem", "cert.pem"):
@@ -46,6 +47,7 @@ def inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tmp / "htpasswd").write_text(f"alice:{htpasswd}\n")
     doc = yaml.safe_load(base.read_text())
     doc["vps"]["vps"].update(tls_certificate="/etc/ssl/lab/cert.pem", tls_key="/etc/ssl/lab/key.pem")
+    doc["settings"]["verify_ca_file"] = str(tmp / "cert.pem")  # verify checks HTTPS against it: no checks off
     pi1 = doc["pis"]["pi1"]
     pi1.update(tunnel_user="pi", disable_password_login=True)
     pi1["tunnels"]["api"] = {"type": "http", "local_port": 80, "server_name": "api.pi1.test",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import threading
@@ -22,6 +23,8 @@ class FakeSshd(paramiko.ServerInterface):
         self.users: list[str] = []  # who logged in, or tried to
         self.client_key: paramiko.PKey | None = None  # a key that may log in, besides the password
         self.allow_sessions = True  # False: logins work, every session (command) is refused
+        self.forwarding = False  # True: direct-tcpip channels (ssh -J, -W) are connected where they ask
+        self._forwards: dict[int, socket.socket] = {}  # channel id -> its connection, until accepted
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(16)
@@ -47,6 +50,25 @@ class FakeSshd(paramiko.ServerInterface):
                 transport.start_server(server=self)
             except (paramiko.SSHException, EOFError, OSError):
                 continue
+            if self.forwarding:
+                threading.Thread(target=self._forwarder, args=(transport,), daemon=True).start()
+
+    def _forwarder(self, transport: paramiko.Transport) -> None:
+        while transport.is_active():
+            chan = transport.accept(0.5)
+            sock = self._forwards.pop(chan.get_id(), None) if chan is not None else None
+            if chan is not None and sock is not None:
+                threading.Thread(target=_pump, args=(chan, sock), daemon=True).start()
+
+    def check_channel_direct_tcpip_request(self, chanid: int, origin: tuple[str, int],
+                                           destination: tuple[str, int]) -> int:
+        if not self.forwarding:
+            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        try:
+            self._forwards[chanid] = socket.create_connection(destination, timeout=5)
+        except OSError:
+            return paramiko.OPEN_FAILED_CONNECT_FAILED
+        return paramiko.OPEN_SUCCEEDED
 
     # paramiko.ServerInterface
     def get_allowed_auths(self, username: str) -> str:
@@ -96,3 +118,22 @@ class FakeSshd(paramiko.ServerInterface):
             command = "sh -c " + rest
         done = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, check=False, timeout=60)
         return done.returncode, done.stdout, done.stderr
+
+
+def _pump(chan: paramiko.Channel, sock: socket.socket) -> None:
+    """Copy both ways between a forwarded channel and its connection until either end closes."""
+    import select
+
+    with sock, chan, contextlib.suppress(OSError):  # either end may go first
+        while True:
+            ready, _, _ = select.select([chan, sock], [], [], 1)
+            if chan in ready:
+                data = chan.recv(65536)
+                if not data:
+                    return
+                sock.sendall(data)
+            if sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                chan.sendall(data)

@@ -127,12 +127,13 @@ def test_vps_templates_render_as_pitunnel_does(inv: Inventory) -> None:
 def test_pi_templates_render_as_pitunnel_does(inv: Inventory, pi: str) -> None:
     variables = hosts(ai.ansible_inventory(inv), "pis")[pi]
     want = files_of(tunnel_ops(inv, inv.pis[pi], inv.vps["vps"], VPS_HOST_KEYS))
-    assert render("pi/ssh_config.j2", variables) == want[f"{variables['config_dir']}/ssh_config"]
+    assert render("pi/ssh_config.j2", variables) == want[f"{variables['vps_config_dir']}/ssh_config"]
     assert render("pi/pitunnel.service.j2", variables) == want[variables["unit_path"]]
-    assert render("pi/watchdog.sh.j2", variables) == want[variables["watchdog_path"]]
-    assert render("pi/watchdog.service.j2", variables) == want[f"/etc/systemd/system/{variables['watchdog_unit']}"]
+    assert render("pi/watchdog.sh.j2", variables) == want[variables["watchdog_script"]]
+    assert render("pi/watchdog.service.j2", variables) == \
+        want[f"/etc/systemd/system/{variables['watchdog_template']}"]
     known = "".join(f"{variables['vps_known_name']} {k}\n" for k in VPS_HOST_KEYS)
-    assert known == want[f"{variables['config_dir']}/known_hosts"]
+    assert known == want[f"{variables['vps_config_dir']}/known_hosts"]
 
 
 def test_unsupported_features_are_refused(inv: Inventory, tmp_path: Path) -> None:
@@ -202,4 +203,4 @@ def test_authorized_keys_and_known_hosts_templates_match_pitunnel(inv: Inventory
     assert rendered == want.wanted(FileState(exists=False))
     assert rendered.count("\n") == 2
     known = env.get_template("known_hosts.j2").render(hostvars=hostvars, **hosts(doc, "pis")["pi1"])
-    assert known == files_of(tunnel_ops(inv, inv.pis["pi1"], inv.vps["vps"], VPS_HOST_KEYS))["/etc/pitunnel/known_hosts"]
+    assert known == files_of(tunnel_ops(inv, inv.pis["pi1"], inv.vps["vps"], VPS_HOST_KEYS))["/etc/pitunnel/vps/known_hosts"]

@@ -149,3 +149,47 @@ def test_cpu_busy_share_from_proc_stat() -> None:
     assert before == (150, 1000)
     assert fleet.busy_share(before, after) == pytest.approx(400 / 500)
     assert fleet.busy_share(after, after) == 0.0
+
+
+def test_fleet_table_sets_pitunnel_against_ansible_at_each_size() -> None:
+    doc = fleet_doc([10.0, 12.0, 15.0, 20.0])
+    theirs = [dict(row, tool="ansible", seconds=row["seconds"] * 3, laptop_cpu_s=row["laptop_cpu_s"] * 4,  # type: ignore[index]
+                   tree_pss_kib=200 * 1024 * row["pis"], tree_processes=2 * row["pis"]) for row in doc["sizes"]]  # type: ignore[attr-defined, index]
+    mine = [dict(row, tree_pss_kib=50 * 1024) for row in doc["sizes"]]  # type: ignore[attr-defined]
+    text = fleet.table({**doc, "sizes": [*mine, *theirs]})
+    floor = (40.0 + 4.0 + 30.0) / fleet.CORES
+    assert f"| 20 | 20.0 | 60.0 | 0.33 | {floor:.1f} | {20 / floor:.2f} | 1.50 / 6.00 | 2.5 / 200.0 | 40 | 0 / 0 |" in text
+    assert "pitunnel <= 0.5x Ansible's wall time: 0.33x, met" in text
+    assert f"its CPU floor: {20 / floor:.2f}x, {'met' if 20 / floor <= 1.2 else 'NOT met'}" in text
+    # the pitunnel-only tables do not take Ansible's rows as their own
+    assert "| 20 | 60.0 |" not in text.partition("Against Ansible")[0]
+    slow = fleet.table({**doc, "sizes": [*mine, *[dict(r, seconds=30.0) for r in theirs]]})
+    assert "0.67x, NOT met" in slow
+
+
+def test_fleet_table_reads_isolation_runs_of_both_tools() -> None:
+    doc = fleet_doc([10.0, 12.0, 15.0, 20.0])
+    iso = doc["isolation"]
+    text = fleet.table({**doc, "isolation": [iso, dict(iso, tool="ansible", named_in_recap=False)]})  # type: ignore[arg-type]
+    assert "during `invoke provision`" in text and "during the Ansible playbook" in text
+    assert text.count("recap names the one): met") == 1 and "recap names the one): NOT met" in text
+
+
+def test_tree_sampler_counts_forks_and_the_orphans_a_run_leaves() -> None:
+    """A run that leaves a process behind (as ssh's ControlPersist master does) is measured with it, and
+    the orphan is ended and reaped afterwards, its CPU time added to the run's."""
+    hold = "import time; x = bytearray(40_000_000); x[::4096] = b'1' * len(x[::4096]); time.sleep(30)"
+    run = provision.run_child(["bash", "-c", f"(python3 -c \"{hold}\" &); sleep 1.5"], sample_tree=True)
+    assert run.tree is not None and run.tree.processes >= 2
+    assert run.tree.pss_kib > 35_000  # the orphan's 40 MB, though its parent had exited
+    from benchmarks.treemem import my_children
+
+    assert my_children() == set()  # ended and reaped: nothing of the run is left
+
+
+def test_tree_parsing_of_proc_files() -> None:
+    from benchmarks import treemem
+
+    assert treemem.parent_of("12 (a (b) c) S 7 12 12 0") == 7
+    assert treemem.rollup("Rss:    100 kB\nPss:     40 kB\nPss_Anon: 3 kB\n") == (40, 100)
+    assert sorted(treemem.descendants(1, {2: 1, 3: 2, 4: 9, 5: 3})) == [1, 2, 3, 5]

@@ -16,7 +16,7 @@ from pitunnel.facts import FileState, tcp_listeners
 from pitunnel.hostkeys import HostKeyRefused
 from pitunnel.inventory import Inventory, load_inventory
 from pitunnel.ops import Handler, Refused
-from pitunnel.play import Options, Play, _read_secret
+from pitunnel.play import BadLimit, Options, Play, _read_secret
 from pitunnel.remote import Result, SudoRefused, Unreachable
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge, facts_for
@@ -214,7 +214,7 @@ def test_each_skips_the_hosts_that_failed_in_an_earlier_each(capsys: pytest.Capt
     seen: list[str] = []
     second = play.each(hosts("a", "b", "c", "d", "e", "f"), lambda r: seen.append(r.name) or r.name)
     assert seen == ["f"] and second == {"f": "f"}
-    assert play.finish() == 1
+    assert play.finish() == 6  # failed (2) | unreachable (4), docs/cli.md
 
 
 def test_a_host_that_printed_no_line_still_fails_and_is_skipped(capsys: pytest.CaptureFixture[str]) -> None:
@@ -223,7 +223,7 @@ def test_a_host_that_printed_no_line_still_fails_and_is_skipped(capsys: pytest.C
     play.each(hosts("a", "b"), fails({"a": StepFailed("quiet")}))  # type: ignore[arg-type]
     assert play.failed == {"a"} and not play.reporter.recaps["a"].bad
     assert play.each(hosts("a", "b"), lambda r: r.name) == {"b": "b"}  # type: ignore[arg-type]
-    assert play.finish() == 1
+    assert play.finish() == 2  # a failed host
 
 
 def test_finish_exit_code_recap_and_connections(capsys: pytest.CaptureFixture[str]) -> None:
@@ -274,7 +274,7 @@ def inv(tmp_path: Path) -> Inventory:
 def test_start_opens_a_remote_per_host_with_its_secrets(inv: Inventory, tmp_path: Path) -> None:
     options = Options(accept_new_host_keys=True, diff=True)
     play = Play.start(inv, options, quiet=True)
-    assert play.inventory is inv and play.options is options and play.reporter.show_diff
+    assert play.inventory is inv and play.options == options and play.reporter.show_diff
     assert all(r.spec is inv.pis.get(n, inv.vps.get(n)) and r.known_hosts == inv.settings.known_hosts
                for n, r in play.remotes.items())
     assert play.remotes["other"].credentials.sudo_password == "sudoX"  # an X at the end is part of it
@@ -284,7 +284,7 @@ def test_start_opens_a_remote_per_host_with_its_secrets(inv: Inventory, tmp_path
     assert play.remotes["other"].credentials.login_password is None
     assert play.remotes["private"].accept_new_host_keys and play.reporter.quiet
     assert play.failed == set()
-    with pytest.raises(SystemExit, match=r"--limit names unknown hosts: nope \(hosts: main, private, other\)"):
+    with pytest.raises(BadLimit, match=r"--limit 'nope' matches no host of .* \(hosts: main, private, other;"):
         Play.start(inv, Options(limit=frozenset({"nope", "private"})))
     assert _read_secret(None) is None
 
@@ -301,8 +301,8 @@ def test_the_listener_wait_fails_when_the_forward_never_listens(inv: Inventory, 
     with pytest.raises(StepFailed, match="not listening"):
         site.wait_listening(play, inv.pis["private"], listeners, None)  # type: ignore[arg-type]
     assert reads  # it did look again while waiting
-    assert out(capsys) == ["failed private tunnel listening on the VPS - not listening after 0.6s: 127.0.0.1:20024 "
-                           "(see `journalctl -u pitunnel.service` on the Pi)"]
+    assert out(capsys) == ["failed private tunnel listening on the VPS - main: not listening after 0.6s: "
+                           "127.0.0.1:20024 (see `journalctl -u pitunnel@main.service` on the Pi)"]
 
 
 def test_the_listener_wait_passes_once_the_forward_listens(inv: Inventory, monkeypatch: pytest.MonkeyPatch,
@@ -311,9 +311,9 @@ def test_the_listener_wait_passes_once_the_forward_listens(inv: Inventory, monke
     ss = "LISTEN 0 128 127.0.0.1:20024 0.0.0.0:*\n"
     play = SimpleNamespace(reporter=Reporter(colour=False))
     site.wait_listening(play, inv.pis["private"], SharedReading(lambda: tcp_listeners(ss)), None)  # type: ignore[arg-type]
-    assert out(capsys)[0].startswith("ok private tunnel listening on the VPS - 127.0.0.1:20024 (after ")
+    assert out(capsys)[0].startswith("ok private tunnel listening on the VPS - main: 127.0.0.1:20024 (after ")
     site.wait_listening(play, inv.pis["private"], SharedReading(lambda: frozenset()), tcp_listeners(ss))  # type: ignore[arg-type]
-    assert out(capsys) == ["ok private tunnel listening on the VPS - 127.0.0.1:20024"]  # already: no wait
+    assert out(capsys) == ["ok private tunnel listening on the VPS - main: 127.0.0.1:20024"]  # already: no wait
     present = tcp_listeners(ss)  # what the wait compares: ss's local addresses against each Pi's listen specs
     assert {p: [s for s in listens(inv.pis[p]) if s not in present] for p in ("private", "other")} == {
         "private": [], "other": ["127.0.0.1:20025"]}
@@ -343,6 +343,7 @@ class ScriptedRemote(FakeRemote):
     def __init__(self, name: str, stdout: str) -> None:
         super().__init__(name)
         self.stdout = stdout
+        self.target = SimpleNamespace(known_name=name, user="pi")  # how verify files its host key
 
     def run(self, script: str, **_: object) -> Result:
         self.round_trips += 1
@@ -454,7 +455,7 @@ def test_start_prompts_once_and_the_typed_secrets_win(inv: Inventory, tmp_path: 
     play = Play.start(inv, Options(prompt_sudo_password=True))
     assert prompts == ["sudo password: "] and play.remotes["private"].credentials.login_password == "s3cret"
     assert not play.remotes["private"].accept_new_host_keys and not play.reporter.quiet
-    with pytest.raises(SystemExit, match=r"--limit names unknown hosts: x, y \("):
+    with pytest.raises(BadLimit, match=r"--limit 'x' matches no host"):  # the first pattern, sorted
         Play.start(inv, Options(limit=frozenset({"y", "x"})))
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from pitunnel import yamlsrc
 from pitunnel.inventory import (
+    LETS_ENCRYPT,
     DEFAULTS_KEYS,
     PI_FIELDS,
     SECTION_FIELDS,
@@ -763,7 +764,7 @@ def test_defaults_and_role_defaults_applied(tmp_path: Path, home: Path) -> None:
     assert pi.disable_password_login is False and pi.host_key is None and pi.password_file is None
     ssh, web, cam = pi.tunnels
     assert ssh == TunnelSpec(name="ssh", kind="ssh", local_port=22, remote_port=20000, public=False,
-                             server_name=None, path=None, basic_auth_file=None)
+                             server_name=None, path=None, basic_auth_file=None, ports=(("main", 20000),))
     assert (web.local_port, web.path, web.server_name) == (80, "/pi1/web/", None)
     assert (cam.path, cam.server_name) == (None, "cam.example.com")
     assert inventory.settings.known_hosts == home / ".ssh" / "known_hosts"
@@ -792,7 +793,7 @@ def test_tilde_and_relative_paths(tmp_path: Path, home: Path) -> None:
           known_hosts: known_hosts
           laptop_key: ../laptop
         vps:
-          main: {address: vps.example.com, key: ~/keys/vps}
+          main: {address: vps.example.com, key: ~/keys/vps, tls_certificate: /c.pem, tls_key: /k.pem}
         pis:
           pi1:
             address: 10.0.0.1
@@ -1038,9 +1039,12 @@ def test_example_round_trip(example: Path, home: Path) -> None:
                                                                             "admin", "pitunnel")
     assert (vps.key, vps.password_file, vps.sudo_password_file) == (home / ".ssh" / "vps_ed25519", None,
                                                                    secrets / "vps-sudo-password")
-    assert vps.tls_certificate == "/etc/letsencrypt/live/vps.example.com/fullchain.pem"
-    assert vps.host_key is not None and vps.host_key.startswith("ssh-ed25519 AAAA")
+    assert vps.tls_certificate == "/etc/ssl/example/wildcard.example.com.pem"
+    assert vps.public_name == "vps.example.com" and vps.acme is not None
+    assert (vps.acme.email, vps.acme.directory, vps.acme.ca_bundle) == ("admin@example.com", LETS_ENCRYPT, None)
+    assert vps.host_key is None  # no example key: a copy would be refused as CHANGED ("This may be an attack")
     pi1, pi2 = inventory.pis.values()
+    assert pi1.host_key is None and pi2.host_key is None
     assert pi1.disable_password_login and pi1.password_file == secrets / "pi-password"
     ssh, web = pi1.tunnels
     assert (ssh.remote_port, ssh.public, ssh.local_port) == (12346, True, 22)

@@ -44,7 +44,7 @@ def inventory(folder: Path, **keys: Path) -> Path:
     host = "".join(f"    {key}: {value}\n" for key, value in keys.items() if key != "basic_auth_file")
     tunnel = f", basic_auth_file: {keys['basic_auth_file']}" if "basic_auth_file" in keys else ""
     path = folder / "hosts.yml"
-    path.write_text("vps:\n  main:\n    address: 203.0.113.1\npis:\n  pi1:\n    address: 10.0.0.1\n" + host
+    path.write_text("vps:\n  main: {tls_certificate: /c.pem, tls_key: /k.pem,\n    address: 203.0.113.1}\npis:\n  pi1:\n    address: 10.0.0.1\n" + host
                     + f"    tunnels:\n      web: {{type: http{tunnel}}}\n")
     return path
 

@@ -138,3 +138,14 @@ def test_inotify_limit_raised_only_as_far_as_the_hosts_need() -> None:
     wanted = inotify_limit_needed(in_use=10, hosts=21, limit=128)  # 20 Pis and the VPS do not
     assert wanted == 10 + 21 * PER_HOST + SLACK and wanted > 128
     assert inotify_limit_needed(in_use=10, hosts=21, limit=4096) is None  # never lowered
+
+
+def test_a_second_vps_has_its_own_address_on_the_internet_segment() -> None:
+    plan = make_plan(1, vpses=2)
+    assert [v.name for v in plan.vpses] == ["vps", "vps2"] and plan.vps is plan.vpses[0]
+    assert [str(v.address) for v in plan.vpses] == ["198.18.0.10", "198.18.0.11"]
+    assert all(v.bridge == INET_BRIDGE and v.role == "vps" and v.ssh_port == VPS_SSH_PORT for v in plan.vpses)
+    assert [h.name for h in plan.hosts] == ["vps", "vps2", "pi1"]
+    assert len({h.address for h in plan.hosts}) == len(plan.hosts)
+    with pytest.raises(ValueError, match="--vpses"):
+        make_plan(1, vpses=3)

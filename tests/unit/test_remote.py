@@ -4,6 +4,7 @@ refused or given its password on stdin, and what one run sends and returns."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -189,14 +190,16 @@ def test_each_run_is_one_counted_round_trip_on_one_connection(sshd: FakeSshd, kn
 
 def test_login_refused_and_nothing_listening_are_unreachable(sshd: FakeSshd, known: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(remote_module._open_retrying_refused, "__defaults__", (0.4,))  # refused: retried 0.4 s
-    with pytest.raises(Unreachable, match=r"pi@127.0.0.1:\d+: login refused \(set key"):
+    monkeypatch.setattr(remote_module._tcp, "__kwdefaults__", {"within": 0.4})  # refused: retried 0.4 s
+    monkeypatch.setenv("HOME", str(known.parent))  # no ~/.ssh/id_* of whoever runs the tests
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # nor their agent's keys
+    with pytest.raises(Unreachable, match=r"pi@127.0.0.1:\d+: login refused \(tried password; current Raspberry Pi OS images have no `pi` user: set `user:`"):
         remote(sshd.port, known, login="wrong").run("true")
     unused = socket.socket()
     unused.bind(("127.0.0.1", 0))
     port = unused.getsockname()[1]
     unused.close()  # nothing listens there
-    with pytest.raises(Unreachable, match=f"pi@127.0.0.1:{port}: "):
+    with pytest.raises(Unreachable, match=f"pi@127.0.0.1:{port}: connection refused: nothing listens on port {port} "):
         remote(port, known).run("true")
 
 
@@ -274,3 +277,38 @@ def test_why_a_run_or_a_connection_failed_is_said(sshd: FakeSshd, known: Path) -
     with pytest.raises(Unreachable) as exc:
         remote(sshd.port, known).run("true")
     assert str(exc.value).startswith("h1: connection lost: ") and "prohibited" in str(exc.value)
+
+
+# ----------------------------------------------------------------------------------------------- day two (issue 15)
+def test_a_second_known_key_of_the_same_type_is_accepted(sshd: FakeSshd, tmp_path: Path) -> None:
+    """known_hosts may list several keys for a host (as during rotate-vps-hostkey); OpenSSH takes any of
+    them, and so does pitunnel, although paramiko compares only the first of each type."""
+    known = tmp_path / "known_hosts"
+    known.write_text(line(sshd.port, OTHER) + line(sshd.port, KEY))
+    assert remote(sshd.port, known).run("echo both", sudo=False).stdout == "both\n"
+    assert known.read_text() == line(sshd.port, OTHER) + line(sshd.port, KEY)
+
+
+def test_accept_changed_host_key_takes_only_the_named_key(sshd: FakeSshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("other.example ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHva6ee4ekTAawH0SqI5CoAvuEvPaN4hfyg5Q+vEb9p1\n"
+                     + line(sshd.port, OTHER))
+    before = known.read_text()
+    wrong = remote(sshd.port, known)
+    wrong.accept_changed_host_key = hostkeys.fingerprint(OTHER)
+    with pytest.raises(HostKeyRefused, match="none of its keys is the --accept-changed-host-key"):
+        wrong.run("true")
+    assert known.read_text() == before and sshd.commands == []
+    seen: list[tuple[str, str, str, str]] = []
+    right = remote(sshd.port, known)
+    right.accept_changed_host_key, right.on_change = hostkeys.fingerprint(KEY), lambda *a: seen.append(a)
+    assert right.run("echo taken", sudo=False).stdout == "taken\n"
+    assert known.read_text() == before.splitlines(keepends=True)[0] + line(sshd.port, KEY), "old line replaced"
+    assert seen and seen[0][1] == "changed" and hostkeys.fingerprint(KEY) in seen[0][3]
+
+
+def test_a_changed_key_names_the_flag_that_takes_it(sshd: FakeSshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(line(sshd.port, OTHER))
+    with pytest.raises(HostKeyRefused, match=re.escape(f"--accept-changed-host-key {hostkeys.fingerprint(KEY)}")):
+        remote(sshd.port, known).run("true")

@@ -30,6 +30,8 @@ vps:
     address: 203.0.113.10
     port: 2222
     key: keys/admin
+    tls_certificate: /etc/ssl/main.pem
+    tls_key: /etc/ssl/main.key
   other:
     address: vps2.example.com
     http_port: 8080
@@ -288,7 +290,11 @@ def test_nginx_server_for_server_name_tunnel(inv: Inventory) -> None:
     assert "server_name cam.example.com;" in lines
     assert "listen 80;" in lines and "listen [::]:80;" in lines
     assert not any("default_server" in l for l in lines)
-    assert not any("ssl" in l for l in lines)  # no TLS on this VPS
+    # a certificate (main's hand-given one): port 80 only redirects, the route answers on 443
+    redirect, served = text.split("\nserver {", 2)[1:]
+    assert "return 308 https://$host$request_uri;" in directives(redirect) and "proxy_pass" not in redirect
+    assert "listen 443 ssl;" in directives(served) and "listen 80;" not in directives(served)
+    assert "ssl_certificate /etc/ssl/main.pem;" in lines and "ssl_protocols TLSv1.2 TLSv1.3;" in lines
     assert "location / {" in lines
     assert "proxy_pass http://pitunnel_pi1_cam;" in lines  # no path: URI passed unchanged
     for header in ("X-Forwarded-For $remote_addr", "X-Real-IP $remote_addr", "X-Forwarded-Proto $scheme",
@@ -347,7 +353,7 @@ def test_nginx_prune_keeps_exactly_the_current_files(inv: Inventory) -> None:
 
 COLLIDING = """
 settings: {laptop_key: null, known_hosts: kh}
-vps: {main: {address: 203.0.113.1}}
+vps: {main: {address: 203.0.113.1, tls_certificate: /c.pem, tls_key: /k.pem}}
 pis:
   a-b:
     address: 10.0.0.1
@@ -471,6 +477,16 @@ def unit_text(inv: Inventory, pi: str) -> str:
     return text_of(pi_ops(inv, pi), PI_D["unit_path"])
 
 
+def path_file(inv: Inventory, pi: str, name: str, host_keys: list[str] | None = None) -> str:
+    """A file of the Pi's path through its (first) VPS: ssh_config or known_hosts in that VPS's folder."""
+    spec = inv.pis[pi]
+    return text_of(pi_ops(inv, pi, host_keys), f"{pi_steps.vps_config_dir(spec.vps)}/{name}")
+
+
+def remote_forwards(text: str) -> list[str]:
+    return [":".join(l.split()[1:]) for l in directives(text) if l.split()[0] == "RemoteForward"]
+
+
 def exec_start(text: str) -> list[str]:
     starts = [l for l in directives(text) if l.startswith("ExecStart=")]
     assert len(starts) == 1
@@ -483,17 +499,18 @@ def test_unit_runs_autossh_with_every_forward(inv: Inventory) -> None:
     assert argv[0] == "/usr/bin/autossh"
     assert argv[1:3] == ["-M", "0"]
     assert "-N" in argv
-    assert argv[argv.index("-F") + 1] == f"{PI_D['config_dir']}/ssh_config"
-    forwards = [argv[i + 1] for i, a in enumerate(argv) if a == "-R"]
-    assert forwards == ["0.0.0.0:20022:127.0.0.1:22", "127.0.0.1:20080:127.0.0.1:8080",
-                        "127.0.0.1:20081:127.0.0.1:80"]
+    # a template: each instance reads its own VPS's ssh_config, which holds that VPS's forwards
+    assert PI_D["unit"] == "pitunnel@.service" and pi_steps.unit("main") == "pitunnel@main.service"
+    assert argv[argv.index("-F") + 1] == f"{PI_D['config_dir']}/%i/ssh_config"
+    assert "-R" not in argv
     assert argv[-1] == PI_D["ssh_host_alias"]
+    assert remote_forwards(path_file(inv, "pi1", "ssh_config")) == [
+        "0.0.0.0:20022:127.0.0.1:22", "127.0.0.1:20080:127.0.0.1:8080", "127.0.0.1:20081:127.0.0.1:80"]
 
 
 def test_unit_forwards_only_that_pi(inv: Inventory) -> None:
-    argv = exec_start(unit_text(inv, "pi3"))
-    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-R"] == ["127.0.0.1:20022:127.0.0.1:2200",
-                                                                      "127.0.0.1:20090:127.0.0.1:80"]
+    assert remote_forwards(path_file(inv, "pi3", "ssh_config")) == ["127.0.0.1:20022:127.0.0.1:2200",
+                                                                    "127.0.0.1:20090:127.0.0.1:80"]
 
 
 def test_unit_restarts_forever(inv: Inventory) -> None:
@@ -518,7 +535,7 @@ def test_unit_protect_home_follows_the_key_location(inv: Inventory) -> None:
 
 
 def ssh_config(inv: Inventory, pi: str) -> str:
-    return text_of(pi_ops(inv, pi), f"{PI_D['config_dir']}/ssh_config")
+    return path_file(inv, pi, "ssh_config")
 
 
 def test_ssh_config_one_host_entry_with_safe_options(inv: Inventory) -> None:
@@ -531,7 +548,7 @@ def test_ssh_config_one_host_entry_with_safe_options(inv: Inventory) -> None:
     for wanted in ("ExitOnForwardFailure yes", "BatchMode yes", "StrictHostKeyChecking yes", "IdentitiesOnly yes",
                    "HostName 203.0.113.10", "Port 2222", "User pitunnel", "ServerAliveInterval 11",
                    "ServerAliveCountMax 5", f"IdentityFile {pi_steps.key_path(inv.pis['pi1'])}",
-                   f"UserKnownHostsFile {PI_D['config_dir']}/known_hosts", "GlobalKnownHostsFile /dev/null",
+                   f"UserKnownHostsFile {PI_D['config_dir']}/main/known_hosts", "GlobalKnownHostsFile /dev/null",
                    "UpdateHostKeys no", "ForwardAgent no"):
         assert wanted in lines, wanted
     # every option belongs to the Host entry (indented under it)
@@ -560,31 +577,100 @@ def test_ssh_config_prefers_chacha20_and_keeps_compression_off(inv: Inventory) -
 
 def test_known_hosts_pins_the_vps_keys(inv: Inventory) -> None:
     keys = [HOST_KEY, "ecdsa-sha2-nistp256 AAAAE2VjZHNh"]
-    main = text_of(pi_ops(inv, "pi1", keys), f"{PI_D['config_dir']}/known_hosts")
+    main = path_file(inv, "pi1", "known_hosts", keys)
     assert main == f"[203.0.113.10]:2222 {keys[0]}\n[203.0.113.10]:2222 {keys[1]}\n"
-    other = text_of(pi_ops(inv, "pi3", keys[:1]), f"{PI_D['config_dir']}/known_hosts")
+    other = path_file(inv, "pi3", "known_hosts", keys[:1])
     assert other == f"vps2.example.com {HOST_KEY}\n"
 
 
 def test_tunnel_files_restart_the_tunnel_and_service_is_wanted(inv: Inventory) -> None:
     ops = pi_ops(inv, "pi1")
-    for path in (f"{PI_D['config_dir']}/known_hosts", f"{PI_D['config_dir']}/ssh_config", PI_D["unit_path"]):
-        assert file_op(ops, path).notify == ("restart tunnel",)
+    folder = pi_steps.vps_config_dir("main")
+    for path in (f"{folder}/known_hosts", f"{folder}/ssh_config", PI_D["unit_path"]):
+        assert file_op(ops, path).notify == ("restart tunnel main",)
     services = {op.unit: op for op in ops if isinstance(op, Service)}
-    assert set(services) == {PI_D["unit"], PI_D["watchdog_unit"], PI_D["watchdog_timer"]}
-    assert services[PI_D["unit"]].enabled and services[PI_D["unit"]].running
-    assert services[PI_D["watchdog_unit"]].enabled and services[PI_D["watchdog_unit"]].running
-    # the timer of earlier versions is retired, and its file removed
-    old_timer = services[PI_D["watchdog_timer"]]
-    assert not old_timer.enabled and not old_timer.running
-    assert any(isinstance(op, Absent) and op.path.endswith(PI_D["watchdog_timer"]) for op in ops)
-    for path in (PI_D["watchdog_path"], f"/etc/systemd/system/{PI_D['watchdog_unit']}"):
-        assert file_op(ops, path).notify == ("restart watchdog",)
+    assert set(services) == {"pitunnel@main.service", "pitunnel-watchdog@main.service", PI_D["watchdog_timer"],
+                             PI_D["legacy_unit"], PI_D["legacy_watchdog_unit"]}
+    for wanted in ("pitunnel@main.service", "pitunnel-watchdog@main.service"):
+        assert services[wanted].enabled and services[wanted].running
+    # the timer of earlier versions, and the single-VPS units before templates, are retired and their files removed
+    for old in (PI_D["watchdog_timer"], PI_D["legacy_unit"], PI_D["legacy_watchdog_unit"]):
+        assert not services[old].enabled and not services[old].running
+        assert any(isinstance(op, Absent) and op.path == f"/etc/systemd/system/{old}" for op in ops)
+    absent = {op.path for op in ops if isinstance(op, Absent)}
+    assert {PI_D["watchdog_path"], f"{PI_D['config_dir']}/ssh_config", f"{PI_D['config_dir']}/known_hosts"} <= absent
+    # ... before any instance starts: the old tunnel frees its ports on the VPS first
+    order = [getattr(op, "unit", None) for op in ops]
+    assert order.index(PI_D["legacy_unit"]) < order.index("pitunnel@main.service")
+    for path in (pi_steps.watchdog_path("main"), f"/etc/systemd/system/{PI_D['watchdog_unit']}"):
+        assert file_op(ops, path).notify == ("restart watchdog main",)
+
+
+def load(tmp_path: Path, text: str) -> Inventory:
+    file = tmp_path / "hosts.yml"
+    file.write_text("settings: {known_hosts: known_hosts}\n" + textwrap.dedent(text).lstrip())
+    return load_inventory(file, save_allocations=False)
+
+
+def test_two_vpses_two_paths_each_with_its_own_files_ports_and_handlers(tmp_path: Path) -> None:
+    inv = load(tmp_path, """
+    vps:
+      main: {address: 203.0.113.10}
+      backup: {address: 198.51.100.20, port: 2200}
+    pis:
+      pi1:
+        address: 10.0.0.1
+        vps: [main, backup]
+        tunnels:
+          ssh: {type: ssh, remote_port: 20022, public: true}
+          web: {type: http}
+      pi2:
+        address: 10.0.0.2
+        vps: backup
+        tunnels:
+          ssh: {type: ssh}
+    """)
+    pi = inv.pis["pi1"]
+    assert pi.all_vps == ("main", "backup") and [p.vps for p in pi.paths()] == ["main", "backup"]
+    # the backup gave its first auto port to pi1 (in file order), the main its own: ports per VPS
+    assert [t.remote_port for t in pi.on("main").tunnels] == [20022, 20000]
+    assert [t.remote_port for t in pi.on("backup").tunnels] == [20022, 20000]
+    assert inv.pis["pi2"].tunnels[0].remote_port == 20001
+    keys = {"main": [HOST_KEY], "backup": ["ecdsa-sha2-nistp256 AAAAE2VjZHNh"]}
+    ops = [*pi_steps.template_ops(pi), *(op for v in pi.all_vps for op in pi_steps.path_ops(pi, inv.vps[v], keys[v]))]
+    assert text_of(ops, "/etc/pitunnel/backup/known_hosts") == "[198.51.100.20]:2200 ecdsa-sha2-nistp256 AAAAE2VjZHNh\n"
+    assert text_of(ops, "/etc/pitunnel/main/known_hosts") == f"203.0.113.10 {HOST_KEY}\n"
+    backup = directives(text_of(ops, "/etc/pitunnel/backup/ssh_config"))
+    assert "HostName 198.51.100.20" in backup and "Port 2200" in backup
+    assert "UserKnownHostsFile /etc/pitunnel/backup/known_hosts" in backup
+    assert file_op(ops, PI_D["unit_path"]).notify == ("restart tunnel main", "restart tunnel backup")
+    assert file_op(ops, "/etc/pitunnel/backup/ssh_config").notify == ("restart tunnel backup",)
+    assert 'unit=pitunnel@backup.service' in text_of(ops, "/usr/local/lib/pitunnel/watchdog-backup")
+    units = [op.unit for op in ops if isinstance(op, Service) and op.running]
+    assert units == ["pitunnel@main.service", "pitunnel-watchdog@main.service",
+                     "pitunnel@backup.service", "pitunnel-watchdog@backup.service"]
+    # handlers restart only a running instance: a path whose VPS did not answer is not started half-made
+    handlers = {h.name: h.commands for h in pi_steps.handlers(None, vpses=pi.all_vps)}  # type: ignore[arg-type]
+    assert handlers["restart tunnel backup"] == ["systemctl daemon-reload", "systemctl try-restart pitunnel@backup.service"]
+    # each VPS authorises the Pi's one key for its own listeners only
+    main_line = vps_steps.authorized_line(inv.vps["main"], pi.on("main"), "ssh-ed25519 AAAAkey1")
+    backup_line = vps_steps.authorized_line(inv.vps["backup"], pi.on("backup"), "ssh-ed25519 AAAAkey1")
+    assert 'permitlisten="127.0.0.1:20000"' in main_line and 'permitlisten="127.0.0.1:20000"' in backup_line
+    # every VPS routes the Pi's http tunnel the same way, to its own port there
+    routes = {v: [(r.pi, r.name, r.path, r.port) for r in vps_steps.http_routes(inv, inv.vps[v])] for v in inv.vps}
+    assert routes == {"main": [("pi1", "web", "/pi1/web/", 20000)], "backup": [("pi1", "web", "/pi1/web/", 20000)]}
+
+
+def test_a_vps_the_pi_no_longer_names_loses_its_instance() -> None:
+    ops = pi_steps.retired_path_ops("old")
+    services = [(op.unit, op.enabled, op.running) for op in ops if isinstance(op, Service)]
+    assert services == [("pitunnel@old.service", False, False), ("pitunnel-watchdog@old.service", False, False)]
+    assert {op.path for op in ops if isinstance(op, Absent)} == {"/etc/pitunnel/old", "/usr/local/lib/pitunnel/watchdog-old"}
 
 
 def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Inventory) -> None:
     pi, vps = inv.pis["pi1"], inv.vps_of(inv.pis["pi1"])
-    script = text_of(pi_ops(inv, "pi1"), PI_D["watchdog_path"])
+    script = text_of(pi_ops(inv, "pi1"), pi_steps.watchdog_path("main"))
     # woken by netlink when a link comes up or an address or default route appears
     assert "ip -o monitor link address route" in script
     assert "*LOWER_UP*" in script and 'default*' in script
@@ -592,9 +678,12 @@ def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Invento
     assert stale == (min(vps.client_alive_interval, pi.server_alive_interval) + 3) * 1000
     assert f'"$rcv" -gt {stale} ]' in script
     assert f'"$snd" -gt {pi_steps.hang_after_ms(pi)} ]' in script
-    assert f"read -r -t {PI_D['watchdog_every']} event" in script
+    assert 'read -r -t "$(next_check)" event' in script and f"echo {PI_D['watchdog_every']}" in script
+    assert "echo 1\n" in script  # every second while the tunnel is down
+    # a VPS back from an outage: autossh is woken from its back-off as soon as the VPS's sshd answers
+    assert "vps_answers" in script and '"/dev/tcp/$0/$1"' in script and 'systemctl restart "$unit"' in script
     # it signals only the unit's own ssh, never an ssh by name
-    assert 'systemctl show -p MainPID --value "$unit"' in script and f"unit={PI_D['unit']}" in script
+    assert 'systemctl show -p MainPID --value "$unit"' in script and "unit=pitunnel@main.service" in script
     assert 'children=$(tunnel_ssh "$main")' in script and 'kill -USR1 "$main"' in script
     # ... found by the unit's cgroup and socket inodes, never by text a process controls (its name)
     assert "cgroup.procs" in script and "/proc/\"$1\"/fd/*" in script and "ino:" in script
@@ -602,18 +691,21 @@ def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Invento
     assert "pkill" not in script and "killall" not in script
     unit = text_of(pi_ops(inv, "pi1"), f"/etc/systemd/system/{PI_D['watchdog_unit']}")
     assert "Restart=always" in unit and "StartLimitIntervalSec=0" in unit and "Type=oneshot" not in unit
-    assert f"ExecStart={PI_D['watchdog_path']}" in unit
+    assert f"ExecStart={PI_D['watchdog_path']}-%i" in unit
+    # stopping one VPS's watchdog removes its own route only, never another VPS's
+    assert f"ExecStopPost=-{PI_D['watchdog_path']}-%i stop" in unit and "route flush" not in unit
+    assert 'if [ "${1:-}" = stop ]' in script
 
 
 def test_watchdog_script_is_valid_bash(inv: Inventory, tmp_path: Path) -> None:
     script = tmp_path / "watchdog"
-    script.write_text(text_of(pi_ops(inv, "pi1"), PI_D["watchdog_path"]))
+    script.write_text(text_of(pi_ops(inv, "pi1"), pi_steps.watchdog_path("main")))
     done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 
 def test_tunnel_gives_up_a_connection_attempt_quickly(inv: Inventory) -> None:
-    config = text_of(pi_ops(inv, "pi1"), f"{PI_D['config_dir']}/ssh_config")
+    config = path_file(inv, "pi1", "ssh_config")
     assert f"ConnectTimeout {PI_D['tunnel_connect_timeout']}\n" in config
     assert PI_D["tunnel_connect_timeout"] <= 5
 
@@ -716,7 +808,8 @@ def test_default_server_of_the_users_is_not_claimed(servers: str, ports: set[int
 
 
 def test_default_site_claims_default_server_unless_told_not_to() -> None:
-    context = dict(http_port=80, https_port=443, tls_certificate=None, tls_key=None)
+    context = dict(http_port=80, https_port=443, tls_certificate=None, tls_key=None, site_tls=None, public_name=None,
+                   acme=False)
     assert "listen 80 default_server;" in vps_steps.ROLE.render("nginx-default-site.conf.j2", **context)
     assert "default_server" not in vps_steps.ROLE.render("nginx-default-site.conf.j2", claim_default=False, **context)
 
@@ -753,3 +846,21 @@ def test_reaper_believes_only_sshds_own_whole_lines() -> None:
                          capture_output=True, text=True, timeout=10)
     assert run.stdout.splitlines() == ["failure port=20000 pid=701", "ignored", "ignored", "ignored",
                                        "login user=pitunnel key=SHA256:3Psa+/9x", "child 708"], run.stderr
+
+
+def test_verify_probes_never_ask_for_the_running_tunnels_own_forwards(inv: Inventory, tmp_path: Path) -> None:
+    """The probes must be refused for what they try, not because the tunnel's own ports are taken."""
+    from pitunnel.roles.pi.verify import probe_script
+
+    pi = inv.pis["pi1"]
+    script = probe_script(pi, inv.vps_of(pi), ["127.0.0.1:20023"], 29999)
+    assert script.count("ssh -F \"$probe_config\"") == 5 and "ssh -F /etc" not in script
+    first = script.splitlines()[0]
+    config = tmp_path / "ssh_config"
+    config.write_text(ssh_config(inv, "pi1"))
+    done = subprocess.run(["bash", "-c", first.replace("/etc/pitunnel/main/ssh_config", str(config))
+                           + ' && cat "$probe_config" && rm -f "$probe_config"'], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "RemoteForward" not in done.stdout and f"Host {PI_D['ssh_host_alias']}" in done.stdout
+    assert "ExitOnForwardFailure yes" in done.stdout and "RemoteForward" in config.read_text()
+    assert script.rstrip().endswith('rm -f "$probe_config"')

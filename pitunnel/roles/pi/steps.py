@@ -1,9 +1,12 @@
-"""What a Pi must look like: autossh, a tunnel account with a key made on the Pi, the VPS host key
-pinned, a keepalive ssh config for the VPS entry only, and a systemd unit that keeps the tunnel up."""
+"""What a Pi must look like: autossh, a tunnel account with a key made on the Pi, and for each of its VPSes
+(a path) that VPS's host key pinned, a keepalive ssh config for that VPS only, and an instance of a systemd
+template unit (pitunnel@<vps>.service) that keeps that tunnel up, with its own watchdog."""
 
 from __future__ import annotations
 
+import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +40,26 @@ def key_path(pi: PiSpec) -> str:
 
 
 def forwards(pi: PiSpec) -> list[str]:
-    """Every -R of this Pi: listen where the inventory says, forward to the Pi's own port."""
+    """Every -R of this Pi on its VPS `pi.vps`: listen where the inventory says, forward to the Pi's own port."""
     return [f"{listen_spec(t)}:127.0.0.1:{t.local_port}" for t in pi.tunnels]
+
+
+def unit(vps: str) -> str:
+    """The tunnel's systemd unit for one VPS: an instance of the template, pitunnel@<vps>.service."""
+    return D["unit"].replace("@", f"@{vps}", 1)
+
+
+def watchdog_unit(vps: str) -> str:
+    return D["watchdog_unit"].replace("@", f"@{vps}", 1)
+
+
+def vps_config_dir(vps: str) -> str:
+    """The tunnel's own ssh_config and known_hosts for one VPS."""
+    return f"{D['config_dir']}/{vps}"
+
+
+def watchdog_path(vps: str) -> str:
+    return f"{D['watchdog_path']}-{vps}"
 
 
 def laptop_key_line(inv: Inventory) -> str | None:
@@ -148,39 +169,96 @@ def key_comment(pi: PiSpec) -> str:
 
 
 def context(pi: PiSpec, vps: VpsSpec) -> dict[str, Any]:
-    """The variables the Pi's templates are rendered with (the role's defaults under them), here and by
-    the Ansible benchmark (benchmarks/ansible/inventory.py) alike."""
+    """The variables the Pi's templates are rendered with for its path through `vps` (the role's defaults
+    under them), here and by the Ansible benchmark (benchmarks/ansible/inventory.py) alike."""
+    forwards_there = forwards(pi.on(vps.name))
     return dict(pi=pi.name, vps=vps.name, vps_address=vps.address, vps_port=vps.port,
                 vps_tunnel_user=vps.tunnel_user, key_path=key_path(pi), tunnel_user=pi.tunnel_user,
                 tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
-                server_alive_count_max=pi.server_alive_count_max, forwards=forwards(pi),
+                server_alive_count_max=pi.server_alive_count_max, forwards=forwards_there,
+                remote_forwards=[f.replace(":127.0.0.1:", " 127.0.0.1:", 1) for f in forwards_there],
                 connect_timeout=D["tunnel_connect_timeout"], hang_after_ms=hang_after_ms(pi),
                 stale_after_ms=stale_after_ms(pi, vps), check_every=D["watchdog_every"],
-                route_proto=D["route_proto"])
+                route_proto=D["route_proto"], unit=unit(vps.name), vps_config_dir=vps_config_dir(vps.name),
+                autossh_poll=D["autossh_poll"])
+
+
+def unit_context(pi: PiSpec) -> dict[str, Any]:
+    """The variables of the template units, the same for every VPS (systemd fills in %i)."""
+    return dict(pi=pi.name, tunnel_user=pi.tunnel_user, tunnel_home=tunnel_home(pi))
+
+
+def restart(vps: str) -> tuple[str]:
+    return (f"restart tunnel {vps}",)
+
+
+def restart_watchdog(vps: str) -> tuple[str]:
+    return (f"restart watchdog {vps}",)
+
+
+def template_ops(pi: PiSpec) -> list[Op]:
+    """What every path of the Pi shares: the template units (a change restarts every running instance), and
+    the retirement of the single tunnel and watchdog of earlier versions (pitunnel made them: their names and
+    files are its own) before any instance starts, so the old tunnel frees its ports on the VPS first."""
+    variables = unit_context(pi)
+    every = tuple(name for v in pi.all_vps for name in restart(v))
+    watchdogs = tuple(name for v in pi.all_vps for name in restart_watchdog(v))
+    return [
+        Service(D["legacy_unit"], enabled=False, running=False, title=f"single-VPS {D['legacy_unit']} retired"),
+        Service(D["legacy_watchdog_unit"], enabled=False, running=False, title="single-VPS watchdog retired"),
+        # the watchdog ran from a timer before it became a service that waits for network events
+        Service(D["watchdog_timer"], enabled=False, running=False, title="old watchdog timer retired"),
+        *(Absent(path, notify=("daemon-reload",)) for path in (
+            f"/etc/systemd/system/{D['legacy_unit']}", f"/etc/systemd/system/{D['legacy_watchdog_unit']}",
+            f"/etc/systemd/system/{D['watchdog_timer']}")),
+        *(Absent(path) for path in (D["watchdog_path"], f"{D['config_dir']}/ssh_config",
+                                    f"{D['config_dir']}/known_hosts")),
+        Directory(D["config_dir"]),
+        File(D["unit_path"], ROLE.render("pitunnel.service.j2", **variables), notify=every,
+             title=f"systemd template unit {D['unit']}"),
+        File(f"/etc/systemd/system/{D['watchdog_unit']}", ROLE.render("watchdog.service.j2", **variables),
+             notify=watchdogs, title=f"systemd template unit {D['watchdog_unit']}"),
+    ]
+
+
+def path_ops(pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str]) -> list[Op]:
+    """The Pi's tunnel to one VPS: that VPS's host keys pinned, its ssh config, its unit instance and watchdog."""
+    variables = context(pi, vps)
+    folder = vps_config_dir(vps.name)
+    return [
+        Directory(folder),
+        pins_file(vps, vps_host_keys, restart(vps.name)),
+        File(f"{folder}/ssh_config", ROLE.render("ssh_config.j2", **variables), notify=restart(vps.name),
+             title=f"{vps.name}: tunnel ssh config (keepalives and forwards for this VPS only)"),
+        Service(unit(vps.name), covers=restart(vps.name)),
+        File(watchdog_path(vps.name), ROLE.render("watchdog.sh.j2", **variables), mode=0o755,
+             notify=restart_watchdog(vps.name),
+             title=f"{vps.name}: watchdog (network back, a hung tunnel ssh, quick ACKs to the VPS)"),
+        Service(watchdog_unit(vps.name), covers=restart_watchdog(vps.name)),
+    ]
+
+
+def retired_path_ops(vps: str) -> list[Op]:
+    """A VPS the Pi no longer names: its instance and watchdog stopped, its files gone."""
+    return [Service(unit(vps), enabled=False, running=False, title=f"{vps}: tunnel retired (no longer its VPS)"),
+            Service(watchdog_unit(vps), enabled=False, running=False, title=f"{vps}: watchdog retired"),
+            Absent(vps_config_dir(vps)), Absent(watchdog_path(vps))]
+
+
+def pins_file(vps: VpsSpec, vps_host_keys: Sequence[str], notify: tuple[str, ...] = ()) -> File:
+    """The host keys the tunnel's ssh to `vps` accepts (several while `rotate-vps-hostkey` runs)."""
+    known = "".join(f"{known_name(vps.address, vps.port)} {k}\n" for k in vps_host_keys)
+    return File(f"{vps_config_dir(vps.name)}/known_hosts", known, notify=notify, title=f"{vps.name}: VPS host key pinned")
+
+
+def pinned(text: str) -> tuple[str, ...]:
+    """The keys (`type blob`) of a pins file."""
+    return tuple(" ".join(line.split()[1:3]) for line in text.splitlines() if len(line.split()) >= 3)
 
 
 def tunnel_ops(inv: Inventory, pi: PiSpec, vps: VpsSpec, vps_host_keys: list[str]) -> list[Op]:
-    known = "".join(f"{known_name(vps.address, vps.port)} {k}\n" for k in vps_host_keys)
-    variables = context(pi, vps)
-    restart = ("restart tunnel",)
-    watchdog = ("restart watchdog",)
-    return [
-        Directory(D["config_dir"]),
-        File(f"{D['config_dir']}/known_hosts", known, notify=restart, title="VPS host key pinned for the tunnel"),
-        File(f"{D['config_dir']}/ssh_config", ROLE.render("ssh_config.j2", **variables), notify=restart,
-             title="tunnel ssh config (keepalives for the VPS entry only)"),
-        File(D["unit_path"], ROLE.render("pitunnel.service.j2", **variables), notify=restart,
-             title=f"systemd unit {D['unit']}"),
-        Service(D["unit"], covers=restart),
-        # the watchdog ran from a timer before it became a service that waits for network events
-        Service(D["watchdog_timer"], enabled=False, running=False, title="old watchdog timer retired"),
-        Absent(f"/etc/systemd/system/{D['watchdog_timer']}", notify=watchdog),
-        File(D["watchdog_path"], ROLE.render("watchdog.sh.j2", **variables),
-             mode=0o755, notify=watchdog, title="watchdog: network back, a hung tunnel ssh, quick ACKs to the VPS"),
-        File(f"/etc/systemd/system/{D['watchdog_unit']}", ROLE.render("watchdog.service.j2", **variables),
-             notify=watchdog, title=f"systemd unit {D['watchdog_unit']}"),
-        Service(D["watchdog_unit"], covers=watchdog),
-    ]
+    """Everything for the Pi's path through `vps` alone (the ops of a Pi with that one VPS)."""
+    return [*template_ops(pi), *path_ops(pi, vps, vps_host_keys)]
 
 
 def hang_after_ms(pi: PiSpec) -> int:
@@ -199,17 +277,29 @@ def stale_after_ms(pi: PiSpec, vps: VpsSpec) -> int:
 RELOAD_HINTS = {
     "tunnel": "a fresh login failed after changing sshd's settings",
     "passwords": "a fresh key login failed after turning passwords off",
-    "teardown": "a fresh login failed after teardown's sshd changes: without the laptop's key pitunnel can log in "
-                "only with the login password, so set password_file or pass --prompt-for-login-password (on "
-                "teardown -p is --purge)",
+    "teardown": "a fresh login failed after teardown's changes: the login that worked before does not now (for the "
+                "laptop's key: the password or key the inventory gives was refused)",
 }
 
 
-def handlers(remote: Remote, step: str = "tunnel") -> list[Handler]:
+def restart_command(remote: Remote, vps: str) -> list[str]:
+    """Restart the tunnel to `vps` if it runs; a moment later if our own connection rides that tunnel (away
+    from home), so that this run hears the handler's result before the restart cuts the connection."""
+    command = f"systemctl try-restart {unit(vps)}"
+    if getattr(remote, "through_tunnel", False) and getattr(remote, "gateway_name", None) == vps:
+        return [f"systemd-run --quiet --collect --on-active={D['restart_under_us_after']} "
+                f"--timer-property=AccuracySec=100ms {command}"]
+    return [command]
+
+
+def handlers(remote: Remote, step: str = "tunnel", vpses: tuple[str, ...] = ()) -> list[Handler]:
     """The Pi role's handlers, for every step; sshd's reload is proven by a fresh login (a key login once
-    passwords go off), else rolled back, the laptop's key too."""
-    return [Handler("restart tunnel", ["systemctl daemon-reload", f"systemctl restart {D['unit']}"]),
-            Handler("restart watchdog", ["systemctl daemon-reload", f"systemctl restart {D['watchdog_unit']}"]),
+    passwords go off), else rolled back, the laptop's key too. A tunnel or watchdog of one VPS is restarted
+    only if it runs (a path whose VPS did not answer this run is not started from half its files)."""
+    per_vps = [handler for v in vpses for handler in (
+        Handler(restart(v)[0], ["systemctl daemon-reload", *restart_command(remote, v)]),
+        Handler(restart_watchdog(v)[0], ["systemctl daemon-reload", f"systemctl try-restart {watchdog_unit(v)}"]))]
+    return [*per_vps,
             Handler("daemon-reload", ["systemctl daemon-reload"]),
             sshd_reload(remote, D["ssh_service"], RELOAD_HINTS[step], keys_only=step == "passwords")]
 
@@ -257,12 +347,30 @@ def base(play: Play) -> dict[str, PiBase]:
     return play.each(play.selected(list(inv.pis.values())), one)
 
 
-def tunnel(play: Play, remote: Remote, base: PiBase, vps_host_keys: tuple[str, ...]) -> bool:
-    """The Pi's tunnel to its VPS, pinning the VPS's host keys. True if it changed (or would)."""
+def instances(remote: Remote) -> set[str]:
+    """The VPSes the Pi has a path to now: a folder of its own under config_dir."""
+    out = remote.run(f"find {D['config_dir']} -mindepth 1 -maxdepth 1 -type d -printf '%f\\n' 2>/dev/null || true")
+    return {name for name in out.stdout.split() if re.fullmatch(r"[a-z][a-z0-9-]{0,30}", name)}
+
+
+def tunnel(play: Play, remote: Remote, base: PiBase, host_keys: dict[str, tuple[str, ...]]) -> set[str]:
+    """The Pi's tunnel to each VPS in `host_keys` (its VPSes that answered), pinning that VPS's host keys; a
+    path whose VPS did not answer is left as it is; a VPS the Pi no longer names loses its instance. Returns
+    the VPSes whose path changed (or would)."""
     inv = play.inventory
     pi = inv.pis[remote.name]
-    ops = [*tunnel_ops(inv, pi, inv.vps_of(pi), list(vps_host_keys)), *loopback_ops(pi, penalties=base.penalties)]
-    return converge(remote, ops, play.reporter, play.options.mode, handlers(remote)).changed
+    retired = sorted(instances(remote) - set(pi.all_vps))
+    paths = {v: path_ops(pi, inv.vps[v], list(keys)) for v, keys in host_keys.items()}
+    ops = [*template_ops(pi), *(op for v in retired for op in retired_path_ops(v)),
+           *(op for v in pi.all_vps if v in paths for op in paths[v]), *loopback_ops(pi, penalties=base.penalties)]
+    done = converge(remote, ops, play.reporter, play.options.mode, handlers(remote, vpses=pi.all_vps))
+    riding = restart(getattr(remote, "gateway_name", "-"))[0]
+    if remote.through_tunnel and not play.options.check and any(
+            done.changes(op) for op in ops if riding in op.notify):
+        play.reporter.note(pi.name, f"its tunnel restarts in {D['restart_under_us_after']}s, and with it this "
+                                    "connection: reconnecting through the new tunnel")
+        remote.path_restarts(D["restart_under_us_after"] + 1, within=D["listen_wait_seconds"])
+    return {v for v, path in paths.items() if any(done.changes(op) for op in path)}
 
 
 def passwords_off(play: Play, remote: Remote) -> None:
@@ -274,13 +382,18 @@ def passwords_off(play: Play, remote: Remote) -> None:
     converge(remote, password_ops(), play.reporter, play.options.mode, handlers(remote, "passwords"))
 
 
-def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool) -> list[Op]:
+def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool, present: tuple[str, ...] = ()) -> list[Op]:
+    """Undo provision-pi: every path's instance (those the inventory names and those `present` on the Pi),
+    the template units, the single-VPS units of earlier versions, the files."""
+    gone = [Service(which(v), enabled=False, running=False, title=f"{v}: service {which(v)} stopped and disabled")
+            for v in dict.fromkeys([*pi.all_vps, *present]) for which in (unit, watchdog_unit)]
     ops: list[Op] = [
-        Service(D["unit"], enabled=False, running=False, title=f"service {D['unit']} stopped and disabled"),
-        Service(D["watchdog_unit"], enabled=False, running=False, title="watchdog stopped and disabled"),
+        *gone,
+        Service(D["legacy_unit"], enabled=False, running=False, title=f"service {D['legacy_unit']} stopped and disabled"),
+        Service(D["legacy_watchdog_unit"], enabled=False, running=False, title="single-VPS watchdog stopped and disabled"),
         Service(D["watchdog_timer"], enabled=False, running=False, title="old watchdog timer stopped and disabled"),
-        Absent(f"/etc/systemd/system/{D['watchdog_timer']}", notify=("daemon-reload",)),
-        Absent(f"/etc/systemd/system/{D['watchdog_unit']}", notify=("daemon-reload",)),
+        *(Absent(f"/etc/systemd/system/{name}", notify=("daemon-reload",))
+          for name in (D["watchdog_timer"], D["watchdog_unit"], D["legacy_watchdog_unit"], D["legacy_unit"])),
         Absent(D["watchdog_path"].rsplit("/", 1)[0]),
         Absent(D["unit_path"], notify=("daemon-reload",)),
         Absent(D["config_dir"]),
@@ -290,19 +403,53 @@ def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool) -> list[Op]:
     if pi.tunnel_user != pi.user:
         ops.append(UserAbsent(pi.tunnel_user))
     else:
-        ops += [Absent(key_path(pi)), Absent(key_path(pi) + ".pub")]
-    if inv.settings.laptop_key is not None:
-        ops.append(File(f"{home_of(pi.user)}/.ssh/authorized_keys", managed_lines(D["laptop_key_marker"], {"": None}),
-                        owner=pi.user, group=pi.user, mode=0o600, notify=("reload sshd",), title="laptop's key removed"))
+        ops += [Absent(key_path(pi) + suffix) for suffix in ("", ".pub", ".next", ".next.pub", ".old", ".old.pub")]
     if purge:
         ops.append(PackagesAbsent((D["autossh_package"],)))
     return ops
 
 
+def laptop_key_removal(pi: PiSpec) -> Op:
+    return File(f"{home_of(pi.user)}/.ssh/authorized_keys", managed_lines(D["laptop_key_marker"], {"": None}),
+                owner=pi.user, group=pi.user, mode=0o600, notify=("reload sshd",), title="laptop's key removed")
+
+
+def another_way_in(inv: Inventory, pi: PiSpec, remote: Remote) -> bool:
+    """Whether pitunnel knows a login to this Pi that does not need the laptop's key: the login password,
+    or a login key of the inventory's that is not the laptop's."""
+    laptop = inv.settings.laptop_key
+    own_key = pi.key is not None and laptop is not None and pi.key.resolve() != laptop.resolve()
+    return bool(remote.credentials.login_password) or own_key
+
+
+KEPT_LAPTOP_KEY = ("kept the laptop's key (the line marked {marker} in ~{user}/.ssh/authorized_keys): it is the only "
+                   "login pitunnel knows to this Pi, and without it you could be locked out. Remove that line by "
+                   "hand once you have another way in, or run teardown again with the login password "
+                   "(password_file, or --prompt-for-login-password)")
+
+
 def teardown(play: Play, *, purge: bool) -> None:
-    """Undo provision-pi on every selected Pi (roles/site.py takes their keys off their VPS)."""
+    """Undo provision-pi on every selected Pi (roles/site.py takes their keys off their VPS). The laptop's key
+    goes last, on its own, and only when pitunnel knows another way in; else it stays, with a warning."""
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
 
-    play.each(pis, lambda remote: converge(remote, teardown_ops(inv, inv.pis[remote.name], purge=purge),
-                                           play.reporter, play.options.mode, handlers(remote, "teardown")))
+    def undo(remote: Remote) -> None:
+        pi = inv.pis[remote.name]
+        remote.connection()  # a Pi with via: auto chooses its path now
+        if remote.through_tunnel and not play.options.check:
+            play.reporter.line(remote.name, "failed", "teardown",
+                               "reached through its own tunnel, which teardown stops mid-way: nothing changed; run "
+                               "it where the laptop reaches the Pi's address (or through a ProxyJump that does not "
+                               "use this tunnel)")
+            raise StepFailed("teardown through its own tunnel")
+        converge(remote, teardown_ops(inv, pi, purge=purge, present=tuple(sorted(instances(remote)))),
+                 play.reporter, play.options.mode, handlers(remote, "teardown"))
+        if inv.settings.laptop_key is None:
+            return
+        if another_way_in(inv, pi, remote):
+            converge(remote, [laptop_key_removal(pi)], play.reporter, play.options.mode, handlers(remote, "teardown"))
+        else:
+            play.reporter.warn(remote.name, KEPT_LAPTOP_KEY.format(marker=D["laptop_key_marker"], user=pi.user))
+
+    play.each(pis, undo)

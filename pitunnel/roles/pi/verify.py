@@ -14,16 +14,22 @@ import io
 import json
 import shlex
 import socket
+import ssl
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paramiko
 
 from pitunnel import hostkeys
-from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
+from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec, has_tls
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.roles.contract import listen_spec
-from pitunnel.roles.pi.steps import D, password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact
+from pitunnel.roles.pi.steps import (D, password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact, unit,
+                                     vps_config_dir, watchdog_unit)
+
+REACH = "reach "  # checks that fail because a host was out of reach: `verify` exits 4 for them, not 2
 
 
 @dataclass
@@ -37,8 +43,11 @@ class Check:
 
 @dataclass
 class PiReport:
+    """The checks of one path: the Pi `pi` through its VPS `vps` (a Pi with two VPSes has two reports)."""
+
     pi: str
     checks: list[Check] = field(default_factory=list)
+    vps: str = ""
 
     def add(self, name: str, passed: bool, detail: str, hint: str = "", *, warning: bool = False) -> None:
         self.checks.append(Check(name, passed, detail, "" if passed and not warning else hint, warning))
@@ -48,8 +57,9 @@ class PiReport:
         return bool(self.checks) and all(c.passed for c in self.checks)
 
 
-def pi_host_keys(inv: Inventory, pi: PiSpec) -> paramiko.HostKeys:
-    """The Pi's own host keys as the laptop knows them from direct contact."""
+def pi_host_keys(inv: Inventory, pi: PiSpec, name: str | None = None) -> paramiko.HostKeys:
+    """The Pi's own host keys as the laptop knows them from direct contact (filed under `name` in
+    known_hosts: how its connection looks them up, by default its address and port)."""
     keys = paramiko.HostKeys()
     if pi.host_key:
         keytype, blob = pi.host_key.split()[:2]
@@ -57,7 +67,7 @@ def pi_host_keys(inv: Inventory, pi: PiSpec) -> paramiko.HostKeys:
         return keys
     if inv.settings.known_hosts.exists():
         keys.load(str(inv.settings.known_hosts))
-    found = keys.lookup(hostkeys.known_name(pi.address, pi.port))
+    found = keys.lookup(name or hostkeys.known_name(pi.address, pi.port))
     out = paramiko.HostKeys()
     if found:
         for keytype, key in found.items():
@@ -66,9 +76,10 @@ def pi_host_keys(inv: Inventory, pi: PiSpec) -> paramiko.HostKeys:
 
 
 def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSpec,
-                vps: VpsSpec) -> tuple[bool, str, str]:
-    """Log in to the Pi through the tunnel; pass only if the far end shows this Pi's own host key."""
-    expected = pi_host_keys(inv, pi)
+                vps: VpsSpec, pi_remote: Remote) -> tuple[bool, str, str]:
+    """Log in to the Pi through the tunnel (as its connection logs in: agent, key files); pass only if the far
+    end shows this Pi's own host key."""
+    expected = pi_host_keys(inv, pi, pi_remote.target.known_name)
     if not expected.keys():
         return False, "the Pi's host key is unknown to the laptop", "record it on first direct contact (--accept-new-host-keys) or pin host_key in the inventory"
     if tunnel.public:
@@ -86,7 +97,7 @@ def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSp
         try:
             sock = transport.open_channel("direct-tcpip", ("127.0.0.1", tunnel.remote_port), ("127.0.0.1", 0), timeout=10)
         except paramiko.ChannelException as exc:
-            return False, f"{where}: {exc}", "the tunnel is not listening on the VPS: is pitunnel.service up on the Pi?"
+            return False, f"{where}: {exc}", "the tunnel is not listening on the VPS: is pitunnel@<vps>.service up on the Pi?"
     transport2 = paramiko.Transport(sock)
     try:
         transport2.start_client(timeout=10)
@@ -95,13 +106,20 @@ def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSp
         if known is None or known.get(key.get_name()) != key:
             return False, f"{where}: host key {hostkeys.fingerprint(key)} is not {pi.name}'s", \
                 "another host answers on this port: check remote_port clashes and the tunnel's -R"
-        if pi.key is None:
-            return True, f"{where}: {pi.name}'s host key ({key.get_name()})", ""
-        transport2.auth_publickey(pi.user, paramiko.PKey.from_path(str(pi.key)))
+        try:
+            pi_remote.authenticate(transport2)
+        except paramiko.AuthenticationException:
+            if pi.key is None:  # no key named for it: its own host key is the proof
+                return True, f"{where}: {pi.name}'s host key ({key.get_name()})", ""
+            return False, f"{where}: {pi.name}'s host key, but login refused", \
+                "the tunnel reached the Pi's sshd but login failed: was the laptop key pushed?"
         chan = transport2.open_session(timeout=10)
         chan.exec_command("hostname")
         name = chan.makefile().read().decode().strip()
-        return True, f"{where}: {pi.name}'s host key, logged in as {pi.user}, hostname {name}", ""
+        return True, f"{where}: {pi.name}'s host key, logged in as {pi_remote.target.user}, hostname {name}", ""
+    except EOFError:  # paramiko's, when the far end closes before its SSH banner
+        return False, f"{where}: closed before the SSH banner", \
+            "the VPS accepted but the tunnel did not reach the Pi's sshd: is its tunnel to this VPS connected?"
     except (paramiko.SSHException, OSError) as exc:
         return False, f"{where}: {exc}", "the tunnel reached an sshd but login failed: was the laptop key pushed?"
     finally:
@@ -120,6 +138,7 @@ class Answer:
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
+    expires: float | None = None  # over HTTPS: when the certificate the VPS showed expires (epoch seconds)
 
     def header(self, name: str) -> str:
         return next((v for k, v in self.headers if k.lower() == name.lower()), "")
@@ -172,8 +191,8 @@ def judge(pi: str, via: Answer, local: Answer) -> tuple[bool, str]:
     return False, f"{what}: through the VPS {via.describe()}; on the Pi itself {local.describe()}"
 
 
-def _answer(response: http.client.HTTPResponse) -> Answer:
-    return Answer(response.status, response.read(BODY_LIMIT), tuple(response.getheaders()))
+def _answer(response: http.client.HTTPResponse, expires: float | None = None) -> Answer:
+    return Answer(response.status, response.read(BODY_LIMIT), tuple(response.getheaders()), expires)
 
 
 def request_headers(host: str) -> dict[str, str]:
@@ -181,13 +200,51 @@ def request_headers(host: str) -> dict[str, str]:
     return {"Host": host, "User-Agent": "pitunnel-verify", "Accept": "*/*", "Accept-Encoding": "identity"}
 
 
-def fetch_via_nginx(vps: VpsSpec, tunnel: TunnelSpec, host: str) -> Answer:
-    conn = http.client.HTTPConnection(vps.address, vps.http_port, timeout=10)
+CERT_DAYS = 14  # a certificate that expires sooner fails verify: its renewal is overdue
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Checks the chain (against the system's CAs, or settings.verify_ca_file's) and the name: never off."""
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
+def fetch_via_nginx(vps: VpsSpec, tunnel: TunnelSpec, host: str, tls: ssl.SSLContext | None = None) -> Answer:
+    """GET the route from the VPS's Nginx; with `tls`, over HTTPS to the VPS's address, the certificate
+    checked for `host` (SNI and name, as a browser that resolved `host` to the VPS would)."""
+    conn: http.client.HTTPConnection
+    if tls is None:
+        conn = http.client.HTTPConnection(vps.address, vps.http_port, timeout=10)
+    else:
+        conn = http.client.HTTPSConnection(host, vps.https_port, timeout=10, context=tls)
+        conn._create_connection = lambda address, *args: socket.create_connection(  # type: ignore[attr-defined]
+            (vps.address, address[1]), *args)
     try:
         conn.request("GET", tunnel.path or "/", headers=request_headers(host))
-        return _answer(conn.getresponse())
+        expires = None
+        if isinstance(conn.sock, ssl.SSLSocket):
+            peer = conn.sock.getpeercert()
+            expires = ssl.cert_time_to_seconds(str(peer["notAfter"])) if peer and "notAfter" in peer else None
+        return _answer(conn.getresponse(), expires)
     finally:
         conn.close()
+
+
+def https_only(vps: VpsSpec, tunnel: TunnelSpec, host: str, via: Answer) -> tuple[bool, str, str]:
+    """A route with TLS: its certificate is good for CERT_DAYS more, and plain HTTP answers only with a
+    308 to HTTPS."""
+    days = ((via.expires or 0) - time.time()) / 86400
+    when = time.strftime("%Y-%m-%d", time.gmtime(via.expires or 0))
+    if days < CERT_DAYS:
+        return False, f"the certificate for {host} expires {when} ({days:.0f} days)", \
+            "renewal is overdue: on the VPS, `certbot renew` and `journalctl -u certbot` (or replace tls_certificate)"
+    try:
+        plain = fetch_via_nginx(vps, tunnel, host)
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"plain HTTP: {exc}", "Nginx does not answer on port 80: run provision-vps"
+    location = plain.header("Location")
+    if plain.status != 308 or not location.startswith("https://"):
+        return False, f"plain HTTP answers {plain.status} {location!r}, not a 308 to https", "rerun provision-vps"
+    return True, f"certificate valid until {when} ({days:.0f} days); plain HTTP: 308 to {location}", ""
 
 
 class _Received:
@@ -246,17 +303,25 @@ def _transport(remote: Remote) -> paramiko.Transport:
 
 
 def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote,
-                 vps_remote: Remote) -> tuple[bool, str, str]:
+                 vps_remote: Remote, ca_file: Path | None = None) -> tuple[bool, str, str]:
     """GET the route through Nginx and the same on the Pi itself (through our SSH connection to it, at
     127.0.0.1:local_port), and compare; once more if they differ. Behind basic auth, Nginx's 401 for this
-    route plus the tunnel's answer on the VPS (127.0.0.1:remote_port, bypassing Nginx) must both hold."""
-    host = tunnel.server_name or vps.address
-    url = f"http://{vps.address}:{vps.http_port}{tunnel.path or '/'}" + (f" (Host: {host})" if tunnel.server_name else "")
+    route plus the tunnel's answer on the VPS (127.0.0.1:remote_port, bypassing Nginx) must both hold.
+    A route with TLS is fetched over HTTPS (chain and name checked), and must be HTTPS only."""
+    host = tunnel.server_name or vps.public_name or vps.address
+    tls = tls_context(ca_file) if has_tls(vps, tunnel) else None
+    if tls is not None:
+        url = f"https://{host}:{vps.https_port}{tunnel.path or '/'} (at {vps.address})"
+    else:
+        url = f"http://{vps.address}:{vps.http_port}{tunnel.path or '/'}" + (f" (Host: {host})" if host != vps.address else "")
     local_where = f"127.0.0.1:{tunnel.local_port} on {pi.name}"
     detail = ""
     for attempt in (1, 2):
         try:
-            via = fetch_via_nginx(vps, tunnel, host)
+            via = front = fetch_via_nginx(vps, tunnel, host, tls)
+        except ssl.SSLError as exc:
+            return False, f"{url}: {exc}", ("no valid certificate for this name: see provision-vps's certificate line "
+                                            "(or settings.verify_ca_file for a private CA)")
         except (OSError, http.client.HTTPException) as exc:
             return False, f"{url}: {exc}", "Nginx does not answer on the VPS: run provision-vps, check the firewall"
         try:
@@ -273,11 +338,16 @@ def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote
                 via = fetch_over_ssh(_transport(vps_remote), tunnel.remote_port, host)
             except (paramiko.SSHException, OSError, http.client.HTTPException) as exc:
                 return False, f"{url}: 401 from Nginx, but 127.0.0.1:{tunnel.remote_port} on {vps.name}: {exc}", \
-                    "the tunnel is not listening on the VPS: check pitunnel.service on the Pi"
+                    "the tunnel is not listening on the VPS: check the Pi's pitunnel@<vps>.service"
             ok, detail = judge(pi.name, via, local)
             detail = f"401 from Nginx's basic auth ({realm}); behind it, 127.0.0.1:{tunnel.remote_port} on {vps.name}: {detail}"
         else:
             ok, detail = judge(pi.name, via, local)
+        if ok and tls is not None:
+            secure, how, hint = https_only(vps, tunnel, host, front)
+            if not secure:
+                return False, f"{url}: {how}", hint
+            detail += f"; {how}"
         if ok:
             return True, f"{url}: {detail}" + (" (second try)" if attempt == 2 else ""), ""
     return False, f"{url}: {detail}", _http_hint(vps, tunnel, host, vps_remote, local)
@@ -289,7 +359,7 @@ def _http_hint(vps: VpsSpec, tunnel: TunnelSpec, host: str, vps_remote: Remote, 
     try:
         behind = fetch_over_ssh(_transport(vps_remote), tunnel.remote_port, host)
     except (paramiko.SSHException, OSError, http.client.HTTPException):
-        return f"nothing answers at {leg}: the tunnel is down; check pitunnel.service on the Pi"
+        return f"nothing answers at {leg}: the tunnel is down; check the Pi's pitunnel@<vps>.service"
     if (behind.status, behind.body) == (local.status, local.body):
         return f"{leg} answers as the Pi itself, so Nginx does not route this request there: rerun provision-vps"
     if local.status != 200 or behind.status != 200:
@@ -298,10 +368,15 @@ def _http_hint(vps: VpsSpec, tunnel: TunnelSpec, host: str, vps_remote: Remote, 
 
 
 def probe_script(pi: PiSpec, vps: VpsSpec, others: list[str], free_port: int) -> str:
-    """Negative probes run on the Pi as the tunnel account with the tunnel key: each must be refused."""
-    ssh = f"runuser -u {shlex.quote(pi.tunnel_user)} -- timeout 15 ssh -F {D['config_dir']}/ssh_config"
+    """Negative probes run on the Pi as the tunnel account with the tunnel key: each must be refused. They use
+    the tunnel's ssh_config for this VPS without its RemoteForward lines: the running tunnel holds those
+    ports, so asking for them again would end each probe (ExitOnForwardFailure) before it proved anything."""
+    config = '"$probe_config"'
+    ssh = f"runuser -u {shlex.quote(pi.tunnel_user)} -- timeout 15 ssh -F {config}"
     host = D["ssh_host_alias"]
     lines = [
+        f"probe_config=$(mktemp) && grep -v '^[[:space:]]*RemoteForward[[:space:]]' "
+        f"{vps_config_dir(vps.name)}/ssh_config > \"$probe_config\" && chmod 644 \"$probe_config\"",
         f"out=$({ssh} {host} id 2>&1); case \"$out\" in *uid=*) echo 'PROBE command FAIL ran: id';; "
         "*) echo 'PROBE command ok';; esac",
         f"out=$({ssh} -tt {host} 'id' 2>&1 </dev/null); case \"$out\" in *uid=*) echo 'PROBE pty FAIL got a shell';; "
@@ -311,10 +386,11 @@ def probe_script(pi: PiSpec, vps: VpsSpec, others: list[str], free_port: int) ->
     ]
     for label, spec in [("other-port", f"127.0.0.1:{free_port}"), *((f"other-pi {s}", s) for s in others)]:
         lines.append(
-            f"runuser -u {shlex.quote(pi.tunnel_user)} -- timeout 8 ssh -F {D['config_dir']}/ssh_config -N "
+            f"runuser -u {shlex.quote(pi.tunnel_user)} -- timeout 8 ssh -F {config} -N "
             f"-o ExitOnForwardFailure=yes -R {spec}:127.0.0.1:9 {host} </dev/null >/dev/null 2>&1; rc=$?; "
             f"if [ $rc -eq 124 ]; then echo 'PROBE {label} FAIL listener accepted'; else echo 'PROBE {label} ok'; fi"
         )
+    lines.append('rm -f "$probe_config"')
     return "\n".join(lines) + "\n"
 
 
@@ -339,27 +415,35 @@ def passwords_check(report: PiReport, pi: PiSpec, vps: VpsSpec, sshd_t: str) -> 
                    f"`disable_password_login: true` for {pi.name} and rerun provision-pi", warning=True)
 
 
-def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[str]) -> None:
-    """Prove one Pi, into its `report`: its units, its VPS's listeners (`present`, read by roles/site.py),
-    SSH and HTTP through its VPS (the VPS's connection carries the jumps), and every probe refused."""
+def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[str] | None) -> None:
+    """Prove one path, into its `report`: the Pi's unit for that VPS, the VPS's listeners (`present`, read by
+    roles/site.py; None if the VPS did not answer), SSH and HTTP through that VPS (the VPS's connection
+    carries the jumps), and every probe refused."""
     inv = play.inventory
-    pi = inv.pis[remote.name]
+    pi = inv.pis[remote.name].on(report.vps or inv.pis[remote.name].vps)
+    report.vps = pi.vps
     vps = inv.vps_of(pi)
+    if present is None:
+        why = play.why.get(vps.name) or f"{vps.name} ({vps.address}) did not answer"
+        report.add(f"{REACH}the VPS {vps.name}", False, f"{why}: this path is unproven",
+                   f"bring {vps.name} back (the Pi's other paths are checked on their own), then rerun verify")
+        return
     others = [listen_spec(t) for p, t in inv.tunnels_on(vps) if p.name != pi.name]
     used = {t.remote_port for _, t in inv.tunnels_on(vps)}
     free = next(p for p in range(vps.port_range[1], 1024, -1) if p not in used)
-    unit = remote.run(f"systemctl is-enabled {D['unit']}; systemctl is-active {D['unit']}; "
-                      f"systemctl is-active {D['watchdog_unit']}\n"
+    tunnel_unit, watchdog = unit(vps.name), watchdog_unit(vps.name)
+    unit_state = remote.run(f"systemctl is-enabled {tunnel_unit}; systemctl is-active {tunnel_unit}; "
+                      f"systemctl is-active {watchdog}\n"
                       + probe_script(pi, vps, others, free)
                       + f"({sshd_passwords_fact(pi).script}) | sed 's/^/SSHD /'\n", timeout=120)
-    words = unit.stdout.split("\n")
-    state = f"{words[0].strip()}, {words[1].strip()}" if len(words) > 1 else unit.stdout.strip()
+    words = unit_state.stdout.split("\n")
+    state = f"{words[0].strip()}, {words[1].strip()}" if len(words) > 1 else unit_state.stdout.strip()
     report.add("unit enabled and active", state == "enabled, active", state,
-               f"on the Pi: systemctl status {D['unit']}; journalctl -u {D['unit']}")
-    watchdog = words[2].strip() if len(words) > 2 else "unknown"
-    report.add("watchdog active", watchdog == "active", watchdog,
+               f"on the Pi: systemctl status {tunnel_unit}; journalctl -u {tunnel_unit}")
+    watching = words[2].strip() if len(words) > 2 else "unknown"
+    report.add("watchdog active", watching == "active", watching,
                f"without it, a dead connection waits for keepalives after the network is back: on the Pi, "
-               f"systemctl status {D['watchdog_unit']}; or rerun provision-pi")
+               f"systemctl status {watchdog}; or rerun provision-pi")
     for t in pi.tunnels:
         want = listen_spec(t)
         wrong = f"0.0.0.0:{t.remote_port}" if not t.public else f"127.0.0.1:{t.remote_port}"
@@ -370,13 +454,13 @@ def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[s
                    "none: the tunnel is down or its -R was refused (stale listener? see troubleshooting)")
     for t in pi.tunnels:
         if t.kind == "ssh":
-            ok, detail, hint = ssh_through(inv, pi, play.remotes[vps.name], t, vps)
+            ok, detail, hint = ssh_through(inv, pi, play.remotes[vps.name], t, vps, remote)
             report.add(f"{t.name}: ssh lands on {pi.name}", ok, detail, hint)
         else:
-            ok, detail, hint = http_through(vps, pi, t, remote, play.remotes[vps.name])
+            ok, detail, hint = http_through(vps, pi, t, remote, play.remotes[vps.name], inv.settings.verify_ca_file)
             report.add(f"{t.name}: http via nginx reaches {pi.name}", ok, detail, hint)
-    passwords_check(report, pi, vps, "\n".join(l[5:] for l in unit.stdout.splitlines() if l.startswith("SSHD ")))
-    for line in unit.stdout.splitlines():
+    passwords_check(report, pi, vps, "\n".join(l[5:] for l in unit_state.stdout.splitlines() if l.startswith("SSHD ")))
+    for line in unit_state.stdout.splitlines():
         if line.startswith("PROBE "):
             parts = line.split(None, 2)
             label, verdict = (line[6:].rsplit(" ok", 1)[0], "ok") if line.endswith(" ok") else (parts[1], "FAIL")
@@ -387,7 +471,8 @@ def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[s
 
 def print_reports(reports: list[PiReport]) -> None:
     for report in reports:
-        print(f"\n{report.pi}: {'PASS' if report.passed else 'FAIL'}")
+        via = f" via {report.vps}" if report.vps else ""
+        print(f"\n{report.pi}{via}: {'PASS' if report.passed else 'FAIL'}")
         for c in report.checks:
             print(f"  {'FAIL' if not c.passed else 'WARN' if c.warning else 'PASS'}  {c.name:<42} {c.detail}")
             if c.hint:

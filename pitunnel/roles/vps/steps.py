@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pitunnel.facts import LISTENERS, Fact, Facts, FileState, command_fact, read
-from pitunnel.inventory import NAME_RE, Inventory, PiSpec, VpsSpec
+from pitunnel.facts import LISTENERS, Fact, Facts, FileState, command_fact, gather, read
+from pitunnel.inventory import NAME_RE, Inventory, PiSpec, TunnelSpec, VpsSpec, acme_name
 from pitunnel.ops import (STATE_DIR, Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Plan,
                           Pruned, Service, SshdPasswordsCheck, SystemUser, UserAbsent, backup_commands, q)
 from pitunnel.play import Play
@@ -18,6 +18,8 @@ from pitunnel.role import Role
 from pitunnel.runner import Mode, StepFailed, converge, facts_for, sshd_reload
 from pitunnel.sshkeys import BadPublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec
+from pitunnel.roles.vps.acme import (AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact,
+                                     live_paths)
 
 ROLE = Role("vps")
 D = ROLE.defaults
@@ -37,6 +39,8 @@ class HttpRoute:
     auth_source: Path | None
     websocket: bool
     client_max_body_size: str
+    hsts: bool = False
+    acme_name: str | None = None  # the name of its ACME certificate (its server_name, or the VPS's public_name)
 
     @property
     def upstream(self) -> str:
@@ -67,22 +71,30 @@ def authorized_line(vps: VpsSpec, pi: PiSpec, pubkey: str) -> str:
     return f"{options} {keytype} {blob} {KEY_MARKER}{pi.name}"
 
 
-def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: dict[str, str], drop: frozenset[str] = frozenset()) -> File:
-    """The tunnel account's authorized_keys: a line per Pi of this VPS, options always from the
-    inventory, the key kept from the file unless `new_keys` brings one; Pis no longer listed go."""
-    pis = {pi.name: pi for pi in inv.pis.values() if pi.vps == vps.name and pi.name not in drop}
+def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequence[str]],
+                    drop: frozenset[str] = frozenset()) -> File:
+    """The tunnel account's authorized_keys: a line per key of each Pi of this VPS (one, or two while its
+    key is rotated), options always from the inventory, the keys kept from the file unless `new_keys`
+    brings that Pi's (one key, or all of them in order); Pis no longer listed go."""
+    pis = {pi.name: pi for pi in inv.pis_on(vps) if pi.name not in drop}
 
     def render(state: FileState) -> str:
-        keys: dict[str, str] = {}
-        for line in state.content.decode(errors="replace").splitlines() if state.exists else []:
-            words = line.split()
-            if len(words) >= 3 and words[-1].startswith(KEY_MARKER):
-                keys[words[-1][len(KEY_MARKER):]] = f"{words[-3]} {words[-2]}"
-        keys.update(new_keys)
-        return "".join(authorized_line(vps, pis[n], keys[n]) + "\n" for n in pis if n in keys)
+        keys = authorised_keys(state.content.decode(errors="replace") if state.exists else "")
+        keys.update({n: [k] if isinstance(k, str) else list(k) for n, k in new_keys.items()})
+        return "".join(authorized_line(vps, pis[n], k) + "\n" for n in pis for k in dict.fromkeys(keys.get(n, [])))
 
     return File(f"{D['tunnel_home']}/.ssh/authorized_keys", render, owner=vps.tunnel_user, group=vps.tunnel_user,
                 mode=0o600, title="authorized keys of the Pis")
+
+
+def authorised_keys(text: str) -> dict[str, list[str]]:
+    """Each Pi's keys (`type blob`) in the tunnel account's authorized_keys, in the file's order."""
+    keys: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[-1].startswith(KEY_MARKER):
+            keys.setdefault(words[-1][len(KEY_MARKER):], []).append(f"{words[-3]} {words[-2]}")
+    return keys
 
 
 def _is_key(text: str) -> bool:
@@ -112,6 +124,22 @@ def permitted_fact(vps: VpsSpec) -> Fact[frozenset[str]]:
 def listeners(remote: Remote) -> frozenset[str]:
     """What listens on this VPS now (one round trip)."""
     return read(remote, LISTENERS)
+
+
+def listeners_and_certificates(remote: Remote, vps: VpsSpec) -> tuple[frozenset[str], AcmeFound]:
+    """For status: what listens on this VPS, and its certificates with their expiry (one round trip)."""
+    facts = gather(remote, [LISTENERS, acme_fact(vps)])
+    return facts.value(LISTENERS), facts.value(acme_fact(vps))
+
+
+def certificate_expiry(vps: VpsSpec, tunnel: TunnelSpec, found: AcmeFound) -> str:
+    """When the certificate an http route answers with expires, as status shows it."""
+    name = acme_name(vps, tunnel)
+    if name is not None and name in found.certs and found.certs[name].live:
+        return found.certs[name].not_after or "?"
+    if vps.tls_certificate:
+        return found.given_not_after or "?"
+    return "none yet" if name else "-"
 
 
 def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiOffer], reporter: Reporter,
@@ -165,7 +193,8 @@ def http_routes(inv: Inventory, vps: VpsSpec) -> list[HttpRoute]:
         stem = route_stem(pi.name, tunnel.name)
         auth = f"{D['nginx_auth_dir']}/{stem}.htpasswd" if tunnel.basic_auth_file else None
         routes.append(HttpRoute(pi.name, tunnel.name, tunnel.remote_port, tunnel.path, tunnel.server_name,
-                                auth, tunnel.basic_auth_file, tunnel.websocket, tunnel.client_max_body_size))
+                                auth, tunnel.basic_auth_file, tunnel.websocket, tunnel.client_max_body_size,
+                                tunnel.hsts, acme_name(vps, tunnel)))
     return routes
 
 
@@ -284,28 +313,102 @@ def handlers(remote: Remote) -> list[Handler]:
         Handler("restart reaper", ["systemctl daemon-reload", f"systemctl restart {D['reaper_unit']}"]),
         Handler("reload nginx", ["if [ -x /usr/sbin/nginx ]; then nginx -t 2>&1 && systemctl reload-or-restart nginx; fi"]),
         Handler("daemon-reload", ["systemctl daemon-reload"]),
+        Handler("restart metrics", ["systemctl daemon-reload", f"systemctl restart {D['metrics_unit']}"]),
+        Handler("restart node exporter", ["systemctl daemon-reload", f"systemctl restart {D['metrics_service']}"]),
+        Handler("restart node exporter if there", [
+            "systemctl daemon-reload",
+            f"! systemctl cat {D['metrics_service']} >/dev/null 2>&1 || systemctl try-restart {D['metrics_service']}"]),
     ]
 
 
-def route_vars(r: HttpRoute) -> dict[str, Any]:
-    """One HTTP route as the Nginx templates see it (`t`, and each of `tunnels`)."""
+def metrics_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
+    """`metrics: true`: the node exporter where the inventory says, and pitunnel's metrics for its textfile
+    collector, written by a service of the VPS's own; `metrics: false`: none of pitunnel's pieces, and
+    the exporter purged if pitunnel installed it (one that was there before stays, as it was)."""
+    if not vps.metrics:
+        return [*metrics_absent_ops(), PackagesAbsent((D["metrics_package"],))]
+    tunnels = [dict(pi=pi.name, tunnel=t.name, listen=listen_spec(t)) for pi, t in inv.tunnels_on(vps)]
+    variables = dict(metrics_address=vps.metrics_address, metrics_tunnels=tunnels)
+    return [
+        File(D["metrics_dropin"], ROLE.render("node-exporter.conf.j2", **variables), notify=("restart node exporter",),
+             title=f"node exporter on {vps.metrics_address}, textfile collector on"),
+        Service(D["metrics_service"], covers=("restart node exporter",)),
+        File(D["metrics_path"], ROLE.render("metrics.sh.j2", **variables), mode=0o755, notify=("restart metrics",),
+             title="tunnel metrics writer script"),
+        File(D["metrics_unit_path"], ROLE.render("metrics.service.j2", **variables), notify=("restart metrics",),
+             title=f"systemd unit {D['metrics_unit']}"),
+        Service(D["metrics_unit"], covers=("restart metrics",)),
+    ]
+
+
+def metrics_absent_ops() -> list[Op]:
+    return [
+        Service(D["metrics_unit"], enabled=False, running=False, title=f"service {D['metrics_unit']} stopped and disabled"),
+        Absent(D["metrics_unit_path"], notify=("daemon-reload",)),
+        Absent(D["metrics_path"]),
+        Absent(f"{D['metrics_textfile_dir']}/pitunnel.prom"),
+        Absent(D["metrics_dropin"], notify=("restart node exporter if there",)),
+    ]
+
+
+def served_tls(vps: VpsSpec, name: str | None, certs: AcmeFound) -> dict[str, str] | None:
+    """The certificate a server answers HTTPS with: its ACME certificate once certbot has it, else the
+    hand-given one; None: plain HTTP only."""
+    if name is not None and name in certs.certs and certs.certs[name].live:
+        return live_paths(name)
+    if vps.tls_certificate and vps.tls_key:
+        return dict(certificate=vps.tls_certificate, key=vps.tls_key)
+    return None
+
+
+def route_vars(r: HttpRoute, vps: VpsSpec | None = None, certs: AcmeFound = AcmeFound()) -> dict[str, Any]:
+    """One HTTP route as the Nginx templates see it (`t`, and each of `tunnels`). `waiting`: basic auth and
+    no certificate yet (its ACME certificate is still to come): Nginx answers 503, never asks for a password
+    in clear."""
+    tls = served_tls(vps, r.acme_name, certs) if vps is not None else None
     return dict(pi=r.pi, name=r.name, port=r.port, path=r.path, server_name=r.server_name, auth_file=r.auth_file,
                 upstream=r.upstream, file_stem=r.file_stem, websocket=r.websocket,
-                client_max_body_size=r.client_max_body_size, auth_source=str(r.auth_source) if r.auth_source else None)
+                client_max_body_size=r.client_max_body_size, auth_source=str(r.auth_source) if r.auth_source else None,
+                hsts=r.hsts, tls=tls, waiting=tls is None and r.auth_file is not None)
 
 
-def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) -> dict[str, Any]:
+def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound()) -> dict[str, Any]:
     """The variables the VPS's templates are rendered with (the role's defaults under them), here and by
-    the Ansible benchmark (benchmarks/ansible/inventory.py) alike."""
+    the Ansible benchmark (benchmarks/ansible/inventory.py) alike. `certs`: the ACME certificates found on
+    the VPS (a route serves HTTPS once its own is there)."""
+    public = vps.public_name.lower().rstrip(".") if vps.public_name else None
     return dict(tunnel_user=vps.tunnel_user, listens=[listen_spec(t) for _, t in inv.tunnels_on(vps)],
                 client_alive_interval=vps.client_alive_interval, client_alive_count_max=vps.client_alive_count_max,
                 http_port=vps.http_port, https_port=vps.https_port, tls_certificate=vps.tls_certificate,
-                tls_key=vps.tls_key, claim_default=claim_default, tunnels=[route_vars(r) for r in http_routes(inv, vps)])
+                tls_key=vps.tls_key, claim_default=claim_default, public_name=public, acme=vps.acme is not None,
+                site_tls=served_tls(vps, public if vps.acme else None, certs),
+                tunnels=[route_vars(r, vps, certs) for r in http_routes(inv, vps)])
 
 
-def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) -> list[Op]:
-    variables = context(inv, vps, claim_default=claim_default)
+def acme_names(inv: Inventory, vps: VpsSpec) -> list[str]:
+    """The names this VPS gets ACME certificates for, in inventory order."""
+    return list(dict.fromkeys(r.acme_name for r in http_routes(inv, vps) if r.acme_name))
+
+
+def acme_ops(vps: VpsSpec) -> list[Op]:
+    """What certbot needs on a VPS with `acme:`: the challenge folder Nginx serves, and the CA bundle for
+    the directory's TLS (for pitunnel's certbot runs and the timer's renewals alike)."""
+    if vps.acme is None:
+        return []
+    ops: list[Op] = [Directory(D["acme_webroot"])]
+    if vps.acme.ca_bundle is not None:
+        ops += [Directory(D["acme_ca_bundle"].rsplit("/", 1)[0]),
+                File(D["acme_ca_bundle"], vps.acme.ca_bundle.read_text(), title="CA bundle for the ACME directory"),
+                File(D["certbot_dropin"], f"# Managed by pitunnel: certbot trusts the ACME directory's CA (acme.ca_bundle)\n"
+                     f"[Service]\nEnvironment=REQUESTS_CA_BUNDLE={D['acme_ca_bundle']}\n",
+                     notify=("daemon-reload",), title="certbot renewals trust the ACME directory's CA")]
+    return ops
+
+
+def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound()) -> list[Op]:
+    variables = context(inv, vps, claim_default=claim_default, certs=certs)
     routes = http_routes(inv, vps)
+    tunnels = {(t["pi"], t["name"]): t for t in variables["tunnels"]}
     ops: list[Op] = [
         SystemUser(vps.tunnel_user, home=D["tunnel_home"], comment="pitunnel reverse tunnels"),
         Directory(f"{D['tunnel_home']}/.ssh", owner=vps.tunnel_user, group=vps.tunnel_user, mode=0o700),
@@ -317,8 +420,10 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) ->
         File(D["reaper_unit_path"], ROLE.render("reaper.service.j2", **variables), notify=("restart reaper",),
              title=f"systemd unit {D['reaper_unit']}"),
         Service(D["reaper_unit"], covers=("restart reaper",)),
+        *metrics_ops(inv, vps),
         Directory(D["nginx_locations_dir"]),
         Directory(D["nginx_auth_dir"], group="www-data", mode=0o750),
+        *acme_ops(vps),
     ]
     for r in routes:
         if r.auth_source is not None and r.auth_file is not None:
@@ -329,11 +434,11 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True) ->
     for r in routes:
         if r.server_name:
             ops.append(File(f"{D['nginx_sites_dir']}/pitunnel-{r.file_stem}.conf",
-                            ROLE.render("nginx-server.conf.j2", t=route_vars(r), **variables), notify=("reload nginx",),
+                            ROLE.render("nginx-server.conf.j2", t=tunnels[r.pi, r.name], **variables), notify=("reload nginx",),
                             title=f"nginx site {r.server_name} -> {r.pi}/{r.name}"))
         else:
             ops.append(File(f"{D['nginx_locations_dir']}/{r.file_stem}.conf",
-                            ROLE.render("nginx-location.conf.j2", t=route_vars(r), **variables), notify=("reload nginx",),
+                            ROLE.render("nginx-location.conf.j2", t=tunnels[r.pi, r.name], **variables), notify=("reload nginx",),
                             title=f"nginx path {r.path} -> {r.pi}/{r.name}"))
     ops += [
         Pruned(D["nginx_sites_dir"], "pitunnel-*.conf",
@@ -353,6 +458,7 @@ def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
     ops: list[Op] = [
         Service(D["reaper_unit"], enabled=False, running=False, title=f"service {D['reaper_unit']} stopped and disabled"),
         Absent(D["reaper_unit_path"], notify=("daemon-reload",)),
+        *metrics_absent_ops(),
         Absent(D["reaper_path"].rsplit("/", 1)[0]),
         Absent(D["sshd_dropin"], notify=("reload sshd",)),
         UserAbsent(vps.tunnel_user),
@@ -361,35 +467,81 @@ def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
         Absent(D["nginx_conf"], notify=("reload nginx",)),
         Absent("/etc/nginx/pitunnel", notify=("reload nginx",)),
         DebianDefaultRestored(),
+        CertificatesReleased(purge, vps),
+        Absent(D["acme_webroot"]),
+        Absent(D["certbot_dropin"], notify=("daemon-reload",)),
+        FolderGone(D["certbot_dropin"].rsplit("/", 1)[0], frozenset({D["certbot_dropin"].rsplit("/", 1)[1]})),
+        Absent(D["acme_ca_bundle"]),
+        FolderGone(D["acme_ca_bundle"].rsplit("/", 1)[0], frozenset({D["acme_ca_bundle"].rsplit("/", 1)[1]})),
     ]
     if purge:
-        ops.append(PackagesAbsent((D["nginx_package"],)))
+        ops.append(PackagesAbsent((D["nginx_package"], D["certbot_package"], D["metrics_package"])))
     return ops
+
+
+def packages(vps: VpsSpec) -> Packages:
+    return Packages((D["nginx_package"], *([D["certbot_package"]] if vps.acme else []),
+                     *([D["metrics_package"]] if vps.metrics else [])))
+
+
+def certificates(remote: Remote, inv: Inventory, vps: VpsSpec, found: AcmeFound, play: Play) -> tuple[bool, list[str]]:
+    """Each ACME name's certificate, one at a time: a name the CA refuses fails alone (its reason in one line),
+    the others go on. Returns whether any changed, and the names that failed."""
+    changed, failed = False, []
+    for name in acme_names(inv, vps):
+        assert vps.acme is not None
+        op = Certificate(name, vps.acme, vps)
+        try:
+            changed |= converge(remote, [op], play.reporter, play.options.mode).changed
+        except StepFailed:
+            failed.append(name)
+    return changed, failed
+
+
+def converge_vps(play: Play, remote: Remote) -> list[str]:
+    """Converge one VPS; the ACME names whose certificate could not be obtained (everything else is done).
+    Raises StepFailed."""
+    inv = play.inventory
+    vps = inv.vps[remote.name]
+    pkgs = packages(vps)
+    seen = Observe(DEFAULT_SERVERS_FACT, lambda _: "", title="nginx default server")
+    certs = Observe(acme_fact(vps), lambda _: "", title="certificates")
+    # one read of the VPS, for all of it (which ops there are does not depend on what it finds)
+    known = facts_for(remote, [pkgs, *converge_ops(inv, vps), SshdPasswordsCheck(), seen, certs])
+    ports = {vps.http_port, *([vps.https_port] if vps.tls_certificate or vps.acme else [])}
+    found = others_default_servers(known, ports)
+    seen.describe = lambda _: default_server_note(found)
+    present = known.value(certs.fact)
+    ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found, certs=present), SshdPasswordsCheck(), seen]
+    # the account first: one pitunnel did not make is refused before anything (Nginx too) is touched
+    account = [op for op in ops if isinstance(op, SystemUser)]
+    first = converge(remote, [*account, pkgs], play.reporter, play.options.mode, known=known)
+    # installing Nginx adds files (its default site, its config) the rest must see as they are now
+    installed = first.changes(pkgs) and not play.options.check
+    rest = [op for op in ops if not isinstance(op, SystemUser)]
+    converge(remote, rest, play.reporter, play.options.mode, handlers(remote), known=None if installed else known)
+    if vps.acme is None:
+        return []
+    # Nginx now answers every name's challenge on port 80: certbot can prove them; then HTTPS for those it got
+    obtained, failed = certificates(remote, inv, vps, present, play)
+    if obtained and not play.options.check:
+        now = read(remote, acme_fact(vps))
+        after = [op for op in converge_ops(inv, vps, claim_default=not found, certs=now) if not isinstance(op, SystemUser)]
+        converge(remote, after, play.reporter, play.options.mode, handlers(remote))
+    return failed
+
+
+def provision_routes(play: Play) -> set[str]:
+    """Converge every selected VPS; the VPSes where a certificate could not be obtained (reported, each
+    for its name alone): the caller marks them failed once the rest of its run (the Pis) is done."""
+    inv = play.inventory
+    results = play.each(play.selected(list(inv.vps.values())), lambda remote: converge_vps(play, remote))
+    return {name for name, failed in results.items() if failed}
 
 
 def provision(play: Play) -> None:
     """`invoke provision-vps`: converge every selected VPS."""
-    inv = play.inventory
-
-    def work(remote: Remote) -> None:
-        vps = inv.vps[remote.name]
-        packages = Packages((D["nginx_package"],))
-        seen = Observe(DEFAULT_SERVERS_FACT, lambda _: "", title="nginx default server")
-        # one read of the VPS, for all of it (which ops there are does not depend on what it finds)
-        known = facts_for(remote, [packages, *converge_ops(inv, vps), SshdPasswordsCheck(), seen])
-        ports = {vps.http_port, *([vps.https_port] if vps.tls_certificate else [])}
-        found = others_default_servers(known, ports)
-        seen.describe = lambda _: default_server_note(found)
-        ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found), SshdPasswordsCheck(), seen]
-        # the account first: one pitunnel did not make is refused before anything (Nginx too) is touched
-        account = [op for op in ops if isinstance(op, SystemUser)]
-        first = converge(remote, [*account, packages], play.reporter, play.options.mode, known=known)
-        # installing Nginx adds files (its default site, its config) the rest must see as they are now
-        installed = first.changes(packages) and not play.options.check
-        rest = [op for op in ops if not isinstance(op, SystemUser)]
-        converge(remote, rest, play.reporter, play.options.mode, handlers(remote), known=None if installed else known)
-
-    play.each(play.selected(list(inv.vps.values())), work)
+    play.failed |= provision_routes(play)
 
 
 def teardown(play: Play, *, purge: bool) -> None:

@@ -1,0 +1,335 @@
+"""`invoke rotate-keys`: each Pi's tunnel key replaced by a new one, with the tunnel working throughout.
+
+The order crosses hosts (the Pi makes and switches keys, the VPS accepts them, sshd's log proves which
+one the tunnel uses), so it lives here in the site layer; the Pi's and the VPS's own parts are in
+roles/pi/keys.py and roles/vps/keys.py. The rotation is a state machine whose state is read from the
+hosts every time, never from a journal on the laptop:
+
+    the Pi's keys (in use, next, old)  x  the keys the VPS accepts for it  x  the key of the live session
+
+    MAKE        a new key on the Pi, beside the one in use               (Pi: key.next)
+    AUTHORISE   the VPS accepts it too, with the same restrictions       (VPS: two lines for the Pi)
+    SWITCH      the Pi's config path holds the new key, the old is kept  (Pi: key, key.old)
+    CONNECT     the tunnel reconnects; done when the VPS's log shows every listener held by a session
+                that logged in with the new key                          (one reconnect window)
+    RETIRE_VPS  the VPS accepts the new key only
+    RETIRE_PI   the old key gone from the Pi
+
+At every state the key the Pi's config names is accepted by the VPS, and so is the one the live
+session logged in with: killed anywhere, the tunnel stays up (and comes back up if it drops), and a
+rerun reads where it stopped and finishes. A rerun that finds nothing half-done starts a new rotation.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from enum import Enum
+from pathlib import Path
+
+from pitunnel.facts import FileState, file_fact
+from pitunnel.inventory import PiSpec, VpsSpec
+from pitunnel.play import Play
+from pitunnel.remote import Remote
+from pitunnel.runner import StepFailed, converge
+from pitunnel.sshkeys import PublicKey, parse_public_key
+from pitunnel.roles.contract import listens
+from pitunnel.roles.pi import keys as pi_keys
+from pitunnel.roles.pi.steps import D as PI
+from pitunnel.roles.pi.steps import unit
+from pitunnel.roles.vps import keys as vps_keys
+from pitunnel.roles.vps.steps import authorized_keys
+
+# tests only: SIGKILL this process right after its k-th applied step (proves a rerun finishes the job)
+KILL_AFTER = "PITUNNEL_TEST_KILL_AFTER_STEP"
+NEW = "(new key)"
+
+
+class Step(Enum):
+    MAKE = "make a new key on the Pi"
+    AUTHORISE = "authorise it on the VPS next to the key in use"
+    SWITCH = "switch the tunnel's key to it (the old one kept)"
+    CONNECT = "reconnect the tunnel with it, proven by the VPS's log"
+    RETIRE_VPS = "remove the old key from the VPS"
+    RETIRE_PI = "remove the old key from the Pi"
+    DONE = "done"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class Ring:
+    """A Pi's rotation as its hosts tell it, in fingerprints: the Pi's keys (None: not there), the keys
+    its VPS accepts for it, and per listener the key of the session holding it ("" nobody, "?" unknown)."""
+
+    current: str | None
+    next: str | None
+    old: str | None
+    authorised: tuple[str, ...]
+    live: tuple[str, ...]
+
+    @property
+    def up_with(self) -> str | None:
+        """The key every listener's session logged in with, if they all did with the same known one."""
+        keys = set(self.live)
+        return keys.pop() if len(keys) == 1 and not keys & {"", "?"} else None
+
+    @property
+    def in_progress(self) -> bool:
+        return self.next is not None or self.old is not None
+
+
+def next_step(ring: Ring, *, started: bool) -> tuple[Step, str]:
+    """What to do next, and why (for REFUSED: what to do instead). `started`: this run has already
+    made a key or found a rotation under way (a finished one is then not followed by another)."""
+    if ring.current is None:
+        return Step.REFUSED, "the Pi has no tunnel key: run `invoke provision-pi` first"
+    if ring.next is not None:
+        if ring.next not in ring.authorised:
+            return Step.AUTHORISE, "the new key is not accepted by the VPS yet"
+        return Step.SWITCH, "the VPS accepts both keys"
+    if ring.old is not None:
+        if ring.current not in ring.authorised:
+            return Step.AUTHORISE, "the key in use is not accepted by the VPS"
+        if ring.up_with != ring.current:
+            return Step.CONNECT, f"the tunnel's session uses {_shown(ring.live)}, not the new key"
+        if ring.authorised != (ring.current,):
+            return Step.RETIRE_VPS, "the tunnel is up with the new key"
+        return Step.RETIRE_PI, "the VPS accepts the new key only"
+    stale = [k for k in ring.authorised if k != ring.current]
+    if stale and ring.up_with == ring.current:
+        return Step.RETIRE_VPS, f"the VPS still accepts {len(stale)} other key(s) of this Pi"
+    if started:
+        return Step.DONE, ""
+    if ring.current not in ring.authorised:
+        return Step.REFUSED, "the VPS does not accept the Pi's key: run `invoke provision-pi` first"
+    if ring.up_with != ring.current:
+        return Step.REFUSED, (f"the tunnel is not up with its key ({_shown(ring.live)}): a rotation starts only from "
+                              "a working tunnel (see `invoke status`)")
+    return Step.MAKE, "no rotation under way"
+
+
+def after(ring: Ring, step: Step) -> Ring:
+    """The state a step leads to when it succeeds (check mode shows the whole way with it)."""
+    if step is Step.MAKE:
+        return replace(ring, next=NEW)
+    if step is Step.AUTHORISE:
+        return replace(ring, authorised=(*ring.authorised, ring.next or ring.current or NEW))
+    if step is Step.SWITCH:
+        return replace(ring, current=ring.next, next=None, old=ring.old or ring.current)
+    if step is Step.CONNECT:
+        return replace(ring, live=tuple(ring.current or "" for _ in ring.live))
+    if step is Step.RETIRE_VPS:
+        return replace(ring, authorised=(ring.current or NEW,))
+    if step is Step.RETIRE_PI:
+        return replace(ring, old=None)
+    return ring
+
+
+def plan(ring: Ring, *, started: bool = False, limit: int = 10) -> list[tuple[Step, str]]:
+    """Every step from `ring` to DONE (or to a refusal), as check mode prints it."""
+    steps = []
+    for _ in range(limit):
+        step, why = next_step(ring, started=started)
+        steps.append((step, why))
+        if step in (Step.DONE, Step.REFUSED):
+            break
+        started = True
+        ring = after(ring, step)
+    return steps
+
+
+def _shown(live: tuple[str, ...]) -> str:
+    return ", ".join(sorted({k or "nobody listening" for k in live})) or "no listeners"
+
+
+# ------------------------------------------------------------------------------------------ on the hosts
+@dataclass(frozen=True)
+class Read:
+    """One reading of both hosts: the Ring, and the key lines behind its fingerprints."""
+
+    ring: Ring
+    pi: pi_keys.PiKeys
+    authorised: tuple[str, ...]
+
+
+def _fp(key: PublicKey | None) -> str | None:
+    return key.fingerprint if key is not None else None
+
+
+def read(pi_remote: Remote, vps_remote: Remote, pi: PiSpec, vps_spec: VpsSpec) -> Read:
+    on_pi = pi_keys.read_keys(pi_remote, pi)
+    specs = listens(pi)
+    on_vps = vps_keys.read_keys(vps_remote, vps_spec, pi.name, specs)
+    ring = Ring(_fp(on_pi.current), _fp(on_pi.next), _fp(on_pi.old),
+                tuple(parse_public_key(k).fingerprint for k in on_vps.authorised),
+                tuple(on_vps.live.get(s, "") for s in specs))
+    return Read(ring, on_pi, on_vps.authorised)
+
+
+class Rotation:
+    """One run of rotate-keys over the selected Pis (in parallel; edits of one VPS's authorized_keys
+    one at a time, each reading the file afresh)."""
+
+    def __init__(self, play: Play) -> None:
+        self.play = play
+        self.inv = play.inventory
+        self.locks = {name: threading.Lock() for name in self.inv.vps}
+        self.applied = 0
+        self.count_lock = threading.Lock()
+
+    def run(self) -> None:
+        pis = self.play.selected(list(self.inv.pis.values()))
+        self.play.each(pis, self.one)
+
+    def one(self, remote: Remote) -> None:
+        pi = self.inv.pis[remote.name]
+        if len(pi.all_vps) > 1:  # the key switch would have to be proven on every VPS at once: not built yet
+            self.play.reporter.line(pi.name, "failed", "tunnel key", f"{pi.name} has {len(pi.all_vps)} VPSes "
+                                    f"({', '.join(pi.all_vps)}): rotate-keys handles a Pi with one VPS only for now; "
+                                    "nothing changed (docs/operations.md)")
+            raise StepFailed("rotate-keys: several VPSes")
+        vps_spec = self.inv.vps_of(pi)
+        vps_remote = self.play.remotes[vps_spec.name]
+        reporter, check = self.play.reporter, self.play.options.check
+        now = read(remote, vps_remote, pi, vps_spec)
+        if check:
+            for step, why in plan(now.ring):
+                status = {Step.DONE: "ok", Step.REFUSED: "failed"}.get(step, "would change")
+                reporter.line(pi.name, status, f"tunnel key: {step.value}", why)
+            return
+        started = now.ring.in_progress
+        if started:
+            reporter.note(pi.name, "a rotation of the tunnel key is under way (an earlier run stopped): finishing it")
+        for _ in range(12):
+            step, why = next_step(now.ring, started=started)
+            if step is Step.DONE:
+                reporter.line(pi.name, "ok", "tunnel key rotated", f"in use: {now.ring.current}; the VPS accepts it "
+                              "alone; no other key on the Pi")
+                return
+            if step is Step.REFUSED:
+                reporter.line(pi.name, "failed", "tunnel key rotation", why)
+                raise StepFailed(why)
+            detail = self.apply(step, now, remote, vps_remote, pi)
+            reporter.line(pi.name, "changed", f"tunnel key: {step.value}", detail or why)
+            started = True
+            self._maybe_die()
+            now = read(remote, vps_remote, pi, vps_spec)
+        reporter.line(pi.name, "failed", "tunnel key rotation", "no progress after 12 steps (a bug: please report)")
+        raise StepFailed("rotation loops")
+
+    def apply(self, step: Step, now: Read, remote: Remote, vps_remote: Remote, pi: PiSpec) -> str:
+        ring, on_pi = now.ring, now.pi
+        if step is Step.MAKE:
+            self._run(remote, pi_keys.make_next(pi), step)
+            made = pi_keys.read_keys(remote, pi).next
+            return f"{made.fingerprint if made else '?'} (its private half never leaves the Pi)"
+        if step is Step.AUTHORISE:
+            wanted = on_pi.next or on_pi.current
+            assert wanted is not None
+            self._authorise(vps_remote, pi, [*now.authorised, wanted.line])
+            return f"{wanted.fingerprint}, with the same restrictions, beside {', '.join(ring.authorised) or 'none'}"
+        if step is Step.SWITCH:
+            self._run(remote, pi_keys.switch(pi), step)
+            return f"{ring.next} at {pi_keys.key_path(pi)}; {ring.current} kept as .old until the VPS drops it"
+        if step is Step.CONNECT:
+            return self._connect(remote, vps_remote, pi, ring)
+        if step is Step.RETIRE_VPS:
+            assert on_pi.current is not None
+            self._authorise(vps_remote, pi, [on_pi.current.line])
+            gone = [k for k in ring.authorised if k != ring.current]
+            return f"{', '.join(gone)} no longer accepted"
+        if step is Step.RETIRE_PI:
+            self._run(remote, pi_keys.drop_old(pi), step)
+            return f"{ring.old} deleted"
+        raise AssertionError(step)
+
+    def _run(self, remote: Remote, script: str, step: Step) -> None:
+        result = remote.run(script)
+        if not result.ok:
+            self.play.reporter.line(remote.name, "failed", f"tunnel key: {step.value}", result.stderr.strip()[-300:])
+            raise StepFailed(step.name)
+
+    def _authorise(self, vps_remote: Remote, pi: PiSpec, lines: list[str]) -> None:
+        vps_spec = self.inv.vps_of(pi)
+        with self.locks[vps_spec.name]:  # read and write of the shared file together, one Pi at a time
+            converge(vps_remote, [authorized_keys(self.inv, vps_spec, {pi.name: lines})], self.play.reporter,
+                     self.play.options.mode)
+
+    def _connect(self, remote: Remote, vps_remote: Remote, pi: PiSpec, ring: Ring) -> str:
+        """Reconnect if a session of another key holds a listener (or wait while the tunnel comes back on
+        its own), until the VPS's log shows every listener held by a session of the key in use."""
+        started = time.monotonic()
+        restarted = False
+        vps_spec = self.inv.vps_of(pi)
+        for attempt in range(2):
+            if attempt or any(k not in ("", ring.current) for k in ring.live):
+                self._run(remote, pi_keys.reconnect(pi), Step.CONNECT)
+                restarted = True
+            deadline = time.monotonic() + PI["listen_wait_seconds"]
+            while time.monotonic() < deadline:
+                ring = read(remote, vps_remote, pi, vps_spec).ring
+                if ring.up_with == ring.current:
+                    how = "reconnected" if restarted else "came back by itself"
+                    return (f"{how}: every listener ({', '.join(listens(pi))}) held by a session that logged in with "
+                            f"{ring.current} (sshd's log), {time.monotonic() - started:.1f}s")
+                time.sleep(0.3)
+        why = f"not up with {ring.current} after {time.monotonic() - started:.0f}s ({_shown(ring.live)})"
+        self.play.reporter.line(pi.name, "failed", f"tunnel key: {Step.CONNECT.value}",
+                                f"{why}; the VPS still accepts the old key: rerun, and see `journalctl -u {unit(pi.vps)}`")
+        raise StepFailed(why)
+
+    def _maybe_die(self) -> None:
+        at = os.environ.get(KILL_AFTER)
+        with self.count_lock:
+            self.applied += 1
+            if at and self.applied == int(at):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def read_file(remote: Remote, path: str) -> FileState:
+    fact = file_fact(path)
+    return fact.process(remote.run(fact.script).stdout)
+
+
+def rotate_keys(play: Play) -> None:
+    """`invoke rotate-keys`: every selected Pi's tunnel key, one state machine per Pi."""
+    Rotation(play).run()
+
+
+# ------------------------------------------------------------------------------------ the laptop's key
+def rotate_laptop_key(play: Play, new_key: Path) -> None:
+    """`invoke rotate-keys --laptop-key NEW`: on every selected Pi, NEW's public half beside the laptop key
+    pitunnel installed, a fresh login with NEW proven, then the old one removed. Read from the Pi each
+    time: a rerun finishes an interrupted run, and the old key goes only after NEW has logged in."""
+    inv, reporter, mode = play.inventory, play.reporter, play.options.mode
+    line = parse_public_key(new_key.with_name(new_key.name + ".pub").read_text()).line
+
+    def one(remote: Remote) -> None:
+        pi = inv.pis[remote.name]
+        for _ in range(4):
+            found = read_file(remote, pi_keys.laptop_keys_path(pi))
+            keys = pi_keys.laptop_keys(found.content.decode(errors="replace") if found.exists else "")
+            if line not in keys:
+                converge(remote, [pi_keys.laptop_keys_op(pi, [*keys, line])], reporter, mode)
+                if mode.check:
+                    reporter.note(pi.name, "then: a fresh login with the new key, then the old key(s) removed")
+                    return
+                continue
+            if keys != [line]:
+                probe = Remote(replace(pi, key=new_key), remote.known_hosts)
+                if not probe.can_log_in_fresh(use_password=False, within=5):
+                    reporter.line(pi.name, "failed", "laptop key: a login with the new key",
+                                  f"refused: the old key stays authorised ({new_key} logs in nowhere yet)")
+                    raise StepFailed("new laptop key not proven")
+                reporter.line(pi.name, "ok", "laptop key: a fresh login with the new key", str(new_key))
+                converge(remote, [pi_keys.laptop_keys_op(pi, [line])], reporter, mode)
+                continue
+            reporter.line(pi.name, "ok", "laptop key rotated", f"{pi.user}@{pi.name} accepts {new_key} alone (of "
+                          "pitunnel's laptop keys): set laptop_key (and key) to it in the inventory")
+            return
+        raise StepFailed("laptop key rotation loops")
+
+    play.each(play.selected(list(inv.pis.values())), one)

@@ -1,0 +1,161 @@
+"""The `pitunnel` command against the real lab, run as a user runs it (a subprocess; issue 13 items 3-5,
+issue 15 item 4): Ctrl-C mid-provision exits 130 saying so and a rerun converges; `status` exits 2 with a
+tunnel down and says so in its JSON; a port that speaks HTTP, one that never answers and a closed one
+each give one line, exit 4 and no traceback; and `pip install .` into a fresh venv gives a `pitunnel`
+that works from another folder. One lab boot for the module."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+import lab
+from tests.conftest import ROOT, lab_up
+from tests.lab.runs import in_host
+
+pytestmark = pytest.mark.lab
+PITUNNEL = str(Path(sys.executable).with_name("pitunnel"))  # the checkout's console script (setup.sh)
+NOISE = ("Traceback", "paramiko", "Exception", "Error reading SSH protocol banner")
+
+
+@pytest.fixture(scope="module")
+def inventory() -> Path:
+    return Path(lab_up(1).inventory)  # type: ignore[attr-defined]
+
+
+def pitunnel(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, binary: str = PITUNNEL,
+             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_ctrl_c_mid_provision_exits_130_and_a_rerun_converges(inventory: Path) -> None:
+    started = time.monotonic()
+    run = subprocess.Popen([PITUNNEL, "provision", "-i", str(inventory)], cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert run.stdout is not None and run.stderr is not None
+    lines: list[str] = []
+    beat = threading.Event()
+
+    def read() -> None:
+        assert run.stdout is not None
+        for line in run.stdout:
+            lines.append(line)
+            if line.startswith("running"):  # the heartbeat: a remote step (apt, facts) has run for 3 s
+                beat.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert beat.wait(120), "".join(lines)
+    run.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    err = run.stderr.read()
+    code = run.wait(180)
+    reader.join(10)
+    out = "".join(lines)
+    print(f"heartbeat after {sent - started:.1f}s; stopped {time.monotonic() - sent:.1f}s after Ctrl-C")
+    assert code == 130, out[-2000:] + err
+    assert "interrupted: each host stops after the step in flight" in err and "interrupted: changed so far:" in err
+    assert "PLAY RECAP" in out and not any(n in out + err for n in NOISE), out[-2000:] + err
+    rerun = pitunnel("provision", "-i", str(inventory))
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr
+    again = pitunnel("provision", "--json", "-i", str(inventory))
+    doc = json.loads(again.stdout)
+    assert again.returncode == 0 and doc["exit_code"] == 0 and doc["interrupted"] is False
+    assert {h: r["changed"] for h, r in doc["hosts"].items()} == {"vps": 0, "pi1": 0}, again.stderr[-2000:]
+    assert all(r["steps"] and r["failed"] == 0 for r in doc["hosts"].values())
+
+
+def test_status_exits_2_with_a_tunnel_down_and_says_so_in_json(inventory: Path) -> None:
+    up = pitunnel("status", "--json", "-i", str(inventory))
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert {(t["tunnel"], t["state"]) for t in json.loads(up.stdout)["tunnels"]} == {("ssh", "up"), ("api", "up")}
+    in_host("pi1", "systemctl stop pitunnel@vps.service")
+    try:
+        down = pitunnel("status", "--json", "-i", str(inventory))
+        doc = json.loads(down.stdout)
+        assert down.returncode == 2 and doc["exit_code"] == 2, down.stdout + down.stderr
+        tunnel = doc["tunnels"][0]
+        assert tunnel["state"] == "down" and tunnel["unit"] in ("inactive", "failed") and tunnel["pi"] == "pi1"
+        assert set(tunnel) == {"pi", "tunnel", "vps", "listen", "state", "unit", "since", "reconnects", "ssh_starts",
+                               "last_connect", "unit_restarts", "last_error", "certificate_expires"}
+        table = pitunnel("status", "-i", str(inventory))
+        assert table.returncode == 2 and " DOWN " in table.stdout
+    finally:
+        in_host("pi1", "systemctl start pitunnel@vps.service")
+
+
+def vps_at(inventory: Path, tmp_path: Path, port: int, name: str) -> Path:
+    doc = yaml.safe_load(inventory.read_text())
+    doc["vps"]["vps"].update(port=port, connect_timeout=2, http_port=8080, https_port=8443)  # ports differ, or
+    # the inventory is refused before any connection
+    path = tmp_path / f"{name}.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture
+def dropped() -> Iterator[int]:
+    """A VPS port whose packets the VPS drops (iptables in the VPS's network namespace): it never answers."""
+    leader = lab.shell_argv("vps")[2]  # nsenter -t LEADER ...: the host's init, whose namespaces it enters
+    rule = ["INPUT", "-p", "tcp", "--dport", "2299", "-j", "DROP"]
+    subprocess.run(["nsenter", "-t", leader, "-n", "iptables", "-w", "5", "-I", *rule], check=True)
+    yield 2299
+    subprocess.run(["nsenter", "-t", leader, "-n", "iptables", "-w", "5", "-D", *rule], check=True)
+
+
+def test_http_port_silent_port_and_closed_port_one_line_each(inventory: Path, tmp_path: Path, dropped: int) -> None:
+    cases = {  # the VPS's Nginx (provisioned above) speaks HTTP on 80; nothing listens on 81
+        80: "speaks HTTP, not SSH: `port:` must be the host's sshd port",
+        dropped: "no answer within 2s: the host is off, the address is wrong, or a firewall drops the packets",
+        81: "connection refused: nothing listens on port 81",
+    }
+    for port, why in cases.items():
+        done = pitunnel("provision-vps", "--check", "-i", str(vps_at(inventory, tmp_path, port, f"p{port}")))
+        lines = [l for l in done.stdout.splitlines() if l.startswith("unreachable")]
+        assert done.returncode == 4, done.stdout + done.stderr
+        assert len(lines) == 1 and f"root@{lab.VPS_ADDR}:{port}: " in lines[0] and why in lines[0], done.stdout
+        assert not any(n in done.stdout + done.stderr for n in NOISE), done.stderr
+        assert done.stderr.strip().splitlines() == [f"inventory: {tmp_path / f'p{port}.yml'} (from -i)"]
+
+
+def test_pip_install_gives_a_pitunnel_command_that_works_from_anywhere(inventory: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"  # what a release holds; pip builds there, not in the checkout
+    source.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", source)
+    shutil.copy(ROOT / "README.md", source)
+    shutil.copytree(ROOT / "pitunnel", source / "pitunnel", ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(source)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    binary = str(venv / "bin" / "pitunnel")
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    listed = pitunnel("--list", binary=binary, cwd=away)
+    assert listed.returncode == 0 and all(t in listed.stdout for t in (
+        "provision-vps", "provision-pi", "provision", "verify", "status", "teardown")), listed.stdout
+    assert "lab.up" not in listed.stdout  # the lab and benchmarks stay in the checkout
+    checked = pitunnel("provision", "--check", "-i", str(inventory), binary=binary, cwd=away)
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr
+    assert re.search(r"^vps +: ok=\d+ +changed=0 ", checked.stdout, re.M), checked.stdout[-2000:]
+    assert re.search(r"^pi1 +: ok=\d+ +changed=0 ", checked.stdout, re.M), checked.stdout[-2000:]
+    from_env = pitunnel("status", binary=binary, cwd=away, env={"PITUNNEL_INVENTORY": str(inventory)})
+    assert from_env.returncode == 0 and f"inventory: {inventory} (from $PITUNNEL_INVENTORY)" in from_env.stderr
+    none = pitunnel("status", binary=binary, cwd=away, env={"PITUNNEL_INVENTORY": ""})
+    assert none.returncode == 3 and "no inventory at inventory/hosts.yml (from ./inventory/hosts.yml)" in none.stderr
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import roles"], capture_output=True, cwd=away)
+    assert site.returncode != 0  # nothing named `roles` in site-packages

@@ -1,0 +1,136 @@
+"""A Pi with several VPSes (issue 16): the `vps:` list, remote ports per VPS or the same everywhere, and every
+clash named (pure: tmp_path only)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pitunnel.inventory import Inventory, InventoryError, load_inventory, ports_file
+
+TWO = """
+vps:
+  main: {address: 203.0.113.10, port_range: [20000, 20100]}
+  backup: {address: 198.51.100.20, port_range: [20000, 20100]}
+pis:
+"""
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "home" / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "hosts.yml"
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def ports(inv: Inventory) -> dict[str, dict[str, int]]:
+    """{"pi/tunnel": {vps: port}} for every tunnel on every VPS of its Pi."""
+    return {f"{pi.name}/{t.name}": dict(t.ports) for pi in inv.pis.values() for t in pi.tunnels}
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    return [f"{p.key} line {p.line}: {p.message} | {p.fix}" for p in caught.value.problems]
+
+
+def test_a_single_name_keeps_working_and_a_list_names_every_vps(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, TWO + """
+      pi1: {address: 10.0.0.1, vps: [main, backup], tunnels: {ssh: {type: ssh}}}
+      pi2: {address: 10.0.0.2, vps: backup, tunnels: {ssh: {type: ssh}}}
+    """))
+    pi1, pi2 = inv.pis["pi1"], inv.pis["pi2"]
+    assert (pi1.vps, pi1.all_vps) == ("main", ("main", "backup"))
+    assert (pi2.vps, pi2.all_vps) == ("backup", ("backup",))
+    assert [v.name for v in inv.vpses_of(pi1)] == ["main", "backup"]
+    assert [p.name for p in inv.pis_on(inv.vps["backup"])] == ["pi1", "pi2"]
+    assert [p.name for p in inv.pis_on(inv.vps["main"])] == ["pi1"]
+
+
+def test_ports_are_given_out_per_vps_and_recorded_per_vps(tmp_path: Path) -> None:
+    path = write(tmp_path, TWO + """
+      pi0: {address: 10.0.0.9, vps: backup, tunnels: {ssh: {type: ssh}}}
+      pi1: {address: 10.0.0.1, vps: [main, backup], tunnels: {ssh: {type: ssh}, web: {type: http}}}
+    """)
+    inv = load_inventory(path)
+    assert ports(inv) == {"pi0/ssh": {"backup": 20000},
+                          "pi1/ssh": {"main": 20000, "backup": 20001}, "pi1/web": {"main": 20001, "backup": 20002}}
+    # the Pi through each VPS: its tunnels with their ports there
+    assert [t.remote_port for t in inv.pis["pi1"].on("backup").tunnels] == [20001, 20002]
+    assert [t.remote_port for t in inv.pis["pi1"].tunnels] == [20000, 20001]  # through its first VPS
+    assert yaml.safe_load(ports_file(path).read_text()) == {
+        "main": {"pi1/ssh": 20000, "pi1/web": 20001},
+        "backup": {"pi0/ssh": 20000, "pi1/ssh": 20001, "pi1/web": 20002}}
+    assert ports(load_inventory(path)) == ports(inv)  # stable
+
+
+def test_same_port_everywhere_takes_a_port_free_on_every_vps(tmp_path: Path) -> None:
+    path = write(tmp_path, TWO + """
+      pi0: {address: 10.0.0.9, vps: backup, tunnels: {ssh: {type: ssh}}}
+    """)
+    assert ports(load_inventory(path)) == {"pi0/ssh": {"backup": 20000}}
+    path.write_text(path.read_text() + "      pi1: {address: 10.0.0.1, vps: [main, backup], same_port_everywhere: true,"
+                    " tunnels: {ssh: {type: ssh}, web: {type: http}}}\n")
+    inv = load_inventory(path)
+    # 20000 is pi0's on backup (recorded): pi1 gets the lowest ports free on both, and pi0 keeps its own
+    assert ports(inv) == {"pi0/ssh": {"backup": 20000}, "pi1/ssh": {"main": 20001, "backup": 20001},
+                          "pi1/web": {"main": 20002, "backup": 20002}}
+    assert ports(load_inventory(path)) == ports(inv)
+    # a new Pi on backup alone gets the next port there, and pi1's shared ports do not move
+    path.write_text(path.read_text() + "      pi2: {address: 10.0.0.2, vps: backup, tunnels: {ssh: {type: ssh}}}\n")
+    again = ports(load_inventory(path))
+    assert again["pi1/ssh"] == {"main": 20001, "backup": 20001} and again["pi2/ssh"] == {"backup": 20003}
+
+
+def test_same_port_everywhere_refused_naming_every_vps_when_no_port_is_free_on_all(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+    vps:
+      main: {address: 203.0.113.10, port_range: [20000, 20001]}
+      backup: {address: 198.51.100.20, port_range: [20001, 20002]}
+    pis:
+      pi0: {address: 10.0.0.9, vps: backup, tunnels: {ssh: {type: ssh, remote_port: 20001}}}
+      pi1: {address: 10.0.0.1, vps: [main, backup], same_port_everywhere: true, tunnels: {ssh: {type: ssh}}}
+    """)
+    [problem] = problems(path)
+    assert "pis.pi1.tunnels.ssh.remote_port" in problem
+    assert "no port is free on every VPS of pi1" in problem and "'main' 20000-20001" in problem
+    assert "'backup' 20001-20002" in problem and "same_port_everywhere" in problem
+
+
+def test_an_explicit_port_is_checked_on_every_vps_and_each_clash_named(tmp_path: Path) -> None:
+    path = write(tmp_path, TWO + """
+      pi0: {address: 10.0.0.9, vps: backup, tunnels: {ssh: {type: ssh, remote_port: 20050}}}
+      pi3: {address: 10.0.0.3, vps: main, tunnels: {ssh: {type: ssh, remote_port: 20050}}}
+      pi1: {address: 10.0.0.1, vps: [main, backup], tunnels: {ssh: {type: ssh, remote_port: 20050}}}
+    """)
+    found = problems(path)
+    assert len(found) == 2
+    assert any("on VPS 'main' is already used by pis.pi3" in p for p in found)
+    assert any("on VPS 'backup' is already used by pis.pi0" in p for p in found)
+
+
+@pytest.mark.parametrize(("vps", "words"), [
+    ("[main, nope]", "there is no VPS named 'nope'"),
+    ("[main, main]", "main is listed more than once"),
+    ("[]", "the list is empty"),
+    ("[main, Bad_Name]", "is not a valid name"),
+])
+def test_a_bad_vps_list_is_one_problem_naming_the_key(tmp_path: Path, vps: str, words: str) -> None:
+    path = write(tmp_path, TWO + f"  pi1: {{address: 10.0.0.1, vps: {vps}}}\n")
+    [problem] = problems(path)
+    assert problem.startswith("pis.pi1.vps line 5:") and words in problem
+
+
+def test_client_alive_of_each_vps_follows_every_pi_that_uses_it(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, TWO + """
+      pi1: {address: 10.0.0.1, vps: [main, backup], keepalive: metered}
+    """))
+    assert inv.vps["main"].client_alive_interval == inv.vps["backup"].client_alive_interval == 30
