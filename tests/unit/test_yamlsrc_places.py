@@ -22,8 +22,8 @@ def test_a_key_longer_than_yaml_reads_is_named_where_it_starts() -> None:
     assert yamlsrc.load("k" * 1024 + ": 1\n").data == {"k" * 1024: 1}
     top = refusal("k" * 1025 + ": 1\n")
     assert (top.line, top.column) == (1, 1)
-    assert top.message == ("the key 'kkkkkkkkkkkkkkkkkkkk...' is 1025 characters long; YAML reads at most 1024 "
-                           "characters as a key")
+    assert top.message == ("the key 'kkkkkkkkkkkkkkkkkkkk... (1025 characters)' is 1025 characters long; "
+                           "YAML reads at most 1024 characters as a key")
     assert top.fix == "shorten it (pitunnel's keys and names have at most 31 characters)"
     nested = refusal("a:\n  - " + "k" * 1100 + ": 1\n")
     assert (nested.line, nested.column) == (2, 5) and "is 1100 characters long" in nested.message
@@ -49,7 +49,8 @@ def test_a_control_character_is_placed_at_its_key(text: str, where: tuple[object
 
 def test_a_value_its_tag_cannot_read_is_quoted_clipped() -> None:
     (long,) = issues("d: !!int " + "x" * 61 + "\n")
-    assert long[:3] == (("d",), 1, 4) and long[3].startswith("cannot read '" + "x" * 60 + "...': invalid literal")
+    assert long[:3] == (("d",), 1, 4)
+    assert long[3].startswith("cannot read '" + "x" * 60 + "... (61 characters)': invalid literal")
     (exact,) = issues("d: !!int " + "x" * 60 + "\n")
     assert exact[3].startswith("cannot read '" + "x" * 60 + "': ")
 
