@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from invoke import Context, Exit
 
-from pitunnel import cli, tasks
+from pitunnel import cli, failures, tasks
 from pitunnel.play import Play
 from pitunnel.roles.pi.status import TunnelStatus
 from pitunnel.roles.pi.verify import PiReport
@@ -39,21 +39,27 @@ def test_which_inventory_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     default, lab = tmp_path / "hosts.yml", tmp_path / "lab.yml"
     monkeypatch.setattr(cli, "DEFAULT_INVENTORY", default)
     monkeypatch.setattr(cli, "LAB_INVENTORY", lab)
-    assert cli.resolve_inventory("mine.yml") == Path("mine.yml")
-    assert cli.resolve_inventory(None) == default  # neither exists: the one to write
+    monkeypatch.setattr(cli, "CHECKOUT", True)
+    monkeypatch.delenv(cli.ENV_INVENTORY, raising=False)
+    assert cli.resolve_inventory("mine.yml") == (Path("mine.yml"), "-i")
+    assert cli.resolve_inventory(None)[0] == default  # neither exists: the one to write
     lab.write_text("x")
-    assert cli.resolve_inventory(None) == lab  # the lab's, while there is no hosts.yml
+    assert cli.resolve_inventory(None)[0] == lab  # the lab's, while there is no hosts.yml
+    monkeypatch.setenv(cli.ENV_INVENTORY, "env.yml")
+    assert cli.resolve_inventory(None) == (Path("env.yml"), "$PITUNNEL_INVENTORY")  # the variable before files
+    assert cli.resolve_inventory("mine.yml")[0] == Path("mine.yml")  # -i before the variable
+    monkeypatch.delenv(cli.ENV_INVENTORY)
     default.write_text("x")
-    assert cli.resolve_inventory("") == default  # hosts.yml wins once it exists
+    assert cli.resolve_inventory("")[0] == default  # hosts.yml wins once it exists
     assert cli.DEFAULT_INVENTORY.name == "hosts.yml"
 
 
 def test_a_missing_inventory_ends_the_run_with_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(Exit) as exc:
         cli.load(str(tmp_path / "none.yml"), check=False)
-    assert exc.value.code == 2
-    assert exc.value.message == (f"no inventory at {tmp_path / 'none.yml'}: copy inventory/example.yml to "
-                                 "inventory/hosts.yml and edit it, or run `invoke lab.up` to get inventory/lab.yml")
+    assert exc.value.code == failures.USAGE == 3
+    assert exc.value.message.startswith(f"no inventory at {tmp_path / 'none.yml'} (from -i): give one with -i FILE")
+    assert "inventory/example.yml" in exc.value.message and "`invoke lab.up`" in exc.value.message
 
 
 def test_a_bad_inventory_ends_the_run_with_its_problems(tmp_path: Path) -> None:
@@ -61,7 +67,8 @@ def test_a_bad_inventory_ends_the_run_with_its_problems(tmp_path: Path) -> None:
     bad.write_text("vps: {main: {address: 203.0.113.1, port: 99999}}\npis: {}\n")
     with pytest.raises(Exit) as exc:
         cli.load(str(bad), check=False)
-    assert exc.value.code == 2 and str(bad) in str(exc.value.message) and "port" in str(exc.value.message)
+    assert exc.value.code == failures.USAGE and str(bad) in str(exc.value.message)
+    assert "port" in str(exc.value.message)
 
 
 def test_check_mode_allocates_ports_without_writing_them_down(hosts: Path) -> None:
@@ -74,8 +81,16 @@ def test_check_mode_allocates_ports_without_writing_them_down(hosts: Path) -> No
 
 def test_run_play_plays_the_body_and_exits_with_the_plays_code(hosts: Path, capsys: pytest.CaptureFixture[str]) -> None:
     seen: list[Play] = []
-    play = cli.run_play(seen.append, cli.Flags(inventory=str(hosts), limit="alpha"))
+
+    def body(play: Play) -> None:
+        seen.append(play)
+        play.reporter.recap("alpha")  # as each() does for every host it plays
+
+    play = cli.run_play(body, cli.Flags(inventory=str(hosts), limit="alpha"))
     assert seen == [play] and play.options.limit == frozenset({"alpha"}) and not play.reporter.quiet
+    with pytest.raises(Exit) as exc:  # a --limit that leaves the task no host: a usage error
+        cli.run_play(lambda p: None, cli.Flags(inventory=str(hosts), limit="alpha"))
+    assert exc.value.code == failures.USAGE and "works on none of them" in str(exc.value.message)
     assert cli.run_play(lambda p: None, cli.Flags(inventory=str(hosts)), quiet=True).reporter.quiet
 
     def fails(play: Play) -> None:
@@ -83,7 +98,7 @@ def test_run_play_plays_the_body_and_exits_with_the_plays_code(hosts: Path, caps
 
     with pytest.raises(Exit) as exc:
         cli.run_play(fails, cli.Flags(inventory=str(hosts)))
-    assert exc.value.code == 1
+    assert exc.value.code == failures.FAILED == 2
     assert "alpha" in capsys.readouterr().out  # the recap still printed
 
 
@@ -98,9 +113,14 @@ def test_verify_fails_the_run_unless_every_pi_passed(hosts: Path, monkeypatch: p
         if fails:
             with pytest.raises(Exit) as exc:
                 tasks.verify(Context(), inventory=str(hosts))
-            assert exc.value.code == 1 and exc.value.message == "verify: some checks failed (hints above)"
+            assert exc.value.code == failures.FAILED
+            assert "verify: some checks failed (hints above)" in capsys.readouterr().err
         else:
             tasks.verify(Context(), inventory=str(hosts))
+            assert "some checks failed" not in capsys.readouterr().err
+    monkeypatch.setattr(site, "verify", lambda play: [good, bad])
+    with pytest.raises(Exit):
+        tasks.verify(Context(), inventory=str(hosts))
     assert "beta: FAIL" in capsys.readouterr().out
 
 
@@ -117,8 +137,9 @@ def test_status_prints_the_rows_gathered_before_a_failure(hosts: Path, monkeypat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(site, "status", broken)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Exit) as exc:  # Ctrl-C: the run stops with the shell's code, not a traceback
         tasks.status(Context(), inventory=str(hosts))
+    assert exc.value.code == failures.INTERRUPTED == 130
     assert "listen on VPS" in capsys.readouterr().out  # the table, empty, still printed
 
 
