@@ -23,7 +23,7 @@ D = vps.D
 INVENTORY = """
 settings: {laptop_key: null, known_hosts: kh}
 vps:
-  main: {address: 203.0.113.1}
+  main: {address: 203.0.113.1, tls_certificate: /etc/ssl/c.pem, tls_key: /etc/ssl/c.key}
 pis:
   alpha:
     address: 10.0.0.2
@@ -137,7 +137,7 @@ def test_each_http_tunnel_is_one_route_named_by_pi_and_tunnel(inv: Inventory) ->
     context = vps.context(inv, inv.vps["main"], claim_default=False)
     assert context["listens"] == ["0.0.0.0:20022", "127.0.0.1:20080", "127.0.0.1:20081", "127.0.0.1:20023"]
     assert context["claim_default"] is False and [t["name"] for t in context["tunnels"]] == ["web", "cam"]
-    assert (context["http_port"], context["https_port"], context["tls_certificate"]) == (80, 443, None)
+    assert (context["http_port"], context["https_port"], context["tls_certificate"]) == (80, 443, "/etc/ssl/c.pem")
 
 
 def test_nginx_files_one_per_route_the_password_file_secret(inv: Inventory) -> None:
@@ -175,7 +175,7 @@ def test_teardown_takes_away_what_provision_made(inv: Inventory) -> None:
             D["nginx_conf"], "/etc/nginx/pitunnel"} <= paths
     assert not any(isinstance(op, PackagesAbsent) for op in ops)
     (purge,) = [op for op in vps.teardown_ops(inv.vps["main"], purge=True) if isinstance(op, PackagesAbsent)]
-    assert purge.names == ("nginx",)
+    assert purge.names == ("nginx", "certbot", "prometheus-node-exporter")
     (sites,) = [op for op in ops if isinstance(op, Pruned)]
     assert sites.keep == frozenset() and sites.pattern == "pitunnel-*.conf"
 
@@ -256,6 +256,8 @@ def test_teardown_of_a_provisioned_vps_says_what_it_removes_and_reloads_after(in
     in_order(lines(capsys), [
         "changed main service pitunnel-reaper.service stopped and disabled - disable, stop",
         "changed main absent /etc/systemd/system/pitunnel-reaper.service - remove",
+        "changed main service pitunnel-metrics.service stopped and disabled - disable, stop",
+        "changed main absent /etc/systemd/system/pitunnel-metrics.service - remove",
         "changed main absent /usr/local/lib/pitunnel - remove",
         "changed main absent /etc/ssh/sshd_config.d/10-pitunnel.conf - remove",
         "changed main user absent pitunnel - remove with its home",
@@ -264,10 +266,14 @@ def test_teardown_of_a_provisioned_vps_says_what_it_removes_and_reloads_after(in
         "changed main absent /etc/nginx/conf.d/pitunnel.conf - remove",
         "changed main absent /etc/nginx/pitunnel - remove",
         "changed main Debian's default site back - link back (pitunnel set it aside)",
-        "changed main packages purged nginx - purge nginx",
+        "ok main certificates and ACME account removed - none of pitunnel's",
+        "changed main absent /var/lib/pitunnel-acme - remove",
+        "changed main folder /etc/pitunnel gone if empty - remove (empty once pitunnel's files are gone)",
+        "changed main packages purged nginx certbot prometheus-node-exporter - purge nginx",
         "changed main handler reload sshd - ran once",
         "changed main handler reload nginx - ran once",
-        "changed main handler daemon-reload - ran once"])
+        "changed main handler daemon-reload - ran once",
+        "changed main handler restart node exporter if there - ran once"])
     for command in ("systemctl disable --quiet pitunnel-reaper.service", "systemctl stop pitunnel-reaper.service",
                     "rm -f /etc/nginx/sites-enabled/pitunnel-old_x.conf", "userdel --remove pitunnel",
                     "apt-get purge -y -q --autoremove nginx", "systemctl reload-or-restart nginx"):
@@ -396,9 +402,9 @@ def test_which_default_servers_are_the_users(servers: str, ports: set[int], foun
 def test_pitunnel_claims_default_server_unless_the_user_has_one_on_its_ports(tmp_path: Path, tls: bool, listen: str,
                                                                              claims: bool) -> None:
     text = INVENTORY
-    if tls:
-        text = text.replace("main: {address: 203.0.113.1}",
-                            "main: {address: 203.0.113.1, tls_certificate: /etc/ssl/c.pem, tls_key: /etc/ssl/c.key}")
+    if not tls:  # basic auth needs TLS: without it, the route has none
+        text = text.replace("main: {address: 203.0.113.1, tls_certificate: /etc/ssl/c.pem, tls_key: /etc/ssl/c.key}", "main: {address: 203.0.113.1}").replace(
+            " basic_auth_file: cam.htpasswd,", "")
     inv = load(tmp_path, text, {"cam.htpasswd": "alice:$apr1$x$y\n"})
     host = FakeHost("main", [("dpkg-query", "nginx installed"), ("default(_server)?", f"/etc/nginx/conf.d/mine.conf listen {listen};")])
     vps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]

@@ -26,7 +26,7 @@ from tests.unit.sshd_fake import FakeSshd
 INVENTORY = """
 settings: {laptop_key: null, known_hosts: known_hosts}
 vps:
-  main: {address: 203.0.113.1}
+  main: {address: 203.0.113.1, acme: {email: ops@example.com}}
 pis:
   alpha:
     address: 10.0.0.2
