@@ -18,6 +18,7 @@ import paramiko
 import pytest
 
 from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
+from pitunnel.remote import Remote
 from pitunnel.roles.pi import verify
 from pitunnel.roles.pi.verify import Answer, PiReport
 from tests.unit.fake_hosts import FakeHost, connection_of, in_order, load, play_on
@@ -58,6 +59,11 @@ def pinned(key: paramiko.PKey) -> str:
     return f"{key.get_name()} {key.get_base64()}"
 
 
+def at(inv: Inventory, pi: PiSpec) -> Remote:
+    """The Pi's own connection, as the play holds it (never opened here): how verify logs in through a tunnel."""
+    return Remote(pi, inv.settings.known_hosts)
+
+
 def tunnel(inv: Inventory, pi: str, name: str, **changes: object) -> TunnelSpec:
     found = next(t for t in inv.pis[pi].tunnels if t.name == name)
     return dataclasses.replace(found, **changes)  # type: ignore[arg-type]
@@ -93,14 +99,14 @@ def public(inv: Inventory, sshd: FakeSshd, *, host_key: paramiko.PKey = PI_KEY,
 
 def test_ssh_through_a_public_tunnel_lands_on_the_pi(inv: Inventory, sshd: FakeSshd) -> None:
     pi, t, vps = public(inv, sshd)
-    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
+    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
     assert (ok, detail, hint) == (True, f"127.0.0.1:{sshd.port}: alpha's host key (ecdsa-sha2-nistp256)", "")
 
 
 def test_another_host_answering_fails_with_its_fingerprint(inv: Inventory, sshd: FakeSshd) -> None:
     from pitunnel.hostkeys import fingerprint
     pi, t, vps = public(inv, sshd, host_key=OTHER)
-    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
+    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
     assert not ok and detail == f"127.0.0.1:{sshd.port}: host key {fingerprint(PI_KEY)} is not alpha's"
     assert hint == "another host answers on this port: check remote_port clashes and the tunnel's -R"
 
@@ -110,20 +116,20 @@ def test_ssh_through_logs_in_with_the_laptops_key_and_names_the_host(inv: Invent
     LOGIN.write_private_key_file(str(tmp_path / "login"))
     sshd.client_key = LOGIN
     pi, t, vps = public(inv, sshd, key=tmp_path / "login")
-    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
+    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
     assert ok and hint == ""
     assert detail == f"127.0.0.1:{sshd.port}: alpha's host key, logged in as admin, hostname {socket.gethostname()}"
     assert sshd.users == ["admin"] and sshd.commands == ["hostname"]
     sshd.client_key = OTHER  # the laptop's key is not (yet) on the Pi
-    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
-    assert not ok and detail.startswith(f"127.0.0.1:{sshd.port}: ")
-    assert hint == "the tunnel reached an sshd but login failed: was the laptop key pushed?"
+    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
+    assert not ok and detail == f"127.0.0.1:{sshd.port}: alpha's host key, but login refused"
+    assert hint == "the tunnel reached the Pi's sshd but login failed: was the laptop key pushed?"
 
 
 def test_nothing_listening_publicly_says_why(inv: Inventory, sshd: FakeSshd) -> None:
     pi, t, vps = public(inv, sshd)
     t = dataclasses.replace(t, remote_port=free_port())
-    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps)  # type: ignore[arg-type]
+    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
     assert not ok and detail.startswith(f"127.0.0.1:{t.remote_port}: ") and "refused" in detail.lower()
     assert hint == ("Connection refused: nothing listens publicly on the VPS port. Is the tunnel up, and does the VPS "
                     "let it bind publicly (GatewayPorts clientspecified for the tunnel account)?")
@@ -131,7 +137,7 @@ def test_nothing_listening_publicly_says_why(inv: Inventory, sshd: FakeSshd) -> 
 
 def test_an_unknown_pi_host_key_is_not_a_pass(inv: Inventory) -> None:
     ok, detail, hint = verify.ssh_through(inv, inv.pis["alpha"], FakeHost("main"), tunnel(inv, "alpha", "ssh"),  # type: ignore[arg-type]
-                                          inv.vps["main"])
+                                          inv.vps["main"], at(inv, inv.pis["alpha"]))
     assert (ok, detail) == (False, "the Pi's host key is unknown to the laptop")
     assert hint == "record it on first direct contact (--accept-new-host-keys) or pin host_key in the inventory"
 
@@ -155,13 +161,13 @@ def test_ssh_through_a_private_tunnel_jumps_via_the_vps(inv: Inventory, sshd: Fa
     vps_remote = FakeHost("main")
     jump = Jump(sshd.port)
     vps_remote.connection = connection_of(jump)  # type: ignore[attr-defined]
-    ok, detail, _ = verify.ssh_through(inv, pi, vps_remote, tunnel(inv, "beta", "ssh"), inv.vps["main"])  # type: ignore[arg-type]
+    ok, detail, _ = verify.ssh_through(inv, pi, vps_remote, tunnel(inv, "beta", "ssh"), inv.vps["main"], at(inv, pi))  # type: ignore[arg-type]
     assert ok and detail == "jump via main to 127.0.0.1:20023: beta's host key (ecdsa-sha2-nistp256)"
     assert jump.opened == [("127.0.0.1", 20023)]
     vps_remote.connection = connection_of(Jump(None))  # type: ignore[attr-defined]
-    ok, detail, hint = verify.ssh_through(inv, pi, vps_remote, tunnel(inv, "beta", "ssh"), inv.vps["main"])  # type: ignore[arg-type]
+    ok, detail, hint = verify.ssh_through(inv, pi, vps_remote, tunnel(inv, "beta", "ssh"), inv.vps["main"], at(inv, pi))  # type: ignore[arg-type]
     assert not ok and detail.startswith("jump via main to 127.0.0.1:20023: ")
-    assert hint == "the tunnel is not listening on the VPS: is pitunnel.service up on the Pi?"
+    assert hint == "the tunnel is not listening on the VPS: is pitunnel@<vps>.service up on the Pi?"
 
 
 # ------------------------------------------------------------------------------------ http through Nginx
