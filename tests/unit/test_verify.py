@@ -266,7 +266,8 @@ def http_check(inv: Inventory, nginx_at: list[Nginx], name: str, nginx: Nginx | 
     port = nginx.port if nginx else free_port()
     if nginx:
         nginx_at.append(nginx)
-    vps = dataclasses.replace(inv.vps["main"], address="127.0.0.1", http_port=port)
+    # the fake Nginx speaks plain HTTP: the route as before its certificate (HTTPS has tests of its own)
+    vps = dataclasses.replace(inv.vps["main"], address="127.0.0.1", http_port=port, acme=None)
     pi_remote, vps_remote = FakeHost("alpha"), FakeHost("main")
     pi_remote.connection = connection_of(pi_side)  # type: ignore[attr-defined]
     vps_remote.connection = connection_of(vps_side or Channels(None))  # type: ignore[attr-defined]
@@ -299,7 +300,7 @@ def test_a_different_first_answer_gets_a_second_try(inv: Inventory, nginx_at: li
 def test_nginx_without_the_tunnel_blames_the_tunnel(inv: Inventory, nginx_at: list[Nginx]) -> None:
     ok, detail, hint = http_check(inv, nginx_at, "web", Nginx((502, NGINX_502, ())), Channels(raw(200, APP)))
     assert not ok and "502 from Nginx: nothing answered through the tunnel" in detail
-    assert hint == "nothing answers at 127.0.0.1:20080 on main: the tunnel is down; check pitunnel.service on the Pi"
+    assert hint == "nothing answers at 127.0.0.1:20080 on main: the tunnel is down; check the Pi's pitunnel@<vps>.service"
 
 
 def test_a_tunnel_that_answers_behind_nginx_blames_the_route(inv: Inventory, nginx_at: list[Nginx]) -> None:
@@ -349,7 +350,7 @@ def test_behind_basic_auth_nginx_must_ask_and_the_tunnel_must_answer(inv: Invent
     assert not http_check(inv, nginx_at, "cam", Nginx(other_realm), Channels(raw(200, APP)), Channels(raw(200, APP)))[0]
     ok, detail, hint = http_check(inv, nginx_at, "cam", Nginx(asks), Channels(raw(200, APP)), Channels(None))
     assert not ok and ": 401 from Nginx, but 127.0.0.1:20081 on main: " in detail
-    assert hint == "the tunnel is not listening on the VPS: check pitunnel.service on the Pi"
+    assert hint == "the tunnel is not listening on the VPS: check the Pi's pitunnel@<vps>.service"
 
 
 # ------------------------------------------------------------------------------------------- the answers
@@ -401,7 +402,10 @@ def probe(script: str, bin_dir: Path, out: str, rc: int) -> list[str]:
 
 def test_probes_pass_only_when_the_vps_refuses_each(inv: Inventory, stub_ssh: Path) -> None:
     script = verify.probe_script(inv.pis["alpha"], inv.vps["main"], ["127.0.0.1:20023"], 29999)
-    assert script.count("runuser -u pitunnel -- timeout ") == 5 and "-F /etc/pitunnel/ssh_config" in script
+    assert script.count("runuser -u pitunnel -- timeout ") == 5 and script.count('ssh -F "$probe_config"') == 5
+    # this VPS's ssh_config without its RemoteForward lines (the running tunnel holds those ports), removed after
+    assert "grep -v '^[[:space:]]*RemoteForward[[:space:]]' /etc/pitunnel/main/ssh_config > \"$probe_config\"" in script
+    assert script.endswith('rm -f "$probe_config"\n')
     assert "-R 127.0.0.1:29999:127.0.0.1:9 pitunnel-vps" in script and "-R 127.0.0.1:20023:127.0.0.1:9" in script
     assert "-W 127.0.0.1:22 pitunnel-vps" in script
     refused = probe(script, stub_ssh, "Permission denied (publickey)", 255)
