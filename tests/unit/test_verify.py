@@ -419,8 +419,9 @@ def test_probes_pass_only_when_the_vps_refuses_each(inv: Inventory, stub_ssh: Pa
 
 def run_verify(inv: Inventory, pi: str, stdout: str, ss: str = "") -> tuple[PiReport, FakeHost]:
     host = FakeHost(pi, commands=[("systemctl", stdout)])
+    host.target = at(inv, inv.pis[pi]).target  # type: ignore[attr-defined]  # whom ssh through logs in as
     vps = FakeHost("main", [("ss -Htln", ss)], [("ss -Htln", ss)])
-    report = PiReport(pi)
+    report = PiReport(pi, vps="main")
     present = frozenset(line.split()[3] for line in ss.splitlines())
     verify.verify_pi(play_on(inv, {"main": vps, pi: host}), host, report, present)  # type: ignore[arg-type, dict-item]
     return report, host
@@ -429,8 +430,8 @@ def run_verify(inv: Inventory, pi: str, stdout: str, ss: str = "") -> tuple[PiRe
 def test_verify_probes_every_other_listener_and_a_free_port(inv: Inventory) -> None:
     _, host = run_verify(inv, "beta", "enabled\nactive\nactive\n")
     (script,) = host.scripts
-    assert script.startswith("systemctl is-enabled pitunnel.service; systemctl is-active pitunnel.service; "
-                             "systemctl is-active pitunnel-watchdog.service\n")
+    assert script.startswith("systemctl is-enabled pitunnel@main.service; systemctl is-active pitunnel@main.service; "
+                             "systemctl is-active pitunnel-watchdog@main.service\n")
     for other in ("0.0.0.0:20022", "127.0.0.1:20080", "127.0.0.1:20081"):  # alpha's: the same VPS
         assert f"-R {other}:127.0.0.1:9 " in script
     assert "-R 127.0.0.1:20023:" not in script  # its own is no probe
@@ -446,7 +447,7 @@ def test_verify_reads_the_probes_and_units(inv: Inventory, stub_ssh: Path) -> No
     by_name = {c.name: c for c in report.checks}
     assert by_name["unit enabled and active"].passed and by_name["unit enabled and active"].detail == "enabled, active"
     assert not by_name["watchdog active"].passed and by_name["watchdog active"].detail == "inactive"
-    assert "systemctl status pitunnel-watchdog.service" in by_name["watchdog active"].hint
+    assert "systemctl status pitunnel-watchdog@main.service" in by_name["watchdog active"].hint
     assert by_name["ssh: VPS listens on 127.0.0.1:20023"].passed
     assert by_name["ssh: VPS listens on 127.0.0.1:20023"].detail == "bound as intended"
     failed = by_name["refused: command"]
@@ -587,15 +588,16 @@ def test_password_login_checks_say_exactly_what_they_saw(inv: Inventory) -> None
 def test_verify_of_a_pi_with_ssh_and_http_tunnels(tmp_path: Path, nginx_at: list[Nginx]) -> None:
     nginx = Nginx((200, APP, ()))
     nginx_at.append(nginx)
-    text = INVENTORY.replace("main: {address: 203.0.113.1}", f"main: {{address: 127.0.0.1, http_port: {nginx.port}, "
+    text = INVENTORY.replace("main: {address: 203.0.113.1, acme: {email: ops@example.com}}", f"main: {{address: 127.0.0.1, http_port: {nginx.port}, "
                                                              "port_range: [20000, 20080]}")
     inv = load(tmp_path, text.replace("basic_auth_file: cam.htpasswd", ""))
     stdout = ("enabled\nactive\nactive\nPROBE command ok\n"
               "SSHD passwordauthentication yes\nSSHD kbdinteractiveauthentication no\n")
     pi, vps = FakeHost("alpha", commands=[("systemctl", stdout)]), FakeHost("main")
     pi.connection = connection_of(Channels(raw(200, APP)))  # type: ignore[attr-defined]
+    pi.target = at(inv, inv.pis["alpha"]).target  # type: ignore[attr-defined]
     vps.connection = connection_of(Channels(None))  # type: ignore[attr-defined]
-    report = PiReport("alpha")
+    report = PiReport("alpha", vps="main")
     present = frozenset({"0.0.0.0:20022", "127.0.0.1:20080", "127.0.0.1:20081"})
     verify.verify_pi(play_on(inv, {"main": vps, "alpha": pi}), pi, report, present)  # type: ignore[arg-type, dict-item]
     by_name = {c.name: c for c in report.checks}
@@ -623,7 +625,7 @@ def test_a_pi_whose_unit_is_missing_or_whose_output_stops_short(inv: Inventory) 
     report, _ = run_verify(inv, "beta", "enabled\nactive\ninactive")
     assert {c.name: c.detail for c in report.checks}["watchdog active"] == "inactive"
     down = {c.name: c for c in run_verify(inv, "beta", "disabled\ninactive\ninactive\n")[0].checks}
-    assert down["unit enabled and active"].hint == "on the Pi: systemctl status pitunnel.service; journalctl -u pitunnel.service"
+    assert down["unit enabled and active"].hint == "on the Pi: systemctl status pitunnel@main.service; journalctl -u pitunnel@main.service"
     listen = down["ssh: VPS listens on 127.0.0.1:20023"]
     assert listen.hint == "none: the tunnel is down or its -R was refused (stale listener? see troubleshooting)"
 
