@@ -35,9 +35,14 @@ class FakeHost:
         self.journal = journal if journal is not None else []  # "name read|apply|run", shared by hosts to see the order
         self.timeouts: list[float] = []  # the timeouts scripts were given
         self.ops: list[str] = []  # the commands of every op applied, and every other script that is no fact read
+        self.through_tunnel = False  # reached directly, not through its own ssh tunnel (Remote.through_tunnel)
 
     def close(self) -> None:
         self.closed = True
+
+    def connection(self) -> SimpleNamespace:
+        """Opened already (a test that needs channels sets its own: connection_of)."""
+        return SimpleNamespace(client=SimpleNamespace(get_transport=lambda: None))
 
     def can_log_in_fresh(self, *, use_password: bool = True, within: float = 10) -> bool:
         self.logins.append(use_password)
