@@ -108,8 +108,8 @@ def test_provision_pi_puts_the_keys_on_the_vps_before_the_tunnels_and_proves_the
     assert hosts["beta"].applied(pi_steps.D["password_dropin"])  # beta's inventory turns passwords off
     assert not hosts["alpha"].applied(pi_steps.D["password_dropin"])
     out = lines(capsys)
-    assert any(l.startswith("ok alpha tunnel listening on the VPS - 0.0.0.0:20022, 127.0.0.1:20080 (after ") for l in out)
-    assert any(l.startswith("ok beta tunnel listening on the VPS - 127.0.0.1:20023") for l in out)
+    assert any(l.startswith("ok alpha tunnel listening on the VPS - main: 0.0.0.0:20022, 127.0.0.1:20080 (after ") for l in out)
+    assert any(l.startswith("ok beta tunnel listening on the VPS - main: 127.0.0.1:20023") for l in out)
     assert "changed main authorized keys of the Pis - create" in out
 
 
@@ -170,7 +170,7 @@ def test_connect_tunnels_only_the_pis_that_have_a_key(inv: Inventory, keys: dict
     bases = {"alpha": pi_steps.PiBase(PiOffer("alpha", None, listens(inv.pis["alpha"])), False),
              "beta": pi_steps.PiBase(PiOffer("beta", offer_line(keys["beta"], "beta"), listens(inv.pis["beta"])), False)}
     site.connect(play, bases)
-    assert hosts["alpha"].scripts == [] and hosts["beta"].applied("pitunnel.service")
+    assert hosts["alpha"].scripts == [] and hosts["beta"].applied("pitunnel@main.service")
     keys_file = "\n".join(b for b in hosts["main"].ops if "authorized_keys" in b)
     assert keys_file  # beta's key went to the VPS; alpha had none to give
 
@@ -183,7 +183,7 @@ def test_an_unchanged_tunnel_already_listening_is_not_waited_for(inv: Inventory,
     play = play_on(inv, hosts, limit=frozenset({"main", "beta"}))  # type: ignore[arg-type]
     monkeypatch.setattr(pi_steps, "passwords_off", lambda play, remote: None)
     site.connect(play, {"beta": pi_steps.PiBase(PiOffer("beta", offer_line(keys["beta"], "beta"), ("127.0.0.1:20023",)), False)})
-    assert "ok beta tunnel listening on the VPS - 127.0.0.1:20023" in lines(capsys)
+    assert "ok beta tunnel listening on the VPS - main: 127.0.0.1:20023" in lines(capsys)
     assert not any(s == "ss -Htln" for s in hosts["main"].scripts)  # the VPS's own reading sufficed
 
 
@@ -198,7 +198,7 @@ def test_provision_converges_the_vps_and_the_pis_base_then_connects_them(inv: In
     assert play.failed == set()
     beta = vps_steps.authorized_keys(inv, inv.vps["main"], {"beta": " ".join(keys["beta"].split()[:2])})
     assert main.applied(vps_steps.D["sshd_dropin"]) and written(main, "authorized_keys", beta.wanted(FileState(False)))
-    assert hosts["beta"].applied("systemctl start pitunnel.service")
+    assert hosts["beta"].applied("systemctl start pitunnel@main.service")
 
 
 def test_vpses_of_the_pis_once_each_in_order(inv: Inventory) -> None:
@@ -337,5 +337,5 @@ def test_the_listener_wait_names_every_forward_missing(inv: Inventory, monkeypat
     play = play_on(inv, {})
     with pytest.raises(StepFailed):
         site.wait_listening(play, inv.pis["alpha"], SharedReading(lambda: frozenset()), None)
-    assert lines(capsys) == ["failed alpha tunnel listening on the VPS - not listening after 0.2s: 0.0.0.0:20022, "
-                             "127.0.0.1:20080 (see `journalctl -u pitunnel.service` on the Pi)"]
+    assert lines(capsys) == ["failed alpha tunnel listening on the VPS - main: not listening after 0.2s: 0.0.0.0:20022, "
+                             "127.0.0.1:20080 (see `journalctl -u pitunnel@main.service` on the Pi)"]
