@@ -183,7 +183,7 @@ def test_connect_tunnels_only_the_pis_that_have_a_key(inv: Inventory, keys: dict
 def test_an_unchanged_tunnel_already_listening_is_not_waited_for(inv: Inventory, keys: dict[str, str],
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(pi_steps, "tunnel", lambda play, remote, base, host_keys: False)
+    monkeypatch.setattr(pi_steps, "tunnel", lambda play, remote, base, host_keys: set())  # no path changed
     hosts = {"main": vps_host(), "beta": FakeHost("beta")}
     play = play_on(inv, hosts, limit=frozenset({"main", "beta"}))  # type: ignore[arg-type]
     monkeypatch.setattr(pi_steps, "passwords_off", lambda play, remote: None)
