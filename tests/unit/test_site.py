@@ -282,14 +282,15 @@ def test_when_a_vps_cannot_be_read_its_pis_are_still_reported(inv: Inventory) ->
     stdout = "enabled\nactive\nactive\n"
     hosts = {"main": Down("main"), "beta": FakeHost("beta", commands=[("systemctl", stdout)])}
     (report,) = site.verify(play_on(inv, hosts, limit=frozenset({"main", "beta"})))  # type: ignore[arg-type]
-    listen = next(c for c in report.checks if c.name == "ssh: VPS listens on 127.0.0.1:20023")
-    assert not listen.passed and listen.detail == "listeners on that port: none"
+    assert (report.pi, report.vps) == ("beta", "main")  # the path is still reported: unproven, and why
+    assert [(c.name, c.passed, c.detail) for c in report.checks] == [
+        ("reach the VPS main", False, "main: no route to host: this path is unproven")]
     hosts = {"main": Down("main"), "beta": FakeHost("beta", commands=[("systemctl show", "0\nactive\nx\n1\ny\n")])}
     (row,) = site.status(play_on(inv, hosts, limit=frozenset({"main", "beta"})))  # type: ignore[arg-type]
     assert (row.pi, row.unit, row.up) == ("beta", "active", False)  # active, but nobody saw it listening
 
 
-def test_status_leaves_out_a_pi_that_could_not_be_read(inv: Inventory) -> None:
+def test_status_shows_a_pi_that_could_not_be_read_as_its_vps_sees_it(inv: Inventory) -> None:
     class Down(FakeHost):
         def run(self, script: str, **kw: object) -> object:  # type: ignore[override]
             from pitunnel.remote import Unreachable
@@ -297,7 +298,10 @@ def test_status_leaves_out_a_pi_that_could_not_be_read(inv: Inventory) -> None:
 
     hosts = {"main": vps_host(), "alpha": Down("alpha"), "beta": FakeHost("beta", commands=[("systemctl show", "0\nactive\n")])}
     rows = site.status(play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"})))  # type: ignore[arg-type]
-    assert [r.pi for r in rows] == ["beta"]
+    assert [(r.pi, r.tunnel, r.known) for r in rows] == [("alpha", "ssh", True), ("alpha", "web", True),
+                                                         ("beta", "ssh", True)]
+    assert all(r.up and r.unit == "unknown" and r.last_error == "the laptop could not reach the Pi: alpha: no route "
+               "to host" for r in rows[:2])  # up as far as the VPS listens on each
 
 
 def test_teardown_purges_the_packages_on_both_sides_only_when_asked(inv: Inventory) -> None:
