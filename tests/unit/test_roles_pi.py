@@ -233,28 +233,35 @@ def test_the_tunnel_pins_the_vpss_keys_and_exempts_loopback_where_penalties_exis
     hosts = {"alpha": FakeHost("alpha"), "beta": FakeHost("beta")}
     play = play_on(inv, hosts)  # type: ignore[arg-type]
     offer = PiOffer("alpha", None, ())
-    assert pi.tunnel(play, hosts["alpha"], pi.PiBase(offer, True), ("ssh-ed25519 AAAAvps1", "ssh-rsa AAAAvps2"))  # type: ignore[arg-type]
+    assert pi.tunnel(play, hosts["alpha"], pi.PiBase(offer, True),  # type: ignore[arg-type]
+                     {"main": ("ssh-ed25519 AAAAvps1", "ssh-rsa AAAAvps2")}) == {"main"}
     written = "\n".join(hosts["alpha"].ops)
-    assert D["loopback_dropin"] in written and "systemctl start pitunnel.service" in written
+    assert D["loopback_dropin"] in written and "systemctl start pitunnel@main.service" in written
     import base64
     pinned = base64.b64encode(b"203.0.113.1 ssh-ed25519 AAAAvps1\n203.0.113.1 ssh-rsa AAAAvps2\n").decode()
     assert pinned in written
-    assert pi.tunnel(play, hosts["beta"], pi.PiBase(offer, False), ("ssh-ed25519 AAAAvps1",))  # type: ignore[arg-type]
+    assert pi.tunnel(play, hosts["beta"], pi.PiBase(offer, False), {"main": ("ssh-ed25519 AAAAvps1",)})  # type: ignore[arg-type]
     assert D["loopback_dropin"] not in "\n".join(hosts["beta"].ops)
     checked = FakeHost("alpha")
-    assert pi.tunnel(play_on(inv, {"alpha": checked}, check=True), checked, pi.PiBase(offer, True), ())  # type: ignore[arg-type, dict-item]
-    assert checked.ops == []  # check mode: it would change, and changes nothing
+    assert pi.tunnel(play_on(inv, {"alpha": checked}, check=True), checked, pi.PiBase(offer, True),  # type: ignore[arg-type, dict-item]
+                     {"main": ()}) == {"main"}
+    assert [o for o in checked.ops if not o.startswith("find ")] == []  # check mode: it would change, changes nothing
 
 
-def test_tunnel_ops_retire_the_old_watchdog_timer(inv: Inventory) -> None:
+def test_tunnel_ops_retire_the_single_vps_units_and_the_old_watchdog_timer(inv: Inventory) -> None:
     ops = pi.tunnel_ops(inv, inv.pis["alpha"], inv.vps["main"], [])
     names = [getattr(op, "unit", getattr(op, "path", None)) for op in ops]
-    assert names == ["/etc/pitunnel", "/etc/pitunnel/known_hosts", "/etc/pitunnel/ssh_config", D["unit_path"],
-                     D["unit"], D["watchdog_timer"], f"/etc/systemd/system/{D['watchdog_timer']}", D["watchdog_path"],
-                     f"/etc/systemd/system/{D['watchdog_unit']}", D["watchdog_unit"]]
-    timer = ops[5]
-    assert (timer.enabled, timer.running) == (False, False)  # type: ignore[attr-defined]
-    assert ops[7].mode == 0o755  # type: ignore[attr-defined]  # the watchdog is a script
+    system = "/etc/systemd/system"
+    assert names == [D["legacy_unit"], D["legacy_watchdog_unit"], D["watchdog_timer"], f"{system}/{D['legacy_unit']}",
+                     f"{system}/{D['legacy_watchdog_unit']}", f"{system}/{D['watchdog_timer']}", D["watchdog_path"],
+                     "/etc/pitunnel/ssh_config", "/etc/pitunnel/known_hosts", "/etc/pitunnel", D["unit_path"],
+                     f"{system}/{D['watchdog_unit']}", "/etc/pitunnel/main", "/etc/pitunnel/main/known_hosts",
+                     "/etc/pitunnel/main/ssh_config", "pitunnel@main.service", pi.watchdog_path("main"),
+                     "pitunnel-watchdog@main.service"]
+    assert all((op.enabled, op.running) == (False, False) for op in ops[:3])  # type: ignore[attr-defined]
+    assert all(op.notify == ("daemon-reload",) for op in ops[3:6])  # type: ignore[attr-defined]
+    assert ops[16].mode == 0o755  # type: ignore[attr-defined]  # the watchdog is a script
+    assert ops[10].notify == ("restart tunnel main",)  # type: ignore[attr-defined]  # the template: every instance
 
 
 def test_passwords_go_off_only_after_a_fresh_key_login(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
@@ -283,13 +290,16 @@ def test_the_password_dropin_turns_both_password_ways_off() -> None:
 @pytest.mark.parametrize(("step", "password", "hint"), [
     ("tunnel", True, "a fresh login failed after changing sshd's settings"),
     ("passwords", False, "a fresh key login failed after turning passwords off"),
-    ("teardown", True, "--prompt-for-login-password"),
+    ("teardown", True, "the password or key the inventory gives was refused"),
 ])
 def test_each_steps_sshd_reload_is_proven_by_the_right_login(step: str, password: bool, hint: str) -> None:
     host = FakeHost("p")
-    handlers = {h.name: h for h in pi.handlers(host, step)}  # type: ignore[arg-type]
-    assert handlers["restart tunnel"].commands == ["systemctl daemon-reload", "systemctl restart pitunnel.service"]
-    assert handlers["restart watchdog"].commands == ["systemctl daemon-reload", "systemctl restart pitunnel-watchdog.service"]
+    handlers = {h.name: h for h in pi.handlers(host, step, ("main", "spare"))}  # type: ignore[arg-type]
+    for v in ("main", "spare"):  # one per VPS, each restarting only a running instance
+        assert handlers[f"restart tunnel {v}"].commands == ["systemctl daemon-reload",
+                                                            f"systemctl try-restart pitunnel@{v}.service"]
+        assert handlers[f"restart watchdog {v}"].commands == ["systemctl daemon-reload",
+                                                              f"systemctl try-restart pitunnel-watchdog@{v}.service"]
     assert handlers["daemon-reload"].commands == ["systemctl daemon-reload"]
     sshd = handlers["reload sshd"]
     assert sshd.commands == ["sshd -t", "systemctl reload ssh"] and hint in sshd.verify_hint
