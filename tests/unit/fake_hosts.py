@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from pitunnel.facts import FileState
 from pitunnel.inventory import Inventory, load_inventory
 from pitunnel.play import Options, Play
-from pitunnel.remote import Result
+from pitunnel.remote import Credentials, Result
 from pitunnel.report import Reporter
 
 FACT_RE = re.compile(r"printf '@@FACT (\d+)\\n'; \( (.*?)\n\) 2>&1", re.S)
@@ -36,6 +36,7 @@ class FakeHost:
         self.timeouts: list[float] = []  # the timeouts scripts were given
         self.ops: list[str] = []  # the commands of every op applied, and every other script that is no fact read
         self.through_tunnel = False  # reached directly, not through its own ssh tunnel (Remote.through_tunnel)
+        self.credentials = Credentials()  # no login password: the laptop's key is the only known way in
 
     def close(self) -> None:
         self.closed = True

@@ -10,7 +10,7 @@ import pytest
 
 from pitunnel.facts import FileState
 from pitunnel.inventory import Inventory
-from pitunnel.ops import Absent, Directory, File, KeyPair, Packages, PackagesAbsent, SystemUser, UserAbsent
+from pitunnel.ops import Absent, Directory, File, KeyPair, Packages, PackagesAbsent, Service, SystemUser, UserAbsent
 from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed
 from pitunnel.roles.contract import PiOffer
@@ -315,8 +315,13 @@ def paths(ops: list[object]) -> list[str]:
 
 def test_teardown_removes_what_provisioning_made(inv: Inventory, bare: Inventory) -> None:
     alpha = pi.teardown_ops(inv, inv.pis["alpha"], purge=False)
-    assert {"/etc/systemd/system/pitunnel.service", "/etc/pitunnel", "/usr/local/lib/pitunnel",
+    assert {"/etc/systemd/system/pitunnel@.service", "/etc/systemd/system/pitunnel-watchdog@.service", "/etc/pitunnel",
+            "/usr/local/lib/pitunnel", "/etc/systemd/system/pitunnel.service",  # and the single-VPS units of before
             "/etc/systemd/system/pitunnel-watchdog.service", D["password_dropin"], D["loopback_dropin"]} <= set(paths(alpha))
+    stopped = [op.unit for op in alpha if isinstance(op, Service)]
+    assert stopped[:2] == ["pitunnel@main.service", "pitunnel-watchdog@main.service"]  # every path's instance first
+    present = pi.teardown_ops(inv, inv.pis["alpha"], purge=False, present=("old",))  # and those found on the Pi
+    assert "pitunnel@old.service" in [op.unit for op in present if isinstance(op, Service)]
     assert [op.name for op in alpha if isinstance(op, UserAbsent)] == ["pitunnel"]  # its own account goes, key and all
     assert not any(isinstance(op, PackagesAbsent) for op in alpha)  # autossh stays unless purged
     purged = pi.teardown_ops(inv, inv.pis["alpha"], purge=True)
@@ -324,10 +329,11 @@ def test_teardown_removes_what_provisioning_made(inv: Inventory, bare: Inventory
     beta = pi.teardown_ops(inv, inv.pis["beta"], purge=False)
     assert not any(isinstance(op, UserAbsent) for op in beta)  # the login user stays: only the key goes
     assert {"/home/pi/.ssh/pitunnel_ed25519", "/home/pi/.ssh/pitunnel_ed25519.pub"} <= set(paths(beta))
-    (laptop,) = [op for op in beta if isinstance(op, File)]
+    assert not any(isinstance(op, File) for op in beta)  # the laptop's key goes last, in a converge of its own
+    laptop = pi.laptop_key_removal(inv.pis["beta"])
+    assert isinstance(laptop, File) and laptop.notify == ("reload sshd",)
     own = FileState(True, "pi", "pi", 0o600, f"ssh-rsa AAAAmine me\n{pi.laptop_key_line(inv)}\n".encode())
     assert laptop.path == "/home/pi/.ssh/authorized_keys" and laptop.wanted(own) == "ssh-rsa AAAAmine me\n"
-    assert not any(isinstance(op, File) for op in pi.teardown_ops(bare, bare.pis["beta"], purge=False))
     units = [op for op in beta if getattr(op, "unit", None)]
     assert units and all(not op.enabled and not op.running for op in units)  # type: ignore[attr-defined]
 
@@ -335,7 +341,7 @@ def test_teardown_removes_what_provisioning_made(inv: Inventory, bare: Inventory
 def test_teardown_runs_on_the_selected_pis_only(inv: Inventory) -> None:
     hosts = {"alpha": FakeHost("alpha", [("is-enabled", "enabled\nactive")]), "beta": FakeHost("beta")}
     pi.teardown(play_on(inv, hosts, limit=frozenset({"alpha"})), purge=False)  # type: ignore[arg-type]
-    assert hosts["beta"].scripts == [] and hosts["alpha"].applied("systemctl stop pitunnel.service")
+    assert hosts["beta"].scripts == [] and hosts["alpha"].applied("systemctl stop pitunnel@main.service")
 
 
 # -------------------------------------------------------------------------------------------------- status
