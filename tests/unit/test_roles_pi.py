@@ -354,24 +354,29 @@ def test_status_shows_each_tunnel_up_only_with_its_unit_active_and_its_listener(
     assert [(r.tunnel, r.listen, r.up) for r in rows] == [("ssh", "0.0.0.0:20022", True), ("web", "127.0.0.1:20080", False)]
     assert (rows[0].pi, rows[0].unit, rows[0].since, rows[0].ssh_starts, rows[0].last_start, rows[0].unit_restarts) == (
         "alpha", "active", "Mon 2026-11-30 09:00:00 UTC", 7, "2026-11-30T09:10:00+0000", 4)
+    assert {r.vps for r in rows} == {"main"} and host.scripts == [pi_status.status_script("main")]
     down = FakeHost("alpha", commands=[("systemctl show", "0\nfailed\n\n0\n\n")])
     (first, _) = pi_status.status_pi(down, inv.pis["alpha"], frozenset({"0.0.0.0:20022"}))  # type: ignore[arg-type]
     assert not first.up and first.unit == "failed" and first.since == "-" and first.last_start == "-"
     (blank, _) = pi_status.status_pi(FakeHost("alpha"), inv.pis["alpha"], frozenset())  # type: ignore[arg-type]
     assert (blank.up, blank.ssh_starts, blank.unit_restarts, blank.since, blank.unit, blank.last_start) == (
         False, 0, 0, "-", "", "-")
-    assert "systemctl show pitunnel.service" in pi_status.STATUS_SCRIPT
+    assert "systemctl show pitunnel@main.service " in pi_status.status_script("main")
+    assert pi_status.status_script("spare").count("journalctl -u pitunnel@spare.service ") == 3
 
 
 def test_status_table(capsys: pytest.CaptureFixture[str]) -> None:
-    pi_status.print_status([pi_status.TunnelStatus("alpha", "ssh", "0.0.0.0:20022", True, "active", "today", 3, "now", 1),
-                            pi_status.TunnelStatus("beta", "ssh", "127.0.0.1:20023", False, "failed", "-", 0, "-", 0)])
+    pi_status.print_status([pi_status.TunnelStatus("alpha", "ssh", "0.0.0.0:20022", True, "active", "today", 3, "now", 1,
+                                                   vps="main"),
+                            pi_status.TunnelStatus("beta", "ssh", "127.0.0.1:20023", False, "failed", "-", 0, "-", 0,
+                                                   vps="spare", last_error="refused")])
     out = capsys.readouterr().out.splitlines()
     assert out[0] == ""
-    assert out[1].split() == ["pi", "tunnel", "listen", "on", "VPS", "state", "unit", "up", "since", "ssh", "starts",
-                              "last", "(re)connect", "unit", "restarts"]
-    assert out[2].split() == ["alpha", "ssh", "0.0.0.0:20022", "UP", "active", "today", "3", "now", "1"]
-    assert out[3].split() == ["beta", "ssh", "127.0.0.1:20023", "DOWN", "failed", "-", "0", "-", "0"]
+    assert out[1].split() == ["pi", "tunnel", "vps", "listen", "on", "VPS", "state", "unit", "up", "since", "ssh",
+                              "starts", "last", "(re)connect", "unit", "restarts", "certificate", "expires"]
+    assert out[2].split() == ["alpha", "ssh", "main", "0.0.0.0:20022", "UP", "active", "today", "3", "now", "1", "-"]
+    assert out[3].split() == ["beta", "ssh", "spare", "127.0.0.1:20023", "DOWN", "failed", "-", "0", "-", "0", "-"]
+    assert out[4:] == ["beta/ssh via spare: last error: refused"]  # only a tunnel that is down
     assert out[2].index("UP") == out[1].index("state") and out[2].index("today") == out[1].index("up since")
 
 
