@@ -10,6 +10,7 @@ import pytest
 
 from pitunnel.facts import FileState
 from pitunnel.inventory import Inventory
+from pitunnel.remote import Credentials
 from pitunnel.ops import Absent, Directory, File, KeyPair, Packages, PackagesAbsent, Service, SystemUser, UserAbsent
 from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed
@@ -389,28 +390,44 @@ def test_teardown_of_a_provisioned_pi_says_what_it_removes_and_reloads_after(inv
     host = FakeHost("alpha", [("is-enabled", "enabled\nactive"), ("[ -e ", "yes"), ("getent passwd pitunnel", account),
                               ("/users", "pitunnel"), ("authorized_keys", auth), ("dpkg-query", "autossh installed"),
                               ("/packages", "autossh")])
+    host.credentials = Credentials(login_password="secret")  # another way in: the laptop's key may go
     pi.teardown(play_on(inv, {"alpha": host}, limit=frozenset({"alpha"})), purge=True)  # type: ignore[dict-item]
     in_order(lines(capsys), [
+        "changed alpha main: service pitunnel@main.service stopped and disabled - disable, stop",
+        "changed alpha main: service pitunnel-watchdog@main.service stopped and disabled - disable, stop",
         "changed alpha service pitunnel.service stopped and disabled - disable, stop",
-        "changed alpha watchdog stopped and disabled - disable, stop",
+        "changed alpha single-VPS watchdog stopped and disabled - disable, stop",
         "changed alpha old watchdog timer stopped and disabled - disable, stop",
         "changed alpha absent /etc/systemd/system/pitunnel-watchdog.timer - remove",
-        "changed alpha absent /etc/systemd/system/pitunnel-watchdog.service - remove",
+        "changed alpha absent /etc/systemd/system/pitunnel-watchdog@.service - remove",
         "changed alpha absent /usr/local/lib/pitunnel - remove",
-        "changed alpha absent /etc/systemd/system/pitunnel.service - remove",
+        "changed alpha absent /etc/systemd/system/pitunnel@.service - remove",
         "changed alpha absent /etc/pitunnel - remove",
         "changed alpha absent /etc/ssh/sshd_config.d/10-pitunnel-no-passwords.conf - remove",
         "changed alpha absent /etc/ssh/sshd_config.d/10-pitunnel-loopback.conf - remove",
         "changed alpha user absent pitunnel - remove with its home",
-        "changed alpha laptop's key removed - content",
         "changed alpha packages purged autossh - purge autossh",
         "changed alpha handler daemon-reload - ran once",
+        "changed alpha handler reload sshd - ran once",
+        "changed alpha laptop's key removed - content",  # last, on its own, with its own proven reload
         "changed alpha handler reload sshd - ran once"])
-    for command in ("systemctl disable --quiet pitunnel.service", "systemctl stop pitunnel-watchdog.service",
+    for command in ("systemctl disable --quiet pitunnel@main.service", "systemctl stop pitunnel-watchdog@main.service",
                     "rm -rf /etc/pitunnel", "userdel --remove pitunnel", "apt-get purge", "systemctl reload ssh"):
         assert host.applied(command), command
     assert host.applied(base64.b64encode(b"ssh-rsa AAAAmine me\n").decode())  # the user's own key stays
-    assert host.logins == [True]  # proven by a password login: the laptop's key is gone
+    assert host.logins == [True, True]  # each reload proven by a password login: the laptop's key goes
+
+
+def test_teardown_keeps_the_laptops_key_when_no_other_way_in_is_known(inv: Inventory,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import base64
+    auth = "admin:admin:600\n" + base64.b64encode(f"ssh-rsa AAAAmine me\n{pi.laptop_key_line(inv)}\n".encode()).decode()
+    host = FakeHost("alpha", [("is-enabled", "enabled\nactive"), ("authorized_keys", auth)])
+    pi.teardown(play_on(inv, {"alpha": host}, limit=frozenset({"alpha"})), purge=False)  # type: ignore[dict-item]
+    out = lines(capsys)
+    assert not any("laptop's key removed" in l for l in out) and not host.applied("authorized_keys")
+    assert any(l.startswith("WARNING alpha kept the laptop's key (the line marked pitunnel-laptop in ~admin/.ssh/"
+                            "authorized_keys): it is the only login pitunnel knows to this Pi") for l in out), out
 
 
 def test_the_tunnel_on_a_fresh_pi(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
