@@ -533,13 +533,15 @@ def test_taking_the_laptops_key_away_alone_reloads_sshd(inv: Inventory, capsys: 
     import base64
     auth = "pi:pi:600\n" + base64.b64encode(f"{pi.laptop_key_line(inv)}\n".encode()).decode()
     host = FakeHost("beta", [("authorized_keys", auth)])
+    host.credentials = Credentials(login_password="secret")
     pi.teardown(play_on(inv, {"beta": host}, limit=frozenset({"beta"})), purge=False)  # type: ignore[dict-item]
     assert [l for l in lines(capsys) if " handler " in l] == ["changed beta handler reload sshd - ran once"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug, left for the Pi role's owner: teardown's File for the laptop's key "
-                   "creates an empty ~/.ssh/authorized_keys where there was none")
+@pytest.mark.xfail(strict=True, reason="bug, left for the Pi role's owner: laptop_key_removal's File (teardown's "
+                   "last step, when another way in is known) creates an empty ~/.ssh/authorized_keys where there was none")
 def test_teardown_creates_no_authorized_keys_it_did_not_find(inv: Inventory) -> None:
     host = FakeHost("beta")
+    host.credentials = Credentials(login_password="secret")  # another way in: the laptop's key's removal runs
     pi.teardown(play_on(inv, {"beta": host}, limit=frozenset({"beta"})), purge=False)  # type: ignore[dict-item]
     assert not host.applied("authorized_keys")
