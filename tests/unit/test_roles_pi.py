@@ -433,24 +433,26 @@ def test_teardown_keeps_the_laptops_key_when_no_other_way_in_is_known(inv: Inven
 def test_the_tunnel_on_a_fresh_pi(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
     host = FakeHost("alpha", [("stat -c '%F", "ABSENT")])
     play = play_on(inv, {"alpha": host})  # type: ignore[dict-item]
-    assert pi.tunnel(play, host, pi.PiBase(PiOffer("alpha", None, ()), True), ("ssh-ed25519 AAAAvps",))  # type: ignore[arg-type]
+    assert pi.tunnel(play, host, pi.PiBase(PiOffer("alpha", None, ()), True),  # type: ignore[arg-type]
+                     {"main": ("ssh-ed25519 AAAAvps",)}) == {"main"}
     in_order(lines(capsys), [
-        "changed alpha directory /etc/pitunnel - create",
-        "changed alpha VPS host key pinned for the tunnel - create",
-        "changed alpha tunnel ssh config (keepalives for the VPS entry only) - create",
-        "changed alpha systemd unit pitunnel.service - create",
-        "changed alpha service pitunnel.service - enable, start",
+        "ok alpha single-VPS pitunnel.service retired - disabled, inactive",  # the old units first: their ports free
         "ok alpha old watchdog timer retired - disabled, inactive",
-        "ok alpha absent /etc/systemd/system/pitunnel-watchdog.timer - not there",
-        "changed alpha watchdog: network back, a hung tunnel ssh, quick ACKs to the VPS - create",
-        "changed alpha systemd unit pitunnel-watchdog.service - create",
-        "changed alpha service pitunnel-watchdog.service - enable, start",
+        "changed alpha directory /etc/pitunnel - create",
+        "changed alpha systemd template unit pitunnel@.service - create",
+        "changed alpha systemd template unit pitunnel-watchdog@.service - create",
+        "changed alpha directory /etc/pitunnel/main - create",
+        "changed alpha main: VPS host key pinned - create",
+        "changed alpha main: tunnel ssh config (keepalives and forwards for this VPS only) - create",
+        "changed alpha service pitunnel@main.service - enable, start",
+        "changed alpha main: watchdog (network back, a hung tunnel ssh, quick ACKs to the VPS) - create",
+        "changed alpha service pitunnel-watchdog@main.service - enable, start",
         "changed alpha sshd: no per-source penalties for tunnel traffic (loopback) - create",
-        "ok alpha handler restart tunnel - not needed: started after the change",
-        "ok alpha handler restart watchdog - not needed: started after the change",
+        "ok alpha handler restart tunnel main - not needed: started after the change",
+        "ok alpha handler restart watchdog main - not needed: started after the change",
         "changed alpha handler reload sshd - ran once"])
-    assert mode_of(host, D["watchdog_path"]) == "root:root 755"
-    assert mode_of(host, "/etc/pitunnel/known_hosts") == "root:root 644"
+    assert mode_of(host, pi.watchdog_path("main")) == "root:root 755"
+    assert mode_of(host, "/etc/pitunnel/main/known_hosts") == "root:root 644"
     assert host.applied("sshd -t") and host.logins == [True]  # the loopback drop-in is validated and proven
 
 
@@ -461,12 +463,16 @@ def test_a_tunnel_already_as_wanted_changes_nothing_and_a_changed_config_restart
     ops = [*pi.tunnel_ops(inv, alpha, main, ["ssh-ed25519 AAAAvps"]), *pi.loopback_ops(alpha, penalties=True)]
     base = pi.PiBase(PiOffer("alpha", None, ()), True)
     same = FakeHost("alpha", converged(ops))
-    assert not pi.tunnel(play_on(inv, {"alpha": same}), same, base, ("ssh-ed25519 AAAAvps",))  # type: ignore[arg-type, dict-item]
-    assert len(same.scripts) == 1 and same.ops == [] and all(l.startswith("ok ") for l in lines(capsys))
+    assert not pi.tunnel(play_on(inv, {"alpha": same}), same, base, {"main": ("ssh-ed25519 AAAAvps",)})  # type: ignore[arg-type, dict-item]
+    # two reads (the Pi's VPS folders, then the facts), nothing written
+    assert len(same.scripts) == 2 and [o for o in same.ops if not o.startswith("find /etc/pitunnel ")] == []
+    assert all(l.startswith("ok ") for l in lines(capsys))
     moved = FakeHost("alpha", converged(ops))  # the VPS has a new host key: the pin changes, the tunnel restarts
-    assert pi.tunnel(play_on(inv, {"alpha": moved}), moved, base, ("ssh-ed25519 AAAAnew",))  # type: ignore[arg-type, dict-item]
-    assert lines(capsys)[-1] == "changed alpha handler restart tunnel - ran once"
-    assert moved.applied("systemctl restart pitunnel.service") and not moved.applied("pitunnel-watchdog.service")
+    assert pi.tunnel(play_on(inv, {"alpha": moved}), moved, base,  # type: ignore[arg-type, dict-item]
+                     {"main": ("ssh-ed25519 AAAAnew",)}) == {"main"}
+    assert lines(capsys)[-1] == "changed alpha handler restart tunnel main - ran once"
+    assert moved.applied("systemctl try-restart pitunnel@main.service")
+    assert not moved.applied("pitunnel-watchdog@main.service")
 
 
 def test_base_on_a_fresh_pi(inv: Inventory, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
