@@ -122,12 +122,16 @@ def billion_laughs(levels: int = 9) -> str:
     return VPS + "\n".join(lines) + "\n"
 
 
+# under mutmut (its tracing, nice 19, a busy machine) the refusals count, not the stopwatch
+SLACK = 20 if "MUTANT_UNDER_TEST" in os.environ else 1
+
+
 def test_alias_bomb_is_refused_in_a_second(tmp_path: Path) -> None:
     text = billion_laughs(10)
     assert len(text) < 800  # the 700-byte bomb, 9**10 strings once expanded
     path = write(tmp_path, text)
     error, seconds = bounded(refused(path))
-    assert seconds < 3, seconds
+    assert seconds < 3 * SLACK, seconds
     lines = error.splitlines()
     assert len(lines) == 2, error
     assert lines[1].startswith(f"{path}:") and "aliases" in lines[1] and "more than 100000 values" in lines[1]
@@ -139,7 +143,7 @@ def test_merge_key_bomb_is_refused(tmp_path: Path) -> None:
     lines = ["m0: &m0 {k0: 0}"] + [f"m{i}: &m{i} {{<<: *m{i - 1}, k{i}: {i}}}" for i in range(1, 3000)]
     path = write(tmp_path, VPS + "\n".join(lines) + "\n")
     error, seconds = bounded(refused(path))
-    assert seconds < 3, seconds
+    assert seconds < 3 * SLACK, seconds
     assert "aliases (*name) and merges (<<) expand to more than 100000 values" in error, error
 
 
@@ -189,7 +193,7 @@ def test_file_over_a_megabyte_is_refused_unread(tmp_path: Path) -> None:
     start = time.monotonic()
     one_problem(path, "", None, f"the file is {path.stat().st_size} bytes; pitunnel reads at most 1048576",
                 "Fix: an inventory is a few kilobytes")
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 1 * SLACK
 
 
 def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
