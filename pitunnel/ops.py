@@ -167,6 +167,7 @@ class File(Op):
     notify: tuple[str, ...] = ()
     secret: bool = False
     title: str = ""
+    create: bool = True  # False: a missing file stays missing (an edit of lines in a file that may not exist)
 
     def __post_init__(self) -> None:
         self.title = self.title or f"file {self.path}"
@@ -183,6 +184,8 @@ class File(Op):
             why = (f"refusing to write {self.path}: it is a symbolic link (to {state.symlink}), and pitunnel "
                    "replaces only regular files: remove the link and run again")
             return Plan([f"echo {q(why)} >&2", "exit 1"], f"a symbolic link to {state.symlink}: refused")
+        if not state.exists and not self.create:
+            return Plan([], "absent: nothing to change")
         new = self.wanted(state).encode()
         gaps = []
         if not state.exists:

@@ -544,8 +544,6 @@ def test_taking_the_laptops_key_away_alone_reloads_sshd(inv: Inventory, capsys: 
     assert [l for l in lines(capsys) if " handler " in l] == ["changed beta handler reload sshd - ran once"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug, left for the Pi role's owner: laptop_key_removal's File (teardown's "
-                   "last step, when another way in is known) creates an empty ~/.ssh/authorized_keys where there was none")
 def test_teardown_creates_no_authorized_keys_it_did_not_find(inv: Inventory) -> None:
     host = FakeHost("beta")
     host.credentials = Credentials(login_password="secret")  # another way in: the laptop's key's removal runs

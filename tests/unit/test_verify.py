@@ -167,7 +167,7 @@ def test_ssh_through_a_private_tunnel_jumps_via_the_vps(inv: Inventory, sshd: Fa
     vps_remote.connection = connection_of(Jump(None))  # type: ignore[attr-defined]
     ok, detail, hint = verify.ssh_through(inv, pi, vps_remote, tunnel(inv, "beta", "ssh"), inv.vps["main"], at(inv, pi))  # type: ignore[arg-type]
     assert not ok and detail.startswith("jump via main to 127.0.0.1:20023: ")
-    assert hint == "the tunnel is not listening on the VPS: is pitunnel@<vps>.service up on the Pi?"
+    assert hint == "the tunnel is not listening on the VPS: is pitunnel@main.service up on the Pi?"
 
 
 # ------------------------------------------------------------------------------------ http through Nginx
@@ -300,7 +300,7 @@ def test_a_different_first_answer_gets_a_second_try(inv: Inventory, nginx_at: li
 def test_nginx_without_the_tunnel_blames_the_tunnel(inv: Inventory, nginx_at: list[Nginx]) -> None:
     ok, detail, hint = http_check(inv, nginx_at, "web", Nginx((502, NGINX_502, ())), Channels(raw(200, APP)))
     assert not ok and "502 from Nginx: nothing answered through the tunnel" in detail
-    assert hint == "nothing answers at 127.0.0.1:20080 on main: the tunnel is down; check the Pi's pitunnel@<vps>.service"
+    assert hint == "nothing answers at 127.0.0.1:20080 on main: the tunnel is down; check the Pi's pitunnel@main.service"
 
 
 def test_a_tunnel_that_answers_behind_nginx_blames_the_route(inv: Inventory, nginx_at: list[Nginx]) -> None:
@@ -350,7 +350,7 @@ def test_behind_basic_auth_nginx_must_ask_and_the_tunnel_must_answer(inv: Invent
     assert not http_check(inv, nginx_at, "cam", Nginx(other_realm), Channels(raw(200, APP)), Channels(raw(200, APP)))[0]
     ok, detail, hint = http_check(inv, nginx_at, "cam", Nginx(asks), Channels(raw(200, APP)), Channels(None))
     assert not ok and ": 401 from Nginx, but 127.0.0.1:20081 on main: " in detail
-    assert hint == "the tunnel is not listening on the VPS: check the Pi's pitunnel@<vps>.service"
+    assert hint == "the tunnel is not listening on the VPS: check the Pi's pitunnel@main.service"
 
 
 # ------------------------------------------------------------------------------------------- the answers

@@ -411,7 +411,8 @@ def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool, present: tuple[str,
 
 def laptop_key_removal(pi: PiSpec) -> Op:
     return File(f"{home_of(pi.user)}/.ssh/authorized_keys", managed_lines(D["laptop_key_marker"], {"": None}),
-                owner=pi.user, group=pi.user, mode=0o600, notify=("reload sshd",), title="laptop's key removed")
+                owner=pi.user, group=pi.user, mode=0o600, notify=("reload sshd",), title="laptop's key removed",
+                create=False)
 
 
 def another_way_in(inv: Inventory, pi: PiSpec, remote: Remote) -> bool:

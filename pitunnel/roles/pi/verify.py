@@ -97,7 +97,7 @@ def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSp
         try:
             sock = transport.open_channel("direct-tcpip", ("127.0.0.1", tunnel.remote_port), ("127.0.0.1", 0), timeout=10)
         except paramiko.ChannelException as exc:
-            return False, f"{where}: {exc}", "the tunnel is not listening on the VPS: is pitunnel@<vps>.service up on the Pi?"
+            return False, f"{where}: {exc}", f"the tunnel is not listening on the VPS: is {unit(vps.name)} up on the Pi?"
     transport2 = paramiko.Transport(sock)
     try:
         transport2.start_client(timeout=10)
@@ -338,7 +338,7 @@ def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote
                 via = fetch_over_ssh(_transport(vps_remote), tunnel.remote_port, host)
             except (paramiko.SSHException, OSError, http.client.HTTPException) as exc:
                 return False, f"{url}: 401 from Nginx, but 127.0.0.1:{tunnel.remote_port} on {vps.name}: {exc}", \
-                    "the tunnel is not listening on the VPS: check the Pi's pitunnel@<vps>.service"
+                    f"the tunnel is not listening on the VPS: check the Pi's {unit(vps.name)}"
             ok, detail = judge(pi.name, via, local)
             detail = f"401 from Nginx's basic auth ({realm}); behind it, 127.0.0.1:{tunnel.remote_port} on {vps.name}: {detail}"
         else:
@@ -359,7 +359,7 @@ def _http_hint(vps: VpsSpec, tunnel: TunnelSpec, host: str, vps_remote: Remote, 
     try:
         behind = fetch_over_ssh(_transport(vps_remote), tunnel.remote_port, host)
     except (paramiko.SSHException, OSError, http.client.HTTPException):
-        return f"nothing answers at {leg}: the tunnel is down; check the Pi's pitunnel@<vps>.service"
+        return f"nothing answers at {leg}: the tunnel is down; check the Pi's {unit(vps.name)}"
     if (behind.status, behind.body) == (local.status, local.body):
         return f"{leg} answers as the Pi itself, so Nginx does not route this request there: rerun provision-vps"
     if local.status != 200 or behind.status != 200:
