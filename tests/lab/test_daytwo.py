@@ -320,10 +320,10 @@ def test_metrics_follow_a_tunnel_down_and_up(inventory: Path, tmp_path: Path) ->
     inv = metrics_inventory(inventory, tmp_path)
     code, _ = play(inv, provision_vps, quiet=True)
     assert code == 0
-    up = 'pitunnel_tunnel_up{pi="pi1",tunnel="ssh"}'
-    since = 'pitunnel_tunnel_connected_since_seconds{pi="pi1",tunnel="ssh"}'
+    up = 'pitunnel_tunnel_up{pi="pi1",tunnel="ssh",vps="vps"}'
+    since = 'pitunnel_tunnel_connected_since_seconds{pi="pi1",tunnel="ssh",vps="vps"}'
     assert wait_for(lambda: sample(up) == 1.0, 10), scrape()
-    assert sample('pitunnel_tunnel_up{pi="pi2",tunnel="api"}') == 1.0
+    assert sample('pitunnel_tunnel_up{pi="pi2",tunnel="api",vps="vps"}') == 1.0
     assert (sample(since) or 0) > time.time() - 3600 * 24 * 365
     assert sample("pitunnel_reaper_sessions_ended_total") is not None
     in_host("pi1", "systemctl stop pitunnel@vps")

@@ -328,7 +328,7 @@ def metrics_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
     if not vps.metrics:
         return [*metrics_absent_ops(), PackagesAbsent((D["metrics_package"],))]
     tunnels = [dict(pi=pi.name, tunnel=t.name, listen=listen_spec(t)) for pi, t in inv.tunnels_on(vps)]
-    variables = dict(metrics_address=vps.metrics_address, metrics_tunnels=tunnels)
+    variables = dict(metrics_address=vps.metrics_address, metrics_tunnels=tunnels, metrics_vps=vps.name)
     return [
         File(D["metrics_dropin"], ROLE.render("node-exporter.conf.j2", **variables), notify=("restart node exporter",),
              title=f"node exporter on {vps.metrics_address}, textfile collector on"),
