@@ -445,6 +445,41 @@ class SystemUser(Op):
         return Plan(cmds, ", ".join(gaps)) if cmds else Plan([], "already as wanted")
 
 
+LATER_SCRIPT = "/run/pitunnel-later.sh"  # what Later ops leave for the host to run once the run has left
+
+
+@dataclass
+class Later(Op):
+    """`op`, decided now (its facts read and its refusals raised on this run), carried out by the host itself
+    once this run has left it: for what would cut the connection the run rides (a Pi reached through its own
+    tunnel). Its commands go to LATER_SCRIPT; `arm_later` starts them, last of all. Nothing proves them."""
+
+    op: Op
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        self.title = self.title or self.op.title
+
+    def facts(self) -> list[Fact[Any]]:
+        return self.op.facts()
+
+    def plan(self, facts: Facts) -> Plan:
+        inner = self.op.plan(facts)
+        if not inner.changes:
+            return inner
+        script = "\n".join(inner.commands) + "\n"
+        return Plan([f"printf '%s' {q(script)} >> {LATER_SCRIPT}"],
+                    f"{inner.reason}, once this run has left (its connection rides it)")
+
+
+def arm_later(seconds: int) -> str:
+    """The host runs what Later ops left, `seconds` from now, on its own (systemd-run)."""
+    armed = LATER_SCRIPT + ".armed"
+    return (f"if [ -s {LATER_SCRIPT} ]; then mv -f {LATER_SCRIPT} {armed}; "
+            f"systemd-run --quiet --collect --on-active={seconds} --timer-property=AccuracySec=100ms "
+            f"/bin/sh -c {q(f'sh {armed}; rm -f {armed}; systemctl daemon-reload')}; fi\n")
+
+
 @dataclass
 class UserAbsent(Op):
     """No such account, if pitunnel made it; an account pitunnel did not make is refused, untouched."""

@@ -5,12 +5,13 @@ a fact whose script or key drifts from what its plan reads is caught here, not o
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from pitunnel import ops
-from pitunnel.facts import gather
+from pitunnel.facts import Facts, gather
 from pitunnel.ops import (Absent, Directory, Op, Packages, PackagesAbsent, Pruned, Service, SshdPasswordsCheck,
                           Symlink, SystemUser, UserAbsent)
 from tests.unit.test_ops import LocalShell
@@ -197,3 +198,36 @@ def test_a_symlink_fact_and_facts_not_read() -> None:
     with pytest.raises(RuntimeError) as exc:
         gather(Silent(), facts)  # type: ignore[arg-type]
     assert str(exc.value) == f"h: facts not read (k0, k1, k2): {'e' * 300}"
+
+
+def test_later_runs_the_ops_commands_only_when_armed_and_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Later op decides now (its own plan, its reason) but only appends its commands to the host's later
+    script; arm_later hands that script to systemd-run, which runs it once the run has left."""
+    from pitunnel import ops
+
+    class Echo(ops.Op):
+        title = "echo"
+
+        def __init__(self, word: str) -> None:
+            self.word = word
+
+        def facts(self) -> list:  # type: ignore[type-arg]
+            return []
+
+        def plan(self, facts: Facts) -> ops.Plan:
+            return ops.Plan([f"echo {self.word} >> {tmp_path}/out"], f"say {self.word}")
+
+    later = tmp_path / "later.sh"
+    monkeypatch.setattr(ops, "LATER_SCRIPT", str(later))
+    for word in ("first", "second"):
+        plan = ops.Later(Echo(word)).plan(Facts({}))
+        assert plan.reason == f"say {word}, once this run has left (its connection rides it)"
+        subprocess.run(["sh", "-c", "\n".join(plan.commands)], check=True)
+    assert not (tmp_path / "out").exists()  # nothing ran yet
+    arm = ops.arm_later(2)
+    assert f"mv -f {later} {later}.armed" in arm and "systemd-run --quiet --collect --on-active=2" in arm
+    assert "systemctl daemon-reload" in arm  # after the later script: it may remove unit files
+    subprocess.run(["sh", "-c", arm.replace("systemd-run --quiet --collect --on-active=2 "
+                                            "--timer-property=AccuracySec=100ms ", "")
+                                   .replace("systemctl daemon-reload", "true")], check=True)
+    assert (tmp_path / "out").read_text() == "first\nsecond\n" and not later.exists()

@@ -13,8 +13,8 @@ from typing import Any
 from pitunnel.facts import Fact, command_fact
 from pitunnel.hostkeys import known_name
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
-from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Observe, Op, Packages, PackagesAbsent,
-                          Service, SystemUser, UserAbsent, managed_lines)
+from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Later, Observe, Op, Packages, PackagesAbsent,
+                          Service, SystemUser, UserAbsent, arm_later, managed_lines)
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.report import Reporter
@@ -382,10 +382,18 @@ def passwords_off(play: Play, remote: Remote) -> None:
     converge(remote, password_ops(), play.reporter, play.options.mode, handlers(remote, "passwords"))
 
 
-def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool, present: tuple[str, ...] = ()) -> list[Op]:
+def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool, present: tuple[str, ...] = (),
+                 riding: str | None = None) -> list[Op]:
     """Undo provision-pi: every path's instance (those the inventory names and those `present` on the Pi),
-    the template units, the single-VPS units of earlier versions, the files."""
-    gone = [Service(which(v), enabled=False, running=False, title=f"{v}: service {which(v)} stopped and disabled")
+    the template units, the single-VPS units of earlier versions, the files. `riding`: the VPS whose tunnel
+    this run's connection comes through (away from home): that instance and the tunnel account go a moment
+    after the run leaves, by the Pi's own timer (ops.Later)."""
+    def stop(op: Op) -> Op:
+        return Later(op) if riding is not None else op
+
+    gone = [stop(Service(which(v), enabled=False, running=False, title=f"{v}: service {which(v)} stopped and disabled"))
+            if v == riding and which is unit else
+            Service(which(v), enabled=False, running=False, title=f"{v}: service {which(v)} stopped and disabled")
             for v in dict.fromkeys([*pi.all_vps, *present]) for which in (unit, watchdog_unit)]
     ops: list[Op] = [
         *gone,
@@ -395,13 +403,13 @@ def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool, present: tuple[str,
         *(Absent(f"/etc/systemd/system/{name}", notify=("daemon-reload",))
           for name in (D["watchdog_timer"], D["watchdog_unit"], D["legacy_watchdog_unit"], D["legacy_unit"])),
         Absent(D["watchdog_path"].rsplit("/", 1)[0]),
-        Absent(D["unit_path"], notify=("daemon-reload",)),
+        stop(Absent(D["unit_path"], notify=("daemon-reload",))),  # the riding instance's own unit file
         Absent(D["config_dir"]),
         Absent(D["password_dropin"], notify=("reload sshd",)),
         Absent(D["loopback_dropin"], notify=("reload sshd",)),
     ]
     if pi.tunnel_user != pi.user:
-        ops.append(UserAbsent(pi.tunnel_user))
+        ops.append(stop(UserAbsent(pi.tunnel_user)))  # its processes are the tunnel's: after the unit
     else:
         ops += [Absent(key_path(pi) + suffix) for suffix in ("", ".pub", ".next", ".next.pub", ".old", ".old.pub")]
     if purge:
@@ -438,19 +446,19 @@ def teardown(play: Play, *, purge: bool) -> None:
     def undo(remote: Remote) -> None:
         pi = inv.pis[remote.name]
         remote.connection()  # a Pi with via: auto chooses its path now
-        if remote.through_tunnel and not play.options.check:
-            play.reporter.line(remote.name, "failed", "teardown",
-                               "reached through its own tunnel, which teardown stops mid-way: nothing changed; run "
-                               "it where the laptop reaches the Pi's address (or through a ProxyJump that does not "
-                               "use this tunnel)")
-            raise StepFailed("teardown through its own tunnel")
-        converge(remote, teardown_ops(inv, pi, purge=purge, present=tuple(sorted(instances(remote)))),
+        riding = getattr(remote, "gateway_name", None) if remote.through_tunnel else None
+        converge(remote, teardown_ops(inv, pi, purge=purge, present=tuple(sorted(instances(remote))), riding=riding),
                  play.reporter, play.options.mode, handlers(remote, "teardown"))
-        if inv.settings.laptop_key is None:
-            return
-        if another_way_in(inv, pi, remote):
-            converge(remote, [laptop_key_removal(pi)], play.reporter, play.options.mode, handlers(remote, "teardown"))
-        else:
-            play.reporter.warn(remote.name, KEPT_LAPTOP_KEY.format(marker=D["laptop_key_marker"], user=pi.user))
+        if inv.settings.laptop_key is not None:
+            if another_way_in(inv, pi, remote):
+                converge(remote, [laptop_key_removal(pi)], play.reporter, play.options.mode,
+                         handlers(remote, "teardown"))
+            else:
+                play.reporter.warn(remote.name, KEPT_LAPTOP_KEY.format(marker=D["laptop_key_marker"], user=pi.user))
+        if riding is not None and not play.options.check:
+            remote.run(arm_later(D["restart_under_us_after"]))
+            play.reporter.note(remote.name, f"reached through its tunnel to {riding}, which stops "
+                                            f"{D['restart_under_us_after']}s after this run leaves the Pi: pitunnel "
+                                            "cannot watch that last step (`pitunnel status` shows the tunnel gone)")
 
     play.each(pis, undo)
