@@ -63,6 +63,8 @@ def run_child(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path =
         seconds = time.monotonic() - started
         tree = sampler.stop() if sampler else None
         orphans_cpu = reap_adopted(before) if before is not None else 0.0
+        if before is not None:
+            subreaper(False)  # orphans of whatever runs next go to init again, as before
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         out.seek(0)
         text = out.read()

@@ -64,9 +64,9 @@ def _read(path: str) -> str | None:
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def subreaper() -> None:
-    """Orphans of our descendants become our children (prctl(2)), not init's."""
-    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+def subreaper(on: bool = True) -> None:
+    """Orphans of our descendants become our children (prctl(2)), not init's; `on=False` undoes it."""
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 

@@ -178,13 +178,14 @@ def test_fleet_table_reads_isolation_runs_of_both_tools() -> None:
 def test_tree_sampler_counts_forks_and_the_orphans_a_run_leaves() -> None:
     """A run that leaves a process behind (as ssh's ControlPersist master does) is measured with it, and
     the orphan is ended and reaped afterwards, its CPU time added to the run's."""
+    from benchmarks.treemem import my_children
+
+    before = my_children()  # the session's own (a lab test's containers, say): not the run's
     hold = "import time; x = bytearray(40_000_000); x[::4096] = b'1' * len(x[::4096]); time.sleep(30)"
     run = provision.run_child(["bash", "-c", f"(python3 -c \"{hold}\" &); sleep 1.5"], sample_tree=True)
     assert run.tree is not None and run.tree.processes >= 2
     assert run.tree.pss_kib > 35_000  # the orphan's 40 MB, though its parent had exited
-    from benchmarks.treemem import my_children
-
-    assert my_children() == set()  # ended and reaped: nothing of the run is left
+    assert my_children() == before  # ended and reaped: nothing of the run is left
 
 
 def test_tree_parsing_of_proc_files() -> None:

@@ -306,6 +306,8 @@ def test_invokes_dry_runs_as_check(capsys: pytest.CaptureFixture[str]) -> None:
 def test_ctrl_c_lets_the_step_in_flight_finish_starts_nothing_more_and_exits_130(
         inv_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     done: list[str] = []
+    # as in a terminal: a run started in the background (nohup, `&` in a script) inherits SIGINT ignored
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def body(play: Play) -> None:
         def step(remote: Remote) -> None:
@@ -317,13 +319,17 @@ def test_ctrl_c_lets_the_step_in_flight_finish_starts_nothing_more_and_exits_130
         play.each(play.selected([play.inventory.vps["main"]]), step)
         play.each(play.selected(list(play.inventory.pis.values())), step)  # never started
 
-    with pytest.raises(Exit) as caught:
-        run_play(body, Flags(inventory=str(inv_file)))
+    try:
+        with pytest.raises(Exit) as caught:
+            run_play(body, Flags(inventory=str(inv_file)))
+        restored = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     out, err = capsys.readouterr()
     assert caught.value.code == 130 and done == ["main"]
     assert "PLAY RECAP" in out and "main                       : ok=0    changed=1" in out
     assert "interrupted: changed so far: main 1; stopped before their next step: cam3, pi1, pi2. A rerun" in err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert restored is signal.default_int_handler  # restored
 
 
 def test_heartbeat_names_host_step_and_elapsed_while_a_step_runs_long() -> None:
