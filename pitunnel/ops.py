@@ -472,12 +472,13 @@ class Later(Op):
                     f"{inner.reason}, once this run has left (its connection rides it)")
 
 
-def arm_later(seconds: int) -> str:
-    """The host runs what Later ops left, `seconds` from now, on its own (systemd-run)."""
+def arm_later(seconds: int, then: str = "") -> str:
+    """The host runs what Later ops left, `seconds` from now, on its own (systemd-run), then `then`."""
     armed = LATER_SCRIPT + ".armed"
+    script = f"sh {armed}; rm -f {armed}; systemctl daemon-reload" + (f"; {then}" if then else "")
     return (f"if [ -s {LATER_SCRIPT} ]; then mv -f {LATER_SCRIPT} {armed}; "
             f"systemd-run --quiet --collect --on-active={seconds} --timer-property=AccuracySec=100ms "
-            f"/bin/sh -c {q(f'sh {armed}; rm -f {armed}; systemctl daemon-reload')}; fi\n")
+            f"/bin/sh -c {q(script)}; fi\n")
 
 
 @dataclass

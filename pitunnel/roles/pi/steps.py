@@ -456,7 +456,8 @@ def teardown(play: Play, *, purge: bool) -> None:
             else:
                 play.reporter.warn(remote.name, KEPT_LAPTOP_KEY.format(marker=D["laptop_key_marker"], user=pi.user))
         if riding is not None and not play.options.check:
-            remote.run(arm_later(D["restart_under_us_after"]))
+            # a tunnel stopped while its VPS drops the session may end "failed": forget that state too
+            remote.run(arm_later(D["restart_under_us_after"], then=f"systemctl reset-failed {unit(riding)} || true"))
             play.reporter.note(remote.name, f"reached through its tunnel to {riding}, which stops "
                                             f"{D['restart_under_us_after']}s after this run leaves the Pi: pitunnel "
                                             "cannot watch that last step (`pitunnel status` shows the tunnel gone)")
