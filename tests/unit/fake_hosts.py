@@ -19,6 +19,10 @@ from pitunnel.report import Reporter
 FACT_RE = re.compile(r"printf '@@FACT (\d+)\\n'; \( (.*?)\n\) 2>&1", re.S)
 OP_RE = re.compile(r"printf '@@OP (\d+)\\n'\n\( set -e\n(.*?)\n\) 2>&1", re.S)
 
+# the VPS's tunnel account as getent shows it once pitunnel made it
+ACCOUNT = "pitunnel:x:999:999:pitunnel reverse tunnels:/var/lib/pitunnel:/usr/sbin/nologin"
+
+
 
 class FakeHost:
     """Answers each fact snippet with the output of the first `answers` entry whose key is in it (none: empty

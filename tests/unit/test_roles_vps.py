@@ -15,7 +15,7 @@ from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed
 from pitunnel.roles.contract import PiOffer, VpsFacts
 from pitunnel.roles.vps import steps as vps
-from tests.unit.fake_hosts import FakeHost, in_order, lines, load, mode_of, play_on
+from tests.unit.fake_hosts import ACCOUNT, FakeHost, in_order, lines, load, mode_of, play_on
 from tests.unit.test_templates import keygen
 
 D = vps.D
@@ -39,7 +39,6 @@ pis:
     tunnels:
       ssh: {type: ssh, remote_port: 20023}
 """
-ACCOUNT = "pitunnel:x:999:999:pitunnel reverse tunnels:/var/lib/pitunnel:/usr/sbin/nologin"
 PERMITTED = "permitlisten 0.0.0.0:20022 127.0.0.1:20080 127.0.0.1:20081 127.0.0.1:20023"
 
 

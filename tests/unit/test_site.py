@@ -15,7 +15,7 @@ from pitunnel.roles import site
 from pitunnel.roles.contract import PiOffer, VpsFacts, listens
 from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.vps import steps as vps_steps
-from tests.unit.fake_hosts import FakeHost, lines, load, play_on
+from tests.unit.fake_hosts import ACCOUNT, FakeHost, lines, load, play_on
 from tests.unit.test_templates import keygen
 
 INVENTORY = """
@@ -45,7 +45,6 @@ pis:
       ssh: {type: ssh, remote_port: 20024}
 """
 
-ACCOUNT = "pitunnel:x:999:999:pitunnel reverse tunnels:/var/lib/pitunnel:/usr/sbin/nologin"
 ALL_LISTENERS = "LISTEN 0 128 0.0.0.0:20022 0.0.0.0:*\nLISTEN 0 128 127.0.0.1:20080 0.0.0.0:*\n" \
                 "LISTEN 0 128 127.0.0.1:20023 0.0.0.0:*\nLISTEN 0 128 127.0.0.1:20024 0.0.0.0:*\n"
 PERMITTED = "permitlisten 0.0.0.0:20022 127.0.0.1:20080 127.0.0.1:20023 127.0.0.1:20024"
