@@ -123,9 +123,20 @@ def doc(tunnel_rps_32: float, tunnel_p99_32: float) -> dict[str, object]:
     }
 
 
-def test_targets_use_the_most_connections() -> None:
-    assert targets(doc(2800, 20.0)) == {"rps_ratio": True, "p99_ratio": True}  # 0.70x and 2.0x: on the line
-    assert targets(doc(2799, 20.1)) == {"rps_ratio": False, "p99_ratio": False}
+def test_targets_at_the_most_connections_and_at_one() -> None:
+    one = {"rps_ratio_one": True, "p99_ratio_one": True}  # 0.90x and 1.33x at one connection
+    assert targets(doc(2800, 20.0)) == {"rps_ratio": True, "p99_ratio": True} | one  # 0.70x, 2.0x: on the line
+    assert targets(doc(2799, 20.1)) == {"rps_ratio": False, "p99_ratio": False} | one
+    on_line = doc(2800, 20.0)
+    on_line["http"]["tunnel"]["1"] = http_row(500, 1.0, 15.0)  # type: ignore[index]  # 0.5x and 10x
+    assert targets(on_line) == {"rps_ratio": True, "p99_ratio": True} | one
+    under = doc(2800, 20.0)
+    under["http"]["tunnel"]["1"] = http_row(499, 1.0, 15.1)  # type: ignore[index]
+    assert targets(under) == {"rps_ratio": True, "p99_ratio": True, "rps_ratio_one": False, "p99_ratio_one": False}
+    only_one = doc(2800, 20.0)
+    for path in ("direct", "tunnel"):
+        del only_one["http"][path]["32"]  # type: ignore[index]
+    assert set(targets(only_one)) == {"rps_ratio", "p99_ratio"}  # one connection is then "the most"
 
 
 def test_table_shows_ratios_throughput_and_verdicts() -> None:
@@ -134,6 +145,7 @@ def test_table_shows_ratios_throughput_and_verdicts() -> None:
     assert rows[0] == "| 32 | direct to the Pi | 4000 | 8.00 | 10.00 | 0 | 1.00x | 1.00x | 3 |"
     assert rows[1] == "| 32 | VPS Nginx + tunnel | 2000 | 12.00 | 25.00 | 0 | 0.50x | 2.50x | 5 |"
     assert "requests/s 0.500x direct (>= 0.7x): NOT met; p99 2.500x direct (<= 2x): NOT met" in text
+    assert "Targets at 1 connection: requests/s 0.900x direct (>= 0.5x): met; p99 1.333x direct (<= 10x): met" in text
     assert "| download (Pi to laptop) | 100.0 | 25.0 | 0.25x |" in text  # 100 MB in 1 s vs 4 s
     assert "| upload (laptop to Pi) | 50.0 | 20.0 | 0.40x |" in text
     assert ("| nginx upstream keepalive | upstream keepalive off | 500 | 3.00 | 1000 | 80.00 | 25.0 | 20.0 | "
