@@ -1,4 +1,5 @@
-"""The benchmarks' tasks: `invoke bench.lab`, `bench.recovery`, `bench.provision`, `bench.fleet`, `bench.datapath`, `bench.keepalive`."""
+"""The benchmarks' tasks: `invoke bench.lab`, `bench.recovery`, `bench.provision`, `bench.fleet`, `bench.datapath`,
+`bench.hops`, `bench.keepalive`."""
 
 from __future__ import annotations
 
@@ -78,6 +79,17 @@ def bench_datapath(c: Context, connections: str = "1,32", duration: int = 10, ro
          release=release, only=only)
 
 
+@task(help={"duration": "seconds of each wrk run (default 5)",
+            "rounds": "rounds; every point is measured once per round, medians reported (default 3)",
+            "busy": "also measure every point with the machine's cores kept busy by nice-19 spinners (default on)",
+            "release": "Debian release of the lab hosts: bookworm or trixie"})
+def bench_hops(c: Context, duration: int = 5, rounds: int = 3, busy: bool = True, release: str = "bookworm") -> None:
+    """One connection through the VPS taken apart: wrk -c 1 at each point of the path, each hop's cost."""
+    from benchmarks.hops import main
+
+    main(duration=duration, rounds=rounds, release=release, busy=busy)
+
+
 @task(help={"profiles": "comma-separated keepalive profiles: metered, default, fast, or PIxN/VPSxN such as "
                         "10x3/5x2 (default: 10x3/5x2,default,fast,metered)",
             "runs": "nat-forgets runs per profile (default 3)", "idle": "seconds of idle traffic counted (default 120)",
@@ -97,4 +109,5 @@ ns.add_task(bench_recovery, "recovery")
 ns.add_task(bench_provision, "provision")
 ns.add_task(bench_fleet, "fleet")
 ns.add_task(bench_datapath, "datapath")
+ns.add_task(bench_hops, "hops")
 ns.add_task(bench_keepalive, "keepalive")

@@ -8,6 +8,7 @@ modules inside are the lab's own (only unit tests of those modules, in tests/uni
     lab.up(pis=1, vpses=2)              ... with a second VPS (vps2, 198.18.0.11): each Pi keeps a tunnel to both
     lab.status(), lab.down()            what runs; remove every trace of it
     lab.exec_in("pi1", "hostname")      a shell script inside a host, as root, not over SSH
+    lab.netns_argv("vps") + ["wrk", ...] a program of this machine on a host's network
     lab.inject("kill-ssh", "pi1")       a fault, and seconds until the Pi is reachable again
     with lab.away_from_home("pi1"):     the laptop's new connections to the Pi's address go unanswered
     lab.start_ca()                      pebble, a real ACME CA, for the VPS's certbot (lab.down stops it)
@@ -16,8 +17,8 @@ modules inside are the lab's own (only unit tests of those modules, in tests/uni
 from pitunnel.cli import LAB_INVENTORY as INVENTORY
 
 from .acme import LabCA, dns_fail, start_ca
-from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, cpu_seconds, down, exec_in, password_file, record,
-                   sh, shell_argv, status, up, write_file)
+from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, cpu_seconds, down, exec_in, netns_argv, password_file,
+                   record, sh, shell_argv, status, up, write_file)
 from .faults import (NAMES as FAULTS, PITUNNEL, PortKnocker, Setup, SilentDrop, Target, away_from_home, inject,
                      reachable, target, tunnel_bytes, tunnel_pss_kb, tunnel_rss_kb, powered_off, unplugged,
                      vps_addresses, vps_power_cut, wait_recovered)
@@ -31,7 +32,7 @@ __all__ = [
     # the lab as a whole
     "HostStatus", "LabError", "UpReport", "down", "status", "up",
     # inside one host
-    "cpu_seconds", "exec_in", "record", "sh", "shell_argv", "write_file",
+    "cpu_seconds", "exec_in", "netns_argv", "record", "sh", "shell_argv", "write_file",
     # its addresses
     "LAPTOP_ADDR", "VPS_ADDR",
     # the lab's ACME CA (pebble) and its DNS

@@ -209,6 +209,15 @@ def password_file(name: str) -> Path:
     return SECRETS / f"{name}.password"
 
 
+def netns_argv(name: str) -> list[str]:
+    """A command prefix that runs a program of this machine in the host's network namespace only (its
+    files stay this machine's): for tools the lab hosts lack, like wrk."""
+    leader = machine.leader_pid(record(name))
+    if not leader:
+        raise LabError(f"lab host {name} is not running: run `invoke lab.up`")
+    return ["nsenter", "-t", str(leader), "-n"]
+
+
 def shell_argv(name: str) -> list[str]:
     term = os.environ.get("TERM", "xterm")
     return [*machine.nsenter(record(name)), f"TERM={term}", "HOME=/root", "/bin/bash", "-l"]
