@@ -5,10 +5,13 @@ TCP_NODELAY on their own connection only when a session starts), so a small requ
 small unacknowledged packet (a window adjust) waited for the Pi's delayed ACK, 40 ms, about one
 request in a hundred. The Pi's watchdog keeps a host route to the VPS with `quickack 1`, marked with
 pitunnel's protocol number; these tests read it from the Pi after provisioning, measure p99 at one
-connection, and check that --check changes nothing and teardown takes the route away."""
+connection, and check that --check changes nothing and teardown takes the route away. One more reads every
+other setting the data-path and keepalive work chose (cipher order, compression, keepalives, Nginx's
+upstream keepalive) as the programs on the hosts read them."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -97,6 +100,29 @@ def test_one_connection_p99_through_the_tunnel(inventory: Path) -> None:
     print(f"c=1 through the tunnel: {result.rps:.0f} req/s, p50 {result.p50_ms} ms, p99 {result.p99_ms} ms")
     assert result.errors == 0
     assert result.p99_ms < 20, f"p99 at one connection is {result.p99_ms} ms: requests wait for delayed ACKs"
+
+
+def settings(text: str) -> dict[str, str]:
+    """`ssh -G` / `sshd -T` output: keyword -> value."""
+    return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+
+
+def test_data_path_settings_as_the_hosts_read_them(inventory: Path) -> None:
+    """Every setting the data-path and keepalive work chose (docs/performance.md, docs/inventory.md), read
+    the way the programs on the hosts read them: ssh -G on the Pi, sshd -T and nginx -T on the VPS."""
+    tunnel = settings(in_host("pi1", "ssh -G -F /etc/pitunnel/vps/ssh_config pitunnel-vps"))
+    assert tunnel["ciphers"].startswith("chacha20-poly1305@openssh.com,aes128-gcm@openssh.com,"), tunnel["ciphers"]
+    assert tunnel["compression"] == "no"
+    assert (tunnel["serveraliveinterval"], tunnel["serveralivecountmax"]) == ("10", "2")  # keepalive: default
+    sshd = settings(in_host("vps", "sshd -T -C user=pitunnel,host=x,addr=192.0.2.9"))
+    assert (sshd["clientaliveinterval"], sshd["clientalivecountmax"]) == ("5", "2")
+    nginx = in_host("vps", "nginx -T 2>/dev/null")
+    assert re.search(r"upstream pitunnel_pi1_api \{[^}]*\n\s*keepalive 16;", nginx), "no upstream keepalive to pi1"
+    location = re.search(r"location /pi1/ \{[^}]*\}", nginx)
+    assert location, "no location /pi1/ in nginx -T"
+    for line in ("proxy_http_version 1.1;", 'proxy_set_header Connection "";', "proxy_buffering off;"):
+        assert line in location.group(0), line
+    assert "tcp_nodelay off" not in nginx  # on by default, also for upstream keepalive connections
 
 
 def test_check_changes_nothing_and_teardown_removes_the_route(inventory: Path) -> None:
