@@ -134,3 +134,16 @@ def test_client_alive_of_each_vps_follows_every_pi_that_uses_it(tmp_path: Path) 
       pi1: {address: 10.0.0.1, vps: [main, backup], keepalive: metered}
     """))
     assert inv.vps["main"].client_alive_interval == inv.vps["backup"].client_alive_interval == 30
+
+
+def test_the_password_warning_names_the_port_on_every_vps(tmp_path: Path) -> None:
+    from pitunnel.roles.pi.steps import password_warning
+
+    inv = load_inventory(write(tmp_path, TWO + """
+      pi0: {address: 10.0.0.9, vps: backup, tunnels: {ssh: {type: ssh, public: true}}}
+      pi1: {address: 10.0.0.1, vps: [main, backup], tunnels: {ssh: {type: ssh, public: true}}}
+    """))
+    pi1 = inv.pis["pi1"]
+    warning = password_warning(pi1, inv.vpses_of(pi1), True)
+    assert warning is not None
+    assert warning.startswith("pi1's sshd is public at 203.0.113.10:20000, 198.51.100.20:20001 and accepts passwords")

@@ -128,13 +128,13 @@ def test_passwords_are_read_as_a_tunnel_login_gets_them(inv: Inventory) -> None:
     ("beta", "passwordauthentication no", "off (sshd -T)"),
 ])
 def test_what_the_run_says_of_password_login(inv: Inventory, name: str, sshd_t: str, said: str) -> None:
-    assert pi.passwords_observer(inv.pis[name], inv.vps["main"]).describe(sshd_t) == said
+    assert pi.passwords_observer(inv.pis[name], [inv.vps["main"]]).describe(sshd_t) == said
 
 
 def test_a_pi_without_a_public_ssh_tunnel_is_not_warned(tmp_path: Path) -> None:
     inv = load(tmp_path, INVENTORY.replace("public: true", "public: false").replace("laptop_key: keys/laptop",
                                                                                      "laptop_key: null"))
-    seen = pi.passwords_observer(inv.pis["alpha"], inv.vps["main"])
+    seen = pi.passwords_observer(inv.pis["alpha"], [inv.vps["main"]])
     assert seen.describe("passwordauthentication yes") == "on (no public ssh tunnel)"
     assert seen.describe("") == "unknown (no public ssh tunnel)"
 
@@ -506,7 +506,7 @@ def test_the_warning_names_every_public_ssh_port(tmp_path: Path) -> None:
     inv = load(tmp_path, INVENTORY.replace("laptop_key: keys/laptop", "laptop_key: null").replace(
         "web: {type: http, local_port: 8080, remote_port: 20080, path: /alpha/}",
         "ssh2: {type: ssh, local_port: 2222, remote_port: 20021, public: true}"))
-    warning = pi.password_warning(inv.pis["alpha"], inv.vps["main"], None)
+    warning = pi.password_warning(inv.pis["alpha"], [inv.vps["main"]], None)
     assert warning is not None and warning.startswith(
         "alpha's sshd is public at 203.0.113.1:20022, 203.0.113.1:20021 and may accept passwords (sshd -T could not be read)")
 

@@ -90,12 +90,12 @@ def test_passwords_on_reads_sshd_t() -> None:
 
 
 def test_warning_names_the_pi_the_public_port_and_the_fix(inv: Inventory) -> None:
-    warning = password_warning(inv.pis["open"], inv.vps["main"], True)
+    warning = password_warning(inv.pis["open"], [inv.vps["main"]], True)
     assert warning is not None and warning.startswith("open's sshd is public at 203.0.113.1:20022")
     assert "`disable_password_login: true` for open once key login works" in warning
-    assert password_warning(inv.pis["open"], inv.vps["main"], False) is None
-    assert password_warning(inv.pis["private"], inv.vps["main"], True) is None
-    assert password_warning(inv.pis["closed"], inv.vps["main"], True) is None  # provision turns them off
+    assert password_warning(inv.pis["open"], [inv.vps["main"]], False) is None
+    assert password_warning(inv.pis["private"], [inv.vps["main"]], True) is None
+    assert password_warning(inv.pis["closed"], [inv.vps["main"]], True) is None  # provision turns them off
 
 
 def run_check(inv: Inventory, pi: str, sshd_t: str) -> PiReport:

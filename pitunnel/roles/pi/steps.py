@@ -101,22 +101,23 @@ def public_ssh_ports(pi: PiSpec) -> list[int]:
     return [t.remote_port for t in pi.tunnels if t.kind == "ssh" and t.public]
 
 
-def password_warning(pi: PiSpec, vps: VpsSpec, on: bool | None) -> str | None:
-    """Password login on a Pi whose sshd is public through the VPS: anyone may guess, and everything through
-    the tunnel comes from 127.0.0.1, which sshd's penalties exempt (and fail2ban cannot tell apart)."""
-    ports = public_ssh_ports(pi)
-    if not ports or on is False or pi.disable_password_login:  # with it, provision-pi turns them off after keys work
+def password_warning(pi: PiSpec, vpses: Sequence[VpsSpec], on: bool | None) -> str | None:
+    """Password login on a Pi whose sshd is public through its VPSes (each named): anyone may guess, and
+    everything through the tunnel comes from 127.0.0.1, which sshd's penalties exempt (and fail2ban cannot
+    tell apart)."""
+    public = [t for t in pi.tunnels if t.kind == "ssh" and t.public]
+    if not public or on is False or pi.disable_password_login:  # with it, provision-pi turns them off after keys work
         return None
-    where = ", ".join(f"{vps.address}:{p}" for p in ports)
+    where = ", ".join(f"{vps.address}:{t.port_on(vps.name)}" for vps in vpses for t in public)
     state = "accepts passwords" if on else "may accept passwords (sshd -T could not be read)"
     return (f"{pi.name}'s sshd is public at {where} and {state}: anyone can guess them, from "
             f"127.0.0.1 as far as the Pi can tell; set `disable_password_login: true` for {pi.name} once key login works")
 
 
-def passwords_observer(pi: PiSpec, vps: VpsSpec) -> Observe[str]:
+def passwords_observer(pi: PiSpec, vpses: Sequence[VpsSpec]) -> Observe[str]:
     def describe(value: str) -> str:
         on = passwords_on(value)
-        if password_warning(pi, vps, on):
+        if password_warning(pi, vpses, on):
             return "on, with a public ssh tunnel (see the WARNING)"
         if on is False:
             return "off (sshd -T)"
@@ -327,14 +328,14 @@ def base(play: Play) -> dict[str, PiBase]:
     def one(remote: Remote) -> PiBase:
         pi = inv.pis[remote.name]
         ops, key = base_ops(inv, pi)
-        passwords = passwords_observer(pi, inv.vps_of(pi))
+        passwords = passwords_observer(pi, inv.vpses_of(pi))
         everything = [*ops, penalties_observer(), passwords]
         known = facts_for(remote, everything)
         found = known.value(key.fact)
         if found.public is not None:  # the .pub exists: whatever it holds must be a key
             refuse_bad_pubkey(reporter, pi, key, found.public)
         converge(remote, everything, reporter, mode, known=known)
-        warning = password_warning(pi, inv.vps_of(pi), passwords_on(known.value(passwords.fact)))
+        warning = password_warning(pi, inv.vpses_of(pi), passwords_on(known.value(passwords.fact)))
         if warning:
             reporter.warn(pi.name, warning)
         pubkey = None

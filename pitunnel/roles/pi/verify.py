@@ -410,7 +410,7 @@ def passwords_check(report: PiReport, pi: PiSpec, vps: VpsSpec, sshd_t: str) -> 
                    "a drop-in read before ours turns them on again (sshd keeps the first value it reads): on the "
                    "Pi, grep -ri passwordauthentication /etc/ssh/sshd_config /etc/ssh/sshd_config.d/")
     else:
-        warning = password_warning(pi, vps, on) or ""
+        warning = password_warning(pi, [vps], on) or ""
         report.add(name, True, warning + f" (sshd -T: {seen})", "once key login works, set "
                    f"`disable_password_login: true` for {pi.name} and rerun provision-pi", warning=True)
 
