@@ -4,11 +4,13 @@ looser where noted: CI machines are noisy). `invoke bench.recovery` measures med
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path
 
 import pytest
 
-from lab import inject, tunnel_rss_kb
+from lab import inject, sh, tunnel_rss_kb
 from pitunnel.roles.site import provision_pi as provision_pis
 from pitunnel.roles.vps.steps import provision as provision_vps
 from tests.conftest import RELEASE, lab_up
@@ -64,3 +66,44 @@ def test_tunnel_memory_on_the_pi(provisioned: Path) -> None:
     rss = tunnel_rss_kb("pi1")
     print(f"tunnel RSS on the Pi (autossh + ssh): {rss} KiB")
     assert 0 < rss < 32 * 1024
+
+
+TUNNEL_CONNECTION = "ss -Htien state established '( dport = :12345 )'"
+NETWORK_EVENT_ADDRESS = "198.19.255.254/32"  # put on the Pi's loopback: an address event, no traffic
+
+
+def quiet_ms() -> int:
+    """How long the Pi's tunnel connection has heard nothing from the VPS (ms)."""
+    found = re.search(r"lastrcv:(\d+)", sh("pi1", TUNNEL_CONNECTION))
+    assert found, "the Pi's tunnel has no connection to the VPS"
+    return int(found.group(1))
+
+
+def tunnel_ssh_pid() -> str:
+    return sh("pi1", "pgrep -P $(systemctl show -p MainPID --value pitunnel@vps.service) -x ssh").strip()
+
+
+def test_a_quiet_healthy_tunnel_survives_a_network_event(provisioned: Path) -> None:
+    """An idle tunnel hears from the VPS only every ServerAliveInterval (10 s: the answer to the Pi's
+    keepalive). A network event (here an address added) while it has been quiet for 8.5-9.5 s used to
+    make the watchdog restart it, dropping every session inside; now it looks again 3 s later."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # after the faults above, wait for a steady, idle tunnel
+        try:
+            if 8500 <= quiet_ms() <= 9500:
+                break
+        except AssertionError:
+            pass
+        time.sleep(0.1)
+    else:
+        pytest.fail("the tunnel was never quiet for 8.5-9.5 s within 60 s")
+    before = tunnel_ssh_pid()
+    sh("pi1", f"ip addr add {NETWORK_EVENT_ADDRESS} dev lo")
+    try:
+        time.sleep(7)  # the event settles (2.5 s), the look 3 s later, and slack
+        assert tunnel_ssh_pid() == before, "the watchdog restarted a healthy tunnel on a network event"
+        assert quiet_ms() < 8000
+        log = sh("pi1", "journalctl -q -t pitunnel-watchdog --since '-10s' --no-pager")
+        assert "restarted" not in log, log
+    finally:
+        sh("pi1", f"ip addr del {NETWORK_EVENT_ADDRESS} dev lo")

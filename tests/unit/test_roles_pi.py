@@ -88,10 +88,13 @@ def test_hung_and_stale_timings_follow_the_keepalives(inv: Inventory) -> None:
     alpha, beta, main = inv.pis["alpha"], inv.pis["beta"], inv.vps["main"]
     assert pi.hang_after_ms(alpha) == (11 * 4 + 5) * 1000
     assert pi.hang_after_ms(beta) == (beta.server_alive_interval * (beta.server_alive_count_max + 1) + 5) * 1000
-    assert pi.stale_after_ms(alpha, main) == (11 + 3) * 1000  # the Pi's keepalive comes first
-    assert pi.stale_after_ms(beta, main) == (min(12, beta.server_alive_interval) + 3) * 1000
+    assert pi.stale_after_ms(alpha) == (11 + 3) * 1000  # the VPS's answer to the Pi's keepalive
+    assert pi.stale_after_ms(beta) == (beta.server_alive_interval + 3) * 1000
+    assert pi.suspect_after_ms(alpha, main) == (11 + 3) * 1000  # the Pi's keepalive comes first
+    assert pi.suspect_after_ms(beta, main) == (min(12, beta.server_alive_interval) + 3) * 1000
     variables = pi.context(alpha, main)
     assert variables["hang_after_ms"] == 49000 and variables["stale_after_ms"] == 14000
+    assert variables["suspect_after_ms"] == 14000
     assert variables["forwards"] == pi.forwards(alpha) and variables["key_path"] == pi.key_path(alpha)
     assert (variables["vps_address"], variables["vps_port"], variables["vps_tunnel_user"]) == ("203.0.113.1", 22, "pitunnel")
     assert variables["tunnel_home"] == "/var/lib/pitunnel" and variables["tunnel_user"] == "pitunnel"

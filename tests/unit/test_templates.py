@@ -674,9 +674,16 @@ def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Invento
     # woken by netlink when a link comes up or an address or default route appears
     assert "ip -o monitor link address route" in script
     assert "*LOWER_UP*" in script and 'default*' in script
-    stale = pi_steps.stale_after_ms(pi, vps)
-    assert stale == (min(vps.client_alive_interval, pi.server_alive_interval) + 3) * 1000
-    assert f'"$rcv" -gt {stale} ]' in script
+    stale, suspect = pi_steps.stale_after_ms(pi), pi_steps.suspect_after_ms(pi, vps)
+    assert stale == (pi.server_alive_interval + 3) * 1000  # the VPS answers the Pi's own keepalive
+    assert suspect == (min(vps.client_alive_interval, pi.server_alive_interval) + 3) * 1000
+    # dead: silent longer than a live connection ever is, or suspect with data the VPS has not acknowledged
+    assert (f'[ "$rcv" -gt {stale} ] || {{ [ "$rcv" -gt {suspect} ] && [ "${{unacked:-0}}" -gt 0 ]; }}; then'
+            in script)
+    # suspect with nothing unacknowledged: looked at once more, 3 s later (after its keepalive went out)
+    assert f'elif [ "$rcv" -gt {suspect} ] && [ "$1" = network ]; then\n        recheck=1' in script
+    assert 'if [ "$recheck" = 1 ]; then\n    echo 3' in script
+    assert 'recheck=0\n        check recheck' in script and "/unacked:[0-9]+/" in script
     assert f'"$snd" -gt {pi_steps.hang_after_ms(pi)} ]' in script
     assert 'read -r -t "$(next_check)" event' in script and f"echo {PI_D['watchdog_every']}" in script
     assert "echo 1\n" in script  # every second while the tunnel is down
