@@ -83,20 +83,28 @@ def tunnel_ssh_pid() -> str:
     return sh("pi1", "pgrep -P $(systemctl show -p MainPID --value pitunnel@vps.service) -x ssh").strip()
 
 
-def test_a_quiet_healthy_tunnel_survives_a_network_event(provisioned: Path) -> None:
-    """An idle tunnel hears from the VPS only every ServerAliveInterval (10 s: the answer to the Pi's
-    keepalive). A network event (here an address added) while it has been quiet for 8.5-9.5 s used to
-    make the watchdog restart it, dropping every session inside; now it looks again 3 s later."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # after the faults above, wait for a steady, idle tunnel
+def wait_quiet(low: int, high: int, seconds: float) -> bool:
+    """Wait until the tunnel has been quiet for low..high ms; False if it never was within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         try:
-            if 8500 <= quiet_ms() <= 9500:
-                break
-        except AssertionError:
+            if low <= quiet_ms() <= high:
+                return True
+        except AssertionError:  # reconnecting after the faults above
             pass
         time.sleep(0.1)
-    else:
-        pytest.fail("the tunnel was never quiet for 8.5-9.5 s within 60 s")
+    return False
+
+
+def test_a_quiet_healthy_tunnel_survives_a_network_event(provisioned: Path) -> None:
+    """With OpenSSH 9.2 (bookworm) an idle tunnel hears from the VPS only every ServerAliveInterval (10 s:
+    the answer to the Pi's keepalive; sshd's 5 s client-alive probe does not come). A network event (here
+    an address added) while it had been quiet for 8.5-9.5 s made the watchdog restart it, dropping every
+    session inside; now it looks again 3 s later. With 10.0 (trixie) the probe comes every 5 s, so the
+    tunnel is never that quiet: the event then comes at 4-5 s of quiet, and must change nothing either."""
+    if not wait_quiet(8500, 9500, 30):
+        assert wait_quiet(4000, 5000, 20), "the tunnel was never quiet for 4-5 s or 8.5-9.5 s"
+        print("the VPS's client-alive probes keep this tunnel from being quiet for 8.5 s: event at 4-5 s")
     before = tunnel_ssh_pid()
     sh("pi1", f"ip addr add {NETWORK_EVENT_ADDRESS} dev lo")
     try:

@@ -272,8 +272,9 @@ def stale_after_ms(pi: PiSpec) -> int:
     """Time without a word from the VPS after which a connection counts as dead once the network is
     back. A live one hears from the VPS at least this often even when idle: the VPS answers the Pi's own
     keepalive, which goes out after ServerAliveInterval of silence; plus slack. (sshd's client-alive
-    probe does not shorten it: in the lab, OpenSSH 9.2 and 10.0, an idle tunnel heard from the VPS only
-    every ServerAliveInterval, 10 s, although ClientAliveInterval was 5.)"""
+    probe cannot be counted on to shorten it: in the lab, with OpenSSH 9.2 on the VPS, an idle tunnel
+    heard from the VPS only every ServerAliveInterval, 10 s, although ClientAliveInterval was 5; with
+    10.0 the probe came every 5 s.)"""
     return (pi.server_alive_interval + 3) * 1000
 
 
