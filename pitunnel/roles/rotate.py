@@ -5,17 +5,19 @@ one the tunnel uses), so it lives here in the site layer; the Pi's and the VPS's
 roles/pi/keys.py and roles/vps/keys.py. The rotation is a state machine whose state is read from the
 hosts every time, never from a journal on the laptop:
 
-    the Pi's keys (in use, next, old)  x  the keys the VPS accepts for it  x  the key of the live session
+    the Pi's keys (in use, next, old)  x  the keys its VPSes accept for it  x  the key of each live session
 
     MAKE        a new key on the Pi, beside the one in use               (Pi: key.next)
-    AUTHORISE   the VPS accepts it too, with the same restrictions       (VPS: two lines for the Pi)
+    AUTHORISE   every VPS accepts it too, with the same restrictions     (each VPS: two lines for the Pi)
     SWITCH      the Pi's config path holds the new key, the old is kept  (Pi: key, key.old)
-    CONNECT     the tunnel reconnects; done when the VPS's log shows every listener held by a session
-                that logged in with the new key                          (one reconnect window)
-    RETIRE_VPS  the VPS accepts the new key only
+    CONNECT     the tunnels reconnect; done when each VPS's log shows every listener held by a session
+                that logged in with the new key                          (one reconnect window per VPS)
+    RETIRE_VPS  every VPS accepts the new key only
     RETIRE_PI   the old key gone from the Pi
 
-At every state the key the Pi's config names is accepted by the VPS, and so is the one the live
+A Pi with several VPSes has one tunnel key for all of them: the new key is switched to only once every
+VPS accepts it, and the old one retired only once every VPS's listeners are held by the new key.
+At every state the key the Pi's config names is accepted by every VPS, and so is the one each live
 session logged in with: killed anywhere, the tunnel stays up (and comes back up if it drops), and a
 rerun reads where it stopped and finishes. A rerun that finds nothing half-done starts a new rotation.
 """
@@ -26,6 +28,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -62,13 +65,20 @@ class Step(Enum):
 @dataclass(frozen=True)
 class Ring:
     """A Pi's rotation as its hosts tell it, in fingerprints: the Pi's keys (None: not there), the keys
-    its VPS accepts for it, and per listener the key of the session holding it ("" nobody, "?" unknown)."""
+    its VPSes accept for it (any of them), and per listener on each VPS the key of the session holding it
+    ("" nobody, "?" unknown). `everywhere`: with several VPSes, the keys every one of them accepts."""
 
     current: str | None
     next: str | None
     old: str | None
     authorised: tuple[str, ...]
     live: tuple[str, ...]
+    everywhere: tuple[str, ...] | None = None
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        """The keys the Pi may log in with to every one of its VPSes."""
+        return self.authorised if self.everywhere is None else self.everywhere
 
     @property
     def up_with(self) -> str | None:
@@ -87,11 +97,11 @@ def next_step(ring: Ring, *, started: bool) -> tuple[Step, str]:
     if ring.current is None:
         return Step.REFUSED, "the Pi has no tunnel key: run `invoke provision-pi` first"
     if ring.next is not None:
-        if ring.next not in ring.authorised:
+        if ring.next not in ring.accepted:
             return Step.AUTHORISE, "the new key is not accepted by the VPS yet"
         return Step.SWITCH, "the VPS accepts both keys"
     if ring.old is not None:
-        if ring.current not in ring.authorised:
+        if ring.current not in ring.accepted:
             return Step.AUTHORISE, "the key in use is not accepted by the VPS"
         if ring.up_with != ring.current:
             return Step.CONNECT, f"the tunnel's session uses {_shown(ring.live)}, not the new key"
@@ -103,7 +113,7 @@ def next_step(ring: Ring, *, started: bool) -> tuple[Step, str]:
         return Step.RETIRE_VPS, f"the VPS still accepts {len(stale)} other key(s) of this Pi"
     if started:
         return Step.DONE, ""
-    if ring.current not in ring.authorised:
+    if ring.current not in ring.accepted:
         return Step.REFUSED, "the VPS does not accept the Pi's key: run `invoke provision-pi` first"
     if ring.up_with != ring.current:
         return Step.REFUSED, (f"the tunnel is not up with its key ({_shown(ring.live)}): a rotation starts only from "
@@ -116,13 +126,16 @@ def after(ring: Ring, step: Step) -> Ring:
     if step is Step.MAKE:
         return replace(ring, next=NEW)
     if step is Step.AUTHORISE:
-        return replace(ring, authorised=(*ring.authorised, ring.next or ring.current or NEW))
+        key = ring.next or ring.current or NEW
+        return replace(ring, authorised=tuple(dict.fromkeys((*ring.authorised, key))),
+                       everywhere=None if ring.everywhere is None else (*ring.everywhere, key))
     if step is Step.SWITCH:
         return replace(ring, current=ring.next, next=None, old=ring.old or ring.current)
     if step is Step.CONNECT:
         return replace(ring, live=tuple(ring.current or "" for _ in ring.live))
     if step is Step.RETIRE_VPS:
-        return replace(ring, authorised=(ring.current or NEW,))
+        only = (ring.current or NEW,)
+        return replace(ring, authorised=only, everywhere=None if ring.everywhere is None else only)
     if step is Step.RETIRE_PI:
         return replace(ring, old=None)
     return ring
@@ -148,25 +161,33 @@ def _shown(live: tuple[str, ...]) -> str:
 # ------------------------------------------------------------------------------------------ on the hosts
 @dataclass(frozen=True)
 class Read:
-    """One reading of both hosts: the Ring, and the key lines behind its fingerprints."""
+    """One reading of the Pi and each of its VPSes: the Ring, and the key lines behind its fingerprints
+    (the lines each VPS accepts for the Pi, by VPS name)."""
 
     ring: Ring
     pi: pi_keys.PiKeys
-    authorised: tuple[str, ...]
+    authorised: dict[str, tuple[str, ...]]
 
 
 def _fp(key: PublicKey | None) -> str | None:
     return key.fingerprint if key is not None else None
 
 
-def read(pi_remote: Remote, vps_remote: Remote, pi: PiSpec, vps_spec: VpsSpec) -> Read:
+def read(pi_remote: Remote, vps_remotes: Mapping[str, Remote], pi: PiSpec, vpses: Sequence[VpsSpec]) -> Read:
     on_pi = pi_keys.read_keys(pi_remote, pi)
-    specs = listens(pi)
-    on_vps = vps_keys.read_keys(vps_remote, vps_spec, pi.name, specs)
-    ring = Ring(_fp(on_pi.current), _fp(on_pi.next), _fp(on_pi.old),
-                tuple(parse_public_key(k).fingerprint for k in on_vps.authorised),
-                tuple(on_vps.live.get(s, "") for s in specs))
-    return Read(ring, on_pi, on_vps.authorised)
+    lines: dict[str, tuple[str, ...]] = {}
+    accepted: list[list[str]] = []
+    live: list[str] = []
+    for vps_spec in vpses:
+        specs = listens(pi.on(vps_spec.name))
+        on_vps = vps_keys.read_keys(vps_remotes[vps_spec.name], vps_spec, pi.name, specs)
+        lines[vps_spec.name] = on_vps.authorised
+        accepted.append([parse_public_key(k).fingerprint for k in on_vps.authorised])
+        live += [on_vps.live.get(s, "") for s in specs]
+    anywhere = tuple(dict.fromkeys(k for keys in accepted for k in keys))
+    everywhere = tuple(k for k in anywhere if all(k in keys for keys in accepted)) if len(accepted) > 1 else None
+    ring = Ring(_fp(on_pi.current), _fp(on_pi.next), _fp(on_pi.old), anywhere, tuple(live), everywhere)
+    return Read(ring, on_pi, lines)
 
 
 class Rotation:
@@ -186,15 +207,8 @@ class Rotation:
 
     def one(self, remote: Remote) -> None:
         pi = self.inv.pis[remote.name]
-        if len(pi.all_vps) > 1:  # the key switch would have to be proven on every VPS at once: not built yet
-            self.play.reporter.line(pi.name, "failed", "tunnel key", f"{pi.name} has {len(pi.all_vps)} VPSes "
-                                    f"({', '.join(pi.all_vps)}): rotate-keys handles a Pi with one VPS only for now; "
-                                    "nothing changed (docs/operations.md)")
-            raise StepFailed("rotate-keys: several VPSes")
-        vps_spec = self.inv.vps_of(pi)
-        vps_remote = self.play.remotes[vps_spec.name]
         reporter, check = self.play.reporter, self.play.options.check
-        now = read(remote, vps_remote, pi, vps_spec)
+        now = self.read(remote, pi)
         if check:
             for step, why in plan(now.ring):
                 status = {Step.DONE: "ok", Step.REFUSED: "failed"}.get(step, "would change")
@@ -212,15 +226,18 @@ class Rotation:
             if step is Step.REFUSED:
                 reporter.line(pi.name, "failed", "tunnel key rotation", why)
                 raise StepFailed(why)
-            detail = self.apply(step, now, remote, vps_remote, pi)
+            detail = self.apply(step, now, remote, pi)
             reporter.line(pi.name, "changed", f"tunnel key: {step.value}", detail or why)
             started = True
             self._maybe_die()
-            now = read(remote, vps_remote, pi, vps_spec)
+            now = self.read(remote, pi)
         reporter.line(pi.name, "failed", "tunnel key rotation", "no progress after 12 steps (a bug: please report)")
         raise StepFailed("rotation loops")
 
-    def apply(self, step: Step, now: Read, remote: Remote, vps_remote: Remote, pi: PiSpec) -> str:
+    def read(self, remote: Remote, pi: PiSpec) -> Read:
+        return read(remote, self.play.remotes, pi, self.inv.vpses_of(pi))
+
+    def apply(self, step: Step, now: Read, remote: Remote, pi: PiSpec) -> str:
         ring, on_pi = now.ring, now.pi
         if step is Step.MAKE:
             self._run(remote, pi_keys.make_next(pi), step)
@@ -229,16 +246,22 @@ class Rotation:
         if step is Step.AUTHORISE:
             wanted = on_pi.next or on_pi.current
             assert wanted is not None
-            self._authorise(vps_remote, pi, [*now.authorised, wanted.line])
-            return f"{wanted.fingerprint}, with the same restrictions, beside {', '.join(ring.authorised) or 'none'}"
+            lacking = [v for v, lines in now.authorised.items() if wanted.line not in lines]
+            for vps in lacking:
+                self._authorise(vps, pi, [*now.authorised[vps], wanted.line])
+            where = f" on {', '.join(lacking)}" if len(now.authorised) > 1 else ""
+            return (f"{wanted.fingerprint}{where}, with the same restrictions, beside "
+                    f"{', '.join(ring.authorised) or 'none'}")
         if step is Step.SWITCH:
             self._run(remote, pi_keys.switch(pi), step)
             return f"{ring.next} at {pi_keys.key_path(pi)}; {ring.current} kept as .old until the VPS drops it"
         if step is Step.CONNECT:
-            return self._connect(remote, vps_remote, pi, ring)
+            return self._connect(remote, pi, ring)
         if step is Step.RETIRE_VPS:
             assert on_pi.current is not None
-            self._authorise(vps_remote, pi, [on_pi.current.line])
+            for vps, lines in now.authorised.items():
+                if lines != (on_pi.current.line,):
+                    self._authorise(vps, pi, [on_pi.current.line])
             gone = [k for k in ring.authorised if k != ring.current]
             return f"{', '.join(gone)} no longer accepted"
         if step is Step.RETIRE_PI:
@@ -252,33 +275,35 @@ class Rotation:
             self.play.reporter.line(remote.name, "failed", f"tunnel key: {step.value}", result.stderr.strip()[-300:])
             raise StepFailed(step.name)
 
-    def _authorise(self, vps_remote: Remote, pi: PiSpec, lines: list[str]) -> None:
-        vps_spec = self.inv.vps_of(pi)
-        with self.locks[vps_spec.name]:  # read and write of the shared file together, one Pi at a time
-            converge(vps_remote, [authorized_keys(self.inv, vps_spec, {pi.name: lines})], self.play.reporter,
-                     self.play.options.mode)
+    def _authorise(self, vps: str, pi: PiSpec, lines: list[str]) -> None:
+        vps_spec = self.inv.vps[vps]
+        with self.locks[vps]:  # read and write of the shared file together, one Pi at a time
+            converge(self.play.remotes[vps], [authorized_keys(self.inv, vps_spec, {pi.name: lines})],
+                     self.play.reporter, self.play.options.mode)
 
-    def _connect(self, remote: Remote, vps_remote: Remote, pi: PiSpec, ring: Ring) -> str:
-        """Reconnect if a session of another key holds a listener (or wait while the tunnel comes back on
-        its own), until the VPS's log shows every listener held by a session of the key in use."""
+    def _connect(self, remote: Remote, pi: PiSpec, ring: Ring) -> str:
+        """Reconnect if a session of another key holds a listener (or wait while the tunnels come back on
+        their own), until each VPS's log shows every listener held by a session of the key in use."""
         started = time.monotonic()
         restarted = False
-        vps_spec = self.inv.vps_of(pi)
         for attempt in range(2):
             if attempt or any(k not in ("", ring.current) for k in ring.live):
                 self._run(remote, pi_keys.reconnect(pi), Step.CONNECT)
                 restarted = True
             deadline = time.monotonic() + PI["listen_wait_seconds"]
             while time.monotonic() < deadline:
-                ring = read(remote, vps_remote, pi, vps_spec).ring
+                ring = self.read(remote, pi).ring
                 if ring.up_with == ring.current:
                     how = "reconnected" if restarted else "came back by itself"
-                    return (f"{how}: every listener ({', '.join(listens(pi))}) held by a session that logged in with "
+                    held = "; ".join(f"{p.vps}: {', '.join(listens(p))}" for p in pi.paths()) if len(pi.all_vps) > 1 \
+                        else ", ".join(listens(pi))
+                    return (f"{how}: every listener ({held}) held by a session that logged in with "
                             f"{ring.current} (sshd's log), {time.monotonic() - started:.1f}s")
                 time.sleep(0.3)
         why = f"not up with {ring.current} after {time.monotonic() - started:.0f}s ({_shown(ring.live)})"
         self.play.reporter.line(pi.name, "failed", f"tunnel key: {Step.CONNECT.value}",
-                                f"{why}; the VPS still accepts the old key: rerun, and see `journalctl -u {unit(pi.vps)}`")
+                                f"{why}; the VPS still accepts the old key: rerun, and see "
+                                f"`journalctl {' '.join(f'-u {unit(v)}' for v in pi.all_vps)}`")
         raise StepFailed(why)
 
     def _maybe_die(self) -> None:

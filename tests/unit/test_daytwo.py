@@ -66,6 +66,26 @@ def test_from_every_state_a_rerun_finishes_and_the_tunnel_key_is_always_accepted
     assert ring.authorised == (ring.current,) and ring.next is None and ring.old is None
 
 
+def test_a_pi_with_two_vpses_switches_only_once_both_accept_the_new_key() -> None:
+    """One tunnel key for both VPSes: authorised on both before the switch, retired from both at the end;
+    killed after the new key reached one VPS only, a rerun authorises it on the other first."""
+    two = Ring(OLD, None, None, (OLD,), (OLD, OLD, OLD, OLD), everywhere=(OLD,))
+    steps = [s for s, _ in plan(two)]
+    assert steps == [Step.MAKE, Step.AUTHORISE, Step.SWITCH, Step.CONNECT, Step.RETIRE_VPS, Step.RETIRE_PI, Step.DONE]
+    on_one = Ring(OLD, NEW, None, (OLD, NEW), (OLD,) * 4, everywhere=(OLD,))
+    assert next_step(on_one, started=True)[0] is Step.AUTHORISE
+    assert next_step(after(on_one, Step.AUTHORISE), started=True)[0] is Step.SWITCH
+    # the second VPS's listeners still held by the old key: not done connecting
+    half = Ring(NEW, None, OLD, (OLD, NEW), (NEW, NEW, OLD, OLD), everywhere=(OLD, NEW))
+    assert next_step(half, started=True)[0] is Step.CONNECT
+    # the old key still accepted by one VPS once both are up with the new one: retired there too
+    left = Ring(NEW, None, OLD, (NEW, OLD), (NEW,) * 4, everywhere=(NEW,))
+    assert next_step(left, started=True)[0] is Step.RETIRE_VPS
+    assert after(left, Step.RETIRE_VPS).accepted == (NEW,) == after(left, Step.RETIRE_VPS).authorised
+    # a VPS that does not accept the key in use: nothing starts
+    assert next_step(Ring(OLD, None, None, (OLD,), (OLD, ""), everywhere=()), started=False)[0] is Step.REFUSED
+
+
 def test_a_rerun_finishes_an_interrupted_rotation_and_does_not_start_another() -> None:
     interrupted = Ring(NEW, None, OLD, (NEW,), (NEW,))
     assert [s for s, _ in plan(interrupted, started=True)] == [Step.RETIRE_PI, Step.DONE]
