@@ -269,8 +269,9 @@ def require_wrk() -> None:
         raise SystemExit("bench.datapath: wrk is not installed (`bash scripts/setup.sh`, or `apt-get install wrk`)")
 
 
-def run_wrk(url: str, connections: int, duration: int, threads: int) -> WrkResult:
-    argv = ["wrk", "--latency", "-t", str(min(threads, connections)), "-c", str(connections),
+def run_wrk(url: str, connections: int, duration: int, threads: int, prefix: Sequence[str] = ()) -> WrkResult:
+    """wrk against `url`; `prefix` runs it elsewhere (e.g. lab.netns_argv: on a lab host's network)."""
+    argv = [*prefix, "wrk", "--latency", "-t", str(min(threads, connections)), "-c", str(connections),
             "-d", f"{duration}s", "--timeout", "5s", url]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     if done.returncode != 0:
@@ -458,9 +459,8 @@ def rounds_of(configs: Sequence[Config], rounds: int) -> Iterator[tuple[int, Con
             yield n, config
 
 
-def run(connections: Sequence[int], duration: int, rounds: int, threads: int, size_mb: int,
-        tuning: bool, release: str, only: str = "") -> dict[str, object]:
-    import lab
+def provision_lab(release: str) -> None:
+    """A fresh lab with one Pi, its VPS and Pi provisioned (both benchmarks of the data path start here)."""
     from pitunnel.cli import Flags, run_play
     from pitunnel.play import Play
     from pitunnel.roles.site import provision_pi as provision_pis
@@ -474,6 +474,11 @@ def run(connections: Sequence[int], duration: int, rounds: int, threads: int, si
         provision_pis(play)
 
     run_play(both, Flags(inventory=str(INVENTORY)), quiet=True)
+
+
+def run(connections: Sequence[int], duration: int, rounds: int, threads: int, size_mb: int,
+        tuning: bool, release: str, only: str = "") -> dict[str, object]:
+    provision_lab(release)
     ends = endpoints()
     size = size_mb * 1_000_000
     make_bulk_file(size)

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lab
-from benchmarks.datapath import INVENTORY, PI, RESULTS, ROOT, TARGET_RPS_RATIO_ONE, machine, parse_wrk, require_wrk
+from benchmarks import datapath
+from benchmarks.datapath import INVENTORY, PI, RESULTS, ROOT, TARGET_RPS_RATIO_ONE, machine, require_wrk
 
 SITE = "/etc/nginx/sites-enabled/pitunnel.conf"
 NGINX_MAIN = "/etc/nginx/nginx.conf"
@@ -131,11 +132,8 @@ def table(doc: dict[str, object]) -> str:
 
 # ---------------------------------------------------------------- measuring (on the lab)
 def run_wrk(prefix: Sequence[str], url: str, duration: int) -> float:
-    argv = [*prefix, "wrk", "--latency", "-t", "1", "-c", "1", "-d", f"{duration}s", "--timeout", "5s", url]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()[-300:]}")
-    result = parse_wrk(done.stdout)
+    """Requests/s of one connection to `url`; any error fails the run (a hop's cost needs every request)."""
+    result = datapath.run_wrk(url, 1, duration, 1, prefix)
     if result.errors:
         raise RuntimeError(f"{url}: {result.errors} errors in {result.requests} requests")
     return result.rps
@@ -171,18 +169,10 @@ class Nginx:
         self.use(self.site, self.main)
 
 
-def provision() -> list[Point]:
-    from pitunnel.cli import Flags, run_play
+def lab_path() -> list[Point]:
+    """The points of the provisioned lab Pi's HTTP tunnel, from the lab's inventory."""
     from pitunnel.inventory import load_inventory
-    from pitunnel.play import Play
-    from pitunnel.roles.site import provision_pi as provision_pis
-    from pitunnel.roles.vps.steps import provision as provision_vps
 
-    def both(play: Play) -> None:
-        provision_vps(play)
-        provision_pis(play)
-
-    run_play(both, Flags(inventory=str(INVENTORY)), quiet=True)
     inv = load_inventory(INVENTORY, save_allocations=False)
     pi = inv.pis[PI]
     vps = inv.vps_of(pi)
@@ -193,9 +183,8 @@ def provision() -> list[Point]:
 
 
 def run(duration: int, rounds: int, release: str, busy: bool) -> dict[str, object]:
-    print("== lab up (1 Pi, fresh) and provision", flush=True)
-    lab.up(pis=1, release=release, fresh=True)
-    path = provision()
+    datapath.provision_lab(release)
+    path = lab_path()
     prefixes = {p.host: [] if p.host == "laptop" else lab.netns_argv(p.host) for p in path}
     nginx = Nginx()
     tried = variants(nginx.site, nginx.main)

@@ -11,6 +11,7 @@ from invoke import Exit
 import lab
 from pitunnel.cli import Flags, run_play
 from pitunnel.play import Play
+from pitunnel.sshkeys import parse_public_key
 
 ETC_SCRIPT = r"""cd /etc && find . -xdev \( -type f -o -type l \) ! -name '*-' ! -name 'ld.so.cache' | sort | while read -r f; do
   if [ -L "$f" ]; then echo "$f -> $(readlink "$f")"; else echo "$f $(sha256sum < "$f" | cut -c1-16) $(stat -c %a:%U:%G "$f")"; fi
@@ -48,3 +49,18 @@ def play(inventory: Path, body: Callable[[Play], None], *, quiet: bool = False,
 
 def in_host(host: str, script: str) -> str:
     return lab.exec_in(host, script, check=False, timeout=120).stdout
+
+
+TUNNEL_KEY = "/var/lib/pitunnel/.ssh/pitunnel_ed25519"  # a lab Pi's tunnel key (made on the Pi)
+
+
+def authorised_fingerprints(vps: str, pi: str) -> list[str]:
+    """The fingerprints a lab VPS's tunnel account accepts for this Pi, read through the lab's door."""
+    text = in_host(vps, "cat /var/lib/pitunnel/.ssh/authorized_keys")
+    return [parse_public_key(" ".join(l.split()[-3:-1])).fingerprint for l in text.splitlines()
+            if l.endswith(f"pitunnel:{pi}")]
+
+
+def tunnel_key_fingerprint(pi: str) -> str:
+    """The fingerprint of the key at the lab Pi's tunnel key path."""
+    return parse_public_key(in_host(pi, f"ssh-keygen -y -f {TUNNEL_KEY}")).fingerprint

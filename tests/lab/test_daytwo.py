@@ -28,12 +28,12 @@ from pitunnel.roles.site import provision, provision_pi
 from pitunnel.roles.vps.steps import provision as provision_vps
 from pitunnel.sshkeys import parse_public_key
 from tests.conftest import ROOT, lab_up
-from tests.lab.runs import in_host, play
+from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, in_host, play, tunnel_key_fingerprint
 
 pytestmark = pytest.mark.lab
 
 VPS = str(VPS_ADDR)
-KEY = "/var/lib/pitunnel/.ssh/pitunnel_ed25519"
+KEY = TUNNEL_KEY
 PORTS = {"pi1": 12346, "pi2": 12347}
 
 
@@ -61,17 +61,6 @@ def wait_for(condition: "object", seconds: float) -> bool:
             return True
         time.sleep(0.2)
     return bool(condition())
-
-
-def authorised_on_vps(pi: str) -> list[str]:
-    """The fingerprints the VPS accepts for this Pi, read through the lab's door."""
-    text = in_host("vps", "cat /var/lib/pitunnel/.ssh/authorized_keys")
-    return [parse_public_key(" ".join(l.split()[-3:-1])).fingerprint for l in text.splitlines()
-            if l.endswith(f"pitunnel:{pi}")]
-
-
-def pi_key_fp(pi: str) -> str:
-    return parse_public_key(in_host(pi, f"ssh-keygen -y -f {KEY}")).fingerprint
 
 
 def leftovers(pi: str) -> str:
@@ -149,7 +138,7 @@ def tunnel_login(private_key: str) -> bool:
 # ------------------------------------------------------------------------------------------ rotate-keys
 def test_rotate_keys_under_traffic(inventory: Path, traffic: Traffic, capsys: pytest.CaptureFixture[str]) -> None:
     old = {pi: in_host(pi, f"cat {KEY}") for pi in PORTS}
-    old_fp = {pi: pi_key_fp(pi) for pi in PORTS}
+    old_fp = {pi: tunnel_key_fingerprint(pi) for pi in PORTS}
     assert all("PRIVATE KEY" in k for k in old.values()) and all(tunnel_login(k) for k in old.values())
     held = {pi: held_ssh(port) for pi, port in PORTS.items()}
     time.sleep(1)
@@ -160,9 +149,9 @@ def test_rotate_keys_under_traffic(inventory: Path, traffic: Traffic, capsys: py
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     for pi in PORTS:
-        new_fp = pi_key_fp(pi)
+        new_fp = tunnel_key_fingerprint(pi)
         assert new_fp != old_fp[pi]
-        assert authorised_on_vps(pi) == [new_fp], "the VPS accepts the new key alone"
+        assert authorised_fingerprints("vps", pi) == [new_fp], "the VPS accepts the new key alone"
         assert leftovers(pi) == ""
         assert f"held by a session that logged in with {new_fp}" in out
         assert not tunnel_login(old[pi]), f"{pi}: the old key is still accepted by the VPS"
@@ -174,10 +163,11 @@ def test_rotate_keys_under_traffic(inventory: Path, traffic: Traffic, capsys: py
               f"{'survived' if survived else 'dropped with the reconnect (reopened below)'}")
         assert len(windows) <= 1 and all(w < 10 for w in windows), windows
         assert survived or alive(held_ssh(PORTS[pi])), "ssh through the public port works after the rotation"
-    keys = {pi: (pi_key_fp(pi), authorised_on_vps(pi)) for pi in PORTS}
+    keys = {pi: (tunnel_key_fingerprint(pi), authorised_fingerprints("vps", pi)) for pi in PORTS}
     code, _ = play(inventory, rotate_keys, check=True)
     assert code == 0
-    assert keys == {pi: (pi_key_fp(pi), authorised_on_vps(pi)) for pi in PORTS} and leftovers("pi1") == "", \
+    now = {pi: (tunnel_key_fingerprint(pi), authorised_fingerprints("vps", pi)) for pi in PORTS}
+    assert keys == now and leftovers("pi1") == "", \
         "--check changed nothing"
 
 
@@ -190,18 +180,18 @@ def run_rotation(inventory: Path, kill_after: int | None) -> subprocess.Complete
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6])
 def test_rotation_killed_after_each_step_then_rerun(inventory: Path, k: int) -> None:
-    before = pi_key_fp("pi1")
+    before = tunnel_key_fingerprint("pi1")
     killed = run_rotation(inventory, k)
     assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
     assert wait_for(lambda: http_ok("pi1"), 10), f"killed after step {k}: the tunnel is not up"
-    accepted = authorised_on_vps("pi1")
-    on_pi = [pi_key_fp("pi1")] + [parse_public_key(in_host("pi1", f"ssh-keygen -y -f {KEY}{s}")).fingerprint
+    accepted = authorised_fingerprints("vps", "pi1")
+    on_pi = [tunnel_key_fingerprint("pi1")] + [parse_public_key(in_host("pi1", f"ssh-keygen -y -f {KEY}{s}")).fingerprint
                                   for s in (".next", ".old") if in_host("pi1", f"ls {KEY}{s} 2>/dev/null").strip()]
     assert set(accepted) <= set(on_pi), f"after step {k} the VPS accepts a key the Pi does not have"
     rerun = run_rotation(inventory, None)
     assert rerun.returncode == 0, rerun.stdout[-3000:]
-    now = pi_key_fp("pi1")
-    assert now != before and authorised_on_vps("pi1") == [now] and leftovers("pi1") == ""
+    now = tunnel_key_fingerprint("pi1")
+    assert now != before and authorised_fingerprints("vps", "pi1") == [now] and leftovers("pi1") == ""
     assert http_ok("pi1")
     print(f"killed after step {k}: tunnel up throughout the check, rerun finished ({len(rerun.stdout.splitlines())} lines)")
 
@@ -211,14 +201,14 @@ def test_the_reaper_frees_a_port_held_by_the_pis_other_key(inventory: Path) -> N
     knocking on its public port: its stale session of the OLD key holds the port while it reconnects
     with the NEW one. The reaper must see both keys as the same Pi's (one `pitunnel:pi1` comment)."""
     killed = run_rotation(inventory, 3)
-    assert killed.returncode == -9 and len(authorised_on_vps("pi1")) == 2
+    assert killed.returncode == -9 and len(authorised_fingerprints("vps", "pi1")) == 2
     seconds = inject("silent-drop", "pi1", timeout=40.0)
     ended = in_host("vps", "journalctl -q -o cat -t pitunnel-reaper | grep -c 'ended stale session'; true").strip()
     print(f"silent drop mid-rotation: recovered in {seconds}s; reaper lines 'ended stale session': {ended}")
     assert seconds is not None, "the stale old-key session kept the port: the reaper did not see one Pi"
     assert int(ended or 0) >= 1
     assert run_rotation(inventory, None).returncode == 0
-    assert authorised_on_vps("pi1") == [pi_key_fp("pi1")] and leftovers("pi1") == ""
+    assert authorised_fingerprints("vps", "pi1") == [tunnel_key_fingerprint("pi1")] and leftovers("pi1") == ""
 
 
 # ------------------------------------------------------------------------------------------ VPS host keys

@@ -28,9 +28,8 @@ from pitunnel.play import Play
 from pitunnel.roles.pi.verify import PiReport
 from pitunnel.roles.rotate import rotate_keys
 from pitunnel.roles.site import provision, status, verify
-from pitunnel.sshkeys import parse_public_key
 from tests.conftest import lab_up
-from tests.lab.runs import in_host, play
+from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, in_host, play, tunnel_key_fingerprint
 
 pytestmark = pytest.mark.lab
 CUT_SECONDS = float(os.environ.get("PITUNNEL_VPS_CUT_SECONDS", "60"))
@@ -240,26 +239,20 @@ def test_tunnel_memory_with_two_vpses_next_to_one(inventory: Path) -> None:
     assert two[1] < 2 * one[1] + 512  # the second tunnel shares its code pages: PSS grows by less than RSS
 
 
-TUNNEL_KEY = "/var/lib/pitunnel/.ssh/pitunnel_ed25519"
-
-
 def authorised_fps(vps: str) -> list[str]:
-    """The fingerprints a VPS accepts for pi1."""
-    text = in_host(vps, "cat /var/lib/pitunnel/.ssh/authorized_keys")
-    return [parse_public_key(" ".join(l.split()[-3:-1])).fingerprint for l in text.splitlines()
-            if l.endswith("pitunnel:pi1")]
+    return authorised_fingerprints(vps, "pi1")
 
 
 def test_rotate_keys_on_a_pi_with_two_vpses(inventory: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """One tunnel key serves both VPSes: the new one is authorised on both before the Pi switches, both
     paths reconnect with it (each VPS's sshd log proves it), then both accept it alone."""
     assert proven(inventory)[0] == 0  # both paths up before
-    old = parse_public_key(in_host("pi1", f"ssh-keygen -y -f {TUNNEL_KEY}")).fingerprint
+    old = tunnel_key_fingerprint("pi1")
     assert authorised_fps("vps") == authorised_fps("vps2") == [old]
     code, _ = play(inventory, rotate_keys)
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
-    new = parse_public_key(in_host("pi1", f"ssh-keygen -y -f {TUNNEL_KEY}")).fingerprint
+    new = tunnel_key_fingerprint("pi1")
     assert new != old
     assert authorised_fps("vps") == authorised_fps("vps2") == [new], "both VPSes accept the new key alone"
     assert f"held by a session that logged in with {new}" in out and "vps2: " in out

@@ -12,7 +12,7 @@ from typing import Any
 
 from pitunnel.facts import Fact, command_fact
 from pitunnel.hostkeys import known_name
-from pitunnel.inventory import Inventory, PiSpec, VpsSpec
+from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
 from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Later, Observe, Op, Packages, PackagesAbsent,
                           Service, SystemUser, UserAbsent, arm_later, managed_lines)
 from pitunnel.play import Play
@@ -97,15 +97,19 @@ def passwords_on(fact_output: str) -> bool | None:
     return "yes" in (settings.get("passwordauthentication"), settings.get("kbdinteractiveauthentication"))
 
 
+def public_ssh_tunnels(pi: PiSpec) -> list[TunnelSpec]:
+    return [t for t in pi.tunnels if t.kind == "ssh" and t.public]
+
+
 def public_ssh_ports(pi: PiSpec) -> list[int]:
-    return [t.remote_port for t in pi.tunnels if t.kind == "ssh" and t.public]
+    return [t.remote_port for t in public_ssh_tunnels(pi)]
 
 
 def password_warning(pi: PiSpec, vpses: Sequence[VpsSpec], on: bool | None) -> str | None:
     """Password login on a Pi whose sshd is public through its VPSes (each named): anyone may guess, and
     everything through the tunnel comes from 127.0.0.1, which sshd's penalties exempt (and fail2ban cannot
     tell apart)."""
-    public = [t for t in pi.tunnels if t.kind == "ssh" and t.public]
+    public = public_ssh_tunnels(pi)
     if not public or on is False or pi.disable_password_login:  # with it, provision-pi turns them off after keys work
         return None
     where = ", ".join(f"{vps.address}:{t.port_on(vps.name)}" for vps in vpses for t in public)
