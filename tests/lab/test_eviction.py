@@ -22,7 +22,7 @@ from pitunnel.inventory import load_inventory
 from pitunnel.play import Play
 from pitunnel.roles.contract import listen_spec
 from pitunnel.roles.rotate import rotate_keys
-from pitunnel.roles.site import provision, verify
+from pitunnel.roles.site import provision, teardown, verify
 from pitunnel.roles.vps.steps import provision as provision_vps
 from tests.conftest import lab_up
 from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, in_host, play, tunnel_key_fingerprint
@@ -219,3 +219,17 @@ def test_a_pi_dropped_from_the_inventory_loses_its_key_routes_and_sessions(inven
     assert status == "ok" and reason.startswith("none: every session"), reason
     assert p.reporter.recaps["vps"].sessions_ended == 0
     assert run_verify(smaller) == 0
+
+
+# ------------------------------------------------------------------------------------------ teardown -l
+def test_teardown_of_a_pi_ends_its_keys_sessions(inventory: Path) -> None:
+    copy = stolen_key("pi1")
+    session = outsider(copy)
+    pids = vps_pids(session)
+    assert pids
+    code, p = play(inventory, lambda pl: teardown(pl, purge=False), limit="pi1", quiet=True)
+    assert code == 0 and p is not None
+    assert gone(pids) and wait_for(lambda: not session.is_active(), 10)
+    assert not can_log_in(copy)
+    assert authorised_fingerprints("vps", "pi1") == []
+    assert p.reporter.recaps["vps"].sessions_ended >= 1, ended_step(p)  # the copy's (the Pi's own ended with its unit)
