@@ -143,3 +143,36 @@ def test_the_reaper_reads_a_holders_key_as_authorised_for_a_port_or_not(tmp_path
              '  permitted $pair && echo yes || echo no; done')
     run = subprocess.run(["bash", "-c", probe, "probe", *fps], capture_output=True, text=True, timeout=20)
     assert run.stdout.splitlines() == ["yes", "no", "no", "yes", "no"], run.stderr
+
+
+def test_end_unauthorised_checks_ends_and_counts_in_the_recap(tmp_path: Path) -> None:
+    """On a scripted VPS: check mode says what it would end and sends nothing; a run ends it and the recap
+    (printed and --json) counts it."""
+    import io
+
+    from pitunnel.report import Reporter
+    from pitunnel.roles.vps.sessions import end_unauthorised
+    from pitunnel.runner import Mode
+    from tests.unit.fake_hosts import FakeHost, load
+
+    old, new = keygen(tmp_path / "old"), keygen(tmp_path / "new")
+    keys = base64.b64encode(f"{OPTIONS} {new}\n".encode()).decode()
+    sessions = "\n".join(["NOW 20261206051500 20261206041500", "S 200 100", "S 201 101",
+                          journal(100, accepted(parse_public_key(old).fingerprint)),
+                          journal(101, accepted(parse_public_key(new).fingerprint))])
+    vps = load(tmp_path, """
+        settings: {laptop_key: null, known_hosts: kh}
+        vps: {main: {address: 203.0.113.1}}
+        pis: {alpha: {address: 10.0.0.2, vps: main, tunnels: {ssh: {type: ssh, remote_port: 20022}}}}
+        """).vps["main"]
+    for check in (True, False):
+        host = FakeHost("vps", [("grep -sE '^(PPid|Uid)", sessions), ("authorized_keys", f"pitunnel:pitunnel:600\n{keys}")])
+        out = io.StringIO()
+        reporter = Reporter(colour=False, out=out)
+        assert end_unauthorised(host, vps, reporter, Mode(check=check)) == 1  # type: ignore[arg-type]
+        recap = reporter.recaps["vps"]
+        assert recap.changed == 1 and recap.steps[0].reason.startswith("end 1 session (pid 200 from 198.51.100.7")
+        assert host.applied("kill -TERM") is not check and recap.sessions_ended == (0 if check else 1)
+        reporter.print_recap()
+        assert ("sessions_ended=1" in out.getvalue()) is not check
+        assert recap.document()["sessions_ended"] == (0 if check else 1)
