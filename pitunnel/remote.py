@@ -346,8 +346,10 @@ class Remote:
         finally:
             _close_all([*hops, conn])
 
-    def run(self, script: str, *, sudo: bool = True, timeout: float = 600) -> Result:
-        """Run a shell script on the host, as root unless sudo=False. One round trip."""
+    def run(self, script: str, *, sudo: bool = True, timeout: float = 600,
+            mask: Callable[[str], str | None] | None = None) -> Result:
+        """Run a shell script on the host, as root unless sudo=False. One round trip. `mask`: what -v shows of
+        each line of output (None: not that line), for output that holds a secret (facts.masked)."""
         need_sudo = sudo and self.spec.user != "root"
         command = f"sh -c {_quote(RECEIVER)}"
         preamble = ""
@@ -369,7 +371,7 @@ class Remote:
                 chan.exec_command(command)
                 chan.sendall(data)
                 chan.shutdown_write()
-                stdout, stderr = _drain(chan, self.echo)
+                stdout, stderr = _drain(chan, _masked(self.echo, mask))
                 rc = chan.recv_exit_status()
             except (paramiko.SSHException, OSError, socket.timeout) as exc:
                 raise Unreachable(f"{self.name}: connection lost: {exc or type(exc).__name__}") from None
@@ -437,6 +439,19 @@ def _channel(conn: Connection, host: str, port: int, timeout: float, where: str,
     except (paramiko.SSHException, OSError, EOFError) as exc:
         reason = exc.text if isinstance(exc, paramiko.ChannelException) else str(exc) or type(exc).__name__
         raise Unreachable(f"{where}: {reason}" + (f"; {hint}" if hint else "")) from None
+
+
+def _masked(echo: Callable[[str], None] | None, mask: Callable[[str], str | None] | None) -> Callable[[str], None] | None:
+    """`echo`, each line first through `mask`."""
+    if echo is None or mask is None:
+        return echo
+
+    def shown(line: str) -> None:
+        text = mask(line)
+        if text is not None:
+            echo(text)
+
+    return shown
 
 
 def _drain(chan: paramiko.Channel, echo: Callable[[str], None] | None = None) -> tuple[str, str]:
