@@ -242,7 +242,8 @@ class Remote:
         key_host, key_port = (hop.host_key_alias, 22) if hop.host_key_alias else (hop.hostname, hop.port)
         conn = Connection(key_host, user=hop.user, port=key_port, config=Config(ssh_config=paramiko.SSHConfig()),
                           connect_timeout=int(self.spec.connect_timeout),
-                          connect_kwargs={"sock": sock, "auth_strategy": Login(hop, self.keys, password),
+                          connect_kwargs={"sock": sock, "auth_strategy": hostkeys.RevokedFirst(
+                                              Login(hop, self.keys, password), self.known_hosts, hop.known_name),
                                           "banner_timeout": self.spec.connect_timeout,
                                           "auth_timeout": self.spec.connect_timeout})
         hostkeys.configure(conn.client, known_hosts=self.known_hosts, name=hop.known_name,
@@ -255,6 +256,7 @@ class Remote:
             raise (hostkeys.HostKeyRefused(f"{where}: {exc}") if through else exc) from None
         except paramiko.BadHostKeyException as exc:
             conn.close()
+            hostkeys.refuse_revoked(self.known_hosts, hop.known_name, exc.key)
             if hop is not self.target or pinned:
                 raise self._changed(where, hop, exc, pinned) from None
             line = f"{exc.key.get_name()} {exc.key.get_base64()}"
