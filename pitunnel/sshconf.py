@@ -117,12 +117,13 @@ def _included(file: Path, *, depth: int) -> Iterator[str]:
         if found is None or line.lstrip().startswith("#"):
             yield line
             continue
-        key, args = found.group(1).lower(), _words(found.group(2), file, number)
-        if key in ("host", "match"):
-            conditional = not ((key == "host" and args == ["*"]) or (key == "match" and [a.lower() for a in args] == ["all"]))
+        key = found.group(1).lower()
+        if key not in ("host", "match", "include"):
             yield line
             continue
-        if key != "include":
+        args = _words(found.group(2), file, number)
+        if key in ("host", "match"):
+            conditional = not ((key == "host" and args == ["*"]) or (key == "match" and [a.lower() for a in args] == ["all"]))
             yield line
             continue
         if conditional:

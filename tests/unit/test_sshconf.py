@@ -464,7 +464,7 @@ INCLUDES = {  # name -> (the main file, the other files): Include written the wa
         "Include = \"{d}/with space\" {d}/none-such*\nHost *\n  User u\n", {
             "with space": "Include {d}/inner\nHost a b\n  Port 2400\n",
             "inner": "Host b\n  HostName 10.0.0.22\n  User inner\n"}),
-    "under Host * and Match all": ("Host *\nInclude {d}/x\nMatch all\nInclude {d}/y\n", {
+    "under Host * and Match all": ("Host *\nInclude {d}/x\nMatch all\nInclude {d}/y", {
         "x": "Host a\n  Port 2500\n", "y": "Host b\n  Port 2501\n  User y\n"}),
 }
 
