@@ -120,7 +120,7 @@ def _hide_all(line: str) -> None:
 
 def read(remote: Remote, fact: Fact[T]) -> T:
     """One fact on its own, in one round trip (its errors are its output's business, as in `gather`)."""
-    return fact.process(remote.run(fact.script, mask=_hide_all if fact.secret else None).stdout)
+    return fact.process((remote.run(fact.script, mask=_hide_all) if fact.secret else remote.run(fact.script)).stdout)
 
 
 def gather(remote: Remote, facts: list[Fact[Any]]) -> Facts:
@@ -133,7 +133,8 @@ def gather(remote: Remote, facts: list[Fact[Any]]) -> Facts:
     for index, fact in enumerate(unique):
         parts.append(f"printf '@@FACT {index}\\n'; ( {fact.script}\n) 2>&1; printf '\\n@@RC {index} %d\\n' $?")
     hidden = [index for index, fact in enumerate(unique) if fact.key in secret]
-    result = remote.run("\n".join(parts) + "\n", mask=masked(hidden) if hidden else None)
+    script = "\n".join(parts) + "\n"
+    result = remote.run(script, mask=masked(hidden)) if hidden else remote.run(script)
     found = Facts()
     current: int | None = None
     lines: list[str] = []
