@@ -110,11 +110,10 @@ class RevokedFirst:
         return self.inner.authenticate(transport=transport)
 
 
-def _load(client: paramiko.SSHClient, known_hosts: Path) -> None:
-    """known_hosts's plain key lines into `client` (as paramiko's load_system_host_keys would, which fails on a
+def load_known(keys: paramiko.HostKeys, known_hosts: Path) -> None:
+    """known_hosts's plain key lines into `keys` (as paramiko's HostKeys.load would, which fails on a
     `@revoked` or `@cert-authority` line): marked lines are no host's key, a line paramiko cannot read is
     skipped as OpenSSH skips it."""
-    keys = client._system_host_keys  # type: ignore[attr-defined]
     for number, line in enumerate(known_hosts.read_text(errors="replace").splitlines(), 1):
         if not line.strip() or line.lstrip().startswith(("#", "@")):
             continue
@@ -123,7 +122,7 @@ def _load(client: paramiko.SSHClient, known_hosts: Path) -> None:
         except (paramiko.hostkeys.InvalidHostKey, ValueError):
             continue
         if entry is not None:
-            keys._entries.append(entry)
+            keys._entries.append(entry)  # type: ignore[attr-defined]
 
 
 def _matches(name: str, field: str) -> bool:
@@ -205,5 +204,5 @@ def configure(client: paramiko.SSHClient, *, known_hosts: Path, name: str, pinne
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         return
     if known_hosts.exists():
-        _load(client, known_hosts)
+        load_known(client._system_host_keys, known_hosts)  # type: ignore[attr-defined]
     client.set_missing_host_key_policy(CheckPolicy(known_hosts, accept_new=accept_new))
