@@ -205,6 +205,29 @@ def test_without_public_name_https_for_an_unknown_name_is_refused_in_the_handsha
     assert reject_server(text_of(quiet, D["nginx_default_site"])) == []
 
 
+@pytest.mark.parametrize(("users", "rejects"), [
+    ("", True),
+    ("/etc/nginx/conf.d/mine.conf listen 80 default_server;", True),  # the user's on 80 only: 443 is still open
+    ("/etc/nginx/conf.d/mine.conf listen 443 ssl default_server;", False),  # the user's: theirs to answer
+])
+def test_provision_refuses_unknown_names_unless_the_user_has_a_default_server_on_443(
+        tmp_path: Path, users: str, rejects: bool) -> None:
+    from tests.unit.fake_hosts import FakeHost, play_on
+    inv = load_inventory(write(tmp_path, INVENTORY.replace("    public_name: vps.example.com\n", "")),
+                         save_allocations=False)
+    have = "\n".join(f"pitunnel-{n}|https://ca.example.net/dir|yes|no|Jan  1 00:00:00 2031 GMT"
+                     for n in ("app.example.com", "cam.example.com"))
+    host = FakeHost("main", [("dpkg-query", "nginx certbot installed"), ("default(_server)?", users),
+                             ("renewal/pitunnel-", have)])
+    vps_steps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
+    wanted = vps_steps.converge_ops(inv, inv.vps["main"], claim_default=not users, reject_unknown=rejects,
+                                    certs=found("app.example.com", "cam.example.com"))
+    default = text_of(wanted, D["nginx_default_site"])
+    assert (reject_server(default) == REJECT) is rejects
+    import base64
+    assert host.applied(base64.b64encode(default.encode()).decode())  # what provision wrote
+
+
 def test_with_a_certificate_for_the_default_site_no_handshake_is_refused(inv: Inventory, tmp_path: Path) -> None:
     ops = vps_steps.converge_ops(inv, inv.vps["main"], certs=found("app.example.com", "vps.example.com"))
     default = text_of(ops, D["nginx_default_site"])
