@@ -360,6 +360,48 @@ def test_tunnel_port_clash_is_reported_with_the_pis_other_problems(tmp_path: Pat
     assert "path '/pi1/web/' on VPS 'main' is already routed to pis.pi1.tunnels.web (line 13)" in lines[4]
 
 
+def test_metrics_port_clashing_with_a_tunnel_or_the_vps_is_refused(tmp_path: Path) -> None:
+    """The node exporter and a tunnel cannot both listen on one port of the VPS: one of them would fail to
+    start on every boot. Refused at the tunnel (or the VPS's own port), naming metrics_address's line."""
+    path = write(tmp_path, """
+        vps:
+          main:
+            address: 203.0.113.1
+            metrics: true
+            metrics_address: 127.0.0.1:9100
+          backup:
+            address: 203.0.113.2
+            metrics: true
+            metrics_address: 10.0.0.9:443
+        pis:
+          pi1:
+            vps: [main, backup]
+            address: 10.0.0.1
+            tunnels:
+              ssh: {type: ssh, remote_port: 9100}
+        """)
+    lines = problems(path)
+    assert len(lines) == 2, lines
+    assert ("vps.backup.metrics_address: port 443 is also the VPS's https_port" in lines[0]
+            and "give metrics_address a port nothing else on the VPS uses" in lines[0]), lines
+    assert lines[1].startswith(f"{path}:15:") and ("pis.pi1.tunnels.ssh.remote_port: port 9100 on VPS 'main' is "
+                                                   "already used by vps.main.metrics_address (line 5)") in lines[1]
+    path.write_text(path.read_text().replace("metrics: true", "metrics: false"))
+    load_inventory(path, save_allocations=False)  # no exporter: nothing listens there
+
+
+def test_default_metrics_address_clashing_with_a_tunnel_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        vps:
+          main: {address: 203.0.113.1, metrics: true}
+        pis:
+          pi1: {address: 10.0.0.1, tunnels: {web: {type: http, remote_port: 9100}}}
+        """)
+    [line] = problems(path)
+    assert "port 9100 on VPS 'main' is already used by vps.main.metrics_address" in line, line
+    assert "choose a port nothing else uses" in line
+
+
 def test_pi_sharing_a_vps_name_is_reported_with_its_other_problems(tmp_path: Path) -> None:
     path = write(tmp_path, VPS + yml("""
         pis:

@@ -66,11 +66,12 @@ def pi_host_keys(inv: Inventory, pi: PiSpec, name: str | None = None) -> paramik
         keys.add("tunnel", keytype, paramiko.PKey.from_type_string(keytype, base64.b64decode(blob)))
         return keys
     if inv.settings.known_hosts.exists():
-        keys.load(str(inv.settings.known_hosts))
-    found = keys.lookup(name or hostkeys.known_name(pi.address, pi.port))
+        hostkeys.load_known(keys, inv.settings.known_hosts)
+    filed = name or hostkeys.known_name(pi.address, pi.port)
+    found = keys.lookup(filed)
     out = paramiko.HostKeys()
-    if found:
-        for keytype, key in found.items():
+    for keytype, key in (found or {}).items():
+        if hostkeys.revoked_at(inv.settings.known_hosts, filed, key) is None:  # a revoked key proves nothing
             out.add("tunnel", keytype, key)
     return out
 

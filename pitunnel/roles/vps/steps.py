@@ -372,15 +372,19 @@ def route_vars(r: HttpRoute, vps: VpsSpec | None = None, certs: AcmeFound = Acme
                 hsts=r.hsts, tls=tls, waiting=tls is None and r.auth_file is not None)
 
 
-def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound()) -> dict[str, Any]:
+def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound(),
+            reject_unknown: bool | None = None) -> dict[str, Any]:
     """The variables the VPS's templates are rendered with (the role's defaults under them), here and by
     the Ansible benchmark (benchmarks/ansible/inventory.py) alike. `certs`: the ACME certificates found on
-    the VPS (a route serves HTTPS once its own is there)."""
+    the VPS (a route serves HTTPS once its own is there). `reject_unknown`: whether, when the path-prefix
+    server has no certificate, a default server on https_port refuses unknown names' handshakes (no default
+    server of the user's is there; None: as claim_default)."""
     public = vps.public_name.lower().rstrip(".") if vps.public_name else None
     return dict(tunnel_user=vps.tunnel_user, listens=[listen_spec(t) for _, t in inv.tunnels_on(vps)],
                 client_alive_interval=vps.client_alive_interval, client_alive_count_max=vps.client_alive_count_max,
                 http_port=vps.http_port, https_port=vps.https_port, tls_certificate=vps.tls_certificate,
                 tls_key=vps.tls_key, claim_default=claim_default, public_name=public, acme=vps.acme is not None,
+                reject_unknown=claim_default if reject_unknown is None else reject_unknown,
                 site_tls=served_tls(vps, public if vps.acme else None, certs),
                 tunnels=[route_vars(r, vps, certs) for r in http_routes(inv, vps)])
 
@@ -405,8 +409,9 @@ def acme_ops(vps: VpsSpec) -> list[Op]:
     return ops
 
 
-def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound()) -> list[Op]:
-    variables = context(inv, vps, claim_default=claim_default, certs=certs)
+def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound(),
+                 reject_unknown: bool | None = None) -> list[Op]:
+    variables = context(inv, vps, claim_default=claim_default, certs=certs, reject_unknown=reject_unknown)
     routes = http_routes(inv, vps)
     tunnels = {(t["pi"], t["name"]): t for t in variables["tunnels"]}
     ops: list[Op] = [
@@ -508,11 +513,16 @@ def converge_vps(play: Play, remote: Remote) -> list[str]:
     certs = Observe(acme_fact(vps), lambda _: "", title="certificates")
     # one read of the VPS, for all of it (which ops there are does not depend on what it finds)
     known = facts_for(remote, [pkgs, *converge_ops(inv, vps), SshdPasswordsCheck(), seen, certs])
-    ports = {vps.http_port, *([vps.https_port] if vps.tls_certificate or vps.acme else [])}
+    tls = bool(vps.tls_certificate or vps.acme)
+    ports = {vps.http_port, *([vps.https_port] if tls else [])}
     found = others_default_servers(known, ports)
+    # HTTPS for unknown names is refused unless the user has a default server there (one on port 80 only does not
+    # stop nginx from giving them the first named route)
+    reject = tls and not others_default_servers(known, {vps.https_port})
     seen.describe = lambda _: default_server_note(found)
     present = known.value(certs.fact)
-    ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found, certs=present), SshdPasswordsCheck(), seen]
+    ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found, certs=present, reject_unknown=reject),
+                     SshdPasswordsCheck(), seen]
     # the account first: one pitunnel did not make is refused before anything (Nginx too) is touched
     account = [op for op in ops if isinstance(op, SystemUser)]
     first = converge(remote, [*account, pkgs], play.reporter, play.options.mode, known=known)
@@ -526,7 +536,8 @@ def converge_vps(play: Play, remote: Remote) -> list[str]:
     obtained, failed = certificates(remote, inv, vps, present, play)
     if obtained and not play.options.check:
         now = read(remote, acme_fact(vps))
-        after = [op for op in converge_ops(inv, vps, claim_default=not found, certs=now) if not isinstance(op, SystemUser)]
+        after = [op for op in converge_ops(inv, vps, claim_default=not found, certs=now, reject_unknown=reject)
+                 if not isinstance(op, SystemUser)]
         converge(remote, after, play.reporter, play.options.mode, handlers(remote))
     return failed
 
