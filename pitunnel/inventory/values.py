@@ -25,8 +25,10 @@ _HOSTNAME_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _URL_PATH_RE: Final = re.compile(r"/(?:[A-Za-z0-9._~-]+/)*")
 # printable ASCII but space ; { } ' " \\ $ ` and the glob characters * ? [ ]
 _REMOTE_PATH_RE: Final = re.compile(r"/[A-Za-z0-9/._+,:@%~#()!&|<>=^-]*")
-# an IPv6 zone id (fe80::1%eth0) names a network interface: Linux allows 1-15 bytes without '/', ':' or spaces
-_ZONE_RE: Final = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9_.-]{1,15}")
+# an IPv6 zone id (fe80::1%eth0) names a network interface: Linux allows 1-15 bytes without '/', ':' or spaces;
+# lowercase, as the tunnel's ssh lowercases the whole host name (an interface ETH0 would become eth0); not all
+# digits, which the resolver reads as an interface's number (and 0 as none at all)
+_ZONE_RE: Final = re.compile(r"(?!\.\.?\Z)(?![0-9]+\Z)[a-z0-9_.-]{1,15}")
 # control characters: a newline would start another line of a config file or a script, wherever the value lands
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NGINX_SIZE_RE: Final = re.compile(r"[0-9]{1,9}[kKmMgG]?")
@@ -195,7 +197,8 @@ def address(value: Any) -> str:
     zone = ip.scope_id if isinstance(ip, ipaddress.IPv6Address) else None
     if zone is not None and not _ZONE_RE.fullmatch(zone):
         raise Invalid(f"the zone id {clip(zone)!r} of {clip(given)!r} is not a network interface name",
-                      "write the interface after '%' as 'ip link' shows it: 1-15 letters, digits, '.', '_' or '-', "
+                      "write the interface after '%' as 'ip link' shows it: 1-15 lowercase letters, digits, '.', '_' or '-' "
+                      "(ssh lowercases the host name), not a number, "
                       "e.g. fe80::1%eth0")
     return given
 
