@@ -33,6 +33,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
+from pitunnel.facts import Facts
 from pitunnel.inventory import Inventory, load_inventory
 from pitunnel.inventory import values as checks
 from pitunnel.inventory.checks import IMAGE_LOGINS
@@ -40,6 +41,7 @@ from pitunnel.inventory.errors import Invalid
 from pitunnel.ops import File, Op
 from pitunnel.roles.contract import listen_spec
 from pitunnel.roles.pi import steps as pi_steps
+from pitunnel.roles.vps import acme
 from pitunnel.roles.vps import steps as vps_steps
 
 PI_D, VPS_D = pi_steps.D, vps_steps.D
@@ -416,4 +418,40 @@ def test_sshd_applies_the_match_block_to_the_tunnel_account_only(world: Path, v:
     assert (tunnel["forcecommand"], tunnel["allowtcpforwarding"], tunnel["permittty"]) == ("/bin/false", "remote", "no")
     other = sshd_effective(world, dropin, f"user={vps.tunnel_user}x,host=pi,addr=192.0.2.1")
     assert (other["permitlisten"], other["forcecommand"]) == ("any", "none")
+    shutil.rmtree(folder)
+
+
+# ---------------------------------------------------------------------------
+# Shell built in Python: certbot's command line, with the ACME values of the inventory
+
+emails = st.from_regex(r"[A-Za-z0-9!#%&*+/=?^_{|}~.-]{1,12}@[a-z0-9-]{1,8}\.[a-z]{2,4}", fullmatch=True).filter(
+    valid(checks.email))
+directories = st.from_regex(r"https://[A-Za-z0-9.:\[\]-]{1,20}(/[A-Za-z0-9._~/%-]{0,20})?", fullmatch=True).filter(
+    valid(checks.https_url))
+
+
+@HOSTILE
+@given(email=emails, directory=directories, name=host_names)
+def test_certbot_gets_each_acme_value_as_one_argument(world: Path, email: str, directory: str, name: str) -> None:
+    folder = Path(tempfile.mkdtemp(dir=world))
+    doc = {"settings": {"known_hosts": str(world / "known_hosts"), "laptop_key": str(world / "laptop")},
+           "vps": {"main": {"address": "203.0.113.9", "public_name": name, "acme": {"email": email, "directory": directory}}}}
+    (folder / "hosts.yml").write_text(yaml.safe_dump(doc))
+    inv = load_inventory(folder / "hosts.yml", save_allocations=False)
+    vps = inv.vps["main"]
+    assert vps.acme is not None
+    op = acme.Certificate(name, vps.acme, vps)
+    script = "\n".join(op.plan(Facts({acme.acme_fact(vps).key: (0, "")})).commands)
+    assert run("bash", "-n", "-c", script).returncode == 0
+    [line] = [c for c in op.plan(Facts({acme.acme_fact(vps).key: (0, "")})).commands if "certbot certonly" in c]
+    stub = folder / "bin"
+    stub.mkdir()
+    (stub / "certbot").write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" > {folder}/args\n")
+    (stub / "certbot").chmod(0o755)
+    result = run("bash", "-c", f'PATH={stub}:$PATH\n{line}', cwd=folder)
+    assert result.returncode == 0, result.stderr
+    args = (folder / "args").read_text().split("\0")[:-1]
+    assert args[args.index("-m") + 1] == email and args[args.index("--server") + 1] == directory
+    assert args[args.index("-d") + 1] == name and args[0] == "certonly"
+    assert sorted(p.name for p in folder.iterdir()) == ["args", "bin", "hosts.yml"]  # nothing else ran
     shutil.rmtree(folder)
