@@ -201,7 +201,7 @@ def _lookup(config: paramiko.SSHConfig | None, name: str) -> dict[str, Any]:
 
 def _port(value: Any, name: str) -> int:
     try:
-        port = int(value)
+        port = int(value) if str(value).isascii() else 0  # int() reads '٢٢' as 22: ssh would not
     except (TypeError, ValueError):
         port = 0
     if not 1 <= port <= 65535:

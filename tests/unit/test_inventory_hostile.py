@@ -273,7 +273,7 @@ def test_a_whole_host_key_still_passes(tmp_path: Path) -> None:
 
 def test_control_characters_by_escape_in_a_remote_path_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, VPS + '    tls_certificate: "/etc/ssl/a\\x01b.pem"\n    tls_key: /etc/ssl/k.pem\n')
-    one_problem(path, "vps.main.tls_certificate", 4, "is not an absolute path")
+    one_problem(path, "vps.main.tls_certificate", 4, "holds a control character", "without newlines")
 
 
 def _secret(tmp_path: Path, content: bytes) -> Path:
@@ -536,3 +536,97 @@ def test_host_key_with_a_non_ascii_character_is_refused(tmp_path: Path) -> None:
     keytype, blob = HOST_KEY.split()[:2]
     path = write(tmp_path, VPS + f"    host_key: {keytype} \ufffd{blob[1:]}\n")
     one_problem(path, "vps.main.host_key", 4, "the key's base64 part is malformed")
+
+
+# ---------------------------------------------------------------------------
+# Values that reach a template or a shell (issue 22, item 4): each to its real grammar
+
+def test_a_zone_id_that_is_not_an_interface_name_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, 'vps:\n  main:\n    address: "fe80::1%$(touch x)"\n')
+    one_problem(path, "vps.main.address", 3, "zone id '$(touch x)'", "not a network interface name", "fe80::1%eth0")
+    assert not (tmp_path / "x").exists()
+    ok = write(tmp_path, 'vps:\n  main:\n    address: "fe80::1%eth0.10"\n', "ok.yml")
+    assert load_inventory(ok, save_allocations=False).vps["main"].address == "fe80::1%eth0.10"
+
+
+@pytest.mark.parametrize("zone", ["", "..", "a/b", "a:b", "a b", "sixteen-chars-xx", "é0", "ETH0", "0", "2"])
+def test_a_zone_id_follows_the_kernels_interface_names(tmp_path: Path, zone: str) -> None:
+    path = write(tmp_path, f'vps:\n  main:\n    address: "fe80::1%{zone}"\n')
+    one_problem(path, "vps.main.address", 3)
+
+
+NEWLINE_INVENTORY = """\
+vps:
+  main:
+    address: 203.0.113.1
+    user: admin
+    tunnel_user: tunnels
+    public_name: vps.example.com
+    tls_certificate: /etc/ssl/c.pem
+    tls_key: /etc/ssl/k.pem
+    metrics: true
+    metrics_address: 127.0.0.1:9100
+    host_key: HOST_KEY
+    acme:
+      email: admin@example.com
+      directory: https://ca.example.net/dir
+pis:
+  pi1:
+    address: 192.168.1.10
+    user: pi
+    tunnels:
+      web:
+        type: http
+        server_name: pi1.example.com
+      app:
+        type: http
+        path: /pi1/app/
+"""
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("vps.main.address", "203.0.113.1"), ("vps.main.user", "admin"), ("vps.main.tunnel_user", "tunnels"),
+    ("vps.main.public_name", "vps.example.com"), ("vps.main.tls_certificate", "/etc/ssl/c.pem"),
+    ("vps.main.metrics_address", "127.0.0.1:9100"), ("vps.main.host_key", "HOST_KEY"),
+    ("vps.main.acme.email", "admin@example.com"), ("vps.main.acme.directory", "https://ca.example.net/dir"),
+    ("pis.pi1.address", "192.168.1.10"), ("pis.pi1.user", "pi"),
+    ("pis.pi1.tunnels.web.server_name", "pi1.example.com"), ("pis.pi1.tunnels.app.path", "/pi1/app/"),
+])
+@pytest.mark.parametrize("newline", ["\\n", "\\r", "\\u2028", "\\x85"])
+def test_a_newline_in_any_value_is_refused(tmp_path: Path, key: str, value: str, newline: str) -> None:
+    """`address: "vps.example.com\\n    ProxyCommand ..."` would add a line to the tunnel's ssh config."""
+    leaf = key.rsplit(".", 1)[1]
+    text = NEWLINE_INVENTORY.replace(f"{leaf}: {value}\n", f'{leaf}: "{value}{newline}    ProxyCommand touch x"\n', 1)
+    assert text != NEWLINE_INVENTORY
+    text = text.replace("HOST_KEY", HOST_KEY)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "ProxyCommand" in row)
+    one_problem(write(tmp_path, text), key, line, "control character", "write the value on one line")
+
+
+def test_the_newline_inventory_passes_without_its_newline(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, NEWLINE_INVENTORY.replace("HOST_KEY", HOST_KEY)), save_allocations=False)
+    assert inv.vps["main"].metrics_address == "127.0.0.1:9100"
+
+
+@pytest.mark.parametrize("port", ["²", "٩١٠٠", "９１００", "+80", " 80", "080000"])
+def test_a_listen_port_is_ascii_digits(tmp_path: Path, port: str) -> None:
+    """'²'.isdigit() is true and int('²') fails: a traceback before; int('٩١٠٠') is 9100."""
+    path = write(tmp_path, VPS + f'    metrics_address: "127.0.0.1:{port}"\n')
+    one_problem(path, "vps.main.metrics_address", 4, "has no valid port", "127.0.0.1:9100")
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("tls_certificate", "/etc/ssl/é.pem"), ("tls_certificate", "/etc/ssl/`id`.pem"),
+    ("tls_certificate", "/etc/ssl/*.pem"), ("public_name", "vps.exämple.com"),
+])
+def test_remote_paths_and_names_are_ascii(tmp_path: Path, key: str, value: str) -> None:
+    pair = "    tls_key: /etc/ssl/k.pem\n" if key == "tls_certificate" else ""
+    path = write(tmp_path, VPS + f'    {key}: "{value}"\n' + pair)
+    one_problem(path, f"vps.main.{key}", 4)
+
+
+@pytest.mark.parametrize("email", ["admin@exämple.com", "ädmin@example.com", "a$(id)@example.com", "a b@example.com"])
+def test_an_acme_email_is_ascii_atext(tmp_path: Path, email: str) -> None:
+    path = write(tmp_path, VPS + f'    acme:\n      email: "{email}"\n')
+    one_problem(path, "vps.main.acme.email", 5, "is not an e-mail address")

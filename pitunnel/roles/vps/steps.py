@@ -17,7 +17,7 @@ from pitunnel.report import Reporter
 from pitunnel.role import Role
 from pitunnel.runner import Mode, StepFailed, converge, facts_for, sshd_reload
 from pitunnel.sshkeys import BadPublicKey, parse_public_key
-from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec
+from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec, realm
 from pitunnel.roles.vps.acme import (AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact,
                                      live_paths)
 
@@ -107,7 +107,7 @@ def _is_key(text: str) -> bool:
 
 def account_observer(vps: VpsSpec) -> Observe[bool]:
     """Is the tunnel account there?"""
-    fact = Fact("tunnel-account", f"getent passwd {vps.tunnel_user} || echo MISSING", lambda out: "MISSING" not in out)
+    fact = Fact("tunnel-account", f"getent passwd {q(vps.tunnel_user)} || echo MISSING", lambda out: "MISSING" not in out)
     return Observe(fact, lambda there: "present" if there else "missing", title=f"tunnel account {vps.tunnel_user}")
 
 
@@ -117,7 +117,7 @@ HOST_KEYS = Fact("vps-host-keys", "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null |
 
 def permitted_fact(vps: VpsSpec) -> Fact[frozenset[str]]:
     """The listeners sshd permits the tunnel account (its effective PermitListen)."""
-    return Fact("permitlisten", f"sshd -T -C user={vps.tunnel_user},host=pitunnel,addr=192.0.2.1 "
+    return Fact("permitlisten", f"sshd -T -C {q(f'user={vps.tunnel_user},host=pitunnel,addr=192.0.2.1')} "
                 "2>/dev/null | grep -i '^permitlisten ' || true", lambda out: frozenset(out.split()[1:]))
 
 
@@ -366,7 +366,7 @@ def route_vars(r: HttpRoute, vps: VpsSpec | None = None, certs: AcmeFound = Acme
     no certificate yet (its ACME certificate is still to come): Nginx answers 503, never asks for a password
     in clear."""
     tls = served_tls(vps, r.acme_name, certs) if vps is not None else None
-    return dict(pi=r.pi, name=r.name, port=r.port, path=r.path, server_name=r.server_name, auth_file=r.auth_file,
+    return dict(pi=r.pi, realm=realm(r.pi), name=r.name, port=r.port, path=r.path, server_name=r.server_name, auth_file=r.auth_file,
                 upstream=r.upstream, file_stem=r.file_stem, websocket=r.websocket,
                 client_max_body_size=r.client_max_body_size, auth_source=str(r.auth_source) if r.auth_source else None,
                 hsts=r.hsts, tls=tls, waiting=tls is None and r.auth_file is not None)
