@@ -94,9 +94,12 @@ def hostile(draw: st.DrawFn) -> dict[str, Any]:
     vps_user = draw(users)
     public_name = draw(host_names)
     server_name = draw(server_names.filter(lambda s: s.lower().rstrip(".") != public_name.lower().rstrip(".")))
-    return dict(vps=vps, pi=pi, tunnels=tunnels, vps_address=draw(addresses), vps_port=draw(st.integers(1, 65535)),
+    vps_port = draw(st.integers(1, 65535))
+    # the metrics port is the VPS's own: it may not be its ssh, HTTP or HTTPS port (the inventory refuses that)
+    metrics_address = draw(listen_addresses.filter(lambda a: int(a.rsplit(":", 1)[1]) not in (vps_port, 80, 443)))
+    return dict(vps=vps, pi=pi, tunnels=tunnels, vps_address=draw(addresses), vps_port=vps_port,
                 vps_user=vps_user, vps_tunnel_user=draw(tunnel_users.filter(lambda u: u != vps_user)),
-                cert=draw(file_names), public_name=public_name, metrics_address=draw(listen_addresses),
+                cert=draw(file_names), public_name=public_name, metrics_address=metrics_address,
                 pi_address=draw(addresses), server_name=server_name, url_path=draw(url_paths), size=draw(sizes))
 
 
