@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast
 
 from .remote import Remote
 
@@ -21,6 +21,7 @@ class Fact(Generic[T]):
     key: str
     script: str
     process: Callable[[str], T]
+    secret: bool = False  # its output holds a secret file's bytes: -v never shows it (`masked`)
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,11 @@ def file_state(output: str) -> FileState:
     return FileState(True, owner, group, int(mode, 8), base64.b64decode(body.strip()))
 
 
-def file_fact(path: str) -> Fact[FileState]:
+def file_fact(path: str, *, secret: bool = False) -> Fact[FileState]:
     p = shlex.quote(path)
     # a symbolic link is reported as one, never read through: its target may be any file on the host
     return Fact(f"file:{path}", f"if [ -L {p} ]; then echo \"SYMLINK $(readlink {p})\"; elif [ -f {p} ]; then "
-                f"stat -c '%U:%G:%a' {p}; base64 -w0 {p}; echo; else echo ABSENT; fi", file_state)
+                f"stat -c '%U:%G:%a' {p}; base64 -w0 {p}; echo; else echo ABSENT; fi", file_state, secret)
 
 
 def text(output: str) -> str:
@@ -87,9 +88,39 @@ def tcp_listeners(output: str) -> frozenset[str]:
 LISTENERS = Fact("ss-listen", "ss -Htln", tcp_listeners)
 
 
+SECRET_HIDDEN: Final = "(secret: {} bytes of output not shown)"
+
+
+def masked(secret: Collection[int]) -> Callable[[str], str | None]:
+    """What -v shows of a fact read's output (Remote.run's `mask`, a line at a time): each section of the facts
+    numbered in `secret` is left out, and its end (`@@RC`) says how much was held back. (A base64 or stat
+    line never starts with "@@", so a file's content cannot end its section early.) A secret file's bytes never
+    reach the terminal, in any encoding."""
+    current: list[int | None] = [None]
+    hidden = [0]
+
+    def show(line: str) -> str | None:
+        if line.startswith("@@FACT "):
+            current[0], hidden[0] = int(line.split()[1]), 0
+            return line
+        if current[0] not in secret:
+            return line
+        if line.startswith("@@RC "):
+            current[0] = None
+            return f"{line} {SECRET_HIDDEN.format(hidden[0])}"
+        hidden[0] += len(line) + 1
+        return None
+
+    return show
+
+
+def _hide_all(line: str) -> None:
+    return None
+
+
 def read(remote: Remote, fact: Fact[T]) -> T:
     """One fact on its own, in one round trip (its errors are its output's business, as in `gather`)."""
-    return fact.process(remote.run(fact.script).stdout)
+    return fact.process((remote.run(fact.script, mask=_hide_all) if fact.secret else remote.run(fact.script)).stdout)
 
 
 def gather(remote: Remote, facts: list[Fact[Any]]) -> Facts:
@@ -97,10 +128,13 @@ def gather(remote: Remote, facts: list[Fact[Any]]) -> Facts:
     unique = list({f.key: f for f in facts}.values())
     if not unique:
         return Facts()
+    secret = {f.key for f in facts if f.secret}  # a path read as a secret by one op is secret for all
     parts = []
     for index, fact in enumerate(unique):
         parts.append(f"printf '@@FACT {index}\\n'; ( {fact.script}\n) 2>&1; printf '\\n@@RC {index} %d\\n' $?")
-    result = remote.run("\n".join(parts) + "\n")
+    hidden = [index for index, fact in enumerate(unique) if fact.key in secret]
+    script = "\n".join(parts) + "\n"
+    result = remote.run(script, mask=masked(hidden)) if hidden else remote.run(script)
     found = Facts()
     current: int | None = None
     lines: list[str] = []

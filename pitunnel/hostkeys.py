@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import paramiko
+from paramiko.auth_strategy import AuthStrategy, SourceResult
 
 
 class HostKeyRefused(Exception):
@@ -42,6 +44,7 @@ class CheckPolicy(paramiko.MissingHostKeyPolicy):
         self.accept_new = accept_new
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        refuse_revoked(self.known_hosts, hostname, key)
         if not self.accept_new:
             raise HostKeyRefused(
                 f"unknown host key for {hostname}: {key.get_name()} {fingerprint(key)}. "
@@ -53,6 +56,73 @@ class CheckPolicy(paramiko.MissingHostKeyPolicy):
             self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
             with self.known_hosts.open("a") as out:
                 out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+def _pattern_matches(name: str, field: str) -> bool:
+    """Does a known_hosts host field name `name` as OpenSSH reads it: a hashed name, or patterns with `*`
+    and `?`, any of them negated with `!` (a negated match wins)?"""
+    if field.startswith("|1|"):
+        return _matches(name, field)
+    found = False
+    for pattern in field.split(","):
+        negated = pattern.startswith("!")
+        body = pattern[1:] if negated else pattern
+        regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in body.lower())
+        if re.fullmatch(regex, name.lower()):
+            if negated:
+                return False
+            found = True
+    return found
+
+
+def revoked_at(known_hosts: Path, name: str, key: paramiko.PKey) -> int | None:
+    """The number of a `@revoked` line of known_hosts that revokes `key` for `name`, None if there is none."""
+    if not known_hosts.exists():
+        return None
+    for number, line in enumerate(known_hosts.read_text(errors="replace").splitlines(), 1):
+        words = line.split()
+        if len(words) >= 4 and words[0] == "@revoked" and words[2:4] == [key.get_name(), key.get_base64()] \
+                and _pattern_matches(name, words[1]):
+            return number
+    return None
+
+
+def refuse_revoked(known_hosts: Path, name: str, key: paramiko.PKey) -> None:
+    """Raise HostKeyRefused if known_hosts marks the host's key `@revoked` (OpenSSH never accepts such a key,
+    even where another line lists it as known)."""
+    number = revoked_at(known_hosts, name, key)
+    if number is not None:
+        raise HostKeyRefused(
+            f"host key for {name} is REVOKED: {key.get_name()} {fingerprint(key)} is marked @revoked in "
+            f"{known_hosts}:{number}, so it is refused even where another line lists it. Give the host a new key, "
+            f"then remove its old lines (ssh-keygen -R {name}) and record the new one (--accept-new-host-keys)")
+
+
+class RevokedFirst:
+    """An auth strategy that first refuses a revoked host key: paramiko has accepted the key (known, pinned,
+    or just recorded) and nothing is sent yet, as ssh refuses it before it logs in."""
+
+    def __init__(self, inner: AuthStrategy, known_hosts: Path, name: str) -> None:
+        self.inner, self.known_hosts, self.name = inner, known_hosts, name
+
+    def authenticate(self, transport: paramiko.Transport) -> list[SourceResult]:
+        refuse_revoked(self.known_hosts, self.name, transport.get_remote_server_key())
+        return self.inner.authenticate(transport=transport)
+
+
+def load_known(keys: paramiko.HostKeys, known_hosts: Path) -> None:
+    """known_hosts's plain key lines into `keys` (as paramiko's HostKeys.load would, which fails on a
+    `@revoked` or `@cert-authority` line): marked lines are no host's key, a line paramiko cannot read is
+    skipped as OpenSSH skips it."""
+    for number, line in enumerate(known_hosts.read_text(errors="replace").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith(("#", "@")):
+            continue
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
+        except (paramiko.hostkeys.InvalidHostKey, ValueError):
+            continue
+        if entry is not None:
+            keys._entries.append(entry)  # type: ignore[attr-defined]
 
 
 def _matches(name: str, field: str) -> bool:
@@ -134,5 +204,5 @@ def configure(client: paramiko.SSHClient, *, known_hosts: Path, name: str, pinne
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         return
     if known_hosts.exists():
-        client.load_system_host_keys(str(known_hosts))
+        load_known(client._system_host_keys, known_hosts)  # type: ignore[attr-defined]
     client.set_missing_host_key_policy(CheckPolicy(known_hosts, accept_new=accept_new))

@@ -174,7 +174,7 @@ class File(Op):
         self.title = self.title or f"file {self.path}"
 
     def facts(self) -> list[Fact[Any]]:
-        return [file_fact(self.path)]
+        return [file_fact(self.path, secret=self.secret)]
 
     def wanted(self, state: FileState) -> str:
         return self.content(state) if callable(self.content) else self.content
@@ -216,7 +216,8 @@ class File(Op):
 
     def _diff(self, state: FileState, new: bytes) -> str:
         if self.secret:
-            return f"--- {self.path}\n+++ {self.path}\n(content hidden: it holds secrets)\n"
+            now = f"{len(state.content)} bytes" if state.exists else "absent"
+            return f"--- {self.path}\n+++ {self.path}\n(secret: {now} -> {len(new)} bytes, content not shown)\n"
         old = state.content.decode(errors="replace").splitlines(keepends=True) if state.exists else []
         return "".join(difflib.unified_diff(old, new.decode().splitlines(keepends=True),
                                             f"{self.path} (now)" if state.exists else "/dev/null",

@@ -242,7 +242,8 @@ class Remote:
         key_host, key_port = (hop.host_key_alias, 22) if hop.host_key_alias else (hop.hostname, hop.port)
         conn = Connection(key_host, user=hop.user, port=key_port, config=Config(ssh_config=paramiko.SSHConfig()),
                           connect_timeout=int(self.spec.connect_timeout),
-                          connect_kwargs={"sock": sock, "auth_strategy": Login(hop, self.keys, password),
+                          connect_kwargs={"sock": sock, "auth_strategy": hostkeys.RevokedFirst(
+                                              Login(hop, self.keys, password), self.known_hosts, hop.known_name),
                                           "banner_timeout": self.spec.connect_timeout,
                                           "auth_timeout": self.spec.connect_timeout})
         hostkeys.configure(conn.client, known_hosts=self.known_hosts, name=hop.known_name,
@@ -255,6 +256,7 @@ class Remote:
             raise (hostkeys.HostKeyRefused(f"{where}: {exc}") if through else exc) from None
         except paramiko.BadHostKeyException as exc:
             conn.close()
+            hostkeys.refuse_revoked(self.known_hosts, hop.known_name, exc.key)
             if hop is not self.target or pinned:
                 raise self._changed(where, hop, exc, pinned) from None
             line = f"{exc.key.get_name()} {exc.key.get_base64()}"
@@ -346,8 +348,10 @@ class Remote:
         finally:
             _close_all([*hops, conn])
 
-    def run(self, script: str, *, sudo: bool = True, timeout: float = 600) -> Result:
-        """Run a shell script on the host, as root unless sudo=False. One round trip."""
+    def run(self, script: str, *, sudo: bool = True, timeout: float = 600,
+            mask: Callable[[str], str | None] | None = None) -> Result:
+        """Run a shell script on the host, as root unless sudo=False. One round trip. `mask`: what -v shows of
+        each line of output (None: not that line), for output that holds a secret (facts.masked)."""
         need_sudo = sudo and self.spec.user != "root"
         command = f"sh -c {_quote(RECEIVER)}"
         preamble = ""
@@ -369,7 +373,7 @@ class Remote:
                 chan.exec_command(command)
                 chan.sendall(data)
                 chan.shutdown_write()
-                stdout, stderr = _drain(chan, self.echo)
+                stdout, stderr = _drain(chan, _masked(self.echo, mask))
                 rc = chan.recv_exit_status()
             except (paramiko.SSHException, OSError, socket.timeout) as exc:
                 raise Unreachable(f"{self.name}: connection lost: {exc or type(exc).__name__}") from None
@@ -437,6 +441,19 @@ def _channel(conn: Connection, host: str, port: int, timeout: float, where: str,
     except (paramiko.SSHException, OSError, EOFError) as exc:
         reason = exc.text if isinstance(exc, paramiko.ChannelException) else str(exc) or type(exc).__name__
         raise Unreachable(f"{where}: {reason}" + (f"; {hint}" if hint else "")) from None
+
+
+def _masked(echo: Callable[[str], None] | None, mask: Callable[[str], str | None] | None) -> Callable[[str], None] | None:
+    """`echo`, each line first through `mask`."""
+    if echo is None or mask is None:
+        return echo
+
+    def shown(line: str) -> None:
+        text = mask(line)
+        if text is not None:
+            echo(text)
+
+    return shown
 
 
 def _drain(chan: paramiko.Channel, echo: Callable[[str], None] | None = None) -> tuple[str, str]:

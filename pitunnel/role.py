@@ -12,6 +12,8 @@ from typing import Any
 import jinja2
 import yaml
 
+from pitunnel.quoting import FILTERS
+
 ROLES_DIR = Path(__file__).resolve().parent / "roles"
 
 
@@ -27,9 +29,11 @@ class Role:
 
     @cached_property
     def _env(self) -> jinja2.Environment:
-        return jinja2.Environment(loader=jinja2.FileSystemLoader(self.templates),
-                                  undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                                  trim_blocks=True, lstrip_blocks=True, autoescape=False)
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(self.templates),
+                                 undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                 trim_blocks=True, lstrip_blocks=True, autoescape=False)
+        env.filters.update(FILTERS)  # every value is quoted where it lands: `{{ address | sh }}` (pitunnel/quoting.py)
+        return env
 
     def render(self, template: str, **context: Any) -> str:
         return self._env.get_template(template).render({**self.defaults, **context})

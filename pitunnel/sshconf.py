@@ -10,7 +10,10 @@ wherever both say something; the inventory's `address` is the name looked up in 
 from __future__ import annotations
 
 import getpass
-from collections.abc import Mapping
+import glob
+import re
+import shlex
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -25,6 +28,7 @@ INVENTORY: Final = "inventory"
 SSH_CONFIG: Final = "ssh_config"
 DEFAULT: Final = "default"
 MAX_JUMPS: Final = 8  # ProxyJump hops, all told: a loop in the ssh config ends here, with an error
+MAX_INCLUDE_DEPTH: Final = 16  # Include within Include, as OpenSSH's READCONF_MAX_DEPTH
 # the identities OpenSSH tries when nothing names one (its order for the key types paramiko can use)
 DEFAULT_IDENTITIES: Final = ("~/.ssh/id_rsa", "~/.ssh/id_ecdsa", "~/.ssh/id_ed25519")
 
@@ -86,13 +90,69 @@ def describe_hop(hop: Hop) -> list[str]:
 
 
 def load(path: Path | None) -> paramiko.SSHConfig | None:
-    """The ssh config at `path` (None: none). Include and Match are paramiko's to follow."""
+    """The ssh config at `path` (None: none), its Includes followed (paramiko ignores them). Match is
+    paramiko's to follow."""
     if path is None:
         return None
     try:
-        return paramiko.SSHConfig.from_path(str(path))
-    except (OSError, paramiko.ssh_exception.ConfigParseError) as exc:
+        text = "\n".join(_included(path, depth=0)) + "\n"
+    except OSError as exc:
+        raise BadSshConfig(f"cannot read the ssh config {path}: {exc.strerror or exc}") from None
+    try:
+        return paramiko.SSHConfig.from_text(text)
+    except paramiko.ssh_exception.ConfigParseError as exc:
         raise BadSshConfig(f"cannot read the ssh config {path}: {exc}") from None
+
+
+def _included(file: Path, *, depth: int) -> Iterator[str]:
+    """The lines of `file` with each `Include` replaced by the files it names, as OpenSSH reads them: a
+    relative path is under ~/.ssh, a glob gives its files in sorted order, a missing file is nothing, and at
+    most MAX_INCLUDE_DEPTH deep. After an included file, `Host *` makes what follows apply to every host
+    again, as it did before the Include. An Include under a Host or Match line (other than `Host *` or
+    `Match all`) would apply only to the hosts that block matches, which paramiko cannot express: refused,
+    naming the file and line."""
+    conditional = False  # under a Host or Match line that does not match every host
+    for number, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        found = _SETTING.match(line)
+        if found is None or line.lstrip().startswith("#"):
+            yield line
+            continue
+        key = found.group(1).lower()
+        if key not in ("host", "match", "include"):
+            yield line
+            continue
+        args = _words(found.group(2), file, number)
+        if key in ("host", "match"):
+            conditional = not ((key == "host" and args == ["*"]) or (key == "match" and [a.lower() for a in args] == ["all"]))
+            yield line
+            continue
+        if conditional:
+            raise BadSshConfig(f"{file}:{number}: Include under a Host or Match line applies only to the hosts that "
+                               "block matches, which pitunnel cannot follow: move it above the first Host line (or "
+                               "under 'Host *'), or set 'ssh_config: none' in the inventory")
+        if depth >= MAX_INCLUDE_DEPTH:
+            raise BadSshConfig(f"{file}:{number}: Include nested more than {MAX_INCLUDE_DEPTH} deep (a file that "
+                               "includes itself?)")
+        for pattern in args:
+            where = Path(pattern).expanduser()
+            where = where if where.is_absolute() else Path("~/.ssh").expanduser() / where
+            for name in sorted(glob.glob(str(where))):
+                try:
+                    yield from _included(Path(name), depth=depth + 1)
+                except OSError as exc:
+                    raise BadSshConfig(f"{file}:{number}: cannot read {name} (Include): {exc.strerror or exc}") from None
+                yield "Host *"
+
+
+_SETTING: Final = re.compile(r"\s*([A-Za-z]+)(?:\s*=\s*|\s+)(.*)")
+
+
+def _words(text: str, file: Path, number: int) -> list[str]:
+    """A line's arguments, quotes removed, as OpenSSH splits them."""
+    try:
+        return shlex.split(text, comments=False, posix=True)
+    except ValueError:
+        raise BadSshConfig(f"{file}:{number}: unbalanced quotes") from None
 
 
 def resolve(spec: HostSpec, config: paramiko.SSHConfig | None) -> Route:
@@ -141,7 +201,7 @@ def _lookup(config: paramiko.SSHConfig | None, name: str) -> dict[str, Any]:
 
 def _port(value: Any, name: str) -> int:
     try:
-        port = int(value)
+        port = int(value) if str(value).isascii() else 0  # int() reads '٢٢' as 22: ssh would not
     except (TypeError, ValueError):
         port = 0
     if not 1 <= port <= 65535:

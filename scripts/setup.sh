@@ -6,8 +6,13 @@ cd "$(dirname "$0")/.."
 
 packages=(python3 python3-venv python3-pip openssh-client iproute2 util-linux iptables
           systemd-container debootstrap apt-cacher-ng ca-certificates wrk tcpdump
-          sshpass pebble openssl curl)  # sshpass: the Ansible side of `invoke bench.provision` (its ansible-core:
-          # pip extra [bench]); pebble (and its pebble-challtestsrv): the lab's ACME CA (lab/acme.py)
+          sshpass pebble openssl curl nginx openssh-server)  # sshpass: the Ansible side of `invoke bench.provision`
+          # (its ansible-core: pip extra [bench]); pebble (and its pebble-challtestsrv): the lab's ACME CA (lab/acme.py);
+          # nginx, openssh-server: the fast suite checks the generated configs with `nginx -t` and `sshd -t`
+# the services of these packages, if this run installs them: never started, and not enabled for the next boot
+# (only their binaries are wanted: the lab runs its own, in its containers)
+declare -A services=([apt-cacher-ng]="apt-cacher-ng.service" [nginx]="nginx.service"
+                     [openssh-server]="ssh.service ssh.socket")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f '${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
@@ -16,10 +21,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  # policy-rc.d: the package's own apt-cacher-ng service is not wanted; the lab runs its own
+  # policy-rc.d (exit 101: no action allowed): no package's service starts during the install, on a machine with
+  # systemd or without it
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  for p in "${missing[@]}"; do
+    for unit in ${services[$p]:-}; do  # offline: systemctl edits the links, with or without a running systemd
+      systemctl disable --quiet "$unit" 2>/dev/null || true
+    done
+    [ -z "${services[$p]:-}" ] || update-rc.d "${services[$p]%%.*}" disable >/dev/null 2>&1 || true
+  done
 fi
 
 if [ ! -x .venv/bin/python ]; then

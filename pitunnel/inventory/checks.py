@@ -105,16 +105,18 @@ def tunnel_kind(report: Report, raw: Mapping[str, Any], path: KeyPath) -> bool:
 def ports_and_routes(report: Report, vps: str, ports: Mapping[str, int], tunnels: list[tuple[str, TunnelSpec]]) -> None:
     """Each port on the VPS has one user; each http route one tunnel.
 
-    `ports` holds the VPS's valid port, http_port and https_port; `tunnels` its Pis' valid tunnels."""
+    `ports` holds the VPS's valid port, http_port and https_port, and metrics_address's port when metrics are
+    on; `tunnels` its Pis' valid tunnels."""
     users: dict[int, KeyPath] = {}
-    for key in ("port", "http_port", "https_port"):
+    for key in ("port", "http_port", "https_port", "metrics_address"):
         if key not in ports:
             continue
         where = ("vps", vps, key)
         port = ports[key]
         if port in users:
             report.problem(where, f"port {port} is also the VPS's {users[port][-1]}{report.line(users[port])}",
-                           "give port, http_port and https_port different values")
+                           "give metrics_address a port nothing else on the VPS uses" if key == "metrics_address"
+                           else "give port, http_port and https_port different values")
         users.setdefault(port, where)
     routes: dict[str, KeyPath] = {}  # path prefix in the default server -> tunnel
     names: dict[str, KeyPath] = {}  # server_name -> tunnel (nginx compares them without case)

@@ -112,6 +112,18 @@ class VpsSpec(HostSpec):
     metrics: bool = False  # Prometheus node exporter with pitunnel's tunnel metrics (docs/monitoring.md)
     metrics_address: str = "127.0.0.1:9100"  # where the exporter listens
 
+    @property
+    def own_ports(self) -> frozenset[int]:
+        """The ports the VPS's own services listen on, which no tunnel may take: sshd, nginx, and the node
+        exporter when metrics are on."""
+        exporter = {metrics_port(self.metrics_address)} if self.metrics else set()
+        return frozenset({self.port, self.http_port, self.https_port, *exporter})
+
+
+def metrics_port(address: str) -> int:
+    """The port of a checked `metrics_address` (IPv4:port)."""
+    return int(address.rpartition(":")[2])
+
 
 @dataclass(frozen=True, kw_only=True)
 class PiSpec(HostSpec):

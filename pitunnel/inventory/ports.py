@@ -35,7 +35,7 @@ def allocate(report: Report, vps: Mapping[str, VpsSpec], pis: dict[str, PiSpec],
     """Give every auto remote_port a port on each VPS of its Pi, in place in `pis`; returns the new lock file
     content. Each VPS gives out its own ports, except to a Pi with `same_port_everywhere`: its tunnels get a
     port free on every one of its VPSes (placed first, so it never takes another tunnel's recorded port)."""
-    taken = {name: {spec.port, spec.http_port, spec.https_port} for name, spec in vps.items()}
+    taken = {name: set(spec.own_ports) for name, spec in vps.items()}
     for pi in pis.values():
         for name in pi.all_vps:
             if name in taken:  # a VPS whose own keys are wrong is reported already, and allocates nothing
@@ -101,7 +101,7 @@ def allocate_ports(vps: VpsSpec, explicit: set[int], wanted: list[str],
     ports (in `wanted` order) and the ids left without one.
     """
     low, high = vps.port_range
-    taken = {vps.port, vps.http_port, vps.https_port, *explicit}
+    taken = {*vps.own_ports, *explicit}
     kept: dict[str, int] = {}
     for tunnel_id in wanted:
         port = recorded.get(tunnel_id)

@@ -13,7 +13,7 @@ from . import checks, fields, values
 from .errors import Invalid, Report, show
 from .fields import FieldChecker, Inherited
 from .files import public_key
-from .model import KEEPALIVE, LETS_ENCRYPT, LETS_ENCRYPT_STAGING, AcmeSpec, PiSpec, Settings, TunnelSpec, VpsSpec
+from .model import KEEPALIVE, LETS_ENCRYPT, LETS_ENCRYPT_STAGING, AcmeSpec, PiSpec, metrics_port, Settings, TunnelSpec, VpsSpec
 
 ALIVE_KEYS = ("client_alive_interval", "client_alive_count_max")
 
@@ -127,9 +127,12 @@ class _Reader:
             found = self.schema.check(raw, path, fields.VPS_FIELDS, inherited)
             # keys that must agree are compared even if other keys are wrong (so every problem shows at once)
             quiet = self.schema.quiet(raw, fields.VPS_FIELDS, ("port", "http_port", "https_port", "user",
-                                                               "tunnel_user", "tls_certificate", "tls_key"), inherited)
+                                                               "tunnel_user", "tls_certificate", "tls_key",
+                                                               "metrics", "metrics_address"), inherited)
             if name_ok:
                 self.vps_ports[name] = {k: quiet[k] for k in ("port", "http_port", "https_port") if k in quiet}
+                if quiet.get("metrics") and "metrics_address" in quiet:
+                    self.vps_ports[name]["metrics_address"] = metrics_port(quiet["metrics_address"])
             acme = self.acme(raw.get("acme"), path + ("acme",))
             if not checks.vps_agrees(self.report, quiet, path) or found is None or not name_ok or acme is False:
                 continue

@@ -23,7 +23,14 @@ USER_RE: Final = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _HOSTNAME_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _URL_PATH_RE: Final = re.compile(r"/(?:[A-Za-z0-9._~-]+/)*")
-_REMOTE_PATH_RE: Final = re.compile(r"/[^\s;{}'\"\\$\x00-\x1f\x7f]*")
+# printable ASCII but space ; { } ' " \\ $ ` and the glob characters * ? [ ]
+_REMOTE_PATH_RE: Final = re.compile(r"/[A-Za-z0-9/._+,:@%~#()!&|<>=^-]*")
+# an IPv6 zone id (fe80::1%eth0) names a network interface: Linux allows 1-15 bytes without '/', ':' or spaces;
+# lowercase, as the tunnel's ssh lowercases the whole host name (an interface ETH0 would become eth0); not all
+# digits, which the resolver reads as an interface's number (and 0 as none at all)
+_ZONE_RE: Final = re.compile(r"(?!\.\.?\Z)(?![0-9]+\Z)[a-z0-9_.-]{1,15}")
+# control characters: a newline would start another line of a config file or a script, wherever the value lands
+_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NGINX_SIZE_RE: Final = re.compile(r"[0-9]{1,9}[kKmMgG]?")
 SSH_KEY_TYPES: Final = (  # host key types paramiko can check (a host key is never a security-key sk-* type)
     "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa",
@@ -100,6 +107,10 @@ def text(value: Any) -> str:
         raise Invalid("is empty", "give a value, or remove the key")
     if len(value) > MAX_TEXT:
         raise Invalid(f"is {len(value)} characters long", f"use at most {MAX_TEXT} characters")
+    control = _CONTROL_RE.search(value)
+    if control:
+        raise Invalid(f"{clip(value)!r} holds a control character ({control.group()!r}, character {control.start() + 1})",
+                      "write the value on one line, without newlines, tabs or other control characters")
     return value
 
 
@@ -176,12 +187,19 @@ def _is_hostname(given: str) -> bool:
 def address(value: Any) -> str:
     given = text(value)
     try:
-        ipaddress.ip_address(given)
+        ip = ipaddress.ip_address(given)
     except ValueError:
         if not _is_hostname(given):
             raise Invalid(f"{clip(given)!r} is not an IP address or host name",
                           "use an IPv4 or IPv6 address without brackets (203.0.113.10, 2001:db8::1) "
                           "or a DNS name (vps.example.com)") from None
+        return given
+    zone = ip.scope_id if isinstance(ip, ipaddress.IPv6Address) else None
+    if zone is not None and not _ZONE_RE.fullmatch(zone):
+        raise Invalid(f"the zone id {clip(zone)!r} of {clip(given)!r} is not a network interface name",
+                      "write the interface after '%' as 'ip link' shows it: 1-15 lowercase letters, digits, '.', '_' or '-' "
+                      "(ssh lowercases the host name), not a number, "
+                      "e.g. fe80::1%eth0")
     return given
 
 
@@ -209,8 +227,9 @@ def nginx_size(value: Any) -> str:
     return given
 
 
-remote_path = _text_that(_REMOTE_PATH_RE.fullmatch, "an absolute path without spaces or quotes",
-                         "use an absolute path on the VPS, e.g. /etc/letsencrypt/live/vps.example.com/fullchain.pem")
+remote_path = _text_that(_REMOTE_PATH_RE.fullmatch, "an absolute path of plain ASCII characters",
+                         "use an absolute path on the VPS of ASCII letters, digits and / . _ - + , : @ % ~ # ( ) ! & | < > = ^, "
+                         "e.g. /etc/letsencrypt/live/vps.example.com/fullchain.pem")
 
 
 def host_key(value: Any) -> str:
@@ -259,9 +278,10 @@ def port_range(value: Any) -> tuple[int, int]:
     return low, high
 
 
-_EMAIL_RE: Final = re.compile(r"[^@\s;'\"\\$`]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# RFC 5322's atext (ASCII), less ' $ ` (which no CA's form takes either), then a DNS name
+_EMAIL_RE: Final = re.compile(r"[A-Za-z0-9!#%&*+/=?^_{|}~.-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 email = _text_that(_EMAIL_RE.fullmatch, "an e-mail address",
-                   "write the address the CA may write to about your certificates, e.g. admin@example.com")
+                   "write the address the CA may write to about your certificates, in ASCII, e.g. admin@example.com")
 _HTTPS_URL_RE: Final = re.compile(r"https://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/%-]*)?")
 https_url = _text_that(_HTTPS_URL_RE.fullmatch, "an https:// URL",
                        "write the ACME directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory")
@@ -276,6 +296,6 @@ def listen_address(value: Any) -> str:
         ipaddress.IPv4Address(host)
     except ValueError:
         raise Invalid(f"{show(given)} is not an IPv4 address with a port", fix) from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if re.fullmatch(r"[0-9]{1,5}", port) is None or not 1 <= int(port) <= 65535:  # ASCII: isdigit() takes '²' 
         raise Invalid(f"{show(given)} has no valid port", fix)
     return given

@@ -17,6 +17,12 @@ def listen_spec(tunnel: TunnelSpec) -> str:
     return f"{'0.0.0.0' if tunnel.public else '127.0.0.1'}:{tunnel.remote_port}"
 
 
+def realm(pi: str) -> str:
+    """The basic-auth realm of a Pi's http routes, as Nginx sends it and verify expects it: the Pi's name; but
+    Nginx reads `auth_basic off`, quoted or not, as no basic auth at all, so a Pi named off gets "off (pitunnel)"."""
+    return pi if pi != "off" else f"{pi} (pitunnel)"
+
+
 def listens(pi: PiSpec) -> tuple[str, ...]:
     """Every listener a Pi's tunnel opens on its VPS."""
     return tuple(listen_spec(t) for t in pi.tunnels)

@@ -207,6 +207,75 @@ def test_unobtainable_certificate_fails_alone_and_a_rerun_retries(setup: tuple[P
         assert code == 0
 
 
+def test_without_public_name_no_pis_app_answers_an_unknown_name(setup: tuple[Path, lab.LabCA, dict],
+                                                                tmp_path: Path) -> None:
+    """acme: and no public_name: HTTPS for the VPS's address, an unknown SNI name or none gets no Pi's app or
+    certificate (the handshake is refused); plain HTTP for them gets the path-prefix server's 404; the named
+    routes still pass verify and their http-01 challenge path still answers."""
+    path, ca, doc = setup
+    bare = json.loads(json.dumps(doc))
+    del bare["vps"]["vps"]["public_name"]
+    bare_path = write(bare, tmp_path / "bare.yml")
+    unknown = "unknown.pitunnel.test"
+    try:
+        code, _ = play(bare_path, provision_vps)
+        assert code == 0
+        for args in ([f"https://{VPS}/"], ["--resolve", f"{unknown}:443:{VPS}", f"https://{unknown}/"]):
+            done = subprocess.run(["curl", "-sS", "-k", "--max-time", "10", *args], capture_output=True, text=True)
+            assert done.returncode == 35 and '"pi"' not in done.stdout, (args, done.returncode, done.stdout)
+            assert "unrecognized name" in done.stderr, done.stderr  # nginx's ssl_reject_handshake
+        with pytest.raises(ssl.SSLError):  # no SNI at all
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            import socket
+            with socket.create_connection((VPS, 443), timeout=10) as raw, context.wrap_socket(raw) as s:
+                s.getpeercert(binary_form=True)
+        for url in (f"http://{VPS}/", f"http://{unknown}/"):
+            done = curl(ca, url, "-w", " %{http_code}")
+            assert done.stdout == "no tunnel here\n 404", (url, done.stdout)
+        assert json.loads(curl(ca, f"https://{APP}/").stdout)["pi"] == "pi1"  # the named route, its own certificate
+        assert json.loads(curl(ca, f"http://{VPS}/pi1/").stdout)["pi"] == "pi1"  # the path route: plain HTTP here
+        in_host("vps", "mkdir -p /var/lib/pitunnel-acme/.well-known/acme-challenge && "
+                       "echo token-body > /var/lib/pitunnel-acme/.well-known/acme-challenge/probe")
+        for host in (APP, PRIVATE, unknown):
+            done = curl(ca, f"http://{host}/.well-known/acme-challenge/probe", "-w", " %{http_code}")
+            assert done.stdout == "token-body\n 200", (host, done.stdout)
+        reports: list = []
+        code, _ = play(bare_path, lambda p: reports.extend(verify(p)), quiet=True)
+        assert code == 0 and [(c.name, c.detail) for r in reports for c in r.checks if not c.passed] == []
+    finally:
+        in_host("vps", "rm -f /var/lib/pitunnel-acme/.well-known/acme-challenge/probe")
+        code, _ = play(path, provision_vps)
+        assert code == 0
+    assert serial(PUBLIC, ca) > 0  # public_name back: its certificate is the default one again
+
+
+def test_verbose_diff_run_shows_no_byte_of_the_htpasswd(setup: tuple[Path, lab.LabCA, dict],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`provision-vps -v --diff` with the route's htpasswd changed (a new salt, the same password): the file on
+    the VPS and the new one are read and written, and neither's bytes reach stdout or stderr in any encoding."""
+    import base64
+
+    path, ca, doc = setup
+    file = Path(doc["pis"]["pi1"]["tunnels"]["private"]["basic_auth_file"])
+    old = in_host("vps", "cat /etc/nginx/pitunnel/auth/pi1_private.htpasswd")
+    assert old == file.read_text() and old.startswith("alice:$apr1$")
+    new = subprocess.run(["openssl", "passwd", "-apr1", "s3cret"], capture_output=True, text=True).stdout.strip()
+    file.write_text(f"alice:{new}\n")
+    capsys.readouterr()
+    code, _ = play(path, provision_vps, verbose=True, diff=True)
+    out, err = capsys.readouterr()
+    assert code == 0 and "| @@FACT" in out  # -v streamed the VPS's output
+    assert in_host("vps", "cat /etc/nginx/pitunnel/auth/pi1_private.htpasswd") == file.read_text()
+    for text in (old, file.read_text()):
+        raw = text.encode()
+        for form in (text.strip(), text.split("$")[-1].strip(), base64.b64encode(raw).decode(),
+                     base64.b64encode(raw.strip()).decode(), raw.hex(), raw.hex().upper()):
+            assert form not in out + err, form
+    assert f"(secret: {len(old)} bytes -> {len(file.read_text())} bytes, content not shown)" in out
+    assert curl(ca, f"https://{PRIVATE}/", "-u", "alice:s3cret", "-o", "/dev/null", "-w", "%{http_code}").stdout == "200"
+
+
 def test_teardown_keeps_certificates_unless_purged(setup: tuple[Path, lab.LabCA, dict]) -> None:
     path, ca, _ = setup
     code, _ = play(path, lambda p: teardown(p, purge=False))

@@ -41,6 +41,10 @@ class FakeHost:
         self.ops: list[str] = []  # the commands of every op applied, and every other script that is no fact read
         self.through_tunnel = False  # reached directly, not through its own ssh tunnel (Remote.through_tunnel)
         self.credentials = Credentials()  # no login password: the laptop's key is the only known way in
+        self.echo: Callable[[str], None] | None = None  # -v: every line of output, as Remote.run streams it
+
+    def describe(self) -> list[str]:
+        return [f"a scripted host, {self.name}"]
 
     def close(self) -> None:
         self.closed = True
@@ -57,7 +61,17 @@ class FakeHost:
     def answer(self, snippet: str) -> str:
         return next((v for k, v in self.answers if k in snippet), "")
 
-    def run(self, script: str, *, timeout: float | None = None, **_: object) -> Result:
+    def run(self, script: str, *, timeout: float | None = None,
+            mask: Callable[[str], str | None] | None = None, **_: object) -> Result:
+        result = self._run(script, timeout)
+        echo = self.echo
+        for line in result.stdout.splitlines() if echo is not None else ():  # what Remote.run's _drain does
+            shown = line if mask is None else mask(line)
+            if echo is not None and shown is not None:
+                echo(shown)
+        return result
+
+    def _run(self, script: str, timeout: float | None) -> Result:
         self.round_trips += 1
         if timeout is not None:
             self.timeouts.append(timeout)

@@ -4,6 +4,7 @@ variables it carries render pitunnel's templates exactly as pitunnel does (pure:
 from __future__ import annotations
 
 import base64
+import importlib.util
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -64,11 +65,24 @@ def hosts(doc: dict[str, Any], group: str) -> dict[str, dict[str, Any]]:
     return doc["all"]["children"][group]["hosts"]
 
 
+def ansible_filters() -> dict[str, Any]:
+    """The filters Ansible loads from the filter_plugins folder next to site.yml."""
+    path = Path(ai.__file__).parent / "filter_plugins" / "pitunnel_quoting.py"
+    spec = importlib.util.spec_from_file_location("pitunnel_quoting", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    filters: dict[str, Any] = module.FilterModule().filters()
+    return filters
+
+
 def render(template: str, variables: dict[str, Any], **extra: Any) -> str:
-    """As Ansible's template module renders with the playbook's options (trim_blocks, lstrip_blocks)."""
+    """As Ansible's template module renders with the playbook's options (trim_blocks, lstrip_blocks) and the
+    playbook's filter plugins."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Role(template.split("/")[0]).templates)),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
                              lstrip_blocks=True)
+    env.filters.update(ansible_filters())
     return env.get_template(template.split("/")[-1]).render({**variables, **extra})
 
 

@@ -357,6 +357,37 @@ def test_verbose_streams_remote_output_prefixed_by_host(tmp_path: Path) -> None:
     assert sorted(out.getvalue().splitlines()) == sorted([f"{'':<12} pi1        | {w}" for w in ("one", "two", "three")])
 
 
+def test_verbose_never_streams_a_secret_files_bytes_from_a_real_ssh_session(tmp_path: Path) -> None:
+    """The file facts of a secret File op, read over a real SSH session (a local sh runs them): -v streams
+    the other facts' output, and one line in place of the secret's, in no encoding its bytes."""
+    import base64
+
+    from pitunnel.facts import file_fact, gather
+    from pitunnel.ops import File
+
+    secret, plain = tmp_path / "site.htpasswd", tmp_path / "site.conf"
+    secret.write_text("alice:$apr1$sAlT1234$Kq7Zr2Wp9Xv4Ty6Un8Mb01\n")
+    plain.write_text("listen 80;\n")
+    sshd = FakeSshd(paramiko.ECDSAKey.generate())
+    out = io.StringIO()
+    r = Reporter(colour=False, out=out)
+    try:
+        host = Remote(spec(sshd.port), tmp_path / "kh", Credentials("login"), accept_new_host_keys=True,
+                      echo=lambda text: r.echo("vps", text))
+        facts = gather(host, [*File(str(plain), "x").facts(), *File(str(secret), "y", secret=True).facts(),
+                              file_fact(str(secret))])  # the same path read as no secret by another op: still one
+        host.close()
+    finally:
+        sshd.close()
+    assert facts.file(str(secret)).content == secret.read_bytes()  # the engine still reads it
+    shown = out.getvalue()
+    raw = secret.read_bytes()
+    for form in (raw.decode().strip(), "Kq7Zr2Wp9Xv4Ty6Un8Mb01", base64.b64encode(raw).decode(), raw.hex()):
+        assert form not in shown, form
+    assert base64.b64encode(plain.read_bytes()).decode() in shown  # the other file's fact is streamed
+    assert len(re.findall(r"\| @@RC 1 0 \(secret: \d+ bytes of output not shown\)\n", shown)) == 1, shown
+
+
 def test_ctrl_c_at_a_password_prompt_exits_130_touching_nothing(inv_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(prompt: str) -> str:
         raise KeyboardInterrupt

@@ -240,7 +240,7 @@ def test_metrics_on_renders_the_tunnels_and_the_bind(tmp_path: Path) -> None:
     dropin = next(t for p, t in texts.items() if p.endswith("pitunnel.conf"))
     assert "--web.listen-address=198.18.0.10:9100" in dropin and "--collector.textfile.directory=" in dropin
     script = next(t for p, t in texts.items() if p.endswith("/metrics"))
-    assert '"pi1 ssh 0.0.0.0:12346"' in script and "pitunnel_reaper_sessions_ended_total" in script
+    assert "'pi1 ssh 0.0.0.0:12346'" in script and "pitunnel_reaper_sessions_ended_total" in script
     off = metrics_ops(lab_like(tmp_path), lab_like(tmp_path).vps["main"])
     assert not any(hasattr(op, "wanted") for op in off), "metrics off: only removals"
 

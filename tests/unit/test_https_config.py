@@ -175,6 +175,70 @@ def test_with_its_certificate_a_name_is_https_only(inv: Inventory) -> None:
     assert f"ssl_certificate {D['letsencrypt_dir']}/live/pitunnel-vps.example.com/fullchain.pem;" in lines(default)
 
 
+REJECT = ["listen 443 ssl default_server;", "listen [::]:443 ssl default_server;", "server_name _;",
+          "ssl_reject_handshake on;"]
+
+
+def reject_server(default: str) -> list[str]:
+    """The default site's server that refuses TLS handshakes, [] if there is none."""
+    found = [part for part in default.split("\nserver {")[1:] if "ssl_reject_handshake" in part]
+    assert len(found) <= 1
+    return lines(found[0].rsplit("}", 1)[0]) if found else []
+
+
+def test_without_public_name_https_for_an_unknown_name_is_refused_in_the_handshake(tmp_path: Path) -> None:
+    """acme: and no public_name: the path-prefix server has no certificate, so without a default server of its
+    own on 443 nginx would answer the VPS's address or any unknown name with the first named route's app and
+    certificate. Once a route serves HTTPS, the default site refuses every other name's handshake."""
+    inv = load_inventory(write(tmp_path, INVENTORY.replace("    public_name: vps.example.com\n", "")),
+                         save_allocations=False)
+    before = text_of(vps_steps.converge_ops(inv, inv.vps["main"]), D["nginx_default_site"])
+    assert reject_server(before) == [] and "443" not in before  # nothing serves HTTPS yet
+    ops = vps_steps.converge_ops(inv, inv.vps["main"], certs=found("app.example.com"))
+    default = text_of(ops, D["nginx_default_site"])
+    assert reject_server(default) == REJECT
+    plain = lines(default.split("\nserver {")[1])  # the path-prefix server itself: plain HTTP, the default on 80
+    assert "listen 80 default_server;" in plain and not any("443" in l or "ssl" in l for l in plain)
+    assert "listen 443 ssl;" in lines(site(ops, "pi1_app"))  # the named route keeps its own, not the default
+    # pitunnel does not claim a default server the VPS's owner has
+    quiet = vps_steps.converge_ops(inv, inv.vps["main"], claim_default=False, certs=found("app.example.com"))
+    assert reject_server(text_of(quiet, D["nginx_default_site"])) == []
+
+
+@pytest.mark.parametrize(("users", "rejects"), [
+    ("", True),
+    ("/etc/nginx/conf.d/mine.conf listen 80 default_server;", True),  # the user's on 80 only: 443 is still open
+    ("/etc/nginx/conf.d/mine.conf listen 443 ssl default_server;", False),  # the user's: theirs to answer
+])
+def test_provision_refuses_unknown_names_unless_the_user_has_a_default_server_on_443(
+        tmp_path: Path, users: str, rejects: bool) -> None:
+    from tests.unit.fake_hosts import FakeHost, play_on
+    inv = load_inventory(write(tmp_path, INVENTORY.replace("    public_name: vps.example.com\n", "")),
+                         save_allocations=False)
+    have = "\n".join(f"pitunnel-{n}|https://ca.example.net/dir|yes|no|Jan  1 00:00:00 2031 GMT"
+                     for n in ("app.example.com", "cam.example.com"))
+    host = FakeHost("main", [("dpkg-query", "nginx certbot installed"), ("default(_server)?", users),
+                             ("renewal/pitunnel-", have)])
+    vps_steps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
+    wanted = vps_steps.converge_ops(inv, inv.vps["main"], claim_default=not users, reject_unknown=rejects,
+                                    certs=found("app.example.com", "cam.example.com"))
+    default = text_of(wanted, D["nginx_default_site"])
+    assert (reject_server(default) == REJECT) is rejects
+    import base64
+    assert host.applied(base64.b64encode(default.encode()).decode())  # what provision wrote
+
+
+def test_with_a_certificate_for_the_default_site_no_handshake_is_refused(inv: Inventory, tmp_path: Path) -> None:
+    ops = vps_steps.converge_ops(inv, inv.vps["main"], certs=found("app.example.com", "vps.example.com"))
+    default = text_of(ops, D["nginx_default_site"])
+    assert reject_server(default) == [] and "listen 443 ssl default_server;" in lines(default)
+    hand = load_inventory(write(tmp_path, INVENTORY.replace(
+        "    public_name: vps.example.com\n", "    tls_certificate: /etc/ssl/c.pem\n    tls_key: /etc/ssl/c.key\n")),
+        save_allocations=False)
+    default = text_of(vps_steps.converge_ops(hand, hand.vps["main"]), D["nginx_default_site"])
+    assert reject_server(default) == [] and "ssl_certificate /etc/ssl/c.pem;" in lines(default)
+
+
 def test_ca_bundle_reaches_certbot_and_its_timer(inv: Inventory) -> None:
     ops = vps_steps.converge_ops(inv, inv.vps["main"])
     dropin = text_of(ops, D["certbot_dropin"])
@@ -183,11 +247,18 @@ def test_ca_bundle_reaches_certbot_and_its_timer(inv: Inventory) -> None:
 
 
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed here (nginx -t checks skipped)")
-def test_nginx_t_accepts_https_config(inv: Inventory, tmp_path: Path) -> None:  # pragma: no cover - needs nginx
+@pytest.mark.parametrize("public", [True, False])
+def test_nginx_t_accepts_https_config(inv: Inventory, tmp_path: Path, public: bool) -> None:  # pragma: no cover - needs nginx
+    if not public:
+        write(tmp_path, INVENTORY.replace("    public_name: vps.example.com\n", ""))
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                     "-subj", "/CN=x", "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem")], check=True)
     ops = vps_steps.converge_ops(inv, inv.vps["main"], certs=found("app.example.com", "vps.example.com"))
     live = f"{D['letsencrypt_dir']}/live/"
+    if not public:  # the default site refuses handshakes instead
+        bare = load_inventory(tmp_path / "hosts.yml", save_allocations=False)
+        ops = vps_steps.converge_ops(bare, bare.vps["main"], certs=found("app.example.com"))
+        assert reject_server(text_of(ops, D["nginx_default_site"])) == REJECT
     parts = [text_of(ops, D["nginx_conf"]), text_of(ops, D["nginx_default_site"]).replace(
         f"include {D['nginx_locations_dir']}/*.conf;", ""), site(ops, "pi1_app"), site(ops, "pi1_cam")]
     text = "\n".join(parts)

@@ -897,6 +897,37 @@ def test_allocation_skips_explicit_and_vps_ports(tmp_path: Path) -> None:
     assert ports_of(load_inventory(path)) == {"pi1/a": 20001, "pi1/b": 20003, "pi1/c": 20004}
 
 
+def test_allocation_skips_the_metrics_port(tmp_path: Path) -> None:
+    """`auto` never gives out the node exporter's port (even when it was recorded for a tunnel before
+    metrics were turned on); without `metrics: true` nothing listens there and the port is free."""
+    text = """
+        vps:
+          main: {address: vps.example.com, port_range: [20000, 20010], metrics: true,
+                 metrics_address: "127.0.0.1:20001"}
+        pis:
+          pi1: {address: 10.0.0.1, tunnels: {a: {type: ssh}, b: {type: http}, c: {type: http}}}
+        """
+    path = write(tmp_path, text)
+    assert ports_of(load_inventory(path)) == {"pi1/a": 20000, "pi1/b": 20002, "pi1/c": 20003}
+    ports_file(path).write_text("main: {pi1/a: 20000, pi1/b: 20001, pi1/c: 20002}\n")
+    assert ports_of(load_inventory(path)) == {"pi1/a": 20000, "pi1/b": 20003, "pi1/c": 20002}
+    path = write(tmp_path, text.replace("metrics: true", "metrics: false"), name="off.yml")
+    assert ports_of(load_inventory(path)) == {"pi1/a": 20000, "pi1/b": 20001, "pi1/c": 20002}
+
+
+def test_allocation_of_same_port_everywhere_skips_the_metrics_port(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        vps:
+          main: {address: vps.example.com, port_range: [20000, 20010]}
+          backup: {address: vps2.example.com, port_range: [20000, 20010], metrics: true,
+                   metrics_address: "10.0.0.9:20000"}
+        pis:
+          pi1: {address: 10.0.0.1, vps: [main, backup], same_port_everywhere: true, tunnels: {a: {type: ssh}}}
+        """)
+    pi = load_inventory(path).pis["pi1"]
+    assert pi.tunnels[0].ports == (("main", 20001), ("backup", 20001))
+
+
 def test_recorded_port_taken_by_an_explicit_port_is_reallocated(tmp_path: Path) -> None:
     path = write(tmp_path, """
         vps: {main: {address: vps.example.com}}

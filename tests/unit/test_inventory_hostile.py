@@ -273,7 +273,7 @@ def test_a_whole_host_key_still_passes(tmp_path: Path) -> None:
 
 def test_control_characters_by_escape_in_a_remote_path_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, VPS + '    tls_certificate: "/etc/ssl/a\\x01b.pem"\n    tls_key: /etc/ssl/k.pem\n')
-    one_problem(path, "vps.main.tls_certificate", 4, "is not an absolute path")
+    one_problem(path, "vps.main.tls_certificate", 4, "holds a control character", "without newlines")
 
 
 def _secret(tmp_path: Path, content: bytes) -> Path:
@@ -358,6 +358,48 @@ def test_tunnel_port_clash_is_reported_with_the_pis_other_problems(tmp_path: Pat
         "pis.pi1.tunnels.bad.remote_port", "pis.pi1.tunnels.api.path"], lines
     assert "port 12345 on VPS 'main' is already used by vps.main.port (line 4)" in lines[2]
     assert "path '/pi1/web/' on VPS 'main' is already routed to pis.pi1.tunnels.web (line 13)" in lines[4]
+
+
+def test_metrics_port_clashing_with_a_tunnel_or_the_vps_is_refused(tmp_path: Path) -> None:
+    """The node exporter and a tunnel cannot both listen on one port of the VPS: one of them would fail to
+    start on every boot. Refused at the tunnel (or the VPS's own port), naming metrics_address's line."""
+    path = write(tmp_path, """
+        vps:
+          main:
+            address: 203.0.113.1
+            metrics: true
+            metrics_address: 127.0.0.1:9100
+          backup:
+            address: 203.0.113.2
+            metrics: true
+            metrics_address: 10.0.0.9:443
+        pis:
+          pi1:
+            vps: [main, backup]
+            address: 10.0.0.1
+            tunnels:
+              ssh: {type: ssh, remote_port: 9100}
+        """)
+    lines = problems(path)
+    assert len(lines) == 2, lines
+    assert ("vps.backup.metrics_address: port 443 is also the VPS's https_port" in lines[0]
+            and "give metrics_address a port nothing else on the VPS uses" in lines[0]), lines
+    assert lines[1].startswith(f"{path}:15:") and ("pis.pi1.tunnels.ssh.remote_port: port 9100 on VPS 'main' is "
+                                                   "already used by vps.main.metrics_address (line 5)") in lines[1]
+    path.write_text(path.read_text().replace("metrics: true", "metrics: false"))
+    load_inventory(path, save_allocations=False)  # no exporter: nothing listens there
+
+
+def test_default_metrics_address_clashing_with_a_tunnel_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        vps:
+          main: {address: 203.0.113.1, metrics: true}
+        pis:
+          pi1: {address: 10.0.0.1, tunnels: {web: {type: http, remote_port: 9100}}}
+        """)
+    [line] = problems(path)
+    assert "port 9100 on VPS 'main' is already used by vps.main.metrics_address" in line, line
+    assert "choose a port nothing else uses" in line
 
 
 def test_pi_sharing_a_vps_name_is_reported_with_its_other_problems(tmp_path: Path) -> None:
@@ -494,3 +536,97 @@ def test_host_key_with_a_non_ascii_character_is_refused(tmp_path: Path) -> None:
     keytype, blob = HOST_KEY.split()[:2]
     path = write(tmp_path, VPS + f"    host_key: {keytype} \ufffd{blob[1:]}\n")
     one_problem(path, "vps.main.host_key", 4, "the key's base64 part is malformed")
+
+
+# ---------------------------------------------------------------------------
+# Values that reach a template or a shell (issue 22, item 4): each to its real grammar
+
+def test_a_zone_id_that_is_not_an_interface_name_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, 'vps:\n  main:\n    address: "fe80::1%$(touch x)"\n')
+    one_problem(path, "vps.main.address", 3, "zone id '$(touch x)'", "not a network interface name", "fe80::1%eth0")
+    assert not (tmp_path / "x").exists()
+    ok = write(tmp_path, 'vps:\n  main:\n    address: "fe80::1%eth0.10"\n', "ok.yml")
+    assert load_inventory(ok, save_allocations=False).vps["main"].address == "fe80::1%eth0.10"
+
+
+@pytest.mark.parametrize("zone", ["", "..", "a/b", "a:b", "a b", "sixteen-chars-xx", "é0", "ETH0", "0", "2"])
+def test_a_zone_id_follows_the_kernels_interface_names(tmp_path: Path, zone: str) -> None:
+    path = write(tmp_path, f'vps:\n  main:\n    address: "fe80::1%{zone}"\n')
+    one_problem(path, "vps.main.address", 3)
+
+
+NEWLINE_INVENTORY = """\
+vps:
+  main:
+    address: 203.0.113.1
+    user: admin
+    tunnel_user: tunnels
+    public_name: vps.example.com
+    tls_certificate: /etc/ssl/c.pem
+    tls_key: /etc/ssl/k.pem
+    metrics: true
+    metrics_address: 127.0.0.1:9100
+    host_key: HOST_KEY
+    acme:
+      email: admin@example.com
+      directory: https://ca.example.net/dir
+pis:
+  pi1:
+    address: 192.168.1.10
+    user: pi
+    tunnels:
+      web:
+        type: http
+        server_name: pi1.example.com
+      app:
+        type: http
+        path: /pi1/app/
+"""
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("vps.main.address", "203.0.113.1"), ("vps.main.user", "admin"), ("vps.main.tunnel_user", "tunnels"),
+    ("vps.main.public_name", "vps.example.com"), ("vps.main.tls_certificate", "/etc/ssl/c.pem"),
+    ("vps.main.metrics_address", "127.0.0.1:9100"), ("vps.main.host_key", "HOST_KEY"),
+    ("vps.main.acme.email", "admin@example.com"), ("vps.main.acme.directory", "https://ca.example.net/dir"),
+    ("pis.pi1.address", "192.168.1.10"), ("pis.pi1.user", "pi"),
+    ("pis.pi1.tunnels.web.server_name", "pi1.example.com"), ("pis.pi1.tunnels.app.path", "/pi1/app/"),
+])
+@pytest.mark.parametrize("newline", ["\\n", "\\r", "\\u2028", "\\x85"])
+def test_a_newline_in_any_value_is_refused(tmp_path: Path, key: str, value: str, newline: str) -> None:
+    """`address: "vps.example.com\\n    ProxyCommand ..."` would add a line to the tunnel's ssh config."""
+    leaf = key.rsplit(".", 1)[1]
+    text = NEWLINE_INVENTORY.replace(f"{leaf}: {value}\n", f'{leaf}: "{value}{newline}    ProxyCommand touch x"\n', 1)
+    assert text != NEWLINE_INVENTORY
+    text = text.replace("HOST_KEY", HOST_KEY)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "ProxyCommand" in row)
+    one_problem(write(tmp_path, text), key, line, "control character", "write the value on one line")
+
+
+def test_the_newline_inventory_passes_without_its_newline(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, NEWLINE_INVENTORY.replace("HOST_KEY", HOST_KEY)), save_allocations=False)
+    assert inv.vps["main"].metrics_address == "127.0.0.1:9100"
+
+
+@pytest.mark.parametrize("port", ["²", "٩١٠٠", "９１００", "+80", " 80", "080000"])
+def test_a_listen_port_is_ascii_digits(tmp_path: Path, port: str) -> None:
+    """'²'.isdigit() is true and int('²') fails: a traceback before; int('٩١٠٠') is 9100."""
+    path = write(tmp_path, VPS + f'    metrics_address: "127.0.0.1:{port}"\n')
+    one_problem(path, "vps.main.metrics_address", 4, "has no valid port", "127.0.0.1:9100")
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("tls_certificate", "/etc/ssl/é.pem"), ("tls_certificate", "/etc/ssl/`id`.pem"),
+    ("tls_certificate", "/etc/ssl/*.pem"), ("public_name", "vps.exämple.com"),
+])
+def test_remote_paths_and_names_are_ascii(tmp_path: Path, key: str, value: str) -> None:
+    pair = "    tls_key: /etc/ssl/k.pem\n" if key == "tls_certificate" else ""
+    path = write(tmp_path, VPS + f'    {key}: "{value}"\n' + pair)
+    one_problem(path, f"vps.main.{key}", 4)
+
+
+@pytest.mark.parametrize("email", ["admin@exämple.com", "ädmin@example.com", "a$(id)@example.com", "a b@example.com"])
+def test_an_acme_email_is_ascii_atext(tmp_path: Path, email: str) -> None:
+    path = write(tmp_path, VPS + f'    acme:\n      email: "{email}"\n')
+    one_problem(path, "vps.main.acme.email", 5, "is not an e-mail address")

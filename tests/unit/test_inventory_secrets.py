@@ -15,7 +15,9 @@ from fabric import Connection
 from pitunnel.inventory import InventoryError, load_inventory
 from lab import core
 from lab.plan import make_plan
+from pitunnel.inventory.rewrite import backup_path
 from pitunnel.remote import Credentials, Remote
+from pitunnel.roles.migrate import state_file
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGIN, SUDO = "login-pw-Zq81", "sudo-pw-Xk27"
@@ -102,6 +104,21 @@ def test_example_secrets_folder_is_ignored_by_git() -> None:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     for name in ("inventory/secrets/pi-password", "inventory/secrets/vps-sudo-password"):
+        result = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", name])
+        assert result.returncode == 0, f"{name} is not ignored by git"
+
+
+def test_migrate_leftovers_are_ignored_by_git() -> None:
+    """migrate writes the inventory as it was (hosts.yml.bak) and what is left of a move (hosts.migrate.yml)
+    beside the inventory: both describe the hosts, like hosts.yml, so git must ignore them wherever it is."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = []
+    for inventory in (Path("inventory/hosts.yml"), Path("inventory/lab.yml"), Path("fleet/office.yml")):
+        state = state_file(inventory)
+        written += [backup_path(inventory), state, state.with_name(state.name + ".tmp"),
+                    inventory.with_name(inventory.name + ".tmp")]
+    for name in map(str, written):
         result = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", name])
         assert result.returncode == 0, f"{name} is not ignored by git"
 

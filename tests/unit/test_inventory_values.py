@@ -61,7 +61,7 @@ def test_text_checks_say_what_the_text_is_not() -> None:
     assert refused(values.server_name, "a..b") == ("'a..b' is not a valid server name",
                                                    "use one host name such as pi1.example.com or *.example.com")
     assert values.server_name("*.example.org") == "*.example.org"
-    assert refused(values.remote_path, "/etc/a b")[0] == "'/etc/a b' is not an absolute path without spaces or quotes"
+    assert refused(values.remote_path, "/etc/a b")[0] == "'/etc/a b' is not an absolute path of plain ASCII characters"
     assert refused(values.url_path, "/a/../b/")[0].startswith("'/a/../b/' has a '.' or '..' segment")
     assert refused(values.url_path, "/a")[0] == "'/a' is not a valid location path"
     assert refused(values.text, " ") == ("is empty", "give a value, or remove the key")

@@ -147,11 +147,11 @@ def test_file_all_gaps_listed() -> None:
 
 def test_file_secret_hides_diff() -> None:
     op = File("/etc/nginx/auth", "user:$apr1$secrethash\n", secret=True)
-    for output in ("ABSENT", file_output("user:$apr1$oldhash\n")):
+    for output, now in (("ABSENT", "absent"), (file_output("user:$apr1$oldhash\n"), "19 bytes")):
         plan = op.plan(file_facts(op.path, output))
         assert plan.changes
         assert "secrethash" not in plan.diff and "oldhash" not in plan.diff
-        assert "content hidden" in plan.diff
+        assert plan.diff.endswith(f"(secret: {now} -> 22 bytes, content not shown)\n"), plan.diff
 
 
 def test_file_validate_backs_up_and_restores_on_failure() -> None:

@@ -312,3 +312,57 @@ def test_a_changed_key_names_the_flag_that_takes_it(sshd: FakeSshd, tmp_path: Pa
     known.write_text(line(sshd.port, OTHER))
     with pytest.raises(HostKeyRefused, match=re.escape(f"--accept-changed-host-key {hostkeys.fingerprint(KEY)}")):
         remote(sshd.port, known).run("true")
+
+
+# ------------------------------------------------------------------------------- @revoked, @cert-authority
+
+
+def revoked(hosts: str, key: paramiko.PKey) -> str:
+    return f"@revoked {hosts} {key.get_name()} {key.get_base64()}\n"
+
+
+@pytest.mark.parametrize(("before", "hosts"), [
+    ("known too", "[127.0.0.1]:{port}"),  # also listed as a normal known key: still refused, as OpenSSH does
+    ("known too", "*"),  # revoked for every host
+    ("other key known", "[127.0.0.1]:*,other.example"),  # the host has another known key
+    ("nothing else", "[127.0.0.1]:{port}"),  # the revoked line alone
+])
+def test_a_revoked_host_key_is_refused_before_anything_is_sent(sshd: FakeSshd, tmp_path: Path, before: str,
+                                                                hosts: str) -> None:
+    known = tmp_path / "known_hosts"
+    others = {"known too": line(sshd.port, KEY), "other key known": line(sshd.port, OTHER), "nothing else": ""}[before]
+    known.write_text(others + revoked(hosts.format(port=sshd.port), KEY))
+    text = known.read_text()
+    for accept_new in (False, True):
+        with pytest.raises(HostKeyRefused) as exc:
+            remote(sshd.port, known, accept_new=accept_new).run("true")
+        message = str(exc.value)
+        assert "\n" not in message and f"REVOKED" in message and hostkeys.fingerprint(KEY) in message, message
+        assert f"{known}:{len(text.splitlines())}" in message and "@revoked" in message, message
+    changed = remote(sshd.port, known)
+    changed.accept_changed_host_key = hostkeys.fingerprint(KEY)  # not even when vouched for as a changed key
+    with pytest.raises(HostKeyRefused, match="REVOKED"):
+        changed.run("true")
+    pinned = remote(sshd.port, known, host_key=f"{KEY.get_name()} {KEY.get_base64()}")  # nor pinned
+    with pytest.raises(HostKeyRefused, match="REVOKED"):
+        pinned.run("true")
+    assert known.read_text() == text and sshd.commands == [] and sshd.users == []  # nothing recorded, nothing sent
+
+
+def test_a_revoked_line_for_another_host_or_key_changes_nothing(sshd: FakeSshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(line(sshd.port, KEY) + revoked("other.example,[127.0.0.1]:1", KEY)
+                     + revoked(f"[127.0.0.1]:{sshd.port}", OTHER) + revoked(f"*,![127.0.0.1]:{sshd.port}", KEY))
+    assert remote(sshd.port, known).run("echo fine", sudo=False).stdout == "fine\n"
+
+
+def test_a_cert_authority_line_is_no_known_key(sshd: FakeSshd, tmp_path: Path) -> None:
+    """`@cert-authority` names a CA that signs host certificates (pitunnel does not check certificates): the
+    CA's key is never taken for the host's own key, whatever the line's pattern."""
+    known = tmp_path / "known_hosts"
+    known.write_text(f"@cert-authority [127.0.0.1]:{sshd.port} {KEY.get_name()} {KEY.get_base64()}\n"
+                     f"@cert-authority * {KEY.get_name()} {KEY.get_base64()}\n")
+    with pytest.raises(HostKeyRefused, match="unknown host key"):
+        remote(sshd.port, known).run("true")
+    assert sshd.commands == []
+    assert not hostkeys.listed(known, f"[127.0.0.1]:{sshd.port}", KEY)

@@ -356,6 +356,51 @@ def test_provision_of_a_fresh_vps(inv: Inventory, capsys: pytest.CaptureFixture[
     assert host.applied("sshd -t") and host.logins == [True]
 
 
+HTPASSWD_NOW = "bob:$apr1$oLdSaLt1$Vq3ZK8pN7xYmW2bT5rQe01\n"  # on the VPS before the run
+HTPASSWD_WANTED = "alice:$apr1$nEwSaLt2$Hj6Tg4Ls9PzXc1VnB8Ra02\n"  # in the laptop's basic_auth_file
+
+
+def secret_forms(text: str) -> dict[str, str]:
+    """The ways a file's bytes could reach a terminal: as they are, a line at a time, base64 (as the file fact
+    reads it), hex; and the hash alone."""
+    raw = text.encode()
+    return {"plain": text.strip(), "hash": text.split("$")[-1].strip(), "base64": base64.b64encode(raw).decode(),
+            "base64 of the line": base64.b64encode(raw.strip()).decode(), "hex": raw.hex(),
+            "HEX": raw.hex().upper(), "hex of the hash": text.split("$")[-1].strip().encode().hex()}
+
+
+@pytest.mark.parametrize("before", ["fresh", "changed", "check"])
+def test_verbose_diff_run_never_shows_a_secret_files_bytes(tmp_path: Path, before: str, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A whole `provision-vps -v --diff` (through the command line's run_play, as the task runs it), on a VPS
+    without the htpasswd file, with another one, and in --check: neither file's bytes reach stdout or stderr in
+    any encoding, while -v does stream the facts' output (the same lines Remote.run's _drain echoes)."""
+    from pitunnel import play as play_module
+    from pitunnel.cli import Flags, run_play
+    from pitunnel.ops import q
+
+    inv = load(tmp_path, INVENTORY, {"cam.htpasswd": HTPASSWD_WANTED})
+    auth = f"{D['nginx_auth_dir']}/alpha_cam.htpasswd"
+    answers = [("dpkg-query", "nginx installed"), ("stat -c '%F", "ABSENT")]
+    if before != "fresh":
+        answers.insert(0, (f"base64 -w0 {q(auth)}", state(HTPASSWD_NOW, "root", "640").replace("root:root", "root:www-data")))
+    host = FakeHost("main", answers)
+    monkeypatch.setattr(play_module, "remotes_for", lambda *_, **__: {"main": host, "alpha": FakeHost("alpha"),
+                                                                      "beta": FakeHost("beta")})
+    run_play(vps.provision, Flags(inventory=str(inv.path), verbose=True, diff=True, check=before == "check"))
+    out, err = capsys.readouterr()
+    printed = out + err
+    assert f"main       | @@FACT" in printed and "| root:root:600" not in printed  # -v streamed the facts' output
+    for name, text in (("wanted", HTPASSWD_WANTED), ("on the VPS", HTPASSWD_NOW)):
+        for form, value in secret_forms(text).items():
+            assert value not in printed, f"the htpasswd {name} is printed ({form})"
+    now = "absent" if before == "fresh" else f"{len(HTPASSWD_NOW)} bytes"
+    assert f"(secret: {now} -> {len(HTPASSWD_WANTED)} bytes, content not shown)" in out  # the --diff
+    hidden = [line for line in out.splitlines() if "(secret: " in line and "of output not shown)" in line]
+    assert len(hidden) == 1, hidden  # -v, where the file fact's output was (read once)
+    assert f"{'would change' if before == 'check' else 'changed':<12} main       basic auth for alpha/cam" in out
+
+
 def test_provision_of_a_vps_already_as_wanted_changes_nothing_in_one_read(inv: Inventory,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     from pitunnel.ops import Packages

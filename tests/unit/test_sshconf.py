@@ -432,3 +432,92 @@ def test_auto_does_not_go_around_a_refused_login(vps_and_pi: tuple[FakeSshd, Fak
     with pytest.raises(Unreachable, match=r"login refused") as exc:  # ...and says no: the tunnel would say the same
         refused.run("true", sudo=False)
     assert "tunnel" not in str(exc.value) and refused.path is None
+
+
+# ---------------------------------------------------------------------------------------------- Include
+
+
+def ssh_g(config: Path, host: str) -> dict[str, str]:
+    """What OpenSSH itself makes of `host` under `config` (`ssh -G`: it connects nowhere)."""
+    done = subprocess.run(["ssh", "-G", "-F", str(config), host], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+    return dict(line.split(" ", 1) for line in reversed(done.stdout.splitlines()) if " " in line)
+
+
+def as_pitunnel_reads_it(config: Path, host: str) -> dict[str, str]:
+    import getpass
+    found = sshconf.load(config).lookup(host)  # type: ignore[union-attr]
+    return {"hostname": found.get("hostname", host), "port": str(found.get("port", 22)),
+            "user": found.get("user", getpass.getuser()), "identityfile": " ".join(found.get("identityfile", []))}
+
+
+INCLUDES = {  # name -> (the main file, the other files): Include written the ways OpenSSH takes
+    "glob, sorted, first value wins": ("Include {d}/conf.d/*.conf\nHost a\n  Port 2201\nHost *\n  User main\n", {
+        "conf.d/20-b.conf": "Host b\n  HostName 10.0.0.2\n  Port 2202\n",
+        "conf.d/10-a.conf": "Host a\n  HostName 10.0.0.1\n  User alice\n  IdentityFile {d}/k_a\n",
+        "conf.d/10-a.conf.bak": "Host a\n  HostName 10.9.9.9\n",  # not *.conf: not included
+        "conf.d/30-all.conf": "Host *\n  Port 2299\n"}),
+    "after the include, the main file's top level again": (
+        "User early\nInclude {d}/x\nPort 2300\nHost b\n  User bob\n", {
+            "x": "Host b\n  HostName 10.0.0.2\nHost zzz\n  User only-zzz\n"}),
+    "nested, '=' and quotes, a missing file": (
+        "Include = \"{d}/with space\" {d}/none-such*\nHost *\n  User u\n", {
+            "with space": "Include {d}/inner\nHost a b\n  Port 2400\n",
+            "inner": "Host b\n  HostName 10.0.0.22\n  User inner\n"}),
+    "under Host * and Match all": ("Host *\nInclude {d}/x\nMatch all\nInclude {d}/y", {
+        "x": "Host a\n  Port 2500\n", "y": "Host b\n  Port 2501\n  User y\n"}),
+}
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="no OpenSSH client")
+@pytest.mark.parametrize("case", INCLUDES)
+def test_include_is_followed_as_ssh_g_follows_it(tmp_path: Path, case: str) -> None:
+    main, others = INCLUDES[case]
+    for name, text in others.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text.format(d=tmp_path))
+    config = tmp_path / "config"
+    config.write_text(main.format(d=tmp_path))
+    for host in ("a", "b", "zzz", "other"):
+        openssh = ssh_g(config, host)
+        ours = as_pitunnel_reads_it(config, host)
+        wanted = {k: openssh[k] for k in ("hostname", "port", "user")}
+        assert {k: ours[k] for k in wanted} == wanted, (case, host)
+        if ours["identityfile"]:
+            assert openssh["identityfile"] == ours["identityfile"], (case, host)
+
+
+def test_an_include_that_only_some_hosts_see_is_refused_naming_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "x").write_text("Port 2600\n")
+    inner = tmp_path / "inner"
+    inner.write_text("Host pi*\n  User pi\n  Include x\n")
+    config = tmp_path / "config"
+    config.write_text(f"Include {inner}\n")
+    with pytest.raises(BadSshConfig) as refused:
+        sshconf.load(config)
+    message = str(refused.value)
+    assert message.startswith(f"{inner}:3: Include under a Host or Match line") and "\n" not in message
+    assert "move it above the first Host line" in message
+    config.write_text(f"Match host 10.*\nInclude {tmp_path}/x\n")
+    with pytest.raises(BadSshConfig, match=f"^{config}:2: Include under a Host or Match line"):
+        sshconf.load(config)
+
+
+def test_an_include_loop_is_one_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text(f"Host *\nInclude {config}\n")
+    with pytest.raises(BadSshConfig, match=f"^{config}:2: Include nested more than 16 deep"):
+        sshconf.load(config)
+
+
+def test_a_relative_include_is_under_the_users_ssh_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As OpenSSH reads a user's config (the OrbStack and Colima lines are written this way)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh" / "config.d").mkdir(parents=True)
+    (tmp_path / ".ssh" / "config.d" / "orbstack").write_text("Host orb\n  HostName 127.0.0.1\n  Port 32222\n")
+    (tmp_path / "elsewhere").mkdir()
+    config = tmp_path / "elsewhere" / "config"
+    config.write_text("Include config.d/*\nInclude ~/.ssh/config.d/orbstack\n")
+    route = resolve(pi("orb"), sshconf.load(config))
+    assert (route.target.hostname, route.target.port) == ("127.0.0.1", 32222)
+    assert route.target.sources["port"] == SSH_CONFIG

@@ -446,7 +446,7 @@ def test_http_route_keys_refused_on_ssh_tunnels(tmp_path: Path, key: str) -> Non
 
 
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed here (nginx -t checks skipped)")
-def test_nginx_t_accepts_the_config(inv: Inventory, tmp_path: Path) -> None:  # pragma: no cover - needs nginx
+def test_nginx_t_accepts_the_config(inv: Inventory, tmp_path: Path) -> None:
     ops = vps_steps.converge_ops(inv, inv.vps["main"])
     conf = tmp_path / "nginx.conf"
     locations = tmp_path / "locations"
@@ -458,8 +458,13 @@ def test_nginx_t_accepts_the_config(inv: Inventory, tmp_path: Path) -> None:  # 
     http = text_of(ops, VPS_D["nginx_conf"])
     site = text_of(ops, VPS_D["nginx_default_site"]).replace(VPS_D["nginx_locations_dir"], str(locations))
     server = text_of(ops, f"{VPS_D['nginx_sites_dir']}/pitunnel-pi1_cam.conf")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-subj", "/CN=x", "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem")],
+                   check=True, capture_output=True)
+    text = f"{http}\n{site}\n{server}".replace("/etc/ssl/main.pem", str(tmp_path / "c.pem")).replace(
+        "/etc/ssl/main.key", str(tmp_path / "k.pem"))  # the inventory's tls_certificate and tls_key, made here
     conf.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
-                    f"http {{\naccess_log off;\n{http}\n{site}\n{server}\n}}\n")
+                    f"http {{\naccess_log off;\n{text}\n}}\n")
     result = subprocess.run(["nginx", "-t", "-c", str(conf), "-p", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 

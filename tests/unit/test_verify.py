@@ -81,6 +81,15 @@ def test_the_pis_host_key_comes_from_the_pin_or_the_laptops_known_hosts(inv: Inv
     assert verify.pi_host_keys(inv, inv.pis["alpha"]).lookup("tunnel")[PI_KEY.get_name()] == PI_KEY  # type: ignore[index]
 
 
+def test_a_revoked_or_ca_line_in_known_hosts_is_no_proof_of_the_pi(inv: Inventory) -> None:
+    """paramiko's own reader fails on a `@revoked` or `@cert-authority` line; verify reads around them, and a
+    revoked key is not the Pi's key, even where another line lists it."""
+    inv.settings.known_hosts.write_text(f"@cert-authority * {pinned(OTHER)}\n10.0.0.2 {pinned(PI_KEY)}\n"
+                                        f"[10.0.0.3]:2222 {pinned(OTHER)}\n@revoked 10.0.0.2 {pinned(PI_KEY)}\n")
+    assert not verify.pi_host_keys(inv, inv.pis["alpha"]).keys()
+    assert verify.pi_host_keys(inv, inv.pis["beta"]).lookup("tunnel")[OTHER.get_name()] == OTHER  # type: ignore[index]
+
+
 # --------------------------------------------------------------------------------- ssh through the tunnel
 
 

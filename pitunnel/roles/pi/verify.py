@@ -25,7 +25,7 @@ from pitunnel import hostkeys
 from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec, has_tls
 from pitunnel.play import Play
 from pitunnel.remote import Remote
-from pitunnel.roles.contract import listen_spec
+from pitunnel.roles.contract import listen_spec, realm
 from pitunnel.roles.pi.steps import (D, password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact, unit,
                                      vps_config_dir, watchdog_unit)
 
@@ -66,11 +66,12 @@ def pi_host_keys(inv: Inventory, pi: PiSpec, name: str | None = None) -> paramik
         keys.add("tunnel", keytype, paramiko.PKey.from_type_string(keytype, base64.b64decode(blob)))
         return keys
     if inv.settings.known_hosts.exists():
-        keys.load(str(inv.settings.known_hosts))
-    found = keys.lookup(name or hostkeys.known_name(pi.address, pi.port))
+        hostkeys.load_known(keys, inv.settings.known_hosts)
+    filed = name or hostkeys.known_name(pi.address, pi.port)
+    found = keys.lookup(filed)
     out = paramiko.HostKeys()
-    if found:
-        for keytype, key in found.items():
+    for keytype, key in (found or {}).items():
+        if hostkeys.revoked_at(inv.settings.known_hosts, filed, key) is None:  # a revoked key proves nothing
             out.add("tunnel", keytype, key)
     return out
 
@@ -330,9 +331,9 @@ def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote
             return False, f"{url}: nothing to compare with, {local_where}: {exc}", \
                 f"the app does not answer on the Pi itself (or its sshd forbids forwarding: AllowTcpForwarding)"
         if tunnel.basic_auth_file is not None:
-            realm = f'realm="{pi.name}"'
-            if via.status != 401 or realm not in via.header("WWW-Authenticate"):
-                return False, f"{url}: {via.describe()}, not Nginx's basic auth for {pi.name} ({realm})", \
+            wanted = f'realm="{realm(pi.name)}"'
+            if via.status != 401 or wanted not in via.header("WWW-Authenticate"):
+                return False, f"{url}: {via.describe()}, not Nginx's basic auth for {pi.name} ({wanted})", \
                     "the route is not the one provision-vps wrote: rerun provision-vps"
             try:
                 via = fetch_over_ssh(_transport(vps_remote), tunnel.remote_port, host)
@@ -340,7 +341,7 @@ def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote
                 return False, f"{url}: 401 from Nginx, but 127.0.0.1:{tunnel.remote_port} on {vps.name}: {exc}", \
                     f"the tunnel is not listening on the VPS: check the Pi's {unit(vps.name)}"
             ok, detail = judge(pi.name, via, local)
-            detail = f"401 from Nginx's basic auth ({realm}); behind it, 127.0.0.1:{tunnel.remote_port} on {vps.name}: {detail}"
+            detail = f"401 from Nginx's basic auth ({wanted}); behind it, 127.0.0.1:{tunnel.remote_port} on {vps.name}: {detail}"
         else:
             ok, detail = judge(pi.name, via, local)
         if ok and tls is not None:

@@ -31,6 +31,7 @@ class VpsKeys:
 def live_fact(vps: VpsSpec, listens: Sequence[str]) -> Fact[dict[str, str]]:
     """listen spec -> fingerprint of the session holding it."""
     specs = " ".join(q(s) for s in listens)
+    # the tunnel user's grammar (inventory USER_RE: [a-z_][a-z0-9_-]*) holds nothing special to sed or the shell
     script = f"""for spec in {specs}; do
   fp=
   for pid in $(ss -Htlnp "sport = :${{spec##*:}}" | awk -v s="$spec" '$4 == s' | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do

@@ -17,7 +17,7 @@ from pitunnel.report import Reporter
 from pitunnel.role import Role
 from pitunnel.runner import Mode, StepFailed, converge, facts_for, sshd_reload
 from pitunnel.sshkeys import BadPublicKey, parse_public_key
-from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec
+from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec, realm
 from pitunnel.roles.vps.acme import (AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact,
                                      live_paths)
 from pitunnel.roles.vps.sessions import SessionsEnded
@@ -117,7 +117,7 @@ def _is_key(text: str) -> bool:
 
 def account_observer(vps: VpsSpec) -> Observe[bool]:
     """Is the tunnel account there?"""
-    fact = Fact("tunnel-account", f"getent passwd {vps.tunnel_user} || echo MISSING", lambda out: "MISSING" not in out)
+    fact = Fact("tunnel-account", f"getent passwd {q(vps.tunnel_user)} || echo MISSING", lambda out: "MISSING" not in out)
     return Observe(fact, lambda there: "present" if there else "missing", title=f"tunnel account {vps.tunnel_user}")
 
 
@@ -127,7 +127,7 @@ HOST_KEYS = Fact("vps-host-keys", "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null |
 
 def permitted_fact(vps: VpsSpec) -> Fact[frozenset[str]]:
     """The listeners sshd permits the tunnel account (its effective PermitListen)."""
-    return Fact("permitlisten", f"sshd -T -C user={vps.tunnel_user},host=pitunnel,addr=192.0.2.1 "
+    return Fact("permitlisten", f"sshd -T -C {q(f'user={vps.tunnel_user},host=pitunnel,addr=192.0.2.1')} "
                 "2>/dev/null | grep -i '^permitlisten ' || true", lambda out: frozenset(out.split()[1:]))
 
 
@@ -376,21 +376,25 @@ def route_vars(r: HttpRoute, vps: VpsSpec | None = None, certs: AcmeFound = Acme
     no certificate yet (its ACME certificate is still to come): Nginx answers 503, never asks for a password
     in clear."""
     tls = served_tls(vps, r.acme_name, certs) if vps is not None else None
-    return dict(pi=r.pi, name=r.name, port=r.port, path=r.path, server_name=r.server_name, auth_file=r.auth_file,
+    return dict(pi=r.pi, realm=realm(r.pi), name=r.name, port=r.port, path=r.path, server_name=r.server_name, auth_file=r.auth_file,
                 upstream=r.upstream, file_stem=r.file_stem, websocket=r.websocket,
                 client_max_body_size=r.client_max_body_size, auth_source=str(r.auth_source) if r.auth_source else None,
                 hsts=r.hsts, tls=tls, waiting=tls is None and r.auth_file is not None)
 
 
-def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound()) -> dict[str, Any]:
+def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound(),
+            reject_unknown: bool | None = None) -> dict[str, Any]:
     """The variables the VPS's templates are rendered with (the role's defaults under them), here and by
     the Ansible benchmark (benchmarks/ansible/inventory.py) alike. `certs`: the ACME certificates found on
-    the VPS (a route serves HTTPS once its own is there)."""
+    the VPS (a route serves HTTPS once its own is there). `reject_unknown`: whether, when the path-prefix
+    server has no certificate, a default server on https_port refuses unknown names' handshakes (no default
+    server of the user's is there; None: as claim_default)."""
     public = vps.public_name.lower().rstrip(".") if vps.public_name else None
     return dict(tunnel_user=vps.tunnel_user, listens=[listen_spec(t) for _, t in inv.tunnels_on(vps)],
                 client_alive_interval=vps.client_alive_interval, client_alive_count_max=vps.client_alive_count_max,
                 http_port=vps.http_port, https_port=vps.https_port, tls_certificate=vps.tls_certificate,
                 tls_key=vps.tls_key, claim_default=claim_default, public_name=public, acme=vps.acme is not None,
+                reject_unknown=claim_default if reject_unknown is None else reject_unknown,
                 site_tls=served_tls(vps, public if vps.acme else None, certs),
                 tunnels=[route_vars(r, vps, certs) for r in http_routes(inv, vps)])
 
@@ -415,8 +419,9 @@ def acme_ops(vps: VpsSpec) -> list[Op]:
     return ops
 
 
-def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound()) -> list[Op]:
-    variables = context(inv, vps, claim_default=claim_default, certs=certs)
+def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound(),
+                 reject_unknown: bool | None = None) -> list[Op]:
+    variables = context(inv, vps, claim_default=claim_default, certs=certs, reject_unknown=reject_unknown)
     routes = http_routes(inv, vps)
     tunnels = {(t["pi"], t["name"]): t for t in variables["tunnels"]}
     ops: list[Op] = [
@@ -518,11 +523,16 @@ def converge_vps(play: Play, remote: Remote) -> list[str]:
     certs = Observe(acme_fact(vps), lambda _: "", title="certificates")
     # one read of the VPS, for all of it (which ops there are does not depend on what it finds)
     known = facts_for(remote, [pkgs, *converge_ops(inv, vps), SshdPasswordsCheck(), seen, certs])
-    ports = {vps.http_port, *([vps.https_port] if vps.tls_certificate or vps.acme else [])}
+    tls = bool(vps.tls_certificate or vps.acme)
+    ports = {vps.http_port, *([vps.https_port] if tls else [])}
     found = others_default_servers(known, ports)
+    # HTTPS for unknown names is refused unless the user has a default server there (one on port 80 only does not
+    # stop nginx from giving them the first named route)
+    reject = tls and not others_default_servers(known, {vps.https_port})
     seen.describe = lambda _: default_server_note(found)
     present = known.value(certs.fact)
-    ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found, certs=present), SshdPasswordsCheck(), seen]
+    ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found, certs=present, reject_unknown=reject),
+                     SshdPasswordsCheck(), seen]
     # the account first: one pitunnel did not make is refused before anything (Nginx too) is touched
     account = [op for op in ops if isinstance(op, SystemUser)]
     first = converge(remote, [*account, pkgs], play.reporter, play.options.mode, known=known)
@@ -536,7 +546,8 @@ def converge_vps(play: Play, remote: Remote) -> list[str]:
     obtained, failed = certificates(remote, inv, vps, present, play)
     if obtained and not play.options.check:
         now = read(remote, acme_fact(vps))
-        after = [op for op in converge_ops(inv, vps, claim_default=not found, certs=now) if not isinstance(op, SystemUser)]
+        after = [op for op in converge_ops(inv, vps, claim_default=not found, certs=now, reject_unknown=reject)
+                 if not isinstance(op, SystemUser)]
         converge(remote, after, play.reporter, play.options.mode, handlers(remote))
     return failed
 
