@@ -9,6 +9,7 @@ from typing import Any
 
 from pitunnel.facts import LISTENERS, Fact, Facts, FileState, command_fact, gather, read
 from pitunnel.inventory import NAME_RE, Inventory, PiSpec, TunnelSpec, VpsSpec, acme_name
+from pitunnel.inventory.revoked import revoked_key
 from pitunnel.ops import (STATE_DIR, Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Plan,
                           Pruned, Service, SshdPasswordsCheck, SystemUser, UserAbsent, backup_commands, q)
 from pitunnel.play import Play
@@ -81,7 +82,9 @@ def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | S
     def render(state: FileState) -> str:
         keys = authorised_keys(state.content.decode(errors="replace") if state.exists else "")
         keys.update({n: [k] if isinstance(k, str) else list(k) for n, k in new_keys.items()})
-        return "".join(authorized_line(vps, pis[n], k) + "\n" for n in pis for k in dict.fromkeys(keys.get(n, [])))
+        # a revoked key never comes back, whoever offers it (docs/operations.md)
+        return "".join(authorized_line(vps, pis[n], k) + "\n" for n in pis for k in dict.fromkeys(keys.get(n, []))
+                       if not revoked_key(inv, k))
 
     return File(f"{D['tunnel_home']}/.ssh/authorized_keys", render, owner=vps.tunnel_user, group=vps.tunnel_user,
                 mode=0o600, title="authorized keys of the Pis")
@@ -188,7 +191,7 @@ def unauthorise(remote: Remote, inv: Inventory, vps: VpsSpec, gone: frozenset[st
 def http_routes(inv: Inventory, vps: VpsSpec) -> list[HttpRoute]:
     routes = []
     for pi, tunnel in inv.tunnels_on(vps):
-        if tunnel.kind != "http":
+        if tunnel.kind != "http" or pi.name in inv.revoked:  # a revoked Pi's routes stay off until it is back
             continue
         stem = route_stem(pi.name, tunnel.name)
         auth = f"{D['nginx_auth_dir']}/{stem}.htpasswd" if tunnel.basic_auth_file else None
@@ -372,12 +375,18 @@ def route_vars(r: HttpRoute, vps: VpsSpec | None = None, certs: AcmeFound = Acme
                 hsts=r.hsts, tls=tls, waiting=tls is None and r.auth_file is not None)
 
 
+def reserved_listens(inv: Inventory, vps: VpsSpec) -> list[str]:
+    """The listeners of the revoked Pis still in the inventory: sshd keeps permitting them (their key is gone,
+    so nobody can open them), so that the Pi, provisioned again with a new key, needs no provision-vps first."""
+    return [listen_spec(t) for p in inv.shut.values() if vps.name in p.all_vps for t in p.on(vps.name).tunnels]
+
+
 def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound()) -> dict[str, Any]:
     """The variables the VPS's templates are rendered with (the role's defaults under them), here and by
     the Ansible benchmark (benchmarks/ansible/inventory.py) alike. `certs`: the ACME certificates found on
     the VPS (a route serves HTTPS once its own is there)."""
     public = vps.public_name.lower().rstrip(".") if vps.public_name else None
-    return dict(tunnel_user=vps.tunnel_user, listens=[listen_spec(t) for _, t in inv.tunnels_on(vps)],
+    return dict(tunnel_user=vps.tunnel_user, listens=[listen_spec(t) for _, t in inv.tunnels_on(vps)] + reserved_listens(inv, vps),
                 client_alive_interval=vps.client_alive_interval, client_alive_count_max=vps.client_alive_count_max,
                 http_port=vps.http_port, https_port=vps.https_port, tls_certificate=vps.tls_certificate,
                 tls_key=vps.tls_key, claim_default=claim_default, public_name=public, acme=vps.acme is not None,
