@@ -41,6 +41,7 @@ class Plan:
     diff: str = ""
     backups: list[str] = field(default_factory=list)  # paths backed up before change, for rollback
     covers: tuple[str, ...] = ()  # handlers this change makes unneeded when it runs after what notified them
+    sessions_ended: int = 0  # live sessions this change ends (roles/vps/sessions.py): counted in the recap
 
     @property
     def changes(self) -> bool:

@@ -33,6 +33,7 @@ class Recap:
     failed: int = 0
     skipped: int = 0
     round_trips: int = 0
+    sessions_ended: int = 0  # live sessions of retired keys ended on this host (roles/vps/sessions.py)
     steps: list[Step] = field(default_factory=list, compare=False)  # every line, for --json
 
     @property
@@ -42,7 +43,7 @@ class Recap:
     def document(self) -> dict[str, Any]:
         """This host in `--json`: its counts and every line printed for it."""
         return {"ok": self.ok, "changed": self.changed, "failed": self.failed, "unreachable": self.unreachable,
-                "skipped": self.skipped, "round_trips": self.round_trips,
+                "skipped": self.skipped, "round_trips": self.round_trips, "sessions_ended": self.sessions_ended,
                 "steps": [{"title": s.title, "status": s.status, "reason": s.reason} for s in self.steps]}
 
 
@@ -81,6 +82,12 @@ class Reporter:
             self._print(f"{tag} {host:<10} {title}" + (f" - {reason}" if reason else ""))
             if diff and self.show_diff:
                 self._print(diff.rstrip("\n"))
+
+    def ended(self, host: str, count: int) -> None:
+        """`count` sessions were ended on `host`: counted in its recap."""
+        recap = self.recap(host)
+        with self._lock:
+            recap.sessions_ended += count
 
     def note(self, host: str, text: str) -> None:
         with self._lock:
@@ -132,7 +139,8 @@ class Reporter:
         for host, r in self.recaps.items():
             name = self._paint(f"{host:<26}", "failed" if r.bad else ("changed" if r.changed else "ok"))
             self._print(f"{name} : ok={r.ok:<4} changed={r.changed:<4} unreachable={r.unreachable:<4} "
-                        f"failed={r.failed:<4} skipped={r.skipped:<4} round_trips={r.round_trips}")
+                        f"failed={r.failed:<4} skipped={r.skipped:<4} round_trips={r.round_trips}"
+                        + (f" sessions_ended={r.sessions_ended}" if r.sessions_ended else ""))
         for host, text in self.warnings:
             self._print(f"{self._paint('WARNING', 'WARNING')} {host}: {text}")
 

@@ -130,6 +130,8 @@ def converge(remote: Remote, ops: Sequence[Op], reporter: Reporter, mode: Mode,
             reporter.line(remote.name, "ok", op.title, unchanged_reason(op, plan))
         elif failed_at is None or index < failed_at[0]:
             reporter.line(remote.name, "changed", op.title, plan.reason, plan.diff)
+            if plan.sessions_ended:
+                reporter.ended(remote.name, plan.sessions_ended)
         elif index == failed_at[0]:
             reporter.line(remote.name, "failed", op.title, failed_at[1])
         else:

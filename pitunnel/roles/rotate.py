@@ -44,7 +44,7 @@ from pitunnel.roles.pi import keys as pi_keys
 from pitunnel.roles.pi.steps import D as PI
 from pitunnel.roles.pi.steps import unit
 from pitunnel.roles.vps import keys as vps_keys
-from pitunnel.roles.vps.steps import authorized_keys
+from pitunnel.roles.vps.steps import keys_ops
 
 # tests only: SIGKILL this process right after its k-th applied step (proves a rerun finishes the job)
 KILL_AFTER = "PITUNNEL_TEST_KILL_AFTER_STEP"
@@ -278,7 +278,7 @@ class Rotation:
     def _authorise(self, vps: str, pi: PiSpec, lines: list[str]) -> None:
         vps_spec = self.inv.vps[vps]
         with self.locks[vps]:  # read and write of the shared file together, one Pi at a time
-            converge(self.play.remotes[vps], [authorized_keys(self.inv, vps_spec, {pi.name: lines})],
+            converge(self.play.remotes[vps], keys_ops(self.inv, vps_spec, {pi.name: lines}),
                      self.play.reporter, self.play.options.mode)
 
     def _connect(self, remote: Remote, pi: PiSpec, ring: Ring) -> str:

@@ -21,6 +21,7 @@ from pitunnel.sshkeys import BadPublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec
 from pitunnel.roles.vps.acme import (AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact,
                                      live_paths)
+from pitunnel.roles.vps.sessions import SessionsEnded
 
 ROLE = Role("vps")
 D = ROLE.defaults
@@ -90,6 +91,15 @@ def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | S
                 mode=0o600, title="authorized keys of the Pis")
 
 
+def keys_ops(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequence[str]],
+             drop: frozenset[str] = frozenset()) -> list[Op]:
+    """authorized_keys as `authorized_keys` writes it, then every live session of a key it no longer
+    authorises ended (roles/vps/sessions.py): a key that leaves the file takes its sessions with it, in the
+    same converge, before the step reports success. Every step that writes the file uses this."""
+    keys = authorized_keys(inv, vps, new_keys, drop)
+    return [keys, SessionsEnded(vps.tunnel_user, keys)]
+
+
 def authorised_keys(text: str) -> dict[str, list[str]]:
     """Each Pi's keys (`type blob`) in the tunnel account's authorized_keys, in the file's order."""
     keys: dict[str, list[str]] = {}
@@ -155,10 +165,10 @@ def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiO
     permitted = Observe(permitted_fact(vps), lambda v: "read", title="listeners sshd permits the tunnel account")
     # only keys that parsed on the Pi's side reach this VPS (base refused the others, each for its Pi alone)
     new = {o.name: o.pubkey for o in offers if o.pubkey is not None and _is_key(o.pubkey)}
-    keys_op = authorized_keys(inv, vps, new)
+    keys_op = keys_ops(inv, vps, new)
     # one read of the VPS for the checks below and for the keys: a rerun that changes nothing costs
     # one round trip here, not two
-    known = facts_for(remote, [account, keys, ss, permitted, keys_op])
+    known = facts_for(remote, [account, keys, ss, permitted, *keys_op])
     converge(remote, [account, keys, ss, permitted], reporter, mode, known=known)
     there, allowed = known.value(account.fact), known.value(permitted.fact)
     unknown = [f"{o.name}: {spec}" for o in offers for spec in o.listens if spec not in allowed]
@@ -176,16 +186,16 @@ def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiO
         reporter.line(remote.name, "failed", "tunnel account", f"{vps.tunnel_user} does not exist: run "
                       "`invoke provision-vps` first")
         raise StepFailed("no tunnel account")
-    converge(remote, [keys_op], reporter, mode, known=known)
+    converge(remote, keys_op, reporter, mode, known=known)
     return found
 
 
 def unauthorise(remote: Remote, inv: Inventory, vps: VpsSpec, gone: frozenset[str], reporter: Reporter,
                 mode: Mode) -> None:
-    """The keys of the Pis in `gone` off the tunnel account, if it is there."""
+    """The keys of the Pis in `gone` off the tunnel account, and their live sessions ended, if it is there."""
     account = account_observer(vps)
     if converge(remote, [account], reporter, mode).facts.value(account.fact):
-        converge(remote, [authorized_keys(inv, vps, {}, drop=gone)], reporter, mode)
+        converge(remote, keys_ops(inv, vps, {}, drop=gone), reporter, mode)
 
 
 def http_routes(inv: Inventory, vps: VpsSpec) -> list[HttpRoute]:
@@ -421,7 +431,7 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, ce
     ops: list[Op] = [
         SystemUser(vps.tunnel_user, home=D["tunnel_home"], comment="pitunnel reverse tunnels"),
         Directory(f"{D['tunnel_home']}/.ssh", owner=vps.tunnel_user, group=vps.tunnel_user, mode=0o700),
-        authorized_keys(inv, vps, {}),
+        *keys_ops(inv, vps, {}),
         File(D["sshd_dropin"], ROLE.render("sshd.conf.j2", **variables), validate="sshd -t",
              notify=("reload sshd",), title="sshd Match block for the tunnel account"),
         File(D["reaper_path"], ROLE.render("reaper.sh.j2"), mode=0o755, notify=("restart reaper",),
