@@ -19,6 +19,7 @@ from pitunnel.remote import Remote
 from pitunnel.runner import converge
 from pitunnel.sshkeys import parse_public_key
 from pitunnel.roles.vps.keys import keys_file
+from pitunnel.roles.vps.sessions import SessionsEnded
 from pitunnel.roles.vps.steps import D, KEY_MARKER, authorised_keys, handlers, route_stem
 
 TITLE = "revoked, remembered on the laptop"
@@ -119,7 +120,10 @@ def revoke(play: Play, name: str) -> None:
 
     def close(remote: Remote) -> None:
         vps = shut.vps[remote.name]
-        converge(remote, [keys_off(vps, record), *routes_off(pi.on(vps.name))], reporter, mode, handlers(remote))
+        keys = keys_off(vps, record)
+        # sshd applies a key at login only: its sessions (the outsider's too) end here, their listeners with them
+        converge(remote, [keys, SessionsEnded(vps.tunnel_user, keys), *routes_off(pi.on(vps.name))], reporter, mode,
+                 handlers(remote))
 
     closed = play.each(vpses, close)
     left = [v.name for v in vpses if v.name not in closed]

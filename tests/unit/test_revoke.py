@@ -5,6 +5,7 @@ ports), and what revoke sends its VPSes (and never its Pi); on scripted hosts (t
 from __future__ import annotations
 
 import base64
+import json
 import re
 import textwrap
 from pathlib import Path
@@ -22,6 +23,7 @@ from pitunnel.roles.contract import PiOffer, listens
 from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.revoke import revoke
 from pitunnel.roles.vps import steps as vps_steps
+from pitunnel.sshkeys import parse_public_key
 from tests.unit.fake_hosts import FakeHost, lines, load, play_on
 from tests.unit.test_site import INVENTORY, offer_line, pi_host, vps_host
 from tests.unit.test_templates import keygen
@@ -60,7 +62,13 @@ def revoked_vps(inv: Inventory, keys: dict[str, str], *, alpha: bool = True, rou
     vps = inv.vps["main"]
     found = [vps_steps.authorized_line(vps, inv.host(n), keys[n])  # type: ignore[arg-type]
              for n in (("alpha", "beta") if alpha else ("beta",))]
-    return FakeHost("main", [("authorized_keys", keys_state(*found)),
+    sessions = "NOW 20261206050000 20261206050000\n" + "".join(
+        f"S {pid} {pid - 1}\nJ " + json.dumps({"MESSAGE": f"Accepted publickey for pitunnel from 198.51.100.7 port "
+                                                       f"40000 ssh2: ED25519 {parse_public_key(keys[n]).fingerprint}",
+                                               "_PID": str(pid - 1)}) + "\n"
+        for n, pid in (("alpha", 4242), ("beta", 5252)) if alpha or n == "beta")
+    return FakeHost("main", [("Accepted publickey for ", sessions),
+                             ("authorized_keys", keys_state(*found)),
                              ("locations/alpha_web.conf", "yes" if routes else "no"), ("[ -e ", "no")])
 
 
@@ -86,6 +94,8 @@ def test_revoke_remembers_the_pi_then_takes_its_keys_and_routes_off_its_vps_and_
     assert saved.keys == (keys["alpha"],) and saved.ports == {"main": {"ssh": 20022, "web": 20080}}
     beta = vps_steps.authorized_line(inv.vps["main"], inv.pis["beta"], keys["beta"]) + "\n"
     assert sent(hosts["main"]) == beta  # alpha's line gone, beta's kept as it was
+    assert hosts["main"].applied("for pair in 4242:4241; do")  # alpha's session (an outsider's, may be) ended
+    assert not hosts["main"].applied("5252")  # beta's goes on
     assert hosts["main"].applied("rm -rf /etc/nginx/pitunnel/locations/alpha_web.conf")
     assert hosts["main"].applied("nginx -t 2>&1 && systemctl reload-or-restart nginx")  # reload after nginx -t
     out = lines(capsys)
@@ -104,6 +114,7 @@ def test_revoke_in_check_mode_sends_no_change_and_writes_nothing(tmp_path: Path,
     out = lines(capsys)
     assert "would change main alpha's keys off the tunnel account - content" in out
     assert "would change main nginx path of alpha/web off - remove" in out
+    assert any(l.startswith("would change main sessions of retired keys ended - end 1 session (pid 4242") for l in out)
 
 
 def test_a_second_revoke_changes_nothing_and_says_so(tmp_path: Path, keys: dict[str, str],
@@ -118,6 +129,7 @@ def test_a_second_revoke_changes_nothing_and_says_so(tmp_path: Path, keys: dict[
     out = lines(capsys)
     assert any(l.startswith("ok alpha revoked, remembered on the laptop - already, since 2026-12-06T05:00:00Z") for l in out)
     assert "ok main alpha's keys off the tunnel account - already as wanted" in out
+    assert any(l.startswith("ok main sessions of retired keys ended - none") for l in out)
 
 
 def test_provision_leaves_a_revoked_pi_out_and_its_key_and_routes_off_the_vps(
