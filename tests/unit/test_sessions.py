@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -100,19 +101,45 @@ def test_the_op_ends_what_the_file_as_written_no_longer_grants(tmp_path: Path) -
 
 
 def test_the_ending_script_ends_only_the_session_it_was_told(tmp_path: Path) -> None:
-    """On this machine's shell: a process whose parent is the named monitor ends; one whose parent is not
-    (the pid reused by another process) is left alone."""
+    """On this machine's shell, as the runner applies it (under `set -e`): a process whose parent is the
+    named monitor (a shell that waits for it and reaps it, as sshd's monitor does) ends; one whose parent
+    is not (the pid reused by another process) is left alone."""
     me = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
-    sleeper = "import time; time.sleep(60)"
-    ours = subprocess.Popen([sys.executable, "-c", sleeper])
-    other = subprocess.Popen([sys.executable, "-c", sleeper])
+    monitors = [subprocess.Popen(["bash", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
+                for _ in range(2)]
+    ours = other = 0
     try:
-        script = "\n".join(end_commands(me, [Session(ours.pid, os.getpid()), Session(other.pid, 1)]))
-        subprocess.run(["bash", "-c", script], check=True, timeout=30)
-        assert ours.wait(timeout=10) == -15
-        assert other.poll() is None
+        ours, other = (int(m.stdout.readline()) for m in monitors if m.stdout)
+        script = "\n".join(end_commands(me, [Session(ours, monitors[0].pid), Session(other, 1)]))
+        subprocess.run(["bash", "-c", f"( set -e\n{script}\n)"], check=True, timeout=30)
+        assert monitors[0].wait(timeout=10) == 0  # its child ended, and it reaped it
+        assert monitors[1].poll() is None and os.path.exists(f"/proc/{other}")
     finally:
-        for p in (ours, other):
-            p.kill()
-            p.wait()
+        for m in monitors:
+            m.kill()
+            m.wait()
+        for pid in (ours, other):
+            if pid and os.path.exists(f"/proc/{pid}"):
+                os.kill(pid, signal.SIGKILL)
     assert end_commands(me, []) == []
+
+
+def test_the_reaper_reads_a_holders_key_as_authorised_for_a_port_or_not(tmp_path: Path) -> None:
+    """The reaper ends the holder of a port whose key is not authorised for it now: not in the file, its
+    expiry-time passed, or its permitlisten does not allow the port."""
+    from pitunnel.roles.vps.steps import ROLE
+
+    fps, lines = [], []
+    for name, expiry in (("a", ""), ("b", 'expiry-time="20200101",'), ("c", 'expiry-time="209901011200Z",')):
+        pub = keygen(tmp_path / name).split()
+        lines.append(f'{expiry}restrict,port-forwarding,permitlisten="0.0.0.0:12346",command="/bin/false" '
+                     f"{pub[0]} {pub[1]} pitunnel:pi1")
+        fps.append(parse_public_key(" ".join(pub[:2])).fingerprint)
+    (tmp_path / "authorized_keys").write_text("\n".join(lines) + "\n")
+    script = ROLE.render("reaper.sh.j2")
+    functions = script[script.index("permitted() {"):script.index("owner_of() {")]
+    probe = (f'keys={tmp_path}/authorized_keys\n{functions}\n'
+             'for pair in "$1 12346" "$1 12347" "$2 12346" "$3 12346" "SHA256:gone 12346"; do\n'
+             '  permitted $pair && echo yes || echo no; done')
+    run = subprocess.run(["bash", "-c", probe, "probe", *fps], capture_output=True, text=True, timeout=20)
+    assert run.stdout.splitlines() == ["yes", "no", "no", "yes", "no"], run.stderr

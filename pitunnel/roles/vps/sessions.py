@@ -173,7 +173,8 @@ def unauthorised(found: Sessions, granted: Mapping[str, Grant]) -> list[tuple[Se
 
 def end_commands(user: str, stale: Sequence[Session]) -> list[str]:
     """SIGTERM to each session's process, only while it is still that session (the account's uid, the same
-    monitor), then SIGKILL to any still there after END_WAIT_SECONDS. Its monitor exits with it."""
+    monitor), then SIGKILL to any still there after END_WAIT_SECONDS. Its monitor exits with it.
+    Runs under `set -e` (as the runner applies ops): no line may fail but on purpose."""
     if not stale:
         return []
     pairs = " ".join(f"{s.pid}:{s.monitor}" for s in stale)
@@ -187,12 +188,12 @@ done
 for i in $(seq {END_WAIT_SECONDS * 10}); do
   left=
   for pid in $alive; do  # a zombie has ended: its monitor reaps it
-    s=$(awk '$1 == "State:" {{print $2}}' /proc/$pid/status 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ] && left="$left $pid"
+    s=$(awk '$1 == "State:" {{print $2}}' /proc/$pid/status 2>/dev/null) || s=
+    [ -n "$s" ] && [ "$s" != Z ] && left="$left $pid"
   done
   alive=$left; [ -z "$alive" ] && break; sleep 0.1
 done
-for pid in $alive; do kill -KILL "$pid" 2>/dev/null || true; done
-true"""]
+for pid in $alive; do kill -KILL "$pid" 2>/dev/null || true; done"""]
 
 
 def _shown(stale: Sequence[tuple[Session, str]]) -> str:
