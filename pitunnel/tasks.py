@@ -260,7 +260,8 @@ def release(flags: Flags, pi: str) -> None:
 
     path, _ = resolve_inventory(flags.inventory or None)
     file = revoked_file(path)
-    records, problems = read_revoked(file)
+    everything, problems = read_revoked(file)
+    records = {n: r for n, r in everything.items() if not r.ended}
     if problems:
         raise Exit("\n".join(map(str, problems)), code=failures.USAGE)
     try:
@@ -279,7 +280,7 @@ def release(flags: Flags, pi: str) -> None:
     if flags.check:
         print(f"would release {pi}: its revocation forgotten, its ports free for `auto` again ({ports})")
         return
-    write_revoked(file, {n: r for n, r in records.items() if n != pi})
+    write_revoked(file, {n: r for n, r in everything.items() if n != pi})
     print(f"released {pi}: its revocation forgotten, its ports free for `auto` again ({ports})")
     try:
         load_inventory(path)  # the ports file rewritten without them

@@ -83,6 +83,8 @@ def load_inventory(path: Path | str, *, allocate: bool = True, save_allocations:
     recorded, lock_problems = ports.read_ports(lock)
     records, revoked_problems = revoked.read_revoked(revoked.revoked_file(file))
     settings, vps, pis = read or (None, {}, {})
+    retired = {n: r for n, r in records.items() if r.ended}
+    records = {n: r for n, r in records.items() if not r.ended}
     reserved = {r.pi: r.reserved() for r in records.values() if r.pi not in pis}
     allocations = ports.allocate(report, vps, pis, recorded, reserved)
     problems = list(dict.fromkeys(report.problems + lock_problems + revoked_problems))  # defaults can repeat a problem per host
@@ -94,5 +96,5 @@ def load_inventory(path: Path | str, *, allocate: bool = True, save_allocations:
     shut = {n: p for n, p in pis.items() if n in records and n not in reinstate}
     return Inventory(path=file, settings=settings, vps=MappingProxyType(vps),
                      pis=MappingProxyType({n: p for n, p in pis.items() if n not in shut}),
-                     revoked=MappingProxyType(records), shut=MappingProxyType(shut))
+                     revoked=MappingProxyType(records), retired=MappingProxyType(retired), shut=MappingProxyType(shut))
 

@@ -155,12 +155,13 @@ class PiSpec(HostSpec):
 class Revoked:
     """A Pi that `pitunnel revoke` shut out (the inventory's .revoked.yml file): the keys it had on its VPSes
     (`type blob`, never to be authorised again), when, and its remote ports, reserved on each VPS
-    ({vps: {tunnel: port}})."""
+    ({vps: {tunnel: port}}) until `ended`."""
 
     pi: str
     since: str
     keys: tuple[str, ...] = ()
     ports: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    ended: str = ""  # when it was provisioned again with a new key: its old keys stay refused, nothing else holds
 
     def reserved(self) -> dict[str, dict[str, int]]:
         """Its ports as the ports file writes them: {vps: {"pi/tunnel": port}}."""
@@ -174,6 +175,7 @@ class Inventory:
     vps: Mapping[str, VpsSpec]  # read-only, in file order
     pis: Mapping[str, PiSpec]  # without the revoked Pis (`shut`), but for those being re-provisioned
     revoked: Mapping[str, Revoked] = field(default_factory=dict)  # every revoked Pi, in the inventory or not
+    retired: Mapping[str, Revoked] = field(default_factory=dict)  # revocations that ended: their keys stay refused
     shut: Mapping[str, PiSpec] = field(default_factory=dict)  # the revoked Pis still in the inventory, left out of pis
 
     def host(self, name: str) -> HostSpec:

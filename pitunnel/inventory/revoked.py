@@ -2,8 +2,9 @@
 every later run honours them: their keys are never authorised again, their routes stay off, and their remote
 ports stay reserved (never given to another Pi by 'remote_port: auto').
 
-A record ends when its Pi is provisioned again with a new key made on it (provision-pi --limit PI), or when the
-Pi is gone from the inventory and `pitunnel revoke PI --release-ports` frees its ports."""
+A revocation ends when its Pi is provisioned again with a new key made on it (provision-pi --limit PI: the
+record stays, `ended`, so that its old keys stay refused), or when the Pi is gone from the inventory and
+`pitunnel revoke PI --release-ports` forgets it and frees its ports."""
 
 from __future__ import annotations
 
@@ -66,9 +67,9 @@ def _record(report: Report, pi: str, entry: Any) -> Revoked | None:
     if not values.NAME_RE.fullmatch(pi) or not isinstance(entry, dict):
         report.problem((pi,), f"expected a Pi name and a mapping (since, keys, ports), got {show(entry)}", _FIX)
         return None
-    since, keys, ports = entry.get("since"), entry.get("keys") or [], entry.get("ports") or {}
-    if not isinstance(since, str) or set(entry) - {"since", "keys", "ports"}:
-        report.problem((pi,), "expected the keys since (a time), keys and ports only", _FIX)
+    since, keys, ports, ended = entry.get("since"), entry.get("keys") or [], entry.get("ports") or {}, entry.get("ended", "")
+    if not isinstance(since, str) or not isinstance(ended, str) or set(entry) - {"since", "keys", "ports", "ended"}:
+        report.problem((pi,), "expected the keys since (a time), keys, ports and ended (a time) only", _FIX)
         return None
     if not isinstance(keys, list) or not all(isinstance(k, str) and _is_key(k) for k in keys):
         report.problem((pi, "keys"), "expected a list of public keys ('type base64')", _FIX)
@@ -83,7 +84,7 @@ def _record(report: Report, pi: str, entry: Any) -> Revoked | None:
                 reserved.setdefault(str(vps), {})[str(tunnel)] = values.unprivileged_port(port)
             except Invalid as e:
                 report.problem((pi, "ports", vps, tunnel), e.message, _FIX)
-    return Revoked(pi, since, tuple(keys), reserved)
+    return Revoked(pi, since, tuple(keys), reserved, ended)
 
 
 def _is_key(text: str) -> bool:
@@ -99,8 +100,8 @@ def write_revoked(file: Path, records: Mapping[str, Revoked]) -> None:
     if not records:
         file.unlink(missing_ok=True)
         return
-    doc = {r.pi: {"since": r.since, "keys": list(r.keys), "ports": {v: dict(p) for v, p in r.ports.items()}}
-           for r in records.values()}
+    doc = {r.pi: {"since": r.since, "keys": list(r.keys), "ports": {v: dict(p) for v, p in r.ports.items()},
+                  **({"ended": r.ended} if r.ended else {})} for r in records.values()}
     temporary = file.with_name(file.name + ".tmp")
     temporary.write_text(_HEADER + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=1000),
                          encoding="utf-8")
@@ -112,10 +113,17 @@ def shut_out(inv: Inventory, record: Revoked) -> Inventory:
     pis = {n: p for n, p in inv.pis.items() if n != record.pi}
     shut = {**inv.shut, **({record.pi: inv.pis[record.pi]} if record.pi in inv.pis else {})}
     return replace(inv, pis=MappingProxyType(pis), shut=MappingProxyType(shut),
-                   revoked=MappingProxyType({**inv.revoked, record.pi: record}))
+                   revoked=MappingProxyType({**inv.revoked, record.pi: record}),
+                   retired=MappingProxyType({n: r for n, r in inv.retired.items() if n != record.pi}))
 
 
 def revoked_key(inv: Inventory, pubkey: str) -> bool:
-    """Is this key (a line `type blob [comment]`) one revoked from any Pi?"""
+    """Is this key (a line `type blob [comment]`) one revoked from any Pi, ever (a revocation that ended
+    leaves its keys refused)?"""
     words = pubkey.split()[:2]
-    return any(" ".join(words) == " ".join(k.split()[:2]) for r in inv.revoked.values() for k in r.keys)
+    return any(" ".join(words) == " ".join(k.split()[:2]) for r in records(inv).values() for k in r.keys)
+
+
+def records(inv: Inventory) -> dict[str, Revoked]:
+    """Every record of the file: the revocations in force, and those that ended."""
+    return {**inv.retired, **inv.revoked}

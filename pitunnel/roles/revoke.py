@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 from pitunnel.facts import Fact, FileState, file_fact, gather
 from pitunnel.inventory import Inventory, PiSpec, Revoked, VpsSpec
-from pitunnel.inventory.revoked import revoked_file, shut_out, write_revoked
+from pitunnel.inventory.revoked import records, revoked_file, shut_out, write_revoked
 from pitunnel.ops import Absent, File, Op
 from pitunnel.play import Play
 from pitunnel.remote import Remote
@@ -44,8 +44,8 @@ def target(inv: Inventory, name: str) -> PiSpec:
 
 def record_of(inv: Inventory, name: str, found: list[str], now: str) -> Revoked:
     """The Pi's record: the keys revoked before and the ones its VPSes showed now, its ports, since when."""
-    before = inv.revoked.get(name)
-    keys = tuple(dict.fromkeys([*(before.keys if before else ()), *found]))
+    before, earlier = inv.revoked.get(name), inv.retired.get(name)  # revoked now; revoked once, and back since
+    keys = tuple(dict.fromkeys([*(earlier.keys if earlier else ()), *(before.keys if before else ()), *found]))
     return Revoked(name, before.since if before else now, keys, ports_of(target(inv, name)))
 
 
@@ -115,7 +115,7 @@ def revoke(play: Play, name: str) -> None:
         reporter.line(name, "would change" if mode.check else "changed", TITLE,
                       f"{file.name}: {shown}; its ports stay reserved; {name} was not contacted")
         if not mode.check:
-            write_revoked(file, {**inv.revoked, name: record})
+            write_revoked(file, {**records(inv), name: record})
     play.inventory = shut = shut_out(inv, record)
 
     def close(remote: Remote) -> None:

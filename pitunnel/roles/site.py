@@ -9,11 +9,13 @@ holds up the paths through the others. provision-pi, provision, verify, status a
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
-from pitunnel.inventory.revoked import revoked_file, revoked_key, write_revoked
+from pitunnel.inventory.revoked import records, revoked_file, revoked_key, write_revoked
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.runner import StepFailed, stop_point
@@ -94,10 +96,12 @@ def connect(play: Play, bases: dict[str, pi.PiBase]) -> None:
     back = [p for p in pis if p.name in inv.revoked and p.name in done and set(p.all_vps) <= set(found)]
     for p in back:  # provisioned again, with a new key, through every VPS: no longer revoked
         reporter.line(p.name, "would change" if mode.check else "changed", "revoked state ended",
-                      f"its new key is authorised; {revoked_file(inv.path).name} no longer holds it: run "
-                      f"provision-vps for its routes")
-    if back and not mode.check:
-        write_revoked(revoked_file(inv.path), {n: r for n, r in inv.revoked.items() if n not in {p.name for p in back}})
+                      f"its new key is authorised (its old ones stay refused, in {revoked_file(inv.path).name}): "
+                      f"run provision-vps for its routes")
+    if back and not mode.check:  # its old keys stay refused: the record stays, ended
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        write_revoked(revoked_file(inv.path), {**records(inv), **{p.name: replace(inv.revoked[p.name], ended=now)
+                                                                   for p in back}})
 
 
 def offers_revoked_key(play: Play, name: str, base: pi.PiBase) -> bool:

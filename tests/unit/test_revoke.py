@@ -178,8 +178,17 @@ def test_a_revoked_key_offered_again_is_refused_and_a_new_one_ends_the_revocatio
     play = play_on(inv, hosts, limit=frozenset({"alpha"}))  # type: ignore[arg-type]
     site.connect(play, offer(keys["alpha2"]))
     assert play.failed == set() and f"{keys['alpha2']} pitunnel:alpha" in sent(hosts["main"])
-    assert read_revoked(revoked_file(inv.path))[0] == {}
+    assert read_revoked(revoked_file(inv.path))[0]["alpha"].ended  # kept, ended: its old key stays refused
     assert any(l.startswith("changed alpha revoked state ended") for l in lines(capsys))
+    inv = load(tmp_path, INVENTORY)
+    assert "alpha" in inv.pis and not inv.shut and [r.pi for r in vps_steps.http_routes(inv, inv.vps["main"])] == ["alpha"]
+    old = vps_steps.authorized_line(inv.vps["main"], inv.pis["alpha"], keys["alpha"])
+    assert keys["alpha"] not in vps_steps.authorized_keys(inv, inv.vps["main"], {"beta": keys["beta"]}).wanted(
+        FileState(True, content=f"{old}\n".encode()))
+    hosts = {"main": vps_host(), "alpha": FakeHost("alpha")}
+    play = play_on(inv, hosts, limit=frozenset({"alpha"}))  # type: ignore[arg-type]
+    site.connect(play, offer(keys["alpha"]))  # the old key again, after all
+    assert play.failed == {"alpha"} and keys["alpha"] not in sent(hosts["main"])
 
 
 def test_a_revoked_pi_removed_from_the_inventory_keeps_its_ports_until_released(
