@@ -20,7 +20,8 @@ from pitunnel.runner import converge
 from pitunnel.sshkeys import parse_public_key
 from pitunnel.roles.vps.keys import keys_file
 from pitunnel.roles.vps.sessions import SessionsEnded
-from pitunnel.roles.vps.steps import D, KEY_MARKER, authorised_keys, handlers, route_stem
+from pitunnel.roles.vps.steps import (D, KEY_MARKER, authorised_keys, context, handlers, revoked_keys_file, route_stem,
+                                     sshd_dropin)
 
 TITLE = "revoked, remembered on the laptop"
 
@@ -122,8 +123,10 @@ def revoke(play: Play, name: str) -> None:
         vps = shut.vps[remote.name]
         keys = keys_off(vps, record)
         # sshd applies a key at login only: its sessions (the outsider's too) end here, their listeners with them
-        converge(remote, [keys, SessionsEnded(vps.tunnel_user, keys), *routes_off(pi.on(vps.name))], reporter, mode,
-                 handlers(remote))
+        # and sshd refuses its keys outright (RevokedKeys), should a line of one ever come back
+        variables = context(shut, vps)
+        converge(remote, [keys, SessionsEnded(vps.tunnel_user, keys), revoked_keys_file(shut), sshd_dropin(variables),
+                          *routes_off(pi.on(vps.name))], reporter, mode, handlers(remote))
 
     closed = play.each(vpses, close)
     left = [v.name for v in vpses if v.name not in closed]

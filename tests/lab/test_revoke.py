@@ -34,6 +34,7 @@ pytestmark = pytest.mark.lab
 
 VPS = str(VPS_ADDR)
 PUBLIC = 12346  # pi1's public ssh port on the VPS (the lab's inventory)
+KEYS = "/var/lib/pitunnel/.ssh/authorized_keys"
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,7 @@ STOLEN: dict[str, str] = {}
 def test_revoke_ends_the_outsiders_session_and_closes_pi1_without_contacting_it(inventory: Path) -> None:
     STOLEN["key"] = stolen = in_host("pi1", f"cat {TUNNEL_KEY}")
     STOLEN["fingerprint"] = tunnel_key_fingerprint("pi1")
+    STOLEN["line"] = in_host("vps", f"grep 'pitunnel:pi1$' {KEYS}").strip()
     api = api_port(inventory, "pi1")
     outsider = tunnel_session(stolen)
     assert outsider is not None and outsider.is_authenticated(), "control: the copied key logs in"
@@ -137,6 +139,8 @@ def test_revoke_ends_the_outsiders_session_and_closes_pi1_without_contacting_it(
     assert not forward_granted(outsider, api), "a forward over the old session"
     assert tunnel_session(stolen) is None, "a new login with the revoked key"
     assert authorised_fingerprints("vps", "pi1") == []
+    effective = in_host("vps", "sshd -T -C user=pitunnel,host=pitunnel,addr=192.0.2.1 | grep -i '^revokedkeys'")
+    assert effective.split()[1:] == ["/etc/ssh/pitunnel_revoked_keys"], effective
     assert wait_for(lambda: not port_open(PUBLIC), 15), "pi1's public port still answers"
     assert status("pi1") == 404, "pi1's route still answers"
     assert status("pi2") == 200 and port_open(12347), "pi2 is untouched"
@@ -159,6 +163,11 @@ def test_later_runs_leave_pi1_out_and_keep_its_ports(inventory: Path, tmp_path: 
     verify = cli("verify", "-i", str(inventory))
     assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-2000:]
     assert "revoked: pi1" in verify.stderr and "pi2" in verify.stdout
+    # a mistake puts the stolen key's line back: sshd refuses it all the same (RevokedKeys)
+    assert STOLEN["line"].endswith("pitunnel:pi1")
+    lab.write_file("vps", KEYS, in_host("vps", f"cat {KEYS}") + STOLEN["line"] + "\n")
+    assert authorised_fingerprints("vps", "pi1") == [STOLEN["fingerprint"]]
+    assert tunnel_session(STOLEN["key"]) is None, "the revoked key logs in once its line is back"
     code, _ = play(inventory, provision_vps, quiet=True)
     assert code == 0
     assert authorised_fingerprints("vps", "pi1") == [] and tunnel_session(STOLEN["key"]) is None

@@ -24,7 +24,7 @@ from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.revoke import revoke
 from pitunnel.roles.vps import steps as vps_steps
 from pitunnel.sshkeys import parse_public_key
-from tests.unit.fake_hosts import FakeHost, lines, load, play_on
+from tests.unit.fake_hosts import FakeHost, converged, lines, load, play_on
 from tests.unit.test_site import INVENTORY, offer_line, pi_host, vps_host
 from tests.unit.test_templates import keygen
 
@@ -72,9 +72,9 @@ def revoked_vps(inv: Inventory, keys: dict[str, str], *, alpha: bool = True, rou
                              ("locations/alpha_web.conf", "yes" if routes else "no"), ("[ -e ", "no")])
 
 
-def sent(host: FakeHost) -> str:
-    """Every file content written on `host` (File ops send it base64-encoded)."""
-    blobs = re.findall(r"printf %s (\S+) \| base64 -d > new", "\n".join(host.ops))
+def sent(host: FakeHost, name: str = "authorized_keys") -> str:
+    """What was written to the file `name` on `host` (File ops send it base64-encoded)."""
+    blobs = re.findall(r"printf %s (\S+) \| base64 -d > new", "\n".join(b for b in host.ops if f"n={name}\n" in b))
     return "".join(base64.b64decode(b).decode(errors="replace") for b in blobs)
 
 
@@ -94,6 +94,10 @@ def test_revoke_remembers_the_pi_then_takes_its_keys_and_routes_off_its_vps_and_
     assert saved.keys == (keys["alpha"],) and saved.ports == {"main": {"ssh": 20022, "web": 20080}}
     beta = vps_steps.authorized_line(inv.vps["main"], inv.pis["beta"], keys["beta"]) + "\n"
     assert sent(hosts["main"]) == beta  # alpha's line gone, beta's kept as it was
+    # sshd refuses the key outright from now on, for the tunnel account
+    assert sent(hosts["main"], "pitunnel_revoked_keys") == f"{keys['alpha']} pitunnel-revoked:alpha\n"
+    assert "RevokedKeys /etc/ssh/pitunnel_revoked_keys" in sent(hosts["main"], "10-pitunnel.conf")
+    assert "0.0.0.0:20022" in sent(hosts["main"], "10-pitunnel.conf")  # its listeners stay permitted (reserved)
     assert hosts["main"].applied("for pair in 4242:4241; do")  # alpha's session (an outsider's, may be) ended
     assert not hosts["main"].applied("5252")  # beta's goes on
     assert hosts["main"].applied("rm -rf /etc/nginx/pitunnel/locations/alpha_web.conf")
@@ -123,7 +127,9 @@ def test_a_second_revoke_changes_nothing_and_says_so(tmp_path: Path, keys: dict[
     record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (keys["alpha"],), {"main": {"ssh": 20022, "web": 20080}}))
     inv = load(tmp_path, INVENTORY)
     assert "alpha" in inv.shut and "alpha" not in inv.pis
-    hosts = {"main": revoked_vps(inv, keys, alpha=False, routes=False), "alpha": FakeHost("alpha")}
+    main = revoked_vps(inv, keys, alpha=False, routes=False)
+    main.answers[:0] = converged([vps_steps.revoked_keys_file(inv), vps_steps.sshd_dropin(vps_steps.context(inv, inv.vps["main"]))])
+    hosts = {"main": main, "alpha": FakeHost("alpha")}
     revoke(play_on(inv, hosts), "alpha")  # type: ignore[arg-type]
     assert hosts["main"].ops == [] and hosts["alpha"].scripts == []
     out = lines(capsys)

@@ -9,7 +9,7 @@ from typing import Any
 
 from pitunnel.facts import LISTENERS, Fact, Facts, FileState, command_fact, gather, read
 from pitunnel.inventory import NAME_RE, Inventory, PiSpec, TunnelSpec, VpsSpec, acme_name
-from pitunnel.inventory.revoked import revoked_key
+from pitunnel.inventory.revoked import records, revoked_key
 from pitunnel.ops import (STATE_DIR, Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Plan,
                           Pruned, Service, SshdPasswordsCheck, SystemUser, UserAbsent, backup_commands, q)
 from pitunnel.play import Play
@@ -385,6 +385,24 @@ def route_vars(r: HttpRoute, vps: VpsSpec | None = None, certs: AcmeFound = Acme
                 hsts=r.hsts, tls=tls, waiting=tls is None and r.auth_file is not None)
 
 
+def revoked_lines(inv: Inventory) -> list[str]:
+    """The keys every revoked Pi had (revocations in force or ended), as sshd's RevokedKeys file lists them."""
+    return [f"{' '.join(k.split()[:2])} pitunnel-revoked:{r.pi}\n" for r in records(inv).values() for k in r.keys]
+
+
+def revoked_keys_file(inv: Inventory) -> File:
+    """sshd's RevokedKeys file for the tunnel account, before the Match block names it (sshd refuses every key of
+    the account if the file it names cannot be read); never made while no key is revoked."""
+    lines = revoked_lines(inv)
+    return File(D["revoked_keys"], "".join(dict.fromkeys(lines)), create=bool(lines),
+                title="revoked keys sshd refuses (RevokedKeys)")
+
+
+def sshd_dropin(variables: dict[str, Any]) -> File:
+    return File(D["sshd_dropin"], ROLE.render("sshd.conf.j2", **variables), validate="sshd -t",
+                notify=("reload sshd",), title="sshd Match block for the tunnel account")
+
+
 def reserved_listens(inv: Inventory, vps: VpsSpec) -> list[str]:
     """The listeners of the revoked Pis still in the inventory: sshd keeps permitting them (their key is gone,
     so nobody can open them), so that the Pi, provisioned again with a new key, needs no provision-vps first."""
@@ -401,6 +419,7 @@ def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: 
                 http_port=vps.http_port, https_port=vps.https_port, tls_certificate=vps.tls_certificate,
                 tls_key=vps.tls_key, claim_default=claim_default, public_name=public, acme=vps.acme is not None,
                 site_tls=served_tls(vps, public if vps.acme else None, certs),
+                revoked_keys=D["revoked_keys"] if revoked_lines(inv) else None,
                 tunnels=[route_vars(r, vps, certs) for r in http_routes(inv, vps)])
 
 
@@ -432,8 +451,8 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, ce
         SystemUser(vps.tunnel_user, home=D["tunnel_home"], comment="pitunnel reverse tunnels"),
         Directory(f"{D['tunnel_home']}/.ssh", owner=vps.tunnel_user, group=vps.tunnel_user, mode=0o700),
         *keys_ops(inv, vps, {}),
-        File(D["sshd_dropin"], ROLE.render("sshd.conf.j2", **variables), validate="sshd -t",
-             notify=("reload sshd",), title="sshd Match block for the tunnel account"),
+        revoked_keys_file(inv),
+        sshd_dropin(variables),
         File(D["reaper_path"], ROLE.render("reaper.sh.j2"), mode=0o755, notify=("restart reaper",),
              title="stale-session reaper script"),
         File(D["reaper_unit_path"], ROLE.render("reaper.service.j2", **variables), notify=("restart reaper",),
@@ -480,6 +499,7 @@ def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
         *metrics_absent_ops(),
         Absent(D["reaper_path"].rsplit("/", 1)[0]),
         Absent(D["sshd_dropin"], notify=("reload sshd",)),
+        Absent(D["revoked_keys"]),
         UserAbsent(vps.tunnel_user),
         Absent(D["nginx_default_site"], notify=("reload nginx",)),
         Pruned(D["nginx_sites_dir"], "pitunnel-*.conf", frozenset(), notify=("reload nginx",)),
