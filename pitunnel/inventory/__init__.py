@@ -96,5 +96,6 @@ def load_inventory(path: Path | str, *, allocate: bool = True, save_allocations:
     shut = {n: p for n, p in pis.items() if n in records and n not in reinstate}
     return Inventory(path=file, settings=settings, vps=MappingProxyType(vps),
                      pis=MappingProxyType({n: p for n, p in pis.items() if n not in shut}),
-                     revoked=MappingProxyType(records), retired=MappingProxyType(retired), shut=MappingProxyType(shut))
+                     revoked=MappingProxyType(records), retired=MappingProxyType(retired), shut=MappingProxyType(shut),
+                     order=tuple(pis))
 

@@ -177,6 +177,7 @@ class Inventory:
     revoked: Mapping[str, Revoked] = field(default_factory=dict)  # every revoked Pi, in the inventory or not
     retired: Mapping[str, Revoked] = field(default_factory=dict)  # revocations that ended: their keys stay refused
     shut: Mapping[str, PiSpec] = field(default_factory=dict)  # the revoked Pis still in the inventory, left out of pis
+    order: tuple[str, ...] = ()  # every Pi of the file, in its order (the revoked ones too)
 
     def host(self, name: str) -> HostSpec:
         """The VPS or Pi called `name`; KeyError if there is none."""

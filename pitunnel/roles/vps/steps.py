@@ -403,10 +403,13 @@ def sshd_dropin(variables: dict[str, Any]) -> File:
                 notify=("reload sshd",), title="sshd Match block for the tunnel account")
 
 
-def reserved_listens(inv: Inventory, vps: VpsSpec) -> list[str]:
-    """The listeners of the revoked Pis still in the inventory: sshd keeps permitting them (their key is gone,
-    so nobody can open them), so that the Pi, provisioned again with a new key, needs no provision-vps first."""
-    return [listen_spec(t) for p in inv.shut.values() if vps.name in p.all_vps for t in p.on(vps.name).tunnels]
+def permitted_listens(inv: Inventory, vps: VpsSpec) -> list[str]:
+    """The listeners sshd permits the tunnel account: every Pi's on this VPS, in inventory order, the revoked
+    Pis' still in the inventory too (their key is gone, so nobody can open them; the Pi, provisioned again
+    with a new key, needs no provision-vps first, and sshd's config does not change when it comes back)."""
+    every = {**inv.pis, **inv.shut}
+    order = [n for n in inv.order if n in every] + [n for n in every if n not in inv.order]
+    return [listen_spec(t) for n in order if vps.name in every[n].all_vps for t in every[n].on(vps.name).tunnels]
 
 
 def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound()) -> dict[str, Any]:
@@ -414,7 +417,7 @@ def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: 
     the Ansible benchmark (benchmarks/ansible/inventory.py) alike. `certs`: the ACME certificates found on
     the VPS (a route serves HTTPS once its own is there)."""
     public = vps.public_name.lower().rstrip(".") if vps.public_name else None
-    return dict(tunnel_user=vps.tunnel_user, listens=[listen_spec(t) for _, t in inv.tunnels_on(vps)] + reserved_listens(inv, vps),
+    return dict(tunnel_user=vps.tunnel_user, listens=permitted_listens(inv, vps),
                 client_alive_interval=vps.client_alive_interval, client_alive_count_max=vps.client_alive_count_max,
                 http_port=vps.http_port, https_port=vps.https_port, tls_certificate=vps.tls_certificate,
                 tls_key=vps.tls_key, claim_default=claim_default, public_name=public, acme=vps.acme is not None,
