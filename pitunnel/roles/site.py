@@ -9,9 +9,9 @@ holds up the paths through the others. provision-pi, provision, verify, status a
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
