@@ -90,10 +90,12 @@ class FlagsTask(Task):
 
 
 def provisioning_task(*, flags: Iterable[str] = COMMON, help: Mapping[str, str] | None = None,
-                      shorts: Mapping[str, str] | None = None) -> Callable[[Callable[..., None]], FlagsTask]:
+                      shorts: Mapping[str, str] | None = None,
+                      positional: Iterable[str] = ()) -> Callable[[Callable[..., None]], FlagsTask]:
     """A task taking the shared `flags` (all by default) as one Flags argument named `flags`, after the
     Context; Invoke sees each of them as a flag of its own. `help` is for the task's own arguments;
-    `shorts` overrides a shared flag's short flag for this task, or sets an own argument's ("": none).
+    `shorts` overrides a shared flag's short flag for this task, or sets an own argument's ("": none);
+    `positional`: own arguments given without a flag (`revoke PI`).
     Invoke's own `--dry` runs the task as --check (a task without --check never changes a host anyway)."""
     names = list(flags)
 
@@ -116,7 +118,8 @@ def provisioning_task(*, flags: Iterable[str] = COMMON, help: Mapping[str, str] 
 
         setattr(run, "__signature__", inspect.Signature([params[0], *shared, *own]))
         return FlagsTask(run, help={**{n: FLAGS[n].metadata["help"] for n in names}, **(help or {})},
-                         shorts={**{n: FLAGS[n].metadata["short"] for n in names}, **(shorts or {})})
+                         shorts={**{n: FLAGS[n].metadata["short"] for n in names}, **(shorts or {})},
+                         positional=list(positional))
 
     return make
 
@@ -145,7 +148,8 @@ def resolve_inventory(path: str | None) -> tuple[Path, str]:
     return DEFAULT_INVENTORY, "./inventory/hosts.yml"
 
 
-def load(path: str | None, *, check: bool, out: TextIO | None = None) -> Inventory:
+def load(path: str | None, *, check: bool, out: TextIO | None = None,
+         reinstate: frozenset[str] = frozenset()) -> Inventory:
     resolved, source = resolve_inventory(path)
     if not resolved.exists():
         raise Exit(f"no inventory at {resolved} (from {source}): give one with -i FILE or ${ENV_INVENTORY}, or run "
@@ -154,9 +158,14 @@ def load(path: str | None, *, check: bool, out: TextIO | None = None) -> Invento
                    code=failures.USAGE)
     print(f"inventory: {resolved} (from {source})", file=out or sys.stderr, flush=True)
     try:
-        return load_inventory(resolved, save_allocations=not check)
+        inv = load_inventory(resolved, save_allocations=not check, reinstate=reinstate)
     except InventoryError as exc:
         raise Exit(str(exc), code=failures.USAGE) from None
+    for name in inv.shut:
+        print(f"revoked: {name} (since {inv.revoked[name].since}) is left out of this run; to bring it back, "
+              f"provision-pi --limit {name} once it has a new key (docs/operations.md)", file=out or sys.stderr,
+              flush=True)
+    return inv
 
 
 @contextmanager
@@ -182,11 +191,17 @@ def ctrl_c() -> Iterator[None]:
 
 
 def run_play(body: Callable[[Play], None], flags: Flags = Flags(), *, quiet: bool = False,
-             out: TextIO | None = None) -> Play:
+             out: TextIO | None = None, reinstate: bool = False,
+             vet: Callable[[Inventory], None] | None = None) -> Play:
     """Run `body` on a play of the inventory flags name, then the recap; raises Exit with the run's code
-    (docs/cli.md) unless all went well. `out`: where the run's lines go (stdout if None)."""
+    (docs/cli.md) unless all went well. `out`: where the run's lines go (stdout if None). `reinstate`: the
+    revoked Pis that --limit names are in the play (provision-pi brings them back with a new key). `vet`: checks
+    the task's own arguments against the inventory (raises Exit) before any host is touched."""
     failures.silence_paramiko()
-    inv = load(flags.inventory or None, check=flags.check)
+    named = frozenset(n.strip() for n in flags.limit.split(",") if n.strip()) if reinstate else frozenset()
+    inv = load(flags.inventory or None, check=flags.check, reinstate=named)
+    if vet is not None:  # the task's own arguments against the inventory, before any host is touched
+        vet(inv)
     try:
         play = Play.start(inv, flags.options(), quiet=quiet, out=out)
     except (BadLimit, BadSshConfig) as exc:  # nothing touched yet: the command line or the ssh config is wrong

@@ -146,6 +146,10 @@ def resolve_limit(patterns: frozenset[str], inventory: Inventory) -> frozenset[s
             found = [h.name for h in hosts if h.role == ROLE_NAMES[pattern]]
         else:
             found = fnmatch.filter(names, pattern)
+        if not found and pattern in inventory.shut:
+            raise BadLimit(f"--limit {pattern!r}: {pattern} is revoked (since {inventory.revoked[pattern].since}): "
+                           f"every task leaves it out but provision-pi and provision, which take it back only with a "
+                           f"new key made on it (docs/operations.md)")
         if not found:
             raise BadLimit(f"--limit {pattern!r} matches no host of {inventory.path} (hosts: {', '.join(names)}; "
                            "also `vps`, `pis` and globs like 'pi*')")

@@ -17,6 +17,7 @@ from invoke import Context, Exit
 
 from . import failures
 from .cli import COMMON, READ_ONLY, Flags, provisioning_task, run_play
+from .inventory import Inventory
 from .play import Play
 
 T = TypeVar("T")
@@ -35,7 +36,7 @@ def _document(task: str, play: Play | None, code: int, **extra: Any) -> str:
 
 def _run(task: str, body: Callable[[Play], list[T]], flags: Flags, *, quiet: bool,
          judge: Callable[[list[T]], int], show: Callable[[list[T]], None],
-         extra: Callable[[list[T]], dict[str, Any]]) -> None:
+         extra: Callable[[list[T]], dict[str, Any]], reinstate: bool = False) -> None:
     """Run a play; print its rows (`show`) or, with --json, one document; exit with the play's code OR'ed with
     what `judge` makes of the rows (interrupted wins)."""
     rows: list[T] = []
@@ -47,7 +48,7 @@ def _run(task: str, body: Callable[[Play], list[T]], flags: Flags, *, quiet: boo
 
     code = 0
     try:
-        run_play(collect, flags, quiet=quiet, out=sys.stderr if flags.json else None)
+        run_play(collect, flags, quiet=quiet, out=sys.stderr if flags.json else None, reinstate=reinstate)
     except Exit as exc:
         if not held:  # nothing ran: a usage or inventory error
             raise
@@ -75,7 +76,7 @@ def provision_pi(c: Context, flags: Flags) -> None:
     """Set up each Pi: autossh, a key made on the Pi and authorised on the VPS, and the tunnel's unit."""
     from pitunnel.roles.site import provision_pi
 
-    run_play(provision_pi, flags)
+    run_play(provision_pi, flags, reinstate=True)
 
 
 @provisioning_task(flags=READ_ONLY + ("json",))
@@ -128,7 +129,7 @@ def provision(c: Context, flags: Flags) -> None:
         return []
 
     _run("provision", body, flags, quiet=False, judge=lambda rows: 0, show=lambda rows: None,
-         extra=lambda rows: {"check": flags.check})
+         extra=lambda rows: {"check": flags.check}, reinstate=True)
 
 
 @provisioning_task(flags=READ_ONLY + ("json",))
@@ -218,4 +219,74 @@ def migrate(c: Context, flags: Flags, to: str = "", keep_old: bool = False) -> N
         raise Exit(f"migrate: {exc}", code=failures.USAGE) from None
 
 
-TASKS = (provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys, rotate_vps_hostkey, migrate)
+@provisioning_task(flags=("inventory", "check", "diff", "accept_new_host_keys", "accept_changed_host_key",
+                          "prompt_for_sudo_password", "verbose"),
+                   help={"pi": "the Pi (its name in the inventory) that is lost or stolen",
+                         "release_ports": "instead: the Pi is gone from the inventory for good; forget its revocation "
+                                          "and free its reserved ports for `remote_port: auto` (touches no host)"},
+                   shorts={"pi": "", "release_ports": ""}, positional=("pi",))
+def revoke(c: Context, flags: Flags, pi: str, release_ports: bool = False) -> None:
+    """A lost or stolen Pi shut out of its VPSes: its keys off, its sessions ended, its routes closed.
+
+    The Pi itself is not contacted. Its ports stay reserved, and every later run leaves it out, until it is
+    provisioned again with a new key made on it (provision-pi --limit PI) or --release-ports."""
+    from pitunnel.roles.revoke import revoke as site
+
+    if release_ports:
+        release(flags, pi)
+        return
+    run_play(lambda play: site(play, pi), flags, vet=lambda inv: vet_revoke(inv, pi))
+
+
+def vet_revoke(inv: Inventory, pi: str) -> None:
+    """revoke PI: PI must be a Pi of the inventory (revoked already or not)."""
+    if pi in inv.pis or pi in inv.shut:
+        return
+    if pi in inv.revoked:
+        raise Exit(f"revoke: {pi} is revoked (since {inv.revoked[pi].since}) and gone from {inv.path}: nothing of it is "
+                   f"left on its VPSes. Fix: to free its ports, `pitunnel revoke {pi} --release-ports`", code=failures.USAGE)
+    names = ", ".join([*inv.pis, *inv.shut]) or "none"
+    raise Exit(f"revoke: no Pi named {pi!r} in {inv.path} (its Pis: {names}). Fix: give the name of one of them",
+               code=failures.USAGE)
+
+
+def release(flags: Flags, pi: str) -> None:
+    """revoke PI --release-ports: the record of a revoked Pi that is gone from the inventory, and its reserved
+    ports, dropped on the laptop alone (the inventory may clash with those ports meanwhile: that is why)."""
+    from pitunnel import yamlsrc
+    from pitunnel.cli import resolve_inventory
+    from pitunnel.inventory import InventoryError, load_inventory
+    from pitunnel.inventory.revoked import read_revoked, revoked_file, write_revoked
+
+    path, _ = resolve_inventory(flags.inventory or None)
+    file = revoked_file(path)
+    everything, problems = read_revoked(file)
+    records = {n: r for n, r in everything.items() if not r.ended}
+    if problems:
+        raise Exit("\n".join(map(str, problems)), code=failures.USAGE)
+    try:
+        data = yamlsrc.load_file(path).data
+    except (OSError, yamlsrc.YamlSyntaxError, yamlsrc.YamlRefused) as exc:
+        raise Exit(f"revoke --release-ports: cannot read {path} ({exc}). Fix: give the inventory with -i FILE",
+                   code=failures.USAGE) from None
+    pis = data.get("pis") if isinstance(data, dict) else None
+    if isinstance(pis, dict) and pi in pis:
+        raise Exit(f"revoke --release-ports: {pi} is still in {path}. Fix: remove pis.{pi} from it first (or bring "
+                   f"{pi} back instead: provision-pi --limit {pi} once it has a new key)", code=failures.USAGE)
+    if pi not in records:
+        raise Exit(f"revoke --release-ports: {file} holds no revoked Pi named {pi!r} (revoked: "
+                   f"{', '.join(records) or 'none'}). Fix: give the name of one of them", code=failures.USAGE)
+    ports = "; ".join(f"{vps}: {', '.join(str(p) for p in on.values())}" for vps, on in records[pi].ports.items())
+    if flags.check:
+        print(f"would release {pi}: its revocation forgotten, its ports free for `auto` again ({ports})")
+        return
+    write_revoked(file, {n: r for n, r in everything.items() if n != pi})
+    print(f"released {pi}: its revocation forgotten, its ports free for `auto` again ({ports})")
+    try:
+        load_inventory(path)  # the ports file rewritten without them
+    except InventoryError as exc:
+        raise Exit(f"{exc}\n(the ports file is rewritten at the next run once the inventory is valid)",
+                   code=failures.USAGE) from None
+
+
+TASKS = (provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys, rotate_vps_hostkey, migrate, revoke)

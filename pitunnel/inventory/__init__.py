@@ -25,7 +25,7 @@ from types import MappingProxyType
 
 from pitunnel import yamlsrc
 
-from . import ports, reader
+from . import ports, reader, revoked
 from .checks import IMAGE_LOGINS
 from .errors import Invalid, InventoryError, Problem, Report
 from .fields import (
@@ -42,7 +42,7 @@ from .fields import (
     Field,
 )
 from .files import MAX_HTPASSWD_BYTES, MAX_SECRET_BYTES
-from .model import DEFAULT_BODY_SIZE, LETS_ENCRYPT, LETS_ENCRYPT_STAGING, AcmeSpec, HostSpec, acme_name, has_tls, Inventory, PiSpec, Settings, TunnelSpec, VpsSpec
+from .model import DEFAULT_BODY_SIZE, LETS_ENCRYPT, LETS_ENCRYPT_STAGING, AcmeSpec, HostSpec, acme_name, has_tls, Inventory, PiSpec, Revoked, Settings, TunnelSpec, VpsSpec
 from .ports import allocate_ports, ports_file
 from .values import AUTO, MAX_CONNECT_TIMEOUT, MAX_TEXT, NAME_RE, SSH_KEY_TYPES, SYSTEM_ACCOUNTS, USER_RE, Check
 
@@ -51,16 +51,19 @@ __all__ = [
     "MAX_CONNECT_TIMEOUT", "MAX_HTPASSWD_BYTES", "MAX_SECRET_BYTES", "MAX_TEXT", "NAME_RE", "PI_FIELDS", "REQUIRED",
     "SECTION_FIELDS", "SETTINGS_FIELDS", "SSH_KEY_TYPES", "SYSTEM_ACCOUNTS", "TUNNEL_FIELDS", "USER_RE",
     "VPS_FIELDS", "Check", "Field", "HostSpec", "Invalid", "Inventory", "InventoryError", "PiSpec", "Problem",
-    "Settings", "TunnelSpec", "VpsSpec", "allocate_ports", "load_inventory", "ports_file",
+    "Revoked", "Settings", "TunnelSpec", "VpsSpec", "allocate_ports", "load_inventory", "ports_file",
 ]
 
 
-def load_inventory(path: Path | str, *, allocate: bool = True, save_allocations: bool = True) -> Inventory:
+def load_inventory(path: Path | str, *, allocate: bool = True, save_allocations: bool = True,
+                   reinstate: frozenset[str] = frozenset()) -> Inventory:
     """Read and check the inventory at `path`; raise InventoryError listing every problem.
 
     Auto remote ports are always allocated in memory; the lock file is
     rewritten only when the allocations changed, the inventory is valid,
-    and both `allocate` and `save_allocations` are true.
+    and both `allocate` and `save_allocations` are true. The Pis revoked
+    (hosts.revoked.yml) are left out of `pis` (kept in `shut`), but for
+    those in `reinstate` (being provisioned again); their ports stay reserved.
     """
     file = Path(path)
     try:
@@ -78,13 +81,21 @@ def load_inventory(path: Path | str, *, allocate: bool = True, save_allocations:
     read = reader.read(report, file.resolve().parent)
     lock = ports_file(file)
     recorded, lock_problems = ports.read_ports(lock)
+    records, revoked_problems = revoked.read_revoked(revoked.revoked_file(file))
     settings, vps, pis = read or (None, {}, {})
-    allocations = ports.allocate(report, vps, pis, recorded)
-    problems = list(dict.fromkeys(report.problems + lock_problems))  # defaults can repeat a problem per host
+    retired = {n: r for n, r in records.items() if r.ended}
+    records = {n: r for n, r in records.items() if not r.ended}
+    reserved = {r.pi: r.reserved() for r in records.values() if r.pi not in pis}
+    allocations = ports.allocate(report, vps, pis, recorded, reserved)
+    problems = list(dict.fromkeys(report.problems + lock_problems + revoked_problems))  # defaults can repeat a problem per host
     if problems or settings is None:
         problems.sort(key=lambda p: (p.file != file, p.line or 0, p.column or 0))
         raise InventoryError(file, problems)
     if allocate and save_allocations and allocations != recorded:
         ports.write_ports(lock, allocations)
-    return Inventory(path=file, settings=settings, vps=MappingProxyType(vps), pis=MappingProxyType(pis))
+    shut = {n: p for n, p in pis.items() if n in records and n not in reinstate}
+    return Inventory(path=file, settings=settings, vps=MappingProxyType(vps),
+                     pis=MappingProxyType({n: p for n, p in pis.items() if n not in shut}),
+                     revoked=MappingProxyType(records), retired=MappingProxyType(retired), shut=MappingProxyType(shut),
+                     order=tuple(pis))
 

@@ -6,7 +6,7 @@ The defaults written on these fields are the inventory's defaults for those keys
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
@@ -164,11 +164,32 @@ class PiSpec(HostSpec):
 
 
 @dataclass(frozen=True)
+class Revoked:
+    """A Pi that `pitunnel revoke` shut out (the inventory's .revoked.yml file): the keys it had on its VPSes
+    (`type blob`, never to be authorised again), when, and its remote ports, reserved on each VPS
+    ({vps: {tunnel: port}}) until `ended`."""
+
+    pi: str
+    since: str
+    keys: tuple[str, ...] = ()
+    ports: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    ended: str = ""  # when it was provisioned again with a new key: its old keys stay refused, nothing else holds
+
+    def reserved(self) -> dict[str, dict[str, int]]:
+        """Its ports as the ports file writes them: {vps: {"pi/tunnel": port}}."""
+        return {vps: {f"{self.pi}/{t}": p for t, p in ports.items()} for vps, ports in self.ports.items()}
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path
     settings: Settings
     vps: Mapping[str, VpsSpec]  # read-only, in file order
-    pis: Mapping[str, PiSpec]
+    pis: Mapping[str, PiSpec]  # without the revoked Pis (`shut`), but for those being re-provisioned
+    revoked: Mapping[str, Revoked] = field(default_factory=dict)  # every revoked Pi, in the inventory or not
+    retired: Mapping[str, Revoked] = field(default_factory=dict)  # revocations that ended: their keys stay refused
+    shut: Mapping[str, PiSpec] = field(default_factory=dict)  # the revoked Pis still in the inventory, left out of pis
+    order: tuple[str, ...] = ()  # every Pi of the file, in its order (the revoked ones too)
 
     def host(self, name: str) -> HostSpec:
         """The VPS or Pi called `name`; KeyError if there is none."""

@@ -31,11 +31,27 @@ def ports_file(inventory: Path) -> Path:
 
 
 def allocate(report: Report, vps: Mapping[str, VpsSpec], pis: dict[str, PiSpec],
-             recorded: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+             recorded: Mapping[str, Mapping[str, int]],
+             reserved: Mapping[str, Mapping[str, Mapping[str, int]]] = {}) -> dict[str, dict[str, int]]:
     """Give every auto remote_port a port on each VPS of its Pi, in place in `pis`; returns the new lock file
     content. Each VPS gives out its own ports, except to a Pi with `same_port_everywhere`: its tunnels get a
-    port free on every one of its VPSes (placed first, so it never takes another tunnel's recorded port)."""
+    port free on every one of its VPSes (placed first, so it never takes another tunnel's recorded port).
+    `reserved`: the ports of revoked Pis no longer in the inventory ({pi: {vps: {"pi/tunnel": port}}}): given to
+    no tunnel, and kept in the lock file."""
     taken = {name: set(spec.own_ports) for name, spec in vps.items()}
+    held = {(name, port): pi for pi, on in reserved.items() for name, ports in on.items() if name in vps
+            for port in ports.values()}
+    for pi in pis.values():
+        for t in pi.tunnels:
+            for name in pi.all_vps:
+                if (name, t.remote_port) in held:
+                    report.problem(("pis", pi.name, "tunnels", t.name, "remote_port"),
+                                   f"port {t.remote_port} on VPS '{name}' is reserved for the revoked Pi "
+                                   f"{held[name, t.remote_port]}",
+                                   f"choose another port, or free it: remove {held[name, t.remote_port]} for good "
+                                   f"with `pitunnel revoke {held[name, t.remote_port]} --release-ports`")
+    for name, port in held:
+        taken[name].add(port)
     for pi in pis.values():
         for name in pi.all_vps:
             if name in taken:  # a VPS whose own keys are wrong is reported already, and allocates nothing
@@ -64,6 +80,10 @@ def allocate(report: Report, vps: Mapping[str, VpsSpec], pis: dict[str, PiSpec],
             on = tuple((v, allocations.get(v, {}).get(f"{name}/{t.name}", t.remote_port)) for v in pi.all_vps)
             tunnels.append(replace(t, remote_port=on[0][1], ports=on))
         pis[name] = replace(pi, tunnels=tuple(tunnels))
+    for kept in reserved.values():
+        for vps_name, held_ports in kept.items():
+            if vps_name in allocations:
+                allocations[vps_name].update(held_ports)
     return {name: ports for name, ports in allocations.items() if ports}
 
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timezone
 from functools import partial
 
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
+from pitunnel.inventory.revoked import records, revoked_file, revoked_key, write_revoked
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.runner import StepFailed, stop_point
 from pitunnel.shared import SharedReading
+from pitunnel.sshkeys import parse_public_key
 from pitunnel.roles.contract import VpsFacts, listen_spec, offer_on
 from pitunnel.roles.pi import status as pi_status
 from pitunnel.roles.pi import steps as pi
@@ -58,6 +62,7 @@ def connect(play: Play, bases: dict[str, pi.PiBase]) -> None:
     says so. A path whose VPS did not answer is left as it is on the Pi, and named under the recap."""
     inv, mode, reporter = play.inventory, play.options.mode, play.reporter
     pis = play.selected(list(inv.pis.values()))
+    bases = {name: base for name, base in bases.items() if not offers_revoked_key(play, name, base)}
 
     def authorise(remote: Remote) -> VpsFacts:
         offers = [offer_on(bases[p.name].offer, p.on(remote.name)) for p in pis
@@ -86,7 +91,31 @@ def connect(play: Play, bases: dict[str, pi.PiBase]) -> None:
             if v not in found and len(spec.all_vps) > 1:
                 reporter.warn(spec.name, missing_path(spec, v))
 
-    play.each([p for p in pis if p.name in bases and (bases[p.name].offer.pubkey is not None or mode.check)], tunnel)
+    done = play.each([p for p in pis if p.name in bases and (bases[p.name].offer.pubkey is not None or mode.check)],
+                     tunnel)
+    back = [p for p in pis if p.name in inv.revoked and p.name in done and set(p.all_vps) <= set(found)]
+    for p in back:  # provisioned again, with a new key, through every VPS: no longer revoked
+        reporter.line(p.name, "would change" if mode.check else "changed", "revoked state ended",
+                      f"its new key is authorised (its old ones stay refused, in {revoked_file(inv.path).name}): "
+                      f"run provision-vps for its routes")
+    if back and not mode.check:  # its old keys stay refused: the record stays, ended
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        write_revoked(revoked_file(inv.path), {**records(inv), **{p.name: replace(inv.revoked[p.name], ended=now)
+                                                                   for p in back}})
+
+
+def offers_revoked_key(play: Play, name: str, base: pi.PiBase) -> bool:
+    """Does this Pi offer a revoked key (it was not re-imaged, or its key not made new)? Then it fails alone,
+    and the key goes to no VPS."""
+    if base.offer.pubkey is None or not revoked_key(play.inventory, base.offer.pubkey):
+        return False
+    play.reporter.line(name, "failed", "tunnel key not revoked",
+                       f"it offers the key revoked by `pitunnel revoke` "
+                       f"({parse_public_key(base.offer.pubkey).fingerprint}), which is never authorised again. Fix: "
+                       f"re-image {name} (recommended), or on it: sudo rm {pi.key_path(play.inventory.pis[name])} "
+                       f"{pi.key_path(play.inventory.pis[name])}.pub; then provision-pi --limit {name}")
+    play.failed.add(name)
+    return True
 
 
 def wait_listening(play: Play, spec: PiSpec, readings: SharedReading[frozenset[str]],

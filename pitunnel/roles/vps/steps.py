@@ -9,6 +9,7 @@ from typing import Any
 
 from pitunnel.facts import LISTENERS, Fact, Facts, FileState, command_fact, gather, read
 from pitunnel.inventory import NAME_RE, Inventory, PiSpec, TunnelSpec, VpsSpec, acme_name
+from pitunnel.inventory.revoked import records, revoked_key
 from pitunnel.ops import (STATE_DIR, Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Plan,
                           Pruned, Service, SshdPasswordsCheck, SystemUser, UserAbsent, backup_commands, q)
 from pitunnel.play import Play
@@ -82,7 +83,9 @@ def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | S
     def render(state: FileState) -> str:
         keys = authorised_keys(state.content.decode(errors="replace") if state.exists else "")
         keys.update({n: [k] if isinstance(k, str) else list(k) for n, k in new_keys.items()})
-        return "".join(authorized_line(vps, pis[n], k) + "\n" for n in pis for k in dict.fromkeys(keys.get(n, [])))
+        # a revoked key never comes back, whoever offers it (docs/operations.md)
+        return "".join(authorized_line(vps, pis[n], k) + "\n" for n in pis for k in dict.fromkeys(keys.get(n, []))
+                       if not revoked_key(inv, k))
 
     return File(f"{D['tunnel_home']}/.ssh/authorized_keys", render, owner=vps.tunnel_user, group=vps.tunnel_user,
                 mode=0o600, title="authorized keys of the Pis")
@@ -198,7 +201,7 @@ def unauthorise(remote: Remote, inv: Inventory, vps: VpsSpec, gone: frozenset[st
 def http_routes(inv: Inventory, vps: VpsSpec) -> list[HttpRoute]:
     routes = []
     for pi, tunnel in inv.tunnels_on(vps):
-        if tunnel.kind != "http":
+        if tunnel.kind != "http" or pi.name in inv.revoked:  # a revoked Pi's routes stay off until it is back
             continue
         stem = route_stem(pi.name, tunnel.name)
         auth = f"{D['nginx_auth_dir']}/{stem}.htpasswd" if tunnel.basic_auth_file else None
@@ -382,6 +385,33 @@ def route_vars(r: HttpRoute, vps: VpsSpec | None = None, certs: AcmeFound = Acme
                 hsts=r.hsts, tls=tls, waiting=tls is None and r.auth_file is not None)
 
 
+def revoked_lines(inv: Inventory) -> list[str]:
+    """The keys every revoked Pi had (revocations in force or ended), as sshd's RevokedKeys file lists them."""
+    return [f"{' '.join(k.split()[:2])} pitunnel-revoked:{r.pi}\n" for r in records(inv).values() for k in r.keys]
+
+
+def revoked_keys_file(inv: Inventory) -> File:
+    """sshd's RevokedKeys file for the tunnel account, before the Match block names it (sshd refuses every key of
+    the account if the file it names cannot be read); never made while no key is revoked."""
+    lines = revoked_lines(inv)
+    return File(D["revoked_keys"], "".join(dict.fromkeys(lines)), create=bool(lines),
+                title="revoked keys sshd refuses (RevokedKeys)")
+
+
+def sshd_dropin(variables: dict[str, Any]) -> File:
+    return File(D["sshd_dropin"], ROLE.render("sshd.conf.j2", **variables), validate="sshd -t",
+                notify=("reload sshd",), title="sshd Match block for the tunnel account")
+
+
+def permitted_listens(inv: Inventory, vps: VpsSpec) -> list[str]:
+    """The listeners sshd permits the tunnel account: every Pi's on this VPS, in inventory order, the revoked
+    Pis' still in the inventory too (their key is gone, so nobody can open them; the Pi, provisioned again
+    with a new key, needs no provision-vps first, and sshd's config does not change when it comes back)."""
+    every = {**inv.pis, **inv.shut}
+    order = [n for n in inv.order if n in every] + [n for n in every if n not in inv.order]
+    return [listen_spec(t) for n in order if vps.name in every[n].all_vps for t in every[n].on(vps.name).tunnels]
+
+
 def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound(),
             reject_unknown: bool | None = None) -> dict[str, Any]:
     """The variables the VPS's templates are rendered with (the role's defaults under them), here and by
@@ -390,12 +420,13 @@ def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: 
     server has no certificate, a default server on https_port refuses unknown names' handshakes (no default
     server of the user's is there; None: as claim_default)."""
     public = vps.public_name.lower().rstrip(".") if vps.public_name else None
-    return dict(tunnel_user=vps.tunnel_user, listens=[listen_spec(t) for _, t in inv.tunnels_on(vps)],
+    return dict(tunnel_user=vps.tunnel_user, listens=permitted_listens(inv, vps),
                 client_alive_interval=vps.client_alive_interval, client_alive_count_max=vps.client_alive_count_max,
                 http_port=vps.http_port, https_port=vps.https_port, tls_certificate=vps.tls_certificate,
                 tls_key=vps.tls_key, claim_default=claim_default, public_name=public, acme=vps.acme is not None,
                 reject_unknown=claim_default if reject_unknown is None else reject_unknown,
                 site_tls=served_tls(vps, public if vps.acme else None, certs),
+                revoked_keys=D["revoked_keys"] if revoked_lines(inv) else None,
                 tunnels=[route_vars(r, vps, certs) for r in http_routes(inv, vps)])
 
 
@@ -428,8 +459,8 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, ce
         SystemUser(vps.tunnel_user, home=D["tunnel_home"], comment="pitunnel reverse tunnels"),
         Directory(f"{D['tunnel_home']}/.ssh", owner=vps.tunnel_user, group=vps.tunnel_user, mode=0o700),
         *keys_ops(inv, vps, {}),
-        File(D["sshd_dropin"], ROLE.render("sshd.conf.j2", **variables), validate="sshd -t",
-             notify=("reload sshd",), title="sshd Match block for the tunnel account"),
+        revoked_keys_file(inv),
+        sshd_dropin(variables),
         File(D["reaper_path"], ROLE.render("reaper.sh.j2"), mode=0o755, notify=("restart reaper",),
              title="stale-session reaper script"),
         File(D["reaper_unit_path"], ROLE.render("reaper.service.j2", **variables), notify=("restart reaper",),
@@ -476,6 +507,7 @@ def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
         *metrics_absent_ops(),
         Absent(D["reaper_path"].rsplit("/", 1)[0]),
         Absent(D["sshd_dropin"], notify=("reload sshd",)),
+        Absent(D["revoked_keys"]),
         UserAbsent(vps.tunnel_user),
         Absent(D["nginx_default_site"], notify=("reload nginx",)),
         Pruned(D["nginx_sites_dir"], "pitunnel-*.conf", frozenset(), notify=("reload nginx",)),

@@ -1,0 +1,129 @@
+"""Revoked Pis, remembered next to the inventory (hosts.yml -> hosts.revoked.yml) by `pitunnel revoke`, so that
+every later run honours them: their keys are never authorised again, their routes stay off, and their remote
+ports stay reserved (never given to another Pi by 'remote_port: auto').
+
+A revocation ends when its Pi is provisioned again with a new key made on it (provision-pi --limit PI: the
+record stays, `ended`, so that its old keys stay refused), or when the Pi is gone from the inventory and
+`pitunnel revoke PI --release-ports` forgets it and frees its ports."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+import yaml
+
+from pitunnel import yamlsrc
+from pitunnel.sshkeys import BadPublicKey, parse_public_key
+
+from . import values
+from .errors import Invalid, Problem, Report, show
+from .model import Inventory, Revoked
+
+_FIX: Final = ("it is written by `pitunnel revoke`: put back the copy you keep with the inventory (do not delete it "
+               "while its Pis are out of your hands; docs/operations.md)")
+_HEADER: Final = (
+    "# Pis revoked by `pitunnel revoke` (docs/operations.md): their keys are never authorised again, their\n"
+    "# routes stay off and their remote ports stay reserved. Keep it with the inventory; do not edit it.\n"
+)
+
+
+def revoked_file(inventory: Path) -> Path:
+    """hosts.yml -> hosts.revoked.yml."""
+    return inventory.with_name(inventory.stem + ".revoked.yml")
+
+
+def read_revoked(file: Path) -> tuple[dict[str, Revoked], list[Problem]]:
+    """The records {pi: Revoked}, or problems naming the file."""
+    if not file.exists():
+        return {}, []
+    try:
+        doc = yamlsrc.load_file(file)
+    except OSError as e:
+        return {}, [Problem(file, None, None, "", f"cannot read the revoked Pis: {e.strerror}", _FIX)]
+    except yamlsrc.YamlSyntaxError as e:
+        return {}, [Problem(file, e.line, e.column, "", f"YAML syntax error: {e.message}", _FIX)]
+    except yamlsrc.YamlRefused as e:
+        return {}, [Problem(file, e.line, e.column, "", e.message, _FIX)]
+    report = Report(file, doc)
+    report.problems = [replace(problem, fix=_FIX) for problem in report.problems]
+    data = doc.data if doc.data is not None else {}
+    if not isinstance(data, dict):
+        report.problem((), f"expected a mapping of Pi names, got {show(data)}", _FIX)
+        return {}, report.problems
+    found: dict[str, Revoked] = {}
+    for pi, entry in data.items():
+        record = _record(report, str(pi), entry)
+        if record is not None:
+            found[record.pi] = record
+    return (found, []) if not report.problems else ({}, report.problems)
+
+
+def _record(report: Report, pi: str, entry: Any) -> Revoked | None:
+    if not values.NAME_RE.fullmatch(pi) or not isinstance(entry, dict):
+        report.problem((pi,), f"expected a Pi name and a mapping (since, keys, ports), got {show(entry)}", _FIX)
+        return None
+    since, keys, ports, ended = entry.get("since"), entry.get("keys") or [], entry.get("ports") or {}, entry.get("ended", "")
+    if not isinstance(since, str) or not isinstance(ended, str) or set(entry) - {"since", "keys", "ports", "ended"}:
+        report.problem((pi,), "expected the keys since (a time), keys, ports and ended (a time) only", _FIX)
+        return None
+    if not isinstance(keys, list) or not all(isinstance(k, str) and _is_key(k) for k in keys):
+        report.problem((pi, "keys"), "expected a list of public keys ('type base64')", _FIX)
+        return None
+    if not isinstance(ports, dict) or not all(isinstance(p, dict) for p in ports.values()):
+        report.problem((pi, "ports"), "expected {VPS: {tunnel: port}}", _FIX)
+        return None
+    reserved: dict[str, dict[str, int]] = {}
+    for vps, tunnels in ports.items():
+        for tunnel, port in tunnels.items():
+            try:
+                reserved.setdefault(str(vps), {})[str(tunnel)] = values.unprivileged_port(port)
+            except Invalid as e:
+                report.problem((pi, "ports", vps, tunnel), e.message, _FIX)
+    return Revoked(pi, since, tuple(keys), reserved, ended)
+
+
+def _is_key(text: str) -> bool:
+    try:
+        parse_public_key(text)
+    except BadPublicKey:
+        return False
+    return True
+
+
+def write_revoked(file: Path, records: Mapping[str, Revoked]) -> None:
+    """Write every record (atomically); no record: the file goes."""
+    if not records:
+        file.unlink(missing_ok=True)
+        return
+    doc = {r.pi: {"since": r.since, "keys": list(r.keys), "ports": {v: dict(p) for v, p in r.ports.items()},
+                  **({"ended": r.ended} if r.ended else {})} for r in records.values()}
+    temporary = file.with_name(file.name + ".tmp")
+    temporary.write_text(_HEADER + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=1000),
+                         encoding="utf-8")
+    os.replace(temporary, file)
+
+
+def shut_out(inv: Inventory, record: Revoked) -> Inventory:
+    """The inventory with this Pi revoked: out of `pis` (into `shut`), its record among the revoked."""
+    pis = {n: p for n, p in inv.pis.items() if n != record.pi}
+    shut = {**inv.shut, **({record.pi: inv.pis[record.pi]} if record.pi in inv.pis else {})}
+    return replace(inv, pis=MappingProxyType(pis), shut=MappingProxyType(shut),
+                   revoked=MappingProxyType({**inv.revoked, record.pi: record}),
+                   retired=MappingProxyType({n: r for n, r in inv.retired.items() if n != record.pi}))
+
+
+def revoked_key(inv: Inventory, pubkey: str) -> bool:
+    """Is this key (a line `type blob [comment]`) one revoked from any Pi, ever (a revocation that ended
+    leaves its keys refused)?"""
+    words = pubkey.split()[:2]
+    return any(" ".join(words) == " ".join(k.split()[:2]) for r in records(inv).values() for k in r.keys)
+
+
+def records(inv: Inventory) -> dict[str, Revoked]:
+    """Every record of the file: the revocations in force, and those that ended."""
+    return {**inv.retired, **inv.revoked}
