@@ -327,8 +327,9 @@ def rotate_keys(play: Play) -> None:
 # ------------------------------------------------------------------------------------ the laptop's key
 def rotate_laptop_key(play: Play, new_key: Path) -> None:
     """`invoke rotate-keys --laptop-key NEW`: on every selected Pi, NEW's public half beside the laptop key
-    pitunnel installed, a fresh login with NEW proven, then the old one removed. Read from the Pi each
-    time: a rerun finishes an interrupted run, and the old key goes only after NEW has logged in."""
+    pitunnel installed, a fresh login with NEW alone proven (by the same route as every other login to
+    that Pi, its host key checked), then the old one removed. Read from the Pi each time: a rerun
+    finishes an interrupted run, and the old key goes only after NEW alone has logged in."""
     inv, reporter, mode = play.inventory, play.reporter, play.options.mode
     line = parse_public_key(new_key.with_name(new_key.name + ".pub").read_text()).line
 
@@ -344,12 +345,15 @@ def rotate_laptop_key(play: Play, new_key: Path) -> None:
                     return
                 continue
             if keys != [line]:
-                probe = Remote(replace(pi, key=new_key), remote.known_hosts)
-                if not probe.can_log_in_fresh(use_password=False, within=5):
-                    reporter.line(pi.name, "failed", "laptop key: a login with the new key",
-                                  f"refused: the old key stays authorised ({new_key} logs in nowhere yet)")
+                # NEW alone (never the agent's keys, the old one among them), by the route this run takes
+                why = remote.proves_key(new_key)
+                if why is not None:
+                    reporter.line(pi.name, "failed", "laptop key: a fresh login with the new key alone",
+                                  f"the old key stays authorised: {why}")
                     raise StepFailed("new laptop key not proven")
-                reporter.line(pi.name, "ok", "laptop key: a fresh login with the new key", str(new_key))
+                route = f"through {remote.gateway_name}'s tunnel" if remote.through_tunnel else "direct"
+                reporter.line(pi.name, "ok", "laptop key: a fresh login with the new key alone",
+                              f"{new_key} ({route}; no agent, no other key, no password)")
                 converge(remote, [pi_keys.laptop_keys_op(pi, [line])], reporter, mode)
                 continue
             reporter.line(pi.name, "ok", "laptop key rotated", f"{pi.user}@{pi.name} accepts {new_key} alone (of "

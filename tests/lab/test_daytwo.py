@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import paramiko
 import pytest
 import yaml
 
-from lab import LAPTOP_KEY, VPS_ADDR, inject
+from lab import LAPTOP_KEY, VPS_ADDR, away_from_home, inject
 from pitunnel.roles.rekey import rotate_vps_hostkey
 from pitunnel.roles.rotate import KILL_AFTER, rotate_keys, rotate_laptop_key
 from pitunnel.roles.site import provision, provision_pi
@@ -354,13 +355,54 @@ def key_login(address: str, key: Path) -> bool:
         client.close()
 
 
-def test_rotate_the_laptop_key(inventory: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def agent_with_the_old_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """An ssh-agent holding the laptop's old key, as the laptop's own agent usually does."""
+    sock = tmp_path / "agent.sock"
+    proc = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for(sock.exists, 5)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        subprocess.run(["ssh-add", "-q", str(LAPTOP_KEY)], check=True, capture_output=True)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+def test_a_new_laptop_key_is_proven_alone_not_with_the_agents_old_key(
+        inventory: Path, tmp_path: Path, agent_with_the_old_key: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """NEW's .pub is another key's (NEW itself is authorised nowhere): the proof offers NEW alone, so the
+    agent's old key cannot pass it; the old key stays and the run fails."""
+    new, decoy = tmp_path / "laptop_new", tmp_path / "decoy"
+    for key in (new, decoy):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    new.with_name("laptop_new.pub").write_text(decoy.with_name("decoy.pub").read_text())
+    address = yaml.safe_load(inventory.read_text())["pis"]["pi1"]["address"]
+    capsys.readouterr()
+    code, _ = play(inventory, lambda p: rotate_laptop_key(p, new), limit="pi1")
+    out = capsys.readouterr().out
+    assert code == 2, out[-3000:]
+    refused = [line for line in out.splitlines() if "laptop key: a fresh login with the new key alone" in line]
+    assert len(refused) == 1 and refused[0].split()[:2] == ["failed", "pi1"], out[-3000:]
+    assert "the old key stays authorised" in refused[0] and f"tried {new};" in refused[0], refused[0]
+    assert key_login(address, LAPTOP_KEY) and not key_login(address, new)
+    marked = [l.split()[1] for l in in_host("pi1", "cat /home/pi/.ssh/authorized_keys").splitlines()
+              if l.endswith("pitunnel-laptop")]
+    assert LAPTOP_KEY.with_name(LAPTOP_KEY.name + ".pub").read_text().split()[1] in marked
+
+
+def test_rotate_the_laptop_key(inventory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     new = tmp_path / "laptop_new"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(new)], check=True)
     address = yaml.safe_load(inventory.read_text())["pis"]["pi1"]["address"]
     assert key_login(address, LAPTOP_KEY) and not key_login(address, new)
-    code, _ = play(inventory, lambda p: rotate_laptop_key(p, new), limit="pi1")
-    assert code == 0
+    capsys.readouterr()
+    with away_from_home("pi1"):  # the laptop reaches pi1 through its tunnel only: so must the proof
+        code, _ = play(inventory, lambda p: rotate_laptop_key(p, new), limit="pi1")
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert re.search(r"ok +pi1 +laptop key: a fresh login with the new key alone .*through vps's tunnel", out), out[-3000:]
     assert key_login(address, new) and not key_login(address, LAPTOP_KEY)
     marked = [l for l in in_host("pi1", "cat /home/pi/.ssh/authorized_keys").splitlines() if l.endswith("pitunnel-laptop")]
     assert len(marked) == 1 and marked[0].split()[1] == new.with_name("laptop_new.pub").read_text().split()[1]
