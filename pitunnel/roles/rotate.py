@@ -37,14 +37,14 @@ from pitunnel.facts import FileState, file_fact
 from pitunnel.inventory import PiSpec, VpsSpec
 from pitunnel.play import Play
 from pitunnel.remote import Remote
-from pitunnel.runner import StepFailed, converge
+from pitunnel.runner import StepFailed, converge, facts_for
 from pitunnel.sshkeys import PublicKey, parse_public_key
 from pitunnel.roles.contract import listens
 from pitunnel.roles.pi import keys as pi_keys
 from pitunnel.roles.pi.steps import D as PI
 from pitunnel.roles.pi.steps import unit
 from pitunnel.roles.vps import keys as vps_keys
-from pitunnel.roles.vps.steps import authorized_keys
+from pitunnel.roles.vps.steps import authorized_keys, keys_path, refuse_shared, shared_keys
 
 # tests only: SIGKILL this process right after its k-th applied step (proves a rerun finishes the job)
 KILL_AFTER = "PITUNNEL_TEST_KILL_AFTER_STEP"
@@ -276,10 +276,18 @@ class Rotation:
             raise StepFailed(step.name)
 
     def _authorise(self, vps: str, pi: PiSpec, lines: list[str]) -> None:
-        vps_spec = self.inv.vps[vps]
+        vps_spec, remote = self.inv.vps[vps], self.play.remotes[vps]
+        op = authorized_keys(self.inv, vps_spec, {pi.name: lines})
         with self.locks[vps]:  # read and write of the shared file together, one Pi at a time
-            converge(self.play.remotes[vps], [authorized_keys(self.inv, vps_spec, {pi.name: lines})],
-                     self.play.reporter, self.play.options.mode)
+            known = facts_for(remote, [op])
+            # a key of this Pi's (its next one too) that another Pi holds: refused, nothing written
+            shared = shared_keys(self.inv, vps_spec, {pi.name: lines}, known.file(keys_path()))
+            if shared:
+                if pi.name not in refuse_shared(self.play.reporter, vps, shared):
+                    self.play.reporter.line(pi.name, "failed", f"tunnel key: {Step.AUTHORISE.value}",
+                                            f"nothing written on {vps}: it lists a key for two Pis (see above)")
+                raise StepFailed("a key two Pis hold")
+            converge(remote, [op], self.play.reporter, self.play.options.mode, known=known)
 
     def _connect(self, remote: Remote, pi: PiSpec, ring: Ring) -> str:
         """Reconnect if a session of another key holds a listener (or wait while the tunnels come back on

@@ -340,6 +340,38 @@ def test_metrics_follow_a_tunnel_down_and_up(inventory: Path, tmp_path: Path) ->
     assert sample(up) is None, "nothing listens on :9100 any more"
 
 
+# ------------------------------------------------------------------------------------------ one key, two Pis (issue 22)
+def test_a_pi_offering_another_pis_key_is_refused_and_that_pi_keeps_its_tunnel(
+        inventory: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """pi1's root writes pi2's public key into pi1's .pub. pi1 comes first in the file: before the fix its
+    line (pi2's key, pi1's permitlisten) came first too, and pi2's next login got pi1's listeners."""
+    own = {pi: tunnel_key_fingerprint(pi) for pi in ("pi1", "pi2")}
+    in_host("pi1", f"cp {KEY}.pub {KEY}.pub.mine")
+    in_host("pi1", f"cat > {KEY}.pub <<'EOF'\n{in_host('pi2', f'cat {KEY}.pub').strip()}\nEOF")
+    try:
+        capsys.readouterr()
+        code, _ = play(inventory, provision)
+        out = capsys.readouterr().out
+        assert code == 2, out[-3000:]
+        refused = [line for line in out.splitlines() if "tunnel key on vps" in line]
+        assert len(refused) == 1 and refused[0].split()[:2] == ["failed", "pi1"], out[-3000:]
+        assert f"its tunnel key {own['pi2']} is pi2's (authorised for pi2 on vps first)" in refused[0], refused[0]
+        assert authorised_fingerprints("vps", "pi1") == [own["pi1"]]
+        assert authorised_fingerprints("vps", "pi2") == [own["pi2"]]
+        pi2_line = [l for l in in_host("vps", "cat /var/lib/pitunnel/.ssh/authorized_keys").splitlines()
+                    if l.endswith("pitunnel:pi2")]
+        assert len(pi2_line) == 1 and 'permitlisten="0.0.0.0:12347"' in pi2_line[0]
+        assert "12346" not in pi2_line[0]
+        # pi2 logs in afresh: its own line, its own listeners
+        in_host("pi2", "systemctl restart pitunnel@vps")
+        assert wait_for(lambda: http_ok("pi2"), 30), "pi2 not reachable after a fresh login"
+        assert http_ok("pi1")  # pi1's tunnel left as it was, with its own key
+    finally:
+        in_host("pi1", f"mv -f {KEY}.pub.mine {KEY}.pub")
+    code, _ = play(inventory, provision, quiet=True)
+    assert code == 0 and wait_for(lambda: http_ok("pi1") and http_ok("pi2"), 30)
+
+
 # ------------------------------------------------------------------------------------------ the laptop's key (last:
 # afterwards the inventory's key no longer logs in to the Pis, and plays fall back to the lab's passwords)
 def key_login(address: str, key: Path) -> bool:
