@@ -93,13 +93,14 @@ class SharedKey:
             shown = parse_public_key(self.key).fingerprint
         except BadPublicKey:
             shown = self.key.split()[-1][:20] + "..."
-        fix = (f"look into {pi}: its tunnel key's .pub is not its own key (remove that .pub on {pi} and rerun: it is "
-               "derived again from the Pi's own private key)")
+        rederive = "remove that .pub there and rerun: it is derived again from the Pi's own private key"
         if self.kept is not None:
             return (f"refused: its tunnel key {shown} is {self.kept}'s (authorised for {self.kept} on {vps} first); "
-                    f"nothing written for {pi}, {self.kept} keeps its key. Fix: {fix}")
+                    f"nothing written for {pi}, {self.kept} keeps its key. Fix: look into {pi}, whose tunnel key's "
+                    f".pub is not its own key ({rederive})")
         return (f"refused: its tunnel key {shown} is offered for {others} too, and {vps} cannot tell whose it is; "
-                f"written for neither. Fix: {fix}, then for {others}")
+                f"written for neither. Fix: find the Pi whose tunnel key's .pub is not its own key ({rederive}); "
+                "the other then gets its key")
 
 
 def settle_keys(before: Mapping[str, Sequence[str]],
