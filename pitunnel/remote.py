@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import paramiko
@@ -158,23 +158,23 @@ class Remote:
             self.close()
             self._reopen_until = time.monotonic() + within
 
-    def _open(self, *, use_password: bool = True) -> tuple[Connection, list[Connection]]:
+    def _open(self, *, use_password: bool = True, only: Path | None = None) -> tuple[Connection, list[Connection]]:
         """A new login, on the path this run chose (the first login chooses, for `via: auto`), with the
-        jump hosts it goes through."""
-        password = self.credentials.login_password if use_password else None
+        jump hosts it goes through. `only`: the host itself is offered this key file alone."""
+        password = self.credentials.login_password if use_password and only is None else None
         via = self.path or self.via
         if via != "auto":
-            conn, hops = self._open_on(via, password)
+            conn, hops = self._open_on(via, password, only=only)
         else:
             try:
-                conn, hops = self._open_on(via := "direct", password)
+                conn, hops = self._open_on(via := "direct", password, only=only)
             except LoginRefused:
                 raise  # the host is there and said no: the tunnel leads to the same sshd
             except (Unreachable, hostkeys.HostKeyRefused) as direct:
                 # no answer, or someone else at that address (another network's host): the Pi's own key is
                 # demanded through the tunnel just the same, and nothing was sent to whoever answered
                 try:
-                    conn, hops = self._open_on(via := "tunnel", password)
+                    conn, hops = self._open_on(via := "tunnel", password, only=only)
                 except (Unreachable, hostkeys.HostKeyRefused) as tunnel:
                     kind = type(direct) if isinstance(direct, hostkeys.HostKeyRefused) else type(tunnel)
                     raise kind(f"{direct}; and {tunnel}") from None
@@ -182,7 +182,8 @@ class Remote:
         self.path = via
         return conn, hops
 
-    def _open_on(self, via: str, password: str | None, pinned: str | None = None) -> tuple[Connection, list[Connection]]:
+    def _open_on(self, via: str, password: str | None, pinned: str | None = None, *,
+                 only: Path | None = None) -> tuple[Connection, list[Connection]]:
         """A new login on one path: "direct" (the address, or the ssh config's ProxyJump) or "tunnel"."""
         sock: socket.socket | paramiko.Channel
         hops: list[Connection] = []
@@ -192,12 +193,12 @@ class Remote:
             sock, hops = self._direct_socket()
         try:
             conn = self._login(self.target, sock, password, pinned=pinned or self.spec.host_key,
-                               through=f" through {self.gateway_name}'s tunnel" if via == "tunnel" else "")
+                               through=f" through {self.gateway_name}'s tunnel" if via == "tunnel" else "", only=only)
         except _TryPinned as again:  # another key known_hosts lists for it, or the one the user vouched for
             _close_all(hops)
             if pinned:
                 raise
-            return self._open_on(via, password, again.line)
+            return self._open_on(via, password, again.line, only=only)
         except BaseException:
             _close_all(hops)
             raise
@@ -236,14 +237,18 @@ class Remote:
                         hint=f"is the tunnel up? (`pitunnel status`, or `systemctl status pitunnel` on {self.name})")
 
     def _login(self, hop: sshconf.Hop, sock: socket.socket | paramiko.Channel, password: str | None, *,
-               pinned: str | None, through: str) -> Connection:
+               pinned: str | None, through: str, only: Path | None = None) -> Connection:
         """Log in to `hop` over `sock`, its host key checked under its own name (never the name of the
-        socket's far end: a jump to 127.0.0.1:PORT is checked as the host it should reach)."""
+        socket's far end: a jump to 127.0.0.1:PORT is checked as the host it should reach). `only`: offer
+        this key file alone (no agent, no other key, no password)."""
         key_host, key_port = (hop.host_key_alias, 22) if hop.host_key_alias else (hop.hostname, hop.port)
+        login = Login(hop, self.keys, password) if only is None else \
+            Login(replace(hop, identities=(sshconf.Identity(only, sshconf.INVENTORY),), identities_only=True),
+                  self.keys, None, agent=False)
         conn = Connection(key_host, user=hop.user, port=key_port, config=Config(ssh_config=paramiko.SSHConfig()),
                           connect_timeout=int(self.spec.connect_timeout),
                           connect_kwargs={"sock": sock, "auth_strategy": hostkeys.RevokedFirst(
-                                              Login(hop, self.keys, password), self.known_hosts, hop.known_name),
+                                              login, self.known_hosts, hop.known_name),
                                           "banner_timeout": self.spec.connect_timeout,
                                           "auth_timeout": self.spec.connect_timeout})
         hostkeys.configure(conn.client, known_hosts=self.known_hosts, name=hop.known_name,
@@ -275,8 +280,9 @@ class Remote:
             raise _TryPinned(line) from None
         except paramiko.auth_strategy.AuthFailure as exc:
             conn.close()
+            hint = self._login_hint(hop) if only is None else "offered alone: no agent, no other key, no password"
             raise LoginRefused(sshauth.why_refused(exc) or
-                               f"{where}: login refused (tried {sshauth.tried(exc)}; {self._login_hint(hop)})") from None
+                               f"{where}: login refused (tried {sshauth.tried(exc)}; {hint})") from None
         except paramiko.AuthenticationException:
             conn.close()
             raise LoginRefused(f"{where}: login refused ({self._login_hint(hop)})") from None
@@ -336,17 +342,41 @@ class Remote:
 
     def _try_login(self, use_password: bool) -> bool:
         try:
-            conn, hops = self._open(use_password=use_password)
+            opened = self._open(use_password=use_password)
         except (Unreachable, hostkeys.HostKeyRefused):
             return False
+        return self._runs_true(*opened) is None
+
+    def _runs_true(self, conn: Connection, hops: list[Connection]) -> str | None:
+        """Run `true` on a fresh login, then close it: None if it ran, else why not."""
         try:
             chan = conn.client.get_transport().open_session(timeout=10)  # type: ignore[union-attr]
             chan.exec_command("true")
-            return chan.recv_exit_status() == 0
-        except (paramiko.SSHException, OSError):
-            return False
+            status = chan.recv_exit_status()
+            return None if status == 0 else f"{self.name}: `true` exited {status}"
+        except (paramiko.SSHException, OSError) as exc:
+            return f"{self.name}: connection lost: {exc}"
         finally:
             _close_all([*hops, conn])
+
+    def proves_key(self, key: Path, *, within: float = 5) -> str | None:
+        """A brand-new login that offers the key file `key` alone (no agent, no other key, no password),
+        by the same route as every other login to this host (the path this run took: its address or the
+        ssh config's ProxyJump, or its tunnel through its VPS), its host key checked as always, then `true`.
+        None if `key` alone let us in; else why not. A refusal is final at once (another try would only
+        count against the host's sshd penalties); no answer, or a connection lost, is retried for `within`
+        seconds."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                why = self._runs_true(*self._open(use_password=False, only=key))
+            except (LoginRefused, hostkeys.HostKeyRefused) as exc:
+                return str(exc)
+            except Unreachable as exc:
+                why = str(exc)
+            if why is None or time.monotonic() > deadline:
+                return why
+            time.sleep(0.3)
 
     def run(self, script: str, *, sudo: bool = True, timeout: float = 600,
             mask: Callable[[str], str | None] | None = None) -> Result:

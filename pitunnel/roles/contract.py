@@ -45,7 +45,9 @@ def offer_on(offer: PiOffer, pi: PiSpec) -> PiOffer:
 
 @dataclass(frozen=True)
 class VpsFacts:
-    """What a Pi needs from its VPS: the host keys to pin (`type blob`), and what listens there now."""
+    """What a Pi needs from its VPS: the host keys to pin (`type blob`), and what listens there now.
+    `refused`: the Pis whose key the VPS refused (another Pi's): their tunnel there is left as it is."""
 
     host_keys: tuple[str, ...]
     listeners: frozenset[str]
+    refused: frozenset[str] = frozenset()

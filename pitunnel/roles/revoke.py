@@ -18,10 +18,9 @@ from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.runner import converge
 from pitunnel.sshkeys import parse_public_key
-from pitunnel.roles.vps.keys import keys_file
 from pitunnel.roles.vps.sessions import SessionsEnded
-from pitunnel.roles.vps.steps import (D, KEY_MARKER, authorised_keys, context, handlers, revoked_keys_file, route_stem,
-                                     sshd_dropin)
+from pitunnel.roles.vps.steps import (D, KEY_MARKER, authorised_keys, context, handlers, keys_path, revoked_keys_file,
+                                     route_stem, sshd_dropin)
 
 TITLE = "revoked, remembered on the laptop"
 
@@ -52,8 +51,8 @@ def record_of(inv: Inventory, name: str, found: list[str], now: str) -> Revoked:
 
 def key_lines_fact() -> Fact[dict[str, list[str]]]:
     """Each Pi's keys in the tunnel account's authorized_keys."""
-    fact = file_fact(keys_file())
-    return Fact(f"pis-keys:{keys_file()}", fact.script, lambda out: _keys(fact.process(out)))
+    fact = file_fact(keys_path())
+    return Fact(f"pis-keys:{keys_path()}", fact.script, lambda out: _keys(fact.process(out)))
 
 
 def _keys(state: FileState) -> dict[str, list[str]]:
@@ -75,7 +74,7 @@ def keys_off(vps: VpsSpec, record: Revoked) -> File:
             kept.append(line + "\n")
         return "".join(kept)
 
-    return File(keys_file(), render, owner=vps.tunnel_user, group=vps.tunnel_user, mode=0o600, create=False,
+    return File(keys_path(), render, owner=vps.tunnel_user, group=vps.tunnel_user, mode=0o600, create=False,
                 title=f"{record.pi}'s keys off the tunnel account")
 
 

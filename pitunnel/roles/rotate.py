@@ -37,14 +37,14 @@ from pitunnel.facts import FileState, file_fact
 from pitunnel.inventory import PiSpec, VpsSpec
 from pitunnel.play import Play
 from pitunnel.remote import Remote
-from pitunnel.runner import StepFailed, converge
+from pitunnel.runner import StepFailed, converge, facts_for
 from pitunnel.sshkeys import PublicKey, parse_public_key
 from pitunnel.roles.contract import listens
 from pitunnel.roles.pi import keys as pi_keys
 from pitunnel.roles.pi.steps import D as PI
 from pitunnel.roles.pi.steps import unit
 from pitunnel.roles.vps import keys as vps_keys
-from pitunnel.roles.vps.steps import keys_ops
+from pitunnel.roles.vps.steps import keys_ops, keys_path, refuse_shared, shared_keys
 
 # tests only: SIGKILL this process right after its k-th applied step (proves a rerun finishes the job)
 KILL_AFTER = "PITUNNEL_TEST_KILL_AFTER_STEP"
@@ -276,10 +276,18 @@ class Rotation:
             raise StepFailed(step.name)
 
     def _authorise(self, vps: str, pi: PiSpec, lines: list[str]) -> None:
-        vps_spec = self.inv.vps[vps]
+        vps_spec, remote = self.inv.vps[vps], self.play.remotes[vps]
+        ops = keys_ops(self.inv, vps_spec, {pi.name: lines})
         with self.locks[vps]:  # read and write of the shared file together, one Pi at a time
-            converge(self.play.remotes[vps], keys_ops(self.inv, vps_spec, {pi.name: lines}),
-                     self.play.reporter, self.play.options.mode)
+            known = facts_for(remote, ops)
+            # a key of this Pi's (its next one too) that another Pi holds: refused, nothing written
+            shared = shared_keys(self.inv, vps_spec, {pi.name: lines}, known.file(keys_path()))
+            if shared:
+                if pi.name not in refuse_shared(self.play.reporter, vps, shared):
+                    self.play.reporter.line(pi.name, "failed", f"tunnel key: {Step.AUTHORISE.value}",
+                                            f"nothing written on {vps}: it lists a key for two Pis (see above)")
+                raise StepFailed("a key two Pis hold")
+            converge(remote, ops, self.play.reporter, self.play.options.mode, known=known)
 
     def _connect(self, remote: Remote, pi: PiSpec, ring: Ring) -> str:
         """Reconnect if a session of another key holds a listener (or wait while the tunnels come back on
@@ -327,8 +335,9 @@ def rotate_keys(play: Play) -> None:
 # ------------------------------------------------------------------------------------ the laptop's key
 def rotate_laptop_key(play: Play, new_key: Path) -> None:
     """`invoke rotate-keys --laptop-key NEW`: on every selected Pi, NEW's public half beside the laptop key
-    pitunnel installed, a fresh login with NEW proven, then the old one removed. Read from the Pi each
-    time: a rerun finishes an interrupted run, and the old key goes only after NEW has logged in."""
+    pitunnel installed, a fresh login with NEW alone proven (by the same route as every other login to
+    that Pi, its host key checked), then the old one removed. Read from the Pi each time: a rerun
+    finishes an interrupted run, and the old key goes only after NEW alone has logged in."""
     inv, reporter, mode = play.inventory, play.reporter, play.options.mode
     line = parse_public_key(new_key.with_name(new_key.name + ".pub").read_text()).line
 
@@ -344,12 +353,15 @@ def rotate_laptop_key(play: Play, new_key: Path) -> None:
                     return
                 continue
             if keys != [line]:
-                probe = Remote(replace(pi, key=new_key), remote.known_hosts)
-                if not probe.can_log_in_fresh(use_password=False, within=5):
-                    reporter.line(pi.name, "failed", "laptop key: a login with the new key",
-                                  f"refused: the old key stays authorised ({new_key} logs in nowhere yet)")
+                # NEW alone (never the agent's keys, the old one among them), by the route this run takes
+                why = remote.proves_key(new_key)
+                if why is not None:
+                    reporter.line(pi.name, "failed", "laptop key: a fresh login with the new key alone",
+                                  f"the old key stays authorised: {why}")
                     raise StepFailed("new laptop key not proven")
-                reporter.line(pi.name, "ok", "laptop key: a fresh login with the new key", str(new_key))
+                route = f"through {remote.gateway_name}'s tunnel" if remote.through_tunnel else "direct"
+                reporter.line(pi.name, "ok", "laptop key: a fresh login with the new key alone",
+                              f"{new_key} ({route}; no agent, no other key, no password)")
                 converge(remote, [pi_keys.laptop_keys_op(pi, [line])], reporter, mode)
                 continue
             reporter.line(pi.name, "ok", "laptop key rotated", f"{pi.user}@{pi.name} accepts {new_key} alone (of "

@@ -75,7 +75,8 @@ def connect(play: Play, bases: dict[str, pi.PiBase]) -> None:
 
     def tunnel(remote: Remote) -> None:
         spec = inv.pis[remote.name]
-        answered = {v: found[v].host_keys for v in spec.all_vps if v in found}
+        # a VPS that refused this Pi's key (another Pi's) said so: its tunnel there is left as it is
+        answered = {v: found[v].host_keys for v in spec.all_vps if v in found and spec.name not in found[v].refused}
         for v in spec.all_vps:
             if v not in found:
                 reporter.line(spec.name, "skipped", f"tunnel via {v}", f"its VPS {v} step failed")

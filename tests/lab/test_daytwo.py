@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import paramiko
 import pytest
 import yaml
 
-from lab import LAPTOP_KEY, VPS_ADDR, inject
+from lab import LAPTOP_KEY, VPS_ADDR, away_from_home, inject
 from pitunnel.roles.rekey import rotate_vps_hostkey
 from pitunnel.roles.rotate import KILL_AFTER, rotate_keys, rotate_laptop_key
 from pitunnel.roles.site import provision, provision_pi
@@ -339,6 +340,38 @@ def test_metrics_follow_a_tunnel_down_and_up(inventory: Path, tmp_path: Path) ->
     assert sample(up) is None, "nothing listens on :9100 any more"
 
 
+# ------------------------------------------------------------------------------------------ one key, two Pis (issue 22)
+def test_a_pi_offering_another_pis_key_is_refused_and_that_pi_keeps_its_tunnel(
+        inventory: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """pi1's root writes pi2's public key into pi1's .pub. pi1 comes first in the file: before the fix its
+    line (pi2's key, pi1's permitlisten) came first too, and pi2's next login got pi1's listeners."""
+    own = {pi: tunnel_key_fingerprint(pi) for pi in ("pi1", "pi2")}
+    in_host("pi1", f"cp {KEY}.pub {KEY}.pub.mine")
+    in_host("pi1", f"cat > {KEY}.pub <<'EOF'\n{in_host('pi2', f'cat {KEY}.pub').strip()}\nEOF")
+    try:
+        capsys.readouterr()
+        code, _ = play(inventory, provision)
+        out = capsys.readouterr().out
+        assert code == 2, out[-3000:]
+        refused = [line for line in out.splitlines() if "tunnel key on vps" in line]
+        assert len(refused) == 1 and refused[0].split()[:2] == ["failed", "pi1"], out[-3000:]
+        assert f"its tunnel key {own['pi2']} is pi2's (authorised for pi2 on vps first)" in refused[0], refused[0]
+        assert authorised_fingerprints("vps", "pi1") == [own["pi1"]]
+        assert authorised_fingerprints("vps", "pi2") == [own["pi2"]]
+        pi2_line = [l for l in in_host("vps", "cat /var/lib/pitunnel/.ssh/authorized_keys").splitlines()
+                    if l.endswith("pitunnel:pi2")]
+        assert len(pi2_line) == 1 and 'permitlisten="0.0.0.0:12347"' in pi2_line[0]
+        assert "12346" not in pi2_line[0]
+        # pi2 logs in afresh: its own line, its own listeners
+        in_host("pi2", "systemctl restart pitunnel@vps")
+        assert wait_for(lambda: http_ok("pi2"), 30), "pi2 not reachable after a fresh login"
+        assert http_ok("pi1")  # pi1's tunnel left as it was, with its own key
+    finally:
+        in_host("pi1", f"mv -f {KEY}.pub.mine {KEY}.pub")
+    code, _ = play(inventory, provision, quiet=True)
+    assert code == 0 and wait_for(lambda: http_ok("pi1") and http_ok("pi2"), 30)
+
+
 # ------------------------------------------------------------------------------------------ the laptop's key (last:
 # afterwards the inventory's key no longer logs in to the Pis, and plays fall back to the lab's passwords)
 def key_login(address: str, key: Path) -> bool:
@@ -354,13 +387,54 @@ def key_login(address: str, key: Path) -> bool:
         client.close()
 
 
-def test_rotate_the_laptop_key(inventory: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def agent_with_the_old_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """An ssh-agent holding the laptop's old key, as the laptop's own agent usually does."""
+    sock = tmp_path / "agent.sock"
+    proc = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for(sock.exists, 5)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        subprocess.run(["ssh-add", "-q", str(LAPTOP_KEY)], check=True, capture_output=True)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+def test_a_new_laptop_key_is_proven_alone_not_with_the_agents_old_key(
+        inventory: Path, tmp_path: Path, agent_with_the_old_key: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """NEW's .pub is another key's (NEW itself is authorised nowhere): the proof offers NEW alone, so the
+    agent's old key cannot pass it; the old key stays and the run fails."""
+    new, decoy = tmp_path / "laptop_new", tmp_path / "decoy"
+    for key in (new, decoy):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    new.with_name("laptop_new.pub").write_text(decoy.with_name("decoy.pub").read_text())
+    address = yaml.safe_load(inventory.read_text())["pis"]["pi1"]["address"]
+    capsys.readouterr()
+    code, _ = play(inventory, lambda p: rotate_laptop_key(p, new), limit="pi1")
+    out = capsys.readouterr().out
+    assert code == 2, out[-3000:]
+    refused = [line for line in out.splitlines() if "laptop key: a fresh login with the new key alone" in line]
+    assert len(refused) == 1 and refused[0].split()[:2] == ["failed", "pi1"], out[-3000:]
+    assert "the old key stays authorised" in refused[0] and f"tried {new};" in refused[0], refused[0]
+    assert key_login(address, LAPTOP_KEY) and not key_login(address, new)
+    marked = [l.split()[1] for l in in_host("pi1", "cat /home/pi/.ssh/authorized_keys").splitlines()
+              if l.endswith("pitunnel-laptop")]
+    assert LAPTOP_KEY.with_name(LAPTOP_KEY.name + ".pub").read_text().split()[1] in marked
+
+
+def test_rotate_the_laptop_key(inventory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     new = tmp_path / "laptop_new"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(new)], check=True)
     address = yaml.safe_load(inventory.read_text())["pis"]["pi1"]["address"]
     assert key_login(address, LAPTOP_KEY) and not key_login(address, new)
-    code, _ = play(inventory, lambda p: rotate_laptop_key(p, new), limit="pi1")
-    assert code == 0
+    capsys.readouterr()
+    with away_from_home("pi1"):  # the laptop reaches pi1 through its tunnel only: so must the proof
+        code, _ = play(inventory, lambda p: rotate_laptop_key(p, new), limit="pi1")
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert re.search(r"ok +pi1 +laptop key: a fresh login with the new key alone .*through vps's tunnel", out), out[-3000:]
     assert key_login(address, new) and not key_login(address, LAPTOP_KEY)
     marked = [l for l in in_host("pi1", "cat /home/pi/.ssh/authorized_keys").splitlines() if l.endswith("pitunnel-laptop")]
     assert len(marked) == 1 and marked[0].split()[1] == new.with_name("laptop_new.pub").read_text().split()[1]

@@ -4,6 +4,7 @@ Pis' keys step reads and writes, the HTTP routes, and teardown; on scripted host
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,13 @@ def key() -> str:
         return " ".join(keygen(Path(d) / "k").split()[:2])
 
 
+@pytest.fixture(scope="module")
+def key2() -> str:
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        return " ".join(keygen(Path(d) / "k").split()[:2])
+
+
 def state(text: str, owner: str = "pitunnel", mode: str = "600") -> str:
     return f"{owner}:{owner}:{mode}\n" + base64.b64encode(text.encode()).decode()
 
@@ -91,15 +99,82 @@ def test_authorise_again_changes_nothing_in_one_round_trip(inv: Inventory, key: 
     assert "ok main authorized keys of the Pis - already as wanted" in lines(capsys)
 
 
-def test_unauthorise_needs_the_account(inv: Inventory, key: str) -> None:
+def test_unauthorise_needs_the_account(inv: Inventory, key: str, key2: str) -> None:
     gone = FakeHost("main", [("|| echo MISSING", "MISSING")])
     vps.unauthorise(gone, inv, inv.vps["main"], frozenset({"alpha"}), Reporter(colour=False), Mode())  # type: ignore[arg-type]
     assert len(gone.scripts) == 1 and gone.ops == []
-    both = vps.authorized_keys(inv, inv.vps["main"], {"alpha": key, "beta": key}).wanted(FileState(False))
+    both = vps.authorized_keys(inv, inv.vps["main"], {"alpha": key, "beta": key2}).wanted(FileState(False))
     host = main_host(("authorized_keys", state(both)))
     vps.unauthorise(host, inv, inv.vps["main"], frozenset({"alpha"}), Reporter(colour=False), Mode())  # type: ignore[arg-type]
-    left = vps.authorized_keys(inv, inv.vps["main"], {"beta": key}).wanted(FileState(False))
+    left = vps.authorized_keys(inv, inv.vps["main"], {"beta": key2}).wanted(FileState(False))
     assert host.applied(base64.b64encode(left.encode()).decode())
+
+
+# ------------------------------------------------------------------------------------------ one key, two Pis (issue 22)
+def written(host: FakeHost) -> str:
+    """The authorized_keys the keys step wrote on `host`."""
+    (body,) = [b for b in host.ops if "authorized_keys" in b]
+    found = re.search(r"printf %s (\S*) \| base64 -d > new", body)
+    assert found is not None
+    return base64.b64decode(found.group(1)).decode()
+
+
+def test_a_pi_offering_another_pis_key_is_refused_and_the_pi_it_belongs_to_keeps_it(
+        inv: Inventory, key: str, key2: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """alpha (first in the inventory, so first in the file) copies beta's key into its .pub: before, its
+    line came first and beta's tunnel got alpha's permitlisten."""
+    now = vps.authorized_keys(inv, inv.vps["main"], {"alpha": key, "beta": key2}).wanted(FileState(False))
+    host = main_host(("authorized_keys", state(now)))
+    offers = [PiOffer("alpha", f"{key2} pitunnel:alpha", ("0.0.0.0:20022",)),
+              PiOffer("beta", f"{key2} pitunnel:beta", ("127.0.0.1:20023",))]
+    found = vps.authorise(host, inv, inv.vps["main"], offers, Reporter(colour=False), Mode())  # type: ignore[arg-type]
+    assert found.refused == frozenset({"alpha"})
+    assert host.ops == []  # nothing to write: alpha keeps its own key's line, beta its own
+    seen = [line for line in lines(capsys) if "tunnel key on main" in line]
+    assert len(seen) == 1 and seen[0].startswith("failed alpha tunnel key on main - refused: its tunnel key SHA256:")
+    assert "is beta's (authorised for beta on main first); nothing written for alpha, beta keeps its key" in seen[0]
+
+
+def test_a_pi_is_refused_another_pis_key_before_anything_is_written_the_other_pis_keys_are(
+        inv: Inventory, key: str, key2: str, capsys: pytest.CaptureFixture[str]) -> None:
+    only_beta = vps.authorized_keys(inv, inv.vps["main"], {"beta": key2}).wanted(FileState(False))
+    host = main_host(("authorized_keys", state(only_beta)))
+    offers = [PiOffer("alpha", f"{key2} pitunnel:alpha", ()), PiOffer("beta", f"{key2} pitunnel:beta", ())]
+    found = vps.authorise(host, inv, inv.vps["main"], offers, Reporter(colour=False), Mode())  # type: ignore[arg-type]
+    assert found.refused == frozenset({"alpha"}) and host.ops == []
+    # a key neither had on this VPS, offered by both (first provision): whose it is cannot be told
+    host = main_host()
+    found = vps.authorise(host, inv, inv.vps["main"], offers, Reporter(colour=False), Mode())  # type: ignore[arg-type]
+    assert found.refused == frozenset({"alpha", "beta"}) and written(host) == ""
+    seen = [line for line in lines(capsys) if "tunnel key on main" in line and "cannot tell" in line]
+    assert [line.split()[1] for line in seen] == ["alpha", "beta"]
+    assert "is offered for beta too, and main cannot tell whose it is; written for neither" in seen[0]
+
+
+def test_a_key_the_file_lists_for_two_pis_is_kept_for_neither(inv: Inventory, key: str, key2: str) -> None:
+    """Written by hand, or by pitunnel before it checked: sshd gives the second Pi the first one's listeners."""
+    alpha, beta = inv.pis["alpha"], inv.pis["beta"]
+    text = vps.authorized_line(inv.vps["main"], alpha, key2) + "\n" + vps.authorized_line(inv.vps["main"], beta, key2) + "\n"
+    host = main_host(("authorized_keys", state(text)))
+    offers = [PiOffer("alpha", f"{key} pitunnel:alpha", ()), PiOffer("beta", f"{key2} pitunnel:beta", ())]
+    # alpha offers its own key again: nothing is shared any more, each Pi has its own line
+    found = vps.authorise(host, inv, inv.vps["main"], offers, Reporter(colour=False), Mode())  # type: ignore[arg-type]
+    assert found.refused == frozenset()
+    assert vps.authorised_keys(written(host)) == {"alpha": [key], "beta": [key2]}
+    host = main_host(("authorized_keys", state(text)))
+    found = vps.authorise(host, inv, inv.vps["main"], [], Reporter(colour=False), Mode())  # type: ignore[arg-type]
+    assert found.refused == frozenset({"alpha", "beta"}) and written(host) == ""
+
+
+def test_settle_keys_covers_next_keys_and_leaves_the_refused_pi_what_the_file_has(key: str, key2: str) -> None:
+    nxt = "ssh-ed25519 AAAAnext"
+    before = {"alpha": [key], "beta": [key2, nxt]}  # beta is half way through a rotation: its next key authorised
+    keys, shared = vps.settle_keys(before, {"alpha": [nxt], "beta": [key2, nxt]})
+    assert keys == {"alpha": [key], "beta": [key2, nxt]} and shared == [vps.SharedKey(nxt, ("alpha", "beta"), "beta")]
+    # beta's next key, made on beta, that alpha already holds here: beta is refused it, its rotation stalls safely
+    keys, shared = vps.settle_keys({"alpha": [nxt], "beta": [key2]}, {"alpha": [nxt], "beta": [key2, nxt]})
+    assert keys == {"alpha": [nxt], "beta": [key2]} and shared[0].refused == ("beta",)
+    assert vps.settle_keys(before, {"alpha": [key], "beta": [key2]}) == ({"alpha": [key], "beta": [key2]}, [])
 
 
 def test_what_the_vps_reads_of_itself() -> None:

@@ -179,6 +179,27 @@ def test_connect_tunnels_only_the_pis_that_have_a_key(inv: Inventory, keys: dict
     assert keys_file  # beta's key went to the VPS; alpha had none to give
 
 
+def test_a_pi_offering_another_pis_key_is_refused_alone_and_the_pi_it_belongs_to_keeps_working(
+        inv: Inventory, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22: alpha's root wrote beta's public key into alpha's .pub. beta's key is beta's on main already:
+    alpha is refused (its line and its tunnel left as they were), beta's tunnel goes on, the run fails."""
+    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 5)
+    vps = inv.vps["main"]
+    before = vps_steps.authorized_keys(inv, vps, {"alpha": keys["alpha"], "beta": keys["beta"]}).wanted(FileState(False))
+    main = vps_host()
+    main.answers.insert(0, ("authorized_keys", f"pitunnel:pitunnel:600\n{base64.b64encode(before.encode()).decode()}"))
+    hosts = {"main": main, "alpha": pi_host(inv, "alpha", keys["beta"]), "beta": pi_host(inv, "beta", keys["beta"])}
+    play = play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"}))  # type: ignore[arg-type]
+    site.provision_pi(play)
+    assert not any("authorized_keys" in body for body in main.ops)  # nothing written: each keeps its own line
+    assert hosts["beta"].applied("pitunnel@main.service") and not hosts["alpha"].applied("pitunnel@main.service")
+    out = lines(capsys)
+    refused = [line for line in out if line.startswith("failed alpha tunnel key on main")]
+    assert len(refused) == 1 and "is beta's (authorised for beta on main first)" in refused[0], out
+    assert any(line.startswith("ok beta tunnel listening on the VPS - main: 127.0.0.1:20023") for line in out)
+    assert play.finish() == 2
+
+
 def test_an_unchanged_tunnel_already_listening_is_not_waited_for(inv: Inventory, keys: dict[str, str],
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -521,3 +522,44 @@ def test_a_relative_include_is_under_the_users_ssh_folder(tmp_path: Path, monkey
     route = resolve(pi("orb"), sshconf.load(config))
     assert (route.target.hostname, route.target.port) == ("127.0.0.1", 32222)
     assert route.target.sources["port"] == SSH_CONFIG
+
+
+# ------------------------------------------------------------------------------------------ a new key proven alone
+@needs_ssh
+def test_a_new_key_is_proven_alone_never_with_the_agents_keys_or_the_password(tmp_path: Path, sshd: FakeSshd,
+                                                                             agent: Path) -> None:
+    old, new = keyfile(tmp_path, "old", ""), keyfile(tmp_path, "new", "")
+    sshd.client_key = paramiko.PKey.from_path(old)
+    _ssh_add(old, "")  # the agent holds the old key, which the host accepts; the new one it does not yet
+    spec = pi("127.0.0.1", port=sshd.port, key=old, given=frozenset({"address", "port", "key"}))
+    remote = Remote(spec, known(tmp_path, sshd), Credentials("login"))
+    assert remote.run("echo in", sudo=False).stdout == "in\n"
+    # what rotate-keys --laptop-key did before: a login "with NEW" that the agent's old key let in
+    assert Remote(dataclasses.replace(spec, key=new), known(tmp_path, sshd)).can_log_in_fresh(use_password=False, within=3)
+    why = remote.proves_key(new, within=0)
+    assert why is not None and re.search(rf"pi@127.0.0.1:{sshd.port}: login refused \(tried {re.escape(str(new))}; "
+                                         r"offered alone: no agent, no other key, no password\)$", why), why
+    sshd.client_key = paramiko.PKey.from_path(new)
+    commands = len(sshd.commands)
+    assert remote.proves_key(new, within=3) is None and set(sshd.commands[commands:]) == {"true"}
+    other = FakeSshd(paramiko.ECDSAKey.generate())  # another host where this one's key is known: refused as always
+    try:
+        other.client_key = paramiko.PKey.from_path(new)
+        listed = tmp_path / "other_known_hosts"
+        listed.write_text(f"[127.0.0.1]:{other.port} {sshd.host_key.get_name()} {sshd.host_key.get_base64()}\n")
+        refused = Remote(dataclasses.replace(spec, port=other.port), listed, Credentials("login")).proves_key(new)
+        assert refused is not None and "CHANGED" in refused and other.commands == []
+    finally:
+        other.close()
+
+
+def test_a_new_key_is_proven_by_the_pis_route_through_its_tunnel(
+        vps_and_pi: tuple[FakeSshd, FakeSshd, Remote, Path], tmp_path: Path) -> None:
+    vps_sshd, pi_sshd, remote, _ = vps_and_pi
+    assert remote.run("echo through", sudo=False).stdout == "through\n" and remote.path == "tunnel"
+    new = keyfile(tmp_path, "new", "")
+    why = remote.proves_key(new, within=0)  # the Pi accepts only the password so far
+    assert why is not None and "through main's tunnel: login refused" in why and "offered alone" in why, why
+    pi_sshd.client_key = paramiko.PKey.from_path(new)
+    commands = len(pi_sshd.commands)
+    assert remote.proves_key(new, within=3) is None and set(pi_sshd.commands[commands:]) == {"true"}

@@ -15,7 +15,7 @@ from pitunnel.facts import Fact, file_fact, gather
 from pitunnel.inventory import VpsSpec
 from pitunnel.ops import STATE_DIR, q
 from pitunnel.remote import Remote
-from pitunnel.roles.vps.steps import D, authorised_keys
+from pitunnel.roles.vps.steps import authorised_keys, keys_path
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,9 @@ def _live(output: str) -> dict[str, str]:
     return found
 
 
-def keys_file() -> str:
-    return f"{D['tunnel_home']}/.ssh/authorized_keys"
-
-
 def read_keys(remote: Remote, vps: VpsSpec, pi: str, listens: Sequence[str]) -> VpsKeys:
     """One round trip: the Pi's authorised keys and who holds its listeners."""
-    authorised, live = file_fact(keys_file()), live_fact(vps, listens)
+    authorised, live = file_fact(keys_path()), live_fact(vps, listens)
     found = gather(remote, [authorised, live])
     state = found.value(authorised)
     text = state.content.decode(errors="replace") if state.exists else ""

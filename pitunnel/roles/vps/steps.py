@@ -73,21 +73,89 @@ def authorized_line(vps: VpsSpec, pi: PiSpec, pubkey: str) -> str:
     return f"{options} {keytype} {blob} {KEY_MARKER}{pi.name}"
 
 
+@dataclass(frozen=True)
+class SharedKey:
+    """One key (`type blob`) that two Pis or more would hold on one VPS: sshd would take the first line
+    with it, so one Pi could open, or block, another's listeners. `kept`: the Pi it stays with, the one
+    the file lists it for alone (it was that Pi's first); None when the file cannot tell (it lists it for
+    none of them, or for several): then it is written for none."""
+
+    key: str
+    pis: tuple[str, ...]
+    kept: str | None
+
+    @property
+    def refused(self) -> tuple[str, ...]:
+        return tuple(p for p in self.pis if p != self.kept)
+
+    def why(self, pi: str, vps: str) -> str:
+        """The one line that refuses `pi`'s use of the key, naming the other Pi(s)."""
+        others = ", ".join(p for p in self.pis if p != pi)
+        try:
+            shown = parse_public_key(self.key).fingerprint
+        except BadPublicKey:
+            shown = self.key.split()[-1][:20] + "..."
+        rederive = "remove that .pub there and rerun: it is derived again from the Pi's own private key"
+        if self.kept is not None:
+            return (f"refused: its tunnel key {shown} is {self.kept}'s (authorised for {self.kept} on {vps} first); "
+                    f"nothing written for {pi}, {self.kept} keeps its key. Fix: look into {pi}, whose tunnel key's "
+                    f".pub is not its own key ({rederive})")
+        return (f"refused: its tunnel key {shown} is offered for {others} too, and {vps} cannot tell whose it is; "
+                f"written for neither. Fix: find the Pi whose tunnel key's .pub is not its own key ({rederive}); "
+                "the other then gets its key")
+
+
+def settle_keys(before: Mapping[str, Sequence[str]],
+                wanted: Mapping[str, Sequence[str]]) -> tuple[dict[str, list[str]], list[SharedKey]]:
+    """Each Pi's keys to write (`wanted`, each key `type blob`), so that no key is any two Pis': a key that
+    several would hold stays with the one the file (`before`) lists it for alone, and the others get what
+    the file has for them (nothing new is written for them); when the file cannot tell, none of them has
+    it. Returns the keys to write and each key refused."""
+    result = {n: list(dict.fromkeys(keys)) for n, keys in wanted.items()}
+    taken: dict[str, set[str]] = {n: set() for n in result}  # keys each Pi may never have in this file
+    shared: list[SharedKey] = []
+    for _ in range(1 + sum(len(keys) for keys in result.values())):  # each round settles one key for good
+        holders: dict[str, list[str]] = {}
+        for name, keys in result.items():
+            for k in keys:
+                holders.setdefault(k, []).append(name)
+        clash = next(((k, names) for k, names in holders.items() if len(names) > 1), None)
+        if clash is None:
+            break
+        key, names = clash
+        first = [n for n in names if key in before.get(n, ())]
+        found = SharedKey(key, tuple(names), first[0] if len(first) == 1 else None)
+        shared.append(found)
+        for name in found.refused:
+            taken[name].add(key)
+            result[name] = [k for k in dict.fromkeys(before.get(name, ())) if k not in taken[name]]
+    return result, shared
+
+
+def _keys_wanted(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequence[str]], drop: frozenset[str],
+                 state: FileState) -> tuple[dict[str, PiSpec], dict[str, list[str]], list[SharedKey]]:
+    pis = {pi.name: pi for pi in inv.pis_on(vps) if pi.name not in drop}
+    before = authorised_keys(state.content.decode(errors="replace") if state.exists else "")
+    given = {n: [k] if isinstance(k, str) else list(k) for n, k in new_keys.items()}
+    # a revoked key never comes back, whoever offers it (docs/operations.md)
+    wanted = {n: [" ".join(k.split()[:2]) for k in given.get(n, before.get(n, [])) if not revoked_key(inv, k)]
+              for n in pis}
+    keys, shared = settle_keys(before, wanted)
+    return pis, keys, shared
+
+
 def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequence[str]],
                     drop: frozenset[str] = frozenset()) -> File:
     """The tunnel account's authorized_keys: a line per key of each Pi of this VPS (one, or two while its
     key is rotated), options always from the inventory, the keys kept from the file unless `new_keys`
-    brings that Pi's (one key, or all of them in order); Pis no longer listed go."""
-    pis = {pi.name: pi for pi in inv.pis_on(vps) if pi.name not in drop}
+    brings that Pi's (one key, or all of them in order); Pis no longer listed go. A key is never written
+    for two Pis (settle_keys; shared_keys says which were refused)."""
 
     def render(state: FileState) -> str:
-        keys = authorised_keys(state.content.decode(errors="replace") if state.exists else "")
-        keys.update({n: [k] if isinstance(k, str) else list(k) for n, k in new_keys.items()})
-        # a revoked key never comes back, whoever offers it (docs/operations.md)
-        return "".join(authorized_line(vps, pis[n], k) + "\n" for n in pis for k in dict.fromkeys(keys.get(n, []))
-                       if not revoked_key(inv, k))
+        pis, keys, _ = _keys_wanted(inv, vps, new_keys, drop, state)
+        return "".join(authorized_line(vps, pis[n], k) + "\n" for n in pis for k in keys.get(n, []))
 
-    return File(f"{D['tunnel_home']}/.ssh/authorized_keys", render, owner=vps.tunnel_user, group=vps.tunnel_user,
+    return File(keys_path(), render, owner=vps.tunnel_user, group=vps.tunnel_user,
                 mode=0o600, title="authorized keys of the Pis")
 
 
@@ -98,6 +166,26 @@ def keys_ops(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequence
     same converge, before the step reports success. Every step that writes the file uses this."""
     keys = authorized_keys(inv, vps, new_keys, drop)
     return [keys, SessionsEnded(vps.tunnel_user, keys)]
+
+
+def keys_path() -> str:
+    return f"{D['tunnel_home']}/.ssh/authorized_keys"
+
+
+def shared_keys(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequence[str]], state: FileState,
+                drop: frozenset[str] = frozenset()) -> list[SharedKey]:
+    """The keys authorized_keys(...) refuses for the file in `state`: two Pis' (or more) each."""
+    return _keys_wanted(inv, vps, new_keys, drop, state)[2]
+
+
+def refuse_shared(reporter: Reporter, vps: str, shared: Sequence[SharedKey]) -> frozenset[str]:
+    """A line for each Pi refused a key another Pi holds or offers; the Pis refused."""
+    refused = []
+    for found in shared:
+        for pi in found.refused:
+            reporter.line(pi, "failed", f"tunnel key on {vps}", found.why(pi, vps))
+            refused.append(pi)
+    return frozenset(refused)
 
 
 def authorised_keys(text: str) -> dict[str, list[str]]:
@@ -170,6 +258,9 @@ def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiO
     # one round trip here, not two
     known = facts_for(remote, [account, keys, ss, permitted, *keys_op])
     converge(remote, [account, keys, ss, permitted], reporter, mode, known=known)
+    # a Pi offering a key another Pi holds or offers: refused alone (the other Pis' keys are written), so
+    # that no Pi can hold up the others' provisioning with a copied key; docs/security.md
+    refused = refuse_shared(reporter, remote.name, shared_keys(inv, vps, new, known.file(keys_path())))
     there, allowed = known.value(account.fact), known.value(permitted.fact)
     unknown = [f"{o.name}: {spec}" for o in offers for spec in o.listens if spec not in allowed]
     if unknown and there:
@@ -177,7 +268,7 @@ def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiO
                       f"not yet: {', '.join(unknown)}; run `invoke provision-vps` (or `invoke provision`) first")
         if not mode.check:
             raise StepFailed("PermitListen behind the inventory")
-    found = VpsFacts(tuple(k for k in known.value(HOST_KEYS) if k.strip()), known.value(LISTENERS))
+    found = VpsFacts(tuple(k for k in known.value(HOST_KEYS) if k.strip()), known.value(LISTENERS), refused)
     if not there:
         if mode.check:
             reporter.line(remote.name, "skipped", "authorized keys of the Pis",
@@ -563,8 +654,9 @@ def converge_vps(play: Play, remote: Remote) -> list[str]:
     reject = tls and not others_default_servers(known, {vps.https_port})
     seen.describe = lambda _: default_server_note(found)
     present = known.value(certs.fact)
-    ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found, certs=present, reject_unknown=reject),
-                     SshdPasswordsCheck(), seen]
+    # a key the file lists for two Pis (written by hand, or before pitunnel checked): kept for neither
+    refuse_shared(play.reporter, vps.name, shared_keys(inv, vps, {}, known.file(keys_path())))
+    ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found, certs=present, reject_unknown=reject), SshdPasswordsCheck(), seen]
     # the account first: one pitunnel did not make is refused before anything (Nginx too) is touched
     account = [op for op in ops if isinstance(op, SystemUser)]
     first = converge(remote, [*account, pkgs], play.reporter, play.options.mode, known=known)
