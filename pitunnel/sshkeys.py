@@ -85,6 +85,15 @@ def parse_public_key(text: str) -> PublicKey:
     return PublicKey(keytype, blob)
 
 
+def is_public_key(text: str) -> bool:
+    """Does `text` parse as a public key (`type blob [comment]`)?"""
+    try:
+        parse_public_key(text)
+    except BadPublicKey:
+        return False
+    return True
+
+
 def _ssh_strings(blob: bytes) -> list[bytes] | None:
     """The blob as uint32-length-prefixed strings, consumed exactly; None if it is not that."""
     out: list[bytes] = []

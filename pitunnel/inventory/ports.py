@@ -3,20 +3,17 @@ a lock file next to the inventory (hosts.yml -> hosts.ports.yml) so they never m
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
-import yaml
-
-from pitunnel import yamlsrc
 from pitunnel.yamlsrc import KeyPath
 
 from . import values
 from .errors import Invalid, Problem, Report, show
 from .model import AUTO_PORT, PiSpec, VpsSpec
+from .sidefile import read_side_file, write_side_file
 
 _LOCK_FIX: Final = "delete it to reallocate (tunnels with remote_port: auto may then get new ports)"
 _LOCK_HEADER: Final = (
@@ -142,23 +139,14 @@ def allocate_ports(vps: VpsSpec, explicit: set[int], wanted: list[str],
 
 def read_ports(file: Path) -> tuple[dict[str, dict[str, int]], list[Problem]]:
     """The recorded allocations {vps: {"pi/tunnel": port}}, or problems naming the lock file."""
-    if not file.exists():
-        return {}, []
-    try:
-        doc = yamlsrc.load_file(file)
-    except OSError as e:
-        return {}, [Problem(file, None, None, "", f"cannot read the port lock file: {e.strerror}", _LOCK_FIX)]
-    except yamlsrc.YamlSyntaxError as e:
-        return {}, [Problem(file, e.line, e.column, "", f"YAML syntax error: {e.message}", _LOCK_FIX)]
-    except yamlsrc.YamlRefused as e:
-        return {}, [Problem(file, e.line, e.column, "", e.message, _LOCK_FIX)]
-    report = Report(file, doc)
-    report.problems = [replace(problem, fix=_LOCK_FIX) for problem in report.problems]
+    report, data, problems = read_side_file(file, "the port lock file", _LOCK_FIX)
+    if report is None or problems:
+        return {}, problems
 
     def bad(path: KeyPath, message: str) -> None:
         report.problem(path, message, _LOCK_FIX)
 
-    data = doc.data if doc.data is not None else {}
+    data = data if data is not None else {}
     result: dict[str, dict[str, int]] = {}
     if not isinstance(data, dict):
         bad((), f"expected a mapping of VPS names, got {show(data)}")
@@ -177,8 +165,4 @@ def read_ports(file: Path) -> tuple[dict[str, dict[str, int]], list[Problem]]:
 
 
 def write_ports(file: Path, allocations: Mapping[str, Mapping[str, int]]) -> None:
-    text = _LOCK_HEADER + yaml.safe_dump({k: dict(v) for k, v in allocations.items()},
-                                         sort_keys=False, default_flow_style=False)
-    temporary = file.with_name(file.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, file)
+    write_side_file(file, _LOCK_HEADER, {k: dict(v) for k, v in allocations.items()})

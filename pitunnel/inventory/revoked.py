@@ -8,21 +8,18 @@ record stays, `ended`, so that its old keys stay refused), or when the Pi is gon
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-import yaml
-
-from pitunnel import yamlsrc
-from pitunnel.sshkeys import BadPublicKey, parse_public_key
+from pitunnel.sshkeys import is_public_key
 
 from . import values
 from .errors import Invalid, Problem, Report, show
 from .model import Inventory, Revoked
+from .sidefile import read_side_file, write_side_file
 
 _FIX: Final = ("it is written by `pitunnel revoke`: put back the copy you keep with the inventory (do not delete it "
                "while its Pis are out of your hands; docs/operations.md)")
@@ -39,19 +36,10 @@ def revoked_file(inventory: Path) -> Path:
 
 def read_revoked(file: Path) -> tuple[dict[str, Revoked], list[Problem]]:
     """The records {pi: Revoked}, or problems naming the file."""
-    if not file.exists():
-        return {}, []
-    try:
-        doc = yamlsrc.load_file(file)
-    except OSError as e:
-        return {}, [Problem(file, None, None, "", f"cannot read the revoked Pis: {e.strerror}", _FIX)]
-    except yamlsrc.YamlSyntaxError as e:
-        return {}, [Problem(file, e.line, e.column, "", f"YAML syntax error: {e.message}", _FIX)]
-    except yamlsrc.YamlRefused as e:
-        return {}, [Problem(file, e.line, e.column, "", e.message, _FIX)]
-    report = Report(file, doc)
-    report.problems = [replace(problem, fix=_FIX) for problem in report.problems]
-    data = doc.data if doc.data is not None else {}
+    report, data, problems = read_side_file(file, "the revoked Pis", _FIX)
+    if report is None or problems:
+        return {}, problems
+    data = data if data is not None else {}
     if not isinstance(data, dict):
         report.problem((), f"expected a mapping of Pi names, got {show(data)}", _FIX)
         return {}, report.problems
@@ -71,7 +59,7 @@ def _record(report: Report, pi: str, entry: Any) -> Revoked | None:
     if not isinstance(since, str) or not isinstance(ended, str) or set(entry) - {"since", "keys", "ports", "ended"}:
         report.problem((pi,), "expected the keys since (a time), keys, ports and ended (a time) only", _FIX)
         return None
-    if not isinstance(keys, list) or not all(isinstance(k, str) and _is_key(k) for k in keys):
+    if not isinstance(keys, list) or not all(isinstance(k, str) and is_public_key(k) for k in keys):
         report.problem((pi, "keys"), "expected a list of public keys ('type base64')", _FIX)
         return None
     if not isinstance(ports, dict) or not all(isinstance(p, dict) for p in ports.values()):
@@ -87,14 +75,6 @@ def _record(report: Report, pi: str, entry: Any) -> Revoked | None:
     return Revoked(pi, since, tuple(keys), reserved, ended)
 
 
-def _is_key(text: str) -> bool:
-    try:
-        parse_public_key(text)
-    except BadPublicKey:
-        return False
-    return True
-
-
 def write_revoked(file: Path, records: Mapping[str, Revoked]) -> None:
     """Write every record (atomically); no record: the file goes."""
     if not records:
@@ -102,10 +82,7 @@ def write_revoked(file: Path, records: Mapping[str, Revoked]) -> None:
         return
     doc = {r.pi: {"since": r.since, "keys": list(r.keys), "ports": {v: dict(p) for v, p in r.ports.items()},
                   **({"ended": r.ended} if r.ended else {})} for r in records.values()}
-    temporary = file.with_name(file.name + ".tmp")
-    temporary.write_text(_HEADER + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=1000),
-                         encoding="utf-8")
-    os.replace(temporary, file)
+    write_side_file(file, _HEADER, doc, width=1000)
 
 
 def shut_out(inv: Inventory, record: Revoked) -> Inventory:
