@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .facts import Facts, gather
-from .ops import (GONE, Handler, Op, Plan, Refused, arm_commands, confirm_commands, confirm_seconds,
-                  disarm_commands, drop_backup_commands, lock_commands, pending_changes, pending_fact,
-                  prove_commands, restore_commands, rollback_commands)
+from .guard import (GONE, arm_commands, confirm_commands, confirm_seconds, disarm_commands, lock_commands,
+                    pending_changes, pending_fact, prove_commands, rollback_commands)
+from .ops import Handler, Op, Plan, Refused, drop_backup_commands, restore_commands
 from .remote import Remote
 from .report import Reporter
 
@@ -57,7 +57,7 @@ class Converged:
 
 def sshd_reload(remote: Remote, service: str, hint: str, *, keys_only: bool = False) -> Handler:
     """The "reload sshd" handler, guarded: sshd -t, the reload, then a fresh login from the laptop (a key
-    login if `keys_only`) must work, else the change is rolled back (commit-confirm: see ops.arm_commands)."""
+    login if `keys_only`) must work, else the change is rolled back (commit-confirm: see guard.arm_commands)."""
     return Handler("reload sshd", ["sshd -t", f"systemctl reload {service}"],
                    verify=lambda: remote.can_log_in_fresh(use_password=not keys_only), verify_hint=hint)
 

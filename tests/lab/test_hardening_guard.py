@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pitunnel import ops, runner
+from pitunnel import guard, runner
 from pitunnel.inventory import load_inventory
 from pitunnel.ops import File
 from pitunnel.remote import Remote, Unreachable
@@ -134,7 +134,7 @@ def test_cut_before_the_proof_no_rerun_the_host_rolls_back_on_its_own(inventory:
     """A change that would lock root out is written, then the laptop vanishes for good: within the window
     the host restores its old sshd config by itself, so even a later sshd restart lets the operator in."""
     window = 8
-    monkeypatch.setattr(ops, "CONFIRM_SECONDS", window, raising=False)
+    monkeypatch.setattr(guard, "CONFIRM_SECONDS", window, raising=False)
     before = in_host("vps", EFFECTIVE)
     vps = new_remote(inventory)
     lockout = File(DROPIN, "DenyUsers root\n", validate="sshd -t", notify=("reload sshd",))

@@ -540,13 +540,13 @@ def test_a_failing_rollback_says_the_end_of_its_output(host: Path) -> None:
 
 
 def test_a_guarded_handler_that_fails_and_whose_rollback_fails(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pitunnel import ops as ops_module
+    from pitunnel import guard
     conf = host / "sshd.conf"
     conf.write_text("old\n")
     noise = "a" * 100 + "d" * 300
-    monkeypatch.setattr(ops_module, "rollback_commands", lambda h: ["echo " + "e" * 100 + "f" * 200, "false"])
+    monkeypatch.setattr(guard, "rollback_commands", lambda h: ["echo " + "e" * 100 + "f" * 200, "false"])
     import pitunnel.runner as runner_module
-    monkeypatch.setattr(runner_module, "rollback_commands", ops_module.rollback_commands)
+    monkeypatch.setattr(runner_module, "rollback_commands", guard.rollback_commands)
     with pytest.raises(StepFailed) as exc:
         converge(LocalRemote(), [dropin(conf, "new\n")], Reporter(colour=False), Mode(),
                  [Handler("reload sshd", [f"echo {noise}", "false"], verify=lambda: True)])
@@ -610,7 +610,7 @@ def test_a_record_the_timer_ran_before_the_proof_is_reported_as_rolled_back_by_t
         host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import pitunnel.runner as runner_module
-    from pitunnel.ops import pending_record
+    from pitunnel.guard import pending_record
     conf = host / "sshd.conf"
     conf.write_text("old\n")
     real = runner_module._apply
@@ -630,7 +630,7 @@ def test_a_record_the_timer_ran_before_the_proof_is_reported_as_rolled_back_by_t
 
 def test_the_timer_winning_during_the_check_is_not_rolled_back_twice(host: Path) -> None:
     import subprocess
-    from pitunnel.ops import pending_record
+    from pitunnel.guard import pending_record
     conf = host / "sshd.conf"
     conf.write_text("old\n")
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pitunnel import ops, runner
+from pitunnel import guard, runner
 from pitunnel.facts import gather
-from pitunnel.ops import Directory, File, Handler, KeyPair, pending_record
+from pitunnel.guard import pending_record
+from pitunnel.ops import Directory, File, Handler, KeyPair, shell
 from pitunnel.remote import Result, Unreachable
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge
@@ -39,10 +40,11 @@ class LocalRemote:
 @pytest.fixture
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Backups and pending records under tmp_path; the timer is a background sleep that runs the record."""
-    monkeypatch.setattr(ops, "BACKUP_DIR", str(tmp_path / "backups"))
-    monkeypatch.setattr(ops, "TIMER_COMMAND", "(sleep {seconds}; sh {record}) 9>&- </dev/null >/dev/null 2>&1 &")
+    for module in (shell, guard):  # the backups (shell.py) and the pending records beside them (guard.py)
+        monkeypatch.setattr(module, "BACKUP_DIR", str(tmp_path / "backups"))
+    monkeypatch.setattr(guard, "TIMER_COMMAND", "(sleep {seconds}; sh {record}) 9>&- </dev/null >/dev/null 2>&1 &")
     # the real command's shape, with each systemctl failing as it does when no such unit is loaded
-    monkeypatch.setattr(ops, "DISARM_COMMAND", ops.DISARM_COMMAND.replace("systemctl", "false"))
+    monkeypatch.setattr(guard, "DISARM_COMMAND", guard.DISARM_COMMAND.replace("systemctl", "false"))
     return tmp_path
 
 

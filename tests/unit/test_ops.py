@@ -17,8 +17,11 @@ from pitunnel import ops
 from pitunnel.facts import LISTENERS, Fact, Facts, FileState, command_fact, file_fact, gather
 from pitunnel.ops import (APT_AGE, APT_FRESH_SECONDS, BACKUP_DIR, Absent, Directory, File, Handler, KeyPair, Observe,
                           Packages, Plan,
-                          PackagesAbsent, Pruned, Refused, Service, SshdPasswordsCheck, Symlink, SystemUser, UserAbsent,
-                          _pkg_fact, backup_commands, backup_path, managed_lines, record_fact, restore_commands)
+                          PackagesAbsent, Pruned, Refused, Service, Symlink, SystemUser, UserAbsent,
+                          backup_commands, backup_path, managed_lines, record_fact, restore_commands)
+from pitunnel.ops import shell
+from pitunnel.ops.packages import _pkg_fact
+from pitunnel.roles.vps.checks import SshdPasswordsCheck
 from pitunnel.runner import covered
 
 # ---------------------------------------------------------------------------
@@ -788,7 +791,7 @@ def test_file_managed_lines_apply_locally_idempotent(tmp_path: Path) -> None:
 @pytest.fixture
 def backup_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory = tmp_path / "backups"
-    monkeypatch.setattr(ops, "BACKUP_DIR", str(directory))
+    monkeypatch.setattr(shell, "BACKUP_DIR", str(directory))
     return directory
 
 

@@ -12,8 +12,9 @@ import pytest
 
 from pitunnel import ops
 from pitunnel.facts import Facts, gather
-from pitunnel.ops import (Absent, Directory, Op, Packages, PackagesAbsent, Pruned, Service, SshdPasswordsCheck,
-                          Symlink, SystemUser, UserAbsent)
+from pitunnel.ops import (Absent, Directory, Op, Packages, PackagesAbsent, Pruned, Service, Symlink, SystemUser,
+                          UserAbsent, records, services)
+from pitunnel.roles.vps.checks import SshdPasswordsCheck
 from tests.unit.test_ops import LocalShell
 
 STUBS = {
@@ -45,7 +46,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     state = tmp_path / "state"
     state.mkdir()
-    monkeypatch.setattr(ops, "STATE_DIR", str(state))
+    monkeypatch.setattr(records, "STATE_DIR", str(state))
     return tmp_path
 
 
@@ -162,7 +163,8 @@ def test_plans_in_full(host: Path) -> None:
 
 def test_small_decisions() -> None:
     from pitunnel.facts import Facts
-    from pitunnel.ops import _slug, pending_changes, pending_fact, record_fact
+    from pitunnel.guard import _slug, pending_changes, pending_fact
+    from pitunnel.ops import record_fact
     assert _slug("-Reload SSHD (main)-") == "reload-sshd--main"
     assert pending_changes(Facts()) == {}
     key = pending_fact().key
@@ -218,7 +220,7 @@ def test_later_runs_the_ops_commands_only_when_armed_and_in_order(tmp_path: Path
             return ops.Plan([f"echo {self.word} >> {tmp_path}/out"], f"say {self.word}")
 
     later = tmp_path / "later.sh"
-    monkeypatch.setattr(ops, "LATER_SCRIPT", str(later))
+    monkeypatch.setattr(services, "LATER_SCRIPT", str(later))
     for word in ("first", "second"):
         plan = ops.Later(Echo(word)).plan(Facts({}))
         assert plan.reason == f"say {word}, once this run has left (its connection rides it)"

@@ -359,12 +359,12 @@ def test_debian_default_site_set_aside_and_put_back_for_real(tmp_path: Path, mon
     """The two ops' commands run by sh on files under tmp_path: the link goes (recorded), and comes back on
     teardown only where pitunnel took it and nothing took its place."""
     import subprocess
-    from pitunnel import ops
     from pitunnel.facts import Facts
+    from pitunnel.ops import shell
     available, enabled, state_dir = tmp_path / "available", tmp_path / "enabled", tmp_path / "state"
     available.write_text("debian's welcome\n")
     enabled.symlink_to(available)
-    monkeypatch.setattr(ops, "BACKUP_DIR", str(tmp_path / "backups"))
+    monkeypatch.setattr(shell, "BACKUP_DIR", str(tmp_path / "backups"))
     monkeypatch.setattr(vps, "DEBIAN_SITE", str(available))
     monkeypatch.setattr(vps, "STATE_DIR", str(state_dir))
     monkeypatch.setattr(vps, "SET_ASIDE_RECORD", str(state_dir / "nginx-default-site"))

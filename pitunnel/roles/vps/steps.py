@@ -11,7 +11,7 @@ from pitunnel.facts import LISTENERS, Fact, Facts, FileState, command_fact, gath
 from pitunnel.inventory import NAME_RE, Inventory, PiSpec, TunnelSpec, VpsSpec, acme_name
 from pitunnel.inventory.revoked import records, revoked_key
 from pitunnel.ops import (STATE_DIR, Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Plan,
-                          Pruned, Service, SshdPasswordsCheck, SystemUser, UserAbsent, backup_commands, q)
+                          Pruned, Service, SystemUser, UserAbsent, backup_commands, q)
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.report import Reporter
@@ -21,6 +21,7 @@ from pitunnel.sshkeys import BadPublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec, realm
 from pitunnel.roles.vps.acme import (AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact,
                                      live_paths)
+from pitunnel.roles.vps.checks import SshdPasswordsCheck
 from pitunnel.roles.vps.sessions import SessionsEnded
 
 ROLE = Role("vps")
