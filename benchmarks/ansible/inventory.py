@@ -14,7 +14,9 @@ import yaml
 from pitunnel.hostkeys import known_name
 from pitunnel.inventory import HostSpec, Inventory, PiSpec, VpsSpec
 from pitunnel.roles.contract import listens
-from pitunnel.roles.pi import steps as pi_role
+from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import role as pi_role
+from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.vps import steps as vps_role
 
 
@@ -69,16 +71,16 @@ def pi_vars(inv: Inventory, pi: PiSpec) -> dict[str, Any]:
     vps = inv.vps_of(pi)
     return {
         **pi_role.D,
-        **pi_role.context(pi, vps),
-        "watchdog_script": pi_role.watchdog_path(vps.name),
+        **pi_steps.context(pi, vps),
+        "watchdog_script": pi_paths.watchdog_path(vps.name),
         "watchdog_template": pi_role.D["watchdog_unit"],
-        "watchdog_unit": pi_role.watchdog_unit(vps.name),
+        "watchdog_unit": pi_paths.watchdog_unit(vps.name),
         "vps_known_name": known_name(vps.address, vps.port),
-        "key_comment": pi_role.key_comment(pi),
-        "login_home": pi_role.home_of(pi.user),
+        "key_comment": pi_paths.key_comment(pi),
+        "login_home": pi_paths.home_of(pi.user),
         "listen_specs": list(listens(pi)),
         "authorized_options": key_options(vps, pi),
-        "laptop_key_line": pi_role.laptop_key_line(inv),
+        "laptop_key_line": pi_steps.laptop_key_line(inv),
     }
 
 

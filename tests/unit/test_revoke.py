@@ -20,6 +20,7 @@ from pitunnel.inventory import Inventory, InventoryError, Revoked, load_inventor
 from pitunnel.inventory.revoked import read_revoked, revoked_file, write_revoked
 from pitunnel.roles import site
 from pitunnel.roles.contract import PiOffer, listens
+from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.revoke import revoke
 from pitunnel.roles.vps import steps as vps_steps
@@ -140,7 +141,7 @@ def test_a_second_revoke_changes_nothing_and_says_so(tmp_path: Path, keys: dict[
 
 def test_provision_leaves_a_revoked_pi_out_and_its_key_and_routes_off_the_vps(
         tmp_path: Path, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
     before = load(tmp_path, INVENTORY)
     record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (keys["alpha"],), {"main": {"ssh": 20022, "web": 20080}}))
     inv = load(tmp_path, INVENTORY)
@@ -163,7 +164,7 @@ def test_provision_leaves_a_revoked_pi_out_and_its_key_and_routes_off_the_vps(
 
 def test_a_revoked_key_offered_again_is_refused_and_a_new_one_ends_the_revocation(
         tmp_path: Path, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
     monkeypatch.setattr(pi_steps, "tunnel", lambda play, remote, base, host_keys: set())
     monkeypatch.setattr(pi_steps, "passwords_off", lambda play, remote: None)
     load(tmp_path, INVENTORY)
