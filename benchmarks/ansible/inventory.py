@@ -17,7 +17,9 @@ from pitunnel.roles.contract import listens
 from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
-from pitunnel.roles.vps import steps as vps_role
+from pitunnel.roles.vps import role as vps_role
+from pitunnel.roles.vps import steps as vps_steps
+from pitunnel.roles.vps.authorized import authorized_line
 
 
 class NotEquivalent(Exception):
@@ -41,7 +43,7 @@ def connection_vars(host: HostSpec, known_hosts: Path) -> dict[str, Any]:
 
 def vps_vars(inv: Inventory, vps: VpsSpec) -> dict[str, Any]:
     """The VPS role's defaults and template context (roles/vps/steps.py's), plus the lists the playbook loops over."""
-    variables = vps_role.context(inv, vps)
+    variables = vps_steps.context(inv, vps)
     routes = variables["tunnels"]
     return {
         **vps_role.D,
@@ -57,7 +59,7 @@ def vps_vars(inv: Inventory, vps: VpsSpec) -> dict[str, Any]:
 
 def key_options(vps: VpsSpec, pi: PiSpec) -> str:
     """The options pitunnel puts before a Pi's key in the tunnel account's authorized_keys."""
-    return vps_role.authorized_line(vps, pi, "KEYTYPE BLOB").rsplit(" ", 3)[0]
+    return authorized_line(vps, pi, "KEYTYPE BLOB").rsplit(" ", 3)[0]
 
 
 def pi_vars(inv: Inventory, pi: PiSpec) -> dict[str, Any]:

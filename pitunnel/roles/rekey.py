@@ -27,7 +27,7 @@ from pitunnel.runner import StepFailed, converge
 from pitunnel.roles.pi import steps as pi
 from pitunnel.roles.pi.paths import vps_config_dir
 from pitunnel.roles.vps import keys as vps_keys
-from pitunnel.roles.vps.steps import D as VPS
+from pitunnel.roles.vps.role import D as VPS
 
 
 class Step(Enum):

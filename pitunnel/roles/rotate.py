@@ -44,7 +44,7 @@ from pitunnel.roles.pi import keys as pi_keys
 from pitunnel.roles.pi.paths import unit
 from pitunnel.roles.pi.role import D as PI
 from pitunnel.roles.vps import keys as vps_keys
-from pitunnel.roles.vps.steps import keys_ops, keys_path, refuse_shared, shared_keys
+from pitunnel.roles.vps.authorized import keys_ops, keys_path, refuse_shared, shared_keys
 
 # tests only: SIGKILL this process right after its k-th applied step (proves a rerun finishes the job)
 KILL_AFTER = "PITUNNEL_TEST_KILL_AFTER_STEP"

@@ -26,7 +26,7 @@ from pitunnel.roles.contract import PiOffer, listens
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.pi.verify import PiReport
-from pitunnel.roles.vps.steps import authorized_keys
+from pitunnel.roles.vps.authorized import authorized_keys
 from tests.unit.test_guard import LocalRemote, dropin, guarded, host, me  # noqa: F401 (host: a fixture)
 from tests.unit.test_ops import File
 

@@ -16,7 +16,8 @@ from pitunnel.roles.contract import PiOffer, VpsFacts, listens
 from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
-from pitunnel.roles.vps import steps as vps_steps
+from pitunnel.roles.vps import authorized as vps_authorized
+from pitunnel.roles.vps import role as vps_role
 from tests.unit.fake_hosts import ACCOUNT, FakeHost, lines, load, play_on
 from tests.unit.test_templates import keygen
 
@@ -101,7 +102,7 @@ def test_provision_pi_puts_the_keys_on_the_vps_before_the_tunnels_and_proves_the
     site.provision_pi(play)
     assert play.failed == set()
     vps = inv.vps["main"]
-    wanted = vps_steps.authorized_keys(inv, vps, {"alpha": " ".join(keys["alpha"].split()[:2]),
+    wanted = vps_authorized.authorized_keys(inv, vps, {"alpha": " ".join(keys["alpha"].split()[:2]),
                                                   "beta": " ".join(keys["beta"].split()[:2])}).wanted(FileState(False))
     assert "pitunnel:alpha" in wanted and "pitunnel:beta" in wanted
     assert written(hosts["main"], "authorized_keys", wanted)
@@ -187,7 +188,7 @@ def test_a_pi_offering_another_pis_key_is_refused_alone_and_the_pi_it_belongs_to
     alpha is refused (its line and its tunnel left as they were), beta's tunnel goes on, the run fails."""
     monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
     vps = inv.vps["main"]
-    before = vps_steps.authorized_keys(inv, vps, {"alpha": keys["alpha"], "beta": keys["beta"]}).wanted(FileState(False))
+    before = vps_authorized.authorized_keys(inv, vps, {"alpha": keys["alpha"], "beta": keys["beta"]}).wanted(FileState(False))
     main = vps_host()
     main.answers.insert(0, ("authorized_keys", f"pitunnel:pitunnel:600\n{base64.b64encode(before.encode()).decode()}"))
     hosts = {"main": main, "alpha": pi_host(inv, "alpha", keys["beta"]), "beta": pi_host(inv, "beta", keys["beta"])}
@@ -223,8 +224,8 @@ def test_provision_converges_the_vps_and_the_pis_base_then_connects_them(inv: In
     play = play_on(inv, hosts, limit=frozenset({"main", "beta"}))  # type: ignore[arg-type]
     site.provision(play)
     assert play.failed == set()
-    beta = vps_steps.authorized_keys(inv, inv.vps["main"], {"beta": " ".join(keys["beta"].split()[:2])})
-    assert main.applied(vps_steps.D["sshd_dropin"]) and written(main, "authorized_keys", beta.wanted(FileState(False)))
+    beta = vps_authorized.authorized_keys(inv, inv.vps["main"], {"beta": " ".join(keys["beta"].split()[:2])})
+    assert main.applied(vps_role.D["sshd_dropin"]) and written(main, "authorized_keys", beta.wanted(FileState(False)))
     assert hosts["beta"].applied("systemctl start pitunnel@main.service")
 
 
@@ -258,7 +259,7 @@ def test_verify_reads_each_vps_once_and_reports_every_selected_pi(inv: Inventory
 
 
 def test_teardown_of_some_pis_takes_their_keys_off_their_vps(inv: Inventory, keys: dict[str, str]) -> None:
-    kept = vps_steps.authorized_keys(inv, inv.vps["main"], {"alpha": " ".join(keys["alpha"].split()[:2]),
+    kept = vps_authorized.authorized_keys(inv, inv.vps["main"], {"alpha": " ".join(keys["alpha"].split()[:2]),
                                                             "beta": " ".join(keys["beta"].split()[:2])})
     text = kept.wanted(FileState(False))
     state = "root:root:600\n" + base64.b64encode(text.encode()).decode()
@@ -266,7 +267,7 @@ def test_teardown_of_some_pis_takes_their_keys_off_their_vps(inv: Inventory, key
     main.answers.insert(0, ("authorized_keys", state))
     hosts = {"main": main, "alpha": FakeHost("alpha"), "beta": FakeHost("beta")}
     site.teardown(play_on(inv, hosts, limit=frozenset({"alpha"})), purge=False)  # type: ignore[arg-type]
-    after = vps_steps.authorized_keys(inv, inv.vps["main"], {}, drop=frozenset({"alpha"})).wanted(
+    after = vps_authorized.authorized_keys(inv, inv.vps["main"], {}, drop=frozenset({"alpha"})).wanted(
         FileState(True, content=text.encode()))
     assert "pitunnel:alpha" not in after and "pitunnel:beta" in after
     assert written(main, "authorized_keys", after)

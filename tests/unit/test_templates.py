@@ -18,9 +18,12 @@ from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import sshd as pi_sshd
 from pitunnel.roles.pi import steps as pi_steps
+from pitunnel.roles.vps import authorized as vps_authorized
+from pitunnel.roles.vps import nginx as vps_nginx
+from pitunnel.roles.vps import role as vps_role
 from pitunnel.roles.vps import steps as vps_steps
 
-VPS_D = vps_steps.D
+VPS_D = vps_role.D
 PI_D = pi_role.D
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHva6ee4ekTAawH0SqI5CoAvuEvPaN4hfyg5Q+vEb9p1"
 
@@ -167,7 +170,7 @@ def options_of(line: str) -> list[str]:
 
 def test_authorized_line(inv: Inventory) -> None:
     pub = "ssh-ed25519 AAAAkey1 pitunnel:pi1"
-    line = vps_steps.authorized_line(inv.vps["main"], inv.pis["pi1"], pub)
+    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["pi1"], pub)
     opts = options_of(line)
     assert opts[0] == "restrict"
     assert "port-forwarding" in opts
@@ -180,7 +183,7 @@ def test_authorized_line(inv: Inventory) -> None:
 
 
 def test_authorized_line_only_that_pis_tunnels(inv: Inventory) -> None:
-    line = vps_steps.authorized_line(inv.vps["main"], inv.pis["pi2"], "ssh-ed25519 AAAAkey2")
+    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["pi2"], "ssh-ed25519 AAAAkey2")
     assert [o for o in options_of(line) if o.startswith("permitlisten=")] == ['permitlisten="127.0.0.1:20023"']
     assert line.endswith(" ssh-ed25519 AAAAkey2 pitunnel:pi2")
 
@@ -195,7 +198,7 @@ def test_authorized_line_pi_without_tunnels_gets_no_forwarding(tmp_path: Path) -
           busy: {address: 10.0.0.2, tunnels: {ssh: {type: ssh, remote_port: 20001}}}
         """))
     inv = load_inventory(file)
-    line = vps_steps.authorized_line(inv.vps["main"], inv.pis["idle"], "ssh-ed25519 AAAAidle")
+    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["idle"], "ssh-ed25519 AAAAidle")
     opts = options_of(line)
     assert "" not in opts
     assert "port-forwarding" not in opts or any(o.startswith("permitlisten=") for o in opts)
@@ -203,7 +206,7 @@ def test_authorized_line_pi_without_tunnels_gets_no_forwarding(tmp_path: Path) -
 
 def keys_file(inv: Inventory, vps: str, existing: str | None, new: dict[str, str],
               drop: frozenset[str] = frozenset()) -> tuple[File, str]:
-    op = vps_steps.authorized_keys(inv, inv.vps[vps], new, drop)
+    op = vps_authorized.authorized_keys(inv, inv.vps[vps], new, drop)
     state = FileState(False) if existing is None else FileState(True, "pitunnel", "pitunnel", 0o600,
                                                                 existing.encode())
     return op, op.wanted(state)
@@ -225,8 +228,8 @@ def test_authorized_keys_keeps_other_pis_and_updates_options(inv: Inventory) -> 
                 "ssh-ed25519 AAAAgone pitunnel:gone\n")
     main, pi1, pi2 = inv.vps["main"], inv.pis["pi1"], inv.pis["pi2"]
     op, text = keys_file(inv, "main", existing, {"pi1": "ssh-ed25519 AAAAnew1 pitunnel:pi1"})
-    assert text == (vps_steps.authorized_line(main, pi1, "ssh-ed25519 AAAAnew1") + "\n"
-                    + vps_steps.authorized_line(main, pi2, "ssh-ed25519 AAAAkey2") + "\n")
+    assert text == (vps_authorized.authorized_line(main, pi1, "ssh-ed25519 AAAAnew1") + "\n"
+                    + vps_authorized.authorized_line(main, pi2, "ssh-ed25519 AAAAkey2") + "\n")
     assert "AAAAold1" not in text  # the new key replaced the old one
     assert "127.0.0.1:9999" not in text and 'permitlisten="127.0.0.1:20023"' in text  # options from the inventory
     assert "pitunnel:gone" not in text and "AAAAgone" not in text  # no longer in the inventory
@@ -242,7 +245,7 @@ def test_authorized_keys_only_this_vps_pis(inv: Inventory) -> None:
     _, main_text = keys_file(inv, "main", existing, {})
     assert "pitunnel:pi3" not in main_text and "pitunnel:pi1" in main_text
     _, other_text = keys_file(inv, "other", existing, {"pi1": "ssh-ed25519 AAAAx"})
-    assert other_text == vps_steps.authorized_line(inv.vps["other"], inv.pis["pi3"], "ssh-ed25519 AAAAkey3") + "\n"
+    assert other_text == vps_authorized.authorized_line(inv.vps["other"], inv.pis["pi3"], "ssh-ed25519 AAAAkey3") + "\n"
 
 
 def test_authorized_keys_drop(inv: Inventory) -> None:
@@ -376,7 +379,7 @@ def test_nginx_names_of_colliding_pairs_differ(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("alice:x\n")
     (tmp_path / "hosts.yml").write_text(COLLIDING)
     inv = load_inventory(tmp_path / "hosts.yml")
-    routes = {(r.pi, r.name): r for r in vps_steps.http_routes(inv, inv.vps["main"])}
+    routes = {(r.pi, r.name): r for r in vps_nginx.http_routes(inv, inv.vps["main"])}
     one, two = routes[("a-b", "c")], routes[("a", "b-c")]
     assert one.upstream != two.upstream and one.file_stem != two.file_stem
     assert one.auth_file != two.auth_file
@@ -412,7 +415,7 @@ def test_route_names_are_injective_exhaustively() -> None:
     stems: dict[str, tuple[str, str]] = {}
     for pi in names:
         for tunnel in names:
-            stem = vps_steps.route_stem(pi, tunnel)
+            stem = vps_nginx.route_stem(pi, tunnel)
             assert stems.setdefault(stem, (pi, tunnel)) == (pi, tunnel), (stem, stems[stem], (pi, tunnel))
             assert tuple(stem.split("_")) == (pi, tunnel)  # reads back
             assert re.fullmatch(r"[a-z0-9_-]+", stem)  # safe in file and upstream names
@@ -661,11 +664,11 @@ def test_two_vpses_two_paths_each_with_its_own_files_ports_and_handlers(tmp_path
     handlers = {h.name: h.commands for h in pi_steps.handlers(None, vpses=pi.all_vps)}  # type: ignore[arg-type]
     assert handlers["restart tunnel backup"] == ["systemctl daemon-reload", "systemctl try-restart pitunnel@backup.service"]
     # each VPS authorises the Pi's one key for its own listeners only
-    main_line = vps_steps.authorized_line(inv.vps["main"], pi.on("main"), "ssh-ed25519 AAAAkey1")
-    backup_line = vps_steps.authorized_line(inv.vps["backup"], pi.on("backup"), "ssh-ed25519 AAAAkey1")
+    main_line = vps_authorized.authorized_line(inv.vps["main"], pi.on("main"), "ssh-ed25519 AAAAkey1")
+    backup_line = vps_authorized.authorized_line(inv.vps["backup"], pi.on("backup"), "ssh-ed25519 AAAAkey1")
     assert 'permitlisten="127.0.0.1:20000"' in main_line and 'permitlisten="127.0.0.1:20000"' in backup_line
     # every VPS routes the Pi's http tunnel the same way, to its own port there
-    routes = {v: [(r.pi, r.name, r.path, r.port) for r in vps_steps.http_routes(inv, inv.vps[v])] for v in inv.vps}
+    routes = {v: [(r.pi, r.name, r.path, r.port) for r in vps_nginx.http_routes(inv, inv.vps[v])] for v in inv.vps}
     assert routes == {"main": [("pi1", "web", "/pi1/web/", 20000)], "backup": [("pi1", "web", "/pi1/web/", 20000)]}
 
 
@@ -785,8 +788,8 @@ def test_sshd_reload_on_the_pi_is_guarded_by_a_fresh_login() -> None:
 
 def _nginx_facts(debian: str, servers: str) -> Facts:
     found = Facts()
-    found[vps_steps.DEBIAN_DEFAULT_FACT.key] = (0, debian)
-    found[vps_steps.DEFAULT_SERVERS_FACT.key] = (0, servers)
+    found[vps_nginx.DEBIAN_DEFAULT_FACT.key] = (0, debian)
+    found[vps_nginx.DEFAULT_SERVERS_FACT.key] = (0, servers)
     return found
 
 
@@ -795,7 +798,7 @@ SUM = "0123456789abcdef0123456789abcdef"
 
 
 def test_debian_default_set_aside_only_while_unmodified() -> None:
-    op = vps_steps.DebianDefaultSetAside()
+    op = vps_nginx.DebianDefaultSetAside()
     plan = op.plan(_nginx_facts(f"{DEBIAN_LINK}\n{SUM}\n{SUM}\nnone", ""))
     assert "rm -f /etc/nginx/sites-enabled/default" in plan.commands
     assert ": > /var/lib/pitunnel-state/nginx-default-site" in plan.commands
@@ -806,7 +809,7 @@ def test_debian_default_set_aside_only_while_unmodified() -> None:
 
 
 def test_debian_default_put_back_only_if_pitunnel_set_it_aside() -> None:
-    op = vps_steps.DebianDefaultRestored()
+    op = vps_nginx.DebianDefaultRestored()
     assert not op.plan(_nginx_facts(f"ABSENT\n{SUM}\n{SUM}\nnone", "")).changes
     plan = op.plan(_nginx_facts(f"ABSENT\n{SUM}\n{SUM}\nrecorded", ""))
     assert any("ln -s /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default" in c for c in plan.commands)
@@ -821,14 +824,14 @@ def test_debian_default_put_back_only_if_pitunnel_set_it_aside() -> None:
     ("/etc/nginx/conf.d/a.conf listen 443 ssl default_server;", {80, 443}, ["/etc/nginx/conf.d/a.conf"]),
 ])
 def test_default_server_of_the_users_is_not_claimed(servers: str, ports: set[int], found: list[str]) -> None:
-    assert vps_steps.others_default_servers(_nginx_facts(f"{DEBIAN_LINK}\n{SUM}\n{SUM}\nnone", servers), ports) == found
+    assert vps_nginx.others_default_servers(_nginx_facts(f"{DEBIAN_LINK}\n{SUM}\n{SUM}\nnone", servers), ports) == found
 
 
 def test_default_site_claims_default_server_unless_told_not_to() -> None:
     context = dict(http_port=80, https_port=443, tls_certificate=None, tls_key=None, site_tls=None, public_name=None,
                    acme=False)
-    assert "listen 80 default_server;" in vps_steps.ROLE.render("nginx-default-site.conf.j2", **context)
-    assert "default_server" not in vps_steps.ROLE.render("nginx-default-site.conf.j2", claim_default=False, **context)
+    assert "listen 80 default_server;" in vps_role.ROLE.render("nginx-default-site.conf.j2", **context)
+    assert "default_server" not in vps_role.ROLE.render("nginx-default-site.conf.j2", claim_default=False, **context)
 
 
 # ---------------------------------------------------------------------------
@@ -846,7 +849,7 @@ done
 
 
 def test_reaper_believes_only_sshds_own_whole_lines() -> None:
-    script = vps_steps.ROLE.render("reaper.sh.j2")
+    script = vps_role.ROLE.render("reaper.sh.j2")
     functions = script[script.index("field() {"):script.index("sshd_comms=")]
     lines = [
         '{"_PID":"701","_UID":"999","MESSAGE":"error: channel_setup_fwd_listener_tcpip: cannot listen to port: 20000"}',

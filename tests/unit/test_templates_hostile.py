@@ -44,9 +44,10 @@ from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.vps import acme
+from pitunnel.roles.vps import role as vps_role
 from pitunnel.roles.vps import steps as vps_steps
 
-PI_D, VPS_D = pi_role.D, vps_steps.D
+PI_D, VPS_D = pi_role.D, vps_role.D
 TOOLS = ("bash", "ssh", "systemd-analyze", "nginx", "openssl", "ssh-keygen")
 HOSTILE = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                    phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure shows its example as found

@@ -247,7 +247,7 @@ def end_unauthorised(remote: Remote, vps: VpsSpec, reporter: Reporter, mode: Mod
     Raises StepFailed if the ending script fails.
 
     Where a step writes authorized_keys itself, put `SessionsEnded(user, keys=that_file_op)` after the
-    file op in the same converge instead (see roles/vps/steps.keys_ops)."""
+    file op in the same converge instead (see roles/vps/authorized.keys_ops)."""
     op = SessionsEnded(vps.tunnel_user)
     done = converge(remote, [op], reporter, mode)
     return sum(p.sessions_ended for _, p in done.plans)
