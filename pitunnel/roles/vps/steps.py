@@ -14,7 +14,7 @@ from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge, facts_for, sshd_reload
-from pitunnel.sshkeys import BadPublicKey, parse_public_key
+from pitunnel.sshkeys import is_public_key
 from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec
 from pitunnel.roles.vps.acme import AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact
 from pitunnel.roles.vps.authorized import keys_ops, keys_path, refuse_shared, revoked_keys_file, revoked_lines, shared_keys
@@ -22,14 +22,6 @@ from pitunnel.roles.vps.metrics import metrics_absent_ops, metrics_ops
 from pitunnel.roles.vps.nginx import (DEFAULT_SERVERS_FACT, DebianDefaultRestored, DebianDefaultSetAside,
                                       default_server_note, http_routes, others_default_servers, route_vars, served_tls)
 from pitunnel.roles.vps.role import D, ROLE
-
-
-def _is_key(text: str) -> bool:
-    try:
-        parse_public_key(text)
-    except BadPublicKey:
-        return False
-    return True
 
 
 def account_observer(vps: VpsSpec) -> Observe[bool]:
@@ -78,7 +70,7 @@ def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiO
     ss = Observe(LISTENERS, lambda v: "read", title="listeners on the VPS")
     permitted = Observe(permitted_fact(vps), lambda v: "read", title="listeners sshd permits the tunnel account")
     # only keys that parsed on the Pi's side reach this VPS (base refused the others, each for its Pi alone)
-    new = {o.name: o.pubkey for o in offers if o.pubkey is not None and _is_key(o.pubkey)}
+    new = {o.name: o.pubkey for o in offers if o.pubkey is not None and is_public_key(o.pubkey)}
     keys_op = keys_ops(inv, vps, new)
     # one read of the VPS for the checks below and for the keys: a rerun that changes nothing costs
     # one round trip here, not two
