@@ -1,5 +1,5 @@
-"""The VPS's Nginx: the HTTP routes the tunnels make, what the templates see of each, and Debian's default
-site and other default servers, which pitunnel's own default server must not fight."""
+"""The VPS's Nginx: the HTTP routes the tunnels make, what the templates see of each, the config files
+rendered for them, and Debian's default site and the other default servers pitunnel's own must not fight."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 from pitunnel.facts import Fact, Facts, command_fact
 from pitunnel.inventory import NAME_RE, Inventory, VpsSpec, acme_name
-from pitunnel.ops import STATE_DIR, Op, Plan, backup_commands, q
+from pitunnel.ops import STATE_DIR, Absent, File, Op, Plan, Pruned, backup_commands, q
 from pitunnel.roles.contract import realm
 from pitunnel.roles.vps.acme import AcmeFound, live_paths
-from pitunnel.roles.vps.role import D
+from pitunnel.roles.vps.role import D, ROLE
 
 
 @dataclass(frozen=True)
@@ -191,3 +191,47 @@ def route_vars(r: HttpRoute, vps: VpsSpec | None = None, certs: AcmeFound = Acme
                 upstream=r.upstream, file_stem=r.file_stem, websocket=r.websocket,
                 client_max_body_size=r.client_max_body_size, auth_source=str(r.auth_source) if r.auth_source else None,
                 hsts=r.hsts, tls=tls, waiting=tls is None and r.auth_file is not None)
+
+
+def nginx_ops(routes: list[HttpRoute], variables: dict[str, Any]) -> list[Op]:
+    """Nginx's config for the routes, rendered with the VPS's template `variables` (steps.context): each
+    route's basic auth file, the upstreams, a site per server_name route, a location per path route, the files
+    of routes gone pruned, Debian's default site set aside, and the server for the path-prefix routes."""
+    tunnels = {(t["pi"], t["name"]): t for t in variables["tunnels"]}
+    ops: list[Op] = []
+    for r in routes:
+        if r.auth_source is not None and r.auth_file is not None:
+            ops.append(File(r.auth_file, r.auth_source.read_text(), group="www-data", mode=0o640, secret=True,
+                            notify=("reload nginx",), title=f"basic auth for {r.pi}/{r.name}"))
+    ops.append(File(D["nginx_conf"], ROLE.render("nginx-http.conf.j2", **variables),
+                    notify=("reload nginx",), title="nginx upstreams for the tunnels"))
+    for r in routes:
+        if r.server_name:
+            ops.append(File(f"{D['nginx_sites_dir']}/pitunnel-{r.file_stem}.conf",
+                            ROLE.render("nginx-server.conf.j2", t=tunnels[r.pi, r.name], **variables), notify=("reload nginx",),
+                            title=f"nginx site {r.server_name} -> {r.pi}/{r.name}"))
+        else:
+            ops.append(File(f"{D['nginx_locations_dir']}/{r.file_stem}.conf",
+                            ROLE.render("nginx-location.conf.j2", t=tunnels[r.pi, r.name], **variables), notify=("reload nginx",),
+                            title=f"nginx path {r.path} -> {r.pi}/{r.name}"))
+    ops += [
+        Pruned(D["nginx_sites_dir"], "pitunnel-*.conf",
+               frozenset(f"pitunnel-{r.file_stem}.conf" for r in routes if r.server_name), notify=("reload nginx",)),
+        Pruned(D["nginx_locations_dir"], "*.conf",
+               frozenset(f"{r.file_stem}.conf" for r in routes if not r.server_name), notify=("reload nginx",)),
+        Pruned(D["nginx_auth_dir"], "*.htpasswd",
+               frozenset(f"{r.file_stem}.htpasswd" for r in routes if r.auth_file), notify=("reload nginx",)),
+        DebianDefaultSetAside(),
+        File(D["nginx_default_site"], ROLE.render("nginx-default-site.conf.j2", **variables),
+             notify=("reload nginx",), title="nginx server for path-prefix tunnels"),
+    ]
+    return ops
+
+
+def nginx_absent_ops() -> list[Op]:
+    """Teardown: pitunnel's Nginx config gone, and Debian's default site back if pitunnel set it aside."""
+    return [Absent(D["nginx_default_site"], notify=("reload nginx",)),
+            Pruned(D["nginx_sites_dir"], "pitunnel-*.conf", frozenset(), notify=("reload nginx",)),
+            Absent(D["nginx_conf"], notify=("reload nginx",)),
+            Absent("/etc/nginx/pitunnel", notify=("reload nginx",)),
+            DebianDefaultRestored()]

@@ -8,7 +8,7 @@ from typing import Any
 
 from pitunnel.facts import LISTENERS, Fact, gather, read
 from pitunnel.inventory import Inventory, TunnelSpec, VpsSpec, acme_name
-from pitunnel.ops import (Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Pruned, Service,
+from pitunnel.ops import (Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Service,
                           SshdPasswordsCheck, SystemUser, UserAbsent, q)
 from pitunnel.play import Play
 from pitunnel.remote import Remote
@@ -19,8 +19,8 @@ from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec
 from pitunnel.roles.vps.acme import AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact
 from pitunnel.roles.vps.authorized import keys_ops, keys_path, refuse_shared, revoked_keys_file, revoked_lines, shared_keys
 from pitunnel.roles.vps.metrics import metrics_absent_ops, metrics_ops
-from pitunnel.roles.vps.nginx import (DEFAULT_SERVERS_FACT, DebianDefaultRestored, DebianDefaultSetAside,
-                                      default_server_note, http_routes, others_default_servers, route_vars, served_tls)
+from pitunnel.roles.vps.nginx import (DEFAULT_SERVERS_FACT, default_server_note, http_routes, nginx_absent_ops, nginx_ops,
+                                      others_default_servers, route_vars, served_tls)
 from pitunnel.roles.vps.role import D, ROLE
 
 
@@ -178,7 +178,6 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, ce
                  reject_unknown: bool | None = None) -> list[Op]:
     variables = context(inv, vps, claim_default=claim_default, certs=certs, reject_unknown=reject_unknown)
     routes = http_routes(inv, vps)
-    tunnels = {(t["pi"], t["name"]): t for t in variables["tunnels"]}
     ops: list[Op] = [
         SystemUser(vps.tunnel_user, home=D["tunnel_home"], comment="pitunnel reverse tunnels"),
         Directory(f"{D['tunnel_home']}/.ssh", owner=vps.tunnel_user, group=vps.tunnel_user, mode=0o700),
@@ -194,32 +193,7 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, ce
         Directory(D["nginx_locations_dir"]),
         Directory(D["nginx_auth_dir"], group="www-data", mode=0o750),
         *acme_ops(vps),
-    ]
-    for r in routes:
-        if r.auth_source is not None and r.auth_file is not None:
-            ops.append(File(r.auth_file, r.auth_source.read_text(), group="www-data", mode=0o640, secret=True,
-                            notify=("reload nginx",), title=f"basic auth for {r.pi}/{r.name}"))
-    ops.append(File(D["nginx_conf"], ROLE.render("nginx-http.conf.j2", **variables),
-                    notify=("reload nginx",), title="nginx upstreams for the tunnels"))
-    for r in routes:
-        if r.server_name:
-            ops.append(File(f"{D['nginx_sites_dir']}/pitunnel-{r.file_stem}.conf",
-                            ROLE.render("nginx-server.conf.j2", t=tunnels[r.pi, r.name], **variables), notify=("reload nginx",),
-                            title=f"nginx site {r.server_name} -> {r.pi}/{r.name}"))
-        else:
-            ops.append(File(f"{D['nginx_locations_dir']}/{r.file_stem}.conf",
-                            ROLE.render("nginx-location.conf.j2", t=tunnels[r.pi, r.name], **variables), notify=("reload nginx",),
-                            title=f"nginx path {r.path} -> {r.pi}/{r.name}"))
-    ops += [
-        Pruned(D["nginx_sites_dir"], "pitunnel-*.conf",
-               frozenset(f"pitunnel-{r.file_stem}.conf" for r in routes if r.server_name), notify=("reload nginx",)),
-        Pruned(D["nginx_locations_dir"], "*.conf",
-               frozenset(f"{r.file_stem}.conf" for r in routes if not r.server_name), notify=("reload nginx",)),
-        Pruned(D["nginx_auth_dir"], "*.htpasswd",
-               frozenset(f"{r.file_stem}.htpasswd" for r in routes if r.auth_file), notify=("reload nginx",)),
-        DebianDefaultSetAside(),
-        File(D["nginx_default_site"], ROLE.render("nginx-default-site.conf.j2", **variables),
-             notify=("reload nginx",), title="nginx server for path-prefix tunnels"),
+        *nginx_ops(routes, variables),
     ]
     return ops
 
@@ -233,11 +207,7 @@ def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
         Absent(D["sshd_dropin"], notify=("reload sshd",)),
         Absent(D["revoked_keys"]),
         UserAbsent(vps.tunnel_user),
-        Absent(D["nginx_default_site"], notify=("reload nginx",)),
-        Pruned(D["nginx_sites_dir"], "pitunnel-*.conf", frozenset(), notify=("reload nginx",)),
-        Absent(D["nginx_conf"], notify=("reload nginx",)),
-        Absent("/etc/nginx/pitunnel", notify=("reload nginx",)),
-        DebianDefaultRestored(),
+        *nginx_absent_ops(),
         CertificatesReleased(purge, vps),
         Absent(D["acme_webroot"]),
         Absent(D["certbot_dropin"], notify=("daemon-reload",)),
