@@ -14,8 +14,12 @@ import yaml
 from pitunnel.hostkeys import known_name
 from pitunnel.inventory import HostSpec, Inventory, PiSpec, VpsSpec
 from pitunnel.roles.contract import listens
-from pitunnel.roles.pi import steps as pi_role
-from pitunnel.roles.vps import steps as vps_role
+from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import role as pi_role
+from pitunnel.roles.pi import steps as pi_steps
+from pitunnel.roles.vps import role as vps_role
+from pitunnel.roles.vps import steps as vps_steps
+from pitunnel.roles.vps.authorized import authorized_line
 
 
 class NotEquivalent(Exception):
@@ -39,7 +43,7 @@ def connection_vars(host: HostSpec, known_hosts: Path) -> dict[str, Any]:
 
 def vps_vars(inv: Inventory, vps: VpsSpec) -> dict[str, Any]:
     """The VPS role's defaults and template context (roles/vps/steps.py's), plus the lists the playbook loops over."""
-    variables = vps_role.context(inv, vps)
+    variables = vps_steps.context(inv, vps)
     routes = variables["tunnels"]
     return {
         **vps_role.D,
@@ -55,7 +59,7 @@ def vps_vars(inv: Inventory, vps: VpsSpec) -> dict[str, Any]:
 
 def key_options(vps: VpsSpec, pi: PiSpec) -> str:
     """The options pitunnel puts before a Pi's key in the tunnel account's authorized_keys."""
-    return vps_role.authorized_line(vps, pi, "KEYTYPE BLOB").rsplit(" ", 3)[0]
+    return authorized_line(vps, pi, "KEYTYPE BLOB").rsplit(" ", 3)[0]
 
 
 def pi_vars(inv: Inventory, pi: PiSpec) -> dict[str, Any]:
@@ -69,16 +73,16 @@ def pi_vars(inv: Inventory, pi: PiSpec) -> dict[str, Any]:
     vps = inv.vps_of(pi)
     return {
         **pi_role.D,
-        **pi_role.context(pi, vps),
-        "watchdog_script": pi_role.watchdog_path(vps.name),
+        **pi_steps.context(pi, vps),
+        "watchdog_script": pi_paths.watchdog_path(vps.name),
         "watchdog_template": pi_role.D["watchdog_unit"],
-        "watchdog_unit": pi_role.watchdog_unit(vps.name),
+        "watchdog_unit": pi_paths.watchdog_unit(vps.name),
         "vps_known_name": known_name(vps.address, vps.port),
-        "key_comment": pi_role.key_comment(pi),
-        "login_home": pi_role.home_of(pi.user),
+        "key_comment": pi_paths.key_comment(pi),
+        "login_home": pi_paths.home_of(pi.user),
         "listen_specs": list(listens(pi)),
         "authorized_options": key_options(vps, pi),
-        "laptop_key_line": pi_role.laptop_key_line(inv),
+        "laptop_key_line": pi_steps.laptop_key_line(inv),
     }
 
 

@@ -25,8 +25,9 @@ from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.runner import StepFailed, converge
 from pitunnel.roles.pi import steps as pi
+from pitunnel.roles.pi.paths import vps_config_dir
 from pitunnel.roles.vps import keys as vps_keys
-from pitunnel.roles.vps.steps import D as VPS
+from pitunnel.roles.vps.role import D as VPS
 
 
 class Step(Enum):
@@ -95,7 +96,7 @@ class VpsRekey:
 
     def read(self) -> tuple[Rekey, vps_keys.HostKeys]:
         found = vps_keys.read_host_keys(self.remote)
-        pins = self.play.each(self.pis, lambda r: pi.pinned(r.run(f"cat {pi.vps_config_dir(self.vps.name)}/known_hosts 2>/dev/null; "
+        pins = self.play.each(self.pis, lambda r: pi.pinned(r.run(f"cat {vps_config_dir(self.vps.name)}/known_hosts 2>/dev/null; "
                                                                    "true").stdout))
         missing = [p.name for p in self.pis if p.name not in pins]
         if missing:

@@ -19,8 +19,10 @@ from pitunnel.remote import Remote
 from pitunnel.runner import converge
 from pitunnel.sshkeys import parse_public_key
 from pitunnel.roles.vps.sessions import SessionsEnded
-from pitunnel.roles.vps.steps import (D, KEY_MARKER, authorised_keys, context, handlers, keys_path, revoked_keys_file,
-                                     route_stem, sshd_dropin)
+from pitunnel.roles.vps.authorized import KEY_MARKER, keys_path, parse_authorized_keys, revoked_keys_file
+from pitunnel.roles.vps.nginx import route_stem
+from pitunnel.roles.vps.role import D
+from pitunnel.roles.vps.steps import context, handlers, sshd_dropin
 
 TITLE = "revoked, remembered on the laptop"
 
@@ -56,7 +58,7 @@ def key_lines_fact() -> Fact[dict[str, list[str]]]:
 
 
 def _keys(state: FileState) -> dict[str, list[str]]:
-    return authorised_keys(state.content.decode(errors="replace")) if state.exists else {}
+    return parse_authorized_keys(state.content.decode(errors="replace")) if state.exists else {}
 
 
 def keys_off(vps: VpsSpec, record: Revoked) -> File:

@@ -41,10 +41,10 @@ from pitunnel.runner import StepFailed, converge, facts_for
 from pitunnel.sshkeys import PublicKey, parse_public_key
 from pitunnel.roles.contract import listens
 from pitunnel.roles.pi import keys as pi_keys
-from pitunnel.roles.pi.steps import D as PI
-from pitunnel.roles.pi.steps import unit
+from pitunnel.roles.pi.paths import unit
+from pitunnel.roles.pi.role import D as PI
 from pitunnel.roles.vps import keys as vps_keys
-from pitunnel.roles.vps.steps import keys_ops, keys_path, refuse_shared, shared_keys
+from pitunnel.roles.vps.authorized import keys_ops, keys_path, refuse_shared, shared_keys
 
 # tests only: SIGKILL this process right after its k-th applied step (proves a rerun finishes the job)
 KILL_AFTER = "PITUNNEL_TEST_KILL_AFTER_STEP"

@@ -22,9 +22,11 @@ from pitunnel.runner import StepFailed, stop_point
 from pitunnel.shared import SharedReading
 from pitunnel.sshkeys import parse_public_key
 from pitunnel.roles.contract import VpsFacts, listen_spec, offer_on
+from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import status as pi_status
 from pitunnel.roles.pi import steps as pi
 from pitunnel.roles.pi import verify as pi_verify
+from pitunnel.roles.pi.role import D as PI
 from pitunnel.roles.vps import steps as vps
 
 
@@ -113,8 +115,8 @@ def offers_revoked_key(play: Play, name: str, base: pi.PiBase) -> bool:
     play.reporter.line(name, "failed", "tunnel key not revoked",
                        f"it offers the key revoked by `pitunnel revoke` "
                        f"({parse_public_key(base.offer.pubkey).fingerprint}), which is never authorised again. Fix: "
-                       f"re-image {name} (recommended), or on it: sudo rm {pi.key_path(play.inventory.pis[name])} "
-                       f"{pi.key_path(play.inventory.pis[name])}.pub; then provision-pi --limit {name}")
+                       f"re-image {name} (recommended), or on it: sudo rm {pi_paths.key_path(play.inventory.pis[name])} "
+                       f"{pi_paths.key_path(play.inventory.pis[name])}.pub; then provision-pi --limit {name}")
     play.failed.add(name)
     return True
 
@@ -125,7 +127,7 @@ def wait_listening(play: Play, spec: PiSpec, readings: SharedReading[frozenset[s
     wanted = [listen_spec(t) for t in spec.tunnels]
     missing = [w for w in wanted if w not in (now or frozenset())]
     started = looked = time.monotonic()
-    deadline = started + pi.D["listen_wait_seconds"]
+    deadline = started + PI["listen_wait_seconds"]
     with play.reporter.busy(spec.name, "tunnel listening on the VPS"):
         while missing and time.monotonic() < deadline:
             stop_point()  # Ctrl-C: the tunnel is in place; only the wait for it is cut short
@@ -135,8 +137,8 @@ def wait_listening(play: Play, spec: PiSpec, readings: SharedReading[frozenset[s
             missing = [w for w in wanted if w not in reading]
     if missing:
         play.reporter.line(spec.name, "failed", "tunnel listening on the VPS",
-                           f"{spec.vps}: not listening after {pi.D['listen_wait_seconds']}s: {', '.join(missing)} "
-                           f"(see `journalctl -u {pi.unit(spec.vps)}` on the Pi)")
+                           f"{spec.vps}: not listening after {PI['listen_wait_seconds']}s: {', '.join(missing)} "
+                           f"(see `journalctl -u {pi_paths.unit(spec.vps)}` on the Pi)")
         raise StepFailed("not listening")
     waited = time.monotonic() - started
     play.reporter.line(spec.name, "ok", "tunnel listening on the VPS",

@@ -23,7 +23,7 @@ from pitunnel.ops import File
 from pitunnel.remote import Remote, Unreachable
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge
-from pitunnel.roles.vps.steps import D as VPS
+from pitunnel.roles.vps.role import D as VPS
 from pitunnel.roles.vps.steps import handlers as vps_handlers
 from pitunnel.roles.vps.steps import provision as provision_vps
 from tests.conftest import lab_up

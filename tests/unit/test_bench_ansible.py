@@ -200,7 +200,7 @@ def test_missing_ansible_names_the_install_command(monkeypatch: pytest.MonkeyPat
 
 def test_authorized_keys_and_known_hosts_templates_match_pitunnel(inv: Inventory) -> None:
     from pitunnel.facts import FileState
-    from pitunnel.roles.vps.steps import authorized_keys
+    from pitunnel.roles.vps.authorized import authorized_keys
 
     doc = ai.ansible_inventory(inv)
     pubs = {"pi1": "ssh-ed25519 AAAAkey1 pitunnel:pi1", "pi2": "ssh-ed25519 AAAAkey2 pitunnel:pi2"}

@@ -17,7 +17,8 @@ from pitunnel.inventory.values import listen_address
 from pitunnel.roles import rekey, rotate
 from pitunnel.roles.pi import keys as pi_keys
 from pitunnel.roles.vps import keys as vps_keys
-from pitunnel.roles.vps.steps import authorised_keys, authorized_keys, metrics_ops
+from pitunnel.roles.vps.authorized import authorized_keys, parse_authorized_keys
+from pitunnel.roles.vps.metrics import metrics_ops
 from pitunnel.roles.rotate import Ring, Step, after, next_step, plan
 from pitunnel.sshkeys import parse_public_key
 
@@ -141,12 +142,12 @@ def test_two_keys_of_a_pi_are_kept_with_the_same_restrictions(tmp_path: Path) ->
     lines = text.splitlines()
     assert len(lines) == 2 and lines[0].split()[0] == lines[1].split()[0], "the same options on both"
     assert 'permitlisten="0.0.0.0:12346"' in lines[0] and lines[1].endswith("pitunnel:pi1")
-    assert authorised_keys(text) == {"pi1": [" ".join(a_key().split()[:2]), SECOND]}
+    assert parse_authorized_keys(text) == {"pi1": [" ".join(a_key().split()[:2]), SECOND]}
     # provision-vps keeps both; provision-pi's single key replaces them
     kept = authorized_keys(inv, vps, {}).wanted(FileState(True, content=text.encode()))
     assert kept == text
     one = authorized_keys(inv, vps, {"pi1": SECOND}).wanted(FileState(True, content=text.encode()))
-    assert authorised_keys(one) == {"pi1": [SECOND]}
+    assert parse_authorized_keys(one) == {"pi1": [SECOND]}
 
 
 def lab_like(tmp_path: Path, vps_extra: str = "") -> Inventory:
@@ -282,7 +283,7 @@ def test_the_reaper_sees_a_pis_two_keys_as_one_owner(tmp_path: Path) -> None:
     either key's stale session as that Pi's, and never another Pi's."""
     import subprocess
 
-    from pitunnel.roles.vps.steps import ROLE
+    from pitunnel.roles.vps.role import ROLE
 
     fps, lines = [], []
     for name, owner in (("a", "pi1"), ("b", "pi1"), ("c", "pi2")):

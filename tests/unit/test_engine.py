@@ -23,9 +23,10 @@ from pitunnel.runner import Mode, StepFailed, converge, facts_for
 from pitunnel.shared import SharedReading
 from pitunnel.roles import site
 from pitunnel.roles.contract import PiOffer, listens
+from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.pi.verify import PiReport
-from pitunnel.roles.vps.steps import authorized_keys
+from pitunnel.roles.vps.authorized import authorized_keys
 from tests.unit.test_guard import LocalRemote, dropin, guarded, host, me  # noqa: F401 (host: a fixture)
 from tests.unit.test_ops import File
 
@@ -294,7 +295,7 @@ def test_start_opens_a_remote_per_host_with_its_secrets(inv: Inventory, tmp_path
 
 def test_the_listener_wait_fails_when_the_forward_never_listens(inv: Inventory, monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 0.6)
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 0.6)
     reads: list[int] = []
     listeners = SharedReading(lambda: reads.append(1) or tcp_listeners("LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"))
     play = SimpleNamespace(reporter=Reporter(colour=False))
@@ -307,7 +308,7 @@ def test_the_listener_wait_fails_when_the_forward_never_listens(inv: Inventory, 
 
 def test_the_listener_wait_passes_once_the_forward_listens(inv: Inventory, monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
     ss = "LISTEN 0 128 127.0.0.1:20024 0.0.0.0:*\n"
     play = SimpleNamespace(reporter=Reporter(colour=False))
     site.wait_listening(play, inv.pis["private"], SharedReading(lambda: tcp_listeners(ss)), None)  # type: ignore[arg-type]

@@ -14,9 +14,10 @@ from pitunnel.facts import Facts
 from pitunnel.inventory import LETS_ENCRYPT_STAGING, Inventory, InventoryError, load_inventory
 from pitunnel.ops import File, Op, record_fact
 from pitunnel.roles.vps import acme
+from pitunnel.roles.vps import role as vps_role
 from pitunnel.roles.vps import steps as vps_steps
 
-D = vps_steps.D
+D = vps_role.D
 INVENTORY = """
 settings: {laptop_key: null, known_hosts: kh}
 vps:

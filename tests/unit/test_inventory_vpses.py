@@ -137,7 +137,7 @@ def test_client_alive_of_each_vps_follows_every_pi_that_uses_it(tmp_path: Path) 
 
 
 def test_the_password_warning_names_the_port_on_every_vps(tmp_path: Path) -> None:
-    from pitunnel.roles.pi.steps import password_warning
+    from pitunnel.roles.pi.sshd import password_warning
 
     inv = load_inventory(write(tmp_path, TWO + """
       pi0: {address: 10.0.0.9, vps: backup, tunnels: {ssh: {type: ssh, public: true}}}

@@ -20,8 +20,11 @@ from pitunnel.inventory import Inventory, InventoryError, Revoked, load_inventor
 from pitunnel.inventory.revoked import read_revoked, revoked_file, write_revoked
 from pitunnel.roles import site
 from pitunnel.roles.contract import PiOffer, listens
+from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.revoke import revoke
+from pitunnel.roles.vps import authorized as vps_authorized
+from pitunnel.roles.vps import nginx as vps_nginx
 from pitunnel.roles.vps import steps as vps_steps
 from pitunnel.sshkeys import parse_public_key
 from tests.unit.fake_hosts import FakeHost, converged, lines, load, play_on
@@ -60,7 +63,7 @@ def keys_state(*lines_: str) -> str:
 def revoked_vps(inv: Inventory, keys: dict[str, str], *, alpha: bool = True, routes: bool = True) -> FakeHost:
     """main with alpha's and beta's key lines (or beta's alone), and alpha's path route (or none)."""
     vps = inv.vps["main"]
-    found = [vps_steps.authorized_line(vps, inv.host(n), keys[n])  # type: ignore[arg-type]
+    found = [vps_authorized.authorized_line(vps, inv.host(n), keys[n])  # type: ignore[arg-type]
              for n in (("alpha", "beta") if alpha else ("beta",))]
     sessions = "NOW 20261206050000 20261206050000\n" + "".join(
         f"S {pid} {pid - 1}\nJ " + json.dumps({"MESSAGE": f"Accepted publickey for pitunnel from 198.51.100.7 port "
@@ -92,7 +95,7 @@ def test_revoke_remembers_the_pi_then_takes_its_keys_and_routes_off_its_vps_and_
     assert play.failed == set()
     saved = read_revoked(revoked_file(inv.path))[0]["alpha"]
     assert saved.keys == (keys["alpha"],) and saved.ports == {"main": {"ssh": 20022, "web": 20080}}
-    beta = vps_steps.authorized_line(inv.vps["main"], inv.pis["beta"], keys["beta"]) + "\n"
+    beta = vps_authorized.authorized_line(inv.vps["main"], inv.pis["beta"], keys["beta"]) + "\n"
     assert sent(hosts["main"]) == beta  # alpha's line gone, beta's kept as it was
     # sshd refuses the key outright from now on, for the tunnel account
     assert sent(hosts["main"], "pitunnel_revoked_keys") == f"{keys['alpha']} pitunnel-revoked:alpha\n"
@@ -128,7 +131,7 @@ def test_a_second_revoke_changes_nothing_and_says_so(tmp_path: Path, keys: dict[
     inv = load(tmp_path, INVENTORY)
     assert "alpha" in inv.shut and "alpha" not in inv.pis
     main = revoked_vps(inv, keys, alpha=False, routes=False)
-    main.answers[:0] = converged([vps_steps.revoked_keys_file(inv), vps_steps.sshd_dropin(vps_steps.context(inv, inv.vps["main"]))])
+    main.answers[:0] = converged([vps_authorized.revoked_keys_file(inv), vps_steps.sshd_dropin(vps_steps.context(inv, inv.vps["main"]))])
     hosts = {"main": main, "alpha": FakeHost("alpha")}
     revoke(play_on(inv, hosts), "alpha")  # type: ignore[arg-type]
     assert hosts["main"].ops == [] and hosts["alpha"].scripts == []
@@ -140,18 +143,18 @@ def test_a_second_revoke_changes_nothing_and_says_so(tmp_path: Path, keys: dict[
 
 def test_provision_leaves_a_revoked_pi_out_and_its_key_and_routes_off_the_vps(
         tmp_path: Path, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
     before = load(tmp_path, INVENTORY)
     record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (keys["alpha"],), {"main": {"ssh": 20022, "web": 20080}}))
     inv = load(tmp_path, INVENTORY)
     main = inv.vps["main"]
-    assert [r.pi for r in vps_steps.http_routes(inv, main)] == []  # alpha's route stays off
+    assert [r.pi for r in vps_nginx.http_routes(inv, main)] == []  # alpha's route stays off
     # its listeners stay permitted, in the same order: it comes back with a new key without provision-vps
     # first, and sshd's Match block does not change when it does
     assert vps_steps.context(inv, main)["listens"] == vps_steps.context(before, main)["listens"]
     # a file still holding alpha's line (an old backup put back): provisioning takes it off
-    old = vps_steps.authorized_line(main, inv.shut["alpha"], keys["alpha"])
-    wanted = vps_steps.authorized_keys(inv, main, {"beta": keys["beta"]}).wanted(
+    old = vps_authorized.authorized_line(main, inv.shut["alpha"], keys["alpha"])
+    wanted = vps_authorized.authorized_keys(inv, main, {"beta": keys["beta"]}).wanted(
         FileState(True, content=f"{old}\n".encode()))
     assert "pitunnel:alpha" not in wanted and keys["alpha"] not in wanted and "pitunnel:beta" in wanted
     hosts = {"main": vps_host(), "alpha": FakeHost("alpha"), "beta": pi_host(inv, "beta", keys["beta"])}
@@ -163,7 +166,7 @@ def test_provision_leaves_a_revoked_pi_out_and_its_key_and_routes_off_the_vps(
 
 def test_a_revoked_key_offered_again_is_refused_and_a_new_one_ends_the_revocation(
         tmp_path: Path, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
     monkeypatch.setattr(pi_steps, "tunnel", lambda play, remote, base, host_keys: set())
     monkeypatch.setattr(pi_steps, "passwords_off", lambda play, remote: None)
     load(tmp_path, INVENTORY)
@@ -188,9 +191,9 @@ def test_a_revoked_key_offered_again_is_refused_and_a_new_one_ends_the_revocatio
     assert read_revoked(revoked_file(inv.path))[0]["alpha"].ended  # kept, ended: its old key stays refused
     assert any(l.startswith("changed alpha revoked state ended") for l in lines(capsys))
     inv = load(tmp_path, INVENTORY)
-    assert "alpha" in inv.pis and not inv.shut and [r.pi for r in vps_steps.http_routes(inv, inv.vps["main"])] == ["alpha"]
-    old = vps_steps.authorized_line(inv.vps["main"], inv.pis["alpha"], keys["alpha"])
-    assert keys["alpha"] not in vps_steps.authorized_keys(inv, inv.vps["main"], {"beta": keys["beta"]}).wanted(
+    assert "alpha" in inv.pis and not inv.shut and [r.pi for r in vps_nginx.http_routes(inv, inv.vps["main"])] == ["alpha"]
+    old = vps_authorized.authorized_line(inv.vps["main"], inv.pis["alpha"], keys["alpha"])
+    assert keys["alpha"] not in vps_authorized.authorized_keys(inv, inv.vps["main"], {"beta": keys["beta"]}).wanted(
         FileState(True, content=f"{old}\n".encode()))
     hosts = {"main": vps_host(), "alpha": FakeHost("alpha")}
     play = play_on(inv, hosts, limit=frozenset({"alpha"}))  # type: ignore[arg-type]

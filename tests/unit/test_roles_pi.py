@@ -16,11 +16,14 @@ from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed
 from pitunnel.roles.contract import PiOffer
 from pitunnel.roles.pi import status as pi_status
+from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import role as pi_role
+from pitunnel.roles.pi import sshd as pi_sshd
 from pitunnel.roles.pi import steps as pi
 from tests.unit.fake_hosts import FakeHost, in_order, lines, load, mode_of, play_on
 from tests.unit.test_templates import keygen
 
-D = pi.D
+D = pi_role.D
 
 INVENTORY = """
 settings: {laptop_key: keys/laptop, known_hosts: kh}
@@ -73,15 +76,15 @@ def bare(tmp_path: Path) -> Inventory:
 
 
 def test_the_tunnel_key_lives_in_the_tunnel_accounts_home(inv: Inventory) -> None:
-    assert pi.key_path(inv.pis["alpha"]) == "/var/lib/pitunnel/.ssh/pitunnel_ed25519"  # its own account
-    assert pi.key_path(inv.pis["beta"]) == "/home/pi/.ssh/pitunnel_ed25519"  # the login user's
-    assert pi.home_of("root") == "/root" and pi.home_of("pi") == "/home/pi"
-    assert pi.key_comment(inv.pis["beta"]) == "pitunnel:beta"
+    assert pi_paths.key_path(inv.pis["alpha"]) == "/var/lib/pitunnel/.ssh/pitunnel_ed25519"  # its own account
+    assert pi_paths.key_path(inv.pis["beta"]) == "/home/pi/.ssh/pitunnel_ed25519"  # the login user's
+    assert pi_paths.home_of("root") == "/root" and pi_paths.home_of("pi") == "/home/pi"
+    assert pi_paths.key_comment(inv.pis["beta"]) == "pitunnel:beta"
 
 
 def test_each_tunnel_forwards_its_listener_to_the_pis_own_port(inv: Inventory) -> None:
     assert pi.forwards(inv.pis["alpha"]) == ["0.0.0.0:20022:127.0.0.1:22", "127.0.0.1:20080:127.0.0.1:8080"]
-    assert pi.public_ssh_ports(inv.pis["alpha"]) == [20022] and pi.public_ssh_ports(inv.pis["beta"]) == []
+    assert pi_sshd.public_ssh_ports(inv.pis["alpha"]) == [20022] and pi_sshd.public_ssh_ports(inv.pis["beta"]) == []
 
 
 def test_hung_and_stale_timings_follow_the_keepalives(inv: Inventory) -> None:
@@ -95,7 +98,7 @@ def test_hung_and_stale_timings_follow_the_keepalives(inv: Inventory) -> None:
     variables = pi.context(alpha, main)
     assert variables["hang_after_ms"] == 49000 and variables["stale_after_ms"] == 14000
     assert variables["suspect_after_ms"] == 14000
-    assert variables["forwards"] == pi.forwards(alpha) and variables["key_path"] == pi.key_path(alpha)
+    assert variables["forwards"] == pi.forwards(alpha) and variables["key_path"] == pi_paths.key_path(alpha)
     assert (variables["vps_address"], variables["vps_port"], variables["vps_tunnel_user"]) == ("203.0.113.1", 22, "pitunnel")
     assert variables["tunnel_home"] == "/var/lib/pitunnel" and variables["tunnel_user"] == "pitunnel"
     assert (variables["server_alive_interval"], variables["server_alive_count_max"]) == (11, 3)
@@ -112,14 +115,14 @@ def test_the_laptops_key_line_is_marked_as_pitunnels(inv: Inventory, bare: Inven
 
 
 def test_penalties_are_on_only_when_sshd_lists_them() -> None:
-    assert not pi.has_penalties("") and not pi.has_penalties("0\n") and pi.has_penalties("1\n")
-    seen = pi.penalties_observer()
+    assert not pi_sshd.has_penalties("") and not pi_sshd.has_penalties("0\n") and pi_sshd.has_penalties("1\n")
+    seen = pi_sshd.penalties_observer()
     assert seen.describe(True) == "yes" and seen.describe(False) == "no (older OpenSSH)"
-    assert "persourcepenalties" in pi.PENALTIES.script
+    assert "persourcepenalties" in pi_sshd.PENALTIES.script
 
 
 def test_passwords_are_read_as_a_tunnel_login_gets_them(inv: Inventory) -> None:
-    script = pi.sshd_passwords_fact(inv.pis["alpha"]).script
+    script = pi_sshd.sshd_passwords_fact(inv.pis["alpha"]).script
     assert "sshd -T -C user=admin,host=localhost,addr=127.0.0.1 " in script
 
 
@@ -131,13 +134,13 @@ def test_passwords_are_read_as_a_tunnel_login_gets_them(inv: Inventory) -> None:
     ("beta", "passwordauthentication no", "off (sshd -T)"),
 ])
 def test_what_the_run_says_of_password_login(inv: Inventory, name: str, sshd_t: str, said: str) -> None:
-    assert pi.passwords_observer(inv.pis[name], [inv.vps["main"]]).describe(sshd_t) == said
+    assert pi_sshd.passwords_observer(inv.pis[name], [inv.vps["main"]]).describe(sshd_t) == said
 
 
 def test_a_pi_without_a_public_ssh_tunnel_is_not_warned(tmp_path: Path) -> None:
     inv = load(tmp_path, INVENTORY.replace("public: true", "public: false").replace("laptop_key: keys/laptop",
                                                                                      "laptop_key: null"))
-    seen = pi.passwords_observer(inv.pis["alpha"], [inv.vps["main"]])
+    seen = pi_sshd.passwords_observer(inv.pis["alpha"], [inv.vps["main"]])
     assert seen.describe("passwordauthentication yes") == "on (no public ssh tunnel)"
     assert seen.describe("") == "unknown (no public ssh tunnel)"
 
@@ -151,7 +154,7 @@ def test_base_makes_the_account_the_key_and_the_laptops_login(inv: Inventory, ba
     assert ops[0].names == ("autossh",)  # type: ignore[attr-defined]
     user = ops[1]
     assert isinstance(user, SystemUser) and (user.name, user.home) == ("pitunnel", "/var/lib/pitunnel")
-    assert key is ops[2] and (key.path, key.owner, key.comment) == (pi.key_path(inv.pis["alpha"]), "pitunnel", "pitunnel:alpha")
+    assert key is ops[2] and (key.path, key.owner, key.comment) == (pi_paths.key_path(inv.pis["alpha"]), "pitunnel", "pitunnel:alpha")
     ssh_dir, auth = ops[3], ops[4]
     assert isinstance(ssh_dir, Directory) and (ssh_dir.path, ssh_dir.owner, ssh_dir.mode) == ("/home/admin/.ssh", "admin", 0o700)
     assert isinstance(auth, File) and auth.path == "/home/admin/.ssh/authorized_keys" and auth.mode == 0o600
@@ -183,7 +186,7 @@ PASSWORDS_OFF = ("passwordauthentication|kbdinteractiveauthentication",
 
 
 def pub_answer(inv: Inventory, name: str, line: str) -> tuple[str, str]:
-    return pi.key_path(inv.pis[name]), f"PUB {line}"
+    return pi_paths.key_path(inv.pis[name]), f"PUB {line}"
 
 
 def test_base_offers_the_key_found_on_the_pi_and_its_listeners(inv: Inventory, keys: dict[str, str],
@@ -205,7 +208,7 @@ def test_base_offers_the_key_found_on_the_pi_and_its_listeners(inv: Inventory, k
 
 
 def test_base_makes_a_missing_key_on_the_pi_and_reads_its_public_half(inv: Inventory, keys: dict[str, str]) -> None:
-    host = FakeHost("beta", [(pi.key_path(inv.pis["beta"]), "ABSENT")], [(".pub", keys["beta"] + "\n")])
+    host = FakeHost("beta", [(pi_paths.key_path(inv.pis["beta"]), "ABSENT")], [(".pub", keys["beta"] + "\n")])
     found = pi.base(play_on(inv, {"beta": host}, limit=frozenset({"beta"})))  # type: ignore[dict-item]
     assert host.applied("ssh-keygen -q -t ed25519 -N '' -C pitunnel:beta -f /home/pi/.ssh/pitunnel_ed25519")
     assert host.scripts[-1] == "cat /home/pi/.ssh/pitunnel_ed25519.pub"
@@ -213,7 +216,7 @@ def test_base_makes_a_missing_key_on_the_pi_and_reads_its_public_half(inv: Inven
 
 
 def test_base_in_check_mode_makes_no_key_and_offers_none(inv: Inventory) -> None:
-    host = FakeHost("beta", [(pi.key_path(inv.pis["beta"]), "ABSENT")])
+    host = FakeHost("beta", [(pi_paths.key_path(inv.pis["beta"]), "ABSENT")])
     found = pi.base(play_on(inv, {"beta": host}, check=True, limit=frozenset({"beta"})))  # type: ignore[dict-item]
     assert found["beta"].offer.pubkey is None and host.ops == [] and len(host.scripts) == 1
 
@@ -260,7 +263,7 @@ def test_tunnel_ops_retire_the_single_vps_units_and_the_old_watchdog_timer(inv: 
                      f"{system}/{D['legacy_watchdog_unit']}", f"{system}/{D['watchdog_timer']}", D["watchdog_path"],
                      "/etc/pitunnel/ssh_config", "/etc/pitunnel/known_hosts", "/etc/pitunnel", D["unit_path"],
                      f"{system}/{D['watchdog_unit']}", "/etc/pitunnel/main", "/etc/pitunnel/main/known_hosts",
-                     "/etc/pitunnel/main/ssh_config", "pitunnel@main.service", pi.watchdog_path("main"),
+                     "/etc/pitunnel/main/ssh_config", "pitunnel@main.service", pi_paths.watchdog_path("main"),
                      "pitunnel-watchdog@main.service"]
     assert all((op.enabled, op.running) == (False, False) for op in ops[:3])  # type: ignore[attr-defined]
     assert all(op.notify == ("daemon-reload",) for op in ops[3:6])  # type: ignore[attr-defined]
@@ -454,7 +457,7 @@ def test_the_tunnel_on_a_fresh_pi(inv: Inventory, capsys: pytest.CaptureFixture[
         "ok alpha handler restart tunnel main - not needed: started after the change",
         "ok alpha handler restart watchdog main - not needed: started after the change",
         "changed alpha handler reload sshd - ran once"])
-    assert mode_of(host, pi.watchdog_path("main")) == "root:root 755"
+    assert mode_of(host, pi_paths.watchdog_path("main")) == "root:root 755"
     assert mode_of(host, "/etc/pitunnel/main/known_hosts") == "root:root 644"
     assert host.applied("sshd -t") and host.logins == [True]  # the loopback drop-in is validated and proven
 
@@ -479,7 +482,7 @@ def test_a_tunnel_already_as_wanted_changes_nothing_and_a_changed_config_restart
 
 
 def test_base_on_a_fresh_pi(inv: Inventory, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
-    host = FakeHost("alpha", [("stat -c '%F", "ABSENT"), (pi.key_path(inv.pis["alpha"]), "ABSENT"), PENALTIES_ON,
+    host = FakeHost("alpha", [("stat -c '%F", "ABSENT"), (pi_paths.key_path(inv.pis["alpha"]), "ABSENT"), PENALTIES_ON,
                               PASSWORDS_OFF], [(".pub", keys["alpha"])])
     pi.base(play_on(inv, {"alpha": host}, limit=frozenset({"alpha"})))  # type: ignore[dict-item]
     in_order(lines(capsys), [
@@ -494,29 +497,29 @@ def test_base_on_a_fresh_pi(inv: Inventory, keys: dict[str, str], capsys: pytest
                         "/usr/sbin/nologin --comment 'pitunnel reverse tunnel' pitunnel")
     assert host.applied("pitunnel_enter /home/admin/.ssh /home/admin/.ssh\nchown admin:admin . && chmod 700 .")
     assert mode_of(host, "/home/admin/.ssh/authorized_keys") == "admin:admin 600"
-    assert pi.sshd_passwords_fact(inv.pis["alpha"]).key == "sshd-passwords-loopback"
+    assert pi_sshd.sshd_passwords_fact(inv.pis["alpha"]).key == "sshd-passwords-loopback"
     assert "grep -iE '^(passwordauthentication|kbdinteractiveauthentication) '" in \
-        pi.sshd_passwords_fact(inv.pis["alpha"]).script
+        pi_sshd.sshd_passwords_fact(inv.pis["alpha"]).script
 
 
 def test_passwords_on_reads_each_setting_by_its_first_word() -> None:
-    assert pi.passwords_on("PasswordAuthentication No\nKbdInteractiveAuthentication YES") is True
-    assert pi.passwords_on("passwordauthentication no\nsomething else entirely\n") is False  # three words: skipped
-    assert pi.passwords_on("kbdinteractiveauthentication yes") is None  # the password setting unread
+    assert pi_sshd.passwords_on("PasswordAuthentication No\nKbdInteractiveAuthentication YES") is True
+    assert pi_sshd.passwords_on("passwordauthentication no\nsomething else entirely\n") is False  # three words: skipped
+    assert pi_sshd.passwords_on("kbdinteractiveauthentication yes") is None  # the password setting unread
 
 
 def test_the_warning_names_every_public_ssh_port(tmp_path: Path) -> None:
     inv = load(tmp_path, INVENTORY.replace("laptop_key: keys/laptop", "laptop_key: null").replace(
         "web: {type: http, local_port: 8080, remote_port: 20080, path: /alpha/}",
         "ssh2: {type: ssh, local_port: 2222, remote_port: 20021, public: true}"))
-    warning = pi.password_warning(inv.pis["alpha"], [inv.vps["main"]], None)
+    warning = pi_sshd.password_warning(inv.pis["alpha"], [inv.vps["main"]], None)
     assert warning is not None and warning.startswith(
         "alpha's sshd is public at 203.0.113.1:20022, 203.0.113.1:20021 and may accept passwords (sshd -T could not be read)")
 
 
 def test_a_new_key_whose_public_half_reads_back_wrong_fails_its_pi(inv: Inventory,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    host = FakeHost("beta", [(pi.key_path(inv.pis["beta"]), "ABSENT")], [(".pub", "Permission denied\n")])
+    host = FakeHost("beta", [(pi_paths.key_path(inv.pis["beta"]), "ABSENT")], [(".pub", "Permission denied\n")])
     play = play_on(inv, {"beta": host}, limit=frozenset({"beta"}))  # type: ignore[dict-item]
     assert pi.base(play) == {} and play.failed == {"beta"}
     assert any(l.startswith("failed beta tunnel key (made on the Pi) - /home/pi/.ssh/pitunnel_ed25519.pub is not a "

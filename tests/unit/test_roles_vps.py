@@ -15,11 +15,14 @@ from pitunnel.ops import File, PackagesAbsent, Pruned
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed
 from pitunnel.roles.contract import PiOffer, VpsFacts
+from pitunnel.roles.vps import authorized as vps_authorized
+from pitunnel.roles.vps import nginx as vps_nginx
+from pitunnel.roles.vps import role as vps_role
 from pitunnel.roles.vps import steps as vps
 from tests.unit.fake_hosts import ACCOUNT, FakeHost, in_order, lines, load, mode_of, play_on
 from tests.unit.test_templates import keygen
 
-D = vps.D
+D = vps_role.D
 
 INVENTORY = """
 settings: {laptop_key: null, known_hosts: kh}
@@ -81,7 +84,7 @@ def test_authorise_writes_the_offered_keys_and_tells_the_pis_what_they_need(inv:
     offers = [PiOffer("alpha", f"{key} pitunnel:alpha", ("0.0.0.0:20022",)), PiOffer("beta", None, ("127.0.0.1:20023",))]
     found = vps.authorise(host, inv, inv.vps["main"], offers, Reporter(colour=False), Mode())  # type: ignore[arg-type]
     assert found == VpsFacts(("ssh-ed25519 AAAAone", "ssh-rsa AAAAtwo"), frozenset({"0.0.0.0:20022"}))
-    wanted = vps.authorized_keys(inv, inv.vps["main"], {"alpha": key}).wanted(FileState(False))
+    wanted = vps_authorized.authorized_keys(inv, inv.vps["main"], {"alpha": key}).wanted(FileState(False))
     assert host.applied(base64.b64encode(wanted.encode()).decode()) and "pitunnel:beta" not in wanted
     assert len(host.scripts) == 2  # one read for the checks and the keys, one write
     in_order(lines(capsys), ["ok main tunnel account pitunnel - present", "ok main VPS host keys - 3 host keys read",
@@ -91,7 +94,7 @@ def test_authorise_writes_the_offered_keys_and_tells_the_pis_what_they_need(inv:
 
 def test_authorise_again_changes_nothing_in_one_round_trip(inv: Inventory, key: str,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    wanted = vps.authorized_keys(inv, inv.vps["main"], {"alpha": key}).wanted(FileState(False))
+    wanted = vps_authorized.authorized_keys(inv, inv.vps["main"], {"alpha": key}).wanted(FileState(False))
     host = main_host(("authorized_keys", state(wanted)))
     vps.authorise(host, inv, inv.vps["main"], [PiOffer("alpha", f"{key} pitunnel:alpha", ())],  # type: ignore[arg-type]
                   Reporter(colour=False), Mode())
@@ -103,10 +106,10 @@ def test_unauthorise_needs_the_account(inv: Inventory, key: str, key2: str) -> N
     gone = FakeHost("main", [("|| echo MISSING", "MISSING")])
     vps.unauthorise(gone, inv, inv.vps["main"], frozenset({"alpha"}), Reporter(colour=False), Mode())  # type: ignore[arg-type]
     assert len(gone.scripts) == 1 and gone.ops == []
-    both = vps.authorized_keys(inv, inv.vps["main"], {"alpha": key, "beta": key2}).wanted(FileState(False))
+    both = vps_authorized.authorized_keys(inv, inv.vps["main"], {"alpha": key, "beta": key2}).wanted(FileState(False))
     host = main_host(("authorized_keys", state(both)))
     vps.unauthorise(host, inv, inv.vps["main"], frozenset({"alpha"}), Reporter(colour=False), Mode())  # type: ignore[arg-type]
-    left = vps.authorized_keys(inv, inv.vps["main"], {"beta": key2}).wanted(FileState(False))
+    left = vps_authorized.authorized_keys(inv, inv.vps["main"], {"beta": key2}).wanted(FileState(False))
     assert host.applied(base64.b64encode(left.encode()).decode())
 
 
@@ -123,7 +126,7 @@ def test_a_pi_offering_another_pis_key_is_refused_and_the_pi_it_belongs_to_keeps
         inv: Inventory, key: str, key2: str, capsys: pytest.CaptureFixture[str]) -> None:
     """alpha (first in the inventory, so first in the file) copies beta's key into its .pub: before, its
     line came first and beta's tunnel got alpha's permitlisten."""
-    now = vps.authorized_keys(inv, inv.vps["main"], {"alpha": key, "beta": key2}).wanted(FileState(False))
+    now = vps_authorized.authorized_keys(inv, inv.vps["main"], {"alpha": key, "beta": key2}).wanted(FileState(False))
     host = main_host(("authorized_keys", state(now)))
     offers = [PiOffer("alpha", f"{key2} pitunnel:alpha", ("0.0.0.0:20022",)),
               PiOffer("beta", f"{key2} pitunnel:beta", ("127.0.0.1:20023",))]
@@ -137,7 +140,7 @@ def test_a_pi_offering_another_pis_key_is_refused_and_the_pi_it_belongs_to_keeps
 
 def test_a_pi_is_refused_another_pis_key_before_anything_is_written_the_other_pis_keys_are(
         inv: Inventory, key: str, key2: str, capsys: pytest.CaptureFixture[str]) -> None:
-    only_beta = vps.authorized_keys(inv, inv.vps["main"], {"beta": key2}).wanted(FileState(False))
+    only_beta = vps_authorized.authorized_keys(inv, inv.vps["main"], {"beta": key2}).wanted(FileState(False))
     host = main_host(("authorized_keys", state(only_beta)))
     offers = [PiOffer("alpha", f"{key2} pitunnel:alpha", ()), PiOffer("beta", f"{key2} pitunnel:beta", ())]
     found = vps.authorise(host, inv, inv.vps["main"], offers, Reporter(colour=False), Mode())  # type: ignore[arg-type]
@@ -154,13 +157,13 @@ def test_a_pi_is_refused_another_pis_key_before_anything_is_written_the_other_pi
 def test_a_key_the_file_lists_for_two_pis_is_kept_for_neither(inv: Inventory, key: str, key2: str) -> None:
     """Written by hand, or by pitunnel before it checked: sshd gives the second Pi the first one's listeners."""
     alpha, beta = inv.pis["alpha"], inv.pis["beta"]
-    text = vps.authorized_line(inv.vps["main"], alpha, key2) + "\n" + vps.authorized_line(inv.vps["main"], beta, key2) + "\n"
+    text = vps_authorized.authorized_line(inv.vps["main"], alpha, key2) + "\n" + vps_authorized.authorized_line(inv.vps["main"], beta, key2) + "\n"
     host = main_host(("authorized_keys", state(text)))
     offers = [PiOffer("alpha", f"{key} pitunnel:alpha", ()), PiOffer("beta", f"{key2} pitunnel:beta", ())]
     # alpha offers its own key again: nothing is shared any more, each Pi has its own line
     found = vps.authorise(host, inv, inv.vps["main"], offers, Reporter(colour=False), Mode())  # type: ignore[arg-type]
     assert found.refused == frozenset()
-    assert vps.authorised_keys(written(host)) == {"alpha": [key], "beta": [key2]}
+    assert vps_authorized.parse_authorized_keys(written(host)) == {"alpha": [key], "beta": [key2]}
     host = main_host(("authorized_keys", state(text)))
     found = vps.authorise(host, inv, inv.vps["main"], [], Reporter(colour=False), Mode())  # type: ignore[arg-type]
     assert found.refused == frozenset({"alpha", "beta"}) and written(host) == ""
@@ -169,12 +172,12 @@ def test_a_key_the_file_lists_for_two_pis_is_kept_for_neither(inv: Inventory, ke
 def test_settle_keys_covers_next_keys_and_leaves_the_refused_pi_what_the_file_has(key: str, key2: str) -> None:
     nxt = "ssh-ed25519 AAAAnext"
     before = {"alpha": [key], "beta": [key2, nxt]}  # beta is half way through a rotation: its next key authorised
-    keys, shared = vps.settle_keys(before, {"alpha": [nxt], "beta": [key2, nxt]})
-    assert keys == {"alpha": [key], "beta": [key2, nxt]} and shared == [vps.SharedKey(nxt, ("alpha", "beta"), "beta")]
+    keys, shared = vps_authorized.settle_keys(before, {"alpha": [nxt], "beta": [key2, nxt]})
+    assert keys == {"alpha": [key], "beta": [key2, nxt]} and shared == [vps_authorized.SharedKey(nxt, ("alpha", "beta"), "beta")]
     # beta's next key, made on beta, that alpha already holds here: beta is refused it, its rotation stalls safely
-    keys, shared = vps.settle_keys({"alpha": [nxt], "beta": [key2]}, {"alpha": [nxt], "beta": [key2, nxt]})
+    keys, shared = vps_authorized.settle_keys({"alpha": [nxt], "beta": [key2]}, {"alpha": [nxt], "beta": [key2, nxt]})
     assert keys == {"alpha": [nxt], "beta": [key2]} and shared[0].refused == ("beta",)
-    assert vps.settle_keys(before, {"alpha": [key], "beta": [key2]}) == ({"alpha": [key], "beta": [key2]}, [])
+    assert vps_authorized.settle_keys(before, {"alpha": [key], "beta": [key2]}) == ({"alpha": [key], "beta": [key2]}, [])
 
 
 def test_what_the_vps_reads_of_itself() -> None:
@@ -199,15 +202,15 @@ def load_vps():  # type: ignore[no-untyped-def]
 
 
 def test_each_http_tunnel_is_one_route_named_by_pi_and_tunnel(inv: Inventory) -> None:
-    web, cam = vps.http_routes(inv, inv.vps["main"])
+    web, cam = vps_nginx.http_routes(inv, inv.vps["main"])
     assert (web.pi, web.name, web.port, web.path, web.server_name, web.auth_file, web.websocket) == (
         "alpha", "web", 20080, "/alpha/", None, None, True)
     assert (cam.server_name, cam.auth_file, cam.client_max_body_size) == (
         "cam.example.com", f"{D['nginx_auth_dir']}/alpha_cam.htpasswd", "50m")
     assert cam.auth_source == inv.path.parent / "cam.htpasswd" and cam.upstream == "pitunnel_alpha_cam"
-    variables = vps.route_vars(cam)
+    variables = vps_nginx.route_vars(cam)
     assert variables["auth_source"] == str(cam.auth_source) and variables["file_stem"] == "alpha_cam"
-    assert vps.route_vars(web)["auth_source"] is None and vps.route_vars(web)["upstream"] == "pitunnel_alpha_web"
+    assert vps_nginx.route_vars(web)["auth_source"] is None and vps_nginx.route_vars(web)["upstream"] == "pitunnel_alpha_web"
     context = vps.context(inv, inv.vps["main"], claim_default=False)
     assert context["listens"] == ["0.0.0.0:20022", "127.0.0.1:20080", "127.0.0.1:20081", "127.0.0.1:20023"]
     assert context["claim_default"] is False and [t["name"] for t in context["tunnels"]] == ["web", "cam"]
@@ -306,8 +309,8 @@ def test_provision_in_check_mode_reads_once_and_changes_nothing(inv: Inventory) 
 
 
 def test_the_default_server_note() -> None:
-    assert vps.default_server_note([]) == "pitunnel's path-prefix server is the default server"
-    assert vps.default_server_note(["/a", "/b"]).startswith("yours is (/a, /b): ")
+    assert vps_nginx.default_server_note([]) == "pitunnel's path-prefix server is the default server"
+    assert vps_nginx.default_server_note(["/a", "/b"]).startswith("yours is (/a, /b): ")
 
 
 def test_authorise_fails_without_raising_for_a_key_that_is_not_one(inv: Inventory) -> None:
@@ -365,31 +368,31 @@ def test_debian_default_site_set_aside_and_put_back_for_real(tmp_path: Path, mon
     available.write_text("debian's welcome\n")
     enabled.symlink_to(available)
     monkeypatch.setattr(shell, "BACKUP_DIR", str(tmp_path / "backups"))
-    monkeypatch.setattr(vps, "DEBIAN_SITE", str(available))
-    monkeypatch.setattr(vps, "STATE_DIR", str(state_dir))
-    monkeypatch.setattr(vps, "SET_ASIDE_RECORD", str(state_dir / "nginx-default-site"))
+    monkeypatch.setattr(vps_nginx, "DEBIAN_SITE", str(available))
+    monkeypatch.setattr(vps_nginx, "STATE_DIR", str(state_dir))
+    monkeypatch.setattr(vps_nginx, "SET_ASIDE_RECORD", str(state_dir / "nginx-default-site"))
     monkeypatch.setitem(D, "nginx_debian_default", str(enabled))
 
     def facts(output: str) -> Facts:
-        return Facts({vps.DEBIAN_DEFAULT_FACT.key: (0, output)})
+        return Facts({vps_nginx.DEBIAN_DEFAULT_FACT.key: (0, output)})
 
     def run(commands: list[str]) -> None:
         subprocess.run(["sh", "-ec", "\n".join(commands)], check=True)
 
-    aside = vps.DebianDefaultSetAside().plan(facts(f"{available}\nsum\nsum\nnone"))
+    aside = vps_nginx.DebianDefaultSetAside().plan(facts(f"{available}\nsum\nsum\nnone"))
     run(aside.commands)
     assert not enabled.exists() and not enabled.is_symlink() and (state_dir / "nginx-default-site").exists()
     assert aside.backups == [str(enabled)] and aside.reason == "remove (recorded, put back on teardown)"
-    back = vps.DebianDefaultRestored().plan(facts("ABSENT\n\n\nrecorded"))
+    back = vps_nginx.DebianDefaultRestored().plan(facts("ABSENT\n\n\nrecorded"))
     assert back.backups == [str(enabled)]
     run(back.commands)
     assert enabled.is_symlink() and enabled.resolve() == available and not state_dir.exists()
-    assert vps.DebianDefaultRestored().plan(facts("ABSENT\n\n\nnone")).reason == "pitunnel did not set it aside"
+    assert vps_nginx.DebianDefaultRestored().plan(facts("ABSENT\n\n\nnone")).reason == "pitunnel did not set it aside"
     enabled.unlink()
     enabled.write_text("the user's own default site\n")  # took its place meanwhile
     state_dir.mkdir()
     (state_dir / "nginx-default-site").write_text("")
-    run(vps.DebianDefaultRestored().plan(facts("FILE\n\n\nrecorded")).commands)
+    run(vps_nginx.DebianDefaultRestored().plan(facts("FILE\n\n\nrecorded")).commands)
     assert enabled.read_text() == "the user's own default site\n" and not (state_dir / "nginx-default-site").exists()
 
 
@@ -508,9 +511,9 @@ def test_provision_of_a_vps_already_as_wanted_changes_nothing_in_one_read(inv: I
 ])
 def test_which_default_servers_are_the_users(servers: str, ports: set[int], found: list[str]) -> None:
     from pitunnel.facts import Facts
-    facts = Facts({vps.DEBIAN_DEFAULT_FACT.key: (0, "/etc/nginx/sites-available/default\nsum\nsum\nnone"),
-                   vps.DEFAULT_SERVERS_FACT.key: (0, servers)})
-    assert vps.others_default_servers(facts, ports) == found
+    facts = Facts({vps_nginx.DEBIAN_DEFAULT_FACT.key: (0, "/etc/nginx/sites-available/default\nsum\nsum\nnone"),
+                   vps_nginx.DEFAULT_SERVERS_FACT.key: (0, servers)})
+    assert vps_nginx.others_default_servers(facts, ports) == found
 
 
 @pytest.mark.parametrize(("tls", "listen", "claims"), [

@@ -127,7 +127,7 @@ def test_the_ending_script_ends_only_the_session_it_was_told(tmp_path: Path) -> 
 def test_the_reaper_reads_a_holders_key_as_authorised_for_a_port_or_not(tmp_path: Path) -> None:
     """The reaper ends the holder of a port whose key is not authorised for it now: not in the file, its
     expiry-time passed, or its permitlisten does not allow the port."""
-    from pitunnel.roles.vps.steps import ROLE
+    from pitunnel.roles.vps.role import ROLE
 
     fps, lines = [], []
     for name, expiry in (("a", ""), ("b", 'expiry-time="20200101",'), ("c", 'expiry-time="209901011200Z",')):

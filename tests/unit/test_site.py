@@ -13,8 +13,11 @@ from pitunnel.facts import FileState
 from pitunnel.inventory import Inventory
 from pitunnel.roles import site
 from pitunnel.roles.contract import PiOffer, VpsFacts, listens
+from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
-from pitunnel.roles.vps import steps as vps_steps
+from pitunnel.roles.vps import authorized as vps_authorized
+from pitunnel.roles.vps import role as vps_role
 from tests.unit.fake_hosts import ACCOUNT, FakeHost, lines, load, play_on
 from tests.unit.test_templates import keygen
 
@@ -69,7 +72,7 @@ def vps_host(name: str = "main", *, account: str = ACCOUNT, permitted: str = PER
 
 
 def pi_host(inv: Inventory, name: str, pub: str | None, journal: list[str] | None = None) -> FakeHost:
-    key = pi_steps.key_path(inv.pis[name])
+    key = pi_paths.key_path(inv.pis[name])
     return FakeHost(name, [(key, f"PUB {pub}" if pub else "ABSENT"),
                            ("passwordauthentication|kbd", "passwordauthentication no")], journal=journal)
 
@@ -91,7 +94,7 @@ def written(host: FakeHost, path: str, content: str) -> bool:
 
 def test_provision_pi_puts_the_keys_on_the_vps_before_the_tunnels_and_proves_them_listening(
         inv: Inventory, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
     journal: list[str] = []
     hosts = {"main": vps_host(journal=journal), "alpha": pi_host(inv, "alpha", keys["alpha"], journal),
              "beta": pi_host(inv, "beta", keys["beta"], journal)}
@@ -99,7 +102,7 @@ def test_provision_pi_puts_the_keys_on_the_vps_before_the_tunnels_and_proves_the
     site.provision_pi(play)
     assert play.failed == set()
     vps = inv.vps["main"]
-    wanted = vps_steps.authorized_keys(inv, vps, {"alpha": " ".join(keys["alpha"].split()[:2]),
+    wanted = vps_authorized.authorized_keys(inv, vps, {"alpha": " ".join(keys["alpha"].split()[:2]),
                                                   "beta": " ".join(keys["beta"].split()[:2])}).wanted(FileState(False))
     assert "pitunnel:alpha" in wanted and "pitunnel:beta" in wanted
     assert written(hosts["main"], "authorized_keys", wanted)
@@ -109,8 +112,8 @@ def test_provision_pi_puts_the_keys_on_the_vps_before_the_tunnels_and_proves_the
     assert all(journal.index(f"{p} apply") < vps_keys for p in ("alpha", "beta"))  # base (autossh) first
     tunnels = [i for i, e in enumerate(journal) if e.startswith(("alpha", "beta"))][2:]
     assert max(i for i, e in enumerate(journal) if e == "main apply") < max(tunnels)
-    assert hosts["beta"].applied(pi_steps.D["password_dropin"])  # beta's inventory turns passwords off
-    assert not hosts["alpha"].applied(pi_steps.D["password_dropin"])
+    assert hosts["beta"].applied(pi_role.D["password_dropin"])  # beta's inventory turns passwords off
+    assert not hosts["alpha"].applied(pi_role.D["password_dropin"])
     out = lines(capsys)
     assert any(l.startswith("ok alpha tunnel listening on the VPS - main: 0.0.0.0:20022, 127.0.0.1:20080 (after ") for l in out)
     assert any(l.startswith("ok beta tunnel listening on the VPS - main: 127.0.0.1:20023") for l in out)
@@ -168,7 +171,7 @@ def test_permitlisten_behind_in_check_mode_is_a_skip_not_a_failure(inv: Inventor
 
 def test_connect_tunnels_only_the_pis_that_have_a_key(inv: Inventory, keys: dict[str, str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
     hosts = {"main": vps_host(), "alpha": FakeHost("alpha"), "beta": FakeHost("beta")}
     play = play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"}))  # type: ignore[arg-type]
     bases = {"alpha": pi_steps.PiBase(PiOffer("alpha", None, listens(inv.pis["alpha"])), False),
@@ -183,9 +186,9 @@ def test_a_pi_offering_another_pis_key_is_refused_alone_and_the_pi_it_belongs_to
         inv: Inventory, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 22: alpha's root wrote beta's public key into alpha's .pub. beta's key is beta's on main already:
     alpha is refused (its line and its tunnel left as they were), beta's tunnel goes on, the run fails."""
-    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
     vps = inv.vps["main"]
-    before = vps_steps.authorized_keys(inv, vps, {"alpha": keys["alpha"], "beta": keys["beta"]}).wanted(FileState(False))
+    before = vps_authorized.authorized_keys(inv, vps, {"alpha": keys["alpha"], "beta": keys["beta"]}).wanted(FileState(False))
     main = vps_host()
     main.answers.insert(0, ("authorized_keys", f"pitunnel:pitunnel:600\n{base64.b64encode(before.encode()).decode()}"))
     hosts = {"main": main, "alpha": pi_host(inv, "alpha", keys["beta"]), "beta": pi_host(inv, "beta", keys["beta"])}
@@ -214,15 +217,15 @@ def test_an_unchanged_tunnel_already_listening_is_not_waited_for(inv: Inventory,
 
 def test_provision_converges_the_vps_and_the_pis_base_then_connects_them(inv: Inventory, keys: dict[str, str],
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
     main = vps_host()
     main.answers.insert(0, ("dpkg-query", "nginx installed\nautossh installed"))
     hosts = {"main": main, "beta": pi_host(inv, "beta", keys["beta"])}
     play = play_on(inv, hosts, limit=frozenset({"main", "beta"}))  # type: ignore[arg-type]
     site.provision(play)
     assert play.failed == set()
-    beta = vps_steps.authorized_keys(inv, inv.vps["main"], {"beta": " ".join(keys["beta"].split()[:2])})
-    assert main.applied(vps_steps.D["sshd_dropin"]) and written(main, "authorized_keys", beta.wanted(FileState(False)))
+    beta = vps_authorized.authorized_keys(inv, inv.vps["main"], {"beta": " ".join(keys["beta"].split()[:2])})
+    assert main.applied(vps_role.D["sshd_dropin"]) and written(main, "authorized_keys", beta.wanted(FileState(False)))
     assert hosts["beta"].applied("systemctl start pitunnel@main.service")
 
 
@@ -256,7 +259,7 @@ def test_verify_reads_each_vps_once_and_reports_every_selected_pi(inv: Inventory
 
 
 def test_teardown_of_some_pis_takes_their_keys_off_their_vps(inv: Inventory, keys: dict[str, str]) -> None:
-    kept = vps_steps.authorized_keys(inv, inv.vps["main"], {"alpha": " ".join(keys["alpha"].split()[:2]),
+    kept = vps_authorized.authorized_keys(inv, inv.vps["main"], {"alpha": " ".join(keys["alpha"].split()[:2]),
                                                             "beta": " ".join(keys["beta"].split()[:2])})
     text = kept.wanted(FileState(False))
     state = "root:root:600\n" + base64.b64encode(text.encode()).decode()
@@ -264,7 +267,7 @@ def test_teardown_of_some_pis_takes_their_keys_off_their_vps(inv: Inventory, key
     main.answers.insert(0, ("authorized_keys", state))
     hosts = {"main": main, "alpha": FakeHost("alpha"), "beta": FakeHost("beta")}
     site.teardown(play_on(inv, hosts, limit=frozenset({"alpha"})), purge=False)  # type: ignore[arg-type]
-    after = vps_steps.authorized_keys(inv, inv.vps["main"], {}, drop=frozenset({"alpha"})).wanted(
+    after = vps_authorized.authorized_keys(inv, inv.vps["main"], {}, drop=frozenset({"alpha"})).wanted(
         FileState(True, content=text.encode()))
     assert "pitunnel:alpha" not in after and "pitunnel:beta" in after
     assert written(main, "authorized_keys", after)
@@ -349,7 +352,7 @@ def test_every_listener_sshd_does_not_permit_yet_is_named(inv: Inventory, keys: 
 
 
 def test_a_vps_is_offered_only_its_own_pis(inv: Inventory, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
     hosts = {"main": vps_host(permitted="permitlisten 127.0.0.1:20023"), "spare": vps_host("spare"),
              "beta": FakeHost("beta"), "gamma": FakeHost("gamma")}
     play = play_on(inv, hosts, limit=frozenset({"main", "spare", "beta", "gamma"}))  # type: ignore[arg-type]
@@ -362,7 +365,7 @@ def test_the_listener_wait_names_every_forward_missing(inv: Inventory, monkeypat
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     from pitunnel.runner import StepFailed
     from pitunnel.shared import SharedReading
-    monkeypatch.setitem(pi_steps.D, "listen_wait_seconds", 0.2)
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 0.2)
     play = play_on(inv, {})
     with pytest.raises(StepFailed):
         site.wait_listening(play, inv.pis["alpha"], SharedReading(lambda: frozenset()), None)

@@ -14,11 +14,17 @@ import pytest
 from pitunnel.facts import Facts, FileState
 from pitunnel.inventory import NAME_RE, Inventory, load_inventory
 from pitunnel.ops import Absent, File, KeyPair, Op, Service
+from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import role as pi_role
+from pitunnel.roles.pi import sshd as pi_sshd
 from pitunnel.roles.pi import steps as pi_steps
+from pitunnel.roles.vps import authorized as vps_authorized
+from pitunnel.roles.vps import nginx as vps_nginx
+from pitunnel.roles.vps import role as vps_role
 from pitunnel.roles.vps import steps as vps_steps
 
-VPS_D = vps_steps.D
-PI_D = pi_steps.D
+VPS_D = vps_role.D
+PI_D = pi_role.D
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHva6ee4ekTAawH0SqI5CoAvuEvPaN4hfyg5Q+vEb9p1"
 
 INVENTORY = """
@@ -164,7 +170,7 @@ def options_of(line: str) -> list[str]:
 
 def test_authorized_line(inv: Inventory) -> None:
     pub = "ssh-ed25519 AAAAkey1 pitunnel:pi1"
-    line = vps_steps.authorized_line(inv.vps["main"], inv.pis["pi1"], pub)
+    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["pi1"], pub)
     opts = options_of(line)
     assert opts[0] == "restrict"
     assert "port-forwarding" in opts
@@ -177,7 +183,7 @@ def test_authorized_line(inv: Inventory) -> None:
 
 
 def test_authorized_line_only_that_pis_tunnels(inv: Inventory) -> None:
-    line = vps_steps.authorized_line(inv.vps["main"], inv.pis["pi2"], "ssh-ed25519 AAAAkey2")
+    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["pi2"], "ssh-ed25519 AAAAkey2")
     assert [o for o in options_of(line) if o.startswith("permitlisten=")] == ['permitlisten="127.0.0.1:20023"']
     assert line.endswith(" ssh-ed25519 AAAAkey2 pitunnel:pi2")
 
@@ -192,7 +198,7 @@ def test_authorized_line_pi_without_tunnels_gets_no_forwarding(tmp_path: Path) -
           busy: {address: 10.0.0.2, tunnels: {ssh: {type: ssh, remote_port: 20001}}}
         """))
     inv = load_inventory(file)
-    line = vps_steps.authorized_line(inv.vps["main"], inv.pis["idle"], "ssh-ed25519 AAAAidle")
+    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["idle"], "ssh-ed25519 AAAAidle")
     opts = options_of(line)
     assert "" not in opts
     assert "port-forwarding" not in opts or any(o.startswith("permitlisten=") for o in opts)
@@ -200,7 +206,7 @@ def test_authorized_line_pi_without_tunnels_gets_no_forwarding(tmp_path: Path) -
 
 def keys_file(inv: Inventory, vps: str, existing: str | None, new: dict[str, str],
               drop: frozenset[str] = frozenset()) -> tuple[File, str]:
-    op = vps_steps.authorized_keys(inv, inv.vps[vps], new, drop)
+    op = vps_authorized.authorized_keys(inv, inv.vps[vps], new, drop)
     state = FileState(False) if existing is None else FileState(True, "pitunnel", "pitunnel", 0o600,
                                                                 existing.encode())
     return op, op.wanted(state)
@@ -222,8 +228,8 @@ def test_authorized_keys_keeps_other_pis_and_updates_options(inv: Inventory) -> 
                 "ssh-ed25519 AAAAgone pitunnel:gone\n")
     main, pi1, pi2 = inv.vps["main"], inv.pis["pi1"], inv.pis["pi2"]
     op, text = keys_file(inv, "main", existing, {"pi1": "ssh-ed25519 AAAAnew1 pitunnel:pi1"})
-    assert text == (vps_steps.authorized_line(main, pi1, "ssh-ed25519 AAAAnew1") + "\n"
-                    + vps_steps.authorized_line(main, pi2, "ssh-ed25519 AAAAkey2") + "\n")
+    assert text == (vps_authorized.authorized_line(main, pi1, "ssh-ed25519 AAAAnew1") + "\n"
+                    + vps_authorized.authorized_line(main, pi2, "ssh-ed25519 AAAAkey2") + "\n")
     assert "AAAAold1" not in text  # the new key replaced the old one
     assert "127.0.0.1:9999" not in text and 'permitlisten="127.0.0.1:20023"' in text  # options from the inventory
     assert "pitunnel:gone" not in text and "AAAAgone" not in text  # no longer in the inventory
@@ -239,7 +245,7 @@ def test_authorized_keys_only_this_vps_pis(inv: Inventory) -> None:
     _, main_text = keys_file(inv, "main", existing, {})
     assert "pitunnel:pi3" not in main_text and "pitunnel:pi1" in main_text
     _, other_text = keys_file(inv, "other", existing, {"pi1": "ssh-ed25519 AAAAx"})
-    assert other_text == vps_steps.authorized_line(inv.vps["other"], inv.pis["pi3"], "ssh-ed25519 AAAAkey3") + "\n"
+    assert other_text == vps_authorized.authorized_line(inv.vps["other"], inv.pis["pi3"], "ssh-ed25519 AAAAkey3") + "\n"
 
 
 def test_authorized_keys_drop(inv: Inventory) -> None:
@@ -373,7 +379,7 @@ def test_nginx_names_of_colliding_pairs_differ(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("alice:x\n")
     (tmp_path / "hosts.yml").write_text(COLLIDING)
     inv = load_inventory(tmp_path / "hosts.yml")
-    routes = {(r.pi, r.name): r for r in vps_steps.http_routes(inv, inv.vps["main"])}
+    routes = {(r.pi, r.name): r for r in vps_nginx.http_routes(inv, inv.vps["main"])}
     one, two = routes[("a-b", "c")], routes[("a", "b-c")]
     assert one.upstream != two.upstream and one.file_stem != two.file_stem
     assert one.auth_file != two.auth_file
@@ -409,7 +415,7 @@ def test_route_names_are_injective_exhaustively() -> None:
     stems: dict[str, tuple[str, str]] = {}
     for pi in names:
         for tunnel in names:
-            stem = vps_steps.route_stem(pi, tunnel)
+            stem = vps_nginx.route_stem(pi, tunnel)
             assert stems.setdefault(stem, (pi, tunnel)) == (pi, tunnel), (stem, stems[stem], (pi, tunnel))
             assert tuple(stem.split("_")) == (pi, tunnel)  # reads back
             assert re.fullmatch(r"[a-z0-9_-]+", stem)  # safe in file and upstream names
@@ -485,7 +491,7 @@ def unit_text(inv: Inventory, pi: str) -> str:
 def path_file(inv: Inventory, pi: str, name: str, host_keys: list[str] | None = None) -> str:
     """A file of the Pi's path through its (first) VPS: ssh_config or known_hosts in that VPS's folder."""
     spec = inv.pis[pi]
-    return text_of(pi_ops(inv, pi, host_keys), f"{pi_steps.vps_config_dir(spec.vps)}/{name}")
+    return text_of(pi_ops(inv, pi, host_keys), f"{pi_paths.vps_config_dir(spec.vps)}/{name}")
 
 
 def remote_forwards(text: str) -> list[str]:
@@ -505,7 +511,7 @@ def test_unit_runs_autossh_with_every_forward(inv: Inventory) -> None:
     assert argv[1:3] == ["-M", "0"]
     assert "-N" in argv
     # a template: each instance reads its own VPS's ssh_config, which holds that VPS's forwards
-    assert PI_D["unit"] == "pitunnel@.service" and pi_steps.unit("main") == "pitunnel@main.service"
+    assert PI_D["unit"] == "pitunnel@.service" and pi_paths.unit("main") == "pitunnel@main.service"
     assert argv[argv.index("-F") + 1] == f"{PI_D['config_dir']}/%i/ssh_config"
     assert "-R" not in argv
     assert argv[-1] == PI_D["ssh_host_alias"]
@@ -535,8 +541,8 @@ def test_unit_protect_home_follows_the_key_location(inv: Inventory) -> None:
     login_user = directives(unit_text(inv, "pi2"))
     assert "User=pi" in login_user
     assert "ProtectHome=read-only" in login_user  # key under /home/pi must stay readable
-    assert pi_steps.key_path(inv.pis["pi2"]) == f"/home/pi/.ssh/{PI_D['key_name']}"
-    assert pi_steps.key_path(inv.pis["pi1"]) == f"{PI_D['tunnel_home']}/.ssh/{PI_D['key_name']}"
+    assert pi_paths.key_path(inv.pis["pi2"]) == f"/home/pi/.ssh/{PI_D['key_name']}"
+    assert pi_paths.key_path(inv.pis["pi1"]) == f"{PI_D['tunnel_home']}/.ssh/{PI_D['key_name']}"
 
 
 def ssh_config(inv: Inventory, pi: str) -> str:
@@ -552,7 +558,7 @@ def test_ssh_config_one_host_entry_with_safe_options(inv: Inventory) -> None:
     assert not re.search(r"(?im)^\s*Match\b", text)
     for wanted in ("ExitOnForwardFailure yes", "BatchMode yes", "StrictHostKeyChecking yes", "IdentitiesOnly yes",
                    "HostName 203.0.113.10", "Port 2222", "User pitunnel", "ServerAliveInterval 11",
-                   "ServerAliveCountMax 5", f"IdentityFile {pi_steps.key_path(inv.pis['pi1'])}",
+                   "ServerAliveCountMax 5", f"IdentityFile {pi_paths.key_path(inv.pis['pi1'])}",
                    f"UserKnownHostsFile {PI_D['config_dir']}/main/known_hosts", "GlobalKnownHostsFile /dev/null",
                    "UpdateHostKeys no", "ForwardAgent no"):
         assert wanted in lines, wanted
@@ -590,7 +596,7 @@ def test_known_hosts_pins_the_vps_keys(inv: Inventory) -> None:
 
 def test_tunnel_files_restart_the_tunnel_and_service_is_wanted(inv: Inventory) -> None:
     ops = pi_ops(inv, "pi1")
-    folder = pi_steps.vps_config_dir("main")
+    folder = pi_paths.vps_config_dir("main")
     for path in (f"{folder}/known_hosts", f"{folder}/ssh_config", PI_D["unit_path"]):
         assert file_op(ops, path).notify == ("restart tunnel main",)
     services = {op.unit: op for op in ops if isinstance(op, Service)}
@@ -607,7 +613,7 @@ def test_tunnel_files_restart_the_tunnel_and_service_is_wanted(inv: Inventory) -
     # ... before any instance starts: the old tunnel frees its ports on the VPS first
     order = [getattr(op, "unit", None) for op in ops]
     assert order.index(PI_D["legacy_unit"]) < order.index("pitunnel@main.service")
-    for path in (pi_steps.watchdog_path("main"), f"/etc/systemd/system/{PI_D['watchdog_unit']}"):
+    for path in (pi_paths.watchdog_path("main"), f"/etc/systemd/system/{PI_D['watchdog_unit']}"):
         assert file_op(ops, path).notify == ("restart watchdog main",)
 
 
@@ -658,11 +664,11 @@ def test_two_vpses_two_paths_each_with_its_own_files_ports_and_handlers(tmp_path
     handlers = {h.name: h.commands for h in pi_steps.handlers(None, vpses=pi.all_vps)}  # type: ignore[arg-type]
     assert handlers["restart tunnel backup"] == ["systemctl daemon-reload", "systemctl try-restart pitunnel@backup.service"]
     # each VPS authorises the Pi's one key for its own listeners only
-    main_line = vps_steps.authorized_line(inv.vps["main"], pi.on("main"), "ssh-ed25519 AAAAkey1")
-    backup_line = vps_steps.authorized_line(inv.vps["backup"], pi.on("backup"), "ssh-ed25519 AAAAkey1")
+    main_line = vps_authorized.authorized_line(inv.vps["main"], pi.on("main"), "ssh-ed25519 AAAAkey1")
+    backup_line = vps_authorized.authorized_line(inv.vps["backup"], pi.on("backup"), "ssh-ed25519 AAAAkey1")
     assert 'permitlisten="127.0.0.1:20000"' in main_line and 'permitlisten="127.0.0.1:20000"' in backup_line
     # every VPS routes the Pi's http tunnel the same way, to its own port there
-    routes = {v: [(r.pi, r.name, r.path, r.port) for r in vps_steps.http_routes(inv, inv.vps[v])] for v in inv.vps}
+    routes = {v: [(r.pi, r.name, r.path, r.port) for r in vps_nginx.http_routes(inv, inv.vps[v])] for v in inv.vps}
     assert routes == {"main": [("pi1", "web", "/pi1/web/", 20000)], "backup": [("pi1", "web", "/pi1/web/", 20000)]}
 
 
@@ -675,7 +681,7 @@ def test_a_vps_the_pi_no_longer_names_loses_its_instance() -> None:
 
 def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Inventory) -> None:
     pi, vps = inv.pis["pi1"], inv.vps_of(inv.pis["pi1"])
-    script = text_of(pi_ops(inv, "pi1"), pi_steps.watchdog_path("main"))
+    script = text_of(pi_ops(inv, "pi1"), pi_paths.watchdog_path("main"))
     # woken by netlink when a link comes up or an address or default route appears
     assert "ip -o monitor link address route" in script
     assert "*LOWER_UP*" in script and 'default*' in script
@@ -713,7 +719,7 @@ def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Invento
 
 def test_watchdog_script_is_valid_bash(inv: Inventory, tmp_path: Path) -> None:
     script = tmp_path / "watchdog"
-    script.write_text(text_of(pi_ops(inv, "pi1"), pi_steps.watchdog_path("main")))
+    script.write_text(text_of(pi_ops(inv, "pi1"), pi_paths.watchdog_path("main")))
     done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
@@ -764,7 +770,7 @@ def test_loopback_exemption_needs_an_ssh_tunnel(inv: Inventory) -> None:
 
 
 def test_penalties_fact_reads_sshd_effective_config() -> None:
-    observer = pi_steps.penalties_observer()
+    observer = pi_sshd.penalties_observer()
     assert "sshd -T" in observer.fact.script and "persourcepenalties" in observer.fact.script
     assert observer.fact.process("1\n") is True and observer.fact.process("0\n") is False
     assert observer.describe(True).startswith("yes") and observer.describe(False).startswith("no")
@@ -782,8 +788,8 @@ def test_sshd_reload_on_the_pi_is_guarded_by_a_fresh_login() -> None:
 
 def _nginx_facts(debian: str, servers: str) -> Facts:
     found = Facts()
-    found[vps_steps.DEBIAN_DEFAULT_FACT.key] = (0, debian)
-    found[vps_steps.DEFAULT_SERVERS_FACT.key] = (0, servers)
+    found[vps_nginx.DEBIAN_DEFAULT_FACT.key] = (0, debian)
+    found[vps_nginx.DEFAULT_SERVERS_FACT.key] = (0, servers)
     return found
 
 
@@ -792,7 +798,7 @@ SUM = "0123456789abcdef0123456789abcdef"
 
 
 def test_debian_default_set_aside_only_while_unmodified() -> None:
-    op = vps_steps.DebianDefaultSetAside()
+    op = vps_nginx.DebianDefaultSetAside()
     plan = op.plan(_nginx_facts(f"{DEBIAN_LINK}\n{SUM}\n{SUM}\nnone", ""))
     assert "rm -f /etc/nginx/sites-enabled/default" in plan.commands
     assert ": > /var/lib/pitunnel-state/nginx-default-site" in plan.commands
@@ -803,7 +809,7 @@ def test_debian_default_set_aside_only_while_unmodified() -> None:
 
 
 def test_debian_default_put_back_only_if_pitunnel_set_it_aside() -> None:
-    op = vps_steps.DebianDefaultRestored()
+    op = vps_nginx.DebianDefaultRestored()
     assert not op.plan(_nginx_facts(f"ABSENT\n{SUM}\n{SUM}\nnone", "")).changes
     plan = op.plan(_nginx_facts(f"ABSENT\n{SUM}\n{SUM}\nrecorded", ""))
     assert any("ln -s /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default" in c for c in plan.commands)
@@ -818,14 +824,14 @@ def test_debian_default_put_back_only_if_pitunnel_set_it_aside() -> None:
     ("/etc/nginx/conf.d/a.conf listen 443 ssl default_server;", {80, 443}, ["/etc/nginx/conf.d/a.conf"]),
 ])
 def test_default_server_of_the_users_is_not_claimed(servers: str, ports: set[int], found: list[str]) -> None:
-    assert vps_steps.others_default_servers(_nginx_facts(f"{DEBIAN_LINK}\n{SUM}\n{SUM}\nnone", servers), ports) == found
+    assert vps_nginx.others_default_servers(_nginx_facts(f"{DEBIAN_LINK}\n{SUM}\n{SUM}\nnone", servers), ports) == found
 
 
 def test_default_site_claims_default_server_unless_told_not_to() -> None:
     context = dict(http_port=80, https_port=443, tls_certificate=None, tls_key=None, site_tls=None, public_name=None,
                    acme=False)
-    assert "listen 80 default_server;" in vps_steps.ROLE.render("nginx-default-site.conf.j2", **context)
-    assert "default_server" not in vps_steps.ROLE.render("nginx-default-site.conf.j2", claim_default=False, **context)
+    assert "listen 80 default_server;" in vps_role.ROLE.render("nginx-default-site.conf.j2", **context)
+    assert "default_server" not in vps_role.ROLE.render("nginx-default-site.conf.j2", claim_default=False, **context)
 
 
 # ---------------------------------------------------------------------------
@@ -843,7 +849,7 @@ done
 
 
 def test_reaper_believes_only_sshds_own_whole_lines() -> None:
-    script = vps_steps.ROLE.render("reaper.sh.j2")
+    script = vps_role.ROLE.render("reaper.sh.j2")
     functions = script[script.index("field() {"):script.index("sshd_comms=")]
     lines = [
         '{"_PID":"701","_UID":"999","MESSAGE":"error: channel_setup_fwd_listener_tcpip: cannot listen to port: 20000"}',

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pitunnel.inventory import Inventory, load_inventory
-from pitunnel.roles.pi.steps import password_warning, passwords_on
+from pitunnel.roles.pi.sshd import password_warning, passwords_on
 from pitunnel.roles.pi.verify import Answer, PiReport, fetch_over_ssh, judge, passwords_check
 
 APP = Answer(200, b"<html><h1>Garden sensors</h1><p>soil: 41%</p></html>", (("Content-Type", "text/html"),))

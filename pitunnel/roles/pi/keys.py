@@ -14,7 +14,8 @@ from pitunnel.inventory import PiSpec
 from pitunnel.ops import File, q
 from pitunnel.remote import Remote
 from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
-from pitunnel.roles.pi.steps import D, home_of, key_comment, key_path, unit
+from pitunnel.roles.pi.paths import home_of, key_comment, key_path, unit
+from pitunnel.roles.pi.role import D
 
 SLOTS = ("current", "next", "old")
 SUFFIX = {"current": "", "next": ".next", "old": ".old"}

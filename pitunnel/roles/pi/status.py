@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pitunnel.inventory import PiSpec
 from pitunnel.remote import Remote
 from pitunnel.roles.contract import listen_spec
-from pitunnel.roles.pi.steps import unit
+from pitunnel.roles.pi.paths import unit
 
 
 def status_script(vps: str) -> str:

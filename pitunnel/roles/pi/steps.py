@@ -1,42 +1,29 @@
-"""What a Pi must look like: autossh, a tunnel account with a key made on the Pi, and for each of its VPSes
-(a path) that VPS's host key pinned, a keepalive ssh config for that VPS only, and an instance of a systemd
-template unit (pitunnel@<vps>.service) that keeps that tunnel up, with its own watchdog."""
+"""The Pi role's steps. What a Pi must look like: autossh, a tunnel account with a key made on the Pi, and
+for each of its VPSes (a path) that VPS's host key pinned, a keepalive ssh config for that VPS only, and an
+instance of a systemd template unit (pitunnel@<vps>.service) that keeps that tunnel up, with its own watchdog."""
 
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pitunnel.facts import Fact, command_fact
 from pitunnel.hostkeys import known_name
-from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
-from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Later, Observe, Op, Packages, PackagesAbsent,
+from pitunnel.inventory import Inventory, PiSpec, VpsSpec
+from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Later, Op, Packages, PackagesAbsent,
                           Service, SystemUser, UserAbsent, arm_later, managed_lines)
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.report import Reporter
-from pitunnel.role import Role
 from pitunnel.runner import StepFailed, converge, facts_for, sshd_reload
 from pitunnel.sshkeys import BadPublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, listen_spec, listens
-
-ROLE = Role("pi")
-D = ROLE.defaults
-
-
-def home_of(user: str) -> str:
-    return "/root" if user == "root" else f"/home/{user}"
-
-
-def tunnel_home(pi: PiSpec) -> str:
-    return home_of(pi.user) if pi.tunnel_user == pi.user else D["tunnel_home"]
-
-
-def key_path(pi: PiSpec) -> str:
-    return f"{tunnel_home(pi)}/.ssh/{D['key_name']}"
+from pitunnel.roles.pi.paths import (home_of, key_comment, key_path, tunnel_home, unit, vps_config_dir, watchdog_path,
+                                     watchdog_unit)
+from pitunnel.roles.pi.role import D, ROLE
+from pitunnel.roles.pi.sshd import (PENALTIES, password_warning, passwords_observer, passwords_on,
+                                    penalties_observer)
 
 
 def forwards(pi: PiSpec) -> list[str]:
@@ -44,90 +31,11 @@ def forwards(pi: PiSpec) -> list[str]:
     return [f"{listen_spec(t)}:127.0.0.1:{t.local_port}" for t in pi.tunnels]
 
 
-def unit(vps: str) -> str:
-    """The tunnel's systemd unit for one VPS: an instance of the template, pitunnel@<vps>.service."""
-    return D["unit"].replace("@", f"@{vps}", 1)
-
-
-def watchdog_unit(vps: str) -> str:
-    return D["watchdog_unit"].replace("@", f"@{vps}", 1)
-
-
-def vps_config_dir(vps: str) -> str:
-    """The tunnel's own ssh_config and known_hosts for one VPS."""
-    return f"{D['config_dir']}/{vps}"
-
-
-def watchdog_path(vps: str) -> str:
-    return f"{D['watchdog_path']}-{vps}"
-
-
 def laptop_key_line(inv: Inventory) -> str | None:
     if inv.settings.laptop_key is None:
         return None
     keytype, blob = inv.settings.laptop_key.with_name(inv.settings.laptop_key.name + ".pub").read_text().split()[:2]
     return f"{keytype} {blob} {D['laptop_key_marker']}"
-
-
-def has_penalties(fact_output: str) -> bool:
-    return fact_output.strip() not in ("", "0")
-
-
-PENALTIES = Fact("sshd-penalties", "sshd -T 2>/dev/null | grep -ci '^persourcepenalties ' || true", has_penalties)
-
-
-def penalties_observer() -> Observe[bool]:
-    """Does this Pi's sshd have per-source penalties (OpenSSH 9.8 and later)?"""
-    return Observe(PENALTIES, lambda on: "yes" if on else "no (older OpenSSH)", title="sshd has per-source penalties")
-
-
-def sshd_passwords_fact(pi: PiSpec) -> Fact[str]:
-    """The Pi's effective password settings for its login user, as a connection through a tunnel gets
-    them (from 127.0.0.1): `sshd -T` is the truth, whatever drop-in (cloud-init's, ours) set them."""
-    spec = shlex.quote(f"user={pi.user},host=localhost,addr=127.0.0.1")
-    return command_fact("sshd-passwords-loopback", f"sshd -T -C {spec} "
-                        "2>/dev/null | grep -iE '^(passwordauthentication|kbdinteractiveauthentication) ' || true")
-
-
-def passwords_on(fact_output: str) -> bool | None:
-    """True if sshd lets a password in (directly or by keyboard-interactive), None if it could not tell."""
-    settings = dict(line.lower().split(None, 1) for line in fact_output.splitlines() if len(line.split()) == 2)
-    if "passwordauthentication" not in settings:
-        return None
-    return "yes" in (settings.get("passwordauthentication"), settings.get("kbdinteractiveauthentication"))
-
-
-def public_ssh_tunnels(pi: PiSpec) -> list[TunnelSpec]:
-    return [t for t in pi.tunnels if t.kind == "ssh" and t.public]
-
-
-def public_ssh_ports(pi: PiSpec) -> list[int]:
-    return [t.remote_port for t in public_ssh_tunnels(pi)]
-
-
-def password_warning(pi: PiSpec, vpses: Sequence[VpsSpec], on: bool | None) -> str | None:
-    """Password login on a Pi whose sshd is public through its VPSes (each named): anyone may guess, and
-    everything through the tunnel comes from 127.0.0.1, which sshd's penalties exempt (and fail2ban cannot
-    tell apart)."""
-    public = public_ssh_tunnels(pi)
-    if not public or on is False or pi.disable_password_login:  # with it, provision-pi turns them off after keys work
-        return None
-    where = ", ".join(f"{vps.address}:{t.port_on(vps.name)}" for vps in vpses for t in public)
-    state = "accepts passwords" if on else "may accept passwords (sshd -T could not be read)"
-    return (f"{pi.name}'s sshd is public at {where} and {state}: anyone can guess them, from "
-            f"127.0.0.1 as far as the Pi can tell; set `disable_password_login: true` for {pi.name} once key login works")
-
-
-def passwords_observer(pi: PiSpec, vpses: Sequence[VpsSpec]) -> Observe[str]:
-    def describe(value: str) -> str:
-        on = passwords_on(value)
-        if password_warning(pi, vpses, on):
-            return "on, with a public ssh tunnel (see the WARNING)"
-        if on is False:
-            return "off (sshd -T)"
-        return "on, turned off once key login works (disable_password_login)" if pi.disable_password_login else \
-            f"{'on' if on else 'unknown'} (no public ssh tunnel)"
-    return Observe(sshd_passwords_fact(pi), describe, title="sshd password login (effective, via the tunnel)")
 
 
 def refuse_bad_pubkey(reporter: Reporter, pi: PiSpec, key: KeyPair, text: str) -> str:
@@ -167,10 +75,6 @@ def loopback_ops(pi: PiSpec, *, penalties: bool) -> list[Op]:
         return []
     return [File(D["loopback_dropin"], ROLE.render("sshd-loopback.conf.j2"), validate="sshd -t",
                  notify=("reload sshd",), title="sshd: no per-source penalties for tunnel traffic (loopback)")]
-
-
-def key_comment(pi: PiSpec) -> str:
-    return f"pitunnel:{pi.name}"
 
 
 def context(pi: PiSpec, vps: VpsSpec) -> dict[str, Any]:

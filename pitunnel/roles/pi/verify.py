@@ -26,8 +26,9 @@ from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec, has_tls
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.roles.contract import listen_spec, realm
-from pitunnel.roles.pi.steps import (D, password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact, unit,
-                                     vps_config_dir, watchdog_unit)
+from pitunnel.roles.pi.paths import unit, vps_config_dir, watchdog_unit
+from pitunnel.roles.pi.role import D
+from pitunnel.roles.pi.sshd import password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact
 
 REACH = "reach "  # checks that fail because a host was out of reach: `verify` exits 4 for them, not 2
 

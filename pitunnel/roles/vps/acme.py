@@ -17,9 +17,8 @@ from typing import Any
 from pitunnel.facts import Fact, Facts, command_fact
 from pitunnel.inventory import AcmeSpec, VpsSpec
 from pitunnel.ops import Op, Plan, q, record_commands, record_fact, recorded, unrecord_commands
-from pitunnel.role import Role
+from pitunnel.roles.vps.role import D
 
-D = Role("vps").defaults
 LE = D["letsencrypt_dir"]
 KEPT = D["acme_kept_dir"]
 # run after each renewal (stored by certbot in the renewal file): Nginx serves the new certificate, once

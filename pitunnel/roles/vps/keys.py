@@ -15,7 +15,7 @@ from pitunnel.facts import Fact, file_fact, gather
 from pitunnel.inventory import VpsSpec
 from pitunnel.ops import STATE_DIR, q
 from pitunnel.remote import Remote
-from pitunnel.roles.vps.steps import authorised_keys, keys_path
+from pitunnel.roles.vps.authorized import keys_path, parse_authorized_keys
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def read_keys(remote: Remote, vps: VpsSpec, pi: str, listens: Sequence[str]) -> 
     found = gather(remote, [authorised, live])
     state = found.value(authorised)
     text = state.content.decode(errors="replace") if state.exists else ""
-    return VpsKeys(tuple(authorised_keys(text).get(pi, [])), found.value(live))
+    return VpsKeys(tuple(parse_authorized_keys(text).get(pi, [])), found.value(live))
 
 
 # ------------------------------------------------------------------------ the VPS's own host keys, re-keyed

@@ -30,11 +30,11 @@ from pitunnel.inventory import VpsSpec
 from pitunnel.ops import File, Op, Plan, q
 from pitunnel.remote import Remote
 from pitunnel.report import Reporter
-from pitunnel.role import Role
 from pitunnel.runner import Mode, converge
 from pitunnel.sshkeys import LAYOUT, BadPublicKey, parse_public_key
+from pitunnel.roles.vps.role import D
 
-KEYS_FILE = f"{Role('vps').defaults['tunnel_home']}/.ssh/authorized_keys"
+KEYS_FILE = f"{D['tunnel_home']}/.ssh/authorized_keys"
 ACCEPTED = re.compile(r"^Accepted publickey for (\S+) from (\S+) port (\d+) ssh2: [A-Z0-9-]+ (SHA256:[A-Za-z0-9+/]+)$")
 EXPIRY = re.compile(r'(?:^|,)expiry-time="(\d{8}(?:\d{4}(?:\d{2})?)?)(Z?)"', re.IGNORECASE)
 END_WAIT_SECONDS = 5  # how long a session gets to go after SIGTERM before SIGKILL
@@ -247,7 +247,7 @@ def end_unauthorised(remote: Remote, vps: VpsSpec, reporter: Reporter, mode: Mod
     Raises StepFailed if the ending script fails.
 
     Where a step writes authorized_keys itself, put `SessionsEnded(user, keys=that_file_op)` after the
-    file op in the same converge instead (see roles/vps/steps.keys_ops)."""
+    file op in the same converge instead (see roles/vps/authorized.keys_ops)."""
     op = SessionsEnded(vps.tunnel_user)
     done = converge(remote, [op], reporter, mode)
     return sum(p.sessions_ended for _, p in done.plans)

@@ -1,0 +1,41 @@
+"""Where a Pi's tunnel lives, by name: the tunnel account's home and key, and for each VPS its unit
+instance, watchdog and config folder (the role's steps, verify, status and key rotation all use them)."""
+
+from __future__ import annotations
+
+from pitunnel.inventory import PiSpec
+from pitunnel.roles.pi.role import D
+
+
+def home_of(user: str) -> str:
+    return "/root" if user == "root" else f"/home/{user}"
+
+
+def tunnel_home(pi: PiSpec) -> str:
+    return home_of(pi.user) if pi.tunnel_user == pi.user else D["tunnel_home"]
+
+
+def key_path(pi: PiSpec) -> str:
+    return f"{tunnel_home(pi)}/.ssh/{D['key_name']}"
+
+
+def key_comment(pi: PiSpec) -> str:
+    return f"pitunnel:{pi.name}"
+
+
+def unit(vps: str) -> str:
+    """The tunnel's systemd unit for one VPS: an instance of the template, pitunnel@<vps>.service."""
+    return D["unit"].replace("@", f"@{vps}", 1)
+
+
+def watchdog_unit(vps: str) -> str:
+    return D["watchdog_unit"].replace("@", f"@{vps}", 1)
+
+
+def vps_config_dir(vps: str) -> str:
+    """The tunnel's own ssh_config and known_hosts for one VPS."""
+    return f"{D['config_dir']}/{vps}"
+
+
+def watchdog_path(vps: str) -> str:
+    return f"{D['watchdog_path']}-{vps}"
