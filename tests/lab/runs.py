@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,3 +65,13 @@ def authorised_fingerprints(vps: str, pi: str) -> list[str]:
 def tunnel_key_fingerprint(pi: str) -> str:
     """The fingerprint of the key at the lab Pi's tunnel key path."""
     return parse_public_key(in_host(pi, f"ssh-keygen -y -f {TUNNEL_KEY}")).fingerprint
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, *, every: float = 0.2) -> bool:
+    """Poll `condition` until it holds or `seconds` pass; whether it held (asked once more at the end)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return bool(condition())

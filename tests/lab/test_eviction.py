@@ -10,7 +10,6 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import paramiko
@@ -25,7 +24,7 @@ from pitunnel.roles.rotate import rotate_keys
 from pitunnel.roles.site import provision, teardown, verify
 from pitunnel.roles.vps.steps import provision as provision_vps
 from tests.conftest import lab_up
-from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, in_host, play, tunnel_key_fingerprint
+from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, in_host, play, tunnel_key_fingerprint, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -42,13 +41,6 @@ def inventory() -> Path:
     return inv
 
 
-def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.3)
-    return condition()
 
 
 def http_ok(pi: str) -> bool:

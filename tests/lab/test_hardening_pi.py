@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from pitunnel.roles.site import verify
 from pitunnel.roles.vps.steps import provision as provision_vps
 from pitunnel.roles.vps.nginx import route_stem
 from tests.conftest import lab_up
-from tests.lab.runs import in_host, play
+from tests.lab.runs import in_host, play, wait_for
 
 pytestmark = pytest.mark.lab
 VPS = "198.18.0.10"
@@ -51,13 +50,6 @@ def check(report: PiReport, start: str) -> Check:
     return next(c for c in report.checks if c.name.startswith(start))
 
 
-def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.5)
-    return condition()
 
 
 # ----------------------------------------------------------------- row 10: passwords through a public port

@@ -28,7 +28,7 @@ from pitunnel.roles.site import provision
 from pitunnel.roles.vps.steps import provision as provision_vps
 from pitunnel.sshkeys import parse_public_key
 from tests.conftest import ROOT, lab_up
-from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, etc_diff, etc_state, in_host, play, tunnel_key_fingerprint
+from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, etc_diff, etc_state, in_host, play, tunnel_key_fingerprint, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -72,14 +72,6 @@ def port_open(port: int) -> bool:
         return False
 
 
-def wait_for(condition: "object", seconds: float) -> bool:
-    assert callable(condition)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return bool(condition())
 
 
 def tunnel_session(private_key: str) -> paramiko.Transport | None:
