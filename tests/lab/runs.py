@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,3 +77,12 @@ def wait_for(condition: Callable[[], bool], seconds: float, *, every: float = 0.
             return True
         time.sleep(every)
     return bool(condition())
+
+
+def http_ok(pi: str) -> bool:
+    """Does the Pi's web app answer 200 through the lab VPS's Nginx (its path route)?"""
+    try:
+        with urllib.request.urlopen(f"http://{lab.VPS_ADDR}/{pi}/", timeout=3) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

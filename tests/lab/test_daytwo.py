@@ -29,7 +29,7 @@ from pitunnel.roles.site import provision, provision_pi
 from pitunnel.roles.vps.steps import provision as provision_vps
 from pitunnel.sshkeys import parse_public_key
 from tests.conftest import ROOT, lab_up
-from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, in_host, play, tunnel_key_fingerprint, wait_for
+from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, in_host, play, tunnel_key_fingerprint, http_ok, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -44,16 +44,6 @@ def inventory() -> Path:
     code, _ = play(inv, provision, quiet=True)
     assert code == 0
     return inv
-
-
-def http_ok(pi: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{VPS}/{pi}/", timeout=3) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 
 
 def leftovers(pi: str) -> str:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import socket
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import paramiko
@@ -24,7 +22,7 @@ from pitunnel.roles.rotate import rotate_keys
 from pitunnel.roles.site import provision, teardown, verify
 from pitunnel.roles.vps.steps import provision as provision_vps
 from tests.conftest import lab_up
-from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, in_host, play, tunnel_key_fingerprint, wait_for
+from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, in_host, play, tunnel_key_fingerprint, http_ok, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -39,16 +37,6 @@ def inventory() -> Path:
     code, _ = play(inv, provision, quiet=True)
     assert code == 0
     return inv
-
-
-
-
-def http_ok(pi: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{VPS}/{pi}/", timeout=3) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def stolen_key(pi: str) -> str:

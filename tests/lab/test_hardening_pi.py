@@ -50,8 +50,6 @@ def check(report: PiReport, start: str) -> Check:
     return next(c for c in report.checks if c.name.startswith(start))
 
 
-
-
 # ----------------------------------------------------------------- row 10: passwords through a public port
 def test_provision_warns_about_passwords_on_a_public_ssh_port(inventory: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _ = play(inventory, both)

@@ -72,8 +72,6 @@ def port_open(port: int) -> bool:
         return False
 
 
-
-
 def tunnel_session(private_key: str) -> paramiko.Transport | None:
     """A login to the VPS's tunnel account with this key, held open with no forward (None: refused)."""
     key = paramiko.Ed25519Key.from_private_key(io.StringIO(private_key))
