@@ -66,7 +66,7 @@ def inv(tmp_path: Path) -> Inventory:
 
 def vps_host(name: str = "main", *, account: str = ACCOUNT, permitted: str = PERMITTED, ss: str = ALL_LISTENERS,
              journal: list[str] | None = None) -> FakeHost:
-    return FakeHost(name, [("|| echo MISSING", account), ("ssh_host_", "ssh-ed25519 AAAAhostkey\n"),
+    return FakeHost(name, [("|| echo MISSING", account), ("ssh_host_", "cur ssh-ed25519 AAAAhostkey\n"),
                            ("ss -Htln", ss), ("permitlisten", permitted), ("authorized_keys", "ABSENT")],
                     [("ss -Htln", ss)], journal=journal)
 
