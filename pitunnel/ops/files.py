@@ -133,11 +133,15 @@ class Absent(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"absent {self.path}"
 
+    @property
+    def fact(self) -> Fact[bool]:
+        return exists_fact(self.path)
+
     def facts(self) -> list[Fact[Any]]:
-        return [exists_fact(self.path)]
+        return [self.fact]
 
     def plan(self, facts: Facts) -> Plan:
-        if not facts.value(exists_fact(self.path)):
+        if not facts.value(self.fact):
             return Plan([], "not there")
         backups = [self.path] if self.notify else []
         pre = backup_commands(self.path) if self.notify else []
@@ -181,11 +185,15 @@ class Directory(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"directory {self.path}"
 
+    @property
+    def fact(self) -> Fact[PathStat | None]:
+        return stat_fact(self.path)
+
     def facts(self) -> list[Fact[Any]]:
-        return [stat_fact(self.path)]
+        return [self.fact]
 
     def plan(self, facts: Facts) -> Plan:
-        now = facts.value(stat_fact(self.path))
+        now = facts.value(self.fact)
         want = PathStat("directory", self.owner, self.group, self.mode)
         if now == want:
             return Plan([], "already as wanted")
@@ -223,11 +231,15 @@ class Symlink(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"link {self.path} -> {self.target}"
 
+    @property
+    def fact(self) -> Fact[LinkState]:
+        return link_fact(self.path, self.target)
+
     def facts(self) -> list[Fact[Any]]:
-        return [link_fact(self.path, self.target)]
+        return [self.fact]
 
     def plan(self, facts: Facts) -> Plan:
-        now = facts.value(link_fact(self.path, self.target))
+        now = facts.value(self.fact)
         if now.points_to == self.target:
             return Plan([], "already linked")
         if self.only_if_exists and not now.target_there:
@@ -260,11 +272,15 @@ class Pruned(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"no stray {self.directory}/{self.pattern}"
 
+    @property
+    def fact(self) -> Fact[tuple[str, ...]]:
+        return matches_fact(self.directory, self.pattern)
+
     def facts(self) -> list[Fact[Any]]:
-        return [matches_fact(self.directory, self.pattern)]
+        return [self.fact]
 
     def plan(self, facts: Facts) -> Plan:
-        found = facts.value(matches_fact(self.directory, self.pattern))
+        found = facts.value(self.fact)
         stray = [f for f in found if f not in self.keep]
         if not stray:
             return Plan([], "none")

@@ -46,11 +46,15 @@ class Service(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"service {self.unit}"
 
+    @property
+    def fact(self) -> Fact[UnitState]:
+        return unit_fact(self.unit)
+
     def facts(self) -> list[Fact[Any]]:
-        return [unit_fact(self.unit)]
+        return [self.fact]
 
     def plan(self, facts: Facts) -> Plan:
-        now = facts.value(unit_fact(self.unit))
+        now = facts.value(self.fact)
         enabled_now, active_now = now.enabled, now.active
         cmds, gaps = [], []
         u = q(self.unit)
