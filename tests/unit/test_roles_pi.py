@@ -351,6 +351,19 @@ def test_teardown_runs_on_the_selected_pis_only(inv: Inventory) -> None:
     assert hosts["beta"].scripts == [] and hosts["alpha"].applied("systemctl stop pitunnel@main.service")
 
 
+def test_teardown_reads_the_pis_paths_with_its_facts_and_stops_those_the_inventory_no_longer_names(
+        inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    gone = FakeHost("alpha")  # nothing of pitunnel's left: one read, nothing sent
+    pi.teardown(play_on(inv, {"alpha": gone}, limit=frozenset({"alpha"})), purge=False)  # type: ignore[dict-item]
+    assert gone.round_trips == 1 and gone.ops == []
+    assert "ok alpha the Pi's paths (a folder per VPS) - none" in lines(capsys)
+    old = FakeHost("alpha", [("-printf '%f", "main\nold\n"), (f"is-enabled {pi_paths.unit('old')}", "enabled\nactive")])
+    pi.teardown(play_on(inv, {"alpha": old}, limit=frozenset({"alpha"})), purge=False)  # type: ignore[dict-item]
+    assert old.applied("systemctl stop pitunnel@old.service") and not old.applied("pitunnel@main.service")
+    assert old.round_trips == 3  # read, read again with the old path's facts, apply
+    assert "ok alpha the Pi's paths (a folder per VPS) - main, old" in lines(capsys)
+
+
 # -------------------------------------------------------------------------------------------------- status
 
 

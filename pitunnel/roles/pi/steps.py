@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pitunnel.facts import Fact, read
+from pitunnel.facts import Fact
 from pitunnel.hostkeys import known_name
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
 from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Later, Observe, Op, Packages, PackagesAbsent,
@@ -277,9 +277,9 @@ VPS_FOLDERS = Fact("vps-folders", f"find {D['config_dir']} -mindepth 1 -maxdepth
                    "2>/dev/null || true", vps_folders)
 
 
-def instances(remote: Remote) -> frozenset[str]:
-    """The VPSes the Pi has a path to now (one round trip of its own)."""
-    return read(remote, VPS_FOLDERS)
+def paths_observer() -> Observe[frozenset[str]]:
+    """The VPSes the Pi has a path to now, read with a step's other facts."""
+    return Observe(VPS_FOLDERS, lambda found: ", ".join(sorted(found)) or "none", title="the Pi's paths (a folder per VPS)")
 
 
 def tunnel(play: Play, remote: Remote, base: PiBase, host_keys: dict[str, tuple[str, ...]]) -> set[str]:
@@ -290,7 +290,7 @@ def tunnel(play: Play, remote: Remote, base: PiBase, host_keys: dict[str, tuple[
     inv = play.inventory
     pi = inv.pis[remote.name]
     paths = {v: path_ops(pi, inv.vps[v], list(keys)) for v, keys in host_keys.items()}
-    folders = Observe(VPS_FOLDERS, lambda found: ", ".join(sorted(found)) or "none", title="the Pi's paths (a folder per VPS)")
+    folders = paths_observer()
     shared = template_ops(pi)
     own = [*(op for v in pi.all_vps if v in paths for op in paths[v]), *loopback_ops(pi, penalties=base.penalties)]
     known = facts_for(remote, [folders, *shared, *own])
@@ -382,8 +382,15 @@ def teardown(play: Play, *, purge: bool) -> None:
         pi = inv.pis[remote.name]
         remote.connection()  # a Pi with via: auto chooses its path now
         riding = getattr(remote, "gateway_name", None) if remote.through_tunnel else None
-        converge(remote, teardown_ops(inv, pi, purge=purge, present=tuple(sorted(instances(remote))), riding=riding),
-                 play.reporter, play.options.mode, handlers(remote, "teardown"))
+        folders = paths_observer()
+        named = [folders, *teardown_ops(inv, pi, purge=purge, riding=riding)]
+        known = facts_for(remote, named)
+        found = known.value(VPS_FOLDERS)
+        present = tuple(sorted(found))
+        # a path to a VPS the inventory no longer names: its facts were not read, so the converge reads again
+        others = found - set(pi.all_vps)
+        converge(remote, [folders, *teardown_ops(inv, pi, purge=purge, present=present, riding=riding)],
+                 play.reporter, play.options.mode, handlers(remote, "teardown"), known=None if others else known)
         if inv.settings.laptop_key is not None:
             if another_way_in(inv, pi, remote):
                 converge(remote, [laptop_key_removal(pi)], play.reporter, play.options.mode,
