@@ -134,15 +134,15 @@ def test_passwords_are_read_as_a_tunnel_login_gets_them(inv: Inventory) -> None:
     ("beta", "passwordauthentication no", "off (sshd -T)"),
 ])
 def test_what_the_run_says_of_password_login(inv: Inventory, name: str, sshd_t: str, said: str) -> None:
-    assert pi_sshd.passwords_observer(inv.pis[name], [inv.vps["main"]]).describe(sshd_t) == said
+    assert pi_sshd.passwords_observer(inv.pis[name], [inv.vps["main"]]).describe(pi_sshd.passwords_on(sshd_t)) == said
 
 
 def test_a_pi_without_a_public_ssh_tunnel_is_not_warned(tmp_path: Path) -> None:
     inv = load(tmp_path, INVENTORY.replace("public: true", "public: false").replace("laptop_key: keys/laptop",
                                                                                      "laptop_key: null"))
     seen = pi_sshd.passwords_observer(inv.pis["alpha"], [inv.vps["main"]])
-    assert seen.describe("passwordauthentication yes") == "on (no public ssh tunnel)"
-    assert seen.describe("") == "unknown (no public ssh tunnel)"
+    assert seen.describe(pi_sshd.passwords_on("passwordauthentication yes")) == "on (no public ssh tunnel)"
+    assert seen.describe(pi_sshd.passwords_on("")) == "unknown (no public ssh tunnel)"
 
 
 # -------------------------------------------------------------------------------------------- base's ops

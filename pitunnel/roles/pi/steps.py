@@ -23,8 +23,7 @@ from pitunnel.roles.contract import PiOffer, listen_spec, listens
 from pitunnel.roles.pi.paths import (home_of, key_comment, key_path, tunnel_home, unit, vps_config_dir, watchdog_path,
                                      watchdog_unit)
 from pitunnel.roles.pi.role import D, ROLE
-from pitunnel.roles.pi.sshd import (PENALTIES, password_warning, passwords_observer, passwords_on,
-                                    penalties_observer)
+from pitunnel.roles.pi.sshd import PENALTIES, password_warning, passwords_observer, penalties_observer
 
 
 def forwards(pi: PiSpec) -> list[str]:
@@ -255,7 +254,7 @@ def base(play: Play) -> dict[str, PiBase]:
         if found.public is not None:  # the .pub exists: whatever it holds must be a key
             refuse_bad_pubkey(reporter, pi, key, found.public)
         converge(remote, everything, reporter, mode, known=known)
-        warning = password_warning(pi, inv.vpses_of(pi), passwords_on(known.value(passwords.fact)))
+        warning = password_warning(pi, inv.vpses_of(pi), known.value(passwords.fact))
         if warning:
             reporter.warn(pi.name, warning)
         pubkey = None
