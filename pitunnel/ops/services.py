@@ -55,20 +55,19 @@ class Service(Op):
 
     def plan(self, facts: Facts) -> Plan:
         now = facts.value(self.fact)
-        enabled_now, active_now = now.enabled, now.active
         cmds, gaps = [], []
         u = q(self.unit)
-        if self.enabled != enabled_now:
+        if self.enabled != now.enabled:
             gaps.append("enable" if self.enabled else "disable")
             # systemctl enable and disable reload systemd's view of the unit files themselves
             cmds.append(f"systemctl {'enable' if self.enabled else 'disable'} --quiet {u}")
         else:
             cmds.append("systemctl daemon-reload")  # a unit file written earlier in this run
-        if self.running != active_now:
+        if self.running != now.active:
             gaps.append("start" if self.running else "stop")
             cmds.append(f"systemctl {'start' if self.running else 'stop'} {u}")
         if not gaps:
-            return Plan([], f"{'enabled' if enabled_now else 'disabled'}, {'active' if active_now else 'inactive'}")
+            return Plan([], f"{'enabled' if now.enabled else 'disabled'}, {'active' if now.active else 'inactive'}")
         # only a unit that was not running at all starts from the new files; one in the middle of
         # (re)starting may still run the old ones, so its restart handler stays
         started = self.running and now.stopped
