@@ -382,14 +382,14 @@ def teardown(play: Play, *, purge: bool) -> None:
         remote.connection()  # a Pi with via: auto chooses its path now
         riding = getattr(remote, "gateway_name", None) if remote.through_tunnel else None
         folders = paths_observer()
-        named = [folders, *teardown_ops(inv, pi, purge=purge, riding=riding)]
-        known = facts_for(remote, named)
-        found = known.value(VPS_FOLDERS)
-        present = tuple(sorted(found))
-        # a path to a VPS the inventory no longer names: its facts were not read, so the converge reads again
-        others = found - set(pi.all_vps)
-        converge(remote, [folders, *teardown_ops(inv, pi, purge=purge, present=present, riding=riding)],
-                 play.reporter, play.options.mode, handlers(remote, "teardown"), known=None if others else known)
+        ops = [folders, *teardown_ops(inv, pi, purge=purge, riding=riding)]
+        known = facts_for(remote, ops)
+        found: frozenset[str] = known.value(VPS_FOLDERS)
+        others = tuple(sorted(found - set(pi.all_vps)))
+        if others:  # paths to VPSes the inventory no longer names: their facts were not read, so read again
+            ops = [folders, *teardown_ops(inv, pi, purge=purge, present=others, riding=riding)]
+        converge(remote, ops, play.reporter, play.options.mode, handlers(remote, "teardown"),
+                 known=None if others else known)
         if inv.settings.laptop_key is not None:
             if another_way_in(inv, pi, remote):
                 converge(remote, [laptop_key_removal(pi)], play.reporter, play.options.mode,
