@@ -425,7 +425,7 @@ class AnsweringVps(FakeRemote):
 def test_the_pis_keys_learnt_by_base_are_written_on_the_vps(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
     import base64
     vps = AnsweringVps("main", {"getent passwd": "pitunnel:x:999:999::/home/pitunnel:/usr/sbin/nologin",
-                                "ssh_host_": "ssh-ed25519 AAAAhost", "authorized_keys": "ABSENT",
+                                "ssh_host_": "cur ssh-ed25519 AAAAhost", "authorized_keys": "ABSENT",
                                 "sshd -T": "permitlisten 127.0.0.1:20024 127.0.0.1:20025"})
     pis = {n: FakeRemote(n) for n in ("private", "other")}
     for pi in pis.values():

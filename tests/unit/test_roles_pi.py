@@ -134,15 +134,15 @@ def test_passwords_are_read_as_a_tunnel_login_gets_them(inv: Inventory) -> None:
     ("beta", "passwordauthentication no", "off (sshd -T)"),
 ])
 def test_what_the_run_says_of_password_login(inv: Inventory, name: str, sshd_t: str, said: str) -> None:
-    assert pi_sshd.passwords_observer(inv.pis[name], [inv.vps["main"]]).describe(sshd_t) == said
+    assert pi_sshd.passwords_observer(inv.pis[name], [inv.vps["main"]]).describe(pi_sshd.passwords_on(sshd_t)) == said
 
 
 def test_a_pi_without_a_public_ssh_tunnel_is_not_warned(tmp_path: Path) -> None:
     inv = load(tmp_path, INVENTORY.replace("public: true", "public: false").replace("laptop_key: keys/laptop",
                                                                                      "laptop_key: null"))
     seen = pi_sshd.passwords_observer(inv.pis["alpha"], [inv.vps["main"]])
-    assert seen.describe("passwordauthentication yes") == "on (no public ssh tunnel)"
-    assert seen.describe("") == "unknown (no public ssh tunnel)"
+    assert seen.describe(pi_sshd.passwords_on("passwordauthentication yes")) == "on (no public ssh tunnel)"
+    assert seen.describe(pi_sshd.passwords_on("")) == "unknown (no public ssh tunnel)"
 
 
 # -------------------------------------------------------------------------------------------- base's ops
@@ -252,7 +252,7 @@ def test_the_tunnel_pins_the_vpss_keys_and_exempts_loopback_where_penalties_exis
     checked = FakeHost("alpha")
     assert pi.tunnel(play_on(inv, {"alpha": checked}, check=True), checked, pi.PiBase(offer, True),  # type: ignore[arg-type, dict-item]
                      {"main": ()}) == {"main"}
-    assert [o for o in checked.ops if not o.startswith("find ")] == []  # check mode: it would change, changes nothing
+    assert checked.ops == []  # check mode: it would change, changes nothing
 
 
 def test_tunnel_ops_retire_the_single_vps_units_and_the_old_watchdog_timer(inv: Inventory) -> None:
@@ -349,6 +349,19 @@ def test_teardown_runs_on_the_selected_pis_only(inv: Inventory) -> None:
     hosts = {"alpha": FakeHost("alpha", [("is-enabled", "enabled\nactive")]), "beta": FakeHost("beta")}
     pi.teardown(play_on(inv, hosts, limit=frozenset({"alpha"})), purge=False)  # type: ignore[arg-type]
     assert hosts["beta"].scripts == [] and hosts["alpha"].applied("systemctl stop pitunnel@main.service")
+
+
+def test_teardown_reads_the_pis_paths_with_its_facts_and_stops_those_the_inventory_no_longer_names(
+        inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    gone = FakeHost("alpha")  # nothing of pitunnel's left: one read, nothing sent
+    pi.teardown(play_on(inv, {"alpha": gone}, limit=frozenset({"alpha"})), purge=False)  # type: ignore[dict-item]
+    assert gone.round_trips == 1 and gone.ops == []
+    assert "ok alpha the Pi's paths (a folder per VPS) - none" in lines(capsys)
+    old = FakeHost("alpha", [("-printf '%f", "main\nold\n"), (f"is-enabled {pi_paths.unit('old')}", "enabled\nactive")])
+    pi.teardown(play_on(inv, {"alpha": old}, limit=frozenset({"alpha"})), purge=False)  # type: ignore[dict-item]
+    assert old.applied("systemctl stop pitunnel@old.service") and not old.applied("pitunnel@main.service")
+    assert old.round_trips == 3  # read, read again with the old path's facts, apply
+    assert "ok alpha the Pi's paths (a folder per VPS) - main, old" in lines(capsys)
 
 
 # -------------------------------------------------------------------------------------------------- status
@@ -470,8 +483,8 @@ def test_a_tunnel_already_as_wanted_changes_nothing_and_a_changed_config_restart
     base = pi.PiBase(PiOffer("alpha", None, ()), True)
     same = FakeHost("alpha", converged(ops))
     assert not pi.tunnel(play_on(inv, {"alpha": same}), same, base, {"main": ("ssh-ed25519 AAAAvps",)})  # type: ignore[arg-type, dict-item]
-    # two reads (the Pi's VPS folders, then the facts), nothing written
-    assert len(same.scripts) == 2 and [o for o in same.ops if not o.startswith("find /etc/pitunnel ")] == []
+    # one read (the Pi's VPS folders with the other facts), nothing written
+    assert len(same.scripts) == 1 and same.ops == []
     assert all(l.startswith("ok ") for l in lines(capsys))
     moved = FakeHost("alpha", converged(ops))  # the VPS has a new host key: the pin changes, the tunnel restarts
     assert pi.tunnel(play_on(inv, {"alpha": moved}), moved, base,  # type: ignore[arg-type, dict-item]
@@ -479,6 +492,23 @@ def test_a_tunnel_already_as_wanted_changes_nothing_and_a_changed_config_restart
     assert lines(capsys)[-1] == "changed alpha handler restart tunnel main - ran once"
     assert moved.applied("systemctl try-restart pitunnel@main.service")
     assert not moved.applied("pitunnel-watchdog@main.service")
+
+
+def test_a_path_to_a_vps_the_pi_no_longer_names_is_retired(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.unit.fake_hosts import converged
+    alpha, main = inv.pis["alpha"], inv.vps["main"]
+    ops = [*pi.tunnel_ops(inv, alpha, main, ["ssh-ed25519 AAAAvps"]), *pi.loopback_ops(alpha, penalties=True)]
+    running = [(f"is-enabled {u}", "enabled\nactive") for u in (pi_paths.unit("old"), pi_paths.watchdog_unit("old"))]
+    there = [(f"-e {p} ]", "yes") for p in (pi_paths.vps_config_dir("old"), pi_paths.watchdog_path("old"))]
+    host = FakeHost("alpha", [("-printf '%f", "main\nold\nNot-A-Name\n"), *running, *there, *converged(ops)])
+    assert not pi.tunnel(play_on(inv, {"alpha": host}), host, pi.PiBase(PiOffer("alpha", None, ()), True),  # type: ignore[arg-type, dict-item]
+                         {"main": ("ssh-ed25519 AAAAvps",)})
+    assert "ok alpha the Pi's paths (a folder per VPS) - main, old" in lines(capsys)
+    for command in ("systemctl disable --quiet pitunnel@old.service", "systemctl disable --quiet pitunnel-watchdog@old.service",
+                    f"rm -rf {pi_paths.vps_config_dir('old')}", f"rm -rf {pi_paths.watchdog_path('old')}"):
+        assert host.applied(command), command
+    assert not host.applied("pitunnel@main.service") and not host.applied("Not-A-Name")
+    assert len(host.scripts) == 3  # read, read again with the retired path's facts, apply
 
 
 def test_base_on_a_fresh_pi(inv: Inventory, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -70,7 +70,7 @@ def state(text: str, owner: str = "pitunnel", mode: str = "600") -> str:
 
 
 def main_host(*first: tuple[str, str], **kw: object) -> FakeHost:
-    return FakeHost("main", [*first, ("|| echo MISSING", ACCOUNT), ("ssh_host_", "ssh-ed25519 AAAAone\n\nssh-rsa AAAAtwo\n"),
+    return FakeHost("main", [*first, ("|| echo MISSING", ACCOUNT), ("ssh_host_", "cur ssh-ed25519 AAAAone root@vps\n\ncur ssh-rsa AAAAtwo\n"),
                              ("ss -Htln", "LISTEN 0 128 0.0.0.0:20022 0.0.0.0:*\n"), ("permitlisten", PERMITTED),
                              ("authorized_keys", "ABSENT")], **kw)  # type: ignore[arg-type]
 
@@ -87,7 +87,7 @@ def test_authorise_writes_the_offered_keys_and_tells_the_pis_what_they_need(inv:
     wanted = vps_authorized.authorized_keys(inv, inv.vps["main"], {"alpha": key}).wanted(FileState(False))
     assert host.applied(base64.b64encode(wanted.encode()).decode()) and "pitunnel:beta" not in wanted
     assert len(host.scripts) == 2  # one read for the checks and the keys, one write
-    in_order(lines(capsys), ["ok main tunnel account pitunnel - present", "ok main VPS host keys - 3 host keys read",
+    in_order(lines(capsys), ["ok main tunnel account pitunnel - present", "ok main VPS host keys - 2 host keys read",
                              "ok main listeners on the VPS - read", "ok main listeners sshd permits the tunnel account - read",
                              "changed main authorized keys of the Pis - create"])
 
@@ -181,7 +181,7 @@ def test_settle_keys_covers_next_keys_and_leaves_the_refused_pi_what_the_file_ha
 
 
 def test_what_the_vps_reads_of_itself() -> None:
-    assert vps.HOST_KEYS.process("ssh-ed25519 A\nssh-rsa B\n") == ("ssh-ed25519 A", "ssh-rsa B")
+    assert vps.HOST_KEYS.process("cur ssh-ed25519 A root@vps\ncur ssh-rsa B\n").current == ("ssh-ed25519 A", "ssh-rsa B")
     fact = vps.permitted_fact(load_vps())
     assert "sshd -T -C user=pitunnel,host=pitunnel,addr=192.0.2.1 " in fact.script
     assert fact.process("permitlisten 0.0.0.0:20022 127.0.0.1:20023\n") == frozenset({"0.0.0.0:20022", "127.0.0.1:20023"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pitunnel.facts import Fact, file_fact, gather
+from pitunnel.facts import Fact, file_fact, gather, read
 from pitunnel.inventory import VpsSpec
 from pitunnel.ops import STATE_DIR, q
 from pitunnel.remote import Remote
@@ -50,10 +50,10 @@ done
 def _live(output: str) -> dict[str, str]:
     found = {}
     for line in output.splitlines():
-        words = line.split()
-        if words:
+        if line.split():
+            spec, *holders = line.split()
             # two sessions on one listener cannot be; if the log says so, it is not one known key
-            found[words[0]] = words[1] if len(words) == 2 else ("" if len(words) == 1 else "?")
+            found[spec] = holders[0] if len(holders) == 1 else ("" if not holders else "?")
     return found
 
 
@@ -66,7 +66,7 @@ def read_keys(remote: Remote, vps: VpsSpec, pi: str, listens: Sequence[str]) -> 
     return VpsKeys(tuple(parse_authorized_keys(text).get(pi, [])), found.value(live))
 
 
-# ------------------------------------------------------------------------ the VPS's own host keys, re-keyed
+# ------------------------------------------------------------------------ the VPS's own host keys
 # `invoke rotate-vps-hostkey` stages new host keys here (root only) until every Pi pins them, then
 # installs them: the private halves are made on the VPS and never leave it.
 STAGED = f"{STATE_DIR}/host-keys-next"
@@ -75,7 +75,8 @@ OLD = f"{STATE_DIR}/host-keys-old"
 
 @dataclass(frozen=True)
 class HostKeys:
-    """The host keys sshd offers now, and the staged next ones (None: nothing staged)."""
+    """The host keys sshd offers now (`type blob`, what a Pi pins), and the staged next ones (None: nothing
+    staged)."""
 
     current: tuple[str, ...]
     staged: tuple[str, ...] | None
@@ -86,21 +87,23 @@ def _host_keys(output: str) -> HostKeys:
     staged: list[str] = []
     seen = False
     for line in output.splitlines():
-        words = line.split()
-        if words[:1] == ["STAGED"]:
+        tag, *key = line.split() or [""]
+        if tag == "STAGED":
             seen = True
-        elif len(words) >= 3 and words[0] in ("cur", "new"):
-            (current if words[0] == "cur" else staged).append(f"{words[1]} {words[2]}")
+        elif len(key) >= 2 and tag in ("cur", "new"):
+            keytype, blob, *_comment = key
+            (current if tag == "cur" else staged).append(f"{keytype} {blob}")
     return HostKeys(tuple(current), tuple(staged) if seen else None)
 
 
-HOST_KEYS_FACT = Fact("host-keys-rekey", f"""for f in /etc/ssh/ssh_host_*_key.pub; do [ -f "$f" ] && echo "cur $(cat "$f")"; done
+# The one read of the VPS's host keys: provision pins `current` on its Pis, rotate-vps-hostkey reads both.
+HOST_KEYS = Fact("vps-host-keys", f"""for f in /etc/ssh/ssh_host_*_key.pub; do [ -f "$f" ] && echo "cur $(cat "$f")"; done
 if [ -d {STAGED} ]; then echo STAGED; for f in {STAGED}/ssh_host_*_key.pub; do [ -f "$f" ] && echo "new $(cat "$f")"; done; fi
 true""", _host_keys)
 
 
 def read_host_keys(remote: Remote) -> HostKeys:
-    return HOST_KEYS_FACT.process(remote.run(HOST_KEYS_FACT.script).stdout)
+    return read(remote, HOST_KEYS)
 
 
 def stage_host_keys() -> str:

@@ -18,6 +18,7 @@ from pitunnel.sshkeys import is_public_key
 from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec
 from pitunnel.roles.vps.acme import AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact
 from pitunnel.roles.vps.checks import SshdPasswordsCheck
+from pitunnel.roles.vps.keys import HOST_KEYS
 from pitunnel.roles.vps.authorized import keys_ops, keys_path, refuse_shared, revoked_keys_file, revoked_lines, shared_keys
 from pitunnel.roles.vps.metrics import metrics_absent_ops, metrics_ops
 from pitunnel.roles.vps.nginx import (DEFAULT_SERVERS_FACT, default_server_note, http_routes, nginx_absent_ops, nginx_ops,
@@ -29,10 +30,6 @@ def account_observer(vps: VpsSpec) -> Observe[bool]:
     """Is the tunnel account there?"""
     fact = Fact("tunnel-account", f"getent passwd {q(vps.tunnel_user)} || echo MISSING", lambda out: "MISSING" not in out)
     return Observe(fact, lambda there: "present" if there else "missing", title=f"tunnel account {vps.tunnel_user}")
-
-
-HOST_KEYS = Fact("vps-host-keys", "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null | awk '{print $1, $2}'",
-                 lambda out: tuple(out.splitlines()))
 
 
 def permitted_fact(vps: VpsSpec) -> Fact[frozenset[str]]:
@@ -67,7 +64,7 @@ def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiO
     """For provision-pi: the keys the Pis offer in the tunnel account's authorized_keys, once sshd permits
     their listeners; returns what the Pis need of this VPS. Raises StepFailed."""
     account = account_observer(vps)
-    keys = Observe(HOST_KEYS, lambda v: f"{len(v)} host keys read", title="VPS host keys")
+    keys = Observe(HOST_KEYS, lambda v: f"{len(v.current)} host keys read", title="VPS host keys")
     ss = Observe(LISTENERS, lambda v: "read", title="listeners on the VPS")
     permitted = Observe(permitted_fact(vps), lambda v: "read", title="listeners sshd permits the tunnel account")
     # only keys that parsed on the Pi's side reach this VPS (base refused the others, each for its Pi alone)
@@ -87,7 +84,7 @@ def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiO
                       f"not yet: {', '.join(unknown)}; run `invoke provision-vps` (or `invoke provision`) first")
         if not mode.check:
             raise StepFailed("PermitListen behind the inventory")
-    found = VpsFacts(tuple(k for k in known.value(HOST_KEYS) if k.strip()), known.value(LISTENERS), refused)
+    found = VpsFacts(known.value(HOST_KEYS).current, known.value(LISTENERS), refused)
     if not there:
         if mode.check:
             reporter.line(remote.name, "skipped", "authorized keys of the Pis",
