@@ -66,7 +66,8 @@ class Listener:
 
 @dataclass(frozen=True)
 class Forward:
-    """One -R of a Pi's tunnel: its listener on the VPS, and the Pi's own port it forwards to (on loopback)."""
+    """One -R of a Pi's tunnel: its listener on the VPS, and the Pi's own port that the Pi's ssh forwards what
+    arrives there to (on loopback)."""
 
     listener: Listener
     local_port: int

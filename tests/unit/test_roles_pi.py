@@ -89,6 +89,17 @@ def test_each_tunnel_forwards_its_listener_to_the_pis_own_port(inv: Inventory) -
     assert pi_sshd.public_ssh_ports(inv.pis["alpha"]) == [20022] and pi_sshd.public_ssh_ports(inv.pis["beta"]) == []
 
 
+def test_a_listener_and_a_forward_are_values_made_from_the_tunnel(inv: Inventory) -> None:
+    """What the ssh_config, permitlisten and the listening checks read: fields, one spelling (`spec`)."""
+    ssh, web = inv.pis["alpha"].tunnels
+    assert ssh.listener == Listener(True, 20022) and web.listener == Listener(False, 20080)
+    assert (ssh.listener.host, ssh.listener.spec, web.listener.spec) == ("0.0.0.0", "0.0.0.0:20022", "127.0.0.1:20080")
+    assert (web.forward.listener, web.forward.local_port, web.forward.target) == (web.listener, 8080, "127.0.0.1:8080")
+    variables = pi.context(inv.pis["alpha"], inv.vps["main"])
+    assert variables["remote_forwards"] == [{"listen": "0.0.0.0:20022", "target": "127.0.0.1:22"},
+                                           {"listen": "127.0.0.1:20080", "target": "127.0.0.1:8080"}]
+
+
 def test_hung_and_stale_timings_follow_the_keepalives(inv: Inventory) -> None:
     alpha, beta, main = inv.pis["alpha"], inv.pis["beta"], inv.vps["main"]
     assert pi.hang_after_ms(alpha) == (11 * 4 + 5) * 1000
