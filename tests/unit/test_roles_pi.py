@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from pitunnel.facts import FileState
-from pitunnel.inventory import Inventory
+from pitunnel.inventory import Inventory, Listener
 from pitunnel.remote import Credentials
 from pitunnel.ops import Absent, Directory, File, KeyPair, Packages, PackagesAbsent, Service, SystemUser, UserAbsent
 from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed
+from pitunnel.sshkeys import parse_public_key
 from pitunnel.roles.contract import PiOffer
 from pitunnel.roles.pi import status as pi_status
 from pitunnel.roles.pi import paths as pi_paths
@@ -83,8 +84,20 @@ def test_the_tunnel_key_lives_in_the_tunnel_accounts_home(inv: Inventory) -> Non
 
 
 def test_each_tunnel_forwards_its_listener_to_the_pis_own_port(inv: Inventory) -> None:
-    assert pi.forwards(inv.pis["alpha"]) == ["0.0.0.0:20022:127.0.0.1:22", "127.0.0.1:20080:127.0.0.1:8080"]
+    assert [f.spec for f in pi.forwards(inv.pis["alpha"])] == ["0.0.0.0:20022:127.0.0.1:22",
+                                                              "127.0.0.1:20080:127.0.0.1:8080"]
     assert pi_sshd.public_ssh_ports(inv.pis["alpha"]) == [20022] and pi_sshd.public_ssh_ports(inv.pis["beta"]) == []
+
+
+def test_a_listener_and_a_forward_are_values_made_from_the_tunnel(inv: Inventory) -> None:
+    """What the ssh_config, permitlisten and the listening checks read: fields, one spelling (`spec`)."""
+    ssh, web = inv.pis["alpha"].tunnels
+    assert ssh.listener == Listener(True, 20022) and web.listener == Listener(False, 20080)
+    assert (ssh.listener.host, ssh.listener.spec, web.listener.spec) == ("0.0.0.0", "0.0.0.0:20022", "127.0.0.1:20080")
+    assert (web.forward.listener, web.forward.local_port, web.forward.target) == (web.listener, 8080, "127.0.0.1:8080")
+    variables = pi.context(inv.pis["alpha"], inv.vps["main"])
+    assert variables["remote_forwards"] == [{"listen": "0.0.0.0:20022", "target": "127.0.0.1:22"},
+                                           {"listen": "127.0.0.1:20080", "target": "127.0.0.1:8080"}]
 
 
 def test_hung_and_stale_timings_follow_the_keepalives(inv: Inventory) -> None:
@@ -98,7 +111,7 @@ def test_hung_and_stale_timings_follow_the_keepalives(inv: Inventory) -> None:
     variables = pi.context(alpha, main)
     assert variables["hang_after_ms"] == 49000 and variables["stale_after_ms"] == 14000
     assert variables["suspect_after_ms"] == 14000
-    assert variables["forwards"] == pi.forwards(alpha) and variables["key_path"] == pi_paths.key_path(alpha)
+    assert variables["forwards"] == [f.spec for f in pi.forwards(alpha)] and variables["key_path"] == pi_paths.key_path(alpha)
     assert (variables["vps_address"], variables["vps_port"], variables["vps_tunnel_user"]) == ("203.0.113.1", 22, "pitunnel")
     assert variables["tunnel_home"] == "/var/lib/pitunnel" and variables["tunnel_user"] == "pitunnel"
     assert (variables["server_alive_interval"], variables["server_alive_count_max"]) == (11, 3)
@@ -169,8 +182,8 @@ def test_a_bad_public_key_fails_its_pi_and_says_how_to_fix(inv: Inventory, keys:
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     _, key = pi.base_ops(inv, inv.pis["alpha"])
     keytype, blob = keys["alpha"].split()[:2]
-    assert pi.refuse_bad_pubkey(Reporter(colour=False), inv.pis["alpha"], key, f"{keytype} {blob} old comment") == \
-        f"{keytype} {blob} pitunnel:alpha"
+    assert pi.refuse_bad_pubkey(Reporter(colour=False), inv.pis["alpha"], key, f"{keytype} {blob} old comment").line \
+        == f"{keytype} {blob}"
     with pytest.raises(StepFailed, match="bad public key"):
         pi.refuse_bad_pubkey(Reporter(colour=False), inv.pis["alpha"], key, "garbage")
     (line,) = lines(capsys)
@@ -195,9 +208,10 @@ def test_base_offers_the_key_found_on_the_pi_and_its_listeners(inv: Inventory, k
              "beta": FakeHost("beta", [pub_answer(inv, "beta", keys["beta"]), PASSWORDS_OFF])}
     found = pi.base(play_on(inv, hosts))  # type: ignore[arg-type]
     keytype, blob = keys["alpha"].split()[:2]
-    assert found["alpha"] == pi.PiBase(PiOffer("alpha", f"{keytype} {blob} pitunnel:alpha",
-                                               ("0.0.0.0:20022", "127.0.0.1:20080")), True)
-    assert found["beta"].offer.listens == ("127.0.0.1:20023",) and found["beta"].penalties is False
+    assert found["alpha"] == pi.PiBase(PiOffer("alpha", parse_public_key(f"{keytype} {blob}"),
+                                               (Listener(True, 20022), Listener(False, 20080))), True)
+    assert [s.spec for s in found["alpha"].offer.listens] == ["0.0.0.0:20022", "127.0.0.1:20080"]
+    assert found["beta"].offer.listens == (Listener(False, 20023),) and found["beta"].penalties is False
     assert not any("ssh-keygen" in body for body in hosts["alpha"].ops)  # a key there is kept
     assert not any(s.startswith("cat ") for s in hosts["alpha"].scripts)  # and not read a second time
     out = lines(capsys)
@@ -212,7 +226,7 @@ def test_base_makes_a_missing_key_on_the_pi_and_reads_its_public_half(inv: Inven
     found = pi.base(play_on(inv, {"beta": host}, limit=frozenset({"beta"})))  # type: ignore[dict-item]
     assert host.applied("ssh-keygen -q -t ed25519 -N '' -C pitunnel:beta -f /home/pi/.ssh/pitunnel_ed25519")
     assert host.scripts[-1] == "cat /home/pi/.ssh/pitunnel_ed25519.pub"
-    assert found["beta"].offer.pubkey == " ".join(keys["beta"].split()[:2]) + " pitunnel:beta"
+    assert found["beta"].offer.pubkey == parse_public_key(keys["beta"])
 
 
 def test_base_in_check_mode_makes_no_key_and_offers_none(inv: Inventory) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from pitunnel.facts import FileState
-from pitunnel.inventory import Inventory
+from pitunnel.inventory import Inventory, Listener
 from pitunnel.roles import site
+from pitunnel.sshkeys import PublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, VpsFacts, listens
 from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import role as pi_role
@@ -82,8 +83,8 @@ def changes(host: FakeHost) -> list[str]:
     return list(host.ops)
 
 
-def offer_line(key: str, pi: str) -> str:
-    return " ".join(key.split()[:2]) + f" pitunnel:{pi}"
+def offer_key(key: str) -> PublicKey:
+    return parse_public_key(key)
 
 
 def written(host: FakeHost, path: str, content: str) -> bool:
@@ -175,7 +176,7 @@ def test_connect_tunnels_only_the_pis_that_have_a_key(inv: Inventory, keys: dict
     hosts = {"main": vps_host(), "alpha": FakeHost("alpha"), "beta": FakeHost("beta")}
     play = play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"}))  # type: ignore[arg-type]
     bases = {"alpha": pi_steps.PiBase(PiOffer("alpha", None, listens(inv.pis["alpha"])), False),
-             "beta": pi_steps.PiBase(PiOffer("beta", offer_line(keys["beta"], "beta"), listens(inv.pis["beta"])), False)}
+             "beta": pi_steps.PiBase(PiOffer("beta", offer_key(keys["beta"]), listens(inv.pis["beta"])), False)}
     site.connect(play, bases)
     assert hosts["alpha"].scripts == [] and hosts["beta"].applied("pitunnel@main.service")
     keys_file = "\n".join(b for b in hosts["main"].ops if "authorized_keys" in b)
@@ -210,7 +211,7 @@ def test_an_unchanged_tunnel_already_listening_is_not_waited_for(inv: Inventory,
     hosts = {"main": vps_host(), "beta": FakeHost("beta")}
     play = play_on(inv, hosts, limit=frozenset({"main", "beta"}))  # type: ignore[arg-type]
     monkeypatch.setattr(pi_steps, "passwords_off", lambda play, remote: None)
-    site.connect(play, {"beta": pi_steps.PiBase(PiOffer("beta", offer_line(keys["beta"], "beta"), ("127.0.0.1:20023",)), False)})
+    site.connect(play, {"beta": pi_steps.PiBase(PiOffer("beta", offer_key(keys["beta"]), (Listener(False, 20023),)), False)})
     assert "ok beta tunnel listening on the VPS - main: 127.0.0.1:20023" in lines(capsys)
     assert not any(s == "ss -Htln" for s in hosts["main"].scripts)  # the VPS's own reading sufficed
 
@@ -377,7 +378,7 @@ def test_a_vps_is_offered_only_its_own_pis(inv: Inventory, keys: dict[str, str],
     hosts = {"main": vps_host(permitted="permitlisten 127.0.0.1:20023"), "spare": vps_host("spare"),
              "beta": FakeHost("beta"), "gamma": FakeHost("gamma")}
     play = play_on(inv, hosts, limit=frozenset({"main", "spare", "beta", "gamma"}))  # type: ignore[arg-type]
-    bases = {n: pi_steps.PiBase(PiOffer(n, offer_line(keys[n], n), listens(inv.pis[n])), False) for n in ("beta", "gamma")}
+    bases = {n: pi_steps.PiBase(PiOffer(n, offer_key(keys[n]), listens(inv.pis[n])), False) for n in ("beta", "gamma")}
     site.connect(play, bases)
     assert play.failed == set()  # main permits beta's listener; gamma's is spare's business
 

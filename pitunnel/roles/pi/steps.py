@@ -11,24 +11,24 @@ from typing import Any
 
 from pitunnel.facts import Fact
 from pitunnel.hostkeys import known_name
-from pitunnel.inventory import Inventory, PiSpec, VpsSpec
+from pitunnel.inventory import Forward, Inventory, PiSpec, VpsSpec
 from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Later, Observe, Op, Packages, PackagesAbsent,
                           Service, SystemUser, UserAbsent, arm_later, managed_lines)
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed, converge, facts_for, sshd_reload
-from pitunnel.sshkeys import BadPublicKey, parse_public_key
-from pitunnel.roles.contract import PiOffer, listen_spec, listens
+from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
+from pitunnel.roles.contract import PiOffer, listens
 from pitunnel.roles.pi.paths import (home_of, key_comment, key_path, tunnel_home, unit, vps_config_dir, watchdog_path,
                                      watchdog_unit)
 from pitunnel.roles.pi.role import D, ROLE
 from pitunnel.roles.pi.sshd import PENALTIES, password_warning, passwords_observer, penalties_observer
 
 
-def forwards(pi: PiSpec) -> list[str]:
+def forwards(pi: PiSpec) -> list[Forward]:
     """Every -R of this Pi on its VPS `pi.vps`: listen where the inventory says, forward to the Pi's own port."""
-    return [f"{listen_spec(t)}:127.0.0.1:{t.local_port}" for t in pi.tunnels]
+    return [t.forward for t in pi.tunnels]
 
 
 def laptop_key_line(inv: Inventory) -> str | None:
@@ -38,11 +38,11 @@ def laptop_key_line(inv: Inventory) -> str | None:
     return f"{keytype} {blob} {D['laptop_key_marker']}"
 
 
-def refuse_bad_pubkey(reporter: Reporter, pi: PiSpec, key: KeyPair, text: str) -> str:
-    """The Pi's reported public key, or a failure for this Pi alone: a key that does not parse is never
-    sent to the VPS's authorized_keys."""
+def refuse_bad_pubkey(reporter: Reporter, pi: PiSpec, key: KeyPair, text: str) -> PublicKey:
+    """The Pi's reported public key, parsed here once, or a failure for this Pi alone: a key that does not
+    parse is never sent to the VPS's authorized_keys."""
     try:
-        return parse_public_key(text).line + f" {key.comment}"
+        return parse_public_key(text)
     except BadPublicKey as exc:
         reporter.line(pi.name, "failed", key.title,
                       f"{key.path}.pub is not a public key ({exc}); it is not sent to the VPS. Fix: on {pi.name}, "
@@ -79,13 +79,14 @@ def loopback_ops(pi: PiSpec, *, penalties: bool) -> list[Op]:
 
 def context(pi: PiSpec, vps: VpsSpec) -> dict[str, Any]:
     """The variables the Pi's templates are rendered with for its path through `vps` (the role's defaults
-    under them), here and by the Ansible benchmark (benchmarks/ansible/inventory.py) alike."""
+    under them), here and by the Ansible benchmark (benchmarks/ansible/inventory.py) alike: plain data (the
+    benchmark writes them as YAML), each forward as its fields (`listen`, `target`), never a string to cut."""
     forwards_there = forwards(pi.on(vps.name))
     return dict(pi=pi.name, vps=vps.name, vps_address=vps.address, vps_port=vps.port,
                 vps_tunnel_user=vps.tunnel_user, key_path=key_path(pi), tunnel_user=pi.tunnel_user,
                 tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
-                server_alive_count_max=pi.server_alive_count_max, forwards=forwards_there,
-                remote_forwards=[f.replace(":127.0.0.1:", " 127.0.0.1:", 1) for f in forwards_there],
+                server_alive_count_max=pi.server_alive_count_max, forwards=[f.spec for f in forwards_there],
+                remote_forwards=[dict(listen=f.listener.spec, target=f.target) for f in forwards_there],
                 connect_timeout=D["tunnel_connect_timeout"], hang_after_ms=hang_after_ms(pi),
                 stale_after_ms=stale_after_ms(pi), suspect_after_ms=suspect_after_ms(pi, vps),
                 check_every=D["watchdog_every"],
@@ -257,7 +258,7 @@ def base(play: Play) -> dict[str, PiBase]:
         warning = password_warning(pi, inv.vpses_of(pi), known.value(passwords.fact))
         if warning:
             reporter.warn(pi.name, warning)
-        pubkey = None
+        pubkey: PublicKey | None = None
         if found.kept and found.public is not None:
             pubkey = refuse_bad_pubkey(reporter, pi, key, found.public)
         elif not mode.check:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pitunnel.facts import Fact, file_fact, gather, read
-from pitunnel.inventory import VpsSpec
+from pitunnel.inventory import Listener, VpsSpec
 from pitunnel.ops import STATE_DIR, q
 from pitunnel.remote import Remote
 from pitunnel.roles.vps.authorized import keys_path, parse_authorized_keys
@@ -25,16 +25,18 @@ class VpsKeys:
     listens there, "?" when the session's login is not in the log)."""
 
     authorised: tuple[str, ...]
-    live: dict[str, str]
+    live: dict[Listener, str]
 
 
-def live_fact(vps: VpsSpec, listens: Sequence[str]) -> Fact[dict[str, str]]:
-    """listen spec -> fingerprint of the session holding it."""
-    specs = " ".join(q(s) for s in listens)
+def live_fact(vps: VpsSpec, listens: Sequence[Listener]) -> Fact[dict[Listener, str]]:
+    """listener -> fingerprint of the session holding it."""
+    pairs = " ".join(f"{q(listener.spec)} {listener.port}" for listener in listens)
     # the tunnel user's grammar (inventory USER_RE: [a-z_][a-z0-9_-]*) holds nothing special to sed or the shell
-    script = f"""for spec in {specs}; do
+    script = f"""set -- {pairs}
+while [ $# -ge 2 ]; do
+  spec=$1 port=$2; shift 2
   fp=
-  for pid in $(ss -Htlnp "sport = :${{spec##*:}}" | awk -v s="$spec" '$4 == s' | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
+  for pid in $(ss -Htlnp "sport = :$port" | awk -v s="$spec" '$4 == s' | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
     mon=$(awk '$1 == "PPid:" {{print $2}}' /proc/$pid/status 2>/dev/null)
     [ -n "$mon" ] && [ "$(awk '$1 == "Uid:" {{print $2}}' /proc/$mon/status 2>/dev/null)" = 0 ] || continue
     got=$(journalctl -q -b -o cat _UID=0 _PID=$mon _COMM=sshd _COMM=sshd-session 2>/dev/null |
@@ -44,20 +46,23 @@ def live_fact(vps: VpsSpec, listens: Sequence[str]) -> Fact[dict[str, str]]:
   echo "$spec$fp"
 done
 """
-    return Fact(f"live-keys:{','.join(listens)}", script, _live)
+    return Fact(f"live-keys:{','.join(listener.spec for listener in listens)}", script,
+                lambda output: _live(output, listens))
 
 
-def _live(output: str) -> dict[str, str]:
+def _live(output: str, listens: Sequence[Listener]) -> dict[Listener, str]:
+    """Each listener asked about, by the line the script wrote for it (its spec first)."""
+    asked = {listener.spec: listener for listener in listens}
     found = {}
     for line in output.splitlines():
-        if line.split():
-            spec, *holders = line.split()
+        words = line.split()
+        if words and words[0] in asked:
             # two sessions on one listener cannot be; if the log says so, it is not one known key
-            found[spec] = holders[0] if len(holders) == 1 else ("" if not holders else "?")
+            found[asked[words[0]]] = words[1] if len(words) == 2 else ("" if len(words) == 1 else "?")
     return found
 
 
-def read_keys(remote: Remote, vps: VpsSpec, pi: str, listens: Sequence[str]) -> VpsKeys:
+def read_keys(remote: Remote, vps: VpsSpec, pi: str, listens: Sequence[Listener]) -> VpsKeys:
     """One round trip: the Pi's authorised keys and who holds its listeners."""
     authorised, live = file_fact(keys_path()), live_fact(vps, listens)
     found = gather(remote, [authorised, live])

@@ -14,8 +14,7 @@ from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge, facts_for, sshd_reload
-from pitunnel.sshkeys import is_public_key
-from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec
+from pitunnel.roles.contract import PiOffer, VpsFacts
 from pitunnel.roles.vps.acme import AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact
 from pitunnel.roles.vps.checks import SshdPasswordsCheck
 from pitunnel.roles.vps.keys import HOST_KEYS
@@ -67,8 +66,8 @@ def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiO
     keys = Observe(HOST_KEYS, lambda v: f"{len(v.current)} host keys read", title="VPS host keys")
     ss = Observe(LISTENERS, lambda v: "read", title="listeners on the VPS")
     permitted = Observe(permitted_fact(vps), lambda v: "read", title="listeners sshd permits the tunnel account")
-    # only keys that parsed on the Pi's side reach this VPS (base refused the others, each for its Pi alone)
-    new = {o.name: o.pubkey for o in offers if o.pubkey is not None and is_public_key(o.pubkey)}
+    # each key was parsed where the Pi's base read it (a key that did not parse failed that Pi alone)
+    new = {o.name: o.pubkey.line for o in offers if o.pubkey is not None}
     keys_op = keys_ops(inv, vps, new)
     # one read of the VPS for the checks below and for the keys: a rerun that changes nothing costs
     # one round trip here, not two
@@ -78,7 +77,7 @@ def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiO
     # that no Pi can hold up the others' provisioning with a copied key; docs/security.md
     refused = refuse_shared(reporter, remote.name, shared_keys(inv, vps, new, known.file(keys_path())))
     there, allowed = known.value(account.fact), known.value(permitted.fact)
-    unknown = [f"{o.name}: {spec}" for o in offers for spec in o.listens if spec not in allowed]
+    unknown = [f"{o.name}: {listener.spec}" for o in offers for listener in o.listens if listener.spec not in allowed]
     if unknown and there:
         reporter.line(remote.name, "skipped" if mode.check else "failed", "sshd permits the Pis' listeners",
                       f"not yet: {', '.join(unknown)}; run `invoke provision-vps` (or `invoke provision`) first")
@@ -131,7 +130,7 @@ def permitted_listens(inv: Inventory, vps: VpsSpec) -> list[str]:
     with a new key, needs no provision-vps first, and sshd's config does not change when it comes back)."""
     every = {**inv.pis, **inv.shut}
     order = [n for n in inv.order if n in every] + [n for n in every if n not in inv.order]
-    return [listen_spec(t) for n in order if vps.name in every[n].all_vps for t in every[n].on(vps.name).tunnels]
+    return [t.listener.spec for n in order if vps.name in every[n].all_vps for t in every[n].on(vps.name).tunnels]
 
 
 def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound(),
