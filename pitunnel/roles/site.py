@@ -83,12 +83,12 @@ def connect(play: Play, bases: dict[str, pi.PiBase]) -> None:
                 reporter.line(spec.name, "skipped", f"tunnel via {v}", f"its VPS {v} step failed")
         if not answered:
             return
-        changed = pi.tunnel(play, remote, bases[spec.name], answered)
+        done = pi.tunnel(play, remote, bases[spec.name], answered)
         if not mode.check:
             for v in answered:  # every instance started at once: these waits overlap
-                wait_listening(play, spec.on(v), readings[v], None if v in changed else found[v].listeners)
+                wait_listening(play, spec.on(v), readings[v], None if v in done.changed else found[v].listeners)
         if spec.disable_password_login:
-            pi.passwords_off(play, remote)
+            pi.passwords_off(play, remote, done.facts)
         for v in spec.all_vps:
             if v not in found and len(spec.all_vps) > 1:
                 reporter.warn(spec.name, missing_path(spec, v))

@@ -255,17 +255,17 @@ def test_the_tunnel_pins_the_vpss_keys_and_exempts_loopback_where_penalties_exis
     play = play_on(inv, hosts)  # type: ignore[arg-type]
     offer = PiOffer("alpha", None, ())
     assert pi.tunnel(play, hosts["alpha"], pi.PiBase(offer, True),  # type: ignore[arg-type]
-                     {"main": ("ssh-ed25519 AAAAvps1", "ssh-rsa AAAAvps2")}) == {"main"}
+                     {"main": ("ssh-ed25519 AAAAvps1", "ssh-rsa AAAAvps2")}).changed == {"main"}
     written = "\n".join(hosts["alpha"].ops)
     assert D["loopback_dropin"] in written and "systemctl start pitunnel@main.service" in written
     import base64
     pinned = base64.b64encode(b"203.0.113.1 ssh-ed25519 AAAAvps1\n203.0.113.1 ssh-rsa AAAAvps2\n").decode()
     assert pinned in written
-    assert pi.tunnel(play, hosts["beta"], pi.PiBase(offer, False), {"main": ("ssh-ed25519 AAAAvps1",)})  # type: ignore[arg-type]
+    assert pi.tunnel(play, hosts["beta"], pi.PiBase(offer, False), {"main": ("ssh-ed25519 AAAAvps1",)}).changed  # type: ignore[arg-type]
     assert D["loopback_dropin"] not in "\n".join(hosts["beta"].ops)
     checked = FakeHost("alpha")
     assert pi.tunnel(play_on(inv, {"alpha": checked}, check=True), checked, pi.PiBase(offer, True),  # type: ignore[arg-type, dict-item]
-                     {"main": ()}) == {"main"}
+                     {"main": ()}).changed == {"main"}
     assert checked.ops == []  # check mode: it would change, changes nothing
 
 
@@ -467,7 +467,7 @@ def test_the_tunnel_on_a_fresh_pi(inv: Inventory, capsys: pytest.CaptureFixture[
     host = FakeHost("alpha", [("stat -c '%F", "ABSENT")])
     play = play_on(inv, {"alpha": host})  # type: ignore[dict-item]
     assert pi.tunnel(play, host, pi.PiBase(PiOffer("alpha", None, ()), True),  # type: ignore[arg-type]
-                     {"main": ("ssh-ed25519 AAAAvps",)}) == {"main"}
+                     {"main": ("ssh-ed25519 AAAAvps",)}).changed == {"main"}
     in_order(lines(capsys), [
         "ok alpha single-VPS pitunnel.service retired - disabled, inactive",  # the old units first: their ports free
         "ok alpha old watchdog timer retired - disabled, inactive",
@@ -496,13 +496,13 @@ def test_a_tunnel_already_as_wanted_changes_nothing_and_a_changed_config_restart
     ops = [*pi.tunnel_ops(inv, alpha, main, ["ssh-ed25519 AAAAvps"]), *pi.loopback_ops(alpha, penalties=True)]
     base = pi.PiBase(PiOffer("alpha", None, ()), True)
     same = FakeHost("alpha", converged(ops))
-    assert not pi.tunnel(play_on(inv, {"alpha": same}), same, base, {"main": ("ssh-ed25519 AAAAvps",)})  # type: ignore[arg-type, dict-item]
+    assert not pi.tunnel(play_on(inv, {"alpha": same}), same, base, {"main": ("ssh-ed25519 AAAAvps",)}).changed  # type: ignore[arg-type, dict-item]
     # one read (the Pi's VPS folders with the other facts), nothing written
     assert len(same.scripts) == 1 and same.ops == []
     assert all(l.startswith("ok ") for l in lines(capsys))
     moved = FakeHost("alpha", converged(ops))  # the VPS has a new host key: the pin changes, the tunnel restarts
     assert pi.tunnel(play_on(inv, {"alpha": moved}), moved, base,  # type: ignore[arg-type, dict-item]
-                     {"main": ("ssh-ed25519 AAAAnew",)}) == {"main"}
+                     {"main": ("ssh-ed25519 AAAAnew",)}).changed == {"main"}
     assert lines(capsys)[-1] == "changed alpha handler restart tunnel main - ran once"
     assert moved.applied("systemctl try-restart pitunnel@main.service")
     assert not moved.applied("pitunnel-watchdog@main.service")
@@ -516,7 +516,7 @@ def test_a_path_to_a_vps_the_pi_no_longer_names_is_retired(inv: Inventory, capsy
     there = [(f"-e {p} ]", "yes") for p in (pi_paths.vps_config_dir("old"), pi_paths.watchdog_path("old"))]
     host = FakeHost("alpha", [("-printf '%f", "main\nold\nNot-A-Name\n"), *running, *there, *converged(ops)])
     assert not pi.tunnel(play_on(inv, {"alpha": host}), host, pi.PiBase(PiOffer("alpha", None, ()), True),  # type: ignore[arg-type, dict-item]
-                         {"main": ("ssh-ed25519 AAAAvps",)})
+                         {"main": ("ssh-ed25519 AAAAvps",)}).changed
     assert "ok alpha the Pi's paths (a folder per VPS) - main, old" in lines(capsys)
     for command in ("systemctl disable --quiet pitunnel@old.service", "systemctl disable --quiet pitunnel-watchdog@old.service",
                     f"rm -rf {pi_paths.vps_config_dir('old')}", f"rm -rf {pi_paths.watchdog_path('old')}"):

@@ -207,10 +207,10 @@ def test_a_pi_offering_another_pis_key_is_refused_alone_and_the_pi_it_belongs_to
 def test_an_unchanged_tunnel_already_listening_is_not_waited_for(inv: Inventory, keys: dict[str, str],
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(pi_steps, "tunnel", lambda play, remote, base, host_keys: set())  # no path changed
+    monkeypatch.setattr(pi_steps, "tunnel", lambda play, remote, base, host_keys: pi_steps.Tunneled(set(), None))  # no path changed
     hosts = {"main": vps_host(), "beta": FakeHost("beta")}
     play = play_on(inv, hosts, limit=frozenset({"main", "beta"}))  # type: ignore[arg-type]
-    monkeypatch.setattr(pi_steps, "passwords_off", lambda play, remote: None)
+    monkeypatch.setattr(pi_steps, "passwords_off", lambda play, remote, known=None: None)
     site.connect(play, {"beta": pi_steps.PiBase(PiOffer("beta", offer_key(keys["beta"]), (Listener(False, 20023),)), False)})
     assert "ok beta tunnel listening on the VPS - main: 127.0.0.1:20023" in lines(capsys)
     assert not any(s == "ss -Htln" for s in hosts["main"].scripts)  # the VPS's own reading sufficed
@@ -248,6 +248,29 @@ def test_a_provision_that_changes_nothing_costs_each_host_two_round_trips(inv: I
     site.provision(play)
     assert play.failed == set() and vps.ops == [] and pi.ops == []
     # the VPS: one read for its converge, one for the Pis' keys; the Pi: one for its base, one for its tunnel
+    assert (vps.round_trips, pi.round_trips) == (2, 2)
+
+
+def test_a_pi_with_passwords_off_that_changes_nothing_costs_two_round_trips_too(
+        inv: Inventory, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The passwords step reuses what the tunnel step read when nothing changed in between: no third read."""
+    from pitunnel.roles.vps import steps as vps_steps
+    from tests.unit.fake_hosts import converged
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
+    main, beta = inv.vps["main"], inv.pis["beta"]
+    offered = vps_authorized.keys_ops(inv, main, {"beta": " ".join(keys["beta"].split()[:2])})
+    vps = FakeHost("main", [*converged([*offered, vps_steps.packages(main), *vps_steps.converge_ops(inv, main)]),
+                            ("|| echo MISSING", ACCOUNT), ("ssh_host_", "cur ssh-ed25519 AAAAhostkey root@main\n"),
+                            ("ss -Htln", ALL_LISTENERS), ("permitlisten", PERMITTED)])
+    base, _ = pi_steps.base_ops(inv, beta)
+    pi = FakeHost("beta", [(pi_paths.key_path(beta), f"PUB {keys['beta']}"), ("-printf '%f", "main\n"),
+                           ("passwordauthentication|kbd", "passwordauthentication no"),
+                           *converged([*base, *pi_steps.tunnel_ops(inv, beta, main, ["ssh-ed25519 AAAAhostkey"]),
+                                       *pi_steps.password_ops()])])
+    play = play_on(inv, {"main": vps, "beta": pi}, limit=frozenset({"main", "beta"}))
+    site.provision(play)
+    assert play.failed == set() and vps.ops == [] and pi.ops == []
+    assert pi.logins == [False]  # the key login is still proven before passwords stay off
     assert (vps.round_trips, pi.round_trips) == (2, 2)
 
 

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pitunnel.facts import Fact
+from pitunnel.facts import Fact, Facts
+from pitunnel.guard import pending_changes
 from pitunnel.hostkeys import known_name
 from pitunnel.inventory import Forward, Inventory, PiSpec, VpsSpec
 from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Later, Observe, Op, Packages, PackagesAbsent,
@@ -282,18 +283,27 @@ def paths_observer() -> Observe[frozenset[str]]:
     return Observe(VPS_FOLDERS, lambda found: ", ".join(sorted(found)) or "none", title="the Pi's paths (a folder per VPS)")
 
 
-def tunnel(play: Play, remote: Remote, base: PiBase, host_keys: dict[str, tuple[str, ...]]) -> set[str]:
+@dataclass(frozen=True)
+class Tunneled:
+    """What the tunnel step did: the VPSes whose path changed (or would), and what it read of the Pi while
+    that still holds (nothing changed, nothing left pending), the passwords step's facts with it."""
+
+    changed: set[str]
+    facts: Facts | None
+
+
+def tunnel(play: Play, remote: Remote, base: PiBase, host_keys: dict[str, tuple[str, ...]]) -> Tunneled:
     """The Pi's tunnel to each VPS in `host_keys` (its VPSes that answered), pinning that VPS's host keys; a
-    path whose VPS did not answer is left as it is; a VPS the Pi no longer names loses its instance. Returns
-    the VPSes whose path changed (or would). The Pi's paths are read with the facts of the ops, in one round
-    trip: a rerun that changes nothing costs that one read."""
+    path whose VPS did not answer is left as it is; a VPS the Pi no longer names loses its instance. The Pi's
+    paths (and, where the inventory turns passwords off, that step's file) are read with the facts of the ops,
+    in one round trip: a rerun that changes nothing costs that one read."""
     inv = play.inventory
     pi = inv.pis[remote.name]
     paths = {v: path_ops(pi, inv.vps[v], list(keys)) for v, keys in host_keys.items()}
     folders = paths_observer()
     shared = template_ops(pi)
     own = [*(op for v in pi.all_vps if v in paths for op in paths[v]), *loopback_ops(pi, penalties=base.penalties)]
-    known = facts_for(remote, [folders, *shared, *own])
+    known = facts_for(remote, [folders, *shared, *own, *(password_ops() if pi.disable_password_login else ())])
     retired = sorted(known.value(VPS_FOLDERS) - set(pi.all_vps))
     ops = [folders, *shared, *(op for v in retired for op in retired_path_ops(v)), *own]
     # a retired path's facts were not read: then the converge reads the host again (it changes it anyway)
@@ -305,16 +315,18 @@ def tunnel(play: Play, remote: Remote, base: PiBase, host_keys: dict[str, tuple[
         play.reporter.note(pi.name, f"its tunnel restarts in {D['restart_under_us_after']}s, and with it this "
                                     "connection: reconnecting through the new tunnel")
         remote.path_restarts(D["restart_under_us_after"] + 1, within=D["listen_wait_seconds"])
-    return {v for v, path in paths.items() if any(done.changes(op) for op in path)}
+    still = not retired and not done.changed and not pending_changes(known)
+    return Tunneled({v for v, path in paths.items() if any(done.changes(op) for op in path)}, known if still else None)
 
 
-def passwords_off(play: Play, remote: Remote) -> None:
-    """Password login off, once a fresh key login is proven."""
+def passwords_off(play: Play, remote: Remote, known: Facts | None = None) -> None:
+    """Password login off, once a fresh key login is proven. `known`: the Pi as the tunnel step read it, when
+    nothing changed since (then this step costs no read of its own)."""
     if not play.options.check and not remote.can_log_in_fresh(use_password=False, within=0):
         play.reporter.line(remote.name, "failed", "sshd: passwords off",
                            "key login is not proven, so password login stays on")
         raise StepFailed("key login not proven")
-    converge(remote, password_ops(), play.reporter, play.options.mode, handlers(remote, "passwords"))
+    converge(remote, password_ops(), play.reporter, play.options.mode, handlers(remote, "passwords"), known=known)
 
 
 def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool, present: tuple[str, ...] = (),
