@@ -154,9 +154,9 @@ class Migration:
         for line in said:
             play.reporter.note(new, line)
         with play.narrowed(inventory=wide):
-            return self.verified(moving, old, inv, wide)
+            return self.on_both(moving, old, inv, wide)
 
-    def verified(self, moving: list[PiSpec], old: str, inv: Inventory, wide: Inventory) -> list[str]:
+    def on_both(self, moving: list[PiSpec], old: str, inv: Inventory, wide: Inventory) -> list[str]:
         """The moving Pis on both VPSes (`wide`), each verified through NEW; the inventory says NEW for those."""
         play, new = self.play, self.new
         site.provision(play)
