@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 
-from .facts import Fact, Facts, command_fact
+from .facts import Fact, Facts
 from .ops.base import Handler
 from .ops.shell import BACKUP_DIR, backup_path, drop_backup_commands, q, restore_commands
 
@@ -108,19 +108,25 @@ def rollback_commands(handler: Handler) -> list[str]:
     return [f"sh {q(pending_record(handler.name))}"]
 
 
-def pending_fact() -> Fact[str]:
-    """The changes earlier runs left unproven on this host (read with the other facts: no extra round trip)."""
-    return command_fact("pending-changes", f"cd {q(pending_dir())} 2>/dev/null && for f in *; do "
-                        "[ -f \"$f\" ] && grep -h '^# \\(handler\\|path\\): ' \"$f\"; done; true")
-
-
-def pending_changes(facts: Facts) -> dict[str, list[str]]:
-    """handler name -> the paths of its change that an earlier run left unproven on the host."""
+def _pending(output: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     current: list[str] | None = None
-    for line in facts.get(pending_fact().key, (0, ""))[1].splitlines():
+    for line in output.splitlines():
         if line.startswith(PENDING_MARK):
             current = found.setdefault(line[len(PENDING_MARK):], [])
         elif line.startswith("# path: ") and current is not None:
             current.append(line[len("# path: "):])
     return found
+
+
+def pending_fact() -> Fact[dict[str, list[str]]]:
+    """handler name -> the paths of its change that an earlier run left unproven on this host (read with the
+    other facts: no extra round trip)."""
+    return Fact("pending-changes", f"cd {q(pending_dir())} 2>/dev/null && for f in *; do "
+                "[ -f \"$f\" ] && grep -h '^# \\(handler\\|path\\): ' \"$f\"; done; true", _pending)
+
+
+def pending_changes(facts: Facts) -> dict[str, list[str]]:
+    """handler name -> the paths of its change that an earlier run left unproven on the host (none if the
+    facts did not read it)."""
+    return facts.value(pending_fact()) if pending_fact().key in facts else {}

@@ -28,8 +28,15 @@ class BadPublicKey(ValueError):
 
 @dataclass(frozen=True)
 class PublicKey:
+    """One well-formed public key: made only from a blob that holds exactly the fields of its type (a
+    PublicKey that exists is a key; BadPublicKey otherwise), so a key parsed once at the edge needs no
+    second look wherever it travels."""
+
     keytype: str
     blob: bytes
+
+    def __post_init__(self) -> None:
+        _check_blob(self.keytype, self.blob)
 
     @property
     def base64(self) -> str:
@@ -67,6 +74,13 @@ def parse_public_key(text: str) -> PublicKey:
         blob = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise BadPublicKey("the key is not valid base64") from None
+    return PublicKey(keytype, blob)
+
+
+def _check_blob(keytype: str, blob: bytes) -> None:
+    """Raise BadPublicKey unless `blob` is a `keytype` key: it names that type and holds exactly its fields."""
+    if keytype not in LAYOUT:
+        raise BadPublicKey(f"unknown key type {_shown(keytype)}")
     fields = _ssh_strings(blob)
     if fields is None:
         raise BadPublicKey("the key's data is not a sequence of SSH strings (truncated or padded)")
@@ -82,7 +96,6 @@ def parse_public_key(text: str) -> PublicKey:
         raise BadPublicKey(f"{keytype} key on the wrong curve {_shown(named['curve'].decode(errors='replace'))}")
     if "n" in named and len(named["n"].lstrip(b"\0")) * 8 < 2048:
         raise BadPublicKey("RSA key shorter than 2048 bits")
-    return PublicKey(keytype, blob)
 
 
 def is_public_key(text: str) -> bool:

@@ -80,7 +80,7 @@ def pi_vars(inv: Inventory, pi: PiSpec) -> dict[str, Any]:
         "vps_known_name": known_name(vps.address, vps.port),
         "key_comment": pi_paths.key_comment(pi),
         "login_home": pi_paths.home_of(pi.user),
-        "listen_specs": list(listens(pi)),
+        "listen_specs": [listener.spec for listener in listens(pi)],
         "authorized_options": key_options(vps, pi),
         "laptop_key_line": pi_steps.laptop_key_line(inv),
     }

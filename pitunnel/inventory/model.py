@@ -1,6 +1,8 @@
 """The inventory as the rest of pitunnel reads it: frozen specs of the settings, each VPS, each Pi and its tunnels.
 
 The defaults written on these fields are the inventory's defaults for those keys (fields.py takes them from here).
+A tunnel's listener on its VPS and its -R (Listener, Forward) are values made from its spec, never parsed back
+from the text that spells them.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
+
+from pitunnel.sshkeys import PublicKey
 
 DEFAULT_BODY_SIZE: Final = "10m"
 TUNNEL_USER: Final = "pitunnel"  # the default account that owns the tunnels, on the VPS and on each Pi
@@ -38,6 +42,47 @@ class HostSpec:
     given: frozenset[str] = frozenset()  # the keys the inventory wrote for this host (its own or under defaults:)
 
 
+LOOPBACK: Final = "127.0.0.1"
+EVERY_ADDRESS: Final = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Where a tunnel listens on its VPS: on every address (`public`) or on loopback only, at `port`."""
+
+    public: bool
+    port: int
+
+    @property
+    def host(self) -> str:
+        return EVERY_ADDRESS if self.public else LOOPBACK
+
+    @property
+    def spec(self) -> str:
+        """`host:port`: as the Pi's -R asks for it, as permitlisten / PermitListen must spell it, and as `ss`
+        prints a listening socket's local address."""
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One -R of a Pi's tunnel: its listener on the VPS, and the Pi's own port that the Pi's ssh forwards what
+    arrives there to (on loopback)."""
+
+    listener: Listener
+    local_port: int
+
+    @property
+    def target(self) -> str:
+        """Where the Pi's ssh connects what arrives on the listener: `127.0.0.1:local_port`."""
+        return f"{LOOPBACK}:{self.local_port}"
+
+    @property
+    def spec(self) -> str:
+        """As `ssh -R` takes it: `listen_host:listen_port:127.0.0.1:local_port`."""
+        return f"{self.listener.spec}:{self.target}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class TunnelSpec:
     name: str
@@ -52,6 +97,16 @@ class TunnelSpec:
     client_max_body_size: str = DEFAULT_BODY_SIZE  # http only: nginx size, larger request bodies get 413
     hsts: bool = False  # http only: Strict-Transport-Security on its HTTPS answers
     ports: tuple[tuple[str, int], ...] = ()  # (VPS, remote port) on every VPS of its Pi, once allocated
+
+    @property
+    def listener(self) -> Listener:
+        """Where this tunnel listens on the VPS of the PiSpec holding it."""
+        return Listener(self.public, self.remote_port)
+
+    @property
+    def forward(self) -> Forward:
+        """This tunnel's -R: its listener, forwarded to the Pi's local_port."""
+        return Forward(self.listener, self.local_port)
 
     def port_on(self, vps: str) -> int:
         """The remote port of this tunnel on `vps` (remote_port until the ports per VPS are known)."""
@@ -166,12 +221,12 @@ class PiSpec(HostSpec):
 @dataclass(frozen=True)
 class Revoked:
     """A Pi that `pitunnel revoke` shut out (the inventory's .revoked.yml file): the keys it had on its VPSes
-    (`type blob`, never to be authorised again), when, and its remote ports, reserved on each VPS
+    (parsed where the file is read; never to be authorised again), when, and its remote ports, reserved on each VPS
     ({vps: {tunnel: port}}) until `ended`."""
 
     pi: str
     since: str
-    keys: tuple[str, ...] = ()
+    keys: tuple[PublicKey, ...] = ()
     ports: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     ended: str = ""  # when it was provisioned again with a new key: its old keys stay refused, nothing else holds
 

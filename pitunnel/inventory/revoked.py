@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from pitunnel.sshkeys import is_public_key
+from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
 
 from . import values
 from .errors import Invalid, Problem, Report, show
@@ -59,7 +59,8 @@ def _record(report: Report, pi: str, entry: Any) -> Revoked | None:
     if not isinstance(since, str) or not isinstance(ended, str) or set(entry) - {"since", "keys", "ports", "ended"}:
         report.problem((pi,), "expected the keys since (a time), keys, ports and ended (a time) only", _FIX)
         return None
-    if not isinstance(keys, list) or not all(isinstance(k, str) and is_public_key(k) for k in keys):
+    parsed = _keys(keys)
+    if parsed is None:
         report.problem((pi, "keys"), "expected a list of public keys ('type base64')", _FIX)
         return None
     if not isinstance(ports, dict) or not all(isinstance(p, dict) for p in ports.values()):
@@ -72,7 +73,17 @@ def _record(report: Report, pi: str, entry: Any) -> Revoked | None:
                 reserved.setdefault(str(vps), {})[str(tunnel)] = values.unprivileged_port(port)
             except Invalid as e:
                 report.problem((pi, "ports", vps, tunnel), e.message, _FIX)
-    return Revoked(pi, since, tuple(keys), reserved, ended)
+    return Revoked(pi, since, parsed, reserved, ended)
+
+
+def _keys(keys: Any) -> tuple[PublicKey, ...] | None:
+    """The record's keys, parsed; None unless it is a list of public keys."""
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        return None
+    try:
+        return tuple(parse_public_key(k) for k in keys)
+    except BadPublicKey:
+        return None
 
 
 def write_revoked(file: Path, records: Mapping[str, Revoked]) -> None:
@@ -80,7 +91,7 @@ def write_revoked(file: Path, records: Mapping[str, Revoked]) -> None:
     if not records:
         file.unlink(missing_ok=True)
         return
-    doc = {r.pi: {"since": r.since, "keys": list(r.keys), "ports": {v: dict(p) for v, p in r.ports.items()},
+    doc = {r.pi: {"since": r.since, "keys": [k.line for k in r.keys], "ports": {v: dict(p) for v, p in r.ports.items()},
                   **({"ended": r.ended} if r.ended else {})} for r in records.values()}
     write_side_file(file, _HEADER, doc, width=1000)
 
@@ -94,11 +105,9 @@ def shut_out(inv: Inventory, record: Revoked) -> Inventory:
                    retired=MappingProxyType({n: r for n, r in inv.retired.items() if n != record.pi}))
 
 
-def revoked_key(inv: Inventory, pubkey: str) -> bool:
-    """Is this key (a line `type blob [comment]`) one revoked from any Pi, ever (a revocation that ended
-    leaves its keys refused)?"""
-    words = pubkey.split()[:2]
-    return any(" ".join(words) == " ".join(k.split()[:2]) for r in records(inv).values() for k in r.keys)
+def revoked_key(inv: Inventory, key: PublicKey) -> bool:
+    """Is this key one revoked from any Pi, ever (a revocation that ended leaves its keys refused)?"""
+    return any(key in r.keys for r in records(inv).values())
 
 
 def records(inv: Inventory) -> dict[str, Revoked]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import base64
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..facts import Fact, Facts, FileState, command_fact, file_fact
+from ..facts import Fact, Facts, FileState, file_fact
 from .base import Op, Plan
 from .shell import backup_commands, directory_commands, q, restore_commands, write_file_commands
 
@@ -112,6 +113,15 @@ def _marker_of(line: str, prefix: str) -> str | None:
     return last[len(prefix):] if last.startswith(prefix) else None
 
 
+def there(output: str) -> bool:
+    return output.strip() == "yes"
+
+
+def exists_fact(path: str) -> Fact[bool]:
+    """Is anything at `path` (a link to nothing too)?"""
+    return Fact(f"exists:{path}", f"[ -e {q(path)} ] || [ -L {q(path)} ] && echo yes || echo no", there)
+
+
 @dataclass
 class Absent(Op):
     """No file (or directory tree) at this path."""
@@ -123,15 +133,45 @@ class Absent(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"absent {self.path}"
 
+    @property
+    def fact(self) -> Fact[bool]:
+        return exists_fact(self.path)
+
     def facts(self) -> list[Fact[Any]]:
-        return [command_fact(f"exists:{self.path}", f"[ -e {q(self.path)} ] || [ -L {q(self.path)} ] && echo yes || echo no")]
+        return [self.fact]
 
     def plan(self, facts: Facts) -> Plan:
-        if facts[f"exists:{self.path}"][1].strip() != "yes":
+        if not facts.value(self.fact):
             return Plan([], "not there")
         backups = [self.path] if self.notify else []
         pre = backup_commands(self.path) if self.notify else []
         return Plan([*pre, f"rm -rf {q(self.path)}"], "remove", backups=backups)
+
+
+@dataclass(frozen=True)
+class PathStat:
+    """What `stat` says of a path: its kind ("directory", "regular file"...), owner, group and mode."""
+
+    kind: str
+    owner: str
+    group: str
+    mode: int
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.owner}:{self.group}:{self.mode:o}"
+
+
+def path_stat(output: str) -> PathStat | None:
+    """None: nothing there (`stat` said nothing it could read)."""
+    fields = output.strip().rsplit(":", 3)
+    if len(fields) != 4 or not re.fullmatch("[0-7]+", fields[3]):
+        return None
+    kind, owner, group, mode = fields
+    return PathStat(kind, owner, group, int(mode, 8))
+
+
+def stat_fact(path: str) -> Fact[PathStat | None]:
+    return Fact(f"dir:{path}", f"stat -c '%F:%U:%G:%a' {q(path)} 2>/dev/null || echo ABSENT", path_stat)
 
 
 @dataclass
@@ -145,16 +185,39 @@ class Directory(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"directory {self.path}"
 
+    @property
+    def fact(self) -> Fact[PathStat | None]:
+        return stat_fact(self.path)
+
     def facts(self) -> list[Fact[Any]]:
-        return [command_fact(f"dir:{self.path}", f"stat -c '%F:%U:%G:%a' {q(self.path)} 2>/dev/null || echo ABSENT")]
+        return [self.fact]
 
     def plan(self, facts: Facts) -> Plan:
-        now = facts[f"dir:{self.path}"][1].strip()
-        want = f"directory:{self.owner}:{self.group}:{self.mode:o}"
+        now = facts.value(self.fact)
+        want = PathStat("directory", self.owner, self.group, self.mode)
         if now == want:
             return Plan([], "already as wanted")
         return Plan(directory_commands(self.path, self.owner, self.group, self.mode),
-                    "create" if now == "ABSENT" else f"{now} -> {want}")
+                    "create" if now is None else f"{now} -> {want}")
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """Where a link points ("" if the path is no link, None if nothing is there), and whether the target
+    wanted is there."""
+
+    points_to: str | None
+    target_there: bool
+
+
+def link_state(output: str) -> LinkState:
+    points_to, target = ([*output.split(), "", ""])[:2]
+    return LinkState(None if points_to == "ABSENT" else points_to, target == "target-ok")
+
+
+def link_fact(path: str, target: str) -> Fact[LinkState]:
+    return Fact(f"link:{path}", f"readlink {q(path)} || echo ABSENT; [ -e {q(target)} ] && echo target-ok || "
+                "echo target-missing", link_state)
 
 
 @dataclass
@@ -168,19 +231,32 @@ class Symlink(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"link {self.path} -> {self.target}"
 
+    @property
+    def fact(self) -> Fact[LinkState]:
+        return link_fact(self.path, self.target)
+
     def facts(self) -> list[Fact[Any]]:
-        return [command_fact(f"link:{self.path}", f"readlink {q(self.path)} || echo ABSENT; "
-                             f"[ -e {q(self.target)} ] && echo target-ok || echo target-missing")]
+        return [self.fact]
 
     def plan(self, facts: Facts) -> Plan:
-        now, target = (facts[f"link:{self.path}"][1].split() + ["", ""])[:2]
-        if now == self.target:
+        now = facts.value(self.fact)
+        if now.points_to == self.target:
             return Plan([], "already linked")
-        if self.only_if_exists and target != "target-ok":
+        if self.only_if_exists and not now.target_there:
             return Plan([], f"{self.target} is not there")
         backups = [self.path] if self.notify else []
         pre = backup_commands(self.path) if self.notify else []
         return Plan([*pre, f"ln -sfn {q(self.target)} {q(self.path)}"], "link", backups=backups)
+
+
+def listed(output: str) -> tuple[str, ...]:
+    return tuple(output.split())
+
+
+def matches_fact(directory: str, pattern: str) -> Fact[tuple[str, ...]]:
+    """The names in `directory` that match the shell `pattern`."""
+    return Fact(f"ls:{directory}/{pattern}", f"cd {q(directory)} 2>/dev/null && for f in {pattern}; do "
+                "[ -e \"$f\" ] && echo \"$f\"; done; true", listed)
 
 
 @dataclass
@@ -196,12 +272,15 @@ class Pruned(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"no stray {self.directory}/{self.pattern}"
 
+    @property
+    def fact(self) -> Fact[tuple[str, ...]]:
+        return matches_fact(self.directory, self.pattern)
+
     def facts(self) -> list[Fact[Any]]:
-        return [command_fact(f"ls:{self.directory}/{self.pattern}",
-                             f"cd {q(self.directory)} 2>/dev/null && for f in {self.pattern}; do [ -e \"$f\" ] && echo \"$f\"; done; true")]
+        return [self.fact]
 
     def plan(self, facts: Facts) -> Plan:
-        found = facts[f"ls:{self.directory}/{self.pattern}"][1].split()
+        found = facts.value(self.fact)
         stray = [f for f in found if f not in self.keep]
         if not stray:
             return Plan([], "none")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..facts import Fact, Facts, command_fact
+from ..facts import Fact, Facts
 from .base import Op, Plan
 from .records import record_commands, record_fact, recorded, unrecord_commands
 from .shell import q
@@ -21,19 +21,24 @@ APT_FRESH_SECONDS = 6 * 3600
 APT_UPDATE_OPTIONS = "-o Acquire::Languages=none -o Acquire::CompressionTypes::Order::=gz"
 
 
-def _pkg_fact(names: Sequence[str]) -> Fact[str]:
-    joined = " ".join(q(n) for n in names)
-    return command_fact(f"pkgs:{joined}", f"for p in {joined}; do s=$(dpkg-query -W -f '${{db:Status-Status}} ' $p "
-                        "2>/dev/null) || s=not-installed; echo \"$p $s\"; done")
-
-
 def _pkg_status(output: str) -> dict[str, tuple[str, ...]]:
     """name -> dpkg status words (several for a package installed for several architectures)."""
-    return {words[0]: tuple(words[1:]) for words in (line.split() for line in output.splitlines()) if words}
+    return {name: tuple(status) for name, *status in (line.split() for line in output.splitlines() if line.split())}
 
 
-APT_AGE = command_fact("apt-lists-age", "now=$(date +%s); newest=$(stat -c %Y /var/lib/apt/lists/*_Packages "
-                       "2>/dev/null | sort -n | tail -1); echo $(( now - ${newest:-0} ))")
+def _pkg_fact(names: Sequence[str]) -> Fact[dict[str, tuple[str, ...]]]:
+    joined = " ".join(q(n) for n in names)
+    return Fact(f"pkgs:{joined}", f"for p in {joined}; do s=$(dpkg-query -W -f '${{db:Status-Status}} ' $p "
+                "2>/dev/null) || s=not-installed; echo \"$p $s\"; done", _pkg_status)
+
+
+def _seconds(output: str) -> int:
+    """A number of seconds; none read: older than any limit."""
+    return int(output.strip() or 10**9)
+
+
+APT_AGE = Fact("apt-lists-age", "now=$(date +%s); newest=$(stat -c %Y /var/lib/apt/lists/*_Packages "
+               "2>/dev/null | sort -n | tail -1); echo $(( now - ${newest:-0} ))", _seconds)
 
 
 def apt_install_commands(names: Sequence[str], *, update: bool) -> list[str]:
@@ -55,11 +60,11 @@ class Packages(Op):
         return [_pkg_fact(self.names), APT_AGE]
 
     def plan(self, facts: Facts) -> Plan:
-        status = _pkg_status(facts.output(_pkg_fact(self.names)))
+        status = facts.value(_pkg_fact(self.names))
         missing = [n for n in self.names if "installed" not in status.get(n, ())]
         if not missing:
             return Plan([], "installed")
-        age = int(facts.output(APT_AGE).strip() or 10**9)
+        age = facts.value(APT_AGE)
         cmds = apt_install_commands(missing, update=age > APT_FRESH_SECONDS) + record_commands("packages", missing)
         why = "install " + ", ".join(missing) + (" (package lists stale: update first)" if age > APT_FRESH_SECONDS else "")
         return Plan(cmds, why)
@@ -80,7 +85,7 @@ class PackagesAbsent(Op):
         return [_pkg_fact(self.names), record_fact("packages")]
 
     def plan(self, facts: Facts) -> Plan:
-        status = _pkg_status(facts.output(_pkg_fact(self.names)))
+        status = facts.value(_pkg_fact(self.names))
         present = [n for n in self.names if set(status.get(n, ("not-installed",))) - {"not-installed"}]
         ours = recorded(facts, "packages")
         purge = [n for n in present if n in ours]

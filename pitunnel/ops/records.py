@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..facts import Fact, Facts, command_fact
+from ..facts import Fact, Facts
 from .shell import q
 
 
@@ -15,13 +15,17 @@ STATE_DIR = "/var/lib/pitunnel-state"
 OWN_COMMENTS = ("pitunnel", "pitunnel reverse tunnel", "pitunnel reverse tunnels")
 
 
-def record_fact(kind: str) -> Fact[str]:
+def _names(output: str) -> frozenset[str]:
+    return frozenset(output.split())
+
+
+def record_fact(kind: str) -> Fact[frozenset[str]]:
     """The names recorded in STATE_DIR/kind (what pitunnel made of that kind on this host)."""
-    return command_fact(f"record:{kind}", f"cat {STATE_DIR}/{kind} 2>/dev/null || true")
+    return Fact(f"record:{kind}", f"cat {STATE_DIR}/{kind} 2>/dev/null || true", _names)
 
 
-def recorded(facts: Facts, kind: str) -> set[str]:
-    return set(facts.output(record_fact(kind)).split())
+def recorded(facts: Facts, kind: str) -> frozenset[str]:
+    return facts.value(record_fact(kind))
 
 
 def record_commands(kind: str, names: Sequence[str]) -> list[str]:

@@ -6,9 +6,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..facts import Fact, Facts, command_fact
+from ..facts import Fact, Facts
 from .base import Op, Plan
 from .shell import q
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """A systemd unit as `systemctl is-enabled` and `is-active` tell. `stopped`: not running at all (inactive,
+    failed, unknown); a unit in the middle of (re)starting is neither active nor stopped."""
+
+    enabled: bool
+    active: bool
+    stopped: bool
+
+
+def unit_state(output: str) -> UnitState:
+    enabled, active = ([*output.split(), "", ""])[:2]
+    return UnitState(enabled == "enabled", active == "active", active in ("", "inactive", "failed", "unknown"))
+
+
+def unit_fact(unit: str) -> Fact[UnitState]:
+    u = q(unit)
+    return Fact(f"unit:{unit}", f"systemctl is-enabled {u} 2>/dev/null; systemctl is-active {u} 2>/dev/null; true",
+                unit_state)
 
 
 @dataclass
@@ -25,31 +46,31 @@ class Service(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"service {self.unit}"
 
+    @property
+    def fact(self) -> Fact[UnitState]:
+        return unit_fact(self.unit)
+
     def facts(self) -> list[Fact[Any]]:
-        u = q(self.unit)
-        return [command_fact(f"unit:{self.unit}", f"systemctl is-enabled {u} 2>/dev/null; systemctl is-active {u} 2>/dev/null; true")]
+        return [self.fact]
 
     def plan(self, facts: Facts) -> Plan:
-        lines = facts[f"unit:{self.unit}"][1].split()
-        enabled_now = bool(lines) and lines[0] == "enabled"
-        active_now = len(lines) > 1 and lines[1] == "active"
+        now = facts.value(self.fact)
         cmds, gaps = [], []
         u = q(self.unit)
-        if self.enabled != enabled_now:
+        if self.enabled != now.enabled:
             gaps.append("enable" if self.enabled else "disable")
             # systemctl enable and disable reload systemd's view of the unit files themselves
             cmds.append(f"systemctl {'enable' if self.enabled else 'disable'} --quiet {u}")
         else:
             cmds.append("systemctl daemon-reload")  # a unit file written earlier in this run
-        if self.running != active_now:
+        if self.running != now.active:
             gaps.append("start" if self.running else "stop")
             cmds.append(f"systemctl {'start' if self.running else 'stop'} {u}")
         if not gaps:
-            return Plan([], f"{'enabled' if enabled_now else 'disabled'}, {'active' if active_now else 'inactive'}")
+            return Plan([], f"{'enabled' if now.enabled else 'disabled'}, {'active' if now.active else 'inactive'}")
         # only a unit that was not running at all starts from the new files; one in the middle of
         # (re)starting may still run the old ones, so its restart handler stays
-        stopped = len(lines) < 2 or lines[1] in ("inactive", "failed", "unknown")
-        started = self.running and stopped
+        started = self.running and now.stopped
         return Plan(cmds, ", ".join(gaps), covers=self.covers if started else ())
 
 

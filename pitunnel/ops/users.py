@@ -5,20 +5,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..facts import Fact, Facts, command_fact
+from ..facts import Fact, Facts
 from .base import Op, Plan, Refused
 from .records import OWN_COMMENTS, record_commands, record_fact, recorded, unrecord_commands
 from .shell import _split, directory_commands, q
 
 
-def _refuse_foreign(name: str, entry: str, facts: Facts, action: str) -> None:
-    """Raise Refused unless the account `entry` describes is one pitunnel made: recorded when it made it,
-    or (made by an earlier version) carrying one of pitunnel's comments."""
-    fields = [*entry.split(":"), "", "", "", "", "", ""]
-    comment, home = fields[4], fields[5]
-    if name in recorded(facts, "users") or comment in OWN_COMMENTS:
+@dataclass(frozen=True)
+class Account:
+    """An account as `getent passwd` shows it (a field it does not show is "")."""
+
+    comment: str
+    home: str
+    shell: str
+
+
+def account(output: str) -> Account | None:
+    """The account of a `getent passwd` line; None: no such account."""
+    entry = output.strip()
+    if not entry:
+        return None
+    _name, _password, _uid, _gid, comment, home, shell, *_ = [*entry.split(":"), "", "", "", "", "", "", ""]
+    return Account(comment, home, shell)
+
+
+def account_fact(name: str) -> Fact[Account | None]:
+    return Fact(f"user:{name}", f"getent passwd {q(name)} || true", account)
+
+
+def password_fact(name: str) -> Fact[str]:
+    """The account's password field in the shadow file ("" without one, or without the account)."""
+    return Fact(f"shadow:{name}", f"getent shadow {q(name)} | cut -d: -f2", str.strip)
+
+
+def _refuse_foreign(name: str, found: Account, facts: Facts, action: str) -> None:
+    """Raise Refused unless the account `found` is one pitunnel made: recorded when it made it, or (made by an
+    earlier version) carrying one of pitunnel's comments."""
+    if name in recorded(facts, "users") or found.comment in OWN_COMMENTS:
         return
-    raise Refused(f"account {name} exists and pitunnel did not create it (comment {comment!r}, home {home}): "
+    raise Refused(f"account {name} exists and pitunnel did not create it (comment {found.comment!r}, home {found.home}): "
                   f"not {action}; set tunnel_user to an account of pitunnel's own (default pitunnel)")
 
 
@@ -37,26 +62,23 @@ class SystemUser(Op):
         self.title = self.title or f"system user {self.name}"
 
     def facts(self) -> list[Fact[Any]]:
-        return [command_fact(f"user:{self.name}", f"getent passwd {q(self.name)} || true"),
-                command_fact(f"shadow:{self.name}", f"getent shadow {q(self.name)} | cut -d: -f2"),
-                record_fact("users")]
+        return [account_fact(self.name), password_fact(self.name), record_fact("users")]
 
     def plan(self, facts: Facts) -> Plan:
-        entry = facts[f"user:{self.name}"][1].strip()
-        if not entry:
+        found = facts.value(account_fact(self.name))
+        if found is None:
             return Plan([f"useradd --system --user-group --create-home --home-dir {q(self.home)} "
                          f"--shell {q(self.shell)} --comment {q(self.comment)} {q(self.name)}",
                          f"usermod -p '*' {q(self.name)}", *record_commands("users", [self.name])], "create")
-        _refuse_foreign(self.name, entry, facts, "modified")
-        fields = entry.split(":")
+        _refuse_foreign(self.name, found, facts, "modified")
         cmds, gaps = [], []
-        if fields[5] != self.home:
-            gaps.append(f"home {fields[5]} -> {self.home}")
+        if found.home != self.home:
+            gaps.append(f"home {found.home} -> {self.home}")
             cmds.append(f"usermod --home {q(self.home)} --move-home {q(self.name)}")
-        if fields[6] != self.shell:
-            gaps.append(f"shell {fields[6]} -> {self.shell}")
+        if found.shell != self.shell:
+            gaps.append(f"shell {found.shell} -> {self.shell}")
             cmds.append(f"usermod --shell {q(self.shell)} {q(self.name)}")
-        if facts[f"shadow:{self.name}"][1].strip() != "*":
+        if facts.value(password_fact(self.name)) != "*":
             gaps.append("password field -> '*'")
             cmds.append(f"usermod -p '*' {q(self.name)}")
         return Plan(cmds, ", ".join(gaps)) if cmds else Plan([], "already as wanted")
@@ -73,13 +95,13 @@ class UserAbsent(Op):
         self.title = self.title or f"user absent {self.name}"
 
     def facts(self) -> list[Fact[Any]]:
-        return [command_fact(f"user:{self.name}", f"getent passwd {q(self.name)} || true"), record_fact("users")]
+        return [account_fact(self.name), record_fact("users")]
 
     def plan(self, facts: Facts) -> Plan:
-        entry = facts[f"user:{self.name}"][1].strip()
-        if not entry:
+        found = facts.value(account_fact(self.name))
+        if found is None:
             return Plan([], "not there")
-        _refuse_foreign(self.name, entry, facts, "removed")
+        _refuse_foreign(self.name, found, facts, "removed")
         return Plan([f"pkill -KILL -u {q(self.name)} || true", f"userdel --remove {q(self.name)} 2>/dev/null || userdel {q(self.name)}",
                      f"getent group {q(self.name)} >/dev/null && groupdel {q(self.name)} || true",
                      *unrecord_commands("users", [self.name])], "remove with its home")

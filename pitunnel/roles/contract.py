@@ -1,20 +1,24 @@
 """The contract between a VPS and its Pis: what one host needs from another, as values.
 
-A Pi offers each of its VPSes its tunnel key (one key for all: docs/security.md says why) and the listeners that key may open (PiOffer); a VPS tells its Pis
-the host keys to pin and what listens on it now (VpsFacts). roles/site.py carries these from one role to
-the other; neither role imports the other. How both sides spell a listener is here too (listen_spec).
+A Pi offers each of its VPSes its tunnel key (one key for all: docs/security.md says why), parsed once where it
+is read on the Pi, and the listeners that key may open (PiOffer); a VPS tells its Pis the host keys to pin and
+what listens on it now (VpsFacts). roles/site.py carries these from one role to the other; neither role imports
+the other. A listener is an inventory value (inventory.Listener, made from a TunnelSpec): its `spec` is the one
+spelling of it that -R, permitlisten / PermitListen and `ss` share.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pitunnel.inventory import PiSpec, TunnelSpec
+from pitunnel.inventory import Listener, PiSpec, TunnelSpec
+from pitunnel.sshkeys import PublicKey
 
 
 def listen_spec(tunnel: TunnelSpec) -> str:
-    """The listen address as the Pi's `-R` sends it and as permitlisten / PermitListen must spell it."""
-    return f"{'0.0.0.0' if tunnel.public else '127.0.0.1'}:{tunnel.remote_port}"
+    """The tunnel's listener as the Pi's `-R` sends it, as permitlisten / PermitListen must spell it and as
+    `ss` prints it (`host:port`)."""
+    return tunnel.listener.spec
 
 
 def realm(pi: str) -> str:
@@ -23,19 +27,19 @@ def realm(pi: str) -> str:
     return pi if pi != "off" else f"{pi} (pitunnel)"
 
 
-def listens(pi: PiSpec) -> tuple[str, ...]:
-    """Every listener a Pi's tunnel opens on its VPS."""
-    return tuple(listen_spec(t) for t in pi.tunnels)
+def listens(pi: PiSpec) -> tuple[Listener, ...]:
+    """Every listener a Pi's tunnel opens on its VPS (`pi` as seen through it)."""
+    return tuple(t.listener for t in pi.tunnels)
 
 
 @dataclass(frozen=True)
 class PiOffer:
-    """What a VPS needs from one of its Pis: its tunnel key's line (None while there is none yet: check
-    mode before the key is made) and the listeners that key may open."""
+    """What a VPS needs from one of its Pis: its tunnel key, parsed (None while there is none yet: check mode
+    before the key is made), and the listeners that key may open."""
 
     name: str
-    pubkey: str | None
-    listens: tuple[str, ...]
+    pubkey: PublicKey | None
+    listens: tuple[Listener, ...]
 
 
 def offer_on(offer: PiOffer, pi: PiSpec) -> PiOffer:

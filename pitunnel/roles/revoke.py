@@ -17,7 +17,7 @@ from pitunnel.ops import Absent, File, Op
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.runner import converge
-from pitunnel.sshkeys import parse_public_key
+from pitunnel.sshkeys import PublicKey, parse_public_key
 from pitunnel.roles.vps.sessions import SessionsEnded
 from pitunnel.roles.vps.authorized import KEY_MARKER, keys_path, parse_authorized_keys, revoked_keys_file
 from pitunnel.roles.vps.nginx import route_stem
@@ -44,7 +44,7 @@ def target(inv: Inventory, name: str) -> PiSpec:
     return inv.pis[name] if name in inv.pis else inv.shut[name]
 
 
-def record_of(inv: Inventory, name: str, found: list[str], now: str) -> Revoked:
+def record_of(inv: Inventory, name: str, found: list[PublicKey], now: str) -> Revoked:
     """The Pi's record: the keys revoked before and the ones its VPSes showed now, its ports, since when."""
     before, earlier = inv.revoked.get(name), inv.retired.get(name)  # revoked now; revoked once, and back since
     keys = tuple(dict.fromkeys([*(earlier.keys if earlier else ()), *(before.keys if before else ()), *found]))
@@ -64,7 +64,7 @@ def _keys(state: FileState) -> dict[str, list[str]]:
 def keys_off(vps: VpsSpec, record: Revoked) -> File:
     """authorized_keys without the Pi's lines (and without any line of pitunnel's holding one of its keys);
     every other line kept as it is."""
-    gone = {" ".join(k.split()[:2]) for k in record.keys}
+    gone = {k.line for k in record.keys}
 
     def render(state: FileState) -> str:
         kept = []
@@ -108,8 +108,8 @@ def revoke(play: Play, name: str) -> None:
 
     found = play.each(vpses, read)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    record = record_of(inv, name, [k for v in vpses for k in found.get(v.name, [])], now)
-    shown = ", ".join(parse_public_key(k).fingerprint for k in record.keys) or "no key of it on its VPSes"
+    record = record_of(inv, name, [parse_public_key(k) for v in vpses for k in found.get(v.name, [])], now)
+    shown = ", ".join(k.fingerprint for k in record.keys) or "no key of it on its VPSes"
     file = revoked_file(inv.path)
     if record == inv.revoked.get(name):
         reporter.line(name, "ok", TITLE, f"already, since {record.since} ({shown}); {name} was not contacted")

@@ -270,8 +270,8 @@ class PiRotation(reconcile.Flow[Read, Step]):
                 ring = self.read().ring
                 if ring.up_with == ring.current:
                     how = "reconnected" if restarted else "came back by itself"
-                    held = "; ".join(f"{p.vps}: {', '.join(listens(p))}" for p in pi.paths()) if len(pi.all_vps) > 1 \
-                        else ", ".join(listens(pi))
+                    held = "; ".join(f"{p.vps}: {', '.join(s.spec for s in listens(p))}" for p in pi.paths()) \
+                        if len(pi.all_vps) > 1 else ", ".join(s.spec for s in listens(pi))
                     return (f"{how}: every listener ({held}) held by a session that logged in with "
                             f"{ring.current} (sshd's log), {time.monotonic() - started:.1f}s")
                 time.sleep(0.3)

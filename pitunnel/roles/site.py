@@ -21,7 +21,6 @@ from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.runner import StepFailed, stop_point
 from pitunnel.shared import SharedReading
-from pitunnel.sshkeys import parse_public_key
 from pitunnel.roles.contract import VpsFacts, listen_spec, offer_on
 from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import status as pi_status
@@ -117,11 +116,12 @@ def connect(play: Play, bases: dict[str, pi.PiBase]) -> None:
 def offers_revoked_key(play: Play, name: str, base: pi.PiBase) -> bool:
     """Does this Pi offer a revoked key (it was not re-imaged, or its key not made new)? Then it fails alone,
     and the key goes to no VPS."""
-    if base.offer.pubkey is None or not revoked_key(play.inventory, base.offer.pubkey):
+    key = base.offer.pubkey
+    if key is None or not revoked_key(play.inventory, key):
         return False
     play.reporter.line(name, "failed", "tunnel key not revoked",
                        f"it offers the key revoked by `pitunnel revoke` "
-                       f"({parse_public_key(base.offer.pubkey).fingerprint}), which is never authorised again. Fix: "
+                       f"({key.fingerprint}), which is never authorised again. Fix: "
                        f"re-image {name} (recommended), or on it: sudo rm {pi_paths.key_path(play.inventory.pis[name])} "
                        f"{pi_paths.key_path(play.inventory.pis[name])}.pub; then provision-pi --limit {name}")
     play.failed.add(name)

@@ -63,7 +63,7 @@ def test_rerun_changes_nothing_in_few_round_trips(fresh: dict) -> None:
     for host, (changed, bad, trips) in recap(p).items():
         print(f"no-change rerun: {host} round trips = {trips}")
         assert (changed, bad) == (0, 0), host
-        assert trips <= 3, (host, trips)  # the target: at most 3 round trips per host for a no-change rerun
+        assert trips <= 2, (host, trips)  # the target: at most 2 round trips per host for a no-change rerun
 
 
 def test_check_after_converge_reports_nothing(fresh: dict) -> None:

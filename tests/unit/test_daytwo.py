@@ -11,7 +11,7 @@ import pytest
 
 from pitunnel import hostkeys
 from pitunnel.facts import FileState
-from pitunnel.inventory import Inventory, load_inventory
+from pitunnel.inventory import Inventory, Listener, load_inventory
 from pitunnel.inventory.errors import Invalid
 from pitunnel.inventory.values import listen_address
 from pitunnel.roles import rekey, rotate
@@ -130,8 +130,9 @@ def test_the_pis_keys_are_read_from_their_private_halves() -> None:
 
 
 def test_the_vps_reads_which_key_holds_each_listener() -> None:
-    assert vps_keys._live("0.0.0.0:12346 SHA256:abc\n127.0.0.1:20001\n127.0.0.1:20002 SHA256:a SHA256:b\n") == {
-        "0.0.0.0:12346": "SHA256:abc", "127.0.0.1:20001": "", "127.0.0.1:20002": "?"}
+    asked = [Listener(True, 12346), Listener(False, 20001), Listener(False, 20002)]
+    assert vps_keys._live("0.0.0.0:12346 SHA256:abc\n127.0.0.1:20001\n127.0.0.1:20002 SHA256:a SHA256:b\n", asked) == {
+        Listener(True, 12346): "SHA256:abc", Listener(False, 20001): "", Listener(False, 20002): "?"}
 
 
 def test_two_keys_of_a_pi_are_kept_with_the_same_restrictions(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from pitunnel.play import BadLimit, Options, Play, _read_secret
 from pitunnel.remote import Result, SudoRefused, Unreachable
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge, facts_for
+from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
 from pitunnel.shared import SharedReading
 from pitunnel.roles import site
 from pitunnel.roles.contract import PiOffer, listens
@@ -316,7 +317,7 @@ def test_the_listener_wait_passes_once_the_forward_listens(inv: Inventory, monke
     site.wait_listening(play, inv.pis["private"], SharedReading(lambda: frozenset()), tcp_listeners(ss))  # type: ignore[arg-type]
     assert out(capsys) == ["ok private tunnel listening on the VPS - main: 127.0.0.1:20024"]  # already: no wait
     present = tcp_listeners(ss)  # what the wait compares: ss's local addresses against each Pi's listen specs
-    assert {p: [s for s in listens(inv.pis[p]) if s not in present] for p in ("private", "other")} == {
+    assert {p: [s.spec for s in listens(inv.pis[p]) if s.spec not in present] for p in ("private", "other")} == {
         "private": [], "other": ["127.0.0.1:20025"]}
 
 
@@ -425,16 +426,17 @@ class AnsweringVps(FakeRemote):
 def test_the_pis_keys_learnt_by_base_are_written_on_the_vps(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
     import base64
     vps = AnsweringVps("main", {"getent passwd": "pitunnel:x:999:999::/home/pitunnel:/usr/sbin/nologin",
-                                "ssh_host_": "ssh-ed25519 AAAAhost", "authorized_keys": "ABSENT",
+                                "ssh_host_": "cur ssh-ed25519 AAAAhost", "authorized_keys": "ABSENT",
                                 "sshd -T": "permitlisten 127.0.0.1:20024 127.0.0.1:20025"})
     pis = {n: FakeRemote(n) for n in ("private", "other")}
     for pi in pis.values():
         pi.run = lambda script, **_: (_ for _ in ()).throw(StepFailed("the Pi's side is not under test"))  # type: ignore[method-assign]
     play = Play(inv, Options(), Reporter(colour=False), {"main": vps, **pis})  # type: ignore[dict-item]
     key = f"{PI_KEY.get_name()} {PI_KEY.get_base64()}"
-    bases = {"private": pi_steps.PiBase(PiOffer("private", f"{key} pitunnel:private", listens(inv.pis["private"])), False),
-             "other": pi_steps.PiBase(PiOffer("other", "ssh-ed25519 AAAAnot-a-key pitunnel:other",
-                                              listens(inv.pis["other"])), False)}
+    with pytest.raises(BadPublicKey):  # a bad key cannot even be offered: no PublicKey holds it
+        PublicKey("ssh-ed25519", b"not-a-key")
+    bases = {"private": pi_steps.PiBase(PiOffer("private", parse_public_key(key), listens(inv.pis["private"])), False),
+             "other": pi_steps.PiBase(PiOffer("other", None, listens(inv.pis["other"])), False)}
     site.connect(play, bases)
     wanted = authorized_keys(inv, inv.vps["main"], {"private": key}).wanted(FileState(False))
     assert f"{key} pitunnel:private" in wanted and "pitunnel:other" not in wanted  # a bad key is never sent

@@ -28,7 +28,7 @@ from pitunnel.roles.vps import nginx as vps_nginx
 from pitunnel.roles.vps import steps as vps_steps
 from pitunnel.sshkeys import parse_public_key
 from tests.unit.fake_hosts import FakeHost, converged, lines, load, play_on
-from tests.unit.test_site import INVENTORY, offer_line, pi_host, vps_host
+from tests.unit.test_site import INVENTORY, offer_key, pi_host, vps_host
 from tests.unit.test_templates import keygen
 
 AUTO = """
@@ -94,7 +94,7 @@ def test_revoke_remembers_the_pi_then_takes_its_keys_and_routes_off_its_vps_and_
     assert hosts["alpha"].scripts == []  # the Pi is not contacted
     assert play.failed == set()
     saved = read_revoked(revoked_file(inv.path))[0]["alpha"]
-    assert saved.keys == (keys["alpha"],) and saved.ports == {"main": {"ssh": 20022, "web": 20080}}
+    assert saved.keys == (parse_public_key(keys["alpha"]),) and saved.ports == {"main": {"ssh": 20022, "web": 20080}}
     beta = vps_authorized.authorized_line(inv.vps["main"], inv.pis["beta"], keys["beta"]) + "\n"
     assert sent(hosts["main"]) == beta  # alpha's line gone, beta's kept as it was
     # sshd refuses the key outright from now on, for the tunnel account
@@ -127,7 +127,7 @@ def test_revoke_in_check_mode_sends_no_change_and_writes_nothing(tmp_path: Path,
 def test_a_second_revoke_changes_nothing_and_says_so(tmp_path: Path, keys: dict[str, str],
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     load(tmp_path, INVENTORY)
-    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (keys["alpha"],), {"main": {"ssh": 20022, "web": 20080}}))
+    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (parse_public_key(keys["alpha"]),), {"main": {"ssh": 20022, "web": 20080}}))
     inv = load(tmp_path, INVENTORY)
     assert "alpha" in inv.shut and "alpha" not in inv.pis
     main = revoked_vps(inv, keys, alpha=False, routes=False)
@@ -145,7 +145,7 @@ def test_provision_leaves_a_revoked_pi_out_and_its_key_and_routes_off_the_vps(
         tmp_path: Path, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
     before = load(tmp_path, INVENTORY)
-    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (keys["alpha"],), {"main": {"ssh": 20022, "web": 20080}}))
+    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (parse_public_key(keys["alpha"]),), {"main": {"ssh": 20022, "web": 20080}}))
     inv = load(tmp_path, INVENTORY)
     main = inv.vps["main"]
     assert [r.pi for r in vps_nginx.http_routes(inv, main)] == []  # alpha's route stays off
@@ -170,12 +170,12 @@ def test_a_revoked_key_offered_again_is_refused_and_a_new_one_ends_the_revocatio
     monkeypatch.setattr(pi_steps, "tunnel", lambda play, remote, base, host_keys: set())
     monkeypatch.setattr(pi_steps, "passwords_off", lambda play, remote: None)
     load(tmp_path, INVENTORY)
-    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (keys["alpha"],), {"main": {"ssh": 20022, "web": 20080}}))
+    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (parse_public_key(keys["alpha"]),), {"main": {"ssh": 20022, "web": 20080}}))
     inv = load_inventory(tmp_path / "hosts.yml", reinstate=frozenset({"alpha"}))  # provision-pi --limit alpha
     assert "alpha" in inv.pis and "alpha" in inv.revoked
 
     def offer(key: str) -> dict[str, pi_steps.PiBase]:
-        return {"alpha": pi_steps.PiBase(PiOffer("alpha", offer_line(key, "alpha"), listens(inv.pis["alpha"])), False)}
+        return {"alpha": pi_steps.PiBase(PiOffer("alpha", offer_key(key), listens(inv.pis["alpha"])), False)}
 
     hosts = {"main": vps_host(), "alpha": FakeHost("alpha")}
     play = play_on(inv, hosts, limit=frozenset({"alpha"}))  # type: ignore[arg-type]
@@ -206,7 +206,7 @@ def test_a_revoked_pi_removed_from_the_inventory_keeps_its_ports_until_released(
     inv = load(tmp_path, AUTO)
     alpha = {t.name: t.remote_port for t in inv.pis["alpha"].tunnels}
     assert alpha == {"ssh": 20000, "web": 20001}
-    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (keys["alpha"],), {"main": alpha}))
+    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (parse_public_key(keys["alpha"]),), {"main": alpha}))
     text = textwrap.dedent(AUTO)
     without = text[:text.index("  alpha:")] + text[text.index("  beta:"):]  # alpha gone from the inventory
     gamma = without + "  gamma:\n    address: 10.0.0.4\n    tunnels:\n      web: {type: http, local_port: 80, path: /g/}\n"
@@ -253,7 +253,7 @@ def test_limit_naming_a_revoked_pi_says_only_provision_pi_takes_it(tmp_path: Pat
     from pitunnel.play import BadLimit, resolve_limit
 
     load(tmp_path, INVENTORY)
-    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (keys["alpha"],), {}))
+    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (parse_public_key(keys["alpha"]),), {}))
     inv = load(tmp_path, INVENTORY)
     with pytest.raises(BadLimit, match="alpha is revoked .*but provision-pi and provision"):
         resolve_limit(frozenset({"alpha"}), inv)

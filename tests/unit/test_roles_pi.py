@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from pitunnel.facts import FileState
-from pitunnel.inventory import Inventory
+from pitunnel.inventory import Inventory, Listener
 from pitunnel.remote import Credentials
 from pitunnel.ops import Absent, Directory, File, KeyPair, Packages, PackagesAbsent, Service, SystemUser, UserAbsent
 from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed
+from pitunnel.sshkeys import parse_public_key
 from pitunnel.roles.contract import PiOffer
 from pitunnel.roles.pi import status as pi_status
 from pitunnel.roles.pi import paths as pi_paths
@@ -83,8 +84,20 @@ def test_the_tunnel_key_lives_in_the_tunnel_accounts_home(inv: Inventory) -> Non
 
 
 def test_each_tunnel_forwards_its_listener_to_the_pis_own_port(inv: Inventory) -> None:
-    assert pi.forwards(inv.pis["alpha"]) == ["0.0.0.0:20022:127.0.0.1:22", "127.0.0.1:20080:127.0.0.1:8080"]
+    assert [f.spec for f in pi.forwards(inv.pis["alpha"])] == ["0.0.0.0:20022:127.0.0.1:22",
+                                                              "127.0.0.1:20080:127.0.0.1:8080"]
     assert pi_sshd.public_ssh_ports(inv.pis["alpha"]) == [20022] and pi_sshd.public_ssh_ports(inv.pis["beta"]) == []
+
+
+def test_a_listener_and_a_forward_are_values_made_from_the_tunnel(inv: Inventory) -> None:
+    """What the ssh_config, permitlisten and the listening checks read: fields, one spelling (`spec`)."""
+    ssh, web = inv.pis["alpha"].tunnels
+    assert ssh.listener == Listener(True, 20022) and web.listener == Listener(False, 20080)
+    assert (ssh.listener.host, ssh.listener.spec, web.listener.spec) == ("0.0.0.0", "0.0.0.0:20022", "127.0.0.1:20080")
+    assert (web.forward.listener, web.forward.local_port, web.forward.target) == (web.listener, 8080, "127.0.0.1:8080")
+    variables = pi.context(inv.pis["alpha"], inv.vps["main"])
+    assert variables["remote_forwards"] == [{"listen": "0.0.0.0:20022", "target": "127.0.0.1:22"},
+                                           {"listen": "127.0.0.1:20080", "target": "127.0.0.1:8080"}]
 
 
 def test_hung_and_stale_timings_follow_the_keepalives(inv: Inventory) -> None:
@@ -98,7 +111,7 @@ def test_hung_and_stale_timings_follow_the_keepalives(inv: Inventory) -> None:
     variables = pi.context(alpha, main)
     assert variables["hang_after_ms"] == 49000 and variables["stale_after_ms"] == 14000
     assert variables["suspect_after_ms"] == 14000
-    assert variables["forwards"] == pi.forwards(alpha) and variables["key_path"] == pi_paths.key_path(alpha)
+    assert variables["forwards"] == [f.spec for f in pi.forwards(alpha)] and variables["key_path"] == pi_paths.key_path(alpha)
     assert (variables["vps_address"], variables["vps_port"], variables["vps_tunnel_user"]) == ("203.0.113.1", 22, "pitunnel")
     assert variables["tunnel_home"] == "/var/lib/pitunnel" and variables["tunnel_user"] == "pitunnel"
     assert (variables["server_alive_interval"], variables["server_alive_count_max"]) == (11, 3)
@@ -134,15 +147,15 @@ def test_passwords_are_read_as_a_tunnel_login_gets_them(inv: Inventory) -> None:
     ("beta", "passwordauthentication no", "off (sshd -T)"),
 ])
 def test_what_the_run_says_of_password_login(inv: Inventory, name: str, sshd_t: str, said: str) -> None:
-    assert pi_sshd.passwords_observer(inv.pis[name], [inv.vps["main"]]).describe(sshd_t) == said
+    assert pi_sshd.passwords_observer(inv.pis[name], [inv.vps["main"]]).describe(pi_sshd.passwords_on(sshd_t)) == said
 
 
 def test_a_pi_without_a_public_ssh_tunnel_is_not_warned(tmp_path: Path) -> None:
     inv = load(tmp_path, INVENTORY.replace("public: true", "public: false").replace("laptop_key: keys/laptop",
                                                                                      "laptop_key: null"))
     seen = pi_sshd.passwords_observer(inv.pis["alpha"], [inv.vps["main"]])
-    assert seen.describe("passwordauthentication yes") == "on (no public ssh tunnel)"
-    assert seen.describe("") == "unknown (no public ssh tunnel)"
+    assert seen.describe(pi_sshd.passwords_on("passwordauthentication yes")) == "on (no public ssh tunnel)"
+    assert seen.describe(pi_sshd.passwords_on("")) == "unknown (no public ssh tunnel)"
 
 
 # -------------------------------------------------------------------------------------------- base's ops
@@ -169,8 +182,8 @@ def test_a_bad_public_key_fails_its_pi_and_says_how_to_fix(inv: Inventory, keys:
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     _, key = pi.base_ops(inv, inv.pis["alpha"])
     keytype, blob = keys["alpha"].split()[:2]
-    assert pi.refuse_bad_pubkey(Reporter(colour=False), inv.pis["alpha"], key, f"{keytype} {blob} old comment") == \
-        f"{keytype} {blob} pitunnel:alpha"
+    assert pi.refuse_bad_pubkey(Reporter(colour=False), inv.pis["alpha"], key, f"{keytype} {blob} old comment").line \
+        == f"{keytype} {blob}"
     with pytest.raises(StepFailed, match="bad public key"):
         pi.refuse_bad_pubkey(Reporter(colour=False), inv.pis["alpha"], key, "garbage")
     (line,) = lines(capsys)
@@ -195,9 +208,10 @@ def test_base_offers_the_key_found_on_the_pi_and_its_listeners(inv: Inventory, k
              "beta": FakeHost("beta", [pub_answer(inv, "beta", keys["beta"]), PASSWORDS_OFF])}
     found = pi.base(play_on(inv, hosts))  # type: ignore[arg-type]
     keytype, blob = keys["alpha"].split()[:2]
-    assert found["alpha"] == pi.PiBase(PiOffer("alpha", f"{keytype} {blob} pitunnel:alpha",
-                                               ("0.0.0.0:20022", "127.0.0.1:20080")), True)
-    assert found["beta"].offer.listens == ("127.0.0.1:20023",) and found["beta"].penalties is False
+    assert found["alpha"] == pi.PiBase(PiOffer("alpha", parse_public_key(f"{keytype} {blob}"),
+                                               (Listener(True, 20022), Listener(False, 20080))), True)
+    assert [s.spec for s in found["alpha"].offer.listens] == ["0.0.0.0:20022", "127.0.0.1:20080"]
+    assert found["beta"].offer.listens == (Listener(False, 20023),) and found["beta"].penalties is False
     assert not any("ssh-keygen" in body for body in hosts["alpha"].ops)  # a key there is kept
     assert not any(s.startswith("cat ") for s in hosts["alpha"].scripts)  # and not read a second time
     out = lines(capsys)
@@ -212,7 +226,7 @@ def test_base_makes_a_missing_key_on_the_pi_and_reads_its_public_half(inv: Inven
     found = pi.base(play_on(inv, {"beta": host}, limit=frozenset({"beta"})))  # type: ignore[dict-item]
     assert host.applied("ssh-keygen -q -t ed25519 -N '' -C pitunnel:beta -f /home/pi/.ssh/pitunnel_ed25519")
     assert host.scripts[-1] == "cat /home/pi/.ssh/pitunnel_ed25519.pub"
-    assert found["beta"].offer.pubkey == " ".join(keys["beta"].split()[:2]) + " pitunnel:beta"
+    assert found["beta"].offer.pubkey == parse_public_key(keys["beta"])
 
 
 def test_base_in_check_mode_makes_no_key_and_offers_none(inv: Inventory) -> None:
@@ -252,7 +266,7 @@ def test_the_tunnel_pins_the_vpss_keys_and_exempts_loopback_where_penalties_exis
     checked = FakeHost("alpha")
     assert pi.tunnel(play_on(inv, {"alpha": checked}, check=True), checked, pi.PiBase(offer, True),  # type: ignore[arg-type, dict-item]
                      {"main": ()}) == {"main"}
-    assert [o for o in checked.ops if not o.startswith("find ")] == []  # check mode: it would change, changes nothing
+    assert checked.ops == []  # check mode: it would change, changes nothing
 
 
 def test_tunnel_ops_retire_the_single_vps_units_and_the_old_watchdog_timer(inv: Inventory) -> None:
@@ -349,6 +363,19 @@ def test_teardown_runs_on_the_selected_pis_only(inv: Inventory) -> None:
     hosts = {"alpha": FakeHost("alpha", [("is-enabled", "enabled\nactive")]), "beta": FakeHost("beta")}
     pi.teardown(play_on(inv, hosts, limit=frozenset({"alpha"})), purge=False)  # type: ignore[arg-type]
     assert hosts["beta"].scripts == [] and hosts["alpha"].applied("systemctl stop pitunnel@main.service")
+
+
+def test_teardown_reads_the_pis_paths_with_its_facts_and_stops_those_the_inventory_no_longer_names(
+        inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    gone = FakeHost("alpha")  # nothing of pitunnel's left: one read, nothing sent
+    pi.teardown(play_on(inv, {"alpha": gone}, limit=frozenset({"alpha"})), purge=False)  # type: ignore[dict-item]
+    assert gone.round_trips == 1 and gone.ops == []
+    assert "ok alpha the Pi's paths (a folder per VPS) - none" in lines(capsys)
+    old = FakeHost("alpha", [("-printf '%f", "main\nold\n"), (f"is-enabled {pi_paths.unit('old')}", "enabled\nactive")])
+    pi.teardown(play_on(inv, {"alpha": old}, limit=frozenset({"alpha"})), purge=False)  # type: ignore[dict-item]
+    assert old.applied("systemctl stop pitunnel@old.service") and not old.applied("pitunnel@main.service")
+    assert old.round_trips == 3  # read, read again with the old path's facts, apply
+    assert "ok alpha the Pi's paths (a folder per VPS) - main, old" in lines(capsys)
 
 
 # -------------------------------------------------------------------------------------------------- status
@@ -470,8 +497,8 @@ def test_a_tunnel_already_as_wanted_changes_nothing_and_a_changed_config_restart
     base = pi.PiBase(PiOffer("alpha", None, ()), True)
     same = FakeHost("alpha", converged(ops))
     assert not pi.tunnel(play_on(inv, {"alpha": same}), same, base, {"main": ("ssh-ed25519 AAAAvps",)})  # type: ignore[arg-type, dict-item]
-    # two reads (the Pi's VPS folders, then the facts), nothing written
-    assert len(same.scripts) == 2 and [o for o in same.ops if not o.startswith("find /etc/pitunnel ")] == []
+    # one read (the Pi's VPS folders with the other facts), nothing written
+    assert len(same.scripts) == 1 and same.ops == []
     assert all(l.startswith("ok ") for l in lines(capsys))
     moved = FakeHost("alpha", converged(ops))  # the VPS has a new host key: the pin changes, the tunnel restarts
     assert pi.tunnel(play_on(inv, {"alpha": moved}), moved, base,  # type: ignore[arg-type, dict-item]
@@ -479,6 +506,23 @@ def test_a_tunnel_already_as_wanted_changes_nothing_and_a_changed_config_restart
     assert lines(capsys)[-1] == "changed alpha handler restart tunnel main - ran once"
     assert moved.applied("systemctl try-restart pitunnel@main.service")
     assert not moved.applied("pitunnel-watchdog@main.service")
+
+
+def test_a_path_to_a_vps_the_pi_no_longer_names_is_retired(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.unit.fake_hosts import converged
+    alpha, main = inv.pis["alpha"], inv.vps["main"]
+    ops = [*pi.tunnel_ops(inv, alpha, main, ["ssh-ed25519 AAAAvps"]), *pi.loopback_ops(alpha, penalties=True)]
+    running = [(f"is-enabled {u}", "enabled\nactive") for u in (pi_paths.unit("old"), pi_paths.watchdog_unit("old"))]
+    there = [(f"-e {p} ]", "yes") for p in (pi_paths.vps_config_dir("old"), pi_paths.watchdog_path("old"))]
+    host = FakeHost("alpha", [("-printf '%f", "main\nold\nNot-A-Name\n"), *running, *there, *converged(ops)])
+    assert not pi.tunnel(play_on(inv, {"alpha": host}), host, pi.PiBase(PiOffer("alpha", None, ()), True),  # type: ignore[arg-type, dict-item]
+                         {"main": ("ssh-ed25519 AAAAvps",)})
+    assert "ok alpha the Pi's paths (a folder per VPS) - main, old" in lines(capsys)
+    for command in ("systemctl disable --quiet pitunnel@old.service", "systemctl disable --quiet pitunnel-watchdog@old.service",
+                    f"rm -rf {pi_paths.vps_config_dir('old')}", f"rm -rf {pi_paths.watchdog_path('old')}"):
+        assert host.applied(command), command
+    assert not host.applied("pitunnel@main.service") and not host.applied("Not-A-Name")
+    assert len(host.scripts) == 3  # read, read again with the retired path's facts, apply
 
 
 def test_base_on_a_fresh_pi(inv: Inventory, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from pitunnel.facts import FileState
-from pitunnel.inventory import Inventory
+from pitunnel.inventory import Inventory, Listener
 from pitunnel.ops import File, PackagesAbsent, Pruned
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed
+from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, VpsFacts
 from pitunnel.roles.site import provision_vps
 from pitunnel.roles.vps import authorized as vps_authorized
@@ -71,7 +72,7 @@ def state(text: str, owner: str = "pitunnel", mode: str = "600") -> str:
 
 
 def main_host(*first: tuple[str, str], **kw: object) -> FakeHost:
-    return FakeHost("main", [*first, ("|| echo MISSING", ACCOUNT), ("ssh_host_", "ssh-ed25519 AAAAone\n\nssh-rsa AAAAtwo\n"),
+    return FakeHost("main", [*first, ("|| echo MISSING", ACCOUNT), ("ssh_host_", "cur ssh-ed25519 AAAAone root@vps\n\ncur ssh-rsa AAAAtwo\n"),
                              ("ss -Htln", "LISTEN 0 128 0.0.0.0:20022 0.0.0.0:*\n"), ("permitlisten", PERMITTED),
                              ("authorized_keys", "ABSENT")], **kw)  # type: ignore[arg-type]
 
@@ -82,13 +83,13 @@ def main_host(*first: tuple[str, str], **kw: object) -> FakeHost:
 def test_authorise_writes_the_offered_keys_and_tells_the_pis_what_they_need(inv: Inventory, key: str,
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
     host = main_host()
-    offers = [PiOffer("alpha", f"{key} pitunnel:alpha", ("0.0.0.0:20022",)), PiOffer("beta", None, ("127.0.0.1:20023",))]
+    offers = [PiOffer("alpha", parse_public_key(key), (Listener(True, 20022),)), PiOffer("beta", None, (Listener(False, 20023),))]
     found = vps.authorise(host, inv, inv.vps["main"], offers, Reporter(colour=False), Mode())  # type: ignore[arg-type]
     assert found == VpsFacts(("ssh-ed25519 AAAAone", "ssh-rsa AAAAtwo"), frozenset({"0.0.0.0:20022"}))
     wanted = vps_authorized.authorized_keys(inv, inv.vps["main"], {"alpha": key}).wanted(FileState(False))
     assert host.applied(base64.b64encode(wanted.encode()).decode()) and "pitunnel:beta" not in wanted
     assert len(host.scripts) == 2  # one read for the checks and the keys, one write
-    in_order(lines(capsys), ["ok main tunnel account pitunnel - present", "ok main VPS host keys - 3 host keys read",
+    in_order(lines(capsys), ["ok main tunnel account pitunnel - present", "ok main VPS host keys - 2 host keys read",
                              "ok main listeners on the VPS - read", "ok main listeners sshd permits the tunnel account - read",
                              "changed main authorized keys of the Pis - create"])
 
@@ -97,7 +98,7 @@ def test_authorise_again_changes_nothing_in_one_round_trip(inv: Inventory, key: 
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     wanted = vps_authorized.authorized_keys(inv, inv.vps["main"], {"alpha": key}).wanted(FileState(False))
     host = main_host(("authorized_keys", state(wanted)))
-    vps.authorise(host, inv, inv.vps["main"], [PiOffer("alpha", f"{key} pitunnel:alpha", ())],  # type: ignore[arg-type]
+    vps.authorise(host, inv, inv.vps["main"], [PiOffer("alpha", parse_public_key(key), ())],  # type: ignore[arg-type]
                   Reporter(colour=False), Mode())
     assert len(host.scripts) == 1 and host.ops == []
     assert "ok main authorized keys of the Pis - already as wanted" in lines(capsys)
@@ -129,8 +130,8 @@ def test_a_pi_offering_another_pis_key_is_refused_and_the_pi_it_belongs_to_keeps
     line came first and beta's tunnel got alpha's permitlisten."""
     now = vps_authorized.authorized_keys(inv, inv.vps["main"], {"alpha": key, "beta": key2}).wanted(FileState(False))
     host = main_host(("authorized_keys", state(now)))
-    offers = [PiOffer("alpha", f"{key2} pitunnel:alpha", ("0.0.0.0:20022",)),
-              PiOffer("beta", f"{key2} pitunnel:beta", ("127.0.0.1:20023",))]
+    offers = [PiOffer("alpha", parse_public_key(key2), (Listener(True, 20022),)),
+              PiOffer("beta", parse_public_key(key2), (Listener(False, 20023),))]
     found = vps.authorise(host, inv, inv.vps["main"], offers, Reporter(colour=False), Mode())  # type: ignore[arg-type]
     assert found.refused == frozenset({"alpha"})
     assert host.ops == []  # nothing to write: alpha keeps its own key's line, beta its own
@@ -143,7 +144,7 @@ def test_a_pi_is_refused_another_pis_key_before_anything_is_written_the_other_pi
         inv: Inventory, key: str, key2: str, capsys: pytest.CaptureFixture[str]) -> None:
     only_beta = vps_authorized.authorized_keys(inv, inv.vps["main"], {"beta": key2}).wanted(FileState(False))
     host = main_host(("authorized_keys", state(only_beta)))
-    offers = [PiOffer("alpha", f"{key2} pitunnel:alpha", ()), PiOffer("beta", f"{key2} pitunnel:beta", ())]
+    offers = [PiOffer("alpha", parse_public_key(key2), ()), PiOffer("beta", parse_public_key(key2), ())]
     found = vps.authorise(host, inv, inv.vps["main"], offers, Reporter(colour=False), Mode())  # type: ignore[arg-type]
     assert found.refused == frozenset({"alpha"}) and host.ops == []
     # a key neither had on this VPS, offered by both (first provision): whose it is cannot be told
@@ -160,7 +161,7 @@ def test_a_key_the_file_lists_for_two_pis_is_kept_for_neither(inv: Inventory, ke
     alpha, beta = inv.pis["alpha"], inv.pis["beta"]
     text = vps_authorized.authorized_line(inv.vps["main"], alpha, key2) + "\n" + vps_authorized.authorized_line(inv.vps["main"], beta, key2) + "\n"
     host = main_host(("authorized_keys", state(text)))
-    offers = [PiOffer("alpha", f"{key} pitunnel:alpha", ()), PiOffer("beta", f"{key2} pitunnel:beta", ())]
+    offers = [PiOffer("alpha", parse_public_key(key), ()), PiOffer("beta", parse_public_key(key2), ())]
     # alpha offers its own key again: nothing is shared any more, each Pi has its own line
     found = vps.authorise(host, inv, inv.vps["main"], offers, Reporter(colour=False), Mode())  # type: ignore[arg-type]
     assert found.refused == frozenset()
@@ -182,7 +183,7 @@ def test_settle_keys_covers_next_keys_and_leaves_the_refused_pi_what_the_file_ha
 
 
 def test_what_the_vps_reads_of_itself() -> None:
-    assert vps.HOST_KEYS.process("ssh-ed25519 A\nssh-rsa B\n") == ("ssh-ed25519 A", "ssh-rsa B")
+    assert vps.HOST_KEYS.process("cur ssh-ed25519 A root@vps\ncur ssh-rsa B\n").current == ("ssh-ed25519 A", "ssh-rsa B")
     fact = vps.permitted_fact(load_vps())
     assert "sshd -T -C user=pitunnel,host=pitunnel,addr=192.0.2.1 " in fact.script
     assert fact.process("permitlisten 0.0.0.0:20022 127.0.0.1:20023\n") == frozenset({"0.0.0.0:20022", "127.0.0.1:20023"})
@@ -315,10 +316,9 @@ def test_the_default_server_note() -> None:
 
 
 def test_authorise_fails_without_raising_for_a_key_that_is_not_one(inv: Inventory) -> None:
-    host = main_host()
-    vps.authorise(host, inv, inv.vps["main"], [PiOffer("alpha", "ssh-ed25519 notakey pitunnel:alpha", ())],  # type: ignore[arg-type]
-                  Reporter(colour=False), Mode())
-    assert not any("notakey" in body for body in host.ops)
+    # a key that is not one cannot be offered: no PublicKey holds it (the Pi's base refuses it, test_roles_pi)
+    with pytest.raises(BadPublicKey):
+        PiOffer("alpha", PublicKey("ssh-ed25519", b"notakey"), ())
     with pytest.raises(StepFailed):
         vps.authorise(FakeHost("main", [("|| echo MISSING", "MISSING")]), inv, inv.vps["main"], [],  # type: ignore[arg-type]
                       Reporter(colour=False), Mode())

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from pitunnel.facts import FileState
-from pitunnel.inventory import Inventory
+from pitunnel.inventory import Inventory, Listener
 from pitunnel.roles import site
+from pitunnel.sshkeys import PublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, VpsFacts, listens
 from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import role as pi_role
@@ -66,7 +67,7 @@ def inv(tmp_path: Path) -> Inventory:
 
 def vps_host(name: str = "main", *, account: str = ACCOUNT, permitted: str = PERMITTED, ss: str = ALL_LISTENERS,
              journal: list[str] | None = None) -> FakeHost:
-    return FakeHost(name, [("|| echo MISSING", account), ("ssh_host_", "ssh-ed25519 AAAAhostkey\n"),
+    return FakeHost(name, [("|| echo MISSING", account), ("ssh_host_", "cur ssh-ed25519 AAAAhostkey\n"),
                            ("ss -Htln", ss), ("permitlisten", permitted), ("authorized_keys", "ABSENT")],
                     [("ss -Htln", ss)], journal=journal)
 
@@ -78,12 +79,12 @@ def pi_host(inv: Inventory, name: str, pub: str | None, journal: list[str] | Non
 
 
 def changes(host: FakeHost) -> list[str]:
-    """What `host` was sent other than reads (a Pi's VPS folders are read with find, outside the facts)."""
-    return [body for body in host.ops if not body.startswith("find /etc/pitunnel ")]
+    """What `host` was sent other than reads."""
+    return list(host.ops)
 
 
-def offer_line(key: str, pi: str) -> str:
-    return " ".join(key.split()[:2]) + f" pitunnel:{pi}"
+def offer_key(key: str) -> PublicKey:
+    return parse_public_key(key)
 
 
 def written(host: FakeHost, path: str, content: str) -> bool:
@@ -175,7 +176,7 @@ def test_connect_tunnels_only_the_pis_that_have_a_key(inv: Inventory, keys: dict
     hosts = {"main": vps_host(), "alpha": FakeHost("alpha"), "beta": FakeHost("beta")}
     play = play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"}))  # type: ignore[arg-type]
     bases = {"alpha": pi_steps.PiBase(PiOffer("alpha", None, listens(inv.pis["alpha"])), False),
-             "beta": pi_steps.PiBase(PiOffer("beta", offer_line(keys["beta"], "beta"), listens(inv.pis["beta"])), False)}
+             "beta": pi_steps.PiBase(PiOffer("beta", offer_key(keys["beta"]), listens(inv.pis["beta"])), False)}
     site.connect(play, bases)
     assert hosts["alpha"].scripts == [] and hosts["beta"].applied("pitunnel@main.service")
     keys_file = "\n".join(b for b in hosts["main"].ops if "authorized_keys" in b)
@@ -210,7 +211,7 @@ def test_an_unchanged_tunnel_already_listening_is_not_waited_for(inv: Inventory,
     hosts = {"main": vps_host(), "beta": FakeHost("beta")}
     play = play_on(inv, hosts, limit=frozenset({"main", "beta"}))  # type: ignore[arg-type]
     monkeypatch.setattr(pi_steps, "passwords_off", lambda play, remote: None)
-    site.connect(play, {"beta": pi_steps.PiBase(PiOffer("beta", offer_line(keys["beta"], "beta"), ("127.0.0.1:20023",)), False)})
+    site.connect(play, {"beta": pi_steps.PiBase(PiOffer("beta", offer_key(keys["beta"]), (Listener(False, 20023),)), False)})
     assert "ok beta tunnel listening on the VPS - main: 127.0.0.1:20023" in lines(capsys)
     assert not any(s == "ss -Htln" for s in hosts["main"].scripts)  # the VPS's own reading sufficed
 
@@ -227,6 +228,27 @@ def test_provision_converges_the_vps_and_the_pis_base_then_connects_them(inv: In
     beta = vps_authorized.authorized_keys(inv, inv.vps["main"], {"beta": " ".join(keys["beta"].split()[:2])})
     assert main.applied(vps_role.D["sshd_dropin"]) and written(main, "authorized_keys", beta.wanted(FileState(False)))
     assert hosts["beta"].applied("systemctl start pitunnel@main.service")
+
+
+def test_a_provision_that_changes_nothing_costs_each_host_two_round_trips(inv: Inventory, keys: dict[str, str],
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from pitunnel.roles.vps import steps as vps_steps
+    from tests.unit.fake_hosts import converged
+    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
+    main, alpha = inv.vps["main"], inv.pis["alpha"]
+    offered = vps_authorized.keys_ops(inv, main, {"alpha": " ".join(keys["alpha"].split()[:2])})
+    vps = FakeHost("main", [*converged([*offered, vps_steps.packages(main), *vps_steps.converge_ops(inv, main)]),
+                            ("|| echo MISSING", ACCOUNT), ("ssh_host_", "cur ssh-ed25519 AAAAhostkey root@main\n"),
+                            ("ss -Htln", ALL_LISTENERS), ("permitlisten", PERMITTED)])
+    base, _ = pi_steps.base_ops(inv, alpha)
+    pi = FakeHost("alpha", [(pi_paths.key_path(alpha), f"PUB {keys['alpha']}"), ("-printf '%f", "main\n"),
+                            ("passwordauthentication|kbd", "passwordauthentication no"),
+                            *converged([*base, *pi_steps.tunnel_ops(inv, alpha, main, ["ssh-ed25519 AAAAhostkey"])])])
+    play = play_on(inv, {"main": vps, "alpha": pi}, limit=frozenset({"main", "alpha"}))
+    site.provision(play)
+    assert play.failed == set() and vps.ops == [] and pi.ops == []
+    # the VPS: one read for its converge, one for the Pis' keys; the Pi: one for its base, one for its tunnel
+    assert (vps.round_trips, pi.round_trips) == (2, 2)
 
 
 def test_vpses_of_the_pis_once_each_in_order(inv: Inventory) -> None:
@@ -356,7 +378,7 @@ def test_a_vps_is_offered_only_its_own_pis(inv: Inventory, keys: dict[str, str],
     hosts = {"main": vps_host(permitted="permitlisten 127.0.0.1:20023"), "spare": vps_host("spare"),
              "beta": FakeHost("beta"), "gamma": FakeHost("gamma")}
     play = play_on(inv, hosts, limit=frozenset({"main", "spare", "beta", "gamma"}))  # type: ignore[arg-type]
-    bases = {n: pi_steps.PiBase(PiOffer(n, offer_line(keys[n], n), listens(inv.pis[n])), False) for n in ("beta", "gamma")}
+    bases = {n: pi_steps.PiBase(PiOffer(n, offer_key(keys[n]), listens(inv.pis[n])), False) for n in ("beta", "gamma")}
     site.connect(play, bases)
     assert play.failed == set()  # main permits beta's listener; gamma's is spare's business
 

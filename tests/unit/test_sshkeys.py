@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from pitunnel.sshkeys import BadPublicKey, parse_public_key
+from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
 
 
 def openssh(key: object) -> str:
@@ -70,3 +70,17 @@ def test_the_line_is_re_encoded_not_copied() -> None:
     """Base64 without its padding decodes the same, but only the canonical form is written out."""
     keytype, b64 = ED.split()
     assert parse_public_key(f"{keytype} {b64}").base64 == b64
+
+
+@pytest.mark.parametrize(("keytype", "data", "why"), [
+    ("ssh-ed25519", b"not-a-key", "not a sequence of SSH strings"),
+    ("ssh-ed25519", base64.b64decode(blob(b"ssh-rsa", b"\1", b"\2")), "says 'ssh-rsa', not ssh-ed25519"),
+    ("ssh-ed25519", base64.b64decode(blob(b"ssh-ed25519", b"short")), "32 bytes, this one 5"),
+    ("ssh-dss", base64.b64decode(blob(b"ssh-dss", b"p", b"q", b"g", b"y")), "unknown key type 'ssh-dss'"),
+])
+def test_a_public_key_is_a_key_however_it_is_made(keytype: str, data: bytes, why: str) -> None:
+    """A PublicKey is checked when it is made, not only when text is parsed: what travels as one is a key."""
+    with pytest.raises(BadPublicKey, match=why):
+        PublicKey(keytype, data)
+    key = parse_public_key(ED)
+    assert PublicKey(key.keytype, key.blob) == key

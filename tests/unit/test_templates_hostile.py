@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from pitunnel.facts import Facts
-from pitunnel.inventory import Inventory, load_inventory
+from pitunnel.inventory import Forward, Inventory, load_inventory
 from pitunnel.inventory import values as checks
 from pitunnel.inventory.checks import IMAGE_LOGINS
 from pitunnel.inventory.errors import Invalid
@@ -304,10 +304,9 @@ def shape(out: dict[str, str], v: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def forward(spec: str) -> str:
-    """A -R spec as `ssh -G` prints it: LISTEN-ADDRESS:PORT:127.0.0.1:PORT as "[ADDRESS]:PORT [127.0.0.1]:PORT"."""
-    address, port, host, local = spec.split(":")
-    return f"[{address}]:{port} [{host}]:{local}"
+def forward(f: Forward) -> str:
+    """A forward as `ssh -G` prints it: "[LISTEN-ADDRESS]:PORT [127.0.0.1]:PORT"."""
+    return f"[{f.listener.host}]:{f.listener.port} [127.0.0.1]:{f.local_port}"
 
 
 @HOSTILE

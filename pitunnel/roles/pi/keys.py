@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pitunnel.facts import Fact, FileState
+from pitunnel.facts import Fact, FileState, read
 from pitunnel.inventory import PiSpec
 from pitunnel.ops import File, q
 from pitunnel.remote import Remote
@@ -51,8 +51,7 @@ def keys_fact(pi: PiSpec) -> Fact[PiKeys]:
 
 
 def read_keys(remote: Remote, pi: PiSpec) -> PiKeys:
-    fact = keys_fact(pi)
-    return fact.process(remote.run(fact.script).stdout)
+    return read(remote, keys_fact(pi))
 
 
 def make_next(pi: PiSpec) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from pitunnel.facts import Fact, command_fact
+from pitunnel.facts import Fact
 from pitunnel.inventory import PiSpec, TunnelSpec, VpsSpec
 from pitunnel.ops import Observe
 
@@ -23,20 +23,20 @@ def penalties_observer() -> Observe[bool]:
     return Observe(PENALTIES, lambda on: "yes" if on else "no (older OpenSSH)", title="sshd has per-source penalties")
 
 
-def sshd_passwords_fact(pi: PiSpec) -> Fact[str]:
-    """The Pi's effective password settings for its login user, as a connection through a tunnel gets
-    them (from 127.0.0.1): `sshd -T` is the truth, whatever drop-in (cloud-init's, ours) set them."""
-    spec = shlex.quote(f"user={pi.user},host=localhost,addr=127.0.0.1")
-    return command_fact("sshd-passwords-loopback", f"sshd -T -C {spec} "
-                        "2>/dev/null | grep -iE '^(passwordauthentication|kbdinteractiveauthentication) ' || true")
-
-
 def passwords_on(fact_output: str) -> bool | None:
     """True if sshd lets a password in (directly or by keyboard-interactive), None if it could not tell."""
     settings = dict(line.lower().split(None, 1) for line in fact_output.splitlines() if len(line.split()) == 2)
     if "passwordauthentication" not in settings:
         return None
     return "yes" in (settings.get("passwordauthentication"), settings.get("kbdinteractiveauthentication"))
+
+
+def sshd_passwords_fact(pi: PiSpec) -> Fact[bool | None]:
+    """Does the Pi's sshd let its login user in with a password, as a connection through a tunnel gets its
+    settings (from 127.0.0.1)? `sshd -T` is the truth, whatever drop-in (cloud-init's, ours) set them."""
+    spec = shlex.quote(f"user={pi.user},host=localhost,addr=127.0.0.1")
+    return Fact("sshd-passwords-loopback", f"sshd -T -C {spec} "
+                "2>/dev/null | grep -iE '^(passwordauthentication|kbdinteractiveauthentication) ' || true", passwords_on)
 
 
 def public_ssh_tunnels(pi: PiSpec) -> list[TunnelSpec]:
@@ -60,9 +60,8 @@ def password_warning(pi: PiSpec, vpses: Sequence[VpsSpec], on: bool | None) -> s
             f"127.0.0.1 as far as the Pi can tell; set `disable_password_login: true` for {pi.name} once key login works")
 
 
-def passwords_observer(pi: PiSpec, vpses: Sequence[VpsSpec]) -> Observe[str]:
-    def describe(value: str) -> str:
-        on = passwords_on(value)
+def passwords_observer(pi: PiSpec, vpses: Sequence[VpsSpec]) -> Observe[bool | None]:
+    def describe(on: bool | None) -> str:
         if password_warning(pi, vpses, on):
             return "on, with a public ssh tunnel (see the WARNING)"
         if on is False:

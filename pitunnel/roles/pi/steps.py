@@ -9,26 +9,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pitunnel.facts import Fact
 from pitunnel.hostkeys import known_name
-from pitunnel.inventory import Inventory, PiSpec, VpsSpec
-from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Later, Op, Packages, PackagesAbsent,
+from pitunnel.inventory import Forward, Inventory, PiSpec, VpsSpec
+from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Later, Observe, Op, Packages, PackagesAbsent,
                           Service, SystemUser, UserAbsent, arm_later, managed_lines)
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed, converge, facts_for, sshd_reload
-from pitunnel.sshkeys import BadPublicKey, parse_public_key
-from pitunnel.roles.contract import PiOffer, listen_spec, listens
+from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
+from pitunnel.roles.contract import PiOffer, listens
 from pitunnel.roles.pi.paths import (home_of, key_comment, key_path, tunnel_home, unit, vps_config_dir, watchdog_path,
                                      watchdog_unit)
 from pitunnel.roles.pi.role import D, ROLE
-from pitunnel.roles.pi.sshd import (PENALTIES, password_warning, passwords_observer, passwords_on,
-                                    penalties_observer)
+from pitunnel.roles.pi.sshd import PENALTIES, password_warning, passwords_observer, penalties_observer
 
 
-def forwards(pi: PiSpec) -> list[str]:
+def forwards(pi: PiSpec) -> list[Forward]:
     """Every -R of this Pi on its VPS `pi.vps`: listen where the inventory says, forward to the Pi's own port."""
-    return [f"{listen_spec(t)}:127.0.0.1:{t.local_port}" for t in pi.tunnels]
+    return [t.forward for t in pi.tunnels]
 
 
 def laptop_key_line(inv: Inventory) -> str | None:
@@ -38,11 +38,11 @@ def laptop_key_line(inv: Inventory) -> str | None:
     return f"{keytype} {blob} {D['laptop_key_marker']}"
 
 
-def refuse_bad_pubkey(reporter: Reporter, pi: PiSpec, key: KeyPair, text: str) -> str:
-    """The Pi's reported public key, or a failure for this Pi alone: a key that does not parse is never
-    sent to the VPS's authorized_keys."""
+def refuse_bad_pubkey(reporter: Reporter, pi: PiSpec, key: KeyPair, text: str) -> PublicKey:
+    """The Pi's reported public key, parsed here once, or a failure for this Pi alone: a key that does not
+    parse is never sent to the VPS's authorized_keys."""
     try:
-        return parse_public_key(text).line + f" {key.comment}"
+        return parse_public_key(text)
     except BadPublicKey as exc:
         reporter.line(pi.name, "failed", key.title,
                       f"{key.path}.pub is not a public key ({exc}); it is not sent to the VPS. Fix: on {pi.name}, "
@@ -79,13 +79,14 @@ def loopback_ops(pi: PiSpec, *, penalties: bool) -> list[Op]:
 
 def context(pi: PiSpec, vps: VpsSpec) -> dict[str, Any]:
     """The variables the Pi's templates are rendered with for its path through `vps` (the role's defaults
-    under them), here and by the Ansible benchmark (benchmarks/ansible/inventory.py) alike."""
+    under them), here and by the Ansible benchmark (benchmarks/ansible/inventory.py) alike: plain data (the
+    benchmark writes them as YAML), each forward as its fields (`listen`, `target`), never a string to cut."""
     forwards_there = forwards(pi.on(vps.name))
     return dict(pi=pi.name, vps=vps.name, vps_address=vps.address, vps_port=vps.port,
                 vps_tunnel_user=vps.tunnel_user, key_path=key_path(pi), tunnel_user=pi.tunnel_user,
                 tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
-                server_alive_count_max=pi.server_alive_count_max, forwards=forwards_there,
-                remote_forwards=[f.replace(":127.0.0.1:", " 127.0.0.1:", 1) for f in forwards_there],
+                server_alive_count_max=pi.server_alive_count_max, forwards=[f.spec for f in forwards_there],
+                remote_forwards=[dict(listen=f.listener.spec, target=f.target) for f in forwards_there],
                 connect_timeout=D["tunnel_connect_timeout"], hang_after_ms=hang_after_ms(pi),
                 stale_after_ms=stale_after_ms(pi), suspect_after_ms=suspect_after_ms(pi, vps),
                 check_every=D["watchdog_every"],
@@ -254,10 +255,10 @@ def base(play: Play) -> dict[str, PiBase]:
         if found.public is not None:  # the .pub exists: whatever it holds must be a key
             refuse_bad_pubkey(reporter, pi, key, found.public)
         converge(remote, everything, reporter, mode, known=known)
-        warning = password_warning(pi, inv.vpses_of(pi), passwords_on(known.value(passwords.fact)))
+        warning = password_warning(pi, inv.vpses_of(pi), known.value(passwords.fact))
         if warning:
             reporter.warn(pi.name, warning)
-        pubkey = None
+        pubkey: PublicKey | None = None
         if found.kept and found.public is not None:
             pubkey = refuse_bad_pubkey(reporter, pi, key, found.public)
         elif not mode.check:
@@ -267,23 +268,37 @@ def base(play: Play) -> dict[str, PiBase]:
     return play.each_selected(inv.pis.values(), one)
 
 
-def instances(remote: Remote) -> set[str]:
-    """The VPSes the Pi has a path to now: a folder of its own under config_dir."""
-    out = remote.run(f"find {D['config_dir']} -mindepth 1 -maxdepth 1 -type d -printf '%f\\n' 2>/dev/null || true")
-    return {name for name in out.stdout.split() if re.fullmatch(r"[a-z][a-z0-9-]{0,30}", name)}
+def vps_folders(output: str) -> frozenset[str]:
+    return frozenset(name for name in output.split() if re.fullmatch(r"[a-z][a-z0-9-]{0,30}", name))
+
+
+# The VPSes the Pi has a path to now: a folder of its own under config_dir.
+VPS_FOLDERS = Fact("vps-folders", f"find {D['config_dir']} -mindepth 1 -maxdepth 1 -type d -printf '%f\\n' "
+                   "2>/dev/null || true", vps_folders)
+
+
+def paths_observer() -> Observe[frozenset[str]]:
+    """The VPSes the Pi has a path to now, read with a step's other facts."""
+    return Observe(VPS_FOLDERS, lambda found: ", ".join(sorted(found)) or "none", title="the Pi's paths (a folder per VPS)")
 
 
 def tunnel(play: Play, remote: Remote, base: PiBase, host_keys: dict[str, tuple[str, ...]]) -> set[str]:
     """The Pi's tunnel to each VPS in `host_keys` (its VPSes that answered), pinning that VPS's host keys; a
     path whose VPS did not answer is left as it is; a VPS the Pi no longer names loses its instance. Returns
-    the VPSes whose path changed (or would)."""
+    the VPSes whose path changed (or would). The Pi's paths are read with the facts of the ops, in one round
+    trip: a rerun that changes nothing costs that one read."""
     inv = play.inventory
     pi = inv.pis[remote.name]
-    retired = sorted(instances(remote) - set(pi.all_vps))
     paths = {v: path_ops(pi, inv.vps[v], list(keys)) for v, keys in host_keys.items()}
-    ops = [*template_ops(pi), *(op for v in retired for op in retired_path_ops(v)),
-           *(op for v in pi.all_vps if v in paths for op in paths[v]), *loopback_ops(pi, penalties=base.penalties)]
-    done = converge(remote, ops, play.reporter, play.options.mode, handlers(remote, vpses=pi.all_vps))
+    folders = paths_observer()
+    shared = template_ops(pi)
+    own = [*(op for v in pi.all_vps if v in paths for op in paths[v]), *loopback_ops(pi, penalties=base.penalties)]
+    known = facts_for(remote, [folders, *shared, *own])
+    retired = sorted(known.value(VPS_FOLDERS) - set(pi.all_vps))
+    ops = [folders, *shared, *(op for v in retired for op in retired_path_ops(v)), *own]
+    # a retired path's facts were not read: then the converge reads the host again (it changes it anyway)
+    done = converge(remote, ops, play.reporter, play.options.mode, handlers(remote, vpses=pi.all_vps),
+                    known=None if retired else known)
     riding = restart(getattr(remote, "gateway_name", "-"))[0]
     if remote.through_tunnel and not play.options.check and any(
             done.changes(op) for op in ops if riding in op.notify):
@@ -367,8 +382,15 @@ def teardown(play: Play, *, purge: bool) -> None:
         pi = inv.pis[remote.name]
         remote.connection()  # a Pi with via: auto chooses its path now
         riding = getattr(remote, "gateway_name", None) if remote.through_tunnel else None
-        converge(remote, teardown_ops(inv, pi, purge=purge, present=tuple(sorted(instances(remote))), riding=riding),
-                 play.reporter, play.options.mode, handlers(remote, "teardown"))
+        folders = paths_observer()
+        ops = [folders, *teardown_ops(inv, pi, purge=purge, riding=riding)]
+        known = facts_for(remote, ops)
+        found: frozenset[str] = known.value(VPS_FOLDERS)
+        others = tuple(sorted(found - set(pi.all_vps)))
+        if others:  # paths to VPSes the inventory no longer names: their facts were not read, so read again
+            ops = [folders, *teardown_ops(inv, pi, purge=purge, present=others, riding=riding)]
+        converge(remote, ops, play.reporter, play.options.mode, handlers(remote, "teardown"),
+                 known=None if others else known)
         if inv.settings.laptop_key is not None:
             if another_way_in(inv, pi, remote):
                 converge(remote, [laptop_key_removal(pi)], play.reporter, play.options.mode,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pitunnel.facts import Fact, Facts, command_fact
+from pitunnel.facts import Fact, Facts
 from pitunnel.inventory import AcmeSpec, VpsSpec
 from pitunnel.ops import Op, Plan, q, record_commands, record_fact, recorded, unrecord_commands
 from pitunnel.roles.vps.role import D
@@ -60,8 +60,9 @@ def parse(output: str) -> AcmeFound:
         if parts[0] == "GIVEN" and len(parts) == 2:
             given = parts[1].strip()
         elif len(parts) == 5 and parts[0].startswith(D["acme_cert_prefix"]):
-            name = parts[0][len(D["acme_cert_prefix"]):]
-            certs[name] = CertState(parts[1].strip(), parts[2] == "yes", parts[3] == "yes", parts[4].strip())
+            full, server, live, kept, not_after = parts
+            certs[full[len(D["acme_cert_prefix"]):]] = CertState(server.strip(), live == "yes", kept == "yes",
+                                                                  not_after.strip())
     return AcmeFound(certs, given)
 
 
@@ -174,6 +175,12 @@ class CertificatesReleased(Op):
                     "a CA rate-limits new certificates)")
 
 
+def folder(output: str) -> frozenset[str] | None:
+    """The names in a folder (`ls -A`); None: no folder."""
+    found = output.split()
+    return None if found == ["ABSENT"] else frozenset(found)
+
+
 @dataclass
 class FolderGone(Op):
     """Teardown: a folder pitunnel's files were put in goes, if nothing but those (`ours`, removed by ops
@@ -186,16 +193,16 @@ class FolderGone(Op):
     def __post_init__(self) -> None:
         self.title = self.title or f"folder {self.path} gone if empty"
 
-    def fact(self) -> Fact[str]:
-        return command_fact(f"folder:{self.path}", f"[ -d {q(self.path)} ] && ls -A {q(self.path)} || echo ABSENT")
+    def fact(self) -> Fact[frozenset[str] | None]:
+        return Fact(f"folder:{self.path}", f"[ -d {q(self.path)} ] && ls -A {q(self.path)} || echo ABSENT", folder)
 
     def facts(self) -> list[Fact[Any]]:
         return [self.fact()]
 
     def plan(self, facts: Facts) -> Plan:
-        found = facts.output(self.fact()).split()
-        if found == ["ABSENT"]:
+        found = facts.value(self.fact())
+        if found is None:
             return Plan([], "not there")
-        if set(found) - self.ours:
+        if found - self.ours:
             return Plan([], "kept: it holds files that are not pitunnel's")
         return Plan([f"rmdir {q(self.path)}"], "remove (empty once pitunnel's files are gone)")

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 
 from pitunnel.facts import FileState
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
-from pitunnel.inventory.revoked import records, revoked_key
+from pitunnel.inventory.revoked import records
 from pitunnel.ops import File, Op
 from pitunnel.report import Reporter
 from pitunnel.sshkeys import BadPublicKey, parse_public_key
-from pitunnel.roles.contract import listen_spec
 from pitunnel.roles.vps.role import D
 from pitunnel.roles.vps.sessions import SessionsEnded
 
@@ -21,7 +20,7 @@ KEY_MARKER = "pitunnel:"
 
 def authorized_line(vps: VpsSpec, pi: PiSpec, pubkey: str) -> str:
     """A Pi's key may only open its own listeners, and nothing else: no command, pty, agent or -L."""
-    listens = "".join(f'permitlisten="{listen_spec(t)}",' for t in pi.tunnels)
+    listens = "".join(f'permitlisten="{t.listener.spec}",' for t in pi.tunnels)
     forwarding = f"port-forwarding,{listens}" if pi.tunnels else ""  # no tunnels: no forwarding at all
     options = f'restrict,{forwarding}command="{D["forced_command"]}"'
     keytype, blob = pubkey.split()[:2]
@@ -93,8 +92,9 @@ def _keys_wanted(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequ
     before = parse_authorized_keys(state.content.decode(errors="replace") if state.exists else "")
     given = {n: [k] if isinstance(k, str) else list(k) for n, k in new_keys.items()}
     # a revoked key never comes back, whoever offers it (docs/operations.md)
-    wanted = {n: [" ".join(k.split()[:2]) for k in given.get(n, before.get(n, [])) if not revoked_key(inv, k)]
-              for n in pis}
+    revoked = {k.line for r in records(inv).values() for k in r.keys}
+    wanted = {n: [line for line in (" ".join(k.split()[:2]) for k in given.get(n, before.get(n, [])))
+                  if line not in revoked] for n in pis}
     keys, shared = settle_keys(before, wanted)
     return pis, keys, shared
 
@@ -155,7 +155,7 @@ def parse_authorized_keys(text: str) -> dict[str, list[str]]:
 
 def revoked_lines(inv: Inventory) -> list[str]:
     """The keys every revoked Pi had (revocations in force or ended), as sshd's RevokedKeys file lists them."""
-    return [f"{' '.join(k.split()[:2])} pitunnel-revoked:{r.pi}\n" for r in records(inv).values() for k in r.keys]
+    return [f"{k.line} pitunnel-revoked:{r.pi}\n" for r in records(inv).values() for k in r.keys]
 
 
 def revoked_keys_file(inv: Inventory) -> File:

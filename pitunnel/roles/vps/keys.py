@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pitunnel.facts import Fact, file_fact, gather
-from pitunnel.inventory import VpsSpec
+from pitunnel.facts import Fact, file_fact, gather, read
+from pitunnel.inventory import Listener, VpsSpec
 from pitunnel.ops import STATE_DIR, q
 from pitunnel.remote import Remote
 from pitunnel.roles.vps.authorized import keys_path, parse_authorized_keys
@@ -25,16 +25,18 @@ class VpsKeys:
     listens there, "?" when the session's login is not in the log)."""
 
     authorised: tuple[str, ...]
-    live: dict[str, str]
+    live: dict[Listener, str]
 
 
-def live_fact(vps: VpsSpec, listens: Sequence[str]) -> Fact[dict[str, str]]:
-    """listen spec -> fingerprint of the session holding it."""
-    specs = " ".join(q(s) for s in listens)
+def live_fact(vps: VpsSpec, listens: Sequence[Listener]) -> Fact[dict[Listener, str]]:
+    """listener -> fingerprint of the session holding it."""
+    pairs = " ".join(f"{q(listener.spec)} {listener.port}" for listener in listens)
     # the tunnel user's grammar (inventory USER_RE: [a-z_][a-z0-9_-]*) holds nothing special to sed or the shell
-    script = f"""for spec in {specs}; do
+    script = f"""set -- {pairs}
+while [ $# -ge 2 ]; do
+  spec=$1 port=$2; shift 2
   fp=
-  for pid in $(ss -Htlnp "sport = :${{spec##*:}}" | awk -v s="$spec" '$4 == s' | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
+  for pid in $(ss -Htlnp "sport = :$port" | awk -v s="$spec" '$4 == s' | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
     mon=$(awk '$1 == "PPid:" {{print $2}}' /proc/$pid/status 2>/dev/null)
     [ -n "$mon" ] && [ "$(awk '$1 == "Uid:" {{print $2}}' /proc/$mon/status 2>/dev/null)" = 0 ] || continue
     got=$(journalctl -q -b -o cat _UID=0 _PID=$mon _COMM=sshd _COMM=sshd-session 2>/dev/null |
@@ -44,20 +46,23 @@ def live_fact(vps: VpsSpec, listens: Sequence[str]) -> Fact[dict[str, str]]:
   echo "$spec$fp"
 done
 """
-    return Fact(f"live-keys:{','.join(listens)}", script, _live)
+    return Fact(f"live-keys:{','.join(listener.spec for listener in listens)}", script,
+                lambda output: _live(output, listens))
 
 
-def _live(output: str) -> dict[str, str]:
+def _live(output: str, listens: Sequence[Listener]) -> dict[Listener, str]:
+    """Each listener asked about, by the line the script wrote for it (its spec first)."""
+    asked = {listener.spec: listener for listener in listens}
     found = {}
     for line in output.splitlines():
         words = line.split()
-        if words:
+        if words and words[0] in asked:
             # two sessions on one listener cannot be; if the log says so, it is not one known key
-            found[words[0]] = words[1] if len(words) == 2 else ("" if len(words) == 1 else "?")
+            found[asked[words[0]]] = words[1] if len(words) == 2 else ("" if len(words) == 1 else "?")
     return found
 
 
-def read_keys(remote: Remote, vps: VpsSpec, pi: str, listens: Sequence[str]) -> VpsKeys:
+def read_keys(remote: Remote, vps: VpsSpec, pi: str, listens: Sequence[Listener]) -> VpsKeys:
     """One round trip: the Pi's authorised keys and who holds its listeners."""
     authorised, live = file_fact(keys_path()), live_fact(vps, listens)
     found = gather(remote, [authorised, live])
@@ -66,7 +71,7 @@ def read_keys(remote: Remote, vps: VpsSpec, pi: str, listens: Sequence[str]) -> 
     return VpsKeys(tuple(parse_authorized_keys(text).get(pi, [])), found.value(live))
 
 
-# ------------------------------------------------------------------------ the VPS's own host keys, re-keyed
+# ------------------------------------------------------------------------ the VPS's own host keys
 # `invoke rotate-vps-hostkey` stages new host keys here (root only) until every Pi pins them, then
 # installs them: the private halves are made on the VPS and never leave it.
 STAGED = f"{STATE_DIR}/host-keys-next"
@@ -75,7 +80,8 @@ OLD = f"{STATE_DIR}/host-keys-old"
 
 @dataclass(frozen=True)
 class HostKeys:
-    """The host keys sshd offers now, and the staged next ones (None: nothing staged)."""
+    """The host keys sshd offers now (`type blob`, what a Pi pins), and the staged next ones (None: nothing
+    staged)."""
 
     current: tuple[str, ...]
     staged: tuple[str, ...] | None
@@ -86,21 +92,23 @@ def _host_keys(output: str) -> HostKeys:
     staged: list[str] = []
     seen = False
     for line in output.splitlines():
-        words = line.split()
-        if words[:1] == ["STAGED"]:
+        tag, *key = line.split() or [""]
+        if tag == "STAGED":
             seen = True
-        elif len(words) >= 3 and words[0] in ("cur", "new"):
-            (current if words[0] == "cur" else staged).append(f"{words[1]} {words[2]}")
+        elif len(key) >= 2 and tag in ("cur", "new"):
+            keytype, blob, *_comment = key
+            (current if tag == "cur" else staged).append(f"{keytype} {blob}")
     return HostKeys(tuple(current), tuple(staged) if seen else None)
 
 
-HOST_KEYS_FACT = Fact("host-keys-rekey", f"""for f in /etc/ssh/ssh_host_*_key.pub; do [ -f "$f" ] && echo "cur $(cat "$f")"; done
+# The one read of the VPS's host keys: provision pins `current` on its Pis, rotate-vps-hostkey reads both.
+HOST_KEYS = Fact("vps-host-keys", f"""for f in /etc/ssh/ssh_host_*_key.pub; do [ -f "$f" ] && echo "cur $(cat "$f")"; done
 if [ -d {STAGED} ]; then echo STAGED; for f in {STAGED}/ssh_host_*_key.pub; do [ -f "$f" ] && echo "new $(cat "$f")"; done; fi
 true""", _host_keys)
 
 
 def read_host_keys(remote: Remote) -> HostKeys:
-    return HOST_KEYS_FACT.process(remote.run(HOST_KEYS_FACT.script).stdout)
+    return read(remote, HOST_KEYS)
 
 
 def stage_host_keys() -> str:

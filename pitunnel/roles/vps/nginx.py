@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pitunnel.facts import Fact, Facts, command_fact
+from pitunnel.facts import Fact, Facts
 from pitunnel.inventory import NAME_RE, Inventory, VpsSpec, acme_name
 from pitunnel.ops import STATE_DIR, Absent, File, Op, Plan, Pruned, backup_commands, q
 from pitunnel.roles.contract import realm
@@ -139,13 +139,34 @@ class DebianDefaultRestored(Op):
         return Plan([*backup_commands(path), *cmds], "link back (pitunnel set it aside)", backups=[path])
 
 
+@dataclass(frozen=True)
+class DefaultListen:
+    """A `listen ... default_server` line of a file, by its port (80 where the line names none)."""
+
+    path: str
+    port: int
+
+
+def listen_port(directive: str) -> int:
+    """The port of a `listen` directive's address (`80`, `*:8080`, `[::]:443`); 80 where it names none."""
+    _keyword, address = [*directive.replace(";", " ").split(), "", ""][:2]
+    port = address.rsplit(":", 1)[-1] if not address.endswith("]") else "80"
+    return int(port) if port.isdigit() else 80
+
+
+def default_listens(output: str) -> tuple[DefaultListen, ...]:
+    """Each line `path listen ...` of the fact below."""
+    return tuple(DefaultListen(path, listen_port(listen))
+                 for path, _, listen in (line.partition(" ") for line in output.splitlines()))
+
+
 # `listen ... default_server` lines in the enabled Nginx configuration that is not pitunnel's.
-DEFAULT_SERVERS_FACT = command_fact("nginx-default-servers", f"""\
+DEFAULT_SERVERS_FACT = Fact("nginx-default-servers", f"""\
 for f in {D['nginx_sites_dir']}/* /etc/nginx/conf.d/*.conf; do
   [ -f "$f" ] || continue
   case "$f" in {D['nginx_default_site']} | {D['nginx_sites_dir']}/pitunnel-*.conf | {D['nginx_conf']}) continue ;; esac
   grep -E '^[[:space:]]*listen[[:space:]][^#;]*[[:space:]]default(_server)?([[:space:];]|$)' "$f" | sed "s|^|$f |"
-done; true""")
+done; true""", default_listens)
 
 
 def others_default_servers(facts: Facts, ports: set[int]) -> list[str]:
@@ -153,15 +174,11 @@ def others_default_servers(facts: Facts, ports: set[int]) -> list[str]:
     default site does not count: it is set aside)."""
     found = []
     untouched = facts.value(DEBIAN_DEFAULT_FACT).untouched
-    for line in facts.output(DEFAULT_SERVERS_FACT).splitlines():
-        path, _, listen = line.partition(" ")
-        if path == D["nginx_debian_default"] and untouched:
+    for listen in facts.value(DEFAULT_SERVERS_FACT):
+        if listen.path == D["nginx_debian_default"] and untouched:
             continue
-        words = listen.replace(";", " ").split()
-        address = words[1] if len(words) > 1 else ""
-        port = address.rsplit(":", 1)[-1] if not address.endswith("]") else "80"
-        if (int(port) if port.isdigit() else 80) in ports and path not in found:
-            found.append(path)
+        if listen.port in ports and listen.path not in found:
+            found.append(listen.path)
     return found
 
 

@@ -14,10 +14,10 @@ from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge, facts_for, sshd_reload
-from pitunnel.sshkeys import is_public_key
-from pitunnel.roles.contract import PiOffer, VpsFacts, listen_spec
+from pitunnel.roles.contract import PiOffer, VpsFacts
 from pitunnel.roles.vps.acme import AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact
 from pitunnel.roles.vps.checks import SshdPasswordsCheck
+from pitunnel.roles.vps.keys import HOST_KEYS
 from pitunnel.roles.vps.authorized import keys_ops, keys_path, refuse_shared, revoked_keys_file, revoked_lines, shared_keys
 from pitunnel.roles.vps.metrics import metrics_absent_ops, metrics_ops
 from pitunnel.roles.vps.nginx import (DEFAULT_SERVERS_FACT, default_server_note, http_routes, nginx_absent_ops, nginx_ops,
@@ -29,10 +29,6 @@ def account_observer(vps: VpsSpec) -> Observe[bool]:
     """Is the tunnel account there?"""
     fact = Fact("tunnel-account", f"getent passwd {q(vps.tunnel_user)} || echo MISSING", lambda out: "MISSING" not in out)
     return Observe(fact, lambda there: "present" if there else "missing", title=f"tunnel account {vps.tunnel_user}")
-
-
-HOST_KEYS = Fact("vps-host-keys", "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null | awk '{print $1, $2}'",
-                 lambda out: tuple(out.splitlines()))
 
 
 def permitted_fact(vps: VpsSpec) -> Fact[frozenset[str]]:
@@ -67,11 +63,11 @@ def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiO
     """For provision-pi: the keys the Pis offer in the tunnel account's authorized_keys, once sshd permits
     their listeners; returns what the Pis need of this VPS. Raises StepFailed."""
     account = account_observer(vps)
-    keys = Observe(HOST_KEYS, lambda v: f"{len(v)} host keys read", title="VPS host keys")
+    keys = Observe(HOST_KEYS, lambda v: f"{len(v.current)} host keys read", title="VPS host keys")
     ss = Observe(LISTENERS, lambda v: "read", title="listeners on the VPS")
     permitted = Observe(permitted_fact(vps), lambda v: "read", title="listeners sshd permits the tunnel account")
-    # only keys that parsed on the Pi's side reach this VPS (base refused the others, each for its Pi alone)
-    new = {o.name: o.pubkey for o in offers if o.pubkey is not None and is_public_key(o.pubkey)}
+    # each key was parsed where the Pi's base read it (a key that did not parse failed that Pi alone)
+    new = {o.name: o.pubkey.line for o in offers if o.pubkey is not None}
     keys_op = keys_ops(inv, vps, new)
     # one read of the VPS for the checks below and for the keys: a rerun that changes nothing costs
     # one round trip here, not two
@@ -81,13 +77,13 @@ def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiO
     # that no Pi can hold up the others' provisioning with a copied key; docs/security.md
     refused = refuse_shared(reporter, remote.name, shared_keys(inv, vps, new, known.file(keys_path())))
     there, allowed = known.value(account.fact), known.value(permitted.fact)
-    unknown = [f"{o.name}: {spec}" for o in offers for spec in o.listens if spec not in allowed]
+    unknown = [f"{o.name}: {listener.spec}" for o in offers for listener in o.listens if listener.spec not in allowed]
     if unknown and there:
         reporter.line(remote.name, "skipped" if mode.check else "failed", "sshd permits the Pis' listeners",
                       f"not yet: {', '.join(unknown)}; run `invoke provision-vps` (or `invoke provision`) first")
         if not mode.check:
             raise StepFailed("PermitListen behind the inventory")
-    found = VpsFacts(tuple(k for k in known.value(HOST_KEYS) if k.strip()), known.value(LISTENERS), refused)
+    found = VpsFacts(known.value(HOST_KEYS).current, known.value(LISTENERS), refused)
     if not there:
         if mode.check:
             reporter.line(remote.name, "skipped", "authorized keys of the Pis",
@@ -134,7 +130,7 @@ def permitted_listens(inv: Inventory, vps: VpsSpec) -> list[str]:
     with a new key, needs no provision-vps first, and sshd's config does not change when it comes back)."""
     every = {**inv.pis, **inv.shut}
     order = [n for n in inv.order if n in every] + [n for n in every if n not in inv.order]
-    return [listen_spec(t) for n in order if vps.name in every[n].all_vps for t in every[n].on(vps.name).tunnels]
+    return [t.listener.spec for n in order if vps.name in every[n].all_vps for t in every[n].on(vps.name).tunnels]
 
 
 def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound(),
