@@ -464,7 +464,7 @@ def provision_lab(release: str) -> None:
     from pitunnel.cli import Flags, run_play
     from pitunnel.play import Play
     from pitunnel.roles.site import provision_pi as provision_pis
-    from pitunnel.roles.vps.steps import provision as provision_vps
+    from pitunnel.roles.site import provision_vps
 
     print("== lab up (1 Pi, fresh) and provision", flush=True)
     lab.up(pis=1, release=release, fresh=True)

@@ -68,7 +68,7 @@ def provision(profile: Profile, release: str) -> None:
 
     from pitunnel.cli import Flags, run_play
     from pitunnel.roles.site import provision_pi as provision_pis
-    from pitunnel.roles.vps.steps import provision as provision_vps
+    from pitunnel.roles.site import provision_vps
 
     lab.up(pis=1, release=release, fresh=True)
     inv = yaml.safe_load(INVENTORY.read_text())

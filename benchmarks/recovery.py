@@ -27,7 +27,7 @@ import lab
 from lab import INVENTORY, PITUNNEL, Setup, inject, reachable, target, tunnel_pss_kb, tunnel_rss_kb, wait_recovered
 from pitunnel.cli import Flags, run_play
 from pitunnel.roles.site import provision_pi as provision_pis
-from pitunnel.roles.vps.steps import provision as provision_vps
+from pitunnel.roles.site import provision_vps
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import fnmatch
 import getpass
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -72,8 +73,26 @@ class Play:
                     print(f"{'':<12} {remote.name:<10} {line}", file=sys.stderr if quiet else sys.stdout)
         return play
 
-    def selected(self, hosts: Sequence[H]) -> list[H]:
+    def selected(self, hosts: Iterable[H]) -> list[H]:
         return [h for h in hosts if not self.options.limit or h.name in self.options.limit]
+
+    def each_selected(self, hosts: Iterable[HostSpec], work: Callable[[Remote], T]) -> dict[str, T]:
+        """`each` on the hosts of `hosts` that --limit selects."""
+        return self.each(self.selected(hosts), work)
+
+    @contextmanager
+    def narrowed(self, *, inventory: Inventory | None = None, limit: frozenset[str] | None = None) -> Iterator[Play]:
+        """This play with another inventory or --limit for the `with` block; both as they were after it,
+        whatever happens inside."""
+        kept = self.inventory, self.options
+        try:
+            if inventory is not None:
+                self.inventory = inventory
+            if limit is not None:
+                self.options = replace(self.options, limit=limit)
+            yield self
+        finally:
+            self.inventory, self.options = kept
 
     def each(self, hosts: Sequence[HostSpec], work: Callable[[Remote], T]) -> dict[str, T]:
         """Run work(remote) for every host in parallel; failures are reported, not raised, and the host is

@@ -66,9 +66,9 @@ def _run(task: str, body: Callable[[Play], list[T]], flags: Flags, *, quiet: boo
 @provisioning_task()
 def provision_vps(c: Context, flags: Flags) -> None:
     """Set up the VPS: a locked-down tunnel account, its sshd Match block, and Nginx in front of the tunnels."""
-    from pitunnel.roles.vps.steps import provision
+    from pitunnel.roles.site import provision_vps
 
-    run_play(provision, flags)
+    run_play(provision_vps, flags)
 
 
 @provisioning_task()
@@ -163,7 +163,7 @@ def rotate_keys(c: Context, flags: Flags, laptop_key: str = "") -> None:
 
     A rerun finishes an interrupted rotation. With --laptop-key NEW: the laptop's key on the Pis instead."""
     from pitunnel.roles.rotate import rotate_keys as site
-    from pitunnel.roles.rotate import rotate_laptop_key
+    from pitunnel.roles.laptopkey import rotate_laptop_key
 
     if not laptop_key:
         run_play(site, flags)

@@ -21,13 +21,12 @@ OLD for those Pis. It goes when RETIRE is done.
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
-from pitunnel import yamlsrc
+from pitunnel import reconcile, yamlsrc
 from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, load_inventory, ports_file
 from pitunnel.inventory import ports as ports_lock
 from pitunnel.inventory.rewrite import CannotRewrite, set_pi_vps
@@ -35,7 +34,6 @@ from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.runner import converge
 from pitunnel.roles import site
-from pitunnel.roles.rotate import KILL_AFTER
 from pitunnel.roles.vps import steps as vps
 
 class MigrateRefused(ValueError):
@@ -118,14 +116,7 @@ def ports_follow(inv: Inventory, wide: Inventory, moved: list[str], old: str, ne
 class Migration:
     def __init__(self, play: Play, new: str, keep_old: bool) -> None:
         self.play, self.new, self.keep_old = play, new, keep_old
-        self.applied = 0
-
-    def step_done(self) -> None:
-        """Tests only: SIGKILL this process after the k-th step (proves a rerun completes the move)."""
-        self.applied += 1
-        at = os.environ.get(KILL_AFTER)
-        if at and self.applied == int(at):
-            os.kill(os.getpid(), signal.SIGKILL)
+        self.applied = reconcile.Applied()  # tests kill the run after a step: a rerun completes the move
 
     def run(self) -> None:
         play, new = self.play, self.new
@@ -138,7 +129,7 @@ class Migration:
             raise MigrateRefused(f"a move to {state[1]} is unfinished ({state_file(inv.path)}): "
                                  f"rerun `invoke migrate --to {state[1]}` first")
         pending = state[2] if state else []
-        moving = [p for p in play.selected(list(inv.pis.values())) if len(p.all_vps) == 1 and p.vps != new]
+        moving = [p for p in play.selected(inv.pis.values()) if len(p.all_vps) == 1 and p.vps != new]
         olds = {p.vps for p in moving} | ({state[0]} if state else set())
         if len(olds) > 1:
             raise MigrateRefused(f"the Pis selected are on several VPSes ({', '.join(sorted(olds))}): move one VPS's "
@@ -148,13 +139,13 @@ class Migration:
             return
         old = olds.pop()
         # the VPSes' steps run with the Pis', whatever --limit selected
-        play.options = replace(play.options, limit=play.options.limit | {old, new} if play.options.limit else frozenset())
-        verified = self.move(moving, old) if moving else []
-        if mode.check and pending:
-            reporter.note(new, f"then: {', '.join(pending)} provisioned on {new} alone, and {old} left")
-        if mode.check or not (pending or verified):
-            return
-        self.retire(sorted({*pending, *verified}), old)
+        with play.narrowed(limit=play.options.limit | {old, new} if play.options.limit else frozenset()):
+            verified = self.move(moving, old) if moving else []
+            if mode.check and pending:
+                reporter.note(new, f"then: {', '.join(pending)} provisioned on {new} alone, and {old} left")
+            if mode.check or not (pending or verified):
+                return
+            self.retire(sorted({*pending, *verified}), old)
 
     def move(self, moving: list[PiSpec], old: str) -> list[str]:
         """WIDEN, PROVISION, VERIFY, REWRITE; the Pis verified through NEW."""
@@ -162,13 +153,17 @@ class Migration:
         wide, said = widened(inv, moving, new)
         for line in said:
             play.reporter.note(new, line)
-        play.inventory = wide
+        with play.narrowed(inventory=wide):
+            return self.on_both(moving, old, inv, wide)
+
+    def on_both(self, moving: list[PiSpec], old: str, inv: Inventory, wide: Inventory) -> list[str]:
+        """The moving Pis on both VPSes (`wide`), each verified through NEW; the inventory says NEW for those."""
+        play, new = self.play, self.new
         site.provision(play)
-        self.step_done()
+        self.applied.done()
         if play.options.check:
             play.reporter.note(new, f"then: each Pi verified through {new}, the inventory rewritten to `vps: {new}`, "
                                     f"and {old} left (its side torn down unless Pis stay on it or --keep-old)")
-            play.inventory = inv
             return []
         reports = {r.pi: r for r in site.verify(play) if r.vps == new}
         verified = []
@@ -182,7 +177,7 @@ class Migration:
                 play.reporter.line(pi.name, "failed", f"migrate: verified through {new}",
                                    f"{why or 'not verified'}: it stays on {old} (both paths up); fix it and rerun")
                 play.failed.add(pi.name)
-        self.step_done()
+        self.applied.done()
         if verified:
             state = read_state(inv.path)
             write_state(inv.path, old, new, sorted({*(state[2] if state else []), *verified}))
@@ -193,36 +188,33 @@ class Migration:
                 raise MigrateRefused(str(exc)) from None
             play.reporter.line(new, "changed" if changed else "ok", "inventory says the new VPS",
                                f"{inv.path}: vps: {new} for {', '.join(verified)} (as it was: {inv.path.name}.bak)")
-        self.step_done()
+        self.applied.done()
         return verified
 
     def retire(self, moved: list[str], old: str) -> None:
         """RETIRE: the moved Pis provisioned from the rewritten inventory (OLD's instance goes), then OLD's side."""
         play, new = self.play, self.new
         inv = load_inventory(play.inventory.path)
-        play.inventory = inv
         moved = [p for p in moved if p in inv.pis and inv.pis[p].all_vps == (new,)]
-        limit = play.options.limit
-        play.options = replace(play.options, limit=frozenset({*moved, new}))
-        site.provision_pi(play)
-        self.step_done()
-        left = [p.name for p in inv.pis.values() if old in p.all_vps]
-        if any(p in play.failed for p in moved):
-            play.options = replace(play.options, limit=limit)
-            return
-        play.options = replace(play.options, limit=frozenset({old}))
+        with play.narrowed(inventory=inv):
+            with play.narrowed(limit=frozenset({*moved, new})):
+                site.provision_pi(play)
+            self.applied.done()
+            left = [p.name for p in inv.pis.values() if old in p.all_vps]
+            if any(p in play.failed for p in moved):
+                return
 
-        def leave(remote: Remote) -> None:
-            if left or self.keep_old:
-                vps.unauthorise(remote, inv, inv.vps[old], frozenset(moved), play.reporter, play.options.mode)
-            else:
-                converge(remote, vps.teardown_ops(inv.vps[old], purge=True), play.reporter, play.options.mode,
-                         vps.handlers(remote))
+            def leave(remote: Remote) -> None:
+                if left or self.keep_old:
+                    vps.unauthorise(remote, inv, inv.vps[old], frozenset(moved), play.reporter, play.options.mode)
+                else:
+                    converge(remote, vps.teardown_ops(inv.vps[old], purge=True), play.reporter, play.options.mode,
+                             vps.handlers(remote))
 
-        play.each([inv.vps[old]], leave)
-        if (left or self.keep_old) and old not in play.failed:
-            play.failed |= vps.provision_routes(play)  # its Nginx serves the Pis left on it only
-        play.options = replace(play.options, limit=limit)
+            with play.narrowed(limit=frozenset({old})):
+                play.each([inv.vps[old]], leave)
+                if (left or self.keep_old) and old not in play.failed:
+                    site.provision_vps(play)  # its Nginx serves the Pis left on it only
         if old in play.failed:
             return  # named in the recap; a rerun completes it
         state_file(inv.path).unlink(missing_ok=True)
@@ -230,7 +222,7 @@ class Migration:
                            f"{', '.join(moved)} through {new} only; {old}: "
                            + ("kept (--keep-old)" if self.keep_old else f"still serves {', '.join(left)}" if left
                               else "pitunnel's side torn down"))
-        self.step_done()
+        self.applied.done()
 
 
 def migrate(play: Play, new: str, *, keep_old: bool) -> None:

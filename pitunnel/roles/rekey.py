@@ -4,8 +4,8 @@ A Pi's tunnel accepts only the host keys it pins, so the order crosses hosts and
 are made on the VPS and staged; every Pi of that VPS pins them beside the old ones (the laptop's
 known_hosts too); only then does sshd switch to them (a reload keeps every session, the tunnels too),
 proven by a fresh login from the laptop (else the old keys come back); then the old pins go. As with
-rotate-keys, the state is read from the hosts each time (what is staged, what sshd offers, what each
-Pi and the laptop pin), so an interrupted run is finished by the next.
+rotate-keys, pitunnel/reconcile.py drives it and the state is read from the hosts each time (what is
+staged, what sshd offers, what each Pi and the laptop pin), so an interrupted run is finished by the next.
 
     STAGE      new keys made on the VPS, beside the ones in use (nothing changes for anyone)
     PIN_BOTH   every Pi (and the laptop) accepts old and new      (no reconnect: pins are read at connect)
@@ -19,10 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from pitunnel import hostkeys
+from pitunnel import hostkeys, reconcile
 from pitunnel.inventory import VpsSpec
 from pitunnel.play import Play
-from pitunnel.remote import Remote
 from pitunnel.runner import StepFailed, converge
 from pitunnel.roles.pi import steps as pi
 from pitunnel.roles.pi.paths import vps_config_dir
@@ -85,16 +84,27 @@ def after(state: Rekey, step: Step) -> Rekey:
 
 
 # ------------------------------------------------------------------------------------------ on the hosts
-class VpsRekey:
+@dataclass(frozen=True)
+class Reading:
+    """One reading of the VPS and its Pis: the Rekey, and the VPS's host keys behind it."""
+
+    rekey: Rekey
+    found: vps_keys.HostKeys
+
+
+class VpsRekey(reconcile.Flow[Reading, Step]):
+    prefix, whole, cap = "host key", "host key: re-key", 8
+
     def __init__(self, play: Play, vps: VpsSpec) -> None:
-        self.play, self.vps = play, vps
+        super().__init__(play.reporter)
+        self.play, self.vps, self.host = play, vps, vps.name
         self.inv = play.inventory
         self.remote = play.remotes[vps.name]
         self.pis = [p.on(vps.name) for p in self.inv.pis.values() if vps.name in p.all_vps]
         self.name = hostkeys.known_name(vps.address, vps.port)
         self.known_hosts = self.inv.settings.known_hosts
 
-    def read(self) -> tuple[Rekey, vps_keys.HostKeys]:
+    def read(self) -> Reading:
         found = vps_keys.read_host_keys(self.remote)
         pins = self.play.each(self.pis, lambda r: pi.pinned(r.run(f"cat {vps_config_dir(self.vps.name)}/known_hosts 2>/dev/null; "
                                                                    "true").stdout))
@@ -103,41 +113,26 @@ class VpsRekey:
             raise self.fail("read the Pis' pins", f"{', '.join(missing)} not reached: every Pi of {self.vps.name} must "
                             "pin the new keys before sshd switches (nothing switched; rerun once they are reachable)")
         laptop = frozenset(" ".join(line.split()[1:3]) for line in hostkeys.known_lines(self.known_hosts, self.name))
-        return Rekey(frozenset(found.current), None if found.staged is None else frozenset(found.staged),
-                     tuple(frozenset(pins[p.name]) for p in self.pis), laptop), found
+        return Reading(Rekey(frozenset(found.current), None if found.staged is None else frozenset(found.staged),
+                             tuple(frozenset(pins[p.name]) for p in self.pis), laptop), found)
 
     def fail(self, title: str, why: str) -> StepFailed:
-        self.play.reporter.line(self.vps.name, "failed", f"host key: {title}", why)
-        return StepFailed(why)
+        return reconcile.failed(self.reporter, self.host, f"host key: {title}", why)
 
-    def run(self, remote: Remote) -> None:
-        state, found = self.read()
-        reporter, pinned = self.play.reporter, bool(self.vps.host_key)
-        if self.play.options.check:
-            started = False
-            for _ in range(8):
-                step, why = next_step(state, started=started, pinned_in_inventory=pinned)
-                status = {Step.DONE: "ok", Step.REFUSED: "failed"}.get(step, "would change")
-                reporter.line(self.vps.name, status, f"host key: {step.value}", why)
-                if step in (Step.DONE, Step.REFUSED):
-                    return
-                state, started = after(state, step), True
-            return
-        started = found.staged is not None
-        for _ in range(8):
-            step, why = next_step(state, started=started, pinned_in_inventory=pinned)
-            if step is Step.DONE:
-                reporter.line(self.vps.name, "ok", "host keys re-keyed", f"{len(state.current)} keys, pinned by "
-                              f"{len(self.pis)} Pi(s) and the laptop")
-                return
-            if step is Step.REFUSED:
-                raise self.fail("re-key", why)
-            reporter.line(self.vps.name, "changed", f"host key: {step.value}", self.apply(step, state, found) or why)
-            started = True
-            state, found = self.read()
-        raise self.fail("re-key", "no progress after 8 steps (a bug: please report)")
+    def next_step(self, state: Reading, started: bool) -> tuple[Step, str]:
+        return next_step(state.rekey, started=started, pinned_in_inventory=bool(self.vps.host_key))
 
-    def apply(self, step: Step, state: Rekey, found: vps_keys.HostKeys) -> str:
+    def after(self, state: Reading, step: Step) -> Reading:
+        return replace(state, rekey=after(state.rekey, step))
+
+    def under_way(self, state: Reading) -> bool:
+        return state.found.staged is not None
+
+    def finished(self, state: Reading) -> tuple[str, str]:
+        return "host keys re-keyed", f"{len(state.rekey.current)} keys, pinned by {len(self.pis)} Pi(s) and the laptop"
+
+    def apply(self, step: Step, state: Reading) -> str:
+        found = state.found
         staged = list(found.staged or ())
         if step is Step.STAGE:
             self.script(vps_keys.stage_host_keys(), step)
@@ -160,9 +155,7 @@ class VpsRekey:
         raise AssertionError(step)
 
     def script(self, text: str, step: Step) -> None:
-        result = self.remote.run(text)
-        if not result.ok:
-            raise self.fail(step.value, result.stderr.strip()[-300:])
+        reconcile.run_script(self.remote, text, self.reporter, f"host key: {step.value}")
 
     def pin(self, keys: list[str], *, keep_laptop: bool) -> None:
         """Every Pi's pins to `keys` (no reconnect: ssh reads them at its next connect), then the laptop's."""
@@ -176,5 +169,7 @@ class VpsRekey:
 
 def rotate_vps_hostkey(play: Play) -> None:
     """`invoke rotate-vps-hostkey`: every selected VPS, one at a time (each with all its Pis)."""
-    for vps in play.selected(list(play.inventory.vps.values())):
-        play.each([vps], VpsRekey(play, vps).run)
+    applied = reconcile.Applied()
+    for vps in play.selected(play.inventory.vps.values()):
+        flow = VpsRekey(play, vps)
+        play.each([vps], lambda remote: reconcile.reconcile(flow, check=play.options.check, applied=applied))

@@ -2,8 +2,8 @@
 
 The order crosses hosts (the Pi makes and switches keys, the VPS accepts them, sshd's log proves which
 one the tunnel uses), so it lives here in the site layer; the Pi's and the VPS's own parts are in
-roles/pi/keys.py and roles/vps/keys.py. The rotation is a state machine whose state is read from the
-hosts every time, never from a journal on the laptop:
+roles/pi/keys.py and roles/vps/keys.py. The rotation is a state machine (driven by pitunnel/reconcile.py)
+whose state is read from the hosts every time, never from a journal on the laptop:
 
     the Pi's keys (in use, next, old)  x  the keys its VPSes accept for it  x  the key of each live session
 
@@ -24,16 +24,13 @@ rerun reads where it stopped and finishes. A rerun that finds nothing half-done 
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from pathlib import Path
 
-from pitunnel.facts import FileState, file_fact
+from pitunnel import reconcile
 from pitunnel.inventory import PiSpec, VpsSpec
 from pitunnel.play import Play
 from pitunnel.remote import Remote
@@ -46,8 +43,6 @@ from pitunnel.roles.pi.role import D as PI
 from pitunnel.roles.vps import keys as vps_keys
 from pitunnel.roles.vps.authorized import keys_ops, keys_path, refuse_shared, shared_keys
 
-# tests only: SIGKILL this process right after its k-th applied step (proves a rerun finishes the job)
-KILL_AFTER = "PITUNNEL_TEST_KILL_AFTER_STEP"
 NEW = "(new key)"
 
 
@@ -143,15 +138,7 @@ def after(ring: Ring, step: Step) -> Ring:
 
 def plan(ring: Ring, *, started: bool = False, limit: int = 10) -> list[tuple[Step, str]]:
     """Every step from `ring` to DONE (or to a refusal), as check mode prints it."""
-    steps = []
-    for _ in range(limit):
-        step, why = next_step(ring, started=started)
-        steps.append((step, why))
-        if step in (Step.DONE, Step.REFUSED):
-            break
-        started = True
-        ring = after(ring, step)
-    return steps
+    return reconcile.plan(ring, lambda r, s: next_step(r, started=s), after, started=started, limit=limit)
 
 
 def _shown(live: tuple[str, ...]) -> str:
@@ -190,117 +177,97 @@ def read(pi_remote: Remote, vps_remotes: Mapping[str, Remote], pi: PiSpec, vpses
     return Read(ring, on_pi, lines)
 
 
-class Rotation:
-    """One run of rotate-keys over the selected Pis (in parallel; edits of one VPS's authorized_keys
-    one at a time, each reading the file afresh)."""
+class PiRotation(reconcile.Flow[Read, Step]):
+    """One Pi's rotation (edits of one VPS's authorized_keys one at a time over the Pis, each reading the
+    file afresh: `locks`)."""
 
-    def __init__(self, play: Play) -> None:
-        self.play = play
+    prefix, whole = "tunnel key", "tunnel key rotation"
+    resumed = "a rotation of the tunnel key is under way (an earlier run stopped): finishing it"
+
+    def __init__(self, play: Play, remote: Remote, locks: Mapping[str, threading.Lock]) -> None:
+        super().__init__(play.reporter)
+        self.play, self.remote, self.locks = play, remote, locks
         self.inv = play.inventory
-        self.locks = {name: threading.Lock() for name in self.inv.vps}
-        self.applied = 0
-        self.count_lock = threading.Lock()
+        self.pi = self.inv.pis[remote.name]
+        self.host = self.pi.name
 
-    def run(self) -> None:
-        pis = self.play.selected(list(self.inv.pis.values()))
-        self.play.each(pis, self.one)
+    def read(self) -> Read:
+        return read(self.remote, self.play.remotes, self.pi, self.inv.vpses_of(self.pi))
 
-    def one(self, remote: Remote) -> None:
-        pi = self.inv.pis[remote.name]
-        reporter, check = self.play.reporter, self.play.options.check
-        now = self.read(remote, pi)
-        if check:
-            for step, why in plan(now.ring):
-                status = {Step.DONE: "ok", Step.REFUSED: "failed"}.get(step, "would change")
-                reporter.line(pi.name, status, f"tunnel key: {step.value}", why)
-            return
-        started = now.ring.in_progress
-        if started:
-            reporter.note(pi.name, "a rotation of the tunnel key is under way (an earlier run stopped): finishing it")
-        for _ in range(12):
-            step, why = next_step(now.ring, started=started)
-            if step is Step.DONE:
-                reporter.line(pi.name, "ok", "tunnel key rotated", f"in use: {now.ring.current}; the VPS accepts it "
-                              "alone; no other key on the Pi")
-                return
-            if step is Step.REFUSED:
-                reporter.line(pi.name, "failed", "tunnel key rotation", why)
-                raise StepFailed(why)
-            detail = self.apply(step, now, remote, pi)
-            reporter.line(pi.name, "changed", f"tunnel key: {step.value}", detail or why)
-            started = True
-            self._maybe_die()
-            now = self.read(remote, pi)
-        reporter.line(pi.name, "failed", "tunnel key rotation", "no progress after 12 steps (a bug: please report)")
-        raise StepFailed("rotation loops")
+    def next_step(self, state: Read, started: bool) -> tuple[Step, str]:
+        return next_step(state.ring, started=started)
 
-    def read(self, remote: Remote, pi: PiSpec) -> Read:
-        return read(remote, self.play.remotes, pi, self.inv.vpses_of(pi))
+    def after(self, state: Read, step: Step) -> Read:
+        return replace(state, ring=after(state.ring, step))
 
-    def apply(self, step: Step, now: Read, remote: Remote, pi: PiSpec) -> str:
-        ring, on_pi = now.ring, now.pi
+    def under_way(self, state: Read) -> bool:
+        return state.ring.in_progress
+
+    def finished(self, state: Read) -> tuple[str, str]:
+        return "tunnel key rotated", f"in use: {state.ring.current}; the VPS accepts it alone; no other key on the Pi"
+
+    def apply(self, step: Step, state: Read) -> str:
+        ring, on_pi, remote, pi = state.ring, state.pi, self.remote, self.pi
         if step is Step.MAKE:
-            self._run(remote, pi_keys.make_next(pi), step)
+            self._run(pi_keys.make_next(pi), step)
             made = pi_keys.read_keys(remote, pi).next
             return f"{made.fingerprint if made else '?'} (its private half never leaves the Pi)"
         if step is Step.AUTHORISE:
             wanted = on_pi.next or on_pi.current
             assert wanted is not None
-            lacking = [v for v, lines in now.authorised.items() if wanted.line not in lines]
+            lacking = [v for v, lines in state.authorised.items() if wanted.line not in lines]
             for vps in lacking:
-                self._authorise(vps, pi, [*now.authorised[vps], wanted.line])
-            where = f" on {', '.join(lacking)}" if len(now.authorised) > 1 else ""
+                self._authorise(vps, [*state.authorised[vps], wanted.line])
+            where = f" on {', '.join(lacking)}" if len(state.authorised) > 1 else ""
             return (f"{wanted.fingerprint}{where}, with the same restrictions, beside "
                     f"{', '.join(ring.authorised) or 'none'}")
         if step is Step.SWITCH:
-            self._run(remote, pi_keys.switch(pi), step)
+            self._run(pi_keys.switch(pi), step)
             return f"{ring.next} at {pi_keys.key_path(pi)}; {ring.current} kept as .old until the VPS drops it"
         if step is Step.CONNECT:
-            return self._connect(remote, pi, ring)
+            return self._connect(ring)
         if step is Step.RETIRE_VPS:
             assert on_pi.current is not None
-            for vps, lines in now.authorised.items():
+            for vps, lines in state.authorised.items():
                 if lines != (on_pi.current.line,):
-                    self._authorise(vps, pi, [on_pi.current.line])
+                    self._authorise(vps, [on_pi.current.line])
             gone = [k for k in ring.authorised if k != ring.current]
             return f"{', '.join(gone)} no longer accepted"
         if step is Step.RETIRE_PI:
-            self._run(remote, pi_keys.drop_old(pi), step)
+            self._run(pi_keys.drop_old(pi), step)
             return f"{ring.old} deleted"
         raise AssertionError(step)
 
-    def _run(self, remote: Remote, script: str, step: Step) -> None:
-        result = remote.run(script)
-        if not result.ok:
-            self.play.reporter.line(remote.name, "failed", f"tunnel key: {step.value}", result.stderr.strip()[-300:])
-            raise StepFailed(step.name)
+    def _run(self, script: str, step: Step) -> None:
+        reconcile.run_script(self.remote, script, self.reporter, f"tunnel key: {step.value}")
 
-    def _authorise(self, vps: str, pi: PiSpec, lines: list[str]) -> None:
-        vps_spec, remote = self.inv.vps[vps], self.play.remotes[vps]
+    def _authorise(self, vps: str, lines: list[str]) -> None:
+        pi, vps_spec, remote = self.pi, self.inv.vps[vps], self.play.remotes[vps]
         ops = keys_ops(self.inv, vps_spec, {pi.name: lines})
         with self.locks[vps]:  # read and write of the shared file together, one Pi at a time
             known = facts_for(remote, ops)
             # a key of this Pi's (its next one too) that another Pi holds: refused, nothing written
             shared = shared_keys(self.inv, vps_spec, {pi.name: lines}, known.file(keys_path()))
             if shared:
-                if pi.name not in refuse_shared(self.play.reporter, vps, shared):
-                    self.play.reporter.line(pi.name, "failed", f"tunnel key: {Step.AUTHORISE.value}",
-                                            f"nothing written on {vps}: it lists a key for two Pis (see above)")
+                if pi.name not in refuse_shared(self.reporter, vps, shared):
+                    self.reporter.line(pi.name, "failed", f"tunnel key: {Step.AUTHORISE.value}",
+                                       f"nothing written on {vps}: it lists a key for two Pis (see above)")
                 raise StepFailed("a key two Pis hold")
-            converge(remote, ops, self.play.reporter, self.play.options.mode, known=known)
+            converge(remote, ops, self.reporter, self.play.options.mode, known=known)
 
-    def _connect(self, remote: Remote, pi: PiSpec, ring: Ring) -> str:
+    def _connect(self, ring: Ring) -> str:
         """Reconnect if a session of another key holds a listener (or wait while the tunnels come back on
         their own), until each VPS's log shows every listener held by a session of the key in use."""
+        pi = self.pi
         started = time.monotonic()
         restarted = False
         for attempt in range(2):
             if attempt or any(k not in ("", ring.current) for k in ring.live):
-                self._run(remote, pi_keys.reconnect(pi), Step.CONNECT)
+                self._run(pi_keys.reconnect(pi), Step.CONNECT)
                 restarted = True
             deadline = time.monotonic() + PI["listen_wait_seconds"]
             while time.monotonic() < deadline:
-                ring = self.read(remote, pi).ring
+                ring = self.read().ring
                 if ring.up_with == ring.current:
                     how = "reconnected" if restarted else "came back by itself"
                     held = "; ".join(f"{p.vps}: {', '.join(s.spec for s in listens(p))}" for p in pi.paths()) \
@@ -309,64 +276,15 @@ class Rotation:
                             f"{ring.current} (sshd's log), {time.monotonic() - started:.1f}s")
                 time.sleep(0.3)
         why = f"not up with {ring.current} after {time.monotonic() - started:.0f}s ({_shown(ring.live)})"
-        self.play.reporter.line(pi.name, "failed", f"tunnel key: {Step.CONNECT.value}",
-                                f"{why}; the VPS still accepts the old key: rerun, and see "
-                                f"`journalctl {' '.join(f'-u {unit(v)}' for v in pi.all_vps)}`")
-        raise StepFailed(why)
-
-    def _maybe_die(self) -> None:
-        at = os.environ.get(KILL_AFTER)
-        with self.count_lock:
-            self.applied += 1
-            if at and self.applied == int(at):
-                os.kill(os.getpid(), signal.SIGKILL)
-
-
-def read_file(remote: Remote, path: str) -> FileState:
-    fact = file_fact(path)
-    return fact.process(remote.run(fact.script).stdout)
+        raise reconcile.failed(self.reporter, pi.name, f"tunnel key: {Step.CONNECT.value}",
+                               f"{why}; the VPS still accepts the old key: rerun, and see "
+                               f"`journalctl {' '.join(f'-u {unit(v)}' for v in pi.all_vps)}`")
 
 
 def rotate_keys(play: Play) -> None:
-    """`invoke rotate-keys`: every selected Pi's tunnel key, one state machine per Pi."""
-    Rotation(play).run()
-
-
-# ------------------------------------------------------------------------------------ the laptop's key
-def rotate_laptop_key(play: Play, new_key: Path) -> None:
-    """`invoke rotate-keys --laptop-key NEW`: on every selected Pi, NEW's public half beside the laptop key
-    pitunnel installed, a fresh login with NEW alone proven (by the same route as every other login to
-    that Pi, its host key checked), then the old one removed. Read from the Pi each time: a rerun
-    finishes an interrupted run, and the old key goes only after NEW alone has logged in."""
-    inv, reporter, mode = play.inventory, play.reporter, play.options.mode
-    line = parse_public_key(new_key.with_name(new_key.name + ".pub").read_text()).line
-
-    def one(remote: Remote) -> None:
-        pi = inv.pis[remote.name]
-        for _ in range(4):
-            found = read_file(remote, pi_keys.laptop_keys_path(pi))
-            keys = pi_keys.laptop_keys(found.content.decode(errors="replace") if found.exists else "")
-            if line not in keys:
-                converge(remote, [pi_keys.laptop_keys_op(pi, [*keys, line])], reporter, mode)
-                if mode.check:
-                    reporter.note(pi.name, "then: a fresh login with the new key, then the old key(s) removed")
-                    return
-                continue
-            if keys != [line]:
-                # NEW alone (never the agent's keys, the old one among them), by the route this run takes
-                why = remote.proves_key(new_key)
-                if why is not None:
-                    reporter.line(pi.name, "failed", "laptop key: a fresh login with the new key alone",
-                                  f"the old key stays authorised: {why}")
-                    raise StepFailed("new laptop key not proven")
-                route = f"through {remote.gateway_name}'s tunnel" if remote.through_tunnel else "direct"
-                reporter.line(pi.name, "ok", "laptop key: a fresh login with the new key alone",
-                              f"{new_key} ({route}; no agent, no other key, no password)")
-                converge(remote, [pi_keys.laptop_keys_op(pi, [line])], reporter, mode)
-                continue
-            reporter.line(pi.name, "ok", "laptop key rotated", f"{pi.user}@{pi.name} accepts {new_key} alone (of "
-                          "pitunnel's laptop keys): set laptop_key (and key) to it in the inventory")
-            return
-        raise StepFailed("laptop key rotation loops")
-
-    play.each(play.selected(list(inv.pis.values())), one)
+    """`invoke rotate-keys`: every selected Pi's tunnel key, one state machine per Pi, in parallel."""
+    locks = {name: threading.Lock() for name in play.inventory.vps}
+    applied = reconcile.Applied()
+    play.each_selected(play.inventory.pis.values(),
+                       lambda remote: reconcile.reconcile(PiRotation(play, remote, locks), check=play.options.check,
+                                                          applied=applied))

@@ -3,7 +3,8 @@
 Each role describes its own host only; this module runs them in order and carries what one host needs
 from another: the Pis' offers (keys, listeners) to their VPSes, each VPS's host keys and listeners back to
 its Pis. A Pi may have several VPSes: a tunnel to each is a path, and one VPS that does not answer never
-holds up the paths through the others. provision-pi, provision, verify, status and teardown all start here.
+holds up the paths through the others. provision-vps, provision-pi, provision, verify, status and teardown
+all start here.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ def provision(play: Play) -> None:
     play.failed |= partial
 
 
+def provision_vps(play: Play) -> None:
+    """`invoke provision-vps`: converge every selected VPS (a VPS that serves all but a name's certificate
+    counts as failed at the end)."""
+    play.failed |= vps.provision_routes(play)
+
+
 def provision_pi(play: Play) -> None:
     """`invoke provision-pi`: base on every Pi, the Pis' keys on their VPS, then each Pi's tunnel."""
     connect(play, pi.base(play))
@@ -62,7 +69,7 @@ def connect(play: Play, bases: dict[str, pi.PiBase]) -> None:
     tunnels to the VPSes that answered, up and listening there, then its passwords off where the inventory
     says so. A path whose VPS did not answer is left as it is on the Pi, and named under the recap."""
     inv, mode, reporter = play.inventory, play.options.mode, play.reporter
-    pis = play.selected(list(inv.pis.values()))
+    pis = play.selected(inv.pis.values())
     bases = {name: base for name, base in bases.items() if not offers_revoked_key(play, name, base)}
 
     def authorise(remote: Remote) -> VpsFacts:
@@ -190,7 +197,7 @@ def teardown(play: Play, *, purge: bool) -> None:
     inv = play.inventory
     pi.teardown(play, purge=purge)
     if play.options.limit:
-        pis = play.selected(list(inv.pis.values()))
+        pis = play.selected(inv.pis.values())
         # a Pi refused because the laptop reaches it only through its own tunnel keeps its key on the VPS
         gone = frozenset(p.name for p in pis if not (p.name in play.failed and play.remotes[p.name].through_tunnel))
 

@@ -23,10 +23,11 @@ import pytest
 import yaml
 
 from lab import LAPTOP_KEY, VPS_ADDR, away_from_home, inject
+from pitunnel.reconcile import KILL_AFTER
+from pitunnel.roles.laptopkey import rotate_laptop_key
 from pitunnel.roles.rekey import rotate_vps_hostkey
-from pitunnel.roles.rotate import KILL_AFTER, rotate_keys, rotate_laptop_key
-from pitunnel.roles.site import provision, provision_pi
-from pitunnel.roles.vps.steps import provision as provision_vps
+from pitunnel.roles.rotate import rotate_keys
+from pitunnel.roles.site import provision, provision_pi, provision_vps
 from pitunnel.sshkeys import parse_public_key
 from tests.conftest import ROOT, lab_up
 from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, in_host, play, tunnel_key_fingerprint, http_ok, wait_for

@@ -16,7 +16,7 @@ from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge
 from pitunnel.roles.site import provision_pi as provision_pis
 from pitunnel.roles.vps.steps import handlers as vps_handlers
-from pitunnel.roles.vps.steps import provision as provision_vps
+from pitunnel.roles.site import provision_vps
 from tests.conftest import lab_up
 from tests.lab.runs import etc_diff, etc_state, in_host, play
 

@@ -25,7 +25,7 @@ from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge
 from pitunnel.roles.vps.role import D as VPS
 from pitunnel.roles.vps.steps import handlers as vps_handlers
-from pitunnel.roles.vps.steps import provision as provision_vps
+from pitunnel.roles.site import provision_vps
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play
 

@@ -17,7 +17,7 @@ import yaml
 from lab import PortKnocker, SilentDrop, reachable, target, wait_recovered
 from pitunnel.roles.site import provision as provision_site
 from pitunnel.roles.site import teardown as teardown_site
-from pitunnel.roles.vps.steps import provision as provision_vps
+from pitunnel.roles.site import provision_vps
 from pitunnel.roles.vps.steps import teardown as teardown_vps
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play

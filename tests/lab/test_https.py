@@ -14,8 +14,7 @@ import pytest
 import yaml
 
 import lab
-from pitunnel.roles.site import provision, status, teardown, verify
-from pitunnel.roles.vps.steps import provision as provision_vps
+from pitunnel.roles.site import provision, provision_vps, status, teardown, verify
 from invoke import Exit
 
 from pitunnel.cli import Flags, run_play

@@ -18,9 +18,9 @@ import yaml
 
 from lab import reachable, target, vps_addresses
 from pitunnel.inventory import load_inventory
+from pitunnel.reconcile import KILL_AFTER
 from pitunnel.roles.migrate import state_file
 from pitunnel.roles.pi.verify import PiReport
-from pitunnel.roles.rotate import KILL_AFTER
 from pitunnel.roles.site import provision, verify
 from tests.conftest import ROOT, lab_up
 from tests.lab.runs import etc_diff, etc_state, in_host, play

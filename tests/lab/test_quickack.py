@@ -21,7 +21,7 @@ import pytest
 from benchmarks.datapath import parse_wrk
 from pitunnel.roles.site import provision_pi as provision_pis
 from pitunnel.roles.pi.steps import teardown as teardown_pis
-from pitunnel.roles.vps.steps import provision as provision_vps
+from pitunnel.roles.site import provision_vps
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play
 

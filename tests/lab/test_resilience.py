@@ -12,7 +12,7 @@ import pytest
 
 from lab import inject, sh, tunnel_rss_kb
 from pitunnel.roles.site import provision_pi as provision_pis
-from pitunnel.roles.vps.steps import provision as provision_vps
+from pitunnel.roles.site import provision_vps
 from tests.conftest import RELEASE, lab_up
 from tests.lab.runs import play
 

@@ -24,8 +24,7 @@ import lab
 from lab import VPS_ADDR
 from pitunnel.inventory import load_inventory
 from pitunnel.inventory.revoked import read_revoked, revoked_file
-from pitunnel.roles.site import provision
-from pitunnel.roles.vps.steps import provision as provision_vps
+from pitunnel.roles.site import provision, provision_vps
 from tests.conftest import ROOT, lab_up
 from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, etc_diff, etc_state, in_host, play, tunnel_key_fingerprint, wait_for
 

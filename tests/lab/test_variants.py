@@ -17,8 +17,7 @@ import yaml
 
 from lab import password_file
 from pitunnel.roles.site import provision_pi as provision_pis
-from pitunnel.roles.site import verify
-from pitunnel.roles.vps.steps import provision as provision_vps
+from pitunnel.roles.site import provision_vps, verify
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play
 from tests.lab.test_lab import password_login

@@ -144,7 +144,7 @@ def test_status_prints_the_rows_gathered_before_a_failure(hosts: Path, monkeypat
 
 
 @pytest.mark.parametrize(("task", "target"), [
-    (tasks.provision_vps, "pitunnel.roles.vps.steps.provision"), (tasks.provision_pi, "pitunnel.roles.site.provision_pi"),
+    (tasks.provision_vps, "pitunnel.roles.site.provision_vps"), (tasks.provision_pi, "pitunnel.roles.site.provision_pi"),
     (tasks.provision, "pitunnel.roles.site.provision")])
 def test_each_provisioning_task_runs_its_step(task: object, target: str, hosts: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:

@@ -264,6 +264,20 @@ def test_a_new_laptop_key_is_checked_before_any_host(tmp_path: Path) -> None:
     assert "chmod 600" in (laptop_key_problem(key) or "")
 
 
+def test_the_laptop_key_goes_new_beside_old_then_new_alone() -> None:
+    from pitunnel import reconcile
+    from pitunnel.roles import laptopkey
+
+    def plan(keys: tuple[str, ...]) -> list[laptopkey.Step]:
+        return [s for s, _ in reconcile.plan(keys, lambda k, _: laptopkey.next_step(k, "new"),
+                                             lambda k, s: laptopkey.after(k, s, "new"))]
+
+    Step = laptopkey.Step
+    assert plan(("old",)) == [Step.ADD, Step.SWAP, Step.DONE]
+    assert plan(("old", "new")) == plan(("new", "old")) == [Step.SWAP, Step.DONE]  # the old goes only after a login
+    assert plan(()) == [Step.ADD, Step.DONE] and plan(("new",)) == [Step.DONE]
+
+
 def test_laptop_keys_keep_the_users_own_lines() -> None:
     from pitunnel.inventory import PiSpec
 

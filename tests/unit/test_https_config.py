@@ -13,6 +13,7 @@ import pytest
 from pitunnel.facts import Facts
 from pitunnel.inventory import LETS_ENCRYPT_STAGING, Inventory, InventoryError, load_inventory
 from pitunnel.ops import File, Op, record_fact
+from pitunnel.roles.site import provision_vps
 from pitunnel.roles.vps import acme
 from pitunnel.roles.vps import role as vps_role
 from pitunnel.roles.vps import steps as vps_steps
@@ -220,7 +221,7 @@ def test_provision_refuses_unknown_names_unless_the_user_has_a_default_server_on
                      for n in ("app.example.com", "cam.example.com"))
     host = FakeHost("main", [("dpkg-query", "nginx certbot installed"), ("default(_server)?", users),
                              ("renewal/pitunnel-", have)])
-    vps_steps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
+    provision_vps(play_on(inv, {"main": host}))  # type: ignore[dict-item]
     wanted = vps_steps.converge_ops(inv, inv.vps["main"], claim_default=not users, reject_unknown=rejects,
                                     certs=found("app.example.com", "cam.example.com"))
     default = text_of(wanted, D["nginx_default_site"])

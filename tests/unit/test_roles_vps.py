@@ -16,6 +16,7 @@ from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed
 from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, VpsFacts
+from pitunnel.roles.site import provision_vps
 from pitunnel.roles.vps import authorized as vps_authorized
 from pitunnel.roles.vps import nginx as vps_nginx
 from pitunnel.roles.vps import role as vps_role
@@ -265,7 +266,7 @@ def test_provision_makes_the_account_and_nginx_first_then_reads_again(inv: Inven
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     host = FakeHost("main")
     play = play_on(inv, {"main": host})  # type: ignore[dict-item]
-    vps.provision(play)
+    provision_vps(play)
     assert play.failed == set()
     reads = [i for i, e in enumerate(host.journal) if e == "main read"]
     applies = [i for i, e in enumerate(host.journal) if e == "main apply"]
@@ -280,7 +281,7 @@ def test_provision_with_nginx_there_reads_once_and_leaves_a_users_default_server
         inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
     mine = f"{D['nginx_sites_dir']}/mine.conf listen 80 default_server;"
     host = FakeHost("main", [("dpkg-query", "nginx installed"), ("default(_server)?", mine)])
-    vps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
+    provision_vps(play_on(inv, {"main": host}))  # type: ignore[dict-item]
     assert [e for e in host.journal if e == "main read"] == ["main read"]
     out = lines(capsys)
     assert (f"ok main nginx default server - yours is ({D['nginx_sites_dir']}/mine.conf): pitunnel's path-prefix "
@@ -297,7 +298,7 @@ def test_provision_refuses_an_account_it_did_not_make_before_touching_anything(
         inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
     host = FakeHost("main", [("getent passwd pitunnel || true", "pitunnel:x:1000:1000:Someone:/home/pitunnel:/bin/bash")])
     play = play_on(inv, {"main": host})  # type: ignore[dict-item]
-    vps.provision(play)
+    provision_vps(play)
     assert play.failed == {"main"} and host.ops == []  # Nginx not even installed
     assert any(l.startswith("failed main system user pitunnel - account pitunnel exists and pitunnel did not create it")
                for l in lines(capsys))
@@ -305,7 +306,7 @@ def test_provision_refuses_an_account_it_did_not_make_before_touching_anything(
 
 def test_provision_in_check_mode_reads_once_and_changes_nothing(inv: Inventory) -> None:
     host = FakeHost("main")
-    vps.provision(play_on(inv, {"main": host}, check=True))  # type: ignore[dict-item]
+    provision_vps(play_on(inv, {"main": host}, check=True))  # type: ignore[dict-item]
     assert host.ops == [] and host.journal == ["main read"]
 
 
@@ -398,7 +399,7 @@ def test_debian_default_site_set_aside_and_put_back_for_real(tmp_path: Path, mon
 
 def test_provision_of_a_fresh_vps(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
     host = FakeHost("main", [("dpkg-query", "nginx installed"), ("stat -c '%F", "ABSENT")])
-    vps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
+    provision_vps(play_on(inv, {"main": host}))  # type: ignore[dict-item]
     in_order(lines(capsys), [
         "changed main system user pitunnel - create",
         "ok main packages nginx - installed",
@@ -465,7 +466,7 @@ def test_verbose_diff_run_never_shows_a_secret_files_bytes(tmp_path: Path, befor
     host = FakeHost("main", answers)
     monkeypatch.setattr(play_module, "remotes_for", lambda *_, **__: {"main": host, "alpha": FakeHost("alpha"),
                                                                       "beta": FakeHost("beta")})
-    run_play(vps.provision, Flags(inventory=str(inv.path), verbose=True, diff=True, check=before == "check"))
+    run_play(provision_vps, Flags(inventory=str(inv.path), verbose=True, diff=True, check=before == "check"))
     out, err = capsys.readouterr()
     printed = out + err
     assert f"main       | @@FACT" in printed and "| root:root:600" not in printed  # -v streamed the facts' output
@@ -485,13 +486,13 @@ def test_provision_of_a_vps_already_as_wanted_changes_nothing_in_one_read(inv: I
     from tests.unit.fake_hosts import converged
     ops = [Packages(("nginx",)), *vps.converge_ops(inv, inv.vps["main"])]
     host = FakeHost("main", converged(ops, users=["pitunnel"]))
-    vps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
+    provision_vps(play_on(inv, {"main": host}))  # type: ignore[dict-item]
     out = lines(capsys)
     assert len(host.scripts) == 1 and host.ops == [] and all(l.startswith("ok ") for l in out)
     assert not any("handler" in l for l in out)
     stray = FakeHost("main", [(f"cd {D['nginx_locations_dir']} 2>/dev/null", "alpha_web.conf\nold_gone.conf"),
                               *converged(ops, users=["pitunnel"])])
-    vps.provision(play_on(inv, {"main": stray}))  # type: ignore[dict-item]
+    provision_vps(play_on(inv, {"main": stray}))  # type: ignore[dict-item]
     out = lines(capsys)
     assert [l for l in out if not l.startswith("ok ")] == [
         f"changed main no stray {D['nginx_locations_dir']}/*.conf - remove old_gone.conf",
@@ -529,7 +530,7 @@ def test_pitunnel_claims_default_server_unless_the_user_has_one_on_its_ports(tmp
             " basic_auth_file: cam.htpasswd,", "")
     inv = load(tmp_path, text, {"cam.htpasswd": "alice:$apr1$x$y\n"})
     host = FakeHost("main", [("dpkg-query", "nginx installed"), ("default(_server)?", f"/etc/nginx/conf.d/mine.conf listen {listen};")])
-    vps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
+    provision_vps(play_on(inv, {"main": host}))  # type: ignore[dict-item]
     site = vps.converge_ops(inv, inv.vps["main"], claim_default=claims)[-1]
     assert isinstance(site, File)
     assert host.applied(base64.b64encode(site.wanted(FileState(False)).encode()).decode())
@@ -565,5 +566,5 @@ def test_provision_restarts_or_reloads_only_what_a_change_feeds(inv: Inventory, 
              "stray_site": (f"cd {D['nginx_sites_dir']} 2>/dev/null", "pitunnel-alpha_cam.conf\npitunnel-gone_x.conf"),
              "stray_auth": (f"cd {D['nginx_auth_dir']} 2>/dev/null", "alpha_cam.htpasswd\ngone_x.htpasswd")}[changed]
     host = FakeHost("main", [first, *converged(ops, users=["pitunnel"])])
-    vps.provision(play_on(inv, {"main": host}))  # type: ignore[dict-item]
+    provision_vps(play_on(inv, {"main": host}))  # type: ignore[dict-item]
     assert [l for l in lines(capsys) if " handler " in l] == [f"changed main handler {handler} - ran once"]

@@ -266,7 +266,7 @@ def base(play: Play) -> dict[str, PiBase]:
             pubkey = refuse_bad_pubkey(reporter, pi, key, remote.run(f"cat {key.path}.pub").stdout)
         return PiBase(PiOffer(pi.name, pubkey, listens(pi)), known.value(PENALTIES))
 
-    return play.each(play.selected(list(inv.pis.values())), one)
+    return play.each_selected(inv.pis.values(), one)
 
 
 def vps_folders(output: str) -> frozenset[str]:

@@ -280,13 +280,8 @@ def provision_routes(play: Play) -> set[str]:
     """Converge every selected VPS; the VPSes where a certificate could not be obtained (reported, each
     for its name alone): the caller marks them failed once the rest of its run (the Pis) is done."""
     inv = play.inventory
-    results = play.each(play.selected(list(inv.vps.values())), lambda remote: converge_vps(play, remote))
+    results = play.each_selected(inv.vps.values(), lambda remote: converge_vps(play, remote))
     return {name for name, failed in results.items() if failed}
-
-
-def provision(play: Play) -> None:
-    """`invoke provision-vps`: converge every selected VPS."""
-    play.failed |= provision_routes(play)
 
 
 def teardown(play: Play, *, purge: bool) -> None:
@@ -296,4 +291,4 @@ def teardown(play: Play, *, purge: bool) -> None:
         converge(remote, teardown_ops(inv.vps[remote.name], purge=purge), play.reporter, play.options.mode,
                  handlers(remote))
 
-    play.each(play.selected(list(inv.vps.values())), work)
+    play.each_selected(inv.vps.values(), work)
