@@ -461,7 +461,7 @@ def rounds_of(configs: Sequence[Config], rounds: int) -> Iterator[tuple[int, Con
 
 def provision_lab(release: str) -> None:
     """A fresh lab with one Pi, its VPS and Pi provisioned (both benchmarks of the data path start here)."""
-    from pitunnel.cli import Flags, run_play
+    from pitunnel.taskkit import Flags, run_play
     from pitunnel.play import Play
     from pitunnel.roles.site import provision_pi as provision_pis
     from pitunnel.roles.site import provision_vps

@@ -66,7 +66,7 @@ def provision(profile: Profile, release: str) -> None:
     """Fresh lab hosts, provisioned with the profile written in the inventory (the Pi's keys) and on the VPS."""
     import yaml
 
-    from pitunnel.cli import Flags, run_play
+    from pitunnel.taskkit import Flags, run_play
     from pitunnel.roles.site import provision_pi as provision_pis
     from pitunnel.roles.site import provision_vps
 

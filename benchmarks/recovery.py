@@ -25,7 +25,7 @@ from pathlib import Path
 
 import lab
 from lab import INVENTORY, PITUNNEL, Setup, inject, reachable, target, tunnel_pss_kb, tunnel_rss_kb, wait_recovered
-from pitunnel.cli import Flags, run_play
+from pitunnel.taskkit import Flags, run_play
 from pitunnel.roles.site import provision_pi as provision_pis
 from pitunnel.roles.site import provision_vps
 

@@ -14,7 +14,7 @@ modules inside are the lab's own (only unit tests of those modules, in tests/uni
     lab.start_ca()                      pebble, a real ACME CA, for the VPS's certbot (lab.down stops it)
 """
 
-from pitunnel.cli import LAB_INVENTORY as INVENTORY
+from pitunnel.taskkit import LAB_INVENTORY as INVENTORY
 
 from .acme import LabCA, dns_fail, start_ca
 from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, cpu_seconds, down, exec_in, netns_argv, password_file,

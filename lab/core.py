@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from pitunnel.cli import LAB_INVENTORY
+from pitunnel.taskkit import LAB_INVENTORY
 from pitunnel.hostkeys import known_name
 
 from . import limits, machine, net

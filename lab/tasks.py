@@ -11,7 +11,7 @@ import yaml
 
 from invoke import Collection, Context, Exit, task
 
-from pitunnel.cli import LAB_INVENTORY, ROOT, FlagsTask
+from pitunnel.taskkit import LAB_INVENTORY, ROOT, FlagsTask
 from pitunnel.inventory import load_inventory
 from pitunnel.tasks import provision, verify
 

@@ -24,7 +24,7 @@ class Interrupted(Exception):
     apply, handlers and proofs), so it is as consistent as after any step; a rerun carries on."""
 
 
-STOP = threading.Event()  # set on Ctrl-C (pitunnel.cli.run_play): no host starts another converge
+STOP = threading.Event()  # set on Ctrl-C (pitunnel.taskkit.run_play): no host starts another converge
 
 
 def stop_point() -> None:

@@ -1,6 +1,7 @@
-"""pitunnel's own tasks: provision-vps, provision-pi, provision, verify, status and teardown.
+"""pitunnel's own tasks (TASKS): provision-vps, provision-pi, provision, verify, status, teardown, rotate-keys,
+rotate-vps-hostkey, migrate and revoke.
 
-Each takes the shared flags (pitunnel.cli.Flags) as one `flags` argument; tasks.py at the top of the
+Each takes the shared flags (pitunnel.taskkit.Flags) as one `flags` argument; tasks.py at the top of the
 checkout puts them into `invoke`'s namespace, and pitunnel/console.py makes them the `pitunnel` command.
 Exit codes: pitunnel.failures (docs/cli.md).
 """
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 from invoke import Context, Exit
 
 from . import failures
-from .cli import COMMON, READ_ONLY, Flags, provisioning_task, run_play
+from .taskkit import COMMON, READ_ONLY, Flags, provisioning_task, run_play
 from .inventory import Inventory
 from .play import Play
 
@@ -254,7 +255,7 @@ def release(flags: Flags, pi: str) -> None:
     """revoke PI --release-ports: the record of a revoked Pi that is gone from the inventory, and its reserved
     ports, dropped on the laptop alone (the inventory may clash with those ports meanwhile: that is why)."""
     from pitunnel import yamlsrc
-    from pitunnel.cli import resolve_inventory
+    from pitunnel.taskkit import resolve_inventory
     from pitunnel.inventory import InventoryError, load_inventory
     from pitunnel.inventory.revoked import read_revoked, revoked_file, write_revoked
 

@@ -27,7 +27,7 @@ from pitunnel import yamlsrc
 
 from . import ports, reader, revoked
 from .checks import IMAGE_LOGINS
-from .errors import Invalid, InventoryError, Problem, Report
+from .errors import Invalid, InventoryError, Problem, Problems
 from .fields import (
     DEFAULT_LOCAL_PORT,
     DEFAULTS_KEYS,
@@ -77,7 +77,7 @@ def load_inventory(path: Path | str, *, allocate: bool = True, save_allocations:
                                             "an unclosed quote or bracket)")]) from None
     except yamlsrc.YamlRefused as e:
         raise InventoryError(file, [Problem(file, e.line, e.column, "", e.message, e.fix)]) from None
-    report = Report(file, doc)
+    report = Problems(file, doc)
     read = reader.read(report, file.resolve().parent)
     lock = ports_file(file)
     recorded, lock_problems = ports.read_ports(lock)

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from pitunnel.yamlsrc import KeyPath
 
-from .errors import Report, dotted
+from .errors import Problems, dotted
 from .fields import HTTP_ONLY_KEYS
 from .model import AUTO_PORT, PiSpec, TunnelSpec, VpsSpec, has_tls
 
@@ -26,7 +26,7 @@ def _image_login(user: str) -> str:
             "(move its home) and delete it on teardown")
 
 
-def vps_agrees(report: Report, values: Mapping[str, Any], path: KeyPath) -> bool:
+def vps_agrees(report: Problems, values: Mapping[str, Any], path: KeyPath) -> bool:
     """The VPS's keys that must agree with each other do (those of `values`: the valid ones)."""
     certificate, key = values.get("tls_certificate", False), values.get("tls_key", False)
     if False not in (certificate, key) and (certificate is None) != (key is None):
@@ -46,7 +46,7 @@ def vps_agrees(report: Report, values: Mapping[str, Any], path: KeyPath) -> bool
     return True
 
 
-def pi_login_taken(report: Report, values: Mapping[str, Any], path: KeyPath) -> bool:
+def pi_login_taken(report: Problems, values: Mapping[str, Any], path: KeyPath) -> bool:
     """Whether the Pi's tunnel_user is an image's login account other than the Pi's own login user (reported
     if the login user is known). `values` holds the valid ones of the Pi's user and tunnel_user."""
     taken = values.get("tunnel_user") in IMAGE_LOGINS and values.get("tunnel_user") != values.get("user")
@@ -56,7 +56,7 @@ def pi_login_taken(report: Report, values: Mapping[str, Any], path: KeyPath) -> 
     return taken
 
 
-def pi_vps(report: Report, vps: tuple[str, ...] | None, path: KeyPath, vps_names: list[str]) -> tuple[str, ...] | None:
+def pi_vps(report: Problems, vps: tuple[str, ...] | None, path: KeyPath, vps_names: list[str]) -> tuple[str, ...] | None:
     """The names of the Pi's VPSes, or None if there is no good answer (reported unless there is no VPS)."""
     if vps is None:
         if len(vps_names) > 1:
@@ -72,7 +72,7 @@ def pi_vps(report: Report, vps: tuple[str, ...] | None, path: KeyPath, vps_names
     return None if unknown else vps
 
 
-def host_names(report: Report, vps_names: Container[str], pi_names: Iterable[str]) -> None:
+def host_names(report: Problems, vps_names: Container[str], pi_names: Iterable[str]) -> None:
     """No Pi has a VPS's name."""
     for name in pi_names:
         if name in vps_names:
@@ -80,7 +80,7 @@ def host_names(report: Report, vps_names: Container[str], pi_names: Iterable[str
                            "give every host its own name")
 
 
-def tunnel_kind(report: Report, raw: Mapping[str, Any], path: KeyPath) -> bool:
+def tunnel_kind(report: Problems, raw: Mapping[str, Any], path: KeyPath) -> bool:
     """Options of one tunnel type must not appear on the other."""
     ok = True
     if raw.get("type") == "ssh":
@@ -102,7 +102,7 @@ def tunnel_kind(report: Report, raw: Mapping[str, Any], path: KeyPath) -> bool:
     return ok
 
 
-def ports_and_routes(report: Report, vps: str, ports: Mapping[str, int], tunnels: list[tuple[str, TunnelSpec]]) -> None:
+def ports_and_routes(report: Problems, vps: str, ports: Mapping[str, int], tunnels: list[tuple[str, TunnelSpec]]) -> None:
     """Each port on the VPS has one user; each http route one tunnel.
 
     `ports` holds the VPS's valid port, http_port and https_port, and metrics_address's port when metrics are
@@ -147,7 +147,7 @@ def ports_and_routes(report: Report, vps: str, ports: Mapping[str, int], tunnels
             routes.setdefault(tunnel.path, path)
 
 
-def tls_for_routes(report: Report, vps: VpsSpec, pi: PiSpec) -> None:
+def tls_for_routes(report: Problems, vps: VpsSpec, pi: PiSpec) -> None:
     """Basic auth and HSTS only on routes served over HTTPS: a password must never cross in clear. No
     route takes the VPS's public_name for its own server."""
     public = vps.public_name.lower().rstrip(".") if vps.public_name else None

@@ -51,7 +51,7 @@ class Invalid(Exception):
         self.fix = fix
 
 
-class Report:
+class Problems:
     """The problems found in one parsed file, each placed at the line of the key path it names."""
 
     def __init__(self, file: Path, doc: yamlsrc.Document) -> None:
@@ -62,7 +62,7 @@ class Report:
         ]
 
     def problem(self, path: KeyPath, message: str, fix: str, *, at_key: bool = False) -> None:
-        """Report a problem at `path`'s value, or at its key if `at_key`."""
+        """Problems a problem at `path`'s value, or at its key if `at_key`."""
         line, column = (self.doc.locate_key(path) if at_key else self.doc.locate(path)) or (None, None)
         self.problems.append(Problem(self.file, line, column, dotted(path), message, fix))
 

@@ -19,7 +19,7 @@ from typing import Any, Final
 from pitunnel.yamlsrc import KeyPath
 
 from . import values
-from .errors import Invalid, Report, clip
+from .errors import Invalid, Problems, clip
 from .files import local_file
 from .model import KEEPALIVE, VIA, AcmeSpec, PiSpec, TunnelSpec, VpsSpec
 from .values import AUTO, Check
@@ -141,7 +141,7 @@ Inherited = Mapping[str, tuple[Any, KeyPath]]  # key -> (value, where it was wri
 class FieldChecker:
     """Checks mappings of one inventory against the tables above, reporting every problem to `report`."""
 
-    def __init__(self, report: Report, base: Path) -> None:
+    def __init__(self, report: Problems, base: Path) -> None:
         self.report = report
         self.base = base  # relative paths start here: the inventory's folder
 

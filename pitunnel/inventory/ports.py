@@ -11,7 +11,7 @@ from typing import Final
 from pitunnel.yamlsrc import KeyPath
 
 from . import values
-from .errors import Invalid, Problem, Report, show
+from .errors import Invalid, Problem, Problems, show
 from .model import AUTO_PORT, PiSpec, VpsSpec
 from .sidefile import read_side_file, write_side_file
 
@@ -27,7 +27,7 @@ def ports_file(inventory: Path) -> Path:
     return inventory.with_name(inventory.stem + ".ports.yml")
 
 
-def allocate(report: Report, vps: Mapping[str, VpsSpec], pis: dict[str, PiSpec],
+def allocate(report: Problems, vps: Mapping[str, VpsSpec], pis: dict[str, PiSpec],
              recorded: Mapping[str, Mapping[str, int]],
              reserved: Mapping[str, Mapping[str, Mapping[str, int]]] = {}) -> dict[str, dict[str, int]]:
     """Give every auto remote_port a port on each VPS of its Pi, in place in `pis`; returns the new lock file
@@ -84,7 +84,7 @@ def allocate(report: Report, vps: Mapping[str, VpsSpec], pis: dict[str, PiSpec],
     return {name: ports for name, ports in allocations.items() if ports}
 
 
-def _same_port(report: Report, vps: Mapping[str, VpsSpec], pi: PiSpec, tunnel_id: str, taken: dict[str, set[int]],
+def _same_port(report: Problems, vps: Mapping[str, VpsSpec], pi: PiSpec, tunnel_id: str, taken: dict[str, set[int]],
                allocations: dict[str, dict[str, int]], recorded: Mapping[str, Mapping[str, int]]) -> None:
     """One port for `tunnel_id` on every VPS of `pi`: the recorded one if all its VPSes agree and it is free on
     each, else the lowest free on all of them (and recorded for nothing else there); a problem naming every VPS

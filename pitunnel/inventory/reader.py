@@ -10,7 +10,7 @@ from typing import Any
 from pitunnel.yamlsrc import KeyPath
 
 from . import checks, fields, values
-from .errors import Invalid, Report, show
+from .errors import Invalid, Problems, show
 from .fields import FieldChecker, Inherited
 from .files import public_key
 from .model import KEEPALIVE, LETS_ENCRYPT, LETS_ENCRYPT_STAGING, AcmeSpec, PiSpec, metrics_port, Settings, TunnelSpec, VpsSpec
@@ -20,14 +20,14 @@ ALIVE_KEYS = ("client_alive_interval", "client_alive_count_max")
 Read = tuple[Settings | None, dict[str, VpsSpec], dict[str, PiSpec]]
 
 
-def read(report: Report, base: Path) -> Read | None:
+def read(report: Problems, base: Path) -> Read | None:
     """The settings (None if invalid), the valid VPSes and the valid Pis of `report`'s document; every problem
     goes to `report`. None if the document is not an inventory at all."""
     return _Reader(report, base).read()
 
 
 class _Reader:
-    def __init__(self, report: Report, base: Path) -> None:
+    def __init__(self, report: Problems, base: Path) -> None:
         self.report = report
         self.schema = FieldChecker(report, base)
         # what the cross-checks see, even of hosts and tunnels with other problems (so all are reported at once)

@@ -17,7 +17,7 @@ from typing import Any, Final
 from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
 
 from . import values
-from .errors import Invalid, Problem, Report, show
+from .errors import Invalid, Problem, Problems, show
 from .model import Inventory, Revoked
 from .sidefile import read_side_file, write_side_file
 
@@ -51,7 +51,7 @@ def read_revoked(file: Path) -> tuple[dict[str, Revoked], list[Problem]]:
     return (found, []) if not report.problems else ({}, report.problems)
 
 
-def _record(report: Report, pi: str, entry: Any) -> Revoked | None:
+def _record(report: Problems, pi: str, entry: Any) -> Revoked | None:
     if not values.NAME_RE.fullmatch(pi) or not isinstance(entry, dict):
         report.problem((pi,), f"expected a Pi name and a mapping (since, keys, ports), got {show(entry)}", _FIX)
         return None

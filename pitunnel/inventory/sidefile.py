@@ -12,10 +12,10 @@ import yaml
 
 from pitunnel import yamlsrc
 
-from .errors import Problem, Report
+from .errors import Problem, Problems
 
 
-def read_side_file(file: Path, what: str, fix: str) -> tuple[Report | None, Any, list[Problem]]:
+def read_side_file(file: Path, what: str, fix: str) -> tuple[Problems | None, Any, list[Problem]]:
     """(report, data, problems) of `file`, each problem with `fix`: no file, (None, None, []); a file that cannot
     be read or parsed, (None, None, [its problem]); else its data (None when empty) and a report to add to."""
     if not file.exists():
@@ -28,7 +28,7 @@ def read_side_file(file: Path, what: str, fix: str) -> tuple[Report | None, Any,
         return None, None, [Problem(file, e.line, e.column, "", f"YAML syntax error: {e.message}", fix)]
     except yamlsrc.YamlRefused as e:
         return None, None, [Problem(file, e.line, e.column, "", e.message, fix)]
-    report = Report(file, doc)
+    report = Problems(file, doc)
     report.problems = [replace(problem, fix=fix) for problem in report.problems]
     return report, doc.data, report.problems
 

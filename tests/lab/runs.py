@@ -12,7 +12,7 @@ from typing import Any
 from invoke import Exit
 
 import lab
-from pitunnel.cli import Flags, run_play
+from pitunnel.taskkit import Flags, run_play
 from pitunnel.play import Play
 from pitunnel.sshkeys import parse_public_key
 
@@ -35,7 +35,7 @@ def etc_diff(before: dict[str, str], after: dict[str, str]) -> list[str]:
 
 def play(inventory: Path, body: Callable[[Play], None], *, quiet: bool = False,
          **flags: Any) -> tuple[int, Play | None]:
-    """Run a play as the tasks do, with the shared flags (pitunnel.cli.Flags) given; returns (exit code, play)."""
+    """Run a play as the tasks do, with the shared flags (pitunnel.taskkit.Flags) given; returns (exit code, play)."""
     holder: list[Play] = []
 
     def capture(p: Play) -> None:

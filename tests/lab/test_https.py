@@ -17,7 +17,7 @@ import lab
 from pitunnel.roles.site import provision, provision_vps, status, teardown, verify
 from invoke import Exit
 
-from pitunnel.cli import Flags, run_play
+from pitunnel.taskkit import Flags, run_play
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play
 

@@ -1,4 +1,4 @@
-"""The flags every provisioning task shares: declared once (pitunnel.cli.Flags, with their help and short
+"""The flags every provisioning task shares: declared once (pitunnel.taskkit.Flags, with their help and short
 flags), added to each task's signature by `provisioning_task`, and handed to the task as one Flags."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import dataclasses
 from invoke import Collection, Context, Program
 
 from pitunnel import tasks
-from pitunnel.cli import FLAGS, Flags, provisioning_task
+from pitunnel.taskkit import FLAGS, Flags, provisioning_task
 from pitunnel.play import Options
 
 

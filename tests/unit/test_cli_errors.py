@@ -22,8 +22,8 @@ import paramiko
 import pytest
 from invoke import Collection, Context, Exit, Program
 
-from pitunnel import cli, failures, remote as remote_module, tasks
-from pitunnel.cli import Flags, provisioning_task, resolve_inventory, run_play
+from pitunnel import failures, taskkit, remote as remote_module, tasks
+from pitunnel.taskkit import Flags, provisioning_task, resolve_inventory, run_play
 from pitunnel.inventory import HostSpec, load_inventory
 from pitunnel.play import BadLimit, Play, resolve_limit
 from pitunnel.remote import Credentials, Remote, Unreachable
@@ -257,7 +257,7 @@ def test_inventory_comes_from_i_then_the_environment_then_the_current_folder(
     (tmp_path / "inventory" / "hosts.yml").write_text("")
     assert resolve_inventory(None) == (Path("inventory/hosts.yml"), "./inventory/hosts.yml")
     (tmp_path / "inventory" / "hosts.yml").unlink()
-    monkeypatch.setattr(cli, "CHECKOUT", False)
+    monkeypatch.setattr(taskkit, "CHECKOUT", False)
     assert resolve_inventory(None) == (Path("inventory/hosts.yml"), "./inventory/hosts.yml")
     code, _, err = run("provision-vps")
     assert code == 3 and "give one with -i FILE or $PITUNNEL_INVENTORY" in err

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from invoke import Context, Exit
 
-from pitunnel import cli, failures, tasks
+from pitunnel import failures, taskkit, tasks
 from pitunnel.play import Play
 from pitunnel.roles.pi.status import TunnelStatus
 from pitunnel.roles.pi.verify import PiReport
@@ -37,26 +37,26 @@ def hosts(tmp_path: Path) -> Path:
 
 def test_which_inventory_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     default, lab = tmp_path / "hosts.yml", tmp_path / "lab.yml"
-    monkeypatch.setattr(cli, "DEFAULT_INVENTORY", default)
-    monkeypatch.setattr(cli, "LAB_INVENTORY", lab)
-    monkeypatch.setattr(cli, "CHECKOUT", True)
-    monkeypatch.delenv(cli.ENV_INVENTORY, raising=False)
-    assert cli.resolve_inventory("mine.yml") == (Path("mine.yml"), "-i")
-    assert cli.resolve_inventory(None)[0] == default  # neither exists: the one to write
+    monkeypatch.setattr(taskkit, "DEFAULT_INVENTORY", default)
+    monkeypatch.setattr(taskkit, "LAB_INVENTORY", lab)
+    monkeypatch.setattr(taskkit, "CHECKOUT", True)
+    monkeypatch.delenv(taskkit.ENV_INVENTORY, raising=False)
+    assert taskkit.resolve_inventory("mine.yml") == (Path("mine.yml"), "-i")
+    assert taskkit.resolve_inventory(None)[0] == default  # neither exists: the one to write
     lab.write_text("x")
-    assert cli.resolve_inventory(None)[0] == lab  # the lab's, while there is no hosts.yml
-    monkeypatch.setenv(cli.ENV_INVENTORY, "env.yml")
-    assert cli.resolve_inventory(None) == (Path("env.yml"), "$PITUNNEL_INVENTORY")  # the variable before files
-    assert cli.resolve_inventory("mine.yml")[0] == Path("mine.yml")  # -i before the variable
-    monkeypatch.delenv(cli.ENV_INVENTORY)
+    assert taskkit.resolve_inventory(None)[0] == lab  # the lab's, while there is no hosts.yml
+    monkeypatch.setenv(taskkit.ENV_INVENTORY, "env.yml")
+    assert taskkit.resolve_inventory(None) == (Path("env.yml"), "$PITUNNEL_INVENTORY")  # the variable before files
+    assert taskkit.resolve_inventory("mine.yml")[0] == Path("mine.yml")  # -i before the variable
+    monkeypatch.delenv(taskkit.ENV_INVENTORY)
     default.write_text("x")
-    assert cli.resolve_inventory("")[0] == default  # hosts.yml wins once it exists
-    assert cli.DEFAULT_INVENTORY.name == "hosts.yml"
+    assert taskkit.resolve_inventory("")[0] == default  # hosts.yml wins once it exists
+    assert taskkit.DEFAULT_INVENTORY.name == "hosts.yml"
 
 
 def test_a_missing_inventory_ends_the_run_with_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(Exit) as exc:
-        cli.load(str(tmp_path / "none.yml"), check=False)
+        taskkit.load(str(tmp_path / "none.yml"), check=False)
     assert exc.value.code == failures.USAGE == 3
     assert exc.value.message.startswith(f"no inventory at {tmp_path / 'none.yml'} (from -i): give one with -i FILE")
     assert "inventory/example.yml" in exc.value.message and "`invoke lab.up`" in exc.value.message
@@ -66,16 +66,16 @@ def test_a_bad_inventory_ends_the_run_with_its_problems(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text("vps: {main: {address: 203.0.113.1, port: 99999}}\npis: {}\n")
     with pytest.raises(Exit) as exc:
-        cli.load(str(bad), check=False)
+        taskkit.load(str(bad), check=False)
     assert exc.value.code == failures.USAGE and str(bad) in str(exc.value.message)
     assert "port" in str(exc.value.message)
 
 
 def test_check_mode_allocates_ports_without_writing_them_down(hosts: Path) -> None:
     lock = hosts.with_name("hosts.ports.yml")
-    inv = cli.load(str(hosts), check=True)
+    inv = taskkit.load(str(hosts), check=True)
     assert inv.pis["alpha"].tunnels[0].remote_port > 0 and not lock.exists()
-    cli.load(str(hosts), check=False)
+    taskkit.load(str(hosts), check=False)
     assert lock.exists()
 
 
@@ -86,18 +86,18 @@ def test_run_play_plays_the_body_and_exits_with_the_plays_code(hosts: Path, caps
         seen.append(play)
         play.reporter.recap("alpha")  # as each() does for every host it plays
 
-    play = cli.run_play(body, cli.Flags(inventory=str(hosts), limit="alpha"))
+    play = taskkit.run_play(body, taskkit.Flags(inventory=str(hosts), limit="alpha"))
     assert seen == [play] and play.options.limit == frozenset({"alpha"}) and not play.reporter.quiet
     with pytest.raises(Exit) as exc:  # a --limit that leaves the task no host: a usage error
-        cli.run_play(lambda p: None, cli.Flags(inventory=str(hosts), limit="alpha"))
+        taskkit.run_play(lambda p: None, taskkit.Flags(inventory=str(hosts), limit="alpha"))
     assert exc.value.code == failures.USAGE and "works on none of them" in str(exc.value.message)
-    assert cli.run_play(lambda p: None, cli.Flags(inventory=str(hosts)), quiet=True).reporter.quiet
+    assert taskkit.run_play(lambda p: None, taskkit.Flags(inventory=str(hosts)), quiet=True).reporter.quiet
 
     def fails(play: Play) -> None:
         play.each([play.inventory.pis["alpha"]], lambda remote: (_ for _ in ()).throw(StepFailed("no")))
 
     with pytest.raises(Exit) as exc:
-        cli.run_play(fails, cli.Flags(inventory=str(hosts)))
+        taskkit.run_play(fails, taskkit.Flags(inventory=str(hosts)))
     assert exc.value.code == failures.FAILED == 2
     assert "alpha" in capsys.readouterr().out  # the recap still printed
 
@@ -179,30 +179,30 @@ def test_status_and_verify_run_quietly(hosts: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_a_flag_carries_its_default_short_flag_and_help() -> None:
-    made = cli.flag(3, "z", "how many")
+    made = taskkit.flag(3, "z", "how many")
     assert (made.default, dict(made.metadata)) == (3, {"short": "z", "help": "how many"})
 
 
 def test_every_flag_reaches_the_engine() -> None:
-    everything = cli.Flags(check=True, diff=True, limit="a", accept_new_host_keys=True, prompt_for_login_password=True,
+    everything = taskkit.Flags(check=True, diff=True, limit="a", accept_new_host_keys=True, prompt_for_login_password=True,
                            prompt_for_sudo_password=True).options()
     assert (everything.check, everything.diff, everything.accept_new_host_keys, everything.prompt_login_password,
             everything.prompt_sudo_password) == (True, True, True, True, True)
 
 
 def test_a_task_made_here_has_the_shared_flags_help_and_its_own_shorts() -> None:
-    def body(c: Context, flags: cli.Flags, purge: bool = False) -> None:
+    def body(c: Context, flags: taskkit.Flags, purge: bool = False) -> None:
         """A task."""
 
-    task = cli.provisioning_task(help={"purge": "also purge"}, shorts={"prompt_for_login_password": "r"})(body)
-    assert task.help["limit"] == cli.FLAGS["limit"].metadata["help"] and task.help["purge"] == "also purge"
+    task = taskkit.provisioning_task(help={"purge": "also purge"}, shorts={"prompt_for_login_password": "r"})(body)
+    assert task.help["limit"] == taskkit.FLAGS["limit"].metadata["help"] and task.help["purge"] == "also purge"
     assert task.shorts["prompt_for_login_password"] == "r" and task.shorts["check"] == "c"
 
 
 def test_check_mode_through_run_play_writes_no_lock_file(hosts: Path) -> None:
-    cli.run_play(lambda play: None, cli.Flags(inventory=str(hosts), check=True))
+    taskkit.run_play(lambda play: None, taskkit.Flags(inventory=str(hosts), check=True))
     assert not hosts.with_name("hosts.ports.yml").exists()
-    cli.run_play(lambda play: None, cli.Flags(inventory=str(hosts)))
+    taskkit.run_play(lambda play: None, taskkit.Flags(inventory=str(hosts)))
     assert hosts.with_name("hosts.ports.yml").exists()
 
 

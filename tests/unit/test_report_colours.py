@@ -64,8 +64,8 @@ def test_values_in_messages_are_short_and_say_their_type() -> None:
 
 def test_a_problem_is_placed_at_the_value_or_at_its_key(tmp_path: Path) -> None:
     from pitunnel import yamlsrc
-    from pitunnel.inventory.errors import Report
-    report = Report(tmp_path / "h.yml", yamlsrc.load("vps:\n  main:\n    port: 99999\n"))
+    from pitunnel.inventory.errors import Problems
+    report = Problems(tmp_path / "h.yml", yamlsrc.load("vps:\n  main:\n    port: 99999\n"))
     report.problem(("vps", "main", "port"), "bad", "fix")  # the value, on its key's line
     report.problem(("vps", "main", "port"), "bad key", "fix", at_key=True)
     report.problem(("vps", "main", "user"), "missing", "add it")  # not written: its mapping's key
@@ -73,4 +73,4 @@ def test_a_problem_is_placed_at_the_value_or_at_its_key(tmp_path: Path) -> None:
     assert [(p.line, p.column) for p in report.problems] == [(3, 11), (3, 5), (2, 3), (2, 3)]
     assert [p.key for p in report.problems] == ["vps.main.port", "vps.main.port", "vps.main.user", "vps.main.user"]
     assert report.line(("vps", "main", "port")) == " (line 3)"
-    assert Report(tmp_path / "e.yml", yamlsrc.load("")).line(("vps",)) == ""
+    assert Problems(tmp_path / "e.yml", yamlsrc.load("")).line(("vps",)) == ""

@@ -455,7 +455,7 @@ def test_verbose_diff_run_never_shows_a_secret_files_bytes(tmp_path: Path, befor
     without the htpasswd file, with another one, and in --check: neither file's bytes reach stdout or stderr in
     any encoding, while -v does stream the facts' output (the same lines Remote.run's _drain echoes)."""
     from pitunnel import play as play_module
-    from pitunnel.cli import Flags, run_play
+    from pitunnel.taskkit import Flags, run_play
     from pitunnel.ops import q
 
     inv = load(tmp_path, INVENTORY, {"cam.htpasswd": HTPASSWD_WANTED})
