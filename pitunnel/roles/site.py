@@ -47,7 +47,7 @@ def provision(play: Play) -> None:
         based = pool.submit(pi.base, play)
         # a VPS where a name's certificate could not be obtained serves everything else: its Pis go on,
         # and it counts as failed at the end
-        partial = vps.provision_routes(play)
+        partial = vps.converge_selected(play)
         bases = based.result()
     connect(play, bases)
     play.failed |= partial
@@ -56,7 +56,7 @@ def provision(play: Play) -> None:
 def provision_vps(play: Play) -> None:
     """`invoke provision-vps`: converge every selected VPS (a VPS that serves all but a name's certificate
     counts as failed at the end)."""
-    play.failed |= vps.provision_routes(play)
+    play.failed |= vps.converge_selected(play)
 
 
 def provision_pi(play: Play) -> None:

@@ -276,7 +276,7 @@ def converge_vps(play: Play, remote: Remote) -> list[str]:
     return failed
 
 
-def provision_routes(play: Play) -> set[str]:
+def converge_selected(play: Play) -> set[str]:
     """Converge every selected VPS; the VPSes where a certificate could not be obtained (reported, each
     for its name alone): the caller marks them failed once the rest of its run (the Pis) is done."""
     inv = play.inventory
