@@ -35,6 +35,7 @@ from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.runner import converge
 from pitunnel.roles import site
+from pitunnel.roles.probes.verify import verify
 from pitunnel.roles.rotate import KILL_AFTER
 from pitunnel.roles.vps import steps as vps
 
@@ -170,7 +171,7 @@ class Migration:
                                     f"and {old} left (its side torn down unless Pis stay on it or --keep-old)")
             play.inventory = inv
             return []
-        reports = {r.pi: r for r in site.verify(play) if r.vps == new}
+        reports = {r.pi: r for r in verify(play) if r.vps == new}
         verified = []
         for pi in moving:
             report = reports.get(pi.name)

@@ -19,7 +19,7 @@ import yaml
 from lab import reachable, target, vps_addresses
 from pitunnel.inventory import load_inventory
 from pitunnel.roles.migrate import state_file
-from pitunnel.roles.pi.verify import PiReport
+from pitunnel.roles.probes.report import PiReport
 from pitunnel.roles.rotate import KILL_AFTER
 from pitunnel.roles.site import provision, verify
 from tests.conftest import ROOT, lab_up

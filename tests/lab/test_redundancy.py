@@ -25,7 +25,7 @@ import pytest
 from lab import (KNOWN_HOSTS, LAPTOP_KEY, powered_off, reachable, target, tunnel_pss_kb, tunnel_rss_kb,
                  vps_addresses, vps_power_cut)
 from pitunnel.play import Play
-from pitunnel.roles.pi.verify import PiReport
+from pitunnel.roles.probes.report import PiReport
 from pitunnel.roles.rotate import rotate_keys
 from pitunnel.roles.site import provision, status, verify
 from tests.conftest import lab_up

@@ -236,7 +236,7 @@ def test_json_documents_of_provision_verify_and_status(inv_file: Path) -> None:
 
 
 def test_status_exits_2_when_a_tunnel_is_known_down() -> None:
-    from pitunnel.roles.pi.status import TunnelStatus, is_down
+    from pitunnel.roles.probes.status import TunnelStatus, is_down
 
     up = TunnelStatus("pi1", "ssh", "0.0.0.0:1", True, "active", "-", 1, "-", 0)
     down = TunnelStatus("pi1", "web", "127.0.0.1:2", False, "active", "-", 3, "-", 1, "ssh exited with error")

@@ -15,7 +15,8 @@ from pitunnel.ops import Absent, Directory, File, KeyPair, Packages, PackagesAbs
 from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed
 from pitunnel.roles.contract import PiOffer
-from pitunnel.roles.pi import status as pi_status
+from pitunnel.roles.probes import status as pi_status
+from pitunnel.roles.probes.unit import tunnel_fact
 from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import sshd as pi_sshd
@@ -355,21 +356,23 @@ def test_teardown_runs_on_the_selected_pis_only(inv: Inventory) -> None:
 
 
 def test_status_shows_each_tunnel_up_only_with_its_unit_active_and_its_listener(inv: Inventory) -> None:
-    out = "4\nactive\nMon 2026-11-30 09:00:00 UTC\n7\n2026-11-30T09:10:00+0000\n"
+    out = ("NRestarts=4\nActiveState=active\nActiveEnterTimestamp=Mon 2026-11-30 09:00:00 UTC\nSshStarts=7\n"
+           "LastStart=2026-11-30T09:10:00+0000\nLastError=\n")
     host = FakeHost("alpha", commands=[("systemctl show", out)])
     rows = pi_status.status_pi(host, inv.pis["alpha"], frozenset({"0.0.0.0:20022"}))  # type: ignore[arg-type]
     assert [(r.tunnel, r.listen, r.up) for r in rows] == [("ssh", "0.0.0.0:20022", True), ("web", "127.0.0.1:20080", False)]
     assert (rows[0].pi, rows[0].unit, rows[0].since, rows[0].ssh_starts, rows[0].last_start, rows[0].unit_restarts) == (
         "alpha", "active", "Mon 2026-11-30 09:00:00 UTC", 7, "2026-11-30T09:10:00+0000", 4)
-    assert {r.vps for r in rows} == {"main"} and host.scripts == [pi_status.status_script("main")]
-    down = FakeHost("alpha", commands=[("systemctl show", "0\nfailed\n\n0\n\n")])
+    assert {r.vps for r in rows} == {"main"} and host.scripts == [tunnel_fact("main").script]
+    down = FakeHost("alpha", commands=[("systemctl show", "NRestarts=0\nActiveState=failed\nActiveEnterTimestamp=\n"
+                                                            "SshStarts=0\nLastStart=\n")])
     (first, _) = pi_status.status_pi(down, inv.pis["alpha"], frozenset({"0.0.0.0:20022"}))  # type: ignore[arg-type]
     assert not first.up and first.unit == "failed" and first.since == "-" and first.last_start == "-"
     (blank, _) = pi_status.status_pi(FakeHost("alpha"), inv.pis["alpha"], frozenset())  # type: ignore[arg-type]
     assert (blank.up, blank.ssh_starts, blank.unit_restarts, blank.since, blank.unit, blank.last_start) == (
         False, 0, 0, "-", "", "-")
-    assert "systemctl show pitunnel@main.service " in pi_status.status_script("main")
-    assert pi_status.status_script("spare").count("journalctl -u pitunnel@spare.service ") == 3
+    assert "systemctl show pitunnel@main.service " in tunnel_fact("main").script
+    assert tunnel_fact("spare").script.count("journalctl -u pitunnel@spare.service ") == 3
 
 
 def test_status_table(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,9 @@ import pytest
 
 from pitunnel.inventory import Inventory, load_inventory
 from pitunnel.roles.pi.sshd import password_warning, passwords_on
-from pitunnel.roles.pi.verify import Answer, PiReport, fetch_over_ssh, judge, passwords_check
+from pitunnel.roles.probes.exposure import passwords_check
+from pitunnel.roles.probes.http_route import Answer, fetch_over_ssh, judge
+from pitunnel.roles.probes.report import PiReport
 
 APP = Answer(200, b"<html><h1>Garden sensors</h1><p>soil: 41%</p></html>", (("Content-Type", "text/html"),))
 NGINX_404 = Answer(404, b"no tunnel here\n", (("Content-Type", "application/octet-stream"),))
