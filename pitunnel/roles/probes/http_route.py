@@ -19,7 +19,7 @@ import paramiko
 
 from pitunnel.inventory import PiSpec, TunnelSpec, VpsSpec, has_tls
 from pitunnel.remote import Remote
-from pitunnel.roles.contract import realm
+from pitunnel.roles.contract import listen_spec, realm
 from pitunnel.roles.pi.paths import unit
 
 BODY_LIMIT = 65536  # bytes of each body compared
@@ -233,10 +233,10 @@ def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote
             try:
                 via = fetch_over_ssh(_transport(vps_remote), tunnel.remote_port, host)
             except (paramiko.SSHException, OSError, http.client.HTTPException) as exc:
-                return False, f"{url}: 401 from Nginx, but 127.0.0.1:{tunnel.remote_port} on {vps.name}: {exc}", \
+                return False, f"{url}: 401 from Nginx, but {listen_spec(tunnel)} on {vps.name}: {exc}", \
                     f"the tunnel is not listening on the VPS: check the Pi's {unit(vps.name)}"
             ok, detail = judge(pi.name, via, local)
-            detail = f"401 from Nginx's basic auth ({wanted}); behind it, 127.0.0.1:{tunnel.remote_port} on {vps.name}: {detail}"
+            detail = f"401 from Nginx's basic auth ({wanted}); behind it, {listen_spec(tunnel)} on {vps.name}: {detail}"
         else:
             ok, detail = judge(pi.name, via, local)
         if ok and tls is not None:
@@ -251,7 +251,7 @@ def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote
 
 def _http_hint(vps: VpsSpec, tunnel: TunnelSpec, host: str, vps_remote: Remote, local: Answer) -> str:
     """Which half is wrong: the tunnel (its port on the VPS) or Nginx's route to it."""
-    leg = f"127.0.0.1:{tunnel.remote_port} on {vps.name}"
+    leg = f"{listen_spec(tunnel)} on {vps.name}"  # an http tunnel listens on loopback only
     try:
         behind = fetch_over_ssh(_transport(vps_remote), tunnel.remote_port, host)
     except (paramiko.SSHException, OSError, http.client.HTTPException):

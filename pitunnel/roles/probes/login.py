@@ -12,6 +12,7 @@ import paramiko
 from pitunnel import hostkeys
 from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
 from pitunnel.remote import Remote
+from pitunnel.roles.contract import listen_spec
 from pitunnel.roles.pi.paths import unit
 
 def pi_host_keys(inv: Inventory, pi: PiSpec, name: str | None = None) -> paramiko.HostKeys:
@@ -49,7 +50,7 @@ def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSp
                     "the VPS let it bind publicly (GatewayPorts clientspecified for the tunnel account)?")
             return False, f"{where}: {exc}", hint
     else:
-        where = f"jump via {vps.name} to 127.0.0.1:{tunnel.remote_port}"
+        where = f"jump via {vps.name} to {listen_spec(tunnel)}"  # not public: its listener is on loopback
         transport = vps_remote.connection().client.get_transport()
         assert transport is not None
         try:
