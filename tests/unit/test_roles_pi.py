@@ -558,3 +558,13 @@ def test_teardown_creates_no_authorized_keys_it_did_not_find(inv: Inventory) -> 
     host.credentials = Credentials(login_password="secret")  # another way in: the laptop's key's removal runs
     pi.teardown(play_on(inv, {"beta": host}, limit=frozenset({"beta"})), purge=False)  # type: ignore[dict-item]
     assert not host.applied("authorized_keys")
+
+
+def test_the_tunnel_state_is_read_by_name_whatever_the_order_or_a_stray_line() -> None:
+    out = ("ActiveEnterTimestamp=Mon 2026-11-30 09:00:00 UTC\nFailed to get properties: Access denied\n"
+           "LastError=2026-11-30T09:10:00+0000 pi autossh[9]: ssh exited with error status 255; restarting ssh\n"
+           "NRestarts=2\nActiveState=activating\nSshStarts=5\nLastStart=2026-11-30T09:10:00+0000\n")
+    state = tunnel_fact("main").process(out)
+    assert (state.active, state.since, state.restarts, state.ssh_starts, state.last_start) == (
+        "activating", "Mon 2026-11-30 09:00:00 UTC", 2, 5, "2026-11-30T09:10:00+0000")
+    assert state.last_error == "2026-11-30T09:10:00+0000 pi autossh[9]: ssh exited with error status 255; restarting ssh"

@@ -660,3 +660,11 @@ def test_a_listener_bound_both_ways_is_not_as_intended(inv: Inventory) -> None:
     report, _ = run_verify(inv, "beta", unit_says("enabled", "active", "active"), ss=both)
     listen = {c.name: c for c in report.checks}["ssh: VPS listens on 127.0.0.1:20023"]
     assert not listen.passed and listen.detail == "listeners on that port: ['0.0.0.0:20023', '127.0.0.1:20023']"
+
+
+def test_the_probes_and_the_unit_are_read_by_name() -> None:
+    found = exposure.probes("noise\nPROBE other-pi 127.0.0.1:20023 ok\nPROBE other-pi 0.0.0.0:20022 FAIL listener accepted\n")
+    assert found == (exposure.Probe("other-pi 127.0.0.1:20023", True, "other-pi 127.0.0.1:20023 ok"),
+                     exposure.Probe("other-pi", False, "other-pi 0.0.0.0:20022 FAIL listener accepted"))
+    state = unit_fact("main").process("watchdog=inactive\nenabled=disabled\nactive=failed\n")
+    assert (state.state, state.watchdog) == ("disabled, failed", "inactive")
