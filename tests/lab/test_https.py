@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 import lab
-from pitunnel.roles.site import provision, status, teardown, verify
+from pitunnel.roles.probes.status import status
+from pitunnel.roles.probes.verify import verify
+from pitunnel.roles.site import provision, teardown
 from pitunnel.roles.vps.steps import provision as provision_vps
 from invoke import Exit
 
