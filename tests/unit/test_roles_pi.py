@@ -1,6 +1,6 @@
 """The Pi role's decisions without a Pi: where the tunnel key lives, what each step plans and does for a given
-state of the Pi (tests/unit/fake_hosts.py answers the engine's reads), what teardown takes away, and what
-`invoke status` makes of a Pi's units."""
+state of the Pi (tests/unit/fake_hosts.py answers the engine's reads), and what teardown takes away
+(what `invoke status` makes of a Pi's units: test_status.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from pitunnel.ops import Absent, Directory, File, KeyPair, Packages, PackagesAbs
 from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed
 from pitunnel.roles.contract import PiOffer
-from pitunnel.roles.probes import status as pi_status
-from pitunnel.roles.probes.unit import tunnel_fact
 from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import sshd as pi_sshd
@@ -352,44 +350,6 @@ def test_teardown_runs_on_the_selected_pis_only(inv: Inventory) -> None:
     assert hosts["beta"].scripts == [] and hosts["alpha"].applied("systemctl stop pitunnel@main.service")
 
 
-# -------------------------------------------------------------------------------------------------- status
-
-
-def test_status_shows_each_tunnel_up_only_with_its_unit_active_and_its_listener(inv: Inventory) -> None:
-    out = ("NRestarts=4\nActiveState=active\nActiveEnterTimestamp=Mon 2026-11-30 09:00:00 UTC\nSshStarts=7\n"
-           "LastStart=2026-11-30T09:10:00+0000\nLastError=\n")
-    host = FakeHost("alpha", commands=[("systemctl show", out)])
-    rows = pi_status.status_pi(host, inv.pis["alpha"], frozenset({"0.0.0.0:20022"}))  # type: ignore[arg-type]
-    assert [(r.tunnel, r.listen, r.up) for r in rows] == [("ssh", "0.0.0.0:20022", True), ("web", "127.0.0.1:20080", False)]
-    assert (rows[0].pi, rows[0].unit, rows[0].since, rows[0].ssh_starts, rows[0].last_start, rows[0].unit_restarts) == (
-        "alpha", "active", "Mon 2026-11-30 09:00:00 UTC", 7, "2026-11-30T09:10:00+0000", 4)
-    assert {r.vps for r in rows} == {"main"} and host.scripts == [tunnel_fact("main").script]
-    down = FakeHost("alpha", commands=[("systemctl show", "NRestarts=0\nActiveState=failed\nActiveEnterTimestamp=\n"
-                                                            "SshStarts=0\nLastStart=\n")])
-    (first, _) = pi_status.status_pi(down, inv.pis["alpha"], frozenset({"0.0.0.0:20022"}))  # type: ignore[arg-type]
-    assert not first.up and first.unit == "failed" and first.since == "-" and first.last_start == "-"
-    (blank, _) = pi_status.status_pi(FakeHost("alpha"), inv.pis["alpha"], frozenset())  # type: ignore[arg-type]
-    assert (blank.up, blank.ssh_starts, blank.unit_restarts, blank.since, blank.unit, blank.last_start) == (
-        False, 0, 0, "-", "", "-")
-    assert "systemctl show pitunnel@main.service " in tunnel_fact("main").script
-    assert tunnel_fact("spare").script.count("journalctl -u pitunnel@spare.service ") == 3
-
-
-def test_status_table(capsys: pytest.CaptureFixture[str]) -> None:
-    pi_status.print_status([pi_status.TunnelStatus("alpha", "ssh", "0.0.0.0:20022", True, "active", "today", 3, "now", 1,
-                                                   vps="main"),
-                            pi_status.TunnelStatus("beta", "ssh", "127.0.0.1:20023", False, "failed", "-", 0, "-", 0,
-                                                   vps="spare", last_error="refused")])
-    out = capsys.readouterr().out.splitlines()
-    assert out[0] == ""
-    assert out[1].split() == ["pi", "tunnel", "vps", "listen", "on", "VPS", "state", "unit", "up", "since", "ssh",
-                              "starts", "last", "(re)connect", "unit", "restarts", "certificate", "expires"]
-    assert out[2].split() == ["alpha", "ssh", "main", "0.0.0.0:20022", "UP", "active", "today", "3", "now", "1", "-"]
-    assert out[3].split() == ["beta", "ssh", "spare", "127.0.0.1:20023", "DOWN", "failed", "-", "0", "-", "0", "-"]
-    assert out[4:] == ["beta/ssh via spare: last error: refused"]  # only a tunnel that is down
-    assert out[2].index("UP") == out[1].index("state") and out[2].index("today") == out[1].index("up since")
-
-
 def test_teardown_of_a_provisioned_pi_says_what_it_removes_and_reloads_after(inv: Inventory,
                                                                              capsys: pytest.CaptureFixture[str]) -> None:
     import base64
@@ -559,12 +519,3 @@ def test_teardown_creates_no_authorized_keys_it_did_not_find(inv: Inventory) -> 
     pi.teardown(play_on(inv, {"beta": host}, limit=frozenset({"beta"})), purge=False)  # type: ignore[dict-item]
     assert not host.applied("authorized_keys")
 
-
-def test_the_tunnel_state_is_read_by_name_whatever_the_order_or_a_stray_line() -> None:
-    out = ("ActiveEnterTimestamp=Mon 2026-11-30 09:00:00 UTC\nFailed to get properties: Access denied\n"
-           "LastError=2026-11-30T09:10:00+0000 pi autossh[9]: ssh exited with error status 255; restarting ssh\n"
-           "NRestarts=2\nActiveState=activating\nSshStarts=5\nLastStart=2026-11-30T09:10:00+0000\n")
-    state = tunnel_fact("main").process(out)
-    assert (state.active, state.since, state.restarts, state.ssh_starts, state.last_start) == (
-        "activating", "Mon 2026-11-30 09:00:00 UTC", 2, 5, "2026-11-30T09:10:00+0000")
-    assert state.last_error == "2026-11-30T09:10:00+0000 pi autossh[9]: ssh exited with error status 255; restarting ssh"
