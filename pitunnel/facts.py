@@ -123,8 +123,9 @@ def read(remote: Remote, fact: Fact[T]) -> T:
     return fact.process((remote.run(fact.script, mask=_hide_all) if fact.secret else remote.run(fact.script)).stdout)
 
 
-def gather(remote: Remote, facts: list[Fact[Any]]) -> Facts:
-    """Run every fact's snippet in one script; a snippet's failure is data, not an error."""
+def gather(remote: Remote, facts: list[Fact[Any]], *, timeout: float | None = None) -> Facts:
+    """Run every fact's snippet in one script; a snippet's failure is data, not an error. `timeout`: for
+    snippets that take their time (verify's probes); None: Remote.run's own."""
     unique = list({f.key: f for f in facts}.values())
     if not unique:
         return Facts()
@@ -134,7 +135,8 @@ def gather(remote: Remote, facts: list[Fact[Any]]) -> Facts:
         parts.append(f"printf '@@FACT {index}\\n'; ( {fact.script}\n) 2>&1; printf '\\n@@RC {index} %d\\n' $?")
     hidden = [index for index, fact in enumerate(unique) if fact.key in secret]
     script = "\n".join(parts) + "\n"
-    result = remote.run(script, mask=masked(hidden)) if hidden else remote.run(script)
+    waits: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    result = remote.run(script, mask=masked(hidden), **waits) if hidden else remote.run(script, **waits)
     found = Facts()
     current: int | None = None
     lines: list[str] = []

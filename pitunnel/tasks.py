@@ -83,8 +83,8 @@ def provision_pi(c: Context, flags: Flags) -> None:
 @provisioning_task(flags=READ_ONLY + ("json",))
 def verify(c: Context, flags: Flags) -> None:
     """Prove it end to end: SSH and HTTP reach each Pi through the VPS, and nothing more is open."""
-    from pitunnel.roles.pi.verify import REACH, PiReport, print_reports
-    from pitunnel.roles.site import verify as run_verify
+    from pitunnel.roles.probes.report import REACH, PiReport, print_reports
+    from pitunnel.roles.probes.verify import verify as run_verify
 
     def body(play: Play) -> list[PiReport]:
         reports = run_verify(play)
@@ -138,8 +138,8 @@ def status(c: Context, flags: Flags) -> None:
     """Each tunnel: up or down, since when, how often ssh (re)connected, and the unit's restarts.
 
     Exits 2 when any tunnel is down (4 when a host is out of reach, 6 for both)."""
-    from pitunnel.roles.pi.status import TunnelStatus, is_down, print_status
-    from pitunnel.roles.site import status as run_status
+    from pitunnel.roles.probes.status import TunnelStatus, is_down, print_status
+    from pitunnel.roles.probes.status import status as run_status
 
     def judge(rows: list[TunnelStatus]) -> int:
         return failures.FAILED if any(is_down(r) for r in rows) else 0

@@ -7,7 +7,7 @@ from the text that spells them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
@@ -263,6 +263,10 @@ class Inventory:
     def vpses_of(self, pi: PiSpec) -> list[VpsSpec]:
         """Every VPS of the Pi, in inventory order."""
         return [self.vps[name] for name in pi.all_vps]
+
+    def vpses_of_pis(self, pis: Iterable[PiSpec]) -> list[VpsSpec]:
+        """Every VPS of these Pis, once each, in the order the Pis name them."""
+        return list({v.name: v for p in pis for v in self.vpses_of(p)}.values())
 
     def pis_on(self, vps: VpsSpec) -> list[PiSpec]:
         """The Pis that keep a tunnel to `vps`, each as seen through it (their remote ports there)."""

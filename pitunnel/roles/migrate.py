@@ -34,6 +34,7 @@ from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.runner import converge
 from pitunnel.roles import site
+from pitunnel.roles.probes.verify import verify
 from pitunnel.roles.vps import steps as vps
 
 class MigrateRefused(ValueError):
@@ -165,7 +166,7 @@ class Migration:
             play.reporter.note(new, f"then: each Pi verified through {new}, the inventory rewritten to `vps: {new}`, "
                                     f"and {old} left (its side torn down unless Pis stay on it or --keep-old)")
             return []
-        reports = {r.pi: r for r in site.verify(play) if r.vps == new}
+        reports = {r.pi: r for r in verify(play) if r.vps == new}
         verified = []
         for pi in moving:
             report = reports.get(pi.name)

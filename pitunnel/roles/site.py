@@ -3,8 +3,8 @@
 Each role describes its own host only; this module runs them in order and carries what one host needs
 from another: the Pis' offers (keys, listeners) to their VPSes, each VPS's host keys and listeners back to
 its Pis. A Pi may have several VPSes: a tunnel to each is a path, and one VPS that does not answer never
-holds up the paths through the others. provision-vps, provision-pi, provision, verify, status and teardown
-all start here.
+holds up the paths through the others. provision-vps, provision-pi, provision and teardown start here;
+verify and status read across hosts too, as the site's probes (roles/probes/).
 """
 
 from __future__ import annotations
@@ -23,16 +23,9 @@ from pitunnel.runner import StepFailed, stop_point
 from pitunnel.shared import SharedReading
 from pitunnel.roles.contract import VpsFacts, listen_spec, offer_on
 from pitunnel.roles.pi import paths as pi_paths
-from pitunnel.roles.pi import status as pi_status
 from pitunnel.roles.pi import steps as pi
-from pitunnel.roles.pi import verify as pi_verify
 from pitunnel.roles.pi.role import D as PI
 from pitunnel.roles.vps import steps as vps
-
-
-def vpses_of(inv: Inventory, pis: list[PiSpec]) -> list[VpsSpec]:
-    """Every VPS of these Pis, once each, in order."""
-    return list({v.name: v for p in pis for v in inv.vpses_of(p)}.values())
 
 
 def missing_path(spec: PiSpec, vps_name: str) -> str:
@@ -77,7 +70,7 @@ def connect(play: Play, bases: dict[str, pi.PiBase]) -> None:
                   if remote.name in p.all_vps and p.name in bases]
         return vps.authorise(remote, inv, inv.vps[remote.name], offers, reporter, mode)
 
-    found = play.each(vpses_of(inv, pis), authorise)
+    found = play.each(inv.vpses_of_pis(pis), authorise)
     # the Pis wait for their listeners on one connection per VPS: they share its `ss` readings
     readings = {name: SharedReading(partial(vps.listeners, play.remotes[name])) for name in found}
 
@@ -152,46 +145,6 @@ def wait_listening(play: Play, spec: PiSpec, readings: SharedReading[frozenset[s
                        f"{spec.vps}: {', '.join(wanted)}" + (f" (after {waited:.1f}s)" if waited > 0.1 else ""))
 
 
-def verify(play: Play) -> list[pi_verify.PiReport]:
-    """`invoke verify`: each VPS's listeners, then every path proven: each Pi through each of its VPSes."""
-    inv = play.inventory
-    pis = play.selected(list(inv.pis.values()))
-    reports = {p.name: [pi_verify.PiReport(p.name, vps=v) for v in p.all_vps] for p in pis}
-    found = play.each(vpses_of(inv, pis), vps.listeners)
-
-    def prove(remote: Remote) -> None:
-        with play.reporter.busy(remote.name, "verify: probes through the VPS"):
-            for report in reports[remote.name]:
-                pi_verify.verify_pi(play, remote, report, found.get(report.vps))
-
-    play.each(pis, prove)
-    return [r for p in pis for r in reports[p.name]]
-
-
-def status(play: Play) -> list[pi_status.TunnelStatus]:
-    """`invoke status`: each VPS's listeners and certificates, then each Pi's tunnels on each of its VPSes (a
-    row per path)."""
-    inv = play.inventory
-    pis = play.selected(list(inv.pis.values()))
-    found = play.each(vpses_of(inv, pis), lambda remote: vps.listeners_and_certificates(remote, inv.vps[remote.name]))
-
-    def listening(path: PiSpec) -> frozenset[str] | None:
-        return found[path.vps][0] if path.vps in found else None
-
-    rows = play.each(pis, lambda remote: [r for path in inv.pis[remote.name].paths()
-                                          for r in pi_status.status_pi(remote, path, listening(path) or frozenset())])
-    for p in pis:  # a Pi out of reach: its tunnels as each VPS sees them
-        if p.name not in rows and p.name in play.why:
-            rows[p.name] = [r for path in p.paths() for r in pi_status.unreached(path, listening(path), play.why[p.name])]
-    for pi_rows in rows.values():
-        for row in pi_rows:
-            path = inv.pis[row.pi].on(row.vps)
-            tunnel = next(t for t in path.tunnels if t.name == row.tunnel)
-            if tunnel.kind == "http" and row.vps in found:
-                row.certificate = vps.certificate_expiry(inv.vps[row.vps], tunnel, found[row.vps][1])
-    return sorted((r for p in pis for r in rows.get(p.name, [])), key=lambda r: (r.pi, r.tunnel))  # stable: paths in inventory order
-
-
 def teardown(play: Play, *, purge: bool) -> None:
     """`invoke teardown`: the Pis first, and their keys off their VPS (unless that VPS goes too), then the VPS."""
     inv = play.inventory
@@ -206,5 +159,5 @@ def teardown(play: Play, *, purge: bool) -> None:
                 return  # the VPS's own teardown removes the whole account
             vps.unauthorise(remote, inv, inv.vps[remote.name], gone, play.reporter, play.options.mode)
 
-        play.each(vpses_of(inv, pis), unauthorise)
+        play.each(inv.vpses_of_pis(pis), unauthorise)
     vps.teardown(play, purge=purge)

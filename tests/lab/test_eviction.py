@@ -19,7 +19,8 @@ from pitunnel.inventory import load_inventory
 from pitunnel.play import Play
 from pitunnel.roles.contract import listen_spec
 from pitunnel.roles.rotate import rotate_keys
-from pitunnel.roles.site import provision, provision_vps, teardown, verify
+from pitunnel.roles.probes.verify import verify
+from pitunnel.roles.site import provision, provision_vps, teardown
 from tests.conftest import lab_up
 from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, in_host, play, tunnel_key_fingerprint, http_ok, wait_for
 

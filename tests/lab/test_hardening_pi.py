@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from pitunnel.inventory import ports_file
+from pitunnel.roles.probes.report import Check, PiReport
+from pitunnel.roles.probes.verify import verify
 from pitunnel.roles.site import provision_pi as provision_pis
-from pitunnel.roles.pi.verify import Check, PiReport
-from pitunnel.roles.site import provision_vps, verify
+from pitunnel.roles.site import provision_vps
 from pitunnel.roles.vps.nginx import route_stem
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play, wait_for

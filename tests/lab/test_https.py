@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 import lab
-from pitunnel.roles.site import provision, provision_vps, status, teardown, verify
+from pitunnel.roles.probes.status import status
+from pitunnel.roles.probes.verify import verify
+from pitunnel.roles.site import provision, provision_vps, teardown
 from invoke import Exit
 
 from pitunnel.taskkit import Flags, run_play

@@ -25,7 +25,9 @@ import yaml
 
 import lab
 from lab import KNOWN_HOSTS, VPS_ADDR
-from pitunnel.roles.site import provision, provision_pi, status, verify
+from pitunnel.roles.probes.status import status
+from pitunnel.roles.probes.verify import verify
+from pitunnel.roles.site import provision, provision_pi
 from pitunnel.roles.site import teardown as teardown_site
 from tests.conftest import ROOT, lab_up
 from tests.lab.runs import play

@@ -20,8 +20,9 @@ from lab import reachable, target, vps_addresses
 from pitunnel.inventory import load_inventory
 from pitunnel.reconcile import KILL_AFTER
 from pitunnel.roles.migrate import state_file
-from pitunnel.roles.pi.verify import PiReport
-from pitunnel.roles.site import provision, verify
+from pitunnel.roles.probes.report import PiReport
+from pitunnel.roles.probes.verify import verify
+from pitunnel.roles.site import provision
 from tests.conftest import ROOT, lab_up
 from tests.lab.runs import etc_diff, etc_state, in_host, play
 

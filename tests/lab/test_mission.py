@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from lab import KNOWN_HOSTS, LAPTOP_KEY
+from pitunnel.roles.probes.status import status
+from pitunnel.roles.probes.verify import verify
 from pitunnel.roles.site import provision as provision_site
-from pitunnel.roles.site import status, verify
 from pitunnel.roles.site import teardown as teardown_site
 from tests.conftest import lab_up
 from tests.lab.runs import etc_diff, etc_state, in_host, play

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from lab import password_file
+from pitunnel.roles.probes.verify import verify
 from pitunnel.roles.site import provision_pi as provision_pis
-from pitunnel.roles.site import provision_vps, verify
+from pitunnel.roles.site import provision_vps
 from tests.conftest import lab_up
 from tests.lab.runs import in_host, play
 from tests.lab.test_lab import password_login

@@ -22,7 +22,7 @@ import paramiko
 import pytest
 from invoke import Collection, Context, Exit, Program
 
-from pitunnel import failures, taskkit, remote as remote_module, tasks
+from pitunnel import failures, link as link_module, taskkit, tasks
 from pitunnel.taskkit import Flags, provisioning_task, resolve_inventory, run_play
 from pitunnel.inventory import HostSpec, load_inventory
 from pitunnel.play import BadLimit, Play, resolve_limit
@@ -51,7 +51,7 @@ def why(port: int, tmp_path: Path, **kw: object) -> str:
 
 @pytest.fixture(autouse=True)
 def quick(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(remote_module._tcp, "__kwdefaults__", {"within": 0.2})  # refused: retried 0.2 s
+    monkeypatch.setattr(link_module._tcp, "__kwdefaults__", {"within": 0.2})  # refused: retried 0.2 s
     monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.ssh/id_* of whoever runs the tests
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # nor their agent's keys
     failures.silence_paramiko()
@@ -236,7 +236,7 @@ def test_json_documents_of_provision_verify_and_status(inv_file: Path) -> None:
 
 
 def test_status_exits_2_when_a_tunnel_is_known_down() -> None:
-    from pitunnel.roles.pi.status import TunnelStatus, is_down
+    from pitunnel.roles.probes.status import TunnelStatus, is_down
 
     up = TunnelStatus("pi1", "ssh", "0.0.0.0:1", True, "active", "-", 1, "-", 0)
     down = TunnelStatus("pi1", "web", "127.0.0.1:2", False, "active", "-", 3, "-", 1, "ssh exited with error")

@@ -11,8 +11,8 @@ from invoke import Context, Exit
 
 from pitunnel import failures, taskkit, tasks
 from pitunnel.play import Play
-from pitunnel.roles.pi.status import TunnelStatus
-from pitunnel.roles.pi.verify import PiReport
+from pitunnel.roles.probes.report import PiReport
+from pitunnel.roles.probes.status import TunnelStatus
 from pitunnel.runner import StepFailed
 
 INVENTORY = """
@@ -104,12 +104,12 @@ def test_run_play_plays_the_body_and_exits_with_the_plays_code(hosts: Path, caps
 
 def test_verify_fails_the_run_unless_every_pi_passed(hosts: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    import pitunnel.roles.site as site
+    import pitunnel.roles.probes.verify as probes
     good, bad = PiReport("alpha"), PiReport("beta")
     good.add("unit", True, "fine")
     bad.add("unit", False, "down", "start it")
     for reports, fails in (([good], False), ([good, bad], True), ([], True)):
-        monkeypatch.setattr(site, "verify", lambda play, r=reports: r)
+        monkeypatch.setattr(probes, "verify", lambda play, r=reports: r)
         if fails:
             with pytest.raises(Exit) as exc:
                 tasks.verify(Context(), inventory=str(hosts))
@@ -118,7 +118,7 @@ def test_verify_fails_the_run_unless_every_pi_passed(hosts: Path, monkeypatch: p
         else:
             tasks.verify(Context(), inventory=str(hosts))
             assert "some checks failed" not in capsys.readouterr().err
-    monkeypatch.setattr(site, "verify", lambda play: [good, bad])
+    monkeypatch.setattr(probes, "verify", lambda play: [good, bad])
     with pytest.raises(Exit):
         tasks.verify(Context(), inventory=str(hosts))
     assert "beta: FAIL" in capsys.readouterr().out
@@ -126,9 +126,9 @@ def test_verify_fails_the_run_unless_every_pi_passed(hosts: Path, monkeypatch: p
 
 def test_status_prints_the_rows_gathered_before_a_failure(hosts: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    import pitunnel.roles.site as site
+    import pitunnel.roles.probes.status as probes
     row = TunnelStatus("alpha", "ssh", "127.0.0.1:20000", True, "active", "today", 1, "now", 0)
-    monkeypatch.setattr(site, "status", lambda play: [row])
+    monkeypatch.setattr(probes, "status", lambda play: [row])
     tasks.status(Context(), inventory=str(hosts))
     out = capsys.readouterr().out
     assert "alpha" in out and "UP" in out
@@ -136,7 +136,7 @@ def test_status_prints_the_rows_gathered_before_a_failure(hosts: Path, monkeypat
     def broken(play: Play) -> list[TunnelStatus]:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(site, "status", broken)
+    monkeypatch.setattr(probes, "status", broken)
     with pytest.raises(Exit) as exc:  # Ctrl-C: the run stops with the shell's code, not a traceback
         tasks.status(Context(), inventory=str(hosts))
     assert exc.value.code == failures.INTERRUPTED == 130
@@ -164,7 +164,7 @@ def test_teardown_passes_purge(hosts: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_status_and_verify_run_quietly(hosts: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    import pitunnel.roles.site as site
+    import pitunnel.roles.probes.status as probes
     row = TunnelStatus("alpha", "ssh", "127.0.0.1:20000", True, "active", "today", 1, "now", 0)
 
     def status(play: Play) -> list[TunnelStatus]:
@@ -172,7 +172,7 @@ def test_status_and_verify_run_quietly(hosts: Path, monkeypatch: pytest.MonkeyPa
         play.reporter.line("main", "changed", "something said")
         return [row]
 
-    monkeypatch.setattr(site, "status", status)
+    monkeypatch.setattr(probes, "status", status)
     tasks.status(Context(), inventory=str(hosts))
     out = capsys.readouterr().out
     assert "listeners read" not in out and "something said" in out and "UP" in out

@@ -26,7 +26,8 @@ from pitunnel.roles import site
 from pitunnel.roles.contract import PiOffer, listens
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
-from pitunnel.roles.pi.verify import PiReport
+from pitunnel.roles.probes.report import PiReport
+from pitunnel.roles.probes.verify import verify
 from pitunnel.roles.vps.authorized import authorized_keys
 from tests.unit.test_guard import LocalRemote, dropin, guarded, host, me  # noqa: F401 (host: a fixture)
 from tests.unit.test_ops import File
@@ -352,14 +353,17 @@ class ScriptedRemote(FakeRemote):
         return Result(0, self.stdout, "")
 
 
-UNIT_UP = "enabled\nactive\nactive\n"
-SSHD_OFF = "SSHD passwordauthentication no\nSSHD kbdinteractiveauthentication no\n"
+UNIT_UP = "enabled=enabled\nactive=active\nwatchdog=active\n"
+SSHD_OFF = "passwordauthentication no\nkbdinteractiveauthentication no\n"
 
 
-def run_verify(inv: Inventory, pi_stdout: str, ss: str = "LISTEN 0 128 127.0.0.1:20024 0.0.0.0:*\n") -> PiReport:
+def run_verify(inv: Inventory, probes: str, unit: str = UNIT_UP, sshd: str = SSHD_OFF,
+               ss: str = "LISTEN 0 128 127.0.0.1:20024 0.0.0.0:*\n") -> PiReport:
+    """verify of the Pi `private`: the Pi's facts answered in the order verify reads them (unit, probes, sshd -T)."""
+    pi_stdout = "".join(f"@@FACT {i}\n{out}\n@@RC {i} 0\n" for i, out in enumerate((unit, probes, sshd)))
     play = Play(inv, Options(limit=frozenset({"private"})), Reporter(colour=False),
                 {"main": ScriptedRemote("main", ss), "private": ScriptedRemote("private", pi_stdout)})  # type: ignore[dict-item]
-    (report,) = site.verify(play)
+    (report,) = verify(play)
     return report
 
 
@@ -368,22 +372,22 @@ def checks(report: PiReport) -> dict[str, bool]:
 
 
 def test_verify_fails_a_probe_that_got_through(inv: Inventory) -> None:
-    fine = run_verify(inv, UNIT_UP + "PROBE shell ok\nPROBE forward-to-vps ok\n" + SSHD_OFF)
+    fine = run_verify(inv, "PROBE shell ok\nPROBE forward-to-vps ok\n")
     assert checks(fine)["refused: shell"] and checks(fine)["refused: forward-to-vps"]
     assert checks(fine)["unit enabled and active"] and checks(fine)["watchdog active"]
     assert checks(fine)["ssh: VPS listens on 127.0.0.1:20024"]
-    bad = run_verify(inv, UNIT_UP + "PROBE shell ok\nPROBE forward-to-vps FAIL reached the VPS sshd\n" + SSHD_OFF)
+    bad = run_verify(inv, "PROBE shell ok\nPROBE forward-to-vps FAIL reached the VPS sshd\n")
     probe = next(c for c in bad.checks if c.name == "refused: forward-to-vps")
     assert not probe.passed and probe.detail == "forward-to-vps FAIL reached the VPS sshd"
     assert "rerun provision-vps" in probe.hint and not bad.passed
 
 
 def test_verify_fails_a_unit_down_and_a_missing_or_public_listener(inv: Inventory) -> None:
-    down = run_verify(inv, "enabled\nfailed\ninactive\n" + SSHD_OFF, ss="LISTEN 0 128 0.0.0.0:20024 0.0.0.0:*\n")
+    down = run_verify(inv, "", unit="enabled=enabled\nactive=failed\nwatchdog=inactive\n", ss="LISTEN 0 128 0.0.0.0:20024 0.0.0.0:*\n")
     assert not checks(down)["unit enabled and active"] and not checks(down)["watchdog active"]
     listen = next(c for c in down.checks if c.name == "ssh: VPS listens on 127.0.0.1:20024")
     assert not listen.passed and listen.detail == "listeners on that port: ['0.0.0.0:20024']"
-    assert not checks(run_verify(inv, UNIT_UP, ss=""))["ssh: VPS listens on 127.0.0.1:20024"]
+    assert not checks(run_verify(inv, "", ss=""))["ssh: VPS listens on 127.0.0.1:20024"]
 
 
 def test_a_report_passes_only_if_it_has_checks_and_all_passed() -> None:

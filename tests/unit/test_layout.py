@@ -35,6 +35,12 @@ def test_the_wheel_has_no_lab() -> None:
     assert "pitunnel" in shipped and not [p for p in shipped if p.split(".")[0] == "lab" or ".lab" in p]
 
 
+def test_the_wheel_has_every_package_of_the_product() -> None:
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "pitunnel").rglob("__init__.py")}
+    assert found == set(packages)
+
+
 def test_the_product_never_imports_the_lab() -> None:
     found = [f"{path.relative_to(ROOT)}:{line} {module}" for path in files("pitunnel")
              for line, module, _ in imports(path) if module.split(".")[0] == "lab"]

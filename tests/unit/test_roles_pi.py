@@ -1,6 +1,6 @@
 """The Pi role's decisions without a Pi: where the tunnel key lives, what each step plans and does for a given
-state of the Pi (tests/unit/fake_hosts.py answers the engine's reads), what teardown takes away, and what
-`invoke status` makes of a Pi's units."""
+state of the Pi (tests/unit/fake_hosts.py answers the engine's reads), and what teardown takes away
+(what `invoke status` makes of a Pi's units: test_status.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed
 from pitunnel.sshkeys import parse_public_key
 from pitunnel.roles.contract import PiOffer
-from pitunnel.roles.pi import status as pi_status
 from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import sshd as pi_sshd
@@ -147,15 +146,15 @@ def test_passwords_are_read_as_a_tunnel_login_gets_them(inv: Inventory) -> None:
     ("beta", "passwordauthentication no", "off (sshd -T)"),
 ])
 def test_what_the_run_says_of_password_login(inv: Inventory, name: str, sshd_t: str, said: str) -> None:
-    assert pi_sshd.passwords_observer(inv.pis[name], [inv.vps["main"]]).describe(pi_sshd.passwords_on(sshd_t)) == said
+    assert pi_sshd.passwords_observer(inv.pis[name], [inv.vps["main"]]).describe(pi_sshd.sshd_passwords(sshd_t)) == said
 
 
 def test_a_pi_without_a_public_ssh_tunnel_is_not_warned(tmp_path: Path) -> None:
     inv = load(tmp_path, INVENTORY.replace("public: true", "public: false").replace("laptop_key: keys/laptop",
                                                                                      "laptop_key: null"))
     seen = pi_sshd.passwords_observer(inv.pis["alpha"], [inv.vps["main"]])
-    assert seen.describe(pi_sshd.passwords_on("passwordauthentication yes")) == "on (no public ssh tunnel)"
-    assert seen.describe(pi_sshd.passwords_on("")) == "unknown (no public ssh tunnel)"
+    assert seen.describe(pi_sshd.sshd_passwords("passwordauthentication yes")) == "on (no public ssh tunnel)"
+    assert seen.describe(pi_sshd.sshd_passwords("")) == "unknown (no public ssh tunnel)"
 
 
 # -------------------------------------------------------------------------------------------- base's ops
@@ -378,42 +377,6 @@ def test_teardown_reads_the_pis_paths_with_its_facts_and_stops_those_the_invento
     assert "ok alpha the Pi's paths (a folder per VPS) - main, old" in lines(capsys)
 
 
-# -------------------------------------------------------------------------------------------------- status
-
-
-def test_status_shows_each_tunnel_up_only_with_its_unit_active_and_its_listener(inv: Inventory) -> None:
-    out = "4\nactive\nMon 2026-11-30 09:00:00 UTC\n7\n2026-11-30T09:10:00+0000\n"
-    host = FakeHost("alpha", commands=[("systemctl show", out)])
-    rows = pi_status.status_pi(host, inv.pis["alpha"], frozenset({"0.0.0.0:20022"}))  # type: ignore[arg-type]
-    assert [(r.tunnel, r.listen, r.up) for r in rows] == [("ssh", "0.0.0.0:20022", True), ("web", "127.0.0.1:20080", False)]
-    assert (rows[0].pi, rows[0].unit, rows[0].since, rows[0].ssh_starts, rows[0].last_start, rows[0].unit_restarts) == (
-        "alpha", "active", "Mon 2026-11-30 09:00:00 UTC", 7, "2026-11-30T09:10:00+0000", 4)
-    assert {r.vps for r in rows} == {"main"} and host.scripts == [pi_status.status_script("main")]
-    down = FakeHost("alpha", commands=[("systemctl show", "0\nfailed\n\n0\n\n")])
-    (first, _) = pi_status.status_pi(down, inv.pis["alpha"], frozenset({"0.0.0.0:20022"}))  # type: ignore[arg-type]
-    assert not first.up and first.unit == "failed" and first.since == "-" and first.last_start == "-"
-    (blank, _) = pi_status.status_pi(FakeHost("alpha"), inv.pis["alpha"], frozenset())  # type: ignore[arg-type]
-    assert (blank.up, blank.ssh_starts, blank.unit_restarts, blank.since, blank.unit, blank.last_start) == (
-        False, 0, 0, "-", "", "-")
-    assert "systemctl show pitunnel@main.service " in pi_status.status_script("main")
-    assert pi_status.status_script("spare").count("journalctl -u pitunnel@spare.service ") == 3
-
-
-def test_status_table(capsys: pytest.CaptureFixture[str]) -> None:
-    pi_status.print_status([pi_status.TunnelStatus("alpha", "ssh", "0.0.0.0:20022", True, "active", "today", 3, "now", 1,
-                                                   vps="main"),
-                            pi_status.TunnelStatus("beta", "ssh", "127.0.0.1:20023", False, "failed", "-", 0, "-", 0,
-                                                   vps="spare", last_error="refused")])
-    out = capsys.readouterr().out.splitlines()
-    assert out[0] == ""
-    assert out[1].split() == ["pi", "tunnel", "vps", "listen", "on", "VPS", "state", "unit", "up", "since", "ssh",
-                              "starts", "last", "(re)connect", "unit", "restarts", "certificate", "expires"]
-    assert out[2].split() == ["alpha", "ssh", "main", "0.0.0.0:20022", "UP", "active", "today", "3", "now", "1", "-"]
-    assert out[3].split() == ["beta", "ssh", "spare", "127.0.0.1:20023", "DOWN", "failed", "-", "0", "-", "0", "-"]
-    assert out[4:] == ["beta/ssh via spare: last error: refused"]  # only a tunnel that is down
-    assert out[2].index("UP") == out[1].index("state") and out[2].index("today") == out[1].index("up since")
-
-
 def test_teardown_of_a_provisioned_pi_says_what_it_removes_and_reloads_after(inv: Inventory,
                                                                              capsys: pytest.CaptureFixture[str]) -> None:
     import base64
@@ -599,3 +562,4 @@ def test_teardown_creates_no_authorized_keys_it_did_not_find(inv: Inventory) -> 
     host.credentials = Credentials(login_password="secret")  # another way in: the laptop's key's removal runs
     pi.teardown(play_on(inv, {"beta": host}, limit=frozenset({"beta"})), purge=False)  # type: ignore[dict-item]
     assert not host.applied("authorized_keys")
+

@@ -17,6 +17,8 @@ from pitunnel.roles.contract import PiOffer, VpsFacts, listens
 from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
+from pitunnel.roles.probes.status import status
+from pitunnel.roles.probes.verify import verify
 from pitunnel.roles.vps import authorized as vps_authorized
 from pitunnel.roles.vps import role as vps_role
 from tests.unit.fake_hosts import ACCOUNT, FakeHost, lines, load, play_on
@@ -276,26 +278,25 @@ def test_a_pi_with_passwords_off_that_changes_nothing_costs_two_round_trips_too(
 
 def test_vpses_of_the_pis_once_each_in_order(inv: Inventory) -> None:
     pis = list(inv.pis.values())
-    assert [v.name for v in site.vpses_of(inv, pis)] == ["main", "spare"]
-    assert [v.name for v in site.vpses_of(inv, [inv.pis["gamma"], inv.pis["alpha"]])] == ["spare", "main"]
+    assert [v.name for v in inv.vpses_of_pis(pis)] == ["main", "spare"]
+    assert [v.name for v in inv.vpses_of_pis([inv.pis["gamma"], inv.pis["alpha"]])] == ["spare", "main"]
 
 
 def test_status_rows_sorted_by_pi_and_tunnel_with_each_vpss_listeners(inv: Inventory) -> None:
-    up = "0\nactive\nsince\n1\nlast\n"
+    up = "NRestarts=0\nActiveState=active\nActiveEnterTimestamp=since\nSshStarts=1\nLastStart=last\n"
     hosts = {"main": vps_host(ss="LISTEN 0 128 0.0.0.0:20022 0.0.0.0:*\n"), "spare": vps_host("spare"),
              "gamma": FakeHost("gamma", commands=[("systemctl show", up)]),
              "alpha": FakeHost("alpha", commands=[("systemctl show", up)]),
              "beta": FakeHost("beta", commands=[("systemctl show", up)])}
-    rows = site.status(play_on(inv, hosts))  # type: ignore[arg-type]
+    rows = status(play_on(inv, hosts))  # type: ignore[arg-type]
     assert [(r.pi, r.tunnel, r.up) for r in rows] == [("alpha", "ssh", True), ("alpha", "web", False),
                                                       ("beta", "ssh", False), ("gamma", "ssh", True)]
 
 
 def test_verify_reads_each_vps_once_and_reports_every_selected_pi(inv: Inventory) -> None:
-    stdout = "enabled\nactive\nactive\nPROBE command ok\n"
-    hosts = {"main": vps_host(), "spare": vps_host("spare"), "beta": FakeHost("beta", commands=[("systemctl", stdout)]),
-             "gamma": FakeHost("gamma", commands=[("systemctl", stdout)])}
-    reports = site.verify(play_on(inv, hosts, limit=frozenset({"beta", "gamma"})))  # type: ignore[arg-type]
+    unit = [("systemctl is-enabled", "enabled=enabled\nactive=active\nwatchdog=active\n"), ("PROBE", "PROBE command ok\n")]
+    hosts = {"main": vps_host(), "spare": vps_host("spare"), "beta": FakeHost("beta", unit), "gamma": FakeHost("gamma", unit)}
+    reports = verify(play_on(inv, hosts, limit=frozenset({"beta", "gamma"})))  # type: ignore[arg-type]
     assert [r.pi for r in reports] == ["beta", "gamma"]
     assert all(len(h.scripts) == 1 for n, h in hosts.items() if n in ("main", "spare"))
     for report in reports:
@@ -347,14 +348,14 @@ def test_when_a_vps_cannot_be_read_its_pis_are_still_reported(inv: Inventory) ->
             from pitunnel.remote import Unreachable
             raise Unreachable("main: no route to host")
 
-    stdout = "enabled\nactive\nactive\n"
-    hosts = {"main": Down("main"), "beta": FakeHost("beta", commands=[("systemctl", stdout)])}
-    (report,) = site.verify(play_on(inv, hosts, limit=frozenset({"main", "beta"})))  # type: ignore[arg-type]
+    unit = [("systemctl is-enabled", "enabled=enabled\nactive=active\nwatchdog=active\n")]
+    hosts = {"main": Down("main"), "beta": FakeHost("beta", unit)}
+    (report,) = verify(play_on(inv, hosts, limit=frozenset({"main", "beta"})))  # type: ignore[arg-type]
     assert (report.pi, report.vps) == ("beta", "main")  # the path is still reported: unproven, and why
     assert [(c.name, c.passed, c.detail) for c in report.checks] == [
         ("reach the VPS main", False, "main: no route to host: this path is unproven")]
-    hosts = {"main": Down("main"), "beta": FakeHost("beta", commands=[("systemctl show", "0\nactive\nx\n1\ny\n")])}
-    (row,) = site.status(play_on(inv, hosts, limit=frozenset({"main", "beta"})))  # type: ignore[arg-type]
+    hosts = {"main": Down("main"), "beta": FakeHost("beta", commands=[("systemctl show", "NRestarts=0\nActiveState=active\nActiveEnterTimestamp=x\nSshStarts=1\nLastStart=y\n")])}
+    (row,) = status(play_on(inv, hosts, limit=frozenset({"main", "beta"})))  # type: ignore[arg-type]
     assert (row.pi, row.unit, row.up) == ("beta", "active", False)  # active, but nobody saw it listening
 
 
@@ -364,8 +365,8 @@ def test_status_shows_a_pi_that_could_not_be_read_as_its_vps_sees_it(inv: Invent
             from pitunnel.remote import Unreachable
             raise Unreachable("alpha: no route to host")
 
-    hosts = {"main": vps_host(), "alpha": Down("alpha"), "beta": FakeHost("beta", commands=[("systemctl show", "0\nactive\n")])}
-    rows = site.status(play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"})))  # type: ignore[arg-type]
+    hosts = {"main": vps_host(), "alpha": Down("alpha"), "beta": FakeHost("beta", commands=[("systemctl show", "NRestarts=0\nActiveState=active\n")])}
+    rows = status(play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"})))  # type: ignore[arg-type]
     assert [(r.pi, r.tunnel, r.known) for r in rows] == [("alpha", "ssh", True), ("alpha", "web", True),
                                                          ("beta", "ssh", True)]
     assert all(r.up and r.unit == "unknown" and r.last_error == "the laptop could not reach the Pi: alpha: no route "

@@ -870,7 +870,7 @@ def test_reaper_believes_only_sshds_own_whole_lines() -> None:
 
 def test_verify_probes_never_ask_for_the_running_tunnels_own_forwards(inv: Inventory, tmp_path: Path) -> None:
     """The probes must be refused for what they try, not because the tunnel's own ports are taken."""
-    from pitunnel.roles.pi.verify import probe_script
+    from pitunnel.roles.probes.exposure import probe_script
 
     pi = inv.pis["pi1"]
     script = probe_script(pi, inv.vps_of(pi), ["127.0.0.1:20023"], 29999)

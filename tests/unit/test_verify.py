@@ -19,8 +19,11 @@ import pytest
 
 from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
 from pitunnel.remote import Remote
-from pitunnel.roles.pi import verify
-from pitunnel.roles.pi.verify import Answer, PiReport
+from pitunnel.roles.probes import exposure, http_route, login, verify
+from pitunnel.roles.probes.http_route import Answer
+from pitunnel.roles.pi.sshd import sshd_passwords, sshd_passwords_fact
+from pitunnel.roles.probes.report import PiReport, print_reports
+from pitunnel.roles.probes.unit import unit_fact
 from tests.unit.fake_hosts import FakeHost, connection_of, in_order, load, play_on
 from tests.unit.sshd_fake import FakeSshd
 
@@ -73,12 +76,12 @@ def tunnel(inv: Inventory, pi: str, name: str, **changes: object) -> TunnelSpec:
 
 
 def test_the_pis_host_key_comes_from_the_pin_or_the_laptops_known_hosts(inv: Inventory) -> None:
-    assert not verify.pi_host_keys(inv, inv.pis["alpha"]).keys()  # neither: unknown
+    assert not login.pi_host_keys(inv, inv.pis["alpha"]).keys()  # neither: unknown
     pin = dataclasses.replace(inv.pis["alpha"], host_key=pinned(PI_KEY))
-    assert verify.pi_host_keys(inv, pin).lookup("tunnel")[PI_KEY.get_name()] == PI_KEY  # type: ignore[index]
+    assert login.pi_host_keys(inv, pin).lookup("tunnel")[PI_KEY.get_name()] == PI_KEY  # type: ignore[index]
     inv.settings.known_hosts.write_text(f"[10.0.0.3]:2222 {pinned(OTHER)}\n10.0.0.2 {pinned(PI_KEY)}\n")
-    assert verify.pi_host_keys(inv, inv.pis["beta"]).lookup("tunnel")[OTHER.get_name()] == OTHER  # type: ignore[index]
-    assert verify.pi_host_keys(inv, inv.pis["alpha"]).lookup("tunnel")[PI_KEY.get_name()] == PI_KEY  # type: ignore[index]
+    assert login.pi_host_keys(inv, inv.pis["beta"]).lookup("tunnel")[OTHER.get_name()] == OTHER  # type: ignore[index]
+    assert login.pi_host_keys(inv, inv.pis["alpha"]).lookup("tunnel")[PI_KEY.get_name()] == PI_KEY  # type: ignore[index]
 
 
 def test_a_revoked_or_ca_line_in_known_hosts_is_no_proof_of_the_pi(inv: Inventory) -> None:
@@ -86,8 +89,8 @@ def test_a_revoked_or_ca_line_in_known_hosts_is_no_proof_of_the_pi(inv: Inventor
     revoked key is not the Pi's key, even where another line lists it."""
     inv.settings.known_hosts.write_text(f"@cert-authority * {pinned(OTHER)}\n10.0.0.2 {pinned(PI_KEY)}\n"
                                         f"[10.0.0.3]:2222 {pinned(OTHER)}\n@revoked 10.0.0.2 {pinned(PI_KEY)}\n")
-    assert not verify.pi_host_keys(inv, inv.pis["alpha"]).keys()
-    assert verify.pi_host_keys(inv, inv.pis["beta"]).lookup("tunnel")[OTHER.get_name()] == OTHER  # type: ignore[index]
+    assert not login.pi_host_keys(inv, inv.pis["alpha"]).keys()
+    assert login.pi_host_keys(inv, inv.pis["beta"]).lookup("tunnel")[OTHER.get_name()] == OTHER  # type: ignore[index]
 
 
 # --------------------------------------------------------------------------------- ssh through the tunnel
@@ -108,14 +111,14 @@ def public(inv: Inventory, sshd: FakeSshd, *, host_key: paramiko.PKey = PI_KEY,
 
 def test_ssh_through_a_public_tunnel_lands_on_the_pi(inv: Inventory, sshd: FakeSshd) -> None:
     pi, t, vps = public(inv, sshd)
-    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
+    ok, detail, hint = login.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
     assert (ok, detail, hint) == (True, f"127.0.0.1:{sshd.port}: alpha's host key (ecdsa-sha2-nistp256)", "")
 
 
 def test_another_host_answering_fails_with_its_fingerprint(inv: Inventory, sshd: FakeSshd) -> None:
     from pitunnel.hostkeys import fingerprint
     pi, t, vps = public(inv, sshd, host_key=OTHER)
-    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
+    ok, detail, hint = login.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
     assert not ok and detail == f"127.0.0.1:{sshd.port}: host key {fingerprint(PI_KEY)} is not alpha's"
     assert hint == "another host answers on this port: check remote_port clashes and the tunnel's -R"
 
@@ -125,12 +128,12 @@ def test_ssh_through_logs_in_with_the_laptops_key_and_names_the_host(inv: Invent
     LOGIN.write_private_key_file(str(tmp_path / "login"))
     sshd.client_key = LOGIN
     pi, t, vps = public(inv, sshd, key=tmp_path / "login")
-    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
+    ok, detail, hint = login.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
     assert ok and hint == ""
     assert detail == f"127.0.0.1:{sshd.port}: alpha's host key, logged in as admin, hostname {socket.gethostname()}"
     assert sshd.users == ["admin"] and sshd.commands == ["hostname"]
     sshd.client_key = OTHER  # the laptop's key is not (yet) on the Pi
-    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
+    ok, detail, hint = login.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
     assert not ok and detail == f"127.0.0.1:{sshd.port}: alpha's host key, but login refused"
     assert hint == "the tunnel reached the Pi's sshd but login failed: was the laptop key pushed?"
 
@@ -138,14 +141,14 @@ def test_ssh_through_logs_in_with_the_laptops_key_and_names_the_host(inv: Invent
 def test_nothing_listening_publicly_says_why(inv: Inventory, sshd: FakeSshd) -> None:
     pi, t, vps = public(inv, sshd)
     t = dataclasses.replace(t, remote_port=free_port())
-    ok, detail, hint = verify.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
+    ok, detail, hint = login.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
     assert not ok and detail.startswith(f"127.0.0.1:{t.remote_port}: ") and "refused" in detail.lower()
     assert hint == ("Connection refused: nothing listens publicly on the VPS port. Is the tunnel up, and does the VPS "
                     "let it bind publicly (GatewayPorts clientspecified for the tunnel account)?")
 
 
 def test_an_unknown_pi_host_key_is_not_a_pass(inv: Inventory) -> None:
-    ok, detail, hint = verify.ssh_through(inv, inv.pis["alpha"], FakeHost("main"), tunnel(inv, "alpha", "ssh"),  # type: ignore[arg-type]
+    ok, detail, hint = login.ssh_through(inv, inv.pis["alpha"], FakeHost("main"), tunnel(inv, "alpha", "ssh"),  # type: ignore[arg-type]
                                           inv.vps["main"], at(inv, inv.pis["alpha"]))
     assert (ok, detail) == (False, "the Pi's host key is unknown to the laptop")
     assert hint == "record it on first direct contact (--accept-new-host-keys) or pin host_key in the inventory"
@@ -170,11 +173,11 @@ def test_ssh_through_a_private_tunnel_jumps_via_the_vps(inv: Inventory, sshd: Fa
     vps_remote = FakeHost("main")
     jump = Jump(sshd.port)
     vps_remote.connection = connection_of(jump)  # type: ignore[attr-defined]
-    ok, detail, _ = verify.ssh_through(inv, pi, vps_remote, tunnel(inv, "beta", "ssh"), inv.vps["main"], at(inv, pi))  # type: ignore[arg-type]
+    ok, detail, _ = login.ssh_through(inv, pi, vps_remote, tunnel(inv, "beta", "ssh"), inv.vps["main"], at(inv, pi))  # type: ignore[arg-type]
     assert ok and detail == "jump via main to 127.0.0.1:20023: beta's host key (ecdsa-sha2-nistp256)"
     assert jump.opened == [("127.0.0.1", 20023)]
     vps_remote.connection = connection_of(Jump(None))  # type: ignore[attr-defined]
-    ok, detail, hint = verify.ssh_through(inv, pi, vps_remote, tunnel(inv, "beta", "ssh"), inv.vps["main"], at(inv, pi))  # type: ignore[arg-type]
+    ok, detail, hint = login.ssh_through(inv, pi, vps_remote, tunnel(inv, "beta", "ssh"), inv.vps["main"], at(inv, pi))  # type: ignore[arg-type]
     assert not ok and detail.startswith("jump via main to 127.0.0.1:20023: ")
     assert hint == "the tunnel is not listening on the VPS: is pitunnel@main.service up on the Pi?"
 
@@ -280,7 +283,7 @@ def http_check(inv: Inventory, nginx_at: list[Nginx], name: str, nginx: Nginx | 
     pi_remote, vps_remote = FakeHost("alpha"), FakeHost("main")
     pi_remote.connection = connection_of(pi_side)  # type: ignore[attr-defined]
     vps_remote.connection = connection_of(vps_side or Channels(None))  # type: ignore[attr-defined]
-    return verify.http_through(vps, inv.pis["alpha"], tunnel(inv, "alpha", name), pi_remote, vps_remote)  # type: ignore[arg-type]
+    return http_route.http_through(vps, inv.pis["alpha"], tunnel(inv, "alpha", name), pi_remote, vps_remote)  # type: ignore[arg-type]
 
 
 def free_port() -> int:
@@ -377,16 +380,16 @@ def test_what_an_answer_says() -> None:
 
 
 def test_a_whole_answer_is_known_by_its_length_or_its_last_chunk() -> None:
-    assert not verify._complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n")  # the head is not over
-    assert not verify._complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhell")
-    assert verify._complete(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
-    assert verify._complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
-    assert not verify._complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-    assert not verify._complete(b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nhello")  # only the end tells
+    assert not http_route._complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n")  # the head is not over
+    assert not http_route._complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhell")
+    assert http_route._complete(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+    assert http_route._complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert not http_route._complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    assert not http_route._complete(b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nhello")  # only the end tells
 
 
 def test_the_same_request_goes_both_ways() -> None:
-    assert verify.request_headers("cam.example.com") == {"Host": "cam.example.com", "User-Agent": "pitunnel-verify",
+    assert http_route.request_headers("cam.example.com") == {"Host": "cam.example.com", "User-Agent": "pitunnel-verify",
                                                          "Accept": "*/*", "Accept-Encoding": "identity"}
 
 
@@ -410,7 +413,7 @@ def probe(script: str, bin_dir: Path, out: str, rc: int) -> list[str]:
 
 
 def test_probes_pass_only_when_the_vps_refuses_each(inv: Inventory, stub_ssh: Path) -> None:
-    script = verify.probe_script(inv.pis["alpha"], inv.vps["main"], ["127.0.0.1:20023"], 29999)
+    script = exposure.probe_script(inv.pis["alpha"], inv.vps["main"], ["127.0.0.1:20023"], 29999)
     assert script.count("runuser -u pitunnel -- timeout ") == 5 and script.count('ssh -F "$probe_config"') == 5
     # this VPS's ssh_config without its RemoteForward lines (the running tunnel holds those ports), removed after
     assert "grep -v '^[[:space:]]*RemoteForward[[:space:]]' /etc/pitunnel/main/ssh_config > \"$probe_config\"" in script
@@ -426,8 +429,18 @@ def test_probes_pass_only_when_the_vps_refuses_each(inv: Inventory, stub_ssh: Pa
                        "PROBE other-pi 127.0.0.1:20023 FAIL listener accepted"]
 
 
-def run_verify(inv: Inventory, pi: str, stdout: str, ss: str = "") -> tuple[PiReport, FakeHost]:
-    host = FakeHost(pi, commands=[("systemctl", stdout)])
+def unit_says(*lines: str) -> str:
+    """The unit fact's output: what is-enabled, is-active and the watchdog's is-active printed, as many as given."""
+    return "".join(f"{name}={line}\n" for name, line in zip(("enabled", "active", "watchdog"), lines))
+
+
+def pi_host(name: str, unit: str, probes: str = "", sshd: str = "") -> FakeHost:
+    """A Pi answering verify's facts: its unit, its probes' lines, its sshd -T."""
+    return FakeHost(name, [("systemctl is-enabled", unit), ("PROBE", probes), ("sshd -T", sshd)])
+
+
+def run_verify(inv: Inventory, pi: str, unit: str, probes: str = "", ss: str = "") -> tuple[PiReport, FakeHost]:
+    host = pi_host(pi, unit, probes)
     host.target = at(inv, inv.pis[pi]).target  # type: ignore[attr-defined]  # whom ssh through logs in as
     vps = FakeHost("main", [("ss -Htln", ss)], [("ss -Htln", ss)])
     report = PiReport(pi, vps="main")
@@ -437,21 +450,24 @@ def run_verify(inv: Inventory, pi: str, stdout: str, ss: str = "") -> tuple[PiRe
 
 
 def test_verify_probes_every_other_listener_and_a_free_port(inv: Inventory) -> None:
-    _, host = run_verify(inv, "beta", "enabled\nactive\nactive\n")
-    (script,) = host.scripts
-    assert script.startswith("systemctl is-enabled pitunnel@main.service; systemctl is-active pitunnel@main.service; "
-                             "systemctl is-active pitunnel-watchdog@main.service\n")
+    _, host = run_verify(inv, "beta", unit_says("enabled", "active", "active"))
+    (script,) = host.scripts  # one round trip: the unit, then the probes, then sshd -T
+    units = unit_fact("main").script
+    assert units.startswith("printf 'enabled=%s\\nactive=%s\\nwatchdog=%s\\n' \"$(systemctl is-enabled "
+                            "pitunnel@main.service 2>/dev/null)\" \"$(systemctl is-active pitunnel@main.service "
+                            "2>/dev/null)\" \"$(systemctl is-active pitunnel-watchdog@main.service 2>/dev/null)\"")
+    assert script.index(units) < script.index("PROBE command") < script.index(sshd_passwords_fact(inv.pis["beta"]).script)
     for other in ("0.0.0.0:20022", "127.0.0.1:20080", "127.0.0.1:20081"):  # alpha's: the same VPS
         assert f"-R {other}:127.0.0.1:9 " in script
     assert "-R 127.0.0.1:20023:" not in script  # its own is no probe
     assert "-R 127.0.0.1:29999:127.0.0.1:9 " in script  # the highest free port of the range
-    assert "sed 's/^/SSHD /'" in script
+    assert "sshd -T -C user=pi,host=localhost,addr=127.0.0.1 " in script
 
 
 def test_verify_reads_the_probes_and_units(inv: Inventory, stub_ssh: Path) -> None:
-    script = verify.probe_script(inv.pis["beta"], inv.vps["main"], ["0.0.0.0:20022"], 29999)
+    script = exposure.probe_script(inv.pis["beta"], inv.vps["main"], ["0.0.0.0:20022"], 29999)
     probes = "\n".join(probe(script, stub_ssh, "uid=1", 124)[:1] + probe(script, stub_ssh, "no", 1)[1:])
-    report, _ = run_verify(inv, "beta", "enabled\nactive\ninactive\n" + probes + "\n",
+    report, _ = run_verify(inv, "beta", unit_says("enabled", "active", "inactive"), probes + "\n",
                            ss="LISTEN 0 128 127.0.0.1:20023 0.0.0.0:*\n")
     by_name = {c.name: c for c in report.checks}
     assert by_name["unit enabled and active"].passed and by_name["unit enabled and active"].detail == "enabled, active"
@@ -467,7 +483,7 @@ def test_verify_reads_the_probes_and_units(inv: Inventory, stub_ssh: Path) -> No
 
 
 def test_verify_of_a_pi_whose_unit_says_nothing(inv: Inventory) -> None:
-    report, _ = run_verify(inv, "beta", "")
+    report, _ = run_verify(inv, "beta", unit_says())
     by_name = {c.name: c for c in report.checks}
     assert not by_name["unit enabled and active"].passed and by_name["watchdog active"].detail == "unknown"
     listen = by_name["ssh: VPS listens on 127.0.0.1:20023"]
@@ -479,7 +495,7 @@ def test_the_report_printed(capsys: pytest.CaptureFixture[str]) -> None:
     good.add("unit enabled and active", True, "enabled, active", "never shown")
     good.add("sshd: password login off", True, "on", "set it", warning=True)
     bad.add("watchdog active", False, "inactive", "start it")
-    verify.print_reports([good, bad])
+    print_reports([good, bad])
     assert capsys.readouterr().out.splitlines() == [
         "", "alpha: PASS",
         f"  PASS  {'unit enabled and active':<42} enabled, active",
@@ -502,7 +518,7 @@ class Through:
 
 
 def test_a_whole_answer_is_not_waited_on_and_a_big_body_is_cut() -> None:
-    from pitunnel.roles.pi.verify import BODY_LIMIT, fetch_over_ssh
+    from pitunnel.roles.probes.http_route import BODY_LIMIT, fetch_over_ssh
     strict = Channel(raw(200, b"hello"), strict=True)  # a read after the whole answer fails the test
     assert fetch_over_ssh(Through(strict), 80, "h").body == b"hello"  # type: ignore[arg-type]
     big = Channel(raw(200, b"x" * (BODY_LIMIT + 5000)))
@@ -510,14 +526,14 @@ def test_a_whole_answer_is_not_waited_on_and_a_big_body_is_cut() -> None:
 
 
 def test_an_app_that_keeps_the_connection_open_after_a_body_of_unknown_length() -> None:
-    from pitunnel.roles.pi.verify import fetch_over_ssh
+    from pitunnel.roles.probes.http_route import fetch_over_ssh
     chan = Channel(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nLocation: http://x:1/\r\n\r\nhello", open=True)
     answer = fetch_over_ssh(Through(chan), 80, "h")  # type: ignore[arg-type]
     assert (answer.status, answer.body, answer.header("location")) == (200, b"hello", "http://x:1/")
 
 
 def test_a_header_with_colons_in_its_value_does_not_confuse_the_length() -> None:
-    assert verify._complete(b"HTTP/1.1 200 OK\r\nDate: Mon, 30 Nov 2026 10:00:00 GMT\r\nContent-Length: 2\r\n\r\nhi")
+    assert http_route._complete(b"HTTP/1.1 200 OK\r\nDate: Mon, 30 Nov 2026 10:00:00 GMT\r\nContent-Length: 2\r\n\r\nhi")
 
 
 # ------------------------------------------------------------------------------------ judging, exactly
@@ -525,38 +541,38 @@ def test_a_header_with_colons_in_its_value_does_not_confuse_the_length() -> None
 
 @pytest.mark.parametrize("status", [502, 503, 504])
 def test_nginxs_gateway_errors_never_pass(status: int) -> None:
-    ok, detail = verify.judge("alpha", Answer(status, b"x"), Answer(200, APP))
+    ok, detail = http_route.judge("alpha", Answer(status, b"x"), Answer(200, APP))
     assert not ok and detail == f"{status} from Nginx: nothing answered through the tunnel"
-    ok, detail = verify.judge("alpha", Answer(status, b"x"), Answer(status, b"x"))
+    ok, detail = http_route.judge("alpha", Answer(status, b"x"), Answer(status, b"x"))
     assert not ok and detail == f"{status} through the VPS, and the app answers {status} on the Pi itself too"
 
 
 def test_another_status_the_app_gives_itself_passes_when_the_same() -> None:
-    assert verify.judge("alpha", Answer(505, b"app says no"), Answer(505, b"app says no"))[0]
-    ok, detail = verify.judge("alpha", Answer(500, b"a"), Answer(200, b"a"))
+    assert http_route.judge("alpha", Answer(505, b"app says no"), Answer(505, b"app says no"))[0]
+    ok, detail = http_route.judge("alpha", Answer(500, b"a"), Answer(200, b"a"))
     assert not ok and detail.startswith("status and body differ: through the VPS 500, 1 bytes")
-    ok, detail = verify.judge("alpha", Answer(200, b"a"), Answer(200, b"b" * 50))
+    ok, detail = http_route.judge("alpha", Answer(200, b"a"), Answer(200, b"b" * 50))
     assert not ok and detail.startswith("the body differs: through the VPS 200, 1 bytes")
 
 
 def test_a_changing_page_passes_at_90_percent_alike_and_10_percent_longer() -> None:
     html = (("Content-Type", "text/html"),)
     local = Answer(200, b"a" * 90 + b"b" * 10, html)
-    assert verify.judge("alpha", Answer(200, b"a" * 90 + b"c" * 10, html), local)[0]  # exactly 90% alike
-    assert not verify.judge("alpha", Answer(200, b"a" * 89 + b"c" * 11, html), local)[0]
+    assert http_route.judge("alpha", Answer(200, b"a" * 90 + b"c" * 10, html), local)[0]  # exactly 90% alike
+    assert not http_route.judge("alpha", Answer(200, b"a" * 89 + b"c" * 11, html), local)[0]
     longer = Answer(200, b"a" * 90 + b"b" * 10 + b"a" * 10, html)  # 10% longer, 95% alike
-    assert verify.judge("alpha", longer, local)[0]
-    assert not verify.judge("alpha", Answer(200, longer.body + b"a", html), local)[0]  # 11% longer
+    assert http_route.judge("alpha", longer, local)[0]
+    assert not http_route.judge("alpha", Answer(200, longer.body + b"a", html), local)[0]  # 11% longer
 
 
 def test_a_long_page_that_changes_a_timestamp_passes() -> None:
     import random
     html = (("Content-Type", "text/html"),)
     page = b"<html>" + b"<p>reading</p>" * 300
-    assert verify.judge("alpha", Answer(200, page + b"at 10:00:01", html), Answer(200, page + b"at 10:00:02", html))[0]
+    assert http_route.judge("alpha", Answer(200, page + b"at 10:00:01", html), Answer(200, page + b"at 10:00:02", html))[0]
     words = random.Random(1)
     prose = " ".join(words.choice(["soil", "moist", "sun", "at", "the", "bed", "dry"]) for _ in range(600)).encode()
-    assert verify.judge("alpha", Answer(200, prose + b" 10:01", html), Answer(200, prose + b" 10:02", html))[0]
+    assert http_route.judge("alpha", Answer(200, prose + b" 10:01", html), Answer(200, prose + b" 10:02", html))[0]
 
 
 def test_describe_cuts_at_40_bytes_and_replaces_what_is_not_text() -> None:
@@ -570,11 +586,11 @@ def test_describe_cuts_at_40_bytes_and_replaces_what_is_not_text() -> None:
 def test_password_login_checks_say_exactly_what_they_saw(inv: Inventory) -> None:
     alpha, main = inv.pis["alpha"], inv.vps["main"]  # alpha: a public ssh tunnel
     report = PiReport("alpha")
-    verify.passwords_check(report, alpha, main, "passwordauthentication no\nkbdinteractiveauthentication no")
-    verify.passwords_check(report, alpha, main, "passwordauthentication yes")
-    verify.passwords_check(report, alpha, main, "")
+    exposure.passwords_check(report, alpha, main, sshd_passwords("passwordauthentication no\nkbdinteractiveauthentication no"))
+    exposure.passwords_check(report, alpha, main, sshd_passwords("passwordauthentication yes"))
+    exposure.passwords_check(report, alpha, main, sshd_passwords(""))
     closed = dataclasses.replace(alpha, disable_password_login=True)
-    verify.passwords_check(report, closed, main, "")
+    exposure.passwords_check(report, closed, main, sshd_passwords(""))
     off, on, unknown, overridden = report.checks
     assert (off.name, off.passed, off.warning, off.detail) == (
         "sshd: password login off", True, False, "sshd -T: passwordauthentication no, kbdinteractiveauthentication no")
@@ -600,9 +616,9 @@ def test_verify_of_a_pi_with_ssh_and_http_tunnels(tmp_path: Path, nginx_at: list
     text = INVENTORY.replace("main: {address: 203.0.113.1, acme: {email: ops@example.com}}", f"main: {{address: 127.0.0.1, http_port: {nginx.port}, "
                                                              "port_range: [20000, 20080]}")
     inv = load(tmp_path, text.replace("basic_auth_file: cam.htpasswd", ""))
-    stdout = ("enabled\nactive\nactive\nPROBE command ok\n"
-              "SSHD passwordauthentication yes\nSSHD kbdinteractiveauthentication no\n")
-    pi, vps = FakeHost("alpha", commands=[("systemctl", stdout)]), FakeHost("main")
+    pi = pi_host("alpha", unit_says("enabled", "active", "active"), "PROBE command ok\n",
+                 "passwordauthentication yes\nkbdinteractiveauthentication no\n")
+    vps = FakeHost("main")
     pi.connection = connection_of(Channels(raw(200, APP)))  # type: ignore[attr-defined]
     pi.target = at(inv, inv.pis["alpha"]).target  # type: ignore[attr-defined]
     vps.connection = connection_of(Channels(None))  # type: ignore[attr-defined]
@@ -626,14 +642,14 @@ def test_verify_of_a_pi_with_ssh_and_http_tunnels(tmp_path: Path, nginx_at: list
 
 
 def test_a_pi_whose_unit_is_missing_or_whose_output_stops_short(inv: Inventory) -> None:
-    report, _ = run_verify(inv, "beta", "\ninactive\ninactive\n")  # is-enabled prints nothing for a missing unit
+    report, _ = run_verify(inv, "beta", unit_says("", "inactive", "inactive"))  # is-enabled prints nothing for a missing unit
     assert {c.name: c.detail for c in report.checks}["unit enabled and active"] == ", inactive"
-    report, _ = run_verify(inv, "beta", "enabled\nactive")
+    report, _ = run_verify(inv, "beta", unit_says("enabled", "active"))
     details = {c.name: (c.passed, c.detail) for c in report.checks}
     assert details["unit enabled and active"] == (True, "enabled, active") and details["watchdog active"] == (False, "unknown")
-    report, _ = run_verify(inv, "beta", "enabled\nactive\ninactive")
+    report, _ = run_verify(inv, "beta", unit_says("enabled", "active", "inactive"))
     assert {c.name: c.detail for c in report.checks}["watchdog active"] == "inactive"
-    down = {c.name: c for c in run_verify(inv, "beta", "disabled\ninactive\ninactive\n")[0].checks}
+    down = {c.name: c for c in run_verify(inv, "beta", unit_says("disabled", "inactive", "inactive"))[0].checks}
     assert down["unit enabled and active"].hint == "on the Pi: systemctl status pitunnel@main.service; journalctl -u pitunnel@main.service"
     listen = down["ssh: VPS listens on 127.0.0.1:20023"]
     assert listen.hint == "none: the tunnel is down or its -R was refused (stale listener? see troubleshooting)"
@@ -641,6 +657,14 @@ def test_a_pi_whose_unit_is_missing_or_whose_output_stops_short(inv: Inventory) 
 
 def test_a_listener_bound_both_ways_is_not_as_intended(inv: Inventory) -> None:
     both = "LISTEN 0 128 127.0.0.1:20023 0.0.0.0:*\nLISTEN 0 128 0.0.0.0:20023 0.0.0.0:*\n"
-    report, _ = run_verify(inv, "beta", "enabled\nactive\nactive\n", ss=both)
+    report, _ = run_verify(inv, "beta", unit_says("enabled", "active", "active"), ss=both)
     listen = {c.name: c for c in report.checks}["ssh: VPS listens on 127.0.0.1:20023"]
     assert not listen.passed and listen.detail == "listeners on that port: ['0.0.0.0:20023', '127.0.0.1:20023']"
+
+
+def test_the_probes_and_the_unit_are_read_by_name() -> None:
+    found = exposure.probes("noise\nPROBE other-pi 127.0.0.1:20023 ok\nPROBE other-pi 0.0.0.0:20022 FAIL listener accepted\n")
+    assert found == (exposure.Probe("other-pi 127.0.0.1:20023", True, "other-pi 127.0.0.1:20023 ok"),
+                     exposure.Probe("other-pi", False, "other-pi 0.0.0.0:20022 FAIL listener accepted"))
+    state = unit_fact("main").process("watchdog=inactive\nenabled=disabled\nactive=failed\n")
+    assert (state.state, state.watchdog) == ("disabled, failed", "inactive")

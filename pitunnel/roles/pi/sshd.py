@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pitunnel.facts import Fact
 from pitunnel.inventory import PiSpec, TunnelSpec, VpsSpec
@@ -31,12 +32,28 @@ def passwords_on(fact_output: str) -> bool | None:
     return "yes" in (settings.get("passwordauthentication"), settings.get("kbdinteractiveauthentication"))
 
 
-def sshd_passwords_fact(pi: PiSpec) -> Fact[bool | None]:
+@dataclass(frozen=True)
+class SshdPasswords:
+    """Password login as `sshd -T` has it: `on` (None: it could not tell) and the settings it printed."""
+
+    on: bool | None
+    settings: tuple[str, ...]
+
+    @property
+    def seen(self) -> str:
+        return ", ".join(self.settings) or "nothing (sshd -T failed)"
+
+
+def sshd_passwords(fact_output: str) -> SshdPasswords:
+    return SshdPasswords(passwords_on(fact_output), tuple(fact_output.strip("\n").split("\n")) if fact_output.strip() else ())
+
+
+def sshd_passwords_fact(pi: PiSpec) -> Fact[SshdPasswords]:
     """Does the Pi's sshd let its login user in with a password, as a connection through a tunnel gets its
     settings (from 127.0.0.1)? `sshd -T` is the truth, whatever drop-in (cloud-init's, ours) set them."""
     spec = shlex.quote(f"user={pi.user},host=localhost,addr=127.0.0.1")
     return Fact("sshd-passwords-loopback", f"sshd -T -C {spec} "
-                "2>/dev/null | grep -iE '^(passwordauthentication|kbdinteractiveauthentication) ' || true", passwords_on)
+                "2>/dev/null | grep -iE '^(passwordauthentication|kbdinteractiveauthentication) ' || true", sshd_passwords)
 
 
 def public_ssh_tunnels(pi: PiSpec) -> list[TunnelSpec]:
@@ -60,8 +77,9 @@ def password_warning(pi: PiSpec, vpses: Sequence[VpsSpec], on: bool | None) -> s
             f"127.0.0.1 as far as the Pi can tell; set `disable_password_login: true` for {pi.name} once key login works")
 
 
-def passwords_observer(pi: PiSpec, vpses: Sequence[VpsSpec]) -> Observe[bool | None]:
-    def describe(on: bool | None) -> str:
+def passwords_observer(pi: PiSpec, vpses: Sequence[VpsSpec]) -> Observe[SshdPasswords]:
+    def describe(found: SshdPasswords) -> str:
+        on = found.on
         if password_warning(pi, vpses, on):
             return "on, with a public ssh tunnel (see the WARNING)"
         if on is False:

@@ -256,7 +256,7 @@ def base(play: Play) -> dict[str, PiBase]:
         if found.public is not None:  # the .pub exists: whatever it holds must be a key
             refuse_bad_pubkey(reporter, pi, key, found.public)
         converge(remote, everything, reporter, mode, known=known)
-        warning = password_warning(pi, inv.vpses_of(pi), known.value(passwords.fact))
+        warning = password_warning(pi, inv.vpses_of(pi), known.value(passwords.fact).on)
         if warning:
             reporter.warn(pi.name, warning)
         pubkey: PublicKey | None = None

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pitunnel.facts import LISTENERS, Fact, gather, read
-from pitunnel.inventory import Inventory, TunnelSpec, VpsSpec, acme_name
+from pitunnel.facts import LISTENERS, Fact, read
+from pitunnel.inventory import Inventory, VpsSpec
 from pitunnel.ops import (Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Service,
                           SystemUser, UserAbsent, q)
 from pitunnel.play import Play
@@ -40,22 +40,6 @@ def permitted_fact(vps: VpsSpec) -> Fact[frozenset[str]]:
 def listeners(remote: Remote) -> frozenset[str]:
     """What listens on this VPS now (one round trip)."""
     return read(remote, LISTENERS)
-
-
-def listeners_and_certificates(remote: Remote, vps: VpsSpec) -> tuple[frozenset[str], AcmeFound]:
-    """For status: what listens on this VPS, and its certificates with their expiry (one round trip)."""
-    facts = gather(remote, [LISTENERS, acme_fact(vps)])
-    return facts.value(LISTENERS), facts.value(acme_fact(vps))
-
-
-def certificate_expiry(vps: VpsSpec, tunnel: TunnelSpec, found: AcmeFound) -> str:
-    """When the certificate an http route answers with expires, as status shows it."""
-    name = acme_name(vps, tunnel)
-    if name is not None and name in found.certs and found.certs[name].live:
-        return found.certs[name].not_after or "?"
-    if vps.tls_certificate:
-        return found.given_not_after or "?"
-    return "none yet" if name else "-"
 
 
 def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiOffer], reporter: Reporter,

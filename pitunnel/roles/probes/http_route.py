@@ -1,132 +1,26 @@
-"""`invoke verify`: prove from the laptop that every Pi is reachable as intended, and no further.
-
-Positive checks go the user's way in (SSH through the VPS port or a jump, HTTP through Nginx);
-negative probes use the Pi's own tunnel key, on the Pi, so its private half never leaves it.
-"""
+"""HTTP through Nginx reaches the Pi's app: the route fetched through the VPS and compared with the same
+request made on the Pi itself; behind basic auth, Nginx's 401 and the tunnel's answer on the VPS; with TLS,
+the certificate's name, chain and days left, and plain HTTP only a redirect to HTTPS."""
 
 from __future__ import annotations
 
-import base64
 import difflib
 import hashlib
 import http.client
 import io
 import json
-import shlex
 import socket
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
 
-from pitunnel import hostkeys
-from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec, has_tls
-from pitunnel.play import Play
+from pitunnel.inventory import PiSpec, TunnelSpec, VpsSpec, has_tls
 from pitunnel.remote import Remote
 from pitunnel.roles.contract import listen_spec, realm
-from pitunnel.roles.pi.paths import unit, vps_config_dir, watchdog_unit
-from pitunnel.roles.pi.role import D
-from pitunnel.roles.pi.sshd import password_warning, passwords_on, public_ssh_ports, sshd_passwords_fact
-
-REACH = "reach "  # checks that fail because a host was out of reach: `verify` exits 4 for them, not 2
-
-
-@dataclass
-class Check:
-    name: str
-    passed: bool
-    detail: str
-    hint: str = ""
-    warning: bool = False  # passed, but printed as WARN: something the owner should change
-
-
-@dataclass
-class PiReport:
-    """The checks of one path: the Pi `pi` through its VPS `vps` (a Pi with two VPSes has two reports)."""
-
-    pi: str
-    checks: list[Check] = field(default_factory=list)
-    vps: str = ""
-
-    def add(self, name: str, passed: bool, detail: str, hint: str = "", *, warning: bool = False) -> None:
-        self.checks.append(Check(name, passed, detail, "" if passed and not warning else hint, warning))
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
-
-
-def pi_host_keys(inv: Inventory, pi: PiSpec, name: str | None = None) -> paramiko.HostKeys:
-    """The Pi's own host keys as the laptop knows them from direct contact (filed under `name` in
-    known_hosts: how its connection looks them up, by default its address and port)."""
-    keys = paramiko.HostKeys()
-    if pi.host_key:
-        keytype, blob = pi.host_key.split()[:2]
-        keys.add("tunnel", keytype, paramiko.PKey.from_type_string(keytype, base64.b64decode(blob)))
-        return keys
-    if inv.settings.known_hosts.exists():
-        hostkeys.load_known(keys, inv.settings.known_hosts)
-    filed = name or hostkeys.known_name(pi.address, pi.port)
-    found = keys.lookup(filed)
-    out = paramiko.HostKeys()
-    for keytype, key in (found or {}).items():
-        if hostkeys.revoked_at(inv.settings.known_hosts, filed, key) is None:  # a revoked key proves nothing
-            out.add("tunnel", keytype, key)
-    return out
-
-
-def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSpec,
-                vps: VpsSpec, pi_remote: Remote) -> tuple[bool, str, str]:
-    """Log in to the Pi through the tunnel (as its connection logs in: agent, key files); pass only if the far
-    end shows this Pi's own host key."""
-    expected = pi_host_keys(inv, pi, pi_remote.target.known_name)
-    if not expected.keys():
-        return False, "the Pi's host key is unknown to the laptop", "record it on first direct contact (--accept-new-host-keys) or pin host_key in the inventory"
-    if tunnel.public:
-        where = f"{vps.address}:{tunnel.remote_port}"
-        try:
-            sock: socket.socket | paramiko.Channel = socket.create_connection((vps.address, tunnel.remote_port), timeout=10)
-        except OSError as exc:
-            hint = ("Connection refused: nothing listens publicly on the VPS port. Is the tunnel up, and does "
-                    "the VPS let it bind publicly (GatewayPorts clientspecified for the tunnel account)?")
-            return False, f"{where}: {exc}", hint
-    else:
-        where = f"jump via {vps.name} to 127.0.0.1:{tunnel.remote_port}"
-        transport = vps_remote.connection().client.get_transport()
-        assert transport is not None
-        try:
-            sock = transport.open_channel("direct-tcpip", ("127.0.0.1", tunnel.remote_port), ("127.0.0.1", 0), timeout=10)
-        except paramiko.ChannelException as exc:
-            return False, f"{where}: {exc}", f"the tunnel is not listening on the VPS: is {unit(vps.name)} up on the Pi?"
-    transport2 = paramiko.Transport(sock)
-    try:
-        transport2.start_client(timeout=10)
-        key = transport2.get_remote_server_key()
-        known = expected.lookup("tunnel")
-        if known is None or known.get(key.get_name()) != key:
-            return False, f"{where}: host key {hostkeys.fingerprint(key)} is not {pi.name}'s", \
-                "another host answers on this port: check remote_port clashes and the tunnel's -R"
-        try:
-            pi_remote.authenticate(transport2)
-        except paramiko.AuthenticationException:
-            if pi.key is None:  # no key named for it: its own host key is the proof
-                return True, f"{where}: {pi.name}'s host key ({key.get_name()})", ""
-            return False, f"{where}: {pi.name}'s host key, but login refused", \
-                "the tunnel reached the Pi's sshd but login failed: was the laptop key pushed?"
-        chan = transport2.open_session(timeout=10)
-        chan.exec_command("hostname")
-        name = chan.makefile().read().decode().strip()
-        return True, f"{where}: {pi.name}'s host key, logged in as {pi_remote.target.user}, hostname {name}", ""
-    except EOFError:  # paramiko's, when the far end closes before its SSH banner
-        return False, f"{where}: closed before the SSH banner", \
-            "the VPS accepted but the tunnel did not reach the Pi's sshd: is its tunnel to this VPS connected?"
-    except (paramiko.SSHException, OSError) as exc:
-        return False, f"{where}: {exc}", "the tunnel reached an sshd but login failed: was the laptop key pushed?"
-    finally:
-        transport2.close()
-
+from pitunnel.roles.pi.paths import unit
 
 BODY_LIMIT = 65536  # bytes of each body compared
 SIMILAR_LIMIT = 16384  # bytes of each body compared for likeness, when they differ
@@ -339,10 +233,10 @@ def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote
             try:
                 via = fetch_over_ssh(_transport(vps_remote), tunnel.remote_port, host)
             except (paramiko.SSHException, OSError, http.client.HTTPException) as exc:
-                return False, f"{url}: 401 from Nginx, but 127.0.0.1:{tunnel.remote_port} on {vps.name}: {exc}", \
+                return False, f"{url}: 401 from Nginx, but {listen_spec(tunnel)} on {vps.name}: {exc}", \
                     f"the tunnel is not listening on the VPS: check the Pi's {unit(vps.name)}"
             ok, detail = judge(pi.name, via, local)
-            detail = f"401 from Nginx's basic auth ({wanted}); behind it, 127.0.0.1:{tunnel.remote_port} on {vps.name}: {detail}"
+            detail = f"401 from Nginx's basic auth ({wanted}); behind it, {listen_spec(tunnel)} on {vps.name}: {detail}"
         else:
             ok, detail = judge(pi.name, via, local)
         if ok and tls is not None:
@@ -357,7 +251,7 @@ def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote
 
 def _http_hint(vps: VpsSpec, tunnel: TunnelSpec, host: str, vps_remote: Remote, local: Answer) -> str:
     """Which half is wrong: the tunnel (its port on the VPS) or Nginx's route to it."""
-    leg = f"127.0.0.1:{tunnel.remote_port} on {vps.name}"
+    leg = f"{listen_spec(tunnel)} on {vps.name}"  # an http tunnel listens on loopback only
     try:
         behind = fetch_over_ssh(_transport(vps_remote), tunnel.remote_port, host)
     except (paramiko.SSHException, OSError, http.client.HTTPException):
@@ -367,115 +261,3 @@ def _http_hint(vps: VpsSpec, tunnel: TunnelSpec, host: str, vps_remote: Remote, 
     if local.status != 200 or behind.status != 200:
         return f"{leg} answers {behind.status}; the app on the Pi answers {local.status}: another tunnel holds the port?"
     return "the page differs on every request: verify compares status and body with the Pi's own answer"
-
-
-def probe_script(pi: PiSpec, vps: VpsSpec, others: list[str], free_port: int) -> str:
-    """Negative probes run on the Pi as the tunnel account with the tunnel key: each must be refused. They use
-    the tunnel's ssh_config for this VPS without its RemoteForward lines: the running tunnel holds those
-    ports, so asking for them again would end each probe (ExitOnForwardFailure) before it proved anything."""
-    config = '"$probe_config"'
-    ssh = f"runuser -u {shlex.quote(pi.tunnel_user)} -- timeout 15 ssh -F {config}"
-    host = D["ssh_host_alias"]
-    lines = [
-        f"probe_config=$(mktemp) && grep -v '^[[:space:]]*RemoteForward[[:space:]]' "
-        f"{vps_config_dir(vps.name)}/ssh_config > \"$probe_config\" && chmod 644 \"$probe_config\"",
-        f"out=$({ssh} {host} id 2>&1); case \"$out\" in *uid=*) echo 'PROBE command FAIL ran: id';; "
-        "*) echo 'PROBE command ok';; esac",
-        f"out=$({ssh} -tt {host} 'id' 2>&1 </dev/null); case \"$out\" in *uid=*) echo 'PROBE pty FAIL got a shell';; "
-        "*) echo 'PROBE pty ok';; esac",
-        f"out=$({ssh} -W 127.0.0.1:{vps.port} {host} </dev/null 2>&1 | head -c 200); case \"$out\" in *SSH-2.0*) "
-        f"echo 'PROBE forward-to-vps FAIL reached the VPS sshd';; *) echo 'PROBE forward-to-vps ok';; esac",
-    ]
-    for label, spec in [("other-port", f"127.0.0.1:{free_port}"), *((f"other-pi {s}", s) for s in others)]:
-        lines.append(
-            f"runuser -u {shlex.quote(pi.tunnel_user)} -- timeout 8 ssh -F {config} -N "
-            f"-o ExitOnForwardFailure=yes -R {spec}:127.0.0.1:9 {host} </dev/null >/dev/null 2>&1; rc=$?; "
-            f"if [ $rc -eq 124 ]; then echo 'PROBE {label} FAIL listener accepted'; else echo 'PROBE {label} ok'; fi"
-        )
-    lines.append('rm -f "$probe_config"')
-    return "\n".join(lines) + "\n"
-
-
-def passwords_check(report: PiReport, pi: PiSpec, vps: VpsSpec, sshd_t: str) -> None:
-    """Password login, as the Pi's sshd really has it (`sshd -T`, for a connection from 127.0.0.1 as
-    tunnel traffic arrives): checked where it matters, for a public ssh tunnel or when the inventory
-    turns passwords off."""
-    if not public_ssh_ports(pi) and not pi.disable_password_login:
-        return
-    on = passwords_on(sshd_t)
-    seen = ", ".join(sshd_t.split("\n")) or "nothing (sshd -T failed)"
-    name = "sshd: password login off"
-    if on is False:
-        report.add(name, True, f"sshd -T: {seen}")
-    elif pi.disable_password_login:
-        report.add(name, False, f"disable_password_login is true, but sshd -T says: {seen}",
-                   "a drop-in read before ours turns them on again (sshd keeps the first value it reads): on the "
-                   "Pi, grep -ri passwordauthentication /etc/ssh/sshd_config /etc/ssh/sshd_config.d/")
-    else:
-        warning = password_warning(pi, [vps], on) or ""
-        report.add(name, True, warning + f" (sshd -T: {seen})", "once key login works, set "
-                   f"`disable_password_login: true` for {pi.name} and rerun provision-pi", warning=True)
-
-
-def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[str] | None) -> None:
-    """Prove one path, into its `report`: the Pi's unit for that VPS, the VPS's listeners (`present`, read by
-    roles/site.py; None if the VPS did not answer), SSH and HTTP through that VPS (the VPS's connection
-    carries the jumps), and every probe refused."""
-    inv = play.inventory
-    pi = inv.pis[remote.name].on(report.vps or inv.pis[remote.name].vps)
-    report.vps = pi.vps
-    vps = inv.vps_of(pi)
-    if present is None:
-        why = play.why.get(vps.name) or f"{vps.name} ({vps.address}) did not answer"
-        report.add(f"{REACH}the VPS {vps.name}", False, f"{why}: this path is unproven",
-                   f"bring {vps.name} back (the Pi's other paths are checked on their own), then rerun verify")
-        return
-    others = [listen_spec(t) for p, t in inv.tunnels_on(vps) if p.name != pi.name]
-    used = {t.remote_port for _, t in inv.tunnels_on(vps)}
-    free = next(p for p in range(vps.port_range[1], 1024, -1) if p not in used)
-    tunnel_unit, watchdog = unit(vps.name), watchdog_unit(vps.name)
-    unit_state = remote.run(f"systemctl is-enabled {tunnel_unit}; systemctl is-active {tunnel_unit}; "
-                      f"systemctl is-active {watchdog}\n"
-                      + probe_script(pi, vps, others, free)
-                      + f"({sshd_passwords_fact(pi).script}) | sed 's/^/SSHD /'\n", timeout=120)
-    words = unit_state.stdout.split("\n")
-    state = f"{words[0].strip()}, {words[1].strip()}" if len(words) > 1 else unit_state.stdout.strip()
-    report.add("unit enabled and active", state == "enabled, active", state,
-               f"on the Pi: systemctl status {tunnel_unit}; journalctl -u {tunnel_unit}")
-    watching = words[2].strip() if len(words) > 2 else "unknown"
-    report.add("watchdog active", watching == "active", watching,
-               f"without it, a dead connection waits for keepalives after the network is back: on the Pi, "
-               f"systemctl status {watchdog}; or rerun provision-pi")
-    for t in pi.tunnels:
-        want = listen_spec(t)
-        wrong = f"0.0.0.0:{t.remote_port}" if not t.public else f"127.0.0.1:{t.remote_port}"
-        ok = want in present and wrong not in present
-        report.add(f"{t.name}: VPS listens on {want}", ok,
-                   "bound as intended" if ok else f"listeners on that port: "
-                   f"{sorted(a for a in present if a.endswith(f':{t.remote_port}')) or 'none'}",
-                   "none: the tunnel is down or its -R was refused (stale listener? see troubleshooting)")
-    for t in pi.tunnels:
-        if t.kind == "ssh":
-            ok, detail, hint = ssh_through(inv, pi, play.remotes[vps.name], t, vps, remote)
-            report.add(f"{t.name}: ssh lands on {pi.name}", ok, detail, hint)
-        else:
-            ok, detail, hint = http_through(vps, pi, t, remote, play.remotes[vps.name], inv.settings.verify_ca_file)
-            report.add(f"{t.name}: http via nginx reaches {pi.name}", ok, detail, hint)
-    passwords_check(report, pi, vps, "\n".join(l[5:] for l in unit_state.stdout.splitlines() if l.startswith("SSHD ")))
-    for line in unit_state.stdout.splitlines():
-        if line.startswith("PROBE "):
-            parts = line.split(None, 2)
-            label, verdict = (line[6:].rsplit(" ok", 1)[0], "ok") if line.endswith(" ok") else (parts[1], "FAIL")
-            report.add(f"refused: {label}", verdict == "ok",
-                       "refused" if verdict == "ok" else line[6:],
-                       "the tunnel key can do more than forward its own ports: rerun provision-vps")
-
-
-def print_reports(reports: list[PiReport]) -> None:
-    for report in reports:
-        via = f" via {report.vps}" if report.vps else ""
-        print(f"\n{report.pi}{via}: {'PASS' if report.passed else 'FAIL'}")
-        for c in report.checks:
-            print(f"  {'FAIL' if not c.passed else 'WARN' if c.warning else 'PASS'}  {c.name:<42} {c.detail}")
-            if c.hint:
-                print(f"        hint: {c.hint}")

@@ -1,0 +1,128 @@
+"""`invoke status`: each tunnel up or down, since when, how often it reconnected, and its certificate.
+
+Each VPS's listeners and certificates are read first, then each Pi's tunnel unit to each of its VPSes (a row
+per tunnel per path): both as typed facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pitunnel.facts import LISTENERS, gather, read
+from pitunnel.inventory import PiSpec, TunnelSpec, VpsSpec, acme_name
+from pitunnel.play import Play
+from pitunnel.remote import Remote
+from pitunnel.roles.contract import listen_spec
+from pitunnel.roles.probes.unit import tunnel_fact
+from pitunnel.roles.vps.acme import AcmeFound, acme_fact
+
+
+@dataclass
+class TunnelStatus:
+    pi: str
+    tunnel: str
+    listen: str
+    up: bool
+    unit: str
+    since: str
+    ssh_starts: int
+    last_start: str
+    unit_restarts: int
+    last_error: str = ""  # the unit's last journal line that reads like a failure, with its time
+    known: bool = True  # False: neither the Pi nor its VPS could be read, so up or down is not known
+    certificate: str = "-"  # http routes: when the certificate it answers with expires (read on the VPS)
+    vps: str = ""  # the VPS of this path (a Pi with several VPSes has a row per tunnel per VPS)
+
+    @property
+    def reconnects(self) -> int:
+        """ssh starts after the first."""
+        return max(0, self.ssh_starts - 1)
+
+    def document(self) -> dict[str, object]:
+        """This tunnel in `status --json`."""
+        return {"pi": self.pi, "tunnel": self.tunnel, "vps": self.vps, "listen": self.listen, "state": "up" if self.up else "down" if self.known else "unknown",
+                "unit": self.unit, "since": self.since, "reconnects": self.reconnects, "ssh_starts": self.ssh_starts,
+                "last_connect": self.last_start, "unit_restarts": self.unit_restarts,
+                "last_error": self.last_error or None,
+                "certificate_expires": None if self.certificate == "-" else self.certificate}
+
+
+def status_pi(remote: Remote, pi: PiSpec, listening: frozenset[str]) -> list[TunnelStatus]:
+    """This Pi's tunnels on one VPS (`pi`: its path there), each up if that path's unit is active and the VPS
+    (whose `listening` `status` read) listens on it."""
+    state = read(remote, tunnel_fact(pi.vps))
+    return [TunnelStatus(pi.name, t.name, listen_spec(t), listen_spec(t) in listening and state.active == "active",
+                         state.active, state.since or "-", state.ssh_starts, state.last_start or "-", state.restarts,
+                         state.last_error, vps=pi.vps)
+            for t in pi.tunnels]
+
+
+def unreached(pi: PiSpec, listening: frozenset[str] | None, why: str) -> list[TunnelStatus]:
+    """A Pi the laptop could not reach: each tunnel is up as far as its VPS listens on it (None: VPS unread)."""
+    return [TunnelStatus(pi.name, t.name, listen_spec(t), listening is not None and listen_spec(t) in listening,
+                         "unknown", "-", 0, "-", 0, f"the laptop could not reach the Pi: {why}",
+                         known=listening is not None, vps=pi.vps) for t in pi.tunnels]
+
+
+def is_down(row: TunnelStatus) -> bool:
+    """Known to be down (what makes `status` exit 2)."""
+    return row.known and not row.up
+
+
+def print_status(rows: list[TunnelStatus]) -> None:
+    print(f"\n{'pi':<8} {'tunnel':<8} {'vps':<8} {'listen on VPS':<20} {'state':<5} {'unit':<9} {'up since':<28} "
+          f"{'ssh starts':>10} {'last (re)connect':<25} {'unit restarts':>13}  certificate expires")
+    for r in rows:
+        state = "UP" if r.up else "DOWN" if r.known else "?"
+        print(f"{r.pi:<8} {r.tunnel:<8} {r.vps:<8} {r.listen:<20} {state:<5} {r.unit:<9} {r.since:<28} "
+              f"{r.ssh_starts:>10} {r.last_start:<25} {r.unit_restarts:>13}  {r.certificate}")
+    for r in rows:
+        if not r.up and r.last_error:
+            print(f"{r.pi}/{r.tunnel} via {r.vps}: last error: {r.last_error}")
+
+
+@dataclass(frozen=True)
+class VpsSeen:
+    """What status reads of a VPS: what listens there, and its certificates with their expiry."""
+
+    listeners: frozenset[str]
+    certificates: AcmeFound
+
+
+def vps_seen(remote: Remote, vps: VpsSpec) -> VpsSeen:
+    """One round trip."""
+    facts = gather(remote, [LISTENERS, acme_fact(vps)])
+    return VpsSeen(facts.value(LISTENERS), facts.value(acme_fact(vps)))
+
+
+def certificate_expiry(vps: VpsSpec, tunnel: TunnelSpec, found: AcmeFound) -> str:
+    """When the certificate an http route answers with expires, as status shows it."""
+    name = acme_name(vps, tunnel)
+    if name is not None and name in found.certs and found.certs[name].live:
+        return found.certs[name].not_after or "?"
+    if vps.tls_certificate:
+        return found.given_not_after or "?"
+    return "none yet" if name else "-"
+
+
+def status(play: Play) -> list[TunnelStatus]:
+    """`invoke status`: each VPS's listeners and certificates, then each Pi's tunnels on each of its VPSes (a
+    row per path)."""
+    inv = play.inventory
+    pis = play.selected(list(inv.pis.values()))
+    found = play.each(inv.vpses_of_pis(pis), lambda remote: vps_seen(remote, inv.vps[remote.name]))
+
+    def listening(path: PiSpec) -> frozenset[str] | None:
+        return found[path.vps].listeners if path.vps in found else None
+
+    rows = play.each(pis, lambda remote: [r for path in inv.pis[remote.name].paths()
+                                          for r in status_pi(remote, path, listening(path) or frozenset())])
+    for p in pis:  # a Pi out of reach: its tunnels as each VPS sees them
+        if p.name not in rows and p.name in play.why:
+            rows[p.name] = [r for path in p.paths() for r in unreached(path, listening(path), play.why[p.name])]
+    for pi_rows in rows.values():
+        for row in pi_rows:
+            path = inv.pis[row.pi].on(row.vps)
+            tunnel = next(t for t in path.tunnels if t.name == row.tunnel)
+            if tunnel.kind == "http" and row.vps in found:
+                row.certificate = certificate_expiry(inv.vps[row.vps], tunnel, found[row.vps].certificates)
+    return sorted((r for p in pis for r in rows.get(p.name, [])), key=lambda r: (r.pi, r.tunnel))  # stable: paths in inventory order
