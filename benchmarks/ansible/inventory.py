@@ -46,7 +46,7 @@ def vps_vars(inv: Inventory, vps: VpsSpec) -> dict[str, Any]:
     variables = vps_steps.context(inv, vps)
     routes = variables["tunnels"]
     return {
-        **vps_role.D,
+        **vps_role.VPS_DEFAULTS,
         **variables,
         "path_routes": [r for r in routes if not r["server_name"]],
         "name_routes": [r for r in routes if r["server_name"]],
@@ -72,10 +72,10 @@ def pi_vars(inv: Inventory, pi: PiSpec) -> dict[str, Any]:
         raise NotEquivalent(f"{pi.name}: several VPSes per Pi are not reproduced by the Ansible playbook")
     vps = inv.vps_of(pi)
     return {
-        **pi_role.D,
+        **pi_role.PI_DEFAULTS,
         **pi_steps.context(pi, vps),
         "watchdog_script": pi_paths.watchdog_path(vps.name),
-        "watchdog_template": pi_role.D["watchdog_unit"],
+        "watchdog_template": pi_role.PI_DEFAULTS["watchdog_unit"],
         "watchdog_unit": pi_paths.watchdog_unit(vps.name),
         "vps_known_name": known_name(vps.address, vps.port),
         "key_comment": pi_paths.key_comment(pi),

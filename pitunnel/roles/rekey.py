@@ -26,7 +26,7 @@ from pitunnel.runner import StepFailed, converge
 from pitunnel.roles.pi import steps as pi
 from pitunnel.roles.pi.paths import vps_config_dir
 from pitunnel.roles.vps import keys as vps_keys
-from pitunnel.roles.vps.role import D as VPS
+from pitunnel.roles.vps.role import VPS_DEFAULTS
 
 
 class Step(Enum):
@@ -141,9 +141,9 @@ class VpsRekey(reconcile.Flow[Reading, Step]):
             self.pin([*found.current, *(k for k in staged if k not in found.current)], keep_laptop=True)
             return f"{len(staged)} new keys pinned beside {len(found.current)} old ones"
         if step is Step.SWITCH:
-            self.script(vps_keys.install_host_keys(VPS["ssh_service"]), step)
+            self.script(vps_keys.install_host_keys(VPS_DEFAULTS["ssh_service"]), step)
             if not self.remote.can_log_in_fresh(use_password=False):
-                self.remote.run(vps_keys.restore_host_keys(VPS["ssh_service"]))
+                self.remote.run(vps_keys.restore_host_keys(VPS_DEFAULTS["ssh_service"]))
                 raise self.fail(step.value, "a fresh login failed after the switch: the old host keys are back")
             return "a fresh login from the laptop checked the new key"
         if step is Step.UNPIN_OLD:

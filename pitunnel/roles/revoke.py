@@ -21,7 +21,7 @@ from pitunnel.sshkeys import PublicKey, parse_public_key
 from pitunnel.roles.vps.sessions import SessionsEnded
 from pitunnel.roles.vps.authorized import KEY_MARKER, keys_path, parse_authorized_keys, revoked_keys_file
 from pitunnel.roles.vps.nginx import route_stem
-from pitunnel.roles.vps.role import D
+from pitunnel.roles.vps.role import VPS_DEFAULTS
 from pitunnel.roles.vps.steps import context, handlers, sshd_dropin
 
 TITLE = "revoked, remembered on the laptop"
@@ -87,11 +87,11 @@ def routes_off(pi: PiSpec) -> list[Op]:
         if t.kind != "http":
             continue
         stem = route_stem(pi.name, t.name)
-        ops += [Absent(f"{D['nginx_sites_dir']}/pitunnel-{stem}.conf", notify=("reload nginx",),
+        ops += [Absent(f"{VPS_DEFAULTS['nginx_sites_dir']}/pitunnel-{stem}.conf", notify=("reload nginx",),
                        title=f"nginx site of {pi.name}/{t.name} off"),
-                Absent(f"{D['nginx_locations_dir']}/{stem}.conf", notify=("reload nginx",),
+                Absent(f"{VPS_DEFAULTS['nginx_locations_dir']}/{stem}.conf", notify=("reload nginx",),
                        title=f"nginx path of {pi.name}/{t.name} off"),
-                Absent(f"{D['nginx_auth_dir']}/{stem}.htpasswd", notify=("reload nginx",),
+                Absent(f"{VPS_DEFAULTS['nginx_auth_dir']}/{stem}.htpasswd", notify=("reload nginx",),
                        title=f"basic auth of {pi.name}/{t.name} off")]
     return ops
 

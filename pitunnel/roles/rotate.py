@@ -39,7 +39,7 @@ from pitunnel.sshkeys import PublicKey, parse_public_key
 from pitunnel.roles.contract import listens
 from pitunnel.roles.pi import keys as pi_keys
 from pitunnel.roles.pi.paths import unit
-from pitunnel.roles.pi.role import D as PI
+from pitunnel.roles.pi.role import PI_DEFAULTS
 from pitunnel.roles.vps import keys as vps_keys
 from pitunnel.roles.vps.authorized import keys_ops, keys_path, refuse_shared, shared_keys
 
@@ -265,7 +265,7 @@ class PiRotation(reconcile.Flow[Read, Step]):
             if attempt or any(k not in ("", ring.current) for k in ring.live):
                 self._run(pi_keys.reconnect(pi), Step.CONNECT)
                 restarted = True
-            deadline = time.monotonic() + PI["listen_wait_seconds"]
+            deadline = time.monotonic() + PI_DEFAULTS["listen_wait_seconds"]
             while time.monotonic() < deadline:
                 ring = self.read().ring
                 if ring.up_with == ring.current:

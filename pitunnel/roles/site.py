@@ -24,7 +24,7 @@ from pitunnel.shared import SharedReading
 from pitunnel.roles.contract import VpsFacts, listen_spec, offer_on
 from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import steps as pi
-from pitunnel.roles.pi.role import D as PI
+from pitunnel.roles.pi.role import PI_DEFAULTS
 from pitunnel.roles.vps import steps as vps
 
 
@@ -127,7 +127,7 @@ def wait_listening(play: Play, spec: PiSpec, readings: SharedReading[frozenset[s
     wanted = [listen_spec(t) for t in spec.tunnels]
     missing = [w for w in wanted if w not in (now or frozenset())]
     started = looked = time.monotonic()
-    deadline = started + PI["listen_wait_seconds"]
+    deadline = started + PI_DEFAULTS["listen_wait_seconds"]
     with play.reporter.busy(spec.name, "tunnel listening on the VPS"):
         while missing and time.monotonic() < deadline:
             stop_point()  # Ctrl-C: the tunnel is in place; only the wait for it is cut short
@@ -137,7 +137,7 @@ def wait_listening(play: Play, spec: PiSpec, readings: SharedReading[frozenset[s
             missing = [w for w in wanted if w not in reading]
     if missing:
         play.reporter.line(spec.name, "failed", "tunnel listening on the VPS",
-                           f"{spec.vps}: not listening after {PI['listen_wait_seconds']}s: {', '.join(missing)} "
+                           f"{spec.vps}: not listening after {PI_DEFAULTS['listen_wait_seconds']}s: {', '.join(missing)} "
                            f"(see `journalctl -u {pi_paths.unit(spec.vps)}` on the Pi)")
         raise StepFailed("not listening")
     waited = time.monotonic() - started

@@ -23,7 +23,7 @@ from pitunnel.ops import File
 from pitunnel.remote import Remote, Unreachable
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge
-from pitunnel.roles.vps.role import D as VPS
+from pitunnel.roles.vps.role import VPS_DEFAULTS
 from pitunnel.roles.vps.steps import handlers as vps_handlers
 from pitunnel.roles.site import provision_vps
 from tests.conftest import lab_up
@@ -103,12 +103,12 @@ def test_cut_during_provision_vps_then_rerun_proves_the_sshd_change(inventory: P
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """The first provision of the VPS dies after writing the Match block; the rerun proves it."""
-    assert "No such file" in in_host("vps", f"ls {VPS['sshd_dropin']} 2>&1")  # a fresh VPS
-    dead = cut(VPS["sshd_dropin"])
+    assert "No such file" in in_host("vps", f"ls {VPS_DEFAULTS['sshd_dropin']} 2>&1")  # a fresh VPS
+    dead = cut(VPS_DEFAULTS["sshd_dropin"])
     code, p = play(inventory, provision_vps)
     # the run fails: unreachable, or "internal error: EOFError" when a write notices first (see CUT)
     assert dead == ["vps"] and code in (2, 4) and p is not None and p.reporter.recaps["vps"].bad
-    assert "PermitListen" in in_host("vps", f"cat {VPS['sshd_dropin']}")  # written, never reloaded nor proven
+    assert "PermitListen" in in_host("vps", f"cat {VPS_DEFAULTS['sshd_dropin']}")  # written, never reloaded nor proven
     assert host_guard_state() == (True, "active"), "the change must be recorded and the host's timer armed"
     monkeypatch.undo()
     capsys.readouterr()
@@ -116,7 +116,7 @@ def test_cut_during_provision_vps_then_rerun_proves_the_sshd_change(inventory: P
     code, p = play(inventory, provision_vps)
     out = capsys.readouterr().out
     assert code == 0, out
-    assert (f"handler reload sshd - proved an earlier run's unproven change to {VPS['sshd_dropin']} "
+    assert (f"handler reload sshd - proved an earlier run's unproven change to {VPS_DEFAULTS['sshd_dropin']} "
             "(a fresh login works)") in out
     assert "sshd Match block for the tunnel account - written by an earlier run, proven now" in out
     assert "sshd Match block for the tunnel account - already as wanted" not in out

@@ -297,7 +297,7 @@ def test_start_opens_a_remote_per_host_with_its_secrets(inv: Inventory, tmp_path
 
 def test_the_listener_wait_fails_when_the_forward_never_listens(inv: Inventory, monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 0.6)
+    monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 0.6)
     reads: list[int] = []
     listeners = SharedReading(lambda: reads.append(1) or tcp_listeners("LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"))
     play = SimpleNamespace(reporter=Reporter(colour=False))
@@ -310,7 +310,7 @@ def test_the_listener_wait_fails_when_the_forward_never_listens(inv: Inventory, 
 
 def test_the_listener_wait_passes_once_the_forward_listens(inv: Inventory, monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 5)
     ss = "LISTEN 0 128 127.0.0.1:20024 0.0.0.0:*\n"
     play = SimpleNamespace(reporter=Reporter(colour=False))
     site.wait_listening(play, inv.pis["private"], SharedReading(lambda: tcp_listeners(ss)), None)  # type: ignore[arg-type]

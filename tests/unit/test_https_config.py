@@ -18,7 +18,7 @@ from pitunnel.roles.vps import acme
 from pitunnel.roles.vps import role as vps_role
 from pitunnel.roles.vps import steps as vps_steps
 
-D = vps_role.D
+D = vps_role.VPS_DEFAULTS
 INVENTORY = """
 settings: {laptop_key: null, known_hosts: kh}
 vps:

@@ -143,7 +143,7 @@ def test_a_second_revoke_changes_nothing_and_says_so(tmp_path: Path, keys: dict[
 
 def test_provision_leaves_a_revoked_pi_out_and_its_key_and_routes_off_the_vps(
         tmp_path: Path, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 5)
     before = load(tmp_path, INVENTORY)
     record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (parse_public_key(keys["alpha"]),), {"main": {"ssh": 20022, "web": 20080}}))
     inv = load(tmp_path, INVENTORY)
@@ -166,7 +166,7 @@ def test_provision_leaves_a_revoked_pi_out_and_its_key_and_routes_off_the_vps(
 
 def test_a_revoked_key_offered_again_is_refused_and_a_new_one_ends_the_revocation(
         tmp_path: Path, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 5)
     monkeypatch.setattr(pi_steps, "tunnel", lambda play, remote, base, host_keys: pi_steps.Tunneled(set(), None))
     monkeypatch.setattr(pi_steps, "passwords_off", lambda play, remote, known=None: None)
     load(tmp_path, INVENTORY)

@@ -23,7 +23,7 @@ from pitunnel.roles.pi import steps as pi
 from tests.unit.fake_hosts import FakeHost, in_order, lines, load, mode_of, play_on
 from tests.unit.test_templates import keygen
 
-D = pi_role.D
+D = pi_role.PI_DEFAULTS
 
 INVENTORY = """
 settings: {laptop_key: keys/laptop, known_hosts: kh}

@@ -24,7 +24,7 @@ from pitunnel.roles.vps import steps as vps
 from tests.unit.fake_hosts import ACCOUNT, FakeHost, in_order, lines, load, mode_of, play_on
 from tests.unit.test_templates import keygen
 
-D = vps_role.D
+D = vps_role.VPS_DEFAULTS
 
 INVENTORY = """
 settings: {laptop_key: null, known_hosts: kh}

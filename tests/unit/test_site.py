@@ -97,7 +97,7 @@ def written(host: FakeHost, path: str, content: str) -> bool:
 
 def test_provision_pi_puts_the_keys_on_the_vps_before_the_tunnels_and_proves_them_listening(
         inv: Inventory, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 5)
     journal: list[str] = []
     hosts = {"main": vps_host(journal=journal), "alpha": pi_host(inv, "alpha", keys["alpha"], journal),
              "beta": pi_host(inv, "beta", keys["beta"], journal)}
@@ -115,8 +115,8 @@ def test_provision_pi_puts_the_keys_on_the_vps_before_the_tunnels_and_proves_the
     assert all(journal.index(f"{p} apply") < vps_keys for p in ("alpha", "beta"))  # base (autossh) first
     tunnels = [i for i, e in enumerate(journal) if e.startswith(("alpha", "beta"))][2:]
     assert max(i for i, e in enumerate(journal) if e == "main apply") < max(tunnels)
-    assert hosts["beta"].applied(pi_role.D["password_dropin"])  # beta's inventory turns passwords off
-    assert not hosts["alpha"].applied(pi_role.D["password_dropin"])
+    assert hosts["beta"].applied(pi_role.PI_DEFAULTS["password_dropin"])  # beta's inventory turns passwords off
+    assert not hosts["alpha"].applied(pi_role.PI_DEFAULTS["password_dropin"])
     out = lines(capsys)
     assert any(l.startswith("ok alpha tunnel listening on the VPS - main: 0.0.0.0:20022, 127.0.0.1:20080 (after ") for l in out)
     assert any(l.startswith("ok beta tunnel listening on the VPS - main: 127.0.0.1:20023") for l in out)
@@ -174,7 +174,7 @@ def test_permitlisten_behind_in_check_mode_is_a_skip_not_a_failure(inv: Inventor
 
 def test_connect_tunnels_only_the_pis_that_have_a_key(inv: Inventory, keys: dict[str, str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 5)
     hosts = {"main": vps_host(), "alpha": FakeHost("alpha"), "beta": FakeHost("beta")}
     play = play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"}))  # type: ignore[arg-type]
     bases = {"alpha": pi_steps.PiBase(PiOffer("alpha", None, listens(inv.pis["alpha"])), False),
@@ -189,7 +189,7 @@ def test_a_pi_offering_another_pis_key_is_refused_alone_and_the_pi_it_belongs_to
         inv: Inventory, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 22: alpha's root wrote beta's public key into alpha's .pub. beta's key is beta's on main already:
     alpha is refused (its line and its tunnel left as they were), beta's tunnel goes on, the run fails."""
-    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 5)
     vps = inv.vps["main"]
     before = vps_authorized.authorized_keys(inv, vps, {"alpha": keys["alpha"], "beta": keys["beta"]}).wanted(FileState(False))
     main = vps_host()
@@ -220,7 +220,7 @@ def test_an_unchanged_tunnel_already_listening_is_not_waited_for(inv: Inventory,
 
 def test_provision_converges_the_vps_and_the_pis_base_then_connects_them(inv: Inventory, keys: dict[str, str],
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 5)
     main = vps_host()
     main.answers.insert(0, ("dpkg-query", "nginx installed\nautossh installed"))
     hosts = {"main": main, "beta": pi_host(inv, "beta", keys["beta"])}
@@ -228,7 +228,7 @@ def test_provision_converges_the_vps_and_the_pis_base_then_connects_them(inv: In
     site.provision(play)
     assert play.failed == set()
     beta = vps_authorized.authorized_keys(inv, inv.vps["main"], {"beta": " ".join(keys["beta"].split()[:2])})
-    assert main.applied(vps_role.D["sshd_dropin"]) and written(main, "authorized_keys", beta.wanted(FileState(False)))
+    assert main.applied(vps_role.VPS_DEFAULTS["sshd_dropin"]) and written(main, "authorized_keys", beta.wanted(FileState(False)))
     assert hosts["beta"].applied("systemctl start pitunnel@main.service")
 
 
@@ -236,7 +236,7 @@ def test_a_provision_that_changes_nothing_costs_each_host_two_round_trips(inv: I
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from pitunnel.roles.vps import steps as vps_steps
     from tests.unit.fake_hosts import converged
-    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 5)
     main, alpha = inv.vps["main"], inv.pis["alpha"]
     offered = vps_authorized.keys_ops(inv, main, {"alpha": " ".join(keys["alpha"].split()[:2])})
     vps = FakeHost("main", [*converged([*offered, vps_steps.packages(main), *vps_steps.converge_ops(inv, main)]),
@@ -258,7 +258,7 @@ def test_a_pi_with_passwords_off_that_changes_nothing_costs_two_round_trips_too(
     """The passwords step reuses what the tunnel step read when nothing changed in between: no third read."""
     from pitunnel.roles.vps import steps as vps_steps
     from tests.unit.fake_hosts import converged
-    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 5)
     main, beta = inv.vps["main"], inv.pis["beta"]
     offered = vps_authorized.keys_ops(inv, main, {"beta": " ".join(keys["beta"].split()[:2])})
     vps = FakeHost("main", [*converged([*offered, vps_steps.packages(main), *vps_steps.converge_ops(inv, main)]),
@@ -398,7 +398,7 @@ def test_every_listener_sshd_does_not_permit_yet_is_named(inv: Inventory, keys: 
 
 
 def test_a_vps_is_offered_only_its_own_pis(inv: Inventory, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 5)
+    monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 5)
     hosts = {"main": vps_host(permitted="permitlisten 127.0.0.1:20023"), "spare": vps_host("spare"),
              "beta": FakeHost("beta"), "gamma": FakeHost("gamma")}
     play = play_on(inv, hosts, limit=frozenset({"main", "spare", "beta", "gamma"}))  # type: ignore[arg-type]
@@ -411,7 +411,7 @@ def test_the_listener_wait_names_every_forward_missing(inv: Inventory, monkeypat
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     from pitunnel.runner import StepFailed
     from pitunnel.shared import SharedReading
-    monkeypatch.setitem(pi_role.D, "listen_wait_seconds", 0.2)
+    monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 0.2)
     play = play_on(inv, {})
     with pytest.raises(StepFailed):
         site.wait_listening(play, inv.pis["alpha"], SharedReading(lambda: frozenset()), None)

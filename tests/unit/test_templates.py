@@ -23,8 +23,8 @@ from pitunnel.roles.vps import nginx as vps_nginx
 from pitunnel.roles.vps import role as vps_role
 from pitunnel.roles.vps import steps as vps_steps
 
-VPS_D = vps_role.D
-PI_D = pi_role.D
+VPS_DEFAULTS = vps_role.VPS_DEFAULTS
+PI_DEFAULTS = pi_role.PI_DEFAULTS
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHva6ee4ekTAawH0SqI5CoAvuEvPaN4hfyg5Q+vEb9p1"
 
 INVENTORY = """
@@ -115,7 +115,7 @@ def values(text: str, keyword: str) -> list[str]:
 
 
 def sshd_text(inv: Inventory, vps: str) -> str:
-    return text_of(vps_steps.converge_ops(inv, inv.vps[vps]), VPS_D["sshd_dropin"])
+    return text_of(vps_steps.converge_ops(inv, inv.vps[vps]), VPS_DEFAULTS["sshd_dropin"])
 
 
 def test_sshd_match_block_restricts_the_tunnel_account(inv: Inventory) -> None:
@@ -153,7 +153,7 @@ def test_sshd_permit_listen_none_without_tunnels(tmp_path: Path) -> None:
 
 
 def test_sshd_dropin_is_validated_and_reloads(inv: Inventory) -> None:
-    op = file_op(vps_steps.converge_ops(inv, inv.vps["main"]), VPS_D["sshd_dropin"])
+    op = file_op(vps_steps.converge_ops(inv, inv.vps["main"]), VPS_DEFAULTS["sshd_dropin"])
     assert op.validate == "sshd -t"
     assert op.notify == ("reload sshd",)
     assert (op.owner, op.group, op.mode) == ("root", "root", 0o644)
@@ -214,7 +214,7 @@ def keys_file(inv: Inventory, vps: str, existing: str | None, new: dict[str, str
 
 def test_authorized_keys_file_op(inv: Inventory) -> None:
     op, text = keys_file(inv, "main", None, {})
-    assert op.path == f"{VPS_D['tunnel_home']}/.ssh/authorized_keys"
+    assert op.path == f"{VPS_DEFAULTS['tunnel_home']}/.ssh/authorized_keys"
     assert (op.owner, op.group, op.mode) == ("pitunnel", "pitunnel", 0o600)
     assert text == ""  # no keys known yet: nothing authorised
 
@@ -262,7 +262,7 @@ def test_authorized_keys_drop(inv: Inventory) -> None:
 
 def test_nginx_location_for_path_tunnel(inv: Inventory) -> None:
     ops = vps_steps.converge_ops(inv, inv.vps["main"])
-    text = text_of(ops, f"{VPS_D['nginx_locations_dir']}/pi1_web.conf")
+    text = text_of(ops, f"{VPS_DEFAULTS['nginx_locations_dir']}/pi1_web.conf")
     lines = directives(text)
     assert lines[0] == "location /pi1/web/ {"
     assert lines[-1] == "}"
@@ -276,13 +276,13 @@ def test_nginx_location_for_path_tunnel(inv: Inventory) -> None:
     assert "proxy_read_timeout 60s;" in lines and "proxy_send_timeout 60s;" in lines
     assert "client_max_body_size 10m;" in lines
     assert 'auth_basic "pi1";' in lines
-    assert f"auth_basic_user_file {VPS_D['nginx_auth_dir']}/pi1_web.htpasswd;" in lines
+    assert f"auth_basic_user_file {VPS_DEFAULTS['nginx_auth_dir']}/pi1_web.htpasswd;" in lines
     assert text.count("{") == text.count("}")
 
 
 def test_nginx_basic_auth_file_is_secret_and_readable_by_nginx(inv: Inventory) -> None:
     ops = vps_steps.converge_ops(inv, inv.vps["main"])
-    op = file_op(ops, f"{VPS_D['nginx_auth_dir']}/pi1_web.htpasswd")
+    op = file_op(ops, f"{VPS_DEFAULTS['nginx_auth_dir']}/pi1_web.htpasswd")
     assert op.secret and op.mode == 0o640 and op.group == "www-data"
     assert op.wanted(FileState(False)) == "alice:$apr1$abc$def\n"
     assert "reload nginx" in op.notify
@@ -290,7 +290,7 @@ def test_nginx_basic_auth_file_is_secret_and_readable_by_nginx(inv: Inventory) -
 
 def test_nginx_server_for_server_name_tunnel(inv: Inventory) -> None:
     ops = vps_steps.converge_ops(inv, inv.vps["main"])
-    text = text_of(ops, f"{VPS_D['nginx_sites_dir']}/pitunnel-pi1_cam.conf")
+    text = text_of(ops, f"{VPS_DEFAULTS['nginx_sites_dir']}/pitunnel-pi1_cam.conf")
     lines = directives(text)
     assert lines[0] == "server {"
     assert "server_name cam.example.com;" in lines
@@ -317,7 +317,7 @@ def test_nginx_server_for_server_name_tunnel(inv: Inventory) -> None:
 
 def test_nginx_server_with_tls_and_path(inv: Inventory) -> None:
     ops = vps_steps.converge_ops(inv, inv.vps["other"])
-    text = text_of(ops, f"{VPS_D['nginx_sites_dir']}/pitunnel-pi3_site.conf")
+    text = text_of(ops, f"{VPS_DEFAULTS['nginx_sites_dir']}/pitunnel-pi3_site.conf")
     lines = directives(text)
     assert "server_name *.example.org;" in lines
     assert "listen 8080;" in lines and "listen 8443 ssl;" in lines and "listen [::]:8443 ssl;" in lines
@@ -327,7 +327,7 @@ def test_nginx_server_with_tls_and_path(inv: Inventory) -> None:
 
 
 def test_nginx_upstreams(inv: Inventory) -> None:
-    text = text_of(vps_steps.converge_ops(inv, inv.vps["main"]), VPS_D["nginx_conf"])
+    text = text_of(vps_steps.converge_ops(inv, inv.vps["main"]), VPS_DEFAULTS["nginx_conf"])
     lines = directives(text)
     assert "map $http_upgrade $pitunnel_connection {" in lines
     assert "default upgrade;" in lines and "''      '';" in lines
@@ -339,12 +339,12 @@ def test_nginx_upstreams(inv: Inventory) -> None:
 
 
 def test_nginx_default_site(inv: Inventory) -> None:
-    main = directives(text_of(vps_steps.converge_ops(inv, inv.vps["main"]), VPS_D["nginx_default_site"]))
+    main = directives(text_of(vps_steps.converge_ops(inv, inv.vps["main"]), VPS_DEFAULTS["nginx_default_site"]))
     assert "listen 80 default_server;" in main and "listen [::]:80 default_server;" in main
-    assert f"include {VPS_D['nginx_locations_dir']}/*.conf;" in main
+    assert f"include {VPS_DEFAULTS['nginx_locations_dir']}/*.conf;" in main
     assert "server_name _;" in main
     assert "server_tokens off;" in main
-    other = directives(text_of(vps_steps.converge_ops(inv, inv.vps["other"]), VPS_D["nginx_default_site"]))
+    other = directives(text_of(vps_steps.converge_ops(inv, inv.vps["other"]), VPS_DEFAULTS["nginx_default_site"]))
     assert "listen 8443 ssl default_server;" in other and "listen 8080 default_server;" in other
 
 
@@ -352,9 +352,9 @@ def test_nginx_prune_keeps_exactly_the_current_files(inv: Inventory) -> None:
     from pitunnel.ops import Pruned
     ops = vps_steps.converge_ops(inv, inv.vps["main"])
     pruned = {op.directory + "/" + op.pattern: op.keep for op in ops if isinstance(op, Pruned)}
-    assert pruned[f"{VPS_D['nginx_sites_dir']}/pitunnel-*.conf"] == frozenset({"pitunnel-pi1_cam.conf"})
-    assert pruned[f"{VPS_D['nginx_locations_dir']}/*.conf"] == frozenset({"pi1_web.conf"})
-    assert pruned[f"{VPS_D['nginx_auth_dir']}/*.htpasswd"] == frozenset({"pi1_web.htpasswd"})
+    assert pruned[f"{VPS_DEFAULTS['nginx_sites_dir']}/pitunnel-*.conf"] == frozenset({"pitunnel-pi1_cam.conf"})
+    assert pruned[f"{VPS_DEFAULTS['nginx_locations_dir']}/*.conf"] == frozenset({"pi1_web.conf"})
+    assert pruned[f"{VPS_DEFAULTS['nginx_auth_dir']}/*.htpasswd"] == frozenset({"pi1_web.htpasswd"})
 
 
 COLLIDING = """
@@ -384,14 +384,14 @@ def test_nginx_names_of_colliding_pairs_differ(tmp_path: Path) -> None:
     assert one.upstream != two.upstream and one.file_stem != two.file_stem
     assert one.auth_file != two.auth_file
     ops = vps_steps.converge_ops(inv, inv.vps["main"])
-    upstreams = values(text_of(ops, VPS_D["nginx_conf"]), "upstream")
+    upstreams = values(text_of(ops, VPS_DEFAULTS["nginx_conf"]), "upstream")
     assert len(upstreams) == len(set(upstreams)) == 4
     files = [op.path for op in ops if isinstance(op, File) and op.path.startswith("/etc/nginx/")
-             and op.path not in (VPS_D["nginx_conf"], VPS_D["nginx_default_site"])]
+             and op.path not in (VPS_DEFAULTS["nginx_conf"], VPS_DEFAULTS["nginx_default_site"])]
     assert len(files) == len(set(files)) == 6  # 2 locations, 2 sites, 2 htpasswd
     # each location file sends its path to its own upstream
     for r in (one, two):
-        lines = directives(text_of(ops, f"{VPS_D['nginx_locations_dir']}/{r.file_stem}.conf"))
+        lines = directives(text_of(ops, f"{VPS_DEFAULTS['nginx_locations_dir']}/{r.file_stem}.conf"))
         assert f"location /{r.pi}/{r.name}/ {{" in lines and f"proxy_pass http://{r.upstream}/;" in lines
     # and the prune ops keep every one of them
     from pitunnel.ops import Pruned
@@ -458,12 +458,12 @@ def test_nginx_t_accepts_the_config(inv: Inventory, tmp_path: Path) -> None:
     locations = tmp_path / "locations"
     locations.mkdir()
     (locations / "pi1_web.conf").write_text(
-        text_of(ops, f"{VPS_D['nginx_locations_dir']}/pi1_web.conf")
-        .replace(VPS_D["nginx_auth_dir"], str(tmp_path)))
+        text_of(ops, f"{VPS_DEFAULTS['nginx_locations_dir']}/pi1_web.conf")
+        .replace(VPS_DEFAULTS["nginx_auth_dir"], str(tmp_path)))
     (tmp_path / "pi1_web.htpasswd").write_text("alice:x\n")
-    http = text_of(ops, VPS_D["nginx_conf"])
-    site = text_of(ops, VPS_D["nginx_default_site"]).replace(VPS_D["nginx_locations_dir"], str(locations))
-    server = text_of(ops, f"{VPS_D['nginx_sites_dir']}/pitunnel-pi1_cam.conf")
+    http = text_of(ops, VPS_DEFAULTS["nginx_conf"])
+    site = text_of(ops, VPS_DEFAULTS["nginx_default_site"]).replace(VPS_DEFAULTS["nginx_locations_dir"], str(locations))
+    server = text_of(ops, f"{VPS_DEFAULTS['nginx_sites_dir']}/pitunnel-pi1_cam.conf")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                     "-subj", "/CN=x", "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem")],
                    check=True, capture_output=True)
@@ -485,7 +485,7 @@ def pi_ops(inv: Inventory, pi: str, host_keys: list[str] | None = None) -> list[
 
 
 def unit_text(inv: Inventory, pi: str) -> str:
-    return text_of(pi_ops(inv, pi), PI_D["unit_path"])
+    return text_of(pi_ops(inv, pi), PI_DEFAULTS["unit_path"])
 
 
 def path_file(inv: Inventory, pi: str, name: str, host_keys: list[str] | None = None) -> str:
@@ -511,10 +511,10 @@ def test_unit_runs_autossh_with_every_forward(inv: Inventory) -> None:
     assert argv[1:3] == ["-M", "0"]
     assert "-N" in argv
     # a template: each instance reads its own VPS's ssh_config, which holds that VPS's forwards
-    assert PI_D["unit"] == "pitunnel@.service" and pi_paths.unit("main") == "pitunnel@main.service"
-    assert argv[argv.index("-F") + 1] == f"{PI_D['config_dir']}/%i/ssh_config"
+    assert PI_DEFAULTS["unit"] == "pitunnel@.service" and pi_paths.unit("main") == "pitunnel@main.service"
+    assert argv[argv.index("-F") + 1] == f"{PI_DEFAULTS['config_dir']}/%i/ssh_config"
     assert "-R" not in argv
-    assert argv[-1] == PI_D["ssh_host_alias"]
+    assert argv[-1] == PI_DEFAULTS["ssh_host_alias"]
     assert remote_forwards(path_file(inv, "pi1", "ssh_config")) == [
         "0.0.0.0:20022:127.0.0.1:22", "127.0.0.1:20080:127.0.0.1:8080", "127.0.0.1:20081:127.0.0.1:80"]
 
@@ -528,7 +528,7 @@ def test_unit_restarts_forever(inv: Inventory) -> None:
     lines = directives(unit_text(inv, "pi1"))
     for wanted in ("Environment=AUTOSSH_GATETIME=0", "Restart=always", "StartLimitIntervalSec=0",
                    "After=network-online.target", "Wants=network-online.target", "User=pitunnel",
-                   "WantedBy=multi-user.target", f"RestartSec={PI_D['restart_sec']}", "NoNewPrivileges=yes"):
+                   "WantedBy=multi-user.target", f"RestartSec={PI_DEFAULTS['restart_sec']}", "NoNewPrivileges=yes"):
         assert wanted in lines, wanted
     # StartLimitIntervalSec is a [Unit] setting (since systemd 230)
     unit_section = unit_text(inv, "pi1").split("[Service]")[0]
@@ -541,8 +541,8 @@ def test_unit_protect_home_follows_the_key_location(inv: Inventory) -> None:
     login_user = directives(unit_text(inv, "pi2"))
     assert "User=pi" in login_user
     assert "ProtectHome=read-only" in login_user  # key under /home/pi must stay readable
-    assert pi_paths.key_path(inv.pis["pi2"]) == f"/home/pi/.ssh/{PI_D['key_name']}"
-    assert pi_paths.key_path(inv.pis["pi1"]) == f"{PI_D['tunnel_home']}/.ssh/{PI_D['key_name']}"
+    assert pi_paths.key_path(inv.pis["pi2"]) == f"/home/pi/.ssh/{PI_DEFAULTS['key_name']}"
+    assert pi_paths.key_path(inv.pis["pi1"]) == f"{PI_DEFAULTS['tunnel_home']}/.ssh/{PI_DEFAULTS['key_name']}"
 
 
 def ssh_config(inv: Inventory, pi: str) -> str:
@@ -553,13 +553,13 @@ def test_ssh_config_one_host_entry_with_safe_options(inv: Inventory) -> None:
     text = ssh_config(inv, "pi1")
     lines = directives(text)
     hosts = [l for l in lines if l.split()[0].lower() == "host"]
-    assert hosts == [f"Host {PI_D['ssh_host_alias']}"]
+    assert hosts == [f"Host {PI_DEFAULTS['ssh_host_alias']}"]
     assert not re.search(r"(?im)^\s*Host\s+\*", text)
     assert not re.search(r"(?im)^\s*Match\b", text)
     for wanted in ("ExitOnForwardFailure yes", "BatchMode yes", "StrictHostKeyChecking yes", "IdentitiesOnly yes",
                    "HostName 203.0.113.10", "Port 2222", "User pitunnel", "ServerAliveInterval 11",
                    "ServerAliveCountMax 5", f"IdentityFile {pi_paths.key_path(inv.pis['pi1'])}",
-                   f"UserKnownHostsFile {PI_D['config_dir']}/main/known_hosts", "GlobalKnownHostsFile /dev/null",
+                   f"UserKnownHostsFile {PI_DEFAULTS['config_dir']}/main/known_hosts", "GlobalKnownHostsFile /dev/null",
                    "UpdateHostKeys no", "ForwardAgent no"):
         assert wanted in lines, wanted
     # every option belongs to the Host entry (indented under it)
@@ -597,23 +597,23 @@ def test_known_hosts_pins_the_vps_keys(inv: Inventory) -> None:
 def test_tunnel_files_restart_the_tunnel_and_service_is_wanted(inv: Inventory) -> None:
     ops = pi_ops(inv, "pi1")
     folder = pi_paths.vps_config_dir("main")
-    for path in (f"{folder}/known_hosts", f"{folder}/ssh_config", PI_D["unit_path"]):
+    for path in (f"{folder}/known_hosts", f"{folder}/ssh_config", PI_DEFAULTS["unit_path"]):
         assert file_op(ops, path).notify == ("restart tunnel main",)
     services = {op.unit: op for op in ops if isinstance(op, Service)}
-    assert set(services) == {"pitunnel@main.service", "pitunnel-watchdog@main.service", PI_D["watchdog_timer"],
-                             PI_D["legacy_unit"], PI_D["legacy_watchdog_unit"]}
+    assert set(services) == {"pitunnel@main.service", "pitunnel-watchdog@main.service", PI_DEFAULTS["watchdog_timer"],
+                             PI_DEFAULTS["legacy_unit"], PI_DEFAULTS["legacy_watchdog_unit"]}
     for wanted in ("pitunnel@main.service", "pitunnel-watchdog@main.service"):
         assert services[wanted].enabled and services[wanted].running
     # the timer of earlier versions, and the single-VPS units before templates, are retired and their files removed
-    for old in (PI_D["watchdog_timer"], PI_D["legacy_unit"], PI_D["legacy_watchdog_unit"]):
+    for old in (PI_DEFAULTS["watchdog_timer"], PI_DEFAULTS["legacy_unit"], PI_DEFAULTS["legacy_watchdog_unit"]):
         assert not services[old].enabled and not services[old].running
         assert any(isinstance(op, Absent) and op.path == f"/etc/systemd/system/{old}" for op in ops)
     absent = {op.path for op in ops if isinstance(op, Absent)}
-    assert {PI_D["watchdog_path"], f"{PI_D['config_dir']}/ssh_config", f"{PI_D['config_dir']}/known_hosts"} <= absent
+    assert {PI_DEFAULTS["watchdog_path"], f"{PI_DEFAULTS['config_dir']}/ssh_config", f"{PI_DEFAULTS['config_dir']}/known_hosts"} <= absent
     # ... before any instance starts: the old tunnel frees its ports on the VPS first
     order = [getattr(op, "unit", None) for op in ops]
-    assert order.index(PI_D["legacy_unit"]) < order.index("pitunnel@main.service")
-    for path in (pi_paths.watchdog_path("main"), f"/etc/systemd/system/{PI_D['watchdog_unit']}"):
+    assert order.index(PI_DEFAULTS["legacy_unit"]) < order.index("pitunnel@main.service")
+    for path in (pi_paths.watchdog_path("main"), f"/etc/systemd/system/{PI_DEFAULTS['watchdog_unit']}"):
         assert file_op(ops, path).notify == ("restart watchdog main",)
 
 
@@ -654,7 +654,7 @@ def test_two_vpses_two_paths_each_with_its_own_files_ports_and_handlers(tmp_path
     backup = directives(text_of(ops, "/etc/pitunnel/backup/ssh_config"))
     assert "HostName 198.51.100.20" in backup and "Port 2200" in backup
     assert "UserKnownHostsFile /etc/pitunnel/backup/known_hosts" in backup
-    assert file_op(ops, PI_D["unit_path"]).notify == ("restart tunnel main", "restart tunnel backup")
+    assert file_op(ops, PI_DEFAULTS["unit_path"]).notify == ("restart tunnel main", "restart tunnel backup")
     assert file_op(ops, "/etc/pitunnel/backup/ssh_config").notify == ("restart tunnel backup",)
     assert 'unit=pitunnel@backup.service' in text_of(ops, "/usr/local/lib/pitunnel/watchdog-backup")
     units = [op.unit for op in ops if isinstance(op, Service) and op.running]
@@ -696,7 +696,7 @@ def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Invento
     assert 'if [ "$recheck" = 1 ]; then\n    echo 3' in script
     assert 'recheck=0\n        check recheck' in script and "/unacked:[0-9]+/" in script
     assert f'"$snd" -gt {pi_steps.hang_after_ms(pi)} ]' in script
-    assert 'read -r -t "$(next_check)" event' in script and f"echo {PI_D['watchdog_every']}" in script
+    assert 'read -r -t "$(next_check)" event' in script and f"echo {PI_DEFAULTS['watchdog_every']}" in script
     assert "echo 1\n" in script  # every second while the tunnel is down
     # a VPS back from an outage: autossh is woken from its back-off as soon as the VPS's sshd answers
     assert "vps_answers" in script and '"/dev/tcp/$0/$1"' in script and 'systemctl restart "$unit"' in script
@@ -709,11 +709,11 @@ def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Invento
     assert "cgroup.procs" in script and "/proc/\"$1\"/fd/*" in script and "ino:" in script
     assert "pid=" not in script and "ss -Htien " in script and "pgrep" not in script
     assert "pkill" not in script and "killall" not in script
-    unit = text_of(pi_ops(inv, "pi1"), f"/etc/systemd/system/{PI_D['watchdog_unit']}")
+    unit = text_of(pi_ops(inv, "pi1"), f"/etc/systemd/system/{PI_DEFAULTS['watchdog_unit']}")
     assert "Restart=always" in unit and "StartLimitIntervalSec=0" in unit and "Type=oneshot" not in unit
-    assert f"ExecStart={PI_D['watchdog_path']}-%i" in unit
+    assert f"ExecStart={PI_DEFAULTS['watchdog_path']}-%i" in unit
     # stopping one VPS's watchdog removes its own route only, never another VPS's
-    assert f"ExecStopPost=-{PI_D['watchdog_path']}-%i stop" in unit and "route flush" not in unit
+    assert f"ExecStopPost=-{PI_DEFAULTS['watchdog_path']}-%i stop" in unit and "route flush" not in unit
     assert 'if [ "${1:-}" = stop ]' in script
 
 
@@ -726,8 +726,8 @@ def test_watchdog_script_is_valid_bash(inv: Inventory, tmp_path: Path) -> None:
 
 def test_tunnel_gives_up_a_connection_attempt_quickly(inv: Inventory) -> None:
     config = path_file(inv, "pi1", "ssh_config")
-    assert f"ConnectTimeout {PI_D['tunnel_connect_timeout']}\n" in config
-    assert PI_D["tunnel_connect_timeout"] <= 5
+    assert f"ConnectTimeout {PI_DEFAULTS['tunnel_connect_timeout']}\n" in config
+    assert PI_DEFAULTS["tunnel_connect_timeout"] <= 5
 
 
 def test_pi_base_ops_laptop_key_and_key_pair(inv: Inventory) -> None:
@@ -739,7 +739,7 @@ def test_pi_base_ops_laptop_key_and_key_pair(inv: Inventory) -> None:
     assert (op.owner, op.group, op.mode) == ("pi", "pi", 0o600)
     existing = FileState(True, "pi", "pi", 0o600, b"ssh-rsa AAAAmine me@desk\n")
     text = op.wanted(existing)
-    assert text == f"ssh-rsa AAAAmine me@desk\n{laptop_pub[0]} {laptop_pub[1]} {PI_D['laptop_key_marker']}\n"
+    assert text == f"ssh-rsa AAAAmine me@desk\n{laptop_pub[0]} {laptop_pub[1]} {PI_DEFAULTS['laptop_key_marker']}\n"
     assert op.wanted(FileState(True, "pi", "pi", 0o600, text.encode())) == text
     # a Pi whose tunnel runs as its login user gets no separate account
     from pitunnel.ops import SystemUser
@@ -753,12 +753,12 @@ def test_loopback_exempt_from_penalties_only_where_sshd_has_them(inv: Inventory)
     assert any(t.kind == "ssh" for t in pi.tunnels)
     assert pi_steps.loopback_ops(pi, penalties=False) == []  # OpenSSH before 9.8: the keyword would not parse
     (op,) = pi_steps.loopback_ops(pi, penalties=True)
-    assert isinstance(op, File) and op.path == PI_D["loopback_dropin"]
+    assert isinstance(op, File) and op.path == PI_DEFAULTS["loopback_dropin"]
     assert op.validate == "sshd -t" and op.notify == ("reload sshd",)
     text = op.wanted(FileState(exists=False))
     assert directives(text) == ["PerSourcePenaltyExemptList 127.0.0.1"]
     # sshd keeps the first value it reads: the drop-in must sort before Debian's own names (50-cloud-init...)
-    assert PI_D["loopback_dropin"].startswith("/etc/ssh/sshd_config.d/10-")
+    assert PI_DEFAULTS["loopback_dropin"].startswith("/etc/ssh/sshd_config.d/10-")
 
 
 def test_loopback_exemption_needs_an_ssh_tunnel(inv: Inventory) -> None:
@@ -881,6 +881,6 @@ def test_verify_probes_never_ask_for_the_running_tunnels_own_forwards(inv: Inven
     done = subprocess.run(["bash", "-c", first.replace("/etc/pitunnel/main/ssh_config", str(config))
                            + ' && cat "$probe_config" && rm -f "$probe_config"'], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "RemoteForward" not in done.stdout and f"Host {PI_D['ssh_host_alias']}" in done.stdout
+    assert "RemoteForward" not in done.stdout and f"Host {PI_DEFAULTS['ssh_host_alias']}" in done.stdout
     assert "ExitOnForwardFailure yes" in done.stdout and "RemoteForward" in config.read_text()
     assert script.rstrip().endswith('rm -f "$probe_config"')

@@ -47,7 +47,7 @@ from pitunnel.roles.vps import acme
 from pitunnel.roles.vps import role as vps_role
 from pitunnel.roles.vps import steps as vps_steps
 
-PI_D, VPS_D = pi_role.D, vps_role.D
+PI_DEFAULTS, VPS_DEFAULTS = pi_role.PI_DEFAULTS, vps_role.VPS_DEFAULTS
 TOOLS = ("bash", "ssh", "systemd-analyze", "nginx", "openssl", "ssh-keygen")
 HOSTILE = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                    phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure shows its example as found
@@ -188,7 +188,7 @@ def shell_values(script: str, names: list[str], arrays: list[str], cwd: Path) ->
 def ssh_options(config: str, folder: Path) -> list[tuple[str, str]]:
     path = folder / "ssh_config"
     path.write_text(config)
-    result = run("ssh", "-G", "-F", str(path), PI_D["ssh_host_alias"])
+    result = run("ssh", "-G", "-F", str(path), PI_DEFAULTS["ssh_host_alias"])
     assert result.returncode == 0, result.stderr
     return [(line.split(" ", 1) + [""])[:2] for line in result.stdout.splitlines()]  # type: ignore[misc]
 
@@ -257,18 +257,18 @@ def nginx_t(world: Path, folder: Path, out: dict[str, str], paths: list[str]) ->
     locations, auth = folder / "locations", folder / "auth"
     locations.mkdir()
     auth.mkdir()
-    mine = {VPS_D["nginx_locations_dir"]: str(locations), VPS_D["nginx_auth_dir"]: str(auth)}
+    mine = {VPS_DEFAULTS["nginx_locations_dir"]: str(locations), VPS_DEFAULTS["nginx_auth_dir"]: str(auth)}
 
     def moved(text: str) -> str:
         for old, new in mine.items():
             text = text.replace(old, new)
         return text
     for path in paths:
-        if path.startswith(VPS_D["nginx_locations_dir"] + "/"):
+        if path.startswith(VPS_DEFAULTS["nginx_locations_dir"] + "/"):
             (locations / Path(path).name).write_text(moved(out[path]))
-        if path.startswith(VPS_D["nginx_auth_dir"] + "/"):
+        if path.startswith(VPS_DEFAULTS["nginx_auth_dir"] + "/"):
             (auth / Path(path).name).write_text("alice:x\n")
-    body = "\n".join(moved(out[p]) for p in paths if not p.startswith(VPS_D["nginx_locations_dir"] + "/"))
+    body = "\n".join(moved(out[p]) for p in paths if not p.startswith(VPS_DEFAULTS["nginx_locations_dir"] + "/"))
     conf = folder / "nginx.conf"
     conf.write_text(f"pid {folder}/nginx.pid;\nerror_log {folder}/error.log;\nevents {{}}\n"
                     f"http {{\naccess_log off;\n{body}\n}}\n")
@@ -295,9 +295,9 @@ def shape(out: dict[str, str], v: dict[str, Any]) -> dict[str, Any]:
     vps = v["vps"]
     named = {
         "watchdog": pi_paths.watchdog_path(vps), "ssh_config": f"{pi_paths.vps_config_dir(vps)}/ssh_config",
-        "tunnel_unit": PI_D["unit_path"], "watchdog_unit": f"/etc/systemd/system/{PI_D['watchdog_unit']}",
-        "reaper": VPS_D["reaper_path"], "reaper_unit": VPS_D["reaper_unit_path"], "metrics": VPS_D["metrics_path"],
-        "metrics_unit": VPS_D["metrics_unit_path"], "exporter": VPS_D["metrics_dropin"], "sshd": VPS_D["sshd_dropin"],
+        "tunnel_unit": PI_DEFAULTS["unit_path"], "watchdog_unit": f"/etc/systemd/system/{PI_DEFAULTS['watchdog_unit']}",
+        "reaper": VPS_DEFAULTS["reaper_path"], "reaper_unit": VPS_DEFAULTS["reaper_unit_path"], "metrics": VPS_DEFAULTS["metrics_path"],
+        "metrics_unit": VPS_DEFAULTS["metrics_unit_path"], "exporter": VPS_DEFAULTS["metrics_dropin"], "sshd": VPS_DEFAULTS["sshd_dropin"],
     }
     found = {key: out[path] for key, path in named.items()}
     found["nginx"] = [nginx_tokens(out[p]) for p in nginx_paths(out)]
@@ -330,9 +330,9 @@ def test_every_template_still_parses_and_carries_each_value_where_intended(
         check = run("bash", "-n", "-c", got[script])
         assert check.returncode == 0, check.stderr
     assert shell_values(got["watchdog"], ["unit", "port", "vps_host", "proto"], [], empty) == [
-        pi_paths.unit(vps.name), str(vps.port), vps.address, str(PI_D["route_proto"])]
+        pi_paths.unit(vps.name), str(vps.port), vps.address, str(PI_DEFAULTS["route_proto"])]
     assert shell_values(got["metrics"], ["out", "vps_label"], ["tunnels"], empty) == [
-        f"{VPS_D['metrics_textfile_dir']}/pitunnel.prom", vps.name,
+        f"{VPS_DEFAULTS['metrics_textfile_dir']}/pitunnel.prom", vps.name,
         *(f"{p.name} {t.name} {listen_spec(t)}" for p, t in inv.tunnels_on(vps))]
     assert list(empty.iterdir()) == []
 
@@ -382,15 +382,15 @@ def verify_units(world: Path, out: dict[str, str], vps: str) -> None:
             target = root / path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
-    (system / VPS_D["metrics_service"]).write_text("[Service]\nExecStart=/usr/bin/prometheus-node-exporter\n")
+    (system / VPS_DEFAULTS["metrics_service"]).write_text("[Service]\nExecStart=/usr/bin/prometheus-node-exporter\n")
     for binary in ("/usr/bin/autossh", "/usr/bin/prometheus-node-exporter", pi_paths.watchdog_path(vps),
-                   VPS_D["reaper_path"], VPS_D["metrics_path"]):
+                   VPS_DEFAULTS["reaper_path"], VPS_DEFAULTS["metrics_path"]):
         stub = root / binary.lstrip("/")
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text("#!/bin/sh\n")
         stub.chmod(0o755)
-    units = [pi_paths.unit(vps), pi_paths.watchdog_unit(vps), VPS_D["reaper_unit"], VPS_D["metrics_unit"],
-             VPS_D["metrics_service"]]
+    units = [pi_paths.unit(vps), pi_paths.watchdog_unit(vps), VPS_DEFAULTS["reaper_unit"], VPS_DEFAULTS["metrics_unit"],
+             VPS_DEFAULTS["metrics_service"]]
     result = run("systemd-analyze", "verify", f"--root={root}", "--man=no", "--generators=no", *units)
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
@@ -417,7 +417,7 @@ def test_sshd_applies_the_match_block_to_the_tunnel_account_only(world: Path, v:
     folder = Path(tempfile.mkdtemp(dir=world))
     inv = inventory(world, v, folder)
     [vps] = inv.vps.values()
-    dropin = rendered(inv)[VPS_D["sshd_dropin"]]
+    dropin = rendered(inv)[VPS_DEFAULTS["sshd_dropin"]]
     tunnel = sshd_effective(world, dropin, f"user={vps.tunnel_user},host=pi,addr=192.0.2.1")
     assert tunnel["permitlisten"].split() == [listen_spec(t) for _, t in inv.tunnels_on(vps)]
     assert (tunnel["forcecommand"], tunnel["allowtcpforwarding"], tunnel["permittty"]) == ("/bin/false", "remote", "no")

@@ -15,7 +15,7 @@ from pitunnel.ops import File, q
 from pitunnel.remote import Remote
 from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
 from pitunnel.roles.pi.paths import home_of, key_comment, key_path, unit
-from pitunnel.roles.pi.role import D
+from pitunnel.roles.pi.role import PI_DEFAULTS
 
 SLOTS = ("current", "next", "old")
 SUFFIX = {"current": "", "next": ".next", "old": ".old"}
@@ -92,13 +92,13 @@ def laptop_keys_path(pi: PiSpec) -> str:
 def laptop_keys(text: str) -> list[str]:
     """The laptop keys (`type blob`) pitunnel put in the login user's authorized_keys (its marker)."""
     return [" ".join(line.split()[:2]) for line in text.splitlines()
-            if len(line.split()) >= 3 and line.split()[-1] == D["laptop_key_marker"]]
+            if len(line.split()) >= 3 and line.split()[-1] == PI_DEFAULTS["laptop_key_marker"]]
 
 
 def laptop_keys_op(pi: PiSpec, keys: Sequence[str]) -> File:
     """The login user's authorized_keys with exactly `keys` as pitunnel's laptop keys; every other line
     (the user's own) kept as it is, in its place."""
-    marker = D["laptop_key_marker"]
+    marker = PI_DEFAULTS["laptop_key_marker"]
 
     def render(state: FileState) -> str:
         lines = state.content.decode(errors="replace").splitlines() if state.exists else []

@@ -4,7 +4,7 @@ instance, watchdog and config folder (the role's steps, verify, status and key r
 from __future__ import annotations
 
 from pitunnel.inventory import PiSpec
-from pitunnel.roles.pi.role import D
+from pitunnel.roles.pi.role import PI_DEFAULTS
 
 
 def home_of(user: str) -> str:
@@ -12,11 +12,11 @@ def home_of(user: str) -> str:
 
 
 def tunnel_home(pi: PiSpec) -> str:
-    return home_of(pi.user) if pi.tunnel_user == pi.user else D["tunnel_home"]
+    return home_of(pi.user) if pi.tunnel_user == pi.user else PI_DEFAULTS["tunnel_home"]
 
 
 def key_path(pi: PiSpec) -> str:
-    return f"{tunnel_home(pi)}/.ssh/{D['key_name']}"
+    return f"{tunnel_home(pi)}/.ssh/{PI_DEFAULTS['key_name']}"
 
 
 def key_comment(pi: PiSpec) -> str:
@@ -25,17 +25,17 @@ def key_comment(pi: PiSpec) -> str:
 
 def unit(vps: str) -> str:
     """The tunnel's systemd unit for one VPS: an instance of the template, pitunnel@<vps>.service."""
-    return D["unit"].replace("@", f"@{vps}", 1)
+    return PI_DEFAULTS["unit"].replace("@", f"@{vps}", 1)
 
 
 def watchdog_unit(vps: str) -> str:
-    return D["watchdog_unit"].replace("@", f"@{vps}", 1)
+    return PI_DEFAULTS["watchdog_unit"].replace("@", f"@{vps}", 1)
 
 
 def vps_config_dir(vps: str) -> str:
     """The tunnel's own ssh_config and known_hosts for one VPS."""
-    return f"{D['config_dir']}/{vps}"
+    return f"{PI_DEFAULTS['config_dir']}/{vps}"
 
 
 def watchdog_path(vps: str) -> str:
-    return f"{D['watchdog_path']}-{vps}"
+    return f"{PI_DEFAULTS['watchdog_path']}-{vps}"

@@ -5,4 +5,4 @@ from __future__ import annotations
 from pitunnel.role import Role
 
 ROLE = Role("pi")
-D = ROLE.defaults
+PI_DEFAULTS = ROLE.defaults

@@ -23,7 +23,7 @@ from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, listens
 from pitunnel.roles.pi.paths import (home_of, key_comment, key_path, tunnel_home, unit, vps_config_dir, watchdog_path,
                                      watchdog_unit)
-from pitunnel.roles.pi.role import D, ROLE
+from pitunnel.roles.pi.role import PI_DEFAULTS, ROLE
 from pitunnel.roles.pi.sshd import PENALTIES, password_warning, passwords_observer, penalties_observer
 
 
@@ -36,7 +36,7 @@ def laptop_key_line(inv: Inventory) -> str | None:
     if inv.settings.laptop_key is None:
         return None
     keytype, blob = inv.settings.laptop_key.with_name(inv.settings.laptop_key.name + ".pub").read_text().split()[:2]
-    return f"{keytype} {blob} {D['laptop_key_marker']}"
+    return f"{keytype} {blob} {PI_DEFAULTS['laptop_key_marker']}"
 
 
 def refuse_bad_pubkey(reporter: Reporter, pi: PiSpec, key: KeyPair, text: str) -> PublicKey:
@@ -54,7 +54,7 @@ def refuse_bad_pubkey(reporter: Reporter, pi: PiSpec, key: KeyPair, text: str) -
 def base_ops(inv: Inventory, pi: PiSpec) -> tuple[list[Op], KeyPair]:
     home = tunnel_home(pi)
     key = KeyPair(key_path(pi), owner=pi.tunnel_user, comment=key_comment(pi), title="tunnel key (made on the Pi)")
-    ops: list[Op] = [Packages((D["autossh_package"],))]
+    ops: list[Op] = [Packages((PI_DEFAULTS["autossh_package"],))]
     if pi.tunnel_user != pi.user:
         ops.append(SystemUser(pi.tunnel_user, home=home, comment="pitunnel reverse tunnel"))
     ops.append(key)
@@ -62,7 +62,7 @@ def base_ops(inv: Inventory, pi: PiSpec) -> tuple[list[Op], KeyPair]:
     if line is not None:
         ssh_dir = f"{home_of(pi.user)}/.ssh"
         ops += [Directory(ssh_dir, owner=pi.user, group=pi.user, mode=0o700),
-                File(f"{ssh_dir}/authorized_keys", managed_lines(D["laptop_key_marker"], {"": line}),
+                File(f"{ssh_dir}/authorized_keys", managed_lines(PI_DEFAULTS["laptop_key_marker"], {"": line}),
                      owner=pi.user, group=pi.user, mode=0o600, title="laptop's key for passwordless login")]
     return ops, key
 
@@ -74,7 +74,7 @@ def loopback_ops(pi: PiSpec, *, penalties: bool) -> list[Op]:
     owner too (measured: 20 s of refusals after a burst of 200 connections). Exempt loopback."""
     if not penalties or not any(t.kind == "ssh" for t in pi.tunnels):
         return []
-    return [File(D["loopback_dropin"], ROLE.render("sshd-loopback.conf.j2"), validate="sshd -t",
+    return [File(PI_DEFAULTS["loopback_dropin"], ROLE.render("sshd-loopback.conf.j2"), validate="sshd -t",
                  notify=("reload sshd",), title="sshd: no per-source penalties for tunnel traffic (loopback)")]
 
 
@@ -88,11 +88,11 @@ def context(pi: PiSpec, vps: VpsSpec) -> dict[str, Any]:
                 tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
                 server_alive_count_max=pi.server_alive_count_max, forwards=[f.spec for f in forwards_there],
                 remote_forwards=[dict(listen=f.listener.spec, target=f.target) for f in forwards_there],
-                connect_timeout=D["tunnel_connect_timeout"], hang_after_ms=hang_after_ms(pi),
+                connect_timeout=PI_DEFAULTS["tunnel_connect_timeout"], hang_after_ms=hang_after_ms(pi),
                 stale_after_ms=stale_after_ms(pi), suspect_after_ms=suspect_after_ms(pi, vps),
-                check_every=D["watchdog_every"],
-                route_proto=D["route_proto"], unit=unit(vps.name), vps_config_dir=vps_config_dir(vps.name),
-                autossh_poll=D["autossh_poll"])
+                check_every=PI_DEFAULTS["watchdog_every"],
+                route_proto=PI_DEFAULTS["route_proto"], unit=unit(vps.name), vps_config_dir=vps_config_dir(vps.name),
+                autossh_poll=PI_DEFAULTS["autossh_poll"])
 
 
 def unit_context(pi: PiSpec) -> dict[str, Any]:
@@ -116,20 +116,20 @@ def template_ops(pi: PiSpec) -> list[Op]:
     every = tuple(name for v in pi.all_vps for name in restart(v))
     watchdogs = tuple(name for v in pi.all_vps for name in restart_watchdog(v))
     return [
-        Service(D["legacy_unit"], enabled=False, running=False, title=f"single-VPS {D['legacy_unit']} retired"),
-        Service(D["legacy_watchdog_unit"], enabled=False, running=False, title="single-VPS watchdog retired"),
+        Service(PI_DEFAULTS["legacy_unit"], enabled=False, running=False, title=f"single-VPS {PI_DEFAULTS['legacy_unit']} retired"),
+        Service(PI_DEFAULTS["legacy_watchdog_unit"], enabled=False, running=False, title="single-VPS watchdog retired"),
         # the watchdog ran from a timer before it became a service that waits for network events
-        Service(D["watchdog_timer"], enabled=False, running=False, title="old watchdog timer retired"),
+        Service(PI_DEFAULTS["watchdog_timer"], enabled=False, running=False, title="old watchdog timer retired"),
         *(Absent(path, notify=("daemon-reload",)) for path in (
-            f"/etc/systemd/system/{D['legacy_unit']}", f"/etc/systemd/system/{D['legacy_watchdog_unit']}",
-            f"/etc/systemd/system/{D['watchdog_timer']}")),
-        *(Absent(path) for path in (D["watchdog_path"], f"{D['config_dir']}/ssh_config",
-                                    f"{D['config_dir']}/known_hosts")),
-        Directory(D["config_dir"]),
-        File(D["unit_path"], ROLE.render("pitunnel.service.j2", **variables), notify=every,
-             title=f"systemd template unit {D['unit']}"),
-        File(f"/etc/systemd/system/{D['watchdog_unit']}", ROLE.render("watchdog.service.j2", **variables),
-             notify=watchdogs, title=f"systemd template unit {D['watchdog_unit']}"),
+            f"/etc/systemd/system/{PI_DEFAULTS['legacy_unit']}", f"/etc/systemd/system/{PI_DEFAULTS['legacy_watchdog_unit']}",
+            f"/etc/systemd/system/{PI_DEFAULTS['watchdog_timer']}")),
+        *(Absent(path) for path in (PI_DEFAULTS["watchdog_path"], f"{PI_DEFAULTS['config_dir']}/ssh_config",
+                                    f"{PI_DEFAULTS['config_dir']}/known_hosts")),
+        Directory(PI_DEFAULTS["config_dir"]),
+        File(PI_DEFAULTS["unit_path"], ROLE.render("pitunnel.service.j2", **variables), notify=every,
+             title=f"systemd template unit {PI_DEFAULTS['unit']}"),
+        File(f"/etc/systemd/system/{PI_DEFAULTS['watchdog_unit']}", ROLE.render("watchdog.service.j2", **variables),
+             notify=watchdogs, title=f"systemd template unit {PI_DEFAULTS['watchdog_unit']}"),
     ]
 
 
@@ -209,7 +209,7 @@ def restart_command(remote: Remote, vps: str) -> list[str]:
     from home), so that this run hears the handler's result before the restart cuts the connection."""
     command = f"systemctl try-restart {unit(vps)}"
     if getattr(remote, "through_tunnel", False) and getattr(remote, "gateway_name", None) == vps:
-        return [f"systemd-run --quiet --collect --on-active={D['restart_under_us_after']} "
+        return [f"systemd-run --quiet --collect --on-active={PI_DEFAULTS['restart_under_us_after']} "
                 f"--timer-property=AccuracySec=100ms {command}"]
     return [command]
 
@@ -223,11 +223,11 @@ def handlers(remote: Remote, step: str = "tunnel", vpses: tuple[str, ...] = ()) 
         Handler(restart_watchdog(v)[0], ["systemctl daemon-reload", f"systemctl try-restart {watchdog_unit(v)}"]))]
     return [*per_vps,
             Handler("daemon-reload", ["systemctl daemon-reload"]),
-            sshd_reload(remote, D["ssh_service"], RELOAD_HINTS[step], keys_only=step == "passwords")]
+            sshd_reload(remote, PI_DEFAULTS["ssh_service"], RELOAD_HINTS[step], keys_only=step == "passwords")]
 
 
 def password_ops() -> list[Op]:
-    return [File(D["password_dropin"], "# Managed by pitunnel: key login was proven first.\n"
+    return [File(PI_DEFAULTS["password_dropin"], "# Managed by pitunnel: key login was proven first.\n"
                  "PasswordAuthentication no\nKbdInteractiveAuthentication no\n",
                  validate="sshd -t", notify=("reload sshd",), title="sshd: passwords off")]
 
@@ -274,7 +274,7 @@ def vps_folders(output: str) -> frozenset[str]:
 
 
 # The VPSes the Pi has a path to now: a folder of its own under config_dir.
-VPS_FOLDERS = Fact("vps-folders", f"find {D['config_dir']} -mindepth 1 -maxdepth 1 -type d -printf '%f\\n' "
+VPS_FOLDERS = Fact("vps-folders", f"find {PI_DEFAULTS['config_dir']} -mindepth 1 -maxdepth 1 -type d -printf '%f\\n' "
                    "2>/dev/null || true", vps_folders)
 
 
@@ -312,9 +312,9 @@ def tunnel(play: Play, remote: Remote, base: PiBase, host_keys: dict[str, tuple[
     riding = restart(getattr(remote, "gateway_name", "-"))[0]
     if remote.through_tunnel and not play.options.check and any(
             done.changes(op) for op in ops if riding in op.notify):
-        play.reporter.note(pi.name, f"its tunnel restarts in {D['restart_under_us_after']}s, and with it this "
+        play.reporter.note(pi.name, f"its tunnel restarts in {PI_DEFAULTS['restart_under_us_after']}s, and with it this "
                                     "connection: reconnecting through the new tunnel")
-        remote.path_restarts(D["restart_under_us_after"] + 1, within=D["listen_wait_seconds"])
+        remote.path_restarts(PI_DEFAULTS["restart_under_us_after"] + 1, within=PI_DEFAULTS["listen_wait_seconds"])
     still = not retired and not done.changed and not pending_changes(known)
     return Tunneled({v for v, path in paths.items() if any(done.changes(op) for op in path)}, known if still else None)
 
@@ -344,28 +344,28 @@ def teardown_ops(inv: Inventory, pi: PiSpec, *, purge: bool, present: tuple[str,
             for v in dict.fromkeys([*pi.all_vps, *present]) for which in (unit, watchdog_unit)]
     ops: list[Op] = [
         *gone,
-        Service(D["legacy_unit"], enabled=False, running=False, title=f"service {D['legacy_unit']} stopped and disabled"),
-        Service(D["legacy_watchdog_unit"], enabled=False, running=False, title="single-VPS watchdog stopped and disabled"),
-        Service(D["watchdog_timer"], enabled=False, running=False, title="old watchdog timer stopped and disabled"),
+        Service(PI_DEFAULTS["legacy_unit"], enabled=False, running=False, title=f"service {PI_DEFAULTS['legacy_unit']} stopped and disabled"),
+        Service(PI_DEFAULTS["legacy_watchdog_unit"], enabled=False, running=False, title="single-VPS watchdog stopped and disabled"),
+        Service(PI_DEFAULTS["watchdog_timer"], enabled=False, running=False, title="old watchdog timer stopped and disabled"),
         *(Absent(f"/etc/systemd/system/{name}", notify=("daemon-reload",))
-          for name in (D["watchdog_timer"], D["watchdog_unit"], D["legacy_watchdog_unit"], D["legacy_unit"])),
-        Absent(D["watchdog_path"].rsplit("/", 1)[0]),
-        stop(Absent(D["unit_path"], notify=("daemon-reload",))),  # the riding instance's own unit file
-        Absent(D["config_dir"]),
-        Absent(D["password_dropin"], notify=("reload sshd",)),
-        Absent(D["loopback_dropin"], notify=("reload sshd",)),
+          for name in (PI_DEFAULTS["watchdog_timer"], PI_DEFAULTS["watchdog_unit"], PI_DEFAULTS["legacy_watchdog_unit"], PI_DEFAULTS["legacy_unit"])),
+        Absent(PI_DEFAULTS["watchdog_path"].rsplit("/", 1)[0]),
+        stop(Absent(PI_DEFAULTS["unit_path"], notify=("daemon-reload",))),  # the riding instance's own unit file
+        Absent(PI_DEFAULTS["config_dir"]),
+        Absent(PI_DEFAULTS["password_dropin"], notify=("reload sshd",)),
+        Absent(PI_DEFAULTS["loopback_dropin"], notify=("reload sshd",)),
     ]
     if pi.tunnel_user != pi.user:
         ops.append(stop(UserAbsent(pi.tunnel_user)))  # its processes are the tunnel's: after the unit
     else:
         ops += [Absent(key_path(pi) + suffix) for suffix in ("", ".pub", ".next", ".next.pub", ".old", ".old.pub")]
     if purge:
-        ops.append(PackagesAbsent((D["autossh_package"],)))
+        ops.append(PackagesAbsent((PI_DEFAULTS["autossh_package"],)))
     return ops
 
 
 def laptop_key_removal(pi: PiSpec) -> Op:
-    return File(f"{home_of(pi.user)}/.ssh/authorized_keys", managed_lines(D["laptop_key_marker"], {"": None}),
+    return File(f"{home_of(pi.user)}/.ssh/authorized_keys", managed_lines(PI_DEFAULTS["laptop_key_marker"], {"": None}),
                 owner=pi.user, group=pi.user, mode=0o600, notify=("reload sshd",), title="laptop's key removed",
                 create=False)
 
@@ -408,12 +408,12 @@ def teardown(play: Play, *, purge: bool) -> None:
                 converge(remote, [laptop_key_removal(pi)], play.reporter, play.options.mode,
                          handlers(remote, "teardown"))
             else:
-                play.reporter.warn(remote.name, KEPT_LAPTOP_KEY.format(marker=D["laptop_key_marker"], user=pi.user))
+                play.reporter.warn(remote.name, KEPT_LAPTOP_KEY.format(marker=PI_DEFAULTS["laptop_key_marker"], user=pi.user))
         if riding is not None and not play.options.check:
             # a tunnel stopped while its VPS drops the session may end "failed": forget that state too
-            remote.run(arm_later(D["restart_under_us_after"], then=f"systemctl reset-failed {unit(riding)} || true"))
+            remote.run(arm_later(PI_DEFAULTS["restart_under_us_after"], then=f"systemctl reset-failed {unit(riding)} || true"))
             play.reporter.note(remote.name, f"reached through its tunnel to {riding}, which stops "
-                                            f"{D['restart_under_us_after']}s after this run leaves the Pi: pitunnel "
+                                            f"{PI_DEFAULTS['restart_under_us_after']}s after this run leaves the Pi: pitunnel "
                                             "cannot watch that last step (`pitunnel status` shows the tunnel gone)")
 
     play.each(pis, undo)

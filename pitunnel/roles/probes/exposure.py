@@ -12,7 +12,7 @@ from pitunnel.facts import Fact
 from pitunnel.inventory import Inventory, PiSpec, VpsSpec
 from pitunnel.roles.contract import listen_spec
 from pitunnel.roles.pi.paths import vps_config_dir
-from pitunnel.roles.pi.role import D
+from pitunnel.roles.pi.role import PI_DEFAULTS
 from pitunnel.roles.pi.sshd import SshdPasswords, password_warning, public_ssh_ports
 from pitunnel.roles.probes.report import PiReport
 
@@ -56,7 +56,7 @@ def probe_script(pi: PiSpec, vps: VpsSpec, others: list[str], free_port: int) ->
     ports, so asking for them again would end each probe (ExitOnForwardFailure) before it proved anything."""
     config = '"$probe_config"'
     ssh = f"runuser -u {shlex.quote(pi.tunnel_user)} -- timeout 15 ssh -F {config}"
-    host = D["ssh_host_alias"]
+    host = PI_DEFAULTS["ssh_host_alias"]
     lines = [
         f"probe_config=$(mktemp) && grep -v '^[[:space:]]*RemoteForward[[:space:]]' "
         f"{vps_config_dir(vps.name)}/ssh_config > \"$probe_config\" && chmod 644 \"$probe_config\"",

@@ -17,10 +17,10 @@ from typing import Any
 from pitunnel.facts import Fact, Facts
 from pitunnel.inventory import AcmeSpec, VpsSpec
 from pitunnel.ops import Op, Plan, q, record_commands, record_fact, recorded, unrecord_commands
-from pitunnel.roles.vps.role import D
+from pitunnel.roles.vps.role import VPS_DEFAULTS
 
-LE = D["letsencrypt_dir"]
-KEPT = D["acme_kept_dir"]
+LE = VPS_DEFAULTS["letsencrypt_dir"]
+KEPT = VPS_DEFAULTS["acme_kept_dir"]
 # run after each renewal (stored by certbot in the renewal file): Nginx serves the new certificate, once
 # its configuration is proven valid
 DEPLOY_HOOK = "nginx -t -q && systemctl reload nginx"
@@ -28,7 +28,7 @@ DEPLOY_HOOK = "nginx -t -q && systemctl reload nginx"
 
 def cert_name(name: str) -> str:
     """certbot's --cert-name for `name`'s certificate."""
-    return f"{D['acme_cert_prefix']}{name}"
+    return f"{VPS_DEFAULTS['acme_cert_prefix']}{name}"
 
 
 def live_paths(name: str) -> dict[str, str]:
@@ -59,9 +59,9 @@ def parse(output: str) -> AcmeFound:
         parts = line.split("|")
         if parts[0] == "GIVEN" and len(parts) == 2:
             given = parts[1].strip()
-        elif len(parts) == 5 and parts[0].startswith(D["acme_cert_prefix"]):
+        elif len(parts) == 5 and parts[0].startswith(VPS_DEFAULTS["acme_cert_prefix"]):
             full, server, live, kept, not_after = parts
-            certs[full[len(D["acme_cert_prefix"]):]] = CertState(server.strip(), live == "yes", kept == "yes",
+            certs[full[len(VPS_DEFAULTS["acme_cert_prefix"]):]] = CertState(server.strip(), live == "yes", kept == "yes",
                                                                   not_after.strip())
     return AcmeFound(certs, given)
 
@@ -69,7 +69,7 @@ def parse(output: str) -> AcmeFound:
 def acme_fact(vps: VpsSpec) -> Fact[AcmeFound]:
     """pitunnel's certificates on the VPS (live, renewing or set aside), each with its expiry; and the expiry of
     the hand-given certificate, if any. Reads files only: never calls the CA."""
-    p = D["acme_cert_prefix"]
+    p = VPS_DEFAULTS["acme_cert_prefix"]
     given = (f"echo \"GIVEN|$(openssl x509 -noout -enddate -in {q(vps.tls_certificate)} 2>/dev/null | cut -d= -f2)\"\n"
              if vps.tls_certificate else "")
     return Fact(f"acme-certs:{vps.tls_certificate}", f"""\
@@ -86,7 +86,7 @@ done
 
 
 def certbot_env(acme: AcmeSpec) -> str:
-    return f"REQUESTS_CA_BUNDLE={q(D['acme_ca_bundle'])} " if acme.ca_bundle is not None else ""
+    return f"REQUESTS_CA_BUNDLE={q(VPS_DEFAULTS['acme_ca_bundle'])} " if acme.ca_bundle is not None else ""
 
 
 def one_line_failure(name: str) -> str:
@@ -124,7 +124,7 @@ class Certificate(Op):
                         "kept by an earlier teardown: renewal back on (no call to the CA)")
         account = record_commands("acme", ["account"])
         certbot = (f"{certbot_env(self.acme)}certbot certonly --non-interactive --agree-tos --no-eff-email "
-                   f"-m {q(self.acme.email)} --server {q(self.acme.directory)} --webroot -w {q(D['acme_webroot'])} "
+                   f"-m {q(self.acme.email)} --server {q(self.acme.directory)} --webroot -w {q(VPS_DEFAULTS['acme_webroot'])} "
                    f"--cert-name {q(cn)} -d {q(self.name)} --deploy-hook {q(DEPLOY_HOOK)}")
         why = "obtain from " + self.acme.directory
         if state is not None and state.live:  # from another directory (staging, another CA): a new one from this

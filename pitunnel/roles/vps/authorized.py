@@ -12,7 +12,7 @@ from pitunnel.inventory.revoked import records
 from pitunnel.ops import File, Op
 from pitunnel.report import Reporter
 from pitunnel.sshkeys import BadPublicKey, parse_public_key
-from pitunnel.roles.vps.role import D
+from pitunnel.roles.vps.role import VPS_DEFAULTS
 from pitunnel.roles.vps.sessions import SessionsEnded
 
 KEY_MARKER = "pitunnel:"
@@ -22,7 +22,7 @@ def authorized_line(vps: VpsSpec, pi: PiSpec, pubkey: str) -> str:
     """A Pi's key may only open its own listeners, and nothing else: no command, pty, agent or -L."""
     listens = "".join(f'permitlisten="{t.listener.spec}",' for t in pi.tunnels)
     forwarding = f"port-forwarding,{listens}" if pi.tunnels else ""  # no tunnels: no forwarding at all
-    options = f'restrict,{forwarding}command="{D["forced_command"]}"'
+    options = f'restrict,{forwarding}command="{VPS_DEFAULTS["forced_command"]}"'
     keytype, blob = pubkey.split()[:2]
     return f"{options} {keytype} {blob} {KEY_MARKER}{pi.name}"
 
@@ -124,7 +124,7 @@ def keys_ops(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequence
 
 
 def keys_path() -> str:
-    return f"{D['tunnel_home']}/.ssh/authorized_keys"
+    return f"{VPS_DEFAULTS['tunnel_home']}/.ssh/authorized_keys"
 
 
 def shared_keys(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequence[str]], state: FileState,
@@ -162,5 +162,5 @@ def revoked_keys_file(inv: Inventory) -> File:
     """sshd's RevokedKeys file for the tunnel account, before the Match block names it (sshd refuses every key of
     the account if the file it names cannot be read); never made while no key is revoked."""
     lines = revoked_lines(inv)
-    return File(D["revoked_keys"], "".join(dict.fromkeys(lines)), create=bool(lines),
+    return File(VPS_DEFAULTS["revoked_keys"], "".join(dict.fromkeys(lines)), create=bool(lines),
                 title="revoked keys sshd refuses (RevokedKeys)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pitunnel.inventory import Inventory, VpsSpec
 from pitunnel.ops import Absent, File, Op, PackagesAbsent, Service
 from pitunnel.roles.contract import listen_spec
-from pitunnel.roles.vps.role import D, ROLE
+from pitunnel.roles.vps.role import VPS_DEFAULTS, ROLE
 
 
 def metrics_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
@@ -13,26 +13,26 @@ def metrics_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
     collector, written by a service of the VPS's own; `metrics: false`: none of pitunnel's pieces, and
     the exporter purged if pitunnel installed it (one that was there before stays, as it was)."""
     if not vps.metrics:
-        return [*metrics_absent_ops(), PackagesAbsent((D["metrics_package"],))]
+        return [*metrics_absent_ops(), PackagesAbsent((VPS_DEFAULTS["metrics_package"],))]
     tunnels = [dict(pi=pi.name, tunnel=t.name, listen=listen_spec(t)) for pi, t in inv.tunnels_on(vps)]
     variables = dict(metrics_address=vps.metrics_address, metrics_tunnels=tunnels, metrics_vps=vps.name)
     return [
-        File(D["metrics_dropin"], ROLE.render("node-exporter.conf.j2", **variables), notify=("restart node exporter",),
+        File(VPS_DEFAULTS["metrics_dropin"], ROLE.render("node-exporter.conf.j2", **variables), notify=("restart node exporter",),
              title=f"node exporter on {vps.metrics_address}, textfile collector on"),
-        Service(D["metrics_service"], covers=("restart node exporter",)),
-        File(D["metrics_path"], ROLE.render("metrics.sh.j2", **variables), mode=0o755, notify=("restart metrics",),
+        Service(VPS_DEFAULTS["metrics_service"], covers=("restart node exporter",)),
+        File(VPS_DEFAULTS["metrics_path"], ROLE.render("metrics.sh.j2", **variables), mode=0o755, notify=("restart metrics",),
              title="tunnel metrics writer script"),
-        File(D["metrics_unit_path"], ROLE.render("metrics.service.j2", **variables), notify=("restart metrics",),
-             title=f"systemd unit {D['metrics_unit']}"),
-        Service(D["metrics_unit"], covers=("restart metrics",)),
+        File(VPS_DEFAULTS["metrics_unit_path"], ROLE.render("metrics.service.j2", **variables), notify=("restart metrics",),
+             title=f"systemd unit {VPS_DEFAULTS['metrics_unit']}"),
+        Service(VPS_DEFAULTS["metrics_unit"], covers=("restart metrics",)),
     ]
 
 
 def metrics_absent_ops() -> list[Op]:
     return [
-        Service(D["metrics_unit"], enabled=False, running=False, title=f"service {D['metrics_unit']} stopped and disabled"),
-        Absent(D["metrics_unit_path"], notify=("daemon-reload",)),
-        Absent(D["metrics_path"]),
-        Absent(f"{D['metrics_textfile_dir']}/pitunnel.prom"),
-        Absent(D["metrics_dropin"], notify=("restart node exporter if there",)),
+        Service(VPS_DEFAULTS["metrics_unit"], enabled=False, running=False, title=f"service {VPS_DEFAULTS['metrics_unit']} stopped and disabled"),
+        Absent(VPS_DEFAULTS["metrics_unit_path"], notify=("daemon-reload",)),
+        Absent(VPS_DEFAULTS["metrics_path"]),
+        Absent(f"{VPS_DEFAULTS['metrics_textfile_dir']}/pitunnel.prom"),
+        Absent(VPS_DEFAULTS["metrics_dropin"], notify=("restart node exporter if there",)),
     ]

@@ -12,7 +12,7 @@ from pitunnel.inventory import NAME_RE, Inventory, VpsSpec, acme_name
 from pitunnel.ops import STATE_DIR, Absent, File, Op, Plan, Pruned, backup_commands, q
 from pitunnel.roles.contract import realm
 from pitunnel.roles.vps.acme import AcmeFound, live_paths
-from pitunnel.roles.vps.role import D, ROLE
+from pitunnel.roles.vps.role import VPS_DEFAULTS, ROLE
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def http_routes(inv: Inventory, vps: VpsSpec) -> list[HttpRoute]:
         if tunnel.kind != "http" or pi.name in inv.revoked:  # a revoked Pi's routes stay off until it is back
             continue
         stem = route_stem(pi.name, tunnel.name)
-        auth = f"{D['nginx_auth_dir']}/{stem}.htpasswd" if tunnel.basic_auth_file else None
+        auth = f"{VPS_DEFAULTS['nginx_auth_dir']}/{stem}.htpasswd" if tunnel.basic_auth_file else None
         routes.append(HttpRoute(pi.name, tunnel.name, tunnel.remote_port, tunnel.path, tunnel.server_name,
                                 auth, tunnel.basic_auth_file, tunnel.websocket, tunnel.client_max_body_size,
                                 tunnel.hsts, acme_name(vps, tunnel)))
@@ -90,7 +90,7 @@ def debian_default(output: str) -> DebianDefault:
 
 
 DEBIAN_DEFAULT_FACT = Fact("nginx-debian-default", f"""\
-p={q(D['nginx_debian_default'])}
+p={q(VPS_DEFAULTS['nginx_debian_default'])}
 if [ -L "$p" ]; then readlink "$p"; elif [ -e "$p" ]; then echo FILE; else echo ABSENT; fi
 echo "$(md5sum < {q(DEBIAN_SITE)} 2>/dev/null | cut -d' ' -f1)"
 echo "$(dpkg-query -W -f='${{Conffiles}}\\n' 2>/dev/null | awk '$1 == "{DEBIAN_SITE}" {{print $2; exit}}')"
@@ -114,7 +114,7 @@ class DebianDefaultSetAside(Op):
             return Plan([], "not there")
         if not found.untouched:
             return Plan([], "left as it is: not Debian's unmodified default site")
-        path = D["nginx_debian_default"]
+        path = VPS_DEFAULTS["nginx_debian_default"]
         return Plan([*backup_commands(path), f"rm -f {q(path)}", f"mkdir -p {STATE_DIR} && chmod 700 {STATE_DIR}",
                      f": > {q(SET_ASIDE_RECORD)}"], "remove (recorded, put back on teardown)", backups=[path])
 
@@ -132,7 +132,7 @@ class DebianDefaultRestored(Op):
     def plan(self, facts: Facts) -> Plan:
         if not facts.value(DEBIAN_DEFAULT_FACT).recorded:
             return Plan([], "pitunnel did not set it aside")
-        path = D["nginx_debian_default"]
+        path = VPS_DEFAULTS["nginx_debian_default"]
         cmds = [f"if [ -e {q(DEBIAN_SITE)} ] && ! [ -e {q(path)} ] && ! [ -L {q(path)} ]; then "
                 f"ln -s {q(DEBIAN_SITE)} {q(path)}; fi",
                 f"rm -f {q(SET_ASIDE_RECORD)}", f"rmdir {STATE_DIR} 2>/dev/null || true"]
@@ -162,9 +162,9 @@ def default_listens(output: str) -> tuple[DefaultListen, ...]:
 
 # `listen ... default_server` lines in the enabled Nginx configuration that is not pitunnel's.
 DEFAULT_SERVERS_FACT = Fact("nginx-default-servers", f"""\
-for f in {D['nginx_sites_dir']}/* /etc/nginx/conf.d/*.conf; do
+for f in {VPS_DEFAULTS['nginx_sites_dir']}/* /etc/nginx/conf.d/*.conf; do
   [ -f "$f" ] || continue
-  case "$f" in {D['nginx_default_site']} | {D['nginx_sites_dir']}/pitunnel-*.conf | {D['nginx_conf']}) continue ;; esac
+  case "$f" in {VPS_DEFAULTS['nginx_default_site']} | {VPS_DEFAULTS['nginx_sites_dir']}/pitunnel-*.conf | {VPS_DEFAULTS['nginx_conf']}) continue ;; esac
   grep -E '^[[:space:]]*listen[[:space:]][^#;]*[[:space:]]default(_server)?([[:space:];]|$)' "$f" | sed "s|^|$f |"
 done; true""", default_listens)
 
@@ -175,7 +175,7 @@ def others_default_servers(facts: Facts, ports: set[int]) -> list[str]:
     found = []
     untouched = facts.value(DEBIAN_DEFAULT_FACT).untouched
     for listen in facts.value(DEFAULT_SERVERS_FACT):
-        if listen.path == D["nginx_debian_default"] and untouched:
+        if listen.path == VPS_DEFAULTS["nginx_debian_default"] and untouched:
             continue
         if listen.port in ports and listen.path not in found:
             found.append(listen.path)
@@ -220,26 +220,26 @@ def nginx_ops(routes: list[HttpRoute], variables: dict[str, Any]) -> list[Op]:
         if r.auth_source is not None and r.auth_file is not None:
             ops.append(File(r.auth_file, r.auth_source.read_text(), group="www-data", mode=0o640, secret=True,
                             notify=("reload nginx",), title=f"basic auth for {r.pi}/{r.name}"))
-    ops.append(File(D["nginx_conf"], ROLE.render("nginx-http.conf.j2", **variables),
+    ops.append(File(VPS_DEFAULTS["nginx_conf"], ROLE.render("nginx-http.conf.j2", **variables),
                     notify=("reload nginx",), title="nginx upstreams for the tunnels"))
     for r in routes:
         if r.server_name:
-            ops.append(File(f"{D['nginx_sites_dir']}/pitunnel-{r.file_stem}.conf",
+            ops.append(File(f"{VPS_DEFAULTS['nginx_sites_dir']}/pitunnel-{r.file_stem}.conf",
                             ROLE.render("nginx-server.conf.j2", t=tunnels[r.pi, r.name], **variables), notify=("reload nginx",),
                             title=f"nginx site {r.server_name} -> {r.pi}/{r.name}"))
         else:
-            ops.append(File(f"{D['nginx_locations_dir']}/{r.file_stem}.conf",
+            ops.append(File(f"{VPS_DEFAULTS['nginx_locations_dir']}/{r.file_stem}.conf",
                             ROLE.render("nginx-location.conf.j2", t=tunnels[r.pi, r.name], **variables), notify=("reload nginx",),
                             title=f"nginx path {r.path} -> {r.pi}/{r.name}"))
     ops += [
-        Pruned(D["nginx_sites_dir"], "pitunnel-*.conf",
+        Pruned(VPS_DEFAULTS["nginx_sites_dir"], "pitunnel-*.conf",
                frozenset(f"pitunnel-{r.file_stem}.conf" for r in routes if r.server_name), notify=("reload nginx",)),
-        Pruned(D["nginx_locations_dir"], "*.conf",
+        Pruned(VPS_DEFAULTS["nginx_locations_dir"], "*.conf",
                frozenset(f"{r.file_stem}.conf" for r in routes if not r.server_name), notify=("reload nginx",)),
-        Pruned(D["nginx_auth_dir"], "*.htpasswd",
+        Pruned(VPS_DEFAULTS["nginx_auth_dir"], "*.htpasswd",
                frozenset(f"{r.file_stem}.htpasswd" for r in routes if r.auth_file), notify=("reload nginx",)),
         DebianDefaultSetAside(),
-        File(D["nginx_default_site"], ROLE.render("nginx-default-site.conf.j2", **variables),
+        File(VPS_DEFAULTS["nginx_default_site"], ROLE.render("nginx-default-site.conf.j2", **variables),
              notify=("reload nginx",), title="nginx server for path-prefix tunnels"),
     ]
     return ops
@@ -247,8 +247,8 @@ def nginx_ops(routes: list[HttpRoute], variables: dict[str, Any]) -> list[Op]:
 
 def nginx_absent_ops() -> list[Op]:
     """Teardown: pitunnel's Nginx config gone, and Debian's default site back if pitunnel set it aside."""
-    return [Absent(D["nginx_default_site"], notify=("reload nginx",)),
-            Pruned(D["nginx_sites_dir"], "pitunnel-*.conf", frozenset(), notify=("reload nginx",)),
-            Absent(D["nginx_conf"], notify=("reload nginx",)),
+    return [Absent(VPS_DEFAULTS["nginx_default_site"], notify=("reload nginx",)),
+            Pruned(VPS_DEFAULTS["nginx_sites_dir"], "pitunnel-*.conf", frozenset(), notify=("reload nginx",)),
+            Absent(VPS_DEFAULTS["nginx_conf"], notify=("reload nginx",)),
             Absent("/etc/nginx/pitunnel", notify=("reload nginx",)),
             DebianDefaultRestored()]

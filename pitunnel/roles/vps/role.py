@@ -5,4 +5,4 @@ from __future__ import annotations
 from pitunnel.role import Role
 
 ROLE = Role("vps")
-D = ROLE.defaults
+VPS_DEFAULTS = ROLE.defaults

@@ -32,9 +32,9 @@ from pitunnel.remote import Remote
 from pitunnel.report import Reporter
 from pitunnel.runner import Mode, converge
 from pitunnel.sshkeys import LAYOUT, BadPublicKey, parse_public_key
-from pitunnel.roles.vps.role import D
+from pitunnel.roles.vps.role import VPS_DEFAULTS
 
-KEYS_FILE = f"{D['tunnel_home']}/.ssh/authorized_keys"
+KEYS_FILE = f"{VPS_DEFAULTS['tunnel_home']}/.ssh/authorized_keys"
 ACCEPTED = re.compile(r"^Accepted publickey for (\S+) from (\S+) port (\d+) ssh2: [A-Z0-9-]+ (SHA256:[A-Za-z0-9+/]+)$")
 EXPIRY = re.compile(r'(?:^|,)expiry-time="(\d{8}(?:\d{4}(?:\d{2})?)?)(Z?)"', re.IGNORECASE)
 END_WAIT_SECONDS = 5  # how long a session gets to go after SIGTERM before SIGKILL

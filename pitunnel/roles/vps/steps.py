@@ -22,7 +22,7 @@ from pitunnel.roles.vps.authorized import keys_ops, keys_path, refuse_shared, re
 from pitunnel.roles.vps.metrics import metrics_absent_ops, metrics_ops
 from pitunnel.roles.vps.nginx import (DEFAULT_SERVERS_FACT, default_server_note, http_routes, nginx_absent_ops, nginx_ops,
                                       others_default_servers, route_vars, served_tls)
-from pitunnel.roles.vps.role import D, ROLE
+from pitunnel.roles.vps.role import VPS_DEFAULTS, ROLE
 
 
 def account_observer(vps: VpsSpec) -> Observe[bool]:
@@ -91,20 +91,20 @@ def unauthorise(remote: Remote, inv: Inventory, vps: VpsSpec, gone: frozenset[st
 def handlers(remote: Remote) -> list[Handler]:
     """The VPS role's handlers, for every step."""
     return [
-        sshd_reload(remote, D["ssh_service"], "a fresh login failed after the sshd reload (this change would lock you out)"),
-        Handler("restart reaper", ["systemctl daemon-reload", f"systemctl restart {D['reaper_unit']}"]),
+        sshd_reload(remote, VPS_DEFAULTS["ssh_service"], "a fresh login failed after the sshd reload (this change would lock you out)"),
+        Handler("restart reaper", ["systemctl daemon-reload", f"systemctl restart {VPS_DEFAULTS['reaper_unit']}"]),
         Handler("reload nginx", ["if [ -x /usr/sbin/nginx ]; then nginx -t 2>&1 && systemctl reload-or-restart nginx; fi"]),
         Handler("daemon-reload", ["systemctl daemon-reload"]),
-        Handler("restart metrics", ["systemctl daemon-reload", f"systemctl restart {D['metrics_unit']}"]),
-        Handler("restart node exporter", ["systemctl daemon-reload", f"systemctl restart {D['metrics_service']}"]),
+        Handler("restart metrics", ["systemctl daemon-reload", f"systemctl restart {VPS_DEFAULTS['metrics_unit']}"]),
+        Handler("restart node exporter", ["systemctl daemon-reload", f"systemctl restart {VPS_DEFAULTS['metrics_service']}"]),
         Handler("restart node exporter if there", [
             "systemctl daemon-reload",
-            f"! systemctl cat {D['metrics_service']} >/dev/null 2>&1 || systemctl try-restart {D['metrics_service']}"]),
+            f"! systemctl cat {VPS_DEFAULTS['metrics_service']} >/dev/null 2>&1 || systemctl try-restart {VPS_DEFAULTS['metrics_service']}"]),
     ]
 
 
 def sshd_dropin(variables: dict[str, Any]) -> File:
-    return File(D["sshd_dropin"], ROLE.render("sshd.conf.j2", **variables), validate="sshd -t",
+    return File(VPS_DEFAULTS["sshd_dropin"], ROLE.render("sshd.conf.j2", **variables), validate="sshd -t",
                 notify=("reload sshd",), title="sshd Match block for the tunnel account")
 
 
@@ -131,7 +131,7 @@ def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: 
                 tls_key=vps.tls_key, claim_default=claim_default, public_name=public, acme=vps.acme is not None,
                 reject_unknown=claim_default if reject_unknown is None else reject_unknown,
                 site_tls=served_tls(vps, public if vps.acme else None, certs),
-                revoked_keys=D["revoked_keys"] if revoked_lines(inv) else None,
+                revoked_keys=VPS_DEFAULTS["revoked_keys"] if revoked_lines(inv) else None,
                 tunnels=[route_vars(r, vps, certs) for r in http_routes(inv, vps)])
 
 
@@ -145,12 +145,12 @@ def acme_ops(vps: VpsSpec) -> list[Op]:
     the directory's TLS (for pitunnel's certbot runs and the timer's renewals alike)."""
     if vps.acme is None:
         return []
-    ops: list[Op] = [Directory(D["acme_webroot"])]
+    ops: list[Op] = [Directory(VPS_DEFAULTS["acme_webroot"])]
     if vps.acme.ca_bundle is not None:
-        ops += [Directory(D["acme_ca_bundle"].rsplit("/", 1)[0]),
-                File(D["acme_ca_bundle"], vps.acme.ca_bundle.read_text(), title="CA bundle for the ACME directory"),
-                File(D["certbot_dropin"], f"# Managed by pitunnel: certbot trusts the ACME directory's CA (acme.ca_bundle)\n"
-                     f"[Service]\nEnvironment=REQUESTS_CA_BUNDLE={D['acme_ca_bundle']}\n",
+        ops += [Directory(VPS_DEFAULTS["acme_ca_bundle"].rsplit("/", 1)[0]),
+                File(VPS_DEFAULTS["acme_ca_bundle"], vps.acme.ca_bundle.read_text(), title="CA bundle for the ACME directory"),
+                File(VPS_DEFAULTS["certbot_dropin"], f"# Managed by pitunnel: certbot trusts the ACME directory's CA (acme.ca_bundle)\n"
+                     f"[Service]\nEnvironment=REQUESTS_CA_BUNDLE={VPS_DEFAULTS['acme_ca_bundle']}\n",
                      notify=("daemon-reload",), title="certbot renewals trust the ACME directory's CA")]
     return ops
 
@@ -160,19 +160,19 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, ce
     variables = context(inv, vps, claim_default=claim_default, certs=certs, reject_unknown=reject_unknown)
     routes = http_routes(inv, vps)
     ops: list[Op] = [
-        SystemUser(vps.tunnel_user, home=D["tunnel_home"], comment="pitunnel reverse tunnels"),
-        Directory(f"{D['tunnel_home']}/.ssh", owner=vps.tunnel_user, group=vps.tunnel_user, mode=0o700),
+        SystemUser(vps.tunnel_user, home=VPS_DEFAULTS["tunnel_home"], comment="pitunnel reverse tunnels"),
+        Directory(f"{VPS_DEFAULTS['tunnel_home']}/.ssh", owner=vps.tunnel_user, group=vps.tunnel_user, mode=0o700),
         *keys_ops(inv, vps, {}),
         revoked_keys_file(inv),
         sshd_dropin(variables),
-        File(D["reaper_path"], ROLE.render("reaper.sh.j2"), mode=0o755, notify=("restart reaper",),
+        File(VPS_DEFAULTS["reaper_path"], ROLE.render("reaper.sh.j2"), mode=0o755, notify=("restart reaper",),
              title="stale-session reaper script"),
-        File(D["reaper_unit_path"], ROLE.render("reaper.service.j2", **variables), notify=("restart reaper",),
-             title=f"systemd unit {D['reaper_unit']}"),
-        Service(D["reaper_unit"], covers=("restart reaper",)),
+        File(VPS_DEFAULTS["reaper_unit_path"], ROLE.render("reaper.service.j2", **variables), notify=("restart reaper",),
+             title=f"systemd unit {VPS_DEFAULTS['reaper_unit']}"),
+        Service(VPS_DEFAULTS["reaper_unit"], covers=("restart reaper",)),
         *metrics_ops(inv, vps),
-        Directory(D["nginx_locations_dir"]),
-        Directory(D["nginx_auth_dir"], group="www-data", mode=0o750),
+        Directory(VPS_DEFAULTS["nginx_locations_dir"]),
+        Directory(VPS_DEFAULTS["nginx_auth_dir"], group="www-data", mode=0o750),
         *acme_ops(vps),
         *nginx_ops(routes, variables),
     ]
@@ -181,29 +181,29 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, ce
 
 def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
     ops: list[Op] = [
-        Service(D["reaper_unit"], enabled=False, running=False, title=f"service {D['reaper_unit']} stopped and disabled"),
-        Absent(D["reaper_unit_path"], notify=("daemon-reload",)),
+        Service(VPS_DEFAULTS["reaper_unit"], enabled=False, running=False, title=f"service {VPS_DEFAULTS['reaper_unit']} stopped and disabled"),
+        Absent(VPS_DEFAULTS["reaper_unit_path"], notify=("daemon-reload",)),
         *metrics_absent_ops(),
-        Absent(D["reaper_path"].rsplit("/", 1)[0]),
-        Absent(D["sshd_dropin"], notify=("reload sshd",)),
-        Absent(D["revoked_keys"]),
+        Absent(VPS_DEFAULTS["reaper_path"].rsplit("/", 1)[0]),
+        Absent(VPS_DEFAULTS["sshd_dropin"], notify=("reload sshd",)),
+        Absent(VPS_DEFAULTS["revoked_keys"]),
         UserAbsent(vps.tunnel_user),
         *nginx_absent_ops(),
         CertificatesReleased(purge, vps),
-        Absent(D["acme_webroot"]),
-        Absent(D["certbot_dropin"], notify=("daemon-reload",)),
-        FolderGone(D["certbot_dropin"].rsplit("/", 1)[0], frozenset({D["certbot_dropin"].rsplit("/", 1)[1]})),
-        Absent(D["acme_ca_bundle"]),
-        FolderGone(D["acme_ca_bundle"].rsplit("/", 1)[0], frozenset({D["acme_ca_bundle"].rsplit("/", 1)[1]})),
+        Absent(VPS_DEFAULTS["acme_webroot"]),
+        Absent(VPS_DEFAULTS["certbot_dropin"], notify=("daemon-reload",)),
+        FolderGone(VPS_DEFAULTS["certbot_dropin"].rsplit("/", 1)[0], frozenset({VPS_DEFAULTS["certbot_dropin"].rsplit("/", 1)[1]})),
+        Absent(VPS_DEFAULTS["acme_ca_bundle"]),
+        FolderGone(VPS_DEFAULTS["acme_ca_bundle"].rsplit("/", 1)[0], frozenset({VPS_DEFAULTS["acme_ca_bundle"].rsplit("/", 1)[1]})),
     ]
     if purge:
-        ops.append(PackagesAbsent((D["nginx_package"], D["certbot_package"], D["metrics_package"])))
+        ops.append(PackagesAbsent((VPS_DEFAULTS["nginx_package"], VPS_DEFAULTS["certbot_package"], VPS_DEFAULTS["metrics_package"])))
     return ops
 
 
 def packages(vps: VpsSpec) -> Packages:
-    return Packages((D["nginx_package"], *([D["certbot_package"]] if vps.acme else []),
-                     *([D["metrics_package"]] if vps.metrics else [])))
+    return Packages((VPS_DEFAULTS["nginx_package"], *([VPS_DEFAULTS["certbot_package"]] if vps.acme else []),
+                     *([VPS_DEFAULTS["metrics_package"]] if vps.metrics else [])))
 
 
 def certificates(remote: Remote, inv: Inventory, vps: VpsSpec, found: AcmeFound, play: Play) -> tuple[bool, list[str]]:
