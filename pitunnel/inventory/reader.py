@@ -182,7 +182,7 @@ class _Reader:
             for key in ("server_alive_interval", "server_alive_count_max"):
                 if found.get(key) is None:
                     found[key] = getattr(preset, key)
-            result[name] = PiSpec(name=name, role="pi", vps=vps[0], vpses=vps,
+            result[name] = PiSpec(name=name, role="pi", vpses=vps,
                                   given=_given(raw, inherited, fields.PI_FIELDS), **found)
         return result
 

@@ -100,7 +100,7 @@ class VpsRekey(reconcile.Flow[Reading, Step]):
         self.play, self.vps, self.host = play, vps, vps.name
         self.inv = play.inventory
         self.remote = play.remotes[vps.name]
-        self.pis = [p.on(vps.name) for p in self.inv.pis.values() if vps.name in p.all_vps]
+        self.pis = [p for p in self.inv.pis.values() if vps.name in p.all_vps]
         self.name = hostkeys.known_name(vps.address, vps.port)
         self.known_hosts = self.inv.settings.known_hosts
 

@@ -83,7 +83,7 @@ def test_the_tunnel_key_lives_in_the_tunnel_accounts_home(inv: Inventory) -> Non
 
 
 def test_each_tunnel_forwards_its_listener_to_the_pis_own_port(inv: Inventory) -> None:
-    assert [f.spec for f in pi.forwards(inv.pis["alpha"])] == ["0.0.0.0:20022:127.0.0.1:22",
+    assert [f.spec for f in pi.forwards(inv.pis["alpha"].first_path)] == ["0.0.0.0:20022:127.0.0.1:22",
                                                               "127.0.0.1:20080:127.0.0.1:8080"]
     assert pi_sshd.public_ssh_ports(inv.pis["alpha"]) == [20022] and pi_sshd.public_ssh_ports(inv.pis["beta"]) == []
 
@@ -110,7 +110,7 @@ def test_hung_and_stale_timings_follow_the_keepalives(inv: Inventory) -> None:
     variables = pi.context(alpha, main)
     assert variables["hang_after_ms"] == 49000 and variables["stale_after_ms"] == 14000
     assert variables["suspect_after_ms"] == 14000
-    assert variables["forwards"] == [f.spec for f in pi.forwards(alpha)] and variables["key_path"] == pi_paths.key_path(alpha)
+    assert variables["forwards"] == [f.spec for f in pi.forwards(alpha.first_path)] and variables["key_path"] == pi_paths.key_path(alpha)
     assert (variables["vps_address"], variables["vps_port"], variables["vps_tunnel_user"]) == ("203.0.113.1", 22, "pitunnel")
     assert variables["tunnel_home"] == "/var/lib/pitunnel" and variables["tunnel_user"] == "pitunnel"
     assert (variables["server_alive_interval"], variables["server_alive_count_max"]) == (11, 3)

@@ -177,8 +177,8 @@ def test_connect_tunnels_only_the_pis_that_have_a_key(inv: Inventory, keys: dict
     monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 5)
     hosts = {"main": vps_host(), "alpha": FakeHost("alpha"), "beta": FakeHost("beta")}
     play = play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"}))  # type: ignore[arg-type]
-    bases = {"alpha": pi_steps.PiBase(PiOffer("alpha", None, listens(inv.pis["alpha"])), False),
-             "beta": pi_steps.PiBase(PiOffer("beta", offer_key(keys["beta"]), listens(inv.pis["beta"])), False)}
+    bases = {"alpha": pi_steps.PiBase(PiOffer("alpha", None, listens(inv.pis["alpha"].first_path)), False),
+             "beta": pi_steps.PiBase(PiOffer("beta", offer_key(keys["beta"]), listens(inv.pis["beta"].first_path)), False)}
     site.connect(play, bases)
     assert hosts["alpha"].scripts == [] and hosts["beta"].applied("pitunnel@main.service")
     keys_file = "\n".join(b for b in hosts["main"].ops if "authorized_keys" in b)
@@ -402,7 +402,7 @@ def test_a_vps_is_offered_only_its_own_pis(inv: Inventory, keys: dict[str, str],
     hosts = {"main": vps_host(permitted="permitlisten 127.0.0.1:20023"), "spare": vps_host("spare"),
              "beta": FakeHost("beta"), "gamma": FakeHost("gamma")}
     play = play_on(inv, hosts, limit=frozenset({"main", "spare", "beta", "gamma"}))  # type: ignore[arg-type]
-    bases = {n: pi_steps.PiBase(PiOffer(n, offer_key(keys[n]), listens(inv.pis[n])), False) for n in ("beta", "gamma")}
+    bases = {n: pi_steps.PiBase(PiOffer(n, offer_key(keys[n]), listens(inv.pis[n].first_path)), False) for n in ("beta", "gamma")}
     site.connect(play, bases)
     assert play.failed == set()  # main permits beta's listener; gamma's is spare's business
 
@@ -414,6 +414,6 @@ def test_the_listener_wait_names_every_forward_missing(inv: Inventory, monkeypat
     monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 0.2)
     play = play_on(inv, {})
     with pytest.raises(StepFailed):
-        site.wait_listening(play, inv.pis["alpha"], SharedReading(lambda: frozenset()), None)
+        site.wait_listening(play, inv.pis["alpha"].first_path, SharedReading(lambda: frozenset()), None)
     assert lines(capsys) == ["failed alpha tunnel listening on the VPS - main: not listening after 0.2s: 0.0.0.0:20022, "
                              "127.0.0.1:20080 (see `journalctl -u pitunnel@main.service` on the Pi)"]

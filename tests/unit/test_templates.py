@@ -170,7 +170,7 @@ def options_of(line: str) -> list[str]:
 
 def test_authorized_line(inv: Inventory) -> None:
     pub = "ssh-ed25519 AAAAkey1 pitunnel:pi1"
-    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["pi1"], pub)
+    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["pi1"].first_path, pub)
     opts = options_of(line)
     assert opts[0] == "restrict"
     assert "port-forwarding" in opts
@@ -183,7 +183,7 @@ def test_authorized_line(inv: Inventory) -> None:
 
 
 def test_authorized_line_only_that_pis_tunnels(inv: Inventory) -> None:
-    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["pi2"], "ssh-ed25519 AAAAkey2")
+    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["pi2"].first_path, "ssh-ed25519 AAAAkey2")
     assert [o for o in options_of(line) if o.startswith("permitlisten=")] == ['permitlisten="127.0.0.1:20023"']
     assert line.endswith(" ssh-ed25519 AAAAkey2 pitunnel:pi2")
 
@@ -198,7 +198,7 @@ def test_authorized_line_pi_without_tunnels_gets_no_forwarding(tmp_path: Path) -
           busy: {address: 10.0.0.2, tunnels: {ssh: {type: ssh, remote_port: 20001}}}
         """))
     inv = load_inventory(file)
-    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["idle"], "ssh-ed25519 AAAAidle")
+    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["idle"].first_path, "ssh-ed25519 AAAAidle")
     opts = options_of(line)
     assert "" not in opts
     assert "port-forwarding" not in opts or any(o.startswith("permitlisten=") for o in opts)
@@ -228,8 +228,8 @@ def test_authorized_keys_keeps_other_pis_and_updates_options(inv: Inventory) -> 
                 "ssh-ed25519 AAAAgone pitunnel:gone\n")
     main, pi1, pi2 = inv.vps["main"], inv.pis["pi1"], inv.pis["pi2"]
     op, text = keys_file(inv, "main", existing, {"pi1": "ssh-ed25519 AAAAnew1 pitunnel:pi1"})
-    assert text == (vps_authorized.authorized_line(main, pi1, "ssh-ed25519 AAAAnew1") + "\n"
-                    + vps_authorized.authorized_line(main, pi2, "ssh-ed25519 AAAAkey2") + "\n")
+    assert text == (vps_authorized.authorized_line(main, pi1.first_path, "ssh-ed25519 AAAAnew1") + "\n"
+                    + vps_authorized.authorized_line(main, pi2.first_path, "ssh-ed25519 AAAAkey2") + "\n")
     assert "AAAAold1" not in text  # the new key replaced the old one
     assert "127.0.0.1:9999" not in text and 'permitlisten="127.0.0.1:20023"' in text  # options from the inventory
     assert "pitunnel:gone" not in text and "AAAAgone" not in text  # no longer in the inventory
@@ -245,7 +245,7 @@ def test_authorized_keys_only_this_vps_pis(inv: Inventory) -> None:
     _, main_text = keys_file(inv, "main", existing, {})
     assert "pitunnel:pi3" not in main_text and "pitunnel:pi1" in main_text
     _, other_text = keys_file(inv, "other", existing, {"pi1": "ssh-ed25519 AAAAx"})
-    assert other_text == vps_authorized.authorized_line(inv.vps["other"], inv.pis["pi3"], "ssh-ed25519 AAAAkey3") + "\n"
+    assert other_text == vps_authorized.authorized_line(inv.vps["other"], inv.pis["pi3"].first_path, "ssh-ed25519 AAAAkey3") + "\n"
 
 
 def test_authorized_keys_drop(inv: Inventory) -> None:
@@ -481,7 +481,7 @@ def test_nginx_t_accepts_the_config(inv: Inventory, tmp_path: Path) -> None:
 
 def pi_ops(inv: Inventory, pi: str, host_keys: list[str] | None = None) -> list[Op]:
     spec = inv.pis[pi]
-    return pi_steps.tunnel_ops(inv, spec, inv.vps_of(spec), host_keys or [HOST_KEY])
+    return pi_steps.tunnel_ops(inv, spec, inv.vps_of(spec.first_path), host_keys or [HOST_KEY])
 
 
 def unit_text(inv: Inventory, pi: str) -> str:
@@ -491,7 +491,7 @@ def unit_text(inv: Inventory, pi: str) -> str:
 def path_file(inv: Inventory, pi: str, name: str, host_keys: list[str] | None = None) -> str:
     """A file of the Pi's path through its (first) VPS: ssh_config or known_hosts in that VPS's folder."""
     spec = inv.pis[pi]
-    return text_of(pi_ops(inv, pi, host_keys), f"{pi_paths.vps_config_dir(spec.vps)}/{name}")
+    return text_of(pi_ops(inv, pi, host_keys), f"{pi_paths.vps_config_dir(spec.first_vps)}/{name}")
 
 
 def remote_forwards(text: str) -> list[str]:
@@ -644,8 +644,8 @@ def test_two_vpses_two_paths_each_with_its_own_files_ports_and_handlers(tmp_path
     pi = inv.pis["pi1"]
     assert pi.all_vps == ("main", "backup") and [p.vps for p in pi.paths()] == ["main", "backup"]
     # the backup gave its first auto port to pi1 (in file order), the main its own: ports per VPS
-    assert [t.remote_port for t in pi.on("main").tunnels] == [20022, 20000]
-    assert [t.remote_port for t in pi.on("backup").tunnels] == [20022, 20000]
+    assert [t.remote_port for t in pi.path("main").tunnels] == [20022, 20000]
+    assert [t.remote_port for t in pi.path("backup").tunnels] == [20022, 20000]
     assert inv.pis["pi2"].tunnels[0].remote_port == 20001
     keys = {"main": [HOST_KEY], "backup": ["ecdsa-sha2-nistp256 AAAAE2VjZHNh"]}
     ops = [*pi_steps.template_ops(pi), *(op for v in pi.all_vps for op in pi_steps.path_ops(pi, inv.vps[v], keys[v]))]
@@ -664,8 +664,8 @@ def test_two_vpses_two_paths_each_with_its_own_files_ports_and_handlers(tmp_path
     handlers = {h.name: h.commands for h in pi_steps.handlers(None, vpses=pi.all_vps)}  # type: ignore[arg-type]
     assert handlers["restart tunnel backup"] == ["systemctl daemon-reload", "systemctl try-restart pitunnel@backup.service"]
     # each VPS authorises the Pi's one key for its own listeners only
-    main_line = vps_authorized.authorized_line(inv.vps["main"], pi.on("main"), "ssh-ed25519 AAAAkey1")
-    backup_line = vps_authorized.authorized_line(inv.vps["backup"], pi.on("backup"), "ssh-ed25519 AAAAkey1")
+    main_line = vps_authorized.authorized_line(inv.vps["main"], pi.path("main"), "ssh-ed25519 AAAAkey1")
+    backup_line = vps_authorized.authorized_line(inv.vps["backup"], pi.path("backup"), "ssh-ed25519 AAAAkey1")
     assert 'permitlisten="127.0.0.1:20000"' in main_line and 'permitlisten="127.0.0.1:20000"' in backup_line
     # every VPS routes the Pi's http tunnel the same way, to its own port there
     routes = {v: [(r.pi, r.name, r.path, r.port) for r in vps_nginx.http_routes(inv, inv.vps[v])] for v in inv.vps}
@@ -680,7 +680,7 @@ def test_a_vps_the_pi_no_longer_names_loses_its_instance() -> None:
 
 
 def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Inventory) -> None:
-    pi, vps = inv.pis["pi1"], inv.vps_of(inv.pis["pi1"])
+    pi, vps = inv.pis["pi1"], inv.vps_of(inv.pis["pi1"].first_path)
     script = text_of(pi_ops(inv, "pi1"), pi_paths.watchdog_path("main"))
     # woken by netlink when a link comes up or an address or default route appears
     assert "ip -o monitor link address route" in script
@@ -873,7 +873,7 @@ def test_verify_probes_never_ask_for_the_running_tunnels_own_forwards(inv: Inven
     from pitunnel.roles.probes.exposure import probe_script
 
     pi = inv.pis["pi1"]
-    script = probe_script(pi, inv.vps_of(pi), ["127.0.0.1:20023"], 29999)
+    script = probe_script(pi, inv.vps_of(pi.first_path), ["127.0.0.1:20023"], 29999)
     assert script.count("ssh -F \"$probe_config\"") == 5 and "ssh -F /etc" not in script
     first = script.splitlines()[0]
     config = tmp_path / "ssh_config"

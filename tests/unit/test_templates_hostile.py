@@ -345,7 +345,7 @@ def test_every_template_still_parses_and_carries_each_value_where_intended(
     assert (found["user"], found["port"]) == (vps.tunnel_user, str(vps.port))
     assert found["identityfile"] == pi_paths.key_path(pi)
     assert found["userknownhostsfile"] == f"{pi_paths.vps_config_dir(vps.name)}/known_hosts"
-    assert [w for k, w in options if k == "remoteforward"] == [forward(f) for f in pi_steps.forwards(pi)]
+    assert [w for k, w in options if k == "remoteforward"] == [forward(f) for f in pi_steps.forwards(pi.first_path)]
 
     # sshd: the Match block names the tunnel account, one word
     match = [line.split() for line in got["sshd"].splitlines() if line.startswith("Match ")]
