@@ -14,7 +14,7 @@ import yaml
 from pitunnel.hostkeys import known_name
 from pitunnel.inventory import HostSpec, Inventory, PiPath, PiSpec, VpsSpec
 from pitunnel.roles.contract import listens
-from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import locations as pi_locations
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.vps import role as vps_role
@@ -76,12 +76,12 @@ def pi_vars(inv: Inventory, pi: PiSpec) -> dict[str, Any]:
     return {
         **pi_role.PI_DEFAULTS,
         **pi_steps.context(pi, vps),
-        "watchdog_script": pi_paths.watchdog_path(vps.name),
+        "watchdog_script": pi_locations.watchdog_path(vps.name),
         "watchdog_template": pi_role.PI_DEFAULTS["watchdog_unit"],
-        "watchdog_unit": pi_paths.watchdog_unit(vps.name),
+        "watchdog_unit": pi_locations.watchdog_unit(vps.name),
         "vps_known_name": known_name(vps.address, vps.port),
-        "key_comment": pi_paths.key_comment(pi),
-        "login_home": pi_paths.home_of(pi.user),
+        "key_comment": pi_locations.key_comment(pi),
+        "login_home": pi_locations.home_of(pi.user),
         "listen_specs": [listener.spec for listener in listens(path)],
         "authorized_options": key_options(vps, path),
         "laptop_key_line": pi_steps.laptop_key_line(inv),

@@ -24,7 +24,7 @@ from pitunnel.inventory import VpsSpec
 from pitunnel.play import Play
 from pitunnel.runner import StepFailed, converge
 from pitunnel.roles.pi import steps as pi
-from pitunnel.roles.pi.paths import vps_config_dir
+from pitunnel.roles.pi.locations import vps_config_dir
 from pitunnel.roles.vps import keys as vps_keys
 from pitunnel.roles.vps.role import VPS_DEFAULTS
 

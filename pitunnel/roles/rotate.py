@@ -38,7 +38,7 @@ from pitunnel.runner import StepFailed, converge, facts_for
 from pitunnel.sshkeys import PublicKey, parse_public_key
 from pitunnel.roles.contract import listens
 from pitunnel.roles.pi import keys as pi_keys
-from pitunnel.roles.pi.paths import unit
+from pitunnel.roles.pi.locations import unit
 from pitunnel.roles.pi.role import PI_DEFAULTS
 from pitunnel.roles.vps import keys as vps_keys
 from pitunnel.roles.vps.authorized import keys_ops, keys_path, refuse_shared, shared_keys

@@ -22,7 +22,7 @@ from pitunnel.remote import Remote
 from pitunnel.runner import StepFailed, stop_point
 from pitunnel.shared import SharedReading
 from pitunnel.roles.contract import VpsFacts, listen_spec, offer_on
-from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import locations as pi_locations
 from pitunnel.roles.pi import steps as pi
 from pitunnel.roles.pi.role import PI_DEFAULTS
 from pitunnel.roles.vps import steps as vps
@@ -115,8 +115,8 @@ def offers_revoked_key(play: Play, name: str, base: pi.PiBase) -> bool:
     play.reporter.line(name, "failed", "tunnel key not revoked",
                        f"it offers the key revoked by `pitunnel revoke` "
                        f"({key.fingerprint}), which is never authorised again. Fix: "
-                       f"re-image {name} (recommended), or on it: sudo rm {pi_paths.key_path(play.inventory.pis[name])} "
-                       f"{pi_paths.key_path(play.inventory.pis[name])}.pub; then provision-pi --limit {name}")
+                       f"re-image {name} (recommended), or on it: sudo rm {pi_locations.key_path(play.inventory.pis[name])} "
+                       f"{pi_locations.key_path(play.inventory.pis[name])}.pub; then provision-pi --limit {name}")
     play.failed.add(name)
     return True
 
@@ -138,7 +138,7 @@ def wait_listening(play: Play, path: PiPath, readings: SharedReading[frozenset[s
     if missing:
         play.reporter.line(path.name, "failed", "tunnel listening on the VPS",
                            f"{path.vps}: not listening after {PI_DEFAULTS['listen_wait_seconds']}s: {', '.join(missing)} "
-                           f"(see `journalctl -u {pi_paths.unit(path.vps)}` on the Pi)")
+                           f"(see `journalctl -u {pi_locations.unit(path.vps)}` on the Pi)")
         raise StepFailed("not listening")
     waited = time.monotonic() - started
     play.reporter.line(path.name, "ok", "tunnel listening on the VPS",

@@ -14,7 +14,7 @@ from pitunnel.inventory import Inventory, Listener
 from pitunnel.roles import site
 from pitunnel.sshkeys import PublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, VpsFacts, listens
-from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import locations as pi_locations
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.probes.status import status
@@ -75,7 +75,7 @@ def vps_host(name: str = "main", *, account: str = ACCOUNT, permitted: str = PER
 
 
 def pi_host(inv: Inventory, name: str, pub: str | None, journal: list[str] | None = None) -> FakeHost:
-    key = pi_paths.key_path(inv.pis[name])
+    key = pi_locations.key_path(inv.pis[name])
     return FakeHost(name, [(key, f"PUB {pub}" if pub else "ABSENT"),
                            ("passwordauthentication|kbd", "passwordauthentication no")], journal=journal)
 
@@ -243,7 +243,7 @@ def test_a_provision_that_changes_nothing_costs_each_host_two_round_trips(inv: I
                             ("|| echo MISSING", ACCOUNT), ("ssh_host_", "cur ssh-ed25519 AAAAhostkey root@main\n"),
                             ("ss -Htln", ALL_LISTENERS), ("permitlisten", PERMITTED)])
     base, _ = pi_steps.base_ops(inv, alpha)
-    pi = FakeHost("alpha", [(pi_paths.key_path(alpha), f"PUB {keys['alpha']}"), ("-printf '%f", "main\n"),
+    pi = FakeHost("alpha", [(pi_locations.key_path(alpha), f"PUB {keys['alpha']}"), ("-printf '%f", "main\n"),
                             ("passwordauthentication|kbd", "passwordauthentication no"),
                             *converged([*base, *pi_steps.tunnel_ops(inv, alpha, main, ["ssh-ed25519 AAAAhostkey"])])])
     play = play_on(inv, {"main": vps, "alpha": pi}, limit=frozenset({"main", "alpha"}))
@@ -265,7 +265,7 @@ def test_a_pi_with_passwords_off_that_changes_nothing_costs_two_round_trips_too(
                             ("|| echo MISSING", ACCOUNT), ("ssh_host_", "cur ssh-ed25519 AAAAhostkey root@main\n"),
                             ("ss -Htln", ALL_LISTENERS), ("permitlisten", PERMITTED)])
     base, _ = pi_steps.base_ops(inv, beta)
-    pi = FakeHost("beta", [(pi_paths.key_path(beta), f"PUB {keys['beta']}"), ("-printf '%f", "main\n"),
+    pi = FakeHost("beta", [(pi_locations.key_path(beta), f"PUB {keys['beta']}"), ("-printf '%f", "main\n"),
                            ("passwordauthentication|kbd", "passwordauthentication no"),
                            *converged([*base, *pi_steps.tunnel_ops(inv, beta, main, ["ssh-ed25519 AAAAhostkey"]),
                                        *pi_steps.password_ops()])])

@@ -14,7 +14,7 @@ import pytest
 from pitunnel.facts import Facts, FileState
 from pitunnel.inventory import NAME_RE, Inventory, load_inventory
 from pitunnel.ops import Absent, File, KeyPair, Op, Service
-from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import locations as pi_locations
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import sshd as pi_sshd
 from pitunnel.roles.pi import steps as pi_steps
@@ -491,7 +491,7 @@ def unit_text(inv: Inventory, pi: str) -> str:
 def path_file(inv: Inventory, pi: str, name: str, host_keys: list[str] | None = None) -> str:
     """A file of the Pi's path through its (first) VPS: ssh_config or known_hosts in that VPS's folder."""
     spec = inv.pis[pi]
-    return text_of(pi_ops(inv, pi, host_keys), f"{pi_paths.vps_config_dir(spec.first_vps)}/{name}")
+    return text_of(pi_ops(inv, pi, host_keys), f"{pi_locations.vps_config_dir(spec.first_vps)}/{name}")
 
 
 def remote_forwards(text: str) -> list[str]:
@@ -511,7 +511,7 @@ def test_unit_runs_autossh_with_every_forward(inv: Inventory) -> None:
     assert argv[1:3] == ["-M", "0"]
     assert "-N" in argv
     # a template: each instance reads its own VPS's ssh_config, which holds that VPS's forwards
-    assert PI_DEFAULTS["unit"] == "pitunnel@.service" and pi_paths.unit("main") == "pitunnel@main.service"
+    assert PI_DEFAULTS["unit"] == "pitunnel@.service" and pi_locations.unit("main") == "pitunnel@main.service"
     assert argv[argv.index("-F") + 1] == f"{PI_DEFAULTS['config_dir']}/%i/ssh_config"
     assert "-R" not in argv
     assert argv[-1] == PI_DEFAULTS["ssh_host_alias"]
@@ -541,8 +541,8 @@ def test_unit_protect_home_follows_the_key_location(inv: Inventory) -> None:
     login_user = directives(unit_text(inv, "pi2"))
     assert "User=pi" in login_user
     assert "ProtectHome=read-only" in login_user  # key under /home/pi must stay readable
-    assert pi_paths.key_path(inv.pis["pi2"]) == f"/home/pi/.ssh/{PI_DEFAULTS['key_name']}"
-    assert pi_paths.key_path(inv.pis["pi1"]) == f"{PI_DEFAULTS['tunnel_home']}/.ssh/{PI_DEFAULTS['key_name']}"
+    assert pi_locations.key_path(inv.pis["pi2"]) == f"/home/pi/.ssh/{PI_DEFAULTS['key_name']}"
+    assert pi_locations.key_path(inv.pis["pi1"]) == f"{PI_DEFAULTS['tunnel_home']}/.ssh/{PI_DEFAULTS['key_name']}"
 
 
 def ssh_config(inv: Inventory, pi: str) -> str:
@@ -558,7 +558,7 @@ def test_ssh_config_one_host_entry_with_safe_options(inv: Inventory) -> None:
     assert not re.search(r"(?im)^\s*Match\b", text)
     for wanted in ("ExitOnForwardFailure yes", "BatchMode yes", "StrictHostKeyChecking yes", "IdentitiesOnly yes",
                    "HostName 203.0.113.10", "Port 2222", "User pitunnel", "ServerAliveInterval 11",
-                   "ServerAliveCountMax 5", f"IdentityFile {pi_paths.key_path(inv.pis['pi1'])}",
+                   "ServerAliveCountMax 5", f"IdentityFile {pi_locations.key_path(inv.pis['pi1'])}",
                    f"UserKnownHostsFile {PI_DEFAULTS['config_dir']}/main/known_hosts", "GlobalKnownHostsFile /dev/null",
                    "UpdateHostKeys no", "ForwardAgent no"):
         assert wanted in lines, wanted
@@ -596,7 +596,7 @@ def test_known_hosts_pins_the_vps_keys(inv: Inventory) -> None:
 
 def test_tunnel_files_restart_the_tunnel_and_service_is_wanted(inv: Inventory) -> None:
     ops = pi_ops(inv, "pi1")
-    folder = pi_paths.vps_config_dir("main")
+    folder = pi_locations.vps_config_dir("main")
     for path in (f"{folder}/known_hosts", f"{folder}/ssh_config", PI_DEFAULTS["unit_path"]):
         assert file_op(ops, path).notify == ("restart tunnel main",)
     services = {op.unit: op for op in ops if isinstance(op, Service)}
@@ -613,7 +613,7 @@ def test_tunnel_files_restart_the_tunnel_and_service_is_wanted(inv: Inventory) -
     # ... before any instance starts: the old tunnel frees its ports on the VPS first
     order = [getattr(op, "unit", None) for op in ops]
     assert order.index(PI_DEFAULTS["legacy_unit"]) < order.index("pitunnel@main.service")
-    for path in (pi_paths.watchdog_path("main"), f"/etc/systemd/system/{PI_DEFAULTS['watchdog_unit']}"):
+    for path in (pi_locations.watchdog_path("main"), f"/etc/systemd/system/{PI_DEFAULTS['watchdog_unit']}"):
         assert file_op(ops, path).notify == ("restart watchdog main",)
 
 
@@ -681,7 +681,7 @@ def test_a_vps_the_pi_no_longer_names_loses_its_instance() -> None:
 
 def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Inventory) -> None:
     pi, vps = inv.pis["pi1"], inv.vps_of(inv.pis["pi1"].first_path)
-    script = text_of(pi_ops(inv, "pi1"), pi_paths.watchdog_path("main"))
+    script = text_of(pi_ops(inv, "pi1"), pi_locations.watchdog_path("main"))
     # woken by netlink when a link comes up or an address or default route appears
     assert "ip -o monitor link address route" in script
     assert "*LOWER_UP*" in script and 'default*' in script
@@ -719,7 +719,7 @@ def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Invento
 
 def test_watchdog_script_is_valid_bash(inv: Inventory, tmp_path: Path) -> None:
     script = tmp_path / "watchdog"
-    script.write_text(text_of(pi_ops(inv, "pi1"), pi_paths.watchdog_path("main")))
+    script.write_text(text_of(pi_ops(inv, "pi1"), pi_locations.watchdog_path("main")))
     done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 

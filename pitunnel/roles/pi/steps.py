@@ -21,8 +21,8 @@ from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed, converge, facts_for, sshd_reload
 from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, listens
-from pitunnel.roles.pi.paths import (home_of, key_comment, key_path, tunnel_home, unit, vps_config_dir, watchdog_path,
-                                     watchdog_unit)
+from pitunnel.roles.pi.locations import (home_of, key_comment, key_path, tunnel_home, unit, vps_config_dir,
+                                         watchdog_path, watchdog_unit)
 from pitunnel.roles.pi.role import PI_DEFAULTS, ROLE
 from pitunnel.roles.pi.sshd import PENALTIES, password_warning, passwords_observer, penalties_observer
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pitunnel.facts import Fact
 from pitunnel.inventory import Inventory, PiPath, PiSpec, VpsSpec
 from pitunnel.roles.contract import listen_spec
-from pitunnel.roles.pi.paths import vps_config_dir
+from pitunnel.roles.pi.locations import vps_config_dir
 from pitunnel.roles.pi.role import PI_DEFAULTS
 from pitunnel.roles.pi.sshd import SshdPasswords, password_warning, public_ssh_ports
 from pitunnel.roles.probes.report import PiReport

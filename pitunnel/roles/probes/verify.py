@@ -9,7 +9,7 @@ from __future__ import annotations
 from pitunnel.facts import gather
 from pitunnel.play import Play
 from pitunnel.remote import Remote
-from pitunnel.roles.pi.paths import unit, watchdog_unit
+from pitunnel.roles.pi.locations import unit, watchdog_unit
 from pitunnel.roles.pi.sshd import sshd_passwords_fact
 from pitunnel.roles.probes.exposure import listener_checks, passwords_check, probe_checks, probes_fact
 from pitunnel.roles.probes.http_route import http_through
