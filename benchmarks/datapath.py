@@ -294,9 +294,10 @@ def endpoints() -> Endpoints:
 
     inv = load_inventory(INVENTORY, save_allocations=False)
     pi = inv.pis[PI]
-    vps = inv.vps_of(pi)
-    ssh_port = next(t.remote_port for t in pi.tunnels if t.kind == "ssh" and t.public)
-    http = next(t for t in pi.tunnels if t.kind == "http")
+    path = pi.first_path
+    vps = inv.vps_of(path)
+    ssh_port = next(t.remote_port for t in path.tunnels if t.kind == "ssh" and t.public)
+    http = next(t for t in path.tunnels if t.kind == "http")
     common = ("ssh", "-F", "/dev/null", "-i", str(pi.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
               "-o", f"UserKnownHostsFile={inv.settings.known_hosts}", "-o", "StrictHostKeyChecking=yes",
               "-o", "Compression=no", "-o", f"HostKeyAlias={pi.address}")

@@ -175,8 +175,9 @@ def lab_path() -> list[Point]:
 
     inv = load_inventory(INVENTORY, save_allocations=False)
     pi = inv.pis[PI]
-    vps = inv.vps_of(pi)
-    http = next(t for t in pi.tunnels if t.kind == "http" and t.path)
+    path = pi.first_path
+    vps = inv.vps_of(path)
+    http = next(t for t in path.tunnels if t.kind == "http" and t.path)
     assert http.path is not None
     return points(pi=PI, pi_address=pi.address, api_port=http.local_port, vps_address=vps.address,
                   forward_port=http.remote_port, path=http.path)

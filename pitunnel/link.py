@@ -84,7 +84,7 @@ class Link:
     @property
     def via(self) -> str:
         """How this host is reached: "direct", "tunnel" or "auto" (a Pi's `via`, if it has an ssh tunnel)."""
-        if not isinstance(self.spec, PiSpec) or self.gateway is None or self.spec.ssh_tunnel is None:
+        if not isinstance(self.spec, PiSpec) or self.gateway is None or self.spec.first_path.ssh_tunnel is None:
             return "direct"
         return self.spec.via
 
@@ -103,8 +103,9 @@ class Link:
         lines = self.route.describe()
         if isinstance(self.spec, PiSpec):
             source = sshconf.INVENTORY if "via" in self.spec.given else sshconf.DEFAULT
-            tunnel = self.spec.ssh_tunnel
-            jump = f"through {self.spec.vps} to its tunnel at 127.0.0.1:{tunnel.remote_port}" if tunnel else ""
+            through = self.spec.first_path
+            tunnel = through.ssh_tunnel
+            jump = f"through {through.vps} to its tunnel at 127.0.0.1:{tunnel.remote_port}" if tunnel else ""
             lines.append(f"via {self.spec.via} ({source}): " + (
                 "its address only, as it has no ssh tunnel" if not tunnel else
                 {"direct": "its address only", "tunnel": jump}.get(self.spec.via, f"its address, else {jump}")))
@@ -203,8 +204,10 @@ class Link:
     def _tunnel_socket(self) -> paramiko.Channel:
         """A channel through the Pi's VPS to the Pi's ssh tunnel there (its loopback listener; a public one
         listens there too)."""
-        assert isinstance(self.spec, PiSpec) and self.gateway is not None and self.spec.ssh_tunnel is not None
-        port = self.spec.ssh_tunnel.remote_port
+        assert isinstance(self.spec, PiSpec) and self.gateway is not None
+        tunnel = self.spec.first_path.ssh_tunnel
+        assert tunnel is not None
+        port = tunnel.remote_port
         where = f"{self.name} through {self.gateway_name}'s tunnel (127.0.0.1:{port} there)"
         try:
             vps = self.gateway.connection()

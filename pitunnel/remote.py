@@ -96,7 +96,7 @@ def remotes_for(inv: Inventory, credentials: Mapping[str, Credentials], *, accep
     ring = KeyRing()
     remotes: dict[str, Remote] = {}
     for host in inv.hosts():  # VPSes first: a Pi's tunnel starts at its VPS's connection
-        gateway = remotes.get(host.vps) if isinstance(host, PiSpec) else None
+        gateway = remotes.get(host.first_vps) if isinstance(host, PiSpec) else None
         route = sshconf.resolve(host, config)
         moved = [f"{s} {getattr(route.target, s)}" for s in ("hostname", "port")
                  if route.target.sources.get(s) == sshconf.SSH_CONFIG]

@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 
 from pitunnel.hostkeys import known_name
-from pitunnel.inventory import HostSpec, Inventory, PiSpec, VpsSpec
+from pitunnel.inventory import HostSpec, Inventory, PiPath, PiSpec, VpsSpec
 from pitunnel.roles.contract import listens
-from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import locations as pi_locations
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.vps import role as vps_role
@@ -57,9 +57,10 @@ def vps_vars(inv: Inventory, vps: VpsSpec) -> dict[str, Any]:
     }
 
 
-def key_options(vps: VpsSpec, pi: PiSpec) -> str:
-    """The options pitunnel puts before a Pi's key in the tunnel account's authorized_keys."""
-    return authorized_line(vps, pi, "KEYTYPE BLOB").rsplit(" ", 3)[0]
+def key_options(vps: VpsSpec, path: PiPath) -> str:
+    """The options pitunnel puts before a Pi's key in the tunnel account's authorized_keys (`path`: the Pi
+    through `vps`)."""
+    return authorized_line(vps, path, "KEYTYPE BLOB").rsplit(" ", 3)[0]
 
 
 def pi_vars(inv: Inventory, pi: PiSpec) -> dict[str, Any]:
@@ -70,18 +71,19 @@ def pi_vars(inv: Inventory, pi: PiSpec) -> dict[str, Any]:
         raise NotEquivalent(f"{pi.name}: a tunnel_user equal to the login user is not reproduced by the playbook")
     if len(pi.all_vps) > 1:
         raise NotEquivalent(f"{pi.name}: several VPSes per Pi are not reproduced by the Ansible playbook")
-    vps = inv.vps_of(pi)
+    path = pi.first_path  # its one VPS
+    vps = inv.vps_of(path)
     return {
         **pi_role.PI_DEFAULTS,
         **pi_steps.context(pi, vps),
-        "watchdog_script": pi_paths.watchdog_path(vps.name),
+        "watchdog_script": pi_locations.watchdog_path(vps.name),
         "watchdog_template": pi_role.PI_DEFAULTS["watchdog_unit"],
-        "watchdog_unit": pi_paths.watchdog_unit(vps.name),
+        "watchdog_unit": pi_locations.watchdog_unit(vps.name),
         "vps_known_name": known_name(vps.address, vps.port),
-        "key_comment": pi_paths.key_comment(pi),
-        "login_home": pi_paths.home_of(pi.user),
-        "listen_specs": [listener.spec for listener in listens(pi)],
-        "authorized_options": key_options(vps, pi),
+        "key_comment": pi_locations.key_comment(pi),
+        "login_home": pi_locations.home_of(pi.user),
+        "listen_specs": [listener.spec for listener in listens(path)],
+        "authorized_options": key_options(vps, path),
         "laptop_key_line": pi_steps.laptop_key_line(inv),
     }
 

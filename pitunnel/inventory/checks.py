@@ -11,7 +11,7 @@ from pitunnel.yamlsrc import KeyPath
 
 from .errors import Problems, dotted
 from .fields import HTTP_ONLY_KEYS
-from .model import AUTO_PORT, PiSpec, TunnelSpec, VpsSpec, has_tls
+from .model import AUTO_PORT, PiPath, PiSpec, TunnelSpec, VpsSpec, has_tls
 
 # The login accounts of common server and Raspberry Pi images: somebody's account, never pitunnel's to take over.
 IMAGE_LOGINS: Final = frozenset({
@@ -147,7 +147,7 @@ def ports_and_routes(report: Problems, vps: str, ports: Mapping[str, int], tunne
             routes.setdefault(tunnel.path, path)
 
 
-def tls_for_routes(report: Problems, vps: VpsSpec, pi: PiSpec) -> None:
+def tls_for_routes(report: Problems, vps: VpsSpec, pi: PiPath) -> None:
     """Basic auth and HSTS only on routes served over HTTPS: a password must never cross in clear. No
     route takes the VPS's public_name for its own server."""
     public = vps.public_name.lower().rstrip(".") if vps.public_name else None

@@ -1,4 +1,5 @@
-"""The inventory as the rest of pitunnel reads it: frozen specs of the settings, each VPS, each Pi and its tunnels.
+"""The inventory as the rest of pitunnel reads it: frozen specs of the settings, each VPS, each Pi and its tunnels,
+and each Pi through one of its VPSes (a PiPath: its tunnels with their remote ports there).
 
 The defaults written on these fields are the inventory's defaults for those keys (fields.py takes them from here).
 A tunnel's listener on its VPS and its -R (Listener, Forward) are values made from its spec, never parsed back
@@ -88,7 +89,7 @@ class TunnelSpec:
     name: str
     kind: str  # "ssh" | "http"
     local_port: int  # port on the Pi
-    remote_port: int  # port the tunnel listens on, on the VPS of the PiSpec holding it (its `vps`)
+    remote_port: int  # port it listens on: in a PiPath, on that path's VPS; in a PiSpec, on the Pi's first VPS
     public: bool  # ssh only: listen on the VPS's public addresses, not just loopback
     server_name: str | None  # http only: nginx server_name
     path: str | None  # http only: nginx location prefix, "/.../"
@@ -100,7 +101,7 @@ class TunnelSpec:
 
     @property
     def listener(self) -> Listener:
-        """Where this tunnel listens on the VPS of the PiSpec holding it."""
+        """Where this tunnel listens on the VPS of the PiPath holding it (the Pi's first VPS in a PiSpec)."""
         return Listener(self.public, self.remote_port)
 
     @property
@@ -182,11 +183,10 @@ def metrics_port(address: str) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class PiSpec(HostSpec):
-    """A Pi, as seen through one of its VPSes: `vps` (the first of `vpses` as the inventory reads it; on(name)
-    gives the Pi through another, its tunnels' remote_port then that VPS's). A tunnel to each VPS is a path."""
+    """A Pi as the inventory reads it: its VPSes (`vpses`, in inventory order) and its tunnels. The Pi through
+    one of them is a PiPath (path(vps), paths()): its tunnels with their remote ports on that VPS."""
 
-    vps: str
-    vpses: tuple[str, ...] = ()  # every VPS this Pi keeps a tunnel to, in inventory order (empty: just `vps`)
+    vpses: tuple[str, ...]  # every VPS this Pi keeps a tunnel to, in inventory order (at least one)
     same_port_everywhere: bool = False  # remote_port: auto gives a tunnel the same port on all its VPSes
     tunnel_user: str = TUNNEL_USER
     keepalive: str = "default"  # a name in KEEPALIVE; server_alive_* written in the inventory win over it
@@ -197,25 +197,49 @@ class PiSpec(HostSpec):
     tunnels: tuple[TunnelSpec, ...] = ()
 
     @property
-    def ssh_tunnel(self) -> TunnelSpec | None:
-        """The tunnel that carries the laptop's SSH to this Pi through its VPS: its first ssh tunnel to the
-        Pi's own sshd port, else its first ssh tunnel (a private one before a public one); None if none."""
-        ssh = sorted((t for t in self.tunnels if t.kind == "ssh"), key=lambda t: t.public)
-        return next((t for t in ssh if t.local_port == self.port), ssh[0] if ssh else None)
+    def all_vps(self) -> tuple[str, ...]:
+        """Every VPS of this Pi, in inventory order."""
+        return self.vpses
 
     @property
-    def all_vps(self) -> tuple[str, ...]:
-        return self.vpses or (self.vps,)
+    def first_vps(self) -> str:
+        """The Pi's first VPS: the laptop's way to its ssh tunnel."""
+        return self.vpses[0]
 
-    def on(self, vps: str) -> PiSpec:
-        """This Pi through `vps`: one path, its tunnels with their remote ports on that VPS."""
-        if vps == self.vps:
-            return self
-        return replace(self, vps=vps, tunnels=tuple(replace(t, remote_port=t.port_on(vps)) for t in self.tunnels))
+    @property
+    def first_path(self) -> PiPath:
+        """The Pi through its first VPS: the laptop's way to its ssh tunnel."""
+        return self.path(self.first_vps)
 
-    def paths(self) -> list[PiSpec]:
+    def path(self, vps: str) -> PiPath:
+        """This Pi through `vps`: its tunnels with their remote ports on that VPS."""
+        return PiPath(self, vps, tuple(replace(t, remote_port=t.port_on(vps)) for t in self.tunnels))
+
+    def paths(self) -> list[PiPath]:
         """The Pi through each of its VPSes, in inventory order."""
-        return [self.on(name) for name in self.all_vps]
+        return [self.path(name) for name in self.vpses]
+
+
+@dataclass(frozen=True)
+class PiPath:
+    """A Pi through one of its VPSes (one path): the Pi, that VPS's name, and the Pi's tunnels with their
+    remote ports on that VPS (made once by PiSpec.path from the allocated ports)."""
+
+    pi: PiSpec
+    vps: str
+    tunnels: tuple[TunnelSpec, ...]
+
+    @property
+    def name(self) -> str:
+        """The Pi's name."""
+        return self.pi.name
+
+    @property
+    def ssh_tunnel(self) -> TunnelSpec | None:
+        """The tunnel that carries the laptop's SSH to this Pi through this VPS: its first ssh tunnel to the
+        Pi's own sshd port, else its first ssh tunnel (a private one before a public one); None if none."""
+        ssh = sorted((t for t in self.tunnels if t.kind == "ssh"), key=lambda t: t.public)
+        return next((t for t in ssh if t.local_port == self.pi.port), ssh[0] if ssh else None)
 
 
 @dataclass(frozen=True)
@@ -256,9 +280,9 @@ class Inventory:
         """Every host, VPSes first, in file order."""
         return [*self.vps.values(), *self.pis.values()]
 
-    def vps_of(self, pi: PiSpec) -> VpsSpec:
-        """The VPS of this path of the Pi (its first VPS for the Pi as the inventory reads it)."""
-        return self.vps[pi.vps]
+    def vps_of(self, path: PiPath) -> VpsSpec:
+        """The VPS of this path of a Pi."""
+        return self.vps[path.vps]
 
     def vpses_of(self, pi: PiSpec) -> list[VpsSpec]:
         """Every VPS of the Pi, in inventory order."""
@@ -268,12 +292,13 @@ class Inventory:
         """Every VPS of these Pis, once each, in the order the Pis name them."""
         return list({v.name: v for p in pis for v in self.vpses_of(p)}.values())
 
-    def pis_on(self, vps: VpsSpec) -> list[PiSpec]:
-        """The Pis that keep a tunnel to `vps`, each as seen through it (their remote ports there)."""
-        return [pi.on(vps.name) for pi in self.pis.values() if vps.name in pi.all_vps]
+    def pis_on(self, vps: VpsSpec) -> list[PiPath]:
+        """The Pis that keep a tunnel to `vps`, each through it (their remote ports there)."""
+        return [pi.path(vps.name) for pi in self.pis.values() if vps.name in pi.vpses]
 
-    def tunnels_on(self, vps: VpsSpec) -> list[tuple[PiSpec, TunnelSpec]]:
-        return [(pi, t) for pi in self.pis_on(vps) for t in pi.tunnels]
+    def tunnels_on(self, vps: VpsSpec) -> list[tuple[PiPath, TunnelSpec]]:
+        """Every tunnel to `vps`, with the path of its Pi there (its remote port on `vps`)."""
+        return [(path, t) for path in self.pis_on(vps) for t in path.tunnels]
 
 
 def acme_name(vps: VpsSpec, tunnel: TunnelSpec) -> str | None:

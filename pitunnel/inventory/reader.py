@@ -62,9 +62,9 @@ class _Reader:
                for name, spec in vps.items()}
         checks.host_names(self.report, vps_section, pis_section)
         for pi in pis.values():
-            for path in pi.paths():
-                if path.vps in vps:
-                    checks.tls_for_routes(self.report, vps[path.vps], path)
+            for through in pi.paths():  # the Pi through each of its VPSes (`path` is a key path here)
+                if through.vps in vps:
+                    checks.tls_for_routes(self.report, vps[through.vps], through)
         for vps_name, ports in self.vps_ports.items():
             checks.ports_and_routes(self.report, vps_name, ports,
                                     [(pi, t) for pi, on, t in self.routed if on == vps_name])
@@ -182,7 +182,7 @@ class _Reader:
             for key in ("server_alive_interval", "server_alive_count_max"):
                 if found.get(key) is None:
                     found[key] = getattr(preset, key)
-            result[name] = PiSpec(name=name, role="pi", vps=vps[0], vpses=vps,
+            result[name] = PiSpec(name=name, role="pi", vpses=vps,
                                   given=_given(raw, inherited, fields.PI_FIELDS), **found)
         return result
 

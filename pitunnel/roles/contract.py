@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pitunnel.inventory import Listener, PiSpec, TunnelSpec
+from pitunnel.inventory import Listener, PiPath, TunnelSpec
 from pitunnel.sshkeys import PublicKey
 
 
@@ -27,9 +27,9 @@ def realm(pi: str) -> str:
     return pi if pi != "off" else f"{pi} (pitunnel)"
 
 
-def listens(pi: PiSpec) -> tuple[Listener, ...]:
-    """Every listener a Pi's tunnel opens on its VPS (`pi` as seen through it)."""
-    return tuple(t.listener for t in pi.tunnels)
+def listens(path: PiPath) -> tuple[Listener, ...]:
+    """Every listener a Pi's tunnel opens on the VPS of this path."""
+    return tuple(t.listener for t in path.tunnels)
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,9 @@ class PiOffer:
     listens: tuple[Listener, ...]
 
 
-def offer_on(offer: PiOffer, pi: PiSpec) -> PiOffer:
-    """A Pi's offer to one of its VPSes (`pi` as seen through it): the same key, the listeners there."""
-    return PiOffer(offer.name, offer.pubkey, listens(pi))
+def offer_on(offer: PiOffer, path: PiPath) -> PiOffer:
+    """A Pi's offer to the VPS of one of its paths: the same key, the listeners there."""
+    return PiOffer(offer.name, offer.pubkey, listens(path))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from pitunnel import reconcile, yamlsrc
-from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, load_inventory, ports_file
+from pitunnel.inventory import Inventory, PiPath, PiSpec, TunnelSpec, load_inventory, ports_file
 from pitunnel.inventory import ports as ports_lock
 from pitunnel.inventory.rewrite import CannotRewrite, set_pi_vps
 from pitunnel.play import Play
@@ -66,26 +66,26 @@ def write_state(inventory: Path, old: str, new: str, pis: list[str]) -> None:
     os.replace(temporary, file)
 
 
-def new_ports(inv: Inventory, pi: PiSpec, new: str) -> tuple[tuple[TunnelSpec, int], ...]:
-    """Each tunnel of `pi` with its port on NEW: the one it has on its VPS now, unless another tunnel holds it
-    there (an auto port then gets the lowest free one; an explicit one is refused)."""
+def new_ports(inv: Inventory, path: PiPath, new: str) -> tuple[tuple[TunnelSpec, int], ...]:
+    """Each tunnel of `path` (a Pi through its one VPS now) with its port on NEW: the one it has there, unless
+    another tunnel holds it on NEW (an auto port then gets the lowest free one; an explicit one is refused)."""
     spec = inv.vps[new]
     taken = {spec.port, spec.http_port, spec.https_port} | {t.remote_port for _, t in inv.tunnels_on(spec)}
-    auto = set(ports_lock.read_ports(ports_file(inv.path))[0].get(pi.vps, {}))
-    clash = [t for t in pi.tunnels if t.remote_port in taken]
-    taken |= {t.remote_port for t in pi.tunnels}  # the numbers kept first, the clashing ones mapped after
+    auto = set(ports_lock.read_ports(ports_file(inv.path))[0].get(path.vps, {}))
+    clash = [t for t in path.tunnels if t.remote_port in taken]
+    taken |= {t.remote_port for t in path.tunnels}  # the numbers kept first, the clashing ones mapped after
     low, high = spec.port_range
     mapped: dict[str, int] = {}
     for t in clash:
-        if f"{pi.name}/{t.name}" not in auto:
-            raise MigrateRefused(f"pis.{pi.name}.tunnels.{t.name}.remote_port {t.remote_port} is taken on {new}: "
+        if f"{path.name}/{t.name}" not in auto:
+            raise MigrateRefused(f"pis.{path.name}.tunnels.{t.name}.remote_port {t.remote_port} is taken on {new}: "
                                  "give it another port (or `auto`) in the inventory, then rerun migrate")
         port = next((p for p in range(low, high + 1) if p not in taken), 0)
         if not port:
-            raise MigrateRefused(f"no free port left in {new}'s port_range {low}-{high} for {pi.name}/{t.name}")
+            raise MigrateRefused(f"no free port left in {new}'s port_range {low}-{high} for {path.name}/{t.name}")
         taken.add(port)
         mapped[t.name] = port
-    return tuple((t, mapped.get(t.name, t.remote_port)) for t in pi.tunnels)
+    return tuple((t, mapped.get(t.name, t.remote_port)) for t in path.tunnels)
 
 
 def widened(inv: Inventory, moving: list[PiSpec], new: str) -> tuple[Inventory, list[str]]:
@@ -93,12 +93,12 @@ def widened(inv: Inventory, moving: list[PiSpec], new: str) -> tuple[Inventory, 
     pis = dict(inv.pis)
     said = []
     for pi in moving:
-        tunnels = []
-        for t, port in new_ports(replace(inv, pis=dict(pis)), pi, new):  # the Pis moved before it included
+        tunnels, now = [], pi.first_path  # its one VPS now
+        for t, port in new_ports(replace(inv, pis=dict(pis)), now, new):  # the Pis moved before it included
             if port != t.remote_port:
                 said.append(f"{pi.name}/{t.name}: port {t.remote_port} is taken on {new}: it gets {port} there")
-            tunnels.append(replace(t, ports=((pi.vps, t.remote_port), (new, port))))
-        pis[pi.name] = replace(pi, vpses=(pi.vps, new), tunnels=tuple(tunnels))
+            tunnels.append(replace(t, ports=((now.vps, t.remote_port), (new, port))))
+        pis[pi.name] = replace(pi, vpses=(now.vps, new), tunnels=tuple(tunnels))
     return replace(inv, pis=pis), said
 
 
@@ -130,8 +130,8 @@ class Migration:
             raise MigrateRefused(f"a move to {state[1]} is unfinished ({state_file(inv.path)}): "
                                  f"rerun `invoke migrate --to {state[1]}` first")
         pending = state[2] if state else []
-        moving = [p for p in play.selected(inv.pis.values()) if len(p.all_vps) == 1 and p.vps != new]
-        olds = {p.vps for p in moving} | ({state[0]} if state else set())
+        moving = [p for p in play.selected(inv.pis.values()) if len(p.all_vps) == 1 and p.first_vps != new]
+        olds = {p.first_vps for p in moving} | ({state[0]} if state else set())
         if len(olds) > 1:
             raise MigrateRefused(f"the Pis selected are on several VPSes ({', '.join(sorted(olds))}): move one VPS's "
                                  "Pis at a time (--limit)")

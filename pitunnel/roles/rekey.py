@@ -24,7 +24,7 @@ from pitunnel.inventory import VpsSpec
 from pitunnel.play import Play
 from pitunnel.runner import StepFailed, converge
 from pitunnel.roles.pi import steps as pi
-from pitunnel.roles.pi.paths import vps_config_dir
+from pitunnel.roles.pi.locations import vps_config_dir
 from pitunnel.roles.vps import keys as vps_keys
 from pitunnel.roles.vps.role import VPS_DEFAULTS
 
@@ -100,7 +100,7 @@ class VpsRekey(reconcile.Flow[Reading, Step]):
         self.play, self.vps, self.host = play, vps, vps.name
         self.inv = play.inventory
         self.remote = play.remotes[vps.name]
-        self.pis = [p.on(vps.name) for p in self.inv.pis.values() if vps.name in p.all_vps]
+        self.pis = [p for p in self.inv.pis.values() if vps.name in p.all_vps]
         self.name = hostkeys.known_name(vps.address, vps.port)
         self.known_hosts = self.inv.settings.known_hosts
 

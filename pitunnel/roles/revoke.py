@@ -127,7 +127,7 @@ def revoke(play: Play, name: str) -> None:
         # and sshd refuses its keys outright (RevokedKeys), should a line of one ever come back
         variables = context(shut, vps)
         converge(remote, [keys, SessionsEnded(vps.tunnel_user, keys), revoked_keys_file(shut), sshd_dropin(variables),
-                          *routes_off(pi.on(vps.name))], reporter, mode, handlers(remote))
+                          *routes_off(pi)], reporter, mode, handlers(remote))
 
     closed = play.each(vpses, close)
     left = [v.name for v in vpses if v.name not in closed]

@@ -38,7 +38,7 @@ from pitunnel.runner import StepFailed, converge, facts_for
 from pitunnel.sshkeys import PublicKey, parse_public_key
 from pitunnel.roles.contract import listens
 from pitunnel.roles.pi import keys as pi_keys
-from pitunnel.roles.pi.paths import unit
+from pitunnel.roles.pi.locations import unit
 from pitunnel.roles.pi.role import PI_DEFAULTS
 from pitunnel.roles.vps import keys as vps_keys
 from pitunnel.roles.vps.authorized import keys_ops, keys_path, refuse_shared, shared_keys
@@ -166,7 +166,7 @@ def read(pi_remote: Remote, vps_remotes: Mapping[str, Remote], pi: PiSpec, vpses
     accepted: list[list[str]] = []
     live: list[str] = []
     for vps_spec in vpses:
-        specs = listens(pi.on(vps_spec.name))
+        specs = listens(pi.path(vps_spec.name))
         on_vps = vps_keys.read_keys(vps_remotes[vps_spec.name], vps_spec, pi.name, specs)
         lines[vps_spec.name] = on_vps.authorised
         accepted.append([parse_public_key(k).fingerprint for k in on_vps.authorised])
@@ -271,7 +271,7 @@ class PiRotation(reconcile.Flow[Read, Step]):
                 if ring.up_with == ring.current:
                     how = "reconnected" if restarted else "came back by itself"
                     held = "; ".join(f"{p.vps}: {', '.join(s.spec for s in listens(p))}" for p in pi.paths()) \
-                        if len(pi.all_vps) > 1 else ", ".join(s.spec for s in listens(pi))
+                        if len(pi.all_vps) > 1 else ", ".join(s.spec for s in listens(pi.first_path))
                     return (f"{how}: every listener ({held}) held by a session that logged in with "
                             f"{ring.current} (sshd's log), {time.monotonic() - started:.1f}s")
                 time.sleep(0.3)

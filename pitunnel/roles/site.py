@@ -15,14 +15,14 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from functools import partial
 
-from pitunnel.inventory import Inventory, PiSpec, VpsSpec
+from pitunnel.inventory import Inventory, PiPath, PiSpec, VpsSpec
 from pitunnel.inventory.revoked import records, revoked_file, revoked_key, write_revoked
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.runner import StepFailed, stop_point
 from pitunnel.shared import SharedReading
 from pitunnel.roles.contract import VpsFacts, listen_spec, offer_on
-from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import locations as pi_locations
 from pitunnel.roles.pi import steps as pi
 from pitunnel.roles.pi.role import PI_DEFAULTS
 from pitunnel.roles.vps import steps as vps
@@ -66,7 +66,7 @@ def connect(play: Play, bases: dict[str, pi.PiBase]) -> None:
     bases = {name: base for name, base in bases.items() if not offers_revoked_key(play, name, base)}
 
     def authorise(remote: Remote) -> VpsFacts:
-        offers = [offer_on(bases[p.name].offer, p.on(remote.name)) for p in pis
+        offers = [offer_on(bases[p.name].offer, p.path(remote.name)) for p in pis
                   if remote.name in p.all_vps and p.name in bases]
         return vps.authorise(remote, inv, inv.vps[remote.name], offers, reporter, mode)
 
@@ -86,7 +86,7 @@ def connect(play: Play, bases: dict[str, pi.PiBase]) -> None:
         done = pi.tunnel(play, remote, bases[spec.name], answered)
         if not mode.check:
             for v in answered:  # every instance started at once: these waits overlap
-                wait_listening(play, spec.on(v), readings[v], None if v in done.changed else found[v].listeners)
+                wait_listening(play, spec.path(v), readings[v], None if v in done.changed else found[v].listeners)
         if spec.disable_password_login:
             pi.passwords_off(play, remote, done.facts)
         for v in spec.all_vps:
@@ -115,20 +115,20 @@ def offers_revoked_key(play: Play, name: str, base: pi.PiBase) -> bool:
     play.reporter.line(name, "failed", "tunnel key not revoked",
                        f"it offers the key revoked by `pitunnel revoke` "
                        f"({key.fingerprint}), which is never authorised again. Fix: "
-                       f"re-image {name} (recommended), or on it: sudo rm {pi_paths.key_path(play.inventory.pis[name])} "
-                       f"{pi_paths.key_path(play.inventory.pis[name])}.pub; then provision-pi --limit {name}")
+                       f"re-image {name} (recommended), or on it: sudo rm {pi_locations.key_path(play.inventory.pis[name])} "
+                       f"{pi_locations.key_path(play.inventory.pis[name])}.pub; then provision-pi --limit {name}")
     play.failed.add(name)
     return True
 
 
-def wait_listening(play: Play, spec: PiSpec, readings: SharedReading[frozenset[str]],
+def wait_listening(play: Play, path: PiPath, readings: SharedReading[frozenset[str]],
                    now: frozenset[str] | None) -> None:
-    """The run is done only when the VPS really listens on every forward of this Pi (`spec`: its path there)."""
-    wanted = [listen_spec(t) for t in spec.tunnels]
+    """The run is done only when the VPS really listens on every forward of this Pi (`path`: its path there)."""
+    wanted = [listen_spec(t) for t in path.tunnels]
     missing = [w for w in wanted if w not in (now or frozenset())]
     started = looked = time.monotonic()
     deadline = started + PI_DEFAULTS["listen_wait_seconds"]
-    with play.reporter.busy(spec.name, "tunnel listening on the VPS"):
+    with play.reporter.busy(path.name, "tunnel listening on the VPS"):
         while missing and time.monotonic() < deadline:
             stop_point()  # Ctrl-C: the tunnel is in place; only the wait for it is cut short
             time.sleep(0.5)
@@ -136,13 +136,13 @@ def wait_listening(play: Play, spec: PiSpec, readings: SharedReading[frozenset[s
             reading, looked = readings.newer_than(looked), time.monotonic()
             missing = [w for w in wanted if w not in reading]
     if missing:
-        play.reporter.line(spec.name, "failed", "tunnel listening on the VPS",
-                           f"{spec.vps}: not listening after {PI_DEFAULTS['listen_wait_seconds']}s: {', '.join(missing)} "
-                           f"(see `journalctl -u {pi_paths.unit(spec.vps)}` on the Pi)")
+        play.reporter.line(path.name, "failed", "tunnel listening on the VPS",
+                           f"{path.vps}: not listening after {PI_DEFAULTS['listen_wait_seconds']}s: {', '.join(missing)} "
+                           f"(see `journalctl -u {pi_locations.unit(path.vps)}` on the Pi)")
         raise StepFailed("not listening")
     waited = time.monotonic() - started
-    play.reporter.line(spec.name, "ok", "tunnel listening on the VPS",
-                       f"{spec.vps}: {', '.join(wanted)}" + (f" (after {waited:.1f}s)" if waited > 0.1 else ""))
+    play.reporter.line(path.name, "ok", "tunnel listening on the VPS",
+                       f"{path.vps}: {', '.join(wanted)}" + (f" (after {waited:.1f}s)" if waited > 0.1 else ""))
 
 
 def teardown(play: Play, *, purge: bool) -> None:

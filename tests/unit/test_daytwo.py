@@ -282,7 +282,7 @@ def test_laptop_keys_keep_the_users_own_lines() -> None:
     from pitunnel.inventory import PiSpec
 
     pi = PiSpec(name="pi1", role="pi", address="a", port=22, user="pi", key=None, password_file=None,
-                sudo_password_file=None, host_key=None, connect_timeout=5, vps="main")
+                sudo_password_file=None, host_key=None, connect_timeout=5, vpses=("main",))
     old = " ".join(a_key().split()[:2])
     text = f"ssh-rsa AAAAmine me@home\n{old} pitunnel-laptop\n"
     assert pi_keys.laptop_keys(text) == [old]

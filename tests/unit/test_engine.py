@@ -302,7 +302,7 @@ def test_the_listener_wait_fails_when_the_forward_never_listens(inv: Inventory, 
     listeners = SharedReading(lambda: reads.append(1) or tcp_listeners("LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"))
     play = SimpleNamespace(reporter=Reporter(colour=False))
     with pytest.raises(StepFailed, match="not listening"):
-        site.wait_listening(play, inv.pis["private"], listeners, None)  # type: ignore[arg-type]
+        site.wait_listening(play, inv.pis["private"].first_path, listeners, None)  # type: ignore[arg-type]
     assert reads  # it did look again while waiting
     assert out(capsys) == ["failed private tunnel listening on the VPS - main: not listening after 0.6s: "
                            "127.0.0.1:20024 (see `journalctl -u pitunnel@main.service` on the Pi)"]
@@ -313,12 +313,12 @@ def test_the_listener_wait_passes_once_the_forward_listens(inv: Inventory, monke
     monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 5)
     ss = "LISTEN 0 128 127.0.0.1:20024 0.0.0.0:*\n"
     play = SimpleNamespace(reporter=Reporter(colour=False))
-    site.wait_listening(play, inv.pis["private"], SharedReading(lambda: tcp_listeners(ss)), None)  # type: ignore[arg-type]
+    site.wait_listening(play, inv.pis["private"].first_path, SharedReading(lambda: tcp_listeners(ss)), None)  # type: ignore[arg-type]
     assert out(capsys)[0].startswith("ok private tunnel listening on the VPS - main: 127.0.0.1:20024 (after ")
-    site.wait_listening(play, inv.pis["private"], SharedReading(lambda: frozenset()), tcp_listeners(ss))  # type: ignore[arg-type]
+    site.wait_listening(play, inv.pis["private"].first_path, SharedReading(lambda: frozenset()), tcp_listeners(ss))  # type: ignore[arg-type]
     assert out(capsys) == ["ok private tunnel listening on the VPS - main: 127.0.0.1:20024"]  # already: no wait
     present = tcp_listeners(ss)  # what the wait compares: ss's local addresses against each Pi's listen specs
-    assert {p: [s.spec for s in listens(inv.pis[p]) if s.spec not in present] for p in ("private", "other")} == {
+    assert {p: [s.spec for s in listens(inv.pis[p].first_path) if s.spec not in present] for p in ("private", "other")} == {
         "private": [], "other": ["127.0.0.1:20025"]}
 
 
@@ -439,8 +439,8 @@ def test_the_pis_keys_learnt_by_base_are_written_on_the_vps(inv: Inventory, caps
     key = f"{PI_KEY.get_name()} {PI_KEY.get_base64()}"
     with pytest.raises(BadPublicKey):  # a bad key cannot even be offered: no PublicKey holds it
         PublicKey("ssh-ed25519", b"not-a-key")
-    bases = {"private": pi_steps.PiBase(PiOffer("private", parse_public_key(key), listens(inv.pis["private"])), False),
-             "other": pi_steps.PiBase(PiOffer("other", None, listens(inv.pis["other"])), False)}
+    bases = {"private": pi_steps.PiBase(PiOffer("private", parse_public_key(key), listens(inv.pis["private"].first_path)), False),
+             "other": pi_steps.PiBase(PiOffer("other", None, listens(inv.pis["other"].first_path)), False)}
     site.connect(play, bases)
     wanted = authorized_keys(inv, inv.vps["main"], {"private": key}).wanted(FileState(False))
     assert f"{key} pitunnel:private" in wanted and "pitunnel:other" not in wanted  # a bad key is never sent

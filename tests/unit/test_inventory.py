@@ -760,7 +760,7 @@ def test_defaults_and_role_defaults_applied(tmp_path: Path, home: Path) -> None:
     assert (pi.port, pi.user, pi.key, pi.connect_timeout) == (2222, "pi", None, 3.0)
     assert (vps.tunnel_user, vps.http_port, vps.https_port, vps.port_range) == ("pitunnel", 80, 443, (20000, 29999))
     assert (vps.client_alive_interval, vps.client_alive_count_max, vps.tls_certificate) == (5, 2, None)
-    assert (pi.vps, pi.tunnel_user, pi.server_alive_interval, pi.server_alive_count_max) == ("main", "pitunnel", 10, 2)
+    assert (pi.first_vps, pi.tunnel_user, pi.server_alive_interval, pi.server_alive_count_max) == ("main", "pitunnel", 10, 2)
     assert pi.disable_password_login is False and pi.host_key is None and pi.password_file is None
     ssh, web, cam = pi.tunnels
     assert ssh == TunnelSpec(name="ssh", kind="ssh", local_port=22, remote_port=20000, public=False,
@@ -831,7 +831,7 @@ def test_inventory_helpers(tmp_path: Path) -> None:
     assert inventory.host("pi2") is inventory.pis["pi2"] and inventory.host("east") is inventory.vps["east"]
     with pytest.raises(KeyError):
         inventory.host("nope")
-    assert inventory.vps_of(inventory.pis["pi1"]).name == "west"
+    assert inventory.vps_of(inventory.pis["pi1"].first_path).name == "west"
     assert [(p.name, t.name) for p, t in inventory.tunnels_on(inventory.vps["west"])] == [
         ("pi1", "ssh"), ("pi3", "ssh"), ("pi3", "web")]
     assert inventory.tunnels_on(inventory.vps["east"]) == []
@@ -1081,7 +1081,7 @@ def test_example_round_trip(example: Path, home: Path) -> None:
     assert (ssh.remote_port, ssh.public, ssh.local_port) == (12346, True, 22)
     assert (web.kind, web.path, web.local_port, web.basic_auth_file) == ("http", "/pi1/web/", 8080,
                                                                          secrets / "pi1-web.htpasswd")
-    assert pi2.vps == "main" and pi2.user == "pi" and pi2.password_file == secrets / "pi-password"
+    assert pi2.first_vps == "main" and pi2.user == "pi" and pi2.password_file == secrets / "pi-password"
     assert [(t.name, t.kind, t.remote_port, t.public) for t in pi2.tunnels] == [
         ("ssh", "ssh", 20001, False), ("cam", "http", 20002, False)]
     assert pi2.tunnels[1].server_name == "cam.example.com" and web.remote_port == 20000

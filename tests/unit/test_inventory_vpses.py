@@ -48,8 +48,8 @@ def test_a_single_name_keeps_working_and_a_list_names_every_vps(tmp_path: Path) 
       pi2: {address: 10.0.0.2, vps: backup, tunnels: {ssh: {type: ssh}}}
     """))
     pi1, pi2 = inv.pis["pi1"], inv.pis["pi2"]
-    assert (pi1.vps, pi1.all_vps) == ("main", ("main", "backup"))
-    assert (pi2.vps, pi2.all_vps) == ("backup", ("backup",))
+    assert (pi1.first_vps, pi1.all_vps) == ("main", ("main", "backup"))
+    assert (pi2.first_vps, pi2.all_vps) == ("backup", ("backup",))
     assert [v.name for v in inv.vpses_of(pi1)] == ["main", "backup"]
     assert [p.name for p in inv.pis_on(inv.vps["backup"])] == ["pi1", "pi2"]
     assert [p.name for p in inv.pis_on(inv.vps["main"])] == ["pi1"]
@@ -64,7 +64,7 @@ def test_ports_are_given_out_per_vps_and_recorded_per_vps(tmp_path: Path) -> Non
     assert ports(inv) == {"pi0/ssh": {"backup": 20000},
                           "pi1/ssh": {"main": 20000, "backup": 20001}, "pi1/web": {"main": 20001, "backup": 20002}}
     # the Pi through each VPS: its tunnels with their ports there
-    assert [t.remote_port for t in inv.pis["pi1"].on("backup").tunnels] == [20001, 20002]
+    assert [t.remote_port for t in inv.pis["pi1"].path("backup").tunnels] == [20001, 20002]
     assert [t.remote_port for t in inv.pis["pi1"].tunnels] == [20000, 20001]  # through its first VPS
     assert yaml.safe_load(ports_file(path).read_text()) == {
         "main": {"pi1/ssh": 20000, "pi1/web": 20001},

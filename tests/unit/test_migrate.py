@@ -79,10 +79,10 @@ def test_ports_keep_their_numbers_or_are_mapped_and_said_and_the_ports_file_foll
     wide, said = widened(inv, [inv.pis["pi1"], inv.pis["pi2"]], "new")
     pi1 = wide.pis["pi1"]
     assert pi1.all_vps == ("old", "new")
-    assert pi1.on("old").tunnels[1].remote_port == old["web"] == pi1.on("new").tunnels[1].remote_port  # kept
-    mapped = pi1.on("new").tunnels[0].remote_port
+    assert pi1.path("old").tunnels[1].remote_port == old["web"] == pi1.path("new").tunnels[1].remote_port  # kept
+    mapped = pi1.path("new").tunnels[0].remote_port
     assert mapped != old["ssh"] and said == [f"pi1/ssh: port {old['ssh']} is taken on new: it gets {mapped} there"]
-    assert wide.pis["pi2"].on("new").tunnels[0].remote_port == 22222
+    assert wide.pis["pi2"].path("new").tunnels[0].remote_port == 22222
     ports_follow(inv, wide, ["pi1"], "old", "new")
     set_pi_vps(path, ["pi1"], "new")
     moved = load_inventory(path).pis["pi1"]

@@ -63,7 +63,7 @@ def keys_state(*lines_: str) -> str:
 def revoked_vps(inv: Inventory, keys: dict[str, str], *, alpha: bool = True, routes: bool = True) -> FakeHost:
     """main with alpha's and beta's key lines (or beta's alone), and alpha's path route (or none)."""
     vps = inv.vps["main"]
-    found = [vps_authorized.authorized_line(vps, inv.host(n), keys[n])  # type: ignore[arg-type]
+    found = [vps_authorized.authorized_line(vps, inv.pis[n].path(vps.name), keys[n])
              for n in (("alpha", "beta") if alpha else ("beta",))]
     sessions = "NOW 20261206050000 20261206050000\n" + "".join(
         f"S {pid} {pid - 1}\nJ " + json.dumps({"MESSAGE": f"Accepted publickey for pitunnel from 198.51.100.7 port "
@@ -95,7 +95,7 @@ def test_revoke_remembers_the_pi_then_takes_its_keys_and_routes_off_its_vps_and_
     assert play.failed == set()
     saved = read_revoked(revoked_file(inv.path))[0]["alpha"]
     assert saved.keys == (parse_public_key(keys["alpha"]),) and saved.ports == {"main": {"ssh": 20022, "web": 20080}}
-    beta = vps_authorized.authorized_line(inv.vps["main"], inv.pis["beta"], keys["beta"]) + "\n"
+    beta = vps_authorized.authorized_line(inv.vps["main"], inv.pis["beta"].first_path, keys["beta"]) + "\n"
     assert sent(hosts["main"]) == beta  # alpha's line gone, beta's kept as it was
     # sshd refuses the key outright from now on, for the tunnel account
     assert sent(hosts["main"], "pitunnel_revoked_keys") == f"{keys['alpha']} pitunnel-revoked:alpha\n"
@@ -153,7 +153,7 @@ def test_provision_leaves_a_revoked_pi_out_and_its_key_and_routes_off_the_vps(
     # first, and sshd's Match block does not change when it does
     assert vps_steps.context(inv, main)["listens"] == vps_steps.context(before, main)["listens"]
     # a file still holding alpha's line (an old backup put back): provisioning takes it off
-    old = vps_authorized.authorized_line(main, inv.shut["alpha"], keys["alpha"])
+    old = vps_authorized.authorized_line(main, inv.shut["alpha"].first_path, keys["alpha"])
     wanted = vps_authorized.authorized_keys(inv, main, {"beta": keys["beta"]}).wanted(
         FileState(True, content=f"{old}\n".encode()))
     assert "pitunnel:alpha" not in wanted and keys["alpha"] not in wanted and "pitunnel:beta" in wanted
@@ -175,7 +175,7 @@ def test_a_revoked_key_offered_again_is_refused_and_a_new_one_ends_the_revocatio
     assert "alpha" in inv.pis and "alpha" in inv.revoked
 
     def offer(key: str) -> dict[str, pi_steps.PiBase]:
-        return {"alpha": pi_steps.PiBase(PiOffer("alpha", offer_key(key), listens(inv.pis["alpha"])), False)}
+        return {"alpha": pi_steps.PiBase(PiOffer("alpha", offer_key(key), listens(inv.pis["alpha"].first_path)), False)}
 
     hosts = {"main": vps_host(), "alpha": FakeHost("alpha")}
     play = play_on(inv, hosts, limit=frozenset({"alpha"}))  # type: ignore[arg-type]
@@ -192,7 +192,7 @@ def test_a_revoked_key_offered_again_is_refused_and_a_new_one_ends_the_revocatio
     assert any(l.startswith("changed alpha revoked state ended") for l in lines(capsys))
     inv = load(tmp_path, INVENTORY)
     assert "alpha" in inv.pis and not inv.shut and [r.pi for r in vps_nginx.http_routes(inv, inv.vps["main"])] == ["alpha"]
-    old = vps_authorized.authorized_line(inv.vps["main"], inv.pis["alpha"], keys["alpha"])
+    old = vps_authorized.authorized_line(inv.vps["main"], inv.pis["alpha"].first_path, keys["alpha"])
     assert keys["alpha"] not in vps_authorized.authorized_keys(inv, inv.vps["main"], {"beta": keys["beta"]}).wanted(
         FileState(True, content=f"{old}\n".encode()))
     hosts = {"main": vps_host(), "alpha": FakeHost("alpha")}

@@ -16,7 +16,7 @@ from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed
 from pitunnel.sshkeys import parse_public_key
 from pitunnel.roles.contract import PiOffer
-from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import locations as pi_locations
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import sshd as pi_sshd
 from pitunnel.roles.pi import steps as pi
@@ -76,14 +76,14 @@ def bare(tmp_path: Path) -> Inventory:
 
 
 def test_the_tunnel_key_lives_in_the_tunnel_accounts_home(inv: Inventory) -> None:
-    assert pi_paths.key_path(inv.pis["alpha"]) == "/var/lib/pitunnel/.ssh/pitunnel_ed25519"  # its own account
-    assert pi_paths.key_path(inv.pis["beta"]) == "/home/pi/.ssh/pitunnel_ed25519"  # the login user's
-    assert pi_paths.home_of("root") == "/root" and pi_paths.home_of("pi") == "/home/pi"
-    assert pi_paths.key_comment(inv.pis["beta"]) == "pitunnel:beta"
+    assert pi_locations.key_path(inv.pis["alpha"]) == "/var/lib/pitunnel/.ssh/pitunnel_ed25519"  # its own account
+    assert pi_locations.key_path(inv.pis["beta"]) == "/home/pi/.ssh/pitunnel_ed25519"  # the login user's
+    assert pi_locations.home_of("root") == "/root" and pi_locations.home_of("pi") == "/home/pi"
+    assert pi_locations.key_comment(inv.pis["beta"]) == "pitunnel:beta"
 
 
 def test_each_tunnel_forwards_its_listener_to_the_pis_own_port(inv: Inventory) -> None:
-    assert [f.spec for f in pi.forwards(inv.pis["alpha"])] == ["0.0.0.0:20022:127.0.0.1:22",
+    assert [f.spec for f in pi.forwards(inv.pis["alpha"].first_path)] == ["0.0.0.0:20022:127.0.0.1:22",
                                                               "127.0.0.1:20080:127.0.0.1:8080"]
     assert pi_sshd.public_ssh_ports(inv.pis["alpha"]) == [20022] and pi_sshd.public_ssh_ports(inv.pis["beta"]) == []
 
@@ -110,7 +110,7 @@ def test_hung_and_stale_timings_follow_the_keepalives(inv: Inventory) -> None:
     variables = pi.context(alpha, main)
     assert variables["hang_after_ms"] == 49000 and variables["stale_after_ms"] == 14000
     assert variables["suspect_after_ms"] == 14000
-    assert variables["forwards"] == [f.spec for f in pi.forwards(alpha)] and variables["key_path"] == pi_paths.key_path(alpha)
+    assert variables["forwards"] == [f.spec for f in pi.forwards(alpha.first_path)] and variables["key_path"] == pi_locations.key_path(alpha)
     assert (variables["vps_address"], variables["vps_port"], variables["vps_tunnel_user"]) == ("203.0.113.1", 22, "pitunnel")
     assert variables["tunnel_home"] == "/var/lib/pitunnel" and variables["tunnel_user"] == "pitunnel"
     assert (variables["server_alive_interval"], variables["server_alive_count_max"]) == (11, 3)
@@ -166,7 +166,7 @@ def test_base_makes_the_account_the_key_and_the_laptops_login(inv: Inventory, ba
     assert ops[0].names == ("autossh",)  # type: ignore[attr-defined]
     user = ops[1]
     assert isinstance(user, SystemUser) and (user.name, user.home) == ("pitunnel", "/var/lib/pitunnel")
-    assert key is ops[2] and (key.path, key.owner, key.comment) == (pi_paths.key_path(inv.pis["alpha"]), "pitunnel", "pitunnel:alpha")
+    assert key is ops[2] and (key.path, key.owner, key.comment) == (pi_locations.key_path(inv.pis["alpha"]), "pitunnel", "pitunnel:alpha")
     ssh_dir, auth = ops[3], ops[4]
     assert isinstance(ssh_dir, Directory) and (ssh_dir.path, ssh_dir.owner, ssh_dir.mode) == ("/home/admin/.ssh", "admin", 0o700)
     assert isinstance(auth, File) and auth.path == "/home/admin/.ssh/authorized_keys" and auth.mode == 0o600
@@ -198,7 +198,7 @@ PASSWORDS_OFF = ("passwordauthentication|kbdinteractiveauthentication",
 
 
 def pub_answer(inv: Inventory, name: str, line: str) -> tuple[str, str]:
-    return pi_paths.key_path(inv.pis[name]), f"PUB {line}"
+    return pi_locations.key_path(inv.pis[name]), f"PUB {line}"
 
 
 def test_base_offers_the_key_found_on_the_pi_and_its_listeners(inv: Inventory, keys: dict[str, str],
@@ -221,7 +221,7 @@ def test_base_offers_the_key_found_on_the_pi_and_its_listeners(inv: Inventory, k
 
 
 def test_base_makes_a_missing_key_on_the_pi_and_reads_its_public_half(inv: Inventory, keys: dict[str, str]) -> None:
-    host = FakeHost("beta", [(pi_paths.key_path(inv.pis["beta"]), "ABSENT")], [(".pub", keys["beta"] + "\n")])
+    host = FakeHost("beta", [(pi_locations.key_path(inv.pis["beta"]), "ABSENT")], [(".pub", keys["beta"] + "\n")])
     found = pi.base(play_on(inv, {"beta": host}, limit=frozenset({"beta"})))  # type: ignore[dict-item]
     assert host.applied("ssh-keygen -q -t ed25519 -N '' -C pitunnel:beta -f /home/pi/.ssh/pitunnel_ed25519")
     assert host.scripts[-1] == "cat /home/pi/.ssh/pitunnel_ed25519.pub"
@@ -229,7 +229,7 @@ def test_base_makes_a_missing_key_on_the_pi_and_reads_its_public_half(inv: Inven
 
 
 def test_base_in_check_mode_makes_no_key_and_offers_none(inv: Inventory) -> None:
-    host = FakeHost("beta", [(pi_paths.key_path(inv.pis["beta"]), "ABSENT")])
+    host = FakeHost("beta", [(pi_locations.key_path(inv.pis["beta"]), "ABSENT")])
     found = pi.base(play_on(inv, {"beta": host}, check=True, limit=frozenset({"beta"})))  # type: ignore[dict-item]
     assert found["beta"].offer.pubkey is None and host.ops == [] and len(host.scripts) == 1
 
@@ -276,7 +276,7 @@ def test_tunnel_ops_retire_the_single_vps_units_and_the_old_watchdog_timer(inv: 
                      f"{system}/{D['legacy_watchdog_unit']}", f"{system}/{D['watchdog_timer']}", D["watchdog_path"],
                      "/etc/pitunnel/ssh_config", "/etc/pitunnel/known_hosts", "/etc/pitunnel", D["unit_path"],
                      f"{system}/{D['watchdog_unit']}", "/etc/pitunnel/main", "/etc/pitunnel/main/known_hosts",
-                     "/etc/pitunnel/main/ssh_config", "pitunnel@main.service", pi_paths.watchdog_path("main"),
+                     "/etc/pitunnel/main/ssh_config", "pitunnel@main.service", pi_locations.watchdog_path("main"),
                      "pitunnel-watchdog@main.service"]
     assert all((op.enabled, op.running) == (False, False) for op in ops[:3])  # type: ignore[attr-defined]
     assert all(op.notify == ("daemon-reload",) for op in ops[3:6])  # type: ignore[attr-defined]
@@ -370,7 +370,7 @@ def test_teardown_reads_the_pis_paths_with_its_facts_and_stops_those_the_invento
     pi.teardown(play_on(inv, {"alpha": gone}, limit=frozenset({"alpha"})), purge=False)  # type: ignore[dict-item]
     assert gone.round_trips == 1 and gone.ops == []
     assert "ok alpha the Pi's paths (a folder per VPS) - none" in lines(capsys)
-    old = FakeHost("alpha", [("-printf '%f", "main\nold\n"), (f"is-enabled {pi_paths.unit('old')}", "enabled\nactive")])
+    old = FakeHost("alpha", [("-printf '%f", "main\nold\n"), (f"is-enabled {pi_locations.unit('old')}", "enabled\nactive")])
     pi.teardown(play_on(inv, {"alpha": old}, limit=frozenset({"alpha"})), purge=False)  # type: ignore[dict-item]
     assert old.applied("systemctl stop pitunnel@old.service") and not old.applied("pitunnel@main.service")
     assert old.round_trips == 3  # read, read again with the old path's facts, apply
@@ -447,7 +447,7 @@ def test_the_tunnel_on_a_fresh_pi(inv: Inventory, capsys: pytest.CaptureFixture[
         "ok alpha handler restart tunnel main - not needed: started after the change",
         "ok alpha handler restart watchdog main - not needed: started after the change",
         "changed alpha handler reload sshd - ran once"])
-    assert mode_of(host, pi_paths.watchdog_path("main")) == "root:root 755"
+    assert mode_of(host, pi_locations.watchdog_path("main")) == "root:root 755"
     assert mode_of(host, "/etc/pitunnel/main/known_hosts") == "root:root 644"
     assert host.applied("sshd -t") and host.logins == [True]  # the loopback drop-in is validated and proven
 
@@ -475,21 +475,21 @@ def test_a_path_to_a_vps_the_pi_no_longer_names_is_retired(inv: Inventory, capsy
     from tests.unit.fake_hosts import converged
     alpha, main = inv.pis["alpha"], inv.vps["main"]
     ops = [*pi.tunnel_ops(inv, alpha, main, ["ssh-ed25519 AAAAvps"]), *pi.loopback_ops(alpha, penalties=True)]
-    running = [(f"is-enabled {u}", "enabled\nactive") for u in (pi_paths.unit("old"), pi_paths.watchdog_unit("old"))]
-    there = [(f"-e {p} ]", "yes") for p in (pi_paths.vps_config_dir("old"), pi_paths.watchdog_path("old"))]
+    running = [(f"is-enabled {u}", "enabled\nactive") for u in (pi_locations.unit("old"), pi_locations.watchdog_unit("old"))]
+    there = [(f"-e {p} ]", "yes") for p in (pi_locations.vps_config_dir("old"), pi_locations.watchdog_path("old"))]
     host = FakeHost("alpha", [("-printf '%f", "main\nold\nNot-A-Name\n"), *running, *there, *converged(ops)])
     assert not pi.tunnel(play_on(inv, {"alpha": host}), host, pi.PiBase(PiOffer("alpha", None, ()), True),  # type: ignore[arg-type, dict-item]
                          {"main": ("ssh-ed25519 AAAAvps",)}).changed
     assert "ok alpha the Pi's paths (a folder per VPS) - main, old" in lines(capsys)
     for command in ("systemctl disable --quiet pitunnel@old.service", "systemctl disable --quiet pitunnel-watchdog@old.service",
-                    f"rm -rf {pi_paths.vps_config_dir('old')}", f"rm -rf {pi_paths.watchdog_path('old')}"):
+                    f"rm -rf {pi_locations.vps_config_dir('old')}", f"rm -rf {pi_locations.watchdog_path('old')}"):
         assert host.applied(command), command
     assert not host.applied("pitunnel@main.service") and not host.applied("Not-A-Name")
     assert len(host.scripts) == 3  # read, read again with the retired path's facts, apply
 
 
 def test_base_on_a_fresh_pi(inv: Inventory, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
-    host = FakeHost("alpha", [("stat -c '%F", "ABSENT"), (pi_paths.key_path(inv.pis["alpha"]), "ABSENT"), PENALTIES_ON,
+    host = FakeHost("alpha", [("stat -c '%F", "ABSENT"), (pi_locations.key_path(inv.pis["alpha"]), "ABSENT"), PENALTIES_ON,
                               PASSWORDS_OFF], [(".pub", keys["alpha"])])
     pi.base(play_on(inv, {"alpha": host}, limit=frozenset({"alpha"})))  # type: ignore[dict-item]
     in_order(lines(capsys), [
@@ -526,7 +526,7 @@ def test_the_warning_names_every_public_ssh_port(tmp_path: Path) -> None:
 
 def test_a_new_key_whose_public_half_reads_back_wrong_fails_its_pi(inv: Inventory,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    host = FakeHost("beta", [(pi_paths.key_path(inv.pis["beta"]), "ABSENT")], [(".pub", "Permission denied\n")])
+    host = FakeHost("beta", [(pi_locations.key_path(inv.pis["beta"]), "ABSENT")], [(".pub", "Permission denied\n")])
     play = play_on(inv, {"beta": host}, limit=frozenset({"beta"}))  # type: ignore[dict-item]
     assert pi.base(play) == {} and play.failed == {"beta"}
     assert any(l.startswith("failed beta tunnel key (made on the Pi) - /home/pi/.ssh/pitunnel_ed25519.pub is not a "

@@ -159,7 +159,7 @@ def test_a_pi_is_refused_another_pis_key_before_anything_is_written_the_other_pi
 def test_a_key_the_file_lists_for_two_pis_is_kept_for_neither(inv: Inventory, key: str, key2: str) -> None:
     """Written by hand, or by pitunnel before it checked: sshd gives the second Pi the first one's listeners."""
     alpha, beta = inv.pis["alpha"], inv.pis["beta"]
-    text = vps_authorized.authorized_line(inv.vps["main"], alpha, key2) + "\n" + vps_authorized.authorized_line(inv.vps["main"], beta, key2) + "\n"
+    text = vps_authorized.authorized_line(inv.vps["main"], alpha.first_path, key2) + "\n" + vps_authorized.authorized_line(inv.vps["main"], beta.first_path, key2) + "\n"
     host = main_host(("authorized_keys", state(text)))
     offers = [PiOffer("alpha", parse_public_key(key), ()), PiOffer("beta", parse_public_key(key2), ())]
     # alpha offers its own key again: nothing is shared any more, each Pi has its own line

@@ -14,7 +14,7 @@ from pitunnel.inventory import Inventory, Listener
 from pitunnel.roles import site
 from pitunnel.sshkeys import PublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, VpsFacts, listens
-from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import locations as pi_locations
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.probes.status import status
@@ -75,7 +75,7 @@ def vps_host(name: str = "main", *, account: str = ACCOUNT, permitted: str = PER
 
 
 def pi_host(inv: Inventory, name: str, pub: str | None, journal: list[str] | None = None) -> FakeHost:
-    key = pi_paths.key_path(inv.pis[name])
+    key = pi_locations.key_path(inv.pis[name])
     return FakeHost(name, [(key, f"PUB {pub}" if pub else "ABSENT"),
                            ("passwordauthentication|kbd", "passwordauthentication no")], journal=journal)
 
@@ -177,8 +177,8 @@ def test_connect_tunnels_only_the_pis_that_have_a_key(inv: Inventory, keys: dict
     monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 5)
     hosts = {"main": vps_host(), "alpha": FakeHost("alpha"), "beta": FakeHost("beta")}
     play = play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"}))  # type: ignore[arg-type]
-    bases = {"alpha": pi_steps.PiBase(PiOffer("alpha", None, listens(inv.pis["alpha"])), False),
-             "beta": pi_steps.PiBase(PiOffer("beta", offer_key(keys["beta"]), listens(inv.pis["beta"])), False)}
+    bases = {"alpha": pi_steps.PiBase(PiOffer("alpha", None, listens(inv.pis["alpha"].first_path)), False),
+             "beta": pi_steps.PiBase(PiOffer("beta", offer_key(keys["beta"]), listens(inv.pis["beta"].first_path)), False)}
     site.connect(play, bases)
     assert hosts["alpha"].scripts == [] and hosts["beta"].applied("pitunnel@main.service")
     keys_file = "\n".join(b for b in hosts["main"].ops if "authorized_keys" in b)
@@ -243,7 +243,7 @@ def test_a_provision_that_changes_nothing_costs_each_host_two_round_trips(inv: I
                             ("|| echo MISSING", ACCOUNT), ("ssh_host_", "cur ssh-ed25519 AAAAhostkey root@main\n"),
                             ("ss -Htln", ALL_LISTENERS), ("permitlisten", PERMITTED)])
     base, _ = pi_steps.base_ops(inv, alpha)
-    pi = FakeHost("alpha", [(pi_paths.key_path(alpha), f"PUB {keys['alpha']}"), ("-printf '%f", "main\n"),
+    pi = FakeHost("alpha", [(pi_locations.key_path(alpha), f"PUB {keys['alpha']}"), ("-printf '%f", "main\n"),
                             ("passwordauthentication|kbd", "passwordauthentication no"),
                             *converged([*base, *pi_steps.tunnel_ops(inv, alpha, main, ["ssh-ed25519 AAAAhostkey"])])])
     play = play_on(inv, {"main": vps, "alpha": pi}, limit=frozenset({"main", "alpha"}))
@@ -265,7 +265,7 @@ def test_a_pi_with_passwords_off_that_changes_nothing_costs_two_round_trips_too(
                             ("|| echo MISSING", ACCOUNT), ("ssh_host_", "cur ssh-ed25519 AAAAhostkey root@main\n"),
                             ("ss -Htln", ALL_LISTENERS), ("permitlisten", PERMITTED)])
     base, _ = pi_steps.base_ops(inv, beta)
-    pi = FakeHost("beta", [(pi_paths.key_path(beta), f"PUB {keys['beta']}"), ("-printf '%f", "main\n"),
+    pi = FakeHost("beta", [(pi_locations.key_path(beta), f"PUB {keys['beta']}"), ("-printf '%f", "main\n"),
                            ("passwordauthentication|kbd", "passwordauthentication no"),
                            *converged([*base, *pi_steps.tunnel_ops(inv, beta, main, ["ssh-ed25519 AAAAhostkey"]),
                                        *pi_steps.password_ops()])])
@@ -402,7 +402,7 @@ def test_a_vps_is_offered_only_its_own_pis(inv: Inventory, keys: dict[str, str],
     hosts = {"main": vps_host(permitted="permitlisten 127.0.0.1:20023"), "spare": vps_host("spare"),
              "beta": FakeHost("beta"), "gamma": FakeHost("gamma")}
     play = play_on(inv, hosts, limit=frozenset({"main", "spare", "beta", "gamma"}))  # type: ignore[arg-type]
-    bases = {n: pi_steps.PiBase(PiOffer(n, offer_key(keys[n]), listens(inv.pis[n])), False) for n in ("beta", "gamma")}
+    bases = {n: pi_steps.PiBase(PiOffer(n, offer_key(keys[n]), listens(inv.pis[n].first_path)), False) for n in ("beta", "gamma")}
     site.connect(play, bases)
     assert play.failed == set()  # main permits beta's listener; gamma's is spare's business
 
@@ -414,6 +414,6 @@ def test_the_listener_wait_names_every_forward_missing(inv: Inventory, monkeypat
     monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 0.2)
     play = play_on(inv, {})
     with pytest.raises(StepFailed):
-        site.wait_listening(play, inv.pis["alpha"], SharedReading(lambda: frozenset()), None)
+        site.wait_listening(play, inv.pis["alpha"].first_path, SharedReading(lambda: frozenset()), None)
     assert lines(capsys) == ["failed alpha tunnel listening on the VPS - main: not listening after 0.2s: 0.0.0.0:20022, "
                              "127.0.0.1:20080 (see `journalctl -u pitunnel@main.service` on the Pi)"]

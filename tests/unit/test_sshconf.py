@@ -57,7 +57,7 @@ Host viacommand
 
 def pi(address: str = "mypi", *, given: frozenset[str] = frozenset({"address"}), **changes: object) -> PiSpec:
     spec = PiSpec(name="pi1", role="pi", address=address, port=22, user="pi", key=None, password_file=None,
-                  sudo_password_file=None, host_key=None, connect_timeout=5, vps="main", given=given)
+                  sudo_password_file=None, host_key=None, connect_timeout=5, vpses=("main",), given=given)
     return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
 
 
@@ -138,10 +138,10 @@ def test_the_pis_ssh_tunnel_prefers_its_sshd_port_and_loopback() -> None:
     def tunnel(name: str, local: int, public: bool, kind: str = "ssh") -> TunnelSpec:
         return TunnelSpec(name=name, kind=kind, local_port=local, remote_port=20000 + local, public=public,
                           server_name=None, path=None, basic_auth_file=None)
-    assert pi(tunnels=(tunnel("web", 80, False, "http"),)).ssh_tunnel is None
-    both = pi(tunnels=(tunnel("pub", 22, True), tunnel("priv", 22, False), tunnel("other", 2222, False)))
+    assert pi(tunnels=(tunnel("web", 80, False, "http"),)).first_path.ssh_tunnel is None
+    both = pi(tunnels=(tunnel("pub", 22, True), tunnel("priv", 22, False), tunnel("other", 2222, False))).first_path
     assert both.ssh_tunnel is not None and both.ssh_tunnel.name == "priv"
-    assert pi(tunnels=(tunnel("other", 2222, True),)).ssh_tunnel.name == "other"  # type: ignore[union-attr]
+    assert pi(tunnels=(tunnel("other", 2222, True),)).first_path.ssh_tunnel.name == "other"  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------------------ the inventory

@@ -16,16 +16,16 @@ def test_status_shows_each_tunnel_up_only_with_its_unit_active_and_its_listener(
     out = ("NRestarts=4\nActiveState=active\nActiveEnterTimestamp=Mon 2026-11-30 09:00:00 UTC\nSshStarts=7\n"
            "LastStart=2026-11-30T09:10:00+0000\nLastError=\n")
     host = FakeHost("alpha", commands=[("systemctl show", out)])
-    rows = status.status_pi(host, inv.pis["alpha"], frozenset({"0.0.0.0:20022"}))  # type: ignore[arg-type]
+    rows = status.status_pi(host, inv.pis["alpha"].first_path, frozenset({"0.0.0.0:20022"}))  # type: ignore[arg-type]
     assert [(r.tunnel, r.listen, r.up) for r in rows] == [("ssh", "0.0.0.0:20022", True), ("web", "127.0.0.1:20080", False)]
     assert (rows[0].pi, rows[0].unit, rows[0].since, rows[0].ssh_starts, rows[0].last_start, rows[0].unit_restarts) == (
         "alpha", "active", "Mon 2026-11-30 09:00:00 UTC", 7, "2026-11-30T09:10:00+0000", 4)
     assert {r.vps for r in rows} == {"main"} and host.scripts == [tunnel_fact("main").script]
     down = FakeHost("alpha", commands=[("systemctl show", "NRestarts=0\nActiveState=failed\nActiveEnterTimestamp=\n"
                                                             "SshStarts=0\nLastStart=\n")])
-    (first, _) = status.status_pi(down, inv.pis["alpha"], frozenset({"0.0.0.0:20022"}))  # type: ignore[arg-type]
+    (first, _) = status.status_pi(down, inv.pis["alpha"].first_path, frozenset({"0.0.0.0:20022"}))  # type: ignore[arg-type]
     assert not first.up and first.unit == "failed" and first.since == "-" and first.last_start == "-"
-    (blank, _) = status.status_pi(FakeHost("alpha"), inv.pis["alpha"], frozenset())  # type: ignore[arg-type]
+    (blank, _) = status.status_pi(FakeHost("alpha"), inv.pis["alpha"].first_path, frozenset())  # type: ignore[arg-type]
     assert (blank.up, blank.ssh_starts, blank.unit_restarts, blank.since, blank.unit, blank.last_start) == (
         False, 0, 0, "-", "", "-")
     assert "systemctl show pitunnel@main.service " in tunnel_fact("main").script

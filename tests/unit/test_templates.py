@@ -14,7 +14,7 @@ import pytest
 from pitunnel.facts import Facts, FileState
 from pitunnel.inventory import NAME_RE, Inventory, load_inventory
 from pitunnel.ops import Absent, File, KeyPair, Op, Service
-from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import locations as pi_locations
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import sshd as pi_sshd
 from pitunnel.roles.pi import steps as pi_steps
@@ -170,7 +170,7 @@ def options_of(line: str) -> list[str]:
 
 def test_authorized_line(inv: Inventory) -> None:
     pub = "ssh-ed25519 AAAAkey1 pitunnel:pi1"
-    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["pi1"], pub)
+    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["pi1"].first_path, pub)
     opts = options_of(line)
     assert opts[0] == "restrict"
     assert "port-forwarding" in opts
@@ -183,7 +183,7 @@ def test_authorized_line(inv: Inventory) -> None:
 
 
 def test_authorized_line_only_that_pis_tunnels(inv: Inventory) -> None:
-    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["pi2"], "ssh-ed25519 AAAAkey2")
+    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["pi2"].first_path, "ssh-ed25519 AAAAkey2")
     assert [o for o in options_of(line) if o.startswith("permitlisten=")] == ['permitlisten="127.0.0.1:20023"']
     assert line.endswith(" ssh-ed25519 AAAAkey2 pitunnel:pi2")
 
@@ -198,7 +198,7 @@ def test_authorized_line_pi_without_tunnels_gets_no_forwarding(tmp_path: Path) -
           busy: {address: 10.0.0.2, tunnels: {ssh: {type: ssh, remote_port: 20001}}}
         """))
     inv = load_inventory(file)
-    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["idle"], "ssh-ed25519 AAAAidle")
+    line = vps_authorized.authorized_line(inv.vps["main"], inv.pis["idle"].first_path, "ssh-ed25519 AAAAidle")
     opts = options_of(line)
     assert "" not in opts
     assert "port-forwarding" not in opts or any(o.startswith("permitlisten=") for o in opts)
@@ -228,8 +228,8 @@ def test_authorized_keys_keeps_other_pis_and_updates_options(inv: Inventory) -> 
                 "ssh-ed25519 AAAAgone pitunnel:gone\n")
     main, pi1, pi2 = inv.vps["main"], inv.pis["pi1"], inv.pis["pi2"]
     op, text = keys_file(inv, "main", existing, {"pi1": "ssh-ed25519 AAAAnew1 pitunnel:pi1"})
-    assert text == (vps_authorized.authorized_line(main, pi1, "ssh-ed25519 AAAAnew1") + "\n"
-                    + vps_authorized.authorized_line(main, pi2, "ssh-ed25519 AAAAkey2") + "\n")
+    assert text == (vps_authorized.authorized_line(main, pi1.first_path, "ssh-ed25519 AAAAnew1") + "\n"
+                    + vps_authorized.authorized_line(main, pi2.first_path, "ssh-ed25519 AAAAkey2") + "\n")
     assert "AAAAold1" not in text  # the new key replaced the old one
     assert "127.0.0.1:9999" not in text and 'permitlisten="127.0.0.1:20023"' in text  # options from the inventory
     assert "pitunnel:gone" not in text and "AAAAgone" not in text  # no longer in the inventory
@@ -245,7 +245,7 @@ def test_authorized_keys_only_this_vps_pis(inv: Inventory) -> None:
     _, main_text = keys_file(inv, "main", existing, {})
     assert "pitunnel:pi3" not in main_text and "pitunnel:pi1" in main_text
     _, other_text = keys_file(inv, "other", existing, {"pi1": "ssh-ed25519 AAAAx"})
-    assert other_text == vps_authorized.authorized_line(inv.vps["other"], inv.pis["pi3"], "ssh-ed25519 AAAAkey3") + "\n"
+    assert other_text == vps_authorized.authorized_line(inv.vps["other"], inv.pis["pi3"].first_path, "ssh-ed25519 AAAAkey3") + "\n"
 
 
 def test_authorized_keys_drop(inv: Inventory) -> None:
@@ -481,7 +481,7 @@ def test_nginx_t_accepts_the_config(inv: Inventory, tmp_path: Path) -> None:
 
 def pi_ops(inv: Inventory, pi: str, host_keys: list[str] | None = None) -> list[Op]:
     spec = inv.pis[pi]
-    return pi_steps.tunnel_ops(inv, spec, inv.vps_of(spec), host_keys or [HOST_KEY])
+    return pi_steps.tunnel_ops(inv, spec, inv.vps_of(spec.first_path), host_keys or [HOST_KEY])
 
 
 def unit_text(inv: Inventory, pi: str) -> str:
@@ -491,7 +491,7 @@ def unit_text(inv: Inventory, pi: str) -> str:
 def path_file(inv: Inventory, pi: str, name: str, host_keys: list[str] | None = None) -> str:
     """A file of the Pi's path through its (first) VPS: ssh_config or known_hosts in that VPS's folder."""
     spec = inv.pis[pi]
-    return text_of(pi_ops(inv, pi, host_keys), f"{pi_paths.vps_config_dir(spec.vps)}/{name}")
+    return text_of(pi_ops(inv, pi, host_keys), f"{pi_locations.vps_config_dir(spec.first_vps)}/{name}")
 
 
 def remote_forwards(text: str) -> list[str]:
@@ -511,7 +511,7 @@ def test_unit_runs_autossh_with_every_forward(inv: Inventory) -> None:
     assert argv[1:3] == ["-M", "0"]
     assert "-N" in argv
     # a template: each instance reads its own VPS's ssh_config, which holds that VPS's forwards
-    assert PI_DEFAULTS["unit"] == "pitunnel@.service" and pi_paths.unit("main") == "pitunnel@main.service"
+    assert PI_DEFAULTS["unit"] == "pitunnel@.service" and pi_locations.unit("main") == "pitunnel@main.service"
     assert argv[argv.index("-F") + 1] == f"{PI_DEFAULTS['config_dir']}/%i/ssh_config"
     assert "-R" not in argv
     assert argv[-1] == PI_DEFAULTS["ssh_host_alias"]
@@ -541,8 +541,8 @@ def test_unit_protect_home_follows_the_key_location(inv: Inventory) -> None:
     login_user = directives(unit_text(inv, "pi2"))
     assert "User=pi" in login_user
     assert "ProtectHome=read-only" in login_user  # key under /home/pi must stay readable
-    assert pi_paths.key_path(inv.pis["pi2"]) == f"/home/pi/.ssh/{PI_DEFAULTS['key_name']}"
-    assert pi_paths.key_path(inv.pis["pi1"]) == f"{PI_DEFAULTS['tunnel_home']}/.ssh/{PI_DEFAULTS['key_name']}"
+    assert pi_locations.key_path(inv.pis["pi2"]) == f"/home/pi/.ssh/{PI_DEFAULTS['key_name']}"
+    assert pi_locations.key_path(inv.pis["pi1"]) == f"{PI_DEFAULTS['tunnel_home']}/.ssh/{PI_DEFAULTS['key_name']}"
 
 
 def ssh_config(inv: Inventory, pi: str) -> str:
@@ -558,7 +558,7 @@ def test_ssh_config_one_host_entry_with_safe_options(inv: Inventory) -> None:
     assert not re.search(r"(?im)^\s*Match\b", text)
     for wanted in ("ExitOnForwardFailure yes", "BatchMode yes", "StrictHostKeyChecking yes", "IdentitiesOnly yes",
                    "HostName 203.0.113.10", "Port 2222", "User pitunnel", "ServerAliveInterval 11",
-                   "ServerAliveCountMax 5", f"IdentityFile {pi_paths.key_path(inv.pis['pi1'])}",
+                   "ServerAliveCountMax 5", f"IdentityFile {pi_locations.key_path(inv.pis['pi1'])}",
                    f"UserKnownHostsFile {PI_DEFAULTS['config_dir']}/main/known_hosts", "GlobalKnownHostsFile /dev/null",
                    "UpdateHostKeys no", "ForwardAgent no"):
         assert wanted in lines, wanted
@@ -596,7 +596,7 @@ def test_known_hosts_pins_the_vps_keys(inv: Inventory) -> None:
 
 def test_tunnel_files_restart_the_tunnel_and_service_is_wanted(inv: Inventory) -> None:
     ops = pi_ops(inv, "pi1")
-    folder = pi_paths.vps_config_dir("main")
+    folder = pi_locations.vps_config_dir("main")
     for path in (f"{folder}/known_hosts", f"{folder}/ssh_config", PI_DEFAULTS["unit_path"]):
         assert file_op(ops, path).notify == ("restart tunnel main",)
     services = {op.unit: op for op in ops if isinstance(op, Service)}
@@ -613,7 +613,7 @@ def test_tunnel_files_restart_the_tunnel_and_service_is_wanted(inv: Inventory) -
     # ... before any instance starts: the old tunnel frees its ports on the VPS first
     order = [getattr(op, "unit", None) for op in ops]
     assert order.index(PI_DEFAULTS["legacy_unit"]) < order.index("pitunnel@main.service")
-    for path in (pi_paths.watchdog_path("main"), f"/etc/systemd/system/{PI_DEFAULTS['watchdog_unit']}"):
+    for path in (pi_locations.watchdog_path("main"), f"/etc/systemd/system/{PI_DEFAULTS['watchdog_unit']}"):
         assert file_op(ops, path).notify == ("restart watchdog main",)
 
 
@@ -644,8 +644,8 @@ def test_two_vpses_two_paths_each_with_its_own_files_ports_and_handlers(tmp_path
     pi = inv.pis["pi1"]
     assert pi.all_vps == ("main", "backup") and [p.vps for p in pi.paths()] == ["main", "backup"]
     # the backup gave its first auto port to pi1 (in file order), the main its own: ports per VPS
-    assert [t.remote_port for t in pi.on("main").tunnels] == [20022, 20000]
-    assert [t.remote_port for t in pi.on("backup").tunnels] == [20022, 20000]
+    assert [t.remote_port for t in pi.path("main").tunnels] == [20022, 20000]
+    assert [t.remote_port for t in pi.path("backup").tunnels] == [20022, 20000]
     assert inv.pis["pi2"].tunnels[0].remote_port == 20001
     keys = {"main": [HOST_KEY], "backup": ["ecdsa-sha2-nistp256 AAAAE2VjZHNh"]}
     ops = [*pi_steps.template_ops(pi), *(op for v in pi.all_vps for op in pi_steps.path_ops(pi, inv.vps[v], keys[v]))]
@@ -664,8 +664,8 @@ def test_two_vpses_two_paths_each_with_its_own_files_ports_and_handlers(tmp_path
     handlers = {h.name: h.commands for h in pi_steps.handlers(None, vpses=pi.all_vps)}  # type: ignore[arg-type]
     assert handlers["restart tunnel backup"] == ["systemctl daemon-reload", "systemctl try-restart pitunnel@backup.service"]
     # each VPS authorises the Pi's one key for its own listeners only
-    main_line = vps_authorized.authorized_line(inv.vps["main"], pi.on("main"), "ssh-ed25519 AAAAkey1")
-    backup_line = vps_authorized.authorized_line(inv.vps["backup"], pi.on("backup"), "ssh-ed25519 AAAAkey1")
+    main_line = vps_authorized.authorized_line(inv.vps["main"], pi.path("main"), "ssh-ed25519 AAAAkey1")
+    backup_line = vps_authorized.authorized_line(inv.vps["backup"], pi.path("backup"), "ssh-ed25519 AAAAkey1")
     assert 'permitlisten="127.0.0.1:20000"' in main_line and 'permitlisten="127.0.0.1:20000"' in backup_line
     # every VPS routes the Pi's http tunnel the same way, to its own port there
     routes = {v: [(r.pi, r.name, r.path, r.port) for r in vps_nginx.http_routes(inv, inv.vps[v])] for v in inv.vps}
@@ -680,8 +680,8 @@ def test_a_vps_the_pi_no_longer_names_loses_its_instance() -> None:
 
 
 def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Inventory) -> None:
-    pi, vps = inv.pis["pi1"], inv.vps_of(inv.pis["pi1"])
-    script = text_of(pi_ops(inv, "pi1"), pi_paths.watchdog_path("main"))
+    pi, vps = inv.pis["pi1"], inv.vps_of(inv.pis["pi1"].first_path)
+    script = text_of(pi_ops(inv, "pi1"), pi_locations.watchdog_path("main"))
     # woken by netlink when a link comes up or an address or default route appears
     assert "ip -o monitor link address route" in script
     assert "*LOWER_UP*" in script and 'default*' in script
@@ -719,7 +719,7 @@ def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Invento
 
 def test_watchdog_script_is_valid_bash(inv: Inventory, tmp_path: Path) -> None:
     script = tmp_path / "watchdog"
-    script.write_text(text_of(pi_ops(inv, "pi1"), pi_paths.watchdog_path("main")))
+    script.write_text(text_of(pi_ops(inv, "pi1"), pi_locations.watchdog_path("main")))
     done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
@@ -873,7 +873,7 @@ def test_verify_probes_never_ask_for_the_running_tunnels_own_forwards(inv: Inven
     from pitunnel.roles.probes.exposure import probe_script
 
     pi = inv.pis["pi1"]
-    script = probe_script(pi, inv.vps_of(pi), ["127.0.0.1:20023"], 29999)
+    script = probe_script(pi, inv.vps_of(pi.first_path), ["127.0.0.1:20023"], 29999)
     assert script.count("ssh -F \"$probe_config\"") == 5 and "ssh -F /etc" not in script
     first = script.splitlines()[0]
     config = tmp_path / "ssh_config"

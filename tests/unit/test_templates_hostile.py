@@ -40,7 +40,7 @@ from pitunnel.inventory.checks import IMAGE_LOGINS
 from pitunnel.inventory.errors import Invalid
 from pitunnel.ops import File, Op
 from pitunnel.roles.contract import listen_spec
-from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import locations as pi_locations
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.vps import acme
@@ -294,7 +294,7 @@ def shape(out: dict[str, str], v: dict[str, Any]) -> dict[str, Any]:
     """The files by what they are, not by name (names carry the hostile names)."""
     vps = v["vps"]
     named = {
-        "watchdog": pi_paths.watchdog_path(vps), "ssh_config": f"{pi_paths.vps_config_dir(vps)}/ssh_config",
+        "watchdog": pi_locations.watchdog_path(vps), "ssh_config": f"{pi_locations.vps_config_dir(vps)}/ssh_config",
         "tunnel_unit": PI_DEFAULTS["unit_path"], "watchdog_unit": f"/etc/systemd/system/{PI_DEFAULTS['watchdog_unit']}",
         "reaper": VPS_DEFAULTS["reaper_path"], "reaper_unit": VPS_DEFAULTS["reaper_unit_path"], "metrics": VPS_DEFAULTS["metrics_path"],
         "metrics_unit": VPS_DEFAULTS["metrics_unit_path"], "exporter": VPS_DEFAULTS["metrics_dropin"], "sshd": VPS_DEFAULTS["sshd_dropin"],
@@ -330,7 +330,7 @@ def test_every_template_still_parses_and_carries_each_value_where_intended(
         check = run("bash", "-n", "-c", got[script])
         assert check.returncode == 0, check.stderr
     assert shell_values(got["watchdog"], ["unit", "port", "vps_host", "proto"], [], empty) == [
-        pi_paths.unit(vps.name), str(vps.port), vps.address, str(PI_DEFAULTS["route_proto"])]
+        pi_locations.unit(vps.name), str(vps.port), vps.address, str(PI_DEFAULTS["route_proto"])]
     assert shell_values(got["metrics"], ["out", "vps_label"], ["tunnels"], empty) == [
         f"{VPS_DEFAULTS['metrics_textfile_dir']}/pitunnel.prom", vps.name,
         *(f"{p.name} {t.name} {listen_spec(t)}" for p, t in inv.tunnels_on(vps))]
@@ -343,9 +343,9 @@ def test_every_template_still_parses_and_carries_each_value_where_intended(
     found = dict(options)
     assert same_host(found["hostname"], vps.address)
     assert (found["user"], found["port"]) == (vps.tunnel_user, str(vps.port))
-    assert found["identityfile"] == pi_paths.key_path(pi)
-    assert found["userknownhostsfile"] == f"{pi_paths.vps_config_dir(vps.name)}/known_hosts"
-    assert [w for k, w in options if k == "remoteforward"] == [forward(f) for f in pi_steps.forwards(pi)]
+    assert found["identityfile"] == pi_locations.key_path(pi)
+    assert found["userknownhostsfile"] == f"{pi_locations.vps_config_dir(vps.name)}/known_hosts"
+    assert [w for k, w in options if k == "remoteforward"] == [forward(f) for f in pi_steps.forwards(pi.first_path)]
 
     # sshd: the Match block names the tunnel account, one word
     match = [line.split() for line in got["sshd"].splitlines() if line.startswith("Match ")]
@@ -383,13 +383,13 @@ def verify_units(world: Path, out: dict[str, str], vps: str) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
     (system / VPS_DEFAULTS["metrics_service"]).write_text("[Service]\nExecStart=/usr/bin/prometheus-node-exporter\n")
-    for binary in ("/usr/bin/autossh", "/usr/bin/prometheus-node-exporter", pi_paths.watchdog_path(vps),
+    for binary in ("/usr/bin/autossh", "/usr/bin/prometheus-node-exporter", pi_locations.watchdog_path(vps),
                    VPS_DEFAULTS["reaper_path"], VPS_DEFAULTS["metrics_path"]):
         stub = root / binary.lstrip("/")
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text("#!/bin/sh\n")
         stub.chmod(0o755)
-    units = [pi_paths.unit(vps), pi_paths.watchdog_unit(vps), VPS_DEFAULTS["reaper_unit"], VPS_DEFAULTS["metrics_unit"],
+    units = [pi_locations.unit(vps), pi_locations.watchdog_unit(vps), VPS_DEFAULTS["reaper_unit"], VPS_DEFAULTS["metrics_unit"],
              VPS_DEFAULTS["metrics_service"]]
     result = run("systemd-analyze", "verify", f"--root={root}", "--man=no", "--generators=no", *units)
     assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -14,7 +14,7 @@ from pitunnel.inventory import PiSpec
 from pitunnel.ops import File, q
 from pitunnel.remote import Remote
 from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
-from pitunnel.roles.pi.paths import home_of, key_comment, key_path, unit
+from pitunnel.roles.pi.locations import home_of, key_comment, key_path, unit
 from pitunnel.roles.pi.role import PI_DEFAULTS
 
 SLOTS = ("current", "next", "old")

@@ -12,7 +12,7 @@ from typing import Any
 from pitunnel.facts import Fact, Facts
 from pitunnel.guard import pending_changes
 from pitunnel.hostkeys import known_name
-from pitunnel.inventory import Forward, Inventory, PiSpec, VpsSpec
+from pitunnel.inventory import Forward, Inventory, PiPath, PiSpec, VpsSpec
 from pitunnel.ops import (Absent, Directory, File, Handler, KeyPair, Later, Observe, Op, Packages, PackagesAbsent,
                           Service, SystemUser, UserAbsent, arm_later, managed_lines)
 from pitunnel.play import Play
@@ -21,15 +21,15 @@ from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed, converge, facts_for, sshd_reload
 from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
 from pitunnel.roles.contract import PiOffer, listens
-from pitunnel.roles.pi.paths import (home_of, key_comment, key_path, tunnel_home, unit, vps_config_dir, watchdog_path,
-                                     watchdog_unit)
+from pitunnel.roles.pi.locations import (home_of, key_comment, key_path, tunnel_home, unit, vps_config_dir,
+                                         watchdog_path, watchdog_unit)
 from pitunnel.roles.pi.role import PI_DEFAULTS, ROLE
 from pitunnel.roles.pi.sshd import PENALTIES, password_warning, passwords_observer, penalties_observer
 
 
-def forwards(pi: PiSpec) -> list[Forward]:
-    """Every -R of this Pi on its VPS `pi.vps`: listen where the inventory says, forward to the Pi's own port."""
-    return [t.forward for t in pi.tunnels]
+def forwards(path: PiPath) -> list[Forward]:
+    """Every -R of this Pi on the VPS of this path: listen where the inventory says, forward to the Pi's own port."""
+    return [t.forward for t in path.tunnels]
 
 
 def laptop_key_line(inv: Inventory) -> str | None:
@@ -82,7 +82,7 @@ def context(pi: PiSpec, vps: VpsSpec) -> dict[str, Any]:
     """The variables the Pi's templates are rendered with for its path through `vps` (the role's defaults
     under them), here and by the Ansible benchmark (benchmarks/ansible/inventory.py) alike: plain data (the
     benchmark writes them as YAML), each forward as its fields (`listen`, `target`), never a string to cut."""
-    forwards_there = forwards(pi.on(vps.name))
+    forwards_there = forwards(pi.path(vps.name))
     return dict(pi=pi.name, vps=vps.name, vps_address=vps.address, vps_port=vps.port,
                 vps_tunnel_user=vps.tunnel_user, key_path=key_path(pi), tunnel_user=pi.tunnel_user,
                 tunnel_home=tunnel_home(pi), server_alive_interval=pi.server_alive_interval,
@@ -264,7 +264,7 @@ def base(play: Play) -> dict[str, PiBase]:
             pubkey = refuse_bad_pubkey(reporter, pi, key, found.public)
         elif not mode.check:
             pubkey = refuse_bad_pubkey(reporter, pi, key, remote.run(f"cat {key.path}.pub").stdout)
-        return PiBase(PiOffer(pi.name, pubkey, listens(pi)), known.value(PENALTIES))
+        return PiBase(PiOffer(pi.name, pubkey, listens(pi.first_path)), known.value(PENALTIES))
 
     return play.each_selected(inv.pis.values(), one)
 

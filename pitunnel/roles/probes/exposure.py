@@ -9,18 +9,18 @@ import shlex
 from dataclasses import dataclass, replace
 
 from pitunnel.facts import Fact
-from pitunnel.inventory import Inventory, PiSpec, VpsSpec
+from pitunnel.inventory import Inventory, PiPath, PiSpec, VpsSpec
 from pitunnel.roles.contract import listen_spec
-from pitunnel.roles.pi.paths import vps_config_dir
+from pitunnel.roles.pi.locations import vps_config_dir
 from pitunnel.roles.pi.role import PI_DEFAULTS
 from pitunnel.roles.pi.sshd import SshdPasswords, password_warning, public_ssh_ports
 from pitunnel.roles.probes.report import PiReport
 
 
-def listener_checks(report: PiReport, pi: PiSpec, present: frozenset[str]) -> None:
-    """Each tunnel of `pi` (its path through one VPS) listens there as intended, on loopback or public, and
+def listener_checks(report: PiReport, path: PiPath, present: frozenset[str]) -> None:
+    """Each tunnel of a Pi's path through one VPS listens there as intended, on loopback or public, and
     not the other way too (`present`: what listens on that VPS)."""
-    for t in pi.tunnels:
+    for t in path.tunnels:
         want = listen_spec(t)
         wrong = listen_spec(replace(t, public=not t.public))  # the other way: on all addresses, or loopback only
         ok = want in present and wrong not in present

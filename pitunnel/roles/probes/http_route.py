@@ -20,7 +20,7 @@ import paramiko
 from pitunnel.inventory import PiSpec, TunnelSpec, VpsSpec, has_tls
 from pitunnel.remote import Remote
 from pitunnel.roles.contract import listen_spec, realm
-from pitunnel.roles.pi.paths import unit
+from pitunnel.roles.pi.locations import unit
 
 BODY_LIMIT = 65536  # bytes of each body compared
 SIMILAR_LIMIT = 16384  # bytes of each body compared for likeness, when they differ

@@ -13,7 +13,7 @@ from pitunnel import hostkeys
 from pitunnel.inventory import Inventory, PiSpec, TunnelSpec, VpsSpec
 from pitunnel.remote import Remote
 from pitunnel.roles.contract import listen_spec
-from pitunnel.roles.pi.paths import unit
+from pitunnel.roles.pi.locations import unit
 
 def pi_host_keys(inv: Inventory, pi: PiSpec, name: str | None = None) -> paramiko.HostKeys:
     """The Pi's own host keys as the laptop knows them from direct contact (filed under `name` in

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pitunnel.facts import LISTENERS, gather, read
-from pitunnel.inventory import PiSpec, TunnelSpec, VpsSpec, acme_name
+from pitunnel.inventory import PiPath, TunnelSpec, VpsSpec, acme_name
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.roles.contract import listen_spec
@@ -46,21 +46,21 @@ class TunnelStatus:
                 "certificate_expires": None if self.certificate == "-" else self.certificate}
 
 
-def status_pi(remote: Remote, pi: PiSpec, listening: frozenset[str]) -> list[TunnelStatus]:
-    """This Pi's tunnels on one VPS (`pi`: its path there), each up if that path's unit is active and the VPS
+def status_pi(remote: Remote, path: PiPath, listening: frozenset[str]) -> list[TunnelStatus]:
+    """This Pi's tunnels on one VPS (`path`: its path there), each up if that path's unit is active and the VPS
     (whose `listening` `status` read) listens on it."""
-    state = read(remote, tunnel_fact(pi.vps))
-    return [TunnelStatus(pi.name, t.name, listen_spec(t), listen_spec(t) in listening and state.active == "active",
+    state = read(remote, tunnel_fact(path.vps))
+    return [TunnelStatus(path.name, t.name, listen_spec(t), listen_spec(t) in listening and state.active == "active",
                          state.active, state.since or "-", state.ssh_starts, state.last_start or "-", state.restarts,
-                         state.last_error, vps=pi.vps)
-            for t in pi.tunnels]
+                         state.last_error, vps=path.vps)
+            for t in path.tunnels]
 
 
-def unreached(pi: PiSpec, listening: frozenset[str] | None, why: str) -> list[TunnelStatus]:
+def unreached(path: PiPath, listening: frozenset[str] | None, why: str) -> list[TunnelStatus]:
     """A Pi the laptop could not reach: each tunnel is up as far as its VPS listens on it (None: VPS unread)."""
-    return [TunnelStatus(pi.name, t.name, listen_spec(t), listening is not None and listen_spec(t) in listening,
+    return [TunnelStatus(path.name, t.name, listen_spec(t), listening is not None and listen_spec(t) in listening,
                          "unknown", "-", 0, "-", 0, f"the laptop could not reach the Pi: {why}",
-                         known=listening is not None, vps=pi.vps) for t in pi.tunnels]
+                         known=listening is not None, vps=path.vps) for t in path.tunnels]
 
 
 def is_down(row: TunnelStatus) -> bool:
@@ -111,7 +111,7 @@ def status(play: Play) -> list[TunnelStatus]:
     pis = play.selected(list(inv.pis.values()))
     found = play.each(inv.vpses_of_pis(pis), lambda remote: vps_seen(remote, inv.vps[remote.name]))
 
-    def listening(path: PiSpec) -> frozenset[str] | None:
+    def listening(path: PiPath) -> frozenset[str] | None:
         return found[path.vps].listeners if path.vps in found else None
 
     rows = play.each(pis, lambda remote: [r for path in inv.pis[remote.name].paths()
@@ -121,7 +121,7 @@ def status(play: Play) -> list[TunnelStatus]:
             rows[p.name] = [r for path in p.paths() for r in unreached(path, listening(path), play.why[p.name])]
     for pi_rows in rows.values():
         for row in pi_rows:
-            path = inv.pis[row.pi].on(row.vps)
+            path = inv.pis[row.pi].path(row.vps)
             tunnel = next(t for t in path.tunnels if t.name == row.tunnel)
             if tunnel.kind == "http" and row.vps in found:
                 row.certificate = certificate_expiry(inv.vps[row.vps], tunnel, found[row.vps].certificates)

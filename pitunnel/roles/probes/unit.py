@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pitunnel.facts import Fact
-from pitunnel.roles.pi.paths import unit, watchdog_unit
+from pitunnel.roles.pi.locations import unit, watchdog_unit
 
 
 def fields(output: str) -> dict[str, str]:

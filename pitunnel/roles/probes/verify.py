@@ -9,7 +9,7 @@ from __future__ import annotations
 from pitunnel.facts import gather
 from pitunnel.play import Play
 from pitunnel.remote import Remote
-from pitunnel.roles.pi.paths import unit, watchdog_unit
+from pitunnel.roles.pi.locations import unit, watchdog_unit
 from pitunnel.roles.pi.sshd import sshd_passwords_fact
 from pitunnel.roles.probes.exposure import listener_checks, passwords_check, probe_checks, probes_fact
 from pitunnel.roles.probes.http_route import http_through
@@ -35,9 +35,10 @@ def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[s
     by `verify`; None if the VPS did not answer), SSH and HTTP through that VPS (the VPS's connection
     carries the jumps), and every probe refused."""
     inv = play.inventory
-    pi = inv.pis[remote.name].on(report.vps or inv.pis[remote.name].vps)
-    report.vps = pi.vps
-    vps = inv.vps_of(pi)
+    pi = inv.pis[remote.name]
+    path = pi.path(report.vps or pi.first_vps)
+    report.vps = path.vps
+    vps = inv.vps_of(path)
     if present is None:
         why = play.why.get(vps.name) or f"{vps.name} ({vps.address}) did not answer"
         report.add(f"{REACH}the VPS {vps.name}", False, f"{why}: this path is unproven",
@@ -46,8 +47,8 @@ def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[s
     state, probes, sshd = unit_fact(vps.name), probes_fact(inv, pi, vps), sshd_passwords_fact(pi)
     found = gather(remote, [state, probes, sshd], timeout=PROBES_TIMEOUT)
     unit_checks(report, found.value(state), vps.name)
-    listener_checks(report, pi, present)
-    for t in pi.tunnels:
+    listener_checks(report, path, present)
+    for t in path.tunnels:
         if t.kind == "ssh":
             ok, detail, hint = ssh_through(inv, pi, play.remotes[vps.name], t, vps, remote)
             report.add(f"{t.name}: ssh lands on {pi.name}", ok, detail, hint)

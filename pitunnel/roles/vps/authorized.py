@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pitunnel.facts import FileState
-from pitunnel.inventory import Inventory, PiSpec, VpsSpec
+from pitunnel.inventory import Inventory, PiPath, VpsSpec
 from pitunnel.inventory.revoked import records
 from pitunnel.ops import File, Op
 from pitunnel.report import Reporter
@@ -18,8 +18,9 @@ from pitunnel.roles.vps.sessions import SessionsEnded
 KEY_MARKER = "pitunnel:"
 
 
-def authorized_line(vps: VpsSpec, pi: PiSpec, pubkey: str) -> str:
-    """A Pi's key may only open its own listeners, and nothing else: no command, pty, agent or -L."""
+def authorized_line(vps: VpsSpec, pi: PiPath, pubkey: str) -> str:
+    """A Pi's key may only open its own listeners (`pi`: its path through `vps`), and nothing else: no command,
+    pty, agent or -L."""
     listens = "".join(f'permitlisten="{t.listener.spec}",' for t in pi.tunnels)
     forwarding = f"port-forwarding,{listens}" if pi.tunnels else ""  # no tunnels: no forwarding at all
     options = f'restrict,{forwarding}command="{VPS_DEFAULTS["forced_command"]}"'
@@ -87,7 +88,7 @@ def settle_keys(before: Mapping[str, Sequence[str]],
 
 
 def _keys_wanted(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequence[str]], drop: frozenset[str],
-                 state: FileState) -> tuple[dict[str, PiSpec], dict[str, list[str]], list[SharedKey]]:
+                 state: FileState) -> tuple[dict[str, PiPath], dict[str, list[str]], list[SharedKey]]:
     pis = {pi.name: pi for pi in inv.pis_on(vps) if pi.name not in drop}
     before = parse_authorized_keys(state.content.decode(errors="replace") if state.exists else "")
     given = {n: [k] if isinstance(k, str) else list(k) for n, k in new_keys.items()}

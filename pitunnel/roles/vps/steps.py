@@ -114,7 +114,7 @@ def permitted_listens(inv: Inventory, vps: VpsSpec) -> list[str]:
     with a new key, needs no provision-vps first, and sshd's config does not change when it comes back)."""
     every = {**inv.pis, **inv.shut}
     order = [n for n in inv.order if n in every] + [n for n in every if n not in inv.order]
-    return [t.listener.spec for n in order if vps.name in every[n].all_vps for t in every[n].on(vps.name).tunnels]
+    return [t.listener.spec for n in order if vps.name in every[n].all_vps for t in every[n].path(vps.name).tunnels]
 
 
 def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound(),

@@ -1,5 +1,6 @@
-"""Where a Pi's tunnel lives, by name: the tunnel account's home and key, and for each VPS its unit
-instance, watchdog and config folder (the role's steps, verify, status and key rotation all use them)."""
+"""Where a Pi's tunnel lives on the Pi, by name: the tunnel account's home and key file, and for each VPS
+its unit instance, watchdog script and unit, and config folder (the role's steps, verify, status and key
+rotation all use them). File locations and unit names only: a Pi's path through a VPS is inventory.PiPath."""
 
 from __future__ import annotations
 
