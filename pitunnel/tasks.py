@@ -83,10 +83,10 @@ def provision_pi(c: Context, flags: Flags) -> None:
 @provisioning_task(flags=READ_ONLY + ("json",))
 def verify(c: Context, flags: Flags) -> None:
     """Prove it end to end: SSH and HTTP reach each Pi through the VPS, and nothing more is open."""
-    from pitunnel.roles.probes.report import REACH, PiReport, print_reports
+    from pitunnel.roles.probes.report import REACH, PathReport, print_reports
     from pitunnel.roles.probes.verify import verify as run_verify
 
-    def body(play: Play) -> list[PiReport]:
+    def body(play: Play) -> list[PathReport]:
         reports = run_verify(play)
         for report in reports:  # a Pi (or its VPS) out of reach: say why, not only FAIL
             why = play.why.get(report.pi)
@@ -95,7 +95,7 @@ def verify(c: Context, flags: Flags) -> None:
                 report.add(REACH_PI, False, why, "fix what the line says, then run verify again")
         return reports
 
-    def show(reports: list[PiReport]) -> None:
+    def show(reports: list[PathReport]) -> None:
         print_reports(reports)
         if not reports or not all(r.passed for r in reports):
             print("\nverify: some checks failed (hints above)", file=sys.stderr)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pitunnel.inventory import ports_file
-from pitunnel.roles.probes.report import Check, PiReport
+from pitunnel.roles.probes.report import Verdict, PathReport
 from pitunnel.roles.probes.verify import verify
 from pitunnel.roles.site import provision_pi as provision_pis
 from pitunnel.roles.site import provision_vps
@@ -40,13 +40,13 @@ def inventory() -> Path:
     return inventory
 
 
-def run_verify(inventory: Path, **options: object) -> tuple[int, dict[str, PiReport]]:
-    reports: list[PiReport] = []
+def run_verify(inventory: Path, **options: object) -> tuple[int, dict[str, PathReport]]:
+    reports: list[PathReport] = []
     code, _ = play(inventory, lambda p: reports.extend(verify(p)), quiet=True, **options)
     return code, {r.pi: r for r in reports}
 
 
-def check(report: PiReport, start: str) -> Check:
+def check(report: PathReport, start: str) -> Verdict:
     return next(c for c in report.checks if c.name.startswith(start))
 
 

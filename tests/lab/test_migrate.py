@@ -20,7 +20,7 @@ from lab import reachable, target, vps_addresses
 from pitunnel.inventory import load_inventory
 from pitunnel.reconcile import KILL_AFTER
 from pitunnel.roles.migrate import state_file
-from pitunnel.roles.probes.report import PiReport
+from pitunnel.roles.probes.report import PathReport
 from pitunnel.roles.probes.verify import verify
 from pitunnel.roles.site import provision
 from tests.conftest import ROOT, lab_up
@@ -84,7 +84,7 @@ def test_migrate_killed_halfway_then_rerun_moves_the_pi_and_leaves_the_old_vps_c
         watcher.join()
     assert misses == [], f"pi1 reachable through neither VPS {len(misses)} time(s)"
     assert reachable(pi1, new_addr) and not reachable(pi1, old_addr)
-    reports: list[PiReport] = []
+    reports: list[PathReport] = []
     code, _ = play(inventory, lambda p: reports.extend(verify(p)), quiet=True)
     assert code == 0 and [(r.vps, r.passed) for r in reports] == [("vps2", True)]
     text = inventory.read_text()

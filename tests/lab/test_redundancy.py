@@ -25,7 +25,7 @@ import pytest
 from lab import (KNOWN_HOSTS, LAPTOP_KEY, powered_off, reachable, target, tunnel_pss_kb, tunnel_rss_kb,
                  vps_addresses, vps_power_cut)
 from pitunnel.play import Play
-from pitunnel.roles.probes.report import PiReport
+from pitunnel.roles.probes.report import PathReport
 from pitunnel.roles.probes.status import status
 from pitunnel.roles.probes.verify import verify
 from pitunnel.roles.rotate import rotate_keys
@@ -54,14 +54,14 @@ def recap(p: Play) -> dict[str, tuple[int, int]]:
     return {h: (r.changed, r.failed + r.unreachable) for h, r in p.reporter.recaps.items()}
 
 
-def proven(inventory: Path) -> tuple[int, dict[str, PiReport]]:
+def proven(inventory: Path) -> tuple[int, dict[str, PathReport]]:
     """verify's exit code, and its report of each path of pi1 by VPS."""
-    reports: list[PiReport] = []
+    reports: list[PathReport] = []
     code, _ = play(inventory, lambda p: reports.extend(verify(p)), quiet=True)
     return code, {r.vps: r for r in reports}
 
 
-def failures(report: PiReport) -> list[str]:
+def failures(report: PathReport) -> list[str]:
     return [f"{c.name}: {c.detail}" for c in report.checks if not c.passed]
 
 

@@ -11,7 +11,7 @@ from invoke import Context, Exit
 
 from pitunnel import failures, taskkit, tasks
 from pitunnel.play import Play
-from pitunnel.roles.probes.report import PiReport
+from pitunnel.roles.probes.report import PathReport
 from pitunnel.roles.probes.status import TunnelStatus
 from pitunnel.runner import StepFailed
 
@@ -105,7 +105,7 @@ def test_run_play_plays_the_body_and_exits_with_the_plays_code(hosts: Path, caps
 def test_verify_fails_the_run_unless_every_pi_passed(hosts: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     import pitunnel.roles.probes.verify as probes
-    good, bad = PiReport("alpha"), PiReport("beta")
+    good, bad = PathReport("alpha"), PathReport("beta")
     good.add("unit", True, "fine")
     bad.add("unit", False, "down", "start it")
     for reports, fails in (([good], False), ([good, bad], True), ([], True)):

@@ -26,7 +26,7 @@ from pitunnel.roles import site
 from pitunnel.roles.contract import PiOffer, listens
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
-from pitunnel.roles.probes.report import PiReport
+from pitunnel.roles.probes.report import PathReport
 from pitunnel.roles.probes.verify import verify
 from pitunnel.roles.vps.authorized import authorized_keys
 from tests.unit.test_guard import LocalRemote, dropin, guarded, host, me  # noqa: F401 (host: a fixture)
@@ -358,7 +358,7 @@ SSHD_OFF = "passwordauthentication no\nkbdinteractiveauthentication no\n"
 
 
 def run_verify(inv: Inventory, probes: str, unit: str = UNIT_UP, sshd: str = SSHD_OFF,
-               ss: str = "LISTEN 0 128 127.0.0.1:20024 0.0.0.0:*\n") -> PiReport:
+               ss: str = "LISTEN 0 128 127.0.0.1:20024 0.0.0.0:*\n") -> PathReport:
     """verify of the Pi `private`: the Pi's facts answered in the order verify reads them (unit, probes, sshd -T)."""
     pi_stdout = "".join(f"@@FACT {i}\n{out}\n@@RC {i} 0\n" for i, out in enumerate((unit, probes, sshd)))
     play = Play(inv, Options(limit=frozenset({"private"})), Reporter(colour=False),
@@ -367,7 +367,7 @@ def run_verify(inv: Inventory, probes: str, unit: str = UNIT_UP, sshd: str = SSH
     return report
 
 
-def checks(report: PiReport) -> dict[str, bool]:
+def checks(report: PathReport) -> dict[str, bool]:
     return {c.name: c.passed for c in report.checks}
 
 
@@ -391,7 +391,7 @@ def test_verify_fails_a_unit_down_and_a_missing_or_public_listener(inv: Inventor
 
 
 def test_a_report_passes_only_if_it_has_checks_and_all_passed() -> None:
-    report = PiReport("pi1")
+    report = PathReport("pi1")
     assert not report.passed  # nothing proven is not a pass
     report.add("a", True, "fine", "never shown")
     assert report.passed and report.checks[0].hint == ""

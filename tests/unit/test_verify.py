@@ -22,7 +22,7 @@ from pitunnel.remote import Remote
 from pitunnel.roles.probes import exposure, http_route, login, verify
 from pitunnel.roles.probes.http_route import Answer
 from pitunnel.roles.pi.sshd import sshd_passwords, sshd_passwords_fact
-from pitunnel.roles.probes.report import PiReport, print_reports
+from pitunnel.roles.probes.report import PathReport, print_reports
 from pitunnel.roles.probes.unit import unit_fact
 from tests.unit.fake_hosts import FakeHost, connection_of, in_order, load, play_on
 from tests.unit.sshd_fake import FakeSshd
@@ -439,11 +439,11 @@ def pi_host(name: str, unit: str, probes: str = "", sshd: str = "") -> FakeHost:
     return FakeHost(name, [("systemctl is-enabled", unit), ("PROBE", probes), ("sshd -T", sshd)])
 
 
-def run_verify(inv: Inventory, pi: str, unit: str, probes: str = "", ss: str = "") -> tuple[PiReport, FakeHost]:
+def run_verify(inv: Inventory, pi: str, unit: str, probes: str = "", ss: str = "") -> tuple[PathReport, FakeHost]:
     host = pi_host(pi, unit, probes)
     host.target = at(inv, inv.pis[pi]).target  # type: ignore[attr-defined]  # whom ssh through logs in as
     vps = FakeHost("main", [("ss -Htln", ss)], [("ss -Htln", ss)])
-    report = PiReport(pi, vps="main")
+    report = PathReport(pi, vps="main")
     present = frozenset(line.split()[3] for line in ss.splitlines())
     verify.verify_pi(play_on(inv, {"main": vps, pi: host}), host, report, present)  # type: ignore[arg-type, dict-item]
     return report, host
@@ -491,7 +491,7 @@ def test_verify_of_a_pi_whose_unit_says_nothing(inv: Inventory) -> None:
 
 
 def test_the_report_printed(capsys: pytest.CaptureFixture[str]) -> None:
-    good, bad = PiReport("alpha"), PiReport("beta")
+    good, bad = PathReport("alpha"), PathReport("beta")
     good.add("unit enabled and active", True, "enabled, active", "never shown")
     good.add("sshd: password login off", True, "on", "set it", warning=True)
     bad.add("watchdog active", False, "inactive", "start it")
@@ -585,7 +585,7 @@ def test_describe_cuts_at_40_bytes_and_replaces_what_is_not_text() -> None:
 
 def test_password_login_checks_say_exactly_what_they_saw(inv: Inventory) -> None:
     alpha, main = inv.pis["alpha"], inv.vps["main"]  # alpha: a public ssh tunnel
-    report = PiReport("alpha")
+    report = PathReport("alpha")
     exposure.passwords_check(report, alpha, main, sshd_passwords("passwordauthentication no\nkbdinteractiveauthentication no"))
     exposure.passwords_check(report, alpha, main, sshd_passwords("passwordauthentication yes"))
     exposure.passwords_check(report, alpha, main, sshd_passwords(""))
@@ -622,7 +622,7 @@ def test_verify_of_a_pi_with_ssh_and_http_tunnels(tmp_path: Path, nginx_at: list
     pi.connection = connection_of(Channels(raw(200, APP)))  # type: ignore[attr-defined]
     pi.target = at(inv, inv.pis["alpha"]).target  # type: ignore[attr-defined]
     vps.connection = connection_of(Channels(None))  # type: ignore[attr-defined]
-    report = PiReport("alpha", vps="main")
+    report = PathReport("alpha", vps="main")
     present = frozenset({"0.0.0.0:20022", "127.0.0.1:20080", "127.0.0.1:20081"})
     verify.verify_pi(play_on(inv, {"main": vps, "alpha": pi}), pi, report, present)  # type: ignore[arg-type, dict-item]
     by_name = {c.name: c for c in report.checks}

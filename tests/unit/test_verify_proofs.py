@@ -14,7 +14,7 @@ from pitunnel.inventory import Inventory, load_inventory
 from pitunnel.roles.pi.sshd import password_warning, passwords_on, sshd_passwords
 from pitunnel.roles.probes.exposure import passwords_check
 from pitunnel.roles.probes.http_route import Answer, fetch_over_ssh, judge
-from pitunnel.roles.probes.report import PiReport
+from pitunnel.roles.probes.report import PathReport
 
 APP = Answer(200, b"<html><h1>Garden sensors</h1><p>soil: 41%</p></html>", (("Content-Type", "text/html"),))
 NGINX_404 = Answer(404, b"no tunnel here\n", (("Content-Type", "application/octet-stream"),))
@@ -100,8 +100,8 @@ def test_warning_names_the_pi_the_public_port_and_the_fix(inv: Inventory) -> Non
     assert password_warning(inv.pis["closed"], [inv.vps["main"]], True) is None  # provision turns them off
 
 
-def run_check(inv: Inventory, pi: str, sshd_t: str) -> PiReport:
-    report = PiReport(pi)
+def run_check(inv: Inventory, pi: str, sshd_t: str) -> PathReport:
+    report = PathReport(pi)
     passwords_check(report, inv.pis[pi], inv.vps["main"], sshd_passwords(sshd_t))
     return report
 

@@ -14,10 +14,10 @@ from pitunnel.roles.contract import listen_spec
 from pitunnel.roles.pi.locations import vps_config_dir
 from pitunnel.roles.pi.role import PI_DEFAULTS
 from pitunnel.roles.pi.sshd import SshdPasswords, password_warning, public_ssh_ports
-from pitunnel.roles.probes.report import PiReport
+from pitunnel.roles.probes.report import PathReport
 
 
-def listener_checks(report: PiReport, path: PiPath, present: frozenset[str]) -> None:
+def listener_checks(report: PathReport, path: PiPath, present: frozenset[str]) -> None:
     """Each tunnel of a Pi's path through one VPS listens there as intended, on loopback or public, and
     not the other way too (`present`: what listens on that VPS)."""
     for t in path.tunnels:
@@ -86,13 +86,13 @@ def probes_fact(inv: Inventory, pi: PiSpec, vps: VpsSpec) -> Fact[tuple[Probe, .
     return Fact(f"probes:{vps.name}", probe_script(pi, vps, others, free), probes)
 
 
-def probe_checks(report: PiReport, found: tuple[Probe, ...]) -> None:
+def probe_checks(report: PathReport, found: tuple[Probe, ...]) -> None:
     for probe in found:
         report.add(f"refused: {probe.label}", probe.refused, "refused" if probe.refused else probe.said,
                    "the tunnel key can do more than forward its own ports: rerun provision-vps")
 
 
-def passwords_check(report: PiReport, pi: PiSpec, vps: VpsSpec, sshd_t: SshdPasswords) -> None:
+def passwords_check(report: PathReport, pi: PiSpec, vps: VpsSpec, sshd_t: SshdPasswords) -> None:
     """Password login, as the Pi's sshd really has it (`sshd -T`, for a connection from 127.0.0.1 as
     tunnel traffic arrives): checked where it matters, for a public ssh tunnel or when the inventory
     turns passwords off."""

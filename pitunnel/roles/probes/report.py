@@ -8,7 +8,7 @@ REACH = "reach "  # checks that fail because a host was out of reach: `verify` e
 
 
 @dataclass
-class Check:
+class Verdict:
     name: str
     passed: bool
     detail: str
@@ -17,22 +17,22 @@ class Check:
 
 
 @dataclass
-class PiReport:
+class PathReport:
     """The checks of one path: the Pi `pi` through its VPS `vps` (a Pi with two VPSes has two reports)."""
 
     pi: str
-    checks: list[Check] = field(default_factory=list)
+    checks: list[Verdict] = field(default_factory=list)
     vps: str = ""
 
     def add(self, name: str, passed: bool, detail: str, hint: str = "", *, warning: bool = False) -> None:
-        self.checks.append(Check(name, passed, detail, "" if passed and not warning else hint, warning))
+        self.checks.append(Verdict(name, passed, detail, "" if passed and not warning else hint, warning))
 
     @property
     def passed(self) -> bool:
         return bool(self.checks) and all(c.passed for c in self.checks)
 
 
-def print_reports(reports: list[PiReport]) -> None:
+def print_reports(reports: list[PathReport]) -> None:
     for report in reports:
         via = f" via {report.vps}" if report.vps else ""
         print(f"\n{report.pi}{via}: {'PASS' if report.passed else 'FAIL'}")

@@ -14,14 +14,14 @@ from pitunnel.roles.pi.sshd import sshd_passwords_fact
 from pitunnel.roles.probes.exposure import listener_checks, passwords_check, probe_checks, probes_fact
 from pitunnel.roles.probes.http_route import http_through
 from pitunnel.roles.probes.login import ssh_through
-from pitunnel.roles.probes.report import REACH, PiReport
+from pitunnel.roles.probes.report import REACH, PathReport
 from pitunnel.roles.probes.unit import UnitState, unit_fact
 from pitunnel.roles.vps.steps import listeners
 
 PROBES_TIMEOUT = 120  # seconds: the probes take their time (each ssh up to 15 s)
 
 
-def unit_checks(report: PiReport, state: UnitState, vps: str) -> None:
+def unit_checks(report: PathReport, state: UnitState, vps: str) -> None:
     tunnel_unit, watchdog = unit(vps), watchdog_unit(vps)
     report.add("unit enabled and active", state.state == "enabled, active", state.state,
                f"on the Pi: systemctl status {tunnel_unit}; journalctl -u {tunnel_unit}")
@@ -30,7 +30,7 @@ def unit_checks(report: PiReport, state: UnitState, vps: str) -> None:
                f"systemctl status {watchdog}; or rerun provision-pi")
 
 
-def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[str] | None) -> None:
+def verify_pi(play: Play, remote: Remote, report: PathReport, present: frozenset[str] | None) -> None:
     """Prove one path, into its `report`: the Pi's unit for that VPS, the VPS's listeners (`present`, read
     by `verify`; None if the VPS did not answer), SSH and HTTP through that VPS (the VPS's connection
     carries the jumps), and every probe refused."""
@@ -59,11 +59,11 @@ def verify_pi(play: Play, remote: Remote, report: PiReport, present: frozenset[s
     probe_checks(report, found.value(probes))
 
 
-def verify(play: Play) -> list[PiReport]:
+def verify(play: Play) -> list[PathReport]:
     """`invoke verify`: each VPS's listeners, then every path proven: each Pi through each of its VPSes."""
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
-    reports = {p.name: [PiReport(p.name, vps=v) for v in p.all_vps] for p in pis}
+    reports = {p.name: [PathReport(p.name, vps=v) for v in p.all_vps] for p in pis}
     found = play.each(inv.vpses_of_pis(pis), listeners)
 
     def prove(remote: Remote) -> None:
