@@ -1,0 +1,384 @@
+"""`invoke rotate-keys` (roles/rotate.py) and `--laptop-key` (roles/laptopkey.py) end to end on scripted hosts
+that keep their state (tests/unit/fake_hosts.py underneath): the Pi makes, switches and drops its tunnel keys,
+each VPS's authorized_keys is what the last write left, and sshd's log names the key of the session holding
+each listener. What a user sees (each step's line) and what each host is sent, in order; check mode; refusals;
+a half-done rotation finished; a Pi with two VPSes. The lab proves the same on real hosts
+(tests/lab/test_daytwo.py)."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from pitunnel.inventory import Inventory, Listener
+from pitunnel.roles import rotate
+from pitunnel.roles.contract import listens
+from pitunnel.roles.laptopkey import rotate_laptop_key
+from pitunnel.roles.pi import keys as pi_keys
+from pitunnel.roles.pi.paths import key_path
+from pitunnel.roles.pi.role import PI_DEFAULTS
+from pitunnel.roles.vps import keys as vps_keys
+from pitunnel.roles.vps.authorized import authorized_line, keys_path
+from pitunnel.sshkeys import parse_public_key
+from pitunnel.remote import Result
+from tests.unit.fake_hosts import FakeHost, in_order, lines, load, play_on
+from tests.unit.test_templates import keygen
+
+INVENTORY = """
+settings: {laptop_key: null, known_hosts: kh}
+vps:
+  main: {address: 203.0.113.1}
+  spare: {address: 203.0.113.2}
+pis:
+  alpha:
+    address: 10.0.0.2
+    vps: main
+    tunnels:
+      ssh: {type: ssh, remote_port: 20022, public: true}
+      web: {type: http, local_port: 8080, remote_port: 20080, path: /alpha/}
+  beta:
+    address: 10.0.0.3
+    vps: main
+    tunnels:
+      ssh: {type: ssh, remote_port: 20023}
+  duo:
+    address: 10.0.0.4
+    vps: [main, spare]
+    tunnels:
+      ssh: {type: ssh, remote_port: 20024}
+"""
+
+BLOB_RE = re.compile(r"printf %s (\S+) \| base64 -d > new")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Real ed25519 public keys (`type blob`), by name."""
+    base = tmp_path_factory.mktemp("keys")
+    return {n: " ".join(keygen(base / n, n).split()[:2]) for n in ("old", "new", "beta", "newer", "laptop", "laptop2")}
+
+
+def fp(line: str) -> str:
+    return parse_public_key(line).fingerprint
+
+
+def file_state(text: str | None) -> str:
+    """A file as the file fact reads it."""
+    return "ABSENT" if text is None else f"pitunnel:pitunnel:600\n{base64.b64encode(text.encode()).decode()}"
+
+
+def written(ops: list[str], name: str) -> list[str]:
+    """Each content an op wrote to the file `name`, in order."""
+    return [base64.b64decode(b).decode() for body in ops if f"n={name}\n" in body for b in BLOB_RE.findall(body)]
+
+
+class Vps(FakeHost):
+    """A VPS that keeps its tunnel account's authorized_keys as the last write left it, and whose sshd log
+    names, per Pi, the key its sessions logged in with (None: nobody listens)."""
+
+    def __init__(self, name: str, text: str, live: dict[str, str | None], owners: dict[str, str]) -> None:
+        super().__init__(name)
+        self.text, self.live, self.owners = text, live, owners  # owners: listener spec -> its Pi
+
+    def answer(self, snippet: str) -> str:
+        if "ss -Htlnp" in snippet:  # the live-keys fact: one line per listener asked about, its spec first
+            pairs = shlex.split(snippet[snippet.index("set -- ") + 7:snippet.index("\n")])
+            out = []
+            for spec in pairs[::2]:
+                key = self.live.get(self.owners.get(spec, ""))
+                out.append(spec if key is None else f"{spec} {fp(key)}")
+            return "\n".join(out)
+        if keys_path() in snippet:
+            return file_state(self.text)
+        return ""
+
+    def _run(self, script: str, timeout: float | None) -> Result:
+        before = len(self.ops)
+        result = super()._run(script, timeout)
+        for content in written(self.ops[before:], "authorized_keys"):
+            self.text = content
+        return result
+
+
+class Pi(FakeHost):
+    """A Pi whose tunnel keys (current, next, old) change as the rotation's scripts say: a new key is the
+    next of `spare`, a restart of the tunnel makes every VPS's sessions log in with the key in use."""
+
+    def __init__(self, name: str, path: str, current: str | None, spare: list[str], vpses: list[Vps], *,
+                 next_: str | None = None, old: str | None = None, fail_on: str | None = None) -> None:
+        super().__init__(name)
+        self.path, self.spare, self.vpses, self.breaks = path, spare, vpses, fail_on
+        self.slots: dict[str, str | None] = {"current": current, "next": next_, "old": old}
+
+    def answer(self, snippet: str) -> str:
+        if f"ssh-keygen -y -f {self.path}" in snippet:
+            return "\n".join(f"{s} {self.slots[s] or '-'}" for s in pi_keys.SLOTS)
+        return ""
+
+    def _run(self, script: str, timeout: float | None) -> Result:
+        if "@@FACT" not in script and "echo 'current -'" in script:  # facts.read: the fact alone
+            self.scripts.append(script)
+            return Result(0, self.answer(script) + "\n", "")
+        result = super()._run(script, timeout)
+        if self.breaks is not None and self.breaks in script:
+            return Result(1, "", "ssh-keygen: it broke\n")
+        s = self.slots
+        if "ssh-keygen -q -t ed25519" in script:
+            s["next"] = self.spare.pop(0)
+        elif f"mv -f {self.path}.next {self.path}" in script and s["next"]:
+            s["old"], s["current"], s["next"] = s["old"] or s["current"], s["next"], None
+        elif "systemctl restart pitunnel@" in script:
+            for vps in self.vpses:
+                vps.live[self.name] = s["current"]
+        elif f"rm -f {self.path}.old {self.path}.old.pub" in script:
+            s["old"] = None
+        return result
+
+
+def owners(inv: Inventory, vps: str) -> dict[str, str]:
+    """Each listener on `vps`, by the Pi it is for."""
+    return {s.spec: pi.name for pi in inv.pis.values() if vps in pi.all_vps for s in listens(pi.on(vps))}
+
+
+def vps_text(inv: Inventory, vps: str, pis: dict[str, list[str]]) -> str:
+    """authorized_keys as pitunnel writes it: each Pi's keys with its restrictions."""
+    return "".join(authorized_line(inv.vps[vps], inv.pis[pi], k) + "\n" for pi, ks in pis.items() for k in ks)
+
+
+def setup(tmp_path: Path, keys: dict[str, str], *, current: str | None = "old", next_: str | None = None,
+          old: str | None = None, accepted: tuple[str, ...] = ("old",), live: str | None = "old",
+          spare: tuple[str, ...] = ("new",), fail_on: str | None = None) -> tuple[Inventory, Pi, Vps]:
+    """alpha on main, beta beside it on main (its own key, untouched by alpha's rotation)."""
+    inv = load(tmp_path, INVENTORY)
+    vps = Vps("main", vps_text(inv, "main", {"alpha": [keys[k] for k in accepted], "beta": [keys["beta"]]}),
+              {"alpha": keys[live] if live else None, "beta": keys["beta"]}, owners(inv, "main"))
+    pi = Pi("alpha", key_path(inv.pis["alpha"]), keys[current] if current else None, [keys[k] for k in spare],
+            [vps], next_=keys[next_] if next_ else None, old=keys[old] if old else None, fail_on=fail_on)
+    return inv, pi, vps
+
+
+def alpha_keys(text: str) -> list[str]:
+    """alpha's key blobs in an authorized_keys text, in order."""
+    return [" ".join(line.split()[-3:-1]) for line in text.splitlines() if line.endswith("pitunnel:alpha")]
+
+
+def pi_scripts(pi: Pi) -> list[str]:
+    """The scripts the Pi was sent that change something (every fact read left out), by what they do."""
+    names = [("ssh-keygen -q -t ed25519", "make"), (f"mv -f {pi.path}.next {pi.path}", "switch"),
+             ("systemctl restart pitunnel@", "restart"), (f"rm -f {pi.path}.old {pi.path}.old.pub", "drop old")]
+    return [next((n for k, n in names if k in s), s) for s in pi.ops]
+
+
+# ------------------------------------------------------------------------------------------ rotate-keys
+def test_a_rotation_makes_authorises_switches_reconnects_and_retires_in_order(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv, pi, vps = setup(tmp_path, keys)
+    play = play_on(inv, {"alpha": pi, "main": vps}, limit=frozenset({"alpha"}))
+    rotate.rotate_keys(play)
+    assert play.failed == set()
+    assert pi_scripts(pi) == ["make", "switch", "restart", "drop old"]
+    assert pi.slots == {"current": keys["new"], "next": None, "old": None}
+    # the VPS: both keys with alpha's restrictions, then the new one alone; beta's line as it was each time
+    beta = authorized_line(inv.vps["main"], inv.pis["beta"], keys["beta"])
+    both, only = written(vps.ops, "authorized_keys")
+    assert alpha_keys(both) == [keys["old"], keys["new"]] and alpha_keys(only) == [keys["new"]]
+    for text in (both, only):
+        assert beta in text.splitlines()
+        assert all('permitlisten="0.0.0.0:20022",permitlisten="127.0.0.1:20080"' in line
+                   for line in text.splitlines() if line.endswith("pitunnel:alpha"))
+    assert vps.text == only
+    old, new = fp(keys["old"]), fp(keys["new"])
+    out = lines(capsys)
+    in_order(out, [
+        f"changed alpha tunnel key: make a new key on the Pi - {new} (its private half never leaves the Pi)",
+        f"changed alpha tunnel key: authorise it on the VPS next to the key in use - {new}, with the same "
+        f"restrictions, beside {old}",
+        f"changed alpha tunnel key: switch the tunnel's key to it (the old one kept) - {new} at "
+        f"{key_path(inv.pis['alpha'])}; {old} kept as .old until the VPS drops it",
+        f"changed alpha tunnel key: remove the old key from the VPS - {old} no longer accepted",
+        f"changed alpha tunnel key: remove the old key from the Pi - {old} deleted",
+        f"ok alpha tunnel key rotated - in use: {new}; the VPS accepts it alone; no other key on the Pi",
+    ])
+    connect = [line for line in out if "reconnect the tunnel with it" in line]
+    assert len(connect) == 1 and connect[0].startswith(
+        "changed alpha tunnel key: reconnect the tunnel with it, proven by the VPS's log - reconnected: every "
+        f"listener (0.0.0.0:20022, 127.0.0.1:20080) held by a session that logged in with {new} (sshd's log), ")
+    assert not any("under way" in line for line in out)  # a fresh start is no resumed one
+    assert vps.live["beta"] == keys["beta"]  # beta's sessions never ended
+
+
+def test_a_rotation_in_check_mode_sends_nothing_and_lists_every_step(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv, pi, vps = setup(tmp_path, keys)
+    rotate.rotate_keys(play_on(inv, {"alpha": pi, "main": vps}, check=True, limit=frozenset({"alpha"})))
+    assert pi.ops == [] and vps.ops == []
+    assert pi.slots["next"] is None and alpha_keys(vps.text) == [keys["old"]]
+    out = lines(capsys)
+    assert [line for line in out if line.startswith(("would change alpha", "ok alpha"))] == [
+        "would change alpha tunnel key: make a new key on the Pi - no rotation under way",
+        "would change alpha tunnel key: authorise it on the VPS next to the key in use - the new key is not "
+        "accepted by the VPS yet",
+        "would change alpha tunnel key: switch the tunnel's key to it (the old one kept) - the VPS accepts both keys",
+        "would change alpha tunnel key: reconnect the tunnel with it, proven by the VPS's log - the tunnel's "
+        f"session uses {fp(keys['old'])}, not the new key",
+        "would change alpha tunnel key: remove the old key from the VPS - the tunnel is up with the new key",
+        "would change alpha tunnel key: remove the old key from the Pi - the VPS accepts the new key only",
+        "ok alpha tunnel key: done",
+    ]
+
+
+def test_a_rotation_killed_after_the_switch_is_read_back_and_finished_without_a_new_key(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    # switched: the Pi uses the new key and keeps the old; the VPS accepts both; the session still the old key's
+    inv, pi, vps = setup(tmp_path, keys, current="new", old="old", accepted=("old", "new"), live="old",
+                         spare=("newer",))
+    play = play_on(inv, {"alpha": pi, "main": vps}, limit=frozenset({"alpha"}))
+    rotate.rotate_keys(play)
+    assert play.failed == set()
+    assert pi_scripts(pi) == ["restart", "drop old"]  # no new key made, no second switch
+    assert pi.spare == [keys["newer"]] and pi.slots["current"] == keys["new"]
+    assert [alpha_keys(t) for t in written(vps.ops, "authorized_keys")] == [[keys["new"]]]
+    out = lines(capsys)
+    assert out.index("alpha a rotation of the tunnel key is under way (an earlier run stopped): finishing it") \
+        < next(i for i, line in enumerate(out) if "reconnect the tunnel" in line)
+    assert f"ok alpha tunnel key rotated - in use: {fp(keys['new'])}; the VPS accepts it alone; no other key on " \
+           "the Pi" in out
+
+
+def test_a_rotation_killed_after_the_key_was_made_authorises_that_key(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv, pi, vps = setup(tmp_path, keys, next_="new", spare=("newer",))
+    rotate.rotate_keys(play_on(inv, {"alpha": pi, "main": vps}, limit=frozenset({"alpha"})))
+    assert pi_scripts(pi)[0] == "switch" and "make" not in pi_scripts(pi)
+    assert alpha_keys(written(vps.ops, "authorized_keys")[0]) == [keys["old"], keys["new"]]
+    assert pi.slots == {"current": keys["new"], "next": None, "old": None}
+
+
+def test_a_finished_rotation_rerun_starts_a_new_one_and_a_tunnel_back_by_itself_is_not_restarted(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    # switched and the tunnel came back with the new key on its own: CONNECT needs no restart
+    inv, pi, vps = setup(tmp_path, keys, current="new", old="old", accepted=("old", "new"), live="new")
+    rotate.rotate_keys(play_on(inv, {"alpha": pi, "main": vps}, limit=frozenset({"alpha"})))
+    assert pi_scripts(pi) == ["drop old"]
+    out = lines(capsys)
+    assert not any("reconnect the tunnel" in line for line in out)  # CONNECT not needed: up with the new key
+    assert any(line.startswith("changed alpha tunnel key: remove the old key from the VPS") for line in out)
+
+
+def test_connect_waits_for_a_tunnel_that_comes_back_by_itself(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    # switched, the tunnel down (nobody listens): no restart is sent, the tunnel comes back with the new key
+    inv, pi, vps = setup(tmp_path, keys, current="new", old="old", accepted=("old", "new"), live=None)
+    calls = []
+
+    def back(snippet: str, answer=vps.answer) -> str:  # type: ignore[no-untyped-def]
+        if "ss -Htlnp" in snippet:
+            calls.append(snippet)
+            if len(calls) > 1:
+                vps.live["alpha"] = keys["new"]
+        return answer(snippet)
+
+    vps.answer = back  # type: ignore[method-assign]
+    play = play_on(inv, {"alpha": pi, "main": vps}, limit=frozenset({"alpha"}))
+    rotate.rotate_keys(play)
+    assert play.failed == set()
+    assert "restart" not in pi_scripts(pi)
+    connect = [line for line in lines(capsys) if "reconnect the tunnel with it" in line]
+    assert len(connect) == 1 and " - came back by itself: every listener (0.0.0.0:20022, 127.0.0.1:20080)" in connect[0]
+
+
+def test_a_tunnel_that_does_not_come_back_with_the_new_key_fails_and_keeps_the_old_key_accepted(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(PI_DEFAULTS, "listen_wait_seconds", 0.05)
+    inv, pi, vps = setup(tmp_path, keys, current="new", old="old", accepted=("old", "new"), live="old")
+    pi.vpses = []  # the restart does not reconnect anything: the old key's session holds on
+    play = play_on(inv, {"alpha": pi, "main": vps}, limit=frozenset({"alpha"}))
+    rotate.rotate_keys(play)
+    assert play.failed == {"alpha"}
+    assert pi_scripts(pi) == ["restart", "restart"]  # tried twice, then gave up; the old key never dropped
+    assert vps.ops == [] and pi.slots["old"] == keys["old"]
+    (failed,) = [line for line in lines(capsys) if line.startswith("failed alpha")]
+    assert failed.startswith(f"failed alpha tunnel key: reconnect the tunnel with it, proven by the VPS's log - not "
+                             f"up with {fp(keys['new'])} after ")
+    assert failed.endswith(f"s ({fp(keys['old'])}); the VPS still accepts the old key: rerun, and see "
+                           "`journalctl -u pitunnel@main.service`")
+
+
+@pytest.mark.parametrize(("state", "why"), [
+    ({"current": None, "accepted": ()}, "the Pi has no tunnel key: run `invoke provision-pi` first"),
+    ({"accepted": ()}, "the VPS does not accept the Pi's key: run `invoke provision-pi` first"),
+    ({"live": None}, "the tunnel is not up with its key (nobody listening): a rotation starts only from a working "
+                     "tunnel (see `invoke status`)"),
+])
+def test_a_rotation_is_refused_from_a_pi_not_provisioned_or_not_up_and_nothing_is_sent(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str], state: dict[str, object],
+        why: str) -> None:
+    inv, pi, vps = setup(tmp_path, keys, **state)  # type: ignore[arg-type]
+    play = play_on(inv, {"alpha": pi, "main": vps}, limit=frozenset({"alpha"}))
+    rotate.rotate_keys(play)
+    assert play.failed == {"alpha"} and pi.ops == [] and vps.ops == []
+    assert f"failed alpha tunnel key rotation - {why}" in lines(capsys)
+
+
+def test_a_new_key_another_pi_holds_is_refused_and_nothing_is_written(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    # the key the Pi made is one the VPS lists for beta: alpha must never hold it
+    inv, pi, vps = setup(tmp_path, keys, spare=("beta",))
+    before = vps.text
+    play = play_on(inv, {"alpha": pi, "main": vps}, limit=frozenset({"alpha"}))
+    rotate.rotate_keys(play)
+    assert play.failed == {"alpha"}
+    assert vps.ops == [] and vps.text == before  # nothing written: beta keeps its line, alpha its old key
+    assert pi_scripts(pi) == ["make"] and pi.slots["current"] == keys["old"]
+    out = lines(capsys)
+    assert any(line.startswith("failed alpha tunnel key on main - ") for line in out), out
+
+
+def test_a_pi_step_that_fails_reports_its_error_and_stops(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv, pi, vps = setup(tmp_path, keys, fail_on="ssh-keygen -q -t ed25519")
+    play = play_on(inv, {"alpha": pi, "main": vps}, limit=frozenset({"alpha"}))
+    rotate.rotate_keys(play)
+    assert play.failed == {"alpha"} and vps.ops == []
+    assert "failed alpha tunnel key: make a new key on the Pi - ssh-keygen: it broke" in lines(capsys)
+
+
+def test_a_pi_with_two_vpses_switches_once_both_accept_and_retires_once_both_hold_the_new_key(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv = load(tmp_path, INVENTORY)
+    main = Vps("main", vps_text(inv, "main", {"duo": [keys["old"]]}), {"duo": keys["old"]}, owners(inv, "main"))
+    spare = Vps("spare", vps_text(inv, "spare", {"duo": [keys["old"]]}), {"duo": keys["old"]}, owners(inv, "spare"))
+    pi = Pi("duo", key_path(inv.pis["duo"]), keys["old"], [keys["new"]], [main, spare])
+    journal: list[str] = []
+    for host in (pi, main, spare):
+        host.journal = journal
+    play = play_on(inv, {"duo": pi, "main": main, "spare": spare}, limit=frozenset({"duo"}))
+    rotate.rotate_keys(play)
+    assert play.failed == set()
+    assert pi_scripts(pi)[:2] == ["make", "switch"] and pi_scripts(pi)[-1] == "drop old"
+    # both VPSes accepted both keys before the switch, and only the new one at the end
+    for vps in (main, spare):
+        assert [keys_of(t, "duo") for t in written(vps.ops, "authorized_keys")] == [
+            [keys["old"], keys["new"]], [keys["new"]]]
+    applies = [j for j in journal if j.endswith("apply") or j == "duo run"]
+    assert applies.index("duo run", 1) > max(applies.index("main apply"), applies.index("spare apply"))
+    restart = next(s for s in pi.ops if "systemctl restart" in s)
+    assert restart == "systemctl restart pitunnel@main.service\nsystemctl restart pitunnel@spare.service\n"
+    out = lines(capsys)
+    new = fp(keys["new"])
+    assert any(line.startswith(f"changed duo tunnel key: authorise it on the VPS next to the key in use - {new} on "
+                               "main, spare, with the same restrictions") for line in out), out
+    (connect,) = [line for line in out if "reconnect the tunnel" in line]
+    assert "reconnected: every listener (main: 127.0.0.1:20024; spare: 127.0.0.1:20024) held by a session that logged in " \
+           f"with {new} (sshd's log)" in connect
+    assert [line for line in out if "remove the old key from the VPS" in line] == [
+        f"changed duo tunnel key: remove the old key from the VPS - {fp(keys['old'])} no longer accepted"]
+
+
+def keys_of(text: str, pi: str) -> list[str]:
+    return [" ".join(line.split()[-3:-1]) for line in text.splitlines() if line.endswith(f"pitunnel:{pi}")]
