@@ -66,9 +66,9 @@ def fp(line: str) -> str:
     return parse_public_key(line).fingerprint
 
 
-def file_state(text: str | None) -> str:
+def file_state(text: str | None, owner: str = "pitunnel:pitunnel:600") -> str:
     """A file as the file fact reads it."""
-    return "ABSENT" if text is None else f"pitunnel:pitunnel:600\n{base64.b64encode(text.encode()).decode()}"
+    return "ABSENT" if text is None else f"{owner}\n{base64.b64encode(text.encode()).decode()}"
 
 
 def written(ops: list[str], name: str) -> list[str]:
@@ -382,3 +382,121 @@ def test_a_pi_with_two_vpses_switches_once_both_accept_and_retires_once_both_hol
 
 def keys_of(text: str, pi: str) -> list[str]:
     return [" ".join(line.split()[-3:-1]) for line in text.splitlines() if line.endswith(f"pitunnel:{pi}")]
+
+
+# ------------------------------------------------------------------------------------------ --laptop-key
+class LaptopPi(FakeHost):
+    """A Pi whose login user's authorized_keys is what the last write left; a fresh login with the new key
+    alone answers `proof` (None: it let us in). `events`: each write and each proof, in order."""
+
+    def __init__(self, inv: Inventory, text: str | None, *, proof: str | None = None, gateway: str | None = None) -> None:
+        super().__init__("alpha")
+        pi = inv.pis["alpha"]
+        self.path, self.owner, self.text, self.proof = pi_keys.laptop_keys_path(pi), pi.user, text, proof
+        self.through_tunnel, self.gateway_name = gateway is not None, gateway or ""
+        self.events: list[str] = []
+
+    def answer(self, snippet: str) -> str:
+        return file_state(self.text, f"{self.owner}:{self.owner}:600") if f"base64 -w0 {self.path}" in snippet else ""
+
+    def proves_key(self, key: Path, *, within: float = 5) -> str | None:
+        self.events.append(f"login {key.name}")
+        return self.proof
+
+    def _run(self, script: str, timeout: float | None) -> Result:
+        if "@@FACT" not in script and f"base64 -w0 {self.path}" in script:  # facts.read: the fact alone
+            self.scripts.append(script)
+            return Result(0, self.answer(script) + "\n", "")
+        before = len(self.ops)
+        result = super()._run(script, timeout)
+        for content in written(self.ops[before:], "authorized_keys"):
+            self.text = content
+            self.events.append("write " + ",".join(pi_keys.laptop_keys(content)))
+        return result
+
+
+def laptop(tmp_path: Path, keys: dict[str, str]) -> Path:
+    """The new laptop key's files, as --laptop-key names them."""
+    new = tmp_path / "laptop2"
+    new.write_text("private\n")
+    new.with_name("laptop2.pub").write_text(keys["laptop2"] + " me@laptop\n")
+    return new
+
+
+MINE = "ssh-rsa AAAAB3mine me@home"
+
+
+def test_the_laptop_key_is_added_proven_by_a_login_alone_then_the_old_one_removed(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv = load(tmp_path, INVENTORY)
+    pi = LaptopPi(inv, f"{MINE}\n{keys['laptop']} pitunnel-laptop\n")
+    new = laptop(tmp_path, keys)
+    play = play_on(inv, {"alpha": pi}, limit=frozenset({"alpha"}))
+    rotate_laptop_key(play, new)
+    assert play.failed == set()
+    old_key, new_key = keys["laptop"], keys["laptop2"]
+    assert pi.events == [f"write {old_key},{new_key}", "login laptop2", f"write {new_key}"]
+    both, only = written(pi.ops, "authorized_keys")
+    assert both.splitlines() == [MINE, f"{old_key} pitunnel-laptop", f"{new_key} pitunnel-laptop"]
+    assert only.splitlines() == [MINE, f"{new_key} pitunnel-laptop"]  # the user's own line kept, in its place
+    out = lines(capsys)
+    in_order(out, [
+        f"ok alpha laptop key: a fresh login with the new key alone - {new} (direct; no agent, no other key, "
+        "no password)",
+        f"ok alpha laptop key rotated - pi@alpha accepts {new} alone (of pitunnel's laptop keys): set laptop_key "
+        "(and key) to it in the inventory",
+    ])
+    assert sum(line.startswith("changed alpha laptop's keys for passwordless login") for line in out) == 2
+
+
+def test_a_laptop_key_rotation_killed_after_the_add_swaps_on_the_rerun(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv = load(tmp_path, INVENTORY)
+    pi = LaptopPi(inv, f"{keys['laptop']} pitunnel-laptop\n{keys['laptop2']} pitunnel-laptop\n", gateway="main")
+    new = laptop(tmp_path, keys)
+    rotate_laptop_key(play_on(inv, {"alpha": pi}, limit=frozenset({"alpha"})), new)
+    assert pi.events == ["login laptop2", f"write {keys['laptop2']}"]
+    assert f"ok alpha laptop key: a fresh login with the new key alone - {new} (through main's tunnel; no agent, " \
+           "no other key, no password)" in lines(capsys)
+
+
+def test_a_laptop_key_refused_at_the_login_keeps_the_old_key(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv = load(tmp_path, INVENTORY)
+    pi = LaptopPi(inv, f"{keys['laptop']} pitunnel-laptop\n", proof="Authentication failed.")
+    new = laptop(tmp_path, keys)
+    play = play_on(inv, {"alpha": pi}, limit=frozenset({"alpha"}))
+    rotate_laptop_key(play, new)
+    assert play.failed == {"alpha"}
+    assert pi.events == [f"write {keys['laptop']},{keys['laptop2']}", "login laptop2"]  # never the removal
+    assert pi_keys.laptop_keys(pi.text or "") == [keys["laptop"], keys["laptop2"]]
+    assert "failed alpha laptop key: a fresh login with the new key alone - the old key stays authorised: " \
+           "Authentication failed." in lines(capsys)
+
+
+def test_a_laptop_key_rotation_in_check_mode_sends_nothing_and_says_what_follows(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv = load(tmp_path, INVENTORY)
+    pi = LaptopPi(inv, f"{keys['laptop']} pitunnel-laptop\n")
+    rotate_laptop_key(play_on(inv, {"alpha": pi}, check=True, limit=frozenset({"alpha"})), laptop(tmp_path, keys))
+    assert pi.ops == [] and pi.events == []
+    out = lines(capsys)
+    assert any(line.startswith("would change alpha laptop's keys for passwordless login") for line in out), out
+    assert "alpha then: a fresh login with the new key, then the old key(s) removed" in out
+    assert not any("rotated" in line for line in out)
+
+
+def test_a_pi_that_accepts_the_new_laptop_key_alone_is_left_as_it_is(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv = load(tmp_path, INVENTORY)
+    new = laptop(tmp_path, keys)
+    done = f"{MINE}\n{keys['laptop2']} pitunnel-laptop\n"
+    for check in (False, True):
+        pi = LaptopPi(inv, done)
+        play = play_on(inv, {"alpha": pi}, check=check, limit=frozenset({"alpha"}))
+        rotate_laptop_key(play, new)
+        assert pi.ops == [] and pi.events == [] and play.failed == set()
+        out = lines(capsys)
+        assert [line for line in out if "alpha" in line] == [
+            f"ok alpha laptop key rotated - pi@alpha accepts {new} alone (of pitunnel's laptop keys): set laptop_key "
+            "(and key) to it in the inventory"]
