@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -500,3 +501,144 @@ def test_a_pi_that_accepts_the_new_laptop_key_alone_is_left_as_it_is(
         assert [line for line in out if "alpha" in line] == [
             f"ok alpha laptop key rotated - pi@alpha accepts {new} alone (of pitunnel's laptop keys): set laptop_key "
             "(and key) to it in the inventory"]
+
+
+# ------------------------------------------------------------------------------------------ roles/pi/keys.py
+PI_KEY = "/var/lib/pitunnel/.ssh/pitunnel_ed25519"
+
+
+def test_the_pis_three_keys_are_read_in_one_script_from_their_private_halves(tmp_path: Path,
+                                                                             keys: dict[str, str]) -> None:
+    inv = load(tmp_path, INVENTORY)
+    # as the Pi prints it: ssh-keygen -y adds the comment; a .next half-written by a kill is no key
+    out = f"current {keys['old']} pitunnel:alpha\nnext ssh-ed25519 AAAAC3Nza\nold -\n\nstray words here\n"
+    host = FakeHost("alpha", commands=[("ssh-keygen -y -f", out)])
+    found = pi_keys.read_keys(host, inv.pis["alpha"])  # type: ignore[arg-type]
+    assert found == pi_keys.PiKeys(parse_public_key(keys["old"]), None, None)
+    (script,) = host.scripts
+    for slot, path in (("current", PI_KEY), ("next", f"{PI_KEY}.next"), ("old", f"{PI_KEY}.old")):
+        assert (f"if [ -f {path} ] && p=$(ssh-keygen -y -f {path} 2>/dev/null); then echo \"{slot} $p\"; "
+                f"else echo '{slot} -'; fi\n") in script
+    assert pi_keys.keys_fact(inv.pis["alpha"]).key == "tunnel-keys:alpha"
+    both = pi_keys._derived(f"old {keys['old']}\nnext {keys['new']} pitunnel:alpha\ncurrent  -  \n")
+    assert both == pi_keys.PiKeys(None, parse_public_key(keys["new"]), parse_public_key(keys["old"]))
+    assert pi_keys._derived("") == pi_keys.PiKeys(None, None, None)
+
+
+def test_the_pis_key_scripts_as_sent(tmp_path: Path) -> None:
+    inv = load(tmp_path, INVENTORY)
+    alpha = inv.pis["alpha"]
+    assert pi_keys.make_next(alpha) == (
+        f"rm -f {PI_KEY}.next {PI_KEY}.next.pub\n"
+        f"runuser -u pitunnel -- ssh-keygen -q -t ed25519 -N '' -C pitunnel:alpha -f {PI_KEY}.next\n")
+    assert pi_keys.drop_old(alpha) == f"rm -f {PI_KEY}.old {PI_KEY}.old.pub\n"
+    assert pi_keys.reconnect(alpha) == "systemctl restart pitunnel@main.service\n"
+    assert pi_keys.reconnect(inv.pis["duo"]) == ("systemctl restart pitunnel@main.service\n"
+                                                 "systemctl restart pitunnel@spare.service\n")
+
+
+def run_switch(tmp_path: Path, script: str) -> dict[str, str]:
+    """switch(pi)'s script, run by sh on a copy of the key directory (runuser: the command as it is)."""
+    key = tmp_path / "pitunnel_ed25519"
+    body = script.replace(PI_KEY, str(key))
+    subprocess.run(["sh", "-c", "runuser() { shift 3; \"$@\"; }\n" + body], check=True, timeout=20)
+    return {p.name[len(key.name):] or "key": p.read_text().split()[1] if p.name.endswith(".pub") else
+            p.read_text() for p in sorted(tmp_path.iterdir())}
+
+
+def test_the_switch_keeps_the_old_key_and_a_rerun_after_a_kill_repeats_only_what_is_left(tmp_path: Path) -> None:
+    inv = load(tmp_path, INVENTORY)
+    script = pi_keys.switch(inv.pis["alpha"])
+    keydir = tmp_path / "keys"
+    old, new = keygen(keydir / "pitunnel_ed25519", "old").split()[1], keygen(keydir / "pitunnel_ed25519.next").split()[1]
+    old_private = (keydir / "pitunnel_ed25519").read_text()
+    new_private = (keydir / "pitunnel_ed25519.next").read_text()
+    after_one = run_switch(keydir, script)
+    assert after_one == {"key": new_private, ".pub": new, ".old": old_private}
+    assert run_switch(keydir, script) == after_one  # a rerun finds no .next: nothing moves
+    # killed after the hard link: the rerun keeps that .old (the key in use), and moves .next in
+    (keydir / "pitunnel_ed25519").rename(keydir / "pitunnel_ed25519.next")
+    (keydir / "pitunnel_ed25519").write_text(old_private)
+    (keydir / "pitunnel_ed25519.pub").write_text(f"ssh-ed25519 {old}\n")
+    assert run_switch(keydir, script) == {"key": new_private, ".pub": new, ".old": old_private}
+    assert script.startswith("set -e\n")  # a failed move stops the rest
+
+
+# ------------------------------------------------------------------------------------------ the laptop's key
+def test_only_the_laptop_keys_pitunnel_put_there_are_read(keys: dict[str, str]) -> None:
+    text = (f"{MINE}\n\n{keys['laptop']} pitunnel-laptop\n"
+            f"ssh-ed25519 pitunnel-laptop\n{keys['laptop2']}   pitunnel-laptop  \n{keys['new']} pitunnel-laptop-not\n")
+    assert pi_keys.laptop_keys(text) == [keys["laptop"], keys["laptop2"]]
+
+
+def test_the_laptop_keys_file_belongs_to_the_login_user(tmp_path: Path, keys: dict[str, str]) -> None:
+    from pitunnel.facts import FileState
+
+    inv = load(tmp_path, INVENTORY.replace("    address: 10.0.0.2\n", "    address: 10.0.0.2\n    user: root\n", 1))
+    op = pi_keys.laptop_keys_op(inv.pis["alpha"], [keys["laptop"], keys["laptop2"]])
+    assert (op.path, op.owner, op.group, op.mode) == ("/root/.ssh/authorized_keys", "root", "root", 0o600)
+    assert op.wanted(FileState(False)) == f"{keys['laptop']} pitunnel-laptop\n{keys['laptop2']} pitunnel-laptop\n"
+    kept = op.wanted(FileState(True, content=f"{MINE}\nssh-ed25519 AAAAold pitunnel-laptop\n# note\n".encode()))
+    assert kept == f"{MINE}\n# note\n{keys['laptop']} pitunnel-laptop\n{keys['laptop2']} pitunnel-laptop\n"
+    assert pi_keys.laptop_keys_path(inv.pis["beta"]) == "/home/pi/.ssh/authorized_keys"
+
+
+# ------------------------------------------------------------------------------------------ roles/vps/keys.py
+def test_the_vps_reads_a_pis_keys_and_who_holds_its_listeners_in_one_round_trip(tmp_path: Path,
+                                                                                keys: dict[str, str]) -> None:
+    inv = load(tmp_path, INVENTORY)
+    text = vps_text(inv, "main", {"alpha": [keys["old"], keys["new"]], "beta": [keys["beta"]]})
+    asked = listens(inv.pis["alpha"])
+    live = f"0.0.0.0:20022 {fp(keys['new'])}\n127.0.0.1:20080\n127.0.0.1:20023 {fp(keys['beta'])}\n"
+    host = FakeHost("main", [("ss -Htlnp", live), (keys_path(), file_state(text))])
+    found = vps_keys.read_keys(host, inv.vps["main"], "alpha", asked)  # type: ignore[arg-type]
+    assert found == vps_keys.VpsKeys((keys["old"], keys["new"]), {Listener(True, 20022): fp(keys["new"]),
+                                                                  Listener(False, 20080): ""})
+    assert host.round_trips == 1 and host.ops == []
+    empty = vps_keys.read_keys(FakeHost("main", [(keys_path(), "ABSENT")]), inv.vps["main"], "alpha",  # type: ignore[arg-type]
+                               asked)
+    assert empty == vps_keys.VpsKeys((), {})
+
+
+def test_the_live_key_script_asks_each_listener_and_reads_sshds_log_for_the_tunnel_account(tmp_path: Path) -> None:
+    inv = load(tmp_path, INVENTORY.replace("main: {address: 203.0.113.1}",
+                                           "main: {address: 203.0.113.1, tunnel_user: tunnels}"))
+    fact = vps_keys.live_fact(inv.vps["main"], listens(inv.pis["alpha"]))
+    assert fact.key == "live-keys:0.0.0.0:20022,127.0.0.1:20080"
+    assert fact.script.startswith("set -- 0.0.0.0:20022 20022 127.0.0.1:20080 20080\n")
+    assert "ss -Htlnp \"sport = :$port\" | awk -v s=\"$spec\" '$4 == s'" in fact.script
+    assert "journalctl -q -b -o cat _UID=0 _PID=$mon _COMM=sshd _COMM=sshd-session" in fact.script
+    assert "s/^Accepted publickey for tunnels from .* ssh2: [A-Z0-9-]* \\(SHA256:[A-Za-z0-9+\\/]*\\)$/\\1/p" \
+        in fact.script
+    assert 'fp="$fp ${got:-?}"' in fact.script and 'echo "$spec$fp"' in fact.script
+
+
+def test_the_sed_of_the_live_key_script_takes_the_fingerprint_of_sshds_line(tmp_path: Path) -> None:
+    inv = load(tmp_path, INVENTORY)
+    script = vps_keys.live_fact(inv.vps["main"], listens(inv.pis["alpha"])).script
+    sed = re.search(r"sed -n '([^']*)'", script)
+    assert sed is not None
+    log = ("Accepted publickey for pitunnel from 198.51.100.7 port 40000 ssh2: ED25519 SHA256:ab+c/9\n"
+           "Accepted publickey for other from 198.51.100.7 port 40000 ssh2: ED25519 SHA256:zzz\n"
+           "Accepted publickey for pitunnel from 198.51.100.7 port 40001 ssh2: RSA-SHA2-256 SHA256:Def0\n")
+    run = subprocess.run(["sed", "-n", sed.group(1)], input=log, capture_output=True, text=True, check=True)
+    assert run.stdout.splitlines() == ["SHA256:ab+c/9", "SHA256:Def0"]
+
+
+def test_the_live_keys_output_odd_lines() -> None:
+    asked = [Listener(True, 20022), Listener(False, 20080), Listener(False, 20081)]
+    out = "\n0.0.0.0:20022 SHA256:abc\nnoise 0.0.0.0:20022\n127.0.0.1:20080 ?\n127.0.0.1:9999 SHA256:x\n"
+    assert vps_keys._live(out, asked) == {Listener(True, 20022): "SHA256:abc", Listener(False, 20080): "?"}
+
+
+def test_the_vpss_host_keys_now_and_staged() -> None:
+    out = ("cur ssh-ed25519 AAAAone root@vps\ncur ssh-rsa AAAAtwo\ncur\nnew ssh-ed25519 AAAAlost\n"
+           "STAGED\nnew ssh-ed25519 AAAAthree root@vps\nbogus ssh-ed25519 AAAAx\n\n")
+    assert vps_keys._host_keys(out) == vps_keys.HostKeys(
+        ("ssh-ed25519 AAAAone", "ssh-rsa AAAAtwo"), ("ssh-ed25519 AAAAlost", "ssh-ed25519 AAAAthree"))
+    assert vps_keys._host_keys("cur ssh-ed25519 AAAAone\nSTAGED\n") == vps_keys.HostKeys(("ssh-ed25519 AAAAone",), ())
+    assert vps_keys._host_keys("cur ssh-ed25519 AAAAone\n").staged is None
+    host = FakeHost("main", commands=[("ssh_host_", "cur ssh-ed25519 AAAAone\n")])
+    assert vps_keys.read_host_keys(host) == vps_keys.HostKeys(("ssh-ed25519 AAAAone",), None)  # type: ignore[arg-type]
+    assert f"if [ -d {vps_keys.STAGED} ]; then echo STAGED; for f in {vps_keys.STAGED}/ssh_host_*_key.pub;" \
+        in host.scripts[0]
