@@ -642,3 +642,43 @@ def test_the_vpss_host_keys_now_and_staged() -> None:
     assert vps_keys.read_host_keys(host) == vps_keys.HostKeys(("ssh-ed25519 AAAAone",), None)  # type: ignore[arg-type]
     assert f"if [ -d {vps_keys.STAGED} ]; then echo STAGED; for f in {vps_keys.STAGED}/ssh_host_*_key.pub;" \
         in host.scripts[0]
+
+
+def run_on_copy(root: Path, script: str) -> str:
+    """A host-key script of vps/keys.py run by sh on a copy of /etc/ssh and pitunnel's state directory under
+    `root` (sshd -t passes; systemctl only says what it was asked); what systemctl was asked."""
+    body = script.replace(vps_keys.STATE_DIR, f"{root}/state").replace("/etc/ssh", f"{root}/etc")
+    stubs = f'sshd() {{ :; }}\nsystemctl() {{ echo "$@" >> {root}/asked; }}\nhostname() {{ echo vps; }}\n'
+    subprocess.run(["sh", "-c", stubs + body], check=True, timeout=60)
+    return (root / "asked").read_text() if (root / "asked").exists() else ""
+
+
+def test_host_keys_are_staged_of_every_type_installed_with_the_old_kept_restored_and_dropped(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    keygen(etc / "ssh_host_ed25519_key", "root@vps")
+    old_private = (etc / "ssh_host_ed25519_key").read_text()
+    (tmp_path / "state" / "host-keys-next.tmp").mkdir(parents=True)
+    (tmp_path / "state" / "host-keys-next.tmp" / "half-made").write_text("x")
+    assert run_on_copy(tmp_path, vps_keys.stage_host_keys()) == ""
+    staged = tmp_path / "state" / "host-keys-next"
+    assert sorted(p.name for p in staged.iterdir()) == ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
+    assert not (tmp_path / "state" / "host-keys-next.tmp").exists()  # the half-made set of a killed run gone
+    assert staged.stat().st_mode & 0o777 == 0o700  # root only
+    assert (staged / "ssh_host_ed25519_key.pub").read_text().split()[2] == "root@vps"
+    new_private = (staged / "ssh_host_ed25519_key").read_text()
+    assert new_private != old_private
+
+    assert run_on_copy(tmp_path, vps_keys.install_host_keys("ssh")) == "reload ssh\n"
+    assert (etc / "ssh_host_ed25519_key").read_text() == new_private
+    assert (etc / "ssh_host_ed25519_key").stat().st_mode & 0o777 == 0o600
+    assert (etc / "ssh_host_ed25519_key.pub").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "state" / "host-keys-old" / "ssh_host_ed25519_key").read_text() == old_private
+    # installed again (a rerun): the old key kept aside is still the one from before the first install
+    run_on_copy(tmp_path, vps_keys.install_host_keys("ssh"))
+    assert (tmp_path / "state" / "host-keys-old" / "ssh_host_ed25519_key").read_text() == old_private
+
+    assert run_on_copy(tmp_path, vps_keys.restore_host_keys("sshd")) == "reload ssh\nreload ssh\nreload sshd\n"
+    assert (etc / "ssh_host_ed25519_key").read_text() == old_private
+
+    run_on_copy(tmp_path, vps_keys.drop_staged())
+    assert not (tmp_path / "state").exists()  # the staged copies, the old private keys and the directory gone
