@@ -208,6 +208,8 @@ def test_a_rotation_makes_authorises_switches_reconnects_and_retires_in_order(
     assert len(connect) == 1 and connect[0].startswith(
         "changed alpha tunnel key: reconnect the tunnel with it, proven by the VPS's log - reconnected: every "
         f"listener (0.0.0.0:20022, 127.0.0.1:20080) held by a session that logged in with {new} (sshd's log), ")
+    took = re.fullmatch(r".*\(sshd's log\), (\d+\.\d)s", connect[0])
+    assert took is not None and float(took.group(1)) < 5  # the time it took, from the step's start
     assert not any("under way" in line for line in out)  # a fresh start is no resumed one
     assert vps.live["beta"] == keys["beta"]  # beta's sessions never ended
 
