@@ -67,9 +67,10 @@ def fp(line: str) -> str:
     return parse_public_key(line).fingerprint
 
 
-def file_state(text: str | None, owner: str = "pitunnel:pitunnel:600") -> str:
+def file_state(text: str | bytes | None, owner: str = "pitunnel:pitunnel:600") -> str:
     """A file as the file fact reads it."""
-    return "ABSENT" if text is None else f"{owner}\n{base64.b64encode(text.encode()).decode()}"
+    raw = text.encode() if isinstance(text, str) else text
+    return "ABSENT" if raw is None else f"{owner}\n{base64.b64encode(raw).decode()}"
 
 
 def written(ops: list[str], name: str) -> list[str]:
@@ -392,7 +393,7 @@ class LaptopPi(FakeHost):
     """A Pi whose login user's authorized_keys is what the last write left; a fresh login with the new key
     alone answers `proof` (None: it let us in). `events`: each write and each proof, in order."""
 
-    def __init__(self, inv: Inventory, text: str | None, *, proof: str | None = None, gateway: str | None = None) -> None:
+    def __init__(self, inv: Inventory, text: str | bytes | None, *, proof: str | None = None, gateway: str | None = None) -> None:
         super().__init__("alpha")
         pi = inv.pis["alpha"]
         self.path, self.owner, self.text, self.proof = pi_keys.laptop_keys_path(pi), pi.user, text, proof
@@ -472,7 +473,7 @@ def test_a_laptop_key_refused_at_the_login_keeps_the_old_key(
     rotate_laptop_key(play, new)
     assert play.failed == {"alpha"}
     assert pi.events == [f"write {keys['laptop']},{keys['laptop2']}", "login laptop2"]  # never the removal
-    assert pi_keys.laptop_keys(pi.text or "") == [keys["laptop"], keys["laptop2"]]
+    assert pi_keys.laptop_keys(written(pi.ops, "authorized_keys")[-1]) == [keys["laptop"], keys["laptop2"]]
     assert "failed alpha laptop key: a fresh login with the new key alone - the old key stays authorised: " \
            "Authentication failed." in lines(capsys)
 
@@ -583,6 +584,31 @@ def test_the_laptop_keys_file_belongs_to_the_login_user(tmp_path: Path, keys: di
     kept = op.wanted(FileState(True, content=f"{MINE}\nssh-ed25519 AAAAold pitunnel-laptop\n# note\n".encode()))
     assert kept == f"{MINE}\n# note\n{keys['laptop']} pitunnel-laptop\n{keys['laptop2']} pitunnel-laptop\n"
     assert pi_keys.laptop_keys_path(inv.pis["beta"]) == "/home/pi/.ssh/authorized_keys"
+    pi = pi_keys.laptop_keys_op(inv.pis["beta"], [keys["laptop"]])
+    assert (pi.path, pi.owner, pi.group, pi.mode) == ("/home/pi/.ssh/authorized_keys", "pi", "pi", 0o600)
+    # a byte that is no UTF-8 in the user's own line: the file is still read and rewritten
+    odd = pi.wanted(FileState(True, content=b"ssh-rsa AAAAB3mine caf\xe9@home\n"))
+    assert odd.splitlines()[1] == f"{keys['laptop']} pitunnel-laptop" and odd.startswith("ssh-rsa AAAAB3mine caf")
+
+
+def test_the_laptop_keys_next_step_and_why() -> None:
+    from pitunnel.roles.laptopkey import Step, after, next_step
+
+    assert next_step(("old",), "new") == (Step.ADD, "the Pi does not accept the new key yet")
+    assert next_step(("new", "old"), "new") == (Step.SWAP, "the Pi accepts the old key(s) too")
+    assert next_step(("new",), "new") == (Step.DONE, "")
+    assert after(("old",), Step.ADD, "new") == ("old", "new") and after(("old", "new"), Step.SWAP, "new") == ("new",)
+    assert after(("old",), Step.DONE, "new") == ("old",) and after(("old",), Step.REFUSED, "new") == ("old",)
+
+
+def test_a_laptop_key_rotation_reads_a_file_with_a_byte_that_is_no_utf8(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv = load(tmp_path, INVENTORY)
+    pi = LaptopPi(inv, b"ssh-rsa AAAAB3mine caf\xe9@home\n" + f"{keys['laptop']} pitunnel-laptop\n".encode())
+    play = play_on(inv, {"alpha": pi}, limit=frozenset({"alpha"}))
+    rotate_laptop_key(play, laptop(tmp_path, keys))
+    assert play.failed == set()
+    assert pi.events == [f"write {keys['laptop']},{keys['laptop2']}", "login laptop2", f"write {keys['laptop2']}"]
 
 
 # ------------------------------------------------------------------------------------------ roles/vps/keys.py
