@@ -63,6 +63,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {n: " ".join(keygen(base / n, n).split()[:2]) for n in ("old", "new", "beta", "newer", "laptop", "laptop2")}
 
 
+@pytest.fixture(autouse=True)
+def short_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scripted tunnel is up at once, or never: a failure shows in seconds, not in the real 45."""
+    monkeypatch.setitem(PI_DEFAULTS, "listen_wait_seconds", 2)
+
+
 def fp(line: str) -> str:
     return parse_public_key(line).fingerprint
 
@@ -710,3 +716,29 @@ def test_host_keys_are_staged_of_every_type_installed_with_the_old_kept_restored
 
     run_on_copy(tmp_path, vps_keys.drop_staged())
     assert not (tmp_path / "state").exists()  # the staged copies, the old private keys and the directory gone
+
+
+def test_a_vps_file_listing_a_key_for_two_other_pis_stops_the_rotation_before_any_write(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv, pi, vps = setup(tmp_path, keys)
+    vps.text += vps_text(inv, "main", {"duo": [keys["beta"]]})  # beta's key listed for duo too (not alpha's doing)
+    before = vps.text
+    play = play_on(inv, {"alpha": pi, "main": vps}, limit=frozenset({"alpha"}))
+    rotate.rotate_keys(play)
+    assert play.failed == {"alpha"} and vps.ops == [] and vps.text == before
+    out = lines(capsys)
+    assert "failed alpha tunnel key: authorise it on the VPS next to the key in use - nothing written on main: it " \
+           "lists a key for two Pis (see above)" in out
+    assert any(line.startswith("failed beta tunnel key on main - ") for line in out), out
+
+
+def test_each_authorised_write_reads_the_vps_once_then_writes(tmp_path: Path, keys: dict[str, str]) -> None:
+    inv, pi, vps = setup(tmp_path, keys)
+    rotate.rotate_keys(play_on(inv, {"alpha": pi, "main": vps}, limit=frozenset({"alpha"})))
+    # the flow reads its state 8 times (at the start, after each of its 6 steps, once while reconnecting), and
+    # each of the two writes reads the file once and applies once: no second read before a write
+    kinds = ["apply" if "@@OP" in s else "read" for s in vps.scripts]
+    assert kinds.count("apply") == 2
+    first = kinds.index("apply")
+    assert kinds[first - 1] == "read" and "ss -Htlnp" not in vps.scripts[first - 1]  # the write's own read
+    assert len(vps.scripts) == 8 + 2 * 2
