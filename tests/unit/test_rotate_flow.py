@@ -20,7 +20,7 @@ from pitunnel.roles import rotate
 from pitunnel.roles.contract import listens
 from pitunnel.roles.laptopkey import rotate_laptop_key
 from pitunnel.roles.pi import keys as pi_keys
-from pitunnel.roles.pi.paths import key_path
+from pitunnel.roles.pi.locations import key_path
 from pitunnel.roles.pi.role import PI_DEFAULTS
 from pitunnel.roles.vps import keys as vps_keys
 from pitunnel.roles.vps.authorized import authorized_line, keys_path
@@ -149,12 +149,12 @@ class Pi(FakeHost):
 
 def owners(inv: Inventory, vps: str) -> dict[str, str]:
     """Each listener on `vps`, by the Pi it is for."""
-    return {s.spec: pi.name for pi in inv.pis.values() if vps in pi.all_vps for s in listens(pi.on(vps))}
+    return {s.spec: pi.name for pi in inv.pis.values() if vps in pi.all_vps for s in listens(pi.path(vps))}
 
 
 def vps_text(inv: Inventory, vps: str, pis: dict[str, list[str]]) -> str:
     """authorized_keys as pitunnel writes it: each Pi's keys with its restrictions."""
-    return "".join(authorized_line(inv.vps[vps], inv.pis[pi], k) + "\n" for pi, ks in pis.items() for k in ks)
+    return "".join(authorized_line(inv.vps[vps], inv.pis[pi].path(vps), k) + "\n" for pi, ks in pis.items() for k in ks)
 
 
 def setup(tmp_path: Path, keys: dict[str, str], *, current: str | None = "old", next_: str | None = None,
@@ -191,7 +191,7 @@ def test_a_rotation_makes_authorises_switches_reconnects_and_retires_in_order(
     assert pi_scripts(pi) == ["make", "switch", "restart", "drop old"]
     assert pi.slots == {"current": keys["new"], "next": None, "old": None}
     # the VPS: both keys with alpha's restrictions, then the new one alone; beta's line as it was each time
-    beta = authorized_line(inv.vps["main"], inv.pis["beta"], keys["beta"])
+    beta = authorized_line(inv.vps["main"], inv.pis["beta"].path("main"), keys["beta"])
     both, only = written(vps.ops, "authorized_keys")
     assert alpha_keys(both) == [keys["old"], keys["new"]] and alpha_keys(only) == [keys["new"]]
     for text in (both, only):
@@ -622,7 +622,7 @@ def test_the_vps_reads_a_pis_keys_and_who_holds_its_listeners_in_one_round_trip(
                                                                                 keys: dict[str, str]) -> None:
     inv = load(tmp_path, INVENTORY)
     text = vps_text(inv, "main", {"alpha": [keys["old"], keys["new"]], "beta": [keys["beta"]]})
-    asked = listens(inv.pis["alpha"])
+    asked = listens(inv.pis["alpha"].path("main"))
     live = f"0.0.0.0:20022 {fp(keys['new'])}\n127.0.0.1:20080\n127.0.0.1:20023 {fp(keys['beta'])}\n"
     host = FakeHost("main", [("ss -Htlnp", live), (keys_path(), file_state(text))])
     found = vps_keys.read_keys(host, inv.vps["main"], "alpha", asked)  # type: ignore[arg-type]
@@ -637,7 +637,7 @@ def test_the_vps_reads_a_pis_keys_and_who_holds_its_listeners_in_one_round_trip(
 def test_the_live_key_script_asks_each_listener_and_reads_sshds_log_for_the_tunnel_account(tmp_path: Path) -> None:
     inv = load(tmp_path, INVENTORY.replace("main: {address: 203.0.113.1}",
                                            "main: {address: 203.0.113.1, tunnel_user: tunnels}"))
-    fact = vps_keys.live_fact(inv.vps["main"], listens(inv.pis["alpha"]))
+    fact = vps_keys.live_fact(inv.vps["main"], listens(inv.pis["alpha"].path("main")))
     assert fact.key == "live-keys:0.0.0.0:20022,127.0.0.1:20080"
     assert fact.script.startswith("set -- 0.0.0.0:20022 20022 127.0.0.1:20080 20080\n")
     assert "ss -Htlnp \"sport = :$port\" | awk -v s=\"$spec\" '$4 == s'" in fact.script
@@ -649,7 +649,7 @@ def test_the_live_key_script_asks_each_listener_and_reads_sshds_log_for_the_tunn
 
 def test_the_sed_of_the_live_key_script_takes_the_fingerprint_of_sshds_line(tmp_path: Path) -> None:
     inv = load(tmp_path, INVENTORY)
-    script = vps_keys.live_fact(inv.vps["main"], listens(inv.pis["alpha"])).script
+    script = vps_keys.live_fact(inv.vps["main"], listens(inv.pis["alpha"].path("main"))).script
     sed = re.search(r"sed -n '([^']*)'", script)
     assert sed is not None
     log = ("Accepted publickey for pitunnel from 198.51.100.7 port 40000 ssh2: ED25519 SHA256:ab+c/9\n"
