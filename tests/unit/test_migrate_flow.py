@@ -6,10 +6,12 @@ rerun. The probes through the new VPS need real networking: `verify` is replaced
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
+from pitunnel import reconcile
 from pitunnel.inventory import Inventory, load_inventory
 from pitunnel.play import Play
 from pitunnel.roles import migrate as migrate_module
@@ -18,6 +20,7 @@ from pitunnel.roles.pi import paths as pi_paths
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.probes.report import PiReport
 from tests.unit.fake_hosts import ACCOUNT, FakeHost, in_order, lines, load, play_on
+from tests.unit.test_rekey_flow import Killed, kill_after
 from tests.unit.test_revoke import sent
 from tests.unit.test_templates import keygen
 
@@ -317,3 +320,30 @@ def test_a_move_that_cannot_start_is_refused_before_any_host(
     assert str(refused.value) == refusal.format(inventory=inv.path, state=state_file(inv.path))
     assert all(h.scripts == [] for h in hosts.values()) and asked == []
     assert inv.path.read_text() == text
+
+
+@pytest.mark.parametrize("step, state_left", [(1, False), (2, False), (3, True), (4, True)])
+def test_a_move_killed_after_any_step_is_finished_by_the_rerun(
+        tmp_path: Path, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, step: int, state_left: bool,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Killed after PROVISION (1), VERIFY (2), REWRITE (3) or the Pis' RETIRE (4): what the run left on the
+    laptop, then a rerun that completes the move."""
+    inv = load(tmp_path, INVENTORY)
+    verified(monkeypatch)
+    signals = kill_after(monkeypatch, step)
+    with pytest.raises(Killed):
+        migrate(play_on(inv, fleet(inv, keys)), "new", keep_old=False)
+    assert signals == [signal.SIGKILL]
+    assert state_file(inv.path).exists() is state_left
+    assert inv.path.read_text() == (MOVED if state_left else INVENTORY)  # the state file and the rewrite go together
+    monkeypatch.delenv(reconcile.KILL_AFTER)
+    inv = load_inventory(inv.path)
+    hosts = fleet(inv, keys)
+    nginx_by_pitunnel(hosts["old"])
+    play = play_on(inv, hosts)
+    migrate(play, "new", keep_old=False)
+    assert play.failed == set()
+    assert inv.path.read_text() == MOVED
+    assert not state_file(inv.path).exists()
+    assert hosts["old"].applied("apt-get purge -y -q --autoremove nginx")
+    assert "ok new migrate to new done - pi1, pi2 through new only; old: pitunnel's side torn down" in lines(capsys)

@@ -6,11 +6,14 @@ lab proves the same on real sshd (tests/lab/test_daytwo.py); these prove the dri
 from __future__ import annotations
 
 import base64
+import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
 
+from pitunnel import reconcile
 from pitunnel.inventory import Inventory
 from pitunnel.remote import Result, Unreachable
 from pitunnel.roles.pi.paths import vps_config_dir
@@ -329,3 +332,69 @@ def test_each_selected_vps_is_rekeyed_with_its_own_pis_only(tmp_path: Path, caps
     # the laptop's lines for spare (port 2222) are its own, named [address]:port
     assert "[203.0.113.2]:2222 ssh-ed25519 AAAAnew1" in laptop(inv)
     assert "203.0.113.1 ssh-ed25519 AAAAold1" in laptop(inv)
+
+
+class Killed(BaseException):
+    """What the test's stand-in for SIGKILL raises: the run stops right there, as if killed."""
+
+
+def kill_after(monkeypatch: pytest.MonkeyPatch, step: int) -> list[int]:
+    """PITUNNEL_TEST_KILL_AFTER_STEP=step, with the kill replaced by Killed (the signals sent are returned)."""
+    sent: list[int] = []
+
+    def kill(pid: int, sig: int) -> None:
+        assert pid == os.getpid()
+        sent.append(sig)
+        raise Killed
+
+    monkeypatch.setenv(reconcile.KILL_AFTER, str(step))
+    monkeypatch.setattr(os, "kill", kill)
+    return sent
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 4])  # after the 5th (CLEAN) the re-key is done: a rerun starts another
+def test_a_run_killed_after_any_step_is_finished_by_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int, capsys: pytest.CaptureFixture[str]) -> None:
+    inv, hosts = fleet(tmp_path)
+    signals = kill_after(monkeypatch, step)
+    with pytest.raises(Killed):
+        rotate_vps_hostkey(play_on(inv, hosts, limit=frozenset({"main"})))
+    assert signals == [signal.SIGKILL]
+    first = lines(capsys)
+    assert sum(line.startswith("changed main host key:") for line in first) == step
+    monkeypatch.delenv(reconcile.KILL_AFTER)
+    play = play_on(inv, hosts, limit=frozenset({"main"}))
+    rotate_vps_hostkey(play)
+    assert play.failed == set()
+    vps = hosts["main"]
+    assert isinstance(vps, KeyedVps) and vps.current == NEW and vps.staged is None
+    assert vps_scripts(vps) == ["stage", "switch", "clean"]  # each step once over both runs
+    assert all(isinstance(hosts[n], PinningPi) and hosts[n].pins == NEW for n in ("alpha", "beta"))  # type: ignore[attr-defined]
+    assert laptop(inv) == [OTHER, *(f"203.0.113.1 {k}" for k in NEW)]
+    out = lines(capsys)
+    assert sum(line.startswith("changed main host key:") for line in out) == 5 - step
+    assert "ok main host keys re-keyed - 2 keys, pinned by 2 Pi(s) and the laptop" in out
+
+
+class StuckPi(PinningPi):
+    """A Pi that takes every pins file and keeps the old one (a bug somewhere): the flow cannot progress."""
+
+    def run(self, script: str, **kwargs: object) -> Result:  # type: ignore[override]
+        pins = self.pins
+        result = super().run(script, **kwargs)
+        self.pins = pins
+        return result
+
+
+def test_a_flow_that_makes_no_progress_stops_after_its_cap_and_names_the_step(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inv, hosts = fleet(tmp_path)
+    hosts["beta"] = StuckPi("beta", OLD)
+    play = play_on(inv, hosts, limit=frozenset({"main"}))
+    rotate_vps_hostkey(play)
+    assert play.failed == {"main"}
+    assert vps_scripts(hosts["main"]) == ["stage"]  # never switched: beta does not accept the new keys
+    out = lines(capsys)
+    assert sum(line.startswith("changed main host key: pin the new host keys beside") for line in out) == 7  # and STAGE
+    assert ("failed main host key: re-key - no progress after 8 steps, the last \"pin the new host keys beside the "
+            "old ones on every Pi and in the laptop's known_hosts\" (a bug: please report)") in out
