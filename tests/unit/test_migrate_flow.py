@@ -7,12 +7,14 @@ rerun. The probes through the new VPS need real networking: `verify` is replaced
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pitunnel import reconcile
-from pitunnel.inventory import Inventory, load_inventory
+from pitunnel.inventory import Inventory, load_inventory, ports_file
 from pitunnel.play import Play
 from pitunnel.roles import migrate as migrate_module
 from pitunnel.roles.migrate import MigrateRefused, migrate, state_file
@@ -347,3 +349,28 @@ def test_a_move_killed_after_any_step_is_finished_by_the_rerun(
     assert not state_file(inv.path).exists()
     assert hosts["old"].applied("apt-get purge -y -q --autoremove nginx")
     assert "ok new migrate to new done - pi1, pi2 through new only; old: pitunnel's side torn down" in lines(capsys)
+
+
+def test_an_auto_port_taken_on_new_is_mapped_said_and_recorded_there(
+        tmp_path: Path, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    text = INVENTORY.replace("remote_port: 20021", "remote_port: auto").replace("remote_port: 20022", "remote_port: auto")
+    inv = load(tmp_path, text)
+    taken = inv.pis["pi0"].tunnels[0].remote_port
+    assert inv.pis["pi1"].tunnels[0].remote_port == taken  # each VPS hands out its own ports: the same number
+    monkeypatch.setattr(sys.modules[__name__], "LISTENING",
+                        "".join(f"LISTEN 0 128 127.0.0.1:{p} 0.0.0.0:*\n" for p in (taken, taken + 1, 20023)))
+    monkeypatch.setattr(sys.modules[__name__], "PERMITTED", f"permitlisten 127.0.0.1:{taken} 127.0.0.1:{taken + 1} "
+                                                            "127.0.0.1:20023")
+    verified(monkeypatch)
+    play = play_on(inv, fleet(inv, keys))
+    migrate(play, "new", keep_old=False)
+    assert play.failed == set()
+    out = lines(capsys)
+    assert f"new pi1/ssh: port {taken} is taken on new: it gets {taken + 1} there" in out
+    assert f"ok pi1 tunnel listening on the VPS - new: 127.0.0.1:{taken + 1} (after 0.5s)" in out
+    moved = load_inventory(inv.path)
+    assert moved.pis["pi1"].all_vps == ("new",) and moved.pis["pi1"].tunnels[0].remote_port == taken + 1
+    assert moved.pis["pi0"].tunnels[0].remote_port == taken
+    recorded = yaml.safe_load(ports_file(inv.path).read_text())
+    assert recorded.get("old") in (None, {}) and recorded["new"]["pi1/ssh"] == taken + 1
