@@ -398,3 +398,12 @@ def test_a_flow_that_makes_no_progress_stops_after_its_cap_and_names_the_step(
     assert sum(line.startswith("changed main host key: pin the new host keys beside") for line in out) == 7  # and STAGE
     assert ("failed main host key: re-key - no progress after 8 steps, the last \"pin the new host keys beside the "
             "old ones on every Pi and in the laptop's known_hosts\" (a bug: please report)") in out
+
+
+def test_every_pi_not_reached_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inv, hosts = fleet(tmp_path, pins=None)
+    hosts["alpha"] = PinningPi("alpha", None)
+    rotate_vps_hostkey(play_on(inv, hosts, limit=frozenset({"main"})))
+    assert changes(hosts["main"]) == []
+    assert any(line.startswith("failed main host key: read the Pis' pins - alpha, beta not reached: every Pi of main")
+               for line in lines(capsys))
