@@ -146,6 +146,11 @@ def test_a_move_of_every_pi_of_old_brings_both_paths_up_verifies_rewrites_and_te
         "ok new migrate to new done - pi1, pi2 through new only; old: pitunnel's side torn down",
     ])
     assert any(line.startswith("changed old packages purged nginx") for line in out)
+    purged = next(i for i, op in enumerate(hosts["old"].ops) if "apt-get purge" in op)
+    assert not any("useradd" in op for op in hosts["old"].ops[purged:])  # torn down, not provisioned again
+    assert sum("pitunnel@new.service" in op and "systemctl start" in op for op in hosts["pi0"].ops) == 1
+    assert sum(line.startswith("changed old sshd Match block") for line in out) == 1
+    assert sum(line.startswith("changed new sshd Match block") for line in out) == 1
 
 
 def test_check_mode_sends_no_change_writes_nothing_and_says_the_rest_of_the_plan(
@@ -198,6 +203,9 @@ def test_keep_old_takes_the_moved_pis_keys_off_old_and_keeps_its_side(
     assert not any(key_of(keys, n) in sent(_only(last)) for n in ("pi1", "pi2"))
     out = lines(capsys)
     assert "ok new migrate to new done - pi1, pi2 through new only; old: kept (--keep-old)" in out
+    # old provisioned again after the keys went (its Nginx then serves the Pis left on it), new not
+    assert sum(line.startswith("changed old sshd Match block") for line in out) == 2
+    assert sum(line.startswith("changed new sshd Match block") for line in out) == 1
     assert not any(line.startswith("changed old packages purged") for line in out)
 
 
@@ -225,6 +233,7 @@ def test_a_pi_left_on_old_keeps_old_serving_it(tmp_path: Path, keys: dict[str, s
     assert key_of(keys, "pi1") not in sent(_only(last))
     out = lines(capsys)
     assert "ok new migrate to new done - pi1 through new only; old: still serves pi2" in out
+    assert sum(line.startswith("changed old sshd Match block") for line in out) == 2
 
 
 def test_a_pi_that_fails_verify_stays_on_old_and_the_others_move(
