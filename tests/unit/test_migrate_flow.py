@@ -18,9 +18,9 @@ from pitunnel.inventory import Inventory, load_inventory, ports_file
 from pitunnel.play import Play
 from pitunnel.roles import migrate as migrate_module
 from pitunnel.roles.migrate import MigrateRefused, migrate, state_file
-from pitunnel.roles.pi import paths as pi_paths
+from pitunnel.roles.pi import locations as pi_locations
 from pitunnel.roles.pi import role as pi_role
-from pitunnel.roles.probes.report import PiReport
+from pitunnel.roles.probes.report import PathReport
 from tests.unit.fake_hosts import ACCOUNT, FakeHost, in_order, lines, load, play_on
 from tests.unit.test_rekey_flow import Killed, kill_after
 from tests.unit.test_revoke import sent
@@ -64,7 +64,7 @@ def vps_host(name: str, *, fail_on: str | None = None) -> FakeHost:
 
 
 def pi_host(inv: Inventory, name: str, pub: str, folders: str) -> FakeHost:
-    return FakeHost(name, [(pi_paths.key_path(inv.pis[name]), f"PUB {pub}"),
+    return FakeHost(name, [(pi_locations.key_path(inv.pis[name]), f"PUB {pub}"),
                            ("-mindepth 1 -maxdepth 1 -type d", folders),
                            ("passwordauthentication|kbd", "passwordauthentication no")])
 
@@ -85,11 +85,11 @@ def verified(monkeypatch: pytest.MonkeyPatch, failing: dict[str, str] | None = N
     each call was asked (the Pis and their VPSes) is returned."""
     asked: list[list[str]] = []
 
-    def fake(play: Play) -> list[PiReport]:
+    def fake(play: Play) -> list[PathReport]:
         reports = []
         for pi in play.selected(list(play.inventory.pis.values())):
             for vps in pi.all_vps:
-                report = PiReport(pi.name, vps=vps)
+                report = PathReport(pi.name, vps=vps)
                 why = (failing or {}).get(pi.name) if vps == "new" else None  # its path through old works
                 report.add("ssh", why is None, why or "ssh through it answered")
                 reports.append(report)

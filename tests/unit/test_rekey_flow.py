@@ -16,7 +16,7 @@ import pytest
 from pitunnel import reconcile
 from pitunnel.inventory import Inventory
 from pitunnel.remote import Result, Unreachable
-from pitunnel.roles.pi.paths import vps_config_dir
+from pitunnel.roles.pi.locations import vps_config_dir
 from pitunnel.roles.rekey import rotate_vps_hostkey
 from tests.unit.fake_hosts import FakeHost, in_order, lines, load, play_on
 
