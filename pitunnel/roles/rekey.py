@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from pitunnel import hostkeys, reconcile
+from pitunnel.facts import file_fact, read
 from pitunnel.inventory import VpsSpec
 from pitunnel.play import Play
 from pitunnel.runner import StepFailed, converge
@@ -106,8 +107,8 @@ class VpsRekey(reconcile.Flow[Reading, Step]):
 
     def read(self) -> Reading:
         found = vps_keys.read_host_keys(self.remote)
-        pins = self.play.each(self.pis, lambda r: pi.pinned(r.run(f"cat {vps_config_dir(self.vps.name)}/known_hosts 2>/dev/null; "
-                                                                   "true").stdout))
+        pins_file = file_fact(f"{vps_config_dir(self.vps.name)}/known_hosts")
+        pins = self.play.each(self.pis, lambda r: pi.pinned(read(r, pins_file).content.decode(errors="replace")))
         missing = [p.name for p in self.pis if p.name not in pins]
         if missing:
             raise self.fail("read the Pis' pins", f"{', '.join(missing)} not reached: every Pi of {self.vps.name} must "
