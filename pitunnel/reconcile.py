@@ -1,10 +1,12 @@
-"""One driver for every cross-host flow whose state is read from its hosts (rotate-keys, the laptop key,
-rotate-vps-hostkey; migrate counts its steps with it).
+"""One driver for every cross-host flow whose state is read from its hosts and the laptop's files (rotate-keys,
+the laptop key, rotate-vps-hostkey, migrate).
 
-A flow is a state machine with a fixed list of steps (an Enum with DONE and REFUSED among them). It says
+A flow is a state machine with a fixed list of steps (an Enum with DONE and REFUSED among them, and HALTED
+if a step can fail on some hosts and let the others go on). It says
 how to read its state from the hosts, which step comes next from a state and why (a pure function), what
 a step leads to when it succeeds (pure, for check mode), and how to apply a step. `reconcile` loops:
-read, pick the next step, apply it, read again, until DONE or REFUSED. Check mode lists the steps the
+read, pick the next step, apply it, read again, until DONE, REFUSED or HALTED (a step failed on hosts that
+reported it and are named in the recap; a rerun goes on from there). Check mode lists the steps the
 state leads to and applies nothing. A flow stuck on its steps fails after `cap` of them, naming the last.
 No journal on the laptop: a run killed anywhere is finished by the next, which reads where it stopped.
 """
@@ -25,7 +27,7 @@ from pitunnel.runner import StepFailed
 
 # tests only: SIGKILL this process right after its k-th applied step (proves a rerun finishes the job)
 KILL_AFTER = "PITUNNEL_TEST_KILL_AFTER_STEP"
-DONE, REFUSED = "DONE", "REFUSED"  # the names of every flow's two last steps
+DONE, REFUSED, HALTED = "DONE", "REFUSED", "HALTED"  # the names of the steps that end a flow's run
 
 S = TypeVar("S")
 K = TypeVar("K", bound=Enum)
@@ -67,7 +69,7 @@ def plan(state: S, next_step: Callable[[S, bool], tuple[K, str]], after: Callabl
     for _ in range(limit):
         step, why = next_step(state, started)
         steps.append((step, why))
-        if step.name in (DONE, REFUSED):
+        if step.name in (DONE, REFUSED, HALTED):
             break
         started = True
         state = after(state, step)
@@ -114,6 +116,8 @@ class Flow(ABC, Generic[S, K]):
 
     def planned(self, state: S, step: K, why: str) -> bool:
         """Check mode: say one step of the plan (`state`: as read from the hosts); False ends the listing."""
+        if step.name == HALTED:
+            return False
         status = {DONE: "ok", REFUSED: "failed"}.get(step.name, "would change")
         self.reporter.line(self.host, status, f"{self.prefix}: {step.value}", why)
         return True
@@ -139,6 +143,8 @@ def reconcile(flow: Flow[S, K], *, check: bool, applied: Applied) -> None:
             return
         if step.name == REFUSED:
             raise failed(flow.reporter, flow.host, flow.whole, why)
+        if step.name == HALTED:
+            return  # the hosts that failed said why, and the recap names them
         detail = flow.apply(step, state)
         if detail is not None:
             flow.reporter.line(flow.host, "changed", f"{flow.prefix}: {step.value}", detail or why)

@@ -383,3 +383,34 @@ def test_an_auto_port_taken_on_new_is_mapped_said_and_recorded_there(
     assert moved.pis["pi0"].tunnels[0].remote_port == taken
     recorded = yaml.safe_load(ports_file(inv.path).read_text())
     assert recorded.get("old") in (None, {}) and recorded["new"]["pi1/ssh"] == taken + 1
+
+
+def steps_from(move: migrate_module.Move) -> list[migrate_module.Step]:
+    return [s for s, _ in reconcile.plan(move, migrate_module.next_step, migrate_module.after)]
+
+
+S = migrate_module.Step
+
+
+@pytest.mark.parametrize("move, steps", [
+    (migrate_module.Move(("pi1", "pi2"), ()), [S.PROVISION, S.VERIFY, S.REWRITE, S.RETIRE, S.LEAVE, S.DONE]),
+    (migrate_module.Move((), ("pi1",)), [S.RETIRE, S.LEAVE, S.DONE]),  # a rerun after REWRITE
+    (migrate_module.Move(("pi2",), ("pi1",)), [S.PROVISION, S.VERIFY, S.REWRITE, S.RETIRE, S.LEAVE, S.DONE]),
+    # pi2 failed VERIFY and stays on OLD: it is not brought up again; pi1, rewritten, is retired
+    (migrate_module.Move(("pi2",), ("pi1",), frozenset({S.PROVISION, S.VERIFY, S.REWRITE}), ("pi1",)),
+     [S.RETIRE, S.LEAVE, S.DONE]),
+    # no Pi verified and none pending: nothing to rewrite or retire
+    (migrate_module.Move(("pi1",), (), frozenset({S.PROVISION, S.VERIFY})), [S.HALTED]),
+    (migrate_module.Move((), ("pi1",), frozenset({S.RETIRE}), halted=True), [S.HALTED]),
+    (migrate_module.Move((), (), frozenset({S.RETIRE, S.LEAVE})), [S.DONE]),  # the state file gone at the end
+])
+def test_the_next_steps_of_a_move_from_its_state(move: migrate_module.Move, steps: list[migrate_module.Step]) -> None:
+    assert steps_from(move) == steps
+
+
+def test_verify_leads_to_every_moving_pi_verified_and_rewrite_to_them_pending() -> None:
+    move = migrate_module.after(migrate_module.Move(("pi1", "pi2"), ("pi0",), frozenset({S.PROVISION})), S.VERIFY)
+    assert move.verified == ("pi1", "pi2") and move.done == {S.PROVISION, S.VERIFY}
+    move = migrate_module.after(move, S.REWRITE)
+    assert move.moving == () and move.pending == ("pi0", "pi1", "pi2")
+    assert migrate_module.after(move, S.LEAVE).pending == ()

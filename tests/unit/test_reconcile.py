@@ -143,3 +143,23 @@ def test_narrowed_restores_the_inventory_and_limit_whatever_happens(tmp_path: Pa
             raise RuntimeError("a step failed")
     assert play.inventory is inv and play.options.limit == {"main"}
     assert [h.name for h in play.selected(inv.vps.values())] == ["main"]
+
+
+class Halting(Counter):
+    """A Counter whose hosts fail at 2: the step said so itself, the run ends there quietly."""
+
+    def next_step(self, state: int, started: bool) -> tuple[Step, str]:
+        return (HaltStep.HALTED, "failed on h1") if state == 2 else super().next_step(state, started)
+
+
+class HaltStep(Enum):
+    HALTED = "halted"
+
+
+def test_a_halted_flow_ends_without_a_line_of_its_own_nor_an_error() -> None:
+    host = [1]
+    flow = Halting(host, 3)
+    reconcile.reconcile(flow, check=False, applied=reconcile.Applied())
+    assert host == [2] and flow.lines == ["changed h1 counter: add one - now 2"]
+    reconcile.reconcile(check := Halting([1], 3), check=True, applied=reconcile.Applied())
+    assert check.lines == ["would change h1 counter: add one - 1 < 3"]  # the listing ends where the run would
