@@ -47,21 +47,21 @@ def _run(task: str, body: Callable[[Play], list[T]], flags: Flags, *, quiet: boo
         held.append(play)
         rows.extend(body(play))
 
-    code = 0
+    code, error = 0, None
     try:
         run_play(collect, flags, quiet=quiet, out=sys.stderr if flags.json else None, reinstate=reinstate)
     except Exit as exc:
-        if not held:  # nothing ran: a usage or inventory error
+        if not held and not flags.json:  # nothing ran: a usage or inventory error
             raise
-        code = exc.code
-    if code != failures.INTERRUPTED and held:
+        code, error = exc.code, (exc.message or "").strip() or None
+    if code not in (failures.INTERRUPTED, failures.USAGE) and held:
         code |= judge(rows)
-    if flags.json:
-        print(_document(task, held[0] if held else None, code, **extra(rows)), flush=True)
+    if flags.json:  # one document for every run, exit 3 included (its `error` says why nothing ran)
+        print(_document(task, held[0] if held else None, code, error=error, **extra(rows)), flush=True)
     else:
         show(rows)
     if code:
-        raise Exit(code=code)
+        raise Exit(error, code=code)
 
 
 @provisioning_task()
@@ -172,7 +172,7 @@ def rotate_keys(c: Context, flags: Flags, laptop_key: str = "") -> None:
     new = Path(laptop_key).expanduser()
     problem = laptop_key_problem(new)
     if problem:
-        raise Exit(f"--laptop-key {laptop_key}: {problem}", code=2)
+        raise Exit(f"--laptop-key {laptop_key}: {problem}", code=failures.USAGE)
     run_play(lambda play: rotate_laptop_key(play, new), flags)
 
 
@@ -221,7 +221,7 @@ def migrate(c: Context, flags: Flags, to: str = "", keep_old: bool = False) -> N
 
 
 @provisioning_task(flags=("inventory", "check", "diff", "accept_new_host_keys", "accept_changed_host_key",
-                          "prompt_for_sudo_password", "verbose"),
+                          "prompt_for_sudo_password", "verbose", "forks"),
                    help={"pi": "the Pi (its name in the inventory) that is lost or stolen",
                          "release_ports": "instead: the Pi is gone from the inventory for good; forget its revocation "
                                           "and free its reserved ports for `remote_port: auto` (touches no host)"},
@@ -259,6 +259,7 @@ def release(flags: Flags, pi: str) -> None:
     from pitunnel.inventory import InventoryError, load_inventory
     from pitunnel.inventory.revoked import read_revoked, revoked_file, write_revoked
 
+    flags.vet()
     path, _ = resolve_inventory(flags.inventory or None)
     file = revoked_file(path)
     everything, problems = read_revoked(file)
