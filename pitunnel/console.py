@@ -183,9 +183,11 @@ def flags_after_task(args: list[str], ns: Collection) -> list[str]:
         elif flag in ("--list", "-V", "--version", "--print-completion-script", "--complete"):
             front.extend(args[i:i + 2] if flag == "--print-completion-script" and "=" not in token else [token])
             i += 1 if flag == "--print-completion-script" and "=" not in token else 0
-        elif flag in value or (len(flag) > 2 and not flag.startswith("--") and f"-{flag[1]}" in value):
-            takes = value.get(flag, False) and "=" not in token or (  # -af 3: bools, then one that takes a value
-                len(flag) > 2 and not value.get(flag[:2], False) and value.get(f"-{flag[-1]}", False))
+        elif flag in value or (len(flag) > 2 and not flag.startswith("--") and flag[:2] in value):
+            if flag not in value:  # -avi FILE: letters, the last of which may take a value; -iFILE: a value attached
+                takes = not value.get(flag[:2], False) and value.get(f"-{flag[-1]}", False)
+            else:
+                takes = value[flag] and "=" not in token
             moved.extend(args[i:i + 2] if takes else [token])
             i += 1 if takes else 0
         else:

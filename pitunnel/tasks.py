@@ -53,7 +53,8 @@ def _run(task: str, body: Callable[[Play], list[T]], flags: Flags, *, quiet: boo
     except Exit as exc:
         if not held and not flags.json:  # nothing ran: a usage or inventory error
             raise
-        code, error = exc.code, (exc.message or "").strip() or None
+        code = exc.code
+        error = (exc.message or "").strip() or None if code == failures.USAGE else None
     if code not in (failures.INTERRUPTED, failures.USAGE) and held:
         code |= judge(rows)
     if flags.json:  # one document for every run, exit 3 included (its `error` says why nothing ran)
@@ -148,7 +149,9 @@ def status(c: Context, flags: Flags) -> None:
          extra=lambda rows: {"tunnels": [r.document() for r in rows]})
 
 
-@provisioning_task(help={"purge": "also purge the packages the roles installed (autossh, nginx); no short flag"},
+@provisioning_task(help={"purge": "also purge the packages the roles installed (autossh on the Pis; nginx, certbot "
+                                 "and prometheus-node-exporter on the VPS) and pitunnel's certificates and ACME "
+                                 "account; no short flag"},
                    shorts={"purge": ""})
 def teardown(c: Context, flags: Flags, purge: bool = False) -> None:
     """Remove everything provision-vps and provision-pi added, on both sides (packages stay unless --purge)."""

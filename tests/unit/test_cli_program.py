@@ -65,7 +65,7 @@ def test_the_installed_command_offers_help_list_version_and_completion_and_none_
         assert core not in top, core
     assert "provision-pi" in done.stdout and "rotate-vps-hostkey" in done.stdout
     version = subprocess.run([str(BINARY), "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert version.returncode == 0 and version.stdout.startswith("Pitunnel ") or version.stdout.startswith("pitunnel ")
+    assert version.returncode == 0 and re.fullmatch(r"pitunnel \S+\n", version.stdout)
     script = subprocess.run([str(BINARY), "--print-completion-script", "bash"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60)
     assert script.returncode == 0 and "complete -F" in script.stdout and "pitunnel" in script.stdout
@@ -85,6 +85,8 @@ def test_flags_before_the_task_work_as_after_it(tmp_path: Path) -> None:
     assert flags_after_task(["--inventory=h.yml", "-af", "3", "status"], ns) == ["status", "--inventory=h.yml", "-af", "3"]
     assert flags_after_task(["-ih.yml", "-h", "verify"], ns) == ["-h", "verify", "-ih.yml"]
     assert flags_after_task(["--list"], ns) == ["--list"]
+    assert flags_after_task(["--check", "--json", "provision"], ns) == ["provision", "--check", "--json"]
+    assert flags_after_task(["-avi", "h.yml", "verify"], ns) == ["verify", "-avi", "h.yml"]
 
 
 def test_a_flag_with_no_task_says_where_it_goes() -> None:
@@ -111,7 +113,8 @@ def test_a_flag_with_no_task_says_where_it_goes() -> None:
 ])
 def test_wrong_arguments_are_one_line_naming_the_flag_and_exit_3_before_any_host(
         args: tuple[str, ...], line: str, inv_file: Path) -> None:  # noqa: F811
-    code, out, err = run(*args, *(["-i", str(inv_file)] if "-i" not in args and args[0] not in ("--help", "deploy", "revoke", "--echo") else []))
+    inventory = [] if "-i" in args or args[0] in ("--help", "deploy", "revoke", "--echo") else ["-i", str(inv_file)]
+    code, out, err = run(*args, *inventory)  # a good inventory where the flag under test is not -i
     assert code == failures.USAGE, (code, err)
     assert err.startswith(line), err
     assert err.count("\n") == 1 and "inventory:" not in err  # before the inventory is even read
@@ -119,7 +122,7 @@ def test_wrong_arguments_are_one_line_naming_the_flag_and_exit_3_before_any_host
 
 
 def test_a_good_fingerprint_passes_the_flag_check(inv_file: Path) -> None:  # noqa: F811
-    code, _, err = run("provision-vps", "-i", str(inv_file), "-k", "SHA256:" + "uC0qEDbh5HJlFNX787Ufu59Snf7Z2nf0ANC4r6cDpb0")
+    code, _, err = run("provision-vps", "-i", str(inv_file), "-k", "SHA256:" + "Zm9yIHRoZSB0ZXN0IG9ubHksIG5vIHJlYWwga2V5IGF")
     assert code == failures.UNREACHABLE and "not a SHA256" not in err  # it got as far as the (closed) VPS
 
 
@@ -244,3 +247,29 @@ def test_three_wrong_passphrases_say_so_not_set_key(tmp_path: Path) -> None:
     why = str(caught.value)
     assert f"key {key_file}: no right passphrase after 3 tries" in why and "set key" not in why, why
     assert f"ssh-add {key_file}" in why
+
+
+def test_a_wheel_installed_in_a_venv_of_its_own_is_the_same_program_from_an_empty_folder(tmp_path: Path) -> None:
+    """Not editable: the wheel pip builds from the checkout, installed without the source beside it, run from an
+    empty folder (about 8 s: pip builds the wheel; the venv borrows this one's dependencies through a .pth)."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(tmp_path)],
+                   check=True, capture_output=True, timeout=240)
+    wheel = next(tmp_path.glob("pitunnel-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True, timeout=120)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "invoke").is_dir())
+    (site / "deps.pth").write_text(f"{deps}\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    binary = str(venv / "bin" / "pitunnel")
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import pitunnel; print(pitunnel.__file__)"],
+                           cwd=empty, capture_output=True, text=True, timeout=60)
+    assert where.stdout.startswith(str(site))  # the wheel's copy, not the checkout's
+    done = subprocess.run([binary, "--help"], cwd=empty, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("Usage: pitunnel TASK [flags]") and "--echo" not in done.stdout
+    done = subprocess.run([binary, "-l", "pi1", "status"], cwd=empty, capture_output=True, text=True, timeout=60)
+    assert done.returncode == failures.USAGE and done.stderr.startswith("no inventory at inventory/hosts.yml")
+    assert "lab.yml" not in done.stderr.split("(from")[1].split(")")[0]  # not the checkout's fallback
