@@ -116,7 +116,9 @@ class PitunnelProgram(Program):
         for line in (inspect.getdoc(self.collection[name]) or "").splitlines():
             print(self.leading_indent + line if line.strip() else "")
         print("\nFlags:")
-        self.print_columns(self.parser.contexts[name].help_tuples())
+        context = self.parser.contexts[name]
+        counted = [a.names for a in context.args.values() if a.incrementable]  # -v, -vv: no value to give
+        self.print_columns([(_counted(spec, counted), text) for spec, text in context.help_tuples()])
 
     def task_list_opener(self, extra: str = "") -> str:
         return "Tasks"
@@ -144,6 +146,15 @@ class PitunnelProgram(Program):
                 return f"pitunnel: {word} goes with a task. Fix: pitunnel TASK {word} ... ({', '.join(owners)} take it)"
             return f"pitunnel: no flag {word}. Fix: pitunnel --help lists the tasks, pitunnel --help TASK their flags"
         return f"{where}: {text.rstrip('!')}. Fix: {helps}"
+
+
+def _counted(spec: str, counted: list[tuple[str, ...]]) -> str:
+    """`-v INT, --verbose=INT` as `-v, -vv, --verbose` for a flag counted by repeating it."""
+    for names in counted:
+        long, short = names[0], next((n for n in names if len(n) == 1), "")
+        if spec == f"-{short} INT, --{long}=INT" or spec == f"--{long}=INT":
+            return f"-{short}, -{short * 2}, --{long}" if short else f"--{long}"
+    return spec
 
 
 def not_a_number(argv: list[str]) -> str:

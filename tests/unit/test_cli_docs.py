@@ -30,7 +30,7 @@ def help_flags(task: str) -> dict[str, str]:
     """`pitunnel --help TASK` parsed: each long flag and its short letter ("" if none)."""
     code, out, _ = run("--help", task)
     assert code == 0, task
-    return {long: short or "" for short, long in re.findall(r"^  (?:-(\w)(?: \w+)?, )?--([a-z][\w-]*)", out, re.M)}
+    return {long: short or "" for short, long in re.findall(r"^  (?:-(\w)(?: \w+)?, )?(?:-\w\w, )?--([a-z][\w-]*)", out, re.M)}
 
 
 def test_the_task_table_names_every_task_and_no_other() -> None:
