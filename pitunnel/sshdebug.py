@@ -16,7 +16,7 @@ MASK = "********"
 NOISE = ("kex algos", "server key", "client encrypt", "server encrypt", "client mac", "server mac", "client compress",
          "server compress", "client lang", "server lang", "kex follows", "=== ", "[chan ", "Switch to new keys",
          "Switching on", "Got EXT_INFO", "Sending global request", "Received global request", "Global request",
-         "Secsh channel", "EOF in transport thread", "Debug msg", "starting thread", "Resetting inbound seqno")  # the lists before agreement, and channel traffic
+         "Secsh channel", "EOF in transport thread", "Debug msg", "starting thread", "Resetting", "kex engine", "Rejecting")  # the lists before agreement, and channel traffic
 PEM = re.compile(r"-----BEGIN [A-Z0-9 ]*-----.*?(-----END [A-Z0-9 ]*-----|$)", re.S)
 BLOB = re.compile(r"[A-Za-z0-9+/]{60,}={0,2}")  # key material or any long encoded secret (a fingerprint is 43)
 
