@@ -185,3 +185,16 @@ def test_vv_before_the_task_shows_each_handshake_and_login_attempt_and_no_secret
     for secret in secrets:
         assert secret not in shown
     assert "Traceback" not in shown
+
+
+def test_limit_with_a_bang_and_forks_on_real_hosts(tmp_path: Path) -> None:
+    """Issue 24: `status -l 'pis,!pi2' --forks 1 --json` on a lab of two Pis reads pi1 alone, one host at a
+    time; a limit whose exclusions leave nothing is a usage error (exit 3) with its JSON document."""
+    inventory = Path(lab_up(2).inventory)  # type: ignore[attr-defined]
+    run = pitunnel("status", "-l", "pis,!pi2", "--forks", "1", "--json", "-i", str(inventory))
+    doc = json.loads(run.stdout)
+    assert run.returncode in (0, 2) and doc["error"] is None, run.stderr[-2000:]
+    assert {t["pi"] for t in doc["tunnels"]} == {"pi1"}
+    assert "pi1" in doc["hosts"] and "pi2" not in doc["hosts"]
+    none = pitunnel("status", "-l", "pis,!pi*", "--json", "-i", str(inventory))
+    assert none.returncode == 3 and json.loads(none.stdout)["error"].endswith("Fix: exclude fewer hosts")
