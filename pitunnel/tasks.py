@@ -37,9 +37,9 @@ def _document(task: str, play: Play | None, code: int, **extra: Any) -> str:
 
 def _run(task: str, body: Callable[[Play], list[T]], flags: Flags, *, quiet: bool,
          judge: Callable[[list[T]], int], show: Callable[[list[T]], None],
-         extra: Callable[[list[T]], dict[str, Any]], reinstate: bool = False) -> None:
+         extra: Callable[[list[T]], dict[str, Any]], reinstate: bool = False, record: bool = True) -> None:
     """Run a play; print its rows (`show`) or, with --json, one document; exit with the play's code OR'ed with
-    what `judge` makes of the rows (interrupted wins)."""
+    what `judge` makes of the rows (interrupted wins). `record`: taskkit.run_play's."""
     rows: list[T] = []
     held: list[Play] = []
 
@@ -49,7 +49,8 @@ def _run(task: str, body: Callable[[Play], list[T]], flags: Flags, *, quiet: boo
 
     code = 0
     try:
-        run_play(collect, flags, quiet=quiet, out=sys.stderr if flags.json else None, reinstate=reinstate)
+        run_play(collect, flags, quiet=quiet, out=sys.stderr if flags.json else None, reinstate=reinstate,
+                 record=record)
     except Exit as exc:
         if not held:  # nothing ran: a usage or inventory error
             raise
@@ -100,7 +101,7 @@ def verify(c: Context, flags: Flags) -> None:
         if not reports or not all(r.passed for r in reports):
             print("\nverify: some checks failed (hints above)", file=sys.stderr)
 
-    _run("verify", body, flags, quiet=True, show=show,
+    _run("verify", body, flags, quiet=True, show=show, record=False,
          judge=lambda reports: failures.FAILED if not reports or any(
              not c.passed and not c.name.startswith(REACH) for r in reports for c in r.checks) else 0,
          extra=lambda reports: {"pis": verify_document(reports)})
@@ -144,7 +145,7 @@ def status(c: Context, flags: Flags) -> None:
     def judge(rows: list[TunnelStatus]) -> int:
         return failures.FAILED if any(is_down(r) for r in rows) else 0
 
-    _run("status", run_status, flags, quiet=True, judge=judge, show=print_status,
+    _run("status", run_status, flags, quiet=True, judge=judge, show=print_status, record=False,
          extra=lambda rows: {"tunnels": [r.document() for r in rows]})
 
 

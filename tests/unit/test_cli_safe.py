@@ -4,6 +4,8 @@ inventory. Loopback only, no lab: every host here is an address nothing listens 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import subprocess
@@ -12,8 +14,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from invoke import Program
 
-from pitunnel import failures
+from pitunnel import failures, link as link_module
+from pitunnel.console import namespace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,3 +60,39 @@ def test_a_closed_pipe_ends_the_run_quietly_as_ls_does(inv_file: Path) -> None:
         os.close(write)
     assert run.returncode == failures.CLOSED_PIPE == 141, run.stderr
     assert "Traceback" not in run.stderr and "BrokenPipe" not in run.stderr and "Exception ignored" not in run.stderr
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(link_module._tcp, "__kwdefaults__", {"within": 0.2})  # refused: retried 0.2 s, not 3
+    monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.ssh/id_* of whoever runs the tests
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    failures.silence_paramiko()
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    """`pitunnel ARGS` in this process: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            Program(namespace=namespace(), name="pitunnel", binary="pitunnel").run(["pitunnel", *args])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_verify_and_status_write_nothing_beside_the_inventory(inv_file: Path, quick: None) -> None:
+    before = sorted(p.name for p in inv_file.parent.iterdir())
+    for task in ("status", "verify"):
+        code, out, err = run(task, "-i", str(inv_file))
+        assert code == 4 and "Traceback" not in out + err
+        assert sorted(p.name for p in inv_file.parent.iterdir()) == before, task  # no hosts.ports.yml, nothing
+        assert f"ports: auto ports not recorded yet (pi1/ssh@main); a provisioning run records them in " \
+               f"{inv_file.parent / 'hosts.ports.yml'}" in err
+    code, _, _ = run("provision", "--check", "-i", str(inv_file))
+    assert code == 4 and not (inv_file.parent / "hosts.ports.yml").exists()
+    code, _, err = run("provision-vps", "-i", str(inv_file))  # a task that changes hosts records them at once
+    assert code == 4 and (inv_file.parent / "hosts.ports.yml").exists() and "not recorded yet" not in err
+    code, _, err = run("status", "-i", str(inv_file))
+    assert code == 4 and "not recorded yet" not in err
