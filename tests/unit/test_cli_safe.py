@@ -96,3 +96,12 @@ def test_verify_and_status_write_nothing_beside_the_inventory(inv_file: Path, qu
     assert code == 4 and (inv_file.parent / "hosts.ports.yml").exists() and "not recorded yet" not in err
     code, _, err = run("status", "-i", str(inv_file))
     assert code == 4 and "not recorded yet" not in err
+
+
+def test_verbose_shows_the_connection_settings_of_the_hosts_the_task_works_on_alone(inv_file: Path,
+                                                                                    quick: None) -> None:
+    code, out, _ = run("provision-vps", "-v", "-i", str(inv_file))
+    described = {line.split()[0] for line in out.splitlines() if line.startswith(" " * 13)}
+    assert code == 4 and described == {"main"} and "main       user root (default)" in out
+    code, out, _ = run("provision-pi", "-v", "-i", str(inv_file), "-l", "pi1")
+    assert code == 4 and "pi1        user pi (default)" in out and "pi2        user" not in out
