@@ -17,7 +17,7 @@ from typing import TextIO, TypeVar
 from . import failures
 from .hostkeys import HostKeyRefused
 from .inventory import HostSpec, Inventory
-from .remote import Credentials, Remote, SudoRefused, Unreachable, remotes_for
+from .remote import Credentials, HostCannotRun, Remote, SudoRefused, Unreachable, remotes_for
 from .report import Reporter
 from .runner import STOP, Interrupted, Mode, StepFailed
 
@@ -133,6 +133,8 @@ class Play:
             self.reporter.line(remote.name, "unreachable", "connect", str(exc))
         except SudoRefused as exc:
             self.reporter.line(remote.name, "failed", "sudo", str(exc))
+        except HostCannotRun as exc:  # the host's own trouble (a read-only or full /tmp), with its error and a hint
+            self.reporter.line(remote.name, "failed", "run a script", str(exc))
         except StepFailed:
             pass  # already reported, with what was rolled back
         except Exception as exc:  # a bug or an unexpected answer: name it, keep the other hosts going
