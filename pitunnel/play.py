@@ -52,7 +52,7 @@ class Play:
     failed: set[str] = field(default_factory=set)  # hosts whose work failed or that were unreachable: done for this run
     why: dict[str, str] = field(default_factory=dict)  # host -> why it could not be reached
     interrupted: set[str] = field(default_factory=set)  # hosts stopped by Ctrl-C
-    described: set[str] = field(default_factory=set)  # hosts whose connection settings -v has shown (or needs not)
+    described: set[str] = field(default_factory=set)  # hosts whose connection settings -v has shown
 
     @classmethod
     def start(cls, inventory: Inventory, options: Options, *, quiet: bool = False, out: TextIO | None = None) -> "Play":
@@ -69,13 +69,12 @@ class Play:
             remote.notify = partial(reporter.note, remote.name)
             remote.echo = _echo(reporter, remote.name) if options.verbose else None
             remote.accept_changed_host_key, remote.on_change = options.accept_changed_host_key, reporter.line
-        play.described = set() if options.verbose else {h.name for h in inventory.hosts()}
         return play
 
     def describe(self, hosts: Iterable[HostSpec]) -> None:
         """-v: each host's connection settings and where they came from, once, when the run first works on it
         (so `provision-vps -v` shows the VPS's alone)."""
-        for h in hosts:
+        for h in hosts if self.options.verbose else ():
             if h.name not in self.described:
                 self.described.add(h.name)
                 for line in self.remotes[h.name].describe():  # a quiet play (verify, status) prints its table on stdout
