@@ -149,13 +149,22 @@ def status(c: Context, flags: Flags) -> None:
          extra=lambda rows: {"tunnels": [r.document() for r in rows]})
 
 
-@provisioning_task(help={"purge": "also purge the packages the roles installed (autossh, nginx); no short flag"},
-                   shorts={"purge": ""})
-def teardown(c: Context, flags: Flags, purge: bool = False) -> None:
-    """Remove everything provision-vps and provision-pi added, on both sides (packages stay unless --purge)."""
+YES_HELP = "do not ask: on a terminal, {} lists per host what it removes and asks first (without one, it refuses " \
+           "unless --yes)"
+
+
+@provisioning_task(help={"purge": "also purge the packages the roles installed (autossh, nginx); no short flag",
+                         "yes": YES_HELP.format("teardown")},
+                   shorts={"purge": "", "yes": "y"})
+def teardown(c: Context, flags: Flags, purge: bool = False, yes: bool = False) -> None:
+    """Remove everything provision-vps and provision-pi added, on both sides (packages stay unless --purge).
+
+    Asks first on a terminal (per host, what goes); --yes to run it unattended."""
+    from pitunnel.confirm import confirm, teardown_plan
     from pitunnel.roles.site import teardown as site
 
-    run_play(lambda play: site(play, purge=purge), flags)
+    run_play(lambda play: site(play, purge=purge), flags, vet=lambda inv: confirm(
+        "teardown", teardown_plan(inv, flags.limit, purge=purge), yes=yes, check=flags.check))
 
 
 @provisioning_task(help={"laptop_key": "instead: put this private key's .pub on every Pi, prove a login with it, "
@@ -204,19 +213,23 @@ def rotate_vps_hostkey(c: Context, flags: Flags) -> None:
 
 
 @provisioning_task(help={"to": "the VPS (defined in the inventory) the Pis move to",
-                         "keep_old": "leave the old VPS's pitunnel side in place once no Pi is left on it"},
-                   shorts={"to": "", "keep_old": ""})
-def migrate(c: Context, flags: Flags, to: str = "", keep_old: bool = False) -> None:
+                         "keep_old": "leave the old VPS's pitunnel side in place once no Pi is left on it",
+                         "yes": YES_HELP.format("migrate")},
+                   shorts={"to": "", "keep_old": "", "yes": "y"})
+def migrate(c: Context, flags: Flags, to: str = "", keep_old: bool = False, yes: bool = False) -> None:
     """Move the Pis of one VPS to another: both paths up, each Pi verified through the new one, then the old left.
 
-    The inventory is rewritten to the new VPS (hosts.yml.bak kept); a rerun completes an interrupted move."""
+    The inventory is rewritten to the new VPS (hosts.yml.bak kept); a rerun completes an interrupted move.
+    Asks first on a terminal (per host, what moves and goes); --yes to run it unattended."""
+    from pitunnel.confirm import confirm, migrate_plan
     from pitunnel.roles.migrate import MigrateRefused
     from pitunnel.roles.migrate import migrate as site
 
     if not to:
         raise Exit("migrate needs --to NEWVPS (a VPS defined in the inventory)", code=failures.USAGE)
     try:
-        run_play(lambda play: site(play, to, keep_old=keep_old), flags)
+        run_play(lambda play: site(play, to, keep_old=keep_old), flags, vet=lambda inv: confirm(
+            "migrate", migrate_plan(inv, flags.limit, to, keep_old=keep_old), yes=yes, check=flags.check))
     except MigrateRefused as exc:
         raise Exit(f"migrate: {exc}", code=failures.USAGE) from None
 

@@ -157,8 +157,8 @@ def test_each_provisioning_task_runs_its_step(task: object, target: str, hosts: 
 def test_teardown_passes_purge(hosts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[bool] = []
     monkeypatch.setattr("pitunnel.roles.site.teardown", lambda play, purge: seen.append(purge))
-    tasks.teardown(Context(), inventory=str(hosts))
-    tasks.teardown(Context(), inventory=str(hosts), purge=True)
+    tasks.teardown(Context(), inventory=str(hosts), yes=True)
+    tasks.teardown(Context(), inventory=str(hosts), purge=True, yes=True)
     assert seen == [False, True]
 
 

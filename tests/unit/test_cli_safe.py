@@ -11,8 +11,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pexpect
 import pytest
 from invoke import Program
 
@@ -105,3 +109,122 @@ def test_verbose_shows_the_connection_settings_of_the_hosts_the_task_works_on_al
     assert code == 4 and described == {"main"} and "main       user root (default)" in out
     code, out, _ = run("provision-pi", "-v", "-i", str(inv_file), "-l", "pi1")
     assert code == 4 and "pi1        user pi (default)" in out and "pi2        user" not in out
+
+
+# ------------------------------------------------------------------ teardown and migrate ask first
+
+
+class Door:
+    """A loopback port that counts every connection made to it and closes each at once (so a run that goes on
+    to the hosts fails fast: "closed before login")."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.count = 0
+        self.open = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.open:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            self.count += 1
+            conn.close()
+
+    def knocked(self) -> int:
+        """How many connections reached the door so far."""
+        time.sleep(0.2)
+        return self.count
+
+    def close(self) -> None:
+        self.open = False
+        self.thread.join()
+        self.listener.close()
+
+
+@pytest.fixture
+def door(tmp_path: Path) -> Iterator[tuple[Door, Path]]:
+    """The door, and an inventory whose hosts all sit behind it: two VPSes and a Pi."""
+    door = Door()
+    file = tmp_path / "hosts.yml"
+    file.write_text(textwrap.dedent(f"""
+        settings: {{laptop_key: null, known_hosts: kh}}
+        vps:
+          main: {{address: 127.0.0.1, port: {door.port}, connect_timeout: 1}}
+          next: {{address: 127.0.0.1, port: {door.port}, connect_timeout: 1, http_port: 8080, https_port: 8443}}
+        pis:
+          pi1: {{address: 127.0.0.1, port: {door.port}, connect_timeout: 1, vps: main,
+                tunnels: {{ssh: {{type: ssh, remote_port: 20024}}}}}}
+        """))
+    yield door, file
+    door.close()
+
+
+def spawn(*args: str, cwd: Path) -> pexpect.spawn:
+    return pexpect.spawn(sys.executable, pitunnel(*args)[1:], env=ENV, cwd=str(cwd), encoding="utf-8", timeout=60)
+
+
+@pytest.mark.parametrize(("task", "args", "says"), [
+    ("teardown", (), ["main (VPS): the tunnel account pitunnel with every Pi's key, its sshd Match block",
+                      "pi1 (Pi): its tunnel units (to main), their watchdog"]),
+    ("teardown", ("--purge", "-l", "pi1"), ["pi1 (Pi): its tunnel units (to main), their watchdog, pitunnel's files "
+                                            "and sshd drop-ins, the tunnel account pitunnel or its key, the autossh "
+                                            "package", "main (VPS): the keys of pi1 (its tunnel account and the "
+                                            "other Pis stay)"]),
+    ("migrate", ("--to", "next"), ["pi1 (Pi): its tunnel moves from main to next",
+                                   "main (VPS): its pitunnel side (tunnel account, sshd Match block, Nginx sites) is "
+                                   "removed once no Pi is left on it", "hosts.yml.bak kept"]),
+])
+def test_on_a_terminal_it_lists_what_goes_and_asks_before_any_host_is_touched(
+        door: tuple[Door, Path], task: str, args: tuple[str, ...], says: list[str]) -> None:
+    listener, file = door
+    child = spawn(task, *args, "-i", str(file), cwd=file.parent)
+    child.expect_exact(f"{task} will remove:")
+    child.expect_exact(f"Go on with {task}? [y/N] ")
+    listed = " ".join(child.before.split())
+    assert all(" ".join(s.split()) in listed for s in says), listed
+    assert listener.knocked() == 0  # the question comes before any connection
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == failures.USAGE == 3 and f"{task}: not confirmed, nothing was touched" in child.before
+    assert listener.knocked() == 0 and not (file.parent / "hosts.yml.bak").exists()
+
+
+def test_answered_yes_it_goes_on_to_the_hosts(door: tuple[Door, Path]) -> None:
+    listener, file = door
+    child = spawn("teardown", "-i", str(file), cwd=file.parent)
+    child.expect_exact("Go on with teardown? [y/N] ")
+    assert listener.knocked() == 0
+    child.sendline("y")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == failures.UNREACHABLE and listener.knocked() >= 1  # it went to the hosts: none answered SSH
+    assert "PLAY RECAP" in child.before and "not confirmed" not in child.before
+
+
+@pytest.mark.parametrize("task", [("teardown",), ("teardown", "--purge"), ("migrate", "--to", "next")])
+def test_without_a_terminal_it_refuses_unless_yes_and_check_needs_no_answer(
+        door: tuple[Door, Path], task: tuple[str, ...]) -> None:
+    listener, file = door
+
+    def run_here(*more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(pitunnel(*task, "-i", str(file), *more), stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, env=ENV, cwd=file.parent, timeout=60)
+
+    refused = run_here()
+    assert refused.returncode == 3 and refused.stderr.splitlines()[-1] == (
+        f"{task[0]}: asks before it removes anything, but there is no terminal to ask on: add --yes to run it "
+        "unattended (nothing was touched)"), refused.stderr
+    assert listener.knocked() == 0 and "Go on" not in refused.stderr
+    for more in (("--yes",), ("-y",), ("--check",)) if task == ("teardown",) else (("--yes",),):
+        went = run_here(*more)
+        assert went.returncode & failures.UNREACHABLE and "Go on" not in went.stderr, went.stderr
+        assert listener.knocked() >= 1
