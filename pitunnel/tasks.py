@@ -1,4 +1,4 @@
-"""pitunnel's own tasks (TASKS): provision-vps, provision-pi, provision, verify, status, teardown, rotate-keys,
+"""pitunnel's own tasks (TASKS): init, provision-vps, provision-pi, provision, verify, status, teardown, rotate-keys,
 rotate-vps-hostkey, migrate and revoke.
 
 Each takes the shared flags (pitunnel.taskkit.Flags) as one `flags` argument; tasks.py at the top of the
@@ -9,6 +9,7 @@ Exit codes: pitunnel.failures (docs/cli.md).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -304,4 +305,30 @@ def release(flags: Flags, pi: str) -> None:
                    code=failures.USAGE) from None
 
 
-TASKS = (provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys, rotate_vps_hostkey, migrate, revoke)
+@provisioning_task(flags=("inventory",), help={"inventory": "where to write it (default $PITUNNEL_INVENTORY, else "
+                                                          "./inventory/hosts.yml); an existing file is never overwritten"})
+def init(c: Context, flags: Flags) -> None:
+    """Write a first inventory to fill in: one VPS, one Pi, an ssh and an http tunnel, every line commented.
+
+    It loads as written (documentation addresses); change the lines marked CHANGE. Touches no host."""
+    from importlib.resources import files
+
+    from pitunnel.taskkit import DEFAULT_INVENTORY, ENV_INVENTORY
+
+    path = Path(flags.inventory or os.environ.get(ENV_INVENTORY) or DEFAULT_INVENTORY)
+    if path.exists() or path.is_symlink():
+        raise Exit(f"init: {path} exists already, and init never overwrites a file. Fix: edit it, or give another "
+                   "path with -i FILE", code=failures.USAGE)
+    text = files("pitunnel.inventory").joinpath("starter.yml").read_text()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("x") as out:  # "x": never over a file that appeared meanwhile
+            out.write(text)
+    except OSError as exc:
+        raise Exit(f"init: cannot write {path} ({exc.strerror or exc})", code=failures.USAGE) from None
+    print(f"wrote {path}: change its lines marked CHANGE (your VPS's and your Pi's addresses, users, the app's "
+          f"port), then `pitunnel provision-vps -a`, `pitunnel provision-pi -a -p`, `pitunnel verify`"
+          + (f" (each with -i {path})" if flags.inventory else ""))
+
+
+TASKS = (init, provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys, rotate_vps_hostkey, migrate, revoke)

@@ -260,7 +260,7 @@ def test_inventory_comes_from_i_then_the_environment_then_the_current_folder(
     monkeypatch.setattr(taskkit, "CHECKOUT", False)
     assert resolve_inventory(None) == (Path("inventory/hosts.yml"), "./inventory/hosts.yml")
     code, _, err = run("provision-vps")
-    assert code == 3 and "give one with -i FILE or $PITUNNEL_INVENTORY" in err
+    assert code == 3 and "`pitunnel init` writes a first one there" in err and "-i FILE or $PITUNNEL_INVENTORY" in err
 
 
 # ------------------------------------------------------------------------------------------------- flags

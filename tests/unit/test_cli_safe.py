@@ -20,8 +20,10 @@ import pexpect
 import pytest
 from invoke import Program
 
-from pitunnel import failures, link as link_module
+from pitunnel import failures, link as link_module, taskkit
 from pitunnel.console import namespace
+from pitunnel.inventory import load_inventory
+from pitunnel.inventory.checks import plain_http_names
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -228,3 +230,74 @@ def test_without_a_terminal_it_refuses_unless_yes_and_check_needs_no_answer(
         went = run_here(*more)
         assert went.returncode & failures.UNREACHABLE and "Go on" not in went.stderr, went.stderr
         assert listener.knocked() >= 1
+
+
+# ------------------------------------------------------------------ pitunnel init
+
+
+@pytest.fixture
+def away(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder of a pip user's own, outside the checkout, with no inventory anywhere."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PITUNNEL_INVENTORY", raising=False)
+    monkeypatch.setattr(taskkit, "CHECKOUT", False)
+    return tmp_path
+
+
+def test_with_no_inventory_the_message_points_to_init(away: Path) -> None:
+    code, _, err = run("status")
+    assert code == 3 and err.strip() == ("no inventory at inventory/hosts.yml (from ./inventory/hosts.yml). Fix: "
+                                         "`pitunnel init` writes a first one there to fill in (or give yours with -i "
+                                         "FILE or $PITUNNEL_INVENTORY)")
+    assert "`pitunnel init` writes a first one" in taskkit.FLAGS["inventory"].metadata["help"]
+    assert "lab" not in taskkit.FLAGS["inventory"].metadata["help"] and "checkout" not in err
+
+
+def test_init_writes_a_first_inventory_that_loads_and_never_overwrites_one(away: Path, quick: None) -> None:
+    code, out, err = run("init")
+    written = away / "inventory" / "hosts.yml"
+    assert code == 0 and out.startswith("wrote inventory/hosts.yml: change its lines marked CHANGE"), out + err
+    inv = load_inventory(written, save_allocations=False)  # as written: no error, no warning to fix first
+    assert list(inv.vps) == ["main"] and list(inv.pis) == ["pi1"]
+    assert [(t.name, t.kind) for t in inv.pis["pi1"].tunnels] == [("ssh", "ssh"), ("web", "http")]
+    assert inv.vps["main"].address == "203.0.113.10" and inv.pis["pi1"].address == "192.168.1.50"
+    assert not inv.pis["pi1"].disable_password_login and inv.vps["main"].acme is None
+    assert plain_http_names(inv.vps, inv.pis.values()) == []
+    assert written.read_text().count("# CHANGE") == 6  # the addresses, users, sshd port and app port to fill in
+    kept = written.read_text() + "# mine\n"
+    written.write_text(kept)
+    code, out, err = run("init")
+    assert code == 3 and written.read_text() == kept and err.strip() == (
+        "init: inventory/hosts.yml exists already, and init never overwrites a file. Fix: edit it, or give another "
+        "path with -i FILE")
+    code, out, _ = run("init", "-i", "fleet/far.yml")
+    assert code == 0 and (away / "fleet" / "far.yml").read_text() == written.read_text()[:-len("# mine\n")]
+    assert out.rstrip().endswith("(each with -i fleet/far.yml)")
+    code, _, err = run("status", "-i", "fleet/far.yml", "-l", "nosuch")
+    assert code == 3 and "matches no host" in err and "WARNING" not in err  # it loads with the real loader too
+
+
+def test_the_wheel_carries_the_template() -> None:
+    """A non-editable `pip install .` has it (the lab's test_cli_lab installs one and runs `pitunnel init`)."""
+    import tomllib
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "starter.yml" in data["pitunnel.inventory"] and (ROOT / "pitunnel" / "inventory" / "starter.yml").is_file()
+
+
+def test_a_named_route_without_https_is_warned_about_when_the_inventory_loads(tmp_path: Path, quick: None) -> None:
+    file = tmp_path / "hosts.yml"
+    file.write_text(textwrap.dedent(f"""
+        settings: {{laptop_key: null, known_hosts: kh}}
+        vps:
+          main: {{address: 127.0.0.1, port: {free_port()}}}
+          safe: {{address: 127.0.0.2, port: {free_port()}, acme: {{email: me@example.com}}}}
+        pis:
+          pi1: {{address: 127.0.0.1, port: {free_port()}, vps: [main, safe], tunnels: {{
+                 cam: {{type: http, server_name: cam.example.com}}, web: {{type: http}}}}}}
+        """))
+    code, _, err = run("status", "-i", str(file))
+    warned = [line for line in err.splitlines() if line.startswith("WARNING")]
+    assert code == 4 and warned == [
+        "WARNING: pi1/cam: cam.example.com is served over plain HTTP by main, which has neither `acme:` for it nor "
+        "tls_certificate. Fix: give vps.main `acme: {email: ...}` (docs/https.md; a wildcard name needs "
+        "tls_certificate and tls_key)"]  # not for safe (acme), nor for the path route web
