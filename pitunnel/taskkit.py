@@ -163,7 +163,7 @@ def load(path: str | None, *, check: bool, out: TextIO | None = None,
         inv = load_inventory(resolved, save_allocations=record and not check, reinstate=reinstate)
     except InventoryError as exc:
         raise Exit(str(exc), code=failures.USAGE) from None
-    if inv.unrecorded:
+    if inv.unrecorded and not record:  # verify, status: the ports they show are not the file's yet
         print(f"ports: auto ports not recorded yet ({', '.join(inv.unrecorded)}); a provisioning run records them in "
               f"{ports_file(resolved)}", file=out or sys.stderr, flush=True)
     for text in plain_http_names(inv.vps, inv.pis.values()):
