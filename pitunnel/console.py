@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 import re
+import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from invoke import Argument, Collection, Exit, ParseError, Program
@@ -211,4 +213,17 @@ program = PitunnelProgram(namespace=namespace(), name="pitunnel", binary="pitunn
 
 
 def main() -> None:
-    program.run()
+    try:
+        program.run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        closed_pipe()
+
+
+def closed_pipe() -> None:
+    """stdout's reader went away (`pitunnel status | head -1`): end quietly, as `ls | head` does. Python's advice
+    (the signal module's note on SIGPIPE): point stdout at /dev/null so the flush at exit raises nothing; exit
+    with a shell's code for a process ended by SIGPIPE (128 + 13)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(failures.CLOSED_PIPE)

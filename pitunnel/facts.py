@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar, cast
 
-from .remote import Remote
+from .remote import HostCannotRun, Remote
 
 T = TypeVar("T")
 
@@ -150,5 +150,5 @@ def gather(remote: Remote, facts: list[Fact[Any]], *, timeout: float | None = No
             lines.append(line)
     missing = [f.key for f in unique if f.key not in found]
     if missing:
-        raise RuntimeError(f"{remote.name}: facts not read ({', '.join(missing[:3])}): {result.stderr.strip()[-300:]}")
+        raise HostCannotRun(remote.name, result.stderr, f"stopped the fact script before {', '.join(missing[:3])}")
     return found

@@ -18,6 +18,7 @@ FAILED = 2  # a host failed (a step, a verify check, a tunnel down in status)
 UNREACHABLE = 4  # a host could not be reached or logged in to
 USAGE = 3  # nothing was touched: the inventory or the command line is wrong (no inventory, bad --limit)
 INTERRUPTED = 130  # Ctrl-C (SIGINT), the shell's 128 + 2
+CLOSED_PIPE = 141  # stdout's reader went away (`| head`): the shell's 128 + 13 (SIGPIPE), as for `ls | head`
 
 PI_USER_HINT = ("current Raspberry Pi OS images have no `pi` user: set `user:` of this Pi in the inventory to the "
                 "user you chose in Raspberry Pi Imager")

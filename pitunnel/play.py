@@ -17,7 +17,7 @@ from typing import TextIO, TypeVar
 from . import failures, sshdebug
 from .hostkeys import HostKeyRefused
 from .inventory import HostSpec, Inventory
-from .remote import Credentials, Remote, SudoRefused, Unreachable, remotes_for
+from .remote import Credentials, HostCannotRun, Remote, SudoRefused, Unreachable, remotes_for
 from .report import Reporter
 from .runner import STOP, Interrupted, Mode, StepFailed
 
@@ -54,6 +54,7 @@ class Play:
     failed: set[str] = field(default_factory=set)  # hosts whose work failed or that were unreachable: done for this run
     why: dict[str, str] = field(default_factory=dict)  # host -> why it could not be reached
     interrupted: set[str] = field(default_factory=set)  # hosts stopped by Ctrl-C
+    described: set[str] = field(default_factory=set)  # hosts whose connection settings -v has shown
 
     @classmethod
     def start(cls, inventory: Inventory, options: Options, *, quiet: bool = False, out: TextIO | None = None) -> "Play":
@@ -75,10 +76,16 @@ class Play:
             remote.notify = partial(reporter.note, remote.name)
             remote.echo = _echo(reporter, remote.name) if options.verbose else None
             remote.accept_changed_host_key, remote.on_change = options.accept_changed_host_key, reporter.line
-            if options.verbose and remote.name in {h.name for h in play.selected(inventory.hosts())}:
-                for line in remote.describe():  # a quiet play (verify, status) prints its table on stdout
-                    print(f"{'':<12} {remote.name:<10} {line}", file=sys.stderr if quiet else sys.stdout)
         return play
+
+    def describe(self, hosts: Iterable[HostSpec]) -> None:
+        """-v: each host's connection settings and where they came from, once, when the run first works on it
+        (so `provision-vps -v` shows the VPS's alone)."""
+        for h in hosts if self.options.verbose else ():
+            if h.name not in self.described:
+                self.described.add(h.name)
+                for line in self.remotes[h.name].describe():  # a quiet play (verify, status) prints its table on stdout
+                    print(f"{'':<12} {h.name:<10} {line}", file=sys.stderr if self.reporter.quiet else sys.stdout)
 
     def selected(self, hosts: Iterable[H]) -> list[H]:
         return [h for h in hosts if not self.options.limit or h.name in self.options.limit]
@@ -108,6 +115,7 @@ class Play:
         for h in hosts:  # the recap lists every host played, in the order first played, whether it printed or not
             self.reporter.recap(h.name)
         live = [h for h in hosts if h.name not in self.failed and not STOP.is_set()]
+        self.describe(live)
         self.interrupted.update(h.name for h in hosts if STOP.is_set() and h.name not in self.failed)
         with ThreadPoolExecutor(max_workers=max(1, min(self.options.forks, len(live)))) as pool:
             futures = {h.name: pool.submit(self._guarded, self.remotes[h.name], work) for h in live}
@@ -132,6 +140,8 @@ class Play:
             self.reporter.line(remote.name, "unreachable", "connect", str(exc))
         except SudoRefused as exc:
             self.reporter.line(remote.name, "failed", "sudo", str(exc))
+        except HostCannotRun as exc:  # the host's own trouble (a read-only or full /tmp), with its error and a hint
+            self.reporter.line(remote.name, "failed", "run a script", str(exc))
         except StepFailed:
             pass  # already reported, with what was rolled back
         except Exception as exc:  # a bug or an unexpected answer: name it, keep the other hosts going

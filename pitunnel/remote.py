@@ -19,19 +19,32 @@ from .inventory import Inventory, PiSpec
 from .link import Credentials, Link, Unreachable
 from .sshauth import KeyRing
 
-__all__ = ["Credentials", "Remote", "Result", "SudoRefused", "Unreachable", "remotes_for"]
+__all__ = ["Credentials", "HostCannotRun", "Remote", "Result", "SudoRefused", "Unreachable", "remotes_for"]
 
 SENTINEL = "@@PITUNNEL-SCRIPT@@"
+NO_SPOOL = "@@PITUNNEL-NO-SPOOL@@"  # the receiver's last line on stderr when the host could not store the script
+NO_SPOOL_RC = 125
 # reads up to the sentinel (so a password line sudo did not need is dropped, never run),
-# spools the script to a private temp file, and runs it with no stdin of its own
+# spools the script to a private temp file, and runs it with no stdin of its own; a host that cannot spool it
+# (a read-only or full /tmp) says so after its own error, and runs nothing
 RECEIVER = (
     f"while IFS= read -r l; do [ \"$l\" = '{SENTINEL}' ] && break; done; "
-    "t=$(mktemp) && cat >\"$t\" && sh \"$t\" </dev/null; rc=$?; rm -f \"$t\"; exit $rc"
+    f"t=$(mktemp) && cat >\"$t\" || {{ rm -f \"$t\"; echo '{NO_SPOOL}' >&2; exit {NO_SPOOL_RC}; }}; "
+    "sh \"$t\" </dev/null; rc=$?; rm -f \"$t\"; exit $rc"
 )
 
 
 class SudoRefused(Exception):
     """sudo asked for a password and did not accept the one we have (or we have none)."""
+
+
+class HostCannotRun(Exception):
+    """The host could not run our script at all (its shell could not store it: a read-only filesystem, a full
+    /tmp): the host's own fault, said with its own error and a hint, never a pitunnel bug."""
+
+    def __init__(self, host: str, error: str, what: str = "cannot run a script") -> None:
+        tail = " ".join(error.strip().splitlines()[-2:])[-300:] or "no error output"  # the host's own words
+        super().__init__(f"{host} {what}: {tail} (is / read-only or /tmp full on {host}?)")
 
 
 @dataclass
@@ -86,6 +99,8 @@ class Remote(Link):
             how = "the sudo password was not accepted" if self.credentials.sudo_password else \
                 "sudo wants a password: set sudo_password_file in the inventory or pass --prompt-for-sudo-password"
             raise SudoRefused(f"{self.name}: {how}")
+        if rc == NO_SPOOL_RC and stderr.rstrip().endswith(NO_SPOOL):
+            raise HostCannotRun(self.name, stderr.rstrip()[:-len(NO_SPOOL)])
         return result
 
 

@@ -20,7 +20,8 @@ from typing import Any, TextIO, TypeVar
 from invoke import Exit, Task
 
 from . import failures
-from .inventory import Inventory, InventoryError, load_inventory
+from .inventory import Inventory, InventoryError, load_inventory, ports_file
+from .inventory.checks import plain_http_names
 from .play import BadLimit, Options, Play
 from .runner import STOP
 from .sshconf import BadSshConfig
@@ -46,8 +47,8 @@ def flag(default: T, short: str, help: str) -> T:
 class Flags:
     """The flags every provisioning task shares; each field is one flag (--name, with `_` as `-`)."""
 
-    inventory: str | None = flag(None, "i", f"inventory file (default ${ENV_INVENTORY}, else ./inventory/hosts.yml; in the "
-                                   "checkout, inventory/lab.yml when there is no hosts.yml and the lab is up)")
+    inventory: str | None = flag(None, "i", f"inventory file (default ${ENV_INVENTORY}, else ./inventory/hosts.yml); "
+                                          "`pitunnel init` writes a first one")
     check: bool = flag(False, "c", "read every host for real but change nothing; report what would change")
     diff: bool = flag(False, "d", "show a unified diff of every file that changes or would change (secrets masked)")
     limit: str = flag("", "l", "only these hosts: NAME[,NAME...]; a name may be a glob ('pi*') or `vps` / `pis` "
@@ -176,18 +177,24 @@ def resolve_inventory(path: str | None) -> tuple[Path, str]:
 
 
 def load(path: str | None, *, check: bool, out: TextIO | None = None,
-         reinstate: frozenset[str] = frozenset()) -> Inventory:
+         reinstate: frozenset[str] = frozenset(), record: bool = True) -> Inventory:
+    """The inventory, checked; auto ports are recorded in its ports file unless `check` or not `record` (a task
+    that changes no host writes nothing on the laptop either)."""
     resolved, source = resolve_inventory(path)
     if not resolved.exists():
-        raise Exit(f"no inventory at {resolved} (from {source}): give one with -i FILE or ${ENV_INVENTORY}, or run "
-                   "from a folder holding inventory/hosts.yml (start from inventory/example.yml of the source, "
-                   "docs/inventory.md); in the checkout, `invoke lab.up` writes inventory/lab.yml",
-                   code=failures.USAGE)
+        init = f"pitunnel init -i {resolved}" if source == "-i" else "pitunnel init"
+        raise Exit(f"no inventory at {resolved} (from {source}). Fix: `{init}` writes a first one there to fill "
+                   f"in (or give yours with -i FILE or ${ENV_INVENTORY})", code=failures.USAGE)
     print(f"inventory: {resolved} (from {source})", file=out or sys.stderr, flush=True)
     try:
-        inv = load_inventory(resolved, save_allocations=not check, reinstate=reinstate)
+        inv = load_inventory(resolved, save_allocations=record and not check, reinstate=reinstate)
     except InventoryError as exc:
         raise Exit(str(exc), code=failures.USAGE) from None
+    if inv.unrecorded and not record:  # verify, status: the ports they show are not the file's yet
+        print(f"ports: auto ports not recorded yet ({', '.join(inv.unrecorded)}); a provisioning run records them in "
+              f"{ports_file(resolved)}", file=out or sys.stderr, flush=True)
+    for text in plain_http_names(inv.vps, inv.pis.values()):
+        print(f"WARNING: {text}", file=out or sys.stderr, flush=True)
     for name in inv.shut:
         print(f"revoked: {name} (since {inv.revoked[name].since}) is left out of this run; to bring it back, "
               f"provision-pi --limit {name} once it has a new key (docs/operations.md)", file=out or sys.stderr,
@@ -219,15 +226,16 @@ def ctrl_c() -> Iterator[None]:
 
 def run_play(body: Callable[[Play], None], flags: Flags = Flags(), *, quiet: bool = False,
              out: TextIO | None = None, reinstate: bool = False,
-             vet: Callable[[Inventory], None] | None = None) -> Play:
+             vet: Callable[[Inventory], None] | None = None, record: bool = True) -> Play:
     """Run `body` on a play of the inventory flags name, then the recap; raises Exit with the run's code
     (docs/cli.md) unless all went well. `out`: where the run's lines go (stdout if None). `reinstate`: the
     revoked Pis that --limit names are in the play (provision-pi brings them back with a new key). `vet`: checks
-    the task's own arguments against the inventory (raises Exit) before any host is touched."""
+    the task's own arguments against the inventory (raises Exit) before any host is touched. `record`: False for
+    the tasks that change nothing (verify, status): auto ports are allocated in memory, the ports file untouched."""
     flags.vet()
     failures.silence_paramiko()
     named = frozenset(n.strip() for n in flags.limit.split(",") if n.strip()) if reinstate else frozenset()
-    inv = load(flags.inventory or None, check=flags.check, reinstate=named)
+    inv = load(flags.inventory or None, check=flags.check, reinstate=named, record=record)
     if vet is not None:  # the task's own arguments against the inventory, before any host is touched
         vet(inv)
     try:

@@ -1,4 +1,4 @@
-"""pitunnel's own tasks (TASKS): provision-vps, provision-pi, provision, verify, status, teardown, rotate-keys,
+"""pitunnel's own tasks (TASKS): init, provision-vps, provision-pi, provision, verify, status, teardown, rotate-keys,
 rotate-vps-hostkey, migrate and revoke.
 
 Each takes the shared flags (pitunnel.taskkit.Flags) as one `flags` argument; tasks.py at the top of the
@@ -9,6 +9,7 @@ Exit codes: pitunnel.failures (docs/cli.md).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,9 +38,9 @@ def _document(task: str, play: Play | None, code: int, **extra: Any) -> str:
 
 def _run(task: str, body: Callable[[Play], list[T]], flags: Flags, *, quiet: bool,
          judge: Callable[[list[T]], int], show: Callable[[list[T]], None],
-         extra: Callable[[list[T]], dict[str, Any]], reinstate: bool = False) -> None:
+         extra: Callable[[list[T]], dict[str, Any]], reinstate: bool = False, record: bool = True) -> None:
     """Run a play; print its rows (`show`) or, with --json, one document; exit with the play's code OR'ed with
-    what `judge` makes of the rows (interrupted wins)."""
+    what `judge` makes of the rows (interrupted wins). `record`: taskkit.run_play's."""
     rows: list[T] = []
     held: list[Play] = []
 
@@ -49,7 +50,8 @@ def _run(task: str, body: Callable[[Play], list[T]], flags: Flags, *, quiet: boo
 
     code, error = 0, None
     try:
-        run_play(collect, flags, quiet=quiet, out=sys.stderr if flags.json else None, reinstate=reinstate)
+        run_play(collect, flags, quiet=quiet, out=sys.stderr if flags.json else None, reinstate=reinstate,
+                 record=record)
     except Exit as exc:
         if not held and not flags.json:  # nothing ran: a usage or inventory error
             raise
@@ -101,7 +103,7 @@ def verify(c: Context, flags: Flags) -> None:
         if not reports or not all(r.passed for r in reports):
             print("\nverify: some checks failed (hints above)", file=sys.stderr)
 
-    _run("verify", body, flags, quiet=True, show=show,
+    _run("verify", body, flags, quiet=True, show=show, record=False,
          judge=lambda reports: failures.FAILED if not reports or any(
              not c.passed and not c.name.startswith(REACH) for r in reports for c in r.checks) else 0,
          extra=lambda reports: {"pis": verify_document(reports)})
@@ -145,19 +147,28 @@ def status(c: Context, flags: Flags) -> None:
     def judge(rows: list[TunnelStatus]) -> int:
         return failures.FAILED if any(is_down(r) for r in rows) else 0
 
-    _run("status", run_status, flags, quiet=True, judge=judge, show=print_status,
+    _run("status", run_status, flags, quiet=True, judge=judge, show=print_status, record=False,
          extra=lambda rows: {"tunnels": [r.document() for r in rows]})
 
 
-@provisioning_task(help={"purge": "also purge the packages the roles installed (autossh on the Pis; nginx, certbot "
-                                 "and prometheus-node-exporter on the VPS) and pitunnel's certificates and ACME "
-                                 "account; no short flag"},
-                   shorts={"purge": ""})
-def teardown(c: Context, flags: Flags, purge: bool = False) -> None:
-    """Remove everything provision-vps and provision-pi added, on both sides (packages stay unless --purge)."""
+YES_HELP = "do not ask: on a terminal, {} lists per host what it removes and asks first (without one, it refuses " \
+           "unless --yes)"
+
+
+@provisioning_task(help={"purge": "also purge the packages the roles installed (autossh on the Pis; nginx, certbot and "
+                                  "prometheus-node-exporter on the VPS) and pitunnel's certificates and ACME account; "
+                                  "no short flag",
+                         "yes": YES_HELP.format("teardown")},
+                   shorts={"purge": "", "yes": "y"})
+def teardown(c: Context, flags: Flags, purge: bool = False, yes: bool = False) -> None:
+    """Remove everything provision-vps and provision-pi added, on both sides (packages stay unless --purge).
+
+    Asks first on a terminal (per host, what goes); --yes to run it unattended."""
+    from pitunnel.confirm import confirm, teardown_plan
     from pitunnel.roles.site import teardown as site
 
-    run_play(lambda play: site(play, purge=purge), flags)
+    run_play(lambda play: site(play, purge=purge), flags, vet=lambda inv: confirm(
+        "teardown", teardown_plan(inv, flags.limit, purge=purge), yes=yes, check=flags.check))
 
 
 @provisioning_task(help={"laptop_key": "instead: put this private key's .pub on every Pi, prove a login with it, "
@@ -206,19 +217,23 @@ def rotate_vps_hostkey(c: Context, flags: Flags) -> None:
 
 
 @provisioning_task(help={"to": "the VPS (defined in the inventory) the Pis move to",
-                         "keep_old": "leave the old VPS's pitunnel side in place once no Pi is left on it"},
-                   shorts={"to": "", "keep_old": ""})
-def migrate(c: Context, flags: Flags, to: str = "", keep_old: bool = False) -> None:
+                         "keep_old": "leave the old VPS's pitunnel side in place once no Pi is left on it",
+                         "yes": YES_HELP.format("migrate")},
+                   shorts={"to": "", "keep_old": "", "yes": "y"})
+def migrate(c: Context, flags: Flags, to: str = "", keep_old: bool = False, yes: bool = False) -> None:
     """Move the Pis of one VPS to another: both paths up, each Pi verified through the new one, then the old left.
 
-    The inventory is rewritten to the new VPS (hosts.yml.bak kept); a rerun completes an interrupted move."""
+    The inventory is rewritten to the new VPS (hosts.yml.bak kept); a rerun completes an interrupted move.
+    Asks first on a terminal (per host, what moves and goes); --yes to run it unattended."""
+    from pitunnel.confirm import confirm, migrate_plan
     from pitunnel.roles.migrate import MigrateRefused
     from pitunnel.roles.migrate import migrate as site
 
     if not to:
         raise Exit("migrate needs --to NEWVPS (a VPS defined in the inventory)", code=failures.USAGE)
     try:
-        run_play(lambda play: site(play, to, keep_old=keep_old), flags)
+        run_play(lambda play: site(play, to, keep_old=keep_old), flags, vet=lambda inv: confirm(
+            "migrate", migrate_plan(inv, flags.limit, to, keep_old=keep_old), yes=yes, check=flags.check))
     except MigrateRefused as exc:
         raise Exit(f"migrate: {exc}", code=failures.USAGE) from None
 
@@ -294,4 +309,31 @@ def release(flags: Flags, pi: str) -> None:
                    code=failures.USAGE) from None
 
 
-TASKS = (provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys, rotate_vps_hostkey, migrate, revoke)
+@provisioning_task(flags=("inventory",), help={"inventory": "where to write it (default $PITUNNEL_INVENTORY, else "
+                                                          "./inventory/hosts.yml); an existing file is never overwritten"})
+def init(c: Context, flags: Flags) -> None:
+    """Write a first inventory to fill in: one VPS, one Pi, an ssh and an http tunnel, every line commented.
+
+    It loads as written (documentation addresses); change the lines marked CHANGE. Touches no host."""
+    from importlib.resources import files
+
+    from pitunnel.taskkit import DEFAULT_INVENTORY, ENV_INVENTORY
+
+    flags.vet()
+    path = Path(flags.inventory or os.environ.get(ENV_INVENTORY) or DEFAULT_INVENTORY)
+    if path.exists() or path.is_symlink():
+        raise Exit(f"init: {path} exists already, and init never overwrites a file. Fix: edit it, or give another "
+                   "path with -i FILE", code=failures.USAGE)
+    text = files("pitunnel.inventory").joinpath("starter.yml").read_text()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("x") as out:  # "x": never over a file that appeared meanwhile
+            out.write(text)
+    except OSError as exc:
+        raise Exit(f"init: cannot write {path} ({exc.strerror or exc})", code=failures.USAGE) from None
+    print(f"wrote {path}: change its lines marked CHANGE (your VPS's and your Pi's addresses, users, the app's "
+          f"port), then `pitunnel provision-vps -a`, `pitunnel provision-pi -a -p`, `pitunnel verify`"
+          + (f" (each with -i {path})" if flags.inventory else ""))
+
+
+TASKS = (init, provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys, rotate_vps_hostkey, migrate, revoke)

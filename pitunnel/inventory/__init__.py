@@ -91,11 +91,14 @@ def load_inventory(path: Path | str, *, allocate: bool = True, save_allocations:
     if problems or settings is None:
         problems.sort(key=lambda p: (p.file != file, p.line or 0, p.column or 0))
         raise InventoryError(file, problems)
-    if allocate and save_allocations and allocations != recorded:
+    saved = allocate and save_allocations and allocations != recorded
+    if saved:
         ports.write_ports(lock, allocations)
+    unrecorded = () if saved else tuple(sorted(f"{t}@{v}" for v, on in allocations.items() for t, port in on.items()
+                                               if recorded.get(v, {}).get(t) != port))
     shut = {n: p for n, p in pis.items() if n in records and n not in reinstate}
     return Inventory(path=file, settings=settings, vps=MappingProxyType(vps),
                      pis=MappingProxyType({n: p for n, p in pis.items() if n not in shut}),
                      revoked=MappingProxyType(records), retired=MappingProxyType(retired), shut=MappingProxyType(shut),
-                     order=tuple(pis))
+                     order=tuple(pis), unrecorded=unrecorded)
 

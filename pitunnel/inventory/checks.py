@@ -174,3 +174,13 @@ def tls_for_routes(report: Problems, vps: VpsSpec, pi: PiPath) -> None:
         if tunnel.hsts:
             report.problem(path + ("hsts",), "'hsts: true' on a route without TLS (HSTS is only sent over HTTPS)",
                            f"{how} hsts")
+
+
+def plain_http_names(vpses: Mapping[str, VpsSpec], pis: Iterable[PiSpec]) -> list[str]:
+    """A warning per http route with a server_name that its VPS would serve over plain HTTP (no `acme:` that can
+    prove the name, no tls_certificate): HTTPS is the default wherever a route has a name (README)."""
+    return [f"{pi.name}/{t.name}: {t.server_name} is served over plain HTTP by {vps.name}, which has neither `acme:` "
+            f"for it nor tls_certificate. Fix: give vps.{vps.name} `acme: {{email: ...}}` (docs/https.md; a "
+            "wildcard name needs tls_certificate and tls_key)"
+            for pi in pis for path in pi.paths() for vps in (vpses[path.vps],) for t in path.tunnels
+            if t.kind == "http" and t.server_name and not has_tls(vps, t)]

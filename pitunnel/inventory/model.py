@@ -269,6 +269,7 @@ class Inventory:
     retired: Mapping[str, Revoked] = field(default_factory=dict)  # revocations that ended: their keys stay refused
     shut: Mapping[str, PiSpec] = field(default_factory=dict)  # the revoked Pis still in the inventory, left out of pis
     order: tuple[str, ...] = ()  # every Pi of the file, in its order (the revoked ones too)
+    unrecorded: tuple[str, ...] = ()  # "pi/tunnel@vps" of auto ports allocated in memory, not in the ports file
 
     def host(self, name: str) -> HostSpec:
         """The VPS or Pi called `name`; KeyError if there is none."""

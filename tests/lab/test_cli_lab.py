@@ -157,6 +157,13 @@ def test_pip_install_gives_a_pitunnel_command_that_works_from_anywhere(inventory
     assert from_env.returncode == 0 and f"inventory: {inventory} (from $PITUNNEL_INVENTORY)" in from_env.stderr
     none = pitunnel("status", binary=binary, cwd=away, env={"PITUNNEL_INVENTORY": ""})
     assert none.returncode == 3 and "no inventory at inventory/hosts.yml (from ./inventory/hosts.yml)" in none.stderr
+    assert "`pitunnel init` writes a first one there" in none.stderr
+    first = pitunnel("init", binary=binary, cwd=away, env={"PITUNNEL_INVENTORY": ""})  # the wheel ships its template
+    written = away / "inventory" / "hosts.yml"
+    assert first.returncode == 0 and first.stdout.startswith("wrote inventory/hosts.yml: "), first.stdout + first.stderr
+    assert written.read_text() == (ROOT / "pitunnel" / "inventory" / "starter.yml").read_text()
+    loads = pitunnel("status", "-l", "nosuch", binary=binary, cwd=away, env={"PITUNNEL_INVENTORY": ""})
+    assert loads.returncode == 3 and "--limit 'nosuch' matches no host" in loads.stderr, loads.stderr  # it loaded
     site = subprocess.run([str(venv / "bin" / "python"), "-c", "import roles"], capture_output=True, cwd=away)
     assert site.returncode != 0  # nothing named `roles` in site-packages
 

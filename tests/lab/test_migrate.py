@@ -34,7 +34,7 @@ def migrate(inventory: Path, kill_after: int | None = None, *flags: str,
             to: str = "vps2") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != KILL_AFTER}
     env.update({KILL_AFTER: str(kill_after)} if kill_after else {})
-    return subprocess.run([sys.executable, "-m", "invoke", "migrate", "-i", str(inventory), "--to", to, *flags],
+    return subprocess.run([sys.executable, "-m", "invoke", "migrate", "--yes", "-i", str(inventory), "--to", to, *flags],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
 

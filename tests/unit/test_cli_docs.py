@@ -73,6 +73,7 @@ def test_the_flag_table_gives_each_flag_its_letter_and_exactly_the_tasks_that_ta
 def test_the_exit_code_table_is_the_codes_a_run_can_end_with() -> None:
     documented = {int(row[0]) for row in table("Exit codes")}
     assert documented == {failures.OK, failures.FAILED, failures.USAGE, failures.UNREACHABLE,
-                          failures.exit_code(failed=True, unreachable=True), failures.INTERRUPTED}
+                          failures.exit_code(failed=True, unreachable=True), failures.INTERRUPTED,
+                          failures.CLOSED_PIPE}
     code, _, _ = run("deploy")  # an unknown task: the command line is wrong, nothing touched
     assert code == failures.USAGE

@@ -223,8 +223,8 @@ def test_json_documents_of_provision_verify_and_status(inv_file: Path) -> None:
     code, out, _ = run("status", "--json", "-i", str(inv_file), "-l", "pi1,main")
     doc = json.loads(out)
     assert code == 4 and doc["tunnels"] == [{
-        "pi": "pi1", "tunnel": "ssh", "vps": "main", "listen": "127.0.0.1:20024", "state": "unknown", "unit": "unknown",
-        "since": "-", "reconnects": 0, "ssh_starts": 0, "last_connect": "-", "unit_restarts": 0,
+        "pi": "pi1", "tunnel": "ssh", "vps": "main", "listen": "127.0.0.1:20024", "state": "unknown", "unit": None,
+        "since": None, "reconnects": None, "ssh_starts": None, "last_connect": None, "unit_restarts": None,
         "last_error": doc["tunnels"][0]["last_error"], "certificate_expires": None}]
     assert doc["tunnels"][0]["last_error"].startswith("the laptop could not reach the Pi: pi@127.0.0.1")
     code, out, _ = run("verify", "--json", "-i", str(inv_file), "-l", "pi2")
@@ -240,7 +240,7 @@ def test_status_exits_2_when_a_tunnel_is_known_down() -> None:
 
     up = TunnelStatus("pi1", "ssh", "0.0.0.0:1", True, "active", "-", 1, "-", 0)
     down = TunnelStatus("pi1", "web", "127.0.0.1:2", False, "active", "-", 3, "-", 1, "ssh exited with error")
-    unknown = TunnelStatus("pi2", "ssh", "127.0.0.1:3", False, "unknown", "-", 0, "-", 0, known=False)
+    unknown = TunnelStatus("pi2", "ssh", "127.0.0.1:3", False, None, None, None, None, None, known=False)
     assert [is_down(r) for r in (up, down, unknown)] == [False, True, False]
     assert down.document()["state"] == "down" and down.document()["reconnects"] == 2
     assert unknown.document()["state"] == "unknown" and up.document()["last_error"] is None
@@ -260,7 +260,7 @@ def test_inventory_comes_from_i_then_the_environment_then_the_current_folder(
     monkeypatch.setattr(taskkit, "CHECKOUT", False)
     assert resolve_inventory(None) == (Path("inventory/hosts.yml"), "./inventory/hosts.yml")
     code, _, err = run("provision-vps")
-    assert code == 3 and "give one with -i FILE or $PITUNNEL_INVENTORY" in err
+    assert code == 3 and "`pitunnel init` writes a first one there" in err and "-i FILE or $PITUNNEL_INVENTORY" in err
 
 
 # ------------------------------------------------------------------------------------------------- flags

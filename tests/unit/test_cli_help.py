@@ -45,7 +45,7 @@ def invoke(*args: str) -> str:
     return out.getvalue()
 
 
-PRODUCT = ["migrate", "provision", "provision-pi", "provision-vps", "revoke", "rotate-keys", "rotate-vps-hostkey",
+PRODUCT = ["init", "migrate", "provision", "provision-pi", "provision-vps", "revoke", "rotate-keys", "rotate-vps-hostkey",
            "status", "teardown", "verify"]
 
 

@@ -97,6 +97,7 @@ def test_a_flag_with_no_task_says_where_it_goes() -> None:
 
 @pytest.mark.parametrize("args, line", [
     (("verify", "-i"), "pitunnel verify: -i/--inventory needs a value. Fix: give it one, e.g. -i VALUE"),
+    (("init", "-i", ""), "-i/--inventory is empty. Fix: give the inventory file (-i hosts.yml), or leave -i out"),
     (("status", "-i", ""), "-i/--inventory is empty. Fix: give the inventory file (-i hosts.yml), or leave -i out"),
     (("provision", "-k", "ab:cd"), "-k/--accept-changed-host-key 'ab:cd' is not a SHA256 fingerprint. Fix: "),
     (("provision", "-k", "SHA256:short"), "-k/--accept-changed-host-key 'SHA256:short' is not a SHA256 fingerprint"),

@@ -15,6 +15,7 @@ import pytest
 
 from pitunnel import ops
 from pitunnel.facts import LISTENERS, Fact, Facts, FileState, command_fact, file_fact, gather
+from pitunnel.remote import HostCannotRun
 from pitunnel.ops import (APT_AGE, APT_FRESH_SECONDS, BACKUP_DIR, Absent, Directory, File, Handler, KeyPair, Observe,
                           Packages, Plan,
                           PackagesAbsent, Pruned, Refused, Service, Symlink, SystemUser, UserAbsent,
@@ -707,7 +708,7 @@ def test_gather_missing_fact_raises() -> None:
         def run(self, script: str) -> subprocess.CompletedProcess[str]:
             return subprocess.CompletedProcess([], 1, "", "boom")
 
-    with pytest.raises(RuntimeError, match="h: facts not read"):
+    with pytest.raises(HostCannotRun, match=r"^h stopped the fact script before a: boom \(is / read-only or /tmp full on h\?\)$"):
         gather(Broken(), [command_fact("a", "true")])
 
 

@@ -187,7 +187,7 @@ def test_small_decisions() -> None:
 
 def test_a_symlink_fact_and_facts_not_read() -> None:
     from pitunnel.facts import Facts, FileState, command_fact, file_fact
-    from pitunnel.remote import Result
+    from pitunnel.remote import HostCannotRun, Result
     assert Facts({file_fact("/x").key: (0, "SYMLINK /t")}).file("/x") == FileState(True, symlink="/t")
 
     class Silent:
@@ -197,9 +197,9 @@ def test_a_symlink_fact_and_facts_not_read() -> None:
             return Result(1, "", "x" * 10 + "e" * 300)
 
     facts = [command_fact(f"k{i}", "true") for i in range(5)]
-    with pytest.raises(RuntimeError) as exc:
+    with pytest.raises(HostCannotRun) as exc:  # the host's own words and a hint, not an internal error (issue 24)
         gather(Silent(), facts)  # type: ignore[arg-type]
-    assert str(exc.value) == f"h: facts not read (k0, k1, k2): {'e' * 300}"
+    assert str(exc.value) == f"h stopped the fact script before k0, k1, k2: {'e' * 300} (is / read-only or /tmp full on h?)"
 
 
 def test_later_runs_the_ops_commands_only_when_armed_and_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

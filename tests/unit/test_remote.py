@@ -367,3 +367,20 @@ def test_a_cert_authority_line_is_no_known_key(sshd: FakeSshd, tmp_path: Path) -
         remote(sshd.port, known).run("true")
     assert sshd.commands == []
     assert not hostkeys.listed(known, f"[127.0.0.1]:{sshd.port}", KEY)
+
+
+def test_a_host_that_cannot_store_the_script_fails_with_its_own_error_and_a_hint(
+        sshd: FakeSshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real sh runs the receiver with mktemp's directory read-only (the fake sshd's commands inherit TMPDIR):
+    nothing of the script runs, and the error is the host's own, not a pitunnel bug (issue 24)."""
+    known = tmp_path / "known_hosts"
+    known.write_text(line(sshd.port, KEY))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "no such dir"))
+    with pytest.raises(remote_module.HostCannotRun) as exc:
+        remote(sshd.port, known).run(f"touch {tmp_path}/ran", sudo=False)
+    assert re.fullmatch(r"h1 cannot run a script: mktemp: failed to create file via template .*no such dir/tmp\.X+.: "
+                        r"No such file or directory \(is / read-only or /tmp full on h1\?\)", str(exc.value)), exc.value
+    assert not (tmp_path / "ran").exists()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    done = remote(sshd.port, known).run("echo fine; exit 125", sudo=False)  # a script's own 125 is its business
+    assert (done.rc, done.stdout) == (125, "fine\n")

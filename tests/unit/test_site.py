@@ -369,7 +369,7 @@ def test_status_shows_a_pi_that_could_not_be_read_as_its_vps_sees_it(inv: Invent
     rows = status(play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"})))  # type: ignore[arg-type]
     assert [(r.pi, r.tunnel, r.known) for r in rows] == [("alpha", "ssh", True), ("alpha", "web", True),
                                                          ("beta", "ssh", True)]
-    assert all(r.up and r.unit == "unknown" and r.last_error == "the laptop could not reach the Pi: alpha: no route "
+    assert all(r.up and r.unit is None and r.unit_restarts is None and r.last_error == "the laptop could not reach the Pi: alpha: no route "
                "to host" for r in rows[:2])  # up as far as the VPS listens on each
 
 

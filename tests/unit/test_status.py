@@ -47,6 +47,19 @@ def test_status_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert out[2].index("UP") == out[1].index("state") and out[2].index("today") == out[1].index("up since")
 
 
+def test_what_status_could_not_read_is_unknown_not_zero(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    path = next(iter(inv.pis.values())).paths()[0]
+    row = status.unreached(path, None, "no answer within 5s")[0]
+    assert (row.known, row.unit, row.since, row.ssh_starts, row.last_start, row.unit_restarts, row.reconnects) == (
+        False, None, None, None, None, None, None)
+    document = row.document()  # a monitor must not read a restart count of 0 or a time of "-" as a fact
+    assert [document[k] for k in ("state", "unit", "since", "reconnects", "ssh_starts", "last_connect",
+                                  "unit_restarts")] == ["unknown", None, None, None, None, None, None]
+    status.print_status([row])
+    table = capsys.readouterr().out.splitlines()[2].split()
+    assert table[4:10] == ["?", "?", "?", "?", "?", "?"] and "0" not in table
+
+
 def test_the_tunnel_state_is_read_by_name_whatever_the_order_or_a_stray_line() -> None:
     out = ("ActiveEnterTimestamp=Mon 2026-11-30 09:00:00 UTC\nFailed to get properties: Access denied\n"
            "LastError=2026-11-30T09:10:00+0000 pi autossh[9]: ssh exited with error status 255; restarting ssh\n"

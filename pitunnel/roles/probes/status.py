@@ -16,26 +16,29 @@ from pitunnel.roles.probes.unit import tunnel_fact
 from pitunnel.roles.vps.acme import AcmeFound, acme_fact
 
 
+UNKNOWN = "?"  # the table's word for a value status could not read
+
+
 @dataclass
 class TunnelStatus:
     pi: str
     tunnel: str
     listen: str
     up: bool
-    unit: str
-    since: str
-    ssh_starts: int
-    last_start: str
-    unit_restarts: int
+    unit: str | None  # None (here and below): not known, the Pi could not be read (`?` in the table, null in JSON)
+    since: str | None
+    ssh_starts: int | None
+    last_start: str | None
+    unit_restarts: int | None
     last_error: str = ""  # the unit's last journal line that reads like a failure, with its time
     known: bool = True  # False: neither the Pi nor its VPS could be read, so up or down is not known
     certificate: str = "-"  # http routes: when the certificate it answers with expires (read on the VPS)
     vps: str = ""  # the VPS of this path (a Pi with several VPSes has a row per tunnel per VPS)
 
     @property
-    def reconnects(self) -> int:
-        """ssh starts after the first."""
-        return max(0, self.ssh_starts - 1)
+    def reconnects(self) -> int | None:
+        """ssh starts after the first (None: not known)."""
+        return None if self.ssh_starts is None else max(0, self.ssh_starts - 1)
 
     def document(self) -> dict[str, object]:
         """This tunnel in `status --json`."""
@@ -59,7 +62,7 @@ def status_pi(remote: Remote, path: PiPath, listening: frozenset[str]) -> list[T
 def unreached(path: PiPath, listening: frozenset[str] | None, why: str) -> list[TunnelStatus]:
     """A Pi the laptop could not reach: each tunnel is up as far as its VPS listens on it (None: VPS unread)."""
     return [TunnelStatus(path.name, t.name, listen_spec(t), listening is not None and listen_spec(t) in listening,
-                         "unknown", "-", 0, "-", 0, f"the laptop could not reach the Pi: {why}",
+                         None, None, None, None, None, f"the laptop could not reach the Pi: {why}",
                          known=listening is not None, vps=path.vps) for t in path.tunnels]
 
 
@@ -73,8 +76,10 @@ def print_status(rows: list[TunnelStatus]) -> None:
           f"{'ssh starts':>10} {'last (re)connect':<25} {'unit restarts':>13}  certificate expires")
     for r in rows:
         state = "UP" if r.up else "DOWN" if r.known else "?"
-        print(f"{r.pi:<8} {r.tunnel:<8} {r.vps:<8} {r.listen:<20} {state:<5} {r.unit:<9} {r.since:<28} "
-              f"{r.ssh_starts:>10} {r.last_start:<25} {r.unit_restarts:>13}  {r.certificate}")
+        unit, since, starts, last, restarts = (UNKNOWN if v is None else v for v in
+                                               (r.unit, r.since, r.ssh_starts, r.last_start, r.unit_restarts))
+        print(f"{r.pi:<8} {r.tunnel:<8} {r.vps:<8} {r.listen:<20} {state:<5} {unit:<9} {since:<28} "
+              f"{starts:>10} {last:<25} {restarts:>13}  {r.certificate}")
     for r in rows:
         if not r.up and r.last_error:
             print(f"{r.pi}/{r.tunnel} via {r.vps}: last error: {r.last_error}")
