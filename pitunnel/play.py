@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import TextIO, TypeVar
 
-from . import failures
+from . import failures, sshdebug
 from .hostkeys import HostKeyRefused
 from .inventory import HostSpec, Inventory
 from .remote import Credentials, HostCannotRun, Remote, SudoRefused, Unreachable, remotes_for
@@ -37,6 +37,8 @@ class Options:
     prompt_login_password: bool = False
     prompt_sudo_password: bool = False
     verbose: bool = False
+    ssh_debug: bool = False  # -vv: the SSH handshake and each login attempt (pitunnel.sshdebug)
+    forks: int = 32  # hosts worked on at once by each `each`
 
     @property
     def mode(self) -> Mode:
@@ -64,6 +66,11 @@ class Play:
         creds = {host.name: Credentials(login_password=login or _read_secret(host.password_file),
                                         sudo_password=sudo or _read_secret(host.sudo_password_file))
                  for host in inventory.hosts()}
+        if options.ssh_debug:  # -vv
+            for c in creds.values():
+                sshdebug.secret(c.login_password)
+                sshdebug.secret(c.sudo_password)
+            sshdebug.enable({(h.address, h.port): h.name for h in inventory.hosts()})
         play.remotes = remotes_for(inventory, creds, accept_new=options.accept_new_host_keys)  # or BadSshConfig
         for remote in play.remotes.values():
             remote.notify = partial(reporter.note, remote.name)
@@ -110,7 +117,7 @@ class Play:
         live = [h for h in hosts if h.name not in self.failed and not STOP.is_set()]
         self.describe(live)
         self.interrupted.update(h.name for h in hosts if STOP.is_set() and h.name not in self.failed)
-        with ThreadPoolExecutor(max_workers=max(1, min(32, len(live)))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(self.options.forks, len(live)))) as pool:
             futures = {h.name: pool.submit(self._guarded, self.remotes[h.name], work) for h in live}
         for name, future in futures.items():
             ok, value = future.result()
@@ -121,6 +128,7 @@ class Play:
         return results
 
     def _guarded(self, remote: Remote, work: Callable[[Remote], T]) -> tuple[bool, T | None]:
+        sshdebug.CURRENT.host = remote.name
         try:
             return True, work(remote)
         except Interrupted:
@@ -164,7 +172,21 @@ ROLE_NAMES = {"vps": "vps", "pis": "pi"}  # --limit vps / --limit pis: every hos
 
 def resolve_limit(patterns: frozenset[str], inventory: Inventory) -> frozenset[str]:
     """The host names a --limit selects: each pattern is a host's name, a role name (`vps`, `pis`) or a glob
-    (`pi*`, fnmatch); a host's own name wins over a role name. Raises BadLimit for a pattern matching nothing."""
+    (`pi*`, fnmatch); a host's own name wins over a role name. A pattern after `!` takes its hosts out again
+    (`pis,!pi3`; a limit of exclusions alone starts from every host). Raises BadLimit for a pattern matching
+    nothing, or a limit that leaves no host."""
+    names = [h.name for h in inventory.hosts()]
+    wanted = frozenset(p for p in patterns if not p.startswith("!"))
+    dropped = frozenset(p[1:].strip() for p in patterns if p.startswith("!"))
+    chosen = _matching(wanted, inventory) if wanted or not dropped else frozenset(names)
+    left = chosen - _matching(dropped, inventory, negated=True)
+    if dropped and not left:
+        raise BadLimit(f"--limit {','.join(sorted(patterns))!r} leaves no host: every host it selects is excluded "
+                       "by a `!` pattern. Fix: exclude fewer hosts")
+    return left
+
+
+def _matching(patterns: frozenset[str], inventory: Inventory, *, negated: bool = False) -> frozenset[str]:
     hosts = list(inventory.hosts())
     names = [h.name for h in hosts]
     chosen: set[str] = set()
@@ -175,13 +197,15 @@ def resolve_limit(patterns: frozenset[str], inventory: Inventory) -> frozenset[s
             found = [h.name for h in hosts if h.role == ROLE_NAMES[pattern]]
         else:
             found = fnmatch.filter(names, pattern)
+        if not found and negated and pattern in inventory.shut:
+            continue  # left out already
         if not found and pattern in inventory.shut:
             raise BadLimit(f"--limit {pattern!r}: {pattern} is revoked (since {inventory.revoked[pattern].since}): "
                            f"every task leaves it out but provision-pi and provision, which take it back only with a "
                            f"new key made on it (docs/operations.md)")
         if not found:
-            raise BadLimit(f"--limit {pattern!r} matches no host of {inventory.path} (hosts: {', '.join(names)}; "
-                           "also `vps`, `pis` and globs like 'pi*')")
+            raise BadLimit(f"--limit {('!' if negated else '') + pattern!r} matches no host of {inventory.path} (hosts: "
+                           f"{', '.join(names)}; also `vps`, `pis`, globs like 'pi*', and !PATTERN to leave hosts out)")
         chosen.update(found)
     return frozenset(chosen)
 

@@ -135,6 +135,8 @@ class Reporter:
         return f"\033[{COLOURS.get(status, '0')}m{text}\033[0m" if colour else text
 
     def print_recap(self) -> None:
+        if not self.recaps and not self.warnings:  # nothing was played (a --limit this task has no host in)
+            return
         self._print("\nPLAY RECAP " + "*" * 60)
         for host, r in self.recaps.items():
             name = self._paint(f"{host:<26}", "failed" if r.bad else ("changed" if r.changed else "ok"))

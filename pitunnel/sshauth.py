@@ -21,6 +21,7 @@ import paramiko
 from paramiko.auth_strategy import AuthFailure, AuthSource, AuthStrategy, InMemoryPrivateKey, Password, SourceResult
 from paramiko.pkey import PublicBlob
 
+from . import sshdebug
 from .sshconf import Hop, Identity
 
 TRIES = 3  # passphrase prompts per key before giving up on it for the run, as ssh does
@@ -28,6 +29,10 @@ TRIES = 3  # passphrase prompts per key before giving up on it for the run, as s
 
 class NoTerminal(Exception):
     """A key file needs its passphrase and there is no terminal to ask on."""
+
+
+class WrongPassphrase(paramiko.SSHException):
+    """Every passphrase typed for a key file was wrong: the key is set, its passphrase is the problem."""
 
 
 def has_terminal() -> bool:
@@ -73,10 +78,12 @@ class KeyRing:
         for _ in range(TRIES):
             try:
                 asked = self.ask(f"Passphrase for key {path}: ").encode()
+                sshdebug.secret(asked)  # masked wherever -vv would show it
                 return paramiko.PKey.from_path(path, password=asked)  # type: ignore[arg-type]  # bytes, stubs say str
             except (paramiko.SSHException, ValueError, TypeError):
                 print(f"wrong passphrase for key {path}", file=sys.stderr, flush=True)
-        raise paramiko.SSHException(f"no right passphrase for key {path} after {TRIES} tries")
+        raise WrongPassphrase(f"key {path}: no right passphrase after {TRIES} tries: run again and type it with care, "
+                              f"or load the key into ssh-agent once (ssh-add {path}) and run again")
 
 
 def public_blob(identity: Identity) -> bytes | None:
@@ -145,9 +152,9 @@ class Login(AuthStrategy):
 
 def why_refused(failure: AuthFailure) -> str | None:
     """The one line that says what to do when a key could not even be tried (no terminal for its
-    passphrase), else None."""
+    passphrase, or no right passphrase typed), else None."""
     for _, result in failure.result:
-        if isinstance(result, NoTerminal):
+        if isinstance(result, (NoTerminal, WrongPassphrase)):
             return str(result)
     return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 import signal
 import sys
 import threading
@@ -31,6 +32,9 @@ DEFAULT_INVENTORY = Path("inventory") / "hosts.yml"  # relative to the current d
 LAB_INVENTORY = ROOT / "inventory" / "lab.yml"
 ENV_INVENTORY = "PITUNNEL_INVENTORY"
 
+DEFAULT_FORKS = 32  # hosts worked on at once (pitunnel.play.Options.forks)
+FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")  # as ssh-keygen -l prints a host key's
+
 T = TypeVar("T")
 
 
@@ -43,8 +47,8 @@ def flag(default: T, short: str, help: str) -> T:
 class Flags:
     """The flags every provisioning task shares; each field is one flag (--name, with `_` as `-`)."""
 
-    inventory: str = flag("", "i", f"inventory file (default ${ENV_INVENTORY}, else ./inventory/hosts.yml); "
-                                   "`pitunnel init` writes a first one")
+    inventory: str | None = flag(None, "i", f"inventory file (default ${ENV_INVENTORY}, else ./inventory/hosts.yml); "
+                                          "`pitunnel init` writes a first one")
     check: bool = flag(False, "c", "read every host for real but change nothing; report what would change")
     diff: bool = flag(False, "d", "show a unified diff of every file that changes or would change (secrets masked)")
     limit: str = flag("", "l", "only these hosts: NAME[,NAME...]; a name may be a glob ('pi*') or `vps` / `pis` "
@@ -56,7 +60,9 @@ class Flags:
     prompt_for_login_password: bool = flag(False, "p", "ask for the SSH login password (first contact with a fresh Pi)")
     prompt_for_sudo_password: bool = flag(False, "r", "ask for the sudo password (never logged, never on a command "
                                                       "line)")
-    verbose: bool = flag(False, "v", "print more: where each connection setting came from, remote output")
+    verbose: int = flag(0, "v", "print more: where each connection setting came from, remote output; -vv also the "
+                                "SSH handshake and each login attempt (secrets masked)")
+    forks: int = flag(DEFAULT_FORKS, "f", f"how many hosts are worked on at once (default {DEFAULT_FORKS})")
     json: bool = flag(False, "j", "print one JSON document on stdout for scripts (the run's lines go to stderr)")
 
     def options(self) -> Options:
@@ -66,13 +72,34 @@ class Flags:
                        accept_new_host_keys=self.accept_new_host_keys,
                        accept_changed_host_key=self.accept_changed_host_key.strip(),
                        prompt_login_password=self.prompt_for_login_password,
-                       prompt_sudo_password=self.prompt_for_sudo_password, verbose=self.verbose)
+                       prompt_sudo_password=self.prompt_for_sudo_password, verbose=self.verbose >= 1,
+                       ssh_debug=self.verbose >= 2, forks=self.forks)
+
+    def problem(self) -> str | None:
+        """What is wrong with the flags themselves, in one line with the fix, before the inventory is read
+        (None: nothing)."""
+        if self.inventory is not None and not self.inventory.strip():
+            return "-i/--inventory is empty. Fix: give the inventory file (-i hosts.yml), or leave -i out"
+        key = self.accept_changed_host_key.strip()
+        if key and not FINGERPRINT.fullmatch(key):
+            return (f"-k/--accept-changed-host-key {key!r} is not a SHA256 fingerprint. Fix: give the host's new key's "
+                    "fingerprint as `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` prints it on its console "
+                    "(SHA256: and 43 characters)")
+        if self.forks < 1:
+            return f"--forks {self.forks}: at least 1 host at a time. Fix: --forks N with N >= 1 (default {DEFAULT_FORKS})"
+        return None
+
+    def vet(self) -> None:
+        """Raise Exit (3) if the flags themselves are wrong: before the inventory is read or any host touched."""
+        problem = self.problem()
+        if problem:
+            raise Exit(problem, code=failures.USAGE)
 
 
 FLAGS = {f.name: f for f in fields(Flags)}
 COMMON = tuple(n for n in FLAGS if n != "json")  # every provisioning task's; --json only where a document is made
 READ_ONLY = ("inventory", "limit", "accept_new_host_keys", "prompt_for_login_password", "prompt_for_sudo_password",
-             "verbose")  # tasks that never change a host: no --check, no --diff
+             "verbose", "forks")  # tasks that never change a host: no --check, no --diff
 
 
 class FlagsTask(Task):
@@ -120,7 +147,7 @@ def provisioning_task(*, flags: Iterable[str] = COMMON, help: Mapping[str, str] 
         setattr(run, "__signature__", inspect.Signature([params[0], *shared, *own]))
         return FlagsTask(run, help={**{n: FLAGS[n].metadata["help"] for n in names}, **(help or {})},
                          shorts={**{n: FLAGS[n].metadata["short"] for n in names}, **(shorts or {})},
-                         positional=list(positional))
+                         positional=list(positional), incrementable=["verbose"] if "verbose" in names else [])
 
     return make
 
@@ -205,6 +232,7 @@ def run_play(body: Callable[[Play], None], flags: Flags = Flags(), *, quiet: boo
     revoked Pis that --limit names are in the play (provision-pi brings them back with a new key). `vet`: checks
     the task's own arguments against the inventory (raises Exit) before any host is touched. `record`: False for
     the tasks that change nothing (verify, status): auto ports are allocated in memory, the ports file untouched."""
+    flags.vet()
     failures.silence_paramiko()
     named = frozenset(n.strip() for n in flags.limit.split(",") if n.strip()) if reinstate else frozenset()
     inv = load(flags.inventory or None, check=flags.check, reinstate=named, record=record)

@@ -48,22 +48,23 @@ def _run(task: str, body: Callable[[Play], list[T]], flags: Flags, *, quiet: boo
         held.append(play)
         rows.extend(body(play))
 
-    code = 0
+    code, error = 0, None
     try:
         run_play(collect, flags, quiet=quiet, out=sys.stderr if flags.json else None, reinstate=reinstate,
                  record=record)
     except Exit as exc:
-        if not held:  # nothing ran: a usage or inventory error
+        if not held and not flags.json:  # nothing ran: a usage or inventory error
             raise
         code = exc.code
-    if code != failures.INTERRUPTED and held:
+        error = (exc.message or "").strip() or None if code == failures.USAGE else None
+    if code not in (failures.INTERRUPTED, failures.USAGE) and held:
         code |= judge(rows)
-    if flags.json:
-        print(_document(task, held[0] if held else None, code, **extra(rows)), flush=True)
+    if flags.json:  # one document for every run, exit 3 included (its `error` says why nothing ran)
+        print(_document(task, held[0] if held else None, code, error=error, **extra(rows)), flush=True)
     else:
         show(rows)
     if code:
-        raise Exit(code=code)
+        raise Exit(error, code=code)
 
 
 @provisioning_task()
@@ -154,7 +155,9 @@ YES_HELP = "do not ask: on a terminal, {} lists per host what it removes and ask
            "unless --yes)"
 
 
-@provisioning_task(help={"purge": "also purge the packages the roles installed (autossh, nginx); no short flag",
+@provisioning_task(help={"purge": "also purge the packages the roles installed (autossh on the Pis; nginx, certbot and "
+                                  "prometheus-node-exporter on the VPS) and pitunnel's certificates and ACME account; "
+                                  "no short flag",
                          "yes": YES_HELP.format("teardown")},
                    shorts={"purge": "", "yes": "y"})
 def teardown(c: Context, flags: Flags, purge: bool = False, yes: bool = False) -> None:
@@ -183,7 +186,7 @@ def rotate_keys(c: Context, flags: Flags, laptop_key: str = "") -> None:
     new = Path(laptop_key).expanduser()
     problem = laptop_key_problem(new)
     if problem:
-        raise Exit(f"--laptop-key {laptop_key}: {problem}", code=2)
+        raise Exit(f"--laptop-key {laptop_key}: {problem}", code=failures.USAGE)
     run_play(lambda play: rotate_laptop_key(play, new), flags)
 
 
@@ -236,7 +239,7 @@ def migrate(c: Context, flags: Flags, to: str = "", keep_old: bool = False, yes:
 
 
 @provisioning_task(flags=("inventory", "check", "diff", "accept_new_host_keys", "accept_changed_host_key",
-                          "prompt_for_sudo_password", "verbose"),
+                          "prompt_for_sudo_password", "verbose", "forks"),
                    help={"pi": "the Pi (its name in the inventory) that is lost or stolen",
                          "release_ports": "instead: the Pi is gone from the inventory for good; forget its revocation "
                                           "and free its reserved ports for `remote_port: auto` (touches no host)"},
@@ -274,6 +277,7 @@ def release(flags: Flags, pi: str) -> None:
     from pitunnel.inventory import InventoryError, load_inventory
     from pitunnel.inventory.revoked import read_revoked, revoked_file, write_revoked
 
+    flags.vet()
     path, _ = resolve_inventory(flags.inventory or None)
     file = revoked_file(path)
     everything, problems = read_revoked(file)
@@ -315,6 +319,7 @@ def init(c: Context, flags: Flags) -> None:
 
     from pitunnel.taskkit import DEFAULT_INVENTORY, ENV_INVENTORY
 
+    flags.vet()
     path = Path(flags.inventory or os.environ.get(ENV_INVENTORY) or DEFAULT_INVENTORY)
     if path.exists() or path.is_symlink():
         raise Exit(f"init: {path} exists already, and init never overwrites a file. Fix: edit it, or give another "

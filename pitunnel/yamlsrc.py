@@ -356,7 +356,9 @@ def _parse(text: str) -> Document:
         if long_key is not None:
             raise long_key from None
         message = e.problem or "invalid YAML"
-        if e.context:
+        if "'\\t'" in message:  # PyYAML's words for a tab where YAML allows only spaces
+            message = "a tab character: YAML indents (and spaces out) with spaces only, replace the tab with spaces"
+        elif e.context:
             where = f" on line {e.context_mark.line + 1}" if e.context_mark is not None else ""
             message = f"{message} ({e.context}{where})"
         mark = e.problem_mark or e.context_mark

@@ -166,3 +166,42 @@ def test_pip_install_gives_a_pitunnel_command_that_works_from_anywhere(inventory
     assert loads.returncode == 3 and "--limit 'nosuch' matches no host" in loads.stderr, loads.stderr  # it loaded
     site = subprocess.run([str(venv / "bin" / "python"), "-c", "import roles"], capture_output=True, cwd=away)
     assert site.returncode != 0  # nothing named `roles` in site-packages
+
+
+def test_vv_before_the_task_shows_each_handshake_and_login_attempt_and_no_secret(inventory: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Issue 24: `pitunnel -vv -i INV -l pi1 status` (flags before the task, as with Ansible) shows the SSH
+    handshake with the real OpenSSH and each login attempt: pi1 offered a key it does not accept, then its
+    password (from password_file). Neither the password nor any key's private material is in the output."""
+    doc = yaml.safe_load(inventory.read_text())
+    wrong = tmp_path / "not_authorised"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+    doc["pis"]["pi1"]["key"] = str(wrong)
+    copy = tmp_path / "hosts.yml"
+    copy.write_text(yaml.safe_dump(doc))
+    run = pitunnel("-vv", "-i", str(copy), "-l", "pi1", "status")
+    shown = run.stdout + run.stderr
+    assert run.returncode in (0, 2, 4, 6), shown[-3000:]  # whatever the tunnel, never a usage error
+    assert not re.search(r"Resetting|kex engine|Rejecting|\[chan ", shown)  # the noise left out
+    for said in (r"Connected \(version 2\.0, client OpenSSH", r"Kex: ", r"HostKey: ", r"Authentication \(publickey\) failed",
+                 r"Trying Password\(user='pi'\)"):
+        assert re.search(rf"^ssh +\S+ +.*{said}", shown, re.M), (said, shown[-3000:])
+    password = Path(doc["pis"]["pi1"]["password_file"]).read_text().strip()
+    secrets = [password, *(line for key in (wrong, Path(doc["settings"]["laptop_key"]))
+                           for line in key.read_text().splitlines() if len(line) > 20)]
+    for secret in secrets:
+        assert secret not in shown
+    assert "Traceback" not in shown
+
+
+def test_limit_with_a_bang_and_forks_on_real_hosts(tmp_path: Path) -> None:
+    """Issue 24: `status -l 'pis,!pi2' --forks 1 --json` on a lab of two Pis reads pi1 alone, one host at a
+    time; a limit whose exclusions leave nothing is a usage error (exit 3) with its JSON document."""
+    inventory = Path(lab_up(2).inventory)  # type: ignore[attr-defined]
+    run = pitunnel("status", "-l", "pis,!pi2", "--forks", "1", "--json", "-i", str(inventory))
+    doc = json.loads(run.stdout)
+    assert run.returncode in (0, 2) and doc["error"] is None, run.stderr[-2000:]
+    assert {t["pi"] for t in doc["tunnels"]} == {"pi1"}
+    assert "pi1" in doc["hosts"] and "pi2" not in doc["hosts"]
+    none = pitunnel("status", "-l", "pis,!pi*", "--json", "-i", str(inventory))
+    assert none.returncode == 3 and json.loads(none.stdout)["error"].endswith("Fix: exclude fewer hosts")

@@ -18,7 +18,7 @@ def test_every_flag_has_help_and_its_own_short_flag() -> None:
     assert all(f.metadata["help"] for f in dataclasses.fields(Flags))
     assert all(len(s) == 1 for s in shorts) and len(set(shorts)) == len(shorts)
     assert set(FLAGS) == {"inventory", "check", "diff", "limit", "accept_new_host_keys", "accept_changed_host_key",
-                          "prompt_for_login_password", "prompt_for_sudo_password", "verbose", "json"}
+                          "prompt_for_login_password", "prompt_for_sudo_password", "verbose", "json", "forks"}
 
 
 def test_flags_become_the_engines_options() -> None:

@@ -1,6 +1,7 @@
 """Every task's command line, pinned: `invoke --list`, `invoke --help TASK` for each task and the arguments
 Invoke parses (names, short flags, kinds, defaults) must stay exactly as in tests/unit/cli_help.txt,
-which was captured from the real `invoke` before the tasks were reorganised (issue 12).
+which was captured from the real `invoke` before the tasks were reorganised (issue 12); and the installed
+`pitunnel`'s own --help, --list and --help TASK (issue 24).
 
 After a deliberate change to a flag: `.venv/bin/python tests/unit/test_cli_help.py > tests/unit/cli_help.txt`.
 """
@@ -8,12 +9,15 @@ After a deliberate change to a flag: `.venv/bin/python tests/unit/test_cli_help.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import sys
 from pathlib import Path
 
 from invoke import Collection, Program, Task, __version__
 from invoke.loader import FilesystemLoader
+
+from pitunnel.console import PitunnelProgram
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).with_name("cli_help.txt")
@@ -41,6 +45,24 @@ def invoke(*args: str) -> str:
     return out.getvalue()
 
 
+PRODUCT = ["init", "migrate", "provision", "provision-pi", "provision-vps", "revoke", "rotate-keys", "rotate-vps-hostkey",
+           "status", "teardown", "verify"]
+
+
+def pitunnel(*args: str) -> str:
+    """What the installed `pitunnel ARGS` prints (pitunnel.console's own Program), run in this process."""
+    forget_tasks()
+    fresh = importlib.import_module("pitunnel.tasks")
+    ns = Collection()
+    for task in fresh.TASKS:
+        ns.add_task(task)
+    program = PitunnelProgram(namespace=ns, name="pitunnel", binary="pitunnel", version="VERSION")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        program.run(["pitunnel", *args], exit=False)
+    return out.getvalue()
+
+
 def arguments(name: str) -> str:
     """The arguments Invoke builds for a task: names (long and short), kind, default, attribute name (sorted:
     their order in the signature matters only through the short flags, which are pinned here)."""
@@ -55,6 +77,8 @@ def captured() -> str:
     parts = [(f"invoke {' '.join(args)}", invoke(*args))
              for args in (("--list",), ("--list", "--list-format=json"), *(("--help", t) for t in TASKS))]
     parts += [(f"arguments {t}", arguments(t)) for t in TASKS]
+    parts += [(f"pitunnel {' '.join(args)}", pitunnel(*args))
+              for args in (("--help",), ("--list",), *(("--help", t) for t in PRODUCT))]
     return "".join(f"$ {title}\n{text}" for title, text in parts)
 
 
