@@ -115,10 +115,13 @@ class Play:
         live = [h for h in hosts if h.name not in self.failed and not STOP.is_set()]
         self.interrupted.update(h.name for h in hosts if STOP.is_set() and h.name not in self.failed)
         pool = ThreadPoolExecutor(max_workers=max(1, min(32, len(live))))
+        futures = {h.name: pool.submit(self._guarded, self.remotes[h.name], work) for h in live}
         try:
-            futures = {h.name: pool.submit(self._guarded, self.remotes[h.name], work) for h in live}
             wait(futures.values())
-        finally:  # a second Ctrl-C (KeyboardInterrupt) does not wait for the hosts in flight
+        except KeyboardInterrupt:  # a second Ctrl-C: the hosts in flight are abandoned, not waited for
+            self.interrupted.update(name for name, future in futures.items() if not future.done())
+            raise
+        finally:
             pool.shutdown(wait=False, cancel_futures=True)
         for name, future in futures.items():
             ok, value = future.result()
