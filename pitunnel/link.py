@@ -9,8 +9,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from .dial import INTERRUPTED, STOP, Unreachable, channel, closed_on_stop, tcp
 from .inventory import HostSpec, PiSpec
 from .sshauth import KeyRing, Login
 
-__all__ = ["Credentials", "Link", "LoginRefused", "Unreachable"]
+__all__ = ["Credentials", "Link", "LoginRefused", "Unanswered", "Unreachable"]
 
 
 class _TryPinned(Exception):
@@ -52,6 +52,36 @@ class Credentials:
 
 
 @dataclass
+class Unanswered:
+    """The jump hosts this run could not reach, and why, shared by the run's links: each is dialled once, and
+    every host behind it fails at once with the same reason. Until a first login through one worked, its
+    logins wait for each other; then they run side by side."""
+
+    _why: dict[str, Exception] = field(default_factory=dict)
+    _reached: set[str] = field(default_factory=set)
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def once(self, where: str) -> Iterator[None]:
+        """The `with` block dials `where`, unless this run could not reach it already (then it raises why)."""
+        if where in self._reached:
+            yield
+            return
+        with self._lock:
+            lock = self._locks.setdefault(where, threading.Lock())
+        with lock:
+            if where in self._why:
+                raise type(self._why[where])(str(self._why[where]))
+            try:
+                yield
+            except (Unreachable, hostkeys.HostKeyRefused) as exc:
+                self._why[where] = exc
+                raise
+            self._reached.add(where)
+
+
+@dataclass
 class Link:
     """A host's SSH connection for the whole run, opened on first use: on the path this run chose, through
     its jump hosts, every host key checked; and brand-new logins that prove access is still there."""
@@ -65,6 +95,7 @@ class Link:
     route: sshconf.Route | None = None  # where and as whom (None: the inventory's settings alone)
     gateway: "Link | None" = None  # a Pi's VPS, whose connection reaches the Pi's ssh tunnel
     keys: KeyRing = field(default_factory=KeyRing, repr=False)  # the run's key files, each asked for once
+    unanswered: Unanswered = field(default_factory=Unanswered, repr=False)  # the run's jump hosts out of reach
     notify: Callable[[str], None] = field(default=lambda text: None, repr=False)  # a line for the user
     busy: Callable[[str], AbstractContextManager[None]] = field(  # Reporter.busy for this host: the heartbeat
         default=lambda step: nullcontext(), repr=False)
@@ -200,13 +231,17 @@ class Link:
         if not self.route.jumps:
             return tcp(target.hostname, target.port, timeout, f"{target.where}"), []
         hops: list[Connection] = []
+        first = self.route.jumps[0]
         try:
-            sock: socket.socket | paramiko.Channel = tcp(self.route.jumps[0].hostname, self.route.jumps[0].port,
-                                                          timeout, f"jump host {self.route.jumps[0].where}")
+            with self.unanswered.once(first.where):  # one dial per run to a jump host that does not answer
+                sock: socket.socket | paramiko.Channel = tcp(first.hostname, first.port, timeout,
+                                                              f"jump host {first.where}")
+                hops.append(self._login(first, sock, None, pinned=None, through=f" (jump host for {self.name})"))
             for hop, after in zip(self.route.jumps, [*self.route.jumps[1:], target]):
-                hops.append(self._login(hop, sock, None, pinned=None, through=f" (jump host for {self.name})"))
+                if hop is not first:
+                    hops.append(self._login(hop, sock, None, pinned=None, through=f" (jump host for {self.name})"))
                 sock = channel(hops[-1], after.hostname, after.port, timeout,
-                                f"{after.where} through jump host {hop.alias}")
+                               f"{after.where} through jump host {hop.alias}")
         except BaseException:
             _close_all(hops)
             raise

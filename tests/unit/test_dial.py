@@ -13,10 +13,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paramiko
 import pytest
 
-from pitunnel import dial, failures
+from pitunnel import dial, failures, sshconf
 from pitunnel.inventory import TunnelSpec
+from pitunnel.link import Unanswered
 from pitunnel.remote import Credentials, Remote, Unreachable
 from pitunnel.report import Reporter
 from tests.unit.test_sshconf import free_port, pi
@@ -149,3 +151,23 @@ def test_an_interrupted_host_is_not_green_and_nothing_prints_after_the_recap() -
     assert lines[-2].startswith("\033[32mvps")
     assert "late" not in out.getvalue()
     assert dataclasses.replace(reporter.recaps["pi1"]).bad
+
+
+def test_hosts_behind_a_jump_host_that_does_not_answer_fail_at_once_with_its_reason(
+        silent: tuple[socket.socket, int], tmp_path: Path) -> None:
+    server, port = silent
+    config = paramiko.SSHConfig.from_text(f"Host pi*\n    ProxyJump jumpy\nHost jumpy\n    HostName 127.0.0.1\n"
+                                          f"    Port {port}\n    User hopper\n")
+    unanswered = Unanswered()  # the run's, shared by its links as remotes_for does
+    pis = [pi(f"pi{n}", name=f"pi{n}", connect_timeout=1) for n in (1, 2, 3)]
+    remotes = [Remote(spec, tmp_path / "kh", Credentials(), route=sshconf.resolve(spec, config),
+                      unanswered=unanswered) for spec in pis]
+    _, why = failure(remotes[0])
+    assert f"hopper@127.0.0.1:{port}" in why and taken(server) == 1
+    for remote in remotes[1:]:
+        took, again = failure(remote)
+        assert took < 0.1 and again == why
+    assert taken(server) == 0  # dialled once for the run
+    other = Remote(pis[1], tmp_path / "kh", Credentials(), route=sshconf.resolve(pis[1], config))
+    failure(other)  # another run (its own memory) dials it again
+    assert taken(server) == 1
