@@ -172,7 +172,6 @@ class Play:
             return failures.INTERRUPTED
         return failures.exit_code(failed=failed, unreachable=unreachable)
 
-
     def _stopped(self) -> list[str]:
         """What an interrupted run had done, for its last line before the recap."""
         changed = [f"{h} {r.changed}" for h, r in self.reporter.recaps.items() if r.changed]
@@ -185,7 +184,7 @@ def _connect(remote: Remote) -> None:
     """Open `remote`'s connection (connect_ahead): a failure is kept by the Link, and reported by `each`."""
     try:
         remote.connection()
-    except Exception:  # noqa: BLE001 - the first `each` on this host meets it again, and reports it
+    except Exception:  # the first `each` on this host meets it again, and reports it
         pass
 
 

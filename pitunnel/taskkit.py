@@ -19,9 +19,9 @@ from typing import Any, TextIO, TypeVar
 from invoke import Exit, Task
 
 from . import failures
+from .dial import abandon_logins
 from .inventory import Inventory, InventoryError, load_inventory
 from .play import BadLimit, Options, Play
-from .dial import abandon_logins
 from .runner import STOP
 from .sshconf import BadSshConfig
 
@@ -225,6 +225,7 @@ def run_play(body: Callable[[Play], None], flags: Flags = Flags(), *, quiet: boo
             code = play.finish()
         if abandoned:  # Ctrl-C twice: the recap was the last word; hosts still in flight are not waited for
             sys.stdout.flush()
+            sys.stderr.flush()
             os._exit(failures.INTERRUPTED)
     if flags.limit and not play.reporter.recaps:
         raise Exit(f"--limit {flags.limit!r} selects {', '.join(sorted(play.options.limit))}, but this task works on "

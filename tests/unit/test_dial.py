@@ -6,6 +6,7 @@ Real sockets on loopback: a port that listens and never answers, and a closed po
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import socket
 import threading
@@ -171,3 +172,13 @@ def test_hosts_behind_a_jump_host_that_does_not_answer_fail_at_once_with_its_rea
     other = Remote(pis[1], tmp_path / "kh", Credentials(), route=sshconf.resolve(pis[1], config))
     failure(other)  # another run (its own memory) dials it again
     assert taken(server) == 1
+
+
+def test_the_heartbeat_covers_connecting(silent: tuple[socket.socket, int], tmp_path: Path) -> None:
+    out = io.StringIO()
+    reporter = Reporter(out=out, heartbeat_after=0.3, heartbeat_every=0.3)
+    vps, _ = vps_and_pi(silent[1], tmp_path, timeout=1)
+    vps.busy = functools.partial(reporter.busy, vps.name)
+    failure(vps)
+    beats = [line for line in out.getvalue().splitlines() if line.startswith("running      main       connecting (")]
+    assert 2 <= len(beats) <= 4, out.getvalue()
