@@ -1,16 +1,17 @@
 """Benchmark: a dead VPS. The wall time of `status` and `provision-pi` when the VPS and every Pi drop packets
 (the laptop away from home, the VPS down), at several fleet sizes.
 
-No lab host is needed: the VPS and the Pis get addresses in 198.18.0.0/24 (RFC 2544's benchmarking range),
-routed into a network namespace made for the run, whose firewall drops whatever it is sent (a connection gets
-no answer, as from a host that is off). The namespace and its route are removed at the end, whatever happens.
-Needs root.
+No lab host is needed: the VPS and the Pis get addresses in 198.51.100.0/25 (TEST-NET-2, RFC 5737; outside
+the lab's 198.18.0.0/15, so the lab may be up meanwhile), routed into a network namespace made for the run,
+whose firewall drops whatever it is sent (a connection gets no answer, as from a host that is off). The
+namespace and its route are removed at the end, whatever happens. Needs root.
 Prints a table and writes benchmarks/results/deadvps.json. Not a test: it asserts nothing.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,9 +24,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-NAMESPACE = DEVICE = "pt-deadvps"
-LINK = "198.19.255"  # the /30 between the laptop and the namespace (RFC 2544 too)
-NETWORK = "198.18.0.0/24"
+NAMESPACE, DEVICE = "deadvps-bench", "deadvps0"  # not pt-: the lab removes stray pt- links
+HERE, THERE = "198.51.100.253", "198.51.100.254"  # the /30 between the laptop and the namespace
+NETWORK = "198.51.100.0/25"
 TASKS = ("status", "provision-pi")
 
 
@@ -34,27 +35,50 @@ def dropping() -> Iterator[None]:
     """NETWORK routed, for the `with` block, into a network namespace of its own whose firewall drops every
     packet (no answer, no ICMP: as a host that is off); the namespace and the route are removed at the end."""
     ns = ["ip", "netns", "exec", NAMESPACE]
+    taken = subprocess.run(["ip", "route", "show", "198.51.100.0/24", "root", "198.51.100.0/24"], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    if taken:  # never route over somebody else's use of the range
+        raise SystemExit(f"bench.deadvps: 198.51.100.0/24 is routed already ({taken}); remove that route first")
     subprocess.run(["ip", "netns", "add", NAMESPACE], check=True)
     try:
         for command in (["ip", "link", "add", DEVICE, "type", "veth", "peer", "name", "eth0", "netns", NAMESPACE],
-                        ["ip", "addr", "add", f"{LINK}.1/30", "dev", DEVICE], ["ip", "link", "set", DEVICE, "up"],
-                        [*ns, "ip", "addr", "add", f"{LINK}.2/30", "dev", "eth0"], [*ns, "ip", "link", "set", "eth0", "up"],
+                        ["ip", "addr", "add", f"{HERE}/30", "dev", DEVICE], ["ip", "link", "set", DEVICE, "up"],
+                        [*ns, "ip", "addr", "add", f"{THERE}/30", "dev", "eth0"], [*ns, "ip", "link", "set", "eth0", "up"],
                         [*ns, "iptables", "-w", "5", "-A", "INPUT", "-j", "DROP"],
                         [*ns, "iptables", "-w", "5", "-A", "FORWARD", "-j", "DROP"],
-                        ["ip", "route", "add", NETWORK, "via", f"{LINK}.2"]):
+                        ["ip", "route", "add", NETWORK, "via", THERE]):
             subprocess.run(command, check=True)
+        _wait_dropping()
         yield
     finally:
         subprocess.run(["ip", "link", "del", DEVICE], check=False)  # its peer and the route go with it
         subprocess.run(["ip", "netns", "del", NAMESPACE], check=False)
 
 
+def _wait_dropping(within: float = 10) -> None:
+    """Wait until a connection to the VPS's address gets no answer (the veth's carrier can take a moment, and
+    meanwhile a connection fails at once); stop if anything answers there."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            socket.create_connection(("198.51.100.1", 22), timeout=0.5).close()
+        except socket.timeout:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+            continue
+        raise SystemExit("bench.deadvps: 198.51.100.1:22 answered: the namespace is not dropping")
+
+
 def inventory(folder: Path, pis: int, connect_timeout: float) -> Path:
-    """A VPS and `pis` Pis, each with an ssh tunnel (so `via: auto` falls back to it), all in NETWORK."""
+    """A VPS and `pis` Pis (at most 100), each with an ssh tunnel (so `via: auto` falls back to it), all in
+    NETWORK."""
     doc = {"settings": {"laptop_key": None, "known_hosts": str(folder / "known_hosts")},
            "defaults": {"connect_timeout": connect_timeout},
-           "vps": {"vps": {"address": "198.18.0.1"}},
-           "pis": {f"pi{n}": {"address": f"198.18.0.{n + 1}", "vps": "vps",
+           "vps": {"vps": {"address": "198.51.100.1"}},
+           "pis": {f"pi{n}": {"address": f"198.51.100.{n + 1}", "vps": "vps",
                               "tunnels": {"ssh": {"type": "ssh", "remote_port": "auto"}}}
                    for n in range(1, pis + 1)}}
     path = folder / "hosts.yml"
