@@ -1,5 +1,5 @@
 """The benchmarks' tasks: `invoke bench.lab`, `bench.recovery`, `bench.provision`, `bench.fleet`, `bench.datapath`,
-`bench.hops`, `bench.keepalive`."""
+`bench.hops`, `bench.keepalive`, `bench.deadvps`."""
 
 from __future__ import annotations
 
@@ -103,6 +103,21 @@ def bench_keepalive(c: Context, profiles: str = "10x3/5x2,default,fast,metered",
     main([p for p in profiles.split(",") if p], runs=runs, idle=idle, timeout=timeout, release=release)
 
 
+@task(help={"sizes": "comma-separated fleet sizes in Pis (default 1,20)",
+            "connect_timeout": "the inventory's connect_timeout in seconds (default 5)",
+            "runs": "runs per task and size (default 1)"})
+def bench_deadvps(c: Context, sizes: str = "1,20", connect_timeout: float = 5, runs: int = 1) -> None:
+    """A dead VPS: wall time of status and provision-pi with the VPS and every Pi dropping packets (needs root)."""
+    from benchmarks.deadvps import main
+    from benchmarks.fleet import parse_sizes
+
+    try:
+        chosen = parse_sizes(sizes)
+    except ValueError as exc:
+        raise Exit(f"bench.deadvps: {exc}", code=2) from None
+    main(chosen, connect_timeout=connect_timeout, runs=runs)
+
+
 ns = Collection("bench")
 ns.add_task(bench_lab, "lab")
 ns.add_task(bench_recovery, "recovery")
@@ -111,3 +126,4 @@ ns.add_task(bench_fleet, "fleet")
 ns.add_task(bench_datapath, "datapath")
 ns.add_task(bench_hops, "hops")
 ns.add_task(bench_keepalive, "keepalive")
+ns.add_task(bench_deadvps, "deadvps")

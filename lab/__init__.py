@@ -11,6 +11,7 @@ modules inside are the lab's own (only unit tests of those modules, in tests/uni
     lab.netns_argv("vps") + ["wrk", ...] a program of this machine on a host's network
     lab.inject("kill-ssh", "pi1")       a fault, and seconds until the Pi is reachable again
     with lab.away_from_home("pi1"):     the laptop's new connections to the Pi's address go unanswered
+    with lab.vps_dropped():             the laptop's new connections to the VPS go unanswered
     lab.start_ca()                      pebble, a real ACME CA, for the VPS's certbot (lab.down stops it)
 """
 
@@ -21,7 +22,7 @@ from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, cpu_seconds, d
                    record, sh, shell_argv, status, up, write_file)
 from .faults import (NAMES as FAULTS, PITUNNEL, PortKnocker, Setup, SilentDrop, Target, away_from_home, inject,
                      reachable, target, tunnel_bytes, tunnel_pss_kb, tunnel_rss_kb, powered_off, unplugged,
-                     vps_addresses, vps_power_cut, wait_recovered)
+                     vps_addresses, vps_dropped, vps_power_cut, wait_recovered)
 from .plan import LAPTOP_ADDR, VPS_ADDR
 from .state import STATE_DIR
 from .system import LabError
@@ -40,5 +41,5 @@ __all__ = [
     # faults and recovery
     "FAULTS", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "away_from_home", "inject", "reachable",
     "target", "tunnel_bytes", "tunnel_pss_kb", "tunnel_rss_kb", "powered_off", "unplugged", "vps_addresses",
-    "vps_power_cut", "wait_recovered",
+    "vps_dropped", "vps_power_cut", "wait_recovered",
 ]

@@ -224,6 +224,20 @@ def away_from_home(pi: str) -> Iterator[None]:
         run(["iptables", "-w", "5", "-D", chain, *rule], check=False)
 
 
+@contextmanager
+def vps_dropped() -> Iterator[None]:
+    """The laptop's new connections to the VPS get no answer inside the `with` block (a VPS that is down, or a
+    provider firewall dropping packets), while the Pis' traffic passes. Undone when the block ends; `lab.down`
+    removes it too."""
+    rule = ["-d", VPS, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"]
+    chain = laptop_chain()
+    run(["iptables", "-w", "5", "-A", chain, *rule])
+    try:
+        yield
+    finally:
+        run(["iptables", "-w", "5", "-D", chain, *rule], check=False)
+
+
 def link_down(pi: str, *, seconds: float) -> float:
     """The Pi's link is down for `seconds`, then back."""
     with unplugged(pi):

@@ -45,9 +45,10 @@ def login_refused(spec: HostSpec, where: str) -> str:
 
 
 def not_connected(exc: BaseException, spec: HostSpec, where: str, *, address: str | None = None,
-                  port: int | None = None) -> str:
+                  port: int | None = None, waited: float = 0.0) -> str:
     """One line: what went wrong reaching `where` (user@address:port), and what to try. `address` and `port`
-    are where the connection went, when an ssh config moved it from the inventory's."""
+    are where the connection went, when an ssh config moved it from the inventory's; `waited`: seconds the
+    login waited before it failed."""
     address, port = address or spec.address, port or spec.port
     if isinstance(exc, paramiko.AuthenticationException):
         return login_refused(spec, where)
@@ -61,7 +62,9 @@ def not_connected(exc: BaseException, spec: HostSpec, where: str, *, address: st
         return found
     if isinstance(exc, paramiko.SSHException) and any(
             s in str(exc) for s in ("banner", "protocol version", "No existing session")):
-        if speaks_http(address, port, timeout=min(3.0, spec.connect_timeout)):
+        # a web server answers our greeting at once (400, then closes); a port silent for the whole wait is not
+        # asked again (that cost 3 s more than the timeout the message names)
+        if waited < spec.connect_timeout and speaks_http(address, port, timeout=min(3.0, spec.connect_timeout)):
             return (f"{where}: port {port} speaks HTTP, not SSH: `port:` must be the host's sshd port "
                     "(a web server answers there)")
         return (f"{where}: no SSH handshake with port {port} within {spec.connect_timeout:g}s: is it an SSH server? "

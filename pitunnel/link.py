@@ -9,7 +9,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,12 +18,11 @@ import paramiko
 from fabric import Config, Connection
 
 from . import failures, hostkeys, sshauth, sshconf
+from .dial import INTERRUPTED, STOP, Unreachable, channel, closed_on_stop, tcp
 from .inventory import HostSpec, PiSpec
 from .sshauth import KeyRing, Login
 
-
-class Unreachable(Exception):
-    """The host could not be reached or logged in to; the message says why and what to try."""
+__all__ = ["Credentials", "Link", "LoginRefused", "Unanswered", "Unreachable"]
 
 
 class _TryPinned(Exception):
@@ -52,6 +52,36 @@ class Credentials:
 
 
 @dataclass
+class Unanswered:
+    """The jump hosts this run could not reach, and why, shared by the run's links: each is dialled once, and
+    every host behind it fails at once with the same reason. Until a first login through one worked, its
+    logins wait for each other; then they run side by side."""
+
+    _why: dict[str, Exception] = field(default_factory=dict)
+    _reached: set[str] = field(default_factory=set)
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def once(self, where: str) -> Iterator[None]:
+        """The `with` block dials `where`, unless this run could not reach it already (then it raises why)."""
+        if where in self._reached:
+            yield
+            return
+        with self._lock:
+            lock = self._locks.setdefault(where, threading.Lock())
+        with lock:
+            if where in self._why:
+                raise type(self._why[where])(str(self._why[where]))
+            try:
+                yield
+            except (Unreachable, hostkeys.HostKeyRefused) as exc:
+                self._why[where] = exc
+                raise
+            self._reached.add(where)
+
+
+@dataclass
 class Link:
     """A host's SSH connection for the whole run, opened on first use: on the path this run chose, through
     its jump hosts, every host key checked; and brand-new logins that prove access is still there."""
@@ -65,13 +95,17 @@ class Link:
     route: sshconf.Route | None = None  # where and as whom (None: the inventory's settings alone)
     gateway: "Link | None" = None  # a Pi's VPS, whose connection reaches the Pi's ssh tunnel
     keys: KeyRing = field(default_factory=KeyRing, repr=False)  # the run's key files, each asked for once
+    unanswered: Unanswered = field(default_factory=Unanswered, repr=False)  # the run's jump hosts out of reach
     notify: Callable[[str], None] = field(default=lambda text: None, repr=False)  # a line for the user
+    busy: Callable[[str], AbstractContextManager[None]] = field(  # Reporter.busy for this host: the heartbeat
+        default=lambda step: nullcontext(), repr=False)
     path: str | None = None  # "direct" or "tunnel", once the first connection chose (kept for the run)
     _conn: Connection | None = field(default=None, repr=False)
     _hops: list[Connection] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _open_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _reopen_until: float = 0.0  # after a restart of the path under us: keep trying to open until then
+    _failed: Exception | None = field(default=None, repr=False)  # why this run could not open it: not tried again
 
     def __post_init__(self) -> None:
         if self.route is None:
@@ -117,13 +151,19 @@ class Link:
         return (self.path or self.via) == "tunnel"
 
     def connection(self) -> Connection:
-        """The open Fabric connection (opened on first use, checked against known host keys)."""
+        """The open Fabric connection (opened on first use, checked against known host keys). A host that could
+        not be reached is tried once per run: every later use, and every Pi reached through it (its tunnel),
+        fails at once with the same reason."""
         with self._open_lock:  # a VPS's connection is opened once, for all of its Pis reached through it
             while self._conn is None:
+                if self._failed is not None:
+                    raise type(self._failed)(str(self._failed))
                 try:
-                    self._conn, self._hops = self._open()
-                except Unreachable:
-                    if time.monotonic() > self._reopen_until:
+                    with self.busy("connecting"):
+                        self._conn, self._hops = self._open()
+                except (Unreachable, hostkeys.HostKeyRefused) as exc:
+                    if time.monotonic() > self._reopen_until or STOP.is_set():
+                        self._failed = exc
                         raise
                     time.sleep(0.5)  # the path is coming back (a tunnel restarting under us)
             return self._conn
@@ -134,7 +174,7 @@ class Link:
         time.sleep(after)
         with self._lock:
             self.close()
-            self._reopen_until = time.monotonic() + within
+            self._reopen_until, self._failed = time.monotonic() + within, None
 
     def _open(self, *, use_password: bool = True, only: Path | None = None) -> tuple[Connection, list[Connection]]:
         """A new login, on the path this run chose (the first login chooses, for `via: auto`), with the
@@ -169,9 +209,11 @@ class Link:
             sock = self._tunnel_socket()
         else:
             sock, hops = self._direct_socket()
+        through = f" through {self.gateway_name}'s tunnel" if via == "tunnel" else ""
         try:
-            conn = self._login(self.target, sock, password, pinned=pinned or self.spec.host_key,
-                               through=f" through {self.gateway_name}'s tunnel" if via == "tunnel" else "", only=only)
+            with closed_on_stop(sock, self.target.where + through):  # Ctrl-C ends the handshake at once
+                conn = self._login(self.target, sock, password, pinned=pinned or self.spec.host_key,
+                                   through=through, only=only)
         except _TryPinned as again:  # another key known_hosts lists for it, or the one the user vouched for
             _close_all(hops)
             if pinned:
@@ -187,15 +229,19 @@ class Link:
         assert self.route is not None
         target, timeout = self.target, self.spec.connect_timeout
         if not self.route.jumps:
-            return _tcp(target.hostname, target.port, timeout, f"{target.where}"), []
+            return tcp(target.hostname, target.port, timeout, f"{target.where}"), []
         hops: list[Connection] = []
+        first = self.route.jumps[0]
         try:
-            sock: socket.socket | paramiko.Channel = _tcp(self.route.jumps[0].hostname, self.route.jumps[0].port,
-                                                          timeout, f"jump host {self.route.jumps[0].where}")
+            with self.unanswered.once(first.where):  # one dial per run to a jump host that does not answer
+                sock: socket.socket | paramiko.Channel = tcp(first.hostname, first.port, timeout,
+                                                              f"jump host {first.where}")
+                hops.append(self._login(first, sock, None, pinned=None, through=f" (jump host for {self.name})"))
             for hop, after in zip(self.route.jumps, [*self.route.jumps[1:], target]):
-                hops.append(self._login(hop, sock, None, pinned=None, through=f" (jump host for {self.name})"))
-                sock = _channel(hops[-1], after.hostname, after.port, timeout,
-                                f"{after.where} through jump host {hop.alias}")
+                if hop is not first:
+                    hops.append(self._login(hop, sock, None, pinned=None, through=f" (jump host for {self.name})"))
+                sock = channel(hops[-1], after.hostname, after.port, timeout,
+                               f"{after.where} through jump host {hop.alias}")
         except BaseException:
             _close_all(hops)
             raise
@@ -213,7 +259,7 @@ class Link:
             vps = self.gateway.connection()
         except (Unreachable, hostkeys.HostKeyRefused) as exc:
             raise Unreachable(f"{where}: {exc}") from None
-        return _channel(vps, "127.0.0.1", port, self.spec.connect_timeout, where,
+        return channel(vps, "127.0.0.1", port, self.spec.connect_timeout, where,
                         hint=f"is the tunnel up? (`pitunnel status`, or `systemctl status pitunnel` on {self.name})")
 
     def _login(self, hop: sshconf.Hop, sock: socket.socket | paramiko.Channel, password: str | None, *,
@@ -233,7 +279,7 @@ class Link:
                                           "auth_timeout": self.spec.connect_timeout})
         hostkeys.configure(conn.client, known_hosts=self.known_hosts, name=hop.known_name,
                            pinned=pinned, accept_new=self.accept_new_host_keys)
-        where = hop.where + through
+        where, started = hop.where + through, time.monotonic()
         try:
             conn.open()
         except hostkeys.HostKeyRefused as exc:
@@ -268,8 +314,10 @@ class Link:
             raise LoginRefused(f"{where}: login refused ({self._login_hint(hop)})") from None
         except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
             conn.close()
-            raise Unreachable(failures.not_connected(exc, self.spec, where, address=hop.hostname,
-                                                     port=hop.port)) from None
+            if STOP.is_set():  # Ctrl-C closed its socket (dial.abandon_logins): no question asked of the port
+                raise Unreachable(f"{where}: {INTERRUPTED}") from None
+            raise Unreachable(failures.not_connected(exc, self.spec, where, address=hop.hostname, port=hop.port,
+                                                     waited=time.monotonic() - started)) from None
         return conn
 
     def _login_hint(self, hop: sshconf.Hop) -> str:
@@ -367,31 +415,3 @@ def _close_all(conns: Sequence[Connection]) -> None:
     """Close connections, the innermost (last) first: each runs through the one before it."""
     for conn in reversed(conns):
         conn.close()
-
-
-def _tcp(host: str, port: int, timeout: float, where: str, *, within: float = 3.0) -> socket.socket:
-    """A TCP connection, retried while the port refuses (sshd refuses for a moment while it re-executes on
-    reload); Unreachable if there is none."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return socket.create_connection((host, port), timeout=timeout)
-        except ConnectionRefusedError as exc:
-            if time.monotonic() > deadline:
-                raise Unreachable(failures.refused(where, port)) from None
-            time.sleep(0.2)
-        except OSError as exc:  # no answer, no route, name not known
-            raise Unreachable(failures.socket_failure(exc, where, host, port, timeout)
-                              or f"{where}: {exc.strerror or exc}") from None
-
-
-def _channel(conn: Connection, host: str, port: int, timeout: float, where: str, *, hint: str = "") -> paramiko.Channel:
-    """A direct-tcpip channel from `conn`'s host to host:port (what ssh -J and -W use)."""
-    transport = conn.client.get_transport()
-    try:
-        if transport is None or not transport.is_active():
-            raise paramiko.SSHException("connection lost")
-        return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        reason = exc.text if isinstance(exc, paramiko.ChannelException) else str(exc) or type(exc).__name__
-        raise Unreachable(f"{where}: {reason}" + (f"; {hint}" if hint else "")) from None

@@ -6,8 +6,9 @@ from __future__ import annotations
 import fnmatch
 import getpass
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -73,7 +74,7 @@ class Play:
             sshdebug.enable({(h.address, h.port): h.name for h in inventory.hosts()})
         play.remotes = remotes_for(inventory, creds, accept_new=options.accept_new_host_keys)  # or BadSshConfig
         for remote in play.remotes.values():
-            remote.notify = partial(reporter.note, remote.name)
+            remote.notify, remote.busy = partial(reporter.note, remote.name), partial(reporter.busy, remote.name)
             remote.echo = _echo(reporter, remote.name) if options.verbose else None
             remote.accept_changed_host_key, remote.on_change = options.accept_changed_host_key, reporter.line
         return play
@@ -108,6 +109,19 @@ class Play:
         finally:
             self.inventory, self.options = kept
 
+    def connect_ahead(self) -> None:
+        """Start opening, in the background and all at once, the connections of the selected Pis and of their
+        VPSes: a Pi's own address and its VPS (its way in through its tunnel) are dialled together, so hosts
+        that do not answer cost one connect_timeout in all, not one per step or per Pi. Each `each` takes its
+        host's connection when it is open, or the reason it could not be (a Link tries a host once per run).
+        At most --forks are being opened at once."""
+        pis = self.selected(self.inventory.pis.values())
+        slots = threading.BoundedSemaphore(max(1, self.options.forks))
+        for host in [*self.inventory.vpses_of_pis(pis), *pis]:
+            if host.name not in self.failed:
+                threading.Thread(target=_connect, args=(self.remotes[host.name], slots), daemon=True,
+                                 name=f"connect-{host.name}").start()
+
     def each(self, hosts: Sequence[HostSpec], work: Callable[[Remote], T]) -> dict[str, T]:
         """Run work(remote) for every host in parallel; failures are reported, not raised, and the host is
         left out of every later `each` of this play."""
@@ -117,8 +131,15 @@ class Play:
         live = [h for h in hosts if h.name not in self.failed and not STOP.is_set()]
         self.describe(live)
         self.interrupted.update(h.name for h in hosts if STOP.is_set() and h.name not in self.failed)
-        with ThreadPoolExecutor(max_workers=max(1, min(self.options.forks, len(live)))) as pool:
-            futures = {h.name: pool.submit(self._guarded, self.remotes[h.name], work) for h in live}
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.options.forks, len(live))))
+        futures = {h.name: pool.submit(self._guarded, self.remotes[h.name], work) for h in live}
+        try:
+            wait(futures.values())
+        except KeyboardInterrupt:  # a second Ctrl-C: the hosts in flight are abandoned, not waited for
+            self.interrupted.update(name for name, future in futures.items() if not future.done())
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
         for name, future in futures.items():
             ok, value = future.result()
             if ok:
@@ -136,6 +157,9 @@ class Play:
             self.reporter.note(remote.name, "interrupted: stopped after the step in flight")
             return False, None
         except (Unreachable, HostKeyRefused) as exc:
+            if STOP.is_set():  # Ctrl-C abandoned its connection: not reached, and not a fault of the host
+                self.interrupted.add(remote.name)
+                return False, None
             self.why[remote.name] = str(exc)
             self.reporter.line(remote.name, "unreachable", "connect", str(exc))
         except SudoRefused as exc:
@@ -149,10 +173,16 @@ class Play:
         return False, None
 
     def finish(self) -> int:
+        """Close every connection; after a Ctrl-C, say what was done and which hosts were never reached; then
+        the recap, the run's last words (a host still in flight after a second Ctrl-C prints nothing more)."""
         for name, remote in self.remotes.items():
             if name in self.reporter.recaps:
                 self.reporter.recaps[name].round_trips = remote.round_trips
+                self.reporter.recaps[name].interrupted = name in self.interrupted and remote.path is None
             remote.close()
+        if STOP.is_set():
+            print(f"interrupted: {'; '.join(self._stopped())}. A rerun carries on "
+                  "from where each host is (every step is idempotent)", file=sys.stderr, flush=True)
         self.reporter.print_recap()
         recaps = self.reporter.recaps
         unreachable = any(r.unreachable for r in recaps.values())
@@ -161,6 +191,25 @@ class Play:
         if STOP.is_set():
             return failures.INTERRUPTED
         return failures.exit_code(failed=failed, unreachable=unreachable)
+
+    def _stopped(self) -> list[str]:
+        """What an interrupted run had done, for its last line before the recap."""
+        changed = [f"{h} {r.changed}" for h, r in self.reporter.recaps.items() if r.changed]
+        stopped = sorted(self.interrupted)
+        return [f"changed so far: {', '.join(changed) or 'nothing'}",
+                *([f"stopped before their next step: {', '.join(stopped)}"] if stopped else [])]
+
+
+def _connect(remote: Remote, slots: threading.BoundedSemaphore) -> None:
+    """Open `remote`'s connection (connect_ahead) in one of the --forks slots: a failure is kept by the Link,
+    and reported by `each`."""
+    with slots:
+        if STOP.is_set():
+            return
+        try:
+            remote.connection()
+        except Exception:  # the first `each` on this host meets it again, and reports it
+            pass
 
 
 class BadLimit(ValueError):

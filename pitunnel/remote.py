@@ -16,7 +16,7 @@ import paramiko
 
 from . import sshconf
 from .inventory import Inventory, PiSpec
-from .link import Credentials, Link, Unreachable
+from .link import Credentials, Link, Unanswered, Unreachable
 from .sshauth import KeyRing
 
 __all__ = ["Credentials", "HostCannotRun", "Remote", "Result", "SudoRefused", "Unreachable", "remotes_for"]
@@ -106,9 +106,9 @@ class Remote(Link):
 
 def remotes_for(inv: Inventory, credentials: Mapping[str, Credentials], *, accept_new: bool) -> dict[str, Remote]:
     """A Remote per host of `inv`, each with its route (the inventory, then the ssh config it names), its
-    Pi's VPS as the way to its tunnel, and one key ring for the run. Raises sshconf.BadSshConfig."""
+    Pi's VPS as the way to its tunnel, one key ring and one memory of the jump hosts out of reach for the run. Raises sshconf.BadSshConfig."""
     config = sshconf.load(inv.settings.ssh_config)
-    ring = KeyRing()
+    ring, unanswered = KeyRing(), Unanswered()
     remotes: dict[str, Remote] = {}
     for host in inv.hosts():  # VPSes first: a Pi's tunnel starts at its VPS's connection
         gateway = remotes.get(host.first_vps) if isinstance(host, PiSpec) else None
@@ -120,7 +120,8 @@ def remotes_for(inv: Inventory, credentials: Mapping[str, Credentials], *, accep
                 f"the ssh config gives the VPS {host.name} {' and '.join(moved)}, but its Pis' tunnels connect to "
                 f"the inventory's address and port ({host.address}:{host.port}): write them in the inventory")
         remotes[host.name] = Remote(host, inv.settings.known_hosts, credentials[host.name],
-                                    accept_new_host_keys=accept_new, route=route, gateway=gateway, keys=ring)
+                                    accept_new_host_keys=accept_new, route=route, gateway=gateway, keys=ring,
+                                    unanswered=unanswered)
     return remotes
 
 

@@ -34,11 +34,12 @@ class Recap:
     skipped: int = 0
     round_trips: int = 0
     sessions_ended: int = 0  # live sessions of retired keys ended on this host (roles/vps/sessions.py)
+    interrupted: bool = False  # Ctrl-C came before this host was reached: nothing is known of it
     steps: list[Step] = field(default_factory=list, compare=False)  # every line, for --json
 
     @property
     def bad(self) -> bool:
-        return bool(self.failed or self.unreachable)
+        return bool(self.failed or self.unreachable or self.interrupted)
 
     def document(self) -> dict[str, Any]:
         """This host in `--json`: its counts and every line printed for it."""
@@ -58,13 +59,16 @@ class Reporter:
     heartbeat_after: float = HEARTBEAT_AFTER
     heartbeat_every: float = HEARTBEAT_EVERY
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _done: bool = False  # the recap is printed: it is the last thing a run prints
+
 
     @property
     def stream(self) -> TextIO:
         return self.out if self.out is not None else sys.stdout
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        if not self._done:
+            print(text, file=self.stream, flush=True)
 
     def recap(self, host: str) -> Recap:
         with self._lock:
@@ -142,9 +146,12 @@ class Reporter:
             name = self._paint(f"{host:<26}", "failed" if r.bad else ("changed" if r.changed else "ok"))
             self._print(f"{name} : ok={r.ok:<4} changed={r.changed:<4} unreachable={r.unreachable:<4} "
                         f"failed={r.failed:<4} skipped={r.skipped:<4} round_trips={r.round_trips}"
-                        + (f" sessions_ended={r.sessions_ended}" if r.sessions_ended else ""))
+                        + (f" sessions_ended={r.sessions_ended}" if r.sessions_ended else "")
+                        + (" interrupted: not reached" if r.interrupted else ""))
         for host, text in self.warnings:
             self._print(f"{self._paint('WARNING', 'WARNING')} {host}: {text}")
+        with self._lock:
+            self._done = True
 
     @property
     def failed_hosts(self) -> list[str]:

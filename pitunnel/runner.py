@@ -7,6 +7,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .dial import STOP  # set on Ctrl-C (pitunnel.taskkit.ctrl_c): no host starts another converge
 from .facts import Facts, gather
 from .guard import (GONE, arm_commands, confirm_commands, confirm_seconds, disarm_commands, lock_commands,
                     pending_changes, pending_fact, prove_commands, rollback_commands)
@@ -24,7 +25,6 @@ class Interrupted(Exception):
     apply, handlers and proofs), so it is as consistent as after any step; a rerun carries on."""
 
 
-STOP = threading.Event()  # set on Ctrl-C (pitunnel.taskkit.run_play): no host starts another converge
 
 
 def stop_point() -> None:

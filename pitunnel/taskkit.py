@@ -20,6 +20,7 @@ from typing import Any, TextIO, TypeVar
 from invoke import Exit, Task
 
 from . import failures
+from .dial import abandon_logins
 from .inventory import Inventory, InventoryError, load_inventory, ports_file
 from .inventory.checks import plain_http_names
 from .play import BadLimit, Options, Play
@@ -203,23 +204,30 @@ def load(path: str | None, *, check: bool, out: TextIO | None = None,
 
 
 @contextmanager
-def ctrl_c() -> Iterator[None]:
+def ctrl_c() -> Iterator[list[bool]]:
     """Ctrl-C asks every host to stop after the converge in flight (pitunnel.runner.STOP), so each is left as
-    after a whole step; a second Ctrl-C raises KeyboardInterrupt at once."""
+    after a whole step, and ends every connection still being opened (pitunnel.dial); a second Ctrl-C raises
+    KeyboardInterrupt at once, and yields [True]: the caller exits without waiting for the hosts in flight."""
     STOP.clear()
+    abandoned: list[bool] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield abandoned
         return
+
+    def again(signum: int, frame: FrameType | None) -> None:
+        abandoned.append(True)
+        raise KeyboardInterrupt
 
     def stop(signum: int, frame: FrameType | None) -> None:
         STOP.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, again)
+        abandon_logins()
         print("\ninterrupted: each host stops after the step in flight (Ctrl-C again to abandon it)",
               file=sys.stderr, flush=True)
 
     previous = signal.signal(signal.SIGINT, stop)
     try:
-        yield
+        yield abandoned
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -244,16 +252,17 @@ def run_play(body: Callable[[Play], None], flags: Flags = Flags(), *, quiet: boo
         raise Exit(str(exc), code=failures.USAGE) from None
     except KeyboardInterrupt:  # at a password prompt: no host was touched
         raise Exit("\ninterrupted: no host was touched", code=failures.INTERRUPTED) from None
-    with ctrl_c():
+    with ctrl_c() as abandoned:
         try:
             body(play)
         except KeyboardInterrupt:
             STOP.set()
         finally:
             code = play.finish()
-        if STOP.is_set():
-            print(f"interrupted: {'; '.join(_interrupted(play))}. A rerun carries on "
-                  "from where each host is (every step is idempotent)", file=sys.stderr, flush=True)
+        if abandoned:  # Ctrl-C twice: the recap was the last word; hosts still in flight are not waited for
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(failures.INTERRUPTED)
     if flags.limit and not play.reporter.recaps:
         raise Exit(f"--limit {flags.limit!r} selects {', '.join(sorted(play.options.limit))}, but this task works on "
                    "none of them (the VPS tasks on VPSes, the Pi tasks on Pis)", code=failures.USAGE)
@@ -261,11 +270,3 @@ def run_play(body: Callable[[Play], None], flags: Flags = Flags(), *, quiet: boo
         raise Exit(code=code)
     return play
 
-
-def _interrupted(play: Play) -> list[str]:
-    """What an interrupted run had done, for its last line (the recap above has the details)."""
-    recaps = play.reporter.recaps
-    changed = [f"{h} {r.changed}" for h, r in recaps.items() if r.changed]
-    stopped = sorted(play.interrupted)
-    return [f"changed so far: {', '.join(changed) or 'nothing'}",
-            *([f"stopped before their next step: {', '.join(stopped)}"] if stopped else [])]

@@ -36,6 +36,7 @@ def missing_path(spec: PiSpec, vps_name: str) -> str:
 def provision(play: Play) -> None:
     """`invoke provision`: the Pis' base step (autossh, tunnel account, key made on the Pi) needs nothing
     from the VPS, so it runs while the VPS converges; the Pis' keys and tunnels follow once it is done."""
+    play.connect_ahead()
     with ThreadPoolExecutor(max_workers=1) as pool:
         based = pool.submit(pi.base, play)
         # a VPS where a name's certificate could not be obtained serves everything else: its Pis go on,
@@ -54,6 +55,7 @@ def provision_vps(play: Play) -> None:
 
 def provision_pi(play: Play) -> None:
     """`invoke provision-pi`: base on every Pi, the Pis' keys on their VPS, then each Pi's tunnel."""
+    play.connect_ahead()
     connect(play, pi.base(play))
 
 
@@ -148,6 +150,7 @@ def wait_listening(play: Play, path: PiPath, readings: SharedReading[frozenset[s
 def teardown(play: Play, *, purge: bool) -> None:
     """`invoke teardown`: the Pis first, and their keys off their VPS (unless that VPS goes too), then the VPS."""
     inv = play.inventory
+    play.connect_ahead()
     pi.teardown(play, purge=purge)
     if play.options.limit:
         pis = play.selected(inv.pis.values())

@@ -22,7 +22,7 @@ import paramiko
 import pytest
 from invoke import Collection, Context, Exit, Program
 
-from pitunnel import failures, link as link_module, taskkit, tasks
+from pitunnel import failures, taskkit, tasks
 from pitunnel.taskkit import Flags, provisioning_task, resolve_inventory, run_play
 from pitunnel.inventory import HostSpec, load_inventory
 from pitunnel.play import BadLimit, Play, resolve_limit
@@ -51,7 +51,6 @@ def why(port: int, tmp_path: Path, **kw: object) -> str:
 
 @pytest.fixture(autouse=True)
 def quick(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(link_module._tcp, "__kwdefaults__", {"within": 0.2})  # refused: retried 0.2 s
     monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.ssh/id_* of whoever runs the tests
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # nor their agent's keys
     failures.silence_paramiko()

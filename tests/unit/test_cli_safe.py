@@ -20,7 +20,7 @@ import pexpect
 import pytest
 from invoke import Program
 
-from pitunnel import failures, link as link_module, taskkit
+from pitunnel import failures, taskkit
 from pitunnel.console import namespace
 from pitunnel.inventory import load_inventory
 from pitunnel.inventory.checks import plain_http_names
@@ -70,7 +70,6 @@ def test_a_closed_pipe_ends_the_run_quietly_as_ls_does(inv_file: Path) -> None:
 
 @pytest.fixture
 def quick(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(link_module._tcp, "__kwdefaults__", {"within": 0.2})  # refused: retried 0.2 s, not 3
     monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.ssh/id_* of whoever runs the tests
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     failures.silence_paramiko()

@@ -17,7 +17,6 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from pitunnel import link as link_module
 from pitunnel import remote as remote_module
 from pitunnel import sshconf
 from pitunnel.hostkeys import HostKeyRefused
@@ -329,7 +328,6 @@ def free_port() -> int:
 def vps_and_pi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeSshd, FakeSshd, Remote, Path]]:
     """A "VPS" that forwards (as sshd does for -J) and a "Pi" whose sshd its tunnel reaches at 127.0.0.1:PORT
     there, while the Pi's own address (127.0.0.1 on a port where nothing listens) refuses."""
-    monkeypatch.setattr(link_module._tcp, "__kwdefaults__", {"within": 0.2})
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     vps_sshd, pi_sshd = FakeSshd(paramiko.ECDSAKey.generate()), FakeSshd(paramiko.ECDSAKey.generate())

@@ -114,6 +114,7 @@ def status(play: Play) -> list[TunnelStatus]:
     row per path)."""
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
+    play.connect_ahead()
     found = play.each(inv.vpses_of_pis(pis), lambda remote: vps_seen(remote, inv.vps[remote.name]))
 
     def listening(path: PiPath) -> frozenset[str] | None:

@@ -64,6 +64,7 @@ def verify(play: Play) -> list[PathReport]:
     inv = play.inventory
     pis = play.selected(list(inv.pis.values()))
     reports = {p.name: [PathReport(p.name, vps=v) for v in p.all_vps] for p in pis}
+    play.connect_ahead()
     found = play.each(inv.vpses_of_pis(pis), listeners)
 
     def prove(remote: Remote) -> None:
