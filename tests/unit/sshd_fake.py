@@ -30,9 +30,16 @@ class FakeSshd(paramiko.ServerInterface):
         self._sock.listen(16)
         self.port: int = self._sock.getsockname()[1]
         self._transports: list[paramiko.Transport] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def close(self) -> None:
+        """Stop accepting, then close. The thread blocked in accept() is woken by shutdown() and ends before the
+        socket's descriptor is freed: a closed fake left waiting on that number would accept, with its own
+        host key, the connections of the next socket given the same number (another test's fake sshd)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._acceptor.join(timeout=5)
         self._sock.close()
         for t in self._transports:
             t.close()
