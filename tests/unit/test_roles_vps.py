@@ -568,3 +568,23 @@ def test_provision_restarts_or_reloads_only_what_a_change_feeds(inv: Inventory, 
     host = FakeHost("main", [first, *converged(ops, users=["pitunnel"])])
     provision_vps(play_on(inv, {"main": host}))  # type: ignore[dict-item]
     assert [l for l in lines(capsys) if " handler " in l] == [f"changed main handler {handler} - ran once"]
+
+
+def test_a_shared_key_refusal_names_the_key_the_other_pis_and_the_fix(key: str) -> None:
+    """The line a Pi refused a key gets: whose it is (or that the VPS cannot tell), and how to fix it."""
+    fingerprint = parse_public_key(key).fingerprint
+    kept = vps_authorized.SharedKey(key, ("alpha", "beta", "gamma"), "alpha")
+    assert kept.refused == ("beta", "gamma")
+    assert kept.why("beta", "main") == (
+        f"refused: its tunnel key {fingerprint} is alpha's (authorised for alpha on main first); nothing written for "
+        "beta, alpha keeps its key. Fix: look into beta, whose tunnel key's .pub is not its own key (remove that .pub "
+        "there and rerun: it is derived again from the Pi's own private key)")
+    unknown = vps_authorized.SharedKey(key, ("alpha", "beta", "gamma"), None)
+    assert unknown.refused == ("alpha", "beta", "gamma")
+    assert unknown.why("beta", "main") == (
+        f"refused: its tunnel key {fingerprint} is offered for alpha, gamma too, and main cannot tell whose it is; "
+        "written for neither. Fix: find the Pi whose tunnel key's .pub is not its own key (remove that .pub there "
+        "and rerun: it is derived again from the Pi's own private key); the other then gets its key")
+    # a line sshd keeps but pitunnel cannot parse is shown by the first 20 characters of its last word
+    odd = vps_authorized.SharedKey("ssh-ed25519 AAAAnot-a-key-at-all-really", ("alpha", "beta"), "alpha")
+    assert "its tunnel key AAAAnot-a-key-at-all... is alpha's" in odd.why("beta", "main")
