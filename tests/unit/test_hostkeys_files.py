@@ -1,0 +1,96 @@
+"""pitunnel/hostkeys.py's reading and rewriting of known_hosts, as OpenSSH reads it: the name patterns of a
+`@revoked` line (`*`, `?`, `!`, hashed names), the lines that name a host, and a rewrite that touches only the
+lines of the host named (its mode kept)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from pitunnel import hostkeys
+
+
+
+@pytest.fixture(scope="module")
+def key() -> paramiko.PKey:
+    return paramiko.ECDSAKey.generate()
+
+
+@pytest.mark.parametrize("field, name, matches", [
+    ("pi1.example", "pi1.example", True),
+    ("PI1.Example", "pi1.example", True),  # names compare without case, as OpenSSH's
+    ("pi1.example", "pi10.example", False),
+    ("pi?.example", "pi1.example", True),
+    ("pi?.example", "pi10.example", False),  # ? is one character
+    ("*.example", "pi1.example", True),
+    ("*.example", "pi1.example.org", False),  # the whole name, not a part of it
+    ("pi.example.", "piXexampleX", False),  # a dot is a dot, not any character
+    ("other,*.example", "pi1.example", True),  # any pattern of the list
+    ("*.example,!pi1.example", "pi1.example", False),  # a negated match wins, whatever its place
+    ("!pi1.example,*.example", "pi1.example", False),
+    ("!pi1.example,*.example", "pi2.example", True),
+    ("!pi1.example", "pi2.example", False),  # a negation alone names no host
+    ("[127.0.0.1]:2222", "[127.0.0.1]:2222", True),  # brackets are plain characters
+    ("[127.0.0.1]:2222", "[127.0.0.1]:22", False),
+])
+def test_revoked_line_patterns_as_openssh_reads_them(tmp_path: Path, key: paramiko.PKey, field: str, name: str,
+                                                     matches: bool) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(f"# a comment\nother.example {key.get_name()} {key.get_base64()}\n"
+                     f"@revoked {field} {key.get_name()} {key.get_base64()}\n")
+    assert hostkeys.revoked_at(known, name, key) == (3 if matches else None)
+
+
+def test_a_hashed_name_matches_only_its_host(tmp_path: Path, key: paramiko.PKey) -> None:
+    hashed = paramiko.HostKeys.hash_host("pi1.example")
+    known = tmp_path / "known_hosts"
+    known.write_text(f"@revoked {hashed} {key.get_name()} {key.get_base64()}\n{hashed} {key.get_name()} {key.get_base64()}\n")
+    assert hostkeys.revoked_at(known, "pi1.example", key) == 1
+    assert hostkeys.revoked_at(known, "pi2.example", key) is None
+    assert hostkeys.known_lines(known, "pi1.example") == [f"{hashed} {key.get_name()} {key.get_base64()}"]
+    assert hostkeys.known_lines(known, "pi2.example") == []
+
+
+def test_another_key_or_a_plain_line_is_no_revocation(tmp_path: Path, key: paramiko.PKey) -> None:
+    other = paramiko.ECDSAKey.generate()
+    known = tmp_path / "known_hosts"
+    known.write_text(f"@revoked pi1 {other.get_name()} {other.get_base64()}\npi1 {key.get_name()} {key.get_base64()}\n"
+                     "@revoked pi1\n")
+    assert hostkeys.revoked_at(known, "pi1", key) is None
+    assert hostkeys.revoked_at(tmp_path / "none", "pi1", key) is None
+
+
+def test_known_lines_are_the_plain_lines_naming_the_host(tmp_path: Path, key: paramiko.PKey) -> None:
+    known = tmp_path / "known_hosts"
+    line = f"pi1,10.0.0.1 {key.get_name()} {key.get_base64()}"
+    known.write_text(f"{line}\n# pi1 {key.get_name()} x\n@cert-authority pi1 {key.get_name()} {key.get_base64()}\n"
+                     f"pi1 short\npi10 {key.get_name()} {key.get_base64()}\n")
+    assert hostkeys.known_lines(known, "pi1") == [line]
+    assert hostkeys.known_lines(known, "10.0.0.1") == [line]
+    assert hostkeys.known_lines(tmp_path / "none", "pi1") == []
+    assert hostkeys.listed(known, "pi1", key) and not hostkeys.listed(known, "pi1", paramiko.ECDSAKey.generate())
+    assert not hostkeys.listed(known, "pi2", key)
+
+
+def test_rewrite_touches_only_the_hosts_lines_and_keeps_the_files_mode(tmp_path: Path, key: paramiko.PKey) -> None:
+    old, new = paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate(bits=384)
+    mine, theirs = f"{old.get_name()} {old.get_base64()}", f"{key.get_name()} {key.get_base64()}"
+    known = tmp_path / "known_hosts"
+    known.write_text(f"# mine\nother {theirs}\npi1 {mine}\npi1 {theirs}\n")
+    os.chmod(known, 0o640)
+    fresh = f"{new.get_name()} {new.get_base64()}"
+    hostkeys.rewrite(known, "pi1", keep=lambda k: k == theirs, add=[fresh, theirs])
+    assert known.read_text() == f"# mine\nother {theirs}\npi1 {theirs}\npi1 {fresh}\n"  # theirs kept, not added twice
+    assert known.stat().st_mode & 0o777 == 0o640
+    assert not (tmp_path / "known_hosts.pitunnel-tmp").exists()
+    hostkeys.rewrite(known, "pi1", keep=lambda _: False, add=[])
+    assert known.read_text() == f"# mine\nother {theirs}\n"
+
+
+def test_rewrite_makes_the_file_and_its_folder(tmp_path: Path, key: paramiko.PKey) -> None:
+    known = tmp_path / "ssh" / "known_hosts"
+    hostkeys.rewrite(known, "[vps]:22", keep=lambda _: True, add=[f"{key.get_name()} {key.get_base64()}"])
+    assert known.read_text() == f"[vps]:22 {key.get_name()} {key.get_base64()}\n"
