@@ -4,6 +4,7 @@ state of the Pi (tests/unit/fake_hosts.py answers the engine's reads), and what 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from pitunnel.facts import FileState
 from pitunnel.inventory import Inventory, Listener
 from pitunnel.remote import Credentials
-from pitunnel.ops import Absent, Directory, File, KeyPair, Packages, PackagesAbsent, Service, SystemUser, UserAbsent
+from pitunnel.ops import Absent, Directory, File, KeyPair, Later, Packages, PackagesAbsent, Service, SystemUser, UserAbsent
 from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed
 from pitunnel.sshkeys import parse_public_key
@@ -563,3 +564,51 @@ def test_teardown_creates_no_authorized_keys_it_did_not_find(inv: Inventory) -> 
     pi.teardown(play_on(inv, {"beta": host}, limit=frozenset({"beta"})), purge=False)  # type: ignore[dict-item]
     assert not host.applied("authorized_keys")
 
+
+
+def test_teardown_through_the_pis_own_tunnel_leaves_that_tunnel_to_the_pis_timer(inv: Inventory) -> None:
+    """Away from home the run rides the Pi's tunnel to `main`: that instance, its unit file and the tunnel
+    account go by the Pi's own timer once the run has left (ops.Later); everything else goes now."""
+    now = pi.teardown_ops(inv, inv.pis["alpha"], purge=False)
+    assert not any(isinstance(op, Later) for op in now)
+    riding = pi.teardown_ops(inv, inv.pis["alpha"], purge=False, present=("old",), riding="main")
+    later = [op.op for op in riding if isinstance(op, Later)]
+    assert [type(op).__name__ for op in later] == ["Service", "Absent", "UserAbsent"]
+    service, unit_file, account = later
+    assert isinstance(service, Service) and (service.unit, service.enabled, service.running) == (
+        "pitunnel@main.service", False, False)
+    assert service.title == "main: service pitunnel@main.service stopped and disabled"
+    assert isinstance(unit_file, Absent) and unit_file.path == "/etc/systemd/system/pitunnel@.service"
+    assert unit_file.notify == ("daemon-reload",)
+    assert isinstance(account, UserAbsent) and account.name == "pitunnel"
+    stopped_now = [(op.unit, op.enabled, op.running, op.title) for op in riding if isinstance(op, Service)]
+    assert stopped_now[:3] == [  # its watchdog, and the other paths' instances, at once
+        ("pitunnel-watchdog@main.service", False, False, "main: service pitunnel-watchdog@main.service stopped and disabled"),
+        ("pitunnel@old.service", False, False, "old: service pitunnel@old.service stopped and disabled"),
+        ("pitunnel-watchdog@old.service", False, False, "old: service pitunnel-watchdog@old.service stopped and disabled")]
+    assert ("pitunnel.service", False, False, "service pitunnel.service stopped and disabled") in stopped_now
+    # a Pi whose tunnel runs as its login user: the tunnel key's every file goes, the user stays
+    beta = pi.teardown_ops(inv, inv.pis["beta"], purge=False, riding="main")
+    key = "/home/pi/.ssh/pitunnel_ed25519"
+    assert [p for p in paths(beta) if p.startswith(key)] == [
+        key, f"{key}.pub", f"{key}.next", f"{key}.next.pub", f"{key}.old", f"{key}.old.pub"]
+
+
+def test_teardown_through_the_tunnel_arms_the_pis_timer_and_says_so(inv: Inventory,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    host = FakeHost("alpha", [("is-enabled", "enabled\nactive")])
+    host.through_tunnel, host.gateway_name = True, "main"  # type: ignore[attr-defined]
+    pi.teardown(play_on(inv, {"alpha": host}, limit=frozenset({"alpha"})), purge=False)  # type: ignore[dict-item]
+    assert host.applied("systemctl stop pitunnel-watchdog@main.service")  # now
+    later = re.findall(r"printf '%s' '([^']*)' >> /run/pitunnel-later\.sh", "\n".join(host.scripts))
+    assert any("systemctl stop pitunnel@main.service" in each for each in later)  # later, by the Pi itself
+    assert not any("pitunnel-watchdog@main" in each for each in later)
+    assert host.applied("systemd-run --quiet --collect --on-active=2 ")
+    assert host.applied("systemctl reset-failed pitunnel@main.service || true")
+    assert ("alpha reached through its tunnel to main, which stops 2s after this run leaves the Pi: pitunnel "
+            "cannot watch that last step (`pitunnel status` shows the tunnel gone)") in lines(capsys)
+    checked = FakeHost("alpha", [("is-enabled", "enabled\nactive")])
+    checked.through_tunnel, checked.gateway_name = True, "main"  # type: ignore[attr-defined]
+    play = play_on(inv, {"alpha": checked}, limit=frozenset({"alpha"}), check=True)
+    pi.teardown(play, purge=False)  # type: ignore[arg-type]
+    assert not checked.applied("systemd-run") and not checked.applied("reset-failed")
