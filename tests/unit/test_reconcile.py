@@ -163,3 +163,27 @@ def test_a_halted_flow_ends_without_a_line_of_its_own_nor_an_error() -> None:
     assert host == [2] and flow.lines == ["changed h1 counter: add one - now 2"]
     reconcile.reconcile(check := Halting([1], 3), check=True, applied=reconcile.Applied())
     assert check.lines == ["would change h1 counter: add one - 1 < 3"]  # the listing ends where the run would
+
+
+class Recording(Counter):
+    """A Counter that records the `started` its next_step is given."""
+
+    def __init__(self, host: list[int], target: int, *, by: int = 1) -> None:
+        super().__init__(host, target, by=by)
+        self.started: list[bool] = []
+
+    def next_step(self, state: int, started: bool) -> tuple[Step, str]:
+        self.started.append(started)
+        return super().next_step(state, started)
+
+
+def test_a_flow_found_idle_starts_unstarted_and_every_later_pick_knows_it_applied_a_step() -> None:
+    flow = Recording([1], 3)
+    reconcile.reconcile(flow, check=False, applied=reconcile.Applied())
+    assert flow.started == [False, True, True]
+
+
+def test_check_mode_of_a_flow_that_never_ends_lists_its_cap_of_steps() -> None:
+    flow = Counter([0], 100)
+    reconcile.reconcile(flow, check=True, applied=reconcile.Applied())
+    assert len(flow.lines) == Counter.cap and all(line.startswith("would change") for line in flow.lines)
