@@ -407,3 +407,23 @@ def test_every_pi_not_reached_is_named(tmp_path: Path, capsys: pytest.CaptureFix
     assert changes(hosts["main"]) == []
     assert any(line.startswith("failed main host key: read the Pis' pins - alpha, beta not reached: every Pi of main")
                for line in lines(capsys))
+
+
+def test_a_stale_key_the_laptop_holds_for_the_vps_stays_until_the_unpin(tmp_path: Path) -> None:
+    """The laptop's own lines for the VPS are kept while both key sets are pinned (nothing it accepted is taken
+    away mid-way); the unpin leaves the new keys alone."""
+    stale = "ssh-rsa AAAAstale"
+    inv, hosts = fleet(tmp_path, laptop_keys=(*OLD, stale))
+    seen: list[list[str]] = []
+    vps = hosts["main"]
+    assert isinstance(vps, KeyedVps)
+    original = vps.can_log_in_fresh
+
+    def login(*, use_password: bool = True, within: float = 10) -> bool:
+        seen.append(laptop(inv))
+        return original(use_password=use_password, within=within)
+
+    vps.can_log_in_fresh = login  # type: ignore[method-assign]
+    rotate_vps_hostkey(play_on(inv, hosts, limit=frozenset({"main"})))
+    assert seen == [[OTHER, *(f"203.0.113.1 {k}" for k in (*OLD, stale, *NEW))]]
+    assert laptop(inv) == [OTHER, *(f"203.0.113.1 {k}" for k in NEW)]
