@@ -4,8 +4,10 @@ that is only connecting within a second, the recap counts no unreached host as o
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -84,6 +86,19 @@ def test_a_dead_vps_costs_one_connect_timeout_and_every_pi_says_why(far: Path, t
         line = next(l for l in out.splitlines() if l.startswith("unreachable") and f" {pi} " in l)
         assert "through vps's tunnel" in line and vps in line and f"no answer within {TIMEOUT}s" in line, line
     assert re.search(rf"^vps +: .*unreachable=1", out, re.M), out
+
+
+def test_status_json_says_unknown_as_null_for_pis_it_could_not_read(far: Path) -> None:
+    """Unknown is not zero (issue 24, point 3): a Pi that could not be read has null values, never 0 or "-"."""
+    run = subprocess.run([PITUNNEL, "status", "--json", "-i", str(far)], cwd=far.parent, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 4, run.stdout + run.stderr
+    rows = json.loads(run.stdout)["tunnels"]
+    assert {row["pi"] for row in rows} == set(PIS), rows
+    for row in rows:
+        assert row["state"] == "unknown", row
+        for key in ("since", "reconnects", "unit_restarts"):
+            assert row[key] is None, row
 
 
 def recap_lines(out: str) -> list[str]:
