@@ -9,6 +9,7 @@ import dataclasses
 import http.server
 import os
 import socket
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -234,10 +235,10 @@ class Channels:
 
 
 class Nginx:
-    """A local HTTP server answering `answers` in turn (the last one from then on); keeps each request's path
-    and Host header."""
+    """A local HTTP server (HTTPS with `tls`) answering `answers` in turn (the last one from then on); keeps
+    each request's path and Host header."""
 
-    def __init__(self, *answers: tuple[int, bytes, tuple[str, ...]]) -> None:
+    def __init__(self, *answers: tuple[int, bytes, tuple[str, ...]], tls: ssl.SSLContext | None = None) -> None:
         self.answers, self.seen = list(answers), []  # type: list[tuple[int, bytes, tuple[str, ...]]], list[tuple[str, str]]
         nginx = self
 
@@ -256,6 +257,8 @@ class Nginx:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:  # HTTPS: each connection's handshake is made as it is accepted
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
