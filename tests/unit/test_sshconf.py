@@ -630,3 +630,18 @@ def test_a_relative_include_alone_is_read_from_the_users_ssh_folder(tmp_path: Pa
     config = tmp_path / "config"
     config.write_text("Include config.d/*\n")
     assert sshconf.load(config).lookup("orb")["port"] == "32222"  # type: ignore[union-attr]
+
+
+def test_a_bad_proxyjump_entry_or_an_unreadable_include_is_named(tmp_path: Path) -> None:
+    with pytest.raises(BadSshConfig) as caught:
+        parse_jump("bob@:22")
+    assert str(caught.value) == "ProxyJump entry 'bob@:22' names no host"
+    with pytest.raises(BadSshConfig) as caught:
+        parse_jump("[fe80::1]:99999")
+    assert str(caught.value) == "the ssh config gives [fe80::1]:99999 the port '99999': use a port from 1 to 65535"
+    (tmp_path / "conf.d").mkdir()
+    config = tmp_path / "config"
+    config.write_text(f"Include {tmp_path}/conf.d\n")  # a folder, not a file
+    with pytest.raises(BadSshConfig) as caught:
+        sshconf.load(config)
+    assert str(caught.value) == f"{config}:1: cannot read {tmp_path}/conf.d (Include): Is a directory"
