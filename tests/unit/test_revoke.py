@@ -348,3 +348,46 @@ def test_a_pi_revoked_again_keeps_the_keys_of_its_earlier_revocation(tmp_path: P
     assert saved.keys == (old, new) and not saved.ended
     assert any(l.startswith("changed alpha revoked, remembered on the laptop - hosts.revoked.yml: "
                             f"{old.fingerprint}, {new.fingerprint}; ") for l in lines(capsys))
+
+
+FIX = ("it is written by `pitunnel revoke`: put back the copy you keep with the inventory (do not delete it while its "
+       "Pis are out of your hands; docs/operations.md)")
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("Bad_Name: {since: x}\n", "Bad_Name: expected a Pi name and a mapping (since, keys, ports), got a mapping"),
+    ("alpha: [1]\n", "alpha: expected a Pi name and a mapping (since, keys, ports), got a list"),
+    ("alpha: {since: 5}\n", "alpha: expected the keys since (a time), keys, ports and ended (a time) only"),
+    ("alpha: {since: x, ended: 5}\n", "alpha: expected the keys since (a time), keys, ports and ended (a time) only"),
+    ("alpha: {since: x, colour: red}\n", "alpha: expected the keys since (a time), keys, ports and ended (a time) only"),
+    ("alpha: {since: x, keys: [5]}\n", "alpha.keys: expected a list of public keys ('type base64')"),
+    ("alpha: {since: x, ports: [1]}\n", "alpha.ports: expected {VPS: {tunnel: port}}"),
+    ("alpha: {since: x, ports: {main: 5}}\n", "alpha.ports: expected {VPS: {tunnel: port}}"),
+    ("alpha: {since: x, ports: {main: {ssh: 80}}}\n", "alpha.ports.main.ssh: 80 is out of range"),
+], ids=["bad-name", "not-a-mapping", "since-not-a-time", "ended-not-a-time", "unknown-key", "keys-not-keys",
+        "ports-not-a-mapping", "ports-of-a-vps-not-a-mapping", "privileged-port"])
+def test_each_damage_to_the_revoked_file_is_one_problem_naming_the_key_and_the_fix(tmp_path: Path, text: str,
+                                                                                  problem: str) -> None:
+    file = tmp_path / "hosts.revoked.yml"
+    file.write_text(text)
+    found, problems = read_revoked(file)
+    assert found == {} and len(problems) == 1
+    said = f"{problems[0].key}: {problems[0].message}"
+    assert said == problem and problems[0].fix == FIX and problems[0].line == 1
+
+
+def test_the_revoked_file_is_written_one_key_a_line_and_goes_with_its_last_record(tmp_path: Path,
+                                                                                 keys: dict[str, str]) -> None:
+    file = tmp_path / "hosts.revoked.yml"
+    write_revoked(file, {})  # none, and no file: nothing to do
+    assert not file.exists()
+    long_key = keys["alpha"] + " " + "a-comment-that-makes-the-line-long" * 3
+    alpha = Revoked("alpha", "2026-12-06T05:00:00Z", (parse_public_key(long_key),), {"main": {"ssh": 20022}})
+    beta = Revoked("beta", "2026-12-01T05:00:00Z", (parse_public_key(keys["beta"]),), {}, ended="2026-12-02T05:00:00Z")
+    write_revoked(file, {"alpha": alpha, "beta": beta})
+    text = file.read_text()
+    assert f"  - {parse_public_key(long_key).line}\n" in text  # never folded, however long
+    assert text.count("ended:") == 1 and "ended: '2026-12-02T05:00:00Z'" in text
+    assert read_revoked(file) == ({"alpha": alpha, "beta": beta}, [])
+    write_revoked(file, {})
+    assert not file.exists()
