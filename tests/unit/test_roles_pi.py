@@ -563,3 +563,77 @@ def test_teardown_creates_no_authorized_keys_it_did_not_find(inv: Inventory) -> 
     pi.teardown(play_on(inv, {"beta": host}, limit=frozenset({"beta"})), purge=False)  # type: ignore[dict-item]
     assert not host.applied("authorized_keys")
 
+
+
+def undone(ops: list[object]) -> list[tuple[str, object, str, tuple[str, ...]]]:
+    """Each teardown op as the run shows it: its kind (Later: left for the Pi to run), what, title, handlers."""
+    from pitunnel.ops import Later
+    seen = []
+    for op in ops:
+        inner = op.op if isinstance(op, Later) else op
+        what = getattr(inner, "unit", None) or getattr(inner, "path", None) or getattr(inner, "name", None) or \
+            getattr(inner, "names", None)
+        seen.append((("Later " if isinstance(op, Later) else "") + type(inner).__name__, what, getattr(op, "title"),
+                     tuple(getattr(inner, "notify", ()))))
+    return seen
+
+
+def test_teardown_away_from_home_leaves_the_riding_instance_and_the_account_for_last(inv: Inventory) -> None:
+    """Reached through main's tunnel: that instance's unit, its unit file and the tunnel account go once the run
+    has left (Later); everything else now, in this order, each with its handler."""
+    assert undone(pi.teardown_ops(inv, inv.pis["alpha"], purge=False, present=("old",), riding="main")) == [
+        ('Later Service', 'pitunnel@main.service', 'main: service pitunnel@main.service stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog@main.service', 'main: service pitunnel-watchdog@main.service stopped and disabled', ()),
+        ('Service', 'pitunnel@old.service', 'old: service pitunnel@old.service stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog@old.service', 'old: service pitunnel-watchdog@old.service stopped and disabled', ()),
+        ('Service', 'pitunnel.service', 'service pitunnel.service stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog.service', 'single-VPS watchdog stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog.timer', 'old watchdog timer stopped and disabled', ()),
+        ('Absent', '/etc/systemd/system/pitunnel-watchdog.timer',
+         'absent /etc/systemd/system/pitunnel-watchdog.timer', ('daemon-reload',)),
+        ('Absent', '/etc/systemd/system/pitunnel-watchdog@.service',
+         'absent /etc/systemd/system/pitunnel-watchdog@.service', ('daemon-reload',)),
+        ('Absent', '/etc/systemd/system/pitunnel-watchdog.service',
+         'absent /etc/systemd/system/pitunnel-watchdog.service', ('daemon-reload',)),
+        ('Absent', '/etc/systemd/system/pitunnel.service', 'absent /etc/systemd/system/pitunnel.service', ('daemon-reload',)),
+        ('Absent', '/usr/local/lib/pitunnel', 'absent /usr/local/lib/pitunnel', ()),
+        ('Later Absent', '/etc/systemd/system/pitunnel@.service',
+         'absent /etc/systemd/system/pitunnel@.service', ('daemon-reload',)),
+        ('Absent', '/etc/pitunnel', 'absent /etc/pitunnel', ()),
+        ('Absent', '/etc/ssh/sshd_config.d/10-pitunnel-no-passwords.conf',
+         'absent /etc/ssh/sshd_config.d/10-pitunnel-no-passwords.conf', ('reload sshd',)),
+        ('Absent', '/etc/ssh/sshd_config.d/10-pitunnel-loopback.conf',
+         'absent /etc/ssh/sshd_config.d/10-pitunnel-loopback.conf', ('reload sshd',)),
+        ('Later UserAbsent', 'pitunnel', 'user absent pitunnel', ()),
+    ]
+
+
+def test_teardown_of_a_pi_whose_login_user_holds_the_tunnel_removes_each_key_file(inv: Inventory) -> None:
+    assert undone(pi.teardown_ops(inv, inv.pis["beta"], purge=True)) == [
+        ('Service', 'pitunnel@main.service', 'main: service pitunnel@main.service stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog@main.service', 'main: service pitunnel-watchdog@main.service stopped and disabled', ()),
+        ('Service', 'pitunnel.service', 'service pitunnel.service stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog.service', 'single-VPS watchdog stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog.timer', 'old watchdog timer stopped and disabled', ()),
+        ('Absent', '/etc/systemd/system/pitunnel-watchdog.timer',
+         'absent /etc/systemd/system/pitunnel-watchdog.timer', ('daemon-reload',)),
+        ('Absent', '/etc/systemd/system/pitunnel-watchdog@.service',
+         'absent /etc/systemd/system/pitunnel-watchdog@.service', ('daemon-reload',)),
+        ('Absent', '/etc/systemd/system/pitunnel-watchdog.service',
+         'absent /etc/systemd/system/pitunnel-watchdog.service', ('daemon-reload',)),
+        ('Absent', '/etc/systemd/system/pitunnel.service', 'absent /etc/systemd/system/pitunnel.service', ('daemon-reload',)),
+        ('Absent', '/usr/local/lib/pitunnel', 'absent /usr/local/lib/pitunnel', ()),
+        ('Absent', '/etc/systemd/system/pitunnel@.service', 'absent /etc/systemd/system/pitunnel@.service', ('daemon-reload',)),
+        ('Absent', '/etc/pitunnel', 'absent /etc/pitunnel', ()),
+        ('Absent', '/etc/ssh/sshd_config.d/10-pitunnel-no-passwords.conf',
+         'absent /etc/ssh/sshd_config.d/10-pitunnel-no-passwords.conf', ('reload sshd',)),
+        ('Absent', '/etc/ssh/sshd_config.d/10-pitunnel-loopback.conf',
+         'absent /etc/ssh/sshd_config.d/10-pitunnel-loopback.conf', ('reload sshd',)),
+        ('Absent', '/home/pi/.ssh/pitunnel_ed25519', 'absent /home/pi/.ssh/pitunnel_ed25519', ()),
+        ('Absent', '/home/pi/.ssh/pitunnel_ed25519.pub', 'absent /home/pi/.ssh/pitunnel_ed25519.pub', ()),
+        ('Absent', '/home/pi/.ssh/pitunnel_ed25519.next', 'absent /home/pi/.ssh/pitunnel_ed25519.next', ()),
+        ('Absent', '/home/pi/.ssh/pitunnel_ed25519.next.pub', 'absent /home/pi/.ssh/pitunnel_ed25519.next.pub', ()),
+        ('Absent', '/home/pi/.ssh/pitunnel_ed25519.old', 'absent /home/pi/.ssh/pitunnel_ed25519.old', ()),
+        ('Absent', '/home/pi/.ssh/pitunnel_ed25519.old.pub', 'absent /home/pi/.ssh/pitunnel_ed25519.old.pub', ()),
+        ('PackagesAbsent', ('autossh',), 'packages purged autossh', ()),
+    ]
