@@ -637,3 +637,28 @@ def test_teardown_of_a_pi_whose_login_user_holds_the_tunnel_removes_each_key_fil
         ('Absent', '/home/pi/.ssh/pitunnel_ed25519.old.pub', 'absent /home/pi/.ssh/pitunnel_ed25519.old.pub', ()),
         ('PackagesAbsent', ('autossh',), 'packages purged autossh', ()),
     ]
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_teardown_through_the_pis_own_tunnel_leaves_it_for_the_pi_to_stop_once_the_run_has_left(
+        inv: Inventory, capsys: pytest.CaptureFixture[str], check: bool) -> None:
+    host = FakeHost("alpha", [("is-enabled", "enabled\nactive"), ("[ -e ", "yes")])
+    host.through_tunnel = True
+    host.gateway_name = "main"  # type: ignore[attr-defined]  # Remote's: the VPS whose tunnel it came through
+    pi.teardown(play_on(inv, {"alpha": host}, check=check, limit=frozenset({"alpha"})), purge=False)  # type: ignore[dict-item]
+    out = lines(capsys)
+    note = ("alpha reached through its tunnel to main, which stops 2s after this run leaves the Pi: pitunnel cannot "
+            "watch that last step (`pitunnel status` shows the tunnel gone)")
+    if check:
+        assert host.ops == [] and not any(note in l for l in out)
+        assert ("would change alpha main: service pitunnel@main.service stopped and disabled - disable, stop, once "
+                "this run has left (its connection rides it)") in out
+        return
+    [armed] = [s for s in host.ops if "pitunnel-later.sh.armed" in s]
+    [left] = [s for s in host.ops if "pitunnel@main.service" in s and s != armed]  # not stopped while the run rides it
+    assert left.startswith("printf '%s' ") and left.endswith(" >> /run/pitunnel-later.sh")
+    assert host.applied("systemctl stop pitunnel-watchdog@main.service")  # the watchdog goes now
+    assert "systemctl reset-failed pitunnel@main.service || true" in armed and "--on-active=2 " in armed
+    assert any(l.endswith(note) for l in out), out
+    assert ("changed alpha main: service pitunnel@main.service stopped and disabled - disable, stop, once this run "
+            "has left (its connection rides it)") in out
