@@ -568,3 +568,19 @@ def test_provision_restarts_or_reloads_only_what_a_change_feeds(inv: Inventory, 
     host = FakeHost("main", [first, *converged(ops, users=["pitunnel"])])
     provision_vps(play_on(inv, {"main": host}))  # type: ignore[dict-item]
     assert [l for l in lines(capsys) if " handler " in l] == [f"changed main handler {handler} - ran once"]
+
+
+def test_a_shared_key_is_refused_in_one_line_naming_the_pis_and_the_fix(tmp_path: Path) -> None:
+    key = " ".join(keygen(tmp_path / "k", "x").split()[:2])
+    kept = vps_authorized.SharedKey(key, ("alpha", "beta"), "alpha")
+    fingerprint = parse_public_key(key).fingerprint
+    rederive = "remove that .pub there and rerun: it is derived again from the Pi's own private key"
+    assert kept.why("beta", "main") == (
+        f"refused: its tunnel key {fingerprint} is alpha's (authorised for alpha on main first); nothing written for "
+        f"beta, alpha keeps its key. Fix: look into beta, whose tunnel key's .pub is not its own key ({rederive})")
+    nobodys = vps_authorized.SharedKey("ssh-ed25519 not-base64-at-all-0123456789", ("alpha", "beta", "gamma"), None)
+    assert nobodys.refused == ("alpha", "beta", "gamma")
+    assert nobodys.why("alpha", "main") == (
+        "refused: its tunnel key not-base64-at-all-01... is offered for beta, gamma too, and main cannot tell whose it "
+        f"is; written for neither. Fix: find the Pi whose tunnel key's .pub is not its own key ({rederive}); the other "
+        "then gets its key")
