@@ -83,3 +83,12 @@ def test_the_pis_host_key_is_looked_up_where_its_connection_files_it(inv: Invent
     assert aliased.target.known_name == "10.0.0.2"
     commented = dataclasses.replace(alpha, host_key=pinned(PI_KEY) + " root@alpha")
     assert login.pi_host_keys(inv, commented).lookup("tunnel")[PI_KEY.get_name()] == PI_KEY  # type: ignore[index]
+
+
+def test_a_units_fields_keep_an_equals_sign_in_their_value_and_a_missing_one_is_empty() -> None:
+    from pitunnel.roles.probes.unit import TunnelState, fields, tunnel_fact, tunnel_state, unit_fact
+    assert fields("LastError=2026-12-06T05:00:00 ssh: a=b failed\nnoise\nActiveState=active\n") == {
+        "LastError": "2026-12-06T05:00:00 ssh: a=b failed", "ActiveState": "active"}
+    assert tunnel_state("ActiveState=failed\n") == TunnelState("failed", "", 0, 0, "", "")
+    assert tunnel_state("") == TunnelState()
+    assert tunnel_fact("main").key == "tunnel-state:main" and unit_fact("main").key == "tunnel-unit:main"
