@@ -645,3 +645,13 @@ def test_a_bad_proxyjump_entry_or_an_unreadable_include_is_named(tmp_path: Path)
     with pytest.raises(BadSshConfig) as caught:
         sshconf.load(config)
     assert str(caught.value) == f"{config}:1: cannot read {tmp_path}/conf.d (Include): Is a directory"
+
+
+def test_three_wrong_passphrases_each_said_then_the_key_is_given_up(tmp_path: Path,
+                                                                    capfd: pytest.CaptureFixture[str]) -> None:
+    key = keyfile(tmp_path, "k", "right horse")
+    ring = KeyRing(ask=lambda prompt: "wrong", terminal=lambda: True)
+    with pytest.raises(paramiko.SSHException) as caught:
+        ring.key(key)
+    assert str(caught.value) == f"no right passphrase for key {key} after 3 tries"
+    assert capfd.readouterr().err == f"wrong passphrase for key {key}\n" * 3
