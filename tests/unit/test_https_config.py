@@ -399,3 +399,36 @@ def test_each_certbot_plan_exactly(inv: Inventory) -> None:
     assert moved.commands[1].startswith(f"if ! out=$(mv -f {kept_conf} {renewal}; {certbot} --force-renewal 2>&1); ")
     bare = acme.Certificate("app.example.com", dataclasses.replace(vps.acme, ca_bundle=None), vps)
     assert "REQUESTS_CA_BUNDLE" not in "\n".join(bare.plan(facts_with("", inv)).commands)
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_each_name_gets_its_certificate_alone_and_one_the_ca_refuses_fails_alone(
+        inv: Inventory, capsys: pytest.CaptureFixture[str], check: bool) -> None:
+    from tests.unit.fake_hosts import FakeHost, lines, play_on
+    host = FakeHost("main", fail_on="-d app.example.com ")
+    play = play_on(inv, {"main": host}, check=check)
+    changed, failed = vps_steps.certificates(host, inv, inv.vps["main"], acme.AcmeFound({}), play)  # type: ignore[arg-type]
+    out = lines(capsys)
+    if check:
+        assert (changed, failed, host.ops) == (True, [], [])
+        assert "would change main certificate cam.example.com (ACME) - obtain from https://ca.example.net/dir" in out
+        return
+    assert (changed, failed) == (True, ["app.example.com"])
+    asked = [name for name in ("vps.example.com", "app.example.com", "cam.example.com")
+             if any(f"-d {name} " in body for body in host.ops)]
+    assert asked == ["vps.example.com", "app.example.com", "cam.example.com"]  # each its own, the others go on
+    assert "changed main certificate cam.example.com (ACME) - obtain from https://ca.example.net/dir" in out
+    assert any(l.startswith("failed main certificate app.example.com (ACME)") for l in out), out
+
+
+def test_no_certificate_changed_says_so(inv: Inventory) -> None:
+    from tests.unit.fake_hosts import FakeHost, play_on
+    there = "".join(f"pitunnel-{n}|https://ca.example.net/dir|yes|no|Jan  1 00:00:00 2031 GMT\n"
+                    for n in ("vps.example.com", "app.example.com", "cam.example.com"))
+    host = FakeHost("main", [("letsencrypt", there)])
+    assert vps_steps.certificates(host, inv, inv.vps["main"], acme.AcmeFound({}), play_on(inv, {"main": host})) == \
+        (False, [])  # type: ignore[arg-type]
+    assert host.ops == []
+    last_only = FakeHost("main", [("letsencrypt", there.splitlines()[2] + "\n")])  # only the last name has one
+    assert vps_steps.certificates(last_only, inv, inv.vps["main"], acme.AcmeFound({}),  # type: ignore[arg-type]
+                                  play_on(inv, {"main": last_only})) == (True, [])
