@@ -766,3 +766,16 @@ def test_each_step_leads_to_the_state_check_mode_foresees_with_one_vps_or_severa
                                                   Step.RETIRE_VPS, Step.RETIRE_PI, Step.DONE]
     assert [s for s, _ in rotate.plan(start, started=True)] == [Step.DONE]  # a finished run starts no other
     assert len(rotate.plan(start, limit=2)) == 2
+
+
+def test_why_each_step_is_next_names_the_keys_and_listeners() -> None:
+    Ring, Step = rotate.Ring, rotate.Step
+    lost = Ring(current="A", next=None, old="O", authorised=("O",), live=("O",))
+    assert rotate.next_step(lost, started=True) == (Step.AUTHORISE, "the key in use is not accepted by the VPS")
+    mixed = Ring(current="A", next=None, old="O", authorised=("A", "O"), live=("O", "", "B"))
+    assert rotate.next_step(mixed, started=True) == (
+        Step.CONNECT, "the tunnel's session uses B, O, nobody listening, not the new key")
+    none = Ring(current="A", next=None, old=None, authorised=("A",), live=())
+    assert rotate.next_step(none, started=False) == (
+        Step.REFUSED, "the tunnel is not up with its key (no listeners): a rotation starts only from a working tunnel "
+                      "(see `invoke status`)")
