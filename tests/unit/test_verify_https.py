@@ -261,3 +261,13 @@ def test_the_pis_answer_comes_through_an_ssh_channel_to_its_loopback() -> None:
         sshd.close()
         app.shutdown()
         app.server_close()
+
+
+def test_behind_basic_auth_an_app_that_names_its_pi_passes_by_that_name(inv: Inventory, tmp_path: Path,
+                                                                       servers: list[Nginx]) -> None:
+    pki = make_pki(tmp_path, NAME, 30)
+    https, plain = Nginx(ASKS, tls=serving(pki)), Nginx(REDIRECT)
+    servers += [https, plain]
+    ok, detail, _ = check(inv, pki, https, plain, ca_file=pki.ca, behind=raw(200, b'{"pi": "alpha", "t": 1}'),
+                          local=raw(200, b'{"pi": "alpha", "t": 2}'))  # the time differs, the Pi is the same
+    assert ok and "127.0.0.1:20081 on main: HTTP 200, answered as alpha, as on the Pi itself;" in detail
