@@ -25,6 +25,7 @@ class FakeSshd(paramiko.ServerInterface):
         self.allow_sessions = True  # False: logins work, every session (command) is refused
         self.forwarding = False  # True: direct-tcpip channels (ssh -J, -W) are connected where they ask
         self._forwards: dict[int, socket.socket] = {}  # channel id -> its connection, until accepted
+        self.forwarded: list[tuple[tuple[str, int], tuple[str, int]]] = []  # (origin, destination) of each asked
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(16)
@@ -69,6 +70,7 @@ class FakeSshd(paramiko.ServerInterface):
 
     def check_channel_direct_tcpip_request(self, chanid: int, origin: tuple[str, int],
                                            destination: tuple[str, int]) -> int:
+        self.forwarded.append((origin, destination))
         if not self.forwarding:
             return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
         try:

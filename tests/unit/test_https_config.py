@@ -338,3 +338,97 @@ def test_teardown_removes_a_folder_only_when_nothing_else_is_in_it() -> None:
 def test_a_tunnel_cannot_take_the_vps_public_name(tmp_path: Path) -> None:
     text = problem(tmp_path, INVENTORY.replace("server_name: app.example.com", "server_name: VPS.example.com"))
     assert "pis.pi1.tunnels.app.server_name: server_name 'VPS.example.com' is VPS 'main''s public_name" in text
+
+
+CERTBOT_SAYS = {  # certbot's output when it fails -> the one line pitunnel reports
+    "detail": ("Requesting a certificate for app.example.com\n\nCertbot failed to authenticate some domains\n"
+               "  Domain: app.example.com\n  Detail: 203.0.113.1: Invalid response from http://app.example.com/x: 404\n"
+               "\nAsk for help or search for solutions at https://community.letsencrypt.org.\n"
+               "Saving debug log to /var/log/letsencrypt/letsencrypt.log\n",
+               "203.0.113.1: Invalid response from http://app.example.com/x: 404"),
+    "last-line": ("Saving debug log to /var/log/letsencrypt/letsencrypt.log\nAn unexpected error occurred:\n"
+                  "The server could not be reached\n\nAsk for help or search for solutions at "
+                  "https://community.letsencrypt.org.\nSaving debug log to /var/log/letsencrypt/letsencrypt.log\n",
+                  "The server could not be reached"),
+}
+
+
+@pytest.mark.parametrize("case", CERTBOT_SAYS)
+def test_a_certbot_failure_is_one_line_with_the_cas_reason(tmp_path: Path, case: str) -> None:
+    said, reason = CERTBOT_SAYS[case]
+    (tmp_path / "said").write_text(said)
+    certbot = tmp_path / "certbot"
+    certbot.write_text(f"#!/bin/sh\ncat {tmp_path}/said\nexit 1\n")
+    certbot.chmod(0o755)
+    script = f"if ! out=$(certbot certonly 2>&1); then {acme.one_line_failure('app.example.com')}; fi"
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert (done.returncode, done.stdout) == (1, f"certbot could not get a certificate for app.example.com: {reason}\n")
+
+
+def test_each_certbot_plan_exactly(inv: Inventory) -> None:
+    import dataclasses
+
+    vps = inv.vps["main"]
+    assert vps.acme is not None
+    op = acme.Certificate("app.example.com", vps.acme, vps)
+    assert op.title == "certificate app.example.com (ACME)" and [f.key for f in op.facts()] == [acme.acme_fact(vps).key]
+    state = "/var/lib/pitunnel-state"
+    kept_conf, renewal = f"{state}/acme-kept/pitunnel-app.example.com.conf", "/etc/letsencrypt/renewal/pitunnel-app.example.com.conf"
+    there = "pitunnel-app.example.com|https://ca.example.net/dir|yes|no|Jan  1 00:00:00 2031 GMT\n"
+    kept = op.plan(facts_with(there.replace("|yes|no|", "|yes|yes|"), inv))
+    assert kept.commands == [f"mv -f {kept_conf} {renewal}", f"rmdir {state}/acme-kept 2>/dev/null || true"]
+    assert kept.reason == "kept by an earlier teardown: renewal back on (no call to the CA)"
+    assert op.plan(facts_with(there.replace("Jan  1 00:00:00 2031 GMT", ""), inv)).reason == \
+        "valid until ?; certbot's timer renews it"
+    new = op.plan(facts_with("", inv))
+    assert new.reason == "obtain from https://ca.example.net/dir"
+    assert new.commands[0] == (f"if [ ! -d /etc/letsencrypt/accounts ]; then mkdir -p {state} && chmod 700 {state}; "
+                               f"for n in account; do grep -qxF \"$n\" {state}/acme 2>/dev/null || echo \"$n\" >> "
+                               f"{state}/acme; done; fi")
+    assert new.commands[2:] == [f"mkdir -p {state} && chmod 700 {state}",
+                                f"for n in pitunnel-app.example.com; do grep -qxF \"$n\" {state}/acme-certs 2>/dev/null "
+                                f"|| echo \"$n\" >> {state}/acme-certs; done"]
+    certbot = ("REQUESTS_CA_BUNDLE=/etc/pitunnel/acme-ca.pem certbot certonly --non-interactive --agree-tos "
+               "--no-eff-email -m admin@example.com --server https://ca.example.net/dir --webroot -w "
+               f"{D['acme_webroot']} --cert-name pitunnel-app.example.com -d app.example.com --deploy-hook "
+               "'nginx -t -q && systemctl reload nginx'")
+    assert new.commands[1].startswith(f"if ! out=$({certbot} 2>&1); then ")
+    elsewhere = there.replace("https://ca.example.net/dir", "").replace("|yes|no|", "|yes|yes|")
+    moved = op.plan(facts_with(elsewhere, inv))  # set aside, from a directory nobody recorded
+    assert moved.reason == "replace the one from an unknown directory: obtain from https://ca.example.net/dir"
+    assert moved.commands[1].startswith(f"if ! out=$(mv -f {kept_conf} {renewal}; {certbot} --force-renewal 2>&1); ")
+    bare = acme.Certificate("app.example.com", dataclasses.replace(vps.acme, ca_bundle=None), vps)
+    assert "REQUESTS_CA_BUNDLE" not in "\n".join(bare.plan(facts_with("", inv)).commands)
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_each_name_gets_its_certificate_alone_and_one_the_ca_refuses_fails_alone(
+        inv: Inventory, capsys: pytest.CaptureFixture[str], check: bool) -> None:
+    from tests.unit.fake_hosts import FakeHost, lines, play_on
+    host = FakeHost("main", fail_on="-d app.example.com ")
+    play = play_on(inv, {"main": host}, check=check)
+    changed, failed = vps_steps.certificates(host, inv, inv.vps["main"], acme.AcmeFound({}), play)  # type: ignore[arg-type]
+    out = lines(capsys)
+    if check:
+        assert (changed, failed, host.ops) == (True, [], [])
+        assert "would change main certificate cam.example.com (ACME) - obtain from https://ca.example.net/dir" in out
+        return
+    assert (changed, failed) == (True, ["app.example.com"])
+    asked = [name for name in ("vps.example.com", "app.example.com", "cam.example.com")
+             if any(f"-d {name} " in body for body in host.ops)]
+    assert asked == ["vps.example.com", "app.example.com", "cam.example.com"]  # each its own, the others go on
+    assert "changed main certificate cam.example.com (ACME) - obtain from https://ca.example.net/dir" in out
+    assert any(l.startswith("failed main certificate app.example.com (ACME)") for l in out), out
+
+
+def test_no_certificate_changed_says_so(inv: Inventory) -> None:
+    from tests.unit.fake_hosts import FakeHost, play_on
+    there = "".join(f"pitunnel-{n}|https://ca.example.net/dir|yes|no|Jan  1 00:00:00 2031 GMT\n"
+                    for n in ("vps.example.com", "app.example.com", "cam.example.com"))
+    host = FakeHost("main", [("letsencrypt", there)])
+    assert vps_steps.certificates(host, inv, inv.vps["main"], acme.AcmeFound({}), play_on(inv, {"main": host})) == \
+        (False, [])  # type: ignore[arg-type]
+    assert host.ops == []
+    last_only = FakeHost("main", [("letsencrypt", there.splitlines()[2] + "\n")])  # only the last name has one
+    assert vps_steps.certificates(last_only, inv, inv.vps["main"], acme.AcmeFound({}),  # type: ignore[arg-type]
+                                  play_on(inv, {"main": last_only})) == (True, [])

@@ -147,3 +147,50 @@ def test_the_password_warning_names_the_port_on_every_vps(tmp_path: Path) -> Non
     warning = password_warning(pi1, inv.vpses_of(pi1), True)
     assert warning is not None
     assert warning.startswith("pi1's sshd is public at 203.0.113.10:20000, 198.51.100.20:20001 and accepts passwords")
+
+
+def same_port_pi(tmp_path: Path, ranges: tuple[str, str], recorded: dict[str, int] | None, extra: str = "") -> Path:
+    """pi1 on main and backup with same_port_everywhere; `recorded`: its ssh port per VPS in the ports file."""
+    path = write(tmp_path, f"""
+    vps:
+      main: {{address: 203.0.113.10, port_range: {ranges[0]}}}
+      backup: {{address: 198.51.100.20, port_range: {ranges[1]}}}
+    pis:
+      pi1: {{address: 10.0.0.1, vps: [main, backup], same_port_everywhere: true, tunnels: {{ssh: {{type: ssh}}}}}}
+    """ + extra)
+    if recorded is not None:
+        ports_file(path).write_text(yaml.safe_dump({v: {"pi1/ssh": p} for v, p in recorded.items()}))
+    return path
+
+
+@pytest.mark.parametrize(("recorded", "port"), [
+    ({"main": 20005, "backup": 20005}, 20005),  # recorded alike on both, free and in range: kept
+    ({"main": 20009, "backup": 20009}, 20009),  # at the top of the range too
+    ({"main": 20005, "backup": 20007}, 20000),  # the VPSes disagree: the lowest free on both
+    ({"main": 20050, "backup": 20050}, 20000),  # out of range now: the lowest free on both
+    ({"main": 20005}, 20000),  # recorded on one VPS only
+], ids=["kept", "top-of-range", "disagree", "out-of-range", "one-vps-only"])
+def test_same_port_everywhere_keeps_the_recorded_port_only_when_every_vps_agrees(
+        tmp_path: Path, recorded: dict[str, int], port: int) -> None:
+    path = same_port_pi(tmp_path, ("[20000, 20009]", "[20000, 20020]"), recorded)
+    assert ports(load_inventory(path)) == {"pi1/ssh": {"main": port, "backup": port}}
+
+
+def test_same_port_everywhere_leaves_a_recorded_port_another_tunnel_holds(tmp_path: Path) -> None:
+    path = same_port_pi(tmp_path, ("[20000, 20009]", "[20000, 20009]"), {"main": 20003, "backup": 20003},
+                        "  pi0: {address: 10.0.0.9, vps: backup, tunnels: {ssh: {type: ssh, remote_port: 20003}}}\n")
+    assert ports(load_inventory(path))["pi1/ssh"] == {"main": 20000, "backup": 20000}
+
+
+def test_same_port_everywhere_takes_the_last_port_of_the_range_when_it_is_the_one_free(tmp_path: Path) -> None:
+    path = same_port_pi(tmp_path, ("[20000, 20002]", "[20001, 20002]"), None,
+                        "  pi0: {address: 10.0.0.9, vps: backup, tunnels: {ssh: {type: ssh, remote_port: 20001}}}\n")
+    assert ports(load_inventory(path))["pi1/ssh"] == {"main": 20002, "backup": 20002}
+
+
+def test_same_port_everywhere_without_a_port_says_the_fix_exactly(tmp_path: Path) -> None:
+    path = same_port_pi(tmp_path, ("[20000, 20001]", "[20002, 20003]"), None)
+    [problem] = problems(path)
+    assert problem.endswith("same_port_everywhere: no port is free on every VPS of pi1 (port_range 'main' "
+                            "20000-20001, 'backup' 20002-20003) | widen the VPSes' port_range so they overlap, give "
+                            "this tunnel an explicit remote_port, or drop same_port_everywhere")

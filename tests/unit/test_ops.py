@@ -842,3 +842,21 @@ def test_backup_ignores_stale_absent_marker(tmp_path: Path, backup_dir: Path) ->
     path.write_text("bad\n")
     assert apply(restore_commands(str(path))).returncode == 0
     assert path.exists() and path.read_text() == "good\n"
+
+
+def test_verbose_output_of_a_read_holds_back_each_secret_section_and_counts_it() -> None:
+    from pitunnel.facts import masked
+    show = masked({1, 3})
+    said = [show(line) for line in ["@@FACT 0", "open", "@@RC 0 0",
+                                    "@@FACT 1", "c2VjcmV0", "ab", "@@RC 1 0",
+                                    "@@FACT 2", "seen", "@@RC 2 0",
+                                    "@@FACT 3", "x", "@@RC 3 1", "after"]]
+    assert said == ["@@FACT 0", "open", "@@RC 0 0",
+                    "@@FACT 1", None, None, "@@RC 1 0 (secret: 12 bytes of output not shown)",  # 8+1 and 2+1
+                    "@@FACT 2", "seen", "@@RC 2 0",
+                    "@@FACT 3", None, "@@RC 3 1 (secret: 2 bytes of output not shown)", "after"]
+
+
+def test_a_command_facts_value_is_its_output_as_it_is() -> None:
+    fact = command_fact("uname", "uname -a")
+    assert (fact.key, fact.script, fact.process(" Linux pi 6.1\n\n")) == ("uname", "uname -a", " Linux pi 6.1\n\n")

@@ -233,3 +233,39 @@ def test_later_runs_the_ops_commands_only_when_armed_and_in_order(tmp_path: Path
                                             "--timer-property=AccuracySec=100ms ", "")
                                    .replace("systemctl daemon-reload", "true")], check=True)
     assert (tmp_path / "out").read_text() == "first\nsecond\n" and not later.exists()
+
+
+def test_a_later_op_plans_on_the_facts_read_now_and_keeps_every_command_of_it(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    later = tmp_path / "later.sh"
+    monkeypatch.setattr(services, "LATER_SCRIPT", str(later))
+    gone, kept = tmp_path / "gone", tmp_path / "kept"
+    gone.mkdir()
+    (gone / "f").write_text("x")
+    op = ops.Later(Absent(str(gone)))
+    assert op.title == f"absent {gone}" and ops.Later(Absent(str(gone)), title="mine").title == "mine"
+    facts = Facts({f"exists:{gone}": (0, "yes\n")})
+    plan = op.plan(facts)
+    assert plan.reason.endswith(", once this run has left (its connection rides it)") and plan.changes
+    assert ops.Later(Absent(str(kept))).plan(Facts({f"exists:{kept}": (0, "no\n")})).commands == []  # nothing to leave
+    subprocess.run(["sh", "-c", "\n".join(plan.commands)], check=True)
+    assert gone.exists()  # not yet
+    assert later.read_text() == "\n".join(Absent(str(gone)).plan(facts).commands) + "\n"  # every command, one a line
+
+    class Two(Op):
+        title = "two"
+
+        def facts(self) -> list:  # type: ignore[type-arg]
+            return []
+
+        def plan(self, facts: Facts) -> ops.Plan:
+            return ops.Plan([f"echo one >> {tmp_path}/said", f"echo two >> {tmp_path}/said"], "say two")
+
+    subprocess.run(["sh", "-c", "\n".join(ops.Later(Two()).plan(Facts({})).commands)], check=True)
+    arm = ops.arm_later(3, then=f"touch {tmp_path}/then")
+    assert "daemon-reload; touch " in arm and "daemon-reload; '" not in ops.arm_later(3)
+    subprocess.run(["sh", "-c", arm.replace("systemd-run --quiet --collect --on-active=3 "
+                                            "--timer-property=AccuracySec=100ms ", "")
+                                   .replace("systemctl daemon-reload", "true")], check=True)
+    assert not gone.exists() and (tmp_path / "then").exists() and not later.exists()
+    assert (tmp_path / "said").read_text() == "one\ntwo\n"

@@ -22,7 +22,8 @@ from pitunnel.roles import site
 from pitunnel.roles.contract import PiOffer, listens
 from pitunnel.roles.pi import role as pi_role
 from pitunnel.roles.pi import steps as pi_steps
-from pitunnel.roles.revoke import revoke
+from pitunnel.remote import Result, Unreachable
+from pitunnel.roles.revoke import keys_off, revoke, routes_off
 from pitunnel.roles.vps import authorized as vps_authorized
 from pitunnel.roles.vps import nginx as vps_nginx
 from pitunnel.roles.vps import steps as vps_steps
@@ -257,3 +258,136 @@ def test_limit_naming_a_revoked_pi_says_only_provision_pi_takes_it(tmp_path: Pat
     inv = load(tmp_path, INVENTORY)
     with pytest.raises(BadLimit, match="alpha is revoked .*but provision-pi and provision"):
         resolve_limit(frozenset({"alpha"}), inv)
+
+
+# ------------------------------------------------------------------------------- each piece, exactly
+
+
+class Down(FakeHost):
+    """A VPS that does not answer."""
+
+    def run(self, script: str, *, timeout: float | None = None, **_: object) -> Result:
+        raise Unreachable(f"{self.name}: no route to host")
+
+
+def test_the_pis_nginx_files_go_each_with_a_reload_whatever_kind_each_route_is(tmp_path: Path) -> None:
+    inv = load(tmp_path, INVENTORY)
+    assert routes_off(inv.pis["beta"]) == []  # an ssh tunnel has no Nginx file
+    assert [(type(op).__name__, op.path, op.notify, op.title) for op in routes_off(inv.pis["alpha"])] == [  # type: ignore[attr-defined]
+        ("Absent", "/etc/nginx/sites-enabled/pitunnel-alpha_web.conf", ("reload nginx",), "nginx site of alpha/web off"),
+        ("Absent", "/etc/nginx/pitunnel/locations/alpha_web.conf", ("reload nginx",), "nginx path of alpha/web off"),
+        ("Absent", "/etc/nginx/pitunnel/auth/alpha_web.htpasswd", ("reload nginx",), "basic auth of alpha/web off")]
+
+
+def test_only_pitunnels_lines_of_the_pi_or_holding_its_keys_leave_authorized_keys(tmp_path: Path,
+                                                                                 keys: dict[str, str]) -> None:
+    inv = load(tmp_path, INVENTORY)
+    alpha, beta = keys["alpha"], keys["beta"]
+    gone = Revoked("alpha", "2026-12-06T05:00:00Z", (parse_public_key(alpha),), {})
+    text = "\n".join([f"restrict {alpha} pitunnel:alpha",  # the Pi's own line
+                      f"{alpha} pitunnel:alpha",  # three words: still pitunnel's
+                      f"restrict {alpha} pitunnel:beta",  # pitunnel's line holding its key, under another name
+                      f"restrict {beta} pitunnel:beta",  # another Pi's
+                      f"{alpha} owner@laptop",  # the user's own line with the same key: not pitunnel's
+                      "# caf\xe9 notes",  # not UTF-8: kept byte for byte as far as it reads
+                      f"{beta}"]) + "\n"
+    op = keys_off(inv.vps["main"], gone)
+    kept = op.wanted(FileState(True, content=text.encode("latin-1")))
+    assert kept == f"restrict {beta} pitunnel:beta\n{alpha} owner@laptop\n# caf\ufffd notes\n{beta}\n"
+    assert (op.path, op.owner, op.group, op.mode, op.title) == (
+        "/var/lib/pitunnel/.ssh/authorized_keys", "pitunnel", "pitunnel", 0o600, "alpha's keys off the tunnel account")
+
+
+def test_a_vps_without_authorized_keys_gets_none_made_and_the_record_says_no_key(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv = load(tmp_path, INVENTORY)
+    main = FakeHost("main", [("authorized_keys", "ABSENT"), ("[ -e ", "no")])
+    revoke(play_on(inv, {"main": main, "alpha": FakeHost("alpha")}), "alpha")  # type: ignore[arg-type]
+    assert sent(main) == ""
+    out = lines(capsys)
+    assert "ok main alpha's keys off the tunnel account - absent: nothing to change" in out
+    assert ("changed alpha revoked, remembered on the laptop - hosts.revoked.yml: no key of it on its VPSes; its ports "
+            "stay reserved; alpha was not contacted") in out
+    saved = read_revoked(revoked_file(inv.path))[0]["alpha"]
+    assert saved.keys == () and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", saved.since)
+
+
+def test_a_vps_that_does_not_answer_is_named_and_the_pi_still_remembered(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv = load(tmp_path, INVENTORY)
+    play = play_on(inv, {"main": Down("main"), "alpha": FakeHost("alpha")})  # type: ignore[arg-type]
+    revoke(play, "alpha")
+    assert play.failed == {"main"} and "alpha" in read_revoked(revoked_file(inv.path))[0]
+    out = lines(capsys)
+    assert ("WARNING alpha alpha is NOT yet shut out of main (see above): rerun `pitunnel revoke alpha` once it "
+            "answers. Every later run leaves alpha out meanwhile") in out
+
+
+def test_check_mode_says_the_record_would_change(tmp_path: Path, keys: dict[str, str],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    inv = load(tmp_path, INVENTORY)
+    revoke(play_on(inv, {"main": revoked_vps(inv, keys), "alpha": FakeHost("alpha")}, check=True), "alpha")  # type: ignore[arg-type]
+    fingerprint = parse_public_key(keys["alpha"]).fingerprint
+    assert (f"would change alpha revoked, remembered on the laptop - hosts.revoked.yml: {fingerprint}; its ports stay "
+            "reserved; alpha was not contacted") in lines(capsys)
+
+
+def test_a_pi_revoked_again_keeps_the_keys_of_its_earlier_revocation(tmp_path: Path, keys: dict[str, str],
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    load(tmp_path, INVENTORY)
+    old = parse_public_key(keys["alpha"])
+    record(tmp_path, Revoked("alpha", "2026-12-01T05:00:00Z", (old,), {"main": {"ssh": 20022, "web": 20080}},
+                             ended="2026-12-02T05:00:00Z"))
+    inv = load(tmp_path, INVENTORY)
+    assert "alpha" in inv.retired and "alpha" in inv.pis
+    main = FakeHost("main", [("authorized_keys", keys_state(vps_authorized.authorized_line(
+        inv.vps["main"], inv.pis["alpha"].first_path, keys["alpha2"]))), ("[ -e ", "no")])
+    revoke(play_on(inv, {"main": main, "alpha": FakeHost("alpha")}), "alpha")  # type: ignore[arg-type]
+    new = parse_public_key(keys["alpha2"])
+    saved = read_revoked(revoked_file(inv.path))[0]["alpha"]
+    assert saved.keys == (old, new) and not saved.ended
+    assert any(l.startswith("changed alpha revoked, remembered on the laptop - hosts.revoked.yml: "
+                            f"{old.fingerprint}, {new.fingerprint}; ") for l in lines(capsys))
+
+
+FIX = ("it is written by `pitunnel revoke`: put back the copy you keep with the inventory (do not delete it while its "
+       "Pis are out of your hands; docs/operations.md)")
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("Bad_Name: {since: x}\n", "Bad_Name: expected a Pi name and a mapping (since, keys, ports), got a mapping"),
+    ("alpha: [1]\n", "alpha: expected a Pi name and a mapping (since, keys, ports), got a list"),
+    ("alpha: {since: 5}\n", "alpha: expected the keys since (a time), keys, ports and ended (a time) only"),
+    ("alpha: {since: x, ended: 5}\n", "alpha: expected the keys since (a time), keys, ports and ended (a time) only"),
+    ("alpha: {since: x, colour: red}\n", "alpha: expected the keys since (a time), keys, ports and ended (a time) only"),
+    ("alpha: {since: x, keys: [5]}\n", "alpha.keys: expected a list of public keys ('type base64')"),
+    ("alpha: {since: x, ports: [1]}\n", "alpha.ports: expected {VPS: {tunnel: port}}"),
+    ("alpha: {since: x, ports: {main: 5}}\n", "alpha.ports: expected {VPS: {tunnel: port}}"),
+    ("alpha: {since: x, ports: {main: {ssh: 80}}}\n", "alpha.ports.main.ssh: 80 is out of range"),
+], ids=["bad-name", "not-a-mapping", "since-not-a-time", "ended-not-a-time", "unknown-key", "keys-not-keys",
+        "ports-not-a-mapping", "ports-of-a-vps-not-a-mapping", "privileged-port"])
+def test_each_damage_to_the_revoked_file_is_one_problem_naming_the_key_and_the_fix(tmp_path: Path, text: str,
+                                                                                  problem: str) -> None:
+    file = tmp_path / "hosts.revoked.yml"
+    file.write_text(text)
+    found, problems = read_revoked(file)
+    assert found == {} and len(problems) == 1
+    said = f"{problems[0].key}: {problems[0].message}"
+    assert said == problem and problems[0].fix == FIX and problems[0].line == 1
+
+
+def test_the_revoked_file_is_written_one_key_a_line_and_goes_with_its_last_record(tmp_path: Path,
+                                                                                 keys: dict[str, str]) -> None:
+    file = tmp_path / "hosts.revoked.yml"
+    write_revoked(file, {})  # none, and no file: nothing to do
+    assert not file.exists()
+    long_key = keys["alpha"] + " " + "a-comment-that-makes-the-line-long" * 3
+    alpha = Revoked("alpha", "2026-12-06T05:00:00Z", (parse_public_key(long_key),), {"main": {"ssh": 20022}})
+    beta = Revoked("beta", "2026-12-01T05:00:00Z", (parse_public_key(keys["beta"]),), {}, ended="2026-12-02T05:00:00Z")
+    write_revoked(file, {"alpha": alpha, "beta": beta})
+    text = file.read_text()
+    assert f"  - {parse_public_key(long_key).line}\n" in text  # never folded, however long
+    assert text.count("ended:") == 1 and "ended: '2026-12-02T05:00:00Z'" in text
+    assert read_revoked(file) == ({"alpha": alpha, "beta": beta}, [])
+    write_revoked(file, {})
+    assert not file.exists()

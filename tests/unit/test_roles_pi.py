@@ -566,49 +566,100 @@ def test_teardown_creates_no_authorized_keys_it_did_not_find(inv: Inventory) -> 
 
 
 
-def test_teardown_through_the_pis_own_tunnel_leaves_that_tunnel_to_the_pis_timer(inv: Inventory) -> None:
-    """Away from home the run rides the Pi's tunnel to `main`: that instance, its unit file and the tunnel
-    account go by the Pi's own timer once the run has left (ops.Later); everything else goes now."""
-    now = pi.teardown_ops(inv, inv.pis["alpha"], purge=False)
-    assert not any(isinstance(op, Later) for op in now)
-    riding = pi.teardown_ops(inv, inv.pis["alpha"], purge=False, present=("old",), riding="main")
-    later = [op.op for op in riding if isinstance(op, Later)]
-    assert [type(op).__name__ for op in later] == ["Service", "Absent", "UserAbsent"]
-    service, unit_file, account = later
-    assert isinstance(service, Service) and (service.unit, service.enabled, service.running) == (
-        "pitunnel@main.service", False, False)
-    assert service.title == "main: service pitunnel@main.service stopped and disabled"
-    assert isinstance(unit_file, Absent) and unit_file.path == "/etc/systemd/system/pitunnel@.service"
-    assert unit_file.notify == ("daemon-reload",)
-    assert isinstance(account, UserAbsent) and account.name == "pitunnel"
-    stopped_now = [(op.unit, op.enabled, op.running, op.title) for op in riding if isinstance(op, Service)]
-    assert stopped_now[:3] == [  # its watchdog, and the other paths' instances, at once
-        ("pitunnel-watchdog@main.service", False, False, "main: service pitunnel-watchdog@main.service stopped and disabled"),
-        ("pitunnel@old.service", False, False, "old: service pitunnel@old.service stopped and disabled"),
-        ("pitunnel-watchdog@old.service", False, False, "old: service pitunnel-watchdog@old.service stopped and disabled")]
-    assert ("pitunnel.service", False, False, "service pitunnel.service stopped and disabled") in stopped_now
-    # a Pi whose tunnel runs as its login user: the tunnel key's every file goes, the user stays
-    beta = pi.teardown_ops(inv, inv.pis["beta"], purge=False, riding="main")
-    key = "/home/pi/.ssh/pitunnel_ed25519"
-    assert [p for p in paths(beta) if p.startswith(key)] == [
-        key, f"{key}.pub", f"{key}.next", f"{key}.next.pub", f"{key}.old", f"{key}.old.pub"]
+def undone(ops: list[object]) -> list[tuple[str, object, str, tuple[str, ...]]]:
+    """Each teardown op as the run shows it: its kind (Later: left for the Pi to run), what, title, handlers."""
+    from pitunnel.ops import Later
+    seen = []
+    for op in ops:
+        inner = op.op if isinstance(op, Later) else op
+        what = getattr(inner, "unit", None) or getattr(inner, "path", None) or getattr(inner, "name", None) or \
+            getattr(inner, "names", None)
+        seen.append((("Later " if isinstance(op, Later) else "") + type(inner).__name__, what, getattr(op, "title"),
+                     tuple(getattr(inner, "notify", ()))))
+    return seen
 
 
-def test_teardown_through_the_tunnel_arms_the_pis_timer_and_says_so(inv: Inventory,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    host = FakeHost("alpha", [("is-enabled", "enabled\nactive")])
-    host.through_tunnel, host.gateway_name = True, "main"  # type: ignore[attr-defined]
-    pi.teardown(play_on(inv, {"alpha": host}, limit=frozenset({"alpha"})), purge=False)  # type: ignore[dict-item]
-    assert host.applied("systemctl stop pitunnel-watchdog@main.service")  # now
-    later = re.findall(r"printf '%s' '([^']*)' >> /run/pitunnel-later\.sh", "\n".join(host.scripts))
-    assert any("systemctl stop pitunnel@main.service" in each for each in later)  # later, by the Pi itself
-    assert not any("pitunnel-watchdog@main" in each for each in later)
-    assert host.applied("systemd-run --quiet --collect --on-active=2 ")
-    assert host.applied("systemctl reset-failed pitunnel@main.service || true")
-    assert ("alpha reached through its tunnel to main, which stops 2s after this run leaves the Pi: pitunnel "
-            "cannot watch that last step (`pitunnel status` shows the tunnel gone)") in lines(capsys)
-    checked = FakeHost("alpha", [("is-enabled", "enabled\nactive")])
-    checked.through_tunnel, checked.gateway_name = True, "main"  # type: ignore[attr-defined]
-    play = play_on(inv, {"alpha": checked}, limit=frozenset({"alpha"}), check=True)
-    pi.teardown(play, purge=False)  # type: ignore[arg-type]
-    assert not checked.applied("systemd-run") and not checked.applied("reset-failed")
+def test_teardown_away_from_home_leaves_the_riding_instance_and_the_account_for_last(inv: Inventory) -> None:
+    """Reached through main's tunnel: that instance's unit, its unit file and the tunnel account go once the run
+    has left (Later); everything else now, in this order, each with its handler."""
+    assert undone(pi.teardown_ops(inv, inv.pis["alpha"], purge=False, present=("old",), riding="main")) == [
+        ('Later Service', 'pitunnel@main.service', 'main: service pitunnel@main.service stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog@main.service', 'main: service pitunnel-watchdog@main.service stopped and disabled', ()),
+        ('Service', 'pitunnel@old.service', 'old: service pitunnel@old.service stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog@old.service', 'old: service pitunnel-watchdog@old.service stopped and disabled', ()),
+        ('Service', 'pitunnel.service', 'service pitunnel.service stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog.service', 'single-VPS watchdog stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog.timer', 'old watchdog timer stopped and disabled', ()),
+        ('Absent', '/etc/systemd/system/pitunnel-watchdog.timer',
+         'absent /etc/systemd/system/pitunnel-watchdog.timer', ('daemon-reload',)),
+        ('Absent', '/etc/systemd/system/pitunnel-watchdog@.service',
+         'absent /etc/systemd/system/pitunnel-watchdog@.service', ('daemon-reload',)),
+        ('Absent', '/etc/systemd/system/pitunnel-watchdog.service',
+         'absent /etc/systemd/system/pitunnel-watchdog.service', ('daemon-reload',)),
+        ('Absent', '/etc/systemd/system/pitunnel.service', 'absent /etc/systemd/system/pitunnel.service', ('daemon-reload',)),
+        ('Absent', '/usr/local/lib/pitunnel', 'absent /usr/local/lib/pitunnel', ()),
+        ('Later Absent', '/etc/systemd/system/pitunnel@.service',
+         'absent /etc/systemd/system/pitunnel@.service', ('daemon-reload',)),
+        ('Absent', '/etc/pitunnel', 'absent /etc/pitunnel', ()),
+        ('Absent', '/etc/ssh/sshd_config.d/10-pitunnel-no-passwords.conf',
+         'absent /etc/ssh/sshd_config.d/10-pitunnel-no-passwords.conf', ('reload sshd',)),
+        ('Absent', '/etc/ssh/sshd_config.d/10-pitunnel-loopback.conf',
+         'absent /etc/ssh/sshd_config.d/10-pitunnel-loopback.conf', ('reload sshd',)),
+        ('Later UserAbsent', 'pitunnel', 'user absent pitunnel', ()),
+    ]
+
+
+def test_teardown_of_a_pi_whose_login_user_holds_the_tunnel_removes_each_key_file(inv: Inventory) -> None:
+    assert undone(pi.teardown_ops(inv, inv.pis["beta"], purge=True)) == [
+        ('Service', 'pitunnel@main.service', 'main: service pitunnel@main.service stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog@main.service', 'main: service pitunnel-watchdog@main.service stopped and disabled', ()),
+        ('Service', 'pitunnel.service', 'service pitunnel.service stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog.service', 'single-VPS watchdog stopped and disabled', ()),
+        ('Service', 'pitunnel-watchdog.timer', 'old watchdog timer stopped and disabled', ()),
+        ('Absent', '/etc/systemd/system/pitunnel-watchdog.timer',
+         'absent /etc/systemd/system/pitunnel-watchdog.timer', ('daemon-reload',)),
+        ('Absent', '/etc/systemd/system/pitunnel-watchdog@.service',
+         'absent /etc/systemd/system/pitunnel-watchdog@.service', ('daemon-reload',)),
+        ('Absent', '/etc/systemd/system/pitunnel-watchdog.service',
+         'absent /etc/systemd/system/pitunnel-watchdog.service', ('daemon-reload',)),
+        ('Absent', '/etc/systemd/system/pitunnel.service', 'absent /etc/systemd/system/pitunnel.service', ('daemon-reload',)),
+        ('Absent', '/usr/local/lib/pitunnel', 'absent /usr/local/lib/pitunnel', ()),
+        ('Absent', '/etc/systemd/system/pitunnel@.service', 'absent /etc/systemd/system/pitunnel@.service', ('daemon-reload',)),
+        ('Absent', '/etc/pitunnel', 'absent /etc/pitunnel', ()),
+        ('Absent', '/etc/ssh/sshd_config.d/10-pitunnel-no-passwords.conf',
+         'absent /etc/ssh/sshd_config.d/10-pitunnel-no-passwords.conf', ('reload sshd',)),
+        ('Absent', '/etc/ssh/sshd_config.d/10-pitunnel-loopback.conf',
+         'absent /etc/ssh/sshd_config.d/10-pitunnel-loopback.conf', ('reload sshd',)),
+        ('Absent', '/home/pi/.ssh/pitunnel_ed25519', 'absent /home/pi/.ssh/pitunnel_ed25519', ()),
+        ('Absent', '/home/pi/.ssh/pitunnel_ed25519.pub', 'absent /home/pi/.ssh/pitunnel_ed25519.pub', ()),
+        ('Absent', '/home/pi/.ssh/pitunnel_ed25519.next', 'absent /home/pi/.ssh/pitunnel_ed25519.next', ()),
+        ('Absent', '/home/pi/.ssh/pitunnel_ed25519.next.pub', 'absent /home/pi/.ssh/pitunnel_ed25519.next.pub', ()),
+        ('Absent', '/home/pi/.ssh/pitunnel_ed25519.old', 'absent /home/pi/.ssh/pitunnel_ed25519.old', ()),
+        ('Absent', '/home/pi/.ssh/pitunnel_ed25519.old.pub', 'absent /home/pi/.ssh/pitunnel_ed25519.old.pub', ()),
+        ('PackagesAbsent', ('autossh',), 'packages purged autossh', ()),
+    ]
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_teardown_through_the_pis_own_tunnel_leaves_it_for_the_pi_to_stop_once_the_run_has_left(
+        inv: Inventory, capsys: pytest.CaptureFixture[str], check: bool) -> None:
+    host = FakeHost("alpha", [("is-enabled", "enabled\nactive"), ("[ -e ", "yes")])
+    host.through_tunnel = True
+    host.gateway_name = "main"  # type: ignore[attr-defined]  # Remote's: the VPS whose tunnel it came through
+    pi.teardown(play_on(inv, {"alpha": host}, check=check, limit=frozenset({"alpha"})), purge=False)  # type: ignore[dict-item]
+    out = lines(capsys)
+    note = ("alpha reached through its tunnel to main, which stops 2s after this run leaves the Pi: pitunnel cannot "
+            "watch that last step (`pitunnel status` shows the tunnel gone)")
+    if check:
+        assert host.ops == [] and not any(note in l for l in out)
+        assert ("would change alpha main: service pitunnel@main.service stopped and disabled - disable, stop, once "
+                "this run has left (its connection rides it)") in out
+        return
+    [armed] = [s for s in host.ops if "pitunnel-later.sh.armed" in s]
+    [left] = [s for s in host.ops if "pitunnel@main.service" in s and s != armed]  # not stopped while the run rides it
+    assert left.startswith("printf '%s' ") and left.endswith(" >> /run/pitunnel-later.sh")
+    assert host.applied("systemctl stop pitunnel-watchdog@main.service")  # the watchdog goes now
+    assert "systemctl reset-failed pitunnel@main.service || true" in armed and "--on-active=2 " in armed
+    assert any(l.endswith(note) for l in out), out
+    assert ("changed alpha main: service pitunnel@main.service stopped and disabled - disable, stop, once this run "
+            "has left (its connection rides it)") in out

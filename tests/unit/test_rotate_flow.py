@@ -742,3 +742,40 @@ def test_each_authorised_write_reads_the_vps_once_then_writes(tmp_path: Path, ke
     first = kinds.index("apply")
     assert kinds[first - 1] == "read" and "ss -Htlnp" not in vps.scripts[first - 1]  # the write's own read
     assert len(vps.scripts) == 8 + 2 * 2
+
+
+# ----------------------------------------------------------------------- the way check mode foresees
+
+
+def test_each_step_leads_to_the_state_check_mode_foresees_with_one_vps_or_several() -> None:
+    Ring, Step, NEW = rotate.Ring, rotate.Step, rotate.NEW
+    one = Ring(current="A", next=None, old="O", authorised=("O",), live=("A", "?"))
+    assert rotate.after(one, Step.AUTHORISE).authorised == ("O", "A")  # the key in use, when no new one is made
+    assert rotate.after(one, Step.AUTHORISE).everywhere is None
+    several = Ring(current="A", next="B", old=None, authorised=("A", "B"), live=("A",), everywhere=("A",))
+    assert rotate.after(several, Step.AUTHORISE).everywhere == ("A", "B")  # now on every VPS
+    assert rotate.after(several, Step.RETIRE_VPS) == Ring("A", "B", None, ("A",), ("A",), ("A",))
+    assert rotate.after(one, Step.RETIRE_VPS).everywhere is None
+    nothing = Ring(current=None, next=None, old=None, authorised=(), live=("A", "?"))
+    assert rotate.after(nothing, Step.CONNECT).live == ("", "")  # nobody holds the listeners
+    assert rotate.after(nothing, Step.AUTHORISE).authorised == (NEW,)
+    assert rotate.after(nothing, Step.RETIRE_VPS).authorised == (NEW,)
+    # the whole way from a working tunnel, through two VPSes of which one lacked the key in use at first
+    start = Ring(current="A", next=None, old=None, authorised=("A",), live=("A", "A"), everywhere=("A",))
+    assert [s for s, _ in rotate.plan(start)] == [Step.MAKE, Step.AUTHORISE, Step.SWITCH, Step.CONNECT,
+                                                  Step.RETIRE_VPS, Step.RETIRE_PI, Step.DONE]
+    assert [s for s, _ in rotate.plan(start, started=True)] == [Step.DONE]  # a finished run starts no other
+    assert len(rotate.plan(start, limit=2)) == 2
+
+
+def test_why_each_step_is_next_names_the_keys_and_listeners() -> None:
+    Ring, Step = rotate.Ring, rotate.Step
+    lost = Ring(current="A", next=None, old="O", authorised=("O",), live=("O",))
+    assert rotate.next_step(lost, started=True) == (Step.AUTHORISE, "the key in use is not accepted by the VPS")
+    mixed = Ring(current="A", next=None, old="O", authorised=("A", "O"), live=("O", "", "B"))
+    assert rotate.next_step(mixed, started=True) == (
+        Step.CONNECT, "the tunnel's session uses B, O, nobody listening, not the new key")
+    none = Ring(current="A", next=None, old=None, authorised=("A",), live=())
+    assert rotate.next_step(none, started=False) == (
+        Step.REFUSED, "the tunnel is not up with its key (no listeners): a rotation starts only from a working tunnel "
+                      "(see `invoke status`)")

@@ -562,3 +562,95 @@ def test_a_new_key_is_proven_by_the_pis_route_through_its_tunnel(
     pi_sshd.client_key = paramiko.PKey.from_path(new)
     commands = len(pi_sshd.commands)
     assert remote.proves_key(new, within=3) is None and set(pi_sshd.commands[commands:]) == {"true"}
+
+
+# ------------------------------------------------------------------------------- exactly, line by line
+
+
+def test_describe_says_each_setting_and_where_it_came_from_exactly() -> None:
+    from types import MappingProxyType
+
+    from pitunnel.sshconf import Hop, Identity, Route
+    target = Hop("10.0.0.2", "10.0.0.2", 22, "pi", (), False, sources=MappingProxyType({"port": INVENTORY,
+                                                                                         "user": SSH_CONFIG}))
+    jump = Hop("jumpy", "203.0.113.5", 2200, "hopper", (Identity(Path("/k/a"), SSH_CONFIG), Identity(Path("/k/b"), DEFAULT)),
+               True, host_key_alias="jump-home", sources=MappingProxyType({"hostname": SSH_CONFIG}))
+    assert Route(target, (jump,), SSH_CONFIG).describe() == [
+        "hostname 10.0.0.2 (default)", "port 22 (inventory)", "user pi (ssh_config)", "keys: ssh-agent, then none",
+        "host key: 10.0.0.2 in known_hosts",
+        "jump jumpy: hostname 203.0.113.5 (ssh_config), port 2200 (default), user hopper (default), keys: ssh-agent "
+        "(only for these), then /k/a (ssh_config), /k/b (default), host key: jump-home in known_hosts "
+        "(HostKeyAlias, ssh_config) (ssh_config ProxyJump)"]
+
+
+def test_blank_lines_comments_and_bytes_that_are_not_utf8_are_read_past(tmp_path: Path) -> None:
+    (tmp_path / "x").write_bytes(b"# caf\xe9\n\nHost a\n  Port 2601\n")
+    config = tmp_path / "config"
+    config.write_bytes(f"# mine\n\n  # indented\nInclude {tmp_path}/x\n\nHost b\n  Port 2602\n".encode())
+    assert sshconf.load(config).lookup("a")["port"] == "2601"  # type: ignore[union-attr]
+    assert sshconf.load(config).lookup("b")["port"] == "2602"  # type: ignore[union-attr]
+
+
+def test_the_errors_name_file_line_and_fix_exactly(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("Port 22\nInclude \"unclosed\n")
+    with pytest.raises(BadSshConfig) as caught:
+        sshconf.load(config)
+    assert str(caught.value) == f"{config}:2: unbalanced quotes"
+    config.write_text("Host pi\nInclude x\n")
+    with pytest.raises(BadSshConfig) as caught:
+        sshconf.load(config)
+    assert str(caught.value) == (f"{config}:2: Include under a Host or Match line applies only to the hosts that block "
+                                 "matches, which pitunnel cannot follow: move it above the first Host line (or under "
+                                 "'Host *'), or set 'ssh_config: none' in the inventory")
+
+
+def test_includes_go_16_deep_as_openssh_and_no_deeper(tmp_path: Path) -> None:
+    files = [tmp_path / f"f{i}" for i in range(18)]
+    for here, there in zip(files, files[1:]):
+        here.write_text(f"Include {there}\n")
+    files[16].write_text("Port 2616\n")  # f0 includes f1 ... f16: 16 deep
+    assert sshconf.load(files[0]).lookup("any")["port"] == "2616"  # type: ignore[union-attr]
+    files[16].write_text(f"Include {files[17]}\n")
+    files[17].write_text("Port 2617\n")
+    with pytest.raises(BadSshConfig) as caught:
+        sshconf.load(files[0])
+    assert str(caught.value) == f"{files[16]}:1: Include nested more than 16 deep (a file that includes itself?)"
+
+
+def test_a_relative_include_alone_is_read_from_the_users_ssh_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".ssh" / "config.d").mkdir(parents=True)
+    (tmp_path / ".ssh" / "config.d" / "orbstack").write_text("Host orb\n  Port 32222\n")
+    (tmp_path / "config.d").mkdir()
+    (tmp_path / "config.d" / "orbstack").write_text("Host orb\n  Port 1\n")  # beside the working folder: not it
+    config = tmp_path / "config"
+    config.write_text("Include config.d/*\n")
+    assert sshconf.load(config).lookup("orb")["port"] == "32222"  # type: ignore[union-attr]
+
+
+def test_a_bad_proxyjump_entry_or_an_unreadable_include_is_named(tmp_path: Path) -> None:
+    with pytest.raises(BadSshConfig) as caught:
+        parse_jump("bob@:22")
+    assert str(caught.value) == "ProxyJump entry 'bob@:22' names no host"
+    with pytest.raises(BadSshConfig) as caught:
+        parse_jump("[fe80::1]:99999")
+    assert str(caught.value) == "the ssh config gives [fe80::1]:99999 the port '99999': use a port from 1 to 65535"
+    (tmp_path / "conf.d").mkdir()
+    config = tmp_path / "config"
+    config.write_text(f"Include {tmp_path}/conf.d\n")  # a folder, not a file
+    with pytest.raises(BadSshConfig) as caught:
+        sshconf.load(config)
+    assert str(caught.value) == f"{config}:1: cannot read {tmp_path}/conf.d (Include): Is a directory"
+
+
+def test_three_wrong_passphrases_each_said_then_the_key_is_given_up(tmp_path: Path,
+                                                                    capfd: pytest.CaptureFixture[str]) -> None:
+    key = keyfile(tmp_path, "k", "right horse")
+    ring = KeyRing(ask=lambda prompt: "wrong", terminal=lambda: True)
+    with pytest.raises(paramiko.SSHException) as caught:
+        ring.key(key)
+    assert str(caught.value) == (f"key {key}: no right passphrase after 3 tries: run again and type it with care, or "
+                                 f"load the key into ssh-agent once (ssh-add {key}) and run again")
+    assert capfd.readouterr().err == f"wrong passphrase for key {key}\n" * 3

@@ -5,11 +5,11 @@ ssh, and what the report says."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import http.server
 import os
 import socket
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -148,74 +148,6 @@ def test_nothing_listening_publicly_says_why(inv: Inventory, sshd: FakeSshd) -> 
                     "let it bind publicly (GatewayPorts clientspecified for the tunnel account)?")
 
 
-class Answering:
-    """A port on loopback that accepts, says `says` (nothing: it closes at once), and closes."""
-
-    def __init__(self, says: bytes) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.port = int(self.sock.getsockname()[1])
-        self.says = says
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
-        with conn:
-            if self.says:
-                conn.sendall(self.says)
-                conn.shutdown(socket.SHUT_WR)
-                conn.recv(4096)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.thread.join(5)
-        self.sock.close()
-
-
-@pytest.mark.parametrize("says, detail, hint", [
-    (b"", "{where}: closed before the SSH banner",
-     "the VPS accepted but the tunnel did not reach the Pi's sshd: is its tunnel to this VPS connected?"),
-    (b"SSH-2.0-x\r\n" + b"\x00" * 64, "{where}: ",
-     "the tunnel reached an sshd but login failed: was the laptop key pushed?"),
-])
-def test_a_port_that_is_no_pis_sshd_is_not_a_pass(inv: Inventory, sshd: FakeSshd, says: bytes, detail: str,
-                                                  hint: str) -> None:
-    """The VPS's port accepts, then closes before any banner (the tunnel's far end is gone), or speaks
-    something that is not SSH after its banner: a failure that says which, never a pass."""
-    answering = Answering(says)
-    try:
-        pi, t, vps = public(inv, sshd)
-        t = dataclasses.replace(t, remote_port=answering.port)
-        ok, said, why = login.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
-    finally:
-        answering.close()
-    assert not ok and said.startswith(detail.format(where=f"127.0.0.1:{answering.port}")) and why == hint
-
-
-def test_the_pis_known_host_key_is_looked_up_under_its_connections_name(inv: Inventory, sshd: FakeSshd) -> None:
-    """Not pinned: the Pi's key comes from known_hosts under the name its own connection files it by (here an
-    ssh_config alias's HostKeyAlias would differ from the address)."""
-    pi, t, vps = public(inv, sshd)
-    pi = dataclasses.replace(pi, host_key=None)
-    inv.settings.known_hosts.write_text(f"pi-alias {PI_KEY.get_name()} {PI_KEY.get_base64()}\n")
-
-    class Aliased(Remote):
-        @property
-        def target(self):  # type: ignore[no-untyped-def]
-            return dataclasses.replace(super().target, host_key_alias="pi-alias")
-
-    ok, detail, _ = login.ssh_through(inv, pi, FakeHost("main"), t, vps, Aliased(pi, inv.settings.known_hosts))  # type: ignore[arg-type]
-    assert (ok, detail) == (True, f"127.0.0.1:{sshd.port}: alpha's host key (ecdsa-sha2-nistp256)")
-    ok, detail, _ = login.ssh_through(inv, pi, FakeHost("main"), t, vps, at(inv, pi))  # type: ignore[arg-type]
-    assert (ok, detail) == (False, "the Pi's host key is unknown to the laptop")  # not under its address
-
-
 def test_an_unknown_pi_host_key_is_not_a_pass(inv: Inventory) -> None:
     ok, detail, hint = login.ssh_through(inv, inv.pis["alpha"], FakeHost("main"), tunnel(inv, "alpha", "ssh"),  # type: ignore[arg-type]
                                           inv.vps["main"], at(inv, inv.pis["alpha"]))
@@ -303,10 +235,10 @@ class Channels:
 
 
 class Nginx:
-    """A local HTTP server answering `answers` in turn (the last one from then on); keeps each request's path
-    and Host header."""
+    """A local HTTP server (HTTPS with `tls`) answering `answers` in turn (the last one from then on); keeps
+    each request's path and Host header."""
 
-    def __init__(self, *answers: tuple[int, bytes, tuple[str, ...]]) -> None:
+    def __init__(self, *answers: tuple[int, bytes, tuple[str, ...]], tls: ssl.SSLContext | None = None) -> None:
         self.answers, self.seen = list(answers), []  # type: list[tuple[int, bytes, tuple[str, ...]]], list[tuple[str, str]]
         nginx = self
 
@@ -325,6 +257,8 @@ class Nginx:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:  # HTTPS: each connection's handshake is made as it is accepted
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 

@@ -76,9 +76,12 @@ def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSp
         chan.exec_command("hostname")
         name = chan.makefile().read().decode().strip()
         return True, f"{where}: {pi.name}'s host key, logged in as {pi_remote.target.user}, hostname {name}", ""
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        if isinstance(exc, EOFError) or str(exc).startswith("Error reading SSH protocol banner"):
-            # the far end closed before its SSH banner (paramiko wraps the EOF in an SSHException)
+    except EOFError:  # paramiko's, when the far end closes after its banner, before the key exchange
+        return False, f"{where}: closed after the SSH banner, before the key exchange", \
+            "an SSH server answered, then closed: does the Pi's sshd refuse new connections (MaxStartups, " \
+            "PerSourcePenalties), or does another host answer on this port?"
+    except (paramiko.SSHException, OSError) as exc:
+        if str(exc).startswith("Error reading SSH protocol banner"):  # paramiko's wrapping of an end before it
             return False, f"{where}: closed before the SSH banner", \
                 "the VPS accepted but the tunnel did not reach the Pi's sshd: is its tunnel to this VPS connected?"
         return False, f"{where}: {exc}", "the tunnel reached an sshd but login failed: was the laptop key pushed?"
