@@ -391,3 +391,33 @@ def test_the_revoked_file_is_written_one_key_a_line_and_goes_with_its_last_recor
     assert read_revoked(file) == ({"alpha": alpha, "beta": beta}, [])
     write_revoked(file, {})
     assert not file.exists()
+
+
+def test_release_ports_in_check_mode_says_what_it_would_do_and_the_refusals_name_their_fix(
+        tmp_path: Path, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    inv = load(tmp_path, AUTO)
+    alpha = {t.name: t.remote_port for t in inv.pis["alpha"].tunnels}
+    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (parse_public_key(keys["alpha"]),), {"main": alpha}))
+    text = textwrap.dedent(AUTO)
+    load(tmp_path, text[:text.index("  alpha:")] + text[text.index("  beta:"):])  # alpha gone from the inventory
+    hosts, revoked = str(tmp_path / "hosts.yml"), revoked_file(tmp_path / "hosts.yml")
+    before = revoked.read_text()
+    tasks.revoke(Context(), pi="alpha", release_ports=True, inventory=hosts, check=True)
+    assert revoked.read_text() == before  # nothing changed
+    assert capsys.readouterr().out == ("would release alpha: its revocation forgotten, its ports free for `auto` again "
+                                       "(main: 20000, 20001)\n")
+    with pytest.raises(Exit) as caught:
+        tasks.revoke(Context(), pi="delta", release_ports=True, inventory=hosts)  # in neither file
+    assert caught.value.code == 3 and caught.value.message == (
+        f"revoke --release-ports: {revoked} holds no revoked Pi named 'delta' (revoked: alpha). Fix: give the name of "
+        "one of them")
+    revoked.write_text("alpha: {since: now, keys: [not-a-key]}\n")
+    with pytest.raises(Exit) as caught:
+        tasks.revoke(Context(), pi="alpha", release_ports=True, inventory=hosts)
+    assert caught.value.code == 3 and "alpha.keys: expected a list of public keys" in str(caught.value.message)
+    revoked.write_text(before)
+    (tmp_path / "hosts.yml").write_text("pis: [unclosed\n")
+    with pytest.raises(Exit) as caught:
+        tasks.revoke(Context(), pi="alpha", release_ports=True, inventory=hosts)
+    assert caught.value.code == 3 and str(caught.value.message).startswith(f"revoke --release-ports: cannot read {hosts} (")
+    assert str(caught.value.message).endswith("). Fix: give the inventory with -i FILE")
