@@ -4,8 +4,6 @@ inventory. Loopback only, no lab: every host here is an address nothing listens 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import socket
 import subprocess
@@ -18,12 +16,11 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from invoke import Program
 
 from pitunnel import failures, taskkit
-from pitunnel.console import namespace
 from pitunnel.inventory import load_inventory
 from pitunnel.inventory.checks import plain_http_names
+from tests.unit.test_cli_errors import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,18 +70,6 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.ssh/id_* of whoever runs the tests
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     failures.silence_paramiko()
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    """`pitunnel ARGS` in this process: exit code, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            Program(namespace=namespace(), name="pitunnel", binary="pitunnel").run(["pitunnel", *args])
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_verify_and_status_write_nothing_beside_the_inventory(inv_file: Path, quick: None) -> None:

@@ -4,7 +4,6 @@ state of the Pi (tests/unit/fake_hosts.py answers the engine's reads), and what 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
