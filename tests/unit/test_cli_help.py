@@ -28,12 +28,16 @@ TASKS = ["demo", "migrate", "provision", "provision-pi", "provision-vps", "revok
 
 def forget_tasks() -> None:
     """Drop the modules defining tasks, so each run builds them anew: Invoke uses up a task's `help` when it
-    parses it, and another test may have done that to the ones imported already."""
+    parses it, and another test (or an earlier pytest session in this process, as mutmut runs them) may have
+    done that to the ones imported already."""
     for name, module in list(sys.modules.items()):
         ours = str(getattr(module, "__file__", None) or "").startswith(str(ROOT)) or \
             name.split(".")[0] in ("pitunnel", "tasks", "lab", "benchmarks")  # wherever imported from (mutmut's copy)
         if ours and any(isinstance(v, Task) for v in vars(module).values()):
             del sys.modules[name]
+            parent, _, leaf = name.rpartition(".")  # `from pitunnel import tasks` reads the package's attribute
+            if parent in sys.modules and getattr(sys.modules[parent], leaf, None) is module:
+                delattr(sys.modules[parent], leaf)
 
 
 def invoke(*args: str) -> str:
