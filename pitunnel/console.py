@@ -131,7 +131,8 @@ class PitunnelProgram(Program):
         text = str(exc)
         where = f"pitunnel {task}" if task else "pitunnel"
         helps = f"pitunnel --help {task}" if task else "pitunnel --help"
-        needs = re.fullmatch(r"Flag <Argument: ([\w-]+)(?: \((\w)\))?> needed value and was not given one!?", text)
+        needs = re.fullmatch(r"Flag <Argument: ([\w-]+)(?: \((\w)\))?(?: \[\w+\])?> needed value and was not given one!?",
+                             text)  # `[int]`: the kind, for a flag that takes a number
         if needs:
             flag = f"-{needs.group(2)}/--{needs.group(1)}" if needs.group(2) else f"--{needs.group(1)}"
             return f"{where}: {flag} needs a value. Fix: give it one, e.g. {flag.split('/')[0]} VALUE ({helps})"
