@@ -1,0 +1,71 @@
+"""What two tasks make of their results before printing (pitunnel/tasks.py): `verify --json`'s document, and
+revoke's check of the name it was given (a Pi of the inventory, revoked or not; one revoked and gone; none)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from invoke import Exit
+
+from pitunnel import tasks
+from pitunnel.inventory import Revoked
+from pitunnel.roles.probes.report import PathReport
+from tests.unit.fake_hosts import load
+from tests.unit.test_revoke import record
+from tests.unit.test_site import INVENTORY
+
+
+def test_verify_json_has_each_pi_passed_only_if_every_path_passed_and_every_check_in_full() -> None:
+    main, spare, beta = PathReport("alpha", vps="main"), PathReport("alpha", vps="spare"), PathReport("beta", vps="main")
+    main.add("ssh", True, "lands on alpha")
+    main.add("http", True, "200", warning=True, hint="slow")
+    spare.add("ssh", False, "refused", "start the tunnel")
+    beta.add("ssh", True, "lands on beta")
+    doc = tasks.verify_document([main, spare, beta])
+    assert doc == {
+        "alpha": {"passed": False, "paths": [
+            {"vps": "main", "passed": True, "checks": [
+                {"name": "ssh", "passed": True, "warning": False, "detail": "lands on alpha", "hint": ""},
+                {"name": "http", "passed": True, "warning": True, "detail": "200", "hint": "slow"}]},
+            {"vps": "spare", "passed": False, "checks": [
+                {"name": "ssh", "passed": False, "warning": False, "detail": "refused", "hint": "start the tunnel"}]}]},
+        "beta": {"passed": True, "paths": [
+            {"vps": "main", "passed": True, "checks": [
+                {"name": "ssh", "passed": True, "warning": False, "detail": "lands on beta", "hint": ""}]}]}}
+    assert tasks.verify_document([]) == {}
+
+
+def test_revoke_takes_a_pi_of_the_inventory_revoked_already_or_not(tmp_path: Path) -> None:
+    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z"))
+    inv = load(tmp_path, INVENTORY)
+    assert "alpha" in inv.shut and "beta" in inv.pis
+    tasks.vet_revoke(inv, "alpha")  # revoked, still in the inventory: a rerun
+    tasks.vet_revoke(inv, "beta")
+
+
+def test_revoke_of_a_pi_revoked_and_gone_points_to_release_ports(tmp_path: Path) -> None:
+    record(tmp_path, Revoked("delta", "2026-12-06T05:00:00Z"))
+    inv = load(tmp_path, INVENTORY)
+    with pytest.raises(Exit) as caught:
+        tasks.vet_revoke(inv, "delta")
+    assert caught.value.code == 3
+    assert caught.value.message == (f"revoke: delta is revoked (since 2026-12-06T05:00:00Z) and gone from {inv.path}: "
+                                    "nothing of it is left on its VPSes. Fix: to free its ports, "
+                                    "`pitunnel revoke delta --release-ports`")
+
+
+def test_revoke_of_an_unknown_name_lists_the_pis_revoked_ones_too_or_says_none(tmp_path: Path) -> None:
+    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z"))
+    inv = load(tmp_path, INVENTORY)
+    with pytest.raises(Exit) as caught:
+        tasks.vet_revoke(inv, "zeta")
+    assert caught.value.code == 3
+    assert caught.value.message == (f"revoke: no Pi named 'zeta' in {inv.path} (its Pis: beta, gamma, alpha). "
+                                    "Fix: give the name of one of them")
+    (tmp_path / "empty").mkdir()
+    empty = load(tmp_path / "empty", "vps:\n  main: {address: 203.0.113.1}\n")
+    with pytest.raises(Exit) as caught:
+        tasks.vet_revoke(empty, "zeta")
+    assert caught.value.message == (f"revoke: no Pi named 'zeta' in {empty.path} (its Pis: none). "
+                                    "Fix: give the name of one of them")
