@@ -212,12 +212,14 @@ class LinkState:
 
 def link_state(output: str) -> LinkState:
     points_to, target = ([*output.split(), "", ""])[:2]
-    return LinkState(None if points_to == "ABSENT" else points_to, target == "target-ok")
+    where = {"ABSENT": None, "NOLINK": ""}.get(points_to, points_to)
+    return LinkState(where, target == "target-ok")
 
 
 def link_fact(path: str, target: str) -> Fact[LinkState]:
-    return Fact(f"link:{path}", f"readlink {q(path)} || echo ABSENT; [ -e {q(target)} ] && echo target-ok || "
-                "echo target-missing", link_state)
+    return Fact(f"link:{path}", f"if [ -L {q(path)} ]; then readlink {q(path)}; elif [ -e {q(path)} ]; then "
+                f"echo NOLINK; else echo ABSENT; fi; [ -e {q(target)} ] && echo target-ok || echo target-missing",
+                link_state)
 
 
 @dataclass
@@ -242,6 +244,8 @@ class Symlink(Op):
         now = facts.value(self.fact)
         if now.points_to == self.target:
             return Plan([], "already linked")
+        if now.points_to == "":
+            return Plan([], f"{self.path} is not a link: left alone (only a link is replaced)")
         if self.only_if_exists and not now.target_there:
             return Plan([], f"{self.target} is not there")
         backups = [self.path] if self.notify else []

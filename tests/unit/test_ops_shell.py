@@ -269,3 +269,28 @@ def test_a_later_op_plans_on_the_facts_read_now_and_keeps_every_command_of_it(tm
                                    .replace("systemctl daemon-reload", "true")], check=True)
     assert not gone.exists() and (tmp_path / "then").exists() and not later.exists()
     assert (tmp_path / "said").read_text() == "one\ntwo\n"
+
+
+def test_the_link_fact_read_by_a_real_shell_tells_absent_from_elsewhere_and_the_target(host: Path) -> None:
+    from pitunnel.facts import gather
+    from pitunnel.ops.files import LinkState, link_fact, link_state
+
+    def seen(path: Path, target: Path) -> LinkState:
+        fact = link_fact(str(path), str(target))
+        return gather(LocalShell(), [fact]).value(fact)
+
+    target = host / "target"
+    assert seen(host / "nothing", target) == LinkState(None, False)  # no link, no target
+    target.write_text("")
+    assert seen(host / "nothing", target) == LinkState(None, True)
+    (host / "elsewhere").symlink_to(host / "other")
+    assert seen(host / "elsewhere", target) == LinkState(str(host / "other"), True)
+    (host / "file").write_text("")
+    assert seen(host / "file", host / "gone") == LinkState("", False)  # a plain file: no link, yet not absent
+    assert planned(Symlink(str(host / "file"), str(target))) == ([], f"{host / 'file'} is not a link: left alone "
+                                                                     "(only a link is replaced)")
+    assert (host / "file").is_file() and not (host / "file").is_symlink()
+    assert link_state("ABSENT\ntarget-ok") == LinkState(None, True)
+    assert link_state("NOLINK\ntarget-ok") == LinkState("", True)
+    assert link_state("/t target-missing") == LinkState("/t", False)
+    assert link_state("") == LinkState("", False)
