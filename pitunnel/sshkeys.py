@@ -98,15 +98,6 @@ def _check_blob(keytype: str, blob: bytes) -> None:
         raise BadPublicKey("RSA key shorter than 2048 bits")
 
 
-def is_public_key(text: str) -> bool:
-    """Does `text` parse as a public key (`type blob [comment]`)?"""
-    try:
-        parse_public_key(text)
-    except BadPublicKey:
-        return False
-    return True
-
-
 def _ssh_strings(blob: bytes) -> list[bytes] | None:
     """The blob as uint32-length-prefixed strings, consumed exactly; None if it is not that."""
     out: list[bytes] = []
