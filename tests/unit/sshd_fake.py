@@ -16,7 +16,7 @@ class FakeSshd(paramiko.ServerInterface):
     line works) or "refuse" (every sudo asks for a password it never gets). Commands seen are kept."""
 
     def __init__(self, host_key: paramiko.PKey, *, login_password: str = "login", sudo: str = "nopasswd",
-                 sudo_password: str = "sudo-pw") -> None:
+                 sudo_password: str = "sudo-pw", port: int = 0) -> None:
         self.host_key, self.login_password = host_key, login_password
         self.sudo, self.sudo_password = sudo, sudo_password
         self.commands: list[str] = []
@@ -27,7 +27,8 @@ class FakeSshd(paramiko.ServerInterface):
         self._forwards: dict[int, socket.socket] = {}  # channel id -> its connection, until accepted
         self.forwarded: list[tuple[tuple[str, int], tuple[str, int]]] = []  # (origin, destination) of each asked
         self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # `port`: a closed fake's, again
+        self._sock.bind(("127.0.0.1", port))
         self._sock.listen(16)
         self.port: int = self._sock.getsockname()[1]
         self._transports: list[paramiko.Transport] = []

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -382,3 +384,45 @@ def test_a_host_that_cannot_store_the_script_fails_with_its_own_error_and_a_hint
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     done = remote(sshd.port, known).run("echo fine; exit 125", sudo=False)  # a script's own 125 is its business
     assert (done.rc, done.stdout) == (125, "fine\n")
+
+
+def test_after_its_path_restarts_a_link_retries_until_the_host_answers_again(tmp_path: Path) -> None:
+    """A Pi's own tunnel restarted under our connection (provision-pi restarts its unit): the connection is dropped
+    and the next use keeps trying for `within` seconds, where a host that could not be reached is tried once."""
+    first = FakeSshd(KEY)
+    port = first.port
+    known = tmp_path / "known_hosts"
+    known.write_text(line(port, KEY))
+    host = remote(port, known)
+    assert host.run("echo before", sudo=False).stdout == "before\n"
+    first.close()
+    started = time.monotonic()
+    host.path_restarts(0.3, within=8.0)
+    assert time.monotonic() - started >= 0.3  # it waited for the restart to begin
+    back: list[FakeSshd] = []
+    timer = threading.Timer(1.0, lambda: back.append(FakeSshd(KEY, port=port)))
+    timer.start()
+    try:
+        assert host.run("echo after", sudo=False).stdout == "after\n"  # refused at first, then answered
+        assert time.monotonic() - started >= 1.0
+    finally:
+        timer.join()
+        host.close()
+        for server in back:
+            server.close()
+
+
+def test_a_host_not_reached_is_not_tried_again_in_the_run(tmp_path: Path) -> None:
+    gone = FakeSshd(KEY)
+    port = gone.port
+    gone.close()
+    host = remote(port, tmp_path / "known_hosts")
+    with pytest.raises(Unreachable, match="connection refused"):
+        host.run("true", sudo=False)
+    later = FakeSshd(KEY, port=port)
+    try:
+        with pytest.raises(Unreachable, match="connection refused"):  # the first answer stands for the run
+            host.run("true", sudo=False)
+        assert later.users == []
+    finally:
+        later.close()
