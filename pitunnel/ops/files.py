@@ -97,8 +97,10 @@ def managed_lines(marker_prefix: str, entries: dict[str, str | None]) -> Callabl
             ours = _marker_of(line, marker_prefix)
             if ours is None or ours not in entries:
                 out.append(line)
-            elif entries[ours] is not None and ours not in seen:
-                out.append(entries[ours] or "")
+                continue
+            wanted = entries[ours]
+            if wanted is not None and ours not in seen:
+                out.append(wanted)
                 seen.add(ours)
         for name, wanted in entries.items():
             if wanted is not None and name not in seen:

@@ -249,6 +249,11 @@ def test_managed_lines_absent_file() -> None:
     assert render("mk-", {"a": None}, None) == ""
 
 
+def test_managed_lines_keeps_a_line_that_is_not_utf8_readable_and_blank_lines() -> None:
+    state = FileState(True, "u", "u", 0o600, b"caf\xe9 latin-1 comment\n\n   \nx mk-a\n")
+    assert managed_lines("mk-", {"a": "y mk-a"})(state) == "caf\ufffd latin-1 comment\n\n   \ny mk-a\n"
+
+
 @pytest.mark.parametrize("old", [None, "", "a\n\nb\n", "x mk-a\nfoo\n", "x mk-a\nx mk-a\n", "no newline at end"])
 @pytest.mark.parametrize("entries", [{"a": "y mk-a"}, {"a": None}, {"a": "y mk-a", "b": "z mk-b"}])
 def test_managed_lines_idempotent(old: str | None, entries: dict[str, str | None]) -> None:

@@ -104,6 +104,38 @@ def test_plan_stops_at_its_limit() -> None:
     assert [s for s, _ in steps] == [Step.UP] * 4
 
 
+def test_plan_lists_at_most_ten_steps_unless_told() -> None:
+    steps = reconcile.plan(0, lambda s, started: (Step.UP, ""), lambda s, step: s)
+    assert len(steps) == 10
+
+
+class Resumed(Counter):
+    """A counter that notes a run found under way, when `under_way` says so (the base class: never)."""
+
+    resumed = "an earlier run stopped halfway: going on"
+
+    def __init__(self, host: list[int], target: int, *, halfway: bool | None) -> None:
+        super().__init__(host, target)
+        self.halfway = halfway
+        self.started: list[bool] = []
+
+    def under_way(self, state: int) -> bool:
+        return super().under_way(state) if self.halfway is None else self.halfway
+
+    def next_step(self, state: int, started: bool) -> tuple[Step, str]:
+        self.started.append(started)
+        return super().next_step(state, started)
+
+
+@pytest.mark.parametrize("halfway", [None, False, True])
+def test_a_flow_is_under_way_only_when_it_says_so_and_then_its_note_is_shown(halfway: bool | None) -> None:
+    flow = Resumed([1], 2, halfway=halfway)
+    reconcile.reconcile(flow, check=False, applied=reconcile.Applied())
+    noted = [line for line in flow.lines if "stopped halfway" in line]
+    assert flow.started == [bool(halfway), True] and len(noted) == (1 if halfway else 0)
+    assert flow.lines[-2:] == ["changed h1 counter: add one - now 2", "ok h1 counted - at 2"]
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_the_kill_hook_kills_right_after_the_kth_applied_step(k: int) -> None:
     """A real process: KILL_AFTER=k, steps counted over two threads, SIGKILLed after the k-th, never before."""
