@@ -94,3 +94,16 @@ def test_rewrite_makes_the_file_and_its_folder(tmp_path: Path, key: paramiko.PKe
     known = tmp_path / "ssh" / "known_hosts"
     hostkeys.rewrite(known, "[vps]:22", keep=lambda _: True, add=[f"{key.get_name()} {key.get_base64()}"])
     assert known.read_text() == f"[vps]:22 {key.get_name()} {key.get_base64()}\n"
+
+
+def test_asking_a_port_that_never_speaks_ssh_for_its_keys_gives_up_after_the_timeout_per_key_type() -> None:
+    import socket
+    import time
+
+    with socket.socket() as silent:  # accepts (the kernel does), never sends a banner
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        started = time.monotonic()
+        assert hostkeys.offered("127.0.0.1", silent.getsockname()[1], "SHA256:x", timeout=0.3) is None
+        took = time.monotonic() - started
+    assert 0.3 * len(hostkeys.KEY_TYPES) <= took < 10  # each key type waited 0.3 s; paramiko's own wait is 15 s each
