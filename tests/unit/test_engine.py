@@ -691,3 +691,19 @@ def test_a_run_that_changes_some_ops_reports_the_others_ok_and_shows_diffs(host:
     assert lines[0] == f"ok local file {b} - already as wanted"
     assert lines[1] == f"changed local file {a} - content" and "-old" in lines and "+new" in lines
     assert a.read_text() == "new\n"
+
+
+def test_an_interrupted_run_says_what_changed_where_and_which_hosts_never_got_their_next_step(tmp_path: Path) -> None:
+    import io
+
+    from tests.unit.fake_hosts import load
+    from tests.unit.test_site import INVENTORY
+
+    play = Play(load(tmp_path, INVENTORY), Options(), Reporter(colour=False, out=io.StringIO()))
+    assert play._stopped() == ["changed so far: nothing"]
+    play.reporter.line("main", "changed", "a step")
+    play.reporter.line("main", "changed", "another")
+    play.reporter.line("pi1", "ok", "a step")
+    play.reporter.line("pi2", "changed", "a step")
+    play.interrupted.update({"pi3", "pi1"})
+    assert play._stopped() == ["changed so far: main 2, pi2 1", "stopped before their next step: pi1, pi3"]

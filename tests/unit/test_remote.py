@@ -426,3 +426,51 @@ def test_a_host_not_reached_is_not_tried_again_in_the_run(tmp_path: Path) -> Non
         assert later.users == []
     finally:
         later.close()
+
+
+def test_a_key_proof_is_retried_while_the_host_does_not_answer_and_a_refusal_is_final(tmp_path: Path) -> None:
+    key_file = tmp_path / "id_new"
+    key = paramiko.ECDSAKey.generate()
+    key.write_private_key_file(str(key_file))
+    first = FakeSshd(KEY)
+    port = first.port
+    first.close()
+    known = tmp_path / "known_hosts"
+    known.write_text(line(port, KEY))
+    host = remote(port, known)
+    started = time.monotonic()
+    why = host.proves_key(key_file, within=0.8)  # nobody answers: tried again and again, then why
+    assert why is not None and "connection refused" in why and time.monotonic() - started >= 0.8
+    back: list[FakeSshd] = []
+
+    def restart() -> None:
+        server = FakeSshd(KEY, port=port)
+        server.client_key = key
+        back.append(server)
+
+    timer = threading.Timer(0.8, restart)
+    timer.start()
+    try:
+        assert host.proves_key(key_file, within=8) is None  # refused connections at first, then the key let in
+        assert back[0].commands == ["true"]
+        back[0].client_key = None
+        started = time.monotonic()
+        refused = host.proves_key(key_file, within=8)
+        assert refused is not None and "login refused" in refused and time.monotonic() - started < 5  # final at once
+    finally:
+        timer.join()
+        for server in back:
+            server.close()
+
+
+@pytest.mark.parametrize(("error", "said"), [
+    ("sh: 1: cannot create /tmp/x: Read-only file system\n", "sh: 1: cannot create /tmp/x: Read-only file system"),
+    ("first\nsecond\nthird\n", "second third"),  # its last two lines, on one
+    ("  \n", "no error output"),
+    ("x" * 400, "x" * 300),  # at most 300 characters of it
+])
+def test_a_host_that_cannot_run_a_script_is_said_with_its_own_last_words(error: str, said: str) -> None:
+    assert str(remote_module.HostCannotRun("pi1", error)) == \
+        f"pi1 cannot run a script: {said} (is / read-only or /tmp full on pi1?)"
+    assert str(remote_module.HostCannotRun("pi1", error, "cannot store a file")).startswith(
+        f"pi1 cannot store a file: {said} (")
