@@ -327,7 +327,8 @@ def test_ctrl_c_lets_the_step_in_flight_finish_starts_nothing_more_and_exits_130
     out, err = capsys.readouterr()
     assert caught.value.code == 130 and done == ["main"]
     assert "PLAY RECAP" in out and "main                       : ok=0    changed=1" in out
-    assert "interrupted: changed so far: main 1; stopped before their next step: cam3, pi1, pi2. A rerun" in err
+    assert ("interrupted: changed so far: main 1; stopped before their next step: cam3, pi1, pi2. A rerun carries on "
+            "from where each host is (every step is idempotent)\n") in err
     assert restored is signal.default_int_handler  # restored
 
 
