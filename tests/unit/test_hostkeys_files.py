@@ -73,6 +73,8 @@ def test_known_lines_are_the_plain_lines_naming_the_host(tmp_path: Path, key: pa
     assert hostkeys.known_lines(tmp_path / "none", "pi1") == []
     assert hostkeys.listed(known, "pi1", key) and not hostkeys.listed(known, "pi1", paramiko.ECDSAKey.generate())
     assert not hostkeys.listed(known, "pi2", key)
+    known.write_text(f"pi2 {key.get_name()} {key.get_base64()} a comment after the key\n")
+    assert hostkeys.listed(known, "pi2", key)
 
 
 def test_rewrite_touches_only_the_hosts_lines_and_keeps_the_files_mode(tmp_path: Path, key: paramiko.PKey) -> None:

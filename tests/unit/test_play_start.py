@@ -71,3 +71,13 @@ def test_each_hosts_notes_and_heartbeat_are_under_its_own_name_and_its_output_on
     assert echo is not None
     echo("remote says hi")
     assert "alpha" in out.getvalue() and "remote says hi" in out.getvalue()
+
+
+def test_every_host_of_a_run_shares_one_key_ring_and_one_memory_of_hosts_out_of_reach(tmp_path: Path) -> None:
+    play, _ = started(tmp_path)
+    main, alpha = play.remotes["main"], play.remotes["alpha"]
+    assert main.keys is alpha.keys and main.unanswered is alpha.unanswered  # a passphrase asked once per run
+    assert alpha.gateway is main and main.gateway is None  # a Pi's tunnel starts at its VPS's connection
+    (tmp_path / "again").mkdir()
+    other, _ = started(tmp_path / "again")
+    assert other.remotes["main"].keys is not main.keys  # another run: its own
