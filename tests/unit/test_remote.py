@@ -297,8 +297,12 @@ def test_accept_changed_host_key_takes_only_the_named_key(sshd: FakeSshd, tmp_pa
     before = known.read_text()
     wrong = remote(sshd.port, known)
     wrong.accept_changed_host_key = hostkeys.fingerprint(OTHER)
-    with pytest.raises(HostKeyRefused, match="none of its keys is the --accept-changed-host-key"):
+    with pytest.raises(HostKeyRefused) as refused:
         wrong.run("true")
+    assert str(refused.value).endswith(
+        f"CHANGED to {KEY.get_name()} {hostkeys.fingerprint(KEY)}, and none of its keys is the --accept-changed-host-key "
+        f"{hostkeys.fingerprint(OTHER)}: refused, known_hosts unchanged. Read the fingerprint again on the provider's "
+        "console (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub)"), refused.value
     assert known.read_text() == before and sshd.commands == []
     seen: list[tuple[str, str, str, str]] = []
     right = remote(sshd.port, known)
