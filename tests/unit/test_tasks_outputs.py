@@ -69,3 +69,25 @@ def test_revoke_of_an_unknown_name_lists_the_pis_revoked_ones_too_or_says_none(t
         tasks.vet_revoke(empty, "zeta")
     assert caught.value.message == (f"revoke: no Pi named 'zeta' in {empty.path} (its Pis: none). "
                                     "Fix: give the name of one of them")
+
+
+def test_the_json_document_has_per_host_counts_and_error_and_says_whether_the_run_was_interrupted(
+        tmp_path: Path) -> None:
+    import io
+    import json
+
+    from pitunnel.play import Options, Play
+    from pitunnel.report import Reporter
+
+    play = Play(load(tmp_path, INVENTORY), Options(), Reporter(colour=False, out=io.StringIO()))
+    play.reporter.line("main", "changed", "a step")
+    play.reporter.line("alpha", "failed", "a step", "it broke")
+    play.why["alpha"] = "it broke"
+    text = tasks._document("provision", play, 2, tunnels=[])
+    assert text.startswith('{\n  "task": "provision",\n  "exit_code": 2,\n  "interrupted": false,\n')  # indented 2
+    doc = json.loads(text)
+    assert doc["hosts"]["main"]["changed"] == 1 and doc["hosts"]["main"]["error"] is None
+    assert doc["hosts"]["alpha"]["failed"] == 1 and doc["hosts"]["alpha"]["error"] == "it broke"
+    assert doc["tunnels"] == []
+    assert json.loads(tasks._document("status", None, 130))["interrupted"] is True
+    assert json.loads(tasks._document("status", None, 130))["hosts"] == {}
