@@ -89,7 +89,12 @@ def ssh(flags: Flags, pi: str, command: list[str]) -> None:
     if program is None:
         raise Exit("ssh: no `ssh` on PATH. Fix: install OpenSSH's client (Debian: apt install openssh-client)",
                    code=failures.USAGE)
-    conf_file = cached(inv)
+    try:
+        conf_file = cached(inv)
+    except OSError as exc:
+        raise Exit(f"ssh: cannot write its ssh config under {exc.filename or 'the cache folder'} "
+                   f"({exc.strerror or exc}). Fix: make it writable, or set XDG_CACHE_HOME to a folder that is",
+                   code=failures.USAGE) from None
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(program, ["ssh", "-F", str(conf_file), pi, *command])

@@ -210,6 +210,9 @@ def test_pitunnel_ssh_execs_ssh_with_the_cached_config_the_command_and_its_exit_
     assert cached.is_relative_to(tmp_path / "cache") and stat.S_IMODE(cached.stat().st_mode) == 0o600
     assert ssh_g(cached, "pi2")["proxyjump"] == "main" and done.stderr == ""
     assert "ProxyCommand sh -c 'ssh -F " + str(cached) in cached.read_text()  # the chain reads the same file
+    (tmp_path / "file").write_text("")
+    blocked = run(["ssh", "pi2", "-i", str(inv_file)], {**env, "XDG_CACHE_HOME": str(tmp_path / "file")})
+    assert blocked.returncode == 3 and "cannot write its ssh config" in blocked.stderr and blocked.stdout == ""
     for name, why in (("web-only", "it has no ssh tunnel"), ("pi9", "no host of")):
         refused = run(["ssh", name, "-i", str(inv_file)], env)
         assert refused.returncode == 3 and why in refused.stderr and refused.stdout == "", refused.stderr
