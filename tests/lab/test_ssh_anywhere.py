@@ -25,6 +25,7 @@ from tests.lab.runs import play
 pytestmark = pytest.mark.lab
 PITUNNEL = str(Path(sys.executable).with_name("pitunnel"))
 PRIVATE_PORT = 12400  # pi1's loopback-only ssh tunnel, on both VPSes
+PI_ADDR = "198.19.1.2"  # pi1's address: its host key is filed under it (the laptop never connects there)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,33 @@ def test_written_config_reaches_the_pi_from_away_by_its_public_port_and_by_jump_
     assert "Port 12346" in public.read_text() and "ProxyJump vps" not in public.read_text()
     assert f"Port {PRIVATE_PORT}" in private.read_text() and "ProxyJump vps2" in private.read_text()
     assert pitunnel_ssh(inventories["private"], private_home) == "pi1"
+    for vps in ("vps", "vps2"):  # the VPSes' own blocks: `ssh vps` logs in to the VPS itself
+        said, _ = answer(private, vps, private_home)
+        assert said == vps
+    release = subprocess.run(["ssh", "-F", str(private), "pi1", "cat /etc/debian_version; ssh -V"], capture_output=True,
+                             text=True, env=laptop_env(private_home), timeout=60, stdin=subprocess.DEVNULL)
+    print(f"pi1: Debian {release.stdout.strip()} {release.stderr.strip()}")
+
+
+def test_a_pi_key_other_than_the_one_pitunnel_recorded_is_refused_on_every_route(
+        inventories: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, away: None) -> None:
+    home = tmp_path_factory.mktemp("impostor")
+    other = home / "other_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    doc = yaml.safe_load(inventories["private"].read_text())
+    known = home / "known_hosts"  # the lab's, with pi1's keys swapped for another key: as if another host answered
+    lines = Path(doc["settings"]["known_hosts"]).read_text().splitlines()
+    known.write_text("".join(f"{line}\n" for line in lines if not line.startswith(f"{PI_ADDR} ")) +
+                     f"{PI_ADDR} {other.with_suffix('.pub').read_text().split()[0]} "
+                     f"{other.with_suffix('.pub').read_text().split()[1]}\n")
+    doc["settings"]["known_hosts"] = str(known)
+    inventory = home / "hosts.yml"
+    inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
+    config = written(inventory, home)
+    assert answer(config, "vps", home)[0] == "vps"  # the VPS's key is still the one recorded
+    for host in ("pi1", "pi1.vps", "pi1.vps2"):
+        said, _ = answer(config, host, home)
+        assert said.startswith("rc 255") and "Host key verification failed" in said, (host, said)
 
 
 def test_with_one_vps_down_the_other_answers(inventories: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
