@@ -229,3 +229,19 @@ def test_ssh_config_prints_the_blocks_and_write_says_nothing_changed_the_second_
     first = run(["ssh-config", "-i", str(inv_file), "-w"], env)
     assert first.returncode == 0 and "ssh-config: done" in first.stdout, first.stderr
     assert run(["ssh-config", "-i", str(inv_file), "-w"], env).stdout.splitlines()[-1] == "ssh-config: nothing to change"
+
+
+def test_the_ssh_config_the_inventory_names_gives_key_names_users_and_keys_as_pitunnel_follows_it(
+        inv_file: Path) -> None:
+    """`settings: ssh_config:`: a HostKeyAlias there is the name the key is filed under (so checked under it),
+    its User and IdentityFile apply where the inventory says nothing, as for pitunnel's own connections."""
+    user_config = inv_file.with_name("ssh_config")
+    user_config.write_text(f"Host 192.168.1.51\n    HostKeyAlias pi-home\n    User bob\n"
+                           f"Host 192.168.1.50\n    User carol\n    IdentityFile {inv_file.with_name('key2')}\n")
+    inv_file.write_text(inv_file.read_text().replace("  laptop_key: key\n", "  laptop_key: key\n  ssh_config: ssh_config\n"))
+    conf, _ = rendered(inv_file)
+    pi2 = ssh_g(conf, "pi2")
+    assert (pi2["hostkeyalias"], pi2["user"]) == ("pi-home", "alice")  # the inventory's user wins
+    pi1 = ssh_g(conf, "pi1.main")
+    assert pi1["user"] == "carol" and "HostKeyAlias 192.168.1.50" in conf.read_text()
+    assert f"IdentityFile {inv_file.with_name('key2')}" in conf.read_text().split("Host pi1.main")[1].split("Host ")[0]
