@@ -336,4 +336,30 @@ def init(c: Context, flags: Flags) -> None:
           + (f" (each with -i {path})" if flags.inventory else ""))
 
 
-TASKS = (init, provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys, rotate_vps_hostkey, migrate, revoke)
+@provisioning_task(flags=("inventory", "check"),
+                   help={"write": "keep them in ~/.ssh/pitunnel.conf (mode 600) and add one `Include` line for it at the "
+                                  "top of ~/.ssh/config (a copy of it kept); with --check, show what would change",
+                         "check": "with --write: write nothing, show what would change"},
+                   shorts={"write": "w"})
+def ssh_config(c: Context, flags: Flags, write: bool = False) -> None:
+    """Print OpenSSH Host blocks for every Pi and its VPSes: routes through the tunnels, keys, pinned host keys.
+
+    With --write, `ssh pi1`, scp and rsync reach each Pi by name from anywhere. Touches no host."""
+    from pitunnel.sshcli import ssh_config as body
+
+    body(flags, write=write)
+
+
+@provisioning_task(flags=("inventory",), help={"pi": "the Pi (its name in the inventory), or a VPS of one"},
+                   shorts={"pi": ""}, positional=("pi",))
+def ssh(c: Context, flags: Flags, pi: str) -> None:
+    """Log in to a Pi with OpenSSH by its tunnels, from anywhere: `pitunnel ssh pi1 [-- CMD]`.
+
+    The other VPS when one is down; every host key checked against pitunnel's. ssh's own exit code."""
+    from pitunnel.sshcli import command_after_dashes, ssh as body
+
+    body(flags, pi, command_after_dashes(sys.argv))
+
+
+TASKS = (init, provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys, rotate_vps_hostkey, migrate, revoke,
+         ssh_config, ssh)
