@@ -270,7 +270,7 @@ def test_a_key_login_as_the_inventorys_user(sshd: FakeSshd, known: Path, tmp_pat
     r = remote(sshd.port, known, login=None, key=tmp_path / "id", user="alice")
     assert r.run("echo by key", sudo=False).stdout == "by key\n"
     assert set(sshd.users) == {"alice"}
-    assert r.can_log_in_fresh(use_password=False, within=0)
+    assert r.can_log_in_fresh(use_password=False, within=5)  # retried: a loaded machine may be slow to answer
 
 
 def test_why_a_run_or_a_connection_failed_is_said(sshd: FakeSshd, known: Path) -> None:
