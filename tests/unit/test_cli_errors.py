@@ -28,7 +28,6 @@ from pitunnel.inventory import HostSpec, load_inventory
 from pitunnel.play import BadLimit, Play, resolve_limit
 from pitunnel.remote import Credentials, Remote, Unreachable
 from pitunnel.report import Reporter
-from pitunnel.runner import STOP
 from tests.unit.sshd_fake import FakeSshd
 
 
@@ -54,9 +53,7 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.ssh/id_* of whoever runs the tests
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # nor their agent's keys
     failures.silence_paramiko()
-    STOP.clear()
     yield
-    STOP.clear()
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -30,9 +30,7 @@ def clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     failures.silence_paramiko()
-    dial.STOP.clear()
     yield
-    dial.STOP.clear()
 
 
 @pytest.fixture
