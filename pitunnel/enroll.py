@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pitunnel.inventory import Inventory, PiSpec
+from pitunnel.ops.records import record_commands
+from pitunnel.roles.pi.locations import bootstrap_unit, credential_path
 from pitunnel.roles.pi.role import PI_DEFAULTS, ROLE
 from pitunnel.roles.pi.steps import context, laptop_key_line, pins_text
 
@@ -157,16 +159,6 @@ def vet(inv: Inventory, name: str, boot: Path) -> PiSpec:
     return pi
 
 
-def bootstrap_unit(vps: str) -> str:
-    """The bootstrap tunnel's unit for one VPS: pitunnel-bootstrap@<vps>.service."""
-    return PI_DEFAULTS["bootstrap_unit"].replace("@", f"@{vps}", 1)
-
-
-def credential_path(vps: str) -> str:
-    """Where systemd hands the instance for `vps` its key (LoadCredential), readable by its user alone."""
-    return f"/run/credentials/{bootstrap_unit(vps)}/key"
-
-
 @dataclass(frozen=True)
 class Seed:
     """What `enroll` writes for one Pi: the files' texts (a name -> text; network-config only with Wi-Fi), the
@@ -196,7 +188,7 @@ def seed(inv: Inventory, pi: PiSpec, vps_host_keys: dict[str, tuple[str, ...]], 
             bootstrap_private=bootstrap.private, bootstrap_key_path=f"{folder}/key",
             bootstrap_unit_path=f"/etc/systemd/system/{PI_DEFAULTS['bootstrap_unit']}",
             bootstrap_unit=ROLE.render("bootstrap.service.j2", pi=pi.name, bootstrap_key_path=f"{folder}/key"),
-            paths=paths),
+            paths=paths, record=record_commands("users", [PI_DEFAULTS["bootstrap_user"]])),
         "meta-data": ROLE.render("meta-data.j2", pi=pi.name, instance_id=f"pitunnel-{pi.name}-{secrets.token_hex(4)}"),
     }
     if network is not None:

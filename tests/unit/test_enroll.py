@@ -17,6 +17,7 @@ from pitunnel import enroll, sshconf
 from pitunnel.facts import FileState
 from pitunnel.inventory import Inventory, InventoryError, load_inventory
 from pitunnel.inventory.model import Revoked
+from pitunnel.ops.records import record_commands
 from pitunnel.roles.revoke import keys_off
 from pitunnel.roles.vps import authorized
 from pitunnel.roles.vps.sessions import grants
@@ -88,7 +89,7 @@ def test_user_data_as_cloud_init_reads_it(inv: Inventory) -> None:
     text = seed.files["user-data"]
     assert text.splitlines()[:2] == ["#cloud-config", "# pitunnel enroll: pi1"]
     data = yaml.safe_load(text)
-    assert data["hostname"] == "pi1"
+    assert data["hostname"] == "pi1" and data["manage_etc_hosts"] is True
     login, account = data["users"]
     laptop = (inv.path.parent / "id.pub").read_text().split()[:2]
     assert login["name"] == "pi" and login["lock_passwd"] is True and "passwd" not in login
@@ -104,7 +105,8 @@ def test_user_data_as_cloud_init_reads_it(inv: Inventory) -> None:
     files = {f["path"]: f for f in data["write_files"]}
     key = files["/etc/pitunnel-bootstrap/key"]
     assert key["permissions"] == "0600" and key["content"] == boot.private
-    assert data["runcmd"] == [["systemctl", "daemon-reload"],
+    assert data["runcmd"][:2] == record_commands("users", ["pitunnel-boot"])  # pitunnel's account: it may remove it
+    assert data["runcmd"][2:] == [["systemctl", "daemon-reload"],
                               ["systemctl", "enable", "--now", "pitunnel-bootstrap@main.service"],
                               ["systemctl", "enable", "--now", "pitunnel-bootstrap@spare.service"]]
     meta = yaml.safe_load(seed.files["meta-data"])
@@ -250,3 +252,18 @@ def test_bootstrap_line_kept_by_later_runs_until_replaced_dropped_or_revoked(inv
     assert render(later, new_keys={}, drop=frozenset({"pi1"})) == ""
     record = Revoked("pi1", "2026-12-06T15:00:00Z", (parse_public_key(own),))
     assert keys_off(vps, record).wanted(FileState(exists=True, content=later.encode())) == ""
+
+
+def test_provision_pi_retires_the_bootstrap_after_leaving_when_it_rides_it(inv: Inventory) -> None:
+    from pitunnel.ops import Absent, Later, Service, UserAbsent
+    from pitunnel.roles.pi.bootstrap import retire_ops
+
+    pi = inv.pis["pi1"]
+    direct = retire_ops(pi, riding=False)
+    assert [type(op) for op in direct] == [Service, Service, Absent, Absent, UserAbsent]
+    assert [op.title for op in direct[:2]] == ["main: bootstrap tunnel retired", "spare: bootstrap tunnel retired"]
+    assert [op.path for op in direct[2:4]] == ["/etc/systemd/system/pitunnel-bootstrap@.service",  # type: ignore[attr-defined]
+                                               "/etc/pitunnel-bootstrap"]
+    riding = retire_ops(pi, riding=True)  # the run's connection rides it: all of it once the run has left
+    assert all(isinstance(op, Later) for op in riding)
+    assert [op.op.title for op in riding] == [op.title for op in direct]  # type: ignore[attr-defined]
