@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -85,7 +85,7 @@ def passphrase_problem(passphrase: str) -> str | None:
     return None
 
 
-def read_passphrase(file: str, ssid: str, prompt: Any) -> str:
+def read_passphrase(file: str, ssid: str, prompt: Callable[[str], str] | None) -> str:
     """The Wi-Fi passphrase: the file's first line, or asked at the terminal (`prompt`: getpass)."""
     if file:
         path = Path(file).expanduser()
@@ -96,6 +96,7 @@ def read_passphrase(file: str, ssid: str, prompt: Any) -> str:
                                 "file holding the Wi-Fi passphrase on its first line") from None
         where = f"--passphrase-file {file}"
     else:
+        assert prompt is not None
         text, where = prompt(f"Wi-Fi passphrase for {ssid}: "), "the Wi-Fi passphrase"
     problem = passphrase_problem(text)
     if problem:
@@ -103,7 +104,7 @@ def read_passphrase(file: str, ssid: str, prompt: Any) -> str:
     return text
 
 
-def wifi(ssid: str, country: str, passphrase_file: str, prompt: Any) -> WiFi | None:
+def wifi(ssid: str, country: str, passphrase_file: str, prompt: Callable[[str], str] | None) -> WiFi | None:
     """The Wi-Fi of the command line (None: none): an SSID needs its country code, and a passphrase."""
     if not ssid:
         if country or passphrase_file:
