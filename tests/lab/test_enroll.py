@@ -33,6 +33,8 @@ class Story:
     inventory: Path
     known_hosts: Path
     pinned: str = ""  # known_hosts as enroll left it (before the Pi booted)
+    check: subprocess.CompletedProcess[str] | None = None  # enroll --check first
+    untouched: bool = False  # ... which wrote nothing, pinned nothing, and authorised nothing
     enroll: subprocess.CompletedProcess[str] | None = None
     boot_seconds: float = 0.0
     bootstrap: str = ""  # the bootstrap key's fingerprint, read on the VPS
@@ -59,6 +61,10 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     assert code == 0
     boot = work / "boot"
     boot.mkdir()
+    known = told.known_hosts.read_text()
+    told.check = cli(told.inventory, "enroll", "pi1", "--boot", str(boot), "--check")
+    told.untouched = (not any(boot.iterdir()) and told.known_hosts.read_text() == known
+                      and "pitunnel-bootstrap" not in lab.exec_in("vps", f"cat {KEYS}").stdout)
     told.enroll = cli(told.inventory, "enroll", "pi1", "--boot", str(boot), "--expires", "2h")
     assert told.enroll.returncode == 0, told.enroll.stdout + told.enroll.stderr
     told.pinned = told.known_hosts.read_text()
@@ -88,6 +94,12 @@ def test_the_pi_enrolled_itself_from_its_boot_files(story: Story) -> None:
     laptop = lab.LAPTOP_KEY.with_suffix(".pub").read_text().split()[:2]
     assert laptop in [x.split()[:2] for x in in_host("pi1", "cat /home/pi/.ssh/authorized_keys").splitlines()]
     print(f"\nboot to cloud-init done: {story.boot_seconds:.1f}s")
+
+
+def test_check_mode_says_what_it_would_do_and_does_nothing(story: Story) -> None:
+    assert story.check is not None and story.check.returncode == 0, story.check.stdout + story.check.stderr
+    assert "would change" in story.check.stdout and "authorized keys of the Pis" in story.check.stdout
+    assert "enrolment files - " in story.check.stdout and story.untouched
 
 
 def test_no_host_key_was_accepted_on_first_use(story: Story) -> None:
