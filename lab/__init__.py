@@ -11,6 +11,8 @@ modules inside are the lab's own (only unit tests of those modules, in tests/uni
     lab.netns_argv("vps") + ["wrk", ...] a program of this machine on a host's network
     lab.inject("kill-ssh", "pi1")       a fault, and seconds until the Pi is reachable again
     with lab.away_from_home("pi1"):     the laptop's new connections to the Pi's address go unanswered
+    lab.boot_from_seed("pi1", DIR)      pi1 boots a fresh cloud-init image with DIR's enrolment files (pitunnel enroll)
+    lab.far_away_inventory("pi1", PATH) the lab's inventory with no address for pi1 (an enrolled Pi), at PATH
     with lab.vps_dropped():             the laptop's new connections to the VPS go unanswered
     lab.start_ca()                      pebble, a real ACME CA, for the VPS's certbot (lab.down stops it)
 """
@@ -18,8 +20,8 @@ modules inside are the lab's own (only unit tests of those modules, in tests/uni
 from pitunnel.taskkit import LAB_INVENTORY as INVENTORY
 
 from .acme import LabCA, dns_fail, start_ca
-from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, cpu_seconds, down, exec_in, netns_argv, password_file,
-                   record, sh, shell_argv, status, up, write_file)
+from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, boot_from_seed, cpu_seconds, down, exec_in,
+                   far_away_inventory, netns_argv, password_file, record, sh, shell_argv, status, up, write_file)
 from .faults import (NAMES as FAULTS, PITUNNEL, PortKnocker, Setup, SilentDrop, Target, away_from_home, inject,
                      reachable, target, tunnel_bytes, tunnel_pss_kb, tunnel_rss_kb, powered_off, unplugged,
                      vps_addresses, vps_dropped, vps_power_cut, wait_recovered)
@@ -31,7 +33,7 @@ __all__ = [
     # the lab's files
     "INVENTORY", "KNOWN_HOSTS", "LAPTOP_KEY", "STATE_DIR", "password_file",
     # the lab as a whole
-    "HostStatus", "LabError", "UpReport", "down", "status", "up",
+    "HostStatus", "LabError", "UpReport", "boot_from_seed", "down", "far_away_inventory", "status", "up",
     # inside one host
     "cpu_seconds", "exec_in", "netns_argv", "record", "sh", "shell_argv", "write_file",
     # its addresses

@@ -20,7 +20,7 @@ from . import limits, machine, net
 from .acme import stop_ca
 from .aptproxy import PROXY_URL, start_proxy
 from .plan import LabPlan, make_plan
-from .rootfs import ensure_rootfs
+from .rootfs import ensure_cloud_rootfs, ensure_rootfs
 from .state import STATE_DIR, HostState, LabState, same_process, stop_process
 from .system import LabError, require_tools, run
 
@@ -127,6 +127,49 @@ def down(*, inventory: Path | None = LAB_INVENTORY) -> list[str]:
         if ports.exists():
             ports.unlink()
     return removed
+
+
+def boot_from_seed(name: str, seed: Path, *, timeout: float = 180) -> float:
+    """Put a fresh card in the lab Pi `name`: its host stopped, a new overlay on the image with cloud-init (made
+    and cached on first use), the enrolment files of `seed` on its boot partition (/boot/firmware), and booted;
+    waits until cloud-init has finished. Returns the seconds from boot to cloud-init done. Nothing of the
+    lab's own making stays on it (no user, host key or name): cloud-init makes them from the seed."""
+    state = LabState.load()
+    plan = make_plan(state.pis, state.vpses)
+    host = plan.host(name)
+    if host.role != "pi":
+        raise LabError(f"{name} is a VPS: only a lab Pi boots from an enrolment seed")
+    rootfs, _ = ensure_cloud_rootfs(state.release, proxy=PROXY_URL, log=STATE_DIR / "debootstrap.log")
+    record = state.hosts[name]
+    machine.stop(record)
+    for part in ("upper", "work"):
+        shutil.rmtree(machine.host_dir(name) / part, ignore_errors=True)
+    root = machine.mount_root(name, rootfs)
+    machine.prepare_enrolled(host, root, seed)
+    started = time.monotonic()
+    machine.boot(host, root, state)
+    machine.wait_running(record, timeout=timeout)
+    done = machine.exec_in(record, "cloud-init status --wait >/dev/null 2>&1; cloud-init status --long", check=False,
+                           timeout=timeout)
+    if "status: done" not in done.stdout:
+        raise LabError(f"{name}: cloud-init did not finish cleanly: {(done.stdout + done.stderr).strip()[-600:]}")
+    return time.monotonic() - started
+
+
+def far_away_inventory(pi: str, path: Path, *, inventory: Path = LAB_INVENTORY) -> Path:
+    """The lab's inventory at `path` with no address (nor password) for `pi`, which is then reached through its
+    tunnel only (as an enrolled Pi is), and its own known_hosts beside it (PATH.known_hosts) holding the VPSes'
+    keys alone: whatever it comes to hold for `pi`, pitunnel put there."""
+    doc = yaml.safe_load(inventory.read_text())
+    doc["pis"][pi].pop("address", None)
+    doc["pis"][pi].pop("password_file", None)
+    known = path.with_suffix(".known_hosts")
+    plan = make_plan(LabState.load().pis, LabState.load().vpses)
+    vpses = tuple(known_name(str(v.address), v.ssh_port) + " " for v in plan.vpses)
+    known.write_text("".join(f"{line}\n" for line in KNOWN_HOSTS.read_text().splitlines() if line.startswith(vpses)))
+    doc["settings"]["known_hosts"] = str(known)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
 
 
 def _stray_bridges() -> list[str]:

@@ -210,18 +210,31 @@ def unplugged(pi: str) -> Iterator[None]:
 
 
 @contextmanager
-def away_from_home(pi: str) -> Iterator[None]:
+def away_from_home(pi: str) -> Iterator[Callable[[], int]]:
     """The laptop is away from the Pi's home inside the `with` block: a connection it opens to the Pi's
     address gets no answer (as a private address of another network), while the Pi's own traffic, and
-    the laptop's to the VPS, pass. Undone when the block ends; `lab.down` removes it too."""
+    the laptop's to the VPS, pass. Yields a counter: how many packets the laptop has sent to the Pi's
+    address since the block began, on connections it opened itself (a firewall rule's count). Undone
+    when the block ends; `lab.down` removes it too."""
     address = str(make_plan(LabState.load().pis).host(pi).address)
+    # no target: it counts alone; what the laptop sends on connections it opened itself (not the lab's apt
+    # proxy answering the Pi's downloads, a stand-in for the Debian mirror)
+    count = ["-d", address, "-m", "conntrack", "--ctdir", "ORIGINAL", "-m", "comment", "--comment",
+             f"pitunnel-lab count {pi}"]
     rule = ["-d", address, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"]
     chain = laptop_chain()
+    run(["iptables", "-w", "5", "-I", chain, "1", *count])
     run(["iptables", "-w", "5", "-A", chain, *rule])
+
+    def sent() -> int:
+        listing = run(["iptables", "-w", "5", "-L", chain, "-v", "-x", "-n"]).stdout
+        return sum(int(line.split()[0]) for line in listing.splitlines() if f"pitunnel-lab count {pi} " in line + " ")
+
     try:
-        yield
+        yield sent
     finally:
         run(["iptables", "-w", "5", "-D", chain, *rule], check=False)
+        run(["iptables", "-w", "5", "-D", chain, *count], check=False)
 
 
 @contextmanager

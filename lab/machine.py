@@ -43,6 +43,28 @@ def prepare(host: HostPlan, root: Path, *, laptop_pub: str, password: str | None
     (root / "etc/hostname").write_text(f"{host.name}\n")
     (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {host.name}\n::1 localhost\n")
     run(["ssh-keygen", "-A", "-f", str(root)])
+    _network(host, root)
+    if host.role == "vps":
+        _prepare_vps(host, root, laptop_pub)
+    else:
+        _prepare_pi(host, root, laptop_pub, password or "")
+
+
+def prepare_enrolled(host: HostPlan, root: Path, seed: Path) -> None:
+    """Make a fresh cloud-init image this Pi as a card with an enrolment seed would: its boot partition's files
+    in /boot/firmware, the lab's network and apt proxy, the Pi's API; no user, host key nor name of its own
+    (cloud-init makes them from the seed at first boot)."""
+    firmware = root / "boot/firmware"
+    firmware.mkdir(parents=True, exist_ok=True)
+    for name in ("user-data", "meta-data", "network-config"):
+        if (seed / name).exists():
+            (firmware / name).write_bytes((seed / name).read_bytes())
+            (firmware / name).chmod(0o600)
+    _network(host, root)
+    _pi_api(root)
+
+
+def _network(host: HostPlan, root: Path) -> None:
     (root / "etc/apt/apt.conf.d/01pitunnel-lab-proxy").write_text(f'Acquire::http::Proxy "{PROXY_URL}";\n')
     _unit(root, "lab-net.service", f"""[Unit]
 Description=Lab network (address {host.address} via {host.gateway})
@@ -60,10 +82,6 @@ ExecStart=/sbin/ip route replace default via {host.gateway}
 [Install]
 WantedBy=network-online.target multi-user.target
 """, wanted_by=("network-online.target", "multi-user.target"))
-    if host.role == "vps":
-        _prepare_vps(host, root, laptop_pub)
-    else:
-        _prepare_pi(host, root, laptop_pub, password or "")
 
 
 def _prepare_vps(host: HostPlan, root: Path, laptop_pub: str) -> None:
@@ -83,6 +101,10 @@ def _prepare_pi(host: HostPlan, root: Path, laptop_pub: str, password: str) -> N
     sudoers = root / "etc/sudoers.d/010_pi-nopasswd"
     sudoers.write_text("pi ALL=(ALL) NOPASSWD: ALL\n")
     sudoers.chmod(0o440)
+    _pi_api(root)
+
+
+def _pi_api(root: Path) -> None:
     api = root / "usr/local/lib/pi-api/pi-api.py"
     api.parent.mkdir(parents=True, exist_ok=True)
     api.write_text((FILES / "pi-api.py").read_text())

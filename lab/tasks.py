@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -17,7 +18,7 @@ from pitunnel.tasks import provision, verify
 
 from . import core
 from .acme import start_ca
-from .faults import NAMES, inject, reachable, target, vps_power_cut, wait_recovered
+from .faults import NAMES, away_from_home, inject, reachable, target, vps_power_cut, wait_recovered
 from .state import STATE_DIR
 from .report import print_status
 from .system import LabError
@@ -104,11 +105,17 @@ def https_inventory() -> Path:
 @task(help={"pis": "how many Pis in the lab (default 1)",
             "release": "Debian release of the lab's hosts: bookworm or trixie",
             "https": "also start the lab's ACME CA (pebble): certificates by certbot, every route over HTTPS",
-            "vpses": "how many VPSes (1 or 2); with 2 the demo ends by cutting one VPS's power: the Pi stays reachable"},
-      klass=FlagsTask, shorts={"https": "s"})  # not -h: that is --help
-def demo(c: Context, pis: int = 1, release: str = "bookworm", https: bool = False, vpses: int = 1) -> None:
+            "vpses": "how many VPSes (1 or 2); with 2 the demo ends by cutting one VPS's power: the Pi stays reachable",
+            "enroll": "pi1 far away instead: enrolled from its boot files (pitunnel enroll), booted from a fresh "
+                      "cloud-init image, provisioned through its own tunnel, the laptop never on its LAN"},
+      klass=FlagsTask, shorts={"https": "s", "enroll": "e"})  # not -h: that is --help
+def demo(c: Context, pis: int = 1, release: str = "bookworm", https: bool = False, vpses: int = 1,
+         enroll: bool = False) -> None:
     """The whole story on the local lab: lab up, provision, verify, and how to ssh into a Pi via the VPS."""
     lab_up(c, pis=pis, release=release, vpses=vpses)
+    if enroll:
+        enrolment(c)
+        return
     path = https_inventory() if https else LAB_INVENTORY
     print("\n== provision (VPS, then Pis) ==")
     provision(c, inventory=str(path))
@@ -130,6 +137,44 @@ def demo(c: Context, pis: int = 1, release: str = "bookworm", https: bool = Fals
             elif t.kind == "http":
                 print(f"  curl http://{vps.address}{t.path or '/'}")
     print("When done: invoke lab.down")
+
+
+ENROLL_INVENTORY = ROOT / "inventory" / "lab-enroll.yml"
+
+
+def enrolment(c: Context) -> None:
+    """`demo --enroll`: pi1 has no address in the inventory; enroll writes its boot files, it boots a fresh
+    image with them, and is provisioned and verified through its own tunnel, the laptop away from its home."""
+    import tempfile
+
+    from pitunnel.tasks import enroll, provision_pi, provision_vps, status
+
+    path = core.far_away_inventory("pi1", ENROLL_INVENTORY)
+    print(f"\n== {path.relative_to(ROOT)}: the lab's inventory, with no address for pi1 ==")
+    print("\n== provision-vps ==")
+    provision_vps(c, inventory=str(path))
+    with tempfile.TemporaryDirectory(prefix="pitunnel-bootfs-") as boot, away_from_home("pi1") as sent:
+        print(f"\n== enroll pi1: its boot partition is {boot} ==")
+        enroll(c, pi="pi1", boot=boot, inventory=str(path))
+        print("\n== pi1 boots a fresh image (Debian's cloud-init) from those files, far from the laptop ==")
+        seconds = core.boot_from_seed("pi1", Path(boot))
+        print(f"cloud-init done {seconds:.1f}s after power on")
+        for _ in range(60):  # its bootstrap tunnel comes up on its own
+            if "0.0.0.0:12346" in core.sh("vps", "ss -Hltn"):
+                break
+            time.sleep(1)
+        print("\n== status ==")
+        try:
+            status(c, inventory=str(path))
+        except Exit:
+            pass  # a tunnel of another Pi may be down: the table says which
+        print("\n== provision-pi (through pi1's own tunnel) ==")
+        provision_pi(c, inventory=str(path))
+        print("\n== verify ==")
+        verify(c, inventory=str(path))
+        print(f"\nPackets the laptop sent to pi1's LAN address all along: {sent()}")
+    print(f"\npi1 answers through the VPS, from anywhere. Try:\n  pitunnel -i {path} ssh pi1\n"
+          f"  pitunnel -i {path} ssh-config --write; ssh pi1\nWhen done: invoke lab.down")
 
 
 def failover(seconds: float) -> None:

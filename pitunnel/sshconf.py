@@ -157,7 +157,8 @@ def _words(text: str, file: Path, number: int) -> list[str]:
 
 def resolve(spec: HostSpec, config: paramiko.SSHConfig | None) -> Route:
     """The route to `spec`'s host: the inventory's settings, then the ssh config's, then the defaults."""
-    found = _lookup(config, spec.address)
+    # a Pi without an address (`address` is its name) is no name to look up: its tunnel is the way, not a Host entry
+    found = {"hostname": spec.address} if getattr(spec, "tunnel_only", False) else _lookup(config, spec.address)
     given = spec.given
     sources: dict[str, str] = {}
 

@@ -1,4 +1,4 @@
-"""pitunnel's own tasks (TASKS): init, provision-vps, provision-pi, provision, verify, status, teardown, rotate-keys,
+"""pitunnel's own tasks (TASKS): init, enroll, provision-vps, provision-pi, provision, verify, status, teardown, rotate-keys,
 rotate-vps-hostkey, migrate and revoke.
 
 Each takes the shared flags (pitunnel.taskkit.Flags) as one `flags` argument; tasks.py at the top of the
@@ -309,6 +309,52 @@ def release(flags: Flags, pi: str) -> None:
                    code=failures.USAGE) from None
 
 
+ENROLL_FLAGS = ("inventory", "check", "diff", "accept_new_host_keys", "accept_changed_host_key",
+                "prompt_for_sudo_password", "verbose", "forks")
+
+
+@provisioning_task(flags=ENROLL_FLAGS,
+                   help={"pi": "the Pi (its name in the inventory; it needs no address) to enrol",
+                         "boot": "the folder to write the first-boot files to: the card's mounted boot partition "
+                                 "(or any folder to copy them from)",
+                         "ssid": "the Wi-Fi network the Pi joins at first boot (none: a wired Pi)",
+                         "country": "the two-letter country code of that Wi-Fi (its regulatory domain: GB, DE, US...)",
+                         "passphrase_file": "a file holding the Wi-Fi passphrase on its first line (without it, "
+                                            "it is asked for; never on the command line)",
+                         "expires": "how long the VPS accepts the Pi's bootstrap key: N days, hours or minutes "
+                                    "(7d, 12h, 90m; default 7d); provision-pi replaces it before then"},
+                   shorts={"pi": "", "boot": "b", "ssid": "", "country": "", "passphrase_file": "", "expires": ""},
+                   positional=("pi",))
+def enroll(c: Context, flags: Flags, pi: str, boot: str = "", ssid: str = "", country: str = "",
+           passphrase_file: str = "", expires: str = "7d") -> None:
+    """Write a Pi's first-boot files (cloud-init) so it enrols itself far away: no LAN, no trust on first use.
+
+    Its login user gets your key, its host key is made here and pinned, and a bootstrap tunnel key opens its
+    tunnel to each of its VPSes, which accept that key (authorised by this run) until it expires. Then
+    provision-pi reaches it through that tunnel. The files hold private keys: they are written mode 600."""
+    import getpass
+    from datetime import datetime, timezone
+
+    from pitunnel.enroll import EnrollRefused, expiry, vet, wifi
+    from pitunnel.roles.enroll import Request
+    from pitunnel.roles.enroll import enroll as site
+
+    if not boot:
+        raise Exit("enroll needs --boot DIR: the card's mounted boot partition (or a folder)", code=failures.USAGE)
+    asked: list[Request] = []
+
+    def check(inv: Inventory) -> None:
+        try:
+            when = expiry(expires, datetime.now(timezone.utc))
+            spec = vet(inv, pi, Path(boot).expanduser())
+            asked.append(Request(spec, Path(boot).expanduser(), wifi(ssid, country, passphrase_file, getpass.getpass),
+                                 when))
+        except EnrollRefused as exc:
+            raise Exit(f"enroll: {exc}", code=failures.USAGE) from None
+
+    run_play(lambda play: site(play, asked[0]), flags, vet=check)
+
+
 @provisioning_task(flags=("inventory",), help={"inventory": "where to write it (default $PITUNNEL_INVENTORY, else "
                                                           "./inventory/hosts.yml); an existing file is never overwritten"})
 def init(c: Context, flags: Flags) -> None:
@@ -362,4 +408,4 @@ def ssh(c: Context, flags: Flags, pi: str) -> None:
 
 
 TASKS = (init, provision_vps, provision_pi, provision, verify, status, teardown, rotate_keys, rotate_vps_hostkey, migrate, revoke,
-         ssh_config, ssh)
+         enroll, ssh_config, ssh)

@@ -99,6 +99,7 @@ VPS_FIELDS: Final = _defaults_from(VpsSpec, {
 })
 PI_FIELDS: Final = _defaults_from(PiSpec, {
     **_HOST_FIELDS,
+    "address": Field(values.address, None),  # absent: reached through its ssh tunnel only (an enrolled Pi)
     "user": Field(values.user, "pi"),
     "vps": Field(values.names),  # one name or a list; absent: the only VPS
     "same_port_everywhere": Field(values.boolean, MODEL),

@@ -195,6 +195,9 @@ class PiSpec(HostSpec):
     disable_password_login: bool = False
     via: str = "auto"  # "auto" | "direct" | "tunnel": how the laptop reaches the Pi (see VIA)
     tunnels: tuple[TunnelSpec, ...] = ()
+    # no `address` in the inventory: reached through its ssh tunnel only (via is then "tunnel"), and `address`
+    # holds the Pi's name, the name its host key is filed under in known_hosts
+    tunnel_only: bool = False
 
     @property
     def all_vps(self) -> tuple[str, ...]:

@@ -171,6 +171,18 @@ class _Reader:
                 self.routed += [(name, on, t) for on in vps for t in valid_tunnels]
             if found is None or tunnels is None or not name_ok or vps is None or login_taken:
                 continue
+            if found["address"] is None:  # an enrolled Pi: reached through its tunnel only
+                if found["via"] == "direct":
+                    self.report.problem(path + ("via",) if "via" in raw else ("defaults", "via"),
+                                        f"'via: direct' needs the address of {name}, and it has none",
+                                        "give it an address, or use 'via: tunnel' (or leave via out)")
+                    continue
+                if not any(t.kind == "ssh" for t in tunnels):
+                    self.report.problem(path, f"{name} has no address, so the laptop reaches it through its ssh "
+                                        "tunnel only, and it has none", "add a tunnel of 'type: ssh' under its "
+                                        "tunnels, or give its address")
+                    continue
+                found.update(address=name, via="tunnel", tunnel_only=True)
             if found["via"] == "tunnel" and not any(t.kind == "ssh" for t in tunnels):
                 self.report.problem(path + ("via",) if "via" in raw else ("defaults", "via"),
                                     f"'via: tunnel' needs an ssh tunnel on {name}, and it has none",

@@ -50,8 +50,10 @@ def offer_on(offer: PiOffer, path: PiPath) -> PiOffer:
 @dataclass(frozen=True)
 class VpsFacts:
     """What a Pi needs from its VPS: the host keys to pin (`type blob`), and what listens there now.
-    `refused`: the Pis whose key the VPS refused (another Pi's): their tunnel there is left as it is."""
+    `refused`: the Pis whose key the VPS refused (another Pi's): their tunnel there is left as it is.
+    `bootstrapped`: the enrolled Pis whose bootstrap key it still accepts: provision-pi retires it."""
 
     host_keys: tuple[str, ...]
     listeners: frozenset[str]
     refused: frozenset[str] = frozenset()
+    bootstrapped: frozenset[str] = frozenset()  # the Pis whose bootstrap key (pitunnel enroll) is still there

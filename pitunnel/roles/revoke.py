@@ -19,7 +19,7 @@ from pitunnel.remote import Remote
 from pitunnel.runner import converge
 from pitunnel.sshkeys import PublicKey, parse_public_key
 from pitunnel.roles.vps.sessions import SessionsEnded
-from pitunnel.roles.vps.authorized import KEY_MARKER, keys_path, parse_authorized_keys, revoked_keys_file
+from pitunnel.roles.vps.authorized import BOOTSTRAP_MARKER, KEY_MARKER, keys_path, parse_authorized_keys, revoked_keys_file
 from pitunnel.roles.vps.nginx import route_stem
 from pitunnel.roles.vps.role import VPS_DEFAULTS
 from pitunnel.roles.vps.steps import context, handlers, sshd_dropin
@@ -70,8 +70,9 @@ def keys_off(vps: VpsSpec, record: Revoked) -> File:
         kept = []
         for line in state.content.decode(errors="replace").splitlines():
             words = line.split()
-            ours = len(words) >= 3 and words[-1].startswith(KEY_MARKER)
-            if ours and (words[-1] == KEY_MARKER + record.pi or f"{words[-3]} {words[-2]}" in gone):
+            ours = len(words) >= 3 and words[-1].startswith((KEY_MARKER, BOOTSTRAP_MARKER))
+            if ours and (words[-1] in (KEY_MARKER + record.pi, BOOTSTRAP_MARKER + record.pi)
+                         or f"{words[-3]} {words[-2]}" in gone):
                 continue
             kept.append(line + "\n")
         return "".join(kept)

@@ -22,6 +22,7 @@ from pitunnel.remote import Remote
 from pitunnel.runner import StepFailed, stop_point
 from pitunnel.shared import SharedReading
 from pitunnel.roles.contract import VpsFacts, listen_spec, offer_on
+from pitunnel.roles.pi import bootstrap
 from pitunnel.roles.pi import locations as pi_locations
 from pitunnel.roles.pi import steps as pi
 from pitunnel.roles.pi.role import PI_DEFAULTS
@@ -89,14 +90,26 @@ def connect(play: Play, bases: dict[str, pi.PiBase]) -> None:
         if not mode.check:
             for v in answered:  # every instance started at once: these waits overlap
                 wait_listening(play, spec.path(v), readings[v], None if v in done.changed else found[v].listeners)
+        if any(spec.name in found[v].bootstrapped for v in answered):  # enrolled: its own tunnel is up now
+            if set(spec.all_vps) <= set(answered):
+                bootstrap.retire(play, remote)
+                retired.add(spec.name)
+            else:
+                reporter.warn(spec.name, "its bootstrap tunnel stays until every one of its VPSes has its own key: "
+                                         "rerun provision-pi once they answer")
         if spec.disable_password_login:
             pi.passwords_off(play, remote, done.facts)
         for v in spec.all_vps:
             if v not in found and len(spec.all_vps) > 1:
                 reporter.warn(spec.name, missing_path(spec, v))
 
+    retired: set[str] = set()
     done = play.each([p for p in pis if p.name in bases and (bases[p.name].offer.pubkey is not None or mode.check)],
                      tunnel)
+    gone = {p.name: None for p in pis if p.name in retired and p.name in done}
+    if gone:  # their bootstrap keys off their VPSes, each key's sessions ended with it
+        play.each(inv.vpses_of_pis([inv.pis[n] for n in gone]), lambda remote: vps.unauthorise_bootstrap(
+            remote, inv, inv.vps[remote.name], gone, reporter, mode))
     back = [p for p in pis if p.name in inv.revoked and p.name in done and set(p.all_vps) <= set(found)]
     for p in back:  # provisioned again, with a new key, through every VPS: no longer revoked
         reporter.line(p.name, "would change" if mode.check else "changed", "revoked state ended",

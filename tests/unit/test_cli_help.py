@@ -21,7 +21,7 @@ from pitunnel.console import PitunnelProgram
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).with_name("cli_help.txt")
-TASKS = ["demo", "migrate", "provision", "provision-pi", "provision-vps", "revoke", "status", "teardown", "verify",
+TASKS = ["demo", "enroll", "migrate", "provision", "provision-pi", "provision-vps", "revoke", "status", "teardown", "verify",
          "bench.datapath", "bench.fleet", "bench.lab", "bench.provision", "bench.recovery",
          "lab.down", "lab.fault", "lab.shell", "lab.status", "lab.up"]
 

@@ -68,3 +68,19 @@ def test_the_tunnel_state_is_read_by_name_whatever_the_order_or_a_stray_line() -
     assert (state.active, state.since, state.restarts, state.ssh_starts, state.last_start) == (
         "activating", "Mon 2026-11-30 09:00:00 UTC", 2, 5, "2026-11-30T09:10:00+0000")
     assert state.last_error == "2026-11-30T09:10:00+0000 pi autossh[9]: ssh exited with error status 255; restarting ssh"
+
+
+def test_an_enrolled_pi_waiting_for_provision_pi(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its own unit not there yet, its bootstrap tunnel active: up as far as the VPS listens, waiting."""
+    out = "NRestarts=0\nActiveState=inactive\nActiveEnterTimestamp=\nSshStarts=0\nLastStart=\nBootstrap=active\n"
+    rows = status.status_pi(FakeHost("alpha", commands=[("systemctl show", out)]), inv.pis["alpha"].first_path,  # type: ignore[arg-type]
+                            frozenset({"0.0.0.0:20022"}))
+    assert [(r.tunnel, r.up, r.unit) for r in rows] == [("ssh", True, "bootstrap"), ("web", False, "bootstrap")]
+    assert not any(status.is_down(r) for r in rows[:1]) and rows[0].last_error == status.WAITING
+    status.print_status(rows[:1])
+    assert f"alpha/ssh via main: {status.WAITING}" in capsys.readouterr().out
+    assert "systemctl is-active pitunnel-bootstrap@main.service" in tunnel_fact("main").script
+    gone = out.replace("Bootstrap=active", "Bootstrap=inactive")  # retired, and its own unit down: down
+    (first, _) = status.status_pi(FakeHost("alpha", commands=[("systemctl show", gone)]),  # type: ignore[arg-type]
+                                  inv.pis["alpha"].first_path, frozenset({"0.0.0.0:20022"}))
+    assert not first.up and first.unit == "inactive"

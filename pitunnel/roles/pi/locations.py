@@ -40,3 +40,13 @@ def vps_config_dir(vps: str) -> str:
 
 def watchdog_path(vps: str) -> str:
     return f"{PI_DEFAULTS['watchdog_path']}-{vps}"
+
+
+def bootstrap_unit(vps: str) -> str:
+    """An enrolled Pi's bootstrap tunnel to one VPS (pitunnel enroll): pitunnel-bootstrap@<vps>.service."""
+    return PI_DEFAULTS["bootstrap_unit"].replace("@", f"@{vps}", 1)
+
+
+def credential_path(vps: str) -> str:
+    """Where systemd hands the bootstrap instance for `vps` its key (LoadCredential), readable by its user alone."""
+    return f"/run/credentials/{bootstrap_unit(vps)}/key"

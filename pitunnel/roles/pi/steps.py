@@ -159,8 +159,13 @@ def retired_path_ops(vps: str) -> list[Op]:
 
 def pins_file(vps: VpsSpec, vps_host_keys: Sequence[str], notify: tuple[str, ...] = ()) -> File:
     """The host keys the tunnel's ssh to `vps` accepts (several while `rotate-vps-hostkey` runs)."""
-    known = "".join(f"{known_name(vps.address, vps.port)} {k}\n" for k in vps_host_keys)
-    return File(f"{vps_config_dir(vps.name)}/known_hosts", known, notify=notify, title=f"{vps.name}: VPS host key pinned")
+    return File(f"{vps_config_dir(vps.name)}/known_hosts", pins_text(vps, vps_host_keys), notify=notify,
+                title=f"{vps.name}: VPS host key pinned")
+
+
+def pins_text(vps: VpsSpec, vps_host_keys: Sequence[str]) -> str:
+    """A known_hosts text that names the VPS as the tunnel's ssh looks it up, with these keys (`type blob`)."""
+    return "".join(f"{known_name(vps.address, vps.port)} {k}\n" for k in vps_host_keys)
 
 
 def pinned(text: str) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from pitunnel.roles.vps.acme import AcmeFound, acme_fact
 
 
 UNKNOWN = "?"  # the table's word for a value status could not read
+WAITING = "enrolled: its bootstrap tunnel is up, waiting for provision-pi (autossh, a key made on the Pi)"
 
 
 @dataclass
@@ -53,6 +54,9 @@ def status_pi(remote: Remote, path: PiPath, listening: frozenset[str]) -> list[T
     """This Pi's tunnels on one VPS (`path`: its path there), each up if that path's unit is active and the VPS
     (whose `listening` `status` read) listens on it."""
     state = read(remote, tunnel_fact(path.vps))
+    if state.active != "active" and state.bootstrap == "active":  # enrolled, its own tunnel not there yet
+        return [TunnelStatus(path.name, t.name, listen_spec(t), listen_spec(t) in listening, "bootstrap", "-", None,
+                             "-", None, WAITING, vps=path.vps) for t in path.tunnels]
     return [TunnelStatus(path.name, t.name, listen_spec(t), listen_spec(t) in listening and state.active == "active",
                          state.active, state.since or "-", state.ssh_starts, state.last_start or "-", state.restarts,
                          state.last_error, vps=path.vps)
@@ -81,7 +85,9 @@ def print_status(rows: list[TunnelStatus]) -> None:
         print(f"{r.pi:<8} {r.tunnel:<8} {r.vps:<8} {r.listen:<20} {state:<5} {unit:<9} {since:<28} "
               f"{starts:>10} {last:<25} {restarts:>13}  {r.certificate}")
     for r in rows:
-        if not r.up and r.last_error:
+        if r.last_error == WAITING:
+            print(f"{r.pi}/{r.tunnel} via {r.vps}: {WAITING}")
+        elif not r.up and r.last_error:
             print(f"{r.pi}/{r.tunnel} via {r.vps}: last error: {r.last_error}")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pitunnel.facts import Fact
-from pitunnel.roles.pi.locations import unit, watchdog_unit
+from pitunnel.roles.pi.locations import bootstrap_unit, unit, watchdog_unit
 
 
 def fields(output: str) -> dict[str, str]:
@@ -58,13 +58,14 @@ class TunnelState:
     ssh_starts: int = 0
     last_start: str = ""
     last_error: str = ""  # the unit's last journal line that reads like a failure, with its time
+    bootstrap: str = ""  # an enrolled Pi's bootstrap tunnel to that VPS: "active" until provision-pi retires it
 
 
 def tunnel_state(output: str) -> TunnelState:
     found = {k: v.strip() for k, v in fields(output).items()}
     return TunnelState(found.get("ActiveState", ""), found.get("ActiveEnterTimestamp", ""),
                        int(found.get("NRestarts") or 0), int(found.get("SshStarts") or 0),
-                       found.get("LastStart", ""), found.get("LastError", ""))
+                       found.get("LastStart", ""), found.get("LastError", ""), found.get("Bootstrap", ""))
 
 
 def tunnel_fact(vps: str) -> Fact[TunnelState]:
@@ -76,4 +77,5 @@ printf 'SshStarts=%s\\n' "$({journal} | grep -c 'starting ssh')"
 printf 'LastStart=%s\\n' "$({journal} | grep 'starting ssh' | tail -1 | cut -d' ' -f1)"
 printf 'LastError=%s\\n' "$({journal} | grep -v 'starting ssh' \\
   | grep -Ei 'error|fail|refused|denied|timed? ?out|closed|reset|unreachable|exited' | tail -1)"
+printf 'Bootstrap=%s\\n' "$(systemctl is-active {bootstrap_unit(vps)} 2>/dev/null)"
 """, tunnel_state)

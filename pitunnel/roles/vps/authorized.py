@@ -16,16 +16,28 @@ from pitunnel.roles.vps.role import VPS_DEFAULTS
 from pitunnel.roles.vps.sessions import SessionsEnded
 
 KEY_MARKER = "pitunnel:"
+BOOTSTRAP_MARKER = "pitunnel-bootstrap:"  # a Pi's bootstrap key (pitunnel enroll): until provision-pi or its expiry
 
 
-def authorized_line(vps: VpsSpec, pi: PiPath, pubkey: str) -> str:
+def authorized_line(vps: VpsSpec, pi: PiPath, pubkey: str, *, expires: str | None = None) -> str:
     """A Pi's key may only open its own listeners (`pi`: its path through `vps`), and nothing else: no command,
-    pty, agent or -L."""
+    pty, agent or -L. `expires` (YYYYMMDDHHMMSSZ): a bootstrap key, refused by sshd for logins after then."""
     listens = "".join(f'permitlisten="{t.listener.spec}",' for t in pi.tunnels)
     forwarding = f"port-forwarding,{listens}" if pi.tunnels else ""  # no tunnels: no forwarding at all
     options = f'restrict,{forwarding}command="{VPS_DEFAULTS["forced_command"]}"'
+    options += f',expiry-time="{expires}"' if expires else ""
     keytype, blob = pubkey.split()[:2]
-    return f"{options} {keytype} {blob} {KEY_MARKER}{pi.name}"
+    return f"{options} {keytype} {blob} {BOOTSTRAP_MARKER if expires else KEY_MARKER}{pi.name}"
+
+
+def bootstrap_lines(text: str) -> dict[str, str]:
+    """Each Pi's bootstrap key line in the tunnel account's authorized_keys (the last one, if several)."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[-1].startswith(BOOTSTRAP_MARKER):
+            found[words[-1][len(BOOTSTRAP_MARKER):]] = line
+    return found
 
 
 @dataclass(frozen=True)
@@ -101,26 +113,30 @@ def _keys_wanted(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequ
 
 
 def authorized_keys(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequence[str]],
-                    drop: frozenset[str] = frozenset()) -> File:
+                    drop: frozenset[str] = frozenset(), bootstrap: Mapping[str, str | None] | None = None) -> File:
     """The tunnel account's authorized_keys: a line per key of each Pi of this VPS (one, or two while its
     key is rotated), options always from the inventory, the keys kept from the file unless `new_keys`
     brings that Pi's (one key, or all of them in order); Pis no longer listed go. A key is never written
-    for two Pis (settle_keys; shared_keys says which were refused)."""
+    for two Pis (settle_keys; shared_keys says which were refused). A Pi's bootstrap key line (`pitunnel
+    enroll`) is kept as the file has it, unless `bootstrap` gives that Pi's new line, or None: none."""
 
     def render(state: FileState) -> str:
         pis, keys, _ = _keys_wanted(inv, vps, new_keys, drop, state)
-        return "".join(authorized_line(vps, pis[n], k) + "\n" for n in pis for k in keys.get(n, []))
+        kept = bootstrap_lines(state.content.decode(errors="replace") if state.exists else "")
+        boot = {n: (bootstrap or {}).get(n, kept.get(n)) for n in pis}
+        return "".join(authorized_line(vps, pis[n], k) + "\n" for n in pis for k in keys.get(n, [])) + \
+            "".join(f"{line}\n" for n, line in boot.items() if line)
 
     return File(keys_path(), render, owner=vps.tunnel_user, group=vps.tunnel_user,
                 mode=0o600, title="authorized keys of the Pis")
 
 
 def keys_ops(inv: Inventory, vps: VpsSpec, new_keys: Mapping[str, str | Sequence[str]],
-             drop: frozenset[str] = frozenset()) -> list[Op]:
+             drop: frozenset[str] = frozenset(), bootstrap: Mapping[str, str | None] | None = None) -> list[Op]:
     """authorized_keys as `authorized_keys` writes it, then every live session of a key it no longer
     authorises ended (roles/vps/sessions.py): a key that leaves the file takes its sessions with it, in the
     same converge, before the step reports success. Every step that writes the file uses this."""
-    keys = authorized_keys(inv, vps, new_keys, drop)
+    keys = authorized_keys(inv, vps, new_keys, drop, bootstrap)
     return [keys, SessionsEnded(vps.tunnel_user, keys)]
 
 

@@ -3,7 +3,7 @@ Nginx, metrics), composed from the modules beside this one, and the steps that c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pitunnel.facts import LISTENERS, Fact, read
@@ -18,7 +18,7 @@ from pitunnel.roles.contract import PiOffer, VpsFacts
 from pitunnel.roles.vps.acme import AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact
 from pitunnel.roles.vps.checks import SshdPasswordsCheck
 from pitunnel.roles.vps.keys import HOST_KEYS
-from pitunnel.roles.vps.authorized import keys_ops, keys_path, refuse_shared, revoked_keys_file, revoked_lines, shared_keys
+from pitunnel.roles.vps.authorized import bootstrap_lines, keys_ops, keys_path, refuse_shared, revoked_keys_file, revoked_lines, shared_keys
 from pitunnel.roles.vps.metrics import metrics_absent_ops, metrics_ops
 from pitunnel.roles.vps.nginx import (DEFAULT_SERVERS_FACT, default_server_note, http_routes, nginx_absent_ops, nginx_ops,
                                       others_default_servers, route_vars, served_tls)
@@ -67,7 +67,9 @@ def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiO
                       f"not yet: {', '.join(unknown)}; run `invoke provision-vps` (or `invoke provision`) first")
         if not mode.check:
             raise StepFailed("PermitListen behind the inventory")
-    found = VpsFacts(known.value(HOST_KEYS).current, known.value(LISTENERS), refused)
+    state = known.file(keys_path())
+    booted = frozenset(bootstrap_lines(state.content.decode(errors="replace") if state.exists else ""))
+    found = VpsFacts(known.value(HOST_KEYS).current, known.value(LISTENERS), refused, booted)
     if not there:
         if mode.check:
             reporter.line(remote.name, "skipped", "authorized keys of the Pis",
@@ -86,6 +88,13 @@ def unauthorise(remote: Remote, inv: Inventory, vps: VpsSpec, gone: frozenset[st
     account = account_observer(vps)
     if converge(remote, [account], reporter, mode).facts.value(account.fact):
         converge(remote, keys_ops(inv, vps, {}, drop=gone), reporter, mode)
+
+
+def unauthorise_bootstrap(remote: Remote, inv: Inventory, vps: VpsSpec, gone: Mapping[str, None], reporter: Reporter,
+                          mode: Mode) -> None:
+    """The bootstrap keys of the enrolled Pis in `gone` off the tunnel account (their own keys stay), and their
+    live sessions ended."""
+    converge(remote, keys_ops(inv, vps, {}, bootstrap=gone), reporter, mode)
 
 
 def handlers(remote: Remote) -> list[Handler]:

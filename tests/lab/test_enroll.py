@@ -1,0 +1,143 @@
+"""`pitunnel enroll` on a real lab (issue 25): pi1 gets a fresh card, a Debian image with its own cloud-init and
+the files `enroll` wrote on its boot partition, and boots far from the laptop, which is away from pi1's home
+the whole time (not one packet to its LAN address) and has no address for it at all. The Pi enrols itself,
+its host key pinned before any contact; `status` shows it waiting; provision-pi reaches it through its
+bootstrap tunnel and replaces that with its own (the bootstrap key off the VPS, its session ended); verify
+passes. One lab boot (one Pi) for the module."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import lab
+from pitunnel.roles.site import provision_vps
+from pitunnel.sshkeys import parse_public_key
+from tests.conftest import ROOT, lab_up
+from tests.lab.runs import in_host, play, wait_for
+
+pytestmark = pytest.mark.lab
+
+KEYS = "/var/lib/pitunnel/.ssh/authorized_keys"
+PUBLIC = "0.0.0.0:12346"  # pi1's public ssh listener on the VPS (the lab's inventory)
+
+
+@dataclass
+class Story:
+    inventory: Path
+    known_hosts: Path
+    pinned: str = ""  # known_hosts as enroll left it (before the Pi booted)
+    check: subprocess.CompletedProcess[str] | None = None  # enroll --check first
+    untouched: bool = False  # ... which wrote nothing, pinned nothing, and authorised nothing
+    enroll: subprocess.CompletedProcess[str] | None = None
+    boot_seconds: float = 0.0
+    bootstrap: str = ""  # the bootstrap key's fingerprint, read on the VPS
+    sessions: list[str] = field(default_factory=list)  # the tunnel account's session processes before provision-pi
+    status: subprocess.CompletedProcess[str] | None = None
+    provision: subprocess.CompletedProcess[str] | None = None
+    verify: subprocess.CompletedProcess[str] | None = None
+    packets: int = -1
+
+
+def cli(inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The checkout's command line, as the owner runs it (no -a: no host key is accepted on first use)."""
+    return subprocess.run([sys.executable, "-m", "invoke", *args, "-i", str(inventory)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
+    lab_up(1)
+    work = tmp_path_factory.mktemp("enroll")
+    inventory = lab.far_away_inventory("pi1", work / "hosts.yml")
+    told = Story(inventory, inventory.with_suffix(".known_hosts"))
+    code, _ = play(told.inventory, provision_vps, quiet=True)
+    assert code == 0
+    boot = work / "boot"
+    boot.mkdir()
+    known = told.known_hosts.read_text()
+    told.check = cli(told.inventory, "enroll", "pi1", "--boot", str(boot), "--check")
+    told.untouched = (not any(boot.iterdir()) and told.known_hosts.read_text() == known
+                      and "pitunnel-bootstrap" not in lab.exec_in("vps", f"cat {KEYS}").stdout)
+    told.enroll = cli(told.inventory, "enroll", "pi1", "--boot", str(boot), "--expires", "2h")
+    assert told.enroll.returncode == 0, told.enroll.stdout + told.enroll.stderr
+    told.pinned = told.known_hosts.read_text()
+    line = next(x for x in lab.exec_in("vps", f"cat {KEYS}").stdout.splitlines() if "pitunnel-bootstrap:pi1" in x)
+    told.bootstrap = parse_public_key(" ".join(line.split()[-3:-1])).fingerprint
+    with lab.away_from_home("pi1") as sent:
+        told.boot_seconds = lab.boot_from_seed("pi1", boot)
+        assert wait_for(lambda: PUBLIC in in_host("vps", "ss -Hltn"), 60), "the bootstrap tunnel never listened"
+        told.status = cli(told.inventory, "status")
+        told.sessions = in_host("vps", "ps -o pid= -u pitunnel").split()
+        told.provision = cli(told.inventory, "provision-pi")
+        told.verify = cli(told.inventory, "verify")
+        told.packets = sent()
+    for run in (told.status, told.provision, told.verify):  # the runs' own lines, for a failure's reader (-s)
+        assert run is not None
+        print(run.stdout, run.stderr)
+    yield told
+
+
+def test_the_pi_enrolled_itself_from_its_boot_files(story: Story) -> None:
+    assert story.enroll is not None
+    assert "readable by you alone: they hold the Pi's host key and its bootstrap key" in story.enroll.stdout
+    assert "status: done" in in_host("pi1", "cloud-init status")  # Debian's own cloud-init, NoCloud from /boot/firmware
+    assert in_host("pi1", "hostname").strip() == "pi1"
+    # its login user: the laptop's key, no password (locked)
+    assert in_host("pi1", "passwd -S pi").split()[1] == "L"
+    laptop = lab.LAPTOP_KEY.with_suffix(".pub").read_text().split()[:2]
+    assert laptop in [x.split()[:2] for x in in_host("pi1", "cat /home/pi/.ssh/authorized_keys").splitlines()]
+    print(f"\nboot to cloud-init done: {story.boot_seconds:.1f}s")
+
+
+def test_check_mode_says_what_it_would_do_and_does_nothing(story: Story) -> None:
+    assert story.check is not None and story.check.returncode == 0, story.check.stdout + story.check.stderr
+    assert "would change" in story.check.stdout and "authorized keys of the Pis" in story.check.stdout
+    assert "enrolment files - " in story.check.stdout and story.untouched
+
+
+def test_no_host_key_was_accepted_on_first_use(story: Story) -> None:
+    """The Pi's only host key is the one enroll made and pinned before the Pi booted; no run added a key."""
+    keys = in_host("pi1", "cat /etc/ssh/ssh_host_*_key.pub").splitlines()
+    assert len(keys) == 1
+    assert f"pi1 {' '.join(keys[0].split()[:2])}" in story.pinned.splitlines()
+    assert story.known_hosts.read_text() == story.pinned
+
+
+def test_the_laptop_sent_not_one_packet_to_the_pis_lan_address(story: Story) -> None:
+    assert story.packets == 0
+
+
+def test_status_showed_it_waiting_for_provision_pi(story: Story) -> None:
+    assert story.status is not None
+    assert "pi1/ssh via vps: enrolled: its bootstrap tunnel is up, waiting for provision-pi" in story.status.stdout, \
+        story.status.stdout + story.status.stderr
+    assert story.status.returncode == 0
+
+
+def test_provision_pi_then_verify_pass_through_its_tunnel(story: Story) -> None:
+    assert story.provision is not None and story.verify is not None
+    assert story.provision.returncode == 0, story.provision.stdout + story.provision.stderr
+    assert "bootstrap tunnel retired" in story.provision.stdout
+    assert story.verify.returncode == 0, story.verify.stdout + story.verify.stderr
+    assert in_host("pi1", "systemctl is-active pitunnel@vps.service").strip() == "active"
+
+
+def test_the_bootstrap_key_is_gone_and_its_session_ended(story: Story) -> None:
+    assert story.sessions, "the bootstrap tunnel had no session on the VPS"
+    assert "pitunnel-bootstrap" not in lab.exec_in("vps", f"cat {KEYS}").stdout
+    alive = in_host("vps", "".join(f"[ -d /proc/{pid} ] && echo {pid}\n" for pid in story.sessions) + "true")
+    assert alive.split() == []
+    logins = in_host("vps", "journalctl -q -o cat _COMM=sshd _COMM=sshd-session | grep 'Accepted publickey for pitunnel'")
+    assert story.bootstrap in logins  # the bootstrap key did log in, and that session is gone
+    # nothing of the bootstrap is left on the Pi
+    assert in_host("pi1", "ls /etc/pitunnel-bootstrap /etc/systemd/system/pitunnel-bootstrap@.service 2>&1; "
+                          "getent passwd pitunnel-boot || echo gone").count("No such file") == 2
+    assert "gone" in in_host("pi1", "getent passwd pitunnel-boot || echo gone")
+    assert in_host("pi1", "systemctl is-active pitunnel-bootstrap@vps.service").strip() != "active"
