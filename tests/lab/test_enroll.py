@@ -21,6 +21,7 @@ from pitunnel.roles.site import provision_vps
 from pitunnel.sshkeys import parse_public_key
 from tests.conftest import ROOT, lab_up
 from tests.lab.runs import in_host, play, wait_for
+from tests.lab.test_ssh_anywhere import answer, pitunnel_ssh, written
 
 pytestmark = pytest.mark.lab
 
@@ -42,6 +43,7 @@ class Story:
     status: subprocess.CompletedProcess[str] | None = None
     provision: subprocess.CompletedProcess[str] | None = None
     verify: subprocess.CompletedProcess[str] | None = None
+    ssh_answers: tuple[str, str] = ("", "")  # `ssh -F <written config> pi1 hostname`, `pitunnel ssh pi1 -- hostname`
     packets: int = -1
 
 
@@ -77,6 +79,8 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
         told.sessions = in_host("vps", "ps -o pid= -u pitunnel").split()
         told.provision = cli(told.inventory, "provision-pi")
         told.verify = cli(told.inventory, "verify")
+        home = work / "home"
+        told.ssh_answers = (answer(written(told.inventory, home), "pi1", home)[0], pitunnel_ssh(told.inventory, home))
         told.packets = sent()
     for run in (told.status, told.provision, told.verify):  # the runs' own lines, for a failure's reader (-s)
         assert run is not None
@@ -127,6 +131,12 @@ def test_provision_pi_then_verify_pass_through_its_tunnel(story: Story) -> None:
     assert "bootstrap tunnel retired" in story.provision.stdout
     assert story.verify.returncode == 0, story.verify.stdout + story.verify.stderr
     assert in_host("pi1", "systemctl is-active pitunnel@vps.service").strip() == "active"
+
+
+def test_ssh_pi1_by_the_written_config_answers_from_away_from_home(story: Story) -> None:
+    """The system's OpenSSH with the Host blocks `pitunnel ssh-config --write` kept, and `pitunnel ssh`: the Pi
+    answers through its tunnel, its pinned host key checked (the packet count above covers these too)."""
+    assert story.ssh_answers == ("pi1", "pi1")
 
 
 def test_the_bootstrap_key_is_gone_and_its_session_ended(story: Story) -> None:
