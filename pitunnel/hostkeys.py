@@ -118,7 +118,7 @@ def load_known(keys: paramiko.HostKeys, known_hosts: Path) -> None:
         if not line.strip() or line.lstrip().startswith(("#", "@")):
             continue
         try:
-            entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line.strip(), number)  # OpenSSH allows indenting
         except (paramiko.hostkeys.InvalidHostKey, ValueError):
             continue
         if entry is not None:

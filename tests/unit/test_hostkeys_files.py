@@ -109,3 +109,20 @@ def test_asking_a_port_that_never_speaks_ssh_for_its_keys_gives_up_after_the_tim
         assert hostkeys.offered("127.0.0.1", silent.getsockname()[1], "SHA256:x", timeout=0.3) is None
         took = time.monotonic() - started
     assert 0.3 * len(hostkeys.KEY_TYPES) <= took < 10  # each key type waited 0.3 s; paramiko's own wait is 15 s each
+
+
+def test_load_known_takes_every_plain_line_around_what_it_cannot_read(tmp_path: Path, key: paramiko.PKey) -> None:
+    other = paramiko.ECDSAKey.generate()
+    known = tmp_path / "known_hosts"
+    known.write_bytes(
+        b"# caf\xe9: a comment in latin-1\n\n   \n"
+        + f"@revoked pi1 {other.get_name()} {other.get_base64()}\n".encode()
+        + f"@cert-authority *.lan {other.get_name()} {other.get_base64()}\n".encode()
+        + b"pi1 ssh-ed25519 not-base64!!\n"  # paramiko cannot read it: skipped, the lines after it still taken
+        + f"  pi1 {key.get_name()} {key.get_base64()}\n".encode()
+        + f"[vps]:2222 {other.get_name()} {other.get_base64()}\n".encode())
+    keys = paramiko.HostKeys()
+    hostkeys.load_known(keys, known)
+    assert keys.lookup("pi1") is not None and keys.lookup("pi1")[key.get_name()] == key
+    assert keys.lookup("[vps]:2222")[other.get_name()] == other
+    assert len(keys.keys()) == 2  # the marked lines are no host's key
