@@ -127,6 +127,8 @@ def demo(c: Context, pis: int = 1, release: str = "bookworm", https: bool = Fals
         failover(seconds=30)
     print("\nEvery Pi answers through the VPS. Try:")
     for pi in inv.pis.values():
+        print(f"  pitunnel -i {path} ssh {pi.name}      (or once: pitunnel -i {path} ssh-config --write; "
+              f"then ssh {pi.name})")
         for t in pi.tunnels:
             if t.kind == "ssh" and t.public:
                 print(f"  ssh -i {pi.key} -o UserKnownHostsFile={inv.settings.known_hosts} "

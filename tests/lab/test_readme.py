@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +49,11 @@ def test_the_readmes_demo_works_from_nothing_and_its_hints_reach_the_pi() -> Non
                             text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert landed.returncode == 0, landed.stderr
     assert landed.stdout.strip() == "pi1"
+    hint = next(line.strip() for line in hints if line.strip().startswith("pitunnel "))
+    command = hint.split("(")[0].split()  # pitunnel -i INVENTORY ssh pi1
+    by_name = subprocess.run([str(Path(sys.executable).with_name("pitunnel")), *command[1:], "--", "hostname"],
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert (by_name.returncode, by_name.stdout.strip()) == (0, "pi1"), by_name.stderr
     with urllib.request.urlopen(curl.split()[1], timeout=10) as response:
         assert response.status == 200
         assert "pi1" in response.read().decode()
