@@ -309,14 +309,23 @@ def test_accept_changed_host_key_takes_only_the_named_key(sshd: FakeSshd, tmp_pa
     right.accept_changed_host_key, right.on_change = hostkeys.fingerprint(KEY), lambda *a: seen.append(a)
     assert right.run("echo taken", sudo=False).stdout == "taken\n"
     assert known.read_text() == before.splitlines(keepends=True)[0] + line(sshd.port, KEY), "old line replaced"
-    assert seen and seen[0][1] == "changed" and hostkeys.fingerprint(KEY) in seen[0][3]
+    assert seen == [("h1", "changed", f"host key in {known}",
+                     f"now {KEY.get_name()} {hostkeys.fingerprint(KEY)} (--accept-changed-host-key); the old keys of "
+                     f"[127.0.0.1]:{sshd.port} removed")]
 
 
 def test_a_changed_key_names_the_flag_that_takes_it(sshd: FakeSshd, tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
     known.write_text(line(sshd.port, OTHER))
-    with pytest.raises(HostKeyRefused, match=re.escape(f"--accept-changed-host-key {hostkeys.fingerprint(KEY)}")):
+    with pytest.raises(HostKeyRefused) as refused:
         remote(sshd.port, known).run("true")
+    assert str(refused.value) == (
+        f"host key for pi@127.0.0.1:{sshd.port} CHANGED: got {KEY.get_name()} "
+        f"{hostkeys.fingerprint(KEY)}, expected {hostkeys.fingerprint(OTHER)} (known as [127.0.0.1]:{sshd.port}). "
+        "This may be an attack; if the host was really reinstalled, check the new key's fingerprint on the host's console "
+        f"(ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub) and rerun with --accept-changed-host-key "
+        f"{hostkeys.fingerprint(KEY)} if it is the same, or remove its old line from {known} (ssh-keygen -R) "
+        "(docs/troubleshooting.md)")
 
 
 # ------------------------------------------------------------------------------- @revoked, @cert-authority
