@@ -487,3 +487,22 @@ def test_a_host_that_cannot_run_a_script_is_said_with_its_own_last_words(error: 
         f"pi1 cannot run a script: {said} (is / read-only or /tmp full on pi1?)"
     assert str(remote_module.HostCannotRun("pi1", error, "cannot store a file")).startswith(
         f"pi1 cannot store a file: {said} (")
+
+
+def test_a_host_key_alias_from_the_ssh_config_is_the_name_its_key_is_checked_under(sshd: FakeSshd,
+                                                                                     tmp_path: Path) -> None:
+    """OpenSSH files a HostKeyAlias's key under the bare alias (no port): so does pitunnel, whatever the port."""
+    import dataclasses
+
+    from pitunnel import sshconf
+
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host aliased\n  HostName 127.0.0.1\n  Port {sshd.port}\n  HostKeyAlias pi-home\n")
+    host = dataclasses.replace(spec(22), address="aliased", given=frozenset({"address"}))
+    known = tmp_path / "known_hosts"
+    known.write_text(f"pi-home {KEY.get_name()} {KEY.get_base64()}\n")
+    aliased = Remote(host, known, Credentials("login"), route=sshconf.resolve(host, sshconf.load(config)))
+    assert aliased.run("echo aliased", sudo=False).stdout == "aliased\n"
+    known.write_text(f"[127.0.0.1]:{sshd.port} {KEY.get_name()} {KEY.get_base64()}\n")  # under its address alone
+    with pytest.raises(HostKeyRefused, match="unknown host key for pi-home"):
+        Remote(host, known, Credentials("login"), route=sshconf.resolve(host, sshconf.load(config))).run("true")
