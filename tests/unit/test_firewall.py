@@ -277,3 +277,51 @@ def test_connects_says_why_not() -> None:
         server.bind(("127.0.0.1", 0))
         server.listen()
         assert reach.connects("127.0.0.1", server.getsockname()[1]) is None
+
+
+def test_the_firewall_change_goes_through_the_lock_out_guard() -> None:
+    """The op notifies a handler that a fresh login must prove (guard.py), in provision and teardown alike."""
+    from pitunnel.roles.vps.steps import handlers
+    from tests.unit.fake_hosts import FakeHost
+    handler = {h.name: h for h in handlers(FakeHost("main"))}["apply firewall"]  # type: ignore[arg-type]
+    assert handler.guarded and "fresh login" in handler.verify_hint
+    assert FirewallClosed().notify == ("apply firewall",) == FirewallOpen.notify
+
+
+def test_the_handler_script_opens_the_record_and_closes_what_left_it(tmp_path: Path) -> None:
+    """The handler's script run by sh with the firewalls' commands stubbed (each logs its words): it opens each
+    line of the record, closes what the last run applied and the record no longer holds, and keeps `applied`."""
+    import base64
+    import os
+    import subprocess
+    from pitunnel.roles.vps.firewall_ops import APPLIED
+    from pitunnel.roles.vps.steps import handlers
+    from tests.unit.fake_hosts import FakeHost
+    command = {h.name: h for h in handlers(FakeHost("main"))}["apply firewall"].commands[0]  # type: ignore[arg-type]
+    script = base64.b64decode(command.split()[2]).decode()
+    stubs, root = tmp_path / "bin", tmp_path / "root"
+    stubs.mkdir()
+    for name in ("ufw", "iptables", "netfilter-persistent"):
+        (stubs / name).write_text(f"#!/bin/sh\necho {name} \"$@\" >> {tmp_path}/log\n"
+                                  f"[ \"$3\" != -C ] || exit 1\n")  # iptables -C: the rule is not there yet
+        (stubs / name).chmod(0o755)
+    record, applied = root / RECORD.lstrip("/"), root / APPLIED.lstrip("/")
+    record.parent.mkdir(parents=True)
+    script = script.replace(APPLIED, "@A@").replace(RECORD, "@R@").replace("/etc/", f"{root}/etc/")
+    script = script.replace("@A@", str(applied)).replace("@R@", str(record))
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"}
+
+    def run(wanted: str) -> list[str]:
+        record.write_text(wanted) if wanted else record.unlink(missing_ok=True)
+        (tmp_path / "log").write_text("")
+        done = subprocess.run(["sh", "-e"], input=script, text=True, env=env, capture_output=True)
+        assert done.returncode == 0, done.stderr
+        return (tmp_path / "log").read_text().splitlines()
+
+    assert run("ufw 80\nufw 12346\n") == ["ufw allow 80/tcp comment pitunnel", "ufw allow 12346/tcp comment pitunnel"]
+    assert applied.read_text() == "ufw 80\nufw 12346\n"
+    assert run("ufw 80\n") == ["ufw delete allow 12346/tcp", "ufw allow 80/tcp comment pitunnel"]
+    assert run("") == ["ufw delete allow 80/tcp"] and not applied.exists() and not record.exists()
+    log = run("iptables 12346\n")
+    assert "iptables -w 5 -I INPUT -p tcp --dport 12346 -m comment --comment pitunnel -j ACCEPT" in log
+    assert log[-1] == "netfilter-persistent save"
