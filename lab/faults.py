@@ -215,13 +215,8 @@ def away_from_home(pi: str) -> Iterator[None]:
     address gets no answer (as a private address of another network), while the Pi's own traffic, and
     the laptop's to the VPS, pass. Undone when the block ends; `lab.down` removes it too."""
     address = str(make_plan(LabState.load().pis).host(pi).address)
-    rule = ["-d", address, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"]
-    chain = laptop_chain()
-    run(["iptables", "-w", "5", "-A", chain, *rule])
-    try:
+    with _laptop_drops(["-d", address]):
         yield
-    finally:
-        run(["iptables", "-w", "5", "-D", chain, *rule], check=False)
 
 
 @contextmanager
@@ -229,7 +224,23 @@ def vps_dropped() -> Iterator[None]:
     """The laptop's new connections to the VPS get no answer inside the `with` block (a VPS that is down, or a
     provider firewall dropping packets), while the Pis' traffic passes. Undone when the block ends; `lab.down`
     removes it too."""
-    rule = ["-d", VPS, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"]
+    with _laptop_drops(["-d", VPS]):
+        yield
+
+
+@contextmanager
+def port_dropped(port: int) -> Iterator[None]:
+    """A firewall in front of the VPS (the provider's security group) drops the laptop's new connections to
+    this one port of the VPS inside the `with` block; every other port, and the Pis' traffic, pass. Undone when
+    the block ends; `lab.down` removes it too."""
+    with _laptop_drops(["-d", VPS, "-p", "tcp", "--dport", str(port)]):
+        yield
+
+
+@contextmanager
+def _laptop_drops(match: list[str]) -> Iterator[None]:
+    """The laptop's new connections that `match` (iptables words) get no answer inside the `with` block."""
+    rule = [*match, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"]
     chain = laptop_chain()
     run(["iptables", "-w", "5", "-A", chain, *rule])
     try:
@@ -367,5 +378,5 @@ def tunnel_pss_kb(pi: str, setup: Setup = PITUNNEL) -> int:
 
 
 __all__ = ["NAMES", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "inject", "reachable", "target",
-           "tunnel_bytes", "tunnel_pss_kb", "tunnel_rss_kb", "powered_off", "unplugged", "vps_addresses",
+           "tunnel_bytes", "tunnel_pss_kb", "tunnel_rss_kb", "port_dropped", "powered_off", "unplugged", "vps_addresses",
            "vps_power_cut", "wait_recovered"]
