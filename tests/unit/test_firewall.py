@@ -325,3 +325,22 @@ def test_the_handler_script_opens_the_record_and_closes_what_left_it(tmp_path: P
     log = run("iptables 12346\n")
     assert "iptables -w 5 -I INPUT -p tcp --dport 12346 -m comment --comment pitunnel -j ACCEPT" in log
     assert log[-1] == "netfilter-persistent save"
+
+
+REAL = Path(__file__).with_name("firewall_outputs")  # the fact's output on the lab's bookworm VPS, per variant
+
+
+@pytest.mark.parametrize("name, active, place", [
+    ("ufw", ["ufw active (default deny incoming)"], "ufw"),
+    ("iptables", ["iptables rules (saved by netfilter-persistent)"], "iptables"),
+    ("firewalld", ["firewalld running (zone public)"], "firewalld public"),
+    ("nftables", ["nftables table inet filter"], "nftables inet filter input"),
+])
+def test_real_output_of_each_firewall(name: str, active: list[str], place: str) -> None:
+    """As each firewall set up by tests/lab/test_firewall.py answered (only the VPS's sshd, 12345, let in), with a
+    stray line in every section: the sshd port passes, a tunnel's port is blocked, and where it would be opened."""
+    text = (REAL / f"{name}.txt").read_text()
+    found = host_firewall(text.replace("\n@@", "\nstray: a line no firewall writes\n@@"))
+    assert found.active == active and found.blocks(12345) is None
+    blocked = found.blocks(12346)
+    assert blocked is not None and blocked.place == place
