@@ -38,8 +38,9 @@ table inet filter {{
 }}
 """
 # firewalld starts as it is installed, allowing only port 22: policy-rc.d holds it until the VPS's sshd port is
-# added, as a user would. policy-rc.d also holds the package's reload of dbus: without `systemctl reload dbus` the
-# bus never learns firewalld's policy and firewall-cmd gets no answer (measured in the lab's container).
+# added, as a user would. Installed without its recommends (ipset, iptables, python3-cap-ng) and with policy-rc.d
+# holding the package's scripts, it started but firewall-cmd got no answer on D-Bus in the lab's container;
+# with them, and dbus reloaded once policy-rc.d is gone, it answers (which of the two is needed: not isolated).
 # name -> (set up as a user would, its rules as text (the live ones and the saved ones), remove it again)
 VARIANTS = {
     "ufw": (INSTALL.format("ufw") + f"ufw allow {SSHD}/tcp >/dev/null\nufw --force enable >/dev/null\n",
