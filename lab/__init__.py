@@ -14,6 +14,7 @@ modules inside are the lab's own (only unit tests of those modules, in tests/uni
     lab.boot_from_seed("pi1", DIR)      pi1 boots a fresh cloud-init image with DIR's enrolment files (pitunnel enroll)
     lab.far_away_inventory("pi1", PATH) the lab's inventory with no address for pi1 (an enrolled Pi), at PATH
     with lab.vps_dropped():             the laptop's new connections to the VPS go unanswered
+    with lab.port_dropped(80):          ... to one port of the VPS only (a provider's firewall in front of it)
     lab.start_ca()                      pebble, a real ACME CA, for the VPS's certbot (lab.down stops it)
 """
 
@@ -23,7 +24,7 @@ from .acme import LabCA, dns_fail, start_ca
 from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, boot_from_seed, cpu_seconds, down, exec_in,
                    far_away_inventory, netns_argv, password_file, record, sh, shell_argv, status, up, write_file)
 from .faults import (NAMES as FAULTS, PITUNNEL, PortKnocker, Setup, SilentDrop, Target, away_from_home, inject,
-                     reachable, target, tunnel_bytes, tunnel_pss_kb, tunnel_rss_kb, powered_off, unplugged,
+                     port_dropped, reachable, target, tunnel_bytes, tunnel_pss_kb, tunnel_rss_kb, powered_off, unplugged,
                      vps_addresses, vps_dropped, vps_power_cut, wait_recovered)
 from .plan import LAPTOP_ADDR, VPS_ADDR
 from .state import STATE_DIR
@@ -41,7 +42,7 @@ __all__ = [
     # the lab's ACME CA (pebble) and its DNS
     "LabCA", "dns_fail", "start_ca",
     # faults and recovery
-    "FAULTS", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "away_from_home", "inject", "reachable",
+    "FAULTS", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "away_from_home", "inject", "port_dropped", "reachable",
     "target", "tunnel_bytes", "tunnel_pss_kb", "tunnel_rss_kb", "powered_off", "unplugged", "vps_addresses",
     "vps_dropped", "vps_power_cut", "wait_recovered",
 ]

@@ -221,19 +221,17 @@ def away_from_home(pi: str) -> Iterator[Callable[[], int]]:
     # proxy answering the Pi's downloads, a stand-in for the Debian mirror)
     count = ["-d", address, "-m", "conntrack", "--ctdir", "ORIGINAL", "-m", "comment", "--comment",
              f"pitunnel-lab count {pi}"]
-    rule = ["-d", address, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"]
     chain = laptop_chain()
     run(["iptables", "-w", "5", "-I", chain, "1", *count])
-    run(["iptables", "-w", "5", "-A", chain, *rule])
 
     def sent() -> int:
         listing = run(["iptables", "-w", "5", "-L", chain, "-v", "-x", "-n"]).stdout
         return sum(int(line.split()[0]) for line in listing.splitlines() if f"pitunnel-lab count {pi} " in line + " ")
 
     try:
-        yield sent
+        with _laptop_drops(["-d", address]):
+            yield sent
     finally:
-        run(["iptables", "-w", "5", "-D", chain, *rule], check=False)
         run(["iptables", "-w", "5", "-D", chain, *count], check=False)
 
 
@@ -242,7 +240,23 @@ def vps_dropped() -> Iterator[None]:
     """The laptop's new connections to the VPS get no answer inside the `with` block (a VPS that is down, or a
     provider firewall dropping packets), while the Pis' traffic passes. Undone when the block ends; `lab.down`
     removes it too."""
-    rule = ["-d", VPS, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"]
+    with _laptop_drops(["-d", VPS]):
+        yield
+
+
+@contextmanager
+def port_dropped(port: int) -> Iterator[None]:
+    """A firewall in front of the VPS (the provider's security group) drops the laptop's new connections to
+    this one port of the VPS inside the `with` block; every other port, and the Pis' traffic, pass. Undone when
+    the block ends; `lab.down` removes it too."""
+    with _laptop_drops(["-d", VPS, "-p", "tcp", "--dport", str(port)]):
+        yield
+
+
+@contextmanager
+def _laptop_drops(match: list[str]) -> Iterator[None]:
+    """The laptop's new connections that `match` (iptables words) get no answer inside the `with` block."""
+    rule = [*match, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"]
     chain = laptop_chain()
     run(["iptables", "-w", "5", "-A", chain, *rule])
     try:
@@ -380,5 +394,5 @@ def tunnel_pss_kb(pi: str, setup: Setup = PITUNNEL) -> int:
 
 
 __all__ = ["NAMES", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "inject", "reachable", "target",
-           "tunnel_bytes", "tunnel_pss_kb", "tunnel_rss_kb", "powered_off", "unplugged", "vps_addresses",
+           "tunnel_bytes", "tunnel_pss_kb", "tunnel_rss_kb", "port_dropped", "powered_off", "unplugged", "vps_addresses",
            "vps_power_cut", "wait_recovered"]

@@ -96,6 +96,7 @@ VPS_FIELDS: Final = _defaults_from(VpsSpec, {
     "port_range": Field(values.port_range, MODEL),
     "metrics": Field(values.boolean, MODEL),
     "metrics_address": Field(values.listen_address, MODEL),
+    "firewall": Field(values.choice("auto", "leave"), MODEL),
 })
 PI_FIELDS: Final = _defaults_from(PiSpec, {
     **_HOST_FIELDS,

@@ -167,6 +167,7 @@ class VpsSpec(HostSpec):
     port_range: tuple[int, int] = (20000, 29999)
     metrics: bool = False  # Prometheus node exporter with pitunnel's tunnel metrics (docs/monitoring.md)
     metrics_address: str = "127.0.0.1:9100"  # where the exporter listens
+    firewall: str = "auto"  # auto: open the published ports in the VPS's host firewall; leave: only warn
 
     @property
     def own_ports(self) -> frozenset[int]:

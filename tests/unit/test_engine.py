@@ -359,10 +359,12 @@ SSHD_OFF = "passwordauthentication no\nkbdinteractiveauthentication no\n"
 
 def run_verify(inv: Inventory, probes: str, unit: str = UNIT_UP, sshd: str = SSHD_OFF,
                ss: str = "LISTEN 0 128 127.0.0.1:20024 0.0.0.0:*\n") -> PathReport:
-    """verify of the Pi `private`: the Pi's facts answered in the order verify reads them (unit, probes, sshd -T)."""
-    pi_stdout = "".join(f"@@FACT {i}\n{out}\n@@RC {i} 0\n" for i, out in enumerate((unit, probes, sshd)))
+    """verify of the Pi `private`: the Pi's facts answered in the order verify reads them (unit, probes, sshd -T),
+    and the VPS's (its listeners, its host firewall: none)."""
+    pi_stdout, vps_stdout = (
+        "".join(f"@@FACT {i}\n{out}\n@@RC {i} 0\n" for i, out in enumerate(answers)) for answers in ((unit, probes, sshd), (ss, "")))
     play = Play(inv, Options(limit=frozenset({"private"})), Reporter(colour=False),
-                {"main": ScriptedRemote("main", ss), "private": ScriptedRemote("private", pi_stdout)})  # type: ignore[dict-item]
+                {"main": ScriptedRemote("main", vps_stdout), "private": ScriptedRemote("private", pi_stdout)})  # type: ignore[dict-item]
     (report,) = verify(play)
     return report
 

@@ -57,6 +57,9 @@ class Answer:
         return f"{self.status}, {len(self.body)} bytes (sha256 {self.digest}) {shown!r}"
 
 
+# the hint when Nginx does not answer (verify tells the causes apart: probes/reach.py)
+NGINX_SILENT = "Nginx does not answer on the VPS: run provision-vps, check the firewall"
+
 def nginx_page(answer: Answer) -> bool:
     return any(marker in answer.body for marker in NGINX_PAGES)
 
@@ -219,7 +222,7 @@ def http_through(vps: VpsSpec, pi: PiSpec, tunnel: TunnelSpec, pi_remote: Remote
             return False, f"{url}: {exc}", ("no valid certificate for this name: see provision-vps's certificate line "
                                             "(or settings.verify_ca_file for a private CA)")
         except (OSError, http.client.HTTPException) as exc:
-            return False, f"{url}: {exc}", "Nginx does not answer on the VPS: run provision-vps, check the firewall"
+            return False, f"{url}: {exc}", NGINX_SILENT
         try:
             local = fetch_over_ssh(_transport(pi_remote), tunnel.local_port, host)
         except (paramiko.SSHException, OSError, http.client.HTTPException) as exc:

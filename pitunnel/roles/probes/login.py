@@ -15,6 +15,10 @@ from pitunnel.remote import Remote
 from pitunnel.roles.contract import listen_spec
 from pitunnel.roles.pi.locations import unit
 
+# the hint when the laptop cannot connect to the public port (verify tells the causes apart: probes/reach.py)
+NO_CONNECTION = ("Connection refused: nothing listens publicly on the VPS port. Is the tunnel up, and does "
+                 "the VPS let it bind publicly (GatewayPorts clientspecified for the tunnel account)?")
+
 def pi_host_keys(inv: Inventory, pi: PiSpec, name: str | None = None) -> paramiko.HostKeys:
     """The Pi's own host keys as the laptop knows them from direct contact (filed under `name` in
     known_hosts: how its connection looks them up, by default its address and port)."""
@@ -46,9 +50,7 @@ def ssh_through(inv: Inventory, pi: PiSpec, vps_remote: Remote, tunnel: TunnelSp
         try:
             sock: socket.socket | paramiko.Channel = socket.create_connection((vps.address, tunnel.remote_port), timeout=10)
         except OSError as exc:
-            hint = ("Connection refused: nothing listens publicly on the VPS port. Is the tunnel up, and does "
-                    "the VPS let it bind publicly (GatewayPorts clientspecified for the tunnel account)?")
-            return False, f"{where}: {exc}", hint
+            return False, f"{where}: {exc}", NO_CONNECTION
     else:
         where = f"jump via {vps.name} to {listen_spec(tunnel)}"  # not public: its listener is on loopback
         transport = vps_remote.connection().client.get_transport()

@@ -7,16 +7,18 @@ What the Pi is asked is read in one round trip, as typed facts."""
 from __future__ import annotations
 
 from pitunnel.facts import gather
+from pitunnel.inventory import has_tls
 from pitunnel.play import Play
 from pitunnel.remote import Remote
 from pitunnel.roles.pi.locations import unit, watchdog_unit
 from pitunnel.roles.pi.sshd import sshd_passwords_fact
 from pitunnel.roles.probes.exposure import listener_checks, passwords_check, probe_checks, probes_fact
-from pitunnel.roles.probes.http_route import http_through
-from pitunnel.roles.probes.login import ssh_through
+from pitunnel.roles.probes.http_route import NGINX_SILENT, http_through
+from pitunnel.roles.probes.login import NO_CONNECTION, ssh_through
+from pitunnel.roles.probes.reach import unreachable, vps_view
 from pitunnel.roles.probes.report import REACH, PathReport
 from pitunnel.roles.probes.unit import UnitState, unit_fact
-from pitunnel.roles.vps.steps import listeners
+from pitunnel.roles.vps.firewall import HostFirewall
 
 PROBES_TIMEOUT = 120  # seconds: the probes take their time (each ssh up to 15 s)
 
@@ -30,10 +32,12 @@ def unit_checks(report: PathReport, state: UnitState, vps: str) -> None:
                f"systemctl status {watchdog}; or rerun provision-pi")
 
 
-def verify_pi(play: Play, remote: Remote, report: PathReport, present: frozenset[str] | None) -> None:
+def verify_pi(play: Play, remote: Remote, report: PathReport, present: frozenset[str] | None,
+              firewall: HostFirewall | None = None) -> None:
     """Prove one path, into its `report`: the Pi's unit for that VPS, the VPS's listeners (`present`, read
     by `verify`; None if the VPS did not answer), SSH and HTTP through that VPS (the VPS's connection
-    carries the jumps), and every probe refused."""
+    carries the jumps), and every probe refused. A public port the laptop cannot reach is told apart (`firewall`:
+    the VPS's host firewall): nothing listens, the host firewall blocks it, or a firewall outside the VPS does."""
     inv = play.inventory
     pi = inv.pis[remote.name]
     path = pi.path(report.vps or pi.first_vps)
@@ -51,9 +55,14 @@ def verify_pi(play: Play, remote: Remote, report: PathReport, present: frozenset
     for t in path.tunnels:
         if t.kind == "ssh":
             ok, detail, hint = ssh_through(inv, pi, play.remotes[vps.name], t, vps, remote)
+            if not ok and hint == NO_CONNECTION:
+                hint = unreachable(vps, t.remote_port, present, firewall) or hint
             report.add(f"{t.name}: ssh lands on {pi.name}", ok, detail, hint)
         else:
             ok, detail, hint = http_through(vps, pi, t, remote, play.remotes[vps.name], inv.settings.verify_ca_file)
+            if not ok and hint == NGINX_SILENT:
+                port = vps.https_port if has_tls(vps, t) else vps.http_port
+                hint = unreachable(vps, port, present, firewall) or hint
             report.add(f"{t.name}: http via nginx reaches {pi.name}", ok, detail, hint)
     passwords_check(report, pi, vps, found.value(sshd))
     probe_checks(report, found.value(probes))
@@ -65,12 +74,13 @@ def verify(play: Play) -> list[PathReport]:
     pis = play.selected(list(inv.pis.values()))
     reports = {p.name: [PathReport(p.name, vps=v) for v in p.all_vps] for p in pis}
     play.connect_ahead()
-    found = play.each(inv.vpses_of_pis(pis), listeners)
+    found = play.each(inv.vpses_of_pis(pis), vps_view)
 
     def prove(remote: Remote) -> None:
         with play.reporter.busy(remote.name, "verify: probes through the VPS"):
             for report in reports[remote.name]:
-                verify_pi(play, remote, report, found.get(report.vps))
+                present, firewall = found.get(report.vps, (None, None))
+                verify_pi(play, remote, report, present, firewall)
 
     play.each(pis, prove)
     return [r for p in pis for r in reports[p.name]]

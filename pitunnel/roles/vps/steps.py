@@ -17,6 +17,7 @@ from pitunnel.runner import Mode, StepFailed, converge, facts_for, sshd_reload
 from pitunnel.roles.contract import PiOffer, VpsFacts
 from pitunnel.roles.vps.acme import AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact
 from pitunnel.roles.vps.checks import SshdPasswordsCheck
+from pitunnel.roles.vps.firewall_ops import FirewallClosed, FirewallOpen, apply_handler
 from pitunnel.roles.vps.keys import HOST_KEYS
 from pitunnel.roles.vps.authorized import bootstrap_lines, keys_ops, keys_path, refuse_shared, revoked_keys_file, revoked_lines, shared_keys
 from pitunnel.roles.vps.metrics import metrics_absent_ops, metrics_ops
@@ -109,6 +110,7 @@ def handlers(remote: Remote) -> list[Handler]:
         Handler("restart node exporter if there", [
             "systemctl daemon-reload",
             f"! systemctl cat {VPS_DEFAULTS['metrics_service']} >/dev/null 2>&1 || systemctl try-restart {VPS_DEFAULTS['metrics_service']}"]),
+        apply_handler(remote),
     ]
 
 
@@ -190,6 +192,7 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, ce
 
 def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
     ops: list[Op] = [
+        FirewallClosed(),
         Service(VPS_DEFAULTS["reaper_unit"], enabled=False, running=False, title=f"service {VPS_DEFAULTS['reaper_unit']} stopped and disabled"),
         Absent(VPS_DEFAULTS["reaper_unit_path"], notify=("daemon-reload",)),
         *metrics_absent_ops(),
@@ -238,7 +241,8 @@ def converge_vps(play: Play, remote: Remote) -> list[str]:
     seen = Observe(DEFAULT_SERVERS_FACT, lambda _: "", title="nginx default server")
     certs = Observe(acme_fact(vps), lambda _: "", title="certificates")
     # one read of the VPS, for all of it (which ops there are does not depend on what it finds)
-    known = facts_for(remote, [pkgs, *converge_ops(inv, vps), SshdPasswordsCheck(), seen, certs])
+    opened = FirewallOpen(inv, vps)
+    known = facts_for(remote, [pkgs, *converge_ops(inv, vps), SshdPasswordsCheck(), seen, certs, opened])
     tls = bool(vps.tls_certificate or vps.acme)
     ports = {vps.http_port, *([vps.https_port] if tls else [])}
     found = others_default_servers(known, ports)
@@ -249,7 +253,8 @@ def converge_vps(play: Play, remote: Remote) -> list[str]:
     present = known.value(certs.fact)
     # a key the file lists for two Pis (written by hand, or before pitunnel checked): kept for neither
     refuse_shared(play.reporter, vps.name, shared_keys(inv, vps, {}, known.file(keys_path())))
-    ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found, certs=present, reject_unknown=reject), SshdPasswordsCheck(), seen]
+    ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found, certs=present, reject_unknown=reject), SshdPasswordsCheck(), seen,
+                     opened]
     # the account first: one pitunnel did not make is refused before anything (Nginx too) is touched
     account = [op for op in ops if isinstance(op, SystemUser)]
     first = converge(remote, [*account, pkgs], play.reporter, play.options.mode, known=known)
