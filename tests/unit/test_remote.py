@@ -506,3 +506,48 @@ def test_a_host_key_alias_from_the_ssh_config_is_the_name_its_key_is_checked_und
     known.write_text(f"[127.0.0.1]:{sshd.port} {KEY.get_name()} {KEY.get_base64()}\n")  # under its address alone
     with pytest.raises(HostKeyRefused, match="unknown host key for pi-home"):
         Remote(host, known, Credentials("login"), route=sshconf.resolve(host, sshconf.load(config))).run("true")
+
+
+def test_a_proxyjump_chain_of_the_ssh_config_is_followed_hop_by_hop_each_key_checked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ProxyJump j1,j2`: a TCP connection to j1, a login there (its own user and key, no password), a channel
+    from j1 to j2, a login on j2, a channel from j2 to the host; every hop's host key checked under its name."""
+    import dataclasses
+
+    from pitunnel import sshconf
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    j1, j2, target = FakeSshd(paramiko.ECDSAKey.generate()), FakeSshd(paramiko.ECDSAKey.generate()), FakeSshd(KEY)
+    hop_key = paramiko.ECDSAKey.generate()
+    hop_key.write_private_key_file(str(tmp_path / "hop_key"))
+    for jump in (j1, j2):
+        jump.forwarding, jump.client_key = True, hop_key
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host target\n  HostName 127.0.0.1\n  Port {target.port}\n  ProxyJump j1,j2\n" + "".join(
+        f"Host {name}\n  HostName 127.0.0.1\n  Port {jump.port}\n  User hopper\n  IdentityFile {tmp_path / 'hop_key'}\n"
+        "  IdentitiesOnly yes\n" for name, jump in (("j1", j1), ("j2", j2))))
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(line(s.port, s.host_key) for s in (j1, j2, target)))
+    host = dataclasses.replace(spec(22), address="target", given=frozenset({"address"}))
+
+    def through() -> Remote:
+        return Remote(host, known, Credentials("login"), route=sshconf.resolve(host, sshconf.load(config)))
+
+    try:
+        chained = through()
+        assert chained.run("echo through two", sudo=False).stdout == "through two\n"
+        chained.close()
+        assert [d for _, d in j1.forwarded] == [("127.0.0.1", j2.port)]  # j1 opened the way to j2 only
+        assert [d for _, d in j2.forwarded] == [("127.0.0.1", target.port)]
+        assert (j1.users, j2.users, target.users) == (["hopper"], ["hopper"], ["pi"])  # jumps by key, no password
+        known.write_text("".join(line(s.port, k) for s, k in ((j1, j1.host_key), (j2, OTHER), (target, KEY))))
+        with pytest.raises(HostKeyRefused) as refused:
+            through().run("true", sudo=False)
+        assert str(refused.value).startswith(
+            f"host key for hopper@127.0.0.1:{j2.port} (jump host for h1) CHANGED: got {j2.host_key.get_name()} "
+            f"{hostkeys.fingerprint(j2.host_key)}, expected {hostkeys.fingerprint(OTHER)}"), refused.value
+        assert len(target.commands) == 1  # the refused run never reached the host
+    finally:
+        for server in (j1, j2, target):
+            server.close()
