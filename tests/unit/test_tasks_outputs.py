@@ -91,3 +91,28 @@ def test_the_json_document_has_per_host_counts_and_error_and_says_whether_the_ru
     assert doc["tunnels"] == []
     assert json.loads(tasks._document("status", None, 130))["interrupted"] is True
     assert json.loads(tasks._document("status", None, 130))["hosts"] == {}
+
+
+def test_loading_says_which_inventory_which_ports_are_not_recorded_which_names_go_plain_and_who_is_revoked(
+        tmp_path: Path) -> None:
+    import io
+
+    from pitunnel import taskkit
+    from tests.unit.test_revoke import AUTO
+
+    record(tmp_path, Revoked("beta", "2026-12-06T05:00:00Z"))
+    text = AUTO.replace("path: /alpha/}", "server_name: cam.example.com}")
+    (tmp_path / "hosts.yml").write_text(text.lstrip())
+    out = io.StringIO()
+    inv = taskkit.load(str(tmp_path / "hosts.yml"), check=False, out=out, record=False)
+    assert "beta" in inv.shut and not (tmp_path / "hosts.ports.yml").exists()  # record=False: nothing written
+    assert out.getvalue().splitlines() == [
+        f"inventory: {tmp_path / 'hosts.yml'} (from -i)",
+        f"ports: auto ports not recorded yet (alpha/ssh@main, alpha/web@main, beta/ssh@main); a provisioning run "
+        f"records them in "
+        f"{tmp_path / 'hosts.ports.yml'}",
+        "WARNING: alpha/web: cam.example.com is served over plain HTTP by main, which has neither `acme:` for it nor "
+        "tls_certificate. Fix: give vps.main `acme: {email: ...}` (docs/https.md; a wildcard name needs "
+        "tls_certificate and tls_key)",
+        "revoked: beta (since 2026-12-06T05:00:00Z) is left out of this run; to bring it back, provision-pi --limit "
+        "beta once it has a new key (docs/operations.md)"]
