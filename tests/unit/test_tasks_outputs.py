@@ -116,3 +116,24 @@ def test_loading_says_which_inventory_which_ports_are_not_recorded_which_names_g
         "tls_certificate and tls_key)",
         "revoked: beta (since 2026-12-06T05:00:00Z) is left out of this run; to bring it back, provision-pi --limit "
         "beta once it has a new key (docs/operations.md)"]
+
+
+@pytest.mark.parametrize(("verbose", "shown", "handshake"), [(0, False, False), (1, True, False), (2, True, True),
+                                                             (3, True, True)])
+def test_v_shows_output_and_vv_the_handshake_too(verbose: int, shown: bool, handshake: bool) -> None:
+    from pitunnel.taskkit import Flags
+
+    options = Flags(verbose=verbose, forks=5, limit=" pi1, ,main ", accept_changed_host_key=" SHA256:x ").options()
+    assert (options.verbose, options.ssh_debug, options.forks) == (shown, handshake, 5)
+    assert options.limit == {"pi1", "main"} and options.accept_changed_host_key == "SHA256:x"
+
+
+def test_the_flags_own_mistakes_in_full() -> None:
+    from pitunnel.taskkit import Flags
+
+    assert Flags(forks=1).problem() is None  # one host at a time is allowed
+    assert Flags(forks=0).problem() == "--forks 0: at least 1 host at a time. Fix: --forks N with N >= 1 (default 32)"
+    assert Flags(accept_changed_host_key="SHA256:short").problem() == (
+        "-k/--accept-changed-host-key 'SHA256:short' is not a SHA256 fingerprint. Fix: give the host's new key's "
+        "fingerprint as `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` prints it on its console (SHA256: and 43 "
+        "characters)")
