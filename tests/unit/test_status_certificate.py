@@ -50,3 +50,18 @@ def test_a_hand_given_certificate_shows_its_own_expiry_and_a_plain_route_a_dash(
     assert certificate_expiry(vps(inv, acme=ACME, public_name="vps.example.com"), wildcard,
                               AcmeFound({"vps.example.com": LIVE})) == "-"
     assert certificate_expiry(vps(inv), web(inv), AcmeFound({"vps.example.com": LIVE})) == "-"
+
+
+def test_a_row_in_status_json_says_up_down_or_unknown_and_its_certificate_or_null() -> None:
+    from pitunnel.roles.probes.status import TunnelStatus
+
+    up = TunnelStatus("alpha", "web", "127.0.0.1:20080", True, "active", "today", 3, "now", 1, certificate="Mar 1",
+                      vps="main")
+    assert up.document() == {"pi": "alpha", "tunnel": "web", "vps": "main", "listen": "127.0.0.1:20080", "state": "up",
+                             "unit": "active", "since": "today", "reconnects": 2, "ssh_starts": 3, "last_connect": "now",
+                             "unit_restarts": 1, "last_error": None, "certificate_expires": "Mar 1"}
+    down = TunnelStatus("alpha", "ssh", "0.0.0.0:20022", False, "failed", "-", 0, "-", 0, last_error="refused")
+    assert (down.document()["state"], down.document()["last_error"], down.document()["certificate_expires"],
+            down.document()["reconnects"]) == ("down", "refused", None, 0)
+    unread = TunnelStatus("alpha", "ssh", "0.0.0.0:20022", False, None, None, None, None, None, known=False)
+    assert (unread.document()["state"], unread.document()["reconnects"]) == ("unknown", None)
