@@ -180,3 +180,48 @@ def test_the_heartbeat_covers_connecting(silent: tuple[socket.socket, int], tmp_
     failure(vps)
     beats = [line for line in out.getvalue().splitlines() if line.startswith("running      main       connecting (")]
     assert 2 <= len(beats) <= 4, out.getvalue()
+
+
+class Transport:
+    """What `channel` asks of a connection's transport: is it up, and open a direct-tcpip channel (or fail)."""
+
+    def __init__(self, *, active: bool = True, fails: BaseException | None = None) -> None:
+        self.active, self.fails = active, fails
+        self.opened: list[tuple[object, ...]] = []
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def open_channel(self, kind: str, dest: tuple[str, int], src: tuple[str, int], *, timeout: float) -> str:
+        self.opened.append((kind, dest, src, timeout))
+        if self.fails is not None:
+            raise self.fails
+        return "a channel"
+
+
+def through(transport: Transport | None) -> object:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(client=SimpleNamespace(get_transport=lambda: transport))
+
+
+def test_a_channel_is_opened_from_the_hosts_end_to_the_address_asked() -> None:
+    transport = Transport()
+    assert dial.channel(through(transport), "10.0.0.2", 22, 4.5, "pi1") == "a channel"  # type: ignore[arg-type]
+    assert transport.opened == [("direct-tcpip", ("10.0.0.2", 22), ("127.0.0.1", 0), 4.5)]
+
+
+@pytest.mark.parametrize(("transport", "said"), [
+    (None, "pi1 via vps: connection lost; is the tunnel up?"),
+    (Transport(active=False), "pi1 via vps: connection lost; is the tunnel up?"),
+    (Transport(fails=paramiko.ChannelException(2, "Connect failed")), "pi1 via vps: Connect failed; is the tunnel up?"),
+    (Transport(fails=EOFError()), "pi1 via vps: EOFError; is the tunnel up?"),
+    (Transport(fails=OSError("reset")), "pi1 via vps: reset; is the tunnel up?"),
+])
+def test_a_channel_that_cannot_be_opened_is_one_line_with_the_hint(transport: Transport | None, said: str) -> None:
+    with pytest.raises(Unreachable) as caught:
+        dial.channel(through(transport), "127.0.0.1", 20022, 5, "pi1 via vps", hint="is the tunnel up?")  # type: ignore[arg-type]
+    assert str(caught.value) == said
+    with pytest.raises(Unreachable) as bare:
+        dial.channel(through(transport), "127.0.0.1", 20022, 5, "pi1 via vps")  # type: ignore[arg-type]
+    assert str(bare.value) == said.removesuffix("; is the tunnel up?")
