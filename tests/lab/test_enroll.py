@@ -2,8 +2,9 @@
 the files `enroll` wrote on its boot partition, and boots far from the laptop, which is away from pi1's home
 the whole time (not one packet to its LAN address) and has no address for it at all. The Pi enrols itself,
 its host key pinned before any contact; `status` shows it waiting; provision-pi reaches it through its
-bootstrap tunnel and replaces that with its own (the bootstrap key off the VPS, its session ended); verify
-passes. One lab boot (one Pi) for the module."""
+bootstrap tunnels and replaces them with its own (the bootstrap key off both VPSes, its sessions ended); verify
+passes; `ssh pi1` by the written ssh config answers, also with the first VPS's packets dropped. One lab boot (one
+Pi, two VPSes: it opens a bootstrap tunnel to each) for the module."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from tests.lab.test_ssh_anywhere import answer, pitunnel_ssh, written
 pytestmark = pytest.mark.lab
 
 KEYS = "/var/lib/pitunnel/.ssh/authorized_keys"
-PUBLIC = "0.0.0.0:12346"  # pi1's public ssh listener on the VPS (the lab's inventory)
+PUBLIC = "0.0.0.0:12346"  # pi1's public ssh listener on each VPS (the lab's inventory)
+VPSES = ("vps", "vps2")
 
 
 @dataclass
@@ -38,12 +40,13 @@ class Story:
     untouched: bool = False  # ... which wrote nothing, pinned nothing, and authorised nothing
     enroll: subprocess.CompletedProcess[str] | None = None
     boot_seconds: float = 0.0
-    bootstrap: str = ""  # the bootstrap key's fingerprint, read on the VPS
-    sessions: list[str] = field(default_factory=list)  # the tunnel account's session processes before provision-pi
+    bootstrap: dict[str, str] = field(default_factory=dict)  # the bootstrap key's fingerprint, read on each VPS
+    sessions: dict[str, list[str]] = field(default_factory=dict)  # per VPS: the tunnel account's processes before
     status: subprocess.CompletedProcess[str] | None = None
     provision: subprocess.CompletedProcess[str] | None = None
     verify: subprocess.CompletedProcess[str] | None = None
-    ssh_answers: tuple[str, str] = ("", "")  # `ssh -F <written config> pi1 hostname`, `pitunnel ssh pi1 -- hostname`
+    ssh_answers: tuple[str, str, str] = ("", "", "")  # `ssh -F <written config> pi1 hostname`, the same with the
+    # first VPS's packets dropped, `pitunnel ssh pi1 -- hostname`
     packets: int = -1
 
 
@@ -55,7 +58,7 @@ def cli(inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
-    lab_up(1)
+    lab_up(1, vpses=2)
     work = tmp_path_factory.mktemp("enroll")
     inventory = lab.far_away_inventory("pi1", work / "hosts.yml")
     told = Story(inventory, inventory.with_suffix(".known_hosts"))
@@ -66,21 +69,26 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     known = told.known_hosts.read_text()
     told.check = cli(told.inventory, "enroll", "pi1", "--boot", str(boot), "--check")
     told.untouched = (not any(boot.iterdir()) and told.known_hosts.read_text() == known
-                      and "pitunnel-bootstrap" not in lab.exec_in("vps", f"cat {KEYS}").stdout)
+                      and not any("pitunnel-bootstrap" in lab.exec_in(v, f"cat {KEYS}").stdout for v in VPSES))
     told.enroll = cli(told.inventory, "enroll", "pi1", "--boot", str(boot), "--expires", "2h")
     assert told.enroll.returncode == 0, told.enroll.stdout + told.enroll.stderr
     told.pinned = told.known_hosts.read_text()
-    line = next(x for x in lab.exec_in("vps", f"cat {KEYS}").stdout.splitlines() if "pitunnel-bootstrap:pi1" in x)
-    told.bootstrap = parse_public_key(" ".join(line.split()[-3:-1])).fingerprint
+    for vps in VPSES:
+        line = next(x for x in lab.exec_in(vps, f"cat {KEYS}").stdout.splitlines() if "pitunnel-bootstrap:pi1" in x)
+        told.bootstrap[vps] = parse_public_key(" ".join(line.split()[-3:-1])).fingerprint
     with lab.away_from_home("pi1") as sent:
         told.boot_seconds = lab.boot_from_seed("pi1", boot)
-        assert wait_for(lambda: PUBLIC in in_host("vps", "ss -Hltn"), 60), "the bootstrap tunnel never listened"
+        for vps in VPSES:
+            assert wait_for(lambda: PUBLIC in in_host(vps, "ss -Hltn"), 60), f"no bootstrap tunnel to {vps}"
         told.status = cli(told.inventory, "status")
-        told.sessions = in_host("vps", "ps -o pid= -u pitunnel").split()
+        told.sessions = {vps: in_host(vps, "ps -o pid= -u pitunnel").split() for vps in VPSES}
         told.provision = cli(told.inventory, "provision-pi")
         told.verify = cli(told.inventory, "verify")
         home = work / "home"
-        told.ssh_answers = (answer(written(told.inventory, home), "pi1", home)[0], pitunnel_ssh(told.inventory, home))
+        config = written(told.inventory, home)
+        with lab.vps_dropped():
+            one_down = answer(config, "pi1", home)[0]
+        told.ssh_answers = (answer(config, "pi1", home)[0], one_down, pitunnel_ssh(told.inventory, home))
         told.packets = sent()
     for run in (told.status, told.provision, told.verify):  # the runs' own lines, for a failure's reader (-s)
         assert run is not None
@@ -120,8 +128,9 @@ def test_the_laptop_sent_not_one_packet_to_the_pis_lan_address(story: Story) -> 
 
 def test_status_showed_it_waiting_for_provision_pi(story: Story) -> None:
     assert story.status is not None
-    assert "pi1/ssh via vps: enrolled: its bootstrap tunnel is up, waiting for provision-pi" in story.status.stdout, \
-        story.status.stdout + story.status.stderr
+    for vps in VPSES:
+        assert f"pi1/ssh via {vps}: enrolled: its bootstrap tunnel is up, waiting for provision-pi" in \
+            story.status.stdout, story.status.stdout + story.status.stderr
     assert story.status.returncode == 0
 
 
@@ -130,24 +139,26 @@ def test_provision_pi_then_verify_pass_through_its_tunnel(story: Story) -> None:
     assert story.provision.returncode == 0, story.provision.stdout + story.provision.stderr
     assert "bootstrap tunnel retired" in story.provision.stdout
     assert story.verify.returncode == 0, story.verify.stdout + story.verify.stderr
-    assert in_host("pi1", "systemctl is-active pitunnel@vps.service").strip() == "active"
+    for vps in VPSES:
+        assert in_host("pi1", f"systemctl is-active pitunnel@{vps}.service").strip() == "active"
 
 
 def test_ssh_pi1_by_the_written_config_answers_from_away_from_home(story: Story) -> None:
     """The system's OpenSSH with the Host blocks `pitunnel ssh-config --write` kept, and `pitunnel ssh`: the Pi
     answers through its tunnel, its pinned host key checked (the packet count above covers these too)."""
-    assert story.ssh_answers == ("pi1", "pi1")
+    assert story.ssh_answers == ("pi1", "pi1", "pi1")
 
 
-def test_the_bootstrap_key_is_gone_and_its_session_ended(story: Story) -> None:
-    assert story.sessions, "the bootstrap tunnel had no session on the VPS"
-    assert "pitunnel-bootstrap" not in lab.exec_in("vps", f"cat {KEYS}").stdout
-    alive = in_host("vps", "".join(f"[ -d /proc/{pid} ] && echo {pid}\n" for pid in story.sessions) + "true")
+@pytest.mark.parametrize("vps", VPSES)
+def test_the_bootstrap_key_is_gone_and_its_session_ended(story: Story, vps: str) -> None:
+    assert story.sessions[vps], f"the bootstrap tunnel had no session on {vps}"
+    assert "pitunnel-bootstrap" not in lab.exec_in(vps, f"cat {KEYS}").stdout
+    alive = in_host(vps, "".join(f"[ -d /proc/{pid} ] && echo {pid}\n" for pid in story.sessions[vps]) + "true")
     assert alive.split() == []
-    logins = in_host("vps", "journalctl -q -o cat _COMM=sshd _COMM=sshd-session | grep 'Accepted publickey for pitunnel'")
-    assert story.bootstrap in logins  # the bootstrap key did log in, and that session is gone
+    logins = in_host(vps, "journalctl -q -o cat _COMM=sshd _COMM=sshd-session | grep 'Accepted publickey for pitunnel'")
+    assert story.bootstrap[vps] in logins  # the bootstrap key did log in, and that session is gone
     # nothing of the bootstrap is left on the Pi
     assert in_host("pi1", "ls /etc/pitunnel-bootstrap /etc/systemd/system/pitunnel-bootstrap@.service 2>&1; "
                           "getent passwd pitunnel-boot || echo gone").count("No such file") == 2
     assert "gone" in in_host("pi1", "getent passwd pitunnel-boot || echo gone")
-    assert in_host("pi1", "systemctl is-active pitunnel-bootstrap@vps.service").strip() != "active"
+    assert in_host("pi1", f"systemctl is-active pitunnel-bootstrap@{vps}.service").strip() != "active"
