@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -149,6 +150,7 @@ def enrolment(c: Context) -> None:
     image with them, and is provisioned and verified through its own tunnel, the laptop away from its home."""
     import tempfile
 
+    from pitunnel.sshcli import cached
     from pitunnel.tasks import enroll, provision_pi, provision_vps, status
 
     path = core.far_away_inventory("pi1", ENROLL_INVENTORY)
@@ -174,9 +176,15 @@ def enrolment(c: Context) -> None:
         provision_pi(c, inventory=str(path))
         print("\n== verify ==")
         verify(c, inventory=str(path))
+        config = cached(load_inventory(path, save_allocations=False))  # the Host blocks `pitunnel ssh` uses
+        print(f"\n== ssh -F {config} pi1 hostname (the system's OpenSSH, by pi1's tunnel) ==")
+        answered = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "pi1", "hostname"],
+                                  capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        print(answered.stdout.strip() or answered.stderr.strip())
         print(f"\nPackets the laptop sent to pi1's LAN address all along: {sent()}")
-    print(f"\npi1 answers through the VPS, from anywhere. Try:\n  pitunnel -i {path} ssh pi1\n"
-          f"  pitunnel -i {path} ssh-config --write; ssh pi1\nWhen done: invoke lab.down")
+    print(f"\npi1 answers through the VPS, from anywhere. Try:\n  ssh -F {config} pi1\n  pitunnel -i {path} ssh pi1\n"
+          f"  pitunnel -i {path} ssh-config --write; ssh pi1   (writes ~/.ssh/pitunnel.conf and one Include line)\n"
+          "When done: invoke lab.down")
 
 
 def failover(seconds: float) -> None:
