@@ -9,7 +9,7 @@ import pytest
 from invoke import Exit
 
 from pitunnel import tasks
-from pitunnel.inventory import Revoked
+from pitunnel.inventory import Inventory, Revoked
 from pitunnel.roles.probes.report import PathReport
 from tests.unit.fake_hosts import load
 from tests.unit.test_revoke import record
@@ -44,31 +44,31 @@ def test_revoke_takes_a_pi_of_the_inventory_revoked_already_or_not(tmp_path: Pat
     tasks.vet_revoke(inv, "beta")
 
 
+def refused(inv: Inventory, pi: str) -> str:
+    """What `revoke PI` says when it refuses the name (exit 3, before any host)."""
+    with pytest.raises(Exit) as caught:
+        tasks.vet_revoke(inv, pi)
+    assert caught.value.code == 3
+    return str(caught.value.message)
+
+
 def test_revoke_of_a_pi_revoked_and_gone_points_to_release_ports(tmp_path: Path) -> None:
     record(tmp_path, Revoked("delta", "2026-12-06T05:00:00Z"))
     inv = load(tmp_path, INVENTORY)
-    with pytest.raises(Exit) as caught:
-        tasks.vet_revoke(inv, "delta")
-    assert caught.value.code == 3
-    assert caught.value.message == (f"revoke: delta is revoked (since 2026-12-06T05:00:00Z) and gone from {inv.path}: "
-                                    "nothing of it is left on its VPSes. Fix: to free its ports, "
-                                    "`pitunnel revoke delta --release-ports`")
+    assert refused(inv, "delta") == (f"revoke: delta is revoked (since 2026-12-06T05:00:00Z) and gone from {inv.path}: "
+                                     "nothing of it is left on its VPSes. Fix: to free its ports, "
+                                     "`pitunnel revoke delta --release-ports`")
 
 
 def test_revoke_of_an_unknown_name_lists_the_pis_revoked_ones_too_or_says_none(tmp_path: Path) -> None:
     record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z"))
     inv = load(tmp_path, INVENTORY)
-    with pytest.raises(Exit) as caught:
-        tasks.vet_revoke(inv, "zeta")
-    assert caught.value.code == 3
-    assert caught.value.message == (f"revoke: no Pi named 'zeta' in {inv.path} (its Pis: beta, gamma, alpha). "
+    assert refused(inv, "zeta") == (f"revoke: no Pi named 'zeta' in {inv.path} (its Pis: beta, gamma, alpha). "
                                     "Fix: give the name of one of them")
     (tmp_path / "empty").mkdir()
     empty = load(tmp_path / "empty", "vps:\n  main: {address: 203.0.113.1}\n")
-    with pytest.raises(Exit) as caught:
-        tasks.vet_revoke(empty, "zeta")
-    assert caught.value.message == (f"revoke: no Pi named 'zeta' in {empty.path} (its Pis: none). "
-                                    "Fix: give the name of one of them")
+    assert refused(empty, "zeta") == (f"revoke: no Pi named 'zeta' in {empty.path} (its Pis: none). "
+                                      "Fix: give the name of one of them")
 
 
 def test_the_json_document_has_per_host_counts_and_error_and_says_whether_the_run_was_interrupted(
