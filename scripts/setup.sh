@@ -38,4 +38,28 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# promtool, for the fast suite's alert rule tests (docs/alerts): the one binary, taken from Debian's `prometheus`
+# package (apt-get download, dpkg-deb) into a cache and linked as .venv/bin/promtool. The package is not
+# installed: no Prometheus server is set up, started or enabled on this machine.
+if [ ! -x .venv/bin/promtool ]; then
+  version=$(apt-cache show --no-all-versions prometheus 2>/dev/null | sed -n 's/^Version: //p')
+  if [ -z "$version" ]; then
+    apt-get update -q >/dev/null
+    version=$(apt-cache show --no-all-versions prometheus | sed -n 's/^Version: //p')
+  fi
+  cache=/var/cache/pitunnel-tools
+  [ "$(id -u)" -eq 0 ] || cache=${XDG_CACHE_HOME:-$HOME/.cache}/pitunnel-tools
+  promtool="$cache/prometheus_$version/promtool"
+  if [ ! -x "$promtool" ]; then
+    echo "setup: fetching promtool from Debian's prometheus $version"
+    mkdir -p "${promtool%/*}"
+    ( deb=$(mktemp -d) && trap 'rm -rf "$deb"' EXIT
+      chown _apt "$deb" 2>/dev/null || true  # apt downloads as _apt when root
+      cd "$deb" && apt-get download -q "prometheus=$version" >/dev/null
+      dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > "$promtool.tmp"
+      chmod 755 "$promtool.tmp" && mv "$promtool.tmp" "$promtool" )
+  fi
+  ln -sfn "$promtool" .venv/bin/promtool
+fi
 echo "setup: ready (.venv/bin/invoke, .venv/bin/python -m pytest)"

@@ -275,12 +275,25 @@ def metrics_inventory(inventory: Path, folder: Path) -> Path:
     return path
 
 
-def scrape() -> dict[str, float]:
-    """The pitunnel_* samples the node exporter serves, read from the laptop."""
+def exposition() -> str:
+    """What the node exporter serves, read from the laptop."""
     with urllib.request.urlopen(f"http://{VPS}:9100/metrics", timeout=3) as resp:
-        text = resp.read().decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        return resp.read().decode()
+
+
+def scrape() -> dict[str, float]:
+    """The pitunnel_* samples the node exporter serves."""
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in exposition().splitlines()
             if line.startswith("pitunnel_")}
+
+
+def rules_file_matcher() -> str:
+    """The regular expression PitunnelMetricsMissing (docs/alerts) matches pitunnel.prom's `file` label with."""
+    rules = yaml.safe_load((ROOT / "docs" / "alerts" / "pitunnel.rules.yml").read_text())
+    expr = next(r["expr"] for g in rules["groups"] for r in g["rules"] if r["alert"] == "PitunnelMetricsMissing")
+    found = re.search(r'file=~"([^"]*)"', expr)
+    assert found, expr
+    return found.group(1).replace("\\\\", "\\")
 
 
 def sample(name: str) -> float | None:
@@ -298,7 +311,11 @@ def test_metrics_follow_a_tunnel_down_and_up(inventory: Path, tmp_path: Path) ->
     since = 'pitunnel_tunnel_connected_since_seconds{pi="pi1",tunnel="ssh",vps="vps"}'
     assert wait_for(lambda: sample(up) == 1.0, 10), scrape()
     assert sample('pitunnel_tunnel_up{pi="pi2",tunnel="api",vps="vps"}') == 1.0
-    assert (sample(since) or 0) > time.time() - 3600 * 24 * 365
+    connected = sample(since) or 0
+    assert connected > time.time() - 3600 * 24 * 365
+    # the alert rules' matcher takes the name this exporter gives the file (its path on Debian's)
+    files = re.findall(r'^node_textfile_mtime_seconds\{file="([^"]*pitunnel\.prom)"\}', exposition(), re.M)
+    assert len(files) == 1 and re.fullmatch(rules_file_matcher(), files[0]), (files, rules_file_matcher())
     assert sample("pitunnel_reaper_sessions_ended_total") is not None
     in_host("pi1", "systemctl stop pitunnel@vps")
     stopped = time.monotonic()
@@ -309,6 +326,7 @@ def test_metrics_follow_a_tunnel_down_and_up(inventory: Path, tmp_path: Path) ->
     assert wait_for(lambda: http_ok("pi1"), 20)
     started = time.monotonic()
     assert wait_for(lambda: sample(up) == 1.0, 5), "tunnel_up not back to 1 within 5 s of recovery"
+    assert (sample(since) or 0) > connected, "a reconnect gives connected-since a new value (PitunnelReconnecting)"
     print(f"metrics: pitunnel_tunnel_up 0 after {down_after:.1f}s of the tunnel down, 1 again "
           f"{time.monotonic() - started:.1f}s after it listened")
     code, _ = play(inv, provision_vps, quiet=True)
