@@ -222,11 +222,18 @@ def expiry(path: str) -> float | None:
 def journal(state: str, now: float) -> list[str]:
     """sshd's and the reaper's journal lines since the last run (the last 7 days on the first)."""
     cursor = os.path.join(state, "cursor")
-    since = [] if os.path.exists(cursor) else [f"--since=@{int(now - 7 * 86400)}"]
+    read = ["journalctl", "-q", "-o", "short-unix", "-t", "sshd", "-t", "sshd-session", "-t", "pitunnel-reaper"]
     try:
-        return subprocess.run(["journalctl", "-q", "-o", "short-unix", f"--cursor-file={cursor}", *since,
-                               "-t", "sshd", "-t", "sshd-session", "-t", "pitunnel-reaper"],
-                              capture_output=True, text=True, timeout=30).stdout.splitlines()
+        if os.path.exists(cursor):
+            return subprocess.run([*read, f"--cursor-file={cursor}"], capture_output=True, text=True,
+                                  timeout=30).stdout.splitlines()
+        # the first run: --since and --cursor-file do not go together (systemd 254 on refuses both), so the week
+        # is read first, then the cursor set at the journal's end
+        lines = subprocess.run([*read, f"--since=@{int(now - 7 * 86400)}"], capture_output=True, text=True,
+                               timeout=30).stdout.splitlines()
+        subprocess.run(["journalctl", "-q", "-n", "1", "-o", "cat", f"--cursor-file={cursor}"], capture_output=True,
+                       timeout=30)
+        return lines
     except (OSError, subprocess.SubprocessError):
         return []
 
