@@ -16,6 +16,8 @@ modules inside are the lab's own (only unit tests of those modules, in tests/uni
     with lab.vps_dropped():             the laptop's new connections to the VPS go unanswered
     with lab.port_dropped(80):          ... to one port of the VPS only (a provider's firewall in front of it)
     lab.start_ca()                      pebble, a real ACME CA, for the VPS's certbot (lab.down stops it)
+    lab.https_inventory()               the lab's inventory with HTTPS from it (public_name HTTPS_NAME)
+    lab.status_page_inventory()         ... and the VPS's status page: (inventory, user:password file, URL)
 """
 
 from pitunnel.taskkit import LAB_INVENTORY as INVENTORY
@@ -23,6 +25,7 @@ from pitunnel.taskkit import LAB_INVENTORY as INVENTORY
 from .acme import LabCA, dns_fail, start_ca
 from .core import (KNOWN_HOSTS, LAPTOP_KEY, HostStatus, UpReport, boot_from_seed, cpu_seconds, down, exec_in,
                    far_away_inventory, netns_argv, password_file, record, sh, shell_argv, status, up, write_file)
+from .inventories import HTTPS_NAME, https_inventory, status_page_inventory
 from .faults import (NAMES as FAULTS, PITUNNEL, PortKnocker, Setup, SilentDrop, Target, away_from_home, inject,
                      port_dropped, reachable, target, tunnel_bytes, tunnel_pss_kb, tunnel_rss_kb, powered_off, unplugged,
                      vps_addresses, vps_dropped, vps_power_cut, wait_recovered)
@@ -40,7 +43,7 @@ __all__ = [
     # its addresses
     "LAPTOP_ADDR", "VPS_ADDR",
     # the lab's ACME CA (pebble) and its DNS
-    "LabCA", "dns_fail", "start_ca",
+    "LabCA", "dns_fail", "start_ca", "HTTPS_NAME", "https_inventory", "status_page_inventory",
     # faults and recovery
     "FAULTS", "PITUNNEL", "PortKnocker", "Setup", "SilentDrop", "Target", "away_from_home", "inject", "port_dropped", "reachable",
     "target", "tunnel_bytes", "tunnel_pss_kb", "tunnel_rss_kb", "powered_off", "unplugged", "vps_addresses",

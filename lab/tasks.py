@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from invoke import Collection, Context, Exit, task
 
 from pitunnel.taskkit import LAB_INVENTORY, ROOT, FlagsTask
@@ -18,9 +16,8 @@ from pitunnel.inventory import load_inventory
 from pitunnel.tasks import provision, verify
 
 from . import core
-from .acme import start_ca
+from .inventories import HTTPS_NAME, https_inventory, status_page_inventory
 from .faults import NAMES, away_from_home, inject, reachable, target, vps_power_cut, wait_recovered
-from .state import STATE_DIR
 from .report import print_status
 from .system import LabError
 
@@ -87,37 +84,25 @@ def lab_fault(c: Context, fault: str, pi: str = "pi1", timeout: float = 300) -> 
     print(f"{fault}: {pi} reachable again through the VPS {seconds:.1f}s after the fault ended")
 
 
-HTTPS_INVENTORY = STATE_DIR / "https.yml"  # in the lab's state: lab.down removes it (and its ports file)
-HTTPS_NAME = "vps.pitunnel.test"  # the lab VPS's public_name: the lab's DNS (lab/acme.py) answers it with the VPS
-
-
-def https_inventory() -> Path:
-    """The lab's inventory with HTTPS on: acme from the lab's pebble, public_name for the path routes, and
-    verify trusting pebble's root."""
-    ca = start_ca()
-    doc = yaml.safe_load(LAB_INVENTORY.read_text())
-    doc["settings"]["verify_ca_file"] = str(ca.root)
-    doc["vps"]["vps"].update(public_name=HTTPS_NAME, acme={"email": "admin@pitunnel.test", "directory": ca.directory,
-                                                           "ca_bundle": str(ca.ca_bundle)})
-    HTTPS_INVENTORY.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return HTTPS_INVENTORY
-
-
 @task(help={"pis": "how many Pis in the lab (default 1)",
             "release": "Debian release of the lab's hosts: bookworm or trixie",
             "https": "also start the lab's ACME CA (pebble): certificates by certbot, every route over HTTPS",
             "vpses": "how many VPSes (1 or 2); with 2 the demo ends by cutting one VPS's power: the Pi stays reachable",
             "enroll": "pi1 far away instead: enrolled from its boot files (pitunnel enroll), booted from a fresh "
-                      "cloud-init image, provisioned through its own tunnel, the laptop never on its LAN"},
-      klass=FlagsTask, shorts={"https": "s", "enroll": "e"})  # not -h: that is --help
+                      "cloud-init image, provisioned through its own tunnel, the laptop never on its LAN",
+            "status_page": "the VPS's status page too (HTTPS, as --https): prints its URL and the file holding its "
+                           "user:password"},
+      klass=FlagsTask, shorts={"https": "s", "enroll": "e", "status_page": "t"})  # not -h: that is --help
 def demo(c: Context, pis: int = 1, release: str = "bookworm", https: bool = False, vpses: int = 1,
-         enroll: bool = False) -> None:
+         enroll: bool = False, status_page: bool = False) -> None:
     """The whole story on the local lab: lab up, provision, verify, and how to ssh into a Pi via the VPS."""
     lab_up(c, pis=pis, release=release, vpses=vpses)
     if enroll:
         enrolment(c)
         return
-    path = https_inventory() if https else LAB_INVENTORY
+    https = https or status_page
+    page = status_page_inventory() if status_page else None
+    path = page[0] if page else https_inventory() if https else LAB_INVENTORY
     print("\n== provision (VPS, then Pis) ==")
     provision(c, inventory=str(path))
     print("\n== verify ==")
@@ -139,6 +124,9 @@ def demo(c: Context, pis: int = 1, release: str = "bookworm", https: bool = Fals
                       f"https://{HTTPS_NAME}{t.path or '/'}")
             elif t.kind == "http":
                 print(f"  curl http://{vps.address}{t.path or '/'}")
+    if page:
+        print(f"Status page: {page[2]}  user:password in {page[1]} (root only)")
+        print(f"  chromium --host-resolver-rules='MAP {HTTPS_NAME} {vps.address}' {page[2]}   (the name is the lab's)")
     print("When done: invoke lab.down")
 
 

@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 packages=(python3 python3-venv python3-pip openssh-client iproute2 util-linux iptables
           systemd-container debootstrap apt-cacher-ng ca-certificates wrk tcpdump
-          sshpass pebble openssl curl nginx openssh-server)  # sshpass: the Ansible side of `invoke bench.provision`
-          # (its ansible-core: pip extra [bench]); pebble (and its pebble-challtestsrv): the lab's ACME CA (lab/acme.py);
-          # nginx, openssh-server: the fast suite checks the generated configs with `nginx -t` and `sshd -t`
+          sshpass pebble openssl curl nginx openssh-server chromium fonts-dejavu-core)  # sshpass: the Ansible side of
+          # `invoke bench.provision` (its ansible-core: pip extra [bench]); pebble (and its pebble-challtestsrv): the lab's
+          # ACME CA (lab/acme.py); nginx, openssh-server: the fast suite checks the generated configs with `nginx -t` and
+          # `sshd -t`; chromium (headless) and a font: the status page's lab test reads the page and keeps a screenshot
 # the services of these packages, if this run installs them: never started, and not enabled for the next boot
 # (only their binaries are wanted: the lab runs its own, in its containers)
 declare -A services=([apt-cacher-ng]="apt-cacher-ng.service" [nginx]="nginx.service"

@@ -42,7 +42,7 @@ from .fields import (
     Field,
 )
 from .files import MAX_HTPASSWD_BYTES, MAX_SECRET_BYTES
-from .model import DEFAULT_BODY_SIZE, LETS_ENCRYPT, LETS_ENCRYPT_STAGING, AcmeSpec, Forward, HostSpec, acme_name, has_tls, Inventory, Listener, PiPath, PiSpec, Revoked, Settings, TunnelSpec, VpsSpec
+from .model import DEFAULT_BODY_SIZE, LETS_ENCRYPT, LETS_ENCRYPT_STAGING, AcmeSpec, Forward, HostSpec, acme_name, has_tls, Inventory, Listener, PiPath, PiSpec, Revoked, Settings, StatusPageSpec, TunnelSpec, VpsSpec
 from .ports import allocate_ports, ports_file
 from .values import AUTO, MAX_CONNECT_TIMEOUT, MAX_TEXT, NAME_RE, SSH_KEY_TYPES, SYSTEM_ACCOUNTS, USER_RE, Check
 
@@ -51,7 +51,7 @@ __all__ = [
     "MAX_CONNECT_TIMEOUT", "MAX_HTPASSWD_BYTES", "MAX_SECRET_BYTES", "MAX_TEXT", "NAME_RE", "PI_FIELDS", "REQUIRED",
     "SECTION_FIELDS", "SETTINGS_FIELDS", "SSH_KEY_TYPES", "SYSTEM_ACCOUNTS", "TUNNEL_FIELDS", "USER_RE",
     "VPS_FIELDS", "Check", "Field", "HostSpec", "Invalid", "Inventory", "InventoryError", "PiPath", "PiSpec", "Problem",
-    "Forward", "Listener", "Revoked", "Settings", "TunnelSpec", "VpsSpec", "allocate_ports", "load_inventory", "ports_file",
+    "Forward", "Listener", "Revoked", "Settings", "StatusPageSpec", "TunnelSpec", "VpsSpec", "allocate_ports", "load_inventory", "ports_file",
 ]
 
 

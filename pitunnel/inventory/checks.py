@@ -176,6 +176,26 @@ def tls_for_routes(report: Problems, vps: VpsSpec, pi: PiPath) -> None:
                            f"{how} hsts")
 
 
+def status_page(report: Problems, vps: VpsSpec, tunnels: list[tuple[str, TunnelSpec]]) -> None:
+    """The status page asks for a password: only over HTTPS (the VPS's public_name with `acme:`, or its
+    tls_certificate); and its path is no path route's, nor inside one, nor around one."""
+    page = vps.status_page
+    if page is None:
+        return
+    where: KeyPath = ("vps", vps.name, "status_page")
+    if not (vps.tls_certificate and vps.tls_key) and not (vps.acme and vps.public_name):
+        report.problem(where, "the status page asks for a password (basic auth), which would cross in clear over "
+                       "plain HTTP", f"give VPS '{vps.name}' 'public_name' and 'acme:' (or tls_certificate and "
+                       "tls_key), or remove status_page")
+    for pi, tunnel in tunnels:
+        if tunnel.kind == "http" and tunnel.server_name is None and tunnel.path is not None and \
+                (tunnel.path.startswith(page.path) or page.path.startswith(tunnel.path)):
+            other: KeyPath = ("pis", pi, "tunnels", tunnel.name, "path")
+            report.problem(where + ("path",), f"the status page's path {page.path!r} on VPS '{vps.name}' overlaps "
+                           f"{dotted(other)}'s {tunnel.path!r}{report.line(other)}",
+                           "give status_page a path of its own, e.g. /fleet-status/")
+
+
 def plain_http_names(vpses: Mapping[str, VpsSpec], pis: Iterable[PiSpec]) -> list[str]:
     """A warning per http route with a server_name that its VPS would serve over plain HTTP (no `acme:` that can
     prove the name, no tls_certificate): HTTPS is the default wherever a route has a name (README)."""

@@ -21,7 +21,7 @@ from pitunnel.yamlsrc import KeyPath
 from . import values
 from .errors import Invalid, Problems, clip
 from .files import local_file
-from .model import KEEPALIVE, VIA, AcmeSpec, PiSpec, TunnelSpec, VpsSpec
+from .model import KEEPALIVE, VIA, AcmeSpec, PiSpec, StatusPageSpec, TunnelSpec, VpsSpec
 from .values import AUTO, Check
 
 REQUIRED: Final = object()
@@ -96,6 +96,7 @@ VPS_FIELDS: Final = _defaults_from(VpsSpec, {
     "port_range": Field(values.port_range, MODEL),
     "metrics": Field(values.boolean, MODEL),
     "metrics_address": Field(values.listen_address, MODEL),
+    "status_page": Field(values.mapping),  # read with STATUS_PAGE_FIELDS
     "firewall": Field(values.choice("auto", "leave"), MODEL),
 })
 PI_FIELDS: Final = _defaults_from(PiSpec, {
@@ -129,6 +130,11 @@ ACME_FIELDS: Final = _defaults_from(AcmeSpec, {
     "directory": Field(values.https_url, MODEL),
     "staging": Field(values.boolean, MODEL),
     "ca_bundle": Field(values.text, None, path=True, exists=True),
+})
+STATUS_PAGE_FIELDS: Final = _defaults_from(StatusPageSpec, {
+    "basic_auth_file": Field(values.text, REQUIRED, path=True, exists=True, secret="htpasswd",
+                             example="status.htpasswd   # made with: htpasswd -cB status.htpasswd USER"),
+    "path": Field(values.url_path, MODEL),
 })
 HTTP_ONLY_KEYS: Final = ("server_name", "path", "basic_auth_file", "websocket", "client_max_body_size", "hsts")
 DEFAULT_LOCAL_PORT: Final = {"ssh": 22, "http": 80}

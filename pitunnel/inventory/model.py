@@ -153,6 +153,17 @@ class AcmeSpec:
     ca_bundle: Path | None = None  # local file: the CA certificates certbot trusts for the directory's TLS
 
 
+STATUS_PAGE_PATH: Final = "/pitunnel-status/"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusPageSpec:
+    """`status_page:` of a VPS: a page of its tunnels, served by its Nginx behind basic auth (docs/monitoring.md)."""
+
+    basic_auth_file: Path  # local htpasswd file: its users may read the page
+    path: str = STATUS_PAGE_PATH  # where the page is, under the VPS's public_name
+
+
 @dataclass(frozen=True, kw_only=True)
 class VpsSpec(HostSpec):
     tunnel_user: str = TUNNEL_USER
@@ -167,6 +178,7 @@ class VpsSpec(HostSpec):
     port_range: tuple[int, int] = (20000, 29999)
     metrics: bool = False  # Prometheus node exporter with pitunnel's tunnel metrics (docs/monitoring.md)
     metrics_address: str = "127.0.0.1:9100"  # where the exporter listens
+    status_page: StatusPageSpec | None = None
     firewall: str = "auto"  # auto: open the published ports in the VPS's host firewall; leave: only warn
 
     @property

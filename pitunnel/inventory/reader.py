@@ -13,7 +13,7 @@ from . import checks, fields, values
 from .errors import Invalid, Problems, show
 from .fields import FieldChecker, Inherited
 from .files import public_key
-from .model import KEEPALIVE, LETS_ENCRYPT, LETS_ENCRYPT_STAGING, AcmeSpec, PiSpec, metrics_port, Settings, TunnelSpec, VpsSpec
+from .model import KEEPALIVE, LETS_ENCRYPT, LETS_ENCRYPT_STAGING, AcmeSpec, PiSpec, metrics_port, Settings, StatusPageSpec, TunnelSpec, VpsSpec
 
 ALIVE_KEYS = ("client_alive_interval", "client_alive_count_max")
 
@@ -68,6 +68,8 @@ class _Reader:
         for vps_name, ports in self.vps_ports.items():
             checks.ports_and_routes(self.report, vps_name, ports,
                                     [(pi, t) for pi, on, t in self.routed if on == vps_name])
+        for spec in vps.values():
+            checks.status_page(self.report, spec, [(pi, t) for pi, on, t in self.routed if on == spec.name])
         return settings, vps, pis
 
     def section(self, top: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -134,9 +136,11 @@ class _Reader:
                 if quiet.get("metrics") and "metrics_address" in quiet:
                     self.vps_ports[name]["metrics_address"] = metrics_port(quiet["metrics_address"])
             acme = self.acme(raw.get("acme"), path + ("acme",))
-            if not checks.vps_agrees(self.report, quiet, path) or found is None or not name_ok or acme is False:
+            page = self.status_page(raw.get("status_page"), path + ("status_page",))
+            if not checks.vps_agrees(self.report, quiet, path) or found is None or not name_ok or acme is False \
+                    or page is False:
                 continue
-            found["acme"] = acme
+            found.update(acme=acme, status_page=page)
             self.alive_unset[name] = [k for k in ALIVE_KEYS if found.get(k) is None]
             result[name] = VpsSpec(name=name, role="vps", given=_given(raw, inherited, fields.VPS_FIELDS),
                                    **{k: v for k, v in found.items() if k not in self.alive_unset[name]})
@@ -156,6 +160,13 @@ class _Reader:
         if found["staging"]:
             found["directory"] = LETS_ENCRYPT_STAGING
         return AcmeSpec(**found)
+
+    def status_page(self, raw: Any, path: KeyPath) -> StatusPageSpec | None | bool:
+        """The VPS's `status_page:` (None if absent), or False if it is invalid (reported)."""
+        if not isinstance(raw, dict):
+            return None  # absent, or not a mapping: reported with the VPS's other fields
+        found = self.schema.check(raw, path, fields.STATUS_PAGE_FIELDS)
+        return False if found is None else StatusPageSpec(**found)
 
     def pis(self, section: Mapping[str, Any], inherited: Inherited, vps_names: list[str]) -> dict[str, PiSpec]:
         result: dict[str, PiSpec] = {}

@@ -13,6 +13,7 @@ from pitunnel.ops import STATE_DIR, Absent, File, Op, Plan, Pruned, backup_comma
 from pitunnel.roles.contract import realm
 from pitunnel.roles.vps.acme import AcmeFound, live_paths
 from pitunnel.roles.vps.role import VPS_DEFAULTS, ROLE
+from pitunnel.roles.vps.statuspage import AUTH_FILE, LOCATION_FILE
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ def nginx_ops(routes: list[HttpRoute], variables: dict[str, Any]) -> list[Op]:
     route's basic auth file, the upstreams, a site per server_name route, a location per path route, the files
     of routes gone pruned, Debian's default site set aside, and the server for the path-prefix routes."""
     tunnels = {(t["pi"], t["name"]): t for t in variables["tunnels"]}
+    page = {"location": {LOCATION_FILE}, "auth": {AUTH_FILE}} if variables.get("status_page") else {"location": set(), "auth": set()}
     ops: list[Op] = []
     for r in routes:
         if r.auth_source is not None and r.auth_file is not None:
@@ -234,10 +236,11 @@ def nginx_ops(routes: list[HttpRoute], variables: dict[str, Any]) -> list[Op]:
     ops += [
         Pruned(VPS_DEFAULTS["nginx_sites_dir"], "pitunnel-*.conf",
                frozenset(f"pitunnel-{r.file_stem}.conf" for r in routes if r.server_name), notify=("reload nginx",)),
+        # the status page's files (statuspage.py) are kept while the inventory asks for the page
         Pruned(VPS_DEFAULTS["nginx_locations_dir"], "*.conf",
-               frozenset(f"{r.file_stem}.conf" for r in routes if not r.server_name), notify=("reload nginx",)),
+               frozenset({f"{r.file_stem}.conf" for r in routes if not r.server_name} | page["location"]), notify=("reload nginx",)),
         Pruned(VPS_DEFAULTS["nginx_auth_dir"], "*.htpasswd",
-               frozenset(f"{r.file_stem}.htpasswd" for r in routes if r.auth_file), notify=("reload nginx",)),
+               frozenset({f"{r.file_stem}.htpasswd" for r in routes if r.auth_file} | page["auth"]), notify=("reload nginx",)),
         DebianDefaultSetAside(),
         File(VPS_DEFAULTS["nginx_default_site"], ROLE.render("nginx-default-site.conf.j2", **variables),
              notify=("reload nginx",), title="nginx server for path-prefix tunnels"),

@@ -24,6 +24,7 @@ from pitunnel.roles.vps.metrics import metrics_absent_ops, metrics_ops
 from pitunnel.roles.vps.nginx import (DEFAULT_SERVERS_FACT, default_server_note, http_routes, nginx_absent_ops, nginx_ops,
                                       others_default_servers, route_vars, served_tls)
 from pitunnel.roles.vps.role import VPS_DEFAULTS, ROLE
+from pitunnel.roles.vps.statuspage import page_vars, status_page_absent_ops, status_page_ops
 
 
 def account_observer(vps: VpsSpec) -> Observe[bool]:
@@ -143,7 +144,7 @@ def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: 
                 reject_unknown=claim_default if reject_unknown is None else reject_unknown,
                 site_tls=served_tls(vps, public if vps.acme else None, certs),
                 revoked_keys=VPS_DEFAULTS["revoked_keys"] if revoked_lines(inv) else None,
-                tunnels=[route_vars(r, vps, certs) for r in http_routes(inv, vps)])
+                tunnels=[route_vars(r, vps, certs) for r in http_routes(inv, vps)], status_page=page_vars(vps))
 
 
 def acme_names(inv: Inventory, vps: VpsSpec) -> list[str]:
@@ -185,6 +186,7 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, ce
         Directory(VPS_DEFAULTS["nginx_locations_dir"]),
         Directory(VPS_DEFAULTS["nginx_auth_dir"], group="www-data", mode=0o750),
         *acme_ops(vps),
+        *status_page_ops(vps, variables),
         *nginx_ops(routes, variables),
     ]
     return ops
@@ -196,6 +198,7 @@ def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
         Service(VPS_DEFAULTS["reaper_unit"], enabled=False, running=False, title=f"service {VPS_DEFAULTS['reaper_unit']} stopped and disabled"),
         Absent(VPS_DEFAULTS["reaper_unit_path"], notify=("daemon-reload",)),
         *metrics_absent_ops(),
+        *status_page_absent_ops(),
         Absent(VPS_DEFAULTS["reaper_path"].rsplit("/", 1)[0]),
         Absent(VPS_DEFAULTS["sshd_dropin"], notify=("reload sshd",)),
         Absent(VPS_DEFAULTS["revoked_keys"]),
@@ -215,7 +218,8 @@ def teardown_ops(vps: VpsSpec, *, purge: bool) -> list[Op]:
 
 def packages(vps: VpsSpec) -> Packages:
     return Packages((VPS_DEFAULTS["nginx_package"], *([VPS_DEFAULTS["certbot_package"]] if vps.acme else []),
-                     *([VPS_DEFAULTS["metrics_package"]] if vps.metrics else [])))
+                     *([VPS_DEFAULTS["metrics_package"]] if vps.metrics else []),
+                     *([VPS_DEFAULTS["status_page_package"]] if vps.status_page else [])))
 
 
 def certificates(remote: Remote, inv: Inventory, vps: VpsSpec, found: AcmeFound, play: Play) -> tuple[bool, list[str]]:
