@@ -20,6 +20,7 @@ import yaml
 import lab
 from pitunnel.inventory import ports_file
 from pitunnel.roles.site import provision, provision_vps, teardown
+from pitunnel.roles.vps import acme
 from pitunnel.taskkit import ROOT
 from tests.conftest import RELEASE, lab_up
 from tests.lab.runs import in_host, play
@@ -71,6 +72,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str, Pa
     tunnel stopped; (inventory, credentials file, the page's URL, pebble's root)."""
     lab_up(2)
     path, credentials, url = lab.status_page_inventory()
+    doc = yaml.safe_load(path.read_text())
+    doc["vps"]["vps"]["metrics"] = True  # the certificate's expiry in the metrics too (the alert rules read it)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
     started = time.monotonic()
     code, p = play(path, provision)
     assert code == 0, p and {h: (r.changed, r.failed) for h, r in p.reporter.recaps.items()}
@@ -157,6 +161,19 @@ def test_no_password_no_page_and_never_over_plain_http(setup: tuple[Path, Path, 
     assert curl(root, url, "--netrc-file", str(netrc(credentials, tmp_path))) == "200"
     assert curl(root, url.replace("https://", "http://")) == "308"  # plain HTTP only points to HTTPS
     assert curl(root, f"{url}../history.json", "--path-as-is", "--netrc-file", str(netrc(credentials, tmp_path))) != "200"
+
+
+def test_the_metrics_carry_the_served_certificates_expiry_and_the_minute_written(
+        setup: tuple[Path, Path, str, Path]) -> None:
+    """What the alert rules read (docs/alerts): the expiry of the certificate Nginx serves, as openssl reads it
+    from the live file, and a write within the last minute or two."""
+    prom = "/var/lib/prometheus/node-exporter/pitunnel.prom"
+    served = in_host("vps", f"openssl x509 -enddate -noout -in {acme.LE}/live/{acme.cert_name(lab.HTTPS_NAME)}/fullchain.pem")
+    expires = in_host("vps", f"date -d {served.strip().removeprefix('notAfter=')!r} +%s").strip()
+    text = in_host("vps", f"cat {prom}")
+    assert f'pitunnel_certificate_expiry_seconds{{vps="vps",name="{lab.HTTPS_NAME}"}} {expires}' in text, text
+    (written,) = re.findall(r'^pitunnel_metrics_updated_seconds\{vps="vps"\} (\d+)$', text, re.M)
+    assert 0 <= int(in_host("vps", "date +%s")) - int(written) <= 120
 
 
 def test_history_is_kept_root_only_and_survives_a_restart(setup: tuple[Path, Path, str, Path]) -> None:

@@ -71,6 +71,7 @@ CHANGED = {
     "PitunnelCertificateExpiring": ("< 14 * 86400", "< 15 * 86400"),
     "PitunnelExporterDown": ("== 0\n        for: 5m", "== 0\n        for: 4m"),
     "PitunnelMetricsMissing": ('file=~"(.*/)?pitunnel\\\\.prom"', 'file="pitunnel.prom"'),
+    "PitunnelMetricsStale": ("pitunnel_metrics_updated_seconds > 300", "pitunnel_metrics_updated_seconds > 360"),
 }
 
 

@@ -4,6 +4,11 @@ key files' parsing on both sides, known_hosts with several keys per host, and th
 from __future__ import annotations
 
 import itertools
+import os
+import re
+import subprocess
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import paramiko
@@ -19,6 +24,7 @@ from pitunnel.roles.pi import keys as pi_keys
 from pitunnel.roles.vps import keys as vps_keys
 from pitunnel.roles.vps.authorized import authorized_keys, parse_authorized_keys
 from pitunnel.roles.vps.metrics import metrics_ops
+from pitunnel.roles.vps.role import VPS_DEFAULTS
 from pitunnel.roles.rotate import Ring, Step, after, next_step, plan
 from pitunnel.sshkeys import parse_public_key
 
@@ -315,3 +321,26 @@ def test_the_reaper_sees_a_pis_two_keys_as_one_owner(tmp_path: Path) -> None:
              'owner_of "$3"')
     run = subprocess.run(["bash", "-c", probe, "probe", *fps], capture_output=True, text=True, timeout=20)
     assert run.stdout.splitlines() == ["same", "other", "other", "other", "pitunnel:pi2"], run.stderr
+
+
+def test_the_metrics_writer_gives_each_certificates_expiry_and_the_minute_it_wrote(tmp_path: Path) -> None:
+    """The writer script as rendered, run here for a moment: a certificate it can read gives its notAfter, one
+    it cannot (ACME not done yet) gives no series, and the file carries the minute it was written."""
+    cert = tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ed25519", "-nodes", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(cert), "-days", "20", "-subj", "/CN=vps.example.com"], check=True, capture_output=True)
+    not_after = subprocess.run(["openssl", "x509", "-enddate", "-noout", "-in", str(cert)], capture_output=True,
+                               text=True, check=True).stdout.strip().removeprefix("notAfter=")
+    expires = int(datetime.strptime(not_after, "%b %d %H:%M:%S %Y GMT").replace(tzinfo=timezone.utc).timestamp())
+    inv = lab_like(tmp_path, ", metrics: true")
+    ops = metrics_ops(inv, inv.vps["main"], [("vps.example.com", str(cert)), ("path-prefix server", str(tmp_path / "no such.pem"))])
+    script = next(op.wanted(FileState(False)) for op in ops if getattr(op, "path", "").endswith("/metrics"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "metrics.sh").write_text(script.replace(VPS_DEFAULTS["metrics_textfile_dir"], str(tmp_path)))
+    before = int(time.time()) // 60 * 60
+    subprocess.run(["timeout", "3", "bash", str(tmp_path / "metrics.sh")], env={**os.environ, "RUNTIME_DIRECTORY": str(tmp_path / "run")})
+    text = (tmp_path / "pitunnel.prom").read_text()
+    assert f'pitunnel_certificate_expiry_seconds{{vps="main",name="vps.example.com"}} {expires}\n' in text
+    assert text.count("pitunnel_certificate_expiry_seconds{") == 1  # none for the file it cannot read
+    (written,) = re.findall(r'^pitunnel_metrics_updated_seconds\{vps="main"\} (\d+)$', text, re.M)
+    assert before <= int(written) <= int(time.time()) and int(written) % 60 == 0

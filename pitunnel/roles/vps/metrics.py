@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pitunnel.inventory import Inventory, VpsSpec
 from pitunnel.ops import Absent, File, Op, PackagesAbsent, Service
 from pitunnel.roles.contract import listen_spec
@@ -9,16 +11,17 @@ from pitunnel.roles.vps.role import VPS_DEFAULTS, ROLE
 from pitunnel.roles.vps.statuspage import page_vars
 
 
-def metrics_ops(inv: Inventory, vps: VpsSpec) -> list[Op]:
+def metrics_ops(inv: Inventory, vps: VpsSpec, certificates: Sequence[tuple[str, str]] = ()) -> list[Op]:
     """`metrics: true`: the node exporter where the inventory says, and pitunnel's metrics for its textfile
     collector, written by a service of the VPS's own; `metrics: false`: none of pitunnel's pieces, and
     the exporter purged if pitunnel installed it (one that was there before stays, as it was). That service,
-    the metrics writer, also runs for `status_page:` alone: it makes the page (statuspage.py)."""
+    the metrics writer, also runs for `status_page:` alone: it makes the page (statuspage.py). `certificates`:
+    (name, file) of each certificate pitunnel's Nginx serves, whose expiry the metrics carry."""
     if not vps.metrics and vps.status_page is None:
         return [*metrics_absent_ops(), PackagesAbsent((VPS_DEFAULTS["metrics_package"],))]
     tunnels = [dict(pi=pi.name, tunnel=t.name, listen=listen_spec(t)) for pi, t in inv.tunnels_on(vps)]
     variables = dict(metrics_address=vps.metrics_address, metrics_tunnels=tunnels, metrics_vps=vps.name,
-                     metrics=vps.metrics, status_page=page_vars(vps))
+                     metrics=vps.metrics, status_page=page_vars(vps), metrics_certificates=list(certificates))
     exporter: list[Op] = [
         File(VPS_DEFAULTS["metrics_dropin"], ROLE.render("node-exporter.conf.j2", **variables), notify=("restart node exporter",),
              title=f"node exporter on {vps.metrics_address}, textfile collector on"),

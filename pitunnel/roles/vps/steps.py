@@ -24,7 +24,7 @@ from pitunnel.roles.vps.metrics import metrics_absent_ops, metrics_ops
 from pitunnel.roles.vps.nginx import (DEFAULT_SERVERS_FACT, default_server_note, http_routes, nginx_absent_ops, nginx_ops,
                                       others_default_servers, route_vars, served_tls)
 from pitunnel.roles.vps.role import VPS_DEFAULTS, ROLE
-from pitunnel.roles.vps.statuspage import page_vars, status_page_absent_ops, status_page_ops
+from pitunnel.roles.vps.statuspage import certificates as served_certificates, page_vars, status_page_absent_ops, status_page_ops
 
 
 def account_observer(vps: VpsSpec) -> Observe[bool]:
@@ -182,7 +182,7 @@ def converge_ops(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, ce
         File(VPS_DEFAULTS["reaper_unit_path"], ROLE.render("reaper.service.j2", **variables), notify=("restart reaper",),
              title=f"systemd unit {VPS_DEFAULTS['reaper_unit']}"),
         Service(VPS_DEFAULTS["reaper_unit"], covers=("restart reaper",)),
-        *metrics_ops(inv, vps),
+        *metrics_ops(inv, vps, served_certificates(variables)),
         Directory(VPS_DEFAULTS["nginx_locations_dir"]),
         Directory(VPS_DEFAULTS["nginx_auth_dir"], group="www-data", mode=0o750),
         *acme_ops(vps),
