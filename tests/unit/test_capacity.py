@@ -19,6 +19,8 @@ def test_memory_is_read_from_meminfo_and_the_cgroup_limit() -> None:
     assert parse_memory("MemTotal: 24730000 kB\nmemory.max 268435456\n") == Memory(24730000, 262144)
     assert parse_memory("MemTotal: 24730000 kB\nmemory.max max\n") == Memory(24730000, None)  # no limit
     assert parse_memory("") == Memory(None, None)
+    assert parse_memory("MemTotal: 24730000 kB\nmemory.limit_in_bytes 9223372036854771712\n").usable_kb == 24730000
+    assert parse_memory("MemTotal: 24730000 kB\nmemory.limit_in_bytes 1073741824\n") == Memory(24730000, 1024 * 1024)
     assert Memory(24730000, 262144).usable_kb == 262144 and Memory(1000, 262144).usable_kb == 1000
     assert Memory(None, None).usable_kb is None
 

@@ -9,9 +9,10 @@ from pitunnel.facts import Fact
 from pitunnel.inventory import Inventory, VpsSpec
 from pitunnel.ops import Observe
 
-# What one Pi's tunnel session costs the VPS: its two sshd processes' PSS, 2.1 MB. Measured for issue 27 on a
-# bookworm VPS (OpenSSH 9.2), 60 sessions of one tunnel key (docs/performance.md, "Tasks at 1,000 Pis"); to be
-# replaced by what `invoke bench.capacity` measures. One session per Pi and VPS, whatever its number of tunnels.
+# What one Pi's tunnel session costs the VPS: its two sshd processes' PSS, 2.1 MB. Measured for issue 27 on main
+# b95492a, a bookworm lab VPS (OpenSSH 9.2), 60 sessions of one tunnel key (docs/redundancy.md, "Past one VPS's
+# capacity"); to be replaced by what `invoke bench.capacity` measures. One session per Pi and VPS, whatever its
+# number of tunnels.
 SSHD_KB_PER_SESSION = 2150
 # What the VPS needs beside the sessions (the OS, Nginx, the reaper): the same measure put a 1 GiB VPS at about
 # 400 Pis, which leaves 1 GiB - 400 x 2.1 MB, about 184 MB, for the rest.
@@ -35,19 +36,20 @@ class Memory:
 
 
 def parse_memory(output: str) -> Memory:
-    """`MemTotal: N kB` from /proc/meminfo, then the cgroup's memory.max in bytes (`max`: no limit), if any."""
-    total = limit = None
+    """`MemTotal: N kB` from /proc/meminfo, then the cgroup's memory limit in bytes, if any (`memory.max` on
+    cgroup v2, `max`: none; `memory.limit_in_bytes` on v1, where no limit is a huge number)."""
+    total, limits = None, []
     for line in output.splitlines():
         words = line.split()
         if len(words) == 3 and words[0] == "MemTotal:" and words[1].isdigit():
             total = int(words[1])
-        elif len(words) == 2 and words[0] == "memory.max" and words[1].isdigit():
-            limit = int(words[1]) // 1024
-    return Memory(total, limit)
+        elif len(words) == 2 and words[0] in ("memory.max", "memory.limit_in_bytes") and words[1].isdigit():
+            limits.append(int(words[1]) // 1024)
+    return Memory(total, min(limits) if limits else None)
 
 
-MEMORY = Fact(MEMORY_FACT_KEY, "grep '^MemTotal:' /proc/meminfo; "
-              "[ -r /sys/fs/cgroup/memory.max ] && echo \"memory.max $(cat /sys/fs/cgroup/memory.max)\"; true",
+MEMORY = Fact(MEMORY_FACT_KEY, "grep '^MemTotal:' /proc/meminfo; for f in /sys/fs/cgroup/memory.max "
+              "/sys/fs/cgroup/memory/memory.limit_in_bytes; do [ -r $f ] && echo \"${f##*/} $(cat $f)\"; done; true",
               parse_memory)
 
 
