@@ -1,5 +1,5 @@
 """The benchmarks' tasks: `invoke bench.lab`, `bench.recovery`, `bench.provision`, `bench.fleet`, `bench.datapath`,
-`bench.hops`, `bench.keepalive`, `bench.deadvps`."""
+`bench.hops`, `bench.keepalive`, `bench.deadvps`, `bench.inventory`."""
 
 from __future__ import annotations
 
@@ -118,6 +118,20 @@ def bench_deadvps(c: Context, sizes: str = "1,20", connect_timeout: float = 5, r
     main(chosen, connect_timeout=connect_timeout, runs=runs)
 
 
+@task(help={"pis": "comma-separated fleet sizes in Pis (default 1000)", "runs": "runs per figure, the median is kept (default 3)",
+            "profile": "also print cProfile's top functions of one cold load and render"})
+def bench_inventory(c: Context, pis: str = "1000", runs: int = 3, profile: bool = False) -> None:
+    """Load, check and render (Nginx, ports file) the inventory of a large fleet on the laptop; no host needed."""
+    from benchmarks.fleet import parse_sizes
+    from benchmarks.inventory_scale import main
+
+    try:
+        chosen = parse_sizes(pis)
+    except ValueError as exc:
+        raise Exit(f"bench.inventory: {exc}", code=2) from None
+    main(chosen, runs=runs, profile=profile)
+
+
 ns = Collection("bench")
 ns.add_task(bench_lab, "lab")
 ns.add_task(bench_recovery, "recovery")
@@ -127,3 +141,4 @@ ns.add_task(bench_datapath, "datapath")
 ns.add_task(bench_hops, "hops")
 ns.add_task(bench_keepalive, "keepalive")
 ns.add_task(bench_deadvps, "deadvps")
+ns.add_task(bench_inventory, "inventory")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import io
 import shlex
+import tarfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar, cast
@@ -71,6 +73,45 @@ def file_fact(path: str, *, secret: bool = False) -> Fact[FileState]:
                 f"stat -c '%U:%G:%a' {p}; base64 -w0 {p}; echo; else echo ABSENT; fi", file_state, secret)
 
 
+# From this many file facts in one gather, those that are not secret are read by one tar of them all rather than by
+# a stat and a base64 each (1,000 Pis' Nginx files: 4.5 s of forks on the VPS, issue 27). Fewer are read one by one.
+BATCH_FILES_FROM = 64
+_BATCH_KEY = "files-in-one-tar"
+
+
+def _batched(facts: list[Fact[Any]]) -> list[str]:
+    """The paths of the file facts `gather` reads in one tar: absolute, not secret, and enough of them."""
+    paths = [f.key[len("file:"):] for f in facts if f.process is file_state and not f.secret and f.key.startswith("file:/")]
+    return paths if len(paths) >= BATCH_FILES_FROM else []
+
+
+def _tar_script(paths: list[str]) -> str:
+    """Every path in one tar (owner, group, mode and content of a file; a symbolic link as one, never read through),
+    gzipped, base64 on one line. A path that is missing is left out of it (tar says so on stderr, dropped)."""
+    names = " ".join(shlex.quote(p.lstrip("/")) for p in paths)
+    return f"cd / && tar --no-recursion --hard-dereference -cf - -- {names} 2>/dev/null | gzip -1 | base64 -w0; echo"
+
+
+def _file_outputs(paths: list[str], output: str) -> dict[str, str]:
+    """What each path's own file fact would have printed, from the tar `_tar_script` sent."""
+    try:
+        archive = tarfile.open(fileobj=io.BytesIO(base64.b64decode(output.strip(), validate=True)), mode="r:gz")
+        members = {"/" + m.name.lstrip("/"): m for m in archive.getmembers()}
+    except (ValueError, tarfile.TarError, OSError, EOFError) as e:
+        raise ValueError(f"the files read in one tar came back unreadable ({e})") from None
+    found = {}
+    for path in paths:
+        m = members.get(path)
+        if m is not None and m.issym():
+            found[path] = f"SYMLINK {m.linkname}"
+        elif m is not None and m.isreg() and (data := archive.extractfile(m)) is not None:
+            found[path] = (f"{m.uname or 'UNKNOWN'}:{m.gname or 'UNKNOWN'}:{m.mode & 0o7777:o}\n"
+                           + base64.b64encode(data.read()).decode())
+        else:  # missing, or not a regular file (a directory): as `[ -f ]` says
+            found[path] = "ABSENT"
+    return found
+
+
 def text(output: str) -> str:
     return output
 
@@ -130,6 +171,10 @@ def gather(remote: Remote, facts: list[Fact[Any]], *, timeout: float | None = No
     if not unique:
         return Facts()
     secret = {f.key for f in facts if f.secret}  # a path read as a secret by one op is secret for all
+    batch = _batched([f for f in unique if f.key not in secret])
+    if batch:
+        inside = {f"file:{p}" for p in batch}
+        unique = [f for f in unique if f.key not in inside] + [Fact(_BATCH_KEY, _tar_script(batch), text)]
     parts = []
     for index, fact in enumerate(unique):
         parts.append(f"printf '@@FACT {index}\\n'; ( {fact.script}\n) 2>&1; printf '\\n@@RC {index} %d\\n' $?")
@@ -151,4 +196,11 @@ def gather(remote: Remote, facts: list[Fact[Any]], *, timeout: float | None = No
     missing = [f.key for f in unique if f.key not in found]
     if missing:
         raise HostCannotRun(remote.name, result.stderr, f"stopped the fact script before {', '.join(missing[:3])}")
+    if batch:
+        try:
+            outputs = _file_outputs(batch, found.pop(_BATCH_KEY)[1])
+        except ValueError as e:
+            raise HostCannotRun(remote.name, result.stderr, str(e)) from None
+        for path, output in outputs.items():
+            found[f"file:{path}"] = (0, output)
     return found

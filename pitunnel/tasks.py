@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -136,8 +137,11 @@ def provision(c: Context, flags: Flags) -> None:
          extra=lambda rows: {"check": flags.check}, reinstate=True)
 
 
-@provisioning_task(flags=READ_ONLY + ("json",))
-def status(c: Context, flags: Flags) -> None:
+@provisioning_task(flags=READ_ONLY + ("json",),
+                   help={"pis": "also log in to every selected Pi for its unit, ssh starts, restarts and last error "
+                                "(done anyway for 20 Pis or fewer; past that, one read of each VPS alone)"},
+                   shorts={"pis": ""})
+def status(c: Context, flags: Flags, pis: bool = False) -> None:
     """Each tunnel: up or down, since when, how often ssh (re)connected, and the unit's restarts.
 
     Exits 2 when any tunnel is down (4 when a host is out of reach, 6 for both)."""
@@ -147,7 +151,7 @@ def status(c: Context, flags: Flags) -> None:
     def judge(rows: list[TunnelStatus]) -> int:
         return failures.FAILED if any(is_down(r) for r in rows) else 0
 
-    _run("status", run_status, flags, quiet=True, judge=judge, show=print_status, record=False,
+    _run("status", partial(run_status, pis_too=True) if pis else run_status, flags, quiet=True, judge=judge, show=print_status, record=False,
          extra=lambda rows: {"tunnels": [r.document() for r in rows]})
 
 

@@ -28,14 +28,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import os
 import re
 import stat
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
 from yaml.error import Mark
+from yaml.resolver import Resolver
+
+try:
+    from yaml._yaml import CParser  # PyYAML built with libyaml (its wheels and Debian's package are)
+except ImportError:  # pragma: no cover
+    CParser = None  # type: ignore[assignment,misc]
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 Key: TypeAlias = str | int
@@ -136,8 +144,17 @@ def _position(mark: Mark) -> Position:
     return mark.line + 1, mark.column + 1
 
 
-class SourceLoader(yaml.SafeLoader):
-    """SafeLoader that builds a `Document` instead of bare data."""
+if TYPE_CHECKING:  # what _Source uses of the parser (libyaml's or PyYAML's own), as mypy can see it
+    class _Loading(yaml.SafeLoader):
+        pass
+else:
+    class _Loading(Composer, SafeConstructor, Resolver):
+        pass
+
+
+class _Source(_Loading):
+    """What builds a `Document` instead of bare data, over either parser below (PyYAML's own composer and
+    constructor: only the scanning and parsing differ)."""
 
     def load_document(self) -> Document:
         doc = Document()
@@ -257,6 +274,24 @@ class SourceLoader(yaml.SafeLoader):
         self._doc.issues.append(Issue(path, line, column, message, fix))
 
 
+class SourceLoader(_Source, yaml.SafeLoader):
+    """SafeLoader (PyYAML's pure-Python scanner and parser) that builds a `Document`: its error messages are the
+    ones pitunnel shows."""
+
+
+if CParser is not None:
+    class FastSourceLoader(_Source, CParser):  # type: ignore[misc]
+        """The same over libyaml's parser (about 10 times faster: an inventory of 1,000 Pis parses in a tenth
+        of a second, not one). The composer is still PyYAML's, so every limit above holds; its errors' wording
+        is libyaml's, so a document it refuses is read again by `SourceLoader` for the message."""
+
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+
 def _refused(mark: Mark, message: str, fix: str) -> YamlRefused:
     line, column = _position(mark)
     return YamlRefused(line, column, message, fix)
@@ -345,6 +380,14 @@ _TEXT_FIX = "save the file as UTF-8 text and write the value with printable char
 
 
 def _parse(text: str) -> Document:
+    if CParser is not None:
+        fast = FastSourceLoader(text)
+        try:
+            return fast.load_document()
+        except (yaml.YAMLError, RecursionError):  # libyaml's wording: read again below for PyYAML's
+            pass
+        finally:
+            fast.dispose()
     try:
         loader = SourceLoader(text)
         try:

@@ -229,7 +229,8 @@ class PiSpec(HostSpec):
 
     def path(self, vps: str) -> PiPath:
         """This Pi through `vps`: its tunnels with their remote ports on that VPS."""
-        return PiPath(self, vps, tuple(replace(t, remote_port=t.port_on(vps)) for t in self.tunnels))
+        return PiPath(self, vps, tuple(t if port == t.remote_port else replace(t, remote_port=port)
+                                       for t, port in ((t, t.port_on(vps)) for t in self.tunnels)))
 
     def paths(self) -> list[PiPath]:
         """The Pi through each of its VPSes, in inventory order."""

@@ -90,7 +90,7 @@ def test_status_exits_2_with_a_tunnel_down_and_says_so_in_json(inventory: Path) 
         tunnel = doc["tunnels"][0]
         assert tunnel["state"] == "down" and tunnel["unit"] in ("inactive", "failed") and tunnel["pi"] == "pi1"
         assert set(tunnel) == {"pi", "tunnel", "vps", "listen", "state", "unit", "since", "reconnects", "ssh_starts",
-                               "last_connect", "unit_restarts", "last_error", "certificate_expires"}
+                               "last_connect", "unit_restarts", "last_error", "certificate_expires", "session_since"}
         table = pitunnel("status", "-i", str(inventory))
         assert table.returncode == 2 and " DOWN " in table.stdout
     finally:
@@ -192,6 +192,104 @@ def test_vv_before_the_task_shows_each_handshake_and_login_attempt_and_no_secret
     for secret in secrets:
         assert secret not in shown
     assert "Traceback" not in shown
+
+
+FLEET = 1000  # Pis on the lab's VPS: pi1 and 999 that exist only in the inventory (never contacted)
+
+
+def fleet_inventory(inventory: Path, tmp_path: Path) -> Path:
+    """The lab's inventory with 999 more Pis on its VPS, each with an ssh and an http tunnel on fixed ports
+    (30001-30999, 32001-32999); their addresses (TEST-NET-2) are never dialled by provision-vps or status."""
+    doc = yaml.safe_load(inventory.read_text())
+    for i in range(1, FLEET):
+        doc["pis"][f"far{i}"] = {"address": f"198.51.100.{i % 250 + 1}", "vps": "vps",
+                                 "tunnels": {"ssh": {"type": "ssh", "remote_port": 30000 + i},
+                                             "web": {"type": "http", "remote_port": 32000 + i}}}
+    path = tmp_path / "fleet.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def timed(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    run = pitunnel(*args)
+    return run, time.monotonic() - started
+
+
+def test_a_fleet_of_1000_pis_on_the_lab_vps(inventory: Path, tmp_path: Path) -> None:
+    """Issue 27: provision-vps with 1,000 Pis, then its no-change rerun, timed; `status` reads the 2,000 tunnels
+    from the VPS alone (999 Pis' listeners held by one process of the tunnel account), and `--pis -l pi1` logs
+    in to pi1 alone."""
+    ready = pitunnel("provision", "-i", str(inventory))  # pi1 up (a no-change run after the tests above)
+    assert ready.returncode == 0, ready.stdout[-3000:]
+    fleet = fleet_inventory(inventory, tmp_path)
+    listeners = ""
+    try:
+        first = pitunnel("provision-vps", "-i", str(fleet))
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+        again, nochange = timed("provision-vps", "-i", str(fleet))
+        assert again.returncode == 0 and re.search(r"^vps +: ok=\d+ +changed=0 ", again.stdout, re.M), again.stdout[-3000:]
+        assert re.search(r"memory for the tunnel sessions - 1000 Pis' tunnel sessions, about \d+ fit in", again.stdout)
+        user = yaml.safe_load(fleet.read_text())["vps"]["vps"].get("tunnel_user", "pitunnel")
+        listeners = " ".join(in_host("vps", f"""nohup runuser -u {user} -- perl -MIO::Socket::INET -e 'my @s;
+  for my $p ({low}..{low + FLEET - 2}) {{ push @s, IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $p,
+  Listen => 1, ReuseAddr => 1) or die "$p: $!" }} sleep 3600' >/dev/null 2>&1 &
+echo $!""").strip() for low in (30001, 32001))  # two processes: each stays under 1,024 open files
+        assert listeners.replace(" ", "").isdigit()
+        for _ in range(50):
+            held = in_host("vps", "ss -Htln | grep -c '127.0.0.1:3[02]'").strip()
+            if held == str(2 * (FLEET - 1)):
+                break
+            time.sleep(0.2)
+        assert held == str(2 * (FLEET - 1)), in_host("vps", f"ps -o pid,user,args -p {listeners.replace(' ', ',')}")
+        run, took = timed("status", "--json", "-i", str(fleet))
+        doc = json.loads(run.stdout)
+        down = [t for t in doc["tunnels"] if t["state"] != "up"]
+        assert run.returncode == 0, down[:5]  # every tunnel up, and no Pi out of reach: none was dialled
+        assert len(doc["tunnels"]) == 2 * FLEET and {t["state"] for t in doc["tunnels"]} == {"up"}
+        assert all(t["session_since"] and t["unit"] is None for t in doc["tunnels"])
+        assert list(doc["hosts"]) == ["vps"]
+        table, took_table = timed("status", "-i", str(fleet))
+        assert table.returncode == 0 and table.stdout.splitlines()[-1].startswith("1000 Pis as their VPSes see them")
+        one = json.loads(pitunnel("status", "--pis", "-l", "pi1", "--json", "-i", str(fleet)).stdout)
+        assert {(t["pi"], t["unit"]) for t in one["tunnels"]} == {("pi1", "active")}
+        print(f"\n{FLEET} Pis on the lab VPS: provision-vps no-change {nochange:.1f} s; status (VPS view, {2 * FLEET} "
+              f"tunnels) {took:.1f} s --json, {took_table:.1f} s table")
+    finally:
+        if listeners.replace(" ", "").isdigit():
+            in_host("vps", f"kill {listeners}")
+        pitunnel("provision-vps", "-i", str(inventory))  # the VPS as the lab's inventory has it
+
+
+def test_provision_vps_warns_past_what_the_vps_memory_carries(inventory: Path, tmp_path: Path) -> None:
+    """Issue 27: as many Pis as the lab VPS's memory carries (MemTotal, 2.1 MB of sshd per Pi's session), and one
+    more: only the second `provision-vps --check` warns, with the figures, and neither fails nor changes anything."""
+    from pitunnel.roles.vps.capacity import Memory, carried, parse_memory
+
+    memory = parse_memory(in_host("vps", "grep '^MemTotal:' /proc/meminfo"))
+    most = carried(Memory(memory.total_kb))
+    assert most is not None
+    if most > 12_000:  # the inventory reader refuses more than 100,000 values (8 a Pi here: yamlsrc.MAX_NODES)
+        pytest.skip(f"the lab VPS's {memory.total_kb} kB of memory carry {most} Pis: more than one inventory holds")
+    doc = yaml.safe_load(inventory.read_text())
+    doc["vps"]["vps"]["port_range"] = [20000, 40000]  # room for every auto port
+    pis = doc.pop("pis")
+    base = yaml.safe_dump({**doc, "pis": pis}, sort_keys=False)
+    for n, warned in ((most, False), (most + 1, True)):
+        # pi1 and n - 1 more, reached through their tunnels only (no address): provision-vps contacts none of them
+        extra = "".join(f"  f{i}: {{tunnels: {{s: {{type: ssh}}}}}}\n" for i in range(1, n))
+        path = tmp_path / f"crowd{n}.yml"
+        path.write_text(base + extra)
+        run = pitunnel("provision-vps", "--check", "-i", str(path))
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+        lines = [l for l in run.stdout.splitlines() if l.startswith("WARNING") and "tunnel sessions" in l]
+        if warned:
+            assert len(lines) == 2, run.stdout[-3000:]  # where it was found, and again under the recap
+            assert f"{n} Pis' tunnel sessions x 2.1 MB of sshd each" in lines[0]
+            assert f"(MemTotal): it carries about {most} Pis" in lines[0]
+            assert "move 1 or more Pis to a second VPS (docs/redundancy.md, `pitunnel migrate`)" in lines[0]
+        else:
+            assert lines == [] and f"memory for the tunnel sessions - {n} Pis' tunnel sessions, about {most} fit" in run.stdout
 
 
 def test_limit_with_a_bang_and_forks_on_real_hosts(tmp_path: Path) -> None:

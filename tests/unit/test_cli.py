@@ -59,4 +59,4 @@ def test_every_provisioning_task_takes_shared_flags_only_from_flags() -> None:
     for task in tasks.TASKS:
         names = {a.attr_name or a.name for a in copy.deepcopy(task).get_arguments()}  # it uses up task.help
         assert names - {"purge", "laptop_key", "to", "keep_old", "pi", "release_ports", "yes", "boot", "ssid", "country",
-                        "passphrase_file", "expires", "write"} <= set(FLAGS), task.name  # the only task-own flags
+                        "passphrase_file", "expires", "write", "pis"} <= set(FLAGS), task.name  # the only task-own flags

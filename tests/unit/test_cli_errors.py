@@ -221,7 +221,7 @@ def test_json_documents_of_provision_verify_and_status(inv_file: Path) -> None:
     assert code == 4 and doc["tunnels"] == [{
         "pi": "pi1", "tunnel": "ssh", "vps": "main", "listen": "127.0.0.1:20024", "state": "unknown", "unit": None,
         "since": None, "reconnects": None, "ssh_starts": None, "last_connect": None, "unit_restarts": None,
-        "last_error": doc["tunnels"][0]["last_error"], "certificate_expires": None}]
+        "last_error": doc["tunnels"][0]["last_error"], "certificate_expires": None, "session_since": None}]
     assert doc["tunnels"][0]["last_error"].startswith("the laptop could not reach the Pi: pi@127.0.0.1")
     code, out, _ = run("verify", "--json", "-i", str(inv_file), "-l", "pi2")
     doc = json.loads(out)

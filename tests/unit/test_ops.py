@@ -53,7 +53,7 @@ class LocalShell:
     def __init__(self) -> None:
         self.scripts: list[str] = []
 
-    def run(self, script: str) -> subprocess.CompletedProcess[str]:
+    def run(self, script: str, **_: object) -> subprocess.CompletedProcess[str]:
         self.scripts.append(script)
         return subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, check=False)
 
@@ -686,6 +686,53 @@ def test_gather_file_facts_agree_with_parser(tmp_path: Path) -> None:
     assert found.file(str(nolf)).content == b"no newline"
     assert found.file(str(missing)) == FileState(exists=False)
     assert set(found) == {file_fact(str(p)).key for p in paths}
+
+
+def test_many_file_facts_are_read_in_one_tar_exactly_as_one_by_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From BATCH_FILES_FROM file facts on, gather reads the files in one tar (issue 27): each FileState the same
+    as the per-file script's, for a plain file, an empty one, binary bytes, odd modes, a symbolic link (never
+    read through), a hard link, a directory and a missing path; a secret file is still read alone."""
+    from pitunnel import facts as facts_module
+
+    paths = []
+    for i in range(facts_module.BATCH_FILES_FROM):
+        p = tmp_path / f"site {i}.conf"
+        p.write_bytes(f"server {i};\n".encode() * i)
+        p.chmod(0o600 + i % 64)
+        paths.append(p)
+    (tmp_path / "binary").write_bytes(bytes(range(256)))
+    (tmp_path / "setuid").write_text("x")
+    (tmp_path / "setuid").chmod(0o4755)
+    (tmp_path / "link").symlink_to("/etc/shadow")
+    (tmp_path / "hard").hardlink_to(paths[5])
+    (tmp_path / "folder").mkdir()
+    paths += [tmp_path / n for n in ("binary", "setuid", "link", "hard", "folder", "missing")]
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    asked = [file_fact(str(p)) for p in paths] + [file_fact(str(secret), secret=True)]
+    shell = LocalShell()
+    batched = gather(shell, asked)
+    assert "tar --no-recursion" in shell.scripts[0] and shell.scripts[0].count("base64 -w0") == 2  # the tar, the secret
+    monkeypatch.setattr(facts_module, "BATCH_FILES_FROM", 10_000)
+    alone = gather(LocalShell(), asked)
+    assert {k: batched.file(k[5:]) for k in alone} == {k: alone.file(k[5:]) for k in alone}
+    assert batched.file(str(tmp_path / "link")) == FileState(True, symlink="/etc/shadow")
+    assert batched.file(str(tmp_path / "hard")).content == paths[5].read_bytes()
+    assert batched.file(str(tmp_path / "setuid")).mode == 0o4755
+    assert batched.file(str(tmp_path / "folder")) == FileState(exists=False) == batched.file(str(tmp_path / "missing"))
+
+
+def test_a_tar_that_comes_back_unreadable_is_the_hosts_fault_said_so() -> None:
+    from pitunnel import facts as facts_module
+    from pitunnel.remote import HostCannotRun
+
+    class Garbled(LocalShell):
+        def run(self, script: str, **_: object) -> subprocess.CompletedProcess[str]:
+            return super().run(script.replace("| gzip -1 | base64 -w0", "| head -c 3"))
+
+    asked = [file_fact(f"/nonexistent/{i}") for i in range(facts_module.BATCH_FILES_FROM)]
+    with pytest.raises(HostCannotRun, match="the files read in one tar came back unreadable"):
+        gather(Garbled(), asked)
 
 
 def test_gather_command_facts_rc_and_output() -> None:

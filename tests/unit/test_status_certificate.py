@@ -59,7 +59,7 @@ def test_a_row_in_status_json_says_up_down_or_unknown_and_its_certificate_or_nul
                       vps="main")
     assert up.document() == {"pi": "alpha", "tunnel": "web", "vps": "main", "listen": "127.0.0.1:20080", "state": "up",
                              "unit": "active", "since": "today", "reconnects": 2, "ssh_starts": 3, "last_connect": "now",
-                             "unit_restarts": 1, "last_error": None, "certificate_expires": "Mar 1"}
+                             "unit_restarts": 1, "last_error": None, "certificate_expires": "Mar 1", "session_since": None}
     down = TunnelStatus("alpha", "ssh", "0.0.0.0:20022", False, "failed", "-", 0, "-", 0, last_error="refused")
     assert (down.document()["state"], down.document()["last_error"], down.document()["certificate_expires"],
             down.document()["reconnects"]) == ("down", "refused", None, 0)

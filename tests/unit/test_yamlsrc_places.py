@@ -3,6 +3,8 @@ tests run the reader in a child process under a stopwatch, so these pin the plac
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pitunnel import yamlsrc
@@ -58,3 +60,35 @@ def test_a_value_its_tag_cannot_read_is_quoted_clipped() -> None:
 def test_a_key_of_exactly_1024_characters_is_not_called_too_long() -> None:
     with pytest.raises(yamlsrc.YamlSyntaxError):
         yamlsrc.load("k" * 1024 + ": [\n")  # the error is the bracket, not the key
+
+
+def _read_with(kind: type, text: str) -> yamlsrc.Document:
+    loader = kind(text)
+    try:
+        doc: yamlsrc.Document = loader.load_document()
+        return doc
+    finally:
+        loader.dispose()
+
+
+@pytest.mark.parametrize("text", [
+    (Path(__file__).parents[2] / "inventory" / "example.yml").read_text(),
+    "base: &b {port: 22, user: pi}\npis:\n  pi1: {<<: *b, port: 2222}\n  pi2: *b\n",
+    "a: 1\nb: 2\na: 3\n",  # a duplicate key: an issue, the last value kept
+    "text: |\n  two\n  lines\nfolded: >\n  one\n  line\n'quoted key': \"x\\ty\"\nlist:\n- 1\n- [2, {c: d}]\n",
+    "name: caf\u00e9 \u2603\r\nnext: 1\r\n",  # non-ASCII and CRLF line ends
+    "a: 1\u2028b: 2\n",  # a line break YAML knows beyond \n
+    "yes: no\n22: on\nnull: ~\nt: 2026-12-06\nf: 1.5e3\n",  # keys read as their text, values as YAML types
+])
+def test_libyamls_parser_reads_every_document_as_pyyamls_own(text: str) -> None:
+    """The fast reader (libyaml's parser under PyYAML's composer) builds the same data, places and issues."""
+    fast, slow = _read_with(yamlsrc.FastSourceLoader, text), _read_with(yamlsrc.SourceLoader, text)
+    assert (fast.data, fast.keys, fast.values, fast.issues) == (slow.data, slow.keys, slow.values, slow.issues)
+    assert yamlsrc.load(text) == slow
+
+
+def test_a_syntax_error_keeps_pyyamls_words_and_place() -> None:
+    with pytest.raises(yamlsrc.YamlSyntaxError) as exc:
+        yamlsrc.load("a: 1\nb: [2\nc: 3\n")
+    assert (exc.value.line, exc.value.column) == (3, 2)
+    assert exc.value.message == "expected ',' or ']', but got ':' (while parsing a flow sequence on line 2)"

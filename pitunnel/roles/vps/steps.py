@@ -16,6 +16,7 @@ from pitunnel.report import Reporter
 from pitunnel.runner import Mode, StepFailed, converge, facts_for, sshd_reload
 from pitunnel.roles.contract import PiOffer, VpsFacts
 from pitunnel.roles.vps.acme import AcmeFound, Certificate, CertificatesReleased, FolderGone, acme_fact
+from pitunnel.roles.vps.capacity import MEMORY, memory_observer, over_capacity, sessions_on
 from pitunnel.roles.vps.checks import SshdPasswordsCheck
 from pitunnel.roles.vps.firewall_ops import FirewallClosed, FirewallOpen, apply_handler
 from pitunnel.roles.vps.keys import HOST_KEYS
@@ -244,9 +245,13 @@ def converge_vps(play: Play, remote: Remote) -> list[str]:
     pkgs = packages(vps)
     seen = Observe(DEFAULT_SERVERS_FACT, lambda _: "", title="nginx default server")
     certs = Observe(acme_fact(vps), lambda _: "", title="certificates")
+    memory = memory_observer(inv, vps)
     # one read of the VPS, for all of it (which ops there are does not depend on what it finds)
     opened = FirewallOpen(inv, vps)
-    known = facts_for(remote, [pkgs, *converge_ops(inv, vps), SshdPasswordsCheck(), seen, certs, opened])
+    known = facts_for(remote, [pkgs, *converge_ops(inv, vps), SshdPasswordsCheck(), seen, certs, memory, opened])
+    crowded = over_capacity(sessions_on(inv, vps), known.value(MEMORY))  # a warning: the Pis are provisioned anyway
+    if crowded is not None:
+        play.reporter.warn(vps.name, crowded)
     tls = bool(vps.tls_certificate or vps.acme)
     ports = {vps.http_port, *([vps.https_port] if tls else [])}
     found = others_default_servers(known, ports)
@@ -258,7 +263,7 @@ def converge_vps(play: Play, remote: Remote) -> list[str]:
     # a key the file lists for two Pis (written by hand, or before pitunnel checked): kept for neither
     refuse_shared(play.reporter, vps.name, shared_keys(inv, vps, {}, known.file(keys_path())))
     ops: list[Op] = [*converge_ops(inv, vps, claim_default=not found, certs=present, reject_unknown=reject), SshdPasswordsCheck(), seen,
-                     opened]
+                     memory, opened]
     # the account first: one pitunnel did not make is refused before anything (Nginx too) is touched
     account = [op for op in ops if isinstance(op, SystemUser)]
     first = converge(remote, [*account, pkgs], play.reporter, play.options.mode, known=known)

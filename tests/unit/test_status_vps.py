@@ -1,0 +1,81 @@
+"""`invoke status` from the VPSes alone (issue 27): one read of each VPS gives every tunnel's state and since when
+its session holds it, with no Pi login; the Pis are read when asked, or for a small selection."""
+
+from __future__ import annotations
+
+import pytest
+
+from pitunnel.inventory import Inventory
+from pitunnel.roles.probes import status
+from tests.unit.fake_hosts import FakeHost, play_on
+from tests.unit.test_roles_pi import inv, keys  # noqa: F401 (fixtures: the Pi role's inventory)
+
+SS = """NOW 1796554800
+LISTEN 0 128 0.0.0.0:20022 0.0.0.0:* users:(("sshd",pid=4242,fd=9))
+LISTEN 0 128 127.0.0.1:20080 0.0.0.0:* users:(("sshd",pid=4242,fd=11),("sshd",pid=9,fd=3))
+LISTEN 0 128 0.0.0.0:12345 0.0.0.0:* users:(("sshd",pid=1,fd=3))
+LISTEN 0 128 127.0.0.1:20023 0.0.0.0:*
+P 4242 3600
+P 5000 10
+"""
+
+
+def test_since_when_each_listener_is_held_comes_from_its_sessions_process() -> None:
+    assert status.session_starts(SS) == {"0.0.0.0:20022": "2026-12-06 10:00:00 UTC",
+                                         "127.0.0.1:20080": "2026-12-06 10:00:00 UTC"}  # sshd's own 12345: not a session
+    assert status.session_starts(SS.replace("NOW 1796554800\n", "")) == {}  # no clock: no time made up
+    assert status.session_starts("") == {}
+
+
+VPS_ANSWERS = [("ss -Htlnp", SS),  # first: the sessions' read holds the listeners' read
+               ("ss -Htln", "LISTEN 0 128 0.0.0.0:20022 0.0.0.0:*\nLISTEN 0 128 127.0.0.1:20080 0.0.0.0:*\n")]
+
+
+def test_a_fleet_past_the_threshold_is_read_on_its_vps_alone(inv: Inventory, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(status, "PI_DETAILS_UP_TO", 1)  # two Pis: past it
+    hosts = {"main": FakeHost("main", VPS_ANSWERS), "alpha": FakeHost("alpha"), "beta": FakeHost("beta")}
+    rows = status.status(play_on(inv, hosts))  # type: ignore[arg-type]
+    assert hosts["alpha"].scripts == [] and hosts["beta"].scripts == []  # no Pi login
+    assert hosts["main"].round_trips == 1
+    assert [(r.pi, r.tunnel, r.up, r.known, r.session_since) for r in rows] == [
+        ("alpha", "ssh", True, True, "2026-12-06 10:00:00 UTC"), ("alpha", "web", True, True, "2026-12-06 10:00:00 UTC"),
+        ("beta", "ssh", False, True, None)]
+    document = rows[2].document()
+    assert (document["state"], document["unit"], document["since"], document["unit_restarts"], document["reconnects"],
+            document["session_since"]) == ("down", None, None, None, None, None)  # the Pi's own columns: unknown
+    assert status.is_down(rows[2]) and not status.is_down(rows[0])
+    status.print_status(rows)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["pi", "tunnel", "vps", "listen", "on", "VPS", "state", "session", "since", "certificate",
+                              "expires"]
+    assert out[2].split() == ["alpha", "ssh", "main", "0.0.0.0:20022", "UP", "2026-12-06", "10:00:00", "UTC", "-"]
+    assert out[4].split() == ["beta", "ssh", "main", "127.0.0.1:20023", "DOWN", "-", "-"]
+    assert out[5] == ("2 Pis as their VPSes see them; `status --pis` also logs in to each for its unit, ssh starts, "
+                      "restarts and last error (-l to pick some)")
+
+
+UNIT = ("NRestarts=1\nActiveState=active\nActiveEnterTimestamp=Sun 2026-12-06 09:00:01 UTC\nSshStarts=2\n"
+        "LastStart=2026-12-06T09:00:01+0000\nLastError=\n")
+
+
+@pytest.mark.parametrize("asked", [None, True])
+def test_a_small_fleet_or_pis_asked_reads_each_pi_as_before(inv: Inventory, asked: bool | None,  # noqa: F811
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    hosts = {"main": FakeHost("main", VPS_ANSWERS), "alpha": FakeHost("alpha", commands=[("systemctl show", UNIT)]),
+             "beta": FakeHost("beta", commands=[("systemctl show", UNIT)])}
+    rows = status.status(play_on(inv, hosts), asked)  # type: ignore[arg-type]
+    assert len(hosts["alpha"].scripts) == 1 and len(hosts["beta"].scripts) == 1
+    assert [(r.pi, r.tunnel, r.up, r.unit, r.since, r.unit_restarts, r.session_since) for r in rows] == [
+        ("alpha", "ssh", True, "active", "Sun 2026-12-06 09:00:01 UTC", 1, "2026-12-06 10:00:00 UTC"),
+        ("alpha", "web", True, "active", "Sun 2026-12-06 09:00:01 UTC", 1, "2026-12-06 10:00:00 UTC"),
+        ("beta", "ssh", False, "active", "Sun 2026-12-06 09:00:01 UTC", 1, None)]
+    status.print_status(rows)
+    assert capsys.readouterr().out.splitlines()[1].split()[:7] == ["pi", "tunnel", "vps", "listen", "on", "VPS", "state"]
+
+
+def test_an_unread_vps_leaves_its_tunnels_unknown(inv: Inventory, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    monkeypatch.setattr(status, "PI_DETAILS_UP_TO", 0)
+    path = inv.pis["alpha"].first_path
+    assert [(r.up, r.known, r.pi_read) for r in status.seen_by_vps(path, None)] == [(False, False, False)] * 2
+    assert not status.is_down(status.seen_by_vps(path, None)[0])
