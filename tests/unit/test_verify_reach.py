@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
@@ -234,3 +235,21 @@ def test_a_port_that_never_answers_is_given_up_after_the_connect_timeout(monkeyp
         port = full.getsockname()[1]
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):  # the one the backlog holds
             assert reach.connects("127.0.0.1", port) == "timed out"
+
+
+def test_a_port_that_answers_an_old_ssh_version_is_no_landing_and_says_what_it_said(tmp_path: Path) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"SSH-1.5-old\r\n")
+                conn.recv(1024)
+
+        threading.Thread(target=answer, daemon=True).start()
+        check = checked(inventory(tmp_path, ssh=port))["ssh: ssh lands on alpha"]
+    assert (check.passed, check.detail) == (False, f"127.0.0.1:{port}: Incompatible version (1.5 instead of 2.0)")
+    assert check.hint == "the tunnel reached an sshd but login failed: was the laptop key pushed?"
