@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import re
 import shlex
 import shutil
 from collections.abc import Callable
@@ -72,7 +73,7 @@ def _foreign(file: Path) -> bool:
 
 def _own(file: Path, text: str, *, check: bool, say: Callable[[str], None]) -> bool:
     """`file` holds `text` (mode 600): written whole, at once, unless it does already."""
-    old = file.read_text(encoding="utf-8") if file.exists() else None
+    old = file.read_text(encoding="utf-8", errors="replace") if file.exists() else None
     if old == text and file.stat().st_mode & 0o777 == 0o600:
         say(f"{file}: up to date")
         return False
@@ -88,7 +89,7 @@ def _include(config: Path, conf_file: Path, *, check: bool, say: Callable[[str],
     """One `Include` of `conf_file` at the top of the user's ssh config, unless one above its first Host or
     Match line names it already. The file is written through a symlink (a dotfiles manager's), never over it."""
     real = config.resolve() if config.is_symlink() else config
-    old = real.read_text(encoding="utf-8") if real.exists() else None
+    old = real.read_text(encoding="utf-8", errors="surrogateescape") if real.exists() else None  # bytes kept
     if old is not None and includes(old, conf_file, home=conf_file.parent):
         say(f"{config}: includes {conf_file} already")
         return False
@@ -111,8 +112,8 @@ def includes(text: str, conf_file: Path, *, home: Path) -> bool:
     """Does an `Include` above the first Host or Match line of this ssh config name `conf_file` (a relative
     path is under `home`, ~/.ssh, as OpenSSH reads it; a glob may name it)?"""
     for line in text.splitlines():
-        words = line.strip().replace("=", " ", 1).split(None, 1)
-        if not words or words[0].startswith("#"):
+        words = re.split(r"\s*=\s*|\s+", line.strip(), maxsplit=1)  # the key ends at a space or one "="
+        if not words[0] or words[0].startswith("#"):
             continue
         key = words[0].lower()
         if key in ("host", "match"):
@@ -134,7 +135,7 @@ def replace(file: Path, text: str, *, mode: int) -> None:
     """`file` holds `text` with `mode`, at once (a reader never sees half of it)."""
     temporary = file.with_name(file.name + ".pitunnel-tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as out:
         out.write(text)
     os.chmod(temporary, mode)
     os.replace(temporary, file)

@@ -245,3 +245,17 @@ def test_the_ssh_config_the_inventory_names_gives_key_names_users_and_keys_as_pi
     pi1 = ssh_g(conf, "pi1.main")
     assert pi1["user"] == "carol" and "HostKeyAlias 192.168.1.50" in conf.read_text()
     assert f"IdentityFile {inv_file.with_name('key2')}" in conf.read_text().split("Host pi1.main")[1].split("Host ")[0]
+
+
+def test_each_block_says_in_a_comment_what_it_is_and_the_pins_file_holds_key_type_and_key_alone(inv_file: Path) -> None:
+    inv_file.write_text(INVENTORY.replace(PIN, f"{PIN} root@pi3"))
+    conf, written = rendered(inv_file)
+    assert [line for line in written.config.splitlines() if line.startswith("# ")][2:] == [
+        "# the VPS main: its own sshd", "# the VPS backup: its own sshd",
+        "# pi1 through main, then backup (each VPS as jump host; the next when one fails)",
+        "# pi1 through main's public port 12346", "# pi1 through backup's public port 12346",
+        "# pi2 through main as jump host, to its tunnel at 127.0.0.1:20001 there",
+        "# pi3 through backup's public port 12350"]
+    assert written.config.splitlines()[0].startswith(f"# Written by pitunnel ssh-config from {inv_file.absolute()}: ")
+    assert written.pins == (f"{sshfiles.MARKER}: host keys pinned in {inv_file.absolute()} (host_key)\n"
+                            f"192.168.1.52 {PIN}\n")
