@@ -194,7 +194,8 @@ def test_vv_before_the_task_shows_each_handshake_and_login_attempt_and_no_secret
     assert "Traceback" not in shown
 
 
-FLEET = 1000  # Pis on the lab's VPS: pi1 and 999 that exist only in the inventory (never contacted)
+FLEET = int(os.environ.get("PITUNNEL_FLEET", "300"))  # Pis on the lab's VPS: pi1 and the rest that exist only in
+# the inventory (never contacted); docs/performance.md's figures at 1,000 Pis were taken with PITUNNEL_FLEET=1000
 
 
 def fleet_inventory(inventory: Path, tmp_path: Path) -> Path:
@@ -216,10 +217,10 @@ def timed(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     return run, time.monotonic() - started
 
 
-def test_a_fleet_of_1000_pis_on_the_lab_vps(inventory: Path, tmp_path: Path) -> None:
-    """Issue 27: provision-vps with 1,000 Pis, then its no-change rerun, timed; `status` reads the 2,000 tunnels
-    from the VPS alone (999 Pis' listeners held by one process of the tunnel account), and `--pis -l pi1` logs
-    in to pi1 alone."""
+def test_a_fleet_of_pis_on_the_lab_vps(inventory: Path, tmp_path: Path) -> None:
+    """Issue 27: provision-vps with FLEET Pis (300; 1,000 with PITUNNEL_FLEET=1000), then its no-change rerun,
+    timed; `status` reads their tunnels from the VPS alone (the other Pis' listeners held by processes of the
+    tunnel account), and `--pis -l pi1` logs in to pi1 alone."""
     ready = pitunnel("provision", "-i", str(inventory))  # pi1 up (a no-change run after the tests above)
     assert ready.returncode == 0, ready.stdout[-3000:]
     fleet = fleet_inventory(inventory, tmp_path)
@@ -229,7 +230,7 @@ def test_a_fleet_of_1000_pis_on_the_lab_vps(inventory: Path, tmp_path: Path) -> 
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
         again, nochange = timed("provision-vps", "-i", str(fleet))
         assert again.returncode == 0 and re.search(r"^vps +: ok=\d+ +changed=0 ", again.stdout, re.M), again.stdout[-3000:]
-        assert re.search(r"memory for the tunnel sessions - 1000 Pis' tunnel sessions, about \d+ fit in", again.stdout)
+        assert re.search(rf"memory for the tunnel sessions - {FLEET} Pis' tunnel sessions, about \d+ fit in", again.stdout)
         user = yaml.safe_load(fleet.read_text())["vps"]["vps"].get("tunnel_user", "pitunnel")
         listeners = " ".join(in_host("vps", f"""nohup runuser -u {user} -- perl -MIO::Socket::INET -e 'my @s;
   for my $p ({low}..{low + FLEET - 2}) {{ push @s, IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $p,
@@ -250,7 +251,7 @@ echo $!""").strip() for low in (30001, 32001))  # two processes: each stays unde
         assert all(t["session_since"] and t["unit"] is None for t in doc["tunnels"])
         assert list(doc["hosts"]) == ["vps"]
         table, took_table = timed("status", "-i", str(fleet))
-        assert table.returncode == 0 and table.stdout.splitlines()[-1].startswith("1000 Pis as their VPSes see them")
+        assert table.returncode == 0 and table.stdout.splitlines()[-1].startswith(f"{FLEET} Pis as their VPSes see them")
         one = json.loads(pitunnel("status", "--pis", "-l", "pi1", "--json", "-i", str(fleet)).stdout)
         assert {(t["pi"], t["unit"]) for t in one["tunnels"]} == {("pi1", "active")}
         print(f"\n{FLEET} Pis on the lab VPS: provision-vps no-change {nochange:.1f} s; status (VPS view, {2 * FLEET} "
@@ -262,8 +263,9 @@ echo $!""").strip() for low in (30001, 32001))  # two processes: each stays unde
 
 
 def test_provision_vps_warns_past_what_the_vps_memory_carries(inventory: Path, tmp_path: Path) -> None:
-    """Issue 27: as many Pis as the lab VPS's memory carries (MemTotal, 2.1 MB of sshd per Pi's session), and one
-    more: only the second `provision-vps --check` warns, with the figures, and neither fails nor changes anything."""
+    """Issue 27: one Pi more than the lab VPS's memory carries (MemTotal, read here, and 2.1 MB of sshd per Pi's
+    session): `provision-vps --check` warns, with the figures the VPS's own reading gives, and neither fails nor
+    changes anything. (One Pi fewer does not warn: the boundary is tests/unit/test_capacity.py's.)"""
     from pitunnel.roles.vps.capacity import Memory, carried, parse_memory
 
     memory = parse_memory(in_host("vps", "grep '^MemTotal:' /proc/meminfo"))
@@ -275,21 +277,18 @@ def test_provision_vps_warns_past_what_the_vps_memory_carries(inventory: Path, t
     doc["vps"]["vps"]["port_range"] = [20000, 40000]  # room for every auto port
     pis = doc.pop("pis")
     base = yaml.safe_dump({**doc, "pis": pis}, sort_keys=False)
-    for n, warned in ((most, False), (most + 1, True)):
-        # pi1 and n - 1 more, reached through their tunnels only (no address): provision-vps contacts none of them
-        extra = "".join(f"  f{i}: {{tunnels: {{s: {{type: ssh}}}}}}\n" for i in range(1, n))
-        path = tmp_path / f"crowd{n}.yml"
-        path.write_text(base + extra)
-        run = pitunnel("provision-vps", "--check", "-i", str(path))
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-        lines = [l for l in run.stdout.splitlines() if l.startswith("WARNING") and "tunnel sessions" in l]
-        if warned:
-            assert len(lines) == 2, run.stdout[-3000:]  # where it was found, and again under the recap
-            assert f"{n} Pis' tunnel sessions x 2.1 MB of sshd each" in lines[0]
-            assert f"(MemTotal): it carries about {most} Pis" in lines[0]
-            assert "move 1 or more Pis to a second VPS (docs/redundancy.md, `pitunnel migrate`)" in lines[0]
-        else:
-            assert lines == [] and f"memory for the tunnel sessions - {n} Pis' tunnel sessions, about {most} fit" in run.stdout
+    n = most + 1
+    # pi1 and n - 1 more, reached through their tunnels only (no address): provision-vps contacts none of them
+    extra = "".join(f"  f{i}: {{tunnels: {{s: {{type: ssh}}}}}}\n" for i in range(1, n))
+    path = tmp_path / f"crowd{n}.yml"
+    path.write_text(base + extra)
+    run = pitunnel("provision-vps", "--check", "-i", str(path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    lines = [l for l in run.stdout.splitlines() if l.startswith("WARNING") and "tunnel sessions" in l]
+    assert len(lines) == 2, run.stdout[-3000:]  # where it was found, and again under the recap
+    assert f"{n} Pis' tunnel sessions x 2.1 MB of sshd each" in lines[0]
+    assert f"(MemTotal): it carries about {most} Pis" in lines[0]
+    assert "move 1 or more Pis to a second VPS (docs/redundancy.md, `pitunnel migrate`)" in lines[0]
 
 
 def test_limit_with_a_bang_and_forks_on_real_hosts(tmp_path: Path) -> None:
