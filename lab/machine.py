@@ -134,8 +134,20 @@ def _unit(root: Path, name: str, text: str, *, wanted_by: tuple[str, ...]) -> No
             link.symlink_to(f"/etc/systemd/system/{name}")
 
 
+def drop_stale_link(name: str) -> bool:
+    """The host-side veth systemd-nspawn made for lab host `name` (vb-NAME), left behind by an nspawn that ended
+    hard (a power cut, a killed run): removed, or the host's next boot fails with "File exists". Only called
+    for a lab host that is not running. True if there was one."""
+    link = f"vb-{name}"[:15]
+    if run(["ip", "link", "show", "dev", link], check=False).returncode != 0:
+        return False
+    run(["ip", "link", "del", "dev", link], check=False)
+    return True
+
+
 def boot(host: HostPlan, root: Path, state: LabState) -> None:
     log = host_dir(host.name) / "console.log"
+    drop_stale_link(host.name)
     cmd = ["systemd-nspawn", "--quiet", "-D", str(root), "-M", host.name, "--boot", "--register=no",
            "--keep-unit", f"--network-bridge={host.bridge}", "--link-journal=no",
            "--resolv-conf=off", "--timezone=off", "--console=read-only"]
@@ -219,6 +231,7 @@ def wait_running(record: HostState, *, timeout: float = 90) -> str:
 def stop(record: HostState) -> None:
     stop_process(record.nspawn_pid, record.nspawn_start, timeout=20)
     unmount_root(record.name)
+    drop_stale_link(record.name)
 
 
 def halt(host: HostPlan, state: LabState, *, power_cut: bool = False, timeout: float = 90) -> None:

@@ -1,7 +1,8 @@
 """The VPS's status page (issue 28) on the lab: two Pis, pi2's tunnel stopped; the page, fetched by headless
 Chromium from the laptop across the lab network, shows pi2's tunnels down and pi1's up (read from the DOM, a
-screenshot kept); no password, no page (401); a rerun changes nothing; the page, its history and its Nginx
-location go when the inventory drops it and on teardown. One lab boot; HTTPS from the lab's ACME CA (pebble)."""
+screenshot kept); no password, no page (401); its history kept across a power cut of the VPS; a rerun changes
+nothing; the page, its history and its Nginx location go when the inventory drops it and on teardown. One lab
+boot; HTTPS from the lab's ACME CA (pebble)."""
 
 from __future__ import annotations
 
@@ -132,6 +133,23 @@ def test_chromium_shows_the_stopped_tunnels_down_and_the_others_up(setup: tuple[
     print(f"page in chromium (DOM and screenshot): {time.monotonic() - started:.1f}s; screenshot {shot}")
 
 
+def test_history_is_kept_root_only_and_survives_a_power_cut_of_the_vps(setup: tuple[Path, Path, str, Path]) -> None:
+    # before the last-error test: after it, a power cut of the VPS once found pi2's ssh port listening again
+    # while its unit read failed (not explained yet: docs/development.md)
+    modes = in_host("vps", f"stat -c '%a %U %n' {STATE}/history.json {STATE}/www/index.html").split("\n")
+    assert modes[:2] == [f"600 root {STATE}/history.json", f"644 root {STATE}/www/index.html"]
+    before = yaml.safe_load(in_host("vps", f"cat {STATE}/history.json"))
+    lab.vps_power_cut("vps", seconds=2)
+    # the writer starts with the VPS and makes the page again from the kept history once pi1 is back
+    page = wait_page(lambda found: found.get(("pi1", "ssh")) == found.get(("pi1", "api")) == "up")
+    assert page.get(("pi1", "ssh")) == "up" and page.get(("pi2", "ssh")) == "down", (
+        page, in_host("vps", "ss -Htlnp | grep 12347; for p in $(ss -Htlnp | grep 12347 | grep -o 'pid=[0-9]*' | cut -d= -f2); do ps -o pid,ppid,user,lstart,args -p $p; done"))
+    after = yaml.safe_load(in_host("vps", f"cat {STATE}/history.json"))
+    assert set(after) == {"pi1/ssh", "pi1/api", "pi2/ssh", "pi2/api"}
+    assert after["pi1/ssh"]["connects"] == before["pi1/ssh"]["connects"] != {}
+    assert len(after["pi2/ssh"]["bits"]) >= len(before["pi2/ssh"]["bits"]) and not after["pi2/ssh"]["up"]
+
+
 def test_the_last_error_is_the_vps_own(setup: tuple[Path, Path, str, Path]) -> None:
     """pi2 comes back while something else holds its ssh port on the VPS: sshd's refusal shows on pi2's row,
     as one fixed sentence (sshd's line holds addresses)."""
@@ -174,18 +192,6 @@ def test_the_metrics_carry_the_served_certificates_expiry_and_the_minute_written
     assert f'pitunnel_certificate_expiry_seconds{{vps="vps",name="{lab.HTTPS_NAME}"}} {expires}' in text, text
     (written,) = re.findall(r'^pitunnel_metrics_updated_seconds\{vps="vps"\} (\d+)$', text, re.M)
     assert 0 <= int(in_host("vps", "date +%s")) - int(written) <= 120
-
-
-def test_history_is_kept_root_only_and_survives_a_restart(setup: tuple[Path, Path, str, Path]) -> None:
-    modes = in_host("vps", f"stat -c '%a %U %n' {STATE}/history.json {STATE}/www/index.html").split("\n")
-    assert modes[:2] == [f"600 root {STATE}/history.json", f"644 root {STATE}/www/index.html"]
-    before = yaml.safe_load(in_host("vps", f"cat {STATE}/history.json"))
-    in_host("vps", "systemctl restart pitunnel-metrics.service")
-    time.sleep(3)
-    after = yaml.safe_load(in_host("vps", f"cat {STATE}/history.json"))
-    assert set(after) == {"pi1/ssh", "pi1/api", "pi2/ssh", "pi2/api"}
-    assert after["pi1/ssh"]["connects"] == before["pi1/ssh"]["connects"] != {}
-    assert len(after["pi2/ssh"]["bits"]) >= len(before["pi2/ssh"]["bits"]) and not after["pi2/ssh"]["up"]
 
 
 def test_a_rerun_changes_nothing(setup: tuple[Path, Path, str, Path]) -> None:
