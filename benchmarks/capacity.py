@@ -141,7 +141,11 @@ SSHD_PSS = ("for p in $(pgrep -x sshd; pgrep -x sshd-session; pgrep -x sshd-auth
 def read_vps(group: Path) -> Reading:
     pss = [int(x) for x in lab.sh("vps", SSHD_PSS).split()]
     usage = int((group / "memory.usage_in_bytes").read_text())
-    return Reading(len(pss), sum(pss), used_kb((group / "memory.stat").read_text(), usage))
+    every = sum(int(x) for x in lab.sh("vps", ALL_PSS).split())
+    return Reading(len(pss), sum(pss), used_kb((group / "memory.stat").read_text(), usage), every)
+
+
+ALL_PSS = "for p in /proc/[0-9]*; do awk '/^Pss:/ {print $2}' $p/smaps_rollup 2>/dev/null; done"
 
 
 @contextmanager
@@ -154,7 +158,10 @@ def vps_cgroup() -> Iterator[Path]:
     group = parent / f"pitunnel-capacity-{os.getpid()}"
     group.mkdir()
     try:
-        (group / "memory.move_charge_at_immigrate").write_text("3")
+        try:
+            (group / "memory.move_charge_at_immigrate").write_text("3")
+        except OSError:
+            pass  # this kernel does not move charges: the cgroup counts what the VPS uses from now on
         for pid in vps_pids():
             try:
                 (group / "cgroup.procs").write_text(str(pid))
@@ -247,7 +254,7 @@ def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeou
         back = None if all_back is None else all_back + booted - (sshd_at or booted)
         row = Row(n, pss, used, None if back is None else round(back, 1), left_behind, drops(), round(cold, 1),
                   round(nochange, 1), round(status, 1), round(verify, 1), reaper, sshd_pss_kb_total=at_n.sshd_pss_kb,
-                  used_kb_total=at_n.used_kb, base_used_kb=base_kb(one, used), processes_per_tunnel=procs,
+                  used_kb_total=at_n.used_kb, base_used_kb=base_kb(one, pss), processes_per_tunnel=procs,
                   refused_at_start=at_start, first_connect_s=None if first is None else round(first, 1), exits=exits)
     finally:
         stop_sims(pids)

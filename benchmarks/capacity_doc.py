@@ -13,12 +13,13 @@ ROW_KEYS = ("n", "pss_kb_per_tunnel", "used_kb_per_tunnel", "reconnect_all_s", "
 
 @dataclass
 class Reading:
-    """The VPS at one moment: its sshd processes (count and PSS sum) and its used memory (the cgroup's usage
-    less its inactive file pages), all in kB."""
+    """The VPS at one moment: its sshd processes (count and PSS sum), its used memory (the cgroup's usage
+    less its inactive file pages) and the PSS of all its processes, all in kB."""
 
     sshd_processes: int
     sshd_pss_kb: int
     used_kb: int
+    all_pss_kb: int = 0  # PSS of every process of the VPS
 
 
 @dataclass
@@ -52,9 +53,11 @@ def per_tunnel(before: Reading, after: Reading, added: int) -> tuple[int, int, f
             round((after.sshd_processes - before.sshd_processes) / added, 2))
 
 
-def base_kb(one_session: Reading, used_kb_per_tunnel: int) -> int:
-    """What the VPS uses without any tunnel: the reading with one session, less that session."""
-    return max(0, one_session.used_kb - used_kb_per_tunnel)
+def base_kb(one_session: Reading, pss_kb_per_tunnel: int) -> int:
+    """What the VPS's processes use without any tunnel (OS, Nginx, reaper): the PSS of all of them with one
+    session, less that session. (The cgroup's usage does not give it: this kernel does not move the charges
+    of what ran before the VPS's processes were moved into it.)"""
+    return max(0, one_session.all_pss_kb - pss_kb_per_tunnel)
 
 
 def tunnels_in(limit_kb: int, base: int, used_kb_per_tunnel: int) -> int:
@@ -90,8 +93,8 @@ def document(rows: list[Row], *, date: str, machine: str, revision: str, release
     largest = max(rows, key=lambda r: r.n) if rows else None
     fit = tunnels_in(GIB_KB, largest.base_used_kb, largest.used_kb_per_tunnel) if largest else 0
     return {"date": date, "machine": machine, "revision": revision, "tunnels_in_1gib": fit,
-            "tunnels_in_1gib_how": "computed: (1 GiB - the VPS's base) / used kB per tunnel, at the largest n "
-                                   "(the lab's cgroup v1 VPS is not limited to 1 GiB)",
+            "tunnels_in_1gib_how": "computed: (1 GiB - the VPS's base, PSS of all its processes with one session less that "
+                                   "session) / used kB per tunnel, at the largest n (not measured with a memory limit)",
             "release": release, "rows": [asdict(r) for r in rows]}
 
 

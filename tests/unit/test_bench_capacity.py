@@ -22,9 +22,9 @@ def test_per_tunnel_divides_the_growth_by_the_sessions_added() -> None:
         per_tunnel(one, many, 0)
 
 
-def test_the_base_is_the_one_session_reading_less_that_session() -> None:
-    assert base_kb(Reading(3, 5_000, 200_000), 2_000) == 198_000
-    assert base_kb(Reading(3, 5_000, 1_000), 2_000) == 0
+def test_the_base_is_every_process_with_one_session_less_that_session() -> None:
+    assert base_kb(Reading(3, 5_000, 200_000, 150_000), 2_000) == 148_000
+    assert base_kb(Reading(3, 5_000, 200_000, 1_000), 2_000) == 0
 
 
 def test_tunnels_in_1_gib_beside_the_base() -> None:
