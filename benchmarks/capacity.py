@@ -208,7 +208,9 @@ def sshd_started() -> float | None:
 
 
 def drops() -> int:
-    return maxstartups_drops(lab.sh("vps", "journalctl -b -q -o cat -u ssh.service --no-pager || true"))
+    """sshd's MaxStartups drops in the VPS's journal. Its every boot counts: a container's boot ID is this
+    machine's (the kernel's), so `journalctl -b` would not tell the boots apart; the caller subtracts."""
+    return maxstartups_drops(lab.sh("vps", "journalctl -q -o cat -u ssh.service --no-pager || true"))
 
 
 def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeout: float, poll: int) -> Row:
@@ -252,7 +254,7 @@ def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeou
         all_back, left_behind = wait_listening(ports, booted, timeout)
         sshd_at = sshd_started()
         back = None if all_back is None else all_back + booted - (sshd_at or booted)
-        row = Row(n, pss, used, None if back is None else round(back, 1), left_behind, drops(), round(cold, 1),
+        row = Row(n, pss, used, None if back is None else round(back, 1), left_behind, max(0, drops() - at_start), round(cold, 1),
                   round(nochange, 1), round(status, 1), round(verify, 1), reaper, sshd_pss_kb_total=at_n.sshd_pss_kb,
                   used_kb_total=at_n.used_kb, base_used_kb=base_kb(one, pss), processes_per_tunnel=procs,
                   refused_at_start=at_start, first_connect_s=None if first is None else round(first, 1), exits=exits)
