@@ -135,7 +135,7 @@ def wait_listening(ports: set[int], since: float, timeout: float) -> tuple[float
 
 
 SSHD_PSS = ("for p in $(pgrep -x sshd; pgrep -x sshd-session; pgrep -x sshd-auth); do "
-            "awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup 2>/dev/null; done")
+            "awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup 2>/dev/null; done; true")
 
 
 def read_vps(group: Path) -> Reading:
@@ -145,7 +145,7 @@ def read_vps(group: Path) -> Reading:
     return Reading(len(pss), sum(pss), used_kb((group / "memory.stat").read_text(), usage), every)
 
 
-ALL_PSS = "for p in /proc/[0-9]*; do awk '/^Pss:/ {print $2}' $p/smaps_rollup 2>/dev/null; done"
+ALL_PSS = "for p in /proc/[0-9]*; do awk '/^Pss:/ {print $2}' $p/smaps_rollup 2>/dev/null; done; true"
 
 
 @contextmanager
