@@ -1,5 +1,5 @@
 """The benchmarks' tasks: `invoke bench.lab`, `bench.recovery`, `bench.provision`, `bench.fleet`, `bench.datapath`,
-`bench.hops`, `bench.keepalive`, `bench.deadvps`, `bench.inventory`."""
+`bench.hops`, `bench.keepalive`, `bench.deadvps`, `bench.inventory`, `bench.capacity`."""
 
 from __future__ import annotations
 
@@ -132,6 +132,28 @@ def bench_inventory(c: Context, pis: str = "1000", runs: int = 3, profile: bool 
     main(chosen, runs=runs, profile=profile)
 
 
+@task(help={"pis": "comma-separated fleet sizes in Pis: the lab's pi1 and N - 1 simulated Pis (default 10,100,1000; "
+                   "at most 1999)",
+            "release": "Debian release of the lab hosts: bookworm or trixie",
+            "off": "seconds the VPS stays without power in the power cut (default 20)",
+            "window": "seconds over which the reaper's CPU is measured at steady state (default 60)",
+            "timeout": "seconds to wait for every tunnel to listen, at start and after the power cut (default 300)",
+            "poll": "AUTOSSH_POLL of the simulated Pis: autossh's longest back-off in seconds (default 10, the "
+                    "Pi role's)"})
+def bench_capacity(c: Context, pis: str = "10,100,1000", release: str = "bookworm", off: float = 20,
+                   window: float = 60, timeout: float = 300, poll: int = 10) -> None:
+    """One lab VPS and N Pis' tunnels (real OpenSSH clients from pi1): memory per tunnel, a power cut's
+    reconnect storm, provision-vps, status, verify and the reaper at N; writes benchmarks/results/capacity.json."""
+    from benchmarks.capacity import main
+    from benchmarks.fleet import parse_sizes
+
+    try:
+        chosen = parse_sizes(pis)
+    except ValueError as exc:
+        raise Exit(f"bench.capacity: {exc}", code=2) from None
+    main(chosen, release=release, off=off, window=window, timeout=timeout, poll=poll)
+
+
 ns = Collection("bench")
 ns.add_task(bench_lab, "lab")
 ns.add_task(bench_recovery, "recovery")
@@ -142,3 +164,4 @@ ns.add_task(bench_hops, "hops")
 ns.add_task(bench_keepalive, "keepalive")
 ns.add_task(bench_deadvps, "deadvps")
 ns.add_task(bench_inventory, "inventory")
+ns.add_task(bench_capacity, "capacity")

@@ -1,0 +1,121 @@
+"""bench.capacity's figures: the arithmetic from raw readings to per-tunnel costs, the capacity of a 1 GiB VPS,
+the JSON document (benchmarks/results/capacity.json) and the printed table. Pure functions: no host needed."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+GIB_KB = 1024 * 1024
+ROW_KEYS = ("n", "pss_kb_per_tunnel", "used_kb_per_tunnel", "reconnect_all_s", "left_behind", "refused_logins",
+            "provision_vps_cold_s", "provision_vps_nochange_s", "status_s", "verify_s", "reaper_cpu_s_per_h")
+
+
+@dataclass
+class Reading:
+    """The VPS at one moment: its sshd processes (count and PSS sum), its used memory (the cgroup's usage
+    less its inactive file pages) and the PSS of all its processes, all in kB."""
+
+    sshd_processes: int
+    sshd_pss_kb: int
+    used_kb: int
+    all_pss_kb: int = 0  # PSS of every process of the VPS
+
+
+@dataclass
+class Row:
+    n: int  # Pis, one tunnel session each: the lab's pi1 and n - 1 simulated ones
+    pss_kb_per_tunnel: int
+    used_kb_per_tunnel: int
+    reconnect_all_s: float | None  # from the VPS's sshd starting after the power cut until every tunnel listens
+    left_behind: int  # tunnels not listening when the wait gave up
+    refused_logins: int  # sshd's "past MaxStartups" drops after the power cut
+    provision_vps_cold_s: float
+    provision_vps_nochange_s: float
+    status_s: float
+    verify_s: float
+    reaper_cpu_s_per_h: float
+    # beyond the issue's keys
+    sshd_pss_kb_total: int = 0
+    used_kb_total: int = 0
+    base_used_kb: int = 0  # the VPS with pi1's session alone, less that session: OS, Nginx, reaper
+    processes_per_tunnel: float = 0.0
+    refused_at_start: int = 0  # MaxStartups drops while the n - 1 simulated Pis first connected
+    first_connect_s: float | None = None  # from starting the simulated Pis until every tunnel listened
+    exits: dict[str, int] | None = None  # exit code of each timed pitunnel run
+
+
+def per_tunnel(before: Reading, after: Reading, added: int) -> tuple[int, int, float]:
+    """(PSS kB, used kB, sshd processes) each tunnel session added between two readings costs."""
+    if added < 1:
+        raise ValueError("per_tunnel needs at least one session added")
+    return (round((after.sshd_pss_kb - before.sshd_pss_kb) / added), round((after.used_kb - before.used_kb) / added),
+            round((after.sshd_processes - before.sshd_processes) / added, 2))
+
+
+def base_kb(one_session: Reading, pss_kb_per_tunnel: int) -> int:
+    """What the VPS's processes use without any tunnel (OS, Nginx, reaper): the PSS of all of them with one
+    session, less that session. (The cgroup's usage does not give it: this kernel does not move the charges
+    of what ran before the VPS's processes were moved into it.)"""
+    return max(0, one_session.all_pss_kb - pss_kb_per_tunnel)
+
+
+def tunnels_in(limit_kb: int, base: int, used_kb_per_tunnel: int) -> int:
+    """How many tunnel sessions fit in `limit_kb` beside `base`, at `used_kb_per_tunnel` each."""
+    if used_kb_per_tunnel <= 0:
+        return 0
+    return max(0, (limit_kb - base) // used_kb_per_tunnel)
+
+
+def cpu_per_hour(cpu_s: float, window_s: float) -> float:
+    """CPU seconds over a measured window, scaled to an hour."""
+    return round(cpu_s * 3600 / window_s, 2) if window_s > 0 else 0.0
+
+
+def used_kb(memory_stat: str, usage_bytes: int) -> int:
+    """A cgroup v1's used memory in kB: its usage less the file pages it could drop at once (inactive file)."""
+    inactive = 0
+    for line in memory_stat.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "total_inactive_file":
+            inactive = int(value)
+    return max(0, usage_bytes - inactive) // 1024
+
+
+def maxstartups_drops(journal: str) -> int:
+    """sshd's lines for a connection it dropped past MaxStartups (OpenSSH 9.2 "past MaxStartups", later
+    "exceeded MaxStartups")."""
+    return sum(1 for line in journal.splitlines() if "past MaxStartups" in line or "exceeded MaxStartups" in line)
+
+
+def document(rows: list[Row], *, date: str, machine: str, revision: str, release: str) -> dict[str, object]:
+    """capacity.json: the issue's keys first; tunnels_in_1gib from the largest run's per-tunnel cost and base."""
+    largest = max(rows, key=lambda r: r.n) if rows else None
+    fit = tunnels_in(GIB_KB, largest.base_used_kb, largest.used_kb_per_tunnel) if largest else 0
+    return {"date": date, "machine": machine, "revision": revision, "tunnels_in_1gib": fit,
+            "tunnels_in_1gib_how": "computed: (1 GiB - the VPS's base, PSS of all its processes with one session less that "
+                                   "session) / used kB per tunnel, at the largest n (not measured with a memory limit)",
+            "release": release, "rows": [asdict(r) for r in rows]}
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def table(doc: dict[str, object]) -> str:
+    found = doc.get("rows")
+    rows: list[dict[str, Any]] = [r for r in found if isinstance(r, dict)] if isinstance(found, list) else []
+    lines = [f"Capacity of one VPS ({doc['date']}, {doc['machine']}, revision {doc['revision']}, "
+             f"lab hosts {doc.get('release', '?')})", "",
+             "| Pis | sshd PSS per tunnel kB | used per tunnel kB | sshd processes per tunnel | used at n MB "
+             "| all listen again after power cut s | left behind | refused (MaxStartups) | provision-vps cold s "
+             "| no-change s | status s | verify s | reaper CPU s/h |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['n']} | {r['pss_kb_per_tunnel']} | {r['used_kb_per_tunnel']} | "
+                     f"{r.get('processes_per_tunnel', '-')} | {r.get('used_kb_total', 0) / 1024:.0f} | "
+                     f"{_s(r['reconnect_all_s'])} | {r['left_behind']} | {r['refused_logins']} | "
+                     f"{_s(r['provision_vps_cold_s'])} | {_s(r['provision_vps_nochange_s'])} | {_s(r['status_s'])} | "
+                     f"{_s(r['verify_s'])} | {r['reaper_cpu_s_per_h']} |")
+    lines += ["", f"Tunnels in a 1 GiB VPS: {doc['tunnels_in_1gib']} ({doc.get('tunnels_in_1gib_how', '')})"]
+    return "\n".join(lines)

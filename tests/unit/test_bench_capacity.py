@@ -1,0 +1,70 @@
+"""Unit tests for bench.capacity's pure parts: the per-tunnel arithmetic, the 1 GiB capacity, the readings of
+cgroup v1 and sshd's journal, and capacity.json's shape (the issue's keys, in every row)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.capacity_doc import (GIB_KB, ROW_KEYS, Reading, Row, base_kb, cpu_per_hour, document,
+                                     maxstartups_drops, per_tunnel, table, tunnels_in, used_kb)
+
+
+def row(n: int, used: int = 2000, base: int = 150_000) -> Row:
+    return Row(n, 1900, used, 12.5, 0, 7, 40.0, 3.0, 2.0, 5.0, 1.5, base_used_kb=base)
+
+
+def test_per_tunnel_divides_the_growth_by_the_sessions_added() -> None:
+    one, many = Reading(3, 5_000, 200_000), Reading(201, 215_000, 420_000)
+    assert per_tunnel(one, many, 99) == (2121, 2222, 2.0)
+    with pytest.raises(ValueError):
+        per_tunnel(one, many, 0)
+
+
+def test_the_base_is_every_process_with_one_session_less_that_session() -> None:
+    assert base_kb(Reading(3, 5_000, 200_000, 150_000), 2_000) == 148_000
+    assert base_kb(Reading(3, 5_000, 200_000, 1_000), 2_000) == 0
+
+
+def test_tunnels_in_1_gib_beside_the_base() -> None:
+    assert tunnels_in(GIB_KB, 150_000, 2_000) == (1_048_576 - 150_000) // 2_000 == 449
+    assert tunnels_in(GIB_KB, 2 * GIB_KB, 2_000) == 0
+    assert tunnels_in(GIB_KB, 0, 0) == 0
+
+
+def test_cpu_over_a_window_scaled_to_an_hour() -> None:
+    assert cpu_per_hour(0.5, 60) == 30.0
+    assert cpu_per_hour(0.5, 0) == 0.0
+
+
+def test_used_memory_is_usage_less_inactive_file_pages() -> None:
+    stat = "cache 4096000\ntotal_inactive_file 1048576\ntotal_active_file 2048\n"
+    assert used_kb(stat, 3 * 1048576) == 2048
+    assert used_kb("rss 1\n", 4096) == 4
+
+
+def test_maxstartups_drops_in_either_openssh_wording() -> None:
+    journal = ("Accepted publickey for pitunnel from 198.18.0.101 port 4 ssh2: ED25519 SHA256:x\n"
+               "drop connection #10 from [198.18.0.101]:50522 on [198.18.0.10]:22 past MaxStartups\n"
+               "srclimit_penalise: ...\n"
+               "error: beginning MaxStartups throttling\n"
+               "drop connection #31 from [198.18.0.101]:50530 on [198.18.0.10]:22 exceeded MaxStartups\n")
+    assert maxstartups_drops(journal) == 2
+
+
+def test_capacity_json_has_the_issue_keys_and_the_largest_run_gives_the_capacity() -> None:
+    doc = document([row(10, used=3_000), row(100)], date="2026-12-06 19:00 UTC", machine="2 cores", revision="abc",
+                   release="bookworm")
+    loaded = json.loads(json.dumps(doc))
+    assert list(loaded)[:5] == ["date", "machine", "revision", "tunnels_in_1gib", "tunnels_in_1gib_how"]
+    assert loaded["tunnels_in_1gib"] == 449  # from n = 100's 2,000 kB per tunnel, not n = 10's 3,000
+    assert [r["n"] for r in loaded["rows"]] == [10, 100]
+    for r in loaded["rows"]:
+        assert set(ROW_KEYS) <= set(r)
+    shown = table(loaded)
+    assert "| 100 | 1900 | 2000 |" in shown and "Tunnels in a 1 GiB VPS: 449" in shown
+
+
+def test_no_rows_no_capacity() -> None:
+    assert document([], date="d", machine="m", revision="r", release="bookworm")["tunnels_in_1gib"] == 0
