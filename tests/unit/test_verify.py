@@ -432,6 +432,21 @@ def test_probes_pass_only_when_the_vps_refuses_each(inv: Inventory, stub_ssh: Pa
                        "PROBE other-pi 127.0.0.1:20023 FAIL listener accepted"]
 
 
+def test_a_path_tries_the_other_pis_listeners_nearest_its_own_and_no_more(tmp_path: Path) -> None:
+    """verify's cost per path stays flat with the fleet: 40 other Pis on the VPS, 8 of their listeners tried,
+    the nearest to this Pi's ports (above and below it, loopback and public), each in one login."""
+    pis = "".join(f"  p{i}: {{vps: main, tunnels: {{ssh: {{type: ssh, remote_port: {20000 + i}, "
+                  f"public: {str(i % 2 == 0).lower()}}}}}}}\n" for i in range(41))
+    inv = load(tmp_path, "settings: {laptop_key: null, known_hosts: known_hosts}\n"
+                         "vps:\n  main: {address: 203.0.113.1}\npis:\n" + pis)
+    script = exposure.probes_fact(inv, inv.pis["p20"], inv.vps["main"]).script
+    tried = sorted(int(line.split("-R ")[1].split(":")[1]) for line in script.splitlines() if "PROBE other-pi" in line)
+    assert tried == [20016, 20017, 20018, 20019, 20021, 20022, 20023, 20024]
+    assert "-R 0.0.0.0:20016:" in script and "-R 127.0.0.1:20017:" in script
+    assert exposure.neighbours([], [(7, "a"), (5, "b")]) == ["b", "a"]  # a path without tunnels: the lowest ports
+    assert exposure.neighbours([10], [(12, "up"), (8, "down")]) == ["down", "up"]  # equally near: the lower first
+
+
 def unit_says(*lines: str) -> str:
     """The unit fact's output: what is-enabled, is-active and the watchdog's is-active printed, as many as given."""
     return "".join(f"{name}={line}\n" for name, line in zip(("enabled", "active", "watchdog"), lines))

@@ -77,10 +77,24 @@ def probe_script(pi: PiSpec, vps: VpsSpec, others: list[str], free_port: int) ->
     return "\n".join(lines) + "\n"
 
 
+NEIGHBOUR_PROBES = 8  # other Pis' listeners tried per path: each try is one login, so verify stays flat with the fleet
+
+
+def neighbours(own: list[int], others: list[tuple[int, str]]) -> list[str]:
+    """The other Pis' listeners (`others`: port and listen spec) a path tries to open: the NEIGHBOUR_PROBES
+    nearest its own ports (`own`), where a mistyped range or an off-by-one grant would show first."""
+    def distance(item: tuple[int, str]) -> tuple[int, int, str]:
+        port, spec = item
+        return min((abs(port - o) for o in own), default=port), port, spec
+    return [spec for _, spec in sorted(others, key=distance)[:NEIGHBOUR_PROBES]]
+
+
 def probes_fact(inv: Inventory, pi: PiSpec, vps: VpsSpec) -> Fact[tuple[Probe, ...]]:
     """The probes of one path (`pi` through `vps`): the tunnel key must be refused a command, a shell, a jump
-    to the VPS's sshd, a free port of the range (the highest), and each other Pi's listener there."""
-    others = [listen_spec(t) for p, t in inv.tunnels_on(vps) if p.name != pi.name]
+    to the VPS's sshd, a free port of the range (the highest), and the other Pis' listeners nearest its own
+    (at most NEIGHBOUR_PROBES: that each key may open its own listeners alone is what provision-vps writes)."""
+    own = [t.remote_port for p, t in inv.tunnels_on(vps) if p.name == pi.name]
+    others = neighbours(own, [(t.remote_port, listen_spec(t)) for p, t in inv.tunnels_on(vps) if p.name != pi.name])
     used = {t.remote_port for _, t in inv.tunnels_on(vps)}
     free = next(p for p in range(vps.port_range[1], 1024, -1) if p not in used)
     return Fact(f"probes:{vps.name}", probe_script(pi, vps, others, free), probes)
