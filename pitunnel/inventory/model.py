@@ -60,8 +60,8 @@ class Listener:
 
     @property
     def spec(self) -> str:
-        """`host:port`: as the Pi's -R asks for it, as permitlisten / PermitListen must spell it, and as `ss`
-        prints a listening socket's local address."""
+        """`host:port`: as the Pi's -R asks for it, as a key's permitlisten must spell it, and as `ss` prints a
+        listening socket's local address."""
         return f"{self.host}:{self.port}"
 
 

@@ -4,7 +4,7 @@ A Pi offers each of its VPSes its tunnel key (one key for all: docs/security.md 
 is read on the Pi, and the listeners that key may open (PiOffer); a VPS tells its Pis the host keys to pin and
 what listens on it now (VpsFacts). roles/site.py carries these from one role to the other; neither role imports
 the other. A listener is an inventory value (inventory.Listener, made from a TunnelSpec): its `spec` is the one
-spelling of it that -R, permitlisten / PermitListen and `ss` share.
+spelling of it that -R, permitlisten and `ss` share (PermitListen permits its host with any port).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pitunnel.sshkeys import PublicKey
 
 
 def listen_spec(tunnel: TunnelSpec) -> str:
-    """The tunnel's listener as the Pi's `-R` sends it, as permitlisten / PermitListen must spell it and as
-    `ss` prints it (`host:port`)."""
+    """The tunnel's listener as the Pi's `-R` sends it, as permitlisten must spell it and as `ss` prints it
+    (`host:port`)."""
     return tunnel.listener.spec
 
 

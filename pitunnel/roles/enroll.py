@@ -20,7 +20,7 @@ from pitunnel.runner import StepFailed, converge, facts_for
 from pitunnel.sshkeys import parse_public_key
 from pitunnel.roles.vps.authorized import authorized_line, keys_ops
 from pitunnel.roles.vps.keys import HOST_KEYS
-from pitunnel.roles.vps.steps import account_observer, permitted_fact
+from pitunnel.roles.vps.steps import account_observer, permits, permitted_fact
 
 TITLE = "enrolment files"
 
@@ -48,7 +48,7 @@ def authorise(play: Play, remote: Remote, pi: PiSpec, key: KeyPair, expires: str
     known = facts_for(remote, [account, keys, permitted, Observe(LISTENERS, lambda v: "read", title="listeners"),
                                *ops])
     converge(remote, [account, keys, permitted], reporter, mode, known=known)
-    missing = [t.listener.spec for t in path.tunnels if t.listener.spec not in known.value(permitted.fact)]
+    missing = [t.listener.spec for t in path.tunnels if not permits(known.value(permitted.fact), t.listener)]
     if not known.value(account.fact) or missing:
         why = (f"{vps.tunnel_user} does not exist" if not known.value(account.fact)
                else f"sshd does not permit {', '.join(missing)} yet")

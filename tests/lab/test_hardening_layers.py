@@ -32,8 +32,8 @@ VPS = str(VPS_ADDR)
 DROPIN = "/etc/ssh/sshd_config.d/10-pitunnel.conf"
 KEYS = "/var/lib/pitunnel/.ssh/authorized_keys"
 UNIX_TARGET = "/run/systemd/journal/stdout"  # a Unix socket every account may connect to
-FREE_PORT = 29999  # in no permitlisten and no PermitListen
-PROBES = ("command", "pty", "agent", "tcp -L/-W", "unix -L/-W", "unix -R", "tcp -R other port")
+FREE_PORT = 29999  # in no key's permitlisten
+PROBES = ("command", "pty", "agent", "tcp -L/-W", "unix -L/-W", "unix -R", "tcp -R other port", "tcp -R vps address")
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +141,12 @@ def probe(lab: dict) -> dict[str, bool]:
             got["tcp -R other port"] = True
         except paramiko.SSHException:
             got["tcp -R other port"] = False
+
+        try:  # neither loopback nor every address: a Pi's tunnel never asks for that
+            t.request_port_forward(VPS, FREE_PORT + 1)
+            got["tcp -R vps address"] = True
+        except paramiko.SSHException:
+            got["tcp -R vps address"] = False
     finally:
         t.close()
         in_host("vps", "rm -f /tmp/pitunnel-probe-*.sock")
@@ -186,14 +192,16 @@ def test_key_options_alone(lab: dict) -> None:
     with layers(match_block=False, key_options=True):
         got = probe(lab)
     assert got == {"command": False, "pty": False, "agent": False, "tcp -L/-W": True, "unix -L/-W": True,
-                   "unix -R": True, "tcp -R other port": False}, got
+                   "unix -R": True, "tcp -R other port": False, "tcp -R vps address": False}, got
 
 
 def test_match_block_alone(lab: dict) -> None:
-    """A bare key line (no options): the Match block alone stops every probe."""
+    """A bare key line (no options): the Match block alone stops every probe but a free port on loopback. Its
+    PermitListen permits any port on the addresses the tunnels use: which port is whose is the keys' own
+    permitlisten (a list of every Pi's listeners there cost each session memory with its square)."""
     with layers(match_block=True, key_options=False):
         got = probe(lab)
-    assert got == {name: False for name in PROBES}, got
+    assert got == {**{name: False for name in PROBES}, "tcp -R other port": True}, got
 
 
 def test_as_provisioned_nothing_gets_through(lab: dict) -> None:

@@ -101,7 +101,8 @@ def test_revoke_remembers_the_pi_then_takes_its_keys_and_routes_off_its_vps_and_
     # sshd refuses the key outright from now on, for the tunnel account
     assert sent(hosts["main"], "pitunnel_revoked_keys") == f"{keys['alpha']} pitunnel-revoked:alpha\n"
     assert "RevokedKeys /etc/ssh/pitunnel_revoked_keys" in sent(hosts["main"], "10-pitunnel.conf")
-    assert "0.0.0.0:20022" in sent(hosts["main"], "10-pitunnel.conf")  # its listeners stay permitted (reserved)
+    # its listeners' address stays permitted (alpha's is the only public tunnel): sshd's config does not change
+    assert 'PermitListen "127.0.0.1:*" "0.0.0.0:*"' in sent(hosts["main"], "10-pitunnel.conf")
     assert hosts["main"].applied("for pair in 4242:4241; do")  # alpha's session (an outsider's, may be) ended
     assert not hosts["main"].applied("5252")  # beta's goes on
     assert hosts["main"].applied("rm -rf /etc/nginx/pitunnel/locations/alpha_web.conf")

@@ -188,6 +188,10 @@ def test_what_the_vps_reads_of_itself() -> None:
     assert "sshd -T -C user=pitunnel,host=pitunnel,addr=192.0.2.1 " in fact.script
     assert fact.process("permitlisten 0.0.0.0:20022 127.0.0.1:20023\n") == frozenset({"0.0.0.0:20022", "127.0.0.1:20023"})
     assert fact.process("") == frozenset()
+    loopback, public = Listener(public=False, port=20023), Listener(public=True, port=20022)
+    assert vps.permits(frozenset({"127.0.0.1:*"}), loopback) and not vps.permits(frozenset({"127.0.0.1:*"}), public)
+    assert vps.permits(frozenset({"0.0.0.0:20022"}), public)  # as an older pitunnel wrote it: the listeners themselves
+    assert not vps.permits(frozenset({"0.0.0.0:20023"}), loopback) and not vps.permits(frozenset({"any"}), loopback)
     seen = vps.account_observer(load_vps())
     assert seen.fact.process(ACCOUNT) is True and seen.fact.process("MISSING\n") is False
     assert (seen.describe(True), seen.describe(False)) == ("present", "missing")
@@ -214,7 +218,7 @@ def test_each_http_tunnel_is_one_route_named_by_pi_and_tunnel(inv: Inventory) ->
     assert variables["auth_source"] == str(cam.auth_source) and variables["file_stem"] == "alpha_cam"
     assert vps_nginx.route_vars(web)["auth_source"] is None and vps_nginx.route_vars(web)["upstream"] == "pitunnel_alpha_web"
     context = vps.context(inv, inv.vps["main"], claim_default=False)
-    assert context["listens"] == ["0.0.0.0:20022", "127.0.0.1:20080", "127.0.0.1:20081", "127.0.0.1:20023"]
+    assert context["listens"] == ["127.0.0.1:*", "0.0.0.0:*"]
     assert context["claim_default"] is False and [t["name"] for t in context["tunnels"]] == ["web", "cam"]
     assert (context["http_port"], context["https_port"], context["tls_certificate"]) == (80, 443, "/etc/ssl/c.pem")
 

@@ -148,6 +148,17 @@ def test_permitlisten_behind_the_inventory_fails_the_vps_and_names_the_listener(
     assert not any("authorized_keys" in body for body in hosts["main"].ops)
 
 
+def test_a_new_pi_needs_no_provision_vps_first_once_sshd_permits_its_addresses(
+        inv: Inventory, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """PermitListen as pitunnel writes it now (any port on each address in use): beta's loopback listener is
+    permitted, alpha's public one only once a public tunnel was there when provision-vps ran."""
+    hosts = {"main": vps_host(permitted='permitlisten 127.0.0.1:*'), "alpha": pi_host(inv, "alpha", keys["alpha"]),
+             "beta": pi_host(inv, "beta", keys["beta"])}
+    site.provision_pi(play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"})))  # type: ignore[arg-type]
+    assert ("failed main sshd permits the Pis' listeners - not yet: alpha: 0.0.0.0:20022; run `invoke provision-vps` "
+            "(or `invoke provision`) first") in lines(capsys)
+
+
 def test_check_mode_plans_every_pi_even_without_a_key_or_an_account_and_changes_nothing(
         inv: Inventory, keys: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     hosts = {"main": vps_host(account="MISSING", permitted=""), "alpha": pi_host(inv, "alpha", None),

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pitunnel.facts import LISTENERS, Fact, read
-from pitunnel.inventory import Inventory, VpsSpec
+from pitunnel.inventory import Inventory, Listener, VpsSpec
+from pitunnel.inventory.model import EVERY_ADDRESS, LOOPBACK
 from pitunnel.ops import (Absent, Directory, File, Handler, Observe, Op, Packages, PackagesAbsent, Service,
                           SystemUser, UserAbsent, q)
 from pitunnel.play import Play
@@ -40,6 +41,13 @@ def permitted_fact(vps: VpsSpec) -> Fact[frozenset[str]]:
                 "2>/dev/null | grep -i '^permitlisten ' || true", lambda out: frozenset(out.split()[1:]))
 
 
+def permits(allowed: frozenset[str], listener: Listener) -> bool:
+    """Whether sshd's effective PermitListen (`allowed`, as `sshd -T` prints it) lets the tunnel account listen
+    there as pitunnel's Match block permits it: its address with any port (an older pitunnel: the listener
+    itself). Not `any`: that is what sshd says without pitunnel's Match block, so provision-vps is not done."""
+    return bool({listener.spec, f"{listener.host}:*"} & allowed)
+
+
 def listeners(remote: Remote) -> frozenset[str]:
     """What listens on this VPS now (one round trip)."""
     return read(remote, LISTENERS)
@@ -64,7 +72,7 @@ def authorise(remote: Remote, inv: Inventory, vps: VpsSpec, offers: Sequence[PiO
     # that no Pi can hold up the others' provisioning with a copied key; docs/security.md
     refused = refuse_shared(reporter, remote.name, shared_keys(inv, vps, new, known.file(keys_path())))
     there, allowed = known.value(account.fact), known.value(permitted.fact)
-    unknown = [f"{o.name}: {listener.spec}" for o in offers for listener in o.listens if listener.spec not in allowed]
+    unknown = [f"{o.name}: {listener.spec}" for o in offers for listener in o.listens if not permits(allowed, listener)]
     if unknown and there:
         reporter.line(remote.name, "skipped" if mode.check else "failed", "sshd permits the Pis' listeners",
                       f"not yet: {', '.join(unknown)}; run `invoke provision-vps` (or `invoke provision`) first")
@@ -122,12 +130,14 @@ def sshd_dropin(variables: dict[str, Any]) -> File:
 
 
 def permitted_listens(inv: Inventory, vps: VpsSpec) -> list[str]:
-    """The listeners sshd permits the tunnel account: every Pi's on this VPS, in inventory order, the revoked
-    Pis' still in the inventory too (their key is gone, so nobody can open them; the Pi, provisioned again
-    with a new key, needs no provision-vps first, and sshd's config does not change when it comes back)."""
+    """The listeners sshd permits the tunnel account: any port, on each address its Pis' tunnels listen on
+    (loopback, and every address once a tunnel is public), the revoked Pis' still in the inventory too. Which
+    port is whose is each key's own `permitlisten`. Not the list of every Pi's listeners: sshd reads that list
+    again into every session at a cost that grows with its square (2.9 MB more per session at 600 listeners,
+    docs/performance.md), and a new Pi would need provision-vps first."""
     every = {**inv.pis, **inv.shut}
-    order = [n for n in inv.order if n in every] + [n for n in every if n not in inv.order]
-    return [t.listener.spec for n in order if vps.name in every[n].all_vps for t in every[n].path(vps.name).tunnels]
+    hosts = {t.listener.host for pi in every.values() if vps.name in pi.all_vps for t in pi.path(vps.name).tunnels}
+    return [f"{host}:*" for host in (LOOPBACK, EVERY_ADDRESS) if host in hosts]
 
 
 def context(inv: Inventory, vps: VpsSpec, *, claim_default: bool = True, certs: AcmeFound = AcmeFound(),
