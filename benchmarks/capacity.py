@@ -25,13 +25,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
 import lab
+from benchmarks import capacity_variants
 from benchmarks.capacity_doc import (Reading, Row, base_kb, cpu_per_hour, document, maxstartups_drops, per_tunnel,
                                      table, used_kb)
+from benchmarks.capacity_variants import SSHD_PSS, VariantRow
 from benchmarks.inventory_scale import revision
 from benchmarks.provision import machine
 
@@ -40,6 +43,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 MOST = 1999  # sims' ports: 30001..31998 (ssh) and 32001..33998 (http), apart from the lab's own
 SIM_DIR = "/var/lib/pitunnel/sim"  # on pi1, in the tunnel account's home (provision-pi made it)
 MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
+VARIANT_SESSIONS = 100  # sessions each variant is measured with (fewer when the run has fewer simulated Pis)
 
 
 def fleet_inventory(folder: Path, n: int) -> Path:
@@ -100,11 +104,12 @@ def authorise(fleet: Path, keys: dict[str, str]) -> None:
     run_play(body, Flags(inventory=str(fleet), limit="vps"))
 
 
-def start_sims(names: list[str], poll: int) -> list[int]:
-    """One autossh per simulated Pi on pi1, as the tunnel account, with the unit's settings; their PIDs."""
+def start_sims(names: list[str], poll: int, config: str = "conf") -> list[int]:
+    """One autossh per simulated Pi on pi1, as the tunnel account, with the unit's settings (its ssh config:
+    NAME.`config`); their PIDs."""
     lines = [f"cd {SIM_DIR}"] + [
         f"AUTOSSH_GATETIME=0 AUTOSSH_POLL={poll} setsid setpriv --reuid=pitunnel --regid=pitunnel --init-groups "
-        f"/usr/bin/autossh -M 0 -N -F {name}.conf pitunnel-vps </dev/null >/dev/null 2>&1 &\necho $!" for name in names]
+        f"/usr/bin/autossh -M 0 -N -F {name}.{config} pitunnel-vps </dev/null >/dev/null 2>&1 &\necho $!" for name in names]
     return [int(p) for p in lab.sh("pi1", "\n".join(lines), timeout=600).split()]
 
 
@@ -132,10 +137,6 @@ def wait_listening(ports: set[int], since: float, timeout: float) -> tuple[float
             return time.monotonic() - since, 0
         time.sleep(0.5)
     return None, left
-
-
-SSHD_PSS = ("for p in $(pgrep -x sshd; pgrep -x sshd-session; pgrep -x sshd-auth); do "
-            "awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup 2>/dev/null; done; true")
 
 
 def read_vps(group: Path) -> Reading:
@@ -213,7 +214,29 @@ def drops() -> int:
     return maxstartups_drops(lab.sh("vps", "journalctl -q -o cat -u ssh.service --no-pager || true"))
 
 
-def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeout: float, poll: int) -> Row:
+def run_variants(n: int, fleet: Path, names: list[str], group: Path, poll: int) -> list[VariantRow]:
+    """capacity_variants' variants, one after the other, each with the same VARIANT_SESSIONS simulated Pis."""
+    from pitunnel.inventory import load_inventory
+
+    inv = load_inventory(fleet)
+    vps = inv.vps["vps"]
+    sample = names[:VARIANT_SESSIONS]
+    ports = {t.listener.port for name in sample for t in inv.pis[name].path("vps").tunnels}
+    listeners = [t.listener.spec for path in inv.pis_on(vps) for t in path.tunnels]
+    rows = []
+    for variant in capacity_variants.variants(listeners):
+        found = capacity_variants.measure(variant, n, sample, ports, group, sim_dir=SIM_DIR,
+                                          start=lambda chosen, config: start_sims(chosen, poll, config),
+                                          stop=stop_sims, wait=wait_listening)
+        if found is not None:
+            print(f"  variant {found.name} at n={n}: {found.pss_kb_per_tunnel} kB PSS, {found.used_kb_per_tunnel} kB "
+                  f"used per tunnel ({found.sessions} sessions)", flush=True)
+            rows.append(found)
+    return rows
+
+
+def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeout: float, poll: int,
+          variants: list[VariantRow] | None = None) -> Row:
     from pitunnel.inventory import load_inventory
 
     lab.up(pis=1, release=release, fresh=True)
@@ -231,6 +254,8 @@ def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeou
     pids: list[int] = []
     try:
         with vps_cgroup() as group:
+            if variants is not None and names:
+                variants.extend(run_variants(n, fleet, names, group, poll))
             time.sleep(5)
             one = read_vps(group)
             started = time.monotonic()
@@ -265,27 +290,33 @@ def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeou
 
 
 def main(sizes: list[int], *, release: str = "bookworm", off: float = 20, window: float = 60, timeout: float = 300,
-         poll: int = 10) -> dict[str, object]:
+         poll: int = 10, variants: bool = True) -> dict[str, object]:
     if max(sizes) > MOST:
         raise SystemExit(f"bench.capacity: --pis at most {MOST} (the simulated Pis' fixed ports), not {max(sizes)}")
     if not (MEMORY_ROOT / "memory.stat").exists():
         raise SystemExit("bench.capacity: needs cgroup v1's memory controller at /sys/fs/cgroup/memory")
     rows: list[Row] = []
+    tried: list[VariantRow] = []
     doc: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="pitunnel-capacity-") as folder:
         try:
             for n in sizes:
-                rows.append(run_n(n, Path(folder), release=release, off=off, window=window, timeout=timeout, poll=poll))
-                doc = write(rows, release)  # after each n: a later n that fails leaves the earlier figures
+                at_largest = variants and n == max(sizes)
+                rows.append(run_n(n, Path(folder), release=release, off=off, window=window, timeout=timeout, poll=poll,
+                                  variants=tried if at_largest else None))
+                doc = write(rows, tried, release)  # after each n: a later n that fails leaves the earlier figures
         finally:
             lab.down()
     print(table(doc))
+    if tried:
+        print("\nVariants (the VPS's cost per tunnel session with one thing changed):\n" + capacity_variants.table(tried))
     return doc
 
 
-def write(rows: list[Row], release: str) -> dict[str, object]:
+def write(rows: list[Row], tried: list[VariantRow], release: str) -> dict[str, object]:
     doc = document(rows, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=machine(),
                    revision=revision(), release=release)
+    doc["variants"] = [asdict(v) for v in tried]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "capacity.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc

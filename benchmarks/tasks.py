@@ -139,9 +139,11 @@ def bench_inventory(c: Context, pis: str = "1000", runs: int = 3, profile: bool 
             "window": "seconds over which the reaper's CPU is measured at steady state (default 60)",
             "timeout": "seconds to wait for every tunnel to listen, at start and after the power cut (default 300)",
             "poll": "AUTOSSH_POLL of the simulated Pis: autossh's longest back-off in seconds (default 10, the "
-                    "Pi role's)"})
+                    "Pi role's)",
+            "variants": "at the largest N, the cost per tunnel of each variant (benchmarks/capacity_variants.py) "
+                        "with 100 sessions (default on; --no-variants skips them)"})
 def bench_capacity(c: Context, pis: str = "10,100,1000", release: str = "bookworm", off: float = 20,
-                   window: float = 60, timeout: float = 300, poll: int = 10) -> None:
+                   window: float = 60, timeout: float = 300, poll: int = 10, variants: bool = True) -> None:
     """One lab VPS and N Pis' tunnels (real OpenSSH clients from pi1): memory per tunnel, a power cut's
     reconnect storm, provision-vps, status, verify and the reaper at N; writes benchmarks/results/capacity.json."""
     from benchmarks.capacity import main
@@ -151,7 +153,7 @@ def bench_capacity(c: Context, pis: str = "10,100,1000", release: str = "bookwor
         chosen = parse_sizes(pis)
     except ValueError as exc:
         raise Exit(f"bench.capacity: {exc}", code=2) from None
-    main(chosen, release=release, off=off, window=window, timeout=timeout, poll=poll)
+    main(chosen, release=release, off=off, window=window, timeout=timeout, poll=poll, variants=variants)
 
 
 ns = Collection("bench")

@@ -68,3 +68,27 @@ def test_capacity_json_has_the_issue_keys_and_the_largest_run_gives_the_capacity
 
 def test_no_rows_no_capacity() -> None:
     assert document([], date="d", machine="m", revision="r", release="bookworm")["tunnels_in_1gib"] == 0
+
+
+def test_each_variant_changes_one_thing_and_is_undone() -> None:
+    from benchmarks import capacity_variants as cv
+
+    found = {v.name: v for v in cv.variants(["0.0.0.0:12346", "127.0.0.1:30001"])}
+    assert list(found) == ["as provisioned", "listed", "no PAM", "no PAM, no re-exec"]
+    assert found["as provisioned"].setup == found["as provisioned"].undo == "true" and found["as provisioned"].port is None
+    listed = found["listed"]
+    assert "PermitListen 0.0.0.0:12346 127.0.0.1:30001/" in listed.setup and listed.port is None
+    assert listed.setup.startswith(f"cp -p {cv.DROPIN} ") and listed.undo.startswith(f"mv /root/10-pitunnel.conf.bench {cv.DROPIN}")
+    for name, flags in (("no PAM", "-D -f"), ("no PAM, no re-exec", "-D -r -f")):
+        second = found[name]
+        assert second.port == cv.SECOND_PORT and f"/usr/sbin/sshd {flags} {cv.SECOND_CONFIG}" in second.setup
+        assert "UsePAM no\n" in second.setup and f"Include {cv.DROPIN}\n" in second.setup  # the same Match block
+        assert f"sshd -t -f {cv.SECOND_CONFIG}" in second.setup and f"systemctl stop {cv.SECOND_UNIT}" in second.undo
+
+
+def test_the_variants_table_has_a_row_each() -> None:
+    from benchmarks.capacity_variants import VariantRow, table as variants_table
+
+    text = variants_table([VariantRow("as provisioned", 1000, 100, 2100, 2300), VariantRow("listed", 1000, 100, 9800, 10100)])
+    assert text.splitlines()[2] == "| as provisioned | 1,000 | 100 | 2,100 | 2,300 |"
+    assert text.splitlines()[3] == "| listed | 1,000 | 100 | 9,800 | 10,100 |"
