@@ -6,8 +6,9 @@ pitunnel; the n - 1 simulated Pis are real OpenSSH clients run from pi1's networ
   by provision-pi's own step (roles/vps/steps.authorise) with its own listeners;
 - each its own ssh config, the Pi role's template rendered for that Pi (keepalives, ExitOnForwardFailure,
   ConnectTimeout, pinned VPS host key: pi1's pin file, written by provision-pi);
-- each its own autossh with the unit's settings (-M 0, AUTOSSH_GATETIME=0, AUTOSSH_POLL): the same restart and
-  back-off as a real Pi's ssh; systemd's Restart= around autossh and the Pi's watchdog are not simulated.
+- each its own autossh with the unit's settings (-M 0, AUTOSSH_GATETIME=0, AUTOSSH_POLL), started again 2 s after
+  it exits (the unit's Restart=always, RestartSec=2): the same restart and back-off as a real Pi's ssh; the Pi's
+  watchdog is not simulated.
 
 They are started by PID and ended by PID (also on failure or Ctrl-C); lab.down removes the hosts at the end.
 The VPS's processes are moved into a memory cgroup made for the run (cgroup v1, a child of this process's own)
@@ -104,21 +105,32 @@ def authorise(fleet: Path, keys: dict[str, str]) -> None:
     run_play(body, Flags(inventory=str(fleet), limit="vps"))
 
 
+RESTART_SEC = 2  # the Pi unit's RestartSec (roles/pi/defaults.yml): systemd restarts autossh when it exits
+
+
 def start_sims(names: list[str], poll: int, config: str = "conf") -> list[int]:
     """One autossh per simulated Pi on pi1, as the tunnel account, with the unit's settings (its ssh config:
-    NAME.`config`); their PIDs."""
+    NAME.`config`), restarted RESTART_SEC after it exits as the unit's Restart=always does (each restart
+    counted in NAME.restarts); each in a process group of its own, whose leader's PID is returned."""
+    loop = (f"while :; do AUTOSSH_GATETIME=0 AUTOSSH_POLL={poll} /usr/bin/autossh -M 0 -N -F \"$1\" pitunnel-vps; "
+            f"echo \"$?\" >> \"$2\"; sleep {RESTART_SEC}; done")
     lines = [f"cd {SIM_DIR}"] + [
-        f"AUTOSSH_GATETIME=0 AUTOSSH_POLL={poll} setsid setpriv --reuid=pitunnel --regid=pitunnel --init-groups "
-        f"/usr/bin/autossh -M 0 -N -F {name}.{config} pitunnel-vps </dev/null >/dev/null 2>&1 &\necho $!" for name in names]
+        f"setsid setpriv --reuid=pitunnel --regid=pitunnel --init-groups sh -c '{loop}' sim {name}.{config} "
+        f"{name}.restarts </dev/null >/dev/null 2>&1 &\necho $!" for name in names]
     return [int(p) for p in lab.sh("pi1", "\n".join(lines), timeout=600).split()]
 
 
 def stop_sims(pids: list[int]) -> None:
-    """End the simulated Pis' autossh and each one's ssh (its child), by PID."""
+    """End the simulated Pis, by PID: each one's process group (its restart loop, autossh and ssh)."""
     if pids:
-        lab.exec_in("pi1", f"for p in {' '.join(map(str, pids))}; do "
-                           "kill $p $(cat /proc/$p/task/$p/children 2>/dev/null) 2>/dev/null; done; true",
+        lab.exec_in("pi1", f"for p in {' '.join(map(str, pids))}; do kill -TERM -- -$p 2>/dev/null; done; true",
                     check=False, timeout=120)
+
+
+def restarts() -> int:
+    """How many times the simulated Pis' autossh exited and was started again (as systemd would)."""
+    out = lab.sh("pi1", f"cat {SIM_DIR}/*.restarts 2>/dev/null | wc -l; true").split()
+    return int(out[0]) if out else 0
 
 
 def listening(ports: set[int]) -> int:
@@ -274,15 +286,18 @@ def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeou
         cpu_before = reaper_cpu_s()
         time.sleep(window)
         reaper = cpu_per_hour(reaper_cpu_s() - cpu_before, window)
+        before_cut = restarts()
         lab.vps_power_cut(seconds=off)
         booted = time.monotonic()
         all_back, left_behind = wait_listening(ports, booted, timeout)
         sshd_at = sshd_started()
+        restarted = restarts() - before_cut
         back = None if all_back is None else all_back + booted - (sshd_at or booted)
         row = Row(n, pss, used, None if back is None else round(back, 1), left_behind, max(0, drops() - at_start), round(cold, 1),
                   round(nochange, 1), round(status, 1), round(verify, 1), reaper, sshd_pss_kb_total=at_n.sshd_pss_kb,
                   used_kb_total=at_n.used_kb, base_used_kb=base_kb(one, pss), processes_per_tunnel=procs,
-                  refused_at_start=at_start, first_connect_s=None if first is None else round(first, 1), exits=exits)
+                  refused_at_start=at_start, first_connect_s=None if first is None else round(first, 1), exits=exits,
+                  autossh_restarts=restarted)
     finally:
         stop_sims(pids)
     print(f"  n={n}: {json.dumps(row.__dict__)}", flush=True)

@@ -43,6 +43,7 @@ class Row:
     refused_at_start: int = 0  # MaxStartups drops while the n - 1 simulated Pis first connected
     first_connect_s: float | None = None  # from starting the simulated Pis until every tunnel listened
     exits: dict[str, int] | None = None  # exit code of each timed pitunnel run
+    autossh_restarts: int = 0  # after the power cut: simulated Pis' autossh that exited and were started again
 
 
 def per_tunnel(before: Reading, after: Reading, added: int) -> tuple[int, int, float]:

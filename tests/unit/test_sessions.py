@@ -166,7 +166,7 @@ def test_end_unauthorised_checks_ends_and_counts_in_the_recap(tmp_path: Path) ->
         pis: {alpha: {address: 10.0.0.2, vps: main, tunnels: {ssh: {type: ssh, remote_port: 20022}}}}
         """).vps["main"]
     for check in (True, False):
-        host = FakeHost("vps", [("grep -sE '^(PPid|Uid)", sessions), ("authorized_keys", f"pitunnel:pitunnel:600\n{keys}")])
+        host = FakeHost("vps", [("grep -sE '^(Name|PPid|Uid)", sessions), ("authorized_keys", f"pitunnel:pitunnel:600\n{keys}")])
         out = io.StringIO()
         reporter = Reporter(colour=False, out=out)
         assert end_unauthorised(host, vps, reporter, Mode(check=check)) == 1  # type: ignore[arg-type]

@@ -76,16 +76,13 @@ def sessions_fact(user: str) -> Fact[Sessions]:
     """The tunnel account's sessions, each with the key its monitor logged it in with, and the VPS's clock."""
     script = f"""u=$(id -u {q(user)} 2>/dev/null) || {{ echo NOACCOUNT; exit 0; }}
 echo "NOW $(date +%Y%m%d%H%M%S) $(date -u +%Y%m%d%H%M%S)"
-mons=
-for pair in $(grep -sE '^(PPid|Uid):' /proc/[0-9]*/status |
-              awk -F'[:\\t ]+' -v u="$u" '{{split($1, a, "/"); p = a[3]}} $2 == "PPid" {{pp[p] = $3}} $2 == "Uid" && $3 == u {{m[p] = 1}}
-                                         END {{for (p in m) print p ":" pp[p]}}'); do
-  pid=${{pair%:*}} mon=${{pair#*:}}
-  case "$(cat /proc/$pid/comm 2>/dev/null)" in sshd | sshd-session) ;; *) continue ;; esac
-  case "$(cat /proc/$mon/comm 2>/dev/null)" in sshd | sshd-session) ;; *) continue ;; esac
-  [ "$(awk '$1 == "Uid:" {{print $2}}' /proc/$mon/status 2>/dev/null)" = 0 ] || continue
-  echo "S $pid $mon"; mons="$mons _PID=$mon"
-done
+found=$(grep -sE '^(Name|PPid|Uid):' /proc/[0-9]*/status |
+        awk -F'[:\\t ]+' -v u="$u" '{{split($1, a, "/"); p = a[3]}} $2 == "Name" {{n[p] = $3}} $2 == "PPid" {{pp[p] = $3}}
+          $2 == "Uid" {{id[p] = $3}}
+          END {{for (p in id) {{m = pp[p]; if (id[p] == u && n[p] ~ /^sshd(-session)?$/ && n[m] ~ /^sshd(-session)?$/ && id[m] == 0)
+                print "S " p " " m}}}}')
+[ -z "$found" ] || echo "$found"
+mons=$(echo "$found" | awk '$1 == "S" {{printf " _PID=%s", $3}}')
 if [ -n "$mons" ]; then
   journalctl -q -b -o json --output-fields=MESSAGE,_PID _UID=0 _COMM=sshd _COMM=sshd-session $mons 2>/dev/null |
     grep -F 'Accepted publickey for ' | sed 's/^/J /'
