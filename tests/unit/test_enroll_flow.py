@@ -17,6 +17,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 
+from pitunnel.enroll import WiFi
 from pitunnel.inventory import Inventory, load_inventory
 from pitunnel.roles import enroll
 from pitunnel.roles.pi import bootstrap
@@ -196,3 +197,71 @@ def test_a_pi_without_a_bootstrap_or_in_check_mode_is_sent_no_change(inv: Invent
     pi = enrolled_pi(riding=True)
     bootstrap.retire(play_on(inv, {"pi1": pi}, check=True), pi)  # type: ignore[arg-type, arg-type]
     assert pi.ops == [] and pi.restarts == []  # type: ignore[attr-defined]
+
+
+def test_each_vps_is_read_once_and_written_once_and_the_run_says_what_it_read_there(
+        inv: Inventory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hosts = hosts_for(main=vps("main"), spare=vps("spare"))
+    enroll.enroll(play_on(inv, hosts), request(inv, tmp_path / "boot"))  # type: ignore[arg-type]
+    assert (hosts["main"].round_trips, hosts["spare"].round_trips) == (2, 2)  # one read, one write: no read again
+    assert [l for l in lines(capsys) if l.split()[1] == "spare"] == [
+        "ok spare tunnel account pitunnel - present",
+        "ok spare VPS host keys - 1 host keys read",
+        "ok spare listeners sshd permits the tunnel account - read",
+        "changed spare authorized keys of the Pis - content",
+        "ok spare sessions of retired keys ended - none: every session of pitunnel (0) logged in with a key "
+        "authorised now"]
+
+
+def test_the_bootstrap_key_opens_on_each_vps_the_ports_the_pi_has_there(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Auto ports from each VPS's own range: spare's line permits spare's ports, not main's."""
+    text = textwrap.dedent(INVENTORY).format(d=tmp_path)
+    text = text.replace("address: 203.0.113.1}", "address: 203.0.113.1, port_range: [20000, 20999]}")
+    text = text.replace("address: 203.0.113.2}", "address: 203.0.113.2, port_range: [30000, 30999]}")
+    text = text.replace("remote_port: 20022}", "remote_port: auto}").replace("remote_port: 20080,", "remote_port: auto,")
+    (tmp_path / "hosts.yml").write_text(text)
+    inv = load_inventory(tmp_path / "hosts.yml", save_allocations=False)
+    hosts = hosts_for(main=vps("main", permits="127.0.0.1:20000 127.0.0.1:20001"),
+                      spare=vps("spare", permits="127.0.0.1:30000 127.0.0.1:30001"))
+    play = play_on(inv, hosts)  # type: ignore[arg-type]
+    enroll.enroll(play, request(inv, tmp_path / "boot"))
+    assert play.failed == set(), lines(capsys)
+    for name, ports in (("main", (20000, 20001)), ("spare", (30000, 30001))):
+        (line,) = [line for line in sent_keys(hosts[name]).splitlines() if line.endswith(f"{BOOTSTRAP_MARKER}pi1")]
+        assert "".join(f'permitlisten="127.0.0.1:{p}",' for p in ports) in line, (name, line)
+
+
+def test_a_wifi_enrolment_writes_the_network_config_beside_the_rest(inv: Inventory, tmp_path: Path) -> None:
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    network = WiFi("home", "GB", "correct horse")
+    enroll.enroll(play_on(inv, hosts_for(main=vps("main"), spare=vps("spare"))),  # type: ignore[arg-type]
+                  enroll.Request(inv.pis["pi1"], boot, network, WHEN))
+    assert sorted(p.name for p in boot.iterdir()) == ["meta-data", "network-config", "user-data"]
+    wlan = yaml.safe_load((boot / "network-config").read_text())["network"]["wifis"]["wlan0"]
+    assert wlan["access-points"] == {"home": {"password": "correct horse"}} and wlan["regulatory-domain"] == "GB"
+
+
+def test_when_no_vps_takes_the_bootstrap_key_the_files_line_names_each(
+        inv: Inventory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hosts = hosts_for(main=vps("main", account=False), spare=vps("spare", account=False))
+    play = play_on(inv, hosts)  # type: ignore[arg-type]
+    enroll.enroll(play, request(inv, tmp_path / "boot"))
+    assert play.failed == {"main", "spare", "pi1"}
+    assert ("failed pi1 enrolment files - not written: main, spare did not take the bootstrap key (see above)"
+            in lines(capsys))
+
+
+def test_enrolling_a_pi_again_replaces_its_pin_and_keeps_every_other_line_of_known_hosts(
+        inv: Inventory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = f"203.0.113.1 {VPS_KEY}"
+    (tmp_path / "known_hosts").write_text(f"{other}\n[203.0.113.1]:20022 {VPS_KEY}\n")  # the earlier card's key
+    play = play_on(inv, hosts_for(main=vps("main"), spare=vps("spare")))  # type: ignore[arg-type]
+    enroll.enroll(play, request(inv, tmp_path / "boot"))
+    first, pin = (tmp_path / "known_hosts").read_text().splitlines()
+    user_data = yaml.safe_load((tmp_path / "boot" / "user-data").read_text())
+    assert first == other and pin == f"[203.0.113.1]:20022 {public_of(user_data['ssh_keys']['ed25519_private'], blob=False)}"
+    assert (f"changed pi1 enrolment files - {tmp_path / 'boot'}: user-data, meta-data, readable by you alone: they hold "
+            "the Pi's host key and its bootstrap key (accepted until 2026-12-13 15:00 UTC); keep the card to yourself "
+            "until the Pi has booted") in lines(capsys)

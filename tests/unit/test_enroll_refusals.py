@@ -4,6 +4,7 @@ and its bootstrap key's expiry."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -131,3 +132,23 @@ def test_a_wired_pi_written_into_an_empty_folder_gets_no_network_config(inv: Inv
     boot.mkdir()
     assert enroll.write_seed(boot, made(inv)[0].files) == ["user-data", "meta-data"]
     assert sorted(p.name for p in boot.iterdir()) == ["meta-data", "user-data"]
+
+
+def test_an_inventory_without_pis_is_refused_saying_it_has_none(tmp_path: Path) -> None:
+    (tmp_path / "hosts.yml").write_text("vps:\n  main: {address: 203.0.113.1}\n")
+    bare = load_inventory(tmp_path / "hosts.yml", save_allocations=False)
+    assert refused(enroll.vet, bare, "pi1", tmp_path) == (
+        f"no Pi named 'pi1' in {bare.path} (its Pis: none). Fix: add it under pis: first (no address needed: an "
+        "enrolled Pi is reached through its tunnel)")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder of a writable file system")
+@pytest.mark.parametrize("mode", [0o500, 0o600])  # not writable; writable but not searchable (no file opens in it)
+def test_a_folder_the_user_cannot_write_into_is_refused_before_anything_is_written(tmp_path: Path, mode: int) -> None:
+    boot = tmp_path / "boot"
+    boot.mkdir(mode=mode)
+    try:
+        assert enroll.boot_problem(boot, "pi1") == (f"{boot} is not writable. Fix: mount the card's boot partition "
+                                                    "writable, or run as its owner")
+    finally:
+        boot.chmod(0o700)
