@@ -247,8 +247,17 @@ def run_variants(n: int, fleet: Path, names: list[str], group: Path, poll: int) 
     return rows
 
 
+MAXSTARTUPS_DROPIN = "/etc/ssh/sshd_config.d/05-bench-maxstartups.conf"  # read before sshd_config's own lines
+
+
+def set_maxstartups(spec: str) -> None:
+    """The VPS's sshd with MaxStartups `spec` (a global setting: sshd takes it before any Match block), kept across
+    the power cut; the lab is removed at the end."""
+    lab.sh("vps", f"echo 'MaxStartups {spec}' > {MAXSTARTUPS_DROPIN} && sshd -t && systemctl reload ssh")
+
+
 def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeout: float, poll: int,
-          variants: list[VariantRow] | None = None) -> Row:
+          variants: list[VariantRow] | None = None, maxstartups: str = "") -> Row:
     from pitunnel.inventory import load_inventory
 
     lab.up(pis=1, release=release, fresh=True)
@@ -260,6 +269,8 @@ def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeou
     if exits["provision-vps cold"] or exits["provision-pi pi1"]:
         raise SystemExit(f"bench.capacity: n={n}: provisioning failed:\n{out[-2000:]}\n{out2[-2000:]}")
     print(f"  n={n}: provision-vps cold {cold:.1f} s", flush=True)
+    if maxstartups:
+        set_maxstartups(maxstartups)
     inv = load_inventory(fleet)
     ports = {t.listener.port for path in inv.pis_on(inv.vps["vps"]) for t in path.tunnels}
     authorise(fleet, make_sims(fleet, names))
@@ -305,7 +316,7 @@ def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeou
 
 
 def main(sizes: list[int], *, release: str = "bookworm", off: float = 20, window: float = 60, timeout: float = 300,
-         poll: int = 10, variants: bool = True) -> dict[str, object]:
+         poll: int = 10, variants: bool = True, maxstartups: str = "") -> dict[str, object]:
     if max(sizes) > MOST:
         raise SystemExit(f"bench.capacity: --pis at most {MOST} (the simulated Pis' fixed ports), not {max(sizes)}")
     if not (MEMORY_ROOT / "memory.stat").exists():
@@ -318,8 +329,9 @@ def main(sizes: list[int], *, release: str = "bookworm", off: float = 20, window
             for n in sizes:
                 at_largest = variants and n == max(sizes)
                 rows.append(run_n(n, Path(folder), release=release, off=off, window=window, timeout=timeout, poll=poll,
-                                  variants=tried if at_largest else None))
-                doc = write(rows, tried, release)  # after each n: a later n that fails leaves the earlier figures
+                                  variants=tried if at_largest else None, maxstartups=maxstartups))
+                doc = write(rows, tried, release)
+                doc["maxstartups"] = maxstartups or "sshd's default (10:30:100)"  # after each n: a later n that fails leaves the earlier figures
         finally:
             lab.down()
     print(table(doc))

@@ -3,6 +3,7 @@ the JSON document (benchmarks/results/capacity.json) and the printed table. Pure
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -84,8 +85,13 @@ def used_kb(memory_stat: str, usage_bytes: int) -> int:
 
 
 def maxstartups_drops(journal: str) -> int:
-    """sshd's lines for a connection it dropped past MaxStartups (OpenSSH 9.2 "past MaxStartups", later
-    "exceeded MaxStartups")."""
+    """The connections sshd dropped past MaxStartups: each throttling period's count at its end ("exited
+    MaxStartups throttling after 00:01:49, 7204 connections dropped"; its own lines per connection are
+    LogLevel VERBOSE), else the per-connection lines (9.2 "past MaxStartups", later "exceeded MaxStartups")."""
+    totals = [int(m.group(1)) for m in re.finditer(r"exited MaxStartups throttling after \S+, (\d+) connections dropped",
+                                                   journal)]
+    if totals:
+        return sum(totals)
     return sum(1 for line in journal.splitlines() if "past MaxStartups" in line or "exceeded MaxStartups" in line)
 
 

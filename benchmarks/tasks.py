@@ -141,9 +141,11 @@ def bench_inventory(c: Context, pis: str = "1000", runs: int = 3, profile: bool 
             "poll": "AUTOSSH_POLL of the simulated Pis: autossh's longest back-off in seconds (default 10, the "
                     "Pi role's)",
             "variants": "at the largest N, the cost per tunnel of each variant (benchmarks/capacity_variants.py) "
-                        "with 100 sessions (default on; --no-variants skips them)"})
+                        "with 100 sessions (default on; --no-variants skips them)",
+            "maxstartups": "the VPS sshd's MaxStartups for the run, e.g. 100:30:1000 (default: sshd's own, 10:30:100)"})
 def bench_capacity(c: Context, pis: str = "10,100,1000", release: str = "bookworm", off: float = 20,
-                   window: float = 60, timeout: float = 300, poll: int = 10, variants: bool = True) -> None:
+                   window: float = 60, timeout: float = 300, poll: int = 10, variants: bool = True,
+                   maxstartups: str = "") -> None:
     """One lab VPS and N Pis' tunnels (real OpenSSH clients from pi1): memory per tunnel, a power cut's
     reconnect storm, provision-vps, status, verify and the reaper at N; writes benchmarks/results/capacity.json."""
     from benchmarks.capacity import main
@@ -153,7 +155,8 @@ def bench_capacity(c: Context, pis: str = "10,100,1000", release: str = "bookwor
         chosen = parse_sizes(pis)
     except ValueError as exc:
         raise Exit(f"bench.capacity: {exc}", code=2) from None
-    main(chosen, release=release, off=off, window=window, timeout=timeout, poll=poll, variants=variants)
+    main(chosen, release=release, off=off, window=window, timeout=timeout, poll=poll, variants=variants,
+         maxstartups=maxstartups)
 
 
 ns = Collection("bench")

@@ -92,3 +92,11 @@ def test_the_variants_table_has_a_row_each() -> None:
     text = variants_table([VariantRow("as provisioned", 1000, 100, 2100, 2300), VariantRow("listed", 1000, 100, 9800, 10100)])
     assert text.splitlines()[2] == "| as provisioned | 1,000 | 100 | 2,100 | 2,300 |"
     assert text.splitlines()[3] == "| listed | 1,000 | 100 | 9,800 | 10,100 |"
+
+
+def test_maxstartups_drops_are_counted_from_the_throttling_summary_when_there_is_one() -> None:
+    journal = ("error: beginning MaxStartups throttling\n"
+               "drop connection #14 from [198.18.0.101]:39634 on [198.18.0.10]:12345 past MaxStartups\n"
+               "exited MaxStartups throttling after 00:01:59, 7766 connections dropped\n"
+               "exited MaxStartups throttling after 00:00:03, 12 connections dropped\n")
+    assert maxstartups_drops(journal) == 7778
