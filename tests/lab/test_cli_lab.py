@@ -263,7 +263,7 @@ echo $!""").strip() for low in (30001, 32001))  # two processes: each stays unde
 
 
 def test_provision_vps_warns_past_what_the_vps_memory_carries(inventory: Path, tmp_path: Path) -> None:
-    """Issue 27: one Pi more than the lab VPS's memory carries (MemTotal, read here, and 2.1 MB of sshd per Pi's
+    """Issue 27: one Pi more than the lab VPS's memory carries (MemTotal, read here, and 2.3 MB of sshd per Pi's
     session): `provision-vps --check` warns, with the figures the VPS's own reading gives, and neither fails nor
     changes anything. (One Pi fewer does not warn: the boundary is tests/unit/test_capacity.py's.)"""
     from pitunnel.roles.vps.capacity import Memory, carried, parse_memory
@@ -286,7 +286,7 @@ def test_provision_vps_warns_past_what_the_vps_memory_carries(inventory: Path, t
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     lines = [l for l in run.stdout.splitlines() if l.startswith("WARNING") and "tunnel sessions" in l]
     assert len(lines) == 2, run.stdout[-3000:]  # where it was found, and again under the recap
-    assert f"{n} Pis' tunnel sessions x 2.1 MB of sshd each" in lines[0]
+    assert f"{n} Pis' tunnel sessions x 2.3 MB of sshd each" in lines[0]
     assert f"(MemTotal): it carries about {most} Pis" in lines[0]
     assert "move 1 or more Pis to a second VPS (docs/redundancy.md, `pitunnel migrate`)" in lines[0]
 

@@ -9,14 +9,14 @@ from pitunnel.facts import Fact
 from pitunnel.inventory import Inventory, VpsSpec
 from pitunnel.ops import Observe
 
-# What one Pi's tunnel session costs the VPS: its two sshd processes' PSS, 2.1 MB. Measured for issue 27 on main
-# b95492a, a bookworm lab VPS (OpenSSH 9.2), 60 sessions of one tunnel key (docs/redundancy.md, "Past one VPS's
-# capacity"); to be replaced by what `invoke bench.capacity` measures. One session per Pi and VPS, whatever its
-# number of tunnels.
-SSHD_KB_PER_SESSION = 2150
-# What the VPS needs beside the sessions (the OS, Nginx, the reaper): the same measure put a 1 GiB VPS at about
-# 400 Pis, which leaves 1 GiB - 400 x 2.1 MB, about 184 MB, for the rest.
-BASE_KB = 1024 * 1024 - 400 * SSHD_KB_PER_SESSION
+# What one Pi's tunnel session costs the VPS, in the kernel's view: its two sshd processes (2.0 MB of PSS) and
+# their kernel memory. `invoke bench.capacity`, 2026-12-06, a bookworm lab VPS (OpenSSH 9.2): 2,395-2,399 kB per
+# session at 100 and at 1,000 Pis (docs/performance.md, "Capacity of one VPS"). One session per Pi and VPS,
+# whatever its number of tunnels.
+SSHD_KB_PER_SESSION = 2400
+# What a small VPS needs beside the sessions (its kernel, the OS, Nginx, the reaper): about 184 MB, issue 27's
+# estimate for a 1 GiB VPS (a lab container, without a kernel of its own, measured 27 to 53 MB).
+BASE_KB = 188_576
 
 MEMORY_FACT_KEY = "memory"
 
