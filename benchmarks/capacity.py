@@ -121,9 +121,10 @@ def start_sims(names: list[str], poll: int, config: str = "conf") -> list[int]:
 
 
 def stop_sims(pids: list[int]) -> None:
-    """End the simulated Pis, by PID: each one's process group (its restart loop, autossh and ssh)."""
+    """End the simulated Pis, by PID: each one's process group (its restart loop, autossh and ssh). procps'
+    kill: dash's own takes no `--`, and without it a negative PID reads as a signal."""
     if pids:
-        lab.exec_in("pi1", f"for p in {' '.join(map(str, pids))}; do kill -TERM -- -$p 2>/dev/null; done; true",
+        lab.exec_in("pi1", f"for p in {' '.join(map(str, pids))}; do /bin/kill -TERM -- -$p 2>/dev/null; done; true",
                     check=False, timeout=120)
 
 
@@ -182,12 +183,19 @@ def vps_cgroup() -> Iterator[Path]:
                 continue  # ended meanwhile
         yield group
     finally:
-        for left in (group / "cgroup.procs").read_text().split():
+        for _ in range(20):  # its processes may still fork while they are moved back (an interrupted run)
+            for left in (group / "cgroup.procs").read_text().split():
+                try:
+                    (parent / "cgroup.procs").write_text(left)
+                except OSError:
+                    continue
             try:
-                (parent / "cgroup.procs").write_text(left)
+                group.rmdir()
+                break
             except OSError:
-                continue
-        group.rmdir()
+                time.sleep(0.5)
+        else:
+            print(f"bench.capacity: could not remove {group}: `rmdir {group}` once the lab is down", flush=True)
 
 
 def vps_pids() -> list[int]:

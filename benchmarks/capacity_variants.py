@@ -92,7 +92,11 @@ def measure(variant: Variant, n: int, names: list[str], ports: set[int], group: 
             start: Callable[[list[str], str], list[int]], stop: Callable[[list[int]], None],
             wait: Callable[[set[int], float, float], tuple[float | None, int]]) -> VariantRow | None:
     """One variant: set up, k sims started with its configs, the VPS's growth per session read, all undone.
-    None if its sims did not all listen within 120 s (printed)."""
+    None if its sims' ports were still held before it (printed: a reading then would count nothing), or if
+    they did not all listen within 120 s (printed)."""
+    if not gone(ports):
+        print(f"  variant {variant.name}: skipped, the sims' ports are still held on the VPS", flush=True)
+        return None
     lab.sh("vps", variant.setup, timeout=120)
     pids: list[int] = []
     try:
@@ -121,15 +125,16 @@ def used(group: Path) -> int:
     return used_kb((group / "memory.stat").read_text(), int((group / "memory.usage_in_bytes").read_text()))
 
 
-def gone(ports: set[int], timeout: float = 60) -> None:
-    """Until none of `ports` listens on the VPS (the sims' sessions ended)."""
+def gone(ports: set[int], timeout: float = 60) -> bool:
+    """Whether none of `ports` listens on the VPS (the sims' sessions ended) within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = lab.exec_in("vps", "ss -Htln", check=False, timeout=30).stdout
         found = {int(line.split()[3].rpartition(":")[2]) for line in out.splitlines() if len(line.split()) > 3}
         if not ports & found:
-            return
+            return True
         time.sleep(0.5)
+    return False
 
 
 def table(rows: list[VariantRow]) -> str:
