@@ -194,11 +194,11 @@ def certificate(path: Path, days: int) -> str:
     return str(path)
 
 
-def run(state: Path, readings: str, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> None:
+def run(state: Path, readings: str, monkeypatch: pytest.MonkeyPatch, umask: int = 0o077, **settings: Any) -> None:
     config = state.parent / "status-page.json"
     config.write_text(json.dumps({"vps": "main", "state_dir": str(state), "certificates": [], **settings}))
     monkeypatch.setattr(sys, "stdin", io.StringIO(readings))
-    old = os.umask(0o077)  # the files' modes are set, not left to the umask
+    old = os.umask(umask)  # the files' modes are set, not left to the umask
     try:
         gen.main(str(config))
     finally:
@@ -234,8 +234,9 @@ def test_the_writers_run_keeps_the_history_and_writes_the_page(vps: Path, monkey
 def test_a_bad_history_file_starts_afresh_and_the_cap_is_the_settings(vps: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("{not json", "[1, 2]"):
         (vps / "history.json").write_text(bad)
-        run(vps, "pi1 ssh 0.0.0.0:20000 0 -\n", monkeypatch)
+        run(vps, "pi1 ssh 0.0.0.0:20000 0 -\n", monkeypatch, umask=0o022)
         assert json.loads((vps / "history.json").read_text())["pi1/ssh"]["bits"] == "0"
+    assert (vps / "www").stat().st_mode & 0o777 == 0o755  # Nginx reads the page
     history = {f"pi{i}/ssh": gen.record(None, True, None, MINUTE - gen.WEEK, NOW) for i in range(3)}
     for e in history.values():
         e["bits"] = "1" * gen.WEEK
