@@ -181,7 +181,7 @@ def vps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (bin_dir / "journalctl").write_text(
         f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {tmp_path}/calls\n"
         'for a; do case $a in --cursor-file=*) echo s=1 > "${a#--cursor-file=}";; esac; done\n'
-        f'case "$*" in *short-unix*) cat {tmp_path}/journal;; esac\n')
+        f'case "$*" in *short-unix*) cat {tmp_path}/journal;; *) echo "the journal\'s last line";; esac\n')
     (bin_dir / "journalctl").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     return state
@@ -205,13 +205,16 @@ def run(state: Path, readings: str, monkeypatch: pytest.MonkeyPatch, umask: int 
         os.umask(old)
 
 
-def test_the_writers_run_keeps_the_history_and_writes_the_page(vps: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    began = int(time.time()) - 120
+def test_the_writers_run_keeps_the_history_and_writes_the_page(vps: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capfd: pytest.CaptureFixture[str]) -> None:
+    began, start = int(time.time()) - 120, time.time()
     readings = f"pi1 ssh 0.0.0.0:20000 1 {began}\npi1 api 127.0.0.1:20001 0 -\n"
     certs = [["soon.example", certificate(vps.parent / "soon.pem", 5)],
              ["later.example", certificate(vps.parent / "later.pem", 30)], ["unread.example", str(vps.parent / "none.pem")]]
     run(vps, readings, monkeypatch, certificates=certs)
+    first_done = time.time()
     run(vps, readings, monkeypatch, certificates=certs)  # the second run reads the history the first wrote
+    assert capfd.readouterr().out == ""  # nothing on the writer's output (it would land in the journal)
     history = json.loads((vps / "history.json").read_text())
     assert set(history) == {"pi1/ssh", "pi1/api"} and history["pi1/ssh"]["changed"] == began
     assert history["pi1/ssh"]["connects"] == {gen.day(began): 1} and not history["pi1/api"]["up"]
@@ -226,7 +229,8 @@ def test_the_writers_run_keeps_the_history_and_writes_the_page(vps: Path, monkey
     assert "<li>unread.example: expiry unknown (not readable yet)</li>" in page
     first, cursor, then = (vps.parent / "calls").read_text().splitlines()
     read = "-q -o short-unix -t sshd -t sshd-session -t pitunnel-reaper"
-    assert first.startswith(f"{read} --since=@") and abs(int(first.rsplit("@", 1)[1]) - (time.time() - 7 * 86400)) < 60
+    assert first.startswith(f"{read} --since=@")  # the first run reads the last 7 days
+    assert int(start - 7 * 86400) <= int(first.rsplit("@", 1)[1]) <= int(first_done - 7 * 86400)
     assert cursor == f"-q -n 1 -o cat --cursor-file={vps}/cursor"  # the first run sets the cursor at the journal's end
     assert then == f"{read} --cursor-file={vps}/cursor"  # later runs read from it
 
@@ -234,15 +238,26 @@ def test_the_writers_run_keeps_the_history_and_writes_the_page(vps: Path, monkey
 def test_a_bad_history_file_starts_afresh_and_the_cap_is_the_settings(vps: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("{not json", "[1, 2]"):
         (vps / "history.json").write_text(bad)
-        run(vps, "pi1 ssh 0.0.0.0:20000 0 -\n", monkeypatch, umask=0o022)
+        run(vps, "pi1 ssh 0.0.0.0:20000 0 -\n", monkeypatch, umask=0o002)
         assert json.loads((vps / "history.json").read_text())["pi1/ssh"]["bits"] == "0"
-    assert (vps / "www").stat().st_mode & 0o777 == 0o755  # Nginx reads the page
+    assert (vps / "www").stat().st_mode & 0o777 == 0o755  # Nginx reads the page; only the writer changes it
     history = {f"pi{i}/ssh": gen.record(None, True, None, MINUTE - gen.WEEK, NOW) for i in range(3)}
     for e in history.values():
         e["bits"] = "1" * gen.WEEK
     (vps / "history.json").write_text(json.dumps(history))
     run(vps, "".join(f"pi{i} ssh 0.0.0.0:2000{i} 1 -\n" for i in range(3)), monkeypatch, cap=3000)
     assert len((vps / "history.json").read_text()) <= 3000
+
+
+def test_each_run_carries_the_history_on(vps: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tunnel down since an hour ago and seen down a minute ago: the next run adds a minute, down since then."""
+    now = time.time()
+    before = gen.record(None, False, None, int(now // 60) - 1, now - 3600)
+    (vps / "history.json").write_text(json.dumps({"pi1/ssh": before}))
+    run(vps, "pi1 ssh 0.0.0.0:20000 0 -\n", monkeypatch)
+    after = json.loads((vps / "history.json").read_text())["pi1/ssh"]
+    assert after["changed"] == now - 3600 and after["bits"] in ("00", "0-0")  # "0-0": the minute turned meanwhile
+    assert "<small>1 h 0 min ago</small>" in (vps / "www" / "index.html").read_text()
 
 
 def test_without_journalctl_or_openssl_the_page_is_still_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
