@@ -256,8 +256,8 @@ def test_each_run_carries_the_history_on(vps: Path, monkeypatch: pytest.MonkeyPa
     (vps / "history.json").write_text(json.dumps({"pi1/ssh": before}))
     run(vps, "pi1 ssh 0.0.0.0:20000 0 -\n", monkeypatch)
     after = json.loads((vps / "history.json").read_text())["pi1/ssh"]
-    assert after["changed"] == now - 3600 and after["bits"] in ("00", "0-0")  # "0-0": the minute turned meanwhile
-    assert "<small>1 h 0 min ago</small>" in (vps / "www" / "index.html").read_text()
+    assert after["changed"] == now - 3600 and re.fullmatch(r"0-*0", after["bits"])  # "-": a minute turned meanwhile
+    assert re.search(r"<small>1 h [01] min ago</small>", (vps / "www" / "index.html").read_text())
 
 
 def test_without_journalctl_or_openssl_the_page_is_still_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
