@@ -281,3 +281,15 @@ def test_the_generator_runs_as_the_vps_runs_it(tmp_path: Path) -> None:
     assert (tmp_path / "history.json").stat().st_mode & 0o777 == 0o600
     page = tmp_path / "www" / "index.html"
     assert page.stat().st_mode & 0o777 == 0o644 and 'data-tunnel="api" data-state="down"' in page.read_text()
+
+
+def test_each_file_sent_for_the_page_is_named_and_restarts_or_reloads_what_reads_it(inv: Inventory) -> None:
+    ops = {o.path: o for o in vps_steps.converge_ops(inv, inv.vps["main"], certs=found_cert()) if isinstance(o, File)}
+    script, settings = ops[D["status_page_script"]], ops[D["status_page_config"]]
+    auth, location = ops[f"{D['nginx_auth_dir']}/status-page.htpasswd"], ops[f"{D['nginx_locations_dir']}/status-page.conf"]
+    assert (script.title, script.mode, script.notify) == ("status page generator", 0o755, ("restart metrics",))
+    assert (auth.title, auth.notify) == ("basic auth for the status page", ("reload nginx",))
+    assert (location.title, location.notify) == ("nginx path /pitunnel-status/ -> status page", ("reload nginx",))
+    assert settings.title == "status page settings" and text_of(list(ops.values()), D["status_page_config"]) == json.dumps(
+        {"vps": "main", "state_dir": D["status_page_state"], "certificates": [
+            ["vps.example.com", f"{D['letsencrypt_dir']}/live/pitunnel-vps.example.com/fullchain.pem"]]}, indent=1) + "\n"
