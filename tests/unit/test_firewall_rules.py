@@ -116,6 +116,8 @@ def test_firewalld_says_what_its_zone_does(target: str, words: str) -> None:
     ('tcp dport 80 counter comment "web" accept', 80, True), ("tcp dport 80 log accept", 80, True),
     ("tcp dport 80 notrack accept", 80, True), ("tcp dport 80 counter packets 3 bytes 180 accept", 80, True),
     ('tcp dport 80 log prefix "web: " level info accept', 80, True), ("tcp dport 80", 80, False),
+    ("tcp sport 80 accept", 80, False), ("ct state new meta l4proto tcp accept", 80, True),
+    ("meta l4proto tcp ct state new accept", 80, True), ("ip protocol udp ct state new accept", 80, False),
 ])
 def test_nftables_rule_by_rule(rule: str, port: int, lets: bool) -> None:
     """One rule before a drop policy: does it let a new TCP connection from anywhere to `port` in?"""
@@ -132,6 +134,7 @@ def test_nftables_a_drop_or_reject_rule_is_named(rule: str) -> None:
 
 
 WEB = "\tchain web {\n\t\ttcp dport 443 return\n\t\ttcp dport 80 accept\n\t}\n"
+REST = "\tchain rest {\n\t\ttcp dport 443 return\n\t\taccept\n\t}\n"  # all but 443
 
 
 def test_nftables_jumps_returns_and_gotos() -> None:
@@ -139,6 +142,7 @@ def test_nftables_jumps_returns_and_gotos() -> None:
     assert lets_in(nft("jump web", more=WEB), 80)
     assert not lets_in(nft("jump web\ntcp dport 8080 accept", more=WEB), 443)  # returned, then the policy
     assert lets_in(nft("jump web\ntcp dport 443 accept", more=WEB), 443)  # returned, then the next rule
+    assert lets_in(nft("jump rest", more=REST), 80) and not lets_in(nft("jump rest", more=REST), 443)
     assert lets_in(nft("jump web\ntcp dport 22 accept", more=WEB), 22)  # the chain ended, then the next rule
     assert not lets_in(nft("goto web\ntcp dport 22 accept", more=WEB), 22)  # no way back from a goto
     policy = host_firewall(nft("goto web\ntcp dport 22 accept", more=WEB)).blocks(22)
@@ -167,7 +171,8 @@ def test_nftables_tables_and_chains_that_do_not_filter_input() -> None:
     ("--source 192.0.2.7/32 -j ACCEPT", 80, False), ("--destination 203.0.113.10/32 -j ACCEPT", 80, False),
     ("! -i lo -j ACCEPT", 80, False), ("-p tcp --dport 80 -m comment --comment 'web server' -j ACCEPT", 80, True),
     ("-p tcp --dport 80 -m limit --limit 5/min -j ACCEPT", 80, False), ("-m comment --comment 'open", 80, False),
-    ("-p tcp --dport 80 -j LOG", 80, False),
+    ("-p tcp --dport 80 -j LOG", 80, False), ("-s ::/0 -p tcp --match tcp --dport 80 -j ACCEPT", 80, True),
+    ("-p tcp --dport 80", 80, False),
 ])
 def test_iptables_rule_by_rule(rule: str, port: int, lets: bool) -> None:
     assert lets_in(iptables(rule), port) == lets
@@ -182,10 +187,17 @@ def test_iptables_drop_rules_policies_and_chains_of_the_users() -> None:
     assert str(host_firewall(iptables("", "REJECT")).blocks(80)) == "iptables: policy REJECT of chain INPUT"
     assert str(host_firewall(iptables("")).blocks(80)) == "iptables: policy DROP of chain INPUT"
     assert host_firewall(iptables("", "ACCEPT")).active == []  # nothing filtered
-    web = ":web - [0:0]\n-A web -p tcp --dport 443 -j RETURN\n-A web -p tcp --dport 80 -j ACCEPT\n"
+    saved = host_firewall(iptables("-p tcp --dport 80 -j REJECT --reject-with tcp-reset").replace("@@persistent\n",
+                                                                                                 "@@persistent\ninstalled\n"))
+    assert saved.active == ["iptables rules (saved by netfilter-persistent)"]
+    assert str(saved.blocks(80)) == "iptables: rule '-p tcp --dport 80 -j REJECT --reject-with tcp-reset' (saved in " \
+        "/etc/iptables/rules.v4)"
+    web = ":web - [0:0]\n-A web -p tcp --dport 443 -j RETURN\n-A web -j ACCEPT\n"
     assert lets_in(iptables("-j web", chains=web), 80) and not lets_in(iptables("-j web", chains=web), 443)
     assert lets_in(iptables("-j web\n-p tcp --dport 443 -j ACCEPT", chains=web), 443)
-    assert not lets_in(iptables("-g web\n-p tcp --dport 22 -j ACCEPT", chains=web), 22)  # no way back from a goto
+    drops = ":drops - [0:0]\n-A drops -p tcp --dport 443 -j DROP\n"
+    assert lets_in(iptables("-j drops\n-p tcp --dport 22 -j ACCEPT", chains=drops), 22)  # the chain ended: next rule
+    assert not lets_in(iptables("-g drops\n-p tcp --dport 22 -j ACCEPT", chains=drops), 22)  # no way back from a goto
     logged = iptables("-p tcp --dport 80 -j LOG\n-p tcp --dport 80 -j ACCEPT")
     assert lets_in(logged, 80)  # LOG goes on to the next rule
 
