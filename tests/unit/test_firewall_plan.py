@@ -10,7 +10,7 @@ from pathlib import Path
 from pitunnel.roles.vps.firewall_ops import RECORD, FirewallClosed, FirewallOpen, apply_handler
 from pitunnel.roles.vps.steps import handlers
 from tests.unit.fake_hosts import FakeHost, load
-from tests.unit.test_firewall import FIREWALLD, IPTABLES, LAB, NONE_YET, UFW, facts
+from tests.unit.test_firewall import FIREWALLD, IPTABLES, LAB, NFT, NONE_YET, UFW, facts
 
 NOTHING = NONE_YET + "@@iptables\n@@persistent\n"
 OPENED = FIREWALLD.replace("ports: 12345/tcp 8000-8010/tcp", "ports: 12345/tcp 80/tcp 20022/tcp")  # pitunnel's ports
@@ -82,6 +82,10 @@ def test_a_refused_port_is_warned_about_in_full(tmp_path: Path) -> None:
     again = FirewallOpen(inv, inv.vps["main"]).plan(facts(IPTABLES.replace("-j ACCEPT\n-A INPUT -j REJECT", " -j ACCEPT\n"
                                                                            "-A INPUT -p tcp --dport 8080 -j DROP\n"
                                                                            "-A INPUT -j REJECT")))
+    opens = FirewallOpen(inv, inv.vps["main"]).plan(facts(UFW.replace("80/tcp                     ALLOW IN    Anywhere"
+                                                                      "                   # pitunnel\n", "")))
+    assert opens.reason == "open 80/tcp (http routes) in ufw; WARNING: left as it is: 8080/tcp (alpha's ssh tunnel ssh) " \
+        "blocked by ufw: rule 8080/tcp DENY IN Anywhere; open them yourself if they are meant to be reached"
     assert "8080" in again.reason and "iptables 8080" in again.diff  # only ufw's own rule is the user's refusal
 
 
@@ -98,6 +102,22 @@ def test_a_recorded_port_not_applied_yet_is_opened(tmp_path: Path) -> None:
     plan = FirewallOpen(inv, inv.vps["main"]).plan(facts(IPTABLES, "ufw 80\n", ""))
     assert plan.reason == "open 80/tcp (http routes), 20022/tcp (alpha's ssh tunnel ssh) in ufw, iptables"
     assert record_written(plan.commands) == "ufw 80\niptables 20022\n"
+
+
+def test_a_port_reopened_and_one_closed_in_one_plan(tmp_path: Path) -> None:
+    inv = load(tmp_path, LAB.format(extra=""))
+    plan = FirewallOpen(inv, inv.vps["main"]).plan(facts(IPTABLES, "iptables 20022\niptables 20099\n",
+                                                         "iptables 20022\niptables 20099\n"))
+    assert plan.reason == "open 20022/tcp (alpha's ssh tunnel ssh) in iptables; close 20099/tcp (no longer published) " \
+        "(pitunnel's rules)"
+
+
+def test_two_firewalls_are_both_named(tmp_path: Path) -> None:
+    """An nftables ruleset of its own beside legacy iptables rules: the plan names both."""
+    inv = load(tmp_path, LAB.format(extra=""))
+    both = NFT.replace("@@iptables\n", "@@iptables\n*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p icmp -j ACCEPT\nCOMMIT\n")
+    plan = FirewallOpen(inv, inv.vps["main"]).plan(facts(both.replace("dport 12345 accept", "dport { 12345, 20022 } accept")))
+    assert plan.commands == [] and plan.reason == "nftables table inet filter, iptables rules: blocks none of 80/tcp, 20022/tcp"
 
 
 def test_a_stale_line_never_applied_is_dropped_from_the_record(tmp_path: Path) -> None:

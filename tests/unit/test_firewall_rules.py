@@ -116,7 +116,7 @@ def test_firewalld_says_what_its_zone_does(target: str, words: str) -> None:
     ('tcp dport 80 counter comment "web" accept', 80, True), ("tcp dport 80 log accept", 80, True),
     ("tcp dport 80 notrack accept", 80, True), ("tcp dport 80 counter packets 3 bytes 180 accept", 80, True),
     ('tcp dport 80 log prefix "web: " level info accept', 80, True), ("tcp dport 80", 80, False),
-    ("tcp sport 80 accept", 80, False), ("ct state new meta l4proto tcp accept", 80, True),
+    ("tcp sport 80 accept", 80, False), ('iif "eth0" accept', 80, True), ('tcp dport 80 iifname "eth0" accept', 80, True), ("ct state new meta l4proto tcp accept", 80, True),
     ("meta l4proto tcp ct state new accept", 80, True), ("ip protocol udp ct state new accept", 80, False),
 ])
 def test_nftables_rule_by_rule(rule: str, port: int, lets: bool) -> None:
@@ -172,7 +172,8 @@ def test_nftables_tables_and_chains_that_do_not_filter_input() -> None:
     ("! -i lo -j ACCEPT", 80, False), ("-p tcp --dport 80 -m comment --comment 'web server' -j ACCEPT", 80, True),
     ("-p tcp --dport 80 -m limit --limit 5/min -j ACCEPT", 80, False), ("-m comment --comment 'open", 80, False),
     ("-p tcp --dport 80 -j LOG", 80, False), ("-s ::/0 -p tcp --match tcp --dport 80 -j ACCEPT", 80, True),
-    ("-p tcp --dport 80", 80, False),
+    ("-p tcp --dport 80", 80, False), ("--in-interface eth0 -j ACCEPT", 80, True),
+    ("--source 0.0.0.0/0 --destination ::/0 -j ACCEPT", 80, True),
 ])
 def test_iptables_rule_by_rule(rule: str, port: int, lets: bool) -> None:
     assert lets_in(iptables(rule), port) == lets
