@@ -190,7 +190,8 @@ def test_published_ports(tmp_path: Path) -> None:
     assert published(inv, inv.vps["main"]) == {80: "http routes", 20022: "alpha's ssh tunnel ssh"}
     inv = load(tmp_path, LAB.format(extra=", metrics: true, metrics_address: '0.0.0.0:9100', tls_certificate: /c.pem, "
                                     "tls_key: /k.pem"))
-    assert list(published(inv, inv.vps["main"])) == [80, 443, 9100, 20022]
+    assert published(inv, inv.vps["main"]) == {80: "http routes", 443: "https routes", 9100: "metrics",
+                                                20022: "alpha's ssh tunnel ssh"}
     inv = load(tmp_path, LAB.format(extra=", metrics: true"))  # metrics on loopback: not published
     assert list(published(inv, inv.vps["main"])) == [80, 20022]
 

@@ -35,6 +35,8 @@ echo @@persistent
 dpkg-query -W -f '${db:Status-Status}\n' netfilter-persistent 2>/dev/null || true
 """
 IPTABLES_TABLES = frozenset({"filter", "nat", "mangle", "raw", "security"})
+# what follows `counter` or `log` in a rule as `nft list` writes it: `counter packets 3 bytes 180`, `log prefix "x"`
+NFT_STATEMENT_OPTIONS = frozenset({"packets", "bytes", "prefix", "level", "flags", "group", "snaplen", "queue-threshold"})
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,8 @@ def nft_decide(rule: str, port: int) -> tuple[bool, str]:
             verdict, i = f"{t} {rest[0]}", len(tokens)
         elif t in ("counter", "log", "notrack"):
             i += 1
+            while i + 1 < len(tokens) and tokens[i] in NFT_STATEMENT_OPTIONS:
+                i += 2
         elif t == "comment" and rest:
             i += 2
         elif t in ("tcp", "th") and len(rest) >= 2 and rest[0] == "dport":
