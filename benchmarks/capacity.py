@@ -136,9 +136,7 @@ def restarts() -> int:
 
 def listening(ports: set[int]) -> int:
     """How many of `ports` listen on the VPS now."""
-    out = lab.exec_in("vps", "ss -Htln", check=False, timeout=30).stdout
-    found = {int(line.split()[3].rpartition(":")[2]) for line in out.splitlines() if len(line.split()) > 3}
-    return len(ports & found)
+    return len(ports & capacity_variants.listening_ports())
 
 
 def wait_listening(ports: set[int], since: float, timeout: float) -> tuple[float | None, int]:

@@ -125,13 +125,17 @@ def used(group: Path) -> int:
     return used_kb((group / "memory.stat").read_text(), int((group / "memory.usage_in_bytes").read_text()))
 
 
+def listening_ports() -> set[int]:
+    """The TCP ports that listen on the VPS now."""
+    out = lab.exec_in("vps", "ss -Htln", check=False, timeout=30).stdout
+    return {int(line.split()[3].rpartition(":")[2]) for line in out.splitlines() if len(line.split()) > 3}
+
+
 def gone(ports: set[int], timeout: float = 60) -> bool:
     """Whether none of `ports` listens on the VPS (the sims' sessions ended) within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = lab.exec_in("vps", "ss -Htln", check=False, timeout=30).stdout
-        found = {int(line.split()[3].rpartition(":")[2]) for line in out.splitlines() if len(line.split()) > 3}
-        if not ports & found:
+        if not ports & listening_ports():
             return True
         time.sleep(0.5)
     return False
