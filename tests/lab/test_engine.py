@@ -68,7 +68,7 @@ def test_sshd_change_that_would_lock_us_out_is_rolled_back(vps: Remote) -> None:
 
 def test_changed_host_key_is_refused_before_login(inventory: Path) -> None:
     """The VPS comes back with new host keys (all types, as after a reinstall or under an impostor)."""
-    before = in_host("vps", "journalctl -u ssh --no-pager | grep -c Accepted || true").strip()
+    before = in_host("vps", "journalctl -t sshd -t sshd-session --no-pager | grep -c Accepted || true").strip()
     etc_before = etc_state("vps")
     in_host("vps", "mkdir -p /root/keys-saved && cp -a /etc/ssh/ssh_host_* /root/keys-saved/ && "
                    "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A && systemctl reload ssh")
@@ -76,7 +76,7 @@ def test_changed_host_key_is_refused_before_login(inventory: Path) -> None:
         code, p = play(inventory, provision_vps)
         assert code == 4  # unreachable (docs/cli.md)
         assert p.reporter.recaps["vps"].unreachable == 1
-        assert in_host("vps", "journalctl -u ssh --no-pager | grep -c Accepted || true").strip() == before
+        assert in_host("vps", "journalctl -t sshd -t sshd-session --no-pager | grep -c Accepted || true").strip() == before
         changed = etc_diff(etc_before, etc_state("vps"))
         assert changed and all("ssh_host_" in line for line in changed), changed  # only the swap itself
     finally:
@@ -139,8 +139,8 @@ def test_an_unreachable_host_does_not_stop_the_others(inventory: Path, tmp_path:
 
 
 def test_bad_inventory_stops_before_any_host_is_touched(inventory: Path, tmp_path: Path) -> None:
-    before = in_host("vps", "journalctl -u ssh --no-pager | grep -c Accepted || true").strip()
+    before = in_host("vps", "journalctl -t sshd -t sshd-session --no-pager | grep -c Accepted || true").strip()
     path = write_inventory(tmp_path, inventory, lambda d: d["pis"]["pi1"].update(prot=22))
     code, p = play(path, provision_vps)
     assert code == 3 and p is None
-    assert in_host("vps", "journalctl -u ssh --no-pager | grep -c Accepted || true").strip() == before
+    assert in_host("vps", "journalctl -t sshd -t sshd-session --no-pager | grep -c Accepted || true").strip() == before

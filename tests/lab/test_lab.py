@@ -114,7 +114,7 @@ def test_nat_holds_both_ways(two_pis: lab.UpReport) -> None:
     seen = lab.exec_in("pi1", "timeout 5 ssh -o BatchMode=yes -o StrictHostKeyChecking=no "
                    "-p 12345 nobody@198.18.0.10 true 2>&1; true").stdout
     assert "Permission denied" in seen
-    log = lab.exec_in("vps", "journalctl -u ssh --no-pager | grep -c 198.18.0.101 || true").stdout
+    log = lab.exec_in("vps", "journalctl -t sshd -t sshd-session --no-pager | grep -c 198.18.0.101 || true").stdout
     assert int(log.strip() or 0) >= 1
 
 
