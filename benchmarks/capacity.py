@@ -33,8 +33,8 @@ import yaml
 
 import lab
 from benchmarks import capacity_variants
-from benchmarks.capacity_doc import (Reading, Row, base_kb, cpu_per_hour, document, maxstartups_drops, per_tunnel,
-                                     table, used_kb)
+from benchmarks.capacity_doc import (Reading, Row, base_kb, cpu_per_hour, document, failure_kinds, maxstartups_drops,
+                                     per_tunnel, storm_timeline, table, used_kb)
 from benchmarks.capacity_variants import SSHD_PSS, VariantRow
 from benchmarks.inventory_scale import revision
 from benchmarks.provision import machine
@@ -112,11 +112,11 @@ def start_sims(names: list[str], poll: int, config: str = "conf") -> list[int]:
     """One autossh per simulated Pi on pi1, as the tunnel account, with the unit's settings (its ssh config:
     NAME.`config`), restarted RESTART_SEC after it exits as the unit's Restart=always does (each restart
     counted in NAME.restarts); each in a process group of its own, whose leader's PID is returned."""
-    loop = (f"while :; do AUTOSSH_GATETIME=0 AUTOSSH_POLL={poll} /usr/bin/autossh -M 0 -N -F \"$1\" pitunnel-vps; "
-            f"echo \"$?\" >> \"$2\"; sleep {RESTART_SEC}; done")
+    loop = (f"while :; do AUTOSSH_GATETIME=0 AUTOSSH_POLL={poll} /usr/bin/autossh -M 0 -N -F \"$1\" pitunnel-vps "
+            f"2>> \"$3\"; echo \"$?\" >> \"$2\"; sleep {RESTART_SEC}; done")
     lines = [f"cd {SIM_DIR}"] + [
         f"setsid setpriv --reuid=pitunnel --regid=pitunnel --init-groups sh -c '{loop}' sim {name}.{config} "
-        f"{name}.restarts </dev/null >/dev/null 2>&1 &\necho $!" for name in names]
+        f"{name}.restarts {name}.err </dev/null >/dev/null 2>&1 &\necho $!" for name in names]
     return [int(p) for p in lab.sh("pi1", "\n".join(lines), timeout=600).split()]
 
 
@@ -132,6 +132,19 @@ def restarts() -> int:
     """How many times the simulated Pis' autossh exited and was started again (as systemd would)."""
     out = lab.sh("pi1", f"cat {SIM_DIR}/*.restarts 2>/dev/null | wc -l; true").split()
     return int(out[0]) if out else 0
+
+
+def client_errors(clear: bool = False) -> str:
+    """What the simulated Pis' ssh wrote to stderr (appended, so emptied in place with `clear`)."""
+    if clear:
+        lab.sh("pi1", f"for f in {SIM_DIR}/*.err; do [ -f \"$f\" ] && : > \"$f\"; done; true")
+        return ""
+    return lab.sh("pi1", f"cat {SIM_DIR}/*.err 2>/dev/null; true", timeout=120)
+
+
+def sshd_journal() -> str:
+    """sshd's lines in the VPS's journal, stamped with the kernel's monotonic clock (the containers share it)."""
+    return lab.sh("vps", "journalctl -q -o short-monotonic -t sshd -t sshd-session --no-pager || true", timeout=120)
 
 
 def listening(ports: set[int]) -> int:
@@ -304,17 +317,22 @@ def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeou
         time.sleep(window)
         reaper = cpu_per_hour(reaper_cpu_s() - cpu_before, window)
         before_cut = restarts()
+        client_errors(clear=True)
         lab.vps_power_cut(seconds=off)
         booted = time.monotonic()
         all_back, left_behind = wait_listening(ports, booted, timeout)
         sshd_at = sshd_started()
         restarted = restarts() - before_cut
+        storm = storm_timeline(sshd_journal(), sshd_at) if sshd_at else None
+        failures = failure_kinds(client_errors())
+        print(f"  n={n}: after the power cut, per 10 s from sshd's start: {storm}\n  n={n}: the Pis' ssh errors: "
+              f"{json.dumps(failures)}", flush=True)
         back = None if all_back is None else all_back + booted - (sshd_at or booted)
         row = Row(n, pss, used, None if back is None else round(back, 1), left_behind, max(0, drops() - at_start), round(cold, 1),
                   round(nochange, 1), round(status, 1), round(verify, 1), reaper, sshd_pss_kb_total=at_n.sshd_pss_kb,
                   used_kb_total=at_n.used_kb, base_used_kb=base_kb(one, pss), processes_per_tunnel=procs,
                   refused_at_start=at_start, first_connect_s=None if first is None else round(first, 1), exits=exits,
-                  autossh_restarts=restarted)
+                  autossh_restarts=restarted, storm=storm, client_failures=failures)
     finally:
         stop_sims(pids)
     print(f"  n={n}: {json.dumps(row.__dict__)}", flush=True)

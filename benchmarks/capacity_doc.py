@@ -45,6 +45,8 @@ class Row:
     first_connect_s: float | None = None  # from starting the simulated Pis until every tunnel listened
     exits: dict[str, int] | None = None  # exit code of each timed pitunnel run
     autossh_restarts: int = 0  # after the power cut: simulated Pis' autossh that exited and were started again
+    storm: list[dict[str, float | int]] | None = None  # after the power cut: storm_timeline of sshd's journal
+    client_failures: dict[str, int] | None = None  # after the power cut: the simulated Pis' ssh errors by kind
 
 
 def per_tunnel(before: Reading, after: Reading, added: int) -> tuple[int, int, float]:
@@ -93,6 +95,45 @@ def maxstartups_drops(journal: str) -> int:
     if totals:
         return sum(totals)
     return sum(1 for line in journal.splitlines() if "past MaxStartups" in line or "exceeded MaxStartups" in line)
+
+
+SHAPES = ((r"\d+(?:\.\d+){3}", "ADDR"), (r"\d+", "N"))
+
+
+def failure_kinds(stderr: str) -> dict[str, int]:
+    """The simulated Pis' ssh errors (their stderr, LogLevel ERROR) counted by kind: each line with its
+    addresses and numbers made generic ("ssh: connect to host ADDR port N: Connection timed out"), most first."""
+    kinds: dict[str, int] = {}
+    for line in stderr.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        for pattern, word in SHAPES:
+            line = re.sub(pattern, word, line)
+        kinds[line] = kinds.get(line, 0) + 1
+    return dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+STORM_EVENTS = (("logins", ("Accepted publickey",)),
+                ("given_up_preauth", ("[preauth]", "Timeout before authentication", "banner exchange")),
+                ("dropped", ("past MaxStartups", "exceeded MaxStartups", "drop connection #")))
+
+
+def storm_timeline(journal: str, start: float, step: float = 10.0) -> list[dict[str, float | int]]:
+    """sshd's journal (`journalctl -o short-monotonic`) from `start` (the kernel's monotonic seconds: sshd
+    starting) in windows of `step` seconds: logins accepted, connections closed before authentication (the
+    client gave up or was cut off) and MaxStartups drops (sshd logs these one by one at LogLevel VERBOSE)."""
+    counts: dict[int, dict[str, int]] = {}
+    for line in journal.splitlines():
+        stamp = re.match(r"\[\s*(\d+\.\d+)\]", line)
+        if not stamp or float(stamp.group(1)) < start:
+            continue
+        for kind, marks in STORM_EVENTS:
+            if any(mark in line for mark in marks):
+                window = counts.setdefault(int((float(stamp.group(1)) - start) // step), {k: 0 for k, _ in STORM_EVENTS})
+                window[kind] += 1
+                break
+    return [{"from_s": i * step, **counts.get(i, {k: 0 for k, _ in STORM_EVENTS})} for i in range(max(counts, default=-1) + 1)]
 
 
 def document(rows: list[Row], *, date: str, machine: str, revision: str, release: str) -> dict[str, object]:

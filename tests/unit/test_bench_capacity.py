@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from benchmarks.capacity_doc import (GIB_KB, ROW_KEYS, Reading, Row, base_kb, cpu_per_hour, document,
-                                     maxstartups_drops, per_tunnel, table, tunnels_in, used_kb)
+from benchmarks.capacity_doc import (GIB_KB, ROW_KEYS, Reading, Row, base_kb, cpu_per_hour, document, failure_kinds,
+                                     maxstartups_drops, per_tunnel, storm_timeline, table, tunnels_in, used_kb)
 
 
 def row(n: int, used: int = 2000, base: int = 150_000) -> Row:
@@ -100,3 +100,36 @@ def test_maxstartups_drops_are_counted_from_the_throttling_summary_when_there_is
                "exited MaxStartups throttling after 00:01:59, 7766 connections dropped\n"
                "exited MaxStartups throttling after 00:00:03, 12 connections dropped\n")
     assert maxstartups_drops(journal) == 7778
+
+
+def test_the_pis_ssh_errors_are_counted_by_kind_with_addresses_and_numbers_made_generic() -> None:
+    stderr = ("ssh: connect to host 198.18.0.10 port 12345: Connection timed out\n"
+              "Connection timed out during banner exchange\n"
+              "Connection to 198.18.0.10 port 12345 timed out\n"
+              "ssh: connect to host 198.18.0.10 port 12345: Connection timed out\n\n"
+              "Error: remote port forwarding failed for listen port 30007\n")
+    assert failure_kinds(stderr) == {"ssh: connect to host ADDR port N: Connection timed out": 2,
+                                     "Connection timed out during banner exchange": 1,
+                                     "Connection to ADDR port N timed out": 1,
+                                     "Error: remote port forwarding failed for listen port N": 1}
+    assert list(failure_kinds(stderr))[0].startswith("ssh: connect")  # most first
+    assert failure_kinds("") == {}
+
+
+def test_the_storm_timeline_counts_sshds_events_per_window_from_its_start() -> None:
+    journal = ("[  990.000001] vps sshd[10]: Accepted publickey for pitunnel from 198.18.0.101 port 1 ssh2\n"  # before
+               "[ 1000.500000] vps sshd[11]: Server listening on 0.0.0.0 port 12345.\n"
+               "[ 1001.000000] vps sshd[12]: Accepted publickey for pitunnel from 198.18.0.101 port 2 ssh2\n"
+               "[ 1004.000000] vps sshd[13]: Connection closed by 198.18.0.101 port 3 [preauth]\n"
+               "[ 1009.999999] vps sshd[11]: drop connection #10 from [198.18.0.101]:4 on [198.18.0.10]:12345 "
+               "past MaxStartups\n"
+               "[ 1031.000000] vps sshd-session[14]: Accepted publickey for pitunnel from 198.18.0.101 port 5 ssh2\n"
+               "[ 1032.000000] vps sshd-session[15]: Timeout before authentication for 198.18.0.101 port 6\n"
+               "not a journal line\n")
+    zero = {"logins": 0, "given_up_preauth": 0, "dropped": 0}
+    assert storm_timeline(journal, 1000.0) == [
+        {"from_s": 0.0, "logins": 1, "given_up_preauth": 1, "dropped": 1},
+        {"from_s": 10.0, **zero}, {"from_s": 20.0, **zero},
+        {"from_s": 30.0, "logins": 1, "given_up_preauth": 1, "dropped": 0}]
+    assert storm_timeline(journal, 2000.0) == []
+    assert storm_timeline(journal, 1000.0, step=60)[0]["logins"] == 2
