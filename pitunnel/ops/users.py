@@ -84,6 +84,16 @@ class SystemUser(Op):
         return Plan(cmds, ", ".join(gaps)) if cmds else Plan([], "already as wanted")
 
 
+def _end_processes(name: str) -> str:
+    """End every process of the account (by effective and by real UID) and wait, 5 s at most, until none is left:
+    userdel refuses while one still runs or is not yet reaped (a session killed a moment ago, or the account's
+    systemd --user, which logind keeps a few seconds after its last session)."""
+    user = q(name)
+    return (f"pkill -KILL -u {user}; pkill -KILL -U {user}; i=0; "
+            f"while {{ pgrep -u {user} || pgrep -U {user}; }} >/dev/null && [ $i -lt 50 ]; do "
+            f"sleep 0.1; i=$((i + 1)); pkill -KILL -u {user}; pkill -KILL -U {user}; done; true")
+
+
 @dataclass
 class UserAbsent(Op):
     """No such account, if pitunnel made it; an account pitunnel did not make is refused, untouched."""
@@ -102,7 +112,7 @@ class UserAbsent(Op):
         if found is None:
             return Plan([], "not there")
         _refuse_foreign(self.name, found, facts, "removed")
-        return Plan([f"pkill -KILL -u {q(self.name)} || true", f"userdel --remove {q(self.name)} 2>/dev/null || userdel {q(self.name)}",
+        return Plan([_end_processes(self.name), f"userdel --remove {q(self.name)} 2>/dev/null || userdel {q(self.name)}",
                      f"getent group {q(self.name)} >/dev/null && groupdel {q(self.name)} || true",
                      *unrecord_commands("users", [self.name])], "remove with its home")
 
