@@ -89,9 +89,9 @@ def _end_processes(name: str) -> str:
     userdel refuses while one still runs or is not yet reaped (a session killed a moment ago, or the account's
     systemd --user, which logind keeps a few seconds after its last session)."""
     user = q(name)
-    return (f"pkill -KILL -u {user}; pkill -KILL -U {user}; i=0; "
-            f"while {{ pgrep -u {user} || pgrep -U {user}; }} >/dev/null && [ $i -lt 50 ]; do "
-            f"sleep 0.1; i=$((i + 1)); pkill -KILL -u {user}; pkill -KILL -U {user}; done; true")
+    kill = f"pkill -KILL -u {user} || true; pkill -KILL -U {user} || true"  # under set -e: none left is no failure
+    return (f"{kill}; i=0; while {{ pgrep -u {user} || pgrep -U {user}; }} >/dev/null && [ $i -lt 50 ]; do "
+            f"sleep 0.1; i=$((i + 1)); {kill}; done")
 
 
 @dataclass

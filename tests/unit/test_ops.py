@@ -447,6 +447,16 @@ def test_user_absent() -> None:
     assert any("grep -vxF -e pitunnel /var/lib/pitunnel-state/users" in c for c in plan.commands)
 
 
+def test_user_absent_ends_the_accounts_processes_under_set_e_even_when_there_are_none() -> None:
+    """The plan's commands run under `set -e`: pkill and pgrep finding nothing (exit 1), or no such account
+    (exit 2), must not fail the step before userdel (a user of no processes is the common case)."""
+    plan = UserAbsent("pitunnel-no-such-account").plan(facts_of(
+        ("user:pitunnel-no-such-account", "pitunnel-no-such-account:x:998:998::/nonexistent:/usr/sbin/nologin"),
+        (record_fact("users"), "pitunnel-no-such-account\n")))
+    ended = subprocess.run(["sh", "-ec", plan.commands[0]], capture_output=True, text=True, timeout=30)
+    assert ended.returncode == 0, ended.stderr
+
+
 def test_system_user_created_is_recorded() -> None:
     plan = SystemUser("pitunnel", home="/var/lib/pitunnel").plan(user_facts("pitunnel", "", ""))
     assert any("for n in pitunnel; do" in c and "/var/lib/pitunnel-state/users" in c for c in plan.commands)

@@ -147,8 +147,9 @@ def test_plans_in_full(host: Path) -> None:
     assert planned(PackagesAbsent(("nginx",))) == ([], "kept nginx: installed before pitunnel (no record that pitunnel "
                                                        "installed it)")
     assert planned(UserAbsent("tunnel")) == (
-        ["pkill -KILL -u tunnel; pkill -KILL -U tunnel; i=0; while { pgrep -u tunnel || pgrep -U tunnel; } >/dev/null && "
-         "[ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); pkill -KILL -u tunnel; pkill -KILL -U tunnel; done; true",
+        ["pkill -KILL -u tunnel || true; pkill -KILL -U tunnel || true; i=0; while { pgrep -u tunnel || pgrep -U tunnel; } "
+         ">/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); pkill -KILL -u tunnel || true; pkill -KILL -U tunnel "
+         "|| true; done",
          "userdel --remove tunnel 2>/dev/null || userdel tunnel",
          "getent group tunnel >/dev/null && groupdel tunnel || true", *ops.unrecord_commands("users", ["tunnel"])],
         "remove with its home")
