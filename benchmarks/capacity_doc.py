@@ -114,9 +114,14 @@ def failure_kinds(stderr: str) -> dict[str, int]:
     return dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-STORM_EVENTS = (("logins", ("Accepted publickey",)),
-                ("given_up_preauth", ("[preauth]", "Timeout before authentication", "banner exchange")),
-                ("dropped", ("past MaxStartups", "exceeded MaxStartups", "drop connection #")))
+# each kind: lines with every word of one of its tuples ("[preauth]" alone would count "Postponed publickey ...
+# [preauth]", a step of every login)
+STORM_EVENTS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
+    ("logins", (("Accepted publickey",),)),
+    ("given_up_preauth", (("Connection closed by", "[preauth]"), ("Connection reset by", "[preauth]"),
+                          ("Disconnected from", "[preauth]"), ("Timeout before authentication",),
+                          ("banner exchange",))),
+    ("dropped", (("past MaxStartups",), ("exceeded MaxStartups",), ("drop connection #",))))
 
 
 def storm_timeline(journal: str, start: float, step: float = 10.0) -> list[dict[str, float | int]]:
@@ -129,7 +134,7 @@ def storm_timeline(journal: str, start: float, step: float = 10.0) -> list[dict[
         if not stamp or float(stamp.group(1)) < start:
             continue
         for kind, marks in STORM_EVENTS:
-            if any(mark in line for mark in marks):
+            if any(all(word in line for word in words) for words in marks):
                 window = counts.setdefault(int((float(stamp.group(1)) - start) // step), {k: 0 for k, _ in STORM_EVENTS})
                 window[kind] += 1
                 break

@@ -119,6 +119,7 @@ def test_the_pis_ssh_errors_are_counted_by_kind_with_addresses_and_numbers_made_
 def test_the_storm_timeline_counts_sshds_events_per_window_from_its_start() -> None:
     journal = ("[  990.000001] vps sshd[10]: Accepted publickey for pitunnel from 198.18.0.101 port 1 ssh2\n"  # before
                "[ 1000.500000] vps sshd[11]: Server listening on 0.0.0.0 port 12345.\n"
+               "[ 1000.900000] vps sshd[12]: Postponed publickey for pitunnel from 198.18.0.101 port 2 ssh2 [preauth]\n"
                "[ 1001.000000] vps sshd[12]: Accepted publickey for pitunnel from 198.18.0.101 port 2 ssh2\n"
                "[ 1004.000000] vps sshd[13]: Connection closed by 198.18.0.101 port 3 [preauth]\n"
                "[ 1009.999999] vps sshd[11]: drop connection #10 from [198.18.0.101]:4 on [198.18.0.10]:12345 "
