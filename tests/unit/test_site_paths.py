@@ -286,3 +286,18 @@ def test_teardown_takes_the_key_of_a_pi_reached_through_its_tunnel_that_went_wel
     after = vps_authorized.authorized_keys(inv_one, inv_one.vps["main"], {}, drop=frozenset({"alpha"})).wanted(
         FileState(True, content=text.encode()))
     assert "pitunnel:alpha" not in after and written(main, "authorized_keys", after)
+
+
+def test_the_wait_for_listeners_ends_at_the_first_reading_that_has_them_and_says_it_is_waiting(
+        inv_one: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
+    from pitunnel.shared import SharedReading
+    seen = [frozenset(), frozenset({"0.0.0.0:20022", "127.0.0.1:20080"})]
+    play = play_on(inv_one, {})
+    play.reporter.heartbeat_after = 0  # the line a slow wait prints, at once
+    site.wait_listening(play, inv_one.pis["alpha"].first_path, SharedReading(lambda: seen.pop(0) if len(seen) > 1 else seen[0]),
+                        frozenset())
+    out = lines(capsys)
+    assert "running alpha tunnel listening on the VPS (0s)" in out, out
+    (done,) = [l for l in out if l.startswith("ok ")]
+    assert re.fullmatch(r"ok alpha tunnel listening on the VPS - main: 0\.0\.0\.0:20022, 127\.0\.0\.1:20080 "
+                        r"\(after (0\.[4-9]|1\.\d)s\)", done), done
