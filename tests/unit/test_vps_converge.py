@@ -76,21 +76,31 @@ def cam_site(inv: Inventory) -> str:
                 if isinstance(o, File) and o.path.startswith(D["nginx_sites_dir"]) and "pi1_cam" in o.path)
 
 
-def test_https_follows_in_the_same_run_for_each_name_obtained_and_a_refused_name_fails_the_vps(inv: Inventory) -> None:
-    host = CertbotVps(refuses="app.example.com", users=USERS_DEFAULT)
+@pytest.mark.parametrize(("users", "rejects"), [
+    (USERS_DEFAULT, False),  # the user's default servers on 80 and 443: theirs to answer, HTTPS too
+    (USERS_DEFAULT.splitlines()[0], True),  # the user's on 80 only: pitunnel's server refuses unknown names on 443
+])
+def test_https_follows_in_the_same_run_for_each_name_obtained_and_a_refused_name_fails_the_vps(
+        inv: Inventory, users: str, rejects: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    host = CertbotVps(refuses="vps.example.com", users=users)  # the VPS's own name: no certificate for its server
     play = play_on(inv, {"main": host})  # type: ignore[dict-item]
     provision_vps(play)
     assert play.failed == {"main"}  # everything else is done; the run says so at the end
     # the second converge: as the first, the user's default servers still theirs, with the certificates now there
-    after = vps_steps.converge_ops(inv, inv.vps["main"], claim_default=False, reject_unknown=False,
-                                   certs=found("vps.example.com", "cam.example.com"))
+    after = vps_steps.converge_ops(inv, inv.vps["main"], claim_default=False, reject_unknown=rejects,
+                                   certs=found("app.example.com", "cam.example.com"))
     cam = cam_site(inv)
     before, then = writes(host, cam)
     assert "ssl_certificate" not in before and then == wanted(after, cam)
     assert "/etc/letsencrypt/live/pitunnel-cam.example.com/fullchain.pem" in then
     assert writes(host, D["nginx_default_site"])[-1] == wanted(after, D["nginx_default_site"])
-    assert "default_server" not in writes(host, D["nginx_default_site"])[-1]  # the user's stay the default servers
+    default = writes(host, D["nginx_default_site"])[-1]
+    assert "listen 80 default_server" not in default  # the user's stays the default server on 80
+    assert ("ssl_reject_handshake on;" in default) is rejects  # unknown names on 443: theirs, or refused
     assert not any("usermod" in b or "useradd" in b for b in host.ops[-20:])  # the account is not converged again
+    out = lines(capsys)
+    last_cert = max(i for i, l in enumerate(out) if " certificate cam.example.com (ACME)" in l)
+    assert "changed main handler reload nginx - ran once" in out[last_cert:]  # Nginx serves the HTTPS config now
 
 
 def test_a_vps_whose_certificates_are_all_there_is_converged_once(inv: Inventory,
