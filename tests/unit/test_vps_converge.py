@@ -99,6 +99,8 @@ def test_https_follows_in_the_same_run_for_each_name_obtained_and_a_refused_name
     assert ("ssl_reject_handshake on;" in default) is rejects  # unknown names on 443: theirs, or refused
     assert not any("usermod" in b or "useradd" in b for b in host.ops[-20:])  # the account is not converged again
     out = lines(capsys)
+    assert "changed main CA bundle for the ACME directory - create" in out
+    assert "changed main certbot renewals trust the ACME directory's CA - create" in out
     last_cert = max(i for i, l in enumerate(out) if " certificate cam.example.com (ACME)" in l)
     assert "changed main handler reload nginx - ran once" in out[last_cert:]  # Nginx serves the HTTPS config now
 
