@@ -249,3 +249,21 @@ def test_bootstrap_keys_are_found_in_a_keys_file_with_bytes_that_are_not_utf8(tm
     absent = FakeHost("main", [("|| echo MISSING", ACCOUNT), ("permitlisten", "permitlisten 127.0.0.1:*"),
                                ("authorized_keys", "ABSENT")])
     assert vps_steps.authorise(absent, inv, vps, [], Reporter(colour=False), Mode()).bootstrapped == frozenset()  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------- what the config names
+
+
+def test_sshd_names_a_revoked_keys_file_only_once_a_pi_is_revoked(inv: Inventory) -> None:
+    """sshd refuses every key while a RevokedKeys file it names cannot be read: none is named before a revoke
+    (test_revoke.py proves the line once there is one)."""
+    dropin = wanted(vps_steps.converge_ops(inv, inv.vps["main"]), D["sshd_dropin"])
+    assert "RevokedKeys" not in dropin and "ForceCommand" in dropin
+
+
+def test_a_vps_whose_acme_setting_was_removed_no_longer_serves_its_acme_certificate(tmp_path: Path) -> None:
+    text = INVENTORY.replace('    acme: {email: admin@example.com, directory: "https://ca.example.net/dir", ca_bundle: ca.pem}\n',
+                             "    tls_certificate: /etc/ssl/c.pem\n    tls_key: /etc/ssl/c.key\n")
+    inv = load_inventory(write(tmp_path, text), save_allocations=False)
+    default = wanted(vps_steps.converge_ops(inv, inv.vps["main"], certs=found("vps.example.com")), D["nginx_default_site"])
+    assert "ssl_certificate /etc/ssl/c.pem;" in default and "letsencrypt" not in default  # certbot's is left as it is
