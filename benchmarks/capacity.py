@@ -108,14 +108,26 @@ def authorise(fleet: Path, keys: dict[str, str]) -> None:
 RESTART_SEC = 2  # the Pi unit's RestartSec (roles/pi/defaults.yml): systemd restarts autossh when it exits
 
 
-def start_sims(names: list[str], poll: int, config: str = "conf") -> list[int]:
+def sims_cpus(choice: str) -> str:
+    """The CPUs the simulated Pis run on (a taskset list), or "" for any: `auto` is this machine's last CPU when it
+    has two or more, so that the Pis' own work (an ssh started again for every refused attempt) takes from the
+    VPS at most the CPUs a thousand real Pis would bring themselves."""
+    if choice != "auto":
+        return choice
+    count = os.cpu_count() or 1
+    return str(count - 1) if count >= 2 else ""
+
+
+def start_sims(names: list[str], poll: int, config: str = "conf", cpus: str = "") -> list[int]:
     """One autossh per simulated Pi on pi1, as the tunnel account, with the unit's settings (its ssh config:
     NAME.`config`), restarted RESTART_SEC after it exits as the unit's Restart=always does (each restart
-    counted in NAME.restarts); each in a process group of its own, whose leader's PID is returned."""
+    counted in NAME.restarts); each in a process group of its own, whose leader's PID is returned; on `cpus`
+    only (taskset), when given."""
+    pin = f"taskset -c {cpus} " if cpus else ""
     loop = (f"while :; do AUTOSSH_GATETIME=0 AUTOSSH_POLL={poll} /usr/bin/autossh -M 0 -N -F \"$1\" pitunnel-vps "
             f"2>> \"$3\"; echo \"$?\" >> \"$2\"; sleep {RESTART_SEC}; done")
     lines = [f"cd {SIM_DIR}"] + [
-        f"setsid setpriv --reuid=pitunnel --regid=pitunnel --init-groups sh -c '{loop}' sim {name}.{config} "
+        f"{pin}setsid setpriv --reuid=pitunnel --regid=pitunnel --init-groups sh -c '{loop}' sim {name}.{config} "
         f"{name}.restarts {name}.err </dev/null >/dev/null 2>&1 &\necho $!" for name in names]
     return [int(p) for p in lab.sh("pi1", "\n".join(lines), timeout=600).split()]
 
@@ -245,7 +257,7 @@ def drops() -> int:
     return maxstartups_drops(lab.sh("vps", "journalctl -q -o cat -u ssh.service --no-pager || true"))
 
 
-def run_variants(n: int, fleet: Path, names: list[str], group: Path, poll: int) -> list[VariantRow]:
+def run_variants(n: int, fleet: Path, names: list[str], group: Path, poll: int, cpus: str = "") -> list[VariantRow]:
     """capacity_variants' variants, one after the other, each with the same VARIANT_SESSIONS simulated Pis."""
     from pitunnel.inventory import load_inventory
 
@@ -257,7 +269,7 @@ def run_variants(n: int, fleet: Path, names: list[str], group: Path, poll: int) 
     rows = []
     for variant in capacity_variants.variants(listeners):
         found = capacity_variants.measure(variant, n, sample, ports, group, sim_dir=SIM_DIR,
-                                          start=lambda chosen, config: start_sims(chosen, poll, config),
+                                          start=lambda chosen, config: start_sims(chosen, poll, config, cpus),
                                           stop=stop_sims, wait=wait_listening)
         if found is not None:
             print(f"  variant {found.name} at n={n}: {found.pss_kb_per_tunnel} kB PSS, {found.used_kb_per_tunnel} kB "
@@ -276,7 +288,7 @@ def set_maxstartups(spec: str) -> None:
 
 
 def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeout: float, poll: int,
-          variants: list[VariantRow] | None = None, maxstartups: str = "") -> Row:
+          variants: list[VariantRow] | None = None, maxstartups: str = "", cpus: str = "") -> Row:
     from pitunnel.inventory import load_inventory
 
     lab.up(pis=1, release=release, fresh=True)
@@ -297,11 +309,11 @@ def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeou
     try:
         with vps_cgroup() as group:
             if variants is not None and names:
-                variants.extend(run_variants(n, fleet, names, group, poll))
+                variants.extend(run_variants(n, fleet, names, group, poll, cpus))
             time.sleep(5)
             one = read_vps(group)
             started = time.monotonic()
-            pids = start_sims(names, poll)
+            pids = start_sims(names, poll, cpus=cpus)
             first, left = wait_listening(ports, started, timeout)
             print(f"  n={n}: {len(pids)} simulated Pis started, all listening after {first} s ({left} not)", flush=True)
             time.sleep(10)
@@ -340,11 +352,12 @@ def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeou
 
 
 def main(sizes: list[int], *, release: str = "bookworm", off: float = 20, window: float = 60, timeout: float = 300,
-         poll: int = 10, variants: bool = True, maxstartups: str = "") -> dict[str, object]:
+         poll: int = 10, variants: bool = True, maxstartups: str = "", sims_on: str = "auto") -> dict[str, object]:
     if max(sizes) > MOST:
         raise SystemExit(f"bench.capacity: --pis at most {MOST} (the simulated Pis' fixed ports), not {max(sizes)}")
     if not (MEMORY_ROOT / "memory.stat").exists():
         raise SystemExit("bench.capacity: needs cgroup v1's memory controller at /sys/fs/cgroup/memory")
+    cpus = sims_cpus(sims_on)
     rows: list[Row] = []
     tried: list[VariantRow] = []
     doc: dict[str, object] = {}
@@ -353,9 +366,10 @@ def main(sizes: list[int], *, release: str = "bookworm", off: float = 20, window
             for n in sizes:
                 at_largest = variants and n == max(sizes)
                 rows.append(run_n(n, Path(folder), release=release, off=off, window=window, timeout=timeout, poll=poll,
-                                  variants=tried if at_largest else None, maxstartups=maxstartups))
+                                  variants=tried if at_largest else None, maxstartups=maxstartups, cpus=cpus))
                 doc = write(rows, tried, release)
                 doc["maxstartups"] = maxstartups or "sshd's default (10:30:100)"  # after each n: a later n that fails leaves the earlier figures
+                doc["simulated_pis_on_cpus"] = cpus or "any"
         finally:
             lab.down()
     print(table(doc))

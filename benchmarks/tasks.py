@@ -142,10 +142,12 @@ def bench_inventory(c: Context, pis: str = "1000", runs: int = 3, profile: bool 
                     "Pi role's)",
             "variants": "at the largest N, the cost per tunnel of each variant (benchmarks/capacity_variants.py) "
                         "with 100 sessions (default on; --no-variants skips them)",
-            "maxstartups": "the VPS sshd's MaxStartups for the run, e.g. 100:30:1000 (default: sshd's own, 10:30:100)"})
+            "maxstartups": "the VPS sshd's MaxStartups for the run, e.g. 100:30:1000 (default: sshd's own, 10:30:100)",
+            "sims_on": "CPUs the simulated Pis run on (taskset list, e.g. 1): 'auto' (default) is the last CPU of a "
+                       "machine with two or more, 'any' none, so that their retries do not eat the VPS's CPU"})
 def bench_capacity(c: Context, pis: str = "10,100,1000", release: str = "bookworm", off: float = 20,
                    window: float = 60, timeout: float = 300, poll: int = 10, variants: bool = True,
-                   maxstartups: str = "") -> None:
+                   maxstartups: str = "", sims_on: str = "auto") -> None:
     """One lab VPS and N Pis' tunnels (real OpenSSH clients from pi1): memory per tunnel, a power cut's
     reconnect storm, provision-vps, status, verify and the reaper at N; writes benchmarks/results/capacity.json."""
     from benchmarks.capacity import main
@@ -156,7 +158,7 @@ def bench_capacity(c: Context, pis: str = "10,100,1000", release: str = "bookwor
     except ValueError as exc:
         raise Exit(f"bench.capacity: {exc}", code=2) from None
     main(chosen, release=release, off=off, window=window, timeout=timeout, poll=poll, variants=variants,
-         maxstartups=maxstartups)
+         maxstartups=maxstartups, sims_on="" if sims_on == "any" else sims_on)
 
 
 ns = Collection("bench")
