@@ -270,3 +270,27 @@ def test_a_too_long_key_after_list_dashes_is_placed_at_its_first_character(text:
     error = refusal(text)
     assert (error.line, error.column) == (1, column)
     assert error.message.startswith("the key 'kkkkkkkkkkkkkkkkkkkk... (1025 characters)' is 1025 characters long")
+
+
+def test_a_duplicate_in_an_aliased_mapping_is_flagged_once_not_once_per_alias() -> None:
+    doc = yamlsrc.load("a: &m {k: 1, k: 2}\nb: *m\nc: *m\n")
+    assert doc.data == {"a": {"k": 2}, "b": {"k": 2}, "c": {"k": 2}}
+    assert [(i.path, i.line, i.column, i.message) for i in doc.issues] == [
+        (("a", "k"), 1, 14, "duplicate key 'k' on lines 1 and 1")]
+
+
+def test_past_what_python_can_nest_the_reader_refuses_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(yamlsrc, "MAX_DEPTH", 10**6)  # the limit that stops it first, taken away
+    assert place(refusal("a: " + "[" * 5000 + "]" * 5000 + "\n")) == (
+        None, None, "the file nests too deeply to read",
+        "an inventory nests 6 deep: close the brackets or reduce the indentation")
+
+
+def test_a_character_the_cleaning_missed_is_still_one_error_in_the_readers_words(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(yamlsrc, "_clean", lambda source: (source, []))
+    with pytest.raises(yamlsrc.YamlSyntaxError) as exc:
+        yamlsrc.load("a: x\x01\n")
+    assert (exc.value.line, exc.value.column) == (None, None)
+    assert exc.value.message == ('unacceptable character #x0001: special characters are not allowed\n'
+                                 '  in "<unicode string>", position 4')
