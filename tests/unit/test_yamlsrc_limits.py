@@ -294,3 +294,14 @@ def test_a_character_the_cleaning_missed_is_still_one_error_in_the_readers_words
     assert (exc.value.line, exc.value.column) == (None, None)
     assert exc.value.message == ('unacceptable character #x0001: special characters are not allowed\n'
                                  '  in "<unicode string>", position 4')
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a: !!map x\n", "expected a mapping node, but found scalar"),
+    ("a: !!seq x\n", "expected a sequence node, but found scalar"),
+])
+def test_a_plain_value_tagged_as_a_collection_is_an_error_at_the_value_not_an_empty_one(text: str,
+                                                                                        message: str) -> None:
+    with pytest.raises(yamlsrc.YamlSyntaxError) as exc:
+        yamlsrc.load(text)
+    assert (exc.value.line, exc.value.column, exc.value.message) == (1, 4, message)
