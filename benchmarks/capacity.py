@@ -352,7 +352,7 @@ def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeou
 
 
 def main(sizes: list[int], *, release: str = "bookworm", off: float = 20, window: float = 60, timeout: float = 300,
-         poll: int = 10, variants: bool = True, maxstartups: str = "", sims_on: str = "auto") -> dict[str, object]:
+         poll: int = 10, variants: bool = True, maxstartups: str = "", sims_on: str = "") -> dict[str, object]:
     if max(sizes) > MOST:
         raise SystemExit(f"bench.capacity: --pis at most {MOST} (the simulated Pis' fixed ports), not {max(sizes)}")
     if not (MEMORY_ROOT / "memory.stat").exists():

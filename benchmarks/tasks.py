@@ -143,11 +143,11 @@ def bench_inventory(c: Context, pis: str = "1000", runs: int = 3, profile: bool 
             "variants": "at the largest N, the cost per tunnel of each variant (benchmarks/capacity_variants.py) "
                         "with 100 sessions (default on; --no-variants skips them)",
             "maxstartups": "the VPS sshd's MaxStartups for the run, e.g. 100:30:1000 (default: sshd's own, 10:30:100)",
-            "sims_on": "CPUs the simulated Pis run on (taskset list, e.g. 1): 'auto' (default) is the last CPU of a "
-                       "machine with two or more, 'any' none, so that their retries do not eat the VPS's CPU"})
+            "sims_on": "CPUs the simulated Pis run on (taskset list, e.g. 1; 'auto': the last CPU of two or more); "
+                       "default any: on 2 cores, one CPU is too few for 1,000 clients' handshakes (docs/performance.md)"})
 def bench_capacity(c: Context, pis: str = "10,100,1000", release: str = "bookworm", off: float = 20,
                    window: float = 60, timeout: float = 300, poll: int = 10, variants: bool = True,
-                   maxstartups: str = "", sims_on: str = "auto") -> None:
+                   maxstartups: str = "", sims_on: str = "any") -> None:
     """One lab VPS and N Pis' tunnels (real OpenSSH clients from pi1): memory per tunnel, a power cut's
     reconnect storm, provision-vps, status, verify and the reaper at N; writes benchmarks/results/capacity.json."""
     from benchmarks.capacity import main

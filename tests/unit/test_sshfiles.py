@@ -4,6 +4,7 @@ write, and which `Include` lines of the user's ~/.ssh/config name pitunnel's fil
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -178,3 +179,45 @@ def test_a_users_ssh_config_not_in_utf8_gets_the_include_and_keeps_its_bytes(tmp
     assert config.read_bytes() == f"{sshfiles.INCLUDE_COMMENT}\nInclude {conf}\n\n".encode() + mine
     assert config.with_name("config.pitunnel-backup").read_bytes() == mine
     assert not write(tmp_path)[0]
+
+
+def test_a_home_reached_through_a_linked_folder_keeps_its_names_in_what_is_said(tmp_path: Path) -> None:
+    (tmp_path / "real" / ".ssh").mkdir(parents=True)
+    home = tmp_path / "home"
+    home.symlink_to(tmp_path / "real")
+    (home / ".ssh" / "config").write_text("Host *\n")
+    changed, said = write(home)
+    conf, config = sshfiles.paths(home)[0], home / ".ssh" / "config"
+    assert changed and said[-1] == (f"added `Include {conf}` at the top of {config} "
+                                    f"(as it was: {home / '.ssh' / 'config.pitunnel-backup'})")
+
+
+def test_its_own_file_with_the_same_text_but_another_mode_is_written_again_with_mode_600(tmp_path: Path) -> None:
+    write(tmp_path)
+    conf, pins = sshfiles.paths(tmp_path)
+    conf.chmod(0o644)
+    changed, said = write(tmp_path, check=True)
+    assert changed and said[0] == f"would write {conf} (mode 600):\n" and stat.S_IMODE(conf.stat().st_mode) == 0o644
+    changed, said = write(tmp_path)
+    assert changed and said[:2] == [f"wrote {conf} (mode 600)", f"{pins}: up to date"]
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600 and conf.read_text() == CONFIG
+    assert sorted(p.name for p in conf.parent.iterdir()) == ["config", "pitunnel.conf", "pitunnel.known_hosts"]
+
+
+def test_a_file_is_never_readable_by_others_even_while_it_is_written(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, int]] = []
+    chmod = os.chmod
+
+    def watch(path: str | Path, mode: int) -> None:  # the half-written file, as it is before its mode is set
+        seen.append((Path(path).name, stat.S_IMODE(os.stat(path).st_mode)))
+        chmod(path, mode)
+
+    monkeypatch.setattr(os, "chmod", watch)
+    old = os.umask(0o022)
+    try:
+        sshfiles.replace(tmp_path / "config", "Host *\n", mode=0o644)
+    finally:
+        os.umask(old)
+    assert seen == [("config.pitunnel-tmp", 0o600)]
+    assert stat.S_IMODE((tmp_path / "config").stat().st_mode) == 0o644 and not (tmp_path / "config.pitunnel-tmp").exists()
