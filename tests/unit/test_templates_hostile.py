@@ -97,7 +97,7 @@ def hostile(draw: st.DrawFn) -> dict[str, Any]:
     vps_user = draw(users)
     public_name = draw(host_names)
     server_name = draw(server_names.filter(lambda s: s.lower().rstrip(".") != public_name.lower().rstrip(".")))
-    vps_port = draw(st.integers(1, 65535))
+    vps_port = draw(st.integers(1, 65535).filter(lambda p: p not in (80, 443)))  # not Nginx's (the inventory refuses that)
     # the metrics port is the VPS's own: it may not be its ssh, HTTP or HTTPS port (the inventory refuses that)
     metrics_address = draw(listen_addresses.filter(lambda a: int(a.rsplit(":", 1)[1]) not in (vps_port, 80, 443)))
     return dict(vps=vps, pi=pi, tunnels=tunnels, vps_address=draw(addresses), vps_port=vps_port,
