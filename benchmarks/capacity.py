@@ -109,9 +109,10 @@ RESTART_SEC = 2  # the Pi unit's RestartSec (roles/pi/defaults.yml): systemd res
 
 
 def sims_cpus(choice: str) -> str:
-    """The CPUs the simulated Pis run on (a taskset list), or "" for any: `auto` is this machine's last CPU when it
-    has two or more, so that the Pis' own work (an ssh started again for every refused attempt) takes from the
-    VPS at most the CPUs a thousand real Pis would bring themselves."""
+    """The CPUs the simulated Pis run on (a taskset list), or "" for any (the default): `auto` is this machine's
+    last CPU when it has two or more, to keep the Pis' own work (an ssh started again for every refused attempt)
+    off the VPS's CPUs. On 2 cores that one CPU is too few for 1,000 clients' handshakes: the Pis' side then
+    becomes the limit (docs/performance.md)."""
     if choice != "auto":
         return choice
     count = os.cpu_count() or 1
