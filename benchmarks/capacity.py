@@ -108,17 +108,6 @@ def authorise(fleet: Path, keys: dict[str, str]) -> None:
 RESTART_SEC = 2  # the Pi unit's RestartSec (roles/pi/defaults.yml): systemd restarts autossh when it exits
 
 
-def sims_cpus(choice: str) -> str:
-    """The CPUs the simulated Pis run on (a taskset list), or "" for any (the default): `auto` is this machine's
-    last CPU when it has two or more, to keep the Pis' own work (an ssh started again for every refused attempt)
-    off the VPS's CPUs. On 2 cores that one CPU is too few for 1,000 clients' handshakes: the Pis' side then
-    becomes the limit (docs/performance.md)."""
-    if choice != "auto":
-        return choice
-    count = os.cpu_count() or 1
-    return str(count - 1) if count >= 2 else ""
-
-
 def start_sims(names: list[str], poll: int, config: str = "conf", cpus: str = "") -> list[int]:
     """One autossh per simulated Pi on pi1, as the tunnel account, with the unit's settings (its ssh config:
     NAME.`config`), restarted RESTART_SEC after it exits as the unit's Restart=always does (each restart
@@ -147,12 +136,14 @@ def restarts() -> int:
     return int(out[0]) if out else 0
 
 
-def client_errors(clear: bool = False) -> str:
-    """What the simulated Pis' ssh wrote to stderr (appended, so emptied in place with `clear`)."""
-    if clear:
-        lab.sh("pi1", f"for f in {SIM_DIR}/*.err; do [ -f \"$f\" ] && : > \"$f\"; done; true")
-        return ""
+def client_errors() -> str:
+    """What the simulated Pis' ssh wrote to stderr since clear_client_errors."""
     return lab.sh("pi1", f"cat {SIM_DIR}/*.err 2>/dev/null; true", timeout=120)
+
+
+def clear_client_errors() -> None:
+    """Empty each simulated Pi's stderr file in place (its ssh appends to it)."""
+    lab.sh("pi1", f"for f in {SIM_DIR}/*.err; do [ -f \"$f\" ] && : > \"$f\"; done; true")
 
 
 def sshd_journal() -> str:
@@ -330,7 +321,7 @@ def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeou
         time.sleep(window)
         reaper = cpu_per_hour(reaper_cpu_s() - cpu_before, window)
         before_cut = restarts()
-        client_errors(clear=True)
+        clear_client_errors()
         lab.vps_power_cut(seconds=off)
         booted = time.monotonic()
         all_back, left_behind = wait_listening(ports, booted, timeout)
@@ -353,12 +344,11 @@ def run_n(n: int, work: Path, *, release: str, off: float, window: float, timeou
 
 
 def main(sizes: list[int], *, release: str = "bookworm", off: float = 20, window: float = 60, timeout: float = 300,
-         poll: int = 10, variants: bool = True, maxstartups: str = "", sims_on: str = "") -> dict[str, object]:
+         poll: int = 10, variants: bool = True, maxstartups: str = "", cpus: str = "") -> dict[str, object]:
     if max(sizes) > MOST:
         raise SystemExit(f"bench.capacity: --pis at most {MOST} (the simulated Pis' fixed ports), not {max(sizes)}")
     if not (MEMORY_ROOT / "memory.stat").exists():
         raise SystemExit("bench.capacity: needs cgroup v1's memory controller at /sys/fs/cgroup/memory")
-    cpus = sims_cpus(sims_on)
     rows: list[Row] = []
     tried: list[VariantRow] = []
     doc: dict[str, object] = {}

@@ -4,6 +4,7 @@ the JSON document (benchmarks/results/capacity.json) and the printed table. Pure
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -128,17 +129,16 @@ def storm_timeline(journal: str, start: float, step: float = 10.0) -> list[dict[
     """sshd's journal (`journalctl -o short-monotonic`) from `start` (the kernel's monotonic seconds: sshd
     starting) in windows of `step` seconds: logins accepted, connections closed before authentication (the
     client gave up or was cut off) and MaxStartups drops (sshd logs these one by one at LogLevel VERBOSE)."""
-    counts: dict[int, dict[str, int]] = {}
+    counts: dict[int, Counter[str]] = {}
     for line in journal.splitlines():
         stamp = re.match(r"\[\s*(\d+\.\d+)\]", line)
         if not stamp or float(stamp.group(1)) < start:
             continue
-        for kind, marks in STORM_EVENTS:
-            if any(all(word in line for word in words) for words in marks):
-                window = counts.setdefault(int((float(stamp.group(1)) - start) // step), {k: 0 for k, _ in STORM_EVENTS})
-                window[kind] += 1
-                break
-    return [{"from_s": i * step, **counts.get(i, {k: 0 for k, _ in STORM_EVENTS})} for i in range(max(counts, default=-1) + 1)]
+        kind = next((k for k, marks in STORM_EVENTS if any(all(w in line for w in words) for words in marks)), None)
+        if kind:
+            counts.setdefault(int((float(stamp.group(1)) - start) // step), Counter())[kind] += 1
+    return [{"from_s": i * step, **{k: counts.get(i, Counter())[k] for k, _ in STORM_EVENTS}}
+            for i in range(max(counts, default=-1) + 1)]
 
 
 def document(rows: list[Row], *, date: str, machine: str, revision: str, release: str) -> dict[str, object]:

@@ -143,7 +143,7 @@ def bench_inventory(c: Context, pis: str = "1000", runs: int = 3, profile: bool 
             "variants": "at the largest N, the cost per tunnel of each variant (benchmarks/capacity_variants.py) "
                         "with 100 sessions (default on; --no-variants skips them)",
             "maxstartups": "the VPS sshd's MaxStartups for the run, e.g. 100:30:1000 (default: sshd's own, 10:30:100)",
-            "sims_on": "CPUs the simulated Pis run on (taskset list, e.g. 1; 'auto': the last CPU of two or more); "
+            "sims_on": "CPUs the simulated Pis run on (a taskset list, e.g. 1), for a machine with cores to spare; "
                        "default any: on 2 cores, one CPU is too few for 1,000 clients' handshakes (docs/performance.md)"})
 def bench_capacity(c: Context, pis: str = "10,100,1000", release: str = "bookworm", off: float = 20,
                    window: float = 60, timeout: float = 300, poll: int = 10, variants: bool = True,
@@ -158,7 +158,7 @@ def bench_capacity(c: Context, pis: str = "10,100,1000", release: str = "bookwor
     except ValueError as exc:
         raise Exit(f"bench.capacity: {exc}", code=2) from None
     main(chosen, release=release, off=off, window=window, timeout=timeout, poll=poll, variants=variants,
-         maxstartups=maxstartups, sims_on="" if sims_on == "any" else sims_on)
+         maxstartups=maxstartups, cpus="" if sims_on == "any" else sims_on)
 
 
 ns = Collection("bench")

@@ -135,14 +135,3 @@ def test_the_storm_timeline_counts_sshds_events_per_window_from_its_start() -> N
     assert storm_timeline(journal, 2000.0) == []
     assert storm_timeline(journal, 1000.0, step=60)[0]["logins"] == 2
 
-
-def test_the_simulated_pis_take_the_last_cpu_of_two_or_more_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchmarks import capacity
-
-    monkeypatch.setattr(capacity.os, "cpu_count", lambda: 2)
-    assert capacity.sims_cpus("auto") == "1"
-    monkeypatch.setattr(capacity.os, "cpu_count", lambda: 8)
-    assert capacity.sims_cpus("auto") == "7"
-    monkeypatch.setattr(capacity.os, "cpu_count", lambda: 1)
-    assert capacity.sims_cpus("auto") == ""
-    assert capacity.sims_cpus("0-2") == "0-2" and capacity.sims_cpus("") == ""
