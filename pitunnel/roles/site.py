@@ -10,6 +10,7 @@ verify and status read across hosts too, as the site's probes (roles/probes/).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -108,8 +109,10 @@ def connect(play: Play, bases: dict[str, pi.PiBase]) -> None:
                      tunnel)
     gone = {p.name: None for p in pis if p.name in retired and p.name in done}
     if gone:  # their bootstrap keys off their VPSes, each key's sessions ended with it
-        play.each(inv.vpses_of_pis([inv.pis[n] for n in gone]), lambda remote: vps.unauthorise_bootstrap(
+        cleared = play.each(inv.vpses_of_pis([inv.pis[n] for n in gone]), lambda remote: vps.unauthorise_bootstrap(
             remote, inv, inv.vps[remote.name], gone, reporter, mode))
+        if not mode.check:
+            own_listening(play, [inv.pis[n] for n in gone], cleared)
     back = [p for p in pis if p.name in inv.revoked and p.name in done and set(p.all_vps) <= set(found)]
     for p in back:  # provisioned again, with a new key, through every VPS: no longer revoked
         reporter.line(p.name, "would change" if mode.check else "changed", "revoked state ended",
@@ -136,14 +139,32 @@ def offers_revoked_key(play: Play, name: str, base: pi.PiBase) -> bool:
     return True
 
 
+OWN_LISTENING = "own tunnel listening on the VPS, bootstrap gone"  # the wait once an enrolled Pi's bootstrap went
+
+
+def own_listening(play: Play, pis: Sequence[PiSpec], vpses: Iterable[str]) -> None:
+    """The enrolled Pis whose bootstrap just went: until then its sessions held their listeners, so the wait
+    before proved only the bootstrap's. Each Pi's own tunnel takes them over within its restart delay, on every
+    VPS (`vpses`: those whose bootstrap sessions were ended); the run is done only when it has."""
+    readings = {name: SharedReading(partial(vps.listeners, play.remotes[name])) for name in vpses}
+
+    def wait(remote: Remote) -> None:
+        spec = play.inventory.pis[remote.name]
+        for v in spec.all_vps:
+            if v in readings:
+                wait_listening(play, spec.path(v), readings[v], None, step=OWN_LISTENING)
+
+    play.each(pis, wait)
+
+
 def wait_listening(play: Play, path: PiPath, readings: SharedReading[frozenset[str]],
-                   now: frozenset[str] | None) -> None:
+                   now: frozenset[str] | None, *, step: str = "tunnel listening on the VPS") -> None:
     """The run is done only when the VPS really listens on every forward of this Pi (`path`: its path there)."""
     wanted = [listen_spec(t) for t in path.tunnels]
     missing = [w for w in wanted if w not in (now or frozenset())]
     started = looked = time.monotonic()
     deadline = started + PI_DEFAULTS["listen_wait_seconds"]
-    with play.reporter.busy(path.name, "tunnel listening on the VPS"):
+    with play.reporter.busy(path.name, step):
         while missing and time.monotonic() < deadline:
             stop_point()  # Ctrl-C: the tunnel is in place; only the wait for it is cut short
             time.sleep(0.5)
@@ -151,12 +172,12 @@ def wait_listening(play: Play, path: PiPath, readings: SharedReading[frozenset[s
             reading, looked = readings.newer_than(looked), time.monotonic()
             missing = [w for w in wanted if w not in reading]
     if missing:
-        play.reporter.line(path.name, "failed", "tunnel listening on the VPS",
+        play.reporter.line(path.name, "failed", step,
                            f"{path.vps}: not listening after {PI_DEFAULTS['listen_wait_seconds']}s: {', '.join(missing)} "
                            f"(see `journalctl -u {pi_locations.unit(path.vps)}` on the Pi)")
         raise StepFailed("not listening")
     waited = time.monotonic() - started
-    play.reporter.line(path.name, "ok", "tunnel listening on the VPS",
+    play.reporter.line(path.name, "ok", step,
                        f"{path.vps}: {', '.join(wanted)}" + (f" (after {waited:.1f}s)" if waited > 0.1 else ""))
 
 

@@ -138,6 +138,8 @@ def test_provision_pi_then_verify_pass_through_its_tunnel(story: Story) -> None:
     assert story.provision is not None and story.verify is not None
     assert story.provision.returncode == 0, story.provision.stdout + story.provision.stderr
     assert "bootstrap tunnel retired" in story.provision.stdout
+    for vps in VPSES:  # the run ends only once its own tunnel took the bootstrap's listeners over on each VPS
+        assert f"own tunnel listening on the VPS, bootstrap gone - {vps}: " in " ".join(story.provision.stdout.split())
     assert story.verify.returncode == 0, story.verify.stdout + story.verify.stderr
     for vps in VPSES:
         assert in_host("pi1", f"systemctl is-active pitunnel@{vps}.service").strip() == "active"

@@ -428,3 +428,64 @@ def test_the_listener_wait_names_every_forward_missing(inv: Inventory, monkeypat
         site.wait_listening(play, inv.pis["alpha"].first_path, SharedReading(lambda: frozenset()), None)
     assert lines(capsys) == ["failed alpha tunnel listening on the VPS - main: not listening after 0.2s: 0.0.0.0:20022, "
                              "127.0.0.1:20080 (see `journalctl -u pitunnel@main.service` on the Pi)"]
+
+
+def connect_enrolled_beta(inv: Inventory, monkeypatch: pytest.MonkeyPatch, keys: dict[str, str],
+                          after: list[frozenset[str]]) -> tuple[site.Play, list[str]]:
+    """beta enrolled: main still accepts its bootstrap key, and its first reading shows beta's listener (the
+    bootstrap's, then); beta's tunnel step changes nothing. What main reads once the bootstrap went: `after`,
+    one reading each, the last one again once they run out. Returns the play and the order of events."""
+    journal: list[str] = []
+    monkeypatch.setattr(site.vps, "authorise", lambda *a: VpsFacts(
+        ("ssh-ed25519 AAAA",), frozenset({"127.0.0.1:20023"}), bootstrapped=frozenset({"beta"})))
+    monkeypatch.setattr(pi_steps, "tunnel", lambda play, remote, base, host_keys: pi_steps.Tunneled(set(), None))
+    monkeypatch.setattr(pi_steps, "passwords_off", lambda play, remote, known=None: None)
+    monkeypatch.setattr(site.bootstrap, "retire", lambda play, remote: journal.append("bootstrap retired on beta"))
+    monkeypatch.setattr(site.vps, "unauthorise_bootstrap", lambda remote, *a: journal.append(f"its key off {remote.name}"))
+
+    def reading(remote: object) -> frozenset[str]:
+        journal.append("listeners read")
+        return after.pop(0) if len(after) > 1 else after[0]
+
+    monkeypatch.setattr(site.vps, "listeners", reading)
+    play = play_on(inv, {"main": vps_host(), "beta": FakeHost("beta")}, limit=frozenset({"main", "beta"}))  # type: ignore[dict-item]
+    site.connect(play, {"beta": pi_steps.PiBase(PiOffer("beta", offer_key(keys["beta"]), (Listener(False, 20023),)), False)})
+    return play, journal
+
+
+def test_an_enrolled_pi_is_done_only_once_its_own_tunnel_took_the_listeners_over_from_the_bootstrap(
+        inv: Inventory, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The first wait saw the bootstrap's listener; once the bootstrap went, none, until the Pi's own tunnel
+    came back on its restart delay: the run waits for that, on a reading made after the bootstrap's key went."""
+    play, journal = connect_enrolled_beta(inv, monkeypatch, keys, [frozenset(), frozenset(), frozenset({"127.0.0.1:20023"})])
+    assert play.failed == set()
+    assert journal[:2] == ["bootstrap retired on beta", "its key off main"] and journal[2:] == ["listeners read"] * 3
+    out = lines(capsys)
+    assert any(l.startswith("ok beta tunnel listening on the VPS - main: 127.0.0.1:20023") and "after" not in l
+               for l in out), out
+    assert any(l.startswith("ok beta own tunnel listening on the VPS, bootstrap gone - main: 127.0.0.1:20023 (after ")
+               for l in out), out
+
+
+def test_an_enrolled_pi_whose_own_tunnel_never_listens_once_the_bootstrap_went_fails(
+        inv: Inventory, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(pi_role.PI_DEFAULTS, "listen_wait_seconds", 1)
+    play, _ = connect_enrolled_beta(inv, monkeypatch, keys, [frozenset()])
+    assert play.failed == {"beta"}
+    assert ("failed beta own tunnel listening on the VPS, bootstrap gone - main: not listening after 1s: 127.0.0.1:20023 "
+            "(see `journalctl -u pitunnel@main.service` on the Pi)") in lines(capsys)
+
+
+def test_in_check_mode_nothing_waits_for_the_bootstrap_to_go(inv: Inventory, keys: dict[str, str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(site.vps, "listeners", lambda remote: pytest.fail("read listeners in check mode"))
+    monkeypatch.setattr(site.vps, "authorise", lambda *a: VpsFacts(
+        ("ssh-ed25519 AAAA",), frozenset({"127.0.0.1:20023"}), bootstrapped=frozenset({"beta"})))
+    monkeypatch.setattr(pi_steps, "tunnel", lambda play, remote, base, host_keys: pi_steps.Tunneled({"main"}, None))
+    monkeypatch.setattr(pi_steps, "passwords_off", lambda play, remote, known=None: None)
+    monkeypatch.setattr(site.bootstrap, "retire", lambda play, remote: None)
+    off: list[str] = []
+    monkeypatch.setattr(site.vps, "unauthorise_bootstrap", lambda remote, *a: off.append(remote.name))
+    play = play_on(inv, {"main": vps_host(), "beta": FakeHost("beta")}, check=True, limit=frozenset({"main", "beta"}))  # type: ignore[dict-item]
+    site.connect(play, {"beta": pi_steps.PiBase(PiOffer("beta", offer_key(keys["beta"]), (Listener(False, 20023),)), False)})
+    assert play.failed == set() and off == ["main"]  # planned, and not waited for
