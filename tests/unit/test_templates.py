@@ -700,7 +700,8 @@ def test_watchdog_restarts_a_silent_tunnel_when_the_network_is_back(inv: Invento
     assert 'read -r -t "$(next_check)" event' in script and f"echo {PI_DEFAULTS['watchdog_every']}" in script
     assert "echo 1\n" in script  # every second while the tunnel is down
     # a VPS back from an outage: autossh is woken from its back-off as soon as the VPS's sshd answers
-    assert "vps_answers" in script and '"/dev/tcp/$0/$1"' in script and 'systemctl restart "$unit"' in script
+    assert "vps_answers" in script and '"/dev/tcp/$0/$1"' in script and 'systemctl try-restart "$unit"' in script
+    assert "systemctl restart" not in script  # never starts a unit its operator stopped meanwhile
     # it signals only the unit's own ssh, never an ssh by name
     assert 'systemctl show -p MainPID --value "$unit"' in script and "unit=pitunnel@main.service" in script
     assert 'children=$(tunnel_ssh "$main")' in script
