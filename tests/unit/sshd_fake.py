@@ -134,7 +134,8 @@ def _pump(chan: paramiko.Channel, sock: socket.socket) -> None:
     """Copy both ways between a forwarded channel and its connection until either end closes."""
     import select
 
-    with sock, chan, contextlib.suppress(OSError):  # either end may go first
+    # either end may go first; closing a channel whose transport went already raises EOFError
+    with contextlib.suppress(OSError, EOFError), sock, chan:
         while True:
             ready, _, _ = select.select([chan, sock], [], [], 1)
             if chan in ready:
