@@ -9,7 +9,11 @@ each measured with the same k simulated Pis of the same lab, one after the other
   stack, no logind session per tunnel), the same host keys and Match block;
 - `no PAM, no re-exec`: that sshd with `-r`: sessions are forks of the listener and share its pages, but each
   then has the listener's address layout and stack canary (sshd(8): "not recommended"; from OpenSSH 9.8 the
-  listener always fork+execs sshd-session, so trixie's sshd cannot run without re-exec at all).
+  listener always fork+execs sshd-session, so trixie's sshd cannot run without re-exec at all);
+- `malloc trimmed`: the operator's sshd with glibc's malloc told to give freed heap back at once
+  (`GLIBC_TUNABLES`: `trim_threshold` and `top_pad` 0, `mmap_threshold` 64 kB, one arena), set in a drop-in
+  of ssh.service and sshd restarted (Debian's unit ends only the listener: the sessions stay). sshd passes
+  its environment on to the sessions it re-executes, and the setup proves the listener has it.
 
 Each variant is set up on the VPS and undone after (the drop-in put back and sshd reloaded; the second sshd a
 transient unit, stopped). The second sshd runs under the container's systemd (systemd-run), so it is charged to
@@ -31,6 +35,9 @@ DROPIN = "/etc/ssh/sshd_config.d/10-pitunnel.conf"
 SECOND_PORT = 2222
 SECOND_CONFIG = "/etc/ssh/pitunnel-bench-sshd_config"
 SECOND_UNIT = "pitunnel-bench-sshd"
+MALLOC_DROPIN = "/etc/systemd/system/ssh.service.d/pitunnel-bench-malloc.conf"
+TUNABLES = ("glibc.malloc.trim_threshold=0:glibc.malloc.top_pad=0:glibc.malloc.mmap_threshold=65536:"
+            "glibc.malloc.arena_max=1")
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ def variants(listeners: list[str]) -> list[Variant]:
              "for i in $(seq 50); do ss -Htln | grep -q ':{port} ' && exit 0; sleep 0.2; done; exit 1")
     stop = f"systemctl stop {SECOND_UNIT} 2>/dev/null; systemctl reset-failed {SECOND_UNIT} 2>/dev/null; rm -f {SECOND_CONFIG}; true"
     listed = " ".join(listeners)
+    restart = "systemctl daemon-reload && systemctl restart ssh"  # Type=notify: back when sshd listens
+    has_env = "tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value ssh)/environ | grep -qx 'GLIBC_TUNABLES={t}'"
     return [
         Variant("as provisioned", "true", "true", None),
         Variant("listed", f"cp -p {DROPIN} /root/10-pitunnel.conf.bench && "
@@ -59,6 +68,10 @@ def variants(listeners: list[str]) -> list[Variant]:
                 stop, SECOND_PORT),
         Variant("no PAM, no re-exec", second + start.format(unit=SECOND_UNIT, flags="-r ", config=SECOND_CONFIG,
                                                              port=SECOND_PORT), stop, SECOND_PORT),
+        Variant("malloc trimmed",
+                f"mkdir -p {Path(MALLOC_DROPIN).parent} && printf '[Service]\\nEnvironment=GLIBC_TUNABLES=%s\\n' "
+                f"'{TUNABLES}' > {MALLOC_DROPIN} && {restart} && {has_env.format(t=TUNABLES)}",
+                f"rm -f {MALLOC_DROPIN} && {restart}", None),
     ]
 
 

@@ -74,7 +74,7 @@ def test_each_variant_changes_one_thing_and_is_undone() -> None:
     from benchmarks import capacity_variants as cv
 
     found = {v.name: v for v in cv.variants(["0.0.0.0:12346", "127.0.0.1:30001"])}
-    assert list(found) == ["as provisioned", "listed", "no PAM", "no PAM, no re-exec"]
+    assert list(found) == ["as provisioned", "listed", "no PAM", "no PAM, no re-exec", "malloc trimmed"]
     assert found["as provisioned"].setup == found["as provisioned"].undo == "true" and found["as provisioned"].port is None
     listed = found["listed"]
     assert "PermitListen 0.0.0.0:12346 127.0.0.1:30001/" in listed.setup and listed.port is None
@@ -84,6 +84,10 @@ def test_each_variant_changes_one_thing_and_is_undone() -> None:
         assert second.port == cv.SECOND_PORT and f"/usr/sbin/sshd {flags} {cv.SECOND_CONFIG}" in second.setup
         assert "UsePAM no\n" in second.setup and f"Include {cv.DROPIN}\n" in second.setup  # the same Match block
         assert f"sshd -t -f {cv.SECOND_CONFIG}" in second.setup and f"systemctl stop {cv.SECOND_UNIT}" in second.undo
+    trimmed = found["malloc trimmed"]
+    assert trimmed.port is None and "Environment=GLIBC_TUNABLES=%s" in trimmed.setup and cv.TUNABLES in trimmed.setup
+    assert trimmed.setup.endswith(f"grep -qx 'GLIBC_TUNABLES={cv.TUNABLES}'")  # the listener proven to have it
+    assert trimmed.undo == f"rm -f {cv.MALLOC_DROPIN} && systemctl daemon-reload && systemctl restart ssh"
 
 
 def test_the_variants_table_has_a_row_each() -> None:
