@@ -50,6 +50,15 @@ def play(inventory: Path, body: Callable[[Play], None], *, quiet: bool = False,
     return code, (holder[0] if holder else None)
 
 
+# `systemctl reload ssh` inside an in_host script, done only once sshd listens again: the reload's SIGHUP makes
+# sshd close its listeners and exec itself anew, and systemctl returns before it has (a test connecting at once
+# then met "connection refused"). Done: a listener on sshd's port with another socket inode than before.
+RELOAD_SSHD = ("{ port=$(sshd -T 2>/dev/null | awk '$1 == \"port\" {print $2; exit}'); "
+               "ino() { ss -Htlne \"sport = :$port\" | grep -o 'ino:[0-9]*' | sort | tr '\\n' ' '; }; "
+               "was=$(ino); systemctl reload ssh && for i in $(seq 100); do now=$(ino); "
+               "[ -n \"$now\" ] && [ \"$now\" != \"$was\" ] && break; sleep 0.1; done; }")
+
+
 def in_host(host: str, script: str) -> str:
     return lab.exec_in(host, script, check=False, timeout=120).stdout
 

@@ -30,7 +30,7 @@ from pitunnel.roles.rotate import rotate_keys
 from pitunnel.roles.site import provision, provision_pi, provision_vps
 from pitunnel.sshkeys import parse_public_key
 from tests.conftest import ROOT, lab_up
-from tests.lab.runs import TUNNEL_KEY, authorised_fingerprints, in_host, play, tunnel_key_fingerprint, http_ok, wait_for
+from tests.lab.runs import RELOAD_SSHD, TUNNEL_KEY, authorised_fingerprints, in_host, play, tunnel_key_fingerprint, http_ok, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -239,7 +239,7 @@ def test_planned_vps_rekey(inventory: Path, traffic: Traffic, capsys: pytest.Cap
 
 
 def test_unplanned_vps_rekey(inventory: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    in_host("vps", "rm -f /etc/ssh/ssh_host_*_key* && ssh-keygen -A >/dev/null && systemctl reload ssh")
+    in_host("vps", "rm -f /etc/ssh/ssh_host_*_key* && ssh-keygen -A >/dev/null && " + RELOAD_SSHD)
     fps = {l.split()[-1].strip("()"): l.split()[1] for l in
            in_host("vps", "for f in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf $f; done").splitlines()}
     before = laptop_pins()

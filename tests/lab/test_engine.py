@@ -18,7 +18,7 @@ from pitunnel.roles.site import provision_pi as provision_pis
 from pitunnel.roles.vps.steps import handlers as vps_handlers
 from pitunnel.roles.site import provision_vps
 from tests.conftest import lab_up
-from tests.lab.runs import etc_diff, etc_state, in_host, play
+from tests.lab.runs import RELOAD_SSHD, etc_diff, etc_state, in_host, play
 
 pytestmark = pytest.mark.lab
 DROPIN = "/etc/ssh/sshd_config.d/20-test.conf"
@@ -71,7 +71,7 @@ def test_changed_host_key_is_refused_before_login(inventory: Path) -> None:
     before = in_host("vps", "journalctl -t sshd -t sshd-session --no-pager | grep -c Accepted || true").strip()
     etc_before = etc_state("vps")
     in_host("vps", "mkdir -p /root/keys-saved && cp -a /etc/ssh/ssh_host_* /root/keys-saved/ && "
-                   "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A && systemctl reload ssh")
+                   "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A && " + RELOAD_SSHD)
     try:
         code, p = play(inventory, provision_vps)
         assert code == 4  # unreachable (docs/cli.md)
@@ -80,7 +80,7 @@ def test_changed_host_key_is_refused_before_login(inventory: Path) -> None:
         changed = etc_diff(etc_before, etc_state("vps"))
         assert changed and all("ssh_host_" in line for line in changed), changed  # only the swap itself
     finally:
-        in_host("vps", "cp -a /root/keys-saved/ssh_host_* /etc/ssh/ && rm -rf /root/keys-saved && systemctl reload ssh")
+        in_host("vps", "cp -a /root/keys-saved/ssh_host_* /etc/ssh/ && rm -rf /root/keys-saved && " + RELOAD_SSHD)
 
 
 def test_unknown_host_key_refused_then_accepted_on_request(inventory: Path, tmp_path: Path,

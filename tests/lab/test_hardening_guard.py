@@ -27,7 +27,7 @@ from pitunnel.roles.vps.role import VPS_DEFAULTS
 from pitunnel.roles.vps.steps import handlers as vps_handlers
 from pitunnel.roles.site import provision_vps
 from tests.conftest import lab_up
-from tests.lab.runs import in_host, play
+from tests.lab.runs import RELOAD_SSHD, in_host, play
 
 pytestmark = pytest.mark.lab
 DROPIN = "/etc/ssh/sshd_config.d/20-test.conf"
@@ -152,7 +152,7 @@ def test_cut_before_the_proof_no_rerun_the_host_rolls_back_on_its_own(inventory:
         assert new_remote(inventory).can_log_in_fresh(within=10), "the operator must still get in"
     finally:
         vps.close()
-        in_host("vps", f"rm -f {DROPIN} {RECORD}; systemctl stop {TIMER} 2>/dev/null; systemctl reload ssh")
+        in_host("vps", f"rm -f {DROPIN} {RECORD}; systemctl stop {TIMER} 2>/dev/null; {RELOAD_SSHD}")
 
 
 def test_cut_before_the_proof_then_rerun_rolls_back_a_lockout(inventory: Path, cut: Callable[[str], list[str]],
@@ -182,7 +182,7 @@ def test_cut_before_the_proof_then_rerun_rolls_back_a_lockout(inventory: Path, c
         rerun.close()
     finally:
         first.close()
-        in_host("vps", f"rm -f {DROPIN} {RECORD}; systemctl stop {TIMER} 2>/dev/null; systemctl reload ssh")
+        in_host("vps", f"rm -f {DROPIN} {RECORD}; systemctl stop {TIMER} 2>/dev/null; {RELOAD_SSHD}")
 
 
 # ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pitunnel.roles.site import provision_pi as provision_pis
 from pitunnel.roles.site import provision_vps
 from pitunnel.roles.vps.nginx import route_stem
 from tests.conftest import lab_up
-from tests.lab.runs import in_host, play, wait_for
+from tests.lab.runs import RELOAD_SSHD, in_host, play, wait_for
 
 pytestmark = pytest.mark.lab
 VPS = "198.18.0.10"
@@ -197,10 +197,10 @@ def test_passwords_off_are_read_from_sshd_t(inventory: Path, tmp_path: Path) -> 
     assert code == 0 and c.passed and not c.warning and "passwordauthentication no" in c.detail, c
     # a drop-in read before ours (as cloud-init's 50- would be, were it named 05-) turns them on again
     in_host("pi1", "echo 'PasswordAuthentication yes' > /etc/ssh/sshd_config.d/05-cloud-like.conf && "
-            "systemctl reload ssh")
+            + RELOAD_SSHD)
     try:
         code, reports = run_verify(path, limit="pi1")
     finally:
-        in_host("pi1", "rm /etc/ssh/sshd_config.d/05-cloud-like.conf && systemctl reload ssh")
+        in_host("pi1", "rm /etc/ssh/sshd_config.d/05-cloud-like.conf && " + RELOAD_SSHD)
     c = check(reports["pi1"], "sshd: password login")
     assert not c.passed and not reports["pi1"].passed and "passwordauthentication yes" in c.detail, c
