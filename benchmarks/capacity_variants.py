@@ -13,7 +13,7 @@ each measured with the same k simulated Pis of the same lab, one after the other
 - `malloc trimmed`: the operator's sshd with glibc's malloc told to give freed heap back at once
   (`GLIBC_TUNABLES`: `trim_threshold` and `top_pad` 0, `mmap_threshold` 64 kB, one arena), set in a drop-in
   of ssh.service and sshd restarted (Debian's unit ends only the listener: the sessions stay). sshd passes
-  its environment on to the sessions it re-executes, and the setup proves the listener has it.
+  its environment on to the sessions it re-executes; the setup proves the unit has it.
 
 Each variant is set up on the VPS and undone after (the drop-in put back and sshd reloaded; the second sshd a
 transient unit, stopped). The second sshd runs under the container's systemd (systemd-run), so it is charged to
@@ -58,7 +58,8 @@ def variants(listeners: list[str]) -> list[Variant]:
     stop = f"systemctl stop {SECOND_UNIT} 2>/dev/null; systemctl reset-failed {SECOND_UNIT} 2>/dev/null; rm -f {SECOND_CONFIG}; true"
     listed = " ".join(listeners)
     restart = "systemctl daemon-reload && systemctl restart ssh"  # Type=notify: back when sshd listens
-    has_env = "tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value ssh)/environ | grep -qx 'GLIBC_TUNABLES={t}'"
+    # the unit's environment (sshd writes its process title over its own environ: /proc/PID/environ won't do)
+    has_env = "systemctl show -p Environment --value ssh | tr ' ' '\\n' | grep -qx 'GLIBC_TUNABLES={t}'"
     return [
         Variant("as provisioned", "true", "true", None),
         Variant("listed", f"cp -p {DROPIN} /root/10-pitunnel.conf.bench && "

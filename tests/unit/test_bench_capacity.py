@@ -86,7 +86,7 @@ def test_each_variant_changes_one_thing_and_is_undone() -> None:
         assert f"sshd -t -f {cv.SECOND_CONFIG}" in second.setup and f"systemctl stop {cv.SECOND_UNIT}" in second.undo
     trimmed = found["malloc trimmed"]
     assert trimmed.port is None and "Environment=GLIBC_TUNABLES=%s" in trimmed.setup and cv.TUNABLES in trimmed.setup
-    assert trimmed.setup.endswith(f"grep -qx 'GLIBC_TUNABLES={cv.TUNABLES}'")  # the listener proven to have it
+    assert trimmed.setup.endswith(f"grep -qx 'GLIBC_TUNABLES={cv.TUNABLES}'")  # the unit proven to have it
     assert trimmed.undo == f"rm -f {cv.MALLOC_DROPIN} && systemctl daemon-reload && systemctl restart ssh"
 
 
