@@ -22,6 +22,7 @@ class FakeSshd(paramiko.ServerInterface):
         self.commands: list[str] = []
         self.users: list[str] = []  # who logged in, or tried to
         self.client_key: paramiko.PKey | None = None  # a key that may log in, besides the password
+        self.other_host_keys: list[paramiko.PKey] = []  # its host keys of other types, shown to who asks for them
         self.allow_sessions = True  # False: logins work, every session (command) is refused
         self.forwarding = False  # True: direct-tcpip channels (ssh -J, -W) are connected where they ask
         self._forwards: dict[int, socket.socket] = {}  # channel id -> its connection, until accepted
@@ -54,6 +55,8 @@ class FakeSshd(paramiko.ServerInterface):
                 return
             transport = paramiko.Transport(client)
             transport.add_server_key(self.host_key)
+            for other in self.other_host_keys:
+                transport.add_server_key(other)
             self._transports.append(transport)
             try:
                 transport.start_server(server=self)

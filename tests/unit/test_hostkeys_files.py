@@ -126,3 +126,64 @@ def test_load_known_takes_every_plain_line_around_what_it_cannot_read(tmp_path: 
     assert keys.lookup("pi1") is not None and keys.lookup("pi1")[key.get_name()] == key
     assert keys.lookup("[vps]:2222")[other.get_name()] == other
     assert len(keys.keys()) == 2  # the marked lines are no host's key
+
+
+def test_a_pattern_list_that_does_not_name_the_host_says_no(key: paramiko.PKey) -> None:
+    assert hostkeys._pattern_matches("pi1.example", "other.example,pi2.*") is False
+    assert hostkeys._pattern_matches("pi1.example", "other.example,pi1.*") is True
+
+
+def test_a_commented_out_line_or_a_line_with_an_unknown_marker_is_no_known_key(tmp_path: Path,
+                                                                               key: paramiko.PKey) -> None:
+    """`#` starts a comment whatever follows it (a line commented out that listed the host among others), and a
+    line with a marker OpenSSH does not know is skipped: neither lists a key for the host."""
+    known = tmp_path / "known_hosts"
+    known.write_text(f"#old,pi1 {key.get_name()} {key.get_base64()}\n@bogus,pi1 {key.get_name()} {key.get_base64()}\n")
+    assert hostkeys.known_lines(known, "pi1") == [] and not hostkeys.listed(known, "pi1", key)
+    fresh = paramiko.ECDSAKey.generate()
+    hostkeys.rewrite(known, "pi1", keep=lambda _: False, add=[f"{fresh.get_name()} {fresh.get_base64()}"])
+    assert known.read_text() == (f"#old,pi1 {key.get_name()} {key.get_base64()}\n@bogus,pi1 {key.get_name()} "
+                                 f"{key.get_base64()}\npi1 {fresh.get_name()} {fresh.get_base64()}\n")  # left as they were
+
+
+def test_a_temp_file_left_by_an_interrupted_rewrite_is_taken_over_not_left_beside_known_hosts(
+        tmp_path: Path, key: paramiko.PKey) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(f"pi1 {key.get_name()} {key.get_base64()}\n")
+    (tmp_path / "known_hosts.pitunnel-tmp").write_text("half a file from a run stopped mid-rewrite\n")
+    hostkeys.rewrite(known, "pi2", keep=lambda _: True, add=[f"{key.get_name()} {key.get_base64()}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["known_hosts"]
+    assert known.read_text() == f"pi1 {key.get_name()} {key.get_base64()}\npi2 {key.get_name()} {key.get_base64()}\n"
+
+
+def test_asking_a_host_for_its_keys_waits_at_most_the_timeout_given_to_connect_and_to_exchange_keys(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host that takes the connection slowly, or never finishes the key exchange, must not hold the run: both
+    the TCP connection and the key exchange of every key type are bounded by the timeout given."""
+    import socket
+
+    from tests.unit.sshd_fake import FakeSshd
+
+    host_key = paramiko.ECDSAKey.generate(bits=384)
+    sshd = FakeSshd(paramiko.ECDSAKey.generate())
+    sshd.other_host_keys = [host_key]
+    connects: list[object] = []
+    exchanges: list[object] = []
+    real_connect, real_start = socket.create_connection, paramiko.Transport.start_client
+
+    def connect(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
+        connects.append(kwargs.get("timeout", args[0] if args else "none given"))
+        return real_connect(address, *args, **kwargs)  # type: ignore[arg-type]
+
+    def start(self: paramiko.Transport, event: object = None, timeout: float | None = None) -> None:
+        exchanges.append(timeout)
+        real_start(self, event, timeout)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hostkeys.socket, "create_connection", connect)
+    monkeypatch.setattr(paramiko.Transport, "start_client", start)
+    try:
+        found = hostkeys.offered("127.0.0.1", sshd.port, hostkeys.fingerprint(host_key), 2.5)
+    finally:
+        sshd.close()
+    assert found == host_key
+    assert connects == exchanges == [2.5] * (hostkeys.KEY_TYPES.index("ecdsa-sha2-nistp384") + 1)
