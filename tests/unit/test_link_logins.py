@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +19,8 @@ from pitunnel.inventory import PiSpec, load_inventory
 from pitunnel.link import Unanswered
 from pitunnel.remote import Credentials, Remote, Unreachable, remotes_for
 from tests.unit.sshd_fake import FakeSshd
-from tests.unit.test_remote import line, remote
+from tests.unit.test_remote import KEY, OTHER, line, remote, sshd  # noqa: F401  (sshd: a fixture)
 from tests.unit.test_sshconf import vps_and_pi  # noqa: F401  (a fixture)
-
-KEY = paramiko.ECDSAKey.generate()
-OTHER = paramiko.ECDSAKey.generate()
-
-
-@pytest.fixture
-def sshd() -> Iterator[FakeSshd]:
-    server = FakeSshd(KEY)
-    yield server
-    server.close()
 
 
 @pytest.fixture
