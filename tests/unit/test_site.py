@@ -431,7 +431,7 @@ def test_the_listener_wait_names_every_forward_missing(inv: Inventory, monkeypat
 
 
 def connect_enrolled_beta(inv: Inventory, monkeypatch: pytest.MonkeyPatch, keys: dict[str, str],
-                          after: list[frozenset[str]]) -> tuple[site.Play, list[str]]:
+                          after: list[frozenset[str]], *, check: bool = False) -> tuple[site.Play, list[str]]:
     """beta enrolled: main still accepts its bootstrap key, and its first reading shows beta's listener (the
     bootstrap's, then); beta's tunnel step changes nothing. What main reads once the bootstrap went: `after`,
     one reading each, the last one again once they run out. Returns the play and the order of events."""
@@ -448,7 +448,8 @@ def connect_enrolled_beta(inv: Inventory, monkeypatch: pytest.MonkeyPatch, keys:
         return after.pop(0) if len(after) > 1 else after[0]
 
     monkeypatch.setattr(site.vps, "listeners", reading)
-    play = play_on(inv, {"main": vps_host(), "beta": FakeHost("beta")}, limit=frozenset({"main", "beta"}))  # type: ignore[dict-item]
+    play = play_on(inv, {"main": vps_host(), "beta": FakeHost("beta")}, check=check,  # type: ignore[dict-item]
+                   limit=frozenset({"main", "beta"}))
     site.connect(play, {"beta": pi_steps.PiBase(PiOffer("beta", offer_key(keys["beta"]), (Listener(False, 20023),)), False)})
     return play, journal
 
@@ -478,14 +479,6 @@ def test_an_enrolled_pi_whose_own_tunnel_never_listens_once_the_bootstrap_went_f
 
 def test_in_check_mode_nothing_waits_for_the_bootstrap_to_go(inv: Inventory, keys: dict[str, str],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(site.vps, "listeners", lambda remote: pytest.fail("read listeners in check mode"))
-    monkeypatch.setattr(site.vps, "authorise", lambda *a: VpsFacts(
-        ("ssh-ed25519 AAAA",), frozenset({"127.0.0.1:20023"}), bootstrapped=frozenset({"beta"})))
-    monkeypatch.setattr(pi_steps, "tunnel", lambda play, remote, base, host_keys: pi_steps.Tunneled({"main"}, None))
-    monkeypatch.setattr(pi_steps, "passwords_off", lambda play, remote, known=None: None)
-    monkeypatch.setattr(site.bootstrap, "retire", lambda play, remote: None)
-    off: list[str] = []
-    monkeypatch.setattr(site.vps, "unauthorise_bootstrap", lambda remote, *a: off.append(remote.name))
-    play = play_on(inv, {"main": vps_host(), "beta": FakeHost("beta")}, check=True, limit=frozenset({"main", "beta"}))  # type: ignore[dict-item]
-    site.connect(play, {"beta": pi_steps.PiBase(PiOffer("beta", offer_key(keys["beta"]), (Listener(False, 20023),)), False)})
-    assert play.failed == set() and off == ["main"]  # planned, and not waited for
+    play, journal = connect_enrolled_beta(inv, monkeypatch, keys, [frozenset()], check=True)
+    assert play.failed == set()
+    assert journal == ["bootstrap retired on beta", "its key off main"]  # planned, and no listener read nor waited for
