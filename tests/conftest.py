@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,3 +48,41 @@ def lab_up(pis: int, *, fresh: bool = True, vpses: int = 1) -> "object":
 
     require_lab()
     return lab.up(pis=pis, release=RELEASE, fresh=fresh, vpses=vpses)
+
+
+# what a failed lab test shows of each host it ran on: failed units and pitunnel's own journal lines (CI
+# keeps only the test's output; a restart that fails says "see journalctl" and nothing more)
+JOURNAL_SCRIPT = ("systemctl list-units --failed --plain --no-legend --no-pager; "
+                  "journalctl -q --no-pager -o short-precise -n 20 -u 'pitunnel*'; "
+                  "echo '-- systemd warnings'; journalctl -q --no-pager -o short-precise -n 5 -p warning _PID=1")
+
+
+def lab_journals() -> str:
+    import lab
+
+    parts = []
+    hosts = lab.status()
+    if not hosts:
+        return "the lab is down"
+    for host in hosts:
+        if not host.running:
+            parts.append(f"== {host.name}: not running")
+            continue
+        try:
+            done = lab.exec_in(host.name, JOURNAL_SCRIPT, check=False, timeout=15)
+            parts.append(f"== {host.name} ({host.systemd})\n{done.stdout.strip()}")
+        except Exception as error:  # a diagnosis must never hide the failure it explains
+            parts.append(f"== {host.name}: no journal ({error})")
+    return "\n".join(parts)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed and call.when == "call" and item.get_closest_marker("lab") and os.geteuid() == 0:
+        try:
+            report.sections.append(("lab journals (failed units, pitunnel, systemd)", lab_journals()))
+        except Exception as error:
+            report.sections.append(("lab journals", f"none: {error}"))
+    return report

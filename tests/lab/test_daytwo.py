@@ -22,9 +22,11 @@ import paramiko
 import pytest
 import yaml
 
+import lab
 from lab import LAPTOP_KEY, VPS_ADDR, away_from_home, inject
 from pitunnel.reconcile import KILL_AFTER
 from pitunnel.roles.laptopkey import rotate_laptop_key
+from pitunnel.roles.pi import steps as pi_steps
 from pitunnel.roles.rekey import rotate_vps_hostkey
 from pitunnel.roles.rotate import rotate_keys
 from pitunnel.roles.site import provision, provision_pi, provision_vps
@@ -441,3 +443,28 @@ def test_rotate_the_laptop_key(inventory: Path, tmp_path: Path, capsys: pytest.C
     assert len(marked) == 1 and marked[0].split()[1] == new.with_name("laptop_new.pub").read_text().split()[1]
     code, _ = play(inventory, lambda p: rotate_laptop_key(p, new), limit="pi1")
     assert code == 0  # a rerun changes nothing
+
+
+def test_a_tunnel_restart_that_fails_once_is_tried_again(inventory: Path) -> None:
+    """The tunnel's restart handler, as the product runs it, on real systemd: a start that fails once (in CI
+    systemd once failed one with "unavailable resources") is tried again a second later, and the tunnel is up."""
+    dropin = "/etc/systemd/system/pitunnel@vps.service.d/zz-fail-once.conf"
+    flag = "/run/pitunnel-fail-once"
+    in_host("pi1", f"mkdir -p {os.path.dirname(dropin)} && printf '%s\\n' '[Service]' "
+                   f"'ExecStartPre=+/bin/sh -c \"! rm {flag} 2>/dev/null\"' > {dropin} && systemctl daemon-reload")
+    try:
+        in_host("pi1", f"touch {flag}")
+        done = lab.exec_in("pi1", pi_steps.restart_tunnel("pitunnel@vps.service"), check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "pitunnel@vps.service did not start (systemd: exit-code); once more in 1s" in done.stderr
+        assert in_host("pi1", f"test -e {flag} || echo gone; systemctl is-active pitunnel@vps").split() == ["gone", "active"]
+        assert wait_for(lambda: http_ok("pi1"), 30), "pi1's tunnel not back after the second try"
+        in_host("pi1", f"touch {flag}; touch {flag}.2")  # control: two failures fail the command
+        in_host("pi1", f"sed -i 's|rm {flag} 2>/dev/null|rm {flag} 2>/dev/null \\&\\& ! rm {flag}.2 2>/dev/null|' {dropin}"
+                       " && systemctl daemon-reload")
+        done = lab.exec_in("pi1", pi_steps.restart_tunnel("pitunnel@vps.service"), check=False)
+        assert done.returncode != 0 and "once more in 1s" in done.stderr, done.stdout + done.stderr
+    finally:
+        in_host("pi1", f"rm -f {dropin} {flag} {flag}.2; systemctl daemon-reload; systemctl reset-failed pitunnel@vps; "
+                       "systemctl start pitunnel@vps")
+    assert wait_for(lambda: http_ok("pi1"), 30)

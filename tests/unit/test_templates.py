@@ -663,7 +663,8 @@ def test_two_vpses_two_paths_each_with_its_own_files_ports_and_handlers(tmp_path
                      "pitunnel@backup.service", "pitunnel-watchdog@backup.service"]
     # handlers restart only a running instance: a path whose VPS did not answer is not started half-made
     handlers = {h.name: h.commands for h in pi_steps.handlers(None, vpses=pi.all_vps)}  # type: ignore[arg-type]
-    assert handlers["restart tunnel backup"] == ["systemctl daemon-reload", "systemctl try-restart pitunnel@backup.service"]
+    assert handlers["restart tunnel backup"] == ["systemctl daemon-reload", pi_steps.restart_tunnel("pitunnel@backup.service")]
+    assert handlers["restart tunnel backup"][1].startswith("systemctl try-restart pitunnel@backup.service ||")
     # each VPS authorises the Pi's one key for its own listeners only
     main_line = vps_authorized.authorized_line(inv.vps["main"], pi.path("main"), "ssh-ed25519 AAAAkey1")
     backup_line = vps_authorized.authorized_line(inv.vps["backup"], pi.path("backup"), "ssh-ed25519 AAAAkey1")

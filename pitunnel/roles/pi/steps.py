@@ -5,6 +5,7 @@ instance of a systemd template unit (pitunnel@<vps>.service) that keeps that tun
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -209,13 +210,22 @@ RELOAD_HINTS = {
 }
 
 
+def restart_tunnel(name: str) -> str:
+    """Restart a running tunnel unit, once more a second later if systemd could not start it: in CI on trixie
+    its start failed once with "unavailable resources" and the same restart worked a moment later. A unit
+    that was not running stays stopped (try-restart); one that fails twice fails the handler."""
+    return (f"systemctl try-restart {name} || {{ echo \"pitunnel: {name} did not start "
+            f"(systemd: $(systemctl show -p Result --value {name})); once more in 1s\" >&2; sleep 1; "
+            f"systemctl restart {name}; }}")
+
+
 def restart_command(remote: Remote, vps: str) -> list[str]:
     """Restart the tunnel to `vps` if it runs; a moment later if our own connection rides that tunnel (away
     from home), so that this run hears the handler's result before the restart cuts the connection."""
-    command = f"systemctl try-restart {unit(vps)}"
+    command = restart_tunnel(unit(vps))
     if getattr(remote, "through_tunnel", False) and getattr(remote, "gateway_name", None) == vps:
         return [f"systemd-run --quiet --collect --on-active={PI_DEFAULTS['restart_under_us_after']} "
-                f"--timer-property=AccuracySec=100ms {command}"]
+                f"--timer-property=AccuracySec=100ms /bin/sh -c {shlex.quote(command)}"]
     return [command]
 
 
