@@ -164,6 +164,15 @@ def test_the_page_lists_every_tunnel_and_each_certificate_warned_two_weeks_ahead
     assert "<ul><li>none: this VPS serves no certificate of pitunnel's</li></ul>" in gen.render("main", {}, [], NOW)
 
 
+@pytest.mark.parametrize(("offset", "said"), [
+    (13 * 86400 + 60, "expires 2026-06-10 20:27 UTC (in 13 days)"), (3600, "expires 2026-05-28 21:26 UTC (in less than a day)"),
+    (0, "EXPIRED 2026-05-28 20:26 UTC (less than a day ago)"), (-3600, "EXPIRED 2026-05-28 19:26 UTC (less than a day ago)"),
+    (-2 * 86400 - 60, "EXPIRED 2026-05-26 20:25 UTC (2 days ago)")])
+def test_a_certificate_expired_says_so_not_in_minus_days(offset: float, said: str) -> None:
+    assert gen.expiry_text(NOW + offset, NOW) == said
+    assert f'<li class="warn">x.example: {said}</li>' in gen.render("main", {}, [("x.example", NOW + offset)], NOW)
+
+
 # ---------------------------------------------------------------------------
 # the run the metrics writer makes, in-process (its journalctl a script that logs how it was called)
 

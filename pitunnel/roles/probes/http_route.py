@@ -134,7 +134,8 @@ def https_only(vps: VpsSpec, tunnel: TunnelSpec, host: str, via: Answer) -> tupl
     days = ((via.expires or 0) - time.time()) / 86400
     when = time.strftime("%Y-%m-%d", time.gmtime(via.expires or 0))
     if days < CERT_DAYS:
-        return False, f"the certificate for {host} expires {when} ({days:.0f} days)", \
+        state = f"expired {when} ({-days:.0f} days ago)" if days < 0 else f"expires {when} (in {days:.0f} days)"
+        return False, f"the certificate for {host} {state}", \
             "renewal is overdue: on the VPS, `certbot renew` and `journalctl -u certbot` (or replace tls_certificate)"
     try:
         plain = fetch_via_nginx(vps, tunnel, host)

@@ -179,6 +179,15 @@ def row(key: str, e: Entry, now: float) -> str:
             f'<td>{connects}</td><td>{error}</td></tr>')
 
 
+def expiry_text(expires: float, now: float) -> str:
+    """When a certificate expires, or expired, counted in whole days."""
+    if expires <= now:
+        days = int((now - expires) // 86400)
+        return f"EXPIRED {stamp(expires)} ({'less than a day' if days == 0 else f'{days} days'} ago)"
+    days = int((expires - now) // 86400)
+    return f"expires {stamp(expires)} ({'in less than a day' if days == 0 else f'in {days} days'})"
+
+
 def render(vps: str, history: History, certificates: list[tuple[str, float | None]], now: float) -> str:
     """The page: every tunnel of this VPS as it sees them, and the expiry of the certificates it serves."""
     name = html.escape(vps)
@@ -191,7 +200,7 @@ def render(vps: str, history: History, certificates: list[tuple[str, float | Non
             continue
         days = int((expires - now) // 86400)
         warn = ' class="warn"' if days < WARN_DAYS else ""
-        certs.append(f"<li{warn}>{html.escape(cert)}: expires {stamp(expires)} (in {days} days)</li>")
+        certs.append(f"<li{warn}>{html.escape(cert)}: {expiry_text(expires, now)}</li>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="refresh" content="60"><title>pitunnel: {name}</title><style>{STYLE}</style></head>
