@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import pwd
 import re
+import socket
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -344,3 +346,34 @@ def test_the_metrics_writer_gives_each_certificates_expiry_and_the_minute_it_wro
     assert text.count("pitunnel_certificate_expiry_seconds{") == 1  # none for the file it cannot read
     (written,) = re.findall(r'^pitunnel_metrics_updated_seconds\{vps="main"\} (\d+)$', text, re.M)
     assert before <= int(written) <= int(time.time()) and int(written) % 60 == 0
+
+
+@pytest.mark.parametrize(("owner", "up"), [("", "1"), ("nobody", "0")])
+def test_the_metrics_writer_counts_a_forward_up_only_while_the_tunnel_account_holds_it(
+        tmp_path: Path, owner: str, up: str) -> None:
+    """The writer as rendered, run here for a moment, with a listener on the tunnel's address held by this test:
+    up when the test's user is the tunnel account, down when it is another's (a process that took the port
+    while the Pi was away is not the Pi: a lab test once saw such a listener shown as the tunnel, up)."""
+    if owner == "nobody" and os.getuid() == pwd.getpwnam("nobody").pw_uid:
+        pytest.skip("this test runs as nobody")
+    inv = lab_like(tmp_path, ", metrics: true")
+    script = next(op.wanted(FileState(False)) for op in metrics_ops(inv, inv.vps["main"])
+                  if getattr(op, "path", "").endswith("/metrics"))
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    assert "tunnel_uid=$(id -u pitunnel 2>/dev/null)" in script and "'pi1 ssh 0.0.0.0:12346'" in script
+    script = (script.replace(VPS_DEFAULTS["metrics_textfile_dir"], str(tmp_path))
+              .replace("'pi1 ssh 0.0.0.0:12346'", f"'pi1 ssh 127.0.0.1:{port}'")
+              .replace("id -u pitunnel", f"id -u {owner}".rstrip()))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "metrics.sh").write_text(script)
+    try:
+        subprocess.run(["timeout", "2", "bash", str(tmp_path / "metrics.sh")],
+                       env={**os.environ, "RUNTIME_DIRECTORY": str(tmp_path / "run")})
+    finally:
+        held.close()
+    text = (tmp_path / "pitunnel.prom").read_text()
+    assert f'pitunnel_tunnel_up{{pi="pi1",tunnel="ssh",vps="main"}} {up}\n' in text, text
+    assert ("pitunnel_tunnel_connected_since_seconds{" in text) == (up == "1")

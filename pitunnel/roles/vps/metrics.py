@@ -21,6 +21,7 @@ def metrics_ops(inv: Inventory, vps: VpsSpec, certificates: Sequence[tuple[str, 
         return [*metrics_absent_ops(), PackagesAbsent((VPS_DEFAULTS["metrics_package"],))]
     tunnels = [dict(pi=pi.name, tunnel=t.name, listen=listen_spec(t)) for pi, t in inv.tunnels_on(vps)]
     variables = dict(metrics_address=vps.metrics_address, metrics_tunnels=tunnels, metrics_vps=vps.name,
+                     metrics_tunnel_user=vps.tunnel_user,
                      metrics=vps.metrics, status_page=page_vars(vps), metrics_certificates=list(certificates))
     exporter: list[Op] = [
         File(VPS_DEFAULTS["metrics_dropin"], ROLE.render("node-exporter.conf.j2", **variables), notify=("restart node exporter",),
