@@ -86,6 +86,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str, Pa
     # pi2's watchdog first (it would start the tunnel again), then its tunnel
     lab.exec_in("pi2", "systemctl stop pitunnel-watchdog@vps.service")
     lab.exec_in("pi2", "systemctl stop pitunnel@vps.service")
+    # autossh exits 1 when stopped: the unit counts that as success, so a stopped tunnel is not "failed"
+    assert in_host("pi2", "systemctl is-active pitunnel@vps.service").strip() == "inactive"
     page = wait_page(lambda found: found.get(("pi2", "ssh")) == found.get(("pi2", "api")) == "down")
     assert page.get(("pi2", "ssh")) == "down", (page, in_host("vps", "ss -Htlnp"))
     root = Path(yaml.safe_load(path.read_text())["settings"]["verify_ca_file"])
