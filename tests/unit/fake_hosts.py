@@ -164,3 +164,10 @@ def mode_of(host: FakeHost, path: str) -> str:
     found = re.search(r"chown -h (\S+) new && chmod (\d+) new", body)
     assert found is not None
     return f"{found.group(1)} {found.group(2)}"
+
+
+def sessions_holding(listeners: str, pid: int = 7) -> str:
+    """`ss -Htln` lines as `status` reads them (`ss -Htlnp`, the VPS's clock, the tunnel account's processes):
+    each listener held by one session of the tunnel account, process `pid`."""
+    held = [f'{line} users:(("sshd",pid={pid},fd=3))' for line in listeners.splitlines() if line.strip()]
+    return "\n".join(["NOW 1796554800", *held, f"P {pid} 60"]) + "\n"

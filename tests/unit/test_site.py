@@ -21,7 +21,7 @@ from pitunnel.roles.probes.status import status
 from pitunnel.roles.probes.verify import verify
 from pitunnel.roles.vps import authorized as vps_authorized
 from pitunnel.roles.vps import role as vps_role
-from tests.unit.fake_hosts import ACCOUNT, FakeHost, lines, load, play_on
+from tests.unit.fake_hosts import ACCOUNT, FakeHost, lines, load, play_on, sessions_holding
 from tests.unit.test_templates import keygen
 
 INVENTORY = """
@@ -295,7 +295,8 @@ def test_vpses_of_the_pis_once_each_in_order(inv: Inventory) -> None:
 
 def test_status_rows_sorted_by_pi_and_tunnel_with_each_vpss_listeners(inv: Inventory) -> None:
     up = "NRestarts=0\nActiveState=active\nActiveEnterTimestamp=since\nSshStarts=1\nLastStart=last\n"
-    hosts = {"main": vps_host(ss="LISTEN 0 128 0.0.0.0:20022 0.0.0.0:*\n"), "spare": vps_host("spare"),
+    hosts = {"main": vps_host(ss=sessions_holding("LISTEN 0 128 0.0.0.0:20022 0.0.0.0:*\n")),
+             "spare": vps_host("spare", ss=sessions_holding(ALL_LISTENERS)),
              "gamma": FakeHost("gamma", commands=[("systemctl show", up)]),
              "alpha": FakeHost("alpha", commands=[("systemctl show", up)]),
              "beta": FakeHost("beta", commands=[("systemctl show", up)])}
@@ -376,7 +377,8 @@ def test_status_shows_a_pi_that_could_not_be_read_as_its_vps_sees_it(inv: Invent
             from pitunnel.remote import Unreachable
             raise Unreachable("alpha: no route to host")
 
-    hosts = {"main": vps_host(), "alpha": Down("alpha"), "beta": FakeHost("beta", commands=[("systemctl show", "NRestarts=0\nActiveState=active\n")])}
+    hosts = {"main": vps_host(ss=sessions_holding(ALL_LISTENERS)), "alpha": Down("alpha"),
+             "beta": FakeHost("beta", commands=[("systemctl show", "NRestarts=0\nActiveState=active\n")])}
     rows = status(play_on(inv, hosts, limit=frozenset({"main", "alpha", "beta"})))  # type: ignore[arg-type]
     assert [(r.pi, r.tunnel, r.known) for r in rows] == [("alpha", "ssh", True), ("alpha", "web", True),
                                                          ("beta", "ssh", True)]

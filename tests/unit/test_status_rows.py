@@ -9,7 +9,7 @@ import pytest
 
 from pitunnel.inventory import Inventory
 from pitunnel.roles.probes import status
-from tests.unit.fake_hosts import FakeHost, load, play_on
+from tests.unit.fake_hosts import FakeHost, load, play_on, sessions_holding
 from tests.unit.test_roles_pi import inv, keys  # noqa: F401 (fixtures: the Pi role's inventory)
 
 ERROR = "2026-11-30T09:10:00+0000 pi autossh[9]: ssh exited with error status 255; restarting ssh"
@@ -55,7 +55,7 @@ def test_status_shows_the_certificate_an_http_route_answers_with_and_a_dash_for_
               ssh: {type: ssh, remote_port: 20022}
               web: {type: http, local_port: 8080, remote_port: 20080, path: /alpha/}
         """)
-    vps = FakeHost("main", [("ss -Htln", "LISTEN 0 128 127.0.0.1:20080 0.0.0.0:*\n"),
+    vps = FakeHost("main", [("ss -Htln", sessions_holding("LISTEN 0 128 127.0.0.1:20080 0.0.0.0:*\n")),
                             ("GIVEN|", "GIVEN|Mar  1 12:00:00 2027 GMT\n")])
     up = "NRestarts=0\nActiveState=active\nActiveEnterTimestamp=since\nSshStarts=1\nLastStart=last\n"
     rows = status.status(play_on(inv, {"main": vps, "alpha": FakeHost("alpha", commands=[("systemctl show", up)])}))  # type: ignore[dict-item]

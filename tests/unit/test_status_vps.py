@@ -21,14 +21,24 @@ P 5000 10
 
 
 def test_since_when_each_listener_is_held_comes_from_its_sessions_process() -> None:
-    assert status.session_starts(SS) == {"0.0.0.0:20022": "2026-12-06 10:00:00 UTC",
-                                         "127.0.0.1:20080": "2026-12-06 10:00:00 UTC"}  # sshd's own 12345: not a session
-    assert status.session_starts(SS.replace("NOW 1796554800\n", "")) == {}  # no clock: no time made up
-    assert status.session_starts("") == {}
+    held = status.held_listeners(SS)
+    assert held.listeners == {"0.0.0.0:20022", "127.0.0.1:20080"}  # sshd's own 12345 and an unowned one: not sessions
+    assert held.since == {"0.0.0.0:20022": "2026-12-06 10:00:00 UTC", "127.0.0.1:20080": "2026-12-06 10:00:00 UTC"}
+    clockless = status.held_listeners(SS.replace("NOW 1796554800\n", ""))
+    assert clockless.listeners == held.listeners and clockless.since == {}  # no clock: no time made up
+    assert status.held_listeners("") == status.Held(frozenset(), {})
 
 
-VPS_ANSWERS = [("ss -Htlnp", SS),  # first: the sessions' read holds the listeners' read
-               ("ss -Htln", "LISTEN 0 128 0.0.0.0:20022 0.0.0.0:*\nLISTEN 0 128 127.0.0.1:20080 0.0.0.0:*\n")]
+def test_a_listener_held_by_another_process_is_not_the_tunnel() -> None:
+    """Another process on a tunnel's port (as when it took the port while the Pi was away) is not that Pi, and the
+    session's own pid counts wherever ss lists it among the holders."""
+    other = SS.replace('users:(("sshd",pid=4242,fd=9))', 'users:(("python3",pid=5001,fd=3))')
+    assert status.held_listeners(other).listeners == {"127.0.0.1:20080"}
+    later = SS.replace('("sshd",pid=4242,fd=11),("sshd",pid=9,fd=3)', '("sshd",pid=9,fd=3),("sshd",pid=4242,fd=11)')
+    assert status.held_listeners(later).since["127.0.0.1:20080"] == "2026-12-06 10:00:00 UTC"
+
+
+VPS_ANSWERS = [("ss -Htlnp", SS)]
 
 
 def test_a_fleet_past_the_threshold_is_read_on_its_vps_alone(inv: Inventory, monkeypatch: pytest.MonkeyPatch,  # noqa: F811

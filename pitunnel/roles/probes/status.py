@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pitunnel.facts import LISTENERS, Fact, gather, read
+from pitunnel.facts import Fact, gather, read
 from pitunnel.inventory import PiPath, TunnelSpec, VpsSpec, acme_name
 from pitunnel.ops import q
 from pitunnel.play import Play
@@ -120,9 +120,17 @@ def print_vps_view(rows: list[TunnelStatus]) -> None:
 _PID = re.compile(r"pid=(\d+)")
 
 
-def session_starts(output: str) -> Mapping[str, str]:
-    """listen address:port -> when the process holding it started (UTC), from the fact below: the VPS's clock
-    (`NOW` seconds), `ss -Htlnp`'s lines, and `P pid seconds-running` of the tunnel account's processes."""
+@dataclass(frozen=True)
+class Held:
+    """The listeners a VPS's tunnel account holds (its Pis' sessions), and since when (UTC) each is held."""
+
+    listeners: frozenset[str]
+    since: Mapping[str, str]
+
+
+def held_listeners(output: str) -> Held:
+    """From the fact below: the VPS's clock (`NOW` seconds), `ss -Htlnp`'s lines, and `P pid seconds-running` of
+    the tunnel account's processes. A listener another process holds on a tunnel's port is not that tunnel."""
     now, owners, ages = None, {}, {}
     for line in output.splitlines():
         words = line.split()
@@ -132,22 +140,23 @@ def session_starts(output: str) -> Mapping[str, str]:
             ages[int(words[1])] = int(words[2])
         elif len(words) >= 4 and words[0] == "LISTEN":
             owners[words[3]] = [int(pid) for pid in _PID.findall(line)]
-    if now is None:
-        return {}
-    return {listen: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now - ages[pid]))
-            for listen, pids in owners.items() for pid in pids[:1] if pid in ages}
+    sessions = {listen: next(pid for pid in pids if pid in ages) for listen, pids in owners.items()
+                if any(pid in ages for pid in pids)}
+    since = {} if now is None else {listen: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now - ages[pid]))
+                                    for listen, pid in sessions.items()}
+    return Held(frozenset(sessions), since)
 
 
-def sessions_fact(vps: VpsSpec) -> Fact[Mapping[str, str]]:
-    """Since when each listener of the tunnel account's sessions is held (a session holds its Pi's listeners)."""
+def held_fact(vps: VpsSpec) -> Fact[Held]:
+    """What the tunnel account's sessions hold, and since when (a session holds its Pi's listeners)."""
     return Fact("session-starts", f"echo \"NOW $(date -u +%s)\"; ss -Htlnp; "
-                f"ps -o pid=,etimes= -u {q(vps.tunnel_user)} 2>/dev/null | sed 's/^ */P /'; true", session_starts)
+                f"ps -o pid=,etimes= -u {q(vps.tunnel_user)} 2>/dev/null | sed 's/^ */P /'; true", held_listeners)
 
 
 @dataclass(frozen=True)
 class VpsSeen:
-    """What status reads of a VPS: what listens there, since when its sessions hold it, and its certificates
-    with their expiry."""
+    """What status reads of a VPS: the tunnels' listeners its tunnel account holds, since when, and its
+    certificates with their expiry."""
 
     listeners: frozenset[str]
     certificates: AcmeFound
@@ -156,8 +165,9 @@ class VpsSeen:
 
 def vps_seen(remote: Remote, vps: VpsSpec) -> VpsSeen:
     """One round trip."""
-    facts = gather(remote, [LISTENERS, acme_fact(vps), sessions_fact(vps)])
-    return VpsSeen(facts.value(LISTENERS), facts.value(acme_fact(vps)), facts.value(sessions_fact(vps)))
+    facts = gather(remote, [acme_fact(vps), held_fact(vps)])
+    held = facts.value(held_fact(vps))
+    return VpsSeen(held.listeners, facts.value(acme_fact(vps)), held.since)
 
 
 def seen_by_vps(path: PiPath, seen: VpsSeen | None) -> list[TunnelStatus]:
