@@ -695,6 +695,21 @@ def test_a_run_that_changes_some_ops_reports_the_others_ok_and_shows_diffs(host:
     assert a.read_text() == "new\n"
 
 
+def test_the_recap_says_not_reached_only_of_an_interrupted_host_never_connected(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """After a Ctrl-C, a host stopped before its next step that was never connected to is `interrupted: not
+    reached` in the recap; one stopped after its connection was opened, and one that was not stopped, are not."""
+    play = play_of("vps", "pi1", "pi2")
+    for name, path in (("vps", "direct"), ("pi1", None), ("pi2", "tunnel")):
+        play.remotes[name].path = path  # type: ignore[attr-defined]
+        play.reporter.recap(name)
+    play.interrupted.update({"pi1", "pi2"})
+    play.finish()
+    recap = {line.split()[0]: line for line in out(capsys) if " : ok=" in line}
+    assert recap["pi1"].endswith("round_trips=0 interrupted: not reached")
+    assert recap["pi2"].endswith("round_trips=0") and recap["vps"].endswith("round_trips=0")
+
+
 def test_an_interrupted_run_says_what_changed_where_and_which_hosts_never_got_their_next_step(tmp_path: Path) -> None:
     import io
 

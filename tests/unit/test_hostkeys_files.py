@@ -187,3 +187,34 @@ def test_asking_a_host_for_its_keys_waits_at_most_the_timeout_given_to_connect_a
         sshd.close()
     assert found == host_key
     assert connects == exchanges == [2.5] * (hostkeys.KEY_TYPES.index("ecdsa-sha2-nistp384") + 1)
+
+
+def test_load_known_takes_no_key_from_a_commented_out_or_marked_line_that_lists_the_host(
+        tmp_path: Path, key: paramiko.PKey) -> None:
+    """A line commented out with `#` (at the start or after indenting) or starting with `@` gives no host a
+    key, even when its first word lists the host among other names: the key such a line names is not trusted,
+    while a plain line after them still is."""
+    other = paramiko.ECDSAKey.generate()
+    known = tmp_path / "known_hosts"
+    known.write_text(f"#old.example,pi1 {key.get_name()} {key.get_base64()}\n"
+                     f"   #old.example,pi2 {key.get_name()} {key.get_base64()}\n"
+                     f"@bogus,pi3 {key.get_name()} {key.get_base64()}\n"
+                     f"pi4 {other.get_name()} {other.get_base64()}\n")
+    keys = paramiko.HostKeys()
+    hostkeys.load_known(keys, known)
+    assert [keys.lookup(name) for name in ("pi1", "pi2", "pi3")] == [None, None, None]
+    assert keys.lookup("pi4")[other.get_name()] == other  # type: ignore[index]
+    assert len(keys.keys()) == 1
+
+
+def test_a_revoked_line_with_a_comment_after_the_key_still_revokes_it_in_a_file_not_utf8(
+        tmp_path: Path, key: paramiko.PKey) -> None:
+    """OpenSSH allows a comment after the key of a `@revoked` line, and a known_hosts in latin-1 (a comment
+    written on an old system): the key is revoked all the same, at the line that says so."""
+    known = tmp_path / "known_hosts"
+    known.write_bytes(b"# caf\xe9: a comment in latin-1\n"
+                      + f"@revoked pi1 {key.get_name()} {key.get_base64()} retired 2024, stolen laptop\n".encode())
+    assert hostkeys.revoked_at(known, "pi1", key) == 2
+    with pytest.raises(hostkeys.HostKeyRefused, match=f"REVOKED: .* is marked @revoked in {known}:2"):
+        hostkeys.refuse_revoked(known, "pi1", key)
+    assert hostkeys.revoked_at(known, "pi2", key) is None

@@ -20,7 +20,7 @@ from pitunnel.ops import (APT_AGE, APT_FRESH_SECONDS, BACKUP_DIR, Absent, Direct
                           Packages, Plan,
                           PackagesAbsent, Pruned, Refused, Service, Symlink, SystemUser, UserAbsent,
                           backup_commands, backup_path, managed_lines, record_fact, restore_commands)
-from pitunnel.ops import shell
+from pitunnel.ops import shell, users
 from pitunnel.ops.packages import _pkg_fact
 from pitunnel.roles.vps.checks import SshdPasswordsCheck
 from pitunnel.runner import covered
@@ -480,6 +480,33 @@ def test_account_pitunnel_made_is_accepted(comment: str, ours: str) -> None:
     assert SystemUser("pitunnel", home="/var/lib/pitunnel").plan(user_facts("pitunnel", entry, "*", ours)).reason \
         == "already as wanted"
     assert UserAbsent("pitunnel").plan(user_facts("pitunnel", entry, "*", ours)).changes
+
+
+@pytest.mark.parametrize(("entry", "comment", "home", "shell"), [
+    ("pitunnel:x:999:999:pitunnel:/var/lib/pitunnel", "pitunnel", "/var/lib/pitunnel", ""),
+    ("pitunnel:x:999", "", "", ""),
+    ("pitunnel:x", "", "", ""),
+    ("pitunnel", "", "", ""),
+])
+def test_a_passwd_line_cut_short_reads_each_field_it_lacks_as_empty(entry: str, comment: str, home: str,
+                                                                    shell: str) -> None:
+    """A `getent passwd` line that stops early (a hand-edited /etc/passwd, an NSS module that leaves fields
+    out) is still an account, and each field it does not show is "", never another field's text or a filler."""
+    assert users.account(entry) == users.Account(comment, home, shell)
+
+
+def test_an_account_pitunnel_made_whose_line_lacks_its_shell_gets_the_shell_set() -> None:
+    """The plan says the shell it found is empty and sets it, as for any other wrong shell."""
+    plan = SystemUser("pitunnel", home="/var/lib/pitunnel").plan(
+        user_facts("pitunnel", "pitunnel:x:999:999:pitunnel:/var/lib/pitunnel", "*", "pitunnel\n"))
+    assert plan.commands == ["usermod --shell /usr/sbin/nologin pitunnel"]
+    assert plan.reason == "shell  -> /usr/sbin/nologin"
+
+
+def test_an_account_of_a_name_alone_is_refused_naming_its_empty_comment_and_home() -> None:
+    """An account pitunnel did not make is refused with what getent showed of it: here nothing but its name."""
+    with pytest.raises(Refused, match=r"account webapp exists and pitunnel did not create it \(comment '', home \): "):
+        UserAbsent("webapp").plan(user_facts("webapp", "webapp"))
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ and --accept-changed-host-key handed to every host."""
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +72,17 @@ def test_each_hosts_notes_and_heartbeat_are_under_its_own_name_and_its_output_on
     assert echo is not None
     echo("remote says hi")
     assert "alpha" in out.getvalue() and "remote says hi" in out.getvalue()
+
+
+def test_a_long_steps_heartbeat_names_the_host_it_runs_on(tmp_path: Path) -> None:
+    """The line that says a step is still running names the host whose connection runs it."""
+    play, out = started(tmp_path)
+    play.reporter.heartbeat_after = play.reporter.heartbeat_every = 0.01
+    with play.remotes["alpha"].busy("autossh installed"):
+        deadline = time.monotonic() + 5
+        while "autossh installed" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert out.getvalue().splitlines()[0].split()[1:3] == ["alpha", "autossh"]
 
 
 def test_every_host_of_a_run_shares_one_key_ring_and_one_memory_of_hosts_out_of_reach(tmp_path: Path) -> None:

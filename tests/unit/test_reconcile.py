@@ -14,6 +14,7 @@ import pytest
 
 from pitunnel import reconcile
 from pitunnel.play import Options, Play
+from pitunnel.remote import Result
 from pitunnel.report import Reporter
 from pitunnel.runner import StepFailed
 from tests.unit.fake_hosts import load
@@ -219,3 +220,28 @@ def test_check_mode_of_a_flow_that_never_ends_lists_its_cap_of_steps() -> None:
     flow = Counter([0], 100)
     reconcile.reconcile(flow, check=True, applied=reconcile.Applied())
     assert len(flow.lines) == Counter.cap and all(line.startswith("would change") for line in flow.lines)
+
+
+class Failing:
+    """A host on which every script fails with `stderr`, keeping the scripts it was sent."""
+
+    name = "h1"
+
+    def __init__(self, stderr: str) -> None:
+        self.stderr = stderr
+        self.scripts: list[str] = []
+
+    def run(self, script: str, **_: object) -> Result:
+        self.scripts.append(script)
+        return Result(1, "", self.stderr)
+
+
+def test_a_failed_steps_script_is_reported_by_the_last_300_characters_of_its_stderr() -> None:
+    """A long error is cut from the front: the line names the end (where the cause is), 300 characters of it."""
+    out = io.StringIO()
+    tail = "y" * 290 + " the cause"
+    host = Failing("  " + "x" * 500 + tail + "\n")
+    with pytest.raises(StepFailed) as raised:
+        reconcile.run_script(host, "do it", Reporter(colour=False, out=out), "a step")  # type: ignore[arg-type]
+    assert host.scripts == ["do it"] and str(raised.value) == tail
+    assert [" ".join(line.split()) for line in out.getvalue().splitlines()] == [f"failed h1 a step - {tail}"]
