@@ -137,7 +137,8 @@ def known_lines(known_hosts: Path, name: str) -> list[str]:
     each key type, so Remote asks here when paramiko calls a key changed)."""
     if not known_hosts.exists():
         return []
-    return [line for line in known_hosts.read_text().splitlines()
+    # surrogateescape: a byte that is not UTF-8 (a comment in latin-1) neither stops the read nor changes on rewrite
+    return [line for line in known_hosts.read_text(errors="surrogateescape").splitlines()
             if len(line.split()) >= 3 and not line.startswith(("#", "@")) and _matches(name, line.split()[0])]
 
 
@@ -150,14 +151,14 @@ def rewrite(known_hosts: Path, name: str, keep: Callable[[str], bool], add: Sequ
     """known_hosts with the lines for `name` that `keep` refuses removed and `add` (`type base64`) appended
     for it; every other line as it was. Written to a temp file and renamed into place."""
     with _write_lock:
-        old = known_hosts.read_text().splitlines() if known_hosts.exists() else []
+        old = known_hosts.read_text(errors="surrogateescape").splitlines() if known_hosts.exists() else []
         ours = set(known_lines(known_hosts, name))
         kept = [line for line in old if line not in ours or keep(" ".join(line.split()[1:3]))]
         have = {" ".join(line.split()[1:3]) for line in kept if line in ours}
         lines = kept + [f"{name} {k}" for k in add if k not in have]
         known_hosts.parent.mkdir(parents=True, exist_ok=True)
         tmp = known_hosts.with_name(known_hosts.name + ".pitunnel-tmp")
-        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.write_text("".join(line + "\n" for line in lines), errors="surrogateescape")
         if known_hosts.exists():
             os.chmod(tmp, known_hosts.stat().st_mode & 0o777)
         os.replace(tmp, known_hosts)

@@ -218,3 +218,16 @@ def test_a_revoked_line_with_a_comment_after_the_key_still_revokes_it_in_a_file_
     with pytest.raises(hostkeys.HostKeyRefused, match=f"REVOKED: .* is marked @revoked in {known}:2"):
         hostkeys.refuse_revoked(known, "pi1", key)
     assert hostkeys.revoked_at(known, "pi2", key) is None
+
+
+def test_a_known_hosts_not_utf8_is_read_and_rewritten_byte_for_byte(tmp_path: Path, key: paramiko.PKey) -> None:
+    """A latin-1 comment in known_hosts (a user's own line) neither stops the lookup a changed key makes (it raised
+    UnicodeDecodeError: an internal error instead of the host-key message) nor changes when pitunnel rewrites it."""
+    mine = f"{key.get_name()} {key.get_base64()}"
+    known = tmp_path / "known_hosts"
+    known.write_bytes(b"# Ger\xe4t im Keller\npi1 " + mine.encode() + b" caf\xe9\n")
+    assert hostkeys.listed(known, "pi1", key) and len(hostkeys.known_lines(known, "pi1")) == 1
+    other = paramiko.ECDSAKey.generate()
+    hostkeys.rewrite(known, "pi2", keep=lambda _: True, add=[f"{other.get_name()} {other.get_base64()}"])
+    assert known.read_bytes() == (b"# Ger\xe4t im Keller\npi1 " + mine.encode() + b" caf\xe9\npi2 "
+                                  + f"{other.get_name()} {other.get_base64()}".encode() + b"\n")
