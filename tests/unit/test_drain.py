@@ -92,6 +92,9 @@ def test_bytes_that_are_not_utf8_become_replacement_characters_in_both_streams(c
     seen: list[str] = []
     out, err = _drain(scripted(chans, [(b"caf\xe9\n", b"\xff!\n")]), seen.append)  # type: ignore[arg-type]
     assert (out, err) == ("caf\ufffd\n", "\ufffd!\n") and seen == ["caf\ufffd", "\ufffd!"]
+    seen.clear()  # and in a last line without its newline, echoed at the end
+    out, err = _drain(scripted(chans, [(b"ok\nend\xfe", b"\xfd")]), seen.append)  # type: ignore[arg-type]
+    assert (out, err) == ("ok\nend\ufffd", "\ufffd") and seen == ["ok", "end\ufffd", "\ufffd"]
 
 
 @pytest.mark.parametrize("last", [(b"late out\n", b""), (b"", b"late err\n"), (b"late out\n", b"late err\n")])

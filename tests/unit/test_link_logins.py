@@ -59,7 +59,7 @@ def test_a_login_whose_true_fails_proves_nothing_and_says_how_it_exited(sshd: Fa
 def test_a_fresh_login_never_waits_unbounded_for_its_session(sshd: FakeSshd, known: Path, key_file: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A host that takes the login and never opens the session must not hang the run (paramiko's own wait is
-    an hour): the session of each fresh login is asked for with a bound."""
+    an hour): the session of each fresh login, and of each run, is asked for with a bound."""
     asked: list[float | None] = []
     real = paramiko.Transport.open_session
 
@@ -71,7 +71,9 @@ def test_a_fresh_login_never_waits_unbounded_for_its_session(sshd: FakeSshd, kno
     monkeypatch.setattr(paramiko.Transport, "open_session", recorded)
     host = remote(sshd.port, known)
     assert host.can_log_in_fresh(within=0) and host.proves_key(key_file, within=0) is None
-    assert len(asked) == 2 and all(t is not None and 0 < t <= 30 for t in asked), asked
+    assert host.run("true", sudo=False).ok  # and a run's session on the connection held
+    assert len(asked) == 3 and all(t is not None and 0 < t <= 30 for t in asked), asked
+    host.close()
 
 
 def test_closing_a_link_closes_its_connection_and_the_next_use_opens_another(sshd: FakeSshd, known: Path) -> None:

@@ -56,7 +56,7 @@ def line(port: int, key: paramiko.PKey) -> str:
 
 def test_unknown_host_key_is_refused_and_nothing_recorded(sshd: FakeSshd, tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
-    with pytest.raises(HostKeyRefused, match=r"unknown host key for \[127.0.0.1\]:\d+: ecdsa-sha2-nistp256 SHA256:") as exc:
+    with pytest.raises(HostKeyRefused, match=r"^unknown host key for \[127.0.0.1\]:\d+: ecdsa-sha2-nistp256 SHA256:") as exc:
         remote(sshd.port, known).run("true")
     assert "--accept-new-host-keys" in str(exc.value) and "ssh_host_ecdsa_key.pub" in str(exc.value)
     assert not known.exists()
@@ -92,6 +92,10 @@ def test_a_pin_alone_decides(sshd: FakeSshd, tmp_path: Path) -> None:
     with pytest.raises(HostKeyRefused, match="CHANGED.*update host_key of h1 in the inventory"):
         remote(sshd.port, tmp_path / "none", host_key=wrong, accept_new=True).run("true")
     assert not (tmp_path / "none").exists()
+    known.write_text(line(sshd.port, KEY))  # known_hosts lists the key the host shows: the pin still decides
+    with pytest.raises(HostKeyRefused, match="CHANGED.*update host_key of h1 in the inventory"):
+        remote(sshd.port, known, host_key=wrong).run("true")
+    assert len(sshd.commands) == 1  # the first run's alone: nothing ran where the pin was refused
 
 
 def test_check_policy_alone(tmp_path: Path) -> None:
@@ -551,3 +555,51 @@ def test_a_proxyjump_chain_of_the_ssh_config_is_followed_hop_by_hop_each_key_che
     finally:
         for server in (j1, j2, target):
             server.close()
+
+
+def test_a_connection_the_host_dropped_is_opened_again_for_the_next_run(sshd: FakeSshd, known: Path) -> None:
+    """The host ended our connection between two runs (sshd restarted, a NAT forgot it): the next run logs in
+    again instead of failing on the dead one."""
+    host = remote(sshd.port, known)
+    assert host.run("echo one", sudo=False).stdout == "one\n"
+    dropped = host.connection().client.get_transport()
+    assert dropped is not None
+    for transport in sshd._transports:
+        transport.close()
+    deadline = time.monotonic() + 5
+    while dropped.is_active() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not dropped.is_active()
+    assert host.run("echo two", sudo=False).stdout == "two\n"
+    assert len(sshd._transports) == 2 and host.round_trips == 2
+    host.close()
+
+
+def test_a_host_that_never_reads_the_script_fails_the_run_within_its_timeout(
+        sshd: FakeSshd, known: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host whose command never reads its stdin (a wedged shell) cannot hang the run while the script is sent:
+    once the channel's window is full, the run's timeout ends it, and says so."""
+    monkeypatch.setattr(sshd, "_exec", lambda chan, command: None)  # takes the command, reads nothing, ever
+    host = remote(sshd.port, known)
+    failed: list[Exception] = []
+
+    def run() -> None:
+        try:
+            host.run("#" * 3_000_000, sudo=False, timeout=0.5)  # more than the channel's window (2 MiB)
+        except Exception as exc:  # noqa: BLE001  (the test checks what it was)
+            failed.append(exc)
+
+    attempt = threading.Thread(target=run, daemon=True)
+    attempt.start()
+    attempt.join(timeout=10)
+    assert not attempt.is_alive(), "the run still waits to send its script, long past its timeout (0.5s)"
+    assert len(failed) == 1 and isinstance(failed[0], Unreachable)
+    assert str(failed[0]).startswith("h1: connection lost:")
+    host.close()
+
+
+@pytest.mark.parametrize("text", ["it's", "'", "''", "a 'b' c", "$HOME `id` \\ \"x\"", remote_module.RECEIVER])
+def test_a_quoted_text_is_read_back_by_sh_as_itself(text: str) -> None:
+    done = subprocess.run(["sh", "-c", "printf %s " + remote_module._quote(text)], capture_output=True, text=True,
+                          check=True, timeout=10)
+    assert done.stdout == text

@@ -269,6 +269,20 @@ def test_the_agents_key_logs_in_with_no_prompt_and_no_key_file(tmp_path: Path, s
 
 
 @needs_ssh
+def test_a_key_proof_opens_the_key_file_itself_even_when_the_agent_holds_it(tmp_path: Path, sshd: FakeSshd,
+                                                                             agent: Path) -> None:
+    """Proving a key (before the old one is dropped) proves the file: its passphrase is asked for and the file's
+    key offered, never the agent's copy, which a later run without that agent would not have."""
+    key = keyfile(tmp_path, "k", "file pass")
+    sshd.client_key = paramiko.PKey.from_path(key, password=b"file pass")  # type: ignore[arg-type]
+    _ssh_add(key, "file pass")
+    prompts: list[str] = []
+    ring = KeyRing(ask=lambda p: prompts.append(p) or "file pass", terminal=lambda: True)  # type: ignore[func-returns-value]
+    assert login(tmp_path, sshd, None, ring).proves_key(key, within=5) is None
+    assert prompts == [f"Passphrase for key {key}: "] and sshd.commands == ["true"]
+
+
+@needs_ssh
 def test_a_passphrase_key_file_logs_in_after_one_prompt_and_refusal_says_what_was_tried(
         tmp_path: Path, sshd: FakeSshd, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)

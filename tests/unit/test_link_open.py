@@ -1,0 +1,172 @@
+"""How pitunnel/link.py opens a host's connection, against loopback fakes (tests/unit/sshd_fake.py): `via: auto`
+logging in at the Pi's address as it would anywhere, the operator's own ~/.ssh/config left out of it, a
+handshake that stalls given up after connect_timeout, and what a failed login says: a web server where sshd
+should be (at the address the ssh config moved it to), an unknown key behind the tunnel, Ctrl-C in a jump
+host's handshake."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from pitunnel import sshconf
+from pitunnel.dial import STOP
+from pitunnel.hostkeys import HostKeyRefused
+from pitunnel.remote import Credentials, Remote, Unreachable
+from tests.unit.sshd_fake import FakeSshd
+from tests.unit.test_failures import web  # noqa: F401  (a fixture)
+from tests.unit.test_remote import KEY, line, remote, spec, sshd  # noqa: F401  (sshd: a fixture)
+from tests.unit.test_sshconf import vps_and_pi  # noqa: F401  (a fixture)
+
+Fakes = tuple[FakeSshd, FakeSshd, Remote, Path]
+
+
+def at_its_address(vps_and_pi: Fakes) -> Remote:
+    """The fixture's `via: auto` Pi, answering at its own address this time (its key known there too)."""
+    _, pi_sshd, pi, known = vps_and_pi
+    key = pi_sshd.host_key
+    known.write_text(known.read_text() + f"[127.0.0.1]:{pi_sshd.port} {key.get_name()} {key.get_base64()}\n")
+    return dataclasses.replace(pi, spec=dataclasses.replace(pi.spec, port=pi_sshd.port), route=None, _conn=None,
+                               path=None)
+
+
+def test_auto_logs_in_at_the_pis_address_with_its_password_and_keeps_that_path(vps_and_pi: Fakes) -> None:
+    vps_sshd, pi_sshd, _, _ = vps_and_pi
+    here = at_its_address(vps_and_pi)
+    assert here.via == "auto"
+    assert here.run("echo here", sudo=False).stdout == "here\n"  # the password, as at any address
+    assert here.path == "direct" and not here.through_tunnel and pi_sshd.users == ["pi"]
+    assert vps_sshd.forwarded == []  # the tunnel was never asked for
+    here.close()
+
+
+def test_auto_proves_a_key_at_the_pis_address_with_that_key_alone(vps_and_pi: Fakes, tmp_path: Path) -> None:
+    """The key proof's first try, at the Pi's address, offers the key file: the host lets it in, so it is
+    proved there (the login password, which would have let us in too, is not what was proved)."""
+    vps_sshd, pi_sshd, _, _ = vps_and_pi
+    key = paramiko.ECDSAKey.generate()
+    key.write_private_key_file(str(tmp_path / "id_new"))
+    pi_sshd.client_key = key
+    assert at_its_address(vps_and_pi).proves_key(tmp_path / "id_new", within=0) is None
+    assert pi_sshd.commands == ["true"] and vps_sshd.forwarded == []
+
+
+def test_an_unknown_key_behind_the_tunnel_says_which_way_it_was_met(vps_and_pi: Fakes) -> None:
+    """Through the tunnel, the unknown-key refusal starts with the login and the way (the VPS's tunnel): the
+    same key seen at the Pi's address is another matter."""
+    _, pi_sshd, pi, known = vps_and_pi
+    known.write_text(known.read_text().splitlines()[0] + "\n")  # the VPS's key only
+    tunnel_only = dataclasses.replace(pi, spec=dataclasses.replace(pi.spec, via="tunnel"))
+    port = pi.spec.port
+    with pytest.raises(HostKeyRefused) as refused:
+        tunnel_only.run("true", sudo=False)
+    assert str(refused.value).startswith(
+        f"pi@127.0.0.1:{port} through main's tunnel: unknown host key for [127.0.0.1]:{port}: "), refused.value
+    assert pi_sshd.users == []
+
+
+def test_the_operators_own_ssh_config_plays_no_part(sshd: FakeSshd, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the ssh config the inventory names is read (sshconf): a ~/.ssh/config that would send every host
+    elsewhere, through a proxy, as another user, changes nothing."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text("Host *\n  HostName 192.0.2.1\n  Port 1\n  User mallory\n"
+                                              "  ProxyCommand false\n  ConnectTimeout 1\n")
+    known = tmp_path / "known_hosts"
+    known.write_text(line(sshd.port, KEY))
+    host = remote(sshd.port, known)
+    assert host.run("echo mine", sudo=False).stdout == "mine\n"
+    assert sshd.users == ["pi"]
+    host.close()
+
+
+def test_a_web_server_where_the_ssh_config_sends_us_is_named_at_that_address_and_port(web: int,  # noqa: F811
+                                                                                      tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host moved\n  HostName 127.0.0.1\n  Port {web}\n")
+    host = dataclasses.replace(spec(22), address="moved", given=frozenset({"address"}))
+    moved = Remote(host, tmp_path / "known_hosts", Credentials("login"),
+                   route=sshconf.resolve(host, sshconf.load(config)))
+    with pytest.raises(Unreachable) as exc:
+        moved.run("true")
+    assert str(exc.value) == (f"pi@127.0.0.1:{web}: port {web} speaks HTTP, not SSH: `port:` must be the host's sshd "
+                              "port (a web server answers there)")
+
+
+@pytest.fixture
+def greets_then_stalls() -> Iterator[int]:
+    """A port that says an SSH greeting and then nothing, ever (a wedged sshd): its port."""
+    held: list[socket.socket] = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def serve() -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            client.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            held.append(client)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+    for client in held:  # ends a login still waiting, if any
+        client.close()
+
+
+def test_a_handshake_that_stalls_after_the_greeting_is_given_up_after_connect_timeout(
+        greets_then_stalls: int, tmp_path: Path) -> None:
+    host = Remote(dataclasses.replace(spec(greets_then_stalls), connect_timeout=1), tmp_path / "known_hosts",
+                  Credentials("login"))
+    failed: list[Exception] = []
+
+    def connect() -> None:
+        try:
+            host.connection()
+        except Exception as exc:  # noqa: BLE001  (the test checks what it was)
+            failed.append(exc)
+
+    attempt = threading.Thread(target=connect, daemon=True)
+    attempt.start()
+    attempt.join(timeout=8)
+    assert not attempt.is_alive(), "the login still waits for the handshake, long past connect_timeout (1s)"
+    assert len(failed) == 1 and isinstance(failed[0], Unreachable)
+    assert str(failed[0]) == (f"pi@127.0.0.1:{greets_then_stalls}: no SSH handshake with port {greets_then_stalls} "
+                              "within 1s: is it an SSH server? (check `port:`)")
+
+
+def test_ctrl_c_during_a_jump_hosts_handshake_says_it_was_interrupted(tmp_path: Path) -> None:
+    """Ctrl-C while the jump host's handshake was under way (it ends that handshake): the failure says the run
+    was interrupted, not what the cut connection looked like."""
+    with socket.socket() as jump:
+        jump.bind(("127.0.0.1", 0))
+        jump.listen(1)
+
+        def ctrl_c_then_cut() -> None:
+            client, _ = jump.accept()
+            client.recv(256)  # the client's greeting: its handshake has begun
+            STOP.set()
+            client.close()
+
+        threading.Thread(target=ctrl_c_then_cut, daemon=True).start()
+        config = tmp_path / "ssh_config"
+        config.write_text(f"Host target\n  HostName 127.0.0.1\n  Port 1\n  ProxyJump j1\n"
+                          f"Host j1\n  HostName 127.0.0.1\n  Port {jump.getsockname()[1]}\n  User hopper\n")
+        host = dataclasses.replace(spec(22), address="target", given=frozenset({"address"}))
+        behind = Remote(host, tmp_path / "known_hosts", Credentials("login"),
+                        route=sshconf.resolve(host, sshconf.load(config)))
+        with pytest.raises(Unreachable) as exc:
+            behind.connection()
+        assert str(exc.value) == (f"hopper@127.0.0.1:{jump.getsockname()[1]} (jump host for h1): not reached: "
+                                  "interrupted (Ctrl-C)")
