@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import select
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -90,10 +91,14 @@ class Remote(Link):
                 chan.exec_command(command)
                 chan.sendall(data)
                 chan.shutdown_write()
-                stdout, stderr = _drain(chan, _masked(self.echo, mask))
+                stdout, stderr = _drain(chan, _masked(self.echo, mask), deadline=time.monotonic() + timeout)
                 rc = chan.recv_exit_status()
+            except ScriptTimeout:
+                chan.close()
+                raise Unreachable(f"{self.name}: no end to its script within {timeout:g}s (a command hung, or the "
+                                  "connection did)") from None
             except (paramiko.SSHException, OSError, socket.timeout) as exc:
-                raise Unreachable(f"{self.name}: connection lost: {exc or type(exc).__name__}") from None
+                raise Unreachable(f"{self.name}: connection lost: {str(exc) or type(exc).__name__}") from None
         result = Result(rc, stdout, stderr)
         if need_sudo and rc != 0 and _sudo_refused(stderr):
             how = "the sudo password was not accepted" if self.credentials.sudo_password else \
@@ -138,12 +143,19 @@ def _masked(echo: Callable[[str], None] | None, mask: Callable[[str], str | None
     return shown
 
 
-def _drain(chan: paramiko.Channel, echo: Callable[[str], None] | None = None) -> tuple[str, str]:
+class ScriptTimeout(Exception):
+    """A script still ran (or its connection hung) at the run's deadline."""
+
+
+def _drain(chan: paramiko.Channel, echo: Callable[[str], None] | None = None, *,
+           deadline: float | None = None) -> tuple[str, str]:
     """Read stdout and stderr until the command ends, never blocking on one while the other fills;
-    `echo` gets each whole line of either as it arrives."""
+    `echo` gets each whole line of either as it arrives. Past `deadline` (time.monotonic()): ScriptTimeout."""
     out, err = bytearray(), bytearray()
     shown = [0, 0]
     while True:
+        if deadline is not None and time.monotonic() > deadline:
+            raise ScriptTimeout()
         busy = False
         while chan.recv_ready():
             out += chan.recv(65536)

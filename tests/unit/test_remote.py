@@ -603,3 +603,16 @@ def test_a_quoted_text_is_read_back_by_sh_as_itself(text: str) -> None:
     done = subprocess.run(["sh", "-c", "printf %s " + remote_module._quote(text)], capture_output=True, text=True,
                           check=True, timeout=10)
     assert done.stdout == text
+
+
+def test_a_script_that_runs_past_the_runs_timeout_fails_it_at_the_timeout(sshd: FakeSshd, known: Path) -> None:
+    """The run's timeout bounds the whole script, not only sending it: a command that hangs on the host (an apt
+    lock, a wedged mount) ends the run at the timeout with what happened, and the connection serves the next."""
+    host = remote(sshd.port, known)
+    started = time.monotonic()
+    with pytest.raises(Unreachable) as failed:
+        host.run("sleep 3; echo done", sudo=False, timeout=0.5)
+    assert time.monotonic() - started < 2, "the run waited for the script, past its timeout"
+    assert str(failed.value) == "h1: no end to its script within 0.5s (a command hung, or the connection did)"
+    assert host.run("echo next", sudo=False).stdout == "next\n"
+    host.close()
