@@ -5,7 +5,6 @@ instance of a systemd template unit (pitunnel@<vps>.service) that keeps that tun
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -221,12 +220,14 @@ def restart_tunnel(name: str) -> str:
 
 def restart_command(remote: Remote, vps: str) -> list[str]:
     """Restart the tunnel to `vps` if it runs; a moment later if our own connection rides that tunnel (away
-    from home), so that this run hears the handler's result before the restart cuts the connection."""
-    command = restart_tunnel(unit(vps))
+    from home), so that this run hears the handler's result before the restart cuts the connection. That later
+    restart is a plain `systemctl try-restart` (no run hears it; a start systemd fails is retried by the unit's
+    own Restart=always): a shell command line in a transient unit does not survive the next daemon-reload,
+    which re-reads it from its file and mangles its quotes (measured in the lab: the restart then failed)."""
     if getattr(remote, "through_tunnel", False) and getattr(remote, "gateway_name", None) == vps:
         return [f"systemd-run --quiet --collect --on-active={PI_DEFAULTS['restart_under_us_after']} "
-                f"--timer-property=AccuracySec=100ms /bin/sh -c {shlex.quote(command)}"]
-    return [command]
+                f"--timer-property=AccuracySec=100ms systemctl try-restart {unit(vps)}"]
+    return [restart_tunnel(unit(vps))]
 
 
 def handlers(remote: Remote, step: str = "tunnel", vpses: tuple[str, ...] = ()) -> list[Handler]:
