@@ -19,7 +19,7 @@ from pitunnel.ops import Handler, Refused
 from pitunnel.play import BadLimit, Options, Play, _read_secret
 from pitunnel.remote import Result, SudoRefused, Unreachable
 from pitunnel.report import Reporter
-from pitunnel.runner import Mode, StepFailed, converge, facts_for
+from pitunnel.runner import Interrupted, Mode, StepFailed, converge, facts_for
 from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
 from pitunnel.shared import SharedReading
 from pitunnel.roles import site
@@ -218,6 +218,17 @@ def test_each_skips_the_hosts_that_failed_in_an_earlier_each(capsys: pytest.Capt
     second = play.each(hosts("a", "b", "c", "d", "e", "f"), lambda r: seen.append(r.name) or r.name)
     assert seen == ["f"] and second == {"f": "f"}
     assert play.finish() == 6  # failed (2) | unreachable (4), docs/cli.md
+
+
+def test_a_host_interrupted_after_its_step_is_noted_by_name_and_listed_as_stopped(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C while a host's step ran (the step finished, then Interrupted): the note under that host's name says
+    it stopped, the run's last words list it among the hosts stopped before their next step, and the other host's
+    work is kept."""
+    play = play_of("a", "b")
+    assert play.each(hosts("a", "b"), fails({"a": Interrupted()})) == {"b": "done b"}  # type: ignore[arg-type]
+    assert out(capsys) == ["a interrupted: stopped after the step in flight"]
+    assert play._stopped() == ["changed so far: nothing", "stopped before their next step: a"]
 
 
 def test_a_host_that_printed_no_line_still_fails_and_is_skipped(capsys: pytest.CaptureFixture[str]) -> None:

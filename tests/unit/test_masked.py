@@ -1,12 +1,16 @@
 """What -v shows of a fact read (pitunnel/facts.py `masked`): a secret section's lines left out, counted
-exactly, section by section; and the recap's count of sessions ended, added up over a run."""
+exactly, section by section; a secret file read on its own shows nothing of it; and the recap's count of sessions ended, added up over a run."""
 
 from __future__ import annotations
 
+import base64
 import io
+from pathlib import Path
 
 from pitunnel import facts
 from pitunnel.report import Reporter
+from tests.unit.sshd_fake import FakeSshd
+from tests.unit.test_remote import KEY, line, remote, sshd  # noqa: F401  (sshd: a fixture)
 
 
 def shown(secret: set[int], output: str) -> list[str]:
@@ -37,3 +41,24 @@ def test_sessions_ended_add_up_over_a_run() -> None:
     reporter.ended("vps", 2)
     reporter.ended("vps", 3)
     assert reporter.recap("vps").sessions_ended == 5
+
+
+def test_with_v_a_secret_file_read_alone_shows_none_of_its_lines_and_another_file_shows_its_own(
+        sshd: FakeSshd, tmp_path: Path) -> None:
+    """`facts.read` of one secret file over a real login: its value is the file, and -v (the Remote's echo)
+    shows no line of it, neither its stat line nor its bytes; a file that is not secret is shown as read."""
+    secret, plain = tmp_path / "htpasswd", tmp_path / "plain.conf"
+    secret.write_text("admin:$apr1$s3cret\n")
+    plain.write_text("listen 80;\n")
+    known = tmp_path / "known_hosts"
+    known.write_text(line(sshd.port, KEY))
+    host = remote(sshd.port, known)
+    seen: list[str] = []
+    host.echo = seen.append
+    try:
+        assert facts.read(host, facts.file_fact(str(secret), secret=True)).content == b"admin:$apr1$s3cret\n"
+        assert seen == []
+        assert facts.read(host, facts.file_fact(str(plain))).content == b"listen 80;\n"
+        assert base64.b64encode(b"listen 80;\n").decode() in seen
+    finally:
+        host.close()

@@ -5,6 +5,7 @@ and --accept-changed-host-key handed to every host."""
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from pitunnel import sshdebug
 from pitunnel.play import Options, Play
+from pitunnel.remote import Remote
 from tests.unit.fake_hosts import load
 
 INVENTORY = """
@@ -93,3 +95,17 @@ def test_every_host_of_a_run_shares_one_key_ring_and_one_memory_of_hosts_out_of_
     (tmp_path / "again").mkdir()
     other, _ = started(tmp_path / "again")
     assert other.remotes["main"].keys is not main.keys  # another run: its own
+
+
+def test_with_vv_a_login_line_logged_while_a_host_is_worked_on_is_named_by_that_host(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """-vv: a paramiko line logged by the worker thread that works on alpha (a login runs there, before any
+    peer address is known) is printed under alpha's name."""
+    play, _ = started(tmp_path, ssh_debug=True)
+
+    def work(remote: Remote) -> str:
+        logging.getLogger("paramiko.transport").debug("Authentication (password) successful!")
+        return remote.name
+
+    assert play.each([play.inventory.host("alpha")], work) == {"alpha": "alpha"}
+    assert capsys.readouterr().err.splitlines() == [f"{'ssh':<12} {'alpha':<10} Authentication (password) successful!"]
