@@ -27,7 +27,7 @@ def backup_commands(path: str) -> list[str]:
 
 def restore_commands(path: str) -> list[str]:
     b = q(backup_path(path))
-    return [f"if [ -e {b}.absent ]; then rm -f {q(path)} {b}.absent; elif [ -e {b} ]; then mv -f {b} {q(path)}; fi"]
+    return [f"if [ -e {b}.absent ]; then rm -f {q(path)} {b}.absent; elif [ -e {b} ] || [ -L {b} ]; then mv -f {b} {q(path)}; fi"]
 
 
 def drop_backup_commands(path: str) -> list[str]:

@@ -1031,8 +1031,6 @@ def test_a_link_to_a_file_gone_is_backed_up_as_something_there_not_as_nothing(tm
     assert link.is_symlink()
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: restore_commands tests its backup with `-e` alone, which a "
-                   "link to a missing target fails: the backed-up link is never put back (ops/shell.py)")
 def test_a_rollback_puts_back_a_link_to_a_file_gone(tmp_path: Path, backup_dir: Path) -> None:
     """What a rollback should do with the link above: point it where it pointed before."""
     link = tmp_path / "current"
