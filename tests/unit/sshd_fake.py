@@ -113,10 +113,15 @@ class FakeSshd(paramiko.ServerInterface):
                 break
             data += chunk
         rc, out, err = self._run(command, bytes(data))
-        chan.sendall(out)
-        chan.sendall_stderr(err)
-        chan.send_exit_status(rc)
-        chan.shutdown_write()
+        if chan.closed:  # the client gave up waiting (a run's timeout): nobody to answer
+            return
+        try:
+            chan.sendall(out)
+            chan.sendall_stderr(err)
+            chan.send_exit_status(rc)
+            chan.shutdown_write()
+        except (OSError, EOFError):  # closed while we answered
+            pass
         chan.close()
 
     def _run(self, command: str, stdin: bytes) -> tuple[int, bytes, bytes]:
