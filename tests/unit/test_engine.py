@@ -735,3 +735,101 @@ def test_an_interrupted_run_says_what_changed_where_and_which_hosts_never_got_th
     play.reporter.line("pi2", "changed", "a step")
     play.interrupted.update({"pi3", "pi1"})
     assert play._stopped() == ["changed so far: main 2, pi2 1", "stopped before their next step: pi1, pi3"]
+
+
+# ------------------------------------------------------------------- what a run says while it works, and returns
+
+
+class SlowRemote(LocalRemote):
+    """A host whose every script takes a moment: long enough for a heartbeat due at once to be printed."""
+
+    def run(self, script: str) -> Result:
+        import time
+        time.sleep(0.05)
+        return super().run(script)
+
+
+def beats(reporter: Reporter) -> list[str]:
+    """The heartbeat lines a reporter printed (due at once, then not again), without their elapsed time."""
+    import re
+    assert reporter.out is not None
+    text = reporter.out.getvalue()  # type: ignore[attr-defined]
+    return [re.sub(r" \(\d+s\)$", "", " ".join(line.split())) for line in text.splitlines() if line.startswith("running")]
+
+
+def beating() -> Reporter:
+    import io
+    return Reporter(colour=False, out=io.StringIO(), heartbeat_after=0, heartbeat_every=60)
+
+
+def test_the_heartbeat_names_the_host_and_the_step_running(host: Path) -> None:
+    """One changed op is named alone; more are named by the first and how many more; the handlers all by name."""
+    a, b = host / "sshd.conf", host / "nginx.conf"
+    nginx = Handler("reload nginx", ["true"])
+    one = beating()
+    converge(SlowRemote(), [dropin(a, "A\n")], one, Mode(), [guarded([True]), nginx])
+    assert beats(one) == ["running local reading the host", f"running local file {a}", "running local handler reload sshd"]
+    two = beating()
+    converge(SlowRemote(), [dropin(a, "A2\n"), plain(b, "B\n", notify=("reload nginx",))], two, Mode(),
+             [guarded([True]), nginx])
+    assert beats(two) == ["running local reading the host", f"running local file {a} (+1 more)",
+                          "running local handler reload sshd, reload nginx"]
+    three = beating()
+    converge(SlowRemote(), [dropin(a, "A3\n"), plain(b, "B3\n"), plain(host / "c.conf", "C\n")], three, Mode(),
+             [guarded([True])])
+    assert f"running local file {a} (+2 more)" in beats(three)
+
+
+def test_the_heartbeat_names_the_handler_proving_an_earlier_change(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.test_guard import cut_after_apply
+    a = host / "sshd.conf"
+    with monkeypatch.context() as cut:
+        cut_after_apply(cut)
+        with pytest.raises(Unreachable):
+            converge(LocalRemote(), [dropin(a, "A\n")], Reporter(colour=False), Mode(), [guarded([])])
+    reporter = beating()
+    converge(SlowRemote(), [dropin(a, "A\n")], reporter, Mode(), [guarded([True])])
+    assert beats(reporter) == ["running local reading the host", "running local handler reload sshd"]
+
+
+def test_an_earlier_change_proven_is_named_so_beside_the_ops_this_run_changes(
+        host: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The file an earlier run wrote and this run proves is "proven now", not "already as wanted", also when other
+    ops change; and converge returns what it read (the pending change among it)."""
+    from pitunnel.guard import pending_changes
+    from tests.unit.test_guard import cut_after_apply
+    a, b = host / "sshd.conf", host / "other.conf"
+    with monkeypatch.context() as cut:
+        cut_after_apply(cut)
+        with pytest.raises(Unreachable):
+            converge(LocalRemote(), [dropin(a, "A\n")], Reporter(colour=False), Mode(), [guarded([])])
+    capsys.readouterr()
+    done = converge(LocalRemote(), [dropin(a, "A\n"), plain(b, "B\n")], Reporter(colour=False), Mode(), [guarded([True])])
+    lines = out(capsys)
+    assert f"ok local file {a} - written by an earlier run, proven now (handler reload sshd)" in lines
+    assert any(line.startswith(f"changed local file {b} - ") for line in lines)
+    assert pending_changes(done.facts) == {"reload sshd": [str(a)]}
+
+
+def test_check_mode_says_why_an_earlier_unproven_file_would_change_again(
+        host: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file an earlier run left unproven that this run wants otherwise: check mode gives the change's own reason
+    (its content), and returns what it read."""
+    from pitunnel.guard import pending_changes
+    from tests.unit.test_guard import cut_after_apply
+    a = host / "sshd.conf"
+    a.write_text("old\n")
+    with monkeypatch.context() as cut:
+        cut_after_apply(cut)
+        with pytest.raises(Unreachable):
+            converge(LocalRemote(), [dropin(a, "A\n")], Reporter(colour=False), Mode(), [guarded([])])
+    capsys.readouterr()
+    done = converge(LocalRemote(), [dropin(a, "A2\n")], Reporter(colour=False), Mode(check=True), [guarded([])])
+    assert out(capsys)[1:] == [f"would change local file {a} - content", "local would run handler: reload sshd"]
+    assert pending_changes(done.facts) == {"reload sshd": [str(a)]}
+
+
+def test_a_fact_script_cut_before_the_pending_records_names_them(host: Path) -> None:
+    from pitunnel.remote import HostCannotRun
+    with pytest.raises(HostCannotRun, match="^h stopped the fact script before pending-changes: sh: Killed "):
+        converge(Answers("", "sh: Killed", 137), [], Reporter(colour=False), Mode())  # type: ignore[arg-type]

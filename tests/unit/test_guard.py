@@ -351,3 +351,207 @@ def test_directory_for_another_account_made_safely(tmp_path: Path) -> None:
     assert stat.S_IMODE(st.st_mode) == 0o700 and (os.geteuid() != 0 or st.st_uid == 65534)
     assert not Directory(str(home / ".ssh" / "sub"), owner=owner, group=group, mode=0o700).plan(
         gather(LocalShell(), Directory(str(home / ".ssh" / "sub"), owner=owner, group=group, mode=0o700).facts())).changes
+
+
+# ---------------------------------------------------------------------------
+# row 2, what the host sees: its timers, its lock, its private records, the rollback script's own output
+
+
+@pytest.fixture
+def timers(host: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """systemd's transient timers as files: `units/<unit>` is a loaded timer, `ledger` every start and stop asked
+    for; as systemd-run does, starting a unit already loaded is refused. Returns the ledger."""
+    units, ledger = host / "units", host / "ledger"
+    units.mkdir()
+    ledger.touch()
+    monkeypatch.setattr(guard, "TIMER_COMMAND", (
+        f"if [ -e {units}/{{unit}} ]; then echo \"Unit {{unit}}.timer already exists.\" >&2; false; "
+        f"else echo {{seconds}} > {units}/{{unit}}; echo \"arm {{unit}} {{seconds}}\" >> {ledger}; fi"))
+    monkeypatch.setattr(guard, "DISARM_COMMAND", f"echo \"stop {{unit}}\" >> {ledger}; rm -f {units}/{{unit}}")
+    return ledger
+
+
+def loaded(host: Path) -> list[str]:
+    return sorted(p.name for p in (host / "units").iterdir())
+
+
+UNIT = "pitunnel-confirm-reload-sshd"
+
+
+def test_the_timer_is_armed_before_the_write_rearmed_for_the_check_and_stopped_once_proven(
+        host: Path, timers: Path) -> None:
+    """Each arming first stops the handler's own timer (systemd refuses a unit already loaded), so the check gets
+    a full window of its own; the proof stops that same timer: none is left to fire on a proven change."""
+    conf = host / "sshd.conf"
+    conf.write_text("old\n")
+    converge(LocalRemote(), [dropin(conf, "new\n")], Reporter(colour=False), Mode(), [guarded([True], seconds=45)])
+    assert timers.read_text().splitlines() == [f"stop {UNIT}", f"arm {UNIT} 45",  # before the write
+                                               f"stop {UNIT}", f"arm {UNIT} 45",  # before the handler and its check
+                                               f"stop {UNIT}"]  # proven
+    assert loaded(host) == [] and conf.read_text() == "new\n"
+
+
+def test_a_timer_left_loaded_by_an_earlier_run_does_not_stop_the_next_one(host: Path, timers: Path) -> None:
+    """A unit still loaded (a timer that fired and failed stays loaded) is stopped before the new one starts."""
+    conf = host / "sshd.conf"
+    conf.write_text("old\n")
+    (host / "units" / UNIT).write_text("120\n")
+    converge(LocalRemote(), [dropin(conf, "new\n")], Reporter(colour=False), Mode(), [guarded([True])])
+    assert conf.read_text() == "new\n" and loaded(host) == []
+
+
+def test_a_failed_apply_stops_the_timer_it_armed(host: Path, timers: Path) -> None:
+    conf = host / "sshd.conf"
+    conf.write_text("old\n")
+    owner, group = me()
+    bad = File(str(host / "other.conf"), "x\n", owner=owner, group=group, validate="false")
+    with pytest.raises(StepFailed, match="validation failed"):
+        converge(LocalRemote(), [dropin(conf, "new\n"), bad], Reporter(colour=False), Mode(), [guarded([])])
+    assert timers.read_text().splitlines()[-1] == f"stop {UNIT}"
+    assert loaded(host) == [] and conf.read_text() == "old\n"
+
+
+def test_an_apply_that_fails_before_the_guarded_write_touches_no_timer_or_record(host: Path, timers: Path) -> None:
+    """Nothing was armed: the run sends nothing after its failed apply, so it can stop no timer and drop no
+    record (another run's, in its window)."""
+    conf = host / "sshd.conf"
+    conf.write_text("old\n")
+    owner, group = me()
+    bad = File(str(host / "other.conf"), "x\n", owner=owner, group=group, validate="false")
+    remote = LocalRemote()
+    with pytest.raises(StepFailed, match="validation failed"):
+        converge(remote, [bad, dropin(conf, "new\n")], Reporter(colour=False), Mode(), [guarded([])])
+    assert len(remote.scripts) == 2  # the read, the apply
+    assert timers.read_text() == "" and conf.read_text() == "old\n"
+
+
+def test_a_failed_step_without_a_guarded_handler_makes_no_pending_records(host: Path) -> None:
+    """The clean-up of a failed apply takes the records' lock only when this run armed one."""
+    a = host / "nginx.conf"
+    a.write_text("old\n")
+    owner, group = me()
+    ops = [File(str(a), "new\n", owner=owner, group=group, notify=("reload nginx",)),
+           File(str(host / "b.conf"), "x\n", owner=owner, group=group, validate="false")]
+    with pytest.raises(StepFailed, match="validation failed"):
+        converge(LocalRemote(), ops, Reporter(colour=False), Mode(), [Handler("reload nginx", ["true"])])
+    assert a.read_text() == "old\n"
+    assert not (host / "backups" / "pending").exists()
+
+
+def test_the_pending_records_are_private_to_root(host: Path) -> None:
+    """A record is a script the host's timer runs as root: its directory, and the backups', are made 700."""
+    conf = host / "sshd.conf"
+    cut = LocalRemote()
+    real = runner._apply
+    seen: list[int] = []
+
+    def apply_then_look(remote: object, scripts: list[list[str]]) -> tuple[int, str] | None:
+        done = real(remote, scripts)  # type: ignore[arg-type]
+        seen.extend(stat.S_IMODE(os.stat(p).st_mode) for p in (host / "backups", host / "backups" / "pending"))
+        return done
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "_apply", apply_then_look)
+        converge(cut, [dropin(conf, "new\n")], Reporter(colour=False), Mode(), [guarded([True])])
+    assert seen == [0o700, 0o700]
+
+
+def held_lock(host: Path, conf: Path, snapshot: list[str]) -> Callable[[], None]:
+    """Hold the pending records' lock as the host's timer does while it rolls back, and return a function that,
+    0.4 s later, notes what `conf` holds then and lets go."""
+    import fcntl
+    (host / "backups" / "pending").mkdir(parents=True, exist_ok=True)
+    lock = open(host / "backups" / "pending" / ".lock", "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+
+    def release() -> None:
+        time.sleep(0.4)
+        snapshot.append(conf.read_text() if conf.exists() else "(none)")
+        lock.close()
+
+    return release
+
+
+def test_the_run_waits_while_the_hosts_timer_holds_the_lock(host: Path) -> None:
+    """The run and the timer take turns: while the timer's rollback holds the lock, the run writes nothing."""
+    import threading
+    conf = host / "sshd.conf"
+    conf.write_text("old\n")
+    snapshot: list[str] = []
+    timer = threading.Thread(target=held_lock(host, conf, snapshot))
+    timer.start()
+    converge(LocalRemote(), [dropin(conf, "new\n")], Reporter(colour=False), Mode(), [guarded([True])])
+    timer.join()
+    assert snapshot == ["old\n"] and conf.read_text() == "new\n"
+
+
+def test_a_failed_applys_clean_up_waits_while_the_hosts_timer_holds_the_lock(host: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restore after a failed apply takes the lock too: it never restores under the timer's feet."""
+    import threading
+    conf = host / "sshd.conf"
+    conf.write_text("old\n")
+    owner, group = me()
+    bad = File(str(host / "other.conf"), "x\n", owner=owner, group=group, validate="false")
+    snapshot: list[str] = []
+    real = runner._apply
+    timer: list[threading.Thread] = []
+
+    def apply_then_timer(remote: object, scripts: list[list[str]]) -> tuple[int, str] | None:
+        done = real(remote, scripts)  # type: ignore[arg-type]
+        timer.append(threading.Thread(target=held_lock(host, conf, snapshot)))  # the timer fires now
+        timer[0].start()
+        return done
+
+    monkeypatch.setattr(runner, "_apply", apply_then_timer)
+    with pytest.raises(StepFailed, match="validation failed"):
+        converge(LocalRemote(), [dropin(conf, "new\n"), bad], Reporter(colour=False), Mode(), [guarded([])])
+    timer[0].join()
+    assert snapshot == ["new\n"] and conf.read_text() == "old\n"
+
+
+@pytest.mark.parametrize("stale", ["copy", "absent"])
+def test_the_timer_restores_only_what_this_run_backed_up(host: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         stale: str) -> None:
+    """An older run's backup of the second file (its old copy, or its mark that there was none) is dropped when
+    the change is armed: cut after the first write, the timer restores the first file and leaves the second
+    as it is, neither bringing back the ancient copy nor deleting it; it says so on stdout, nothing on stderr."""
+    a, b = host / "a.conf", host / "b.conf"
+    a.write_text("old a\n")
+    b.write_text("old b\n")
+    (host / "backups").mkdir()
+    old = Path(shell.backup_path(str(b)))
+    old.with_name(old.name + (".absent" if stale == "absent" else "")).write_text("ancient b\n")
+    real = runner._apply
+
+    def first_op_then_cut(remote: object, scripts: list[list[str]]) -> tuple[int, str] | None:
+        real(remote, scripts[:1])  # type: ignore[arg-type]
+        raise Unreachable("local: connection lost: cut by the test")
+
+    monkeypatch.setattr(runner, "_apply", first_op_then_cut)
+    with pytest.raises(Unreachable):
+        converge(LocalRemote(), [dropin(a, "new a\n"), dropin(b, "new b\n")], Reporter(colour=False), Mode(),
+                 [guarded([])])
+    assert a.read_text() == "new a\n"
+    fired = subprocess.run(["/bin/sh", pending_record("reload sshd")], capture_output=True, text=True, check=False)
+    assert (fired.returncode, fired.stdout, fired.stderr) == (
+        0, "pitunnel: unproven change rolled back, handler reload sshd ran again\n", "")
+    assert a.read_text() == "old a\n" and b.read_text() == "old b\n"
+    assert not Path(pending_record("reload sshd")).exists()
+
+
+def test_a_rollback_whose_handler_fails_again_says_the_record_stays(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The rollback script's own words end the recap line (nothing else on its stderr) and its record stays for
+    the next run."""
+    conf, flag = host / "sshd.conf", host / "reloaded"
+    conf.write_text("old\n")
+    handler = Handler("reload sshd", [f"test ! -e {flag} && touch {flag}"], verify=lambda: False,  # fails run twice
+                      verify_hint="a fresh login failed")
+    with pytest.raises(StepFailed):
+        converge(LocalRemote(), [dropin(conf, "new\n")], Reporter(colour=False), Mode(), [handler])
+    assert output(capsys).splitlines()[-1] == (
+        "failed       local      handler reload sshd - a fresh login failed; ROLLBACK FAILED: pitunnel: rolling back: "
+        "handler reload sshd failed; the record stays for the next run")
+    assert conf.read_text() == "old\n" and Path(pending_record("reload sshd")).exists()
+    again = subprocess.run(["/bin/sh", pending_record("reload sshd")], capture_output=True, text=True, check=False)
+    assert again.returncode == 1

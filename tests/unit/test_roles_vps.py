@@ -115,6 +115,16 @@ def test_unauthorise_needs_the_account(inv: Inventory, key: str, key2: str) -> N
     assert host.applied(base64.b64encode(left.encode()).decode())
 
 
+def test_unauthorise_in_check_mode_says_the_keys_would_change_and_sends_no_change(
+        inv: Inventory, key: str, key2: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """teardown --check of one Pi: the VPS's account is read (check mode too), and its keys file would change."""
+    both = vps_authorized.authorized_keys(inv, inv.vps["main"], {"alpha": key, "beta": key2}).wanted(FileState(False))
+    host = main_host(("authorized_keys", state(both)))
+    vps.unauthorise(host, inv, inv.vps["main"], frozenset({"alpha"}), Reporter(colour=False), Mode(check=True))  # type: ignore[arg-type]
+    assert host.ops == []
+    assert any(line.startswith("would change main authorized keys of the Pis") for line in lines(capsys))
+
+
 # ------------------------------------------------------------------------------------------ one key, two Pis (issue 22)
 def written(host: FakeHost) -> str:
     """The authorized_keys the keys step wrote on `host`."""
