@@ -67,7 +67,8 @@ def rollback_script(handler: Handler, paths: Sequence[str]) -> str:
              *(f"# path: {p}" for p in paths),
              *lock_commands(), f"[ -e {record} ] || exit 0",
              *(c for p in paths for c in restore_commands(p)),
-             "if ( set -e", *handler.commands, "); then",
+             # set -e is ignored in an `if` condition, even in a subshell: run the subshell first, then test it
+             "( set -e", *handler.commands, ")", "if [ $? -eq 0 ]; then",
              # the timer only: this script may be its service, which must not stop itself
              f"  rm -f {record}", f"  systemctl stop {unit}.timer 2>/dev/null || true",
              f"  echo \"pitunnel: unproven change rolled back, handler {handler.name} ran again\"", "  exit 0", "fi",

@@ -228,7 +228,8 @@ def _handle(remote: Remote, handlers: Sequence[Handler], changed: Sequence[tuple
             continue
         problem = (result.stdout + result.stderr).strip()[-300:] or f"exit {result.rc}"
         restore = [c for path in backups for c in restore_commands(path)]
-        rerun = remote.run("\n".join(restore + handler.commands) + "\n")
+        # every file restored; then the handler, stopped at its first failing command (as its first run was)
+        rerun = remote.run("\n".join([*restore, "( set -e", *handler.commands, ")"]) + "\n")
         back = "rolled back" if rerun.ok else f"ROLLBACK FAILED: {(rerun.stdout + rerun.stderr).strip()[-200:]}"
         reporter.line(remote.name, "failed", f"handler {handler.name}", f"{problem}; {back}")
         raise StepFailed(f"{remote.name}: handler {handler.name}: {problem}; {back}")

@@ -555,3 +555,36 @@ def test_a_rollback_whose_handler_fails_again_says_the_record_stays(host: Path, 
     assert conf.read_text() == "old\n" and Path(pending_record("reload sshd")).exists()
     again = subprocess.run(["/bin/sh", pending_record("reload sshd")], capture_output=True, text=True, check=False)
     assert again.returncode == 1
+
+
+def test_a_rollback_whose_handler_fails_at_its_first_command_fails(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The handler stops at its first failing command on the rollback as on its first run (`set -e` does not
+    work in an `if` condition, even in a subshell): an `sshd -t` that fails is not hidden by the reload after it."""
+    conf, flag, after = host / "sshd.conf", host / "checked", host / "reloaded"
+    conf.write_text("old\n")
+    handler = Handler("reload sshd", [f"test ! -e {flag}", f"touch {flag} {after}"], verify=lambda: False,
+                      verify_hint="a fresh login failed")  # the check passes once, then fails; the reload always works
+    with pytest.raises(StepFailed):
+        converge(LocalRemote(), [dropin(conf, "new\n")], Reporter(colour=False), Mode(), [handler])
+    assert output(capsys).splitlines()[-1].endswith(
+        "ROLLBACK FAILED: pitunnel: rolling back: handler reload sshd failed; the record stays for the next run")
+    assert conf.read_text() == "old\n" and Path(pending_record("reload sshd")).exists()
+    after.unlink()
+    again = subprocess.run(["/bin/sh", pending_record("reload sshd")], capture_output=True, text=True, check=False)
+    assert again.returncode == 1 and not after.exists(), "the commands after the failing check ran"
+
+
+def test_an_unguarded_handlers_rerun_after_its_restore_stops_at_its_first_failing_command(host: Path) -> None:
+    """A handler without a proof that fails is run again once its files are restored; that re-run stops at its
+    first failing command too: a failing check before a command that works is ROLLBACK FAILED, not rolled back."""
+    conf, flag = host / "unit.conf", host / "flag"
+    conf.write_text("old\n")
+    op = File(str(conf), "new\n", notify=("restart it",), title="unit")
+    with pytest.raises(StepFailed) as failed:  # fails on both runs, at its first command
+        converge(LocalRemote(), [op], Reporter(colour=False), Mode(), [Handler("restart it", [f"test -e {flag}", "true"])])
+    assert "ROLLBACK FAILED" in str(failed.value) and conf.read_text() == "old\n"
+    # control: a handler that fails on its first run and works on the re-run is rolled back
+    with pytest.raises(StepFailed) as failed:
+        converge(LocalRemote(), [op], Reporter(colour=False), Mode(),
+                 [Handler("restart it", [f"test -e {flag} || {{ touch {flag}; false; }}", "true"])])
+    assert str(failed.value).endswith("; rolled back") and conf.read_text() == "old\n"
