@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import paramiko
@@ -23,7 +24,7 @@ from pitunnel.link import Unanswered
 from pitunnel.remote import Credentials, Remote, Unreachable
 from tests.unit.sshd_fake import FakeSshd
 from tests.unit.test_failures import web  # noqa: F401  (a fixture)
-from tests.unit.test_remote import KEY, line, remote, spec, sshd  # noqa: F401  (sshd: a fixture)
+from tests.unit.test_remote import KEY, failure_within, line, remote, spec, sshd  # noqa: F401  (sshd: a fixture)
 from tests.unit.test_sshconf import free_port, vps_and_pi  # noqa: F401  (vps_and_pi: a fixture)
 
 Fakes = tuple[FakeSshd, FakeSshd, Remote, Path]
@@ -131,37 +132,33 @@ def test_a_handshake_that_stalls_after_the_greeting_is_given_up_after_connect_ti
         greets_then_stalls: int, tmp_path: Path) -> None:
     host = Remote(dataclasses.replace(spec(greets_then_stalls), connect_timeout=1), tmp_path / "known_hosts",
                   Credentials("login"))
-    failed: list[Exception] = []
-
-    def connect() -> None:
-        try:
-            host.connection()
-        except Exception as exc:  # noqa: BLE001  (the test checks what it was)
-            failed.append(exc)
-
-    attempt = threading.Thread(target=connect, daemon=True)
-    attempt.start()
-    attempt.join(timeout=8)
-    assert not attempt.is_alive(), "the login still waits for the handshake, long past connect_timeout (1s)"
-    assert len(failed) == 1 and isinstance(failed[0], Unreachable)
-    assert str(failed[0]) == (f"pi@127.0.0.1:{greets_then_stalls}: no SSH handshake with port {greets_then_stalls} "
+    failed = failure_within(host.connection, 8, "the login still waits for the handshake, long past connect_timeout (1s)")
+    assert isinstance(failed, Unreachable)
+    assert str(failed) == (f"pi@127.0.0.1:{greets_then_stalls}: no SSH handshake with port {greets_then_stalls} "
                               "within 1s: is it an SSH server? (check `port:`)")
 
 
-def test_ctrl_c_during_a_jump_hosts_handshake_says_it_was_interrupted(tmp_path: Path) -> None:
-    """Ctrl-C while the jump host's handshake was under way (it ends that handshake): the failure says the run
-    was interrupted, not what the cut connection looked like."""
-    with socket.socket() as jump:
-        jump.bind(("127.0.0.1", 0))
-        jump.listen(1)
+@contextmanager
+def ctrl_c_in_handshake() -> Iterator[socket.socket]:
+    """A listener whose first client gets as far as its greeting; then Ctrl-C (STOP) and the connection cut."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
 
         def ctrl_c_then_cut() -> None:
-            client, _ = jump.accept()
+            client, _ = listener.accept()
             client.recv(256)  # the client's greeting: its handshake has begun
             STOP.set()
             client.close()
 
         threading.Thread(target=ctrl_c_then_cut, daemon=True).start()
+        yield listener
+
+
+def test_ctrl_c_during_a_jump_hosts_handshake_says_it_was_interrupted(tmp_path: Path) -> None:
+    """Ctrl-C while the jump host's handshake was under way (it ends that handshake): the failure says the run
+    was interrupted, not what the cut connection looked like."""
+    with ctrl_c_in_handshake() as jump:
         config = tmp_path / "ssh_config"
         config.write_text(f"Host target\n  HostName 127.0.0.1\n  Port 1\n  ProxyJump j1\n"
                           f"Host j1\n  HostName 127.0.0.1\n  Port {jump.getsockname()[1]}\n  User hopper\n")
@@ -297,18 +294,8 @@ def test_auto_meeting_another_hosts_key_at_the_address_and_no_tunnel_is_a_host_k
 def test_ctrl_c_during_the_hosts_own_handshake_says_it_was_interrupted_naming_it(tmp_path: Path) -> None:
     """Ctrl-C while the host's handshake was under way: the failure names the host and says the run was
     interrupted."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
+    with ctrl_c_in_handshake() as listener:
         port = listener.getsockname()[1]
-
-        def ctrl_c_then_cut() -> None:
-            client, _ = listener.accept()
-            client.recv(256)  # the client's greeting: its handshake has begun
-            STOP.set()
-            client.close()
-
-        threading.Thread(target=ctrl_c_then_cut, daemon=True).start()
         with pytest.raises(Unreachable) as exc:
             Remote(spec(port), tmp_path / "known_hosts", Credentials("login")).connection()
         assert str(exc.value) == f"pi@127.0.0.1:{port}: not reached: interrupted (Ctrl-C)"

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paramiko
@@ -581,21 +581,28 @@ def test_a_host_that_never_reads_the_script_fails_the_run_within_its_timeout(
     once the channel's window is full, the run's timeout ends it, and says so."""
     monkeypatch.setattr(sshd, "_exec", lambda chan, command: None)  # takes the command, reads nothing, ever
     host = remote(sshd.port, known)
+    failed = failure_within(lambda: host.run("#" * 3_000_000, sudo=False, timeout=0.5), 10,  # > the window (2 MiB)
+                            "the run still waits to send its script, long past its timeout (0.5s)")
+    assert isinstance(failed, Unreachable) and str(failed).startswith("h1: connection lost:")
+    host.close()
+
+
+def failure_within(call: Callable[[], object], seconds: float, still_waiting: str) -> Exception:
+    """What `call` raised, in a thread given `seconds` (a call that hangs fails the test with `still_waiting`)."""
     failed: list[Exception] = []
 
-    def run() -> None:
+    def attempt() -> None:
         try:
-            host.run("#" * 3_000_000, sudo=False, timeout=0.5)  # more than the channel's window (2 MiB)
+            call()
         except Exception as exc:  # noqa: BLE001  (the test checks what it was)
             failed.append(exc)
 
-    attempt = threading.Thread(target=run, daemon=True)
-    attempt.start()
-    attempt.join(timeout=10)
-    assert not attempt.is_alive(), "the run still waits to send its script, long past its timeout (0.5s)"
-    assert len(failed) == 1 and isinstance(failed[0], Unreachable)
-    assert str(failed[0]).startswith("h1: connection lost:")
-    host.close()
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=seconds)
+    assert not worker.is_alive(), still_waiting
+    assert len(failed) == 1, "it did not fail"
+    return failed[0]
 
 
 @pytest.mark.parametrize("text", ["it's", "'", "''", "a 'b' c", "$HOME `id` \\ \"x\"", remote_module.RECEIVER])
