@@ -31,15 +31,31 @@ def test_each_language_quotes_by_its_own_rules() -> None:
     assert quoting.nginx("*.example.com") == "*.example.com"
 
 
-@pytest.mark.parametrize(("render", "value"), [
-    (quoting.sh, "a\nb"), (quoting.ssh, "a\nProxyCommand x"), (quoting.ssh, 'a"b'), (quoting.ssh, "a\\b"),
-    (quoting.ssh, "${HOME}"), (quoting.ssh, ""), (quoting.systemd, "a\nExecStartPre=x"), (quoting.systemd, "a\\"),
-    (quoting.systemd, " a"), (quoting.systemd_word, "a\rb"), (quoting.systemd_exec, ";"), (quoting.nginx, "$host"),
-    (quoting.nginx, "a\u2028b"), (quoting.nginx, ""), (quoting.nginx_plain, "a b"), (quoting.sh, "a\x85b"),
+CONTROL = "holds a control character, which {} cannot hold"
+SSH = "cannot be written in an ssh config (a quote, backslash, '$' or nothing)"
+UNIT = "cannot be a unit file setting (space at an end, or a trailing backslash)"
+NGINX = "cannot be written in an nginx config ('$' starts a variable)"
+
+
+@pytest.mark.parametrize(("render", "value", "says"), [
+    (quoting.sh, "a\nb", CONTROL.format("a script line")), (quoting.sh, "a\x85b", CONTROL.format("a script line")),
+    (quoting.ssh, "a\nProxyCommand x", CONTROL.format("an ssh config")),
+    (quoting.ssh_tokens, "a\x1bb", CONTROL.format("an ssh config")),
+    (quoting.ssh, 'a"b', SSH), (quoting.ssh, "a\\b", SSH), (quoting.ssh, "${HOME}", SSH), (quoting.ssh, "", SSH),
+    (quoting.systemd, "a\nExecStartPre=x", CONTROL.format("a unit file")), (quoting.systemd, "a\\", UNIT),
+    (quoting.systemd, " a", UNIT), (quoting.systemd_word, "a\rb", CONTROL.format("a unit file")),
+    (quoting.systemd_exec, "a\tb", CONTROL.format("a unit file")),
+    (quoting.systemd_exec, ";", "';' alone separates commands on an Exec line"),
+    (quoting.nginx, "$host", NGINX), (quoting.nginx, "", NGINX),
+    (quoting.nginx, "a\u2028b", CONTROL.format("an nginx config")),
+    (quoting.nginx_plain, "a b", "cannot be part of an nginx token"),
+    (quoting.nginx_plain, "a\x7fb", CONTROL.format("an nginx config")),
 ])
-def test_what_a_language_cannot_hold_is_refused(render: Callable[[object], str], value: str) -> None:
-    with pytest.raises(Unquotable):
+def test_what_a_language_cannot_hold_is_refused_naming_the_language(render: Callable[[object], str], value: str,
+                                                                    says: str) -> None:
+    with pytest.raises(Unquotable) as refused:
         render(value)
+    assert str(refused.value) == (says if value == ";" else f"{value!r} {says}")
 
 
 @pytest.mark.parametrize("value", ["$(touch x)", "a b", "`id`", "'\"", "*", "a;b", "#c", "~root", "é"])
