@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -730,6 +731,111 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "cannot read the inventory" in str(caught.value)
 
 
+def test_a_missing_inventory_says_why_and_where_to_start(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yml"
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    assert str(caught.value) == (f"{path}: 1 problem found:\n{path}: cannot read the inventory: No such file or "
+                                 "directory. Fix: check the path, or start from inventory/example.yml.")
+
+
+def refusal(path: Path) -> list[str]:
+    """The problem lines of the inventory at `path`, which must be refused."""
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path, save_allocations=False)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_a_top_level_list_is_named_and_the_top_level_keys_listed(tmp_path: Path) -> None:
+    path = write(tmp_path, "- vps\n- pis\n")
+    assert refusal(path) == [f"{path}:1:1: expected a mapping at the top level, got a list. Fix: use the top-level "
+                             "keys settings, defaults, vps and pis (see inventory/example.yml)."]
+
+
+def test_an_inventory_without_a_vps_shows_how_to_write_one(tmp_path: Path) -> None:
+    path = write(tmp_path, "pis: {}\n")
+    assert refusal(path) == [f"{path}:1:1: vps: no VPS is defined. Fix: add one under 'vps:', "
+                             "e.g. 'vps: {main: {address: vps.example.com}}'."]
+
+
+def test_a_required_key_written_without_a_value_shows_an_example_value(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        vps:
+          main:
+            address:
+        """)
+    assert refusal(path) == [f"{path}:3:13: vps.main.address: has no value. "
+                             "Fix: write 'address: <IP address or DNS name>'."]
+
+
+def test_half_a_tls_pair_names_the_missing_half_and_the_half_that_is_set(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        vps:
+          main:
+            address: vps.example.com
+            tls_certificate: /etc/ssl/cert.pem
+          other:
+            address: vps2.example.com
+            tls_key: /etc/ssl/key.pem
+        """)
+    fix = "Fix: set both tls_certificate and tls_key, or neither."
+    assert refusal(path) == [
+        f"{path}:2:3: vps.main.tls_key: 'tls_key' is missing while 'tls_certificate' is set. {fix}",
+        f"{path}:5:3: vps.other.tls_certificate: 'tls_certificate' is missing while 'tls_key' is set. {fix}"]
+
+
+def test_a_pis_tunnel_account_may_be_its_login_user_given_under_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        defaults:
+          user: admin
+        vps:
+          main:
+            address: vps.example.com
+        pis:
+          pi1:
+            address: 10.0.0.1
+            tunnel_user: admin
+        """)
+    pi = load_inventory(path, save_allocations=False).pis["pi1"]
+    assert (pi.user, pi.tunnel_user) == ("admin", "admin")
+
+
+def test_via_direct_from_defaults_on_a_pi_without_an_address_is_placed_under_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        defaults:
+          via: direct
+        vps: {main: {address: vps.example.com}}
+        pis:
+          pi1:
+            tunnels: {ssh: {type: ssh}}
+        """)
+    assert refusal(path) == [f"{path}:2:8: defaults.via: 'via: direct' needs the address of pi1, and it has none. "
+                             "Fix: give it an address, or use 'via: tunnel' (or leave via out)."]
+
+
+def test_an_http_key_on_an_ssh_tunnel_is_placed_at_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        vps: {main: {address: vps.example.com}}
+        pis:
+          pi1:
+            address: 10.0.0.1
+            tunnels:
+              ssh:
+                type: ssh
+                server_name: pi1.example.com
+        """)
+    assert refusal(path) == [f"{path}:8:9: pis.pi1.tunnels.ssh.server_name: 'server_name' only applies to http "
+                             "tunnels. Fix: remove it, or make this an http tunnel with 'type: http'."]
+
+
+def test_a_lock_file_that_is_not_a_regular_file_is_a_problem_naming_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "vps: {main: {address: vps.example.com}}\n")
+    lock = ports_file(path)
+    os.mkfifo(lock)
+    assert refusal(path) == [f"{lock}: is not a regular file. Fix: delete it to reallocate (tunnels with "
+                             "remote_port: auto may then get new ports)."]
+
+
 # ---------------------------------------------------------------------------
 # Valid inventories
 
@@ -777,6 +883,13 @@ def test_laptop_key_default_found_when_it_exists(tmp_path: Path, home: Path) -> 
     path = write(tmp_path, "vps: {main: {address: vps.example.com}}\n")
     assert load_inventory(path).settings.laptop_key == key
     path.write_text("settings: {laptop_key: null}\nvps: {main: {address: vps.example.com}}\n")
+    assert load_inventory(path).settings.laptop_key is None
+
+
+@pytest.mark.parametrize("half", ["id_ed25519", "id_ed25519.pub"])
+def test_laptop_key_default_needs_both_halves(tmp_path: Path, home: Path, half: str) -> None:
+    touch(home / ".ssh" / half)
+    path = write(tmp_path, "vps: {main: {address: vps.example.com}}\n")
     assert load_inventory(path).settings.laptop_key is None
 
 

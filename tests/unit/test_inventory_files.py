@@ -113,3 +113,13 @@ def test_paths_are_relative_to_the_inventory_and_expand_home(tmp_path: Path, mon
     assert exc.value.message.startswith(f"cannot use the path {tmp_path}/bad\0name: ")
     assert files.public_key(Path("/k/id_ed25519")) == Path("/k/id_ed25519.pub")
     assert os.fspath(files.public_key(Path("k"))) == "k.pub"
+
+
+def test_a_path_the_system_refuses_is_named_with_the_systems_reason(tmp_path: Path) -> None:
+    """A NUL byte reaches the system only here (the inventory's text check refuses it first): the reason is the
+    error's own words, since a ValueError has no strerror."""
+    with pytest.raises(Invalid) as exc:
+        files.local_file("/tmp/a\0b", tmp_path, exists=False, secret="key")
+    assert (exc.value.message, exc.value.fix) == (
+        "cannot use the path /tmp/a\0b: embedded null byte",
+        "correct the path (relative paths start at the inventory's folder)")

@@ -3,16 +3,19 @@ and a secret file that other users can read or change is refused, naming the fil
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fabric import Connection
 
-from pitunnel.inventory import InventoryError, load_inventory
+from pitunnel.inventory import InventoryError, load_inventory, ports_file, sidefile
+from pitunnel.inventory.revoked import revoked_file
 from lab import core
 from lab.plan import make_plan
 from pitunnel.inventory.rewrite import backup_path
@@ -121,6 +124,33 @@ def test_migrate_leftovers_are_ignored_by_git() -> None:
     for name in map(str, written):
         result = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", name])
         assert result.returncode == 0, f"{name} is not ignored by git"
+
+
+def test_a_side_files_copy_left_by_a_failed_rename_is_ignored_by_git(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The port lock file and the revoked list are written whole to a copy beside them, then renamed over them: a
+    copy left when the rename fails names the hosts and their ports, so git must ignore it wherever it is (by
+    .gitignore's '*.yml.tmp'; asked of git itself in a git checkout, mutmut's copy of the tree is none)."""
+    git = shutil.which("git") is not None and (ROOT / ".git").exists()
+
+    def fail(source: Path, target: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sidefile, "os", SimpleNamespace(replace=fail))
+    for inventory in (Path("inventory/hosts.yml"), Path("fleet/office.yml")):
+        for side in (ports_file(inventory), revoked_file(inventory)):
+            folder = tmp_path / side.parent
+            folder.mkdir(parents=True, exist_ok=True)
+            with pytest.raises(OSError):
+                sidefile.write_side_file(folder / side.name, "# header\n", {"main": {"pi1/ssh": 20000}})
+            [left] = folder.iterdir()
+            assert left.read_text() == "# header\nmain:\n  pi1/ssh: 20000\n"
+            left.unlink()
+            assert fnmatch.fnmatch(left.name, "*.yml.tmp"), left.name
+            name = str(side.with_name(left.name))
+            if git:
+                result = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", name])
+                assert result.returncode == 0, f"{name} is not ignored by git"
 
 
 def test_example_puts_its_secrets_in_the_ignored_folder() -> None:

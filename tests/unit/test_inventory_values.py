@@ -165,3 +165,21 @@ def test_a_name_suggestion_is_cut_to_31_characters_without_a_dash_at_either_end(
     assert message == ("'/a/./b/' has a '.' or '..' segment: nginx resolves those in every request path, so this "
                        "location would never match (or would be another one)")
     assert fix == "write the path without '.' and '..' segments, e.g. /pi1/web/"
+
+
+def test_an_address_that_is_neither_ip_nor_host_name_shows_both_forms() -> None:
+    assert refused(values.address, "vps example") == (
+        "'vps example' is not an IP address or host name",
+        "use an IPv4 or IPv6 address without brackets (203.0.113.10, 2001:db8::1) or a DNS name (vps.example.com)")
+
+
+def test_a_listen_address_without_a_valid_port_names_the_value() -> None:
+    fix = "write an IPv4 address and a port, e.g. 127.0.0.1:9100 (loopback: only the VPS itself reads it)"
+    assert values.listen_address("127.0.0.1:9100") == "127.0.0.1:9100"
+    assert refused(values.listen_address, "127.0.0.1:0") == ("'127.0.0.1:0' (a string) has no valid port", fix)
+    assert refused(values.listen_address, "127.0.0.1:x") == ("'127.0.0.1:x' (a string) has no valid port", fix)
+
+
+def test_an_empty_vps_list_shows_a_name_and_a_list() -> None:
+    assert refused(values.names, []) == ("the list is empty",
+                                         "name at least one VPS, e.g. 'vps: main' or 'vps: [main, backup]'")

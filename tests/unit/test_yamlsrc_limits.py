@@ -209,6 +209,7 @@ def test_a_bad_byte_that_breaks_the_yaml_is_named_instead_of_the_yaml_error() ->
     ("a: 1\n  b: 2\n", (2, 4), "mapping values are not allowed here"),
     ("- a\nb: 1\n", (2, 1), "expected <block end>, but found '?' (while parsing a block collection on line 1)"),
     ('a: "x\n', (2, 1), "found unexpected end of stream (while scanning a quoted scalar on line 1)"),
+    ("a: @x\n", (1, 4), "found character '@' that cannot start any token (while scanning for the next token)"),
 ])
 def test_a_syntax_error_is_placed_and_worded(text: str, where: tuple[int, int], message: str) -> None:
     with pytest.raises(yamlsrc.YamlSyntaxError) as exc:
