@@ -37,8 +37,9 @@ def vps_agrees(report: Problems, values: Mapping[str, Any], path: KeyPath) -> bo
         return False
     tunnel_user = values.get("tunnel_user")
     if tunnel_user is not None and tunnel_user == values.get("user"):
+        other = "tunnel" if tunnel_user == "pitunnel" else "pitunnel"
         report.problem(path + ("tunnel_user",), f"the tunnel account '{tunnel_user}' is also the login user",
-                       "use a separate account for the tunnels, such as 'pitunnel'")
+                       f"give the tunnels an account of their own (tunnel_user: {other}), or log in as another user")
         return False
     if tunnel_user in IMAGE_LOGINS:
         report.problem(path + ("tunnel_user",), _image_login(tunnel_user), _OWN_ACCOUNT)

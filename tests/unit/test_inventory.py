@@ -321,7 +321,7 @@ MALFORMED: list[tuple[str, str, str, int | None, str]] = [
           main:
             address: vps.example.com
             user: pitunnel
-        """, "vps.main.tunnel_user", 2, "separate account"),
+        """, "vps.main.tunnel_user", 2, "an account of their own (tunnel_user: tunnel)"),
     ("remote-port-privileged", """
         vps:
           main:
@@ -782,6 +782,24 @@ def test_half_a_tls_pair_names_the_missing_half_and_the_half_that_is_set(tmp_pat
     assert refusal(path) == [
         f"{path}:2:3: vps.main.tls_key: 'tls_key' is missing while 'tls_certificate' is set. {fix}",
         f"{path}:5:3: vps.other.tls_certificate: 'tls_certificate' is missing while 'tls_key' is set. {fix}"]
+
+
+def test_a_vps_tunnel_account_that_is_the_login_user_is_refused_with_another_name_to_use(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        vps:
+          main:
+            address: vps.example.com
+            user: pitunnel
+          other:
+            address: vps2.example.com
+            user: ops
+            tunnel_user: ops
+        """)
+    assert refusal(path) == [
+        f"{path}:2:3: vps.main.tunnel_user: the tunnel account 'pitunnel' is also the login user. Fix: give the "
+        "tunnels an account of their own (tunnel_user: tunnel), or log in as another user.",
+        f"{path}:8:18: vps.other.tunnel_user: the tunnel account 'ops' is also the login user. Fix: give the "
+        "tunnels an account of their own (tunnel_user: pitunnel), or log in as another user."]
 
 
 def test_a_pis_tunnel_account_may_be_its_login_user_given_under_defaults(tmp_path: Path) -> None:
