@@ -131,3 +131,19 @@ def test_a_connection_still_being_opened_does_not_keep_pitunnel_from_exiting(tmp
         """)
     ended = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=15)
     assert (ended.returncode, ended.stdout) == (0, "done\n"), ended.stderr
+
+
+def test_the_dials_run_in_daemon_threads_named_after_their_host(tmp_path: Path) -> None:
+    """The same in this process (a mutation run sees it; the test above runs a Python of its own): every thread
+    connect_ahead starts is a daemon thread, so a dial that hangs never holds pitunnel at exit."""
+    dials = Dials()
+    dials.gate.clear()  # the dials hang: their threads are there to look at
+    before = set(threading.enumerate())
+    play_of(load(tmp_path, INVENTORY), dials, limit=frozenset({"gamma"})).connect_ahead()
+    started = set(threading.enumerate()) - before
+    try:
+        assert sorted((t.name, t.daemon) for t in started) == [("connect-gamma", True), ("connect-spare", True)]
+    finally:
+        dials.gate.set()
+        for thread in started:
+            thread.join(10)

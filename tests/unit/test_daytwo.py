@@ -255,6 +255,15 @@ def test_metrics_on_renders_the_tunnels_and_the_bind(tmp_path: Path) -> None:
     assert not any(hasattr(op, "wanted") for op in off), "metrics off: only removals"
 
 
+def test_the_metrics_writer_script_root_runs_is_root_s_alone_to_change(tmp_path: Path) -> None:
+    """The writer runs as root every minute: its script is root's and 755, never writable by anyone else (494, the
+    decimal slip, would be 0o756: a script any account on the VPS could rewrite, and root would run it)."""
+    inv = lab_like(tmp_path, ", metrics: true")
+    (script,) = [op for op in metrics_ops(inv, inv.vps["main"])
+                 if getattr(op, "path", "") == VPS_DEFAULTS["metrics_path"]]
+    assert (script.owner, script.group, oct(script.mode)) == ("root", "root", "0o755")
+
+
 # ------------------------------------------------------------------------------------------ --laptop-key
 def test_a_new_laptop_key_is_checked_before_any_host(tmp_path: Path) -> None:
     from pitunnel.tasks import laptop_key_problem

@@ -115,6 +115,24 @@ def test_a_refused_port_fails_at_once(tmp_path: Path) -> None:
     assert took < 0.5 and "connection refused: nothing listens on port" in why
 
 
+def test_a_name_with_several_addresses_is_dialled_at_the_next_one_when_one_refuses(
+        silent: tuple[socket.socket, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name whose first address refuses (an IPv6 address where sshd listens on IPv4 only, say) is reached at
+    its next address, as ssh does; only when every address fails is the last failure the one said."""
+    server, port = silent
+    closed = free_port()
+    both = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p)) for p in (closed, port)]
+    monkeypatch.setattr(dial.socket, "getaddrinfo", lambda *_, **__: both)
+    sock = dial.tcp("vps.example.com", 22, 1, "main")
+    assert sock.getpeername() == ("127.0.0.1", port) and taken(server) == 1
+    sock.close()
+    monkeypatch.setattr(dial.socket, "getaddrinfo", lambda *_, **__: both[:1] * 2)
+    with pytest.raises(Unreachable) as refused:
+        dial.tcp("vps.example.com", 22, 1, "main")
+    assert str(refused.value) == ("main: connection refused: nothing listens on port 22 (is `port:` the host's sshd "
+                                  "port, and is sshd running?)")
+
+
 def test_ctrl_c_ends_a_login_in_flight_at_once(silent: tuple[socket.socket, int], tmp_path: Path) -> None:
     vps, _ = vps_and_pi(silent[1], tmp_path, timeout=10)
 

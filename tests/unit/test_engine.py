@@ -17,7 +17,7 @@ from pitunnel.hostkeys import HostKeyRefused
 from pitunnel.inventory import Inventory, load_inventory
 from pitunnel.ops import Handler, Refused
 from pitunnel.play import BadLimit, Options, Play, _read_secret
-from pitunnel.remote import Result, SudoRefused, Unreachable
+from pitunnel.remote import HostCannotRun, Result, SudoRefused, Unreachable
 from pitunnel.report import Reporter
 from pitunnel.runner import Interrupted, Mode, StepFailed, converge, facts_for
 from pitunnel.sshkeys import BadPublicKey, PublicKey, parse_public_key
@@ -218,6 +218,18 @@ def test_each_skips_the_hosts_that_failed_in_an_earlier_each(capsys: pytest.Capt
     second = play.each(hosts("a", "b", "c", "d", "e", "f"), lambda r: seen.append(r.name) or r.name)
     assert seen == ["f"] and second == {"f": "f"}
     assert play.finish() == 6  # failed (2) | unreachable (4), docs/cli.md
+
+
+def test_a_host_that_cannot_run_a_script_fails_alone_in_its_own_words_with_the_hint(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only or full /tmp is the host's trouble, not pitunnel's: a failed line (as every failed host's, the
+    status word the recap and colours go by) with the host's error and where to look; the other host goes on."""
+    play = play_of("a", "b")
+    cannot = HostCannotRun("a", "sh: 1: cannot create /tmp/pitunnel.x: Read-only file system\n")
+    assert play.each(hosts("a", "b"), fails({"a": cannot})) == {"b": "done b"}  # type: ignore[arg-type]
+    assert play.failed == {"a"}
+    assert out(capsys) == ["failed a run a script - a cannot run a script: sh: 1: cannot create /tmp/pitunnel.x: "
+                           "Read-only file system (is / read-only or /tmp full on a?)"]
 
 
 def test_a_host_interrupted_after_its_step_is_noted_by_name_and_listed_as_stopped(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pitunnel.roles.vps.firewall import host_firewall, in_ports
+from pitunnel.roles.vps.firewall import Chain, Firewalld, host_firewall, in_ports, parse_firewalld, parse_nft, sections
 from tests.unit.test_firewall import NONE_YET
 
 UFW_HEAD = """@@ufw
@@ -103,6 +103,12 @@ def test_firewalld_says_what_its_zone_does(target: str, words: str) -> None:
     assert found.blocks(443) is None and found.blocks(8010) is None and found.blocks(22) is None
 
 
+def test_firewalld_zone_is_read_with_each_service_by_name_and_its_ports() -> None:
+    found = parse_firewalld(sections(FIREWALLD.format(zone="dmz", target="target: DROP"))["firewalld"])
+    assert found == Firewalld("dmz", "DROP", ("8000-8010/tcp", "9000/udp"),
+                              (("ssh", ("22/tcp",)), ("web", ("80/tcp", "443/tcp"))))
+
+
 @pytest.mark.parametrize("rule, port, lets", [
     ("tcp dport 80 accept", 80, True), ("tcp dport 80 accept", 81, False), ("tcp dport != 80 accept", 81, False),
     ("th dport { 80, 443 } accept", 443, True), ("tcp dport 80 accept # handle 7", 80, True),
@@ -149,6 +155,16 @@ def test_nftables_jumps_returns_and_gotos() -> None:
     assert str(policy) == "nftables: table inet filter, chain input: policy drop of chain input"
     loop = "\tchain a {\n\t\tjump b\n\t}\n\tchain b {\n\t\tjump a\n\t}\n"
     assert not lets_in(nft("jump a\n", more=loop), 80) and lets_in(nft("jump a\n", "accept", loop), 80)
+
+
+def test_nftables_comment_lines_are_no_rules_of_their_chain() -> None:
+    """`nft list ruleset` writes comments of its own (`# Warning: table ip filter is managed by iptables-nft`):
+    a chain's rules are its rule lines alone."""
+    text = ("table inet filter {\n\t# Warning: managed by iptables-nft, do not touch!\n\tchain input {\n"
+            "\t\ttype filter hook input priority filter; policy drop;\n\t\t# tcp dport 80 accept\n"
+            "\t\ttcp dport 22 accept\n\t}\n}\n")
+    (table,) = parse_nft(text)
+    assert table.chains == (Chain("input", "drop", ("tcp dport 22 accept",)),) and table.inputs == ("input",)
 
 
 def test_nftables_tables_and_chains_that_do_not_filter_input() -> None:

@@ -76,6 +76,21 @@ def test_a_fresh_login_never_waits_unbounded_for_its_session(sshd: FakeSshd, kno
     host.close()
 
 
+def test_a_login_refused_other_than_source_by_source_says_so_with_what_to_do(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """paramiko may refuse a login without the list of what was tried (an AuthenticationException that is not an
+    AuthFailure): the run still says where, that the login was refused, and how to log in."""
+    def refused(self: object) -> None:
+        raise paramiko.AuthenticationException("Authentication failed.")
+
+    monkeypatch.setattr(link_module.Connection, "open", refused)
+    with socket.create_server(("127.0.0.1", 0)) as server, pytest.raises(link_module.LoginRefused) as caught:
+        port = server.getsockname()[1]
+        remote(port, tmp_path / "known_hosts", user="admin").connection()
+    assert str(caught.value) == (f"admin@127.0.0.1:{port}: login refused (load your key into ssh-agent, or set key "
+                                 "(or password_file, or --prompt-for-login-password))")
+
+
 def test_closing_a_link_closes_its_connection_and_the_next_use_opens_another(sshd: FakeSshd, known: Path) -> None:
     host = remote(sshd.port, known)
     assert host.run("echo one", sudo=False).stdout == "one\n"

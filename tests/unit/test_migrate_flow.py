@@ -385,6 +385,21 @@ def test_an_auto_port_taken_on_new_is_mapped_said_and_recorded_there(
     assert recorded.get("old") in (None, {}) and recorded["new"]["pi1/ssh"] == taken + 1
 
 
+def test_the_inventory_rewrite_says_changed_once_and_ok_when_the_file_says_new_already(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """REWRITE run twice for pi1 (the second time the file says `vps: new` already, as after an edit by hand during
+    the run): the file is written once, and the second line says ok."""
+    inv = load(tmp_path, INVENTORY)
+    flow = migrate_module.Migration(play_on(inv, {}), "old", "new", [inv.pis["pi1"]], keep_old=False)
+    state = migrate_module.Move((), (), verified=("pi1",))
+    flow.rewrite(state)
+    moved = inv.path.read_text()
+    flow.rewrite(state)
+    assert inv.path.read_text() == moved == INVENTORY.replace("vps: old    # moves soon", "vps: new    # moves soon")
+    said = f"inventory says the new VPS - {inv.path}: vps: new for pi1 (as it was: hosts.yml.bak)"
+    assert [l for l in lines(capsys) if "inventory says" in l] == [f"changed new {said}", f"ok new {said}"]
+
+
 def steps_from(move: migrate_module.Move) -> list[migrate_module.Step]:
     return [s for s, _ in reconcile.plan(move, migrate_module.next_step, migrate_module.after)]
 

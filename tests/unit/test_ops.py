@@ -794,6 +794,28 @@ def test_gather_command_facts_rc_and_output() -> None:
     assert found["e"] == (0, "x\n\n")
 
 
+def test_a_line_in_a_facts_output_that_looks_like_a_section_end_does_not_stop_the_other_facts() -> None:
+    """A command's output may hold a line like the script's own `@@RC` marker (a log line, a file shown as it is):
+    the read goes on, and the facts after it are read as they are."""
+    found = gather(LocalShell(), [command_fact("a", "echo '@@RC 0 5'; echo more"), command_fact("b", "echo b")])
+    assert found["b"] == (0, "b")
+
+
+def test_gather_gives_its_timeout_to_the_read_with_a_secret_fact_as_without() -> None:
+    """`timeout` (verify's probes take their time) holds for a read with a secret file in it too, whose output -v
+    masks: the one read is asked for both."""
+    asked: list[dict[str, object]] = []
+
+    class Recording(LocalShell):
+        def run(self, script: str, **kw: object) -> subprocess.CompletedProcess[str]:
+            asked.append(kw)
+            return super().run(script)
+
+    gather(Recording(), [file_fact("/nonexistent/htpasswd", secret=True)], timeout=120)
+    gather(Recording(), [file_fact("/nonexistent/plain")], timeout=120)
+    assert [kw.get("timeout") for kw in asked] == [120, 120] and callable(asked[0]["mask"]) and "mask" not in asked[1]
+
+
 def test_gather_nothing_runs_nothing() -> None:
     shell = LocalShell()
     assert gather(shell, []) == {}

@@ -351,6 +351,21 @@ def test_a_pi_revoked_again_keeps_the_keys_of_its_earlier_revocation(tmp_path: P
                             f"{old.fingerprint}, {new.fingerprint}; ") for l in lines(capsys))
 
 
+def test_sshds_revoked_keys_file_lists_every_revoked_key_on_a_line_of_its_own(tmp_path: Path,
+                                                                             keys: dict[str, str]) -> None:
+    """Two keys of one Pi (revoked again after a new key) and a second Pi's: sshd reads RevokedKeys a key a line,
+    so each of the three is a line of its own, named by its Pi; a key revoked twice is listed once."""
+    load(tmp_path, INVENTORY)
+    alpha, alpha2, beta = (parse_public_key(keys[n]) for n in ("alpha", "alpha2", "beta"))
+    record(tmp_path, Revoked("alpha", "2026-12-06T05:00:00Z", (alpha, alpha2), {"main": {"ssh": 20022, "web": 20080}}),
+           Revoked("beta", "2026-12-06T05:00:00Z", (beta, beta), {"main": {"ssh": 20023}}))
+    file = vps_authorized.revoked_keys_file(load(tmp_path, INVENTORY))
+    assert file.path == "/etc/ssh/pitunnel_revoked_keys" and file.create
+    assert file.wanted(FileState(False)) == (f"{keys['alpha']} pitunnel-revoked:alpha\n"
+                                             f"{keys['alpha2']} pitunnel-revoked:alpha\n"
+                                             f"{keys['beta']} pitunnel-revoked:beta\n")
+
+
 FIX = ("it is written by `pitunnel revoke`: put back the copy you keep with the inventory (do not delete it while its "
        "Pis are out of your hands; docs/operations.md)")
 

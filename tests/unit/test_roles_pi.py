@@ -526,6 +526,33 @@ def test_a_tunnel_already_as_wanted_changes_nothing_and_a_changed_config_restart
     assert not moved.applied("pitunnel-watchdog@main.service")
 
 
+@pytest.mark.parametrize("check", [False, True])
+def test_a_change_restarting_the_tunnel_the_run_rides_reconnects_through_the_new_tunnel_after_it(
+        inv: Inventory, capsys: pytest.CaptureFixture[str], check: bool) -> None:
+    """Reached through its tunnel to main, a new pin restarts that tunnel 2 s after its handler answered: the run
+    says so and waits for the path to come back (3 s, then up to listen_wait_seconds); --check restarts nothing,
+    so it neither says so nor waits."""
+    from tests.unit.fake_hosts import converged
+    alpha, main = inv.pis["alpha"], inv.vps["main"]
+    ops = [*pi.tunnel_ops(inv, alpha, main, ["ssh-ed25519 AAAAvps"]), *pi.loopback_ops(alpha, penalties=True)]
+    host = FakeHost("alpha", converged(ops))
+    host.through_tunnel = True
+    host.gateway_name = "main"  # type: ignore[attr-defined]
+    restarts: list[tuple[float, float]] = []
+    host.path_restarts = lambda after, within: restarts.append((after, within))  # type: ignore[attr-defined]
+    play = play_on(inv, {"alpha": host}, check=check)  # type: ignore[dict-item]
+    base = pi.PiBase(PiOffer("alpha", None, ()), True)
+    assert pi.tunnel(play, host, base, {"main": ("ssh-ed25519 AAAAnew",)}).changed == {"main"}  # type: ignore[arg-type]
+    said = [l for l in lines(capsys) if "reconnecting" in l]
+    if check:
+        assert restarts == [] and said == [] and host.ops == []
+        return
+    assert restarts == [(D["restart_under_us_after"] + 1, D["listen_wait_seconds"])] == [(3, 45)]
+    assert said == ["alpha its tunnel restarts in 2s, and with it this connection: reconnecting through the new tunnel"]
+    assert host.applied("systemd-run --quiet --collect --on-active=2 --timer-property=AccuracySec=100ms "
+                        "systemctl try-restart pitunnel@main.service")
+
+
 def test_a_path_to_a_vps_the_pi_no_longer_names_is_retired(inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:
     from tests.unit.fake_hosts import converged
     alpha, main = inv.pis["alpha"], inv.vps["main"]

@@ -96,8 +96,10 @@ def test_the_op_ends_what_the_file_as_written_no_longer_grants(tmp_path: Path) -
     # without a file op: the file as it is now grants both
     now = SessionsEnded("pitunnel")
     plan = now.plan(_facts(now, before, out))
-    assert not plan.changes and plan.reason == "none: every session of pitunnel (2) logged in with a key authorised now"
-    assert SessionsEnded("pitunnel").plan(_facts(now, before, "NOACCOUNT")).reason == "pitunnel is not there: no sessions"
+    assert (plan.commands, plan.reason) == ([], "none: every session of pitunnel (2) logged in with a key "
+                                                "authorised now")
+    gone = SessionsEnded("pitunnel").plan(_facts(now, before, "NOACCOUNT"))
+    assert (gone.commands, gone.reason) == ([], "pitunnel is not there: no sessions")
 
 
 def test_the_ending_script_ends_only_the_session_it_was_told(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from pitunnel.facts import FileState
 from pitunnel.inventory import Inventory, load_inventory
-from pitunnel.ops import Absent, File, Op, Service
+from pitunnel.ops import Absent, Directory, File, Op, Service
 from pitunnel.remote import Result
 from pitunnel.roles.site import provision_vps
 from pitunnel.roles.vps import acme
@@ -126,6 +126,18 @@ def test_check_mode_plans_the_certificates_and_no_second_converge(inv: Inventory
     assert "would change main certificate cam.example.com (ACME) - obtain from https://ca.example.net/dir" in out
     assert [l for l in out if "nginx site cam.example.com" in l] == [
         "would change main nginx site cam.example.com -> pi1/cam - create"]
+
+
+def test_the_ca_bundles_folder_is_made_before_the_bundle_certbot_reads(inv: Inventory) -> None:
+    """acme.ca_bundle goes to /etc/pitunnel/acme-ca.pem: on a VPS that never had that folder it is made first,
+    root's and 755, then the bundle, then certbot's drop-in naming it."""
+    ops = vps_steps.acme_ops(inv.vps["main"])
+    assert [(type(op).__name__, op.path) for op in ops] == [  # type: ignore[attr-defined]
+        ("Directory", D["acme_webroot"]), ("Directory", "/etc/pitunnel"), ("File", D["acme_ca_bundle"]),
+        ("File", D["certbot_dropin"])]
+    folder = ops[1]
+    assert isinstance(folder, Directory) and folder.title == "directory /etc/pitunnel"
+    assert (folder.owner, folder.group, folder.mode) == ("root", "root", 0o755)
 
 
 def test_a_vps_without_acme_gets_no_certificate_step(tmp_path: Path) -> None:
