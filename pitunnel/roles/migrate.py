@@ -152,7 +152,9 @@ def next_step(move: Move, started: bool) -> tuple[Step, str]:
         return Step.PROVISION, f"{', '.join(move.moving)} on OLD alone"
     if Step.PROVISION in move.done and Step.VERIFY not in move.done:
         return Step.VERIFY, "both paths are up"
-    if Step.REWRITE not in move.done and set(move.verified) - set(move.pending):
+    # every Pi verified in this run is on OLD in the inventory: rewrite, also those the state file names already
+    # (a run that died between writing the state file and the inventory)
+    if Step.REWRITE not in move.done and move.verified:
         return Step.REWRITE, f"{', '.join(move.verified)} verified through NEW"
     if not move.pending:
         return Step.HALTED, "no Pi was verified through NEW"

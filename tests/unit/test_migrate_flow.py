@@ -292,6 +292,30 @@ def test_a_move_stopped_on_old_is_finished_by_the_rerun_from_its_state_file(
     assert "ok new migrate to new done - pi1, pi2 through new only; old: pitunnel's side torn down" in out
 
 
+def test_a_move_that_died_between_the_state_file_and_the_inventory_rewrites_the_inventory_on_the_rerun(
+        tmp_path: Path, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The rewrite writes the state file first and the inventory last: a run that died in between left a state
+    file naming pi1 and pi2 while the inventory still has them on old. The rerun must still rewrite the inventory
+    (it had skipped the rewrite, retired nothing and said done, both paths left up)."""
+    inv = load(tmp_path, INVENTORY)
+    migrate_module.write_state(inv.path, "old", "new", ["pi1", "pi2"])
+    verified(monkeypatch)
+    hosts = fleet(inv, keys)
+    nginx_by_pitunnel(hosts["old"])
+    play = play_on(inv, hosts)
+    migrate(play, "new", keep_old=False)
+    assert play.failed == set()
+    assert inv.path.read_text() == MOVED
+    assert not state_file(inv.path).exists()
+    assert hosts["old"].applied("apt-get purge -y -q --autoremove nginx")
+    in_order(lines(capsys), [
+        f"changed new inventory says the new VPS - {inv.path}: vps: new for pi1, pi2 (as it was: hosts.yml.bak)",
+        "ok pi1 old: tunnel retired (no longer its VPS) - disabled, inactive",
+        "ok new migrate to new done - pi1, pi2 through new only; old: pitunnel's side torn down",
+    ])
+
+
 def test_a_finished_move_rerun_has_no_pi_to_move(tmp_path: Path, keys: dict[str, str],
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
