@@ -746,30 +746,23 @@ def refusal(path: Path) -> list[str]:
     return [str(p) for p in caught.value.problems]
 
 
-def test_a_top_level_list_is_named_and_the_top_level_keys_listed(tmp_path: Path) -> None:
-    path = write(tmp_path, "- vps\n- pis\n")
-    assert refusal(path) == [f"{path}:1:1: expected a mapping at the top level, got a list. Fix: use the top-level "
-                             "keys settings, defaults, vps and pis (see inventory/example.yml)."]
+LOGIN_CLASH = ("vps.{vps}.tunnel_user: the tunnel account '{user}' is also the login user. Fix: give the tunnels an "
+               "account of their own (tunnel_user: {other}), or log in as another user.")
 
 
-def test_an_inventory_without_a_vps_shows_how_to_write_one(tmp_path: Path) -> None:
-    path = write(tmp_path, "pis: {}\n")
-    assert refusal(path) == [f"{path}:1:1: vps: no VPS is defined. Fix: add one under 'vps:', "
-                             "e.g. 'vps: {main: {address: vps.example.com}}'."]
-
-
-def test_a_required_key_written_without_a_value_shows_an_example_value(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+@pytest.mark.parametrize(("text", "problems"), [
+    pytest.param("- vps\n- pis\n", ["1:1: expected a mapping at the top level, got a list. Fix: use the top-level "
+                                    "keys settings, defaults, vps and pis (see inventory/example.yml)."],
+                 id="top-level-list"),
+    pytest.param("pis: {}\n", ["1:1: vps: no VPS is defined. Fix: add one under 'vps:', "
+                               "e.g. 'vps: {main: {address: vps.example.com}}'."], id="no-vps"),
+    pytest.param("""
         vps:
           main:
             address:
-        """)
-    assert refusal(path) == [f"{path}:3:13: vps.main.address: has no value. "
-                             "Fix: write 'address: <IP address or DNS name>'."]
-
-
-def test_half_a_tls_pair_names_the_missing_half_and_the_half_that_is_set(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+        """, ["3:13: vps.main.address: has no value. Fix: write 'address: <IP address or DNS name>'."],
+                 id="required-key-without-value"),
+    pytest.param("""
         vps:
           main:
             address: vps.example.com
@@ -777,15 +770,11 @@ def test_half_a_tls_pair_names_the_missing_half_and_the_half_that_is_set(tmp_pat
           other:
             address: vps2.example.com
             tls_key: /etc/ssl/key.pem
-        """)
-    fix = "Fix: set both tls_certificate and tls_key, or neither."
-    assert refusal(path) == [
-        f"{path}:2:3: vps.main.tls_key: 'tls_key' is missing while 'tls_certificate' is set. {fix}",
-        f"{path}:5:3: vps.other.tls_certificate: 'tls_certificate' is missing while 'tls_key' is set. {fix}"]
-
-
-def test_a_vps_tunnel_account_that_is_the_login_user_is_refused_with_another_name_to_use(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+        """, ["2:3: vps.main.tls_key: 'tls_key' is missing while 'tls_certificate' is set. "
+              "Fix: set both tls_certificate and tls_key, or neither.",
+              "5:3: vps.other.tls_certificate: 'tls_certificate' is missing while 'tls_key' is set. "
+              "Fix: set both tls_certificate and tls_key, or neither."], id="half-a-tls-pair"),
+    pytest.param("""
         vps:
           main:
             address: vps.example.com
@@ -794,12 +783,35 @@ def test_a_vps_tunnel_account_that_is_the_login_user_is_refused_with_another_nam
             address: vps2.example.com
             user: ops
             tunnel_user: ops
-        """)
-    assert refusal(path) == [
-        f"{path}:2:3: vps.main.tunnel_user: the tunnel account 'pitunnel' is also the login user. Fix: give the "
-        "tunnels an account of their own (tunnel_user: tunnel), or log in as another user.",
-        f"{path}:8:18: vps.other.tunnel_user: the tunnel account 'ops' is also the login user. Fix: give the "
-        "tunnels an account of their own (tunnel_user: pitunnel), or log in as another user."]
+        """, ["2:3: " + LOGIN_CLASH.format(vps="main", user="pitunnel", other="tunnel"),
+              "8:18: " + LOGIN_CLASH.format(vps="other", user="ops", other="pitunnel")],
+                 id="tunnel-account-is-the-login-user"),
+    pytest.param("""
+        defaults:
+          via: direct
+        vps: {main: {address: vps.example.com}}
+        pis:
+          pi1:
+            tunnels: {ssh: {type: ssh}}
+        """, ["2:8: defaults.via: 'via: direct' needs the address of pi1, and it has none. "
+              "Fix: give it an address, or use 'via: tunnel' (or leave via out)."],
+                 id="via-direct-from-defaults-without-address"),
+    pytest.param("""
+        vps: {main: {address: vps.example.com}}
+        pis:
+          pi1:
+            address: 10.0.0.1
+            tunnels:
+              ssh:
+                type: ssh
+                server_name: pi1.example.com
+        """, ["8:9: pis.pi1.tunnels.ssh.server_name: 'server_name' only applies to http tunnels. "
+              "Fix: remove it, or make this an http tunnel with 'type: http'."], id="http-key-on-an-ssh-tunnel"),
+])
+def test_a_refused_inventory_reads_in_full_placed_at_its_line_and_column(tmp_path: Path, text: str,
+                                                                         problems: list[str]) -> None:
+    path = write(tmp_path, text)
+    assert refusal(path) == [f"{path}:{problem}" for problem in problems]
 
 
 def test_a_pis_tunnel_account_may_be_its_login_user_given_under_defaults(tmp_path: Path) -> None:
@@ -816,34 +828,6 @@ def test_a_pis_tunnel_account_may_be_its_login_user_given_under_defaults(tmp_pat
         """)
     pi = load_inventory(path, save_allocations=False).pis["pi1"]
     assert (pi.user, pi.tunnel_user) == ("admin", "admin")
-
-
-def test_via_direct_from_defaults_on_a_pi_without_an_address_is_placed_under_defaults(tmp_path: Path) -> None:
-    path = write(tmp_path, """
-        defaults:
-          via: direct
-        vps: {main: {address: vps.example.com}}
-        pis:
-          pi1:
-            tunnels: {ssh: {type: ssh}}
-        """)
-    assert refusal(path) == [f"{path}:2:8: defaults.via: 'via: direct' needs the address of pi1, and it has none. "
-                             "Fix: give it an address, or use 'via: tunnel' (or leave via out)."]
-
-
-def test_an_http_key_on_an_ssh_tunnel_is_placed_at_the_key(tmp_path: Path) -> None:
-    path = write(tmp_path, """
-        vps: {main: {address: vps.example.com}}
-        pis:
-          pi1:
-            address: 10.0.0.1
-            tunnels:
-              ssh:
-                type: ssh
-                server_name: pi1.example.com
-        """)
-    assert refusal(path) == [f"{path}:8:9: pis.pi1.tunnels.ssh.server_name: 'server_name' only applies to http "
-                             "tunnels. Fix: remove it, or make this an http tunnel with 'type: http'."]
 
 
 def test_a_lock_file_that_is_not_a_regular_file_is_a_problem_naming_it(tmp_path: Path) -> None:

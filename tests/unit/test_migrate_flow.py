@@ -104,6 +104,19 @@ MOVED = INVENTORY.replace("vps: old    # moves soon", "vps: new    # moves soon"
     "pi2: {address: 10.0.0.2, vps: old,", "pi2: {address: 10.0.0.2, vps: new,")
 
 
+def moved_and_old_torn_down(inv: Inventory, keys: dict[str, str]) -> None:
+    """Run the move to new on a fleet in the state of `inv`, and see it finish: the inventory says new, no state
+    file is left, and old's side is torn down."""
+    hosts = fleet(inv, keys)
+    nginx_by_pitunnel(hosts["old"])
+    play = play_on(inv, hosts)
+    migrate(play, "new", keep_old=False)
+    assert play.failed == set()
+    assert inv.path.read_text() == MOVED
+    assert not state_file(inv.path).exists()
+    assert hosts["old"].applied("apt-get purge -y -q --autoremove nginx")
+
+
 def key_of(keys: dict[str, str], name: str) -> str:
     return keys[name].split()[1]
 
@@ -301,14 +314,7 @@ def test_a_move_that_died_between_the_state_file_and_the_inventory_rewrites_the_
     inv = load(tmp_path, INVENTORY)
     migrate_module.write_state(inv.path, "old", "new", ["pi1", "pi2"])
     verified(monkeypatch)
-    hosts = fleet(inv, keys)
-    nginx_by_pitunnel(hosts["old"])
-    play = play_on(inv, hosts)
-    migrate(play, "new", keep_old=False)
-    assert play.failed == set()
-    assert inv.path.read_text() == MOVED
-    assert not state_file(inv.path).exists()
-    assert hosts["old"].applied("apt-get purge -y -q --autoremove nginx")
+    moved_and_old_torn_down(inv, keys)
     in_order(lines(capsys), [
         f"changed new inventory says the new VPS - {inv.path}: vps: new for pi1, pi2 (as it was: hosts.yml.bak)",
         "ok pi1 old: tunnel retired (no longer its VPS) - disabled, inactive",
@@ -372,15 +378,7 @@ def test_a_move_killed_after_any_step_is_finished_by_the_rerun(
     assert state_file(inv.path).exists() is state_left
     assert inv.path.read_text() == (MOVED if state_left else INVENTORY)  # the state file and the rewrite go together
     monkeypatch.delenv(reconcile.KILL_AFTER)
-    inv = load_inventory(inv.path)
-    hosts = fleet(inv, keys)
-    nginx_by_pitunnel(hosts["old"])
-    play = play_on(inv, hosts)
-    migrate(play, "new", keep_old=False)
-    assert play.failed == set()
-    assert inv.path.read_text() == MOVED
-    assert not state_file(inv.path).exists()
-    assert hosts["old"].applied("apt-get purge -y -q --autoremove nginx")
+    moved_and_old_torn_down(load_inventory(inv.path), keys)
     assert "ok new migrate to new done - pi1, pi2 through new only; old: pitunnel's side torn down" in lines(capsys)
 
 
