@@ -157,6 +157,15 @@ def test_nftables_jumps_returns_and_gotos() -> None:
     assert not lets_in(nft("jump a\n", more=loop), 80) and lets_in(nft("jump a\n", "accept", loop), 80)
 
 
+@pytest.mark.parametrize("rule", ["tcp dport 80 counter packets 0 bytes 0", "tcp dport 80 ct state new",
+                                  'tcp dport 80 log prefix "web: " flags tcp sequence,options'])
+def test_nftables_a_rule_that_only_counts_logs_or_matches_passes_on_to_the_next(rule: str) -> None:
+    """A rule with no verdict (nft lists `log flags tcp sequence,options` as it was written): the next rule decides."""
+    assert lets_in(nft(f"{rule}\ntcp dport 80 accept"), 80) and not lets_in(nft(rule), 80)
+    blocked = host_firewall(nft(f"{rule}\ntcp dport 80 drop", policy="accept")).blocks(80)
+    assert str(blocked) == "nftables: table inet filter, chain input: rule 'tcp dport 80 drop'"
+
+
 def test_nftables_comment_lines_are_no_rules_of_their_chain() -> None:
     """`nft list ruleset` writes comments of its own (`# Warning: table ip filter is managed by iptables-nft`):
     a chain's rules are its rule lines alone."""
@@ -217,6 +226,20 @@ def test_iptables_drop_rules_policies_and_chains_of_the_users() -> None:
     assert not lets_in(iptables("-g drops\n-p tcp --dport 22 -j ACCEPT", chains=drops), 22)  # no way back from a goto
     logged = iptables("-p tcp --dport 80 -j LOG\n-p tcp --dport 80 -j ACCEPT")
     assert lets_in(logged, 80)  # LOG goes on to the next rule
+
+
+def test_iptables_a_log_rule_ending_in_a_flag_of_its_own_passes_on_to_the_next() -> None:
+    """iptables-save writes LOG's flags (`--log-uid`, `--log-tcp-options`) as options without a value."""
+    for flag in ("--log-uid", "--log-tcp-options"):
+        logged = iptables(f"-p tcp -m tcp --dport 80 -j LOG {flag}\n-p tcp -m tcp --dport 80 -j ACCEPT")
+        assert lets_in(logged, 80) and not lets_in(logged, 81)
+
+
+def test_iptables_a_users_chain_with_log_in_its_name_is_walked() -> None:
+    """Only the LOG target goes on to the next rule: a chain of the user's named `logdrop` is jumped to."""
+    logdrop = ':logdrop - [0:0]\n-A logdrop -j LOG --log-prefix "dropped: "\n-A logdrop -j DROP\n'
+    found = host_firewall(iptables("-p tcp -m tcp --dport 80 -j logdrop", policy="ACCEPT", chains=logdrop))
+    assert str(found.blocks(80)) == "iptables: rule '-j DROP'" and found.blocks(81) is None
 
 
 def test_iptables_of_ufw_and_nft_tables_of_iptables_or_firewalld_are_not_counted_twice() -> None:
