@@ -3,9 +3,12 @@ its session holds it, with no Pi login; the Pis are read when asked, or for a sm
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pitunnel.inventory import Inventory
+from pitunnel.remote import HostCannotRun, Result
 from pitunnel.roles.probes import status
 from tests.unit.fake_hosts import FakeHost, play_on
 from tests.unit.test_roles_pi import inv, keys  # noqa: F401 (fixtures: the Pi role's inventory)
@@ -89,3 +92,73 @@ def test_an_unread_vps_leaves_its_tunnels_unknown(inv: Inventory, monkeypatch: p
     path = inv.pis["alpha"].first_path
     assert [(r.up, r.known, r.pi_read) for r in status.seen_by_vps(path, None)] == [(False, False, False)] * 2
     assert not status.is_down(status.seen_by_vps(path, None)[0])
+
+
+def test_a_tunnel_whose_vps_was_not_read_shows_a_question_mark_in_the_vps_view(
+        inv: Inventory, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    status.print_vps_view(status.seen_by_vps(inv.pis["alpha"].first_path, None))
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in out[2:4]] == [["alpha", "ssh", "main", "0.0.0.0:20022", "?", "-", "-"],
+                                                  ["alpha", "web", "main", "127.0.0.1:20080", "?", "-", "-"]]
+
+
+@pytest.mark.parametrize(("threshold", "asked", "read"), [(2, None, True), (5, False, False), (1, True, True)])
+def test_the_pis_are_read_up_to_the_threshold_and_pis_too_overrides_it(inv: Inventory,  # noqa: F811
+                                                                       monkeypatch: pytest.MonkeyPatch, threshold: int,
+                                                                       asked: bool | None, read: bool) -> None:
+    """At most PI_DETAILS_UP_TO Pis (here two, exactly the threshold) are read one by one; `pis_too` says so
+    whatever their number (False: the VPSes alone, as `status` on a fleet; True: `status --pis`)."""
+    monkeypatch.setattr(status, "PI_DETAILS_UP_TO", threshold)
+    hosts = {"main": FakeHost("main", VPS_ANSWERS), "alpha": FakeHost("alpha", commands=[("systemctl show", UNIT)]),
+             "beta": FakeHost("beta", commands=[("systemctl show", UNIT)])}
+    rows = status.status(play_on(inv, hosts), asked)  # type: ignore[arg-type]
+    assert [len(hosts[pi].scripts) for pi in ("alpha", "beta")] == ([1, 1] if read else [0, 0])
+    unit = "active" if read else None
+    assert [(r.pi, r.tunnel, r.up, r.pi_read, r.unit) for r in rows] == [
+        ("alpha", "ssh", True, read, unit), ("alpha", "web", True, read, unit), ("beta", "ssh", False, read, unit)]
+
+
+def test_a_tunnel_down_on_its_pi_has_no_session_since_even_while_its_listener_is_still_held(
+        inv: Inventory) -> None:  # noqa: F811
+    failed = UNIT.replace("ActiveState=active", "ActiveState=failed")
+    hosts = {"main": FakeHost("main", VPS_ANSWERS), "alpha": FakeHost("alpha", commands=[("systemctl show", failed)]),
+             "beta": FakeHost("beta", commands=[("systemctl show", UNIT)])}
+    rows = status.status(play_on(inv, hosts), True)  # type: ignore[arg-type]
+    assert [(r.pi, r.tunnel, r.up, r.unit, r.session_since) for r in rows] == [
+        ("alpha", "ssh", False, "failed", None), ("alpha", "web", False, "failed", None),
+        ("beta", "ssh", False, "active", None)]
+    assert rows[0].document()["session_since"] is None
+
+
+def test_an_http_route_on_a_vps_with_acme_shows_its_certificate_state(inv: Inventory) -> None:  # noqa: F811
+    from pitunnel.inventory import AcmeSpec
+    main = dataclasses.replace(inv.vps["main"], acme=AcmeSpec(email="ops@example.com"), public_name="vps.example.com")
+    acme = dataclasses.replace(inv, vps={"main": main})
+    hosts = {"main": FakeHost("main", VPS_ANSWERS), "alpha": FakeHost("alpha"), "beta": FakeHost("beta")}
+    rows = status.status(play_on(acme, hosts), False)  # type: ignore[arg-type]
+    assert [(r.pi, r.tunnel, r.certificate) for r in rows] == [
+        ("alpha", "ssh", "-"), ("alpha", "web", "none yet"), ("beta", "ssh", "-")]  # no certificate obtained yet
+
+
+class CannotRun(FakeHost):
+    """A Pi reached but unable to run a script (its /tmp full)."""
+
+    def run(self, script: str, **_: object) -> Result:
+        raise HostCannotRun(self.name, "mktemp: No space left on device")
+
+
+def test_a_pi_that_cannot_run_a_script_leaves_the_other_pis_rows(inv: Inventory) -> None:  # noqa: F811
+    hosts = {"main": FakeHost("main", VPS_ANSWERS), "alpha": FakeHost("alpha", commands=[("systemctl show", UNIT)]),
+             "beta": CannotRun("beta")}
+    rows = status.status(play_on(inv, hosts), True)  # type: ignore[arg-type]
+    assert [(r.pi, r.tunnel, r.up) for r in rows if r.pi == "alpha"] == [("alpha", "ssh", True), ("alpha", "web", True)]
+
+
+def test_the_sessions_are_the_tunnel_accounts_processes(inv: Inventory) -> None:  # noqa: F811
+    """`ps -u pitunnel` (the VPS's tunnel account): another account's processes hold no tunnel."""
+    hosts = {"main": FakeHost("main", [("ps -o pid=,etimes= -u pitunnel 2>", SS)]), "alpha": FakeHost("alpha"),
+             "beta": FakeHost("beta")}
+    rows = status.status(play_on(inv, hosts), False)  # type: ignore[arg-type]
+    assert [(r.pi, r.tunnel, r.up, r.session_since) for r in rows] == [
+        ("alpha", "ssh", True, "2026-12-06 10:00:00 UTC"), ("alpha", "web", True, "2026-12-06 10:00:00 UTC"),
+        ("beta", "ssh", False, None)]

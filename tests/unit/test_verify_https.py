@@ -272,3 +272,43 @@ def test_behind_basic_auth_an_app_that_names_its_pi_passes_by_that_name(inv: Inv
     ok, detail, _ = check(inv, pki, https, plain, ca_file=pki.ca, behind=raw(200, b'{"pi": "alpha", "t": 1}'),
                           local=raw(200, b'{"pi": "alpha", "t": 2}'))  # the time differs, the Pi is the same
     assert ok and "127.0.0.1:20081 on main: HTTP 200, answered as alpha, as on the Pi itself;" in detail
+
+
+def test_nginx_that_accepts_and_never_answers_is_given_up_on_after_a_bounded_wait(
+        inv: Inventory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over plain HTTP and over HTTPS (where the connection is dialled to the VPS's address, not the name's)."""
+    dialled: list[tuple[tuple[str, int], object]] = []
+
+    def dial(address: tuple[str, int], timeout: object = None, *rest: object) -> socket.socket:
+        dialled.append((address, timeout))
+        raise ConnectionRefusedError("refused")
+
+    monkeypatch.setattr(socket, "create_connection", dial)
+    vps = dataclasses.replace(inv.vps["main"], address="198.51.100.7", http_port=8080, https_port=8443)
+    for tls in (None, http_route.tls_context(None)):
+        with pytest.raises(ConnectionRefusedError):
+            http_route.fetch_via_nginx(vps, tunnel(inv, "alpha", "cam"), NAME, tls)
+    assert [address for address, _ in dialled] == [("198.51.100.7", 8080), ("198.51.100.7", 8443)]
+    assert all(isinstance(wait, (int, float)) and 0 < wait <= 60 for _, wait in dialled), dialled
+
+
+NOW = 1796554800.0  # 2026-12-06 10:00:00 UTC
+
+
+@pytest.mark.parametrize(("left", "secure", "how"), [
+    (14 * 86400, True, "certificate valid until 2026-12-20 (14 days); plain HTTP: 308 to https://cam.example.com/"),
+    (13 * 86400, False, "the certificate for cam.example.com expires 2026-12-19 (in 13 days)"),
+    (12 * 3600, False, "the certificate for cam.example.com expires 2026-12-06 (in 0 days)"),
+    (0, False, "the certificate for cam.example.com expires 2026-12-06 (in 0 days)"),
+    (-3 * 86400, False, "the certificate for cam.example.com expired 2026-12-03 (3 days ago)"),
+])
+def test_a_certificate_passes_with_cert_days_left_and_otherwise_says_when_it_expires(
+        inv: Inventory, monkeypatch: pytest.MonkeyPatch, left: float, secure: bool, how: str) -> None:
+    monkeypatch.setattr(http_route.time, "time", lambda: NOW)
+    redirect = Answer(308, b"", (("Location", "https://cam.example.com/"),))
+    monkeypatch.setattr(http_route, "fetch_via_nginx", lambda *_: redirect)
+    front = Answer(200, APP, expires=NOW + left)
+    ok, said, hint = http_route.https_only(inv.vps["main"], tunnel(inv, "alpha", "cam"), NAME, front)
+    assert (ok, said) == (secure, how)
+    assert hint == ("" if secure else "renewal is overdue: on the VPS, `certbot renew` and `journalctl -u certbot` "
+                                      "(or replace tls_certificate)")

@@ -167,3 +167,46 @@ def test_the_request_on_the_pi_reads_one_whole_answer(pieces: list[bytes], close
 def test_no_answer_at_all_is_an_error() -> None:
     with pytest.raises(socket.timeout):
         fetch_over_ssh(FakeTransport(FakeChannel([], close=False)), 80, "x")  # type: ignore[arg-type]
+
+
+def test_a_long_page_of_few_distinct_characters_that_changes_per_request_passes() -> None:
+    """A page longer than 200 bytes made of a handful of characters (a log of readings, one a line) that names
+    when it was served: likeness is measured on every byte (SequenceMatcher's autojunk would drop the digits and
+    newlines as 'popular' and call it a quarter alike)."""
+    def readings(served: int) -> bytes:
+        return (b"".join(b"%d\n" % (i * 7 % 10) for i in range(100)) + b"served %d\n" % served
+                + b"".join(b"%d\n" % (i * 3 % 10) for i in range(300)))
+    text = (("Content-Type", "text/plain"),)
+    ok, detail = judge("pi1", Answer(200, readings(1), text), Answer(200, readings(2), text))
+    assert (ok, detail) == (True, "HTTP 200 as on the Pi itself; the body changes per request "
+                                  "(100% alike, 809 and 809 bytes)")
+
+
+class PatientChannel(FakeChannel):
+    """A channel as paramiko's: with no timeout set, a recv on an app that keeps the connection open never returns."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        super().__init__(pieces, close=False)
+        self.timeout: float | None = None
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.timeout = seconds
+
+    def recv(self, size: int) -> bytes:
+        if not self.pieces and self.timeout is None:
+            raise AssertionError("recv would block forever: no timeout on the channel")
+        return super().recv(size)
+
+
+class PatientTransport(FakeTransport):
+    def open_channel(self, kind: str, dest: tuple[str, int], src: tuple[str, int],
+                     timeout: float | None = None) -> FakeChannel:
+        assert timeout is not None and 0 < timeout <= 60, f"opening the channel may wait {timeout!r} s"
+        return super().open_channel(kind, dest, src, timeout)
+
+
+def test_the_request_on_the_pi_waits_a_bounded_time_for_an_app_that_keeps_the_connection_open() -> None:
+    chan = PatientChannel([b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello"])  # no length, never closed
+    answer = fetch_over_ssh(PatientTransport(chan), 8080, "198.18.0.10")  # type: ignore[arg-type]
+    assert (answer.status, answer.body) == (200, b"hello")
+    assert chan.timeout is not None and 0 < chan.timeout <= 60
