@@ -235,10 +235,12 @@ def test_iptables_a_log_rule_ending_in_a_flag_of_its_own_passes_on_to_the_next()
         assert lets_in(logged, 80) and not lets_in(logged, 81)
 
 
-def test_iptables_a_users_chain_with_log_in_its_name_is_walked() -> None:
-    """Only the LOG target goes on to the next rule: a chain of the user's named `logdrop` is jumped to."""
-    logdrop = ':logdrop - [0:0]\n-A logdrop -j LOG --log-prefix "dropped: "\n-A logdrop -j DROP\n'
-    found = host_firewall(iptables("-p tcp -m tcp --dport 80 -j logdrop", policy="ACCEPT", chains=logdrop))
+@pytest.mark.parametrize("chain", ["logdrop", "LOGDROP", "LOGGING", "LOG_AND_DROP"])
+def test_iptables_a_users_chain_with_log_in_its_name_is_walked(chain: str) -> None:
+    """Only the LOG target goes on to the next rule: a chain of the user's named `LOGDROP` is jumped to (its
+    name was once cut to `DROP`, and port 80 called open while that chain drops it)."""
+    logdrop = f':{chain} - [0:0]\n-A {chain} -j LOG --log-prefix "dropped: "\n-A {chain} -j DROP\n'
+    found = host_firewall(iptables(f"-p tcp -m tcp --dport 80 -j {chain}", policy="ACCEPT", chains=logdrop))
     assert str(found.blocks(80)) == "iptables: rule '-j DROP'" and found.blocks(81) is None
 
 

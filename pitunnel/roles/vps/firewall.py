@@ -249,7 +249,7 @@ def iptables_decide(rule: str, port: int) -> tuple[bool, str]:
         i += 2
     if verdict and verdict.split()[-1] not in ("ACCEPT", "DROP", "REJECT", "RETURN", "LOG") and not verdict.startswith("goto"):
         verdict = f"jump {verdict}"
-    return True, verdict.replace("LOG", "")
+    return True, "" if verdict == "LOG" else verdict  # LOG goes on to the next rule; a chain `LOGDROP` is walked
 
 
 @dataclass(frozen=True)
