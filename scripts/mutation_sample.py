@@ -5,7 +5,8 @@ afterwards estimates the score of every mutant: the checked ones as they are, th
 with a 95 % interval (Wilson's, with the finite population correction). Usage, in the folder of a stopped run:
     .venv/bin/python scripts/mutation_sample.py draw 500 --seed 23 > /tmp/sample.txt   # names, one a line
     .venv/bin/mutmut run --max-children 4 $(cat /tmp/sample.txt)
-    .venv/bin/python scripts/mutation_sample.py estimate /tmp/sample.txt [module-prefix]"""
+    .venv/bin/python scripts/mutation_sample.py estimate /tmp/sample.txt [module-prefix]
+Estimate before any other mutant is run: the checked ones and the sample must be those of the draw."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def estimate(sample_file: Path, prefix: str) -> str:
     low, high = wilson(k, n, fpc)
     killed = sum(m.status in KILLED for m in done)
     whole = len(every)
-    return (f"{prefix or 'whole tree'}: {whole} mutants; {len(done)} checked in full, {killed / len(done):.1%} "
+    return (f"{prefix or 'whole tree'}: {whole} mutants; {len(done)} checked in full, {killed / max(1, len(done)):.1%} "
             f"killed; of the other {rest}, a random sample of {n} run ({len(sample) - n} of it not yet), "
             f"{k / n:.1%} killed\n"
             f"score {(killed + rest * k / n) / whole:.1%} (95 % interval "
