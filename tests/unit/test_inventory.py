@@ -316,12 +316,6 @@ MALFORMED: list[tuple[str, str, str, int | None, str]] = [
             address: 10.0.0.1
             tunnel_user: root
         """, "pis.pi1.tunnel_user", 7, "unprivileged"),
-    ("vps-tunnel-user-is-login-user", """
-        vps:
-          main:
-            address: vps.example.com
-            user: pitunnel
-        """, "vps.main.tunnel_user", 2, "an account of their own (tunnel_user: tunnel)"),
     ("remote-port-privileged", """
         vps:
           main:
@@ -548,18 +542,6 @@ MALFORMED: list[tuple[str, str, str, int | None, str]] = [
           main:
             address: vps.example.com
         """, "settings.laptop_key", 2, "does not exist"),
-    ("server-name-on-ssh-tunnel", """
-        vps:
-          main:
-            address: vps.example.com
-        pis:
-          pi1:
-            address: 10.0.0.1
-            tunnels:
-              ssh:
-                type: ssh
-                server_name: pi1.example.com
-        """, "pis.pi1.tunnels.ssh.server_name", 10, "type: http"),
     ("public-http-tunnel", """
         vps:
           main:
